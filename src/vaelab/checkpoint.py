@@ -1,0 +1,90 @@
+"""Checkpoints that survive a kill at any moment and explain themselves when they can't load.
+
+A checkpoint is a plain dict (tensors, numbers, strings, lists): the model and optimizer
+state, the step counters, every RNG state and the resolved config as a plain dict, so
+`torch.load(weights_only=True)` reads it. It is written to a temporary file in the same folder,
+fsynced, then renamed over the old one: a kill mid-write leaves the previous file intact.
+"""
+from __future__ import annotations
+
+import os
+import random
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be used. Its message names the file and says why, in one line."""
+
+
+def save_atomic(obj: dict, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load(path: str | Path, map_location: Any = "cpu") -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # truncated zip, random bytes, pickle from elsewhere, ...
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"{path}: not a readable vaelab checkpoint (corrupted or truncated?): "
+                              f"{first[:200]}") from e
+    if not isinstance(ckpt, dict) or "model" not in ckpt or "config" not in ckpt:
+        raise CheckpointError(f"{path}: not a vaelab checkpoint (no 'model'/'config' entries)")
+    return ckpt
+
+
+def check_compatible(ckpt: dict, model: torch.nn.Module, path: str | Path) -> None:
+    """Refuse a checkpoint whose weights don't fit `model`, naming the first mismatch."""
+    own = model.state_dict()
+    theirs = ckpt["model"]
+    missing = [k for k in own if k not in theirs]
+    extra = [k for k in theirs if k not in own]
+    if missing or extra:
+        raise CheckpointError(f"{path}: made for a different model (missing {missing[:3]}, unexpected {extra[:3]})")
+    for k, v in own.items():
+        if tuple(theirs[k].shape) != tuple(v.shape):
+            raise CheckpointError(f"{path}: made for a different model ({k} has shape "
+                                  f"{tuple(theirs[k].shape)}, this config needs {tuple(v.shape)})")
+
+
+# --- RNG state: every generator a run draws from ----------------------------------------
+
+
+def rng_state() -> dict:
+    np_state = np.random.get_state()
+    return {
+        "python": list(random.getstate()[1]) + [random.getstate()[0], random.getstate()[2]],
+        "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
+                  "has_gauss": int(np_state[3]), "cached": float(np_state[4])},
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def set_rng_state(state: dict) -> None:
+    py = state["python"]
+    random.setstate((py[-2], tuple(py[:-2]), py[-1]))
+    n = state["numpy"]
+    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"]))
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])

@@ -1,0 +1,129 @@
+"""Turn a bad command line into one clear line, before Hydra starts any job.
+
+Hydra reports composition errors as several lines plus a hint about HYDRA_FULL_ERROR. We
+compose the same config first with Hydra's compose API (same files, same schema, same
+override grammar) and, on failure, say in one line which override was wrong and what is
+allowed. For a sweep (`latent_size=2,8`) every listed value is checked the same way.
+"""
+from __future__ import annotations
+
+import difflib
+import os
+
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from omegaconf import DictConfig, OmegaConf
+
+from vaelab.config import CONF_DIR, ConfigError, Config, validate
+
+# Hydra's own flags; those in _WITH_VALUE take the next argument as their value.
+_WITH_VALUE = {"--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd", "--cfg", "-c",
+               "--package", "-p", "--experimental-rerun"}
+
+
+def split_args(argv: list[str]) -> tuple[list[str], dict[str, str | None]]:
+    """Separate overrides from Hydra flags."""
+    overrides, flags = [], {}
+    i = 0
+    while i < len(argv):
+        a = argv[i]
+        if a.startswith("-"):
+            if "=" in a and a.split("=", 1)[0] in _WITH_VALUE:
+                k, v = a.split("=", 1)
+                flags[k] = v
+            elif a in _WITH_VALUE and i + 1 < len(argv):
+                flags[a] = argv[i + 1]
+                i += 1
+            else:
+                flags[a] = None
+        else:
+            overrides.append(a)
+        i += 1
+    return overrides, flags
+
+
+def _keys_of(node) -> list[str]:
+    return list(node.keys()) if isinstance(node, DictConfig) else []
+
+
+def _explain(exc: Exception, override: str) -> str:
+    cause = exc.__cause__ or exc
+    msg = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
+    full_key = getattr(cause, "full_key", None)
+    if "not in" in msg and full_key:  # unknown key: suggest the closest known ones
+        parent, _, leaf = full_key.rpartition(".")
+        schema = OmegaConf.structured(Config)
+        node = OmegaConf.select(schema, parent) if parent else schema
+        known = _keys_of(node)
+        close = difflib.get_close_matches(leaf, known, n=1)
+        hint = f" did you mean '{(parent + '.') if parent else ''}{close[0]}'?" if close else ""
+        where = f"'{parent}'" if parent else "the top level"
+        return f"unknown key '{full_key}' in override '{override}';{hint} keys allowed at {where}: {', '.join(known)}"
+    if "Could not find" in str(exc):  # unknown config group option, e.g. experiment=sed
+        lines = str(exc).splitlines()
+        opts = [ln.strip() for ln in lines if ln.startswith("\t") and "provider=" not in ln]
+        return f"override '{override}': {lines[0].split(': ', 1)[-1]}; available: {', '.join(opts)}"
+    if full_key:
+        return f"override '{override}': {msg} (key '{full_key}')"
+    return f"override '{override}': {msg}"
+
+
+def _compose(overrides: list[str]) -> DictConfig:
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+            return compose("config", overrides=overrides)
+    finally:
+        GlobalHydra.instance().clear()
+
+
+def precheck(argv: list[str]) -> str | None:
+    """None if the command line composes and validates; else one line saying what is wrong.
+
+    Also records, for sweep folder names, which keys are swept and which are fixed."""
+    overrides, flags = split_args(argv)
+    parser = OverridesParser.create()
+    try:
+        parsed = parser.parse_overrides(overrides)
+    except Exception as e:  # OverrideParseException
+        return f"cannot parse the overrides: {str(e).strip().splitlines()[0]}"
+    task = [o for o in parsed if not o.is_hydra_override()]
+    os.environ["VAELAB_SWEPT_KEYS"] = ",".join(o.get_key_element() for o in task if o.is_sweep_override())
+    os.environ["VAELAB_FIXED_KEYS"] = ",".join(o.get_key_element() for o in task if not o.is_sweep_override())
+    if any(f in flags for f in ("--config-dir", "-cd", "--config-name", "-cn", "--config-path", "-cp",
+                                "--help", "-h", "--hydra-help", "--version", "--info", "-i",
+                                "--shell-completion", "-sc")):
+        return None  # another primary config or an informational flag: Hydra handles it
+
+    # Each override, with a sweep replaced by each of its values in turn.
+    base: list[str] = []
+    variants: list[tuple[int, list[str]]] = []
+    for o in task:
+        key = o.get_key_element()
+        if o.is_sweep_override():
+            try:
+                values = [f"{key}={v}" for v in o.sweep_string_iterator()]
+            except Exception:  # an interval (Optuna) cannot be listed: the sweeper checks it
+                continue
+            variants.append((len(base), values))
+            base.append(values[0])
+        else:
+            base.append(o.input_line)
+    candidates = [base] + [base[:i] + [v] + base[i + 1:] for i, values in variants for v in values[1:]]
+    for ovs in candidates:
+        try:
+            cfg = _compose(ovs)
+        except Exception as e:
+            # Find the first override that breaks composition, to name it.
+            for j, ov in enumerate(ovs):
+                try:
+                    _compose(ovs[: j + 1])
+                except Exception as e2:
+                    return _explain(e2, ov)
+            return _explain(e, " ".join(ovs))
+        try:
+            validate(cfg)
+        except ConfigError as e:
+            return str(e)
+    return None

@@ -1,0 +1,225 @@
+"""Every configuration schema of vaelab, in one file.
+
+The dataclasses give the *types* (and `MISSING` where a value must come from YAML); the
+YAML files under `conf/` give the *values*. Because the schemas are registered in Hydra's
+ConfigStore and `conf/config.yaml` lists `config_schema` first in its defaults, a typo or
+a wrong type fails when the config is composed, before any data is loaded.
+
+Value checks that a type cannot express (latent_size > 0, beta >= 0, an available
+device, ...) live in `validate()`, which runs right after composition.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import Any, List, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+# conf/ sits at the repository root (see STYLE.md); the package is installed editable.
+CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+
+
+class ConfigError(ValueError):
+    """A config value that composes but makes no sense. Its message is one line for the user."""
+
+
+# --- enums: OmegaConf rejects any other value at compose time ------------------------------
+
+
+class Recon(str, Enum):
+    mse = "mse"  # seed script: squared error summed over pixels (Gaussian, sigma^2 = 1/2)
+    bce = "bce"  # Bernoulli decoder: binary cross-entropy summed over pixels
+
+
+class Binarize(str, Enum):
+    none = "none"  # grey levels in [0, 1]
+    dynamic = "dynamic"  # fresh Bernoulli draw of every training batch (Burda et al. 2016)
+    static = "static"  # one Bernoulli draw per split, fixed by the seed
+
+
+class ModelSize(str, Enum):
+    small = "small"
+    base = "base"
+    large = "large"
+
+
+class Amp(str, Enum):
+    off = "off"
+    bf16 = "bf16"
+
+
+class LRSchedule(str, Enum):
+    constant = "constant"
+    iwae = "iwae"  # Burda et al.: lr * 10^(-i/7) for 3^i epochs, i = 0..7
+
+
+# --- groups -----------------------------------------------------------------------------
+
+
+@dataclass
+class DataConfig:
+    name: str = "mnist"
+    # Relative paths are relative to the directory vaelab-train is started from.
+    root: str = "${oc.env:VAELAB_DATA,data}"
+    download: bool = True  # try torchvision's download when the files are missing
+    val_size: int = 5000  # carved out of the 60k training images; 0 = train on all 60k
+    split_seed: int = 0  # fixes the train/val split independently of `seed`
+    binarize: Binarize = Binarize.none
+
+
+@dataclass
+class ModelConfig:
+    _target_: str = "vaelab.models.MLPVAE"
+    size: ModelSize = ModelSize.base  # named widths, see models/mlp.py SIZES
+    hidden: Optional[List[int]] = None  # explicit widths; when set, `size` is ignored
+    activation: str = "relu"
+    latent_size: int = "${latent_size}"  # type: ignore[assignment]
+
+
+@dataclass
+class LossConfig:
+    recon: Recon = Recon.mse
+    beta: float = 1.0
+    kl_warmup_steps: int = 0  # beta ramps linearly from 0 over this many steps; 0 = off
+
+
+@dataclass
+class OptimConfig:
+    name: str = "adam"
+    lr: float = 1e-3
+    betas: List[float] = field(default_factory=lambda: [0.9, 0.999])
+    eps: float = 1e-8
+    weight_decay: float = 0.0
+    # Adam implementation: foreach (default, same numbers as the seed), fused, or for-loop.
+    impl: str = "foreach"
+    schedule: LRSchedule = LRSchedule.constant
+
+
+@dataclass
+class TrainerConfig:
+    epochs: int = 20
+    batch_size: int = 128
+    eval_batch_size: int = 2000
+    grad_clip: float = 0.0  # max global grad norm; 0 = off
+    checkpoint_every: int = 10  # epochs between numbered checkpoints (last.pt is every epoch)
+    log_every: int = 50  # steps between scalar logs (the only host syncs of the hot loop)
+    deterministic: bool = False  # torch.use_deterministic_algorithms
+    compile: bool = False  # torch.compile the model
+    amp: Amp = Amp.off  # bf16 autocast changes the numbers, so it is opt-in
+    num_samples: int = 64  # size of the fixed-noise sample grid
+    progress: bool = True  # tqdm bars
+    final_eval: bool = True  # run `vaelab eval` on the test split when training ends
+    final_eval_k: int = 100  # importance samples for that automatic eval
+    resume: bool = True  # continue from checkpoints/last.pt if the run directory has one
+
+
+@dataclass
+class LoggerConfig:
+    tensorboard: bool = True
+    images_every: int = 1  # epochs between sample/reconstruction grids
+    histograms: bool = True
+
+
+@dataclass
+class Config:
+    name: str = "default"  # experiment name: outputs/runs/<name>/<timestamp>
+    latent_size: int = 32
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+
+
+def register_configs() -> None:
+    cs = ConfigStore.instance()
+    # One schema node types the whole tree, groups included: conf/config.yaml lists it first.
+    cs.store(name="config_schema", node=Config)
+
+
+# --- value checks ------------------------------------------------------------------------
+
+_DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+_ADAM_IMPLS = ("foreach", "fused", "forloop")
+
+
+def _check(ok: bool, key: str, value: Any, allowed: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key}={value}: {allowed}")
+
+
+def validate(cfg: DictConfig) -> None:
+    """Reject values that compose but cannot work. Raises ConfigError with one line."""
+    _check(cfg.latent_size >= 1, "latent_size", cfg.latent_size, "must be an integer >= 1")
+    _check(cfg.loss.beta >= 0, "loss.beta", cfg.loss.beta, "must be >= 0 (0 turns the KL term off)")
+    _check(cfg.loss.kl_warmup_steps >= 0, "loss.kl_warmup_steps", cfg.loss.kl_warmup_steps, "must be >= 0")
+    _check(cfg.optim.lr > 0, "optim.lr", cfg.optim.lr, "must be > 0")
+    _check(cfg.optim.eps > 0, "optim.eps", cfg.optim.eps, "must be > 0")
+    _check(cfg.optim.name == "adam", "optim.name", cfg.optim.name, "allowed: adam")
+    _check(cfg.optim.impl in _ADAM_IMPLS, "optim.impl", cfg.optim.impl, f"allowed: {', '.join(_ADAM_IMPLS)}")
+    _check(len(cfg.optim.betas) == 2 and all(0 <= b < 1 for b in cfg.optim.betas),
+           "optim.betas", list(cfg.optim.betas), "must be two numbers in [0, 1)")
+    t = cfg.trainer
+    _check(t.epochs >= 1, "trainer.epochs", t.epochs, "must be >= 1")
+    _check(t.batch_size >= 1, "trainer.batch_size", t.batch_size, "must be >= 1")
+    _check(t.eval_batch_size >= 1, "trainer.eval_batch_size", t.eval_batch_size, "must be >= 1")
+    _check(t.grad_clip >= 0, "trainer.grad_clip", t.grad_clip, "must be >= 0 (0 = off)")
+    _check(t.checkpoint_every >= 1, "trainer.checkpoint_every", t.checkpoint_every, "must be >= 1")
+    _check(t.log_every >= 1, "trainer.log_every", t.log_every, "must be >= 1")
+    _check(t.num_samples >= 1, "trainer.num_samples", t.num_samples, "must be >= 1")
+    _check(t.final_eval_k >= 1, "trainer.final_eval_k", t.final_eval_k, "must be >= 1")
+    _check(cfg.data.val_size >= 0, "data.val_size", cfg.data.val_size, "must be >= 0")
+    _check(cfg.data.name == "mnist", "data.name", cfg.data.name, "allowed: mnist")
+    m = cfg.model
+    if m.hidden is not None:
+        _check(len(m.hidden) >= 1 and all(h >= 1 for h in m.hidden), "model.hidden", list(m.hidden),
+               "must be a non-empty list of positive widths, e.g. [1024,512]")
+    _check(m.activation in ("relu", "tanh", "gelu", "elu"), "model.activation", m.activation,
+           "allowed: relu, tanh, gelu, elu")
+    _check(bool(_DEVICE_RE.match(cfg.device)), "device", cfg.device, "allowed: auto, cpu, cuda, cuda:N, mps")
+    resolve_device(cfg.device)  # raises ConfigError when the accelerator is absent
+
+
+def resolve_device(name: str):
+    """'auto' -> cuda if present, else mps, else cpu. An absent accelerator is a ConfigError."""
+    import torch
+
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device={name}: no CUDA GPU is visible here; use device=cpu or device=auto")
+        idx = int(name.split(":")[1]) if ":" in name else 0
+        if idx >= torch.cuda.device_count():
+            raise ConfigError(f"device={name}: only {torch.cuda.device_count()} CUDA device(s) visible "
+                              f"(cuda:0..cuda:{torch.cuda.device_count() - 1})")
+    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ConfigError("device=mps: Apple MPS is not available here; use device=cpu or device=auto")
+    return torch.device(name)
+
+
+def typed(cfg: DictConfig | dict) -> DictConfig:
+    """Merge a plain or loaded config onto the schema, so a config read back from a run
+    directory (or given with --config-dir) is type-checked like a freshly composed one."""
+    schema = OmegaConf.structured(Config)
+    if isinstance(cfg, DictConfig):
+        cfg = OmegaConf.to_container(cfg, resolve=False)
+    cfg = {k: v for k, v in dict(cfg).items() if k not in ("defaults", "hydra")}
+    return OmegaConf.merge(schema, cfg)
+
+
+def to_plain(cfg: DictConfig) -> dict:
+    """The resolved config as plain Python types (enums as strings): safe for torch.load
+    (weights_only=True), JSON and TensorBoard."""
+    return OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)

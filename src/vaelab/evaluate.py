@@ -1,0 +1,117 @@
+"""Numbers a researcher can trust: ELBO, the importance-weighted bound, active units.
+
+Units: nats per example unless a name says bits_per_dim (nats / (D ln 2)).
+
+- ELBO(x) = E_q[log p(x|z)] - KL(q(z|x) || p(z)), with the KL in closed form.
+- IWAE bound (Burda et al. 2016, eq. 8): log p(x) >= E[log (1/k) sum_i w_i],
+  w_i = p(x|z_i) p(z_i) / q(z_i|x), z_i ~ q(z|x). It tightens as k grows; -bound with a large k
+  (5000 in the paper) is the usual "test NLL". Computed as a streaming log-sum-exp over chunks
+  of samples, so memory is O(batch * chunk) whatever k is.
+- Active units (Burda et al. 2016, sec. 5.2): dimension i is active if Cov_x(E_q[z_i|x]) > 0.01.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from tqdm.auto import tqdm
+
+from vaelab.data import to_float
+from vaelab.losses import kl_per_dim, recon_log_likelihood, recon_nll
+
+LOG_2PI = math.log(2 * math.pi)
+ACTIVE_THRESHOLD = 0.01
+
+
+def _batches(images: torch.Tensor, batch_size: int):
+    for i in range(0, images.shape[0], batch_size):
+        yield to_float(images[i:i + batch_size])  # eval splits are already binarized if asked
+
+
+@torch.no_grad()
+def elbo_stats(model, images: torch.Tensor, recon: str, batch_size: int = 2000,
+               generator: torch.Generator | None = None) -> dict:
+    """One-sample ELBO terms over a split (uint8 (N, D)), averaged per example, plus the KL of
+    each latent dimension and the active-unit count. Large no-grad batches."""
+    was_training = model.training
+    model.eval()
+    n = images.shape[0]
+    rec = kl = 0.0
+    kl_d = None
+    mu_sum = mu_sq = None
+    for x in _batches(images, batch_size):
+        mu, logvar = model.encode(x)
+        z = model.reparameterize(mu, logvar, generator)
+        r = recon_nll(model.decode_logits(z), x, recon).sum()
+        k = kl_per_dim(mu, logvar).sum(0)  # (L,)
+        rec = rec + r
+        kl_d = k if kl_d is None else kl_d + k
+        mu64 = mu.double()
+        mu_sum = mu64.sum(0) if mu_sum is None else mu_sum + mu64.sum(0)
+        mu_sq = (mu64 ** 2).sum(0) if mu_sq is None else mu_sq + (mu64 ** 2).sum(0)
+    model.train(was_training)
+    kl_d = kl_d / n
+    mu_var = (mu_sq / n - (mu_sum / n) ** 2).float()  # Cov_x(E_q[z_i]) per dimension
+    rec = float(rec) / n
+    kl = float(kl_d.sum())
+    return {"recon": rec, "kl": kl, "nelbo": rec + kl, "kl_per_dim": kl_d.cpu(),
+            "mu_var": mu_var.cpu(), "active_units": int((mu_var > ACTIVE_THRESHOLD).sum())}
+
+
+def log_weights(model, x: torch.Tensor, k: int, recon: str, generator: torch.Generator | None = None,
+                chunk: int = 100) -> torch.Tensor:
+    """log w_i = log p(x|z_i) + log p(z_i) - log q(z_i|x) for i = 1..k: (B, k), in nats.
+    (Use iwae_bound for large k: it never holds all k at once.)"""
+    return torch.cat(list(_log_weight_chunks(model, x, k, recon, generator, chunk)), dim=1)
+
+
+def _log_weight_chunks(model, x, k, recon, generator, chunk):
+    mu, logvar = model.encode(x)  # (B, L)
+    std = torch.exp(0.5 * logvar)
+    b, latent = mu.shape
+    done = 0
+    while done < k:
+        c = min(chunk, k - done)
+        eps = torch.randn((c, b, latent), device=mu.device, dtype=mu.dtype, generator=generator)
+        z = mu + std * eps  # (c, B, L)
+        log_q = -0.5 * (eps.pow(2) + logvar + LOG_2PI).sum(-1)  # (c, B)
+        log_p_z = -0.5 * (z.pow(2) + LOG_2PI).sum(-1)  # (c, B)
+        logits = model.decode_logits(z.reshape(c * b, latent))
+        log_px = recon_log_likelihood(logits, x.repeat(c, 1), recon).reshape(c, b)
+        yield (log_px + log_p_z - log_q).t()  # (B, c)
+        done += c
+
+
+@torch.no_grad()
+def iwae_bound(model, x: torch.Tensor, k: int, recon: str, generator: torch.Generator | None = None,
+               chunk: int = 100) -> torch.Tensor:
+    """log (1/k) sum_i w_i per example, (B,), in nats, by a streaming log-sum-exp."""
+    lse = None
+    for lw in _log_weight_chunks(model, x, k, recon, generator, chunk):
+        c = lw.logsumexp(dim=1)
+        lse = c if lse is None else torch.logaddexp(lse, c)
+    return lse - math.log(k)
+
+
+@torch.no_grad()
+def iwae_nll(model, images: torch.Tensor, k: int, recon: str, generator: torch.Generator | None = None,
+             max_elems: int = 2_000_000, progress: bool = True) -> float:
+    """-IWAE bound averaged over a split, nats per example. The example batch is chosen so one
+    chunk of decoder outputs holds about max_elems floats: memory stays bounded for any k."""
+    was_training = model.training
+    model.eval()
+    d = images.shape[1]
+    chunk = max(1, min(k, max_elems // (d * 64)))
+    bs = max(1, min(images.shape[0], max_elems // (d * chunk)))
+    total = 0.0
+    with tqdm(total=images.shape[0], desc=f"IWAE k={k}", unit="img", disable=not progress,
+              leave=False) as bar:
+        for x in _batches(images, bs):
+            total += float(iwae_bound(model, x, k, recon, generator, chunk).sum())
+            bar.update(x.shape[0])
+    model.train(was_training)
+    return -total / images.shape[0]
+
+
+def bits_per_dim(nats_per_example: float, dim: int) -> float:
+    return nats_per_example / (dim * math.log(2))

@@ -1,0 +1,87 @@
+"""TensorBoard output of a run, written into the run directory itself.
+
+`tensorboard --logdir outputs` then names every run by its folder. The x-axis of every
+scalar is *examples seen* (not steps), so runs with different batch sizes line up.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+from torch.utils.tensorboard import SummaryWriter
+from torch.utils.tensorboard.summary import hparams as hparams_summary
+from torchvision.utils import make_grid
+
+# The metrics the HParams dashboard compares (logged as scalars under these tags at the end).
+HPARAM_METRICS = ("val_loss", "val_recon", "val_kl", "active_units")
+
+
+def flatten(d: dict, prefix: str = "") -> dict:
+    """{'a': {'b': 1}} -> {'a.b': 1}; lists and None become strings (HParams takes scalars only)."""
+    out: dict = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten(v, key + "."))
+        elif isinstance(v, (bool, int, float, str)):
+            out[key] = v
+        else:
+            out[key] = str(v)
+    return out
+
+
+def image_grid(x: torch.Tensor, image_shape: tuple, nrow: int | None = None) -> torch.Tensor:
+    """(N, D) in [0, 1] -> one (C, H', W') grid image, via torchvision's make_grid."""
+    n = x.shape[0]
+    imgs = x.detach().float().clamp(0, 1).reshape(n, *image_shape).cpu()
+    return make_grid(imgs, nrow=nrow or math.ceil(math.sqrt(n)), padding=2, pad_value=1.0)
+
+
+class RunLogger:
+    """Thin wrapper around SummaryWriter. purge_step (in examples seen) drops events a killed
+    run wrote after its last checkpoint, so a resumed run's curves have no duplicates."""
+
+    def __init__(self, run_dir: str | Path, enabled: bool = True, purge_step: int | None = None):
+        self.enabled = enabled
+        self.w = SummaryWriter(log_dir=str(run_dir), purge_step=purge_step) if enabled else None
+
+    def scalars(self, values: dict, x: int, prefix: str = "") -> None:
+        if self.w:
+            for k, v in values.items():
+                self.w.add_scalar(f"{prefix}{k}", float(v), x)
+
+    def histogram(self, tag: str, values: torch.Tensor, x: int) -> None:
+        if self.w:
+            self.w.add_histogram(tag, values.detach().float().cpu(), x)
+
+    def image(self, tag: str, grid: torch.Tensor, x: int) -> None:
+        if self.w:
+            self.w.add_image(tag, grid, x)
+
+    def text(self, tag: str, text: str, x: int = 0) -> None:
+        if self.w:
+            self.w.add_text(tag, text, x)
+
+    def hparams(self, config: dict, metrics: dict, x: int) -> None:
+        """One HParams row for this run, in this run's own folder. SummaryWriter.add_hparams
+        would write to a new sub-folder and show every run twice, so write the three
+        summaries into our own file writer, then the metric values as scalars."""
+        if not self.w:
+            return
+        hp = flatten(config)
+        metric_dict = {f"hparams/{k}": float(metrics[k]) for k in HPARAM_METRICS if k in metrics}
+        exp, ssi, sei = hparams_summary(hp, metric_dict)
+        fw = self.w._get_file_writer()
+        for s in (exp, ssi, sei):
+            fw.add_summary(s)
+        for k, v in metric_dict.items():
+            self.w.add_scalar(k, v, x)
+
+    def flush(self) -> None:
+        if self.w:
+            self.w.flush()
+
+    def close(self) -> None:
+        if self.w:
+            self.w.close()

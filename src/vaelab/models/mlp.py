@@ -1,0 +1,48 @@
+"""Fully connected VAE: the seed script's model, with the widths taken from the config.
+
+With hidden=[512] and latent_size=256 it is the seed's network exactly: 784 -> 512 (ReLU)
+-> (mu, logvar) each 256, and 256 -> 512 (ReLU) -> 784 (sigmoid). The seed's two heads fc2,
+fc3 are one Linear(512, 2*L) here: the same function and the same init distribution
+(PyTorch's default depends only on fan_in), computed in one matmul instead of two.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from vaelab.models.base import VAE
+
+SIZES = {"small": [256], "base": [512], "large": [1024, 512]}
+_ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "gelu": nn.GELU, "elu": nn.ELU}
+
+
+def _mlp(widths: Sequence[int], act: type[nn.Module]) -> list[nn.Module]:
+    layers: list[nn.Module] = []
+    for a, b in zip(widths[:-1], widths[1:]):
+        layers += [nn.Linear(a, b), act()]
+    return layers
+
+
+class MLPVAE(VAE):
+    def __init__(self, latent_size: int, hidden: Sequence[int] | None = None, size: str = "base",
+                 activation: str = "relu", input_dim: int = 784,
+                 image_shape: Sequence[int] = (1, 28, 28)) -> None:
+        super().__init__()
+        size = getattr(size, "value", size)  # accepts the config's enum as well as a str
+        hidden = list(hidden) if hidden is not None else SIZES[size]
+        act = _ACTIVATIONS[activation]
+        self.latent_size, self.input_dim, self.image_shape = latent_size, input_dim, tuple(image_shape)
+        self.hidden = hidden
+        self.encoder = nn.Sequential(*_mlp([input_dim, *hidden], act))
+        self.head = nn.Linear(hidden[-1], 2 * latent_size)  # -> [mu | logvar]
+        self.decoder = nn.Sequential(*_mlp([latent_size, *hidden[::-1]], act),
+                                     nn.Linear(hidden[0], input_dim))  # -> logits
+
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mu, logvar = self.head(self.encoder(x)).chunk(2, dim=-1)  # (B, L), (B, L)
+        return mu, logvar
+
+    def decode_logits(self, z: torch.Tensor) -> torch.Tensor:
+        return self.decoder(z)

@@ -1,0 +1,397 @@
+"""vaelab-train: compose a config, train a VAE, leave everything in the run directory.
+
+    vaelab-train                                   # defaults: conf/config.yaml
+    vaelab-train experiment=seed data.root=../shared/data
+    vaelab-train -m latent_size=2,16,64 loss.beta=1,4
+
+Data flows one way: overrides -> composed, validated config -> data, model, optimizer ->
+the loop in `train()` -> run directory (.hydra/, events, checkpoints/, samples/, train.log,
+metrics.json, eval.json).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import random
+import signal
+import sys
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import hydra
+import numpy as np
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from tqdm.auto import tqdm
+
+from vaelab import checkpoint as ckpt_io
+from vaelab.config import CONF_DIR, register_configs, resolve_device, to_plain, typed, validate
+from vaelab.data import load_data, to_float
+from vaelab.evaluate import elbo_stats
+from vaelab.logger import RunLogger, image_grid
+from vaelab.losses import beta_at, vae_loss
+from vaelab.models import VAE
+
+log = logging.getLogger("vaelab")
+
+
+class NonFiniteLoss(RuntimeError):
+    pass
+
+
+class Interrupted(RuntimeError):
+    pass
+
+
+# --- building blocks (each usable on its own, e.g. by tests and `vaelab eval`) ------------
+
+
+def build_model(cfg: DictConfig, input_dim: int = 784, image_shape=(1, 28, 28)) -> VAE:
+    return instantiate(cfg.model, input_dim=input_dim, image_shape=list(image_shape), _convert_="all")
+
+
+def build_optimizer(cfg: DictConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
+    o = cfg.optim
+    return torch.optim.Adam(model.parameters(), lr=o.lr, betas=tuple(o.betas), eps=o.eps,
+                            weight_decay=o.weight_decay, foreach=o.impl == "foreach",
+                            fused=True if o.impl == "fused" else None)
+
+
+def lr_at(cfg: DictConfig, epoch: int) -> float:
+    """Learning rate for a 0-based epoch. 'iwae' is Burda et al.'s schedule: 1e-3 * 10^(-i/7)
+    during the 3^i epochs of stage i = 0..7 (1 + 3 + 9 + ... + 2187 = 3280 epochs)."""
+    if cfg.optim.schedule == "iwae":
+        i, end = 0, 1
+        while epoch >= end and i < 7:
+            i += 1
+            end += 3 ** i
+        return cfg.optim.lr * 10 ** (-i / 7)
+    return cfg.optim.lr
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)  # also seeds every CUDA device
+
+
+def _attach_file_log(run_dir: Path) -> None:
+    """train.log in the run dir. Under Hydra its job logging already writes it; for
+    `vaelab resume` (no Hydra app) we add the handler ourselves."""
+    path = (run_dir / "train.log").resolve()
+    root = logging.getLogger()
+    if any(isinstance(h, logging.FileHandler) and Path(h.baseFilename).resolve() == path for h in root.handlers):
+        return
+    h = logging.FileHandler(path, mode="a")
+    h.setFormatter(logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"))
+    root.addHandler(h)
+    if root.level > logging.INFO or root.level == logging.NOTSET:
+        root.setLevel(logging.INFO)
+    if not any(type(h) is logging.StreamHandler for h in root.handlers):
+        root.addHandler(logging.StreamHandler())
+
+
+class _StopFlag:
+    """Ctrl-C / SIGTERM set a flag; the loop saves a checkpoint after the current step and
+    exits. A second Ctrl-C aborts at once."""
+
+    def __init__(self):
+        self.signum = None
+        self._old = {}
+
+    def _handler(self, signum, frame):
+        if self.signum is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signum = signum
+        log.warning("got %s: will checkpoint after this step and stop (Ctrl-C again to abort now)",
+                    signal.Signals(signum).name)
+
+    def __enter__(self):
+        import threading
+        if threading.current_thread() is threading.main_thread():
+            for s in (signal.SIGINT, signal.SIGTERM):
+                self._old[s] = signal.signal(s, self._handler)
+        return self
+
+    def __exit__(self, *exc):
+        for s, h in self._old.items():
+            signal.signal(s, h)
+
+
+# --- the loop ----------------------------------------------------------------------------
+
+
+def train(cfg: DictConfig, run_dir: str | Path) -> dict:
+    """Train (or continue) the run in run_dir; returns the final metrics (also metrics.json)."""
+    validate(cfg)
+    run_dir = Path(run_dir)
+    ckpt_dir, sample_dir = run_dir / "checkpoints", run_dir / "samples"
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    sample_dir.mkdir(exist_ok=True)
+    _attach_file_log(run_dir)
+    t, lcfg = cfg.trainer, cfg.loss
+    device = resolve_device(cfg.device)
+    seed_everything(cfg.seed)
+    if t.deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark = False
+
+    data = load_data(cfg.data.root, device, val_size=cfg.data.val_size, split_seed=cfg.data.split_seed,
+                     binarize=cfg.data.binarize, seed=cfg.seed, download=cfg.data.download)
+    n_train = len(data.train)
+    if data.val_is_test:
+        log.info("data.val_size=0: training on all %d images; 'val' metrics are computed on the test split", n_train)
+    model = build_model(cfg, data.train.dim, data.train.image_shape).to(device)
+    opt = build_optimizer(cfg, model)
+    plain_cfg = to_plain(cfg)
+
+    # Everything needed to continue exactly where a run stopped.
+    st = {"epoch": 0, "step": 0, "examples": 0, "best_val": math.inf, "train_seconds": 0.0,
+          "perm": None, "pos": 0, "epoch_acc": None, "log_acc": None, "data_rng": None}
+    last_path = ckpt_dir / "last.pt"
+    resumed = False
+    if t.resume and last_path.exists():
+        ck = ckpt_io.load(last_path, map_location="cpu")
+        ckpt_io.check_compatible(ck, model, last_path)
+        model.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["optimizer"])
+        st.update(ck["state"])
+        ckpt_io.set_rng_state(ck["rng"])
+        resumed = True
+        log.info("resuming %s from %s: epoch %d, step %d, %d examples seen", run_dir, last_path,
+                 st["epoch"], st["step"], st["examples"])
+    if st["epoch"] >= t.epochs and st["pos"] == 0:
+        log.info("nothing to do: the run has %d of trainer.epochs=%d epochs", st["epoch"], t.epochs)
+
+    data_gen = torch.Generator()  # batch order only; its state is checkpointed
+    data_gen.manual_seed(cfg.seed)
+    if st["data_rng"] is not None:
+        data_gen.set_state(st["data_rng"])
+    # Fixed picture inputs: the same z and the same digits every epoch, so grids show learning.
+    pic_gen = torch.Generator().manual_seed(cfg.seed)
+    fixed_z = torch.randn(t.num_samples, cfg.latent_size, generator=pic_gen).to(device)
+    recon_x = to_float(data.val.images[:8])
+    eval_gen = torch.Generator(device=device)
+
+    writer = RunLogger(run_dir, enabled=cfg.logger.tensorboard, purge_step=st["examples"] if resumed else None)
+    if not resumed:
+        writer.text("config", "```\n" + OmegaConf.to_yaml(plain_cfg) + "\n```")
+        log.info("run directory: %s", run_dir)
+        log.info("model: %s (%d parameters) on %s", type(model).__name__,
+                 sum(p.numel() for p in model.parameters()), device)
+
+    step_model = torch.compile(model) if t.compile else model
+    amp = torch.autocast(device.type, dtype=torch.bfloat16) if t.amp == "bf16" else nullcontext()
+
+    def train_step(x: torch.Tensor, beta: float) -> torch.Tensor:
+        with amp:
+            logits, mu, logvar = step_model(x)
+        terms = vae_loss(logits.float(), x, mu.float(), logvar.float(), recon=lcfg.recon, beta=beta)
+        opt.zero_grad(set_to_none=True)
+        terms["loss"].backward()
+        if t.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
+        opt.step()
+        # (loss, recon, kl) summed over the batch, kept on the device: no host sync per step.
+        return torch.stack([terms["loss"], terms["recon"], terms["kl"]]).detach() * x.shape[0]
+
+    def save(path: Path) -> None:
+        ckpt_io.save_atomic({"model": model.state_dict(), "optimizer": opt.state_dict(),
+                             "state": {**st, "data_rng": data_gen.get_state()},
+                             "rng": ckpt_io.rng_state(), "config": plain_cfg}, path)
+
+    def check_finite(values: list[float], where: str) -> None:
+        if not all(math.isfinite(v) for v in values):
+            good = f"{last_path} (epoch {st['epoch']})" if last_path.exists() else "none yet"
+            raise NonFiniteLoss(f"non-finite loss {values[0]} at step {st['step']} ({where}); "
+                                f"stopped without saving these weights; last good checkpoint: {good}")
+
+    val = None
+    with _StopFlag() as stop:
+        for epoch in range(st["epoch"], t.epochs):
+            lr = lr_at(cfg, epoch)
+            for g in opt.param_groups:
+                g["lr"] = lr
+            model.train()
+            if st["perm"] is None:  # a fresh epoch; otherwise finish the interrupted one
+                st["perm"] = torch.randperm(n_train, generator=data_gen)
+                st["pos"] = 0
+                st["epoch_acc"] = torch.zeros(4)
+                st["log_acc"] = torch.zeros(4)
+            epoch_acc = st["epoch_acc"].to(device)  # (loss, recon, kl, examples) sums
+            log_acc = st["log_acc"].to(device)
+            perm = st["perm"].to(device)
+            t0, seen0 = time.perf_counter(), st["pos"]
+            bar = tqdm(total=n_train, initial=st["pos"], desc=f"epoch {epoch + 1}/{t.epochs}", unit="img",
+                       disable=not t.progress, leave=False, dynamic_ncols=True)
+            for i in range(st["pos"], n_train, t.batch_size):
+                idx = perm[i:i + t.batch_size]
+                x = to_float(data.train.images[idx], data.binarize)
+                beta = beta_at(st["step"], lcfg.beta, lcfg.kl_warmup_steps)
+                sums = train_step(x, beta)
+                b = idx.shape[0]
+                epoch_acc[:3] += sums
+                epoch_acc[3] += b
+                log_acc[:3] += sums
+                log_acc[3] += b
+                st["step"] += 1
+                st["examples"] += b
+                st["pos"] = i + b
+                bar.update(b)
+                if st["step"] % t.log_every == 0:  # the loop's only host sync
+                    v = log_acc.tolist()
+                    means = [s / v[3] for s in v[:3]]
+                    check_finite(means, f"epoch {epoch + 1}")
+                    rate = (st["pos"] - seen0) / (time.perf_counter() - t0)
+                    writer.scalars({"loss": means[0], "recon": means[1], "kl": means[2], "beta": beta},
+                                   st["examples"], prefix="train/")
+                    bar.set_postfix(loss=f"{means[0]:.2f}", img_s=f"{rate:.0f}")
+                    log_acc.zero_()
+                if stop.signum is not None:
+                    break
+            bar.close()
+            dt = time.perf_counter() - t0
+            st["train_seconds"] += dt
+            st["epoch_acc"], st["log_acc"] = epoch_acc.cpu(), log_acc.cpu()
+            if stop.signum is not None and st["pos"] < n_train:
+                save(last_path)
+                writer.close()
+                raise Interrupted(f"stopped by {signal.Signals(stop.signum).name} at step {st['step']} "
+                                  f"(epoch {epoch + 1}, {st['pos']}/{n_train} images); checkpoint: {last_path}; "
+                                  f"continue with: vaelab resume {run_dir}")
+
+            # --- end of epoch: validation, logging, pictures, checkpoints ---------------
+            e = epoch_acc.tolist()
+            train_means = {"loss": e[0] / e[3], "recon": e[1] / e[3], "kl": e[2] / e[3]}
+            check_finite(list(train_means.values()), f"end of epoch {epoch + 1}")
+            rate = (st["pos"] - seen0) / dt
+            eval_gen.manual_seed(cfg.seed + 1)  # same noise every epoch: val numbers comparable
+            val = elbo_stats(model, data.val.images, lcfg.recon, t.eval_batch_size, eval_gen)
+            st["epoch"], st["perm"], st["pos"] = epoch + 1, None, 0
+            x_ax = st["examples"]
+            writer.scalars(train_means, x_ax, prefix="epoch/train_")
+            writer.scalars({"loss": val["nelbo"], "recon": val["recon"], "kl": val["kl"]}, x_ax, prefix="epoch/val_")
+            writer.scalars({"active_units": val["active_units"], "lr": lr, "samples_per_s": rate,
+                            "epoch": epoch + 1}, x_ax, prefix="epoch/")
+            if cfg.logger.histograms:
+                writer.histogram("latent/kl_per_dim", val["kl_per_dim"], x_ax)
+            log.info("epoch %d/%d  train loss %.3f  val -elbo %.3f (recon %.3f, kl %.3f)  active %d/%d  "
+                     "%.1f s, %.0f img/s", epoch + 1, t.epochs, train_means["loss"], val["nelbo"], val["recon"],
+                     val["kl"], val["active_units"], cfg.latent_size, dt, rate)
+            last_epoch = epoch + 1 == t.epochs
+            numbered = (epoch + 1) % t.checkpoint_every == 0
+            if (epoch + 1) % cfg.logger.images_every == 0 or last_epoch or numbered:
+                _pictures(model, fixed_z, recon_x, writer, x_ax, sample_dir if (numbered or last_epoch) else None,
+                          epoch + 1)
+            st["train_loss"] = train_means["loss"]
+            if val["nelbo"] < st["best_val"]:
+                st["best_val"] = val["nelbo"]
+                save(ckpt_dir / "best.pt")
+            if numbered:
+                save(ckpt_dir / f"epoch_{epoch + 1:04d}.pt")
+            save(last_path)  # last, so a kill before this line replays the epoch exactly
+            if stop.signum is not None and not last_epoch:
+                writer.close()
+                raise Interrupted(f"stopped by {signal.Signals(stop.signum).name} after epoch {epoch + 1}; "
+                                  f"checkpoint: {last_path}; continue with: vaelab resume {run_dir}")
+
+    if val is None:  # resumed a finished run: report the stored weights
+        eval_gen.manual_seed(cfg.seed + 1)
+        val = elbo_stats(model, data.val.images, lcfg.recon, t.eval_batch_size, eval_gen)
+    metrics = {
+        "train_loss": st.get("train_loss", float("nan")),
+        "val_loss": val["nelbo"], "val_recon": val["recon"], "val_kl": val["kl"],
+        "active_units": val["active_units"], "latent_size": cfg.latent_size,
+        "epochs": st["epoch"], "steps": st["step"], "examples_seen": st["examples"],
+        "samples_per_s": st["examples"] / st["train_seconds"] if st["train_seconds"] else 0.0,
+        "train_seconds": st["train_seconds"], "best_val_loss": st["best_val"],
+        "val_split": "test" if data.val_is_test else "val",
+    }
+    writer.hparams(plain_cfg, metrics, st["examples"])
+    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    writer.close()
+    log.info("metrics: %s", json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in metrics.items()}))
+    if t.final_eval:
+        from vaelab.evaluate_run import evaluate_run
+        evaluate_run(run_dir, k=t.final_eval_k, device=str(device), checkpoint="last", progress=t.progress)
+    return metrics
+
+
+@torch.no_grad()
+def _pictures(model: VAE, fixed_z: torch.Tensor, recon_x: torch.Tensor, writer: RunLogger, x_ax: int,
+              png_dir: Path | None, epoch: int) -> None:
+    """Samples from the fixed noise, and reconstructions (inputs above, outputs below)."""
+    from torchvision.utils import save_image
+
+    was = model.training
+    model.eval()
+    samples = image_grid(model.decode(fixed_z), model.image_shape)
+    recon = model.decode(model.encode(recon_x)[0])  # decoder mean at z = mu
+    pairs = image_grid(torch.cat([recon_x, recon]), model.image_shape, nrow=recon_x.shape[0])
+    model.train(was)
+    writer.image("samples", samples, x_ax)
+    writer.image("reconstructions", pairs, x_ax)
+    if png_dir is not None:
+        save_image(samples, png_dir / f"samples_epoch{epoch:04d}.png")
+        save_image(pairs, png_dir / f"recon_epoch{epoch:04d}.png")
+
+
+# --- entry points --------------------------------------------------------------------------
+
+
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
+def hydra_main(cfg: DictConfig) -> float:
+    """The Hydra app. Returns the final val loss (negative ELBO), which sweepers minimise."""
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    try:
+        metrics = train(typed(cfg), run_dir)
+    except (NonFiniteLoss, Interrupted) as e:
+        log.error("%s", e)
+        if HydraConfig.get().mode.name == "MULTIRUN":
+            return float("nan")  # let the rest of a sweep go on
+        sys.exit(1 if isinstance(e, NonFiniteLoss) else 130)
+    return metrics["val_loss"]
+
+
+def job_name(task_overrides, job_num) -> str:
+    """Folder name of one sweep job: the overrides it sweeps, e.g. 'latent_size=16,loss.beta=4'.
+    Overrides that are the same for every job (given once on the command line) and the seed
+    (unless swept) are left out; vaelab-train's main() passes those keys in the environment
+    because a job process cannot see the original command line."""
+    fixed = set(filter(None, os.environ.get("VAELAB_FIXED_KEYS", "").split(",")))
+    swept = set(filter(None, os.environ.get("VAELAB_SWEPT_KEYS", "").split(",")))
+    parts = []
+    for o in task_overrides:
+        key = o.split("=", 1)[0].lstrip("+~")
+        if key in fixed or (key == "seed" and key not in swept):
+            continue
+        parts.append(o.replace("/", "_"))
+    return ",".join(parts) or f"job{job_num}"
+
+
+# Registered on import, not in main(): sweep jobs resolve their folder name in worker
+# processes (joblib, submitit) that import this module but never run main().
+OmegaConf.register_new_resolver("vaelab_job_name", job_name, replace=True)
+
+
+def main() -> None:
+    """Console script `vaelab-train`: check the overrides, then hand over to Hydra."""
+    from vaelab.cli_errors import precheck
+
+    register_configs()
+    argv = sys.argv[1:]
+    err = precheck(argv)
+    if err:
+        print(f"vaelab-train: error: {err}", file=sys.stderr)
+        sys.exit(2)
+    hydra_main()
+
+
+if __name__ == "__main__":
+    main()

@@ -134,6 +134,10 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict:
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     sample_dir.mkdir(exist_ok=True)
     _attach_file_log(run_dir)
+    saved_cfg = run_dir / ".hydra" / "config.yaml"
+    if not saved_cfg.exists():  # train() called without Hydra: keep the run reproducible anyway
+        saved_cfg.parent.mkdir(exist_ok=True)
+        OmegaConf.save(cfg, saved_cfg)
     t, lcfg = cfg.trainer, cfg.loss
     device = resolve_device(cfg.device)
     seed_everything(cfg.seed)

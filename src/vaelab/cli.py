@@ -1,0 +1,38 @@
+"""`vaelab COMMAND ...`: everything around a run directory (training itself is vaelab-train).
+
+Each command lives in the module that does the work; that module provides
+`add_arguments(parser)` and `run(args) -> exit code`, and this file only dispatches.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+COMMANDS = {
+    "eval": ("vaelab.evaluate_run", "test-set ELBO, IWAE NLL, active units and pictures of a run"),
+    "sample": ("vaelab.pictures", "decode samples from the prior into a PNG grid"),
+    "reproduce": ("vaelab.workflow", "re-run a run from its saved config and compare the metrics"),
+    "resume": ("vaelab.workflow", "continue a run from its last checkpoint"),
+    "compare": ("vaelab.compare", "table (and curves) of the runs under some folders"),
+}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="vaelab", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (module, help_) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_, description=help_)
+        p.set_defaults(_module=module)
+        getattr(importlib.import_module(module), f"add_{name}_arguments")(p)
+    args = parser.parse_args(argv)
+    mod = importlib.import_module(args._module)
+    try:
+        code = getattr(mod, f"{args.command}_command")(args)
+    except KeyboardInterrupt:
+        code = 130
+    sys.exit(code or 0)
+
+
+if __name__ == "__main__":
+    main()

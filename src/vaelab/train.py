@@ -30,8 +30,8 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
 from vaelab import checkpoint as ckpt_io
-from vaelab.config import CONF_DIR, register_configs, resolve_device, to_plain, typed, validate
-from vaelab.data import load_data, to_float
+from vaelab.config import CONF_DIR, ConfigError, register_configs, resolve_device, to_plain, typed, validate
+from vaelab.data import DataError, load_data, to_float
 from vaelab.evaluate import elbo_stats
 from vaelab.logger import RunLogger, image_grid
 from vaelab.losses import beta_at, vae_loss
@@ -57,9 +57,12 @@ def build_model(cfg: DictConfig, input_dim: int = 784, image_shape=(1, 28, 28)) 
 
 def build_optimizer(cfg: DictConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
     o = cfg.optim
+    impl = o.impl
+    if impl == "fused" and next(model.parameters()).device.type not in ("cpu", "cuda"):
+        impl = "foreach"  # no fused Adam kernel there
     return torch.optim.Adam(model.parameters(), lr=o.lr, betas=tuple(o.betas), eps=o.eps,
-                            weight_decay=o.weight_decay, foreach=o.impl == "foreach",
-                            fused=True if o.impl == "fused" else None)
+                            weight_decay=o.weight_decay, foreach=impl == "foreach",
+                            fused=True if impl == "fused" else None)
 
 
 def lr_at(cfg: DictConfig, epoch: int) -> float:
@@ -183,7 +186,10 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict:
     recon_x = to_float(data.val.images[:8])
     eval_gen = torch.Generator(device=device)
 
-    writer = RunLogger(run_dir, enabled=cfg.logger.tensorboard, purge_step=st["examples"] if resumed else None)
+    # Everything at x = examples was logged before last.pt was saved; only later events are
+    # orphans of the killed process (TensorBoard drops events at steps >= purge_step).
+    writer = RunLogger(run_dir, enabled=cfg.logger.tensorboard,
+                       purge_step=st["examples"] + 1 if resumed else None)
     if not resumed:
         writer.text("config", "```\n" + OmegaConf.to_yaml(plain_cfg) + "\n```")
         log.info("run directory: %s", run_dir)
@@ -282,7 +288,7 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict:
             writer.scalars(train_means, x_ax, prefix="epoch/train_")
             writer.scalars({"loss": val["nelbo"], "recon": val["recon"], "kl": val["kl"]}, x_ax, prefix="epoch/val_")
             writer.scalars({"active_units": val["active_units"], "lr": lr, "samples_per_s": rate,
-                            "epoch": epoch + 1}, x_ax, prefix="epoch/")
+                            "epoch": epoch + 1, "rss_mib": _rss_mib()}, x_ax, prefix="epoch/")
             if cfg.logger.histograms:
                 writer.histogram("latent/kl_per_dim", val["kl_per_dim"], x_ax)
             log.info("epoch %d/%d  train loss %.3f  val -elbo %.3f (recon %.3f, kl %.3f)  active %d/%d  "
@@ -327,6 +333,15 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict:
     return metrics
 
 
+def _rss_mib() -> float:
+    """Resident memory of this process now (Linux /proc; 0 elsewhere): a leak shows as growth."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2 ** 20
+    except (OSError, ValueError):
+        return 0.0
+
+
 @torch.no_grad()
 def _pictures(model: VAE, fixed_z: torch.Tensor, recon_x: torch.Tensor, writer: RunLogger, x_ax: int,
               png_dir: Path | None, epoch: int) -> None:
@@ -355,6 +370,9 @@ def hydra_main(cfg: DictConfig) -> float:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     try:
         metrics = train(typed(cfg), run_dir)
+    except (ConfigError, DataError, ckpt_io.CheckpointError) as e:  # bad input: one line, no traceback
+        print(f"vaelab-train: error: {e}", file=sys.stderr)
+        sys.exit(2)
     except (NonFiniteLoss, Interrupted) as e:
         log.error("%s", e)
         if HydraConfig.get().mode.name == "MULTIRUN":
@@ -384,12 +402,37 @@ def job_name(task_overrides, job_num) -> str:
 OmegaConf.register_new_resolver("vaelab_job_name", job_name, replace=True)
 
 
+def saved_config_argv(argv: list[str]) -> list[str]:
+    """Make `vaelab-train --config-dir RUN_DIR/.hydra --config-name config` re-run a saved run.
+
+    Hydra searches a --config-dir *after* conf/, so conf/config.yaml would shadow the saved
+    config.yaml of the same name. Make the saved folder the primary config path instead, keep
+    conf/ searchable (hydra/launcher=..., hparams_search=...) and keep conf/config.yaml's
+    output folders, which the saved config (it has no hydra: section) does not carry."""
+    from vaelab.cli_errors import split_args
+
+    overrides, flags = split_args(argv)
+    folder = flags.get("--config-dir") or flags.get("-cd")
+    name = flags.get("--config-name") or flags.get("-cn") or "config"
+    if not folder or "--config-path" in flags or "-cp" in flags or not (Path(folder) / f"{name}.yaml").is_file():
+        return argv  # no saved config there: Hydra's own meaning (an extra folder of groups)
+    i = next(i for i, a in enumerate(argv) if a.split("=", 1)[0] in ("--config-dir", "-cd"))
+    rest = argv[i + 1:] if "=" in argv[i] else argv[i + 2:]
+    given = {o.split("=", 1)[0] for o in overrides}
+    h = OmegaConf.to_container(OmegaConf.load(CONF_DIR / "config.yaml").hydra, resolve=False)
+    keep = {"hydra.searchpath": f"['file://{CONF_DIR}']", "hydra.job.name": h["job"]["name"],
+            "hydra.run.dir": f"'{h['run']['dir']}'", "hydra.sweep.dir": f"'{h['sweep']['dir']}'",
+            "hydra.sweep.subdir": f"'{h['sweep']['subdir']}'"}
+    return (argv[:i] + ["--config-path", os.path.abspath(folder)] + rest
+            + [f"{k}={v}" for k, v in keep.items() if k not in given])
+
+
 def main() -> None:
     """Console script `vaelab-train`: check the overrides, then hand over to Hydra."""
     from vaelab.cli_errors import precheck
 
     register_configs()
-    argv = sys.argv[1:]
+    argv = sys.argv[1:] = saved_config_argv(sys.argv[1:])
     err = precheck(argv)
     if err:
         print(f"vaelab-train: error: {err}", file=sys.stderr)

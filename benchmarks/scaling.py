@@ -1,0 +1,77 @@
+"""How training cost grows: seconds per epoch against batch size and model size, and
+resident memory over many epochs (a leak would show as growth).
+
+    python benchmarks/scaling.py --data-root ../shared/data [--device cpu] [--epochs 2]
+    python benchmarks/scaling.py --data-root ../shared/data --memory-epochs 20
+
+Each point is one `vaelab-train experiment=seed` process; s/epoch is the training-loop time
+of the last epoch (the first includes warm-up). Results: benchmarks/results/scaling-<device>.json
+and a Markdown table on stdout for benchmarks/README.md.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run(data_root: Path, device: str, epochs: int, overrides: list[str], tmp: Path) -> dict:
+    run_dir = tmp / "_".join(o.replace("=", "-").replace("/", "") for o in overrides)
+    cmd = [sys.executable, "-m", "vaelab.train", "experiment=seed", f"trainer.epochs={epochs}",
+           f"data.root={data_root}", f"device={device}", "trainer.final_eval=false", "trainer.progress=false",
+           "logger.images_every=1000000", f"hydra.run.dir={run_dir}", *overrides]
+    r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
+    if r.returncode != 0:
+        sys.exit(f"scaling.py: error: {' '.join(overrides)} failed:\n{r.stderr[-2000:]}")
+    acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
+    acc.Reload()
+    rate = [e.value for e in acc.Scalars("epoch/samples_per_s")]
+    return {"overrides": overrides, "samples_per_s": rate, "s_per_epoch": 60000 / rate[-1],
+            "rss_mib": [e.value for e in acc.Scalars("epoch/rss_mib")],
+            "train_loss": [e.value for e in acc.Scalars("epoch/train_loss")]}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data-root", type=Path, required=True)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--epochs", type=int, default=2)
+    p.add_argument("--batch-sizes", default="64,256,1024,4096")
+    p.add_argument("--sizes", default="small,base,large")
+    p.add_argument("--memory-epochs", type=int, default=0, help="instead: RSS over this many epochs")
+    args = p.parse_args()
+    root = args.data_root.resolve()
+    out = REPO / "benchmarks" / "results" / f"scaling-{args.device.replace(':', '')}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="vaelab-scaling-") as t:
+        tmp = Path(t)
+        if args.memory_epochs:
+            r = run(root, args.device, args.memory_epochs, ["trainer.batch_size=256"], tmp)
+            print("| epoch | RSS (MiB) | train loss |\n|---:|---:|---:|")
+            for i, (m, l) in enumerate(zip(r["rss_mib"], r["train_loss"])):
+                print(f"| {i + 1} | {m:.0f} | {l:.2f} |")
+            out = out.with_name(out.stem.replace("scaling", "memory") + ".json")
+            out.write_text(json.dumps(r, indent=2) + "\n")
+            print(f"RSS growth epoch 2 -> {len(r['rss_mib'])}: {r['rss_mib'][-1] - r['rss_mib'][1]:+.1f} MiB")
+            return
+        rows = []
+        print("| batch size | model | hidden | s/epoch | samples/s |\n|---:|---|---|---:|---:|")
+        for size in args.sizes.split(","):
+            for bs in args.batch_sizes.split(","):
+                r = run(root, args.device, args.epochs, [f"trainer.batch_size={bs}", f"model.size={size}"], tmp)
+                rows.append(r)
+                hidden = {"small": "[256]", "base": "[512]", "large": "[1024,512]"}[size]
+                print(f"| {bs} | {size} | {hidden} | {r['s_per_epoch']:.2f} | {r['samples_per_s'][-1]:.0f} |",
+                      flush=True)
+        out.write_text(json.dumps(rows, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

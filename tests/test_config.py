@@ -1,0 +1,119 @@
+"""Config composition: every documented override works, every bad input gives one clear line."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from tests.conftest import compose_cfg
+from vaelab.cli_errors import precheck
+from vaelab.config import ConfigError, resolve_device, validate
+from vaelab.train import build_model, build_optimizer, lr_at
+
+
+def test_defaults_compose_and_validate():
+    cfg = compose_cfg()
+    validate(cfg)
+    assert cfg.name == "default" and cfg.model.latent_size == cfg.latent_size
+
+
+@pytest.mark.parametrize("override,check", [
+    ("latent_size=16", lambda c: c.latent_size == 16 and c.model.latent_size == 16),
+    ("model.size=small", lambda c: build_model(c).hidden == [256]),
+    ("model.size=large", lambda c: build_model(c).hidden == [1024, 512]),
+    ("model.hidden=[1024,512]", lambda c: build_model(c).hidden == [1024, 512]),
+    ("loss.beta=4", lambda c: c.loss.beta == 4.0),
+    ("loss.recon=bce", lambda c: c.loss.recon == "bce"),
+    ("loss.recon=mse", lambda c: c.loss.recon == "mse"),
+    ("loss.kl_warmup_steps=5000", lambda c: c.loss.kl_warmup_steps == 5000),
+    ("device=cpu", lambda c: resolve_device(c.device).type == "cpu"),
+    ("device=auto", lambda c: resolve_device(c.device).type in ("cpu", "cuda", "mps")),
+    ("data.binarize=dynamic", lambda c: c.data.binarize == "dynamic"),
+    ("trainer.grad_clip=1.0", lambda c: c.trainer.grad_clip == 1.0),
+])
+def test_override(override, check):
+    cfg = compose_cfg([override])
+    validate(cfg)
+    assert check(cfg)
+    assert precheck([override]) is None
+
+
+def test_seed_experiment_is_the_seed_script():
+    cfg = compose_cfg(["experiment=seed"])
+    assert cfg.name == "seed" and cfg.latent_size == 256
+    assert cfg.loss.recon == "mse" and cfg.loss.beta == 1.0 and cfg.loss.kl_warmup_steps == 0
+    assert cfg.optim.lr == 1e-3 and cfg.trainer.batch_size == 64 and cfg.trainer.epochs == 50
+    assert cfg.trainer.checkpoint_every == 10 and cfg.trainer.num_samples == 10
+    assert cfg.data.val_size == 0  # the seed trains on all 60k images
+    model = build_model(cfg)
+    shapes = [tuple(p.shape) for p in model.parameters()]
+    # 784 -> 512 -> (mu, logvar) 2x256 ; 256 -> 512 -> 784, the seed's fc1..fc5
+    assert shapes == [(512, 784), (512,), (512, 512), (512,), (512, 256), (512,), (784, 512), (784,)]
+    x = torch.rand(3, 784)
+    assert torch.all((model.decode(model.encode(x)[0]) >= 0) & (model.decode(model.encode(x)[0]) <= 1))
+
+
+def test_iwae_paper_experiment_schedule():
+    cfg = compose_cfg(["experiment=iwae_paper_vae"])
+    assert build_model(cfg).hidden == [200, 200] and cfg.latent_size == 50 and cfg.optim.eps == 1e-4
+    assert cfg.trainer.epochs == 3280 and cfg.trainer.batch_size == 20
+    assert lr_at(cfg, 0) == pytest.approx(1e-3)
+    assert lr_at(cfg, 1) == pytest.approx(1e-3 * 10 ** (-1 / 7))  # stage 1: epochs 1..3
+    assert lr_at(cfg, 4) == pytest.approx(1e-3 * 10 ** (-2 / 7))  # stage 2: epochs 4..12
+    assert lr_at(cfg, 3279) == pytest.approx(1e-3 * 10 ** (-7 / 7))
+
+
+def test_optimizer_matches_config():
+    cfg = compose_cfg(["optim.lr=0.01", "optim.eps=1e-4"])
+    opt = build_optimizer(cfg, build_model(cfg))
+    assert isinstance(opt, torch.optim.Adam)
+    assert opt.defaults["lr"] == 0.01 and opt.defaults["eps"] == 1e-4 and opt.defaults["fused"]
+    cfg = compose_cfg(["optim.impl=foreach"])
+    assert build_optimizer(cfg, build_model(cfg)).defaults["foreach"]
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["latent_sizee=16"], "unknown key 'latent_sizee'"),
+    (["loss.betaa=2"], "did you mean 'loss.beta'"),
+    (["latent_size=abc"], "latent_size"),
+    (["trainer.epochs=1.5"], "trainer.epochs"),
+    (["latent_size=0"], "latent_size=0: must be an integer >= 1"),
+    (["loss.beta=-1"], "loss.beta=-1.0: must be >= 0"),
+    (["loss.recon=foo"], "expected one of [mse, bce]"),
+    (["model.size=huge"], "expected one of [small, base, large]"),
+    (["model.hidden=[0]"], "model.hidden"),
+    (["experiment=sed"], "available: iwae_paper_vae, seed"),
+    (["device=gpu"], "allowed: auto, cpu, cuda, cuda:N, mps"),
+    (["optim.lr=0"], "optim.lr"),
+    (["-m", "latent_size=2,0"], "latent_size=0"),  # every value of a sweep is checked
+])
+def test_bad_input_is_one_line(args, needle):
+    err = precheck(args)
+    assert err is not None and needle in err
+    assert "\n" not in err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
+def test_cuda_without_gpu_is_refused():
+    with pytest.raises(ConfigError, match="no CUDA GPU"):
+        resolve_device("cuda")
+    assert "no CUDA GPU" in precheck(["device=cuda"])
+    assert "no CUDA GPU" in precheck(["device=cuda:1"])
+
+
+def test_cli_prints_one_line_and_exits_before_training(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "vaelab.train", "latent_size=0"], cwd=tmp_path,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines() == ["vaelab-train: error: latent_size=0: must be an integer >= 1"]
+    assert not (tmp_path / "outputs").exists()  # nothing started
+
+
+def test_missing_data_is_one_line(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "vaelab.train", f"data.root={tmp_path / 'nowhere'}",
+                        "data.download=false"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "train-images-idx3-ubyte" in lines[0] and "nowhere" in lines[0]

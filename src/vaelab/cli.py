@@ -1,7 +1,7 @@
 """`vaelab COMMAND ...`: everything around a run directory (training itself is vaelab-train).
 
-Each command lives in the module that does the work; that module provides
-`add_arguments(parser)` and `run(args) -> exit code`, and this file only dispatches.
+Each command lives in the module that does the work; for command NAME that module provides
+`add_NAME_arguments(parser)` and `NAME_command(args) -> exit code`; this file only dispatches.
 """
 from __future__ import annotations
 

@@ -8,10 +8,16 @@ Units: nats per example unless a name says bits_per_dim (nats / (D ln 2)).
   (5000 in the paper) is the usual "test NLL". Computed as a streaming log-sum-exp over chunks
   of samples, so memory is O(batch * chunk) whatever k is.
 - Active units (Burda et al. 2016, sec. 5.2): dimension i is active if Cov_x(E_q[z_i|x]) > 0.01.
+
+The likelihood `recon` is the config's name ('bce': Bernoulli, 'mse': Gaussian with variance
+1/2, see losses.py) or any function (decoder logits (B, D), x (B, D)) -> log p(x|z) (B,) in nats.
+The likelihood belongs to the objective, not to the network, so it is passed in like the
+config passes it to the loss; a test with a closed-form log p(x) passes its own Gaussian.
 """
 from __future__ import annotations
 
 import math
+from typing import Callable, Union
 
 import torch
 from tqdm.auto import tqdm
@@ -22,17 +28,41 @@ from vaelab.losses import kl_per_dim, recon_log_likelihood, recon_nll
 LOG_2PI = math.log(2 * math.pi)
 ACTIVE_THRESHOLD = 0.01
 
+LogLikelihood = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+Recon = Union[str, LogLikelihood]
+
+
+def log_likelihood_fn(recon: Recon) -> LogLikelihood:
+    """(logits (B, D), x (B, D)) -> log p(x|z) (B,) in nats, for a config name or a function."""
+    if callable(recon):
+        return recon
+    return lambda logits, x: recon_log_likelihood(logits, x, recon)
+
+
+def _recon_cost(recon: Recon) -> LogLikelihood:
+    """The decoder's cost as training reports it, (B,): for a config name exactly
+    losses.recon_nll (for mse the squared error, without the Gaussian constant), for a
+    log-likelihood function -log p(x|z)."""
+    if callable(recon):
+        return lambda logits, x: -recon(logits, x)
+    return lambda logits, x: recon_nll(logits, x, recon)
+
 
 def _batches(images: torch.Tensor, batch_size: int):
+    """Float batches of a split: uint8 (N, D) as stored (eval splits are already binarized if
+    asked), or values (N, D) already in float, e.g. from a test's hand-built model."""
     for i in range(0, images.shape[0], batch_size):
-        yield to_float(images[i:i + batch_size])  # eval splits are already binarized if asked
+        x = images[i:i + batch_size]
+        yield to_float(x) if x.dtype == torch.uint8 else x
 
 
 @torch.no_grad()
-def elbo_stats(model, images: torch.Tensor, recon: str, batch_size: int = 2000,
+def elbo_stats(model, images: torch.Tensor, recon: Recon, batch_size: int = 2000,
                generator: torch.Generator | None = None) -> dict:
     """One-sample ELBO terms over a split (uint8 (N, D)), averaged per example, plus the KL of
-    each latent dimension and the active-unit count. Large no-grad batches."""
+    each latent dimension and the active-unit count. Large no-grad batches. 'recon' in the
+    result is the cost training reports (see _recon_cost)."""
+    cost = _recon_cost(recon)
     was_training = model.training
     model.eval()
     n = images.shape[0]
@@ -42,7 +72,7 @@ def elbo_stats(model, images: torch.Tensor, recon: str, batch_size: int = 2000,
     for x in _batches(images, batch_size):
         mu, logvar = model.encode(x)
         z = model.reparameterize(mu, logvar, generator)
-        r = recon_nll(model.decode_logits(z), x, recon).sum()
+        r = cost(model.decode_logits(z), x).sum()
         k = kl_per_dim(mu, logvar).sum(0)  # (L,)
         rec = rec + r
         kl_d = k if kl_d is None else kl_d + k
@@ -58,7 +88,7 @@ def elbo_stats(model, images: torch.Tensor, recon: str, batch_size: int = 2000,
             "mu_var": mu_var.cpu(), "active_units": int((mu_var > ACTIVE_THRESHOLD).sum())}
 
 
-def log_weights(model, x: torch.Tensor, k: int, recon: str, generator: torch.Generator | None = None,
+def log_weights(model, x: torch.Tensor, k: int, recon: Recon, generator: torch.Generator | None = None,
                 chunk: int = 100) -> torch.Tensor:
     """log w_i = log p(x|z_i) + log p(z_i) - log q(z_i|x) for i = 1..k: (B, k), in nats.
     (Use iwae_bound for large k: it never holds all k at once.)"""
@@ -66,6 +96,7 @@ def log_weights(model, x: torch.Tensor, k: int, recon: str, generator: torch.Gen
 
 
 def _log_weight_chunks(model, x, k, recon, generator, chunk):
+    log_px_given_z = log_likelihood_fn(recon)
     mu, logvar = model.encode(x)  # (B, L)
     std = torch.exp(0.5 * logvar)
     b, latent = mu.shape
@@ -77,13 +108,13 @@ def _log_weight_chunks(model, x, k, recon, generator, chunk):
         log_q = -0.5 * (eps.pow(2) + logvar + LOG_2PI).sum(-1)  # (c, B)
         log_p_z = -0.5 * (z.pow(2) + LOG_2PI).sum(-1)  # (c, B)
         logits = model.decode_logits(z.reshape(c * b, latent))
-        log_px = recon_log_likelihood(logits, x.repeat(c, 1), recon).reshape(c, b)
+        log_px = log_px_given_z(logits, x.repeat(c, 1)).reshape(c, b)
         yield (log_px + log_p_z - log_q).t()  # (B, c)
         done += c
 
 
 @torch.no_grad()
-def iwae_bound(model, x: torch.Tensor, k: int, recon: str, generator: torch.Generator | None = None,
+def iwae_bound(model, x: torch.Tensor, k: int, recon: Recon, generator: torch.Generator | None = None,
                chunk: int = 100) -> torch.Tensor:
     """log (1/k) sum_i w_i per example, (B,), in nats, by a streaming log-sum-exp."""
     lse = None
@@ -94,7 +125,7 @@ def iwae_bound(model, x: torch.Tensor, k: int, recon: str, generator: torch.Gene
 
 
 @torch.no_grad()
-def iwae_nll(model, images: torch.Tensor, k: int, recon: str, generator: torch.Generator | None = None,
+def iwae_nll(model, images: torch.Tensor, k: int, recon: Recon, generator: torch.Generator | None = None,
              max_elems: int = 2_000_000, progress: bool = True) -> float:
     """-IWAE bound averaged over a split, nats per example. The example batch is chosen so one
     chunk of decoder outputs holds about max_elems floats: memory stays bounded for any k."""

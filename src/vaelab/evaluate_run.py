@@ -1,87 +1,262 @@
-"""`vaelab eval RUN_DIR`: the test-split numbers of a trained run, into RUN_DIR/eval.json and
-the run's own TensorBoard."""
+"""`vaelab eval RUN_DIR`: the test-split numbers and pictures of a trained run, into
+RUN_DIR/eval.json, RUN_DIR/eval/*.png and the run's own TensorBoard (test/*, eval/*).
+
+    vaelab eval outputs/runs/default/2024-05-01_12-00-00 --k 5000
+    vaelab eval RUN_DIR --checkpoint best --device cuda
+    vaelab eval RUN_DIR --checkpoint RUN_DIR/checkpoints/epoch_0010.pt --k 100 --no-pictures
+
+Numbers (evaluate.py has the definitions): the one-sample ELBO with its reconstruction and
+KL terms, the IWAE bound with k importance samples (-bound = the "test NLL" of papers), the
+active units, and the KL of each latent dimension; in nats per example and bits per dimension.
+"""
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import math
+import sys
+import time
 from pathlib import Path
 
 import torch
 from omegaconf import OmegaConf
 
 from vaelab import checkpoint as ckpt_io
-from vaelab.config import resolve_device, typed
-from vaelab.data import load_data
-from vaelab.evaluate import bits_per_dim, elbo_stats, iwae_nll
+from vaelab.config import ConfigError, resolve_device, typed
+from vaelab.data import DataError, load_data
+from vaelab.evaluate import ACTIVE_THRESHOLD, bits_per_dim, elbo_stats, iwae_nll
 from vaelab.losses import MSE_GAUSSIAN_VARIANCE, MSE_NLL_CONST_PER_DIM
+from vaelab.pictures import make_pictures
 
 log = logging.getLogger("vaelab")
 
 
-def load_run(run_dir: str | Path, checkpoint: str = "last", device: str = "cpu"):
-    """(config, model on device, checkpoint path) of a run directory."""
+class RunDirError(FileNotFoundError):
+    """A path that is not a vaelab run directory. Its message is one line for the user."""
+
+
+# The errors a user can cause from the command line; each has a one-line message.
+USER_ERRORS = (RunDirError, ckpt_io.CheckpointError, ConfigError, DataError)
+
+
+def _load(run_dir: str | Path, checkpoint: str, device: str):
     from vaelab.train import build_model
 
     run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise RunDirError(f"{run_dir}: no such run directory")
     cfg_path = run_dir / ".hydra" / "config.yaml"
     if not cfg_path.is_file():
-        raise FileNotFoundError(f"{run_dir}: not a vaelab run directory (no .hydra/config.yaml)")
+        raise RunDirError(f"{run_dir}: not a vaelab run directory (no .hydra/config.yaml)")
     cfg = typed(OmegaConf.load(cfg_path))
     if checkpoint in ("last", "best"):
         path = run_dir / "checkpoints" / f"{checkpoint}.pt"
     else:
         path = Path(checkpoint)
+        if not path.exists() and (run_dir / "checkpoints" / checkpoint).exists():
+            path = run_dir / "checkpoints" / checkpoint  # --checkpoint epoch_0010.pt
     ck = ckpt_io.load(path)
     model = build_model(cfg)
     ckpt_io.check_compatible(ck, model, path)
     model.load_state_dict(ck["model"])
     dev = resolve_device(device)
-    return cfg, model.to(dev).eval(), path
+    return cfg, model.to(dev).eval(), path, ck
+
+
+def load_run(run_dir: str | Path, checkpoint: str = "last", device: str = "cpu"):
+    """(config, model on device in eval mode, checkpoint path) of a run directory.
+    checkpoint: 'last', 'best', a path, or a file name under RUN_DIR/checkpoints/."""
+    cfg, model, path, _ = _load(run_dir, checkpoint, device)
+    return cfg, model, path
+
+
+def data_root(run_dir: Path, cfg) -> Path:
+    """data.root as the run saw it. A relative root is relative to the folder vaelab-train was
+    started from, which Hydra records in .hydra/hydra.yaml; eval may be started elsewhere."""
+    root = Path(str(cfg.data.root)).expanduser()
+    hydra_yaml = run_dir / ".hydra" / "hydra.yaml"
+    if not root.is_absolute() and hydra_yaml.is_file():
+        cwd = OmegaConf.select(OmegaConf.load(hydra_yaml), "hydra.runtime.cwd")
+        if cwd and (Path(cwd) / root).exists():
+            return Path(cwd) / root
+    return root
+
+
+def _likelihood(recon: str, binarize: str) -> tuple[str, str]:
+    """(short name, one-line note) of the decoder likelihood the numbers are in."""
+    if recon == "mse":
+        return "gaussian", (f"loss.recon=mse is a Gaussian decoder with variance {MSE_GAUSSIAN_VARIANCE} on "
+                            f"[0, 1] pixels (sum of squares = -log N(x; mean, 1/2) - D/2 log(pi)); "
+                            f"a continuous density, not comparable with Bernoulli NLLs of binarized MNIST")
+    if binarize == "none":
+        return "bernoulli", ("loss.recon=bce on grey levels (data.binarize=none): a cross-entropy, not a "
+                             "normalised likelihood; use data.binarize=dynamic for numbers comparable with papers")
+    return "bernoulli", (f"Bernoulli decoder on binarized MNIST (data.binarize={binarize}; the test split is "
+                         f"binarized once with a fixed seed), comparable with Burda et al. 2016")
 
 
 def evaluate_run(run_dir: str | Path, k: int = 5000, device: str = "auto", checkpoint: str = "last",
-                 progress: bool = True, seed: int = 0) -> dict:
+                 progress: bool = True, seed: int = 0, pictures: bool = True,
+                 data_root_override: str | Path | None = None) -> dict:
+    """Evaluate a run on the test split; write eval.json (and the pictures, and TensorBoard
+    events when the run logs to TensorBoard). Returns what eval.json holds."""
+    t0 = time.perf_counter()
     run_dir = Path(run_dir)
-    cfg, model, path = load_run(run_dir, checkpoint, device)
+    if k < 1:
+        raise ConfigError(f"k={k}: the number of importance samples must be >= 1")
+    cfg, model, path, ck = _load(run_dir, checkpoint, device)
     dev = next(model.parameters()).device
-    data = load_data(cfg.data.root, dev, val_size=cfg.data.val_size, split_seed=cfg.data.split_seed,
-                     binarize=cfg.data.binarize, seed=cfg.seed, download=cfg.data.download)
+    root = Path(data_root_override) if data_root_override else data_root(run_dir, cfg)
+    recon_kind = getattr(cfg.loss.recon, "value", cfg.loss.recon)
+    binarize = getattr(cfg.data.binarize, "value", cfg.data.binarize)
+    data = load_data(root, dev, val_size=cfg.data.val_size, split_seed=cfg.data.split_seed,
+                     binarize=binarize, seed=cfg.seed, download=cfg.data.download)
     test = data.test.images
     d = test.shape[1]
-    recon_kind = cfg.loss.recon
     gen = torch.Generator(device=dev).manual_seed(seed)
     st = elbo_stats(model, test, recon_kind, cfg.trainer.eval_batch_size, gen)
-    # For MSE the "recon" is a squared error; as a likelihood it is a Gaussian with variance
-    # 1/2, whose NLL adds D * 0.5 * log(pi) nats (a continuous density: not comparable with
-    # Bernoulli NLLs on binarized MNIST).
-    const = d * MSE_NLL_CONST_PER_DIM if recon_kind == "mse" else 0.0
-    recon = st["recon"] + const
+    # For MSE the trained "recon" is a squared error; as a likelihood it is a Gaussian with
+    # variance 1/2, whose NLL adds D * 0.5 * log(pi) nats (losses.py).
+    recon = st["recon"] + (d * MSE_NLL_CONST_PER_DIM if recon_kind == "mse" else 0.0)
+    kl = st["kl"]
+    elbo = -(recon + kl)
     nll = iwae_nll(model, test, k, recon_kind, gen, progress=progress)
-    elbo = -(recon + st["kl"])
+    likelihood, note = _likelihood(recon_kind, binarize)
+    step = _examples_seen(run_dir)
     result = {
-        "elbo": elbo, "recon": recon, "kl": st["kl"], "nll_iwae": nll, "k": k,
+        "elbo": elbo, "recon": recon, "kl": kl, "nll_iwae": nll, "k": k,
         "bits_per_dim": bits_per_dim(nll, d), "elbo_bits_per_dim": bits_per_dim(-elbo, d),
+        "recon_bits_per_dim": bits_per_dim(recon, d), "kl_bits_per_dim": bits_per_dim(kl, d),
         "active_units": st["active_units"], "latent_size": int(cfg.latent_size),
         "kl_per_dim": [float(v) for v in st["kl_per_dim"]],
-        "checkpoint": str(path), "split": "test", "n_examples": int(test.shape[0]),
-        "likelihood": ("bernoulli" if recon_kind == "bce"
-                       else f"gaussian(variance={MSE_GAUSSIAN_VARIANCE}) on [0,1] pixels, continuous density"),
-        "binarize": str(cfg.data.binarize),
+        "mean_variance_per_dim": [float(v) for v in st["mu_var"]],  # Cov_x(E_q[z_i|x]), the AU statistic
+        "checkpoint": str(path), "epoch": int(ck.get("state", {}).get("epoch", 0)),
+        "examples_seen": step, "split": "test", "n_examples": int(test.shape[0]), "dim": int(d),
+        "likelihood": likelihood, "gaussian_variance": MSE_GAUSSIAN_VARIANCE if recon_kind == "mse" else None,
+        "recon_kind": recon_kind, "binarize": binarize, "note": note, "seed": seed,
+        "tensorboard": bool(cfg.logger.tensorboard),
     }
+    writer = None
+    if cfg.logger.tensorboard:
+        from torch.utils.tensorboard import SummaryWriter
+        writer = SummaryWriter(log_dir=str(run_dir))
+        for key in ("elbo", "recon", "kl", "nll_iwae", "bits_per_dim", "elbo_bits_per_dim", "active_units"):
+            if math.isfinite(result[key]):
+                writer.add_scalar(f"test/{key}", result[key], step)
+    if pictures:
+        result.update(make_pictures(model, test, data.test.labels, st["kl_per_dim"],
+                                    st["mu_var"] > ACTIVE_THRESHOLD, run_dir / "eval", writer, step, seed))
+    if writer is not None:
+        writer.close()
+    result["seconds"] = time.perf_counter() - t0
     (run_dir / "eval.json").write_text(json.dumps(result, indent=2) + "\n")
-    _log_tb(run_dir, result)
     log.info("eval (%s, k=%d): ELBO %.2f nats (recon %.2f, KL %.2f), IWAE NLL %.2f nats = %.4f bits/dim, "
-             "active units %d/%d", path.name, k, elbo, recon, st["kl"], nll, result["bits_per_dim"],
+             "active units %d/%d", path.name, k, elbo, recon, kl, nll, result["bits_per_dim"],
              st["active_units"], cfg.latent_size)
     return result
 
 
-def _log_tb(run_dir: Path, result: dict) -> None:
-    from torch.utils.tensorboard import SummaryWriter
+def _examples_seen(run_dir: Path) -> int:
+    """The TensorBoard x-axis of the run (examples seen), from metrics.json; 0 if absent."""
+    try:
+        return int(json.loads((run_dir / "metrics.json").read_text()).get("examples_seen", 0))
+    except (OSError, ValueError, AttributeError):
+        return 0
 
-    w = SummaryWriter(log_dir=str(run_dir))
-    for key in ("elbo", "recon", "kl", "nll_iwae", "bits_per_dim", "active_units"):
-        if isinstance(result[key], (int, float)) and math.isfinite(result[key]):
-            w.add_scalar(f"test/{key}", result[key], 0)
-    w.close()
+
+def load_eval(run_dir: str | Path) -> dict:
+    return json.loads((Path(run_dir) / "eval.json").read_text())
+
+
+def format_table(r: dict, run_dir: str | Path) -> str:
+    """The numbers of eval.json as a small table, nats per example and bits per dimension."""
+    rows = [
+        ("-ELBO (upper bound on NLL)", -r["elbo"], r["elbo_bits_per_dim"]),
+        ("  reconstruction -log p(x|z)", r["recon"], r["recon_bits_per_dim"]),
+        ("  KL(q(z|x) || p(z))", r["kl"], r["kl_bits_per_dim"]),
+        (f"NLL, IWAE bound (k={r['k']})", r["nll_iwae"], r["bits_per_dim"]),
+    ]
+    kl = r["kl_per_dim"]
+    order = sorted(range(len(kl)), key=lambda i: -kl[i])
+    small = sum(v < 0.01 for v in kl)
+    top = ", ".join(f"z{i} {kl[i]:.2f}" for i in order[:8])
+    lines = [
+        f"vaelab eval {run_dir}",
+        f"  checkpoint   {r['checkpoint']} (epoch {r['epoch']})",
+        f"  data         test split, {r['n_examples']} images of {r['dim']} pixels",
+        f"  likelihood   {r['note']}",
+        "",
+        f"  {'':32s}{'nats/example':>14s}{'bits/dim':>11s}",
+        *(f"  {name:32s}{nats:14.2f}{bits:11.4f}" for name, nats, bits in rows),
+        f"  {'ELBO gap (-ELBO - NLL)':32s}{-r['elbo'] - r['nll_iwae']:14.2f}",
+        "",
+        f"  active units {r['active_units']} / {r['latent_size']}   (Cov_x E_q[z_i|x] > 0.01)",
+        f"  KL per dim   {top}{' ...' if len(kl) > 8 else ''}   ({small} dims < 0.01 nats)",
+    ]
+    if r.get("pictures"):
+        folder = Path(next(iter(r["pictures"].values()))).parent
+        lines.append(f"  pictures     {folder}/: {', '.join(Path(p).name for p in r['pictures'].values())}")
+    tb = (f", TensorBoard tags test/*{' and eval/*' if r.get('pictures') else ''} at step {r['examples_seen']}"
+          if r.get("tensorboard") else "")
+    lines.append(f"  written      {Path(run_dir) / 'eval.json'}{tb}  ({r['seconds']:.1f} s)")
+    return "\n".join(lines)
+
+
+# --- `vaelab eval` (and the argument helpers `vaelab sample` shares) -----------------------
+
+
+def one_line_errors(prog: str):
+    """A replacement for ArgumentParser.error: argparse prints the usage block as well, vaelab
+    commands answer a bad command line in one line (and exit 2, as argparse does)."""
+    def error(message: str):
+        print(f"{prog}: error: {message} (see {prog} --help)", file=sys.stderr)
+        sys.exit(2)
+    return error
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a number > 0, got {text!r}")
+    return value
+
+
+def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.error = one_line_errors("vaelab eval")
+    parser.add_argument("run_dir", metavar="RUN_DIR", help="a run directory (holds .hydra/ and checkpoints/)")
+    parser.add_argument("--k", type=positive_int, default=5000,
+                        help="importance samples of the IWAE bound (default 5000, as Burda et al.)")
+    parser.add_argument("--checkpoint", default="last",
+                        help="last, best, a path, or a file name under RUN_DIR/checkpoints/ (default last)")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default auto)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the posterior samples (default 0)")
+    parser.add_argument("--data-root", default=None,
+                        help="folder holding MNIST/raw/ (default: the run's data.root)")
+    parser.add_argument("--no-pictures", action="store_true", help="numbers only")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def eval_command(args: argparse.Namespace) -> int:
+    try:
+        result = evaluate_run(args.run_dir, k=args.k, device=args.device, checkpoint=args.checkpoint,
+                              progress=not args.no_progress, seed=args.seed, pictures=not args.no_pictures,
+                              data_root_override=args.data_root)
+    except USER_ERRORS as e:
+        print(f"vaelab eval: error: {e}", file=sys.stderr)
+        return 2
+    print(format_table(result, args.run_dir))
+    return 0

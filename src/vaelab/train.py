@@ -159,8 +159,11 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict:
     plain_cfg = to_plain(cfg)
 
     # Everything needed to continue exactly where a run stopped.
+    # CPU float sums depend on the thread count: it is recorded so that `vaelab resume` and
+    # `vaelab reproduce` can use the same one and stay bit-identical.
     st = {"epoch": 0, "step": 0, "examples": 0, "best_val": math.inf, "train_seconds": 0.0,
-          "perm": None, "pos": 0, "epoch_acc": None, "log_acc": None, "data_rng": None}
+          "perm": None, "pos": 0, "epoch_acc": None, "log_acc": None, "data_rng": None,
+          "threads": torch.get_num_threads()}
     last_path = ckpt_dir / "last.pt"
     resumed = False
     if t.resume and last_path.exists():
@@ -196,7 +199,7 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict:
         log.info("model: %s (%d parameters) on %s", type(model).__name__,
                  sum(p.numel() for p in model.parameters()), device)
 
-    step_model = torch.compile(model) if t.compile else model
+    step_model = torch.compile(model, mode=t.compile_mode) if t.compile else model
     amp = torch.autocast(device.type, dtype=torch.bfloat16) if t.amp == "bf16" else nullcontext()
 
     def train_step(x: torch.Tensor, beta: float) -> torch.Tensor:
@@ -305,6 +308,7 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict:
                 save(ckpt_dir / "best.pt")
             if numbered:
                 save(ckpt_dir / f"epoch_{epoch + 1:04d}.pt")
+            writer.flush()  # the epoch's events on disk before the checkpoint that vouches for them
             save(last_path)  # last, so a kill before this line replays the epoch exactly
             if stop.signum is not None and not last_epoch:
                 writer.close()
@@ -321,7 +325,7 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict:
         "epochs": st["epoch"], "steps": st["step"], "examples_seen": st["examples"],
         "samples_per_s": st["examples"] / st["train_seconds"] if st["train_seconds"] else 0.0,
         "train_seconds": st["train_seconds"], "best_val_loss": st["best_val"],
-        "val_split": "test" if data.val_is_test else "val",
+        "val_split": "test" if data.val_is_test else "val", "torch_threads": st["threads"],
     }
     writer.hparams(plain_cfg, metrics, st["examples"])
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")

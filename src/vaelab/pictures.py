@@ -1,0 +1,290 @@
+"""The pictures that explain a VAE, as PNGs in RUN_DIR/eval/ and TensorBoard images eval/<name>.
+
+- samples.png          decoder means of z ~ N(0, T^2 I) (T = temperature, 1 = the prior)
+- reconstructions.png  test digits (odd rows) above their reconstructions, the decoder mean at z = mu
+- traversals.png       one test digit's mean code with dimension i set to -3 .. +3 (prior std units),
+                       one row per dimension, most KL first; dead dimensions (KL < 0.01 nats or
+                       inactive: Cov_x E_q[z_i|x] <= 0.01) dimmed, framed in red, labelled "dead"
+- interpolations.png   a real test digit at each end, decoder means along the straight line
+                       between their posterior means in between
+- manifold.png         (latent_size == 2 only) decoder means on a grid of z at the Gaussian
+                       quantiles 0.05 .. 0.95 (Kingma & Welling 2014, fig. 4); z0 grows to the
+                       right, z1 grows upwards (the axes of latents_scatter.png)
+- latents_scatter.png  test-set posterior means coloured by digit label: the two latent
+                       dimensions when latent_size == 2, else the first two principal components
+
+    vaelab sample RUN_DIR -n 64 --out grid.png --temperature 0.8 --seed 0
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+from torchvision.utils import make_grid, save_image
+
+from vaelab.data import to_float
+from vaelab.logger import image_grid
+
+DEAD_KL = 0.01  # nats; below this a dimension carries (almost) no information about x
+TRAVERSAL_VALUES = torch.linspace(-3.0, 3.0, 11)  # in units of the prior's std (= 1)
+RED = torch.tensor([1.0, 0.0, 0.0])
+
+
+# --- grids (C, H, W) in [0, 1] -----------------------------------------------------------
+
+
+@torch.no_grad()
+def samples_grid(model, n: int = 64, temperature: float = 1.0, generator: torch.Generator | None = None
+                 ) -> torch.Tensor:
+    return image_grid(model.sample(n, temperature, generator), model.image_shape)
+
+
+@torch.no_grad()
+def reconstructions_grid(model, x: torch.Tensor, ncol: int = 8) -> torch.Tensor:
+    """x (N, D) with N a multiple of ncol -> rows of inputs, each followed by its reconstructions."""
+    n, d = x.shape
+    rec = model.decode(model.encode(x)[0])  # decoder mean at z = mu
+    pairs = torch.stack([x.reshape(-1, ncol, d), rec.reshape(-1, ncol, d)], dim=1)  # (N/ncol, 2, ncol, D)
+    return image_grid(pairs.reshape(-1, d), model.image_shape, nrow=ncol)
+
+
+@torch.no_grad()
+def interpolations_grid(model, xa: torch.Tensor, xb: torch.Tensor, steps: int = 10) -> torch.Tensor:
+    """xa, xb (P, D) -> P rows: xa, decode((1 - t) mu_a + t mu_b) for t = 0 .. 1, xb."""
+    p, d = xa.shape
+    mu_a, mu_b = model.encode(xa)[0], model.encode(xb)[0]  # (P, L)
+    t = torch.linspace(0, 1, steps, device=xa.device)[None, :, None]  # (1, S, 1)
+    z = (1 - t) * mu_a[:, None] + t * mu_b[:, None]  # (P, S, L)
+    dec = model.decode(z.reshape(p * steps, -1)).reshape(p, steps, d)
+    rows = torch.cat([xa[:, None], dec, xb[:, None]], dim=1)  # (P, S + 2, D)
+    return image_grid(rows.reshape(-1, d), model.image_shape, nrow=steps + 2)
+
+
+@torch.no_grad()
+def manifold_grid(model, n: int = 20) -> torch.Tensor:
+    """The decoder over a 2-D latent space: z at the Gaussian quantiles 0.05 .. 0.95, so each
+    cell covers the same prior mass. Columns: z0 increasing; rows: z1 decreasing downwards."""
+    device = next(model.parameters()).device
+    q = torch.distributions.Normal(0.0, 1.0).icdf(torch.linspace(0.05, 0.95, n))
+    z1, z0 = torch.meshgrid(q.flip(0), q, indexing="ij")  # (n, n) each, row-major like the image
+    z = torch.stack([z0, z1], dim=-1).reshape(n * n, 2).to(device)
+    return image_grid(model.decode(z), model.image_shape, nrow=n)
+
+
+def traversal_rows(kl_per_dim: torch.Tensor, active: torch.Tensor, n: int = 10) -> tuple[list[int], list[bool]]:
+    """Dimensions to traverse, most KL first, and whether each is dead. When the n rows hold
+    no dead dimension but the model has some, the first dead one is added as a last row, so
+    the picture shows what a dead dimension does (nothing)."""
+    kl = kl_per_dim.float().cpu()
+    dead = (kl < DEAD_KL) | ~active.cpu().bool()
+    order = torch.argsort(kl, descending=True).tolist()
+    rows = order[:n]
+    if dead.any() and not dead[rows].any():
+        rows.append(next(i for i in order if dead[i]))
+    return rows, [bool(dead[i]) for i in rows]
+
+
+@torch.no_grad()
+def traversals_grid(model, x: torch.Tensor, dims: list[int], dead: list[bool],
+                    values: torch.Tensor = TRAVERSAL_VALUES) -> torch.Tensor:
+    """x (D,) one digit -> a grid with one row per dimension in dims: the mean code of x with
+    that dimension set to each value. Dead rows are dimmed and framed in red."""
+    mu = model.encode(x[None])[0][0]  # (L,)
+    r, v = len(dims), values.shape[0]
+    z = mu.repeat(r, v, 1)  # (R, V, L)
+    z[torch.arange(r)[:, None], torch.arange(v)[None, :], torch.tensor(dims)[:, None]] = values.to(z)
+    imgs = model.decode(z.reshape(r * v, -1)).float().clamp(0, 1).reshape(r * v, *model.image_shape).cpu()
+    imgs = imgs.expand(-1, 3, -1, -1).clone() if imgs.shape[1] == 1 else imgs
+    pad = 2
+    grid = make_grid(imgs, nrow=v, padding=pad, pad_value=1.0)  # (3, H, W)
+    h = model.image_shape[1] + pad
+    for row, is_dead in enumerate(dead):
+        if not is_dead:
+            continue
+        y0, y1 = row * h, (row + 1) * h + pad
+        band = grid[:, y0:y1]
+        band.mul_(0.35)  # dimmed
+        for region in (band[:, :pad], band[:, -pad:], band[:, :, :pad], band[:, :, -pad:]):
+            region.copy_(RED[:, None, None].expand_as(region))
+    return grid
+
+
+# --- matplotlib figures (no pyplot: no global state, no display needed) ------------------
+
+
+def _figure(width: float, height: float):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), dpi=100)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def figure_to_tensor(fig) -> torch.Tensor:
+    """(3, H, W) in [0, 1], for SummaryWriter.add_image."""
+    fig.canvas.draw()
+    rgba = np.asarray(fig.canvas.buffer_rgba())
+    return torch.from_numpy(rgba[..., :3].copy()).permute(2, 0, 1).float() / 255
+
+
+def traversals_figure(grid: torch.Tensor, dims: list[int], dead: list[bool], kl_per_dim: torch.Tensor,
+                      image_shape: tuple, digit: int, values: torch.Tensor = TRAVERSAL_VALUES):
+    """The traversal grid with each row labelled by its dimension and KL, columns by value."""
+    h, w = image_shape[1] + 2, image_shape[2] + 2
+    fig = _figure(1.6 + 0.42 * values.shape[0], 0.9 + 0.42 * len(dims))
+    ax = fig.add_subplot(1, 1, 1)
+    ax.imshow(grid.permute(1, 2, 0).numpy(), interpolation="nearest")
+    ax.set_xticks([w * (j + 0.5) + 1 for j in range(values.shape[0])])
+    ax.set_xticklabels([f"{round(float(val), 6) + 0.0:+.1f}" for val in values], fontsize=7)  # no "-0.0"
+    ax.set_yticks([h * (i + 0.5) + 1 for i in range(len(dims))])
+    labels = []
+    for d, is_dead in zip(dims, dead):
+        kl = float(kl_per_dim[d])
+        labels.append(f"z{d}  KL {kl:.2f}" if kl >= 0.1 else f"z{d}  KL {kl:.2g}")  # 0.0099 not "0.01"
+        labels[-1] += "  dead" if is_dead else ""
+    ax.set_yticklabels(labels, fontsize=7)
+    for label, is_dead in zip(ax.get_yticklabels(), dead):
+        if is_dead:
+            label.set_color("red")
+    ax.tick_params(length=0)
+    ax.set_title(f"latent traversals of test digit #{digit}: z_i set to -3 .. +3 (prior std), "
+                 f"rows by KL (nats)", fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def latents_scatter_figure(mu: torch.Tensor, labels: torch.Tensor):
+    """Posterior means (N, L) in 2-D, coloured by digit: the dimensions themselves when L <= 2,
+    else the first two principal components (explained variance in the axis labels)."""
+    mu = mu.double().cpu()
+    labels = labels.cpu()
+    n, latent = mu.shape
+    if latent == 1:
+        jitter = torch.rand(n, generator=torch.Generator().manual_seed(0)) * 0.6 - 0.3
+        xy = torch.stack([mu[:, 0], labels.double() + jitter], dim=1)
+        axes, title = ("z0 (posterior mean)", "digit (jittered)"), "test-set posterior means"
+    elif latent == 2:
+        xy = mu
+        axes, title = ("z0", "z1"), "test-set posterior means"
+    else:
+        centred = mu - mu.mean(0)
+        _, s, vh = torch.linalg.svd(centred, full_matrices=False)
+        xy = centred @ vh[:2].T  # (N, 2)
+        share = s.pow(2) / s.pow(2).sum()
+        axes = (f"PC1 ({100 * share[0]:.0f}% of variance)", f"PC2 ({100 * share[1]:.0f}%)")
+        title = f"test-set posterior means, first two principal components of {latent}"
+    from matplotlib import colormaps
+
+    fig = _figure(6.0, 5.0)
+    ax = fig.add_subplot(1, 1, 1)
+    cmap = colormaps["tab10"]
+    for digit in range(10):
+        sel = labels == digit
+        if sel.any():
+            ax.scatter(xy[sel, 0].numpy(), xy[sel, 1].numpy(), s=3, alpha=0.6, color=cmap(digit),
+                       label=str(digit), rasterized=True)
+    ax.legend(title="digit", markerscale=4, fontsize=7, title_fontsize=8, loc="best", frameon=False)
+    ax.set_xlabel(axes[0])
+    ax.set_ylabel(axes[1])
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+# --- everything at once (used by `vaelab eval`) -------------------------------------------
+
+
+@torch.no_grad()
+def make_pictures(model, images: torch.Tensor, labels: torch.Tensor, kl_per_dim: torch.Tensor,
+                  active: torch.Tensor, out_dir: str | Path, writer=None, step: int = 0, seed: int = 0
+                  ) -> dict:
+    """All pictures of a trained model on a split (uint8 images (N, D), labels (N,)), written to
+    out_dir as PNGs and, given a SummaryWriter, as images eval/<name> at `step`.
+    kl_per_dim (L,) and active (L,) bool come from evaluate.elbo_stats. Returns
+    {name: path} and the traversed dimensions."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    gen = torch.Generator(device=device).manual_seed(seed)
+    n = images.shape[0]
+    written: dict = {}
+
+    def put(name: str, img: torch.Tensor, fig=None) -> None:
+        path = out_dir / f"{name}.png"
+        if fig is None:
+            save_image(img, path)
+        else:
+            fig.savefig(path)
+        if writer is not None:
+            writer.add_image(f"eval/{name}", img, step)
+        written[name] = str(path)
+
+    put("samples", samples_grid(model, 64, 1.0, gen))
+    ncol = 8
+    n_rec = min(32, n // ncol * ncol)
+    if n_rec:
+        put("reconstructions", reconstructions_grid(model, to_float(images[:n_rec]), ncol))
+    dims, dead = traversal_rows(kl_per_dim, active)
+    grid = traversals_grid(model, to_float(images[0]), dims, dead)
+    fig = traversals_figure(grid, dims, dead, kl_per_dim, model.image_shape, digit=0)
+    put("traversals", figure_to_tensor(fig), fig)
+    pairs = min(8, n // 2)
+    if pairs:
+        put("interpolations", interpolations_grid(model, to_float(images[:pairs]),
+                                                  to_float(images[pairs:2 * pairs])))
+    if model.latent_size == 2:
+        put("manifold", manifold_grid(model))
+    mu = torch.cat([model.encode(to_float(images[i:i + 2000]))[0] for i in range(0, n, 2000)])
+    fig = latents_scatter_figure(mu, labels)
+    put("latents_scatter", figure_to_tensor(fig), fig)
+    model.train(was_training)
+    return {"pictures": written, "traversal_dims": dims, "dead_dims": [d for d, x in zip(dims, dead) if x]}
+
+
+# --- `vaelab sample` ----------------------------------------------------------------------
+
+
+def add_sample_arguments(parser: argparse.ArgumentParser) -> None:
+    from vaelab.evaluate_run import one_line_errors, positive_float, positive_int
+
+    parser.error = one_line_errors("vaelab sample")
+    parser.add_argument("run_dir", metavar="RUN_DIR", help="a run directory (holds .hydra/ and checkpoints/)")
+    parser.add_argument("-n", type=positive_int, default=64, help="number of samples (default 64)")
+    parser.add_argument("--out", default=None,
+                        help="PNG to write (default RUN_DIR/eval/samples_t<temperature>_seed<seed>.png)")
+    parser.add_argument("--temperature", type=positive_float, default=1.0,
+                        help="z ~ N(0, T^2 I); below 1 trades variety for cleaner digits (default 1)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the latent draws (default 0)")
+    parser.add_argument("--nrow", type=positive_int, default=None, help="images per row (default ~sqrt(n))")
+    parser.add_argument("--checkpoint", default="last", help="last, best, or a checkpoint path (default last)")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default auto)")
+
+
+def sample_command(args: argparse.Namespace) -> int:
+    from vaelab.evaluate_run import USER_ERRORS, load_run
+
+    try:
+        _, model, _ = load_run(args.run_dir, args.checkpoint, args.device)
+    except USER_ERRORS as e:
+        print(f"vaelab sample: error: {e}", file=sys.stderr)
+        return 2
+    device = next(model.parameters()).device
+    gen = torch.Generator(device=device).manual_seed(args.seed)
+    x = model.sample(args.n, args.temperature, gen)
+    grid = image_grid(x, model.image_shape, nrow=args.nrow)
+    out = Path(args.out) if args.out else (
+        Path(args.run_dir) / "eval" / f"samples_t{args.temperature:g}_seed{args.seed}.png")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        save_image(grid, out)
+    except (OSError, ValueError) as e:  # unwritable folder, unknown image extension
+        print(f"vaelab sample: error: cannot write {out}: {e}", file=sys.stderr)
+        return 2
+    print(f"wrote {args.n} samples (temperature {args.temperature:g}, seed {args.seed}) to {out}")
+    return 0

@@ -1,0 +1,292 @@
+"""The evaluation numbers: the IWAE bound against closed forms, active units, `vaelab eval`.
+
+A linear-Gaussian VAE is the one model whose log p(x) has a closed form:
+p(z) = N(0, I), p(x|z) = N(Wz + b, s^2 I)  =>  p(x) = N(b, W W^T + s^2 I), and the exact
+posterior is N(A (x - b), S) with S = (I + W^T W / s^2)^-1, A = S W^T / s^2 (Bishop 2006, 2.116).
+Its likelihood is Gaussian, not the config's Bernoulli/MSE, so the tests pass it to the
+evaluation functions as `recon` (evaluate.py accepts a log-likelihood function there).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from vaelab.data import load_data
+from vaelab.evaluate import bits_per_dim, elbo_stats, iwae_bound, iwae_nll, log_weights
+from vaelab.evaluate_run import add_eval_arguments, data_root, eval_command, evaluate_run, load_eval, load_run
+from vaelab.losses import MSE_NLL_CONST_PER_DIM
+from vaelab.models import VAE, MLPVAE
+from vaelab.train import train
+
+LOG_2PI = math.log(2 * math.pi)
+
+
+class LinearGaussianVAE(VAE):
+    """q(z|x) = N(A (x - b), diag(q_var)); by default q_var = the exact posterior's variances
+    when W^T W is diagonal (then q is the exact posterior), else pass q_var."""
+
+    def __init__(self, w: torch.Tensor, b: torch.Tensor, sigma: float, q_var: torch.Tensor | None = None):
+        super().__init__()
+        d, latent = w.shape
+        self.latent_size, self.input_dim, self.image_shape = latent, d, (1, 1, d)
+        self.sigma = sigma
+        prec = torch.eye(latent, dtype=w.dtype) + w.T @ w / sigma ** 2  # S^-1, (L, L)
+        self.post_cov = torch.linalg.inv(prec)
+        self.register_buffer("w", w)
+        self.register_buffer("b", b)
+        self.register_buffer("a", self.post_cov @ w.T / sigma ** 2)  # (L, D)
+        self.register_buffer("q_logvar", (q_var if q_var is not None else 1 / torch.diagonal(prec)).log())
+
+    def encode(self, x):
+        return (x - self.b) @ self.a.T, self.q_logvar.expand(x.shape[0], -1)
+
+    def decode_logits(self, z):  # the Gaussian mean (no sigmoid anywhere in these tests)
+        return z @ self.w.T + self.b
+
+    def log_likelihood(self, mean, x):  # log N(x; mean, s^2 I), (B,)
+        return (-0.5 * ((x - mean) / self.sigma) ** 2 - math.log(self.sigma) - 0.5 * LOG_2PI).sum(-1)
+
+    def log_marginal(self, x):  # the truth: log N(x; b, W W^T + s^2 I)
+        cov = self.w @ self.w.T + self.sigma ** 2 * torch.eye(self.input_dim, dtype=x.dtype)
+        return torch.distributions.MultivariateNormal(self.b, cov).log_prob(x)
+
+    def elbo(self, x):  # closed form: E_q[log p(x|z)] - KL(q || p)
+        mu, logvar = self.encode(x)
+        var = logvar.exp()
+        sq = (x - self.decode_logits(mu)).pow(2).sum(-1) + (var @ self.w.pow(2).T).sum(-1)
+        expected_ll = -0.5 * self.input_dim * (LOG_2PI + 2 * math.log(self.sigma)) - sq / (2 * self.sigma ** 2)
+        return expected_ll - 0.5 * (mu.pow(2) + var - 1 - logvar).sum(-1)
+
+    def draw(self, n: int, generator: torch.Generator) -> torch.Tensor:
+        z = torch.randn(n, self.latent_size, dtype=self.w.dtype, generator=generator)
+        return self.decode_logits(z) + self.sigma * torch.randn(n, self.input_dim, dtype=self.w.dtype,
+                                                                 generator=generator)
+
+
+def overdispersed_model(seed: int = 0, d: int = 10, latent: int = 4, sigma: float = 0.5) -> LinearGaussianVAE:
+    """The exact posterior mean with an isotropic variance lambda_max(S) >= every direction of
+    the posterior: q is wider than p(z|x), so the importance weights are bounded (a well-posed
+    test), and the ELBO is a couple of nats below log p(x), so k has work to do."""
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(d, latent, dtype=torch.float64, generator=g)
+    b = torch.randn(d, dtype=torch.float64, generator=g)
+    model = LinearGaussianVAE(w, b, sigma)
+    q_var = torch.linalg.eigvalsh(model.post_cov).max().expand(latent).clone()
+    return LinearGaussianVAE(w, b, sigma, q_var)
+
+
+def exact_posterior_model(d: int = 12, latent: int = 3, sigma: float = 0.3) -> LinearGaussianVAE:
+    """W with orthogonal columns: S is diagonal, so the diagonal q is the exact posterior and
+    every importance weight equals p(x)."""
+    g = torch.Generator().manual_seed(0)
+    q, _ = torch.linalg.qr(torch.randn(d, latent, dtype=torch.float64, generator=g))
+    w = q * torch.tensor([3.0, 1.5, 0.5], dtype=torch.float64)
+    return LinearGaussianVAE(w, torch.randn(d, dtype=torch.float64, generator=g), sigma)
+
+
+# --- the IWAE bound ----------------------------------------------------------------------
+
+
+def test_iwae_k1_is_the_elbo():
+    """E[log w] with one sample is the ELBO: the k=1 bound and elbo_stats' one-sample ELBO both
+    match the closed-form ELBO within 4 standard errors."""
+    model = overdispersed_model()
+    x = model.draw(4000, torch.Generator().manual_seed(1))
+    truth = model.elbo(x)
+    gen = torch.Generator().manual_seed(2)
+    b1 = iwae_bound(model, x, 1, model.log_likelihood, gen)
+    diff = b1 - truth
+    assert abs(float(diff.mean())) < 4 * float(diff.std()) / math.sqrt(len(x)) + 1e-9
+    # and log_weights with k=1 is the same estimate as the bound (log-mean-exp of one term)
+    gen.manual_seed(3)
+    lw = log_weights(model, x[:5], 1, model.log_likelihood, gen)
+    gen.manual_seed(3)
+    torch.testing.assert_close(lw[:, 0], iwae_bound(model, x[:5], 1, model.log_likelihood, gen))
+
+    st = elbo_stats(model, x, model.log_likelihood, batch_size=1000, generator=gen)
+    kl = 0.5 * (model.encode(x)[0].pow(2) + model.q_logvar.exp() - 1 - model.q_logvar).sum(-1)
+    assert st["kl"] == pytest.approx(float(kl.mean()), rel=1e-9)  # closed form, no noise
+    se = float(truth.std()) / math.sqrt(len(x)) + 0.05  # recon is a one-sample estimate
+    assert -st["nelbo"] == pytest.approx(float(truth.mean()), abs=4 * se)
+
+
+def test_iwae_bound_grows_with_k_and_reaches_log_px():
+    model = overdispersed_model()
+    x = model.draw(1000, torch.Generator().manual_seed(1))
+    log_px = model.log_marginal(x)
+    gen = torch.Generator().manual_seed(2)
+    # k steps where the expected gain (> 0.03 nat) is well above the Monte Carlo noise (~0.005)
+    bounds = [float(iwae_bound(model, x, k, model.log_likelihood, gen).mean()) for k in (1, 4, 16, 64)]
+    assert bounds == sorted(bounds), bounds
+    assert float(log_px.mean() - model.elbo(x).mean()) > 1.0  # the test has a gap to close ...
+    b1000 = iwae_bound(model, x, 1000, model.log_likelihood, gen)
+    assert abs(float(b1000.mean() - log_px.mean())) < 0.1  # ... and k=1000 closes it to 0.1 nat
+    assert float((b1000 - log_px).abs().max()) < 0.5  # every example, not only on average
+
+
+def test_iwae_is_exact_and_stable_with_the_exact_posterior():
+    """Every weight equals p(x), so the bound is log p(x) for any k, chunking and example batch,
+    even where p(x) = exp(-10^4) underflows (a naive mean of exp(log w) would give -inf)."""
+    model = exact_posterior_model()
+    x = model.draw(7, torch.Generator().manual_seed(1))
+    x[0] += 25.0  # far from the data: log p(x) ~ -10^4
+    log_px = model.log_marginal(x)
+    assert float(log_px[0]) < -1000
+    gen = torch.Generator().manual_seed(0)
+    for k, chunk in ((1, 1), (5, 2), (300, 7), (300, 300)):
+        torch.testing.assert_close(iwae_bound(model, x, k, model.log_likelihood, gen, chunk=chunk), log_px,
+                                   rtol=0, atol=1e-8)
+    # max_elems so small that each batch is one example and each chunk one sample
+    nll = iwae_nll(model, x, 50, model.log_likelihood, gen, max_elems=1, progress=False)
+    assert nll == pytest.approx(-float(log_px.mean()), abs=1e-8)
+
+
+def test_iwae_bound_grows_with_k_on_a_trained_model(make_cfg, tmp_path):
+    cfg = make_cfg(["latent_size=4", "model.size=small", "loss.recon=bce", "data.binarize=static",
+                    "trainer.final_eval=false"])
+    train(cfg, tmp_path)
+    _, model, _ = load_run(tmp_path)
+    test = load_data(cfg.data.root, torch.device("cpu"), val_size=64, binarize="static").test.images
+    gen = torch.Generator().manual_seed(0)
+    nlls = [iwae_nll(model, test, k, "bce", gen, progress=False) for k in (1, 10, 100)]
+    assert nlls == sorted(nlls, reverse=True), nlls  # -bound does not grow with k
+    nelbo = elbo_stats(model, test, "bce", generator=gen)["nelbo"]
+    assert nlls[-1] < nelbo
+
+
+# --- active units ---------------------------------------------------------------------------
+
+
+def test_active_units_on_a_model_with_known_dead_dimensions():
+    torch.manual_seed(0)
+    model = MLPVAE(latent_size=6, hidden=[32], input_dim=784)
+    with torch.no_grad():
+        dead = [1, 3, 4]  # mu = 0 and logvar = 0 whatever x: q(z_i|x) = p(z_i)
+        for i in dead:
+            for row in (i, 6 + i):  # the head's outputs are [mu | logvar]
+                model.head.weight[row] = 0
+                model.head.bias[row] = 0
+        model.head.weight[[0, 2, 5]] *= 20  # the live means vary a lot with x
+    images = torch.randint(0, 256, (300, 784), dtype=torch.uint8)
+    st = elbo_stats(model, images, "bce", batch_size=128, generator=torch.Generator().manual_seed(0))
+    assert st["active_units"] == 3
+    assert (st["mu_var"][dead] == 0).all() and (st["mu_var"][[0, 2, 5]] > 0.01).all()
+    assert torch.allclose(st["kl_per_dim"][dead], torch.zeros(3))
+    assert st["kl"] == pytest.approx(float(st["kl_per_dim"].sum()), rel=1e-5)
+
+
+# --- vaelab eval on a run directory -------------------------------------------------------
+
+
+def _eval_cli(argv):
+    parser = argparse.ArgumentParser(prog="vaelab eval")
+    add_eval_arguments(parser)
+    return eval_command(parser.parse_args(argv))
+
+
+def test_training_ends_with_eval_and_eval_json_round_trips(make_cfg, tmp_path, capsys):
+    cfg = make_cfg(["latent_size=2", "model.size=small", "loss.recon=bce", "data.binarize=dynamic"])
+    train(cfg, tmp_path)  # final eval with trainer.final_eval_k=4, pictures included
+    first = load_eval(tmp_path)
+    assert first["k"] == 4 and first["likelihood"] == "bernoulli" and first["binarize"] == "dynamic"
+    assert (tmp_path / "eval" / "manifold.png").exists()  # latent_size == 2
+
+    assert _eval_cli([str(tmp_path), "--k", "20", "--checkpoint", "best", "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    saved = json.loads((tmp_path / "eval.json").read_text())
+    for key in ("elbo", "recon", "kl", "nll_iwae", "k", "bits_per_dim", "active_units", "kl_per_dim",
+                "checkpoint"):
+        assert key in saved, key
+    assert saved["k"] == 20 and saved["checkpoint"].endswith("best.pt")
+    assert saved["elbo"] == pytest.approx(-(saved["recon"] + saved["kl"]))
+    assert saved["bits_per_dim"] == pytest.approx(saved["nll_iwae"] / (784 * math.log(2)))
+    assert saved["kl"] == pytest.approx(sum(saved["kl_per_dim"]), rel=1e-5)
+    assert len(saved["kl_per_dim"]) == 2 and 0 <= saved["active_units"] <= 2
+    assert saved["nll_iwae"] <= -saved["elbo"] + 5  # the bound is tighter, up to noise on 64 images
+    assert json.loads(json.dumps(saved)) == saved == load_eval(tmp_path)
+    assert "NLL, IWAE bound (k=20)" in out and "bits/dim" in out and "active units" in out
+
+    acc = EventAccumulator(str(tmp_path), size_guidance={"scalars": 0, "images": 0})
+    acc.Reload()
+    steps = {e.step for e in acc.Scalars("test/nll_iwae")}
+    assert steps == {2 * (256 - 64)}  # x-axis: examples seen, from metrics.json
+    for name in ("samples", "reconstructions", "traversals", "interpolations", "manifold", "latents_scatter"):
+        assert f"eval/{name}" in acc.Tags()["images"], name
+        assert (tmp_path / "eval" / f"{name}.png").exists(), name
+
+
+def test_mse_run_reports_the_gaussian_variance(make_cfg, tmp_path):
+    cfg = make_cfg(["latent_size=3", "model.size=small", "trainer.epochs=1", "trainer.final_eval=false"])
+    train(cfg, tmp_path)
+    r = evaluate_run(tmp_path, k=2, device="cpu", progress=False, pictures=False)
+    assert r["likelihood"] == "gaussian" and r["gaussian_variance"] == 0.5 and "variance 0.5" in r["note"]
+    _, model, _ = load_run(tmp_path)
+    test = load_data(cfg.data.root, torch.device("cpu"), val_size=64).test.images
+    st = elbo_stats(model, test, "mse", generator=torch.Generator().manual_seed(0))
+    assert r["recon"] == pytest.approx(st["recon"] + 784 * MSE_NLL_CONST_PER_DIM, rel=1e-5)
+    assert r["elbo_bits_per_dim"] == pytest.approx(bits_per_dim(-r["elbo"], 784))
+    assert not (tmp_path / "eval").exists()
+
+
+def test_eval_errors_are_one_line(make_cfg, tmp_path, capsys):
+    cfg = make_cfg(["latent_size=2", "model.size=small", "trainer.epochs=1", "trainer.final_eval=false"])
+    train(cfg, tmp_path / "run")
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    cases = [
+        ([str(tmp_path / "nope")], "no such run directory"),
+        ([str(tmp_path)], "not a vaelab run directory"),
+        ([str(tmp_path / "run"), "--checkpoint", str(tmp_path / "junk.pt")], "not a readable vaelab checkpoint"),
+        ([str(tmp_path / "run"), "--checkpoint", "epoch_9999.pt"], "no such checkpoint file"),
+        ([str(tmp_path / "run"), "--k", "0"], "argument --k: must be an integer >= 1"),
+        ([str(tmp_path / "run"), "--k", "many"], "argument --k: must be an integer >= 1"),
+        ([str(tmp_path / "run"), "--data-root", str(tmp_path / "nodata")], "MNIST not found"),
+    ]
+    for argv, message in cases:
+        try:
+            code = _eval_cli(argv)
+        except SystemExit as e:  # argparse errors exit from parse_args
+            code = e.code
+        err = capsys.readouterr().err
+        assert code == 2, argv
+        assert err.count("\n") == 1 and err.startswith("vaelab eval: error: ") and message in err, err
+
+
+def test_relative_data_root_is_relative_to_where_training_started(tmp_path, tiny_mnist):
+    run = tmp_path / "run"
+    (run / ".hydra").mkdir(parents=True)
+    OmegaConf.save({"hydra": {"runtime": {"cwd": str(tiny_mnist.parent)}}}, run / ".hydra" / "hydra.yaml")
+    assert data_root(run, OmegaConf.create({"data": {"root": tiny_mnist.name}})) == tiny_mnist
+    assert data_root(run, OmegaConf.create({"data": {"root": str(tiny_mnist)}})) == tiny_mnist
+
+
+def test_vaelab_eval_through_the_cli(make_cfg, tmp_path, capsys):
+    for module in ("vaelab.workflow", "vaelab.compare"):  # cli.main imports every command module
+        pytest.importorskip(module)
+    from vaelab.cli import main
+
+    train(make_cfg(["latent_size=2", "model.size=small", "trainer.epochs=1", "trainer.final_eval=false"]), tmp_path)
+    with pytest.raises(SystemExit) as e:
+        main(["eval", str(tmp_path), "--k", "2", "--no-pictures"])
+    assert e.value.code == 0 and "IWAE" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as e:
+        main(["eval", str(tmp_path / "missing")])
+    assert e.value.code == 2
+
+
+def test_iwae_paper_experiment_composes_and_runs(make_cfg, tmp_path):
+    paper = make_cfg(["experiment=iwae_paper_vae"], fast=False)
+    assert paper.latent_size == 50 and list(paper.model.hidden) == [200, 200] and paper.model.activation == "tanh"
+    assert paper.loss.recon == "bce" and paper.data.binarize == "dynamic" and paper.optim.schedule == "iwae"
+    assert paper.trainer.batch_size == 20 and paper.optim.eps == 1e-4 and paper.trainer.final_eval_k == 5000
+    assert paper.data.val_size == 0 and paper.trainer.epochs == 3280
+    cfg = make_cfg(["experiment=iwae_paper_vae", "trainer.epochs=1", "trainer.final_eval_k=2"])
+    metrics = train(cfg, tmp_path)
+    assert math.isfinite(metrics["val_loss"])
+    r = load_eval(tmp_path)
+    assert r["likelihood"] == "bernoulli" and r["latent_size"] == 50 and math.isfinite(r["nll_iwae"])

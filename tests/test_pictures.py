@@ -1,0 +1,124 @@
+"""The pictures of `vaelab eval` and `vaelab sample`: the right layout, dead dimensions marked,
+written as PNGs and as TensorBoard images."""
+from __future__ import annotations
+
+import argparse
+
+import pytest
+import torch
+from PIL import Image
+from torch.utils.tensorboard import SummaryWriter
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from vaelab.models import MLPVAE
+from vaelab.pictures import (RED, TRAVERSAL_VALUES, add_sample_arguments, interpolations_grid, latents_scatter_figure,
+                             make_pictures, manifold_grid, reconstructions_grid, sample_command, traversal_rows,
+                             traversals_grid)
+from vaelab.train import train
+
+CELL = 28 + 2  # an MNIST image plus make_grid's padding
+
+
+def _model(latent: int = 4) -> MLPVAE:
+    torch.manual_seed(0)
+    return MLPVAE(latent_size=latent, hidden=[16]).eval()
+
+
+def test_traversal_rows_order_by_kl_and_mark_dead():
+    kl = torch.tensor([0.5, 0.001, 2.0, 0.3])
+    active = torch.tensor([True, False, True, False])  # dim 3 has KL but its mean never moves
+    assert traversal_rows(kl, active, n=10) == ([2, 0, 3, 1], [False, False, True, True])
+    # the top rows are all alive: the first dead dimension is shown too, as a last row
+    assert traversal_rows(kl, active, n=2) == ([2, 0, 3], [False, False, True])
+    assert traversal_rows(kl, torch.ones(4, dtype=torch.bool), n=2) == ([2, 0, 1], [False, False, True])
+
+
+def test_traversals_grid_sweeps_one_dimension_per_row_and_frames_dead_rows():
+    model = _model()
+    x = torch.rand(784)
+    grid = traversals_grid(model, x, dims=[2, 0], dead=[False, True])
+    v = TRAVERSAL_VALUES.shape[0]
+    assert grid.shape == (3, 2 * CELL + 2, v * CELL + 2)
+    # the dead row is framed in red, the live one is not
+    assert torch.equal(grid[:, CELL + 1, CELL], RED) and torch.equal(grid[:, 2 * CELL + 1, 5], RED)
+    assert not torch.equal(grid[:, 1, CELL], RED)
+    # row 0, column j is decode(mu with z_2 = value j)
+    mu = model.encode(x[None])[0][0]
+    z = mu.clone()
+    z[2] = TRAVERSAL_VALUES[-1]
+    expected = model.decode(z[None]).reshape(28, 28)
+    cell = grid[0, 2:2 + 28, (v - 1) * CELL + 2:(v - 1) * CELL + 2 + 28]
+    torch.testing.assert_close(cell, expected.detach())
+
+
+def test_grid_layouts():
+    model = _model(latent=2)
+    x = torch.rand(16, 784)
+    assert reconstructions_grid(model, x, ncol=8).shape == (3, 4 * CELL + 2, 8 * CELL + 2)  # 2 x (in, out)
+    assert interpolations_grid(model, x[:3], x[3:6], steps=10).shape == (3, 3 * CELL + 2, 12 * CELL + 2)
+    assert manifold_grid(model, n=5).shape == (3, 5 * CELL + 2, 5 * CELL + 2)
+    # interpolations start and end at the real digits
+    g = interpolations_grid(model, x[:1], x[1:2], steps=4)
+    torch.testing.assert_close(g[0, 2:30, 2:30], x[0].reshape(28, 28))
+    torch.testing.assert_close(g[0, 2:30, 5 * CELL + 2:5 * CELL + 30], x[1].reshape(28, 28))
+
+
+@pytest.mark.parametrize("latent", [1, 2, 5])
+def test_latents_scatter_for_any_latent_size(latent):
+    fig = latents_scatter_figure(torch.randn(200, latent), torch.randint(0, 10, (200,)))
+    assert len(fig.axes[0].collections) >= 5  # one scatter per digit present
+
+
+def test_make_pictures_writes_pngs_and_tensorboard_images(tmp_path):
+    model = _model(latent=2)
+    images = torch.randint(0, 256, (40, 784), dtype=torch.uint8)
+    labels = torch.arange(40) % 10
+    kl = torch.tensor([1.5, 0.0])
+    writer = SummaryWriter(log_dir=str(tmp_path))
+    out = make_pictures(model, images, labels, kl, torch.tensor([True, False]), tmp_path / "eval", writer, step=7)
+    writer.close()
+    names = {"samples", "reconstructions", "traversals", "interpolations", "manifold", "latents_scatter"}
+    assert set(out["pictures"]) == names
+    assert out["traversal_dims"] == [0, 1] and out["dead_dims"] == [1]
+    with Image.open(tmp_path / "eval" / "samples.png") as im:
+        assert im.size == (8 * CELL + 2, 8 * CELL + 2)  # 64 samples, 8 x 8
+    with Image.open(tmp_path / "eval" / "reconstructions.png") as im:
+        assert im.size == (8 * CELL + 2, 8 * CELL + 2)  # 32 digits: 4 x (inputs row, outputs row)
+    acc = EventAccumulator(str(tmp_path), size_guidance={"images": 0})
+    acc.Reload()
+    assert {f"eval/{n}" for n in names} <= set(acc.Tags()["images"])
+    assert acc.Images("eval/traversals")[0].step == 7
+
+
+def _sample_cli(argv):
+    parser = argparse.ArgumentParser(prog="vaelab sample")
+    add_sample_arguments(parser)
+    return sample_command(parser.parse_args(argv))
+
+
+def test_vaelab_sample(make_cfg, tmp_path, capsys):
+    run = tmp_path / "run"
+    train(make_cfg(["latent_size=2", "model.size=small", "trainer.epochs=1", "trainer.final_eval=false"]), run)
+    out = tmp_path / "grid.png"
+    assert _sample_cli([str(run), "-n", "16", "--out", str(out), "--temperature", "0.8", "--seed", "0"]) == 0
+    with Image.open(out) as im:
+        assert im.size == (4 * CELL + 2, 4 * CELL + 2)
+    first = out.read_bytes()
+    assert _sample_cli([str(run), "-n", "16", "--out", str(out), "--temperature", "0.8", "--seed", "0"]) == 0
+    assert out.read_bytes() == first  # a seed gives the same picture
+    assert _sample_cli([str(run), "-n", "16", "--out", str(out), "--temperature", "0.8", "--seed", "1"]) == 0
+    assert out.read_bytes() != first
+    assert _sample_cli([str(run), "-n", "3", "--nrow", "3"]) == 0  # default: RUN_DIR/eval/...
+    assert (run / "eval" / "samples_t1_seed0.png").exists()
+    capsys.readouterr()
+
+    for argv, message in (([str(tmp_path / "nope")], "no such run directory"),
+                          ([str(run), "-n", "0"], "argument -n: must be an integer >= 1"),
+                          ([str(run), "--temperature", "-1"], "argument --temperature: must be a number > 0"),
+                          ([str(run), "--out", str(tmp_path / "grid.nope")], "cannot write")):
+        try:
+            code = _sample_cli(argv)
+        except SystemExit as e:
+            code = e.code
+        err = capsys.readouterr().err
+        assert code == 2 and err.count("\n") == 1 and err.startswith("vaelab sample: error: ") and message in err, err

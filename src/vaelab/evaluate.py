@@ -107,8 +107,8 @@ def _log_weight_chunks(model, x, k, recon, generator, chunk):
         z = mu + std * eps  # (c, B, L)
         log_q = -0.5 * (eps.pow(2) + logvar + LOG_2PI).sum(-1)  # (c, B)
         log_p_z = -0.5 * (z.pow(2) + LOG_2PI).sum(-1)  # (c, B)
-        logits = model.decode_logits(z.reshape(c * b, latent))
-        log_px = log_px_given_z(logits, x.repeat(c, 1)).reshape(c, b)
+        logits = model.decode_logits(z.reshape(c * b, latent)).reshape(c, b, -1)  # (c, B, D)
+        log_px = log_px_given_z(logits, x)  # x (B, D) broadcasts, no k-fold copy: (c, B)
         yield (log_px + log_p_z - log_q).t()  # (B, c)
         done += c
 

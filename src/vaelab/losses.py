@@ -34,8 +34,8 @@ def recon_nll(logits: torch.Tensor, x: torch.Tensor, kind: str) -> torch.Tensor:
          Gaussian (variance 1/2) NLL in nats.
     """
     kind = getattr(kind, "value", kind)
-    if kind == "bce":
-        return F.binary_cross_entropy_with_logits(logits, x, reduction="none").sum(-1)
+    if kind == "bce":  # x may broadcast against logits, e.g. (B, D) vs (k, B, D) in IWAE
+        return F.binary_cross_entropy_with_logits(logits, x.expand_as(logits), reduction="none").sum(-1)
     if kind == "mse":
         return (torch.sigmoid(logits) - x).pow(2).sum(-1)
     raise ValueError(f"loss.recon={kind}: allowed: mse, bce")
@@ -45,7 +45,7 @@ def recon_log_likelihood(logits: torch.Tensor, x: torch.Tensor, kind: str) -> to
     """log p(x|z) in nats, (B,): the recon cost as a normalised likelihood (used by IWAE)."""
     nll = recon_nll(logits, x, kind)
     if getattr(kind, "value", kind) == "mse":
-        nll = nll + x.shape[-1] * MSE_NLL_CONST_PER_DIM
+        nll = nll + logits.shape[-1] * MSE_NLL_CONST_PER_DIM
     return -nll
 
 

@@ -445,4 +445,8 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    # `python -m vaelab.train`: run the module's importable copy, so that launchers which pickle
+    # the task (joblib, submitit, Ray) refer to vaelab.train.hydra_main instead of copying __main__.
+    from vaelab.train import main as _main
+
+    _main()

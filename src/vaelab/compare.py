@@ -1,0 +1,221 @@
+"""`vaelab compare DIR...`: the runs under some folders as one table, and their curves.
+
+    vaelab compare outputs/multirun --sort val_loss
+    vaelab compare outputs/multirun/default/2026-01-01_12-00-00 --plot val_loss --out curves.png
+
+A run is a folder holding .hydra/config.yaml or TensorBoard event files. Its row shows what
+sets it apart, the config values that differ between the listed runs (the swept overrides of a
+sweep; read from .hydra/config.yaml, so a resumed or reproduced run shows the config it ran
+with), and its final metrics (metrics.json and the test_* numbers of eval.json; a run that has
+not finished shows the last epoch values in its events). Events are read with TensorBoard's
+own EventAccumulator, so a resumed run's curves come out as TensorBoard shows them; the x-axis
+is examples seen.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+# Final metrics of an unfinished run, from the per-epoch scalars train() logs.
+EPOCH_TAGS = {"epochs": "epoch/epoch", "train_loss": "epoch/train_loss", "val_loss": "epoch/val_loss",
+              "val_recon": "epoch/val_recon", "val_kl": "epoch/val_kl", "active_units": "epoch/active_units"}
+COLUMNS = ("epochs", "train_loss", "val_loss", "val_recon", "val_kl", "active_units", "test_nll_iwae")
+_SKIP = {".hydra", "checkpoints", "samples"}
+
+
+class CompareError(RuntimeError):
+    """Nothing to compare, or an unknown metric. Its message is one line."""
+
+
+@dataclass
+class Run:
+    path: Path
+    name: str = ""
+    config: dict = field(default_factory=dict)  # flattened .hydra/config.yaml: 'loss.beta' -> '4.0'
+    metrics: dict = field(default_factory=dict)
+    finished: bool = False
+    _scalars: dict | None = None
+
+    def scalars(self) -> dict:
+        """{tag: [(examples seen, value), ...]} from the run's event files."""
+        if self._scalars is None:
+            from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+            acc = EventAccumulator(str(self.path), size_guidance={"scalars": 0})
+            acc.Reload()
+            self._scalars = {t: [(e.step, e.value) for e in acc.Scalars(t)] for t in acc.Tags()["scalars"]}
+        return self._scalars
+
+
+def _is_run(d: Path) -> bool:
+    return (d / ".hydra" / "config.yaml").is_file() or any(p.name.startswith("events.out.tfevents.")
+                                                            for p in d.iterdir() if p.is_file())
+
+
+def find_runs(dirs: list[str | Path]) -> list[Run]:
+    """Every run folder at or under the given folders (not looking inside a run)."""
+    found: dict[Path, None] = {}
+    for d in map(Path, dirs):
+        if not d.is_dir():
+            raise CompareError(f"{d}: no such directory")
+        for root, subdirs, _ in os.walk(d):
+            root = Path(root)
+            if _is_run(root):
+                found[root.resolve()] = None
+                subdirs.clear()
+            else:
+                subdirs[:] = sorted(s for s in subdirs if s not in _SKIP)
+    if not found:
+        raise CompareError(f"no runs under {', '.join(map(str, dirs))} "
+                           f"(a run is a folder with .hydra/config.yaml or TensorBoard event files)")
+    paths = list(found)
+    top = Path(os.path.commonpath(paths)) if len(paths) > 1 else paths[0].parent
+    return [_load(p, str(p.relative_to(top))) for p in paths]
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):  # absent, or being written right now
+        return None
+
+
+def _load(path: Path, name: str) -> Run:
+    run = Run(path, name)
+    cfg = path / ".hydra" / "config.yaml"
+    if cfg.is_file():
+        run.config = _flatten(yaml.safe_load(cfg.read_text()) or {})
+    metrics = _read_json(path / "metrics.json")
+    if metrics is not None:
+        run.metrics, run.finished = metrics, True
+    else:  # still running or stopped: the last value of each epoch scalar
+        sc = run.scalars()
+        run.metrics = {k: sc[t][-1][1] for k, t in EPOCH_TAGS.items() if sc.get(t)}
+        if "epochs" in run.metrics:
+            run.metrics["epochs"] = int(run.metrics["epochs"])
+    ev = _read_json(path / "eval.json") or {}
+    run.metrics.update({f"test_{k}": v for k, v in ev.items()
+                        if isinstance(v, (int, float)) and not isinstance(v, bool)})
+    return run
+
+
+def sort_runs(runs: list[Run], metric: str, descending: bool = False) -> list[Run]:
+    known = sorted({k for r in runs for k, v in r.metrics.items() if isinstance(v, (int, float))})
+    if metric not in known:
+        raise CompareError(f"--sort {metric}: no run has that metric; available: {', '.join(known)}")
+
+    def key(r: Run):
+        v = r.metrics.get(metric)
+        missing = not isinstance(v, (int, float)) or math.isnan(v)
+        return (missing, 0 if missing else (-v if descending else v))
+    return sorted(runs, key=key)
+
+
+def _fmt(v) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return "nan" if math.isnan(v) else f"{v:.3f}"
+    return str(v)
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = str(v)
+    return out
+
+
+def _varying(runs: list[Run]) -> list[str]:
+    """Config keys whose values are not the same in every run, in config order."""
+    keys = dict.fromkeys(k for r in runs for k in r.config)
+    return [k for k in keys if len({r.config.get(k) for r in runs}) > 1]
+
+
+def table(runs: list[Run], extra: list[str] = ()) -> str:
+    """One row per run: its name, the config values that differ between runs, its metrics."""
+    varying = _varying(runs)
+    metrics = [m for m in (*COLUMNS, *extra) if any(m in r.metrics for r in runs)]
+    metrics = list(dict.fromkeys(metrics))
+    header = ["run", *varying, *metrics, "state"]
+    rows = [[r.name, *(r.config.get(k, "-") for k in varying), *(_fmt(r.metrics.get(m)) for m in metrics),
+             "done" if r.finished else "unfinished"] for r in runs]
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
+    left = 1 + len(varying)  # text columns left-aligned, numbers right-aligned
+
+    def line(cells):
+        return "  ".join(f"{c:<{w}}" if i < left else f"{c:>{w}}" for i, (c, w) in enumerate(zip(cells, widths)))
+    out = [line(header), line(["-" * w for w in widths])]
+    return "\n".join([*out, *(line(r).rstrip() for r in rows)])
+
+
+def plot(runs: list[Run], tag: str, out: str | Path) -> Path:
+    """One curve per run of a scalar (val_loss means epoch/val_loss), x = examples seen."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    curves = []
+    for r in runs:
+        sc = r.scalars()
+        full = tag if tag in sc else f"epoch/{tag}"
+        if sc.get(full):
+            curves.append((r, full, sc[full]))
+    if not curves:
+        tags = sorted({t for r in runs for t in r.scalars()})
+        raise CompareError(f"--plot {tag}: no run has that scalar; available: {', '.join(tags)}")
+    fig, ax = plt.subplots(figsize=(8, 5))
+    varying = _varying(runs)
+    labels = [",".join(f"{k}={r.config[k]}" for k in varying if k in r.config) for r, _, _ in curves]
+    if len(set(labels)) < len(labels) or not all(labels):  # same configs (a reproduction): folder names
+        labels = [r.name for r, _, _ in curves]
+    for (r, _, pts), label in zip(curves, labels):
+        ax.plot([x for x, _ in pts], [y for _, y in pts], marker="." if len(pts) < 50 else None, label=label)
+    ax.set_xlabel("examples seen")
+    ax.set_ylabel(curves[0][1])
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    return out
+
+
+# --- vaelab compare --------------------------------------------------------------------------
+
+
+def add_compare_arguments(p) -> None:
+    p.add_argument("dirs", nargs="+", metavar="DIR", help="folders to search for runs (a sweep, outputs/, a run)")
+    p.add_argument("--sort", metavar="METRIC", help="sort the rows by this metric, e.g. val_loss (ascending)")
+    p.add_argument("--desc", action="store_true", help="sort descending")
+    p.add_argument("--plot", metavar="SCALAR", help="plot this scalar for every run: val_loss, train_loss, "
+                   "active_units, ... or a full TensorBoard tag such as train/loss")
+    p.add_argument("--out", default="curves.png", metavar="PNG", help="where --plot writes (default: curves.png)")
+
+
+def compare_command(args) -> int:
+    logging.getLogger("tensorboard").setLevel(logging.ERROR)  # its notes on purged (resumed) events
+    try:
+        runs = find_runs(args.dirs)
+        if args.sort:
+            runs = sort_runs(runs, args.sort, args.desc)
+        print(table(runs, [args.sort] if args.sort else []))
+        if args.plot:
+            out = plot(runs, args.plot, args.out)
+            print(f"wrote {out}")
+    except CompareError as e:
+        print(f"vaelab compare: error: {e}", file=sys.stderr)
+        return 2
+    return 0

@@ -1,0 +1,287 @@
+"""`vaelab reproduce RUN_DIR` and `vaelab resume RUN_DIR [overrides]`: a run directory is all
+it takes to re-run a run from scratch or to carry it on.
+
+reproduce  re-runs RUN_DIR/.hydra/config.yaml into a new run directory, through vaelab-train's
+           plain Hydra route (`--config-dir RUN_DIR/.hydra --config-name config`), then prints
+           both runs' final metrics side by side. Exit 1 if any metric differs (timings aside).
+resume     continues RUN_DIR from checkpoints/last.pt, in the same directory, optionally with
+           value overrides such as trainer.epochs=100. The overrides and the checkpoint are
+           checked before anything is written; the new values go into RUN_DIR/.hydra/config.yaml
+           and overrides.yaml, so a later `reproduce` re-runs the config the run ended with.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import yaml
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from omegaconf import OmegaConf
+
+from vaelab import checkpoint as ckpt_io
+from vaelab.cli_errors import _explain as explain_override_error  # vaelab-train's wording
+from vaelab.config import ConfigError, typed, validate
+
+
+def is_timing(key: str) -> bool:
+    """Wall-clock measurements (train_seconds, samples_per_s, test_seconds from eval.json) are
+    never equal between two runs: reproduce shows them but does not compare them."""
+    return key.endswith(("seconds", "_per_s"))
+
+
+class WorkflowError(RuntimeError):
+    """A run directory or command line that cannot be used. Its message is one line."""
+
+
+def run_config_path(run_dir: str | Path) -> Path:
+    path = Path(run_dir) / ".hydra" / "config.yaml"
+    if not Path(run_dir).is_dir():
+        raise WorkflowError(f"{run_dir}: no such directory")
+    if not path.is_file():
+        raise WorkflowError(f"{run_dir}: not a vaelab run directory (no .hydra/config.yaml)")
+    return path
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    """Write to a temporary file beside `path`, then rename it over: a kill leaves either file."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+# --- final metrics ------------------------------------------------------------------------
+
+
+def final_metrics(run_dir: str | Path) -> dict:
+    """metrics.json, plus the scalars of eval.json (the automatic test-split eval) as test_*."""
+    run_dir = Path(run_dir)
+    path = run_dir / "metrics.json"
+    if not path.is_file():
+        raise WorkflowError(f"{run_dir}: no metrics.json, the run has not finished "
+                            f"(carry it on with: vaelab resume {run_dir})")
+    metrics = json.loads(path.read_text())
+    ev = run_dir / "eval.json"
+    if ev.is_file():
+        metrics.update({f"test_{k}": v for k, v in json.loads(ev.read_text()).items()
+                        if isinstance(v, (int, float)) and not isinstance(v, bool)})
+    return metrics
+
+
+def _same(a, b, rtol: float) -> bool:
+    if isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b):
+        return True
+    if rtol and isinstance(a, (int, float)) and isinstance(b, (int, float)):
+        return math.isclose(a, b, rel_tol=rtol)
+    return a == b  # floats from json round-trip exactly: == means identical to the bit
+
+
+def differing_keys(original: dict, new: dict, rtol: float = 0.0) -> list[str]:
+    """Metrics whose values differ (a metric present on one side only counts as differing)."""
+    keys = [k for k in {**original, **new} if not is_timing(k)]
+    return [k for k in keys if k not in original or k not in new or not _same(original[k], new[k], rtol)]
+
+
+def side_by_side(original: dict, new: dict, rtol: float = 0.0) -> str:
+    """One line per metric: name, original value, new value, and whether they agree."""
+    diff = set(differing_keys(original, new, rtol))
+    rows = [("metric", "original", "reproduction", "")]
+    for k in {**original, **new}:
+        a, b = original.get(k, "-"), new.get(k, "-")
+        mark = "timing, ignored" if is_timing(k) else ("DIFFERENT" if k in diff else "same")
+        rows.append((k, repr(a) if isinstance(a, float) else str(a), repr(b) if isinstance(b, float) else str(b),
+                     mark))
+    widths = [max(len(r[i]) for r in rows) for i in range(3)]
+    return "\n".join(f"{r[0]:<{widths[0]}}  {r[1]:>{widths[1]}}  {r[2]:>{widths[2]}}  {r[3]}".rstrip()
+                     for r in rows)
+
+
+# --- vaelab reproduce -----------------------------------------------------------------------
+
+
+def add_reproduce_arguments(p) -> None:
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a finished run (a folder holding .hydra/config.yaml)")
+    p.add_argument("--out", metavar="DIR", help="the new run directory "
+                   "(default: outputs/runs/<name>/<timestamp>, like vaelab-train)")
+    p.add_argument("--rtol", type=float, default=0.0,
+                   help="relative tolerance for the comparison (default 0: identical to the bit, which "
+                        "holds on CPU; a GPU run that is not bit-reproducible needs one, see the README)")
+
+
+def _new_run_dir(name: str) -> Path:
+    base = Path("outputs") / "runs" / name / time.strftime("%Y-%m-%d_%H-%M-%S")
+    out, n = base, 1
+    while out.exists():  # two runs in the same second
+        out, n = base.with_name(f"{base.name}_{n}"), n + 1
+    return out.resolve()
+
+
+def _launch_cwd(run_dir: Path) -> Path:
+    """The directory the original run was started from (relative paths such as
+    data.root=../shared/data mean what they meant then); the current one if unknown."""
+    hydra_yaml = run_dir / ".hydra" / "hydra.yaml"
+    if hydra_yaml.is_file():
+        cwd = (yaml.safe_load(hydra_yaml.read_text()) or {}).get("hydra", {}).get("runtime", {}).get("cwd")
+        if cwd and Path(cwd).is_dir():
+            return Path(cwd)
+    return Path.cwd()
+
+
+def reproduce(run_dir: str | Path, out: str | Path | None = None, rtol: float = 0.0) -> tuple[int, Path]:
+    """Re-run `run_dir` from its saved config into a new directory; print both runs' metrics.
+    Returns (exit code, new run directory): 0 if every metric agrees, 1 if any differs."""
+    run_dir = Path(run_dir).resolve()
+    cfg_path = run_config_path(run_dir)
+    original = final_metrics(run_dir)  # before spending time on a run we could not compare
+    name = OmegaConf.load(cfg_path).get("name", "default")
+    new_dir = Path(out).resolve() if out else _new_run_dir(name)
+    if new_dir.exists() and any(new_dir.iterdir()):
+        raise WorkflowError(f"{new_dir}: already exists and is not empty; give another --out")
+    quoted = str(new_dir).replace("'", "\\'")  # a quoted value in Hydra's override grammar
+    cmd = [sys.executable, "-m", "vaelab.train", "--config-dir", str(run_dir / ".hydra"), "--config-name", "config",
+           f"hydra.run.dir='{quoted}'"]
+    env = dict(os.environ)
+    threads = original.get("torch_threads")
+    if threads:  # CPU float sums depend on it (a joblib worker gets cpu_count / n_jobs threads)
+        env["OMP_NUM_THREADS"] = str(threads)
+    as_before = f" ({threads} CPU thread{'s' * (threads != 1)}, as the original)" if threads else ""
+    print(f"reproducing {run_dir}\n        into {new_dir}{as_before}", flush=True)
+    code = subprocess.run(cmd, cwd=_launch_cwd(run_dir), env=env).returncode
+    if code != 0:
+        raise WorkflowError(f"the reproduction in {new_dir} failed (exit code {code}); see {new_dir / 'train.log'}")
+    new = final_metrics(new_dir)
+    print()
+    print(side_by_side(original, new, rtol))
+    diff = differing_keys(original, new, rtol)
+    if diff:
+        print(f"\nNOT reproduced: {len(diff)} metric(s) differ ({', '.join(diff)})"
+              + (f" beyond rtol={rtol}" if rtol else ""))
+        return 1, new_dir
+    print(f"\nreproduced: every metric is {'within rtol=' + str(rtol) if rtol else 'identical'}")
+    return 0, new_dir
+
+
+def reproduce_command(args) -> int:
+    try:
+        return reproduce(args.run_dir, args.out, args.rtol)[0]
+    except WorkflowError as e:
+        print(f"vaelab reproduce: error: {e}", file=sys.stderr)
+        return 2
+
+
+# --- vaelab resume --------------------------------------------------------------------------
+
+
+def add_resume_arguments(p) -> None:
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory holding checkpoints/last.pt")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                   help="values to change for the rest of the run, e.g. trainer.epochs=100")
+
+
+def apply_overrides(cfg, overrides: list[str]) -> list:
+    """Apply KEY=VALUE overrides (Hydra's grammar) to a typed config, in place. Returns the
+    parsed overrides. Anything that is not a plain value change is a WorkflowError."""
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+    except Exception as e:  # OverrideParseException
+        raise WorkflowError(f"cannot parse the overrides: {str(e).strip().splitlines()[0]}") from None
+    for o in parsed:
+        line = o.input_line
+        if o.is_hydra_override():
+            raise WorkflowError(f"override '{line}': resume runs no Hydra app, hydra.* settings do not apply")
+        if o.is_sweep_override():
+            raise WorkflowError(f"override '{line}': resume continues one run; sweep with vaelab-train -m")
+        if o.is_add() or o.is_delete() or o.is_force_add() or o.package is not None:
+            raise WorkflowError(f"override '{line}': resume takes KEY=VALUE only")
+        try:
+            OmegaConf.update(cfg, o.key_or_group, o.value(), merge=False)
+        except Exception as e:  # unknown key, wrong type, a group name given a value, ...
+            raise WorkflowError(explain_override_error(e, line)) from None
+    return parsed
+
+
+def _updated_files(run_dir: Path, parsed: list) -> tuple[str, str]:
+    """The new texts of .hydra/config.yaml (same layout, new values) and .hydra/overrides.yaml
+    (each key once: a new value replaces the old override of that key)."""
+    cfg_path, ovr_path = run_dir / ".hydra" / "config.yaml", run_dir / ".hydra" / "overrides.yaml"
+    raw = OmegaConf.load(cfg_path)
+    for o in parsed:
+        OmegaConf.update(raw, o.key_or_group, o.value(), merge=False)
+    old = (yaml.safe_load(ovr_path.read_text()) or []) if ovr_path.is_file() else []
+    new_keys = {o.key_or_group for o in parsed}
+    lines = [ln for ln in old if ln.split("=", 1)[0].lstrip("+~") not in new_keys] + [o.input_line for o in parsed]
+    return OmegaConf.to_yaml(raw), yaml.safe_dump(lines, default_flow_style=False)
+
+
+def resume(run_dir: str | Path, overrides: list[str] = ()) -> dict | None:
+    """Carry on the run in `run_dir` from checkpoints/last.pt; returns its final metrics, or
+    None when it has already trained trainer.epochs epochs (then nothing is written)."""
+    from vaelab.train import build_model, train
+
+    run_dir = Path(run_dir)
+    cfg_path = run_config_path(run_dir)
+    try:
+        cfg = typed(OmegaConf.load(cfg_path))
+    except Exception as e:
+        raise WorkflowError(f"{cfg_path}: not a valid vaelab config: {str(e).strip().splitlines()[0]}") from None
+    parsed = apply_overrides(cfg, list(overrides))
+    validate(cfg)  # ConfigError, one line
+    # Check the checkpoint against the (new) config before anything is written.
+    last = run_dir / "checkpoints" / "last.pt"
+    if not last.is_file():
+        raise ckpt_io.CheckpointError(f"{last}: no such checkpoint file, nothing to resume "
+                                      f"(the run stopped before its first checkpoint; start it again)")
+    ck = ckpt_io.load(last)
+    ckpt_io.check_compatible(ck, build_model(cfg), last)
+    done = ck["state"]["epoch"]
+    if done >= cfg.trainer.epochs and not ck["state"].get("pos"):
+        # Training again would only log the final numbers a second time.
+        print(f"vaelab resume: nothing to do, {run_dir} has trained {done} of trainer.epochs="
+              f"{cfg.trainer.epochs} epochs; to go on: vaelab resume {run_dir} trainer.epochs={2 * done}",
+              file=sys.stderr)
+        return None
+    if parsed:
+        cfg_text, ovr_text = _updated_files(run_dir, parsed)
+        _write_atomic(cfg_path, cfg_text)
+        _write_atomic(run_dir / ".hydra" / "overrides.yaml", ovr_text)
+    cfg.trainer.resume = True  # that is what this command is for, whatever the run said
+    if not Path(cfg.data.root).is_absolute():  # e.g. data.root=../shared/data: from where the run began
+        cfg.data.root = str(_launch_cwd(run_dir) / cfg.data.root)
+    threads = ck["state"].get("threads") if isinstance(ck.get("state"), dict) else None
+    if threads and threads != torch.get_num_threads():
+        # The run's CPU sums were made with that many threads; the same count keeps them bit-identical.
+        print(f"vaelab resume: using {threads} CPU threads, as the run did (this process had "
+              f"{torch.get_num_threads()})", file=sys.stderr)
+        torch.set_num_threads(threads)
+    return train(cfg, run_dir)
+
+
+def resume_command(args) -> int:
+    from vaelab.data import DataError
+    from vaelab.train import Interrupted, NonFiniteLoss
+
+    try:
+        resume(args.run_dir, args.overrides)
+    except (WorkflowError, ConfigError, DataError, ckpt_io.CheckpointError) as e:
+        print(f"vaelab resume: error: {e}", file=sys.stderr)
+        return 2
+    except NonFiniteLoss as e:
+        print(f"vaelab resume: error: {e}", file=sys.stderr)
+        return 1
+    except Interrupted as e:
+        print(f"vaelab resume: {e}", file=sys.stderr)
+        return 130
+    return 0

@@ -1,0 +1,219 @@
+"""Sweeps as a user runs them (vaelab-train -m ...), on tiny generated data: folder names,
+one HParams row per run, the joblib launcher, Optuna, `vaelab compare`, the launcher configs."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+from tensorboard.backend.event_processing.plugin_event_multiplexer import EventMultiplexer
+from tensorboard.plugins.hparams import metadata as hparams_metadata
+
+from vaelab import checkpoint as ckpt_io
+from vaelab.cli import main as vaelab_cli
+from vaelab.config import CONF_DIR, register_configs
+from vaelab.train import job_name
+from vaelab.workflow import is_timing
+
+from tests.conftest import FAST
+
+TINY = [*FAST, "model.size=small", "trainer.final_eval=false", "seed=3"]
+SWEEP = ["latent_size=2,4", "loss.beta=1,4"]
+NAMES = {"latent_size=2,loss.beta=1", "latent_size=2,loss.beta=4", "latent_size=4,loss.beta=1",
+         "latent_size=4,loss.beta=4"}
+
+
+def vaelab_train(args: list[str], cwd: Path, threads: int | None = None) -> Path:
+    """Run vaelab-train in `cwd`; returns the sweep folder it made."""
+    env = {**os.environ, "TQDM_DISABLE": "1"}
+    env.pop("VAELAB_DATA", None)
+    if threads:
+        env["OMP_NUM_THREADS"] = str(threads)
+    p = subprocess.run([sys.executable, "-m", "vaelab.train", *args], cwd=cwd, env=env, capture_output=True,
+                       text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-3000:]
+    [sweep] = (cwd / "outputs" / "multirun" / "default").iterdir()
+    return sweep
+
+
+def runs(sweep: Path) -> dict[str, Path]:
+    return {d.name: d for d in sweep.iterdir() if d.is_dir() and not d.name.startswith(".")}
+
+
+def vaelab(args: list[str]) -> int:
+    with pytest.raises(SystemExit) as exc:
+        vaelab_cli([str(a) for a in args])
+    return exc.value.code
+
+
+@pytest.fixture(scope="module")
+def sweep(tiny_mnist, tmp_path_factory) -> Path:
+    """A 2x2 sweep on the basic launcher, one CPU thread per job like the joblib workers below."""
+    return vaelab_train(["-m", *SWEEP, f"data.root={tiny_mnist}", *TINY], tmp_path_factory.mktemp("basic"),
+                        threads=1)
+
+
+def test_sweep_folders_are_named_by_the_swept_overrides(sweep):
+    assert set(runs(sweep)) == NAMES  # not 0..3; the fixed overrides and the seed stay out
+    for name, run in runs(sweep).items():
+        overrides = yaml.safe_load((run / ".hydra" / "overrides.yaml").read_text())
+        assert set(name.split(",")) <= set(overrides) and "seed=3" in overrides
+        assert json.loads((run / "metrics.json").read_text())["latent_size"] == int(name.split(",")[0][-1])
+    # TensorBoard's own loader names the runs by these folders.
+    mux = EventMultiplexer().AddRunsFromDirectory(str(sweep))
+    mux.Reload()
+    assert set(mux.Runs()) == NAMES
+
+
+def test_sweep_has_one_hparams_row_per_run(sweep):
+    for name, run in runs(sweep).items():
+        [events] = run.glob("events.out.tfevents.*")
+        assert not list(run.glob("*/**/events.out.tfevents.*"))  # no add_hparams sub-folder doubling runs
+        tags = [v.tag for e in EventFileLoader(str(events)).Load() for v in e.summary.value]
+        assert tags.count("_hparams_/session_start_info") == 1  # one row
+        acc = EventAccumulator(str(run), size_guidance={"scalars": 0})
+        acc.Reload()
+        content = acc.PluginTagToContent("hparams")["_hparams_/session_start_info"]
+        hp = hparams_metadata.parse_session_start_info_plugin_data(content).hparams
+        latent, beta = (kv.split("=")[1] for kv in name.split(","))
+        assert hp["latent_size"].number_value == int(latent) and hp["loss.beta"].number_value == float(beta)
+        metrics = json.loads((run / "metrics.json").read_text())
+        for m in ("val_loss", "val_recon", "val_kl", "active_units"):
+            [event] = acc.Scalars(f"hparams/{m}")
+            assert event.value == pytest.approx(metrics[m], rel=1e-6)
+
+
+def test_job_name_leaves_out_fixed_overrides_and_an_unswept_seed(monkeypatch):
+    monkeypatch.setenv("VAELAB_FIXED_KEYS", "data.root,trainer.epochs")
+    monkeypatch.setenv("VAELAB_SWEPT_KEYS", "latent_size")
+    task = ["latent_size=16", "data.root=/x/y", "trainer.epochs=2", "seed=3", "model=mlp/big"]
+    assert job_name(task, 5) == "latent_size=16,model=mlp_big"
+    monkeypatch.setenv("VAELAB_SWEPT_KEYS", "latent_size,seed")
+    assert job_name(task, 5) == "latent_size=16,seed=3,model=mlp_big"
+    monkeypatch.setenv("VAELAB_FIXED_KEYS", "latent_size,data.root,trainer.epochs,model,seed")
+    assert job_name(task, 5) == "job5"
+
+
+def test_joblib_jobs_run_in_parallel_without_touching_each_others_files(sweep, tiny_mnist, tmp_path):
+    par = vaelab_train(["-m", *SWEEP, f"data.root={tiny_mnist}", *TINY, "hydra/launcher=joblib",
+                        "hydra.launcher.n_jobs=2"], tmp_path)
+    assert set(runs(par)) == NAMES  # the workers saw the fixed keys and imported the resolver
+    for name, run in runs(par).items():
+        assert len(list(run.glob("events.out.tfevents.*"))) == 1
+        log = (run / "train.log").read_text()
+        assert f"run directory: {run}" in log and log.count("run directory:") == 1
+        # Same numbers as the sequential sweep: no job read or wrote another job's files.
+        a, b = (json.loads((d / "metrics.json").read_text()) for d in (run, runs(sweep)[name]))
+        assert a["torch_threads"] == b["torch_threads"] == 1
+        assert {k: v for k, v in a.items() if not is_timing(k)} == {k: v for k, v in b.items() if not is_timing(k)}
+
+
+def test_optuna_search_minimises_the_val_loss(tiny_mnist, tmp_path):
+    sweep = vaelab_train(["hparams_search=optuna", "hydra.sweeper.n_trials=2", f"data.root={tiny_mnist}", *TINY,
+                          "trainer.epochs=1"], tmp_path)
+    result = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
+    trials = {name: json.loads((run / "metrics.json").read_text())["val_loss"] for name, run in runs(sweep).items()}
+    assert len(trials) == 2 and all(n.startswith("optim.lr=") for n in trials)  # named by the sampled values
+    assert result["best_value"] == min(trials.values())  # the task function returned the val loss
+
+
+def test_compare_prints_the_sweep_sorted_and_plots_it(sweep, tmp_path, capsys):
+    out = tmp_path / "curves.png"
+    assert vaelab(["compare", sweep, "--sort", "val_loss", "--plot", "val_loss", "--out", out]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    header = lines[0].split()
+    assert header[:3] == ["run", "latent_size", "loss.beta"] and "val_loss" in header
+    rows = [ln.split() for ln in lines[2:6]]
+    assert {r[0] for r in rows} == NAMES
+    col = header.index("val_loss")
+    losses = [float(r[col]) for r in rows]
+    assert losses == sorted(losses)
+    expected = {n: json.loads((d / "metrics.json").read_text())["val_loss"] for n, d in runs(sweep).items()}
+    assert [r[0] for r in rows] == sorted(expected, key=expected.get)
+    assert lines[6].startswith(f"wrote {out}")
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    assert vaelab(["compare", sweep, "--sort", "active_units", "--desc"]) == 0
+    capsys.readouterr()
+
+
+@pytest.mark.parametrize("args,expect", [
+    (["--sort", "val_los"], "--sort val_los: no run has that metric; available: active_units, best_val_loss"),
+    (["--plot", "nope"], "--plot nope: no run has that scalar; available: epoch/active_units"),
+], ids=["unknown-metric", "unknown-scalar"])
+def test_compare_bad_input_is_one_line(sweep, capsys, args, expect):
+    assert vaelab(["compare", sweep, *args]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"vaelab compare: error: {expect}"), err
+
+
+def test_compare_without_runs_is_one_line(tmp_path, capsys):
+    assert vaelab(["compare", tmp_path, tmp_path / "missing"]) == 2
+    assert capsys.readouterr().err.strip() == f"vaelab compare: error: {tmp_path / 'missing'}: no such directory"
+    assert vaelab(["compare", tmp_path]) == 2
+    assert "no runs under" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("launcher,target", [
+    ("joblib", "JoblibLauncher"), ("slurm", "SlurmLauncher"), ("submitit_local", "LocalLauncher")])
+def test_launcher_configs_compose(launcher, target):
+    register_configs()
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        cfg = compose("config", overrides=[f"hydra/launcher={launcher}", "hydra.launcher.timeout_min=30"]
+                      if launcher != "joblib" else [f"hydra/launcher={launcher}"], return_hydra_config=True)
+    GlobalHydra.instance().clear()
+    assert cfg.hydra.launcher._target_.endswith(target)
+    if launcher == "slurm":
+        lc = cfg.hydra.launcher
+        assert lc.timeout_min == 30 and lc.gpus_per_node == 1 and lc.partition is None
+        assert lc.max_num_timeout > 0  # a timed-out job is requeued, then resumes from last.pt
+
+
+def test_ray_launcher_on_a_local_instance(tiny_mnist, tmp_path, monkeypatch):
+    """Runs only where hydra-ray-launcher is installed (pip install -e '.[ray]')."""
+    pytest.importorskip("hydra_plugins.hydra_ray_launcher")
+    monkeypatch.setenv("RAY_USAGE_STATS_ENABLED", "0")
+    ray = vaelab_train(["-m", *SWEEP, f"data.root={tiny_mnist}", *TINY, "hydra/launcher=ray_local",
+                        "hydra.launcher.ray.init.num_cpus=2"], tmp_path)
+    assert set(runs(ray)) == NAMES
+    assert all((r / "metrics.json").exists() for r in runs(ray).values())
+
+
+@pytest.mark.skipif(not os.environ.get("VAELAB_SLOW_TESTS"), reason="about 25 s; set VAELAB_SLOW_TESTS=1")
+def test_submitit_requeue_lands_in_the_same_folder_and_resumes(tiny_mnist, tmp_path):
+    """What SLURM + submitit do to a preempted job, with the local executor: the requeued job
+    runs the same pickled submission (the launcher's checkpoint() resubmits itself unchanged)."""
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    sweep = vaelab_train(["-m", "latent_size=2,4", f"data.root={tiny_mnist}", *TINY, "trainer.checkpoint_every=1",
+                          "hydra/launcher=submitit_local"], tmp_path)
+    job = runs(sweep)["latent_size=4"]
+    ckpts = job / "checkpoints"
+    finished = ckpt_io.load(ckpts / "last.pt")
+    # Roll the job back to "killed right after its epoch-1 checkpoint".
+    (ckpts / "last.pt").write_bytes((ckpts / "epoch_0001.pt").read_bytes())
+    (job / "metrics.json").unlink()
+    [folder] = [d for d in (sweep / ".submitit").iterdir()
+                if f"run directory: {job}" in "".join(f.read_text() for f in d.glob("*_log.out"))]
+    env = {**os.environ, "TQDM_DISABLE": "1", "SUBMITIT_EXECUTOR": "local", "SUBMITIT_LOCAL_JOB_ID": folder.name,
+           "SUBMITIT_LOCAL_NTASKS": "1", "SUBMITIT_LOCAL_GLOBALID": "0", "SUBMITIT_LOCAL_LOCALID": "0",
+           "SUBMITIT_LOCAL_NODEID": "0", "SUBMITIT_LOCAL_JOB_NUM_NODES": "1",
+           # what the job's environment held: vaelab-train's main() sets these before submitting
+           "VAELAB_SWEPT_KEYS": "latent_size", "VAELAB_FIXED_KEYS": ",".join(
+               o.split("=")[0] for o in [f"data.root={tiny_mnist}", *TINY, "trainer.checkpoint_every=1"])}
+    p = subprocess.run([sys.executable, "-m", "submitit.core._submit", str(folder)], cwd=tmp_path, env=env,
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert set(runs(sweep)) == {"latent_size=2", "latent_size=4"}  # same sweep folder, same job folder
+    assert "resuming" in (job / "train.log").read_text()
+    resumed = ckpt_io.load(ckpts / "last.pt")
+    assert all(torch.equal(v, resumed["model"][k]) for k, v in finished["model"].items())

@@ -1,0 +1,345 @@
+"""Reproduce, interrupt + resume, and every bad input of `vaelab resume`, on tiny generated data.
+
+Bit-identical means torch.equal on every tensor of the final checkpoint (weights and Adam
+state) and == on every metric except the wall-clock ones.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+import vaelab.train as train_mod
+from vaelab import checkpoint as ckpt_io
+from vaelab.cli import main as vaelab_cli
+from vaelab.train import Interrupted, saved_config_argv, train
+from vaelab.workflow import differing_keys, is_timing, side_by_side
+
+from tests.conftest import FAST, compose_cfg
+
+# 192 training images, batch 32: 6 steps an epoch, 3 epochs.
+TINY = [*FAST, "model.size=small", "latent_size=4", "trainer.final_eval=false", "trainer.epochs=3"]
+CURVES = ("train/loss", "train/beta", "epoch/train_loss", "epoch/val_loss", "epoch/active_units")
+
+
+def cli_env() -> dict:
+    env = {**os.environ, "TQDM_DISABLE": "1"}
+    env.pop("VAELAB_DATA", None)
+    return env
+
+
+def run_module(module: str, args: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
+    p = subprocess.run([sys.executable, "-m", module, *map(str, args)], cwd=cwd, env=cli_env(),
+                       capture_output=True, text=True, timeout=300)
+    if check:
+        assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-3000:]
+    return p
+
+
+def vaelab(args: list[str]) -> int:
+    """`vaelab ARGS` in this process; returns the exit code."""
+    if args[0] == "resume":
+        _after_existing_events(Path(args[1]))
+    with pytest.raises(SystemExit) as exc:
+        vaelab_cli([str(a) for a in args])
+    return exc.value.code
+
+
+def _after_existing_events(run_dir: Path) -> None:
+    """TensorBoard reads a folder's event files in name order, and a name starts with the file's
+    creation time in whole seconds. A real run takes longer than a second to reach its first
+    checkpoint; these take less, so wait until a continuation's file will sort last."""
+    stamps = [int(f.name.split(".")[3]) for f in run_dir.glob("events.out.tfevents.*")]
+    while stamps and int(time.time()) <= max(stamps):
+        time.sleep(0.05)
+
+
+def curves(run_dir: Path) -> dict:
+    acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
+    acc.Reload()
+    return {t: [(e.step, e.value) for e in acc.Scalars(t)] for t in CURVES}
+
+
+def assert_same_run(a: Path, b: Path) -> None:
+    """Same weights, optimizer state, counters and RNG state to the bit; same metrics; same curves."""
+    ca, cb = ckpt_io.load(a / "checkpoints" / "last.pt"), ckpt_io.load(b / "checkpoints" / "last.pt")
+    for k, v in ca["model"].items():
+        assert torch.equal(v, cb["model"][k]), k
+    for p, st in ca["optimizer"]["state"].items():
+        for k, v in st.items():
+            assert torch.equal(v, cb["optimizer"]["state"][p][k]), (p, k)
+    assert torch.equal(ca["rng"]["torch"], cb["rng"]["torch"])
+    for k in ("epoch", "step", "examples", "best_val"):
+        assert ca["state"][k] == cb["state"][k], k
+    ma, mb = (json.loads((d / "metrics.json").read_text()) for d in (a, b))
+    assert differing_keys(ma, mb) == [], side_by_side(ma, mb)
+    assert curves(a) == curves(b)  # no duplicated or missing steps, same values
+
+
+@pytest.fixture(autouse=True)
+def _restore_log_handlers():
+    """train() in this process adds a train.log handler per run directory: drop them after."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    for h in root.handlers[:]:
+        if h not in handlers:
+            root.removeHandler(h)
+            h.close()
+    root.setLevel(level)
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_mnist, tmp_path_factory) -> Path:
+    """An uninterrupted 3-epoch run."""
+    run = tmp_path_factory.mktemp("reference")
+    train(compose_cfg([f"data.root={tiny_mnist}", *TINY]), run)
+    return run
+
+
+def files_snapshot(run_dir: Path) -> dict:
+    return {str(p.relative_to(run_dir)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(run_dir.rglob("*")) if p.is_file()}
+
+
+# --- reproduce -------------------------------------------------------------------------------
+
+
+def test_reproduce_reruns_the_saved_config_identically(tiny_mnist, tmp_path):
+    run_module("vaelab.train", [f"data.root={tiny_mnist}", *TINY, "trainer.epochs=2", "trainer.final_eval=true",
+                                "name=repro"], tmp_path)
+    [original] = (tmp_path / "outputs" / "runs" / "repro").iterdir()
+
+    p = run_module("vaelab.cli", ["reproduce", original], tmp_path)
+    assert "reproduced: every metric is identical" in p.stdout
+    assert "val_loss" in p.stdout and "DIFFERENT" not in p.stdout
+    runs = sorted((tmp_path / "outputs" / "runs" / "repro").iterdir())
+    assert len(runs) == 2
+    copy = runs[1]
+    assert (copy / ".hydra" / "config.yaml").read_text() == (original / ".hydra" / "config.yaml").read_text()
+    assert (copy / "eval.json").exists()  # the final test-split eval ran too, and agreed (test_* rows)
+    assert "test_elbo" in p.stdout
+    ca, cb = (ckpt_io.load(d / "checkpoints" / "last.pt") for d in (original, copy))
+    assert all(torch.equal(v, cb["model"][k]) for k, v in ca["model"].items())
+
+
+def test_reproduce_reports_a_difference():
+    a = {"val_loss": 1.0, "val_kl": 0.5, "samples_per_s": 100.0, "epochs": 2}
+    b = {"val_loss": 1.0 + 1e-12, "val_kl": 0.5, "samples_per_s": 90.0, "epochs": 2}
+    assert differing_keys(a, b) == ["val_loss"]  # timings are ignored
+    assert differing_keys(a, b, rtol=1e-9) == []
+    table = side_by_side(a, b)
+    assert "DIFFERENT" in table and "timing, ignored" in table
+    assert repr(1.0 + 1e-12) in table  # full precision, so "identical" is visible
+    assert all(map(is_timing, ("samples_per_s", "train_seconds", "test_seconds")))
+    assert not any(map(is_timing, ("val_loss", "test_nll_iwae", "epochs")))
+
+
+def test_reproduce_rejects_bad_input(tmp_path, capsys):
+    assert vaelab(["reproduce", tmp_path / "nope"]) == 2
+    assert vaelab(["reproduce", tmp_path]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"vaelab reproduce: error: {tmp_path / 'nope'}: no such directory",
+                   f"vaelab reproduce: error: {tmp_path}: not a vaelab run directory (no .hydra/config.yaml)"]
+
+
+def test_plain_hydra_rerun_uses_the_saved_config_and_the_usual_folders(tmp_path):
+    (tmp_path / ".hydra").mkdir()
+    (tmp_path / ".hydra" / "config.yaml").write_text("name: x\n")
+    argv = saved_config_argv(["--config-dir", str(tmp_path / ".hydra"), "--config-name", "config", "seed=3"])
+    # The saved folder becomes the primary config path: conf/config.yaml cannot shadow it.
+    assert argv[:2] == ["--config-path", str(tmp_path / ".hydra")] and "seed=3" in argv
+    assert "hydra.run.dir='outputs/runs/${name}/${now:%Y-%m-%d_%H-%M-%S}'" in argv
+    assert any(a.startswith("hydra.searchpath=") for a in argv)  # launchers, hparams_search still found
+    mine = saved_config_argv(["-cd", str(tmp_path / ".hydra"), "hydra.run.dir=here"])
+    assert "hydra.run.dir=here" in mine and not any(a.startswith("hydra.run.dir='") for a in mine)
+    # A folder without that config keeps Hydra's meaning (extra config groups).
+    assert saved_config_argv(["--config-dir", str(tmp_path), "x=1"]) == ["--config-dir", str(tmp_path), "x=1"]
+
+
+# --- interrupt, then resume ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("sig,after_step", [(signal.SIGINT, 4), (signal.SIGTERM, 9), (signal.SIGINT, 11)],
+                         ids=["ctrl-c-in-epoch-1", "sigterm-in-epoch-2", "ctrl-c-on-last-step-of-epoch-2"])
+def test_interrupted_then_resumed_is_bit_identical(tiny_mnist, reference, tmp_path, monkeypatch, sig, after_step):
+    real_beta_at = train_mod.beta_at
+
+    def beta_at(step, *args):  # called once per step, before it: the signal lands mid-step
+        if step == after_step:
+            os.kill(os.getpid(), sig)
+        return real_beta_at(step, *args)
+
+    monkeypatch.setattr(train_mod, "beta_at", beta_at)
+    run = tmp_path / "run"
+    with pytest.raises(Interrupted, match=f"stopped by {sig.name}.*vaelab resume"):
+        train(compose_cfg([f"data.root={tiny_mnist}", *TINY]), run)
+    ck = ckpt_io.load(run / "checkpoints" / "last.pt")
+    assert ck["state"]["step"] == after_step + 1  # finished the step it was in, then saved
+    assert not (run / "metrics.json").exists()
+    monkeypatch.setattr(train_mod, "beta_at", real_beta_at)
+
+    assert vaelab(["resume", run]) == 0
+    assert_same_run(run, reference)
+
+
+def test_killed_right_after_a_checkpoint_then_resumed_is_bit_identical(tiny_mnist, reference, tmp_path):
+    # vaelab-train, killed with SIGKILL the moment the epoch-1 checkpoint is on disk.
+    script = (
+        "import os, signal, sys\n"
+        "from vaelab import checkpoint\n"
+        "save = checkpoint.save_atomic\n"
+        "def save_then_die(obj, path):\n"
+        "    save(obj, path)\n"
+        "    if path.name == 'last.pt' and obj['state']['epoch'] == 1:\n"
+        "        os.kill(os.getpid(), signal.SIGKILL)\n"
+        "checkpoint.save_atomic = save_then_die\n"
+        "from vaelab.train import main\n"
+        "main()\n")
+    p = subprocess.run([sys.executable, "-c", script, f"data.root={tiny_mnist}", *TINY, "hydra.run.dir=run"],
+                       cwd=tmp_path, env=cli_env(), capture_output=True, text=True, timeout=120)
+    assert p.returncode == -signal.SIGKILL, p.stderr[-2000:]
+    run = tmp_path / "run"
+    assert ckpt_io.load(run / "checkpoints" / "last.pt")["state"]["epoch"] == 1
+    assert curves(run)["epoch/val_loss"] == curves(reference)["epoch/val_loss"][:1]  # on disk before the kill
+
+    assert vaelab(["resume", run]) == 0
+    assert_same_run(run, reference)
+
+
+def test_resume_with_more_epochs_continues_and_records_the_override(tiny_mnist, reference, tmp_path):
+    run = tmp_path / "run"
+    train(compose_cfg([f"data.root={tiny_mnist}", *TINY, "trainer.epochs=1"]), run)  # a finished 1-epoch run
+    (run / ".hydra" / "overrides.yaml").write_text("- latent_size=4\n- trainer.epochs=1\n")
+
+    assert vaelab(["resume", run, "trainer.epochs=2"]) == 0
+    assert vaelab(["resume", run, "trainer.epochs=3"]) == 0
+    assert_same_run(run, reference)
+    before = files_snapshot(run)
+    assert vaelab(["resume", run]) == 0  # finished: nothing to do, nothing written
+    assert files_snapshot(run) == before
+    saved = yaml.safe_load((run / ".hydra" / "config.yaml").read_text())
+    assert saved["trainer"]["epochs"] == 3 and saved["model"]["latent_size"] == "${latent_size}"
+    # Each key once, the last value: `vaelab reproduce` of this run re-runs what it ended as.
+    assert yaml.safe_load((run / ".hydra" / "overrides.yaml").read_text()) == ["latent_size=4", "trainer.epochs=3"]
+
+
+def test_compare_shows_an_unfinished_run_from_its_events(tiny_mnist, tmp_path, monkeypatch, capsys):
+    real_beta_at = train_mod.beta_at
+
+    def beta_at(step, *args):
+        if step == 8:
+            os.kill(os.getpid(), signal.SIGINT)
+        return real_beta_at(step, *args)
+
+    monkeypatch.setattr(train_mod, "beta_at", beta_at)
+    with pytest.raises(Interrupted):
+        train(compose_cfg([f"data.root={tiny_mnist}", *TINY]), tmp_path / "stopped")
+    capsys.readouterr()
+    assert vaelab(["compare", tmp_path]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].split() == ["run", "epochs", "train_loss", "val_loss", "val_recon", "val_kl", "active_units",
+                              "state"]
+    assert out[2].split()[0] == "stopped" and out[2].split()[1] == "1" and out[2].endswith("unfinished")
+
+
+def test_deterministic_flag_reruns_bit_identically(tiny_mnist, tmp_path):
+    try:
+        for name in ("a", "b"):
+            train(compose_cfg([f"data.root={tiny_mnist}", *TINY, "trainer.epochs=1", "trainer.deterministic=true"]),
+                  tmp_path / name)
+        assert_same_run(tmp_path / "a", tmp_path / "b")
+    finally:
+        torch.use_deterministic_algorithms(False)
+
+
+# --- bad input: one clear line, exit 2, nothing written ----------------------------------------
+
+
+@pytest.fixture(scope="module")
+def finished_run(tiny_mnist, tmp_path_factory) -> Path:
+    run = tmp_path_factory.mktemp("finished") / "run"
+    train(compose_cfg([f"data.root={tiny_mnist}", *TINY, "trainer.epochs=1"]), run)
+    return run
+
+
+@pytest.fixture(scope="module")
+def other_model_checkpoint(tiny_mnist, tmp_path_factory) -> Path:
+    run = tmp_path_factory.mktemp("other") / "run"
+    train(compose_cfg([f"data.root={tiny_mnist}", *TINY, "trainer.epochs=1", "latent_size=2"]), run)
+    return run / "checkpoints" / "last.pt"
+
+
+def _corrupt(path: Path, _):
+    path.write_bytes(os.urandom(4096))
+
+
+def _truncate(path: Path, _):
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def _other_model(path: Path, other: Path):
+    shutil.copy(other, path)
+
+
+def _missing(path: Path, _):
+    path.unlink()
+
+
+@pytest.mark.parametrize("damage,expect", [
+    (_corrupt, "not a readable vaelab checkpoint (corrupted or truncated?)"),
+    (_truncate, "not a readable vaelab checkpoint (corrupted or truncated?)"),
+    (_other_model, "made for a different model"),
+    (_missing, "no such checkpoint file"),
+], ids=["corrupted", "truncated", "different-model", "missing"])
+def test_bad_checkpoint_names_the_file_and_overwrites_nothing(finished_run, other_model_checkpoint, tmp_path,
+                                                              capsys, damage, expect):
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    last = run / "checkpoints" / "last.pt"
+    damage(last, other_model_checkpoint)
+    before = files_snapshot(run)
+    capsys.readouterr()
+
+    assert vaelab(["resume", run, "trainer.epochs=5"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"vaelab resume: error: {last}: ") and expect in err[0], err
+    assert files_snapshot(run) == before
+
+
+@pytest.mark.parametrize("args,expect", [
+    (["latent_size=8"], "made for a different model (head.weight has shape (8, 256)"),
+    (["trainer.epoch=5"], "unknown key 'trainer.epoch' in override 'trainer.epoch=5'; did you mean 'trainer.epochs'?"),
+    (["trainer.epochs=many"], "override 'trainer.epochs=many': Value 'many' of type 'str' could not be converted"),
+    (["trainer.epochs=0"], "trainer.epochs=0: must be >= 1"),
+    (["loss.beta=1,4"], "override 'loss.beta=1,4': resume continues one run; sweep with vaelab-train -m"),
+    (["+foo=1"], "override '+foo=1': resume takes KEY=VALUE only"),
+    (["model=mlp"], "override 'model=mlp': Invalid type assigned"),
+], ids=["other-latent-size", "unknown-key", "wrong-type", "bad-value", "sweep", "add-key", "group"])
+def test_bad_override_is_one_line_and_overwrites_nothing(finished_run, tmp_path, capsys, args, expect):
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    before = files_snapshot(run)
+    capsys.readouterr()
+    assert vaelab(["resume", run, *args]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("vaelab resume: error: ") and expect in err[0], err
+    assert files_snapshot(run) == before
+
+
+def test_resume_of_a_non_run_is_one_line(tmp_path, capsys):
+    assert vaelab(["resume", tmp_path]) == 2
+    assert capsys.readouterr().err.strip() == (f"vaelab resume: error: {tmp_path}: "
+                                               f"not a vaelab run directory (no .hydra/config.yaml)")

@@ -111,6 +111,7 @@ class TrainerConfig:
     checkpoint_every: int = 10  # epochs between numbered checkpoints (last.pt is every epoch)
     log_every: int = 50  # steps between scalar logs (the only host syncs of the hot loop)
     deterministic: bool = False  # torch.use_deterministic_algorithms
+    flush_denormal: bool = True  # CPU: treat subnormal floats as zero (see train.py)
     compile: bool = False  # torch.compile the model
     # torch.compile mode; "reduce-overhead" records CUDA graphs on a GPU, which pays for small
     # models whose steps are launch-bound. (On this project's 2-core CPU compile did not pay.)

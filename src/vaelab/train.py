@@ -144,6 +144,11 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict:
     t, lcfg = cfg.trainer, cfg.loss
     device = resolve_device(cfg.device)
     seed_everything(cfg.seed)
+    # Subnormal floats (< 1.2e-38, e.g. sigmoid of the very negative logits MNIST's black
+    # background drives the decoder to) are ~100x slower on x86 CPUs: the seed script loses
+    # 20-30% per epoch to them from epoch 2 on. Flushing them to zero left the seed model's
+    # epoch losses unchanged to 4 decimals (benchmarks/README.md).
+    torch.set_flush_denormal(t.flush_denormal)
     if t.deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True)
@@ -202,6 +207,8 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict:
     step_model = torch.compile(model, mode=t.compile_mode) if t.compile else model
     amp = torch.autocast(device.type, dtype=torch.bfloat16) if t.amp == "bf16" else nullcontext()
 
+    one = torch.ones((), device=device)
+
     def train_step(x: torch.Tensor, beta: float) -> torch.Tensor:
         with amp:
             logits, mu, logvar = step_model(x)
@@ -211,8 +218,8 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict:
         if t.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
         opt.step()
-        # (loss, recon, kl) summed over the batch, kept on the device: no host sync per step.
-        return torch.stack([terms["loss"], terms["recon"], terms["kl"]]).detach() * x.shape[0]
+        # (loss, recon, kl, count) summed over the batch, kept on the device: no host sync per step.
+        return torch.stack([terms["loss"], terms["recon"], terms["kl"], one]).detach() * x.shape[0]
 
     def save(path: Path) -> None:
         ckpt_io.save_atomic({"model": model.state_dict(), "optimizer": opt.state_dict(),
@@ -245,14 +252,12 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict:
                        disable=not t.progress, leave=False, dynamic_ncols=True)
             for i in range(st["pos"], n_train, t.batch_size):
                 idx = perm[i:i + t.batch_size]
-                x = to_float(data.train.images[idx], data.binarize)
+                x = to_float(data.train.images.index_select(0, idx), data.binarize)
                 beta = beta_at(st["step"], lcfg.beta, lcfg.kl_warmup_steps)
                 sums = train_step(x, beta)
                 b = idx.shape[0]
-                epoch_acc[:3] += sums
-                epoch_acc[3] += b
-                log_acc[:3] += sums
-                log_acc[3] += b
+                epoch_acc += sums
+                log_acc += sums
                 st["step"] += 1
                 st["examples"] += b
                 st["pos"] = i + b

@@ -37,7 +37,7 @@ def main() -> None:
     perm = torch.randperm(60000)
 
     def step(i: int) -> torch.Tensor:
-        x = images[perm[i * a.batch_size:(i + 1) * a.batch_size]].float().div_(255)
+        x = images.index_select(0, perm[i * a.batch_size:(i + 1) * a.batch_size]).float().div_(255)
         logits, mu, logvar = model(x)
         t = vae_loss(logits, x, mu, logvar, recon=cfg.loss.recon, beta=1.0)
         opt.zero_grad(set_to_none=True)

@@ -241,7 +241,7 @@ def test_eval_errors_are_one_line(make_cfg, tmp_path, capsys):
     cases = [
         ([str(tmp_path / "nope")], "no such run directory"),
         ([str(tmp_path)], "not a vaelab run directory"),
-        ([str(tmp_path / "run"), "--checkpoint", str(tmp_path / "junk.pt")], "not a readable vaelab checkpoint"),
+        ([str(tmp_path / "run"), "--checkpoint", str(tmp_path / "junk.pt")], "junk.pt: not a checkpoint file"),
         ([str(tmp_path / "run"), "--checkpoint", "epoch_9999.pt"], "no such checkpoint file"),
         ([str(tmp_path / "run"), "--k", "0"], "argument --k: must be an integer >= 1"),
         ([str(tmp_path / "run"), "--k", "many"], "argument --k: must be an integer >= 1"),

@@ -299,8 +299,8 @@ def _missing(path: Path, _):
 
 
 @pytest.mark.parametrize("damage,expect", [
-    (_corrupt, "not a readable vaelab checkpoint (corrupted or truncated?)"),
-    (_truncate, "not a readable vaelab checkpoint (corrupted or truncated?)"),
+    (_corrupt, "not a checkpoint file (no zip header"),
+    (_truncate, "unreadable checkpoint (truncated or corrupted)"),
     (_other_model, "made for a different model"),
     (_missing, "no such checkpoint file"),
 ], ids=["corrupted", "truncated", "different-model", "missing"])

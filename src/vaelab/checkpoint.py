@@ -11,7 +11,7 @@ import os
 import random
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO, Callable
 
 import numpy as np
 import torch
@@ -21,13 +21,15 @@ class CheckpointError(RuntimeError):
     """A checkpoint that cannot be used. Its message names the file and says why, in one line."""
 
 
-def save_atomic(obj: dict, path: str | Path) -> Path:
+def write_atomic(path: str | Path, write: Callable[[BinaryIO], Any]) -> Path:
+    """Call write(f) on a temporary file beside `path`, fsync, then rename it over `path`:
+    a kill at any moment leaves either the old file or the new one, never half of one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -37,16 +39,26 @@ def save_atomic(obj: dict, path: str | Path) -> Path:
     return path
 
 
+def save_atomic(obj: dict, path: str | Path) -> Path:
+    return write_atomic(path, lambda f: torch.save(obj, f))
+
+
 def load(path: str | Path, map_location: Any = "cpu") -> dict:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if head != b"PK\x03\x04":  # torch.save writes a zip archive
+        raise CheckpointError(f"{path}: not a checkpoint file (no zip header; {path.stat().st_size} bytes): "
+                              f"corrupted, or written by something else")
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:  # truncated zip, random bytes, pickle from elsewhere, ...
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"{path}: not a readable vaelab checkpoint (corrupted or truncated?): "
-                              f"{first[:200]}") from e
+    except Exception as e:  # truncated zip, a pickle with foreign objects, ...
+        # PyTorch's own message runs to many lines and suggests weights_only=False, which
+        # would execute arbitrary pickled code: report its first sentence only.
+        first = str(e).strip().splitlines()[0].split(". ")[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"{path}: unreadable checkpoint (truncated or corrupted): {first[:160]}") from e
     if not isinstance(ckpt, dict) or "model" not in ckpt or "config" not in ckpt:
         raise CheckpointError(f"{path}: not a vaelab checkpoint (no 'model'/'config' entries)")
     return ckpt

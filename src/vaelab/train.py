@@ -83,13 +83,13 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)  # also seeds every CUDA device
 
 
-def _attach_file_log(run_dir: Path) -> None:
+def _attach_file_log(run_dir: Path) -> logging.Handler | None:
     """train.log in the run dir. Under Hydra its job logging already writes it; for
-    `vaelab resume` (no Hydra app) we add the handler ourselves."""
+    `vaelab resume` (no Hydra app) we add the handler ourselves and return it for removal."""
     path = (run_dir / "train.log").resolve()
     root = logging.getLogger()
     if any(isinstance(h, logging.FileHandler) and Path(h.baseFilename).resolve() == path for h in root.handlers):
-        return
+        return None
     h = logging.FileHandler(path, mode="a")
     h.setFormatter(logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"))
     root.addHandler(h)
@@ -97,6 +97,7 @@ def _attach_file_log(run_dir: Path) -> None:
         root.setLevel(logging.INFO)
     if not any(type(h) is logging.StreamHandler for h in root.handlers):
         root.addHandler(logging.StreamHandler())
+    return h
 
 
 class _StopFlag:
@@ -133,10 +134,19 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict:
     """Train (or continue) the run in run_dir; returns the final metrics (also metrics.json)."""
     validate(cfg)
     run_dir = Path(run_dir)
+    (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+    handler = _attach_file_log(run_dir)
+    try:
+        return _train(cfg, run_dir)
+    finally:  # one process may train several runs (tests, vaelab resume): don't leak handlers
+        if handler is not None:
+            logging.getLogger().removeHandler(handler)
+            handler.close()
+
+
+def _train(cfg: DictConfig, run_dir: Path) -> dict:
     ckpt_dir, sample_dir = run_dir / "checkpoints", run_dir / "samples"
-    ckpt_dir.mkdir(parents=True, exist_ok=True)
     sample_dir.mkdir(exist_ok=True)
-    _attach_file_log(run_dir)
     saved_cfg = run_dir / ".hydra" / "config.yaml"
     if not saved_cfg.exists():  # train() called without Hydra: keep the run reproducible anyway
         saved_cfg.parent.mkdir(exist_ok=True)

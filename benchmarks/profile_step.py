@@ -30,6 +30,7 @@ def main() -> None:
     register_configs()
     with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
         cfg = typed(compose("config", overrides=["experiment=seed", f"optim.impl={a.impl}"]))
+    torch.set_flush_denormal(cfg.trainer.flush_denormal)  # as vaelab-train does
     torch.manual_seed(0)
     model = build_model(cfg)
     opt = build_optimizer(cfg, model)

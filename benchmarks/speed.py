@@ -110,6 +110,9 @@ def main() -> None:
         sys.exit(f"speed.py: error: reference script not found at {args.reference} (use --reference PATH)")
     out_path = args.out or REPO / "benchmarks" / "results" / f"speed-{args.device.replace(':', '')}.json"
 
+    m = machine(args.device)
+    print(f"machine: {m['cpu']}, {m['cores']} cores, {m['torch_threads']} torch threads, torch {m['torch']}"
+          + (f", {m['gpu']}" if "gpu" in m else "") + f"; device {args.device}", flush=True)
     runs = []
     with tempfile.TemporaryDirectory(prefix="vaelab-speed-") as tmp:
         for i in range(args.rounds):
@@ -150,7 +153,7 @@ def main() -> None:
     ok_loss = summary["max_abs_rel_loss_diff"] <= 0.01
     print(f"losses within 1%: {'yes' if ok_loss else 'NO'}")
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    record = {"command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]), "machine": machine(args.device),
+    record = {"command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]), "machine": m,
               "epochs": args.epochs, "rounds": args.rounds, "runs": runs, "summary": summary,
               "date": time.strftime("%Y-%m-%d %H:%M:%S")}
     out_path.write_text(json.dumps(record, indent=2) + "\n")

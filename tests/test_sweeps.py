@@ -21,7 +21,7 @@ from tensorboard.plugins.hparams import metadata as hparams_metadata
 from vaelab import checkpoint as ckpt_io
 from vaelab.cli import main as vaelab_cli
 from vaelab.config import CONF_DIR, register_configs
-from vaelab.train import job_name
+from vaelab.train import job_name, sweep_name_override
 from vaelab.workflow import is_timing
 
 from tests.conftest import FAST
@@ -92,21 +92,23 @@ def test_sweep_has_one_hparams_row_per_run(sweep):
             assert event.value == pytest.approx(metrics[m], rel=1e-6)
 
 
-def test_job_name_leaves_out_fixed_overrides_and_an_unswept_seed(monkeypatch):
-    monkeypatch.setenv("VAELAB_FIXED_KEYS", "data.root,trainer.epochs")
-    monkeypatch.setenv("VAELAB_SWEPT_KEYS", "latent_size")
-    task = ["latent_size=16", "data.root=/x/y", "trainer.epochs=2", "seed=3", "model=mlp/big"]
-    assert job_name(task, 5) == "latent_size=16,model=mlp_big"
-    monkeypatch.setenv("VAELAB_SWEPT_KEYS", "latent_size,seed")
-    assert job_name(task, 5) == "latent_size=16,seed=3,model=mlp_big"
-    monkeypatch.setenv("VAELAB_FIXED_KEYS", "latent_size,data.root,trainer.epochs,model,seed")
-    assert job_name(task, 5) == "job5"
+def test_sweep_names_leave_out_fixed_overrides_and_an_unswept_seed():
+    """What a job's folder is called: Hydra's override_dirname minus the exclude_keys that
+    vaelab-train adds from the command line, with '/' made safe."""
+    argv = ["-m", "latent_size=2,16", "data.root=/x/y", "trainer.epochs=2", "+foo=1", "hydra/launcher=joblib"]
+    [override] = sweep_name_override(argv)
+    assert override == "hydra.job.config.override_dirname.exclude_keys=['data.root','trainer.epochs','foo','seed']"
+    assert sweep_name_override(["-m", "latent_size=2,16", "seed=0,1"]) == [
+        "hydra.job.config.override_dirname.exclude_keys=[]"]  # a swept seed stays in the name
+    assert sweep_name_override(["-m", "latent_size=2,16", "hydra.job.config.override_dirname.exclude_keys=[]"]) == []
+    assert job_name("latent_size=16,model=mlp/big", 5) == "latent_size=16,model=mlp_big"
+    assert job_name("", 5) == "job5"
 
 
 def test_joblib_jobs_run_in_parallel_without_touching_each_others_files(sweep, tiny_mnist, tmp_path):
     par = vaelab_train(["-m", *SWEEP, f"data.root={tiny_mnist}", *TINY, "hydra/launcher=joblib",
                         "hydra.launcher.n_jobs=2"], tmp_path)
-    assert set(runs(par)) == NAMES  # the workers saw the fixed keys and imported the resolver
+    assert set(runs(par)) == NAMES  # the names travel in each job's config; workers import the resolver
     for name, run in runs(par).items():
         assert len(list(run.glob("events.out.tfevents.*"))) == 1
         log = (run / "train.log").read_text()
@@ -122,7 +124,8 @@ def test_optuna_search_minimises_the_val_loss(tiny_mnist, tmp_path):
                           "trainer.epochs=1"], tmp_path)
     result = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
     trials = {name: json.loads((run / "metrics.json").read_text())["val_loss"] for name, run in runs(sweep).items()}
-    assert len(trials) == 2 and all(n.startswith("optim.lr=") for n in trials)  # named by the sampled values
+    assert len(trials) == 2  # each named by its sampled values, sorted by key
+    assert all([kv.split("=")[0] for kv in n.split(",")] == ["latent_size", "loss.beta", "optim.lr"] for n in trials)
     assert result["best_value"] == min(trials.values())  # the task function returned the val loss
 
 
@@ -206,10 +209,7 @@ def test_submitit_requeue_lands_in_the_same_folder_and_resumes(tiny_mnist, tmp_p
                 if f"run directory: {job}" in "".join(f.read_text() for f in d.glob("*_log.out"))]
     env = {**os.environ, "TQDM_DISABLE": "1", "SUBMITIT_EXECUTOR": "local", "SUBMITIT_LOCAL_JOB_ID": folder.name,
            "SUBMITIT_LOCAL_NTASKS": "1", "SUBMITIT_LOCAL_GLOBALID": "0", "SUBMITIT_LOCAL_LOCALID": "0",
-           "SUBMITIT_LOCAL_NODEID": "0", "SUBMITIT_LOCAL_JOB_NUM_NODES": "1",
-           # what the job's environment held: vaelab-train's main() sets these before submitting
-           "VAELAB_SWEPT_KEYS": "latent_size", "VAELAB_FIXED_KEYS": ",".join(
-               o.split("=")[0] for o in [f"data.root={tiny_mnist}", *TINY, "trainer.checkpoint_every=1"])}
+           "SUBMITIT_LOCAL_NODEID": "0", "SUBMITIT_LOCAL_JOB_NUM_NODES": "1"}  # nothing of vaelab's
     p = subprocess.run([sys.executable, "-m", "submitit.core._submit", str(folder)], cwd=tmp_path, env=env,
                        capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr[-3000:]

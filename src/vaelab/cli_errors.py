@@ -8,7 +8,6 @@ allowed. For a sweep (`latent_size=2,8`) every listed value is checked the same 
 from __future__ import annotations
 
 import difflib
-import os
 
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
@@ -79,9 +78,7 @@ def _compose(overrides: list[str]) -> DictConfig:
 
 
 def precheck(argv: list[str]) -> str | None:
-    """None if the command line composes and validates; else one line saying what is wrong.
-
-    Also records, for sweep folder names, which keys are swept and which are fixed."""
+    """None if the command line composes and validates; else one line saying what is wrong."""
     overrides, flags = split_args(argv)
     parser = OverridesParser.create()
     try:
@@ -89,8 +86,6 @@ def precheck(argv: list[str]) -> str | None:
     except Exception as e:  # OverrideParseException
         return f"cannot parse the overrides: {str(e).strip().splitlines()[0]}"
     task = [o for o in parsed if not o.is_hydra_override()]
-    os.environ["VAELAB_SWEPT_KEYS"] = ",".join(o.get_key_element() for o in task if o.is_sweep_override())
-    os.environ["VAELAB_FIXED_KEYS"] = ",".join(o.get_key_element() for o in task if not o.is_sweep_override())
     if any(f in flags for f in ("--config-dir", "-cd", "--config-name", "-cn", "--config-path", "-cp",
                                 "--help", "-h", "--hydra-help", "--version", "--info", "-i",
                                 "--shell-completion", "-sc")):

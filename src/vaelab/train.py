@@ -405,20 +405,35 @@ def hydra_main(cfg: DictConfig) -> float:
     return metrics["val_loss"]
 
 
-def job_name(task_overrides, job_num) -> str:
-    """Folder name of one sweep job: the overrides it sweeps, e.g. 'latent_size=16,loss.beta=4'.
-    Overrides that are the same for every job (given once on the command line) and the seed
-    (unless swept) are left out; vaelab-train's main() passes those keys in the environment
-    because a job process cannot see the original command line."""
-    fixed = set(filter(None, os.environ.get("VAELAB_FIXED_KEYS", "").split(",")))
-    swept = set(filter(None, os.environ.get("VAELAB_SWEPT_KEYS", "").split(",")))
-    parts = []
-    for o in task_overrides:
-        key = o.split("=", 1)[0].lstrip("+~")
-        if key in fixed or (key == "seed" and key not in swept):
-            continue
-        parts.append(o.replace("/", "_"))
-    return ",".join(parts) or f"job{job_num}"
+def job_name(override_dirname: str, job_num) -> str:
+    """Folder name of one sweep job: Hydra's override_dirname (its overrides, sorted, minus
+    hydra.job.config.override_dirname.exclude_keys), e.g. 'latent_size=16,loss.beta=4'; a '/'
+    in a value would make subfolders, so it becomes '_'. With nothing left: job<N>."""
+    return str(override_dirname).replace("/", "_") or f"job{job_num}"
+
+
+def sweep_name_override(argv: list[str]) -> list[str]:
+    """The override that keeps sweep folder names short: exclude from override_dirname every
+    key given one value on the command line (data.root=..., trainer.epochs=2) and the seed
+    unless it is swept. It travels inside each job's config, so workers on other machines
+    (submitit, Ray) name their folders the same way. Nothing if the user set the list."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from vaelab.cli_errors import split_args
+
+    key = "hydra.job.config.override_dirname.exclude_keys"
+    overrides, _ = split_args(argv)
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+    except Exception:  # precheck has already reported it
+        return []
+    if any(o.key_or_group == key for o in parsed):
+        return []
+    task = [o for o in parsed if not o.is_hydra_override()]
+    swept = {o.key_or_group for o in task if o.is_sweep_override()}
+    fixed = [o.key_or_group for o in task if not o.is_sweep_override()]
+    exclude = dict.fromkeys(fixed + ([] if "seed" in swept else ["seed"]))
+    return [f"{key}=[{','.join(repr(k) for k in exclude)}]"]
 
 
 # Registered on import, not in main(): sweep jobs resolve their folder name in worker
@@ -461,6 +476,7 @@ def main() -> None:
     if err:
         print(f"vaelab-train: error: {err}", file=sys.stderr)
         sys.exit(2)
+    sys.argv[1:] = argv + sweep_name_override(argv)
     hydra_main()
 
 

@@ -1,14 +1,16 @@
 """Where a training step's time goes: torch.profiler over the seed model's step.
 
-    python benchmarks/profile_step.py [--impl fused|foreach] [--steps 200] [--batch-size 64]
+    python benchmarks/profile_step.py [--impl fused|foreach] [--steps 200] [--batch-size 64] [--phases]
 
 Builds the model, optimizer and loss exactly as vaelab-train experiment=seed does (through the
 composed config), runs warm-up steps, then profiles --steps steps on the CPU and prints the
-top ops by self time.
+top ops by self time. --phases instead times the parts of a step with a wall clock (no
+profiler overhead): batch, forward, loss, zero_grad, backward, optimizer, median over steps.
 """
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
 
 import torch
@@ -26,6 +28,7 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=200)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--rows", type=int, default=15)
+    p.add_argument("--phases", action="store_true", help="wall-clock time per phase instead of the profiler")
     a = p.parse_args()
     register_configs()
     with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
@@ -37,14 +40,28 @@ def main() -> None:
     images = torch.randint(0, 256, (60000, 784), dtype=torch.uint8)  # shape and dtype of MNIST on device
     perm = torch.randperm(60000)
 
-    def step(i: int) -> torch.Tensor:
+    phase_ms: dict[str, list[float]] = {k: [] for k in
+                                         ("batch", "forward", "loss", "zero_grad", "backward", "optimizer")}
+
+    def step(i: int, timed: bool = False) -> torch.Tensor:
+        # perf_counter is exact here: CPU ops run synchronously.
+        t = [time.perf_counter()]
         x = images.index_select(0, perm[i * a.batch_size:(i + 1) * a.batch_size]).float().div_(255)
+        t.append(time.perf_counter())
         logits, mu, logvar = model(x)
-        t = vae_loss(logits, x, mu, logvar, recon=cfg.loss.recon, beta=1.0)
+        t.append(time.perf_counter())
+        terms = vae_loss(logits, x, mu, logvar, recon=cfg.loss.recon, beta=1.0)
+        t.append(time.perf_counter())
         opt.zero_grad(set_to_none=True)
-        t["loss"].backward()
+        t.append(time.perf_counter())
+        terms["loss"].backward()
+        t.append(time.perf_counter())
         opt.step()
-        return t["loss"].detach()
+        t.append(time.perf_counter())
+        if timed:
+            for k, t0, t1 in zip(phase_ms, t, t[1:]):
+                phase_ms[k].append((t1 - t0) * 1e3)
+        return terms["loss"].detach()
 
     for i in range(30):
         step(i)
@@ -54,6 +71,14 @@ def main() -> None:
     dt = (time.perf_counter() - t0) / a.steps
     print(f"optim.impl={a.impl} batch {a.batch_size}: {dt * 1e3:.2f} ms/step, "
           f"{dt * -(-60000 // a.batch_size):.2f} s per 60k-image epoch")
+    if a.phases:
+        for i in range(a.steps):
+            step(i, timed=True)
+        medians = {k: statistics.median(v) for k, v in phase_ms.items()}
+        for k, v in medians.items():
+            print(f"  {k:10s} {v:6.3f} ms (median of {a.steps} steps)")
+        print(f"  {'sum':10s} {sum(medians.values()):6.3f} ms")
+        return
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         for i in range(a.steps):
             step(i)

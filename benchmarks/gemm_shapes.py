@@ -59,7 +59,14 @@ def main() -> None:
     p.add_argument("--threads", default="1,2", help="comma-separated torch thread counts")
     p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "gemm-shapes-cpu.json")
     a = p.parse_args()
-    threads = [int(t) for t in a.threads.split(",")]
+    try:
+        threads = [int(t) for t in a.threads.split(",")]
+    except ValueError:
+        threads = []
+    if not threads or min(threads) < 1:
+        p.error(f"--threads {a.threads}: expected comma-separated integers >= 1, e.g. 1,2")
+    if a.batch_size < 1:
+        p.error(f"--batch-size {a.batch_size}: must be >= 1")
     big_a, big_b = torch.randn(2048, 2048), torch.randn(2048, 2048)
     prods = products(a.batch_size)
     record = {"batch_size": a.batch_size, "torch": torch.__version__, "threads": {}}

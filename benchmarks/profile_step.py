@@ -30,6 +30,8 @@ def main() -> None:
     p.add_argument("--rows", type=int, default=15)
     p.add_argument("--phases", action="store_true", help="wall-clock time per phase instead of the profiler")
     a = p.parse_args()
+    if a.steps < 1 or a.batch_size < 1:
+        p.error(f"--steps {a.steps} --batch-size {a.batch_size}: both must be >= 1")
     register_configs()
     with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
         cfg = typed(compose("config", overrides=["experiment=seed", f"optim.impl={a.impl}"]))

@@ -1,13 +1,14 @@
 """How fast this CPU runs the seed model's matrix products, at 1 and 2 threads.
 
-    python benchmarks/gemm_shapes.py [--batch-size 64] [--threads 1,2]
+    python benchmarks/gemm_shapes.py [--batch-size 64] [--threads 1,2] [--dtype float32|bfloat16]
 
 One training step of the seed model is 11 products: for each of its four Linear layers the
 forward `addmm`, the weight gradient `g^T x` and the input gradient `g W` (none for the first
 layer: the images need no gradient). Times each one alone (best of 5 blocks), next to a
 2048^3 product as this machine's practical peak, and prints microseconds and GFLOP/s. It shows
 how close a step's products can get to the peak at batch 64, which bounds any speed-up.
-Writes results/gemm-shapes-cpu.json.
+--dtype bfloat16 times the same products in bf16, as `trainer.amp=bf16` runs them.
+Writes results/gemm-shapes-cpu.json (results/gemm-shapes-cpu-bfloat16.json for bf16).
 """
 from __future__ import annotations
 
@@ -35,15 +36,15 @@ def best_seconds(fn, reps: int, blocks: int = 5) -> float:
     return best
 
 
-def products(batch: int) -> list[tuple[str, int, object]]:
+def products(batch: int, dtype: torch.dtype) -> list[tuple[str, int, object]]:
     """(name, flops, fn) for the 11 products of one seed-model step at this batch size."""
     torch.manual_seed(0)
     layers = [m for m in MLPVAE(256, size="base").modules() if isinstance(m, torch.nn.Linear)]
     out = []
     for k, lin in enumerate(layers):
-        w, b = lin.weight.detach(), lin.bias.detach()
+        w, b = lin.weight.detach().to(dtype), lin.bias.detach().to(dtype)
         n_out, n_in = w.shape
-        x, g = torch.rand(batch, n_in), torch.randn(batch, n_out)
+        x, g = torch.rand(batch, n_in, dtype=dtype), torch.randn(batch, n_out, dtype=dtype)
         flops = 2 * batch * n_in * n_out
         name = f"{n_in}->{n_out}"
         out.append((f"{name} forward", flops, lambda b=b, x=x, w=w: torch.addmm(b, x, w.t())))
@@ -57,8 +58,12 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--threads", default="1,2", help="comma-separated torch thread counts")
-    p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "gemm-shapes-cpu.json")
+    p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
+    p.add_argument("--out", type=Path, help="JSON record (default results/gemm-shapes-cpu[-bfloat16].json)")
     a = p.parse_args()
+    dtype = getattr(torch, a.dtype)
+    suffix = "" if a.dtype == "float32" else f"-{a.dtype}"
+    out = a.out or REPO / "benchmarks" / "results" / f"gemm-shapes-cpu{suffix}.json"
     try:
         threads = [int(t) for t in a.threads.split(",")]
     except ValueError:
@@ -67,16 +72,16 @@ def main() -> None:
         p.error(f"--threads {a.threads}: expected comma-separated integers >= 1, e.g. 1,2")
     if a.batch_size < 1:
         p.error(f"--batch-size {a.batch_size}: must be >= 1")
-    big_a, big_b = torch.randn(2048, 2048), torch.randn(2048, 2048)
-    prods = products(a.batch_size)
-    record = {"batch_size": a.batch_size, "torch": torch.__version__, "threads": {}}
+    big_a, big_b = torch.randn(2048, 2048, dtype=dtype), torch.randn(2048, 2048, dtype=dtype)
+    prods = products(a.batch_size, dtype)
+    record = {"batch_size": a.batch_size, "dtype": a.dtype, "torch": torch.__version__, "threads": {}}
     for n in threads:
         torch.set_num_threads(n)
         peak = 2 * 2048 ** 3 / best_seconds(lambda: big_a @ big_b, 10) / 1e9
         rows = [(name, flops, best_seconds(fn, 300)) for name, flops, fn in prods]
         total_s = sum(s for _, _, s in rows)
         total_flops = sum(f for _, f, _ in rows)
-        print(f"\n{n} thread(s): 2048^3 product {peak:.0f} GFLOP/s")
+        print(f"\n{n} thread(s), {a.dtype}: 2048^3 product {peak:.0f} GFLOP/s")
         for name, flops, s in rows:
             print(f"  {name:24s} {s * 1e6:7.0f} us  {flops / s / 1e9:5.0f} GFLOP/s")
         print(f"  {'all 11':24s} {total_s * 1e6:7.0f} us  {total_flops / total_s / 1e9:5.0f} GFLOP/s "
@@ -85,9 +90,9 @@ def main() -> None:
                                 "total_gflops": total_flops / total_s / 1e9,
                                 "products": [{"name": name, "us": s * 1e6, "gflops": f / s / 1e9}
                                              for name, f, s in rows]}
-    a.out.parent.mkdir(parents=True, exist_ok=True)
-    a.out.write_text(json.dumps(record, indent=2) + "\n")
-    print(f"record: {a.out}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(record, indent=2) + "\n")
+    print(f"record: {out}")
 
 
 if __name__ == "__main__":

@@ -1,17 +1,20 @@
 """Where a training step's time goes: torch.profiler over the seed model's step.
 
     python benchmarks/profile_step.py [--impl fused|foreach] [--steps 200] [--batch-size 64] [--phases]
+                                      [--amp off|bf16]
 
 Builds the model, optimizer and loss exactly as vaelab-train experiment=seed does (through the
 composed config), runs warm-up steps, then profiles --steps steps on the CPU and prints the
 top ops by self time. --phases instead times the parts of a step with a wall clock (no
 profiler overhead): batch, forward, loss, zero_grad, backward, optimizer, median over steps.
+--amp bf16 runs the forward under bf16 autocast, as `trainer.amp=bf16` does.
 """
 from __future__ import annotations
 
 import argparse
 import statistics
 import time
+from contextlib import nullcontext
 
 import torch
 from hydra import compose, initialize_config_dir
@@ -29,16 +32,20 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--rows", type=int, default=15)
     p.add_argument("--phases", action="store_true", help="wall-clock time per phase instead of the profiler")
+    p.add_argument("--amp", choices=["off", "bf16"], default="off", help="as trainer.amp")
     a = p.parse_args()
     if a.steps < 1 or a.batch_size < 1:
         p.error(f"--steps {a.steps} --batch-size {a.batch_size}: both must be >= 1")
     register_configs()
     with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-        cfg = typed(compose("config", overrides=["experiment=seed", f"optim.impl={a.impl}"]))
+        cfg = typed(compose("config", overrides=["experiment=seed", f"optim.impl={a.impl}",
+                                                     f"trainer.amp={a.amp}"]))
     torch.set_flush_denormal(cfg.trainer.flush_denormal)  # as vaelab-train does
     torch.manual_seed(0)
     model = build_model(cfg)
     opt = build_optimizer(cfg, model)
+    # as vaelab.train does: only the model's forward is autocast; the loss is fp32
+    amp = torch.autocast("cpu", dtype=torch.bfloat16) if a.amp == "bf16" else nullcontext()
     images = torch.randint(0, 256, (60000, 784), dtype=torch.uint8)  # shape and dtype of MNIST on device
     perm = torch.randperm(60000)
 
@@ -50,9 +57,10 @@ def main() -> None:
         t = [time.perf_counter()]
         x = images.index_select(0, perm[i * a.batch_size:(i + 1) * a.batch_size]).float().div_(255)
         t.append(time.perf_counter())
-        logits, mu, logvar = model(x)
+        with amp:
+            logits, mu, logvar = model(x)
         t.append(time.perf_counter())
-        terms = vae_loss(logits, x, mu, logvar, recon=cfg.loss.recon, beta=1.0)
+        terms = vae_loss(logits.float(), x, mu.float(), logvar.float(), recon=cfg.loss.recon, beta=1.0)
         t.append(time.perf_counter())
         opt.zero_grad(set_to_none=True)
         t.append(time.perf_counter())
@@ -71,7 +79,7 @@ def main() -> None:
     for i in range(a.steps):
         step(i)
     dt = (time.perf_counter() - t0) / a.steps
-    print(f"optim.impl={a.impl} batch {a.batch_size}: {dt * 1e3:.2f} ms/step, "
+    print(f"optim.impl={a.impl} trainer.amp={a.amp} batch {a.batch_size}: {dt * 1e3:.2f} ms/step, "
           f"{dt * -(-60000 // a.batch_size):.2f} s per 60k-image epoch")
     if a.phases:
         for i in range(a.steps):

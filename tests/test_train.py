@@ -81,3 +81,12 @@ def test_seed_experiment_runs_a_step(make_cfg, tmp_path):
     m = train(cfg, tmp_path)
     assert m["val_split"] == "test" and m["steps"] == 4  # all 256 images, batch 64
     assert torch.isfinite(torch.tensor(m["val_loss"]))
+
+
+def test_bf16_autocast_runs_on_cpu_and_changes_the_numbers_only_slightly(make_cfg, tmp_path):
+    common = ["latent_size=4", "trainer.epochs=1", "trainer.final_eval=false"]
+    fp32 = train(make_cfg(common), tmp_path / "fp32")
+    bf16 = train(make_cfg([*common, "trainer.amp=bf16"]), tmp_path / "bf16")
+    assert bf16["train_loss"] != fp32["train_loss"]  # the products really ran in bf16
+    assert bf16["train_loss"] == pytest.approx(fp32["train_loss"], rel=0.02)
+    assert torch.isfinite(torch.tensor(bf16["val_loss"]))

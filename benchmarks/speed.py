@@ -55,15 +55,20 @@ def run_reference(args, workdir: Path) -> dict:
     out, wall, rss = run_tracked([sys.executable, str(args.reference), "--data-root", str(args.data_root),
                                   "--epochs", str(args.epochs), "--out", str(workdir / "ref"), "--seed", "0",
                                   "--device", args.device, "--sample-interval", str(10 ** 6)], REPO)
-    epochs = []
-    n_train, batch = 60000, 64
+    return {"impl": "reference", "epochs": parse_seed_output(out, args.n_train), "wall_s": wall,
+            "peak_rss_mib": rss}
+
+
+def parse_seed_output(out: str, n_train: int, batch: int = 64) -> list[dict]:
+    """The seed script's per-epoch lines as records, its loss converted to nats per example."""
     steps = -(-n_train // batch)
+    epochs = []
     for m in SEED_LINE.finditer(out):
         # The seed prints the mean over batches of per-batch *sums*; as nats per example:
         loss = float(m.group(2)) * steps / n_train
         epochs.append({"epoch": int(m.group(1)), "samples_per_s": float(m.group(4)),
                        "seconds": float(m.group(3)), "train_loss": loss})
-    return {"impl": "reference", "epochs": epochs, "wall_s": wall, "peak_rss_mib": rss}
+    return epochs
 
 
 def run_vaelab(args, workdir: Path, i: int) -> dict:
@@ -78,7 +83,7 @@ def run_vaelab(args, workdir: Path, i: int) -> dict:
     acc.Reload()
     rate = [e.value for e in acc.Scalars("epoch/samples_per_s")]
     loss = [e.value for e in acc.Scalars("epoch/train_loss")]
-    epochs = [{"epoch": k + 1, "samples_per_s": r, "seconds": 60000 / r, "train_loss": l}
+    epochs = [{"epoch": k + 1, "samples_per_s": r, "seconds": args.n_train / r, "train_loss": l}
               for k, (r, l) in enumerate(zip(rate, loss))]
     return {"impl": "vaelab", "epochs": epochs, "wall_s": wall, "peak_rss_mib": rss, "overrides": args.overrides}
 
@@ -109,6 +114,12 @@ def main() -> None:
     if not args.reference.is_file():
         sys.exit(f"speed.py: error: reference script not found at {args.reference} (use --reference PATH)")
     out_path = args.out or REPO / "benchmarks" / "results" / f"speed-{args.device.replace(':', '')}.json"
+    from vaelab.data import DataError, load_mnist_arrays
+
+    try:  # both programs train on the whole training split; its size converts the seed's loss
+        args.n_train = len(load_mnist_arrays(args.data_root, download=False)[0])
+    except DataError as e:
+        sys.exit(f"speed.py: error: --data-root {args.data_root}: {e}")
 
     m = machine(args.device)
     print(f"machine: {m['cpu']}, {m['cores']} cores, {m['torch_threads']} torch threads, torch {m['torch']}"

@@ -1,0 +1,65 @@
+"""The speed benchmark's machinery (benchmarks/speed.py). It measures, it is not timed here."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SEED_SCRIPT = REPO.parent / "shared" / "reference" / "seed_vae.py"
+
+
+def _speed_module():
+    spec = importlib.util.spec_from_file_location("speed", REPO / "benchmarks" / "speed.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_seed_loss_is_converted_to_nats_per_example():
+    out = ("Epoch [1/2], Loss: 2919.49, seconds: 10.46, samples/s: 5733\n"
+           "some other line\n"
+           "Epoch [2/2], Loss: 2574.61, seconds: 10.99, samples/s: 5457\n")
+    epochs = _speed_module().parse_seed_output(out, n_train=60000)
+    assert [e["epoch"] for e in epochs] == [1, 2]
+    assert epochs[0]["samples_per_s"] == 5733 and epochs[1]["seconds"] == 10.99
+    # mean of 938 per-batch sums -> per example: x 938 / 60000
+    assert epochs[0]["train_loss"] == pytest.approx(2919.49 * 938 / 60000)
+    assert _speed_module().parse_seed_output(out, n_train=256)[0]["train_loss"] == pytest.approx(2919.49 * 4 / 256)
+
+
+def test_bad_data_root_is_one_line(tmp_path):
+    if not SEED_SCRIPT.is_file():
+        pytest.skip(f"the seed script is not at {SEED_SCRIPT}")
+    p = subprocess.run([sys.executable, str(REPO / "benchmarks" / "speed.py"), "--data-root", str(tmp_path)],
+                       capture_output=True, text=True)
+    assert p.returncode != 0
+    assert p.stderr.strip().startswith("speed.py: error: --data-root") and "Traceback" not in p.stderr
+
+
+def test_speed_runs_both_programs_and_writes_the_record(tiny_mnist, tmp_path):
+    if not SEED_SCRIPT.is_file():
+        pytest.skip(f"the seed script is not at {SEED_SCRIPT}")
+    out = tmp_path / "speed.json"
+    p = subprocess.run([sys.executable, str(REPO / "benchmarks" / "speed.py"), "--data-root", str(tiny_mnist),
+                        "--epochs", "1", "--rounds", "1", "--out", str(out)],
+                       capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "ratio" in p.stdout and "losses within 1%" in p.stdout
+    rec = json.loads(out.read_text())
+    assert [r["impl"] for r in rec["runs"]] == ["reference", "vaelab"]  # A then B
+    for r in rec["runs"]:
+        (e,) = r["epochs"]
+        assert e["samples_per_s"] > 0 and math.isfinite(e["train_loss"]) and r["peak_rss_mib"] > 0
+        if r["impl"] == "vaelab":  # (the seed prints its seconds to 0.01 s: too coarse to check here)
+            assert e["seconds"] * e["samples_per_s"] == pytest.approx(256)  # the tiny training split
+    s = rec["summary"]
+    # same model, loss, optimiser and data: the two mean losses agree (0.15% when written)
+    assert s["max_abs_rel_loss_diff"] < 0.05
+    assert s["ratio"] == pytest.approx(s["vaelab_samples_per_s"] / s["reference_samples_per_s"])
+    assert rec["machine"]["device"] == "cpu"

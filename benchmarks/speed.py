@@ -114,7 +114,15 @@ def main() -> None:
     if not args.reference.is_file():
         sys.exit(f"speed.py: error: reference script not found at {args.reference} (use --reference PATH)")
     out_path = args.out or REPO / "benchmarks" / "results" / f"speed-{args.device.replace(':', '')}.json"
+    from vaelab.cli_errors import precheck
+    from vaelab.config import register_configs
     from vaelab.data import DataError, load_mnist_arrays
+
+    # the overrides vaelab-train will get, checked before the first (minutes-long) reference run
+    register_configs()
+    err = precheck(["experiment=seed", f"device={args.device}", *args.overrides])
+    if err:
+        sys.exit(f"speed.py: error: {err}")
 
     try:  # both programs train on the whole training split; its size converts the seed's loss
         args.n_train = len(load_mnist_arrays(args.data_root, download=False)[0])

@@ -42,6 +42,14 @@ def test_bad_data_root_is_one_line(tmp_path):
     assert p.stderr.strip().startswith("speed.py: error: --data-root") and "Traceback" not in p.stderr
 
 
+def test_bad_override_is_one_line_before_anything_runs(tiny_mnist, tmp_path):
+    p = subprocess.run([sys.executable, str(REPO / "benchmarks" / "speed.py"), "--data-root", str(tiny_mnist),
+                        "--reference", __file__, "trainer.amp=fp16"], capture_output=True, text=True)
+    assert p.returncode != 0 and "Traceback" not in p.stderr
+    assert p.stderr.strip() == ("speed.py: error: override 'trainer.amp=fp16': Invalid value 'fp16', "
+                                "expected one of [off, bf16] (key 'trainer.amp')")
+
+
 def test_speed_runs_both_programs_and_writes_the_record(tiny_mnist, tmp_path):
     if not SEED_SCRIPT.is_file():
         pytest.skip(f"the seed script is not at {SEED_SCRIPT}")

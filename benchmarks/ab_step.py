@@ -5,11 +5,16 @@
 Each variant gets its own copy of one initial model and its own fused Adam, and the variants
 take turns in blocks of 100 steps on real MNIST batches, so a slow minute on the host slows
 them all alike. Prints the median and the best ms/step per variant. Variants:
-  base           what vaelab-train runs (autograd, fused Adam, zero_grad(set_to_none=True))
+  base           what vaelab-train runs (autograd, fused Adam, zero_grad(set_to_none=True),
+                 model.linear=onednn)
+  aten           model.linear=aten: the products on MKL through F.linear (the default before)
   keepgrad       zero_grad(set_to_none=False)
   inbwd          a fused Adam per parameter, stepped from register_post_accumulate_grad_hook
   compile_all    torch.compile of model + loss (forward and backward)
   compile_model  torch.compile of the model only
+  fusedloss      reparameterisation + KL and sigmoid + MSE as two autograd.Functions with
+                 closed-form gradients (fewer, fused ops; the same fp32 math). A prototype, not
+                 in vaelab: it would be a second copy of the loss's derivative
 """
 from __future__ import annotations
 
@@ -22,13 +27,81 @@ import torch
 
 from vaelab.data import load_data, to_float
 from vaelab.losses import vae_loss
+from vaelab.models.linear import Linear
 from vaelab.models.mlp import MLPVAE
 
-VARIANTS = ("base", "keepgrad", "inbwd", "compile_all", "compile_model")
+VARIANTS = ("base", "aten", "keepgrad", "inbwd", "compile_all", "compile_model", "fusedloss")
+
+
+class ReparamKL(torch.autograd.Function):
+    """h = [mu | logvar] -> (z = mu + eps * exp(logvar / 2), KL to N(0, I) per example)."""
+
+    @staticmethod
+    def forward(ctx, h):
+        mu, logvar = h.chunk(2, -1)
+        std = torch.exp(0.5 * logvar)
+        eps = torch.randn_like(std)
+        var = std * std
+        kl = 0.5 * ((mu * mu).sum() + var.sum() - logvar.sum()) / h.shape[0] - 0.5 * mu.shape[1]
+        ctx.save_for_backward(h, eps, std, var)
+        return torch.addcmul(mu, eps, std), kl
+
+    @staticmethod
+    def backward(ctx, gz, gkl):
+        h, eps, std, var = ctx.saved_tensors
+        mu = h[:, :eps.shape[1]]
+        c = gkl / h.shape[0]
+        return torch.cat([gz + mu * c, (gz * eps * std + (var - 1) * c) * 0.5], -1)
+
+
+class SigmoidMSE(torch.autograd.Function):
+    """sum((sigmoid(logits) - x)^2) per example."""
+
+    @staticmethod
+    def forward(ctx, logits, x):
+        s = torch.sigmoid(logits)
+        d = (s - x).view(-1)
+        ctx.save_for_backward(d, s)
+        return torch.dot(d, d) / logits.shape[0]
+
+    @staticmethod
+    def backward(ctx, g):
+        d, s = ctx.saved_tensors
+        return torch.ops.aten.sigmoid_backward((d * (2 * g / s.shape[0])).view_as(s), s), None
+
+
+def fused_loss(model: MLPVAE, x: torch.Tensor) -> torch.Tensor:
+    z, kl = ReparamKL.apply(model.head(model.encoder(x)))
+    return SigmoidMSE.apply(model.decoder(z), x) + kl
+
+
+def _copy(init: MLPVAE, linear: str) -> MLPVAE:
+    model = copy.deepcopy(init)
+    for m in model.modules():
+        if isinstance(m, Linear):
+            m.impl = linear
+    return model
+
+
+def gradient_gap(variant: str, init: MLPVAE, x: torch.Tensor) -> float:
+    """Largest relative difference between the variant's parameter gradients and those of
+    vaelab's model (linear=aten) and vae_loss at the same eps: it must compute the same step."""
+    grads = []
+    for v in ("aten", variant):
+        model = _copy(init, "aten" if v == "aten" else "onednn")
+        torch.manual_seed(1)
+        if v == "fusedloss":
+            loss = fused_loss(model, x)
+        else:
+            logits, mu, logvar = model(x)
+            loss = vae_loss(logits, x, mu, logvar, recon="mse", beta=1.0)["loss"]
+        loss.backward()
+        grads.append([p.grad for p in model.parameters()])
+    return max(((g - g0).abs().max() / g0.abs().max()).item() for g0, g in zip(*grads))
 
 
 def make_step(variant: str, init: MLPVAE):
-    model = copy.deepcopy(init)
+    model = _copy(init, "aten" if variant == "aten" else "onednn")
     opt = None
     if variant == "inbwd":
         opts = {p: torch.optim.Adam([p], lr=1e-3, fused=True) for p in model.parameters()}
@@ -44,6 +117,8 @@ def make_step(variant: str, init: MLPVAE):
     net = torch.compile(model) if variant == "compile_model" else model
 
     def forward(x: torch.Tensor) -> torch.Tensor:
+        if variant == "fusedloss":
+            return fused_loss(model, x)
         logits, mu, logvar = net(x)
         return vae_loss(logits, x, mu, logvar, recon="mse", beta=1.0)["loss"]
 
@@ -64,7 +139,7 @@ def make_step(variant: str, init: MLPVAE):
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data-root", required=True)
-    p.add_argument("--variants", default="base,keepgrad,inbwd,compile_all,compile_model")
+    p.add_argument("--variants", default="base,aten,keepgrad,inbwd,compile_all,compile_model,fusedloss")
     p.add_argument("--rounds", type=int, default=8)
     p.add_argument("--batch-size", type=int, default=64)
     a = p.parse_args()
@@ -77,6 +152,10 @@ def main() -> None:
     images, n, b = data.train.images, len(data.train), a.batch_size
     torch.manual_seed(0)
     init = MLPVAE(256, size="base")  # the seed's network
+    for v in variants:
+        if v in ("base", "fusedloss"):
+            print(f"{v}: gradients vs linear=aten and vae_loss, largest relative difference "
+                  f"{gradient_gap(v, init, to_float(images[:b])):.1e}")
     steps = {v: make_step(v, init) for v in variants}
     for v, step in steps.items():  # warm-up, and compilation where there is any
         t0 = time.perf_counter()

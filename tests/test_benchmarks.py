@@ -1,4 +1,4 @@
-"""The speed benchmark's machinery (benchmarks/speed.py). It measures, it is not timed here."""
+"""The benchmarks' machinery (benchmarks/speed.py, ab_step.py). They measure; nothing is timed here."""
 from __future__ import annotations
 
 import importlib.util
@@ -14,11 +14,26 @@ REPO = Path(__file__).resolve().parents[1]
 SEED_SCRIPT = REPO.parent / "shared" / "reference" / "seed_vae.py"
 
 
-def _speed_module():
-    spec = importlib.util.spec_from_file_location("speed", REPO / "benchmarks" / "speed.py")
+def _bench_module(name: str = "speed"):
+    spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / f"{name}.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
+
+
+_speed_module = _bench_module
+
+
+def test_ab_step_fused_loss_prototype_computes_autograds_gradients():
+    """benchmarks/README times this step variant against vaelab's: the timing only means
+    something if it computes the same step (same eps, fp32 rounding apart)."""
+    import torch
+
+    ab = _bench_module("ab_step")
+    torch.manual_seed(0)
+    init = ab.MLPVAE(256, size="base")
+    x = (torch.rand(16, 784) * (torch.rand(16, 784) < 0.2)).float()  # MNIST-like: mostly zeros
+    assert ab.gradient_gap("fusedloss", init, x) < 1e-5
 
 
 def test_seed_loss_is_converted_to_nats_per_example():

@@ -32,6 +32,7 @@ def test_defaults_compose_and_validate():
     ("device=auto", lambda c: resolve_device(c.device).type in ("cpu", "cuda", "mps")),
     ("data.binarize=dynamic", lambda c: c.data.binarize == "dynamic"),
     ("trainer.grad_clip=1.0", lambda c: c.trainer.grad_clip == 1.0),
+    ("model.linear=aten", lambda c: build_model(c).head.impl == "aten"),
 ])
 def test_override(override, check):
     cfg = compose_cfg([override])
@@ -83,6 +84,7 @@ def test_optimizer_matches_config():
     (["loss.beta=-1"], "loss.beta=-1.0: must be >= 0"),
     (["loss.recon=foo"], "expected one of [mse, bce]"),
     (["model.size=huge"], "expected one of [small, base, large]"),
+    (["model.linear=mkl"], "expected one of [aten, onednn]"),
     (["model.hidden=[0]"], "model.hidden"),
     (["experiment=sed"], "available: iwae_paper_vae, seed"),
     (["device=gpu"], "allowed: auto, cpu, cuda, cuda:N, mps"),

@@ -13,32 +13,35 @@ import torch
 from torch import nn
 
 from vaelab.models.base import VAE
+from vaelab.models.linear import Linear
 
 SIZES = {"small": [256], "base": [512], "large": [1024, 512]}
 _ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "gelu": nn.GELU, "elu": nn.ELU}
 
 
-def _mlp(widths: Sequence[int], act: type[nn.Module]) -> list[nn.Module]:
+def _mlp(widths: Sequence[int], act: type[nn.Module], impl: str) -> list[nn.Module]:
     layers: list[nn.Module] = []
     for a, b in zip(widths[:-1], widths[1:]):
-        layers += [nn.Linear(a, b), act()]
+        layers += [Linear(a, b, impl=impl), act()]
     return layers
 
 
 class MLPVAE(VAE):
     def __init__(self, latent_size: int, hidden: Sequence[int] | None = None, size: str = "base",
                  activation: str = "relu", input_dim: int = 784,
-                 image_shape: Sequence[int] = (1, 28, 28)) -> None:
+                 image_shape: Sequence[int] = (1, 28, 28), linear: str = "onednn") -> None:
         super().__init__()
         size = getattr(size, "value", size)  # accepts the config's enum as well as a str
+        linear = getattr(linear, "value", linear)
         hidden = list(hidden) if hidden is not None else SIZES[size]
         act = _ACTIVATIONS[activation]
         self.latent_size, self.input_dim, self.image_shape = latent_size, input_dim, tuple(image_shape)
         self.hidden = hidden
-        self.encoder = nn.Sequential(*_mlp([input_dim, *hidden], act))
-        self.head = nn.Linear(hidden[-1], 2 * latent_size)  # -> [mu | logvar]
-        self.decoder = nn.Sequential(*_mlp([latent_size, *hidden[::-1]], act),
-                                     nn.Linear(hidden[0], input_dim))  # -> logits
+        # linear="onednn": CPU float32 products on oneDNN (models/linear.py); "aten": F.linear
+        self.encoder = nn.Sequential(*_mlp([input_dim, *hidden], act, linear))
+        self.head = Linear(hidden[-1], 2 * latent_size, impl=linear)  # -> [mu | logvar]
+        self.decoder = nn.Sequential(*_mlp([latent_size, *hidden[::-1]], act, linear),
+                                     Linear(hidden[0], input_dim, impl=linear))  # -> logits
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         mu, logvar = self.head(self.encoder(x)).chunk(2, dim=-1)  # (B, L), (B, L)

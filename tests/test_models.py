@@ -1,0 +1,99 @@
+"""models/linear.py: the oneDNN path computes what nn.Linear computes, and only runs where it may."""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from vaelab.models import MLPVAE
+from vaelab.models import linear as linear_mod
+from vaelab.models.linear import Linear
+
+needs_onednn = pytest.mark.skipif(linear_mod._onednn_linear is None, reason="torch built without oneDNN")
+
+
+@pytest.fixture
+def onednn_calls(monkeypatch):
+    """Count the calls that reach oneDNN, so a test can't pass by silently using F.linear."""
+    calls = []
+    real = linear_mod._onednn_linear
+
+    def counted(*args):
+        calls.append(args[0].shape)
+        return real(*args)
+
+    monkeypatch.setattr(linear_mod, "_onednn_linear", counted)
+    return calls
+
+
+def _pair(in_f: int, out_f: int, bias: bool) -> tuple[nn.Linear, Linear]:
+    torch.manual_seed(0)
+    ref = nn.Linear(in_f, out_f, bias=bias)
+    new = Linear(in_f, out_f, bias=bias, impl="onednn")
+    new.load_state_dict(ref.state_dict())
+    return ref, new
+
+
+@needs_onednn
+@pytest.mark.parametrize("shape", [(64, 784), (5, 3, 784)])  # a batch; IWAE's (k, B, D)
+@pytest.mark.parametrize("bias", [True, False])
+def test_onednn_linear_matches_nn_linear_and_its_gradients(shape, bias, onednn_calls):
+    ref, new = _pair(784, 512, bias)
+    x = (torch.rand(shape) * (torch.rand(shape) < 0.3)).requires_grad_()  # MNIST-like zeros
+    g = torch.randn(*shape[:-1], 512)
+    out = []
+    for m in (ref, new):
+        xi = x.detach().clone().requires_grad_()
+        y = m(xi)
+        y.backward(g)
+        out.append([y, xi.grad] + [p.grad for p in m.parameters()])
+    assert len(onednn_calls) == 2  # the forward product and the input gradient
+    for a, b in zip(*out):
+        assert a.shape == b.shape
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-5 * a.abs().max().item())
+
+
+@needs_onednn
+def test_onednn_linear_without_grad_and_for_a_frozen_input(onednn_calls):
+    ref, new = _pair(256, 512, True)
+    z = torch.randn(10, 256)
+    with torch.no_grad():
+        assert torch.allclose(new(z), ref(z), atol=1e-5)
+    y = new(z)  # z needs no grad, the weights do: no input-gradient product
+    y.sum().backward()
+    ref(z).sum().backward()
+    assert torch.allclose(new.weight.grad, ref.weight.grad, atol=1e-4)
+    assert len(onednn_calls) == 2
+
+
+@pytest.mark.parametrize("case", ["float64", "bf16_autocast", "aten"])
+def test_falls_back_to_f_linear_off_the_onednn_path(case, onednn_calls):
+    ref, new = _pair(32, 16, True)
+    x = torch.randn(4, 32)
+    if case == "float64":
+        ref, new, x = ref.double(), new.double(), x.double()
+    if case == "aten":
+        new.impl = "aten"
+    ctx = torch.autocast("cpu", dtype=torch.bfloat16) if case == "bf16_autocast" else torch.no_grad()
+    with ctx:
+        y, y_ref = new(x), ref(x)
+    assert y.dtype == y_ref.dtype and torch.equal(y, y_ref)  # the very same op: bit-identical
+    assert onednn_calls == []
+
+
+def test_bad_impl_is_refused():
+    with pytest.raises(ValueError, match="allowed: aten, onednn"):
+        Linear(3, 4, impl="mkl")
+
+
+@needs_onednn
+def test_mlpvae_linear_choice_keeps_weights_interchangeable():
+    torch.manual_seed(0)
+    a = MLPVAE(16, hidden=[64], input_dim=784, linear="aten")
+    b = MLPVAE(16, hidden=[64], input_dim=784, linear="onednn")
+    b.load_state_dict(a.state_dict())  # same keys and shapes: checkpoints load either way
+    x = torch.rand(8, 784)
+    mu_a, lv_a = a.encode(x)
+    mu_b, lv_b = b.encode(x)
+    assert torch.allclose(mu_a, mu_b, atol=1e-5) and torch.allclose(lv_a, lv_b, atol=1e-5)
+    assert "impl=onednn" in repr(b) and "impl" not in repr(a)

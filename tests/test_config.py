@@ -9,7 +9,7 @@ import torch
 
 from tests.conftest import compose_cfg
 from vaelab.cli_errors import precheck
-from vaelab.config import ConfigError, resolve_device, validate
+from vaelab.config import ConfigError, resolve_device, typed, validate
 from vaelab.train import build_model, build_optimizer, lr_at
 
 
@@ -54,6 +54,19 @@ def test_seed_experiment_is_the_seed_script():
     assert shapes == [(512, 784), (512,), (512, 512), (512,), (512, 256), (512,), (784, 512), (784,)]
     x = torch.rand(3, 784)
     assert torch.all((model.decode(model.encode(x)[0]) >= 0) & (model.decode(model.encode(x)[0]) <= 1))
+
+
+def test_configs_saved_before_model_linear_keep_mkl():
+    """A run directory's config from before model.linear ran every product on MKL: re-running
+    it (reproduce, resume, eval) must not switch to oneDNN and change the last bits."""
+    from omegaconf import OmegaConf
+
+    fresh = compose_cfg(["experiment=seed"])
+    assert fresh.model.linear == "onednn" and typed(fresh).model.linear == "onednn"
+    old = OmegaConf.to_container(fresh, resolve=False)
+    del old["model"]["linear"]
+    assert typed(old).model.linear == "aten"
+    assert build_model(typed(old)).head.impl == "aten"
 
 
 def test_iwae_paper_experiment_schedule():

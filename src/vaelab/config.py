@@ -233,6 +233,11 @@ def typed(cfg: DictConfig | dict) -> DictConfig:
     if isinstance(cfg, DictConfig):
         cfg = OmegaConf.to_container(cfg, resolve=False)
     cfg = {k: v for k, v in dict(cfg).items() if k not in ("defaults", "hydra")}
+    model = cfg.get("model")
+    if isinstance(model, dict) and "_target_" in model and "linear" not in model:
+        # Saved before model.linear existed, when every product ran on MKL: keep it so, and
+        # `vaelab reproduce` / `vaelab resume` of such a run stay bit-identical to it.
+        cfg["model"] = {**model, "linear": "aten"}
     return OmegaConf.merge(schema, cfg)
 
 

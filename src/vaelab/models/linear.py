@@ -8,6 +8,11 @@ is busy: whole training steps 4-5% faster in quiet minutes and 20-25% in busy on
 (benchmarks/README.md, `ab_step.py --variants base,onednn`). For the weight gradient oneDNN
 was slower, so that product stays on MKL (`mm`).
 
+oneDNN costs ~12 us more per call, so small products lose: the IWAE paper's model (batch 20,
+widths 200) took 1.96 instead of 1.53 ms a step with every product there. Products below
+ONEDNN_MIN_MACS (rows x in x out) therefore stay on F.linear; on this host oneDNN won from
+about 16 x 784 x 512 (6.4 M) up, and 64 x 256 x 512 (8.4 M) was even.
+
 It is the same float32 arithmetic summed in another order: outputs agree with MKL's to
 float rounding (~1e-7 relative), like a change of thread count. Everything off that path
 (GPU, other dtypes, autocast, torch.compile, a torch without the op) uses F.linear.
@@ -24,6 +29,7 @@ except (AttributeError, RuntimeError):  # a torch built without oneDNN
     _onednn_linear = None
 
 IMPLS = ("aten", "onednn")
+ONEDNN_MIN_MACS = 4_000_000
 
 
 def _autocast_on() -> bool:
@@ -71,6 +77,7 @@ class Linear(nn.Linear):
     def _use_onednn(self, x: torch.Tensor) -> bool:
         return (self.impl == "onednn" and _onednn_linear is not None and x.device.type == "cpu"
                 and x.dtype == torch.float32 and self.weight.dtype == torch.float32
+                and x.numel() * self.out_features >= ONEDNN_MIN_MACS  # rows x in x out
                 and not _autocast_on() and not _compiling())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -19,6 +19,8 @@ from pathlib import Path
 
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from speed import machine  # benchmarks/speed.py: the CPU/torch facts every record carries
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -33,7 +35,9 @@ def run(data_root: Path, device: str, epochs: int, overrides: list[str], tmp: Pa
     acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
     acc.Reload()
     rate = [e.value for e in acc.Scalars("epoch/samples_per_s")]
-    return {"overrides": overrides, "samples_per_s": rate, "s_per_epoch": 60000 / rate[-1],
+    m = json.loads((run_dir / "metrics.json").read_text())
+    n_train = m["examples_seen"] / m["epochs"]  # the training split's size, not assumed 60,000
+    return {"overrides": overrides, "samples_per_s": rate, "s_per_epoch": n_train / rate[-1],
             "rss_mib": [e.value for e in acc.Scalars("epoch/rss_mib")],
             "train_loss": [e.value for e in acc.Scalars("epoch/train_loss")]}
 
@@ -58,7 +62,7 @@ def main() -> None:
             for i, (m, l) in enumerate(zip(r["rss_mib"], r["train_loss"])):
                 print(f"| {i + 1} | {m:.0f} | {l:.2f} |")
             out = out.with_name(out.stem.replace("scaling", "memory") + ".json")
-            out.write_text(json.dumps(r, indent=2) + "\n")
+            out.write_text(json.dumps({"machine": machine(args.device), **r}, indent=2) + "\n")
             print(f"RSS growth epoch 2 -> {len(r['rss_mib'])}: {r['rss_mib'][-1] - r['rss_mib'][1]:+.1f} MiB")
             return
         rows = []
@@ -70,7 +74,7 @@ def main() -> None:
                 hidden = {"small": "[256]", "base": "[512]", "large": "[1024,512]"}[size]
                 print(f"| {bs} | {size} | {hidden} | {r['s_per_epoch']:.2f} | {r['samples_per_s'][-1]:.0f} |",
                       flush=True)
-        out.write_text(json.dumps(rows, indent=2) + "\n")
+        out.write_text(json.dumps({"machine": machine(args.device), "rows": rows}, indent=2) + "\n")
 
 
 if __name__ == "__main__":

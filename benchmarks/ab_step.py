@@ -1,10 +1,13 @@
 """In-process A/B of training-step variants of the seed model, for noisy machines.
 
     python benchmarks/ab_step.py --data-root ../shared/data [--variants base,compile_all] [--rounds 8]
+                                 [--block 100] [--size small|base|large] [--batch-size 64]
 
 Each variant gets its own copy of one initial model and its own fused Adam, and the variants
 take turns in blocks of 100 steps on real MNIST batches, so a slow minute on the host slows
-them all alike. Prints the median and the best ms/step per variant. Variants:
+them all alike; the order of the variants is reversed every other round. Prints the median
+and the best ms/step per variant and, for each variant against the first, the median and
+quartiles of the per-round ratio of their times (paired, so a busy minute cancels out). Variants:
   base           what vaelab-train runs (autograd, fused Adam, zero_grad(set_to_none=True),
                  model.linear=onednn)
   aten           model.linear=aten: the products on MKL through F.linear (the default before)
@@ -142,7 +145,11 @@ def main() -> None:
     p.add_argument("--variants", default="base,aten,keepgrad,inbwd,compile_all,compile_model,fusedloss")
     p.add_argument("--rounds", type=int, default=8)
     p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--block", type=int, default=100, help="steps per variant per round")
+    p.add_argument("--size", choices=["small", "base", "large"], default="base", help="as model.size")
     a = p.parse_args()
+    if min(a.rounds, a.batch_size, a.block) < 1:
+        p.error(f"--rounds {a.rounds} --batch-size {a.batch_size} --block {a.block}: each must be >= 1")
     variants = a.variants.split(",")
     for v in variants:
         if v not in VARIANTS:
@@ -151,7 +158,7 @@ def main() -> None:
     data = load_data(a.data_root, torch.device("cpu"), val_size=0, download=False)
     images, n, b = data.train.images, len(data.train), a.batch_size
     torch.manual_seed(0)
-    init = MLPVAE(256, size="base")  # the seed's network
+    init = MLPVAE(256, size=a.size)  # base: the seed's network
     for v in variants:
         if v in ("base", "fusedloss"):
             print(f"{v}: gradients vs linear=aten and vae_loss, largest relative difference "
@@ -165,16 +172,21 @@ def main() -> None:
     perm = torch.randperm(n)
     ms = {v: [] for v in variants}
     pos = dict.fromkeys(variants, 0)
-    for _ in range(a.rounds):
-        for v, step in steps.items():
+    for r in range(a.rounds):
+        for v in variants if r % 2 == 0 else variants[::-1]:
             t0 = time.perf_counter()
-            for _ in range(100):
+            for _ in range(a.block):
                 i = pos[v]
                 pos[v] = (i + b) % (n - b)
-                step(to_float(images.index_select(0, perm[i:i + b])))
-            ms[v].append((time.perf_counter() - t0) * 1e3 / 100)
+                steps[v](to_float(images.index_select(0, perm[i:i + b])))
+            ms[v].append((time.perf_counter() - t0) * 1e3 / a.block)
     for v in variants:
         print(f"{v:14s} median {statistics.median(ms[v]):.3f} ms/step   best {min(ms[v]):.3f}")
+    for v in variants[1:]:
+        ratios = [t / t0 for t, t0 in zip(ms[v], ms[variants[0]])]
+        q = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else ratios * 3
+        print(f"{v} / {variants[0]}: paired ratio median {statistics.median(ratios):.3f} "
+              f"(quartiles {q[0]:.3f}-{q[2]:.3f}, {len(ratios)} rounds)")
 
 
 if __name__ == "__main__":

@@ -1,13 +1,14 @@
 """Where a training step's time goes: torch.profiler over the seed model's step.
 
     python benchmarks/profile_step.py [--impl fused|foreach] [--steps 200] [--batch-size 64] [--phases]
-                                      [--amp off|bf16]
+                                      [--amp off|bf16] [--linear onednn|aten]
 
 Builds the model, optimizer and loss exactly as vaelab-train experiment=seed does (through the
 composed config), runs warm-up steps, then profiles --steps steps on the CPU and prints the
 top ops by self time. --phases instead times the parts of a step with a wall clock (no
 profiler overhead): batch, forward, loss, zero_grad, backward, optimizer, median over steps.
---amp bf16 runs the forward under bf16 autocast, as `trainer.amp=bf16` does.
+--amp bf16 runs the forward under bf16 autocast, as `trainer.amp=bf16` does. --linear aten
+puts every product on MKL (F.linear), as `model.linear=aten` does.
 """
 from __future__ import annotations
 
@@ -33,13 +34,14 @@ def main() -> None:
     p.add_argument("--rows", type=int, default=15)
     p.add_argument("--phases", action="store_true", help="wall-clock time per phase instead of the profiler")
     p.add_argument("--amp", choices=["off", "bf16"], default="off", help="as trainer.amp")
+    p.add_argument("--linear", choices=["onednn", "aten"], default="onednn", help="as model.linear")
     a = p.parse_args()
     if a.steps < 1 or a.batch_size < 1:
         p.error(f"--steps {a.steps} --batch-size {a.batch_size}: both must be >= 1")
     register_configs()
     with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
         cfg = typed(compose("config", overrides=["experiment=seed", f"optim.impl={a.impl}",
-                                                     f"trainer.amp={a.amp}"]))
+                                                     f"trainer.amp={a.amp}", f"model.linear={a.linear}"]))
     torch.set_flush_denormal(cfg.trainer.flush_denormal)  # as vaelab-train does
     torch.manual_seed(0)
     model = build_model(cfg)
@@ -79,7 +81,8 @@ def main() -> None:
     for i in range(a.steps):
         step(i)
     dt = (time.perf_counter() - t0) / a.steps
-    print(f"optim.impl={a.impl} trainer.amp={a.amp} batch {a.batch_size}: {dt * 1e3:.2f} ms/step, "
+    print(f"optim.impl={a.impl} trainer.amp={a.amp} model.linear={a.linear} batch {a.batch_size}: "
+          f"{dt * 1e3:.2f} ms/step, "
           f"{dt * -(-60000 // a.batch_size):.2f} s per 60k-image epoch")
     if a.phases:
         for i in range(a.steps):

@@ -84,7 +84,8 @@ class ModelConfig:
     activation: str = "relu"
     latent_size: int = "${latent_size}"  # type: ignore[assignment]
     # Where the CPU float32 matrix products run. The same arithmetic either way (outputs agree
-    # to float rounding); onednn made the seed model's steps 2-19% faster on the 2-core host.
+    # to float rounding); onednn made the seed model's steps 14-17% faster on the 2-core
+    # host in busy minutes and left them even in quiet ones (benchmarks/README.md).
     # Products under 4 M multiply-adds stay on MKL even so (models/linear.py).
     linear: LinearImpl = LinearImpl.onednn
 

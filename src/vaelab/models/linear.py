@@ -3,10 +3,9 @@
 PyTorch sends a float32 `F.linear` on the CPU to MKL's sgemm. For the seed model's small
 products (batch 64, widths 256-784) on the 2-core AMD host, oneDNN's matmul, which PyTorch
 ships and inductor calls for frozen inference (`torch.ops.mkldnn._linear_pointwise`), is
-faster for the forward product and the input gradient, and much less slowed when the host
-is busy: whole training steps 4-5% faster in quiet minutes and 20-25% in busy ones
-(benchmarks/README.md, `ab_step.py --variants base,onednn`). For the weight gradient oneDNN
-was slower, so that product stays on MKL (`mm`).
+much less slowed than MKL when the host is busy: the seed model's training steps were 14-17%
+faster in busy minutes and even in quiet ones (benchmarks/README.md, `ab_step.py --variants
+aten,base`). For the weight gradient oneDNN was slower, so that product stays on MKL (`mm`).
 
 oneDNN costs ~12 us more per call, so small products lose: the IWAE paper's model (batch 20,
 widths 200) took 1.96 instead of 1.53 ms a step with every product there. Products below

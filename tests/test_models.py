@@ -66,6 +66,20 @@ def test_onednn_linear_without_grad_and_for_a_frozen_input(onednn_calls):
     assert len(onednn_calls) == 2
 
 
+@needs_onednn
+def test_onednn_linear_trains_a_bias_alone_and_refuses_double_backward(onednn_calls):
+    ref, new = _pair(784, 512, True)
+    x = torch.rand(64, 784)
+    for m in (ref, new):
+        m.weight.requires_grad_(False)  # e.g. a frozen layer with a trainable bias
+        m(x).pow(2).sum().backward()
+    assert new.bias.grad is not None and torch.allclose(new.bias.grad, ref.bias.grad, rtol=1e-5)
+    xg = x.clone().requires_grad_()
+    (gx,) = torch.autograd.grad(new(xg).pow(2).sum(), xg, create_graph=True)
+    with pytest.raises(RuntimeError):
+        gx.sum().backward()
+
+
 @pytest.mark.parametrize("case", ["float64", "bf16_autocast", "aten", "small"])
 def test_falls_back_to_f_linear_off_the_onednn_path(case, onednn_calls):
     ref, new = _pair(784, 512, True)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.autograd.function import once_differentiable
 
 try:
     _onednn_linear = torch.ops.mkldnn._linear_pointwise  # (x, w, b, "none", [], "") = x w^T + b
@@ -51,6 +52,7 @@ class _OneDnnLinearFn(torch.autograd.Function):
         return _onednn_linear(x, weight, bias, "none", [], "")
 
     @staticmethod
+    @once_differentiable  # no second derivative through oneDNN: a clear error, not a wrong one
     def backward(ctx, g):
         x, weight = ctx.saved_tensors
         gx = gw = gb = None
@@ -82,7 +84,7 @@ class Linear(nn.Linear):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self._use_onednn(x):
             return F.linear(x, self.weight, self.bias)
-        if torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad):
+        if torch.is_grad_enabled():  # the Function computes only the gradients asked for
             return _OneDnnLinearFn.apply(x, self.weight, self.bias)
         return _onednn_linear(x, self.weight, self.bias, "none", [], "")
 

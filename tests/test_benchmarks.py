@@ -14,14 +14,11 @@ REPO = Path(__file__).resolve().parents[1]
 SEED_SCRIPT = REPO.parent / "shared" / "reference" / "seed_vae.py"
 
 
-def _bench_module(name: str = "speed"):
+def _bench_module(name: str):
     spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / f"{name}.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
-
-
-_speed_module = _bench_module
 
 
 def test_ab_step_fused_loss_prototype_computes_autograds_gradients():
@@ -40,7 +37,7 @@ def test_seed_loss_is_converted_to_nats_per_example():
     out = ("Epoch [1/2], Loss: 2919.49, seconds: 10.46, samples/s: 5733\n"
            "some other line\n"
            "Epoch [2/2], Loss: 2574.61, seconds: 10.99, samples/s: 5457\n")
-    parse = _speed_module().parse_seed_output
+    parse = _bench_module("speed").parse_seed_output
     epochs = parse(out, n_train=60000)
     assert [e["epoch"] for e in epochs] == [1, 2]
     assert epochs[0]["samples_per_s"] == 5733 and epochs[1]["seconds"] == 10.99

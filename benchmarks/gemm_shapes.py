@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from vaelab.models.linear import _onednn_linear
+from vaelab.models.linear import HAVE_ONEDNN, onednn_linear
 from vaelab.models.mlp import MLPVAE
 
 REPO = Path(__file__).resolve().parents[1]
@@ -52,8 +52,8 @@ def products(batch: int, dtype: torch.dtype, linear: str = "aten") -> list[tuple
         flops = 2 * batch * n_in * n_out
         name = f"{n_in}->{n_out}"
         if linear == "onednn":  # as models/linear.py computes them
-            fwd = lambda b=b, x=x, w=w: _onednn_linear(x, w, b, "none", [], "")  # noqa: E731
-            gin = lambda g=g, w=w: _onednn_linear(g, w.t(), None, "none", [], "")  # noqa: E731
+            fwd = lambda b=b, x=x, w=w: onednn_linear(x, w, b)  # noqa: E731
+            gin = lambda g=g, w=w: onednn_linear(g, w.t())  # noqa: E731
         else:
             fwd = lambda b=b, x=x, w=w: torch.addmm(b, x, w.t())  # noqa: E731
             gin = lambda g=g, w=w: g @ w  # noqa: E731
@@ -74,7 +74,7 @@ def main() -> None:
     p.add_argument("--out", type=Path, help="JSON record (default results/gemm-shapes-cpu[-bfloat16][-onednn].json)")
     a = p.parse_args()
     dtype = getattr(torch, a.dtype)
-    if a.linear == "onednn" and (_onednn_linear is None or a.dtype != "float32"):
+    if a.linear == "onednn" and (not HAVE_ONEDNN or a.dtype != "float32"):
         p.error("--linear onednn: needs --dtype float32 and a torch built with oneDNN")
     suffix = ("" if a.dtype == "float32" else f"-{a.dtype}") + ("-onednn" if a.linear == "onednn" else "")
     out = a.out or REPO / "benchmarks" / "results" / f"gemm-shapes-cpu{suffix}.json"

@@ -9,7 +9,7 @@ from vaelab.models import MLPVAE
 from vaelab.models import linear as linear_mod
 from vaelab.models.linear import Linear
 
-needs_onednn = pytest.mark.skipif(linear_mod._onednn_linear is None, reason="torch built without oneDNN")
+needs_onednn = pytest.mark.skipif(not linear_mod.HAVE_ONEDNN, reason="torch built without oneDNN")
 
 
 @pytest.fixture

@@ -24,9 +24,15 @@ from torch import nn
 from torch.autograd.function import once_differentiable
 
 try:
-    _onednn_linear = torch.ops.mkldnn._linear_pointwise  # (x, w, b, "none", [], "") = x w^T + b
+    _onednn_linear = torch.ops.mkldnn._linear_pointwise
 except (AttributeError, RuntimeError):  # a torch built without oneDNN
     _onednn_linear = None
+HAVE_ONEDNN = _onednn_linear is not None
+
+
+def onednn_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """x w^T + b on oneDNN (no fused activation: "none", no scalars, no algorithm)."""
+    return _onednn_linear(x, weight, bias, "none", [], "")
 
 IMPLS = ("aten", "onednn")
 ONEDNN_MIN_MACS = 4_000_000
@@ -49,7 +55,7 @@ class _OneDnnLinearFn(torch.autograd.Function):
     def forward(ctx, x, weight, bias):
         ctx.save_for_backward(x, weight)
         ctx.has_bias = bias is not None
-        return _onednn_linear(x, weight, bias, "none", [], "")
+        return onednn_linear(x, weight, bias)
 
     @staticmethod
     @once_differentiable  # no second derivative through oneDNN: a clear error, not a wrong one
@@ -57,7 +63,7 @@ class _OneDnnLinearFn(torch.autograd.Function):
         x, weight = ctx.saved_tensors
         gx = gw = gb = None
         if ctx.needs_input_grad[0]:
-            gx = _onednn_linear(g, weight.t(), None, "none", [], "")
+            gx = onednn_linear(g, weight.t())
         g2 = g.reshape(-1, g.shape[-1])  # (k, B, out) inputs, e.g. IWAE samples, as rows
         if ctx.needs_input_grad[1]:
             gw = g2.t().mm(x.reshape(-1, x.shape[-1]))
@@ -76,7 +82,7 @@ class Linear(nn.Linear):
         self.impl = impl
 
     def _use_onednn(self, x: torch.Tensor) -> bool:
-        return (self.impl == "onednn" and _onednn_linear is not None and x.device.type == "cpu"
+        return (self.impl == "onednn" and HAVE_ONEDNN and x.device.type == "cpu"
                 and x.dtype == torch.float32 and self.weight.dtype == torch.float32
                 and x.numel() * self.out_features >= ONEDNN_MIN_MACS  # rows x in x out
                 and not _autocast_on() and not _compiling())
@@ -86,7 +92,7 @@ class Linear(nn.Linear):
             return F.linear(x, self.weight, self.bias)
         if torch.is_grad_enabled():  # the Function computes only the gradients asked for
             return _OneDnnLinearFn.apply(x, self.weight, self.bias)
-        return _onednn_linear(x, self.weight, self.bias, "none", [], "")
+        return onednn_linear(x, self.weight, self.bias)
 
     def extra_repr(self) -> str:
         return super().extra_repr() + (f", impl={self.impl}" if self.impl != "aten" else "")

@@ -83,3 +83,30 @@ def test_speed_runs_both_programs_and_writes_the_record(tiny_mnist, tmp_path):
     assert s["max_abs_rel_loss_diff"] < 0.05
     assert s["ratio"] == pytest.approx(s["vaelab_samples_per_s"] / s["reference_samples_per_s"])
     assert rec["machine"]["device"] == "cpu"
+
+
+def test_floor_splits_the_step_into_its_parts(tmp_path):
+    """floor.py's budget: the parts it prints add up to the step, and the 3x target is the
+    step time at three times the reference's rate."""
+    out = tmp_path / "floor.json"
+    p = subprocess.run([sys.executable, str(REPO / "benchmarks" / "floor.py"), "--rounds", "2", "--block", "2",
+                        "--reference-rate", "5000", "--out", str(out)], capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stdout + p.stderr
+    rec = json.loads(out.read_text())
+    med = rec["median_ms"]
+    parts = ("step", "products", "adam in step", "adam alone", "overhead")
+    assert all(0 < med[k] for k in parts) and med["adam in step"] < med["step"]
+    assert med["rest"] == pytest.approx(med["step"] - med["products"] - med["adam in step"] - med["overhead"])
+    assert rec["floor_ms"] == pytest.approx(med["products"] + med["adam in step"] + med["overhead"])
+    assert rec["target_step_ms"] == pytest.approx(64 / (3 * 5000) * 1e3)  # 4.27 ms
+    assert {k: len(rec["all_ms"][k]) for k in parts} == dict.fromkeys(parts, 2)
+    assert "eager floor" in p.stdout and "3x the reference's 5,000 samples/s needs 4.267 ms" in p.stdout
+
+
+def test_floor_bad_record_is_one_line(tmp_path):
+    bad = tmp_path / "speed.json"
+    bad.write_text("{}")
+    p = subprocess.run([sys.executable, str(REPO / "benchmarks" / "floor.py"), "--record", str(bad)],
+                       capture_output=True, text=True)
+    assert p.returncode != 0 and "Traceback" not in p.stderr
+    assert p.stderr.strip().startswith(f"floor.py: error: --record {bad}: not a readable speed.py record")

@@ -1,0 +1,162 @@
+"""What one training step of the seed model is made of, and how fast an eager step can be.
+
+    python benchmarks/floor.py [--rounds 10] [--block 100] [--reference-rate SAMPLES_PER_S]
+                               [--record results/speed-cpu-epyc.json] [--out PATH]
+
+Times four things, alternated in blocks of --block calls so that a busy minute on the host
+slows them all alike (order reversed every other round), and prints the median ms of each:
+  step          the seed model's training step as vaelab-train runs it by default (oneDNN
+                products, vae_loss, zero_grad, backward, fused Adam) on MNIST-shaped random
+                images; the clock around its optimizer step gives `adam in step`
+  products      its 11 matrix products alone, back to back, as the step runs them (gemm_shapes.py)
+  adam alone    the fused Adam update of its 1.2 M parameters repeated alone (caches warm)
+  overhead      the same step code on a model whose every width is 8, at batch 1: what
+                dispatch, autograd and the optimizer cost with next to no arithmetic
+rest = step - products - adam in step - overhead: the elementwise ops, the oneDNN Function's
+extra cost, and products running on caches that Adam has just swept. The eager floor, products
++ adam in step + overhead, is a lower bound on any eager PyTorch step of this model here: it
+leaves out all elementwise work and gives the products their warm, stand-alone speed. With a
+reference rate (--reference-rate, or --record: a speed.py record, whose reference samples/s is
+used) it prints the step time that 3x the reference needs, and whether that is within reach.
+Writes results/floor-cpu.json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from gemm_shapes import products
+from vaelab.data import to_float
+from vaelab.losses import vae_loss
+from vaelab.models.mlp import MLPVAE
+
+REPO = Path(__file__).resolve().parents[1]
+TARGET = 3.0
+
+
+class Step:
+    """The training step vaelab-train runs (vae_loss, zero_grad(set_to_none=True), backward,
+    fused Adam), with a clock around the optimizer: CPU ops are synchronous, so that is Adam's
+    time inside a real step, caches as the forward and backward left them."""
+
+    def __init__(self, model: MLPVAE) -> None:
+        self.model, self.adam_s, self.calls = model, 0.0, 0
+        self.opt = torch.optim.Adam(model.parameters(), lr=1e-3, fused=True)
+
+    def __call__(self, x: torch.Tensor) -> None:
+        logits, mu, logvar = self.model(x)
+        loss = vae_loss(logits, x, mu, logvar, recon="mse", beta=1.0)["loss"]
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        t0 = time.perf_counter()
+        self.opt.step()
+        self.adam_s += time.perf_counter() - t0
+        self.calls += 1
+
+
+def parts(batch: int) -> tuple[dict[str, object], Step]:
+    """The timed parts (name -> fn), and the seed-model step whose Adam time is also kept."""
+    torch.manual_seed(0)
+    step = Step(MLPVAE(256, size="base"))  # the seed's network, model.linear=onednn as by default
+    images = torch.randint(0, 256, (60000, 784), dtype=torch.uint8)  # MNIST's shape and dtype
+    perm, pos = torch.randperm(60000), [0]
+
+    def one_step() -> None:
+        i = pos[0] = (pos[0] + batch) % (60000 - batch)
+        step(to_float(images.index_select(0, perm[i:i + batch])))
+
+    prods = [fn for _, _, fn in products(batch, torch.float32, "onednn")]
+
+    def all_products() -> None:
+        for fn in prods:
+            fn()
+
+    params = [p.detach().clone() for p in step.model.parameters()]
+    for p in params:
+        p.grad = torch.randn_like(p) * 1e-3
+    adam = torch.optim.Adam(params, lr=1e-3, fused=True)
+    # every product < ONEDNN_MIN_MACS, so F.linear: the cheapest eager path
+    tiny, tiny_x = Step(MLPVAE(8, hidden=[8], input_dim=8, image_shape=(1, 2, 4))), torch.rand(1, 8)
+    return {"step": one_step, "products": all_products, "adam alone": adam.step,
+            "overhead": lambda: tiny(tiny_x)}, step
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--rounds", type=int, default=10)
+    p.add_argument("--block", type=int, default=100, help="calls of each part per round")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--reference-rate", type=float, help="the seed script's samples/s on this machine")
+    p.add_argument("--record", type=Path, help="a speed.py record: its reference samples/s is used")
+    p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "floor-cpu.json")
+    a = p.parse_args()
+    if min(a.rounds, a.block, a.batch_size) < 1:
+        p.error(f"--rounds {a.rounds} --block {a.block} --batch-size {a.batch_size}: each must be >= 1")
+    ref = a.reference_rate
+    if a.record is not None:
+        try:
+            ref = json.loads(a.record.read_text())["summary"]["reference_samples_per_s"]
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            sys.exit(f"floor.py: error: --record {a.record}: not a readable speed.py record ({e!r})")
+    if ref is not None and ref <= 0:
+        p.error(f"--reference-rate {ref}: must be > 0 samples/s")
+    torch.set_flush_denormal(True)  # as vaelab-train does by default
+    fns, seed_step = parts(a.batch_size)
+    for fn in fns.values():  # warm-up
+        for _ in range(5):
+            fn()
+    ms: dict[str, list[float]] = {k: [] for k in [*fns, "adam in step"]}
+    names = list(fns)
+    for r in range(a.rounds):
+        for k in names if r % 2 == 0 else names[::-1]:
+            seed_step.adam_s = 0.0
+            t0 = time.perf_counter()
+            for _ in range(a.block):
+                fns[k]()
+            ms[k].append((time.perf_counter() - t0) * 1e3 / a.block)
+            if k == "step":
+                ms["adam in step"].append(seed_step.adam_s * 1e3 / a.block)
+    med = {k: statistics.median(v) for k, v in ms.items()}
+    med["rest"] = med["step"] - med["products"] - med["adam in step"] - med["overhead"]
+    # a lower bound: products at their warm, stand-alone speed, Adam as a real step leaves its
+    # caches, the framework's cost of a step with nothing to compute, and no elementwise work
+    floor = med["products"] + med["adam in step"] + med["overhead"]
+    flops = sum(f for _, f, _ in products(a.batch_size, torch.float32, "onednn"))
+    per_epoch = -(-60000 // a.batch_size)
+    n_params = sum(x.numel() for x in seed_step.model.parameters())
+    print(f"{torch.get_num_threads()} torch threads, batch {a.batch_size}: median ms per step over "
+          f"{a.rounds} rounds of {a.block}")
+    notes = {"step": "the default seed-model step",
+             "products": f"its 11 products alone, {flops / med['products'] / 1e6:.0f} GFLOP/s",
+             "adam in step": f"fused Adam on {n_params / 1e6:.2f} M parameters, timed inside the step",
+             "adam alone": "the same update repeated alone (caches warm)",
+             "overhead": "the same step with every width 8, batch 1",
+             "rest": "step - products - adam in step - overhead: elementwise ops, oneDNN/Function cost, "
+                     "products on cold caches"}
+    for k in ("step", "products", "adam in step", "adam alone", "overhead", "rest"):
+        print(f"  {k:12s} {med[k]:6.3f} ms  {notes[k]}")
+    rate = lambda step_ms: a.batch_size / step_ms * 1e3  # noqa: E731
+    print(f"eager floor (products + adam in step + overhead): {floor:.3f} ms = {rate(floor):,.0f} samples/s "
+          f"({floor * per_epoch / 1e3:.2f} s per 60k-image epoch); the step now: {rate(med['step']):,.0f}")
+    record = {"batch_size": a.batch_size, "threads": torch.get_num_threads(), "torch": torch.__version__,
+              "rounds": a.rounds, "block": a.block, "median_ms": med, "floor_ms": floor, "all_ms": ms,
+              "date": time.strftime("%Y-%m-%d %H:%M:%S")}
+    if ref is not None:
+        need = a.batch_size / (TARGET * ref) * 1e3
+        record.update(reference_samples_per_s=ref, target_step_ms=need)
+        print(f"{TARGET:.0f}x the reference's {ref:,.0f} samples/s needs {need:.3f} ms per step: "
+              + (f"{need - floor:.3f} ms above the eager floor" if need >= floor else
+                 f"{floor - need:.3f} ms below the eager floor, out of eager reach"))
+    a.out.parent.mkdir(parents=True, exist_ok=True)
+    a.out.write_text(json.dumps(record, indent=2) + "\n")
+    print(f"record: {a.out}")
+
+
+if __name__ == "__main__":
+    main()

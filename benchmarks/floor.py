@@ -32,6 +32,7 @@ from pathlib import Path
 import torch
 
 from gemm_shapes import products
+from speed import machine
 from vaelab.data import to_float
 from vaelab.losses import vae_loss
 from vaelab.models.mlp import MLPVAE
@@ -46,7 +47,7 @@ class Step:
     time inside a real step, caches as the forward and backward left them."""
 
     def __init__(self, model: MLPVAE) -> None:
-        self.model, self.adam_s, self.calls = model, 0.0, 0
+        self.model, self.adam_s = model, 0.0
         self.opt = torch.optim.Adam(model.parameters(), lr=1e-3, fused=True)
 
     def __call__(self, x: torch.Tensor) -> None:
@@ -57,7 +58,6 @@ class Step:
         t0 = time.perf_counter()
         self.opt.step()
         self.adam_s += time.perf_counter() - t0
-        self.calls += 1
 
 
 def parts(batch: int) -> tuple[dict[str, object], Step]:
@@ -130,8 +130,9 @@ def main() -> None:
     flops = sum(f for _, f, _ in products(a.batch_size, torch.float32, "onednn"))
     per_epoch = -(-60000 // a.batch_size)
     n_params = sum(x.numel() for x in seed_step.model.parameters())
-    print(f"{torch.get_num_threads()} torch threads, batch {a.batch_size}: median ms per step over "
-          f"{a.rounds} rounds of {a.block}")
+    m = machine("cpu")
+    print(f"{m['cpu']}, {m['cores']} cores, {m['torch_threads']} torch threads, batch {a.batch_size}: "
+          f"median ms per step over {a.rounds} rounds of {a.block}")
     notes = {"step": "the default seed-model step",
              "products": f"its 11 products alone, {flops / med['products'] / 1e6:.0f} GFLOP/s",
              "adam in step": f"fused Adam on {n_params / 1e6:.2f} M parameters, timed inside the step",
@@ -144,7 +145,7 @@ def main() -> None:
     rate = lambda step_ms: a.batch_size / step_ms * 1e3  # noqa: E731
     print(f"eager floor (products + adam in step + overhead): {floor:.3f} ms = {rate(floor):,.0f} samples/s "
           f"({floor * per_epoch / 1e3:.2f} s per 60k-image epoch); the step now: {rate(med['step']):,.0f}")
-    record = {"batch_size": a.batch_size, "threads": torch.get_num_threads(), "torch": torch.__version__,
+    record = {"machine": m, "batch_size": a.batch_size,
               "rounds": a.rounds, "block": a.block, "median_ms": med, "floor_ms": floor, "all_ms": ms,
               "date": time.strftime("%Y-%m-%d %H:%M:%S")}
     if ref is not None:

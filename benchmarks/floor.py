@@ -60,8 +60,9 @@ class Step:
         self.adam_s += time.perf_counter() - t0
 
 
-def parts(batch: int) -> tuple[dict[str, object], Step]:
-    """The timed parts (name -> fn), and the seed-model step whose Adam time is also kept."""
+def parts(batch: int) -> tuple[dict[str, object], Step, int]:
+    """The timed parts (name -> fn), the seed-model step whose Adam time is also kept, and the
+    FLOPs of its 11 products."""
     torch.manual_seed(0)
     step = Step(MLPVAE(256, size="base"))  # the seed's network, model.linear=onednn as by default
     images = torch.randint(0, 256, (60000, 784), dtype=torch.uint8)  # MNIST's shape and dtype
@@ -71,10 +72,10 @@ def parts(batch: int) -> tuple[dict[str, object], Step]:
         i = pos[0] = (pos[0] + batch) % (60000 - batch)
         step(to_float(images.index_select(0, perm[i:i + batch])))
 
-    prods = [fn for _, _, fn in products(batch, torch.float32, "onednn")]
+    prods = products(batch, torch.float32, "onednn")
 
     def all_products() -> None:
-        for fn in prods:
+        for _, _, fn in prods:
             fn()
 
     params = [p.detach().clone() for p in step.model.parameters()]
@@ -84,7 +85,7 @@ def parts(batch: int) -> tuple[dict[str, object], Step]:
     # every product < ONEDNN_MIN_MACS, so F.linear: the cheapest eager path
     tiny, tiny_x = Step(MLPVAE(8, hidden=[8], input_dim=8, image_shape=(1, 2, 4))), torch.rand(1, 8)
     return {"step": one_step, "products": all_products, "adam alone": adam.step,
-            "overhead": lambda: tiny(tiny_x)}, step
+            "overhead": lambda: tiny(tiny_x)}, step, sum(f for _, f, _ in prods)
 
 
 def main() -> None:
@@ -107,7 +108,7 @@ def main() -> None:
     if ref is not None and ref <= 0:
         p.error(f"--reference-rate {ref}: must be > 0 samples/s")
     torch.set_flush_denormal(True)  # as vaelab-train does by default
-    fns, seed_step = parts(a.batch_size)
+    fns, seed_step, flops = parts(a.batch_size)
     for fn in fns.values():  # warm-up
         for _ in range(5):
             fn()
@@ -127,7 +128,6 @@ def main() -> None:
     # a lower bound: products at their warm, stand-alone speed, Adam as a real step leaves its
     # caches, the framework's cost of a step with nothing to compute, and no elementwise work
     floor = med["products"] + med["adam in step"] + med["overhead"]
-    flops = sum(f for _, f, _ in products(a.batch_size, torch.float32, "onednn"))
     per_epoch = -(-60000 // a.batch_size)
     n_params = sum(x.numel() for x in seed_step.model.parameters())
     m = machine("cpu")

@@ -1,9 +1,9 @@
 """What one training step of the seed model is made of, and how fast an eager step can be.
 
     python benchmarks/floor.py [--rounds 10] [--block 100] [--reference-rate SAMPLES_PER_S]
-                               [--record results/speed-cpu-epyc.json] [--out PATH]
+                               [--record benchmarks/results/speed-cpu-epyc-run4.json] [--out PATH]
 
-Times four things, alternated in blocks of --block calls so that a busy minute on the host
+Times five things, alternated in blocks of --block calls so that a busy minute on the host
 slows them all alike (order reversed every other round), and prints the median ms of each:
   step          the seed model's training step as vaelab-train runs it by default (oneDNN
                 products, vae_loss, zero_grad, backward, fused Adam) on MNIST-shaped random
@@ -12,9 +12,14 @@ slows them all alike (order reversed every other round), and prints the median m
   adam alone    the fused Adam update of its 1.2 M parameters repeated alone (caches warm)
   overhead      the same step code on a model whose every width is 8, at batch 1: what
                 dispatch, autograd and the optimizer cost with next to no arithmetic
+  by hand       the same step written out without autograd (HandStep): the gradients of the
+                seed loss worked out in ~25 tensor calls into preallocated buffers, ReLU and
+                sigmoid fused into the oneDNN products, then the same fused Adam. It is checked
+                against autograd's gradients before it is timed. It shows what dropping autograd
+                altogether would buy, the one means the floor does not bound.
 rest = step - products - adam in step - overhead: the elementwise ops, the oneDNN Function's
 extra cost, and products running on caches that Adam has just swept. The eager floor, products
-+ adam in step + overhead, is a lower bound on any eager PyTorch step of this model here: it
++ adam in step + overhead, is a lower bound on any eager autograd step of this model here: it
 leaves out all elementwise work and gives the products their warm, stand-alone speed. With a
 reference rate (--reference-rate, or --record: a speed.py record, whose reference samples/s is
 used) it prints the step time that 3x the reference needs, and whether that is within reach.
@@ -39,6 +44,77 @@ from vaelab.models.mlp import MLPVAE
 
 REPO = Path(__file__).resolve().parents[1]
 TARGET = 3.0
+
+
+class HandStep:
+    """The seed model's step with its backward written out by hand: no autograd graph.
+
+    Same model, loss (MSE recon summed over pixels + KL, averaged over the batch, beta=1) and
+    fused Adam as Step; for one hidden layer (784 -> 512 -> [mu | logvar] -> 512 -> 784). With
+    s = sigmoid(a) the decoder mean and B the batch, the gradients of the batch-mean loss are
+      d a = 2/B (s - x) s (1 - s)
+      d mu = d z + mu / B,   d logvar = 1/2 d z eps std + 1/2B (std^2 - 1)   (z = mu + eps std)
+    and through each Linear: d W = g^T h, d b = sum_rows g, d h = g W, masked by h > 0 after a ReLU.
+    Benchmark only: one architecture, no second derivatives, nothing to reuse.
+    """
+
+    def __init__(self, model: MLPVAE) -> None:
+        if len(model.hidden) != 1:
+            raise ValueError(f"HandStep: one hidden layer only, got hidden={model.hidden}")
+        (self.l1, _), self.head, (self.l4, _, self.l5) = model.encoder, model.head, model.decoder
+        self.model, self.latent = model, model.latent_size
+        for p in model.parameters():
+            p.grad = torch.zeros_like(p)  # written in place every step (out=), never reallocated
+        self.opt = torch.optim.Adam(model.parameters(), lr=1e-3, fused=True)
+
+    @staticmethod
+    def _linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, act: str = "none") -> torch.Tensor:
+        return torch.ops.mkldnn._linear_pointwise(x, w, b, act, [], "")  # act fused into the product
+
+    @torch.no_grad()
+    def grads(self, x: torch.Tensor) -> None:
+        """Write d loss / d parameter into each parameter's .grad; x (B, 784) in [0, 1]."""
+        (l1, head, l4, l5), L, B = (self.l1, self.head, self.l4, self.l5), self.latent, x.shape[0]
+        h1 = self._linear(x, l1.weight, l1.bias, "relu")  # (B, 512)
+        o = self._linear(h1, head.weight, head.bias)  # (B, 2L) = [mu | logvar]
+        mu, logvar = o[:, :L], o[:, L:]
+        std = torch.exp(logvar * 0.5)
+        eps = torch.randn(std.shape)
+        z = torch.addcmul(mu, eps, std)  # (B, L)
+        h4 = self._linear(z, l4.weight, l4.bias, "relu")  # (B, 512)
+        s = self._linear(h4, l5.weight, l5.bias, "sigmoid")  # (B, 784)
+        ga = torch.ops.aten.sigmoid_backward(torch.sub(s, x).mul_(2.0 / B), s)
+        torch.mm(ga.t(), h4, out=l5.weight.grad), torch.sum(ga, 0, out=l5.bias.grad)
+        g4 = torch.ops.aten.threshold_backward(self._linear(ga, l5.weight.t(), None), h4, 0)
+        torch.mm(g4.t(), z, out=l4.weight.grad), torch.sum(g4, 0, out=l4.bias.grad)
+        gz = self._linear(g4, l4.weight.t(), None)  # (B, L)
+        go = torch.empty_like(o)
+        torch.add(gz, mu, alpha=1.0 / B, out=go[:, :L])
+        kl_lv = torch.mul(std, std).sub_(1).mul_(0.5 / B)
+        torch.addcmul(kl_lv, gz.mul_(eps), std, value=0.5, out=go[:, L:])
+        torch.mm(go.t(), h1, out=head.weight.grad), torch.sum(go, 0, out=head.bias.grad)
+        g1 = torch.ops.aten.threshold_backward(self._linear(go, head.weight.t(), None), h1, 0)
+        torch.mm(g1.t(), x, out=l1.weight.grad), torch.sum(g1, 0, out=l1.bias.grad)
+
+    def __call__(self, x: torch.Tensor) -> None:
+        self.grads(x)
+        self.opt.step()
+
+
+def hand_grads_error(batch: int = 64, seed: int = 0) -> float:
+    """Largest relative gap between HandStep's gradients and autograd's (vae_loss, same eps)."""
+    torch.manual_seed(seed)
+    auto = MLPVAE(256, size="base")
+    hand = MLPVAE(256, size="base")
+    hand.load_state_dict(auto.state_dict())
+    x = torch.rand(batch, 784)
+    torch.manual_seed(seed + 1)  # the same eps for both: reparameterize draws it with randn
+    logits, mu, logvar = auto(x)
+    vae_loss(logits, x, mu, logvar, recon="mse", beta=1.0)["loss"].backward()
+    torch.manual_seed(seed + 1)
+    HandStep(hand).grads(x)
+    return max(float((h.grad - a.grad).abs().max() / a.grad.abs().max())
+               for h, a in zip(hand.parameters(), auto.parameters()))
 
 
 class Step:
@@ -68,9 +144,11 @@ def parts(batch: int) -> tuple[dict[str, object], Step, int]:
     images = torch.randint(0, 256, (60000, 784), dtype=torch.uint8)  # MNIST's shape and dtype
     perm, pos = torch.randperm(60000), [0]
 
-    def one_step() -> None:
+    hand = HandStep(MLPVAE(256, size="base"))
+
+    def next_batch() -> torch.Tensor:
         i = pos[0] = (pos[0] + batch) % (60000 - batch)
-        step(to_float(images.index_select(0, perm[i:i + batch])))
+        return to_float(images.index_select(0, perm[i:i + batch]))
 
     prods = products(batch, torch.float32, "onednn")
 
@@ -84,8 +162,9 @@ def parts(batch: int) -> tuple[dict[str, object], Step, int]:
     adam = torch.optim.Adam(params, lr=1e-3, fused=True)
     # every product < ONEDNN_MIN_MACS, so F.linear: the cheapest eager path
     tiny, tiny_x = Step(MLPVAE(8, hidden=[8], input_dim=8, image_shape=(1, 2, 4))), torch.rand(1, 8)
-    return {"step": one_step, "products": all_products, "adam alone": adam.step,
-            "overhead": lambda: tiny(tiny_x)}, step, sum(f for _, f, _ in prods)
+    return {"step": lambda: step(next_batch()), "products": all_products, "adam alone": adam.step,
+            "overhead": lambda: tiny(tiny_x), "by hand": lambda: hand(next_batch())}, step, \
+        sum(f for _, f, _ in prods)
 
 
 def main() -> None:
@@ -108,6 +187,10 @@ def main() -> None:
     if ref is not None and ref <= 0:
         p.error(f"--reference-rate {ref}: must be > 0 samples/s")
     torch.set_flush_denormal(True)  # as vaelab-train does by default
+    hand_err = hand_grads_error()
+    if hand_err > 1e-5:  # float rounding is ~1e-7; more means the hand-written maths is wrong
+        sys.exit(f"floor.py: error: the hand-written step's gradients differ from autograd's by {hand_err:.1e} "
+                 "(relative); allowed: 1e-5")
     fns, seed_step, flops = parts(a.batch_size)
     for fn in fns.values():  # warm-up
         for _ in range(5):
@@ -139,21 +222,24 @@ def main() -> None:
              "adam alone": "the same update repeated alone (caches warm)",
              "overhead": "the same step with every width 8, batch 1",
              "rest": "step - products - adam in step - overhead: elementwise ops, oneDNN/Function cost, "
-                     "products on cold caches"}
-    for k in ("step", "products", "adam in step", "adam alone", "overhead", "rest"):
+                     "products on cold caches",
+             "by hand": f"the same step without autograd (gradients as autograd's to {hand_err:.0e})"}
+    for k in ("step", "products", "adam in step", "adam alone", "overhead", "rest", "by hand"):
         print(f"  {k:12s} {med[k]:6.3f} ms  {notes[k]}")
     rate = lambda step_ms: a.batch_size / step_ms * 1e3  # noqa: E731
     print(f"eager floor (products + adam in step + overhead): {floor:.3f} ms = {rate(floor):,.0f} samples/s "
           f"({floor * per_epoch / 1e3:.2f} s per 60k-image epoch); the step now: {rate(med['step']):,.0f}")
-    record = {"machine": m, "batch_size": a.batch_size,
-              "rounds": a.rounds, "block": a.block, "median_ms": med, "floor_ms": floor, "all_ms": ms,
+    record = {"machine": m, "batch_size": a.batch_size, "rounds": a.rounds, "block": a.block,
+              "median_ms": med, "floor_ms": floor, "hand_grad_rel_error": hand_err, "all_ms": ms,
               "date": time.strftime("%Y-%m-%d %H:%M:%S")}
     if ref is not None:
         need = a.batch_size / (TARGET * ref) * 1e3
         record.update(reference_samples_per_s=ref, target_step_ms=need)
         print(f"{TARGET:.0f}x the reference's {ref:,.0f} samples/s needs {need:.3f} ms per step: "
               + (f"{need - floor:.3f} ms above the eager floor" if need >= floor else
-                 f"{floor - need:.3f} ms below the eager floor, out of eager reach"))
+                 f"{floor - need:.3f} ms below the eager floor, out of eager reach")
+              + f"; written by hand without autograd it takes {med['by hand']:.3f} ms, "
+              + f"{rate(med['by hand']) / ref:.2f}x the reference")
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text(json.dumps(record, indent=2) + "\n")
     print(f"record: {a.out}")

@@ -94,13 +94,26 @@ def test_floor_splits_the_step_into_its_parts(tmp_path):
     assert p.returncode == 0, p.stdout + p.stderr
     rec = json.loads(out.read_text())
     med = rec["median_ms"]
-    parts = ("step", "products", "adam in step", "adam alone", "overhead")
+    parts = ("step", "products", "adam in step", "adam alone", "overhead", "by hand")
     assert all(0 < med[k] for k in parts) and med["adam in step"] < med["step"]
     assert med["rest"] == pytest.approx(med["step"] - med["products"] - med["adam in step"] - med["overhead"])
     assert rec["floor_ms"] == pytest.approx(med["products"] + med["adam in step"] + med["overhead"])
     assert rec["target_step_ms"] == pytest.approx(64 / (3 * 5000) * 1e3)  # 4.27 ms
     assert {k: len(rec["all_ms"][k]) for k in parts} == dict.fromkeys(parts, 2)
     assert "eager floor" in p.stdout and "3x the reference's 5,000 samples/s needs 4.267 ms" in p.stdout
+    assert rec["hand_grad_rel_error"] < 1e-5
+    hand_x = 64 / med["by hand"] * 1e3 / 5000
+    assert f"written by hand without autograd it takes {med['by hand']:.3f} ms, {hand_x:.2f}x" in p.stdout
+
+
+def test_floor_hand_written_step_has_autograds_gradients(monkeypatch):
+    """floor.py times a step with its backward written by hand; the timing only means something
+    if it computes the seed loss's gradients (same eps, fp32 rounding apart)."""
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))  # floor.py imports its neighbours
+    floor = _bench_module("floor")
+    assert floor.hand_grads_error(batch=16, seed=3) < 1e-5
+    with pytest.raises(ValueError, match="one hidden layer only"):
+        floor.HandStep(floor.MLPVAE(8, size="large"))
 
 
 def test_floor_bad_record_is_one_line(tmp_path):

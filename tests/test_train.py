@@ -1,6 +1,7 @@
 """End-to-end: a tiny run on generated IDX files leaves a complete run directory."""
 from __future__ import annotations
 
+import functools
 import json
 
 import pytest
@@ -81,6 +82,17 @@ def test_seed_experiment_runs_a_step(make_cfg, tmp_path):
     m = train(cfg, tmp_path)
     assert m["val_split"] == "test" and m["steps"] == 4  # all 256 images, batch 64
     assert torch.isfinite(torch.tensor(m["val_loss"]))
+
+
+def test_compile_trains_through_a_short_last_batch(make_cfg, tmp_path, monkeypatch):
+    """trainer.compile=true: the last batch of an epoch is shorter, which makes torch.compile
+    retrace with a dynamic batch size; sampling eps must trace there too. Dynamo's tracing is
+    what failed, so its eager backend (no inductor build, seconds not a minute) tests it."""
+    monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend="eager"))
+    # 256 - 64 validation = 192 training images at batch 40: 4 full batches, then 32 rows
+    m = train(make_cfg(["latent_size=4", "trainer.epochs=2", "trainer.batch_size=40", "trainer.compile=true",
+                        "trainer.final_eval=false"]), tmp_path)
+    assert m["steps"] == 10 and torch.isfinite(torch.tensor(m["val_loss"]))
 
 
 def test_bf16_autocast_runs_on_cpu_and_changes_the_numbers_only_slightly(make_cfg, tmp_path):

@@ -33,7 +33,10 @@ class VAE(nn.Module):
                        ) -> torch.Tensor:
         """z = mu + sigma * eps, eps ~ N(0, I) (Kingma & Welling 2014, eq. 10)."""
         std = torch.exp(0.5 * logvar)
-        eps = torch.randn(std.shape, dtype=std.dtype, device=std.device, generator=generator)
+        # randn_like when no generator is given (the same draws): torch.compile cannot trace
+        # randn(shape, generator=None) once the batch size is dynamic, e.g. a short last batch.
+        eps = (torch.randn_like(std) if generator is None
+               else torch.randn(std.shape, dtype=std.dtype, device=std.device, generator=generator))
         return mu + eps * std
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

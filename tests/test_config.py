@@ -103,6 +103,11 @@ def test_optimizer_matches_config():
     (["device=gpu"], "allowed: auto, cpu, cuda, cuda:N, mps"),
     (["optim.lr=0"], "optim.lr"),
     (["-m", "latent_size=2,0"], "latent_size=0"),  # every value of a sweep is checked
+    (["+foo=1"], "unknown key 'foo' in override '+foo=1'"),  # `+` gets past compose, not the schema
+    (["++trainer.epochz=1"], "did you mean 'trainer.epochs'"),
+    (["latent_size=2,16"], "lists several values: add -m"),
+    (["latent_size=2,16", "--cfg", "job"], "--cfg shows one job"),
+    (["-m", "latent_size=2,16", "--cfg", "job"], "-m and --cfg: only one of"),
 ])
 def test_bad_input_is_one_line(args, needle):
     err = precheck(args)
@@ -116,6 +121,34 @@ def test_cuda_without_gpu_is_refused():
         resolve_device("cuda")
     assert "no CUDA GPU" in precheck(["device=cuda"])
     assert "no CUDA GPU" in precheck(["device=cuda:1"])
+
+
+def test_sweep_values_need_no_m_when_the_config_sweeps():
+    """hparams_search=optuna sets hydra.mode=MULTIRUN, so its search space needs no -m."""
+    assert precheck(["hparams_search=optuna", "optim.lr=interval(0.0001,0.01)"]) is None
+    assert precheck(["latent_size=2,16", "hydra.mode=MULTIRUN"]) is None
+
+
+@pytest.mark.parametrize("args,out", [
+    (["latent_size=16", "--cfg", "job"], "latent_size: 16"),  # Hydra's flags after overrides
+    (["--info", "defaults"], "Defaults List"),
+    (["--info"], "Installed Hydra Plugins"),
+])
+def test_hydra_flags_work_next_to_the_overrides_vaelab_adds(tmp_path, args, out):
+    """vaelab-train adds an override (sweep folder names); it must not split the user's
+    overrides from Hydra's argparse or become --info's value."""
+    r = subprocess.run([sys.executable, "-m", "vaelab.train", *args], cwd=tmp_path,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert out in r.stdout
+
+
+def test_added_overrides_go_after_the_users_last_one():
+    from vaelab.cli_errors import add_overrides
+    assert add_overrides(["--info"], ["x=1"]) == ["x=1", "--info"]
+    assert add_overrides(["-m", "a=1", "--cfg", "job"], ["x=1"]) == ["-m", "a=1", "x=1", "--cfg", "job"]
+    assert add_overrides(["--info", "defaults", "a=1"], ["x=1"]) == ["--info", "defaults", "a=1", "x=1"]
+    assert add_overrides(["-cn", "config", "a=1", "-p", "trainer"], []) == ["-cn", "config", "a=1", "-p", "trainer"]
 
 
 def test_cli_prints_one_line_and_exits_before_training(tmp_path):

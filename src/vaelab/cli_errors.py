@@ -14,32 +14,53 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
 
-from vaelab.config import CONF_DIR, ConfigError, Config, validate
+from vaelab.config import CONF_DIR, ConfigError, Config, typed, validate
 
 # Hydra's own flags; those in _WITH_VALUE take the next argument as their value.
 _WITH_VALUE = {"--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd", "--cfg", "-c",
                "--package", "-p", "--experimental-rerun"}
 
 
-def split_args(argv: list[str]) -> tuple[list[str], dict[str, str | None]]:
-    """Separate overrides from Hydra flags."""
-    overrides, flags = [], {}
+# --info takes an optional value, one of these (Hydra's argparse choices).
+_INFO = {"--info", "-i"}
+_INFO_VALUES = {"all", "config", "defaults", "defaults-tree", "plugins", "searchpath"}
+
+
+def _positions(argv: list[str]) -> tuple[list[int], dict[str, str | None]]:
+    """Indices of the overrides in argv, and Hydra's flags with their values."""
+    where, flags = [], {}
     i = 0
     while i < len(argv):
         a = argv[i]
         if a.startswith("-"):
-            if "=" in a and a.split("=", 1)[0] in _WITH_VALUE:
+            if "=" in a and a.split("=", 1)[0] in _WITH_VALUE | _INFO:
                 k, v = a.split("=", 1)
                 flags[k] = v
-            elif a in _WITH_VALUE and i + 1 < len(argv):
+            elif (a in _WITH_VALUE and i + 1 < len(argv)) or (
+                    a in _INFO and i + 1 < len(argv) and argv[i + 1] in _INFO_VALUES):
                 flags[a] = argv[i + 1]
                 i += 1
             else:
                 flags[a] = None
         else:
-            overrides.append(a)
+            where.append(i)
         i += 1
-    return overrides, flags
+    return where, flags
+
+
+def split_args(argv: list[str]) -> tuple[list[str], dict[str, str | None]]:
+    """Separate overrides from Hydra flags."""
+    where, flags = _positions(argv)
+    return [argv[i] for i in where], flags
+
+
+def add_overrides(argv: list[str], extra: list[str]) -> list[str]:
+    """argv with `extra` overrides placed right after the user's last override (first if there
+    is none): Hydra's argparse takes the overrides as one run of positionals, so one appended
+    after a flag (`latent_size=16 --cfg job EXTRA`, `--info EXTRA`) breaks the command."""
+    where, _ = _positions(argv)
+    at = where[-1] + 1 if where else 0
+    return argv[:at] + extra + argv[at:]
 
 
 def _keys_of(node) -> list[str]:
@@ -72,9 +93,13 @@ def _compose(overrides: list[str]) -> DictConfig:
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-            return compose("config", overrides=overrides)
+            cfg = compose("config", overrides=overrides)
     finally:
         GlobalHydra.instance().clear()
+    # Hydra lets `+key=` / `++key=` add keys past the schema; the run merges onto it (typed), so
+    # an added key the schema lacks fails there: check it here, while it is one line.
+    typed(cfg)
+    return cfg
 
 
 def precheck(argv: list[str]) -> str | None:
@@ -86,6 +111,11 @@ def precheck(argv: list[str]) -> str | None:
     except Exception as e:  # OverrideParseException
         return f"cannot parse the overrides: {str(e).strip().splitlines()[0]}"
     task = [o for o in parsed if not o.is_hydra_override()]
+    modes = [f for f in flags if f in ("--multirun", "-m", "--run", "-r", "--cfg", "-c", "--info", "-i",
+                                       "--shell-completion", "-sc")]
+    if len(modes) > 1:  # Hydra raises a ValueError (a traceback) for this
+        return (f"{' and '.join(modes)}: only one of --multirun/-m, --run/-r, --cfg/-c, --info/-i and "
+                "--shell-completion may be given (for --cfg, drop -m and give one value per key)")
     if any(f in flags for f in ("--config-dir", "-cd", "--config-name", "-cn", "--config-path", "-cp",
                                 "--help", "-h", "--hydra-help", "--version", "--info", "-i",
                                 "--shell-completion", "-sc")):
@@ -121,4 +151,22 @@ def precheck(argv: list[str]) -> str | None:
             validate(cfg)
         except ConfigError as e:
             return str(e)
+    swept = [o.input_line for o in task if o.is_sweep_override()]
+    if swept and not {"--multirun", "-m"} & set(flags) and not _multirun_by_config(
+            base + [o.input_line for o in parsed if o.is_hydra_override() and not o.is_sweep_override()]):
+        if {"--cfg", "-c"} & set(flags):
+            return f"override '{swept[0]}' lists several values: --cfg shows one job, give one value per key"
+        return f"override '{swept[0]}' lists several values: add -m (--multirun) to run one job per value"
     return None
+
+
+def _multirun_by_config(overrides: list[str]) -> bool:
+    """Whether the composed config itself asks for a sweep (hydra.mode=MULTIRUN, as
+    hparams_search=optuna does), so that a sweep override needs no -m."""
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+            mode = compose("config", overrides=overrides, return_hydra_config=True).hydra.mode
+    finally:
+        GlobalHydra.instance().clear()
+    return str(getattr(mode, "name", mode)) == "MULTIRUN"

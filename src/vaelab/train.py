@@ -448,7 +448,7 @@ def saved_config_argv(argv: list[str]) -> list[str]:
     config.yaml of the same name. Make the saved folder the primary config path instead, keep
     conf/ searchable (hydra/launcher=..., hparams_search=...) and keep conf/config.yaml's
     output folders, which the saved config (it has no hydra: section) does not carry."""
-    from vaelab.cli_errors import split_args
+    from vaelab.cli_errors import add_overrides, split_args
 
     overrides, flags = split_args(argv)
     folder = flags.get("--config-dir") or flags.get("-cd")
@@ -462,13 +462,13 @@ def saved_config_argv(argv: list[str]) -> list[str]:
     keep = {"hydra.searchpath": f"['file://{CONF_DIR}']", "hydra.job.name": h["job"]["name"],
             "hydra.run.dir": f"'{h['run']['dir']}'", "hydra.sweep.dir": f"'{h['sweep']['dir']}'",
             "hydra.sweep.subdir": f"'{h['sweep']['subdir']}'"}
-    return (argv[:i] + ["--config-path", os.path.abspath(folder)] + rest
-            + [f"{k}={v}" for k, v in keep.items() if k not in given])
+    return add_overrides(argv[:i] + ["--config-path", os.path.abspath(folder)] + rest,
+                         [f"{k}={v}" for k, v in keep.items() if k not in given])
 
 
 def main() -> None:
     """Console script `vaelab-train`: check the overrides, then hand over to Hydra."""
-    from vaelab.cli_errors import precheck
+    from vaelab.cli_errors import add_overrides, precheck
 
     register_configs()
     argv = sys.argv[1:] = saved_config_argv(sys.argv[1:])
@@ -476,7 +476,7 @@ def main() -> None:
     if err:
         print(f"vaelab-train: error: {err}", file=sys.stderr)
         sys.exit(2)
-    sys.argv[1:] = argv + sweep_name_override(argv)
+    sys.argv[1:] = add_overrides(argv, sweep_name_override(argv))
     hydra_main()
 
 

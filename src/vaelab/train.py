@@ -36,6 +36,7 @@ from vaelab.evaluate import elbo_stats
 from vaelab.logger import RunLogger, image_grid
 from vaelab.losses import beta_at, vae_loss
 from vaelab.models import VAE
+from vaelab.workflow import pin_environment
 
 log = logging.getLogger("vaelab")
 
@@ -392,6 +393,7 @@ def _pictures(model: VAE, fixed_z: torch.Tensor, recon_x: torch.Tensor, writer: 
 def hydra_main(cfg: DictConfig) -> float:
     """The Hydra app. Returns the final val loss (negative ELBO), which sweepers minimise."""
     run_dir = Path(HydraConfig.get().runtime.output_dir)
+    pin_environment(run_dir, cfg)  # the saved config must not depend on this shell's variables
     try:
         metrics = train(typed(cfg), run_dir)
     except (ConfigError, DataError, ckpt_io.CheckpointError) as e:  # bad input: one line, no traceback

@@ -52,6 +52,34 @@ def _write_atomic(path: Path, text: str) -> None:
     ckpt_io.write_atomic(path, lambda f: f.write(text.encode()))
 
 
+def pin_environment(run_dir: str | Path, cfg) -> list[str]:
+    """Write the values that RUN_DIR/.hydra/config.yaml takes from the environment
+    (`${oc.env:...}`, e.g. data.root from VAELAB_DATA) into it as they were for this run, so that
+    `reproduce` and `resume` in another shell read the same data. Returns the keys pinned.
+
+    Hydra saves the config unresolved; only environment reads are pinned, other interpolations
+    stay as written."""
+    path = Path(run_dir) / ".hydra" / "config.yaml"
+    if not path.is_file():
+        return []
+    raw = OmegaConf.load(path)
+    pinned: list[str] = []
+
+    def walk(node, prefix: str) -> None:
+        for k, v in node.items():
+            key = f"{prefix}{k}"
+            if isinstance(v, dict):
+                walk(v, key + ".")
+            elif isinstance(v, str) and "${oc.env:" in v:
+                OmegaConf.update(raw, key, OmegaConf.select(cfg, key), merge=False)
+                pinned.append(key)
+
+    walk(OmegaConf.to_container(raw, resolve=False), "")
+    if pinned:
+        _write_atomic(path, OmegaConf.to_yaml(raw))
+    return pinned
+
+
 # --- final metrics ------------------------------------------------------------------------
 
 

@@ -108,6 +108,7 @@ def test_optimizer_matches_config():
     (["latent_size=2,16"], "lists several values: add -m"),
     (["latent_size=2,16", "--cfg", "job"], "--cfg shows one job"),
     (["-m", "latent_size=2,16", "--cfg", "job"], "-m and --cfg: only one of"),
+    (["-m", "hydra/launcher=joblibb", "latent_size=2,16"], "available: basic, joblib, ray_local, slurm"),
 ])
 def test_bad_input_is_one_line(args, needle):
     err = precheck(args)
@@ -127,6 +128,15 @@ def test_sweep_values_need_no_m_when_the_config_sweeps():
     """hparams_search=optuna sets hydra.mode=MULTIRUN, so its search space needs no -m."""
     assert precheck(["hparams_search=optuna", "optim.lr=interval(0.0001,0.01)"]) is None
     assert precheck(["latent_size=2,16", "hydra.mode=MULTIRUN"]) is None
+
+
+def test_a_launcher_whose_plugin_is_missing_names_the_extra():
+    import importlib.util
+    if importlib.util.find_spec("hydra_plugins.hydra_ray_launcher") is not None:
+        pytest.skip("the Ray launcher is installed here")
+    err = precheck(["-m", "hydra/launcher=ray_local", "latent_size=2,16"])
+    assert err == ("override 'hydra/launcher=ray_local': Hydra's ray launcher plugin is not installed; "
+                   "install it with: pip install -e '.[ray]'")
 
 
 @pytest.mark.parametrize("args,out", [

@@ -8,6 +8,7 @@ allowed. For a sweep (`latent_size=2,8`) every listed value is checked the same 
 from __future__ import annotations
 
 import difflib
+import re
 
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
@@ -151,22 +152,41 @@ def precheck(argv: list[str]) -> str | None:
             validate(cfg)
         except ConfigError as e:
             return str(e)
+    # Hydra's own groups (launchers, sweepers) only compose with the hydra section: check them
+    # when they are chosen, and whether a sweep given without -m is one the config runs anyway.
+    hydra_ovs = [o.input_line for o in parsed if o.is_hydra_override() and not o.is_sweep_override()]
     swept = [o.input_line for o in task if o.is_sweep_override()]
-    if swept and not {"--multirun", "-m"} & set(flags) and not _multirun_by_config(
-            base + [o.input_line for o in parsed if o.is_hydra_override() and not o.is_sweep_override()]):
-        if {"--cfg", "-c"} & set(flags):
-            return f"override '{swept[0]}' lists several values: --cfg shows one job, give one value per key"
-        return f"override '{swept[0]}' lists several values: add -m (--multirun) to run one job per value"
+    no_m = swept and not {"--multirun", "-m"} & set(flags)
+    if hydra_ovs or no_m or any(o.key_or_group == "hparams_search" for o in task):
+        try:
+            mode = _compose_with_hydra(base + hydra_ovs).hydra.mode
+        except Exception as e:
+            return _explain_plugin(e, hydra_ovs + [o.input_line for o in task if o.key_or_group == "hparams_search"])
+        if no_m and str(getattr(mode, "name", mode)) != "MULTIRUN":  # hparams_search=optuna sets MULTIRUN
+            if {"--cfg", "-c"} & set(flags):
+                return f"override '{swept[0]}' lists several values: --cfg shows one job, give one value per key"
+            return f"override '{swept[0]}' lists several values: add -m (--multirun) to run one job per value"
     return None
 
 
-def _multirun_by_config(overrides: list[str]) -> bool:
-    """Whether the composed config itself asks for a sweep (hydra.mode=MULTIRUN, as
-    hparams_search=optuna does), so that a sweep override needs no -m."""
+# Hydra plugins behind our launcher/sweeper choices, and the extra that installs each.
+_PLUGIN_EXTRAS = {"ray": "ray", "joblib": "sweep", "optuna": "sweep", "submitit_slurm": "slurm",
+                  "submitit_local": "slurm"}
+
+
+def _compose_with_hydra(overrides: list[str]) -> DictConfig:
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-            mode = compose("config", overrides=overrides, return_hydra_config=True).hydra.mode
+            return compose("config", overrides=overrides, return_hydra_config=True)
     finally:
         GlobalHydra.instance().clear()
-    return str(getattr(mode, "name", mode)) == "MULTIRUN"
+
+
+def _explain_plugin(exc: Exception, overrides: list[str]) -> str:
+    """A launcher or sweeper that does not compose: name the missing plugin's extra if that is why."""
+    m = re.search(r"Could not (?:load|find) 'hydra/(launcher|sweeper)/(\w+)'", str(exc))
+    if m and m.group(2) in _PLUGIN_EXTRAS:
+        return (f"override '{' '.join(overrides)}': Hydra's {m.group(2)} {m.group(1)} plugin is not installed; "
+                f"install it with: pip install -e '.[{_PLUGIN_EXTRAS[m.group(2)]}]'")
+    return _explain(exc, " ".join(overrides))

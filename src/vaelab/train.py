@@ -135,7 +135,7 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict:
     """Train (or continue) the run in run_dir; returns the final metrics (also metrics.json)."""
     validate(cfg)
     run_dir = Path(run_dir)
-    (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+    run_dir.mkdir(parents=True, exist_ok=True)  # checkpoints/ and samples/ come once the data has loaded
     handler = _attach_file_log(run_dir)
     try:
         return _train(cfg, run_dir)
@@ -147,7 +147,6 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict:
 
 def _train(cfg: DictConfig, run_dir: Path) -> dict:
     ckpt_dir, sample_dir = run_dir / "checkpoints", run_dir / "samples"
-    sample_dir.mkdir(exist_ok=True)
     saved_cfg = run_dir / ".hydra" / "config.yaml"
     if not saved_cfg.exists():  # train() called without Hydra: keep the run reproducible anyway
         saved_cfg.parent.mkdir(exist_ok=True)
@@ -168,6 +167,8 @@ def _train(cfg: DictConfig, run_dir: Path) -> dict:
     data = load_data(cfg.data.root, device, val_size=cfg.data.val_size, split_seed=cfg.data.split_seed,
                      binarize=cfg.data.binarize, seed=cfg.seed, download=cfg.data.download)
     n_train = len(data.train)
+    ckpt_dir.mkdir(exist_ok=True)
+    sample_dir.mkdir(exist_ok=True)
     if data.val_is_test:
         log.info("data.val_size=0: training on all %d images; 'val' metrics are computed on the test split", n_train)
     model = build_model(cfg, data.train.dim, data.train.image_shape).to(device)

@@ -90,16 +90,17 @@ def _explain(exc: Exception, override: str) -> str:
     return f"override '{override}': {msg}"
 
 
-def _compose(overrides: list[str]) -> DictConfig:
+def _compose(overrides: list[str], hydra_section: bool = False) -> DictConfig:
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-            cfg = compose("config", overrides=overrides)
+            cfg = compose("config", overrides=overrides, return_hydra_config=hydra_section)
     finally:
         GlobalHydra.instance().clear()
-    # Hydra lets `+key=` / `++key=` add keys past the schema; the run merges onto it (typed), so
-    # an added key the schema lacks fails there: check it here, while it is one line.
-    typed(cfg)
+    if not hydra_section:
+        # Hydra lets `+key=` / `++key=` add keys past the schema; the run merges onto it (typed),
+        # so an added key the schema lacks fails there: check it here, while it is one line.
+        typed(cfg)
     return cfg
 
 
@@ -159,7 +160,7 @@ def precheck(argv: list[str]) -> str | None:
     no_m = swept and not {"--multirun", "-m"} & set(flags)
     if hydra_ovs or no_m or any(o.key_or_group == "hparams_search" for o in task):
         try:
-            mode = _compose_with_hydra(base + hydra_ovs).hydra.mode
+            mode = _compose(base + hydra_ovs, hydra_section=True).hydra.mode
         except Exception as e:
             return _explain_plugin(e, hydra_ovs + [o.input_line for o in task if o.key_or_group == "hparams_search"])
         if no_m and str(getattr(mode, "name", mode)) != "MULTIRUN":  # hparams_search=optuna sets MULTIRUN
@@ -172,15 +173,6 @@ def precheck(argv: list[str]) -> str | None:
 # Hydra plugins behind our launcher/sweeper choices, and the extra that installs each.
 _PLUGIN_EXTRAS = {"ray": "ray", "joblib": "sweep", "optuna": "sweep", "submitit_slurm": "slurm",
                   "submitit_local": "slurm"}
-
-
-def _compose_with_hydra(overrides: list[str]) -> DictConfig:
-    GlobalHydra.instance().clear()
-    try:
-        with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-            return compose("config", overrides=overrides, return_hydra_config=True)
-    finally:
-        GlobalHydra.instance().clear()
 
 
 def _explain_plugin(exc: Exception, overrides: list[str]) -> str:

@@ -24,11 +24,12 @@ from __future__ import annotations
 import argparse
 import copy
 import statistics
+import sys
 import time
 
 import torch
 
-from vaelab.data import load_data, to_float
+from vaelab.data import DataError, load_data, to_float
 from vaelab.losses import vae_loss
 from vaelab.models.linear import Linear
 from vaelab.models.mlp import MLPVAE
@@ -148,14 +149,18 @@ def main() -> None:
     p.add_argument("--block", type=int, default=100, help="steps per variant per round")
     p.add_argument("--size", choices=["small", "base", "large"], default="base", help="as model.size")
     a = p.parse_args()
-    if min(a.rounds, a.batch_size, a.block) < 1:
-        p.error(f"--rounds {a.rounds} --batch-size {a.batch_size} --block {a.block}: each must be >= 1")
+    if min(a.rounds, a.batch_size, a.block) < 1 or a.batch_size > 30000:
+        p.error(f"--rounds {a.rounds} --batch-size {a.batch_size} --block {a.block}: each must be >= 1, "
+                "the batch size at most 30000 (half the training images)")
     variants = a.variants.split(",")
     for v in variants:
         if v not in VARIANTS:
             p.error(f"--variants: unknown variant '{v}'; allowed: {', '.join(VARIANTS)}")
     torch.set_flush_denormal(True)  # as vaelab-train does by default
-    data = load_data(a.data_root, torch.device("cpu"), val_size=0, download=False)
+    try:
+        data = load_data(a.data_root, torch.device("cpu"), val_size=0, download=False)
+    except DataError as e:
+        sys.exit(f"ab_step.py: error: --data-root {a.data_root}: {e}")
     images, n, b = data.train.images, len(data.train), a.batch_size
     torch.manual_seed(0)
     init = MLPVAE(256, size=a.size)  # base: the seed's network

@@ -176,8 +176,9 @@ def main() -> None:
     p.add_argument("--record", type=Path, help="a speed.py record: its reference samples/s is used")
     p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "floor-cpu.json")
     a = p.parse_args()
-    if min(a.rounds, a.block, a.batch_size) < 1:
-        p.error(f"--rounds {a.rounds} --block {a.block} --batch-size {a.batch_size}: each must be >= 1")
+    if min(a.rounds, a.block, a.batch_size) < 1 or a.batch_size > 30000:
+        p.error(f"--rounds {a.rounds} --block {a.block} --batch-size {a.batch_size}: each must be >= 1, "
+                "the batch size at most 30000 (half of the 60,000 images it cycles through)")
     ref = a.reference_rate
     if a.record is not None:
         try:

@@ -1,11 +1,11 @@
 """Where a training step's time goes: torch.profiler over the seed model's step.
 
-    python benchmarks/profile_step.py [--impl fused|foreach] [--steps 200] [--batch-size 64] [--phases]
-                                      [--amp off|bf16] [--linear onednn|aten]
+    python benchmarks/profile_step.py [--impl fused|foreach|forloop] [--steps 200] [--batch-size 64]
+                                      [--rows 15] [--phases] [--amp off|bf16] [--linear onednn|aten]
 
 Builds the model, optimizer and loss exactly as vaelab-train experiment=seed does (through the
 composed config), runs warm-up steps, then profiles --steps steps on the CPU and prints the
-top ops by self time. --phases instead times the parts of a step with a wall clock (no
+top --rows ops by self time. Batches go round the 60,000 images, as epochs do. --phases instead times the parts of a step with a wall clock (no
 profiler overhead): batch, forward, loss, zero_grad, backward, optimizer, median over steps.
 --amp bf16 runs the forward under bf16 autocast, as `trainer.amp=bf16` does. --linear aten
 puts every product on MKL (F.linear), as `model.linear=aten` does.
@@ -28,16 +28,17 @@ from vaelab.train import build_model, build_optimizer
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--impl", default="fused")
-    p.add_argument("--steps", type=int, default=200)
+    p.add_argument("--impl", choices=["fused", "foreach", "forloop"], default="fused", help="as optim.impl")
+    p.add_argument("--steps", type=int, default=200, help="steps timed (and profiled)")
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--rows", type=int, default=15)
+    p.add_argument("--rows", type=int, default=15, help="ops shown in the profiler table")
     p.add_argument("--phases", action="store_true", help="wall-clock time per phase instead of the profiler")
     p.add_argument("--amp", choices=["off", "bf16"], default="off", help="as trainer.amp")
     p.add_argument("--linear", choices=["onednn", "aten"], default="onednn", help="as model.linear")
     a = p.parse_args()
-    if a.steps < 1 or a.batch_size < 1:
-        p.error(f"--steps {a.steps} --batch-size {a.batch_size}: both must be >= 1")
+    if a.steps < 1 or a.rows < 1 or not 1 <= a.batch_size <= 60000:
+        p.error(f"--steps {a.steps} --rows {a.rows} --batch-size {a.batch_size}: each must be >= 1, "
+                "the batch size at most 60000")
     register_configs()
     with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
         cfg = typed(compose("config", overrides=["experiment=seed", f"optim.impl={a.impl}",
@@ -50,6 +51,7 @@ def main() -> None:
     amp = torch.autocast("cpu", dtype=torch.bfloat16) if a.amp == "bf16" else nullcontext()
     images = torch.randint(0, 256, (60000, 784), dtype=torch.uint8)  # shape and dtype of MNIST on device
     perm = torch.randperm(60000)
+    per_epoch = 60000 // a.batch_size  # full batches; step i takes batch i mod this, never an empty one
 
     phase_ms: dict[str, list[float]] = {k: [] for k in
                                          ("batch", "forward", "loss", "zero_grad", "backward", "optimizer")}
@@ -57,7 +59,8 @@ def main() -> None:
     def step(i: int, timed: bool = False) -> torch.Tensor:
         # perf_counter is exact here: CPU ops run synchronously.
         t = [time.perf_counter()]
-        x = images.index_select(0, perm[i * a.batch_size:(i + 1) * a.batch_size]).float().div_(255)
+        j = i % per_epoch
+        x = images.index_select(0, perm[j * a.batch_size:(j + 1) * a.batch_size]).float().div_(255)
         t.append(time.perf_counter())
         with amp:
             logits, mu, logvar = model(x)

@@ -2,11 +2,13 @@
 resident memory over many epochs (a leak would show as growth).
 
     python benchmarks/scaling.py --data-root ../shared/data [--device cpu] [--epochs 2]
-    python benchmarks/scaling.py --data-root ../shared/data --memory-epochs 20
+                                 [--batch-sizes 64,256,1024,4096] [--sizes small,base,large] [--out PATH]
+    python benchmarks/scaling.py --data-root ../shared/data --memory-epochs 20 [--out PATH]
 
 Each point is one `vaelab-train experiment=seed` process; s/epoch is the training-loop time
 of the last epoch (the first includes warm-up). Results: benchmarks/results/scaling-<device>.json
-and a Markdown table on stdout for benchmarks/README.md.
+(memory-<device>.json with --memory-epochs) and a Markdown table on stdout for
+benchmarks/README.md. The data must be there already (data.download=false).
 """
 from __future__ import annotations
 
@@ -27,7 +29,8 @@ REPO = Path(__file__).resolve().parents[1]
 def run(data_root: Path, device: str, epochs: int, overrides: list[str], tmp: Path) -> dict:
     run_dir = tmp / "_".join(o.replace("=", "-").replace("/", "") for o in overrides)
     cmd = [sys.executable, "-m", "vaelab.train", "experiment=seed", f"trainer.epochs={epochs}",
-           f"data.root={data_root}", f"device={device}", "trainer.final_eval=false", "trainer.progress=false",
+           f"data.root={data_root}", "data.download=false", f"device={device}", "trainer.final_eval=false",
+           "trainer.progress=false",
            "logger.images_every=1000000", f"hydra.run.dir={run_dir}", *overrides]
     r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
     if r.returncode != 0:
@@ -43,16 +46,31 @@ def run(data_root: Path, device: str, epochs: int, overrides: list[str], tmp: Pa
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--data-root", type=Path, required=True)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--epochs", type=int, default=2)
-    p.add_argument("--batch-sizes", default="64,256,1024,4096")
-    p.add_argument("--sizes", default="small,base,large")
-    p.add_argument("--memory-epochs", type=int, default=0, help="instead: RSS over this many epochs")
+    p = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
+    p.add_argument("--data-root", type=Path, required=True, help="a folder holding MNIST/raw/")
+    p.add_argument("--device", default="cpu", help="as vaelab-train's device")
+    p.add_argument("--epochs", type=int, default=2, help="per point; the last epoch is timed")
+    p.add_argument("--batch-sizes", default="64,256,1024,4096", help="comma-separated")
+    p.add_argument("--sizes", default="small,base,large", help="model.size values, comma-separated")
+    p.add_argument("--memory-epochs", type=int, default=0,
+                   help="instead of the table: RSS over this many epochs (>= 2: growth is counted from epoch 2)")
+    p.add_argument("--out", type=Path, help="the JSON record (default benchmarks/results/scaling-<device>.json, "
+                                            "memory-<device>.json with --memory-epochs)")
     args = p.parse_args()
+    if args.epochs < 1 or args.memory_epochs < 0 or args.memory_epochs == 1:
+        p.error(f"--epochs {args.epochs} --memory-epochs {args.memory_epochs}: --epochs must be >= 1, "
+                "--memory-epochs 0 (off) or >= 2")
+    try:
+        bad = [b for b in args.batch_sizes.split(",") if int(b) < 1]
+    except ValueError:
+        bad = [args.batch_sizes]
+    sizes = {"small": "[256]", "base": "[512]", "large": "[1024,512]"}
+    if bad or not set(args.sizes.split(",")) <= set(sizes):
+        p.error(f"--batch-sizes {args.batch_sizes} --sizes {args.sizes}: batch sizes must be integers >= 1, "
+                f"sizes among {', '.join(sizes)}")
     root = args.data_root.resolve()
-    out = REPO / "benchmarks" / "results" / f"scaling-{args.device.replace(':', '')}.json"
+    kind = "memory" if args.memory_epochs else "scaling"
+    out = args.out or REPO / "benchmarks" / "results" / f"{kind}-{args.device.replace(':', '')}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="vaelab-scaling-") as t:
         tmp = Path(t)
@@ -61,7 +79,6 @@ def main() -> None:
             print("| epoch | RSS (MiB) | train loss |\n|---:|---:|---:|")
             for i, (m, l) in enumerate(zip(r["rss_mib"], r["train_loss"])):
                 print(f"| {i + 1} | {m:.0f} | {l:.2f} |")
-            out = out.with_name(out.stem.replace("scaling", "memory") + ".json")
             out.write_text(json.dumps({"machine": machine(args.device), **r}, indent=2) + "\n")
             print(f"RSS growth epoch 2 -> {len(r['rss_mib'])}: {r['rss_mib'][-1] - r['rss_mib'][1]:+.1f} MiB")
             return
@@ -71,8 +88,7 @@ def main() -> None:
             for bs in args.batch_sizes.split(","):
                 r = run(root, args.device, args.epochs, [f"trainer.batch_size={bs}", f"model.size={size}"], tmp)
                 rows.append(r)
-                hidden = {"small": "[256]", "base": "[512]", "large": "[1024,512]"}[size]
-                print(f"| {bs} | {size} | {hidden} | {r['s_per_epoch']:.2f} | {r['samples_per_s'][-1]:.0f} |",
+                print(f"| {bs} | {size} | {sizes[size]} | {r['s_per_epoch']:.2f} | {r['samples_per_s'][-1]:.0f} |",
                       flush=True)
         out.write_text(json.dumps({"machine": machine(args.device), "rows": rows}, indent=2) + "\n")
 

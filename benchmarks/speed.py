@@ -110,6 +110,8 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=None, help="JSON record (default benchmarks/results/speed-<device>.json)")
     p.add_argument("overrides", nargs="*", help="extra vaelab-train overrides, e.g. optim.impl=foreach")
     args = p.parse_args()
+    if args.epochs < 1 or args.rounds < 1:
+        p.error(f"--epochs {args.epochs} --rounds {args.rounds}: both must be >= 1")
     args.data_root = args.data_root.resolve()
     if not args.reference.is_file():
         sys.exit(f"speed.py: error: reference script not found at {args.reference} (use --reference PATH)")

@@ -123,3 +123,22 @@ def test_floor_bad_record_is_one_line(tmp_path):
                        capture_output=True, text=True)
     assert p.returncode != 0 and "Traceback" not in p.stderr
     assert p.stderr.strip().startswith(f"floor.py: error: --record {bad}: not a readable speed.py record")
+
+
+@pytest.mark.parametrize("script,args,start", [
+    ("speed.py", ["--data-root", "{tmp}", "--rounds", "0"], "error: --epochs 2 --rounds 0: both must be >= 1"),
+    ("floor.py", ["--batch-size", "60000"], "error: --rounds 10 --block 100 --batch-size 60000"),
+    ("ab_step.py", ["--data-root", "{tmp}"], "ab_step.py: error: --data-root {tmp}: MNIST not found"),
+    ("scaling.py", ["--data-root", "{tmp}", "--memory-epochs", "1"], "error: --epochs 2 --memory-epochs 1"),
+    ("scaling.py", ["--data-root", "{tmp}", "--sizes", "huge"], "error: --batch-sizes 64,256,1024,4096 --sizes huge"),
+    ("profile_step.py", ["--impl", "bogus"], "error: argument --impl: invalid choice: 'bogus'"),
+    ("profile_step.py", ["--batch-size", "60001"], "error: --steps 200 --rows 15 --batch-size 60001"),
+])
+def test_bad_benchmark_arguments_are_one_line(tmp_path, script, args, start):
+    """Each benchmark refuses bad arguments with one line, before any work (and writes nothing)."""
+    fill = lambda s: s.replace("{tmp}", str(tmp_path))  # noqa: E731
+    p = subprocess.run([sys.executable, str(REPO / "benchmarks" / script), *map(fill, args)],
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode != 0 and "Traceback" not in p.stderr, p.stderr
+    assert fill(start) in p.stderr.strip().splitlines()[-1]
+    assert not list(tmp_path.iterdir())

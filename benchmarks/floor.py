@@ -108,7 +108,7 @@ def hand_grads_error(batch: int = 64, seed: int = 0) -> float:
     hand = MLPVAE(256, size="base")
     hand.load_state_dict(auto.state_dict())
     x = torch.rand(batch, 784)
-    torch.manual_seed(seed + 1)  # the same eps for both: reparameterize draws it with randn
+    torch.manual_seed(seed + 1)  # the same eps for both: randn_like there, randn here, one generator
     logits, mu, logvar = auto(x)
     vae_loss(logits, x, mu, logvar, recon="mse", beta=1.0)["loss"].backward()
     torch.manual_seed(seed + 1)

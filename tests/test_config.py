@@ -108,6 +108,7 @@ def test_optimizer_matches_config():
     (["latent_size=2,16"], "lists several values: add -m"),
     (["latent_size=2,16", "--cfg", "job"], "--cfg shows one job"),
     (["-m", "latent_size=2,16", "--cfg", "job"], "-m and --cfg: only one of"),
+    (["-m", "latent_size=2,16", "--help"], "--help shows one job, give one value per key"),
     (["-m", "hydra/launcher=joblibb", "latent_size=2,16"], "available: basic, joblib, ray_local, slurm"),
 ])
 def test_bad_input_is_one_line(args, needle):

@@ -118,6 +118,10 @@ def precheck(argv: list[str]) -> str | None:
     if len(modes) > 1:  # Hydra raises a ValueError (a traceback) for this
         return (f"{' and '.join(modes)}: only one of --multirun/-m, --run/-r, --cfg/-c, --info/-i and "
                 "--shell-completion may be given (for --cfg, drop -m and give one value per key)")
+    helps = [f for f in flags if f in ("--help", "-h", "--hydra-help")]
+    swept = [o.input_line for o in task if o.is_sweep_override()]
+    if helps and swept:  # Hydra composes one job's config for --help, and raises on a sweep
+        return f"override '{swept[0]}' lists several values: {helps[0]} shows one job, give one value per key"
     if any(f in flags for f in ("--config-dir", "-cd", "--config-name", "-cn", "--config-path", "-cp",
                                 "--help", "-h", "--hydra-help", "--version", "--info", "-i",
                                 "--shell-completion", "-sc")):
@@ -156,7 +160,6 @@ def precheck(argv: list[str]) -> str | None:
     # Hydra's own groups (launchers, sweepers) only compose with the hydra section: check them
     # when they are chosen, and whether a sweep given without -m is one the config runs anyway.
     hydra_ovs = [o.input_line for o in parsed if o.is_hydra_override() and not o.is_sweep_override()]
-    swept = [o.input_line for o in task if o.is_sweep_override()]
     no_m = swept and not {"--multirun", "-m"} & set(flags)
     if hydra_ovs or no_m or any(o.key_or_group == "hparams_search" for o in task):
         try:

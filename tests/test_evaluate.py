@@ -160,6 +160,23 @@ def test_iwae_bound_grows_with_k_on_a_trained_model(make_cfg, tmp_path):
     assert nlls[-1] < nelbo
 
 
+def test_runs_with_different_seeds_are_scored_on_the_same_binarized_test_set(make_cfg, tmp_path):
+    """The binarized val/test draws belong to the data (data.split_seed), not to the run's seed:
+    the same weights score the same whatever seed the run was trained with."""
+    cfg = make_cfg(["latent_size=4", "model.size=small", "loss.recon=bce", "data.binarize=dynamic",
+                    "trainer.epochs=1", "trainer.final_eval=false"])
+    train(cfg, tmp_path)
+    first = evaluate_run(tmp_path, k=2, device="cpu", progress=False, pictures=False)
+    saved = tmp_path / ".hydra" / "config.yaml"
+    saved.write_text(saved.read_text().replace("seed: 0\n", "seed: 7\n", 1))  # the run's seed only
+    assert "split_seed: 0" in saved.read_text() and "\nseed: 7" in saved.read_text()
+    again = evaluate_run(tmp_path, k=2, device="cpu", progress=False, pictures=False)
+    assert (again["elbo"], again["nll_iwae"]) == (first["elbo"], first["nll_iwae"])
+    other_split = load_data(cfg.data.root, torch.device("cpu"), val_size=64, binarize="dynamic", split_seed=1)
+    assert not torch.equal(other_split.test.images, load_data(cfg.data.root, torch.device("cpu"), val_size=64,
+                                                              binarize="dynamic").test.images)
+
+
 # --- active units ---------------------------------------------------------------------------
 
 

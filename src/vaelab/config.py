@@ -72,7 +72,7 @@ class DataConfig:
     root: str = "${oc.env:VAELAB_DATA,data}"
     download: bool = True  # try torchvision's download when the files are missing
     val_size: int = 5000  # carved out of the 60k training images; 0 = train on all 60k
-    split_seed: int = 0  # fixes the train/val split independently of `seed`
+    split_seed: int = 0  # fixes the train/val split and the binarized val/test draws, independently of `seed`
     binarize: Binarize = Binarize.none
 
 

@@ -88,23 +88,25 @@ def _binarize_once(images: torch.Tensor, seed: int) -> torch.Tensor:
 
 
 def load_data(root: str | Path, device: torch.device, val_size: int = 5000, split_seed: int = 0,
-              binarize: str = "none", seed: int = 0, download: bool = True) -> MNISTData:
+              binarize: str = "none", download: bool = True) -> MNISTData:
     x_train, y_train, x_test, y_test = load_mnist_arrays(root, download)
     n = x_train.shape[0]
     if not 0 <= val_size < n:
         raise DataError(f"data.val_size={val_size}: must be in [0, {n - 1}] for a training set of {n} images")
     x_train, x_test = x_train.reshape(n, -1), x_test.reshape(x_test.shape[0], -1)
-    # Static: one draw per split for this seed. Dynamic: training batches are redrawn each
-    # step (see to_float), but val/test are drawn once so evaluation numbers are repeatable.
+    # Static: one draw per split. Dynamic: training batches are redrawn each step (see
+    # to_float), but val/test are drawn once so evaluation numbers are repeatable. The draws
+    # are part of the dataset, fixed by data.split_seed, not the run's seed: runs with
+    # different seeds are scored on the same binarized test images.
     if binarize in ("static", "dynamic"):
-        x_test = _binarize_once(x_test, seed + 2)
+        x_test = _binarize_once(x_test, split_seed + 2)
         if binarize == "static":
-            x_train = _binarize_once(x_train, seed + 1)
+            x_train = _binarize_once(x_train, split_seed + 1)
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(split_seed))
     tr_idx, va_idx = perm[val_size:], perm[:val_size]
     x_val = x_train[va_idx]
     if binarize == "dynamic":
-        x_val = _binarize_once(x_val, seed + 3)
+        x_val = _binarize_once(x_val, split_seed + 3)
 
     def split(x, y):
         return Split(x.contiguous().to(device), y.to(device))

@@ -111,7 +111,7 @@ def evaluate_run(run_dir: str | Path, k: int = 5000, device: str = "auto", check
     recon_kind = getattr(cfg.loss.recon, "value", cfg.loss.recon)
     binarize = getattr(cfg.data.binarize, "value", cfg.data.binarize)
     data = load_data(root, dev, val_size=cfg.data.val_size, split_seed=cfg.data.split_seed,
-                     binarize=binarize, seed=cfg.seed, download=cfg.data.download)
+                     binarize=binarize, download=cfg.data.download)
     test = data.test.images
     d = test.shape[1]
     gen = torch.Generator(device=dev).manual_seed(seed)

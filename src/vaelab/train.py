@@ -165,7 +165,7 @@ def _train(cfg: DictConfig, run_dir: Path) -> dict:
         torch.backends.cudnn.benchmark = False
 
     data = load_data(cfg.data.root, device, val_size=cfg.data.val_size, split_seed=cfg.data.split_seed,
-                     binarize=cfg.data.binarize, seed=cfg.seed, download=cfg.data.download)
+                     binarize=cfg.data.binarize, download=cfg.data.download)
     n_train = len(data.train)
     ckpt_dir.mkdir(exist_ok=True)
     sample_dir.mkdir(exist_ok=True)

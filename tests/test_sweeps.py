@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -217,3 +219,37 @@ def test_submitit_requeue_lands_in_the_same_folder_and_resumes(tiny_mnist, tmp_p
     assert "resuming" in (job / "train.log").read_text()
     resumed = ckpt_io.load(ckpts / "last.pt")
     assert all(torch.equal(v, resumed["model"][k]) for k, v in finished["model"].items())
+
+
+def test_a_diverged_trial_does_not_end_an_optuna_study(tiny_mnist, tmp_path):
+    """A non-finite loss ends its own job with +inf (worst for a minimising sweeper); Optuna
+    refuses nan, which ended the whole study before."""
+    sweep = vaelab_train(["hparams_search=optuna", "hydra.sweeper.n_trials=2", "optim.lr=choice(1e30)",
+                          f"data.root={tiny_mnist}", *TINY, "trainer.epochs=1"], tmp_path)
+    result = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
+    assert result["best_value"] == float("inf") and len(runs(sweep)) == 2
+    assert all("non-finite loss" in (run / "train.log").read_text() for run in runs(sweep).values())
+
+
+def test_ctrl_c_stops_the_whole_sweep(tiny_mnist, tmp_path):
+    """Ctrl-C ends the job in progress with a checkpoint and exit code 130, and the sweep with it:
+    no later job starts."""
+    env = {**os.environ, "TQDM_DISABLE": "1"}
+    env.pop("VAELAB_DATA", None)
+    p = subprocess.Popen([sys.executable, "-m", "vaelab.train", "-m", "latent_size=2,4", f"data.root={tiny_mnist}",
+                          *TINY, "trainer.epochs=1000"], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                         stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.time() + 120
+        while not list(tmp_path.glob("outputs/multirun/*/*/*/checkpoints/last.pt")):  # job 1 is training
+            assert p.poll() is None and time.time() < deadline, p.stdout.read() if p.poll() is not None else "timeout"
+            time.sleep(0.2)
+        p.send_signal(signal.SIGINT)
+        out, _ = p.communicate(timeout=120)
+    finally:
+        p.kill()
+    assert p.returncode == 130, out[-3000:]
+    [sweep] = (tmp_path / "outputs" / "multirun" / "default").iterdir()
+    assert list(runs(sweep)) == ["latent_size=2"]  # the second job never started
+    assert "stopped by SIGINT" in out and "the sweep stops here" in out
+    assert (sweep / "latent_size=2" / "checkpoints" / "last.pt").is_file()

@@ -400,11 +400,18 @@ def hydra_main(cfg: DictConfig) -> float:
     except (ConfigError, DataError, ckpt_io.CheckpointError) as e:  # bad input: one line, no traceback
         print(f"vaelab-train: error: {e}", file=sys.stderr)
         sys.exit(2)
-    except (NonFiniteLoss, Interrupted) as e:
+    except NonFiniteLoss as e:
         log.error("%s", e)
         if HydraConfig.get().mode.name == "MULTIRUN":
-            return float("nan")  # let the rest of a sweep go on
-        sys.exit(1 if isinstance(e, NonFiniteLoss) else 130)
+            # The rest of the sweep goes on. +inf ranks this job last for a sweeper that
+            # minimises; Optuna refuses nan and would end the whole study on it.
+            return float("inf")
+        sys.exit(1)
+    except Interrupted as e:
+        log.error("%s", e)
+        if HydraConfig.get().mode.name == "MULTIRUN":
+            log.error("the sweep stops here: jobs that had not started did not run")
+        sys.exit(130)  # Ctrl-C / SIGTERM stop the whole sweep, not only the job in progress
     return metrics["val_loss"]
 
 
@@ -480,7 +487,12 @@ def main() -> None:
         print(f"vaelab-train: error: {err}", file=sys.stderr)
         sys.exit(2)
     sys.argv[1:] = add_overrides(argv, sweep_name_override(argv))
-    hydra_main()
+    try:
+        hydra_main()
+    except KeyboardInterrupt:  # a second Ctrl-C, or one outside training (joblib's parent, setup)
+        print("vaelab-train: interrupted; runs that had started keep their last checkpoint "
+              "(vaelab resume RUN_DIR)", file=sys.stderr)
+        sys.exit(130)
 
 
 if __name__ == "__main__":

@@ -110,6 +110,9 @@ def test_optimizer_matches_config():
     (["-m", "latent_size=2,16", "--cfg", "job"], "-m and --cfg: only one of"),
     (["-m", "latent_size=2,16", "--help"], "--help shows one job, give one value per key"),
     (["-m", "hydra/launcher=joblibb", "latent_size=2,16"], "available: basic, joblib, ray_local, slurm"),
+    (["-m", "hydra/launcher=joblib", "hydra.launcher.n_job=2", "latent_size=2,16"],
+     "in override 'hydra.launcher.n_job=2'; did you mean 'hydra.launcher.n_jobs'? keys allowed at 'hydra.launcher': "),
+    (["hparams_search=optuna", "hydra.sweeper.n_trial=1"], "did you mean 'hydra.sweeper.n_trials'?"),
 ])
 def test_bad_input_is_one_line(args, needle):
     err = precheck(args)

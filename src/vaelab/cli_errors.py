@@ -68,13 +68,15 @@ def _keys_of(node) -> list[str]:
     return list(node.keys()) if isinstance(node, DictConfig) else []
 
 
-def _explain(exc: Exception, override: str) -> str:
+def _explain(exc: Exception, override: str, composed: DictConfig | None = None) -> str:
+    """One line for a failed composition; `composed`: the config as it was before this override
+    (with Hydra's section), whose keys are listed for an unknown key outside our schema."""
     cause = exc.__cause__ or exc
     msg = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
     full_key = getattr(cause, "full_key", None)
     if "not in" in msg and full_key:  # unknown key: suggest the closest known ones
         parent, _, leaf = full_key.rpartition(".")
-        schema = OmegaConf.structured(Config)
+        schema = composed if composed is not None and full_key.startswith("hydra.") else OmegaConf.structured(Config)
         node = OmegaConf.select(schema, parent) if parent else schema
         known = _keys_of(node)
         close = difflib.get_close_matches(leaf, known, n=1)
@@ -151,7 +153,7 @@ def precheck(argv: list[str]) -> str | None:
                 try:
                     _compose(ovs[: j + 1])
                 except Exception as e2:
-                    return _explain(e2, ov)
+                    return _explain_plugin(e2, ov)
             return _explain(e, " ".join(ovs))
         try:
             validate(cfg)
@@ -165,7 +167,17 @@ def precheck(argv: list[str]) -> str | None:
         try:
             mode = _compose(base + hydra_ovs, hydra_section=True).hydra.mode
         except Exception as e:
-            return _explain_plugin(e, hydra_ovs + [o.input_line for o in task if o.key_or_group == "hparams_search"])
+            # Name the first Hydra override that breaks it, and list the keys that were there.
+            try:
+                good = _compose(base, hydra_section=True)
+            except Exception as e2:  # hparams_search=... needs a sweeper plugin that is missing
+                return _explain_plugin(e2, " ".join(o.input_line for o in task if o.key_or_group == "hparams_search"))
+            for j, ov in enumerate(hydra_ovs):
+                try:
+                    good = _compose(base + hydra_ovs[: j + 1], hydra_section=True)
+                except Exception as e3:
+                    return _explain_plugin(e3, ov, good)
+            return _explain_plugin(e, " ".join(hydra_ovs), good)
         if no_m and str(getattr(mode, "name", mode)) != "MULTIRUN":  # hparams_search=optuna sets MULTIRUN
             if {"--cfg", "-c"} & set(flags):
                 return f"override '{swept[0]}' lists several values: --cfg shows one job, give one value per key"
@@ -178,10 +190,10 @@ _PLUGIN_EXTRAS = {"ray": "ray", "joblib": "sweep", "optuna": "sweep", "submitit_
                   "submitit_local": "slurm"}
 
 
-def _explain_plugin(exc: Exception, overrides: list[str]) -> str:
+def _explain_plugin(exc: Exception, override: str, composed: DictConfig | None = None) -> str:
     """A launcher or sweeper that does not compose: name the missing plugin's extra if that is why."""
     m = re.search(r"Could not (?:load|find) 'hydra/(launcher|sweeper)/(\w+)'", str(exc))
     if m and m.group(2) in _PLUGIN_EXTRAS:
-        return (f"override '{' '.join(overrides)}': Hydra's {m.group(2)} {m.group(1)} plugin is not installed; "
+        return (f"override '{override}': Hydra's {m.group(2)} {m.group(1)} plugin is not installed; "
                 f"install it with: pip install -e '.[{_PLUGIN_EXTRAS[m.group(2)]}]'")
-    return _explain(exc, " ".join(overrides))
+    return _explain(exc, override, composed)

@@ -255,7 +255,19 @@ def test_compare_shows_an_unfinished_run_from_its_events(tiny_mnist, tmp_path, m
     out = capsys.readouterr().out.splitlines()
     assert out[0].split() == ["run", "epochs", "train_loss", "val_loss", "val_recon", "val_kl", "active_units",
                               "state"]
-    assert out[2].split()[0] == "stopped" and out[2].split()[1] == "1" and out[2].endswith("unfinished")
+    row = out[2].split()
+    assert row[0] == "stopped" and row[1] == "1" and row[-1] == "interrupted"
+    assert row[-2].isdigit()  # active units, an integer even when read back from the events
+
+    # A diverged run says so; a run resumed to its end is done again.
+    with pytest.raises(train_mod.NonFiniteLoss):
+        train(compose_cfg([f"data.root={tiny_mnist}", *TINY, "optim.lr=1e30"]), tmp_path / "diverged")
+    monkeypatch.setattr(train_mod, "beta_at", real_beta_at)
+    train(compose_cfg([f"data.root={tiny_mnist}", *TINY, "trainer.resume=true"]), tmp_path / "stopped")
+    capsys.readouterr()
+    assert vaelab(["compare", tmp_path]) == 0
+    states = {ln.split()[0]: ln.split()[-1] for ln in capsys.readouterr().out.splitlines()[2:]}
+    assert states == {"diverged": "diverged", "stopped": "done"}
 
 
 def test_deterministic_flag_reruns_bit_identically(tiny_mnist, tmp_path):

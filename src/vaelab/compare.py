@@ -7,7 +7,8 @@ A run is a folder holding .hydra/config.yaml or TensorBoard event files. Its row
 sets it apart, the config values that differ between the listed runs (the swept overrides of a
 sweep; read from .hydra/config.yaml, so a resumed or reproduced run shows the config it ran
 with), and its final metrics (metrics.json and the test_* numbers of eval.json; a run that has
-not finished shows the last epoch values in its events). Events are read with TensorBoard's
+not finished shows the last epoch values in its events), and its state: done, diverged or
+interrupted (from the stopped.json train() writes), or unfinished. Events are read with TensorBoard's
 own EventAccumulator, so a resumed run's curves come out as TensorBoard shows them; the x-axis
 is examples seen.
 """
@@ -41,6 +42,7 @@ class Run:
     config: dict = field(default_factory=dict)  # flattened .hydra/config.yaml: 'loss.beta' -> '4.0'
     metrics: dict = field(default_factory=dict)
     finished: bool = False
+    state: str = "unfinished"  # done, diverged (non-finite loss), interrupted, or unfinished (running, killed)
     _scalars: dict | None = None
 
     def scalars(self) -> dict:
@@ -93,13 +95,16 @@ def _load(path: Path, name: str) -> Run:
     if cfg.is_file():
         run.config = _flatten(yaml.safe_load(cfg.read_text()) or {})
     metrics = _read_json(path / "metrics.json")
-    if metrics is not None:
-        run.metrics, run.finished = metrics, True
-    else:  # still running or stopped: the last value of each epoch scalar
+    stopped = _read_json(path / "stopped.json")  # train() writes it when a run stops early
+    if metrics is not None and stopped is None:
+        run.metrics, run.finished, run.state = metrics, True, "done"
+    else:  # still running or stopped (maybe resumed after finishing): the last epoch scalars
         sc = run.scalars()
         run.metrics = {k: sc[t][-1][1] for k, t in EPOCH_TAGS.items() if sc.get(t)}
-        if "epochs" in run.metrics:
-            run.metrics["epochs"] = int(run.metrics["epochs"])
+        for k in ("epochs", "active_units"):
+            if k in run.metrics:
+                run.metrics[k] = int(run.metrics[k])
+        run.state = (stopped or {}).get("state", "unfinished")
     ev = _read_json(path / "eval.json") or {}
     run.metrics.update({f"test_{k}": v for k, v in ev.items()
                         if isinstance(v, (int, float)) and not isinstance(v, bool)})
@@ -149,7 +154,7 @@ def table(runs: list[Run], extra: list[str] = ()) -> str:
     metrics = list(dict.fromkeys(metrics))
     header = ["run", *varying, *metrics, "state"]
     rows = [[r.name, *(r.config.get(k, "-") for k in varying), *(_fmt(r.metrics.get(m)) for m in metrics),
-             "done" if r.finished else "unfinished"] for r in runs]
+             r.state] for r in runs]
     widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
     left = 1 + len(varying)  # text columns left-aligned, numbers right-aligned
 

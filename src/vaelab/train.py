@@ -49,6 +49,9 @@ class Interrupted(RuntimeError):
     pass
 
 
+STOPPED = "stopped.json"  # in a run folder: {"state": "diverged" | "interrupted", "reason": ...}
+
+
 # --- building blocks (each usable on its own, e.g. by tests and `vaelab eval`) ------------
 
 
@@ -137,8 +140,14 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict:
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)  # checkpoints/ and samples/ come once the data has loaded
     handler = _attach_file_log(run_dir)
+    stopped = run_dir / STOPPED  # why the run last stopped early; `vaelab compare` shows it
+    stopped.unlink(missing_ok=True)
     try:
         return _train(cfg, run_dir)
+    except (NonFiniteLoss, Interrupted) as e:
+        state = "diverged" if isinstance(e, NonFiniteLoss) else "interrupted"
+        ckpt_io.write_atomic(stopped, lambda f: f.write(json.dumps({"state": state, "reason": str(e)}).encode()))
+        raise
     finally:  # one process may train several runs (tests, vaelab resume): don't leak handlers
         if handler is not None:
             logging.getLogger().removeHandler(handler)

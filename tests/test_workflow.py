@@ -358,3 +358,10 @@ def test_resume_of_a_non_run_is_one_line(tmp_path, capsys):
     assert vaelab(["resume", tmp_path]) == 2
     assert capsys.readouterr().err.strip() == (f"vaelab resume: error: {tmp_path}: "
                                                f"not a vaelab run directory (no .hydra/config.yaml)")
+    for job in ("latent_size=2", "latent_size=4"):  # a sweep's folder: point at its runs
+        (tmp_path / job / ".hydra").mkdir(parents=True)
+        (tmp_path / job / ".hydra" / "config.yaml").write_text("{}")
+    assert vaelab(["resume", tmp_path]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.endswith(f"it holds 2 runs (a sweep?), give one of them, e.g. {tmp_path / 'latent_size=2'}")
+    assert "\n" not in err

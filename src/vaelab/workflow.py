@@ -44,7 +44,9 @@ def run_config_path(run_dir: str | Path) -> Path:
     if not Path(run_dir).is_dir():
         raise WorkflowError(f"{run_dir}: no such directory")
     if not path.is_file():
-        raise WorkflowError(f"{run_dir}: not a vaelab run directory (no .hydra/config.yaml)")
+        jobs = sorted(d for d in Path(run_dir).iterdir() if (d / ".hydra" / "config.yaml").is_file())
+        hint = (f"; it holds {len(jobs)} runs (a sweep?), give one of them, e.g. {jobs[0]}" if jobs else "")
+        raise WorkflowError(f"{run_dir}: not a vaelab run directory (no .hydra/config.yaml){hint}")
     return path
 
 

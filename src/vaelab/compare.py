@@ -8,9 +8,9 @@ sets it apart, the config values that differ between the listed runs (the swept 
 sweep; read from .hydra/config.yaml, so a resumed or reproduced run shows the config it ran
 with), and its final metrics (metrics.json and the test_* numbers of eval.json; a run that has
 not finished shows the last epoch values in its events), and its state: done, diverged or
-interrupted (from the stopped.json train() writes), or unfinished. Events are read with TensorBoard's
-own EventAccumulator, so a resumed run's curves come out as TensorBoard shows them; the x-axis
-is examples seen.
+interrupted (from the stopped.json train() writes), or unfinished. Events are read with
+TensorBoard's own EventAccumulator, so a resumed run's curves come out as TensorBoard shows
+them; the x-axis is examples seen.
 """
 from __future__ import annotations
 
@@ -41,7 +41,6 @@ class Run:
     name: str = ""
     config: dict = field(default_factory=dict)  # flattened .hydra/config.yaml: 'loss.beta' -> '4.0'
     metrics: dict = field(default_factory=dict)
-    finished: bool = False
     state: str = "unfinished"  # done, diverged (non-finite loss), interrupted, or unfinished (running, killed)
     _scalars: dict | None = None
 
@@ -97,7 +96,7 @@ def _load(path: Path, name: str) -> Run:
     metrics = _read_json(path / "metrics.json")
     stopped = _read_json(path / "stopped.json")  # train() writes it when a run stops early
     if metrics is not None and stopped is None:
-        run.metrics, run.finished, run.state = metrics, True, "done"
+        run.metrics, run.state = metrics, "done"
     else:  # still running or stopped (maybe resumed after finishing): the last epoch scalars
         sc = run.scalars()
         run.metrics = {k: sc[t][-1][1] for k, t in EPOCH_TAGS.items() if sc.get(t)}

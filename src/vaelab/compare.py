@@ -29,6 +29,9 @@ EPOCH_TAGS = {"epochs": "epoch/epoch", "train_loss": "epoch/train_loss", "val_lo
               "val_recon": "epoch/val_recon", "val_kl": "epoch/val_kl", "active_units": "epoch/active_units"}
 COLUMNS = ("epochs", "train_loss", "val_loss", "val_recon", "val_kl", "active_units", "test_nll_iwae")
 _SKIP = {".hydra", "checkpoints", "samples"}
+# In a run folder after an early stop (train() writes it, its next start removes it):
+# {"state": "diverged" | "interrupted", "reason": the one-line message}
+STOPPED = "stopped.json"
 
 
 class CompareError(RuntimeError):
@@ -94,7 +97,7 @@ def _load(path: Path, name: str) -> Run:
     if cfg.is_file():
         run.config = _flatten(yaml.safe_load(cfg.read_text()) or {})
     metrics = _read_json(path / "metrics.json")
-    stopped = _read_json(path / "stopped.json")  # train() writes it when a run stops early
+    stopped = _read_json(path / STOPPED)
     if metrics is not None and stopped is None:
         run.metrics, run.state = metrics, "done"
     else:  # still running or stopped (maybe resumed after finishing): the last epoch scalars

@@ -30,6 +30,7 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
 from vaelab import checkpoint as ckpt_io
+from vaelab.compare import STOPPED
 from vaelab.config import CONF_DIR, ConfigError, register_configs, resolve_device, to_plain, typed, validate
 from vaelab.data import DataError, load_data, to_float
 from vaelab.evaluate import elbo_stats
@@ -47,9 +48,6 @@ class NonFiniteLoss(RuntimeError):
 
 class Interrupted(RuntimeError):
     pass
-
-
-STOPPED = "stopped.json"  # in a run folder: {"state": "diverged" | "interrupted", "reason": ...}
 
 
 # --- building blocks (each usable on its own, e.g. by tests and `vaelab eval`) ------------

@@ -34,15 +34,17 @@ NAMES = {"latent_size=2,loss.beta=1", "latent_size=2,loss.beta=4", "latent_size=
          "latent_size=4,loss.beta=4"}
 
 
-def vaelab_train(args: list[str], cwd: Path, threads: int | None = None) -> Path:
-    """Run vaelab-train in `cwd`; returns the sweep folder it made."""
+def vaelab_train(args: list[str], cwd: Path, threads: int | None = None, code: int = 0) -> Path:
+    """Run vaelab-train in `cwd`, expecting exit status `code`; returns the sweep folder it made.
+    What it printed is in cwd/vaelab-train.out."""
     env = {**os.environ, "TQDM_DISABLE": "1"}
     env.pop("VAELAB_DATA", None)
     if threads:
         env["OMP_NUM_THREADS"] = str(threads)
     p = subprocess.run([sys.executable, "-m", "vaelab.train", *args], cwd=cwd, env=env, capture_output=True,
                        text=True, timeout=300)
-    assert p.returncode == 0, p.stderr[-3000:]
+    assert p.returncode == code, p.stderr[-3000:]
+    (cwd / "vaelab-train.out").write_text(p.stdout + p.stderr)
     [sweep] = (cwd / "outputs" / "multirun" / "default").iterdir()
     return sweep
 
@@ -62,6 +64,11 @@ def sweep(tiny_mnist, tmp_path_factory) -> Path:
     """A 2x2 sweep on the basic launcher, one CPU thread per job like the joblib workers below."""
     return vaelab_train(["-m", *SWEEP, f"data.root={tiny_mnist}", *TINY], tmp_path_factory.mktemp("basic"),
                         threads=1)
+
+
+def test_sweep_ends_with_a_summary_line(sweep):
+    out = (sweep.parents[3] / "vaelab-train.out").read_text()
+    assert f"sweep of 4 jobs: 4 done; table: vaelab compare {sweep.relative_to(sweep.parents[3])}" in out
 
 
 def test_sweep_folders_are_named_by_the_swept_overrides(sweep):
@@ -225,10 +232,49 @@ def test_a_diverged_trial_does_not_end_an_optuna_study(tiny_mnist, tmp_path):
     """A non-finite loss ends its own job with +inf (worst for a minimising sweeper); Optuna
     refuses nan, which ended the whole study before."""
     sweep = vaelab_train(["hparams_search=optuna", "hydra.sweeper.n_trials=2", "optim.lr=choice(1e30)",
-                          f"data.root={tiny_mnist}", *TINY, "trainer.epochs=1"], tmp_path)
+                          f"data.root={tiny_mnist}", *TINY, "trainer.epochs=1"], tmp_path, code=1)
     result = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
     assert result["best_value"] == float("inf") and len(runs(sweep)) == 2
     assert all("non-finite loss" in (run / "train.log").read_text() for run in runs(sweep).values())
+    # ... and the sweep says so at the end, with exit status 1, instead of passing for a success
+    out = (tmp_path / "vaelab-train.out").read_text()
+    assert "sweep of 2 jobs: 2 diverged" in out and "error: 2 of 2 jobs diverged (non-finite loss)" in out
+
+
+def test_sweep_summary_counts_this_sweeps_jobs_only(tmp_path, capsys):
+    """The end-of-sweep line counts the run folders written since the sweep began (a reused
+    hydra.sweep.dir keeps older ones) by how they ended; exit status 1 only if one diverged."""
+    from omegaconf import OmegaConf
+
+    from vaelab.compare import STOPPED, SweepSummary
+
+    def run(name, state=None, age=0.0):
+        d = tmp_path / name
+        (d / ".hydra").mkdir(parents=True)
+        (d / ".hydra" / "config.yaml").write_text("latent_size: 2\n")
+        if state == "done":
+            (d / "metrics.json").write_text('{"val_loss": 1.0}')
+        elif state:
+            (d / STOPPED).write_text(json.dumps({"state": state, "reason": "x"}))
+        t = time.time() - age
+        os.utime(d / ".hydra" / "config.yaml", (t, t))
+
+    cfg = OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}}})
+    summary = SweepSummary()
+    summary.on_multirun_start(cfg)
+    run("old_diverged", "diverged", age=3600)  # from an earlier sweep into the same folder
+    run("a", "done")
+    run("b", "done")
+    summary.on_multirun_end(cfg)  # nothing diverged: returns
+    assert f"sweep of 2 jobs: 2 done; table: vaelab compare {tmp_path}" in capsys.readouterr().out
+    run("c", "diverged")
+    run("d", "interrupted")
+    with pytest.raises(SystemExit) as exc:
+        summary.on_multirun_end(cfg)
+    assert exc.value.code == 1
+    out, err = capsys.readouterr()
+    assert "sweep of 4 jobs: 2 done, 1 diverged, 1 interrupted" in out
+    assert err.strip() == "vaelab-train: error: 1 of 4 jobs diverged (non-finite loss): c"
 
 
 def test_ctrl_c_stops_the_whole_sweep(tiny_mnist, tmp_path):

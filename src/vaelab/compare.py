@@ -19,10 +19,12 @@ import logging
 import math
 import os
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
+from hydra.experimental.callback import Callback
 
 # Final metrics of an unfinished run, from the per-epoch scalars train() logs.
 EPOCH_TAGS = {"epochs": "epoch/epoch", "train_loss": "epoch/train_loss", "val_loss": "epoch/val_loss",
@@ -198,6 +200,42 @@ def plot(runs: list[Run], tag: str, out: str | Path) -> Path:
     fig.savefig(out, dpi=120, bbox_inches="tight")
     plt.close(fig)
     return out
+
+
+# --- the end of a sweep ------------------------------------------------------------------------
+
+
+class SweepSummary(Callback):
+    """Hydra callback (conf/config.yaml, hydra.callbacks): when a sweep ends, one line on how its
+    jobs ended, and exit status 1 if any diverged. A diverged job returns +inf so that the other
+    jobs (and an Optuna study) go on, and Hydra's launchers pass no job status back to the
+    parent, so without this a sweep whose every job diverged would exit 0.
+
+    The jobs are the runs in the sweep folder whose config was written after the sweep began (a
+    reused hydra.sweep.dir may hold older runs). on_multirun_end runs on the machine that
+    launched the sweep, after every job returned, whichever launcher ran them."""
+
+    def on_multirun_start(self, config, **kwargs) -> None:
+        self.started = time.time()
+
+    def on_multirun_end(self, config, **kwargs) -> None:
+        sweep_dir = Path(str(config.hydra.sweep.dir))
+        logging.getLogger("tensorboard").setLevel(logging.ERROR)
+        try:
+            runs = find_runs([sweep_dir])
+        except CompareError:
+            return  # no job wrote a run folder (a dry run, --cfg): nothing to say
+        slack = 2.0  # file systems that store whole seconds
+        runs = [r for r in runs if (r.path / ".hydra" / "config.yaml").stat().st_mtime >= self.started - slack]
+        states: dict[str, list[str]] = {}
+        for r in runs:
+            states.setdefault(r.state, []).append(r.name)
+        counts = ", ".join(f"{len(v)} {k}" for k, v in sorted(states.items(), key=lambda kv: kv[0] != "done"))
+        print(f"sweep of {len(runs)} jobs: {counts}; table: vaelab compare {sweep_dir}")
+        if states.get("diverged"):
+            print(f"vaelab-train: error: {len(states['diverged'])} of {len(runs)} jobs diverged "
+                  f"(non-finite loss): {'; '.join(states['diverged'])}", file=sys.stderr)
+            sys.exit(1)  # Hydra's run_and_report lets SystemExit through: the exit status of vaelab-train
 
 
 # --- vaelab compare --------------------------------------------------------------------------

@@ -3,6 +3,9 @@ from __future__ import annotations
 
 import functools
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -10,6 +13,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from vaelab import checkpoint as ckpt_io
 from vaelab.train import NonFiniteLoss, build_model, train
+
+from tests.conftest import FAST
 
 
 def _events(run_dir):
@@ -102,3 +107,16 @@ def test_bf16_autocast_runs_on_cpu_and_changes_the_numbers_only_slightly(make_cf
     assert bf16["train_loss"] != fp32["train_loss"]  # the products really ran in bf16
     assert bf16["train_loss"] == pytest.approx(fp32["train_loss"], rel=0.02)
     assert torch.isfinite(torch.tensor(bf16["val_loss"]))
+
+
+
+@pytest.mark.parametrize("progress, env, shown", [("true", None, True), ("false", None, False), ("true", "1", False)])
+def test_progress_bars_follow_trainer_progress_and_tqdm_disable(tiny_mnist, tmp_path, progress, env, shown):
+    """trainer.progress=false turns the bars off, and so does tqdm's own TQDM_DISABLE=1, which
+    tqdm reads when it is imported (an explicit disable=False used to override it)."""
+    environ = {k: v for k, v in os.environ.items() if k != "TQDM_DISABLE"} | ({"TQDM_DISABLE": env} if env else {})
+    p = subprocess.run([sys.executable, "-m", "vaelab.train", f"data.root={tiny_mnist}", *FAST, "model.size=small",
+                        "trainer.epochs=1", "trainer.final_eval=false", f"trainer.progress={progress}"],
+                       cwd=tmp_path, env=environ, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert ("epoch 1/1:" in p.stderr) == shown

@@ -25,6 +25,13 @@ from tqdm.auto import tqdm
 from vaelab.data import to_float
 from vaelab.losses import kl_per_dim, recon_log_likelihood, recon_nll
 
+
+def quiet(progress: bool) -> dict:
+    """tqdm's keyword for trainer.progress: false turns the bar off; true leaves tqdm's default,
+    so that TQDM_DISABLE=1 (tqdm reads it for defaults only) still turns it off."""
+    return {} if progress else {"disable": True}
+
+
 LOG_2PI = math.log(2 * math.pi)
 ACTIVE_THRESHOLD = 0.01
 
@@ -135,8 +142,7 @@ def iwae_nll(model, images: torch.Tensor, k: int, recon: Recon, generator: torch
     chunk = max(1, min(k, max_elems // (d * 64)))
     bs = max(1, min(images.shape[0], max_elems // (d * chunk)))
     total = 0.0
-    with tqdm(total=images.shape[0], desc=f"IWAE k={k}", unit="img", disable=not progress,
-              leave=False) as bar:
+    with tqdm(total=images.shape[0], desc=f"IWAE k={k}", unit="img", leave=False, **quiet(progress)) as bar:
         for x in _batches(images, bs):
             total += float(iwae_bound(model, x, k, recon, generator, chunk).sum())
             bar.update(x.shape[0])

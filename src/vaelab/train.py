@@ -33,7 +33,7 @@ from vaelab import checkpoint as ckpt_io
 from vaelab.compare import STOPPED
 from vaelab.config import CONF_DIR, ConfigError, register_configs, resolve_device, to_plain, typed, validate
 from vaelab.data import DataError, load_data, to_float
-from vaelab.evaluate import elbo_stats
+from vaelab.evaluate import elbo_stats, quiet
 from vaelab.logger import RunLogger, image_grid
 from vaelab.losses import beta_at, vae_loss
 from vaelab.models import VAE
@@ -273,7 +273,7 @@ def _train(cfg: DictConfig, run_dir: Path) -> dict:
             perm = st["perm"].to(device)
             t0, seen0 = time.perf_counter(), st["pos"]
             bar = tqdm(total=n_train, initial=st["pos"], desc=f"epoch {epoch + 1}/{t.epochs}", unit="img",
-                       disable=not t.progress, leave=False, dynamic_ncols=True)
+                       leave=False, dynamic_ncols=True, **quiet(t.progress))
             for i in range(st["pos"], n_train, batch_size):
                 idx = perm[i:i + batch_size]
                 x = to_float(data.train.images.index_select(0, idx), binarize)

@@ -198,28 +198,37 @@ def test_interrupted_then_resumed_is_bit_identical(tiny_mnist, reference, tmp_pa
     assert_same_run(run, reference)
 
 
-def test_killed_right_after_a_checkpoint_then_resumed_is_bit_identical(tiny_mnist, reference, tmp_path):
-    # vaelab-train, killed with SIGKILL the moment the epoch-1 checkpoint is on disk.
+@pytest.mark.parametrize("before_last", [False, True], ids=["after-last.pt", "mid-way-through-the-first-last.pt"])
+def test_killed_at_the_first_checkpoint_then_resumed_is_bit_identical(tiny_mnist, reference, tmp_path, before_last):
+    # vaelab-train, killed with SIGKILL the moment the epoch-1 last.pt is on disk; or while it
+    # is being written, after best.pt (which holds the same state) and with a partial temp file.
     script = (
         "import os, signal, sys\n"
+        "from pathlib import Path\n"
         "from vaelab import checkpoint\n"
         "save = checkpoint.save_atomic\n"
-        "def save_then_die(obj, path):\n"
-        "    save(obj, path)\n"
+        "def save_and_die(obj, path):\n"
         "    if path.name == 'last.pt' and obj['state']['epoch'] == 1:\n"
+        f"        if {before_last}:\n"
+        "            (path.parent / '.last.pt.abcd1234.tmp').write_bytes(b'PK' * 100)\n"
+        "        else:\n"
+        "            save(obj, path)\n"
         "        os.kill(os.getpid(), signal.SIGKILL)\n"
-        "checkpoint.save_atomic = save_then_die\n"
+        "    save(obj, path)\n"
+        "checkpoint.save_atomic = save_and_die\n"
         "from vaelab.train import main\n"
         "main()\n")
     p = subprocess.run([sys.executable, "-c", script, f"data.root={tiny_mnist}", *TINY, "hydra.run.dir=run"],
                        cwd=tmp_path, env=cli_env(), capture_output=True, text=True, timeout=120)
     assert p.returncode == -signal.SIGKILL, p.stderr[-2000:]
     run = tmp_path / "run"
-    assert ckpt_io.load(run / "checkpoints" / "last.pt")["state"]["epoch"] == 1
+    assert (run / "checkpoints" / "last.pt").exists() != before_last
+    assert ckpt_io.load(ckpt_io.latest(run / "checkpoints"))["state"]["epoch"] == 1
     assert curves(run)["epoch/val_loss"] == curves(reference)["epoch/val_loss"][:1]  # on disk before the kill
 
     assert vaelab(["resume", run]) == 0
     assert_same_run(run, reference)
+    assert not list((run / "checkpoints").glob(".*.tmp"))  # the partial file is gone
 
 
 def test_resume_with_more_epochs_continues_and_records_the_override(tiny_mnist, reference, tmp_path):
@@ -310,14 +319,15 @@ def _other_model(path: Path, other: Path):
 
 
 def _missing(path: Path, _):
-    path.unlink()
+    for p in path.parent.glob("*.pt"):
+        p.unlink()
 
 
 @pytest.mark.parametrize("damage,expect", [
     (_corrupt, "not a checkpoint file (no zip header"),
     (_truncate, "unreadable checkpoint (truncated or corrupted)"),
     (_other_model, "made for a different model"),
-    (_missing, "no such checkpoint file"),
+    (_missing, "no checkpoint, nothing to resume"),
 ], ids=["corrupted", "truncated", "different-model", "missing"])
 def test_bad_checkpoint_names_the_file_and_overwrites_nothing(finished_run, other_model_checkpoint, tmp_path,
                                                               capsys, damage, expect):
@@ -330,8 +340,21 @@ def test_bad_checkpoint_names_the_file_and_overwrites_nothing(finished_run, othe
 
     assert vaelab(["resume", run, "trainer.epochs=5"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith(f"vaelab resume: error: {last}: ") and expect in err[0], err
+    named = last.parent if damage is _missing else last
+    assert len(err) == 1 and err[0].startswith(f"vaelab resume: error: {named}: ") and expect in err[0], err
     assert files_snapshot(run) == before
+
+
+def test_resume_with_missing_data_changes_nothing(finished_run, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    (run / "stopped.json").write_text('{"state": "diverged", "reason": "x"}')
+    before = files_snapshot(run)
+    capsys.readouterr()
+    assert vaelab(["resume", run, f"data.root={tmp_path / 'nowhere'}", "trainer.epochs=5"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("vaelab resume: error: MNIST not found in") and "\n" not in err
+    assert files_snapshot(run) == before  # config, overrides, stopped.json, events: as they were
 
 
 @pytest.mark.parametrize("args,expect", [
@@ -352,6 +375,104 @@ def test_bad_override_is_one_line_and_overwrites_nothing(finished_run, tmp_path,
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("vaelab resume: error: ") and expect in err[0], err
     assert files_snapshot(run) == before
+
+
+def test_non_finite_validation_stops_the_run_and_keeps_the_last_good_checkpoint(tiny_mnist, tmp_path,
+                                                                               monkeypatch):
+    """An epoch's last step can blow the weights up after its training loss was summed: the
+    validation loss is checked too, before any checkpoint of the epoch is written."""
+    real, calls = train_mod.elbo_stats, []
+
+    def elbo_stats(*args, **kwargs):
+        calls.append(1)
+        out = real(*args, **kwargs)
+        return {**out, "nelbo": float("nan")} if len(calls) == 2 else out
+
+    monkeypatch.setattr(train_mod, "elbo_stats", elbo_stats)
+    run = tmp_path / "run"
+    with pytest.raises(train_mod.NonFiniteLoss, match=r"validation after epoch 2.*last good checkpoint: .*last.pt "
+                                                      r"\(epoch 1\)"):
+        train(compose_cfg([f"data.root={tiny_mnist}", *TINY]), run)
+    assert ckpt_io.load(run / "checkpoints" / "last.pt")["state"]["epoch"] == 1
+    assert json.loads((run / "stopped.json").read_text())["state"] == "diverged"
+
+
+def test_a_checkpoint_that_cannot_be_written_stops_the_run_in_one_line(tiny_mnist, tmp_path, monkeypatch):
+    save = ckpt_io.save_atomic
+
+    def save_or_fail(obj, path):
+        if obj["state"]["epoch"] == 2:
+            raise PermissionError(1, "Operation not permitted", str(path))
+        return save(obj, path)
+
+    monkeypatch.setattr(ckpt_io, "save_atomic", save_or_fail)
+    run = tmp_path / "run"
+    with pytest.raises(train_mod.SaveFailed) as exc:
+        train(compose_cfg([f"data.root={tiny_mnist}", *TINY]), run)
+    msg = str(exc.value)
+    assert msg.startswith(f"cannot write {run / 'checkpoints'}/") and "Operation not permitted" in msg
+    assert f"{run / 'checkpoints' / 'last.pt'}" in msg and f"vaelab resume {run}" in msg and "\n" not in msg
+    assert ckpt_io.load(run / "checkpoints" / "last.pt")["state"]["epoch"] == 1
+    assert json.loads((run / "stopped.json").read_text())["state"] == "failed"
+
+
+def test_a_second_ctrl_c_while_the_checkpoint_is_written_waits_for_it(tiny_mnist, tmp_path, monkeypatch):
+    real_beta_at, save = train_mod.beta_at, ckpt_io.save_atomic
+
+    def beta_at(step, *args):
+        if step == 4:
+            os.kill(os.getpid(), signal.SIGINT)
+        return real_beta_at(step, *args)
+
+    def save_twice_interrupted(obj, path):
+        os.kill(os.getpid(), signal.SIGINT)  # the impatient second Ctrl-C
+        return save(obj, path)
+
+    monkeypatch.setattr(train_mod, "beta_at", beta_at)
+    monkeypatch.setattr(ckpt_io, "save_atomic", save_twice_interrupted)
+    run = tmp_path / "run"
+    with pytest.raises(Interrupted):
+        train(compose_cfg([f"data.root={tiny_mnist}", *TINY]), run)
+    assert ckpt_io.load(run / "checkpoints" / "last.pt")["state"]["step"] == 5
+
+
+def test_carrying_on_a_finished_run_makes_it_unfinished_until_it_ends(finished_run, tmp_path, monkeypatch, capsys):
+    """metrics.json means "finished with these numbers": a run extended with trainer.epochs
+    loses it when training starts again, so compare and reproduce don't take it as done."""
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    real_beta_at = train_mod.beta_at
+
+    def beta_at(step, *args):
+        os.kill(os.getpid(), signal.SIGINT)
+        return real_beta_at(step, *args)
+
+    monkeypatch.setattr(train_mod, "beta_at", beta_at)
+    assert vaelab(["resume", run, "trainer.epochs=2"]) == 130
+    assert not (run / "metrics.json").exists()
+    assert vaelab(["compare", run]) == 0
+    assert capsys.readouterr().out.splitlines()[-1].endswith("interrupted")
+
+
+def test_reproduce_leaves_out_an_eval_json_made_later_with_other_settings(finished_run, tmp_path):
+    from vaelab.workflow import _later_eval
+
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    assert _later_eval(run) == ""  # no eval.json
+    (run / "eval.json").write_text(json.dumps({"k": 4, "seed": 0, "checkpoint": str(run / "checkpoints/last.pt")}))
+    assert _later_eval(run) == ""  # the run's own: trainer.final_eval_k=4
+    (run / "eval.json").write_text(json.dumps({"k": 5, "seed": 0, "checkpoint": str(run / "checkpoints/best.pt")}))
+    assert _later_eval(run) == "checkpoint=best.pt, k=5, seed=0"
+
+
+def test_files_written_atomically_get_the_usual_permissions(tmp_path):
+    umask = os.umask(0o022)
+    try:
+        path = ckpt_io.write_atomic(tmp_path / "x.json", lambda f: f.write(b"{}"))
+    finally:
+        os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o644  # mkstemp alone gives 0600
 
 
 def test_resume_of_a_non_run_is_one_line(tmp_path, capsys):

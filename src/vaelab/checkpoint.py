@@ -21,13 +21,43 @@ class CheckpointError(RuntimeError):
     """A checkpoint that cannot be used. Its message names the file and says why, in one line."""
 
 
+TMP_SUFFIX = ".tmp"  # .NAME.XXXXXXXX.tmp beside NAME while it is written
+
+
+def remove_partial(folder: str | Path) -> int:
+    """Delete the temporary files that a process killed mid-write left in `folder` (never read:
+    the file they were to replace is intact). Only call it where no other process is writing.
+    Returns how many there were."""
+    stale = [p for p in Path(folder).glob(f".*{TMP_SUFFIX}") if p.is_file()]
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return len(stale)
+
+
+def latest(ckpt_dir: str | Path) -> Path | None:
+    """The checkpoint to carry a run on from: last.pt; failing that, the newest other one.
+    At the end of an epoch best.pt and epoch_N.pt are written just before last.pt, with the
+    same contents, so a kill between them in the first epoch leaves a complete checkpoint
+    that is not called last.pt. None if there is no checkpoint."""
+    ckpt_dir = Path(ckpt_dir)
+    if (ckpt_dir / "last.pt").is_file():
+        return ckpt_dir / "last.pt"
+    others = [p for p in ckpt_dir.glob("*.pt") if p.is_file()]
+    return max(others, key=lambda p: p.stat().st_mtime) if others else None
+
+
 def write_atomic(path: str | Path, write: Callable[[BinaryIO], Any]) -> Path:
     """Call write(f) on a temporary file beside `path`, fsync, then rename it over `path`:
     a kill at any moment leaves either the old file or the new one, never half of one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=path.parent)
     try:
+        # mkstemp makes the file 0600; give it the mode a plain open() would, so that the
+        # group can read the run's checkpoints and configs as they read the rest of it.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.fchmod(fd, 0o666 & ~umask)
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()

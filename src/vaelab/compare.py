@@ -8,7 +8,7 @@ sets it apart, the config values that differ between the listed runs (the swept 
 sweep; read from .hydra/config.yaml, so a resumed or reproduced run shows the config it ran
 with), and its final metrics (metrics.json and the test_* numbers of eval.json; a run that has
 not finished shows the last epoch values in its events), and its state: done, diverged or
-interrupted (from the stopped.json train() writes), or unfinished. Events are read with
+interrupted or failed (from the stopped.json train() writes), or unfinished. Events are read with
 TensorBoard's own EventAccumulator, so a resumed run's curves come out as TensorBoard shows
 them; the x-axis is examples seen.
 """
@@ -32,7 +32,7 @@ EPOCH_TAGS = {"epochs": "epoch/epoch", "train_loss": "epoch/train_loss", "val_lo
 COLUMNS = ("epochs", "train_loss", "val_loss", "val_recon", "val_kl", "active_units", "test_nll_iwae")
 _SKIP = {".hydra", "checkpoints", "samples"}
 # In a run folder after an early stop (train() writes it, its next start removes it):
-# {"state": "diverged" | "interrupted", "reason": the one-line message}
+# {"state": "diverged" | "interrupted" | "failed", "reason": the one-line message}
 STOPPED = "stopped.json"
 
 
@@ -46,7 +46,8 @@ class Run:
     name: str = ""
     config: dict = field(default_factory=dict)  # flattened .hydra/config.yaml: 'loss.beta' -> '4.0'
     metrics: dict = field(default_factory=dict)
-    state: str = "unfinished"  # done, diverged (non-finite loss), interrupted, or unfinished (running, killed)
+    state: str = "unfinished"  # done, diverged (non-finite loss), interrupted, failed (a checkpoint not
+    # written), or unfinished (running, killed)
     _scalars: dict | None = None
 
     def scalars(self) -> dict:

@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 from vaelab import checkpoint as ckpt_io
 from vaelab.compare import STOPPED
 from vaelab.config import CONF_DIR, ConfigError, register_configs, resolve_device, to_plain, typed, validate
-from vaelab.data import DataError, load_data, to_float
+from vaelab.data import DataError, MNISTData, load_data, to_float
 from vaelab.evaluate import elbo_stats, quiet
 from vaelab.logger import RunLogger, image_grid
 from vaelab.losses import beta_at, vae_loss
@@ -48,6 +48,10 @@ class NonFiniteLoss(RuntimeError):
 
 class Interrupted(RuntimeError):
     pass
+
+
+class SaveFailed(RuntimeError):
+    """A checkpoint could not be written (disk full, permissions). The ones already there are intact."""
 
 
 # --- building blocks (each usable on its own, e.g. by tests and `vaelab eval`) ------------
@@ -104,14 +108,19 @@ def _attach_file_log(run_dir: Path) -> logging.Handler | None:
 
 class _StopFlag:
     """Ctrl-C / SIGTERM set a flag; the loop saves a checkpoint after the current step and
-    exits. A second Ctrl-C aborts at once."""
+    exits. A second Ctrl-C aborts at once, except while a checkpoint is being written (about a
+    second): aborting then would lose the checkpoint the first Ctrl-C asked for."""
 
     def __init__(self):
         self.signum = None
+        self.saving = False
         self._old = {}
 
     def _handler(self, signum, frame):
         if self.signum is not None and signum == signal.SIGINT:
+            if self.saving:
+                log.warning("writing the checkpoint; stopping right after it")
+                return
             raise KeyboardInterrupt
         self.signum = signum
         log.warning("got %s: will checkpoint after this step and stop (Ctrl-C again to abort now)",
@@ -132,19 +141,23 @@ class _StopFlag:
 # --- the loop ----------------------------------------------------------------------------
 
 
-def train(cfg: DictConfig, run_dir: str | Path) -> dict:
-    """Train (or continue) the run in run_dir; returns the final metrics (also metrics.json)."""
+def train(cfg: DictConfig, run_dir: str | Path, data: MNISTData | None = None) -> dict:
+    """Train (or continue) the run in run_dir; returns the final metrics (also metrics.json).
+    `data`: the dataset already loaded for this config (vaelab resume loads it before it
+    changes the run's files); by default it is loaded here."""
     validate(cfg)
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)  # checkpoints/ and samples/ come once the data has loaded
     handler = _attach_file_log(run_dir)
-    stopped = run_dir / STOPPED  # why the run last stopped early; `vaelab compare` shows it
-    stopped.unlink(missing_ok=True)
     try:
-        return _train(cfg, run_dir)
-    except (NonFiniteLoss, Interrupted) as e:
-        state = "diverged" if isinstance(e, NonFiniteLoss) else "interrupted"
-        ckpt_io.write_atomic(stopped, lambda f: f.write(json.dumps({"state": state, "reason": str(e)}).encode()))
+        return _train(cfg, run_dir, data)
+    except (NonFiniteLoss, Interrupted, SaveFailed) as e:
+        state = {NonFiniteLoss: "diverged", Interrupted: "interrupted", SaveFailed: "failed"}[type(e)]
+        try:
+            ckpt_io.write_atomic(run_dir / STOPPED,
+                                 lambda f: f.write(json.dumps({"state": state, "reason": str(e)}).encode()))
+        except OSError:  # the run folder itself is not writable: the message above still says it
+            pass
         raise
     finally:  # one process may train several runs (tests, vaelab resume): don't leak handlers
         if handler is not None:
@@ -152,7 +165,7 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict:
             handler.close()
 
 
-def _train(cfg: DictConfig, run_dir: Path) -> dict:
+def _train(cfg: DictConfig, run_dir: Path, data: MNISTData | None) -> dict:
     ckpt_dir, sample_dir = run_dir / "checkpoints", run_dir / "samples"
     saved_cfg = run_dir / ".hydra" / "config.yaml"
     if not saved_cfg.exists():  # train() called without Hydra: keep the run reproducible anyway
@@ -171,11 +184,17 @@ def _train(cfg: DictConfig, run_dir: Path) -> dict:
         torch.use_deterministic_algorithms(True)
         torch.backends.cudnn.benchmark = False
 
-    data = load_data(cfg.data.root, device, val_size=cfg.data.val_size, split_seed=cfg.data.split_seed,
-                     binarize=cfg.data.binarize, download=cfg.data.download)
+    if data is None:
+        data = load_data(cfg.data.root, device, val_size=cfg.data.val_size, split_seed=cfg.data.split_seed,
+                         binarize=cfg.data.binarize, download=cfg.data.download)
     n_train = len(data.train)
+    # The input is good: from here on the run folder changes.
+    (run_dir / STOPPED).unlink(missing_ok=True)  # why the run last stopped early; `vaelab compare` shows it
     ckpt_dir.mkdir(exist_ok=True)
     sample_dir.mkdir(exist_ok=True)
+    partial = ckpt_io.remove_partial(ckpt_dir) + ckpt_io.remove_partial(run_dir)
+    if partial:
+        log.info("removed %d partial file(s) that a killed process left mid-write", partial)
     if data.val_is_test:
         log.info("data.val_size=0: training on all %d images; 'val' metrics are computed on the test split", n_train)
     model = build_model(cfg, data.train.dim, data.train.image_shape).to(device)
@@ -190,18 +209,21 @@ def _train(cfg: DictConfig, run_dir: Path) -> dict:
           "threads": torch.get_num_threads()}
     last_path = ckpt_dir / "last.pt"
     resumed = False
-    if t.resume and last_path.exists():
-        ck = ckpt_io.load(last_path, map_location="cpu")
-        ckpt_io.check_compatible(ck, model, last_path)
+    resume_from = ckpt_io.latest(ckpt_dir) if t.resume else None
+    if resume_from is not None:
+        ck = ckpt_io.load(resume_from, map_location="cpu")
+        ckpt_io.check_compatible(ck, model, resume_from)
         model.load_state_dict(ck["model"])
         opt.load_state_dict(ck["optimizer"])
         st.update(ck["state"])
         ckpt_io.set_rng_state(ck["rng"])
         resumed = True
-        log.info("resuming %s from %s: epoch %d, step %d, %d examples seen", run_dir, last_path,
+        log.info("resuming %s from %s: epoch %d, step %d, %d examples seen", run_dir, resume_from,
                  st["epoch"], st["step"], st["examples"])
     if st["epoch"] >= t.epochs and st["pos"] == 0:
         log.info("nothing to do: the run has %d of trainer.epochs=%d epochs", st["epoch"], t.epochs)
+    else:  # a finished run carried on (trainer.epochs raised): its final metrics are no longer final
+        (run_dir / "metrics.json").unlink(missing_ok=True)
 
     data_gen = torch.Generator()  # batch order only; its state is checkpointed
     data_gen.manual_seed(cfg.seed)
@@ -245,10 +267,20 @@ def _train(cfg: DictConfig, run_dir: Path) -> dict:
         # no host sync per step.
         return torch.stack([terms["loss"], terms["recon"], terms["kl"], one]).detach()
 
+    stop = _StopFlag()
+
     def save(path: Path) -> None:
-        ckpt_io.save_atomic({"model": model.state_dict(), "optimizer": opt.state_dict(),
-                             "state": {**st, "data_rng": data_gen.get_state()},
-                             "rng": ckpt_io.rng_state(), "config": plain_cfg}, path)
+        stop.saving = True
+        try:
+            ckpt_io.save_atomic({"model": model.state_dict(), "optimizer": opt.state_dict(),
+                                 "state": {**st, "data_rng": data_gen.get_state()},
+                                 "rng": ckpt_io.rng_state(), "config": plain_cfg}, path)
+        except OSError as e:
+            good = f"the last complete one is {last_path}" if last_path.exists() else "none was complete"
+            raise SaveFailed(f"cannot write {path}: {e.strerror or e}; checkpoints already there are intact "
+                             f"({good}); once the folder is writable: vaelab resume {run_dir}") from None
+        finally:
+            stop.saving = False
 
     def check_finite(values: list[float], where: str) -> None:
         if not all(math.isfinite(v) for v in values):
@@ -257,7 +289,7 @@ def _train(cfg: DictConfig, run_dir: Path) -> dict:
                                 f"stopped without saving these weights; last good checkpoint: {good}")
 
     val = None
-    with _StopFlag() as stop:
+    with stop:
         for epoch in range(st["epoch"], t.epochs):
             lr = lr_at(cfg, epoch)
             for g in opt.param_groups:
@@ -315,6 +347,8 @@ def _train(cfg: DictConfig, run_dir: Path) -> dict:
             rate = (st["pos"] - seen0) / dt
             eval_gen.manual_seed(cfg.seed + 1)  # same noise every epoch: val numbers comparable
             val = elbo_stats(model, data.val.images, lcfg.recon, t.eval_batch_size, eval_gen)
+            # The epoch's last steps can blow the weights up after the training means were summed.
+            check_finite([val["nelbo"], val["recon"], val["kl"]], f"validation after epoch {epoch + 1}")
             st["epoch"], st["perm"], st["pos"] = epoch + 1, None, 0
             x_ax = st["examples"]
             writer.scalars(train_means, x_ax, prefix="epoch/train_")
@@ -357,7 +391,7 @@ def _train(cfg: DictConfig, run_dir: Path) -> dict:
         "val_split": "test" if data.val_is_test else "val", "torch_threads": st["threads"],
     }
     writer.hparams(plain_cfg, metrics, st["examples"])
-    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    ckpt_io.write_atomic(run_dir / "metrics.json", lambda f: f.write((json.dumps(metrics, indent=2) + "\n").encode()))
     writer.close()
     log.info("metrics: %s", json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in metrics.items()}))
     if t.final_eval:
@@ -407,6 +441,9 @@ def hydra_main(cfg: DictConfig) -> float:
     except (ConfigError, DataError, ckpt_io.CheckpointError) as e:  # bad input: one line, no traceback
         print(f"vaelab-train: error: {e}", file=sys.stderr)
         sys.exit(2)
+    except SaveFailed as e:
+        print(f"vaelab-train: error: {e}", file=sys.stderr)
+        sys.exit(1)
     except NonFiniteLoss as e:
         log.error("%s", e)
         if HydraConfig.get().mode.name == "MULTIRUN":
@@ -497,8 +534,8 @@ def main() -> None:
     try:
         hydra_main()
     except KeyboardInterrupt:  # a second Ctrl-C, or one outside training (joblib's parent, setup)
-        print("vaelab-train: interrupted; runs that had started keep their last checkpoint "
-              "(vaelab resume RUN_DIR)", file=sys.stderr)
+        print("vaelab-train: interrupted; a run keeps the checkpoints it had completed "
+              "(vaelab resume RUN_DIR carries it on from them; without any, start it again)", file=sys.stderr)
         sys.exit(130)
 
 

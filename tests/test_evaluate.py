@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import shutil
 
 import pytest
 import torch
@@ -263,7 +264,19 @@ def test_eval_errors_are_one_line(make_cfg, tmp_path, capsys):
         ([str(tmp_path / "run"), "--k", "0"], "argument --k: must be an integer >= 1"),
         ([str(tmp_path / "run"), "--k", "many"], "argument --k: must be an integer >= 1"),
         ([str(tmp_path / "run"), "--data-root", str(tmp_path / "nodata")], "MNIST not found"),
+        ([str(tmp_path / "tanh")], "trained with model.activation=relu, but the config says model.activation=tanh"),
+        ([str(tmp_path / "typo")], "config.yaml: not a valid vaelab config: Key 'latentsize' not in 'Config'"),
+        ([str(tmp_path / "empty")], "config.yaml: not a valid vaelab config: empty"),
+        ([str(tmp_path / "zero")], "config.yaml: trainer.eval_batch_size=0: must be >= 1"),
     ]
+    # Hand-edited saved configs: one that no longer matches the checkpoint, and broken ones.
+    for name, (old, new) in {"tanh": ("activation: relu", "activation: tanh"), "typo": ("latent_size:", "latentsize:"),
+                             "empty": (None, ""), "zero": ("eval_batch_size: 64", "eval_batch_size: 0")}.items():
+        shutil.copytree(tmp_path / "run", tmp_path / name)
+        saved = tmp_path / name / ".hydra" / "config.yaml"
+        text = saved.read_text()
+        assert old is None or old in text, old
+        saved.write_text(new if old is None else text.replace(old, new, 1))
     for argv, message in cases:
         try:
             code = _eval_cli(argv)

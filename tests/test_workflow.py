@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import time
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -318,6 +319,16 @@ def _other_model(path: Path, other: Path):
     shutil.copy(other, path)
 
 
+def _flip(path: Path, _):
+    """Bytes changed inside a tensor's data: still a valid zip, but its CRC-32 no longer matches."""
+    with zipfile.ZipFile(path) as z:
+        big = max(z.infolist(), key=lambda i: i.file_size)
+    data = bytearray(path.read_bytes())
+    at = big.header_offset + 30 + len(big.filename) + len(big.extra) + 64  # into the member's bytes
+    data[at:at + 16] = bytes(b ^ 0xFF for b in data[at:at + 16])
+    path.write_bytes(bytes(data))
+
+
 def _missing(path: Path, _):
     for p in path.parent.glob("*.pt"):
         p.unlink()
@@ -326,9 +337,10 @@ def _missing(path: Path, _):
 @pytest.mark.parametrize("damage,expect", [
     (_corrupt, "not a checkpoint file (no zip header"),
     (_truncate, "unreadable checkpoint (truncated or corrupted)"),
+    (_flip, "corrupted checkpoint (archive/data/"),
     (_other_model, "made for a different model"),
     (_missing, "no checkpoint, nothing to resume"),
-], ids=["corrupted", "truncated", "different-model", "missing"])
+], ids=["corrupted", "truncated", "flipped-bytes", "different-model", "missing"])
 def test_bad_checkpoint_names_the_file_and_overwrites_nothing(finished_run, other_model_checkpoint, tmp_path,
                                                               capsys, damage, expect):
     run = tmp_path / "run"
@@ -365,7 +377,8 @@ def test_resume_with_missing_data_changes_nothing(finished_run, tmp_path, capsys
     (["loss.beta=1,4"], "override 'loss.beta=1,4': resume continues one run; sweep with vaelab-train -m"),
     (["+foo=1"], "override '+foo=1': resume takes KEY=VALUE only"),
     (["model=mlp"], "override 'model=mlp': Invalid type assigned"),
-], ids=["other-latent-size", "unknown-key", "wrong-type", "bad-value", "sweep", "add-key", "group"])
+    (["model.activation=tanh"], "trained with model.activation=relu, but the config says model.activation=tanh"),
+], ids=["other-latent-size", "unknown-key", "wrong-type", "bad-value", "sweep", "add-key", "group", "same-shapes"])
 def test_bad_override_is_one_line_and_overwrites_nothing(finished_run, tmp_path, capsys, args, expect):
     run = tmp_path / "run"
     shutil.copytree(finished_run, run)
@@ -394,6 +407,33 @@ def test_non_finite_validation_stops_the_run_and_keeps_the_last_good_checkpoint(
                                                       r"\(epoch 1\)"):
         train(compose_cfg([f"data.root={tiny_mnist}", *TINY]), run)
     assert ckpt_io.load(run / "checkpoints" / "last.pt")["state"]["epoch"] == 1
+    assert json.loads((run / "stopped.json").read_text())["state"] == "diverged"
+
+
+def test_ctrl_c_after_the_weights_blew_up_keeps_the_good_checkpoint(tiny_mnist, tmp_path, monkeypatch):
+    """The Ctrl-C checkpoint comes between loss checks: it must not replace last.pt with
+    non-finite weights."""
+    real_beta_at, model = train_mod.beta_at, {}
+    real_build = train_mod.build_model
+
+    def build_model(*args, **kwargs):
+        model["m"] = real_build(*args, **kwargs)
+        return model["m"]
+
+    def beta_at(step, *args):
+        if step == 8:  # epoch 2 (6 steps an epoch), before its first loss check
+            with torch.no_grad():
+                next(model["m"].parameters()).fill_(float("inf"))
+            os.kill(os.getpid(), signal.SIGINT)
+        return real_beta_at(step, *args)
+
+    monkeypatch.setattr(train_mod, "build_model", build_model)
+    monkeypatch.setattr(train_mod, "beta_at", beta_at)
+    run = tmp_path / "run"
+    with pytest.raises(train_mod.NonFiniteLoss, match="non-finite weights at step 9, not saved to last.pt"):
+        train(compose_cfg([f"data.root={tiny_mnist}", *TINY]), run)
+    ck = ckpt_io.load(run / "checkpoints" / "last.pt")
+    assert ck["state"]["epoch"] == 1 and all(torch.isfinite(v).all() for v in ck["model"].values())
     assert json.loads((run / "stopped.json").read_text())["state"] == "diverged"
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import random
 import tempfile
+import zipfile
 from pathlib import Path
 from typing import Any, BinaryIO, Callable
 
@@ -83,7 +84,15 @@ def load(path: str | Path, map_location: Any = "cpu") -> dict:
         raise CheckpointError(f"{path}: not a checkpoint file (no zip header; {path.stat().st_size} bytes): "
                               f"corrupted, or written by something else")
     try:
+        # torch.load does not check the archive's CRC-32s: bytes flipped inside a tensor load
+        # as different weights without a word. testzip reads every member and checks them.
+        with zipfile.ZipFile(path) as z:
+            bad = z.testzip()
+        if bad is not None:
+            raise CheckpointError(f"{path}: corrupted checkpoint ({bad} fails its checksum)")
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except CheckpointError:
+        raise
     except Exception as e:  # truncated zip, a pickle with foreign objects, ...
         # PyTorch's own message runs to many lines and suggests weights_only=False, which
         # would execute arbitrary pickled code: report its first sentence only.
@@ -94,8 +103,26 @@ def load(path: str | Path, map_location: Any = "cpu") -> dict:
     return ckpt
 
 
-def check_compatible(ckpt: dict, model: torch.nn.Module, path: str | Path) -> None:
-    """Refuse a checkpoint whose weights don't fit `model`, naming the first mismatch."""
+# Settings that change what a checkpoint's weights compute, or the objective they were
+# trained for, without changing a tensor's shape.
+SAME_AS_TRAINED = ("model.activation", "loss.recon", "data.binarize")
+
+
+def check_compatible(ckpt: dict, model: torch.nn.Module, path: str | Path, cfg=None) -> None:
+    """Refuse a checkpoint whose weights don't fit `model`, naming the first mismatch; with the
+    config the weights are about to be used under, also one trained with another activation,
+    reconstruction loss or binarization (same shapes, other numbers)."""
+    if cfg is not None:
+        from omegaconf import OmegaConf
+
+        for key in SAME_AS_TRAINED:
+            trained = OmegaConf.select(OmegaConf.create(ckpt["config"]), key)
+            now = OmegaConf.select(cfg, key)
+            now = getattr(now, "name", now)  # enum -> its name, as checkpoints store it
+            if trained is not None and str(trained) != str(now):
+                raise CheckpointError(f"{path}: trained with {key}={trained}, but the config says {key}={now}; "
+                                      f"a checkpoint keeps the model and objective it was trained with "
+                                      f"(start a new run to change {key})")
     own = model.state_dict()
     theirs = ckpt["model"]
     missing = [k for k in own if k not in theirs]

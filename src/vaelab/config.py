@@ -179,6 +179,9 @@ def validate(cfg: DictConfig) -> None:
     _check(cfg.loss.kl_warmup_steps >= 0, "loss.kl_warmup_steps", cfg.loss.kl_warmup_steps, "must be >= 0")
     _check(cfg.optim.lr > 0, "optim.lr", cfg.optim.lr, "must be > 0")
     _check(cfg.optim.eps > 0, "optim.eps", cfg.optim.eps, "must be > 0")
+    _check(cfg.optim.weight_decay >= 0, "optim.weight_decay", cfg.optim.weight_decay, "must be >= 0")
+    for key in ("seed", "data.split_seed"):  # what torch.manual_seed and NumPy accept
+        _check(0 <= OmegaConf.select(cfg, key) < 2**32, key, OmegaConf.select(cfg, key), "must be in [0, 2**32)")
     _check(cfg.optim.name == "adam", "optim.name", cfg.optim.name, "allowed: adam")
     _check(cfg.optim.impl in _ADAM_IMPLS, "optim.impl", cfg.optim.impl, f"allowed: {', '.join(_ADAM_IMPLS)}")
     _check(len(cfg.optim.betas) == 2 and all(0 <= b < 1 for b in cfg.optim.betas),
@@ -190,6 +193,7 @@ def validate(cfg: DictConfig) -> None:
     _check(t.grad_clip >= 0, "trainer.grad_clip", t.grad_clip, "must be >= 0 (0 = off)")
     _check(t.checkpoint_every >= 1, "trainer.checkpoint_every", t.checkpoint_every, "must be >= 1")
     _check(t.log_every >= 1, "trainer.log_every", t.log_every, "must be >= 1")
+    _check(cfg.logger.images_every >= 1, "logger.images_every", cfg.logger.images_every, "must be >= 1")
     _check(t.compile_mode in ("default", "reduce-overhead", "max-autotune"), "trainer.compile_mode",
            t.compile_mode, "allowed: default, reduce-overhead, max-autotune")
     _check(t.num_samples >= 1, "trainer.num_samples", t.num_samples, "must be >= 1")
@@ -241,6 +245,25 @@ def typed(cfg: DictConfig | dict) -> DictConfig:
         # `vaelab reproduce` / `vaelab resume` of such a run stay bit-identical to it.
         cfg["model"] = {**model, "linear": "aten"}
     return OmegaConf.merge(schema, cfg)
+
+
+def load_run_config(path: str | Path) -> DictConfig:
+    """A run's saved .hydra/config.yaml, typed and validated. A file that is not YAML, not a
+    mapping, empty, or off the schema is a ConfigError with one line naming the file."""
+    try:
+        raw = OmegaConf.load(path)
+        if not isinstance(raw, DictConfig) or not raw:
+            raise ValueError("empty, or not a mapping of keys to values")
+        cfg = typed(raw)
+        OmegaConf.to_container(cfg, resolve=True)  # bad values and interpolations fail here, not later
+    except Exception as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ConfigError(f"{path}: not a valid vaelab config: {first}") from None
+    try:
+        validate(cfg)
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None
+    return cfg
 
 
 def to_plain(cfg: DictConfig) -> dict:

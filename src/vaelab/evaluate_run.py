@@ -23,7 +23,7 @@ import torch
 from omegaconf import OmegaConf
 
 from vaelab import checkpoint as ckpt_io
-from vaelab.config import ConfigError, resolve_device, typed
+from vaelab.config import ConfigError, load_run_config, resolve_device
 from vaelab.data import DataError, load_data
 from vaelab.evaluate import ACTIVE_THRESHOLD, bits_per_dim, elbo_stats, iwae_nll
 from vaelab.losses import MSE_GAUSSIAN_VARIANCE, MSE_NLL_CONST_PER_DIM
@@ -49,7 +49,7 @@ def _load(run_dir: str | Path, checkpoint: str, device: str):
     cfg_path = run_dir / ".hydra" / "config.yaml"
     if not cfg_path.is_file():
         raise RunDirError(f"{run_dir}: not a vaelab run directory (no .hydra/config.yaml)")
-    cfg = typed(OmegaConf.load(cfg_path))
+    cfg = load_run_config(cfg_path)
     if checkpoint in ("last", "best"):
         path = run_dir / "checkpoints" / f"{checkpoint}.pt"
     else:
@@ -58,7 +58,7 @@ def _load(run_dir: str | Path, checkpoint: str, device: str):
             path = run_dir / "checkpoints" / checkpoint  # --checkpoint epoch_0010.pt
     ck = ckpt_io.load(path)
     model = build_model(cfg)
-    ckpt_io.check_compatible(ck, model, path)
+    ckpt_io.check_compatible(ck, model, path, cfg)
     model.load_state_dict(ck["model"])
     dev = resolve_device(device)
     return cfg, model.to(dev).eval(), path, ck

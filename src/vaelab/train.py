@@ -212,7 +212,7 @@ def _train(cfg: DictConfig, run_dir: Path, data: MNISTData | None) -> dict:
     resume_from = ckpt_io.latest(ckpt_dir) if t.resume else None
     if resume_from is not None:
         ck = ckpt_io.load(resume_from, map_location="cpu")
-        ckpt_io.check_compatible(ck, model, resume_from)
+        ckpt_io.check_compatible(ck, model, resume_from, cfg)
         model.load_state_dict(ck["model"])
         opt.load_state_dict(ck["optimizer"])
         st.update(ck["state"])
@@ -270,6 +270,12 @@ def _train(cfg: DictConfig, run_dir: Path, data: MNISTData | None) -> dict:
     stop = _StopFlag()
 
     def save(path: Path) -> None:
+        # Never replace a good checkpoint with blown-up weights (a Ctrl-C can come between a
+        # step that overflowed and the next loss check).
+        if not torch.stack([torch.isfinite(p).all() for p in model.parameters()]).all():
+            good = f"{last_path} (epoch {st['epoch']})" if last_path.exists() else "none yet"
+            raise NonFiniteLoss(f"non-finite weights at step {st['step']}, not saved to {path.name}; "
+                                f"last good checkpoint: {good}")
         stop.saving = True
         try:
             ckpt_io.save_atomic({"model": model.state_dict(), "optimizer": opt.state_dict(),

@@ -26,7 +26,7 @@ from omegaconf import OmegaConf
 
 from vaelab import checkpoint as ckpt_io
 from vaelab.cli_errors import _explain as explain_override_error  # vaelab-train's wording
-from vaelab.config import ConfigError, resolve_device, typed, validate
+from vaelab.config import ConfigError, load_run_config, resolve_device, typed, validate
 
 
 def is_timing(key: str) -> bool:
@@ -166,7 +166,7 @@ def _later_eval(run_dir: Path) -> str:
     if not ev.is_file():
         return ""
     got = json.loads(ev.read_text())
-    k = typed(OmegaConf.load(run_config_path(run_dir))).trainer.final_eval_k
+    k = load_run_config(run_config_path(run_dir)).trainer.final_eval_k
     own = {"checkpoint": "last.pt", "k": k, "seed": 0}
     made = {"checkpoint": Path(str(got.get("checkpoint", ""))).name, "k": got.get("k"), "seed": got.get("seed")}
     return "" if made == own else ", ".join(f"{k}={v}" for k, v in made.items())
@@ -272,10 +272,7 @@ def resume(run_dir: str | Path, overrides: list[str] = ()) -> dict | None:
 
     run_dir = Path(run_dir)
     cfg_path = run_config_path(run_dir)
-    try:
-        cfg = typed(OmegaConf.load(cfg_path))
-    except Exception as e:
-        raise WorkflowError(f"{cfg_path}: not a valid vaelab config: {str(e).strip().splitlines()[0]}") from None
+    cfg = load_run_config(cfg_path)  # ConfigError, one line
     parsed = apply_overrides(cfg, list(overrides))
     validate(cfg)  # ConfigError, one line
     # Check the checkpoint and the data against the (new) config before anything is written.
@@ -284,7 +281,7 @@ def resume(run_dir: str | Path, overrides: list[str] = ()) -> dict | None:
         raise ckpt_io.CheckpointError(f"{run_dir / 'checkpoints'}: no checkpoint, nothing to resume "
                                       f"(the run stopped before its first checkpoint; start it again)")
     ck = ckpt_io.load(last)
-    ckpt_io.check_compatible(ck, build_model(cfg), last)
+    ckpt_io.check_compatible(ck, build_model(cfg), last, cfg)
     done = ck["state"]["epoch"]
     if done >= cfg.trainer.epochs and not ck["state"].get("pos"):
         # Training again would only log the final numbers a second time.

@@ -263,6 +263,8 @@ def test_eval_errors_are_one_line(make_cfg, tmp_path, capsys):
         ([str(tmp_path / "run"), "--checkpoint", "epoch_9999.pt"], "no such checkpoint file"),
         ([str(tmp_path / "run"), "--k", "0"], "argument --k: must be an integer >= 1"),
         ([str(tmp_path / "run"), "--k", "many"], "argument --k: must be an integer >= 1"),
+        ([str(tmp_path / "run"), "--device", "bogus"], "argument --device: allowed: auto, cpu, cuda, cuda:N, mps"),
+        ([str(tmp_path / "run"), "--seed", str(2**64)], "argument --seed: must be an integer in [0, 2**63)"),
         ([str(tmp_path / "run"), "--data-root", str(tmp_path / "nodata")], "MNIST not found"),
         ([str(tmp_path / "tanh")], "trained with model.activation=relu, but the config says model.activation=tanh"),
         ([str(tmp_path / "typo")], "config.yaml: not a valid vaelab config: Key 'latentsize' not in 'Config'"),

@@ -156,12 +156,16 @@ def test_compare_prints_the_sweep_sorted_and_plots_it(sweep, tmp_path, capsys):
 
     assert vaelab(["compare", sweep, "--sort", "active_units", "--desc"]) == 0
     capsys.readouterr()
+    assert vaelab(["compare", sweep, "--plot", "val_loss", "--out", tmp_path / "no_extension"]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == f"wrote {tmp_path / 'no_extension.png'}"
 
 
 @pytest.mark.parametrize("args,expect", [
     (["--sort", "val_los"], "--sort val_los: no run has that metric; available: active_units, best_val_loss"),
     (["--plot", "nope"], "--plot nope: no run has that scalar; available: epoch/active_units"),
-], ids=["unknown-metric", "unknown-scalar"])
+    (["--plot", "val_loss", "--out", "curves.xyz"], "--out curves.xyz: cannot write it: Format 'xyz' is not supported"),
+    (["--plot", "val_loss", "--out", "/proc/curves.png"], "--out /proc/curves.png: cannot write it"),
+], ids=["unknown-metric", "unknown-scalar", "unknown-format", "unwritable"])
 def test_compare_bad_input_is_one_line(sweep, capsys, args, expect):
     assert vaelab(["compare", sweep, *args]) == 2
     err = capsys.readouterr().err.strip().splitlines()

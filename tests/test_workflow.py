@@ -157,6 +157,10 @@ def test_reproduce_rejects_bad_input(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"vaelab reproduce: error: {tmp_path / 'nope'}: no such directory",
                    f"vaelab reproduce: error: {tmp_path}: not a vaelab run directory (no .hydra/config.yaml)"]
+    with pytest.raises(SystemExit) as exc:  # before any training
+        vaelab_cli(["reproduce", str(tmp_path), "--rtol", "-1"])
+    assert exc.value.code == 2
+    assert capsys.readouterr().err.startswith("vaelab reproduce: error: argument --rtol: must be a number >= 0")
 
 
 def test_plain_hydra_rerun_uses_the_saved_config_and_the_usual_folders(tmp_path):

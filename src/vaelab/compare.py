@@ -197,9 +197,15 @@ def plot(runs: list[Run], tag: str, out: str | Path) -> Path:
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=120, bbox_inches="tight")
-    plt.close(fig)
+    if not out.suffix:
+        out = out.with_suffix(".png")  # what matplotlib writes when the name has no extension
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(out, dpi=120, bbox_inches="tight")
+    except (OSError, ValueError) as e:  # unwritable, a file in the path, an unknown format
+        raise CompareError(f"--out {out}: cannot write it: {getattr(e, 'strerror', None) or e}") from None
+    finally:
+        plt.close(fig)
     return out
 
 

@@ -23,7 +23,7 @@ import torch
 from omegaconf import OmegaConf
 
 from vaelab import checkpoint as ckpt_io
-from vaelab.config import ConfigError, load_run_config, resolve_device
+from vaelab.config import _DEVICE_RE, ConfigError, load_run_config, resolve_device
 from vaelab.data import DataError, load_data
 from vaelab.evaluate import ACTIVE_THRESHOLD, bits_per_dim, elbo_stats, iwae_nll
 from vaelab.losses import MSE_GAUSSIAN_VARIANCE, MSE_NLL_CONST_PER_DIM
@@ -225,6 +225,32 @@ def positive_int(text: str) -> int:
     return value
 
 
+def seed_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value < 2**63:  # what torch.Generator.manual_seed takes
+        raise argparse.ArgumentTypeError(f"must be an integer in [0, 2**63), got {text!r}")
+    return value
+
+
+def device_name(text: str) -> str:
+    if not _DEVICE_RE.match(text):
+        raise argparse.ArgumentTypeError(f"allowed: auto, cpu, cuda, cuda:N, mps; got {text!r}")
+    return text
+
+
+def non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value >= 0):
+        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text!r}")
+    return value
+
+
 def positive_float(text: str) -> float:
     try:
         value = float(text)
@@ -242,8 +268,8 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
                         help="importance samples of the IWAE bound (default 5000, as Burda et al.)")
     parser.add_argument("--checkpoint", default="last",
                         help="last, best, a path, or a file name under RUN_DIR/checkpoints/ (default last)")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default auto)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the posterior samples (default 0)")
+    parser.add_argument("--device", type=device_name, default="auto", help="auto, cpu, cuda, cuda:N or mps (default auto)")
+    parser.add_argument("--seed", type=seed_int, default=0, help="seed of the posterior samples (default 0)")
     parser.add_argument("--data-root", default=None,
                         help="folder holding MNIST/raw/ (default: the run's data.root)")
     parser.add_argument("--no-pictures", action="store_true", help="numbers only")

@@ -251,7 +251,7 @@ def make_pictures(model, images: torch.Tensor, labels: torch.Tensor, kl_per_dim:
 
 
 def add_sample_arguments(parser: argparse.ArgumentParser) -> None:
-    from vaelab.evaluate_run import one_line_errors, positive_float, positive_int
+    from vaelab.evaluate_run import device_name, one_line_errors, positive_float, positive_int, seed_int
 
     parser.error = one_line_errors("vaelab sample")
     parser.add_argument("run_dir", metavar="RUN_DIR", help="a run directory (holds .hydra/ and checkpoints/)")
@@ -260,10 +260,10 @@ def add_sample_arguments(parser: argparse.ArgumentParser) -> None:
                         help="PNG to write (default RUN_DIR/eval/samples_t<temperature>_seed<seed>.png)")
     parser.add_argument("--temperature", type=positive_float, default=1.0,
                         help="z ~ N(0, T^2 I); below 1 trades variety for cleaner digits (default 1)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the latent draws (default 0)")
+    parser.add_argument("--seed", type=seed_int, default=0, help="seed of the latent draws (default 0)")
     parser.add_argument("--nrow", type=positive_int, default=None, help="images per row (default ~sqrt(n))")
     parser.add_argument("--checkpoint", default="last", help="last, best, or a checkpoint path (default last)")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default auto)")
+    parser.add_argument("--device", type=device_name, default="auto", help="auto, cpu, cuda, cuda:N or mps (default auto)")
 
 
 def sample_command(args: argparse.Namespace) -> int:

@@ -135,7 +135,10 @@ def add_reproduce_arguments(p) -> None:
     p.add_argument("run_dir", metavar="RUN_DIR", help="a finished run (a folder holding .hydra/config.yaml)")
     p.add_argument("--out", metavar="DIR", help="the new run directory "
                    "(default: outputs/runs/<name>/<timestamp>, like vaelab-train)")
-    p.add_argument("--rtol", type=float, default=0.0,
+    from vaelab.evaluate_run import non_negative_float, one_line_errors
+
+    p.error = one_line_errors("vaelab reproduce")
+    p.add_argument("--rtol", type=non_negative_float, default=0.0,
                    help="relative tolerance for the comparison (default 0: identical to the bit, which "
                         "holds on CPU; a GPU run that is not bit-reproducible needs one, see the README)")
 
@@ -180,6 +183,8 @@ def reproduce(run_dir: str | Path, out: str | Path | None = None, rtol: float = 
     original = final_metrics(run_dir)  # before spending time on a run we could not compare
     name = OmegaConf.load(cfg_path).get("name", "default")
     new_dir = Path(out).resolve() if out else _new_run_dir(name)
+    if new_dir.exists() and not new_dir.is_dir():
+        raise WorkflowError(f"--out {new_dir}: a file, not a folder; give another --out")
     if new_dir.exists() and any(new_dir.iterdir()):
         raise WorkflowError(f"{new_dir}: already exists and is not empty; give another --out")
     quoted = str(new_dir).replace("'", "\\'")  # a quoted value in Hydra's override grammar

@@ -279,6 +279,7 @@ def test_eval_errors_are_one_line(make_cfg, tmp_path, capsys):
         text = saved.read_text()
         assert old is None or old in text, old
         saved.write_text(new if old is None else text.replace(old, new, 1))
+    capsys.readouterr()  # the training's log
     for argv, message in cases:
         try:
             code = _eval_cli(argv)

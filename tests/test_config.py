@@ -123,6 +123,17 @@ def test_bad_input_is_one_line(args, needle):
     assert "\n" not in err
 
 
+def test_a_run_folder_that_holds_a_run_is_refused(tmp_path):
+    """Hydra would write the new config over the run's before training could refuse it."""
+    (tmp_path / "run" / ".hydra").mkdir(parents=True)
+    (tmp_path / "run" / ".hydra" / "config.yaml").write_text("latent_size: 2\n")
+    err = precheck([f"hydra.run.dir={tmp_path / 'run'}", "latent_size=8"])
+    assert err == (f"hydra.run.dir={tmp_path / 'run'}: that folder holds a run already; carry it on with "
+                   f"'vaelab resume {tmp_path / 'run'} [KEY=VALUE ...]', or give another folder")
+    assert precheck([f"hydra.run.dir={tmp_path / 'new'}"]) is None
+    assert precheck([f"hydra.run.dir={tmp_path / 'run'}", "--cfg", "job"]) is None  # writes nothing
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
 def test_cuda_without_gpu_is_refused():
     with pytest.raises(ConfigError, match="no CUDA GPU"):

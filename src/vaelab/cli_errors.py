@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import re
+from pathlib import Path
 
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
@@ -122,6 +123,14 @@ def precheck(argv: list[str]) -> str | None:
                 "--shell-completion may be given (for --cfg, drop -m and give one value per key)")
     helps = [f for f in flags if f in ("--help", "-h", "--hydra-help")]
     swept = [o.input_line for o in task if o.is_sweep_override()]
+    # Hydra writes the composed config into the run folder before vaelab's code runs: into a
+    # folder that holds a run already, it would replace that run's config even when the
+    # checkpoint then turns out not to fit it. `vaelab resume` checks first, then writes.
+    run_dir = next((str(o.value()) for o in parsed if o.key_or_group == "hydra.run.dir"), None)
+    if (run_dir and not helps and all(m in ("--run", "-r") for m in modes)
+            and (Path(run_dir) / ".hydra" / "config.yaml").is_file()):
+        return (f"hydra.run.dir={run_dir}: that folder holds a run already; carry it on with "
+                f"'vaelab resume {run_dir} [KEY=VALUE ...]', or give another folder")
     if helps and swept:  # Hydra composes one job's config for --help, and raises on a sweep
         return f"override '{swept[0]}' lists several values: {helps[0]} shows one job, give one value per key"
     if any(f in flags for f in ("--config-dir", "-cd", "--config-name", "-cn", "--config-path", "-cp",

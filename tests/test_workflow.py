@@ -161,6 +161,16 @@ def test_reproduce_rejects_bad_input(tmp_path, capsys):
         vaelab_cli(["reproduce", str(tmp_path), "--rtol", "-1"])
     assert exc.value.code == 2
     assert capsys.readouterr().err.startswith("vaelab reproduce: error: argument --rtol: must be a number >= 0")
+    run = tmp_path / "run"
+    (run / ".hydra").mkdir(parents=True)
+    (run / ".hydra" / "config.yaml").write_text("latent_size: [\n")
+    assert vaelab(["reproduce", run]) == 2
+    assert capsys.readouterr().err.startswith(f"vaelab reproduce: error: {run / '.hydra' / 'config.yaml'}: "
+                                              f"not a valid vaelab config: ")
+    (run / ".hydra" / "config.yaml").write_text("latent_size: 2\n")  # diverged before its first checkpoint
+    assert vaelab(["reproduce", run]) == 2
+    assert capsys.readouterr().err.strip() == (f"vaelab reproduce: error: {run}: no metrics.json, the run has not "
+                                               f"finished (it has no checkpoint to carry on from; start it again)")
 
 
 def test_plain_hydra_rerun_uses_the_saved_config_and_the_usual_folders(tmp_path):

@@ -15,6 +15,7 @@ import logging
 import math
 import os
 import random
+import shutil
 import signal
 import sys
 import time
@@ -446,6 +447,10 @@ def hydra_main(cfg: DictConfig) -> float:
         metrics = train(typed(cfg), run_dir)
     except (ConfigError, DataError, ckpt_io.CheckpointError) as e:  # bad input: one line, no traceback
         print(f"vaelab-train: error: {e}", file=sys.stderr)
+        # The folder Hydra made for a run that never started would list in `vaelab compare`
+        # as an unfinished run: remove it when it holds nothing but what Hydra put there.
+        if {p.name for p in run_dir.iterdir()} <= {".hydra", "train.log"}:
+            shutil.rmtree(run_dir, ignore_errors=True)
         sys.exit(2)
     except SaveFailed as e:
         print(f"vaelab-train: error: {e}", file=sys.stderr)

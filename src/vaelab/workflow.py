@@ -90,8 +90,9 @@ def final_metrics(run_dir: str | Path) -> dict:
     run_dir = Path(run_dir)
     path = run_dir / "metrics.json"
     if not path.is_file():
-        raise WorkflowError(f"{run_dir}: no metrics.json, the run has not finished "
-                            f"(carry it on with: vaelab resume {run_dir})")
+        how = (f"carry it on with: vaelab resume {run_dir}" if ckpt_io.latest(run_dir / "checkpoints")
+               else "it has no checkpoint to carry on from; start it again")
+        raise WorkflowError(f"{run_dir}: no metrics.json, the run has not finished ({how})")
     metrics = json.loads(path.read_text())
     ev = run_dir / "eval.json"
     if ev.is_file():
@@ -180,6 +181,7 @@ def reproduce(run_dir: str | Path, out: str | Path | None = None, rtol: float = 
     Returns (exit code, new run directory): 0 if every metric agrees, 1 if any differs."""
     run_dir = Path(run_dir).resolve()
     cfg_path = run_config_path(run_dir)
+    load_run_config(cfg_path)  # ConfigError, one line: not after a failed training
     original = final_metrics(run_dir)  # before spending time on a run we could not compare
     name = OmegaConf.load(cfg_path).get("name", "default")
     new_dir = Path(out).resolve() if out else _new_run_dir(name)
@@ -220,7 +222,7 @@ def reproduce(run_dir: str | Path, out: str | Path | None = None, rtol: float = 
 def reproduce_command(args) -> int:
     try:
         return reproduce(args.run_dir, args.out, args.rtol)[0]
-    except WorkflowError as e:
+    except (WorkflowError, ConfigError) as e:
         print(f"vaelab reproduce: error: {e}", file=sys.stderr)
         return 2
 

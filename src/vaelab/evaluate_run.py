@@ -215,50 +215,29 @@ def one_line_errors(prog: str):
     return error
 
 
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}")
-    return value
+def _checked(convert, ok, allowed: str):
+    """An argparse type: convert the text, then keep it only if ok(value)."""
+    def parse(text: str):
+        try:
+            value = convert(text)
+        except ValueError:
+            value = None
+        if value is None or not ok(value):
+            raise argparse.ArgumentTypeError(f"must be {allowed}, got {text!r}")
+        return value
+    return parse
 
 
-def seed_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if not 0 <= value < 2**63:  # what torch.Generator.manual_seed takes
-        raise argparse.ArgumentTypeError(f"must be an integer in [0, 2**63), got {text!r}")
-    return value
+positive_int = _checked(int, lambda v: v >= 1, "an integer >= 1")
+seed_int = _checked(int, lambda v: 0 <= v < 2**63, "an integer in [0, 2**63)")  # torch.Generator.manual_seed
+positive_float = _checked(float, lambda v: math.isfinite(v) and v > 0, "a number > 0")
+non_negative_float = _checked(float, lambda v: math.isfinite(v) and v >= 0, "a number >= 0")
 
 
 def device_name(text: str) -> str:
     if not _DEVICE_RE.match(text):
         raise argparse.ArgumentTypeError(f"allowed: auto, cpu, cuda, cuda:N, mps; got {text!r}")
     return text
-
-
-def non_negative_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not (math.isfinite(value) and value >= 0):
-        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text!r}")
-    return value
-
-
-def positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"must be a number > 0, got {text!r}")
-    return value
 
 
 def add_eval_arguments(parser: argparse.ArgumentParser) -> None:

@@ -105,6 +105,7 @@ def test_optimizer_matches_config():
     (["optim.weight_decay=-1"], "optim.weight_decay=-1.0: must be >= 0"),
     (["seed=4294967296"], "seed=4294967296: must be in [0, 2**32)"),
     (["logger.images_every=0"], "logger.images_every=0: must be >= 1"),
+    (["name=../../x"], "name=../../x: one folder name"),  # it would land outside outputs/
     (["-m", "latent_size=2,0"], "latent_size=0"),  # every value of a sweep is checked
     (["+foo=1"], "unknown key 'foo' in override '+foo=1'"),  # `+` gets past compose, not the schema
     (["++trainer.epochz=1"], "did you mean 'trainer.epochs'"),

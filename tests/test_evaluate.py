@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import shutil
 
 import pytest
@@ -261,11 +262,14 @@ def test_eval_errors_are_one_line(make_cfg, tmp_path, capsys):
         ([str(tmp_path)], "not a vaelab run directory"),
         ([str(tmp_path / "run"), "--checkpoint", str(tmp_path / "junk.pt")], "junk.pt: not a checkpoint file"),
         ([str(tmp_path / "run"), "--checkpoint", "epoch_9999.pt"], "no such checkpoint file"),
-        ([str(tmp_path / "run"), "--k", "0"], "argument --k: must be an integer >= 1"),
-        ([str(tmp_path / "run"), "--k", "many"], "argument --k: must be an integer >= 1"),
+        ([str(tmp_path / "run"), "--k", "0"], "argument --k: must be an integer in [1, 1000000]"),
+        ([str(tmp_path / "run"), "--k", "many"], "argument --k: must be an integer in [1, 1000000]"),
         ([str(tmp_path / "run"), "--device", "bogus"], "argument --device: allowed: auto, cpu, cuda, cuda:N, mps"),
+        ([str(tmp_path / "run"), "--k", str(10**20)], "argument --k: must be an integer in [1, 1000000]"),
+        ([str(tmp_path / "ro")], "ro: not writable (eval writes eval.json"),
         ([str(tmp_path / "run"), "--seed", str(2**64)], "argument --seed: must be an integer in [0, 2**63)"),
         ([str(tmp_path / "run"), "--data-root", str(tmp_path / "nodata")], "MNIST not found"),
+        ([str(tmp_path / "run"), "--data-root", str(tmp_path / "nodata")], "; give --data-root DIR to a folder"),
         ([str(tmp_path / "tanh")], "trained with model.activation=relu, but the config says model.activation=tanh"),
         ([str(tmp_path / "typo")], "config.yaml: not a valid vaelab config: Key 'latentsize' not in 'Config'"),
         ([str(tmp_path / "empty")], "config.yaml: not a valid vaelab config: empty"),
@@ -279,6 +283,10 @@ def test_eval_errors_are_one_line(make_cfg, tmp_path, capsys):
         text = saved.read_text()
         assert old is None or old in text, old
         saved.write_text(new if old is None else text.replace(old, new, 1))
+    shutil.copytree(tmp_path / "run", tmp_path / "ro")
+    (tmp_path / "ro").chmod(0o555)
+    if os.access(tmp_path / "ro", os.W_OK):  # root ignores the mode bits
+        cases = [c for c in cases if not c[0][0].endswith("ro")]
     capsys.readouterr()  # the training's log
     for argv, message in cases:
         try:
@@ -288,6 +296,7 @@ def test_eval_errors_are_one_line(make_cfg, tmp_path, capsys):
         err = capsys.readouterr().err
         assert code == 2, argv
         assert err.count("\n") == 1 and err.startswith("vaelab eval: error: ") and message in err, err
+    assert not (tmp_path / "nodata").exists()  # the failed download left no empty MNIST/raw/ behind
 
 
 def test_relative_data_root_is_relative_to_where_training_started(tmp_path, tiny_mnist):

@@ -113,7 +113,8 @@ def test_vaelab_sample(make_cfg, tmp_path, capsys):
     capsys.readouterr()
 
     for argv, message in (([str(tmp_path / "nope")], "no such run directory"),
-                          ([str(run), "-n", "0"], "argument -n: must be an integer >= 1"),
+                          ([str(run), "-n", "0"], "argument -n: must be an integer in [1, 10000]"),
+                          ([str(run), "-n", str(10**8)], "argument -n: must be an integer in [1, 10000]"),
                           ([str(run), "--temperature", "-1"], "argument --temperature: must be a number > 0"),
                           ([str(run), "--out", str(tmp_path / "grid.nope")], "cannot write")):
         try:

@@ -200,6 +200,9 @@ def validate(cfg: DictConfig) -> None:
     _check(t.final_eval_k >= 1, "trainer.final_eval_k", t.final_eval_k, "must be >= 1")
     _check(cfg.data.val_size >= 0, "data.val_size", cfg.data.val_size, "must be >= 0")
     _check(cfg.data.name == "mnist", "data.name", cfg.data.name, "allowed: mnist")
+    # `name` is a folder under outputs/ (outputs/runs/<name>/...): one plain folder name
+    _check(bool(re.fullmatch(r"[\w.=,+-]+", cfg.name)) and cfg.name not in (".", ".."), "name", cfg.name,
+           "one folder name: letters, digits and _ . = , + - (no '/', not '..')")
     m = cfg.model
     if m.hidden is not None:
         _check(len(m.hidden) >= 1 and all(h >= 1 for h in m.hidden), "model.hidden", list(m.hidden),

@@ -7,6 +7,7 @@ one by one. Here the whole split lives on the device as one (N, 784) uint8 tenso
 from __future__ import annotations
 
 import logging
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -56,22 +57,27 @@ def _have_files(root: Path) -> bool:
     return all((raw / f).exists() or (raw / f"{f}.gz").exists() for f in MNIST_FILES)
 
 
-def load_mnist_arrays(root: str | Path, download: bool = True):
-    """((60000, 28, 28) uint8, (60000,) int64, (10000, 28, 28) uint8, (10000,) int64) via torchvision."""
+def load_mnist_arrays(root: str | Path, download: bool = True, how: str = "set data.root=DIR or VAELAB_DATA=DIR"):
+    """((60000, 28, 28) uint8, (60000,) int64, (10000, 28, 28) uint8, (10000,) int64) via torchvision.
+    `how`: what the error message tells the user to do to point at the data."""
     from torchvision.datasets import MNIST
 
     root = Path(root).expanduser()
     if not _have_files(root) and download:
+        chain = [_raw_dir(root), *_raw_dir(root).parents]
+        first_new = next((p for p in chain if not p.exists() and p.parent.exists()), None)  # torchvision may make it
         try:
             MNIST(str(root), train=True, download=True)
             MNIST(str(root), train=False, download=True)
         except Exception as e:  # no network, a mirror down, a read-only folder, ...
             log.debug("MNIST download failed: %r", e)
+            if first_new is not None and first_new.is_dir() and not any(f.is_file() for f in first_new.rglob("*")):
+                shutil.rmtree(first_new, ignore_errors=True)  # a failed download leaves no empty folders behind
     if not _have_files(root):
         raise DataError(
             f"MNIST not found in {_raw_dir(root).resolve()} (download {'failed' if download else 'disabled'}): "
             f"expected the four files {', '.join(MNIST_FILES)} (optionally .gz); "
-            f"set data.root=DIR or VAELAB_DATA=DIR to a folder holding MNIST/raw/")
+            f"{how} to a folder holding MNIST/raw/")
     try:
         tr = MNIST(str(root), train=True, download=False)
         te = MNIST(str(root), train=False, download=False)
@@ -88,8 +94,8 @@ def _binarize_once(images: torch.Tensor, seed: int) -> torch.Tensor:
 
 
 def load_data(root: str | Path, device: torch.device, val_size: int = 5000, split_seed: int = 0,
-              binarize: str = "none", download: bool = True) -> MNISTData:
-    x_train, y_train, x_test, y_test = load_mnist_arrays(root, download)
+              binarize: str = "none", download: bool = True, **how) -> MNISTData:
+    x_train, y_train, x_test, y_test = load_mnist_arrays(root, download, **how)
     n = x_train.shape[0]
     if not 0 <= val_size < n:
         raise DataError(f"data.val_size={val_size}: must be in [0, {n - 1}] for a training set of {n} images")

@@ -15,6 +15,7 @@ import argparse
 import json
 import logging
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -111,7 +112,7 @@ def evaluate_run(run_dir: str | Path, k: int = 5000, device: str = "auto", check
     recon_kind = getattr(cfg.loss.recon, "value", cfg.loss.recon)
     binarize = getattr(cfg.data.binarize, "value", cfg.data.binarize)
     data = load_data(root, dev, val_size=cfg.data.val_size, split_seed=cfg.data.split_seed,
-                     binarize=binarize, download=cfg.data.download)
+                     binarize=binarize, download=cfg.data.download, how="give --data-root DIR")
     test = data.test.images
     d = test.shape[1]
     gen = torch.Generator(device=dev).manual_seed(seed)
@@ -229,6 +230,7 @@ def _checked(convert, ok, allowed: str):
 
 
 positive_int = _checked(int, lambda v: v >= 1, "an integer >= 1")
+importance_samples = _checked(int, lambda v: 1 <= v <= 10**6, "an integer in [1, 1000000] (the IWAE paper uses 5000)")
 seed_int = _checked(int, lambda v: 0 <= v < 2**63, "an integer in [0, 2**63)")  # torch.Generator.manual_seed
 positive_float = _checked(float, lambda v: math.isfinite(v) and v > 0, "a number > 0")
 non_negative_float = _checked(float, lambda v: math.isfinite(v) and v >= 0, "a number >= 0")
@@ -243,7 +245,7 @@ def device_name(text: str) -> str:
 def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     parser.error = one_line_errors("vaelab eval")
     parser.add_argument("run_dir", metavar="RUN_DIR", help="a run directory (holds .hydra/ and checkpoints/)")
-    parser.add_argument("--k", type=positive_int, default=5000,
+    parser.add_argument("--k", type=importance_samples, default=5000,
                         help="importance samples of the IWAE bound (default 5000, as Burda et al.)")
     parser.add_argument("--checkpoint", default="last",
                         help="last, best, a path, or a file name under RUN_DIR/checkpoints/ (default last)")
@@ -256,6 +258,11 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def eval_command(args: argparse.Namespace) -> int:
+    run = Path(args.run_dir).resolve()
+    if (run / ".hydra").is_dir() and not os.access(run, os.W_OK):  # before the work, not after
+        print(f"vaelab eval: error: {args.run_dir}: not writable (eval writes eval.json, eval/ and "
+              f"TensorBoard events there)", file=sys.stderr)
+        return 2
     try:
         result = evaluate_run(args.run_dir, k=args.k, device=args.device, checkpoint=args.checkpoint,
                               progress=not args.no_progress, seed=args.seed, pictures=not args.no_pictures,
@@ -263,5 +270,8 @@ def eval_command(args: argparse.Namespace) -> int:
     except USER_ERRORS as e:
         print(f"vaelab eval: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # a disk that fills up or turns read-only mid-way
+        print(f"vaelab eval: error: cannot write {e.filename or args.run_dir}: {e.strerror or e}", file=sys.stderr)
+        return 1
     print(format_table(result, args.run_dir))
     return 0

@@ -251,11 +251,12 @@ def make_pictures(model, images: torch.Tensor, labels: torch.Tensor, kl_per_dim:
 
 
 def add_sample_arguments(parser: argparse.ArgumentParser) -> None:
-    from vaelab.evaluate_run import device_name, one_line_errors, positive_float, positive_int, seed_int
+    from vaelab.evaluate_run import _checked, device_name, one_line_errors, positive_float, positive_int, seed_int
 
     parser.error = one_line_errors("vaelab sample")
     parser.add_argument("run_dir", metavar="RUN_DIR", help="a run directory (holds .hydra/ and checkpoints/)")
-    parser.add_argument("-n", type=positive_int, default=64, help="number of samples (default 64)")
+    parser.add_argument("-n", type=_checked(int, lambda v: 1 <= v <= 10_000, "an integer in [1, 10000] (one grid)"),
+                        default=64, help="number of samples, at most 10000 (default 64)")
     parser.add_argument("--out", default=None,
                         help="PNG to write (default RUN_DIR/eval/samples_t<temperature>_seed<seed>.png)")
     parser.add_argument("--temperature", type=positive_float, default=1.0,

@@ -371,6 +371,19 @@ def test_bad_checkpoint_names_the_file_and_overwrites_nothing(finished_run, othe
     assert files_snapshot(run) == before
 
 
+def test_resume_of_a_read_only_run_is_one_line(finished_run, tmp_path, capsys, monkeypatch):
+    import vaelab.workflow as workflow
+
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    # As root the mode bits do not stop writes; a read-only mount does, and access() says so.
+    monkeypatch.setattr(workflow.os, "access", lambda path, mode: Path(path).name != "checkpoints")
+    capsys.readouterr()
+    assert vaelab(["resume", run, "trainer.epochs=5"]) == 2
+    assert capsys.readouterr().err.strip() == (f"vaelab resume: error: {run / 'checkpoints'}: not writable; "
+                                               f"resume writes checkpoints, logs and the config there")
+
+
 def test_resume_with_missing_data_changes_nothing(finished_run, tmp_path, capsys):
     run = tmp_path / "run"
     shutil.copytree(finished_run, run)

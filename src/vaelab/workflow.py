@@ -279,6 +279,9 @@ def resume(run_dir: str | Path, overrides: list[str] = ()) -> dict | None:
 
     run_dir = Path(run_dir)
     cfg_path = run_config_path(run_dir)
+    for folder in (run_dir, run_dir / ".hydra", run_dir / "checkpoints"):
+        if folder.is_dir() and not os.access(folder, os.W_OK):
+            raise WorkflowError(f"{folder}: not writable; resume writes checkpoints, logs and the config there")
     cfg = load_run_config(cfg_path)  # ConfigError, one line
     parsed = apply_overrides(cfg, list(overrides))
     validate(cfg)  # ConfigError, one line
@@ -326,6 +329,9 @@ def resume_command(args) -> int:
         return 2
     except (NonFiniteLoss, SaveFailed) as e:
         print(f"vaelab resume: error: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:  # a disk that fills up or turns read-only mid-way
+        print(f"vaelab resume: error: cannot write {e.filename or args.run_dir}: {e.strerror or e}", file=sys.stderr)
         return 1
     except Interrupted as e:
         print(f"vaelab resume: {e}", file=sys.stderr)

@@ -2,7 +2,6 @@
 with Hydra's compose API (the same files and schema vaelab-train uses)."""
 from __future__ import annotations
 
-import os
 import struct
 from pathlib import Path
 

@@ -115,8 +115,9 @@ def check_compatible(ckpt: dict, model: torch.nn.Module, path: str | Path, cfg=N
     if cfg is not None:
         from omegaconf import OmegaConf
 
+        theirs = OmegaConf.create(ckpt["config"])
         for key in SAME_AS_TRAINED:
-            trained = OmegaConf.select(OmegaConf.create(ckpt["config"]), key)
+            trained = OmegaConf.select(theirs, key)
             now = OmegaConf.select(cfg, key)
             now = getattr(now, "name", now)  # enum -> its name, as checkpoints store it
             if trained is not None and str(trained) != str(now):

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, List, Optional
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 # conf/ sits at the repository root (see STYLE.md); the package is installed editable.
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"

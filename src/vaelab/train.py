@@ -154,9 +154,9 @@ def train(cfg: DictConfig, run_dir: str | Path, data: MNISTData | None = None) -
         return _train(cfg, run_dir, data)
     except (NonFiniteLoss, Interrupted, SaveFailed) as e:
         state = {NonFiniteLoss: "diverged", Interrupted: "interrupted", SaveFailed: "failed"}[type(e)]
+        text = json.dumps({"state": state, "reason": str(e)})
         try:
-            ckpt_io.write_atomic(run_dir / STOPPED,
-                                 lambda f: f.write(json.dumps({"state": state, "reason": str(e)}).encode()))
+            ckpt_io.write_atomic(run_dir / STOPPED, lambda f: f.write(text.encode()))
         except OSError:  # the run folder itself is not writable: the message above still says it
             pass
         raise

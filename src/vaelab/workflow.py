@@ -26,7 +26,7 @@ from omegaconf import OmegaConf
 
 from vaelab import checkpoint as ckpt_io
 from vaelab.cli_errors import _explain as explain_override_error  # vaelab-train's wording
-from vaelab.config import ConfigError, load_run_config, resolve_device, typed, validate
+from vaelab.config import ConfigError, load_run_config, resolve_device, validate
 
 
 def is_timing(key: str) -> bool:

@@ -106,6 +106,8 @@ def test_optimizer_matches_config():
     (["seed=4294967296"], "seed=4294967296: must be in [0, 2**32)"),
     (["logger.images_every=0"], "logger.images_every=0: must be >= 1"),
     (["name=../../x"], "name=../../x: one folder name"),  # it would land outside outputs/
+    (["-m", "name=a,b"], "override 'name' lists several values: name names the sweep's folder"),
+    (["hparams_search=optuna", "optim.lrr=interval(1e-4,1e-3)"], "did you mean 'optim.lr'"),  # Optuna's ranges
     (["-m", "latent_size=2,0"], "latent_size=0"),  # every value of a sweep is checked
     (["+foo=1"], "unknown key 'foo' in override '+foo=1'"),  # `+` gets past compose, not the schema
     (["++trainer.epochz=1"], "did you mean 'trainer.epochs'"),
@@ -133,6 +135,10 @@ def test_a_run_folder_that_holds_a_run_is_refused(tmp_path):
                    f"'vaelab resume {tmp_path / 'run'} [KEY=VALUE ...]', or give another folder")
     assert precheck([f"hydra.run.dir={tmp_path / 'new'}"]) is None
     assert precheck([f"hydra.run.dir={tmp_path / 'run'}", "--cfg", "job"]) is None  # writes nothing
+    # A sweep into a folder that holds an earlier sweep's runs: its jobs would carry them on.
+    err = precheck(["-m", "latent_size=2,4", f"hydra.sweep.dir={tmp_path}"])
+    assert err.startswith(f"hydra.sweep.dir={tmp_path}: that folder holds runs of an earlier sweep already")
+    assert precheck(["-m", "latent_size=2,4", f"hydra.sweep.dir={tmp_path / 'new'}"]) is None
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")

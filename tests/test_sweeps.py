@@ -110,7 +110,11 @@ def test_sweep_names_leave_out_fixed_overrides_and_an_unswept_seed():
     assert sweep_name_override(["-m", "latent_size=2,16", "seed=0,1"]) == [
         "hydra.job.config.override_dirname.exclude_keys=[]"]  # a swept seed stays in the name
     assert sweep_name_override(["-m", "latent_size=2,16", "hydra.job.config.override_dirname.exclude_keys=[]"]) == []
-    assert job_name("latent_size=16,model=mlp/big", 5) == "latent_size=16,model=mlp_big"
+    assert job_name("latent_size=16,model=mlp/big", 5) == "latent_size=16,model=mlp%2Fbig"
+    assert job_name("data.root=/d/x", 0) != job_name("data.root=/d_x", 1)  # two values, two folders
+    assert job_name("data.root=a%2Fb", 0) != job_name("data.root=a/b", 1)
+    long = ",".join(f"key{i}=0.{i}123456789012345678" for i in range(20))  # Optuna's floats add up
+    assert len(job_name(long, 0).encode()) <= 200 and job_name(long, 0) != job_name(long + "9", 0)
     assert job_name("", 5) == "job5"
 
 
@@ -304,3 +308,15 @@ def test_ctrl_c_stops_the_whole_sweep(tiny_mnist, tmp_path):
     assert list(runs(sweep)) == ["latent_size=2"]  # the second job never started
     assert "stopped by SIGINT" in out and "the sweep stops here" in out
     assert (sweep / "latent_size=2" / "checkpoints" / "last.pt").is_file()
+
+
+def test_compare_sorts_a_sweep_whose_every_job_diverged(tmp_path, capsys):
+    """--sort by a metric no run reached (each diverged before its first epoch) is not an
+    error: the rows come out, as unsorted as their metrics are missing."""
+    for name in ("optim.lr=1e+30", "optim.lr=1e+31"):
+        (tmp_path / name / ".hydra").mkdir(parents=True)
+        (tmp_path / name / ".hydra" / "config.yaml").write_text(f"optim:\n  lr: {name.split('=')[1]}\n")
+        (tmp_path / name / "stopped.json").write_text('{"state": "diverged", "reason": "x"}')
+    assert vaelab(["compare", tmp_path, "--sort", "val_loss"]) == 0
+    rows = capsys.readouterr().out.splitlines()[2:]
+    assert len(rows) == 2 and all(r.endswith("diverged") for r in rows)

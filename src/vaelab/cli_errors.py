@@ -126,6 +126,15 @@ def precheck(argv: list[str]) -> str | None:
     # Hydra writes the composed config into the run folder before vaelab's code runs: into a
     # folder that holds a run already, it would replace that run's config even when the
     # checkpoint then turns out not to fit it. `vaelab resume` checks first, then writes.
+    if "name" in {o.key_or_group for o in task if o.is_sweep_override()}:
+        return ("override 'name' lists several values: name names the sweep's folder "
+                "(outputs/multirun/<name>/...), give it one value and sweep other keys")
+    sweep_dir = next((str(o.value()) for o in parsed if o.key_or_group == "hydra.sweep.dir"), None)
+    if sweep_dir and not helps and not ({"--cfg", "-c", "--info", "-i"} & set(flags)) and Path(sweep_dir).is_dir() \
+            and any((d / ".hydra" / "config.yaml").is_file() for d in Path(sweep_dir).iterdir() if d.is_dir()):
+        # Jobs named like the old ones would carry those runs on under new settings.
+        return (f"hydra.sweep.dir={sweep_dir}: that folder holds runs of an earlier sweep already; give a new "
+                f"folder (carry one of its runs on with 'vaelab resume {sweep_dir}/JOB [KEY=VALUE ...]')")
     run_dir = next((str(o.value()) for o in parsed if o.key_or_group == "hydra.run.dir"), None)
     if (run_dir and not helps and all(m in ("--run", "-r") for m in modes)
             and (Path(run_dir) / ".hydra" / "config.yaml").is_file()):
@@ -146,8 +155,12 @@ def precheck(argv: list[str]) -> str | None:
         if o.is_sweep_override():
             try:
                 values = [f"{key}={v}" for v in o.sweep_string_iterator()]
-            except Exception:  # an interval (Optuna) cannot be listed: the sweeper checks it
-                continue
+            except Exception:  # an interval (Optuna) cannot be listed: check its midpoint
+                iv = o.value()
+                if not (hasattr(iv, "start") and hasattr(iv, "end")):
+                    continue
+                mid = (iv.start + iv.end) / 2
+                values = [f"{key}={int(mid) if isinstance(iv.start, int) and isinstance(iv.end, int) else mid}"]
             variants.append((len(base), values))
             base.append(values[0])
         else:

@@ -118,7 +118,7 @@ def _load(path: Path, name: str) -> Run:
 
 def sort_runs(runs: list[Run], metric: str, descending: bool = False) -> list[Run]:
     known = sorted({k for r in runs for k, v in r.metrics.items() if isinstance(v, (int, float))})
-    if metric not in known:
+    if metric not in known and metric not in COLUMNS:  # a column no run reached (all diverged) sorts as missing
         raise CompareError(f"--sort {metric}: no run has that metric; available: {', '.join(known)}")
 
     def key(r: Run):

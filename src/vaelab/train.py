@@ -10,6 +10,7 @@ metrics.json, eval.json).
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -473,8 +474,14 @@ def hydra_main(cfg: DictConfig) -> float:
 def job_name(override_dirname: str, job_num) -> str:
     """Folder name of one sweep job: Hydra's override_dirname (its overrides, sorted, minus
     hydra.job.config.override_dirname.exclude_keys), e.g. 'latent_size=16,loss.beta=4'; a '/'
-    in a value would make subfolders, so it becomes '_'. With nothing left: job<N>."""
-    return str(override_dirname).replace("/", "_") or f"job{job_num}"
+    in a value would make subfolders, so it is written %2F (and '%' %25: two values never share
+    a folder). A name past the file system's 255 bytes keeps its start and a hash of the
+    whole. With nothing left: job<N>."""
+    name = str(override_dirname).replace("%", "%25").replace("/", "%2F")
+    if len(name.encode()) > 200:
+        digest = hashlib.sha1(name.encode()).hexdigest()[:10]
+        name = name.encode()[:180].decode(errors="ignore") + f"...{digest}"
+    return name or f"job{job_num}"
 
 
 def sweep_name_override(argv: list[str]) -> list[str]:

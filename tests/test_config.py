@@ -131,6 +131,12 @@ def test_a_run_folder_that_holds_a_run_is_refused(tmp_path):
     (tmp_path / "run" / ".hydra").mkdir(parents=True)
     (tmp_path / "run" / ".hydra" / "config.yaml").write_text("latent_size: 2\n")
     err = precheck([f"hydra.run.dir={tmp_path / 'run'}", "latent_size=8"])
+    assert err == (f"hydra.run.dir={tmp_path / 'run'}: that folder holds a run already (stopped before its first "
+                   f"checkpoint); start it again elsewhere: vaelab-train --config-dir {tmp_path / 'run'}/.hydra "
+                   f"--config-name config")
+    (tmp_path / "run" / "checkpoints").mkdir()
+    (tmp_path / "run" / "checkpoints" / "last.pt").write_bytes(b"")
+    err = precheck([f"hydra.run.dir={tmp_path / 'run'}", "latent_size=8"])
     assert err == (f"hydra.run.dir={tmp_path / 'run'}: that folder holds a run already; carry it on with "
                    f"'vaelab resume {tmp_path / 'run'} [KEY=VALUE ...]', or give another folder")
     assert precheck([f"hydra.run.dir={tmp_path / 'new'}"]) is None
@@ -201,4 +207,4 @@ def test_missing_data_is_one_line(tmp_path):
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and "train-images-idx3-ubyte" in lines[0] and "nowhere" in lines[0]
     # No run folder left for `vaelab compare` to list as an unfinished run
-    assert not list((tmp_path / "outputs" / "runs" / "default").iterdir())
+    assert not (tmp_path / "outputs" / "runs" / "default").exists()

@@ -170,7 +170,8 @@ def test_reproduce_rejects_bad_input(tmp_path, capsys):
     (run / ".hydra" / "config.yaml").write_text("latent_size: 2\n")  # diverged before its first checkpoint
     assert vaelab(["reproduce", run]) == 2
     assert capsys.readouterr().err.strip() == (f"vaelab reproduce: error: {run}: no metrics.json, the run has not "
-                                               f"finished (it has no checkpoint to carry on from; start it again)")
+                                               f"finished (it has no checkpoint to carry on from; start it again "
+                                               f"with: vaelab-train --config-dir {run / '.hydra'} --config-name config)")
 
 
 def test_plain_hydra_rerun_uses_the_saved_config_and_the_usual_folders(tmp_path):
@@ -384,6 +385,21 @@ def test_resume_of_a_read_only_run_is_one_line(finished_run, tmp_path, capsys, m
                                                f"resume writes checkpoints, logs and the config there")
 
 
+def test_resume_of_a_run_another_process_trains_is_one_line(finished_run, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    before = files_snapshot(run)
+    capsys.readouterr()
+    with ckpt_io.only_process(run):  # what a vaelab-train still running on it holds
+        assert vaelab(["resume", run, "trainer.epochs=5"]) == 2
+        with pytest.raises(ckpt_io.CheckpointError, match="another process is training this run now"):
+            train(compose_cfg([f"data.root={finished_run.parent}", *TINY]), run)
+    assert capsys.readouterr().err.strip() == (f"vaelab resume: error: {run}: another process is training this run "
+                                               f"now; let it finish or stop it (Ctrl-C) first")
+    assert files_snapshot(run) == before
+    assert vaelab(["resume", run, "trainer.epochs=2"]) == 0  # the lock went with its holder
+
+
 def test_resume_with_missing_data_changes_nothing(finished_run, tmp_path, capsys):
     run = tmp_path / "run"
     shutil.copytree(finished_run, run)
@@ -405,7 +421,9 @@ def test_resume_with_missing_data_changes_nothing(finished_run, tmp_path, capsys
     (["+foo=1"], "override '+foo=1': resume takes KEY=VALUE only"),
     (["model=mlp"], "override 'model=mlp': Invalid type assigned"),
     (["model.activation=tanh"], "trained with model.activation=relu, but the config says model.activation=tanh"),
-], ids=["other-latent-size", "unknown-key", "wrong-type", "bad-value", "sweep", "add-key", "group", "same-shapes"])
+    (["data.val_size=100"], "trained with data.val_size=64, but the config says data.val_size=100"),
+], ids=["other-latent-size", "unknown-key", "wrong-type", "bad-value", "sweep", "add-key", "group", "same-shapes",
+        "other-split"])
 def test_bad_override_is_one_line_and_overwrites_nothing(finished_run, tmp_path, capsys, args, expect):
     run = tmp_path / "run"
     shutil.copytree(finished_run, run)

@@ -7,6 +7,7 @@ fsynced, then renamed over the old one: a kill mid-write leaves the previous fil
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import tempfile
@@ -33,6 +34,35 @@ def remove_partial(folder: str | Path) -> int:
     for p in stale:
         p.unlink(missing_ok=True)
     return len(stale)
+
+
+@contextlib.contextmanager
+def only_process(run_dir: str | Path):
+    """Hold an exclusive lock on the run folder while training it: a second process on the same
+    run (a `vaelab resume` of a run still training) would write the same checkpoints. The lock
+    is the kernel's (flock on the folder itself), so a killed process never leaves it held.
+    Where flock is missing (Windows) it is a no-op."""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    fd = os.open(run_dir, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise CheckpointError(f"{run_dir}: another process is training this run now; "
+                                  f"let it finish or stop it (Ctrl-C) first") from None
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def check_not_in_use(run_dir: str | Path) -> None:
+    """CheckpointError if another process is training the run now (see only_process)."""
+    with only_process(run_dir):
+        pass
 
 
 def latest(ckpt_dir: str | Path) -> Path | None:
@@ -105,13 +135,14 @@ def load(path: str | Path, map_location: Any = "cpu") -> dict:
 
 # Settings that change what a checkpoint's weights compute, or the objective they were
 # trained for, without changing a tensor's shape.
-SAME_AS_TRAINED = ("model.activation", "loss.recon", "data.binarize")
+SAME_AS_TRAINED = ("model.activation", "loss.recon", "data.binarize", "data.val_size", "data.split_seed", "seed")
 
 
 def check_compatible(ckpt: dict, model: torch.nn.Module, path: str | Path, cfg=None) -> None:
     """Refuse a checkpoint whose weights don't fit `model`, naming the first mismatch; with the
     config the weights are about to be used under, also one trained with another activation,
-    reconstruction loss or binarization (same shapes, other numbers)."""
+    reconstruction loss or binarization (same shapes, other numbers), or another data split or
+    seed (a resumed epoch's saved batch order and the validation draws depend on them)."""
     if cfg is not None:
         from omegaconf import OmegaConf
 
@@ -122,7 +153,7 @@ def check_compatible(ckpt: dict, model: torch.nn.Module, path: str | Path, cfg=N
             now = getattr(now, "name", now)  # enum -> its name, as checkpoints store it
             if trained is not None and str(trained) != str(now):
                 raise CheckpointError(f"{path}: trained with {key}={trained}, but the config says {key}={now}; "
-                                      f"a checkpoint keeps the model and objective it was trained with "
+                                      f"a checkpoint keeps the model, objective and data it was trained with "
                                       f"(start a new run to change {key})")
     own = model.state_dict()
     theirs = ckpt["model"]

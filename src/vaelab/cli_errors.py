@@ -138,6 +138,10 @@ def precheck(argv: list[str]) -> str | None:
     run_dir = next((str(o.value()) for o in parsed if o.key_or_group == "hydra.run.dir"), None)
     if (run_dir and not helps and all(m in ("--run", "-r") for m in modes)
             and (Path(run_dir) / ".hydra" / "config.yaml").is_file()):
+        if not any((Path(run_dir) / "checkpoints").glob("*.pt")):
+            return (f"hydra.run.dir={run_dir}: that folder holds a run already (stopped before its first "
+                    f"checkpoint); start it again elsewhere: vaelab-train --config-dir {run_dir}/.hydra "
+                    f"--config-name config")
         return (f"hydra.run.dir={run_dir}: that folder holds a run already; carry it on with "
                 f"'vaelab resume {run_dir} [KEY=VALUE ...]', or give another folder")
     if helps and swept:  # Hydra composes one job's config for --help, and raises on a sweep

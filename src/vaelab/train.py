@@ -152,7 +152,8 @@ def train(cfg: DictConfig, run_dir: str | Path, data: MNISTData | None = None) -
     run_dir.mkdir(parents=True, exist_ok=True)  # checkpoints/ and samples/ come once the data has loaded
     handler = _attach_file_log(run_dir)
     try:
-        return _train(cfg, run_dir, data)
+        with ckpt_io.only_process(run_dir):
+            return _train(cfg, run_dir, data)
     except (NonFiniteLoss, Interrupted, SaveFailed) as e:
         state = {NonFiniteLoss: "diverged", Interrupted: "interrupted", SaveFailed: "failed"}[type(e)]
         text = json.dumps({"state": state, "reason": str(e)})
@@ -452,6 +453,8 @@ def hydra_main(cfg: DictConfig) -> float:
         # as an unfinished run: remove it when it holds nothing but what Hydra put there.
         if {p.name for p in run_dir.iterdir()} <= {".hydra", "train.log"}:
             shutil.rmtree(run_dir, ignore_errors=True)
+            if run_dir.parent.is_dir() and not any(run_dir.parent.iterdir()):
+                run_dir.parent.rmdir()  # outputs/runs/<name>/, made for this run only
         sys.exit(2)
     except SaveFailed as e:
         print(f"vaelab-train: error: {e}", file=sys.stderr)
@@ -464,6 +467,7 @@ def hydra_main(cfg: DictConfig) -> float:
             return float("inf")
         sys.exit(1)
     except Interrupted as e:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # saved and leaving: a late Ctrl-C changes nothing
         log.error("%s", e)
         if HydraConfig.get().mode.name == "MULTIRUN":
             log.error("the sweep stops here: jobs that had not started did not run")
@@ -553,7 +557,8 @@ def main() -> None:
         hydra_main()
     except KeyboardInterrupt:  # a second Ctrl-C, or one outside training (joblib's parent, setup)
         print("vaelab-train: interrupted; a run keeps the checkpoints it had completed "
-              "(vaelab resume RUN_DIR carries it on from them; without any, start it again)", file=sys.stderr)
+              "(vaelab resume RUN_DIR carries it on from them; without any, start it again with "
+              "vaelab-train --config-dir RUN_DIR/.hydra --config-name config)", file=sys.stderr)
         sys.exit(130)
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -91,7 +92,8 @@ def final_metrics(run_dir: str | Path) -> dict:
     path = run_dir / "metrics.json"
     if not path.is_file():
         how = (f"carry it on with: vaelab resume {run_dir}" if ckpt_io.latest(run_dir / "checkpoints")
-               else "it has no checkpoint to carry on from; start it again")
+               else f"it has no checkpoint to carry on from; start it again with: vaelab-train "
+                    f"--config-dir {run_dir / '.hydra'} --config-name config")
         raise WorkflowError(f"{run_dir}: no metrics.json, the run has not finished ({how})")
     metrics = json.loads(path.read_text())
     ev = run_dir / "eval.json"
@@ -282,6 +284,7 @@ def resume(run_dir: str | Path, overrides: list[str] = ()) -> dict | None:
     for folder in (run_dir, run_dir / ".hydra", run_dir / "checkpoints"):
         if folder.is_dir() and not os.access(folder, os.W_OK):
             raise WorkflowError(f"{folder}: not writable; resume writes checkpoints, logs and the config there")
+    ckpt_io.check_not_in_use(run_dir)  # before rewriting the config of a run another process trains
     cfg = load_run_config(cfg_path)  # ConfigError, one line
     parsed = apply_overrides(cfg, list(overrides))
     validate(cfg)  # ConfigError, one line
@@ -289,7 +292,8 @@ def resume(run_dir: str | Path, overrides: list[str] = ()) -> dict | None:
     last = ckpt_io.latest(run_dir / "checkpoints")
     if last is None:
         raise ckpt_io.CheckpointError(f"{run_dir / 'checkpoints'}: no checkpoint, nothing to resume "
-                                      f"(the run stopped before its first checkpoint; start it again)")
+                                      f"(the run stopped before its first checkpoint; start it again with: "
+                                      f"vaelab-train --config-dir {run_dir / '.hydra'} --config-name config)")
     ck = ckpt_io.load(last)
     ckpt_io.check_compatible(ck, build_model(cfg), last, cfg)
     done = ck["state"]["epoch"]
@@ -334,6 +338,7 @@ def resume_command(args) -> int:
         print(f"vaelab resume: error: cannot write {e.filename or args.run_dir}: {e.strerror or e}", file=sys.stderr)
         return 1
     except Interrupted as e:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # saved and leaving: a late Ctrl-C changes nothing
         print(f"vaelab resume: {e}", file=sys.stderr)
         return 130
     return 0

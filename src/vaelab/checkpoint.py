@@ -135,19 +135,22 @@ def load(path: str | Path, map_location: Any = "cpu") -> dict:
 
 # Settings that change what a checkpoint's weights compute, or the objective they were
 # trained for, without changing a tensor's shape.
-SAME_AS_TRAINED = ("model.activation", "loss.recon", "data.binarize", "data.val_size", "data.split_seed", "seed")
+SAME_AS_TRAINED = ("model.activation", "loss.recon", "data.binarize")
+# ... and, to carry the training on, the data split and the seed: a resumed epoch's saved batch
+# order and the validation draws depend on them (an evaluation does not: it has its own seed).
+SAME_TO_RESUME = (*SAME_AS_TRAINED, "data.val_size", "data.split_seed", "seed")
 
 
-def check_compatible(ckpt: dict, model: torch.nn.Module, path: str | Path, cfg=None) -> None:
+def check_compatible(ckpt: dict, model: torch.nn.Module, path: str | Path, cfg=None,
+                     keys: tuple[str, ...] = SAME_AS_TRAINED) -> None:
     """Refuse a checkpoint whose weights don't fit `model`, naming the first mismatch; with the
-    config the weights are about to be used under, also one trained with another activation,
-    reconstruction loss or binarization (same shapes, other numbers), or another data split or
-    seed (a resumed epoch's saved batch order and the validation draws depend on them)."""
+    config the weights are about to be used under, also one trained with another value of one
+    of `keys` (same shapes, other numbers)."""
     if cfg is not None:
         from omegaconf import OmegaConf
 
         theirs = OmegaConf.create(ckpt["config"])
-        for key in SAME_AS_TRAINED:
+        for key in keys:
             trained = OmegaConf.select(theirs, key)
             now = OmegaConf.select(cfg, key)
             now = getattr(now, "name", now)  # enum -> its name, as checkpoints store it

@@ -295,7 +295,7 @@ def resume(run_dir: str | Path, overrides: list[str] = ()) -> dict | None:
                                       f"(the run stopped before its first checkpoint; start it again with: "
                                       f"vaelab-train --config-dir {run_dir / '.hydra'} --config-name config)")
     ck = ckpt_io.load(last)
-    ckpt_io.check_compatible(ck, build_model(cfg), last, cfg)
+    ckpt_io.check_compatible(ck, build_model(cfg), last, cfg, ckpt_io.SAME_TO_RESUME)
     done = ck["state"]["epoch"]
     if done >= cfg.trainer.epochs and not ck["state"].get("pos"):
         # Training again would only log the final numbers a second time.

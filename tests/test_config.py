@@ -119,6 +119,7 @@ def test_optimizer_matches_config():
     (["-m", "hydra/launcher=joblib", "hydra.launcher.n_job=2", "latent_size=2,16"],
      "in override 'hydra.launcher.n_job=2'; did you mean 'hydra.launcher.n_jobs'? keys allowed at 'hydra.launcher': "),
     (["hparams_search=optuna", "hydra.sweeper.n_trial=1"], "did you mean 'hydra.sweeper.n_trials'?"),
+    (["-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=0", "latent_size=2,16"], "hydra.launcher.n_jobs=0: give"),
 ])
 def test_bad_input_is_one_line(args, needle):
     err = precheck(args)

@@ -191,7 +191,8 @@ def precheck(argv: list[str]) -> str | None:
     no_m = swept and not {"--multirun", "-m"} & set(flags)
     if hydra_ovs or no_m or any(o.key_or_group == "hparams_search" for o in task):
         try:
-            mode = _compose(base + hydra_ovs, hydra_section=True).hydra.mode
+            composed = _compose(base + hydra_ovs, hydra_section=True)
+            mode = composed.hydra.mode
         except Exception as e:
             # Name the first Hydra override that breaks it, and list the keys that were there.
             try:
@@ -204,6 +205,8 @@ def precheck(argv: list[str]) -> str | None:
                 except Exception as e3:
                     return _explain_plugin(e3, ov, good)
             return _explain_plugin(e, " ".join(hydra_ovs), good)
+        if OmegaConf.select(composed, "hydra.launcher.n_jobs") == 0:  # joblib: a traceback after the sweep began
+            return "hydra.launcher.n_jobs=0: give the number of jobs to run at once (>= 1, or -1 for one per core)"
         if no_m and str(getattr(mode, "name", mode)) != "MULTIRUN":  # hparams_search=optuna sets MULTIRUN
             if {"--cfg", "-c"} & set(flags):
                 return f"override '{swept[0]}' lists several values: --cfg shows one job, give one value per key"

@@ -218,8 +218,9 @@ class SweepSummary(Callback):
     jobs (and an Optuna study) go on, and Hydra's launchers pass no job status back to the
     parent, so without this a sweep whose every job diverged would exit 0.
 
-    The jobs are the runs in the sweep folder whose config was written after the sweep began (a
-    reused hydra.sweep.dir may hold older runs). on_multirun_end runs on the machine that
+    The jobs are the runs in the sweep folder whose config was written after the sweep began
+    (vaelab-train refuses a given hydra.sweep.dir that holds runs, but two sweeps started in the
+    same second share the default folder). on_multirun_end runs on the machine that
     launched the sweep, after every job returned, whichever launcher ran them."""
 
     def on_multirun_start(self, config, **kwargs) -> None:

@@ -104,6 +104,11 @@ def save_atomic(obj: dict, path: str | Path) -> Path:
     return write_atomic(path, lambda f: torch.save(obj, f))
 
 
+def write_text_atomic(path: str | Path, text: str) -> Path:
+    """A run's JSON and YAML files (metrics.json, .hydra/config.yaml, ...), written like checkpoints."""
+    return write_atomic(path, lambda f: f.write(text.encode()))
+
+
 def load(path: str | Path, map_location: Any = "cpu") -> dict:
     path = Path(path)
     if not path.is_file():

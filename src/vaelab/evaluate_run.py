@@ -151,7 +151,7 @@ def evaluate_run(run_dir: str | Path, k: int = 5000, device: str = "auto", check
     if writer is not None:
         writer.close()
     result["seconds"] = time.perf_counter() - t0
-    ckpt_io.write_atomic(run_dir / "eval.json", lambda f: f.write((json.dumps(result, indent=2) + "\n").encode()))
+    ckpt_io.write_text_atomic(run_dir / "eval.json", json.dumps(result, indent=2) + "\n")
     log.info("eval (%s, k=%d): ELBO %.2f nats (recon %.2f, KL %.2f), IWAE NLL %.2f nats = %.4f bits/dim, "
              "active units %d/%d", path.name, k, elbo, recon, kl, nll, result["bits_per_dim"],
              st["active_units"], cfg.latent_size)

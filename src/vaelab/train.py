@@ -156,9 +156,8 @@ def train(cfg: DictConfig, run_dir: str | Path, data: MNISTData | None = None) -
             return _train(cfg, run_dir, data)
     except (NonFiniteLoss, Interrupted, SaveFailed) as e:
         state = {NonFiniteLoss: "diverged", Interrupted: "interrupted", SaveFailed: "failed"}[type(e)]
-        text = json.dumps({"state": state, "reason": str(e)})
         try:
-            ckpt_io.write_atomic(run_dir / STOPPED, lambda f: f.write(text.encode()))
+            ckpt_io.write_text_atomic(run_dir / STOPPED, json.dumps({"state": state, "reason": str(e)}))
         except OSError:  # the run folder itself is not writable: the message above still says it
             pass
         raise
@@ -400,7 +399,7 @@ def _train(cfg: DictConfig, run_dir: Path, data: MNISTData | None) -> dict:
         "val_split": "test" if data.val_is_test else "val", "torch_threads": st["threads"],
     }
     writer.hparams(plain_cfg, metrics, st["examples"])
-    ckpt_io.write_atomic(run_dir / "metrics.json", lambda f: f.write((json.dumps(metrics, indent=2) + "\n").encode()))
+    ckpt_io.write_text_atomic(run_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
     writer.close()
     log.info("metrics: %s", json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in metrics.items()}))
     if t.final_eval:

@@ -51,10 +51,6 @@ def run_config_path(run_dir: str | Path) -> Path:
     return path
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    ckpt_io.write_atomic(path, lambda f: f.write(text.encode()))
-
-
 def pin_environment(run_dir: str | Path, cfg) -> list[str]:
     """Write the values that RUN_DIR/.hydra/config.yaml takes from the environment
     (`${oc.env:...}`, e.g. data.root from VAELAB_DATA) into it as they were for this run, so that
@@ -79,7 +75,7 @@ def pin_environment(run_dir: str | Path, cfg) -> list[str]:
 
     walk(OmegaConf.to_container(raw, resolve=False), "")
     if pinned:
-        _write_atomic(path, OmegaConf.to_yaml(raw))
+        ckpt_io.write_text_atomic(path, OmegaConf.to_yaml(raw))
     return pinned
 
 
@@ -311,8 +307,8 @@ def resume(run_dir: str | Path, overrides: list[str] = ()) -> dict | None:
                      binarize=cfg.data.binarize, download=cfg.data.download)  # DataError, one line
     if parsed:
         cfg_text, ovr_text = _updated_files(run_dir, parsed)
-        _write_atomic(cfg_path, cfg_text)
-        _write_atomic(run_dir / ".hydra" / "overrides.yaml", ovr_text)
+        ckpt_io.write_text_atomic(cfg_path, cfg_text)
+        ckpt_io.write_text_atomic(run_dir / ".hydra" / "overrides.yaml", ovr_text)
     threads = ck["state"].get("threads") if isinstance(ck.get("state"), dict) else None
     if threads and threads != torch.get_num_threads():
         # The run's CPU sums were made with that many threads; the same count keeps them bit-identical.

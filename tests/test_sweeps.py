@@ -167,13 +167,25 @@ def test_compare_prints_the_sweep_sorted_and_plots_it(sweep, tmp_path, capsys):
 @pytest.mark.parametrize("args,expect", [
     (["--sort", "val_los"], "--sort val_los: no run has that metric; available: active_units, best_val_loss"),
     (["--plot", "nope"], "--plot nope: no run has that scalar; available: epoch/active_units"),
-    (["--plot", "val_loss", "--out", "curves.xyz"], "--out curves.xyz: cannot write it: Format 'xyz' is not supported"),
+    (["--plot", "val_loss", "--out", "new/curves.xyz"], "--out new/curves.xyz: unknown image format 'xyz'; allowed: "),
     (["--plot", "val_loss", "--out", "/proc/curves.png"], "--out /proc/curves.png: cannot write it"),
-], ids=["unknown-metric", "unknown-scalar", "unknown-format", "unwritable"])
-def test_compare_bad_input_is_one_line(sweep, capsys, args, expect):
+    (["--plot", "val_loss", "--out", "metrics.json/c.png"], "--out metrics.json/c.png: "),
+    (["--plot", "val_loss", "--out", "."], "--out .: is a directory; give a file name such as curves.png"),
+], ids=["unknown-metric", "unknown-scalar", "unknown-format", "unwritable", "file-in-path", "directory"])
+def test_compare_bad_input_is_one_line(sweep, capsys, args, expect, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "metrics.json").write_text("{}")
     assert vaelab(["compare", sweep, *args]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
+    out, err = capsys.readouterr()
+    err = err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(f"vaelab compare: error: {expect}"), err
+    if not any(a.startswith("/proc") for a in args):  # known before any work: no table first, no folder made
+        assert out == "" and sorted(p.name for p in tmp_path.iterdir()) == ["metrics.json"]
+
+
+def test_compare_out_ending_in_a_dot_gets_png(sweep, tmp_path, capsys):
+    assert vaelab(["compare", sweep, "--plot", "val_loss", "--out", tmp_path / "sub" / "dot."]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == f"wrote {tmp_path / 'sub' / 'dot.png'}"
 
 
 def test_compare_without_runs_is_one_line(tmp_path, capsys):

@@ -169,40 +169,66 @@ def table(runs: list[Run], extra: list[str] = ()) -> str:
     return "\n".join([*out, *(line(r).rstrip() for r in rows)])
 
 
-def plot(runs: list[Run], tag: str, out: str | Path) -> Path:
-    """One curve per run of a scalar (val_loss means epoch/val_loss), x = examples seen."""
+def plot_path(out: str | Path) -> Path:
+    """Where --out will write, checked before any work: a format matplotlib writes (no suffix
+    means .png, as matplotlib itself does) in a folder that exists or can be made."""
     import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
 
-    curves = []
+    out = Path(out)
+    if out.is_dir():
+        raise CompareError(f"--out {out}: is a directory; give a file name such as {out / 'curves.png'}")
+    if out.suffix in ("", "."):  # 'curves' and 'curves.' both mean curves.png
+        out = out.with_name(out.name.rstrip(".") + ".png")
+    formats = sorted(FigureCanvasAgg.get_supported_filetypes())
+    fmt = out.suffix[1:].lower()
+    if fmt not in formats:
+        raise CompareError(f"--out {out}: unknown image format '{fmt}'; allowed: {', '.join(formats)}")
+    parent = next((a for a in out.absolute().parents if a.exists()), None)
+    if parent is not None and not parent.is_dir():
+        raise CompareError(f"--out {out}: {parent} is a file, not a folder")
+    if parent is not None and not os.access(parent, os.W_OK | os.X_OK):
+        raise CompareError(f"--out {out}: cannot write it: {parent} is not writable")
+    return out
+
+
+def curves(runs: list[Run], tag: str) -> list[tuple[Run, str, list]]:
+    """(run, full tag, points) for every run that has the scalar (val_loss means epoch/val_loss)."""
+    found = []
     for r in runs:
         sc = r.scalars()
         full = tag if tag in sc else f"epoch/{tag}"
         if sc.get(full):
-            curves.append((r, full, sc[full]))
-    if not curves:
+            found.append((r, full, sc[full]))
+    if not found:
         tags = sorted({t for r in runs for t in r.scalars()})
         raise CompareError(f"--plot {tag}: no run has that scalar; available: {', '.join(tags)}")
+    return found
+
+
+def plot(runs: list[Run], tag: str, out: str | Path) -> Path:
+    """One curve per run of a scalar, x = examples seen, written to out (see plot_path)."""
+    import matplotlib.pyplot as plt
+
+    out = plot_path(out)
+    found = curves(runs, tag)
     fig, ax = plt.subplots(figsize=(8, 5))
     varying = _varying(runs)
-    labels = [",".join(f"{k}={r.config[k]}" for k in varying if k in r.config) for r, _, _ in curves]
+    labels = [",".join(f"{k}={r.config[k]}" for k in varying if k in r.config) for r, _, _ in found]
     if len(set(labels)) < len(labels) or not all(labels):  # same configs (a reproduction): folder names
-        labels = [r.name for r, _, _ in curves]
-    for (r, _, pts), label in zip(curves, labels):
+        labels = [r.name for r, _, _ in found]
+    for (r, _, pts), label in zip(found, labels):
         ax.plot([x for x, _ in pts], [y for _, y in pts], marker="." if len(pts) < 50 else None, label=label)
     ax.set_xlabel("examples seen")
-    ax.set_ylabel(curves[0][1])
+    ax.set_ylabel(found[0][1])
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    out = Path(out)
-    if not out.suffix:
-        out = out.with_suffix(".png")  # what matplotlib writes when the name has no extension
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(out, dpi=120, bbox_inches="tight")
-    except (OSError, ValueError) as e:  # unwritable, a file in the path, an unknown format
+    except (OSError, ValueError) as e:  # what plot_path cannot foresee: a full disk, a read-only mount
         raise CompareError(f"--out {out}: cannot write it: {getattr(e, 'strerror', None) or e}") from None
     finally:
         plt.close(fig)
@@ -264,6 +290,9 @@ def compare_command(args) -> int:
         runs = find_runs(args.dirs)
         if args.sort:
             runs = sort_runs(runs, args.sort, args.desc)
+        if args.plot:  # bad --out or --plot: one line before the table, not after it
+            plot_path(args.out)
+            curves(runs, args.plot)
         print(table(runs, [args.sort] if args.sort else []))
         if args.plot:
             out = plot(runs, args.plot, args.out)

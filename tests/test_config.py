@@ -209,3 +209,21 @@ def test_missing_data_is_one_line(tmp_path):
     assert len(lines) == 1 and "train-images-idx3-ubyte" in lines[0] and "nowhere" in lines[0]
     # No run folder left for `vaelab compare` to list as an unfinished run
     assert not (tmp_path / "outputs" / "runs" / "default").exists()
+
+
+def test_an_output_folder_that_cannot_be_made_is_one_line(tmp_path, monkeypatch):
+    """Hydra makes the run folder before vaelab's code runs, and fails there with a traceback."""
+    (tmp_path / "afile").write_text("")
+    assert precheck([f"hydra.run.dir={tmp_path / 'afile' / 'run'}"]) == (
+        f"hydra.run.dir={tmp_path / 'afile' / 'run'}: {tmp_path / 'afile'} is a file, not a folder")
+    err = precheck(["-m", "latent_size=2,4", f"hydra.sweep.dir={tmp_path / 'afile' / 'a' / 'b'}"])
+    assert err == f"hydra.sweep.dir={tmp_path / 'afile' / 'a' / 'b'}: {tmp_path / 'afile'} is a file, not a folder"
+    assert precheck([f"hydra.run.dir={tmp_path / 'afile' / 'run'}", "--cfg", "job"]) is None  # writes nothing
+
+    def refuse(prefix, dir):
+        raise PermissionError(13, "Permission denied")
+    monkeypatch.setattr("tempfile.mkdtemp", refuse)  # a read-only folder, even for root
+    monkeypatch.chdir(tmp_path)
+    assert precheck(["latent_size=8"]) == (f"cannot write run folders under {tmp_path}: cannot make folders in "
+                                           f"{tmp_path} (Permission denied)")
+    assert list(tmp_path.iterdir()) == [tmp_path / "afile"]

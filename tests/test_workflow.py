@@ -571,3 +571,11 @@ def test_resume_of_a_non_run_is_one_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert err.endswith(f"it holds 2 runs (a sweep?), give one of them, e.g. {tmp_path / 'latent_size=2'}")
     assert "\n" not in err
+
+
+def test_reproduce_into_a_folder_that_cannot_be_made_is_one_line(finished_run, tmp_path, capsys):
+    (tmp_path / "afile").write_text("")
+    for out in (tmp_path / "afile", tmp_path / "afile" / "new"):
+        assert vaelab(["reproduce", finished_run, "--out", out]) == 2  # before any training
+        assert capsys.readouterr().err.strip() == (f"vaelab reproduce: error: --out {out}: {tmp_path / 'afile'} "
+                                                   f"is a file, not a folder; give another --out")

@@ -8,7 +8,9 @@ allowed. For a sweep (`latent_size=2,8`) every listed value is checked the same 
 from __future__ import annotations
 
 import difflib
+import os
 import re
+import tempfile
 from pathlib import Path
 
 from hydra import compose, initialize_config_dir
@@ -107,6 +109,20 @@ def _compose(overrides: list[str], hydra_section: bool = False) -> DictConfig:
     return cfg
 
 
+def unwritable(folder: Path) -> str | None:
+    """Why run folders cannot be made at `folder` (its nearest existing part decides), or None."""
+    there = next((p for p in (folder.absolute(), *folder.absolute().parents) if p.exists()), None)
+    if there is None:
+        return None
+    if not there.is_dir():
+        return f"{there} is a file, not a folder"
+    try:  # a real try, not os.access: root passes that on read-only mounts (/proc, a ro bind)
+        os.rmdir(tempfile.mkdtemp(prefix=".vaelab-probe-", dir=there))
+    except OSError as e:
+        return f"cannot make folders in {there} ({e.strerror or e})"
+    return None
+
+
 def precheck(argv: list[str]) -> str | None:
     """None if the command line composes and validates; else one line saying what is wrong."""
     overrides, flags = split_args(argv)
@@ -144,6 +160,12 @@ def precheck(argv: list[str]) -> str | None:
                     f"--config-name config")
         return (f"hydra.run.dir={run_dir}: that folder holds a run already; carry it on with "
                 f"'vaelab resume {run_dir} [KEY=VALUE ...]', or give another folder")
+    if not helps and not ({"--cfg", "-c", "--info", "-i", "--shell-completion", "-sc"} & set(flags)):
+        multi = bool({"--multirun", "-m"} & set(flags))
+        key, out = ("hydra.sweep.dir", sweep_dir) if multi else ("hydra.run.dir", run_dir)
+        err = unwritable(Path(out or "outputs"))  # Hydra makes the folder and fails with a traceback
+        if err:
+            return f"{key}={out}: {err}" if out else f"cannot write run folders under {Path.cwd()}: {err}"
     if helps and swept:  # Hydra composes one job's config for --help, and raises on a sweep
         return f"override '{swept[0]}' lists several values: {helps[0]} shows one job, give one value per key"
     if any(f in flags for f in ("--config-dir", "-cd", "--config-name", "-cn", "--config-path", "-cp",

@@ -27,6 +27,7 @@ from omegaconf import OmegaConf
 
 from vaelab import checkpoint as ckpt_io
 from vaelab.cli_errors import _explain as explain_override_error  # vaelab-train's wording
+from vaelab.cli_errors import unwritable
 from vaelab.config import ConfigError, load_run_config, resolve_device, validate
 
 
@@ -183,8 +184,9 @@ def reproduce(run_dir: str | Path, out: str | Path | None = None, rtol: float = 
     original = final_metrics(run_dir)  # before spending time on a run we could not compare
     name = OmegaConf.load(cfg_path).get("name", "default")
     new_dir = Path(out).resolve() if out else _new_run_dir(name)
-    if new_dir.exists() and not new_dir.is_dir():
-        raise WorkflowError(f"--out {new_dir}: a file, not a folder; give another --out")
+    err = unwritable(new_dir)
+    if err:
+        raise WorkflowError(f"--out {new_dir}: {err}; give another --out")
     if new_dir.exists() and any(new_dir.iterdir()):
         raise WorkflowError(f"{new_dir}: already exists and is not empty; give another --out")
     quoted = str(new_dir).replace("'", "\\'")  # a quoted value in Hydra's override grammar

@@ -240,6 +240,22 @@ def test_training_ends_with_eval_and_eval_json_round_trips(make_cfg, tmp_path, c
         assert (tmp_path / "eval" / f"{name}.png").exists(), name
 
 
+def test_eval_of_an_earlier_checkpoint_is_logged_where_that_checkpoint_was_taken(make_cfg, tmp_path,
+                                                                                 monkeypatch, caplog):
+    run = tmp_path / "run"
+    train(make_cfg(["trainer.checkpoint_every=1"]), run)  # 2 epochs of 192 images; eval of last.pt
+    monkeypatch.chdir(tmp_path)
+    assert _eval_cli(["run", "--k", "2", "--checkpoint", "epoch_0001.pt", "--no-pictures"]) == 0
+    saved = load_eval(run)
+    assert saved["epoch"] == 1 and saved["examples_seen"] == 192  # the checkpoint's, not metrics.json's 384
+    assert saved["checkpoint"] == str(run / "checkpoints" / "epoch_0001.pt")  # not relative to the shell
+    assert saved["pictures_from"] == str(run / "checkpoints" / "last.pt")  # eval/ still shows last.pt's
+    assert "pictures of an earlier evaluation (last.pt), not of epoch_0001.pt" in caplog.text
+    acc = EventAccumulator(str(run), size_guidance={"scalars": 0})
+    acc.Reload()
+    assert sorted(e.step for e in acc.Scalars("test/nll_iwae")) == [192, 384]
+
+
 def test_mse_run_reports_the_gaussian_variance(make_cfg, tmp_path):
     cfg = make_cfg(["latent_size=3", "model.size=small", "trainer.epochs=1", "trainer.final_eval=false"])
     train(cfg, tmp_path)

@@ -65,8 +65,15 @@ def test_grid_layouts():
 
 @pytest.mark.parametrize("latent", [1, 2, 5])
 def test_latents_scatter_for_any_latent_size(latent):
-    fig = latents_scatter_figure(torch.randn(200, latent), torch.randint(0, 10, (200,)))
-    assert len(fig.axes[0].collections) >= 5  # one scatter per digit present
+    from matplotlib import colormaps
+
+    labels = torch.arange(200) % 7  # digits 0..6 present
+    fig = latents_scatter_figure(torch.randn(200, latent), labels)
+    (points,) = fig.axes[0].collections  # one scatter, in a shuffled order: no digit drawn over all others
+    colours = torch.tensor(points.get_facecolors()[:, :3])
+    digit = torch.cdist(colours, torch.tensor(colormaps["tab10"].colors, dtype=colours.dtype)).argmin(1)
+    assert sorted(digit.tolist()) == sorted(labels.tolist()) and digit.tolist() != sorted(digit.tolist())
+    assert [t.get_text() for t in fig.axes[0].get_legend().get_texts()] == [str(d) for d in range(7)]
 
 
 def test_make_pictures_writes_pngs_and_tensorboard_images(tmp_path):
@@ -115,7 +122,8 @@ def test_vaelab_sample(make_cfg, tmp_path, capsys):
     for argv, message in (([str(tmp_path / "nope")], "no such run directory"),
                           ([str(run), "-n", "0"], "argument -n: must be an integer in [1, 10000]"),
                           ([str(run), "-n", str(10**8)], "argument -n: must be an integer in [1, 10000]"),
-                          ([str(run), "--temperature", "-1"], "argument --temperature: must be a number > 0"),
+                          ([str(run), "--temperature", "-1"], "argument --temperature: must be a number in (0, 1000]"),
+                          ([str(run), "--temperature", "1e300"], "argument --temperature: must be a number in (0, 1000]"),
                           ([str(run), "--out", str(tmp_path / "grid.nope")], "cannot write")):
         try:
             code = _sample_cli(argv)

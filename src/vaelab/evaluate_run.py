@@ -124,7 +124,9 @@ def evaluate_run(run_dir: str | Path, k: int = 5000, device: str = "auto", check
     elbo = -(recon + kl)
     nll = iwae_nll(model, test, k, recon_kind, gen, progress=progress)
     likelihood, note = _likelihood(recon_kind, binarize)
-    step = _examples_seen(run_dir)
+    # The x-axis of the checkpoint's own point of training (best.pt, epoch_0001.pt and a
+    # stopped run's last.pt are not where metrics.json, if any, says the run ended).
+    step = int(ck.get("state", {}).get("examples", _examples_seen(run_dir)))
     result = {
         "elbo": elbo, "recon": recon, "kl": kl, "nll_iwae": nll, "k": k,
         "bits_per_dim": bits_per_dim(nll, d), "elbo_bits_per_dim": bits_per_dim(-elbo, d),
@@ -132,7 +134,7 @@ def evaluate_run(run_dir: str | Path, k: int = 5000, device: str = "auto", check
         "active_units": st["active_units"], "latent_size": int(cfg.latent_size),
         "kl_per_dim": [float(v) for v in st["kl_per_dim"]],
         "mean_variance_per_dim": [float(v) for v in st["mu_var"]],  # Cov_x(E_q[z_i|x]), the AU statistic
-        "checkpoint": str(path), "epoch": int(ck.get("state", {}).get("epoch", 0)),
+        "checkpoint": str(path.resolve()), "epoch": int(ck.get("state", {}).get("epoch", 0)),
         "examples_seen": step, "split": "test", "n_examples": int(test.shape[0]), "dim": int(d),
         "likelihood": likelihood, "gaussian_variance": MSE_GAUSSIAN_VARIANCE if recon_kind == "mse" else None,
         "recon_kind": recon_kind, "binarize": binarize, "note": note, "seed": seed,
@@ -145,6 +147,12 @@ def evaluate_run(run_dir: str | Path, k: int = 5000, device: str = "auto", check
         for key in ("elbo", "recon", "kl", "nll_iwae", "bits_per_dim", "elbo_bits_per_dim", "active_units"):
             if math.isfinite(result[key]):
                 writer.add_scalar(f"test/{key}", result[key], step)
+    if not pictures and (run_dir / "eval").is_dir():
+        before = _read_eval(run_dir)
+        if before.get("pictures") and before.get("checkpoint") != result["checkpoint"]:
+            log.warning("%s/: pictures of an earlier evaluation (%s), not of %s; leave out --no-pictures to "
+                        "redraw them", run_dir / "eval", Path(str(before.get("checkpoint"))).name, path.name)
+            result["pictures_from"] = before.get("checkpoint")
     if pictures:
         result.update(make_pictures(model, test, data.test.labels, st["kl_per_dim"],
                                     st["mu_var"] > ACTIVE_THRESHOLD, run_dir / "eval", writer, step, seed))
@@ -156,6 +164,14 @@ def evaluate_run(run_dir: str | Path, k: int = 5000, device: str = "auto", check
              "active units %d/%d", path.name, k, elbo, recon, kl, nll, result["bits_per_dim"],
              st["active_units"], cfg.latent_size)
     return result
+
+
+def _read_eval(run_dir: Path) -> dict:
+    try:
+        got = json.loads((run_dir / "eval.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return got if isinstance(got, dict) else {}
 
 
 def _examples_seen(run_dir: Path) -> int:
@@ -190,7 +206,8 @@ def format_table(r: dict, run_dir: str | Path) -> str:
         "",
         f"  {'':32s}{'nats/example':>14s}{'bits/dim':>11s}",
         *(f"  {name:32s}{nats:14.2f}{bits:11.4f}" for name, nats, bits in rows),
-        f"  {'ELBO gap (-ELBO - NLL)':32s}{-r['elbo'] - r['nll_iwae']:14.2f}",
+        f"  {'ELBO gap (-ELBO - NLL)':32s}{-r['elbo'] - r['nll_iwae']:14.2f}"
+        + ("   (< 0: both are Monte Carlo estimates; raise --k)" if -r['elbo'] < r['nll_iwae'] else ""),
         "",
         f"  active units {r['active_units']} / {r['latent_size']}   (Cov_x E_q[z_i|x] > 0.01)",
         f"  KL per dim   {top}{' ...' if len(kl) > 8 else ''}   ({small} dims < 0.01 nats)",

@@ -18,6 +18,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 
@@ -132,7 +133,7 @@ def figure_to_tensor(fig) -> torch.Tensor:
 
 
 def traversals_figure(grid: torch.Tensor, dims: list[int], dead: list[bool], kl_per_dim: torch.Tensor,
-                      image_shape: tuple, digit: int, values: torch.Tensor = TRAVERSAL_VALUES):
+                      image_shape: tuple, what: str, values: torch.Tensor = TRAVERSAL_VALUES):
     """The traversal grid with each row labelled by its dimension and KL, columns by value."""
     h, w = image_shape[1] + 2, image_shape[2] + 2
     fig = _figure(1.6 + 0.42 * values.shape[0], 0.9 + 0.42 * len(dims))
@@ -151,8 +152,8 @@ def traversals_figure(grid: torch.Tensor, dims: list[int], dead: list[bool], kl_
         if is_dead:
             label.set_color("red")
     ax.tick_params(length=0)
-    ax.set_title(f"latent traversals of test digit #{digit}: z_i set to -3 .. +3 (prior std), "
-                 f"rows by KL (nats)", fontsize=8)
+    ax.set_title(f"latent traversals of {what}: z_i set to -3 .. +3 (prior std), rows by KL (nats)",
+                 fontsize=8)
     fig.tight_layout()
     return fig
 
@@ -181,13 +182,16 @@ def latents_scatter_figure(mu: torch.Tensor, labels: torch.Tensor):
 
     fig = _figure(6.0, 5.0)
     ax = fig.add_subplot(1, 1, 1)
+    from matplotlib.lines import Line2D
+
     cmap = colormaps["tab10"]
-    for digit in range(10):
-        sel = labels == digit
-        if sel.any():
-            ax.scatter(xy[sel, 0].numpy(), xy[sel, 1].numpy(), s=3, alpha=0.6, color=cmap(digit),
-                       label=str(digit), rasterized=True)
-    ax.legend(title="digit", markerscale=4, fontsize=7, title_fontsize=8, loc="best", frameon=False)
+    # One scatter in a shuffled order: drawn digit by digit, the last digits would cover the first.
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(0))
+    ax.scatter(xy[order, 0].numpy(), xy[order, 1].numpy(), s=3, alpha=0.6, c=cmap(labels[order].numpy() % 10),
+               rasterized=True)
+    handles = [Line2D([], [], ls="", marker="o", markersize=4, color=cmap(d), label=str(d))
+               for d in range(10) if (labels == d).any()]
+    ax.legend(handles=handles, title="digit", fontsize=7, title_fontsize=8, loc="best", frameon=False)
     ax.set_xlabel(axes[0])
     ax.set_ylabel(axes[1])
     ax.set_title(title, fontsize=9)
@@ -232,7 +236,8 @@ def make_pictures(model, images: torch.Tensor, labels: torch.Tensor, kl_per_dim:
         put("reconstructions", reconstructions_grid(model, to_float(images[:n_rec]), ncol))
     dims, dead = traversal_rows(kl_per_dim, active)
     grid = traversals_grid(model, to_float(images[0]), dims, dead)
-    fig = traversals_figure(grid, dims, dead, kl_per_dim, model.image_shape, digit=0)
+    fig = traversals_figure(grid, dims, dead, kl_per_dim, model.image_shape,
+                            what=f"test image 0 (a {int(labels[0])})")
     put("traversals", figure_to_tensor(fig), fig)
     pairs = min(8, n // 2)
     if pairs:
@@ -251,7 +256,7 @@ def make_pictures(model, images: torch.Tensor, labels: torch.Tensor, kl_per_dim:
 
 
 def add_sample_arguments(parser: argparse.ArgumentParser) -> None:
-    from vaelab.evaluate_run import _checked, device_name, one_line_errors, positive_float, positive_int, seed_int
+    from vaelab.evaluate_run import _checked, device_name, one_line_errors, positive_int, seed_int
 
     parser.error = one_line_errors("vaelab sample")
     parser.add_argument("run_dir", metavar="RUN_DIR", help="a run directory (holds .hydra/ and checkpoints/)")
@@ -259,7 +264,10 @@ def add_sample_arguments(parser: argparse.ArgumentParser) -> None:
                         default=64, help="number of samples, at most 10000 (default 64)")
     parser.add_argument("--out", default=None,
                         help="PNG to write (default RUN_DIR/eval/samples_t<temperature>_seed<seed>.png)")
-    parser.add_argument("--temperature", type=positive_float, default=1.0,
+    # z = T * eps in float32: T near 1e37 overflows to inf and a black grid; past ~10 the
+    # samples are noise anyway.
+    temperature = _checked(float, lambda v: math.isfinite(v) and 0 < v <= 1000, "a number in (0, 1000]")
+    parser.add_argument("--temperature", type=temperature, default=1.0,
                         help="z ~ N(0, T^2 I); below 1 trades variety for cleaner digits (default 1)")
     parser.add_argument("--seed", type=seed_int, default=0, help="seed of the latent draws (default 0)")
     parser.add_argument("--nrow", type=positive_int, default=None, help="images per row (default ~sqrt(n))")

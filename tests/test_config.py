@@ -211,6 +211,30 @@ def test_missing_data_is_one_line(tmp_path):
     assert not (tmp_path / "outputs" / "runs" / "default").exists()
 
 
+def test_mnist_given_as_gz_files_only_is_read(tmp_path, tiny_mnist):
+    """The README and the error message allow the four files as .gz; torchvision reads only
+    the unpacked ones."""
+    import gzip
+
+    import torch
+
+    from vaelab.data import MNIST_FILES, DataError, load_mnist_arrays
+
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for f in MNIST_FILES:
+        (raw / f"{f}.gz").write_bytes(gzip.compress((tiny_mnist / "MNIST" / "raw" / f).read_bytes()))
+    got = load_mnist_arrays(tmp_path, download=False)
+    want = load_mnist_arrays(tiny_mnist, download=False)
+    assert all(torch.equal(a, b) for a, b in zip(got, want))
+
+    (raw / MNIST_FILES[0]).unlink()
+    (raw / f"{MNIST_FILES[0]}.gz").write_bytes(gzip.compress(b"x" * 1000)[:20])  # truncated
+    with pytest.raises(DataError, match=r"train-images-idx3-ubyte.gz: cannot unpack it next to itself") as e:
+        load_mnist_arrays(tmp_path, download=False)
+    assert "\n" not in str(e.value) and not (raw / MNIST_FILES[0]).exists()
+
+
 def test_an_output_folder_that_cannot_be_made_is_one_line(tmp_path, monkeypatch):
     """Hydra makes the run folder before vaelab's code runs, and fails there with a traceback."""
     (tmp_path / "afile").write_text("")

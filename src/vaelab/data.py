@@ -57,6 +57,23 @@ def _have_files(root: Path) -> bool:
     return all((raw / f).exists() or (raw / f"{f}.gz").exists() for f in MNIST_FILES)
 
 
+def _unpack(raw: Path) -> None:
+    """torchvision's MNIST reads only the unpacked files; its download unpacks each .gz next to
+    itself. Do the same for a folder that holds only the .gz files."""
+    from torchvision.datasets.utils import extract_archive
+
+    for f in MNIST_FILES:
+        if not (raw / f).exists():
+            try:
+                extract_archive(str(raw / f"{f}.gz"), str(raw))
+            except (OSError, EOFError) as e:  # read-only folder, full disk, a truncated .gz
+                (raw / f).unlink(missing_ok=True)
+                raise DataError(f"{raw / f}.gz: cannot unpack it next to itself ({getattr(e, 'strerror', None) or e}); "
+                                f"gunzip the four files into a writable folder's MNIST/raw/ and point "
+                                f"data.root there") from None
+            log.info("unpacked %s.gz (torchvision reads the unpacked file)", raw / f)
+
+
 def load_mnist_arrays(root: str | Path, download: bool = True, how: str = "set data.root=DIR or VAELAB_DATA=DIR"):
     """((60000, 28, 28) uint8, (60000,) int64, (10000, 28, 28) uint8, (10000,) int64) via torchvision.
     `how`: what the error message tells the user to do to point at the data."""
@@ -78,6 +95,7 @@ def load_mnist_arrays(root: str | Path, download: bool = True, how: str = "set d
             f"MNIST not found in {_raw_dir(root).resolve()} (download {'failed' if download else 'disabled'}): "
             f"expected the four files {', '.join(MNIST_FILES)} (optionally .gz); "
             f"{how} to a folder holding MNIST/raw/")
+    _unpack(_raw_dir(root))
     try:
         tr = MNIST(str(root), train=True, download=False)
         te = MNIST(str(root), train=False, download=False)

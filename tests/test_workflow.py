@@ -193,7 +193,8 @@ def test_plain_hydra_rerun_uses_the_saved_config_and_the_usual_folders(tmp_path)
 
 @pytest.mark.parametrize("sig,after_step", [(signal.SIGINT, 4), (signal.SIGTERM, 9), (signal.SIGINT, 11)],
                          ids=["ctrl-c-in-epoch-1", "sigterm-in-epoch-2", "ctrl-c-on-last-step-of-epoch-2"])
-def test_interrupted_then_resumed_is_bit_identical(tiny_mnist, reference, tmp_path, monkeypatch, sig, after_step):
+def test_interrupted_then_resumed_is_bit_identical(tiny_mnist, reference, tmp_path, monkeypatch, capsys, sig,
+                                                   after_step):
     real_beta_at = train_mod.beta_at
 
     def beta_at(step, *args):  # called once per step, before it: the signal lands mid-step
@@ -209,9 +210,15 @@ def test_interrupted_then_resumed_is_bit_identical(tiny_mnist, reference, tmp_pa
     assert ck["state"]["step"] == after_step + 1  # finished the step it was in, then saved
     assert not (run / "metrics.json").exists()
     monkeypatch.setattr(train_mod, "beta_at", real_beta_at)
+    capsys.readouterr()
 
     assert vaelab(["resume", run]) == 0
     assert_same_run(run, reference)
+    out, err = capsys.readouterr()  # the log on stdout, in vaelab-train's format, as the stop said it
+    epoch, pos = divmod(after_step + 1, 6)  # TINY: 6 steps of 32 per epoch
+    at = f"in epoch {epoch + 1} at image {pos * 32}/192" if pos else f"after epoch {epoch}"
+    assert f"][vaelab][INFO] - resuming {run} from {run / 'checkpoints' / 'last.pt'} {at} (step " in out, out
+    assert "resuming" not in err
 
 
 @pytest.mark.parametrize("before_last", [False, True], ids=["after-last.pt", "mid-way-through-the-first-last.pt"])
@@ -245,6 +252,8 @@ def test_killed_at_the_first_checkpoint_then_resumed_is_bit_identical(tiny_mnist
     assert vaelab(["resume", run]) == 0
     assert_same_run(run, reference)
     assert not list((run / "checkpoints").glob(".*.tmp"))  # the partial file is gone
+    missing = f"{run / 'checkpoints' / 'last.pt'} is missing: resuming from the newest complete checkpoint, best.pt"
+    assert (missing in (run / "train.log").read_text()) == before_last
 
 
 def test_resume_with_more_epochs_continues_and_records_the_override(tiny_mnist, reference, tmp_path):
@@ -413,7 +422,10 @@ def test_resume_with_missing_data_changes_nothing(finished_run, tmp_path, capsys
 
 
 @pytest.mark.parametrize("args,expect", [
-    (["latent_size=8"], "made for a different model (head.weight has shape (8, 256)"),
+    (["latent_size=8"], "made for a different model (head.weight has shape (8, 256), this config needs (16, 256)); "
+                        "trained with latent_size=4, the config says latent_size=8"),
+    (["name=other"], "override 'name=other': name names the run's folder (outputs/runs/<name>/...), which resume "
+                     "keeps; leave it out"),
     (["trainer.epoch=5"], "unknown key 'trainer.epoch' in override 'trainer.epoch=5'; did you mean 'trainer.epochs'?"),
     (["trainer.epochs=many"], "override 'trainer.epochs=many': Value 'many' of type 'str' could not be converted"),
     (["trainer.epochs=0"], "trainer.epochs=0: must be >= 1"),
@@ -422,7 +434,7 @@ def test_resume_with_missing_data_changes_nothing(finished_run, tmp_path, capsys
     (["model=mlp"], "override 'model=mlp': Invalid type assigned"),
     (["model.activation=tanh"], "trained with model.activation=relu, but the config says model.activation=tanh"),
     (["data.val_size=100"], "trained with data.val_size=64, but the config says data.val_size=100"),
-], ids=["other-latent-size", "unknown-key", "wrong-type", "bad-value", "sweep", "add-key", "group", "same-shapes",
+], ids=["other-latent-size", "name", "unknown-key", "wrong-type", "bad-value", "sweep", "add-key", "group", "same-shapes",
         "other-split"])
 def test_bad_override_is_one_line_and_overwrites_nothing(finished_run, tmp_path, capsys, args, expect):
     run = tmp_path / "run"

@@ -172,7 +172,28 @@ def check_compatible(ckpt: dict, model: torch.nn.Module, path: str | Path, cfg=N
     for k, v in own.items():
         if tuple(theirs[k].shape) != tuple(v.shape):
             raise CheckpointError(f"{path}: made for a different model ({k} has shape "
-                                  f"{tuple(theirs[k].shape)}, this config needs {tuple(v.shape)})")
+                                  f"{tuple(theirs[k].shape)}, this config needs {tuple(v.shape)})"
+                                  + _shape_keys_changed(ckpt, cfg))
+
+
+def _shape_keys_changed(ckpt: dict, cfg) -> str:
+    """'; trained with latent_size=16, the config says latent_size=8' for the keys that set the
+    model's shapes, so the user reads the setting they typed rather than a tensor's shape."""
+    if cfg is None:
+        return ""
+    from omegaconf import OmegaConf
+
+    theirs = OmegaConf.create(ckpt["config"])
+    changed = []
+    for key in ("latent_size", "model.size", "model.hidden"):
+        trained, now = OmegaConf.select(theirs, key), OmegaConf.select(cfg, key)
+        now = getattr(now, "name", now)
+        if trained is not None and str(trained) != str(now):
+            changed.append((f"{key}={trained}", f"{key}={now}"))
+    if not changed:
+        return ""
+    return (f"; trained with {', '.join(a for a, _ in changed)}, the config says {', '.join(b for _, b in changed)} "
+            f"(start a new run to change the model)")
 
 
 # --- RNG state: every generator a run draws from ----------------------------------------

@@ -91,21 +91,24 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)  # also seeds every CUDA device
 
 
-def _attach_file_log(run_dir: Path) -> logging.Handler | None:
-    """train.log in the run dir. Under Hydra its job logging already writes it; for
-    `vaelab resume` (no Hydra app) we add the handler ourselves and return it for removal."""
+def _attach_logs(run_dir: Path) -> list[logging.Handler]:
+    """train.log in the run dir, and the console log on stdout. Under Hydra its job logging
+    does both already; for `vaelab resume` (no Hydra app) we add the handlers, in Hydra's
+    format, and return them for removal."""
     path = (run_dir / "train.log").resolve()
     root = logging.getLogger()
     if any(isinstance(h, logging.FileHandler) and Path(h.baseFilename).resolve() == path for h in root.handlers):
-        return None
-    h = logging.FileHandler(path, mode="a")
-    h.setFormatter(logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"))
-    root.addHandler(h)
+        return []
+    fmt = logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")  # Hydra's job logging
+    added: list[logging.Handler] = [logging.FileHandler(path, mode="a")]
+    if not any(type(h) is logging.StreamHandler for h in root.handlers):
+        added.append(logging.StreamHandler(sys.stdout))  # where vaelab-train's console log goes
+    for h in added:
+        h.setFormatter(fmt)
+        root.addHandler(h)
     if root.level > logging.INFO or root.level == logging.NOTSET:
         root.setLevel(logging.INFO)
-    if not any(type(h) is logging.StreamHandler for h in root.handlers):
-        root.addHandler(logging.StreamHandler())
-    return h
+    return added
 
 
 class _StopFlag:
@@ -125,8 +128,8 @@ class _StopFlag:
                 return
             raise KeyboardInterrupt
         self.signum = signum
-        log.warning("got %s: will checkpoint after this step and stop (Ctrl-C again to abort now)",
-                    signal.Signals(signum).name)
+        log.warning("got %s: will checkpoint after this step and stop%s", signal.Signals(signum).name,
+                    " (Ctrl-C again to abort now)" if signum == signal.SIGINT else "")
 
     def __enter__(self):
         import threading
@@ -150,7 +153,7 @@ def train(cfg: DictConfig, run_dir: str | Path, data: MNISTData | None = None) -
     validate(cfg)
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)  # checkpoints/ and samples/ come once the data has loaded
-    handler = _attach_file_log(run_dir)
+    handlers = _attach_logs(run_dir)
     try:
         with ckpt_io.only_process(run_dir):
             return _train(cfg, run_dir, data)
@@ -162,9 +165,9 @@ def train(cfg: DictConfig, run_dir: str | Path, data: MNISTData | None = None) -
             pass
         raise
     finally:  # one process may train several runs (tests, vaelab resume): don't leak handlers
-        if handler is not None:
-            logging.getLogger().removeHandler(handler)
-            handler.close()
+        for h in handlers:
+            logging.getLogger().removeHandler(h)
+            h.close()
 
 
 def _train(cfg: DictConfig, run_dir: Path, data: MNISTData | None) -> dict:
@@ -220,8 +223,13 @@ def _train(cfg: DictConfig, run_dir: Path, data: MNISTData | None) -> dict:
         st.update(ck["state"])
         ckpt_io.set_rng_state(ck["rng"])
         resumed = True
-        log.info("resuming %s from %s: epoch %d, step %d, %d examples seen", run_dir, resume_from,
-                 st["epoch"], st["step"], st["examples"])
+        if resume_from.name != last_path.name:  # a kill before the first last.pt, or it was deleted
+            log.warning("%s is missing: resuming from the newest complete checkpoint, %s", last_path,
+                        resume_from.name)
+        at = (f"in epoch {st['epoch'] + 1} at image {st['pos']}/{n_train}" if st["pos"]  # the stop message's words
+              else f"after epoch {st['epoch']}")
+        log.info("resuming %s from %s %s (step %d, %d examples seen)", run_dir, resume_from, at, st["step"],
+                 st["examples"])
     if st["epoch"] >= t.epochs and st["pos"] == 0:
         log.info("nothing to do: the run has %d of trainer.epochs=%d epochs", st["epoch"], t.epochs)
     else:  # a finished run carried on (trainer.epochs raised): its final metrics are no longer final
@@ -330,10 +338,9 @@ def _train(cfg: DictConfig, run_dir: Path, data: MNISTData | None) -> dict:
                     v = log_acc.tolist()
                     means = [s / v[3] for s in v[:3]]
                     check_finite(means, f"epoch {epoch + 1}")
-                    rate = (st["pos"] - seen0) / (time.perf_counter() - t0)
                     writer.scalars({"loss": means[0], "recon": means[1], "kl": means[2], "beta": beta},
                                    st["examples"], prefix="train/")
-                    bar.set_postfix(loss=f"{means[0]:.2f}", img_s=f"{rate:.0f}")
+                    bar.set_postfix(loss=f"{means[0]:.2f}")  # the bar's own img/s is the rate
                     log_acc.zero_()
                 if stop.signum is not None:
                     break
@@ -467,9 +474,9 @@ def hydra_main(cfg: DictConfig) -> float:
         sys.exit(1)
     except Interrupted as e:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # saved and leaving: a late Ctrl-C changes nothing
-        log.error("%s", e)
+        log.warning("%s", e)  # asked for, and nothing lost: not an error
         if HydraConfig.get().mode.name == "MULTIRUN":
-            log.error("the sweep stops here: jobs that had not started did not run")
+            log.warning("the sweep stops here: jobs that had not started did not run")
         sys.exit(130)  # Ctrl-C / SIGTERM stop the whole sweep, not only the job in progress
     return metrics["val_loss"]
 

@@ -251,6 +251,9 @@ def apply_overrides(cfg, overrides: list[str]) -> list:
             raise WorkflowError(f"override '{line}': resume continues one run; sweep with vaelab-train -m")
         if o.is_add() or o.is_delete() or o.is_force_add() or o.package is not None:
             raise WorkflowError(f"override '{line}': resume takes KEY=VALUE only")
+        if o.key_or_group == "name":  # a later reproduce would land in outputs/runs/<new name>/
+            raise WorkflowError(f"override '{line}': name names the run's folder (outputs/runs/<name>/...), "
+                                f"which resume keeps; leave it out")
         try:
             OmegaConf.update(cfg, o.key_or_group, o.value(), merge=False)
         except Exception as e:  # unknown key, wrong type, a group name given a value, ...

@@ -332,3 +332,14 @@ def test_compare_sorts_a_sweep_whose_every_job_diverged(tmp_path, capsys):
     assert vaelab(["compare", tmp_path, "--sort", "val_loss"]) == 0
     rows = capsys.readouterr().out.splitlines()[2:]
     assert len(rows) == 2 and all(r.endswith("diverged") for r in rows)
+
+
+def test_compare_columns_leave_out_settings_that_change_no_number(tmp_path):
+    from vaelab.compare import CompareError, Run, _varying, sort_runs
+
+    runs = [Run(tmp_path / "a", "a", {"latent_size": "2", "trainer.progress": "True", "data.download": "True"}),
+            Run(tmp_path / "b", "b", {"latent_size": "4", "trainer.progress": "False", "data.download": "False"})]
+    assert _varying(runs) == ["latent_size"]
+    with pytest.raises(CompareError, match=r"^--sort val_los: no run has that metric; available: none yet "
+                                           r"\(no run has finished an epoch\)$"):
+        sort_runs(runs, "val_los")

@@ -119,7 +119,8 @@ def _load(path: Path, name: str) -> Run:
 def sort_runs(runs: list[Run], metric: str, descending: bool = False) -> list[Run]:
     known = sorted({k for r in runs for k, v in r.metrics.items() if isinstance(v, (int, float))})
     if metric not in known and metric not in COLUMNS:  # a column no run reached (all diverged) sorts as missing
-        raise CompareError(f"--sort {metric}: no run has that metric; available: {', '.join(known)}")
+        raise CompareError(f"--sort {metric}: no run has that metric; available: "
+                           f"{', '.join(known) or 'none yet (no run has finished an epoch)'}")
 
     def key(r: Run):
         v = r.metrics.get(metric)
@@ -146,9 +147,13 @@ def _flatten(d: dict, prefix: str = "") -> dict:
     return out
 
 
+# Settings that change how a run talks, not what it computes: never a column of their own.
+_NOT_A_DIFFERENCE = {"trainer.progress", "data.download"}
+
+
 def _varying(runs: list[Run]) -> list[str]:
     """Config keys whose values are not the same in every run, in config order."""
-    keys = dict.fromkeys(k for r in runs for k in r.config)
+    keys = dict.fromkeys(k for r in runs for k in r.config if k not in _NOT_A_DIFFERENCE)
     return [k for k in keys if len({r.config.get(k) for r in runs}) > 1]
 
 
@@ -265,7 +270,7 @@ class SweepSummary(Callback):
         for r in runs:
             states.setdefault(r.state, []).append(r.name)
         counts = ", ".join(f"{len(v)} {k}" for k, v in sorted(states.items(), key=lambda kv: kv[0] != "done"))
-        print(f"sweep of {len(runs)} jobs: {counts}; table: vaelab compare {sweep_dir}")
+        print(f"sweep of {len(runs)} job{'s' * (len(runs) != 1)}: {counts}; table: vaelab compare {sweep_dir}")
         if states.get("diverged"):
             print(f"vaelab-train: error: {len(states['diverged'])} of {len(runs)} jobs diverged "
                   f"(non-finite loss): {'; '.join(states['diverged'])}", file=sys.stderr)

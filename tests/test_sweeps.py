@@ -260,6 +260,11 @@ def test_a_diverged_trial_does_not_end_an_optuna_study(tiny_mnist, tmp_path):
     out = (tmp_path / "vaelab-train.out").read_text()
     assert "sweep of 2 jobs: 2 diverged" in out and "error: 2 of 2 jobs diverged (non-finite loss)" in out
     assert "alembic" not in out  # the set-up lines of the database library Optuna imports
+    for run in runs(sweep).values():  # listed in HParams with its config, its metrics blank
+        acc = EventAccumulator(str(run), size_guidance={"scalars": 0})
+        acc.Reload()
+        assert "_hparams_/session_start_info" in acc.PluginTagToContent("hparams")
+        assert not [t for t in acc.Tags()["scalars"] if t.startswith("hparams/")]
 
 
 def test_sweep_summary_counts_this_sweeps_jobs_only(tmp_path, capsys):

@@ -13,7 +13,7 @@ from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import hparams as hparams_summary
 from torchvision.utils import make_grid
 
-# The metrics the HParams dashboard compares (logged as scalars under these tags at the end).
+# The metrics the HParams dashboard compares (scalars hparams/<name>, logged at the end).
 HPARAM_METRICS = ("val_loss", "val_recon", "val_kl", "active_units")
 
 
@@ -63,20 +63,28 @@ class RunLogger:
         if self.w:
             self.w.add_text(tag, text, x)
 
-    def hparams(self, config: dict, metrics: dict, x: int) -> None:
-        """One HParams row for this run, in this run's own folder. SummaryWriter.add_hparams
-        would write to a new sub-folder and show every run twice, so write the three
-        summaries into our own file writer, then the metric values as scalars."""
+    def hparams_start(self, config: dict) -> None:
+        """This run's HParams row (its flattened config), written when the run starts, so that a
+        run still training, stopped or diverged is listed too, with its metrics blank until
+        hparams_end. Into this run's own file writer: SummaryWriter.add_hparams would write to
+        a new sub-folder and show every run twice."""
         if not self.w:
             return
-        hp = flatten(config)
-        metric_dict = {f"hparams/{k}": float(metrics[k]) for k in HPARAM_METRICS if k in metrics}
-        exp, ssi, sei = hparams_summary(hp, metric_dict)
+        names = {f"hparams/{k}": 0.0 for k in HPARAM_METRICS}  # the experiment's columns (values unused)
+        exp, ssi, _ = hparams_summary(flatten(config), names)
         fw = self.w._get_file_writer()
-        for s in (exp, ssi, sei):
-            fw.add_summary(s)
-        for k, v in metric_dict.items():
+        fw.add_summary(exp)
+        fw.add_summary(ssi)
+
+    def hparams_end(self, metrics: dict, x: int) -> None:
+        """The row's metric values, as scalars under the tags hparams_start named, and the end
+        of the session."""
+        if not self.w:
+            return
+        values = {f"hparams/{k}": float(metrics[k]) for k in HPARAM_METRICS if k in metrics}
+        for k, v in values.items():
             self.w.add_scalar(k, v, x)
+        self.w._get_file_writer().add_summary(hparams_summary({}, values)[2])  # session end info
 
     def flush(self) -> None:
         if self.w:

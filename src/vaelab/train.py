@@ -251,6 +251,7 @@ def _train(cfg: DictConfig, run_dir: Path, data: MNISTData | None) -> dict:
                        purge_step=st["examples"] + 1 if resumed else None)
     if not resumed:
         writer.text("config", "```\n" + OmegaConf.to_yaml(plain_cfg) + "\n```")
+        writer.hparams_start(plain_cfg)
         log.info("run directory: %s", run_dir)
         log.info("model: %s (%d parameters) on %s", type(model).__name__,
                  sum(p.numel() for p in model.parameters()), device)
@@ -405,7 +406,7 @@ def _train(cfg: DictConfig, run_dir: Path, data: MNISTData | None) -> dict:
         "train_seconds": st["train_seconds"], "best_val_loss": st["best_val"],
         "val_split": "test" if data.val_is_test else "val", "torch_threads": st["threads"],
     }
-    writer.hparams(plain_cfg, metrics, st["examples"])
+    writer.hparams_end(metrics, st["examples"])
     ckpt_io.write_text_atomic(run_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
     writer.close()
     log.info("metrics: %s", json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in metrics.items()}))

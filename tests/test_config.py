@@ -94,7 +94,7 @@ def test_optimizer_matches_config():
     (["latent_size=abc"], "latent_size"),
     (["trainer.epochs=1.5"], "trainer.epochs"),
     (["latent_size=0"], "latent_size=0: must be an integer >= 1"),
-    (["loss.beta=-1"], "loss.beta=-1.0: must be >= 0"),
+    (["loss.beta=-1"], "loss.beta=-1.0: must be a finite number >= 0"),
     (["loss.recon=foo"], "expected one of [mse, bce]"),
     (["model.size=huge"], "expected one of [small, base, large]"),
     (["model.linear=mkl"], "expected one of [aten, onednn]"),
@@ -102,7 +102,11 @@ def test_optimizer_matches_config():
     (["experiment=sed"], "available: iwae_paper_vae, seed"),
     (["device=gpu"], "allowed: auto, cpu, cuda, cuda:N, mps"),
     (["optim.lr=0"], "optim.lr"),
-    (["optim.weight_decay=-1"], "optim.weight_decay=-1.0: must be >= 0"),
+    (["optim.weight_decay=-1"], "optim.weight_decay=-1.0: must be a finite number >= 0"),
+    (["optim.eps=inf"], "optim.eps=inf: must be a finite number > 0"),  # Adam would never move
+    (["loss.beta=inf"], "loss.beta=inf: must be a finite number >= 0"),
+    (["model.latent_size=8"], "model.latent_size=8: must equal latent_size (32), which it follows: set latent_size=8"),
+    (["trainer.final_eval_k=2000000"], "trainer.final_eval_k=2000000: must be in [1, 10**6]"),
     (["seed=4294967296"], "seed=4294967296: must be in [0, 2**32)"),
     (["logger.images_every=0"], "logger.images_every=0: must be >= 1"),
     (["name=../../x"], "name=../../x: one folder name"),  # it would land outside outputs/

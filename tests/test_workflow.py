@@ -273,6 +273,46 @@ def test_resume_with_more_epochs_continues_and_records_the_override(tiny_mnist, 
     assert yaml.safe_load((run / ".hydra" / "overrides.yaml").read_text()) == ["latent_size=4", "trainer.epochs=3"]
 
 
+def test_resume_part_way_through_an_epoch_needs_that_epoch(tiny_mnist, tmp_path, monkeypatch, capsys):
+    real_beta_at = train_mod.beta_at
+
+    def beta_at(step, *args):
+        if step == 8:  # in epoch 2 (6 steps an epoch)
+            os.kill(os.getpid(), signal.SIGINT)
+        return real_beta_at(step, *args)
+
+    monkeypatch.setattr(train_mod, "beta_at", beta_at)
+    run = tmp_path / "run"
+    with pytest.raises(Interrupted):
+        train(compose_cfg([f"data.root={tiny_mnist}", *TINY]), run)
+    monkeypatch.setattr(train_mod, "beta_at", real_beta_at)
+    before = files_snapshot(run)
+    capsys.readouterr()
+    assert vaelab(["resume", run, "trainer.epochs=1"]) == 2
+    assert capsys.readouterr().err.strip() == ("vaelab resume: error: trainer.epochs=1: the run stopped part-way "
+                                               "through epoch 2; give trainer.epochs=2 or more to finish it")
+    assert files_snapshot(run) == before
+    assert vaelab(["resume", run, "trainer.epochs=2"]) == 0
+    assert json.loads((run / "metrics.json").read_text())["epochs"] == 2
+
+
+def test_resume_trains_on_with_the_optimizer_settings_it_writes_into_the_config(finished_run, tmp_path):
+    """Adam's moments come from the checkpoint, its hyperparameters from the (new) config."""
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    before = ckpt_io.load(run / "checkpoints" / "last.pt")["optimizer"]
+    assert vaelab(["resume", run, "trainer.epochs=2", "optim.eps=1e-4", "optim.weight_decay=0.5",
+                   "optim.betas=[0.5,0.9]", "optim.impl=forloop"]) == 0
+    after = ckpt_io.load(run / "checkpoints" / "last.pt")["optimizer"]
+    [group] = after["param_groups"]
+    assert (group["eps"], group["weight_decay"], tuple(group["betas"])) == (1e-4, 0.5, (0.5, 0.9))
+    assert not group["fused"] and not group["foreach"]
+    steps = [int(st["step"]) for st in after["state"].values()]
+    assert steps == [int(st["step"]) * 2 for st in before["state"].values()]  # carried on, not restarted
+    saved = yaml.safe_load((run / ".hydra" / "config.yaml").read_text())["optim"]
+    assert (saved["eps"], saved["weight_decay"], saved["betas"], saved["impl"]) == (1e-4, 0.5, [0.5, 0.9], "forloop")
+
+
 def test_compare_shows_an_unfinished_run_from_its_events(tiny_mnist, tmp_path, monkeypatch, capsys):
     real_beta_at = train_mod.beta_at
 

@@ -10,6 +10,7 @@ device, ...) live in `validate()`, which runs right after composition.
 """
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 from enum import Enum
@@ -175,11 +176,14 @@ def _check(ok: bool, key: str, value: Any, allowed: str) -> None:
 def validate(cfg: DictConfig) -> None:
     """Reject values that compose but cannot work. Raises ConfigError with one line."""
     _check(cfg.latent_size >= 1, "latent_size", cfg.latent_size, "must be an integer >= 1")
-    _check(cfg.loss.beta >= 0, "loss.beta", cfg.loss.beta, "must be >= 0 (0 turns the KL term off)")
+    _check(cfg.model.latent_size == cfg.latent_size, "model.latent_size", cfg.model.latent_size,
+           f"must equal latent_size ({cfg.latent_size}), which it follows: set latent_size={cfg.model.latent_size} instead")
+    _check(0 <= cfg.loss.beta < math.inf, "loss.beta", cfg.loss.beta, "must be a finite number >= 0 (0 turns the KL term off)")
     _check(cfg.loss.kl_warmup_steps >= 0, "loss.kl_warmup_steps", cfg.loss.kl_warmup_steps, "must be >= 0")
-    _check(cfg.optim.lr > 0, "optim.lr", cfg.optim.lr, "must be > 0")
-    _check(cfg.optim.eps > 0, "optim.eps", cfg.optim.eps, "must be > 0")
-    _check(cfg.optim.weight_decay >= 0, "optim.weight_decay", cfg.optim.weight_decay, "must be >= 0")
+    _check(0 < cfg.optim.lr < math.inf, "optim.lr", cfg.optim.lr, "must be a finite number > 0")
+    _check(0 < cfg.optim.eps < math.inf, "optim.eps", cfg.optim.eps, "must be a finite number > 0")
+    _check(0 <= cfg.optim.weight_decay < math.inf, "optim.weight_decay", cfg.optim.weight_decay,
+           "must be a finite number >= 0")
     for key in ("seed", "data.split_seed"):  # what torch.manual_seed and NumPy accept
         _check(0 <= OmegaConf.select(cfg, key) < 2**32, key, OmegaConf.select(cfg, key), "must be in [0, 2**32)")
     _check(cfg.optim.name == "adam", "optim.name", cfg.optim.name, "allowed: adam")
@@ -190,14 +194,14 @@ def validate(cfg: DictConfig) -> None:
     _check(t.epochs >= 1, "trainer.epochs", t.epochs, "must be >= 1")
     _check(t.batch_size >= 1, "trainer.batch_size", t.batch_size, "must be >= 1")
     _check(t.eval_batch_size >= 1, "trainer.eval_batch_size", t.eval_batch_size, "must be >= 1")
-    _check(t.grad_clip >= 0, "trainer.grad_clip", t.grad_clip, "must be >= 0 (0 = off)")
+    _check(0 <= t.grad_clip < math.inf, "trainer.grad_clip", t.grad_clip, "must be a finite number >= 0 (0 = off)")
     _check(t.checkpoint_every >= 1, "trainer.checkpoint_every", t.checkpoint_every, "must be >= 1")
     _check(t.log_every >= 1, "trainer.log_every", t.log_every, "must be >= 1")
     _check(cfg.logger.images_every >= 1, "logger.images_every", cfg.logger.images_every, "must be >= 1")
     _check(t.compile_mode in ("default", "reduce-overhead", "max-autotune"), "trainer.compile_mode",
            t.compile_mode, "allowed: default, reduce-overhead, max-autotune")
     _check(t.num_samples >= 1, "trainer.num_samples", t.num_samples, "must be >= 1")
-    _check(t.final_eval_k >= 1, "trainer.final_eval_k", t.final_eval_k, "must be >= 1")
+    _check(1 <= t.final_eval_k <= 10**6, "trainer.final_eval_k", t.final_eval_k, "must be in [1, 10**6] (as vaelab eval --k)")
     _check(cfg.data.val_size >= 0, "data.val_size", cfg.data.val_size, "must be >= 0")
     _check(cfg.data.name == "mnist", "data.name", cfg.data.name, "allowed: mnist")
     # `name` is a folder under outputs/ (outputs/runs/<name>/...): one plain folder name

@@ -83,12 +83,12 @@ def elbo_stats(model, images: torch.Tensor, recon: Recon, batch_size: int = 2000
         k = kl_per_dim(mu, logvar).sum(0)  # (L,)
         rec = rec + r
         kl_d = k if kl_d is None else kl_d + k
-        mu64 = mu.double()
+        mu64 = (mu.cpu() if mu.device.type == "mps" else mu).double()  # MPS has no float64
         mu_sum = mu64.sum(0) if mu_sum is None else mu_sum + mu64.sum(0)
         mu_sq = (mu64 ** 2).sum(0) if mu_sq is None else mu_sq + (mu64 ** 2).sum(0)
     model.train(was_training)
     kl_d = kl_d / n
-    mu_var = (mu_sq / n - (mu_sum / n) ** 2).float()  # Cov_x(E_q[z_i]) per dimension
+    mu_var = (mu_sq / n - (mu_sum / n) ** 2).float().to(kl_d.device)  # Cov_x(E_q[z_i]) per dimension
     rec = float(rec) / n
     kl = float(kl_d.sum())
     return {"recon": rec, "kl": kl, "nelbo": rec + kl, "kl_per_dim": kl_d.cpu(),

@@ -161,7 +161,7 @@ def traversals_figure(grid: torch.Tensor, dims: list[int], dead: list[bool], kl_
 def latents_scatter_figure(mu: torch.Tensor, labels: torch.Tensor):
     """Posterior means (N, L) in 2-D, coloured by digit: the dimensions themselves when L <= 2,
     else the first two principal components (explained variance in the axis labels)."""
-    mu = mu.double().cpu()
+    mu = mu.cpu().double()  # in that order: MPS has no float64
     labels = labels.cpu()
     n, latent = mu.shape
     if latent == 1:

@@ -73,6 +73,25 @@ def build_optimizer(cfg: DictConfig, model: torch.nn.Module) -> torch.optim.Opti
                             fused=True if impl == "fused" else None)
 
 
+def check_epochs_to_resume(state: dict, epochs: int) -> None:
+    """A checkpoint taken part-way through an epoch can only be carried on to the end of it: with
+    trainer.epochs below that epoch the loop would not run, and the final metrics would call the
+    weights of a partial epoch those of the last whole one."""
+    if state.get("pos") and epochs <= state["epoch"]:
+        raise ConfigError(f"trainer.epochs={epochs}: the run stopped part-way through epoch {state['epoch'] + 1}; "
+                          f"give trainer.epochs={state['epoch'] + 1} or more to finish it")
+
+
+def _under_config(saved: dict, opt: torch.optim.Optimizer) -> dict:
+    """A checkpoint's optimizer state (Adam's moments and step counts) with the hyperparameters
+    of `opt`, the optimizer built from the config: load_state_dict alone would bring back the
+    saved betas, eps, weight_decay and implementation, so `vaelab resume optim.eps=1e-4` would
+    write the new value into the run's config and train on with the old one."""
+    groups = [{**old, **{k: v for k, v in new.items() if k != "params"}}
+              for old, new in zip(saved["param_groups"], opt.state_dict()["param_groups"])]
+    return {**saved, "param_groups": groups}
+
+
 def lr_at(cfg: DictConfig, epoch: int) -> float:
     """Learning rate for a 0-based epoch. 'iwae' is Burda et al.'s schedule: 1e-3 * 10^(-i/7)
     during the 3^i epochs of stage i = 0..7 (1 + 3 + 9 + ... + 2187 = 3280 epochs)."""
@@ -219,8 +238,9 @@ def _train(cfg: DictConfig, run_dir: Path, data: MNISTData | None) -> dict:
         ck = ckpt_io.load(resume_from, map_location="cpu")
         ckpt_io.check_compatible(ck, model, resume_from, cfg, ckpt_io.SAME_TO_RESUME)
         model.load_state_dict(ck["model"])
-        opt.load_state_dict(ck["optimizer"])
+        opt.load_state_dict(_under_config(ck["optimizer"], opt))
         st.update(ck["state"])
+        check_epochs_to_resume(st, t.epochs)
         ckpt_io.set_rng_state(ck["rng"])
         resumed = True
         if resume_from.name != last_path.name:  # a kill before the first last.pt, or it was deleted
@@ -382,12 +402,14 @@ def _train(cfg: DictConfig, run_dir: Path, data: MNISTData | None) -> dict:
                 _pictures(model, fixed_z, recon_x, writer, x_ax, sample_dir if (numbered or last_epoch) else None,
                           epoch + 1)
             st["train_loss"] = train_means["loss"]
+            # The epoch's events on disk before any checkpoint that vouches for them (resume
+            # falls back to best.pt when a kill came before the first last.pt).
+            writer.flush()
             if val["nelbo"] < st["best_val"]:
                 st["best_val"] = val["nelbo"]
                 save(ckpt_dir / "best.pt")
             if numbered:
                 save(ckpt_dir / f"epoch_{epoch + 1:04d}.pt")
-            writer.flush()  # the epoch's events on disk before the checkpoint that vouches for them
             save(last_path)  # last, so a kill before this line replays the epoch exactly
             if stop.signum is not None and not last_epoch:
                 writer.close()

@@ -278,7 +278,7 @@ def resume(run_dir: str | Path, overrides: list[str] = ()) -> dict | None:
     """Carry on the run in `run_dir` from its last checkpoint; returns its final metrics, or
     None when it has already trained trainer.epochs epochs (then nothing is written)."""
     from vaelab.data import load_data
-    from vaelab.train import build_model, train
+    from vaelab.train import build_model, check_epochs_to_resume, train
 
     run_dir = Path(run_dir)
     cfg_path = run_config_path(run_dir)
@@ -298,6 +298,7 @@ def resume(run_dir: str | Path, overrides: list[str] = ()) -> dict | None:
     ck = ckpt_io.load(last)
     ckpt_io.check_compatible(ck, build_model(cfg), last, cfg, ckpt_io.SAME_TO_RESUME)
     done = ck["state"]["epoch"]
+    check_epochs_to_resume(ck["state"], cfg.trainer.epochs)  # ConfigError, one line, before anything is written
     if done >= cfg.trainer.epochs and not ck["state"].get("pos"):
         # Training again would only log the final numbers a second time.
         print(f"vaelab resume: nothing to do, {run_dir} has trained {done} of trainer.epochs="

@@ -251,11 +251,19 @@ def test_eval_of_an_earlier_checkpoint_is_logged_where_that_checkpoint_was_taken
     saved = load_eval(run)
     assert saved["epoch"] == 1 and saved["examples_seen"] == 192  # the checkpoint's, not metrics.json's 384
     assert saved["checkpoint"] == str(run / "checkpoints" / "epoch_0001.pt")  # not relative to the shell
-    assert saved["pictures_from"] == str(run / "checkpoints" / "last.pt")  # eval/ still shows last.pt's
-    assert "pictures of an earlier evaluation (last.pt), not of epoch_0001.pt" in caplog.text
+    # eval/ still shows last.pt's weights, and says so, also after a second --no-pictures
+    assert saved["pictures_of"] == {"checkpoint": str(run / "checkpoints" / "last.pt"), "examples_seen": 384}
+    assert "run/eval/ shows the weights of last.pt at 384 examples seen, not these (epoch_0001.pt at 192)" \
+        in caplog.text
+    caplog.clear()
+    assert _eval_cli(["run", "--k", "2", "--checkpoint", "epoch_0001.pt", "--no-pictures"]) == 0
+    assert load_eval(run)["pictures_of"]["examples_seen"] == 384 and "shows the weights of last.pt" in caplog.text
+    caplog.clear()
+    assert _eval_cli(["run", "--k", "2", "--no-pictures"]) == 0  # last.pt again: the pictures match
+    assert "shows the weights" not in caplog.text
     acc = EventAccumulator(str(run), size_guidance={"scalars": 0})
     acc.Reload()
-    assert sorted(e.step for e in acc.Scalars("test/nll_iwae")) == [192, 384]
+    assert sorted(e.step for e in acc.Scalars("test/nll_iwae")) == [192, 192, 384, 384]  # one point per eval
 
 
 def test_mse_run_reports_the_gaussian_variance(make_cfg, tmp_path):

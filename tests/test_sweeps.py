@@ -168,10 +168,12 @@ def test_compare_prints_the_sweep_sorted_and_plots_it(sweep, tmp_path, capsys):
     (["--sort", "val_los"], "--sort val_los: no run has that metric; available: active_units, best_val_loss"),
     (["--plot", "nope"], "--plot nope: no run has that scalar; available: epoch/active_units"),
     (["--plot", "val_loss", "--out", "new/curves.xyz"], "--out new/curves.xyz: unknown image format 'xyz'; allowed: "),
-    (["--plot", "val_loss", "--out", "/proc/curves.png"], "--out /proc/curves.png: cannot write it"),
+    (["--plot", "val_loss", "--out", "/proc/curves.png"], "--out /proc/curves.png: cannot make folders in /proc"),
+    (["--out", "c.png"], "--out c.png: give --plot SCALAR too"),
     (["--plot", "val_loss", "--out", "metrics.json/c.png"], "--out metrics.json/c.png: "),
     (["--plot", "val_loss", "--out", "."], "--out .: is a directory; give a file name such as curves.png"),
-], ids=["unknown-metric", "unknown-scalar", "unknown-format", "unwritable", "file-in-path", "directory"])
+], ids=["unknown-metric", "unknown-scalar", "unknown-format", "unwritable", "out-without-plot", "file-in-path",
+        "directory"])
 def test_compare_bad_input_is_one_line(sweep, capsys, args, expect, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "metrics.json").write_text("{}")
@@ -179,8 +181,7 @@ def test_compare_bad_input_is_one_line(sweep, capsys, args, expect, tmp_path, mo
     out, err = capsys.readouterr()
     err = err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(f"vaelab compare: error: {expect}"), err
-    if not any(a.startswith("/proc") for a in args):  # known before any work: no table first, no folder made
-        assert out == "" and sorted(p.name for p in tmp_path.iterdir()) == ["metrics.json"]
+    assert out == "" and sorted(p.name for p in tmp_path.iterdir()) == ["metrics.json"]  # before any work
 
 
 def test_compare_out_ending_in_a_dot_gets_png(sweep, tmp_path, capsys):

@@ -463,7 +463,9 @@ def test_resume_with_missing_data_changes_nothing(finished_run, tmp_path, capsys
 
 @pytest.mark.parametrize("args,expect", [
     (["latent_size=8"], "made for a different model (head.weight has shape (8, 256), this config needs (16, 256)); "
-                        "trained with latent_size=4, the config says latent_size=8"),
+                        "trained with latent_size 4, the config says latent_size 8"),
+    (["model.hidden=[128]"], "made for a different model (encoder.0.weight has shape (256, 784), this config needs "
+                             "(128, 784)); trained with hidden widths [256], the config says hidden widths [128]"),
     (["name=other"], "override 'name=other': name names the run's folder (outputs/runs/<name>/...), which resume "
                      "keeps; leave it out"),
     (["trainer.epoch=5"], "unknown key 'trainer.epoch' in override 'trainer.epoch=5'; did you mean 'trainer.epochs'?"),
@@ -474,7 +476,7 @@ def test_resume_with_missing_data_changes_nothing(finished_run, tmp_path, capsys
     (["model=mlp"], "override 'model=mlp': Invalid type assigned"),
     (["model.activation=tanh"], "trained with model.activation=relu, but the config says model.activation=tanh"),
     (["data.val_size=100"], "trained with data.val_size=64, but the config says data.val_size=100"),
-], ids=["other-latent-size", "name", "unknown-key", "wrong-type", "bad-value", "sweep", "add-key", "group", "same-shapes",
+], ids=["other-latent-size", "other-widths", "name", "unknown-key", "wrong-type", "bad-value", "sweep", "add-key", "group", "same-shapes",
         "other-split"])
 def test_bad_override_is_one_line_and_overwrites_nothing(finished_run, tmp_path, capsys, args, expect):
     run = tmp_path / "run"

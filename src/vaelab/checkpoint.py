@@ -177,23 +177,26 @@ def check_compatible(ckpt: dict, model: torch.nn.Module, path: str | Path, cfg=N
 
 
 def _shape_keys_changed(ckpt: dict, cfg) -> str:
-    """'; trained with latent_size=16, the config says latent_size=8' for the keys that set the
-    model's shapes, so the user reads the setting they typed rather than a tensor's shape."""
+    """'; trained with latent_size=16, the config says latent_size=8' for the settings that give
+    the model its shapes, so the user reads what they typed rather than a tensor's shape."""
     if cfg is None:
         return ""
     from omegaconf import OmegaConf
 
-    theirs = OmegaConf.create(ckpt["config"])
-    changed = []
-    for key in ("latent_size", "model.size", "model.hidden"):
-        trained, now = OmegaConf.select(theirs, key), OmegaConf.select(cfg, key)
-        now = getattr(now, "name", now)
-        if trained is not None and str(trained) != str(now):
-            changed.append((f"{key}={trained}", f"{key}={now}"))
+    from vaelab.models.mlp import SIZES
+
+    def shape_settings(c) -> dict:
+        hidden, size = OmegaConf.select(c, "model.hidden"), OmegaConf.select(c, "model.size")
+        size = getattr(size, "name", size)
+        widths = list(hidden) if hidden is not None else SIZES.get(str(size))  # as MLPVAE builds it
+        return {"latent_size": OmegaConf.select(c, "latent_size"), "hidden widths": widths}
+
+    theirs, now = shape_settings(OmegaConf.create(ckpt["config"])), shape_settings(cfg)
+    changed = [k for k in theirs if theirs[k] is not None and theirs[k] != now[k]]
     if not changed:
         return ""
-    return (f"; trained with {', '.join(a for a, _ in changed)}, the config says {', '.join(b for _, b in changed)} "
-            f"(start a new run to change the model)")
+    return (f"; trained with {', '.join(f'{k} {theirs[k]}' for k in changed)}, "
+            f"the config says {', '.join(f'{k} {now[k]}' for k in changed)}")
 
 
 # --- RNG state: every generator a run draws from ----------------------------------------

@@ -10,6 +10,7 @@ from __future__ import annotations
 import difflib
 import os
 import re
+import shlex
 import tempfile
 from pathlib import Path
 
@@ -150,22 +151,16 @@ def precheck(argv: list[str]) -> str | None:
             and any((d / ".hydra" / "config.yaml").is_file() for d in Path(sweep_dir).iterdir() if d.is_dir()):
         # Jobs named like the old ones would carry those runs on under new settings.
         return (f"hydra.sweep.dir={sweep_dir}: that folder holds runs of an earlier sweep already; give a new "
-                f"folder (carry one of its runs on with 'vaelab resume {sweep_dir}/JOB [KEY=VALUE ...]')")
+                f"folder (carry one of its runs on with 'vaelab resume {shlex.quote(sweep_dir + '/JOB')} [KEY=VALUE ...]')")
     run_dir = next((str(o.value()) for o in parsed if o.key_or_group == "hydra.run.dir"), None)
     if (run_dir and not helps and all(m in ("--run", "-r") for m in modes)
             and (Path(run_dir) / ".hydra" / "config.yaml").is_file()):
         if not any((Path(run_dir) / "checkpoints").glob("*.pt")):
             return (f"hydra.run.dir={run_dir}: that folder holds a run already (stopped before its first "
-                    f"checkpoint); start it again elsewhere: vaelab-train --config-dir {run_dir}/.hydra "
+                    f"checkpoint); start it again elsewhere: vaelab-train --config-dir {shlex.quote(run_dir + '/.hydra')} "
                     f"--config-name config")
         return (f"hydra.run.dir={run_dir}: that folder holds a run already; carry it on with "
-                f"'vaelab resume {run_dir} [KEY=VALUE ...]', or give another folder")
-    if not helps and not ({"--cfg", "-c", "--info", "-i", "--shell-completion", "-sc"} & set(flags)):
-        multi = bool({"--multirun", "-m"} & set(flags))
-        key, out = ("hydra.sweep.dir", sweep_dir) if multi else ("hydra.run.dir", run_dir)
-        err = unwritable(Path(out or "outputs"))  # Hydra makes the folder and fails with a traceback
-        if err:
-            return f"{key}={out}: {err}" if out else f"cannot write run folders under {Path.cwd()}: {err}"
+                f"'vaelab resume {shlex.quote(run_dir)} [KEY=VALUE ...]', or give another folder")
     if helps and swept:  # Hydra composes one job's config for --help, and raises on a sweep
         return f"override '{swept[0]}' lists several values: {helps[0]} shows one job, give one value per key"
     if any(f in flags for f in ("--config-dir", "-cd", "--config-name", "-cn", "--config-path", "-cp",
@@ -211,6 +206,7 @@ def precheck(argv: list[str]) -> str | None:
     # when they are chosen, and whether a sweep given without -m is one the config runs anyway.
     hydra_ovs = [o.input_line for o in parsed if o.is_hydra_override() and not o.is_sweep_override()]
     no_m = swept and not {"--multirun", "-m"} & set(flags)
+    composed = None
     if hydra_ovs or no_m or any(o.key_or_group == "hparams_search" for o in task):
         try:
             composed = _compose(base + hydra_ovs, hydra_section=True)
@@ -233,7 +229,26 @@ def precheck(argv: list[str]) -> str | None:
             if {"--cfg", "-c"} & set(flags):
                 return f"override '{swept[0]}' lists several values: --cfg shows one job, give one value per key"
             return f"override '{swept[0]}' lists several values: add -m (--multirun) to run one job per value"
+    if not {"--cfg", "-c"} & set(flags):  # Hydra makes the run's folder first, and fails there with a traceback
+        return _folder_error(composed if composed is not None else _compose(base, hydra_section=True),
+                             bool({"--multirun", "-m"} & set(flags)), {"hydra.run.dir": run_dir, "hydra.sweep.dir": sweep_dir})
     return None
+
+
+def _folder_error(composed: DictConfig, multirun_flag: bool, given: dict) -> str | None:
+    """Why the folder this command would run in (hydra.run.dir, or hydra.sweep.dir for a sweep,
+    resolved: ${name}, ${now:...}, ${oc.env:...}) cannot be made, or None."""
+    mode = OmegaConf.select(composed, "hydra.mode")
+    key = "hydra.sweep.dir" if multirun_flag or str(getattr(mode, "name", mode)) == "MULTIRUN" else "hydra.run.dir"
+    try:
+        folder = OmegaConf.select(composed, key)
+    except Exception:  # an interpolation only the running app can resolve: Hydra will say
+        return None
+    err = unwritable(Path(str(folder))) if folder else None
+    if err is None:
+        return None
+    what = "sweep" if key == "hydra.sweep.dir" else "run"
+    return f"{key}={given[key]}: {err}" if given.get(key) else f"cannot make the {what} folder {folder}: {err}"
 
 
 # Hydra plugins behind our launcher/sweeper choices, and the extra that installs each.

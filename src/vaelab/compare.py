@@ -18,6 +18,7 @@ import json
 import logging
 import math
 import os
+import shlex
 import sys
 import time
 from dataclasses import dataclass, field
@@ -25,6 +26,8 @@ from pathlib import Path
 
 import yaml
 from hydra.experimental.callback import Callback
+
+from vaelab.cli_errors import unwritable
 
 # Final metrics of an unfinished run, from the per-epoch scalars train() logs.
 EPOCH_TAGS = {"epochs": "epoch/epoch", "train_loss": "epoch/train_loss", "val_loss": "epoch/val_loss",
@@ -191,11 +194,9 @@ def plot_path(out: str | Path) -> Path:
     fmt = out.suffix[1:].lower()
     if fmt not in formats:
         raise CompareError(f"--out {out}: unknown image format '{fmt}'; allowed: {', '.join(formats)}")
-    parent = next((a for a in out.absolute().parents if a.exists()), None)
-    if parent is not None and not parent.is_dir():
-        raise CompareError(f"--out {out}: {parent} is a file, not a folder")
-    if parent is not None and not os.access(parent, os.W_OK | os.X_OK):
-        raise CompareError(f"--out {out}: cannot write it: {parent} is not writable")
+    err = unwritable(out.parent)
+    if err:
+        raise CompareError(f"--out {out}: {err}")
     return out
 
 
@@ -270,7 +271,7 @@ class SweepSummary(Callback):
         for r in runs:
             states.setdefault(r.state, []).append(r.name)
         counts = ", ".join(f"{len(v)} {k}" for k, v in sorted(states.items(), key=lambda kv: kv[0] != "done"))
-        print(f"sweep of {len(runs)} job{'s' * (len(runs) != 1)}: {counts}; table: vaelab compare {sweep_dir}")
+        print(f"sweep of {len(runs)} job{'s' * (len(runs) != 1)}: {counts}; table: vaelab compare {shlex.quote(str(sweep_dir))}")
         if states.get("diverged"):
             print(f"vaelab-train: error: {len(states['diverged'])} of {len(runs)} jobs diverged "
                   f"(non-finite loss): {'; '.join(states['diverged'])}", file=sys.stderr)
@@ -286,7 +287,7 @@ def add_compare_arguments(p) -> None:
     p.add_argument("--desc", action="store_true", help="sort descending")
     p.add_argument("--plot", metavar="SCALAR", help="plot this scalar for every run: val_loss, train_loss, "
                    "active_units, ... or a full TensorBoard tag such as train/loss")
-    p.add_argument("--out", default="curves.png", metavar="PNG", help="where --plot writes (default: curves.png)")
+    p.add_argument("--out", metavar="PNG", help="where --plot writes (default: curves.png)")
 
 
 def compare_command(args) -> int:
@@ -295,6 +296,9 @@ def compare_command(args) -> int:
         runs = find_runs(args.dirs)
         if args.sort:
             runs = sort_runs(runs, args.sort, args.desc)
+        if args.out and not args.plot:
+            raise CompareError(f"--out {args.out}: give --plot SCALAR too (--out says where the plot goes)")
+        args.out = args.out or "curves.png"
         if args.plot:  # bad --out or --plot: one line before the table, not after it
             plot_path(args.out)
             curves(runs, args.plot)

@@ -6,8 +6,10 @@ one by one. Here the whole split lives on the device as one (N, 784) uint8 tenso
 """
 from __future__ import annotations
 
+import gzip
 import logging
 import shutil
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -58,20 +60,24 @@ def _have_files(root: Path) -> bool:
 
 
 def _unpack(raw: Path) -> None:
-    """torchvision's MNIST reads only the unpacked files; its download unpacks each .gz next to
-    itself. Do the same for a folder that holds only the .gz files."""
-    from torchvision.datasets.utils import extract_archive
+    """torchvision's MNIST reads only the unpacked files (its download unpacks each .gz next to
+    itself): unpack a folder that holds only the .gz files, each into a temporary file renamed
+    into place, so that a Ctrl-C or a second process (a joblib sweep) never leaves half a file."""
+    from vaelab.checkpoint import write_atomic
 
     for f in MNIST_FILES:
-        if not (raw / f).exists():
-            try:
-                extract_archive(str(raw / f"{f}.gz"), str(raw))
-            except (OSError, EOFError) as e:  # read-only folder, full disk, a truncated .gz
-                (raw / f).unlink(missing_ok=True)
-                raise DataError(f"{raw / f}.gz: cannot unpack it next to itself ({getattr(e, 'strerror', None) or e}); "
-                                f"gunzip the four files into a writable folder's MNIST/raw/ and point "
-                                f"data.root there") from None
-            log.info("unpacked %s.gz (torchvision reads the unpacked file)", raw / f)
+        if (raw / f).exists():
+            continue
+        src = raw / f"{f}.gz"
+        try:
+            with gzip.open(src, "rb") as packed:
+                write_atomic(raw / f, lambda out: shutil.copyfileobj(packed, out))
+        except (EOFError, gzip.BadGzipFile, zlib.error) as e:  # BadGzipFile is an OSError: first
+            raise DataError(f"{src}: not a complete gzip file ({e}); replace it with a good copy") from None
+        except OSError as e:  # a read-only folder, a full disk
+            raise DataError(f"{src}: cannot unpack it next to itself ({e.strerror or e}); gunzip the four "
+                            f"files into a writable folder's MNIST/raw/ and point data.root there") from None
+        log.info("unpacked %s (torchvision reads the unpacked file)", src)
 
 
 def load_mnist_arrays(root: str | Path, download: bool = True, how: str = "set data.root=DIR or VAELAB_DATA=DIR"):

@@ -147,12 +147,15 @@ def evaluate_run(run_dir: str | Path, k: int = 5000, device: str = "auto", check
         for key in ("elbo", "recon", "kl", "nll_iwae", "bits_per_dim", "elbo_bits_per_dim", "active_units"):
             if math.isfinite(result[key]):
                 writer.add_scalar(f"test/{key}", result[key], step)
-    if not pictures and (run_dir / "eval").is_dir():
-        before = _read_eval(run_dir)
-        if before.get("pictures") and before.get("checkpoint") != result["checkpoint"]:
-            log.warning("%s/: pictures of an earlier evaluation (%s), not of %s; leave out --no-pictures to "
-                        "redraw them", run_dir / "eval", Path(str(before.get("checkpoint"))).name, path.name)
-            result["pictures_from"] = before.get("checkpoint")
+    # Which weights the pictures in eval/ show: these, or (--no-pictures) those of an earlier eval.
+    result["pictures_of"] = {"checkpoint": result["checkpoint"], "examples_seen": step}
+    if not pictures:
+        kept = _read_eval(run_dir).get("pictures_of") if (run_dir / "eval").is_dir() else None
+        result["pictures_of"] = kept if isinstance(kept, dict) else None
+        if kept and kept.get("examples_seen") != step:
+            log.warning("%s/ shows the weights of %s at %s examples seen, not these (%s at %d); leave out "
+                        "--no-pictures to redraw it", run_dir / "eval", Path(str(kept.get("checkpoint"))).name,
+                        kept.get("examples_seen"), path.name, step)
     if pictures:
         result.update(make_pictures(model, test, data.test.labels, st["kl_per_dim"],
                                     st["mu_var"] > ACTIVE_THRESHOLD, run_dir / "eval", writer, step, seed))

@@ -227,7 +227,7 @@ def make_pictures(model, images: torch.Tensor, labels: torch.Tensor, kl_per_dim:
             fig.savefig(path)
         if writer is not None:
             writer.add_image(f"eval/{name}", img, step)
-        written[name] = str(path)
+        written[name] = str(path.resolve())  # as eval.json's checkpoint: not relative to the shell
 
     put("samples", samples_grid(model, 64, 1.0, gen))
     ncol = 8
@@ -268,7 +268,7 @@ def add_sample_arguments(parser: argparse.ArgumentParser) -> None:
     # samples are noise anyway.
     temperature = _checked(float, lambda v: math.isfinite(v) and 0 < v <= 1000, "a number in (0, 1000]")
     parser.add_argument("--temperature", type=temperature, default=1.0,
-                        help="z ~ N(0, T^2 I); below 1 trades variety for cleaner digits (default 1)")
+                        help="z ~ N(0, T^2 I), T in (0, 1000]; below 1 trades variety for cleaner digits (default 1)")
     parser.add_argument("--seed", type=seed_int, default=0, help="seed of the latent draws (default 0)")
     parser.add_argument("--nrow", type=positive_int, default=None, help="images per row (default ~sqrt(n))")
     parser.add_argument("--checkpoint", default="last", help="last, best, or a checkpoint path (default last)")

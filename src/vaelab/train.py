@@ -16,6 +16,7 @@ import logging
 import math
 import os
 import random
+import shlex
 import shutil
 import signal
 import sys
@@ -315,7 +316,7 @@ def _train(cfg: DictConfig, run_dir: Path, data: MNISTData | None) -> dict:
         except OSError as e:
             good = f"the last complete one is {last_path}" if last_path.exists() else "none was complete"
             raise SaveFailed(f"cannot write {path}: {e.strerror or e}; checkpoints already there are intact "
-                             f"({good}); once the folder is writable: vaelab resume {run_dir}") from None
+                             f"({good}); once the folder is writable: vaelab resume {shlex.quote(str(run_dir))}") from None
         finally:
             stop.saving = False
 
@@ -374,7 +375,7 @@ def _train(cfg: DictConfig, run_dir: Path, data: MNISTData | None) -> dict:
                 writer.close()
                 raise Interrupted(f"stopped by {signal.Signals(stop.signum).name} at step {st['step']} "
                                   f"(epoch {epoch + 1}, {st['pos']}/{n_train} images); checkpoint: {last_path}; "
-                                  f"continue with: vaelab resume {run_dir}")
+                                  f"continue with: vaelab resume {shlex.quote(str(run_dir))}")
 
             # --- end of epoch: validation, logging, pictures, checkpoints ---------------
             e = epoch_acc.tolist()
@@ -414,7 +415,7 @@ def _train(cfg: DictConfig, run_dir: Path, data: MNISTData | None) -> dict:
             if stop.signum is not None and not last_epoch:
                 writer.close()
                 raise Interrupted(f"stopped by {signal.Signals(stop.signum).name} after epoch {epoch + 1}; "
-                                  f"checkpoint: {last_path}; continue with: vaelab resume {run_dir}")
+                                  f"checkpoint: {last_path}; continue with: vaelab resume {shlex.quote(str(run_dir))}")
 
     if val is None:  # resumed a finished run: report the stored weights
         eval_gen.manual_seed(cfg.seed + 1)

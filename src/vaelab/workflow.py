@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -88,9 +89,9 @@ def final_metrics(run_dir: str | Path) -> dict:
     run_dir = Path(run_dir)
     path = run_dir / "metrics.json"
     if not path.is_file():
-        how = (f"carry it on with: vaelab resume {run_dir}" if ckpt_io.latest(run_dir / "checkpoints")
+        how = (f"carry it on with: vaelab resume {shlex.quote(str(run_dir))}" if ckpt_io.latest(run_dir / "checkpoints")
                else f"it has no checkpoint to carry on from; start it again with: vaelab-train "
-                    f"--config-dir {run_dir / '.hydra'} --config-name config")
+                    f"--config-dir {shlex.quote(str(run_dir / '.hydra'))} --config-name config")
         raise WorkflowError(f"{run_dir}: no metrics.json, the run has not finished ({how})")
     metrics = json.loads(path.read_text())
     ev = run_dir / "eval.json"
@@ -186,7 +187,8 @@ def reproduce(run_dir: str | Path, out: str | Path | None = None, rtol: float = 
     new_dir = Path(out).resolve() if out else _new_run_dir(name)
     err = unwritable(new_dir)
     if err:
-        raise WorkflowError(f"--out {new_dir}: {err}; give another --out")
+        raise WorkflowError(f"--out {new_dir}: {err}; give another --out" if out else
+                            f"cannot make the run folder {new_dir}: {err}; give --out DIR")
     if new_dir.exists() and any(new_dir.iterdir()):
         raise WorkflowError(f"{new_dir}: already exists and is not empty; give another --out")
     quoted = str(new_dir).replace("'", "\\'")  # a quoted value in Hydra's override grammar
@@ -294,7 +296,7 @@ def resume(run_dir: str | Path, overrides: list[str] = ()) -> dict | None:
     if last is None:
         raise ckpt_io.CheckpointError(f"{run_dir / 'checkpoints'}: no checkpoint, nothing to resume "
                                       f"(the run stopped before its first checkpoint; start it again with: "
-                                      f"vaelab-train --config-dir {run_dir / '.hydra'} --config-name config)")
+                                      f"vaelab-train --config-dir {shlex.quote(str(run_dir / '.hydra'))} --config-name config)")
     ck = ckpt_io.load(last)
     ckpt_io.check_compatible(ck, build_model(cfg), last, cfg, ckpt_io.SAME_TO_RESUME)
     done = ck["state"]["epoch"]
@@ -302,7 +304,7 @@ def resume(run_dir: str | Path, overrides: list[str] = ()) -> dict | None:
     if done >= cfg.trainer.epochs and not ck["state"].get("pos"):
         # Training again would only log the final numbers a second time.
         print(f"vaelab resume: nothing to do, {run_dir} has trained {done} of trainer.epochs="
-              f"{cfg.trainer.epochs} epochs; to go on: vaelab resume {run_dir} trainer.epochs={2 * done}",
+              f"{cfg.trainer.epochs} epochs; to go on: vaelab resume {shlex.quote(str(run_dir))} trainer.epochs={2 * done}",
               file=sys.stderr)
         return None
     cfg.trainer.resume = True  # that is what this command is for, whatever the run said

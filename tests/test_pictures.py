@@ -123,7 +123,8 @@ def test_vaelab_sample(make_cfg, tmp_path, capsys):
                           ([str(run), "-n", "0"], "argument -n: must be an integer in [1, 10000]"),
                           ([str(run), "-n", str(10**8)], "argument -n: must be an integer in [1, 10000]"),
                           ([str(run), "--temperature", "-1"], "argument --temperature: must be a number in (0, 1000]"),
-                          ([str(run), "--temperature", "1e300"], "argument --temperature: must be a number in (0, 1000]"),
+                          ([str(run), "--temperature", "1e300"],
+                           "argument --temperature: must be a number in (0, 1000]"),
                           ([str(run), "--out", str(tmp_path / "grid.nope")], "cannot write")):
         try:
             code = _sample_cli(argv)

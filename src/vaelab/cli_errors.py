@@ -151,13 +151,15 @@ def precheck(argv: list[str]) -> str | None:
             and any((d / ".hydra" / "config.yaml").is_file() for d in Path(sweep_dir).iterdir() if d.is_dir()):
         # Jobs named like the old ones would carry those runs on under new settings.
         return (f"hydra.sweep.dir={sweep_dir}: that folder holds runs of an earlier sweep already; give a new "
-                f"folder (carry one of its runs on with 'vaelab resume {shlex.quote(sweep_dir + '/JOB')} [KEY=VALUE ...]')")
+                f"folder (carry one of its runs on with "
+                f"'vaelab resume {shlex.quote(sweep_dir + '/JOB')} [KEY=VALUE ...]')")
     run_dir = next((str(o.value()) for o in parsed if o.key_or_group == "hydra.run.dir"), None)
     if (run_dir and not helps and all(m in ("--run", "-r") for m in modes)
             and (Path(run_dir) / ".hydra" / "config.yaml").is_file()):
         if not any((Path(run_dir) / "checkpoints").glob("*.pt")):
             return (f"hydra.run.dir={run_dir}: that folder holds a run already (stopped before its first "
-                    f"checkpoint); start it again elsewhere: vaelab-train --config-dir {shlex.quote(run_dir + '/.hydra')} "
+                    f"checkpoint); start it again elsewhere: "
+                    f"vaelab-train --config-dir {shlex.quote(run_dir + '/.hydra')} "
                     f"--config-name config")
         return (f"hydra.run.dir={run_dir}: that folder holds a run already; carry it on with "
                 f"'vaelab resume {shlex.quote(run_dir)} [KEY=VALUE ...]', or give another folder")
@@ -231,7 +233,8 @@ def precheck(argv: list[str]) -> str | None:
             return f"override '{swept[0]}' lists several values: add -m (--multirun) to run one job per value"
     if not {"--cfg", "-c"} & set(flags):  # Hydra makes the run's folder first, and fails there with a traceback
         return _folder_error(composed if composed is not None else _compose(base, hydra_section=True),
-                             bool({"--multirun", "-m"} & set(flags)), {"hydra.run.dir": run_dir, "hydra.sweep.dir": sweep_dir})
+                             bool({"--multirun", "-m"} & set(flags)),
+                             {"hydra.run.dir": run_dir, "hydra.sweep.dir": sweep_dir})
     return None
 
 

@@ -271,7 +271,8 @@ class SweepSummary(Callback):
         for r in runs:
             states.setdefault(r.state, []).append(r.name)
         counts = ", ".join(f"{len(v)} {k}" for k, v in sorted(states.items(), key=lambda kv: kv[0] != "done"))
-        print(f"sweep of {len(runs)} job{'s' * (len(runs) != 1)}: {counts}; table: vaelab compare {shlex.quote(str(sweep_dir))}")
+        jobs = f"{len(runs)} job{'s' * (len(runs) != 1)}"
+        print(f"sweep of {jobs}: {counts}; table: vaelab compare {shlex.quote(str(sweep_dir))}")
         if states.get("diverged"):
             print(f"vaelab-train: error: {len(states['diverged'])} of {len(runs)} jobs diverged "
                   f"(non-finite loss): {'; '.join(states['diverged'])}", file=sys.stderr)

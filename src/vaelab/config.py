@@ -177,8 +177,10 @@ def validate(cfg: DictConfig) -> None:
     """Reject values that compose but cannot work. Raises ConfigError with one line."""
     _check(cfg.latent_size >= 1, "latent_size", cfg.latent_size, "must be an integer >= 1")
     _check(cfg.model.latent_size == cfg.latent_size, "model.latent_size", cfg.model.latent_size,
-           f"must equal latent_size ({cfg.latent_size}), which it follows: set latent_size={cfg.model.latent_size} instead")
-    _check(0 <= cfg.loss.beta < math.inf, "loss.beta", cfg.loss.beta, "must be a finite number >= 0 (0 turns the KL term off)")
+           f"must equal latent_size ({cfg.latent_size}), which it follows: "
+           f"set latent_size={cfg.model.latent_size} instead")
+    _check(0 <= cfg.loss.beta < math.inf, "loss.beta", cfg.loss.beta,
+           "must be a finite number >= 0 (0 turns the KL term off)")
     _check(cfg.loss.kl_warmup_steps >= 0, "loss.kl_warmup_steps", cfg.loss.kl_warmup_steps, "must be >= 0")
     _check(0 < cfg.optim.lr < math.inf, "optim.lr", cfg.optim.lr, "must be a finite number > 0")
     _check(0 < cfg.optim.eps < math.inf, "optim.eps", cfg.optim.eps, "must be a finite number > 0")
@@ -201,7 +203,8 @@ def validate(cfg: DictConfig) -> None:
     _check(t.compile_mode in ("default", "reduce-overhead", "max-autotune"), "trainer.compile_mode",
            t.compile_mode, "allowed: default, reduce-overhead, max-autotune")
     _check(t.num_samples >= 1, "trainer.num_samples", t.num_samples, "must be >= 1")
-    _check(1 <= t.final_eval_k <= 10**6, "trainer.final_eval_k", t.final_eval_k, "must be in [1, 10**6] (as vaelab eval --k)")
+    _check(1 <= t.final_eval_k <= 10**6, "trainer.final_eval_k", t.final_eval_k,
+           "must be in [1, 10**6] (as vaelab eval --k)")
     _check(cfg.data.val_size >= 0, "data.val_size", cfg.data.val_size, "must be >= 0")
     _check(cfg.data.name == "mnist", "data.name", cfg.data.name, "allowed: mnist")
     # `name` is a folder under outputs/ (outputs/runs/<name>/...): one plain folder name

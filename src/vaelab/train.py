@@ -316,7 +316,8 @@ def _train(cfg: DictConfig, run_dir: Path, data: MNISTData | None) -> dict:
         except OSError as e:
             good = f"the last complete one is {last_path}" if last_path.exists() else "none was complete"
             raise SaveFailed(f"cannot write {path}: {e.strerror or e}; checkpoints already there are intact "
-                             f"({good}); once the folder is writable: vaelab resume {shlex.quote(str(run_dir))}") from None
+                             f"({good}); once the folder is writable: "
+                             f"vaelab resume {shlex.quote(str(run_dir))}") from None
         finally:
             stop.saving = False
 

@@ -296,7 +296,8 @@ def resume(run_dir: str | Path, overrides: list[str] = ()) -> dict | None:
     if last is None:
         raise ckpt_io.CheckpointError(f"{run_dir / 'checkpoints'}: no checkpoint, nothing to resume "
                                       f"(the run stopped before its first checkpoint; start it again with: "
-                                      f"vaelab-train --config-dir {shlex.quote(str(run_dir / '.hydra'))} --config-name config)")
+                                      f"vaelab-train --config-dir {shlex.quote(str(run_dir / '.hydra'))} "
+                                      f"--config-name config)")
     ck = ckpt_io.load(last)
     ckpt_io.check_compatible(ck, build_model(cfg), last, cfg, ckpt_io.SAME_TO_RESUME)
     done = ck["state"]["epoch"]
@@ -304,7 +305,8 @@ def resume(run_dir: str | Path, overrides: list[str] = ()) -> dict | None:
     if done >= cfg.trainer.epochs and not ck["state"].get("pos"):
         # Training again would only log the final numbers a second time.
         print(f"vaelab resume: nothing to do, {run_dir} has trained {done} of trainer.epochs="
-              f"{cfg.trainer.epochs} epochs; to go on: vaelab resume {shlex.quote(str(run_dir))} trainer.epochs={2 * done}",
+              f"{cfg.trainer.epochs} epochs; to go on: "
+              f"vaelab resume {shlex.quote(str(run_dir))} trainer.epochs={2 * done}",
               file=sys.stderr)
         return None
     cfg.trainer.resume = True  # that is what this command is for, whatever the run said

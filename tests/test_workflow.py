@@ -219,6 +219,10 @@ def test_interrupted_then_resumed_is_bit_identical(tiny_mnist, reference, tmp_pa
     at = f"in epoch {epoch + 1} at image {pos * 32}/192" if pos else f"after epoch {epoch}"
     assert f"][vaelab][INFO] - resuming {run} from {run / 'checkpoints' / 'last.pt'} {at} (step " in out, out
     assert "resuming" not in err
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+    tags = [v.tag for f in run.glob("events.out.tfevents.*") for e in EventFileLoader(str(f)).Load()
+            for v in e.summary.value]
+    assert tags.count("_hparams_/session_start_info") == 1  # one HParams row, written at the start
 
 
 @pytest.mark.parametrize("before_last", [False, True], ids=["after-last.pt", "mid-way-through-the-first-last.pt"])

@@ -1,6 +1,7 @@
 """Config composition: every documented override works, every bad input gives one clear line."""
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -111,6 +112,8 @@ def test_optimizer_matches_config():
     (["logger.images_every=0"], "logger.images_every=0: must be >= 1"),
     (["name=../../x"], "name=../../x: one folder name"),  # it would land outside outputs/
     (["-m", "name=a,b"], "override 'name' lists several values: name names the sweep's folder"),
+    (["-m", "experiment=seed,iwae_paper_vae"], "the jobs of this sweep would have different names (seed, "
+                                               "iwae_paper_vae), and name names the sweep's folder"),
     (["hparams_search=optuna", "optim.lrr=interval(1e-4,1e-3)"], "did you mean 'optim.lr'"),  # Optuna's ranges
     (["-m", "latent_size=2,0"], "latent_size=0"),  # every value of a sweep is checked
     (["+foo=1"], "unknown key 'foo' in override '+foo=1'"),  # `+` gets past compose, not the schema
@@ -150,6 +153,17 @@ def test_a_run_folder_that_holds_a_run_is_refused(tmp_path):
     err = precheck(["-m", "latent_size=2,4", f"hydra.sweep.dir={tmp_path}"])
     assert err.startswith(f"hydra.sweep.dir={tmp_path}: that folder holds runs of an earlier sweep already")
     assert precheck(["-m", "latent_size=2,4", f"hydra.sweep.dir={tmp_path / 'new'}"]) is None
+    assert precheck(["-m", "experiment=seed,iwae_paper_vae", "name=both", f"hydra.sweep.dir={tmp_path / 'new'}"]) is None
+    assert precheck([f"hydra.sweep.dir={tmp_path}"]) is None  # a single run does not use it
+    # ... and the folders as Hydra resolves them: ${oc.env:...}, Optuna's sweep without -m
+    os.environ["VAELAB_TEST_RUN"] = str(tmp_path / "run")
+    try:
+        assert precheck(["hydra.run.dir=${oc.env:VAELAB_TEST_RUN}"]).startswith(
+            "hydra.run.dir=${oc.env:VAELAB_TEST_RUN}: that folder holds a run already; carry it on with")
+    finally:
+        del os.environ["VAELAB_TEST_RUN"]
+    assert precheck(["hparams_search=optuna", f"hydra.sweep.dir={tmp_path}"]).startswith(
+        f"hydra.sweep.dir={tmp_path}: that folder holds runs of an earlier sweep already")
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
@@ -164,6 +178,18 @@ def test_sweep_values_need_no_m_when_the_config_sweeps():
     """hparams_search=optuna sets hydra.mode=MULTIRUN, so its search space needs no -m."""
     assert precheck(["hparams_search=optuna", "optim.lr=interval(0.0001,0.01)"]) is None
     assert precheck(["latent_size=2,16", "hydra.mode=MULTIRUN"]) is None
+
+
+def test_optuna_search_spaces_are_checked_at_every_value_the_sampler_can_draw():
+    # An interval at both ends (a midpoint check let interval(-1,1.2) through; Optuna then drew
+    # beta=-0.24 and the study died), as ints under tag(int, ...)
+    assert precheck(["hparams_search=optuna", "loss.beta=interval(-1,1.2)"]).startswith("loss.beta=-1.0: must be")
+    assert precheck(["hparams_search=optuna", "latent_size=tag(int,interval(2,64))"]) is None
+    assert precheck(["hparams_search=optuna", "latent_size=tag(int,interval(0,64))"]).startswith("latent_size=0:")
+    # Optuna's range(a, b) includes b; Hydra's basic sweeper stops before it
+    top = "seed=range(4294967196,4294967296,50)"  # 2**32 = 4294967296 is one past the largest seed
+    assert precheck(["hparams_search=optuna", top]) == "seed=4294967296: must be in [0, 2**32)"
+    assert precheck(["-m", top]) is None
 
 
 def test_a_launcher_whose_plugin_is_missing_names_the_extra():

@@ -85,9 +85,9 @@ def test_sweep_folders_are_named_by_the_swept_overrides(sweep):
 
 def test_sweep_has_one_hparams_row_per_run(sweep):
     for name, run in runs(sweep).items():
-        [events] = run.glob("events.out.tfevents.*")
         assert not list(run.glob("*/**/events.out.tfevents.*"))  # no add_hparams sub-folder doubling runs
-        tags = [v.tag for e in EventFileLoader(str(events)).Load() for v in e.summary.value]
+        tags = [v.tag for f in run.glob("events.out.tfevents.*") for e in EventFileLoader(str(f)).Load()
+                for v in e.summary.value]
         assert tags.count("_hparams_/session_start_info") == 1  # one row
         acc = EventAccumulator(str(run), size_guidance={"scalars": 0})
         acc.Reload()
@@ -123,7 +123,7 @@ def test_joblib_jobs_run_in_parallel_without_touching_each_others_files(sweep, t
                         "hydra.launcher.n_jobs=2"], tmp_path)
     assert set(runs(par)) == NAMES  # the names travel in each job's config; workers import the resolver
     for name, run in runs(par).items():
-        assert len(list(run.glob("events.out.tfevents.*"))) == 1
+        assert len(list(run.glob("events.out.tfevents.*"))) == 2  # the run's events and its HParams row
         log = (run / "train.log").read_text()
         assert f"run directory: {run}" in log and log.count("run directory:") == 1
         # Same numbers as the sequential sweep: no job read or wrote another job's files.

@@ -273,6 +273,13 @@ def test_resume_with_more_epochs_continues_and_records_the_override(tiny_mnist, 
     assert files_snapshot(run) == before
     saved = yaml.safe_load((run / ".hydra" / "config.yaml").read_text())
     assert saved["trainer"]["epochs"] == 3 and saved["model"]["latent_size"] == "${latent_size}"
+    # The HParams row shows the config the run ended with (one row: its own event file, replaced)
+    from tensorboard.plugins.hparams import metadata as hparams_metadata
+    assert len(list(run.glob("events.out.tfevents.*.hparams"))) == 1
+    acc = EventAccumulator(str(run))
+    acc.Reload()
+    content = acc.PluginTagToContent("hparams")["_hparams_/session_start_info"]
+    assert hparams_metadata.parse_session_start_info_plugin_data(content).hparams["trainer.epochs"].number_value == 3
     # Each key once, the last value: `vaelab reproduce` of this run re-runs what it ended as.
     assert yaml.safe_load((run / ".hydra" / "overrides.yaml").read_text()) == ["latent_size=4", "trainer.epochs=3"]
 

@@ -19,7 +19,7 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
 
-from vaelab.config import CONF_DIR, ConfigError, Config, typed, validate
+from vaelab.config import CONF_DIR, Config, ConfigError, register_configs, typed, validate
 
 # Hydra's own flags; those in _WITH_VALUE take the next argument as their value.
 _WITH_VALUE = {"--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd", "--cfg", "-c",
@@ -97,6 +97,7 @@ def _explain(exc: Exception, override: str, composed: DictConfig | None = None) 
 
 
 def _compose(overrides: list[str], hydra_section: bool = False) -> DictConfig:
+    register_configs()  # the schema conf/config.yaml names (idempotent; main() has usually done it)
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
@@ -140,29 +141,18 @@ def precheck(argv: list[str]) -> str | None:
                 "--shell-completion may be given (for --cfg, drop -m and give one value per key)")
     helps = [f for f in flags if f in ("--help", "-h", "--hydra-help")]
     swept = [o.input_line for o in task if o.is_sweep_override()]
-    # Hydra writes the composed config into the run folder before vaelab's code runs: into a
-    # folder that holds a run already, it would replace that run's config even when the
-    # checkpoint then turns out not to fit it. `vaelab resume` checks first, then writes.
     if "name" in {o.key_or_group for o in task if o.is_sweep_override()}:
         return ("override 'name' lists several values: name names the sweep's folder "
                 "(outputs/multirun/<name>/...), give it one value and sweep other keys")
     sweep_dir = next((str(o.value()) for o in parsed if o.key_or_group == "hydra.sweep.dir"), None)
-    if sweep_dir and not helps and not ({"--cfg", "-c", "--info", "-i"} & set(flags)) and Path(sweep_dir).is_dir() \
-            and any((d / ".hydra" / "config.yaml").is_file() for d in Path(sweep_dir).iterdir() if d.is_dir()):
-        # Jobs named like the old ones would carry those runs on under new settings.
-        return (f"hydra.sweep.dir={sweep_dir}: that folder holds runs of an earlier sweep already; give a new "
-                f"folder (carry one of its runs on with "
-                f"'vaelab resume {shlex.quote(sweep_dir + '/JOB')} [KEY=VALUE ...]')")
     run_dir = next((str(o.value()) for o in parsed if o.key_or_group == "hydra.run.dir"), None)
-    if (run_dir and not helps and all(m in ("--run", "-r") for m in modes)
-            and (Path(run_dir) / ".hydra" / "config.yaml").is_file()):
-        if not any((Path(run_dir) / "checkpoints").glob("*.pt")):
-            return (f"hydra.run.dir={run_dir}: that folder holds a run already (stopped before its first "
-                    f"checkpoint); start it again elsewhere: "
-                    f"vaelab-train --config-dir {shlex.quote(run_dir + '/.hydra')} "
-                    f"--config-name config")
-        return (f"hydra.run.dir={run_dir}: that folder holds a run already; carry it on with "
-                f"'vaelab resume {shlex.quote(run_dir)} [KEY=VALUE ...]', or give another folder")
+    # As given (also for --config-dir re-runs, which are not composed below); the folders as
+    # Hydra resolves them (${oc.env:...}, a sweep that hparams_search starts) are checked at the end.
+    if not helps and not ({"--cfg", "-c", "--info", "-i"} & set(flags)):
+        if sweep_dir and {"--multirun", "-m"} & set(flags) and _taken(Path(sweep_dir), sweep=True):
+            return f"hydra.sweep.dir={sweep_dir}: {_taken(Path(sweep_dir), sweep=True)}"
+        if run_dir and all(m in ("--run", "-r") for m in modes) and _taken(Path(run_dir), sweep=False):
+            return f"hydra.run.dir={run_dir}: {_taken(Path(run_dir), sweep=False)}"
     if helps and swept:  # Hydra composes one job's config for --help, and raises on a sweep
         return f"override '{swept[0]}' lists several values: {helps[0]} shows one job, give one value per key"
     if any(f in flags for f in ("--config-dir", "-cd", "--config-name", "-cn", "--config-path", "-cp",
@@ -171,24 +161,28 @@ def precheck(argv: list[str]) -> str | None:
         return None  # another primary config or an informational flag: Hydra handles it
 
     # Each override, with a sweep replaced by each of its values in turn.
+    optuna = any(o.key_or_group == "hparams_search" and str(o.value()) == "optuna" for o in task)
     base: list[str] = []
     variants: list[tuple[int, list[str]]] = []
     for o in task:
         key = o.get_key_element()
         if o.is_sweep_override():
+            sweep = o.value()
             try:
                 values = [f"{key}={v}" for v in o.sweep_string_iterator()]
-            except Exception:  # an interval (Optuna) cannot be listed: check its midpoint
-                iv = o.value()
-                if not (hasattr(iv, "start") and hasattr(iv, "end")):
+                if optuna and hasattr(sweep, "stop"):  # Optuna's range(a, b) draws b too, Hydra's stops before it
+                    values.append(f"{key}={sweep.stop}")
+            except Exception:  # an interval (Optuna) cannot be listed: check its ends (the checks are ranges)
+                if not (hasattr(sweep, "start") and hasattr(sweep, "end")):
                     continue
-                mid = (iv.start + iv.end) / 2
-                values = [f"{key}={int(mid) if isinstance(iv.start, int) and isinstance(iv.end, int) else mid}"]
+                as_int = "int" in getattr(sweep, "tags", ())  # tag(int, interval(2, 64)): Optuna draws ints
+                values = [f"{key}={int(v) if as_int else v}" for v in (sweep.start, sweep.end)]
             variants.append((len(base), values))
             base.append(values[0])
         else:
             base.append(o.input_line)
     candidates = [base] + [base[:i] + [v] + base[i + 1:] for i, values in variants for v in values[1:]]
+    names: dict[str, str] = {}  # name -> the overrides that give it
     for ovs in candidates:
         try:
             cfg = _compose(ovs)
@@ -204,6 +198,10 @@ def precheck(argv: list[str]) -> str | None:
             validate(cfg)
         except ConfigError as e:
             return str(e)
+        names.setdefault(cfg.name, " ".join(ovs))
+    if len(names) > 1 and ({"--multirun", "-m"} & set(flags) or optuna):  # -m experiment=seed,iwae_paper_vae
+        return (f"the jobs of this sweep would have different names ({', '.join(names)}), and name names the "
+                f"sweep's folder (outputs/multirun/<name>/...); give one, e.g. name=compare")
     # Hydra's own groups (launchers, sweepers) only compose with the hydra section: check them
     # when they are chosen, and whether a sweep given without -m is one the config runs anyway.
     hydra_ovs = [o.input_line for o in parsed if o.is_hydra_override() and not o.is_sweep_override()]
@@ -238,6 +236,24 @@ def precheck(argv: list[str]) -> str | None:
     return None
 
 
+def _taken(folder: Path, sweep: bool) -> str | None:
+    """Why a run (or a sweep) must not start in `folder`: it holds a run (an earlier sweep's runs).
+    Hydra writes the composed config into the folder before vaelab's code runs, over the run's
+    own; the jobs of a sweep named like the old ones would carry those runs on under new settings."""
+    if sweep:
+        if folder.is_dir() and any((d / ".hydra" / "config.yaml").is_file() for d in folder.iterdir() if d.is_dir()):
+            return (f"that folder holds runs of an earlier sweep already; give a new folder (carry one of its "
+                    f"runs on with 'vaelab resume {shlex.quote(str(folder / 'JOB'))} [KEY=VALUE ...]')")
+        return None
+    if not (folder / ".hydra" / "config.yaml").is_file():
+        return None
+    if not any((folder / "checkpoints").glob("*.pt")):
+        return (f"that folder holds a run already (stopped before its first checkpoint); start it again "
+                f"elsewhere: vaelab-train --config-dir {shlex.quote(str(folder / '.hydra'))} --config-name config")
+    return (f"that folder holds a run already; carry it on with 'vaelab resume {shlex.quote(str(folder))} "
+            f"[KEY=VALUE ...]', or give another folder")
+
+
 def _folder_error(composed: DictConfig, multirun_flag: bool, given: dict) -> str | None:
     """Why the folder this command would run in (hydra.run.dir, or hydra.sweep.dir for a sweep,
     resolved: ${name}, ${now:...}, ${oc.env:...}) cannot be made, or None."""
@@ -247,7 +263,9 @@ def _folder_error(composed: DictConfig, multirun_flag: bool, given: dict) -> str
         folder = OmegaConf.select(composed, key)
     except Exception:  # an interpolation only the running app can resolve: Hydra will say
         return None
-    err = unwritable(Path(str(folder))) if folder else None
+    if not folder:
+        return None
+    err = unwritable(Path(str(folder))) or _taken(Path(str(folder)), sweep=key == "hydra.sweep.dir")
     if err is None:
         return None
     what = "sweep" if key == "hydra.sweep.dir" else "run"

@@ -15,6 +15,7 @@ from torchvision.utils import make_grid
 
 # The metrics the HParams dashboard compares (scalars hparams/<name>, logged at the end).
 HPARAM_METRICS = ("val_loss", "val_recon", "val_kl", "active_units")
+HPARAMS_SUFFIX = ".hparams"  # the event file that holds a run's HParams row (RunLogger.hparams_start)
 
 
 def flatten(d: dict, prefix: str = "") -> dict:
@@ -64,17 +65,25 @@ class RunLogger:
             self.w.add_text(tag, text, x)
 
     def hparams_start(self, config: dict) -> None:
-        """This run's HParams row (its flattened config), written when the run starts, so that a
-        run still training, stopped or diverged is listed too, with its metrics blank until
-        hparams_end. Into this run's own file writer: SummaryWriter.add_hparams would write to
-        a new sub-folder and show every run twice."""
+        """This run's HParams row (its flattened config), written when the run starts or is
+        resumed, so that a run still training, stopped or diverged is listed too (its metrics
+        blank until hparams_end), and a resumed run's row shows the config it goes on with.
+        TensorBoard keeps the first row it reads in a run, so the row has an event file of its
+        own (suffix .hparams) that a resume replaces. In this run's own folder:
+        SummaryWriter.add_hparams would write to a new sub-folder and show every run twice."""
         if not self.w:
             return
+        from torch.utils.tensorboard.writer import FileWriter
+
         names = {f"hparams/{k}": 0.0 for k in HPARAM_METRICS}  # the experiment's columns (values unused)
         exp, ssi, _ = hparams_summary(flatten(config), names)
-        fw = self.w._get_file_writer()
+        old = list(Path(self.w.log_dir).glob(f"events.out.tfevents.*{HPARAMS_SUFFIX}"))
+        fw = FileWriter(self.w.log_dir, filename_suffix=HPARAMS_SUFFIX)
         fw.add_summary(exp)
         fw.add_summary(ssi)
+        fw.close()
+        for f in old:  # after the new row is on disk: a kill in between leaves one row, not none
+            f.unlink(missing_ok=True)
 
     def hparams_end(self, metrics: dict, x: int) -> None:
         """The row's metric values, as scalars under the tags hparams_start named, and the end

@@ -231,7 +231,7 @@ def _train(cfg: DictConfig, run_dir: Path, data: MNISTData | None) -> dict:
     # `vaelab reproduce` can use the same one and stay bit-identical.
     st = {"epoch": 0, "step": 0, "examples": 0, "best_val": math.inf, "train_seconds": 0.0,
           "perm": None, "pos": 0, "epoch_acc": None, "log_acc": None, "data_rng": None,
-          "threads": torch.get_num_threads(), "hparams_row": False}
+          "threads": torch.get_num_threads()}
     last_path = ckpt_dir / "last.pt"
     resumed = False
     resume_from = ckpt_io.latest(ckpt_dir) if t.resume else None
@@ -268,17 +268,17 @@ def _train(cfg: DictConfig, run_dir: Path, data: MNISTData | None) -> dict:
 
     # Everything at x = examples was logged before last.pt was saved; only later events are
     # orphans of the killed process (TensorBoard drops events at steps >= purge_step).
-    writer = RunLogger(run_dir, enabled=cfg.logger.tensorboard,
-                       purge_step=st["examples"] + 1 if resumed else None)
+    # A fresh start in a folder with events (a job requeued after a kill before its first
+    # checkpoint) drops the earlier start's curves the same way.
+    purge = st["examples"] + 1 if resumed else (1 if any(run_dir.glob("events.out.tfevents.*")) else None)
+    writer = RunLogger(run_dir, enabled=cfg.logger.tensorboard, purge_step=purge)
     if not resumed:
         writer.text("config", "```\n" + OmegaConf.to_yaml(plain_cfg) + "\n```")
         log.info("run directory: %s", run_dir)
         log.info("model: %s (%d parameters) on %s", type(model).__name__,
                  sum(p.numel() for p in model.parameters()), device)
 
-    if not st.get("hparams_row"):  # once per run (a checkpoint from before this flag: at its resume)
-        writer.hparams_start(plain_cfg)
-        st["hparams_row"] = True
+    writer.hparams_start(plain_cfg)  # replaces the row an earlier start of this run wrote
 
     step_model = torch.compile(model, mode=t.compile_mode) if t.compile else model
     amp = torch.autocast(device.type, dtype=torch.bfloat16) if t.amp == "bf16" else nullcontext()

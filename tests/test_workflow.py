@@ -260,6 +260,17 @@ def test_killed_at_the_first_checkpoint_then_resumed_is_bit_identical(tiny_mnist
     assert (missing in (run / "train.log").read_text()) == before_last
 
 
+def test_a_fresh_start_in_a_folder_with_events_drops_the_earlier_curves(tiny_mnist, reference, tmp_path):
+    """A job requeued after a kill before its first checkpoint starts again in the same folder:
+    the curves of the killed start must not stay beside the new ones."""
+    run = tmp_path / "run"
+    train(compose_cfg([f"data.root={tiny_mnist}", *TINY, "seed=1"]), run)  # other numbers, then "killed"
+    shutil.rmtree(run / "checkpoints")
+    (run / "metrics.json").unlink()
+    train(compose_cfg([f"data.root={tiny_mnist}", *TINY]), run)
+    assert curves(run) == curves(reference)
+
+
 def test_resume_with_more_epochs_continues_and_records_the_override(tiny_mnist, reference, tmp_path):
     run = tmp_path / "run"
     train(compose_cfg([f"data.root={tiny_mnist}", *TINY, "trainer.epochs=1"]), run)  # a finished 1-epoch run

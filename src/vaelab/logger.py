@@ -11,7 +11,6 @@ from pathlib import Path
 import torch
 from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import hparams as hparams_summary
-from torchvision.utils import make_grid
 
 # The metrics the HParams dashboard compares (scalars hparams/<name>, logged at the end).
 HPARAM_METRICS = ("val_loss", "val_recon", "val_kl", "active_units")
@@ -34,6 +33,8 @@ def flatten(d: dict, prefix: str = "") -> dict:
 
 def image_grid(x: torch.Tensor, image_shape: tuple, nrow: int | None = None) -> torch.Tensor:
     """(N, D) in [0, 1] -> one (C, H', W') grid image, via torchvision's make_grid."""
+    from torchvision.utils import make_grid  # here: importing torchvision costs ~1.5 s, and
+    # vaelab-train's pre-flight check, which refuses bad input, should not wait for it
     n = x.shape[0]
     imgs = x.detach().float().clamp(0, 1).reshape(n, *image_shape).cpu()
     return make_grid(imgs, nrow=nrow or math.ceil(math.sqrt(n)), padding=2, pad_value=1.0)

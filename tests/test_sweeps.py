@@ -18,6 +18,7 @@ from hydra.core.global_hydra import GlobalHydra
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
 from tensorboard.backend.event_processing.plugin_event_multiplexer import EventMultiplexer
+from tensorboard.plugins.hparams import api_pb2
 from tensorboard.plugins.hparams import metadata as hparams_metadata
 
 from vaelab import checkpoint as ckpt_io
@@ -264,8 +265,11 @@ def test_a_diverged_trial_does_not_end_an_optuna_study(tiny_mnist, tmp_path):
     for run in runs(sweep).values():  # listed in HParams with its config, its metrics blank
         acc = EventAccumulator(str(run), size_guidance={"scalars": 0})
         acc.Reload()
-        assert "_hparams_/session_start_info" in acc.PluginTagToContent("hparams")
+        plugin = acc.PluginTagToContent("hparams")
+        assert "_hparams_/session_start_info" in plugin
         assert not [t for t in acc.Tags()["scalars"] if t.startswith("hparams/")]
+        end = hparams_metadata.parse_session_end_info_plugin_data(plugin["_hparams_/session_end_info"])
+        assert end.status == api_pb2.STATUS_FAILURE  # the dashboard's status filter tells it from the rest
 
 
 def test_sweep_summary_counts_this_sweeps_jobs_only(tmp_path, capsys):

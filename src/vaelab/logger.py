@@ -86,15 +86,24 @@ class RunLogger:
         for f in old:  # after the new row is on disk: a kill in between leaves one row, not none
             f.unlink(missing_ok=True)
 
-    def hparams_end(self, metrics: dict, x: int) -> None:
+    def hparams_end(self, metrics: dict, x: int, failed: bool = False) -> None:
         """The row's metric values, as scalars under the tags hparams_start named, and the end
-        of the session."""
+        of the session: failed=True (a diverged run, no metrics) lets the HParams dashboard's
+        status filter tell it from runs that finished or are still running."""
         if not self.w:
             return
         values = {f"hparams/{k}": float(metrics[k]) for k in HPARAM_METRICS if k in metrics}
         for k, v in values.items():
             self.w.add_scalar(k, v, x)
-        self.w._get_file_writer().add_summary(hparams_summary({}, values)[2])  # session end info
+        end = hparams_summary({}, values)[2]  # torch writes STATUS_SUCCESS
+        if failed:
+            from tensorboard.plugins.hparams import api_pb2, plugin_data_pb2
+
+            meta = end.value[0].metadata.plugin_data
+            data = plugin_data_pb2.HParamsPluginData.FromString(meta.content)
+            data.session_end_info.status = api_pb2.STATUS_FAILURE
+            meta.content = data.SerializeToString()
+        self.w._get_file_writer().add_summary(end)
 
     def flush(self) -> None:
         if self.w:

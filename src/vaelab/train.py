@@ -304,13 +304,18 @@ def _train(cfg: DictConfig, run_dir: Path, data: MNISTData | None) -> dict:
 
     stop = _StopFlag()
 
+    def diverged(message: str) -> NonFiniteLoss:
+        writer.hparams_end({}, st["examples"], failed=True)  # the HParams row's status; metrics stay blank
+        writer.close()  # the curves up to here on disk, also when a sweep's process goes on
+        return NonFiniteLoss(message)
+
     def save(path: Path) -> None:
         # Never replace a good checkpoint with blown-up weights (a Ctrl-C can come between a
         # step that overflowed and the next loss check).
         if not torch.stack([torch.isfinite(p).all() for p in model.parameters()]).all():
             good = f"{last_path} (epoch {st['epoch']})" if last_path.exists() else "none yet"
-            raise NonFiniteLoss(f"non-finite weights at step {st['step']}, not saved to {path.name}; "
-                                f"last good checkpoint: {good}")
+            raise diverged(f"non-finite weights at step {st['step']}, not saved to {path.name}; "
+                           f"last good checkpoint: {good}")
         stop.saving = True
         try:
             ckpt_io.save_atomic({"model": model.state_dict(), "optimizer": opt.state_dict(),
@@ -327,8 +332,8 @@ def _train(cfg: DictConfig, run_dir: Path, data: MNISTData | None) -> dict:
     def check_finite(values: list[float], where: str) -> None:
         if not all(math.isfinite(v) for v in values):
             good = f"{last_path} (epoch {st['epoch']})" if last_path.exists() else "none yet"
-            raise NonFiniteLoss(f"non-finite loss {values[0]} at step {st['step']} ({where}); "
-                                f"stopped without saving these weights; last good checkpoint: {good}")
+            raise diverged(f"non-finite loss {values[0]} at step {st['step']} ({where}); "
+                           f"stopped without saving these weights; last good checkpoint: {good}")
 
     val = None
     with stop:

@@ -8,6 +8,7 @@ fsynced, then renamed over the old one: a kill mid-write leaves the previous fil
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import random
 import tempfile
@@ -107,6 +108,16 @@ def save_atomic(obj: dict, path: str | Path) -> Path:
 def write_text_atomic(path: str | Path, text: str) -> Path:
     """A run's JSON and YAML files (metrics.json, .hydra/config.yaml, ...), written like checkpoints."""
     return write_atomic(path, lambda f: f.write(text.encode()))
+
+
+def read_json(path: str | Path) -> dict | None:
+    """A run's JSON file (metrics.json, eval.json, stopped.json) as a dict; None if it is absent,
+    unreadable or not an object (a hand-edited file)."""
+    try:
+        got = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+    return got if isinstance(got, dict) else None
 
 
 def load(path: str | Path, map_location: Any = "cpu") -> dict:

@@ -14,7 +14,6 @@ them; the x-axis is examples seen.
 """
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -27,6 +26,7 @@ from pathlib import Path
 import yaml
 from hydra.experimental.callback import Callback
 
+from vaelab.checkpoint import read_json
 from vaelab.cli_errors import unwritable
 
 # Final metrics of an unfinished run, from the per-epoch scalars train() logs.
@@ -90,20 +90,13 @@ def find_runs(dirs: list[str | Path]) -> list[Run]:
     return [_load(p, str(p.relative_to(top))) for p in paths]
 
 
-def _read_json(path: Path) -> dict | None:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):  # absent, or being written right now
-        return None
-
-
 def _load(path: Path, name: str) -> Run:
     run = Run(path, name)
     cfg = path / ".hydra" / "config.yaml"
     if cfg.is_file():
         run.config = _flatten(yaml.safe_load(cfg.read_text()) or {})
-    metrics = _read_json(path / "metrics.json")
-    stopped = _read_json(path / STOPPED)
+    metrics = read_json(path / "metrics.json")
+    stopped = read_json(path / STOPPED)
     if metrics is not None and stopped is None:
         run.metrics, run.state = metrics, "done"
     else:  # still running or stopped (maybe resumed after finishing): the last epoch scalars
@@ -113,7 +106,7 @@ def _load(path: Path, name: str) -> Run:
             if k in run.metrics:
                 run.metrics[k] = int(run.metrics[k])
         run.state = (stopped or {}).get("state", "unfinished")
-    ev = _read_json(path / "eval.json") or {}
+    ev = read_json(path / "eval.json") or {}
     run.metrics.update({f"test_{k}": v for k, v in ev.items()
                         if isinstance(v, (int, float)) and not isinstance(v, bool)})
     return run

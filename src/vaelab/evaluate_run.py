@@ -150,7 +150,8 @@ def evaluate_run(run_dir: str | Path, k: int = 5000, device: str = "auto", check
     # Which weights the pictures in eval/ show: these, or (--no-pictures) those of an earlier eval.
     result["pictures_of"] = {"checkpoint": result["checkpoint"], "examples_seen": step}
     if not pictures:
-        kept = _read_eval(run_dir).get("pictures_of") if (run_dir / "eval").is_dir() else None
+        before = ckpt_io.read_json(run_dir / "eval.json") or {}
+        kept = before.get("pictures_of") if (run_dir / "eval").is_dir() else None
         result["pictures_of"] = kept if isinstance(kept, dict) else None
         if kept and kept.get("examples_seen") != step:
             log.warning("%s/ shows the weights of %s at %s examples seen, not these (%s at %d); leave out "
@@ -169,19 +170,11 @@ def evaluate_run(run_dir: str | Path, k: int = 5000, device: str = "auto", check
     return result
 
 
-def _read_eval(run_dir: Path) -> dict:
-    try:
-        got = json.loads((run_dir / "eval.json").read_text())
-    except (OSError, ValueError):
-        return {}
-    return got if isinstance(got, dict) else {}
-
-
 def _examples_seen(run_dir: Path) -> int:
     """The TensorBoard x-axis of the run (examples seen), from metrics.json; 0 if absent."""
     try:
-        return int(json.loads((run_dir / "metrics.json").read_text()).get("examples_seen", 0))
-    except (OSError, ValueError, AttributeError):
+        return int((ckpt_io.read_json(run_dir / "metrics.json") or {}).get("examples_seen", 0))
+    except (TypeError, ValueError):
         return 0
 
 

@@ -128,6 +128,10 @@ class TrainerConfig:
     # models whose steps are launch-bound. (On this project's 2-core CPU compile did not pay.)
     compile_mode: str = "default"
     amp: Amp = Amp.off  # bf16 autocast changes the numbers, so it is opt-in
+    # On a CUDA device, replay each full-size training step as one CUDA graph (train.py's
+    # CudaGraphStep): the same arithmetic with one launch instead of ~75, 8x the eager step's
+    # speed for the seed model on an H200. Ignored on other devices.
+    cuda_graph: bool = True
     num_samples: int = 64  # size of the fixed-noise sample grid
     progress: bool = True  # tqdm bars
     final_eval: bool = True  # run `vaelab eval` on the test split when training ends
@@ -217,7 +221,11 @@ def validate(cfg: DictConfig) -> None:
     _check(m.activation in ("relu", "tanh", "gelu", "elu"), "model.activation", m.activation,
            "allowed: relu, tanh, gelu, elu")
     _check(bool(_DEVICE_RE.match(cfg.device)), "device", cfg.device, "allowed: auto, cpu, cuda, cuda:N, mps")
-    resolve_device(cfg.device)  # raises ConfigError when the accelerator is absent
+    device = resolve_device(cfg.device)  # raises ConfigError when the accelerator is absent
+    _check(not (device.type == "cuda" and t.cuda_graph and t.compile and t.compile_mode == "reduce-overhead"),
+           "trainer.compile_mode", t.compile_mode, "reduce-overhead records CUDA graphs itself, and "
+           "trainer.cuda_graph=true (the default) already replays the whole step as one: use "
+           "trainer.compile_mode=default, or trainer.cuda_graph=false")
 
 
 def resolve_device(name: str):

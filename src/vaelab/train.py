@@ -64,14 +64,16 @@ def build_model(cfg: DictConfig, input_dim: int = 784, image_shape=(1, 28, 28)) 
     return instantiate(cfg.model, input_dim=input_dim, image_shape=list(image_shape), _convert_="all")
 
 
-def build_optimizer(cfg: DictConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
+def build_optimizer(cfg: DictConfig, model: torch.nn.Module, capturable: bool = False) -> torch.optim.Optimizer:
+    """Adam from cfg.optim. capturable: its step count lives on the device, so that a CUDA
+    graph can hold the whole update (trainer.cuda_graph); the same rule."""
     o = cfg.optim
     impl = o.impl
     if impl == "fused" and next(model.parameters()).device.type not in ("cpu", "cuda"):
         impl = "foreach"  # no fused Adam kernel there
     return torch.optim.Adam(model.parameters(), lr=o.lr, betas=tuple(o.betas), eps=o.eps,
                             weight_decay=o.weight_decay, foreach=impl == "foreach",
-                            fused=True if impl == "fused" else None)
+                            fused=True if impl == "fused" else None, capturable=capturable)
 
 
 def check_epochs_to_resume(state: dict, epochs: int) -> None:
@@ -129,6 +131,54 @@ def _attach_logs(run_dir: Path) -> list[logging.Handler]:
     if root.level > logging.INFO or root.level == logging.NOTSET:
         root.setLevel(logging.INFO)
     return added
+
+
+class CudaGraphStep:
+    """The training step replayed as one CUDA graph (trainer.cuda_graph, on a CUDA device).
+
+    At the seed's batch of 64 a step is ~70 kernels of a few microseconds each: launched one
+    by one from Python, the GPU mostly waits for the CPU. Captured once and replayed, the
+    whole step (gather, forward, loss, backward, Adam, the loss sums) is one launch. It is the
+    same arithmetic, so it is not opt-in like bf16.
+
+    A graph replays fixed shapes at fixed addresses, so the batch's indices go through a
+    fixed buffer and beta through a fixed 0-dim tensor, and a short last batch runs eagerly.
+    The learning rate is baked into the captured Adam kernel: a schedule that changes it
+    (once an epoch) makes the next full batch capture the graph again. The first WARMUP full
+    batches train eagerly on a side stream, as the CUDA graph notes ask, so that cuBLAS,
+    autograd and Adam's state exist before capture. `step(idx, beta)` updates everything in
+    place (weights, Adam's state, the sums) and returns nothing."""
+
+    WARMUP = 3
+
+    def __init__(self, step, opt: torch.optim.Optimizer, batch_size: int, device: torch.device):
+        self.step, self.opt = step, opt
+        self.idx = torch.zeros(batch_size, dtype=torch.long, device=device)
+        self.beta = torch.zeros((), device=device)
+        self.side = torch.cuda.Stream(device)
+        self.graph, self.lr, self.warm = None, None, 0
+
+    def __call__(self, idx: torch.Tensor, beta: float) -> None:
+        self.beta.fill_(beta)  # a tensor in eager steps too: compiled code then sees the same types
+        if idx.shape[0] != self.idx.shape[0]:  # the short last batch: another shape
+            self.step(idx, self.beta)
+            return
+        if self.warm < self.WARMUP:
+            self.side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(self.side):
+                self.step(idx, self.beta)
+            torch.cuda.current_stream().wait_stream(self.side)
+            self.warm += 1
+            return
+        lr = self.opt.param_groups[0]["lr"]
+        if self.graph is None or lr != self.lr:
+            self.graph = None  # free the old graph's memory before capturing the new one
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):  # records the kernels; nothing runs until replay
+                self.step(self.idx, self.beta)
+            self.graph, self.lr = graph, lr
+        self.idx.copy_(idx)
+        self.graph.replay()
 
 
 class _StopFlag:
@@ -223,7 +273,8 @@ def _train(cfg: DictConfig, run_dir: Path, data: MNISTData | None) -> dict:
     if data.val_is_test:
         log.info("data.val_size=0: training on all %d images; 'val' metrics are computed on the test split", n_train)
     model = build_model(cfg, data.train.dim, data.train.image_shape).to(device)
-    opt = build_optimizer(cfg, model)
+    graphed = t.cuda_graph and device.type == "cuda"
+    opt = build_optimizer(cfg, model, capturable=graphed)
     plain_cfg = to_plain(cfg)
 
     # Everything needed to continue exactly where a run stopped.
@@ -281,7 +332,9 @@ def _train(cfg: DictConfig, run_dir: Path, data: MNISTData | None) -> dict:
     writer.hparams_start(plain_cfg)  # replaces the row an earlier start of this run wrote
 
     step_model = torch.compile(model, mode=t.compile_mode) if t.compile else model
-    amp = torch.autocast(device.type, dtype=torch.bfloat16) if t.amp == "bf16" else nullcontext()
+    # (autocast's weight cache would hand a graph tensors freed after capture)
+    amp = (torch.autocast(device.type, dtype=torch.bfloat16, cache_enabled=not graphed) if t.amp == "bf16"
+           else nullcontext())
 
     one = torch.ones((), device=device)
     # Hot-loop settings as plain Python values: an OmegaConf read costs ~7 us, ~50 us a step.
@@ -289,7 +342,7 @@ def _train(cfg: DictConfig, run_dir: Path, data: MNISTData | None) -> dict:
     recon, binarize = getattr(lcfg.recon, "value", lcfg.recon), data.binarize
     beta_max, warmup = lcfg.beta, lcfg.kl_warmup_steps
 
-    def train_step(x: torch.Tensor, beta: float) -> torch.Tensor:
+    def train_step(x: torch.Tensor, beta: float | torch.Tensor) -> torch.Tensor:
         with amp:
             logits, mu, logvar = step_model(x)
         terms = vae_loss(logits.float(), x, mu.float(), logvar.float(), recon=recon, beta=beta)
@@ -301,6 +354,18 @@ def _train(cfg: DictConfig, run_dir: Path, data: MNISTData | None) -> dict:
         # (loss, recon, kl, 1) per example; the caller sums them x batch size on the device:
         # no host sync per step.
         return torch.stack([terms["loss"], terms["recon"], terms["kl"], one]).detach()
+
+    # (loss, recon, kl, examples) sums of the epoch and of the log interval, on the device.
+    # Fixed tensors for the whole run: a CUDA graph adds into them at fixed addresses.
+    epoch_acc, log_acc = torch.zeros(4, device=device), torch.zeros(4, device=device)
+
+    def step(idx: torch.Tensor, beta: float | torch.Tensor) -> None:
+        x = to_float(data.train.images.index_select(0, idx), binarize)
+        step_means = train_step(x, beta)
+        epoch_acc.add_(step_means, alpha=idx.shape[0])
+        log_acc.add_(step_means, alpha=idx.shape[0])
+
+    run_step = CudaGraphStep(step, opt, batch_size, device) if graphed else step
 
     stop = _StopFlag()
 
@@ -347,20 +412,17 @@ def _train(cfg: DictConfig, run_dir: Path, data: MNISTData | None) -> dict:
                 st["pos"] = 0
                 st["epoch_acc"] = torch.zeros(4)
                 st["log_acc"] = torch.zeros(4)
-            epoch_acc = st["epoch_acc"].to(device)  # (loss, recon, kl, examples) sums
-            log_acc = st["log_acc"].to(device)
+            epoch_acc.copy_(st["epoch_acc"])
+            log_acc.copy_(st["log_acc"])
             perm = st["perm"].to(device)
             t0, seen0 = time.perf_counter(), st["pos"]
             bar = tqdm(total=n_train, initial=st["pos"], desc=f"epoch {epoch + 1}/{t.epochs}", unit="img",
                        leave=False, dynamic_ncols=True, **quiet(t.progress))
             for i in range(st["pos"], n_train, batch_size):
                 idx = perm[i:i + batch_size]
-                x = to_float(data.train.images.index_select(0, idx), binarize)
                 beta = beta_at(st["step"], beta_max, warmup)
-                step_means = train_step(x, beta)
+                run_step(idx, beta)
                 b = idx.shape[0]
-                epoch_acc.add_(step_means, alpha=b)
-                log_acc.add_(step_means, alpha=b)
                 st["step"] += 1
                 st["examples"] += b
                 st["pos"] = i + b
@@ -378,7 +440,7 @@ def _train(cfg: DictConfig, run_dir: Path, data: MNISTData | None) -> dict:
             bar.close()
             dt = time.perf_counter() - t0
             st["train_seconds"] += dt
-            st["epoch_acc"], st["log_acc"] = epoch_acc.cpu(), log_acc.cpu()
+            st["epoch_acc"], st["log_acc"] = epoch_acc.to("cpu", copy=True), log_acc.to("cpu", copy=True)
             if stop.signum is not None and st["pos"] < n_train:
                 save(last_path)
                 writer.close()

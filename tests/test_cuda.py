@@ -1,0 +1,99 @@
+"""The CUDA code paths: trainer.cuda_graph against the eager step. They need a GPU, so CI
+(which has none) skips them; run them on one with `pytest tests/test_cuda.py`."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+
+import pytest
+import torch
+
+import vaelab.train as train_mod
+from vaelab import checkpoint as ckpt_io
+from vaelab.config import ConfigError, validate
+from vaelab.train import Interrupted, train
+
+from tests.conftest import compose_cfg
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+# 192 training images at batch 40: four full batches (three eager warm-up steps, then the
+# capture and replays) and a short one of 32 that runs eagerly, each epoch.
+GPU = ["device=cuda", "trainer.cuda_graph=false", "latent_size=4", "data.val_size=64", "trainer.epochs=3",
+       "trainer.batch_size=40", "trainer.log_every=2", "trainer.progress=false", "trainer.final_eval=false",
+       "logger.images_every=100"]
+
+
+def weights(run) -> dict[str, torch.Tensor]:
+    return ckpt_io.load(run / "checkpoints" / "last.pt", map_location="cpu")["model"]
+
+
+def run(tiny_mnist, path, *overrides) -> dict:
+    return train(compose_cfg([f"data.root={tiny_mnist}", *GPU, *overrides]), path)
+
+
+def assert_same_weights(a, b, rtol=1e-5, atol=1e-6):
+    wa, wb = weights(a), weights(b)
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        torch.testing.assert_close(wa[k], wb[k], rtol=rtol, atol=atol, msg=lambda m: f"{k}: {m}")
+
+
+@pytest.mark.parametrize("extra", [
+    [],
+    # beta changes every step (a fixed 0-dim tensor in the graph), the lr every epoch (the
+    # graph is captured again), clipping and Bernoulli draws inside the graph
+    ["loss.kl_warmup_steps=7", "optim.schedule=iwae", "trainer.grad_clip=1.0", "data.binarize=dynamic",
+     "loss.recon=bce"],
+], ids=["seed-like", "warmup-schedule-clip-binarize"])
+def test_cuda_graph_trains_as_the_eager_step_does(tiny_mnist, tmp_path, extra):
+    eager = run(tiny_mnist, tmp_path / "eager", *extra)
+    graph = run(tiny_mnist, tmp_path / "graph", "trainer.cuda_graph=true", *extra)
+    # The same kernels on the same random draws: a missed re-capture after the lr changed, or
+    # a stale beta, would move the weights by ~lr per step, far over these tolerances.
+    assert_same_weights(tmp_path / "eager", tmp_path / "graph")
+    assert graph["train_loss"] == pytest.approx(eager["train_loss"], rel=1e-5)
+    assert graph["val_loss"] == pytest.approx(eager["val_loss"], rel=1e-5)
+
+
+def test_cuda_graph_run_interrupted_then_resumed_matches_the_straight_run(tiny_mnist, tmp_path, monkeypatch):
+    run(tiny_mnist, tmp_path / "straight", "trainer.cuda_graph=true")
+    real_beta_at = train_mod.beta_at
+
+    def beta_at(step, *args):  # the signal lands mid-step 7, in epoch 2, between replays
+        if step == 7:
+            os.kill(os.getpid(), signal.SIGINT)
+        return real_beta_at(step, *args)
+
+    monkeypatch.setattr(train_mod, "beta_at", beta_at)
+    with pytest.raises(Interrupted):
+        run(tiny_mnist, tmp_path / "resumed", "trainer.cuda_graph=true")
+    monkeypatch.setattr(train_mod, "beta_at", real_beta_at)
+    assert ckpt_io.load(tmp_path / "resumed" / "checkpoints" / "last.pt")["state"]["step"] == 8
+    run(tiny_mnist, tmp_path / "resumed", "trainer.cuda_graph=true")  # trainer.resume is on by default
+    assert_same_weights(tmp_path / "straight", tmp_path / "resumed")
+
+
+def test_cuda_graph_with_bf16_autocast_trains(tiny_mnist, tmp_path):
+    eager = run(tiny_mnist, tmp_path / "eager", "trainer.amp=bf16")
+    graph = run(tiny_mnist, tmp_path / "graph", "trainer.amp=bf16", "trainer.cuda_graph=true")
+    assert graph["train_loss"] == pytest.approx(eager["train_loss"], rel=1e-3)
+
+
+def test_a_default_run_on_cuda_finishes_with_its_eval_and_pictures(tiny_mnist, tmp_path):
+    metrics = train(compose_cfg([f"data.root={tiny_mnist}", "device=cuda", "latent_size=4", "data.val_size=64",
+                                 "trainer.epochs=2", "trainer.batch_size=40", "trainer.progress=false",
+                                 "trainer.final_eval_k=4"]), tmp_path)
+    result = json.loads((tmp_path / "eval.json").read_text())
+    assert math.isfinite(metrics["val_loss"]) and math.isfinite(result["nll_iwae"]) and result["k"] == 4
+    assert list((tmp_path / "samples").glob("*.png"))
+
+
+def test_reduce_overhead_compile_and_the_whole_step_graph_are_refused_together():
+    cfg = compose_cfg(["device=cuda", "trainer.compile=true", "trainer.compile_mode=reduce-overhead"])
+    with pytest.raises(ConfigError, match=r"^trainer.compile_mode=reduce-overhead: .*trainer.cuda_graph=false$"):
+        validate(cfg)
+    validate(compose_cfg(["device=cuda", "trainer.compile=true", "trainer.compile_mode=reduce-overhead",
+                          "trainer.cuda_graph=false"]))

@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# The GPU checks and speed figures in one go, for a machine with a CUDA GPU:
+#
+#   bash benchmarks/gpu.sh [DATA_ROOT] [REFERENCE] [OUT_DIR] [BUDGET_SECONDS]
+#
+# defaults: ../shared/data, ../shared/reference/seed_vae.py, benchmarks/results/gpu, 600.
+# 1. tests/test_cuda.py: trainer.cuda_graph trains as the eager step does (CI has no GPU).
+# 2. benchmarks/speed.py --device cuda with the defaults (the step as a CUDA graph), then with
+#    the eager step (trainer.cuda_graph=false); benchmarks/gpu_step.py (where the step's GPU
+#    time goes); while the budget lasts, the opt-in variants (bf16 autocast, torch.compile).
+# Each stage has its own time limit, so one that hangs cannot take the others' results with it.
+# OUT_DIR gets the whole log (gpu.log) and speed.py's JSON records.
+set -u
+DATA=${1:-../shared/data}
+REF=${2:-../shared/reference/seed_vae.py}
+OUT=${3:-benchmarks/results/gpu}
+BUDGET=${4:-600}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1
+PY=${PYTHON:-python3}
+
+stage() {  # stage NAME LIMIT_S ESTIMATE_S CMD...: runs CMD if ESTIMATE_S still fits the budget
+    local name=$1 limit=$2 estimate=$3
+    shift 3
+    if (( SECONDS + estimate > BUDGET )); then
+        echo "== $name: skipped, ${estimate}s would not fit the ${BUDGET}s budget (at ${SECONDS}s)"
+        return
+    fi
+    echo "== $name (at ${SECONDS}s)"
+    local t0=$SECONDS
+    timeout "$limit" "$@" 2>&1
+    echo "== $name: rc $? in $((SECONDS - t0))s"
+}
+
+exec > >(tee "$OUT/gpu.log") 2>&1
+nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm --format=csv
+$PY -c "import torch, hydra, vaelab.train; print('torch', torch.__version__, 'hydra', hydra.__version__)" || exit 1
+
+DEVICE=${DEVICE:-cuda}
+SPEED=($PY benchmarks/speed.py --data-root "$DATA" --reference "$REF" --device "$DEVICE" --epochs 2)
+
+stage tests 180 60 $PY -m pytest -x -p no:cacheprovider tests/test_cuda.py -rs
+stage speed 200 120 "${SPEED[@]}" --rounds 2 --out "$OUT/speed-$DEVICE.json"
+stage speed-eager 150 60 "${SPEED[@]}" --rounds 1 --out "$OUT/speed-$DEVICE-eager.json" trainer.cuda_graph=false
+stage step-fused 120 40 $PY benchmarks/gpu_step.py
+stage step-foreach 120 30 $PY benchmarks/gpu_step.py --impl foreach --batch-sizes 64
+stage speed-bf16 120 50 "${SPEED[@]}" --rounds 1 --out "$OUT/speed-$DEVICE-bf16.json" trainer.amp=bf16
+stage speed-compile 200 120 "${SPEED[@]}" --rounds 1 --out "$OUT/speed-$DEVICE-compile.json" trainer.compile=true
+echo "== done at ${SECONDS}s"

@@ -1,0 +1,130 @@
+"""Where a training step's time goes on a GPU: the seed model's step, eager and as a CUDA graph.
+
+    python benchmarks/gpu_step.py [--steps 2000] [--batch-sizes 64,256,1024,4096] [--impl fused] [--compile]
+
+Builds the model, optimizer and step as vaelab-train experiment=seed does (through the composed
+config; the step is train.py's, with its CudaGraphStep), on random uint8 images shaped like
+MNIST, and prints microseconds per step for:
+  eager      the loop as vaelab-train runs it with trainer.cuda_graph=false
+  graph      the same loop with trainer.cuda_graph=true (slice, copy into the graph's buffer, replay)
+  replay     graph.replay() alone, back to back: the GPU's own time for one step
+then the CUDA kernels of one eager step (count, and the costliest by GPU time), and the graph's
+time per step and samples/s at larger batches. --compile adds the first three with torch.compile
+of the model, and of the model and loss as one region.
+"""
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+from hydra import compose, initialize_config_dir
+from torch.profiler import ProfilerActivity, profile
+
+from vaelab.config import CONF_DIR, register_configs, typed
+from vaelab.data import to_float
+from vaelab.losses import vae_loss
+from vaelab.train import CudaGraphStep, build_model, build_optimizer
+
+N = 60000
+
+
+def setup(batch: int, graphed: bool, compiled: str = "", impl: str = "fused"):
+    register_configs()
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        cfg = typed(compose("config", overrides=["experiment=seed", f"trainer.batch_size={batch}",
+                                                 f"optim.impl={impl}"]))
+    dev = torch.device("cuda")
+    torch.manual_seed(0)
+    model = build_model(cfg).to(dev)
+    opt = build_optimizer(cfg, model, capturable=graphed)
+    fwd = torch.compile(model) if compiled == "model" else model
+
+    def forward_loss(x, beta):
+        logits, mu, logvar = fwd(x)
+        return vae_loss(logits, x, mu, logvar, recon="mse", beta=beta)
+
+    if compiled == "model+loss":  # one compiled region: the loss's elementwise work fuses too
+        forward_loss = torch.compile(forward_loss)
+    images = torch.randint(0, 256, (N, 784), dtype=torch.uint8, device=dev)
+    perm = torch.randperm(N, device=dev)
+    acc = torch.zeros(4, device=dev)
+    one = torch.ones((), device=dev)
+
+    def step(idx, beta):  # train.py's step and train_step, without the pieces that are off by default
+        x = to_float(images.index_select(0, idx))
+        terms = forward_loss(x, beta)
+        opt.zero_grad(set_to_none=True)
+        terms["loss"].backward()
+        opt.step()
+        acc.add_(torch.stack([terms["loss"], terms["recon"], terms["kl"], one]).detach(), alpha=idx.shape[0])
+
+    run = CudaGraphStep(step, opt, batch, dev) if graphed else step
+    return run, perm, step
+
+
+def loop_us(run, perm, batch: int, steps: int) -> float:
+    full = N // batch
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for i in range(CudaGraphStep.WARMUP + 5):  # warm-up (and, for the graph, the capture)
+        run(perm[i * batch:(i + 1) * batch], 1.0)
+    torch.cuda.synchronize()
+    print(f"  (batch {batch}: the first {CudaGraphStep.WARMUP + 5} steps took {time.perf_counter() - t0:.3f} s)")
+    t0 = time.perf_counter()
+    for i in range(steps):
+        j = i % full
+        run(perm[j * batch:(j + 1) * batch], 1.0)
+    torch.cuda.synchronize()
+    return (time.perf_counter() - t0) / steps * 1e6
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--steps", type=int, default=2000)
+    p.add_argument("--batch-sizes", default="64,256,1024,4096")
+    p.add_argument("--impl", choices=["fused", "foreach", "forloop"], default="fused", help="as optim.impl")
+    p.add_argument("--compile", action="store_true",
+                   help="also with torch.compile of the model, and of the model and loss together")
+    a = p.parse_args()
+    if not torch.cuda.is_available():
+        p.error("needs a CUDA device")
+    print(f"{torch.cuda.get_device_name(0)}, torch {torch.__version__}, optim.impl={a.impl}")
+    variants = [("", "")] + ([(" +compile(model)", "model"), (" +compile(model+loss)", "model+loss")]
+                             if a.compile else [])
+    for tag, compiled in variants:
+        run, perm, _ = setup(64, False, compiled, a.impl)
+        eager = loop_us(run, perm, 64, a.steps // 4)
+        g, perm, _ = setup(64, True, compiled, a.impl)
+        graph = loop_us(g, perm, 64, a.steps)
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        for _ in range(a.steps):
+            g.graph.replay()
+        torch.cuda.synchronize()
+        replay = (time.perf_counter() - t0) / a.steps * 1e6
+        print(f"batch 64{tag}: eager {eager:.0f} us/step, graph {graph:.0f} us/step, replay alone {replay:.0f} "
+              f"us/step; graph {64e6 / graph:,.0f} samples/s")
+
+    _, perm, step = setup(64, False, impl=a.impl)
+    for i in range(5):
+        step(perm[i * 64:(i + 1) * 64], 1.0)
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for i in range(10):
+            step(perm[i * 64:(i + 1) * 64], 1.0)
+        torch.cuda.synchronize()
+    kernels = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+    print(f"eager step: {len(kernels) / 10:.0f} GPU kernels and copies per step, "
+          f"{sum(e.device_time for e in kernels) / 10:.0f} us of GPU time per step")
+    print(prof.key_averages().table(sort_by="device_time_total", row_limit=14))
+
+    for b in (int(s) for s in a.batch_sizes.split(",")):
+        g, perm, _ = setup(b, True, impl=a.impl)
+        us = loop_us(g, perm, b, max(200, a.steps * 64 // b))
+        print(f"graph, batch {b:5d}: {us:7.0f} us/step, {b * 1e6 / us:12,.0f} samples/s, "
+              f"{us * 1e-6 * -(-N // b):.3f} s per 60k epoch")
+
+
+if __name__ == "__main__":
+    main()

@@ -124,8 +124,8 @@ class TrainerConfig:
     deterministic: bool = False  # torch.use_deterministic_algorithms
     flush_denormal: bool = True  # CPU: treat subnormal floats as zero (see train.py)
     compile: bool = False  # torch.compile the model
-    # torch.compile mode; "reduce-overhead" records CUDA graphs on a GPU, which pays for small
-    # models whose steps are launch-bound. (On this project's 2-core CPU compile did not pay.)
+    # torch.compile mode; "reduce-overhead" records CUDA graphs of the model alone, so on CUDA
+    # it needs cuda_graph=false (which graphs the whole step). On the 2-core CPU compile did not pay.
     compile_mode: str = "default"
     amp: Amp = Amp.off  # bf16 autocast changes the numbers, so it is opt-in
     # On a CUDA device, replay each full-size training step as one CUDA graph (train.py's

@@ -152,7 +152,7 @@ class CudaGraphStep:
     WARMUP = 3
 
     def __init__(self, step, opt: torch.optim.Optimizer, batch_size: int, device: torch.device):
-        self.step, self.opt = step, opt
+        self.step, self.opt, self.device = step, opt, device
         self.idx = torch.zeros(batch_size, dtype=torch.long, device=device)
         self.beta = torch.zeros((), device=device)
         self.side = torch.cuda.Stream(device)
@@ -164,21 +164,24 @@ class CudaGraphStep:
             self.step(idx, self.beta)
             return
         if self.warm < self.WARMUP:
-            self.side.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(self.side):
-                self.step(idx, self.beta)
-            torch.cuda.current_stream().wait_stream(self.side)
+            with torch.cuda.device(self.device):  # streams and capture act on the current device
+                self.side.wait_stream(torch.cuda.current_stream())
+                with torch.cuda.stream(self.side):
+                    self.step(idx, self.beta)
+                torch.cuda.current_stream().wait_stream(self.side)
             self.warm += 1
             return
         lr = self.opt.param_groups[0]["lr"]
         if self.graph is None or lr != self.lr:
             self.graph = None  # free the old graph's memory before capturing the new one
             graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):  # records the kernels; nothing runs until replay
-                self.step(self.idx, self.beta)
+            # Captured on our stream of the run's device: torch.cuda.graph's own default stream is
+            # made once per process, on whichever device was current then.
+            with torch.cuda.device(self.device), torch.cuda.graph(graph, stream=self.side):
+                self.step(self.idx, self.beta)  # recorded; nothing runs until replay
             self.graph, self.lr = graph, lr
         self.idx.copy_(idx)
-        self.graph.replay()
+        self.graph.replay()  # on the device it was captured on
 
 
 class _StopFlag:

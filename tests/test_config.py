@@ -70,6 +70,18 @@ def test_configs_saved_before_model_linear_keep_mkl():
     assert build_model(typed(old)).head.impl == "aten"
 
 
+def test_configs_saved_before_trainer_cuda_graph_keep_the_eager_step():
+    from omegaconf import OmegaConf
+
+    fresh = compose_cfg(["experiment=seed"])
+    assert fresh.trainer.cuda_graph is True and typed(fresh).trainer.cuda_graph is True
+    old = OmegaConf.to_container(fresh, resolve=False)
+    del old["trainer"]["cuda_graph"]
+    assert typed(old).trainer.cuda_graph is False
+    # a hand-written config that sets a few trainer keys gets the default
+    assert typed({"trainer": {"epochs": 3, "batch_size": 32}}).trainer.cuda_graph is True
+
+
 def test_iwae_paper_experiment_schedule():
     cfg = compose_cfg(["experiment=iwae_paper_vae"])
     assert build_model(cfg).hidden == [200, 200] and cfg.latent_size == 50 and cfg.optim.eps == 1e-4

@@ -250,6 +250,10 @@ def resolve_device(name: str):
     return torch.device(name)
 
 
+# Keys every saved trainer section has had: a hand-written partial one rarely lists them all.
+_SAVED_TRAINER = {"epochs", "batch_size", "eval_batch_size", "checkpoint_every", "log_every"}
+
+
 def typed(cfg: DictConfig | dict) -> DictConfig:
     """Merge a plain or loaded config onto the schema, so a config read back from a run
     directory (or given with --config-dir) is type-checked like a freshly composed one."""
@@ -262,6 +266,11 @@ def typed(cfg: DictConfig | dict) -> DictConfig:
         # Saved before model.linear existed, when every product ran on MKL: keep it so, and
         # `vaelab reproduce` / `vaelab resume` of such a run stay bit-identical to it.
         cfg["model"] = {**model, "linear": "aten"}
+    trainer = cfg.get("trainer")
+    if isinstance(trainer, dict) and _SAVED_TRAINER <= trainer.keys() and "cuda_graph" not in trainer:
+        # A whole trainer section saved before trainer.cuda_graph existed, when every step ran
+        # eagerly: a GPU re-run (reproduce, resume, -cd) runs as it did.
+        cfg["trainer"] = {**trainer, "cuda_graph": False}
     return OmegaConf.merge(schema, cfg)
 
 

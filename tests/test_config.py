@@ -138,12 +138,19 @@ def test_optimizer_matches_config():
     (["-m", "hydra/launcher=joblib", "hydra.launcher.n_job=2", "latent_size=2,16"],
      "in override 'hydra.launcher.n_job=2'; did you mean 'hydra.launcher.n_jobs'? keys allowed at 'hydra.launcher': "),
     (["hparams_search=optuna", "hydra.sweeper.n_trial=1"], "did you mean 'hydra.sweeper.n_trials'?"),
+    (["hydra.job.env_set.OMP_NUM_THREADS=1"], "'hydra.job.env_set' takes new keys with a leading +, as in "
+                                              "'+hydra.job.env_set.OMP_NUM_THREADS=1'"),
     (["-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=0", "latent_size=2,16"], "hydra.launcher.n_jobs=0: give"),
 ])
 def test_bad_input_is_one_line(args, needle):
     err = precheck(args)
     assert err is not None and needle in err
     assert "\n" not in err
+
+
+def test_a_system_folder_is_refused_without_a_misleading_reason():
+    # mkdir in /proc fails with ENOENT, whose "No such file or directory" would say /proc is missing
+    assert precheck(["hydra.run.dir=/proc/vaelab-x"]) == "hydra.run.dir=/proc/vaelab-x: cannot make folders in /proc"
 
 
 def test_a_run_folder_that_holds_a_run_is_refused(tmp_path):

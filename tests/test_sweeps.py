@@ -173,8 +173,10 @@ def test_compare_prints_the_sweep_sorted_and_plots_it(sweep, tmp_path, capsys):
     (["--out", "c.png"], "--out c.png: give --plot SCALAR too"),
     (["--plot", "val_loss", "--out", "metrics.json/c.png"], "--out metrics.json/c.png: "),
     (["--plot", "val_loss", "--out", "."], "--out .: is a directory; give a file name such as curves.png"),
+    (["--plot", "val_loss", "--out", "new/.png"], "--out new/.png: no file name before '.png'; give one such as "
+                                                  "new/curves.png"),
 ], ids=["unknown-metric", "unknown-scalar", "unknown-format", "unwritable", "out-without-plot", "file-in-path",
-        "directory"])
+        "directory", "extension-only"])
 def test_compare_bad_input_is_one_line(sweep, capsys, args, expect, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "metrics.json").write_text("{}")

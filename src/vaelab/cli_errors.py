@@ -8,6 +8,7 @@ allowed. For a sweep (`latent_size=2,8`) every listed value is checked the same 
 from __future__ import annotations
 
 import difflib
+import errno
 import os
 import re
 import shlex
@@ -83,6 +84,9 @@ def _explain(exc: Exception, override: str, composed: DictConfig | None = None) 
         schema = composed if composed is not None and full_key.startswith("hydra.") else OmegaConf.structured(Config)
         node = OmegaConf.select(schema, parent) if parent else schema
         known = _keys_of(node)
+        if isinstance(node, DictConfig) and OmegaConf.get_type(node) is dict:  # e.g. hydra.job.env_set
+            return (f"unknown key '{full_key}' in override '{override}': '{parent}' takes new keys with a "
+                    f"leading +, as in '+{override.lstrip('+~')}'")
         close = difflib.get_close_matches(leaf, known, n=1)
         hint = f" did you mean '{(parent + '.') if parent else ''}{close[0]}'?" if close else ""
         where = f"'{parent}'" if parent else "the top level"
@@ -120,8 +124,9 @@ def unwritable(folder: Path) -> str | None:
         return f"{there} is a file, not a folder"
     try:  # a real try, not os.access: root passes that on read-only mounts (/proc, a ro bind)
         os.rmdir(tempfile.mkdtemp(prefix=".vaelab-probe-", dir=there))
-    except OSError as e:
-        return f"cannot make folders in {there} ({e.strerror or e})"
+    except OSError as e:  # ENOENT in a folder that exists: /proc, /sys, whose "No such file" misleads
+        why = "" if e.errno == errno.ENOENT else f" ({e.strerror or e})"
+        return f"cannot make folders in {there}{why}"
     return None
 
 

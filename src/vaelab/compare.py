@@ -181,9 +181,12 @@ def plot_path(out: str | Path) -> Path:
     out = Path(out)
     if out.is_dir():
         raise CompareError(f"--out {out}: is a directory; give a file name such as {out / 'curves.png'}")
+    formats = sorted(FigureCanvasAgg.get_supported_filetypes())
+    if out.name.startswith(".") and out.name[1:].lower() in formats:  # '.png': a suffix and no name
+        raise CompareError(f"--out {out}: no file name before '{out.name}'; give one such as "
+                           f"{out.with_name('curves' + out.name)}")
     if out.suffix in ("", "."):  # 'curves' and 'curves.' both mean curves.png
         out = out.with_name(out.name.rstrip(".") + ".png")
-    formats = sorted(FigureCanvasAgg.get_supported_filetypes())
     fmt = out.suffix[1:].lower()
     if fmt not in formats:
         raise CompareError(f"--out {out}: unknown image format '{fmt}'; allowed: {', '.join(formats)}")

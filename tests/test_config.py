@@ -260,6 +260,16 @@ def test_missing_data_is_one_line(tmp_path):
     assert not (tmp_path / "outputs" / "runs" / "default").exists()
 
 
+def test_a_sweep_refused_at_its_first_job_leaves_no_sweep_folder(tmp_path):
+    (tmp_path / "outputs" / "multirun" / "default" / "an-earlier-sweep").mkdir(parents=True)
+    r = subprocess.run([sys.executable, "-m", "vaelab.train", "-m", f"data.root={tmp_path / 'nowhere'}",
+                        "data.download=false", "latent_size=2,4"], cwd=tmp_path, capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 2 and r.stderr.strip().splitlines()[-1].startswith("vaelab-train: error: MNIST not found")
+    # not a folder holding only multirun.yaml, which compare would list as a sweep of no jobs
+    assert [p.name for p in (tmp_path / "outputs" / "multirun" / "default").iterdir()] == ["an-earlier-sweep"]
+
+
 def test_mnist_given_as_gz_files_only_is_read(tmp_path, tiny_mnist):
     """The README and the error message allow the four files as .gz; torchvision reads only
     the unpacked ones."""

@@ -513,6 +513,13 @@ def _train(cfg: DictConfig, run_dir: Path, data: MNISTData | None) -> dict:
     return metrics
 
 
+def _rmdir_if_empty(folder: Path) -> None:
+    try:
+        folder.rmdir()
+    except OSError:  # not empty (or gone): leave it
+        pass
+
+
 def _rss_mib() -> float:
     """Resident memory of this process now (Linux /proc; 0 elsewhere): a leak shows as growth."""
     try:
@@ -555,10 +562,16 @@ def hydra_main(cfg: DictConfig) -> float:
         print(f"vaelab-train: error: {e}", file=sys.stderr)
         # The folder Hydra made for a run that never started would list in `vaelab compare`
         # as an unfinished run: remove it when it holds nothing but what Hydra put there.
+        hc = HydraConfig.get()
         if {p.name for p in run_dir.iterdir()} <= {".hydra", "train.log"}:
             shutil.rmtree(run_dir, ignore_errors=True)
-            if run_dir.parent.is_dir() and not any(run_dir.parent.iterdir()):
-                run_dir.parent.rmdir()  # outputs/runs/<name>/, made for this run only
+            _rmdir_if_empty(run_dir.parent)  # outputs/runs/<name>/, made for this run only
+            sweep = Path(hc.runtime.cwd, hc.sweep.dir)
+            # A sweep whose first job is refused stops there: its folder would hold only Hydra's
+            # multirun.yaml and list in `vaelab compare` as a sweep of no jobs.
+            if hc.mode.name == "MULTIRUN" and sweep.is_dir() and {p.name for p in sweep.iterdir()} == {"multirun.yaml"}:
+                shutil.rmtree(sweep, ignore_errors=True)
+                _rmdir_if_empty(sweep.parent)  # outputs/multirun/<name>/
         sys.exit(2)
     except SaveFailed as e:
         print(f"vaelab-train: error: {e}", file=sys.stderr)

@@ -250,6 +250,18 @@ def test_cli_prints_one_line_and_exits_before_training(tmp_path):
     assert not (tmp_path / "outputs").exists()  # nothing started
 
 
+def test_vaelab_train_refuses_before_importing_torch(tmp_path):
+    """The console script's pre-flight needs only Hydra: a typo costs ~0.4 s, not torch's ~2 s."""
+    script = ("import atexit, sys\n"
+              "atexit.register(lambda: print('torch imported:', 'torch' in sys.modules))\n"
+              "sys.argv = ['vaelab-train', 'latent_sizee=2']\n"
+              "from vaelab.train_cli import main\n"
+              "main()\n")
+    r = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "did you mean 'latent_size'?" in r.stderr
+    assert r.stdout.strip() == "torch imported: False"
+
+
 def test_missing_data_is_one_line(tmp_path):
     r = subprocess.run([sys.executable, "-m", "vaelab.train", f"data.root={tmp_path / 'nowhere'}",
                         "data.download=false"], cwd=tmp_path, capture_output=True, text=True, timeout=120)

@@ -24,7 +24,8 @@ from tensorboard.plugins.hparams import metadata as hparams_metadata
 from vaelab import checkpoint as ckpt_io
 from vaelab.cli import main as vaelab_cli
 from vaelab.config import CONF_DIR, register_configs
-from vaelab.train import job_name, sweep_name_override
+from vaelab.train import job_name
+from vaelab.train_cli import sweep_name_override
 from vaelab.workflow import is_timing
 
 from tests.conftest import FAST

@@ -25,7 +25,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 import vaelab.train as train_mod
 from vaelab import checkpoint as ckpt_io
 from vaelab.cli import main as vaelab_cli
-from vaelab.train import Interrupted, saved_config_argv, train
+from vaelab.train import Interrupted, train
+from vaelab.train_cli import saved_config_argv
 from vaelab.workflow import differing_keys, is_timing, side_by_side
 
 from tests.conftest import FAST, compose_cfg
@@ -243,7 +244,7 @@ def test_killed_at_the_first_checkpoint_then_resumed_is_bit_identical(tiny_mnist
         "        os.kill(os.getpid(), signal.SIGKILL)\n"
         "    save(obj, path)\n"
         "checkpoint.save_atomic = save_and_die\n"
-        "from vaelab.train import main\n"
+        "from vaelab.train_cli import main\n"
         "main()\n")
     p = subprocess.run([sys.executable, "-c", script, f"data.root={tiny_mnist}", *TINY, "hydra.run.dir=run"],
                        cwd=tmp_path, env=cli_env(), capture_output=True, text=True, timeout=120)

@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 
 from vaelab import checkpoint as ckpt_io
 from vaelab.compare import STOPPED
-from vaelab.config import CONF_DIR, ConfigError, register_configs, resolve_device, to_plain, typed, validate
+from vaelab.config import CONF_DIR, ConfigError, resolve_device, to_plain, typed, validate
 from vaelab.data import DataError, MNISTData, load_data, to_float
 from vaelab.evaluate import elbo_stats, quiet
 from vaelab.logger import RunLogger, image_grid
@@ -605,83 +605,14 @@ def job_name(override_dirname: str, job_num) -> str:
     return name or f"job{job_num}"
 
 
-def sweep_name_override(argv: list[str]) -> list[str]:
-    """The override that keeps sweep folder names short: exclude from override_dirname every
-    key given one value on the command line (data.root=..., trainer.epochs=2) and the seed
-    unless it is swept. It travels inside each job's config, so workers on other machines
-    (submitit, Ray) name their folders the same way. Nothing if the user set the list."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    from vaelab.cli_errors import split_args
-
-    key = "hydra.job.config.override_dirname.exclude_keys"
-    overrides, _ = split_args(argv)
-    try:
-        parsed = OverridesParser.create().parse_overrides(overrides)
-    except Exception:  # precheck has already reported it
-        return []
-    if any(o.key_or_group == key for o in parsed):
-        return []
-    task = [o for o in parsed if not o.is_hydra_override()]
-    swept = {o.key_or_group for o in task if o.is_sweep_override()}
-    fixed = [o.key_or_group for o in task if not o.is_sweep_override()]
-    exclude = dict.fromkeys(fixed + ([] if "seed" in swept else ["seed"]))
-    return [f"{key}=[{','.join(repr(k) for k in exclude)}]"]
-
-
 # Registered on import, not in main(): sweep jobs resolve their folder name in worker
 # processes (joblib, submitit) that import this module but never run main().
 OmegaConf.register_new_resolver("vaelab_job_name", job_name, replace=True)
 
 
-def saved_config_argv(argv: list[str]) -> list[str]:
-    """Make `vaelab-train --config-dir RUN_DIR/.hydra --config-name config` re-run a saved run.
-
-    Hydra searches a --config-dir *after* conf/, so conf/config.yaml would shadow the saved
-    config.yaml of the same name. Make the saved folder the primary config path instead, keep
-    conf/ searchable (hydra/launcher=..., hparams_search=...) and keep conf/config.yaml's
-    output folders, which the saved config (it has no hydra: section) does not carry."""
-    from vaelab.cli_errors import add_overrides, split_args
-
-    overrides, flags = split_args(argv)
-    folder = flags.get("--config-dir") or flags.get("-cd")
-    name = flags.get("--config-name") or flags.get("-cn") or "config"
-    if not folder or "--config-path" in flags or "-cp" in flags or not (Path(folder) / f"{name}.yaml").is_file():
-        return argv  # no saved config there: Hydra's own meaning (an extra folder of groups)
-    i = next(i for i, a in enumerate(argv) if a.split("=", 1)[0] in ("--config-dir", "-cd"))
-    rest = argv[i + 1:] if "=" in argv[i] else argv[i + 2:]
-    given = {o.split("=", 1)[0] for o in overrides}
-    h = OmegaConf.to_container(OmegaConf.load(CONF_DIR / "config.yaml").hydra, resolve=False)
-    keep = {"hydra.searchpath": f"['file://{CONF_DIR}']", "hydra.job.name": h["job"]["name"],
-            "hydra.run.dir": f"'{h['run']['dir']}'", "hydra.sweep.dir": f"'{h['sweep']['dir']}'",
-            "hydra.sweep.subdir": f"'{h['sweep']['subdir']}'"}
-    return add_overrides(argv[:i] + ["--config-path", os.path.abspath(folder)] + rest,
-                         [f"{k}={v}" for k, v in keep.items() if k not in given])
-
-
-def main() -> None:
-    """Console script `vaelab-train`: check the overrides, then hand over to Hydra."""
-    from vaelab.cli_errors import add_overrides, precheck
-
-    register_configs()
-    argv = sys.argv[1:] = saved_config_argv(sys.argv[1:])
-    err = precheck(argv)
-    if err:
-        print(f"vaelab-train: error: {err}", file=sys.stderr)
-        sys.exit(2)
-    sys.argv[1:] = add_overrides(argv, sweep_name_override(argv))
-    try:
-        hydra_main()
-    except KeyboardInterrupt:  # a second Ctrl-C, or one outside training (joblib's parent, setup)
-        print("vaelab-train: interrupted; a run keeps the checkpoints it had completed "
-              "(vaelab resume RUN_DIR carries it on from them; without any, start it again with "
-              "vaelab-train --config-dir RUN_DIR/.hydra --config-name config)", file=sys.stderr)
-        sys.exit(130)
-
-
 if __name__ == "__main__":
-    # `python -m vaelab.train`: run the module's importable copy, so that launchers which pickle
-    # the task (joblib, submitit, Ray) refer to vaelab.train.hydra_main instead of copying __main__.
-    from vaelab.train import main as _main
+    # `python -m vaelab.train`: vaelab-train's own entry point. Launchers which pickle the task
+    # (joblib, submitit, Ray) then refer to vaelab.train.hydra_main instead of copying __main__.
+    from vaelab.train_cli import main
 
-    _main()
+    main()

@@ -1,0 +1,81 @@
+"""vaelab-train's command line: check it, then hand over to Hydra and vaelab.train.
+
+    vaelab-train [OVERRIDES] [-m] [HYDRA FLAGS]        (also: python -m vaelab.train ...)
+
+Nothing here imports torch: a command line that cannot run is refused in about half a second
+(the pre-flight in cli_errors), and only one that can pays for torch and the training code.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from omegaconf import OmegaConf
+
+from vaelab.cli_errors import add_overrides, precheck, split_args
+from vaelab.config import CONF_DIR, register_configs
+
+
+def sweep_name_override(argv: list[str]) -> list[str]:
+    """The override that keeps sweep folder names short: exclude from override_dirname every
+    key given one value on the command line (data.root=..., trainer.epochs=2) and the seed
+    unless it is swept. It travels inside each job's config, so workers on other machines
+    (submitit, Ray) name their folders the same way. Nothing if the user set the list."""
+    key = "hydra.job.config.override_dirname.exclude_keys"
+    overrides, _ = split_args(argv)
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+    except Exception:  # precheck has already reported it
+        return []
+    if any(o.key_or_group == key for o in parsed):
+        return []
+    task = [o for o in parsed if not o.is_hydra_override()]
+    swept = {o.key_or_group for o in task if o.is_sweep_override()}
+    fixed = [o.key_or_group for o in task if not o.is_sweep_override()]
+    exclude = dict.fromkeys(fixed + ([] if "seed" in swept else ["seed"]))
+    return [f"{key}=[{','.join(repr(k) for k in exclude)}]"]
+
+
+def saved_config_argv(argv: list[str]) -> list[str]:
+    """Make `vaelab-train --config-dir RUN_DIR/.hydra --config-name config` re-run a saved run.
+
+    Hydra searches a --config-dir *after* conf/, so conf/config.yaml would shadow the saved
+    config.yaml of the same name. Make the saved folder the primary config path instead, keep
+    conf/ searchable (hydra/launcher=..., hparams_search=...) and keep conf/config.yaml's
+    output folders, which the saved config (it has no hydra: section) does not carry."""
+    overrides, flags = split_args(argv)
+    folder = flags.get("--config-dir") or flags.get("-cd")
+    name = flags.get("--config-name") or flags.get("-cn") or "config"
+    if not folder or "--config-path" in flags or "-cp" in flags or not (Path(folder) / f"{name}.yaml").is_file():
+        return argv  # no saved config there: Hydra's own meaning (an extra folder of groups)
+    i = next(i for i, a in enumerate(argv) if a.split("=", 1)[0] in ("--config-dir", "-cd"))
+    rest = argv[i + 1:] if "=" in argv[i] else argv[i + 2:]
+    given = {o.split("=", 1)[0] for o in overrides}
+    h = OmegaConf.to_container(OmegaConf.load(CONF_DIR / "config.yaml").hydra, resolve=False)
+    keep = {"hydra.searchpath": f"['file://{CONF_DIR}']", "hydra.job.name": h["job"]["name"],
+            "hydra.run.dir": f"'{h['run']['dir']}'", "hydra.sweep.dir": f"'{h['sweep']['dir']}'",
+            "hydra.sweep.subdir": f"'{h['sweep']['subdir']}'"}
+    return add_overrides(argv[:i] + ["--config-path", os.path.abspath(folder)] + rest,
+                         [f"{k}={v}" for k, v in keep.items() if k not in given])
+
+
+def main() -> None:
+    """Console script `vaelab-train`: check the overrides, then hand over to Hydra."""
+    register_configs()
+    argv = sys.argv[1:] = saved_config_argv(sys.argv[1:])
+    err = precheck(argv)
+    if err:
+        print(f"vaelab-train: error: {err}", file=sys.stderr)
+        sys.exit(2)
+    sys.argv[1:] = add_overrides(argv, sweep_name_override(argv))
+    from vaelab.train import hydra_main  # torch and the rest: only for a command line that can run
+
+    try:
+        hydra_main()
+    except KeyboardInterrupt:  # a second Ctrl-C, or one outside training (joblib's parent, setup)
+        print("vaelab-train: interrupted; a run keeps the checkpoints it had completed "
+              "(vaelab resume RUN_DIR carries it on from them; without any, start it again with "
+              "vaelab-train --config-dir RUN_DIR/.hydra --config-name config)", file=sys.stderr)
+        sys.exit(130)

@@ -19,12 +19,15 @@ COMMANDS = {
 
 
 def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
+    chosen = next((a for a in argv if not a.startswith("-")), None)
     parser = argparse.ArgumentParser(prog="vaelab", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (module, help_) in COMMANDS.items():
         p = sub.add_parser(name, help=help_, description=help_)
         p.set_defaults(_module=module)
-        getattr(importlib.import_module(module), f"add_{name}_arguments")(p)
+        if name == chosen:  # only the command being run imports its module (most import torch, ~2 s)
+            getattr(importlib.import_module(module), f"add_{name}_arguments")(p)
     args = parser.parse_args(argv)
     mod = importlib.import_module(args._module)
     try:

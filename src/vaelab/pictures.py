@@ -24,7 +24,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torchvision.utils import make_grid, save_image
 
 from vaelab.data import to_float
 from vaelab.logger import image_grid
@@ -99,6 +98,8 @@ def traversals_grid(model, x: torch.Tensor, dims: list[int], dead: list[bool],
     z[torch.arange(r)[:, None], torch.arange(v)[None, :], torch.tensor(dims)[:, None]] = values.to(z)
     imgs = model.decode(z.reshape(r * v, -1)).float().clamp(0, 1).reshape(r * v, *model.image_shape).cpu()
     imgs = imgs.expand(-1, 3, -1, -1).clone() if imgs.shape[1] == 1 else imgs
+    from torchvision.utils import make_grid  # here, not at the top: torchvision takes ~1.4 s to import
+
     pad = 2
     grid = make_grid(imgs, nrow=v, padding=pad, pad_value=1.0)  # (3, H, W)
     h = model.image_shape[1] + pad
@@ -219,6 +220,8 @@ def make_pictures(model, images: torch.Tensor, labels: torch.Tensor, kl_per_dim:
     n = images.shape[0]
     written: dict = {}
 
+    from torchvision.utils import save_image
+
     def put(name: str, img: torch.Tensor, fig=None) -> None:
         path = out_dir / f"{name}.png"
         if fig is None:
@@ -289,6 +292,8 @@ def sample_command(args: argparse.Namespace) -> int:
     grid = image_grid(x, model.image_shape, nrow=args.nrow)
     out = Path(args.out) if args.out else (
         Path(args.run_dir) / "eval" / f"samples_t{args.temperature:g}_seed{args.seed}.png")
+    from torchvision.utils import save_image
+
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         save_image(grid, out)

@@ -189,6 +189,27 @@ def test_plain_hydra_rerun_uses_the_saved_config_and_the_usual_folders(tmp_path)
     assert saved_config_argv(["--config-dir", str(tmp_path), "x=1"]) == ["--config-dir", str(tmp_path), "x=1"]
 
 
+def test_a_rerun_of_a_saved_config_gets_the_same_pre_flight(tmp_path):
+    """`vaelab-train -cd RUN/.hydra -cn config BAD` used to skip the pre-flight: Hydra's
+    multi-line error, or a traceback once the run had started."""
+    from omegaconf import OmegaConf
+
+    from vaelab.cli_errors import precheck
+
+    (tmp_path / ".hydra").mkdir()
+    OmegaConf.save(compose_cfg(["experiment=seed"]), tmp_path / ".hydra" / "config.yaml")
+    rerun = ["-cd", str(tmp_path / ".hydra"), "-cn", "config"]
+    assert precheck(saved_config_argv([*rerun, "trainer.epochs=3", "device=cpu"])) is None
+    assert precheck(saved_config_argv([*rerun, "latent_sizee=3"])).startswith(
+        "unknown key 'latent_sizee' in override 'latent_sizee=3'; did you mean 'latent_size'?")
+    assert precheck(saved_config_argv([*rerun, "trainer.epochs=0"])) == "trainer.epochs=0: must be >= 1"
+    assert precheck(saved_config_argv([*rerun, "hydra.run.dir=/proc/x"])) == ("hydra.run.dir=/proc/x: cannot make "
+                                                                            "folders in /proc")
+    # Hydra's other meanings of these flags stay Hydra's to check
+    assert precheck(["--config-dir", str(tmp_path), "latent_sizee=3"]) is None  # extra groups
+    assert precheck(["-cn", "other", "latent_sizee=3"]) is None
+
+
 # --- interrupt, then resume ------------------------------------------------------------------
 
 

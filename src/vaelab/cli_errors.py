@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import errno
+import functools
 import os
 import re
 import shlex
@@ -100,12 +101,14 @@ def _explain(exc: Exception, override: str, composed: DictConfig | None = None) 
     return f"override '{override}': {msg}"
 
 
-def _compose(overrides: list[str], hydra_section: bool = False) -> DictConfig:
+def _compose(overrides: list[str], hydra_section: bool = False,
+             primary: tuple[str, str] = (str(CONF_DIR), "config")) -> DictConfig:
+    """`primary`: the folder and name of the primary config (a saved run's for a re-run)."""
     register_configs()  # the schema conf/config.yaml names (idempotent; main() has usually done it)
     GlobalHydra.instance().clear()
     try:
-        with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-            cfg = compose("config", overrides=overrides, return_hydra_config=hydra_section)
+        with initialize_config_dir(primary[0], version_base="1.3"):
+            cfg = compose(primary[1], overrides=overrides, return_hydra_config=hydra_section)
     finally:
         GlobalHydra.instance().clear()
     if not hydra_section:
@@ -160,10 +163,19 @@ def precheck(argv: list[str]) -> str | None:
             return f"hydra.run.dir={run_dir}: {_taken(Path(run_dir), sweep=False)}"
     if helps and swept:  # Hydra composes one job's config for --help, and raises on a sweep
         return f"override '{swept[0]}' lists several values: {helps[0]} shows one job, give one value per key"
-    if any(f in flags for f in ("--config-dir", "-cd", "--config-name", "-cn", "--config-path", "-cp",
-                                "--help", "-h", "--hydra-help", "--version", "--info", "-i",
-                                "--shell-completion", "-sc")):
-        return None  # another primary config or an informational flag: Hydra handles it
+    # A re-run of a saved config arrives as --config-path SAVED_FOLDER (train_cli.saved_config_argv)
+    # and is checked like any command line; another primary config, or a --config-dir of extra
+    # groups, is Hydra's to handle, as are the informational flags.
+    path, name = flags.get("--config-path") or flags.get("-cp"), flags.get("--config-name") or flags.get("-cn")
+    primary = (str(CONF_DIR), "config")
+    if path and os.path.isabs(path) and (Path(path) / f"{name or 'config'}.yaml").is_file():
+        primary = (path, name or "config")
+    elif path or name or any(f in flags for f in ("--config-dir", "-cd")):
+        return None
+    if any(f in flags for f in ("--help", "-h", "--hydra-help", "--version", "--info", "-i", "--shell-completion",
+                                "-sc")):
+        return None
+    compose_ = functools.partial(_compose, primary=primary)
 
     # Each override, with a sweep replaced by each of its values in turn.
     optuna = any(o.key_or_group == "hparams_search" and str(o.value()) == "optuna" for o in task)
@@ -190,12 +202,12 @@ def precheck(argv: list[str]) -> str | None:
     names: dict[str, str] = {}  # name -> the overrides that give it
     for ovs in candidates:
         try:
-            cfg = _compose(ovs)
+            cfg = compose_(ovs)
         except Exception as e:
             # Find the first override that breaks composition, to name it.
             for j, ov in enumerate(ovs):
                 try:
-                    _compose(ovs[: j + 1])
+                    compose_(ovs[: j + 1])
                 except Exception as e2:
                     return _explain_plugin(e2, ov)
             return _explain(e, " ".join(ovs))
@@ -214,17 +226,17 @@ def precheck(argv: list[str]) -> str | None:
     composed = None
     if hydra_ovs or no_m or any(o.key_or_group == "hparams_search" for o in task):
         try:
-            composed = _compose(base + hydra_ovs, hydra_section=True)
+            composed = compose_(base + hydra_ovs, hydra_section=True)
             mode = composed.hydra.mode
         except Exception as e:
             # Name the first Hydra override that breaks it, and list the keys that were there.
             try:
-                good = _compose(base, hydra_section=True)
+                good = compose_(base, hydra_section=True)
             except Exception as e2:  # hparams_search=... needs a sweeper plugin that is missing
                 return _explain_plugin(e2, " ".join(o.input_line for o in task if o.key_or_group == "hparams_search"))
             for j, ov in enumerate(hydra_ovs):
                 try:
-                    good = _compose(base + hydra_ovs[: j + 1], hydra_section=True)
+                    good = compose_(base + hydra_ovs[: j + 1], hydra_section=True)
                 except Exception as e3:
                     return _explain_plugin(e3, ov, good)
             return _explain_plugin(e, " ".join(hydra_ovs), good)
@@ -235,7 +247,7 @@ def precheck(argv: list[str]) -> str | None:
                 return f"override '{swept[0]}' lists several values: --cfg shows one job, give one value per key"
             return f"override '{swept[0]}' lists several values: add -m (--multirun) to run one job per value"
     if not {"--cfg", "-c"} & set(flags):  # Hydra makes the run's folder first, and fails there with a traceback
-        return _folder_error(composed if composed is not None else _compose(base, hydra_section=True),
+        return _folder_error(composed if composed is not None else compose_(base, hydra_section=True),
                              bool({"--multirun", "-m"} & set(flags)),
                              {"hydra.run.dir": run_dir, "hydra.sweep.dir": sweep_dir})
     return None

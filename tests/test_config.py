@@ -138,6 +138,7 @@ def test_optimizer_matches_config():
     (["-m", "hydra/launcher=joblib", "hydra.launcher.n_job=2", "latent_size=2,16"],
      "in override 'hydra.launcher.n_job=2'; did you mean 'hydra.launcher.n_jobs'? keys allowed at 'hydra.launcher': "),
     (["hparams_search=optuna", "hydra.sweeper.n_trial=1"], "did you mean 'hydra.sweeper.n_trials'?"),
+    (["hydra.job_logging.root.levell=DEBUG"], "did you mean 'hydra.job_logging.root.level'?"),  # an open mapping
     (["hydra.job.env_set.OMP_NUM_THREADS=1"], "'hydra.job.env_set' takes new keys with a leading +, as in "
                                               "'+hydra.job.env_set.OMP_NUM_THREADS=1'"),
     (["-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=0", "latent_size=2,16"], "hydra.launcher.n_jobs=0: give"),
@@ -280,6 +281,20 @@ def test_a_sweep_refused_at_its_first_job_leaves_no_sweep_folder(tmp_path):
     assert r.returncode == 2 and r.stderr.strip().splitlines()[-1].startswith("vaelab-train: error: MNIST not found")
     # not a folder holding only multirun.yaml, which compare would list as a sweep of no jobs
     assert [p.name for p in (tmp_path / "outputs" / "multirun" / "default").iterdir()] == ["an-earlier-sweep"]
+    # a folder the user named: the sweep's goes, the (empty) folder around it stays
+    (tmp_path / "mine").mkdir()
+    r = subprocess.run([sys.executable, "-m", "vaelab.train", "-m", f"data.root={tmp_path / 'nowhere'}",
+                        "data.download=false", "latent_size=2,4", f"hydra.sweep.dir={tmp_path / 'mine' / 's1'}"],
+                       cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and (tmp_path / "mine").is_dir() and not (tmp_path / "mine" / "s1").exists()
+
+
+def test_a_refused_single_run_does_not_resolve_the_sweep_folder(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "vaelab.train", f"data.root={tmp_path / 'nowhere'}",
+                        "data.download=false", "hydra.sweep.dir=${oc.env:VAELAB_UNSET_VARIABLE}/s"],
+                       cwd=tmp_path, capture_output=True, text=True, timeout=120, env={
+                           k: v for k, v in os.environ.items() if k != "VAELAB_UNSET_VARIABLE"})
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr[-2000:]
 
 
 def test_mnist_given_as_gz_files_only_is_read(tmp_path, tiny_mnist):

@@ -91,9 +91,10 @@ def test_a_default_run_on_cuda_finishes_with_its_eval_and_pictures(tiny_mnist, t
     assert list((tmp_path / "samples").glob("*.png"))
 
 
-def test_reduce_overhead_compile_and_the_whole_step_graph_are_refused_together():
-    cfg = compose_cfg(["device=cuda", "trainer.compile=true", "trainer.compile_mode=reduce-overhead"])
-    with pytest.raises(ConfigError, match=r"^trainer.compile_mode=reduce-overhead: .*trainer.cuda_graph=false$"):
+@pytest.mark.parametrize("mode", ["reduce-overhead", "max-autotune"])
+def test_compile_modes_that_record_cuda_graphs_and_the_whole_step_graph_are_refused_together(mode):
+    cfg = compose_cfg(["device=cuda", "trainer.compile=true", f"trainer.compile_mode={mode}"])
+    with pytest.raises(ConfigError, match=rf"^trainer.compile_mode={mode}: .*trainer.cuda_graph=false$"):
         validate(cfg)
-    validate(compose_cfg(["device=cuda", "trainer.compile=true", "trainer.compile_mode=reduce-overhead",
+    validate(compose_cfg(["device=cuda", "trainer.compile=true", f"trainer.compile_mode={mode}",
                           "trainer.cuda_graph=false"]))

@@ -189,7 +189,7 @@ def test_plain_hydra_rerun_uses_the_saved_config_and_the_usual_folders(tmp_path)
     assert saved_config_argv(["--config-dir", str(tmp_path), "x=1"]) == ["--config-dir", str(tmp_path), "x=1"]
 
 
-def test_a_rerun_of_a_saved_config_gets_the_same_pre_flight(tmp_path):
+def test_a_rerun_of_a_saved_config_gets_the_same_pre_flight(tmp_path, monkeypatch):
     """`vaelab-train -cd RUN/.hydra -cn config BAD` used to skip the pre-flight: Hydra's
     multi-line error, or a traceback once the run had started."""
     from omegaconf import OmegaConf
@@ -208,6 +208,18 @@ def test_a_rerun_of_a_saved_config_gets_the_same_pre_flight(tmp_path):
     # Hydra's other meanings of these flags stay Hydra's to check
     assert precheck(["--config-dir", str(tmp_path), "latent_sizee=3"]) is None  # extra groups
     assert precheck(["-cn", "other", "latent_sizee=3"]) is None
+    # the folders saved_config_argv passes on are conf/config.yaml's, not words of the user's
+    monkeypatch.chdir("/proc")
+    assert precheck(saved_config_argv(rerun)).startswith("cannot make the run folder outputs/runs/seed/")
+    monkeypatch.chdir(tmp_path)
+    # a run saved before a key existed: Hydra needs '+' to add it, and the message says so
+    old = OmegaConf.load(tmp_path / ".hydra" / "config.yaml")
+    del old.trainer["cuda_graph"]
+    OmegaConf.save(old, tmp_path / ".hydra" / "config.yaml")
+    assert precheck(saved_config_argv([*rerun, "trainer.cuda_graph=true"])) == (
+        "'trainer.cuda_graph' is not in this config (it was saved before vaelab had that key); add it with a "
+        "leading +: '+trainer.cuda_graph=true'")
+    assert precheck(saved_config_argv([*rerun, "+trainer.cuda_graph=true"])) is None
 
 
 # --- interrupt, then resume ------------------------------------------------------------------

@@ -85,10 +85,13 @@ def _explain(exc: Exception, override: str, composed: DictConfig | None = None) 
         schema = composed if composed is not None and full_key.startswith("hydra.") else OmegaConf.structured(Config)
         node = OmegaConf.select(schema, parent) if parent else schema
         known = _keys_of(node)
-        if isinstance(node, DictConfig) and OmegaConf.get_type(node) is dict:  # e.g. hydra.job.env_set
+        if leaf in known:  # in the schema, not in the config composed: a saved run's, older than the key
+            return (f"'{full_key}' is not in this config (it was saved before vaelab had that key); add it "
+                    f"with a leading +: '+{override.lstrip('+~')}'")
+        close = difflib.get_close_matches(leaf, known, n=1)
+        if not close and isinstance(node, DictConfig) and OmegaConf.get_type(node) is dict:  # hydra.job.env_set
             return (f"unknown key '{full_key}' in override '{override}': '{parent}' takes new keys with a "
                     f"leading +, as in '+{override.lstrip('+~')}'")
-        close = difflib.get_close_matches(leaf, known, n=1)
         hint = f" did you mean '{(parent + '.') if parent else ''}{close[0]}'?" if close else ""
         where = f"'{parent}'" if parent else "the top level"
         return f"unknown key '{full_key}' in override '{override}';{hint} keys allowed at {where}: {', '.join(known)}"
@@ -286,7 +289,15 @@ def _folder_error(composed: DictConfig, multirun_flag: bool, given: dict) -> str
     if err is None:
         return None
     what = "sweep" if key == "hydra.sweep.dir" else "run"
-    return f"{key}={given[key]}: {err}" if given.get(key) else f"cannot make the {what} folder {folder}: {err}"
+    # (a re-run of a saved config gets conf/config.yaml's folders as overrides: not the user's words)
+    typed_by_user = given.get(key) and given[key] != _default_folders().get(key)
+    return f"{key}={given[key]}: {err}" if typed_by_user else f"cannot make the {what} folder {folder}: {err}"
+
+
+@functools.cache
+def _default_folders() -> dict[str, str]:
+    h = OmegaConf.to_container(OmegaConf.load(CONF_DIR / "config.yaml").hydra, resolve=False)
+    return {"hydra.run.dir": h["run"]["dir"], "hydra.sweep.dir": h["sweep"]["dir"]}
 
 
 # Hydra plugins behind our launcher/sweeper choices, and the extra that installs each.

@@ -124,8 +124,9 @@ class TrainerConfig:
     deterministic: bool = False  # torch.use_deterministic_algorithms
     flush_denormal: bool = True  # CPU: treat subnormal floats as zero (see train.py)
     compile: bool = False  # torch.compile the model
-    # torch.compile mode; "reduce-overhead" records CUDA graphs of the model alone, so on CUDA
-    # it needs cuda_graph=false (which graphs the whole step). On the 2-core CPU compile did not pay.
+    # torch.compile mode; "reduce-overhead" and "max-autotune" record CUDA graphs of the model
+    # alone, so on CUDA they need cuda_graph=false (which graphs the whole step). On the 2-core
+    # CPU compile did not pay.
     compile_mode: str = "default"
     amp: Amp = Amp.off  # bf16 autocast changes the numbers, so it is opt-in
     # On a CUDA device, replay each full-size training step as one CUDA graph (train.py's
@@ -222,9 +223,11 @@ def validate(cfg: DictConfig) -> None:
            "allowed: relu, tanh, gelu, elu")
     _check(bool(_DEVICE_RE.match(cfg.device)), "device", cfg.device, "allowed: auto, cpu, cuda, cuda:N, mps")
     device = resolve_device(cfg.device)  # raises ConfigError when the accelerator is absent
-    _check(not (device.type == "cuda" and t.cuda_graph and t.compile and t.compile_mode == "reduce-overhead"),
-           "trainer.compile_mode", t.compile_mode, "reduce-overhead records CUDA graphs itself, and "
-           "trainer.cuda_graph=true (the default) already replays the whole step as one: use "
+    # reduce-overhead and max-autotune both record inductor's own CUDA graphs (triton.cudagraphs),
+    # which cannot nest inside the capture of the whole step.
+    _check(not (device.type == "cuda" and t.cuda_graph and t.compile and t.compile_mode != "default"),
+           "trainer.compile_mode", t.compile_mode, f"{t.compile_mode} records CUDA graphs of the model itself, "
+           "and trainer.cuda_graph=true (the default) already replays the whole step as one: use "
            "trainer.compile_mode=default, or trainer.cuda_graph=false")
 
 

@@ -138,8 +138,10 @@ class CudaGraphStep:
 
     At the seed's batch of 64 a step is ~70 kernels of a few microseconds each: launched one
     by one from Python, the GPU mostly waits for the CPU. Captured once and replayed, the
-    whole step (gather, forward, loss, backward, Adam, the loss sums) is one launch. It is the
-    same arithmetic, so it is not opt-in like bf16.
+    whole step (gather, forward, loss, backward, Adam, the loss sums) is one launch. With fused
+    Adam (the default) it is the same arithmetic, so it is not opt-in like bf16; foreach and
+    forloop Adam, made capturable, work out their bias corrections in float32 on the device
+    instead of float64 on the host, a difference of float rounding.
 
     A graph replays fixed shapes at fixed addresses, so the batch's indices go through a
     fixed buffer and beta through a fixed 0-dim tensor, and a short last batch runs eagerly.
@@ -513,7 +515,11 @@ def _train(cfg: DictConfig, run_dir: Path, data: MNISTData | None) -> dict:
     return metrics
 
 
-def _rmdir_if_empty(folder: Path) -> None:
+def _remove_name_folder_if_empty(folder: Path, cwd: str) -> None:
+    """outputs/runs/<name>/ or outputs/multirun/<name>/, made for a run that never started, goes
+    when empty; the parent of a folder the user named (hydra.run.dir=mine/r1) stays."""
+    if folder.parent not in (Path(cwd, "outputs", "runs"), Path(cwd, "outputs", "multirun")):
+        return
     try:
         folder.rmdir()
     except OSError:  # not empty (or gone): leave it
@@ -565,13 +571,13 @@ def hydra_main(cfg: DictConfig) -> float:
         hc = HydraConfig.get()
         if {p.name for p in run_dir.iterdir()} <= {".hydra", "train.log"}:
             shutil.rmtree(run_dir, ignore_errors=True)
-            _rmdir_if_empty(run_dir.parent)  # outputs/runs/<name>/, made for this run only
-            sweep = Path(hc.runtime.cwd, hc.sweep.dir)
+            _remove_name_folder_if_empty(run_dir.parent, hc.runtime.cwd)
             # A sweep whose first job is refused stops there: its folder would hold only Hydra's
             # multirun.yaml and list in `vaelab compare` as a sweep of no jobs.
-            if hc.mode.name == "MULTIRUN" and sweep.is_dir() and {p.name for p in sweep.iterdir()} == {"multirun.yaml"}:
+            sweep = Path(hc.runtime.cwd, hc.sweep.dir) if hc.mode.name == "MULTIRUN" else None
+            if sweep is not None and sweep.is_dir() and {p.name for p in sweep.iterdir()} == {"multirun.yaml"}:
                 shutil.rmtree(sweep, ignore_errors=True)
-                _rmdir_if_empty(sweep.parent)  # outputs/multirun/<name>/
+                _remove_name_folder_if_empty(sweep.parent, hc.runtime.cwd)
         sys.exit(2)
     except SaveFailed as e:
         print(f"vaelab-train: error: {e}", file=sys.stderr)

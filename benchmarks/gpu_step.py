@@ -87,6 +87,13 @@ def main() -> None:
     p.add_argument("--compile", action="store_true",
                    help="also with torch.compile of the model, and of the model and loss together")
     a = p.parse_args()
+    try:
+        sizes = [int(b) for b in a.batch_sizes.split(",")]
+    except ValueError:
+        sizes = []
+    if a.steps < 1 or not sizes or not all(1 <= b <= N for b in sizes):
+        p.error(f"--steps {a.steps} --batch-sizes {a.batch_sizes}: steps >= 1, and batch sizes a comma-separated "
+                f"list of integers in [1, {N}]")
     if not torch.cuda.is_available():
         p.error("needs a CUDA device")
     print(f"{torch.cuda.get_device_name(0)}, torch {torch.__version__}, optim.impl={a.impl}")
@@ -119,7 +126,7 @@ def main() -> None:
           f"{sum(e.device_time for e in kernels) / 10:.0f} us of GPU time per step")
     print(prof.key_averages().table(sort_by="device_time_total", row_limit=14))
 
-    for b in (int(s) for s in a.batch_sizes.split(",")):
+    for b in sizes:
         g, perm, _ = setup(b, True, impl=a.impl)
         us = loop_us(g, perm, b, max(200, a.steps * 64 // b))
         print(f"graph, batch {b:5d}: {us:7.0f} us/step, {b * 1e6 / us:12,.0f} samples/s, "

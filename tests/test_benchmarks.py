@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 SEED_SCRIPT = REPO.parent / "shared" / "reference" / "seed_vae.py"
@@ -133,6 +134,7 @@ def test_floor_bad_record_is_one_line(tmp_path):
     ("scaling.py", ["--data-root", "{tmp}", "--sizes", "huge"], "error: --batch-sizes 64,256,1024,4096 --sizes huge"),
     ("profile_step.py", ["--impl", "bogus"], "error: argument --impl: invalid choice: 'bogus'"),
     ("profile_step.py", ["--batch-size", "60001"], "error: --steps 200 --rows 15 --batch-size 60001"),
+    ("gpu_step.py", ["--batch-sizes", "64,big"], "error: --steps 2000 --batch-sizes 64,big: steps >= 1, and batch"),
 ])
 def test_bad_benchmark_arguments_are_one_line(tmp_path, script, args, start):
     """Each benchmark refuses bad arguments with one line, before any work (and writes nothing)."""
@@ -142,3 +144,10 @@ def test_bad_benchmark_arguments_are_one_line(tmp_path, script, args, start):
     assert p.returncode != 0 and "Traceback" not in p.stderr, p.stderr
     assert fill(start) in p.stderr.strip().splitlines()[-1]
     assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without a GPU")
+def test_gpu_step_without_a_gpu_is_one_line():
+    p = subprocess.run([sys.executable, str(REPO / "benchmarks" / "gpu_step.py")], capture_output=True, text=True,
+                       timeout=120)
+    assert p.returncode == 2 and p.stderr.strip().splitlines()[-1] == "gpu_step.py: error: needs a CUDA device"

@@ -149,6 +149,21 @@ def test_bad_input_is_one_line(args, needle):
     assert "\n" not in err
 
 
+@pytest.mark.parametrize("args,expect", [
+    (["hydra.run.dir="], "hydra.run.dir=: empty; give a folder, e.g. hydra.run.dir=runs/first"),
+    (["hydra.run.dir=null"], "hydra.run.dir=null: empty; give a folder, e.g. hydra.run.dir=runs/first"),
+    (["-m", "hydra.sweep.dir=", "latent_size=2,4"], "hydra.sweep.dir=: empty; give a folder, e.g. "
+                                                    "hydra.sweep.dir=runs/first"),
+    (["hydra.run.dir=${oc.env:VAELAB_UNSET_VARIABLE,''}"], "hydra.run.dir resolves to an empty path; give a folder"),
+])
+def test_an_empty_run_folder_is_refused(args, expect, tmp_path, monkeypatch):
+    """Hydra runs in the current folder then, past the guard for a folder that holds a run: a
+    second run there overwrote the first one's config before it was refused."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("VAELAB_UNSET_VARIABLE", raising=False)
+    assert precheck(args).startswith(expect)
+
+
 def test_a_system_folder_is_refused_without_a_misleading_reason():
     # mkdir in /proc fails with ENOENT, whose "No such file or directory" would say /proc is missing
     assert precheck(["hydra.run.dir=/proc/vaelab-x"]) == "hydra.run.dir=/proc/vaelab-x: cannot make folders in /proc"

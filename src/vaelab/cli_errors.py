@@ -155,8 +155,13 @@ def precheck(argv: list[str]) -> str | None:
     if "name" in {o.key_or_group for o in task if o.is_sweep_override()}:
         return ("override 'name' lists several values: name names the sweep's folder "
                 "(outputs/multirun/<name>/...), give it one value and sweep other keys")
-    sweep_dir = next((str(o.value()) for o in parsed if o.key_or_group == "hydra.sweep.dir"), None)
-    run_dir = next((str(o.value()) for o in parsed if o.key_or_group == "hydra.run.dir"), None)
+    folders = {o.key_or_group: o.value() for o in parsed if o.key_or_group in ("hydra.run.dir", "hydra.sweep.dir")}
+    for key, value in folders.items():
+        # Hydra would run in the current folder, past the guards below (an unset $DIR, typically)
+        if value is None or not str(value).strip():
+            return f"{key}={'null' if value is None else value}: empty; give a folder, e.g. {key}=runs/first"
+    sweep_dir = str(folders["hydra.sweep.dir"]) if "hydra.sweep.dir" in folders else None
+    run_dir = str(folders["hydra.run.dir"]) if "hydra.run.dir" in folders else None
     # As given (also for --config-dir re-runs, which are not composed below); the folders as
     # Hydra resolves them (${oc.env:...}, a sweep that hparams_search starts) are checked at the end.
     if not helps and not ({"--cfg", "-c", "--info", "-i"} & set(flags)):
@@ -283,8 +288,10 @@ def _folder_error(composed: DictConfig, multirun_flag: bool, given: dict) -> str
         folder = OmegaConf.select(composed, key)
     except Exception:  # an interpolation only the running app can resolve: Hydra will say
         return None
-    if not folder:
+    if folder is None:
         return None
+    if not str(folder).strip():  # e.g. ${oc.env:DIR,''}: Hydra would run in the current folder
+        return f"{key} resolves to an empty path; give a folder, e.g. {key}=runs/first"
     err = unwritable(Path(str(folder))) or _taken(Path(str(folder)), sweep=key == "hydra.sweep.dir")
     if err is None:
         return None

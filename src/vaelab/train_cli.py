@@ -18,12 +18,15 @@ from vaelab.cli_errors import add_overrides, precheck, split_args
 from vaelab.config import CONF_DIR, register_configs
 
 
+SWEEP_NAME_KEY = "hydra.job.config.override_dirname.exclude_keys"
+
+
 def sweep_name_override(argv: list[str]) -> list[str]:
     """The override that keeps sweep folder names short: exclude from override_dirname every
     key given one value on the command line (data.root=..., trainer.epochs=2) and the seed
     unless it is swept. It travels inside each job's config, so workers on other machines
     (submitit, Ray) name their folders the same way. Nothing if the user set the list."""
-    key = "hydra.job.config.override_dirname.exclude_keys"
+    key = SWEEP_NAME_KEY
     overrides, _ = split_args(argv)
     try:
         parsed = OverridesParser.create().parse_overrides(overrides)
@@ -52,13 +55,34 @@ def saved_config_argv(argv: list[str]) -> list[str]:
         return argv  # no saved config there: Hydra's own meaning (an extra folder of groups)
     i = next(i for i, a in enumerate(argv) if a.split("=", 1)[0] in ("--config-dir", "-cd"))
     rest = argv[i + 1:] if "=" in argv[i] else argv[i + 2:]
-    given = {o.split("=", 1)[0] for o in overrides}
+    given = {o.split("=", 1)[0].lstrip("+~") for o in overrides}
+    # Every setting of conf/config.yaml's hydra: section (folders, job name, the sweep summary
+    # callback and its exit status, logging), as ++key=value, except the folder-name key that
+    # main() derives from this command line.
     h = OmegaConf.to_container(OmegaConf.load(CONF_DIR / "config.yaml").hydra, resolve=False)
-    keep = {"hydra.searchpath": f"['file://{CONF_DIR}']", "hydra.job.name": h["job"]["name"],
-            "hydra.run.dir": f"'{h['run']['dir']}'", "hydra.sweep.dir": f"'{h['sweep']['dir']}'",
-            "hydra.sweep.subdir": f"'{h['sweep']['subdir']}'"}
+    keep = {"hydra.searchpath": f"['file://{CONF_DIR}']"}
+    keep.update((k, _override_value(v)) for k, v in _leaves(h, "hydra") if k != SWEEP_NAME_KEY)
     return add_overrides(argv[:i] + ["--config-path", os.path.abspath(folder)] + rest,
-                         [f"{k}={v}" for k, v in keep.items() if k not in given])
+                         [f"++{k}={v}" for k, v in keep.items() if k not in given])
+
+
+def _leaves(tree: dict, prefix: str):
+    for k, v in tree.items():
+        if isinstance(v, dict) and v:
+            yield from _leaves(v, f"{prefix}.{k}")
+        else:
+            yield f"{prefix}.{k}", v
+
+
+def _override_value(v) -> str:
+    """A YAML value as Hydra's override grammar reads it back ('quoted' strings keep ${...})."""
+    if isinstance(v, str):
+        return "'" + v.replace("\\", "\\\\").replace("'", "\\'") + "'"
+    if isinstance(v, bool):
+        return str(v).lower()
+    if isinstance(v, list):
+        return "[" + ",".join(_override_value(x) for x in v) + "]"
+    return "null" if v is None else str(v)
 
 
 def main() -> None:

@@ -181,10 +181,13 @@ def test_plain_hydra_rerun_uses_the_saved_config_and_the_usual_folders(tmp_path)
     argv = saved_config_argv(["--config-dir", str(tmp_path / ".hydra"), "--config-name", "config", "seed=3"])
     # The saved folder becomes the primary config path: conf/config.yaml cannot shadow it.
     assert argv[:2] == ["--config-path", str(tmp_path / ".hydra")] and "seed=3" in argv
-    assert "hydra.run.dir='outputs/runs/${name}/${now:%Y-%m-%d_%H-%M-%S}'" in argv
-    assert any(a.startswith("hydra.searchpath=") for a in argv)  # launchers, hparams_search still found
+    assert "++hydra.run.dir='outputs/runs/${name}/${now:%Y-%m-%d_%H-%M-%S}'" in argv
+    assert any(a.startswith("++hydra.searchpath=") for a in argv)  # launchers, hparams_search still found
+    # the rest of conf/config.yaml's hydra: section too: the sweep summary and its exit status
+    assert "++hydra.callbacks.summary._target_='vaelab.compare.SweepSummary'" in argv
+    assert not any("exclude_keys" in a for a in argv)  # main() derives it from the command line
     mine = saved_config_argv(["-cd", str(tmp_path / ".hydra"), "hydra.run.dir=here"])
-    assert "hydra.run.dir=here" in mine and not any(a.startswith("hydra.run.dir='") for a in mine)
+    assert "hydra.run.dir=here" in mine and not any(a.startswith("++hydra.run.dir=") for a in mine)
     # A folder without that config keeps Hydra's meaning (extra config groups).
     assert saved_config_argv(["--config-dir", str(tmp_path), "x=1"]) == ["--config-dir", str(tmp_path), "x=1"]
 
@@ -305,7 +308,7 @@ def test_a_fresh_start_in_a_folder_with_events_drops_the_earlier_curves(tiny_mni
     assert curves(run) == curves(reference)
 
 
-def test_resume_with_more_epochs_continues_and_records_the_override(tiny_mnist, reference, tmp_path):
+def test_resume_with_more_epochs_continues_and_records_the_override(tiny_mnist, reference, tmp_path, capsys):
     run = tmp_path / "run"
     train(compose_cfg([f"data.root={tiny_mnist}", *TINY, "trainer.epochs=1"]), run)  # a finished 1-epoch run
     (run / ".hydra" / "overrides.yaml").write_text("- latent_size=4\n- trainer.epochs=1\n")
@@ -315,7 +318,13 @@ def test_resume_with_more_epochs_continues_and_records_the_override(tiny_mnist, 
     assert_same_run(run, reference)
     before = files_snapshot(run)
     assert vaelab(["resume", run]) == 0  # finished: nothing to do, nothing written
+    assert vaelab(["resume", run, "trainer.epochs=1"]) == 0
     assert files_snapshot(run) == before
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-2].startswith(f"vaelab resume: nothing to do, {run} has trained all 3 epochs of trainer.epochs=3; "
+                              f"to go on: vaelab resume {run} trainer.epochs=6")
+    assert err[-1].startswith(f"vaelab resume: nothing to do, {run} has trained 3 epochs, more than "
+                              f"trainer.epochs=1; to go on:")
     saved = yaml.safe_load((run / ".hydra" / "config.yaml").read_text())
     assert saved["trainer"]["epochs"] == 3 and saved["model"]["latent_size"] == "${latent_size}"
     # The HParams row shows the config the run ended with (one row: its own event file, replaced)
@@ -669,6 +678,14 @@ def test_files_written_atomically_get_the_usual_permissions(tmp_path):
     finally:
         os.umask(umask)
     assert path.stat().st_mode & 0o777 == 0o644  # mkstemp alone gives 0600
+
+
+def test_resume_without_a_run_names_only_what_is_missing(capsys):
+    with pytest.raises(SystemExit) as exc:
+        vaelab_cli(["resume"])
+    assert exc.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == ("vaelab resume: error: the following arguments are "
+                                                               "required: RUN_DIR")
 
 
 def test_resume_of_a_non_run_is_one_line(tmp_path, capsys):

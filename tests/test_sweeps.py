@@ -216,6 +216,15 @@ def test_launcher_configs_compose(launcher, target):
         assert lc.max_num_timeout > 0  # a timed-out job is requeued, then resumes from last.pt
 
 
+def test_slurm_launcher_without_slurm_is_one_line(monkeypatch):
+    """submitit raised 'Could not detect "srun"' in a 25-line traceback, after the sweep folder was made."""
+    from vaelab.cli_errors import precheck
+    monkeypatch.setenv("PATH", "/nonexistent")  # no srun, whatever this machine has
+    assert precheck(["-m", "hydra/launcher=slurm", "latent_size=2,4"]) == (
+        "hydra/launcher=slurm: SLURM's srun is not on PATH here; launch the sweep from a SLURM login node, or run it "
+        "on this machine with hydra/launcher=joblib or submitit_local")
+
+
 def test_ray_launcher_on_a_local_instance(tiny_mnist, tmp_path, monkeypatch):
     """Runs only where hydra-ray-launcher is installed (pip install -e '.[ray]')."""
     pytest.importorskip("hydra_plugins.hydra_ray_launcher")

@@ -13,6 +13,7 @@ import functools
 import os
 import re
 import shlex
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -248,6 +249,10 @@ def precheck(argv: list[str]) -> str | None:
                 except Exception as e3:
                     return _explain_plugin(e3, ov, good)
             return _explain_plugin(e, " ".join(hydra_ovs), good)
+        launcher = str(OmegaConf.select(composed, "hydra.launcher._target_") or "")
+        if launcher.endswith("SlurmLauncher") and shutil.which("srun") is None:  # submitit: a traceback
+            return ("hydra/launcher=slurm: SLURM's srun is not on PATH here; launch the sweep from a SLURM login "
+                    "node, or run it on this machine with hydra/launcher=joblib or submitit_local")
         if OmegaConf.select(composed, "hydra.launcher.n_jobs") == 0:  # joblib: a traceback after the sweep began
             return "hydra.launcher.n_jobs=0: give the number of jobs to run at once (>= 1, or -1 for one per core)"
         if no_m and str(getattr(mode, "name", mode)) != "MULTIRUN":  # hparams_search=optuna sets MULTIRUN

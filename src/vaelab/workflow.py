@@ -234,7 +234,8 @@ def reproduce_command(args) -> int:
 
 def add_resume_arguments(p) -> None:
     p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory holding checkpoints/last.pt")
-    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+    # default=[]: without one, argparse lists KEY=VALUE as required when RUN_DIR is missing
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", default=[],
                    help="values to change for the rest of the run, e.g. trainer.epochs=100")
 
 
@@ -304,8 +305,9 @@ def resume(run_dir: str | Path, overrides: list[str] = ()) -> dict | None:
     check_epochs_to_resume(ck["state"], cfg.trainer.epochs)  # ConfigError, one line, before anything is written
     if done >= cfg.trainer.epochs and not ck["state"].get("pos"):
         # Training again would only log the final numbers a second time.
-        print(f"vaelab resume: nothing to do, {run_dir} has trained {done} of trainer.epochs="
-              f"{cfg.trainer.epochs} epochs; to go on: "
+        trained = (f"all {done} epochs of trainer.epochs={done}" if done == cfg.trainer.epochs
+                   else f"{done} epochs, more than trainer.epochs={cfg.trainer.epochs}")
+        print(f"vaelab resume: nothing to do, {run_dir} has trained {trained}; to go on: "
               f"vaelab resume {shlex.quote(str(run_dir))} trainer.epochs={2 * done}",
               file=sys.stderr)
         return None

@@ -22,7 +22,7 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
 
-from vaelab.config import CONF_DIR, Config, ConfigError, register_configs, typed, validate
+from vaelab.config import CONF_DIR, Config, ConfigError, hydra_section, register_configs, typed, validate
 
 # Hydra's own flags; those in _WITH_VALUE take the next argument as their value.
 _WITH_VALUE = {"--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd", "--cfg", "-c",
@@ -306,10 +306,8 @@ def _folder_error(composed: DictConfig, multirun_flag: bool, given: dict) -> str
     return f"{key}={given[key]}: {err}" if typed_by_user else f"cannot make the {what} folder {folder}: {err}"
 
 
-@functools.cache
 def _default_folders() -> dict[str, str]:
-    h = OmegaConf.to_container(OmegaConf.load(CONF_DIR / "config.yaml").hydra, resolve=False)
-    return {"hydra.run.dir": h["run"]["dir"], "hydra.sweep.dir": h["sweep"]["dir"]}
+    return {"hydra.run.dir": hydra_section()["run"]["dir"], "hydra.sweep.dir": hydra_section()["sweep"]["dir"]}
 
 
 # Hydra plugins behind our launcher/sweeper choices, and the extra that installs each.

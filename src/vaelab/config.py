@@ -10,6 +10,7 @@ device, ...) live in `validate()`, which runs right after composition.
 """
 from __future__ import annotations
 
+import functools
 import math
 import re
 from dataclasses import dataclass, field
@@ -159,6 +160,12 @@ class Config:
     optim: OptimConfig = field(default_factory=OptimConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
+
+
+@functools.cache
+def hydra_section() -> dict:
+    """conf/config.yaml's hydra: section, unresolved (folders with their ${now:...})."""
+    return OmegaConf.to_container(OmegaConf.load(CONF_DIR / "config.yaml").hydra, resolve=False)
 
 
 def register_configs() -> None:

@@ -12,10 +12,9 @@ import sys
 from pathlib import Path
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
-from omegaconf import OmegaConf
 
 from vaelab.cli_errors import add_overrides, precheck, split_args
-from vaelab.config import CONF_DIR, register_configs
+from vaelab.config import CONF_DIR, hydra_section, register_configs
 
 
 SWEEP_NAME_KEY = "hydra.job.config.override_dirname.exclude_keys"
@@ -59,9 +58,8 @@ def saved_config_argv(argv: list[str]) -> list[str]:
     # Every setting of conf/config.yaml's hydra: section (folders, job name, the sweep summary
     # callback and its exit status, logging), as ++key=value, except the folder-name key that
     # main() derives from this command line.
-    h = OmegaConf.to_container(OmegaConf.load(CONF_DIR / "config.yaml").hydra, resolve=False)
     keep = {"hydra.searchpath": f"['file://{CONF_DIR}']"}
-    keep.update((k, _override_value(v)) for k, v in _leaves(h, "hydra") if k != SWEEP_NAME_KEY)
+    keep.update((k, _override_value(v)) for k, v in _leaves(hydra_section(), "hydra") if k != SWEEP_NAME_KEY)
     return add_overrides(argv[:i] + ["--config-path", os.path.abspath(folder)] + rest,
                          [f"++{k}={v}" for k, v in keep.items() if k not in given])
 

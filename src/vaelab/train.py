@@ -136,7 +136,7 @@ def _attach_logs(run_dir: Path) -> list[logging.Handler]:
 class CudaGraphStep:
     """The training step replayed as one CUDA graph (trainer.cuda_graph, on a CUDA device).
 
-    At the seed's batch of 64 a step is ~70 kernels of a few microseconds each: launched one
+    At the seed's batch of 64 a step is ~75 kernels of a few microseconds each: launched one
     by one from Python, the GPU mostly waits for the CPU. Captured once and replayed, the
     whole step (gather, forward, loss, backward, Adam, the loss sums) is one launch. With fused
     Adam (the default) it is the same arithmetic, so it is not opt-in like bf16; foreach and

@@ -288,25 +288,40 @@ def test_missing_data_is_one_line(tmp_path):
     assert not (tmp_path / "outputs" / "runs" / "default").exists()
 
 
-def test_a_sweep_refused_at_its_first_job_leaves_no_sweep_folder(tmp_path):
+def test_missing_data_is_refused_before_any_job_starts(tmp_path):
+    """Checked once in the pre-flight: joblib's jobs each printed the error, submitit_local's
+    ended in a traceback, and jobs allowed to download raced for the same files."""
+    for launcher in ("basic", "joblib"):
+        r = subprocess.run([sys.executable, "-m", "vaelab.train", "-m", f"hydra/launcher={launcher}",
+                            f"data.root={tmp_path / 'nowhere'}", "data.download=false", "latent_size=2,4"],
+                           cwd=tmp_path, capture_output=True, text=True, timeout=120)
+        assert r.returncode == 2 and r.stderr.strip().splitlines() == [
+            f"vaelab-train: error: MNIST not found in {tmp_path / 'nowhere' / 'MNIST' / 'raw'} (download disabled): "
+            "expected the four files train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte, "
+            "t10k-labels-idx1-ubyte (optionally .gz); set data.root=DIR or VAELAB_DATA=DIR to a folder holding "
+            "MNIST/raw/"]
+        assert not (tmp_path / "outputs").exists()
+
+
+def test_a_sweep_refused_at_its_first_job_leaves_no_sweep_folder(tiny_mnist, tmp_path):
+    too_big = [f"data.root={tiny_mnist}", "data.val_size=100000"]  # a DataError of the job, past the pre-flight
     (tmp_path / "outputs" / "multirun" / "default" / "an-earlier-sweep").mkdir(parents=True)
-    r = subprocess.run([sys.executable, "-m", "vaelab.train", "-m", f"data.root={tmp_path / 'nowhere'}",
-                        "data.download=false", "latent_size=2,4"], cwd=tmp_path, capture_output=True, text=True,
-                       timeout=120)
-    assert r.returncode == 2 and r.stderr.strip().splitlines()[-1].startswith("vaelab-train: error: MNIST not found")
+    r = subprocess.run([sys.executable, "-m", "vaelab.train", "-m", *too_big, "latent_size=2,4"], cwd=tmp_path,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and r.stderr.strip().splitlines()[-1].startswith("vaelab-train: error: data.val_size=")
     # not a folder holding only multirun.yaml, which compare would list as a sweep of no jobs
     assert [p.name for p in (tmp_path / "outputs" / "multirun" / "default").iterdir()] == ["an-earlier-sweep"]
     # a folder the user named: the sweep's goes, the (empty) folder around it stays
     (tmp_path / "mine").mkdir()
-    r = subprocess.run([sys.executable, "-m", "vaelab.train", "-m", f"data.root={tmp_path / 'nowhere'}",
-                        "data.download=false", "latent_size=2,4", f"hydra.sweep.dir={tmp_path / 'mine' / 's1'}"],
-                       cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    r = subprocess.run([sys.executable, "-m", "vaelab.train", "-m", *too_big, "latent_size=2,4",
+                        f"hydra.sweep.dir={tmp_path / 'mine' / 's1'}"], cwd=tmp_path, capture_output=True, text=True,
+                       timeout=120)
     assert r.returncode == 2 and (tmp_path / "mine").is_dir() and not (tmp_path / "mine" / "s1").exists()
 
 
-def test_a_refused_single_run_does_not_resolve_the_sweep_folder(tmp_path):
-    r = subprocess.run([sys.executable, "-m", "vaelab.train", f"data.root={tmp_path / 'nowhere'}",
-                        "data.download=false", "hydra.sweep.dir=${oc.env:VAELAB_UNSET_VARIABLE}/s"],
+def test_a_refused_single_run_does_not_resolve_the_sweep_folder(tiny_mnist, tmp_path):
+    r = subprocess.run([sys.executable, "-m", "vaelab.train", f"data.root={tiny_mnist}", "data.val_size=100000",
+                        "hydra.sweep.dir=${oc.env:VAELAB_UNSET_VARIABLE}/s"],
                        cwd=tmp_path, capture_output=True, text=True, timeout=120, env={
                            k: v for k, v in os.environ.items() if k != "VAELAB_UNSET_VARIABLE"})
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr[-2000:]

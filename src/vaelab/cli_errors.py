@@ -137,8 +137,9 @@ def unwritable(folder: Path) -> str | None:
     return None
 
 
-def precheck(argv: list[str]) -> str | None:
-    """None if the command line composes and validates; else one line saying what is wrong."""
+def precheck(argv: list[str], fetch_data: bool = False) -> str | None:
+    """None if the command line composes and validates; else one line saying what is wrong.
+    fetch_data: also make sure each job's MNIST is there (downloading it once if allowed)."""
     overrides, flags = split_args(argv)
     parser = OverridesParser.create()
     try:
@@ -209,6 +210,7 @@ def precheck(argv: list[str]) -> str | None:
             base.append(o.input_line)
     candidates = [base] + [base[:i] + [v] + base[i + 1:] for i, values in variants for v in values[1:]]
     names: dict[str, str] = {}  # name -> the overrides that give it
+    data_roots: dict[str, bool] = {}  # data.root -> whether a job may download there
     for ovs in candidates:
         try:
             cfg = compose_(ovs)
@@ -225,6 +227,7 @@ def precheck(argv: list[str]) -> str | None:
         except ConfigError as e:
             return str(e)
         names.setdefault(cfg.name, " ".join(ovs))
+        data_roots[str(cfg.data.root)] = data_roots.get(str(cfg.data.root), False) or bool(cfg.data.download)
     if len(names) > 1 and ({"--multirun", "-m"} & set(flags) or optuna):  # -m experiment=seed,iwae_paper_vae
         return (f"the jobs of this sweep would have different names ({', '.join(names)}), and name names the "
                 f"sweep's folder (outputs/multirun/<name>/...); give one, e.g. name=compare")
@@ -232,7 +235,7 @@ def precheck(argv: list[str]) -> str | None:
     # when they are chosen, and whether a sweep given without -m is one the config runs anyway.
     hydra_ovs = [o.input_line for o in parsed if o.is_hydra_override() and not o.is_sweep_override()]
     no_m = swept and not {"--multirun", "-m"} & set(flags)
-    composed = None
+    composed, launcher = None, ""
     if hydra_ovs or no_m or any(o.key_or_group == "hparams_search" for o in task):
         try:
             composed = compose_(base + hydra_ovs, hydra_section=True)
@@ -260,9 +263,20 @@ def precheck(argv: list[str]) -> str | None:
                 return f"override '{swept[0]}' lists several values: --cfg shows one job, give one value per key"
             return f"override '{swept[0]}' lists several values: add -m (--multirun) to run one job per value"
     if not {"--cfg", "-c"} & set(flags):  # Hydra makes the run's folder first, and fails there with a traceback
-        return _folder_error(composed if composed is not None else compose_(base, hydra_section=True),
-                             bool({"--multirun", "-m"} & set(flags)),
-                             {"hydra.run.dir": run_dir, "hydra.sweep.dir": sweep_dir})
+        err = _folder_error(composed if composed is not None else compose_(base, hydra_section=True),
+                            bool({"--multirun", "-m"} & set(flags)),
+                            {"hydra.run.dir": run_dir, "hydra.sweep.dir": sweep_dir})
+        if err or not fetch_data or launcher.endswith("SlurmLauncher"):  # SLURM's nodes may see other paths
+            return err
+        # The data once, here, before any job: a sweep's jobs would each fail on missing data
+        # (submitit with a traceback) or download the same files into one folder at once.
+        from vaelab.data import DataError, fetch_mnist
+
+        for root, download in data_roots.items():
+            try:
+                fetch_mnist(root, download)
+            except DataError as e:
+                return str(e)
     return None
 
 

@@ -80,13 +80,18 @@ def _unpack(raw: Path) -> None:
         log.info("unpacked %s (torchvision reads the unpacked file)", src)
 
 
-def load_mnist_arrays(root: str | Path, download: bool = True, how: str = "set data.root=DIR or VAELAB_DATA=DIR"):
-    """((60000, 28, 28) uint8, (60000,) int64, (10000, 28, 28) uint8, (10000,) int64) via torchvision.
-    `how`: what the error message tells the user to do to point at the data."""
+HOW = "set data.root=DIR or VAELAB_DATA=DIR"
+
+
+def fetch_mnist(root: str | Path, download: bool = True, how: str = HOW) -> None:
+    """Make sure MNIST's four files are under root/MNIST/raw, downloading them if allowed;
+    else a DataError. `how`: what the message tells the user to do to point at the data."""
+    root = Path(root).expanduser()
+    if _have_files(root):
+        return
     from torchvision.datasets import MNIST
 
-    root = Path(root).expanduser()
-    if not _have_files(root) and download:
+    if download:
         chain = [_raw_dir(root), *_raw_dir(root).parents]
         first_new = next((p for p in chain if not p.exists() and p.parent.exists()), None)  # torchvision may make it
         try:
@@ -101,6 +106,14 @@ def load_mnist_arrays(root: str | Path, download: bool = True, how: str = "set d
             f"MNIST not found in {_raw_dir(root).resolve()} (download {'failed' if download else 'disabled'}): "
             f"expected the four files {', '.join(MNIST_FILES)} (optionally .gz); "
             f"{how} to a folder holding MNIST/raw/")
+
+
+def load_mnist_arrays(root: str | Path, download: bool = True, how: str = HOW):
+    """((60000, 28, 28) uint8, (60000,) int64, (10000, 28, 28) uint8, (10000,) int64) via torchvision."""
+    from torchvision.datasets import MNIST
+
+    fetch_mnist(root, download, how)
+    root = Path(root).expanduser()
     _unpack(_raw_dir(root))
     try:
         tr = MNIST(str(root), train=True, download=False)

@@ -87,7 +87,7 @@ def main() -> None:
     """Console script `vaelab-train`: check the overrides, then hand over to Hydra."""
     register_configs()
     argv = sys.argv[1:] = saved_config_argv(sys.argv[1:])
-    err = precheck(argv)
+    err = precheck(argv, fetch_data=True)
     if err:
         print(f"vaelab-train: error: {err}", file=sys.stderr)
         sys.exit(2)

@@ -138,6 +138,8 @@ def test_optimizer_matches_config():
     (["-m", "hydra/launcher=joblib", "hydra.launcher.n_job=2", "latent_size=2,16"],
      "in override 'hydra.launcher.n_job=2'; did you mean 'hydra.launcher.n_jobs'? keys allowed at 'hydra.launcher': "),
     (["hparams_search=optuna", "hydra.sweeper.n_trial=1"], "did you mean 'hydra.sweeper.n_trials'?"),
+    (["hydra.job_logging.root.level=debug"], "hydra.job_logging.root.level=debug: not a logging level; allowed: "
+                                             "NOTSET, DEBUG, INFO"),  # logging.config's traceback at the job's start
     (["hydra.job_logging.root.levell=DEBUG"], "did you mean 'hydra.job_logging.root.level'?"),  # an open mapping
     (["hydra.job.env_set.OMP_NUM_THREADS=1"], "'hydra.job.env_set' takes new keys with a leading +, as in "
                                               "'+hydra.job.env_set.OMP_NUM_THREADS=1'"),

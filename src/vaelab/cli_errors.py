@@ -256,6 +256,9 @@ def precheck(argv: list[str], fetch_data: bool = False) -> str | None:
         if launcher.endswith("SlurmLauncher") and shutil.which("srun") is None:  # submitit: a traceback
             return ("hydra/launcher=slurm: SLURM's srun is not on PATH here; launch the sweep from a SLURM login "
                     "node, or run it on this machine with hydra/launcher=joblib or submitit_local")
+        bad_level = _bad_log_level(composed)
+        if bad_level:
+            return bad_level
         if OmegaConf.select(composed, "hydra.launcher.n_jobs") == 0:  # joblib: a traceback after the sweep began
             return "hydra.launcher.n_jobs=0: give the number of jobs to run at once (>= 1, or -1 for one per core)"
         if no_m and str(getattr(mode, "name", mode)) != "MULTIRUN":  # hparams_search=optuna sets MULTIRUN
@@ -277,6 +280,27 @@ def precheck(argv: list[str], fetch_data: bool = False) -> str | None:
                 fetch_mnist(root, download)
             except DataError as e:
                 return str(e)
+    return None
+
+
+_LOG_LEVELS = ("NOTSET", "DEBUG", "INFO", "WARNING", "WARN", "ERROR", "CRITICAL", "FATAL")
+
+
+def _bad_log_level(composed: DictConfig) -> str | None:
+    """A level in Hydra's logging sections that logging.config would reject with a traceback
+    once the job starts (hydra.job_logging.root.level=debug: the names are upper case)."""
+    def levels(tree, key):
+        for k, v in tree.items():
+            if isinstance(v, dict):
+                yield from levels(v, f"{key}.{k}")
+            elif k == "level":
+                yield f"{key}.{k}", v
+
+    for section in ("job_logging", "hydra_logging"):
+        tree = OmegaConf.to_container(composed.hydra[section], resolve=False) if section in composed.hydra else {}
+        for key, value in levels(tree or {}, f"hydra.{section}"):
+            if not (isinstance(value, int) or value in _LOG_LEVELS or str(value).startswith("${")):
+                return f"{key}={value}: not a logging level; allowed: {', '.join(_LOG_LEVELS)}"
     return None
 
 

@@ -443,9 +443,11 @@ def _train(cfg: DictConfig, run_dir: Path, data: MNISTData | None) -> dict:
                 if stop.signum is not None:
                     break
             bar.close()
+            # (a copy to the host waits for the steps still queued on a GPU: up to log_every of
+            # them would otherwise fall outside the epoch's time)
+            st["epoch_acc"], st["log_acc"] = epoch_acc.to("cpu", copy=True), log_acc.to("cpu", copy=True)
             dt = time.perf_counter() - t0
             st["train_seconds"] += dt
-            st["epoch_acc"], st["log_acc"] = epoch_acc.to("cpu", copy=True), log_acc.to("cpu", copy=True)
             if stop.signum is not None and st["pos"] < n_train:
                 save(last_path)
                 writer.close()

@@ -38,6 +38,7 @@ from vaelab.config import CONF_DIR, ConfigError, resolve_device, to_plain, typed
 from vaelab.data import DataError, MNISTData, load_data, to_float
 from vaelab.evaluate import elbo_stats, quiet
 from vaelab.logger import RunLogger, image_grid
+from vaelab.optim import FlatAdam
 from vaelab.losses import beta_at, vae_loss
 from vaelab.models import VAE
 from vaelab.workflow import pin_environment
@@ -65,10 +66,15 @@ def build_model(cfg: DictConfig, input_dim: int = 784, image_shape=(1, 28, 28)) 
 
 
 def build_optimizer(cfg: DictConfig, model: torch.nn.Module, capturable: bool = False) -> torch.optim.Optimizer:
-    """Adam from cfg.optim. capturable: its step count lives on the device, so that a CUDA
-    graph can hold the whole update (trainer.cuda_graph); the same rule."""
+    """Adam from cfg.optim. capturable: for a step that is a CUDA graph (trainer.cuda_graph):
+    the step count lives on the device, so that the graph can hold the whole update; the same
+    rule. optim.impl=auto is flat Adam there and fused Adam otherwise (config.OptimConfig)."""
     o = cfg.optim
     impl = o.impl
+    if impl == "auto":
+        impl = "flat" if capturable else "fused"
+    if impl == "flat":  # the model's parameters become views into one tensor
+        return FlatAdam(model.parameters(), lr=o.lr, betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay)
     if impl == "fused" and next(model.parameters()).device.type not in ("cpu", "cuda"):
         impl = "foreach"  # no fused Adam kernel there
     return torch.optim.Adam(model.parameters(), lr=o.lr, betas=tuple(o.betas), eps=o.eps,

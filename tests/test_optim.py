@@ -1,0 +1,130 @@
+"""optim.impl=flat (vaelab.optim.FlatAdam): Adam's rule, torch's checkpoints, vaelab's runs."""
+from __future__ import annotations
+
+import copy
+import os
+import signal
+
+import pytest
+import torch
+
+import vaelab.train as train_mod
+from vaelab import checkpoint as ckpt_io
+from vaelab.optim import FlatAdam
+from vaelab.train import Interrupted, build_model, build_optimizer, train
+
+from tests.conftest import compose_cfg
+from tests.test_workflow import TINY, assert_same_run, vaelab
+
+
+def net() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(7, 5), torch.nn.Tanh(), torch.nn.Linear(5, 3))
+
+
+def train_steps(model, opt, n: int, seed: int = 1) -> None:
+    g = torch.Generator().manual_seed(seed)
+    for _ in range(n):
+        x = torch.randn(16, 7, generator=g)
+        opt.zero_grad(set_to_none=True)
+        model(x).pow(2).mean().backward()
+        opt.step()
+
+
+@pytest.mark.parametrize("wd", [0.0, 0.1])
+def test_flat_adam_follows_torch_adam(wd):
+    a, b = net(), net()
+    ta = torch.optim.Adam(a.parameters(), lr=1e-2, betas=(0.8, 0.95), eps=1e-6, weight_decay=wd, foreach=False)
+    fb = FlatAdam(b.parameters(), lr=1e-2, betas=(0.8, 0.95), eps=1e-6, weight_decay=wd)
+    train_steps(a, ta, 30)
+    train_steps(b, fb, 30)
+    for p0, pa, pb in zip(net().parameters(), a.parameters(), b.parameters()):
+        assert (pa - p0).abs().max() > 0.05  # 30 steps of lr 1e-2 moved every tensor
+        torch.testing.assert_close(pb, pa, rtol=1e-5, atol=1e-6)
+    # the parameters are views into the one flat tensor that the update writes
+    assert all(p.untyped_storage().data_ptr() == fb.flat.untyped_storage().data_ptr() for p in b.parameters())
+
+
+@pytest.mark.parametrize("direction", ["flat-to-fused", "fused-to-flat"])
+def test_checkpoints_move_between_flat_and_torch_adam(direction):
+    """A run saved with one optim.impl resumes with the other and continues as one that never switched."""
+    kw = dict(lr=1e-2, betas=(0.9, 0.999))
+    new = {"flat": lambda m: FlatAdam(m.parameters(), **kw),
+           "fused": lambda m: torch.optim.Adam(m.parameters(), fused=True, **kw)}
+    first, then = direction.split("-to-")
+    a = net()
+    oa = new[first](a)
+    train_steps(a, oa, 5)
+    saved_model, saved_opt = copy.deepcopy(a.state_dict()), copy.deepcopy(oa.state_dict())
+    assert all(s["step"].item() == 5 for s in saved_opt["state"].values())
+    train_steps(a, oa, 5, seed=2)  # the run that never switched
+
+    b = net()
+    b.load_state_dict(saved_model)
+    ob = new[then](b)
+    ob.load_state_dict(saved_opt)
+    train_steps(b, ob, 5, seed=2)
+    for pa, pb in zip(a.parameters(), b.parameters()):
+        torch.testing.assert_close(pb, pa, rtol=1e-5, atol=1e-6)
+    assert all(s["step"].item() == 10 for s in ob.state_dict()["state"].values())
+
+
+def test_flat_adam_loads_a_state_from_before_any_step():
+    a = net()
+    empty = torch.optim.Adam(a.parameters()).state_dict()
+    b = net()
+    fb = FlatAdam(b.parameters())
+    train_steps(b, fb, 2)
+    fb.load_state_dict(empty)  # back to the start: no moments, step 0
+    assert fb.steps.item() == 0 and not fb.exp_avg.any() and not fb.exp_avg_sq.any()
+    fa = torch.optim.Adam(a.parameters(), foreach=False)
+    b.load_state_dict(a.state_dict())
+    train_steps(a, fa, 3)
+    train_steps(b, fb, 3)
+    for pa, pb in zip(a.parameters(), b.parameters()):
+        torch.testing.assert_close(pb, pa, rtol=1e-5, atol=1e-6)
+
+
+def test_flat_adam_names_the_parameters_without_a_gradient():
+    m = net()
+    opt = FlatAdam(m.parameters())
+    m[0](torch.randn(2, 7)).sum().backward()  # the second layer takes no part
+    with pytest.raises(RuntimeError, match=r"optim.impl=flat: parameters \[2, 3\] got no gradient.*optim.impl=fused"):
+        opt.step()
+
+
+def test_a_flat_run_interrupted_then_resumed_is_bit_identical(tiny_mnist, tmp_path, monkeypatch, capsys):
+    cfg = [f"data.root={tiny_mnist}", *TINY, "optim.impl=flat"]
+    straight = tmp_path / "straight"
+    train(compose_cfg(cfg), straight)
+    real_beta_at = train_mod.beta_at
+
+    def beta_at(step, *args):
+        if step == 8:  # in epoch 2
+            os.kill(os.getpid(), signal.SIGINT)
+        return real_beta_at(step, *args)
+
+    monkeypatch.setattr(train_mod, "beta_at", beta_at)
+    run = tmp_path / "run"
+    with pytest.raises(Interrupted):
+        train(compose_cfg(cfg), run)
+    monkeypatch.setattr(train_mod, "beta_at", real_beta_at)
+    assert vaelab(["resume", run]) == 0
+    assert_same_run(run, straight)
+
+
+def test_a_fused_run_carries_on_with_flat_adam(tiny_mnist, tmp_path):
+    run = tmp_path / "run"
+    train(compose_cfg([f"data.root={tiny_mnist}", *TINY, "trainer.epochs=1"]), run)
+    assert vaelab(["resume", run, "trainer.epochs=2", "optim.impl=flat"]) == 0
+    ck = ckpt_io.load(run / "checkpoints" / "last.pt")
+    assert ck["config"]["optim"]["impl"] == "flat"
+    assert {s["step"].item() for s in ck["optimizer"]["state"].values()} == {ck["state"]["step"]} == {12}
+
+
+def test_auto_is_flat_adam_for_a_graphed_step_and_fused_adam_otherwise():
+    cfg = compose_cfg([])
+    assert cfg.optim.impl == "auto"
+    assert type(build_optimizer(cfg, build_model(cfg), capturable=True)) is FlatAdam
+    opt = build_optimizer(cfg, build_model(cfg))  # the eager step: one fused kernel beats FlatAdam's launches
+    assert type(opt) is torch.optim.Adam and opt.defaults["fused"]

@@ -13,6 +13,7 @@ quartiles of the per-round ratio of their times (paired, so a busy minute cancel
   aten           model.linear=aten: the products on MKL through F.linear (the default before)
   keepgrad       zero_grad(set_to_none=False)
   inbwd          a fused Adam per parameter, stepped from register_post_accumulate_grad_hook
+  flat           optim.impl=flat: Adam over one flat tensor (vaelab.optim.FlatAdam)
   compile_all    torch.compile of model + loss (forward and backward)
   compile_model  torch.compile of the model only
   fusedloss      reparameterisation + KL and sigmoid + MSE as two autograd.Functions with
@@ -33,8 +34,9 @@ from vaelab.data import DataError, load_data, to_float
 from vaelab.losses import vae_loss
 from vaelab.models.linear import Linear
 from vaelab.models.mlp import MLPVAE
+from vaelab.optim import FlatAdam
 
-VARIANTS = ("base", "aten", "keepgrad", "inbwd", "compile_all", "compile_model", "fusedloss")
+VARIANTS = ("base", "aten", "keepgrad", "inbwd", "flat", "compile_all", "compile_model", "fusedloss")
 
 
 class ReparamKL(torch.autograd.Function):
@@ -116,6 +118,8 @@ def make_step(variant: str, init: MLPVAE):
 
         for p in model.parameters():
             p.register_post_accumulate_grad_hook(hook)
+    elif variant == "flat":
+        opt = FlatAdam(model.parameters(), lr=1e-3)
     else:
         opt = torch.optim.Adam(model.parameters(), lr=1e-3, fused=True)
     net = torch.compile(model) if variant == "compile_model" else model

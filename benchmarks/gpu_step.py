@@ -1,16 +1,22 @@
 """Where a training step's time goes on a GPU: the seed model's step, eager and as a CUDA graph.
 
-    python benchmarks/gpu_step.py [--steps 2000] [--batch-sizes 64,256,1024,4096] [--impl fused] [--compile]
+    python benchmarks/gpu_step.py [--steps 2000] [--batch-sizes 64,256,1024,4096] [--impl auto] [--compile]
+                                  [--tf32] [--adam-only]
 
 Builds the model, optimizer and step as vaelab-train experiment=seed does (through the composed
 config; the step is train.py's, with its CudaGraphStep), on random uint8 images shaped like
-MNIST, and prints microseconds per step for:
+MNIST, and prints first where a fresh process's first steps spend their time (the CUDA
+start-up that lands in epoch 1), then microseconds per step for:
   eager      the loop as vaelab-train runs it with trainer.cuda_graph=false
   graph      the same loop with trainer.cuda_graph=true (slice, copy into the graph's buffer, replay)
   replay     graph.replay() alone, back to back: the GPU's own time for one step
-then the CUDA kernels of one eager step (count, and the costliest by GPU time), and the graph's
+then the CUDA kernels of one step, eager and inside the graph's replay (count, and the costliest
+by GPU time), and the graph's
 time per step and samples/s at larger batches. --compile adds the first three with torch.compile
-of the model, and of the model and loss as one region.
+of the model, and of the model and loss as one region. --tf32 lets float32 matmuls use TF32
+tensor cores (not a vaelab setting: it changes the numbers). --adam-only times the optimizer
+update alone, as a graph: torch's fused Adam, optim.impl=flat, and fused Adam over the flat
+tensor cut into pieces (more, smaller blocks).
 """
 from __future__ import annotations
 
@@ -24,12 +30,13 @@ from torch.profiler import ProfilerActivity, profile
 from vaelab.config import CONF_DIR, register_configs, typed
 from vaelab.data import to_float
 from vaelab.losses import vae_loss
+from vaelab.optim import FlatAdam
 from vaelab.train import CudaGraphStep, build_model, build_optimizer
 
 N = 60000
 
 
-def setup(batch: int, graphed: bool, compiled: str = "", impl: str = "fused"):
+def setup(batch: int, graphed: bool, compiled: str = "", impl: str = "auto"):
     register_configs()
     with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
         cfg = typed(compose("config", overrides=["experiment=seed", f"trainer.batch_size={batch}",
@@ -79,11 +86,82 @@ def loop_us(run, perm, batch: int, steps: int) -> float:
     return (time.perf_counter() - t0) / steps * 1e6
 
 
+def first_use(impl: str) -> None:
+    """Seconds of each first-time cost, in the order a fresh vaelab-train process meets them."""
+    def timed(what, fn):
+        t0 = time.perf_counter()
+        out = fn()
+        torch.cuda.synchronize()
+        print(f"  first use: {what:44s} {1e3 * (time.perf_counter() - t0):8.1f} ms")
+        return out
+
+    dev = torch.device("cuda")
+    timed("CUDA context (a tensor on the device)", lambda: torch.zeros(1, device=dev))
+    a = timed("60k x 784 uint8 images to the device", lambda: torch.randint(0, 256, (N, 784), dtype=torch.uint8).to(dev))
+    timed("cuBLAS handle", torch.cuda.current_blas_handle)
+    w = torch.randn(512, 784, device=dev, requires_grad=True)
+    timed("first matmul (64x784 @ 784x512)", lambda: a[:64].float() @ w.t())
+    run, perm, _ = timed("model + optimizer (setup)", lambda: setup(64, True, impl=impl))
+    for i in range(CudaGraphStep.WARMUP + 3):
+        what = "eager warm-up step" if i < CudaGraphStep.WARMUP else ("capture + replay" if i == CudaGraphStep.WARMUP
+                                                                      else "replay")
+        timed(f"step {i + 1} ({what})", lambda: run(perm[i * 64:(i + 1) * 64], 1.0))
+
+
+def adam_only(steps: int) -> None:
+    """The update alone, captured as a CUDA graph and replayed: us per step."""
+    dev = torch.device("cuda")
+
+    def pieces(model, size):  # fused Adam over views of one flat tensor, `size` numbers each
+        flat = FlatAdam(model.parameters())  # (for its flat weights and gradient; its own update unused)
+        ws, gs = flat.flat.split(size), flat.grad.split(size)
+        for w, g in zip(ws, gs):
+            w.grad = g
+        inner = torch.optim.Adam(ws, lr=1e-3, fused=True, capturable=True)
+
+        def step():
+            torch.cat([p.grad.reshape(-1) for p in model.parameters()], out=flat.grad)
+            inner.step()
+        return step
+
+    makers = {"fused (optim.impl=fused)": lambda m: torch.optim.Adam(m.parameters(), fused=True, capturable=True).step,
+              "flat (optim.impl=flat/auto)": lambda m: FlatAdam(m.parameters()).step}
+    makers.update({f"fused over {k}-number pieces": (lambda k: lambda m: pieces(m, k))(k)
+                   for k in (4096, 16384, 65536)})
+    register_configs()
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        cfg = typed(compose("config", overrides=["experiment=seed"]))
+    for name, make in makers.items():
+        torch.manual_seed(0)
+        model = build_model(cfg).to(dev)
+        for p in model.parameters():
+            p.grad = torch.randn_like(p) * 1e-3
+        step = make(model)
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(3):
+                step()
+        torch.cuda.current_stream().wait_stream(side)
+        g = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(g):
+            step()
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            g.replay()
+        torch.cuda.synchronize()
+        print(f"adam only, {name:30s} {(time.perf_counter() - t0) / steps * 1e6:6.1f} us/step")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--steps", type=int, default=2000)
     p.add_argument("--batch-sizes", default="64,256,1024,4096")
-    p.add_argument("--impl", choices=["fused", "foreach", "forloop"], default="fused", help="as optim.impl")
+    p.add_argument("--impl", choices=["auto", "fused", "flat", "foreach", "forloop"], default="auto",
+                   help="as optim.impl (auto: flat Adam in the graph, fused in the eager step)")
+    p.add_argument("--tf32", action="store_true", help="float32 matmuls on TF32 tensor cores")
+    p.add_argument("--adam-only", action="store_true", help="time the optimizer update alone, then stop")
     p.add_argument("--compile", action="store_true",
                    help="also with torch.compile of the model, and of the model and loss together")
     a = p.parse_args()
@@ -96,7 +174,12 @@ def main() -> None:
                 f"list of integers in [1, {N}]")
     if not torch.cuda.is_available():
         p.error("needs a CUDA device")
-    print(f"{torch.cuda.get_device_name(0)}, torch {torch.__version__}, optim.impl={a.impl}")
+    torch.backends.cuda.matmul.allow_tf32 = a.tf32
+    print(f"{torch.cuda.get_device_name(0)}, torch {torch.__version__}, optim.impl={a.impl}, tf32={a.tf32}")
+    if a.adam_only:
+        adam_only(a.steps)
+        return
+    first_use(a.impl)
     variants = [("", "")] + ([(" +compile(model)", "model"), (" +compile(model+loss)", "model+loss")]
                              if a.compile else [])
     for tag, compiled in variants:
@@ -113,18 +196,24 @@ def main() -> None:
         print(f"batch 64{tag}: eager {eager:.0f} us/step, graph {graph:.0f} us/step, replay alone {replay:.0f} "
               f"us/step; graph {64e6 / graph:,.0f} samples/s")
 
+    # The kernels of one step, eager and inside the graph. Eager, the GPU idles ~2 ms between
+    # steps and may run them at lower clocks; back-to-back replays are what training runs.
     _, perm, step = setup(64, False, impl=a.impl)
-    for i in range(5):
-        step(perm[i * 64:(i + 1) * 64], 1.0)
-    torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        for i in range(10):
-            step(perm[i * 64:(i + 1) * 64], 1.0)
+    g, gperm, _ = setup(64, True, impl=a.impl)
+    loop_us(g, gperm, 64, 200)
+    for tag, run_one in (("eager step", lambda i: step(perm[i * 64:(i + 1) * 64], 1.0)),
+                         ("graph replay", lambda i: g.graph.replay())):
+        for i in range(20):
+            run_one(i)
         torch.cuda.synchronize()
-    kernels = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
-    print(f"eager step: {len(kernels) / 10:.0f} GPU kernels and copies per step, "
-          f"{sum(e.device_time for e in kernels) / 10:.0f} us of GPU time per step")
-    print(prof.key_averages().table(sort_by="device_time_total", row_limit=14))
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            for i in range(10):
+                run_one(i)
+            torch.cuda.synchronize()
+        kernels = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+        print(f"{tag}: {len(kernels) / 10:.0f} GPU kernels and copies per step, "
+              f"{sum(e.device_time for e in kernels) / 10:.0f} us of GPU time per step")
+        print(prof.key_averages().table(sort_by="device_time_total", row_limit=14, max_name_column_width=70))
 
     for b in sizes:
         g, perm, _ = setup(b, True, impl=a.impl)

@@ -93,6 +93,15 @@ def test_flat_adam_names_the_parameters_without_a_gradient():
         opt.step()
 
 
+def test_flat_adam_refuses_parameters_moved_after_it_was_built():
+    m = net()
+    opt = FlatAdam(m.parameters())
+    m.double()  # new tensors: the flat update would no longer reach the model
+    m(torch.randn(2, 7, dtype=torch.float64)).sum().backward()
+    with pytest.raises(RuntimeError, match=r"moved or replaced after the optimizer was built"):
+        opt.step()
+
+
 def test_a_flat_run_interrupted_then_resumed_is_bit_identical(tiny_mnist, tmp_path, monkeypatch, capsys):
     cfg = [f"data.root={tiny_mnist}", *TINY, "optim.impl=flat"]
     straight = tmp_path / "straight"

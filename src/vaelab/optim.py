@@ -37,6 +37,7 @@ class FlatAdam(torch.optim.Adam):
             self.flat = torch.cat([p.detach().reshape(-1) for p in ps])
             for p, view in zip(ps, self._views(self.flat)):
                 p.data = view  # the model now trains the flat tensor's slices
+        self._addresses = [p.data_ptr() for p in ps]
         self.exp_avg, self.exp_avg_sq = torch.zeros_like(self.flat), torch.zeros_like(self.flat)
         self.grad = torch.zeros_like(self.flat)
         self.steps = torch.zeros((), dtype=torch.float32, device=self.flat.device)
@@ -61,6 +62,9 @@ class FlatAdam(torch.optim.Adam):
                 loss = closure()
         group = self.param_groups[0]
         ps = group["params"]
+        if [p.data_ptr() for p in ps] != self._addresses:  # else the update would miss the model
+            raise RuntimeError("FlatAdam: the model's parameters were moved or replaced after the optimizer was "
+                               "built (e.g. model.to(...)); build it after moving the model")
         missing = [i for i, p in enumerate(ps) if p.grad is None]
         if missing:  # torch's Adam would skip them; one flat update cannot
             raise RuntimeError(f"optim.impl=flat: parameters {missing} got no gradient this step; "

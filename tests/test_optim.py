@@ -45,6 +45,23 @@ def test_flat_adam_follows_torch_adam(wd):
     assert all(p.untyped_storage().data_ptr() == fb.flat.untyped_storage().data_ptr() for p in b.parameters())
 
 
+def test_flat_adam_bias_corrections_carry_no_float32_error():
+    """1 - 0.999^t in float32 is ~1.3e-5 small at t=1: every update would be ~6.5e-6 too large."""
+    p32 = torch.randn(100_000, generator=torch.Generator().manual_seed(0))
+    a, b = p32.clone().requires_grad_(), p32.clone().requires_grad_()
+    ta, fb = torch.optim.Adam([a], lr=1e-3, foreach=False), FlatAdam([b], lr=1e-3)  # forloop: float64 scalars
+    g = torch.Generator().manual_seed(1)
+    for _ in range(3):
+        a.grad = torch.randn(100_000, generator=g)
+        b.grad = a.grad.clone()
+        before = a.detach().clone(), b.detach().clone()
+        ta.step()
+        fb.step()
+    ua, ub = (a.detach() - before[0]).double(), (b.detach() - before[1]).double()
+    big = ua.abs() > 1e-4  # updates well above the weights' float32 spacing
+    assert abs((ub[big] / ua[big] - 1).mean().item()) < 1e-6  # rounding averages out; a scale error would not
+
+
 @pytest.mark.parametrize("direction", ["flat-to-fused", "fused-to-flat"])
 def test_checkpoints_move_between_flat_and_torch_adam(direction):
     """A run saved with one optim.impl resumes with the other and continues as one that never switched."""
@@ -83,6 +100,22 @@ def test_flat_adam_loads_a_state_from_before_any_step():
     train_steps(b, fb, 3)
     for pa, pb in zip(a.parameters(), b.parameters()):
         torch.testing.assert_close(pb, pa, rtol=1e-5, atol=1e-6)
+
+
+def test_flat_adam_refuses_state_it_cannot_keep():
+    m = net()
+    m[2].weight.requires_grad_(False)
+    torch_opt = torch.optim.Adam(m.parameters(), foreach=False)
+    train_steps(m, torch_opt, 2)  # no moments for the frozen weight
+    with pytest.raises(ValueError, match=r"^optim.impl=flat: .*moments for some parameters only.*optim.impl=fused$"):
+        FlatAdam(net().parameters()).load_state_dict(torch_opt.state_dict())
+
+
+def test_auto_keeps_fused_adam_for_a_model_with_frozen_parameters():
+    cfg = compose_cfg([])
+    model = build_model(cfg)
+    next(model.parameters()).requires_grad_(False)
+    assert type(build_optimizer(cfg, model, capturable=True)) is torch.optim.Adam
 
 
 def test_flat_adam_names_the_parameters_without_a_gradient():

@@ -71,8 +71,8 @@ def build_optimizer(cfg: DictConfig, model: torch.nn.Module, capturable: bool = 
     rule. optim.impl=auto is flat Adam there and fused Adam otherwise (config.OptimConfig)."""
     o = cfg.optim
     impl = o.impl
-    if impl == "auto":
-        impl = "flat" if capturable else "fused"
+    if impl == "auto":  # (flat Adam updates every parameter: not for a model with frozen ones)
+        impl = "flat" if capturable and all(p.requires_grad for p in model.parameters()) else "fused"
     if impl == "flat":  # the model's parameters become views into one tensor
         return FlatAdam(model.parameters(), lr=o.lr, betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay)
     if impl == "fused" and next(model.parameters()).device.type not in ("cpu", "cuda"):

@@ -120,3 +120,16 @@ def test_progress_bars_follow_trainer_progress_and_tqdm_disable(tiny_mnist, tmp_
                        cwd=tmp_path, env=environ, capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr[-2000:]
     assert ("epoch 1/1:" in p.stderr) == shown
+
+
+@pytest.mark.parametrize("recon,name", [("mse", "val loss"), ("bce", "val -elbo")])
+def test_the_epoch_line_calls_a_validation_number_a_negative_elbo_only_where_it_is_one(make_cfg, tmp_path, caplog,
+                                                                                        recon, name):
+    with caplog.at_level("INFO", logger="vaelab"):
+        train(make_cfg(["latent_size=2", "model.size=small", "trainer.epochs=1", "trainer.final_eval=false",
+                        f"loss.recon={recon}"]), tmp_path)
+    epoch = next(r.getMessage() for r in caplog.records if r.getMessage().startswith("epoch 1/1"))
+    assert f"  {name} " in epoch
+    note = [r.getMessage() for r in caplog.records if "Gaussian decoder's constant" in r.getMessage()]
+    assert note == (["loss.recon=mse: train and val losses leave out the Gaussian decoder's constant; add 448.73 "
+                     "nats for the -ELBO (vaelab eval does)"] if recon == "mse" else [])

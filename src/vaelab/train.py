@@ -38,9 +38,9 @@ from vaelab.config import CONF_DIR, ConfigError, resolve_device, to_plain, typed
 from vaelab.data import DataError, MNISTData, load_data, to_float
 from vaelab.evaluate import elbo_stats, quiet
 from vaelab.logger import RunLogger, image_grid
-from vaelab.optim import FlatAdam
-from vaelab.losses import beta_at, vae_loss
+from vaelab.losses import MSE_NLL_CONST_PER_DIM, beta_at, vae_loss
 from vaelab.models import VAE
+from vaelab.optim import FlatAdam
 from vaelab.workflow import pin_environment
 
 log = logging.getLogger("vaelab")
@@ -411,6 +411,11 @@ def _train(cfg: DictConfig, run_dir: Path, data: MNISTData | None) -> dict:
             raise diverged(f"non-finite loss {values[0]} at step {st['step']} ({where}); "
                            f"stopped without saving these weights; last good checkpoint: {good}")
 
+    # With MSE the numbers leave out the Gaussian's constant (losses.py): not a -ELBO in nats.
+    val_name = "-elbo" if recon == "bce" else "loss"
+    if recon == "mse" and not resumed:
+        log.info("loss.recon=mse: train and val losses leave out the Gaussian decoder's constant; add "
+                 "%.2f nats for the -ELBO (vaelab eval does)", data.train.dim * MSE_NLL_CONST_PER_DIM)
     val = None
     with stop:
         for epoch in range(st["epoch"], t.epochs):
@@ -478,9 +483,9 @@ def _train(cfg: DictConfig, run_dir: Path, data: MNISTData | None) -> dict:
                             "epoch": epoch + 1, "rss_mib": _rss_mib()}, x_ax, prefix="epoch/")
             if cfg.logger.histograms:
                 writer.histogram("latent/kl_per_dim", val["kl_per_dim"], x_ax)
-            log.info("epoch %d/%d  train loss %.3f  val -elbo %.3f (recon %.3f, kl %.3f)  active %d/%d  "
-                     "%.1f s, %.0f img/s", epoch + 1, t.epochs, train_means["loss"], val["nelbo"], val["recon"],
-                     val["kl"], val["active_units"], cfg.latent_size, dt, rate)
+            log.info("epoch %d/%d  train loss %.3f  val %s %.3f (recon %.3f, kl %.3f)  active %d/%d  "
+                     "%.1f s, %.0f img/s", epoch + 1, t.epochs, train_means["loss"], val_name, val["nelbo"],
+                     val["recon"], val["kl"], val["active_units"], cfg.latent_size, dt, rate)
             last_epoch = epoch + 1 == t.epochs
             numbered = (epoch + 1) % t.checkpoint_every == 0
             if (epoch + 1) % cfg.logger.images_every == 0 or last_epoch or numbered:

@@ -287,7 +287,9 @@ def test_eval_errors_are_one_line(make_cfg, tmp_path, capsys):
         ([str(tmp_path / "nope")], "no such run directory"),
         ([str(tmp_path)], "not a vaelab run directory"),
         ([str(tmp_path / "run"), "--checkpoint", str(tmp_path / "junk.pt")], "junk.pt: not a checkpoint file"),
-        ([str(tmp_path / "run"), "--checkpoint", "epoch_9999.pt"], "no such checkpoint file"),
+        ([str(tmp_path / "run"), "--checkpoint", "epoch_9999.pt"],
+         f"--checkpoint epoch_9999.pt: no such checkpoint; {tmp_path / 'run' / 'checkpoints'} holds best.pt, "
+         "last.pt (give last, best, a file name from there, or a path)"),
         ([str(tmp_path / "run"), "--k", "0"], "argument --k: must be an integer in [1, 1000000]"),
         ([str(tmp_path / "run"), "--k", "many"], "argument --k: must be an integer in [1, 1000000]"),
         ([str(tmp_path / "run"), "--device", "bogus"], "argument --device: allowed: auto, cpu, cuda, cuda:N, mps"),

@@ -57,6 +57,10 @@ def _load(run_dir: str | Path, checkpoint: str, device: str):
         path = Path(checkpoint)
         if not path.exists() and (run_dir / "checkpoints" / checkpoint).exists():
             path = run_dir / "checkpoints" / checkpoint  # --checkpoint epoch_0010.pt
+    if not path.is_file():  # name what there is, not only what is missing
+        have = sorted(p.name for p in (run_dir / "checkpoints").glob("*.pt"))
+        raise RunDirError(f"--checkpoint {checkpoint}: no such checkpoint; {run_dir / 'checkpoints'} holds "
+                          f"{', '.join(have) if have else 'none'} (give last, best, a file name from there, or a path)")
     ck = ckpt_io.load(path)
     model = build_model(cfg)
     ckpt_io.check_compatible(ck, model, path, cfg)

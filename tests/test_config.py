@@ -2,8 +2,11 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+import zipfile
+from pathlib import Path
 
 import pytest
 import torch
@@ -386,3 +389,35 @@ def test_an_output_folder_that_cannot_be_made_is_one_line(tmp_path, monkeypatch)
     assert precheck(["hydra.run.dir=new/r"]) == (f"hydra.run.dir=new/r: cannot make folders in {tmp_path} "
                                                  f"(Permission denied)")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "outputs"]
+
+
+def test_a_plain_install_carries_the_configs(tmp_path):
+    """conf/ lives at the repository root; a wheel (pip install ., not -e) must still have it."""
+    repo = Path(__file__).resolve().parents[1]
+    src = tmp_path / "checkout"
+    src.mkdir()
+    for part in ("pyproject.toml", "README.md", "src", "conf"):
+        if (repo / part).is_dir():
+            shutil.copytree(repo / part, src / part, ignore=shutil.ignore_patterns("*.egg-info", "__pycache__"))
+        else:
+            shutil.copy(repo / part, src / part)
+    build = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
+                            "-w", str(tmp_path / "wheel"), str(src)], capture_output=True, text=True)
+    if build.returncode != 0 and ("No module named" in build.stderr or "build_meta" in build.stderr):
+        # (--no-build-isolation: the build backend must be installed; fetching it needs a network)
+        pytest.skip(f"cannot build a wheel here: {build.stderr.strip().splitlines()[-1]}")
+    assert build.returncode == 0, build.stderr
+    wheel = next((tmp_path / "wheel").glob("vaelab-*.whl"))
+    names = set(zipfile.ZipFile(wheel).namelist())
+    want = {f"vaelab/conf/{p.relative_to(repo / 'conf').as_posix()}" for p in (repo / "conf").rglob("*.yaml")}
+    assert want and want <= names, sorted(want - names)
+    zipfile.ZipFile(wheel).extractall(tmp_path / "site")  # what pip would install, without pip's side effects
+    probe = ("from vaelab.config import CONF_DIR, register_configs\n"
+             "from hydra import compose, initialize_config_dir\n"
+             "register_configs()\n"
+             "with initialize_config_dir(str(CONF_DIR), version_base='1.3'):\n"
+             "    print(CONF_DIR, compose('config', overrides=['experiment=seed']).latent_size)\n")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=tmp_path,
+                         env={**os.environ, "PYTHONPATH": str(tmp_path / "site")})
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == [str(tmp_path / "site" / "vaelab" / "conf"), "256"]

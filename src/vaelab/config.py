@@ -21,8 +21,11 @@ from typing import Any, List, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
-# conf/ sits at the repository root (see STYLE.md); the package is installed editable.
-CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+# conf/ sits at the repository root (see STYLE.md): there in a checkout or an editable install;
+# a wheel carries it as vaelab/conf (pyproject.toml).
+_HERE = Path(__file__).resolve().parent
+CONF_DIR = next((d for d in (_HERE / "conf", _HERE.parents[1] / "conf") if (d / "config.yaml").is_file()),
+                _HERE.parents[1] / "conf")
 
 
 class ConfigError(ValueError):

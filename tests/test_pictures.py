@@ -13,7 +13,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from vaelab.models import MLPVAE
 from vaelab.pictures import (RED, TRAVERSAL_VALUES, add_sample_arguments, interpolations_grid, latents_scatter_figure,
                              make_pictures, manifold_grid, reconstructions_grid, sample_command, traversal_rows,
-                             traversals_grid)
+                             traversals_figure, traversals_grid)
 from vaelab.train import train
 
 CELL = 28 + 2  # an MNIST image plus make_grid's padding
@@ -132,3 +132,19 @@ def test_vaelab_sample(make_cfg, tmp_path, capsys):
             code = e.code
         err = capsys.readouterr().err
         assert code == 2 and err.count("\n") == 1 and err.startswith("vaelab sample: error: ") and message in err, err
+
+
+def test_traversal_labels_stay_inside_the_picture():
+    """The longest label (a 4-digit dead dimension) was cut at the left edge."""
+    dims, dead = [*range(10), 1023], [False] * 10 + [True]  # ten live rows and a dead one, as vaelab eval draws
+    kl = torch.zeros(1024)
+    kl[dims] = torch.tensor([2.5, 1.5, 0.25, 0.2, 0.15, 0.11, 0.097, 0.095, 0.092, 0.089, 0.0099])
+    grid = torch.rand(3, len(dims) * 30 + 2, TRAVERSAL_VALUES.shape[0] * 30 + 2)
+    fig = traversals_figure(grid, dims, dead, kl, (1, 28, 28), "test image 0 (a 7)")
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    texts = [*fig.axes[0].get_yticklabels(), fig.axes[0].title]
+    assert "z1023  KL 0.0099  dead" in [t.get_text() for t in texts]
+    for t in texts:
+        box = t.get_window_extent(renderer)
+        assert 0 <= box.x0 and box.x1 <= fig.bbox.width, t.get_text()

@@ -137,7 +137,7 @@ def traversals_figure(grid: torch.Tensor, dims: list[int], dead: list[bool], kl_
                       image_shape: tuple, what: str, values: torch.Tensor = TRAVERSAL_VALUES):
     """The traversal grid with each row labelled by its dimension and KL, columns by value."""
     h, w = image_shape[1] + 2, image_shape[2] + 2
-    fig = _figure(1.6 + 0.42 * values.shape[0], 0.9 + 0.42 * len(dims))
+    fig = _figure(2.2 + 0.42 * values.shape[0], 0.9 + 0.42 * len(dims))  # room for 'z1023  KL 0.0099  dead'
     ax = fig.add_subplot(1, 1, 1)
     ax.imshow(grid.permute(1, 2, 0).numpy(), interpolation="nearest")
     ax.set_xticks([w * (j + 0.5) + 1 for j in range(values.shape[0])])

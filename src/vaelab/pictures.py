@@ -274,7 +274,8 @@ def add_sample_arguments(parser: argparse.ArgumentParser) -> None:
                         help="z ~ N(0, T^2 I), T in (0, 1000]; below 1 trades variety for cleaner digits (default 1)")
     parser.add_argument("--seed", type=seed_int, default=0, help="seed of the latent draws (default 0)")
     parser.add_argument("--nrow", type=positive_int, default=None, help="images per row (default ~sqrt(n))")
-    parser.add_argument("--checkpoint", default="last", help="last, best, or a checkpoint path (default last)")
+    parser.add_argument("--checkpoint", default="last",
+                        help="last, best, a path, or a file name under RUN_DIR/checkpoints/ (default last)")
     parser.add_argument("--device", type=device_name, default="auto", help="auto, cpu, cuda, cuda:N or mps (default auto)")
 
 

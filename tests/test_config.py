@@ -174,6 +174,14 @@ def test_a_system_folder_is_refused_without_a_misleading_reason():
     assert precheck(["hydra.run.dir=/proc/vaelab-x"]) == "hydra.run.dir=/proc/vaelab-x: cannot make folders in /proc"
 
 
+def test_an_absolute_output_subdir_that_cannot_be_made_is_refused(tmp_path):
+    # Hydra saves the composed config there before the job starts: a traceback otherwise
+    assert precheck([f"hydra.run.dir={tmp_path / 'run'}", "hydra.output_subdir=/proc/vaelab-x"]) == \
+        "hydra.output_subdir=/proc/vaelab-x: cannot make folders in /proc"
+    assert precheck([f"hydra.run.dir={tmp_path / 'run'}", f"hydra.output_subdir={tmp_path / 'cfg'}"]) is None
+    assert precheck([f"hydra.run.dir={tmp_path / 'run'}", "hydra.output_subdir=null"]) is None
+
+
 def test_a_run_folder_that_holds_a_run_is_refused(tmp_path):
     """Hydra would write the new config over the run's before training could refuse it."""
     (tmp_path / "run" / ".hydra").mkdir(parents=True)

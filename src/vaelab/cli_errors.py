@@ -266,9 +266,10 @@ def precheck(argv: list[str], fetch_data: bool = False) -> str | None:
                 return f"override '{swept[0]}' lists several values: --cfg shows one job, give one value per key"
             return f"override '{swept[0]}' lists several values: add -m (--multirun) to run one job per value"
     if not {"--cfg", "-c"} & set(flags):  # Hydra makes the run's folder first, and fails there with a traceback
-        err = _folder_error(composed if composed is not None else compose_(base, hydra_section=True),
-                            bool({"--multirun", "-m"} & set(flags)),
-                            {"hydra.run.dir": run_dir, "hydra.sweep.dir": sweep_dir})
+        full = composed if composed is not None else compose_(base, hydra_section=True)
+        err = (_folder_error(full, bool({"--multirun", "-m"} & set(flags)),
+                             {"hydra.run.dir": run_dir, "hydra.sweep.dir": sweep_dir})
+               or _output_subdir_error(full))
         if err or not fetch_data or launcher.endswith("SlurmLauncher"):  # SLURM's nodes may see other paths
             return err
         # The data once, here, before any job: a sweep's jobs would each fail on missing data
@@ -342,6 +343,16 @@ def _folder_error(composed: DictConfig, multirun_flag: bool, given: dict) -> str
     # (a re-run of a saved config gets conf/config.yaml's folders as overrides: not the user's words)
     typed_by_user = given.get(key) and given[key] != _default_folders().get(key)
     return f"{key}={given[key]}: {err}" if typed_by_user else f"cannot make the {what} folder {folder}: {err}"
+
+
+def _output_subdir_error(composed: DictConfig) -> str | None:
+    """An absolute hydra.output_subdir (where Hydra saves the composed config; relative ones land
+    in the run folder, checked above) that cannot be made: Hydra would fail with a traceback."""
+    sub = OmegaConf.select(composed, "hydra.output_subdir")
+    if sub is None or not Path(str(sub)).is_absolute():
+        return None
+    err = unwritable(Path(str(sub)))
+    return f"hydra.output_subdir={sub}: {err}" if err else None
 
 
 def _default_folders() -> dict[str, str]:

@@ -182,6 +182,15 @@ def test_an_absolute_output_subdir_that_cannot_be_made_is_refused(tmp_path):
     assert precheck([f"hydra.run.dir={tmp_path / 'run'}", "hydra.output_subdir=null"]) is None
 
 
+@pytest.mark.parametrize("key", ["hydra.sweep.subdir", "hydra.launcher.submitit_folder"])
+def test_an_absolute_sweep_folder_that_cannot_be_made_is_refused(tmp_path, key):
+    launcher = ["hydra/launcher=submitit_local"] if "submitit" in key else []
+    args = ["-m", "latent_size=2,4", f"hydra.sweep.dir={tmp_path / 'sweep'}", *launcher]
+    assert precheck([*args, f"{key}=/proc/vaelab-x"]) == f"{key}=/proc/vaelab-x: cannot make folders in /proc"
+    assert precheck([*args, f"{key}={tmp_path / 'elsewhere'}"]) is None
+    assert precheck(args) is None  # the defaults: relative, or interpolations only the job resolves
+
+
 def test_a_run_folder_that_holds_a_run_is_refused(tmp_path):
     """Hydra would write the new config over the run's before training could refuse it."""
     (tmp_path / "run" / ".hydra").mkdir(parents=True)

@@ -267,9 +267,10 @@ def precheck(argv: list[str], fetch_data: bool = False) -> str | None:
             return f"override '{swept[0]}' lists several values: add -m (--multirun) to run one job per value"
     if not {"--cfg", "-c"} & set(flags):  # Hydra makes the run's folder first, and fails there with a traceback
         full = composed if composed is not None else compose_(base, hydra_section=True)
-        err = (_folder_error(full, bool({"--multirun", "-m"} & set(flags)),
-                             {"hydra.run.dir": run_dir, "hydra.sweep.dir": sweep_dir})
-               or _output_subdir_error(full))
+        mode = OmegaConf.select(full, "hydra.mode")
+        multirun = bool({"--multirun", "-m"} & set(flags)) or str(getattr(mode, "name", mode)) == "MULTIRUN"
+        err = (_folder_error(full, multirun, {"hydra.run.dir": run_dir, "hydra.sweep.dir": sweep_dir})
+               or _other_folder_error(full, multirun))
         if err or not fetch_data or launcher.endswith("SlurmLauncher"):  # SLURM's nodes may see other paths
             return err
         # The data once, here, before any job: a sweep's jobs would each fail on missing data
@@ -323,11 +324,10 @@ def _taken(folder: Path, sweep: bool) -> str | None:
             f"[KEY=VALUE ...]', or give another folder")
 
 
-def _folder_error(composed: DictConfig, multirun_flag: bool, given: dict) -> str | None:
+def _folder_error(composed: DictConfig, multirun: bool, given: dict) -> str | None:
     """Why the folder this command would run in (hydra.run.dir, or hydra.sweep.dir for a sweep,
     resolved: ${name}, ${now:...}, ${oc.env:...}) cannot be made, or None."""
-    mode = OmegaConf.select(composed, "hydra.mode")
-    key = "hydra.sweep.dir" if multirun_flag or str(getattr(mode, "name", mode)) == "MULTIRUN" else "hydra.run.dir"
+    key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
     try:
         folder = OmegaConf.select(composed, key)
     except Exception:  # an interpolation only the running app can resolve: Hydra will say
@@ -345,14 +345,26 @@ def _folder_error(composed: DictConfig, multirun_flag: bool, given: dict) -> str
     return f"{key}={given[key]}: {err}" if typed_by_user else f"cannot make the {what} folder {folder}: {err}"
 
 
-def _output_subdir_error(composed: DictConfig) -> str | None:
-    """An absolute hydra.output_subdir (where Hydra saves the composed config; relative ones land
-    in the run folder, checked above) that cannot be made: Hydra would fail with a traceback."""
-    sub = OmegaConf.select(composed, "hydra.output_subdir")
-    if sub is None or not Path(str(sub)).is_absolute():
-        return None
-    err = unwritable(Path(str(sub)))
-    return f"hydra.output_subdir={sub}: {err}" if err else None
+def _other_folder_error(composed: DictConfig, multirun: bool) -> str | None:
+    """A folder besides the run's or sweep's that Hydra or its launcher makes, given as an
+    absolute path that cannot be made: the config's copy (hydra.output_subdir), a sweep's job
+    folders (hydra.sweep.subdir) and submitit's logs (hydra.launcher.submitit_folder). Relative
+    ones land in the run or sweep folder, checked above. Hydra would fail with a traceback,
+    after making folders."""
+    keys = ["hydra.output_subdir"]
+    if multirun:
+        keys += ["hydra.sweep.subdir", "hydra.launcher.submitit_folder"]
+    for key in keys:
+        try:  # ${hydra:job.override_dirname} and the like resolve only in the job
+            value = OmegaConf.select(composed, key)
+        except Exception:
+            continue
+        if value is None or not Path(str(value)).is_absolute():
+            continue
+        err = unwritable(Path(str(value)))
+        if err:
+            return f"{key}={value}: {err}"
+    return None
 
 
 def _default_folders() -> dict[str, str]:

@@ -15,6 +15,7 @@ import re
 import shlex
 import shutil
 import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from hydra import compose, initialize_config_dir
@@ -137,45 +138,112 @@ def unwritable(folder: Path) -> str | None:
     return None
 
 
+@dataclass
+class _CommandLine:
+    """What precheck reads off vaelab-train's arguments, once."""
+    parsed: list  # every override, Hydra's own included (hydra.*, hydra/launcher=...)
+    flags: dict[str, str | None]
+    task: list = field(init=False)  # the job's overrides
+    modes: list[str] = field(init=False)  # --multirun, --run, --cfg, --info, ... as given
+    helps: list[str] = field(init=False)
+    swept: list[str] = field(init=False)  # overrides listing several values, as typed
+    multirun: bool = field(init=False)  # -m given
+    optuna: bool = field(init=False)  # hparams_search=optuna: a sweep without -m
+    folders: dict = field(init=False)  # hydra.run.dir / hydra.sweep.dir as given
+
+    def __post_init__(self):
+        self.task = [o for o in self.parsed if not o.is_hydra_override()]
+        self.modes = [f for f in self.flags if f in ("--multirun", "-m", "--run", "-r", "--cfg", "-c", "--info", "-i",
+                                                     "--shell-completion", "-sc")]
+        self.helps = [f for f in self.flags if f in ("--help", "-h", "--hydra-help")]
+        self.swept = [o.input_line for o in self.task if o.is_sweep_override()]
+        self.multirun = bool({"--multirun", "-m"} & set(self.flags))
+        self.optuna = any(o.key_or_group == "hparams_search" and str(o.value()) == "optuna" for o in self.task)
+        self.folders = {o.key_or_group: o.value() for o in self.parsed
+                        if o.key_or_group in ("hydra.run.dir", "hydra.sweep.dir")}
+
+    def given(self, key: str) -> str | None:
+        return str(self.folders[key]) if key in self.folders else None
+
+
 def precheck(argv: list[str], fetch_data: bool = False) -> str | None:
     """None if the command line composes and validates; else one line saying what is wrong.
-    fetch_data: also make sure each job's MNIST is there (downloading it once if allowed)."""
+    fetch_data: also make sure each job's MNIST is there (downloading it once if allowed).
+    The steps: the arguments as given; which primary config; each job's config (a sweep's
+    values in turn); Hydra's own section (launcher, sweeper, logging); the folders Hydra will
+    make; the data."""
     overrides, flags = split_args(argv)
-    parser = OverridesParser.create()
     try:
-        parsed = parser.parse_overrides(overrides)
+        parsed = OverridesParser.create().parse_overrides(overrides)
     except Exception as e:  # OverrideParseException
         return f"cannot parse the overrides: {str(e).strip().splitlines()[0]}"
-    task = [o for o in parsed if not o.is_hydra_override()]
-    modes = [f for f in flags if f in ("--multirun", "-m", "--run", "-r", "--cfg", "-c", "--info", "-i",
-                                       "--shell-completion", "-sc")]
-    if len(modes) > 1:  # Hydra raises a ValueError (a traceback) for this
-        return (f"{' and '.join(modes)}: only one of --multirun/-m, --run/-r, --cfg/-c, --info/-i and "
+    cmd = _CommandLine(parsed, flags)
+    err = _argument_error(cmd)
+    if err:
+        return err
+    primary = _primary_config(cmd)
+    if primary is None:  # Hydra's to handle
+        return None
+    compose_ = functools.partial(_compose, primary=primary)
+    base, candidates = _job_overrides(cmd)
+    err, data_roots = _jobs_error(compose_, candidates, cmd)
+    if err:
+        return err
+    err, composed, launcher = _hydra_section_error(compose_, base, cmd)
+    if err or {"--cfg", "-c"} & set(flags):
+        return err
+    # Hydra makes the run's folder first, and fails there with a traceback
+    full = composed if composed is not None else compose_(base, hydra_section=True)
+    mode = OmegaConf.select(full, "hydra.mode")
+    multirun = cmd.multirun or str(getattr(mode, "name", mode)) == "MULTIRUN"
+    err = (_folder_error(full, multirun, {"hydra.run.dir": cmd.given("hydra.run.dir"),
+                                          "hydra.sweep.dir": cmd.given("hydra.sweep.dir")})
+           or _other_folder_error(full, multirun))
+    if err or not fetch_data or launcher.endswith("SlurmLauncher"):  # SLURM's nodes may see other paths
+        return err
+    # The data once, here, before any job: a sweep's jobs would each fail on missing data
+    # (submitit with a traceback) or download the same files into one folder at once.
+    from vaelab.data import DataError, fetch_mnist
+
+    for root, download in data_roots.items():
+        try:
+            fetch_mnist(root, download)
+        except DataError as e:
+            return str(e)
+    return None
+
+
+def _argument_error(cmd: _CommandLine) -> str | None:
+    """What is wrong with the arguments as given, before any config is composed."""
+    if len(cmd.modes) > 1:  # Hydra raises a ValueError (a traceback) for this
+        return (f"{' and '.join(cmd.modes)}: only one of --multirun/-m, --run/-r, --cfg/-c, --info/-i and "
                 "--shell-completion may be given (for --cfg, drop -m and give one value per key)")
-    helps = [f for f in flags if f in ("--help", "-h", "--hydra-help")]
-    swept = [o.input_line for o in task if o.is_sweep_override()]
-    if "name" in {o.key_or_group for o in task if o.is_sweep_override()}:
+    if "name" in {o.key_or_group for o in cmd.task if o.is_sweep_override()}:
         return ("override 'name' lists several values: name names the sweep's folder "
                 "(outputs/multirun/<name>/...), give it one value and sweep other keys")
-    folders = {o.key_or_group: o.value() for o in parsed if o.key_or_group in ("hydra.run.dir", "hydra.sweep.dir")}
-    for key, value in folders.items():
+    for key, value in cmd.folders.items():
         # Hydra would run in the current folder, past the guards below (an unset $DIR, typically)
         if value is None or not str(value).strip():
             return f"{key}={'null' if value is None else value}: empty; give a folder, e.g. {key}=runs/first"
-    sweep_dir = str(folders["hydra.sweep.dir"]) if "hydra.sweep.dir" in folders else None
-    run_dir = str(folders["hydra.run.dir"]) if "hydra.run.dir" in folders else None
+    sweep_dir, run_dir = cmd.given("hydra.sweep.dir"), cmd.given("hydra.run.dir")
     # As given (also for --config-dir re-runs, which are not composed below); the folders as
     # Hydra resolves them (${oc.env:...}, a sweep that hparams_search starts) are checked at the end.
-    if not helps and not ({"--cfg", "-c", "--info", "-i"} & set(flags)):
-        if sweep_dir and {"--multirun", "-m"} & set(flags) and _taken(Path(sweep_dir), sweep=True):
+    if not cmd.helps and not ({"--cfg", "-c", "--info", "-i"} & set(cmd.flags)):
+        if sweep_dir and cmd.multirun and _taken(Path(sweep_dir), sweep=True):
             return f"hydra.sweep.dir={sweep_dir}: {_taken(Path(sweep_dir), sweep=True)}"
-        if run_dir and all(m in ("--run", "-r") for m in modes) and _taken(Path(run_dir), sweep=False):
+        if run_dir and all(m in ("--run", "-r") for m in cmd.modes) and _taken(Path(run_dir), sweep=False):
             return f"hydra.run.dir={run_dir}: {_taken(Path(run_dir), sweep=False)}"
-    if helps and swept:  # Hydra composes one job's config for --help, and raises on a sweep
-        return f"override '{swept[0]}' lists several values: {helps[0]} shows one job, give one value per key"
-    # A re-run of a saved config arrives as --config-path SAVED_FOLDER (train_cli.saved_config_argv)
-    # and is checked like any command line; another primary config, or a --config-dir of extra
-    # groups, is Hydra's to handle, as are the informational flags.
+    if cmd.helps and cmd.swept:  # Hydra composes one job's config for --help, and raises on a sweep
+        return f"override '{cmd.swept[0]}' lists several values: {cmd.helps[0]} shows one job, give one value per key"
+    return None
+
+
+def _primary_config(cmd: _CommandLine) -> tuple[str, str] | None:
+    """(folder, name) of the primary config to check against, or None where precheck stops.
+    A re-run of a saved config arrives as --config-path SAVED_FOLDER (train_cli.saved_config_argv)
+    and is checked like any command line; another primary config, or a --config-dir of extra
+    groups, is Hydra's to handle, as are the informational flags."""
+    flags = cmd.flags
     path, name = flags.get("--config-path") or flags.get("-cp"), flags.get("--config-name") or flags.get("-cn")
     primary = (str(CONF_DIR), "config")
     if path and os.path.isabs(path) and (Path(path) / f"{name or 'config'}.yaml").is_file():
@@ -185,19 +253,21 @@ def precheck(argv: list[str], fetch_data: bool = False) -> str | None:
     if any(f in flags for f in ("--help", "-h", "--hydra-help", "--version", "--info", "-i", "--shell-completion",
                                 "-sc")):
         return None
-    compose_ = functools.partial(_compose, primary=primary)
+    return primary
 
-    # Each override, with a sweep replaced by each of its values in turn.
-    optuna = any(o.key_or_group == "hparams_search" and str(o.value()) == "optuna" for o in task)
+
+def _job_overrides(cmd: _CommandLine) -> tuple[list[str], list[list[str]]]:
+    """The first job's overrides, and the jobs to check: each override, with a sweep replaced by
+    each of its values in turn (not every combination)."""
     base: list[str] = []
     variants: list[tuple[int, list[str]]] = []
-    for o in task:
+    for o in cmd.task:
         key = o.get_key_element()
         if o.is_sweep_override():
             sweep = o.value()
             try:
                 values = [f"{key}={v}" for v in o.sweep_string_iterator()]
-                if optuna and hasattr(sweep, "stop"):  # Optuna's range(a, b) draws b too, Hydra's stops before it
+                if cmd.optuna and hasattr(sweep, "stop"):  # Optuna's range(a, b) draws b too, Hydra's stops before it
                     values.append(f"{key}={sweep.stop}")
             except Exception:  # an interval (Optuna) cannot be listed: check its ends (the checks are ranges)
                 if not (hasattr(sweep, "start") and hasattr(sweep, "end")):
@@ -208,7 +278,11 @@ def precheck(argv: list[str], fetch_data: bool = False) -> str | None:
             base.append(values[0])
         else:
             base.append(o.input_line)
-    candidates = [base] + [base[:i] + [v] + base[i + 1:] for i, values in variants for v in values[1:]]
+    return base, [base] + [base[:i] + [v] + base[i + 1:] for i, values in variants for v in values[1:]]
+
+
+def _jobs_error(compose_, candidates: list[list[str]], cmd: _CommandLine) -> tuple[str | None, dict[str, bool]]:
+    """Compose and validate each job to check; (why one fails or None, {data.root: may download})."""
     names: dict[str, str] = {}  # name -> the overrides that give it
     data_roots: dict[str, bool] = {}  # data.root -> whether a job may download there
     for ovs in candidates:
@@ -220,69 +294,57 @@ def precheck(argv: list[str], fetch_data: bool = False) -> str | None:
                 try:
                     compose_(ovs[: j + 1])
                 except Exception as e2:
-                    return _explain_plugin(e2, ov)
-            return _explain(e, " ".join(ovs))
+                    return _explain_plugin(e2, ov), data_roots
+            return _explain(e, " ".join(ovs)), data_roots
         try:
             validate(cfg)
         except ConfigError as e:
-            return str(e)
+            return str(e), data_roots
         names.setdefault(cfg.name, " ".join(ovs))
         data_roots[str(cfg.data.root)] = data_roots.get(str(cfg.data.root), False) or bool(cfg.data.download)
-    if len(names) > 1 and ({"--multirun", "-m"} & set(flags) or optuna):  # -m experiment=seed,iwae_paper_vae
+    if len(names) > 1 and (cmd.multirun or cmd.optuna):  # -m experiment=seed,iwae_paper_vae
         return (f"the jobs of this sweep would have different names ({', '.join(names)}), and name names the "
-                f"sweep's folder (outputs/multirun/<name>/...); give one, e.g. name=compare")
-    # Hydra's own groups (launchers, sweepers) only compose with the hydra section: check them
-    # when they are chosen, and whether a sweep given without -m is one the config runs anyway.
-    hydra_ovs = [o.input_line for o in parsed if o.is_hydra_override() and not o.is_sweep_override()]
-    no_m = swept and not {"--multirun", "-m"} & set(flags)
-    composed, launcher = None, ""
-    if hydra_ovs or no_m or any(o.key_or_group == "hparams_search" for o in task):
-        try:
-            composed = compose_(base + hydra_ovs, hydra_section=True)
-            mode = composed.hydra.mode
-        except Exception as e:
-            # Name the first Hydra override that breaks it, and list the keys that were there.
-            try:
-                good = compose_(base, hydra_section=True)
-            except Exception as e2:  # hparams_search=... needs a sweeper plugin that is missing
-                return _explain_plugin(e2, " ".join(o.input_line for o in task if o.key_or_group == "hparams_search"))
-            for j, ov in enumerate(hydra_ovs):
-                try:
-                    good = compose_(base + hydra_ovs[: j + 1], hydra_section=True)
-                except Exception as e3:
-                    return _explain_plugin(e3, ov, good)
-            return _explain_plugin(e, " ".join(hydra_ovs), good)
-        launcher = str(OmegaConf.select(composed, "hydra.launcher._target_") or "")
-        if launcher.endswith("SlurmLauncher") and shutil.which("srun") is None:  # submitit: a traceback
-            return ("hydra/launcher=slurm: SLURM's srun is not on PATH here; launch the sweep from a SLURM login "
-                    "node, or run it on this machine with hydra/launcher=joblib or submitit_local")
-        bad_level = _bad_log_level(composed)
-        if bad_level:
-            return bad_level
-        if OmegaConf.select(composed, "hydra.launcher.n_jobs") == 0:  # joblib: a traceback after the sweep began
-            return "hydra.launcher.n_jobs=0: give the number of jobs to run at once (>= 1, or -1 for one per core)"
-        if no_m and str(getattr(mode, "name", mode)) != "MULTIRUN":  # hparams_search=optuna sets MULTIRUN
-            if {"--cfg", "-c"} & set(flags):
-                return f"override '{swept[0]}' lists several values: --cfg shows one job, give one value per key"
-            return f"override '{swept[0]}' lists several values: add -m (--multirun) to run one job per value"
-    if not {"--cfg", "-c"} & set(flags):  # Hydra makes the run's folder first, and fails there with a traceback
-        full = composed if composed is not None else compose_(base, hydra_section=True)
-        mode = OmegaConf.select(full, "hydra.mode")
-        multirun = bool({"--multirun", "-m"} & set(flags)) or str(getattr(mode, "name", mode)) == "MULTIRUN"
-        err = (_folder_error(full, multirun, {"hydra.run.dir": run_dir, "hydra.sweep.dir": sweep_dir})
-               or _other_folder_error(full, multirun))
-        if err or not fetch_data or launcher.endswith("SlurmLauncher"):  # SLURM's nodes may see other paths
-            return err
-        # The data once, here, before any job: a sweep's jobs would each fail on missing data
-        # (submitit with a traceback) or download the same files into one folder at once.
-        from vaelab.data import DataError, fetch_mnist
+                f"sweep's folder (outputs/multirun/<name>/...); give one, e.g. name=compare"), data_roots
+    return None, data_roots
 
-        for root, download in data_roots.items():
+
+def _hydra_section_error(compose_, base: list[str], cmd: _CommandLine) -> tuple[str | None, DictConfig | None, str]:
+    """Hydra's own groups (launchers, sweepers) only compose with the hydra section: check them
+    when they are chosen, and whether a sweep given without -m is one the config runs anyway.
+    Returns (why not or None, the config with its hydra section if composed, the launcher)."""
+    hydra_ovs = [o.input_line for o in cmd.parsed if o.is_hydra_override() and not o.is_sweep_override()]
+    no_m = cmd.swept and not cmd.multirun
+    if not (hydra_ovs or no_m or any(o.key_or_group == "hparams_search" for o in cmd.task)):
+        return None, None, ""
+    try:
+        composed = compose_(base + hydra_ovs, hydra_section=True)
+        mode = composed.hydra.mode
+    except Exception as e:
+        # Name the first Hydra override that breaks it, and list the keys that were there.
+        try:
+            good = compose_(base, hydra_section=True)
+        except Exception as e2:  # hparams_search=... needs a sweeper plugin that is missing
+            return _explain_plugin(e2, " ".join(o.input_line for o in cmd.task
+                                                if o.key_or_group == "hparams_search")), None, ""
+        for j, ov in enumerate(hydra_ovs):
             try:
-                fetch_mnist(root, download)
-            except DataError as e:
-                return str(e)
-    return None
+                good = compose_(base + hydra_ovs[: j + 1], hydra_section=True)
+            except Exception as e3:
+                return _explain_plugin(e3, ov, good), None, ""
+        return _explain_plugin(e, " ".join(hydra_ovs), good), None, ""
+    launcher = str(OmegaConf.select(composed, "hydra.launcher._target_") or "")
+    if launcher.endswith("SlurmLauncher") and shutil.which("srun") is None:  # submitit: a traceback
+        return ("hydra/launcher=slurm: SLURM's srun is not on PATH here; launch the sweep from a SLURM login "
+                "node, or run it on this machine with hydra/launcher=joblib or submitit_local"), composed, launcher
+    err = _bad_log_level(composed)
+    if not err and OmegaConf.select(composed, "hydra.launcher.n_jobs") == 0:  # joblib: a traceback mid-sweep
+        err = "hydra.launcher.n_jobs=0: give the number of jobs to run at once (>= 1, or -1 for one per core)"
+    if not err and no_m and str(getattr(mode, "name", mode)) != "MULTIRUN":  # hparams_search=optuna sets MULTIRUN
+        if {"--cfg", "-c"} & set(cmd.flags):
+            err = f"override '{cmd.swept[0]}' lists several values: --cfg shows one job, give one value per key"
+        else:
+            err = f"override '{cmd.swept[0]}' lists several values: add -m (--multirun) to run one job per value"
+    return err, composed, launcher
 
 
 _LOG_LEVELS = ("NOTSET", "DEBUG", "INFO", "WARNING", "WARN", "ERROR", "CRITICAL", "FATAL")

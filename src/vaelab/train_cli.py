@@ -101,3 +101,7 @@ def main() -> None:
               "(vaelab resume RUN_DIR carries it on from them; without any, start it again with "
               "vaelab-train --config-dir RUN_DIR/.hydra --config-name config)", file=sys.stderr)
         sys.exit(130)
+
+
+if __name__ == "__main__":  # `python -m vaelab.train_cli`, as `python -m vaelab.train`
+    main()

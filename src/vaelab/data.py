@@ -12,9 +12,13 @@ import shutil
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
-import torch
+if TYPE_CHECKING:
+    import torch
+
+# torch is imported where it is used: `vaelab eval` names a mistyped run folder (DataError is
+# one of its errors) without waiting ~2 s for it.
 
 log = logging.getLogger(__name__)
 
@@ -125,6 +129,8 @@ def load_mnist_arrays(root: str | Path, download: bool = True, how: str = HOW):
 
 def _binarize_once(images: torch.Tensor, seed: int) -> torch.Tensor:
     """One fixed Bernoulli draw with p = pixel / 255 (static binarization)."""
+    import torch
+
     g = torch.Generator().manual_seed(seed)
     p = images.float().div_(255)
     return torch.bernoulli(p, generator=g).to(torch.uint8).mul_(255)
@@ -132,6 +138,8 @@ def _binarize_once(images: torch.Tensor, seed: int) -> torch.Tensor:
 
 def load_data(root: str | Path, device: torch.device, val_size: int = 5000, split_seed: int = 0,
               binarize: str = "none", download: bool = True, **how) -> MNISTData:
+    import torch
+
     x_train, y_train, x_test, y_test = load_mnist_arrays(root, download, **how)
     n = x_train.shape[0]
     if not 0 <= val_size < n:
@@ -166,6 +174,8 @@ def to_float(batch_u8: torch.Tensor, binarize: str = "none", generator: torch.Ge
     """uint8 (B, D) -> float32 in [0, 1]; with dynamic binarization a fresh Bernoulli draw."""
     x = batch_u8.float().div_(255.0)
     if binarize == "dynamic":
+        import torch
+
         x = torch.bernoulli(x, generator=generator)
     return x
 
@@ -175,6 +185,8 @@ def batch_indices(n: int, batch_size: int, generator: torch.Generator, device: t
     """Shuffled index batches of one epoch; the last, smaller batch is kept (as the seed's
     DataLoader does). `perm`/`start` let a resumed run finish an interrupted epoch."""
     if perm is None:
+        import torch
+
         perm = torch.randperm(n, generator=generator)
     perm = perm.to(device)
     for i in range(start, n, batch_size):

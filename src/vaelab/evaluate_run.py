@@ -20,15 +20,14 @@ import sys
 import time
 from pathlib import Path
 
-import torch
 from omegaconf import OmegaConf
 
 from vaelab import checkpoint as ckpt_io
 from vaelab.config import _DEVICE_RE, ConfigError, load_run_config, resolve_device
 from vaelab.data import DataError, load_data
-from vaelab.evaluate import ACTIVE_THRESHOLD, bits_per_dim, elbo_stats, iwae_nll
-from vaelab.losses import MSE_GAUSSIAN_VARIANCE, MSE_NLL_CONST_PER_DIM
-from vaelab.pictures import make_pictures
+
+# torch and the modules built on it are imported where they are used: a mistyped run folder is
+# named in a fraction of a second, not after ~2 s of imports.
 
 log = logging.getLogger("vaelab")
 
@@ -42,8 +41,6 @@ USER_ERRORS = (RunDirError, ckpt_io.CheckpointError, ConfigError, DataError)
 
 
 def _load(run_dir: str | Path, checkpoint: str, device: str):
-    from vaelab.train import build_model
-
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise RunDirError(f"{run_dir}: no such run directory")
@@ -62,6 +59,8 @@ def _load(run_dir: str | Path, checkpoint: str, device: str):
         raise RunDirError(f"--checkpoint {checkpoint}: no such checkpoint; {run_dir / 'checkpoints'} holds "
                           f"{', '.join(have) if have else 'none'} (give last, best, a file name from there, or a path)")
     ck = ckpt_io.load(path)
+    from vaelab.train import build_model  # (torch: after the cheap checks above)
+
     model = build_model(cfg)
     ckpt_io.check_compatible(ck, model, path, cfg)
     model.load_state_dict(ck["model"])
@@ -90,6 +89,8 @@ def data_root(run_dir: Path, cfg) -> Path:
 
 def _likelihood(recon: str, binarize: str) -> tuple[str, str]:
     """(short name, one-line note) of the decoder likelihood the numbers are in."""
+    from vaelab.losses import MSE_GAUSSIAN_VARIANCE
+
     if recon == "mse":
         return "gaussian", (f"loss.recon=mse is a Gaussian decoder with variance {MSE_GAUSSIAN_VARIANCE} on "
                             f"[0, 1] pixels (sum of squares = -log N(x; mean, 1/2) - D/2 log(pi)); "
@@ -110,7 +111,13 @@ def evaluate_run(run_dir: str | Path, k: int = 5000, device: str = "auto", check
     run_dir = Path(run_dir)
     if k < 1:
         raise ConfigError(f"k={k}: the number of importance samples must be >= 1")
-    cfg, model, path, ck = _load(run_dir, checkpoint, device)
+    cfg, model, path, ck = _load(run_dir, checkpoint, device)  # (a wrong folder fails here, before torch)
+    import torch
+
+    from vaelab.evaluate import ACTIVE_THRESHOLD, bits_per_dim, elbo_stats, iwae_nll
+    from vaelab.losses import MSE_GAUSSIAN_VARIANCE, MSE_NLL_CONST_PER_DIM
+    from vaelab.pictures import make_pictures
+
     dev = next(model.parameters()).device
     root = Path(data_root_override) if data_root_override else data_root(run_dir, cfg)
     recon_kind = getattr(cfg.loss.recon, "value", cfg.loss.recon)

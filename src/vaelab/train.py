@@ -36,6 +36,7 @@ from vaelab import checkpoint as ckpt_io
 from vaelab.compare import STOPPED
 from vaelab.config import CONF_DIR, ConfigError, resolve_device, to_plain, typed, validate
 from vaelab.data import DataError, MNISTData, load_data, to_float
+from vaelab.errors import Interrupted, NonFiniteLoss, SaveFailed
 from vaelab.evaluate import elbo_stats, quiet
 from vaelab.logger import RunLogger, image_grid
 from vaelab.losses import MSE_NLL_CONST_PER_DIM, beta_at, vae_loss
@@ -44,18 +45,6 @@ from vaelab.optim import FlatAdam
 from vaelab.workflow import pin_environment
 
 log = logging.getLogger("vaelab")
-
-
-class NonFiniteLoss(RuntimeError):
-    pass
-
-
-class Interrupted(RuntimeError):
-    pass
-
-
-class SaveFailed(RuntimeError):
-    """A checkpoint could not be written (disk full, permissions). The ones already there are intact."""
 
 
 # --- building blocks (each usable on its own, e.g. by tests and `vaelab eval`) ------------

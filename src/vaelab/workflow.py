@@ -21,7 +21,6 @@ import sys
 import time
 from pathlib import Path
 
-import torch
 import yaml
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
@@ -281,7 +280,6 @@ def resume(run_dir: str | Path, overrides: list[str] = ()) -> dict | None:
     """Carry on the run in `run_dir` from its last checkpoint; returns its final metrics, or
     None when it has already trained trainer.epochs epochs (then nothing is written)."""
     from vaelab.data import load_data
-    from vaelab.train import build_model, check_epochs_to_resume, train
 
     run_dir = Path(run_dir)
     cfg_path = run_config_path(run_dir)
@@ -299,6 +297,10 @@ def resume(run_dir: str | Path, overrides: list[str] = ()) -> dict | None:
                                       f"(the run stopped before its first checkpoint; start it again with: "
                                       f"vaelab-train --config-dir {shlex.quote(str(run_dir / '.hydra'))} "
                                       f"--config-name config)")
+    import torch
+
+    from vaelab.train import build_model, check_epochs_to_resume, train  # (torch: after the cheap checks)
+
     ck = ckpt_io.load(last)
     ckpt_io.check_compatible(ck, build_model(cfg), last, cfg, ckpt_io.SAME_TO_RESUME)
     done = ck["state"]["epoch"]
@@ -332,7 +334,7 @@ def resume(run_dir: str | Path, overrides: list[str] = ()) -> dict | None:
 
 def resume_command(args) -> int:
     from vaelab.data import DataError
-    from vaelab.train import Interrupted, NonFiniteLoss, SaveFailed
+    from vaelab.errors import Interrupted, NonFiniteLoss, SaveFailed
 
     try:
         resume(args.run_dir, args.overrides)

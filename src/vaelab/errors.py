@@ -1,0 +1,16 @@
+"""Why a training run stopped early, as exceptions (raised by train.py, caught by vaelab-train
+and `vaelab resume`). Here rather than in train.py so that the commands that catch them do
+not import torch before they have checked their arguments."""
+from __future__ import annotations
+
+
+class NonFiniteLoss(RuntimeError):
+    """The loss or the weights became inf/NaN; the last good checkpoint is kept."""
+
+
+class Interrupted(RuntimeError):
+    """Ctrl-C or SIGTERM: the run saved a checkpoint after its current step and stopped."""
+
+
+class SaveFailed(RuntimeError):
+    """A checkpoint could not be written (disk full, permissions). The ones already there are intact."""

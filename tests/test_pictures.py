@@ -11,9 +11,9 @@ from torch.utils.tensorboard import SummaryWriter
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from vaelab.models import MLPVAE
-from vaelab.pictures import (RED, TRAVERSAL_VALUES, add_sample_arguments, interpolations_grid, latents_scatter_figure,
-                             make_pictures, manifold_grid, reconstructions_grid, sample_command, traversal_rows,
-                             traversals_figure, traversals_grid)
+from vaelab.evaluate_run import add_sample_arguments, sample_command
+from vaelab.pictures import (RED, TRAVERSAL_VALUES, interpolations_grid, latents_scatter_figure, make_pictures,
+                             manifold_grid, reconstructions_grid, traversal_rows, traversals_figure, traversals_grid)
 from vaelab.train import train
 
 CELL = 28 + 2  # an MNIST image plus make_grid's padding

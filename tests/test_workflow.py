@@ -712,7 +712,7 @@ def test_reproduce_into_a_folder_that_cannot_be_made_is_one_line(finished_run, t
 def test_the_vaelab_dispatcher_imports_only_the_command_it_runs(tmp_path):
     """Every command's module used to be imported to build the parser: 4-5 s before a typo in
     the command was refused. Now only the chosen one is (torchvision, ~1.4 s, not by compare),
-    and eval, resume, reproduce and compare name a wrong folder before importing torch (~2 s)."""
+    and eval, sample, resume, reproduce and compare name a wrong folder before importing torch (~2 s)."""
     script = ("import atexit, sys\n"
               "atexit.register(lambda: print(sorted(m for m in sys.modules if m.startswith('vaelab.')\n"
               "                                     or m in ('torch', 'torchvision'))))\n"
@@ -721,7 +721,8 @@ def test_the_vaelab_dispatcher_imports_only_the_command_it_runs(tmp_path):
     for args, loaded in ((["frob"], ["vaelab.cli"]),
                          (["compare", "nope"], ["vaelab.checkpoint", "vaelab.cli", "vaelab.cli_errors",
                                                 "vaelab.compare", "vaelab.config"]),
-                         (["eval", "nope"], None), (["resume", "nope"], None), (["reproduce", "nope"], None)):
+                         (["eval", "nope"], None), (["sample", "nope"], None), (["resume", "nope"], None),
+                         (["reproduce", "nope"], None)):
         r = subprocess.run([sys.executable, "-c", script, *args], cwd=tmp_path, capture_output=True, text=True,
                            timeout=120, env=cli_env())
         assert r.returncode == 2 and args[-1] in r.stderr, r.stderr

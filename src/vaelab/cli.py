@@ -11,7 +11,7 @@ import sys
 
 COMMANDS = {
     "eval": ("vaelab.evaluate_run", "test-set ELBO, IWAE NLL, active units and pictures of a run"),
-    "sample": ("vaelab.pictures", "decode samples from the prior into a PNG grid"),
+    "sample": ("vaelab.evaluate_run", "decode samples from the prior into a PNG grid"),
     "reproduce": ("vaelab.workflow", "re-run a run from its saved config and compare the metrics"),
     "resume": ("vaelab.workflow", "continue a run from its last checkpoint"),
     "compare": ("vaelab.compare", "table (and curves) of the runs under some folders"),

@@ -1,5 +1,6 @@
 """`vaelab eval RUN_DIR`: the test-split numbers and pictures of a trained run, into
-RUN_DIR/eval.json, RUN_DIR/eval/*.png and the run's own TensorBoard (test/*, eval/*).
+RUN_DIR/eval.json, RUN_DIR/eval/*.png and the run's own TensorBoard (test/*, eval/*); and
+`vaelab sample RUN_DIR`: a grid of the run's samples from the prior.
 
     vaelab eval outputs/runs/default/2024-05-01_12-00-00 --k 5000
     vaelab eval RUN_DIR --checkpoint best --device cuda
@@ -298,4 +299,53 @@ def eval_command(args: argparse.Namespace) -> int:
         print(f"vaelab eval: error: cannot write {e.filename or args.run_dir}: {e.strerror or e}", file=sys.stderr)
         return 1
     print(format_table(result, args.run_dir))
+    return 0
+
+
+# --- `vaelab sample` ----------------------------------------------------------------------
+
+
+def add_sample_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.error = one_line_errors("vaelab sample")
+    parser.add_argument("run_dir", metavar="RUN_DIR", help="a run directory (holds .hydra/ and checkpoints/)")
+    parser.add_argument("-n", type=_checked(int, lambda v: 1 <= v <= 10_000, "an integer in [1, 10000] (one grid)"),
+                        default=64, help="number of samples, at most 10000 (default 64)")
+    parser.add_argument("--out", default=None,
+                        help="PNG to write (default RUN_DIR/eval/samples_t<temperature>_seed<seed>.png)")
+    # z = T * eps in float32: T near 1e37 overflows to inf and a black grid; past ~10 the
+    # samples are noise anyway.
+    temperature = _checked(float, lambda v: math.isfinite(v) and 0 < v <= 1000, "a number in (0, 1000]")
+    parser.add_argument("--temperature", type=temperature, default=1.0,
+                        help="z ~ N(0, T^2 I), T in (0, 1000]; below 1 trades variety for cleaner digits (default 1)")
+    parser.add_argument("--seed", type=seed_int, default=0, help="seed of the latent draws (default 0)")
+    parser.add_argument("--nrow", type=positive_int, default=None, help="images per row (default ~sqrt(n))")
+    parser.add_argument("--checkpoint", default="last",
+                        help="last, best, a path, or a file name under RUN_DIR/checkpoints/ (default last)")
+    parser.add_argument("--device", type=device_name, default="auto", help="auto, cpu, cuda, cuda:N or mps (default auto)")
+
+
+def sample_command(args: argparse.Namespace) -> int:
+    try:
+        _, model, _ = load_run(args.run_dir, args.checkpoint, args.device)
+    except USER_ERRORS as e:
+        print(f"vaelab sample: error: {e}", file=sys.stderr)
+        return 2
+    import torch
+    from torchvision.utils import save_image
+
+    from vaelab.logger import image_grid
+
+    device = next(model.parameters()).device
+    gen = torch.Generator(device=device).manual_seed(args.seed)
+    x = model.sample(args.n, args.temperature, gen)
+    grid = image_grid(x, model.image_shape, nrow=args.nrow)
+    out = Path(args.out) if args.out else (
+        Path(args.run_dir) / "eval" / f"samples_t{args.temperature:g}_seed{args.seed}.png")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        save_image(grid, out)
+    except (OSError, ValueError) as e:  # unwritable folder, unknown image extension
+        print(f"vaelab sample: error: cannot write {out}: {e}", file=sys.stderr)
+        return 2
+    print(f"wrote {args.n} samples (temperature {args.temperature:g}, seed {args.seed}) to {out}")
     return 0

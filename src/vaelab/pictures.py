@@ -13,13 +13,11 @@
 - latents_scatter.png  test-set posterior means coloured by digit label: the two latent
                        dimensions when latent_size == 2, else the first two principal components
 
-    vaelab sample RUN_DIR -n 64 --out grid.png --temperature 0.8 --seed 0
+`vaelab sample RUN_DIR -n 64 --out grid.png --temperature 0.8` (in evaluate_run.py) draws the
+first kind alone.
 """
 from __future__ import annotations
 
-import argparse
-import math
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -253,53 +251,3 @@ def make_pictures(model, images: torch.Tensor, labels: torch.Tensor, kl_per_dim:
     put("latents_scatter", figure_to_tensor(fig), fig)
     model.train(was_training)
     return {"pictures": written, "traversal_dims": dims, "dead_dims": [d for d, x in zip(dims, dead) if x]}
-
-
-# --- `vaelab sample` ----------------------------------------------------------------------
-
-
-def add_sample_arguments(parser: argparse.ArgumentParser) -> None:
-    from vaelab.evaluate_run import _checked, device_name, one_line_errors, positive_int, seed_int
-
-    parser.error = one_line_errors("vaelab sample")
-    parser.add_argument("run_dir", metavar="RUN_DIR", help="a run directory (holds .hydra/ and checkpoints/)")
-    parser.add_argument("-n", type=_checked(int, lambda v: 1 <= v <= 10_000, "an integer in [1, 10000] (one grid)"),
-                        default=64, help="number of samples, at most 10000 (default 64)")
-    parser.add_argument("--out", default=None,
-                        help="PNG to write (default RUN_DIR/eval/samples_t<temperature>_seed<seed>.png)")
-    # z = T * eps in float32: T near 1e37 overflows to inf and a black grid; past ~10 the
-    # samples are noise anyway.
-    temperature = _checked(float, lambda v: math.isfinite(v) and 0 < v <= 1000, "a number in (0, 1000]")
-    parser.add_argument("--temperature", type=temperature, default=1.0,
-                        help="z ~ N(0, T^2 I), T in (0, 1000]; below 1 trades variety for cleaner digits (default 1)")
-    parser.add_argument("--seed", type=seed_int, default=0, help="seed of the latent draws (default 0)")
-    parser.add_argument("--nrow", type=positive_int, default=None, help="images per row (default ~sqrt(n))")
-    parser.add_argument("--checkpoint", default="last",
-                        help="last, best, a path, or a file name under RUN_DIR/checkpoints/ (default last)")
-    parser.add_argument("--device", type=device_name, default="auto", help="auto, cpu, cuda, cuda:N or mps (default auto)")
-
-
-def sample_command(args: argparse.Namespace) -> int:
-    from vaelab.evaluate_run import USER_ERRORS, load_run
-
-    try:
-        _, model, _ = load_run(args.run_dir, args.checkpoint, args.device)
-    except USER_ERRORS as e:
-        print(f"vaelab sample: error: {e}", file=sys.stderr)
-        return 2
-    device = next(model.parameters()).device
-    gen = torch.Generator(device=device).manual_seed(args.seed)
-    x = model.sample(args.n, args.temperature, gen)
-    grid = image_grid(x, model.image_shape, nrow=args.nrow)
-    out = Path(args.out) if args.out else (
-        Path(args.run_dir) / "eval" / f"samples_t{args.temperature:g}_seed{args.seed}.png")
-    from torchvision.utils import save_image
-
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        save_image(grid, out)
-    except (OSError, ValueError) as e:  # unwritable folder, unknown image extension
-        print(f"vaelab sample: error: cannot write {out}: {e}", file=sys.stderr)
-        return 2
-    print(f"wrote {args.n} samples (temperature {args.temperature:g}, seed {args.seed}) to {out}")
-    return 0

@@ -6,8 +6,8 @@
 # defaults: ../shared/data, ../shared/reference/seed_vae.py, benchmarks/results/gpu, 600.
 # 1. tests/test_cuda.py: trainer.cuda_graph trains as the eager step does (CI has no GPU).
 # 2. benchmarks/speed.py --device cuda with the defaults (the step as a CUDA graph, flat Adam),
-#    and with optim.impl=fused; benchmarks/gpu_step.py (the update alone, where a fresh process's first
-#    steps and the step's GPU time go, TF32); while the budget lasts, the eager step
+#    and with optim.impl=fused; benchmarks/gpu_step.py (a fresh process's first step op by op, the
+#    update alone, where the first steps and the step's GPU time go, TF32); while the budget lasts, the eager step
 #    (trainer.cuda_graph=false) and the opt-in variants (bf16 autocast, torch.compile).
 # Each stage has its own time limit, so one that hangs cannot take the others' results with it.
 # OUT_DIR gets the whole log (gpu.log) and speed.py's JSON records.
@@ -43,6 +43,7 @@ SPEED=($PY benchmarks/speed.py --data-root "$DATA" --reference "$REF" --device "
 stage tests 180 60 $PY -m pytest -x -p no:cacheprovider tests/test_cuda.py tests/test_optim.py -rs
 stage speed 200 120 "${SPEED[@]}" --rounds 2 --out "$OUT/speed-$DEVICE.json"
 stage speed-fused 200 120 "${SPEED[@]}" --rounds 2 --out "$OUT/speed-$DEVICE-fused.json" optim.impl=fused
+stage first-ops 60 15 $PY benchmarks/gpu_step.py --first-ops
 stage adam-only 60 15 $PY benchmarks/gpu_step.py --adam-only
 stage step 120 30 $PY benchmarks/gpu_step.py --batch-sizes 64,256,1024,4096
 stage step-fused 120 30 $PY benchmarks/gpu_step.py --impl fused --batch-sizes 64

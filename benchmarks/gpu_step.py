@@ -1,7 +1,7 @@
 """Where a training step's time goes on a GPU: the seed model's step, eager and as a CUDA graph.
 
     python benchmarks/gpu_step.py [--steps 2000] [--batch-sizes 64,256,1024,4096] [--impl auto] [--compile]
-                                  [--tf32] [--adam-only]
+                                  [--tf32] [--adam-only] [--first-ops]
 
 Builds the model, optimizer and step as vaelab-train experiment=seed does (through the composed
 config; the step is train.py's, with its CudaGraphStep), on random uint8 images shaped like
@@ -16,7 +16,8 @@ time per step and samples/s at larger batches. --compile adds the first three wi
 of the model, and of the model and loss as one region. --tf32 lets float32 matmuls use TF32
 tensor cores (not a vaelab setting: it changes the numbers). --adam-only times the optimizer
 update alone, as a graph: torch's fused Adam, optim.impl=flat, and fused Adam over the flat
-tensor cut into pieces (more, smaller blocks).
+tensor cut into pieces (more, smaller blocks). --first-ops times a fresh process's first step
+op by op, with the GPU synchronised around each (which ops load kernels), then stops.
 """
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ import time
 import torch
 from hydra import compose, initialize_config_dir
 from torch.profiler import ProfilerActivity, profile
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from vaelab.config import CONF_DIR, register_configs, typed
 from vaelab.data import to_float
@@ -108,6 +110,52 @@ def first_use(impl: str) -> None:
         timed(f"step {i + 1} ({what})", lambda: run(perm[i * 64:(i + 1) * 64], 1.0))
 
 
+class OpClock(TorchDispatchMode):
+    """Each aten op's wall time with the GPU synchronised before and after it: in a fresh
+    process, which ops of the first step pay for loading their kernels (CUDA loads a kernel
+    lazily, at its first launch) and cuBLAS for choosing and loading its products. The mode
+    also sees the backward's ops, which autograd runs on its own thread."""
+
+    def __init__(self):
+        super().__init__()
+        self.ms: dict[str, list[float]] = {}
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        out = func(*args, **(kwargs or {}))
+        torch.cuda.synchronize()
+        self.ms.setdefault(str(func.overloadpacket.__name__), []).append(1e3 * (time.perf_counter() - t0))
+        return out
+
+
+def first_ops(impl: str, top: int = 15) -> None:
+    """Step 1 of a fresh process, op by op (OpClock), after the CUDA context and cuBLAS's
+    handle exist, as they do when vaelab-train's epoch 1 starts."""
+    dev = torch.device("cuda")
+    torch.zeros(1, device=dev)
+    torch.cuda.current_blas_handle()
+    run, perm, _ = setup(64, True, impl=impl)
+    torch.cuda.synchronize()
+    clock = OpClock()
+    t0 = time.perf_counter()
+    with clock:
+        run(perm[:64], 1.0)
+    torch.cuda.synchronize()
+    total = 1e3 * (time.perf_counter() - t0)
+    ops = sorted(clock.ms.items(), key=lambda kv: -sum(kv[1]))
+    in_ops = sum(sum(v) for v in clock.ms.values())
+    print(f"  step 1, op by op: {total:.1f} ms in all, {in_ops:.1f} ms inside "
+          f"{sum(len(v) for v in clock.ms.values())} aten calls of {len(ops)} kinds; the costliest:")
+    for name, ms in ops[:top]:
+        print(f"    {name:40s} {len(ms):3d} calls {sum(ms):8.1f} ms (first {ms[0]:7.1f}, max {max(ms):7.1f})")
+    clock = OpClock()
+    with clock:
+        run(perm[64:128], 1.0)
+    torch.cuda.synchronize()
+    print(f"  step 2, op by op: {sum(sum(v) for v in clock.ms.values()):.1f} ms inside aten calls")
+
+
 def adam_only(steps: int) -> None:
     """The update alone, captured as a CUDA graph and replayed: us per step."""
     dev = torch.device("cuda")
@@ -162,6 +210,8 @@ def main() -> None:
                    help="as optim.impl (auto: flat Adam in the graph, fused in the eager step)")
     p.add_argument("--tf32", action="store_true", help="float32 matmuls on TF32 tensor cores")
     p.add_argument("--adam-only", action="store_true", help="time the optimizer update alone, then stop")
+    p.add_argument("--first-ops", action="store_true",
+                   help="in this fresh process, time step 1 op by op (where epoch 1's start-up goes), then stop")
     p.add_argument("--compile", action="store_true",
                    help="also with torch.compile of the model, and of the model and loss together")
     a = p.parse_args()
@@ -178,6 +228,9 @@ def main() -> None:
     print(f"{torch.cuda.get_device_name(0)}, torch {torch.__version__}, optim.impl={a.impl}, tf32={a.tf32}")
     if a.adam_only:
         adam_only(a.steps)
+        return
+    if a.first_ops:
+        first_ops(a.impl)
         return
     first_use(a.impl)
     variants = [("", "")] + ([(" +compile(model)", "model"), (" +compile(model+loss)", "model+loss")]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -342,6 +343,82 @@ def test_ctrl_c_stops_the_whole_sweep(tiny_mnist, tmp_path):
     assert list(runs(sweep)) == ["latent_size=2"]  # the second job never started
     assert "stopped by SIGINT" in out and "the sweep stops here" in out
     assert (sweep / "latent_size=2" / "checkpoints" / "last.pt").is_file()
+    assert f"carry the whole sweep on with: vaelab resume {sweep}" in out
+
+
+def test_resume_carries_a_stopped_sweep_on_in_its_folder(tiny_mnist, tmp_path):
+    """`vaelab resume SWEEP_DIR`, from another folder: a finished job is left alone, a stopped
+    one continues from its checkpoint and a job that never started starts, each ending as it
+    would have without the stop (bit-identical at one thread); a diverged one is left alone
+    and still counts. data.root is relative: it means what it meant where the sweep began."""
+    started = tmp_path / "started"
+    started.mkdir()
+    data = os.path.relpath(tiny_mnist, started)
+    sweep = vaelab_train(["-m", "latent_size=2,4,8,16", f"data.root={data}", *TINY, "trainer.checkpoint_every=1"],
+                         started, threads=1)
+    jobs = runs(sweep)
+    before = {n: json.loads((d / "metrics.json").read_text()) for n, d in jobs.items()}
+    done = jobs["latent_size=2"]
+    # (Hydra rewrites .hydra/ for every job it launches, and train.log gets a line on why the job is skipped)
+    done_files = {p: p.stat().st_mtime_ns for p in done.rglob("*")
+                  if p.is_file() and ".hydra" not in p.parts and p.name != "train.log"}
+    stopped = jobs["latent_size=4"]  # as if stopped during epoch 2: last.pt is epoch 1's
+    ckpt = stopped / "checkpoints"
+    (ckpt / "epoch_0001.pt").replace(ckpt / "last.pt")
+    for gone in (ckpt / "epoch_0002.pt", ckpt / "best.pt", stopped / "metrics.json"):
+        gone.unlink()
+    (stopped / "stopped.json").write_text(json.dumps({"state": "interrupted", "reason": "stopped by SIGINT"}))
+    shutil.rmtree(jobs["latent_size=8"])  # never started
+    diverged = jobs["latent_size=16"]
+    (diverged / "metrics.json").unlink()
+    (diverged / "stopped.json").write_text(json.dumps({"state": "diverged", "reason": "non-finite loss nan"}))
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    env = {**os.environ, "TQDM_DISABLE": "1", "OMP_NUM_THREADS": "1"}
+    p = subprocess.run([sys.executable, "-m", "vaelab.cli", "resume", str(sweep)], cwd=elsewhere, env=env,
+                       capture_output=True, text=True, timeout=300)
+    out = p.stdout + p.stderr
+    assert p.returncode == 1, out[-3000:]  # the diverged job: as when the sweep first ended
+    assert "latent_size=2 finished earlier" in out and "latent_size=16 diverged earlier" in out
+    assert f"sweep of 4 jobs: 3 done, 1 diverged; table: vaelab compare {sweep}" in out
+    assert set(runs(sweep)) == set(jobs) and not list(elsewhere.iterdir())
+    for name in ("latent_size=4", "latent_size=8"):
+        after = json.loads((sweep / name / "metrics.json").read_text())
+        assert {k: v for k, v in after.items() if not is_timing(k)} == \
+            {k: v for k, v in before[name].items() if not is_timing(k)}, name
+    assert "resuming" in (stopped / "train.log").read_text() and not (stopped / "stopped.json").exists()
+    assert {p: p.stat().st_mtime_ns for p in done_files} == done_files  # not evaluated or logged again
+    assert "finished earlier" in (done / "train.log").read_text()
+    assert json.loads((diverged / "stopped.json").read_text())["state"] == "diverged"
+    assert not (diverged / "metrics.json").exists()
+
+
+def test_resume_of_a_sweep_refuses_what_it_cannot_carry_on(sweep, tmp_path, capsys):
+    assert vaelab(["resume", sweep, "latent_size=3"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"vaelab resume: error: override 'latent_size=3': a sweep carries on with the values it began with; "
+        f"change one job's with vaelab resume {sweep / 'JOB'} KEY=VALUE")
+    drawn = tmp_path / "study"
+    drawn.mkdir()
+    record = yaml.safe_load((sweep / "multirun.yaml").read_text())
+    record["hydra"]["sweeper"]["_target_"] = "hydra_plugins.hydra_optuna_sweeper.optuna_sweeper.OptunaSweeper"
+    (drawn / "multirun.yaml").write_text(yaml.safe_dump(record))
+    assert vaelab(["resume", drawn]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"vaelab resume: error: {drawn}: its jobs were drawn by OptunaSweeper, which would draw new ones; "
+        f"carry a stopped trial on with vaelab resume {drawn / 'TRIAL'}")
+    no_resume = tmp_path / "no_resume"
+    (no_resume / "a" / ".hydra").mkdir(parents=True)
+    shutil.copy(sweep / "multirun.yaml", no_resume)
+    (no_resume / "a" / ".hydra" / "config.yaml").write_text("trainer:\n  resume: false\n")
+    assert vaelab(["resume", no_resume]) == 2
+    assert capsys.readouterr().err.strip().startswith(
+        f"vaelab resume: error: {no_resume / 'a'}: trainer.resume=false, so launched again the sweep's stopped jobs")
+    (drawn / "multirun.yaml").write_text("hydra: [1, 2]\n")
+    assert vaelab(["resume", drawn]) == 2
+    assert capsys.readouterr().err.strip().startswith(
+        f"vaelab resume: error: {drawn / 'multirun.yaml'}: not a sweep record as Hydra writes it (")
 
 
 def test_compare_sorts_a_sweep_whose_every_job_diverged(tmp_path, capsys):

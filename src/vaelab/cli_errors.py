@@ -150,6 +150,13 @@ class _CommandLine:
     multirun: bool = field(init=False)  # -m given
     optuna: bool = field(init=False)  # hparams_search=optuna: a sweep without -m
     folders: dict = field(init=False)  # hydra.run.dir / hydra.sweep.dir as given
+    continuing: Path | None = None  # a stopped sweep's folder that this command carries on
+
+    def taken(self, folder: Path, sweep: bool) -> str | None:
+        """_taken, except for the sweep folder `vaelab resume SWEEP_DIR` carries on."""
+        if sweep and self.continuing is not None and folder.resolve() == self.continuing.resolve():
+            return None
+        return _taken(folder, sweep)
 
     def __post_init__(self):
         self.task = [o for o in self.parsed if not o.is_hydra_override()]
@@ -166,9 +173,11 @@ class _CommandLine:
         return str(self.folders[key]) if key in self.folders else None
 
 
-def precheck(argv: list[str], fetch_data: bool = False) -> str | None:
+def precheck(argv: list[str], fetch_data: bool = False, continuing: Path | None = None) -> str | None:
     """None if the command line composes and validates; else one line saying what is wrong.
     fetch_data: also make sure each job's MNIST is there (downloading it once if allowed).
+    continuing: the folder of a stopped sweep that this command line carries on, whose runs
+    are expected there.
     The steps: the arguments as given; which primary config; each job's config (a sweep's
     values in turn); Hydra's own section (launcher, sweeper, logging); the folders Hydra will
     make; the data."""
@@ -177,7 +186,7 @@ def precheck(argv: list[str], fetch_data: bool = False) -> str | None:
         parsed = OverridesParser.create().parse_overrides(overrides)
     except Exception as e:  # OverrideParseException
         return f"cannot parse the overrides: {str(e).strip().splitlines()[0]}"
-    cmd = _CommandLine(parsed, flags)
+    cmd = _CommandLine(parsed, flags, continuing)
     err = _argument_error(cmd)
     if err:
         return err
@@ -197,7 +206,7 @@ def precheck(argv: list[str], fetch_data: bool = False) -> str | None:
     mode = OmegaConf.select(full, "hydra.mode")
     multirun = cmd.multirun or str(getattr(mode, "name", mode)) == "MULTIRUN"
     err = (_folder_error(full, multirun, {"hydra.run.dir": cmd.given("hydra.run.dir"),
-                                          "hydra.sweep.dir": cmd.given("hydra.sweep.dir")})
+                                          "hydra.sweep.dir": cmd.given("hydra.sweep.dir")}, cmd.taken)
            or _other_folder_error(full, multirun))
     if err or not fetch_data or launcher.endswith("SlurmLauncher"):  # SLURM's nodes may see other paths
         return err
@@ -229,10 +238,10 @@ def _argument_error(cmd: _CommandLine) -> str | None:
     # As given (also for --config-dir re-runs, which are not composed below); the folders as
     # Hydra resolves them (${oc.env:...}, a sweep that hparams_search starts) are checked at the end.
     if not cmd.helps and not ({"--cfg", "-c", "--info", "-i"} & set(cmd.flags)):
-        if sweep_dir and cmd.multirun and _taken(Path(sweep_dir), sweep=True):
-            return f"hydra.sweep.dir={sweep_dir}: {_taken(Path(sweep_dir), sweep=True)}"
-        if run_dir and all(m in ("--run", "-r") for m in cmd.modes) and _taken(Path(run_dir), sweep=False):
-            return f"hydra.run.dir={run_dir}: {_taken(Path(run_dir), sweep=False)}"
+        if sweep_dir and cmd.multirun and cmd.taken(Path(sweep_dir), sweep=True):
+            return f"hydra.sweep.dir={sweep_dir}: {cmd.taken(Path(sweep_dir), sweep=True)}"
+        if run_dir and all(m in ("--run", "-r") for m in cmd.modes) and cmd.taken(Path(run_dir), sweep=False):
+            return f"hydra.run.dir={run_dir}: {cmd.taken(Path(run_dir), sweep=False)}"
     if cmd.helps and cmd.swept:  # Hydra composes one job's config for --help, and raises on a sweep
         return f"override '{cmd.swept[0]}' lists several values: {cmd.helps[0]} shows one job, give one value per key"
     return None
@@ -374,8 +383,9 @@ def _taken(folder: Path, sweep: bool) -> str | None:
     own; the jobs of a sweep named like the old ones would carry those runs on under new settings."""
     if sweep:
         if folder.is_dir() and any((d / ".hydra" / "config.yaml").is_file() for d in folder.iterdir() if d.is_dir()):
-            return (f"that folder holds runs of an earlier sweep already; give a new folder (carry one of its "
-                    f"runs on with 'vaelab resume {shlex.quote(str(folder / 'JOB'))} [KEY=VALUE ...]')")
+            return (f"that folder holds runs of an earlier sweep already; give a new folder (carry that sweep on "
+                    f"with 'vaelab resume {shlex.quote(str(folder))}', one of its runs with "
+                    f"'vaelab resume {shlex.quote(str(folder / 'JOB'))} [KEY=VALUE ...]')")
         return None
     if not (folder / ".hydra" / "config.yaml").is_file():
         return None
@@ -386,9 +396,10 @@ def _taken(folder: Path, sweep: bool) -> str | None:
             f"[KEY=VALUE ...]', or give another folder")
 
 
-def _folder_error(composed: DictConfig, multirun: bool, given: dict) -> str | None:
+def _folder_error(composed: DictConfig, multirun: bool, given: dict, taken) -> str | None:
     """Why the folder this command would run in (hydra.run.dir, or hydra.sweep.dir for a sweep,
-    resolved: ${name}, ${now:...}, ${oc.env:...}) cannot be made, or None."""
+    resolved: ${name}, ${now:...}, ${oc.env:...}) cannot be made, or None. taken: _taken, or
+    _CommandLine.taken where a stopped sweep is carried on."""
     key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
     try:
         folder = OmegaConf.select(composed, key)
@@ -398,7 +409,7 @@ def _folder_error(composed: DictConfig, multirun: bool, given: dict) -> str | No
         return None
     if not str(folder).strip():  # e.g. ${oc.env:DIR,''}: Hydra would run in the current folder
         return f"{key} resolves to an empty path; give a folder, e.g. {key}=runs/first"
-    err = unwritable(Path(str(folder))) or _taken(Path(str(folder)), sweep=key == "hydra.sweep.dir")
+    err = unwritable(Path(str(folder))) or taken(Path(str(folder)), sweep=key == "hydra.sweep.dir")
     if err is None:
         return None
     what = "sweep" if key == "hydra.sweep.dir" else "run"

@@ -564,6 +564,10 @@ def hydra_main(cfg: DictConfig) -> float:
     """The Hydra app. Returns the final val loss (negative ELBO), which sweepers minimise."""
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     pin_environment(run_dir, cfg)  # the saved config must not depend on this shell's variables
+    if HydraConfig.get().mode.name == "MULTIRUN":
+        earlier = _ended_earlier(run_dir, cfg.trainer.epochs)
+        if earlier is not None:
+            return earlier
     try:
         metrics = train(typed(cfg), run_dir)
     except (ConfigError, DataError, ckpt_io.CheckpointError) as e:  # bad input: one line, no traceback
@@ -594,10 +598,33 @@ def hydra_main(cfg: DictConfig) -> float:
     except Interrupted as e:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # saved and leaving: a late Ctrl-C changes nothing
         log.warning("%s", e)  # asked for, and nothing lost: not an error
-        if HydraConfig.get().mode.name == "MULTIRUN":
-            log.warning("the sweep stops here: jobs that had not started did not run")
+        hc = HydraConfig.get()
+        if hc.mode.name == "MULTIRUN":
+            sweep = Path(hc.runtime.cwd, hc.sweep.dir)
+            log.warning("the sweep stops here: jobs that had not started did not run; carry the whole sweep on "
+                        "with: vaelab resume %s", shlex.quote(str(sweep)))
         sys.exit(130)  # Ctrl-C / SIGTERM stop the whole sweep, not only the job in progress
     return metrics["val_loss"]
+
+
+def _ended_earlier(run_dir: Path, epochs: int) -> float | None:
+    """The result of a sweep job whose folder holds a run that already ended (`vaelab resume
+    SWEEP_DIR` launches every job of a sweep again): a finished run's val loss, or +inf for a
+    diverged one, as the job returned then. Such runs are left as they are: a finished one
+    would only be evaluated again, and a diverged one resumed from its last good checkpoint
+    would replay the same steps to the same blow-up. None: the job trains (or carries on)."""
+    stopped, metrics = ckpt_io.read_json(run_dir / STOPPED), ckpt_io.read_json(run_dir / "metrics.json")
+    if stopped is not None and stopped.get("state") == "diverged":
+        log.warning("%s diverged earlier and is left as it is (%s); to try it again with other values: "
+                    "vaelab resume %s KEY=VALUE", run_dir.name, stopped.get("reason", "non-finite loss"),
+                    shlex.quote(str(run_dir)))
+        return float("inf")
+    if stopped is None and metrics is not None and isinstance(metrics.get("epochs"), int) \
+            and metrics["epochs"] >= epochs and isinstance(metrics.get("val_loss"), (int, float)):
+        log.info("%s finished earlier (%d epochs, val loss %.4f) and is left as it is", run_dir.name,
+                 metrics["epochs"], metrics["val_loss"])
+        return float(metrics["val_loss"])
+    return None
 
 
 def job_name(override_dirname: str, job_num) -> str:

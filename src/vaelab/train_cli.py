@@ -85,22 +85,35 @@ def _override_value(v) -> str:
 
 def main() -> None:
     """Console script `vaelab-train`: check the overrides, then hand over to Hydra."""
+    sys.exit(launch(sys.argv[1:]))
+
+
+def launch(argv: list[str], prog: str = "vaelab-train", continuing: Path | None = None) -> int:
+    """Check vaelab-train's arguments, then run the Hydra app on them in this process; returns
+    the exit status. continuing: the folder of a stopped sweep that these arguments carry on
+    (`vaelab resume SWEEP_DIR`), which may hold runs."""
     register_configs()
-    argv = sys.argv[1:] = saved_config_argv(sys.argv[1:])
-    err = precheck(argv, fetch_data=True)
+    argv = saved_config_argv(argv)
+    err = precheck(argv, fetch_data=True, continuing=continuing)
     if err:
-        print(f"vaelab-train: error: {err}", file=sys.stderr)
-        sys.exit(2)
-    sys.argv[1:] = add_overrides(argv, sweep_name_override(argv))
+        print(f"{prog}: error: {err}", file=sys.stderr)
+        return 2
+    sys.argv[1:] = add_overrides(argv, sweep_name_override(argv))  # Hydra reads its arguments there
     from vaelab.train import hydra_main  # torch and the rest: only for a command line that can run
 
     try:
         hydra_main()
     except KeyboardInterrupt:  # a second Ctrl-C, or one outside training (joblib's parent, setup)
-        print("vaelab-train: interrupted; a run keeps the checkpoints it had completed "
-              "(vaelab resume RUN_DIR carries it on from them; without any, start it again with "
-              "vaelab-train --config-dir RUN_DIR/.hydra --config-name config)", file=sys.stderr)
-        sys.exit(130)
+        print(f"{prog}: interrupted; a run keeps the checkpoints it had completed "
+              "(vaelab resume RUN_DIR carries it on from them, vaelab resume SWEEP_DIR a whole sweep; a run "
+              "without any starts again with vaelab-train --config-dir RUN_DIR/.hydra --config-name config)",
+              file=sys.stderr)
+        return 130
+    except SystemExit as e:  # hydra.main exits with its app's status (the sweep summary's 1, a job's 2 or 130)
+        if isinstance(e.code, str):
+            print(e.code, file=sys.stderr)
+        return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    return 0
 
 
 if __name__ == "__main__":  # `python -m vaelab.train_cli`, as `python -m vaelab.train`

@@ -8,6 +8,10 @@ resume     continues RUN_DIR from checkpoints/last.pt, in the same directory, op
            value overrides such as trainer.epochs=100. The overrides and the checkpoint are
            checked before anything is written; the new values go into RUN_DIR/.hydra/config.yaml
            and overrides.yaml, so a later `reproduce` re-runs the config the run ended with.
+           Given a sweep's folder (vaelab-train -m), it launches the sweep again into that folder
+           with the command line Hydra recorded in its multirun.yaml: finished and diverged jobs
+           are left as they are, stopped ones continue from their last checkpoint, and jobs that
+           never started start.
 """
 from __future__ import annotations
 
@@ -232,7 +236,8 @@ def reproduce_command(args) -> int:
 
 
 def add_resume_arguments(p) -> None:
-    p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory holding checkpoints/last.pt")
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory holding checkpoints/last.pt, or the folder "
+                   "of a stopped sweep (vaelab-train -m) to carry on as a whole")
     # default=[]: without one, argparse lists KEY=VALUE as required when RUN_DIR is missing
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", default=[],
                    help="values to change for the rest of the run, e.g. trainer.epochs=100")
@@ -332,11 +337,84 @@ def resume(run_dir: str | Path, overrides: list[str] = ()) -> dict | None:
     return train(cfg, run_dir, data)
 
 
+def is_sweep_dir(path: Path) -> bool:
+    """A folder Hydra made for a sweep (vaelab-train -m): its multirun.yaml, and no run of its own."""
+    return (path / "multirun.yaml").is_file() and not (path / ".hydra" / "config.yaml").is_file()
+
+
+def sweep_command_line(sweep_dir: Path) -> tuple[Path, list[str]]:
+    """Where a sweep was started, and the vaelab-train arguments that launch it again into its
+    own folder, from the multirun.yaml Hydra wrote there: the overrides as given (Hydra's
+    included: launcher, job folder names), the primary config it used unless it was vaelab's
+    own conf/, and hydra.sweep.dir pointing here. Hydra's basic sweeper only: a sweeper that
+    draws its jobs (Optuna) would draw new ones."""
+    from vaelab.train_cli import _override_value
+
+    path = sweep_dir / "multirun.yaml"
+    try:
+        hc = OmegaConf.load(path).hydra
+        task, hydra_args = [str(o) for o in hc.overrides.task], [str(o) for o in hc.overrides.hydra]
+        cwd, config_name = Path(str(hc.runtime.cwd)), str(hc.job.config_name)
+        sweeper = str(OmegaConf.select(hc, "sweeper._target_", default=""))
+        sources = OmegaConf.to_container(hc.runtime.config_sources)
+    except Exception as e:  # unreadable, or not what Hydra writes
+        raise WorkflowError(f"{path}: not a sweep record as Hydra writes it ({type(e).__name__}: "
+                            f"{str(e).strip().splitlines()[0] if str(e).strip() else 'no detail'})") from None
+    if not sweeper.endswith(".BasicSweeper"):
+        raise WorkflowError(f"{sweep_dir}: its jobs were drawn by {sweeper.rsplit('.', 1)[-1] or 'another sweeper'}, "
+                            f"which would draw new ones; carry a stopped trial on with "
+                            f"vaelab resume {shlex.quote(str(sweep_dir / 'TRIAL'))}")
+    if not cwd.is_dir():
+        raise WorkflowError(f"{sweep_dir}: the sweep was started in {cwd}, which is gone (relative paths such as "
+                            f"data.root=... meant folders there)")
+    flags = []
+    for source in sources:
+        where = Path(str(source.get("path", "")))
+        # vaelab's own configs (conf/ in a checkout, vaelab/conf in a wheel): the ones installed now
+        if source.get("provider") == "main" and where.name != "conf":  # a saved run's .hydra (-cd RUN/.hydra)
+            if not (where / f"{config_name}.yaml").is_file():
+                raise WorkflowError(f"{sweep_dir}: the sweep's config, {where / f'{config_name}.yaml'}, is gone")
+            flags += ["--config-path", str(where), "--config-name", config_name]
+        elif source.get("provider") == "command-line":  # --config-dir: the user's own config groups
+            flags += ["--config-dir", str(where)]
+    keep = [o for o in hydra_args if o.split("=", 1)[0].lstrip("+~") not in ("hydra.sweep.dir", "hydra.mode")]
+    return cwd, ["-m", *flags, *task, *keep, f"hydra.sweep.dir={_override_value(str(sweep_dir.resolve()))}"]
+
+
+def resume_sweep(sweep_dir: str | Path, overrides: list[str] = ()) -> int:
+    """Launch the sweep in `sweep_dir` again into that folder (sweep_command_line), from where
+    it was started; each job that finished or diverged there is left as it is (train.hydra_main),
+    one that stopped continues from its last checkpoint (trainer.resume), and the rest start.
+    Returns vaelab-train's exit status."""
+    sweep_dir = Path(sweep_dir).resolve()
+    if overrides:
+        raise WorkflowError(f"override '{overrides[0]}': a sweep carries on with the values it began with; change "
+                            f"one job's with vaelab resume {shlex.quote(str(sweep_dir / 'JOB'))} KEY=VALUE")
+    cwd, argv = sweep_command_line(sweep_dir)
+    for job in sorted(sweep_dir.iterdir()):
+        try:
+            saved = yaml.safe_load((job / ".hydra" / "config.yaml").read_text()) or {}
+        except (OSError, yaml.YAMLError):  # not a job's folder (Hydra's own, a file), or a broken one: Hydra says
+            continue
+        if isinstance(saved, dict) and (saved.get("trainer") or {}).get("resume") is False:
+            raise WorkflowError(f"{job}: trainer.resume=false, so launched again the sweep's stopped jobs would start "
+                                f"over; carry them on one by one with vaelab resume JOB_DIR (it resumes whatever "
+                                f"trainer.resume says)")
+    print(f"vaelab resume: carrying on the sweep {sweep_dir}, from {cwd}: jobs that finished or diverged stay as "
+          f"they are, stopped ones continue from their last checkpoint, the others start", file=sys.stderr)
+    os.chdir(cwd)  # relative paths in the overrides (data.root=../data) mean what they meant
+    from vaelab.train_cli import launch
+
+    return launch(argv, prog="vaelab resume", continuing=sweep_dir)
+
+
 def resume_command(args) -> int:
     from vaelab.data import DataError
     from vaelab.errors import Interrupted, NonFiniteLoss, SaveFailed
 
     try:
+        if is_sweep_dir(Path(args.run_dir)):
+            return resume_sweep(args.run_dir, args.overrides)
         resume(args.run_dir, args.overrides)
     except (WorkflowError, ConfigError, DataError, ckpt_io.CheckpointError) as e:
         print(f"vaelab resume: error: {e}", file=sys.stderr)

@@ -347,10 +347,12 @@ def test_ctrl_c_stops_the_whole_sweep(tiny_mnist, tmp_path):
 
 
 def test_resume_carries_a_stopped_sweep_on_in_its_folder(tiny_mnist, tmp_path):
-    """`vaelab resume SWEEP_DIR`, from another folder: a finished job is left alone, a stopped
-    one continues from its checkpoint and a job that never started starts, each ending as it
-    would have without the stop (bit-identical at one thread); a diverged one is left alone
-    and still counts. data.root is relative: it means what it meant where the sweep began."""
+    """`vaelab resume SWEEP_DIR`, from another folder: a stopped job continues from its checkpoint
+    and a job that never started starts, each ending as it would have without the stop
+    (bit-identical at one thread); a finished job is left as it is, with the config a
+    `vaelab resume JOB KEY=VALUE` gave it, and gets the evaluation a stop cut short; a diverged
+    one is left as it is and still counts. data.root is relative: it means what it meant where
+    the sweep began."""
     started = tmp_path / "started"
     started.mkdir()
     data = os.path.relpath(tiny_mnist, started)
@@ -358,20 +360,26 @@ def test_resume_carries_a_stopped_sweep_on_in_its_folder(tiny_mnist, tmp_path):
                          started, threads=1)
     jobs = runs(sweep)
     before = {n: json.loads((d / "metrics.json").read_text()) for n, d in jobs.items()}
-    done = jobs["latent_size=2"]
-    # (Hydra rewrites .hydra/ for every job it launches, and train.log gets a line on why the job is skipped)
-    done_files = {p: p.stat().st_mtime_ns for p in done.rglob("*")
-                  if p.is_file() and ".hydra" not in p.parts and p.name != "train.log"}
+    done = jobs["latent_size=2"]  # carried on by hand to 3 epochs and evaluated; the evaluation lost
+    threads = torch.get_num_threads()
+    try:
+        assert vaelab(["resume", done, "trainer.epochs=3", "trainer.final_eval=true"]) == 0
+    finally:  # resume takes the run's thread count (1): not for the tests after this one
+        torch.set_num_threads(threads)
+    (done / "eval.json").unlink()
     stopped = jobs["latent_size=4"]  # as if stopped during epoch 2: last.pt is epoch 1's
     ckpt = stopped / "checkpoints"
     (ckpt / "epoch_0001.pt").replace(ckpt / "last.pt")
     for gone in (ckpt / "epoch_0002.pt", ckpt / "best.pt", stopped / "metrics.json"):
         gone.unlink()
     (stopped / "stopped.json").write_text(json.dumps({"state": "interrupted", "reason": "stopped by SIGINT"}))
-    shutil.rmtree(jobs["latent_size=8"])  # never started
+    fresh = sweep / "latent_size=8"  # never started
+    saved = {f: (fresh / ".hydra" / f).read_text() for f in ("config.yaml", "overrides.yaml")}
+    shutil.rmtree(fresh)
     diverged = jobs["latent_size=16"]
     (diverged / "metrics.json").unlink()
     (diverged / "stopped.json").write_text(json.dumps({"state": "diverged", "reason": "non-finite loss nan"}))
+    kept = {p: p.stat().st_mtime_ns for d in (done, stopped, diverged) for p in (d / ".hydra").iterdir()}
 
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
@@ -380,7 +388,7 @@ def test_resume_carries_a_stopped_sweep_on_in_its_folder(tiny_mnist, tmp_path):
                        capture_output=True, text=True, timeout=300)
     out = p.stdout + p.stderr
     assert p.returncode == 1, out[-3000:]  # the diverged job: as when the sweep first ended
-    assert "latent_size=2 finished earlier" in out and "latent_size=16 diverged earlier" in out
+    assert "latent_size=2 finished earlier (3 epochs" in out and "latent_size=16 diverged earlier" in out
     assert f"sweep of 4 jobs: 3 done, 1 diverged; table: vaelab compare {sweep}" in out
     assert set(runs(sweep)) == set(jobs) and not list(elsewhere.iterdir())
     for name in ("latent_size=4", "latent_size=8"):
@@ -388,10 +396,41 @@ def test_resume_carries_a_stopped_sweep_on_in_its_folder(tiny_mnist, tmp_path):
         assert {k: v for k, v in after.items() if not is_timing(k)} == \
             {k: v for k, v in before[name].items() if not is_timing(k)}, name
     assert "resuming" in (stopped / "train.log").read_text() and not (stopped / "stopped.json").exists()
-    assert {p: p.stat().st_mtime_ns for p in done_files} == done_files  # not evaluated or logged again
-    assert "finished earlier" in (done / "train.log").read_text()
+    # the jobs that began keep their own .hydra/; the new one gets what Hydra wrote the first time
+    assert {p: p.stat().st_mtime_ns for p in kept} == kept
+    assert "epochs: 3" in (done / ".hydra" / "config.yaml").read_text()
+    assert {f: (fresh / ".hydra" / f).read_text() for f in saved} == saved
+    assert "output_subdir: .hydra" in (fresh / ".hydra" / "hydra.yaml").read_text()
+    assert json.loads((done / "metrics.json").read_text())["epochs"] == 3 and (done / "eval.json").is_file()
     assert json.loads((diverged / "stopped.json").read_text())["state"] == "diverged"
     assert not (diverged / "metrics.json").exists()
+
+
+def test_resume_of_a_sweep_launches_the_command_line_as_given(sweep, tmp_path):
+    """Interpolations in the recorded overrides stay unresolved (Hydra resolves them per job), and
+    a primary config of the user's own, even in a folder named conf, is the one launched again."""
+    from vaelab.config import CONF_DIR
+    from vaelab.workflow import sweep_command_line
+
+    record = yaml.safe_load((sweep / "multirun.yaml").read_text())
+    record["hydra"]["overrides"]["hydra"].append("++hydra.run.dir='runs/${now:%Y}'")
+    record["hydra"]["overrides"]["task"].append("trainer.eval_batch_size=${trainer.batch_size}")
+    own = tmp_path / "mine" / "conf"
+    own.mkdir(parents=True)
+    (own / "config.yaml").write_text("defaults:\n  - config\n")
+    for source in record["hydra"]["runtime"]["config_sources"]:
+        if source["provider"] == "main":
+            assert Path(source["path"]).resolve() == CONF_DIR.resolve()
+            source["path"] = str(own)
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    (copy / "multirun.yaml").write_text(yaml.safe_dump(record))
+    cwd, argv, task = sweep_command_line(copy)
+    assert cwd == sweep.parents[3]
+    assert "++hydra.run.dir='runs/${now:%Y}'" in argv and "trainer.eval_batch_size=${trainer.batch_size}" in task
+    assert argv[argv.index("--config-path") + 1] == str(own)
+    assert argv[-3:] == ["hydra.output_subdir=null", "++hydra.job.env_set.VAELAB_SWEEP_CONTINUED=1",
+                         f"hydra.sweep.dir='{copy.resolve()}'"]
 
 
 def test_resume_of_a_sweep_refuses_what_it_cannot_carry_on(sweep, tmp_path, capsys):
@@ -408,13 +447,6 @@ def test_resume_of_a_sweep_refuses_what_it_cannot_carry_on(sweep, tmp_path, caps
     assert capsys.readouterr().err.strip() == (
         f"vaelab resume: error: {drawn}: its jobs were drawn by OptunaSweeper, which would draw new ones; "
         f"carry a stopped trial on with vaelab resume {drawn / 'TRIAL'}")
-    no_resume = tmp_path / "no_resume"
-    (no_resume / "a" / ".hydra").mkdir(parents=True)
-    shutil.copy(sweep / "multirun.yaml", no_resume)
-    (no_resume / "a" / ".hydra" / "config.yaml").write_text("trainer:\n  resume: false\n")
-    assert vaelab(["resume", no_resume]) == 2
-    assert capsys.readouterr().err.strip().startswith(
-        f"vaelab resume: error: {no_resume / 'a'}: trainer.resume=false, so launched again the sweep's stopped jobs")
     (drawn / "multirun.yaml").write_text("hydra: [1, 2]\n")
     assert vaelab(["resume", drawn]) == 2
     assert capsys.readouterr().err.strip().startswith(

@@ -238,10 +238,11 @@ def _argument_error(cmd: _CommandLine) -> str | None:
     # As given (also for --config-dir re-runs, which are not composed below); the folders as
     # Hydra resolves them (${oc.env:...}, a sweep that hparams_search starts) are checked at the end.
     if not cmd.helps and not ({"--cfg", "-c", "--info", "-i"} & set(cmd.flags)):
-        if sweep_dir and cmd.multirun and cmd.taken(Path(sweep_dir), sweep=True):
-            return f"hydra.sweep.dir={sweep_dir}: {cmd.taken(Path(sweep_dir), sweep=True)}"
-        if run_dir and all(m in ("--run", "-r") for m in cmd.modes) and cmd.taken(Path(run_dir), sweep=False):
-            return f"hydra.run.dir={run_dir}: {cmd.taken(Path(run_dir), sweep=False)}"
+        for key, folder, applies in (("hydra.sweep.dir", sweep_dir, cmd.multirun),
+                                     ("hydra.run.dir", run_dir, all(m in ("--run", "-r") for m in cmd.modes))):
+            taken = cmd.taken(Path(folder), sweep=key == "hydra.sweep.dir") if folder and applies else None
+            if taken:
+                return f"{key}={folder}: {taken}"
     if cmd.helps and cmd.swept:  # Hydra composes one job's config for --help, and raises on a sweep
         return f"override '{cmd.swept[0]}' lists several values: {cmd.helps[0]} shows one job, give one value per key"
     return None

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import yaml
 from hydra.experimental.callback import Callback
+from omegaconf import OmegaConf
 
 from vaelab.checkpoint import read_json
 from vaelab.cli_errors import unwritable
@@ -37,6 +38,18 @@ _SKIP = {".hydra", "checkpoints", "samples"}
 # In a run folder after an early stop (train() writes it, its next start removes it):
 # {"state": "diverged" | "interrupted" | "failed", "reason": the one-line message}
 STOPPED = "stopped.json"
+# Set in each job's environment (hydra.job.env_set) when `vaelab resume SWEEP_DIR` launches a
+# stopped sweep again: its jobs then carry on the runs already in their folders.
+SWEEP_CONTINUED = "VAELAB_SWEEP_CONTINUED"
+
+
+def run_state(path: Path) -> tuple[str, dict | None, dict | None]:
+    """(state, metrics.json, stopped.json) of the run in `path`: done (metrics.json and no early
+    stop since), diverged, interrupted or failed (stopped.json), else unfinished."""
+    metrics, stopped = read_json(path / "metrics.json"), read_json(path / STOPPED)
+    if metrics is not None and stopped is None:
+        return "done", metrics, stopped
+    return (stopped or {}).get("state", "unfinished"), metrics, stopped
 
 
 class CompareError(RuntimeError):
@@ -95,17 +108,15 @@ def _load(path: Path, name: str) -> Run:
     cfg = path / ".hydra" / "config.yaml"
     if cfg.is_file():
         run.config = _flatten(yaml.safe_load(cfg.read_text()) or {})
-    metrics = read_json(path / "metrics.json")
-    stopped = read_json(path / STOPPED)
-    if metrics is not None and stopped is None:
-        run.metrics, run.state = metrics, "done"
+    run.state, metrics, _ = run_state(path)
+    if run.state == "done":
+        run.metrics = metrics
     else:  # still running or stopped (maybe resumed after finishing): the last epoch scalars
         sc = run.scalars()
         run.metrics = {k: sc[t][-1][1] for k, t in EPOCH_TAGS.items() if sc.get(t)}
         for k in ("epochs", "active_units"):
             if k in run.metrics:
                 run.metrics[k] = int(run.metrics[k])
-        run.state = (stopped or {}).get("state", "unfinished")
     ev = read_json(path / "eval.json") or {}
     run.metrics.update({f"test_{k}": v for k, v in ev.items()
                         if isinstance(v, (int, float)) and not isinstance(v, bool)})
@@ -248,7 +259,8 @@ class SweepSummary(Callback):
 
     The jobs are the runs in the sweep folder whose config was written after the sweep began
     (vaelab-train refuses a given hydra.sweep.dir that holds runs, but two sweeps started in the
-    same second share the default folder). on_multirun_end runs on the machine that
+    same second share the default folder), or all of them for a sweep that `vaelab resume
+    SWEEP_DIR` carries on. on_multirun_end runs on the machine that
     launched the sweep, after every job returned, whichever launcher ran them."""
 
     def on_multirun_start(self, config, **kwargs) -> None:
@@ -261,8 +273,10 @@ class SweepSummary(Callback):
             runs = find_runs([sweep_dir])
         except CompareError:
             return  # no job wrote a run folder (a dry run, --cfg): nothing to say
-        slack = 2.0  # file systems that store whole seconds
-        runs = [r for r in runs if (r.path / ".hydra" / "config.yaml").stat().st_mtime >= self.started - slack]
+        if SWEEP_CONTINUED not in (OmegaConf.select(config, "hydra.job.env_set") or {}):
+            slack = 2.0  # file systems that store whole seconds
+            runs = [r for r in runs if (r.path / ".hydra" / "config.yaml").is_file()
+                    and (r.path / ".hydra" / "config.yaml").stat().st_mtime >= self.started - slack]
         states: dict[str, list[str]] = {}
         for r in runs:
             states.setdefault(r.state, []).append(r.name)

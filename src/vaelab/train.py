@@ -33,7 +33,7 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
 from vaelab import checkpoint as ckpt_io
-from vaelab.compare import STOPPED
+from vaelab.compare import STOPPED, SWEEP_CONTINUED, run_state
 from vaelab.config import CONF_DIR, ConfigError, resolve_device, to_plain, typed, validate
 from vaelab.data import DataError, MNISTData, load_data, to_float
 from vaelab.errors import Interrupted, NonFiniteLoss, SaveFailed
@@ -562,25 +562,30 @@ def _pictures(model: VAE, fixed_z: torch.Tensor, recon_x: torch.Tensor, writer: 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
 def hydra_main(cfg: DictConfig) -> float:
     """The Hydra app. Returns the final val loss (negative ELBO), which sweepers minimise."""
-    run_dir = Path(HydraConfig.get().runtime.output_dir)
-    pin_environment(run_dir, cfg)  # the saved config must not depend on this shell's variables
-    if HydraConfig.get().mode.name == "MULTIRUN":
-        earlier = _ended_earlier(run_dir, cfg.trainer.epochs)
-        if earlier is not None:
-            return earlier
+    hc = HydraConfig.get()
+    run_dir = Path(hc.runtime.output_dir)
+    # `vaelab resume SWEEP_DIR` launched this sweep again, with hydra.output_subdir=null: a job
+    # that began then carries on from its own saved config (as `vaelab resume JOB_DIR` would).
+    began = os.environ.get(SWEEP_CONTINUED) == "1" and (run_dir / ".hydra" / "config.yaml").is_file()
+    if began:
+        run = lambda: _carry_on(run_dir)  # noqa: E731
+    else:
+        if os.environ.get(SWEEP_CONTINUED) == "1":  # a job that never started: its config, as Hydra saves it
+            _save_job_config(cfg, run_dir)
+        pin_environment(run_dir, cfg)  # the saved config must not depend on this shell's variables
+        run = lambda: train(typed(cfg), run_dir)  # noqa: E731
     try:
-        metrics = train(typed(cfg), run_dir)
+        metrics = run()
     except (ConfigError, DataError, ckpt_io.CheckpointError) as e:  # bad input: one line, no traceback
         print(f"vaelab-train: error: {e}", file=sys.stderr)
         # The folder Hydra made for a run that never started would list in `vaelab compare`
         # as an unfinished run: remove it when it holds nothing but what Hydra put there.
-        hc = HydraConfig.get()
-        if {p.name for p in run_dir.iterdir()} <= {".hydra", "train.log"}:
+        if not began and {p.name for p in run_dir.iterdir()} <= {".hydra", "train.log"}:
             shutil.rmtree(run_dir, ignore_errors=True)
             _remove_name_folder_if_empty(run_dir.parent, hc.runtime.cwd)
             # A sweep whose first job is refused stops there: its folder would hold only Hydra's
             # multirun.yaml and list in `vaelab compare` as a sweep of no jobs.
-            sweep = Path(hc.runtime.cwd, hc.sweep.dir) if hc.mode.name == "MULTIRUN" else None
+            sweep = _sweep_dir(hc) if hc.mode.name == "MULTIRUN" else None
             if sweep is not None and sweep.is_dir() and {p.name for p in sweep.iterdir()} == {"multirun.yaml"}:
                 shutil.rmtree(sweep, ignore_errors=True)
                 _remove_name_folder_if_empty(sweep.parent, hc.runtime.cwd)
@@ -598,33 +603,59 @@ def hydra_main(cfg: DictConfig) -> float:
     except Interrupted as e:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # saved and leaving: a late Ctrl-C changes nothing
         log.warning("%s", e)  # asked for, and nothing lost: not an error
-        hc = HydraConfig.get()
         if hc.mode.name == "MULTIRUN":
-            sweep = Path(hc.runtime.cwd, hc.sweep.dir)
             log.warning("the sweep stops here: jobs that had not started did not run; carry the whole sweep on "
-                        "with: vaelab resume %s", shlex.quote(str(sweep)))
+                        "with: vaelab resume %s", shlex.quote(str(_sweep_dir(hc))))
         sys.exit(130)  # Ctrl-C / SIGTERM stop the whole sweep, not only the job in progress
     return metrics["val_loss"]
 
 
-def _ended_earlier(run_dir: Path, epochs: int) -> float | None:
-    """The result of a sweep job whose folder holds a run that already ended (`vaelab resume
-    SWEEP_DIR` launches every job of a sweep again): a finished run's val loss, or +inf for a
-    diverged one, as the job returned then. Such runs are left as they are: a finished one
-    would only be evaluated again, and a diverged one resumed from its last good checkpoint
-    would replay the same steps to the same blow-up. None: the job trains (or carries on)."""
-    stopped, metrics = ckpt_io.read_json(run_dir / STOPPED), ckpt_io.read_json(run_dir / "metrics.json")
-    if stopped is not None and stopped.get("state") == "diverged":
+def _sweep_dir(hc) -> Path:
+    return Path(os.path.normpath(Path(hc.runtime.cwd, hc.sweep.dir)))
+
+
+def _carry_on(run_dir: Path) -> dict:
+    """A job of a sweep that `vaelab resume SWEEP_DIR` carries on, whose run began earlier: from
+    its own saved config (`vaelab resume JOB trainer.epochs=N` may have changed it since), a
+    run that stopped continues from its checkpoints and one that ended is left as it is, with
+    the result its job returned then (a finished run's val loss, +inf for a diverged one): a
+    diverged run resumed from its last good checkpoint would replay the same steps to the same
+    blow-up. A finished run whose end-of-training evaluation was cut short gets it now."""
+    from vaelab.workflow import carried_on_config
+
+    cfg = carried_on_config(run_dir)
+    state, metrics, stopped = run_state(run_dir)
+    if state == "diverged":
         log.warning("%s diverged earlier and is left as it is (%s); to try it again with other values: "
                     "vaelab resume %s KEY=VALUE", run_dir.name, stopped.get("reason", "non-finite loss"),
                     shlex.quote(str(run_dir)))
-        return float("inf")
-    if stopped is None and metrics is not None and isinstance(metrics.get("epochs"), int) \
-            and metrics["epochs"] >= epochs and isinstance(metrics.get("val_loss"), (int, float)):
-        log.info("%s finished earlier (%d epochs, val loss %.4f) and is left as it is", run_dir.name,
-                 metrics["epochs"], metrics["val_loss"])
-        return float(metrics["val_loss"])
-    return None
+        return {"val_loss": float("inf")}
+    if state != "done" or not isinstance(metrics.get("val_loss"), (int, float)) \
+            or metrics.get("epochs", 0) < cfg.trainer.epochs:
+        return train(cfg, run_dir)
+    log.info("%s finished earlier (%d epochs, val loss %.4f) and is left as it is", run_dir.name,
+             metrics["epochs"], metrics["val_loss"])
+    if cfg.trainer.final_eval and not (run_dir / "eval.json").is_file():
+        from vaelab.evaluate_run import evaluate_run
+
+        log.info("%s: its end-of-training evaluation did not finish; evaluating it now", run_dir.name)
+        evaluate_run(run_dir, k=cfg.trainer.final_eval_k, device=cfg.device, checkpoint="last",
+                     progress=cfg.trainer.progress)
+    return metrics
+
+
+def _save_job_config(cfg: DictConfig, run_dir: Path) -> None:
+    """What Hydra writes into a job's .hydra/ (hydra.core.utils.run_job), for a job that
+    `vaelab resume SWEEP_DIR` starts: that launch sets hydra.output_subdir=null so that Hydra
+    leaves the jobs that began alone. hydra.yaml records the folder and env as a first launch would."""
+    hydra_cfg = OmegaConf.create({"hydra": OmegaConf.to_container(HydraConfig.get(), resolve=False)})
+    hydra_cfg.hydra.output_subdir = ".hydra"
+    hydra_cfg.hydra.job.env_set.pop(SWEEP_CONTINUED, None)
+    out = run_dir / ".hydra"
+    out.mkdir(parents=True, exist_ok=True)
+    for name, node in (("config.yaml", cfg), ("hydra.yaml", hydra_cfg),
+                       ("overrides.yaml", HydraConfig.get().overrides.task)):
+        ckpt_io.write_text_atomic(out / name, OmegaConf.to_yaml(node))
 
 
 def job_name(override_dirname: str, job_num) -> str:

@@ -59,7 +59,7 @@ def saved_config_argv(argv: list[str]) -> list[str]:
     # callback and its exit status, logging), as ++key=value, except the folder-name key that
     # main() derives from this command line.
     keep = {"hydra.searchpath": f"['file://{CONF_DIR}']"}
-    keep.update((k, _override_value(v)) for k, v in _leaves(hydra_section(), "hydra") if k != SWEEP_NAME_KEY)
+    keep.update((k, override_value(v)) for k, v in _leaves(hydra_section(), "hydra") if k != SWEEP_NAME_KEY)
     return add_overrides(argv[:i] + ["--config-path", os.path.abspath(folder)] + rest,
                          [f"++{k}={v}" for k, v in keep.items() if k not in given])
 
@@ -72,14 +72,14 @@ def _leaves(tree: dict, prefix: str):
             yield f"{prefix}.{k}", v
 
 
-def _override_value(v) -> str:
+def override_value(v) -> str:
     """A YAML value as Hydra's override grammar reads it back ('quoted' strings keep ${...})."""
     if isinstance(v, str):
         return "'" + v.replace("\\", "\\\\").replace("'", "\\'") + "'"
     if isinstance(v, bool):
         return str(v).lower()
     if isinstance(v, list):
-        return "[" + ",".join(_override_value(x) for x in v) + "]"
+        return "[" + ",".join(override_value(x) for x in v) + "]"
     return "null" if v is None else str(v)
 
 

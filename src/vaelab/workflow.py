@@ -30,6 +30,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
 from vaelab import checkpoint as ckpt_io
+from vaelab.compare import SWEEP_CONTINUED
 from vaelab.cli_errors import _explain as explain_override_error  # vaelab-train's wording
 from vaelab.cli_errors import unwritable
 from vaelab.config import ConfigError, load_run_config, resolve_device, validate
@@ -342,18 +343,21 @@ def is_sweep_dir(path: Path) -> bool:
     return (path / "multirun.yaml").is_file() and not (path / ".hydra" / "config.yaml").is_file()
 
 
-def sweep_command_line(sweep_dir: Path) -> tuple[Path, list[str]]:
-    """Where a sweep was started, and the vaelab-train arguments that launch it again into its
-    own folder, from the multirun.yaml Hydra wrote there: the overrides as given (Hydra's
-    included: launcher, job folder names), the primary config it used unless it was vaelab's
-    own conf/, and hydra.sweep.dir pointing here. Hydra's basic sweeper only: a sweeper that
-    draws its jobs (Optuna) would draw new ones."""
-    from vaelab.train_cli import _override_value
+def sweep_command_line(sweep_dir: Path) -> tuple[Path | None, list[str], list[str]]:
+    """From the multirun.yaml Hydra wrote in a sweep's folder: the folder the sweep was started
+    in (None if it is gone), the vaelab-train arguments that launch it again into its own
+    folder, and the sweep's task overrides. The arguments are the overrides as given (Hydra's
+    included: launcher, job folder names; interpolations unresolved), the primary config unless
+    it was vaelab's own, and hydra.sweep.dir pointing here. Hydra's basic sweeper only: a
+    sweeper that draws its jobs (Optuna) would draw new ones."""
+    from vaelab.config import CONF_DIR
+    from vaelab.train_cli import override_value
 
     path = sweep_dir / "multirun.yaml"
     try:
         hc = OmegaConf.load(path).hydra
-        task, hydra_args = [str(o) for o in hc.overrides.task], [str(o) for o in hc.overrides.hydra]
+        given = OmegaConf.to_container(hc.overrides, resolve=False)  # ${now:...} resolves only in Hydra
+        task, hydra_args = [str(o) for o in given["task"]], [str(o) for o in given["hydra"]]
         cwd, config_name = Path(str(hc.runtime.cwd)), str(hc.job.config_name)
         sweeper = str(OmegaConf.select(hc, "sweeper._target_", default=""))
         sources = OmegaConf.to_container(hc.runtime.config_sources)
@@ -364,48 +368,63 @@ def sweep_command_line(sweep_dir: Path) -> tuple[Path, list[str]]:
         raise WorkflowError(f"{sweep_dir}: its jobs were drawn by {sweeper.rsplit('.', 1)[-1] or 'another sweeper'}, "
                             f"which would draw new ones; carry a stopped trial on with "
                             f"vaelab resume {shlex.quote(str(sweep_dir / 'TRIAL'))}")
-    if not cwd.is_dir():
-        raise WorkflowError(f"{sweep_dir}: the sweep was started in {cwd}, which is gone (relative paths such as "
-                            f"data.root=... meant folders there)")
     flags = []
     for source in sources:
         where = Path(str(source.get("path", "")))
-        # vaelab's own configs (conf/ in a checkout, vaelab/conf in a wheel): the ones installed now
-        if source.get("provider") == "main" and where.name != "conf":  # a saved run's .hydra (-cd RUN/.hydra)
+        if source.get("provider") == "main" and where.resolve() != CONF_DIR.resolve():  # e.g. -cd RUN/.hydra
             if not (where / f"{config_name}.yaml").is_file():
-                raise WorkflowError(f"{sweep_dir}: the sweep's config, {where / f'{config_name}.yaml'}, is gone")
+                raise WorkflowError(f"{sweep_dir}: the sweep's primary config {where / f'{config_name}.yaml'} is gone")
             flags += ["--config-path", str(where), "--config-name", config_name]
         elif source.get("provider") == "command-line":  # --config-dir: the user's own config groups
             flags += ["--config-dir", str(where)]
-    keep = [o for o in hydra_args if o.split("=", 1)[0].lstrip("+~") not in ("hydra.sweep.dir", "hydra.mode")]
-    return cwd, ["-m", *flags, *task, *keep, f"hydra.sweep.dir={_override_value(str(sweep_dir.resolve()))}"]
+    # This launch leaves each job's .hydra/ to the job (train.hydra_main): a job that began keeps its own
+    # config, with any change `vaelab resume JOB KEY=VALUE` made to it.
+    ours = ("hydra.sweep.dir", "hydra.mode", "hydra.output_subdir", f"hydra.job.env_set.{SWEEP_CONTINUED}")
+    keep = [o for o in hydra_args if o.split("=", 1)[0].lstrip("+~") not in ours]
+    argv = ["-m", *flags, *task, *keep, "hydra.output_subdir=null", f"++hydra.job.env_set.{SWEEP_CONTINUED}=1",
+            f"hydra.sweep.dir={override_value(str(sweep_dir.resolve()))}"]
+    return (cwd if cwd.is_dir() else None), argv, task
 
 
 def resume_sweep(sweep_dir: str | Path, overrides: list[str] = ()) -> int:
     """Launch the sweep in `sweep_dir` again into that folder (sweep_command_line), from where
-    it was started; each job that finished or diverged there is left as it is (train.hydra_main),
-    one that stopped continues from its last checkpoint (trainer.resume), and the rest start.
-    Returns vaelab-train's exit status."""
+    it was started. Its jobs (train.hydra_main) leave a run that finished or diverged as it is,
+    carry on one that stopped as `vaelab resume JOB_DIR` would (its own saved config), and
+    start the rest. Returns vaelab-train's exit status."""
     sweep_dir = Path(sweep_dir).resolve()
     if overrides:
         raise WorkflowError(f"override '{overrides[0]}': a sweep carries on with the values it began with; change "
                             f"one job's with vaelab resume {shlex.quote(str(sweep_dir / 'JOB'))} KEY=VALUE")
-    cwd, argv = sweep_command_line(sweep_dir)
-    for job in sorted(sweep_dir.iterdir()):
-        try:
-            saved = yaml.safe_load((job / ".hydra" / "config.yaml").read_text()) or {}
-        except (OSError, yaml.YAMLError):  # not a job's folder (Hydra's own, a file), or a broken one: Hydra says
-            continue
-        if isinstance(saved, dict) and (saved.get("trainer") or {}).get("resume") is False:
-            raise WorkflowError(f"{job}: trainer.resume=false, so launched again the sweep's stopped jobs would start "
-                                f"over; carry them on one by one with vaelab resume JOB_DIR (it resumes whatever "
-                                f"trainer.resume says)")
+    cwd, argv, task = sweep_command_line(sweep_dir)
+    jobs = [d for d in sorted(sweep_dir.iterdir()) if (d / ".hydra" / "config.yaml").is_file()]
+    for job in jobs:  # before anything is launched: Hydra would write into a running job's folder
+        ckpt_io.check_not_in_use(job)
+    if cwd is None:
+        cwd = Path.cwd()
+        print(f"vaelab resume: the sweep was started in a folder that is gone; relative paths in its command line "
+              f"are read from here, {cwd}", file=sys.stderr)
+    if jobs and not any(o.split("=", 1)[0].lstrip("+~") == "data.root" for o in task):
+        # data.root came from VAELAB_DATA (conf/data/mnist.yaml), pinned in each job's config: jobs that
+        # start now read the same folder, whatever this shell says.
+        root = OmegaConf.select(OmegaConf.load(jobs[0] / ".hydra" / "config.yaml"), "data.root")
+        if root is not None:
+            os.environ["VAELAB_DATA"] = str(root)
     print(f"vaelab resume: carrying on the sweep {sweep_dir}, from {cwd}: jobs that finished or diverged stay as "
           f"they are, stopped ones continue from their last checkpoint, the others start", file=sys.stderr)
     os.chdir(cwd)  # relative paths in the overrides (data.root=../data) mean what they meant
     from vaelab.train_cli import launch
 
     return launch(argv, prog="vaelab resume", continuing=sweep_dir)
+
+
+def carried_on_config(run_dir: Path):
+    """A run's own saved config, set to continue from its checkpoints, with a relative data.root
+    read from where the run began (`vaelab resume SWEEP_DIR`'s jobs)."""
+    cfg = load_run_config(run_config_path(run_dir))
+    cfg.trainer.resume = True
+    if not Path(cfg.data.root).is_absolute():
+        cfg.data.root = str(_launch_cwd(run_dir) / cfg.data.root)
+    return cfg
 
 
 def resume_command(args) -> int:

@@ -147,6 +147,30 @@ def test_optimizer_matches_config():
     (["hydra.job.env_set.OMP_NUM_THREADS=1"], "'hydra.job.env_set' takes new keys with a leading +, as in "
                                               "'+hydra.job.env_set.OMP_NUM_THREADS=1'"),
     (["-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=0", "latent_size=2,16"], "hydra.launcher.n_jobs=0: give"),
+    # an override that does not parse is named, with Hydra's reason, short, and a hint where the cause is a common one
+    (["-m", "latent_size=2,", "16"], "override 'latent_size=2,': cannot parse it (mismatched input '<EOF>'); the values "
+                                     "of a sweep are written without spaces, as in latent_size=2,16"),  # `=2, 16`
+    (["-m", "latent_size=2", ",16"], "override ',16': cannot parse it (unexpected ',' at character 1); the values of a "
+                                     "sweep are written without spaces, as in latent_size=2,16"),
+    (["-m", "latent_size=2,16,"], "as in latent_size=2,16"),
+    (["data.root=~/mnistdata"], "override 'data.root=~/mnistdata': cannot parse it (unexpected '~' at character 11); "
+                                "Hydra does not expand ~: write the path out, e.g. data.root=$HOME/mnistdata"),
+    (["latent_size=8", "a==3"], "override 'a==3': cannot parse it (extraneous input '=')"),  # any other cause
+    # ~KEY of a key the config needs: Hydra deletes a top-level one, and the job failed with a traceback
+    (["~latent_size"], "override '~latent_size': latent_size cannot be deleted (the config needs it); set it "
+                       "instead, as in latent_size=VALUE"),
+    (["~seed"], "override '~seed': seed cannot be deleted"),
+    (["~name"], "override '~name': name cannot be deleted"),
+    (["~model.activation"], "override '~model.activation': model.activation cannot be deleted (the config needs it); "
+                            "set it instead, as in model.activation=VALUE"),
+    (["~hydra.run.dir"], "override '~hydra.run.dir': hydra.run.dir cannot be deleted"),
+    # a key of another launcher: which one to select
+    (["-m", "latent_size=2,16", "hydra.launcher.n_jobs=2"], "keys allowed at 'hydra.launcher': _target_; n_jobs "
+                                                           "belongs to the joblib launcher: add hydra/launcher=joblib"),
+    (["-m", "latent_size=2,16", "hydra.launcher.timeout_min=60"], "timeout_min belongs to the slurm, submitit_local "
+                                                                 "and submitit_slurm launchers: add one, e.g. "
+                                                                 "hydra/launcher=slurm"),
+    (["-m", "latent_size=2,16", "hydra.launcher.ray.init.num_cpus=2"], "hydra/launcher=ray"),  # ray_local.yaml's
 ])
 def test_bad_input_is_one_line(args, needle):
     err = precheck(args)
@@ -247,6 +271,35 @@ def test_optuna_search_spaces_are_checked_at_every_value_the_sampler_can_draw():
     top = "seed=range(4294967196,4294967296,50)"  # 2**32 = 4294967296 is one past the largest seed
     assert precheck(["hparams_search=optuna", top]) == "seed=4294967296: must be in [0, 2**32)"
     assert precheck(["-m", top]) is None
+
+
+def test_an_optuna_study_in_a_database_is_checked_before_the_sweep(tmp_path, monkeypatch):
+    """optuna.create_study failed with a traceback, after Hydra had made the sweep folder: on
+    SQLAlchemy 2 (optuna 2.x's database code needs 1.x), or where SQLite cannot make the file."""
+    from importlib import metadata
+
+    def installed(optuna, sqlalchemy):
+        real = metadata.version
+        monkeypatch.setattr(metadata, "version", lambda d: {"optuna": optuna, "sqlalchemy": sqlalchemy}.get(d) or real(d))
+
+    args = ["hparams_search=optuna", f"hydra.sweep.dir={tmp_path / 'sweep'}"]
+    db = f"hydra.sweeper.storage=sqlite:///{tmp_path}/study.db"
+    installed("2.10.1", "2.0.30")
+    assert precheck([*args, db]) == (
+        f"{db}: the Optuna sweeper needs optuna 2.x (2.10.1 here), whose database code fails on SQLAlchemy 2 "
+        f"(2.0.30 here); for a study kept in a database install SQLAlchemy < 2 with: pip install -e '.[optuna-db]'")
+    assert precheck(args) is None  # an in-memory study works with either
+    installed("3.6.1", "2.0.30")
+    assert precheck([*args, db]) is None
+    installed("2.10.1", "1.4.54")
+    assert precheck([*args, db]) is None
+    gone = f"hydra.sweeper.storage=sqlite:///{tmp_path}/nowhere/study.db"
+    assert precheck([*args, gone]) == (f"{gone}: the folder {tmp_path / 'nowhere'} does not exist (SQLite makes the "
+                                       f"database file, not its folder)")
+    assert precheck([*args, "hydra.sweeper.storage=sqlite:////proc/study.db"]) == (
+        "hydra.sweeper.storage=sqlite:////proc/study.db: cannot make folders in /proc, where SQLite would make the "
+        "database")
+    assert precheck([*args, "hydra.sweeper.storage=sqlite:///:memory:"]) is None
 
 
 def test_a_launcher_whose_plugin_is_missing_names_the_extra():

@@ -16,6 +16,7 @@ import shlex
 import shutil
 import tempfile
 from dataclasses import dataclass, field
+from importlib import metadata
 from pathlib import Path
 
 from hydra import compose, initialize_config_dir
@@ -82,6 +83,8 @@ def _explain(exc: Exception, override: str, composed: DictConfig | None = None) 
     cause = exc.__cause__ or exc
     msg = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
     full_key = getattr(cause, "full_key", None)
+    if override.startswith("~") and "does not support deletion" in msg:  # a key of a typed section
+        return _cannot_delete(override)
     if "not in" in msg and full_key:  # unknown key: suggest the closest known ones
         parent, _, leaf = full_key.rpartition(".")
         schema = composed if composed is not None and full_key.startswith("hydra.") else OmegaConf.structured(Config)
@@ -96,7 +99,8 @@ def _explain(exc: Exception, override: str, composed: DictConfig | None = None) 
                     f"leading +, as in '+{override.lstrip('+~')}'")
         hint = f" did you mean '{(parent + '.') if parent else ''}{close[0]}'?" if close else ""
         where = f"'{parent}'" if parent else "the top level"
-        return f"unknown key '{full_key}' in override '{override}';{hint} keys allowed at {where}: {', '.join(known)}"
+        return (f"unknown key '{full_key}' in override '{override}';{hint} keys allowed at {where}: "
+                f"{', '.join(known)}{_other_launcher_hint(full_key)}")
     if "Could not find" in str(exc):  # unknown config group option, e.g. experiment=sed
         lines = str(exc).splitlines()
         opts = [ln.strip() for ln in lines if ln.startswith("\t") and "provider=" not in ln]
@@ -166,8 +170,8 @@ class _CommandLine:
         self.swept = [o.input_line for o in self.task if o.is_sweep_override()]
         self.multirun = bool({"--multirun", "-m"} & set(self.flags))
         self.optuna = any(o.key_or_group == "hparams_search" and str(o.value()) == "optuna" for o in self.task)
-        self.folders = {o.key_or_group: o.value() for o in self.parsed
-                        if o.key_or_group in ("hydra.run.dir", "hydra.sweep.dir")}
+        self.folders = {o.key_or_group: o.value() for o in self.parsed  # (~KEY: _cannot_delete's)
+                        if o.key_or_group in ("hydra.run.dir", "hydra.sweep.dir") and not o.is_delete()}
 
     def given(self, key: str) -> str | None:
         return str(self.folders[key]) if key in self.folders else None
@@ -185,7 +189,7 @@ def precheck(argv: list[str], fetch_data: bool = False, continuing: Path | None 
     try:
         parsed = OverridesParser.create().parse_overrides(overrides)
     except Exception as e:  # OverrideParseException
-        return f"cannot parse the overrides: {str(e).strip().splitlines()[0]}"
+        return _parse_error(overrides, e)
     cmd = _CommandLine(parsed, flags, continuing)
     err = _argument_error(cmd)
     if err:
@@ -207,7 +211,7 @@ def precheck(argv: list[str], fetch_data: bool = False, continuing: Path | None 
     multirun = cmd.multirun or str(getattr(mode, "name", mode)) == "MULTIRUN"
     err = (_folder_error(full, multirun, {"hydra.run.dir": cmd.given("hydra.run.dir"),
                                           "hydra.sweep.dir": cmd.given("hydra.sweep.dir")}, cmd.taken)
-           or _other_folder_error(full, multirun))
+           or _other_folder_error(full, multirun) or _optuna_storage_error(full))
     if err or not fetch_data or launcher.endswith("SlurmLauncher"):  # SLURM's nodes may see other paths
         return err
     # The data once, here, before any job: a sweep's jobs would each fail on missing data
@@ -220,6 +224,67 @@ def precheck(argv: list[str], fetch_data: bool = False, continuing: Path | None 
         except DataError as e:
             return str(e)
     return None
+
+
+def _parse_error(overrides: list[str], exc: Exception) -> str:
+    """One line for overrides Hydra's grammar rejects. Hydra parses them as one list and names
+    none of them, so parse them one by one to name the first that fails, with Hydra's reason
+    and a hint where the cause is a common one."""
+    parser = OverridesParser.create()
+    for i, ov in enumerate(overrides):
+        try:
+            parser.parse_overrides([ov])
+        except Exception as e:
+            return f"override '{ov}': cannot parse it ({_parse_reason(e, ov)}){_parse_hint(overrides, i)}"
+    return f"cannot parse the overrides: {_parse_reason(exc, ' '.join(overrides))}"
+
+
+_LEXER_ERROR = "LexerNoViableAltException: "
+
+
+def _parse_reason(exc: Exception, override: str) -> str:
+    """Hydra's reason, short: without its set of expected tokens (a dozen names of the grammar)
+    and its link; for a character the lexer rejects, which one (Hydra prints the override and a
+    ^ under that character on the next line)."""
+    lines = [ln for ln in str(exc).splitlines()
+             if ln.strip() and not ln.startswith(("Error parsing override", "See https://"))]
+    if not lines:
+        return type(exc).__name__
+    if lines[0].startswith(_LEXER_ERROR):
+        caret = next((ln.index("^") for ln in lines[1:] if ln.strip() == "^"), None)
+        at = -1 if caret is None else caret - len(_LEXER_ERROR)
+        return f"unexpected {override[at]!r} at character {at + 1}" if 0 <= at < len(override) else lines[0]
+    return re.sub(r" expecting \{.*\}$", "", lines[0])
+
+
+def _parse_hint(overrides: list[str], i: int) -> str:
+    """Why overrides[i] does not parse, where the cause is recognisable: a `~` path (the shell
+    leaves the `~` of `data.root=~/x` alone, data.root not being a shell variable's name, and
+    Hydra's grammar rejects it), or a sweep the shell split at a space (`latent_size=2, 16`:
+    `latent_size=2,` then `16`)."""
+    ov = overrides[i]
+    prev = overrides[i - 1] if i else ""
+    nxt = overrides[i + 1] if i + 1 < len(overrides) else ""
+    key, eq, value = ov.partition("=")
+    if "~" in value:
+        example = f", e.g. {key}={value.replace('~/', '$HOME/')}, which the shell expands" if "~/" in value else ""
+        return f"; Hydra does not expand ~: write the path out{example}"
+    after_comma = not eq and prev.endswith(",")
+    if not (ov.startswith(",") or ov.endswith(",") or after_comma):
+        return ""
+    # the pieces put back together (a comma at the end dropped), if the grammar accepts that
+    joined = ((prev if ov.startswith(",") or after_comma else "") + ov
+              + (nxt if ov.endswith(",") and nxt and "=" not in nxt else ""))
+    example = next((j for j in (joined, joined.strip(",")) if _parses(j)), "key=a,b,c")
+    return f"; the values of a sweep are written without spaces, as in {example}"
+
+
+def _parses(override: str) -> bool:
+    try:
+        OverridesParser.create().parse_overrides([override])
+    except Exception:  # OverrideParseException
+        return False
+    return True
 
 
 def _argument_error(cmd: _CommandLine) -> str | None:
@@ -306,6 +371,9 @@ def _jobs_error(compose_, candidates: list[list[str]], cmd: _CommandLine) -> tup
                 except Exception as e2:
                     return _explain_plugin(e2, ov), data_roots
             return _explain(e, " ".join(ovs)), data_roots
+        err = _deleted_key_error(cfg, ovs)
+        if err:
+            return err, data_roots
         try:
             validate(cfg)
         except ConfigError as e:
@@ -316,6 +384,28 @@ def _jobs_error(compose_, candidates: list[list[str]], cmd: _CommandLine) -> tup
         return (f"the jobs of this sweep would have different names ({', '.join(names)}), and name names the "
                 f"sweep's folder (outputs/multirun/<name>/...); give one, e.g. name=compare"), data_roots
     return None, data_roots
+
+
+_ABSENT = object()
+
+
+def _deleted_key_error(cfg: DictConfig, overrides: list[str]) -> str | None:
+    """`~KEY` of a key the schema has. Below the top level Hydra refuses it at composition
+    ('does not support deletion', see _explain), but it deletes a top-level key (latent_size,
+    seed, name, device) and the job then fails on the missing key with a traceback. (`~model`
+    drops a config group's file: the schema's values stay, and the config composes.)"""
+    schema = OmegaConf.structured(Config)
+    for ov in overrides:
+        key = ov[1:].split("=", 1)[0] if ov.startswith("~") else ""
+        if (key and OmegaConf.select(schema, key, default=_ABSENT) is not _ABSENT
+                and OmegaConf.select(cfg, key, default=_ABSENT) is _ABSENT):
+            return _cannot_delete(ov)
+    return None
+
+
+def _cannot_delete(override: str) -> str:
+    key = override[1:].split("=", 1)[0]
+    return f"override '{override}': {key} cannot be deleted (the config needs it); set it instead, as in {key}=VALUE"
 
 
 def _hydra_section_error(compose_, base: list[str], cmd: _CommandLine) -> tuple[str | None, DictConfig | None, str]:
@@ -448,6 +538,81 @@ def _default_folders() -> dict[str, str]:
 # Hydra plugins behind our launcher/sweeper choices, and the extra that installs each.
 _PLUGIN_EXTRAS = {"ray": "ray", "joblib": "sweep", "optuna": "sweep", "submitit_slurm": "slurm",
                   "submitit_local": "slurm"}
+
+
+@functools.lru_cache(maxsize=None)
+def _launcher_keys() -> dict[str, frozenset]:
+    """The keys each choice of hydra/launcher takes (conf/hydra/launcher/*.yaml and the
+    installed plugins' configs), composed. A config whose plugin is missing (ray_local without
+    the Ray launcher) does not compose: its own file's keys stand in."""
+    register_configs()
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+            names = GlobalHydra.instance().config_loader().get_group_options("hydra/launcher")
+    finally:
+        GlobalHydra.instance().clear()
+    keys = {}
+    for name in names:
+        try:
+            keys[name] = frozenset(_compose([f"hydra/launcher={name}"], hydra_section=True).hydra.launcher)
+        except Exception:
+            own = CONF_DIR / "hydra" / "launcher" / f"{name}.yaml"
+            keys[name] = frozenset(OmegaConf.load(own)) - {"defaults"} if own.is_file() else frozenset()
+    return keys
+
+
+def _other_launcher_hint(full_key: str) -> str:
+    """For an unknown hydra.launcher.KEY: the launchers that take KEY, which the user most
+    likely meant to select (hydra.launcher.n_jobs=2 without hydra/launcher=joblib)."""
+    if not full_key.startswith("hydra.launcher."):
+        return ""
+    leaf = full_key.split(".")[2]
+    takers = [name for name, keys in _launcher_keys().items() if leaf in keys]
+    if not takers:
+        return ""
+    if len(takers) == 1:
+        return f"; {leaf} belongs to the {takers[0]} launcher: add hydra/launcher={takers[0]}"
+    return (f"; {leaf} belongs to the {', '.join(takers[:-1])} and {takers[-1]} launchers: add one, "
+            f"e.g. hydra/launcher={takers[0]}")
+
+
+def _optuna_storage_error(composed: DictConfig) -> str | None:
+    """A study kept in a database (hydra.sweeper.storage) that the Optuna sweeper cannot open.
+    It fails in optuna.create_study, after Hydra has made the sweep folder, with a long
+    traceback: optuna 2.x (all the sweeper allows) runs its database code on SQLAlchemy 1.x only
+    (the optuna-db extra pins it), and SQLite makes the database file but not its folder."""
+    sweeper = composed.hydra.sweeper
+    if not str(sweeper.get("_target_") or "").endswith("OptunaSweeper"):
+        return None
+    raw = OmegaConf.to_container(sweeper, resolve=False).get("storage")
+    if not raw:
+        return None
+    given = f"hydra.sweeper.storage={raw}"
+    optuna, sqlalchemy = _version("optuna"), _version("sqlalchemy")
+    if optuna and sqlalchemy and int(optuna.split(".")[0]) < 3 and int(sqlalchemy.split(".")[0]) >= 2:
+        return (f"{given}: the Optuna sweeper needs optuna 2.x ({optuna} here), whose database code fails on "
+                f"SQLAlchemy 2 ({sqlalchemy} here); for a study kept in a database install SQLAlchemy < 2 "
+                f"with: pip install -e '.[optuna-db]'")
+    try:  # ${...} that only the running app resolves: the sweeper will say
+        url = str(OmegaConf.select(composed, "hydra.sweeper.storage"))
+    except Exception:
+        return None
+    m = re.fullmatch(r"sqlite:///([^?]+)(\?.*)?", url)
+    if not m or m.group(1) == ":memory:":
+        return None
+    folder = Path(m.group(1)).parent  # relative to the folder vaelab-train starts in (hydra.job.chdir=false)
+    if not folder.is_dir():
+        return f"{given}: the folder {folder} does not exist (SQLite makes the database file, not its folder)"
+    err = unwritable(folder)
+    return f"{given}: {err}, where SQLite would make the database" if err else None
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return None
 
 
 def _explain_plugin(exc: Exception, override: str, composed: DictConfig | None = None) -> str:

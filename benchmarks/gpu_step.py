@@ -154,6 +154,14 @@ def first_ops(impl: str, top: int = 15) -> None:
         run(perm[64:128], 1.0)
     torch.cuda.synchronize()
     print(f"  step 2, op by op: {sum(sum(v) for v in clock.ms.values()):.1f} ms inside aten calls")
+    # A second model in the same process: what of step 1's cost a warm-up on a throwaway copy
+    # (e.g. in a thread while vaelab-train loads data) would take away from the real run's epoch 1.
+    run, perm, _ = setup(64, True, impl=impl)
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    run(perm[:64], 1.0)
+    torch.cuda.synchronize()
+    print(f"  step 1 of a second model in this process: {1e3 * (time.perf_counter() - t0):.1f} ms")
 
 
 def adam_only(steps: int) -> None:

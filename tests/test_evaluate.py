@@ -293,6 +293,9 @@ def test_eval_errors_are_one_line(make_cfg, tmp_path, capsys):
         ([str(tmp_path / "run"), "--k", "0"], "argument --k: must be an integer in [1, 1000000]"),
         ([str(tmp_path / "run"), "--k", "many"], "argument --k: must be an integer in [1, 1000000]"),
         ([str(tmp_path / "run"), "--device", "bogus"], "argument --device: allowed: auto, cpu, cuda, cuda:N, mps"),
+        *([([str(tmp_path / "run"), "--device", "cuda"],
+            "--device cuda: no CUDA GPU is visible here; use --device cpu or --device auto")]
+          if not torch.cuda.is_available() else []),
         ([str(tmp_path / "run"), "--k", str(10**20)], "argument --k: must be an integer in [1, 1000000]"),
         ([str(tmp_path / "ro")], "ro: not writable (eval writes eval.json"),
         ([str(tmp_path / "run"), "--seed", str(2**64)], "argument --seed: must be an integer in [0, 2**63)"),

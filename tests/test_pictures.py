@@ -125,7 +125,10 @@ def test_vaelab_sample(make_cfg, tmp_path, capsys):
                           ([str(run), "--temperature", "-1"], "argument --temperature: must be a number in (0, 1000]"),
                           ([str(run), "--temperature", "1e300"],
                            "argument --temperature: must be a number in (0, 1000]"),
-                          ([str(run), "--out", str(tmp_path / "grid.nope")], "cannot write")):
+                          ([str(run), "--out", str(tmp_path / "grid.nope")], "unknown image format 'nope'; allowed:"),
+                          ([str(run), "--out", f"{tmp_path}/"], f"is a directory; give a file name such as "
+                                                               f"{tmp_path / 'samples.png'}"),
+                          ([str(run), "--out", "/proc/nope/grid.png"], "--out /proc/nope/grid.png: ")):
         try:
             code = _sample_cli(argv)
         except SystemExit as e:

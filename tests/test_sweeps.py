@@ -143,6 +143,11 @@ def test_optuna_search_minimises_the_val_loss(tiny_mnist, tmp_path):
     assert len(trials) == 2  # each named by its sampled values, sorted by key
     assert all([kv.split("=")[0] for kv in n.split(",")] == ["latent_size", "loss.beta", "optim.lr"] for n in trials)
     assert result["best_value"] == min(trials.values())  # the task function returned the val loss
+    # A study is not launched again (its sweeper would draw new trials); it writes no multirun.yaml.
+    p = subprocess.run([sys.executable, "-m", "vaelab.cli", "resume", str(sweep)], capture_output=True, text=True)
+    assert p.returncode == 2 and p.stderr.strip() == (
+        f"vaelab resume: error: {sweep}: its jobs were drawn by OptunaSweeper, which would draw new ones; "
+        f"carry a stopped trial on with vaelab resume {sweep / 'TRIAL'}")
 
 
 def test_compare_prints_the_sweep_sorted_and_plots_it(sweep, tmp_path, capsys):

@@ -308,6 +308,23 @@ def test_a_fresh_start_in_a_folder_with_events_drops_the_earlier_curves(tiny_mni
     assert curves(run) == curves(reference)
 
 
+def test_resume_of_a_finished_run_completes_what_a_stop_cut_short(tiny_mnist, tmp_path, capsys):
+    """A stop during the end-of-training evaluation (no eval.json), or between the last checkpoint
+    and metrics.json: resume has no training left, but gives the run the numbers it lacks."""
+    run = tmp_path / "run"
+    train(compose_cfg([f"data.root={tiny_mnist}", *TINY, "trainer.epochs=1", "trainer.final_eval=true"]), run)
+    final = json.loads((run / "metrics.json").read_text())
+    (run / "eval.json").unlink()
+    assert vaelab(["resume", run]) == 0
+    assert capsys.readouterr().err.strip().splitlines()[0] == (
+        "vaelab resume: run has finished training, but its end-of-training evaluation did not finish "
+        "(no eval.json): evaluating it now")
+    assert json.loads((run / "eval.json").read_text())["checkpoint"].endswith("last.pt")
+    (run / "metrics.json").unlink()
+    assert vaelab(["resume", run]) == 0
+    assert json.loads((run / "metrics.json").read_text())["val_loss"] == final["val_loss"]
+
+
 def test_resume_with_more_epochs_continues_and_records_the_override(tiny_mnist, reference, tmp_path, capsys):
     run = tmp_path / "run"
     train(compose_cfg([f"data.root={tiny_mnist}", *TINY, "trainer.epochs=1"]), run)  # a finished 1-epoch run
@@ -697,8 +714,15 @@ def test_resume_of_a_non_run_is_one_line(tmp_path, capsys):
         (tmp_path / job / ".hydra" / "config.yaml").write_text("{}")
     assert vaelab(["resume", tmp_path]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.endswith(f"it holds 2 runs (a sweep?), give one of them, e.g. {tmp_path / 'latent_size=2'}")
+    assert err.endswith(f"it holds 2 runs, give one of them, e.g. {tmp_path / 'latent_size=2'}")
     assert "\n" not in err
+    # outputs/ (runs/NAME/TIME): the runs below it; the same in eval and reproduce
+    (tmp_path / "outputs" / "runs" / "seed" / "t0" / ".hydra").mkdir(parents=True)
+    (tmp_path / "outputs" / "runs" / "seed" / "t0" / ".hydra" / "config.yaml").write_text("{}")
+    for command in ("resume", "eval", "reproduce"):
+        assert vaelab([command, tmp_path / "outputs"]) == 2
+        assert capsys.readouterr().err.strip().endswith(
+            f"(no .hydra/config.yaml); it holds 1 run below it, give it, e.g. {tmp_path / 'outputs/runs/seed/t0'}")
 
 
 def test_reproduce_into_a_folder_that_cannot_be_made_is_one_line(finished_run, tmp_path, capsys):

@@ -181,30 +181,38 @@ def table(runs: list[Run], extra: list[str] = ()) -> str:
     return "\n".join([*out, *(line(r).rstrip() for r in rows)])
 
 
+def image_path(out: str | Path, formats: list[str], example: str) -> Path:
+    """Where an --out image will go, checked before any work: a file (not a folder) in a format
+    of `formats` (no suffix means .png, as matplotlib does), in a folder that exists or can be
+    made. ValueError with the one-line reason otherwise; `example` is a file name to suggest."""
+    given, out = str(out), Path(out)
+    if out.is_dir() or given.endswith(("/", os.sep)):
+        raise ValueError(f"--out {given}: is a directory; give a file name such as {out / example}")
+    if out.name.startswith(".") and out.name[1:].lower() in formats:  # '.png': a suffix and no name
+        raise ValueError(f"--out {out}: no file name before '{out.name}'; give one such as "
+                         f"{out.with_name(Path(example).stem + out.name)}")
+    if out.suffix in ("", "."):  # 'curves' and 'curves.' both mean curves.png
+        out = out.with_name(out.name.rstrip(".") + ".png")
+    fmt = out.suffix[1:].lower()
+    if fmt not in formats:
+        raise ValueError(f"--out {out}: unknown image format '{fmt}'; allowed: {', '.join(sorted(formats))}")
+    err = unwritable(out.parent)
+    if err:
+        raise ValueError(f"--out {out}: {err}")
+    return out
+
+
 def plot_path(out: str | Path) -> Path:
-    """Where --out will write, checked before any work: a format matplotlib writes (no suffix
-    means .png, as matplotlib itself does) in a folder that exists or can be made."""
+    """image_path for `vaelab compare --plot`: the formats matplotlib writes."""
     import matplotlib
 
     matplotlib.use("Agg")
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
-    out = Path(out)
-    if out.is_dir():
-        raise CompareError(f"--out {out}: is a directory; give a file name such as {out / 'curves.png'}")
-    formats = sorted(FigureCanvasAgg.get_supported_filetypes())
-    if out.name.startswith(".") and out.name[1:].lower() in formats:  # '.png': a suffix and no name
-        raise CompareError(f"--out {out}: no file name before '{out.name}'; give one such as "
-                           f"{out.with_name('curves' + out.name)}")
-    if out.suffix in ("", "."):  # 'curves' and 'curves.' both mean curves.png
-        out = out.with_name(out.name.rstrip(".") + ".png")
-    fmt = out.suffix[1:].lower()
-    if fmt not in formats:
-        raise CompareError(f"--out {out}: unknown image format '{fmt}'; allowed: {', '.join(formats)}")
-    err = unwritable(out.parent)
-    if err:
-        raise CompareError(f"--out {out}: {err}")
-    return out
+    try:
+        return image_path(out, list(FigureCanvasAgg.get_supported_filetypes()), "curves.png")
+    except ValueError as e:
+        raise CompareError(str(e)) from None
 
 
 def curves(runs: list[Run], tag: str) -> list[tuple[Run, str, list]]:
@@ -232,8 +240,10 @@ def plot(runs: list[Run], tag: str, out: str | Path) -> Path:
     labels = [",".join(f"{k}={r.config[k]}" for k in varying if k in r.config) for r, _, _ in found]
     if len(set(labels)) < len(labels) or not all(labels):  # same configs (a reproduction): folder names
         labels = [r.name for r, _, _ in found]
-    for (r, _, pts), label in zip(found, labels):
-        ax.plot([x for x, _ in pts], [y for _, y in pts], marker="." if len(pts) < 50 else None, label=label)
+    for i, ((r, _, pts), label) in enumerate(zip(found, labels)):
+        # matplotlib's colour cycle has 10 colours: past them, another line style tells runs apart
+        ax.plot([x for x, _ in pts], [y for _, y in pts], marker="." if len(pts) < 50 else None, label=label,
+                linestyle=("-", "--", ":", "-.")[i // 10 % 4])
     ax.set_xlabel("examples seen")
     ax.set_ylabel(found[0][1])
     ax.grid(alpha=0.3)

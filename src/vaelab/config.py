@@ -245,8 +245,9 @@ def validate(cfg: DictConfig) -> None:
            "trainer.compile_mode=default, or trainer.cuda_graph=false")
 
 
-def resolve_device(name: str):
-    """'auto' -> cuda if present, else mps, else cpu. An absent accelerator is a ConfigError."""
+def resolve_device(name: str, given_as: str = "device="):
+    """'auto' -> cuda if present, else mps, else cpu. An absent accelerator is a ConfigError,
+    which names the setting as the user gave it: `device=` (a config), `--device ` (eval, sample)."""
     import torch
 
     if name == "auto":
@@ -257,13 +258,13 @@ def resolve_device(name: str):
         return torch.device("cpu")
     if name.startswith("cuda"):
         if not torch.cuda.is_available():
-            raise ConfigError(f"device={name}: no CUDA GPU is visible here; use device=cpu or device=auto")
+            raise ConfigError(f"{given_as}{name}: no CUDA GPU is visible here; use {given_as}cpu or {given_as}auto")
         idx = int(name.split(":")[1]) if ":" in name else 0
         if idx >= torch.cuda.device_count():
-            raise ConfigError(f"device={name}: only {torch.cuda.device_count()} CUDA device(s) visible "
+            raise ConfigError(f"{given_as}{name}: only {torch.cuda.device_count()} CUDA device(s) visible "
                               f"(cuda:0..cuda:{torch.cuda.device_count() - 1})")
     if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise ConfigError("device=mps: Apple MPS is not available here; use device=cpu or device=auto")
+        raise ConfigError(f"{given_as}mps: Apple MPS is not available here; use {given_as}cpu or {given_as}auto")
     return torch.device(name)
 
 

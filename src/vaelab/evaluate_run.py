@@ -47,7 +47,9 @@ def _load(run_dir: str | Path, checkpoint: str, device: str):
         raise RunDirError(f"{run_dir}: no such run directory")
     cfg_path = run_dir / ".hydra" / "config.yaml"
     if not cfg_path.is_file():
-        raise RunDirError(f"{run_dir}: not a vaelab run directory (no .hydra/config.yaml)")
+        from vaelab.workflow import runs_hint
+
+        raise RunDirError(f"{run_dir}: not a vaelab run directory (no .hydra/config.yaml){runs_hint(run_dir)}")
     cfg = load_run_config(cfg_path)
     if checkpoint in ("last", "best"):
         path = run_dir / "checkpoints" / f"{checkpoint}.pt"
@@ -65,7 +67,7 @@ def _load(run_dir: str | Path, checkpoint: str, device: str):
     model = build_model(cfg)
     ckpt_io.check_compatible(ck, model, path, cfg)
     model.load_state_dict(ck["model"])
-    dev = resolve_device(device)
+    dev = resolve_device(device, given_as="--device ")
     return cfg, model.to(dev).eval(), path, ck
 
 
@@ -325,6 +327,19 @@ def add_sample_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def sample_command(args: argparse.Namespace) -> int:
+    out = Path(args.run_dir) / "eval" / f"samples_t{args.temperature:g}_seed{args.seed}.png"
+    if args.out:  # a wrong --out: one line before the model is loaded, not after the sampling
+        from PIL import Image
+
+        from vaelab.compare import image_path
+
+        Image.init()
+        writable = [e[1:] for e, f in Image.registered_extensions().items() if f in Image.SAVE]
+        try:
+            out = image_path(args.out, writable, "samples.png")
+        except ValueError as e:
+            print(f"vaelab sample: error: {e}", file=sys.stderr)
+            return 2
     try:
         _, model, _ = load_run(args.run_dir, args.checkpoint, args.device)
     except USER_ERRORS as e:
@@ -339,8 +354,6 @@ def sample_command(args: argparse.Namespace) -> int:
     gen = torch.Generator(device=device).manual_seed(args.seed)
     x = model.sample(args.n, args.temperature, gen)
     grid = image_grid(x, model.image_shape, nrow=args.nrow)
-    out = Path(args.out) if args.out else (
-        Path(args.run_dir) / "eval" / f"samples_t{args.temperature:g}_seed{args.seed}.png")
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         save_image(grid, out)

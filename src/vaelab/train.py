@@ -621,26 +621,22 @@ def _carry_on(run_dir: Path) -> dict:
     the result its job returned then (a finished run's val loss, +inf for a diverged one): a
     diverged run resumed from its last good checkpoint would replay the same steps to the same
     blow-up. A finished run whose end-of-training evaluation was cut short gets it now."""
-    from vaelab.workflow import carried_on_config
+    from vaelab.workflow import carried_on_config, finish_evaluation, n_epochs
 
     cfg = carried_on_config(run_dir)
     state, metrics, stopped = run_state(run_dir)
     if state == "diverged":
-        log.warning("%s diverged earlier and is left as it is (%s); to try it again with other values: "
-                    "vaelab resume %s KEY=VALUE", run_dir.name, stopped.get("reason", "non-finite loss"),
-                    shlex.quote(str(run_dir)))
+        again = (f"vaelab resume {shlex.quote(str(run_dir))} KEY=VALUE" if ckpt_io.latest(run_dir / "checkpoints")
+                 else "it has no checkpoint to go on from, run those values again as a new sweep")
+        log.warning("%s diverged earlier and is left as it is (%s); to try it again with other values: %s",
+                    run_dir.name, stopped.get("reason", "non-finite loss"), again)
         return {"val_loss": float("inf")}
     if state != "done" or not isinstance(metrics.get("val_loss"), (int, float)) \
             or metrics.get("epochs", 0) < cfg.trainer.epochs:
         return train(cfg, run_dir)
-    log.info("%s finished earlier (%d epochs, val loss %.4f) and is left as it is", run_dir.name,
-             metrics["epochs"], metrics["val_loss"])
-    if cfg.trainer.final_eval and not (run_dir / "eval.json").is_file():
-        from vaelab.evaluate_run import evaluate_run
-
-        log.info("%s: its end-of-training evaluation did not finish; evaluating it now", run_dir.name)
-        evaluate_run(run_dir, k=cfg.trainer.final_eval_k, device=cfg.device, checkpoint="last",
-                     progress=cfg.trainer.progress)
+    log.info("%s finished earlier (%s, val loss %.4f) and is left as it is", run_dir.name,
+             n_epochs(metrics["epochs"]), metrics["val_loss"])
+    finish_evaluation(run_dir, cfg, say=log.info)
     return metrics
 
 

@@ -51,10 +51,21 @@ def run_config_path(run_dir: str | Path) -> Path:
     if not Path(run_dir).is_dir():
         raise WorkflowError(f"{run_dir}: no such directory")
     if not path.is_file():
-        jobs = sorted(d for d in Path(run_dir).iterdir() if (d / ".hydra" / "config.yaml").is_file())
-        hint = (f"; it holds {len(jobs)} runs (a sweep?), give one of them, e.g. {jobs[0]}" if jobs else "")
-        raise WorkflowError(f"{run_dir}: not a vaelab run directory (no .hydra/config.yaml){hint}")
+        raise WorkflowError(f"{run_dir}: not a vaelab run directory (no .hydra/config.yaml){runs_hint(Path(run_dir))}")
     return path
+
+
+def runs_hint(folder: Path) -> str:
+    """For a folder given where a run is wanted: '; <the runs below it>, give one of them, e.g.
+    <the first>' (outputs/, outputs/multirun/, a sweep, a name folder), or ''."""
+    for depth in range(1, 5):  # a sweep's jobs are 1 below it, outputs/multirun/NAME/TIME/JOB 4 below outputs/
+        runs = sorted(p.parents[1] for p in folder.glob("/".join(["*"] * depth) + "/.hydra/config.yaml"))
+        if runs:
+            what = "a sweep's folder: it holds" if depth == 1 and (folder / "multirun.yaml").is_file() else "it holds"
+            more = "" if depth == 1 else " below it"
+            return (f"; {what} {len(runs)} run{'s' * (len(runs) != 1)}{more}, give "
+                    f"{'one of them' if len(runs) > 1 else 'it'}, e.g. {runs[0]}")
+    return ""
 
 
 def pin_environment(run_dir: str | Path, cfg) -> list[str]:
@@ -311,10 +322,14 @@ def resume(run_dir: str | Path, overrides: list[str] = ()) -> dict | None:
     ckpt_io.check_compatible(ck, build_model(cfg), last, cfg, ckpt_io.SAME_TO_RESUME)
     done = ck["state"]["epoch"]
     check_epochs_to_resume(ck["state"], cfg.trainer.epochs)  # ConfigError, one line, before anything is written
-    if done >= cfg.trainer.epochs and not ck["state"].get("pos"):
+    metrics = ckpt_io.read_json(run_dir / "metrics.json")
+    # (no metrics.json: killed between its last checkpoint and its final numbers, which train() writes)
+    if done >= cfg.trainer.epochs and not ck["state"].get("pos") and metrics is not None:
+        trained = (f"all {n_epochs(done)} of trainer.epochs={done}" if done == cfg.trainer.epochs
+                   else f"{n_epochs(done)}, more than trainer.epochs={cfg.trainer.epochs}")
+        if finish_evaluation(run_dir, cfg, say=lambda m: print(f"vaelab resume: {m}", file=sys.stderr)):
+            return metrics
         # Training again would only log the final numbers a second time.
-        trained = (f"all {done} epochs of trainer.epochs={done}" if done == cfg.trainer.epochs
-                   else f"{done} epochs, more than trainer.epochs={cfg.trainer.epochs}")
         print(f"vaelab resume: nothing to do, {run_dir} has trained {trained}; to go on: "
               f"vaelab resume {shlex.quote(str(run_dir))} trainer.epochs={2 * done}",
               file=sys.stderr)
@@ -339,8 +354,23 @@ def resume(run_dir: str | Path, overrides: list[str] = ()) -> dict | None:
 
 
 def is_sweep_dir(path: Path) -> bool:
-    """A folder Hydra made for a sweep (vaelab-train -m): its multirun.yaml, and no run of its own."""
-    return (path / "multirun.yaml").is_file() and not (path / ".hydra" / "config.yaml").is_file()
+    """A folder Hydra made for a sweep (vaelab-train -m, hparams_search=optuna), not a run: its
+    multirun.yaml, or job folders that a sweep made (Optuna's sweeper writes no multirun.yaml)."""
+    if not path.is_dir() or (path / ".hydra" / "config.yaml").is_file():
+        return False
+    return (path / "multirun.yaml").is_file() or _jobs_sweeper(path) is not None
+
+
+def _jobs_sweeper(path: Path) -> str | None:
+    """The sweeper (its _target_) that made the job folders in `path`, from their .hydra/hydra.yaml."""
+    for job in sorted(path.iterdir()):
+        try:
+            hc = (yaml.safe_load((job / ".hydra" / "hydra.yaml").read_text()) or {}).get("hydra") or {}
+        except (OSError, yaml.YAMLError, AttributeError):
+            continue
+        if str(hc.get("mode")).endswith("MULTIRUN"):
+            return str((hc.get("sweeper") or {}).get("_target_", ""))
+    return None
 
 
 def sweep_command_line(sweep_dir: Path) -> tuple[Path | None, list[str], list[str]]:
@@ -354,6 +384,12 @@ def sweep_command_line(sweep_dir: Path) -> tuple[Path | None, list[str], list[st
     from vaelab.train_cli import override_value
 
     path = sweep_dir / "multirun.yaml"
+    if not path.is_file():
+        sweeper = _jobs_sweeper(sweep_dir) or ""
+        if not sweeper.endswith(".BasicSweeper"):
+            raise WorkflowError(_drawn(sweep_dir, sweeper))
+        raise WorkflowError(f"{sweep_dir}: no multirun.yaml, where Hydra records the sweep's command line; carry "
+                            f"its jobs on one by one with vaelab resume {shlex.quote(str(sweep_dir / 'JOB'))}")
     try:
         hc = OmegaConf.load(path).hydra
         given = OmegaConf.to_container(hc.overrides, resolve=False)  # ${now:...} resolves only in Hydra
@@ -365,9 +401,7 @@ def sweep_command_line(sweep_dir: Path) -> tuple[Path | None, list[str], list[st
         raise WorkflowError(f"{path}: not a sweep record as Hydra writes it ({type(e).__name__}: "
                             f"{str(e).strip().splitlines()[0] if str(e).strip() else 'no detail'})") from None
     if not sweeper.endswith(".BasicSweeper"):
-        raise WorkflowError(f"{sweep_dir}: its jobs were drawn by {sweeper.rsplit('.', 1)[-1] or 'another sweeper'}, "
-                            f"which would draw new ones; carry a stopped trial on with "
-                            f"vaelab resume {shlex.quote(str(sweep_dir / 'TRIAL'))}")
+        raise WorkflowError(_drawn(sweep_dir, sweeper))
     flags = []
     for source in sources:
         where = Path(str(source.get("path", "")))
@@ -384,6 +418,11 @@ def sweep_command_line(sweep_dir: Path) -> tuple[Path | None, list[str], list[st
     argv = ["-m", *flags, *task, *keep, "hydra.output_subdir=null", f"++hydra.job.env_set.{SWEEP_CONTINUED}=1",
             f"hydra.sweep.dir={override_value(str(sweep_dir.resolve()))}"]
     return (cwd if cwd.is_dir() else None), argv, task
+
+
+def _drawn(sweep_dir: Path, sweeper: str) -> str:
+    return (f"{sweep_dir}: its jobs were drawn by {sweeper.rsplit('.', 1)[-1] or 'another sweeper'}, which would "
+            f"draw new ones; carry a stopped trial on with vaelab resume {shlex.quote(str(sweep_dir / 'TRIAL'))}")
 
 
 def resume_sweep(sweep_dir: str | Path, overrides: list[str] = ()) -> int:
@@ -415,6 +454,25 @@ def resume_sweep(sweep_dir: str | Path, overrides: list[str] = ()) -> int:
     from vaelab.train_cli import launch
 
     return launch(argv, prog="vaelab resume", continuing=sweep_dir)
+
+
+def n_epochs(n: int) -> str:
+    return f"{n} epoch{'s' * (n != 1)}"
+
+
+def finish_evaluation(run_dir: Path, cfg, say) -> bool:
+    """Run the end-of-training evaluation (trainer.final_eval) of a finished run if a stop cut
+    it short (no eval.json): `vaelab resume` of such a run has no training left, but its test
+    numbers are missing. Returns whether it ran; `say` reports why, in one line."""
+    if not cfg.trainer.final_eval or (run_dir / "eval.json").is_file():
+        return False
+    from vaelab.evaluate_run import evaluate_run
+
+    say(f"{run_dir.name} has finished training, but its end-of-training evaluation did not finish "
+        f"(no eval.json): evaluating it now")
+    evaluate_run(run_dir, k=cfg.trainer.final_eval_k, device=cfg.device, checkpoint="last",
+                 progress=cfg.trainer.progress)
+    return True
 
 
 def carried_on_config(run_dir: Path):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -197,6 +198,21 @@ def test_compare_bad_input_is_one_line(sweep, capsys, args, expect, tmp_path, mo
 def test_compare_out_ending_in_a_dot_gets_png(sweep, tmp_path, capsys):
     assert vaelab(["compare", sweep, "--plot", "val_loss", "--out", tmp_path / "sub" / "dot."]) == 0
     assert capsys.readouterr().out.splitlines()[-1] == f"wrote {tmp_path / 'sub' / 'dot.png'}"
+
+
+def test_compare_says_where_test_numbers_from_a_later_eval_come_from(sweep, tmp_path, capsys):
+    for name in ("latent_size=2,loss.beta=1", "latent_size=2,loss.beta=4"):
+        shutil.copytree(sweep / name, tmp_path / name)
+    k = yaml.safe_load((sweep / name / ".hydra" / "config.yaml").read_text())["trainer"]["final_eval_k"]
+    (tmp_path / "latent_size=2,loss.beta=1" / "eval.json").write_text(json.dumps(
+        {"checkpoint": "x/checkpoints/last.pt", "k": k, "seed": 0, "nll_iwae": 90.0}))  # the run's own
+    (tmp_path / "latent_size=2,loss.beta=4" / "eval.json").write_text(json.dumps(
+        {"checkpoint": "x/checkpoints/epoch_0001.pt", "k": 5, "seed": 0, "nll_iwae": 95.0}))
+    assert vaelab(["compare", tmp_path]) == 0
+    rows = capsys.readouterr().out.splitlines()
+    assert rows[0].split()[-2:] == ["test_from", "state"]
+    assert re.search(r" 90\.000\s+-\s+done$", rows[2]), rows[2]  # its own final evaluation: nothing to say
+    assert re.search(r" 95\.000\s+checkpoint=epoch_0001\.pt, k=5, seed=0\s+done$", rows[3]), rows[3]
 
 
 def test_compare_without_runs_is_one_line(tmp_path, capsys):

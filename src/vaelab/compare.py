@@ -120,7 +120,19 @@ def _load(path: Path, name: str) -> Run:
     ev = read_json(path / "eval.json") or {}
     run.metrics.update({f"test_{k}": v for k, v in ev.items()
                         if isinstance(v, (int, float)) and not isinstance(v, bool)})
+    if ev and run.config:  # test numbers from a later `vaelab eval` (another checkpoint or k): say so
+        made = eval_settings(ev, run.config.get("trainer.final_eval_k"))
+        if made:
+            run.metrics["test_from"] = made
     return run
+
+
+def eval_settings(ev: dict, final_eval_k) -> str:
+    """'' if an eval.json is its run's own end-of-training evaluation (last.pt, k =
+    trainer.final_eval_k, seed 0), else the settings it was made with instead."""
+    own = {"checkpoint": "last.pt", "k": str(final_eval_k), "seed": "0"}
+    made = {"checkpoint": Path(str(ev.get("checkpoint", ""))).name, "k": str(ev.get("k")), "seed": str(ev.get("seed"))}
+    return "" if made == own else ", ".join(f"{k}={v}" for k, v in made.items())
 
 
 def sort_runs(runs: list[Run], metric: str, descending: bool = False) -> list[Run]:
@@ -167,7 +179,7 @@ def _varying(runs: list[Run]) -> list[str]:
 def table(runs: list[Run], extra: list[str] = ()) -> str:
     """One row per run: its name, the config values that differ between runs, its metrics."""
     varying = _varying(runs)
-    metrics = [m for m in (*COLUMNS, *extra) if any(m in r.metrics for r in runs)]
+    metrics = [m for m in (*COLUMNS, *extra, "test_from") if any(m in r.metrics for r in runs)]
     metrics = list(dict.fromkeys(metrics))
     header = ["run", *varying, *metrics, "state"]
     rows = [[r.name, *(r.config.get(k, "-") for k in varying), *(_fmt(r.metrics.get(m)) for m in metrics),

@@ -30,7 +30,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
 from vaelab import checkpoint as ckpt_io
-from vaelab.compare import SWEEP_CONTINUED
+from vaelab.compare import SWEEP_CONTINUED, eval_settings
 from vaelab.cli_errors import _explain as explain_override_error  # vaelab-train's wording
 from vaelab.cli_errors import unwritable
 from vaelab.config import ConfigError, load_run_config, resolve_device, validate
@@ -184,11 +184,7 @@ def _later_eval(run_dir: Path) -> str:
     ev = run_dir / "eval.json"
     if not ev.is_file():
         return ""
-    got = json.loads(ev.read_text())
-    k = load_run_config(run_config_path(run_dir)).trainer.final_eval_k
-    own = {"checkpoint": "last.pt", "k": k, "seed": 0}
-    made = {"checkpoint": Path(str(got.get("checkpoint", ""))).name, "k": got.get("k"), "seed": got.get("seed")}
-    return "" if made == own else ", ".join(f"{k}={v}" for k, v in made.items())
+    return eval_settings(json.loads(ev.read_text()), load_run_config(run_config_path(run_dir)).trainer.final_eval_k)
 
 
 def reproduce(run_dir: str | Path, out: str | Path | None = None, rtol: float = 0.0) -> tuple[int, Path]:

@@ -148,11 +148,17 @@ def test_optimizer_matches_config():
                                               "'+hydra.job.env_set.OMP_NUM_THREADS=1'"),
     (["-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=0", "latent_size=2,16"], "hydra.launcher.n_jobs=0: give"),
     # an override that does not parse is named, with Hydra's reason, short, and a hint where the cause is a common one
-    (["-m", "latent_size=2,", "16"], "override 'latent_size=2,': cannot parse it (mismatched input '<EOF>'); the values "
-                                     "of a sweep are written without spaces, as in latent_size=2,16"),  # `=2, 16`
-    (["-m", "latent_size=2", ",16"], "override ',16': cannot parse it (unexpected ',' at character 1); the values of a "
-                                     "sweep are written without spaces, as in latent_size=2,16"),
-    (["-m", "latent_size=2,16,"], "as in latent_size=2,16"),
+    (["-m", "latent_size=2,", "16"], "override 'latent_size=2,': cannot parse it (mismatched input '<EOF>'); the shell "
+                                     "split that value at its spaces: write it without them (or quote it), as in "
+                                     "latent_size=2,16"),  # `=2, 16`
+    (["-m", "latent_size=2,", "16,", "32"], "as in latent_size=2,16,32"),
+    (["-m", "latent_size=2", ",16"], "override ',16': cannot parse it (unexpected ',' at character 1); the shell split "
+                                     "that value at its spaces"),
+    (["model.hidden=[256,", "128]"], "as in model.hidden=[256,128]"),
+    (["-m", "latent_size=2,16,"], "a comma with nothing after it: drop it, or list the values without spaces, as in "
+                                  "latent_size=a,b"),
+    (["-m", "latent_size=2,", "seed=1"], "a comma with nothing after it"),
+    (["data.root=/home/u/~backup"], "quote a value with ~ in it, as in data.root='/home/u/~backup'"),
     (["data.root=~/mnistdata"], "override 'data.root=~/mnistdata': cannot parse it (unexpected '~' at character 11); "
                                 "Hydra does not expand ~: write the path out, e.g. data.root=$HOME/mnistdata"),
     (["latent_size=8", "a==3"], "override 'a==3': cannot parse it (extraneous input '=')"),  # any other cause
@@ -166,11 +172,11 @@ def test_optimizer_matches_config():
     (["~hydra.run.dir"], "override '~hydra.run.dir': hydra.run.dir cannot be deleted"),
     # a key of another launcher: which one to select
     (["-m", "latent_size=2,16", "hydra.launcher.n_jobs=2"], "keys allowed at 'hydra.launcher': _target_; n_jobs "
-                                                           "belongs to the joblib launcher: add hydra/launcher=joblib"),
-    (["-m", "latent_size=2,16", "hydra.launcher.timeout_min=60"], "timeout_min belongs to the slurm, submitit_local "
-                                                                 "and submitit_slurm launchers: add one, e.g. "
-                                                                 "hydra/launcher=slurm"),
-    (["-m", "latent_size=2,16", "hydra.launcher.ray.init.num_cpus=2"], "hydra/launcher=ray"),  # ray_local.yaml's
+                                                           "is a setting of the joblib launcher (hydra/launcher=joblib)"),
+    (["-m", "latent_size=2,16", "hydra.launcher.timeout_min=60"], "timeout_min is a setting of the slurm, "
+                                                                 "submitit_local and submitit_slurm launchers "
+                                                                 "(hydra/launcher=slurm, ...)"),
+    (["-m", "latent_size=2,16", "hydra.launcher.ray.init.num_cpus=2"], "(hydra/launcher=ray_local)"),  # its yaml's
 ])
 def test_bad_input_is_one_line(args, needle):
     err = precheck(args)
@@ -289,6 +295,7 @@ def test_an_optuna_study_in_a_database_is_checked_before_the_sweep(tmp_path, mon
         f"{db}: the Optuna sweeper needs optuna 2.x (2.10.1 here), whose database code fails on SQLAlchemy 2 "
         f"(2.0.30 here); for a study kept in a database install SQLAlchemy < 2 with: pip install -e '.[optuna-db]'")
     assert precheck(args) is None  # an in-memory study works with either
+    assert precheck([*args, "hydra.sweeper.storage=redis://localhost:6379"]) is None  # no SQLAlchemy there
     installed("3.6.1", "2.0.30")
     assert precheck([*args, db]) is None
     installed("2.10.1", "1.4.54")

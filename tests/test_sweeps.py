@@ -421,7 +421,8 @@ def test_resume_carries_a_stopped_sweep_on_in_its_folder(tiny_mnist, tmp_path):
     assert {p: p.stat().st_mtime_ns for p in kept} == kept
     assert "epochs: 3" in (done / ".hydra" / "config.yaml").read_text()
     assert {f: (fresh / ".hydra" / f).read_text() for f in saved} == saved
-    assert "output_subdir: .hydra" in (fresh / ".hydra" / "hydra.yaml").read_text()
+    hydra_yaml = (fresh / ".hydra" / "hydra.yaml").read_text()
+    assert "output_subdir: .hydra" in hydra_yaml and "VAELAB_SWEEP_CONTINUED" not in hydra_yaml
     assert json.loads((done / "metrics.json").read_text())["epochs"] == 3 and (done / "eval.json").is_file()
     assert json.loads((diverged / "stopped.json").read_text())["state"] == "diverged"
     assert not (diverged / "metrics.json").exists()

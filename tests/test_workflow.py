@@ -325,6 +325,22 @@ def test_resume_of_a_finished_run_completes_what_a_stop_cut_short(tiny_mnist, tm
     assert json.loads((run / "metrics.json").read_text())["val_loss"] == final["val_loss"]
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a CUDA GPU")
+def test_a_gpu_run_is_evaluated_and_resumed_on_a_machine_without_one(tiny_mnist, tmp_path, capsys):
+    """A run trained with device=cuda, moved to a CPU machine: eval and sample take --device,
+    resume takes device=cpu; only a resume that keeps device=cuda is refused, and it says how."""
+    run = tmp_path / "run"
+    train(compose_cfg([f"data.root={tiny_mnist}", *TINY, "trainer.epochs=1"]), run)
+    saved = run / ".hydra" / "config.yaml"
+    saved.write_text(saved.read_text().replace("device: cpu", "device: cuda"))
+    assert vaelab(["eval", run, "--device", "cpu", "--k", "2"]) == 0
+    assert vaelab(["resume", run]) == 2
+    assert capsys.readouterr().err.strip().endswith(
+        "device=cuda: no CUDA GPU is visible here; use device=cpu or device=auto")
+    assert vaelab(["resume", run, "device=cpu", "trainer.epochs=2"]) == 0
+    assert json.loads((run / "metrics.json").read_text())["epochs"] == 2
+
+
 def test_resume_with_more_epochs_continues_and_records_the_override(tiny_mnist, reference, tmp_path, capsys):
     run = tmp_path / "run"
     train(compose_cfg([f"data.root={tiny_mnist}", *TINY, "trainer.epochs=1"]), run)  # a finished 1-epoch run
@@ -555,11 +571,13 @@ def test_resume_with_missing_data_changes_nothing(finished_run, tmp_path, capsys
     (["trainer.epochs=0"], "trainer.epochs=0: must be >= 1"),
     (["loss.beta=1,4"], "override 'loss.beta=1,4': resume continues one run; sweep with vaelab-train -m"),
     (["+foo=1"], "override '+foo=1': resume takes KEY=VALUE only"),
+    (["data.root=~/mnist"], "override 'data.root=~/mnist': cannot parse it (unexpected '~' at character 11); Hydra "
+                            "does not expand ~: write the path out, e.g. data.root=$HOME/mnist"),  # vaelab-train's
     (["model=mlp"], "override 'model=mlp': Invalid type assigned"),
     (["model.activation=tanh"], "trained with model.activation=relu, but the config says model.activation=tanh"),
     (["data.val_size=100"], "trained with data.val_size=64, but the config says data.val_size=100"),
 ], ids=["other-latent-size", "other-widths", "name", "unknown-key", "wrong-type", "bad-value", "sweep", "add-key",
-        "group", "same-shapes",
+        "unparsed", "group", "same-shapes",
         "other-split"])
 def test_bad_override_is_one_line_and_overwrites_nothing(finished_run, tmp_path, capsys, args, expect):
     run = tmp_path / "run"

@@ -189,7 +189,7 @@ def precheck(argv: list[str], fetch_data: bool = False, continuing: Path | None 
     try:
         parsed = OverridesParser.create().parse_overrides(overrides)
     except Exception as e:  # OverrideParseException
-        return _parse_error(overrides, e)
+        return parse_error(overrides, e)
     cmd = _CommandLine(parsed, flags, continuing)
     err = _argument_error(cmd)
     if err:
@@ -226,7 +226,7 @@ def precheck(argv: list[str], fetch_data: bool = False, continuing: Path | None 
     return None
 
 
-def _parse_error(overrides: list[str], exc: Exception) -> str:
+def parse_error(overrides: list[str], exc: Exception) -> str:
     """One line for overrides Hydra's grammar rejects. Hydra parses them as one list and names
     none of them, so parse them one by one to name the first that fails, with Hydra's reason
     and a hint where the cause is a common one."""
@@ -258,25 +258,30 @@ def _parse_reason(exc: Exception, override: str) -> str:
 
 
 def _parse_hint(overrides: list[str], i: int) -> str:
-    """Why overrides[i] does not parse, where the cause is recognisable: a `~` path (the shell
-    leaves the `~` of `data.root=~/x` alone, data.root not being a shell variable's name, and
-    Hydra's grammar rejects it), or a sweep the shell split at a space (`latent_size=2, 16`:
-    `latent_size=2,` then `16`)."""
+    """Why overrides[i] does not parse, where the cause is recognisable: a value starting with `~`
+    (the shell expands `~` only at the start of a word, and Hydra's grammar rejects it), or a
+    value the shell split at spaces (`latent_size=2, 16, 32` or `model.hidden=[256, 128]`
+    arrive as pieces ending or starting with a comma)."""
     ov = overrides[i]
-    prev = overrides[i - 1] if i else ""
-    nxt = overrides[i + 1] if i + 1 < len(overrides) else ""
     key, eq, value = ov.partition("=")
-    if "~" in value:
-        example = f", e.g. {key}={value.replace('~/', '$HOME/')}, which the shell expands" if "~/" in value else ""
+    if value.startswith("~"):
+        example = f", e.g. {key}={value.replace('~', '$HOME', 1)}" if value.startswith("~/") else ""
         return f"; Hydra does not expand ~: write the path out{example}"
-    after_comma = not eq and prev.endswith(",")
-    if not (ov.startswith(",") or ov.endswith(",") or after_comma):
+    if "~" in value:  # elsewhere in a value Hydra's grammar takes ~ only quoted
+        return f"; quote a value with ~ in it, as in {key}='{value}'"
+    glued = lambda a, b: a.endswith(",") or b.startswith(",")  # noqa: E731
+    first = i
+    while first > 0 and "=" not in overrides[first] and glued(overrides[first - 1], overrides[first]):
+        first -= 1  # back to the piece with the key
+    last = first
+    while last + 1 < len(overrides) and "=" not in overrides[last + 1] and glued(overrides[last], overrides[last + 1]):
+        last += 1
+    if last == first and not glued(overrides[first], ""):  # nothing split here
         return ""
-    # the pieces put back together (a comma at the end dropped), if the grammar accepts that
-    joined = ((prev if ov.startswith(",") or after_comma else "") + ov
-              + (nxt if ov.endswith(",") and nxt and "=" not in nxt else ""))
-    example = next((j for j in (joined, joined.strip(",")) if _parses(j)), "key=a,b,c")
-    return f"; the values of a sweep are written without spaces, as in {example}"
+    joined = "".join(overrides[first:last + 1])
+    if last > first and _parses(joined):
+        return f"; the shell split that value at its spaces: write it without them (or quote it), as in {joined}"
+    return f"; a comma with nothing after it: drop it, or list the values without spaces, as in {key or 'key'}=a,b"
 
 
 def _parses(override: str) -> bool:
@@ -572,9 +577,9 @@ def _other_launcher_hint(full_key: str) -> str:
     if not takers:
         return ""
     if len(takers) == 1:
-        return f"; {leaf} belongs to the {takers[0]} launcher: add hydra/launcher={takers[0]}"
-    return (f"; {leaf} belongs to the {', '.join(takers[:-1])} and {takers[-1]} launchers: add one, "
-            f"e.g. hydra/launcher={takers[0]}")
+        return f"; {leaf} is a setting of the {takers[0]} launcher (hydra/launcher={takers[0]})"
+    return (f"; {leaf} is a setting of the {', '.join(takers[:-1])} and {takers[-1]} launchers "
+            f"(hydra/launcher={takers[0]}, ...)")
 
 
 def _optuna_storage_error(composed: DictConfig) -> str | None:
@@ -590,7 +595,8 @@ def _optuna_storage_error(composed: DictConfig) -> str | None:
         return None
     given = f"hydra.sweeper.storage={raw}"
     optuna, sqlalchemy = _version("optuna"), _version("sqlalchemy")
-    if optuna and sqlalchemy and int(optuna.split(".")[0]) < 3 and int(sqlalchemy.split(".")[0]) >= 2:
+    rdb = not str(raw).startswith("redis")  # optuna.storages.get_storage: redis URLs skip SQLAlchemy
+    if rdb and optuna and sqlalchemy and int(optuna.split(".")[0]) < 3 and int(sqlalchemy.split(".")[0]) >= 2:
         return (f"{given}: the Optuna sweeper needs optuna 2.x ({optuna} here), whose database code fails on "
                 f"SQLAlchemy 2 ({sqlalchemy} here); for a study kept in a database install SQLAlchemy < 2 "
                 f"with: pip install -e '.[optuna-db]'")

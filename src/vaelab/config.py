@@ -192,8 +192,10 @@ def _check(ok: bool, key: str, value: Any, allowed: str) -> None:
         raise ConfigError(f"{key}={value}: {allowed}")
 
 
-def validate(cfg: DictConfig) -> None:
-    """Reject values that compose but cannot work. Raises ConfigError with one line."""
+def validate(cfg: DictConfig, here: bool = True) -> None:
+    """Reject values that compose but cannot work. Raises ConfigError with one line.
+    here=False leaves out what depends on this machine (the device's accelerator): a saved run
+    read to evaluate it, or to resume it with device=... overridden, on another machine."""
     _check(cfg.latent_size >= 1, "latent_size", cfg.latent_size, "must be an integer >= 1")
     _check(cfg.model.latent_size == cfg.latent_size, "model.latent_size", cfg.model.latent_size,
            f"must equal latent_size ({cfg.latent_size}), which it follows: "
@@ -236,6 +238,8 @@ def validate(cfg: DictConfig) -> None:
     _check(m.activation in ("relu", "tanh", "gelu", "elu"), "model.activation", m.activation,
            "allowed: relu, tanh, gelu, elu")
     _check(bool(_DEVICE_RE.match(cfg.device)), "device", cfg.device, "allowed: auto, cpu, cuda, cuda:N, mps")
+    if not here:
+        return
     device = resolve_device(cfg.device)  # raises ConfigError when the accelerator is absent
     # reduce-overhead and max-autotune both record inductor's own CUDA graphs (triton.cudagraphs),
     # which cannot nest inside the capture of the whole step.
@@ -292,9 +296,10 @@ def typed(cfg: DictConfig | dict) -> DictConfig:
     return OmegaConf.merge(schema, cfg)
 
 
-def load_run_config(path: str | Path) -> DictConfig:
-    """A run's saved .hydra/config.yaml, typed and validated. A file that is not YAML, not a
-    mapping, empty, or off the schema is a ConfigError with one line naming the file."""
+def load_run_config(path: str | Path, here: bool = True) -> DictConfig:
+    """A run's saved .hydra/config.yaml, typed and validated (`here`: see validate). A file that
+    is not YAML, not a mapping, empty, or off the schema is a ConfigError with one line naming
+    the file."""
     try:
         raw = OmegaConf.load(path)
         if not isinstance(raw, DictConfig) or not raw:
@@ -305,7 +310,7 @@ def load_run_config(path: str | Path) -> DictConfig:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ConfigError(f"{path}: not a valid vaelab config: {first}") from None
     try:
-        validate(cfg)
+        validate(cfg, here)
     except ConfigError as e:
         raise ConfigError(f"{path}: {e}") from None
     return cfg

@@ -50,7 +50,7 @@ def _load(run_dir: str | Path, checkpoint: str, device: str):
         from vaelab.workflow import runs_hint
 
         raise RunDirError(f"{run_dir}: not a vaelab run directory (no .hydra/config.yaml){runs_hint(run_dir)}")
-    cfg = load_run_config(cfg_path)
+    cfg = load_run_config(cfg_path, here=False)  # --device says where it runs, not the run's device=...
     if checkpoint in ("last", "best"):
         path = run_dir / "checkpoints" / f"{checkpoint}.pt"
     else:
@@ -333,8 +333,9 @@ def sample_command(args: argparse.Namespace) -> int:
 
         from vaelab.compare import image_path
 
-        Image.init()
-        writable = [e[1:] for e, f in Image.registered_extensions().items() if f in Image.SAVE]
+        Image.init()  # (of the formats PIL registers, these write an RGB grid; others are stubs or limited)
+        writable = [e for e in ("png", "jpg", "jpeg", "bmp", "gif", "tif", "tiff", "webp", "ppm", "pdf")
+                    if Image.registered_extensions().get(f".{e}") in Image.SAVE]
         try:
             out = image_path(args.out, writable, "samples.png")
         except ValueError as e:

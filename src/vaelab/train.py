@@ -616,7 +616,8 @@ def _sweep_dir(hc) -> Path:
 
 def _carry_on(run_dir: Path) -> dict:
     """A job of a sweep that `vaelab resume SWEEP_DIR` carries on, whose run began earlier: from
-    its own saved config (`vaelab resume JOB trainer.epochs=N` may have changed it since), a
+    its own saved config (`vaelab resume JOB trainer.epochs=N` may have changed it since; the
+    thread count is the launcher's, not the checkpoint's as with `vaelab resume JOB`), a
     run that stopped continues from its checkpoints and one that ended is left as it is, with
     the result its job returned then (a finished run's val loss, +inf for a diverged one): a
     diverged run resumed from its last good checkpoint would replay the same steps to the same
@@ -626,17 +627,22 @@ def _carry_on(run_dir: Path) -> dict:
     cfg = carried_on_config(run_dir)
     state, metrics, stopped = run_state(run_dir)
     if state == "diverged":
-        again = (f"vaelab resume {shlex.quote(str(run_dir))} KEY=VALUE" if ckpt_io.latest(run_dir / "checkpoints")
-                 else "it has no checkpoint to go on from, run those values again as a new sweep")
-        log.warning("%s diverged earlier and is left as it is (%s); to try it again with other values: %s",
-                    run_dir.name, stopped.get("reason", "non-finite loss"), again)
+        again = (f"to try it again with other values: vaelab resume {shlex.quote(str(run_dir))} KEY=VALUE"
+                 if ckpt_io.latest(run_dir / "checkpoints") else
+                 "it diverged before its first checkpoint: to try other values, sweep them anew")
+        log.warning("%s diverged earlier and is left as it is (%s); %s", run_dir.name,
+                    stopped.get("reason", "non-finite loss"), again)
         return {"val_loss": float("inf")}
     if state != "done" or not isinstance(metrics.get("val_loss"), (int, float)) \
             or metrics.get("epochs", 0) < cfg.trainer.epochs:
         return train(cfg, run_dir)
     log.info("%s finished earlier (%s, val loss %.4f) and is left as it is", run_dir.name,
              n_epochs(metrics["epochs"]), metrics["val_loss"])
-    finish_evaluation(run_dir, cfg, say=log.info)
+    try:
+        finish_evaluation(run_dir, cfg, say=log.info)
+    except (ConfigError, DataError, ckpt_io.CheckpointError, OSError) as e:  # the other jobs go on
+        log.warning("%s: its end-of-training evaluation cannot run (%s); its training numbers stand", run_dir.name,
+                    e)
     return metrics
 
 
@@ -647,6 +653,8 @@ def _save_job_config(cfg: DictConfig, run_dir: Path) -> None:
     hydra_cfg = OmegaConf.create({"hydra": OmegaConf.to_container(HydraConfig.get(), resolve=False)})
     hydra_cfg.hydra.output_subdir = ".hydra"
     hydra_cfg.hydra.job.env_set.pop(SWEEP_CONTINUED, None)
+    ours = ("hydra.output_subdir=null", f"++hydra.job.env_set.{SWEEP_CONTINUED}=1")  # workflow.sweep_command_line's
+    hydra_cfg.hydra.overrides.hydra = [o for o in hydra_cfg.hydra.overrides.hydra if o not in ours]
     out = run_dir / ".hydra"
     out.mkdir(parents=True, exist_ok=True)
     for name, node in (("config.yaml", cfg), ("hydra.yaml", hydra_cfg),

@@ -32,7 +32,7 @@ from omegaconf import OmegaConf
 from vaelab import checkpoint as ckpt_io
 from vaelab.compare import SWEEP_CONTINUED, eval_settings
 from vaelab.cli_errors import _explain as explain_override_error  # vaelab-train's wording
-from vaelab.cli_errors import unwritable
+from vaelab.cli_errors import parse_error, unwritable
 from vaelab.config import ConfigError, load_run_config, resolve_device, validate
 
 
@@ -58,14 +58,15 @@ def run_config_path(run_dir: str | Path) -> Path:
 def runs_hint(folder: Path) -> str:
     """For a folder given where a run is wanted: '; <the runs below it>, give one of them, e.g.
     <the first>' (outputs/, outputs/multirun/, a sweep, a name folder), or ''."""
-    for depth in range(1, 5):  # a sweep's jobs are 1 below it, outputs/multirun/NAME/TIME/JOB 4 below outputs/
-        runs = sorted(p.parents[1] for p in folder.glob("/".join(["*"] * depth) + "/.hydra/config.yaml"))
-        if runs:
-            what = "a sweep's folder: it holds" if depth == 1 and (folder / "multirun.yaml").is_file() else "it holds"
-            more = "" if depth == 1 else " below it"
-            return (f"; {what} {len(runs)} run{'s' * (len(runs) != 1)}{more}, give "
-                    f"{'one of them' if len(runs) > 1 else 'it'}, e.g. {runs[0]}")
-    return ""
+    # a sweep's jobs are 1 below it, outputs/multirun/NAME/TIME/JOB 4 below outputs/
+    runs = sorted(p.parents[1] for depth in range(1, 5)
+                  for p in folder.glob("/".join(["*"] * depth) + "/.hydra/config.yaml"))
+    if not runs:
+        return ""
+    what = "a sweep's folder: it holds" if (folder / "multirun.yaml").is_file() else "it holds"
+    more = "" if all(r.parent == folder for r in runs) else " below it"
+    return (f"; {what} {len(runs)} run{'s' * (len(runs) != 1)}{more}, give "
+            f"{'one of them' if len(runs) > 1 else 'it'}, e.g. {runs[0]}")
 
 
 def pin_environment(run_dir: str | Path, cfg) -> list[str]:
@@ -184,7 +185,8 @@ def _later_eval(run_dir: Path) -> str:
     ev = run_dir / "eval.json"
     if not ev.is_file():
         return ""
-    return eval_settings(json.loads(ev.read_text()), load_run_config(run_config_path(run_dir)).trainer.final_eval_k)
+    k = load_run_config(run_config_path(run_dir), here=False).trainer.final_eval_k
+    return eval_settings(json.loads(ev.read_text()), k)
 
 
 def reproduce(run_dir: str | Path, out: str | Path | None = None, rtol: float = 0.0) -> tuple[int, Path]:
@@ -256,8 +258,8 @@ def apply_overrides(cfg, overrides: list[str]) -> list:
     parsed overrides. Anything that is not a plain value change is a WorkflowError."""
     try:
         parsed = OverridesParser.create().parse_overrides(overrides)
-    except Exception as e:  # OverrideParseException
-        raise WorkflowError(f"cannot parse the overrides: {str(e).strip().splitlines()[0]}") from None
+    except Exception as e:  # OverrideParseException: vaelab-train's one line, naming the override
+        raise WorkflowError(parse_error(overrides, e)) from None
     for o in parsed:
         line = o.input_line
         if o.is_hydra_override():
@@ -300,7 +302,7 @@ def resume(run_dir: str | Path, overrides: list[str] = ()) -> dict | None:
         if folder.is_dir() and not os.access(folder, os.W_OK):
             raise WorkflowError(f"{folder}: not writable; resume writes checkpoints, logs and the config there")
     ckpt_io.check_not_in_use(run_dir)  # before rewriting the config of a run another process trains
-    cfg = load_run_config(cfg_path)  # ConfigError, one line
+    cfg = load_run_config(cfg_path, here=False)  # ConfigError, one line; its device=... may be overridden
     parsed = apply_overrides(cfg, list(overrides))
     validate(cfg)  # ConfigError, one line
     # Check the checkpoint and the data against the (new) config before anything is written.
@@ -462,12 +464,17 @@ def finish_evaluation(run_dir: Path, cfg, say) -> bool:
     numbers are missing. Returns whether it ran; `say` reports why, in one line."""
     if not cfg.trainer.final_eval or (run_dir / "eval.json").is_file():
         return False
-    from vaelab.evaluate_run import evaluate_run
+    from vaelab.evaluate_run import RunDirError, evaluate_run
 
+    if ckpt_io.latest(run_dir / "checkpoints") is None:  # its checkpoints were cleaned away since
+        raise ckpt_io.CheckpointError(f"{run_dir / 'checkpoints'}: no checkpoint left to evaluate")
     say(f"{run_dir.name} has finished training, but its end-of-training evaluation did not finish "
         f"(no eval.json): evaluating it now")
-    evaluate_run(run_dir, k=cfg.trainer.final_eval_k, device=cfg.device, checkpoint="last",
-                 progress=cfg.trainer.progress)
+    try:
+        evaluate_run(run_dir, k=cfg.trainer.final_eval_k, device=cfg.device, checkpoint="last",
+                     progress=cfg.trainer.progress)
+    except RunDirError as e:  # (its wording is vaelab eval's)
+        raise ckpt_io.CheckpointError(str(e)) from None
     return True
 
 

@@ -565,17 +565,15 @@ def hydra_main(cfg: DictConfig) -> float:
     hc = HydraConfig.get()
     run_dir = Path(hc.runtime.output_dir)
     # `vaelab resume SWEEP_DIR` launched this sweep again, with hydra.output_subdir=null: a job
-    # that began then carries on from its own saved config (as `vaelab resume JOB_DIR` would).
-    began = os.environ.get(SWEEP_CONTINUED) == "1" and (run_dir / ".hydra" / "config.yaml").is_file()
-    if began:
-        run = lambda: _carry_on(run_dir)  # noqa: E731
-    else:
-        if os.environ.get(SWEEP_CONTINUED) == "1":  # a job that never started: its config, as Hydra saves it
-            _save_job_config(cfg, run_dir)
+    # that began then carries on from its own saved config (_carry_on).
+    continued = os.environ.get(SWEEP_CONTINUED) == "1"
+    began = continued and (run_dir / ".hydra" / "config.yaml").is_file()
+    if continued and not began:  # a job that never started: its config, as Hydra saves it
+        _save_job_config(cfg, run_dir)
+    if not began:
         pin_environment(run_dir, cfg)  # the saved config must not depend on this shell's variables
-        run = lambda: train(typed(cfg), run_dir)  # noqa: E731
     try:
-        metrics = run()
+        metrics = _carry_on(run_dir) if began else train(typed(cfg), run_dir)
     except (ConfigError, DataError, ckpt_io.CheckpointError) as e:  # bad input: one line, no traceback
         print(f"vaelab-train: error: {e}", file=sys.stderr)
         # The folder Hydra made for a run that never started would list in `vaelab compare`
@@ -595,7 +593,7 @@ def hydra_main(cfg: DictConfig) -> float:
         sys.exit(1)
     except NonFiniteLoss as e:
         log.error("%s", e)
-        if HydraConfig.get().mode.name == "MULTIRUN":
+        if hc.mode.name == "MULTIRUN":
             # The rest of the sweep goes on. +inf ranks this job last for a sweeper that
             # minimises; Optuna refuses nan and would end the whole study on it.
             return float("inf")

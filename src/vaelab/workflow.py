@@ -332,11 +332,8 @@ def resume(run_dir: str | Path, overrides: list[str] = ()) -> dict | None:
               f"vaelab resume {shlex.quote(str(run_dir))} trainer.epochs={2 * done}",
               file=sys.stderr)
         return None
-    cfg.trainer.resume = True  # that is what this command is for, whatever the run said
-    root = cfg.data.root
-    if not Path(root).is_absolute():  # e.g. data.root=../shared/data: from where the run began
-        root = cfg.data.root = str(_launch_cwd(run_dir) / root)
-    data = load_data(root, resolve_device(cfg.device), val_size=cfg.data.val_size, split_seed=cfg.data.split_seed,
+    _to_carry_on(cfg, run_dir)  # that is what this command is for, whatever the run said
+    data = load_data(cfg.data.root, resolve_device(cfg.device), val_size=cfg.data.val_size, split_seed=cfg.data.split_seed,
                      binarize=cfg.data.binarize, download=cfg.data.download)  # DataError, one line
     if parsed:
         cfg_text, ovr_text = _updated_files(run_dir, parsed)
@@ -481,7 +478,12 @@ def finish_evaluation(run_dir: Path, cfg, say) -> bool:
 def carried_on_config(run_dir: Path):
     """A run's own saved config, set to continue from its checkpoints, with a relative data.root
     read from where the run began (`vaelab resume SWEEP_DIR`'s jobs)."""
-    cfg = load_run_config(run_config_path(run_dir))
+    return _to_carry_on(load_run_config(run_config_path(run_dir)), run_dir)
+
+
+def _to_carry_on(cfg, run_dir: Path):
+    """cfg, set to continue the run in run_dir from its checkpoints, with a relative data.root
+    (data.root=../shared/data) read from where the run began. In place; returns cfg."""
     cfg.trainer.resume = True
     if not Path(cfg.data.root).is_absolute():
         cfg.data.root = str(_launch_cwd(run_dir) / cfg.data.root)

@@ -311,7 +311,8 @@ def test_sweep_summary_counts_this_sweeps_jobs_only(tmp_path, capsys):
     hydra.sweep.dir keeps older ones) by how they ended; exit status 1 only if one diverged."""
     from omegaconf import OmegaConf
 
-    from vaelab.compare import STOPPED, SweepSummary
+    from vaelab.checkpoint import STOPPED
+    from vaelab.compare import SweepSummary
 
     def run(name, state=None, age=0.0):
         d = tmp_path / name
@@ -411,6 +412,7 @@ def test_resume_carries_a_stopped_sweep_on_in_its_folder(tiny_mnist, tmp_path):
     assert p.returncode == 1, out[-3000:]  # the diverged job: as when the sweep first ended
     assert "latent_size=2 finished earlier (3 epochs" in out and "latent_size=16 diverged earlier" in out
     assert f"sweep of 4 jobs: 3 done, 1 diverged; table: vaelab compare {sweep}" in out
+    assert "vaelab resume: error: 1 of 4 jobs diverged (non-finite loss): latent_size=16" in p.stderr
     assert set(runs(sweep)) == set(jobs) and not list(elsewhere.iterdir())
     for name in ("latent_size=4", "latent_size=8"):
         after = json.loads((sweep / name / "metrics.json").read_text())

@@ -125,6 +125,20 @@ def read_json(path: str | Path) -> dict | None:
     return got if isinstance(got, dict) else None
 
 
+# In a run folder after an early stop (train() writes it, its next start removes it):
+# {"state": "diverged" | "interrupted" | "failed", "reason": the one-line message}
+STOPPED = "stopped.json"
+
+
+def run_state(path: Path) -> tuple[str, dict | None, dict | None]:
+    """(state, metrics.json, stopped.json) of the run in `path`: done (metrics.json and no early
+    stop since), diverged, interrupted or failed (stopped.json), else unfinished."""
+    metrics, stopped = read_json(path / "metrics.json"), read_json(path / STOPPED)
+    if metrics is not None and stopped is None:
+        return "done", metrics, stopped
+    return (stopped or {}).get("state", "unfinished"), metrics, stopped
+
+
 def load(path: str | Path, map_location: Any = "cpu") -> dict:
     import torch
 

@@ -27,7 +27,7 @@ import yaml
 from hydra.experimental.callback import Callback
 from omegaconf import OmegaConf
 
-from vaelab.checkpoint import read_json
+from vaelab.checkpoint import read_json, run_state
 from vaelab.cli_errors import unwritable
 
 # Final metrics of an unfinished run, from the per-epoch scalars train() logs.
@@ -35,21 +35,6 @@ EPOCH_TAGS = {"epochs": "epoch/epoch", "train_loss": "epoch/train_loss", "val_lo
               "val_recon": "epoch/val_recon", "val_kl": "epoch/val_kl", "active_units": "epoch/active_units"}
 COLUMNS = ("epochs", "train_loss", "val_loss", "val_recon", "val_kl", "active_units", "test_nll_iwae")
 _SKIP = {".hydra", "checkpoints", "samples"}
-# In a run folder after an early stop (train() writes it, its next start removes it):
-# {"state": "diverged" | "interrupted" | "failed", "reason": the one-line message}
-STOPPED = "stopped.json"
-# Set in each job's environment (hydra.job.env_set) when `vaelab resume SWEEP_DIR` launches a
-# stopped sweep again: its jobs then carry on the runs already in their folders.
-SWEEP_CONTINUED = "VAELAB_SWEEP_CONTINUED"
-
-
-def run_state(path: Path) -> tuple[str, dict | None, dict | None]:
-    """(state, metrics.json, stopped.json) of the run in `path`: done (metrics.json and no early
-    stop since), diverged, interrupted or failed (stopped.json), else unfinished."""
-    metrics, stopped = read_json(path / "metrics.json"), read_json(path / STOPPED)
-    if metrics is not None and stopped is None:
-        return "done", metrics, stopped
-    return (stopped or {}).get("state", "unfinished"), metrics, stopped
 
 
 class CompareError(RuntimeError):
@@ -295,7 +280,10 @@ class SweepSummary(Callback):
             runs = find_runs([sweep_dir])
         except CompareError:
             return  # no job wrote a run folder (a dry run, --cfg): nothing to say
-        if SWEEP_CONTINUED not in (OmegaConf.select(config, "hydra.job.env_set") or {}):
+        from vaelab.workflow import SWEEP_CONTINUED
+
+        continued = SWEEP_CONTINUED in (OmegaConf.select(config, "hydra.job.env_set") or {})
+        if not continued:
             slack = 2.0  # file systems that store whole seconds
             runs = [r for r in runs if (r.path / ".hydra" / "config.yaml").is_file()
                     and (r.path / ".hydra" / "config.yaml").stat().st_mtime >= self.started - slack]
@@ -306,7 +294,8 @@ class SweepSummary(Callback):
         jobs = f"{len(runs)} job{'s' * (len(runs) != 1)}"
         print(f"sweep of {jobs}: {counts}; table: vaelab compare {shlex.quote(str(sweep_dir))}")
         if states.get("diverged"):
-            print(f"vaelab-train: error: {len(states['diverged'])} of {len(runs)} jobs diverged "
+            prog = "vaelab resume" if continued else "vaelab-train"  # the command the user typed
+            print(f"{prog}: error: {len(states['diverged'])} of {len(runs)} jobs diverged "
                   f"(non-finite loss): {'; '.join(states['diverged'])}", file=sys.stderr)
             sys.exit(1)  # Hydra's run_and_report lets SystemExit through: the exit status of vaelab-train
 

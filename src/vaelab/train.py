@@ -33,7 +33,6 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
 from vaelab import checkpoint as ckpt_io
-from vaelab.compare import STOPPED, SWEEP_CONTINUED, run_state
 from vaelab.config import CONF_DIR, ConfigError, resolve_device, to_plain, typed, validate
 from vaelab.data import DataError, MNISTData, load_data, to_float
 from vaelab.errors import Interrupted, NonFiniteLoss, SaveFailed
@@ -42,7 +41,7 @@ from vaelab.logger import RunLogger, image_grid
 from vaelab.losses import MSE_NLL_CONST_PER_DIM, beta_at, vae_loss
 from vaelab.models import VAE
 from vaelab.optim import FlatAdam
-from vaelab.workflow import pin_environment
+from vaelab.workflow import SWEEP_CONTINUED, pin_environment
 
 log = logging.getLogger("vaelab")
 
@@ -230,7 +229,7 @@ def train(cfg: DictConfig, run_dir: str | Path, data: MNISTData | None = None) -
     except (NonFiniteLoss, Interrupted, SaveFailed) as e:
         state = {NonFiniteLoss: "diverged", Interrupted: "interrupted", SaveFailed: "failed"}[type(e)]
         try:
-            ckpt_io.write_text_atomic(run_dir / STOPPED, json.dumps({"state": state, "reason": str(e)}))
+            ckpt_io.write_text_atomic(run_dir / ckpt_io.STOPPED, json.dumps({"state": state, "reason": str(e)}))
         except OSError:  # the run folder itself is not writable: the message above still says it
             pass
         raise
@@ -264,7 +263,7 @@ def _train(cfg: DictConfig, run_dir: Path, data: MNISTData | None) -> dict:
                          binarize=cfg.data.binarize, download=cfg.data.download)
     n_train = len(data.train)
     # The input is good: from here on the run folder changes.
-    (run_dir / STOPPED).unlink(missing_ok=True)  # why the run last stopped early; `vaelab compare` shows it
+    (run_dir / ckpt_io.STOPPED).unlink(missing_ok=True)  # why the run last stopped early; `vaelab compare` shows it
     ckpt_dir.mkdir(exist_ok=True)
     sample_dir.mkdir(exist_ok=True)
     partial = ckpt_io.remove_partial(ckpt_dir) + ckpt_io.remove_partial(run_dir)
@@ -623,7 +622,7 @@ def _carry_on(run_dir: Path) -> dict:
     from vaelab.workflow import carried_on_config, finish_evaluation, n_epochs
 
     cfg = carried_on_config(run_dir)
-    state, metrics, stopped = run_state(run_dir)
+    state, metrics, stopped = ckpt_io.run_state(run_dir)
     if state == "diverged":
         again = (f"to try it again with other values: vaelab resume {shlex.quote(str(run_dir))} KEY=VALUE"
                  if ckpt_io.latest(run_dir / "checkpoints") else

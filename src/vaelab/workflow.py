@@ -30,10 +30,15 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
 from vaelab import checkpoint as ckpt_io
-from vaelab.compare import SWEEP_CONTINUED, eval_settings
+from vaelab.compare import eval_settings
 from vaelab.cli_errors import _explain as explain_override_error  # vaelab-train's wording
 from vaelab.cli_errors import parse_error, unwritable
 from vaelab.config import ConfigError, load_run_config, resolve_device, validate
+
+
+# Set in each job's environment (hydra.job.env_set) when `vaelab resume SWEEP_DIR` launches a
+# stopped sweep again: its jobs then carry on the runs already in their folders.
+SWEEP_CONTINUED = "VAELAB_SWEEP_CONTINUED"
 
 
 def is_timing(key: str) -> bool:

@@ -164,7 +164,10 @@ def test_compare_prints_the_sweep_sorted_and_plots_it(sweep, tmp_path, capsys):
     assert losses == sorted(losses)
     expected = {n: json.loads((d / "metrics.json").read_text())["val_loss"] for n, d in runs(sweep).items()}
     assert [r[0] for r in rows] == sorted(expected, key=expected.get)
-    assert lines[6].startswith(f"wrote {out}")
+    # the sweep's runs are mse: the table says which of its numbers carry the Gaussian's constant
+    assert lines[6] == ("loss.recon=mse runs: train_loss, val_loss, val_recon leave out the Gaussian decoder's "
+                        "constant (add 448.73 nats for MNIST's 784 pixels)")
+    assert lines[7].startswith(f"wrote {out}")
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     assert vaelab(["compare", sweep, "--sort", "active_units", "--desc"]) == 0
@@ -213,6 +216,7 @@ def test_compare_says_where_test_numbers_from_a_later_eval_come_from(sweep, tmp_
     assert rows[0].split()[-2:] == ["test_from", "state"]
     assert re.search(r" 90\.000\s+-\s+done$", rows[2]), rows[2]  # its own final evaluation: nothing to say
     assert re.search(r" 95\.000\s+checkpoint=epoch_0001\.pt, k=5, seed=0\s+done$", rows[3]), rows[3]
+    assert rows[4].endswith("(add 448.73 nats for MNIST's 784 pixels); test_nll_iwae includes it")
 
 
 def test_compare_without_runs_is_one_line(tmp_path, capsys):

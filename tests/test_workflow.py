@@ -438,7 +438,9 @@ def test_compare_shows_an_unfinished_run_from_its_events(tiny_mnist, tmp_path, m
     train(compose_cfg([f"data.root={tiny_mnist}", *TINY, "trainer.resume=true"]), tmp_path / "stopped")
     capsys.readouterr()
     assert vaelab(["compare", tmp_path]) == 0
-    states = {ln.split()[0]: ln.split()[-1] for ln in capsys.readouterr().out.splitlines()[2:]}
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[-1].startswith("loss.recon=mse runs: train_loss, val_loss")  # the units footnote
+    states = {ln.split()[0]: ln.split()[-1] for ln in lines[2:-1]}
     assert states == {"diverged": "diverged", "stopped": "done"}
 
 

@@ -175,7 +175,23 @@ def table(runs: list[Run], extra: list[str] = ()) -> str:
     def line(cells):
         return "  ".join(f"{c:<{w}}" if i < left else f"{c:>{w}}" for i, (c, w) in enumerate(zip(cells, widths)))
     out = [line(header), line(["-" * w for w in widths])]
-    return "\n".join([*out, *(line(r).rstrip() for r in rows)])
+    return "\n".join([*out, *(line(r).rstrip() for r in rows), *_units_note(runs, metrics)])
+
+
+def _units_note(runs: list[Run], metrics: list[str]) -> list[str]:
+    """A footnote when one table holds numbers in two units: train() leaves the MSE decoder's
+    Gaussian constant out of train_loss and val_* (the seed's loss), vaelab eval puts it in."""
+    if not any(r.config.get("loss.recon") == "mse" for r in runs):
+        return []
+    from vaelab.losses import MSE_NLL_CONST_PER_DIM
+
+    left_out = [m for m in metrics if m in ("train_loss", "val_loss", "val_recon", "best_val_loss")]
+    with_it = [m for m in metrics if m.startswith("test_") and m != "test_from"]
+    if not left_out:
+        return []
+    note = (f"loss.recon=mse runs: {', '.join(left_out)} leave out the Gaussian decoder's constant "
+            f"(add {784 * MSE_NLL_CONST_PER_DIM:.2f} nats for MNIST's 784 pixels)")
+    return [note + (f"; {', '.join(with_it)} include{'s' * (len(with_it) == 1)} it" if with_it else "")]
 
 
 def image_path(out: str | Path, formats: list[str], example: str) -> Path:

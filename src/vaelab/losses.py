@@ -1,4 +1,5 @@
-"""The VAE objective as pure functions. Every term is in nats per example.
+"""The VAE objective as pure functions. Every term is per example, in nats, except that the
+MSE reconstruction leaves out its Gaussian's constant (MSE_NLL_CONST_PER_DIM per pixel, below).
 
 negative ELBO(x) = E_q[-log p(x|z)] + KL(q(z|x) || N(0, I))       (Kingma & Welling 2014, eq. 3)
 

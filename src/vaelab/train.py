@@ -280,7 +280,7 @@ def _train(cfg: DictConfig, run_dir: Path, data: MNISTData | None) -> dict:
     # CPU float sums depend on the thread count: it is recorded so that `vaelab resume` and
     # `vaelab reproduce` can use the same one and stay bit-identical.
     st = {"epoch": 0, "step": 0, "examples": 0, "best_val": math.inf, "train_seconds": 0.0,
-          "perm": None, "pos": 0, "epoch_acc": None, "log_acc": None, "data_rng": None,
+          "perm": None, "pos": 0, "epoch_acc": None, "log_acc": None, "log_beta": 0.0, "data_rng": None,
           "threads": torch.get_num_threads()}
     last_path = ckpt_dir / "last.pt"
     resumed = False
@@ -416,6 +416,7 @@ def _train(cfg: DictConfig, run_dir: Path, data: MNISTData | None) -> dict:
                 st["pos"] = 0
                 st["epoch_acc"] = torch.zeros(4)
                 st["log_acc"] = torch.zeros(4)
+                st["log_beta"] = 0.0  # sum of beta * batch over the steps in log_acc
             epoch_acc.copy_(st["epoch_acc"])
             log_acc.copy_(st["log_acc"])
             perm = st["perm"].to(device)
@@ -430,13 +431,17 @@ def _train(cfg: DictConfig, run_dir: Path, data: MNISTData | None) -> dict:
                 st["step"] += 1
                 st["examples"] += b
                 st["pos"] = i + b
+                st["log_beta"] += beta * b
                 bar.update(b)
                 if st["step"] % log_every == 0:  # the loop's only host sync
                     v = log_acc.tolist()
                     means = [s / v[3] for s in v[:3]]
                     check_finite(means, f"epoch {epoch + 1}")
-                    writer.scalars({"loss": means[0], "recon": means[1], "kl": means[2], "beta": beta},
+                    # the betas train/loss was taken with: during a warm-up, their mean
+                    mean_beta = st["log_beta"] / v[3] if warmup else beta
+                    writer.scalars({"loss": means[0], "recon": means[1], "kl": means[2], "beta": mean_beta},
                                    st["examples"], prefix="train/")
+                    st["log_beta"] = 0.0
                     bar.set_postfix(loss=f"{means[0]:.2f}")  # the bar's own img/s is the rate
                     log_acc.zero_()
                 if stop.signum is not None:

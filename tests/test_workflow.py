@@ -371,6 +371,24 @@ def test_resume_with_more_epochs_continues_and_records_the_override(tiny_mnist, 
     assert yaml.safe_load((run / ".hydra" / "overrides.yaml").read_text()) == ["latent_size=4", "trainer.epochs=3"]
 
 
+def test_resume_takes_the_thread_count_the_run_had(tiny_mnist, reference, tmp_path):
+    """CPU float sums depend on the thread count: a run resumed in a process with another count
+    (another machine, a launcher's worker) goes on with its own and ends bit-identical."""
+    run = tmp_path / "run"
+    train(compose_cfg([f"data.root={tiny_mnist}", *TINY, "trainer.epochs=1"]), run)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(threads + 1)
+    try:
+        assert vaelab(["resume", run, "trainer.epochs=3"]) == 0
+        assert torch.get_num_threads() == threads
+    finally:
+        torch.set_num_threads(threads)
+    assert_same_run(run, reference)
+    assert json.loads((run / "metrics.json").read_text())["torch_threads"] == threads
+    assert f"using {threads} CPU threads, as the run did (this process had {threads + 1})" in \
+        (run / "train.log").read_text()
+
+
 def test_resume_part_way_through_an_epoch_needs_that_epoch(tiny_mnist, tmp_path, monkeypatch, capsys):
     real_beta_at = train_mod.beta_at
 

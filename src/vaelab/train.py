@@ -292,6 +292,13 @@ def _train(cfg: DictConfig, run_dir: Path, data: MNISTData | None) -> dict:
         opt.load_state_dict(_under_config(ck["optimizer"], opt))
         st.update(ck["state"])
         check_epochs_to_resume(st, t.epochs)
+        if st["threads"] != torch.get_num_threads():
+            # The run's CPU sums were made with that many threads: the same count keeps a resumed run
+            # bit-identical to one never stopped (`vaelab resume`, or a resumed sweep's job under a
+            # launcher that gives it another count), and metrics.json's torch_threads true.
+            log.info("using %d CPU threads, as the run did (this process had %d)", st["threads"],
+                     torch.get_num_threads())
+            torch.set_num_threads(st["threads"])
         ckpt_io.set_rng_state(ck["rng"])
         resumed = True
         if resume_from.name != last_path.name:  # a kill before the first last.pt, or it was deleted
@@ -618,8 +625,7 @@ def _sweep_dir(hc) -> Path:
 
 def _carry_on(run_dir: Path) -> dict:
     """A job of a sweep that `vaelab resume SWEEP_DIR` carries on, whose run began earlier: from
-    its own saved config (`vaelab resume JOB trainer.epochs=N` may have changed it since; the
-    thread count is the launcher's, not the checkpoint's as with `vaelab resume JOB`), a
+    its own saved config (`vaelab resume JOB trainer.epochs=N` may have changed it since), a
     run that stopped continues from its checkpoints and one that ended is left as it is, with
     the result its job returned then (a finished run's val loss, +inf for a diverged one): a
     diverged run resumed from its last good checkpoint would replay the same steps to the same

@@ -317,7 +317,6 @@ def resume(run_dir: str | Path, overrides: list[str] = ()) -> dict | None:
                                       f"(the run stopped before its first checkpoint; start it again with: "
                                       f"vaelab-train --config-dir {shlex.quote(str(run_dir / '.hydra'))} "
                                       f"--config-name config)")
-    import torch
 
     from vaelab.train import build_model, check_epochs_to_resume, train  # (torch: after the cheap checks)
 
@@ -344,13 +343,7 @@ def resume(run_dir: str | Path, overrides: list[str] = ()) -> dict | None:
         cfg_text, ovr_text = _updated_files(run_dir, parsed)
         ckpt_io.write_text_atomic(cfg_path, cfg_text)
         ckpt_io.write_text_atomic(run_dir / ".hydra" / "overrides.yaml", ovr_text)
-    threads = ck["state"].get("threads") if isinstance(ck.get("state"), dict) else None
-    if threads and threads != torch.get_num_threads():
-        # The run's CPU sums were made with that many threads; the same count keeps them bit-identical.
-        print(f"vaelab resume: using {threads} CPU threads, as the run did (this process had "
-              f"{torch.get_num_threads()})", file=sys.stderr)
-        torch.set_num_threads(threads)
-    return train(cfg, run_dir, data)
+    return train(cfg, run_dir, data)  # (with the run's own CPU thread count, as a resumed train() takes)
 
 
 def is_sweep_dir(path: Path) -> bool:

@@ -373,14 +373,15 @@ def test_resume_with_more_epochs_continues_and_records_the_override(tiny_mnist, 
 
 def test_resume_takes_the_thread_count_the_run_had(tiny_mnist, reference, tmp_path):
     """CPU float sums depend on the thread count: a run resumed in a process with another count
-    (another machine, a launcher's worker) goes on with its own and ends bit-identical."""
+    (another machine, a launcher's worker) goes on with its own and ends bit-identical; the
+    process gets its count back for what it runs next (a sweep's next job)."""
     run = tmp_path / "run"
     train(compose_cfg([f"data.root={tiny_mnist}", *TINY, "trainer.epochs=1"]), run)
     threads = torch.get_num_threads()
     torch.set_num_threads(threads + 1)
     try:
         assert vaelab(["resume", run, "trainer.epochs=3"]) == 0
-        assert torch.get_num_threads() == threads
+        assert torch.get_num_threads() == threads + 1
     finally:
         torch.set_num_threads(threads)
     assert_same_run(run, reference)

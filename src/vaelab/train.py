@@ -223,6 +223,7 @@ def train(cfg: DictConfig, run_dir: str | Path, data: MNISTData | None = None) -
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)  # checkpoints/ and samples/ come once the data has loaded
     handlers = _attach_logs(run_dir)
+    threads = torch.get_num_threads()  # a resumed run takes its own (_train); the next run in this process not
     try:
         with ckpt_io.only_process(run_dir):
             return _train(cfg, run_dir, data)
@@ -233,7 +234,8 @@ def train(cfg: DictConfig, run_dir: str | Path, data: MNISTData | None = None) -
         except OSError:  # the run folder itself is not writable: the message above still says it
             pass
         raise
-    finally:  # one process may train several runs (tests, vaelab resume): don't leak handlers
+    finally:  # one process may train several runs (tests, a sweep's jobs, vaelab resume): don't leak
+        torch.set_num_threads(threads)
         for h in handlers:
             logging.getLogger().removeHandler(h)
             h.close()

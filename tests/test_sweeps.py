@@ -481,6 +481,27 @@ def test_resume_of_a_sweep_refuses_what_it_cannot_carry_on(sweep, tmp_path, caps
         f"vaelab resume: error: {drawn / 'multirun.yaml'}: not a sweep record as Hydra writes it (")
 
 
+def test_resume_of_a_sweep_whose_job_folders_are_named_by_the_clock_is_refused(sweep, tmp_path, capsys):
+    """A relaunch finds a begun job only in the folder hydra.sweep.subdir names for it; with
+    ${now:...} in the name every job would start anew beside the old ones, so resume says so."""
+    copy = tmp_path / "sweep"
+    shutil.copytree(sweep, copy)
+    job = copy / "latent_size=2,loss.beta=1"
+    hydra_yaml = job / ".hydra" / "hydra.yaml"
+    hc = yaml.safe_load(hydra_yaml.read_text())
+    assert hc["hydra"]["sweep"]["subdir"] == "${vaelab_job_name:${hydra.job.override_dirname},${hydra.job.num}}"
+    hc["hydra"]["sweep"]["subdir"] = "j${hydra.job.num}_${now:%H%M%S%f}"
+    hydra_yaml.write_text(yaml.safe_dump(hc))
+    before = {p: p.stat().st_mtime_ns for p in copy.rglob("*")}
+    assert vaelab(["resume", copy]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"vaelab resume: error: {job}: the sweep names its job folders "
+                          "hydra.sweep.subdir=j${hydra.job.num}_${now:%H%M%S%f}, which now gives 'j")
+    assert err.endswith(f"': launched again, its jobs would start anew in other folders; carry them on one by one "
+                        f"with vaelab resume {copy / 'JOB'}")
+    assert {p: p.stat().st_mtime_ns for p in copy.rglob("*")} == before
+
+
 def test_compare_sorts_a_sweep_whose_every_job_diverged(tmp_path, capsys):
     """--sort by a metric no run reached (each diverged before its first epoch) is not an
     error: the rows come out, as unsorted as their metrics are missing."""

@@ -15,6 +15,7 @@ resume     continues RUN_DIR from checkpoints/last.pt, in the same directory, op
 """
 from __future__ import annotations
 
+import importlib
 import json
 import math
 import os
@@ -431,6 +432,7 @@ def resume_sweep(sweep_dir: str | Path, overrides: list[str] = ()) -> int:
     jobs = [d for d in sorted(sweep_dir.iterdir()) if (d / ".hydra" / "config.yaml").is_file()]
     for job in jobs:  # before anything is launched: Hydra would write into a running job's folder
         ckpt_io.check_not_in_use(job)
+    _check_job_folders(jobs)
     if cwd is None:
         cwd = Path.cwd()
         print(f"vaelab resume: the sweep was started in a folder that is gone; relative paths in its command line "
@@ -447,6 +449,29 @@ def resume_sweep(sweep_dir: str | Path, overrides: list[str] = ()) -> int:
     from vaelab.train_cli import launch
 
     return launch(argv, prog="vaelab resume", continuing=sweep_dir)
+
+
+def _check_job_folders(jobs: list[Path]) -> None:
+    """The relaunch finds a job's run only in the folder hydra.sweep.subdir names for it: a name
+    that changes between launches (${now:...} in it) would start every job anew beside the old
+    ones. Each job's .hydra/hydra.yaml holds subdir as given and the job's own values (num,
+    override_dirname); a subdir that does not resolve from those alone is not checked."""
+    from hydra.core.utils import setup_globals
+
+    setup_globals()  # Hydra's resolvers (now, ...), as a launch has them
+    importlib.import_module("vaelab.train")  # registers vaelab_job_name, which the default subdir uses
+
+    for job in jobs:
+        try:
+            hc = OmegaConf.load(job / ".hydra" / "hydra.yaml")
+            given = OmegaConf.select(hc, "hydra.sweep.subdir", default=None, throw_on_resolution_failure=False)
+            raw = str(OmegaConf.to_container(hc.hydra.sweep, resolve=False)["subdir"])
+        except Exception:  # no hydra.yaml, or not Hydra's
+            continue
+        if given is not None and (job.parent / str(given)).resolve() != job.resolve():
+            raise WorkflowError(f"{job}: the sweep names its job folders hydra.sweep.subdir={raw}, which now gives "
+                                f"'{given}': launched again, its jobs would start anew in other folders; carry them "
+                                f"on one by one with vaelab resume {shlex.quote(str(job.parent / 'JOB'))}")
 
 
 def n_epochs(n: int) -> str:

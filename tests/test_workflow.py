@@ -53,7 +53,7 @@ def run_module(module: str, args: list[str], cwd: Path, check: bool = True,
 
 def vaelab(args: list[str]) -> int:
     """`vaelab ARGS` in this process; returns the exit code."""
-    if args[0] == "resume":
+    if args[:1] == ["resume"]:
         _after_existing_events(Path(args[1]))
     with pytest.raises(SystemExit) as exc:
         vaelab_cli([str(a) for a in args])
@@ -736,6 +736,25 @@ def test_files_written_atomically_get_the_usual_permissions(tmp_path):
     finally:
         os.umask(umask)
     assert path.stat().st_mode & 0o777 == 0o644  # mkstemp alone gives 0600
+
+
+@pytest.mark.parametrize("args,expect", [
+    (["eval", "R", "--checkpoints", "best"], "vaelab eval: error: unrecognized arguments: --checkpoints best "
+                                             "(see vaelab eval --help)"),
+    (["resume", "R", "--epochs", "3"], "vaelab resume: error: unrecognized arguments: --epochs 3 (see vaelab "
+                                       "resume --help)"),
+    (["compare"], "vaelab compare: error: the following arguments are required: DIR (see vaelab compare --help)"),
+    (["reproduce", "R", "--rtol", "x"], "vaelab reproduce: error: argument --rtol: must be a number >= 0, got 'x' "
+                                        "(see vaelab reproduce --help)"),
+    ([], "vaelab: error: the following arguments are required: COMMAND (see vaelab --help)"),
+    (["evaluate", "R"], "vaelab: error: argument COMMAND: invalid choice: 'evaluate' (choose from 'eval', 'sample', "
+                        "'reproduce', 'resume', 'compare') (see vaelab --help)"),
+], ids=["unknown-option", "unknown-option-resume", "missing-dir", "bad-value", "no-command", "unknown-command"])
+def test_a_bad_vaelab_command_line_is_one_line(args, expect, capsys):
+    """argparse would print its usage block, and report a command's unknown option as the
+    top-level parser's, naming neither the command nor its options."""
+    assert vaelab(args) == 2
+    assert capsys.readouterr().err.strip() == expect
 
 
 def test_resume_without_a_run_names_only_what_is_missing(capsys):

@@ -18,17 +18,33 @@ COMMANDS = {
 }
 
 
+def one_line_errors(prog: str):
+    """A replacement for ArgumentParser.error: argparse prints the usage block as well, vaelab
+    commands answer a bad command line in one line (and exit 2, as argparse does)."""
+    def error(message: str):
+        print(f"{prog}: error: {message} (see {prog} --help)", file=sys.stderr)
+        sys.exit(2)
+    return error
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
     chosen = next((a for a in argv if not a.startswith("-")), None)
     parser = argparse.ArgumentParser(prog="vaelab", description=__doc__.splitlines()[0])
+    parser.error = one_line_errors("vaelab")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    parsers = {}
     for name, (module, help_) in COMMANDS.items():
-        p = sub.add_parser(name, help=help_, description=help_)
+        p = parsers[name] = sub.add_parser(name, help=help_, description=help_)
+        p.error = one_line_errors(f"vaelab {name}")
         p.set_defaults(_module=module)
         if name == chosen:  # only the command being run imports its module (most import torch, ~2 s)
             getattr(importlib.import_module(module), f"add_{name}_arguments")(p)
-    args = parser.parse_args(argv)
+    # argparse leaves a command's unknown options to the top-level parser, which would name
+    # neither the command nor its options: the command's own parser reports them.
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        parsers[args.command].error(f"unrecognized arguments: {' '.join(unknown)}")
     mod = importlib.import_module(args._module)
     try:
         code = getattr(mod, f"{args.command}_command")(args)

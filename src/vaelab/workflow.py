@@ -158,9 +158,8 @@ def add_reproduce_arguments(p) -> None:
     p.add_argument("run_dir", metavar="RUN_DIR", help="a finished run (a folder holding .hydra/config.yaml)")
     p.add_argument("--out", metavar="DIR", help="the new run directory "
                    "(default: outputs/runs/<name>/<timestamp>, like vaelab-train)")
-    from vaelab.evaluate_run import non_negative_float, one_line_errors
+    from vaelab.evaluate_run import non_negative_float
 
-    p.error = one_line_errors("vaelab reproduce")
     p.add_argument("--rtol", type=non_negative_float, default=0.0,
                    help="relative tolerance for the comparison (default 0: identical to the bit, which "
                         "holds on CPU; a GPU run that is not bit-reproducible needs one, see the README)")

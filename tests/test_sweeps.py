@@ -204,19 +204,26 @@ def test_compare_out_ending_in_a_dot_gets_png(sweep, tmp_path, capsys):
 
 
 def test_compare_says_where_test_numbers_from_a_later_eval_come_from(sweep, tmp_path, capsys):
-    for name in ("latent_size=2,loss.beta=1", "latent_size=2,loss.beta=4"):
+    names = ("latent_size=2,loss.beta=1", "latent_size=2,loss.beta=4", "latent_size=4,loss.beta=1")
+    for name in names:
         shutil.copytree(sweep / name, tmp_path / name)
-    k = yaml.safe_load((sweep / name / ".hydra" / "config.yaml").read_text())["trainer"]["final_eval_k"]
-    (tmp_path / "latent_size=2,loss.beta=1" / "eval.json").write_text(json.dumps(
-        {"checkpoint": "x/checkpoints/last.pt", "k": k, "seed": 0, "nll_iwae": 90.0}))  # the run's own
-    (tmp_path / "latent_size=2,loss.beta=4" / "eval.json").write_text(json.dumps(
+        config = tmp_path / name / ".hydra" / "config.yaml"
+        saved = yaml.safe_load(config.read_text())
+        saved["trainer"]["final_eval"] = name != names[2]  # the sweep's runs had none
+        config.write_text(yaml.safe_dump(saved))
+    k, epochs = saved["trainer"]["final_eval_k"], saved["trainer"]["epochs"]
+    own = {"checkpoint": "x/checkpoints/last.pt", "k": k, "seed": 0, "epoch": epochs, "nll_iwae": 90.0}
+    (tmp_path / names[0] / "eval.json").write_text(json.dumps(own))  # what the run's own final evaluation makes
+    (tmp_path / names[1] / "eval.json").write_text(json.dumps(
         {"checkpoint": "x/checkpoints/epoch_0001.pt", "k": 5, "seed": 0, "nll_iwae": 95.0}))
+    (tmp_path / names[2] / "eval.json").write_text(json.dumps(own))  # by hand: the run had no final evaluation
     assert vaelab(["compare", tmp_path]) == 0
     rows = capsys.readouterr().out.splitlines()
     assert rows[0].split()[-2:] == ["test_from", "state"]
     assert re.search(r" 90\.000\s+-\s+done$", rows[2]), rows[2]  # its own final evaluation: nothing to say
     assert re.search(r" 95\.000\s+checkpoint=epoch_0001\.pt, k=5, seed=0\s+done$", rows[3]), rows[3]
-    assert rows[4].endswith("(add 448.73 nats for MNIST's 784 pixels); test_nll_iwae includes it")
+    assert re.search(rf" 90\.000\s+checkpoint=last\.pt, k={k}, seed=0, epoch={epochs}\s+done$", rows[4]), rows[4]
+    assert rows[5].endswith("(add 448.73 nats for MNIST's 784 pixels); test_nll_iwae includes it")
 
 
 def test_compare_without_runs_is_one_line(tmp_path, capsys):

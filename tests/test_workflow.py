@@ -718,15 +718,49 @@ def test_carrying_on_a_finished_run_makes_it_unfinished_until_it_ends(finished_r
 
 
 def test_reproduce_leaves_out_an_eval_json_made_later_with_other_settings(finished_run, tmp_path):
+    """A reproduction makes the run's own end-of-training evaluation again, nothing else: an
+    eval.json with other settings, of an earlier epoch, or in a run that had no final evaluation
+    (trainer.final_eval=false) is not compared."""
     from vaelab.workflow import _later_eval
 
     run = tmp_path / "run"
     shutil.copytree(finished_run, run)
+    cfg_path = run / ".hydra" / "config.yaml"
+    saved = yaml.safe_load(cfg_path.read_text())
+    assert saved["trainer"]["final_eval"] is False and saved["trainer"]["final_eval_k"] == 4
+    own = {"k": 4, "seed": 0, "checkpoint": str(run / "checkpoints/last.pt"), "epoch": 1}
     assert _later_eval(run) == ""  # no eval.json
-    (run / "eval.json").write_text(json.dumps({"k": 4, "seed": 0, "checkpoint": str(run / "checkpoints/last.pt")}))
-    assert _later_eval(run) == ""  # the run's own: trainer.final_eval_k=4
-    (run / "eval.json").write_text(json.dumps({"k": 5, "seed": 0, "checkpoint": str(run / "checkpoints/best.pt")}))
-    assert _later_eval(run) == "checkpoint=best.pt, k=5, seed=0"
+    (run / "eval.json").write_text(json.dumps(own))
+    assert _later_eval(run) == "checkpoint=last.pt, k=4, seed=0, epoch=1"  # made by hand: no final eval
+    saved["trainer"]["final_eval"] = True
+    cfg_path.write_text(yaml.safe_dump(saved))
+    assert _later_eval(run) == ""  # the run's own
+    (run / "eval.json").write_text(json.dumps({**own, "epoch": None}))
+    assert _later_eval(run) == ""  # (an eval.json from before the epoch was recorded)
+    (run / "eval.json").write_text(json.dumps({**own, "k": 5, "checkpoint": str(run / "checkpoints/best.pt")}))
+    assert _later_eval(run) == "checkpoint=best.pt, k=5, seed=0, epoch=1"
+    metrics = json.loads((run / "metrics.json").read_text())
+    (run / "metrics.json").write_text(json.dumps({**metrics, "epochs": 3}))  # carried on after that eval
+    (run / "eval.json").write_text(json.dumps(own))
+    assert _later_eval(run) == "checkpoint=last.pt, k=4, seed=0, epoch=1"
+
+
+def test_reproduce_of_a_run_that_has_not_finished_says_why(finished_run, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    (run / "metrics.json").unlink()
+    (run / "stopped.json").write_text(json.dumps({"state": "diverged", "reason": "non-finite loss nan at step 5"}))
+    assert vaelab(["reproduce", run]) == 2
+    assert capsys.readouterr().err.strip() == (f"vaelab reproduce: error: {run}: the run diverged (non-finite loss "
+                                               f"nan at step 5), so it has no final metrics to compare")
+    (run / "stopped.json").unlink()
+    with ckpt_io.only_process(run):  # as a training process holds it
+        assert vaelab(["reproduce", run]) == 2
+    assert capsys.readouterr().err.strip() == (f"vaelab reproduce: error: {run}: the run has not finished, another "
+                                               f"process is training it now; try again once it has")
+    assert vaelab(["reproduce", run]) == 2
+    assert capsys.readouterr().err.strip() == (f"vaelab reproduce: error: {run}: no metrics.json, the run has not "
+                                               f"finished (carry it on with: vaelab resume {run})")
 
 
 def test_files_written_atomically_get_the_usual_permissions(tmp_path):

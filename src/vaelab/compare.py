@@ -106,18 +106,28 @@ def _load(path: Path, name: str) -> Run:
     run.metrics.update({f"test_{k}": v for k, v in ev.items()
                         if isinstance(v, (int, float)) and not isinstance(v, bool)})
     if ev and run.config:  # test numbers from a later `vaelab eval` (another checkpoint or k): say so
-        made = eval_settings(ev, run.config.get("trainer.final_eval_k"))
+        trainer = {"final_eval": run.config.get("trainer.final_eval", True),
+                   "final_eval_k": run.config.get("trainer.final_eval_k")}
+        made = eval_settings(ev, trainer, run.metrics.get("epochs"))
         if made:
             run.metrics["test_from"] = made
     return run
 
 
-def eval_settings(ev: dict, final_eval_k) -> str:
-    """'' if an eval.json is its run's own end-of-training evaluation (last.pt, k =
-    trainer.final_eval_k, seed 0), else the settings it was made with instead."""
-    own = {"checkpoint": "last.pt", "k": str(final_eval_k), "seed": "0"}
+def eval_settings(ev: dict, trainer, epochs=None) -> str:
+    """'' if an eval.json is what its run's own end-of-training evaluation makes (trainer.final_eval
+    on: last.pt, k = trainer.final_eval_k, seed 0, of the run's final epoch `epochs`), else the
+    settings it was made with instead (a later `vaelab eval`, or one made before the run was
+    carried on further). `trainer`: the run's trainer config (a mapping)."""
+    final_eval, k = trainer.get("final_eval", True), trainer.get("final_eval_k")
     made = {"checkpoint": Path(str(ev.get("checkpoint", ""))).name, "k": str(ev.get("k")), "seed": str(ev.get("seed"))}
-    return "" if made == own else ", ".join(f"{k}={v}" for k, v in made.items())
+    if ev.get("epoch") is not None:
+        made["epoch"] = str(ev["epoch"])
+    own = {"checkpoint": "last.pt", "k": str(k), "seed": "0"}
+    if "epoch" in made:  # (an eval.json written before it recorded the epoch: not compared)
+        own["epoch"] = made["epoch"] if epochs is None else str(epochs)
+    ran = final_eval not in (False, "False", "false")
+    return "" if made == own and ran else ", ".join(f"{k}={v}" for k, v in made.items())
 
 
 def sort_runs(runs: list[Run], metric: str, descending: bool = False) -> list[Run]:

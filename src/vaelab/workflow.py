@@ -111,6 +111,15 @@ def final_metrics(run_dir: str | Path) -> dict:
     run_dir = Path(run_dir)
     path = run_dir / "metrics.json"
     if not path.is_file():
+        try:
+            ckpt_io.check_not_in_use(run_dir)
+        except ckpt_io.CheckpointError:  # starting or carrying it on would be a second process on it
+            raise WorkflowError(f"{run_dir}: the run has not finished, another process is training it now; "
+                                f"try again once it has") from None
+        state, _, stopped = ckpt_io.run_state(run_dir)
+        if state == "diverged":  # carried on, it would replay the same steps to the same blow-up
+            raise WorkflowError(f"{run_dir}: the run diverged ({(stopped or {}).get('reason', 'non-finite loss')}), "
+                                f"so it has no final metrics to compare")
         how = (f"carry it on with: vaelab resume {shlex.quote(str(run_dir))}" if ckpt_io.latest(run_dir / "checkpoints")
                else f"it has no checkpoint to carry on from; start it again with: vaelab-train "
                     f"--config-dir {shlex.quote(str(run_dir / '.hydra'))} --config-name config")
@@ -185,13 +194,13 @@ def _launch_cwd(run_dir: Path) -> Path:
 
 
 def _later_eval(run_dir: Path) -> str:
-    """'' if RUN_DIR/eval.json is the run's own end-of-training evaluation (last.pt, k =
-    trainer.final_eval_k, seed 0), else the settings it was made with instead."""
-    ev = run_dir / "eval.json"
-    if not ev.is_file():
+    """'' if RUN_DIR/eval.json is what the run's own end-of-training evaluation makes (which a
+    reproduction makes again), else the settings it was made with instead."""
+    ev = ckpt_io.read_json(run_dir / "eval.json")
+    if ev is None:
         return ""
-    k = load_run_config(run_config_path(run_dir), here=False).trainer.final_eval_k
-    return eval_settings(json.loads(ev.read_text()), k)
+    cfg = load_run_config(run_config_path(run_dir), here=False)
+    return eval_settings(ev, cfg.trainer, (ckpt_io.read_json(run_dir / "metrics.json") or {}).get("epochs"))
 
 
 def reproduce(run_dir: str | Path, out: str | Path | None = None, rtol: float = 0.0) -> tuple[int, Path]:

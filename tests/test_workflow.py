@@ -795,8 +795,8 @@ def test_resume_without_a_run_names_only_what_is_missing(capsys):
     with pytest.raises(SystemExit) as exc:
         vaelab_cli(["resume"])
     assert exc.value.code == 2
-    assert capsys.readouterr().err.strip().splitlines()[-1] == ("vaelab resume: error: the following arguments are "
-                                                               "required: RUN_DIR")
+    assert capsys.readouterr().err.strip() == ("vaelab resume: error: the following arguments are required: RUN_DIR "
+                                               "(see vaelab resume --help)")
 
 
 def test_resume_of_a_non_run_is_one_line(tmp_path, capsys):
@@ -817,6 +817,17 @@ def test_resume_of_a_non_run_is_one_line(tmp_path, capsys):
         assert vaelab([command, tmp_path / "outputs"]) == 2
         assert capsys.readouterr().err.strip().endswith(
             f"(no .hydra/config.yaml); it holds 1 run below it, give it, e.g. {tmp_path / 'outputs/runs/seed/t0'}")
+    # a path into a run (its checkpoints/, .hydra/, a checkpoint file): the run it is in
+    run = tmp_path / "outputs" / "runs" / "seed" / "t0"
+    (run / "checkpoints").mkdir()
+    (run / "checkpoints" / "last.pt").write_bytes(b"")
+    for command in ("resume", "reproduce"):
+        for given in (run / "checkpoints", run / ".hydra", run / "checkpoints" / "last.pt"):
+            assert vaelab([command, given]) == 2
+            what = ("a file, not a run directory" if given.is_file()
+                    else "not a vaelab run directory (no .hydra/config.yaml)")
+            assert capsys.readouterr().err.strip() == (f"vaelab {command}: error: {given}: {what}; "
+                                                       f"it is in the run {run}, give that")
 
 
 def test_reproduce_into_a_folder_that_cannot_be_made_is_one_line(finished_run, tmp_path, capsys):

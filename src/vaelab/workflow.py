@@ -54,6 +54,8 @@ class WorkflowError(RuntimeError):
 
 def run_config_path(run_dir: str | Path) -> Path:
     path = Path(run_dir) / ".hydra" / "config.yaml"
+    if Path(run_dir).is_file():  # e.g. RUN/checkpoints/last.pt
+        raise WorkflowError(f"{run_dir}: a file, not a run directory{runs_hint(Path(run_dir))}")
     if not Path(run_dir).is_dir():
         raise WorkflowError(f"{run_dir}: no such directory")
     if not path.is_file():
@@ -62,11 +64,15 @@ def run_config_path(run_dir: str | Path) -> Path:
 
 
 def runs_hint(folder: Path) -> str:
-    """For a folder given where a run is wanted: '; <the runs below it>, give one of them, e.g.
-    <the first>' (outputs/, outputs/multirun/, a sweep, a name folder), or ''."""
+    """For a path given where a run is wanted: '; <the runs below it>, give one of them, e.g.
+    <the first>' (outputs/, outputs/multirun/, a sweep, a name folder), '; it is in the run
+    <RUN>, give that' (RUN/checkpoints, RUN/.hydra, RUN/checkpoints/last.pt), or ''."""
+    inside = next((p for p in folder.parents if (p / ".hydra" / "config.yaml").is_file()), None)
+    if inside is not None:
+        return f"; it is in the run {inside}, give that"
     # a sweep's jobs are 1 below it, outputs/multirun/NAME/TIME/JOB 4 below outputs/
     runs = sorted(p.parents[1] for depth in range(1, 5)
-                  for p in folder.glob("/".join(["*"] * depth) + "/.hydra/config.yaml"))
+                  for p in folder.glob("/".join(["*"] * depth) + "/.hydra/config.yaml")) if folder.is_dir() else []
     if not runs:
         return ""
     what = "a sweep's folder: it holds" if (folder / "multirun.yaml").is_file() else "it holds"

@@ -8,7 +8,6 @@ evaluation functions as `recon` (evaluate.py accepts a log-likelihood function t
 """
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -19,9 +18,10 @@ import torch
 from omegaconf import OmegaConf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from vaelab import checkpoint as ckpt_io
 from vaelab.data import load_data
 from vaelab.evaluate import bits_per_dim, elbo_stats, iwae_bound, iwae_nll, log_weights
-from vaelab.evaluate_run import add_eval_arguments, data_root, eval_command, evaluate_run, load_eval, load_run
+from vaelab.evaluate_run import data_root, evaluate_run, load_eval, load_run
 from vaelab.losses import MSE_NLL_CONST_PER_DIM
 from vaelab.models import VAE, MLPVAE
 from vaelab.train import train
@@ -204,9 +204,12 @@ def test_active_units_on_a_model_with_known_dead_dimensions():
 
 
 def _eval_cli(argv):
-    parser = argparse.ArgumentParser(prog="vaelab eval")
-    add_eval_arguments(parser)
-    return eval_command(parser.parse_args(argv))
+    """`vaelab eval ARGV` through vaelab's dispatcher, in this process; returns the exit code."""
+    from vaelab.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["eval", *map(str, argv)])
+    return exc.value.code
 
 
 def test_training_ends_with_eval_and_eval_json_round_trips(make_cfg, tmp_path, capsys):
@@ -256,14 +259,61 @@ def test_eval_of_an_earlier_checkpoint_is_logged_where_that_checkpoint_was_taken
     assert "run/eval/ shows the weights of last.pt at 384 examples seen, not these (epoch_0001.pt at 192)" \
         in caplog.text
     caplog.clear()
-    assert _eval_cli(["run", "--k", "2", "--checkpoint", "epoch_0001.pt", "--no-pictures"]) == 0
+    # a path to the same file, relative to the shell or absolute, is the same checkpoint
+    for given in ("run/checkpoints/epoch_0001.pt", str(run / "checkpoints" / "epoch_0001.pt")):
+        assert _eval_cli(["run", "--k", "2", "--checkpoint", given, "--no-pictures"]) == 0
+        assert load_eval(run)["checkpoint"] == str(run / "checkpoints" / "epoch_0001.pt")
     assert load_eval(run)["pictures_of"]["examples_seen"] == 384 and "shows the weights of last.pt" in caplog.text
     caplog.clear()
     assert _eval_cli(["run", "--k", "2", "--no-pictures"]) == 0  # last.pt again: the pictures match
     assert "shows the weights" not in caplog.text
-    acc = EventAccumulator(str(run), size_guidance={"scalars": 0})
+    acc = EventAccumulator(str(run), size_guidance={"scalars": 0, "images": 0})
     acc.Reload()
-    assert sorted(e.step for e in acc.Scalars("test/nll_iwae")) == [192, 192, 384, 384]  # one point per eval
+    assert [e.step for e in acc.Scalars("test/nll_iwae")] == [384]  # the newest eval's point only
+    # ... and, as eval/ keeps last.pt's pictures, TensorBoard keeps their eval/* images, once
+    assert [e.step for e in acc.Images("eval/samples")] == [384]
+
+
+def test_a_new_eval_replaces_the_previous_one_in_tensorboard(make_cfg, tmp_path, monkeypatch):
+    """As its eval.json replaces the last one, the newest evaluation's test/* and eval/* events
+    replace the last evaluation's (they piled up, two points at one step after two evals); the
+    training's own events stay, and an evaluation that fails on the way leaves the last one."""
+    train(make_cfg(["latent_size=2", "model.size=small"]), tmp_path)  # ends with an eval of last.pt at 384
+
+    def tensorboard():
+        acc = EventAccumulator(str(tmp_path), size_guidance={"scalars": 0, "images": 0})
+        acc.Reload()
+        return ({tag: [e.step for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]},
+                {tag: [e.step for e in acc.Images(tag)] for tag in acc.Tags()["images"]})
+
+    scalars, images = tensorboard()
+    assert scalars["test/nll_iwae"] == [384] and images["eval/traversals"] == [384]
+    for _ in range(2):
+        assert _eval_cli([str(tmp_path), "--k", "10", "--checkpoint", "best", "--seed", "3", "--no-progress"]) == 0
+        step = load_eval(tmp_path)["examples_seen"]
+        now, now_images = tensorboard()
+        assert {tag: now[tag] for tag in now if tag.startswith("test/")} == {
+            tag: [step] for tag in scalars if tag.startswith("test/")}
+        assert {tag: now_images[tag] for tag in now_images if tag.startswith("eval/")} == {
+            tag: [step] for tag in images if tag.startswith("eval/")}
+        # the training's events, those at the evaluated step included, are all there
+        assert {tag: now[tag] for tag in now if not tag.startswith("test/")} == {
+            tag: scalars[tag] for tag in scalars if not tag.startswith("test/")}
+        assert now["epoch/val_loss"] == [192, 384] and now_images["samples"] == images["samples"]
+    assert len(list(tmp_path.glob("events.out.tfevents.*.eval"))) == 1
+    before = (tmp_path / "eval.json").read_text(), tensorboard()
+
+    class Stop(Exception):
+        pass
+
+    def stop(*args, **kwargs):  # a Ctrl-C or a full disk while the pictures are drawn
+        raise Stop
+
+    monkeypatch.setattr("vaelab.pictures.make_pictures", stop)
+    with pytest.raises(Stop):
+        evaluate_run(tmp_path, k=2, device="cpu", progress=False, seed=5)
+    assert ((tmp_path / "eval.json").read_text(), tensorboard()) == before
+    assert len(list(tmp_path.glob("events.out.tfevents.*.eval"))) == 1
 
 
 def test_mse_run_reports_the_gaussian_variance(make_cfg, tmp_path):
@@ -283,13 +333,23 @@ def test_eval_errors_are_one_line(make_cfg, tmp_path, capsys):
     cfg = make_cfg(["latent_size=2", "model.size=small", "trainer.epochs=1", "trainer.final_eval=false"])
     train(cfg, tmp_path / "run")
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    ckpts = tmp_path / "run" / "checkpoints"
     cases = [
         ([str(tmp_path / "nope")], "no such run directory"),
         ([str(tmp_path)], "not a vaelab run directory"),
-        ([str(tmp_path / "run"), "--checkpoint", str(tmp_path / "junk.pt")], "junk.pt: not a checkpoint file"),
+        ([str(tmp_path / "junk"), "--checkpoint", "junk.pt"], "junk.pt: not a checkpoint file"),
         ([str(tmp_path / "run"), "--checkpoint", "epoch_9999.pt"],
-         f"--checkpoint epoch_9999.pt: no such checkpoint; {tmp_path / 'run' / 'checkpoints'} holds best.pt, "
-         "last.pt (give last, best, a file name from there, or a path)"),
+         f"--checkpoint epoch_9999.pt: no such checkpoint; {ckpts} holds best.pt, "
+         "last.pt (give last, best or a file name from there)"),
+        # a checkpoint from outside the run: its numbers would be written down as the run's
+        ([str(tmp_path / "run"), "--checkpoint", str(tmp_path / "junk.pt")],
+         f"--checkpoint {tmp_path / 'junk.pt'}: not a file in {ckpts}/; give last, best or a file name from "
+         f"there (it holds best.pt, last.pt); to use another run's checkpoint, give that run's folder as RUN_DIR"),
+        ([str(tmp_path / "run"), "--checkpoint", str(tmp_path / "tanh" / "checkpoints" / "last.pt")],
+         f"to use another run's checkpoint, give that run's folder ({tmp_path / 'tanh'}) as RUN_DIR"),
+        ([str(tmp_path / "run"), "--checkpoint", f"{ckpts}/../../tanh/checkpoints/last.pt"],
+         "not a file in"),
+        ([str(tmp_path / "empty_ckpts")], f"{tmp_path / 'empty_ckpts' / 'checkpoints'} holds none"),
         ([str(tmp_path / "run"), "--k", "0"], "argument --k: must be an integer in [1, 1000000]"),
         ([str(tmp_path / "run"), "--k", "many"], "argument --k: must be an integer in [1, 1000000]"),
         ([str(tmp_path / "run"), "--device", "bogus"], "argument --device: allowed: auto, cpu, cuda, cuda:N, mps"),
@@ -314,20 +374,26 @@ def test_eval_errors_are_one_line(make_cfg, tmp_path, capsys):
         text = saved.read_text()
         assert old is None or old in text, old
         saved.write_text(new if old is None else text.replace(old, new, 1))
+    shutil.copytree(tmp_path / "run", tmp_path / "junk")
+    shutil.copy(tmp_path / "junk.pt", tmp_path / "junk" / "checkpoints")
+    shutil.copytree(tmp_path / "run", tmp_path / "empty_ckpts", ignore=shutil.ignore_patterns("*.pt"))
     shutil.copytree(tmp_path / "run", tmp_path / "ro")
     (tmp_path / "ro").chmod(0o555)
     if os.access(tmp_path / "ro", os.W_OK):  # root ignores the mode bits
         cases = [c for c in cases if not c[0][0].endswith("ro")]
     capsys.readouterr()  # the training's log
     for argv, message in cases:
-        try:
-            code = _eval_cli(argv)
-        except SystemExit as e:  # argparse errors exit from parse_args
-            code = e.code
+        code = _eval_cli(argv)
         err = capsys.readouterr().err
         assert code == 2, argv
         assert err.count("\n") == 1 and err.startswith("vaelab eval: error: ") and message in err, err
     assert not (tmp_path / "nodata").exists()  # the failed download left no empty MNIST/raw/ behind
+    # No checkpoint yet because another process is still in the run's first epoch: say so
+    with ckpt_io.only_process(tmp_path / "empty_ckpts"):  # as a training process holds it
+        assert _eval_cli([str(tmp_path / "empty_ckpts")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and (f"{tmp_path / 'empty_ckpts'} is still training its first epoch (another "
+                                      "process holds it) and has no checkpoint yet") in err, err
 
 
 def test_relative_data_root_is_relative_to_where_training_started(tmp_path, tiny_mnist):

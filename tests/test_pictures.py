@@ -2,7 +2,7 @@
 written as PNGs and as TensorBoard images."""
 from __future__ import annotations
 
-import argparse
+import shutil
 
 import pytest
 import torch
@@ -11,7 +11,7 @@ from torch.utils.tensorboard import SummaryWriter
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from vaelab.models import MLPVAE
-from vaelab.evaluate_run import add_sample_arguments, sample_command
+from vaelab.evaluate_run import EVAL_PICTURES
 from vaelab.pictures import (RED, TRAVERSAL_VALUES, interpolations_grid, latents_scatter_figure, make_pictures,
                              manifold_grid, reconstructions_grid, traversal_rows, traversals_figure, traversals_grid)
 from vaelab.train import train
@@ -85,7 +85,7 @@ def test_make_pictures_writes_pngs_and_tensorboard_images(tmp_path):
     out = make_pictures(model, images, labels, kl, torch.tensor([True, False]), tmp_path / "eval", writer, step=7)
     writer.close()
     names = {"samples", "reconstructions", "traversals", "interpolations", "manifold", "latents_scatter"}
-    assert set(out["pictures"]) == names
+    assert set(out["pictures"]) == names == set(EVAL_PICTURES)  # those `vaelab sample --out` leaves alone
     assert out["traversal_dims"] == [0, 1] and out["dead_dims"] == [1]
     with Image.open(tmp_path / "eval" / "samples.png") as im:
         assert im.size == (8 * CELL + 2, 8 * CELL + 2)  # 64 samples, 8 x 8
@@ -98,9 +98,12 @@ def test_make_pictures_writes_pngs_and_tensorboard_images(tmp_path):
 
 
 def _sample_cli(argv):
-    parser = argparse.ArgumentParser(prog="vaelab sample")
-    add_sample_arguments(parser)
-    return sample_command(parser.parse_args(argv))
+    """`vaelab sample ARGV` through vaelab's dispatcher, in this process; returns the exit code."""
+    from vaelab.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["sample", *map(str, argv)])
+    return exc.value.code
 
 
 def test_vaelab_sample(make_cfg, tmp_path, capsys):
@@ -116,7 +119,11 @@ def test_vaelab_sample(make_cfg, tmp_path, capsys):
     assert _sample_cli([str(run), "-n", "16", "--out", str(out), "--temperature", "0.8", "--seed", "1"]) == 0
     assert out.read_bytes() != first
     assert _sample_cli([str(run), "-n", "3", "--nrow", "3"]) == 0  # default: RUN_DIR/eval/...
-    assert (run / "eval" / "samples_t1_seed0.png").exists()
+    assert _sample_cli([str(run), "-n", "3", "--checkpoint", str(run / "checkpoints" / "best.pt")]) == 0
+    # one grid per checkpoint: best.pt's does not replace last.pt's
+    assert {p.name for p in (run / "eval").iterdir()} == {"samples_last_t1_seed0.png", "samples_best_t1_seed0.png"}
+    assert _sample_cli([str(run), "-n", "3", "--out", str(run / "eval" / "samples_best_t1_seed0.png")]) == 0
+    shutil.copytree(run, tmp_path / "other")
     capsys.readouterr()
 
     for argv, message in (([str(tmp_path / "nope")], "no such run directory"),
@@ -128,11 +135,19 @@ def test_vaelab_sample(make_cfg, tmp_path, capsys):
                           ([str(run), "--out", str(tmp_path / "grid.nope")], "unknown image format 'nope'; allowed:"),
                           ([str(run), "--out", f"{tmp_path}/"], f"is a directory; give a file name such as "
                                                                f"{tmp_path / 'samples.png'}"),
-                          ([str(run), "--out", "/proc/nope/grid.png"], "--out /proc/nope/grid.png: ")):
-        try:
-            code = _sample_cli(argv)
-        except SystemExit as e:
-            code = e.code
+                          ([str(run), "--out", "/proc/nope/grid.png"], "--out /proc/nope/grid.png: "),
+                          # the pictures of `vaelab eval` (eval.json names their checkpoint) and training
+                          ([str(run), "--checkpoint", "best", "--out", str(run / "eval" / "samples.png")],
+                           f"--out {run / 'eval' / 'samples.png'}: would overwrite eval/samples.png, a picture "
+                           f"`vaelab eval` drew of this run; give another name, such as "
+                           f"{run / 'eval' / 'samples_best_t1_seed0.png'}"),
+                          ([str(run), "--out", str(run / "eval" / "latents_scatter")], "would overwrite eval/"),
+                          ([str(run), "--out", str(run / "samples" / "samples_epoch0001.png")],
+                           f"{run / 'samples'}/ holds the pictures the training drew; give another name"),
+                          ([str(run), "--checkpoint", str(tmp_path / "other" / "checkpoints" / "last.pt")],
+                           f"to use another run's checkpoint, give that run's folder ({tmp_path / 'other'}) as "
+                           f"RUN_DIR")):
+        code = _sample_cli(argv)
         err = capsys.readouterr().err
         assert code == 2 and err.count("\n") == 1 and err.startswith("vaelab sample: error: ") and message in err, err
 

@@ -821,7 +821,7 @@ def test_resume_of_a_non_run_is_one_line(tmp_path, capsys):
     run = tmp_path / "outputs" / "runs" / "seed" / "t0"
     (run / "checkpoints").mkdir()
     (run / "checkpoints" / "last.pt").write_bytes(b"")
-    for command in ("resume", "reproduce"):
+    for command in ("resume", "reproduce", "eval"):
         for given in (run / "checkpoints", run / ".hydra", run / "checkpoints" / "last.pt"):
             assert vaelab([command, given]) == 2
             what = ("a file, not a run directory" if given.is_file()

@@ -40,9 +40,58 @@ class RunDirError(FileNotFoundError):
 # The errors a user can cause from the command line; each has a one-line message.
 USER_ERRORS = (RunDirError, ckpt_io.CheckpointError, ConfigError, DataError)
 
+EVAL_SUFFIX = ".eval"  # the event file of a run's newest evaluation (evaluate_run)
+# The pictures `vaelab eval` draws into RUN_DIR/eval/ (pictures.make_pictures), as <name>.png.
+EVAL_PICTURES = ("samples", "reconstructions", "traversals", "interpolations", "manifold", "latents_scatter")
+
+
+def _checkpoint_path(run_dir: Path, checkpoint: str) -> Path:
+    """The file --checkpoint names: last, best, a file name from RUN_DIR/checkpoints/, or a path
+    (absolute or relative to the shell) to a file there. A checkpoint from anywhere else is
+    refused: evaluated under this run's config, its numbers would go into this run's eval.json
+    and TensorBoard as if they were this run's."""
+    ckpt_dir = run_dir / "checkpoints"
+    have = sorted(p.name for p in ckpt_dir.glob("*.pt"))  # name what there is, not only what is missing
+    holds = ", ".join(have) if have else "none"
+    if checkpoint in ("last", "best"):
+        path = ckpt_dir / f"{checkpoint}.pt"
+    elif os.sep not in checkpoint and not (os.altsep and os.altsep in checkpoint):
+        path = ckpt_dir / checkpoint  # --checkpoint epoch_0010.pt
+    else:  # ./last.pt is a path: a file of the shell's folder, not of checkpoints/
+        given = Path(checkpoint)
+        if given.parent.resolve() != ckpt_dir.resolve():
+            other = given.parent.parent
+            folder = f" ({other})" if given.parent.name == "checkpoints" and (other / ".hydra").is_dir() else ""
+            raise RunDirError(f"--checkpoint {checkpoint}: not a file in {ckpt_dir}/; give last, best or a "
+                              f"file name from there (it holds {holds}); to use another run's checkpoint, "
+                              f"give that run's folder{folder} as RUN_DIR")
+        path = ckpt_dir / given.name
+    if not path.is_file():
+        if not have and _training_now(run_dir):
+            raise RunDirError(f"--checkpoint {checkpoint}: {run_dir} is still training its first epoch (another "
+                              f"process holds it) and has no checkpoint yet; try again once that epoch ends")
+        raise RunDirError(f"--checkpoint {checkpoint}: no such checkpoint; {ckpt_dir} holds {holds} "
+                          f"(give last, best or a file name from there)")
+    return path
+
+
+def _training_now(run_dir: Path) -> bool:
+    """Whether another process holds the run's training lock (checkpoint.only_process)."""
+    try:
+        ckpt_io.check_not_in_use(run_dir)
+    except ckpt_io.CheckpointError:
+        return True
+    except OSError:  # a folder that cannot be opened: say what the checkpoints folder holds
+        pass
+    return False
+
 
 def _load(run_dir: str | Path, checkpoint: str, device: str):
     run_dir = Path(run_dir)
+    if run_dir.is_file():  # e.g. RUN/checkpoints/last.pt, meant as --checkpoint
+        from vaelab.workflow import runs_hint
+
+        raise RunDirError(f"{run_dir}: a file, not a run directory{runs_hint(run_dir)}")
     if not run_dir.is_dir():
         raise RunDirError(f"{run_dir}: no such run directory")
     cfg_path = run_dir / ".hydra" / "config.yaml"
@@ -51,16 +100,7 @@ def _load(run_dir: str | Path, checkpoint: str, device: str):
 
         raise RunDirError(f"{run_dir}: not a vaelab run directory (no .hydra/config.yaml){runs_hint(run_dir)}")
     cfg = load_run_config(cfg_path, here=False)  # --device says where it runs, not the run's device=...
-    if checkpoint in ("last", "best"):
-        path = run_dir / "checkpoints" / f"{checkpoint}.pt"
-    else:
-        path = Path(checkpoint)
-        if not path.exists() and (run_dir / "checkpoints" / checkpoint).exists():
-            path = run_dir / "checkpoints" / checkpoint  # --checkpoint epoch_0010.pt
-    if not path.is_file():  # name what there is, not only what is missing
-        have = sorted(p.name for p in (run_dir / "checkpoints").glob("*.pt"))
-        raise RunDirError(f"--checkpoint {checkpoint}: no such checkpoint; {run_dir / 'checkpoints'} holds "
-                          f"{', '.join(have) if have else 'none'} (give last, best, a file name from there, or a path)")
+    path = _checkpoint_path(run_dir, checkpoint)
     ck = ckpt_io.load(path)
     from vaelab.train import build_model  # (torch: after the cheap checks above)
 
@@ -73,7 +113,7 @@ def _load(run_dir: str | Path, checkpoint: str, device: str):
 
 def load_run(run_dir: str | Path, checkpoint: str = "last", device: str = "cpu"):
     """(config, model on device in eval mode, checkpoint path) of a run directory.
-    checkpoint: 'last', 'best', a path, or a file name under RUN_DIR/checkpoints/."""
+    checkpoint: 'last', 'best', or a file (its name or a path) in RUN_DIR/checkpoints/."""
     cfg, model, path, _ = _load(run_dir, checkpoint, device)
     return cfg, model, path
 
@@ -154,34 +194,69 @@ def evaluate_run(run_dir: str | Path, k: int = 5000, device: str = "auto", check
         "recon_kind": recon_kind, "binarize": binarize, "note": note, "seed": seed,
         "tensorboard": bool(cfg.logger.tensorboard),
     }
+    # The evaluation's TensorBoard events go into an event file of their own (suffix .eval), which
+    # the next evaluation replaces, as its eval.json replaces this one: a second `vaelab eval` then
+    # shows one point per tag, not two at the same step. (SummaryWriter's purge_step would hide
+    # the training's own events at that step as well.) Runs evaluated before 2026-11-26 have those
+    # events in the training's event file, which is not rewritten: they stay, beside the newest
+    # evaluation's.
+    old_events = sorted(run_dir.glob(f"events.out.tfevents.*{EVAL_SUFFIX}"))
     writer = None
     if cfg.logger.tensorboard:
         from torch.utils.tensorboard import SummaryWriter
-        writer = SummaryWriter(log_dir=str(run_dir))
-        for key in ("elbo", "recon", "kl", "nll_iwae", "bits_per_dim", "elbo_bits_per_dim", "active_units"):
-            if math.isfinite(result[key]):
-                writer.add_scalar(f"test/{key}", result[key], step)
-    # Which weights the pictures in eval/ show: these, or (--no-pictures) those of an earlier eval.
-    result["pictures_of"] = {"checkpoint": result["checkpoint"], "examples_seen": step}
-    if not pictures:
-        before = ckpt_io.read_json(run_dir / "eval.json") or {}
-        kept = before.get("pictures_of") if (run_dir / "eval").is_dir() else None
-        result["pictures_of"] = kept if isinstance(kept, dict) else None
-        if kept and kept.get("examples_seen") != step:
-            log.warning("%s/ shows the weights of %s at %s examples seen, not these (%s at %d); leave out "
-                        "--no-pictures to redraw it", run_dir / "eval", Path(str(kept.get("checkpoint"))).name,
-                        kept.get("examples_seen"), path.name, step)
-    if pictures:
-        result.update(make_pictures(model, test, data.test.labels, st["kl_per_dim"],
-                                    st["mu_var"] > ACTIVE_THRESHOLD, run_dir / "eval", writer, step, seed))
-    if writer is not None:
-        writer.close()
-    result["seconds"] = time.perf_counter() - t0
-    ckpt_io.write_text_atomic(run_dir / "eval.json", json.dumps(result, indent=2) + "\n")
+        writer = SummaryWriter(log_dir=str(run_dir), filename_suffix=EVAL_SUFFIX)
+    try:
+        if writer is not None:
+            for key in ("elbo", "recon", "kl", "nll_iwae", "bits_per_dim", "elbo_bits_per_dim", "active_units"):
+                if math.isfinite(result[key]):
+                    writer.add_scalar(f"test/{key}", result[key], step)
+        # Which weights the pictures in eval/ show: these, or (--no-pictures) those of an earlier eval.
+        result["pictures_of"] = {"checkpoint": result["checkpoint"], "examples_seen": step}
+        if not pictures:
+            before = ckpt_io.read_json(run_dir / "eval.json") or {}
+            kept = before.get("pictures_of") if (run_dir / "eval").is_dir() else None
+            result["pictures_of"] = kept if isinstance(kept, dict) else None
+            if kept and kept.get("examples_seen") != step:
+                log.warning("%s/ shows the weights of %s at %s examples seen, not these (%s at %d); leave out "
+                            "--no-pictures to redraw it", run_dir / "eval", Path(str(kept.get("checkpoint"))).name,
+                            kept.get("examples_seen"), path.name, step)
+            if writer is not None:  # eval/ keeps its pictures, and TensorBoard its eval/* images
+                _copy_images(old_events, writer)
+        if pictures:
+            result.update(make_pictures(model, test, data.test.labels, st["kl_per_dim"],
+                                        st["mu_var"] > ACTIVE_THRESHOLD, run_dir / "eval", writer, step, seed))
+        if writer is not None:
+            writer.close()
+        result["seconds"] = time.perf_counter() - t0
+        ckpt_io.write_text_atomic(run_dir / "eval.json", json.dumps(result, indent=2) + "\n")
+    except BaseException:  # Ctrl-C, a full disk: TensorBoard keeps showing the evaluation eval.json holds
+        if writer is not None:
+            writer.close()
+            for f in set(run_dir.glob(f"events.out.tfevents.*{EVAL_SUFFIX}")) - set(old_events):
+                f.unlink(missing_ok=True)
+        raise
+    for f in old_events:  # only now: an evaluation that fails on the way leaves the previous one
+        f.unlink(missing_ok=True)
     log.info("eval (%s, k=%d): ELBO %.2f nats (recon %.2f, KL %.2f), IWAE NLL %.2f nats = %.4f bits/dim, "
              "active units %d/%d", path.name, k, elbo, recon, kl, nll, result["bits_per_dim"],
              st["active_units"], cfg.latent_size)
     return result
+
+
+def _copy_images(event_files: list[Path], writer) -> None:
+    """The eval/* images of earlier evaluations' event files, written again by `writer` (at their
+    own steps and wall times), so that --no-pictures, which keeps eval/, keeps them in TensorBoard."""
+    # (the legacy loader yields the events as written; EventFileLoader turns images into tensors)
+    from tensorboard.backend.event_processing.event_file_loader import LegacyEventFileLoader
+
+    fw = writer._get_file_writer()
+    for f in event_files:
+        for event in LegacyEventFileLoader(str(f)).Load():
+            values = [v for v in event.summary.value if v.tag.startswith("eval/")]
+            if values:
+                del event.summary.value[:]
+                event.summary.value.extend(values)
+                fw.add_event(event, walltime=event.wall_time)
 
 
 def _examples_seen(run_dir: Path) -> int:
@@ -234,15 +309,6 @@ def format_table(r: dict, run_dir: str | Path) -> str:
 # --- `vaelab eval` (and the argument helpers `vaelab sample` shares) -----------------------
 
 
-def one_line_errors(prog: str):
-    """A replacement for ArgumentParser.error: argparse prints the usage block as well, vaelab
-    commands answer a bad command line in one line (and exit 2, as argparse does)."""
-    def error(message: str):
-        print(f"{prog}: error: {message} (see {prog} --help)", file=sys.stderr)
-        sys.exit(2)
-    return error
-
-
 def _checked(convert, ok, allowed: str):
     """An argparse type: convert the text, then keep it only if ok(value)."""
     def parse(text: str):
@@ -270,12 +336,11 @@ def device_name(text: str) -> str:
 
 
 def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.error = one_line_errors("vaelab eval")
     parser.add_argument("run_dir", metavar="RUN_DIR", help="a run directory (holds .hydra/ and checkpoints/)")
     parser.add_argument("--k", type=importance_samples, default=5000,
                         help="importance samples of the IWAE bound (default 5000, as Burda et al.)")
     parser.add_argument("--checkpoint", default="last",
-                        help="last, best, a path, or a file name under RUN_DIR/checkpoints/ (default last)")
+                        help="last, best, or a file (name or path) in RUN_DIR/checkpoints/ (default last)")
     parser.add_argument("--device", type=device_name, default="auto", help="auto, cpu, cuda, cuda:N or mps (default auto)")
     parser.add_argument("--seed", type=seed_int, default=0, help="seed of the posterior samples (default 0)")
     parser.add_argument("--data-root", default=None,
@@ -308,12 +373,12 @@ def eval_command(args: argparse.Namespace) -> int:
 
 
 def add_sample_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.error = one_line_errors("vaelab sample")
     parser.add_argument("run_dir", metavar="RUN_DIR", help="a run directory (holds .hydra/ and checkpoints/)")
     parser.add_argument("-n", type=_checked(int, lambda v: 1 <= v <= 10_000, "an integer in [1, 10000] (one grid)"),
                         default=64, help="number of samples, at most 10000 (default 64)")
     parser.add_argument("--out", default=None,
-                        help="PNG to write (default RUN_DIR/eval/samples_t<temperature>_seed<seed>.png)")
+                        help="PNG to write, not one of vaelab eval's or the training's pictures (default "
+                        "RUN_DIR/eval/samples_<checkpoint>_t<temperature>_seed<seed>.png)")
     # z = T * eps in float32: T near 1e37 overflows to inf and a black grid; past ~10 the
     # samples are noise anyway.
     temperature = _checked(float, lambda v: math.isfinite(v) and 0 < v <= 1000, "a number in (0, 1000]")
@@ -322,12 +387,27 @@ def add_sample_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=seed_int, default=0, help="seed of the latent draws (default 0)")
     parser.add_argument("--nrow", type=positive_int, default=None, help="images per row (default ~sqrt(n))")
     parser.add_argument("--checkpoint", default="last",
-                        help="last, best, a path, or a file name under RUN_DIR/checkpoints/ (default last)")
+                        help="last, best, or a file (name or path) in RUN_DIR/checkpoints/ (default last)")
     parser.add_argument("--device", type=device_name, default="auto", help="auto, cpu, cuda, cuda:N or mps (default auto)")
 
 
+def _drawn_for_the_run(out: Path, run_dir: Path) -> str | None:
+    """Why `out` is not for `vaelab sample` to write (one of the pictures `vaelab eval` or the
+    training drew of the run, which eval.json and the training's epochs vouch for), else None.
+    A grid of an earlier `vaelab sample` may be drawn again: the same command gives the same one."""
+    run, target = run_dir.resolve(), out.resolve()
+    if target.parent == run / "eval" and target.name in {f"{name}.png" for name in EVAL_PICTURES}:
+        return f"would overwrite eval/{target.name}, a picture `vaelab eval` drew of this run"
+    if run / "samples" in target.parents:
+        return f"{run_dir / 'samples'}/ holds the pictures the training drew"
+    return None
+
+
 def sample_command(args: argparse.Namespace) -> int:
-    out = Path(args.run_dir) / "eval" / f"samples_t{args.temperature:g}_seed{args.seed}.png"
+    # The checkpoint is in the name: grids of best.pt and last.pt do not replace each other.
+    which = args.checkpoint if args.checkpoint in ("last", "best") else Path(args.checkpoint).stem
+    default = Path(args.run_dir) / "eval" / f"samples_{which}_t{args.temperature:g}_seed{args.seed}.png"
+    out = default
     if args.out:  # a wrong --out: one line before the model is loaded, not after the sampling
         from PIL import Image
 
@@ -340,6 +420,10 @@ def sample_command(args: argparse.Namespace) -> int:
             out = image_path(args.out, writable, "samples.png")
         except ValueError as e:
             print(f"vaelab sample: error: {e}", file=sys.stderr)
+            return 2
+        drawn = _drawn_for_the_run(out, Path(args.run_dir))
+        if drawn:
+            print(f"vaelab sample: error: --out {out}: {drawn}; give another name, such as {default}", file=sys.stderr)
             return 2
     try:
         _, model, _ = load_run(args.run_dir, args.checkpoint, args.device)

@@ -12,6 +12,7 @@ import json
 import math
 import os
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -314,6 +315,25 @@ def test_a_new_eval_replaces_the_previous_one_in_tensorboard(make_cfg, tmp_path,
         evaluate_run(tmp_path, k=2, device="cpu", progress=False, seed=5)
     assert ((tmp_path / "eval.json").read_text(), tensorboard()) == before
     assert len(list(tmp_path.glob("events.out.tfevents.*.eval"))) == 1
+
+
+def test_an_earlier_evaluation_that_cannot_be_removed_costs_a_warning_not_the_new_one(make_cfg, tmp_path,
+                                                                                      monkeypatch, caplog):
+    """On Windows a running TensorBoard holds the newest event file open: the new evaluation's
+    numbers are written all the same, and the old file is named."""
+    train(make_cfg(["latent_size=2", "model.size=small", "trainer.epochs=1"]), tmp_path)  # ends with an eval
+    [old] = tmp_path.glob("events.out.tfevents.*.eval")
+    real_unlink = Path.unlink
+
+    def unlink(self, *args, **kwargs):
+        if self == old:
+            raise PermissionError(13, "The process cannot access the file")
+        return real_unlink(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "unlink", unlink)
+    assert _eval_cli([str(tmp_path), "--k", "3", "--seed", "1", "--no-progress"]) == 0
+    assert load_eval(tmp_path)["k"] == 3 and old.exists()
+    assert f"{old}: could not remove an earlier evaluation's events (The process cannot access the file)" in caplog.text
 
 
 def test_mse_run_reports_the_gaussian_variance(make_cfg, tmp_path):

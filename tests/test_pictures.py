@@ -134,7 +134,11 @@ def test_vaelab_sample(make_cfg, tmp_path, capsys):
                            "argument --temperature: must be a number in (0, 1000]"),
                           ([str(run), "--out", str(tmp_path / "grid.nope")], "unknown image format 'nope'; allowed:"),
                           ([str(run), "--out", f"{tmp_path}/"], f"is a directory; give a file name such as "
-                                                               f"{tmp_path / 'samples.png'}"),
+                                                               f"{tmp_path / 'samples_last_t1_seed0.png'}"),
+                          # (not eval/samples.png, which is eval's own and would be refused next)
+                          ([str(run), "--out", str(run / "eval")], f"is a directory; give a file name such as "
+                                                                   f"{run / 'eval' / 'samples_last_t1_seed0.png'}"),
+                          ([str(run), "--out", str(run / "eval" / "Samples.PNG")], "would overwrite eval/Samples.PNG"),
                           ([str(run), "--out", "/proc/nope/grid.png"], "--out /proc/nope/grid.png: "),
                           # the pictures of `vaelab eval` (eval.json names their checkpoint) and training
                           ([str(run), "--checkpoint", "best", "--out", str(run / "eval" / "samples.png")],

@@ -226,6 +226,17 @@ def test_compare_says_where_test_numbers_from_a_later_eval_come_from(sweep, tmp_
     assert rows[5].endswith("(add 448.73 nats for MNIST's 784 pixels); test_nll_iwae includes it")
 
 
+def test_compare_footnote_names_only_the_columns_the_gaussian_constant_is_in(tmp_path):
+    from vaelab.compare import Run, _units_note
+
+    runs = [Run(tmp_path, "a", {"loss.recon": "mse"})]
+    [note] = _units_note(runs, ["train_loss", "val_loss", "val_kl", "test_kl", "test_nll_iwae", "test_epoch",
+                                "test_kl_bits_per_dim", "test_bits_per_dim", "test_from"])
+    assert note.startswith("loss.recon=mse runs: train_loss, val_loss leave out")
+    assert note.endswith("; test_nll_iwae, test_bits_per_dim include it")
+    assert _units_note([Run(tmp_path, "a", {"loss.recon": "bce"})], ["val_loss"]) == []
+
+
 def test_compare_without_runs_is_one_line(tmp_path, capsys):
     assert vaelab(["compare", tmp_path, tmp_path / "missing"]) == 2
     assert capsys.readouterr().err.strip() == f"vaelab compare: error: {tmp_path / 'missing'}: no such directory"
@@ -507,6 +518,14 @@ def test_resume_of_a_sweep_whose_job_folders_are_named_by_the_clock_is_refused(s
     assert err.endswith(f"': launched again, its jobs would start anew in other folders; carry them on one by one "
                         f"with vaelab resume {copy / 'JOB'}")
     assert {p: p.stat().st_mtime_ns for p in copy.rglob("*")} == before
+    # the job id resolves from the job's record, but SLURM gives a relaunch's jobs new ones
+    hc["hydra"]["sweep"]["subdir"] = "j${hydra.job.id}"
+    hc["hydra"]["launcher"]["_target_"] = "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
+    hydra_yaml.write_text(yaml.safe_dump(hc))
+    assert vaelab(["resume", copy]) == 2
+    assert capsys.readouterr().err.strip().startswith(
+        f"vaelab resume: error: {job}: the sweep names its job folders hydra.sweep.subdir=j${{hydra.job.id}}, which "
+        f"holds the job id that SlurmLauncher gives anew at each launch: launched again, ")
 
 
 def test_compare_sorts_a_sweep_whose_every_job_diverged(tmp_path, capsys):

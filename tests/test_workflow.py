@@ -390,6 +390,45 @@ def test_resume_takes_the_thread_count_the_run_had(tiny_mnist, reference, tmp_pa
         (run / "train.log").read_text()
 
 
+@pytest.mark.parametrize("old_checkpoint", [False, True], ids=["checkpoint-now", "checkpoint-before-log_beta"])
+def test_a_warm_up_resumed_mid_interval_logs_the_betas_its_loss_was_taken_with(tiny_mnist, tmp_path, monkeypatch,
+                                                                              old_checkpoint):
+    """train/beta is the mean beta of its log interval: a run stopped part-way through one logs
+    the same values once resumed, from a checkpoint that kept the interval's beta sum or (made
+    before it did) one that did not."""
+    args = [f"data.root={tiny_mnist}", *TINY, "trainer.epochs=2", "loss.beta=4", "loss.kl_warmup_steps=20",
+            "trainer.log_every=4"]
+    reference = tmp_path / "reference"
+    train(compose_cfg(args), reference)
+    real_beta_at = train_mod.beta_at
+
+    def beta_at(step, *rest):
+        if step == 9:  # epoch 2 (6 steps an epoch), one step after the log point at step 8
+            os.kill(os.getpid(), signal.SIGINT)
+        return real_beta_at(step, *rest)
+
+    monkeypatch.setattr(train_mod, "beta_at", beta_at)
+    run = tmp_path / "run"
+    with pytest.raises(Interrupted):
+        train(compose_cfg(args), run)
+    monkeypatch.setattr(train_mod, "beta_at", real_beta_at)
+    last = run / "checkpoints" / "last.pt"
+    ck = ckpt_io.load(last)
+    assert ck["state"]["step"] == 10 and ck["state"]["log_beta"] == (real_beta_at(8, 4.0, 20) +
+                                                                     real_beta_at(9, 4.0, 20)) * 32
+    if old_checkpoint:
+        del ck["state"]["log_beta"]
+        ckpt_io.save_atomic(ck, last)
+    _after_existing_events(run)
+    train(compose_cfg([*args, "trainer.resume=true"]), run)
+
+    def betas(d):
+        acc = EventAccumulator(str(d), size_guidance={"scalars": 0})
+        acc.Reload()
+        return [(e.step, e.value) for e in acc.Scalars("train/beta")]
+    assert betas(run) == betas(reference) and len(betas(run)) == 3  # steps 4, 8 and 12
+
+
 def test_resume_part_way_through_an_epoch_needs_that_epoch(tiny_mnist, tmp_path, monkeypatch, capsys):
     real_beta_at = train_mod.beta_at
 
@@ -799,7 +838,7 @@ def test_resume_without_a_run_names_only_what_is_missing(capsys):
                                                "(see vaelab resume --help)")
 
 
-def test_resume_of_a_non_run_is_one_line(tmp_path, capsys):
+def test_resume_of_a_non_run_is_one_line(tmp_path, capsys, monkeypatch):
     assert vaelab(["resume", tmp_path]) == 2
     assert capsys.readouterr().err.strip() == (f"vaelab resume: error: {tmp_path}: "
                                                f"not a vaelab run directory (no .hydra/config.yaml)")
@@ -828,6 +867,10 @@ def test_resume_of_a_non_run_is_one_line(tmp_path, capsys):
                     else "not a vaelab run directory (no .hydra/config.yaml)")
             assert capsys.readouterr().err.strip() == (f"vaelab {command}: error: {given}: {what}; "
                                                        f"it is in the run {run}, give that")
+    monkeypatch.chdir(run / "checkpoints")  # relative: `last.pt` or `.` from inside the run
+    for given in ("last.pt", "."):
+        assert vaelab(["eval", given]) == 2
+        assert capsys.readouterr().err.strip().endswith(f"; it is in the run {run}, give that")
 
 
 def test_reproduce_into_a_folder_that_cannot_be_made_is_one_line(finished_run, tmp_path, capsys):

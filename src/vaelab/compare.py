@@ -105,7 +105,7 @@ def _load(path: Path, name: str) -> Run:
     ev = read_json(path / "eval.json") or {}
     run.metrics.update({f"test_{k}": v for k, v in ev.items()
                         if isinstance(v, (int, float)) and not isinstance(v, bool)})
-    if ev and run.config:  # test numbers from a later `vaelab eval` (another checkpoint or k): say so
+    if ev and run.config:  # test numbers that are not the run's own final evaluation: say where they come from
         trainer = {"final_eval": run.config.get("trainer.final_eval", True),
                    "final_eval_k": run.config.get("trainer.final_eval_k")}
         made = eval_settings(ev, trainer, run.metrics.get("epochs"))
@@ -196,7 +196,9 @@ def _units_note(runs: list[Run], metrics: list[str]) -> list[str]:
     from vaelab.losses import MSE_NLL_CONST_PER_DIM
 
     left_out = [m for m in metrics if m in ("train_loss", "val_loss", "val_recon", "best_val_loss")]
-    with_it = [m for m in metrics if m.startswith("test_") and m != "test_from"]
+    # (eval.json's likelihood terms; its KL, k, epoch, ... have no such constant)
+    with_it = [m for m in metrics if m in ("test_elbo", "test_recon", "test_nll_iwae") or
+               (m.startswith("test_") and m.endswith("bits_per_dim") and m != "test_kl_bits_per_dim")]
     if not left_out:
         return []
     note = (f"loss.recon=mse runs: {', '.join(left_out)} leave out the Gaussian decoder's constant "

@@ -232,15 +232,24 @@ def evaluate_run(run_dir: str | Path, k: int = 5000, device: str = "auto", check
     except BaseException:  # Ctrl-C, a full disk: TensorBoard keeps showing the evaluation eval.json holds
         if writer is not None:
             writer.close()
-            for f in set(run_dir.glob(f"events.out.tfevents.*{EVAL_SUFFIX}")) - set(old_events):
-                f.unlink(missing_ok=True)
+            _remove_events(set(run_dir.glob(f"events.out.tfevents.*{EVAL_SUFFIX}")) - set(old_events))
         raise
-    for f in old_events:  # only now: an evaluation that fails on the way leaves the previous one
-        f.unlink(missing_ok=True)
+    _remove_events(old_events)  # only now: an evaluation that fails on the way leaves the previous one
     log.info("eval (%s, k=%d): ELBO %.2f nats (recon %.2f, KL %.2f), IWAE NLL %.2f nats = %.4f bits/dim, "
              "active units %d/%d", path.name, k, elbo, recon, kl, nll, result["bits_per_dim"],
              st["active_units"], cfg.latent_size)
     return result
+
+
+def _remove_events(files) -> None:
+    """Delete superseded evaluation event files. One that cannot go (Windows, where a running
+    TensorBoard holds it open) costs a warning, not the evaluation whose numbers are written."""
+    for f in files:
+        try:
+            f.unlink(missing_ok=True)
+        except OSError as e:
+            log.warning("%s: could not remove an earlier evaluation's events (%s); TensorBoard shows both until "
+                        "it is deleted", f, e.strerror or e)
 
 
 def _copy_images(event_files: list[Path], writer) -> None:
@@ -395,10 +404,10 @@ def _drawn_for_the_run(out: Path, run_dir: Path) -> str | None:
     """Why `out` is not for `vaelab sample` to write (one of the pictures `vaelab eval` or the
     training drew of the run, which eval.json and the training's epochs vouch for), else None.
     A grid of an earlier `vaelab sample` may be drawn again: the same command gives the same one."""
-    run, target = run_dir.resolve(), out.resolve()
-    if target.parent == run / "eval" and target.name in {f"{name}.png" for name in EVAL_PICTURES}:
+    target = out.resolve()  # (eval/ or samples/ may be links; names compared as a case-blind file system would)
+    if target.parent == (run_dir / "eval").resolve() and target.name.lower() in {f"{n}.png" for n in EVAL_PICTURES}:
         return f"would overwrite eval/{target.name}, a picture `vaelab eval` drew of this run"
-    if run / "samples" in target.parents:
+    if (run_dir / "samples").resolve() in target.parents:
         return f"{run_dir / 'samples'}/ holds the pictures the training drew"
     return None
 
@@ -417,7 +426,7 @@ def sample_command(args: argparse.Namespace) -> int:
         writable = [e for e in ("png", "jpg", "jpeg", "bmp", "gif", "tif", "tiff", "webp", "ppm", "pdf")
                     if Image.registered_extensions().get(f".{e}") in Image.SAVE]
         try:
-            out = image_path(args.out, writable, "samples.png")
+            out = image_path(args.out, writable, default.name)  # (samples.png would be eval's own)
         except ValueError as e:
             print(f"vaelab sample: error: {e}", file=sys.stderr)
             return 2

@@ -349,6 +349,11 @@ def _train(cfg: DictConfig, run_dir: Path, data: MNISTData | None) -> dict:
     batch_size, log_every, grad_clip = t.batch_size, t.log_every, t.grad_clip
     recon, binarize = getattr(lcfg.recon, "value", lcfg.recon), data.binarize
     beta_max, warmup = lcfg.beta, lcfg.kl_warmup_steps
+    if resumed and "log_beta" not in ck["state"] and st["pos"]:
+        # A checkpoint from before log_beta was kept, taken part-way through a log interval: the
+        # interval began at the last log point or at the epoch's first step, all full batches since.
+        first = max(st["step"] - st["step"] % log_every, st["step"] - st["pos"] // batch_size)
+        st["log_beta"] = sum(beta_at(s, beta_max, warmup) * batch_size for s in range(first, st["step"]))
 
     def train_step(x: torch.Tensor, beta: float | torch.Tensor) -> torch.Tensor:
         with amp:

@@ -67,8 +67,8 @@ def runs_hint(folder: Path) -> str:
     """For a path given where a run is wanted: '; <the runs below it>, give one of them, e.g.
     <the first>' (outputs/, outputs/multirun/, a sweep, a name folder), '; it is in the run
     <RUN>, give that' (RUN/checkpoints, RUN/.hydra, RUN/checkpoints/last.pt), or ''."""
-    inside = next((p for p in folder.parents if (p / ".hydra" / "config.yaml").is_file()), None)
-    if inside is not None:
+    inside = next((p for p in folder.absolute().parents if (p / ".hydra" / "config.yaml").is_file()), None)
+    if inside is not None:  # (absolute: `last.pt` or `.` given from inside RUN/checkpoints)
         return f"; it is in the run {inside}, give that"
     # a sweep's jobs are 1 below it, outputs/multirun/NAME/TIME/JOB 4 below outputs/
     runs = sorted(p.parents[1] for depth in range(1, 5)
@@ -238,13 +238,14 @@ def reproduce(run_dir: str | Path, out: str | Path | None = None, rtol: float = 
         raise WorkflowError(f"the reproduction in {new_dir} failed (exit code {code}); see {new_dir / 'train.log'}")
     new = final_metrics(new_dir)
     by_hand = _later_eval(run_dir)
-    if by_hand:  # a later `vaelab eval` replaced the run's own: its test_* would differ by design
+    if by_hand:  # not what the run's own final evaluation makes: its test_* would differ by design
         original = {k: v for k, v in original.items() if not k.startswith("test_")}
         new = {k: v for k, v in new.items() if not k.startswith("test_")}
     print()
     print(side_by_side(original, new, rtol))
     if by_hand:
-        print(f"(test_* not compared: {run_dir / 'eval.json'} is from a later vaelab eval with {by_hand})")
+        print(f"(test_* not compared: {run_dir / 'eval.json'} is not the run's own final evaluation, which a "
+              f"reproduction makes again; it was made with {by_hand})")
     diff = differing_keys(original, new, rtol)
     if diff:
         print(f"\nNOT reproduced: {len(diff)} metric(s) differ ({', '.join(diff)})"
@@ -480,12 +481,20 @@ def _check_job_folders(jobs: list[Path]) -> None:
             hc = OmegaConf.load(job / ".hydra" / "hydra.yaml")
             given = OmegaConf.select(hc, "hydra.sweep.subdir", default=None, throw_on_resolution_failure=False)
             raw = str(OmegaConf.to_container(hc.hydra.sweep, resolve=False)["subdir"])
+            launcher = str(OmegaConf.select(hc, "hydra.launcher._target_", default=""))
         except Exception:  # no hydra.yaml, or not Hydra's
             continue
-        if given is not None and (job.parent / str(given)).resolve() != job.resolve():
-            raise WorkflowError(f"{job}: the sweep names its job folders hydra.sweep.subdir={raw}, which now gives "
-                                f"'{given}': launched again, its jobs would start anew in other folders; carry them "
-                                f"on one by one with vaelab resume {shlex.quote(str(job.parent / 'JOB'))}")
+        # hydra.job.id resolves from the job's record; the basic and joblib launchers number jobs as
+        # before, others (submitit: the SLURM job id) give the relaunch new ids
+        if "hydra.job.id" in raw and not launcher.endswith((".BasicLauncher", ".JoblibLauncher")):
+            now = f"holds the job id that {launcher.rsplit('.', 1)[-1]} gives anew at each launch"
+        elif given is not None and (job.parent / str(given)).resolve() != job.resolve():
+            now = f"now gives '{given}'"
+        else:
+            continue
+        raise WorkflowError(f"{job}: the sweep names its job folders hydra.sweep.subdir={raw}, which {now}: launched "
+                            f"again, its jobs would start anew in other folders; carry them on one by one with "
+                            f"vaelab resume {shlex.quote(str(job.parent / 'JOB'))}")
 
 
 def n_epochs(n: int) -> str:

@@ -2,6 +2,9 @@
 with Hydra's compose API (the same files and schema vaelab-train uses)."""
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
 import struct
 from pathlib import Path
 
@@ -72,3 +75,24 @@ def _no_accelerator_env(monkeypatch):
     monkeypatch.delenv("VAELAB_DATA", raising=False)
     monkeypatch.setenv("TQDM_DISABLE", "1")
     yield
+
+
+@contextlib.contextmanager
+def signal_at_step(monkeypatch, step: int, sig: int = signal.SIGINT):
+    """Within the block, train() in this process gets `sig` (Ctrl-C by default) as step `step`
+    (0-based) begins: beta_at is called once per step, first thing, so the signal lands
+    mid-step; train() finishes that step, saves last.pt and raises Interrupted."""
+    import vaelab.train as train_mod
+
+    real = train_mod.beta_at
+
+    def beta_at(s, *args):
+        if s == step:
+            os.kill(os.getpid(), sig)
+        return real(s, *args)
+
+    monkeypatch.setattr(train_mod, "beta_at", beta_at)
+    try:
+        yield
+    finally:
+        monkeypatch.setattr(train_mod, "beta_at", real)

@@ -4,18 +4,15 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import signal
 
 import pytest
 import torch
 
-import vaelab.train as train_mod
 from vaelab import checkpoint as ckpt_io
 from vaelab.config import ConfigError, validate
 from vaelab.train import Interrupted, train
 
-from tests.conftest import compose_cfg
+from tests.conftest import compose_cfg, signal_at_step
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -64,17 +61,9 @@ def test_cuda_graph_trains_as_the_eager_step_does(tiny_mnist, tmp_path, extra):
 @pytest.mark.parametrize("impl", ["fused", "auto"])  # auto: flat Adam in the graph
 def test_cuda_graph_run_interrupted_then_resumed_matches_the_straight_run(tiny_mnist, tmp_path, monkeypatch, impl):
     run(tiny_mnist, tmp_path / "straight", "trainer.cuda_graph=true", f"optim.impl={impl}")
-    real_beta_at = train_mod.beta_at
-
-    def beta_at(step, *args):  # the signal lands mid-step 7, in epoch 2, between replays
-        if step == 7:
-            os.kill(os.getpid(), signal.SIGINT)
-        return real_beta_at(step, *args)
-
-    monkeypatch.setattr(train_mod, "beta_at", beta_at)
-    with pytest.raises(Interrupted):
+    # the signal lands mid-step 7, in epoch 2, between replays
+    with signal_at_step(monkeypatch, 7), pytest.raises(Interrupted):
         run(tiny_mnist, tmp_path / "resumed", "trainer.cuda_graph=true", f"optim.impl={impl}")
-    monkeypatch.setattr(train_mod, "beta_at", real_beta_at)
     assert ckpt_io.load(tmp_path / "resumed" / "checkpoints" / "last.pt")["state"]["step"] == 8
     run(tiny_mnist, tmp_path / "resumed", "trainer.cuda_graph=true", f"optim.impl={impl}")  # trainer.resume: on
     assert_same_weights(tmp_path / "straight", tmp_path / "resumed")

@@ -2,18 +2,15 @@
 from __future__ import annotations
 
 import copy
-import os
-import signal
 
 import pytest
 import torch
 
-import vaelab.train as train_mod
 from vaelab import checkpoint as ckpt_io
 from vaelab.optim import FlatAdam
 from vaelab.train import Interrupted, build_model, build_optimizer, train
 
-from tests.conftest import compose_cfg
+from tests.conftest import compose_cfg, signal_at_step
 from tests.test_workflow import TINY, assert_same_run, vaelab
 
 
@@ -139,18 +136,9 @@ def test_a_flat_run_interrupted_then_resumed_is_bit_identical(tiny_mnist, tmp_pa
     cfg = [f"data.root={tiny_mnist}", *TINY, "optim.impl=flat"]
     straight = tmp_path / "straight"
     train(compose_cfg(cfg), straight)
-    real_beta_at = train_mod.beta_at
-
-    def beta_at(step, *args):
-        if step == 8:  # in epoch 2
-            os.kill(os.getpid(), signal.SIGINT)
-        return real_beta_at(step, *args)
-
-    monkeypatch.setattr(train_mod, "beta_at", beta_at)
     run = tmp_path / "run"
-    with pytest.raises(Interrupted):
+    with signal_at_step(monkeypatch, 8), pytest.raises(Interrupted):  # in epoch 2
         train(compose_cfg(cfg), run)
-    monkeypatch.setattr(train_mod, "beta_at", real_beta_at)
     assert vaelab(["resume", run]) == 0
     assert_same_run(run, straight)
 

@@ -29,7 +29,7 @@ from vaelab.train import Interrupted, train
 from vaelab.train_cli import saved_config_argv
 from vaelab.workflow import differing_keys, is_timing, side_by_side
 
-from tests.conftest import FAST, compose_cfg
+from tests.conftest import FAST, compose_cfg, signal_at_step
 
 # 192 training images, batch 32: 6 steps an epoch, 3 epochs.
 TINY = [*FAST, "model.size=small", "latent_size=4", "trainer.final_eval=false", "trainer.epochs=3"]
@@ -232,21 +232,13 @@ def test_a_rerun_of_a_saved_config_gets_the_same_pre_flight(tmp_path, monkeypatc
                          ids=["ctrl-c-in-epoch-1", "sigterm-in-epoch-2", "ctrl-c-on-last-step-of-epoch-2"])
 def test_interrupted_then_resumed_is_bit_identical(tiny_mnist, reference, tmp_path, monkeypatch, capsys, sig,
                                                    after_step):
-    real_beta_at = train_mod.beta_at
-
-    def beta_at(step, *args):  # called once per step, before it: the signal lands mid-step
-        if step == after_step:
-            os.kill(os.getpid(), sig)
-        return real_beta_at(step, *args)
-
-    monkeypatch.setattr(train_mod, "beta_at", beta_at)
     run = tmp_path / "run"
-    with pytest.raises(Interrupted, match=f"stopped by {sig.name}.*vaelab resume"):
+    with signal_at_step(monkeypatch, after_step, sig), \
+            pytest.raises(Interrupted, match=f"stopped by {sig.name}.*vaelab resume"):
         train(compose_cfg([f"data.root={tiny_mnist}", *TINY]), run)
     ck = ckpt_io.load(run / "checkpoints" / "last.pt")
     assert ck["state"]["step"] == after_step + 1  # finished the step it was in, then saved
     assert not (run / "metrics.json").exists()
-    monkeypatch.setattr(train_mod, "beta_at", real_beta_at)
     capsys.readouterr()
 
     assert vaelab(["resume", run]) == 0
@@ -400,22 +392,14 @@ def test_a_warm_up_resumed_mid_interval_logs_the_betas_its_loss_was_taken_with(t
             "trainer.log_every=4"]
     reference = tmp_path / "reference"
     train(compose_cfg(args), reference)
-    real_beta_at = train_mod.beta_at
-
-    def beta_at(step, *rest):
-        if step == 9:  # epoch 2 (6 steps an epoch), one step after the log point at step 8
-            os.kill(os.getpid(), signal.SIGINT)
-        return real_beta_at(step, *rest)
-
-    monkeypatch.setattr(train_mod, "beta_at", beta_at)
     run = tmp_path / "run"
-    with pytest.raises(Interrupted):
+    # epoch 2 (6 steps an epoch), one step after the log point at step 8
+    with signal_at_step(monkeypatch, 9), pytest.raises(Interrupted):
         train(compose_cfg(args), run)
-    monkeypatch.setattr(train_mod, "beta_at", real_beta_at)
     last = run / "checkpoints" / "last.pt"
     ck = ckpt_io.load(last)
-    assert ck["state"]["step"] == 10 and ck["state"]["log_beta"] == (real_beta_at(8, 4.0, 20) +
-                                                                     real_beta_at(9, 4.0, 20)) * 32
+    beta_at = train_mod.beta_at
+    assert ck["state"]["step"] == 10 and ck["state"]["log_beta"] == (beta_at(8, 4.0, 20) + beta_at(9, 4.0, 20)) * 32
     if old_checkpoint:
         del ck["state"]["log_beta"]
         ckpt_io.save_atomic(ck, last)
@@ -430,18 +414,9 @@ def test_a_warm_up_resumed_mid_interval_logs_the_betas_its_loss_was_taken_with(t
 
 
 def test_resume_part_way_through_an_epoch_needs_that_epoch(tiny_mnist, tmp_path, monkeypatch, capsys):
-    real_beta_at = train_mod.beta_at
-
-    def beta_at(step, *args):
-        if step == 8:  # in epoch 2 (6 steps an epoch)
-            os.kill(os.getpid(), signal.SIGINT)
-        return real_beta_at(step, *args)
-
-    monkeypatch.setattr(train_mod, "beta_at", beta_at)
     run = tmp_path / "run"
-    with pytest.raises(Interrupted):
+    with signal_at_step(monkeypatch, 8), pytest.raises(Interrupted):  # in epoch 2 (6 steps an epoch)
         train(compose_cfg([f"data.root={tiny_mnist}", *TINY]), run)
-    monkeypatch.setattr(train_mod, "beta_at", real_beta_at)
     before = files_snapshot(run)
     capsys.readouterr()
     assert vaelab(["resume", run, "trainer.epochs=1"]) == 2
@@ -470,15 +445,7 @@ def test_resume_trains_on_with_the_optimizer_settings_it_writes_into_the_config(
 
 
 def test_compare_shows_an_unfinished_run_from_its_events(tiny_mnist, tmp_path, monkeypatch, capsys):
-    real_beta_at = train_mod.beta_at
-
-    def beta_at(step, *args):
-        if step == 8:
-            os.kill(os.getpid(), signal.SIGINT)
-        return real_beta_at(step, *args)
-
-    monkeypatch.setattr(train_mod, "beta_at", beta_at)
-    with pytest.raises(Interrupted):
+    with signal_at_step(monkeypatch, 8), pytest.raises(Interrupted):
         train(compose_cfg([f"data.root={tiny_mnist}", *TINY]), tmp_path / "stopped")
     capsys.readouterr()
     assert vaelab(["compare", tmp_path]) == 0
@@ -492,7 +459,6 @@ def test_compare_shows_an_unfinished_run_from_its_events(tiny_mnist, tmp_path, m
     # A diverged run says so; a run resumed to its end is done again.
     with pytest.raises(train_mod.NonFiniteLoss):
         train(compose_cfg([f"data.root={tiny_mnist}", *TINY, "optim.lr=1e30"]), tmp_path / "diverged")
-    monkeypatch.setattr(train_mod, "beta_at", real_beta_at)
     train(compose_cfg([f"data.root={tiny_mnist}", *TINY, "trainer.resume=true"]), tmp_path / "stopped")
     capsys.readouterr()
     assert vaelab(["compare", tmp_path]) == 0

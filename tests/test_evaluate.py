@@ -315,6 +315,16 @@ def test_a_new_eval_replaces_the_previous_one_in_tensorboard(make_cfg, tmp_path,
         evaluate_run(tmp_path, k=2, device="cpu", progress=False, seed=5)
     assert ((tmp_path / "eval.json").read_text(), tensorboard()) == before
     assert len(list(tmp_path.glob("events.out.tfevents.*.eval"))) == 1
+    # stopped part-way through the pictures (the last one): eval/ still shows what eval.json says
+    monkeypatch.undo()
+    pictures = {p.name: p.read_bytes() for p in (tmp_path / "eval").iterdir()}
+    assert {"samples.png", "traversals.png", "latents_scatter.png"} <= set(pictures)
+    monkeypatch.setattr("vaelab.pictures.latents_scatter_figure", stop)
+    with pytest.raises(Stop):
+        evaluate_run(tmp_path, k=2, device="cpu", progress=False, seed=5)
+    assert {p.name: p.read_bytes() for p in (tmp_path / "eval").iterdir()} == pictures
+    assert ((tmp_path / "eval.json").read_text(), tensorboard()) == before
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == [".hydra"]  # nothing left aside
 
 
 def test_an_earlier_evaluation_that_cannot_be_removed_costs_a_warning_not_the_new_one(make_cfg, tmp_path,

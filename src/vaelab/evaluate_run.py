@@ -17,7 +17,9 @@ import json
 import logging
 import math
 import os
+import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -201,7 +203,7 @@ def evaluate_run(run_dir: str | Path, k: int = 5000, device: str = "auto", check
     # events in the training's event file, which is not rewritten: they stay, beside the newest
     # evaluation's.
     old_events = sorted(run_dir.glob(f"events.out.tfevents.*{EVAL_SUFFIX}"))
-    writer = None
+    writer, staging = None, None
     if cfg.logger.tensorboard:
         from torch.utils.tensorboard import SummaryWriter
         writer = SummaryWriter(log_dir=str(run_dir), filename_suffix=EVAL_SUFFIX)
@@ -222,18 +224,29 @@ def evaluate_run(run_dir: str | Path, k: int = 5000, device: str = "auto", check
                             kept.get("examples_seen"), path.name, step)
             if writer is not None:  # eval/ keeps its pictures, and TensorBoard its eval/* images
                 _copy_images(old_events, writer)
-        if pictures:
-            result.update(make_pictures(model, test, data.test.labels, st["kl_per_dim"],
-                                        st["mu_var"] > ACTIVE_THRESHOLD, run_dir / "eval", writer, step, seed))
+        if pictures:  # drawn aside, into eval/ only with eval.json: a stop part-way leaves eval/ as it was
+            staging = Path(tempfile.mkdtemp(prefix=".eval-", suffix=ckpt_io.TMP_SUFFIX, dir=run_dir))
+            drawn = make_pictures(model, test, data.test.labels, st["kl_per_dim"], st["mu_var"] > ACTIVE_THRESHOLD,
+                                  staging, writer, step, seed)
         if writer is not None:
             writer.close()
         result["seconds"] = time.perf_counter() - t0
+        if pictures:
+            (run_dir / "eval").mkdir(exist_ok=True)
+            for name, at in drawn["pictures"].items():
+                final = run_dir / "eval" / f"{name}.png"
+                os.replace(at, final)
+                drawn["pictures"][name] = str(final.resolve())  # as eval.json's checkpoint: not relative to the shell
+            result.update(drawn)
         ckpt_io.write_text_atomic(run_dir / "eval.json", json.dumps(result, indent=2) + "\n")
     except BaseException:  # Ctrl-C, a full disk: TensorBoard keeps showing the evaluation eval.json holds
         if writer is not None:
             writer.close()
             _remove_events(set(run_dir.glob(f"events.out.tfevents.*{EVAL_SUFFIX}")) - set(old_events))
         raise
+    finally:
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
     _remove_events(old_events)  # only now: an evaluation that fails on the way leaves the previous one
     log.info("eval (%s, k=%d): ELBO %.2f nats (recon %.2f, KL %.2f), IWAE NLL %.2f nats = %.4f bits/dim, "
              "active units %d/%d", path.name, k, elbo, recon, kl, nll, result["bits_per_dim"],

@@ -786,9 +786,11 @@ def test_files_written_atomically_get_the_usual_permissions(tmp_path):
     (["reproduce", "R", "--rtol", "x"], "vaelab reproduce: error: argument --rtol: must be a number >= 0, got 'x' "
                                         "(see vaelab reproduce --help)"),
     ([], "vaelab: error: the following arguments are required: COMMAND (see vaelab --help)"),
+    (["--bogus", "eval", "R"], "vaelab: error: unrecognized arguments: --bogus (see vaelab --help)"),
     (["evaluate", "R"], "vaelab: error: argument COMMAND: invalid choice: 'evaluate' (choose from 'eval', 'sample', "
                         "'reproduce', 'resume', 'compare') (see vaelab --help)"),
-], ids=["unknown-option", "unknown-option-resume", "missing-dir", "bad-value", "no-command", "unknown-command"])
+], ids=["unknown-option", "unknown-option-resume", "missing-dir", "bad-value", "no-command", "option-before-command",
+        "unknown-command"])
 def test_a_bad_vaelab_command_line_is_one_line(args, expect, capsys):
     """argparse would print its usage block, and report a command's unknown option as the
     top-level parser's, naming neither the command nor its options."""

@@ -44,7 +44,8 @@ def main(argv: list[str] | None = None) -> None:
     # neither the command nor its options: the command's own parser reports them.
     args, unknown = parser.parse_known_args(argv)
     if unknown:
-        parsers[args.command].error(f"unrecognized arguments: {' '.join(unknown)}")
+        before = argv.index(unknown[0]) < argv.index(args.command)  # `vaelab --bogus eval`: vaelab's own
+        (parser if before else parsers[args.command]).error(f"unrecognized arguments: {' '.join(unknown)}")
     mod = importlib.import_module(args._module)
     try:
         code = getattr(mod, f"{args.command}_command")(args)

@@ -340,6 +340,14 @@ def test_added_overrides_go_after_the_users_last_one():
     assert add_overrides(["-cn", "config", "a=1", "-p", "trainer"], []) == ["-cn", "config", "a=1", "-p", "trainer"]
 
 
+def test_overrides_go_first_as_one_run_for_hydra():
+    from vaelab.cli_errors import overrides_first
+
+    assert overrides_first(["a=1", "-m", "b=2"]) == ["a=1", "b=2", "-m"]
+    assert overrides_first(["--info", "a=1", "-cn", "config", "b=2"]) == ["a=1", "b=2", "--info", "-cn", "config"]
+    assert overrides_first(["--info", "defaults", "a=1"]) == ["a=1", "--info", "defaults"]
+
+
 def test_cli_prints_one_line_and_exits_before_training(tmp_path):
     r = subprocess.run([sys.executable, "-m", "vaelab.train", "latent_size=0"], cwd=tmp_path,
                        capture_output=True, text=True, timeout=120)
@@ -358,6 +366,65 @@ def test_vaelab_train_refuses_before_importing_torch(tmp_path):
     r = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "did you mean 'latent_size'?" in r.stderr
     assert r.stdout.strip() == "torch imported: False"
+
+
+FROZEN_CLOCK = """
+import datetime as dt
+import sys
+
+import hydra.core.utils as hydra_utils
+
+
+class Frozen(dt.datetime):  # ${now:...} resolves to one second, as for two launches at once
+    @classmethod
+    def now(cls, tz=None):
+        return cls(2026, 1, 2, 3, 4, 5)
+
+
+hydra_utils.datetime = Frozen
+from vaelab.train_cli import launch
+
+args = sys.argv[1:]
+print("exit", launch(args), launch([*args, "latent_size=4"]))
+"""
+
+
+@pytest.mark.parametrize("mode", ["run", "sweep"])
+def test_launches_in_the_same_second_get_folders_of_their_own(tiny_mnist, tmp_path, mode):
+    """conf/config.yaml's folders are named to the second: a second launch then wrote its
+    .hydra/ into the first's run, and a refusal there removed it. Each launch now makes its
+    folder, the next free name if another launch has it."""
+    (tmp_path / "frozen.py").write_text(FROZEN_CLOCK)
+    args = [f"data.root={tiny_mnist}", "data.val_size=64", "trainer.epochs=1", "trainer.final_eval=false",
+            "model.size=small", "trainer.progress=false", *(["-m", "latent_size=2,8"] if mode == "sweep" else [])]
+    r = subprocess.run([sys.executable, "frozen.py", *args], cwd=tmp_path, capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0 and "exit 0 0" in r.stdout, r.stderr[-3000:]
+    top = tmp_path / "outputs" / ("multirun" if mode == "sweep" else "runs") / "default"
+    first, second = top / "2026-01-02_03-04-05", top / "2026-01-02_03-04-05_1"
+    assert sorted(top.iterdir()) == [first, second]
+    if mode == "sweep":
+        assert sorted(p.name for p in first.iterdir()) == ["latent_size=2", "latent_size=8", "multirun.yaml"]
+        assert sorted(p.name for p in second.iterdir()) == ["job0", "multirun.yaml"]  # (latent_size=4 only)
+        first, second = first / "latent_size=2", second / "job0"
+    import yaml
+    assert yaml.safe_load((second / ".hydra" / "config.yaml").read_text())["latent_size"] == 4
+    assert yaml.safe_load((first / ".hydra" / "config.yaml").read_text())["latent_size"] != 4  # its own still
+    assert (first / "metrics.json").is_file() and (second / "metrics.json").is_file()
+
+
+def test_a_refused_run_leaves_a_folder_another_process_trains_in(tiny_mnist, tmp_path):
+    """A run refused in its job removes the folder Hydra made for it, but not one that another
+    process holds (two launches into one folder at once): that is the other's run."""
+    from vaelab import checkpoint as ckpt_io
+
+    folder = tmp_path / "shared"
+    folder.mkdir()
+    with ckpt_io.only_process(folder):  # as a training process holds its run folder
+        r = subprocess.run([sys.executable, "-m", "vaelab.train", f"data.root={tiny_mnist}", "data.val_size=64",
+                            f"hydra.run.dir={folder}"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "another process is training this run now" in r.stderr
+    assert (folder / ".hydra").is_dir()
 
 
 def test_missing_data_is_one_line(tmp_path):

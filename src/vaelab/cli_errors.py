@@ -64,6 +64,15 @@ def split_args(argv: list[str]) -> tuple[list[str], dict[str, str | None]]:
     return [argv[i] for i in where], flags
 
 
+def overrides_first(argv: list[str]) -> list[str]:
+    """argv with its overrides together, first, and the flags after them in their order: Hydra's
+    argparse takes the overrides as one run of positionals (`latent_size=2,4 -m trainer.epochs=1`
+    ended in its usage block), and a flag with an optional value (--info) would take an override
+    that followed it as that value."""
+    where, _ = _positions(argv)
+    return [argv[i] for i in where] + [a for i, a in enumerate(argv) if i not in set(where)]
+
+
 def add_overrides(argv: list[str], extra: list[str]) -> list[str]:
     """argv with `extra` overrides placed right after the user's last override (first if there
     is none): Hydra's argparse takes the overrides as one run of positionals, so one appended
@@ -177,11 +186,13 @@ class _CommandLine:
         return str(self.folders[key]) if key in self.folders else None
 
 
-def precheck(argv: list[str], fetch_data: bool = False, continuing: Path | None = None) -> str | None:
+def precheck(argv: list[str], fetch_data: bool = False, continuing: Path | None = None,
+             where: dict | None = None) -> str | None:
     """None if the command line composes and validates; else one line saying what is wrong.
     fetch_data: also make sure each job's MNIST is there (downloading it once if allowed).
     continuing: the folder of a stopped sweep that this command line carries on, whose runs
-    are expected there.
+    are expected there. where: filled, for a command line that can run in a folder it did not
+    name (conf/config.yaml's ${now:...} default), with that folder's key and resolved path.
     The steps: the arguments as given; which primary config; each job's config (a sweep's
     values in turn); Hydra's own section (launcher, sweeper, logging); the folders Hydra will
     make; the data."""
@@ -209,21 +220,40 @@ def precheck(argv: list[str], fetch_data: bool = False, continuing: Path | None 
     full = composed if composed is not None else compose_(base, hydra_section=True)
     mode = OmegaConf.select(full, "hydra.mode")
     multirun = cmd.multirun or str(getattr(mode, "name", mode)) == "MULTIRUN"
-    err = (_folder_error(full, multirun, {"hydra.run.dir": cmd.given("hydra.run.dir"),
-                                          "hydra.sweep.dir": cmd.given("hydra.sweep.dir")}, cmd.taken)
+    given = {"hydra.run.dir": cmd.given("hydra.run.dir"), "hydra.sweep.dir": cmd.given("hydra.sweep.dir")}
+    err = (_folder_error(full, multirun, given, cmd.taken)
            or _other_folder_error(full, multirun) or _optuna_storage_error(full))
-    if err or not fetch_data or launcher.endswith("SlurmLauncher"):  # SLURM's nodes may see other paths
+    if err:
         return err
-    # The data once, here, before any job: a sweep's jobs would each fail on missing data
-    # (submitit with a traceback) or download the same files into one folder at once.
-    from vaelab.data import DataError, fetch_mnist
+    if fetch_data and not launcher.endswith("SlurmLauncher"):  # SLURM's nodes may see other paths
+        # The data once, here, before any job: a sweep's jobs would each fail on missing data
+        # (submitit with a traceback) or download the same files into one folder at once.
+        from vaelab.data import DataError, fetch_mnist
 
-    for root, download in data_roots.items():
-        try:
-            fetch_mnist(root, download)
-        except DataError as e:
-            return str(e)
+        for root, download in data_roots.items():
+            try:
+                fetch_mnist(root, download)
+            except DataError as e:
+                return str(e)
+    key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
+    folder = OmegaConf.select(full, key, throw_on_resolution_failure=False)
+    if where is not None and folder is not None and not _typed(key, given):
+        where.update(key=key, folder=Path(str(folder)))
     return None
+
+
+def claim_folder(folder: Path) -> Path:
+    """Make the folder a run or sweep will use, atomically, and return it: two vaelab-train
+    started in the same second resolve conf/config.yaml's ${now:...} to one folder, and would
+    write into each other's runs. One already there (another launch's) gives FOLDER_1, _2, ..."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    out, n = folder, 1
+    while True:
+        try:
+            out.mkdir()
+            return out
+        except FileExistsError:
+            out, n = folder.with_name(f"{folder.name}_{n}"), n + 1
 
 
 def parse_error(overrides: list[str], exc: Exception) -> str:
@@ -507,13 +537,20 @@ def _folder_error(composed: DictConfig, multirun: bool, given: dict, taken) -> s
         return None
     if not str(folder).strip():  # e.g. ${oc.env:DIR,''}: Hydra would run in the current folder
         return f"{key} resolves to an empty path; give a folder, e.g. {key}=runs/first"
-    err = unwritable(Path(str(folder))) or taken(Path(str(folder)), sweep=key == "hydra.sweep.dir")
+    # (a default folder, ${now:...}, that holds a run is another launch's of the same second:
+    # launch() makes the next free one, FOLDER_1, instead)
+    err = unwritable(Path(str(folder))) or (taken(Path(str(folder)), sweep=key == "hydra.sweep.dir")
+                                            if _typed(key, given) else None)
     if err is None:
         return None
     what = "sweep" if key == "hydra.sweep.dir" else "run"
-    # (a re-run of a saved config gets conf/config.yaml's folders as overrides: not the user's words)
-    typed_by_user = given.get(key) and given[key] != _default_folders().get(key)
-    return f"{key}={given[key]}: {err}" if typed_by_user else f"cannot make the {what} folder {folder}: {err}"
+    return f"{key}={given[key]}: {err}" if _typed(key, given) else f"cannot make the {what} folder {folder}: {err}"
+
+
+def _typed(key: str, given: dict) -> bool:
+    """Whether the user named this folder (a re-run of a saved config gets conf/config.yaml's
+    folders as overrides: not the user's words)."""
+    return bool(given.get(key)) and given[key] != _default_folders().get(key)
 
 
 def _other_folder_error(composed: DictConfig, multirun: bool) -> str | None:

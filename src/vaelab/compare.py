@@ -293,8 +293,9 @@ class SweepSummary(Callback):
     parent, so without this a sweep whose every job diverged would exit 0.
 
     The jobs are the runs in the sweep folder whose config was written after the sweep began
-    (vaelab-train refuses a given hydra.sweep.dir that holds runs, but two sweeps started in the
-    same second share the default folder), or all of them for a sweep that `vaelab resume
+    (vaelab-train makes each default folder anew and refuses a given hydra.sweep.dir that holds
+    runs, but one given to two sweeps at once, or a same-second default folder of a vaelab from
+    before 2026-11-26, holds another sweep's too), or all of them for a sweep that `vaelab resume
     SWEEP_DIR` carries on. on_multirun_end runs on the machine that
     launched the sweep, after every job returned, whichever launcher ran them."""
 

@@ -597,7 +597,11 @@ def hydra_main(cfg: DictConfig) -> float:
         # The folder Hydra made for a run that never started would list in `vaelab compare`
         # as an unfinished run: remove it when it holds nothing but what Hydra put there.
         if not began and {p.name for p in run_dir.iterdir()} <= {".hydra", "train.log"}:
-            shutil.rmtree(run_dir, ignore_errors=True)
+            try:
+                with ckpt_io.only_process(run_dir):  # not a run another process has just begun there
+                    shutil.rmtree(run_dir, ignore_errors=True)
+            except ckpt_io.CheckpointError:
+                pass
             _remove_name_folder_if_empty(run_dir.parent, hc.runtime.cwd)
             # A sweep whose first job is refused stops there: its folder would hold only Hydra's
             # multirun.yaml and list in `vaelab compare` as a sweep of no jobs.

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
-from vaelab.cli_errors import add_overrides, precheck, split_args
+from vaelab.cli_errors import add_overrides, claim_folder, overrides_first, precheck, split_args
 from vaelab.config import CONF_DIR, hydra_section, register_configs
 
 
@@ -94,11 +94,32 @@ def launch(argv: list[str], prog: str = "vaelab-train", continuing: Path | None 
     (`vaelab resume SWEEP_DIR`), which may hold runs."""
     register_configs()
     argv = saved_config_argv(argv)
-    err = precheck(argv, fetch_data=True, continuing=continuing)
+    where: dict = {}
+    err = precheck(argv, fetch_data=True, continuing=continuing, where=where)
     if err:
         print(f"{prog}: error: {err}", file=sys.stderr)
         return 2
-    sys.argv[1:] = add_overrides(argv, sweep_name_override(argv))  # Hydra reads its arguments there
+    pinned, claimed = [], None
+    if where:  # the default ${now:...} folder, made now and given to Hydra as made (in place of
+        # the default itself, which a re-run of a saved config passes as ++KEY=...)
+        argv = [a for a in argv if a.split("=", 1)[0].lstrip("+") != where["key"]]
+        claimed = claim_folder(where["folder"])
+        pinned = [f"{where['key']}={override_value(str(claimed))}"]
+    # Hydra reads its arguments from sys.argv
+    sys.argv[1:] = add_overrides(overrides_first(argv), [*pinned, *sweep_name_override(argv)])
+    try:
+        return _run_hydra(prog)
+    finally:
+        if claimed is not None:  # nothing ran in it (Hydra refused the command line): don't leave it
+            for folder in (claimed, claimed.parent):
+                try:
+                    folder.rmdir()
+                except OSError:  # not empty: a run (or another run of that name) is there
+                    break
+
+
+def _run_hydra(prog: str) -> int:
+    """The Hydra app on sys.argv; its exit status."""
     from vaelab.train import hydra_main  # torch and the rest: only for a command line that can run
 
     try:

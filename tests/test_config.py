@@ -162,6 +162,15 @@ def test_optimizer_matches_config():
     (["data.root=~/mnistdata"], "override 'data.root=~/mnistdata': cannot parse it (unexpected '~' at character 11); "
                                 "Hydra does not expand ~: write the path out, e.g. data.root=$HOME/mnistdata"),
     (["latent_size=8", "a==3"], "override 'a==3': cannot parse it (extraneous input '=')"),  # any other cause
+    (["hydra.run.dir=sw/latent_size=2/more"], "override 'hydra.run.dir=sw/latent_size=2/more': cannot parse it "
+                                              "(mismatched input '=' expecting <EOF>); quote a value with = in it, as "
+                                              "in \"hydra.run.dir='sw/latent_size=2/more'\" (the outer quotes are "
+                                              "the shell's)"),  # a path through a sweep's job folder
+    # a swept key given again: Hydra kept the last, and the sweep ran one job
+    (["-m", "latent_size=2,4", "latent_size=8"], "override 'latent_size=8': latent_size is given already, as "
+                                                 "'latent_size=2,4' (Hydra would keep only the last); give it once, "
+                                                 "with every value in one list"),
+    (["-m", "loss.beta=1", "+loss.beta=2,4"], "override '+loss.beta=2,4': loss.beta is given already"),
     # ~KEY of a key the config needs: Hydra deletes a top-level one, and the job failed with a traceback
     (["~latent_size"], "override '~latent_size': latent_size cannot be deleted (the config needs it); set it "
                        "instead, as in latent_size=VALUE"),
@@ -237,8 +246,20 @@ def test_a_run_folder_that_holds_a_run_is_refused(tmp_path):
     assert precheck([f"hydra.run.dir={tmp_path / 'new'}"]) is None
     assert precheck([f"hydra.run.dir={tmp_path / 'run'}", "--cfg", "job"]) is None  # writes nothing
     # A sweep into a folder that holds an earlier sweep's runs: its jobs would carry them on.
+    err = precheck(["-m", "latent_size=2,4", f"hydra.sweep.dir={tmp_path}"])  # (no multirun.yaml: Optuna's)
+    assert err == (f"hydra.sweep.dir={tmp_path}: that folder holds runs of an earlier study already; give a new "
+                   f"folder (carry one of its trials on with 'vaelab resume {tmp_path / 'JOB'} [KEY=VALUE ...]')")
+    (tmp_path / "multirun.yaml").write_text("hydra: {}\n")
     err = precheck(["-m", "latent_size=2,4", f"hydra.sweep.dir={tmp_path}"])
     assert err.startswith(f"hydra.sweep.dir={tmp_path}: that folder holds runs of an earlier sweep already")
+    # Nested: a run in a sweep's folder, a sweep in a run's, either inside a run (compare and resume
+    # would see only the outer one)
+    assert precheck([f"hydra.run.dir={tmp_path}"]) == (f"hydra.run.dir={tmp_path}: that folder is a sweep's (it holds "
+                                                      f"runs); give a new folder")
+    assert precheck(["-m", "latent_size=2,4", f"hydra.sweep.dir={tmp_path / 'run'}"]) == (
+        f"hydra.sweep.dir={tmp_path / 'run'}: that folder holds a run already; give a new folder")
+    for args in ([f"hydra.run.dir={tmp_path / 'run' / 'in'}"], ["-m", f"hydra.sweep.dir={tmp_path / 'run' / 'in'}"]):
+        assert precheck(args).endswith(f": that folder is inside the run {tmp_path / 'run'}; give a folder outside it")
     assert precheck(["-m", "latent_size=2,4", f"hydra.sweep.dir={tmp_path / 'new'}"]) is None
     assert precheck(["-m", "experiment=seed,iwae_paper_vae", "name=both", f"hydra.sweep.dir={tmp_path / 'new'}"]) is None
     assert precheck([f"hydra.sweep.dir={tmp_path}"]) is None  # a single run does not use it
@@ -385,7 +406,7 @@ hydra_utils.datetime = Frozen
 from vaelab.train_cli import launch
 
 args = sys.argv[1:]
-print("exit", launch(args), launch([*args, "latent_size=4"]))
+print("exit", launch(args), launch([*args, "loss.beta=4"]))
 """
 
 
@@ -405,11 +426,11 @@ def test_launches_in_the_same_second_get_folders_of_their_own(tiny_mnist, tmp_pa
     assert sorted(top.iterdir()) == [first, second]
     if mode == "sweep":
         assert sorted(p.name for p in first.iterdir()) == ["latent_size=2", "latent_size=8", "multirun.yaml"]
-        assert sorted(p.name for p in second.iterdir()) == ["job0", "multirun.yaml"]  # (latent_size=4 only)
-        first, second = first / "latent_size=2", second / "job0"
+        assert sorted(p.name for p in second.iterdir()) == ["latent_size=2", "latent_size=8", "multirun.yaml"]
+        first, second = first / "latent_size=2", second / "latent_size=2"
     import yaml
-    assert yaml.safe_load((second / ".hydra" / "config.yaml").read_text())["latent_size"] == 4
-    assert yaml.safe_load((first / ".hydra" / "config.yaml").read_text())["latent_size"] != 4  # its own still
+    assert yaml.safe_load((second / ".hydra" / "config.yaml").read_text())["loss"]["beta"] == 4
+    assert yaml.safe_load((first / ".hydra" / "config.yaml").read_text())["loss"]["beta"] == 1  # its own still
     assert (first / "metrics.json").is_file() and (second / "metrics.json").is_file()
 
 

@@ -299,6 +299,8 @@ def _parse_hint(overrides: list[str], i: int) -> str:
         return f"; Hydra does not expand ~: write the path out{example}"
     if "~" in value:  # elsewhere in a value Hydra's grammar takes ~ only quoted
         return f"; quote a value with ~ in it, as in {key}='{value}'"
+    if "=" in value and _parses(f"{key}='{value}'"):  # a path through a sweep's job, latent_size=2/
+        return f"; quote a value with = in it, as in \"{key}='{value}'\" (the outer quotes are the shell's)"
     glued = lambda a, b: a.endswith(",") or b.startswith(",")  # noqa: E731
     first = i
     while first > 0 and "=" not in overrides[first] and glued(overrides[first - 1], overrides[first]):
@@ -327,6 +329,12 @@ def _argument_error(cmd: _CommandLine) -> str | None:
     if len(cmd.modes) > 1:  # Hydra raises a ValueError (a traceback) for this
         return (f"{' and '.join(cmd.modes)}: only one of --multirun/-m, --run/-r, --cfg/-c, --info/-i and "
                 "--shell-completion may be given (for --cfg, drop -m and give one value per key)")
+    seen: dict[str, object] = {}
+    for o in cmd.parsed:  # Hydra keeps the last: `-m latent_size=2,4 latent_size=8` ran one job, silently
+        first = seen.setdefault(o.key_or_group, o)
+        if first is not o and (first.is_sweep_override() or o.is_sweep_override()):
+            return (f"override '{o.input_line}': {o.key_or_group} is given already, as '{first.input_line}' (Hydra "
+                    f"would keep only the last); give it once, with every value in one list")
     if "name" in {o.key_or_group for o in cmd.task if o.is_sweep_override()}:
         return ("override 'name' lists several values: name names the sweep's folder "
                 "(outputs/multirun/<name>/...), give it one value and sweep other keys")
@@ -334,7 +342,9 @@ def _argument_error(cmd: _CommandLine) -> str | None:
         # Hydra would run in the current folder, past the guards below (an unset $DIR, typically)
         if value is None or not str(value).strip():
             return f"{key}={'null' if value is None else value}: empty; give a folder, e.g. {key}=runs/first"
-    sweep_dir, run_dir = cmd.given("hydra.sweep.dir"), cmd.given("hydra.run.dir")
+    given = {key: cmd.given(key) for key in ("hydra.sweep.dir", "hydra.run.dir")}
+    # (conf/config.yaml's own folders, passed on by a re-run of a saved config: launch() makes them)
+    sweep_dir, run_dir = (given[k] if _typed(k, given) else None for k in ("hydra.sweep.dir", "hydra.run.dir"))
     # As given (also for --config-dir re-runs, which are not composed below); the folders as
     # Hydra resolves them (${oc.env:...}, a sweep that hparams_search starts) are checked at the end.
     if not cmd.helps and not ({"--cfg", "-c", "--info", "-i"} & set(cmd.flags)):
@@ -509,12 +519,24 @@ def _taken(folder: Path, sweep: bool) -> str | None:
     """Why a run (or a sweep) must not start in `folder`: it holds a run (an earlier sweep's runs).
     Hydra writes the composed config into the folder before vaelab's code runs, over the run's
     own; the jobs of a sweep named like the old ones would carry those runs on under new settings."""
+    inside = next((p for p in folder.absolute().parents if (p / ".hydra" / "config.yaml").is_file()), None)
+    if inside is not None:  # its runs would be hidden: compare and resume see the run around them
+        return f"that folder is inside the run {inside}; give a folder outside it"
     if sweep:
+        if (folder / ".hydra" / "config.yaml").is_file():
+            return "that folder holds a run already; give a new folder"
         if folder.is_dir() and any((d / ".hydra" / "config.yaml").is_file() for d in folder.iterdir() if d.is_dir()):
+            job = shlex.quote(str(folder / "JOB"))
+            if not (folder / "multirun.yaml").is_file():  # an Optuna study's (its sweeper writes none)
+                return (f"that folder holds runs of an earlier study already; give a new folder (carry one of "
+                        f"its trials on with 'vaelab resume {job} [KEY=VALUE ...]')")
             return (f"that folder holds runs of an earlier sweep already; give a new folder (carry that sweep on "
                     f"with 'vaelab resume {shlex.quote(str(folder))}', one of its runs with "
-                    f"'vaelab resume {shlex.quote(str(folder / 'JOB'))} [KEY=VALUE ...]')")
+                    f"'vaelab resume {job} [KEY=VALUE ...]')")
         return None
+    if folder.is_dir() and ((folder / "multirun.yaml").is_file() or
+                            any((d / ".hydra" / "config.yaml").is_file() for d in folder.iterdir() if d.is_dir())):
+        return "that folder is a sweep's (it holds runs); give a new folder"
     if not (folder / ".hydra" / "config.yaml").is_file():
         return None
     if not any((folder / "checkpoints").glob("*.pt")):

@@ -623,7 +623,11 @@ def hydra_main(cfg: DictConfig) -> float:
     except Interrupted as e:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # saved and leaving: a late Ctrl-C changes nothing
         log.warning("%s", e)  # asked for, and nothing lost: not an error
-        if hc.mode.name == "MULTIRUN":
+        if hc.mode.name == "MULTIRUN" and not str(hc.sweeper.get("_target_", "")).endswith(".BasicSweeper"):
+            # (vaelab resume SWEEP_DIR refuses a study: its sweeper would draw new trials)
+            log.warning("the study stops here: trials not drawn yet did not run; the stopped trial goes on with "
+                        "the command above, a study goes on only as a new one")
+        elif hc.mode.name == "MULTIRUN":
             log.warning("the sweep stops here: jobs that had not started did not run; carry the whole sweep on "
                         "with: vaelab resume %s", shlex.quote(str(_sweep_dir(hc))))
         sys.exit(130)  # Ctrl-C / SIGTERM stop the whole sweep, not only the job in progress

@@ -171,6 +171,22 @@ def test_optimizer_matches_config():
                                                  "'latent_size=2,4' (Hydra would keep only the last); give it once, "
                                                  "with every value in one list"),
     (["-m", "loss.beta=1", "+loss.beta=2,4"], "override '+loss.beta=2,4': loss.beta is given already"),
+    # a launcher or sweeper chosen with a dot: Hydra set the node to a string and failed with a traceback
+    (["-m", "latent_size=2,4", "hydra.launcher=joblib"], "override 'hydra.launcher=joblib': hydra/launcher is a "
+                                                          "config group: choose one with a /, as in "
+                                                          "hydra/launcher=joblib"),
+    # Optuna settings that failed only once the study ran, each with a traceback
+    (["hparams_search=optuna", "hydra.sweeper.n_trials=0"], "hydra.sweeper.n_trials=0: give the number of trials in "
+                                                            "all, an integer >= 1"),
+    (["hparams_search=optuna", "hydra.sweeper.n_jobs=0"], "hydra.sweeper.n_jobs=0: give the number of trials to "
+                                                          "draw at once"),
+    (["hparams_search=optuna", "hydra.sweeper.direction=minimise"], "hydra.sweeper.direction=minimise: allowed: "
+                                                                    "minimize, maximize"),
+    (["hparams_search=optuna", "loss.beta=interval(2,1)"], "loss.beta=interval(2,1): an interval's low end must be "
+                                                           "below its high end, as in interval(1.0, 2.0)"),
+    (["hparams_search=optuna", "hydra.sweeper.params.latent_sizee=choice(8,16)"],
+     "hydra.sweeper.params.latent_sizee=choice(8,16): latent_sizee is not in the config, so the study has nothing "
+     "to set; did you mean 'latent_size'?"),
     # ~KEY of a key the config needs: Hydra deletes a top-level one, and the job failed with a traceback
     (["~latent_size"], "override '~latent_size': latent_size cannot be deleted (the config needs it); set it "
                        "instead, as in latent_size=VALUE"),

@@ -222,7 +222,7 @@ def precheck(argv: list[str], fetch_data: bool = False, continuing: Path | None 
     multirun = cmd.multirun or str(getattr(mode, "name", mode)) == "MULTIRUN"
     given = {"hydra.run.dir": cmd.given("hydra.run.dir"), "hydra.sweep.dir": cmd.given("hydra.sweep.dir")}
     err = (_folder_error(full, multirun, given, cmd.taken)
-           or _other_folder_error(full, multirun) or _optuna_storage_error(full))
+           or _other_folder_error(full, multirun) or _optuna_settings_error(full, cmd) or _optuna_storage_error(full))
     if err:
         return err
     if fetch_data and not launcher.endswith("SlurmLauncher"):  # SLURM's nodes may see other paths
@@ -329,6 +329,11 @@ def _argument_error(cmd: _CommandLine) -> str | None:
     if len(cmd.modes) > 1:  # Hydra raises a ValueError (a traceback) for this
         return (f"{' and '.join(cmd.modes)}: only one of --multirun/-m, --run/-r, --cfg/-c, --info/-i and "
                 "--shell-completion may be given (for --cfg, drop -m and give one value per key)")
+    for o in cmd.parsed:  # Hydra sets the node to a string and fails later ("no _target_"), with a traceback
+        if o.key_or_group in ("hydra.launcher", "hydra.sweeper") and isinstance(o.value(), str):
+            group = o.key_or_group.replace(".", "/")
+            return (f"override '{o.input_line}': {group} is a config group: choose one with a /, as in "
+                    f"{group}={o.value()}")
     seen: dict[str, object] = {}
     for o in cmd.parsed:  # Hydra keeps the last: `-m latent_size=2,4 latent_size=8` ran one job, silently
         first = seen.setdefault(o.key_or_group, o)
@@ -643,13 +648,60 @@ def _other_launcher_hint(full_key: str) -> str:
             f"(hydra/launcher={takers[0]}, ...)")
 
 
+def _optuna_settings_error(composed: DictConfig, cmd: _CommandLine) -> str | None:
+    """Optuna sweeper settings that fail only once the study runs, each with a traceback: a
+    count below 1, a direction other than minimize/maximize, a search space on a key the config
+    does not have, an interval whose low end is not below its high end."""
+    sweeper = composed.hydra.sweeper
+    if not OmegaConf.is_dict(sweeper) or not str(sweeper.get("_target_") or "").endswith("OptunaSweeper"):
+        return None
+    for key, what in (("n_trials", "trials in all"), ("n_jobs", "trials to draw at once")):
+        value = sweeper.get(key)
+        if not isinstance(value, int) or value < 1:
+            return f"hydra.sweeper.{key}={value}: give the number of {what}, an integer >= 1"
+    directions = sweeper.get("direction")
+    if any(str(d) not in ("minimize", "maximize") for d in (directions if isinstance(directions, list) or
+                                                             OmegaConf.is_list(directions) else [directions])):
+        return f"hydra.sweeper.direction={directions}: allowed: minimize, maximize"
+    # The search space: the sweeper's params (its yaml's, and hydra.sweeper.params.KEY=... given,
+    # which the composed section leaves out when it is a sweep), and the swept overrides.
+    prefix = "hydra.sweeper.params."
+    params = OmegaConf.to_container(sweeper.get("params") or {}, resolve=False)
+    params.update((o.key_or_group[len(prefix):], o.input_line.split("=", 1)[1]) for o in cmd.parsed
+                  if o.key_or_group.startswith(prefix))
+    space = [(f"{prefix}{k}", k, v) for k, v in params.items()] + [
+        (o.key_or_group, o.key_or_group, o.input_line.split("=", 1)[1]) for o in cmd.task if o.is_sweep_override()]
+    for given, key, spec in space:
+        if OmegaConf.select(composed, key, default="<missing>") == "<missing>":
+            known = [f"{k}" for k in _leaf_keys(composed) if not k.startswith("hydra.")]
+            close = difflib.get_close_matches(key, known, n=1)
+            return (f"{given}={spec}: {key} is not in the config, so the study has nothing to set"
+                    + (f"; did you mean '{close[0]}'?" if close else ""))
+        try:
+            value = OverridesParser.create().parse_overrides([f"{key}={spec}"])[0].value()
+        except Exception:  # Hydra's grammar: the sweeper will say
+            continue
+        start, end = getattr(value, "start", None), getattr(value, "end", None)
+        if isinstance(start, (int, float)) and isinstance(end, (int, float)) and start >= end:
+            return f"{given}={spec}: an interval's low end must be below its high end, as in interval({end}, {start})"
+    return None
+
+
+def _leaf_keys(node, prefix: str = "") -> list[str]:
+    out = []
+    for k in node.keys() if OmegaConf.is_dict(node) else []:
+        child = node._get_node(k)
+        out += _leaf_keys(child, f"{prefix}{k}.") if OmegaConf.is_dict(child) else [f"{prefix}{k}"]
+    return out
+
+
 def _optuna_storage_error(composed: DictConfig) -> str | None:
     """A study kept in a database (hydra.sweeper.storage) that the Optuna sweeper cannot open.
     It fails in optuna.create_study, after Hydra has made the sweep folder, with a long
     traceback: optuna 2.x (all the sweeper allows) runs its database code on SQLAlchemy 1.x only
     (the optuna-db extra pins it), and SQLite makes the database file but not its folder."""
     sweeper = composed.hydra.sweeper
-    if not str(sweeper.get("_target_") or "").endswith("OptunaSweeper"):
+    if not OmegaConf.is_dict(sweeper) or not str(sweeper.get("_target_") or "").endswith("OptunaSweeper"):
         return None
     raw = OmegaConf.to_container(sweeper, resolve=False).get("storage")
     if not raw:

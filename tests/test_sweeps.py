@@ -237,6 +237,19 @@ def test_compare_footnote_names_only_the_columns_the_gaussian_constant_is_in(tmp
     assert _units_note([Run(tmp_path, "a", {"loss.recon": "bce"})], ["val_loss"]) == []
 
 
+def test_compare_lists_a_sweeps_runs_in_the_order_of_their_values(tmp_path):
+    from vaelab.compare import find_runs
+
+    names = ["latent_size=16", "latent_size=2", "latent_size=4,loss.beta=0.5", "latent_size=4,loss.beta=1e-05",
+             "latent_size=4,loss.beta=4"]
+    for name in names:
+        (tmp_path / name / ".hydra").mkdir(parents=True)
+        (tmp_path / name / ".hydra" / "config.yaml").write_text("{}")
+    assert [r.name for r in find_runs([tmp_path])] == ["latent_size=2", "latent_size=4,loss.beta=1e-05",
+                                                       "latent_size=4,loss.beta=0.5", "latent_size=4,loss.beta=4",
+                                                       "latent_size=16"]
+
+
 def test_compare_without_runs_is_one_line(tmp_path, capsys):
     assert vaelab(["compare", tmp_path, tmp_path / "missing"]) == 2
     assert capsys.readouterr().err.strip() == f"vaelab compare: error: {tmp_path / 'missing'}: no such directory"

@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import re
 import shlex
 import sys
 import time
@@ -67,6 +68,13 @@ def _is_run(d: Path) -> bool:
                                                             for p in d.iterdir() if p.is_file())
 
 
+def _natural(name: str) -> list:
+    """Sort key that reads the numbers in a name as numbers: latent_size=2 before latent_size=16,
+    loss.beta=0.5 before loss.beta=4 (a sweep's folders, in the order of their values)."""
+    return [(0, float(part), "") if re.fullmatch(r"\d+(\.\d+)?(e[-+]?\d+)?", part) else (1, 0.0, part)
+            for part in re.split(r"(\d+(?:\.\d+)?(?:e[-+]?\d+)?)", name) if part]
+
+
 def find_runs(dirs: list[str | Path]) -> list[Run]:
     """Every run folder at or under the given folders (not looking inside a run)."""
     found: dict[Path, None] = {}
@@ -79,7 +87,7 @@ def find_runs(dirs: list[str | Path]) -> list[Run]:
                 found[root.resolve()] = None
                 subdirs.clear()
             else:
-                subdirs[:] = sorted(s for s in subdirs if s not in _SKIP)
+                subdirs[:] = sorted((s for s in subdirs if s not in _SKIP), key=_natural)
     if not found:
         raise CompareError(f"no runs under {', '.join(map(str, dirs))} "
                            f"(a run is a folder with .hydra/config.yaml or TensorBoard event files)")

@@ -307,11 +307,16 @@ def test_resume_of_a_finished_run_completes_what_a_stop_cut_short(tiny_mnist, tm
     train(compose_cfg([f"data.root={tiny_mnist}", *TINY, "trainer.epochs=1", "trainer.final_eval=true"]), run)
     final = json.loads((run / "metrics.json").read_text())
     (run / "eval.json").unlink()
+    capsys.readouterr()
+    assert vaelab(["compare", run]) == 0
+    assert capsys.readouterr().out.splitlines()[2].endswith("  done (no eval)")  # compare says so
     assert vaelab(["resume", run]) == 0
     assert capsys.readouterr().err.strip().splitlines()[0] == (
         "vaelab resume: run has finished training, but its end-of-training evaluation did not finish "
         "(no eval.json): evaluating it now")
     assert json.loads((run / "eval.json").read_text())["checkpoint"].endswith("last.pt")
+    assert vaelab(["compare", run]) == 0
+    assert capsys.readouterr().out.splitlines()[2].endswith("  done")
     (run / "metrics.json").unlink()
     assert vaelab(["resume", run]) == 0
     assert json.loads((run / "metrics.json").read_text())["val_loss"] == final["val_loss"]

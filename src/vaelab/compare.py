@@ -111,6 +111,8 @@ def _load(path: Path, name: str) -> Run:
             if k in run.metrics:
                 run.metrics[k] = int(run.metrics[k])
     ev = read_json(path / "eval.json") or {}
+    if run.state == "done" and not ev and run.config.get("trainer.final_eval") == "True":
+        run.state = "done (no eval)"  # a stop cut its end-of-training evaluation short: vaelab resume runs it
     run.metrics.update({f"test_{k}": v for k, v in ev.items()
                         if isinstance(v, (int, float)) and not isinstance(v, bool)})
     if ev and run.config:  # test numbers that are not the run's own final evaluation: say where they come from

@@ -270,8 +270,8 @@ def test_a_run_folder_that_holds_a_run_is_refused(tmp_path):
     assert err.startswith(f"hydra.sweep.dir={tmp_path}: that folder holds runs of an earlier sweep already")
     # Nested: a run in a sweep's folder, a sweep in a run's, either inside a run (compare and resume
     # would see only the outer one)
-    assert precheck([f"hydra.run.dir={tmp_path}"]) == (f"hydra.run.dir={tmp_path}: that folder is a sweep's (it holds "
-                                                      f"runs); give a new folder")
+    assert precheck([f"hydra.run.dir={tmp_path}"]) == (f"hydra.run.dir={tmp_path}: that folder holds runs (a "
+                                                      f"sweep's?); give a new folder")
     assert precheck(["-m", "latent_size=2,4", f"hydra.sweep.dir={tmp_path / 'run'}"]) == (
         f"hydra.sweep.dir={tmp_path / 'run'}: that folder holds a run already; give a new folder")
     for args in ([f"hydra.run.dir={tmp_path / 'run' / 'in'}"], ["-m", f"hydra.sweep.dir={tmp_path / 'run' / 'in'}"]):
@@ -383,6 +383,35 @@ def test_overrides_go_first_as_one_run_for_hydra():
     assert overrides_first(["a=1", "-m", "b=2"]) == ["a=1", "b=2", "-m"]
     assert overrides_first(["--info", "a=1", "-cn", "config", "b=2"]) == ["a=1", "b=2", "--info", "-cn", "config"]
     assert overrides_first(["--info", "defaults", "a=1"]) == ["a=1", "--info", "defaults"]
+
+
+@pytest.mark.parametrize("args", [
+    ["hparams_search=optuna", "hydra.sweeper.params=null", "latent_size=choice(8,16)"],  # no search space of its own
+    ["-m", "hydra/sweeper=optuna", "latent_size=choice(8,16)"],  # the plugin's defaults: Direction.minimize, no params
+    ["hparams_search=optuna", "experiment=choice(seed,iwae_paper_vae)", "name=cmp"],  # a config group, not a key
+    ["hparams_search=optuna", "hydra.sweeper.params.loss.beta=interval(1,1)"],  # one value: Optuna takes it
+    ["hparams_search=optuna", "hydra.sweeper.direction=[minimize,maximize]"],
+], ids=["params-null", "plugin-defaults", "group", "one-point-interval", "directions"])
+def test_valid_optuna_studies_pass_the_preflight(args):
+    assert precheck(args) is None
+
+
+def test_only_the_clock_named_default_folder_is_made_by_vaelab_train():
+    from vaelab.cli_errors import _clock_default
+
+    assert _clock_default("outputs/runs/${name}/${now:%Y-%m-%d_%H-%M-%S}", "hydra.run.dir", {})
+    assert not _clock_default("outputs/runs/${name}", "hydra.run.dir", {})  # checked for runs, as before
+    assert not _clock_default("mine/${now:%H}", "hydra.run.dir", {"hydra.run.dir": "mine/${now:%H}"})  # typed
+
+
+@pytest.mark.parametrize("args", [["--bogus"], ["-m", "latent_size=2,4", "--bogus"]], ids=["run", "sweep"])
+def test_a_command_line_hydra_refuses_leaves_no_folders(tiny_mnist, tmp_path, args):
+    """The pre-flight passes it (Hydra's flags are Hydra's), vaelab-train makes its folder, then
+    Hydra refuses: the folder goes again, with the outputs/ folders it made."""
+    r = subprocess.run([sys.executable, "-m", "vaelab.train", f"data.root={tiny_mnist}", *args], cwd=tmp_path,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "unrecognized arguments: --bogus" in r.stderr
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_cli_prints_one_line_and_exits_before_training(tmp_path):

@@ -241,11 +241,12 @@ def test_compare_lists_a_sweeps_runs_in_the_order_of_their_values(tmp_path):
     from vaelab.compare import find_runs
 
     names = ["latent_size=16", "latent_size=2", "latent_size=4,loss.beta=0.5", "latent_size=4,loss.beta=1e-05",
-             "latent_size=4,loss.beta=4"]
+             "latent_size=4,loss.beta=4", "latent_size=4,loss.beta=-1"]
     for name in names:
         (tmp_path / name / ".hydra").mkdir(parents=True)
         (tmp_path / name / ".hydra" / "config.yaml").write_text("{}")
-    assert [r.name for r in find_runs([tmp_path])] == ["latent_size=2", "latent_size=4,loss.beta=1e-05",
+    assert [r.name for r in find_runs([tmp_path])] == ["latent_size=2", "latent_size=4,loss.beta=-1",
+                                                       "latent_size=4,loss.beta=1e-05",
                                                        "latent_size=4,loss.beta=0.5", "latent_size=4,loss.beta=4",
                                                        "latent_size=16"]
 

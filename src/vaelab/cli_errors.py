@@ -237,23 +237,27 @@ def precheck(argv: list[str], fetch_data: bool = False, continuing: Path | None 
                 return str(e)
     key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
     folder = OmegaConf.select(full, key, throw_on_resolution_failure=False)
-    if where is not None and folder is not None and not _typed(key, given):
+    if where is not None and folder is not None and _by_the_clock(full, key, given):
         where.update(key=key, folder=Path(str(folder)))
     return None
 
 
-def claim_folder(folder: Path) -> Path:
-    """Make the folder a run or sweep will use, atomically, and return it: two vaelab-train
-    started in the same second resolve conf/config.yaml's ${now:...} to one folder, and would
-    write into each other's runs. One already there (another launch's) gives FOLDER_1, _2, ..."""
-    folder.parent.mkdir(parents=True, exist_ok=True)
+def claim_folder(folder: Path) -> list[Path]:
+    """Make the folder a run or sweep will use, atomically: two vaelab-train started in the same
+    second resolve conf/config.yaml's ${now:...} to one folder, and would write into each other's
+    runs. One already there (another launch's) gives FOLDER_1, _2, ... Returns the folder, then
+    each parent this call made (to remove, innermost first, if nothing runs in it)."""
+    made = [p for p in folder.absolute().parents if not p.exists()]
     out, n = folder, 1
     while True:
         try:
+            out.parent.mkdir(parents=True, exist_ok=True)
             out.mkdir()
-            return out
+            return [out, *made]
         except FileExistsError:
             out, n = folder.with_name(f"{folder.name}_{n}"), n + 1
+        except FileNotFoundError:  # another launch removed a parent it had made: make it again
+            continue
 
 
 def parse_error(overrides: list[str], exc: Exception) -> str:
@@ -349,12 +353,14 @@ def _argument_error(cmd: _CommandLine) -> str | None:
             return f"{key}={'null' if value is None else value}: empty; give a folder, e.g. {key}=runs/first"
     given = {key: cmd.given(key) for key in ("hydra.sweep.dir", "hydra.run.dir")}
     # (conf/config.yaml's own folders, passed on by a re-run of a saved config: launch() makes them)
-    sweep_dir, run_dir = (given[k] if _typed(k, given) else None for k in ("hydra.sweep.dir", "hydra.run.dir"))
+    sweep_dir, run_dir = (None if _clock_default(given.get(k), k, given) else given[k]
+                          for k in ("hydra.sweep.dir", "hydra.run.dir"))
     # As given (also for --config-dir re-runs, which are not composed below); the folders as
     # Hydra resolves them (${oc.env:...}, a sweep that hparams_search starts) are checked at the end.
     if not cmd.helps and not ({"--cfg", "-c", "--info", "-i"} & set(cmd.flags)):
         for key, folder, applies in (("hydra.sweep.dir", sweep_dir, cmd.multirun),
-                                     ("hydra.run.dir", run_dir, all(m in ("--run", "-r") for m in cmd.modes))):
+                                     ("hydra.run.dir", run_dir, not cmd.optuna and
+                                      all(m in ("--run", "-r") for m in cmd.modes))):
             taken = cmd.taken(Path(folder), sweep=key == "hydra.sweep.dir") if folder and applies else None
             if taken:
                 return f"{key}={folder}: {taken}"
@@ -541,7 +547,7 @@ def _taken(folder: Path, sweep: bool) -> str | None:
         return None
     if folder.is_dir() and ((folder / "multirun.yaml").is_file() or
                             any((d / ".hydra" / "config.yaml").is_file() for d in folder.iterdir() if d.is_dir())):
-        return "that folder is a sweep's (it holds runs); give a new folder"
+        return "that folder holds runs (a sweep's?); give a new folder"
     if not (folder / ".hydra" / "config.yaml").is_file():
         return None
     if not any((folder / "checkpoints").glob("*.pt")):
@@ -566,8 +572,8 @@ def _folder_error(composed: DictConfig, multirun: bool, given: dict, taken) -> s
         return f"{key} resolves to an empty path; give a folder, e.g. {key}=runs/first"
     # (a default folder, ${now:...}, that holds a run is another launch's of the same second:
     # launch() makes the next free one, FOLDER_1, instead)
-    err = unwritable(Path(str(folder))) or (taken(Path(str(folder)), sweep=key == "hydra.sweep.dir")
-                                            if _typed(key, given) else None)
+    err = unwritable(Path(str(folder))) or (None if _by_the_clock(composed, key, given)
+                                            else taken(Path(str(folder)), sweep=key == "hydra.sweep.dir"))
     if err is None:
         return None
     what = "sweep" if key == "hydra.sweep.dir" else "run"
@@ -578,6 +584,21 @@ def _typed(key: str, given: dict) -> bool:
     """Whether the user named this folder (a re-run of a saved config gets conf/config.yaml's
     folders as overrides: not the user's words)."""
     return bool(given.get(key)) and given[key] != _default_folders().get(key)
+
+
+def _clock_default(raw, key: str, given: dict) -> bool:
+    """Whether `raw`, the folder's unresolved value, is a default named by the clock (conf/config.yaml's
+    ${now:...}), which launch() makes itself; any other folder is checked for runs as it is."""
+    return raw is not None and "${now:" in str(raw) and not _typed(key, given)
+
+
+def _by_the_clock(composed: DictConfig, key: str, given: dict) -> bool:
+    section, leaf = key.rsplit(".", 1)
+    try:
+        raw = OmegaConf.to_container(OmegaConf.select(composed, section), resolve=False).get(leaf)
+    except Exception:
+        return False
+    return _clock_default(raw, key, given)
 
 
 def _other_folder_error(composed: DictConfig, multirun: bool) -> str | None:
@@ -660,19 +681,22 @@ def _optuna_settings_error(composed: DictConfig, cmd: _CommandLine) -> str | Non
         if not isinstance(value, int) or value < 1:
             return f"hydra.sweeper.{key}={value}: give the number of {what}, an integer >= 1"
     directions = sweeper.get("direction")
-    if any(str(d) not in ("minimize", "maximize") for d in (directions if isinstance(directions, list) or
-                                                             OmegaConf.is_list(directions) else [directions])):
+    # (the plugin's own default is its Direction enum, Direction.minimize)
+    named = [str(getattr(d, "name", d)).rsplit(".", 1)[-1] for d in (directions if isinstance(directions, list) or
+                                                                     OmegaConf.is_list(directions) else [directions])]
+    if any(d not in ("minimize", "maximize") for d in named):
         return f"hydra.sweeper.direction={directions}: allowed: minimize, maximize"
     # The search space: the sweeper's params (its yaml's, and hydra.sweeper.params.KEY=... given,
     # which the composed section leaves out when it is a sweep), and the swept overrides.
     prefix = "hydra.sweeper.params."
-    params = OmegaConf.to_container(sweeper.get("params") or {}, resolve=False)
+    params = OmegaConf.to_container(sweeper.params, resolve=False) if OmegaConf.is_dict(sweeper.get("params")) else {}
     params.update((o.key_or_group[len(prefix):], o.input_line.split("=", 1)[1]) for o in cmd.parsed
                   if o.key_or_group.startswith(prefix))
     space = [(f"{prefix}{k}", k, v) for k, v in params.items()] + [
         (o.key_or_group, o.key_or_group, o.input_line.split("=", 1)[1]) for o in cmd.task if o.is_sweep_override()]
     for given, key, spec in space:
-        if OmegaConf.select(composed, key, default="<missing>") == "<missing>":
+        group = (CONF_DIR / key.replace(".", "/")).is_dir()  # experiment=choice(seed,...): a group, not a key
+        if not group and OmegaConf.select(composed, key, default="<missing>") == "<missing>":
             known = [f"{k}" for k in _leaf_keys(composed) if not k.startswith("hydra.")]
             close = difflib.get_close_matches(key, known, n=1)
             return (f"{given}={spec}: {key} is not in the config, so the study has nothing to set"
@@ -682,7 +706,7 @@ def _optuna_settings_error(composed: DictConfig, cmd: _CommandLine) -> str | Non
         except Exception:  # Hydra's grammar: the sweeper will say
             continue
         start, end = getattr(value, "start", None), getattr(value, "end", None)
-        if isinstance(start, (int, float)) and isinstance(end, (int, float)) and start >= end:
+        if isinstance(start, (int, float)) and isinstance(end, (int, float)) and start > end:
             return f"{given}={spec}: an interval's low end must be below its high end, as in interval({end}, {start})"
     return None
 

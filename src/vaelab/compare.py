@@ -28,6 +28,7 @@ import yaml
 from hydra.experimental.callback import Callback
 from omegaconf import OmegaConf
 
+from vaelab import checkpoint as ckpt_io
 from vaelab.checkpoint import read_json, run_state
 from vaelab.cli_errors import unwritable
 
@@ -71,8 +72,9 @@ def _is_run(d: Path) -> bool:
 def _natural(name: str) -> list:
     """Sort key that reads the numbers in a name as numbers: latent_size=2 before latent_size=16,
     loss.beta=0.5 before loss.beta=4 (a sweep's folders, in the order of their values)."""
-    return [(0, float(part), "") if re.fullmatch(r"\d+(\.\d+)?(e[-+]?\d+)?", part) else (1, 0.0, part)
-            for part in re.split(r"(\d+(?:\.\d+)?(?:e[-+]?\d+)?)", name) if part]
+    number = r"\d+(?:\.\d+)?(?:[eE][-+]?\d+)?"  # with its sign right after '=' (a value), not in a date
+    return [[(0, float(part), "") if re.fullmatch(f"-?{number}", part) else (1, 0.0, part)
+             for part in re.split(f"((?:(?<==)-)?{number})", name) if part], name]  # (name breaks ties: 2, 2.0)
 
 
 def find_runs(dirs: list[str | Path]) -> list[Run]:
@@ -112,7 +114,11 @@ def _load(path: Path, name: str) -> Run:
                 run.metrics[k] = int(run.metrics[k])
     ev = read_json(path / "eval.json") or {}
     if run.state == "done" and not ev and run.config.get("trainer.final_eval") == "True":
-        run.state = "done (no eval)"  # a stop cut its end-of-training evaluation short: vaelab resume runs it
+        try:
+            ckpt_io.check_not_in_use(path)
+            run.state = "done (no eval)"  # a stop cut its end-of-training evaluation short: vaelab resume runs it
+        except ckpt_io.CheckpointError:
+            run.state = "evaluating"  # its process is at the end-of-training evaluation now
     run.metrics.update({f"test_{k}": v for k, v in ev.items()
                         if isinstance(v, (int, float)) and not isinstance(v, bool)})
     if ev and run.config:  # test numbers that are not the run's own final evaluation: say where they come from

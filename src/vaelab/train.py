@@ -599,7 +599,8 @@ def hydra_main(cfg: DictConfig) -> float:
         if not began and {p.name for p in run_dir.iterdir()} <= {".hydra", "train.log"}:
             try:
                 with ckpt_io.only_process(run_dir):  # not a run another process has just begun there
-                    shutil.rmtree(run_dir, ignore_errors=True)
+                    if {p.name for p in run_dir.iterdir()} <= {".hydra", "train.log"}:  # (looked at again, held)
+                        shutil.rmtree(run_dir, ignore_errors=True)
             except ckpt_io.CheckpointError:
                 pass
             _remove_name_folder_if_empty(run_dir.parent, hc.runtime.cwd)

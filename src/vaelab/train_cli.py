@@ -99,23 +99,22 @@ def launch(argv: list[str], prog: str = "vaelab-train", continuing: Path | None 
     if err:
         print(f"{prog}: error: {err}", file=sys.stderr)
         return 2
-    pinned, claimed = [], None
+    pinned, claimed = [], []
     if where:  # the default ${now:...} folder, made now and given to Hydra as made (in place of
         # the default itself, which a re-run of a saved config passes as ++KEY=...)
         argv = [a for a in argv if a.split("=", 1)[0].lstrip("+") != where["key"]]
         claimed = claim_folder(where["folder"])
-        pinned = [f"{where['key']}={override_value(str(claimed))}"]
+        pinned = [f"{where['key']}={override_value(str(claimed[0]))}"]
     # Hydra reads its arguments from sys.argv
     sys.argv[1:] = add_overrides(overrides_first(argv), [*pinned, *sweep_name_override(argv)])
     try:
         return _run_hydra(prog)
-    finally:
-        if claimed is not None:  # nothing ran in it (Hydra refused the command line): don't leave it
-            for folder in (claimed, claimed.parent):
-                try:
-                    folder.rmdir()
-                except OSError:  # not empty: a run (or another run of that name) is there
-                    break
+    finally:  # nothing ran in it (Hydra refused the command line): don't leave it, nor what it made
+        for folder in claimed:
+            try:
+                folder.rmdir()
+            except OSError:  # not empty: a run (or another launch's) is there
+                break
 
 
 def _run_hydra(prog: str) -> int:

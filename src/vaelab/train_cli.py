@@ -113,6 +113,8 @@ def launch(argv: list[str], prog: str = "vaelab-train", continuing: Path | None 
         for folder in claimed:
             try:
                 folder.rmdir()
+            except FileNotFoundError:  # the refused job's clean-up removed it already
+                continue
             except OSError:  # not empty: a run (or another launch's) is there
                 break
 

@@ -125,6 +125,22 @@ def read_json(path: str | Path) -> dict | None:
     return got if isinstance(got, dict) else None
 
 
+def is_run(folder: str | Path) -> bool:
+    """A run folder: it holds the config Hydra saved for it."""
+    return (Path(folder) / ".hydra" / "config.yaml").is_file()
+
+
+def enclosing_run(path: str | Path) -> Path | None:
+    """The run folder `path` is inside (RUN/checkpoints, RUN/.hydra/x), or None."""
+    return next((p for p in Path(path).absolute().parents if is_run(p)), None)
+
+
+def holds_runs(folder: str | Path) -> bool:
+    """Runs directly below `folder`: a sweep's folder."""
+    folder = Path(folder)
+    return folder.is_dir() and any(is_run(d) for d in folder.iterdir() if d.is_dir())
+
+
 # In a run folder after an early stop (train() writes it, its next start removes it):
 # {"state": "diverged" | "interrupted" | "failed", "reason": the one-line message}
 STOPPED = "stopped.json"

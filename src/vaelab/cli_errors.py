@@ -24,6 +24,7 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
 
+from vaelab.checkpoint import enclosing_run, holds_runs, is_run
 from vaelab.config import CONF_DIR, Config, ConfigError, hydra_section, register_configs, typed, validate
 
 # Hydra's own flags; those in _WITH_VALUE take the next argument as their value.
@@ -70,7 +71,8 @@ def overrides_first(argv: list[str]) -> list[str]:
     ended in its usage block), and a flag with an optional value (--info) would take an override
     that followed it as that value."""
     where, _ = _positions(argv)
-    return [argv[i] for i in where] + [a for i, a in enumerate(argv) if i not in set(where)]
+    rest = set(range(len(argv))) - set(where)
+    return [argv[i] for i in where] + [argv[i] for i in sorted(rest)]
 
 
 def add_overrides(argv: list[str], extra: list[str]) -> list[str]:
@@ -530,13 +532,13 @@ def _taken(folder: Path, sweep: bool) -> str | None:
     """Why a run (or a sweep) must not start in `folder`: it holds a run (an earlier sweep's runs).
     Hydra writes the composed config into the folder before vaelab's code runs, over the run's
     own; the jobs of a sweep named like the old ones would carry those runs on under new settings."""
-    inside = next((p for p in folder.absolute().parents if (p / ".hydra" / "config.yaml").is_file()), None)
+    inside = enclosing_run(folder)
     if inside is not None:  # its runs would be hidden: compare and resume see the run around them
         return f"that folder is inside the run {inside}; give a folder outside it"
     if sweep:
-        if (folder / ".hydra" / "config.yaml").is_file():
+        if is_run(folder):
             return "that folder holds a run already; give a new folder"
-        if folder.is_dir() and any((d / ".hydra" / "config.yaml").is_file() for d in folder.iterdir() if d.is_dir()):
+        if holds_runs(folder):
             job = shlex.quote(str(folder / "JOB"))
             if not (folder / "multirun.yaml").is_file():  # an Optuna study's (its sweeper writes none)
                 return (f"that folder holds runs of an earlier study already; give a new folder (carry one of "
@@ -545,10 +547,9 @@ def _taken(folder: Path, sweep: bool) -> str | None:
                     f"with 'vaelab resume {shlex.quote(str(folder))}', one of its runs with "
                     f"'vaelab resume {job} [KEY=VALUE ...]')")
         return None
-    if folder.is_dir() and ((folder / "multirun.yaml").is_file() or
-                            any((d / ".hydra" / "config.yaml").is_file() for d in folder.iterdir() if d.is_dir())):
+    if (folder / "multirun.yaml").is_file() or holds_runs(folder):
         return "that folder holds runs (a sweep's?); give a new folder"
-    if not (folder / ".hydra" / "config.yaml").is_file():
+    if not is_run(folder):
         return None
     if not any((folder / "checkpoints").glob("*.pt")):
         return (f"that folder holds a run already (stopped before its first checkpoint); start it again "
@@ -697,7 +698,7 @@ def _optuna_settings_error(composed: DictConfig, cmd: _CommandLine) -> str | Non
     for given, key, spec in space:
         group = (CONF_DIR / key.replace(".", "/")).is_dir()  # experiment=choice(seed,...): a group, not a key
         if not group and OmegaConf.select(composed, key, default="<missing>") == "<missing>":
-            known = [f"{k}" for k in _leaf_keys(composed) if not k.startswith("hydra.")]
+            known = [k for k, _ in leaves(OmegaConf.to_container(composed, resolve=False)) if not k.startswith("hydra.")]
             close = difflib.get_close_matches(key, known, n=1)
             return (f"{given}={spec}: {key} is not in the config, so the study has nothing to set"
                     + (f"; did you mean '{close[0]}'?" if close else ""))
@@ -711,12 +712,14 @@ def _optuna_settings_error(composed: DictConfig, cmd: _CommandLine) -> str | Non
     return None
 
 
-def _leaf_keys(node, prefix: str = "") -> list[str]:
-    out = []
-    for k in node.keys() if OmegaConf.is_dict(node) else []:
-        child = node._get_node(k)
-        out += _leaf_keys(child, f"{prefix}{k}.") if OmegaConf.is_dict(child) else [f"{prefix}{k}"]
-    return out
+def leaves(tree: dict, prefix: str = ""):
+    """(dotted key, value) of each leaf of a nested dict: {'a': {'b': 1}} gives ('a.b', 1)."""
+    for k, v in tree.items():
+        key = f"{prefix}.{k}" if prefix else str(k)
+        if isinstance(v, dict) and v:
+            yield from leaves(v, key)
+        else:
+            yield key, v
 
 
 def _optuna_storage_error(composed: DictConfig) -> str | None:

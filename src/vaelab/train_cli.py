@@ -13,7 +13,7 @@ from pathlib import Path
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
-from vaelab.cli_errors import add_overrides, claim_folder, overrides_first, precheck, split_args
+from vaelab.cli_errors import add_overrides, claim_folder, leaves, overrides_first, precheck, split_args
 from vaelab.config import CONF_DIR, hydra_section, register_configs
 
 
@@ -59,17 +59,9 @@ def saved_config_argv(argv: list[str]) -> list[str]:
     # callback and its exit status, logging), as ++key=value, except the folder-name key that
     # main() derives from this command line.
     keep = {"hydra.searchpath": f"['file://{CONF_DIR}']"}
-    keep.update((k, override_value(v)) for k, v in _leaves(hydra_section(), "hydra") if k != SWEEP_NAME_KEY)
+    keep.update((k, override_value(v)) for k, v in leaves(hydra_section(), "hydra") if k != SWEEP_NAME_KEY)
     return add_overrides(argv[:i] + ["--config-path", os.path.abspath(folder)] + rest,
                          [f"++{k}={v}" for k, v in keep.items() if k not in given])
-
-
-def _leaves(tree: dict, prefix: str):
-    for k, v in tree.items():
-        if isinstance(v, dict) and v:
-            yield from _leaves(v, f"{prefix}.{k}")
-        else:
-            yield f"{prefix}.{k}", v
 
 
 def override_value(v) -> str:

@@ -67,7 +67,7 @@ def runs_hint(folder: Path) -> str:
     """For a path given where a run is wanted: '; <the runs below it>, give one of them, e.g.
     <the first>' (outputs/, outputs/multirun/, a sweep, a name folder), '; it is in the run
     <RUN>, give that' (RUN/checkpoints, RUN/.hydra, RUN/checkpoints/last.pt), or ''."""
-    inside = next((p for p in folder.absolute().parents if (p / ".hydra" / "config.yaml").is_file()), None)
+    inside = ckpt_io.enclosing_run(folder)
     if inside is not None:  # (absolute: `last.pt` or `.` given from inside RUN/checkpoints)
         return f"; it is in the run {inside}, give that"
     # a sweep's jobs are 1 below it, outputs/multirun/NAME/TIME/JOB 4 below outputs/

@@ -30,10 +30,8 @@ from torch.profiler import ProfilerActivity, profile
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from vaelab.config import CONF_DIR, register_configs, typed
-from vaelab.data import to_float
-from vaelab.losses import vae_loss
 from vaelab.optim import FlatAdam
-from vaelab.train import CudaGraphStep, build_model, build_optimizer
+from vaelab.train import CudaGraphStep, build_model, build_optimizer, forward_loss, make_step
 
 N = 60000
 
@@ -47,27 +45,12 @@ def setup(batch: int, graphed: bool, compiled: str = "", impl: str = "auto"):
     torch.manual_seed(0)
     model = build_model(cfg).to(dev)
     opt = build_optimizer(cfg, model, capturable=graphed)
-    fwd = torch.compile(model) if compiled == "model" else model
-
-    def forward_loss(x, beta):
-        logits, mu, logvar = fwd(x)
-        return vae_loss(logits, x, mu, logvar, recon="mse", beta=beta)
-
+    loss_fn = forward_loss(torch.compile(model) if compiled == "model" else model, "mse")
     if compiled == "model+loss":  # one compiled region: the loss's elementwise work fuses too
-        forward_loss = torch.compile(forward_loss)
+        loss_fn = torch.compile(loss_fn)
     images = torch.randint(0, 256, (N, 784), dtype=torch.uint8, device=dev)
     perm = torch.randperm(N, device=dev)
-    acc = torch.zeros(4, device=dev)
-    one = torch.ones((), device=dev)
-
-    def step(idx, beta):  # train.py's step and train_step, without the pieces that are off by default
-        x = to_float(images.index_select(0, idx))
-        terms = forward_loss(x, beta)
-        opt.zero_grad(set_to_none=True)
-        terms["loss"].backward()
-        opt.step()
-        acc.add_(torch.stack([terms["loss"], terms["recon"], terms["kl"], one]).detach(), alpha=idx.shape[0])
-
+    step = make_step(loss_fn, model, opt, images, (torch.zeros(4, device=dev), torch.zeros(4, device=dev)))
     run = CudaGraphStep(step, opt, batch, dev) if graphed else step
     return run, perm, step
 

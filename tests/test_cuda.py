@@ -106,3 +106,24 @@ def test_compile_modes_that_record_cuda_graphs_and_the_whole_step_graph_are_refu
         validate(cfg)
     validate(compose_cfg(["device=cuda", "trainer.compile=true", f"trainer.compile_mode={mode}",
                           "trainer.cuda_graph=false"]))
+
+
+def test_the_warm_up_thread_changes_no_number(tiny_mnist, tmp_path):
+    # trainer.cuda_warmup (the default) runs two steps of a throwaway model in a thread while the
+    # data loads: a draw it left behind in the device's generator would change every weight.
+    common = ["trainer.cuda_graph=true", "optim.impl=auto", "trainer.deterministic=true"]
+    run(tiny_mnist, tmp_path / "warm", *common)
+    run(tiny_mnist, tmp_path / "cold", *common, "trainer.cuda_warmup=false")
+    wa, wb = weights(tmp_path / "warm"), weights(tmp_path / "cold")
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_a_failed_warm_up_costs_the_run_only_a_warning(tiny_mnist, tmp_path, monkeypatch, caplog):
+    import vaelab.train as tr
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("no room for the throwaway model")
+    monkeypatch.setattr(tr, "warm_up", broken)
+    metrics = run(tiny_mnist, tmp_path / "r", "trainer.cuda_graph=true")
+    assert math.isfinite(metrics["val_loss"])
+    assert "the CUDA warm-up step failed (no room for the throwaway model)" in caplog.text

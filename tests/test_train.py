@@ -135,3 +135,27 @@ def test_the_epoch_line_calls_a_validation_number_a_negative_elbo_only_where_it_
     note = [r.getMessage() for r in caplog.records if "Gaussian decoder's constant" in r.getMessage()]
     assert note == (["loss.recon=mse: train and val losses leave out the Gaussian decoder's constant; add 448.73 "
                      "nats for the -ELBO (vaelab eval does)"] if recon == "mse" else [])
+
+
+@pytest.mark.parametrize("extra", [[], ["trainer.amp=bf16", "data.binarize=dynamic", "loss.recon=bce",
+                                        "trainer.grad_clip=1.0", "optim.impl=flat"]],
+                         ids=["seed", "bf16-dynamic-bce-clip-flat"])
+def test_the_warm_up_runs_two_steps_and_leaves_the_generator_as_it_found_it(monkeypatch, extra):
+    """train() runs warm_up in a thread on a CUDA device only (tests/test_cuda.py; CI has none).
+    Here the function itself on the CPU, whose generator the reparameterisation then draws from:
+    without putting it back, the run after the warm-up would draw other noise."""
+    import vaelab.train as tr
+    from tests.conftest import compose_cfg
+
+    batches, make_step = [], tr.make_step
+
+    def counted(*args, **kwargs):
+        step = make_step(*args, **kwargs)
+        return lambda idx, beta: (batches.append(idx.shape[0]), step(idx, beta))
+    monkeypatch.setattr(tr, "make_step", counted)
+    cfg = compose_cfg(["experiment=seed", *extra])
+    torch.manual_seed(3)
+    before = torch.get_rng_state()
+    tr.warm_up(cfg, torch.device("cpu"), 784, graphed=False)
+    assert batches == [64, 64]
+    assert torch.equal(torch.get_rng_state(), before)

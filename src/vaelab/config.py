@@ -141,6 +141,10 @@ class TrainerConfig:
     # CudaGraphStep): the same arithmetic with one launch instead of ~75, 8x the eager step's
     # speed for the seed model on an H200. Ignored on other devices.
     cuda_graph: bool = True
+    # On a CUDA device, run two steps of a throwaway copy of the model in a thread while the data
+    # loads (train.py's warm_up): the kernels and cuBLAS then load there, not in epoch 1. The
+    # same numbers either way. Ignored on other devices.
+    cuda_warmup: bool = True
     num_samples: int = 64  # size of the fixed-noise sample grid
     progress: bool = True  # tqdm bars
     final_eval: bool = True  # run `vaelab eval` on the test split when training ends

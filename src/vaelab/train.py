@@ -101,6 +101,110 @@ def lr_at(cfg: DictConfig, epoch: int) -> float:
     return cfg.optim.lr
 
 
+def forward_loss(forward, recon: str, amp=None):
+    """(x, beta) -> the loss terms of vae_loss (per-example means) for the model call `forward`
+    (the model, or its torch.compile'd form), under the autocast context `amp` if one is given;
+    the loss itself in float32."""
+    amp = amp if amp is not None else nullcontext()
+
+    def terms(x: torch.Tensor, beta: float | torch.Tensor) -> dict[str, torch.Tensor]:
+        with amp:
+            logits, mu, logvar = forward(x)
+        return vae_loss(logits.float(), x, mu.float(), logvar.float(), recon=recon, beta=beta)
+    return terms
+
+
+def make_step(loss_fn, model: torch.nn.Module, opt: torch.optim.Optimizer, images: torch.Tensor,
+              sums: tuple[torch.Tensor, ...], binarize: str = "none", grad_clip: float = 0.0):
+    """The training step, `step(idx, beta)`: the batch images[idx] as floats, loss_fn(x, beta)
+    (forward_loss), backward, optional gradient clipping, the optimizer's update; then the
+    step's (loss, recon, kl, examples) sums added into each tensor of `sums` on the device, so
+    that the loop syncs with the host only when it logs. Returns nothing: everything it changes
+    is updated in place, which is what lets CudaGraphStep replay it."""
+    one = torch.ones((), device=images.device)
+
+    def step(idx: torch.Tensor, beta: float | torch.Tensor) -> None:
+        x = to_float(images.index_select(0, idx), binarize)
+        terms = loss_fn(x, beta)
+        opt.zero_grad(set_to_none=True)
+        terms["loss"].backward()
+        if grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+        opt.step()
+        means = torch.stack([terms["loss"], terms["recon"], terms["kl"], one]).detach()
+        for s in sums:
+            s.add_(means, alpha=idx.shape[0])
+    return step
+
+
+def warm_up(cfg: DictConfig, device: torch.device, input_dim: int, graphed: bool) -> None:
+    """Two training steps of a throwaway copy of cfg's model (zero weights, zero images) on a
+    stream of its own, for what a fresh process pays once: on a CUDA device, loading each
+    kernel at its first launch and cuBLAS's first products, 0.2-0.3 s on an H200, which
+    otherwise lands in epoch 1 (benchmarks/README.md). train() runs it in a thread while the
+    main thread loads the data. It changes nothing of the run: the model is built on the meta
+    device (no draws from the CPU generator, which the main thread is using to initialise the
+    real model), and the device's generator, which the reparameterisation draws from, is put
+    back as it was (the main thread draws nothing from it until the warm-up has finished)."""
+    rng = torch.cuda.get_rng_state(device) if device.type == "cuda" else torch.get_rng_state()
+    t = cfg.trainer
+    try:
+        # Everything on the warm-up's own stream, made there too: nothing it does waits for, or
+        # races with, the data being copied to the device on the main thread's stream.
+        with torch.cuda.device(device) if device.type == "cuda" else nullcontext():
+            stream = torch.cuda.Stream(device) if device.type == "cuda" else None
+            with torch.cuda.stream(stream):
+                with torch.device("meta"):
+                    model = build_model(cfg, input_dim)
+                model = model.to_empty(device=device)
+                with torch.no_grad():
+                    for p in model.parameters():
+                        p.zero_()
+                opt = build_optimizer(cfg, model, capturable=graphed)
+                amp = torch.autocast(device.type, dtype=torch.bfloat16) if t.amp == "bf16" else None
+                images = torch.zeros(t.batch_size, input_dim, dtype=torch.uint8, device=device)
+                step = make_step(forward_loss(model, cfg.loss.recon, amp), model, opt, images,
+                                 (torch.zeros(4, device=device),), binarize=cfg.data.binarize, grad_clip=t.grad_clip)
+                idx, beta = torch.arange(t.batch_size, device=device), torch.zeros((), device=device)
+                for _ in range(2):  # Adam's first step makes its state; the second is every later step's
+                    step(idx, beta)
+            if stream is not None:
+                stream.synchronize()
+    finally:
+        if device.type == "cuda":
+            torch.cuda.set_rng_state(rng, device)
+        else:
+            torch.set_rng_state(rng)
+
+
+def start_warm_up(cfg: DictConfig, device: torch.device, graphed: bool):
+    """warm_up in a daemon thread where it pays (trainer.cuda_warmup, on a CUDA device);
+    returns a function that waits for it, to be called before anything else draws from the
+    device's generator. A failed warm-up costs the run nothing but a log line."""
+    if not (cfg.trainer.cuda_warmup and device.type == "cuda"):
+        return lambda: None
+    import threading
+    from math import prod
+    from vaelab.data import IMAGE_SHAPE
+    failed = []
+
+    def work():
+        try:
+            warm_up(cfg, device, prod(IMAGE_SHAPE), graphed)  # the data's shape, known before it is read
+        except Exception as e:  # noqa: BLE001 - the run itself will meet (and report) any real problem
+            failed.append(e)
+
+    thread = threading.Thread(target=work, name="vaelab-cuda-warmup", daemon=True)
+    thread.start()
+
+    def wait() -> None:
+        thread.join()
+        if failed:
+            log.warning("the CUDA warm-up step failed (%s); epoch 1 pays for the start-up instead",
+                        str(failed[0]).splitlines()[0] if str(failed[0]) else type(failed[0]).__name__)
+    return wait
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -259,10 +363,15 @@ def _train(cfg: DictConfig, run_dir: Path, data: MNISTData | None) -> dict:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True)
         torch.backends.cudnn.benchmark = False
+    graphed = t.cuda_graph and device.type == "cuda"
 
     if data is None:
-        data = load_data(cfg.data.root, device, val_size=cfg.data.val_size, split_seed=cfg.data.split_seed,
-                         binarize=cfg.data.binarize, download=cfg.data.download)
+        warmed_up = start_warm_up(cfg, device, graphed)  # a throwaway step on a CUDA device, while the data loads
+        try:
+            data = load_data(cfg.data.root, device, val_size=cfg.data.val_size, split_seed=cfg.data.split_seed,
+                             binarize=cfg.data.binarize, download=cfg.data.download)
+        finally:  # before any draw from the device's generator, also when the data cannot be read
+            warmed_up()
     n_train = len(data.train)
     # The input is good: from here on the run folder changes.
     (run_dir / ckpt_io.STOPPED).unlink(missing_ok=True)  # why the run last stopped early; `vaelab compare` shows it
@@ -274,7 +383,6 @@ def _train(cfg: DictConfig, run_dir: Path, data: MNISTData | None) -> dict:
     if data.val_is_test:
         log.info("data.val_size=0: training on all %d images; 'val' metrics are computed on the test split", n_train)
     model = build_model(cfg, data.train.dim, data.train.image_shape).to(device)
-    graphed = t.cuda_graph and device.type == "cuda"
     opt = build_optimizer(cfg, model, capturable=graphed)
     plain_cfg = to_plain(cfg)
 
@@ -344,7 +452,6 @@ def _train(cfg: DictConfig, run_dir: Path, data: MNISTData | None) -> dict:
     amp = (torch.autocast(device.type, dtype=torch.bfloat16, cache_enabled=not graphed) if t.amp == "bf16"
            else nullcontext())
 
-    one = torch.ones((), device=device)
     # Hot-loop settings as plain Python values: an OmegaConf read costs ~7 us, ~50 us a step.
     batch_size, log_every, grad_clip = t.batch_size, t.log_every, t.grad_clip
     recon, binarize = getattr(lcfg.recon, "value", lcfg.recon), data.binarize
@@ -355,29 +462,11 @@ def _train(cfg: DictConfig, run_dir: Path, data: MNISTData | None) -> dict:
         first = max(st["step"] - st["step"] % log_every, st["step"] - st["pos"] // batch_size)
         st["log_beta"] = sum(beta_at(s, beta_max, warmup) * batch_size for s in range(first, st["step"]))
 
-    def train_step(x: torch.Tensor, beta: float | torch.Tensor) -> torch.Tensor:
-        with amp:
-            logits, mu, logvar = step_model(x)
-        terms = vae_loss(logits.float(), x, mu.float(), logvar.float(), recon=recon, beta=beta)
-        opt.zero_grad(set_to_none=True)
-        terms["loss"].backward()
-        if grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-        opt.step()
-        # (loss, recon, kl, 1) per example; the caller sums them x batch size on the device:
-        # no host sync per step.
-        return torch.stack([terms["loss"], terms["recon"], terms["kl"], one]).detach()
-
     # (loss, recon, kl, examples) sums of the epoch and of the log interval, on the device.
     # Fixed tensors for the whole run: a CUDA graph adds into them at fixed addresses.
     epoch_acc, log_acc = torch.zeros(4, device=device), torch.zeros(4, device=device)
-
-    def step(idx: torch.Tensor, beta: float | torch.Tensor) -> None:
-        x = to_float(data.train.images.index_select(0, idx), binarize)
-        step_means = train_step(x, beta)
-        epoch_acc.add_(step_means, alpha=idx.shape[0])
-        log_acc.add_(step_means, alpha=idx.shape[0])
-
+    step = make_step(forward_loss(step_model, recon, amp), model, opt, data.train.images, (epoch_acc, log_acc),
+                     binarize=binarize, grad_clip=grad_clip)
     run_step = CudaGraphStep(step, opt, batch_size, device) if graphed else step
 
     stop = _StopFlag()

@@ -5,8 +5,9 @@
 #
 # defaults: ../shared/data, ../shared/reference/seed_vae.py, benchmarks/results/gpu, 600.
 # 1. tests/test_cuda.py: trainer.cuda_graph trains as the eager step does (CI has no GPU).
-# 2. benchmarks/speed.py --device cuda with the defaults (the step as a CUDA graph, flat Adam),
-#    and with optim.impl=fused; benchmarks/gpu_step.py (a fresh process's first step op by op, the
+# 2. benchmarks/speed.py --device cuda with the defaults (the step as a CUDA graph, flat Adam,
+#    the warm-up step in a thread), without the warm-up (trainer.cuda_warmup=false), and with
+#    optim.impl=fused; benchmarks/gpu_step.py (a fresh process's first step op by op, the
 #    update alone, where the first steps and the step's GPU time go, TF32); while the budget lasts, the eager step
 #    (trainer.cuda_graph=false) and the opt-in variants (bf16 autocast, torch.compile).
 # Each stage has its own time limit, so one that hangs cannot take the others' results with it.
@@ -42,10 +43,11 @@ SPEED=($PY benchmarks/speed.py --data-root "$DATA" --reference "$REF" --device "
 
 stage tests 180 60 $PY -m pytest -x -p no:cacheprovider tests/test_cuda.py tests/test_optim.py -rs
 stage speed 200 120 "${SPEED[@]}" --rounds 2 --out "$OUT/speed-$DEVICE.json"
-stage speed-fused 200 120 "${SPEED[@]}" --rounds 2 --out "$OUT/speed-$DEVICE-fused.json" optim.impl=fused
+stage speed-cold 150 60 "${SPEED[@]}" --rounds 1 --out "$OUT/speed-$DEVICE-cold.json" trainer.cuda_warmup=false
 stage first-ops 60 15 $PY benchmarks/gpu_step.py --first-ops
-stage adam-only 60 15 $PY benchmarks/gpu_step.py --adam-only
 stage step 120 30 $PY benchmarks/gpu_step.py --batch-sizes 64,256,1024,4096
+stage speed-fused 200 120 "${SPEED[@]}" --rounds 2 --out "$OUT/speed-$DEVICE-fused.json" optim.impl=fused
+stage adam-only 60 15 $PY benchmarks/gpu_step.py --adam-only
 stage step-fused 120 30 $PY benchmarks/gpu_step.py --impl fused --batch-sizes 64
 stage step-tf32 120 30 $PY benchmarks/gpu_step.py --tf32 --batch-sizes 64
 stage speed-eager 150 60 "${SPEED[@]}" --rounds 1 --out "$OUT/speed-$DEVICE-eager.json" trainer.cuda_graph=false

@@ -6,7 +6,8 @@ Runs the two alternately (A B A B ...) on the same data, device, epochs and seed
 own process, and prints per epoch: training samples/s (images / seconds in the training
 loop, the seed's own definition), the ratio of the medians, each process's peak RSS, and the
 mean train loss per epoch in nats per example, so a speed-up cannot hide a different
-result. Writes the whole record as JSON (default benchmarks/results/speed-<device>.json).
+result, and each process's wall time from start to exit (start-up, data loading and
+checkpoints included), so that time moved out of the training loop shows where it went. Writes the whole record as JSON (default benchmarks/results/speed-<device>.json).
 """
 from __future__ import annotations
 
@@ -160,6 +161,9 @@ def main() -> None:
         "reference_samples_per_s": ref_rate, "vaelab_samples_per_s": vl_rate, "ratio": vl_rate / ref_rate,
         "reference_peak_rss_mib": max(r["peak_rss_mib"] for r in runs if r["impl"] == "reference"),
         "vaelab_peak_rss_mib": max(r["peak_rss_mib"] for r in runs if r["impl"] == "vaelab"),
+        # each process from start to exit: start-up, data loading, validation and checkpoints included
+        "reference_wall_s": statistics.median(r["wall_s"] for r in runs if r["impl"] == "reference"),
+        "vaelab_wall_s": statistics.median(r["wall_s"] for r in runs if r["impl"] == "vaelab"),
         "loss_per_epoch": loss_rows,
         "max_abs_rel_loss_diff": max(abs(r["rel_diff"]) for r in loss_rows),
     }
@@ -168,6 +172,8 @@ def main() -> None:
           f"ratio {summary['ratio']:.2f}x")
     print(f"peak RSS: reference {summary['reference_peak_rss_mib']:.0f} MiB, "
           f"vaelab {summary['vaelab_peak_rss_mib']:.0f} MiB")
+    print(f"whole process, start to exit (median): reference {summary['reference_wall_s']:.1f} s, "
+          f"vaelab {summary['vaelab_wall_s']:.1f} s")
     for r in loss_rows:
         print(f"epoch {r['epoch']} mean train loss: reference {r['reference']:.4f}, vaelab {r['vaelab']:.4f} "
               f"nats/example ({100 * r['rel_diff']:+.2f}%)")

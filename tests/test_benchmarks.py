@@ -84,6 +84,11 @@ def test_speed_runs_both_programs_and_writes_the_record(tiny_mnist, tmp_path):
     assert s["max_abs_rel_loss_diff"] < 0.05
     assert s["ratio"] == pytest.approx(s["vaelab_samples_per_s"] / s["reference_samples_per_s"])
     assert rec["machine"]["device"] == "cpu"
+    # each process's whole life, more than its one epoch of training
+    for r in rec["runs"]:
+        assert r["wall_s"] > r["epochs"][0]["seconds"]
+        assert s[f"{r['impl']}_wall_s"] == r["wall_s"]
+    assert f"whole process, start to exit (median): reference {s['reference_wall_s']:.1f} s" in p.stdout
 
 
 def test_floor_splits_the_step_into_its_parts(tmp_path):

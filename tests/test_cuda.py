@@ -111,9 +111,17 @@ def test_compile_modes_that_record_cuda_graphs_and_the_whole_step_graph_are_refu
 def test_the_warm_up_thread_changes_no_number(tiny_mnist, tmp_path):
     # trainer.cuda_warmup (the default) runs two steps of a throwaway model in a thread while the
     # data loads: a draw it left behind in the device's generator would change every weight.
-    common = ["trainer.cuda_graph=true", "optim.impl=auto", "trainer.deterministic=true"]
-    run(tiny_mnist, tmp_path / "warm", *common)
-    run(tiny_mnist, tmp_path / "cold", *common, "trainer.cuda_warmup=false")
+    # Fresh processes, as vaelab-train runs: CUDA is not yet initialised when the thread starts.
+    import subprocess
+    import sys
+
+    for name, extra in (("warm", []), ("cold", ["trainer.cuda_warmup=false"])):
+        r = subprocess.run([sys.executable, "-m", "vaelab.train", f"data.root={tiny_mnist}", *GPU,
+                            "trainer.cuda_graph=true", "optim.impl=auto", "trainer.deterministic=true",
+                            f"hydra.run.dir={tmp_path / name}", *extra],
+                           cwd=tmp_path, capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+        assert "warm-up step failed" not in r.stdout + r.stderr
     wa, wb = weights(tmp_path / "warm"), weights(tmp_path / "cold")
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
 

@@ -159,3 +159,5 @@ def test_the_warm_up_runs_two_steps_and_leaves_the_generator_as_it_found_it(monk
     tr.warm_up(cfg, torch.device("cpu"), 784, graphed=False)
     assert batches == [64, 64]
     assert torch.equal(torch.get_rng_state(), before)
+    tr.warm_up(cfg, torch.device("cpu"), 784, graphed=False, cancelled=lambda: True)  # the data failed to load
+    assert batches == [64, 64]

@@ -11,6 +11,7 @@ metrics.json, eval.json).
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 import logging
 import math
@@ -28,7 +29,7 @@ import hydra
 import numpy as np
 import torch
 from hydra.core.hydra_config import HydraConfig
-from hydra.utils import instantiate
+from hydra.utils import get_object, instantiate
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
@@ -137,17 +138,23 @@ def make_step(loss_fn, model: torch.nn.Module, opt: torch.optim.Optimizer, image
     return step
 
 
-def warm_up(cfg: DictConfig, device: torch.device, input_dim: int, graphed: bool) -> None:
+def warm_up(cfg: DictConfig, device: torch.device, input_dim: int, graphed: bool,
+            cancelled=lambda: False) -> None:
     """Two training steps of a throwaway copy of cfg's model (zero weights, zero images) on a
     stream of its own, for what a fresh process pays once: on a CUDA device, loading each
     kernel at its first launch and cuBLAS's first products, 0.2-0.3 s on an H200, which
     otherwise lands in epoch 1 (benchmarks/README.md). train() runs it in a thread while the
-    main thread loads the data. It changes nothing of the run: the model is built on the meta
-    device (no draws from the CPU generator, which the main thread is using to initialise the
-    real model), and the device's generator, which the reparameterisation draws from, is put
-    back as it was (the main thread draws nothing from it until the warm-up has finished)."""
+    main thread loads the data, and builds the real model after it. It changes nothing of the
+    run: the copy is built on the meta device, so its initialisation draws nothing from the
+    CPU generator, which the real model's then would not find where the seed put it; the
+    device's generator, which the reparameterisation draws from, is put back as it was (the
+    main thread draws nothing from it until the warm-up has finished). `cancelled()` is asked
+    between the stages: the main thread's data loading failed, and the run is over."""
     rng = torch.cuda.get_rng_state(device) if device.type == "cuda" else torch.get_rng_state()
     t = cfg.trainer
+    # The model's module imported here, not under the meta device below: its module-level
+    # tensors, if any, would be made on the meta device for the rest of the process.
+    get_object(cfg.model._target_)
     try:
         # Everything on the warm-up's own stream, made there too: nothing it does waits for, or
         # races with, the data being copied to the device on the main thread's stream.
@@ -157,16 +164,19 @@ def warm_up(cfg: DictConfig, device: torch.device, input_dim: int, graphed: bool
                 with torch.device("meta"):
                     model = build_model(cfg, input_dim)
                 model = model.to_empty(device=device)
-                with torch.no_grad():
-                    for p in model.parameters():
-                        p.zero_()
+                with torch.no_grad():  # (to_empty leaves buffers, e.g. integer ones, as garbage too)
+                    for x in (*model.parameters(), *model.buffers()):
+                        x.zero_()
                 opt = build_optimizer(cfg, model, capturable=graphed)
                 amp = torch.autocast(device.type, dtype=torch.bfloat16) if t.amp == "bf16" else None
                 images = torch.zeros(t.batch_size, input_dim, dtype=torch.uint8, device=device)
                 step = make_step(forward_loss(model, cfg.loss.recon, amp), model, opt, images,
                                  (torch.zeros(4, device=device),), binarize=cfg.data.binarize, grad_clip=t.grad_clip)
-                idx, beta = torch.arange(t.batch_size, device=device), torch.zeros((), device=device)
+                # beta as the loop passes it: a 0-dim tensor to the graph step, a float to the eager one
+                idx, beta = torch.arange(t.batch_size, device=device), torch.zeros((), device=device) if graphed else 0.0
                 for _ in range(2):  # Adam's first step makes its state; the second is every later step's
+                    if cancelled():
+                        break
                     step(idx, beta)
             if stream is not None:
                 stream.synchronize()
@@ -178,31 +188,42 @@ def warm_up(cfg: DictConfig, device: torch.device, input_dim: int, graphed: bool
 
 
 def start_warm_up(cfg: DictConfig, device: torch.device, graphed: bool):
-    """warm_up in a daemon thread where it pays (trainer.cuda_warmup, on a CUDA device);
-    returns a function that waits for it, to be called before anything else draws from the
-    device's generator. A failed warm-up costs the run nothing but a log line."""
+    """warm_up in a thread where it pays (trainer.cuda_warmup, on a CUDA device). Returns
+    `finish(cancel=False)`, which waits for it (and with cancel=True first tells it to stop at
+    its next stage); call it before anything else draws from the device's generator. A warm-up
+    that fails is logged and the run goes on; a CUDA error that breaks the device for the whole
+    process would fail the run at its next CUDA call anyway."""
     if not (cfg.trainer.cuda_warmup and device.type == "cuda"):
-        return lambda: None
+        return lambda cancel=False: None
     import threading
     from math import prod
     from vaelab.data import IMAGE_SHAPE
-    failed = []
+
+    if device.index is None:  # "cuda" is the current device, which a new thread would take as 0
+        device = torch.device("cuda", torch.cuda.current_device() if torch.cuda.is_initialized() else 0)
+    stop, failed = threading.Event(), []
 
     def work():
         try:
-            warm_up(cfg, device, prod(IMAGE_SHAPE), graphed)  # the data's shape, known before it is read
+            # (imported before any throwaway tensor exists: a first Adam imports torch._dynamo,
+            # which keeps the frames below, and their tensors, in a reference cycle)
+            importlib.import_module("torch._dynamo")
+            warm_up(cfg, device, prod(IMAGE_SHAPE), graphed, stop.is_set)  # the data's shape, known before it is read
         except Exception as e:  # noqa: BLE001 - the run itself will meet (and report) any real problem
-            failed.append(e)
+            # the text only: the exception's traceback would keep the throwaway tensors alive
+            failed.append(str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__)
 
-    thread = threading.Thread(target=work, name="vaelab-cuda-warmup", daemon=True)
+    # Not a daemon: a thread still running CUDA work when the interpreter exits aborts the process.
+    thread = threading.Thread(target=work, name="vaelab-cuda-warmup")
     thread.start()
 
-    def wait() -> None:
+    def finish(cancel: bool = False) -> None:
+        if cancel:
+            stop.set()
         thread.join()
-        if failed:
-            log.warning("the CUDA warm-up step failed (%s); epoch 1 pays for the start-up instead",
-                        str(failed[0]).splitlines()[0] if str(failed[0]) else type(failed[0]).__name__)
-    return wait
+        if failed and not cancel:
+            log.warning("the CUDA warm-up step failed (%s); epoch 1 pays for the start-up instead", failed[0])
+    return finish
 
 
 def seed_everything(seed: int) -> None:
@@ -370,8 +391,10 @@ def _train(cfg: DictConfig, run_dir: Path, data: MNISTData | None) -> dict:
         try:
             data = load_data(cfg.data.root, device, val_size=cfg.data.val_size, split_seed=cfg.data.split_seed,
                              binarize=cfg.data.binarize, download=cfg.data.download)
-        finally:  # before any draw from the device's generator, also when the data cannot be read
-            warmed_up()
+        except BaseException:  # (the run is over: no thread left behind, nor its generator state)
+            warmed_up(cancel=True)
+            raise
+        warmed_up()  # before anything draws from the device's generator
     n_train = len(data.train)
     # The input is good: from here on the run folder changes.
     (run_dir / ckpt_io.STOPPED).unlink(missing_ok=True)  # why the run last stopped early; `vaelab compare` shows it

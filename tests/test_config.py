@@ -8,6 +8,7 @@ import sys
 import zipfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -631,3 +632,68 @@ def test_a_plain_install_carries_the_configs(tmp_path):
                          env={**os.environ, "PYTHONPATH": str(tmp_path / "site")})
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == [str(tmp_path / "site" / "vaelab" / "conf"), "256"]
+
+
+def _damaged(tmp_path, tiny_mnist, name: str, data) -> Path:
+    """A copy of the tiny MNIST with one file replaced: bytes, or an array written as IDX."""
+    from tests.conftest import write_idx
+
+    root = tmp_path / "damaged"
+    shutil.copytree(tiny_mnist, root)
+    f = root / "MNIST" / "raw" / name
+    if isinstance(data, bytes):
+        f.write_bytes(data)
+    else:
+        write_idx(f, data)
+    return root
+
+
+@pytest.mark.parametrize("name,data,message", [
+    ("train-images-idx3-ubyte", "truncated", "train-images-idx3-ubyte: 200715 bytes, but its header (256 x 28 x 28) "
+                                             "needs 200720: truncated; replace it with a good copy"),
+    ("train-labels-idx1-ubyte", b"\x00\x00\x08\x09" + b"\x00" * 12, "train-labels-idx1-ubyte: not an IDX file of labels "
+                                                                    "(magic number 0x00000809, expected 0x00000801)"),
+    ("t10k-images-idx3-ubyte", b"", "t10k-images-idx3-ubyte: 0 bytes, too short for an IDX header"),
+    ("train-labels-idx1-ubyte", np.zeros(200, int), "train-labels-idx1-ubyte: 200 labels for the 256 images of "
+                                                    "train-images-idx3-ubyte"),
+    ("t10k-images-idx3-ubyte", np.zeros((64, 32, 32), int), "t10k-images-idx3-ubyte: images of 32 x 32 pixels; "
+                                                            "MNIST's are 28 x 28"),
+    ("t10k-labels-idx1-ubyte", np.full(64, 12), "t10k-labels-idx1-ubyte: label 12; MNIST's are 0-9"),
+], ids=["truncated", "magic", "empty", "count", "32x32", "label-12"])
+def test_damaged_mnist_files_are_one_line_naming_the_file(tmp_path, tiny_mnist, name, data, message):
+    """torchvision reads IDX files unchecked: these gave a reshape error, an empty AssertionError,
+    a traceback at the first batch, at the first picture or in the final evaluation, or (labels
+    past 9) wrong colours in the latent scatter plot."""
+    from vaelab.data import DataError, load_mnist_arrays
+
+    if isinstance(data, str):  # truncated: the real file less 5 bytes
+        data = (tiny_mnist / "MNIST" / "raw" / name).read_bytes()[:-5]
+    root = _damaged(tmp_path, tiny_mnist, name, data)
+    with pytest.raises(DataError) as e:
+        load_mnist_arrays(root, download=False)
+    assert message in str(e.value) and "\n" not in str(e.value)
+    if "label 12" in message:
+        return  # (needs the files read: the training's own check, not the pre-flight's)
+    r = subprocess.run([sys.executable, "-m", "vaelab.train", f"data.root={root}", "data.val_size=64"],
+                       cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    (line,) = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and line.startswith(f"vaelab-train: error: {root / 'MNIST' / 'raw' / message}")
+    assert not (tmp_path / "outputs").exists()  # refused in the pre-flight, before the run folder
+
+
+def test_data_root_given_as_the_raw_folder_names_the_folder_to_give(tiny_mnist):
+    from vaelab.data import DataError, fetch_mnist
+
+    for wrong in (tiny_mnist / "MNIST" / "raw", tiny_mnist / "MNIST"):
+        with pytest.raises(DataError, match=f"; data.root is the folder that holds MNIST/raw/, here {tiny_mnist}$"):
+            fetch_mnist(wrong, download=False)
+
+
+def test_one_missing_file_is_named(tmp_path, tiny_mnist):
+    from vaelab.data import DataError, fetch_mnist
+
+    root = _damaged(tmp_path, tiny_mnist, "t10k-labels-idx1-ubyte", b"")
+    (root / "MNIST" / "raw" / "t10k-labels-idx1-ubyte").unlink()
+    with pytest.raises(DataError, match=r"\(download disabled\): t10k-labels-idx1-ubyte \(or .gz\) missing beside the "
+                                        r"others; set data.root"):
+        fetch_mnist(root, download=False)

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import gzip
 import logging
+import math
 import shutil
+import struct
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -78,7 +80,10 @@ def _unpack(raw: Path) -> None:
                 write_atomic(raw / f, lambda out: shutil.copyfileobj(packed, out))
         except (EOFError, gzip.BadGzipFile, zlib.error) as e:  # BadGzipFile is an OSError: first
             raise DataError(f"{src}: not a complete gzip file ({e}); replace it with a good copy") from None
-        except OSError as e:  # a read-only folder, a full disk
+        except OSError as e:
+            if e.filename is not None and Path(e.filename) == src:  # the .gz itself: permissions
+                raise DataError(f"{src}: cannot read it ({e.strerror or e})") from None
+            # the folder: read-only, or a full disk
             raise DataError(f"{src}: cannot unpack it next to itself ({e.strerror or e}); gunzip the four "
                             f"files into a writable folder's MNIST/raw/ and point data.root there") from None
         log.info("unpacked %s (torchvision reads the unpacked file)", src)
@@ -88,28 +93,86 @@ HOW = "set data.root=DIR or VAELAB_DATA=DIR"
 
 
 def fetch_mnist(root: str | Path, download: bool = True, how: str = HOW) -> None:
-    """Make sure MNIST's four files are under root/MNIST/raw, downloading them if allowed;
-    else a DataError. `how`: what the message tells the user to do to point at the data."""
+    """Make sure MNIST's four files are under root/MNIST/raw, downloading them if allowed, and
+    that those already unpacked are whole IDX files of 28 x 28 images; else a DataError. `how`:
+    what the message tells the user to do to point at the data."""
     root = Path(root).expanduser()
     if _have_files(root):
+        if all((_raw_dir(root) / f).exists() for f in MNIST_FILES):  # (.gz files: checked once unpacked)
+            _check_files(_raw_dir(root))
         return
     from torchvision.datasets import MNIST
 
     if download:
         chain = [_raw_dir(root), *_raw_dir(root).parents]
         first_new = next((p for p in chain if not p.exists() and p.parent.exists()), None)  # torchvision may make it
+        why = "failed"
         try:
             MNIST(str(root), train=True, download=True)
             MNIST(str(root), train=False, download=True)
         except Exception as e:  # no network, a mirror down, a read-only folder, ...
             log.debug("MNIST download failed: %r", e)
+            # torchvision's message is one line per mirror tried; the last says what went wrong
+            why = f"failed: {_short(Exception(str(e).strip().splitlines()[-1] if str(e).strip() else e))}"
             if first_new is not None and first_new.is_dir() and not any(f.is_file() for f in first_new.rglob("*")):
                 shutil.rmtree(first_new, ignore_errors=True)  # a failed download leaves no empty folders behind
     if not _have_files(root):
-        raise DataError(
-            f"MNIST not found in {_raw_dir(root).resolve()} (download {'failed' if download else 'disabled'}): "
-            f"expected the four files {', '.join(MNIST_FILES)} (optionally .gz); "
-            f"{how} to a folder holding MNIST/raw/")
+        raw = _raw_dir(root)
+        missing = [f for f in MNIST_FILES if not (raw / f).exists() and not (raw / f"{f}.gz").exists()]
+        what = (f"expected the four files {', '.join(MNIST_FILES)} (optionally .gz)" if len(missing) == len(MNIST_FILES)
+                else f"{', '.join(missing)} (or .gz) missing beside the others")
+        # data.root given as MNIST/raw/ itself, or MNIST/: the folder it should be is above it
+        right = next((c for c in (root.parent, root.parent.parent) if _have_files(c)
+                      and root.resolve() in ((c / "MNIST").resolve(), _raw_dir(c).resolve())), None)
+        hint = (f"; data.root is the folder that holds MNIST/raw/, here {right.resolve()}" if right is not None
+                else f"; {how} to a folder holding MNIST/raw/")
+        raise DataError(f"MNIST not found in {raw.resolve()} (download {why if download else 'disabled'}): {what}{hint}")
+
+
+def _short(e: Exception) -> str:
+    """An exception as a few words for a one-line message: its first line, at most 120 characters."""
+    text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    return text if len(text) <= 120 else text[:117] + "..."
+
+
+def _idx_dims(path: Path, ndim: int) -> tuple[int, ...]:
+    """The sizes an IDX file of unsigned bytes declares (LeCun's format: the magic number
+    0x0000080N for N dimensions, N big-endian int32 sizes, then the bytes), after checking the
+    magic number and that the file holds exactly that many bytes. torchvision reads the files
+    without these checks: a damaged one gave a reshape error or an empty AssertionError."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4 + 4 * ndim)
+        size = path.stat().st_size
+    except OSError as e:
+        raise DataError(f"{path}: cannot read it ({e.strerror or e})") from None
+    expected = 0x800 | ndim
+    if len(head) < 4 + 4 * ndim:
+        raise DataError(f"{path}: {size} bytes, too short for an IDX header; replace it with a good copy")
+    magic, *dims = struct.unpack(f">{1 + ndim}I", head)
+    if magic != expected:
+        raise DataError(f"{path}: not an IDX file of {'images' if ndim == 3 else 'labels'} (magic number "
+                        f"0x{magic:08x}, expected 0x{expected:08x}); replace it with a good copy")
+    want = len(head) + math.prod(dims)
+    if size != want:
+        raise DataError(f"{path}: {size} bytes, but its header ({' x '.join(map(str, dims))}) needs {want}: "
+                        f"{'truncated' if size < want else 'extra bytes at the end'}; replace it with a good copy")
+    return tuple(dims)
+
+
+def _check_files(raw: Path) -> None:
+    """Each split's images are 28 x 28 and as many as its labels: one line naming the file, not
+    a traceback later (a count mismatch failed at the first batch, other image sizes at the
+    first picture or in the evaluation)."""
+    for images, labels in (MNIST_FILES[:2], MNIST_FILES[2:]):
+        n, *hw = _idx_dims(raw / images, 3)
+        (m,) = _idx_dims(raw / labels, 1)
+        if tuple(hw) != IMAGE_SHAPE[1:]:
+            raise DataError(f"{raw / images}: images of {hw[0]} x {hw[1]} pixels; MNIST's are "
+                            f"{IMAGE_SHAPE[1]} x {IMAGE_SHAPE[2]}")
+        if n != m:
+            raise DataError(f"{raw / labels}: {m} labels for the {n} images of {images}; the two files must come "
+                            f"from the same copy of MNIST")
 
 
 def load_mnist_arrays(root: str | Path, download: bool = True, how: str = HOW):
@@ -119,11 +182,15 @@ def load_mnist_arrays(root: str | Path, download: bool = True, how: str = HOW):
     fetch_mnist(root, download, how)
     root = Path(root).expanduser()
     _unpack(_raw_dir(root))
+    _check_files(_raw_dir(root))
     try:
         tr = MNIST(str(root), train=True, download=False)
         te = MNIST(str(root), train=False, download=False)
     except Exception as e:
-        raise DataError(f"could not read MNIST from {_raw_dir(root).resolve()}: {e}") from e
+        raise DataError(f"could not read MNIST from {_raw_dir(root).resolve()}: {_short(e)}") from e
+    for split, name in ((tr, MNIST_FILES[1]), (te, MNIST_FILES[3])):
+        if len(split.targets) and int(split.targets.max()) > 9:
+            raise DataError(f"{_raw_dir(root).resolve() / name}: label {int(split.targets.max())}; MNIST's are 0-9")
     return tr.data, tr.targets, te.data, te.targets
 
 

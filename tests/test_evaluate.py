@@ -233,6 +233,10 @@ def test_training_ends_with_eval_and_eval_json_round_trips(make_cfg, tmp_path, c
     assert len(saved["kl_per_dim"]) == 2 and 0 <= saved["active_units"] <= 2
     assert saved["nll_iwae"] <= -saved["elbo"] + 5  # the bound is tighter, up to noise on 64 images
     assert json.loads(json.dumps(saved)) == saved == load_eval(tmp_path)
+    # which data: the training's (metrics.json) and the evaluation's are the same
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert saved["data_digest"] == metrics["data_digest"] and len(saved["data_digest"]) == 16
+    assert saved["data_root"] == str(Path(cfg.data.root).resolve())
     assert "NLL, IWAE bound (k=20)" in out and "bits/dim" in out and "active units" in out
 
     acc = EventAccumulator(str(tmp_path), size_guidance={"scalars": 0, "images": 0})

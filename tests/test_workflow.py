@@ -794,8 +794,10 @@ def test_files_written_atomically_get_the_usual_permissions(tmp_path):
     (["--bogus", "eval", "R"], "vaelab: error: unrecognized arguments: --bogus (see vaelab --help)"),
     (["evaluate", "R"], "vaelab: error: argument COMMAND: invalid choice: 'evaluate' (choose from 'eval', 'sample', "
                         "'reproduce', 'resume', 'compare') (see vaelab --help)"),
+    (["eval", "R", "data.root=/x"], "vaelab eval: error: unrecognized arguments: data.root=/x; the data folder is "
+                                    "given as --data-root DIR (see vaelab eval --help)"),
 ], ids=["unknown-option", "unknown-option-resume", "missing-dir", "bad-value", "no-command", "option-before-command",
-        "unknown-command"])
+        "unknown-command", "data-root-as-override"])
 def test_a_bad_vaelab_command_line_is_one_line(args, expect, capsys):
     """argparse would print its usage block, and report a command's unknown option as the
     top-level parser's, naming neither the command nor its options."""
@@ -873,3 +875,93 @@ def test_the_vaelab_dispatcher_imports_only_the_command_it_runs(tmp_path):
         assert r.returncode == 2 and args[-1] in r.stderr, r.stderr
         modules = r.stdout.strip().splitlines()[-1]
         assert modules == repr(loaded) if loaded else "'torch'" not in modules, (args, modules)
+
+
+# --- the data a run is carried on, or reproduced, with ---------------------------------------
+
+
+def test_resume_mid_epoch_on_a_training_split_of_another_size_changes_nothing(tiny_mnist, tmp_path, monkeypatch,
+                                                                              capsys, caplog):
+    """The checkpoint's order of the interrupted epoch indexed past the end of a smaller split: a
+    traceback, after the run's config had been rewritten and its stopped.json deleted."""
+    from tests.conftest import make_tiny_mnist
+    from vaelab.data import DataError
+
+    run = tmp_path / "run"
+    with signal_at_step(monkeypatch, 8), pytest.raises(Interrupted):  # in epoch 2 (6 steps an epoch)
+        train(compose_cfg([f"data.root={tiny_mnist}", *TINY]), run)
+    larger = make_tiny_mnist(tmp_path / "larger", n_train=320)  # 256 training images past the 64 for val
+    before = files_snapshot(run)
+    capsys.readouterr()
+    assert vaelab(["resume", run, f"data.root={larger}"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "vaelab resume: error: the run stopped part-way through epoch 2 of a training split of 192 images, and this "
+        "data gives 256 (data.root, data.val_size): finish it on the data it was trained on")
+    assert files_snapshot(run) == before
+    # a resumed sweep's job takes train() directly: refused before the folder changes, too
+    with pytest.raises(DataError, match="training split of 192 images, and this data gives 256"):
+        train(compose_cfg([f"data.root={larger}", *TINY]), run)
+    assert (run / "stopped.json").is_file()
+
+    # Data of the same size but other images: the run goes on, and says so.
+    other = make_tiny_mnist(tmp_path / "other", seed=1)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="vaelab"):
+        train(compose_cfg([f"data.root={other}", *TINY]), run)
+    assert "the data differs from what this run trained on until now (data digest" in caplog.text
+    from vaelab.data import load_data
+    assert json.loads((run / "metrics.json").read_text())["data_digest"] == load_data(
+        other, torch.device("cpu"), val_size=64).digest
+
+
+def test_a_relative_data_root_given_to_resume_is_read_from_here(finished_run, tiny_mnist, tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    shutil.copytree(tiny_mnist, tmp_path / "here" / "data")
+    monkeypatch.chdir(tmp_path / "here")
+    assert vaelab(["resume", run, "data.root=data", "trainer.epochs=2"]) == 0
+    saved = yaml.safe_load((run / ".hydra" / "config.yaml").read_text())["data"]["root"]
+    assert saved == str(tmp_path / "here" / "data")  # absolute: the next resume reads the same folder
+    assert f"data.root='{tmp_path / 'here' / 'data'}'" in (run / ".hydra" / "overrides.yaml").read_text()
+
+
+def test_a_run_whose_data_root_starts_with_a_tilde_is_carried_on_from_the_home_folder(finished_run, tmp_path,
+                                                                                     monkeypatch):
+    from vaelab.workflow import carried_on_config
+
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    cfg = yaml.safe_load((run / ".hydra" / "config.yaml").read_text())
+    cfg["data"]["root"] = "~/mnist"
+    (run / ".hydra" / "config.yaml").write_text(yaml.safe_dump(cfg))
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert carried_on_config(run).data.root == str(tmp_path / "home" / "mnist")  # not <launch folder>/~/mnist
+
+
+def test_resume_evaluates_a_finished_run_on_the_data_root_it_is_given(finished_run, tiny_mnist, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    cfg = yaml.safe_load((run / ".hydra" / "config.yaml").read_text())
+    cfg["data"]["root"], cfg["trainer"]["final_eval"] = str(tmp_path / "moved-away"), True  # its evaluation never ran
+    (run / ".hydra" / "config.yaml").write_text(yaml.safe_dump(cfg))
+    assert vaelab(["resume", run]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("vaelab resume: error: MNIST not found in") and err.endswith(
+        "; resume with data.root=DIR set to a folder holding MNIST/raw/")  # resume's words, not eval's
+    assert vaelab(["resume", run, f"data.root={tiny_mnist}"]) == 0
+    assert json.loads((run / "eval.json").read_text())["data_root"] == str(tiny_mnist.resolve())
+
+
+def test_reproduce_takes_the_data_from_data_root_and_tells_other_data(finished_run, tiny_mnist, tmp_path, capsys):
+    from tests.conftest import make_tiny_mnist
+
+    assert vaelab(["reproduce", finished_run, "--data-root", tmp_path / "nowhere", "--out", tmp_path / "r0"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"vaelab reproduce: error: MNIST not found in {tmp_path / 'nowhere' / 'MNIST' / 'raw'}")
+    assert err.endswith("give --data-root DIR to a folder holding MNIST/raw/") and not (tmp_path / "r0").exists()
+
+    other = make_tiny_mnist(tmp_path / "other", seed=1)
+    assert vaelab(["reproduce", finished_run, "--data-root", other, "--out", tmp_path / "r1"]) == 1
+    out = capsys.readouterr().out
+    assert "The data differs from the original run's (data_digest" in out and "NOT reproduced" in out
+    assert yaml.safe_load((tmp_path / "r1" / ".hydra" / "config.yaml").read_text())["data"]["root"] == str(other)

@@ -127,7 +127,7 @@ def data_root(run_dir: Path, cfg) -> Path:
     hydra_yaml = run_dir / ".hydra" / "hydra.yaml"
     if not root.is_absolute() and hydra_yaml.is_file():
         cwd = OmegaConf.select(OmegaConf.load(hydra_yaml), "hydra.runtime.cwd")
-        if cwd and (Path(cwd) / root).exists():
+        if cwd:  # (not a folder of that name under the current one, which may hold other data)
             return Path(cwd) / root
     return root
 
@@ -149,7 +149,7 @@ def _likelihood(recon: str, binarize: str) -> tuple[str, str]:
 
 def evaluate_run(run_dir: str | Path, k: int = 5000, device: str = "auto", checkpoint: str = "last",
                  progress: bool = True, seed: int = 0, pictures: bool = True,
-                 data_root_override: str | Path | None = None) -> dict:
+                 data_root_override: str | Path | None = None, how: str = "give --data-root DIR") -> dict:
     """Evaluate a run on the test split; write eval.json (and the pictures, and TensorBoard
     events when the run logs to TensorBoard). Returns what eval.json holds."""
     t0 = time.perf_counter()
@@ -168,7 +168,7 @@ def evaluate_run(run_dir: str | Path, k: int = 5000, device: str = "auto", check
     recon_kind = getattr(cfg.loss.recon, "value", cfg.loss.recon)
     binarize = getattr(cfg.data.binarize, "value", cfg.data.binarize)
     data = load_data(root, dev, val_size=cfg.data.val_size, split_seed=cfg.data.split_seed,
-                     binarize=binarize, download=cfg.data.download, how="give --data-root DIR")
+                     binarize=binarize, download=cfg.data.download, how=how)
     test = data.test.images
     d = test.shape[1]
     gen = torch.Generator(device=dev).manual_seed(seed)
@@ -194,6 +194,7 @@ def evaluate_run(run_dir: str | Path, k: int = 5000, device: str = "auto", check
         "examples_seen": step, "split": "test", "n_examples": int(test.shape[0]), "dim": int(d),
         "likelihood": likelihood, "gaussian_variance": MSE_GAUSSIAN_VARIANCE if recon_kind == "mse" else None,
         "recon_kind": recon_kind, "binarize": binarize, "note": note, "seed": seed,
+        "data_root": str(root.resolve()), "data_digest": data.digest,  # (metrics.json: the training's)
         "tensorboard": bool(cfg.logger.tensorboard),
     }
     # The evaluation's TensorBoard events go into an event file of their own (suffix .eval), which

@@ -80,6 +80,17 @@ def check_epochs_to_resume(state: dict, epochs: int) -> None:
                           f"give trainer.epochs={state['epoch'] + 1} or more to finish it")
 
 
+def check_data_to_resume(state: dict, n_train: int) -> None:
+    """A checkpoint taken part-way through an epoch carries that epoch's order of the training
+    images: it can only be finished on a training split of the same size (other data, or another
+    data.val_size, would index past its end)."""
+    perm = state.get("perm")
+    if state.get("pos") and perm is not None and len(perm) != n_train:
+        raise DataError(f"the run stopped part-way through epoch {state['epoch'] + 1} of a training split of {len(perm)} "
+                        f"images, and this data gives {n_train} (data.root, data.val_size): finish it on the data it "
+                        f"was trained on")
+
+
 def _under_config(saved: dict, opt: torch.optim.Optimizer) -> dict:
     """A checkpoint's optimizer state (Adam's moments and step counts) with the hyperparameters
     of `opt`, the optimizer built from the config: load_state_dict alone would bring back the
@@ -396,13 +407,6 @@ def _train(cfg: DictConfig, run_dir: Path, data: MNISTData | None) -> dict:
             raise
         warmed_up()  # before anything draws from the device's generator
     n_train = len(data.train)
-    # The input is good: from here on the run folder changes.
-    (run_dir / ckpt_io.STOPPED).unlink(missing_ok=True)  # why the run last stopped early; `vaelab compare` shows it
-    ckpt_dir.mkdir(exist_ok=True)
-    sample_dir.mkdir(exist_ok=True)
-    partial = ckpt_io.remove_partial(ckpt_dir) + ckpt_io.remove_partial(run_dir)
-    if partial:
-        log.info("removed %d partial file(s) that a killed process left mid-write", partial)
     if data.val_is_test:
         log.info("data.val_size=0: training on all %d images; 'val' metrics are computed on the test split", n_train)
     model = build_model(cfg, data.train.dim, data.train.image_shape).to(device)
@@ -414,7 +418,7 @@ def _train(cfg: DictConfig, run_dir: Path, data: MNISTData | None) -> dict:
     # `vaelab reproduce` can use the same one and stay bit-identical.
     st = {"epoch": 0, "step": 0, "examples": 0, "best_val": math.inf, "train_seconds": 0.0,
           "perm": None, "pos": 0, "epoch_acc": None, "log_acc": None, "log_beta": 0.0, "data_rng": None,
-          "threads": torch.get_num_threads()}
+          "threads": torch.get_num_threads(), "data_digest": data.digest}
     last_path = ckpt_dir / "last.pt"
     resumed = False
     resume_from = ckpt_io.latest(ckpt_dir) if t.resume else None
@@ -424,6 +428,12 @@ def _train(cfg: DictConfig, run_dir: Path, data: MNISTData | None) -> dict:
         model.load_state_dict(ck["model"])
         opt.load_state_dict(_under_config(ck["optimizer"], opt))
         st.update(ck["state"])
+        check_data_to_resume(st, n_train)
+        if st["data_digest"] != data.digest:  # (no digest: a checkpoint from before 2026-11-26)
+            if "data_digest" in ck["state"]:
+                log.warning("the data differs from what this run trained on until now (data digest %s, now %s): "
+                            "data.root=%s", st["data_digest"], data.digest, cfg.data.root)
+            st["data_digest"] = data.digest
         check_epochs_to_resume(st, t.epochs)
         if st["threads"] != torch.get_num_threads():
             # The run's CPU sums were made with that many threads: the same count keeps a resumed run
@@ -441,6 +451,13 @@ def _train(cfg: DictConfig, run_dir: Path, data: MNISTData | None) -> dict:
               else f"after epoch {st['epoch']}")
         log.info("resuming %s from %s %s (step %d, %d examples seen)", run_dir, resume_from, at, st["step"],
                  st["examples"])
+    # The input and the checkpoint are good: from here on the run folder changes.
+    (run_dir / ckpt_io.STOPPED).unlink(missing_ok=True)  # why the run last stopped early; `vaelab compare` shows it
+    ckpt_dir.mkdir(exist_ok=True)
+    sample_dir.mkdir(exist_ok=True)
+    partial = ckpt_io.remove_partial(ckpt_dir) + ckpt_io.remove_partial(run_dir)
+    if partial:
+        log.info("removed %d partial file(s) that a killed process left mid-write", partial)
     if st["epoch"] >= t.epochs and st["pos"] == 0:
         log.info("nothing to do: the run has %d of trainer.epochs=%d epochs", st["epoch"], t.epochs)
     else:  # a finished run carried on (trainer.epochs raised): its final metrics are no longer final
@@ -636,6 +653,7 @@ def _train(cfg: DictConfig, run_dir: Path, data: MNISTData | None) -> dict:
         "samples_per_s": st["examples"] / st["train_seconds"] if st["train_seconds"] else 0.0,
         "train_seconds": st["train_seconds"], "best_val_loss": st["best_val"],
         "val_split": "test" if data.val_is_test else "val", "torch_threads": st["threads"],
+        "data_digest": data.digest,
     }
     writer.hparams_end(metrics, st["examples"])
     ckpt_io.write_text_atomic(run_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
@@ -703,7 +721,7 @@ def hydra_main(cfg: DictConfig) -> float:
     if not began:
         pin_environment(run_dir, cfg)  # the saved config must not depend on this shell's variables
     try:
-        metrics = _carry_on(run_dir) if began else train(typed(cfg), run_dir)
+        metrics = _carry_on(run_dir) if began else train(_from_launch_folder(typed(cfg), hc), run_dir)
     except (ConfigError, DataError, ckpt_io.CheckpointError) as e:  # bad input: one line, no traceback
         print(f"vaelab-train: error: {e}", file=sys.stderr)
         # The folder Hydra made for a run that never started would list in `vaelab compare`
@@ -745,6 +763,16 @@ def hydra_main(cfg: DictConfig) -> float:
                         "with: vaelab resume %s", shlex.quote(str(_sweep_dir(hc))))
         sys.exit(130)  # Ctrl-C / SIGTERM stop the whole sweep, not only the job in progress
     return metrics["val_loss"]
+
+
+def _from_launch_folder(cfg: DictConfig, hc) -> DictConfig:
+    """A relative data.root is relative to the folder vaelab-train was started in (the pre-flight
+    looked there, and `vaelab eval` and `resume` read it so), also with hydra.job.chdir=true,
+    which makes the run folder the current one. In place; the saved config keeps it relative."""
+    root = Path(str(cfg.data.root)).expanduser()
+    if hc.job.chdir and not root.is_absolute():
+        cfg.data.root = str(Path(hc.runtime.cwd) / root)
+    return cfg
 
 
 def _sweep_dir(hc) -> Path:

@@ -175,6 +175,8 @@ def add_reproduce_arguments(p) -> None:
                    "(default: outputs/runs/<name>/<timestamp>, like vaelab-train)")
     from vaelab.evaluate_run import non_negative_float
 
+    p.add_argument("--data-root", metavar="DIR", help="the folder holding MNIST/raw/, where the run's data.root no "
+                   "longer has it (moved, another machine); the reproduction records it in its config")
     p.add_argument("--rtol", type=non_negative_float, default=0.0,
                    help="relative tolerance for the comparison (default 0: identical to the bit, which "
                         "holds on CPU; a GPU run that is not bit-reproducible needs one, see the README)")
@@ -209,13 +211,20 @@ def _later_eval(run_dir: Path) -> str:
     return eval_settings(ev, cfg.trainer, (ckpt_io.read_json(run_dir / "metrics.json") or {}).get("epochs"))
 
 
-def reproduce(run_dir: str | Path, out: str | Path | None = None, rtol: float = 0.0) -> tuple[int, Path]:
+def reproduce(run_dir: str | Path, out: str | Path | None = None, rtol: float = 0.0,
+              data_root: str | Path | None = None) -> tuple[int, Path]:
     """Re-run `run_dir` from its saved config into a new directory; print both runs' metrics.
-    Returns (exit code, new run directory): 0 if every metric agrees, 1 if any differs."""
+    Returns (exit code, new run directory): 0 if every metric agrees, 1 if any differs.
+    data_root: where the data is now, if not where the run's config says."""
+    from vaelab.data import fetch_mnist
+    from vaelab.evaluate_run import data_root as run_data_root
+
     run_dir = Path(run_dir).resolve()
     cfg_path = run_config_path(run_dir)
-    load_run_config(cfg_path)  # ConfigError, one line: not after a failed training
+    cfg = load_run_config(cfg_path)  # ConfigError, one line: not after a failed training
     original = final_metrics(run_dir)  # before spending time on a run we could not compare
+    root = Path(data_root).expanduser().absolute() if data_root else run_data_root(run_dir, cfg)
+    fetch_mnist(root, cfg.data.download, how="give --data-root DIR")  # DataError, one line, before the new folder
     name = OmegaConf.load(cfg_path).get("name", "default")
     new_dir = Path(out).resolve() if out else _new_run_dir(name)
     err = unwritable(new_dir)
@@ -227,6 +236,8 @@ def reproduce(run_dir: str | Path, out: str | Path | None = None, rtol: float = 
     quoted = str(new_dir).replace("'", "\\'")  # a quoted value in Hydra's override grammar
     cmd = [sys.executable, "-m", "vaelab.train", "--config-dir", str(run_dir / ".hydra"), "--config-name", "config",
            f"hydra.run.dir='{quoted}'"]
+    if data_root:
+        cmd.append("data.root='" + str(root).replace("'", "\\'") + "'")
     env = dict(os.environ)
     threads = original.get("torch_threads")
     if threads:  # CPU float sums depend on it (a joblib worker gets cpu_count / n_jobs threads)
@@ -235,8 +246,12 @@ def reproduce(run_dir: str | Path, out: str | Path | None = None, rtol: float = 
     print(f"reproducing {run_dir}\n        into {new_dir}{as_before}", flush=True)
     code = subprocess.run(cmd, cwd=_launch_cwd(run_dir), env=env).returncode
     if code != 0:
-        raise WorkflowError(f"the reproduction in {new_dir} failed (exit code {code}); see {new_dir / 'train.log'}")
+        log_file = new_dir / "train.log"  # (a run refused at its start leaves no folder: its error is above)
+        raise WorkflowError(f"the reproduction in {new_dir} failed (exit code {code})"
+                            + (f"; see {log_file}" if log_file.is_file() else ""))
     new = final_metrics(new_dir)
+    if "data_digest" not in original:  # a run from before 2026-11-26 recorded none: nothing to compare
+        new.pop("data_digest", None)
     by_hand = _later_eval(run_dir)
     if by_hand:  # not what the run's own final evaluation makes: its test_* would differ by design
         original = {k: v for k, v in original.items() if not k.startswith("test_")}
@@ -247,6 +262,9 @@ def reproduce(run_dir: str | Path, out: str | Path | None = None, rtol: float = 
         print(f"(test_* not compared: {run_dir / 'eval.json'} is not the run's own final evaluation, which a "
               f"reproduction makes again; it was made with {by_hand})")
     diff = differing_keys(original, new, rtol)
+    if "data_digest" in diff:
+        print("\nThe data differs from the original run's (data_digest: its images and labels, split as the run "
+              "split them): its numbers cannot be expected to match.")
     if diff:
         print(f"\nNOT reproduced: {len(diff)} metric(s) differ ({', '.join(diff)})"
               + (f" beyond rtol={rtol}" if rtol else ""))
@@ -256,9 +274,11 @@ def reproduce(run_dir: str | Path, out: str | Path | None = None, rtol: float = 
 
 
 def reproduce_command(args) -> int:
+    from vaelab.data import DataError
+
     try:
-        return reproduce(args.run_dir, args.out, args.rtol)[0]
-    except (WorkflowError, ConfigError) as e:
+        return reproduce(args.run_dir, args.out, args.rtol, args.data_root)[0]
+    except (WorkflowError, ConfigError, DataError) as e:
         print(f"vaelab reproduce: error: {e}", file=sys.stderr)
         return 2
 
@@ -299,6 +319,26 @@ def apply_overrides(cfg, overrides: list[str]) -> list:
     return parsed
 
 
+RESUME_HOW = "resume with data.root=DIR set"  # a DataError to `vaelab resume`: "...; {how} to a folder holding MNIST/raw/"
+
+
+def _data_root_from_here(overrides: list[str]) -> list[str]:
+    """A relative data.root given to `vaelab resume` now means a folder relative to where the
+    command is typed, as any path in a shell does; it is saved as that absolute path. (The run's
+    own relative data.root stays relative to where the run began: _to_carry_on.)"""
+    out = []
+    for text in overrides:
+        if text.split("=", 1)[0].strip() == "data.root":
+            try:
+                value = OverridesParser.create().parse_overrides([text])[0].value()
+            except Exception:  # apply_overrides reports it in vaelab-train's words
+                value = None
+            if isinstance(value, str) and value and "${" not in value and not Path(value).expanduser().is_absolute():
+                text = "data.root='" + str(Path.cwd() / value).replace("'", "\\'") + "'"
+        out.append(text)
+    return out
+
+
 def _updated_files(run_dir: Path, parsed: list) -> tuple[str, str]:
     """The new texts of .hydra/config.yaml (same layout, new values) and .hydra/overrides.yaml
     (each key once: a new value replaces the old override of that key)."""
@@ -324,7 +364,7 @@ def resume(run_dir: str | Path, overrides: list[str] = ()) -> dict | None:
             raise WorkflowError(f"{folder}: not writable; resume writes checkpoints, logs and the config there")
     ckpt_io.check_not_in_use(run_dir)  # before rewriting the config of a run another process trains
     cfg = load_run_config(cfg_path, here=False)  # ConfigError, one line; its device=... may be overridden
-    parsed = apply_overrides(cfg, list(overrides))
+    parsed = apply_overrides(cfg, _data_root_from_here(list(overrides)))
     validate(cfg)  # ConfigError, one line
     # Check the checkpoint and the data against the (new) config before anything is written.
     last = ckpt_io.latest(run_dir / "checkpoints")
@@ -334,7 +374,7 @@ def resume(run_dir: str | Path, overrides: list[str] = ()) -> dict | None:
                                       f"vaelab-train --config-dir {shlex.quote(str(run_dir / '.hydra'))} "
                                       f"--config-name config)")
 
-    from vaelab.train import build_model, check_epochs_to_resume, train  # (torch: after the cheap checks)
+    from vaelab.train import build_model, check_data_to_resume, check_epochs_to_resume, train  # (torch: after the cheap checks)
 
     ck = ckpt_io.load(last)
     ckpt_io.check_compatible(ck, build_model(cfg), last, cfg, ckpt_io.SAME_TO_RESUME)
@@ -354,7 +394,8 @@ def resume(run_dir: str | Path, overrides: list[str] = ()) -> dict | None:
         return None
     _to_carry_on(cfg, run_dir)  # that is what this command is for, whatever the run said
     data = load_data(cfg.data.root, resolve_device(cfg.device), val_size=cfg.data.val_size, split_seed=cfg.data.split_seed,
-                     binarize=cfg.data.binarize, download=cfg.data.download)  # DataError, one line
+                     binarize=cfg.data.binarize, download=cfg.data.download, how=RESUME_HOW)  # DataError, one line
+    check_data_to_resume(ck["state"], len(data.train))  # DataError, one line, before anything is written
     if parsed:
         cfg_text, ovr_text = _updated_files(run_dir, parsed)
         ckpt_io.write_text_atomic(cfg_path, cfg_text)
@@ -507,7 +548,7 @@ def finish_evaluation(run_dir: Path, cfg, say) -> bool:
     numbers are missing. Returns whether it ran; `say` reports why, in one line."""
     if not cfg.trainer.final_eval or (run_dir / "eval.json").is_file():
         return False
-    from vaelab.evaluate_run import RunDirError, evaluate_run
+    from vaelab.evaluate_run import RunDirError, data_root, evaluate_run
 
     if ckpt_io.latest(run_dir / "checkpoints") is None:  # its checkpoints were cleaned away since
         raise ckpt_io.CheckpointError(f"{run_dir / 'checkpoints'}: no checkpoint left to evaluate")
@@ -515,7 +556,7 @@ def finish_evaluation(run_dir: Path, cfg, say) -> bool:
         f"(no eval.json): evaluating it now")
     try:
         evaluate_run(run_dir, k=cfg.trainer.final_eval_k, device=cfg.device, checkpoint="last",
-                     progress=cfg.trainer.progress)
+                     progress=cfg.trainer.progress, data_root_override=data_root(run_dir, cfg), how=RESUME_HOW)
     except RunDirError as e:  # (its wording is vaelab eval's)
         raise ckpt_io.CheckpointError(str(e)) from None
     return True
@@ -530,9 +571,10 @@ def carried_on_config(run_dir: Path):
 def _to_carry_on(cfg, run_dir: Path):
     """cfg, set to continue the run in run_dir from its checkpoints, with a relative data.root
     (data.root=../shared/data) read from where the run began. In place; returns cfg."""
+    from vaelab.evaluate_run import data_root
+
     cfg.trainer.resume = True
-    if not Path(cfg.data.root).is_absolute():
-        cfg.data.root = str(_launch_cwd(run_dir) / cfg.data.root)
+    cfg.data.root = str(data_root(run_dir, cfg).absolute())  # (~ too: a home folder, not a folder named ~)
     return cfg
 
 

@@ -697,3 +697,33 @@ def test_one_missing_file_is_named(tmp_path, tiny_mnist):
     with pytest.raises(DataError, match=r"\(download disabled\): t10k-labels-idx1-ubyte \(or .gz\) missing beside the "
                                         r"others; set data.root"):
         fetch_mnist(root, download=False)
+
+
+def test_a_relative_data_root_is_read_from_the_launch_folder_also_with_hydra_job_chdir(tiny_mnist, tmp_path):
+    """The pre-flight looked for it under the launch folder, training under the run folder
+    (where, with a network, it would have downloaded a second copy)."""
+    shutil.copytree(tiny_mnist, tmp_path / "data")
+    r = subprocess.run([sys.executable, "-m", "vaelab.train", "data.root=data", "data.val_size=64", "trainer.epochs=1",
+                        "latent_size=2", "model.size=small", "trainer.final_eval=false", "trainer.progress=false",
+                        "hydra.job.chdir=true", "hydra.run.dir=run"], cwd=tmp_path, capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert (tmp_path / "run" / "metrics.json").is_file() and not (tmp_path / "run" / "data").exists()
+
+
+def test_an_unreadable_gz_file_is_named_not_its_folder(tmp_path, tiny_mnist, monkeypatch):
+    import gzip
+
+    from vaelab.data import MNIST_FILES, DataError, load_mnist_arrays
+
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for f in MNIST_FILES:
+        (raw / f"{f}.gz").write_bytes(gzip.compress((tiny_mnist / "MNIST" / "raw" / f).read_bytes()))
+
+    def unreadable(path, *args, **kwargs):  # (tests run as root here, where mode 000 reads anyway)
+        raise PermissionError(13, "Permission denied", str(path))
+    monkeypatch.setattr(gzip, "open", unreadable)
+    with pytest.raises(DataError) as e:
+        load_mnist_arrays(tmp_path, download=False)
+    assert str(e.value) == f"{raw / MNIST_FILES[0]}.gz: cannot read it (Permission denied)"

@@ -45,7 +45,11 @@ def main(argv: list[str] | None = None) -> None:
     args, unknown = parser.parse_known_args(argv)
     if unknown:
         before = argv.index(unknown[0]) < argv.index(args.command)  # `vaelab --bogus eval`: vaelab's own
-        (parser if before else parsers[args.command]).error(f"unrecognized arguments: {' '.join(unknown)}")
+        own = parsers[args.command]
+        # (data.root=DIR is how vaelab-train and resume take it; eval, sample and reproduce take an option)
+        hint = ("; the data folder is given as --data-root DIR" if not before and "--data-root" in own.format_usage()
+                and any(u.startswith("data.root=") for u in unknown) else "")
+        (parser if before else own).error(f"unrecognized arguments: {' '.join(unknown)}{hint}")
     mod = importlib.import_module(args._module)
     try:
         code = getattr(mod, f"{args.command}_command")(args)

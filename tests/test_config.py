@@ -727,3 +727,11 @@ def test_an_unreadable_gz_file_is_named_not_its_folder(tmp_path, tiny_mnist, mon
     with pytest.raises(DataError) as e:
         load_mnist_arrays(tmp_path, download=False)
     assert str(e.value) == f"{raw / MNIST_FILES[0]}.gz: cannot read it (Permission denied)"
+
+
+def test_an_empty_data_root_is_refused():
+    """It was taken as the current folder, and a download attempted there."""
+    from vaelab.config import ConfigError, validate
+
+    with pytest.raises(ConfigError, match=r"^data.root=: empty: give the folder that holds MNIST/raw/"):
+        validate(compose_cfg(["data.root="]))

@@ -796,8 +796,10 @@ def test_files_written_atomically_get_the_usual_permissions(tmp_path):
                         "'reproduce', 'resume', 'compare') (see vaelab --help)"),
     (["eval", "R", "data.root=/x"], "vaelab eval: error: unrecognized arguments: data.root=/x; the data folder is "
                                     "given as --data-root DIR (see vaelab eval --help)"),
+    (["reproduce", "R", "--data-root", ""], "vaelab reproduce: error: argument --data-root: must be a folder (holding "
+                                            "MNIST/raw/), not empty, got '' (see vaelab reproduce --help)"),
 ], ids=["unknown-option", "unknown-option-resume", "missing-dir", "bad-value", "no-command", "option-before-command",
-        "unknown-command", "data-root-as-override"])
+        "unknown-command", "data-root-as-override", "empty-data-root"])
 def test_a_bad_vaelab_command_line_is_one_line(args, expect, capsys):
     """argparse would print its usage block, and report a command's unknown option as the
     top-level parser's, naming neither the command nor its options."""

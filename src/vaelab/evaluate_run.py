@@ -346,6 +346,7 @@ def _checked(convert, ok, allowed: str):
 
 
 positive_int = _checked(int, lambda v: v >= 1, "an integer >= 1")
+folder_name = _checked(str, lambda v: v.strip() != "", "a folder (holding MNIST/raw/), not empty")
 importance_samples = _checked(int, lambda v: 1 <= v <= 10**6, "an integer in [1, 1000000] (the IWAE paper uses 5000)")
 seed_int = _checked(int, lambda v: 0 <= v < 2**63, "an integer in [0, 2**63)")  # torch.Generator.manual_seed
 positive_float = _checked(float, lambda v: math.isfinite(v) and v > 0, "a number > 0")
@@ -366,7 +367,7 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
                         help="last, best, or a file (name or path) in RUN_DIR/checkpoints/ (default last)")
     parser.add_argument("--device", type=device_name, default="auto", help="auto, cpu, cuda, cuda:N or mps (default auto)")
     parser.add_argument("--seed", type=seed_int, default=0, help="seed of the posterior samples (default 0)")
-    parser.add_argument("--data-root", default=None,
+    parser.add_argument("--data-root", type=folder_name, default=None,
                         help="folder holding MNIST/raw/ (default: the run's data.root)")
     parser.add_argument("--no-pictures", action="store_true", help="numbers only")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")

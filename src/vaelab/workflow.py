@@ -173,9 +173,9 @@ def add_reproduce_arguments(p) -> None:
     p.add_argument("run_dir", metavar="RUN_DIR", help="a finished run (a folder holding .hydra/config.yaml)")
     p.add_argument("--out", metavar="DIR", help="the new run directory "
                    "(default: outputs/runs/<name>/<timestamp>, like vaelab-train)")
-    from vaelab.evaluate_run import non_negative_float
+    from vaelab.evaluate_run import folder_name, non_negative_float
 
-    p.add_argument("--data-root", metavar="DIR", help="the folder holding MNIST/raw/, where the run's data.root no "
+    p.add_argument("--data-root", metavar="DIR", type=folder_name, help="the folder holding MNIST/raw/, where the run's data.root no "
                    "longer has it (moved, another machine); the reproduction records it in its config")
     p.add_argument("--rtol", type=non_negative_float, default=0.0,
                    help="relative tolerance for the comparison (default 0: identical to the bit, which "

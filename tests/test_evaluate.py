@@ -463,3 +463,19 @@ def test_iwae_paper_experiment_composes_and_runs(make_cfg, tmp_path):
     assert math.isfinite(metrics["val_loss"])
     r = load_eval(tmp_path)
     assert r["likelihood"] == "bernoulli" and r["latent_size"] == 50 and math.isfinite(r["nll_iwae"])
+
+
+def test_picture_folders_left_by_killed_evaluations_are_removed_not_those_in_use(make_cfg, tmp_path):
+    from vaelab import checkpoint as ckpt_io
+
+    train(make_cfg(["latent_size=2", "model.size=small", "trainer.epochs=1", "trainer.final_eval=false"]), tmp_path)
+    stale, fresh, held = (tmp_path / f".eval-{n}.tmp" for n in ("stale", "fresh", "held"))
+    for d in (stale, fresh, held):
+        (d / "samples.png").parent.mkdir()
+        (d / "samples.png").write_bytes(b"half a picture")
+    for d in (stale, held):  # an hour old
+        os.utime(d, (os.path.getmtime(d) - 3600,) * 2)
+    with ckpt_io.only_process(held):  # another evaluation, drawing into it now
+        evaluate_run(tmp_path, k=2, device="cpu", progress=False)
+    assert not stale.exists() and fresh.is_dir() and held.is_dir()
+    assert (tmp_path / "eval" / "samples.png").is_file()

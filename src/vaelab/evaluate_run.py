@@ -226,9 +226,11 @@ def evaluate_run(run_dir: str | Path, k: int = 5000, device: str = "auto", check
             if writer is not None:  # eval/ keeps its pictures, and TensorBoard its eval/* images
                 _copy_images(old_events, writer)
         if pictures:  # drawn aside, into eval/ only with eval.json: a stop part-way leaves eval/ as it was
+            _remove_stale_staging(run_dir)
             staging = Path(tempfile.mkdtemp(prefix=".eval-", suffix=ckpt_io.TMP_SUFFIX, dir=run_dir))
-            drawn = make_pictures(model, test, data.test.labels, st["kl_per_dim"], st["mu_var"] > ACTIVE_THRESHOLD,
-                                  staging, writer, step, seed)
+            with ckpt_io.only_process(staging):  # (held while in use: see _remove_stale_staging)
+                drawn = make_pictures(model, test, data.test.labels, st["kl_per_dim"],
+                                      st["mu_var"] > ACTIVE_THRESHOLD, staging, writer, step, seed)
         if writer is not None:
             writer.close()
         result["seconds"] = time.perf_counter() - t0
@@ -253,6 +255,20 @@ def evaluate_run(run_dir: str | Path, k: int = 5000, device: str = "auto", check
              "active units %d/%d", path.name, k, elbo, recon, kl, nll, result["bits_per_dim"],
              st["active_units"], cfg.latent_size)
     return result
+
+
+def _remove_stale_staging(run_dir: Path, min_age_s: float = 60.0) -> None:
+    """Delete the picture folders (.eval-*.tmp) of evaluations killed part-way (kill -9, a lost
+    node). One another evaluation is drawing into now is locked by it; one made in the last
+    minute may be about to be (its lock comes just after the folder)."""
+    for stale in run_dir.glob(f".eval-*{ckpt_io.TMP_SUFFIX}"):
+        if not stale.is_dir() or time.time() - stale.stat().st_mtime < min_age_s:
+            continue
+        try:
+            ckpt_io.check_not_in_use(stale)
+        except ckpt_io.CheckpointError:
+            continue
+        shutil.rmtree(stale, ignore_errors=True)
 
 
 def _remove_events(files) -> None:

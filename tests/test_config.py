@@ -729,9 +729,20 @@ def test_an_unreadable_gz_file_is_named_not_its_folder(tmp_path, tiny_mnist, mon
     assert str(e.value) == f"{raw / MNIST_FILES[0]}.gz: cannot read it (Permission denied)"
 
 
-def test_an_empty_data_root_is_refused():
-    """It was taken as the current folder, and a download attempted there."""
-    from vaelab.config import ConfigError, validate
+def test_an_empty_data_root_is_refused_for_a_new_run():
+    """It was taken as the current folder, and a download attempted there. A saved run with an
+    empty root still evaluates and resumes (from its launch folder), as before."""
+    assert precheck(["data.root="]) == ("data.root is empty (as it is when VAELAB_DATA is set to nothing): give "
+                                        "the folder that holds MNIST/raw/")
 
-    with pytest.raises(ConfigError, match=r"^data.root=: empty: give the folder that holds MNIST/raw/"):
-        validate(compose_cfg(["data.root="]))
+
+@pytest.mark.parametrize("value", ["/a b", "it's", "/x\\", "/a\\'b", "/a\\b", "a\\\\b", "\\", "'", "a=b,c",
+                                   "${x}", 'a"b'])
+def test_override_value_reads_back_as_the_same_string(value):
+    """Folders (hydra.run.dir, data.root) handed to Hydra's grammar: a backslash stands for
+    itself except before a quote or at the end; it used to be doubled everywhere."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from vaelab.train_cli import override_value
+
+    assert OverridesParser.create().parse_overrides([f"k={override_value(value)}"])[0].value() == value

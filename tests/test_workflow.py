@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from omegaconf import OmegaConf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 import vaelab.train as train_mod
@@ -945,6 +946,7 @@ def test_resume_evaluates_a_finished_run_on_the_data_root_it_is_given(finished_r
     shutil.copytree(finished_run, run)
     cfg = yaml.safe_load((run / ".hydra" / "config.yaml").read_text())
     cfg["data"]["root"], cfg["trainer"]["final_eval"] = str(tmp_path / "moved-away"), True  # its evaluation never ran
+    cfg["data"]["download"] = False  # (where there is a network)
     (run / ".hydra" / "config.yaml").write_text(yaml.safe_dump(cfg))
     assert vaelab(["resume", run]) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
@@ -957,13 +959,41 @@ def test_resume_evaluates_a_finished_run_on_the_data_root_it_is_given(finished_r
 def test_reproduce_takes_the_data_from_data_root_and_tells_other_data(finished_run, tiny_mnist, tmp_path, capsys):
     from tests.conftest import make_tiny_mnist
 
-    assert vaelab(["reproduce", finished_run, "--data-root", tmp_path / "nowhere", "--out", tmp_path / "r0"]) == 2
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    cfg = yaml.safe_load((run / ".hydra" / "config.yaml").read_text())
+    cfg["data"]["download"] = False  # (where there is a network)
+    (run / ".hydra" / "config.yaml").write_text(yaml.safe_dump(cfg))
+    assert vaelab(["reproduce", run, "--data-root", tmp_path / "nowhere", "--out", tmp_path / "r0"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"vaelab reproduce: error: MNIST not found in {tmp_path / 'nowhere' / 'MNIST' / 'raw'}")
     assert err.endswith("give --data-root DIR to a folder holding MNIST/raw/") and not (tmp_path / "r0").exists()
 
     other = make_tiny_mnist(tmp_path / "other", seed=1)
-    assert vaelab(["reproduce", finished_run, "--data-root", other, "--out", tmp_path / "r1"]) == 1
+    assert vaelab(["reproduce", run, "--data-root", other, "--out", tmp_path / "r1"]) == 1
     out = capsys.readouterr().out
     assert "The data differs from the original run's (data_digest" in out and "NOT reproduced" in out
     assert yaml.safe_load((tmp_path / "r1" / ".hydra" / "config.yaml").read_text())["data"]["root"] == str(other)
+
+    # A run from before data_digest: nothing to compare it with, and it reproduces
+    metrics = json.loads((run / "metrics.json").read_text())
+    del metrics["data_digest"]
+    (run / "metrics.json").write_text(json.dumps(metrics))
+    assert vaelab(["reproduce", run, "--data-root", tiny_mnist, "--out", tmp_path / "r2"]) == 0
+    assert "reproduced: every metric is identical" in capsys.readouterr().out
+
+
+def test_a_run_whose_launch_folder_moved_reads_a_relative_data_root_from_the_current_one(tiny_mnist, tmp_path,
+                                                                                        monkeypatch):
+    from vaelab.evaluate_run import data_root
+
+    run = tmp_path / "project" / "run"
+    shutil.copytree(tiny_mnist, tmp_path / "project" / "data")
+    run_module("vaelab.train", ["data.root=data", *TINY, "trainer.epochs=1", f"hydra.run.dir={run}"],
+               tmp_path / "project")
+    cfg = yaml.safe_load((run / ".hydra" / "config.yaml").read_text())
+    assert cfg["data"]["root"] == "data"
+    (tmp_path / "project").rename(tmp_path / "moved")
+    monkeypatch.chdir(tmp_path / "moved")
+    assert data_root(tmp_path / "moved" / "run", OmegaConf.create(cfg)) == Path("data")  # not the gone project/data
+    assert vaelab(["resume", tmp_path / "moved" / "run", "trainer.epochs=2"]) == 0

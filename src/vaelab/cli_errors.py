@@ -436,6 +436,9 @@ def _jobs_error(compose_, candidates: list[list[str]], cmd: _CommandLine) -> tup
             validate(cfg)
         except ConfigError as e:
             return str(e), data_roots
+        if not str(cfg.data.root).strip():  # (it read as the current folder, and downloaded there)
+            return ("data.root is empty (as it is when VAELAB_DATA is set to nothing): give the folder that holds "
+                    "MNIST/raw/"), data_roots
         names.setdefault(cfg.name, " ".join(ovs))
         data_roots[str(cfg.data.root)] = data_roots.get(str(cfg.data.root), False) or bool(cfg.data.download)
     if len(names) > 1 and (cmd.multirun or cmd.optuna):  # -m experiment=seed,iwae_paper_vae

@@ -231,8 +231,6 @@ def validate(cfg: DictConfig, here: bool = True) -> None:
     _check(1 <= t.final_eval_k <= 10**6, "trainer.final_eval_k", t.final_eval_k,
            "must be in [1, 10**6] (as vaelab eval --k)")
     _check(cfg.data.val_size >= 0, "data.val_size", cfg.data.val_size, "must be >= 0")
-    _check(str(cfg.data.root).strip() != "", "data.root", cfg.data.root,  # (it was the current folder)
-           "empty: give the folder that holds MNIST/raw/, or leave data.root out for the default")
     _check(cfg.data.name == "mnist", "data.name", cfg.data.name, "allowed: mnist")
     # `name` is a folder under outputs/ (outputs/runs/<name>/...): one plain folder name
     _check(bool(re.fullmatch(r"[\w.=,+-]+", cfg.name)) and cfg.name not in (".", ".."), "name", cfg.name,

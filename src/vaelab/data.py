@@ -233,13 +233,13 @@ def load_data(root: str | Path, device: torch.device, val_size: int = 5000, spli
 
     val_is_test = val_size == 0
     cpu = [x_train[tr_idx], y_train[tr_idx], x_val, y_train[va_idx], x_test, y_test]
-    digest = hashlib.blake2b(digest_size=8)  # ~0.1 s for MNIST's 55 MB
+    digest = hashlib.sha256()  # 0.03 s for MNIST's 55 MB here (blake2b: 0.06)
     for t in cpu:
         digest.update(t.contiguous().numpy().data)
     x_tr, y_tr, x_va, y_va, x_te, y_te = (t.contiguous().to(device) for t in cpu)
     train, test = Split(x_tr, y_tr), Split(x_te, y_te)
     val = test if val_is_test else Split(x_va, y_va)
-    return MNISTData(train, val, test, binarize=binarize, val_is_test=val_is_test, digest=digest.hexdigest())
+    return MNISTData(train, val, test, binarize=binarize, val_is_test=val_is_test, digest=digest.hexdigest()[:16])
 
 
 def to_float(batch_u8: torch.Tensor, binarize: str = "none", generator: torch.Generator | None = None

@@ -127,7 +127,7 @@ def data_root(run_dir: Path, cfg) -> Path:
     hydra_yaml = run_dir / ".hydra" / "hydra.yaml"
     if not root.is_absolute() and hydra_yaml.is_file():
         cwd = OmegaConf.select(OmegaConf.load(hydra_yaml), "hydra.runtime.cwd")
-        if cwd:  # (not a folder of that name under the current one, which may hold other data)
+        if cwd and Path(cwd).is_dir():  # a launch folder moved or deleted since: the current one
             return Path(cwd) / root
     return root
 

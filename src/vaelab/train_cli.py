@@ -8,6 +8,7 @@ Nothing here imports torch: a command line that cannot run is refused in about h
 from __future__ import annotations
 
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -65,9 +66,11 @@ def saved_config_argv(argv: list[str]) -> list[str]:
 
 
 def override_value(v) -> str:
-    """A YAML value as Hydra's override grammar reads it back ('quoted' strings keep ${...})."""
+    """A YAML value as Hydra's override grammar reads it back ('quoted' strings keep ${...}).
+    In a quoted value a backslash stands for itself, except in a run of them before a quote or
+    at the end, where each is written twice; a quote is written \\'."""
     if isinstance(v, str):
-        return "'" + v.replace("\\", "\\\\").replace("'", "\\'") + "'"
+        return "'" + re.sub(r"(\\*)('|$)", lambda m: m.group(1) * 2 + ("\\'" if m.group(2) else ""), v) + "'"
     if isinstance(v, bool):
         return str(v).lower()
     if isinstance(v, list):

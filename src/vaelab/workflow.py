@@ -233,11 +233,12 @@ def reproduce(run_dir: str | Path, out: str | Path | None = None, rtol: float = 
                             f"cannot make the run folder {new_dir}: {err}; give --out DIR")
     if new_dir.exists() and any(new_dir.iterdir()):
         raise WorkflowError(f"{new_dir}: already exists and is not empty; give another --out")
-    quoted = str(new_dir).replace("'", "\\'")  # a quoted value in Hydra's override grammar
+    from vaelab.train_cli import override_value
+
     cmd = [sys.executable, "-m", "vaelab.train", "--config-dir", str(run_dir / ".hydra"), "--config-name", "config",
-           f"hydra.run.dir='{quoted}'"]
+           f"hydra.run.dir={override_value(str(new_dir))}"]
     if data_root:
-        cmd.append("data.root='" + str(root).replace("'", "\\'") + "'")
+        cmd.append(f"data.root={override_value(str(root))}")
     env = dict(os.environ)
     threads = original.get("torch_threads")
     if threads:  # CPU float sums depend on it (a joblib worker gets cpu_count / n_jobs threads)
@@ -334,7 +335,9 @@ def _data_root_from_here(overrides: list[str]) -> list[str]:
             except Exception:  # apply_overrides reports it in vaelab-train's words
                 value = None
             if isinstance(value, str) and value and "${" not in value and not Path(value).expanduser().is_absolute():
-                text = "data.root='" + str(Path.cwd() / value).replace("'", "\\'") + "'"
+                from vaelab.train_cli import override_value
+
+                text = f"data.root={override_value(str(Path.cwd() / value))}"
         out.append(text)
     return out
 
@@ -385,7 +388,8 @@ def resume(run_dir: str | Path, overrides: list[str] = ()) -> dict | None:
     if done >= cfg.trainer.epochs and not ck["state"].get("pos") and metrics is not None:
         trained = (f"all {n_epochs(done)} of trainer.epochs={done}" if done == cfg.trainer.epochs
                    else f"{n_epochs(done)}, more than trainer.epochs={cfg.trainer.epochs}")
-        if finish_evaluation(run_dir, cfg, say=lambda m: print(f"vaelab resume: {m}", file=sys.stderr)):
+        if finish_evaluation(run_dir, cfg, say=lambda m: print(f"vaelab resume: {m}", file=sys.stderr),
+                             how=RESUME_HOW):
             return metrics
         # Training again would only log the final numbers a second time.
         print(f"vaelab resume: nothing to do, {run_dir} has trained {trained}; to go on: "
@@ -542,10 +546,11 @@ def n_epochs(n: int) -> str:
     return f"{n} epoch{'s' * (n != 1)}"
 
 
-def finish_evaluation(run_dir: Path, cfg, say) -> bool:
+def finish_evaluation(run_dir: Path, cfg, say, how: str = "give data.root=DIR") -> bool:
     """Run the end-of-training evaluation (trainer.final_eval) of a finished run if a stop cut
     it short (no eval.json): `vaelab resume` of such a run has no training left, but its test
-    numbers are missing. Returns whether it ran; `say` reports why, in one line."""
+    numbers are missing. Returns whether it ran; `say` reports why, in one line; `how` is what
+    a DataError tells the user to do to point at the data."""
     if not cfg.trainer.final_eval or (run_dir / "eval.json").is_file():
         return False
     from vaelab.evaluate_run import RunDirError, data_root, evaluate_run
@@ -556,7 +561,7 @@ def finish_evaluation(run_dir: Path, cfg, say) -> bool:
         f"(no eval.json): evaluating it now")
     try:
         evaluate_run(run_dir, k=cfg.trainer.final_eval_k, device=cfg.device, checkpoint="last",
-                     progress=cfg.trainer.progress, data_root_override=data_root(run_dir, cfg), how=RESUME_HOW)
+                     progress=cfg.trainer.progress, data_root_override=data_root(run_dir, cfg), how=how)
     except RunDirError as e:  # (its wording is vaelab eval's)
         raise ckpt_io.CheckpointError(str(e)) from None
     return True

@@ -161,3 +161,19 @@ def test_the_warm_up_runs_two_steps_and_leaves_the_generator_as_it_found_it(monk
     assert torch.equal(torch.get_rng_state(), before)
     tr.warm_up(cfg, torch.device("cpu"), 784, graphed=False, cancelled=lambda: True)  # the data failed to load
     assert batches == [64, 64]
+
+
+def test_train_curves_count_every_step_also_past_the_last_log_point_of_an_epoch(make_cfg, tmp_path):
+    """With 6 steps an epoch and trainer.log_every=4, each epoch's last steps make a point of
+    their own at its end: weighted by their examples, the train/loss points of an epoch give
+    its epoch/train_loss (the last 2 steps were dropped before)."""
+    train(make_cfg(["latent_size=4", "model.size=small", "trainer.log_every=4"]), tmp_path)
+    acc = _events(tmp_path)
+    points = [(e.step, e.value) for e in acc.Scalars("train/loss")]
+    assert [x for x, _ in points] == [128, 192, 256, 384]  # steps 4, 6 (epoch 1's end), 8, 12 (epoch 2's end)
+    epochs = [e.value for e in acc.Scalars("epoch/train_loss")]
+    for (start, end), expected in zip(((0, 192), (192, 384)), epochs):
+        inside = [(x, v) for x, v in points if start < x <= end]
+        xs = [start] + [x for x, _ in inside]
+        weighted = sum((x - x0) * v for x0, (x, v) in zip(xs, inside)) / (end - start)
+        assert weighted == pytest.approx(expected, rel=1e-5)

@@ -542,6 +542,20 @@ def _train(cfg: DictConfig, run_dir: Path, data: MNISTData | None) -> dict:
             raise diverged(f"non-finite loss {values[0]} at step {st['step']} ({where}); "
                            f"stopped without saving these weights; last good checkpoint: {good}")
 
+    def log_train(epoch: int) -> float:
+        """The train/* point of the steps since the last one: their per-example means and, as
+        train/loss mixes the betas of a KL warm-up, the mean beta they were taken with. Returns
+        the loss."""
+        v = log_acc.tolist()
+        means = [s / v[3] for s in v[:3]]
+        check_finite(means, f"epoch {epoch + 1}")
+        mean_beta = st["log_beta"] / v[3] if warmup else beta_max
+        writer.scalars({"loss": means[0], "recon": means[1], "kl": means[2], "beta": mean_beta},
+                       st["examples"], prefix="train/")
+        st["log_beta"] = 0.0
+        log_acc.zero_()
+        return means[0]
+
     # With MSE the numbers leave out the Gaussian's constant (losses.py): not a -ELBO in nats.
     val_name = "-elbo" if recon == "bce" else "loss"
     if recon == "mse" and not resumed:
@@ -577,16 +591,7 @@ def _train(cfg: DictConfig, run_dir: Path, data: MNISTData | None) -> dict:
                 st["log_beta"] += beta * b
                 bar.update(b)
                 if st["step"] % log_every == 0:  # the loop's only host sync
-                    v = log_acc.tolist()
-                    means = [s / v[3] for s in v[:3]]
-                    check_finite(means, f"epoch {epoch + 1}")
-                    # the betas train/loss was taken with: during a warm-up, their mean
-                    mean_beta = st["log_beta"] / v[3] if warmup else beta
-                    writer.scalars({"loss": means[0], "recon": means[1], "kl": means[2], "beta": mean_beta},
-                                   st["examples"], prefix="train/")
-                    st["log_beta"] = 0.0
-                    bar.set_postfix(loss=f"{means[0]:.2f}")  # the bar's own img/s is the rate
-                    log_acc.zero_()
+                    bar.set_postfix(loss=f"{log_train(epoch):.2f}")  # the bar's own img/s is the rate
                 if stop.signum is not None:
                     break
             bar.close()
@@ -603,6 +608,9 @@ def _train(cfg: DictConfig, run_dir: Path, data: MNISTData | None) -> dict:
                                   f"continue with: vaelab resume {shlex.quote(str(run_dir))}")
 
             # --- end of epoch: validation, logging, pictures, checkpoints ---------------
+            if st["log_acc"][3] > 0:  # the epoch's last steps, past its last multiple of log_every
+                log_train(epoch)
+                st["log_acc"] = torch.zeros(4)
             e = epoch_acc.tolist()
             train_means = {"loss": e[0] / e[3], "recon": e[1] / e[3], "kl": e[2] / e[3]}
             check_finite(list(train_means.values()), f"end of epoch {epoch + 1}")

@@ -114,6 +114,7 @@ def main() -> None:
     if args.epochs < 1 or args.rounds < 1:
         p.error(f"--epochs {args.epochs} --rounds {args.rounds}: both must be >= 1")
     args.data_root = args.data_root.resolve()
+    args.reference = args.reference.resolve()  # (both programs run from the repository's root)
     if not args.reference.is_file():
         sys.exit(f"speed.py: error: reference script not found at {args.reference} (use --reference PATH)")
     out_path = args.out or REPO / "benchmarks" / "results" / f"speed-{args.device.replace(':', '')}.json"

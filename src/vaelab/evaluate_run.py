@@ -334,7 +334,8 @@ def format_table(r: dict, run_dir: str | Path) -> str:
         + ("   (< 0: both are Monte Carlo estimates; raise --k)" if -r['elbo'] < r['nll_iwae'] else ""),
         "",
         f"  active units {r['active_units']} / {r['latent_size']}   (Cov_x E_q[z_i|x] > 0.01)",
-        f"  KL per dim   {top}{' ...' if len(kl) > 8 else ''}   ({small} dims < 0.01 nats)",
+        f"  KL per dim   {top}{' ...' if len(kl) > 8 else ''}   ({small} dims < 0.01 nats: the traversals call "
+        f"these dead too, as well as the inactive ones)",
     ]
     if r.get("pictures"):
         folder = Path(next(iter(r["pictures"].values()))).parent
@@ -417,7 +418,8 @@ def add_sample_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-n", type=_checked(int, lambda v: 1 <= v <= 10_000, "an integer in [1, 10000] (one grid)"),
                         default=64, help="number of samples, at most 10000 (default 64)")
     parser.add_argument("--out", default=None,
-                        help="PNG to write, not one of vaelab eval's or the training's pictures (default "
+                        help="image to write (PNG; another extension, e.g. .jpg, picks that format), not one of "
+                             "vaelab eval's or the training's pictures (default "
                         "RUN_DIR/eval/samples_<checkpoint>_t<temperature>_seed<seed>.png)")
     # z = T * eps in float32: T near 1e37 overflows to inf and a black grid; past ~10 the
     # samples are noise anyway.

@@ -998,3 +998,24 @@ def test_a_run_whose_launch_folder_moved_reads_a_relative_data_root_from_the_cur
     monkeypatch.chdir(tmp_path / "moved")
     assert data_root(tmp_path / "moved" / "run", OmegaConf.create(cfg)) == Path("data")  # not the gone project/data
     assert vaelab(["resume", tmp_path / "moved" / "run", "trainer.epochs=2"]) == 0
+
+
+def test_reproduce_says_when_a_resume_changed_a_setting_part_way(finished_run, tmp_path, capsys):
+    """The config holds a resumed run's last values, which a re-run uses from its first step: a
+    run whose lr changed at epoch 2 reproduced as 'NOT reproduced' with no reason given."""
+    longer, changed = tmp_path / "longer", tmp_path / "changed"
+    for run in (longer, changed):
+        shutil.copytree(finished_run, run)
+    assert vaelab(["resume", longer, "trainer.epochs=2"]) == 0
+    assert vaelab(["resume", changed, "trainer.epochs=2", "optim.lr=1e-4"]) == 0
+    assert yaml.safe_load((changed / ".hydra" / "resumes.yaml").read_text()) == [
+        {"epoch": 2, "step": 6, "overrides": ["trainer.epochs=2", "optim.lr=1e-4"]}]
+    capsys.readouterr()
+
+    assert vaelab(["reproduce", longer, "--out", tmp_path / "r1"]) == 0  # more epochs: the same numbers
+    assert "note:" not in capsys.readouterr().out
+    assert vaelab(["reproduce", changed, "--out", tmp_path / "r2"]) == 1
+    out = capsys.readouterr().out
+    assert ("note: changed was carried on with changed settings: optim.lr=1e-4 (from epoch 2, after step 6). Its "
+            "config holds the last values") in out
+    assert out.rstrip().endswith("(settings changed part-way: see the note above)")

@@ -245,6 +245,11 @@ def reproduce(run_dir: str | Path, out: str | Path | None = None, rtol: float = 
         env["OMP_NUM_THREADS"] = str(threads)
     as_before = f" ({threads} CPU thread{'s' * (threads != 1)}, as the original)" if threads else ""
     print(f"reproducing {run_dir}\n        into {new_dir}{as_before}", flush=True)
+    changed = changed_part_way(run_dir)
+    if changed:
+        print(f"note: {run_dir.name} was carried on with changed settings: {', '.join(changed)}. Its config holds "
+              f"the last values, which the reproduction uses from the start ({RESUMES} in its .hydra/ has the "
+              f"history): its numbers cannot be expected to match.", flush=True)
     code = subprocess.run(cmd, cwd=_launch_cwd(run_dir), env=env).returncode
     if code != 0:
         log_file = new_dir / "train.log"  # (a run refused at its start leaves no folder: its error is above)
@@ -268,7 +273,8 @@ def reproduce(run_dir: str | Path, out: str | Path | None = None, rtol: float = 
               "split them): its numbers cannot be expected to match.")
     if diff:
         print(f"\nNOT reproduced: {len(diff)} metric(s) differ ({', '.join(diff)})"
-              + (f" beyond rtol={rtol}" if rtol else ""))
+              + (f" beyond rtol={rtol}" if rtol else "") + (" (settings changed part-way: see the note above)"
+                                                            if changed else ""))
         return 1, new_dir
     print(f"\nreproduced: every metric is {'within rtol=' + str(rtol) if rtol else 'identical'}")
     return 0, new_dir
@@ -342,6 +348,36 @@ def _data_root_from_here(overrides: list[str]) -> list[str]:
     return out
 
 
+# .hydra/resumes.yaml: each `vaelab resume` that changed the config, from which epoch and step
+# (the first step it ran). The config holds the last values only; a re-run from it uses them
+# from the start, so `vaelab reproduce` says when a change can make its numbers differ.
+RESUMES = "resumes.yaml"
+# Settings that change no number of the run when changed part-way (where the data is, how long,
+# what is logged and kept).
+_CHANGE_NO_NUMBER = {"trainer.epochs", "data.root", "trainer.progress", "trainer.checkpoint_every", "trainer.log_every",
+                     "logger.images_every", "logger.histograms", "logger.tensorboard", "trainer.final_eval",
+                     "trainer.final_eval_k"}
+
+
+def _resumes(run_dir: Path) -> list[dict]:
+    try:
+        record = yaml.safe_load((run_dir / ".hydra" / RESUMES).read_text())
+    except (OSError, yaml.YAMLError):
+        return []
+    return record if isinstance(record, list) else []
+
+
+def changed_part_way(run_dir: Path) -> list[str]:
+    """The changes `vaelab resume` made part-way through the run that can change its numbers,
+    as 'optim.lr=1e-4 (from epoch 3, after step 1876)'."""
+    out = []
+    for r in _resumes(run_dir):
+        for line in r.get("overrides") or []:
+            if str(line).split("=", 1)[0] not in _CHANGE_NO_NUMBER:
+                out.append(f"{line} (from epoch {r.get('epoch')}, after step {r.get('step')})")
+    return out
+
+
 def _updated_files(run_dir: Path, parsed: list) -> tuple[str, str]:
     """The new texts of .hydra/config.yaml (same layout, new values) and .hydra/overrides.yaml
     (each key once: a new value replaces the old override of that key)."""
@@ -402,6 +438,11 @@ def resume(run_dir: str | Path, overrides: list[str] = ()) -> dict | None:
     check_data_to_resume(ck["state"], len(data.train))  # DataError, one line, before anything is written
     if parsed:
         cfg_text, ovr_text = _updated_files(run_dir, parsed)
+        st = ck["state"]
+        # (epoch: the 1-based epoch the change first trains in; step: how many steps ran before it)
+        record = [*_resumes(run_dir), {"epoch": st["epoch"] + 1, "step": st["step"],
+                                       "overrides": [o.input_line for o in parsed]}]
+        ckpt_io.write_text_atomic(run_dir / ".hydra" / RESUMES, yaml.safe_dump(record, sort_keys=False))
         ckpt_io.write_text_atomic(cfg_path, cfg_text)
         ckpt_io.write_text_atomic(run_dir / ".hydra" / "overrides.yaml", ovr_text)
     return train(cfg, run_dir, data)  # (with the run's own CPU thread count, as a resumed train() takes)

@@ -674,11 +674,9 @@ def test_damaged_mnist_files_are_one_line_naming_the_file(tmp_path, tiny_mnist, 
     assert message in str(e.value) and "\n" not in str(e.value)
     if "label 12" in message:
         return  # (needs the files read: the training's own check, not the pre-flight's)
-    r = subprocess.run([sys.executable, "-m", "vaelab.train", f"data.root={root}", "data.val_size=64"],
-                       cwd=tmp_path, capture_output=True, text=True, timeout=120)
-    (line,) = r.stderr.strip().splitlines()
-    assert r.returncode == 2 and line.startswith(f"vaelab-train: error: {root / 'MNIST' / 'raw' / message}")
-    assert not (tmp_path / "outputs").exists()  # refused in the pre-flight, before the run folder
+    # vaelab-train's pre-flight, before any run folder is made (one subprocess run: test_missing_data_is_one_line)
+    err = precheck([f"data.root={root}"], fetch_data=True)
+    assert err.startswith(f"{root / 'MNIST' / 'raw' / message}")
 
 
 def test_data_root_given_as_the_raw_folder_names_the_folder_to_give(tiny_mnist):

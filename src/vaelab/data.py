@@ -131,7 +131,8 @@ def fetch_mnist(root: str | Path, download: bool = True, how: str = HOW) -> None
                       and root.resolve() in ((c / "MNIST").resolve(), _raw_dir(c).resolve())), None)
         hint = (f"; data.root is the folder that holds MNIST/raw/, here {right.resolve()}" if right is not None
                 else f"; {how} to a folder holding MNIST/raw/")
-        raise DataError(f"MNIST not found in {raw.resolve()} (download {why if download else 'disabled'}): {what}{hint}")
+        raise DataError(f"MNIST not found in {raw.resolve()} (download {why if download else 'disabled'}): "
+                        f"{what}{hint}")
 
 
 def _short(e: Exception) -> str:

@@ -86,8 +86,8 @@ def check_data_to_resume(state: dict, n_train: int) -> None:
     data.val_size, would index past its end)."""
     perm = state.get("perm")
     if state.get("pos") and perm is not None and len(perm) != n_train:
-        raise DataError(f"the run stopped part-way through epoch {state['epoch'] + 1} of a training split of {len(perm)} "
-                        f"images, and this data gives {n_train} (data.root, data.val_size): finish it on the data it "
+        raise DataError(f"the run stopped part-way through epoch {state['epoch'] + 1} of a training split of "
+                        f"{len(perm)} images, and this data gives {n_train} (data.root, data.val_size): finish it on the data it "
                         f"was trained on")
 
 
@@ -184,7 +184,8 @@ def warm_up(cfg: DictConfig, device: torch.device, input_dim: int, graphed: bool
                 step = make_step(forward_loss(model, cfg.loss.recon, amp), model, opt, images,
                                  (torch.zeros(4, device=device),), binarize=cfg.data.binarize, grad_clip=t.grad_clip)
                 # beta as the loop passes it: a 0-dim tensor to the graph step, a float to the eager one
-                idx, beta = torch.arange(t.batch_size, device=device), torch.zeros((), device=device) if graphed else 0.0
+                idx = torch.arange(t.batch_size, device=device)
+                beta = torch.zeros((), device=device) if graphed else 0.0
                 for _ in range(2):  # Adam's first step makes its state; the second is every later step's
                     if cancelled():
                         break

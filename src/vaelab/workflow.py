@@ -175,8 +175,9 @@ def add_reproduce_arguments(p) -> None:
                    "(default: outputs/runs/<name>/<timestamp>, like vaelab-train)")
     from vaelab.evaluate_run import folder_name, non_negative_float
 
-    p.add_argument("--data-root", metavar="DIR", type=folder_name, help="the folder holding MNIST/raw/, where the run's data.root no "
-                   "longer has it (moved, another machine); the reproduction records it in its config")
+    p.add_argument("--data-root", metavar="DIR", type=folder_name,
+                   help="the folder holding MNIST/raw/, where the run's data.root no longer has it (moved, "
+                        "another machine); the reproduction records it in its config")
     p.add_argument("--rtol", type=non_negative_float, default=0.0,
                    help="relative tolerance for the comparison (default 0: identical to the bit, which "
                         "holds on CPU; a GPU run that is not bit-reproducible needs one, see the README)")
@@ -326,7 +327,8 @@ def apply_overrides(cfg, overrides: list[str]) -> list:
     return parsed
 
 
-RESUME_HOW = "resume with data.root=DIR set"  # a DataError to `vaelab resume`: "...; {how} to a folder holding MNIST/raw/"
+# what a DataError tells `vaelab resume`'s user: "...; {how} to a folder holding MNIST/raw/"
+RESUME_HOW = "resume with data.root=DIR set"
 
 
 def _data_root_from_here(overrides: list[str]) -> list[str]:
@@ -413,7 +415,8 @@ def resume(run_dir: str | Path, overrides: list[str] = ()) -> dict | None:
                                       f"vaelab-train --config-dir {shlex.quote(str(run_dir / '.hydra'))} "
                                       f"--config-name config)")
 
-    from vaelab.train import build_model, check_data_to_resume, check_epochs_to_resume, train  # (torch: after the cheap checks)
+    # (torch: after the cheap checks)
+    from vaelab.train import build_model, check_data_to_resume, check_epochs_to_resume, train
 
     ck = ckpt_io.load(last)
     ckpt_io.check_compatible(ck, build_model(cfg), last, cfg, ckpt_io.SAME_TO_RESUME)

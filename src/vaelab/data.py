@@ -117,8 +117,7 @@ def fetch_mnist(root: str | Path, download: bool = True, how: str = HOW) -> None
             MNIST(str(root), train=False, download=True)
         except Exception as e:  # no network, a mirror down, a read-only folder, ...
             log.debug("MNIST download failed: %r", e)
-            # torchvision's message is one line per mirror tried; the last says what went wrong
-            why = f"failed: {_short(Exception(str(e).strip().splitlines()[-1] if str(e).strip() else e))}"
+            why = f"failed: {_short(e, line=-1)}"  # (torchvision's last line: what the last mirror tried said)
             if first_new is not None and first_new.is_dir() and not any(f.is_file() for f in first_new.rglob("*")):
                 shutil.rmtree(first_new, ignore_errors=True)  # a failed download leaves no empty folders behind
     if not _have_files(root):
@@ -135,9 +134,10 @@ def fetch_mnist(root: str | Path, download: bool = True, how: str = HOW) -> None
                         f"{what}{hint}")
 
 
-def _short(e: Exception) -> str:
-    """An exception as a few words for a one-line message: its first line, at most 120 characters."""
-    text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+def _short(e: Exception, line: int = 0) -> str:
+    """An exception as a few words for a one-line message: one of its lines (the first), at most
+    120 characters."""
+    text = str(e).strip().splitlines()[line] if str(e).strip() else type(e).__name__
     return text if len(text) <= 120 else text[:117] + "..."
 
 

@@ -87,8 +87,8 @@ def check_data_to_resume(state: dict, n_train: int) -> None:
     perm = state.get("perm")
     if state.get("pos") and perm is not None and len(perm) != n_train:
         raise DataError(f"the run stopped part-way through epoch {state['epoch'] + 1} of a training split of "
-                        f"{len(perm)} images, and this data gives {n_train} (data.root, data.val_size): finish it on the data it "
-                        f"was trained on")
+                        f"{len(perm)} images, and this data gives {n_train} (data.root, data.val_size): finish it on "
+                        f"the data it was trained on")
 
 
 def _under_config(saved: dict, opt: torch.optim.Optimizer) -> dict:
@@ -157,7 +157,7 @@ def warm_up(cfg: DictConfig, device: torch.device, input_dim: int, graphed: bool
     otherwise lands in epoch 1 (benchmarks/README.md). train() runs it in a thread while the
     main thread loads the data, and builds the real model after it. It changes nothing of the
     run: the copy is built on the meta device, so its initialisation draws nothing from the
-    CPU generator, which the real model's then would not find where the seed put it; the
+    CPU generator (the real model's, after it, must find that where the seed put it); the
     device's generator, which the reparameterisation draws from, is put back as it was (the
     main thread draws nothing from it until the warm-up has finished). `cancelled()` is asked
     between the stages: the main thread's data loading failed, and the run is over."""
@@ -430,10 +430,9 @@ def _train(cfg: DictConfig, run_dir: Path, data: MNISTData | None) -> dict:
         opt.load_state_dict(_under_config(ck["optimizer"], opt))
         st.update(ck["state"])
         check_data_to_resume(st, n_train)
-        if st["data_digest"] != data.digest:  # (no digest: a checkpoint from before 2026-11-26)
-            if "data_digest" in ck["state"]:
-                log.warning("the data differs from what this run trained on until now (data digest %s, now %s): "
-                            "data.root=%s", st["data_digest"], data.digest, cfg.data.root)
+        if st["data_digest"] != data.digest:  # (a checkpoint from before 2026-11-26 has none: st keeps this one)
+            log.warning("the data differs from what this run trained on until now (data digest %s, now %s): "
+                        "data.root=%s", st["data_digest"], data.digest, cfg.data.root)
             st["data_digest"] = data.digest
         check_epochs_to_resume(st, t.epochs)
         if st["threads"] != torch.get_num_threads():

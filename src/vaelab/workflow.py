@@ -335,6 +335,8 @@ def _data_root_from_here(overrides: list[str]) -> list[str]:
     """A relative data.root given to `vaelab resume` now means a folder relative to where the
     command is typed, as any path in a shell does; it is saved as that absolute path. (The run's
     own relative data.root stays relative to where the run began: _to_carry_on.)"""
+    from vaelab.train_cli import override_value
+
     out = []
     for text in overrides:
         if text.split("=", 1)[0].strip() == "data.root":
@@ -343,15 +345,13 @@ def _data_root_from_here(overrides: list[str]) -> list[str]:
             except Exception:  # apply_overrides reports it in vaelab-train's words
                 value = None
             if isinstance(value, str) and value and "${" not in value and not Path(value).expanduser().is_absolute():
-                from vaelab.train_cli import override_value
-
                 text = f"data.root={override_value(str(Path.cwd() / value))}"
         out.append(text)
     return out
 
 
-# .hydra/resumes.yaml: each `vaelab resume` that changed the config, from which epoch and step
-# (the first step it ran). The config holds the last values only; a re-run from it uses them
+# .hydra/resumes.yaml: each `vaelab resume` that changed the config, with the epoch it first
+# trained in and the steps the run had taken before it. The config holds the last values only; a re-run from it uses them
 # from the start, so `vaelab reproduce` says when a change can make its numbers differ.
 RESUMES = "resumes.yaml"
 # Settings that change no number of the run when changed part-way (where the data is, how long,

@@ -72,7 +72,11 @@ def sweep(tiny_mnist, tmp_path_factory) -> Path:
 
 def test_sweep_ends_with_a_summary_line(sweep):
     out = (sweep.parents[3] / "vaelab-train.out").read_text()
-    assert f"sweep of 4 jobs: 4 done; table: vaelab compare {sweep.relative_to(sweep.parents[3])}" in out
+    # and which job did best by the number the sweep minimises
+    val = {name: json.loads((run / "metrics.json").read_text())["val_loss"] for name, run in runs(sweep).items()}
+    best = min(val, key=val.get)
+    assert (f"sweep of 4 jobs: 4 done; lowest val_loss {val[best]:.4f}: {best}; table: vaelab compare "
+            f"{sweep.relative_to(sweep.parents[3])}") in out
 
 
 def test_sweep_folders_are_named_by_the_swept_overrides(sweep):
@@ -368,7 +372,8 @@ def test_sweep_summary_counts_this_sweeps_jobs_only(tmp_path, capsys):
     run("a", "done")
     run("b", "done")
     summary.on_multirun_end(cfg)  # nothing diverged: returns
-    assert f"sweep of 2 jobs: 2 done; table: vaelab compare {tmp_path}" in capsys.readouterr().out
+    assert f"sweep of 2 jobs: 2 done; lowest val_loss 1.0000: a; table: vaelab compare {tmp_path}" in (
+        capsys.readouterr().out)
     run("c", "diverged")
     run("d", "interrupted")
     with pytest.raises(SystemExit) as exc:
@@ -447,7 +452,8 @@ def test_resume_carries_a_stopped_sweep_on_in_its_folder(tiny_mnist, tmp_path):
     out = p.stdout + p.stderr
     assert p.returncode == 1, out[-3000:]  # the diverged job: as when the sweep first ended
     assert "latent_size=2 finished earlier (3 epochs" in out and "latent_size=16 diverged earlier" in out
-    assert f"sweep of 4 jobs: 3 done, 1 diverged; table: vaelab compare {sweep}" in out
+    assert "sweep of 4 jobs: 3 done, 1 diverged; lowest val_loss " in out  # (of a done job, not the diverged one)
+    assert f"; table: vaelab compare {sweep}" in out
     assert "vaelab resume: error: 1 of 4 jobs diverged (non-finite loss): latent_size=16" in p.stderr
     assert set(runs(sweep)) == set(jobs) and not list(elsewhere.iterdir())
     for name in ("latent_size=4", "latent_size=8"):

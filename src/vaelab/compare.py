@@ -337,7 +337,12 @@ class SweepSummary(Callback):
             states.setdefault(r.state, []).append(r.name)
         counts = ", ".join(f"{len(v)} {k}" for k, v in sorted(states.items(), key=lambda kv: kv[0] != "done"))
         jobs = f"{len(runs)} job{'s' * (len(runs) != 1)}"
-        print(f"sweep of {jobs}: {counts}; table: vaelab compare {shlex.quote(str(sweep_dir))}")
+        # the job with the lowest val_loss, the number vaelab-train returns and sweepers minimise
+        done = [r for r in runs if r.state.startswith("done") and isinstance(r.metrics.get("val_loss"), (int, float))
+                and math.isfinite(r.metrics["val_loss"])]
+        best = min(done, key=lambda r: r.metrics["val_loss"], default=None)
+        best_text = f"; lowest val_loss {best.metrics['val_loss']:.4f}: {best.name}" if best and len(runs) > 1 else ""
+        print(f"sweep of {jobs}: {counts}{best_text}; table: vaelab compare {shlex.quote(str(sweep_dir))}")
         if states.get("diverged"):
             prog = "vaelab resume" if continued else "vaelab-train"  # the command the user typed
             print(f"{prog}: error: {len(states['diverged'])} of {len(runs)} jobs diverged "

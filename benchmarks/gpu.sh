@@ -5,11 +5,13 @@
 #
 # defaults: ../shared/data, ../shared/reference/seed_vae.py, benchmarks/results/gpu, 600.
 # 1. tests/test_cuda.py: trainer.cuda_graph trains as the eager step does (CI has no GPU).
-# 2. benchmarks/speed.py --device cuda with the defaults (the step as a CUDA graph, flat Adam,
-#    the warm-up step in a thread), without the warm-up (trainer.cuda_warmup=false), and with
-#    optim.impl=fused; benchmarks/gpu_step.py (a fresh process's first step op by op, the
-#    update alone, where the first steps and the step's GPU time go, TF32); while the budget lasts, the eager step
-#    (trainer.cuda_graph=false) and the opt-in variants (bf16 autocast, torch.compile).
+# 2. benchmarks/speed.py --device cuda with the defaults (the step as a CUDA graph, flat Adam as
+#    one Triton kernel, the warm-up step in a thread); benchmarks/gpu_step.py (the step with the
+#    Triton kernel and with flat Adam's torch kernels, the update alone); benchmarks/startup.py
+#    (a fresh process's set-up with and without the warm-up thread); speed.py with
+#    optim.impl=flat, without the warm-up, with fused Adam; while the budget lasts, the first
+#    step op by op, larger batches, TF32, the eager step (trainer.cuda_graph=false) and the
+#    opt-in variants (bf16 autocast, torch.compile).
 # Each stage has its own time limit, so one that hangs cannot take the others' results with it.
 # OUT_DIR gets the whole log (gpu.log) and speed.py's JSON records.
 set -u
@@ -41,14 +43,17 @@ $PY -c "import torch, hydra, vaelab.train; print('torch', torch.__version__, 'hy
 DEVICE=${DEVICE:-cuda}
 SPEED=($PY benchmarks/speed.py --data-root "$DATA" --reference "$REF" --device "$DEVICE" --epochs 2)
 
-stage tests 180 60 $PY -m pytest -x -p no:cacheprovider tests/test_cuda.py tests/test_optim.py -rs
-stage speed 200 120 "${SPEED[@]}" --rounds 2 --out "$OUT/speed-$DEVICE.json"
-stage speed-cold 150 60 "${SPEED[@]}" --rounds 1 --out "$OUT/speed-$DEVICE-cold.json" trainer.cuda_warmup=false
-stage first-ops 60 15 $PY benchmarks/gpu_step.py --first-ops
-stage step 120 30 $PY benchmarks/gpu_step.py --batch-sizes 64,256,1024,4096
-stage speed-fused 200 120 "${SPEED[@]}" --rounds 2 --out "$OUT/speed-$DEVICE-fused.json" optim.impl=fused
+stage tests 180 70 $PY -m pytest -x -p no:cacheprovider tests/test_cuda.py tests/test_optim.py -rs
+stage speed 200 90 "${SPEED[@]}" --rounds 2 --out "$OUT/speed-$DEVICE.json"
+stage step 60 20 $PY benchmarks/gpu_step.py --batch-sizes 64
+stage step-flat 60 20 $PY benchmarks/gpu_step.py --impl flat --batch-sizes 64
 stage adam-only 60 15 $PY benchmarks/gpu_step.py --adam-only
-stage step-fused 120 30 $PY benchmarks/gpu_step.py --impl fused --batch-sizes 64
+stage startup 120 50 $PY benchmarks/startup.py --data-root "$DATA" --device "$DEVICE" --rounds 2 --out "$OUT/startup-$DEVICE.json"
+stage speed-flat 150 50 "${SPEED[@]}" --rounds 1 --out "$OUT/speed-$DEVICE-flat.json" optim.impl=flat
+stage speed-cold 150 50 "${SPEED[@]}" --rounds 1 --out "$OUT/speed-$DEVICE-cold.json" trainer.cuda_warmup=false
+stage first-ops 60 15 $PY benchmarks/gpu_step.py --first-ops
+stage speed-fused 200 90 "${SPEED[@]}" --rounds 2 --out "$OUT/speed-$DEVICE-fused.json" optim.impl=fused
+stage step-sizes 120 30 $PY benchmarks/gpu_step.py --batch-sizes 256,1024,4096
 stage step-tf32 120 30 $PY benchmarks/gpu_step.py --tf32 --batch-sizes 64
 stage speed-eager 150 60 "${SPEED[@]}" --rounds 1 --out "$OUT/speed-$DEVICE-eager.json" trainer.cuda_graph=false
 stage speed-bf16 120 50 "${SPEED[@]}" --rounds 1 --out "$OUT/speed-$DEVICE-bf16.json" trainer.amp=bf16

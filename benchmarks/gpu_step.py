@@ -15,7 +15,7 @@ by GPU time), and the graph's
 time per step and samples/s at larger batches. --compile adds the first three with torch.compile
 of the model, and of the model and loss as one region. --tf32 lets float32 matmuls use TF32
 tensor cores (not a vaelab setting: it changes the numbers). --adam-only times the optimizer
-update alone, as a graph: torch's fused Adam, optim.impl=flat, and fused Adam over the flat
+update alone, as a graph: torch's fused Adam, optim.impl=flat and =triton, and fused Adam over the flat
 tensor cut into pieces (more, smaller blocks). --first-ops times a fresh process's first step
 op by op, with the GPU synchronised around each (which ops load kernels), then stops.
 """
@@ -164,7 +164,8 @@ def adam_only(steps: int) -> None:
         return step
 
     makers = {"fused (optim.impl=fused)": lambda m: torch.optim.Adam(m.parameters(), fused=True, capturable=True).step,
-              "flat (optim.impl=flat/auto)": lambda m: FlatAdam(m.parameters()).step}
+              "flat (optim.impl=flat)": lambda m: FlatAdam(m.parameters()).step,
+              "triton (optim.impl=triton/auto)": lambda m: FlatAdam(m.parameters(), kernel="triton").step}
     makers.update({f"fused over {k}-number pieces": (lambda k: lambda m: pieces(m, k))(k)
                    for k in (4096, 16384, 65536)})
     register_configs()
@@ -197,8 +198,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--steps", type=int, default=2000)
     p.add_argument("--batch-sizes", default="64,256,1024,4096")
-    p.add_argument("--impl", choices=["auto", "fused", "flat", "foreach", "forloop"], default="auto",
-                   help="as optim.impl (auto: flat Adam in the graph, fused in the eager step)")
+    p.add_argument("--impl", choices=["auto", "fused", "flat", "triton", "foreach", "forloop"], default="auto",
+                   help="as optim.impl (auto: flat Adam's Triton kernel in the graph, fused Adam in the eager step)")
     p.add_argument("--tf32", action="store_true", help="float32 matmuls on TF32 tensor cores")
     p.add_argument("--adam-only", action="store_true", help="time the optimizer update alone, then stop")
     p.add_argument("--first-ops", action="store_true",

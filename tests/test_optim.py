@@ -7,6 +7,8 @@ import pytest
 import torch
 
 from vaelab import checkpoint as ckpt_io
+from vaelab import optim
+from vaelab.config import ConfigError
 from vaelab.optim import FlatAdam
 from vaelab.train import Interrupted, build_model, build_optimizer, train
 
@@ -28,13 +30,33 @@ def train_steps(model, opt, n: int, seed: int = 1) -> None:
         opt.step()
 
 
+@pytest.fixture
+def triton_on_cpu(monkeypatch):
+    """optim.impl=triton's kernel run by Triton's interpreter on CPU tensors (CI has no GPU):
+    `triton_adam(params, **kw)` is a FlatAdam whose update is that kernel."""
+    pytest.importorskip("triton")
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    kernel = optim._triton_kernel.__wrapped__()  # built under the interpreter
+    monkeypatch.setattr(optim, "_triton_kernel", lambda: kernel)
+    monkeypatch.setattr(optim, "_TRITON_BROKEN", None)
+
+    def triton_adam(params, **kw):
+        opt = FlatAdam(params, **kw)
+        opt.kernel = "triton"  # (the constructor would refuse a CPU tensor)
+        return opt
+    return triton_adam
+
+
+@pytest.mark.parametrize("kernel", ["torch", "triton"])
 @pytest.mark.parametrize("wd", [0.0, 0.1])
-def test_flat_adam_follows_torch_adam(wd):
+def test_flat_adam_follows_torch_adam(wd, kernel, request):
+    new = request.getfixturevalue("triton_on_cpu") if kernel == "triton" else FlatAdam
     a, b = net(), net()
     ta = torch.optim.Adam(a.parameters(), lr=1e-2, betas=(0.8, 0.95), eps=1e-6, weight_decay=wd, foreach=False)
-    fb = FlatAdam(b.parameters(), lr=1e-2, betas=(0.8, 0.95), eps=1e-6, weight_decay=wd)
+    fb = new(b.parameters(), lr=1e-2, betas=(0.8, 0.95), eps=1e-6, weight_decay=wd)
     train_steps(a, ta, 30)
     train_steps(b, fb, 30)
+    assert fb.kernel == kernel and fb._triton_ran == (kernel == "triton")
     for p0, pa, pb in zip(net().parameters(), a.parameters(), b.parameters()):
         assert (pa - p0).abs().max() > 0.05  # 30 steps of lr 1e-2 moved every tensor
         torch.testing.assert_close(pb, pa, rtol=1e-5, atol=1e-6)
@@ -42,11 +64,13 @@ def test_flat_adam_follows_torch_adam(wd):
     assert all(p.untyped_storage().data_ptr() == fb.flat.untyped_storage().data_ptr() for p in b.parameters())
 
 
-def test_flat_adam_bias_corrections_carry_no_float32_error():
+@pytest.mark.parametrize("kernel", ["torch", "triton"])
+def test_flat_adam_bias_corrections_carry_no_float32_error(kernel, request):
     """1 - 0.999^t in float32 is ~1.3e-5 small at t=1: every update would be ~6.5e-6 too large."""
+    new = request.getfixturevalue("triton_on_cpu") if kernel == "triton" else FlatAdam
     p32 = torch.randn(100_000, generator=torch.Generator().manual_seed(0))
     a, b = p32.clone().requires_grad_(), p32.clone().requires_grad_()
-    ta, fb = torch.optim.Adam([a], lr=1e-3, foreach=False), FlatAdam([b], lr=1e-3)  # forloop: float64 scalars
+    ta, fb = torch.optim.Adam([a], lr=1e-3, foreach=False), new([b], lr=1e-3)  # forloop: float64 scalars
     g = torch.Generator().manual_seed(1)
     for _ in range(3):
         a.grad = torch.randn(100_000, generator=g)
@@ -59,13 +83,15 @@ def test_flat_adam_bias_corrections_carry_no_float32_error():
     assert abs((ub[big] / ua[big] - 1).mean().item()) < 1e-6  # rounding averages out; a scale error would not
 
 
-@pytest.mark.parametrize("direction", ["flat-to-fused", "fused-to-flat"])
-def test_checkpoints_move_between_flat_and_torch_adam(direction):
+@pytest.mark.parametrize("direction", ["flat-to-fused", "fused-to-flat", "triton-to-fused", "fused-to-triton"])
+def test_checkpoints_move_between_flat_and_torch_adam(direction, request):
     """A run saved with one optim.impl resumes with the other and continues as one that never switched."""
     kw = dict(lr=1e-2, betas=(0.9, 0.999))
-    new = {"flat": lambda m: FlatAdam(m.parameters(), **kw),
-           "fused": lambda m: torch.optim.Adam(m.parameters(), fused=True, **kw)}
     first, then = direction.split("-to-")
+    triton_adam = request.getfixturevalue("triton_on_cpu") if "triton" in direction else None
+    new = {"flat": lambda m: FlatAdam(m.parameters(), **kw),
+           "triton": lambda m: triton_adam(m.parameters(), **kw),
+           "fused": lambda m: torch.optim.Adam(m.parameters(), fused=True, **kw)}
     a = net()
     oa = new[first](a)
     train_steps(a, oa, 5)
@@ -81,6 +107,54 @@ def test_checkpoints_move_between_flat_and_torch_adam(direction):
     for pa, pb in zip(a.parameters(), b.parameters()):
         torch.testing.assert_close(pb, pa, rtol=1e-5, atol=1e-6)
     assert all(s["step"].item() == 10 for s in ob.state_dict()["state"].values())
+
+
+def test_the_triton_kernel_after_a_load_uses_the_loaded_step_and_this_configs_betas(triton_on_cpu):
+    """Its bias corrections come from running products b^t kept beside the step count: a loaded
+    checkpoint (and betas changed on resume) must set them as torch's Adam would compute them."""
+    kw = dict(lr=1e-2, betas=(0.9, 0.99))
+    a, b = net(), net()
+    fa, fb = FlatAdam(a.parameters(), **kw), triton_on_cpu(b.parameters(), **kw)
+    train_steps(a, fa, 4)
+    train_steps(b, fb, 4)
+    saved = copy.deepcopy(fb.state_dict())
+    saved["param_groups"][0]["betas"] = (0.8, 0.95)  # as _under_config does for `vaelab resume optim.betas=...`
+    fa.load_state_dict(saved)
+    fb.load_state_dict(saved)
+    torch.testing.assert_close(fb.sched, torch.tensor([4.0, 0.8 ** 4, 0.95 ** 4], dtype=torch.float64))
+    train_steps(a, fa, 3, seed=2)
+    train_steps(b, fb, 3, seed=2)
+    for pa, pb in zip(a.parameters(), b.parameters()):
+        torch.testing.assert_close(pb, pa, rtol=1e-5, atol=1e-6)
+
+
+def test_a_triton_kernel_that_fails_to_build_leaves_the_update_to_torch_kernels(triton_on_cpu, monkeypatch, caplog):
+    class Broken:  # kernel[grid](...) compiles, then launches
+        def __getitem__(self, grid):
+            raise RuntimeError("Failed to find C compiler. Please specify via CC environment variable.")
+    monkeypatch.setattr(optim, "_triton_kernel", Broken)
+    a, b = net(), net()
+    fa, fb = FlatAdam(a.parameters()), triton_on_cpu(b.parameters())
+    with caplog.at_level("WARNING", logger="vaelab"):
+        train_steps(a, fa, 3)
+        train_steps(b, fb, 3)
+    assert fb.kernel == "torch"
+    assert [r.getMessage() for r in caplog.records] == [
+        "optim.impl=triton: the Triton kernel failed to build or launch (Failed to find C compiler. Please specify "
+        "via CC environment variable.); flat Adam's torch kernels do the update instead (optim.impl=flat)"]
+    for pa, pb in zip(a.parameters(), b.parameters()):  # no step lost or taken twice
+        torch.testing.assert_close(pb, pa, rtol=0, atol=0)
+    # the process tries once: an optimizer built after it is told why
+    assert optim.triton_unusable(torch.device("cuda")) == ("its kernel failed to build or launch in this process "
+                                                           "(Failed to find C compiler. Please specify via CC "
+                                                           "environment variable.)")
+
+
+def test_optim_impl_triton_is_refused_off_cuda_with_the_reason():
+    cfg = compose_cfg(["optim.impl=triton"])
+    with pytest.raises(ConfigError, match=r"^optim.impl=triton: it needs a CUDA device \(this run's is cpu\); "
+                                          r"optim.impl=flat is the same update in torch kernels$"):
+        build_optimizer(cfg, build_model(cfg), capturable=True)
 
 
 def test_flat_adam_loads_a_state_from_before_any_step():
@@ -155,6 +229,7 @@ def test_a_fused_run_carries_on_with_flat_adam(tiny_mnist, tmp_path):
 def test_auto_is_flat_adam_for_a_graphed_step_and_fused_adam_otherwise():
     cfg = compose_cfg([])
     assert cfg.optim.impl == "auto"
-    assert type(build_optimizer(cfg, build_model(cfg), capturable=True)) is FlatAdam
+    flat = build_optimizer(cfg, build_model(cfg), capturable=True)
+    assert type(flat) is FlatAdam and flat.kernel == "torch"  # triton only on a CUDA device
     opt = build_optimizer(cfg, build_model(cfg))  # the eager step: one fused kernel beats FlatAdam's launches
     assert type(opt) is torch.optim.Adam and opt.defaults["fused"]

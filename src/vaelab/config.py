@@ -115,8 +115,10 @@ class OptimConfig:
     # (vaelab.optim.FlatAdam): the parameters as one tensor and the update as whole-tensor
     # kernels, which fill a large GPU where fused Adam's fixed-size blocks use a fraction of
     # it (the seed model trained 10% faster on an H200), but more launches (slower eager on a
-    # GPU) and passes (1.5x slower steps on CPU). auto (default): flat when the step is a CUDA
-    # graph (trainer.cuda_graph on a GPU), fused otherwise.
+    # GPU) and passes (1.5x slower steps on CPU). triton: flat Adam's update as one Triton
+    # kernel, one pass over the parameters instead of ~17 (CUDA only). auto (default): triton
+    # when the step is a CUDA graph (trainer.cuda_graph on a GPU) and Triton can run there,
+    # flat in a graph otherwise, fused outside one.
     impl: str = "auto"
     schedule: LRSchedule = LRSchedule.constant
 
@@ -188,7 +190,7 @@ def register_configs() -> None:
 # --- value checks ------------------------------------------------------------------------
 
 _DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
-_ADAM_IMPLS = ("auto", "fused", "flat", "foreach", "forloop")
+_ADAM_IMPLS = ("auto", "fused", "flat", "triton", "foreach", "forloop")
 
 
 def _check(ok: bool, key: str, value: Any, allowed: str) -> None:

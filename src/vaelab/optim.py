@@ -1,12 +1,17 @@
-"""Adam over one flat buffer (optim.impl=flat), for small models in a CUDA-graph step.
+"""Adam over one flat buffer (optim.impl=flat and =triton), for small models in a CUDA-graph step.
 
 torch's fused Adam splits its work into blocks of 65,536 numbers, one block per streaming
 multiprocessor: the seed model's 1.2M parameters make ~19 blocks, a seventh of a 132-SM
 H200, and the update takes ~50 us of a ~216 us graphed step. Here the weights, Adam's two
-moments and the gradient are each one contiguous tensor, and the update is a handful of
-whole-tensor elementwise kernels that cover the chip: the seed model trained 10% faster on
-the H200 (benchmarks/README.md). On the CPU, and in an eager GPU step, fused Adam's one
-kernel wins, so optim.impl=auto uses this only in a CUDA-graph step.
+moments and the gradient are each one contiguous tensor, and the update covers the chip:
+- optim.impl=flat: a handful of whole-tensor torch kernels (~15 launches with the bias
+  corrections, ~17 passes over 4.8 MB tensors): the seed model trained 10% faster on the H200
+  than with fused Adam (benchmarks/README.md);
+- optim.impl=triton: the same rule as one Triton kernel (one pass: read p, g, m, v; write p,
+  m, v), for CUDA devices with the triton package (torch's Linux wheels bring it). Triton
+  compiles it at the first step of a process (cached on disk after: ~/.triton/cache).
+On the CPU, and in an eager GPU step, fused Adam's one kernel wins, so optim.impl=auto uses
+these only in a CUDA-graph step: triton where it can run, else flat.
 
 The update rule is Adam's (Kingma & Ba 2015, Algorithm 1, with torch's L2 weight_decay):
 
@@ -15,8 +20,11 @@ The update rule is Adam's (Kingma & Ba 2015, Algorithm 1, with torch's L2 weight
 
 written as p <- p - lr * m / (sqrt(v) * c + eps * (1 - b1^t)) with c = (1 - b1^t) / sqrt(1 - b2^t).
 The bias corrections are worked out on the device, in float64 (1 - 0.999^t in float32 is off
-by ~1e-5 relative; float32 on MPS, which has no float64), from a step count kept there, so a CUDA graph can hold the whole update.
-It differs from torch's Adam only by float rounding.
+by ~1e-5 relative; float32 on MPS, which has no float64), from a step count kept there, so a
+CUDA graph can hold the whole update: the torch kernels from b^t = pow(b, t); the Triton kernel
+from running products b^t = b^(t-1) * b, kept beside the count (their float64 rounding after
+1e6 steps, ~1e-10 relative, is far below float32's). It differs from torch's Adam only by
+float rounding.
 
 The model's parameters become views into the flat weight tensor when the optimizer is built
 (build it after moving the model to its device; a step refuses parameters moved later).
@@ -25,13 +33,77 @@ values either way.
 """
 from __future__ import annotations
 
+import contextlib
+import functools
+import logging
+
 import torch
+
+log = logging.getLogger("vaelab")
+BLOCK = 1024  # numbers per Triton program: ~1,200 programs for the seed model, every SM busy
+_TRITON_BROKEN: str | None = None  # why the Triton kernel failed in this process, if it did
+
+
+def triton_unusable(device: torch.device) -> str | None:
+    """Why optim.impl=triton cannot run on `device`, or None when it can."""
+    if device.type != "cuda":
+        return f"it needs a CUDA device (this run's is {device.type})"
+    if _TRITON_BROKEN:
+        return f"its kernel failed to build or launch in this process ({_TRITON_BROKEN})"
+    if _triton_kernel() is None:
+        return "the triton package is not installed"
+    if torch.cuda.get_device_capability(device) < (7, 0):
+        return f"Triton needs a GPU of compute capability 7.0 or more ({torch.cuda.get_device_name(device)})"
+    return None
+
+
+@functools.cache
+def _triton_kernel():
+    """The update as one Triton kernel, made on first use; None without triton. (Built inside a
+    function so that a test can build it under TRITON_INTERPRET=1, on the CPU.)"""
+    try:
+        import triton
+        import triton.language as tl
+    except ImportError:
+        return None
+
+    @triton.jit
+    def adam_update(p_ptr, g_ptr, m_ptr, v_ptr, sched_ptr, n, lr, one_minus_b1, b2, one_minus_b2, eps,
+                    weight_decay, HAS_WD: tl.constexpr, BLOCK: tl.constexpr):
+        offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+        mask = offs < n
+        # sched = (t, b1^t, b2^t) in float64, already advanced to this step
+        bc1 = 1.0 - tl.load(sched_ptr + 1)
+        bc2 = 1.0 - tl.load(sched_ptr + 2)
+        c = (bc1 / tl.sqrt(bc2)).to(tl.float32)
+        e = (bc1 * eps).to(tl.float32)
+        p = tl.load(p_ptr + offs, mask=mask)
+        g = tl.load(g_ptr + offs, mask=mask)
+        if HAS_WD:
+            g = g + weight_decay * p
+        m = tl.load(m_ptr + offs, mask=mask)
+        v = tl.load(v_ptr + offs, mask=mask)
+        m = m + one_minus_b1 * (g - m)  # as torch's lerp_ for a weight under 0.5
+        v = v * b2 + one_minus_b2 * g * g
+        # IEEE square root and division, as torch's kernels (Triton's defaults are approximate)
+        p = p - lr * tl.div_rn(m, tl.sqrt_rn(v) * c + e)
+        tl.store(p_ptr + offs, p, mask=mask)
+        tl.store(m_ptr + offs, m, mask=mask)
+        tl.store(v_ptr + offs, v, mask=mask)
+
+    return adam_update
 
 
 class FlatAdam(torch.optim.Adam):
+    """kernel: "torch" (optim.impl=flat) or "triton" (optim.impl=triton; a CUDA device, see
+    triton_unusable). A Triton kernel that fails at its first step (no C compiler for Triton's
+    launcher, say) is logged, and the torch kernels do the update from then on."""
+
     def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8,
-                 weight_decay: float = 0.0):
+                 weight_decay: float = 0.0, kernel: str = "torch"):
         super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
+        if kernel not in ("torch", "triton"):
+            raise ValueError(f"FlatAdam kernel={kernel!r}: allowed: torch, triton")
         if len(self.param_groups) != 1:
             raise ValueError("FlatAdam takes one parameter group")
         ps = self.param_groups[0]["params"]
@@ -45,9 +117,20 @@ class FlatAdam(torch.optim.Adam):
         self.exp_avg, self.exp_avg_sq = torch.zeros_like(self.flat), torch.zeros_like(self.flat)
         self.grad = torch.zeros_like(self.flat)
         self.scalar = torch.float32 if self.flat.device.type == "mps" else torch.float64  # MPS has no float64
-        self.steps = torch.zeros((), dtype=self.scalar, device=self.flat.device)
-        self.betas_t = torch.tensor(self.param_groups[0]["betas"], dtype=self.scalar, device=self.flat.device)
+        # (t, b1^t, b2^t), advanced each step by one kernel: sched * (1, b1, b2) + (1, 0, 0)
+        self.sched = torch.tensor([0.0, 1.0, 1.0], dtype=self.scalar, device=self.flat.device)
+        self.steps = self.sched[0]  # Adam's step count, as the state_dict keeps it
+        self._advance = torch.tensor([1.0, 0.0, 0.0], dtype=self.scalar, device=self.flat.device)
+        self._set_betas()
+        if kernel == "triton" and (why := triton_unusable(self.flat.device)):
+            raise ValueError(f"optim.impl=triton: {why}; optim.impl=flat is the same update in torch kernels")
+        self.kernel, self._triton_ran = kernel, False
         self._link_state()
+
+    def _set_betas(self) -> None:
+        b1, b2 = self.param_groups[0]["betas"]
+        self.betas_t = torch.tensor([b1, b2], dtype=self.scalar, device=self.flat.device)
+        self._decay = torch.tensor([1.0, b1, b2], dtype=self.scalar, device=self.flat.device)
 
     def _views(self, flat: torch.Tensor) -> list[torch.Tensor]:
         ps = self.param_groups[0]["params"]
@@ -74,19 +157,41 @@ class FlatAdam(torch.optim.Adam):
         if missing:  # torch's Adam would skip them; one flat update cannot
             raise RuntimeError(f"optim.impl=flat: parameters {missing} got no gradient this step; "
                                f"use optim.impl=fused for models with parameters a step can leave unused")
-        b1, b2 = group["betas"]
         torch.cat([p.grad.reshape(-1) for p in ps], out=self.grad)  # (P,)
+        torch.addcmul(self._advance, self.sched, self._decay, out=self.sched)  # t+1, b1^(t+1), b2^(t+1)
+        if self.kernel == "triton":
+            try:
+                self._triton_update(group)
+                self._triton_ran = True
+                return loss
+            except Exception as e:  # noqa: BLE001 - a kernel that never ran: compiling it failed
+                if self._triton_ran:
+                    raise
+                _triton_failed(e)
+                self.kernel = "torch"
+        self._torch_update(group)
+        return loss
+
+    def _triton_update(self, group: dict) -> None:
+        b1, b2 = group["betas"]
+        n, wd = self.flat.numel(), group["weight_decay"]
+        dev = self.flat.device  # (a CPU tensor: a test, under Triton's interpreter)
+        with torch.cuda.device(dev) if dev.type == "cuda" else contextlib.nullcontext():  # Triton launches on the current device's stream
+            _triton_kernel()[((n + BLOCK - 1) // BLOCK,)](
+                self.flat, self.grad, self.exp_avg, self.exp_avg_sq, self.sched, n, group["lr"], 1 - b1, b2,
+                1 - b2, group["eps"], wd, HAS_WD=bool(wd), BLOCK=BLOCK)
+
+    def _torch_update(self, group: dict) -> None:
+        b1, b2 = group["betas"]
         g = self.grad
         if group["weight_decay"]:
             g = g.add(self.flat, alpha=group["weight_decay"])
-        self.steps.add_(1)
         self.exp_avg.lerp_(g, 1 - b1)
         self.exp_avg_sq.mul_(b2).addcmul_(g, g, value=1 - b2)
         bc = 1 - self.betas_t.pow(self.steps)  # (1 - b1^t, 1 - b2^t), float64
         c = (bc[0] / bc[1].sqrt()).float()
         denom = torch.addcmul((bc[0] * group["eps"]).float(), self.exp_avg_sq.sqrt(), c)
         self.flat.addcdiv_(self.exp_avg, denom, value=-group["lr"])
-        return loss
 
     def state_dict(self):
         sd = super().state_dict()
@@ -99,7 +204,7 @@ class FlatAdam(torch.optim.Adam):
         super().load_state_dict(state_dict)  # hyperparameters, and the saved moments per parameter
         ps = self.param_groups[0]["params"]
         saved = [self.state.get(p, {}) for p in ps]
-        self.betas_t.copy_(torch.tensor(self.param_groups[0]["betas"], dtype=self.scalar))
+        self._set_betas()
         have = [i for i, s in enumerate(saved) if "exp_avg" in s]
         steps = {float(saved[i]["step"]) for i in have}
         if have and (len(have) < len(ps) or len(steps) > 1 or any(self.param_groups[0].get(k) for k in
@@ -117,4 +222,13 @@ class FlatAdam(torch.optim.Adam):
                 self.exp_avg.zero_()
                 self.exp_avg_sq.zero_()
                 self.steps.zero_()
+            self.sched[1:] = self.betas_t.pow(self.steps)  # with this config's betas, as torch's Adam
         self._link_state()
+
+
+def _triton_failed(e: Exception) -> None:
+    global _TRITON_BROKEN
+    text = str(e).strip().splitlines()
+    _TRITON_BROKEN = text[0] if text else type(e).__name__  # one try per process: triton_unusable says why
+    log.warning("optim.impl=triton: the Triton kernel failed to build or launch (%s); flat Adam's torch "
+                "kernels do the update instead (optim.impl=flat)", _TRITON_BROKEN)

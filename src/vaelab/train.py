@@ -41,7 +41,7 @@ from vaelab.evaluate import elbo_stats, quiet
 from vaelab.logger import RunLogger, image_grid
 from vaelab.losses import MSE_NLL_CONST_PER_DIM, beta_at, vae_loss
 from vaelab.models import VAE
-from vaelab.optim import FlatAdam
+from vaelab.optim import FlatAdam, triton_unusable
 from vaelab.workflow import SWEEP_CONTINUED, pin_environment
 
 log = logging.getLogger("vaelab")
@@ -57,14 +57,20 @@ def build_model(cfg: DictConfig, input_dim: int = 784, image_shape=(1, 28, 28)) 
 def build_optimizer(cfg: DictConfig, model: torch.nn.Module, capturable: bool = False) -> torch.optim.Optimizer:
     """Adam from cfg.optim. capturable: for a step that is a CUDA graph (trainer.cuda_graph):
     the step count lives on the device, so that the graph can hold the whole update; the same
-    rule. optim.impl=auto is flat Adam there and fused Adam otherwise (config.OptimConfig)."""
+    rule. optim.impl=auto is flat Adam there (as one Triton kernel where Triton can run) and
+    fused Adam otherwise (config.OptimConfig)."""
     o = cfg.optim
     impl = o.impl
+    device = next(model.parameters()).device
     if impl == "auto":  # (flat Adam updates every parameter: not for a model with frozen ones)
-        impl = "flat" if capturable and all(p.requires_grad for p in model.parameters()) else "fused"
-    if impl == "flat":  # the model's parameters become views into one tensor
-        return FlatAdam(model.parameters(), lr=o.lr, betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay)
-    if impl == "fused" and next(model.parameters()).device.type not in ("cpu", "cuda"):
+        flat = capturable and all(p.requires_grad for p in model.parameters())
+        impl = ("triton" if triton_unusable(device) is None else "flat") if flat else "fused"
+    if impl in ("flat", "triton"):  # the model's parameters become views into one tensor
+        if impl == "triton" and (why := triton_unusable(device)):
+            raise ConfigError(f"optim.impl=triton: {why}; optim.impl=flat is the same update in torch kernels")
+        return FlatAdam(model.parameters(), lr=o.lr, betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay,
+                        kernel="triton" if impl == "triton" else "torch")
+    if impl == "fused" and device.type not in ("cpu", "cuda"):
         impl = "foreach"  # no fused Adam kernel there
     return torch.optim.Adam(model.parameters(), lr=o.lr, betas=tuple(o.betas), eps=o.eps,
                             weight_decay=o.weight_decay, foreach=impl == "foreach",

@@ -51,7 +51,7 @@ def triton_unusable(device: torch.device) -> str | None:
     if _TRITON_BROKEN:
         return f"its kernel failed to build or launch in this process ({_TRITON_BROKEN})"
     if _triton_kernel() is None:
-        return "the triton package is not installed"
+        return "the triton package is not installed, or cannot be imported here"
     if torch.cuda.get_device_capability(device) < (7, 0):
         return f"Triton needs a GPU of compute capability 7.0 or more ({torch.cuda.get_device_name(device)})"
     return None
@@ -64,7 +64,7 @@ def _triton_kernel():
     try:
         import triton
         import triton.language as tl
-    except ImportError:
+    except Exception:  # noqa: BLE001 - not installed, or an install that cannot load here
         return None
 
     @triton.jit
@@ -128,9 +128,14 @@ class FlatAdam(torch.optim.Adam):
         self._link_state()
 
     def _set_betas(self) -> None:
+        """(b1, b2) and the step's factors (1, b1, b2) on the device, written in place once made:
+        a CUDA graph captured before a load_state_dict keeps reading the same tensors."""
         b1, b2 = self.param_groups[0]["betas"]
-        self.betas_t = torch.tensor([b1, b2], dtype=self.scalar, device=self.flat.device)
-        self._decay = torch.tensor([1.0, b1, b2], dtype=self.scalar, device=self.flat.device)
+        decay = torch.tensor([1.0, b1, b2], dtype=self.scalar)
+        if not hasattr(self, "_decay"):
+            self._decay = torch.empty(3, dtype=self.scalar, device=self.flat.device)
+        self._decay.copy_(decay)
+        self.betas_t = self._decay[1:]
 
     def _views(self, flat: torch.Tensor) -> list[torch.Tensor]:
         ps = self.param_groups[0]["params"]

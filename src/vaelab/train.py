@@ -219,13 +219,18 @@ def start_warm_up(cfg: DictConfig, device: torch.device, graphed: bool):
 
     if device.index is None:  # "cuda" is the current device, which a new thread would take as 0
         device = torch.device("cuda", torch.cuda.current_device() if torch.cuda.is_initialized() else 0)
+    # The modules both threads need, imported here, before the thread starts: the data loading
+    # imports torchvision.datasets, which imports torch._dynamo, which a first torch Adam step
+    # imports too (in the thread, its frames and their throwaway tensors would be kept in a
+    # reference cycle). Two threads importing the same modules at once wait on each other: on
+    # an H200 the thread's import of torch._dynamo alone took 4.9 s, the warm-up started after
+    # the data had loaded, and the process took 0.9 s longer than without it (benchmarks/README.md).
+    importlib.import_module("torchvision.datasets")
+    importlib.import_module("torch._dynamo")
     stop, failed = threading.Event(), []
 
     def work():
         try:
-            # (imported before any throwaway tensor exists: a first Adam imports torch._dynamo,
-            # which keeps the frames below, and their tensors, in a reference cycle)
-            importlib.import_module("torch._dynamo")
             warm_up(cfg, device, prod(IMAGE_SHAPE), graphed, stop.is_set)  # the data's shape, known before it is read
         except Exception as e:  # noqa: BLE001 - the run itself will meet (and report) any real problem
             # the text only: the exception's traceback would keep the throwaway tensors alive

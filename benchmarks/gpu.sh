@@ -4,7 +4,7 @@
 #   bash benchmarks/gpu.sh [DATA_ROOT] [REFERENCE] [OUT_DIR] [BUDGET_SECONDS]
 #
 # defaults: ../shared/data, ../shared/reference/seed_vae.py, benchmarks/results/gpu, 600.
-# 1. tests/test_cuda.py: trainer.cuda_graph trains as the eager step does (CI has no GPU).
+# 1. tests/test_cuda.py and tests/test_optim.py: the GPU code paths and Adam's kernels (CI has no GPU).
 # 2. benchmarks/startup.py (a fresh process's set-up with and without the warm-up thread: does
 #    it save time, or only move it out of epoch 1?); benchmarks/speed.py --device cuda with the
 #    defaults (the step as a CUDA graph, flat Adam as one Triton kernel, the warm-up step in a

@@ -8,7 +8,7 @@ import torch
 
 from vaelab import checkpoint as ckpt_io
 from vaelab import optim
-from vaelab.config import ConfigError
+from vaelab.config import ConfigError, validate
 from vaelab.optim import FlatAdam
 from vaelab.train import Interrupted, build_model, build_optimizer, train
 
@@ -130,8 +130,9 @@ def test_the_triton_kernel_after_a_load_uses_the_loaded_step_and_this_configs_be
 
 def test_a_triton_kernel_that_fails_to_build_leaves_the_update_to_torch_kernels(triton_on_cpu, monkeypatch, caplog):
     class Broken:  # kernel[grid](...) compiles, then launches
-        def __getitem__(self, grid):
-            raise RuntimeError("Failed to find C compiler. Please specify via CC environment variable.")
+        def __getitem__(self, grid):  # (Triton's compile errors give the source position first, the reason last)
+            raise RuntimeError("at 19:30:\n    p = p - lr\n\nFailed to find C compiler. Please specify via CC "
+                               "environment variable.")
     monkeypatch.setattr(optim, "_triton_kernel", Broken)
     a, b = net(), net()
     fa, fb = FlatAdam(a.parameters()), triton_on_cpu(b.parameters())
@@ -144,17 +145,64 @@ def test_a_triton_kernel_that_fails_to_build_leaves_the_update_to_torch_kernels(
         "via CC environment variable.); flat Adam's torch kernels do the update instead (optim.impl=flat)"]
     for pa, pb in zip(a.parameters(), b.parameters()):  # no step lost or taken twice
         torch.testing.assert_close(pb, pa, rtol=0, atol=0)
-    # the process tries once: an optimizer built after it is told why
-    assert optim.triton_unusable(torch.device("cuda")) == ("its kernel failed to build or launch in this process "
-                                                           "(Failed to find C compiler. Please specify via CC "
-                                                           "environment variable.)")
+    # The process tries once. The warm-up thread's throwaway optimizer is the first to launch
+    # the kernel: the run's own, built after it, must take the torch kernels, not refuse.
+    monkeypatch.setattr(optim, "triton_unusable", lambda *a: None)  # as on a CUDA device
+    assert FlatAdam(net().parameters(), kernel="triton").kernel == "torch"
+    assert len(caplog.records) == 1
+
+
+def test_a_triton_kernel_that_ran_then_fails_raises(triton_on_cpu, monkeypatch):
+    """Only a kernel that never ran is a build problem to fall back from; a later failure is the
+    device's, and the run must stop on it."""
+    b = net()
+    fb = triton_on_cpu(b.parameters())
+    train_steps(b, fb, 1)
+
+    class Broken:
+        def __getitem__(self, grid):
+            raise RuntimeError("CUDA error: an illegal memory access was encountered")
+    monkeypatch.setattr(optim, "_triton_kernel", Broken)
+    with pytest.raises(RuntimeError, match="illegal memory access"):
+        train_steps(b, fb, 1)
+    assert fb.kernel == "triton"
+
+
+def test_auto_takes_the_triton_kernel_where_it_can_run(monkeypatch):
+    import vaelab.train as tr
+
+    monkeypatch.setattr(optim, "_TRITON_BROKEN", None)
+    for where in (optim, tr):  # as on a CUDA device with Triton
+        monkeypatch.setattr(where, "triton_unusable", lambda *a: None)
+    cfg = compose_cfg([])
+    assert build_optimizer(cfg, build_model(cfg), capturable=True).kernel == "triton"
+    assert type(build_optimizer(cfg, build_model(cfg), capturable=False)) is torch.optim.Adam  # eager: fused
+    monkeypatch.setattr(optim, "_TRITON_BROKEN", "Failed to find C compiler")  # failed earlier in this process
+    for impl in ("auto", "triton"):
+        cfg = compose_cfg([f"optim.impl={impl}"])
+        assert build_optimizer(cfg, build_model(cfg), capturable=True).kernel == "torch"
 
 
 def test_optim_impl_triton_is_refused_off_cuda_with_the_reason():
-    cfg = compose_cfg(["optim.impl=triton"])
-    with pytest.raises(ConfigError, match=r"^optim.impl=triton: it needs a CUDA device \(this run's is cpu\); "
-                                          r"optim.impl=flat is the same update in torch kernels$"):
+    with pytest.raises(ConfigError, match=r"^optim.impl=triton: the Triton kernel needs a CUDA device \(device=cpu "
+                                          r"is cpu here\); optim.impl=flat is the same update in torch kernels$"):
+        validate(compose_cfg(["optim.impl=triton", "device=cpu"]))
+    cfg = compose_cfg(["optim.impl=triton"])  # (build_optimizer says the same, for callers without validate)
+    with pytest.raises(ConfigError, match=r"^optim.impl=triton: it needs a CUDA device \(this run's is cpu\)"):
         build_optimizer(cfg, build_model(cfg), capturable=True)
+    assert optim.triton_unusable(torch.device("cuda"), torch.float64) == (
+        "its kernel is written for float32 parameters (these are float64)")
+
+
+def test_flat_adam_loads_into_the_tensors_it_was_built_with():
+    """A CUDA graph captured before a load keeps reading the tensors it was captured with."""
+    fb = FlatAdam(net().parameters(), betas=(0.9, 0.99))
+    before = {k: getattr(fb, k).data_ptr() for k in ("flat", "exp_avg", "exp_avg_sq", "grad", "sched", "_decay")}
+    saved = fb.state_dict()
+    saved["param_groups"][0]["betas"] = (0.8, 0.95)
+    fb.load_state_dict(saved)
+    assert {k: getattr(fb, k).data_ptr() for k in before} == before
+    assert fb._decay.tolist() == [1.0, 0.8, 0.95]
 
 
 def test_flat_adam_loads_a_state_from_before_any_step():

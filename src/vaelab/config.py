@@ -253,6 +253,9 @@ def validate(cfg: DictConfig, here: bool = True) -> None:
            "trainer.compile_mode", t.compile_mode, f"{t.compile_mode} records CUDA graphs of the model itself, "
            "and trainer.cuda_graph=true (the default) already replays the whole step as one: use "
            "trainer.compile_mode=default, or trainer.cuda_graph=false")
+    _check(not (cfg.optim.impl == "triton" and device.type != "cuda"), "optim.impl", cfg.optim.impl,
+           f"the Triton kernel needs a CUDA device (device={cfg.device} is {device.type} here); "
+           "optim.impl=flat is the same update in torch kernels")
 
 
 def resolve_device(name: str, given_as: str = "device="):

@@ -44,12 +44,14 @@ BLOCK = 1024  # numbers per Triton program: ~1,200 programs for the seed model, 
 _TRITON_BROKEN: str | None = None  # why the Triton kernel failed in this process, if it did
 
 
-def triton_unusable(device: torch.device) -> str | None:
-    """Why optim.impl=triton cannot run on `device`, or None when it can."""
+def triton_unusable(device: torch.device, dtype: torch.dtype = torch.float32) -> str | None:
+    """Why optim.impl=triton cannot run for parameters of `dtype` on `device`, or None when it
+    can. (A kernel that failed in this process is not a reason: FlatAdam then uses the torch
+    kernels, as the warning said.)"""
     if device.type != "cuda":
         return f"it needs a CUDA device (this run's is {device.type})"
-    if _TRITON_BROKEN:
-        return f"its kernel failed to build or launch in this process ({_TRITON_BROKEN})"
+    if dtype != torch.float32:
+        return f"its kernel is written for float32 parameters (these are {str(dtype).removeprefix('torch.')})"
     if _triton_kernel() is None:
         return "the triton package is not installed, or cannot be imported here"
     if torch.cuda.get_device_capability(device) < (7, 0):
@@ -122,14 +124,19 @@ class FlatAdam(torch.optim.Adam):
         self.steps = self.sched[0]  # Adam's step count, as the state_dict keeps it
         self._advance = torch.tensor([1.0, 0.0, 0.0], dtype=self.scalar, device=self.flat.device)
         self._set_betas()
-        if kernel == "triton" and (why := triton_unusable(self.flat.device)):
+        if kernel == "triton" and (why := triton_unusable(self.flat.device, self.flat.dtype)):
             raise ValueError(f"optim.impl=triton: {why}; optim.impl=flat is the same update in torch kernels")
-        self.kernel, self._triton_ran = kernel, False
+        # (a kernel that failed earlier in this process, e.g. in the warm-up's throwaway
+        # optimizer, has been reported once: the torch kernels, as that warning said)
+        self.kernel = "torch" if _TRITON_BROKEN else kernel
+        self._triton_ran = False
         self._link_state()
 
     def _set_betas(self) -> None:
-        """(b1, b2) and the step's factors (1, b1, b2) on the device, written in place once made:
-        a CUDA graph captured before a load_state_dict keeps reading the same tensors."""
+        """(b1, b2) and the step's factors (1, b1, b2) on the device, written in place once made,
+        as everything a captured CUDA graph reads must be. (The graph also holds lr, the betas,
+        eps and weight_decay as the numbers they were at capture: train.CudaGraphStep captures
+        again when one of them changes.)"""
         b1, b2 = self.param_groups[0]["betas"]
         decay = torch.tensor([1.0, b1, b2], dtype=self.scalar)
         if not hasattr(self, "_decay"):
@@ -233,7 +240,8 @@ class FlatAdam(torch.optim.Adam):
 
 def _triton_failed(e: Exception) -> None:
     global _TRITON_BROKEN
-    text = str(e).strip().splitlines()
-    _TRITON_BROKEN = text[0] if text else type(e).__name__  # one try per process: triton_unusable says why
+    # Triton's CompilationError puts the source position first and the reason last
+    lines = [ln.strip() for ln in str(getattr(e, "error_message", None) or e).splitlines() if ln.strip()]
+    _TRITON_BROKEN = lines[-1] if lines else type(e).__name__  # one try per process
     log.warning("optim.impl=triton: the Triton kernel failed to build or launch (%s); flat Adam's torch "
                 "kernels do the update instead (optim.impl=flat)", _TRITON_BROKEN)

@@ -64,9 +64,10 @@ def build_optimizer(cfg: DictConfig, model: torch.nn.Module, capturable: bool = 
     device = next(model.parameters()).device
     if impl == "auto":  # (flat Adam updates every parameter: not for a model with frozen ones)
         flat = capturable and all(p.requires_grad for p in model.parameters())
-        impl = ("triton" if triton_unusable(device) is None else "flat") if flat else "fused"
+        dtype = next(model.parameters()).dtype
+        impl = ("triton" if triton_unusable(device, dtype) is None else "flat") if flat else "fused"
     if impl in ("flat", "triton"):  # the model's parameters become views into one tensor
-        if impl == "triton" and (why := triton_unusable(device)):
+        if impl == "triton" and (why := triton_unusable(device, next(model.parameters()).dtype)):
             raise ConfigError(f"optim.impl=triton: {why}; optim.impl=flat is the same update in torch kernels")
         return FlatAdam(model.parameters(), lr=o.lr, betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay,
                         kernel="triton" if impl == "triton" else "torch")
@@ -287,7 +288,7 @@ class CudaGraphStep:
 
     A graph replays fixed shapes at fixed addresses, so the batch's indices go through a
     fixed buffer and beta through a fixed 0-dim tensor, and a short last batch runs eagerly.
-    The learning rate is baked into the captured Adam kernel: a schedule that changes it
+    The learning rate (like Adam's other settings) is baked into the captured update: a schedule that changes it
     (once an epoch) makes the next full batch capture the graph again. The first WARMUP full
     batches train eagerly on a side stream, as the CUDA graph notes ask, so that cuBLAS,
     autograd and Adam's state exist before capture. `step(idx, beta)` updates everything in
@@ -300,7 +301,7 @@ class CudaGraphStep:
         self.idx = torch.zeros(batch_size, dtype=torch.long, device=device)
         self.beta = torch.zeros((), device=device)
         self.side = torch.cuda.Stream(device)
-        self.graph, self.lr, self.warm = None, None, 0
+        self.graph, self.hyper, self.warm = None, None, 0
 
     def __call__(self, idx: torch.Tensor, beta: float) -> None:
         self.beta.fill_(beta)  # a tensor in eager steps too: compiled code then sees the same types
@@ -315,15 +316,16 @@ class CudaGraphStep:
                 torch.cuda.current_stream().wait_stream(self.side)
             self.warm += 1
             return
-        lr = self.opt.param_groups[0]["lr"]
-        if self.graph is None or lr != self.lr:
+        # what the optimizer's kernels take as plain numbers, fixed in the graph when it is captured
+        hyper = [(g["lr"], tuple(g["betas"]), g["eps"], g["weight_decay"]) for g in self.opt.param_groups]
+        if self.graph is None or hyper != self.hyper:
             self.graph = None  # free the old graph's memory before capturing the new one
             graph = torch.cuda.CUDAGraph()
             # Captured on our stream of the run's device: torch.cuda.graph's own default stream is
             # made once per process, on whichever device was current then.
             with torch.cuda.device(self.device), torch.cuda.graph(graph, stream=self.side):
                 self.step(self.idx, self.beta)  # recorded; nothing runs until replay
-            self.graph, self.lr = graph, lr
+            self.graph, self.hyper = graph, hyper
         self.idx.copy_(idx)
         self.graph.replay()  # on the device it was captured on
 

@@ -288,11 +288,12 @@ class CudaGraphStep:
 
     A graph replays fixed shapes at fixed addresses, so the batch's indices go through a
     fixed buffer and beta through a fixed 0-dim tensor, and a short last batch runs eagerly.
-    The learning rate (like Adam's other settings) is baked into the captured update: a schedule that changes it
-    (once an epoch) makes the next full batch capture the graph again. The first WARMUP full
-    batches train eagerly on a side stream, as the CUDA graph notes ask, so that cuBLAS,
-    autograd and Adam's state exist before capture. `step(idx, beta)` updates everything in
-    place (weights, Adam's state, the sums) and returns nothing."""
+    The learning rate, like Adam's other settings, is baked into the captured update: a
+    schedule that changes it (once an epoch) makes the next full batch capture the graph
+    again. The first WARMUP full batches train eagerly on a side stream, as the CUDA graph
+    notes ask, so that cuBLAS, autograd and Adam's state exist before capture.
+    `step(idx, beta)` updates everything in place (weights, Adam's state, the sums) and
+    returns nothing."""
 
     WARMUP = 3
 

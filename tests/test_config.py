@@ -133,6 +133,21 @@ def test_optimizer_matches_config():
     (["hparams_search=optuna", "optim.lrr=interval(1e-4,1e-3)"], "did you mean 'optim.lr'"),  # Optuna's ranges
     (["-m", "latent_size=2,0"], "latent_size=0"),  # every value of a sweep is checked
     (["+foo=1"], "unknown key 'foo' in override '+foo=1'"),  # `+` gets past compose, not the schema
+    # a sample grid that size crashed after the epoch, and `vaelab resume` with it cost the run its metrics
+    (["trainer.num_samples=100000000"], "trainer.num_samples=100000000: must be in [1, 1024] (the images of the "
+                                        "sample grid drawn each epoch)"),
+    # interpolations that do not resolve: OmegaConf's traceback before
+    (["latent_size=${missing}"], "latent_size=${missing}: cannot be resolved (Interpolation key 'missing' not found)"),
+    (["name=${oc.env:VAELAB_TEST_UNSET}"], "name=${oc.env:VAELAB_TEST_UNSET}: cannot be resolved (KeyError raised "
+                                           "while resolving interpolation: \"Environment variable 'VAELAB_TEST_UNSET' "
+                                           "not found\")"),
+    (["-m", "latent_size=2,${missing}"], "latent_size=${missing}: cannot be resolved"),
+    (["data.root=${hydra:runtime.cwd}/data"], "${hydra:...} cannot be used in vaelab's settings"),
+    # sweeps that give nothing, or that only Optuna can draw from: a traceback before
+    (["-m", "latent_size=range(2,0)"], "override 'latent_size=range(2,0)': the sweep gives no values (a range(start, "
+                                       "stop) stops before stop, so stop must be above start, as in range(2,8))"),
+    (["-m", "loss.beta=interval(0,1)"], "override 'loss.beta=interval(0,1)': an interval is a range for Optuna to "
+                                        "draw from: add hparams_search=optuna"),
     (["++trainer.epochz=1"], "did you mean 'trainer.epochs'"),
     (["latent_size=2,16"], "lists several values: add -m"),
     (["latent_size=2,16", "--cfg", "job"], "--cfg shows one job"),

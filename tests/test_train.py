@@ -12,9 +12,10 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from vaelab import checkpoint as ckpt_io
+from vaelab.config import ConfigError
 from vaelab.train import NonFiniteLoss, build_model, train
 
-from tests.conftest import FAST
+from tests.conftest import FAST, compose_cfg
 
 
 def _events(run_dir):
@@ -177,3 +178,15 @@ def test_train_curves_count_every_step_also_past_the_last_log_point_of_an_epoch(
         xs = [start] + [x for x, _ in inside]
         weighted = sum((x - x0) * v for x0, (x, v) in zip(xs, inside)) / (end - start)
         assert weighted == pytest.approx(expected, rel=1e-5)
+
+
+@pytest.mark.parametrize("override,message", [
+    ("model._target_=foo.Bar", "model._target_=foo.Bar: Error loading 'foo.Bar'"),
+    ("latent_size=1000000000", "the model (latent_size=1000000000, model.size=small) does not fit in memory: "),
+])
+def test_a_model_that_cannot_be_built_is_one_line(tiny_mnist, tmp_path, override, message):
+    """Hydra's five lines (and, in a sweep, a job that failed after others had trained)."""
+    cfg = compose_cfg([f"data.root={tiny_mnist}", "data.val_size=64", "model.size=small", override])
+    with pytest.raises(ConfigError) as e:
+        train(cfg, tmp_path / "r")
+    assert str(e.value).startswith(message) and "\n" not in str(e.value)

@@ -27,7 +27,7 @@ import vaelab.train as train_mod
 from vaelab import checkpoint as ckpt_io
 from vaelab.cli import main as vaelab_cli
 from vaelab.train import Interrupted, train
-from vaelab.train_cli import saved_config_argv
+from vaelab.train_cli import config_dir_error, launch, saved_config_argv
 from vaelab.workflow import differing_keys, is_timing, side_by_side
 
 from tests.conftest import FAST, compose_cfg, signal_at_step
@@ -191,6 +191,23 @@ def test_plain_hydra_rerun_uses_the_saved_config_and_the_usual_folders(tmp_path)
     assert "hydra.run.dir=here" in mine and not any(a.startswith("++hydra.run.dir=") for a in mine)
     # A folder without that config keeps Hydra's meaning (extra config groups).
     assert saved_config_argv(["--config-dir", str(tmp_path), "x=1"]) == ["--config-dir", str(tmp_path), "x=1"]
+
+
+def test_config_dir_given_the_run_folder_rather_than_its_hydra_folder_is_refused(tmp_path, capsys):
+    """Hydra took the run folder as an extra folder of groups, composed conf/'s defaults and
+    started a fresh default run, silently."""
+    (tmp_path / "run" / ".hydra").mkdir(parents=True)
+    (tmp_path / "run" / ".hydra" / "config.yaml").write_text("name: x\n")
+    run = tmp_path / "run"
+    assert launch(["--config-dir", str(run), "trainer.epochs=1"]) == 2
+    assert capsys.readouterr().err == (
+        f"vaelab-train: error: --config-dir {run}: that is a run's folder; its saved config is in {run / '.hydra'}: "
+        f"--config-dir {run / '.hydra'} --config-name config (or vaelab reproduce {run})\n")
+    assert not (tmp_path / "outputs").exists()
+    (tmp_path / "file").write_text("x")
+    assert config_dir_error(["-cd", str(tmp_path / "file")]) == (
+        f"--config-dir {tmp_path / 'file'}: not a folder; give a run's saved config folder, RUN_DIR/.hydra")
+    assert config_dir_error(["-cd", str(run / ".hydra")]) is None
 
 
 def test_a_rerun_of_a_saved_config_gets_the_same_pre_flight(tmp_path, monkeypatch):

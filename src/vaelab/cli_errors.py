@@ -211,7 +211,10 @@ def precheck(argv: list[str], fetch_data: bool = False, continuing: Path | None 
     if primary is None:  # Hydra's to handle
         return None
     compose_ = functools.partial(_compose, primary=primary)
-    base, candidates = _job_overrides(cmd)
+    try:
+        base, candidates = _job_overrides(cmd)
+    except ConfigError as e:
+        return str(e)
     err, data_roots = _jobs_error(compose_, candidates, cmd)
     if err:
         return err
@@ -405,8 +408,14 @@ def _job_overrides(cmd: _CommandLine) -> tuple[list[str], list[list[str]]]:
             except Exception:  # an interval (Optuna) cannot be listed: check its ends (the checks are ranges)
                 if not (hasattr(sweep, "start") and hasattr(sweep, "end")):
                     continue
+                if not cmd.optuna:  # Hydra's basic sweeper failed on it with a traceback
+                    raise ConfigError(f"override '{o.input_line}': an interval is a range for Optuna to draw from: "
+                                      f"add hparams_search=optuna, or list values (a,b,c) or a range(start,stop,step)")
                 as_int = "int" in getattr(sweep, "tags", ())  # tag(int, interval(2, 64)): Optuna draws ints
                 values = [f"{key}={int(v) if as_int else v}" for v in (sweep.start, sweep.end)]
+            if not values:  # range(2, 0): the sweep would run nothing of it
+                raise ConfigError(f"override '{o.input_line}': the sweep gives no values (a range(start, stop) "
+                                  f"stops before stop, so stop must be above start, as in range(2,8))")
             variants.append((len(base), values))
             base.append(values[0])
         else:

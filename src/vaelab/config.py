@@ -198,10 +198,30 @@ def _check(ok: bool, key: str, value: Any, allowed: str) -> None:
         raise ConfigError(f"{key}={value}: {allowed}")
 
 
+def _check_resolves(cfg: DictConfig) -> None:
+    """Every ${...} in the config resolves: one line naming the key, not OmegaConf's traceback
+    from the first check that reads it (latent_size=${missing}, name=${oc.env:UNSET})."""
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        OmegaConf.to_container(cfg, resolve=True)
+    except OmegaConfBaseException as e:
+        key = getattr(e, "full_key", None) or "?"
+        raw = OmegaConf.to_container(cfg, resolve=False)
+        for part in key.split("."):
+            raw = raw.get(part) if isinstance(raw, dict) else None
+        if "${hydra:" in str(raw):  # (Hydra's resolver works inside a job only, after these checks)
+            raise ConfigError(f"{key}={raw}: ${{hydra:...}} cannot be used in vaelab's settings, which are checked "
+                              f"before Hydra starts; write the value out") from None
+        why = str(getattr(e, "msg", None) or e).strip().splitlines()[0]
+        raise ConfigError(f"{key}={raw}: cannot be resolved ({why})") from None
+
+
 def validate(cfg: DictConfig, here: bool = True) -> None:
     """Reject values that compose but cannot work. Raises ConfigError with one line.
     here=False leaves out what depends on this machine (the device's accelerator): a saved run
     read to evaluate it, or to resume it with device=... overridden, on another machine."""
+    _check_resolves(cfg)
     _check(cfg.latent_size >= 1, "latent_size", cfg.latent_size, "must be an integer >= 1")
     _check(cfg.model.latent_size == cfg.latent_size, "model.latent_size", cfg.model.latent_size,
            f"must equal latent_size ({cfg.latent_size}), which it follows: "
@@ -229,7 +249,8 @@ def validate(cfg: DictConfig, here: bool = True) -> None:
     _check(cfg.logger.images_every >= 1, "logger.images_every", cfg.logger.images_every, "must be >= 1")
     _check(t.compile_mode in ("default", "reduce-overhead", "max-autotune"), "trainer.compile_mode",
            t.compile_mode, "allowed: default, reduce-overhead, max-autotune")
-    _check(t.num_samples >= 1, "trainer.num_samples", t.num_samples, "must be >= 1")
+    _check(1 <= t.num_samples <= 1024, "trainer.num_samples", t.num_samples,
+           "must be in [1, 1024] (the images of the sample grid drawn each epoch)")
     _check(1 <= t.final_eval_k <= 10**6, "trainer.final_eval_k", t.final_eval_k,
            "must be in [1, 10**6] (as vaelab eval --k)")
     _check(cfg.data.val_size >= 0, "data.val_size", cfg.data.val_size, "must be >= 0")

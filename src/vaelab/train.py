@@ -29,6 +29,7 @@ import hydra
 import numpy as np
 import torch
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import InstantiationException
 from hydra.utils import get_object, instantiate
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
@@ -52,6 +53,22 @@ log = logging.getLogger("vaelab")
 
 def build_model(cfg: DictConfig, input_dim: int = 784, image_shape=(1, 28, 28)) -> VAE:
     return instantiate(cfg.model, input_dim=input_dim, image_shape=list(image_shape), _convert_="all")
+
+
+def _model_error(cfg: DictConfig, e: Exception) -> Exception:
+    """A ConfigError for a model that cannot be built: a model._target_ that does not import,
+    or sizes whose weights do not fit in memory (latent_size=1000000000); `e` itself otherwise."""
+    cause = e.__cause__ if isinstance(e, InstantiationException) and e.__cause__ is not None else e
+    text = " ".join(str(cause).split())
+    if isinstance(e, InstantiationException) and isinstance(cause, (ImportError, AttributeError)) \
+            or "Error locating target" in text:
+        return ConfigError(f"model._target_={cfg.model._target_}: {text}")
+    if isinstance(cause, MemoryError) or (isinstance(cause, RuntimeError) and "allocate" in text):
+        sizes = ", ".join(f"{k}={getattr(v, 'value', v)}" for k, v in (
+            ("latent_size", cfg.latent_size), ("model.size", cfg.model.size), ("model.hidden", cfg.model.hidden))
+            if v is not None)
+        return ConfigError(f"the model ({sizes}) does not fit in memory: {text[:200]}")
+    return e
 
 
 def build_optimizer(cfg: DictConfig, model: torch.nn.Module, capturable: bool = False) -> torch.optim.Optimizer:
@@ -424,7 +441,10 @@ def _train(cfg: DictConfig, run_dir: Path, data: MNISTData | None) -> dict:
     n_train = len(data.train)
     if data.val_is_test:
         log.info("data.val_size=0: training on all %d images; 'val' metrics are computed on the test split", n_train)
-    model = build_model(cfg, data.train.dim, data.train.image_shape).to(device)
+    try:
+        model = build_model(cfg, data.train.dim, data.train.image_shape).to(device)
+    except Exception as e:  # the config's model cannot exist here: one line, not Hydra's five
+        raise _model_error(cfg, e) from None
     opt = build_optimizer(cfg, model, capturable=graphed)
     plain_cfg = to_plain(cfg)
 

@@ -65,6 +65,23 @@ def saved_config_argv(argv: list[str]) -> list[str]:
                          [f"++{k}={v}" for k, v in keep.items() if k not in given])
 
 
+def config_dir_error(argv: list[str]) -> str | None:
+    """--config-dir given a run's folder instead of its .hydra/ (Hydra would then compose
+    conf/'s defaults and start a fresh run, silently), or a path that is not a folder."""
+    _, flags = split_args(argv)
+    folder = flags.get("--config-dir") or flags.get("-cd")
+    if not folder:
+        return None
+    name = flags.get("--config-name") or flags.get("-cn") or "config"
+    path = Path(folder)
+    if path.exists() and not path.is_dir():
+        return f"--config-dir {folder}: not a folder; give a run's saved config folder, RUN_DIR/.hydra"
+    if not (path / f"{name}.yaml").is_file() and (path / ".hydra" / f"{name}.yaml").is_file():
+        return (f"--config-dir {folder}: that is a run's folder; its saved config is in {path / '.hydra'}: "
+                f"--config-dir {path / '.hydra'} --config-name {name} (or vaelab reproduce {folder})")
+    return None
+
+
 def override_value(v) -> str:
     """A YAML value as Hydra's override grammar reads it back ('quoted' strings keep ${...}).
     In a quoted value a backslash stands for itself, except in a run of them before a quote or
@@ -88,9 +105,10 @@ def launch(argv: list[str], prog: str = "vaelab-train", continuing: Path | None 
     the exit status. continuing: the folder of a stopped sweep that these arguments carry on
     (`vaelab resume SWEEP_DIR`), which may hold runs."""
     register_configs()
+    err = config_dir_error(argv)
     argv = saved_config_argv(argv)
     where: dict = {}
-    err = precheck(argv, fetch_data=True, continuing=continuing, where=where)
+    err = err or precheck(argv, fetch_data=True, continuing=continuing, where=where)
     if err:
         print(f"{prog}: error: {err}", file=sys.stderr)
         return 2

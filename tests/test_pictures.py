@@ -12,7 +12,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from vaelab.models import MLPVAE
 from vaelab.evaluate_run import EVAL_PICTURES
-from vaelab.pictures import (RED, TRAVERSAL_VALUES, interpolations_grid, latents_scatter_figure, make_pictures,
+from vaelab.pictures import (RED, TRAVERSAL_VALUES, figure_to_tensor, interpolations_grid, kl_bars_figure,
+                             latents_scatter_figure, make_pictures,
                              manifold_grid, reconstructions_grid, traversal_rows, traversals_figure, traversals_grid)
 from vaelab.train import train
 
@@ -170,3 +171,16 @@ def test_traversal_labels_stay_inside_the_picture():
     for t in texts:
         box = t.get_window_extent(renderer)
         assert 0 <= box.x0 and box.x1 <= fig.bbox.width, t.get_text()
+
+
+def test_kl_bars_colour_the_active_dimensions_and_keep_their_order():
+    """Dimension 0 carries 1 nat and is active; 1 carries 0.5 and is not: a blue bar on the
+    left twice as tall as a grey one on the right."""
+    img = (figure_to_tensor(kl_bars_figure(torch.tensor([1.0, 0.5]), torch.tensor([True, False]))) * 255).round()
+    blue = (img[0] == 31) & (img[1] == 119) & (img[2] == 180)  # matplotlib's tab:blue
+    grey = (img[0] == 166) & (img[1] == 166) & (img[2] == 166)  # "0.65"
+    bar_b, bar_g = blue.sum(0) > 20, grey.sum(0) > 20  # columns inside a bar (not anti-aliased text)
+    cols_b, cols_g = bar_b.nonzero().flatten(), bar_g.nonzero().flatten()
+    assert len(cols_b) and len(cols_g) and cols_b.max() < cols_g.min()
+    height_b, height_g = blue[:, bar_b].any(1).sum().item(), grey[:, bar_g].any(1).sum().item()
+    assert abs(height_b / height_g - 2) < 0.05

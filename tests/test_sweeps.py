@@ -103,6 +103,11 @@ def test_sweep_has_one_hparams_row_per_run(sweep):
         hp = hparams_metadata.parse_session_start_info_plugin_data(content).hparams
         latent, beta = (kv.split("=")[1] for kv in name.split(","))
         assert hp["latent_size"].number_value == int(latent) and hp["loss.beta"].number_value == float(beta)
+        assert hp["trainer.progress"].string_value == "false"  # not 0.0, as torch's hparams() stores a bool
+        assert hp["model.hidden"].string_value == "[256]"  # model.size=small: the widths built, where the config names a size
+        # the swept keys are marked as the ones the runs differ in: the dashboard shows those first
+        exp = hparams_metadata.parse_experiment_plugin_data(acc.PluginTagToContent("hparams")["_hparams_/experiment"])
+        assert {i.name for i in exp.hparam_infos if i.differs} == {"latent_size", "loss.beta"}
         metrics = json.loads((run / "metrics.json").read_text())
         for m in ("val_loss", "val_recon", "val_kl", "active_units"):
             [event] = acc.Scalars(f"hparams/{m}")

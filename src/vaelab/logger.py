@@ -18,13 +18,16 @@ HPARAMS_SUFFIX = ".hparams"  # the event file that holds a run's HParams row (Ru
 
 
 def flatten(d: dict, prefix: str = "") -> dict:
-    """{'a': {'b': 1}} -> {'a.b': 1}; lists and None become strings (HParams takes scalars only)."""
+    """{'a': {'b': 1}} -> {'a.b': 1}; lists and None become strings (HParams takes scalars only),
+    and so do booleans ('true'/'false'): torch's hparams() would store them as 1.0 and 0.0."""
     out: dict = {}
     for k, v in d.items():
         key = f"{prefix}{k}"
         if isinstance(v, dict):
             out.update(flatten(v, key + "."))
-        elif isinstance(v, (bool, int, float, str)):
+        elif isinstance(v, bool):
+            out[key] = str(v).lower()
+        elif isinstance(v, (int, float, str)):
             out[key] = v
         else:
             out[key] = str(v)
@@ -65,19 +68,28 @@ class RunLogger:
         if self.w:
             self.w.add_text(tag, text, x)
 
-    def hparams_start(self, config: dict) -> None:
+    def hparams_start(self, config: dict, compared: set[str] = frozenset()) -> None:
         """This run's HParams row (its flattened config), written when the run starts or is
         resumed, so that a run still training, stopped or diverged is listed too (its metrics
         blank until hparams_end), and a resumed run's row shows the config it goes on with.
         TensorBoard keeps the first row it reads in a run, so the row has an event file of its
         own (suffix .hparams) that a resume replaces. In this run's own folder:
-        SummaryWriter.add_hparams would write to a new sub-folder and show every run twice."""
+        SummaryWriter.add_hparams would write to a new sub-folder and show every run twice.
+        `compared`: the keys the runs differ in (a sweep's swept keys), marked so that the
+        dashboard shows their columns first; without the mark it showed the first five by name
+        (data.binarize, data.download, ...) and hid the swept one."""
         if not self.w:
             return
+        from tensorboard.plugins.hparams import plugin_data_pb2
         from torch.utils.tensorboard.writer import FileWriter
 
         names = {f"hparams/{k}": 0.0 for k in HPARAM_METRICS}  # the experiment's columns (values unused)
         exp, ssi, _ = hparams_summary(flatten(config), names)
+        meta = exp.value[0].metadata.plugin_data
+        data = plugin_data_pb2.HParamsPluginData.FromString(meta.content)
+        for info in data.experiment.hparam_infos:
+            info.differs = info.name in compared
+        meta.content = data.SerializeToString()
         old = list(Path(self.w.log_dir).glob(f"events.out.tfevents.*{HPARAMS_SUFFIX}"))
         fw = FileWriter(self.w.log_dir, filename_suffix=HPARAMS_SUFFIX)
         fw.add_summary(exp)

@@ -157,6 +157,26 @@ def traversals_figure(grid: torch.Tensor, dims: list[int], dead: list[bool], kl_
     return fig
 
 
+def kl_bars_figure(kl_per_dim: torch.Tensor, active: torch.Tensor):
+    """The KL of each latent dimension (nats), by index, the active ones in colour: which
+    latents carry information, and over a run's epochs which ones collapse."""
+    kl = kl_per_dim.float().cpu().numpy()
+    act = active.cpu().numpy().astype(bool)
+    fig = _figure(8.0, 2.6)
+    ax = fig.add_subplot(1, 1, 1)
+    edges = np.arange(len(kl) + 1) - 0.5
+    for show, colour in ((act, "tab:blue"), (~act, "0.65")):  # two artists, not one per bar: 4x faster at 256
+        ax.stairs(np.where(show, kl, 0.0), edges, fill=True, color=colour)
+    ax.set_xlim(-0.5, len(kl) - 0.5)
+    ax.set_xlabel("latent dimension", fontsize=8)
+    ax.set_ylabel("KL (nats)", fontsize=8)
+    ax.tick_params(labelsize=7)
+    ax.set_title(f"KL per latent dimension: {int(act.sum())} of {len(kl)} active (blue), the rest grey",
+                 fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
 def latents_scatter_figure(mu: torch.Tensor, labels: torch.Tensor):
     """Posterior means (N, L) in 2-D, coloured by digit: the dimensions themselves when L <= 2,
     else the first two principal components (explained variance in the axis labels)."""

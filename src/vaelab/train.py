@@ -38,7 +38,7 @@ from vaelab import checkpoint as ckpt_io
 from vaelab.config import CONF_DIR, ConfigError, resolve_device, to_plain, typed, validate
 from vaelab.data import DataError, MNISTData, load_data, to_float
 from vaelab.errors import Interrupted, NonFiniteLoss, SaveFailed
-from vaelab.evaluate import elbo_stats, quiet
+from vaelab.evaluate import ACTIVE_THRESHOLD, elbo_stats, quiet
 from vaelab.logger import RunLogger, image_grid
 from vaelab.losses import MSE_NLL_CONST_PER_DIM, beta_at, vae_loss
 from vaelab.models import VAE
@@ -519,7 +519,10 @@ def _train(cfg: DictConfig, run_dir: Path, data: MNISTData | None) -> dict:
         log.info("model: %s (%d parameters) on %s", type(model).__name__,
                  sum(p.numel() for p in model.parameters()), device)
 
-    writer.hparams_start(plain_cfg)  # replaces the row an earlier start of this run wrote
+    # (model.hidden as built: null when model.size names the widths)
+    hp_cfg = {**plain_cfg, "model": {**plain_cfg["model"], "hidden": list(getattr(model, "hidden", []) or []) or
+                                     plain_cfg["model"].get("hidden")}}
+    writer.hparams_start(hp_cfg, _compared_keys(run_dir))  # replaces the row an earlier start of this run wrote
 
     step_model = torch.compile(model, mode=t.compile_mode) if t.compile else model
     # (autocast's weight cache would hand a graph tensors freed after capture)
@@ -669,6 +672,11 @@ def _train(cfg: DictConfig, run_dir: Path, data: MNISTData | None) -> dict:
             if (epoch + 1) % cfg.logger.images_every == 0 or last_epoch or numbered:
                 _pictures(model, fixed_z, recon_x, writer, x_ax, sample_dir if (numbered or last_epoch) else None,
                           epoch + 1)
+                if writer.enabled and cfg.logger.histograms:  # the histogram above loses which dimension is which
+                    from vaelab.pictures import figure_to_tensor, kl_bars_figure  # (matplotlib: only here)
+
+                    bars = kl_bars_figure(val["kl_per_dim"], val["mu_var"] > ACTIVE_THRESHOLD)
+                    writer.image("latent/kl_by_dim", figure_to_tensor(bars), x_ax)
             st["train_loss"] = train_means["loss"]
             # The epoch's events on disk before any checkpoint that vouches for them (resume
             # falls back to best.pt when a kill came before the first last.pt).
@@ -705,6 +713,21 @@ def _train(cfg: DictConfig, run_dir: Path, data: MNISTData | None) -> dict:
         from vaelab.evaluate_run import evaluate_run
         evaluate_run(run_dir, k=t.final_eval_k, device=str(device), checkpoint="last", progress=t.progress)
     return metrics
+
+
+def _compared_keys(run_dir: Path) -> set[str]:
+    """The config keys this run is compared on in HParams: a sweep's swept keys (the command
+    line's keys that its folder names do not leave out), else every key the command line set.
+    Read from the files Hydra saved, so `vaelab resume` finds the same."""
+    hydra_dir = run_dir / ".hydra"
+    try:
+        task = [str(o) for o in OmegaConf.load(hydra_dir / "overrides.yaml")]
+        fixed = OmegaConf.select(OmegaConf.load(hydra_dir / "hydra.yaml"),
+                                 "hydra.job.config.override_dirname.exclude_keys", default=None) or []
+    except Exception:  # noqa: BLE001 - no saved Hydra files (train() called directly), or unreadable: no marks
+        return set()
+    keys = [o.split("=", 1)[0].lstrip("+~") for o in task]
+    return {k for k in keys if k not in set(fixed)} or set(keys)
 
 
 def _remove_name_folder_if_empty(folder: Path, cwd: str) -> None:

@@ -583,6 +583,23 @@ def test_mnist_given_as_gz_files_only_is_read(tmp_path, tiny_mnist):
     assert sorted(p.name for p in raw.iterdir()) == sorted([*MNIST_FILES[1:], *(f"{f}.gz" for f in MNIST_FILES)])
 
 
+def test_a_sweep_with_a_validation_split_too_big_for_the_data_is_refused_before_any_job(tmp_path, tiny_mnist):
+    """-m data.val_size=64,100000: the first job trained to the end, then the second failed."""
+    import gzip
+
+    from vaelab.data import MNIST_FILES, mnist_train_size
+
+    assert precheck([f"data.root={tiny_mnist}", "-m", "data.val_size=64,256"], fetch_data=True) == (
+        "data.val_size=256: must be in [0, 255] for a training set of 256 images")
+    assert precheck([f"data.root={tiny_mnist}", "-m", "data.val_size=64,255"], fetch_data=True) is None
+    raw = tmp_path / "MNIST" / "raw"  # the same size read from a .gz, without unpacking it
+    raw.mkdir(parents=True)
+    for f in MNIST_FILES:
+        (raw / f"{f}.gz").write_bytes(gzip.compress((tiny_mnist / "MNIST" / "raw" / f).read_bytes()))
+    assert mnist_train_size(tmp_path) == 256 and not (raw / MNIST_FILES[0]).exists()
+    assert mnist_train_size(tmp_path / "none") is None
+
+
 def test_an_output_folder_that_cannot_be_made_is_one_line(tmp_path, monkeypatch):
     """Hydra makes the run folder before vaelab's code runs, and fails there with a traceback."""
     (tmp_path / "afile").write_text("")

@@ -166,6 +166,7 @@ class _CommandLine:
     optuna: bool = field(init=False)  # hparams_search=optuna: a sweep without -m
     folders: dict = field(init=False)  # hydra.run.dir / hydra.sweep.dir as given
     continuing: Path | None = None  # a stopped sweep's folder that this command carries on
+    val_sizes: dict = field(default_factory=dict)  # data.root -> the largest data.val_size of a job (filled later)
 
     def taken(self, folder: Path, sweep: bool) -> str | None:
         """_taken, except for the sweep folder `vaelab resume SWEEP_DIR` carries on."""
@@ -233,13 +234,17 @@ def precheck(argv: list[str], fetch_data: bool = False, continuing: Path | None 
     if fetch_data and not launcher.endswith("SlurmLauncher"):  # SLURM's nodes may see other paths
         # The data once, here, before any job: a sweep's jobs would each fail on missing data
         # (submitit with a traceback) or download the same files into one folder at once.
-        from vaelab.data import DataError, fetch_mnist
+        from vaelab.data import DataError, fetch_mnist, mnist_train_size
 
         for root, download in data_roots.items():
             try:
                 fetch_mnist(root, download)
+                n = mnist_train_size(root)
             except DataError as e:
                 return str(e)
+            val = cmd.val_sizes.get(root, 0)
+            if n is not None and val >= n:  # a sweep's job failed there after the others had trained
+                return f"data.val_size={val}: must be in [0, {n - 1}] for a training set of {n} images"
     key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
     folder = OmegaConf.select(full, key, throw_on_resolution_failure=False)
     if where is not None and folder is not None and _by_the_clock(full, key, given):
@@ -427,6 +432,7 @@ def _jobs_error(compose_, candidates: list[list[str]], cmd: _CommandLine) -> tup
     """Compose and validate each job to check; (why one fails or None, {data.root: may download})."""
     names: dict[str, str] = {}  # name -> the overrides that give it
     data_roots: dict[str, bool] = {}  # data.root -> whether a job may download there
+    val_sizes = cmd.val_sizes
     for ovs in candidates:
         try:
             cfg = compose_(ovs)
@@ -450,6 +456,7 @@ def _jobs_error(compose_, candidates: list[list[str]], cmd: _CommandLine) -> tup
                     "MNIST/raw/"), data_roots
         names.setdefault(cfg.name, " ".join(ovs))
         data_roots[str(cfg.data.root)] = data_roots.get(str(cfg.data.root), False) or bool(cfg.data.download)
+        val_sizes[str(cfg.data.root)] = max(val_sizes.get(str(cfg.data.root), 0), int(cfg.data.val_size))
     if len(names) > 1 and (cmd.multirun or cmd.optuna):  # -m experiment=seed,iwae_paper_vae
         return (f"the jobs of this sweep would have different names ({', '.join(names)}), and name names the "
                 f"sweep's folder (outputs/multirun/<name>/...); give one, e.g. name=compare"), data_roots

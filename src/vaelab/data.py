@@ -181,6 +181,23 @@ def _check_files(raw: Path) -> None:
                             f"from the same copy of MNIST")
 
 
+def mnist_train_size(root: str | Path) -> int | None:
+    """The number of training images MNIST's files under root declare (their IDX header, unpacked
+    or .gz), without reading the images; None where there are no files."""
+    raw = _raw_dir(Path(root).expanduser())
+    images = raw / MNIST_FILES[0]
+    if images.exists():
+        return _idx_dims(images, 3)[0]
+    try:
+        with gzip.open(raw / f"{MNIST_FILES[0]}.gz", "rb") as f:
+            head = f.read(8)
+    except FileNotFoundError:
+        return None
+    except (OSError, EOFError, zlib.error) as e:
+        raise DataError(f"{raw / MNIST_FILES[0]}.gz: cannot read it ({e}); replace it with a good copy") from None
+    return struct.unpack(">2I", head)[1] if len(head) == 8 else None
+
+
 def load_mnist_arrays(root: str | Path, download: bool = True, how: str = HOW):
     """((60000, 28, 28) uint8, (60000,) int64, (10000, 28, 28) uint8, (10000,) int64) via torchvision."""
     from torchvision.datasets import MNIST

@@ -153,6 +153,8 @@ def test_optimizer_matches_config():
     (["latent_size=2,16", "--cfg", "job"], "--cfg shows one job"),
     (["-m", "latent_size=2,16", "--cfg", "job"], "-m and --cfg: only one of"),
     (["-m", "latent_size=2,16", "--help"], "--help shows one job, give one value per key"),
+    (["latent_size=abc", "--help"], "override 'latent_size=abc': Value 'abc' of type 'str' could not be converted "
+                                    "to Integer"),  # Hydra's two tracebacks before
     (["-m", "hydra/launcher=joblibb", "latent_size=2,16"], "available: basic, joblib, ray_local, slurm"),
     (["-m", "hydra/launcher=joblib", "hydra.launcher.n_job=2", "latent_size=2,16"],
      "in override 'hydra.launcher.n_job=2'; did you mean 'hydra.launcher.n_jobs'? keys allowed at 'hydra.launcher': "),
@@ -424,8 +426,8 @@ def test_only_the_clock_named_default_folder_is_made_by_vaelab_train():
 def test_a_command_line_hydra_refuses_leaves_no_folders(tiny_mnist, tmp_path, args):
     """The pre-flight passes it (Hydra's flags are Hydra's), vaelab-train makes its folder, then
     Hydra refuses: the folder goes again, with the outputs/ folders it made."""
-    r = subprocess.run([sys.executable, "-m", "vaelab.train", f"data.root={tiny_mnist}", *args], cwd=tmp_path,
-                       capture_output=True, text=True, timeout=120)
+    r = subprocess.run([sys.executable, "-m", "vaelab.train", f"data.root={tiny_mnist}", "data.val_size=64", *args],
+                       cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "unrecognized arguments: --bogus" in r.stderr
     assert list(tmp_path.iterdir()) == []
 

@@ -220,7 +220,7 @@ def precheck(argv: list[str], fetch_data: bool = False, continuing: Path | None 
     if err:
         return err
     err, composed, launcher = _hydra_section_error(compose_, base, cmd)
-    if err or {"--cfg", "-c"} & set(flags):
+    if err or {"--cfg", "-c", "--help", "-h"} & set(flags):
         return err
     # Hydra makes the run's folder first, and fails there with a traceback
     full = composed if composed is not None else compose_(base, hydra_section=True)
@@ -391,9 +391,8 @@ def _primary_config(cmd: _CommandLine) -> tuple[str, str] | None:
         primary = (path, name or "config")
     elif path or name or any(f in flags for f in ("--config-dir", "-cd")):
         return None
-    if any(f in flags for f in ("--help", "-h", "--hydra-help", "--version", "--info", "-i", "--shell-completion",
-                                "-sc")):
-        return None
+    if any(f in flags for f in ("--hydra-help", "--version", "--info", "-i", "--shell-completion", "-sc")):
+        return None  # (--help shows the composed config: its overrides are checked like a run's)
     return primary
 
 

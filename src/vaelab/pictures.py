@@ -173,7 +173,7 @@ def kl_bars_figure(kl_per_dim: torch.Tensor, active: torch.Tensor):
     ax.tick_params(labelsize=7)
     ax.set_title(f"KL per latent dimension: {int(act.sum())} of {len(kl)} active (blue), the rest grey",
                  fontsize=8)
-    fig.tight_layout()
+    fig.subplots_adjust(left=0.08, right=0.99, bottom=0.17, top=0.9)  # (tight_layout: a third of the cost)
     return fig
 
 

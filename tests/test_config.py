@@ -133,6 +133,10 @@ def test_optimizer_matches_config():
     (["hparams_search=optuna", "optim.lrr=interval(1e-4,1e-3)"], "did you mean 'optim.lr'"),  # Optuna's ranges
     (["-m", "latent_size=2,0"], "latent_size=0"),  # every value of a sweep is checked
     (["+foo=1"], "unknown key 'foo' in override '+foo=1'"),  # `+` gets past compose, not the schema
+    (["+latent_size=8"], "override '+latent_size=8': Could not append to config. An item is already at "
+                         "'latent_size'; a leading + adds a new key: set it with 'latent_size=8'"),
+    (["experiment=null"], "override 'experiment=null': experiment is a config group: choose one of its options "
+                          "(iwae_paper_vae, seed), or leave it out"),
     # a sample grid that size crashed after the epoch, and `vaelab resume` with it cost the run its metrics
     (["trainer.num_samples=100000000"], "trainer.num_samples=100000000: must be in [1, 1024] (the images of the "
                                         "sample grid drawn each epoch)"),

@@ -112,6 +112,13 @@ def _explain(exc: Exception, override: str, composed: DictConfig | None = None) 
         where = f"'{parent}'" if parent else "the top level"
         return (f"unknown key '{full_key}' in override '{override}';{hint} keys allowed at {where}: "
                 f"{', '.join(known)}{_other_launcher_hint(full_key)}")
+    if "Could not append to config. An item is already at" in msg:  # +latent_size=8
+        return f"override '{override}': {msg.rstrip('.')}; a leading + adds a new key: set it with '{override[1:]}'"
+    if "Config group override must be a string or a list" in msg:  # experiment=null
+        group = override.split("=", 1)[0].lstrip("+~")
+        options = sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+        return (f"override '{override}': {group} is a config group: choose one of its options"
+                f"{' (' + ', '.join(options) + ')' if options else ''}, or leave it out")
     if "Could not find" in str(exc):  # unknown config group option, e.g. experiment=sed
         lines = str(exc).splitlines()
         opts = [ln.strip() for ln in lines if ln.startswith("\t") and "provider=" not in ln]

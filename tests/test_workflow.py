@@ -623,7 +623,8 @@ def test_resume_with_missing_data_changes_nothing(finished_run, tmp_path, capsys
     (["+foo=1"], "override '+foo=1': resume takes KEY=VALUE only"),
     (["data.root=~/mnist"], "override 'data.root=~/mnist': cannot parse it (unexpected '~' at character 11); Hydra "
                             "does not expand ~: write the path out, e.g. data.root=$HOME/mnist"),  # vaelab-train's
-    (["model=mlp"], "override 'model=mlp': Invalid type assigned"),
+    (["model=mlp"], "override 'model=mlp': model is a config group, chosen when the run started; resume changes "
+                    "values (KEY=VALUE) only: for model=mlp, start a new run (vaelab-train model=mlp ...)"),
     (["model.activation=tanh"], "trained with model.activation=relu, but the config says model.activation=tanh"),
     (["data.val_size=100"], "trained with data.val_size=64, but the config says data.val_size=100"),
 ], ids=["other-latent-size", "other-widths", "name", "unknown-key", "wrong-type", "bad-value", "sweep", "add-key",

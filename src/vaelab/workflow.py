@@ -34,7 +34,7 @@ from vaelab import checkpoint as ckpt_io
 from vaelab.compare import eval_settings
 from vaelab.cli_errors import _explain as explain_override_error  # vaelab-train's wording
 from vaelab.cli_errors import parse_error, unwritable
-from vaelab.config import ConfigError, load_run_config, resolve_device, validate
+from vaelab.config import CONF_DIR, ConfigError, load_run_config, resolve_device, validate
 
 
 # Set in each job's environment (hydra.job.env_set) when `vaelab resume SWEEP_DIR` launches a
@@ -317,6 +317,10 @@ def apply_overrides(cfg, overrides: list[str]) -> list:
             raise WorkflowError(f"override '{line}': resume continues one run; sweep with vaelab-train -m")
         if o.is_add() or o.is_delete() or o.is_force_add() or o.package is not None:
             raise WorkflowError(f"override '{line}': resume takes KEY=VALUE only")
+        if (CONF_DIR / o.key_or_group).is_dir():  # model=mlp, experiment=seed: config groups
+            raise WorkflowError(f"override '{line}': {o.key_or_group} is a config group, chosen when the run started; "
+                                f"resume changes values (KEY=VALUE) only: for {line}, start a new run "
+                                f"(vaelab-train {line} ...)")
         if o.key_or_group == "name":  # a later reproduce would land in outputs/runs/<new name>/
             raise WorkflowError(f"override '{line}': name names the run's folder (outputs/runs/<name>/...), "
                                 f"which resume keeps; leave it out")

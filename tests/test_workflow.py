@@ -241,6 +241,12 @@ def test_a_rerun_of_a_saved_config_gets_the_same_pre_flight(tmp_path, monkeypatc
         "'trainer.cuda_graph' is not in this config (it was saved before vaelab had that key); add it with a "
         "leading +: '+trainer.cuda_graph=true'")
     assert precheck(saved_config_argv([*rerun, "+trainer.cuda_graph=true"])) is None
+    # a saved config edited by hand: the file is named, not "override ''"
+    saved = tmp_path / ".hydra" / "config.yaml"
+    saved.write_text(saved.read_text() + "bogus: 1\n")
+    assert precheck(saved_config_argv([*rerun, "seed=2"])) == f"{saved}: unknown key 'bogus'"
+    saved.write_text("name: x\nlatent_size: [1, 2\nseed: 0\n")
+    assert precheck(saved_config_argv(rerun)) == f"{saved}: expected ',' or ']', but got ':' (line 3, column 5)"
 
 
 # --- interrupt, then resume ------------------------------------------------------------------

@@ -128,6 +128,21 @@ def _explain(exc: Exception, override: str, composed: DictConfig | None = None) 
     return f"override '{override}': {msg}"
 
 
+def _config_file_error(exc: Exception, primary: tuple[str, str]) -> str:
+    """One line for a primary config that does not load: the file, YAML's reason and where."""
+    path = Path(primary[0]) / f"{primary[1]}.yaml"
+    cause = exc.__cause__ or exc
+    lines = [ln.strip() for ln in str(cause).splitlines() if ln.strip()]
+    where = next((m.group(1) for ln in reversed(lines) if (m := re.search(r"(line \d+, column \d+)", ln))), None)
+    if getattr(cause, "full_key", None):  # OmegaConf's: the reason first, then its details
+        reason = lines[0] if lines else type(cause).__name__
+        if "not in" in reason:  # a key the schema does not have
+            reason = f"unknown key '{cause.full_key}'"
+    else:  # YAML's: where it began, then what it found
+        reason = next((ln for ln in reversed(lines) if not ln.startswith("in ")), type(cause).__name__)
+    return f"{path}: {reason}{f' ({where})' if where else ''}"
+
+
 def _compose(overrides: list[str], hydra_section: bool = False,
              primary: tuple[str, str] = (str(CONF_DIR), "config")) -> DictConfig:
     """`primary`: the folder and name of the primary config (a saved run's for a re-run)."""
@@ -443,6 +458,10 @@ def _jobs_error(compose_, candidates: list[list[str]], cmd: _CommandLine) -> tup
         try:
             cfg = compose_(ovs)
         except Exception as e:
+            try:  # the primary config itself (a saved run's config.yaml, edited by hand)
+                compose_([])
+            except Exception as e0:  # noqa: BLE001 - named with its file, not as "override ''"
+                return _config_file_error(e0, compose_.keywords["primary"]), data_roots
             # Find the first override that breaks composition, to name it.
             for j, ov in enumerate(ovs):
                 try:

@@ -67,14 +67,25 @@ def saved_config_argv(argv: list[str]) -> list[str]:
 
 def config_dir_error(argv: list[str]) -> str | None:
     """--config-dir given a run's folder instead of its .hydra/ (Hydra would then compose
-    conf/'s defaults and start a fresh run, silently), or a path that is not a folder."""
+    conf/'s defaults and start a fresh run, silently), or a path that is not a folder; a
+    --config-name or an absolute --config-path that names nothing (Hydra's several lines)."""
     _, flags = split_args(argv)
     folder = flags.get("--config-dir") or flags.get("-cd")
-    if not folder:
-        return None
     name = flags.get("--config-name") or flags.get("-cn") or "config"
+    path_flag = flags.get("--config-path") or flags.get("-cp")
+    if path_flag and os.path.isabs(path_flag) and not os.path.isdir(path_flag):
+        return f"--config-path {path_flag}: no such folder"
+    if path_flag and os.path.isabs(path_flag) and not (Path(path_flag) / f"{name}.yaml").is_file():
+        return f"--config-name {name}: no {name}.yaml in {path_flag}"
+    if not folder:
+        if not path_flag and not (CONF_DIR / f"{name}.yaml").is_file():
+            return (f"--config-name {name}: vaelab's configs have no {name}.yaml; to re-run a saved run: "
+                    f"--config-dir RUN_DIR/.hydra --config-name config")
+        return None
     path = Path(folder)
-    if path.exists() and not path.is_dir():
+    if not path.exists():
+        return f"--config-dir {folder}: no such folder; give a run's saved config folder, RUN_DIR/.hydra"
+    if not path.is_dir():
         return f"--config-dir {folder}: not a folder; give a run's saved config folder, RUN_DIR/.hydra"
     if not (path / f"{name}.yaml").is_file() and (path / ".hydra" / f"{name}.yaml").is_file():
         return (f"--config-dir {folder}: that is a run's folder; its saved config is in {path / '.hydra'}: "

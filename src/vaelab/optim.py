@@ -187,8 +187,9 @@ class FlatAdam(torch.optim.Adam):
     def _triton_update(self, group: dict) -> None:
         b1, b2 = group["betas"]
         n, wd = self.flat.numel(), group["weight_decay"]
-        dev = self.flat.device  # (a CPU tensor: a test, under Triton's interpreter)
-        with torch.cuda.device(dev) if dev.type == "cuda" else contextlib.nullcontext():  # Triton launches on the current device's stream
+        # Triton launches on the current device's stream (a CPU tensor: a test, under its interpreter)
+        dev = self.flat.device
+        with torch.cuda.device(dev) if dev.type == "cuda" else contextlib.nullcontext():
             _triton_kernel()[((n + BLOCK - 1) // BLOCK,)](
                 self.flat, self.grad, self.exp_avg, self.exp_avg_sq, self.sched, n, group["lr"], 1 - b1, b2,
                 1 - b2, group["eps"], wd, HAS_WD=bool(wd), BLOCK=BLOCK)

@@ -265,6 +265,10 @@ def test_compare_without_runs_is_one_line(tmp_path, capsys):
     assert capsys.readouterr().err.strip() == f"vaelab compare: error: {tmp_path / 'missing'}: no such directory"
     assert vaelab(["compare", tmp_path]) == 2
     assert "no runs under" in capsys.readouterr().err
+    (tmp_path / "metrics.json").write_text("{}")
+    assert vaelab(["compare", tmp_path / "metrics.json"]) == 2
+    assert capsys.readouterr().err.strip() == (f"vaelab compare: error: {tmp_path / 'metrics.json'}: a file; give a "
+                                               f"run's folder, or a folder of runs (outputs/multirun/...)")
 
 
 @pytest.mark.parametrize("launcher,target", [

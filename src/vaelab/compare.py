@@ -81,6 +81,8 @@ def find_runs(dirs: list[str | Path]) -> list[Run]:
     """Every run folder at or under the given folders (not looking inside a run)."""
     found: dict[Path, None] = {}
     for d in map(Path, dirs):
+        if d.is_file():
+            raise CompareError(f"{d}: a file; give a run's folder, or a folder of runs (outputs/multirun/...)")
         if not d.is_dir():
             raise CompareError(f"{d}: no such directory")
         for root, subdirs, _ in os.walk(d):

@@ -108,6 +108,11 @@ def test_sweep_has_one_hparams_row_per_run(sweep):
         # the swept keys are marked as the ones the runs differ in: the dashboard shows those first
         exp = hparams_metadata.parse_experiment_plugin_data(acc.PluginTagToContent("hparams")["_hparams_/experiment"])
         assert {i.name for i in exp.hparam_infos if i.differs} == {"latent_size", "loss.beta"}
+        # text columns with a fixed set of values carry it: the dashboard's checkbox filter needs it
+        domains = {i.name: [v.string_value for v in i.domain_discrete.values] for i in exp.hparam_infos
+                   if i.HasField("domain_discrete")}
+        assert domains["model.size"] == ["small", "base", "large"] and domains["optim.impl"][0] == "auto"
+        assert domains["trainer.progress"] == ["false", "true"] and "data.root" not in domains
         metrics = json.loads((run / "metrics.json").read_text())
         for m in ("val_loss", "val_recon", "val_kl", "active_units"):
             [event] = acc.Scalars(f"hparams/{m}")

@@ -191,6 +191,8 @@ def register_configs() -> None:
 
 _DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 _ADAM_IMPLS = ("auto", "fused", "flat", "triton", "foreach", "forloop")
+_ACTIVATIONS = ("relu", "tanh", "gelu", "elu")
+_COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
 
 
 def _check(ok: bool, key: str, value: Any, allowed: str) -> None:
@@ -247,7 +249,7 @@ def validate(cfg: DictConfig, here: bool = True) -> None:
     _check(t.checkpoint_every >= 1, "trainer.checkpoint_every", t.checkpoint_every, "must be >= 1")
     _check(t.log_every >= 1, "trainer.log_every", t.log_every, "must be >= 1")
     _check(cfg.logger.images_every >= 1, "logger.images_every", cfg.logger.images_every, "must be >= 1")
-    _check(t.compile_mode in ("default", "reduce-overhead", "max-autotune"), "trainer.compile_mode",
+    _check(t.compile_mode in _COMPILE_MODES, "trainer.compile_mode",
            t.compile_mode, "allowed: default, reduce-overhead, max-autotune")
     _check(1 <= t.num_samples <= 1024, "trainer.num_samples", t.num_samples,
            "must be in [1, 1024] (the images of the sample grid drawn each epoch)")
@@ -262,7 +264,7 @@ def validate(cfg: DictConfig, here: bool = True) -> None:
     if m.hidden is not None:
         _check(len(m.hidden) >= 1 and all(h >= 1 for h in m.hidden), "model.hidden", list(m.hidden),
                "must be a non-empty list of positive widths, e.g. [1024,512]")
-    _check(m.activation in ("relu", "tanh", "gelu", "elu"), "model.activation", m.activation,
+    _check(m.activation in _ACTIVATIONS, "model.activation", m.activation,
            "allowed: relu, tanh, gelu, elu")
     _check(bool(_DEVICE_RE.match(cfg.device)), "device", cfg.device, "allowed: auto, cpu, cuda, cuda:N, mps")
     if not here:
@@ -344,6 +346,28 @@ def load_run_config(path: str | Path, here: bool = True) -> DictConfig:
     except ConfigError as e:
         raise ConfigError(f"{path}: {e}") from None
     return cfg
+
+
+def choices(schema: type = None, prefix: str = "") -> dict[str, list[str]]:
+    """Every key of the schema that takes one of a fixed set of values, dotted, with those values
+    as to_plain writes them (an enum's names; booleans as HParams shows them, true/false): the
+    HParams dashboard filters such a column by checkbox only when it knows the set."""
+    import dataclasses
+    import typing
+
+    out: dict[str, list[str]] = {}
+    if schema is None:  # the str keys that validate() holds to a list
+        schema = Config
+        out.update({"optim.impl": list(_ADAM_IMPLS), "model.activation": list(_ACTIVATIONS),
+                    "trainer.compile_mode": list(_COMPILE_MODES)})
+    for f, t in ((f, typing.get_type_hints(schema)[f.name]) for f in dataclasses.fields(schema)):
+        if dataclasses.is_dataclass(t):
+            out.update(choices(t, f"{prefix}{f.name}."))
+        elif isinstance(t, type) and issubclass(t, Enum):
+            out[f"{prefix}{f.name}"] = [m.name for m in t]
+        elif t is bool:
+            out[f"{prefix}{f.name}"] = ["false", "true"]
+    return out
 
 
 def to_plain(cfg: DictConfig) -> dict:

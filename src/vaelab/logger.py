@@ -68,7 +68,8 @@ class RunLogger:
         if self.w:
             self.w.add_text(tag, text, x)
 
-    def hparams_start(self, config: dict, compared: set[str] = frozenset()) -> None:
+    def hparams_start(self, config: dict, compared: set[str] = frozenset(),
+                      choices: dict[str, list[str]] | None = None) -> None:
         """This run's HParams row (its flattened config), written when the run starts or is
         resumed, so that a run still training, stopped or diverged is listed too (its metrics
         blank until hparams_end), and a resumed run's row shows the config it goes on with.
@@ -77,14 +78,17 @@ class RunLogger:
         SummaryWriter.add_hparams would write to a new sub-folder and show every run twice.
         `compared`: the keys the runs differ in (a sweep's swept keys), marked so that the
         dashboard shows their columns first; without the mark it showed the first five by name
-        (data.binarize, data.download, ...) and hid the swept one."""
+        (data.binarize, data.download, ...) and hid the swept one. `choices`: each text key's
+        set of values (config.choices), which the dashboard needs to filter it by checkbox."""
         if not self.w:
             return
         from tensorboard.plugins.hparams import plugin_data_pb2
         from torch.utils.tensorboard.writer import FileWriter
 
         names = {f"hparams/{k}": 0.0 for k in HPARAM_METRICS}  # the experiment's columns (values unused)
-        exp, ssi, _ = hparams_summary(flatten(config), names)
+        flat = flatten(config)
+        domains = {k: v for k, v in (choices or {}).items() if isinstance(flat.get(k), str) and flat[k] in v}
+        exp, ssi, _ = hparams_summary(flat, names, domains)
         meta = exp.value[0].metadata.plugin_data
         data = plugin_data_pb2.HParamsPluginData.FromString(meta.content)
         for info in data.experiment.hparam_infos:

@@ -35,7 +35,7 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
 from vaelab import checkpoint as ckpt_io
-from vaelab.config import CONF_DIR, ConfigError, resolve_device, to_plain, typed, validate
+from vaelab.config import CONF_DIR, ConfigError, choices, resolve_device, to_plain, typed, validate
 from vaelab.data import DataError, MNISTData, load_data, to_float
 from vaelab.errors import Interrupted, NonFiniteLoss, SaveFailed
 from vaelab.evaluate import ACTIVE_THRESHOLD, elbo_stats, quiet
@@ -522,7 +522,7 @@ def _train(cfg: DictConfig, run_dir: Path, data: MNISTData | None) -> dict:
     # (model.hidden as built: null when model.size names the widths)
     hp_cfg = {**plain_cfg, "model": {**plain_cfg["model"], "hidden": list(getattr(model, "hidden", []) or []) or
                                      plain_cfg["model"].get("hidden")}}
-    writer.hparams_start(hp_cfg, _compared_keys(run_dir))  # replaces the row an earlier start of this run wrote
+    writer.hparams_start(hp_cfg, _compared_keys(run_dir), choices())  # replaces the row an earlier start wrote
 
     step_model = torch.compile(model, mode=t.compile_mode) if t.compile else model
     # (autocast's weight cache would hand a graph tensors freed after capture)

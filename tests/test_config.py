@@ -138,8 +138,12 @@ def test_optimizer_matches_config():
     (["experiment=null"], "override 'experiment=null': experiment is a config group: choose one of its options "
                           "(iwae_paper_vae, seed), or leave it out"),
     # a sample grid that size crashed after the epoch, and `vaelab resume` with it cost the run its metrics
-    (["trainer.num_samples=100000000"], "trainer.num_samples=100000000: must be in [1, 1024] (the images of the "
+    (["trainer.num_samples=100000000"], "trainer.num_samples=100000000: must be in [1, 10000] (the images of the "
                                         "sample grid drawn each epoch)"),
+    (["optim.betas=[0.9,${oc.env:VAELAB_TEST_UNSET}]"], "optim.betas[1]=${oc.env:VAELAB_TEST_UNSET}: cannot be "
+                                                        "resolved"),  # a list's item, named as typed
+    (["-m", "latent_size=range(2,8,-2)"], "the sweep gives no values (range(start, stop, step) stops before stop: "
+                                          "check the order of the two and the step's sign"),
     # interpolations that do not resolve: OmegaConf's traceback before
     (["latent_size=${missing}"], "latent_size=${missing}: cannot be resolved (Interpolation key 'missing' not found)"),
     (["name=${oc.env:VAELAB_TEST_UNSET}"], "name=${oc.env:VAELAB_TEST_UNSET}: cannot be resolved (KeyError raised "
@@ -148,8 +152,7 @@ def test_optimizer_matches_config():
     (["-m", "latent_size=2,${missing}"], "latent_size=${missing}: cannot be resolved"),
     (["data.root=${hydra:runtime.cwd}/data"], "${hydra:...} cannot be used in vaelab's settings"),
     # sweeps that give nothing, or that only Optuna can draw from: a traceback before
-    (["-m", "latent_size=range(2,0)"], "override 'latent_size=range(2,0)': the sweep gives no values (a range(start, "
-                                       "stop) stops before stop, so stop must be above start, as in range(2,8))"),
+    (["-m", "latent_size=range(2,0)"], "override 'latent_size=range(2,0)': the sweep gives no values"),
     (["-m", "loss.beta=interval(0,1)"], "override 'loss.beta=interval(0,1)': an interval is a range for Optuna to "
                                         "draw from: add hparams_search=optuna"),
     (["++trainer.epochz=1"], "did you mean 'trainer.epochs'"),
@@ -593,10 +596,14 @@ def test_a_sweep_with_a_validation_split_too_big_for_the_data_is_refused_before_
     """-m data.val_size=64,100000: the first job trained to the end, then the second failed."""
     import gzip
 
+    from tests.conftest import make_tiny_mnist
     from vaelab.data import MNIST_FILES, mnist_train_size
 
     assert precheck([f"data.root={tiny_mnist}", "-m", "data.val_size=64,256"], fetch_data=True) == (
-        "data.val_size=256: must be in [0, 255] for a training set of 256 images")
+        f"data.val_size=256: must be in [0, 255] for a training set of 256 images (data.root={tiny_mnist})")
+    big = make_tiny_mnist(tmp_path / "big", n_train=512)  # each value meets each root in the sweep
+    assert precheck(["-m", f"data.root={big},{tiny_mnist}", "data.val_size=64,300"], fetch_data=True) == (
+        f"data.val_size=300: must be in [0, 255] for a training set of 256 images (data.root={tiny_mnist})")
     assert precheck([f"data.root={tiny_mnist}", "-m", "data.val_size=64,255"], fetch_data=True) is None
     raw = tmp_path / "MNIST" / "raw"  # the same size read from a .gz, without unpacking it
     raw.mkdir(parents=True)
@@ -604,6 +611,18 @@ def test_a_sweep_with_a_validation_split_too_big_for_the_data_is_refused_before_
         (raw / f"{f}.gz").write_bytes(gzip.compress((tiny_mnist / "MNIST" / "raw" / f).read_bytes()))
     assert mnist_train_size(tmp_path) == 256 and not (raw / MNIST_FILES[0]).exists()
     assert mnist_train_size(tmp_path / "none") is None
+
+
+def test_what_the_pre_flight_lets_through(tmp_path, monkeypatch):
+    """Command lines a review found refused by new checks, which must run."""
+    monkeypatch.chdir(tmp_path)
+    # Optuna's sweeper chosen by hand draws from interval()s as hparams_search=optuna's does
+    assert precheck(["-m", "hydra/sweeper=optuna", "optim.lr=interval(1e-4,1e-2)", "hydra.sweeper.n_trials=1"]) is None
+    # a saved run that drew a larger sample grid than a new run may: still readable (eval, resume)
+    cfg = compose_cfg(["trainer.num_samples=20000"])
+    validate(cfg, here=False)
+    with pytest.raises(ConfigError, match=r"^trainer.num_samples=20000: must be in \[1, 10000\]"):
+        validate(cfg)
 
 
 def test_an_output_folder_that_cannot_be_made_is_one_line(tmp_path, monkeypatch):

@@ -191,3 +191,17 @@ def test_a_model_that_cannot_be_built_is_one_line(tiny_mnist, tmp_path, override
     with pytest.raises(ConfigError) as e:
         train(cfg, tmp_path / "r")
     assert str(e.value).startswith(message) and "\n" not in str(e.value)
+
+
+def test_an_error_inside_the_models_own_code_keeps_its_traceback(tiny_mnist, tmp_path, monkeypatch):
+    """Only a target that cannot be found is a one-line config error: a bug in a model's
+    __init__ (here an import it makes) must reach the user with its stack."""
+    from hydra.errors import InstantiationException
+
+    (tmp_path / "mymodels.py").write_text("class Bad:\n    def __init__(self, **kw):\n        import not_a_module\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    cfg = compose_cfg([f"data.root={tiny_mnist}", "data.val_size=64", "model.size=small",
+                       "model._target_=mymodels.Bad"])
+    with pytest.raises(InstantiationException) as e:
+        train(cfg, tmp_path / "r")
+    assert isinstance(e.value.__cause__, ModuleNotFoundError)

@@ -214,10 +214,12 @@ def test_config_dir_given_the_run_folder_rather_than_its_hydra_folder_is_refused
     assert config_dir_error(["--config-name", "nope"]) == (
         "--config-name nope: vaelab's configs have no nope.yaml; to re-run a saved run: --config-dir "
         "RUN_DIR/.hydra --config-name config")
-    assert config_dir_error(["--config-path", str(tmp_path / "none")]) == f"--config-path {tmp_path / 'none'}: no such folder"
+    assert config_dir_error(["--config-path", str(tmp_path / "none")]) == (
+        f"--config-path {tmp_path / 'none'}: no such folder")
     assert config_dir_error(["--config-path", str(tmp_path)]) == f"--config-name config: no config.yaml in {tmp_path}"
     assert config_dir_error(["--config-path", str(run / ".hydra")]) is None
     assert config_dir_error(["-cd", str(tmp_path)]) is None  # Hydra's meaning: a folder of extra config groups
+    assert config_dir_error(["--config-name", "config.yaml"]) is None  # Hydra takes the name with .yaml too
 
 
 def test_a_rerun_of_a_saved_config_gets_the_same_pre_flight(tmp_path, monkeypatch):

@@ -116,7 +116,8 @@ def _explain(exc: Exception, override: str, composed: DictConfig | None = None) 
         return f"override '{override}': {msg.rstrip('.')}; a leading + adds a new key: set it with '{override[1:]}'"
     if "Config group override must be a string or a list" in msg:  # experiment=null
         group = override.split("=", 1)[0].lstrip("+~")
-        options = sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+        # (hydra/...: Hydra's and its plugins' options, which conf/ lists only in part)
+        options = [] if group.startswith("hydra/") else sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
         return (f"override '{override}': {group} is a config group: choose one of its options"
                 f"{' (' + ', '.join(options) + ')' if options else ''}, or leave it out")
     if "Could not find" in str(exc):  # unknown config group option, e.g. experiment=sed
@@ -186,6 +187,7 @@ class _CommandLine:
     swept: list[str] = field(init=False)  # overrides listing several values, as typed
     multirun: bool = field(init=False)  # -m given
     optuna: bool = field(init=False)  # hparams_search=optuna: a sweep without -m
+    optuna_draws: bool = field(init=False)  # Optuna's sweeper draws the values (hparams_search or hydra/sweeper)
     folders: dict = field(init=False)  # hydra.run.dir / hydra.sweep.dir as given
     continuing: Path | None = None  # a stopped sweep's folder that this command carries on
     val_sizes: dict = field(default_factory=dict)  # data.root -> the largest data.val_size of a job (filled later)
@@ -204,6 +206,9 @@ class _CommandLine:
         self.swept = [o.input_line for o in self.task if o.is_sweep_override()]
         self.multirun = bool({"--multirun", "-m"} & set(self.flags))
         self.optuna = any(o.key_or_group == "hparams_search" and str(o.value()) == "optuna" for o in self.task)
+        # whether Optuna draws the sweep's values (its own ranges): hparams_search=optuna, or its sweeper by hand
+        self.optuna_draws = self.optuna or any(o.key_or_group == "hydra/sweeper" and str(o.value()) == "optuna"
+                                               for o in self.parsed)
         self.folders = {o.key_or_group: o.value() for o in self.parsed  # (~KEY: _cannot_delete's)
                         if o.key_or_group in ("hydra.run.dir", "hydra.sweep.dir") and not o.is_delete()}
 
@@ -264,9 +269,11 @@ def precheck(argv: list[str], fetch_data: bool = False, continuing: Path | None 
                 n = mnist_train_size(root)
             except DataError as e:
                 return str(e)
-            val = cmd.val_sizes.get(root, 0)
+            # (every job's data.val_size against every root: a sweep pairs each value with each)
+            val = max(cmd.val_sizes.values(), default=0)
             if n is not None and val >= n:  # a sweep's job failed there after the others had trained
-                return f"data.val_size={val}: must be in [0, {n - 1}] for a training set of {n} images"
+                return (f"data.val_size={val}: must be in [0, {n - 1}] for a training set of {n} images "
+                        f"(data.root={root})")
     key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
     folder = OmegaConf.select(full, key, throw_on_resolution_failure=False)
     if where is not None and folder is not None and _by_the_clock(full, key, given):
@@ -429,19 +436,20 @@ def _job_overrides(cmd: _CommandLine) -> tuple[list[str], list[list[str]]]:
             sweep = o.value()
             try:
                 values = [f"{key}={v}" for v in o.sweep_string_iterator()]
-                if cmd.optuna and hasattr(sweep, "stop"):  # Optuna's range(a, b) draws b too, Hydra's stops before it
+                if cmd.optuna_draws and hasattr(sweep, "stop"):  # Optuna's range(a, b) draws b too, Hydra's not
                     values.append(f"{key}={sweep.stop}")
             except Exception:  # an interval (Optuna) cannot be listed: check its ends (the checks are ranges)
                 if not (hasattr(sweep, "start") and hasattr(sweep, "end")):
                     continue
-                if not cmd.optuna:  # Hydra's basic sweeper failed on it with a traceback
+                if not cmd.optuna_draws:  # Hydra's basic sweeper failed on it with a traceback
                     raise ConfigError(f"override '{o.input_line}': an interval is a range for Optuna to draw from: "
                                       f"add hparams_search=optuna, or list values (a,b,c) or a range(start,stop,step)")
                 as_int = "int" in getattr(sweep, "tags", ())  # tag(int, interval(2, 64)): Optuna draws ints
                 values = [f"{key}={int(v) if as_int else v}" for v in (sweep.start, sweep.end)]
             if not values:  # range(2, 0): the sweep would run nothing of it
-                raise ConfigError(f"override '{o.input_line}': the sweep gives no values (a range(start, stop) "
-                                  f"stops before stop, so stop must be above start, as in range(2,8))")
+                raise ConfigError(f"override '{o.input_line}': the sweep gives no values (range(start, stop, step) "
+                                  f"stops before stop: check the order of the two and the step's sign, as in "
+                                  f"range(2,8) or range(8,2,-2))")
             variants.append((len(base), values))
             base.append(values[0])
         else:

@@ -60,8 +60,9 @@ def _model_error(cfg: DictConfig, e: Exception) -> Exception:
     or sizes whose weights do not fit in memory (latent_size=1000000000); `e` itself otherwise."""
     cause = e.__cause__ if isinstance(e, InstantiationException) and e.__cause__ is not None else e
     text = " ".join(str(cause).split())
-    if isinstance(e, InstantiationException) and isinstance(cause, (ImportError, AttributeError)) \
-            or "Error locating target" in text:
+    # Hydra's words for a target it cannot find; an error raised inside the model's own code
+    # (an ImportError in its __init__, say) keeps its traceback
+    if isinstance(e, InstantiationException) and text.startswith(("Error loading '", "Error locating target")):
         return ConfigError(f"model._target_={cfg.model._target_}: {text}")
     if isinstance(cause, MemoryError) or (isinstance(cause, RuntimeError) and "allocate" in text):
         sizes = ", ".join(f"{k}={getattr(v, 'value', v)}" for k, v in (
@@ -444,7 +445,10 @@ def _train(cfg: DictConfig, run_dir: Path, data: MNISTData | None) -> dict:
     try:
         model = build_model(cfg, data.train.dim, data.train.image_shape).to(device)
     except Exception as e:  # the config's model cannot exist here: one line, not Hydra's five
-        raise _model_error(cfg, e) from None
+        err = _model_error(cfg, e)
+        if err is e:  # an error in the model's own code: as raised, with its cause and traceback
+            raise
+        raise err from None
     opt = build_optimizer(cfg, model, capturable=graphed)
     plain_cfg = to_plain(cfg)
 
@@ -716,10 +720,14 @@ def _train(cfg: DictConfig, run_dir: Path, data: MNISTData | None) -> dict:
 
 
 def _compared_keys(run_dir: Path) -> set[str]:
-    """The config keys this run is compared on in HParams: a sweep's swept keys (the command
-    line's keys that its folder names do not leave out), else every key the command line set.
-    Read from the files Hydra saved, so `vaelab resume` finds the same."""
+    """The config keys this run is compared on in HParams: a sweep's swept keys (from its
+    multirun.yaml; else the command line's keys that the job folders' names do not leave out),
+    else every key the command line set. Read from the files Hydra saved, so `vaelab resume`
+    finds the same."""
     hydra_dir = run_dir / ".hydra"
+    swept = _swept_keys(run_dir.parent / "multirun.yaml")  # a sweep's job: its sweep's own command line
+    if swept:
+        return swept
     try:
         task = [str(o) for o in OmegaConf.load(hydra_dir / "overrides.yaml")]
         fixed = OmegaConf.select(OmegaConf.load(hydra_dir / "hydra.yaml"),
@@ -728,6 +736,21 @@ def _compared_keys(run_dir: Path) -> set[str]:
         return set()
     keys = [o.split("=", 1)[0].lstrip("+~") for o in task]
     return {k for k in keys if k not in set(fixed)} or set(keys)
+
+
+def _swept_keys(multirun_yaml: Path) -> set[str]:
+    """The keys a sweep varies: those its command line gave several values (a,b / range / glob),
+    and the keys of an Optuna study's search space; empty where there is no such file."""
+    try:
+        saved = OmegaConf.load(multirun_yaml)
+        task = [str(o) for o in OmegaConf.select(saved, "hydra.overrides.task", default=None) or []]
+        params = OmegaConf.select(saved, "hydra.sweeper.params", default=None) or {}
+        from hydra.core.override_parser.overrides_parser import OverridesParser
+
+        parsed = OverridesParser.create().parse_overrides(task)
+    except Exception:  # noqa: BLE001 - no sweep here, or a file that does not parse: no marks from it
+        return set()
+    return {o.key_or_group for o in parsed if o.is_sweep_override()} | {str(k) for k in params}
 
 
 def _remove_name_folder_if_empty(folder: Path, cwd: str) -> None:

@@ -71,7 +71,7 @@ def config_dir_error(argv: list[str]) -> str | None:
     --config-name or an absolute --config-path that names nothing (Hydra's several lines)."""
     _, flags = split_args(argv)
     folder = flags.get("--config-dir") or flags.get("-cd")
-    name = flags.get("--config-name") or flags.get("-cn") or "config"
+    name = (flags.get("--config-name") or flags.get("-cn") or "config").removesuffix(".yaml")  # (Hydra takes both)
     path_flag = flags.get("--config-path") or flags.get("-cp")
     if path_flag and os.path.isabs(path_flag) and not os.path.isdir(path_flag):
         return f"--config-path {path_flag}: no such folder"

@@ -47,7 +47,8 @@ def test_tiny_run_writes_everything(make_cfg, tmp_path):
     assert [e.step for e in acc.Scalars("epoch/val_loss")] == [192, 384]
     assert {"samples", "reconstructions"} <= set(tags["images"])
     assert "latent/kl_per_dim" in tags["histograms"]
-    assert [e.step for e in acc.Images("latent/kl_by_dim")] == [192, 384]  # the KL of each dimension, by index
+    # the KL of each dimension, by index, at the epochs that keep sample PNGs (numbered checkpoints, the last)
+    assert [e.step for e in acc.Images("latent/kl_by_dim")] == [384]
     plugins = acc.PluginTagToContent("hparams")
     assert "_hparams_/experiment" in plugins and "_hparams_/session_start_info" in plugins
     assert any(t.startswith("config") for t in tags["tensors"])  # the config as text

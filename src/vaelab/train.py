@@ -79,13 +79,13 @@ def build_optimizer(cfg: DictConfig, model: torch.nn.Module, capturable: bool = 
     fused Adam otherwise (config.OptimConfig)."""
     o = cfg.optim
     impl = o.impl
-    device = next(model.parameters()).device
+    first = next(model.parameters())
+    device, dtype = first.device, first.dtype
     if impl == "auto":  # (flat Adam updates every parameter: not for a model with frozen ones)
         flat = capturable and all(p.requires_grad for p in model.parameters())
-        dtype = next(model.parameters()).dtype
         impl = ("triton" if triton_unusable(device, dtype) is None else "flat") if flat else "fused"
     if impl in ("flat", "triton"):  # the model's parameters become views into one tensor
-        if impl == "triton" and (why := triton_unusable(device, next(model.parameters()).dtype)):
+        if impl == "triton" and (why := triton_unusable(device, dtype)):
             raise ConfigError(f"optim.impl=triton: {why}; optim.impl=flat is the same update in torch kernels")
         return FlatAdam(model.parameters(), lr=o.lr, betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay,
                         kernel="triton" if impl == "triton" else "torch")

@@ -1,7 +1,7 @@
 """Where a training step's time goes on a GPU: the seed model's step, eager and as a CUDA graph.
 
     python benchmarks/gpu_step.py [--steps 2000] [--batch-sizes 64,256,1024,4096] [--impl auto] [--compile]
-                                  [--tf32] [--adam-only] [--first-ops]
+                                  [--loss-impl torch|triton] [--tf32] [--adam-only] [--first-ops]
 
 Builds the model, optimizer and step as vaelab-train experiment=seed does (through the composed
 config; the step is train.py's, with its CudaGraphStep), on random uint8 images shaped like
@@ -13,7 +13,8 @@ start-up that lands in epoch 1), then microseconds per step for:
 then the CUDA kernels of one step, eager and inside the graph's replay (count, and the costliest
 by GPU time), and the graph's
 time per step and samples/s at larger batches. --compile adds the first three with torch.compile
-of the model, and of the model and loss as one region. --tf32 lets float32 matmuls use TF32
+of the model, and of the model and loss as one region. --loss-impl triton: the loss as
+fused_loss.py's Triton kernels (loss.impl=triton; not with --compile's variants). --tf32 lets float32 matmuls use TF32
 tensor cores (not a vaelab setting: it changes the numbers). --adam-only times the optimizer
 update alone, as a graph: torch's fused Adam, optim.impl=flat and =triton, and fused Adam over the flat
 tensor cut into pieces (more, smaller blocks). --first-ops times a fresh process's first step
@@ -31,21 +32,25 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from vaelab.config import CONF_DIR, register_configs, typed
 from vaelab.optim import FlatAdam
-from vaelab.train import CudaGraphStep, build_model, build_optimizer, forward_loss, make_step
+from vaelab.train import CudaGraphStep, build_model, build_optimizer, forward_loss, fused_loss_model, make_step
 
 N = 60000
+
+
+LOSS_IMPL = "torch"  # --loss-impl, for every setup() of the process
 
 
 def setup(batch: int, graphed: bool, compiled: str = "", impl: str = "auto"):
     register_configs()
     with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
         cfg = typed(compose("config", overrides=["experiment=seed", f"trainer.batch_size={batch}",
-                                                 f"optim.impl={impl}"]))
+                                                 f"optim.impl={impl}", f"loss.impl={LOSS_IMPL}"]))
     dev = torch.device("cuda")
     torch.manual_seed(0)
     model = build_model(cfg).to(dev)
     opt = build_optimizer(cfg, model, capturable=graphed)
-    loss_fn = forward_loss(torch.compile(model) if compiled == "model" else model, "mse")
+    loss_fn = forward_loss(torch.compile(model) if compiled == "model" else model, "mse",
+                           fused=None if compiled else fused_loss_model(cfg, model, dev))  # (compile: torch's loss)
     if compiled == "model+loss":  # one compiled region: the loss's elementwise work fuses too
         loss_fn = torch.compile(loss_fn)
     images = torch.randint(0, 256, (N, 784), dtype=torch.uint8, device=dev)
@@ -200,6 +205,8 @@ def main() -> None:
     p.add_argument("--batch-sizes", default="64,256,1024,4096")
     p.add_argument("--impl", choices=["auto", "fused", "flat", "triton", "foreach", "forloop"], default="auto",
                    help="as optim.impl (auto: flat Adam's Triton kernel in the graph, fused Adam in the eager step)")
+    p.add_argument("--loss-impl", choices=["torch", "triton"], default="torch",
+                   help="as loss.impl (triton: the loss, forward and backward, as fused_loss.py's four kernels)")
     p.add_argument("--tf32", action="store_true", help="float32 matmuls on TF32 tensor cores")
     p.add_argument("--adam-only", action="store_true", help="time the optimizer update alone, then stop")
     p.add_argument("--first-ops", action="store_true",
@@ -207,6 +214,8 @@ def main() -> None:
     p.add_argument("--compile", action="store_true",
                    help="also with torch.compile of the model, and of the model and loss together")
     a = p.parse_args()
+    global LOSS_IMPL
+    LOSS_IMPL = a.loss_impl
     try:
         sizes = [int(b) for b in a.batch_sizes.split(",")]
     except ValueError:
@@ -217,7 +226,8 @@ def main() -> None:
     if not torch.cuda.is_available():
         p.error("needs a CUDA device")
     torch.backends.cuda.matmul.allow_tf32 = a.tf32
-    print(f"{torch.cuda.get_device_name(0)}, torch {torch.__version__}, optim.impl={a.impl}, tf32={a.tf32}")
+    print(f"{torch.cuda.get_device_name(0)}, torch {torch.__version__}, optim.impl={a.impl}, loss.impl={a.loss_impl}, "
+          f"tf32={a.tf32}")
     if a.adam_only:
         adam_only(a.steps)
         return

@@ -102,6 +102,22 @@ def test_the_triton_kernel_trains_as_flat_adams_torch_kernels_do(tiny_mnist, tmp
     assert math.isfinite(wd["val_loss"]) and wd["val_loss"] != tri["val_loss"]  # (the HAS_WD branch compiles too)
 
 
+@pytest.mark.parametrize("recon", ["mse", "bce"])
+def test_the_loss_kernels_train_as_torchs_loss_does(tiny_mnist, tmp_path, caplog, recon):
+    pytest.importorskip("triton")
+    for graph in ("true", "false"):
+        over = (f"loss.recon={recon}", f"trainer.cuda_graph={graph}")
+        torch_ops = run(tiny_mnist, tmp_path / f"torch-{graph}", *over)
+        kernels = run(tiny_mnist, tmp_path / f"triton-{graph}", *over, "loss.impl=triton")
+        assert "Triton kernels failed" not in caplog.text
+        # the same arithmetic and draws, summed in another order (as flat Adam's kernel, above)
+        wa, wb = weights(tmp_path / f"torch-{graph}"), weights(tmp_path / f"triton-{graph}")
+        for k in wa:
+            assert (wb[k] - wa[k]).norm() <= 1e-3 * wa[k].norm(), k
+        assert kernels["train_loss"] == pytest.approx(torch_ops["train_loss"], rel=1e-4)
+        assert kernels["val_loss"] == pytest.approx(torch_ops["val_loss"], rel=1e-4)
+
+
 def test_cuda_graph_with_bf16_autocast_trains(tiny_mnist, tmp_path):
     eager = run(tiny_mnist, tmp_path / "eager", "trainer.amp=bf16")
     graph = run(tiny_mnist, tmp_path / "graph", "trainer.amp=bf16", "trainer.cuda_graph=true")

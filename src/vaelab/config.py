@@ -100,6 +100,11 @@ class LossConfig:
     recon: Recon = Recon.mse
     beta: float = 1.0
     kl_warmup_steps: int = 0  # beta ramps linearly from 0 over this many steps; 0 = off
+    # How the training step computes it. torch: losses.py, as PyTorch ops. triton
+    # (vaelab.fused_loss, opt-in): the reparameterisation, the KL and the reconstruction term,
+    # forward and backward, as four Triton kernels instead of ~40 small ones (CUDA only, float32,
+    # no torch.compile); the same arithmetic, differing from torch by float rounding.
+    impl: str = "torch"
 
 
 @dataclass
@@ -193,6 +198,7 @@ _DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 _ADAM_IMPLS = ("auto", "fused", "flat", "triton", "foreach", "forloop")
 _ACTIVATIONS = ("relu", "tanh", "gelu", "elu")
 _COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
+_LOSS_IMPLS = ("torch", "triton")
 
 
 def _check(ok: bool, key: str, value: Any, allowed: str) -> None:
@@ -234,6 +240,11 @@ def validate(cfg: DictConfig, here: bool = True) -> None:
     _check(0 <= cfg.loss.beta < math.inf, "loss.beta", cfg.loss.beta,
            "must be a finite number >= 0 (0 turns the KL term off)")
     _check(cfg.loss.kl_warmup_steps >= 0, "loss.kl_warmup_steps", cfg.loss.kl_warmup_steps, "must be >= 0")
+    _check(cfg.loss.impl in _LOSS_IMPLS, "loss.impl", cfg.loss.impl, f"allowed: {', '.join(_LOSS_IMPLS)}")
+    for key, value, clash in (("trainer.amp", cfg.trainer.amp, "bf16"), ("trainer.compile", cfg.trainer.compile, True)):
+        _check(not (cfg.loss.impl == "triton" and value == clash), "loss.impl", cfg.loss.impl,
+               f"its kernels are float32 PyTorch functions, not for {key}={str(clash).lower()}: use loss.impl=torch "
+               f"with it")
     _check(0 < cfg.optim.lr < math.inf, "optim.lr", cfg.optim.lr, "must be a finite number > 0")
     _check(0 < cfg.optim.eps < math.inf, "optim.eps", cfg.optim.eps, "must be a finite number > 0")
     _check(0 <= cfg.optim.weight_decay < math.inf, "optim.weight_decay", cfg.optim.weight_decay,
@@ -284,6 +295,9 @@ def validate(cfg: DictConfig, here: bool = True) -> None:
     _check(not (cfg.optim.impl == "triton" and device.type != "cuda"), "optim.impl", cfg.optim.impl,
            f"the Triton kernel needs a CUDA device (device={cfg.device} is {device.type} here); "
            "optim.impl=flat is the same update in torch kernels")
+    _check(not (cfg.loss.impl == "triton" and device.type != "cuda"), "loss.impl", cfg.loss.impl,
+           f"its Triton kernels need a CUDA device (device={cfg.device} is {device.type} here); "
+           "loss.impl=torch is the same loss in torch kernels")
 
 
 def resolve_device(name: str, given_as: str = "device="):
@@ -363,7 +377,7 @@ def choices(schema: type = None, prefix: str = "") -> dict[str, list[str]]:
     out: dict[str, list[str]] = {}
     if schema is None:  # the str keys that validate() holds to a list
         schema = Config
-        out.update({"optim.impl": list(_ADAM_IMPLS), "model.activation": list(_ACTIVATIONS),
+        out.update({"optim.impl": list(_ADAM_IMPLS), "loss.impl": list(_LOSS_IMPLS), "model.activation": list(_ACTIVATIONS),
                     "trainer.compile_mode": list(_COMPILE_MODES)})
     for f, t in ((f, typing.get_type_hints(schema)[f.name]) for f in dataclasses.fields(schema)):
         if dataclasses.is_dataclass(t):

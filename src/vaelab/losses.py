@@ -64,7 +64,11 @@ def vae_loss(logits: torch.Tensor, x: torch.Tensor, mu: torch.Tensor, logvar: to
     Returns: loss (the optimised total, recon + beta * kl), recon, kl, nelbo (recon + kl: the
     negative ELBO at beta=1, the bound papers report) and kl_per_dim (L,).
     """
-    rec = recon_nll(logits, x, recon).mean()
     kl_d = kl_per_dim(mu, logvar).mean(0)  # (L,)
-    kl = kl_d.sum()
+    return elbo_terms(recon_nll(logits, x, recon).mean(), kl_d, kl_d.sum(), beta)
+
+
+def elbo_terms(rec: torch.Tensor, kl_d: torch.Tensor, kl: torch.Tensor, beta) -> dict[str, torch.Tensor]:
+    """vae_loss's named terms from the batch means of the reconstruction cost, the KL per
+    dimension and the KL (also the form fused_loss.py's kernels return them in)."""
     return {"loss": rec + beta * kl, "recon": rec, "kl": kl, "nelbo": rec + kl, "kl_per_dim": kl_d}

@@ -39,6 +39,7 @@ from vaelab.config import CONF_DIR, ConfigError, choices, resolve_device, to_pla
 from vaelab.data import DataError, MNISTData, load_data, to_float
 from vaelab.errors import Interrupted, NonFiniteLoss, SaveFailed
 from vaelab.evaluate import ACTIVE_THRESHOLD, elbo_stats, quiet
+from vaelab.fused_loss import fused_vae_loss, kernels_unusable, kernels_work
 from vaelab.logger import RunLogger, image_grid
 from vaelab.losses import MSE_NLL_CONST_PER_DIM, beta_at, vae_loss
 from vaelab.models import VAE
@@ -138,10 +139,12 @@ def lr_at(cfg: DictConfig, epoch: int) -> float:
     return cfg.optim.lr
 
 
-def forward_loss(forward, recon: str, amp=None):
+def forward_loss(forward, recon: str, amp=None, fused: VAE | None = None):
     """(x, beta) -> the loss terms of vae_loss (per-example means) for the model call `forward`
     (the model, or its torch.compile'd form), under the autocast context `amp` if one is given;
-    the loss itself in float32."""
+    the loss itself in float32. fused: the model, for loss.impl=triton (fused_loss_model)."""
+    if fused is not None:
+        return lambda x, beta: fused_vae_loss(fused, x, beta, recon)
     amp = amp if amp is not None else nullcontext()
 
     def terms(x: torch.Tensor, beta: float | torch.Tensor) -> dict[str, torch.Tensor]:
@@ -149,6 +152,22 @@ def forward_loss(forward, recon: str, amp=None):
             logits, mu, logvar = forward(x)
         return vae_loss(logits.float(), x, mu.float(), logvar.float(), recon=recon, beta=beta)
     return terms
+
+
+def fused_loss_model(cfg: DictConfig, model: torch.nn.Module, device: torch.device) -> VAE | None:
+    """The model, where its training loss is to run as fused_loss.py's Triton kernels
+    (loss.impl=triton); None for losses.py's torch ops (loss.impl=torch, or kernels that failed
+    to build here, which fused_loss logs once). validate() has refused the rest of the settings
+    the kernels cannot take."""
+    if cfg.loss.impl != "triton":
+        return None
+    if why := kernels_unusable(device):
+        raise ConfigError(f"loss.impl=triton: {why}; loss.impl=torch is the same loss in torch kernels")
+    own = [f for f in ("forward", "reparameterize") if getattr(type(model), f, None) is not getattr(VAE, f)]
+    if not isinstance(model, VAE) or own:
+        raise ConfigError(f"loss.impl=triton: the kernels reparameterise as VAE.forward does, and "
+                          f"{type(model).__name__} has its own {' and '.join(own) or 'forward'}: use loss.impl=torch")
+    return model if kernels_work(device) else None
 
 
 def make_step(loss_fn, model: torch.nn.Module, opt: torch.optim.Optimizer, images: torch.Tensor,
@@ -206,7 +225,8 @@ def warm_up(cfg: DictConfig, device: torch.device, input_dim: int, graphed: bool
                 opt = build_optimizer(cfg, model, capturable=graphed)
                 amp = torch.autocast(device.type, dtype=torch.bfloat16) if t.amp == "bf16" else None
                 images = torch.zeros(t.batch_size, input_dim, dtype=torch.uint8, device=device)
-                step = make_step(forward_loss(model, cfg.loss.recon, amp), model, opt, images,
+                fused = fused_loss_model(cfg, model, device)
+                step = make_step(forward_loss(model, cfg.loss.recon, amp, fused), model, opt, images,
                                  (torch.zeros(4, device=device),), binarize=cfg.data.binarize, grad_clip=t.grad_clip)
                 # beta as the loop passes it: a 0-dim tensor to the graph step, a float to the eager one
                 idx = torch.arange(t.batch_size, device=device)
@@ -450,6 +470,7 @@ def _train(cfg: DictConfig, run_dir: Path, data: MNISTData | None) -> dict:
             raise
         raise err from None
     opt = build_optimizer(cfg, model, capturable=graphed)
+    fused = fused_loss_model(cfg, model, device)
     plain_cfg = to_plain(cfg)
 
     # Everything needed to continue exactly where a run stopped.
@@ -546,7 +567,7 @@ def _train(cfg: DictConfig, run_dir: Path, data: MNISTData | None) -> dict:
     # (loss, recon, kl, examples) sums of the epoch and of the log interval, on the device.
     # Fixed tensors for the whole run: a CUDA graph adds into them at fixed addresses.
     epoch_acc, log_acc = torch.zeros(4, device=device), torch.zeros(4, device=device)
-    step = make_step(forward_loss(step_model, recon, amp), model, opt, data.train.images, (epoch_acc, log_acc),
+    step = make_step(forward_loss(step_model, recon, amp, fused), model, opt, data.train.images, (epoch_acc, log_acc),
                      binarize=binarize, grad_clip=grad_clip)
     run_step = CudaGraphStep(step, opt, batch_size, device) if graphed else step
 

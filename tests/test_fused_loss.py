@@ -87,6 +87,36 @@ def test_kernels_compute_what_losses_py_does(kernels_on_cpu, B, L, D, recon):
     torch.testing.assert_close(got_grad, want_grad, rtol=1e-4, atol=1e-6 * float(scale))
 
 
+@pytest.mark.parametrize("name,constexprs", [
+    ("reparam_kl_fwd", {}),
+    *[("reparam_kl_bwd", dict(HAS_GZ=gz, HAS_GKD=gkd, HAS_GK=gk)) for gz in (True, False) for gkd in (True, False)
+      for gk in (True, False)],
+    *[(name, dict(BCE=bce, BLOCK=b)) for name in ("recon_fwd", "recon_bwd") for bce in (True, False)
+      for b in (64, 1024)],
+])
+def test_the_kernels_compile_for_a_gpu(name, constexprs, tmp_path, monkeypatch):
+    """What the interpreter does not check (it runs the kernels as Python over numpy): that
+    Triton's compiler takes them, down to a cubin for an H100/H200 (sm_90), with no GPU here."""
+    triton = pytest.importorskip("triton")
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    from vaelab import _fused_kernels
+
+    monkeypatch.setenv("TRITON_CACHE_DIR", str(tmp_path))
+    kernel = getattr(_fused_kernels, name)
+    if name.startswith("reparam"):
+        constexprs = {"ROWS": fused_loss.ROWS, "COLS": fused_loss.COLS, **constexprs}
+    # the arguments as the launches in fused_loss.py pass them: float32 tensors, a float, ints
+    signature = {a: "constexpr" if a in constexprs else "*fp32" if a.endswith("_ptr") else
+                 "fp32" if a in ("divisor", "batch") else "i32" for a in kernel.arg_names}
+    assert set(constexprs) <= set(signature) and "constexpr" in signature.values()
+    compiled = triton.compile(ASTSource(fn=kernel, signature=signature, constexprs={
+        (kernel.arg_names.index(a),): v for a, v in constexprs.items()}),
+        target=GPUTarget("cuda", 90, 32))
+    assert compiled.asm["cubin"]
+
+
 def test_a_run_with_the_kernels_trains_as_one_with_torch_ops(kernels_on_cpu, tiny_mnist, tmp_path, monkeypatch):
     """The whole training loop on loss.impl=triton: the same draws, the same losses and weights
     up to float rounding. (validate() refuses the kernels off CUDA: here they run interpreted.)"""

@@ -8,9 +8,9 @@
 # 2. benchmarks/startup.py (a fresh process's set-up with and without the warm-up thread: does
 #    it save time, or only move it out of epoch 1?); benchmarks/speed.py --device cuda with the
 #    defaults (the step as a CUDA graph, flat Adam as one Triton kernel, the warm-up step in a
-#    thread); benchmarks/gpu_step.py (the step with the Triton kernel; with the loss as Triton
-#    kernels, loss.impl=triton, and speed.py with it; with flat Adam's torch kernels; the update
-#    alone); speed.py with
+#    thread); benchmarks/gpu_step.py and speed.py with the loss as Triton kernels
+#    (loss.impl=triton, opt-in until it has been timed); gpu_step.py with the defaults, with flat
+#    Adam's torch kernels, and the update alone; speed.py with
 #    optim.impl=flat, without the warm-up, with fused Adam; while the budget lasts, the first
 #    step op by op, larger batches, TF32, the eager step (trainer.cuda_graph=false) and the
 #    opt-in variants (bf16 autocast, torch.compile).
@@ -48,9 +48,9 @@ SPEED=($PY benchmarks/speed.py --data-root "$DATA" --reference "$REF" --device "
 stage tests 180 70 $PY -m pytest -x -p no:cacheprovider tests/test_cuda.py tests/test_optim.py tests/test_fused_loss.py -rs
 stage startup 120 50 $PY benchmarks/startup.py --data-root "$DATA" --device "$DEVICE" --rounds 2 --out "$OUT/startup-$DEVICE.json"
 stage speed 200 90 "${SPEED[@]}" --rounds 2 --out "$OUT/speed-$DEVICE.json"
-stage step 60 20 $PY benchmarks/gpu_step.py --batch-sizes 64
 stage step-loss 60 20 $PY benchmarks/gpu_step.py --loss-impl triton --batch-sizes 64
-stage speed-loss 200 90 "${SPEED[@]}" --rounds 2 --out "$OUT/speed-$DEVICE-loss.json" loss.impl=triton
+stage speed-loss 150 50 "${SPEED[@]}" --rounds 1 --out "$OUT/speed-$DEVICE-loss.json" loss.impl=triton
+stage step 60 20 $PY benchmarks/gpu_step.py --batch-sizes 64
 stage step-flat 60 20 $PY benchmarks/gpu_step.py --impl flat --batch-sizes 64
 stage adam-only 60 15 $PY benchmarks/gpu_step.py --adam-only
 stage speed-flat 150 50 "${SPEED[@]}" --rounds 1 --out "$OUT/speed-$DEVICE-flat.json" optim.impl=flat

@@ -10,15 +10,23 @@ import triton.language as tl
 
 
 @triton.jit
-def reparam_kl_fwd(mu_ptr, lv_ptr, eps_ptr, z_ptr, kl_ptr, B, L, s_mu, s_lv, divisor,
-                   ROWS: tl.constexpr, COLS: tl.constexpr):
-    # one program per tile of ROWS examples x COLS latent dimensions: writes z, and the tile's
-    # KL summed over its rows / divisor (the batch mean when one row block covers the batch)
+def _tile(mu_ptr, lv_ptr, B, L, s_mu, s_lv, ROWS: tl.constexpr, COLS: tl.constexpr):
+    """This program's tile of ROWS examples x COLS latent dimensions: its row and column indices,
+    the mask of those inside (B, L), and mu and logvar there (rows s_mu and s_lv numbers apart)."""
     rows = tl.program_id(0).to(tl.int64) * ROWS + tl.arange(0, ROWS)[:, None]
     cols = tl.program_id(1) * COLS + tl.arange(0, COLS)[None, :]
     mask = (rows < B) & (cols < L)
     mu = tl.load(mu_ptr + rows * s_mu + cols, mask=mask, other=0.0)
     lv = tl.load(lv_ptr + rows * s_lv + cols, mask=mask, other=0.0)
+    return rows, cols, mask, mu, lv
+
+
+@triton.jit
+def reparam_kl_fwd(mu_ptr, lv_ptr, eps_ptr, z_ptr, kl_ptr, B, L, s_mu, s_lv, divisor,
+                   ROWS: tl.constexpr, COLS: tl.constexpr):
+    # one program per tile of ROWS examples x COLS latent dimensions: writes z, and the tile's
+    # KL summed over its rows / divisor (the batch mean when one row block covers the batch)
+    rows, cols, mask, mu, lv = _tile(mu_ptr, lv_ptr, B, L, s_mu, s_lv, ROWS, COLS)
     eps = tl.load(eps_ptr + rows * L + cols, mask=mask, other=0.0)
     std = tl.exp(0.5 * lv)
     tl.store(z_ptr + rows * L + cols, mu + eps * std, mask=mask)
@@ -27,15 +35,12 @@ def reparam_kl_fwd(mu_ptr, lv_ptr, eps_ptr, z_ptr, kl_ptr, B, L, s_mu, s_lv, div
     tl.store(kl_ptr + tl.program_id(0) * L + cols, tl.div_rn(tl.sum(kl, axis=0)[None, :], divisor),
              mask=cols < L)
 
+
 @triton.jit
 def reparam_kl_bwd(mu_ptr, lv_ptr, eps_ptr, gz_ptr, gkd_ptr, gk_ptr, dmu_ptr, dlv_ptr, B, L, s_mu, s_lv,
                    batch, HAS_GZ: tl.constexpr, HAS_GKD: tl.constexpr, HAS_GK: tl.constexpr,
                    ROWS: tl.constexpr, COLS: tl.constexpr):
-    rows = tl.program_id(0).to(tl.int64) * ROWS + tl.arange(0, ROWS)[:, None]
-    cols = tl.program_id(1) * COLS + tl.arange(0, COLS)[None, :]
-    mask = (rows < B) & (cols < L)
-    mu = tl.load(mu_ptr + rows * s_mu + cols, mask=mask, other=0.0)
-    lv = tl.load(lv_ptr + rows * s_lv + cols, mask=mask, other=0.0)
+    rows, cols, mask, mu, lv = _tile(mu_ptr, lv_ptr, B, L, s_mu, s_lv, ROWS, COLS)
     # the KL's gradient per column: d(mean over the batch) = g / B per example
     g = tl.zeros([1, COLS], dtype=tl.float32)
     if HAS_GKD:
@@ -52,6 +57,7 @@ def reparam_kl_bwd(mu_ptr, lv_ptr, eps_ptr, gz_ptr, gkd_ptr, gk_ptr, dmu_ptr, dl
         dlv += gz * eps * tl.exp(0.5 * lv) * 0.5
     tl.store(dmu_ptr + rows * L + cols, dmu, mask=mask)
     tl.store(dlv_ptr + rows * L + cols, dlv, mask=mask)
+
 
 @triton.jit
 def recon_fwd(logit_ptr, x_ptr, out_ptr, D, BCE: tl.constexpr, BLOCK: tl.constexpr):
@@ -73,6 +79,7 @@ def recon_fwd(logit_ptr, x_ptr, out_ptr, D, BCE: tl.constexpr, BLOCK: tl.constex
             c = d * d
         acc += tl.where(mask, c, 0.0)
     tl.store(out_ptr + tl.program_id(0), tl.sum(acc, axis=0))
+
 
 @triton.jit
 def recon_bwd(logit_ptr, x_ptr, g_ptr, dl_ptr, n, batch, BCE: tl.constexpr, BLOCK: tl.constexpr):

@@ -29,6 +29,7 @@ import logging
 import torch
 
 from vaelab.losses import elbo_terms
+from vaelab.optim import triton_unusable
 
 log = logging.getLogger("vaelab")
 # The (batch, latent) tile of the reparameterisation's kernels: a batch of up to 128 (the
@@ -133,14 +134,11 @@ def fused_vae_loss(model, x: torch.Tensor, beta, recon: str) -> dict[str, torch.
 
 
 def kernels_unusable(device: torch.device) -> str | None:
-    """Why loss.impl=triton cannot run on `device`, or None when it can."""
-    if device.type != "cuda":
-        return f"its kernels need a CUDA device (this run's is {device.type})"
-    if _kernels() is None:
-        return "the triton package is not installed, or cannot be imported here"
-    if torch.cuda.get_device_capability(device) < (7, 0):
-        return f"Triton needs a GPU of compute capability 7.0 or more ({torch.cuda.get_device_name(device)})"
-    return None
+    """Why loss.impl=triton cannot run on `device`, or None when it can: where optim.impl=triton
+    cannot (a CUDA device of compute capability 7.0 or more, with triton)."""
+    if why := triton_unusable(device):
+        return why
+    return None if _kernels() is not None else "its kernels cannot be imported here"
 
 
 @functools.cache

@@ -627,6 +627,31 @@ def test_resume_with_missing_data_changes_nothing(finished_run, tmp_path, capsys
     assert files_snapshot(run) == before  # config, overrides, stopped.json, events: as they were
 
 
+def test_a_resume_that_train_refuses_leaves_the_config_and_metrics_as_they_were(finished_run, tmp_path, capsys,
+                                                                                monkeypatch):
+    """What only train() can check (here the loss kernels, which need a GPU with Triton) comes
+    after resume's own checks: the run's config, its overrides and metrics.json stay as they
+    were until it has passed, so the same `vaelab resume RUN` can simply be run again."""
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    keep = (".hydra/config.yaml", ".hydra/overrides.yaml", "metrics.json")
+    before = {k: v for k, v in files_snapshot(run).items() if k in keep}
+
+    def refused(*a):
+        raise train_mod.ConfigError("loss.impl=triton: the triton package is not installed")
+    monkeypatch.setattr(train_mod, "fused_loss_model", refused)
+    capsys.readouterr()
+    assert vaelab(["resume", run, "trainer.epochs=2", "optim.lr=3e-4"]) == 2
+    assert capsys.readouterr().err.strip().endswith("loss.impl=triton: the triton package is not installed")
+    assert {k: v for k, v in files_snapshot(run).items() if k in keep} == before
+    assert {".hydra/config.yaml", "metrics.json"} <= set(before)  # (overrides.yaml: a run started by train())
+    assert not (run / ".hydra" / "resumes.yaml").exists()
+    monkeypatch.undo()
+    assert vaelab(["resume", run, "trainer.epochs=2", "optim.lr=3e-4"]) == 0  # and then it goes on
+    assert "optim.lr=3e-4" in (run / ".hydra" / "overrides.yaml").read_text()
+    assert json.loads((run / "metrics.json").read_text())["epochs"] == 2
+
+
 @pytest.mark.parametrize("args,expect", [
     (["latent_size=8"], "made for a different model (head.weight has shape (8, 256), this config needs (16, 256)); "
                         "trained with latent_size 4, the config says latent_size 8"),

@@ -404,10 +404,13 @@ class _StopFlag:
 # --- the loop ----------------------------------------------------------------------------
 
 
-def train(cfg: DictConfig, run_dir: str | Path, data: MNISTData | None = None) -> dict:
+def train(cfg: DictConfig, run_dir: str | Path, data: MNISTData | None = None, on_start=None) -> dict:
     """Train (or continue) the run in run_dir; returns the final metrics (also metrics.json).
     `data`: the dataset already loaded for this config (vaelab resume loads it before it
-    changes the run's files); by default it is loaded here."""
+    changes the run's files); by default it is loaded here. `on_start()`: called once the model,
+    the optimizer and the checkpoint to resume from have passed their checks, before anything of
+    the run's folder changes (vaelab resume writes the config it carries on with there, so that
+    a resume that fails before that point leaves the run as it was)."""
     validate(cfg)
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)  # checkpoints/ and samples/ come once the data has loaded
@@ -415,7 +418,7 @@ def train(cfg: DictConfig, run_dir: str | Path, data: MNISTData | None = None) -
     threads = torch.get_num_threads()  # a resumed run takes its own (_train); the next run in this process not
     try:
         with ckpt_io.only_process(run_dir):
-            return _train(cfg, run_dir, data)
+            return _train(cfg, run_dir, data, on_start)
     except (NonFiniteLoss, Interrupted, SaveFailed) as e:
         state = {NonFiniteLoss: "diverged", Interrupted: "interrupted", SaveFailed: "failed"}[type(e)]
         try:
@@ -430,7 +433,7 @@ def train(cfg: DictConfig, run_dir: str | Path, data: MNISTData | None = None) -
             h.close()
 
 
-def _train(cfg: DictConfig, run_dir: Path, data: MNISTData | None) -> dict:
+def _train(cfg: DictConfig, run_dir: Path, data: MNISTData | None, on_start=None) -> dict:
     ckpt_dir, sample_dir = run_dir / "checkpoints", run_dir / "samples"
     saved_cfg = run_dir / ".hydra" / "config.yaml"
     if not saved_cfg.exists():  # train() called without Hydra: keep the run reproducible anyway
@@ -511,6 +514,8 @@ def _train(cfg: DictConfig, run_dir: Path, data: MNISTData | None) -> dict:
         log.info("resuming %s from %s %s (step %d, %d examples seen)", run_dir, resume_from, at, st["step"],
                  st["examples"])
     # The input and the checkpoint are good: from here on the run folder changes.
+    if on_start is not None:
+        on_start()
     (run_dir / ckpt_io.STOPPED).unlink(missing_ok=True)  # why the run last stopped early; `vaelab compare` shows it
     ckpt_dir.mkdir(exist_ok=True)
     sample_dir.mkdir(exist_ok=True)

@@ -443,16 +443,21 @@ def resume(run_dir: str | Path, overrides: list[str] = ()) -> dict | None:
     data = load_data(cfg.data.root, resolve_device(cfg.device), val_size=cfg.data.val_size, split_seed=cfg.data.split_seed,
                      binarize=cfg.data.binarize, download=cfg.data.download, how=RESUME_HOW)  # DataError, one line
     check_data_to_resume(ck["state"], len(data.train))  # DataError, one line, before anything is written
+    files = {}
     if parsed:
         cfg_text, ovr_text = _updated_files(run_dir, parsed)
         st = ck["state"]
         # (epoch: the 1-based epoch the change first trains in; step: how many steps ran before it)
         record = [*_resumes(run_dir), {"epoch": st["epoch"] + 1, "step": st["step"],
                                        "overrides": [o.input_line for o in parsed]}]
-        ckpt_io.write_text_atomic(run_dir / ".hydra" / RESUMES, yaml.safe_dump(record, sort_keys=False))
-        ckpt_io.write_text_atomic(cfg_path, cfg_text)
-        ckpt_io.write_text_atomic(run_dir / ".hydra" / "overrides.yaml", ovr_text)
-    return train(cfg, run_dir, data)  # (with the run's own CPU thread count, as a resumed train() takes)
+        files = {run_dir / ".hydra" / RESUMES: yaml.safe_dump(record, sort_keys=False), cfg_path: cfg_text,
+                 run_dir / ".hydra" / "overrides.yaml": ovr_text}
+
+    def write_config():  # once train() has built the model and optimizer and checked the checkpoint
+        for path, text in files.items():
+            ckpt_io.write_text_atomic(path, text)
+    # (with the run's own CPU thread count, as a resumed train() takes)
+    return train(cfg, run_dir, data, on_start=write_config)
 
 
 def is_sweep_dir(path: Path) -> bool:

@@ -32,6 +32,11 @@ _WITH_VALUE = {"--config-path", "-cp", "--config-name", "-cn", "--config-dir", "
                "--package", "-p", "--experimental-rerun"}
 
 
+# All of them, as Hydra 1.3's argparse defines them (hydra/_internal/utils.py, get_args_parser).
+_LONG_FLAGS = ("--help", "--hydra-help", "--version", "--cfg", "--resolve", "--package", "--run", "--multirun",
+               "--shell-completion", "--config-path", "--config-name", "--config-dir", "--experimental-rerun", "--info")
+_SHORT_FLAGS = {"-h", "-c", "-p", "-r", "-m", "-sc", "-cp", "-cn", "-cd", "-i"}
+
 # --info takes an optional value, one of these (Hydra's argparse choices).
 _INFO = {"--info", "-i"}
 _INFO_VALUES = {"all", "config", "defaults", "defaults-tree", "plugins", "searchpath"}
@@ -369,6 +374,19 @@ def _parses(override: str) -> bool:
 
 def _argument_error(cmd: _CommandLine) -> str | None:
     """What is wrong with the arguments as given, before any config is composed."""
+    for flag in cmd.flags:  # argparse would end in its usage block, after the config and data checks
+        name = flag.split("=", 1)[0]
+        if name in _LONG_FLAGS or name in _SHORT_FLAGS:
+            continue
+        # argparse would also take a flag's unambiguous start (--multi) or short flags run together
+        # (-mr), but the checks here read each flag by its whole name
+        meant = [f for f in _LONG_FLAGS if f.startswith(name) and name.startswith("--")]
+        if len(meant) == 1:
+            return f"unrecognized argument {flag}: give the flag in full, {meant[0]}"
+        return (f"unrecognized argument {flag}: an override is key=value, e.g. trainer.epochs=5; Hydra's flags are "
+                f"--help, --hydra-help, --version, --cfg/-c, --resolve, --package/-p, --run/-r, --multirun/-m, "
+                f"--shell-completion/-sc, --config-path/-cp, --config-name/-cn, --config-dir/-cd, --info/-i (each "
+                f"apart, in full)")
     if len(cmd.modes) > 1:  # Hydra raises a ValueError (a traceback) for this
         return (f"{' and '.join(cmd.modes)}: only one of --multirun/-m, --run/-r, --cfg/-c, --info/-i and "
                 "--shell-completion may be given (for --cfg, drop -m and give one value per key)")

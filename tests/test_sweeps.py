@@ -265,6 +265,22 @@ def test_compare_lists_a_sweeps_runs_in_the_order_of_their_values(tmp_path):
                                                        "latent_size=16"]
 
 
+@pytest.mark.parametrize("text", ["latent_size: [\n", "- a\n"])
+def test_compare_reads_the_other_runs_when_one_config_is_damaged(tmp_path, capsys, text):
+    """A YAML error (or a list) in one run's saved config was a traceback and no table at all."""
+    from vaelab.compare import find_runs
+
+    for name, body in (("good", "latent_size: 4\n"), ("bad", text)):
+        (tmp_path / name / ".hydra").mkdir(parents=True)
+        (tmp_path / name / ".hydra" / "config.yaml").write_text(body)
+    runs = {r.name: r for r in find_runs([tmp_path])}
+    assert runs["good"].config == {"latent_size": "4"} and runs["bad"].config == {}
+    [warning] = capsys.readouterr().err.strip().splitlines()
+    assert warning.startswith(f"vaelab compare: warning: {tmp_path / 'bad' / '.hydra' / 'config.yaml'} cannot be "
+                              f"read (") and warning.endswith("its run's settings are left out")
+    assert vaelab(["compare", tmp_path]) == 0
+
+
 def test_compare_without_runs_is_one_line(tmp_path, capsys):
     assert vaelab(["compare", tmp_path, tmp_path / "missing"]) == 2
     assert capsys.readouterr().err.strip() == f"vaelab compare: error: {tmp_path / 'missing'}: no such directory"

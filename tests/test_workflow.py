@@ -5,6 +5,7 @@ state) and == on every metric except the wall-clock ones.
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
@@ -627,6 +628,23 @@ def test_resume_with_missing_data_changes_nothing(finished_run, tmp_path, capsys
     assert files_snapshot(run) == before  # config, overrides, stopped.json, events: as they were
 
 
+def test_resume_below_the_epochs_a_stopped_run_has_trained_is_one_line(tiny_mnist, tmp_path, capsys):
+    """A run stopped between epochs (no metrics.json) and resumed with fewer epochs than it has:
+    it wrote final metrics under a config that said 2 of its 3 epochs, which reproduce then
+    could not match."""
+    run = tmp_path / "run"
+    train(compose_cfg([f"data.root={tiny_mnist}", *TINY]), run)  # 3 epochs
+    (run / "metrics.json").unlink()  # as a stop after the last checkpoint leaves it
+    before = files_snapshot(run)
+    capsys.readouterr()
+    assert vaelab(["resume", run, "trainer.epochs=2"]) == 2
+    assert capsys.readouterr().err.strip() == ("vaelab resume: error: trainer.epochs=2: the run has trained 3 epochs "
+                                               "already; give trainer.epochs=3 to end it there (its final metrics "
+                                               "and evaluation), or more to go on")
+    assert files_snapshot(run) == before
+    assert vaelab(["resume", run]) == 0 and json.loads((run / "metrics.json").read_text())["epochs"] == 3
+
+
 def test_a_resume_that_train_refuses_leaves_the_config_and_metrics_as_they_were(finished_run, tmp_path, capsys,
                                                                                 monkeypatch):
     """What only train() can check (here the loss kernels, which need a GPU with Triton) comes
@@ -748,6 +766,46 @@ def test_a_checkpoint_that_cannot_be_written_stops_the_run_in_one_line(tiny_mnis
     assert f"{run / 'checkpoints' / 'last.pt'}" in msg and f"vaelab resume {run}" in msg and "\n" not in msg
     assert ckpt_io.load(run / "checkpoints" / "last.pt")["state"]["epoch"] == 1
     assert json.loads((run / "stopped.json").read_text())["state"] == "failed"
+
+
+def test_a_checkpoint_the_disk_has_no_room_for_fails_as_the_oserror_it_is(tmp_path):
+    """torch.save into the file itself turned a short write into a RuntimeError ("unexpected
+    pos"), which no handler knew: a full disk ended the run in a traceback and no stopped.json.
+    A file-size limit (RLIMIT_FSIZE) fails writes as a full disk does."""
+    resource = pytest.importorskip("resource")
+    path = tmp_path / "last.pt"
+    ckpt_io.save_atomic({"w": torch.zeros(10)}, path)
+    before = path.read_bytes()
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    old = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # (else the kernel kills the process)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, hard))
+    try:
+        with pytest.raises(OSError) as e:
+            ckpt_io.save_atomic({"w": torch.randn(100_000)}, path)
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, old)
+    assert e.value.errno == errno.EFBIG and e.value.errno in train_mod.DISK_FULL
+    assert path.read_bytes() == before and list(tmp_path.iterdir()) == [path]  # the old one, no temp file
+
+
+def test_a_full_disk_after_the_last_checkpoint_stops_the_run_in_one_line(tiny_mnist, tmp_path, monkeypatch):
+    """metrics.json, the sample PNGs, the final evaluation's files: a full disk there is the same
+    one-line failed stop as under a checkpoint (it was PIL's or json's traceback)."""
+    write = ckpt_io.write_text_atomic
+
+    def full_at_metrics(path, text):
+        if Path(path).name == "metrics.json":
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        return write(path, text)
+    monkeypatch.setattr(ckpt_io, "write_text_atomic", full_at_metrics)
+    run = tmp_path / "run"
+    with pytest.raises(train_mod.SaveFailed) as exc:
+        train(compose_cfg([f"data.root={tiny_mnist}", *TINY]), run)
+    assert str(exc.value) == (f"cannot write {run / 'metrics.json'}: No space left on device; the checkpoints already "
+                              f"there are intact; once there is room: vaelab resume {run}")
+    assert json.loads((run / "stopped.json").read_text())["state"] == "failed"
+    assert ckpt_io.load(run / "checkpoints" / "last.pt")["state"]["epoch"] == 3
 
 
 def test_a_second_ctrl_c_while_the_checkpoint_is_written_waits_for_it(tiny_mnist, tmp_path, monkeypatch):

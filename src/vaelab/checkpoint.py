@@ -105,9 +105,16 @@ def write_atomic(path: str | Path, write: Callable[[BinaryIO], Any]) -> Path:
 
 
 def save_atomic(obj: dict, path: str | Path) -> Path:
+    import io
+
     import torch
 
-    return write_atomic(path, lambda f: torch.save(obj, f))
+    # Serialised in memory first: torch.save writing to the file itself turns a write that fails
+    # (a full disk) into a RuntimeError ("unexpected pos ..."), where this write raises the
+    # OSError it is (No space left on device), which train() reports as a failed stop.
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    return write_atomic(path, lambda f: f.write(buf.getbuffer()))
 
 
 def write_text_atomic(path: str | Path, text: str) -> Path:

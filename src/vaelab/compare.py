@@ -104,7 +104,15 @@ def _load(path: Path, name: str) -> Run:
     run = Run(path, name)
     cfg = path / ".hydra" / "config.yaml"
     if cfg.is_file():
-        run.config = _flatten(yaml.safe_load(cfg.read_text()) or {})
+        try:
+            saved = yaml.safe_load(cfg.read_text()) or {}
+            if not isinstance(saved, dict):
+                raise ValueError(f"a {type(saved).__name__}, not a mapping of settings")
+            run.config = _flatten(saved)
+        except (OSError, ValueError, yaml.YAMLError) as e:  # a hand-edited or damaged file: the other runs still
+            why = " ".join(str(e).split())[:120]
+            print(f"vaelab compare: warning: {cfg} cannot be read ({why}); its run's settings are left out",
+                  file=sys.stderr)
     run.state, metrics, _ = run_state(path)
     if run.state == "done":
         run.metrics = metrics

@@ -10,6 +10,7 @@ metrics.json, eval.json).
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import importlib
 import json
@@ -404,6 +405,9 @@ class _StopFlag:
 # --- the loop ----------------------------------------------------------------------------
 
 
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG)  # no space, quota, read-only, size limit
+
+
 def train(cfg: DictConfig, run_dir: str | Path, data: MNISTData | None = None, on_start=None) -> dict:
     """Train (or continue) the run in run_dir; returns the final metrics (also metrics.json).
     `data`: the dataset already loaded for this config (vaelab resume loads it before it
@@ -418,7 +422,16 @@ def train(cfg: DictConfig, run_dir: str | Path, data: MNISTData | None = None, o
     threads = torch.get_num_threads()  # a resumed run takes its own (_train); the next run in this process not
     try:
         with ckpt_io.only_process(run_dir):
-            return _train(cfg, run_dir, data, on_start)
+            try:
+                return _train(cfg, run_dir, data, on_start)
+            except OSError as e:  # a checkpoint's own failure is SaveFailed already (save, in _train)
+                if e.errno not in DISK_FULL:
+                    raise
+                # a disk that fills up (or a quota, or read-only) under metrics.json, the sample
+                # PNGs or the final evaluation's files: the same one line as for a checkpoint
+                raise SaveFailed(f"cannot write {e.filename or run_dir}: {e.strerror}; the checkpoints already "
+                                 f"there are intact; once there is room: vaelab resume {shlex.quote(str(run_dir))}"
+                                 ) from None
     except (NonFiniteLoss, Interrupted, SaveFailed) as e:
         state = {NonFiniteLoss: "diverged", Interrupted: "interrupted", SaveFailed: "failed"}[type(e)]
         try:

@@ -427,6 +427,10 @@ def resume(run_dir: str | Path, overrides: list[str] = ()) -> dict | None:
     done = ck["state"]["epoch"]
     check_epochs_to_resume(ck["state"], cfg.trainer.epochs)  # ConfigError, one line, before anything is written
     metrics = ckpt_io.read_json(run_dir / "metrics.json")
+    if done > cfg.trainer.epochs and metrics is None:  # a stop between epochs: it has trained more than asked
+        raise ConfigError(f"trainer.epochs={cfg.trainer.epochs}: the run has trained {n_epochs(done)} already; "
+                          f"give trainer.epochs={done} to end it there (its final metrics and evaluation), or more "
+                          f"to go on")
     # (no metrics.json: killed between its last checkpoint and its final numbers, which train() writes)
     if done >= cfg.trainer.epochs and not ck["state"].get("pos") and metrics is not None:
         trained = (f"all {n_epochs(done)} of trainer.epochs={done}" if done == cfg.trainer.epochs

@@ -253,9 +253,14 @@ def test_an_empty_run_folder_is_refused(args, expect, tmp_path, monkeypatch):
     (["--foo", "latent_size=2"], "unrecognized argument --foo: an override is key=value, e.g. trainer.epochs=5; "
                                  "Hydra's flags are --help,"),
     (["-x"], "unrecognized argument -x: an override is key=value"),
-    (["--epochs=5"], "unrecognized argument --epochs=5: an override is key=value"),
     (["--multi", "latent_size=2,4"], "unrecognized argument --multi: give the flag in full, --multirun"),
     (["-mr"], "unrecognized argument -mr: an override is key=value"),
+    (["--device", "cpu", "latent_size=2"], "unrecognized argument --device: settings are given as key=value, here "
+                                           "device=cpu"),
+    (["--latent_size=3"], "unrecognized argument --latent_size=3: settings are given as key=value, here latent_size=3"),
+    (["--epochs", "5"], "unrecognized argument --epochs: settings are given as key=value, here trainer.epochs=5"),
+    (["--batch-size", "-m"], "unrecognized argument --batch-size: settings are given as key=value, here "
+                             "trainer.batch_size=VALUE"),
 ])
 def test_an_unknown_flag_is_one_line_before_anything_is_composed(args, expect):
     """argparse's usage block came only after the config and the data had been checked (and a

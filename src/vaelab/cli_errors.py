@@ -231,6 +231,9 @@ def precheck(argv: list[str], fetch_data: bool = False, continuing: Path | None 
     The steps: the arguments as given; which primary config; each job's config (a sweep's
     values in turn); Hydra's own section (launcher, sweeper, logging); the folders Hydra will
     make; the data."""
+    err = _flag_error(argv)
+    if err:
+        return err
     overrides, flags = split_args(argv)
     try:
         parsed = OverridesParser.create().parse_overrides(overrides)
@@ -372,21 +375,48 @@ def _parses(override: str) -> bool:
     return True
 
 
-def _argument_error(cmd: _CommandLine) -> str | None:
-    """What is wrong with the arguments as given, before any config is composed."""
-    for flag in cmd.flags:  # argparse would end in its usage block, after the config and data checks
-        name = flag.split("=", 1)[0]
-        if name in _LONG_FLAGS or name in _SHORT_FLAGS:
+def _setting_keys(schema=Config, prefix: str = "") -> list[str]:
+    """Every setting of the config schema, dotted (trainer.epochs, latent_size, ...)."""
+    import dataclasses
+    import typing
+
+    out = []
+    for f, t in ((f, typing.get_type_hints(schema)[f.name]) for f in dataclasses.fields(schema)):
+        out += _setting_keys(t, f"{prefix}{f.name}.") if dataclasses.is_dataclass(t) else [f"{prefix}{f.name}"]
+    return out
+
+
+def _flag_error(argv: list[str]) -> str | None:
+    """A flag that is not Hydra's, as one line: argparse would end in its usage block, and only
+    after the config and the data had been checked (a --device cpu's 'cpu' was first refused as
+    an override that does not parse)."""
+    where, _ = _positions(argv)
+    for i, arg in enumerate(argv):
+        name = arg.split("=", 1)[0]
+        if i in where or not arg.startswith("-") or name in _LONG_FLAGS or name in _SHORT_FLAGS:
             continue
         # argparse would also take a flag's unambiguous start (--multi) or short flags run together
         # (-mr), but the checks here read each flag by its whole name
         meant = [f for f in _LONG_FLAGS if f.startswith(name) and name.startswith("--")]
         if len(meant) == 1:
-            return f"unrecognized argument {flag}: give the flag in full, {meant[0]}"
-        return (f"unrecognized argument {flag}: an override is key=value, e.g. trainer.epochs=5; Hydra's flags are "
+            return f"unrecognized argument {arg}: give the flag in full, {meant[0]}"
+        # a setting written as a flag: --device cpu, --latent_size=3, --epochs 5
+        key = name.lstrip("-").replace("-", "_")
+        keys = _setting_keys()
+        match = [k for k in keys if k == key] or [k for k in keys if k.rsplit(".", 1)[-1] == key]
+        if len(match) == 1:
+            value = arg.split("=", 1)[1] if "=" in arg else (
+                argv[i + 1] if i + 1 in where and "=" not in argv[i + 1] else "VALUE")
+            return f"unrecognized argument {arg}: settings are given as key=value, here {match[0]}={value}"
+        return (f"unrecognized argument {arg}: an override is key=value, e.g. trainer.epochs=5; Hydra's flags are "
                 f"--help, --hydra-help, --version, --cfg/-c, --resolve, --package/-p, --run/-r, --multirun/-m, "
                 f"--shell-completion/-sc, --config-path/-cp, --config-name/-cn, --config-dir/-cd, --info/-i (each "
                 f"apart, in full)")
+    return None
+
+
+def _argument_error(cmd: _CommandLine) -> str | None:
+    """What is wrong with the arguments as given, before any config is composed."""
     if len(cmd.modes) > 1:  # Hydra raises a ValueError (a traceback) for this
         return (f"{' and '.join(cmd.modes)}: only one of --multirun/-m, --run/-r, --cfg/-c, --info/-i and "
                 "--shell-completion may be given (for --cfg, drop -m and give one value per key)")

@@ -347,13 +347,20 @@ def test_resume_of_a_finished_run_completes_what_a_stop_cut_short(tiny_mnist, tm
     capsys.readouterr()
     assert vaelab(["compare", run]) == 0
     assert capsys.readouterr().out.splitlines()[2].endswith("  done (no eval)")  # compare says so
-    assert vaelab(["resume", run]) == 0
-    assert capsys.readouterr().err.strip().splitlines()[0] == (
+    assert vaelab(["resume", run, "trainer.final_eval_k=3"]) == 0
+    out, err = capsys.readouterr()
+    assert err.strip().splitlines()[0] == (
         "vaelab resume: run has finished training, but its end-of-training evaluation did not finish "
         "(no eval.json): evaluating it now")
-    assert json.loads((run / "eval.json").read_text())["checkpoint"].endswith("last.pt")
+    assert "-ELBO (upper bound on NLL)" in out  # its numbers, as vaelab eval prints them
+    ev = json.loads((run / "eval.json").read_text())
+    assert ev["checkpoint"].endswith("last.pt") and ev["k"] == 3
+    # the setting it ran with is the run's, so compare takes these numbers as its own evaluation's
+    assert OmegaConf.load(run / ".hydra" / "config.yaml").trainer.final_eval_k == 3
+    assert "trainer.final_eval_k=3" in (run / ".hydra" / "overrides.yaml").read_text()
     assert vaelab(["compare", run]) == 0
-    assert capsys.readouterr().out.splitlines()[2].endswith("  done")
+    out = capsys.readouterr().out
+    assert out.splitlines()[2].endswith("  done") and "test_from" not in out
     (run / "metrics.json").unlink()
     assert vaelab(["resume", run]) == 0
     assert json.loads((run / "metrics.json").read_text())["val_loss"] == final["val_loss"]

@@ -431,22 +431,8 @@ def resume(run_dir: str | Path, overrides: list[str] = ()) -> dict | None:
         raise ConfigError(f"trainer.epochs={cfg.trainer.epochs}: the run has trained {n_epochs(done)} already; "
                           f"give trainer.epochs={done} to end it there (its final metrics and evaluation), or more "
                           f"to go on")
-    # (no metrics.json: killed between its last checkpoint and its final numbers, which train() writes)
-    if done >= cfg.trainer.epochs and not ck["state"].get("pos") and metrics is not None:
-        trained = (f"all {n_epochs(done)} of trainer.epochs={done}" if done == cfg.trainer.epochs
-                   else f"{n_epochs(done)}, more than trainer.epochs={cfg.trainer.epochs}")
-        if finish_evaluation(run_dir, cfg, say=lambda m: print(f"vaelab resume: {m}", file=sys.stderr),
-                             how=RESUME_HOW):
-            return metrics
-        # Training again would only log the final numbers a second time.
-        print(f"vaelab resume: nothing to do, {run_dir} has trained {trained}; to go on: "
-              f"vaelab resume {shlex.quote(str(run_dir))} trainer.epochs={2 * done}",
-              file=sys.stderr)
-        return None
-    _to_carry_on(cfg, run_dir)  # that is what this command is for, whatever the run said
-    data = load_data(cfg.data.root, resolve_device(cfg.device), val_size=cfg.data.val_size, split_seed=cfg.data.split_seed,
-                     binarize=cfg.data.binarize, download=cfg.data.download, how=RESUME_HOW)  # DataError, one line
-    check_data_to_resume(ck["state"], len(data.train))  # DataError, one line, before anything is written
+    # The run's config, overrides and record of resumes as this command changes them, written once
+    # what it runs has passed its own checks (a refusal, or a failure before, leaves them as they were)
     files = {}
     if parsed:
         cfg_text, ovr_text = _updated_files(run_dir, parsed)
@@ -457,10 +443,32 @@ def resume(run_dir: str | Path, overrides: list[str] = ()) -> dict | None:
         files = {run_dir / ".hydra" / RESUMES: yaml.safe_dump(record, sort_keys=False), cfg_path: cfg_text,
                  run_dir / ".hydra" / "overrides.yaml": ovr_text}
 
-    def write_config():  # once train() has built the model and optimizer and checked the checkpoint
+    def write_config():
         for path, text in files.items():
             ckpt_io.write_text_atomic(path, text)
-    # (with the run's own CPU thread count, as a resumed train() takes)
+
+    # (no metrics.json: killed between its last checkpoint and its final numbers, which train() writes)
+    if done >= cfg.trainer.epochs and not ck["state"].get("pos") and metrics is not None:
+        trained = (f"all {n_epochs(done)} of trainer.epochs={done}" if done == cfg.trainer.epochs
+                   else f"{n_epochs(done)}, more than trainer.epochs={cfg.trainer.epochs}")
+        result = finish_evaluation(run_dir, cfg, say=lambda m: print(f"vaelab resume: {m}", file=sys.stderr),
+                                   how=RESUME_HOW)
+        if result is not None:  # its evaluation, under the settings given here (trainer.final_eval_k=...)
+            write_config()
+            from vaelab.evaluate_run import format_table
+            print(format_table(result, run_dir))
+            return metrics
+        # Training again would only log the final numbers a second time.
+        print(f"vaelab resume: nothing to do, {run_dir} has trained {trained}; to go on: "
+              f"vaelab resume {shlex.quote(str(run_dir))} trainer.epochs={2 * done}",
+              file=sys.stderr)
+        return None
+    _to_carry_on(cfg, run_dir)  # that is what this command is for, whatever the run said
+    data = load_data(cfg.data.root, resolve_device(cfg.device), val_size=cfg.data.val_size, split_seed=cfg.data.split_seed,
+                     binarize=cfg.data.binarize, download=cfg.data.download, how=RESUME_HOW)  # DataError, one line
+    check_data_to_resume(ck["state"], len(data.train))  # DataError, one line, before anything is written
+    # (the files once train() has built the model and optimizer and checked the checkpoint;
+    # the run's own CPU thread count, as a resumed train() takes)
     return train(cfg, run_dir, data, on_start=write_config)
 
 
@@ -603,13 +611,14 @@ def n_epochs(n: int) -> str:
     return f"{n} epoch{'s' * (n != 1)}"
 
 
-def finish_evaluation(run_dir: Path, cfg, say, how: str = "give data.root=DIR") -> bool:
+def finish_evaluation(run_dir: Path, cfg, say, how: str = "give data.root=DIR") -> dict | None:
     """Run the end-of-training evaluation (trainer.final_eval) of a finished run if a stop cut
     it short (no eval.json): `vaelab resume` of such a run has no training left, but its test
-    numbers are missing. Returns whether it ran; `say` reports why, in one line; `how` is what
-    a DataError tells the user to do to point at the data."""
+    numbers are missing. Returns its numbers (eval.json's), or None when there was nothing to
+    run; `say` reports why it runs, in one line; `how` is what a DataError tells the user to do
+    to point at the data."""
     if not cfg.trainer.final_eval or (run_dir / "eval.json").is_file():
-        return False
+        return None
     from vaelab.evaluate_run import RunDirError, data_root, evaluate_run
 
     if ckpt_io.latest(run_dir / "checkpoints") is None:  # its checkpoints were cleaned away since
@@ -617,11 +626,10 @@ def finish_evaluation(run_dir: Path, cfg, say, how: str = "give data.root=DIR") 
     say(f"{run_dir.name} has finished training, but its end-of-training evaluation did not finish "
         f"(no eval.json): evaluating it now")
     try:
-        evaluate_run(run_dir, k=cfg.trainer.final_eval_k, device=cfg.device, checkpoint="last",
-                     progress=cfg.trainer.progress, data_root_override=data_root(run_dir, cfg), how=how)
+        return evaluate_run(run_dir, k=cfg.trainer.final_eval_k, device=cfg.device, checkpoint="last",
+                            progress=cfg.trainer.progress, data_root_override=data_root(run_dir, cfg), how=how)
     except RunDirError as e:  # (its wording is vaelab eval's)
         raise ckpt_io.CheckpointError(str(e)) from None
-    return True
 
 
 def carried_on_config(run_dir: Path):

@@ -221,6 +221,16 @@ def test_config_dir_given_the_run_folder_rather_than_its_hydra_folder_is_refused
     assert config_dir_error(["--config-path", str(run / ".hydra")]) is None
     assert config_dir_error(["-cd", str(tmp_path)]) is None  # Hydra's meaning: a folder of extra config groups
     assert config_dir_error(["--config-name", "config.yaml"]) is None  # Hydra takes the name with .yaml too
+    # the other files of a run's .hydra/ (a traceback from the composition), and a misspelt name
+    # there (Hydra's search-path block)
+    (run / ".hydra" / "hydra.yaml").write_text("hydra: {}\n")
+    assert config_dir_error(["-cd", str(run / ".hydra"), "-cn", "hydra"]) == (
+        f"--config-name hydra: {run / '.hydra' / 'hydra.yaml'} is Hydra's record of how the run was launched, not "
+        f"its settings; those are config.yaml: --config-dir {run / '.hydra'} --config-name config")
+    assert config_dir_error(["-cd", str(run / ".hydra"), "--config-name=confg"]) == (
+        f"--config-name confg: no confg.yaml in {run / '.hydra'} (a run's saved config is config.yaml: --config-name "
+        f"config)")
+    assert config_dir_error(["-cd", str(tmp_path), "-cn", "confg"]) == f"--config-name confg: no confg.yaml in {tmp_path}"
 
 
 def test_a_rerun_of_a_saved_config_gets_the_same_pre_flight(tmp_path, monkeypatch):

@@ -90,6 +90,13 @@ def config_dir_error(argv: list[str]) -> str | None:
     if not (path / f"{name}.yaml").is_file() and (path / ".hydra" / f"{name}.yaml").is_file():
         return (f"--config-dir {folder}: that is a run's folder; its saved config is in {path / '.hydra'}: "
                 f"--config-dir {path / '.hydra'} --config-name {name} (or vaelab reproduce {folder})")
+    saved = (path / "config.yaml").is_file() and (path / "hydra.yaml").is_file()  # a run's .hydra/
+    if saved and name in ("hydra", "overrides"):  # (a traceback from deep in the composition)
+        return (f"--config-name {name}: {path / (name + '.yaml')} is Hydra's record of how the run was launched, "
+                f"not its settings; those are config.yaml: --config-dir {folder} --config-name config")
+    if not (path / f"{name}.yaml").is_file() and not (CONF_DIR / f"{name}.yaml").is_file():
+        return (f"--config-name {name}: no {name}.yaml in {folder}"
+                + (" (a run's saved config is config.yaml: --config-name config)" if saved else ""))
     return None
 
 

@@ -9,6 +9,7 @@ evaluation functions as `recon` (evaluate.py accepts a log-likelihood function t
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import shutil
@@ -348,6 +349,22 @@ def test_an_earlier_evaluation_that_cannot_be_removed_costs_a_warning_not_the_ne
     assert _eval_cli([str(tmp_path), "--k", "3", "--seed", "1", "--no-progress"]) == 0
     assert load_eval(tmp_path)["k"] == 3 and old.exists()
     assert f"{old}: could not remove an earlier evaluation's events (The process cannot access the file)" in caplog.text
+
+
+def test_eval_on_other_data_than_the_run_trained_on_says_so(make_cfg, tmp_path, caplog):
+    """eval.json records the data's digest, but nothing said when it was not the training's."""
+    from tests.conftest import make_tiny_mnist
+
+    train(make_cfg(["latent_size=2", "model.size=small", "trainer.epochs=1", "trainer.final_eval=false"]),
+          tmp_path / "run")
+    other = make_tiny_mnist(tmp_path / "other", seed=1)
+    with caplog.at_level(logging.WARNING, logger="vaelab"):
+        evaluate_run(tmp_path / "run", k=1, device="cpu", pictures=False, progress=False)
+        assert not [r for r in caplog.records if "differs" in r.getMessage()]  # its own data: no word
+        evaluate_run(tmp_path / "run", k=1, device="cpu", pictures=False, progress=False, data_root_override=other)
+    [warned] = [r.getMessage() for r in caplog.records if "differs" in r.getMessage()]
+    assert warned.startswith("the data differs from what the run trained on (data digest ")
+    assert warned.endswith(f"from {other}): these are test numbers of other data")
 
 
 def test_mse_run_reports_the_gaussian_variance(make_cfg, tmp_path):

@@ -645,6 +645,26 @@ def test_resume_with_missing_data_changes_nothing(finished_run, tmp_path, capsys
     assert files_snapshot(run) == before  # config, overrides, stopped.json, events: as they were
 
 
+def test_a_run_that_diverged_before_its_first_checkpoint_is_named_as_such(tiny_mnist, tmp_path, capsys):
+    """eval spoke of a --checkpoint last never given, and resume offered to start the run again
+    as it was, which blows up at the same step."""
+    run = tmp_path / "run"
+    with pytest.raises(train_mod.NonFiniteLoss):
+        train(compose_cfg([f"data.root={tiny_mnist}", *TINY, "optim.lr=1e8"]), run)
+    capsys.readouterr()
+    assert vaelab(["eval", run]) == 2
+    reason = json.loads((run / "stopped.json").read_text())["reason"].split(";")[0]  # non-finite loss inf at step 2 ...
+    assert reason.startswith("non-finite loss ")
+    assert capsys.readouterr().err.strip() == (f"vaelab eval: error: {run} diverged before its first checkpoint "
+                                               f"({reason}): there are no weights to evaluate")
+    assert vaelab(["resume", run]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"vaelab resume: error: {run / 'checkpoints'}: no checkpoint, nothing to resume (the run "
+                          f"diverged before its first checkpoint: {reason}); the same settings would diverge again: "
+                          f"start it anew with others, e.g. vaelab-train --config-dir ")
+    assert err.endswith("--config-name config optim.lr=1e-4") and "\n" not in err
+
+
 def test_resume_below_the_epochs_a_stopped_run_has_trained_is_one_line(tiny_mnist, tmp_path, capsys):
     """A run stopped between epochs (no metrics.json) and resumed with fewer epochs than it has:
     it wrote final metrics under a config that said 2 of its 3 epochs, which reproduce then

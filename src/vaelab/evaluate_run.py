@@ -72,6 +72,11 @@ def _checkpoint_path(run_dir: Path, checkpoint: str) -> Path:
         if not have and _training_now(run_dir):
             raise RunDirError(f"--checkpoint {checkpoint}: {run_dir} is still training its first epoch (another "
                               f"process holds it) and has no checkpoint yet; try again once that epoch ends")
+        stopped = ckpt_io.read_json(run_dir / ckpt_io.STOPPED) or {}
+        if not have and stopped.get("state") == "diverged":  # (it was "--checkpoint last", never given)
+            reason = stopped.get("reason", "a non-finite loss").split(";")[0]
+            raise RunDirError(f"{run_dir} diverged before its first checkpoint ({reason}): there are no weights "
+                              f"to evaluate")
         raise RunDirError(f"--checkpoint {checkpoint}: no such checkpoint; {ckpt_dir} holds {holds} "
                           f"(give last, best or a file name from there)")
     return path

@@ -414,10 +414,15 @@ def resume(run_dir: str | Path, overrides: list[str] = ()) -> dict | None:
     # Check the checkpoint and the data against the (new) config before anything is written.
     last = ckpt_io.latest(run_dir / "checkpoints")
     if last is None:
+        stopped = ckpt_io.read_json(run_dir / ckpt_io.STOPPED) or {}
+        again = (f"vaelab-train --config-dir {shlex.quote(str(run_dir / '.hydra'))} --config-name config")
+        if stopped.get("state") == "diverged":  # started again as it was, it would blow up at the same step
+            reason = stopped.get("reason", "a non-finite loss").split(";")[0]
+            raise ckpt_io.CheckpointError(f"{run_dir / 'checkpoints'}: no checkpoint, nothing to resume (the run "
+                                          f"diverged before its first checkpoint: {reason}); the same settings would "
+                                          f"diverge again: start it anew with others, e.g. {again} optim.lr=1e-4")
         raise ckpt_io.CheckpointError(f"{run_dir / 'checkpoints'}: no checkpoint, nothing to resume "
-                                      f"(the run stopped before its first checkpoint; start it again with: "
-                                      f"vaelab-train --config-dir {shlex.quote(str(run_dir / '.hydra'))} "
-                                      f"--config-name config)")
+                                      f"(the run stopped before its first checkpoint; start it again with: {again})")
 
     # (torch: after the cheap checks)
     from vaelab.train import build_model, check_data_to_resume, check_epochs_to_resume, train

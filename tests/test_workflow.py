@@ -643,6 +643,14 @@ def test_resume_with_missing_data_changes_nothing(finished_run, tmp_path, capsys
     err = capsys.readouterr().err.strip()
     assert err.startswith("vaelab resume: error: MNIST not found in") and "\n" not in err
     assert files_snapshot(run) == before  # config, overrides, stopped.json, events: as they were
+    # data too small for the run's data.val_size: the message names the data.root given, not only
+    # data.val_size, which the user did not type
+    from tests.conftest import make_tiny_mnist
+    small = make_tiny_mnist(tmp_path / "small", n_train=50)
+    assert vaelab(["resume", run, f"data.root={small}", "trainer.epochs=5"]) == 2
+    assert capsys.readouterr().err.strip() == (f"vaelab resume: error: data.val_size=64: must be in [0, 49] for a "
+                                               f"training set of 50 images (data.root={small})")
+    assert files_snapshot(run) == before
 
 
 def test_a_run_that_diverged_before_its_first_checkpoint_is_named_as_such(tiny_mnist, tmp_path, capsys):

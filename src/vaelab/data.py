@@ -233,7 +233,8 @@ def load_data(root: str | Path, device: torch.device, val_size: int = 5000, spli
     x_train, y_train, x_test, y_test = load_mnist_arrays(root, download, **how)
     n = x_train.shape[0]
     if not 0 <= val_size < n:
-        raise DataError(f"data.val_size={val_size}: must be in [0, {n - 1}] for a training set of {n} images")
+        raise DataError(f"data.val_size={val_size}: must be in [0, {n - 1}] for a training set of {n} images "
+                        f"(data.root={root})")
     x_train, x_test = x_train.reshape(n, -1), x_test.reshape(x_test.shape[0], -1)
     # Static: one draw per split. Dynamic: training batches are redrawn each step (see
     # to_float), but val/test are drawn once so evaluation numbers are repeatable. The draws

@@ -196,12 +196,13 @@ def test_compare_prints_the_sweep_sorted_and_plots_it(sweep, tmp_path, capsys):
     (["--plot", "val_loss", "--out", "new/curves.xyz"], "--out new/curves.xyz: unknown image format 'xyz'; allowed: "),
     (["--plot", "val_loss", "--out", "/proc/curves.png"], "--out /proc/curves.png: cannot make folders in /proc"),
     (["--out", "c.png"], "--out c.png: give --plot SCALAR too"),
+    (["--desc"], "--desc: give --sort METRIC too"),
     (["--plot", "val_loss", "--out", "metrics.json/c.png"], "--out metrics.json/c.png: "),
     (["--plot", "val_loss", "--out", "."], "--out .: is a directory; give a file name such as curves.png"),
     (["--plot", "val_loss", "--out", "new/.png"], "--out new/.png: no file name before '.png'; give one such as "
                                                   "new/curves.png"),
-], ids=["unknown-metric", "unknown-scalar", "unknown-format", "unwritable", "out-without-plot", "file-in-path",
-        "directory", "extension-only"])
+], ids=["unknown-metric", "unknown-scalar", "unknown-format", "unwritable", "out-without-plot", "desc-without-sort",
+        "file-in-path", "directory", "extension-only"])
 def test_compare_bad_input_is_one_line(sweep, capsys, args, expect, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "metrics.json").write_text("{}")
@@ -279,6 +280,14 @@ def test_compare_reads_the_other_runs_when_one_config_is_damaged(tmp_path, capsy
     assert warning.startswith(f"vaelab compare: warning: {tmp_path / 'bad' / '.hydra' / 'config.yaml'} cannot be "
                               f"read (") and warning.endswith("its run's settings are left out")
     assert vaelab(["compare", tmp_path]) == 0
+
+
+def test_compare_plot_of_runs_without_event_files_says_so(tmp_path, capsys):
+    (tmp_path / "run" / ".hydra").mkdir(parents=True)  # as logger.tensorboard=false leaves a run
+    (tmp_path / "run" / ".hydra" / "config.yaml").write_text("latent_size: 4\n")
+    assert vaelab(["compare", tmp_path, "--plot", "val_loss"]) == 2
+    assert capsys.readouterr().err.strip() == ("vaelab compare: error: --plot val_loss: these runs have no TensorBoard "
+                                               "scalars to plot (no event files; logger.tensorboard=false leaves none)")
 
 
 def test_compare_without_runs_is_one_line(tmp_path, capsys):

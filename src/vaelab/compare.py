@@ -276,6 +276,9 @@ def curves(runs: list[Run], tag: str) -> list[tuple[Run, str, list]]:
             found.append((r, full, sc[full]))
     if not found:
         tags = sorted({t for r in runs for t in r.scalars()})
+        if not tags:  # (logger.tensorboard=false, or event files removed)
+            raise CompareError(f"--plot {tag}: these runs have no TensorBoard scalars to plot (no event files; "
+                               f"logger.tensorboard=false leaves none)")
         raise CompareError(f"--plot {tag}: no run has that scalar; available: {', '.join(tags)}")
     return found
 
@@ -375,6 +378,8 @@ def add_compare_arguments(p) -> None:
 def compare_command(args) -> int:
     logging.getLogger("tensorboard").setLevel(logging.ERROR)  # its notes on purged (resumed) events
     try:
+        if args.desc and not args.sort:
+            raise CompareError("--desc: give --sort METRIC too (--desc turns its order around)")
         runs = find_runs(args.dirs)
         if args.sort:
             runs = sort_runs(runs, args.sort, args.desc)

@@ -172,6 +172,8 @@ def test_optimizer_matches_config():
     (["hydra.job.env_set.OMP_NUM_THREADS=1"], "'hydra.job.env_set' takes new keys with a leading +, as in "
                                               "'+hydra.job.env_set.OMP_NUM_THREADS=1'"),
     (["-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=0", "latent_size=2,16"], "hydra.launcher.n_jobs=0: give"),
+    (["-m", "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=0", "latent_size=2,16"],
+     "hydra.launcher.timeout_min=0: the minutes submitit lets each job run before it kills it; give 1 or more"),
     # an override that does not parse is named, with Hydra's reason, short, and a hint where the cause is a common one
     (["-m", "latent_size=2,", "16"], "override 'latent_size=2,': cannot parse it (mismatched input '<EOF>'); the shell "
                                      "split that value at its spaces: write it without them (or quote it), as in "

@@ -599,6 +599,10 @@ def _hydra_section_error(compose_, base: list[str], cmd: _CommandLine) -> tuple[
     err = _bad_log_level(composed)
     if not err and OmegaConf.select(composed, "hydra.launcher.n_jobs") == 0:  # joblib: a traceback mid-sweep
         err = "hydra.launcher.n_jobs=0: give the number of jobs to run at once (>= 1, or -1 for one per core)"
+    timeout = OmegaConf.select(composed, "hydra.launcher.timeout_min") if "submitit" in launcher else None
+    if not err and isinstance(timeout, (int, float)) and timeout < 1:  # submitit kills each job at once: a traceback
+        err = (f"hydra.launcher.timeout_min={timeout}: the minutes submitit lets each job run before it kills it; "
+               f"give 1 or more")
     if not err and no_m and str(getattr(mode, "name", mode)) != "MULTIRUN":  # hparams_search=optuna sets MULTIRUN
         if {"--cfg", "-c"} & set(cmd.flags):
             err = f"override '{cmd.swept[0]}' lists several values: --cfg shows one job, give one value per key"

@@ -377,8 +377,8 @@ def choices(schema: type = None, prefix: str = "") -> dict[str, list[str]]:
     out: dict[str, list[str]] = {}
     if schema is None:  # the str keys that validate() holds to a list
         schema = Config
-        out.update({"optim.impl": list(_ADAM_IMPLS), "loss.impl": list(_LOSS_IMPLS), "model.activation": list(_ACTIVATIONS),
-                    "trainer.compile_mode": list(_COMPILE_MODES)})
+        out.update({"optim.impl": list(_ADAM_IMPLS), "loss.impl": list(_LOSS_IMPLS),
+                    "model.activation": list(_ACTIVATIONS), "trainer.compile_mode": list(_COMPILE_MODES)})
     for f, t in ((f, typing.get_type_hints(schema)[f.name]) for f in dataclasses.fields(schema)):
         if dataclasses.is_dataclass(t):
             out.update(choices(t, f"{prefix}{f.name}."))

@@ -429,7 +429,7 @@ def train(cfg: DictConfig, run_dir: str | Path, data: MNISTData | None = None, o
                     raise
                 # a disk that fills up (or a quota, or read-only) under metrics.json, the sample
                 # PNGs or the final evaluation's files: the same one line as for a checkpoint
-                raise SaveFailed(f"cannot write {e.filename or run_dir}: {e.strerror}; the checkpoints already "
+                raise SaveFailed(f"cannot write {e.filename or run_dir}: {e.strerror or e}; the checkpoints already "
                                  f"there are intact; once there is room: vaelab resume {shlex.quote(str(run_dir))}"
                                  ) from None
     except (NonFiniteLoss, Interrupted, SaveFailed) as e:

@@ -16,9 +16,10 @@ float rounding only; tests/test_fused_loss.py checks values and gradients agains
 the CPU under Triton's interpreter. eps is drawn by torch as the model's reparameterize draws
 it, so a run's draws are the same with either loss.impl.
 
-What it needs (config.validate and train.fused_loss_model refuse the rest, each with one line): a CUDA device with Triton,
-float32 (trainer.amp=off), no torch.compile, and a model that samples z through VAE.forward
-(it calls the model's encode and decode_logits, and reparameterises itself).
+What it needs (config.validate and train.fused_loss_model refuse the rest, each with one
+line): a CUDA device with Triton, float32 (trainer.amp=off), no torch.compile, and a model
+that samples z through VAE.forward (it calls the model's encode and decode_logits, and
+reparameterises itself).
 """
 from __future__ import annotations
 

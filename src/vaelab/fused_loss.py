@@ -143,19 +143,20 @@ def kernels_unusable(device: torch.device) -> str | None:
 
 
 @functools.cache
-def kernels_work(device: torch.device) -> bool:
+def kernels_work(device: torch.device, recon: str = "mse") -> bool:
     """Whether the kernels build and run here: each is launched once on a tiny batch, forward
-    and backward (their first launch in a process is also their compile). A failure (no C
-    compiler for Triton's launcher, say) is logged once, and the caller uses losses.py."""
+    and backward, with the gradients a training step has (its first launch in a process is also
+    its compile). A failure (no C compiler for Triton's launcher, say) is logged once, and the
+    caller uses losses.py."""
     global _BROKEN
     if _BROKEN is not None:
         return False
     try:
-        mu = torch.zeros(2, 6, device=device, requires_grad=True)
+        h = torch.zeros(2, 6, device=device, requires_grad=True)
         logits = torch.zeros(2, 5, device=device, requires_grad=True)
-        x = torch.zeros(2, 5, device=device)
-        _, kl_d, kl = ReparamKL.apply(mu[:, :3], mu[:, 3:], torch.zeros(2, 3, device=device))
-        (kl + kl_d.sum() + ReconMean.apply(logits, x, False) + ReconMean.apply(logits, x, True)).backward()
+        z, _, kl = ReparamKL.apply(h[:, :3], h[:, 3:], torch.zeros(2, 3, device=device))
+        rec = ReconMean.apply(logits + z.sum(), torch.zeros(2, 5, device=device), recon == "bce")
+        (rec + kl).backward()
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         return True

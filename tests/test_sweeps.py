@@ -290,6 +290,30 @@ def test_compare_plot_of_runs_without_event_files_says_so(tmp_path, capsys):
                                                "scalars to plot (no event files; logger.tensorboard=false leaves none)")
 
 
+def test_a_sweep_job_whose_folder_holds_another_jobs_run_is_refused(tiny_mnist, tmp_path):
+    """Two jobs whose folder names leave out the key they differ in (exclude_keys, a subdir of
+    one's own) shared one folder: the second carried the first's run on as its own, and the
+    folder's config and HParams row then said the second's values over the first's weights."""
+    from omegaconf import OmegaConf
+
+    from tests.conftest import compose_cfg
+    from tests.test_workflow import TINY
+    from vaelab.train import _another_jobs_run, train
+
+    run = tmp_path / "latent_size=2"
+    first = compose_cfg([f"data.root={tiny_mnist}", *TINY, "trainer.epochs=1", "optim.lr=0.001"])
+    train(first, run)
+    (run / ".hydra" / "overrides.yaml").write_text("- optim.lr=0.003\n- latent_size=2\n")  # as Hydra rewrote them
+    (run / ".hydra" / "config.yaml").write_text("optim:\n  lr: 0.003\n")
+    assert _another_jobs_run(first, run) is None  # the same config: a job submitit requeued, back at its run
+    second = compose_cfg([f"data.root={tiny_mnist}", *TINY, "trainer.epochs=1", "optim.lr=0.003"])
+    msg = _another_jobs_run(second, run)
+    assert msg.startswith(f"{run} holds the run of another job of this sweep, which got the same folder name: they "
+                          f"differ in optim.lr=0.003 (theirs 0.001), which the folder name leaves out")
+    assert OmegaConf.load(run / ".hydra" / "config.yaml").optim.lr == 0.001  # put back from its checkpoint
+    assert list(OmegaConf.load(run / ".hydra" / "overrides.yaml")) == ["optim.lr=0.001", "latent_size=2"]
+
+
 def test_compare_without_runs_is_one_line(tmp_path, capsys):
     assert vaelab(["compare", tmp_path, tmp_path / "missing"]) == 2
     assert capsys.readouterr().err.strip() == f"vaelab compare: error: {tmp_path / 'missing'}: no such directory"

@@ -845,6 +845,11 @@ def hydra_main(cfg: DictConfig) -> float:
     # that began then carries on from its own saved config (_carry_on).
     continued = os.environ.get(SWEEP_CONTINUED) == "1"
     began = continued and (run_dir / ".hydra" / "config.yaml").is_file()
+    if not continued and hc.mode.name == "MULTIRUN":
+        clash = _another_jobs_run(_from_launch_folder(typed(cfg), hc), run_dir)
+        if clash:
+            print(f"vaelab-train: error: {clash}", file=sys.stderr)
+            sys.exit(2)  # the sweep's folder names are broken: the jobs after this one would meet it too
     if continued and not began:  # a job that never started: its config, as Hydra saves it
         _save_job_config(cfg, run_dir)
     if not began:
@@ -894,6 +899,49 @@ def hydra_main(cfg: DictConfig) -> float:
     return metrics["val_loss"]
 
 
+def _another_jobs_run(cfg: DictConfig, run_dir: Path) -> str | None:
+    """Why this fresh sweep job must not train in run_dir: the folder holds the run of another
+    job of the sweep, which got the same folder name (the keys the jobs differ in are left out
+    of it: hydra.job.config.override_dirname.exclude_keys, a hydra.sweep.subdir of one's own).
+    train() would carry that run on as this job's, under this job's config. Hydra has already
+    written this job's config over the other's: put back the one its checkpoint was trained with.
+    A job that submitit requeues comes back to its own run, with the same config: None."""
+    from vaelab.cli_errors import leaves
+
+    last = ckpt_io.latest(run_dir / "checkpoints")
+    if last is None:
+        return None
+    try:
+        saved = ckpt_io.load(last, map_location="cpu")["config"]
+    except (ckpt_io.CheckpointError, KeyError):  # train() reports a damaged checkpoint itself
+        return None
+    mine, theirs = dict(leaves(to_plain(cfg))), dict(leaves(saved))
+    differ = sorted(k for k in {**mine, **theirs} if mine.get(k) != theirs.get(k))
+    if not differ:
+        return None
+    from vaelab.train_cli import override_value
+
+    def theirs_in(overrides: list) -> list:  # this job's overrides, with the other job's values
+        out = []
+        for o in overrides:
+            given, key = o.split("=", 1)[0], o.split("=", 1)[0].lstrip("+~")
+            out.append(f"{given}={override_value(theirs[key])}" if "=" in o and key in differ and key in theirs else o)
+        return out
+    hydra_dir = run_dir / ".hydra"
+    ckpt_io.write_text_atomic(hydra_dir / "config.yaml", OmegaConf.to_yaml(OmegaConf.create(saved)))
+    for name, path in (("overrides.yaml", None), ("hydra.yaml", "hydra.overrides.task")):
+        if (hydra_dir / name).is_file():
+            node = OmegaConf.load(hydra_dir / name)
+            if path is None:
+                node = OmegaConf.create(theirs_in(list(node)))
+            elif OmegaConf.select(node, path) is not None:
+                OmegaConf.update(node, path, theirs_in(list(OmegaConf.select(node, path))), merge=False)
+            ckpt_io.write_text_atomic(hydra_dir / name, OmegaConf.to_yaml(node))
+    shown = ", ".join(f"{k}={mine.get(k)} (theirs {theirs.get(k)})" for k in differ[:3])
+    return (f"{run_dir} holds the run of another job of this sweep, which got the same folder name: they differ "
+            f"in {shown}{', ...' if len(differ) > 3 else ''}, which the folder name leaves out "
+            f"(hydra.job.config.override_dirname.exclude_keys, or hydra.sweep.subdir); give each job a folder of "
+            f"its own. That run is left as it was, its config put back")
 def _from_launch_folder(cfg: DictConfig, hc) -> DictConfig:
     """A relative data.root is relative to the folder vaelab-train was started in (the pre-flight
     looked there, and `vaelab eval` and `resume` read it so), also with hydra.job.chdir=true,

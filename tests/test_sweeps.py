@@ -314,6 +314,34 @@ def test_a_sweep_job_whose_folder_holds_another_jobs_run_is_refused(tiny_mnist, 
     assert list(OmegaConf.load(run / ".hydra" / "overrides.yaml")) == ["optim.lr=0.001", "latent_size=2"]
 
 
+def test_a_job_a_resumed_sweep_starts_keeps_hydra_overrides_that_hold_interpolations(tmp_path):
+    """A sweep begun from a saved config (--config-dir RUN/.hydra) carries
+    ++hydra.run.dir=outputs/runs/${name}/...: its jobs that had not started failed on resume
+    with an InterpolationKeyError, reading that override as a list item to resolve."""
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import OmegaConf
+
+    from vaelab.train import _save_job_config
+    from vaelab.workflow import SWEEP_CONTINUED
+
+    register_configs()
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        full = compose("config", overrides=["latent_size=2"], return_hydra_config=True)
+    GlobalHydra.instance().clear()
+    given = ["++hydra.run.dir='outputs/runs/${name}/${now:%H}'", "hydra.output_subdir=null",
+             f"++hydra.job.env_set.{SWEEP_CONTINUED}=1"]
+    OmegaConf.update(full, "hydra.overrides.hydra", given, merge=False)
+    HydraConfig.instance().set_config(full)
+    try:
+        _save_job_config(OmegaConf.masked_copy(full, [k for k in full if k != "hydra"]), tmp_path)
+    finally:
+        HydraConfig.instance().cfg = None
+    saved = OmegaConf.load(tmp_path / ".hydra" / "hydra.yaml")
+    assert OmegaConf.to_container(saved.hydra.overrides.hydra, resolve=False) == [given[0]]  # vaelab's own dropped
+    assert OmegaConf.load(tmp_path / ".hydra" / "config.yaml").latent_size == 2
+
+
 def test_compare_without_runs_is_one_line(tmp_path, capsys):
     assert vaelab(["compare", tmp_path, tmp_path / "missing"]) == 2
     assert capsys.readouterr().err.strip() == f"vaelab compare: error: {tmp_path / 'missing'}: no such directory"

@@ -995,7 +995,10 @@ def _save_job_config(cfg: DictConfig, run_dir: Path) -> None:
     hydra_cfg.hydra.output_subdir = ".hydra"
     hydra_cfg.hydra.job.env_set.pop(SWEEP_CONTINUED, None)
     ours = ("hydra.output_subdir=null", f"++hydra.job.env_set.{SWEEP_CONTINUED}=1")  # workflow.sweep_command_line's
-    hydra_cfg.hydra.overrides.hydra = [o for o in hydra_cfg.hydra.overrides.hydra if o not in ours]
+    # (as plain strings: an override that holds ${...}, as a re-run of a saved config's
+    # ++hydra.run.dir=outputs/runs/${name}/... does, would be resolved, and fail, as a list item)
+    given = OmegaConf.to_container(hydra_cfg.hydra.overrides.hydra, resolve=False)
+    hydra_cfg.hydra.overrides.hydra = [o for o in given if o not in ours]
     out = run_dir / ".hydra"
     out.mkdir(parents=True, exist_ok=True)
     for name, node in (("config.yaml", cfg), ("hydra.yaml", hydra_cfg),

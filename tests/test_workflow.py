@@ -813,6 +813,22 @@ def test_a_checkpoint_that_cannot_be_written_stops_the_run_in_one_line(tiny_mnis
     assert json.loads((run / "stopped.json").read_text())["state"] == "failed"
 
 
+def test_a_ctrl_c_in_the_last_epoch_stops_before_the_final_evaluation(tiny_mnist, tmp_path, monkeypatch, capsys):
+    """It was dropped: the run finished, ran its whole evaluation, and a sweep went on to its next
+    job. Now the run finishes its last epoch (it is done, not stopped early: no stopped.json),
+    the evaluation is left to vaelab resume, and Interrupted stops a sweep."""
+    run = tmp_path / "run"
+    with signal_at_step(monkeypatch, 17), pytest.raises(Interrupted) as exc:  # the last step of 3 epochs of 6
+        train(compose_cfg([f"data.root={tiny_mnist}", *TINY, "trainer.final_eval=true"]), run)
+    assert exc.value.finished and str(exc.value) == (
+        f"stopped by SIGINT after its last epoch, 3: the run has finished training (metrics.json); its "
+        f"end-of-training evaluation did not run: vaelab resume {run} runs it")
+    assert json.loads((run / "metrics.json").read_text())["epochs"] == 3
+    assert not (run / "stopped.json").exists() and not (run / "eval.json").exists()
+    capsys.readouterr()
+    assert vaelab(["resume", run]) == 0 and (run / "eval.json").is_file()
+
+
 def test_a_checkpoint_the_disk_has_no_room_for_fails_as_the_oserror_it_is(tmp_path):
     """torch.save into the file itself turned a short write into a RuntimeError ("unexpected
     pos"), which no handler knew: a full disk ended the run in a traceback and no stopped.json.

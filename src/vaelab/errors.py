@@ -9,7 +9,13 @@ class NonFiniteLoss(RuntimeError):
 
 
 class Interrupted(RuntimeError):
-    """Ctrl-C or SIGTERM: the run saved a checkpoint after its current step and stopped."""
+    """Ctrl-C or SIGTERM: the run saved a checkpoint after its current step and stopped.
+    finished: it came in the last epoch, which the run finished (metrics.json written); only
+    its end-of-training evaluation, if any, did not run: the run is done, not stopped early."""
+
+    def __init__(self, message: str, finished: bool = False):
+        super().__init__(message)
+        self.finished = finished
 
 
 class SaveFailed(RuntimeError):

@@ -433,6 +433,8 @@ def train(cfg: DictConfig, run_dir: str | Path, data: MNISTData | None = None, o
                                  f"there are intact; once there is room: vaelab resume {shlex.quote(str(run_dir))}"
                                  ) from None
     except (NonFiniteLoss, Interrupted, SaveFailed) as e:
+        if getattr(e, "finished", False):  # done, only its final evaluation left: not a stopped run
+            raise
         state = {NonFiniteLoss: "diverged", Interrupted: "interrupted", SaveFailed: "failed"}[type(e)]
         try:
             ckpt_io.write_text_atomic(run_dir / ckpt_io.STOPPED, json.dumps({"state": state, "reason": str(e)}))
@@ -754,6 +756,11 @@ def _train(cfg: DictConfig, run_dir: Path, data: MNISTData | None, on_start=None
     ckpt_io.write_text_atomic(run_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
     writer.close()
     log.info("metrics: %s", json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in metrics.items()}))
+    if stop.signum is not None:  # asked during the last epoch, which it has finished: stop here
+        raise Interrupted(f"stopped by {signal.Signals(stop.signum).name} after its last epoch, {st['epoch']}: the "
+                          f"run has finished training (metrics.json)"
+                          + (f"; its end-of-training evaluation did not run: vaelab resume {shlex.quote(str(run_dir))} "
+                             f"runs it" if t.final_eval else ""), finished=True)
     if t.final_eval:
         from vaelab.evaluate_run import evaluate_run
         evaluate_run(run_dir, k=t.final_eval_k, device=str(device), checkpoint="last", progress=t.progress)

@@ -465,6 +465,13 @@ def test_sweep_summary_counts_this_sweeps_jobs_only(tmp_path, capsys):
     summary.on_multirun_end(cfg)  # nothing diverged: returns
     assert f"sweep of 2 jobs: 2 done; lowest val_loss 1.0000: a; table: vaelab compare {tmp_path}" in (
         capsys.readouterr().out)
+    # a job whose val_loss is in another unit (bce: no Gaussian constant left out): no best named
+    run("e", "done")
+    (tmp_path / "e" / ".hydra" / "config.yaml").write_text("latent_size: 2\nloss:\n  recon: bce\n")
+    summary.on_multirun_end(cfg)
+    assert ("sweep of 3 jobs: 3 done; no lowest val_loss named: the jobs differ in loss.recon or in the split "
+            "val_loss is measured on") in capsys.readouterr().out
+    shutil.rmtree(tmp_path / "e")
     run("c", "diverged")
     run("d", "interrupted")
     with pytest.raises(SystemExit) as exc:

@@ -355,6 +355,12 @@ class SweepSummary(Callback):
                 and math.isfinite(r.metrics["val_loss"])]
         best = min(done, key=lambda r: r.metrics["val_loss"], default=None)
         best_text = f"; lowest val_loss {best.metrics['val_loss']:.4f}: {best.name}" if best and len(runs) > 1 else ""
+        # val_loss is in one unit only within one reconstruction term and one split: loss.recon=mse
+        # leaves out its Gaussian's constant, and data.val_size=0 scores the test split
+        kinds = {(r.config.get("loss.recon"), r.metrics.get("val_split")) for r in done}
+        if best_text and len(kinds) > 1:
+            best_text = ("; no lowest val_loss named: the jobs differ in loss.recon or in the split val_loss is "
+                         "measured on, so their val_loss are not comparable (test_nll_iwae in vaelab compare is)")
         print(f"sweep of {jobs}: {counts}{best_text}; table: vaelab compare {shlex.quote(str(sweep_dir))}")
         if states.get("diverged"):
             prog = "vaelab resume" if continued else "vaelab-train"  # the command the user typed

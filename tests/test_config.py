@@ -153,6 +153,10 @@ def test_optimizer_matches_config():
     (["data.root=${hydra:runtime.cwd}/data"], "${hydra:...} cannot be used in vaelab's settings"),
     # sweeps that give nothing, or that only Optuna can draw from: a traceback before
     (["-m", "latent_size=range(2,0)"], "override 'latent_size=range(2,0)': the sweep gives no values"),
+    # a glob() that matches nothing launched 0 jobs and exited 0
+    (["-m", "model=glob(x*)"], "override 'model=glob(x*)': the sweep gives no values (glob() matches the options of "
+                               "a config group, and model has mlp)"),
+    (["-m", "latent_size=glob(*)"], "and latent_size is not a config group)"),
     (["-m", "loss.beta=interval(0,1)"], "override 'loss.beta=interval(0,1)': an interval is a range for Optuna to "
                                         "draw from: add hparams_search=optuna"),
     (["++trainer.epochz=1"], "did you mean 'trainer.epochs'"),

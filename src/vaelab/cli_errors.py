@@ -22,6 +22,7 @@ from pathlib import Path
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import Glob
 from omegaconf import DictConfig, OmegaConf
 
 from vaelab.checkpoint import enclosing_run, holds_runs, is_run
@@ -482,6 +483,17 @@ def _job_overrides(cmd: _CommandLine) -> tuple[list[str], list[list[str]]]:
         key = o.get_key_element()
         if o.is_sweep_override():
             sweep = o.value()
+            if isinstance(sweep, Glob):  # it filters a config group's options: Hydra launched 0 jobs, exit 0
+                folder = CONF_DIR / key.replace(".", "/")
+                options = sorted(p.stem for p in folder.glob("*.yaml")) if folder.is_dir() else []
+                if not sweep.filter(options):
+                    has = f"{key} has {', '.join(options)}" if options else f"{key} is not a config group"
+                    raise ConfigError(f"override '{o.input_line}': the sweep gives no values (glob() matches the "
+                                      f"options of a config group, and {has})")
+                values = [f"{key}={v}" for v in sweep.filter(options)]
+                variants.append((len(base), values))
+                base.append(values[0])
+                continue
             try:
                 values = [f"{key}={v}" for v in o.sweep_string_iterator()]
                 if cmd.optuna_draws and hasattr(sweep, "stop"):  # Optuna's range(a, b) draws b too, Hydra's not

@@ -939,16 +939,20 @@ def _another_jobs_run(cfg: DictConfig, run_dir: Path) -> str | None:
     for name, path in (("overrides.yaml", None), ("hydra.yaml", "hydra.overrides.task")):
         if (hydra_dir / name).is_file():
             node = OmegaConf.load(hydra_dir / name)
+            # (as plain strings: an override may hold ${...}, which a list item would resolve)
             if path is None:
-                node = OmegaConf.create(theirs_in(list(node)))
+                node = OmegaConf.create(theirs_in(OmegaConf.to_container(node, resolve=False)))
             elif OmegaConf.select(node, path) is not None:
-                OmegaConf.update(node, path, theirs_in(list(OmegaConf.select(node, path))), merge=False)
+                given = OmegaConf.to_container(OmegaConf.select(node, path), resolve=False)
+                OmegaConf.update(node, path, theirs_in(given), merge=False)
             ckpt_io.write_text_atomic(hydra_dir / name, OmegaConf.to_yaml(node))
     shown = ", ".join(f"{k}={mine.get(k)} (theirs {theirs.get(k)})" for k in differ[:3])
     return (f"{run_dir} holds the run of another job of this sweep, which got the same folder name: they differ "
             f"in {shown}{', ...' if len(differ) > 3 else ''}, which the folder name leaves out "
             f"(hydra.job.config.override_dirname.exclude_keys, or hydra.sweep.subdir); give each job a folder of "
             f"its own. That run is left as it was, its config put back")
+
+
 def _from_launch_folder(cfg: DictConfig, hc) -> DictConfig:
     """A relative data.root is relative to the folder vaelab-train was started in (the pre-flight
     looked there, and `vaelab eval` and `resume` read it so), also with hydra.job.chdir=true,

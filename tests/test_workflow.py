@@ -633,6 +633,17 @@ def test_resume_of_a_run_another_process_trains_is_one_line(finished_run, tmp_pa
     assert vaelab(["resume", run, "trainer.epochs=2"]) == 0  # the lock went with its holder
 
 
+def test_resume_saves_a_float_setting_given_as_an_integer_as_a_float(finished_run, tmp_path):
+    """loss.beta=4 was saved as 4 (an int), and compare showed 4 beside another run's 4.0."""
+    from vaelab.workflow import _updated_files, apply_overrides, load_run_config
+
+    cfg = load_run_config(finished_run / ".hydra" / "config.yaml", here=False)
+    parsed = apply_overrides(cfg, ["loss.beta=4", "trainer.epochs=3"])
+    saved = yaml.safe_load(_updated_files(finished_run, parsed, cfg)[0])
+    assert saved["loss"]["beta"] == 4.0 and isinstance(saved["loss"]["beta"], float)
+    assert saved["trainer"]["epochs"] == 3 and isinstance(saved["trainer"]["epochs"], int)
+
+
 def test_resume_with_missing_data_changes_nothing(finished_run, tmp_path, capsys):
     run = tmp_path / "run"
     shutil.copytree(finished_run, run)

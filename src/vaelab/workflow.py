@@ -384,13 +384,18 @@ def changed_part_way(run_dir: Path) -> list[str]:
     return out
 
 
-def _updated_files(run_dir: Path, parsed: list) -> tuple[str, str]:
+def _updated_files(run_dir: Path, parsed: list, cfg=None) -> tuple[str, str]:
     """The new texts of .hydra/config.yaml (same layout, new values) and .hydra/overrides.yaml
-    (each key once: a new value replaces the old override of that key)."""
+    (each key once: a new value replaces the old override of that key). cfg: the typed config
+    the overrides were applied to, whose float settings keep a float given as an integer
+    (loss.beta=4 is saved as 4.0, as a first launch saves it, not 4)."""
     cfg_path, ovr_path = run_dir / ".hydra" / "config.yaml", run_dir / ".hydra" / "overrides.yaml"
     raw = OmegaConf.load(cfg_path)
     for o in parsed:
-        OmegaConf.update(raw, o.key_or_group, o.value(), merge=False)
+        value = o.value()
+        if cfg is not None and type(value) is int and isinstance(OmegaConf.select(cfg, o.key_or_group), float):
+            value = float(value)
+        OmegaConf.update(raw, o.key_or_group, value, merge=False)
     old = (yaml.safe_load(ovr_path.read_text()) or []) if ovr_path.is_file() else []
     new_keys = {o.key_or_group for o in parsed}
     lines = [ln for ln in old if ln.split("=", 1)[0].lstrip("+~") not in new_keys] + [o.input_line for o in parsed]
@@ -440,7 +445,7 @@ def resume(run_dir: str | Path, overrides: list[str] = ()) -> dict | None:
     # what it runs has passed its own checks (a refusal, or a failure before, leaves them as they were)
     files = {}
     if parsed:
-        cfg_text, ovr_text = _updated_files(run_dir, parsed)
+        cfg_text, ovr_text = _updated_files(run_dir, parsed, cfg)
         st = ck["state"]
         # (epoch: the 1-based epoch the change first trains in; step: how many steps ran before it)
         record = [*_resumes(run_dir), {"epoch": st["epoch"] + 1, "step": st["step"],

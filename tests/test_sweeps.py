@@ -191,7 +191,7 @@ def test_compare_prints_the_sweep_sorted_and_plots_it(sweep, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("args,expect", [
-    (["--sort", "val_los"], "--sort val_los: no run has that metric; available: active_units, best_val_loss"),
+    (["--sort", "val_los"], "--sort val_los: no run has that metric or setting; metrics: active_units, best_val_loss"),
     (["--plot", "nope"], "--plot nope: no run has that scalar; available: epoch/active_units"),
     (["--plot", "val_loss", "--out", "new/curves.xyz"], "--out new/curves.xyz: unknown image format 'xyz'; allowed: "),
     (["--plot", "val_loss", "--out", "/proc/curves.png"], "--out /proc/curves.png: cannot make folders in /proc"),
@@ -664,6 +664,10 @@ def test_compare_columns_leave_out_settings_that_change_no_number(tmp_path):
     runs = [Run(tmp_path / "a", "a", {"latent_size": "2", "trainer.progress": "True", "data.download": "True"}),
             Run(tmp_path / "b", "b", {"latent_size": "4", "trainer.progress": "False", "data.download": "False"})]
     assert _varying(runs) == ["latent_size"]
-    with pytest.raises(CompareError, match=r"^--sort val_los: no run has that metric; available: none yet "
-                                           r"\(no run has finished an epoch\)$"):
+    with pytest.raises(CompareError, match=r"^--sort val_los: no run has that metric or setting; metrics: none yet "
+                                           r"\(no run has finished an epoch\); or a setting, e.g. loss.beta$"):
         sort_runs(runs, "val_los")
+    # a setting, a column of the table too: by its number (16 after 4, not before), else its text
+    runs += [Run(tmp_path / "c", "c", {"latent_size": "16"}), Run(tmp_path / "d", "d", {})]
+    assert [r.name for r in sort_runs(runs, "latent_size")] == ["a", "b", "c", "d"]  # (none last)
+    assert [r.name for r in sort_runs(runs, "latent_size", descending=True)] == ["c", "b", "a", "d"]

@@ -157,16 +157,26 @@ def eval_settings(ev: dict, trainer, epochs=None) -> str:
 
 
 def sort_runs(runs: list[Run], metric: str, descending: bool = False) -> list[Run]:
+    """The runs by a metric, or by a setting (loss.beta: a column of the table too); runs
+    without a value last, either way."""
     known = sorted({k for r in runs for k, v in r.metrics.items() if isinstance(v, (int, float))})
-    if metric not in known and metric not in COLUMNS:  # a column no run reached (all diverged) sorts as missing
-        raise CompareError(f"--sort {metric}: no run has that metric; available: "
-                           f"{', '.join(known) or 'none yet (no run has finished an epoch)'}")
+    setting = metric not in known and metric not in COLUMNS and any(metric in r.config for r in runs)
+    if metric not in known and metric not in COLUMNS and not setting:  # (a column no run reached sorts as missing)
+        raise CompareError(f"--sort {metric}: no run has that metric or setting; metrics: "
+                           f"{', '.join(known) or 'none yet (no run has finished an epoch)'}; or a setting, "
+                           f"e.g. loss.beta")
 
-    def key(r: Run):
-        v = r.metrics.get(metric)
-        missing = not isinstance(v, (int, float)) or math.isnan(v)
-        return (missing, 0 if missing else (-v if descending else v))
-    return sorted(runs, key=key)
+    def value(r: Run):  # a number, or a setting's text when it is not one (model.size=small)
+        v = r.config.get(metric) if setting else r.metrics.get(metric)
+        if isinstance(v, str):
+            try:
+                return float(v)
+            except ValueError:
+                return v
+        return v if isinstance(v, (int, float)) and not math.isnan(v) else None
+    have = [r for r in runs if value(r) is not None]
+    ordered = sorted(have, key=lambda r: (isinstance(value(r), str), value(r)), reverse=descending)
+    return ordered + [r for r in runs if value(r) is None]
 
 
 def _fmt(v) -> str:
@@ -374,7 +384,7 @@ class SweepSummary(Callback):
 
 def add_compare_arguments(p) -> None:
     p.add_argument("dirs", nargs="+", metavar="DIR", help="folders to search for runs (a sweep, outputs/, a run)")
-    p.add_argument("--sort", metavar="METRIC", help="sort the rows by this metric, e.g. val_loss (ascending)")
+    p.add_argument("--sort", metavar="METRIC", help="sort the rows by this metric, e.g. val_loss, or setting, e.g. loss.beta (ascending)")
     p.add_argument("--desc", action="store_true", help="sort descending")
     p.add_argument("--plot", metavar="SCALAR", help="plot this scalar for every run: val_loss, train_loss, "
                    "active_units, ... or a full TensorBoard tag such as train/loss")

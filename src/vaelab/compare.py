@@ -384,7 +384,8 @@ class SweepSummary(Callback):
 
 def add_compare_arguments(p) -> None:
     p.add_argument("dirs", nargs="+", metavar="DIR", help="folders to search for runs (a sweep, outputs/, a run)")
-    p.add_argument("--sort", metavar="METRIC", help="sort the rows by this metric, e.g. val_loss, or setting, e.g. loss.beta (ascending)")
+    p.add_argument("--sort", metavar="METRIC",
+                   help="sort the rows by this metric, e.g. val_loss, or setting, e.g. loss.beta (ascending)")
     p.add_argument("--desc", action="store_true", help="sort descending")
     p.add_argument("--plot", metavar="SCALAR", help="plot this scalar for every run: val_loss, train_loss, "
                    "active_units, ... or a full TensorBoard tag such as train/loss")

@@ -21,7 +21,10 @@ def _tile(mu_ptr, lv_ptr, B, L, s_mu, s_lv, ROWS: tl.constexpr, COLS: tl.constex
     return rows, cols, mask, mu, lv
 
 
-@triton.jit
+# The batch size (B, and n = B x D) is not specialised on (Triton compiles a variant per
+# divisibility of an int argument by 16): an epoch's last, smaller batch would otherwise compile
+# a second variant in the middle of epoch 1.
+@triton.jit(do_not_specialize=["B"])
 def reparam_kl_fwd(mu_ptr, lv_ptr, eps_ptr, z_ptr, kl_ptr, B, L, s_mu, s_lv, divisor,
                    ROWS: tl.constexpr, COLS: tl.constexpr):
     # one program per tile of ROWS examples x COLS latent dimensions: writes z, and the tile's
@@ -36,7 +39,7 @@ def reparam_kl_fwd(mu_ptr, lv_ptr, eps_ptr, z_ptr, kl_ptr, B, L, s_mu, s_lv, div
              mask=cols < L)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["B"])
 def reparam_kl_bwd(mu_ptr, lv_ptr, eps_ptr, gz_ptr, gkd_ptr, gk_ptr, dmu_ptr, dlv_ptr, B, L, s_mu, s_lv,
                    batch, HAS_GZ: tl.constexpr, HAS_GKD: tl.constexpr, HAS_GK: tl.constexpr,
                    ROWS: tl.constexpr, COLS: tl.constexpr):
@@ -81,7 +84,7 @@ def recon_fwd(logit_ptr, x_ptr, out_ptr, D, BCE: tl.constexpr, BLOCK: tl.constex
     tl.store(out_ptr + tl.program_id(0), tl.sum(acc, axis=0))
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["n"])
 def recon_bwd(logit_ptr, x_ptr, g_ptr, dl_ptr, n, batch, BCE: tl.constexpr, BLOCK: tl.constexpr):
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < n

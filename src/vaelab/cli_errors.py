@@ -150,6 +150,18 @@ def _config_file_error(exc: Exception, primary: tuple[str, str]) -> str:
     return f"{path}: {reason}{f' ({where})' if where else ''}"
 
 
+def _group_options(group: str) -> list[str]:
+    """The options of a config group as Hydra lists them (conf/, the schema's, installed
+    plugins'); none for a key that is not a group."""
+    register_configs()
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+            return GlobalHydra.instance().config_loader().get_group_options(group)
+    finally:
+        GlobalHydra.instance().clear()
+
+
 def _compose(overrides: list[str], hydra_section: bool = False,
              primary: tuple[str, str] = (str(CONF_DIR), "config")) -> DictConfig:
     """`primary`: the folder and name of the primary config (a saved run's for a re-run)."""
@@ -484,13 +496,12 @@ def _job_overrides(cmd: _CommandLine) -> tuple[list[str], list[list[str]]]:
         if o.is_sweep_override():
             sweep = o.value()
             if isinstance(sweep, Glob):  # it filters a config group's options: Hydra launched 0 jobs, exit 0
-                folder = CONF_DIR / key.replace(".", "/")
-                options = sorted(p.stem for p in folder.glob("*.yaml")) if folder.is_dir() else []
-                if not sweep.filter(options):
+                options = _group_options(key.replace(".", "/"))
+                values = [f"{key}={v}" for v in sweep.filter(options)]
+                if not values:
                     has = f"{key} has {', '.join(options)}" if options else f"{key} is not a config group"
                     raise ConfigError(f"override '{o.input_line}': the sweep gives no values (glob() matches the "
                                       f"options of a config group, and {has})")
-                values = [f"{key}={v}" for v in sweep.filter(options)]
                 variants.append((len(base), values))
                 base.append(values[0])
                 continue
@@ -754,13 +765,7 @@ def _launcher_keys() -> dict[str, frozenset]:
     """The keys each choice of hydra/launcher takes (conf/hydra/launcher/*.yaml and the
     installed plugins' configs), composed. A config whose plugin is missing (ray_local without
     the Ray launcher) does not compose: its own file's keys stand in."""
-    register_configs()
-    GlobalHydra.instance().clear()
-    try:
-        with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-            names = GlobalHydra.instance().config_loader().get_group_options("hydra/launcher")
-    finally:
-        GlobalHydra.instance().clear()
+    names = _group_options("hydra/launcher")
     keys = {}
     for name in names:
         try:

@@ -174,9 +174,10 @@ def sort_runs(runs: list[Run], metric: str, descending: bool = False) -> list[Ru
             except ValueError:
                 return v
         return v if isinstance(v, (int, float)) and not math.isnan(v) else None
-    have = [r for r in runs if value(r) is not None]
-    ordered = sorted(have, key=lambda r: (isinstance(value(r), str), value(r)), reverse=descending)
-    return ordered + [r for r in runs if value(r) is None]
+    values = [(value(r), r) for r in runs]
+    ordered = sorted(((v, r) for v, r in values if v is not None), key=lambda vr: (isinstance(vr[0], str), vr[0]),
+                     reverse=descending)
+    return [r for _, r in ordered] + [r for v, r in values if v is None]
 
 
 def _fmt(v) -> str:

@@ -94,6 +94,43 @@ def test_seed_experiment_runs_a_step(make_cfg, tmp_path):
     assert torch.isfinite(torch.tensor(m["val_loss"]))
 
 
+def _seed_script_step(model, opt, x):
+    """One step as ../shared/reference/seed_vae.py takes it: the loss summed over the batch
+    (squared error over pixels + KL), its Adam with torch's default eps, 1e-8."""
+    mu, logvar = model.encode(x)
+    recon = model.decode(model.reparameterize(mu, logvar))
+    loss = torch.nn.functional.mse_loss(recon, x, reduction="sum") \
+        - 0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp())
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+
+
+def test_seed_experiment_takes_the_seed_scripts_adam_steps():
+    """experiment=seed's per-example mean has gradients 64x smaller than the seed's per-batch
+    sum; Adam ignores that scale but for eps, so the seed's eps 1e-8 is 1e-8/64 here. With it
+    the weights follow the seed's to float rounding (7e-7 relative); with optim.eps=1e-8 they
+    were 7e-3 apart after these 30 steps."""
+    from vaelab.train import build_optimizer, forward_loss, make_step
+
+    cfg = compose_cfg(["experiment=seed", "model.size=small", "latent_size=8"])
+    torch.manual_seed(0)
+    ours = build_model(cfg)
+    seeds = build_model(cfg)
+    seeds.load_state_dict(ours.state_dict())
+    images = ((torch.rand(30 * 64, 784) < 0.2) * torch.randint(0, 256, (30 * 64, 784))).to(torch.uint8)
+    step = make_step(forward_loss(ours, "mse"), ours, build_optimizer(cfg, ours), images, (torch.zeros(4),))
+    seed_opt = torch.optim.Adam(seeds.parameters(), lr=1e-3)  # the seed's, defaults otherwise
+    for i in range(30):
+        idx = torch.arange(i * 64, (i + 1) * 64)
+        torch.manual_seed(100 + i)  # the same eps for both
+        step(idx, 1.0)
+        torch.manual_seed(100 + i)
+        _seed_script_step(seeds, seed_opt, images[idx].float() / 255)
+    gap = max(((a - b).abs().max() / b.abs().max()).item() for a, b in zip(ours.parameters(), seeds.parameters()))
+    assert gap < 1e-5, gap
+
+
 def test_compile_trains_through_a_short_last_batch(make_cfg, tmp_path, monkeypatch):
     """trainer.compile=true: the last batch of an epoch is shorter, which makes torch.compile
     retrace with a dynamic batch size; sampling eps must trace there too. Dynamo's tracing is

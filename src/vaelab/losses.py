@@ -6,7 +6,7 @@ negative ELBO(x) = E_q[-log p(x|z)] + KL(q(z|x) || N(0, I))       (Kingma & Well
 Reconstruction terms are summed over the D pixels and averaged over the batch, like the
 KL; the seed script summed over the batch too, which makes its numbers batch-size dependent
 (seed loss per batch = 64 x ours at batch 64; the gradient direction is the same and Adam
-is invariant to that scale up to eps).
+is invariant to that scale but for eps, which conf/experiment/seed.yaml divides by 64).
 """
 from __future__ import annotations
 

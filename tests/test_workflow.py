@@ -528,11 +528,16 @@ def test_compare_shows_an_unfinished_run_from_its_events(tiny_mnist, tmp_path, m
     assert states == {"diverged": "diverged", "stopped": "done"}
 
 
-def test_deterministic_flag_reruns_bit_identically(tiny_mnist, tmp_path):
+def test_deterministic_flag_reruns_bit_identically(tiny_mnist, tmp_path, monkeypatch):
+    """...and is the run's own: the next run in the process (a sweep's next job) runs as before."""
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", True)  # a user's choice, kept after the run
     try:
         for name in ("a", "b"):
             train(compose_cfg([f"data.root={tiny_mnist}", *TINY, "trainer.epochs=1", "trainer.deterministic=true"]),
                   tmp_path / name)
+            assert not torch.are_deterministic_algorithms_enabled() and torch.backends.cudnn.benchmark is True
+            assert "CUBLAS_WORKSPACE_CONFIG" not in os.environ
         assert_same_run(tmp_path / "a", tmp_path / "b")
     finally:
         torch.use_deterministic_algorithms(False)
@@ -805,11 +810,15 @@ def test_ctrl_c_after_the_weights_blew_up_keeps_the_good_checkpoint(tiny_mnist, 
     assert json.loads((run / "stopped.json").read_text())["state"] == "diverged"
 
 
-def test_a_checkpoint_that_cannot_be_written_stops_the_run_in_one_line(tiny_mnist, tmp_path, monkeypatch):
+@pytest.mark.parametrize("failing_epoch", [2, 1])
+def test_a_checkpoint_that_cannot_be_written_stops_the_run_in_one_line(tiny_mnist, tmp_path, monkeypatch,
+                                                                       failing_epoch):
+    """The line says how to carry on: vaelab resume from the last good checkpoint, or, when the
+    first one failed, the run started again from its saved config (resume would refuse)."""
     save = ckpt_io.save_atomic
 
     def save_or_fail(obj, path):
-        if obj["state"]["epoch"] == 2:
+        if obj["state"]["epoch"] == failing_epoch:
             raise PermissionError(1, "Operation not permitted", str(path))
         return save(obj, path)
 
@@ -819,9 +828,14 @@ def test_a_checkpoint_that_cannot_be_written_stops_the_run_in_one_line(tiny_mnis
         train(compose_cfg([f"data.root={tiny_mnist}", *TINY]), run)
     msg = str(exc.value)
     assert msg.startswith(f"cannot write {run / 'checkpoints'}/") and "Operation not permitted" in msg
-    assert f"{run / 'checkpoints' / 'last.pt'}" in msg and f"vaelab resume {run}" in msg and "\n" not in msg
-    assert ckpt_io.load(run / "checkpoints" / "last.pt")["state"]["epoch"] == 1
-    assert json.loads((run / "stopped.json").read_text())["state"] == "failed"
+    assert "\n" not in msg and json.loads((run / "stopped.json").read_text())["state"] == "failed"
+    if failing_epoch == 2:
+        assert f"{run / 'checkpoints' / 'last.pt'}" in msg and msg.endswith(f"vaelab resume {run}")
+        assert ckpt_io.load(run / "checkpoints" / "last.pt")["state"]["epoch"] == 1
+    else:
+        assert "(none was complete)" in msg
+        assert msg.endswith(f"vaelab-train --config-dir {run / '.hydra'} --config-name config")
+        assert ckpt_io.latest(run / "checkpoints") is None
 
 
 def test_a_ctrl_c_in_the_last_epoch_stops_before_the_final_evaluation(tiny_mnist, tmp_path, monkeypatch, capsys):

@@ -11,6 +11,7 @@ import contextlib
 import json
 import os
 import random
+import shlex
 import tempfile
 import zipfile
 from pathlib import Path
@@ -79,6 +80,15 @@ def latest(ckpt_dir: str | Path) -> Path | None:
         return ckpt_dir / "last.pt"
     others = [p for p in ckpt_dir.glob("*.pt") if p.is_file()]
     return max(others, key=lambda p: p.stat().st_mtime) if others else None
+
+
+def carry_on(run_dir: str | Path) -> str:
+    """The command that carries a stopped run on: `vaelab resume RUN_DIR` from its latest
+    checkpoint, or, with none, the run started again from its saved config."""
+    run_dir = Path(run_dir)
+    if latest(run_dir / "checkpoints") is not None:
+        return f"vaelab resume {shlex.quote(str(run_dir))}"
+    return f"vaelab-train --config-dir {shlex.quote(str(run_dir / '.hydra'))} --config-name config"
 
 
 def write_atomic(path: str | Path, write: Callable[[BinaryIO], Any]) -> Path:

@@ -419,7 +419,12 @@ def train(cfg: DictConfig, run_dir: str | Path, data: MNISTData | None = None, o
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)  # checkpoints/ and samples/ come once the data has loaded
     handlers = _attach_logs(run_dir)
-    threads = torch.get_num_threads()  # a resumed run takes its own (_train); the next run in this process not
+    # What _train sets for this run alone (a resumed run's thread count, trainer.deterministic):
+    # one process may train several runs (tests, a sweep's jobs, vaelab resume), each its own way.
+    threads = torch.get_num_threads()
+    deterministic = (torch.are_deterministic_algorithms_enabled(),
+                     torch.is_deterministic_algorithms_warn_only_enabled())
+    cudnn_benchmark, cublas_workspace = torch.backends.cudnn.benchmark, os.environ.get("CUBLAS_WORKSPACE_CONFIG")
     try:
         with ckpt_io.only_process(run_dir):
             try:
@@ -430,8 +435,7 @@ def train(cfg: DictConfig, run_dir: str | Path, data: MNISTData | None = None, o
                 # a disk that fills up (or a quota, or read-only) under metrics.json, the sample
                 # PNGs or the final evaluation's files: the same one line as for a checkpoint
                 raise SaveFailed(f"cannot write {e.filename or run_dir}: {e.strerror or e}; the checkpoints already "
-                                 f"there are intact; once there is room: vaelab resume {shlex.quote(str(run_dir))}"
-                                 ) from None
+                                 f"there are intact; once there is room: {ckpt_io.carry_on(run_dir)}") from None
     except (NonFiniteLoss, Interrupted, SaveFailed) as e:
         if getattr(e, "finished", False):  # done, only its final evaluation left: not a stopped run
             raise
@@ -441,8 +445,12 @@ def train(cfg: DictConfig, run_dir: str | Path, data: MNISTData | None = None, o
         except OSError:  # the run folder itself is not writable: the message above still says it
             pass
         raise
-    finally:  # one process may train several runs (tests, a sweep's jobs, vaelab resume): don't leak
+    finally:
         torch.set_num_threads(threads)
+        torch.use_deterministic_algorithms(deterministic[0], warn_only=deterministic[1])
+        torch.backends.cudnn.benchmark = cudnn_benchmark
+        if cublas_workspace is None:
+            os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
         for h in handlers:
             logging.getLogger().removeHandler(h)
             h.close()
@@ -613,8 +621,7 @@ def _train(cfg: DictConfig, run_dir: Path, data: MNISTData | None, on_start=None
         except OSError as e:
             good = f"the last complete one is {last_path}" if last_path.exists() else "none was complete"
             raise SaveFailed(f"cannot write {path}: {e.strerror or e}; checkpoints already there are intact "
-                             f"({good}); once the folder is writable: "
-                             f"vaelab resume {shlex.quote(str(run_dir))}") from None
+                             f"({good}); once the folder is writable: {ckpt_io.carry_on(run_dir)}") from None
         finally:
             stop.saving = False
 

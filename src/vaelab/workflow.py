@@ -126,9 +126,8 @@ def final_metrics(run_dir: str | Path) -> dict:
         if state == "diverged":  # carried on, it would replay the same steps to the same blow-up
             raise WorkflowError(f"{run_dir}: the run diverged ({(stopped or {}).get('reason', 'non-finite loss')}), "
                                 f"so it has no final metrics to compare")
-        how = (f"carry it on with: vaelab resume {shlex.quote(str(run_dir))}" if ckpt_io.latest(run_dir / "checkpoints")
-               else f"it has no checkpoint to carry on from; start it again with: vaelab-train "
-                    f"--config-dir {shlex.quote(str(run_dir / '.hydra'))} --config-name config")
+        how = (f"carry it on with: {ckpt_io.carry_on(run_dir)}" if ckpt_io.latest(run_dir / "checkpoints")
+               else f"it has no checkpoint to carry on from; start it again with: {ckpt_io.carry_on(run_dir)}")
         raise WorkflowError(f"{run_dir}: no metrics.json, the run has not finished ({how})")
     metrics = json.loads(path.read_text())
     ev = run_dir / "eval.json"
@@ -420,7 +419,7 @@ def resume(run_dir: str | Path, overrides: list[str] = ()) -> dict | None:
     last = ckpt_io.latest(run_dir / "checkpoints")
     if last is None:
         stopped = ckpt_io.read_json(run_dir / ckpt_io.STOPPED) or {}
-        again = (f"vaelab-train --config-dir {shlex.quote(str(run_dir / '.hydra'))} --config-name config")
+        again = ckpt_io.carry_on(run_dir)  # (with no checkpoint: vaelab-train from the saved config)
         if stopped.get("state") == "diverged":  # started again as it was, it would blow up at the same step
             reason = stopped.get("reason", "a non-finite loss").split(";")[0]
             raise ckpt_io.CheckpointError(f"{run_dir / 'checkpoints'}: no checkpoint, nothing to resume (the run "

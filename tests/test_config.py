@@ -120,7 +120,10 @@ def test_optimizer_matches_config():
     (["device=gpu"], "allowed: auto, cpu, cuda, cuda:N, mps"),
     (["optim.lr=0"], "optim.lr"),
     (["optim.weight_decay=-1"], "optim.weight_decay=-1.0: must be a finite number >= 0"),
-    (["optim.eps=inf"], "optim.eps=inf: must be a finite number > 0"),  # Adam would never move
+    (["optim.eps=inf"], "optim.eps=inf: must be a finite number >= 1.18e-38"),  # Adam would never move
+    (["optim.eps=1e-300"], "optim.eps=1e-300: must be a finite number >= 1.18e-38"),  # 0 in float32: 0/0
+    (["latent_size=100000000000000000000"], "latent_size=100000000000000000000: too large: must be < 2**31"),
+    (["model.hidden=[512,4294967296]"], "model.hidden=[512, 4294967296]: too large: widths must be < 2**31"),
     (["loss.beta=inf"], "loss.beta=inf: must be a finite number >= 0"),
     (["model.latent_size=8"], "model.latent_size=8: must equal latent_size (32), which it follows: set latent_size=8"),
     (["trainer.final_eval_k=2000000"], "trainer.final_eval_k=2000000: must be in [1, 10**6]"),

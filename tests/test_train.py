@@ -222,6 +222,9 @@ def test_train_curves_count_every_step_also_past_the_last_log_point_of_an_epoch(
 @pytest.mark.parametrize("override,message", [
     ("model._target_=foo.Bar", "model._target_=foo.Bar: Error loading 'foo.Bar'"),
     ("latent_size=1000000000", "the model (latent_size=1000000000, model.size=small) does not fit in memory: "),
+    # a target that is not a vaelab model: Hydra's lines over a TypeError, or (dict) a traceback later
+    *[(f"model._target_={t}", f"model._target_={t}: not a vaelab model: a subclass of vaelab.models.VAE")
+      for t in ("torch.nn.Linear", "builtins.dict", "vaelab.models.VAE")],
 ])
 def test_a_model_that_cannot_be_built_is_one_line(tiny_mnist, tmp_path, override, message):
     """Hydra's five lines (and, in a sweep, a job that failed after others had trained)."""
@@ -231,12 +234,25 @@ def test_a_model_that_cannot_be_built_is_one_line(tiny_mnist, tmp_path, override
     assert str(e.value).startswith(message) and "\n" not in str(e.value)
 
 
+def test_a_model_class_that_does_not_take_the_model_settings_is_one_line(tiny_mnist, tmp_path, monkeypatch):
+    """A model of one's own whose constructor lacks a key of the model schema (size, here)."""
+    (tmp_path / "othermodels.py").write_text("from vaelab.models import MLPVAE\n\n\nclass Other(MLPVAE):\n"
+                                          "    def __init__(self, latent_size, input_dim, image_shape):\n"
+                                          "        super().__init__(latent_size, input_dim=input_dim)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    cfg = compose_cfg([f"data.root={tiny_mnist}", "data.val_size=64", "model._target_=othermodels.Other"])
+    with pytest.raises(ConfigError, match=r"^model._target_=othermodels.Other does not take the settings under model "
+                                          r"\(size, hidden, .*\): got an unexpected keyword argument 'size'$"):
+        train(cfg, tmp_path / "r")
+
+
 def test_an_error_inside_the_models_own_code_keeps_its_traceback(tiny_mnist, tmp_path, monkeypatch):
     """Only a target that cannot be found is a one-line config error: a bug in a model's
     __init__ (here an import it makes) must reach the user with its stack."""
     from hydra.errors import InstantiationException
 
-    (tmp_path / "mymodels.py").write_text("class Bad:\n    def __init__(self, **kw):\n        import not_a_module\n")
+    (tmp_path / "mymodels.py").write_text("from vaelab.models import VAE\n\n\nclass Bad(VAE):\n"
+                                          "    def __init__(self, **kw):\n        import not_a_module\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     cfg = compose_cfg([f"data.root={tiny_mnist}", "data.val_size=64", "model.size=small",
                        "model._target_=mymodels.Bad"])

@@ -199,6 +199,7 @@ _ADAM_IMPLS = ("auto", "fused", "flat", "triton", "foreach", "forloop")
 _ACTIVATIONS = ("relu", "tanh", "gelu", "elu")
 _COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
 _LOSS_IMPLS = ("torch", "triton")
+_FLOAT32_TINY = 2.0 ** -126  # torch.finfo(torch.float32).tiny, 1.18e-38 (torch is not imported here)
 
 
 def _check(ok: bool, key: str, value: Any, allowed: str) -> None:
@@ -234,6 +235,7 @@ def validate(cfg: DictConfig, here: bool = True) -> None:
     read to evaluate it, or to resume it with device=... overridden, on another machine."""
     _check_resolves(cfg)
     _check(cfg.latent_size >= 1, "latent_size", cfg.latent_size, "must be an integer >= 1")
+    _check(cfg.latent_size < 2**31, "latent_size", cfg.latent_size, "too large: must be < 2**31")
     _check(cfg.model.latent_size == cfg.latent_size, "model.latent_size", cfg.model.latent_size,
            f"must equal latent_size ({cfg.latent_size}), which it follows: "
            f"set latent_size={cfg.model.latent_size} instead")
@@ -246,7 +248,10 @@ def validate(cfg: DictConfig, here: bool = True) -> None:
                f"its kernels are float32 PyTorch functions, not for {key}={str(clash).lower()}: use loss.impl=torch "
                f"with it")
     _check(0 < cfg.optim.lr < math.inf, "optim.lr", cfg.optim.lr, "must be a finite number > 0")
-    _check(0 < cfg.optim.eps < math.inf, "optim.eps", cfg.optim.eps, "must be a finite number > 0")
+    # eps is added in float32: below float32's smallest normal number it rounds (or, with
+    # trainer.flush_denormal, flushes) to 0, and Adam divides 0 by 0 for a zero gradient
+    _check(_FLOAT32_TINY <= cfg.optim.eps < math.inf, "optim.eps", cfg.optim.eps,
+           f"must be a finite number >= {_FLOAT32_TINY:.3g} (float32's smallest normal number)")
     _check(0 <= cfg.optim.weight_decay < math.inf, "optim.weight_decay", cfg.optim.weight_decay,
            "must be a finite number >= 0")
     for key in ("seed", "data.split_seed"):  # what torch.manual_seed and NumPy accept
@@ -277,6 +282,7 @@ def validate(cfg: DictConfig, here: bool = True) -> None:
     if m.hidden is not None:
         _check(len(m.hidden) >= 1 and all(h >= 1 for h in m.hidden), "model.hidden", list(m.hidden),
                "must be a non-empty list of positive widths, e.g. [1024,512]")
+        _check(all(h < 2**31 for h in m.hidden), "model.hidden", list(m.hidden), "too large: widths must be < 2**31")
     _check(m.activation in _ACTIVATIONS, "model.activation", m.activation,
            "allowed: relu, tanh, gelu, elu")
     _check(bool(_DEVICE_RE.match(cfg.device)), "device", cfg.device, "allowed: auto, cpu, cuda, cuda:N, mps")

@@ -11,6 +11,7 @@ metrics.json, eval.json).
 from __future__ import annotations
 
 import errno
+import inspect
 import hashlib
 import importlib
 import json
@@ -54,7 +55,15 @@ log = logging.getLogger("vaelab")
 
 
 def build_model(cfg: DictConfig, input_dim: int = 784, image_shape=(1, 28, 28)) -> VAE:
-    return instantiate(cfg.model, input_dim=input_dim, image_shape=list(image_shape), _convert_="all")
+    model = instantiate(cfg.model, input_dim=input_dim, image_shape=list(image_shape), _convert_="all")
+    if not isinstance(model, VAE):  # (builtins.dict, say: it would fail later, far from the cause)
+        raise _not_a_vae(cfg)
+    return model
+
+
+def _not_a_vae(cfg: DictConfig) -> ConfigError:
+    return ConfigError(f"model._target_={cfg.model._target_}: not a vaelab model: a subclass of "
+                       f"vaelab.models.VAE (not VAE itself), e.g. vaelab.models.MLPVAE")
 
 
 def _model_error(cfg: DictConfig, e: Exception) -> Exception:
@@ -66,6 +75,17 @@ def _model_error(cfg: DictConfig, e: Exception) -> Exception:
     # (an ImportError in its __init__, say) keeps its traceback
     if isinstance(e, InstantiationException) and text.startswith(("Error loading '", "Error locating target")):
         return ConfigError(f"model._target_={cfg.model._target_}: {text}")
+    if isinstance(e, ConfigError):
+        return e
+    target = get_object(cfg.model._target_)  # (it loaded: the error came from calling it)
+    if not (isinstance(target, type) and issubclass(target, VAE)) or target is VAE:  # torch.nn.Linear: no size=
+        return _not_a_vae(cfg)
+    args = {k: v for k, v in cfg.model.items() if k != "_target_"}
+    try:  # the keys under model: are they the class's constructor arguments? (VAE itself takes none)
+        inspect.signature(target).bind(**args, input_dim=0, image_shape=[])
+    except TypeError as bad:
+        return ConfigError(f"model._target_={cfg.model._target_} does not take the settings under model "
+                           f"({', '.join(args)}): {bad}")
     if isinstance(cause, MemoryError) or (isinstance(cause, RuntimeError) and "allocate" in text):
         sizes = ", ".join(f"{k}={getattr(v, 'value', v)}" for k, v in (
             ("latent_size", cfg.latent_size), ("model.size", cfg.model.size), ("model.hidden", cfg.model.hidden))

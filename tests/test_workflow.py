@@ -374,6 +374,11 @@ def test_resume_of_a_finished_run_completes_what_a_stop_cut_short(tiny_mnist, tm
     (run / "metrics.json").unlink()
     assert vaelab(["resume", run]) == 0
     assert json.loads((run / "metrics.json").read_text())["val_loss"] == final["val_loss"]
+    # started again once finished (a requeued job): the same numbers, not a second point of each
+    train(OmegaConf.load(run / ".hydra" / "config.yaml"), run)
+    acc = EventAccumulator(str(run), size_guidance={"scalars": 0})
+    acc.Reload()
+    assert [len(acc.Scalars(f"hparams/{k}")) for k in ("val_loss", "val_recon", "val_kl", "active_units")] == [1] * 4
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a CUDA GPU")

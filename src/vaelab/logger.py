@@ -34,6 +34,20 @@ def flatten(d: dict, prefix: str = "") -> dict:
     return out
 
 
+def hparams_logged(run_dir: str | Path, x: int) -> bool:
+    """Whether the run's events already hold its HParams metric values at x: a finished run
+    started again (a requeued job, metrics.json lost) reports the same numbers, which must not
+    be a second point of each."""
+    from tensorboard.backend.event_processing.event_file_loader import LegacyEventFileLoader
+
+    tag = f"hparams/{HPARAM_METRICS[0]}"
+    for path in Path(run_dir).glob("events.out.tfevents.*"):
+        for event in LegacyEventFileLoader(str(path)).Load():
+            if event.step == x and any(v.tag == tag for v in event.summary.value):
+                return True
+    return False
+
+
 def image_grid(x: torch.Tensor, image_shape: tuple, nrow: int | None = None) -> torch.Tensor:
     """(N, D) in [0, 1] -> one (C, H', W') grid image, via torchvision's make_grid."""
     from torchvision.utils import make_grid  # here: importing torchvision costs ~1.5 s, and

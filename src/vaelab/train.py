@@ -42,7 +42,7 @@ from vaelab.data import DataError, MNISTData, load_data, to_float
 from vaelab.errors import Interrupted, NonFiniteLoss, SaveFailed
 from vaelab.evaluate import ACTIVE_THRESHOLD, elbo_stats, quiet
 from vaelab.fused_loss import fused_vae_loss, kernels_unusable, kernels_work
-from vaelab.logger import RunLogger, image_grid
+from vaelab.logger import RunLogger, hparams_logged, image_grid
 from vaelab.losses import MSE_NLL_CONST_PER_DIM, beta_at, vae_loss
 from vaelab.models import VAE
 from vaelab.optim import FlatAdam, triton_unusable
@@ -565,7 +565,8 @@ def _train(cfg: DictConfig, run_dir: Path, data: MNISTData | None, on_start=None
     partial = ckpt_io.remove_partial(ckpt_dir) + ckpt_io.remove_partial(run_dir)
     if partial:
         log.info("removed %d partial file(s) that a killed process left mid-write", partial)
-    if st["epoch"] >= t.epochs and st["pos"] == 0:
+    finished = st["epoch"] >= t.epochs and st["pos"] == 0
+    if finished:
         log.info("nothing to do: the run has %d of trainer.epochs=%d epochs", st["epoch"], t.epochs)
     else:  # a finished run carried on (trainer.epochs raised): its final metrics are no longer final
         (run_dir / "metrics.json").unlink(missing_ok=True)
@@ -779,7 +780,7 @@ def _train(cfg: DictConfig, run_dir: Path, data: MNISTData | None, on_start=None
         "val_split": "test" if data.val_is_test else "val", "torch_threads": st["threads"],
         "data_digest": data.digest,
     }
-    writer.hparams_end(metrics, st["examples"])
+    writer.hparams_end({} if finished and hparams_logged(run_dir, st["examples"]) else metrics, st["examples"])
     ckpt_io.write_text_atomic(run_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
     writer.close()
     log.info("metrics: %s", json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in metrics.items()}))

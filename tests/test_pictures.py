@@ -163,7 +163,7 @@ def test_traversal_labels_stay_inside_the_picture():
     kl = torch.zeros(1024)
     kl[dims] = torch.tensor([2.5, 1.5, 0.25, 0.2, 0.15, 0.11, 0.097, 0.095, 0.092, 0.089, 0.0099])
     grid = torch.rand(3, len(dims) * 30 + 2, TRAVERSAL_VALUES.shape[0] * 30 + 2)
-    fig = traversals_figure(grid, dims, dead, kl, (1, 28, 28), "test image 0 (a 7)")
+    fig = traversals_figure(grid, dims, dead, kl, (1, 28, 28), "test image 0 (digit 7)")
     fig.canvas.draw()
     renderer = fig.canvas.get_renderer()
     texts = [*fig.axes[0].get_yticklabels(), fig.axes[0].title]

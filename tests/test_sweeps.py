@@ -288,6 +288,12 @@ def test_compare_plot_of_runs_without_event_files_says_so(tmp_path, capsys):
     assert vaelab(["compare", tmp_path, "--plot", "val_loss"]) == 2
     assert capsys.readouterr().err.strip() == ("vaelab compare: error: --plot val_loss: these runs have no TensorBoard "
                                                "scalars to plot (no event files; logger.tensorboard=false leaves none)")
+    from torch.utils.tensorboard import SummaryWriter  # a run that diverged before its first point
+
+    SummaryWriter(str(tmp_path / "run")).close()
+    assert vaelab(["compare", tmp_path, "--plot", "val_loss"]) == 2
+    assert capsys.readouterr().err.strip().endswith("to plot (their event files hold none yet: a run that stopped "
+                                                    "before its first point, e.g. one that diverged in its first steps)")
 
 
 def test_a_sweep_job_whose_folder_holds_another_jobs_run_is_refused(tiny_mnist, tmp_path):
@@ -469,9 +475,15 @@ def test_sweep_summary_counts_this_sweeps_jobs_only(tmp_path, capsys):
     run("e", "done")
     (tmp_path / "e" / ".hydra" / "config.yaml").write_text("latent_size: 2\nloss:\n  recon: bce\n")
     summary.on_multirun_end(cfg)
-    assert ("sweep of 3 jobs: 3 done; no lowest val_loss named: the jobs differ in loss.recon or in the split "
-            "val_loss is measured on") in capsys.readouterr().out
+    assert ("sweep of 3 jobs: 3 done; no lowest val_loss named: the jobs differ in loss.recon, whose losses are "
+            "not comparable") in capsys.readouterr().out  # (nor is test_nll_iwae: not named there)
     shutil.rmtree(tmp_path / "e")
+    run("f", "done")  # data.val_size=0: val_loss on the test split
+    (tmp_path / "f" / "metrics.json").write_text('{"val_loss": 0.5, "val_split": "test"}')
+    summary.on_multirun_end(cfg)
+    assert ("sweep of 3 jobs: 3 done; no lowest val_loss named: the jobs measure val_loss on different splits "
+            "(data.val_size=0 uses the test split); compare test_nll_iwae in vaelab compare") in capsys.readouterr().out
+    shutil.rmtree(tmp_path / "f")
     run("c", "diverged")
     run("d", "interrupted")
     with pytest.raises(SystemExit) as exc:

@@ -287,9 +287,12 @@ def curves(runs: list[Run], tag: str) -> list[tuple[Run, str, list]]:
             found.append((r, full, sc[full]))
     if not found:
         tags = sorted({t for r in runs for t in r.scalars()})
-        if not tags:  # (logger.tensorboard=false, or event files removed)
-            raise CompareError(f"--plot {tag}: these runs have no TensorBoard scalars to plot (no event files; "
-                               f"logger.tensorboard=false leaves none)")
+        if not tags:
+            events = any(next(r.path.glob("events.out.tfevents.*"), None) for r in runs)
+            why = ("their event files hold none yet: a run that stopped before its first point, e.g. one that "
+                   "diverged in its first steps" if events else
+                   "no event files; logger.tensorboard=false leaves none")
+            raise CompareError(f"--plot {tag}: these runs have no TensorBoard scalars to plot ({why})")
         raise CompareError(f"--plot {tag}: no run has that scalar; available: {', '.join(tags)}")
     return found
 
@@ -368,10 +371,16 @@ class SweepSummary(Callback):
         best_text = f"; lowest val_loss {best.metrics['val_loss']:.4f}: {best.name}" if best and len(runs) > 1 else ""
         # val_loss is in one unit only within one reconstruction term and one split: loss.recon=mse
         # leaves out its Gaussian's constant, and data.val_size=0 scores the test split
-        kinds = {(r.config.get("loss.recon"), r.metrics.get("val_split")) for r in done}
-        if best_text and len(kinds) > 1:
-            best_text = ("; no lowest val_loss named: the jobs differ in loss.recon or in the split val_loss is "
-                         "measured on, so their val_loss are not comparable (test_nll_iwae in vaelab compare is)")
+        # (their test_nll_iwae compares across splits, not across likelihoods: a Gaussian density
+        # of x/255 and a Bernoulli probability of binarized images are different quantities)
+        recons = {r.config.get("loss.recon") for r in done}
+        if best_text and len(recons) > 1:
+            best_text = ("; no lowest val_loss named: the jobs differ in loss.recon, whose losses are not "
+                         "comparable (a Gaussian density of the images against a Bernoulli probability of "
+                         "binarized ones)")
+        elif best_text and len({r.metrics.get("val_split") for r in done}) > 1:
+            best_text = ("; no lowest val_loss named: the jobs measure val_loss on different splits "
+                         "(data.val_size=0 uses the test split); compare test_nll_iwae in vaelab compare")
         print(f"sweep of {jobs}: {counts}{best_text}; table: vaelab compare {shlex.quote(str(sweep_dir))}")
         if states.get("diverged"):
             prog = "vaelab resume" if continued else "vaelab-train"  # the command the user typed

@@ -258,7 +258,7 @@ def make_pictures(model, images: torch.Tensor, labels: torch.Tensor, kl_per_dim:
     dims, dead = traversal_rows(kl_per_dim, active)
     grid = traversals_grid(model, to_float(images[0]), dims, dead)
     fig = traversals_figure(grid, dims, dead, kl_per_dim, model.image_shape,
-                            what=f"test image 0 (a {int(labels[0])})")
+                            what=f"test image 0 (digit {int(labels[0])})")
     put("traversals", figure_to_tensor(fig), fig)
     pairs = min(8, n // 2)
     if pairs:

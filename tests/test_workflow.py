@@ -782,10 +782,22 @@ def test_non_finite_validation_stops_the_run_and_keeps_the_last_good_checkpoint(
     monkeypatch.setattr(train_mod, "elbo_stats", elbo_stats)
     run = tmp_path / "run"
     with pytest.raises(train_mod.NonFiniteLoss, match=r"validation after epoch 2.*last good checkpoint: .*last.pt "
-                                                      r"\(epoch 1\)"):
+                                                      r"\(after epoch 1\)$"):
         train(compose_cfg([f"data.root={tiny_mnist}", *TINY]), run)
     assert ckpt_io.load(run / "checkpoints" / "last.pt")["state"]["epoch"] == 1
     assert json.loads((run / "stopped.json").read_text())["state"] == "diverged"
+
+
+def test_a_stop_names_where_a_mid_epoch_last_pt_was_saved(tiny_mnist, tmp_path, monkeypatch):
+    """A Ctrl-C's last.pt is mid-way through an epoch: a later divergence named it '(epoch 1)'."""
+    run, cfg = tmp_path / "run", compose_cfg([f"data.root={tiny_mnist}", *TINY])
+    with signal_at_step(monkeypatch, 8), pytest.raises(Interrupted):  # in epoch 2 (6 steps an epoch)
+        train(cfg, run)
+    real = train_mod.elbo_stats
+    monkeypatch.setattr(train_mod, "elbo_stats", lambda *a, **k: {**real(*a, **k), "nelbo": float("nan")})
+    with pytest.raises(train_mod.NonFiniteLoss, match=r"last good checkpoint: .*last.pt \(in epoch 2 at image "
+                                                      r"96/192\)$"):
+        train(cfg, run)
 
 
 def test_ctrl_c_after_the_weights_blew_up_keeps_the_good_checkpoint(tiny_mnist, tmp_path, monkeypatch):

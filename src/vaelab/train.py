@@ -526,6 +526,10 @@ def _train(cfg: DictConfig, run_dir: Path, data: MNISTData | None, on_start=None
           "perm": None, "pos": 0, "epoch_acc": None, "log_acc": None, "log_beta": 0.0, "data_rng": None,
           "threads": torch.get_num_threads(), "data_digest": data.digest}
     last_path = ckpt_dir / "last.pt"
+    last_at = None  # where in the run last.pt was saved, for the messages of a stop
+
+    def where_in_run() -> str:  # (the stop message's words)
+        return f"in epoch {st['epoch'] + 1} at image {st['pos']}/{n_train}" if st["pos"] else f"after epoch {st['epoch']}"
     resumed = False
     resume_from = ckpt_io.latest(ckpt_dir) if t.resume else None
     if resume_from is not None:
@@ -552,8 +556,9 @@ def _train(cfg: DictConfig, run_dir: Path, data: MNISTData | None, on_start=None
         if resume_from.name != last_path.name:  # a kill before the first last.pt, or it was deleted
             log.warning("%s is missing: resuming from the newest complete checkpoint, %s", last_path,
                         resume_from.name)
-        at = (f"in epoch {st['epoch'] + 1} at image {st['pos']}/{n_train}" if st["pos"]  # the stop message's words
-              else f"after epoch {st['epoch']}")
+        at = where_in_run()
+        if resume_from == last_path:
+            last_at = at
         log.info("resuming %s from %s %s (step %d, %d examples seen)", run_dir, resume_from, at, st["step"],
                  st["examples"])
     # The input and the checkpoint are good: from here on the run folder changes.
@@ -630,8 +635,9 @@ def _train(cfg: DictConfig, run_dir: Path, data: MNISTData | None, on_start=None
     def save(path: Path) -> None:
         # Never replace a good checkpoint with blown-up weights (a Ctrl-C can come between a
         # step that overflowed and the next loss check).
+        nonlocal last_at
         if not torch.stack([torch.isfinite(p).all() for p in model.parameters()]).all():
-            good = f"{last_path} (epoch {st['epoch']})" if last_path.exists() else "none yet"
+            good = f"{last_path} ({last_at})" if last_at else "none yet"
             raise diverged(f"non-finite weights at step {st['step']}, not saved to {path.name}; "
                            f"last good checkpoint: {good}")
         stop.saving = True
@@ -639,6 +645,8 @@ def _train(cfg: DictConfig, run_dir: Path, data: MNISTData | None, on_start=None
             ckpt_io.save_atomic({"model": model.state_dict(), "optimizer": opt.state_dict(),
                                  "state": {**st, "data_rng": data_gen.get_state()},
                                  "rng": ckpt_io.rng_state(), "config": plain_cfg}, path)
+            if path == last_path:
+                last_at = where_in_run()
         except OSError as e:
             good = f"the last complete one is {last_path}" if last_path.exists() else "none was complete"
             raise SaveFailed(f"cannot write {path}: {e.strerror or e}; checkpoints already there are intact "
@@ -648,7 +656,7 @@ def _train(cfg: DictConfig, run_dir: Path, data: MNISTData | None, on_start=None
 
     def check_finite(values: list[float], where: str) -> None:
         if not all(math.isfinite(v) for v in values):
-            good = f"{last_path} (epoch {st['epoch']})" if last_path.exists() else "none yet"
+            good = f"{last_path} ({last_at})" if last_at else "none yet"
             raise diverged(f"non-finite loss {values[0]} at step {st['step']} ({where}); "
                            f"stopped without saving these weights; last good checkpoint: {good}")
 

@@ -22,6 +22,20 @@ def _bench_module(name: str):
     return mod
 
 
+def run_main(monkeypatch, capsys, script: str, args: list[str]) -> tuple[int | str, str]:
+    """A benchmark's main() on a command line, in this process (a subprocess each costs ~2 s of
+    imports): (its exit code, or sys.exit's message; the last line of what it printed to stderr).
+    An exception that escapes main() would reach the user as a traceback: it fails the test."""
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))  # they import their neighbours
+    monkeypatch.setattr(sys, "argv", [str(REPO / "benchmarks" / script), *args])
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        _bench_module(script.removesuffix(".py")).main()
+    err = capsys.readouterr().err.strip()
+    code = e.value.code
+    return code, (code if isinstance(code, str) else err.splitlines()[-1] if err else "")
+
+
 def test_ab_step_fused_loss_prototype_computes_autograds_gradients():
     """benchmarks/README times this step variant against vaelab's: the timing only means
     something if it computes the same step (same eps, fp32 rounding apart)."""
@@ -47,12 +61,10 @@ def test_seed_loss_is_converted_to_nats_per_example():
     assert parse(out, n_train=256)[0]["train_loss"] == pytest.approx(2919.49 * 4 / 256)
 
 
-def test_bad_data_root_is_one_line(tmp_path):
+def test_bad_data_root_is_one_line(tmp_path, monkeypatch, capsys):
     # any existing file passes the reference check; the data is looked at before anything runs
-    p = subprocess.run([sys.executable, str(REPO / "benchmarks" / "speed.py"), "--data-root", str(tmp_path),
-                        "--reference", __file__], capture_output=True, text=True)
-    assert p.returncode != 0
-    assert p.stderr.strip().startswith("speed.py: error: --data-root") and "Traceback" not in p.stderr
+    code, line = run_main(monkeypatch, capsys, "speed.py", ["--data-root", str(tmp_path), "--reference", __file__])
+    assert code not in (0, None) and line.startswith("speed.py: error: --data-root")
 
 
 def test_bad_override_is_one_line_before_anything_runs(tiny_mnist, tmp_path):
@@ -122,13 +134,11 @@ def test_floor_hand_written_step_has_autograds_gradients(monkeypatch):
         floor.HandStep(floor.MLPVAE(8, size="large"))
 
 
-def test_floor_bad_record_is_one_line(tmp_path):
+def test_floor_bad_record_is_one_line(tmp_path, monkeypatch, capsys):
     bad = tmp_path / "speed.json"
     bad.write_text("{}")
-    p = subprocess.run([sys.executable, str(REPO / "benchmarks" / "floor.py"), "--record", str(bad)],
-                       capture_output=True, text=True)
-    assert p.returncode != 0 and "Traceback" not in p.stderr
-    assert p.stderr.strip().startswith(f"floor.py: error: --record {bad}: not a readable speed.py record")
+    code, line = run_main(monkeypatch, capsys, "floor.py", ["--record", str(bad)])
+    assert code not in (0, None) and line.startswith(f"floor.py: error: --record {bad}: not a readable speed.py record")
 
 
 @pytest.mark.parametrize("script,args,start", [
@@ -141,18 +151,14 @@ def test_floor_bad_record_is_one_line(tmp_path):
     ("profile_step.py", ["--batch-size", "60001"], "error: --steps 200 --rows 15 --batch-size 60001"),
     ("gpu_step.py", ["--batch-sizes", "64,big"], "error: --steps 2000 --batch-sizes 64,big: steps >= 1, and batch"),
 ])
-def test_bad_benchmark_arguments_are_one_line(tmp_path, script, args, start):
+def test_bad_benchmark_arguments_are_one_line(tmp_path, monkeypatch, capsys, script, args, start):
     """Each benchmark refuses bad arguments with one line, before any work (and writes nothing)."""
     fill = lambda s: s.replace("{tmp}", str(tmp_path))  # noqa: E731
-    p = subprocess.run([sys.executable, str(REPO / "benchmarks" / script), *map(fill, args)],
-                       capture_output=True, text=True, timeout=120)
-    assert p.returncode != 0 and "Traceback" not in p.stderr, p.stderr
-    assert fill(start) in p.stderr.strip().splitlines()[-1]
+    code, line = run_main(monkeypatch, capsys, script, [*map(fill, args)])
+    assert code not in (0, None) and fill(start) in line
     assert not list(tmp_path.iterdir())
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without a GPU")
-def test_gpu_step_without_a_gpu_is_one_line():
-    p = subprocess.run([sys.executable, str(REPO / "benchmarks" / "gpu_step.py")], capture_output=True, text=True,
-                       timeout=120)
-    assert p.returncode == 2 and p.stderr.strip().splitlines()[-1] == "gpu_step.py: error: needs a CUDA device"
+def test_gpu_step_without_a_gpu_is_one_line(monkeypatch, capsys):
+    assert run_main(monkeypatch, capsys, "gpu_step.py", []) == (2, "gpu_step.py: error: needs a CUDA device")

@@ -471,7 +471,7 @@ def test_a_command_line_hydra_refuses_leaves_no_folders(tiny_mnist, tmp_path, ar
 
 
 def test_cli_prints_one_line_and_exits_before_training(tmp_path):
-    r = subprocess.run([sys.executable, "-m", "vaelab.train", "latent_size=0"], cwd=tmp_path,
+    r = subprocess.run([sys.executable, "-m", "vaelab.train_cli", "latent_size=0"], cwd=tmp_path,
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 2
     assert r.stderr.strip().splitlines() == ["vaelab-train: error: latent_size=0: must be an integer >= 1"]
@@ -550,7 +550,7 @@ def test_a_refused_run_leaves_a_folder_another_process_trains_in(tiny_mnist, tmp
 
 
 def test_missing_data_is_one_line(tmp_path):
-    r = subprocess.run([sys.executable, "-m", "vaelab.train", f"data.root={tmp_path / 'nowhere'}",
+    r = subprocess.run([sys.executable, "-m", "vaelab.train_cli", f"data.root={tmp_path / 'nowhere'}",
                         "data.download=false"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert r.returncode == 2
     lines = r.stderr.strip().splitlines()
@@ -563,7 +563,7 @@ def test_missing_data_is_refused_before_any_job_starts(tmp_path):
     """Checked once in the pre-flight: joblib's jobs each printed the error, submitit_local's
     ended in a traceback, and jobs allowed to download raced for the same files."""
     for launcher in ("basic", "joblib"):
-        r = subprocess.run([sys.executable, "-m", "vaelab.train", "-m", f"hydra/launcher={launcher}",
+        r = subprocess.run([sys.executable, "-m", "vaelab.train_cli", "-m", f"hydra/launcher={launcher}",
                             f"data.root={tmp_path / 'nowhere'}", "data.download=false", "latent_size=2,4"],
                            cwd=tmp_path, capture_output=True, text=True, timeout=120)
         assert r.returncode == 2 and r.stderr.strip().splitlines() == [

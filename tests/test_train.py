@@ -152,10 +152,18 @@ def test_bf16_autocast_runs_on_cpu_and_changes_the_numbers_only_slightly(make_cf
 
 
 
-@pytest.mark.parametrize("progress, env, shown", [("true", None, True), ("false", None, False), ("true", "1", False)])
+def test_trainer_progress_false_turns_the_bars_off(make_cfg, tmp_path, capfd):
+    """(In this process: whatever TQDM_DISABLE was when tqdm was imported, false is off.)"""
+    train(make_cfg(["model.size=small", "trainer.epochs=1", "trainer.final_eval=false", "trainer.progress=false"]),
+          tmp_path)
+    assert "epoch 1/1:" not in capfd.readouterr().err
+
+
+@pytest.mark.parametrize("progress, env, shown", [("true", None, True), ("true", "1", False)])
 def test_progress_bars_follow_trainer_progress_and_tqdm_disable(tiny_mnist, tmp_path, progress, env, shown):
-    """trainer.progress=false turns the bars off, and so does tqdm's own TQDM_DISABLE=1, which
-    tqdm reads when it is imported (an explicit disable=False used to override it)."""
+    """trainer.progress=true shows the bars, unless tqdm's own TQDM_DISABLE=1, which tqdm reads
+    when it is imported (so: a fresh process), turns them off (an explicit disable=False used to
+    override it)."""
     environ = {k: v for k, v in os.environ.items() if k != "TQDM_DISABLE"} | ({"TQDM_DISABLE": env} if env else {})
     p = subprocess.run([sys.executable, "-m", "vaelab.train", f"data.root={tiny_mnist}", *FAST, "model.size=small",
                         "trainer.epochs=1", "trainer.final_eval=false", f"trainer.progress={progress}"],

@@ -106,9 +106,9 @@ def fetch_mnist(root: str | Path, download: bool = True, how: str = HOW) -> None
         if all((_raw_dir(root) / f).exists() for f in MNIST_FILES):  # (.gz files: checked once unpacked)
             _check_files(_raw_dir(root))
         return
-    from torchvision.datasets import MNIST
-
     if download:
+        from torchvision.datasets import MNIST  # (torch with it, ~1.5 s: not for a refusal)
+
         chain = [_raw_dir(root), *_raw_dir(root).parents]
         first_new = next((p for p in chain if not p.exists() and p.parent.exists()), None)  # torchvision may make it
         why = "failed"

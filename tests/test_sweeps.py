@@ -150,7 +150,7 @@ def test_joblib_jobs_run_in_parallel_without_touching_each_others_files(sweep, t
         assert {k: v for k, v in a.items() if not is_timing(k)} == {k: v for k, v in b.items() if not is_timing(k)}
 
 
-def test_optuna_search_minimises_the_val_loss(tiny_mnist, tmp_path):
+def test_optuna_search_minimises_the_val_loss(tiny_mnist, tmp_path, capsys):
     sweep = vaelab_train(["hparams_search=optuna", "hydra.sweeper.n_trials=2", f"data.root={tiny_mnist}", *TINY,
                           "trainer.epochs=1"], tmp_path)
     result = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
@@ -159,8 +159,9 @@ def test_optuna_search_minimises_the_val_loss(tiny_mnist, tmp_path):
     assert all([kv.split("=")[0] for kv in n.split(",")] == ["latent_size", "loss.beta", "optim.lr"] for n in trials)
     assert result["best_value"] == min(trials.values())  # the task function returned the val loss
     # A study is not launched again (its sweeper would draw new trials); it writes no multirun.yaml.
-    p = subprocess.run([sys.executable, "-m", "vaelab.cli", "resume", str(sweep)], capture_output=True, text=True)
-    assert p.returncode == 2 and p.stderr.strip() == (
+    capsys.readouterr()
+    assert vaelab(["resume", str(sweep)]) == 2
+    assert capsys.readouterr().err.strip() == (
         f"vaelab resume: error: {sweep}: its jobs were drawn by OptunaSweeper, which would draw new ones; "
         f"carry a stopped trial on with vaelab resume {sweep / 'TRIAL'}")
 

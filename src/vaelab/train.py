@@ -11,9 +11,9 @@ metrics.json, eval.json).
 from __future__ import annotations
 
 import errno
-import inspect
 import hashlib
 import importlib
+import inspect
 import json
 import logging
 import math
@@ -77,7 +77,10 @@ def _model_error(cfg: DictConfig, e: Exception) -> Exception:
         return ConfigError(f"model._target_={cfg.model._target_}: {text}")
     if isinstance(e, ConfigError):
         return e
-    target = get_object(cfg.model._target_)  # (it loaded: the error came from calling it)
+    try:
+        target = get_object(cfg.model._target_)  # (it loaded: the error came from calling it)
+    except Exception:
+        return e
     if not (isinstance(target, type) and issubclass(target, VAE)) or target is VAE:  # torch.nn.Linear: no size=
         return _not_a_vae(cfg)
     args = {k: v for k, v in cfg.model.items() if k != "_target_"}
@@ -530,6 +533,7 @@ def _train(cfg: DictConfig, run_dir: Path, data: MNISTData | None, on_start=None
 
     def where_in_run() -> str:  # (the stop message's words)
         return f"in epoch {st['epoch'] + 1} at image {st['pos']}/{n_train}" if st["pos"] else f"after epoch {st['epoch']}"
+
     resumed = False
     resume_from = ckpt_io.latest(ckpt_dir) if t.resume else None
     if resume_from is not None:

@@ -120,8 +120,12 @@ def test_optimizer_matches_config():
     (["device=gpu"], "allowed: auto, cpu, cuda, cuda:N, mps"),
     (["optim.lr=0"], "optim.lr"),
     (["optim.weight_decay=-1"], "optim.weight_decay=-1.0: must be a finite number >= 0"),
-    (["optim.eps=inf"], "optim.eps=inf: must be a finite number >= 1.18e-38"),  # Adam would never move
-    (["optim.eps=1e-300"], "optim.eps=1e-300: must be a finite number >= 1.18e-38"),  # 0 in float32: 0/0
+    (["optim.eps=inf"], "optim.eps=inf: must be a finite number > 0"),  # Adam would never move
+    # 0 in float32 (flat Adam's eps * (1 - beta1) flushed to 0 below 1.18e-37): 0/0 at the first steps
+    (["optim.eps=1e-300"], "optim.eps=1e-300: must be >= 1.18e-37 here: float32 loses a smaller eps in Adam's "
+                           "update (trainer.flush_denormal=true on the CPU flushes subnormal numbers)"),
+    (["optim.eps=1e-300", "trainer.flush_denormal=false", "optim.betas=[0.5,0.999]"],
+     "optim.eps=1e-300: must be >= 2.8e-45 here: float32 loses a smaller eps in Adam's update"),
     (["latent_size=100000000000000000000"], "latent_size=100000000000000000000: too large: must be < 2**31"),
     (["model.hidden=[512,4294967296]"], "model.hidden=[512, 4294967296]: too large: widths must be < 2**31"),
     (["loss.beta=inf"], "loss.beta=inf: must be a finite number >= 0"),

@@ -260,10 +260,13 @@ def test_an_error_inside_the_models_own_code_keeps_its_traceback(tiny_mnist, tmp
     from hydra.errors import InstantiationException
 
     (tmp_path / "mymodels.py").write_text("from vaelab.models import VAE\n\n\nclass Bad(VAE):\n"
-                                          "    def __init__(self, **kw):\n        import not_a_module\n")
+                                          "    def __init__(self, **kw):\n        import not_a_module\n\n\n"
+                                          "def build(**kw):  # a function that builds a model\n"
+                                          "    raise RuntimeError('its own bug')\n")
     monkeypatch.syspath_prepend(str(tmp_path))
-    cfg = compose_cfg([f"data.root={tiny_mnist}", "data.val_size=64", "model.size=small",
-                       "model._target_=mymodels.Bad"])
-    with pytest.raises(InstantiationException) as e:
-        train(cfg, tmp_path / "r")
-    assert isinstance(e.value.__cause__, ModuleNotFoundError)
+    for target, cause in (("mymodels.Bad", ModuleNotFoundError), ("mymodels.build", RuntimeError)):
+        cfg = compose_cfg([f"data.root={tiny_mnist}", "data.val_size=64", "model.size=small",
+                           f"model._target_={target}"])
+        with pytest.raises(InstantiationException) as e:
+            train(cfg, tmp_path / "r")
+        assert isinstance(e.value.__cause__, cause)

@@ -827,15 +827,16 @@ def test_ctrl_c_after_the_weights_blew_up_keeps_the_good_checkpoint(tiny_mnist, 
     assert json.loads((run / "stopped.json").read_text())["state"] == "diverged"
 
 
-@pytest.mark.parametrize("failing_epoch", [2, 1])
+@pytest.mark.parametrize("failing_epoch,failing_file", [(2, None), (1, None), (1, "last.pt")])
 def test_a_checkpoint_that_cannot_be_written_stops_the_run_in_one_line(tiny_mnist, tmp_path, monkeypatch,
-                                                                       failing_epoch):
-    """The line says how to carry on: vaelab resume from the last good checkpoint, or, when the
-    first one failed, the run started again from its saved config (resume would refuse)."""
+                                                                       failing_epoch, failing_file):
+    """The line says how to carry on: vaelab resume from the last good checkpoint (epoch 1's
+    best.pt when only its last.pt failed), or, when the first one failed, the run started again
+    from its saved config (resume would refuse)."""
     save = ckpt_io.save_atomic
 
     def save_or_fail(obj, path):
-        if obj["state"]["epoch"] == failing_epoch:
+        if obj["state"]["epoch"] == failing_epoch and Path(path).name == (failing_file or Path(path).name):
             raise PermissionError(1, "Operation not permitted", str(path))
         return save(obj, path)
 
@@ -847,8 +848,12 @@ def test_a_checkpoint_that_cannot_be_written_stops_the_run_in_one_line(tiny_mnis
     assert msg.startswith(f"cannot write {run / 'checkpoints'}/") and "Operation not permitted" in msg
     assert "\n" not in msg and json.loads((run / "stopped.json").read_text())["state"] == "failed"
     if failing_epoch == 2:
-        assert f"{run / 'checkpoints' / 'last.pt'}" in msg and msg.endswith(f"vaelab resume {run}")
+        assert f"the last complete one is {run / 'checkpoints' / 'last.pt'}" in msg
+        assert msg.endswith(f"vaelab resume {run}")
         assert ckpt_io.load(run / "checkpoints" / "last.pt")["state"]["epoch"] == 1
+    elif failing_file:
+        assert f"the last complete one is {run / 'checkpoints' / 'best.pt'}" in msg
+        assert msg.endswith(f"vaelab resume {run}")
     else:
         assert "(none was complete)" in msg
         assert msg.endswith(f"vaelab-train --config-dir {run / '.hydra'} --config-name config")

@@ -200,6 +200,7 @@ _ACTIVATIONS = ("relu", "tanh", "gelu", "elu")
 _COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
 _LOSS_IMPLS = ("torch", "triton")
 _FLOAT32_TINY = 2.0 ** -126  # torch.finfo(torch.float32).tiny, 1.18e-38 (torch is not imported here)
+_FLOAT32_SUBNORMAL = 2.0 ** -149  # float32's smallest subnormal number, 1.4e-45
 
 
 def _check(ok: bool, key: str, value: Any, allowed: str) -> None:
@@ -248,10 +249,7 @@ def validate(cfg: DictConfig, here: bool = True) -> None:
                f"its kernels are float32 PyTorch functions, not for {key}={str(clash).lower()}: use loss.impl=torch "
                f"with it")
     _check(0 < cfg.optim.lr < math.inf, "optim.lr", cfg.optim.lr, "must be a finite number > 0")
-    # eps is added in float32: below float32's smallest normal number it rounds (or, with
-    # trainer.flush_denormal, flushes) to 0, and Adam divides 0 by 0 for a zero gradient
-    _check(_FLOAT32_TINY <= cfg.optim.eps < math.inf, "optim.eps", cfg.optim.eps,
-           f"must be a finite number >= {_FLOAT32_TINY:.3g} (float32's smallest normal number)")
+    _check(0 < cfg.optim.eps < math.inf, "optim.eps", cfg.optim.eps, "must be a finite number > 0")
     _check(0 <= cfg.optim.weight_decay < math.inf, "optim.weight_decay", cfg.optim.weight_decay,
            "must be a finite number >= 0")
     for key in ("seed", "data.split_seed"):  # what torch.manual_seed and NumPy accept
@@ -292,6 +290,16 @@ def validate(cfg: DictConfig, here: bool = True) -> None:
     _check(t.num_samples <= 10_000, "trainer.num_samples", t.num_samples,
            "must be in [1, 10000] (the images of the sample grid drawn each epoch)")
     device = resolve_device(cfg.device)  # raises ConfigError when the accelerator is absent
+    # Adam adds eps in float32, flat Adam as eps * (1 - beta1^t) (>= eps * (1 - beta1)): below
+    # float32's smallest subnormal that is 0, and so is a subnormal one where trainer.flush_denormal
+    # flushes them (CPU); then a zero gradient is 0/0 and the run "diverges" at its first steps.
+    # (Here, not for a saved run read to evaluate it: eps no longer matters to it.)
+    smallest = _FLOAT32_TINY if t.flush_denormal and device.type == "cpu" else _FLOAT32_SUBNORMAL
+    eps_floor = smallest / (1 - cfg.optim.betas[0])
+    _check(cfg.optim.eps >= eps_floor, "optim.eps", cfg.optim.eps,
+           f"must be >= {eps_floor:.3g} here: float32 loses a smaller eps in Adam's update"
+           + (" (trainer.flush_denormal=true on the CPU flushes subnormal numbers)" if smallest == _FLOAT32_TINY
+              else ""))
     # reduce-overhead and max-autotune both record inductor's own CUDA graphs (triton.cudagraphs),
     # which cannot nest inside the capture of the whole step.
     _check(not (device.type == "cuda" and t.cuda_graph and t.compile and t.compile_mode != "default"),

@@ -81,7 +81,8 @@ def _model_error(cfg: DictConfig, e: Exception) -> Exception:
         target = get_object(cfg.model._target_)  # (it loaded: the error came from calling it)
     except Exception:
         return e
-    if not (isinstance(target, type) and issubclass(target, VAE)) or target is VAE:  # torch.nn.Linear: no size=
+    # (a function that builds a model is a target too: its own errors keep their traceback)
+    if isinstance(target, type) and (not issubclass(target, VAE) or target is VAE):  # torch.nn.Linear: no size=
         return _not_a_vae(cfg)
     args = {k: v for k, v in cfg.model.items() if k != "_target_"}
     try:  # the keys under model: are they the class's constructor arguments? (VAE itself takes none)
@@ -89,6 +90,8 @@ def _model_error(cfg: DictConfig, e: Exception) -> Exception:
     except TypeError as bad:
         return ConfigError(f"model._target_={cfg.model._target_} does not take the settings under model "
                            f"({', '.join(args)}): {bad}")
+    except ValueError:  # no signature to read (a builtin): nothing to say about its arguments
+        pass
     if isinstance(cause, MemoryError) or (isinstance(cause, RuntimeError) and "allocate" in text):
         sizes = ", ".join(f"{k}={getattr(v, 'value', v)}" for k, v in (
             ("latent_size", cfg.latent_size), ("model.size", cfg.model.size), ("model.hidden", cfg.model.hidden))
@@ -652,7 +655,8 @@ def _train(cfg: DictConfig, run_dir: Path, data: MNISTData | None, on_start=None
             if path == last_path:
                 last_at = where_in_run()
         except OSError as e:
-            good = f"the last complete one is {last_path}" if last_path.exists() else "none was complete"
+            complete = ckpt_io.latest(ckpt_dir)  # (last.pt, or best.pt written just before it failed)
+            good = f"the last complete one is {complete}" if complete else "none was complete"
             raise SaveFailed(f"cannot write {path}: {e.strerror or e}; checkpoints already there are intact "
                              f"({good}); once the folder is writable: {ckpt_io.carry_on(run_dir)}") from None
         finally:

@@ -283,6 +283,24 @@ def test_compare_reads_the_other_runs_when_one_config_is_damaged(tmp_path, capsy
     assert vaelab(["compare", tmp_path]) == 0
 
 
+def test_compare_plot_takes_a_scalar_by_its_name_in_the_table(tmp_path):
+    """The table's columns name val_loss and test_nll_iwae; their curves are epoch/val_loss and
+    test/nll_iwae (one point per evaluation). test_nll_iwae was refused."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    from vaelab.compare import curves, find_runs
+
+    (tmp_path / "run" / ".hydra").mkdir(parents=True)
+    (tmp_path / "run" / ".hydra" / "config.yaml").write_text("latent_size: 4\n")
+    with SummaryWriter(str(tmp_path / "run")) as w:
+        w.add_scalar("epoch/val_loss", 2.0, 100)
+        w.add_scalar("test/nll_iwae", 90.5, 100)
+    runs = find_runs([tmp_path])
+    for name, full, value in (("val_loss", "epoch/val_loss", 2.0), ("test_nll_iwae", "test/nll_iwae", 90.5)):
+        [(_, tag, points)] = curves(runs, name)
+        assert tag == full and [(x, v) for x, v in points] == [(100, value)]
+
+
 def test_compare_plot_of_runs_without_event_files_says_so(tmp_path, capsys):
     (tmp_path / "run" / ".hydra").mkdir(parents=True)  # as logger.tensorboard=false leaves a run
     (tmp_path / "run" / ".hydra" / "config.yaml").write_text("latent_size: 4\n")

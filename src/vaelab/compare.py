@@ -278,12 +278,14 @@ def plot_path(out: str | Path) -> Path:
 
 
 def curves(runs: list[Run], tag: str) -> list[tuple[Run, str, list]]:
-    """(run, full tag, points) for every run that has the scalar (val_loss means epoch/val_loss)."""
+    """(run, full tag, points) for every run that has the scalar, also by its name in the table:
+    val_loss means epoch/val_loss, test_nll_iwae test/nll_iwae (one point per evaluation)."""
     found = []
+    names = (tag, f"epoch/{tag}", *([tag.replace("_", "/", 1)] if tag.startswith("test_") else []))
     for r in runs:
         sc = r.scalars()
-        full = tag if tag in sc else f"epoch/{tag}"
-        if sc.get(full):
+        full = next((t for t in names if t in sc), None)
+        if full is not None and sc[full]:
             found.append((r, full, sc[full]))
     if not found:
         tags = sorted({t for r in runs for t in r.scalars()})

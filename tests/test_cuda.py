@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from vaelab import checkpoint as ckpt_io
+from vaelab import fused_loss, optim
 from vaelab.config import ConfigError, validate
 from vaelab.train import Interrupted, train
 
@@ -90,6 +91,7 @@ def test_the_triton_kernel_trains_as_flat_adams_torch_kernels_do(tiny_mnist, tmp
     tri = run(tiny_mnist, tmp_path / "triton", "trainer.cuda_graph=true", "optim.impl=triton",
               "optim.weight_decay=0.0")
     assert "Triton kernel failed" not in caplog.text
+    assert optim._TRITON_BROKEN is None  # (set by an earlier test, the kernel would not have run at all)
     # the same rule and float64 bias corrections; float rounding apart (one kernel's fused
     # multiply-adds against torch's separate passes), which Adam grows to ~lr for weights whose
     # gradient is mostly rounding noise. A wrong rule would be ~lr x steps = 1e-2 away.
@@ -110,6 +112,7 @@ def test_the_loss_kernels_train_as_torchs_loss_does(tiny_mnist, tmp_path, caplog
         torch_ops = run(tiny_mnist, tmp_path / f"torch-{graph}", *over)
         kernels = run(tiny_mnist, tmp_path / f"triton-{graph}", *over, "loss.impl=triton")
         assert "Triton kernels failed" not in caplog.text
+        assert fused_loss._BROKEN is None  # (set by an earlier run, the kernels would not have run at all)
         # the same arithmetic and draws, summed in another order (as flat Adam's kernel, above)
         wa, wb = weights(tmp_path / f"torch-{graph}"), weights(tmp_path / f"triton-{graph}")
         for k in wa:

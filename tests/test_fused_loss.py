@@ -43,9 +43,9 @@ def kernels_on_cpu(monkeypatch):
     monkeypatch.setattr(tl, "zeros", lambda shape, dtype: tl.full(shape, 0, dtype))
     monkeypatch.setattr(fused_loss, "_kernels", lambda: kernels)
     monkeypatch.setattr(fused_loss, "_BROKEN", None)
-    fused_loss.kernels_work.cache_clear()
+    fused_loss._kernels_work.cache_clear()
     yield kernels
-    fused_loss.kernels_work.cache_clear()
+    fused_loss._kernels_work.cache_clear()
 
 
 def terms_and_grad(h, W, x, eps, recon, fused):
@@ -136,6 +136,20 @@ def test_a_run_with_the_kernels_trains_as_one_with_torch_ops(kernels_on_cpu, tin
         assert mb[k] == pytest.approx(ma[k], rel=1e-4), k
     from tests.test_cuda import assert_same_weights
     assert_same_weights(tmp_path / "torch", tmp_path / "triton", rtol=1e-4, atol=1e-5)
+
+
+def test_the_probe_launches_the_variants_training_uses(kernels_on_cpu, monkeypatch):
+    """kernels_work compiles what the model's steps launch (Triton compiles a variant per width
+    and alignment), not a toy shape's: its first launch is then the training's compile."""
+    shapes = []
+    for fn in (fused_loss.ReparamKL, fused_loss.ReconMean):
+        real = fn.apply
+        monkeypatch.setattr(fn, "apply", lambda *a, real=real: shapes.append((a[0].shape, a[0].stride())) or real(*a))
+    cfg = compose_cfg(["loss.impl=triton", "device=cpu", "model.size=small", "latent_size=8"])
+    monkeypatch.setattr(train_mod, "kernels_unusable", lambda device: None)
+    assert fused_loss_model(cfg, build_model(cfg), torch.device("cpu")) is not None
+    # mu as the encoder's half of one (B, 16) output, then the logits of 784 pixels
+    assert shapes == [((2, 8), (16, 1)), ((2, 784), (784, 1))]
 
 
 def test_kernels_that_fail_to_build_leave_the_loss_to_torch(kernels_on_cpu, monkeypatch, caplog):

@@ -142,20 +142,27 @@ def kernels_unusable(device: torch.device) -> str | None:
     return None if _kernels() is not None else "its kernels cannot be imported here"
 
 
+def kernels_work(device: torch.device, recon: str = "mse", latent: int = 3, dim: int = 5) -> bool:
+    """Whether the kernels build and run here: each is launched once on a batch of two with the
+    model's widths (latent, dim: the variants Triton compiles for training, whose first launch
+    in a process is also their compile), forward and backward, with the gradients a training
+    step has. A failure (no C compiler for Triton's launcher, say) is logged once, and the
+    caller uses losses.py. Once per device: cuda and cuda:0 are one."""
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    return _kernels_work(device, recon, latent, dim)
+
+
 @functools.cache
-def kernels_work(device: torch.device, recon: str = "mse") -> bool:
-    """Whether the kernels build and run here: each is launched once on a tiny batch, forward
-    and backward, with the gradients a training step has (its first launch in a process is also
-    its compile). A failure (no C compiler for Triton's launcher, say) is logged once, and the
-    caller uses losses.py."""
+def _kernels_work(device: torch.device, recon: str, latent: int, dim: int) -> bool:
     global _BROKEN
     if _BROKEN is not None:
         return False
-    try:
-        h = torch.zeros(2, 6, device=device, requires_grad=True)
-        logits = torch.zeros(2, 5, device=device, requires_grad=True)
-        z, _, kl = ReparamKL.apply(h[:, :3], h[:, 3:], torch.zeros(2, 3, device=device))
-        rec = ReconMean.apply(logits + z.sum(), torch.zeros(2, 5, device=device), recon == "bce")
+    try:  # (mu and logvar as a model's encoder gives them: the halves of one (B, 2L) output)
+        h = torch.zeros(2, 2 * latent, device=device, requires_grad=True)
+        logits = torch.zeros(2, dim, device=device, requires_grad=True)
+        z, _, kl = ReparamKL.apply(h[:, :latent], h[:, latent:], torch.zeros(2, latent, device=device))
+        rec = ReconMean.apply(logits + z.sum(), torch.zeros(2, dim, device=device), recon == "bce")
         (rec + kl).backward()
         if device.type == "cuda":
             torch.cuda.synchronize(device)

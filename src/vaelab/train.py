@@ -194,7 +194,8 @@ def fused_loss_model(cfg: DictConfig, model: torch.nn.Module, device: torch.devi
     if not isinstance(model, VAE) or own:
         raise ConfigError(f"loss.impl=triton: the kernels reparameterise as VAE.forward does, and "
                           f"{type(model).__name__} has its own {' and '.join(own) or 'forward'}: use loss.impl=torch")
-    return model if kernels_work(device, getattr(cfg.loss.recon, "value", cfg.loss.recon)) else None
+    return model if kernels_work(device, getattr(cfg.loss.recon, "value", cfg.loss.recon), cfg.latent_size,
+                                 getattr(model, "input_dim", 784)) else None
 
 
 def make_step(loss_fn, model: torch.nn.Module, opt: torch.optim.Optimizer, images: torch.Tensor,

@@ -628,6 +628,28 @@ def test_resume_of_a_read_only_run_is_one_line(finished_run, tmp_path, capsys, m
                                                f"resume writes checkpoints, logs and the config there")
 
 
+def test_a_sweep_job_waits_for_the_job_training_in_its_folder(tmp_path):
+    """only_process(waiting=...), which a sweep's job takes before it looks at its folder:
+    parallel Optuna trials that drew the same values got one folder, and the second was refused
+    ('another process is training this run now'), which ended the study."""
+    import threading
+
+    events = []
+
+    def second_job():
+        with ckpt_io.only_process(tmp_path, waiting=lambda: events.append("waiting")):
+            events.append("has the folder")
+
+    with ckpt_io.only_process(tmp_path):  # the first job, training
+        t = threading.Thread(target=second_job)
+        t.start()
+        t.join(0.5)
+        assert events == ["waiting"] and t.is_alive()
+        events.append("first done")
+    t.join(10)
+    assert events == ["waiting", "first done", "has the folder"]
+
+
 def test_resume_of_a_run_another_process_trains_is_one_line(finished_run, tmp_path, capsys):
     run = tmp_path / "run"
     shutil.copytree(finished_run, run)

@@ -42,11 +42,12 @@ def remove_partial(folder: str | Path) -> int:
 
 
 @contextlib.contextmanager
-def only_process(run_dir: str | Path):
+def only_process(run_dir: str | Path, waiting: Callable[[], Any] | None = None):
     """Hold an exclusive lock on the run folder while training it: a second process on the same
     run (a `vaelab resume` of a run still training) would write the same checkpoints. The lock
     is the kernel's (flock on the folder itself), so a killed process never leaves it held.
-    Where flock is missing (Windows) it is a no-op."""
+    Where flock is missing (Windows) it is a no-op. A held lock is a CheckpointError; with
+    `waiting`, that is called and the lock waited for instead."""
     try:
         import fcntl
     except ImportError:
@@ -57,8 +58,11 @@ def only_process(run_dir: str | Path):
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise CheckpointError(f"{run_dir}: another process is training this run now; "
-                                  f"let it finish or stop it (Ctrl-C) first") from None
+            if waiting is None:
+                raise CheckpointError(f"{run_dir}: another process is training this run now; "
+                                      f"let it finish or stop it (Ctrl-C) first") from None
+            waiting()
+            fcntl.flock(fd, fcntl.LOCK_EX)
         yield
     finally:
         os.close(fd)  # releases the lock

@@ -898,6 +898,13 @@ def hydra_main(cfg: DictConfig) -> float:
     continued = os.environ.get(SWEEP_CONTINUED) == "1"
     began = continued and (run_dir / ".hydra" / "config.yaml").is_file()
     if not continued and hc.mode.name == "MULTIRUN":
+        # Another job of this sweep training in this folder now got the same folder name:
+        # parallel Optuna trials that drew the same values, say. Wait for it, then look at what
+        # it left: a run with these settings is reported as a later duplicate's is (nothing to
+        # do), one with others is refused below.
+        with ckpt_io.only_process(run_dir, waiting=lambda: log.info(
+                "another process is training %s now: waiting for it to finish (Ctrl-C stops waiting)", run_dir)):
+            pass
         clash = _another_jobs_run(_from_launch_folder(typed(cfg), hc), run_dir)
         if clash:
             print(f"vaelab-train: error: {clash}", file=sys.stderr)

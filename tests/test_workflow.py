@@ -122,22 +122,25 @@ def files_snapshot(run_dir: Path) -> dict:
 # --- reproduce -------------------------------------------------------------------------------
 
 
-def test_reproduce_reruns_the_saved_config_identically(tiny_mnist, tmp_path):
+def test_reproduce_reruns_the_saved_config_identically(tiny_mnist, tmp_path, capsys, monkeypatch):
     # The data comes from VAELAB_DATA, as the README offers; the reproduction runs without it.
     run_module("vaelab.train", [*TINY, "trainer.epochs=2", "trainer.final_eval=true", "name=repro"], tmp_path,
                env={"VAELAB_DATA": str(tiny_mnist)})
     [original] = (tmp_path / "outputs" / "runs" / "repro").iterdir()
     assert yaml.safe_load((original / ".hydra" / "config.yaml").read_text())["data"]["root"] == str(tiny_mnist)
 
-    p = run_module("vaelab.cli", ["reproduce", original], tmp_path)
-    assert "reproduced: every metric is identical" in p.stdout
-    assert "val_loss" in p.stdout and "DIFFERENT" not in p.stdout
+    monkeypatch.chdir(tmp_path)  # (vaelab reproduce in this process: it runs the copy in one of its own)
+    capsys.readouterr()
+    assert vaelab(["reproduce", original]) == 0
+    out = capsys.readouterr().out
+    assert "reproduced: every metric is identical" in out
+    assert "val_loss" in out and "DIFFERENT" not in out
     runs = sorted((tmp_path / "outputs" / "runs" / "repro").iterdir())
     assert len(runs) == 2
     copy = runs[1]
     assert (copy / ".hydra" / "config.yaml").read_text() == (original / ".hydra" / "config.yaml").read_text()
     assert (copy / "eval.json").exists()  # the final test-split eval ran too, and agreed (test_* rows)
-    assert "test_elbo" in p.stdout
+    assert "test_elbo" in out
     ca, cb = (ckpt_io.load(d / "checkpoints" / "last.pt") for d in (original, copy))
     assert all(torch.equal(v, cb["model"][k]) for k, v in ca["model"].items())
 

@@ -445,6 +445,11 @@ def test_eval_errors_are_one_line(make_cfg, tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and (f"{tmp_path / 'empty_ckpts'} is still training its first epoch (another "
                                       "process holds it) and has no checkpoint yet") in err, err
+    # With checkpoints, a run still training is evaluated as it is now, and told so
+    with ckpt_io.only_process(tmp_path / "run"):
+        assert _eval_cli([str(tmp_path / "run"), "--k", "2", "--no-pictures"]) == 0
+    assert capsys.readouterr().err.startswith(f"vaelab eval: note: {tmp_path / 'run'} is training now (another "
+                                              f"process holds it): this evaluates its last checkpoint as it is now")
 
 
 def test_relative_data_root_is_relative_to_where_training_started(tmp_path, tiny_mnist):

@@ -405,6 +405,10 @@ def eval_command(args: argparse.Namespace) -> int:
         print(f"vaelab eval: error: {args.run_dir}: not writable (eval writes eval.json, eval/ and "
               f"TensorBoard events there)", file=sys.stderr)
         return 2
+    if any((run / "checkpoints").glob("*.pt")) and _training_now(run):  # allowed: a look at the weights so far
+        print(f"vaelab eval: note: {args.run_dir} is training now (another process holds it): this evaluates "
+              f"its {args.checkpoint} checkpoint as it is now, and the run's own end-of-training evaluation "
+              f"will replace eval.json", file=sys.stderr)
     try:
         result = evaluate_run(args.run_dir, k=args.k, device=args.device, checkpoint=args.checkpoint,
                               progress=not args.no_progress, seed=args.seed, pictures=not args.no_pictures,

@@ -513,6 +513,32 @@ def test_sweep_summary_counts_this_sweeps_jobs_only(tmp_path, capsys):
     assert err.strip() == "vaelab-train: error: 1 of 4 jobs diverged (non-finite loss): c"
 
 
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc (Linux)")
+def test_sigterm_to_vaelab_train_reaches_its_joblib_workers():
+    """`kill PID` of a joblib sweep's vaelab-train ended it at once, and its workers trained on
+    with no parent (a Ctrl-C reaches them through the terminal's process group). vaelab-train now
+    passes SIGTERM on to them, waits while they save, then stops as for a Ctrl-C. Here a stand-in
+    worker, named as loky names its workers, exits 7 on SIGTERM; another child is left alone."""
+    from vaelab.train_cli import LOKY_WORKER, _stop_on_sigterm, loky_workers
+
+    code = "import signal, sys, time; signal.signal(signal.SIGTERM, lambda *a: sys.exit(7)); time.sleep(30)"
+    worker = subprocess.Popen([sys.executable, "-c", code, LOKY_WORKER])
+    other = subprocess.Popen([sys.executable, "-c", code])
+    try:
+        deadline = time.time() + 20
+        while worker.pid not in loky_workers():  # (once the child has exec'd Python with its arguments)
+            assert time.time() < deadline
+            time.sleep(0.05)
+        time.sleep(0.5)  # its handler installed
+        assert loky_workers() == [worker.pid]
+        with pytest.raises(KeyboardInterrupt):
+            _stop_on_sigterm(signal.SIGTERM, None, grace=10)
+        assert worker.wait(10) == 7 and other.poll() is None
+    finally:
+        worker.kill()
+        other.kill()
+
+
 def test_ctrl_c_stops_the_whole_sweep(tiny_mnist, tmp_path):
     """Ctrl-C ends the job in progress with a checkpoint and exit code 130, and the sweep with it:
     no later job starts."""

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import sys
+import time
 from pathlib import Path
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -150,10 +152,60 @@ def launch(argv: list[str], prog: str = "vaelab-train", continuing: Path | None 
                 break
 
 
+LOKY_WORKER = "joblib.externals.loky.backend.popen_loky"  # (in a joblib worker's command line)
+
+
+def loky_workers() -> list[int]:
+    """The process ids of this process's joblib (loky) workers, read from /proc: the running
+    jobs of a sweep under hydra/launcher=joblib. [] elsewhere (no /proc: not Linux)."""
+    me, pids = str(os.getpid()), []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = stat.read_text().rsplit(")", 1)[1].split()[1]  # (after the command's name, which may hold spaces)
+            if ppid == me and LOKY_WORKER in (stat.parent / "cmdline").read_bytes().decode(errors="replace"):
+                pids.append(int(stat.parent.name))
+        except (OSError, IndexError, ValueError):  # a process that ended while it was read
+            continue
+    return pids
+
+
+def _cpu_ticks(pid: int) -> int | None:
+    """The CPU time a process has used so far (utime + stime, in clock ticks); None once it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return int(fields[11]) + int(fields[12])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def _stop_on_sigterm(signum, frame, grace: float = 5.0):
+    """SIGTERM to vaelab-train (`kill PID`) is Ctrl-C for the whole sweep: a joblib sweep's
+    workers, which a Ctrl-C reaches through the terminal's process group but a SIGTERM to this
+    process alone does not, trained on with no parent. They get it too, and each saves its run
+    after its current step; the stop here (joblib's, which ends the workers) waits until they
+    have gone idle, at most `grace` seconds. Then the same stop as a Ctrl-C."""
+    workers = loky_workers()
+    for pid in workers:
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    deadline, ticks = time.monotonic() + grace, {pid: _cpu_ticks(pid) for pid in workers}
+    while workers and time.monotonic() < deadline:
+        time.sleep(0.2)
+        now = {pid: _cpu_ticks(pid) for pid in workers}
+        if all(now[pid] is None or now[pid] == ticks[pid] for pid in workers):  # saved, and waiting for work
+            break
+        ticks = now
+    raise KeyboardInterrupt
+
+
 def _run_hydra(prog: str) -> int:
     """The Hydra app on sys.argv; its exit status."""
     from vaelab.train import hydra_main  # torch and the rest: only for a command line that can run
 
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:  # (train() takes it over while it trains)
+        signal.signal(signal.SIGTERM, _stop_on_sigterm)
     try:
         hydra_main()
     except KeyboardInterrupt:  # a second Ctrl-C, or one outside training (joblib's parent, setup)

@@ -517,7 +517,7 @@ def test_sweep_summary_counts_this_sweeps_jobs_only(tmp_path, capsys):
 def test_sigterm_to_vaelab_train_reaches_its_joblib_workers():
     """`kill PID` of a joblib sweep's vaelab-train ended it at once, and its workers trained on
     with no parent (a Ctrl-C reaches them through the terminal's process group). vaelab-train now
-    passes SIGTERM on to them, waits while they save, then stops as for a Ctrl-C. Here a stand-in
+    passes SIGTERM on to them, then stops as for a Ctrl-C. Here a stand-in
     worker, named as loky names its workers, exits 7 on SIGTERM; another child is left alone."""
     from vaelab.train_cli import LOKY_WORKER, _stop_on_sigterm, loky_workers
 
@@ -532,7 +532,7 @@ def test_sigterm_to_vaelab_train_reaches_its_joblib_workers():
         time.sleep(0.5)  # its handler installed
         assert loky_workers() == [worker.pid]
         with pytest.raises(KeyboardInterrupt):
-            _stop_on_sigterm(signal.SIGTERM, None, grace=10)
+            _stop_on_sigterm(signal.SIGTERM, None)
         assert worker.wait(10) == 7 and other.poll() is None
     finally:
         worker.kill()

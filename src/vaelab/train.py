@@ -954,24 +954,8 @@ def hydra_main(cfg: DictConfig) -> float:
         elif hc.mode.name == "MULTIRUN":
             log.warning("the sweep stops here: jobs that had not started did not run; carry the whole sweep on "
                         "with: vaelab resume %s", shlex.quote(str(_sweep_dir(hc))))
-        if _in_joblib_worker():
-            # A joblib worker that returned (even this SystemExit) would be handed the sweep's next
-            # job while the launcher waits for its other workers to save (train_cli's SIGTERM
-            # stop): ending the worker breaks its pool, so no job starts after a stop.
-            logging.shutdown()
-            os._exit(130)
         sys.exit(130)  # Ctrl-C / SIGTERM stop the whole sweep, not only the job in progress
     return metrics["val_loss"]
-
-
-def _in_joblib_worker() -> bool:
-    """Whether this process is a worker of Hydra's joblib launcher (loky's, on Linux)."""
-    from vaelab.train_cli import LOKY_WORKER
-
-    try:
-        return LOKY_WORKER in Path("/proc/self/cmdline").read_bytes().decode(errors="replace")
-    except OSError:
-        return False
 
 
 def _another_jobs_run(cfg: DictConfig, run_dir: Path) -> str | None:

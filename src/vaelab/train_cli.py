@@ -11,7 +11,6 @@ import os
 import re
 import signal
 import sys
-import time
 from pathlib import Path
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -169,34 +168,16 @@ def loky_workers() -> list[int]:
     return pids
 
 
-def _cpu_ticks(pid: int) -> int | None:
-    """The CPU time a process has used so far (utime + stime, in clock ticks); None once it is gone."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return int(fields[11]) + int(fields[12])
-    except (OSError, IndexError, ValueError):
-        return None
-
-
-def _stop_on_sigterm(signum, frame, grace: float = 5.0):
+def _stop_on_sigterm(signum, frame):
     """SIGTERM to vaelab-train (`kill PID`) is Ctrl-C for the whole sweep: a joblib sweep's
     workers, which a Ctrl-C reaches through the terminal's process group but a SIGTERM to this
-    process alone does not, trained on with no parent. They get it too, and each saves its run
-    after its current step; the stop here (joblib's, which ends the workers) waits until they
-    have gone idle, at most `grace` seconds. Then the same stop as a Ctrl-C."""
-    workers = loky_workers()
-    for pid in workers:
+    process alone does not, trained on with no parent. They get it too, each stopping after its
+    current step with a checkpoint, and this process stops as for a Ctrl-C."""
+    for pid in loky_workers():
         try:
             os.kill(pid, signal.SIGTERM)
         except ProcessLookupError:
             pass
-    deadline, ticks = time.monotonic() + grace, {pid: _cpu_ticks(pid) for pid in workers}
-    while workers and time.monotonic() < deadline:
-        time.sleep(0.2)
-        now = {pid: _cpu_ticks(pid) for pid in workers}
-        if all(now[pid] is None or now[pid] == ticks[pid] for pid in workers):  # saved, and waiting for work
-            break
-        ticks = now
     raise KeyboardInterrupt
 
 

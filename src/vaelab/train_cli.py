@@ -171,8 +171,9 @@ def loky_workers() -> list[int]:
 def _stop_on_sigterm(signum, frame):
     """SIGTERM to vaelab-train (`kill PID`) is Ctrl-C for the whole sweep: a joblib sweep's
     workers, which a Ctrl-C reaches through the terminal's process group but a SIGTERM to this
-    process alone does not, trained on with no parent. They get it too, each stopping after its
-    current step with a checkpoint, and this process stops as for a Ctrl-C."""
+    process alone does not, trained on with no parent. They get it too, and this process stops
+    as for a Ctrl-C: each worker saves a checkpoint after its current step unless joblib's
+    shutdown ends it first (then its run resumes from its last end-of-epoch last.pt)."""
     for pid in loky_workers():
         try:
             os.kill(pid, signal.SIGTERM)

@@ -126,8 +126,9 @@ def final_metrics(run_dir: str | Path) -> dict:
         if state == "diverged":  # carried on, it would replay the same steps to the same blow-up
             raise WorkflowError(f"{run_dir}: the run diverged ({(stopped or {}).get('reason', 'non-finite loss')}), "
                                 f"so it has no final metrics to compare")
-        how = (f"carry it on with: {ckpt_io.carry_on(run_dir)}" if ckpt_io.latest(run_dir / "checkpoints")
-               else f"it has no checkpoint to carry on from; start it again with: {ckpt_io.carry_on(run_dir)}")
+        cmd = ckpt_io.carry_on(run_dir)  # (vaelab resume, or with no checkpoint vaelab-train from the config)
+        how = (f"carry it on with: {cmd}" if cmd.startswith("vaelab resume ")
+               else f"it has no checkpoint to carry on from; start it again with: {cmd}")
         raise WorkflowError(f"{run_dir}: no metrics.json, the run has not finished ({how})")
     metrics = json.loads(path.read_text())
     ev = run_dir / "eval.json"

@@ -97,3 +97,13 @@ def signal_at_step(monkeypatch, step: int, sig: int = signal.SIGINT):
         yield
     finally:
         monkeypatch.setattr(train_mod, "beta_at", real)
+
+
+def pytest_configure(config):
+    # Under pytest-xdist each worker shares the 2 cores with the others: one torch thread per
+    # worker, and one for the vaelab-train processes the tests start (they inherit os.environ).
+    # Two OpenMP threads on a core another process is using wait on each other (3-30x slower).
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        import torch
+        os.environ["OMP_NUM_THREADS"] = "1"
+        torch.set_num_threads(1)

@@ -31,7 +31,8 @@ def test_traversal_rows_order_by_kl_and_mark_dead():
     assert traversal_rows(kl, active, n=10) == ([2, 0, 3, 1], [False, False, True, True])
     # the top rows are all alive: the first dead dimension is shown too, as a last row
     assert traversal_rows(kl, active, n=2) == ([2, 0, 3], [False, False, True])
-    assert traversal_rows(kl, torch.ones(4, dtype=torch.bool), n=2) == ([2, 0, 1], [False, False, True])
+    # dead is inactive, as active_units and the KL chart count: a tiny KL alone is not dead
+    assert traversal_rows(kl, torch.ones(4, dtype=torch.bool), n=2) == ([2, 0], [False, False])
 
 
 def test_traversals_grid_sweeps_one_dimension_per_row_and_frames_dead_rows():
@@ -168,9 +169,21 @@ def test_traversal_labels_stay_inside_the_picture():
     renderer = fig.canvas.get_renderer()
     texts = [*fig.axes[0].get_yticklabels(), fig.axes[0].title]
     assert "z1023  KL 0.0099  dead" in [t.get_text() for t in texts]
+    assert fig.axes[0].get_title().endswith("\n11 of 1024 dimensions shown, most KL first")  # not read as all
     for t in texts:
         box = t.get_window_extent(renderer)
         assert 0 <= box.x0 and box.x1 <= fig.bbox.width, t.get_text()
+
+
+def test_kl_bars_are_apart_and_ticked_at_whole_dimensions():
+    """Two active dimensions were one blue block on an axis ticked -0.50, -0.25, ... 1.50."""
+    fig = kl_bars_figure(torch.tensor([1.0, 0.9]), torch.tensor([True, True]))
+    img = (figure_to_tensor(fig) * 255).round()
+    blue = (img[0] == 31) & (img[1] == 119) & (img[2] == 180)
+    cols = (blue.sum(0) > 20).int()  # columns inside a bar
+    assert (cols[1:] - cols[:-1] == 1).sum() == 2  # two bars start: a gap between them
+    ticks = [t for t in fig.axes[0].get_xticks() if -0.5 <= t <= 1.5]
+    assert ticks == [0, 1]
 
 
 def test_kl_bars_colour_the_active_dimensions_and_keep_their_order():

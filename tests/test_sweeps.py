@@ -301,6 +301,35 @@ def test_compare_plot_takes_a_scalar_by_its_name_in_the_table(tmp_path):
         assert tag == full and [(x, v) for x, v in points] == [(100, value)]
 
 
+def test_compare_plot_names_its_unit_and_tells_runs_with_the_same_settings_apart(tmp_path, monkeypatch):
+    """The axis said only 'epoch/val_loss'; mse runs (Gaussian constant left out) shared it with
+    bce runs unremarked; and a run next to its reproduction made every curve a folder name."""
+    import matplotlib.pyplot as plt
+    from torch.utils.tensorboard import SummaryWriter
+
+    from vaelab.compare import find_runs, plot
+
+    for name, recon in (("a", "mse"), ("a_again", "mse"), ("b", "bce")):
+        (tmp_path / name / ".hydra").mkdir(parents=True)
+        (tmp_path / name / ".hydra" / "config.yaml").write_text(f"loss:\n  recon: {recon}\n")
+        with SummaryWriter(str(tmp_path / name)) as w:
+            w.add_scalar("epoch/val_loss", 40.0, 100)
+            w.add_scalar("test/bits_per_dim", 0.9, 100)
+    figs, close = [], plt.close
+    monkeypatch.setattr(plt, "close", figs.append)  # plot() closes its figure: keep it to read
+    runs = find_runs([tmp_path])
+    plot(runs, "val_loss", tmp_path / "val.png")
+    plot(runs, "test_bits_per_dim", tmp_path / "bpd.png")
+    (ax,), (ax_bpd,) = figs[0].axes[:1], figs[1].axes[:1]
+    assert ax.get_ylabel() == "epoch/val_loss (nats per example)"
+    assert ax.get_title(loc="center").startswith("loss.recon=mse runs leave out the Gaussian decoder's constant")
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == [
+        "loss.recon=mse (a)", "loss.recon=mse (a_again)", "loss.recon=bce (b)"]
+    assert ax_bpd.get_ylabel() == "test/bits_per_dim (bits per dimension)" and ax_bpd.get_title() == ""
+    for fig in figs:
+        close(fig)
+
+
 def test_compare_plot_of_runs_without_event_files_says_so(tmp_path, capsys):
     (tmp_path / "run" / ".hydra").mkdir(parents=True)  # as logger.tensorboard=false leaves a run
     (tmp_path / "run" / ".hydra" / "config.yaml").write_text("latent_size: 4\n")

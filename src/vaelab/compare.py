@@ -299,6 +299,23 @@ def curves(runs: list[Run], tag: str) -> list[tuple[Run, str, list]]:
     return found
 
 
+def scalar_unit(tag: str) -> str | None:
+    """The unit of a vaelab scalar, for an axis label: likelihood terms are nats per example."""
+    name = tag.rsplit("/", 1)[-1]
+    if name.endswith("bits_per_dim"):
+        return "bits per dimension"
+    if name.endswith(("loss", "recon", "kl", "elbo", "nll_iwae")):
+        return "nats per example"
+    return {"active_units": "dimensions", "samples_per_s": "examples/s", "rss_mib": "MiB"}.get(name)
+
+
+def _leaves_out_mse_constant(tag: str) -> bool:
+    """Whether a scalar is a training or validation likelihood term, which train() logs without
+    the MSE decoder's Gaussian constant (vaelab eval's test/* include it; the KL has none)."""
+    group, _, name = tag.rpartition("/")
+    return group != "test" and name.endswith(("loss", "recon"))
+
+
 def plot(runs: list[Run], tag: str, out: str | Path) -> Path:
     """One curve per run of a scalar, x = examples seen, written to out (see plot_path)."""
     import matplotlib.pyplot as plt
@@ -308,14 +325,22 @@ def plot(runs: list[Run], tag: str, out: str | Path) -> Path:
     fig, ax = plt.subplots(figsize=(8, 5))
     varying = _varying(runs)
     labels = [",".join(f"{k}={r.config[k]}" for k in varying if k in r.config) for r, _, _ in found]
-    if len(set(labels)) < len(labels) or not all(labels):  # same configs (a reproduction): folder names
+    if not all(labels):  # nothing differs: the folder names
         labels = [r.name for r, _, _ in found]
+    elif len(set(labels)) < len(labels):  # the same settings twice (a run and its reproduction): both
+        labels = [f"{label} ({r.name})" for (r, _, _), label in zip(found, labels)]
     for i, ((r, _, pts), label) in enumerate(zip(found, labels)):
         # matplotlib's colour cycle has 10 colours: past them, another line style tells runs apart
         ax.plot([x for x, _ in pts], [y for _, y in pts], marker="." if len(pts) < 50 else None, label=label,
                 linestyle=("-", "--", ":", "-.")[i // 10 % 4])
     ax.set_xlabel("examples seen")
-    ax.set_ylabel(found[0][1])
+    unit = scalar_unit(found[0][1])
+    ax.set_ylabel(found[0][1] + (f" ({unit})" if unit else ""))
+    if _leaves_out_mse_constant(found[0][1]) and any(r.config.get("loss.recon") == "mse" for r, _, _ in found):
+        from vaelab.losses import MSE_NLL_CONST_PER_DIM  # as the table's footnote says under the numbers
+
+        ax.set_title(f"loss.recon=mse runs leave out the Gaussian decoder's constant here "
+                     f"(add {784 * MSE_NLL_CONST_PER_DIM:.2f} nats for MNIST's 784 pixels)", fontsize="small")
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
     try:

@@ -343,8 +343,8 @@ def format_table(r: dict, run_dir: str | Path) -> str:
         + ("   (< 0: both are Monte Carlo estimates; raise --k)" if -r['elbo'] < r['nll_iwae'] else ""),
         "",
         f"  active units {r['active_units']} / {r['latent_size']}   (Cov_x E_q[z_i|x] > 0.01)",
-        f"  KL per dim   {top}{' ...' if len(kl) > 8 else ''}   ({small} dims < 0.01 nats: the traversals call "
-        f"these dead too, as well as the inactive ones)",
+        f"  KL per dim   {top}{' ...' if len(kl) > 8 else ''}   ({small} dims < 0.01 nats; the traversals call "
+        f"the inactive ones dead)",
     ]
     if r.get("pictures"):
         folder = Path(next(iter(r["pictures"].values()))).parent

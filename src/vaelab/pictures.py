@@ -3,8 +3,10 @@
 - samples.png          decoder means of z ~ N(0, T^2 I) (T = temperature, 1 = the prior)
 - reconstructions.png  test digits (odd rows) above their reconstructions, the decoder mean at z = mu
 - traversals.png       one test digit's mean code with dimension i set to -3 .. +3 (prior std units),
-                       one row per dimension, most KL first; dead dimensions (KL < 0.01 nats or
-                       inactive: Cov_x E_q[z_i|x] <= 0.01) dimmed, framed in red, labelled "dead"
+                       one row per dimension, most KL first: the 10 with the most KL (and the
+                       first dead one, when those 10 hold none; the title says how many of how
+                       many); dead dimensions (inactive: Cov_x E_q[z_i|x] <= 0.01, the test
+                       active_units counts by) dimmed, framed in red, labelled "dead"
 - interpolations.png   a real test digit at each end, decoder means along the straight line
                        between their posterior means in between
 - manifold.png         (latent_size == 2 only) decoder means on a grid of z at the Gaussian
@@ -26,7 +28,6 @@ import torch
 from vaelab.data import to_float
 from vaelab.logger import image_grid
 
-DEAD_KL = 0.01  # nats; below this a dimension carries (almost) no information about x
 TRAVERSAL_VALUES = torch.linspace(-3.0, 3.0, 11)  # in units of the prior's std (= 1)
 RED = torch.tensor([1.0, 0.0, 0.0])
 
@@ -77,7 +78,7 @@ def traversal_rows(kl_per_dim: torch.Tensor, active: torch.Tensor, n: int = 10) 
     no dead dimension but the model has some, the first dead one is added as a last row, so
     the picture shows what a dead dimension does (nothing)."""
     kl = kl_per_dim.float().cpu()
-    dead = (kl < DEAD_KL) | ~active.cpu().bool()
+    dead = ~active.cpu().bool()  # the active units' test, as the KL chart and active_units count them
     order = torch.argsort(kl, descending=True).tolist()
     rows = order[:n]
     if dead.any() and not dead[rows].any():
@@ -151,8 +152,10 @@ def traversals_figure(grid: torch.Tensor, dims: list[int], dead: list[bool], kl_
         if is_dead:
             label.set_color("red")
     ax.tick_params(length=0)
-    ax.set_title(f"latent traversals of {what}: z_i set to -3 .. +3 (prior std), rows by KL (nats)",
-                 fontsize=8)
+    title = f"latent traversals of {what}: z_i set to -3 .. +3 (prior std), rows by KL (nats)"
+    if len(dims) < len(kl_per_dim):  # the rest are left out: say so, or the grid reads as all of them
+        title += f"\n{len(dims)} of {len(kl_per_dim)} dimensions shown, most KL first"
+    ax.set_title(title, fontsize=8)
     fig.tight_layout()
     return fig
 
@@ -164,10 +167,16 @@ def kl_bars_figure(kl_per_dim: torch.Tensor, active: torch.Tensor):
     act = active.cpu().numpy().astype(bool)
     fig = _figure(8.0, 2.6)
     ax = fig.add_subplot(1, 1, 1)
-    edges = np.arange(len(kl) + 1) - 0.5
+    # Bar i spans i - 0.4 .. i + 0.4, with an empty step between bars so neighbours do not merge.
+    edges = (np.arange(len(kl))[:, None] + np.array([-0.4, 0.4])).ravel()
     for show, colour in ((act, "tab:blue"), (~act, "0.65")):  # two artists, not one per bar: 4x faster at 256
-        ax.stairs(np.where(show, kl, 0.0), edges, fill=True, color=colour)
+        heights = np.zeros(2 * len(kl) - 1)
+        heights[::2] = np.where(show, kl, 0.0)
+        ax.stairs(heights, edges, fill=True, color=colour)
     ax.set_xlim(-0.5, len(kl) - 0.5)
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # dimensions are whole numbers (not 0.25)
     ax.set_xlabel("latent dimension", fontsize=8)
     ax.set_ylabel("KL (nats)", fontsize=8)
     ax.tick_params(labelsize=7)

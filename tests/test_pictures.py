@@ -13,8 +13,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from vaelab.models import MLPVAE
 from vaelab.evaluate_run import EVAL_PICTURES
 from vaelab.pictures import (RED, TRAVERSAL_VALUES, figure_to_tensor, interpolations_grid, kl_bars_figure,
-                             latents_scatter_figure, make_pictures,
-                             manifold_grid, reconstructions_grid, traversal_rows, traversals_figure, traversals_grid)
+                             latents_scatter_figure, make_pictures, manifold_figure, manifold_grid,
+                             reconstructions_grid, traversal_rows, traversals_figure, traversals_grid)
 from vaelab.train import train
 
 CELL = 28 + 2  # an MNIST image plus make_grid's padding
@@ -59,6 +59,11 @@ def test_grid_layouts():
     assert reconstructions_grid(model, x, ncol=8).shape == (3, 4 * CELL + 2, 8 * CELL + 2)  # 2 x (in, out)
     assert interpolations_grid(model, x[:3], x[3:6], steps=10).shape == (3, 3 * CELL + 2, 12 * CELL + 2)
     assert manifold_grid(model, n=5).shape == (3, 5 * CELL + 2, 5 * CELL + 2)
+    # manifold.png has its axes: z0 grows to the right, z1 upwards, at the prior's quantiles
+    ax = manifold_figure(manifold_grid(model, n=20), model.image_shape).axes[0]
+    assert (ax.get_xlabel(), ax.get_ylabel()) == ("z0", "z1")
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["-1.64", "-0.56", "+0.56", "+1.64"]
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["+1.64", "+0.56", "-0.56", "-1.64"]
     # interpolations start and end at the real digits
     g = interpolations_grid(model, x[:1], x[1:2], steps=4)
     torch.testing.assert_close(g[0, 2:30, 2:30], x[0].reshape(28, 28))

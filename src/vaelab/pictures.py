@@ -10,8 +10,8 @@
 - interpolations.png   a real test digit at each end, decoder means along the straight line
                        between their posterior means in between
 - manifold.png         (latent_size == 2 only) decoder means on a grid of z at the Gaussian
-                       quantiles 0.05 .. 0.95 (Kingma & Welling 2014, fig. 4); z0 grows to the
-                       right, z1 grows upwards (the axes of latents_scatter.png)
+                       quantiles 0.05 .. 0.95 (Kingma & Welling 2014, fig. 4), with its axes:
+                       z0 grows to the right, z1 upwards (as in latents_scatter.png)
 - latents_scatter.png  test-set posterior means coloured by digit label: the two latent
                        dimensions when latent_size == 2, else the first two principal components
 
@@ -63,11 +63,16 @@ def interpolations_grid(model, xa: torch.Tensor, xb: torch.Tensor, steps: int = 
 
 
 @torch.no_grad()
+def manifold_values(n: int = 20) -> torch.Tensor:
+    """z at the Gaussian quantiles 0.05 .. 0.95: each of the manifold's cells covers the same prior mass."""
+    return torch.distributions.Normal(0.0, 1.0).icdf(torch.linspace(0.05, 0.95, n))
+
+
 def manifold_grid(model, n: int = 20) -> torch.Tensor:
-    """The decoder over a 2-D latent space: z at the Gaussian quantiles 0.05 .. 0.95, so each
-    cell covers the same prior mass. Columns: z0 increasing; rows: z1 decreasing downwards."""
+    """The decoder over a 2-D latent space at manifold_values(n). Columns: z0 increasing;
+    rows: z1 decreasing downwards."""
     device = next(model.parameters()).device
-    q = torch.distributions.Normal(0.0, 1.0).icdf(torch.linspace(0.05, 0.95, n))
+    q = manifold_values(n)
     z1, z0 = torch.meshgrid(q.flip(0), q, indexing="ij")  # (n, n) each, row-major like the image
     z = torch.stack([z0, z1], dim=-1).reshape(n * n, 2).to(device)
     return image_grid(model.decode(z), model.image_shape, nrow=n)
@@ -160,6 +165,25 @@ def traversals_figure(grid: torch.Tensor, dims: list[int], dead: list[bool], kl_
     return fig
 
 
+def manifold_figure(grid: torch.Tensor, image_shape: tuple, n: int = 20):
+    """The manifold grid with its axes: which way z0 and z1 grow, and at what values."""
+    h, w = image_shape[1] + 2, image_shape[2] + 2
+    q = manifold_values(n)
+    fig = _figure(1.0 + 0.3 * n, 0.8 + 0.3 * n)
+    ax = fig.add_subplot(1, 1, 1)
+    ax.imshow(grid.permute(1, 2, 0).numpy(), interpolation="nearest")
+    picks = sorted({0, n // 4, n - 1 - n // 4, n - 1})  # symmetric about 0, as the quantiles are
+    ax.set_xticks([w * (j + 0.5) + 1 for j in picks])
+    ax.set_xticklabels([f"{float(q[j]):+.2f}" for j in picks], fontsize=7)
+    ax.set_yticks([h * (i + 0.5) + 1 for i in picks])
+    ax.set_yticklabels([f"{float(q.flip(0)[i]):+.2f}" for i in picks], fontsize=7)  # z1 grows upwards
+    ax.set_xlabel("z0", fontsize=8)
+    ax.set_ylabel("z1", fontsize=8)
+    ax.set_title("decoder means over the 2-D latent space, z at the prior's quantiles 0.05 .. 0.95", fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
 def kl_bars_figure(kl_per_dim: torch.Tensor, active: torch.Tensor):
     """The KL of each latent dimension (nats), by index, the active ones in colour: which
     latents carry information, and over a run's epochs which ones collapse."""
@@ -219,7 +243,8 @@ def latents_scatter_figure(mu: torch.Tensor, labels: torch.Tensor):
                rasterized=True)
     handles = [Line2D([], [], ls="", marker="o", markersize=4, color=cmap(d), label=str(d))
                for d in range(10) if (labels == d).any()]
-    ax.legend(handles=handles, title="digit", fontsize=7, title_fontsize=8, loc="best", frameon=False)
+    ax.legend(handles=handles, title="digit", fontsize=7, title_fontsize=8, frameon=False,
+              loc="upper left", bbox_to_anchor=(1.0, 1.0))  # beside the points, not over them
     ax.set_xlabel(axes[0])
     ax.set_ylabel(axes[1])
     ax.set_title(title, fontsize=9)
@@ -274,7 +299,8 @@ def make_pictures(model, images: torch.Tensor, labels: torch.Tensor, kl_per_dim:
         put("interpolations", interpolations_grid(model, to_float(images[:pairs]),
                                                   to_float(images[pairs:2 * pairs])))
     if model.latent_size == 2:
-        put("manifold", manifold_grid(model))
+        fig = manifold_figure(manifold_grid(model), model.image_shape)
+        put("manifold", figure_to_tensor(fig), fig)
     mu = torch.cat([model.encode(to_float(images[i:i + 2000]))[0] for i in range(0, n, 2000)])
     fig = latents_scatter_figure(mu, labels)
     put("latents_scatter", figure_to_tensor(fig), fig)

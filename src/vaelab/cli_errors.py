@@ -388,6 +388,18 @@ def _parses(override: str) -> bool:
     return True
 
 
+def _setting_type(key: str, schema=Config):
+    """The type the schema gives a dotted setting (int for latent_size), or None if it has none."""
+    import dataclasses
+    import typing
+
+    head, _, rest = key.partition(".")
+    if not dataclasses.is_dataclass(schema) or head not in {f.name for f in dataclasses.fields(schema)}:
+        return None
+    t = typing.get_type_hints(schema)[head]
+    return _setting_type(rest, t) if rest else t
+
+
 def _setting_keys(schema=Config, prefix: str = "") -> list[str]:
     """Every setting of the config schema, dotted (trainer.epochs, latent_size, ...)."""
     import dataclasses
@@ -438,6 +450,15 @@ def _argument_error(cmd: _CommandLine) -> str | None:
             group = o.key_or_group.replace(".", "/")
             return (f"override '{o.input_line}': {group} is a config group: choose one with a /, as in "
                     f"{group}={o.value()}")
+    for o in cmd.parsed:  # Hydra refuses these only once the sweep starts, in several lines
+        prefix = "hydra.sweeper.params."
+        nested = o.key_or_group.startswith(prefix) and "." in o.key_or_group[len(prefix):]  # (params' keys are flat)
+        if o.is_hydra_override() and (o.is_sweep_override() or nested):
+            if o.key_or_group.startswith(prefix):
+                return (f"override '{o.input_line}': Hydra takes no sweep syntax in its own hydra.* keys; give "
+                        f"the search space as {o.key_or_group[len(prefix):]}={o.input_line.split('=', 1)[1]}")
+            return (f"override '{o.input_line}': Hydra cannot sweep its own settings (hydra.*); give one value, "
+                    f"and sweep the run's settings (latent_size=2,16, ...)")
     seen: dict[str, object] = {}
     for o in cmd.parsed:  # Hydra keeps the last: `-m latent_size=2,4 latent_size=8` ran one job, silently
         first = seen.setdefault(o.key_or_group, o)
@@ -515,7 +536,15 @@ def _job_overrides(cmd: _CommandLine) -> tuple[list[str], list[list[str]]]:
                 if not cmd.optuna_draws:  # Hydra's basic sweeper failed on it with a traceback
                     raise ConfigError(f"override '{o.input_line}': an interval is a range for Optuna to draw from: "
                                       f"add hparams_search=optuna, or list values (a,b,c) or a range(start,stop,step)")
-                as_int = "int" in getattr(sweep, "tags", ())  # tag(int, interval(2, 64)): Optuna draws ints
+                # The sweeper draws integers only where both ends are ints, which int(interval(2, 64))
+                # makes; Hydra reads interval(2, 64)'s ends as floats, and a tag(int, ...) means nothing to it.
+                as_int = isinstance(sweep.start, int) and isinstance(sweep.end, int)
+                if not as_int and ("int" in sweep.tags or _setting_type(key) is int):
+                    log = "log," if "log" in sweep.tags else ""
+                    raise ConfigError(f"override '{o.input_line}': Optuna would draw floats such as "
+                                      f"{sweep.start + 0.37 * (sweep.end - sweep.start):.2f} from it ({key} takes integers); write "
+                                      f"{key}={'tag(log,' if log else ''}int(interval({int(sweep.start)},"
+                                      f"{int(sweep.end)})){')' if log else ''}, or choice(...) or range(...)")
                 values = [f"{key}={int(v) if as_int else v}" for v in (sweep.start, sweep.end)]
             if not values:  # range(2, 0): the sweep would run nothing of it
                 raise ConfigError(f"override '{o.input_line}': the sweep gives no values (range(start, stop, step) "
@@ -812,8 +841,8 @@ def _optuna_settings_error(composed: DictConfig, cmd: _CommandLine) -> str | Non
     # which the composed section leaves out when it is a sweep), and the swept overrides.
     prefix = "hydra.sweeper.params."
     params = OmegaConf.to_container(sweeper.params, resolve=False) if OmegaConf.is_dict(sweeper.get("params")) else {}
-    params.update((o.key_or_group[len(prefix):], o.input_line.split("=", 1)[1]) for o in cmd.parsed
-                  if o.key_or_group.startswith(prefix))
+    params.update((o.key_or_group[len(prefix):], o.value() if isinstance(o.value(), str) else
+                   o.input_line.split("=", 1)[1]) for o in cmd.parsed if o.key_or_group.startswith(prefix))
     space = [(f"{prefix}{k}", k, v) for k, v in params.items()] + [
         (o.key_or_group, o.key_or_group, o.input_line.split("=", 1)[1]) for o in cmd.task if o.is_sweep_override()]
     for given, key, spec in space:

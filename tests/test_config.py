@@ -261,6 +261,25 @@ def test_bad_input_is_one_line(args, needle):
     assert "\n" not in err
 
 
+def test_a_run_is_not_started_among_other_files_nor_a_sweep_in_one_folder(tmp_path):
+    """hydra.sweep.subdir=same trained the first job, then refused the second in the folder it
+    had left; hydra.sweep.subdir=/ (or hydra.run.dir=/) wrote a whole run into /, as root."""
+    (tmp_path / "project").mkdir()
+    (tmp_path / "project" / "notes.txt").write_text("mine")
+    assert precheck([f"hydra.run.dir={tmp_path / 'project'}"]) == (
+        f"hydra.run.dir={tmp_path / 'project'}: that folder holds files (notes.txt) and is not a vaelab run; "
+        f"give a new or empty folder")
+    assert precheck(["-m", "latent_size=2", "hydra.sweep.subdir=/"]).startswith(
+        "hydra.sweep.subdir=/: that folder holds files (")
+    assert precheck(["-m", "latent_size=2,4", "hydra.sweep.subdir=same"]) == (
+        "hydra.sweep.subdir=same: every job of this sweep would run in that one folder; give it a part of each "
+        "job's own, e.g. hydra.sweep.subdir=job${hydra.job.num}")
+    assert precheck(["hparams_search=optuna", "hydra.sweep.subdir=same"]).startswith("hydra.sweep.subdir=same: every")
+    (tmp_path / "empty").mkdir()
+    assert precheck([f"hydra.run.dir={tmp_path / 'empty'}"]) is None
+    assert precheck(["-m", "latent_size=2,4", "hydra.sweep.subdir=job${hydra.job.num}"]) is None
+
+
 @pytest.mark.parametrize("args,expect", [
     (["hydra.run.dir="], "hydra.run.dir=: empty; give a folder, e.g. hydra.run.dir=runs/first"),
     (["hydra.run.dir=null"], "hydra.run.dir=null: empty; give a folder, e.g. hydra.run.dir=runs/first"),
@@ -314,7 +333,8 @@ def test_an_absolute_sweep_folder_that_cannot_be_made_is_refused(tmp_path, key):
     launcher = ["hydra/launcher=submitit_local"] if "submitit" in key else []
     args = ["-m", "latent_size=2,4", f"hydra.sweep.dir={tmp_path / 'sweep'}", *launcher]
     assert precheck([*args, f"{key}=/proc/vaelab-x"]) == f"{key}=/proc/vaelab-x: cannot make folders in /proc"
-    assert precheck([*args, f"{key}={tmp_path / 'elsewhere'}"]) is None
+    per_job = "/job${hydra.job.num}" if key == "hydra.sweep.subdir" else ""  # (one folder for all: refused)
+    assert precheck([*args, f"{key}={tmp_path / 'elsewhere'}{per_job}"]) is None
     assert precheck(args) is None  # the defaults: relative, or interpolations only the job resolves
 
 

@@ -276,7 +276,8 @@ def precheck(argv: list[str], fetch_data: bool = False, continuing: Path | None 
     multirun = cmd.multirun or str(getattr(mode, "name", mode)) == "MULTIRUN"
     given = {"hydra.run.dir": cmd.given("hydra.run.dir"), "hydra.sweep.dir": cmd.given("hydra.sweep.dir")}
     err = (_folder_error(full, multirun, given, cmd.taken)
-           or _other_folder_error(full, multirun) or _optuna_settings_error(full, cmd) or _optuna_storage_error(full))
+           or _other_folder_error(full, multirun) or (multirun and _job_folders_error(full, cmd))
+           or _optuna_settings_error(full, cmd) or _optuna_storage_error(full))
     if err:
         return err
     if fetch_data and not launcher.endswith("SlurmLauncher"):  # SLURM's nodes may see other paths
@@ -706,12 +707,47 @@ def _taken(folder: Path, sweep: bool) -> str | None:
     if (folder / "multirun.yaml").is_file() or holds_runs(folder):
         return "that folder holds runs (a sweep's?); give a new folder"
     if not is_run(folder):
-        return None
+        return _foreign(folder)
     if not any((folder / "checkpoints").glob("*.pt")):
         return (f"that folder holds a run already (stopped before its first checkpoint); start it again "
                 f"elsewhere: vaelab-train --config-dir {shlex.quote(str(folder / '.hydra'))} --config-name config")
     return (f"that folder holds a run already; carry it on with 'vaelab resume {shlex.quote(str(folder))} "
             f"[KEY=VALUE ...]', or give another folder")
+
+
+def _foreign(folder: Path) -> str | None:
+    """A folder that is not a run but holds files (hydra.run.dir=/, a project folder, a run whose
+    .hydra/ was deleted): the run's checkpoints, logs and metrics.json would land among them."""
+    try:
+        names = sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
+    except OSError:  # unreadable: unwritable() says so
+        return None
+    if not names:
+        return None
+    shown = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
+    return f"that folder holds files ({shown}) and is not a vaelab run; give a new or empty folder"
+
+
+def _job_folders_error(composed: DictConfig, cmd: _CommandLine) -> str | None:
+    """hydra.sweep.subdir with no part of each job's own (${hydra.job.num}, ...): every job ran in
+    one folder, the second finding the first's run there only after it had trained; and as an
+    absolute path (hydra.sweep.subdir=/) a job ran in whatever folder that is."""
+    try:
+        raw = OmegaConf.to_container(composed.hydra.sweep, resolve=False).get("subdir")
+    except Exception:
+        return None
+    if raw is None or "${" in str(raw):
+        return None
+    trials = OmegaConf.select(composed, "hydra.sweeper.n_trials", default=1)
+    if any(o.is_sweep_override() for o in cmd.task) or (cmd.optuna_draws and isinstance(trials, int) and trials > 1):
+        return (f"hydra.sweep.subdir={raw}: every job of this sweep would run in that one folder; give it a part "
+                f"of each job's own, e.g. hydra.sweep.subdir=job${{hydra.job.num}}")
+    try:
+        folder = Path(str(OmegaConf.select(composed, "hydra.sweep.dir"))) / str(raw)  # (an absolute raw wins)
+    except Exception:
+        return None
+    err = _taken(folder, sweep=False)
+    return f"hydra.sweep.subdir={raw}: {err}" if err else None
 
 
 def _folder_error(composed: DictConfig, multirun: bool, given: dict, taken) -> str | None:

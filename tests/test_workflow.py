@@ -374,6 +374,14 @@ def test_resume_of_a_finished_run_completes_what_a_stop_cut_short(tiny_mnist, tm
     assert vaelab(["compare", run]) == 0
     out = capsys.readouterr().out
     assert out.splitlines()[2].endswith("  done") and "test_from" not in out
+    # an eval.json of an earlier epoch (a resume with more epochs stopped in its final evaluation
+    # keeps the one before): it was "done", and resume had "nothing to do"
+    (run / "eval.json").write_text(json.dumps({**ev, "epoch": 0}))
+    assert vaelab(["compare", run]) == 0
+    assert capsys.readouterr().out.splitlines()[2].endswith("  done (no eval)")
+    assert vaelab(["resume", run]) == 0
+    assert "evaluation did not finish (its eval.json is of epoch 0 of 1): evaluating it now" in capsys.readouterr().err
+    assert json.loads((run / "eval.json").read_text())["epoch"] == 1
     (run / "metrics.json").unlink()
     assert vaelab(["resume", run]) == 0
     assert json.loads((run / "metrics.json").read_text())["val_loss"] == final["val_loss"]

@@ -146,6 +146,19 @@ def read_json(path: str | Path) -> dict | None:
     return got if isinstance(got, dict) else None
 
 
+def final_eval_missing(run_dir: str | Path) -> str | None:
+    """Why a finished run lacks the evaluation of its last epoch, or None: no eval.json, or one
+    of an earlier epoch (a resume with more epochs, stopped during its final evaluation, keeps
+    the evaluation before it)."""
+    ev = read_json(Path(run_dir) / "eval.json")
+    if ev is None:
+        return "no eval.json"
+    trained = (read_json(Path(run_dir) / "metrics.json") or {}).get("epochs")
+    if isinstance(trained, int) and isinstance(ev.get("epoch"), int) and ev["epoch"] < trained:
+        return f"its eval.json is of epoch {ev['epoch']} of {trained}"
+    return None
+
+
 def is_run(folder: str | Path) -> bool:
     """A run folder: it holds the config Hydra saved for it."""
     return (Path(folder) / ".hydra" / "config.yaml").is_file()

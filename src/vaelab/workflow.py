@@ -623,18 +623,19 @@ def n_epochs(n: int) -> str:
 
 def finish_evaluation(run_dir: Path, cfg, say, how: str = "give data.root=DIR") -> dict | None:
     """Run the end-of-training evaluation (trainer.final_eval) of a finished run if a stop cut
-    it short (no eval.json): `vaelab resume` of such a run has no training left, but its test
+    it short (no eval.json, or one of an earlier epoch): `vaelab resume` of such a run has no training left, but its test
     numbers are missing. Returns its numbers (eval.json's), or None when there was nothing to
     run; `say` reports why it runs, in one line; `how` is what a DataError tells the user to do
     to point at the data."""
-    if not cfg.trainer.final_eval or (run_dir / "eval.json").is_file():
+    missing = cfg.trainer.final_eval and ckpt_io.final_eval_missing(run_dir)
+    if not missing:
         return None
     from vaelab.evaluate_run import RunDirError, data_root, evaluate_run
 
     if ckpt_io.latest(run_dir / "checkpoints") is None:  # its checkpoints were cleaned away since
         raise ckpt_io.CheckpointError(f"{run_dir / 'checkpoints'}: no checkpoint left to evaluate")
     say(f"{run_dir.name} has finished training, but its end-of-training evaluation did not finish "
-        f"(no eval.json): evaluating it now")
+        f"({missing}): evaluating it now")
     try:
         return evaluate_run(run_dir, k=cfg.trainer.final_eval_k, device=cfg.device, checkpoint="last",
                             progress=cfg.trainer.progress, data_root_override=data_root(run_dir, cfg), how=how)

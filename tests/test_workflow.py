@@ -930,21 +930,26 @@ def test_a_checkpoint_the_disk_has_no_room_for_fails_as_the_oserror_it_is(tmp_pa
     assert path.read_bytes() == before and list(tmp_path.iterdir()) == [path]  # the old one, no temp file
 
 
-def test_a_full_disk_after_the_last_checkpoint_stops_the_run_in_one_line(tiny_mnist, tmp_path, monkeypatch):
+@pytest.mark.parametrize("code,why,when", [(errno.ENOSPC, "No space left on device", "there is room"),
+                                           (errno.EPERM, "Operation not permitted", "it can be written")],
+                         ids=["disk-full", "made-unwritable"])
+def test_a_full_disk_after_the_last_checkpoint_stops_the_run_in_one_line(tiny_mnist, tmp_path, monkeypatch, code,
+                                                                         why, when):
     """metrics.json, the sample PNGs, the final evaluation's files: a full disk there is the same
-    one-line failed stop as under a checkpoint (it was PIL's or json's traceback)."""
+    one-line failed stop as under a checkpoint (it was PIL's or json's traceback); so is one of
+    the run's folders made unwritable while it trains (chattr +i samples/ was a traceback)."""
     write = ckpt_io.write_text_atomic
 
     def full_at_metrics(path, text):
         if Path(path).name == "metrics.json":
-            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+            raise OSError(code, why, str(path))
         return write(path, text)
     monkeypatch.setattr(ckpt_io, "write_text_atomic", full_at_metrics)
     run = tmp_path / "run"
     with pytest.raises(train_mod.SaveFailed) as exc:
         train(compose_cfg([f"data.root={tiny_mnist}", *TINY]), run)
-    assert str(exc.value) == (f"cannot write {run / 'metrics.json'}: No space left on device; the checkpoints already "
-                              f"there are intact; once there is room: vaelab resume {run}")
+    assert str(exc.value) == (f"cannot write {run / 'metrics.json'}: {why}; the checkpoints already "
+                              f"there are intact; once {when}: vaelab resume {run}")
     assert json.loads((run / "stopped.json").read_text())["state"] == "failed"
     assert ckpt_io.load(run / "checkpoints" / "last.pt")["state"]["epoch"] == 3
 

@@ -457,12 +457,16 @@ def train(cfg: DictConfig, run_dir: str | Path, data: MNISTData | None = None, o
             try:
                 return _train(cfg, run_dir, data, on_start)
             except OSError as e:  # a checkpoint's own failure is SaveFailed already (save, in _train)
-                if e.errno not in DISK_FULL:
+                # (a folder of the run made unwritable under it: chmod, chattr +i)
+                denied = e.errno in (errno.EACCES, errno.EPERM) and e.filename is not None and \
+                    Path(os.path.abspath(e.filename)).is_relative_to(run_dir.absolute())
+                if e.errno not in DISK_FULL and not denied:
                     raise
                 # a disk that fills up (or a quota, or read-only) under metrics.json, the sample
                 # PNGs or the final evaluation's files: the same one line as for a checkpoint
                 raise SaveFailed(f"cannot write {e.filename or run_dir}: {e.strerror or e}; the checkpoints already "
-                                 f"there are intact; once there is room: {ckpt_io.carry_on(run_dir)}") from None
+                                 f"there are intact; once {'it can be written' if denied else 'there is room'}: "
+                                 f"{ckpt_io.carry_on(run_dir)}") from None
     except (NonFiniteLoss, Interrupted, SaveFailed) as e:
         if getattr(e, "finished", False):  # done, only its final evaluation left: not a stopped run
             raise

@@ -954,6 +954,32 @@ def test_a_full_disk_after_the_last_checkpoint_stops_the_run_in_one_line(tiny_mn
     assert ckpt_io.load(run / "checkpoints" / "last.pt")["state"]["epoch"] == 3
 
 
+def test_data_gone_by_the_final_evaluation_says_how_to_evaluate_the_trained_run(tiny_mnist, tmp_path, monkeypatch,
+                                                                               capsys):
+    """It said 'give --data-root DIR', a flag vaelab-train refuses, and not that the run had trained."""
+    import vaelab.evaluate_run as eval_mod
+
+    data = tmp_path / "data"
+    shutil.copytree(tiny_mnist, data)
+    evaluate = eval_mod.evaluate_run
+
+    def data_gone(*args, **kwargs):
+        shutil.rmtree(data)
+        return evaluate(*args, **kwargs)
+    monkeypatch.setattr(eval_mod, "evaluate_run", data_gone)
+    run = tmp_path / "run"
+    from vaelab.data import DataError
+
+    with pytest.raises(DataError) as e:
+        train(compose_cfg([f"data.root={data}", *TINY, "trainer.epochs=1", "trainer.final_eval=true",
+                           "data.download=false"]), run)
+    assert f"the run has finished training; to evaluate it: vaelab resume {run} data.root=DIR" in str(e.value)
+    assert "--data-root" not in str(e.value)
+    monkeypatch.setattr(eval_mod, "evaluate_run", evaluate)
+    assert vaelab(["resume", run, f"data.root={tiny_mnist}"]) == 0  # as it says
+    assert json.loads((run / "eval.json").read_text())["epoch"] == 1
+
+
 def test_a_second_ctrl_c_while_the_checkpoint_is_written_waits_for_it(tiny_mnist, tmp_path, monkeypatch):
     real_beta_at, save = train_mod.beta_at, ckpt_io.save_atomic
 

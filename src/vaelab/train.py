@@ -812,7 +812,9 @@ def _train(cfg: DictConfig, run_dir: Path, data: MNISTData | None, on_start=None
                              f"runs it" if t.final_eval else ""), finished=True)
     if t.final_eval:
         from vaelab.evaluate_run import evaluate_run
-        evaluate_run(run_dir, k=t.final_eval_k, device=str(device), checkpoint="last", progress=t.progress)
+        # (the data gone since training began: it has trained, only its test numbers wait for the data)
+        how = f"the run has finished training; to evaluate it: vaelab resume {shlex.quote(str(run_dir))} data.root=DIR,"
+        evaluate_run(run_dir, k=t.final_eval_k, device=str(device), checkpoint="last", progress=t.progress, how=how)
     return metrics
 
 

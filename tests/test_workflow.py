@@ -831,6 +831,10 @@ def test_a_stop_names_where_a_mid_epoch_last_pt_was_saved(tiny_mnist, tmp_path, 
     with pytest.raises(train_mod.NonFiniteLoss, match=r"last good checkpoint: .*last.pt \(in epoch 2 at image "
                                                       r"96/192\)$"):
         train(cfg, run)
+    # carried on from best.pt (last.pt deleted): that is the good one, not "none yet"
+    (run / "checkpoints" / "last.pt").unlink()
+    with pytest.raises(train_mod.NonFiniteLoss, match=r"last good checkpoint: .*best.pt \(after epoch 1\)$"):
+        train(cfg, run)
 
 
 def test_ctrl_c_after_the_weights_blew_up_keeps_the_good_checkpoint(tiny_mnist, tmp_path, monkeypatch):

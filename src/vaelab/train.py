@@ -537,7 +537,7 @@ def _train(cfg: DictConfig, run_dir: Path, data: MNISTData | None, on_start=None
           "perm": None, "pos": 0, "epoch_acc": None, "log_acc": None, "log_beta": 0.0, "data_rng": None,
           "threads": torch.get_num_threads(), "data_digest": data.digest}
     last_path = ckpt_dir / "last.pt"
-    last_at = None  # where in the run last.pt was saved, for the messages of a stop
+    last_good = None  # (the checkpoint, where in the run it was saved): for the messages of a stop
 
     def where_in_run() -> str:  # (the stop message's words)
         return f"in epoch {st['epoch'] + 1} at image {st['pos']}/{n_train}" if st["pos"] else f"after epoch {st['epoch']}"
@@ -569,8 +569,7 @@ def _train(cfg: DictConfig, run_dir: Path, data: MNISTData | None, on_start=None
             log.warning("%s is missing: resuming from the newest complete checkpoint, %s", last_path,
                         resume_from.name)
         at = where_in_run()
-        if resume_from == last_path:
-            last_at = at
+        last_good = (resume_from, at)  # (best.pt, when last.pt was missing)
         log.info("resuming %s from %s %s (step %d, %d examples seen)", run_dir, resume_from, at, st["step"],
                  st["examples"])
     # The input and the checkpoint are good: from here on the run folder changes.
@@ -647,9 +646,9 @@ def _train(cfg: DictConfig, run_dir: Path, data: MNISTData | None, on_start=None
     def save(path: Path) -> None:
         # Never replace a good checkpoint with blown-up weights (a Ctrl-C can come between a
         # step that overflowed and the next loss check).
-        nonlocal last_at
+        nonlocal last_good
         if not torch.stack([torch.isfinite(p).all() for p in model.parameters()]).all():
-            good = f"{last_path} ({last_at})" if last_at else "none yet"
+            good = f"{last_good[0]} ({last_good[1]})" if last_good else "none yet"
             raise diverged(f"non-finite weights at step {st['step']}, not saved to {path.name}; "
                            f"last good checkpoint: {good}")
         stop.saving = True
@@ -658,7 +657,7 @@ def _train(cfg: DictConfig, run_dir: Path, data: MNISTData | None, on_start=None
                                  "state": {**st, "data_rng": data_gen.get_state()},
                                  "rng": ckpt_io.rng_state(), "config": plain_cfg}, path)
             if path == last_path:
-                last_at = where_in_run()
+                last_good = (last_path, where_in_run())
         except OSError as e:
             complete = ckpt_io.latest(ckpt_dir)  # (last.pt, or best.pt written just before it failed)
             good = f"the last complete one is {complete}" if complete else "none was complete"
@@ -669,7 +668,7 @@ def _train(cfg: DictConfig, run_dir: Path, data: MNISTData | None, on_start=None
 
     def check_finite(values: list[float], where: str) -> None:
         if not all(math.isfinite(v) for v in values):
-            good = f"{last_path} ({last_at})" if last_at else "none yet"
+            good = f"{last_good[0]} ({last_good[1]})" if last_good else "none yet"
             raise diverged(f"non-finite loss {values[0]} at step {st['step']} ({where}); "
                            f"stopped without saving these weights; last good checkpoint: {good}")
 

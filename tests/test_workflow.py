@@ -1070,6 +1070,22 @@ def test_reproduce_of_a_run_that_has_not_finished_says_why(finished_run, tmp_pat
                                                f"finished (carry it on with: vaelab resume {run})")
 
 
+def test_reproduce_of_a_run_with_a_damaged_metrics_or_eval_json_is_one_line(finished_run, tmp_path, capsys):
+    """A truncated metrics.json, or a list in eval.json, was json's or Python's traceback."""
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    (run / "eval.json").write_text("[1, 2]")
+    assert vaelab(["reproduce", run]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"vaelab reproduce: error: {run / 'eval.json'}: not a JSON object of test numbers (damaged?); the run's "
+        f"numbers cannot be compared (vaelab eval {run} writes it again)")
+    (run / "metrics.json").write_text('{"val_loss": 1')
+    assert vaelab(["reproduce", run]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"vaelab reproduce: error: {run / 'metrics.json'}: not a JSON object of metrics (damaged?); the run's "
+        f"numbers cannot be compared (delete it, then vaelab resume {run} writes it again)")
+
+
 def test_files_written_atomically_get_the_usual_permissions(tmp_path):
     umask = os.umask(0o022)
     try:

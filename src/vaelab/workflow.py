@@ -130,10 +130,17 @@ def final_metrics(run_dir: str | Path) -> dict:
         how = (f"carry it on with: {cmd}" if cmd.startswith("vaelab resume ")
                else f"it has no checkpoint to carry on from; start it again with: {cmd}")
         raise WorkflowError(f"{run_dir}: no metrics.json, the run has not finished ({how})")
-    metrics = json.loads(path.read_text())
+    metrics = ckpt_io.read_json(path)
+    if metrics is None:  # (a truncated or hand-edited file: json's or a list's traceback)
+        raise WorkflowError(f"{path}: not a JSON object of metrics (damaged?); the run's numbers cannot be "
+                            f"compared (delete it, then {ckpt_io.carry_on(run_dir)} writes it again)")
     ev = run_dir / "eval.json"
     if ev.is_file():
-        metrics.update({f"test_{k}": v for k, v in json.loads(ev.read_text()).items()
+        got = ckpt_io.read_json(ev)
+        if got is None:
+            raise WorkflowError(f"{ev}: not a JSON object of test numbers (damaged?); the run's numbers cannot be "
+                                f"compared (vaelab eval {shlex.quote(str(run_dir))} writes it again)")
+        metrics.update({f"test_{k}": v for k, v in got.items()
                         if isinstance(v, (int, float)) and not isinstance(v, bool)})
     return metrics
 

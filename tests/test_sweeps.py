@@ -330,6 +330,19 @@ def test_compare_plot_names_its_unit_and_tells_runs_with_the_same_settings_apart
         close(fig)
 
 
+def test_compare_into_a_pipe_closed_early_ends_quietly(tmp_path):
+    """`vaelab compare DIR | head -1` ended in a BrokenPipeError traceback."""
+    for name, value in (("a", "x" * 100_000), ("b", "y")):  # one row longer than a pipe's buffer
+        (tmp_path / name / ".hydra").mkdir(parents=True)
+        (tmp_path / name / ".hydra" / "config.yaml").write_text(f"name: {value}\n")
+    p = subprocess.Popen([sys.executable, "-m", "vaelab.cli", "compare", str(tmp_path)], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE)
+    assert p.stdout.read(10).startswith(b"run")
+    p.stdout.close()  # as head does once it has its line
+    assert p.wait(timeout=60) == 0
+    assert p.stderr.read() == b""
+
+
 def test_compare_plot_of_runs_without_event_files_says_so(tmp_path, capsys):
     (tmp_path / "run" / ".hydra").mkdir(parents=True)  # as logger.tensorboard=false leaves a run
     (tmp_path / "run" / ".hydra" / "config.yaml").write_text("latent_size: 4\n")

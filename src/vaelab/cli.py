@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 COMMANDS = {
@@ -55,6 +56,10 @@ def main(argv: list[str] | None = None) -> None:
         code = getattr(mod, f"{args.command}_command")(args)
     except KeyboardInterrupt:
         code = 130
+    except BrokenPipeError:  # `vaelab compare ... | head`: the reader has what it wanted
+        # (Python's own recipe: point stdout at devnull, so flushing it at exit raises nothing)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        code = 0
     sys.exit(code or 0)
 
 

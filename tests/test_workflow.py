@@ -1070,6 +1070,41 @@ def test_reproduce_of_a_run_that_has_not_finished_says_why(finished_run, tmp_pat
                                                f"finished (carry it on with: vaelab resume {run})")
 
 
+def test_reproduce_passes_a_sigterm_on_to_its_training_and_leaves_ctrl_c_to_it(tmp_path):
+    """A SIGTERM to `vaelab reproduce` killed it and left its training process running on, an
+    orphan; a Ctrl-C (which the terminal sends to both) made subprocess.run kill the training
+    0.25 s later, before it could save last.pt."""
+    import threading
+
+    from vaelab.workflow import _run_child
+
+    child = ("import signal, sys, time\n"
+             "signal.signal(signal.SIGTERM, lambda *a: sys.exit(130))\n"
+             "open(sys.argv[1], 'w').close()\n"
+             "time.sleep(60)\n")
+    ready = tmp_path / "ready"
+
+    def signal_when_ready():
+        while not ready.exists():
+            time.sleep(0.01)
+        os.kill(os.getpid(), signal.SIGINT)  # ignored here: the training takes its own Ctrl-C
+        time.sleep(0.1)
+        os.kill(os.getpid(), signal.SIGTERM)  # passed on
+
+    threading.Thread(target=signal_when_ready, daemon=True).start()
+    before = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
+    assert _run_child([sys.executable, "-c", child, str(ready)]) == 130
+    assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == before
+
+
+def test_reproduce_into_a_folder_inside_a_run_is_one_line(finished_run, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    assert vaelab(["reproduce", run, "--out", run / "sub"]) == 2
+    assert capsys.readouterr().err.strip() == (f"vaelab reproduce: error: --out {run / 'sub'}: that folder is inside "
+                                               f"the run {run}; give a folder outside it")
+
+
 def test_reproduce_of_a_run_with_a_damaged_metrics_or_eval_json_is_one_line(finished_run, tmp_path, capsys):
     """A truncated metrics.json, or a list in eval.json, was json's or Python's traceback."""
     run = tmp_path / "run"

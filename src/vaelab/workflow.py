@@ -112,6 +112,25 @@ def pin_environment(run_dir: str | Path, cfg) -> list[str]:
 # --- final metrics ------------------------------------------------------------------------
 
 
+class ReproductionStopped(WorkflowError):
+    """The reproduction's training was stopped (Ctrl-C, SIGTERM): not an error, exit 130."""
+
+
+def _run_child(cmd: list[str], **kwargs) -> int:
+    """Run a vaelab-train process to its end; its exit status. A Ctrl-C at the terminal reaches it
+    directly (it finishes its step, saves last.pt and exits), so this process ignores SIGINT
+    meanwhile, instead of subprocess.run's kill 0.25 s later; a SIGTERM, sent to this process
+    alone (kill, a batch system), is passed on to it, for the same stop."""
+    child = subprocess.Popen(cmd, **kwargs)
+    handlers = {signal.SIGINT: signal.signal(signal.SIGINT, signal.SIG_IGN),
+                signal.SIGTERM: signal.signal(signal.SIGTERM, lambda signum, frame: child.send_signal(signum))}
+    try:
+        return child.wait()
+    finally:
+        for signum, handler in handlers.items():
+            signal.signal(signum, handler)
+
+
 def final_metrics(run_dir: str | Path) -> dict:
     """metrics.json, plus the scalars of eval.json (the automatic test-split eval) as test_*."""
     run_dir = Path(run_dir)
@@ -241,6 +260,9 @@ def reproduce(run_dir: str | Path, out: str | Path | None = None, rtol: float = 
                             f"cannot make the run folder {new_dir}: {err}; give --out DIR")
     if new_dir.exists() and any(new_dir.iterdir()):
         raise WorkflowError(f"{new_dir}: already exists and is not empty; give another --out")
+    inside = ckpt_io.enclosing_run(new_dir)
+    if inside is not None:  # (vaelab-train refused it in its own words, naming hydra.run.dir, then this failed too)
+        raise WorkflowError(f"--out {new_dir}: that folder is inside the run {inside}; give a folder outside it")
     from vaelab.train_cli import override_value
 
     cmd = [sys.executable, "-m", "vaelab.train", "--config-dir", str(run_dir / ".hydra"), "--config-name", "config",
@@ -258,7 +280,11 @@ def reproduce(run_dir: str | Path, out: str | Path | None = None, rtol: float = 
         print(f"note: {run_dir.name} was carried on with changed settings: {', '.join(changed)}. Its config holds "
               f"the last values, which the reproduction uses from the start ({RESUMES} in its .hydra/ has the "
               f"history): its numbers cannot be expected to match.", flush=True)
-    code = subprocess.run(cmd, cwd=_launch_cwd(run_dir), env=env).returncode
+    code = _run_child(cmd, cwd=_launch_cwd(run_dir), env=env)
+    if code == 130 and new_dir.is_dir():  # stopped (Ctrl-C, SIGTERM) as any run is, its last.pt saved
+        raise ReproductionStopped(f"the reproduction in {new_dir} was stopped; finish it with: {ckpt_io.carry_on(new_dir)}; "
+                            f"then set the two side by side: vaelab compare {shlex.quote(str(run_dir))} "
+                            f"{shlex.quote(str(new_dir))}")
     if code != 0:
         log_file = new_dir / "train.log"  # (a run refused at its start leaves no folder: its error is above)
         raise WorkflowError(f"the reproduction in {new_dir} failed (exit code {code})"
@@ -293,6 +319,9 @@ def reproduce_command(args) -> int:
 
     try:
         return reproduce(args.run_dir, args.out, args.rtol, args.data_root)[0]
+    except ReproductionStopped as e:
+        print(f"vaelab reproduce: {e}", file=sys.stderr)
+        return 130
     except (WorkflowError, ConfigError, DataError) as e:
         print(f"vaelab reproduce: error: {e}", file=sys.stderr)
         return 2

@@ -254,6 +254,11 @@ def test_optimizer_matches_config():
                                                                  "submitit_local and submitit_slurm launchers "
                                                                  "(hydra/launcher=slurm, ...)"),
     (["-m", "latent_size=2,16", "hydra.launcher.ray.init.num_cpus=2"], "(hydra/launcher=ray_local)"),  # its yaml's
+    # argparse's usage block (9 lines), and Hydra's pickle with a traceback
+    (["-cn"], "argument -cn: expected a value after it, as in -cn config"),
+    (["--config-dir", "-m", "latent_size=2,4"], "argument --config-dir: expected a value after it"),
+    (["--experimental-rerun", "job.pickle"], "--experimental-rerun: not supported; re-run a run from the config it "
+                                             "saved with vaelab reproduce RUN_DIR"),
 ])
 def test_bad_input_is_one_line(args, needle):
     err = precheck(args)
@@ -498,8 +503,9 @@ def test_only_the_clock_named_default_folder_is_made_by_vaelab_train():
 
 
 @pytest.mark.parametrize("args,says", [(["--cfg", "jobb"], "argument --cfg/-c: invalid choice: 'jobb'"),
-                                       (["-m", "latent_size=2,4", "--package"], "argument --package/-p: expected one "
-                                                                                 "argument")], ids=["run", "sweep"])
+                                       (["-m", "latent_size=2,4", "--package"], "argument --package: expected a "
+                                                                                 "value after it")],
+                         ids=["run", "sweep"])
 def test_a_command_line_hydra_refuses_leaves_no_folders(tiny_mnist, tmp_path, args, says):
     """The pre-flight passes it (a Hydra flag's value is Hydra's to check), vaelab-train makes
     its folder, then Hydra refuses: the folder goes again, with the outputs/ folders it made."""

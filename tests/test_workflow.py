@@ -222,6 +222,12 @@ def test_config_dir_given_the_run_folder_rather_than_its_hydra_folder_is_refused
         f"--config-path {tmp_path / 'none'}: no such folder")
     assert config_dir_error(["--config-path", str(tmp_path)]) == f"--config-name config: no config.yaml in {tmp_path}"
     assert config_dir_error(["--config-path", str(run / ".hydra")]) is None
+    # Hydra's multi-line "Primary config module 'vaelab.rel' not found"; a group's option taken
+    # for a whole config (its overrides then failed, with a wrong '+data.root' hint)
+    assert config_dir_error(["--config-path", "rel"]).startswith("--config-path rel: give an absolute folder, as in ")
+    assert config_dir_error(["--config-name", "experiment/seed"]) == (
+        "--config-name experiment/seed: that is an option of the config group experiment, not a whole config; "
+        "choose it with experiment=seed")
     assert config_dir_error(["-cd", str(tmp_path)]) is None  # Hydra's meaning: a folder of extra config groups
     assert config_dir_error(["--config-name", "config.yaml"]) is None  # Hydra takes the name with .yaml too
     # the other files of a run's .hydra/ (a traceback from the composition), and a misspelt name

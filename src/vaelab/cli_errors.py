@@ -38,6 +38,10 @@ _LONG_FLAGS = ("--help", "--hydra-help", "--version", "--cfg", "--resolve", "--p
                "--shell-completion", "--config-path", "--config-name", "--config-dir", "--experimental-rerun", "--info")
 _SHORT_FLAGS = {"-h", "-c", "-p", "-r", "-m", "-sc", "-cp", "-cn", "-cd", "-i"}
 
+_FLAG_EXAMPLES = {"--config-path": "/abs/folder", "-cp": "/abs/folder", "--config-name": "config", "-cn": "config",
+                  "--config-dir": "RUN_DIR/.hydra", "-cd": "RUN_DIR/.hydra", "--cfg": "job", "-c": "job",
+                  "--package": "_global_", "-p": "_global_"}
+
 # --info takes an optional value, one of these (Hydra's argparse choices).
 _INFO = {"--info", "-i"}
 _INFO_VALUES = {"all", "config", "defaults", "defaults-tree", "plugins", "searchpath"}
@@ -419,6 +423,12 @@ def _flag_error(argv: list[str]) -> str | None:
     where, _ = _positions(argv)
     for i, arg in enumerate(argv):
         name = arg.split("=", 1)[0]
+        if name == "--experimental-rerun":  # Hydra's pickle of a job, with a traceback for any bad file
+            return ("--experimental-rerun: not supported; re-run a run from the config it saved with "
+                    "vaelab reproduce RUN_DIR (or vaelab-train --config-dir RUN_DIR/.hydra --config-name config)")
+        if name in _WITH_VALUE and "=" not in arg and (i + 1 >= len(argv) or argv[i + 1].startswith("-")):
+            # (argparse's 9-line usage block)
+            return f"argument {name}: expected a value after it, as in {name} {_FLAG_EXAMPLES.get(name, 'VALUE')}"
         if i in where or not arg.startswith("-") or name in _LONG_FLAGS or name in _SHORT_FLAGS:
             continue
         # argparse would also take a flag's unambiguous start (--multi) or short flags run together

@@ -74,11 +74,18 @@ def config_dir_error(argv: list[str]) -> str | None:
     folder = flags.get("--config-dir") or flags.get("-cd")
     name = (flags.get("--config-name") or flags.get("-cn") or "config").removesuffix(".yaml")  # (Hydra takes both)
     path_flag = flags.get("--config-path") or flags.get("-cp")
+    if path_flag and not os.path.isabs(path_flag):  # Hydra looks for it inside the vaelab package
+        return (f"--config-path {path_flag}: give an absolute folder, as in --config-path {os.path.abspath(path_flag)} "
+                f"(a relative one is read inside the vaelab package)")
     if path_flag and os.path.isabs(path_flag) and not os.path.isdir(path_flag):
         return f"--config-path {path_flag}: no such folder"
     if path_flag and os.path.isabs(path_flag) and not (Path(path_flag) / f"{name}.yaml").is_file():
         return f"--config-name {name}: no {name}.yaml in {path_flag}"
     if not folder:
+        group, _, option = name.rpartition("/")
+        if not path_flag and group and (CONF_DIR / f"{name}.yaml").is_file():  # a part, not a whole config
+            return (f"--config-name {name}: that is an option of the config group {group}, not a whole config; "
+                    f"choose it with {group}={option}")
         if not path_flag and not (CONF_DIR / f"{name}.yaml").is_file():
             return (f"--config-name {name}: vaelab's configs have no {name}.yaml; to re-run a saved run: "
                     f"--config-dir RUN_DIR/.hydra --config-name config")

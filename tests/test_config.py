@@ -356,6 +356,12 @@ def test_a_run_folder_that_holds_a_run_is_refused(tmp_path):
     err = precheck([f"hydra.run.dir={tmp_path / 'run'}", "latent_size=8"])
     assert err == (f"hydra.run.dir={tmp_path / 'run'}: that folder holds a run already; carry it on with "
                    f"'vaelab resume {tmp_path / 'run'} [KEY=VALUE ...]', or give another folder")
+    from vaelab.checkpoint import only_process
+
+    with only_process(tmp_path / "run"):  # as its training process holds it: resume would be refused too
+        assert precheck([f"hydra.run.dir={tmp_path / 'run'}"]) == (
+            f"hydra.run.dir={tmp_path / 'run'}: another process is training a run in that folder now; give another "
+            f"folder")
     assert precheck([f"hydra.run.dir={tmp_path / 'new'}"]) is None
     assert precheck([f"hydra.run.dir={tmp_path / 'run'}", "--cfg", "job"]) is None  # writes nothing
     # A sweep into a folder that holds an earlier sweep's runs: its jobs would carry them on.

@@ -448,8 +448,18 @@ def test_eval_errors_are_one_line(make_cfg, tmp_path, capsys):
     # With checkpoints, a run still training is evaluated as it is now, and told so
     with ckpt_io.only_process(tmp_path / "run"):
         assert _eval_cli([str(tmp_path / "run"), "--k", "2", "--no-pictures"]) == 0
-    assert capsys.readouterr().err.startswith(f"vaelab eval: note: {tmp_path / 'run'} is training now (another "
-                                              f"process holds it): this evaluates its last checkpoint as it is now")
+    err = capsys.readouterr().err
+    assert err.startswith(f"vaelab eval: note: {tmp_path / 'run'} is training now (another process holds it): this "
+                          f"evaluates its last checkpoint as it is now")
+    final = OmegaConf.load(tmp_path / "run" / ".hydra" / "config.yaml").trainer.final_eval
+    # (it promised a replacement by an end-of-training evaluation that trainer.final_eval=false never runs)
+    assert ("end-of-training evaluation will replace eval.json" in err) == final
+    saved = OmegaConf.load(tmp_path / "run" / ".hydra" / "config.yaml")
+    saved.trainer.final_eval = not final  # and the other way round
+    OmegaConf.save(saved, tmp_path / "run" / ".hydra" / "config.yaml")
+    with ckpt_io.only_process(tmp_path / "run"):
+        assert _eval_cli([str(tmp_path / "run"), "--k", "2", "--no-pictures"]) == 0
+    assert ("end-of-training evaluation will replace eval.json" in capsys.readouterr().err) == (not final)
 
 
 def test_relative_data_root_is_relative_to_where_training_started(tmp_path, tiny_mnist):

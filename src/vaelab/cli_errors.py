@@ -25,7 +25,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import Glob
 from omegaconf import DictConfig, OmegaConf
 
-from vaelab.checkpoint import enclosing_run, holds_runs, is_run
+from vaelab.checkpoint import CheckpointError, check_not_in_use, enclosing_run, holds_runs, is_run
 from vaelab.config import CONF_DIR, Config, ConfigError, hydra_section, register_configs, typed, validate
 
 # Hydra's own flags; those in _WITH_VALUE take the next argument as their value.
@@ -718,6 +718,10 @@ def _taken(folder: Path, sweep: bool) -> str | None:
         return "that folder holds runs (a sweep's?); give a new folder"
     if not is_run(folder):
         return _foreign(folder)
+    try:
+        check_not_in_use(folder)
+    except CheckpointError:  # (resume, which the lines below suggest, would be refused for the same reason)
+        return "another process is training a run in that folder now; give another folder"
     if not any((folder / "checkpoints").glob("*.pt")):
         return (f"that folder holds a run already (stopped before its first checkpoint); start it again "
                 f"elsewhere: vaelab-train --config-dir {shlex.quote(str(folder / '.hydra'))} --config-name config")

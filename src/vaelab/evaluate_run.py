@@ -406,9 +406,14 @@ def eval_command(args: argparse.Namespace) -> int:
               f"TensorBoard events there)", file=sys.stderr)
         return 2
     if any((run / "checkpoints").glob("*.pt")) and _training_now(run):  # allowed: a look at the weights so far
+        try:  # (trainer.final_eval=false: no evaluation of its own will come)
+            final = OmegaConf.select(OmegaConf.load(run / ".hydra" / "config.yaml"), "trainer.final_eval", default=True)
+        except Exception:  # noqa: BLE001 - unreadable: the evaluation below says so
+            final = True
         print(f"vaelab eval: note: {args.run_dir} is training now (another process holds it): this evaluates "
-              f"its {args.checkpoint} checkpoint as it is now, and the run's own end-of-training evaluation "
-              f"will replace eval.json", file=sys.stderr)
+              f"its {args.checkpoint} checkpoint as it is now"
+              + (", and the run's own end-of-training evaluation will replace eval.json" if final else ""),
+              file=sys.stderr)
     try:
         result = evaluate_run(args.run_dir, k=args.k, device=args.device, checkpoint=args.checkpoint,
                               progress=not args.no_progress, seed=args.seed, pictures=not args.no_pictures,

@@ -415,11 +415,17 @@ def test_eval_errors_are_one_line(make_cfg, tmp_path, capsys):
         ([str(tmp_path / "tanh")], "trained with model.activation=relu, but the config says model.activation=tanh"),
         ([str(tmp_path / "typo")], "config.yaml: not a valid vaelab config: Key 'latentsize' not in 'Config'"),
         ([str(tmp_path / "empty")], "config.yaml: not a valid vaelab config: empty"),
+        # a wrong type or broken YAML named no key or place (the same on the command line named the key)
+        ([str(tmp_path / "wrongtype")], "config.yaml: not a valid vaelab config: Value 'abc' of type 'str' could not "
+                                        "be converted to Integer (key 'latent_size')"),
+        ([str(tmp_path / "badyaml")], "config.yaml: not a valid vaelab config: while parsing a flow sequence (line "),
         ([str(tmp_path / "zero")], "config.yaml: trainer.eval_batch_size=0: must be >= 1"),
     ]
     # Hand-edited saved configs: one that no longer matches the checkpoint, and broken ones.
     for name, (old, new) in {"tanh": ("activation: relu", "activation: tanh"), "typo": ("latent_size:", "latentsize:"),
-                             "empty": (None, ""), "zero": ("eval_batch_size: 64", "eval_batch_size: 0")}.items():
+                             "empty": (None, ""), "zero": ("eval_batch_size: 64", "eval_batch_size: 0"),
+                             "wrongtype": ("latent_size: ", "latent_size: abc #"),
+                             "badyaml": ("latent_size: ", "latent_size: [")}.items():
         shutil.copytree(tmp_path / "run", tmp_path / name)
         saved = tmp_path / name / ".hydra" / "config.yaml"
         text = saved.read_text()

@@ -373,7 +373,11 @@ def load_run_config(path: str | Path, here: bool = True) -> DictConfig:
         OmegaConf.to_container(cfg, resolve=True)  # bad values and interpolations fail here, not later
     except Exception as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ConfigError(f"{path}: not a valid vaelab config: {first}") from None
+        key = getattr(e, "full_key", None)  # OmegaConf's errors name the key; say it, as for an override
+        mark = getattr(e, "problem_mark", None)  # a YAML syntax error: where in the file
+        where = (f" (key '{key}')" if key else
+                 f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else "")
+        raise ConfigError(f"{path}: not a valid vaelab config: {first}{where}") from None
     try:
         validate(cfg, here)
     except ConfigError as e:

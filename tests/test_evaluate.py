@@ -13,6 +13,7 @@ import logging
 import math
 import os
 import shutil
+import signal
 from pathlib import Path
 
 import pytest
@@ -330,6 +331,20 @@ def test_a_new_eval_replaces_the_previous_one_in_tensorboard(make_cfg, tmp_path,
     assert {p.name: p.read_bytes() for p in (tmp_path / "eval").iterdir()} == pictures
     assert ((tmp_path / "eval.json").read_text(), tensorboard()) == before
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == [".hydra"]  # nothing left aside
+    # a SIGTERM to vaelab eval (kill) cleans up as a Ctrl-C does: it left .eval-*.tmp and a second
+    # .eval event file holding numbers eval.json never had
+    monkeypatch.setattr("vaelab.pictures.latents_scatter_figure", lambda *a: os.kill(os.getpid(), signal.SIGTERM))
+
+    def killed(signum, frame):  # what the default action would have done, as an exception the test can see
+        raise Stop
+    before_handler = signal.signal(signal.SIGTERM, killed)
+    try:
+        assert _eval_cli([str(tmp_path), "--k", "2", "--no-progress"]) == 130
+    finally:
+        signal.signal(signal.SIGTERM, before_handler)
+    assert {p.name: p.read_bytes() for p in (tmp_path / "eval").iterdir()} == pictures
+    assert ((tmp_path / "eval.json").read_text(), tensorboard()) == before
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == [".hydra"]
 
 
 def test_an_earlier_evaluation_that_cannot_be_removed_costs_a_warning_not_the_new_one(make_cfg, tmp_path,

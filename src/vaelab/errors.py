@@ -3,6 +3,9 @@ and `vaelab resume`). Here rather than in train.py so that the commands that cat
 not import torch before they have checked their arguments."""
 from __future__ import annotations
 
+import contextlib
+import signal
+
 
 class NonFiniteLoss(RuntimeError):
     """The loss or the weights became inf/NaN; the last good checkpoint is kept."""
@@ -20,3 +23,22 @@ class Interrupted(RuntimeError):
 
 class SaveFailed(RuntimeError):
     """A checkpoint could not be written (disk full, permissions). The ones already there are intact."""
+
+
+@contextlib.contextmanager
+def sigterm_as_ctrl_c():
+    """Within the block a SIGTERM (kill, a batch system's stop) is a Ctrl-C: a KeyboardInterrupt,
+    so the clean-up a Ctrl-C runs (an evaluation's half-written files and events) runs for it
+    too, where the default action would end the process on the spot. train() sets its own stop
+    for the steps it runs inside the block. Outside the main thread (no signals there) a no-op."""
+    def stop(signum, frame):
+        raise KeyboardInterrupt
+    try:
+        before = signal.signal(signal.SIGTERM, stop)
+    except ValueError:
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, before)

@@ -414,10 +414,13 @@ def eval_command(args: argparse.Namespace) -> int:
               f"its {args.checkpoint} checkpoint as it is now"
               + (", and the run's own end-of-training evaluation will replace eval.json" if final else ""),
               file=sys.stderr)
+    from vaelab.errors import sigterm_as_ctrl_c
+
     try:
-        result = evaluate_run(args.run_dir, k=args.k, device=args.device, checkpoint=args.checkpoint,
-                              progress=not args.no_progress, seed=args.seed, pictures=not args.no_pictures,
-                              data_root_override=args.data_root)
+        with sigterm_as_ctrl_c():  # a kill leaves the earlier evaluation as it was, as a Ctrl-C does
+            result = evaluate_run(args.run_dir, k=args.k, device=args.device, checkpoint=args.checkpoint,
+                                  progress=not args.no_progress, seed=args.seed, pictures=not args.no_pictures,
+                                  data_root_override=args.data_root)
     except USER_ERRORS as e:
         print(f"vaelab eval: error: {e}", file=sys.stderr)
         return 2

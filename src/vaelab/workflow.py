@@ -16,7 +16,6 @@ resume     continues RUN_DIR from checkpoints/last.pt, in the same directory, op
 from __future__ import annotations
 
 import importlib
-import json
 import math
 import os
 import shlex
@@ -697,12 +696,13 @@ def _to_carry_on(cfg, run_dir: Path):
 
 def resume_command(args) -> int:
     from vaelab.data import DataError
-    from vaelab.errors import Interrupted, NonFiniteLoss, SaveFailed
+    from vaelab.errors import Interrupted, NonFiniteLoss, SaveFailed, sigterm_as_ctrl_c
 
     try:
         if is_sweep_dir(Path(args.run_dir)):
             return resume_sweep(args.run_dir, args.overrides)
-        resume(args.run_dir, args.overrides)
+        with sigterm_as_ctrl_c():  # (the final evaluation of a run that has trained: as vaelab eval)
+            resume(args.run_dir, args.overrides)
     except (WorkflowError, ConfigError, DataError, ckpt_io.CheckpointError) as e:
         print(f"vaelab resume: error: {e}", file=sys.stderr)
         return 2

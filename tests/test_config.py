@@ -254,6 +254,9 @@ def test_optimizer_matches_config():
                                                                  "submitit_local and submitit_slurm launchers "
                                                                  "(hydra/launcher=slurm, ...)"),
     (["-m", "latent_size=2,16", "hydra.launcher.ray.init.num_cpus=2"], "(hydra/launcher=ray_local)"),  # its yaml's
+    # the sampler is made only once the study starts: Hydra's InstantiationException, several lines
+    (["hparams_search=optuna", "hydra.sweeper.sampler.seed=-1"],
+     "hydra.sweeper.sampler (optuna.samplers.TPESampler): cannot be made: Seed must be between 0 and 2**32 - 1"),
     # argparse's usage block (9 lines), and Hydra's pickle with a traceback
     (["-cn"], "argument -cn: expected a value after it, as in -cn config"),
     (["--config-dir", "-m", "latent_size=2,4"], "argument --config-dir: expected a value after it"),

@@ -881,6 +881,16 @@ def _optuna_settings_error(composed: DictConfig, cmd: _CommandLine) -> str | Non
         value = sweeper.get(key)
         if not isinstance(value, int) or value < 1:
             return f"hydra.sweeper.{key}={value}: give the number of {what}, an integer >= 1"
+    sampler = sweeper.get("sampler")
+    if OmegaConf.is_dict(sampler) and sampler.get("_target_"):  # the sweeper builds it only once the study starts
+        from hydra.utils import instantiate
+
+        try:
+            instantiate(sampler)
+        except Exception as e:  # noqa: BLE001 - Hydra's InstantiationException, several lines deep
+            cause = e.__cause__ or e
+            why = " ".join(str(cause).split()) or type(cause).__name__
+            return f"hydra.sweeper.sampler ({sampler.get('_target_')}): cannot be made: {why[:200]}"
     directions = sweeper.get("direction")
     # (the plugin's own default is its Direction enum, Direction.minimize)
     named = [str(getattr(d, "name", d)).rsplit(".", 1)[-1] for d in (directions if isinstance(directions, list) or

@@ -254,6 +254,10 @@ def test_optimizer_matches_config():
                                                                  "submitit_local and submitit_slurm launchers "
                                                                  "(hydra/launcher=slurm, ...)"),
     (["-m", "latent_size=2,16", "hydra.launcher.ray.init.num_cpus=2"], "(hydra/launcher=ray_local)"),  # its yaml's
+    # null for a setting that must have a value said "field 'device' is not Optional"
+    (["device=null"], "override 'device=null': device cannot be null; give auto, cpu, cuda, cuda:N or mps"),
+    (["model.size=null"], "override 'model.size=null': model.size cannot be null; give one of small, base, large"),
+    (["latent_size=null"], "override 'latent_size=null': latent_size cannot be null; give an integer"),
     # the sampler is made only once the study starts: Hydra's InstantiationException, several lines
     (["hparams_search=optuna", "hydra.sweeper.sampler.seed=-1"],
      "hydra.sweeper.sampler (optuna.samplers.TPESampler): cannot be made: Seed must be between 0 and 2**32 - 1"),

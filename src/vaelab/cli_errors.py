@@ -26,7 +26,7 @@ from hydra.core.override_parser.types import Glob
 from omegaconf import DictConfig, OmegaConf
 
 from vaelab.checkpoint import CheckpointError, check_not_in_use, enclosing_run, holds_runs, is_run
-from vaelab.config import CONF_DIR, Config, ConfigError, hydra_section, register_configs, typed, validate
+from vaelab.config import CONF_DIR, Config, ConfigError, choices, hydra_section, register_configs, typed, validate
 
 # Hydra's own flags; those in _WITH_VALUE take the next argument as their value.
 _WITH_VALUE = {"--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd", "--cfg", "-c",
@@ -134,6 +134,14 @@ def _explain(exc: Exception, override: str, composed: DictConfig | None = None) 
         lines = str(exc).splitlines()
         opts = [ln.strip() for ln in lines if ln.startswith("\t") and "provider=" not in ln]
         return f"override '{override}': {lines[0].split(': ', 1)[-1]}; available: {', '.join(opts)}"
+    if "is not Optional" in msg and full_key:  # device=null: say what it takes instead
+        allowed = choices().get(full_key)
+        t = _setting_type(full_key)
+        named = {"device": "auto, cpu, cuda, cuda:N or mps", "name": "a name for the run's folder, e.g. name=mine",
+                 "data.root": "the folder that holds MNIST/raw/"}
+        takes = (f"one of {', '.join(allowed)}" if allowed else named.get(full_key) or
+                 {int: "an integer", float: "a number", str: "a text", bool: "true or false"}.get(t, "a value"))
+        return f"override '{override}': {full_key} cannot be null; give {takes}"
     if full_key:
         return f"override '{override}': {msg} (key '{full_key}')"
     return f"override '{override}': {msg}"

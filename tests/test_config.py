@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from tests.conftest import compose_cfg
 from vaelab.cli_errors import precheck
@@ -271,6 +272,22 @@ def test_bad_input_is_one_line(args, needle):
     err = precheck(args)
     assert err is not None and needle in err
     assert "\n" not in err
+
+
+def test_a_rerun_of_a_saved_config_takes_keys_not_conf_choices(tmp_path):
+    """model=mlp on a saved config was 'Merge error: str is not a subclass of ModelConfig', and
+    experiment=seed 'unknown key experiment': its groups were chosen when it was saved."""
+    saved = tmp_path / "run" / ".hydra"
+    saved.mkdir(parents=True)
+    (saved / "config.yaml").write_text(OmegaConf.to_yaml(compose_cfg([])))
+    argv = ["--config-path", str(saved), "--config-name", "config"]
+    assert precheck([*argv, "model=mlp"]) == (
+        "override 'model=mlp': a saved config has its model settings already, not conf/'s choices; change its keys "
+        "(model.size=...), or start a new run from conf/: vaelab-train model=mlp ...")
+    assert precheck([*argv, "experiment=seed"]) == (
+        "override 'experiment=seed': a saved config is a whole config already; start a new run from conf/: "
+        "vaelab-train experiment=seed ...")
+    assert precheck([*argv, "model.size=small", "hydra/launcher=joblib"]) is None
 
 
 def test_a_run_is_not_started_among_other_files_nor_a_sweep_in_one_folder(tmp_path):

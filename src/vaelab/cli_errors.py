@@ -271,6 +271,16 @@ def precheck(argv: list[str], fetch_data: bool = False, continuing: Path | None 
     primary = _primary_config(cmd)
     if primary is None:  # Hydra's to handle
         return None
+    if primary[0] != str(CONF_DIR):  # a re-run of a saved config: its groups are chosen already
+        for o in cmd.task:
+            group = o.key_or_group.lstrip("+")
+            if group == "hydra" or not (CONF_DIR / group).is_dir():
+                continue
+            new_run = f"start a new run from conf/: vaelab-train {o.input_line.lstrip('+')} ..."
+            if group in ("experiment", "hparams_search"):  # (they set keys all over, hydra's too)
+                return f"override '{o.input_line}': a saved config is a whole config already; {new_run}"
+            return (f"override '{o.input_line}': a saved config has its {group} settings already, not conf/'s "
+                    f"choices; change its keys ({_example_key(group)}=...), or {new_run}")
     compose_ = functools.partial(_compose, primary=primary)
     try:
         base, candidates = _job_overrides(cmd)
@@ -399,6 +409,12 @@ def _parses(override: str) -> bool:
     except Exception:  # OverrideParseException
         return False
     return True
+
+
+def _example_key(group: str) -> str:
+    """A setting of a config group, for a message: model.hidden, optim.lr, ..."""
+    keys = [k for k in _setting_keys() if k.startswith(group + ".") and not k.startswith(group + "._")]
+    return keys[0] if keys else f"{group}.KEY"
 
 
 def _setting_type(key: str, schema=Config):

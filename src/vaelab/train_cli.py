@@ -47,7 +47,7 @@ def saved_config_argv(argv: list[str]) -> list[str]:
 
     Hydra searches a --config-dir *after* conf/, so conf/config.yaml would shadow the saved
     config.yaml of the same name. Make the saved folder the primary config path instead, keep
-    conf/ searchable (hydra/launcher=..., hparams_search=...) and keep conf/config.yaml's
+    conf/ searchable (hydra/launcher=..., hydra/sweeper=...) and keep conf/config.yaml's
     output folders, which the saved config (it has no hydra: section) does not carry."""
     overrides, flags = split_args(argv)
     folder = flags.get("--config-dir") or flags.get("-cd")

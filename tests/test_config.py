@@ -231,15 +231,20 @@ def test_optimizer_matches_config():
     (["hparams_search=optuna", "hydra.sweeper.params.loss.beta=interval(1,2)"],
      "override 'hydra.sweeper.params.loss.beta=interval(1,2)': Hydra takes no sweep syntax in its own hydra.* keys; "
      "give the search space as loss.beta=interval(1,2)"),
-    (["hparams_search=optuna", "hydra.sweeper.params.loss.beta='interval(1,2)'"], "give the search space as "
-                                                                                  "loss.beta='interval(1,2)'"),
+    (["hparams_search=optuna", "hydra.sweeper.params.loss.beta='interval(1,2)'"],
+     "hydra.sweeper.params takes the search space's keys whole, not as nested keys; give the search space as "
+     "loss.beta=interval(1,2)"),
+    (["hparams_search=optuna", "hydra.sweeper.params.latent_size='interval(2,64)'"],
+     "hydra.sweeper.params.latent_size=interval(2,64): Optuna would draw floats such as 24.94 from it (latent_size "
+     "takes integers); write latent_size=int(interval(2,64))"),
     (["-m", "hydra.job.name=a,b"], "override 'hydra.job.name=a,b': Hydra cannot sweep its own settings (hydra.*)"),
     # Optuna draws integers only from int(interval(...)): Hydra reads interval()'s ends as floats,
     # and the sweeper ignores tag(int, ...); the first trial failed on latent_size=39.37...
     (["hparams_search=optuna", "latent_size=tag(int,interval(2,64))"],
      "override 'latent_size=tag(int,interval(2,64))': Optuna would draw floats such as 24.94 from it (latent_size "
      "takes integers); write latent_size=int(interval(2,64)), or choice(...) or range(...)"),
-    (["hparams_search=optuna", "latent_size=tag(log,interval(2,64))"], "write latent_size=tag(log,int(interval(2,64)))"),
+    (["hparams_search=optuna", "latent_size=tag(log,interval(2,64))"],
+     "write latent_size=tag(log,int(interval(2,64)))"),
     # ~KEY of a key the config needs: Hydra deletes a top-level one, and the job failed with a traceback
     (["~latent_size"], "override '~latent_size': latent_size cannot be deleted (the config needs it); set it "
                        "instead, as in latent_size=VALUE"),
@@ -305,6 +310,8 @@ def test_a_run_is_not_started_among_other_files_nor_a_sweep_in_one_folder(tmp_pa
         "job's own, e.g. hydra.sweep.subdir=job${hydra.job.num}")
     assert precheck(["hparams_search=optuna", "hydra.sweep.subdir=same"]).startswith("hydra.sweep.subdir=same: every")
     (tmp_path / "empty").mkdir()
+    assert precheck([f"hydra.run.dir={tmp_path / 'empty'}"]) is None
+    (tmp_path / "empty" / ".gitkeep").write_text("")  # hidden files aside
     assert precheck([f"hydra.run.dir={tmp_path / 'empty'}"]) is None
     assert precheck(["-m", "latent_size=2,4", "hydra.sweep.subdir=job${hydra.job.num}"]) is None
 
@@ -537,8 +544,9 @@ def test_only_the_clock_named_default_folder_is_made_by_vaelab_train():
                                                                                  "value after it")],
                          ids=["run", "sweep"])
 def test_a_command_line_hydra_refuses_leaves_no_folders(tiny_mnist, tmp_path, args, says):
-    """The pre-flight passes it (a Hydra flag's value is Hydra's to check), vaelab-train makes
-    its folder, then Hydra refuses: the folder goes again, with the outputs/ folders it made."""
+    """The pre-flight passes --cfg jobb (a Hydra flag's value is Hydra's to check), vaelab-train
+    makes its folder, then Hydra refuses: the folder goes again, with the outputs/ folders it
+    made. (A flag with no value, the sweep case, is the pre-flight's own refusal now: no folder.)"""
     r = subprocess.run([sys.executable, "-m", "vaelab.train", f"data.root={tiny_mnist}", "data.val_size=64", *args],
                        cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and says in r.stderr

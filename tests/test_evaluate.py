@@ -433,7 +433,8 @@ def test_eval_errors_are_one_line(make_cfg, tmp_path, capsys):
         # a wrong type or broken YAML named no key or place (the same on the command line named the key)
         ([str(tmp_path / "wrongtype")], "config.yaml: not a valid vaelab config: Value 'abc' of type 'str' could not "
                                         "be converted to Integer (key 'latent_size')"),
-        ([str(tmp_path / "badyaml")], "config.yaml: not a valid vaelab config: while parsing a flow sequence (line "),
+        ([str(tmp_path / "badyaml")], "config.yaml: not a valid vaelab config: while parsing a flow sequence (line 2, "
+                                      "column 14): expected ',' or ']', but got ':' (line "),
         ([str(tmp_path / "zero")], "config.yaml: trainer.eval_batch_size=0: must be >= 1"),
     ]
     # Hand-edited saved configs: one that no longer matches the checkpoint, and broken ones.

@@ -343,6 +343,18 @@ def test_compare_into_a_pipe_closed_early_ends_quietly(tmp_path):
     assert p.stderr.read() == b""
 
 
+def test_a_broken_pipe_that_is_not_stdout_is_not_hidden(monkeypatch, capfd):
+    """Only stdout's reader going away ends a command quietly, not any BrokenPipeError."""
+    from vaelab import compare
+    from vaelab.cli import main
+
+    def broken(args):
+        raise BrokenPipeError(32, "Broken pipe")  # a worker's pipe, say: stdout is still read
+    monkeypatch.setattr(compare, "compare_command", broken)
+    with pytest.raises(BrokenPipeError):
+        main(["compare", "."])
+
+
 def test_compare_plot_of_runs_without_event_files_says_so(tmp_path, capsys):
     (tmp_path / "run" / ".hydra").mkdir(parents=True)  # as logger.tensorboard=false leaves a run
     (tmp_path / "run" / ".hydra" / "config.yaml").write_text("latent_size: 4\n")

@@ -386,8 +386,17 @@ def test_resume_of_a_finished_run_completes_what_a_stop_cut_short(tiny_mnist, tm
     assert vaelab(["compare", run]) == 0
     assert capsys.readouterr().out.splitlines()[2].endswith("  done (no eval)")
     assert vaelab(["resume", run]) == 0
-    assert "evaluation did not finish (its eval.json is of epoch 0 of 1): evaluating it now" in capsys.readouterr().err
+    assert ("evaluation did not finish (its eval.json is of last.pt at epoch 0 of 1): evaluating it now"
+            in capsys.readouterr().err)
     assert json.loads((run / "eval.json").read_text())["epoch"] == 1
+    # but one of another checkpoint is the user's (vaelab eval --checkpoint best): left as it is
+    best = {**json.loads((run / "eval.json").read_text()), "epoch": 0,
+            "checkpoint": str(run / "checkpoints" / "best.pt")}
+    (run / "eval.json").write_text(json.dumps(best))
+    assert vaelab(["compare", run]) == 0
+    assert capsys.readouterr().out.splitlines()[2].endswith("  done")
+    assert vaelab(["resume", run]) == 0
+    assert "nothing to do" in capsys.readouterr().err and json.loads((run / "eval.json").read_text()) == best
     (run / "metrics.json").unlink()
     assert vaelab(["resume", run]) == 0
     assert json.loads((run / "metrics.json").read_text())["val_loss"] == final["val_loss"]
@@ -1076,31 +1085,32 @@ def test_reproduce_of_a_run_that_has_not_finished_says_why(finished_run, tmp_pat
                                                f"finished (carry it on with: vaelab resume {run})")
 
 
-def test_reproduce_passes_a_sigterm_on_to_its_training_and_leaves_ctrl_c_to_it(tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_reproduce_passes_a_stop_on_to_its_training(tmp_path, sig):
     """A SIGTERM to `vaelab reproduce` killed it and left its training process running on, an
-    orphan; a Ctrl-C (which the terminal sends to both) made subprocess.run kill the training
-    0.25 s later, before it could save last.pt."""
+    orphan; a Ctrl-C made subprocess.run kill the training 0.25 s later, before it could save
+    last.pt. Both now reach the training once (it runs in a session of its own)."""
     import threading
 
     from vaelab.workflow import _run_child
 
-    child = ("import signal, sys, time\n"
+    child = ("import os, signal, sys, time\n"  # stands for vaelab-train: a stop saves, then exits 130
+             "signal.signal(signal.SIGINT, lambda *a: sys.exit(130))\n"
              "signal.signal(signal.SIGTERM, lambda *a: sys.exit(130))\n"
-             "open(sys.argv[1], 'w').close()\n"
+             "open(sys.argv[1], 'w').write(str(os.getsid(0)))\n"
              "time.sleep(60)\n")
     ready = tmp_path / "ready"
 
-    def signal_when_ready():
-        while not ready.exists():
+    def stop_when_ready():
+        while not ready.exists() or not ready.read_text():
             time.sleep(0.01)
-        os.kill(os.getpid(), signal.SIGINT)  # ignored here: the training takes its own Ctrl-C
-        time.sleep(0.1)
-        os.kill(os.getpid(), signal.SIGTERM)  # passed on
+        os.kill(os.getpid(), sig)
 
-    threading.Thread(target=signal_when_ready, daemon=True).start()
+    threading.Thread(target=stop_when_ready, daemon=True).start()
     before = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
     assert _run_child([sys.executable, "-c", child, str(ready)]) == 130
     assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == before
+    assert int(ready.read_text()) != os.getsid(0)  # a terminal's Ctrl-C reaches only vaelab reproduce
 
 
 def test_reproduce_into_a_folder_inside_a_run_is_one_line(finished_run, tmp_path, capsys):

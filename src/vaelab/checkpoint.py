@@ -148,14 +148,16 @@ def read_json(path: str | Path) -> dict | None:
 
 def final_eval_missing(run_dir: str | Path) -> str | None:
     """Why a finished run lacks the evaluation of its last epoch, or None: no eval.json, or one
-    of an earlier epoch (a resume with more epochs, stopped during its final evaluation, keeps
-    the evaluation before it)."""
+    of last.pt at an earlier epoch (a resume with more epochs, stopped during its final
+    evaluation, keeps the evaluation before it). An evaluation of another checkpoint (vaelab
+    eval --checkpoint best) is the user's choice, not a missing one."""
     ev = read_json(Path(run_dir) / "eval.json")
     if ev is None:
         return "no eval.json"
     trained = (read_json(Path(run_dir) / "metrics.json") or {}).get("epochs")
-    if isinstance(trained, int) and isinstance(ev.get("epoch"), int) and ev["epoch"] < trained:
-        return f"its eval.json is of epoch {ev['epoch']} of {trained}"
+    of_last = Path(str(ev.get("checkpoint", ""))).name == "last.pt"
+    if of_last and isinstance(trained, int) and isinstance(ev.get("epoch"), int) and ev["epoch"] < trained:
+        return f"its eval.json is of last.pt at epoch {ev['epoch']} of {trained}"
     return None
 
 

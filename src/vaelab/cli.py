@@ -56,11 +56,26 @@ def main(argv: list[str] | None = None) -> None:
         code = getattr(mod, f"{args.command}_command")(args)
     except KeyboardInterrupt:
         code = 130
-    except BrokenPipeError:  # `vaelab compare ... | head`: the reader has what it wanted
-        # (Python's own recipe: point stdout at devnull, so flushing it at exit raises nothing)
+    except BrokenPipeError:
+        if not _stdout_reader_gone():  # another pipe than ours (a worker's): not for us to hide
+            raise
+        # `vaelab compare ... | head`: the reader has what it wanted. (Python's own recipe: point
+        # stdout at devnull, so flushing it at exit raises nothing.)
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         code = 0
     sys.exit(code or 0)
+
+
+def _stdout_reader_gone() -> bool:
+    """Whether stdout is a pipe whose reading end has closed (poll reports an error on it)."""
+    import select
+
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(event & select.POLLERR for _, event in poller.poll(0))
+    except (AttributeError, OSError, ValueError):  # no poll (Windows), or stdout is no file
+        return False
 
 
 if __name__ == "__main__":

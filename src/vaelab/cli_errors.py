@@ -411,6 +411,18 @@ def _parses(override: str) -> bool:
     return True
 
 
+def _float_interval_error(given: str, key: str, sweep) -> str | None:
+    """An Optuna interval on an integer setting that would be drawn as floats, or None."""
+    if isinstance(sweep.start, int) and isinstance(sweep.end, int):
+        return None
+    if "int" not in sweep.tags and _setting_type(key) is not int:
+        return None
+    log = "log" in sweep.tags
+    return (f"{given}: Optuna would draw floats such as {sweep.start + 0.37 * (sweep.end - sweep.start):.2f} from it "
+            f"({key} takes integers); write {key}={'tag(log,' if log else ''}int(interval({int(sweep.start)},"
+            f"{int(sweep.end)})){')' if log else ''}, or choice(...) or range(...)")
+
+
 def _example_key(group: str) -> str:
     """A setting of a config group, for a message: model.hidden, optim.lr, ..."""
     keys = [k for k in _setting_keys() if k.startswith(group + ".") and not k.startswith(group + "._")]
@@ -490,8 +502,11 @@ def _argument_error(cmd: _CommandLine) -> str | None:
         nested = o.key_or_group.startswith(prefix) and "." in o.key_or_group[len(prefix):]  # (params' keys are flat)
         if o.is_hydra_override() and (o.is_sweep_override() or nested):
             if o.key_or_group.startswith(prefix):
-                return (f"override '{o.input_line}': Hydra takes no sweep syntax in its own hydra.* keys; give "
-                        f"the search space as {o.key_or_group[len(prefix):]}={o.input_line.split('=', 1)[1]}")
+                spec = o.value() if isinstance(o.value(), str) else o.input_line.split("=", 1)[1]  # unquoted
+                why = ("Hydra takes no sweep syntax in its own hydra.* keys" if o.is_sweep_override() else
+                       "hydra.sweeper.params takes the search space's keys whole, not as nested keys")
+                return (f"override '{o.input_line}': {why}; give the search space as "
+                        f"{o.key_or_group[len(prefix):]}={spec}")
             return (f"override '{o.input_line}': Hydra cannot sweep its own settings (hydra.*); give one value, "
                     f"and sweep the run's settings (latent_size=2,16, ...)")
     seen: dict[str, object] = {}
@@ -573,13 +588,10 @@ def _job_overrides(cmd: _CommandLine) -> tuple[list[str], list[list[str]]]:
                                       f"add hparams_search=optuna, or list values (a,b,c) or a range(start,stop,step)")
                 # The sweeper draws integers only where both ends are ints, which int(interval(2, 64))
                 # makes; Hydra reads interval(2, 64)'s ends as floats, and a tag(int, ...) means nothing to it.
+                err = _float_interval_error(f"override '{o.input_line}'", key, sweep)
+                if err:
+                    raise ConfigError(err)
                 as_int = isinstance(sweep.start, int) and isinstance(sweep.end, int)
-                if not as_int and ("int" in sweep.tags or _setting_type(key) is int):
-                    log = "log," if "log" in sweep.tags else ""
-                    raise ConfigError(f"override '{o.input_line}': Optuna would draw floats such as "
-                                      f"{sweep.start + 0.37 * (sweep.end - sweep.start):.2f} from it ({key} takes integers); write "
-                                      f"{key}={'tag(log,' if log else ''}int(interval({int(sweep.start)},"
-                                      f"{int(sweep.end)})){')' if log else ''}, or choice(...) or range(...)")
                 values = [f"{key}={int(v) if as_int else v}" for v in (sweep.start, sweep.end)]
             if not values:  # range(2, 0): the sweep would run nothing of it
                 raise ConfigError(f"override '{o.input_line}': the sweep gives no values (range(start, stop, step) "
@@ -755,9 +767,11 @@ def _taken(folder: Path, sweep: bool) -> str | None:
 
 def _foreign(folder: Path) -> str | None:
     """A folder that is not a run but holds files (hydra.run.dir=/, a project folder, a run whose
-    .hydra/ was deleted): the run's checkpoints, logs and metrics.json would land among them."""
+    .hydra/ was deleted, its checkpoints left): the run's checkpoints, logs and metrics.json would
+    land among them."""
     try:
-        names = sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
+        # (hidden files aside: a .gitkeep, or the .hydra/ of a run whose config.yaml went)
+        names = sorted(p.name for p in folder.iterdir() if not p.name.startswith(".")) if folder.is_dir() else []
     except OSError:  # unreadable: unwritable() says so
         return None
     if not names:
@@ -780,6 +794,8 @@ def _job_folders_error(composed: DictConfig, cmd: _CommandLine) -> str | None:
     if any(o.is_sweep_override() for o in cmd.task) or (cmd.optuna_draws and isinstance(trials, int) and trials > 1):
         return (f"hydra.sweep.subdir={raw}: every job of this sweep would run in that one folder; give it a part "
                 f"of each job's own, e.g. hydra.sweep.subdir=job${{hydra.job.num}}")
+    if cmd.continuing is not None:  # vaelab resume SWEEP_DIR: its one job's folder holds its run
+        return None
     try:
         folder = Path(str(OmegaConf.select(composed, "hydra.sweep.dir"))) / str(raw)  # (an absolute raw wins)
     except Exception:
@@ -943,6 +959,11 @@ def _optuna_settings_error(composed: DictConfig, cmd: _CommandLine) -> str | Non
         start, end = getattr(value, "start", None), getattr(value, "end", None)
         if isinstance(start, (int, float)) and isinstance(end, (int, float)) and start > end:
             return f"{given}={spec}: an interval's low end must be below its high end, as in interval({end}, {start})"
+        if isinstance(start, (int, float)) and isinstance(end, (int, float)) and given != key:  # the params'
+            # (an override's interval was checked with the jobs: _job_overrides)
+            err = _float_interval_error(f"{given}={spec}", key, value)
+            if err:
+                return err
     return None
 
 

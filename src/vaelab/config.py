@@ -374,9 +374,11 @@ def load_run_config(path: str | Path, here: bool = True) -> DictConfig:
     except Exception as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         key = getattr(e, "full_key", None)  # OmegaConf's errors name the key; say it, as for an override
-        mark = getattr(e, "problem_mark", None)  # a YAML syntax error: where in the file
-        where = (f" (key '{key}')" if key else
-                 f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else "")
+        where = f" (key '{key}')" if key else ""
+        if getattr(e, "problem_mark", None) is not None:  # a YAML syntax error: what, and where in the file
+            def at(mark):
+                return f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+            first = (f"{e.context}{at(e.context_mark)}: " if e.context else "") + f"{e.problem}{at(e.problem_mark)}"
         raise ConfigError(f"{path}: not a valid vaelab config: {first}{where}") from None
     try:
         validate(cfg, here)

@@ -459,7 +459,7 @@ def train(cfg: DictConfig, run_dir: str | Path, data: MNISTData | None = None, o
             except OSError as e:  # a checkpoint's own failure is SaveFailed already (save, in _train)
                 # (a folder of the run made unwritable under it: chmod, chattr +i)
                 denied = e.errno in (errno.EACCES, errno.EPERM) and e.filename is not None and \
-                    Path(os.path.abspath(e.filename)).is_relative_to(run_dir.absolute())
+                    Path(os.path.abspath(e.filename)).is_relative_to(os.path.abspath(run_dir))  # (both without ..)
                 if e.errno not in DISK_FULL and not denied:
                     raise
                 # a disk that fills up (or a quota, or read-only) under metrics.json, the sample

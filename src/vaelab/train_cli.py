@@ -74,7 +74,7 @@ def config_dir_error(argv: list[str]) -> str | None:
     folder = flags.get("--config-dir") or flags.get("-cd")
     name = (flags.get("--config-name") or flags.get("-cn") or "config").removesuffix(".yaml")  # (Hydra takes both)
     path_flag = flags.get("--config-path") or flags.get("-cp")
-    if path_flag and not os.path.isabs(path_flag):  # Hydra looks for it inside the vaelab package
+    if path_flag and not os.path.isabs(path_flag) and "://" not in path_flag:  # (inside the vaelab package)
         return (f"--config-path {path_flag}: give an absolute folder, as in --config-path {os.path.abspath(path_flag)} "
                 f"(a relative one is read inside the vaelab package)")
     if path_flag and os.path.isabs(path_flag) and not os.path.isdir(path_flag):

@@ -116,13 +116,18 @@ class ReproductionStopped(WorkflowError):
 
 
 def _run_child(cmd: list[str], **kwargs) -> int:
-    """Run a vaelab-train process to its end; its exit status. A Ctrl-C at the terminal reaches it
-    directly (it finishes its step, saves last.pt and exits), so this process ignores SIGINT
-    meanwhile, instead of subprocess.run's kill 0.25 s later; a SIGTERM, sent to this process
-    alone (kill, a batch system), is passed on to it, for the same stop."""
-    child = subprocess.Popen(cmd, **kwargs)
-    handlers = {signal.SIGINT: signal.signal(signal.SIGINT, signal.SIG_IGN),
-                signal.SIGTERM: signal.signal(signal.SIGTERM, lambda signum, frame: child.send_signal(signum))}
+    """Run a vaelab-train process to its end; its exit status. It runs in a session of its own, so
+    a Ctrl-C at the terminal reaches this process alone, which passes each SIGINT and SIGTERM on
+    once: the training finishes its step, saves last.pt and exits (a second Ctrl-C aborts it, as
+    for vaelab-train), where subprocess.run killed it 0.25 s after a Ctrl-C, and a SIGTERM to
+    this process alone left it running on. A closed terminal (SIGHUP) stops it as a SIGTERM does."""
+    child = subprocess.Popen(cmd, start_new_session=True, **kwargs)
+
+    def pass_on(signum, frame):
+        child.send_signal(signal.SIGTERM if signum == signal.SIGHUP else signum)
+
+    sigs = [signal.SIGINT, signal.SIGTERM, *([signal.SIGHUP] if hasattr(signal, "SIGHUP") else [])]
+    handlers = {s: signal.signal(s, pass_on) for s in sigs}
     try:
         return child.wait()
     finally:
@@ -281,9 +286,9 @@ def reproduce(run_dir: str | Path, out: str | Path | None = None, rtol: float = 
               f"history): its numbers cannot be expected to match.", flush=True)
     code = _run_child(cmd, cwd=_launch_cwd(run_dir), env=env)
     if code == 130 and new_dir.is_dir():  # stopped (Ctrl-C, SIGTERM) as any run is, its last.pt saved
-        raise ReproductionStopped(f"the reproduction in {new_dir} was stopped; finish it with: {ckpt_io.carry_on(new_dir)}; "
-                            f"then set the two side by side: vaelab compare {shlex.quote(str(run_dir))} "
-                            f"{shlex.quote(str(new_dir))}")
+        raise ReproductionStopped(f"the reproduction in {new_dir} was stopped; finish it with: "
+                                  f"{ckpt_io.carry_on(new_dir)}; then set the two side by side: vaelab compare "
+                                  f"{shlex.quote(str(run_dir))} {shlex.quote(str(new_dir))}")
     if code != 0:
         log_file = new_dir / "train.log"  # (a run refused at its start leaves no folder: its error is above)
         raise WorkflowError(f"the reproduction in {new_dir} failed (exit code {code})"
@@ -658,8 +663,8 @@ def n_epochs(n: int) -> str:
 
 def finish_evaluation(run_dir: Path, cfg, say, how: str = "give data.root=DIR") -> dict | None:
     """Run the end-of-training evaluation (trainer.final_eval) of a finished run if a stop cut
-    it short (no eval.json, or one of an earlier epoch): `vaelab resume` of such a run has no training left, but its test
-    numbers are missing. Returns its numbers (eval.json's), or None when there was nothing to
+    it short (no eval.json, or one of last.pt at an earlier epoch): `vaelab resume` of such a
+    run has no training left, but its test numbers are missing. Returns its numbers (eval.json's), or None when there was nothing to
     run; `say` reports why it runs, in one line; `how` is what a DataError tells the user to do
     to point at the data."""
     missing = cfg.trainer.final_eval and ckpt_io.final_eval_missing(run_dir)

@@ -573,7 +573,8 @@ def test_sigterm_to_vaelab_train_reaches_its_joblib_workers():
     with no parent (a Ctrl-C reaches them through the terminal's process group). vaelab-train now
     passes SIGTERM on to them, then stops as for a Ctrl-C. Here a stand-in
     worker, named as loky names its workers, exits 7 on SIGTERM; another child is left alone."""
-    from vaelab.train_cli import LOKY_WORKER, _stop_on_sigterm, loky_workers
+    from vaelab.errors import sigterm_as_ctrl_c
+    from vaelab.train_cli import LOKY_WORKER, _sigterm_workers, loky_workers
 
     code = "import signal, sys, time; signal.signal(signal.SIGTERM, lambda *a: sys.exit(7)); time.sleep(30)"
     worker = subprocess.Popen([sys.executable, "-c", code, LOKY_WORKER])
@@ -585,8 +586,8 @@ def test_sigterm_to_vaelab_train_reaches_its_joblib_workers():
             time.sleep(0.05)
         time.sleep(0.5)  # its handler installed
         assert loky_workers() == [worker.pid]
-        with pytest.raises(KeyboardInterrupt):
-            _stop_on_sigterm(signal.SIGTERM, None)
+        with sigterm_as_ctrl_c(first=_sigterm_workers), pytest.raises(KeyboardInterrupt):
+            signal.getsignal(signal.SIGTERM)(signal.SIGTERM, None)  # what vaelab-train's SIGTERM runs
         assert worker.wait(10) == 7 and other.poll() is None
     finally:
         worker.kill()

@@ -26,14 +26,21 @@ class SaveFailed(RuntimeError):
 
 
 @contextlib.contextmanager
-def sigterm_as_ctrl_c():
+def sigterm_as_ctrl_c(first=None):
     """Within the block a SIGTERM (kill, a batch system's stop) is a Ctrl-C: a KeyboardInterrupt,
     so the clean-up a Ctrl-C runs (an evaluation's half-written files and events) runs for it
-    too, where the default action would end the process on the spot. train() sets its own stop
-    for the steps it runs inside the block. Outside the main thread (no signals there) a no-op."""
+    too, where the default action would end the process on the spot. `first()`: called before,
+    for what a Ctrl-C reaches through the terminal and a SIGTERM to this process alone does not
+    (vaelab-train's joblib workers). Only where SIGTERM has its default action (an outer handler
+    stays in charge; train() sets its own stop for the steps it runs inside the block), and not
+    outside the main thread (no signals there)."""
     def stop(signum, frame):
+        if first is not None:
+            first()
         raise KeyboardInterrupt
     try:
+        if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+            raise ValueError
         before = signal.signal(signal.SIGTERM, stop)
     except ValueError:
         yield

@@ -175,7 +175,7 @@ def loky_workers() -> list[int]:
     return pids
 
 
-def _stop_on_sigterm(signum, frame):
+def _sigterm_workers() -> None:
     """SIGTERM to vaelab-train (`kill PID`) is Ctrl-C for the whole sweep: a joblib sweep's
     workers, which a Ctrl-C reaches through the terminal's process group but a SIGTERM to this
     process alone does not, trained on with no parent. They get it too, and this process stops
@@ -186,17 +186,17 @@ def _stop_on_sigterm(signum, frame):
             os.kill(pid, signal.SIGTERM)
         except ProcessLookupError:
             pass
-    raise KeyboardInterrupt
 
 
 def _run_hydra(prog: str) -> int:
     """The Hydra app on sys.argv; its exit status."""
     from vaelab.train import hydra_main  # torch and the rest: only for a command line that can run
 
-    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:  # (train() takes it over while it trains)
-        signal.signal(signal.SIGTERM, _stop_on_sigterm)
+    from vaelab.errors import sigterm_as_ctrl_c
+
     try:
-        hydra_main()
+        with sigterm_as_ctrl_c(first=_sigterm_workers):  # (train() takes it over while it trains)
+            hydra_main()
     except KeyboardInterrupt:  # a second Ctrl-C, or one outside training (joblib's parent, setup)
         print(f"{prog}: interrupted; a run keeps the checkpoints it had completed "
               "(vaelab resume RUN_DIR carries it on from them, vaelab resume SWEEP_DIR a whole sweep; a run "

@@ -277,6 +277,9 @@ def test_a_rerun_of_a_saved_config_gets_the_same_pre_flight(tmp_path, monkeypatc
     saved = tmp_path / ".hydra" / "config.yaml"
     saved.write_text(saved.read_text() + "bogus: 1\n")
     assert precheck(saved_config_argv([*rerun, "seed=2"])) == f"{saved}: unknown key 'bogus'"
+    saved.write_text(saved.read_text().replace("bogus: 1\n", "").replace("latent_size: ", "latent_size: abc #"))
+    assert precheck(saved_config_argv(rerun)) == (f"{saved}: Value 'abc' of type 'str' could not be converted to "
+                                                  f"Integer (key 'latent_size')")  # (as reproduce and resume say)
     saved.write_text("name: x\nlatent_size: [1, 2\nseed: 0\n")
     assert precheck(saved_config_argv(rerun)) == f"{saved}: expected ',' or ']', but got ':' (line 3, column 5)"
 

@@ -157,6 +157,8 @@ def _config_file_error(exc: Exception, primary: tuple[str, str]) -> str:
         reason = lines[0] if lines else type(cause).__name__
         if "not in" in reason:  # a key the schema does not have
             reason = f"unknown key '{cause.full_key}'"
+        else:  # a value of the wrong type: which key, as an override's error says
+            reason += f" (key '{cause.full_key}')"
     else:  # YAML's: where it began, then what it found
         reason = next((ln for ln in reversed(lines) if not ln.startswith("in ")), type(cause).__name__)
     return f"{path}: {reason}{f' ({where})' if where else ''}"

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
+from hydra.types import RunMode
 from hydra.utils import get_object, instantiate
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
@@ -542,6 +543,8 @@ def _train(cfg: DictConfig, run_dir: Path, data: MNISTData | None, on_start=None
     def where_in_run() -> str:  # (the stop message's words)
         return f"in epoch {st['epoch'] + 1} at image {st['pos']}/{n_train}" if st["pos"] else f"after epoch {st['epoch']}"
 
+    # A sweep's job names its bar: joblib's parallel workers draw theirs on one terminal line.
+    job = f"{run_dir.name} " if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN else ""
     resumed = False
     resume_from = ckpt_io.latest(ckpt_dir) if t.resume else None
     if resume_from is not None:
@@ -708,7 +711,7 @@ def _train(cfg: DictConfig, run_dir: Path, data: MNISTData | None, on_start=None
             log_acc.copy_(st["log_acc"])
             perm = st["perm"].to(device)
             t0, seen0 = time.perf_counter(), st["pos"]
-            bar = tqdm(total=n_train, initial=st["pos"], desc=f"epoch {epoch + 1}/{t.epochs}", unit="img",
+            bar = tqdm(total=n_train, initial=st["pos"], desc=f"{job}epoch {epoch + 1}/{t.epochs}", unit="img",
                        leave=False, dynamic_ncols=True, **quiet(t.progress))
             for i in range(st["pos"], n_train, batch_size):
                 idx = perm[i:i + batch_size]

@@ -180,6 +180,14 @@ def test_traversal_labels_stay_inside_the_picture():
         assert 0 <= box.x0 and box.x1 <= fig.bbox.width, t.get_text()
 
 
+def test_grids_have_no_empty_cells_where_a_divisor_allows():
+    """experiment=seed's 10 samples were a 4 x 3 grid with two empty cells; the seed drew 5 x 2."""
+    from vaelab.logger import grid_columns, image_grid
+
+    assert [grid_columns(n) for n in (10, 12, 64, 7)] == [5, 4, 8, 3]
+    assert image_grid(torch.zeros(10, 784), (1, 28, 28)).shape == (3, 2 * CELL + 2, 5 * CELL + 2)
+
+
 def test_kl_bars_are_apart_and_ticked_at_whole_dimensions():
     """Two active dimensions were one blue block on an axis ticked -0.50, -0.25, ... 1.50."""
     fig = kl_bars_figure(torch.tensor([1.0, 0.9]), torch.tensor([True, True]))

@@ -448,7 +448,8 @@ def add_sample_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--temperature", type=temperature, default=1.0,
                         help="z ~ N(0, T^2 I), T in (0, 1000]; below 1 trades variety for cleaner digits (default 1)")
     parser.add_argument("--seed", type=seed_int, default=0, help="seed of the latent draws (default 0)")
-    parser.add_argument("--nrow", type=positive_int, default=None, help="images per row (default ~sqrt(n))")
+    parser.add_argument("--nrow", type=positive_int, default=None,
+                        help="images per row (default ~sqrt(n), or a divisor of n near it: no empty cells)")
     parser.add_argument("--checkpoint", default="last",
                         help="last, best, or a file (name or path) in RUN_DIR/checkpoints/ (default last)")
     parser.add_argument("--device", type=device_name, default="auto", help="auto, cpu, cuda, cuda:N or mps (default auto)")

@@ -285,6 +285,7 @@ def test_a_rerun_of_a_saved_config_takes_keys_not_conf_choices(tmp_path):
     saved = tmp_path / "run" / ".hydra"
     saved.mkdir(parents=True)
     (saved / "config.yaml").write_text(OmegaConf.to_yaml(compose_cfg([])))
+    (saved / "hydra.yaml").write_text("hydra: {}\n")  # (what makes a folder a run's saved config)
     argv = ["--config-path", str(saved), "--config-name", "config"]
     assert precheck([*argv, "model=mlp"]) == (
         "override 'model=mlp': a saved config has its model settings already, not conf/'s choices; change its keys "
@@ -293,6 +294,11 @@ def test_a_rerun_of_a_saved_config_takes_keys_not_conf_choices(tmp_path):
         "override 'experiment=seed': a saved config is a whole config already; start a new run from conf/: "
         "vaelab-train experiment=seed ...")
     assert precheck([*argv, "model.size=small", "hydra/launcher=joblib"]) is None
+    assert precheck([*argv, "optim={lr:0.01}"]) is None  # a group's keys, set as a dict
+    from vaelab.config import CONF_DIR  # a config tree of one's own (a copy of conf/) has its groups to choose
+
+    shutil.copytree(CONF_DIR, tmp_path / "myconf")
+    assert precheck(["--config-path", str(tmp_path / "myconf"), "--config-name", "config", "experiment=seed"]) is None
 
 
 def test_a_run_is_not_started_among_other_files_nor_a_sweep_in_one_folder(tmp_path):

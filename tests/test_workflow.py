@@ -383,16 +383,20 @@ def test_resume_of_a_finished_run_completes_what_a_stop_cut_short(tiny_mnist, tm
     assert vaelab(["compare", run]) == 0
     out = capsys.readouterr().out
     assert out.splitlines()[2].endswith("  done") and "test_from" not in out
-    # an eval.json of an earlier epoch (a resume with more epochs stopped in its final evaluation
-    # keeps the one before): it was "done", and resume had "nothing to do"
-    (run / "eval.json").write_text(json.dumps({**ev, "epoch": 0}))
-    assert vaelab(["compare", run]) == 0
-    assert capsys.readouterr().out.splitlines()[2].endswith("  done (no eval)")
-    assert vaelab(["resume", run]) == 0
-    assert ("evaluation did not finish (its eval.json is of last.pt at epoch 0 of 1): evaluating it now"
-            in capsys.readouterr().err)
-    assert json.loads((run / "eval.json").read_text())["epoch"] == 1
-    # but one of another checkpoint is the user's (vaelab eval --checkpoint best): left as it is
+    # an eval.json made before the run trained its last epochs (a resume with more epochs stopped
+    # in its final evaluation keeps the one before, of whatever checkpoint): it was "done", and
+    # resume had "nothing to do"
+    assert ev["made_when"] == {"run_epochs": 1}
+    for checkpoint in ("last.pt", "best.pt"):
+        early = {**ev, "epoch": 0, "checkpoint": str(run / "checkpoints" / checkpoint), "made_when": {"run_epochs": 0}}
+        (run / "eval.json").write_text(json.dumps(early))
+        assert vaelab(["compare", run]) == 0
+        assert capsys.readouterr().out.splitlines()[2].endswith("  done (no eval)")
+        assert vaelab(["resume", run]) == 0
+        assert ("evaluation did not finish (its eval.json was made when the run had trained 0 of its 1 epochs): "
+                "evaluating it now" in capsys.readouterr().err)
+        assert json.loads((run / "eval.json").read_text())["made_when"] == {"run_epochs": 1}
+    # one made since, of another checkpoint (vaelab eval --checkpoint best), is the user's: left as it is
     best = {**json.loads((run / "eval.json").read_text()), "epoch": 0,
             "checkpoint": str(run / "checkpoints" / "best.pt")}
     (run / "eval.json").write_text(json.dumps(best))
@@ -400,6 +404,10 @@ def test_resume_of_a_finished_run_completes_what_a_stop_cut_short(tiny_mnist, tm
     assert capsys.readouterr().out.splitlines()[2].endswith("  done")
     assert vaelab(["resume", run]) == 0
     assert "nothing to do" in capsys.readouterr().err and json.loads((run / "eval.json").read_text()) == best
+    # an eval.json from before made_when: of last.pt at an earlier epoch is missing, as before
+    (run / "eval.json").write_text(json.dumps({k: v for k, v in {**ev, "epoch": 0}.items() if k != "made_when"}))
+    assert vaelab(["compare", run]) == 0
+    assert capsys.readouterr().out.splitlines()[2].endswith("  done (no eval)")
     (run / "metrics.json").unlink()
     assert vaelab(["resume", run]) == 0
     assert json.loads((run / "metrics.json").read_text())["val_loss"] == final["val_loss"]
@@ -1092,7 +1100,7 @@ def test_reproduce_of_a_run_that_has_not_finished_says_why(finished_run, tmp_pat
 def test_reproduce_passes_a_stop_on_to_its_training(tmp_path, sig):
     """A SIGTERM to `vaelab reproduce` killed it and left its training process running on, an
     orphan; a Ctrl-C made subprocess.run kill the training 0.25 s later, before it could save
-    last.pt. Both now reach the training once (it runs in a session of its own)."""
+    last.pt. Sent to reproduce alone (no terminal here), each now reaches the training once."""
     import threading
 
     from vaelab.workflow import _run_child
@@ -1100,7 +1108,7 @@ def test_reproduce_passes_a_stop_on_to_its_training(tmp_path, sig):
     child = ("import os, signal, sys, time\n"  # stands for vaelab-train: a stop saves, then exits 130
              "signal.signal(signal.SIGINT, lambda *a: sys.exit(130))\n"
              "signal.signal(signal.SIGTERM, lambda *a: sys.exit(130))\n"
-             "open(sys.argv[1], 'w').write(str(os.getsid(0)))\n"
+             "open(sys.argv[1], 'w').write(str(os.getpgrp()))\n"
              "time.sleep(60)\n")
     ready = tmp_path / "ready"
 
@@ -1113,7 +1121,24 @@ def test_reproduce_passes_a_stop_on_to_its_training(tmp_path, sig):
     before = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
     assert _run_child([sys.executable, "-c", child, str(ready)]) == 130
     assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == before
-    assert int(ready.read_text()) != os.getsid(0)  # a terminal's Ctrl-C reaches only vaelab reproduce
+    assert int(ready.read_text()) == os.getpgrp()  # the terminal's Ctrl-C, Ctrl-Z, ... reach both
+
+
+def test_reproduce_leaves_a_signal_it_was_started_ignoring_ignored(tmp_path):
+    """Under nohup (or as a background job) a hang-up or Ctrl-C is ignored: passing it on would
+    stop the training that nohup was asked to keep going."""
+    import threading
+
+    from vaelab.workflow import _run_child
+
+    child = "import signal, sys, time; signal.signal(signal.SIGTERM, lambda *a: sys.exit(130)); time.sleep(1)"
+    before = signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    try:
+        threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGTERM)).start()
+        assert _run_child([sys.executable, "-c", child]) == 0  # not passed on: it ran to its end
+        assert signal.getsignal(signal.SIGTERM) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGTERM, before)
 
 
 def test_reproduce_into_a_folder_inside_a_run_is_one_line(finished_run, tmp_path, capsys):

@@ -147,16 +147,23 @@ def read_json(path: str | Path) -> dict | None:
 
 
 def final_eval_missing(run_dir: str | Path) -> str | None:
-    """Why a finished run lacks the evaluation of its last epoch, or None: no eval.json, or one
-    of last.pt at an earlier epoch (a resume with more epochs, stopped during its final
-    evaluation, keeps the evaluation before it). An evaluation of another checkpoint (vaelab
-    eval --checkpoint best) is the user's choice, not a missing one."""
+    """Why a finished run lacks its final evaluation, or None: no eval.json, or one made before
+    the run had trained all its epochs (a resume with more epochs, stopped during its final
+    evaluation, keeps the evaluation before it, whichever checkpoint that one took). One made
+    since, of any checkpoint (vaelab eval --checkpoint best), is the user's choice."""
     ev = read_json(Path(run_dir) / "eval.json")
     if ev is None:
         return "no eval.json"
     trained = (read_json(Path(run_dir) / "metrics.json") or {}).get("epochs")
-    of_last = Path(str(ev.get("checkpoint", ""))).name == "last.pt"
-    if of_last and isinstance(trained, int) and isinstance(ev.get("epoch"), int) and ev["epoch"] < trained:
+    if not isinstance(trained, int):
+        return None
+    made = ev.get("made_when")
+    at = made.get("run_epochs") if isinstance(made, dict) else None
+    if isinstance(at, int):
+        return f"its eval.json was made when the run had trained {at} of its {trained} epochs" if at < trained else None
+    # (an eval.json from before 2026-11-26 says only which checkpoint it took, and of which epoch)
+    if Path(str(ev.get("checkpoint", ""))).name == "last.pt" and isinstance(ev.get("epoch"), int) \
+            and ev["epoch"] < trained:
         return f"its eval.json is of last.pt at epoch {ev['epoch']} of {trained}"
     return None
 

@@ -39,10 +39,10 @@ def sigterm_as_ctrl_c(first=None):
             first()
         raise KeyboardInterrupt
     try:
-        if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
-            raise ValueError
-        before = signal.signal(signal.SIGTERM, stop)
-    except ValueError:
+        before = signal.signal(signal.SIGTERM, stop) if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL else None
+    except ValueError:  # not the main thread
+        before = None
+    if before is None:
         yield
         return
     try:

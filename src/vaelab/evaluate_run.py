@@ -201,6 +201,9 @@ def evaluate_run(run_dir: str | Path, k: int = 5000, device: str = "auto", check
         "mean_variance_per_dim": [float(v) for v in st["mu_var"]],  # Cov_x(E_q[z_i|x]), the AU statistic
         "checkpoint": str(path.resolve()), "epoch": int(ck.get("state", {}).get("epoch", 0)),
         "examples_seen": step, "split": "test", "n_examples": int(test.shape[0]), "dim": int(d),
+        # how far the run had trained when this was made (0: not finished): a finished run's final
+        # evaluation is missing while this is below its epochs (checkpoint.final_eval_missing)
+        "made_when": {"run_epochs": int((ckpt_io.read_json(run_dir / "metrics.json") or {}).get("epochs", 0))},
         "likelihood": likelihood, "gaussian_variance": MSE_GAUSSIAN_VARIANCE if recon_kind == "mse" else None,
         "recon_kind": recon_kind, "binarize": binarize, "note": note, "seed": seed,
         "data_root": str(root.resolve()), "data_digest": data.digest,  # (metrics.json: the training's)

@@ -116,23 +116,36 @@ class ReproductionStopped(WorkflowError):
 
 
 def _run_child(cmd: list[str], **kwargs) -> int:
-    """Run a vaelab-train process to its end; its exit status. It runs in a session of its own, so
-    a Ctrl-C at the terminal reaches this process alone, which passes each SIGINT and SIGTERM on
-    once: the training finishes its step, saves last.pt and exits (a second Ctrl-C aborts it, as
-    for vaelab-train), where subprocess.run killed it 0.25 s after a Ctrl-C, and a SIGTERM to
-    this process alone left it running on. A closed terminal (SIGHUP) stops it as a SIGTERM does."""
-    child = subprocess.Popen(cmd, start_new_session=True, **kwargs)
+    """Run a vaelab-train process to its end; its exit status. It shares this process's group, so
+    what the terminal sends (Ctrl-C, Ctrl-Z, Ctrl-\\, a hang-up) reaches it as it reaches this
+    process; a Ctrl-C stops it as any run (it finishes its step and saves last.pt), where
+    subprocess.run killed it 0.25 s later. What is sent to this process alone is passed on: a
+    SIGTERM (kill, a batch system), and a SIGINT that did not come from the terminal (kill -INT,
+    a notebook's interrupt). A signal this process was started ignoring (nohup, a background
+    job) stays ignored."""
+    child = subprocess.Popen(cmd, **kwargs)
 
     def pass_on(signum, frame):
-        child.send_signal(signal.SIGTERM if signum == signal.SIGHUP else signum)
+        if signum != signal.SIGINT or not _terminal_sends_to_us():  # (the terminal's reached the child too)
+            child.send_signal(signum)
 
-    sigs = [signal.SIGINT, signal.SIGTERM, *([signal.SIGHUP] if hasattr(signal, "SIGHUP") else [])]
-    handlers = {s: signal.signal(s, pass_on) for s in sigs}
+    handlers = {s: signal.signal(s, pass_on) for s in (signal.SIGINT, signal.SIGTERM)
+                if signal.getsignal(s) is not signal.SIG_IGN}
     try:
         return child.wait()
     finally:
         for signum, handler in handlers.items():
             signal.signal(signum, handler)
+
+
+def _terminal_sends_to_us() -> bool:
+    """Whether this process's group is its terminal's foreground group (a Ctrl-C there reaches
+    every process of the group); False without a terminal."""
+    try:
+        with open("/dev/tty") as tty:
+            return os.tcgetpgrp(tty.fileno()) == os.getpgrp()
+    except OSError:
+        return False
 
 
 def final_metrics(run_dir: str | Path) -> dict:

@@ -1109,7 +1109,7 @@ def test_reproduce_passes_a_stop_on_to_its_training(tmp_path, sig):
              "signal.signal(signal.SIGINT, lambda *a: sys.exit(130))\n"
              "signal.signal(signal.SIGTERM, lambda *a: sys.exit(130))\n"
              "open(sys.argv[1], 'w').write(str(os.getpgrp()))\n"
-             "time.sleep(60)\n")
+             "time.sleep(20)\n")
     ready = tmp_path / "ready"
 
     def stop_when_ready():
@@ -1117,10 +1117,17 @@ def test_reproduce_passes_a_stop_on_to_its_training(tmp_path, sig):
             time.sleep(0.01)
         os.kill(os.getpid(), sig)
 
-    threading.Thread(target=stop_when_ready, daemon=True).start()
-    before = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
-    assert _run_child([sys.executable, "-c", child, str(ready)]) == 130
-    assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == before
+    # (as in a terminal; a shell's background job, CI's perhaps, starts with SIGINT ignored, which stays so)
+    started = {signal.SIGINT: signal.signal(signal.SIGINT, signal.default_int_handler),
+               signal.SIGTERM: signal.signal(signal.SIGTERM, signal.SIG_DFL)}
+    try:
+        threading.Thread(target=stop_when_ready, daemon=True).start()
+        assert _run_child([sys.executable, "-c", child, str(ready)]) == 130
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    finally:
+        for s_, handler in started.items():
+            signal.signal(s_, handler)
     assert int(ready.read_text()) == os.getpgrp()  # the terminal's Ctrl-C, Ctrl-Z, ... reach both
 
 

@@ -295,6 +295,7 @@ def test_a_rerun_of_a_saved_config_takes_keys_not_conf_choices(tmp_path):
         "vaelab-train experiment=seed ...")
     assert precheck([*argv, "model.size=small", "hydra/launcher=joblib"]) is None
     assert precheck([*argv, "optim={lr:0.01}"]) is None  # a group's keys, set as a dict
+    assert precheck([*argv, "-m", "optim=adam,adam"]).startswith("override 'optim=adam,adam': a saved config has")
     from vaelab.config import CONF_DIR  # a config tree of one's own (a copy of conf/) has its groups to choose
 
     shutil.copytree(CONF_DIR, tmp_path / "myconf")

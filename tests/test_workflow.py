@@ -1156,6 +1156,21 @@ def test_reproduce_into_a_folder_inside_a_run_is_one_line(finished_run, tmp_path
                                                f"the run {run}; give a folder outside it")
 
 
+def test_resume_stopped_in_its_final_evaluation_says_so(finished_run, tmp_path, capsys, monkeypatch):
+    """A Ctrl-C (or SIGTERM) while resume evaluated a run that had trained exited 130 silently."""
+    import vaelab.workflow as workflow_mod
+
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+
+    def stopped(*args, **kwargs):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(workflow_mod, "finish_evaluation", stopped)
+    assert vaelab(["resume", run]) == 130
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"vaelab resume: interrupted; {run} keeps what it had: vaelab resume {run} carries it on")
+
+
 def test_reproduce_of_a_run_with_a_damaged_metrics_or_eval_json_is_one_line(finished_run, tmp_path, capsys):
     """A truncated metrics.json, or a list in eval.json, was json's or Python's traceback."""
     run = tmp_path / "run"

@@ -276,7 +276,7 @@ def precheck(argv: list[str], fetch_data: bool = False, continuing: Path | None 
     if (Path(primary[0]) / "hydra.yaml").is_file():  # a re-run of a run's saved config: its groups are chosen
         for o in cmd.task:
             group = o.key_or_group.lstrip("+")
-            if group == "hydra" or not (CONF_DIR / group).is_dir() or not isinstance(o.value(), str):
+            if group == "hydra" or not (CONF_DIR / group).is_dir() or isinstance(o.value(), dict):
                 continue  # (optim={lr:0.01} sets its keys)
             new_run = f"start a new run from conf/: vaelab-train {o.input_line.lstrip('+')} ..."
             if group in ("experiment", "hparams_search"):  # (they set keys all over, hydra's too)

@@ -120,9 +120,10 @@ def _run_child(cmd: list[str], **kwargs) -> int:
     what the terminal sends (Ctrl-C, Ctrl-Z, Ctrl-\\, a hang-up) reaches it as it reaches this
     process; a Ctrl-C stops it as any run (it finishes its step and saves last.pt), where
     subprocess.run killed it 0.25 s later. What is sent to this process alone is passed on: a
-    SIGTERM (kill, a batch system), and a SIGINT that did not come from the terminal (kill -INT,
-    a notebook's interrupt). A signal this process was started ignoring (nohup, a background
-    job) stays ignored."""
+    SIGTERM (kill, a batch system), and a SIGINT while this process is not in its terminal's
+    foreground (no terminal: kill -INT, a notebook's interrupt; a kill -INT to it in the
+    foreground cannot be told from the terminal's Ctrl-C, and is not). A signal this process was
+    started ignoring (nohup, a background job) stays ignored."""
     child = subprocess.Popen(cmd, **kwargs)
 
     def pass_on(signum, frame):
@@ -733,5 +734,10 @@ def resume_command(args) -> int:
     except Interrupted as e:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # saved and leaving: a late Ctrl-C changes nothing
         print(f"vaelab resume: {e}", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:  # outside training: loading, or the final evaluation of a run that has trained
+        run = shlex.quote(str(args.run_dir))
+        print(f"vaelab resume: interrupted; {run} keeps what it had: vaelab resume {run} carries it on",
+              file=sys.stderr)
         return 130
     return 0

@@ -1148,6 +1148,37 @@ def test_reproduce_leaves_a_signal_it_was_started_ignoring_ignored(tmp_path):
         signal.signal(signal.SIGTERM, before)
 
 
+@pytest.mark.parametrize("code", [130, -signal.SIGINT], ids=["exit-130", "killed-by-sigint"])
+def test_a_stopped_reproduction_says_how_to_go_on(finished_run, tmp_path, capsys, monkeypatch, code):
+    """A Ctrl-C as the training process started (before its handlers: killed by SIGINT, -2) said
+    'failed'; stopped later, it says how to finish the reproduction."""
+    import vaelab.workflow as workflow_mod
+
+    def stopped(new, *parts):
+        def child(*args, **kwargs):  # what the training process had written when it was stopped
+            for part in parts:
+                shutil.copytree(finished_run / part, new / part)
+            return code
+        return child
+
+    new = tmp_path / "new"
+    monkeypatch.setattr(workflow_mod, "_run_child", stopped(new))  # before Hydra made its folder
+    assert vaelab(["reproduce", finished_run, "--out", new]) == 130
+    assert capsys.readouterr().err.strip() == (f"vaelab reproduce: the reproduction was stopped before it began; "
+                                               f"nothing was written to {new}")
+    monkeypatch.setattr(workflow_mod, "_run_child", stopped(new, ".hydra"))  # begun, no checkpoint yet
+    assert vaelab(["reproduce", finished_run, "--out", new]) == 130
+    assert capsys.readouterr().err.strip() == (f"vaelab reproduce: the reproduction in {new} was stopped before its "
+                                               f"first checkpoint; start another: vaelab reproduce {finished_run} "
+                                               f"--out NEW_DIR")
+    trained = tmp_path / "trained"
+    monkeypatch.setattr(workflow_mod, "_run_child", stopped(trained, ".hydra", "checkpoints"))  # last.pt saved
+    assert vaelab(["reproduce", finished_run, "--out", trained]) == 130
+    assert capsys.readouterr().err.strip() == (
+        f"vaelab reproduce: the reproduction in {trained} was stopped; finish it with: vaelab resume {trained}; then "
+        f"set the two side by side: vaelab compare {finished_run} {trained}")
+
+
 def test_reproduce_into_a_folder_inside_a_run_is_one_line(finished_run, tmp_path, capsys):
     run = tmp_path / "run"
     shutil.copytree(finished_run, run)

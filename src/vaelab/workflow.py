@@ -299,7 +299,14 @@ def reproduce(run_dir: str | Path, out: str | Path | None = None, rtol: float = 
               f"the last values, which the reproduction uses from the start ({RESUMES} in its .hydra/ has the "
               f"history): its numbers cannot be expected to match.", flush=True)
     code = _run_child(cmd, cwd=_launch_cwd(run_dir), env=env)
-    if code == 130 and new_dir.is_dir():  # stopped (Ctrl-C, SIGTERM) as any run is, its last.pt saved
+    stopped = code in (130, -signal.SIGINT, -signal.SIGTERM)  # (negative: stopped while it started, before
+    # vaelab-train's own handlers, with Python's traceback of the KeyboardInterrupt above)
+    if stopped and not (new_dir.is_dir() and any(new_dir.iterdir())):
+        raise ReproductionStopped(f"the reproduction was stopped before it began; nothing was written to {new_dir}")
+    if stopped and ckpt_io.latest(new_dir / "checkpoints") is None:
+        raise ReproductionStopped(f"the reproduction in {new_dir} was stopped before its first checkpoint; start "
+                                  f"another: vaelab reproduce {shlex.quote(str(run_dir))} --out NEW_DIR")
+    if stopped:  # as any run is, with its last.pt
         raise ReproductionStopped(f"the reproduction in {new_dir} was stopped; finish it with: "
                                   f"{ckpt_io.carry_on(new_dir)}; then set the two side by side: vaelab compare "
                                   f"{shlex.quote(str(run_dir))} {shlex.quote(str(new_dir))}")

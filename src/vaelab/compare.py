@@ -225,21 +225,32 @@ def table(runs: list[Run], extra: list[str] = ()) -> str:
     return "\n".join([*out, *(line(r).rstrip() for r in rows), *_units_note(runs, metrics)])
 
 
+def leaves_out_mse_constant(name: str) -> bool:
+    """Whether a metric (train_loss, a table column) or scalar (epoch/val_recon, a tag) is a
+    training or validation likelihood term, which train() gives without the MSE decoder's
+    Gaussian constant (vaelab eval's test_* and test/* include it; the KL has none)."""
+    return not name.startswith(("test_", "test/")) and name.endswith(("loss", "recon"))
+
+
+def _mse_constant_left_out() -> str:
+    from vaelab.losses import MSE_NLL_CONST_PER_DIM  # (here: losses imports torch)
+
+    return (f"leave out the Gaussian decoder's constant (add {784 * MSE_NLL_CONST_PER_DIM:.2f} nats for MNIST's "
+            f"784 pixels)")
+
+
 def _units_note(runs: list[Run], metrics: list[str]) -> list[str]:
     """A footnote when one table holds numbers in two units: train() leaves the MSE decoder's
     Gaussian constant out of train_loss and val_* (the seed's loss), vaelab eval puts it in."""
     if not any(r.config.get("loss.recon") == "mse" for r in runs):
         return []
-    from vaelab.losses import MSE_NLL_CONST_PER_DIM
-
-    left_out = [m for m in metrics if m in ("train_loss", "val_loss", "val_recon", "best_val_loss")]
+    left_out = [m for m in metrics if leaves_out_mse_constant(m)]
     # (eval.json's likelihood terms; its KL, k, epoch, ... have no such constant)
     with_it = [m for m in metrics if m in ("test_elbo", "test_recon", "test_nll_iwae") or
                (m.startswith("test_") and m.endswith("bits_per_dim") and m != "test_kl_bits_per_dim")]
     if not left_out:
         return []
-    note = (f"loss.recon=mse runs: {', '.join(left_out)} leave out the Gaussian decoder's constant "
-            f"(add {784 * MSE_NLL_CONST_PER_DIM:.2f} nats for MNIST's 784 pixels)")
+    note = f"loss.recon=mse runs: {', '.join(left_out)} {_mse_constant_left_out()}"
     return [note + (f"; {', '.join(with_it)} include{'s' * (len(with_it) == 1)} it" if with_it else "")]
 
 
@@ -309,13 +320,6 @@ def scalar_unit(tag: str) -> str | None:
     return {"active_units": "dimensions", "samples_per_s": "examples/s", "rss_mib": "MiB"}.get(name)
 
 
-def _leaves_out_mse_constant(tag: str) -> bool:
-    """Whether a scalar is a training or validation likelihood term, which train() logs without
-    the MSE decoder's Gaussian constant (vaelab eval's test/* include it; the KL has none)."""
-    group, _, name = tag.rpartition("/")
-    return group != "test" and name.endswith(("loss", "recon"))
-
-
 def plot(runs: list[Run], tag: str, out: str | Path) -> Path:
     """One curve per run of a scalar, x = examples seen, written to out (see plot_path)."""
     import matplotlib.pyplot as plt
@@ -336,11 +340,8 @@ def plot(runs: list[Run], tag: str, out: str | Path) -> Path:
     ax.set_xlabel("examples seen")
     unit = scalar_unit(found[0][1])
     ax.set_ylabel(found[0][1] + (f" ({unit})" if unit else ""))
-    if _leaves_out_mse_constant(found[0][1]) and any(r.config.get("loss.recon") == "mse" for r, _, _ in found):
-        from vaelab.losses import MSE_NLL_CONST_PER_DIM  # as the table's footnote says under the numbers
-
-        ax.set_title(f"loss.recon=mse runs leave out the Gaussian decoder's constant here "
-                     f"(add {784 * MSE_NLL_CONST_PER_DIM:.2f} nats for MNIST's 784 pixels)", fontsize="small")
+    if leaves_out_mse_constant(found[0][1]) and any(r.config.get("loss.recon") == "mse" for r, _, _ in found):
+        ax.set_title(f"loss.recon=mse runs {_mse_constant_left_out()}", fontsize="small")  # (the table's note)
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
     try:

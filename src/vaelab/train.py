@@ -540,6 +540,9 @@ def _train(cfg: DictConfig, run_dir: Path, data: MNISTData | None, on_start=None
     last_path = ckpt_dir / "last.pt"
     last_good = None  # (the checkpoint, where in the run it was saved): for the messages of a stop
 
+    def good_checkpoint() -> str:  # (a divergence's message: what it keeps)
+        return f"{last_good[0]} ({last_good[1]})" if last_good else "none yet"
+
     def where_in_run() -> str:  # (the stop message's words)
         return f"in epoch {st['epoch'] + 1} at image {st['pos']}/{n_train}" if st["pos"] else f"after epoch {st['epoch']}"
 
@@ -651,9 +654,8 @@ def _train(cfg: DictConfig, run_dir: Path, data: MNISTData | None, on_start=None
         # step that overflowed and the next loss check).
         nonlocal last_good
         if not torch.stack([torch.isfinite(p).all() for p in model.parameters()]).all():
-            good = f"{last_good[0]} ({last_good[1]})" if last_good else "none yet"
             raise diverged(f"non-finite weights at step {st['step']}, not saved to {path.name}; "
-                           f"last good checkpoint: {good}")
+                           f"last good checkpoint: {good_checkpoint()}")
         stop.saving = True
         try:
             ckpt_io.save_atomic({"model": model.state_dict(), "optimizer": opt.state_dict(),
@@ -671,9 +673,8 @@ def _train(cfg: DictConfig, run_dir: Path, data: MNISTData | None, on_start=None
 
     def check_finite(values: list[float], where: str) -> None:
         if not all(math.isfinite(v) for v in values):
-            good = f"{last_good[0]} ({last_good[1]})" if last_good else "none yet"
             raise diverged(f"non-finite loss {values[0]} at step {st['step']} ({where}); "
-                           f"stopped without saving these weights; last good checkpoint: {good}")
+                           f"stopped without saving these weights; last good checkpoint: {good_checkpoint()}")
 
     def log_train(epoch: int) -> float:
         """The train/* point of the steps since the last one: their per-example means and, as

@@ -890,6 +890,34 @@ def test_ctrl_c_after_the_weights_blew_up_keeps_the_good_checkpoint(tiny_mnist, 
     assert json.loads((run / "stopped.json").read_text())["state"] == "diverged"
 
 
+def test_overflowed_adam_moments_are_not_saved(tiny_mnist, tmp_path, monkeypatch):
+    """A gradient whose square overflows leaves the weights finite and exp_avg_sq infinite (those
+    weights never move again): the checkpoint after it must not replace the good one."""
+    real_beta_at, opt = train_mod.beta_at, {}
+    real_build = train_mod.build_optimizer
+
+    def build_optimizer(*args, **kwargs):
+        opt["o"] = real_build(*args, **kwargs)
+        return opt["o"]
+
+    def beta_at(step, *args):
+        if step == 8:  # epoch 2 (6 steps an epoch): its end-of-epoch checkpoint sees it
+            next(iter(opt["o"].state.values()))["exp_avg_sq"][0] = float("inf")
+        return real_beta_at(step, *args)
+
+    monkeypatch.setattr(train_mod, "build_optimizer", build_optimizer)
+    monkeypatch.setattr(train_mod, "beta_at", beta_at)
+    run = tmp_path / "run"
+    with pytest.raises(train_mod.NonFiniteLoss, match=r"non-finite Adam moments at step \d+ .*not saved to "
+                                                       r"(last|best).pt; last good checkpoint: .*after epoch 1"):
+        train(compose_cfg([f"data.root={tiny_mnist}", *TINY]), run)
+    ck = ckpt_io.load(run / "checkpoints" / "last.pt")
+    assert ck["state"]["epoch"] == 1
+    assert all(torch.isfinite(t).all() for s in ck["optimizer"]["state"].values() for t in s.values()
+               if torch.is_tensor(t))
+    assert json.loads((run / "stopped.json").read_text())["state"] == "diverged"
+
+
 @pytest.mark.parametrize("failing_epoch,failing_file", [(2, None), (1, None), (1, "last.pt")])
 def test_a_checkpoint_that_cannot_be_written_stops_the_run_in_one_line(tiny_mnist, tmp_path, monkeypatch,
                                                                        failing_epoch, failing_file):

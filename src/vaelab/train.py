@@ -656,6 +656,12 @@ def _train(cfg: DictConfig, run_dir: Path, data: MNISTData | None, on_start=None
         if not torch.stack([torch.isfinite(p).all() for p in model.parameters()]).all():
             raise diverged(f"non-finite weights at step {st['step']}, not saved to {path.name}; "
                            f"last good checkpoint: {good_checkpoint()}")
+        # Adam's moments too: a gradient whose square overflows (beyond ~1e19 in float32) leaves the
+        # weights finite but exp_avg_sq infinite, which freezes those weights for good, also after a resume.
+        moments = [t for s in opt.state.values() for t in s.values() if torch.is_tensor(t) and t.is_floating_point()]
+        if moments and not torch.stack([torch.isfinite(t).all() for t in moments]).all():
+            raise diverged(f"non-finite Adam moments at step {st['step']} (a gradient overflowed), not saved to "
+                           f"{path.name}; last good checkpoint: {good_checkpoint()}")
         stop.saving = True
         try:
             ckpt_io.save_atomic({"model": model.state_dict(), "optimizer": opt.state_dict(),

@@ -967,6 +967,20 @@ def test_a_ctrl_c_in_the_last_epoch_stops_before_the_final_evaluation(tiny_mnist
     assert vaelab(["resume", run]) == 0 and (run / "eval.json").is_file()
 
 
+def test_an_atomic_write_fsyncs_the_file_then_its_folder(tmp_path, monkeypatch):
+    """The file's data before the rename, the folder after it: otherwise a power cut can bring
+    back the old checkpoint (or none) although the new one was reported written."""
+    import stat
+    synced, fsync = [], os.fsync
+
+    def record(fd):
+        synced.append("folder" if stat.S_ISDIR(os.fstat(fd).st_mode) else "file")
+        fsync(fd)
+    monkeypatch.setattr(os, "fsync", record)
+    ckpt_io.write_atomic(tmp_path / "x.json", lambda f: f.write(b"{}"))
+    assert synced == ["file", "folder"] and (tmp_path / "x.json").read_bytes() == b"{}"
+
+
 def test_a_checkpoint_the_disk_has_no_room_for_fails_as_the_oserror_it_is(tmp_path):
     """torch.save into the file itself turned a short write into a RuntimeError ("unexpected
     pos"), which no handler knew: a full disk ended the run in a traceback and no stopped.json.

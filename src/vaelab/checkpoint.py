@@ -3,7 +3,8 @@
 A checkpoint is a plain dict (tensors, numbers, strings, lists): the model and optimizer
 state, the step counters, every RNG state and the resolved config as a plain dict, so
 `torch.load(weights_only=True)` reads it. It is written to a temporary file in the same folder,
-fsynced, then renamed over the old one: a kill mid-write leaves the previous file intact.
+fsynced, then renamed over the old one: a kill mid-write leaves the previous file intact
+(and the folder is fsynced after the rename, so that a power cut does not undo it).
 """
 from __future__ import annotations
 
@@ -115,7 +116,22 @@ def write_atomic(path: str | Path, write: Callable[[BinaryIO], Any]) -> Path:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    _fsync_folder(path.parent)
     return path
+
+
+def _fsync_folder(folder: Path) -> None:
+    """Make the rename itself durable: without it a power cut can bring back the old file."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # (a platform or file system without folders to open: Windows)
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # (file systems that do not fsync folders: the rename stands, only less durably)
+        pass
+    finally:
+        os.close(fd)
 
 
 def save_atomic(obj: dict, path: str | Path) -> Path:

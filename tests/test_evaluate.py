@@ -381,6 +381,34 @@ def test_eval_on_other_data_than_the_run_trained_on_says_so(make_cfg, tmp_path, 
     assert warned.endswith(f"from {other}): these are test numbers of other data")
 
 
+def test_an_eval_overtaken_by_the_runs_final_one_does_not_pass_for_it(make_cfg, tmp_path, monkeypatch, caplog):
+    """`vaelab eval` of last.pt at epoch 1 while a resume trains the run to epoch 2 and evaluates
+    it: the slower manual eval wrote its eval.json last and recorded the run's 2 epochs, so the run
+    looked evaluated (compare "done", resume "nothing to do") with epoch 1's numbers."""
+    import vaelab.evaluate as ev_mod
+
+    run = tmp_path / "run"
+    train(make_cfg(["latent_size=2", "trainer.epochs=1", "trainer.final_eval=true", "trainer.final_eval_k=2"]), run)
+    real_iwae, raced = ev_mod.iwae_nll, []
+
+    def iwae_then_the_resume_finishes(*args, **kwargs):
+        result = real_iwae(*args, **kwargs)
+        if not raced:  # the manual evaluation's: the run's own final evaluation overtakes it here
+            raced.append(True)
+            cfg = OmegaConf.load(run / ".hydra" / "config.yaml")
+            cfg.trainer.epochs = 2
+            train(cfg, run)
+        return result
+    monkeypatch.setattr(ev_mod, "iwae_nll", iwae_then_the_resume_finishes)
+    with caplog.at_level(logging.WARNING, logger="vaelab"):
+        manual = evaluate_run(run, k=3, device="cpu", pictures=False, progress=False)
+    assert manual["epoch"] == 1 and manual["made_when"] == {"run_epochs": 1}  # when its checkpoint was read
+    assert load_eval(run)["k"] == 3  # the last one written, whose numbers the user asked for
+    assert ckpt_io.final_eval_missing(run)  # ... but not the run's final evaluation: resume runs that again
+    assert f"replacing {run / 'eval.json'}, written while this evaluation ran (last.pt, epoch 2, k=2); " \
+           f"`vaelab resume {run}` makes the run's own final evaluation again" in caplog.text
+
+
 def test_mse_run_reports_the_gaussian_variance(make_cfg, tmp_path):
     cfg = make_cfg(["latent_size=3", "model.size=small", "trainer.epochs=1", "trainer.final_eval=false"])
     train(cfg, tmp_path)

@@ -162,6 +162,10 @@ def evaluate_run(run_dir: str | Path, k: int = 5000, device: str = "auto", check
     if k < 1:
         raise ConfigError(f"k={k}: the number of importance samples must be >= 1")
     cfg, model, path, ck = _load(run_dir, checkpoint, device)  # (a wrong folder fails here, before torch)
+    # How far the run had trained when its checkpoint was read, not when eval.json is written: a
+    # resume may finish the run meanwhile, and its own final evaluation is then still to come.
+    run_epochs = int((ckpt_io.read_json(run_dir / "metrics.json") or {}).get("epochs", 0))
+    at_start = ckpt_io.read_json(run_dir / "eval.json")  # (to notice one written while this one runs)
     import torch
 
     from vaelab.evaluate import ACTIVE_THRESHOLD, bits_per_dim, elbo_stats, iwae_nll
@@ -203,7 +207,7 @@ def evaluate_run(run_dir: str | Path, k: int = 5000, device: str = "auto", check
         "examples_seen": step, "split": "test", "n_examples": int(test.shape[0]), "dim": int(d),
         # how far the run had trained when this was made (0: not finished): a finished run's final
         # evaluation is missing while this is below its epochs (checkpoint.final_eval_missing)
-        "made_when": {"run_epochs": int((ckpt_io.read_json(run_dir / "metrics.json") or {}).get("epochs", 0))},
+        "made_when": {"run_epochs": run_epochs},
         "likelihood": likelihood, "gaussian_variance": MSE_GAUSSIAN_VARIANCE if recon_kind == "mse" else None,
         "recon_kind": recon_kind, "binarize": binarize, "note": note, "seed": seed,
         "data_root": str(root.resolve()), "data_digest": data.digest,  # (metrics.json: the training's)
@@ -253,6 +257,13 @@ def evaluate_run(run_dir: str | Path, k: int = 5000, device: str = "auto", check
                 os.replace(at, final)
                 drawn["pictures"][name] = str(final.resolve())  # as eval.json's checkpoint: not relative to the shell
             result.update(drawn)
+        now = ckpt_io.read_json(run_dir / "eval.json")
+        if now is not None and now != at_start:  # another evaluation (the run's own final one, say) finished first
+            made_when = now.get("made_when") if isinstance(now.get("made_when"), dict) else {}
+            later = isinstance(made_when.get("run_epochs"), int) and made_when["run_epochs"] > run_epochs
+            log.warning("replacing %s, written while this evaluation ran (%s, epoch %s, k=%s)%s", run_dir / "eval.json",
+                        Path(str(now.get("checkpoint"))).name, now.get("epoch"), now.get("k"),
+                        f"; `vaelab resume {run_dir}` makes the run's own final evaluation again" if later else "")
         ckpt_io.write_text_atomic(run_dir / "eval.json", json.dumps(result, indent=2) + "\n")
     except BaseException:  # Ctrl-C, a full disk: TensorBoard keeps showing the evaluation eval.json holds
         if writer is not None:

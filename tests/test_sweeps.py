@@ -330,6 +330,37 @@ def test_compare_plot_names_its_unit_and_tells_runs_with_the_same_settings_apart
         close(fig)
 
 
+def test_compare_plot_names_runs_by_folder_when_their_settings_would_not_fit(tmp_path, monkeypatch, capsys):
+    """Runs of two sweeps differ in many settings: the legend of every one of them made a
+    3668-pixel-wide strip. A run without the curve was left out of the plot without a word, and
+    --out could replace one of a run's training pictures."""
+    import matplotlib.pyplot as plt
+    from torch.utils.tensorboard import SummaryWriter
+
+    for i, name in enumerate(("sweep_a/0", "sweep_b/0", "no_events")):
+        (tmp_path / name / ".hydra").mkdir(parents=True)
+        (tmp_path / name / ".hydra" / "config.yaml").write_text(
+            "".join(f"setting_number_{j}: {i}\n" for j in range(6)))
+        if name != "no_events":
+            with SummaryWriter(str(tmp_path / name)) as w:
+                w.add_scalar("epoch/val_loss", 40.0, 100)
+    figs, close = [], plt.close
+    monkeypatch.setattr(plt, "close", figs.append)
+    assert vaelab(["compare", tmp_path, "--plot", "val_loss", "--out", tmp_path / "val.png"]) == 0
+    assert [t.get_text() for t in figs[0].axes[0].get_legend().get_texts()] == ["sweep_a/0", "sweep_b/0"]
+    close(figs[0])
+    assert capsys.readouterr().err.strip() == (
+        "vaelab compare: note: no val_loss curve for 1 of the 3 runs, left out of the plot: no_events")
+    (tmp_path / "sweep_a" / "0" / "samples").mkdir()
+    inside = tmp_path / "sweep_a" / "0" / "samples" / "recon_epoch0002.png"
+    assert vaelab(["compare", tmp_path, "--plot", "val_loss", "--out", inside]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"vaelab compare: error: --out {inside}: inside samples/ of the run {tmp_path / 'sweep_a' / '0'}, which "
+        f"holds what its training and evaluation wrote; write the plot elsewhere, e.g. --out curves.png")
+    assert not inside.exists()
+    assert vaelab(["compare", tmp_path, "--plot", "val_loss", "--out", tmp_path / "sweep_a" / "0" / "v.png"]) == 0
+
+
 def test_compare_into_a_pipe_closed_early_ends_quietly(tmp_path):
     """`vaelab compare DIR | head -1` ended in a BrokenPipeError traceback."""
     for name, value in (("a", "x" * 100_000), ("b", "y")):  # one row longer than a pipe's buffer

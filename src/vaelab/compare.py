@@ -283,9 +283,15 @@ def plot_path(out: str | Path) -> Path:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
     try:
-        return image_path(out, list(FigureCanvasAgg.get_supported_filetypes()), "curves.png")
+        out = image_path(out, list(FigureCanvasAgg.get_supported_filetypes()), "curves.png")
     except ValueError as e:
         raise CompareError(str(e)) from None
+    run = ckpt_io.enclosing_run(out)
+    if run is not None and out.absolute().parent != run.absolute():  # (beside its metrics.json: the user's)
+        part = out.absolute().relative_to(run.absolute()).parts[0]
+        raise CompareError(f"--out {out}: inside {part}/ of the run {run}, which holds what its training and "
+                           f"evaluation wrote; write the plot elsewhere, e.g. --out curves.png")
+    return out
 
 
 def curves(runs: list[Run], tag: str) -> list[tuple[Run, str, list]]:
@@ -320,17 +326,27 @@ def scalar_unit(tag: str) -> str | None:
     return {"active_units": "dimensions", "samples_per_s": "examples/s", "rss_mib": "MiB"}.get(name)
 
 
+# A legend label longer than this (runs from different sweeps differ in many settings) would
+# squeeze the plot into a strip beside it: the runs are named by their folders instead.
+LABEL_CHARS = 60
+
+
 def plot(runs: list[Run], tag: str, out: str | Path) -> Path:
     """One curve per run of a scalar, x = examples seen, written to out (see plot_path)."""
     import matplotlib.pyplot as plt
 
     out = plot_path(out)
     found = curves(runs, tag)
+    plotted = {id(r) for r, _, _ in found}
+    left_out = [r.name for r in runs if id(r) not in plotted]
+    if left_out:  # (a run with logger.tensorboard=false, or one stopped before its first point)
+        print(f"vaelab compare: note: no {tag} curve for {len(left_out)} of the {len(runs)} runs, left out of the "
+              f"plot: {', '.join(left_out)}", file=sys.stderr)
     fig, ax = plt.subplots(figsize=(8, 5))
     varying = _varying(runs)
-    labels = [",".join(f"{k}={r.config[k]}" for k in varying if k in r.config) for r, _, _ in found]
-    if not all(labels):  # nothing differs: the folder names
-        labels = [r.name for r, _, _ in found]
+    labels = [", ".join(f"{k}={r.config[k]}" for k in varying if k in r.config) for r, _, _ in found]
+    if not all(labels) or max(map(len, labels)) > LABEL_CHARS:  # nothing differs, or too much to read: the
+        labels = [r.name for r, _, _ in found]                    # folder names, as the table's first column
     elif len(set(labels)) < len(labels):  # the same settings twice (a run and its reproduction): both
         labels = [f"{label} ({r.name})" for (r, _, _), label in zip(found, labels)]
     for i, ((r, _, pts), label) in enumerate(zip(found, labels)):

@@ -128,7 +128,12 @@ def test_vaelab_sample(make_cfg, tmp_path, capsys):
     assert _sample_cli([str(run), "-n", "3", "--nrow", "3"]) == 0  # default: RUN_DIR/eval/...
     assert _sample_cli([str(run), "-n", "3", "--checkpoint", str(run / "checkpoints" / "best.pt")]) == 0
     # one grid per checkpoint: best.pt's does not replace last.pt's
-    assert {p.name for p in (run / "eval").iterdir()} == {"samples_last_t1_seed0.png", "samples_best_t1_seed0.png"}
+    assert {p.name for p in (run / "eval").iterdir()} == {"samples_last_t1_seed0_n3_nrow3.png",
+                                                          "samples_best_t1_seed0_n3.png"}
+    # the default grid is not replaced by a smaller one
+    assert _sample_cli([str(run), "-n", "64"]) == 0 and _sample_cli([str(run), "-n", "4"]) == 0
+    with Image.open(run / "eval" / "samples_last_t1_seed0.png") as im:
+        assert im.size == (8 * CELL + 2, 8 * CELL + 2)
     assert _sample_cli([str(run), "-n", "3", "--out", str(run / "eval" / "samples_best_t1_seed0.png")]) == 0
     shutil.copytree(run, tmp_path / "other")
     capsys.readouterr()

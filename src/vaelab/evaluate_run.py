@@ -448,10 +448,13 @@ def eval_command(args: argparse.Namespace) -> int:
 # --- `vaelab sample` ----------------------------------------------------------------------
 
 
+SAMPLE_N = 64  # `vaelab sample`'s grid: 8 x 8
+
+
 def add_sample_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run_dir", metavar="RUN_DIR", help="a run directory (holds .hydra/ and checkpoints/)")
     parser.add_argument("-n", type=_checked(int, lambda v: 1 <= v <= 10_000, "an integer in [1, 10000] (one grid)"),
-                        default=64, help="number of samples, at most 10000 (default 64)")
+                        default=SAMPLE_N, help=f"number of samples, at most 10000 (default {SAMPLE_N})")
     parser.add_argument("--out", default=None,
                         help="image to write (PNG; another extension, e.g. .jpg, picks that format), not one of "
                              "vaelab eval's or the training's pictures (default "
@@ -484,7 +487,9 @@ def _drawn_for_the_run(out: Path, run_dir: Path) -> str | None:
 def sample_command(args: argparse.Namespace) -> int:
     # The checkpoint is in the name: grids of best.pt and last.pt do not replace each other.
     which = args.checkpoint if args.checkpoint in ("last", "best") else Path(args.checkpoint).stem
-    default = Path(args.run_dir) / "eval" / f"samples_{which}_t{args.temperature:g}_seed{args.seed}.png"
+    # ... and so is a grid's size when it is not the default: `-n 4` must not replace the 64-sample grid.
+    size = (f"_n{args.n}" if args.n != SAMPLE_N else "") + (f"_nrow{args.nrow}" if args.nrow else "")
+    default = Path(args.run_dir) / "eval" / f"samples_{which}_t{args.temperature:g}_seed{args.seed}{size}.png"
     out = default
     if args.out:  # a wrong --out: one line before the model is loaded, not after the sampling
         from PIL import Image

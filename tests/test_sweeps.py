@@ -424,6 +424,41 @@ def test_a_sweep_job_whose_folder_holds_another_jobs_run_is_refused(tiny_mnist, 
     assert list(OmegaConf.load(run / ".hydra" / "overrides.yaml")) == ["optim.lr=0.001", "latent_size=2"]
 
 
+def test_a_sweep_job_waits_for_a_duplicate_that_took_the_folder_after_it_looked(tiny_mnist, tmp_path, caplog):
+    """Parallel Optuna trials that drew the same values: the first took the folder only once its
+    data had loaded, after the second had found it free; the second then stopped with "another
+    process is training this run now" (exit 2), which ended the whole study."""
+    import fcntl
+    import logging
+    import threading
+
+    from tests.conftest import compose_cfg
+    from tests.test_workflow import TINY
+    from vaelab.train import _train_sweep_job
+
+    run = tmp_path / "latent_size=2"
+    run.mkdir()
+    cfg = compose_cfg([f"data.root={tiny_mnist}", *TINY, "trainer.epochs=1", "trainer.final_eval=false"])
+    taken, prepared = threading.Event(), []
+
+    def other_job():  # the duplicate takes the folder for a moment, as train() does
+        fd = os.open(run, os.O_RDONLY)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        taken.set()
+        time.sleep(1.0)
+        os.close(fd)
+
+    def prepare():  # between this job's look and its start
+        prepared.append(True)
+        if len(prepared) == 1:
+            threading.Thread(target=other_job).start()
+            taken.wait()
+    with caplog.at_level(logging.INFO, logger="vaelab"):
+        metrics = _train_sweep_job(cfg, run, prepare)
+    assert len(prepared) == 2 and metrics["epochs"] == 1
+    assert f"another process is training {run} now: waiting for it to finish" in caplog.text
+
+
 def test_a_job_a_resumed_sweep_starts_keeps_hydra_overrides_that_hold_interpolations(tmp_path):
     """A sweep begun from a saved config (--config-dir RUN/.hydra) carries
     ++hydra.run.dir=outputs/runs/${name}/...: its jobs that had not started failed on resume

@@ -42,6 +42,10 @@ def remove_partial(folder: str | Path) -> int:
     return len(stale)
 
 
+class RunInUse(CheckpointError):
+    """Another process holds the run's lock (only_process): it is training the run now."""
+
+
 @contextlib.contextmanager
 def only_process(run_dir: str | Path, waiting: Callable[[], Any] | None = None):
     """Hold an exclusive lock on the run folder while training it: a second process on the same
@@ -60,8 +64,8 @@ def only_process(run_dir: str | Path, waiting: Callable[[], Any] | None = None):
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             if waiting is None:
-                raise CheckpointError(f"{run_dir}: another process is training this run now; "
-                                      f"let it finish or stop it (Ctrl-C) first") from None
+                raise RunInUse(f"{run_dir}: another process is training this run now; "
+                               f"let it finish or stop it (Ctrl-C) first") from None
             waiting()
             fcntl.flock(fd, fcntl.LOCK_EX)
         yield

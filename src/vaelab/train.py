@@ -912,24 +912,19 @@ def hydra_main(cfg: DictConfig) -> float:
     # that began then carries on from its own saved config (_carry_on).
     continued = os.environ.get(SWEEP_CONTINUED) == "1"
     began = continued and (run_dir / ".hydra" / "config.yaml").is_file()
-    if not continued and hc.mode.name == "MULTIRUN":
-        # Another job of this sweep training in this folder now got the same folder name:
-        # parallel Optuna trials that drew the same values, say. Wait for it, then look at what
-        # it left: a run with these settings is reported as a later duplicate's is (nothing to
-        # do), one with others is refused below.
-        with ckpt_io.only_process(run_dir, waiting=lambda: log.info(
-                "another process is training %s now: waiting for it to finish (Ctrl-C stops waiting)", run_dir)):
-            pass
-        clash = _another_jobs_run(_from_launch_folder(typed(cfg), hc), run_dir)
-        if clash:
-            print(f"vaelab-train: error: {clash}", file=sys.stderr)
-            sys.exit(2)  # the sweep's folder names are broken: the jobs after this one would meet it too
     if continued and not began:  # a job that never started: its config, as Hydra saves it
         _save_job_config(cfg, run_dir)
-    if not began:
+    sweep_job = not continued and hc.mode.name == "MULTIRUN"
+    if not began and not sweep_job:
         pin_environment(run_dir, cfg)  # the saved config must not depend on this shell's variables
     try:
-        metrics = _carry_on(run_dir) if began else train(_from_launch_folder(typed(cfg), hc), run_dir)
+        if began:
+            metrics = _carry_on(run_dir)
+        elif sweep_job:
+            metrics = _train_sweep_job(_from_launch_folder(typed(cfg), hc), run_dir,
+                                       prepare=lambda: pin_environment(run_dir, cfg))
+        else:
+            metrics = train(_from_launch_folder(typed(cfg), hc), run_dir)
     except (ConfigError, DataError, ckpt_io.CheckpointError) as e:  # bad input: one line, no traceback
         print(f"vaelab-train: error: {e}", file=sys.stderr)
         # The folder Hydra made for a run that never started would list in `vaelab compare`
@@ -1032,6 +1027,28 @@ def _from_launch_folder(cfg: DictConfig, hc) -> DictConfig:
 
 def _sweep_dir(hc) -> Path:
     return Path(os.path.normpath(Path(hc.runtime.cwd, hc.sweep.dir)))
+
+
+def _train_sweep_job(cfg: DictConfig, run_dir: Path, prepare) -> dict:
+    """train() for a job of a sweep, in a folder that another job of it may be training now: the
+    same folder name, as parallel Optuna trials that drew the same values get. It waits for that
+    one, then looks at what it left: a run with these settings is reported as a later
+    duplicate's is (nothing to do), one with others is refused. The look and the start are not
+    one step (the other job takes the folder only when its train() starts, after Hydra has set the
+    job up): a job that took it in between is waited for in turn. `prepare()`: called before train(), once the folder is free."""
+    while True:
+        with ckpt_io.only_process(run_dir, waiting=lambda: log.info(
+                "another process is training %s now: waiting for it to finish (Ctrl-C stops waiting)", run_dir)):
+            pass
+        clash = _another_jobs_run(cfg, run_dir)
+        if clash:
+            print(f"vaelab-train: error: {clash}", file=sys.stderr)
+            sys.exit(2)  # the sweep's folder names are broken: the jobs after this one would meet it too
+        prepare()
+        try:
+            return train(cfg, run_dir)
+        except ckpt_io.RunInUse:
+            continue
 
 
 def _carry_on(run_dir: Path) -> dict:

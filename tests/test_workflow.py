@@ -770,6 +770,27 @@ def test_resume_below_the_epochs_a_stopped_run_has_trained_is_one_line(tiny_mnis
     assert vaelab(["resume", run]) == 0 and json.loads((run / "metrics.json").read_text())["epochs"] == 3
 
 
+@pytest.mark.parametrize("pruned", [("optimizer",), ("rng",), ("state", "rng")])
+def test_resume_of_a_checkpoint_with_weights_only_is_one_line(finished_run, tmp_path, capsys, pruned):
+    """A last.pt without its optimizer state, RNG states or counters ended resume in a KeyError."""
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    last = run / "checkpoints" / "last.pt"
+    for name in ("last.pt", "best.pt"):
+        ck = ckpt_io.load(run / "checkpoints" / name)
+        ckpt_io.save_atomic({k: v for k, v in ck.items() if k not in pruned}, run / "checkpoints" / name)
+    before = files_snapshot(run)
+    capsys.readouterr()
+    for argv in (["resume", run, "trainer.epochs=2"], ["resume", run]):
+        assert vaelab(argv) == 2
+        missing = "/".join(repr(k) for k in pruned)
+        assert capsys.readouterr().err.strip() == (
+            f"vaelab resume: error: {last}: holds the weights but no {missing} entr{'ies' if len(pruned) > 1 else 'y'}: "
+            f"it can be evaluated (vaelab eval), not resumed")
+    assert files_snapshot(run) == before
+    assert vaelab(["eval", run, "--k", "2", "--no-pictures"]) == 0
+
+
 def test_a_resume_that_train_refuses_leaves_the_config_and_metrics_as_they_were(finished_run, tmp_path, capsys,
                                                                                 monkeypatch):
     """What only train() can check (here the loss kernels, which need a GPU with Triton) comes

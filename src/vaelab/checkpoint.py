@@ -249,6 +249,16 @@ def load(path: str | Path, map_location: Any = "cpu") -> dict:
     return ckpt
 
 
+def check_resumable(ckpt: dict, path: str | Path) -> None:
+    """Refuse, in one line, a checkpoint that holds weights but not what carrying its training
+    on needs (a hand-pruned file, say): the optimizer's state, the step counters, the RNG states."""
+    missing = [k for k in ("optimizer", "state", "rng") if not isinstance(ckpt.get(k), dict)]
+    if missing:
+        raise CheckpointError(f"{path}: holds the weights but no {'/'.join(repr(k) for k in missing)} "
+                              f"entr{'ies' if len(missing) > 1 else 'y'}: it can be evaluated (vaelab eval), "
+                              f"not resumed")
+
+
 # Settings that change what a checkpoint's weights compute, or the objective they were
 # trained for, without changing a tensor's shape.
 SAME_AS_TRAINED = ("model.activation", "loss.recon", "data.binarize")

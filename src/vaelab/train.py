@@ -552,6 +552,7 @@ def _train(cfg: DictConfig, run_dir: Path, data: MNISTData | None, on_start=None
     resume_from = ckpt_io.latest(ckpt_dir) if t.resume else None
     if resume_from is not None:
         ck = ckpt_io.load(resume_from, map_location="cpu")
+        ckpt_io.check_resumable(ck, resume_from)
         ckpt_io.check_compatible(ck, model, resume_from, cfg, ckpt_io.SAME_TO_RESUME)
         model.load_state_dict(ck["model"])
         opt.load_state_dict(_under_config(ck["optimizer"], opt))

@@ -494,6 +494,7 @@ def resume(run_dir: str | Path, overrides: list[str] = ()) -> dict | None:
     from vaelab.train import build_model, check_data_to_resume, check_epochs_to_resume, train
 
     ck = ckpt_io.load(last)
+    ckpt_io.check_resumable(ck, last)
     ckpt_io.check_compatible(ck, build_model(cfg), last, cfg, ckpt_io.SAME_TO_RESUME)
     done = ck["state"]["epoch"]
     check_epochs_to_resume(ck["state"], cfg.trainer.epochs)  # ConfigError, one line, before anything is written

@@ -219,3 +219,30 @@ def test_kl_bars_colour_the_active_dimensions_and_keep_their_order():
     assert len(cols_b) and len(cols_g) and cols_b.max() < cols_g.min()
     height_b, height_g = blue[:, bar_b].any(1).sum().item(), grey[:, bar_g].any(1).sum().item()
     assert abs(height_b / height_g - 2) < 0.1  # (the x axis line hides a pixel or two of each)
+
+
+def test_a_failed_write_in_tensorboards_writer_thread_is_not_a_second_traceback(monkeypatch):
+    """The writer thread kept the OSError for the training to raise (as its one line), and its
+    death printed it as a traceback too; other threads' errors still reach the hook before."""
+    import queue
+    import threading
+
+    from tensorboard.summary.writer.event_file_writer import _AsyncWriterThread
+
+    from vaelab.logger import quiet_writer_thread_errors
+
+    printed = []
+    monkeypatch.setattr(threading, "excepthook", lambda args: printed.append(args.thread))
+    quiet_writer_thread_errors()
+    quiet_writer_thread_errors()  # (once only, however many writers)
+
+    class Full(_AsyncWriterThread):
+        def _run(self):
+            raise OSError(28, "No space left on device")
+    writer_thread = Full(queue.Queue(), None, 1)
+    other = threading.Thread(target=lambda: (_ for _ in ()).throw(OSError(28, "No space left on device")))
+    for t in (writer_thread, other):
+        t.start()
+        t.join()
+    assert isinstance(writer_thread.exception, OSError)  # kept for the writer's next call
+    assert printed == [other]

@@ -223,6 +223,9 @@ def evaluate_run(run_dir: str | Path, k: int = 5000, device: str = "auto", check
     writer, staging = None, None
     if cfg.logger.tensorboard:
         from torch.utils.tensorboard import SummaryWriter
+
+        from vaelab.logger import quiet_writer_thread_errors
+        quiet_writer_thread_errors()
         writer = SummaryWriter(log_dir=str(run_dir), filename_suffix=EVAL_SUFFIX)
     try:
         if writer is not None:

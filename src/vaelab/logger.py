@@ -64,12 +64,36 @@ def grid_columns(n: int) -> int:
     return next((c for c in range(root, 2 * root + 1) if n % c == 0), root)
 
 
+def quiet_writer_thread_errors() -> None:
+    """A write that fails in TensorBoard's writer thread (a full disk) is kept by the writer and
+    raised again at its next call in the thread that uses it, where train() and vaelab eval turn
+    it into their one line; the thread's own death printed the same error as a traceback too.
+    Installed once, in front of whatever threading.excepthook was there."""
+    import threading
+
+    try:
+        from tensorboard.summary.writer.event_file_writer import _AsyncWriterThread
+    except ImportError:  # (another tensorboard layout: its tracebacks stay)
+        return
+    before = threading.excepthook
+    if getattr(before, "vaelab_quiet", False):
+        return
+
+    def hook(args):
+        if not (isinstance(args.thread, _AsyncWriterThread) and isinstance(args.exc_value, OSError)):
+            before(args)
+    hook.vaelab_quiet = True
+    threading.excepthook = hook
+
+
 class RunLogger:
     """Thin wrapper around SummaryWriter. purge_step (in examples seen) drops events a killed
     run wrote after its last checkpoint, so a resumed run's curves have no duplicates."""
 
     def __init__(self, run_dir: str | Path, enabled: bool = True, purge_step: int | None = None):
         self.enabled = enabled
+        if enabled:
+            quiet_writer_thread_errors()
         self.w = SummaryWriter(log_dir=str(run_dir), purge_step=purge_step) if enabled else None
 
     def scalars(self, values: dict, x: int, prefix: str = "") -> None:

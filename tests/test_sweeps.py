@@ -795,6 +795,44 @@ def test_resume_of_a_sweep_refuses_what_it_cannot_carry_on(sweep, tmp_path, caps
         f"vaelab resume: error: {drawn / 'multirun.yaml'}: not a sweep record as Hydra writes it (")
 
 
+def test_resume_of_a_sweep_that_is_still_running_is_refused(sweep, tmp_path, capsys):
+    """The launching process holds the sweep folder while the jobs run: a resume went ahead, and
+    ran a job's final evaluation a second time beside the sweep's own."""
+    from omegaconf import OmegaConf
+
+    from vaelab.compare import SweepSummary
+
+    running = tmp_path / "running"
+    shutil.copytree(sweep, running)
+    probe = ("import fcntl, os, sys\nfd = os.open(sys.argv[1], os.O_RDONLY)\n"
+             "try:\n    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB); print('free')\n"
+             "except BlockingIOError:\n    print('held')\n")
+
+    def seen_from_another_process() -> str:
+        return subprocess.run([sys.executable, "-c", probe, str(running)], capture_output=True, text=True,
+                              check=True).stdout.strip()
+    hydra_cfg = OmegaConf.create({"hydra": {"sweep": {"dir": str(running)}}})
+    summary = SweepSummary()
+    summary.on_multirun_start(hydra_cfg)
+    assert seen_from_another_process() == "held"
+    summary.on_multirun_end(hydra_cfg)
+    assert seen_from_another_process() == "free"
+
+    holder = subprocess.Popen([sys.executable, "-c", "import fcntl, os, sys, time; fd = os.open(sys.argv[1], "
+                               "os.O_RDONLY); fcntl.flock(fd, fcntl.LOCK_EX); print('held', flush=True); "
+                               "time.sleep(60)", str(running)], stdout=subprocess.PIPE)
+    try:
+        assert holder.stdout.readline() == b"held\n"
+        capsys.readouterr()
+        assert vaelab(["resume", running]) == 2
+        assert capsys.readouterr().err.strip() == (
+            f"vaelab resume: error: {running}: another process is running this sweep now; let it finish or stop "
+            f"it (Ctrl-C) first")
+    finally:
+        holder.kill()
+        holder.wait()
+
+
 def test_resume_of_a_sweep_whose_job_folders_are_named_by_the_clock_is_refused(sweep, tmp_path, capsys):
     """A relaunch finds a begun job only in the folder hydra.sweep.subdir names for it; with
     ${now:...} in the name every job would start anew beside the old ones, so resume says so."""

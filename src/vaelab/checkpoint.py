@@ -73,6 +73,37 @@ def only_process(run_dir: str | Path, waiting: Callable[[], Any] | None = None):
         os.close(fd)  # releases the lock
 
 
+_held: dict[Path, int] = {}  # hold()'s locks: folder -> descriptor
+
+
+def hold(folder: str | Path) -> None:
+    """Take only_process's lock on `folder` (made if need be) until release(folder), as a sweep's
+    launching process holds its sweep folder while its jobs run. Nothing where there is no
+    flock, or another process holds it (this one goes on without)."""
+    try:
+        import fcntl
+    except ImportError:
+        return
+    folder = Path(folder).absolute()
+    release(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return
+    _held[folder] = fd
+
+
+def release(folder: str | Path) -> None:
+    """Let go of hold()'s lock on `folder`, if this process has it (a sweep that ended, or that a
+    Ctrl-C stopped before it could say so)."""
+    fd = _held.pop(Path(folder).absolute(), None)
+    if fd is not None:
+        os.close(fd)
+
+
 def check_not_in_use(run_dir: str | Path) -> None:
     """CheckpointError if another process is training the run now (see only_process)."""
     with only_process(run_dir):

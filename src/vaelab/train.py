@@ -1076,7 +1076,8 @@ def _carry_on(run_dir: Path) -> dict:
     log.info("%s finished earlier (%s, val loss %.4f) and is left as it is", run_dir.name,
              n_epochs(metrics["epochs"]), metrics["val_loss"])
     try:
-        finish_evaluation(run_dir, cfg, say=log.info)
+        with ckpt_io.only_process(run_dir):  # (not while its own process is at that evaluation)
+            finish_evaluation(run_dir, cfg, say=log.info)
     except (ConfigError, DataError, ckpt_io.CheckpointError, OSError) as e:  # the other jobs go on
         log.warning("%s: its end-of-training evaluation cannot run (%s); its training numbers stand", run_dir.name,
                     e)

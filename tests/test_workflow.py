@@ -1420,8 +1420,11 @@ def test_resume_mid_epoch_on_a_training_split_of_another_size_changes_nothing(ti
         train(compose_cfg([f"data.root={other}", *TINY]), run)
     assert "the data differs from what this run trained on until now (data digest" in caplog.text
     from vaelab.data import load_data
-    assert json.loads((run / "metrics.json").read_text())["data_digest"] == load_data(
-        other, torch.device("cpu"), val_size=64).digest
+    digests = [load_data(root, torch.device("cpu"), val_size=64).digest for root in (tiny_mnist, other)]
+    assert json.loads((run / "metrics.json").read_text())["data_digest"] == digests[1]
+    # ... which metrics.json alone hid from `vaelab reproduce`: the run's record of resumes has it
+    from vaelab.workflow import changed_part_way
+    assert changed_part_way(run) == [f"the data (digest {digests[0]}, then {digests[1]}) (from epoch 2, after step 9)"]
 
 
 def test_a_relative_data_root_given_to_resume_is_read_from_here(finished_run, tiny_mnist, tmp_path, monkeypatch):

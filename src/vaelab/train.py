@@ -548,7 +548,7 @@ def _train(cfg: DictConfig, run_dir: Path, data: MNISTData | None, on_start=None
 
     # A sweep's job names its bar: joblib's parallel workers draw theirs on one terminal line.
     job = f"{run_dir.name} " if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN else ""
-    resumed = False
+    resumed, data_changed = False, None
     resume_from = ckpt_io.latest(ckpt_dir) if t.resume else None
     if resume_from is not None:
         ck = ckpt_io.load(resume_from, map_location="cpu")
@@ -561,6 +561,8 @@ def _train(cfg: DictConfig, run_dir: Path, data: MNISTData | None, on_start=None
         if st["data_digest"] != data.digest:  # (a checkpoint from before 2026-11-26 has none: st keeps this one)
             log.warning("the data differs from what this run trained on until now (data digest %s, now %s): "
                         "data.root=%s", st["data_digest"], data.digest, cfg.data.root)
+            data_changed = {"epoch": st["epoch"] + 1, "step": st["step"],
+                            "data_digest": {"before": st["data_digest"], "now": data.digest}}
             st["data_digest"] = data.digest
         check_epochs_to_resume(st, t.epochs)
         if st["threads"] != torch.get_num_threads():
@@ -582,6 +584,9 @@ def _train(cfg: DictConfig, run_dir: Path, data: MNISTData | None, on_start=None
     # The input and the checkpoint are good: from here on the run folder changes.
     if on_start is not None:
         on_start()
+    if data_changed:  # metrics.json keeps the last digest only: the run's record of resumes says when it changed
+        from vaelab.workflow import record_resume
+        record_resume(run_dir, data_changed)
     (run_dir / ckpt_io.STOPPED).unlink(missing_ok=True)  # why the run last stopped early; `vaelab compare` shows it
     ckpt_dir.mkdir(exist_ok=True)
     sample_dir.mkdir(exist_ok=True)

@@ -321,15 +321,15 @@ def reproduce(run_dir: str | Path, out: str | Path | None = None, rtol: float = 
     if by_hand:  # not what the run's own final evaluation makes: its test_* would differ by design
         original = {k: v for k, v in original.items() if not k.startswith("test_")}
         new = {k: v for k, v in new.items() if not k.startswith("test_")}
+    diff = differing_keys(original, new, rtol)
+    if "data_digest" in diff:  # first: it explains the rest
+        print("\nThe data differs from the original run's (data_digest: its images and labels, split as the run "
+              "split them): its numbers cannot be expected to match.")
     print()
     print(side_by_side(original, new, rtol))
     if by_hand:
         print(f"(test_* not compared: {run_dir / 'eval.json'} is not the run's own final evaluation, which a "
               f"reproduction makes again; it was made with {by_hand})")
-    diff = differing_keys(original, new, rtol)
-    if "data_digest" in diff:
-        print("\nThe data differs from the original run's (data_digest: its images and labels, split as the run "
-              "split them): its numbers cannot be expected to match.")
     if diff:
         print(f"\nNOT reproduced: {len(diff)} metric(s) differ ({', '.join(diff)})"
               + (f" beyond rtol={rtol}" if rtol else "") + (" (settings changed part-way: see the note above)"
@@ -415,8 +415,8 @@ def _data_root_from_here(overrides: list[str]) -> list[str]:
     return out
 
 
-# .hydra/resumes.yaml: each `vaelab resume` that changed the config, with the epoch it first
-# trained in and the steps the run had taken before it. The config holds the last values only; a re-run from it uses them
+# .hydra/resumes.yaml: each `vaelab resume` that changed the config (and each resume that found
+# other data), with the epoch it first trained in and the steps the run had taken before it. The config holds the last values only; a re-run from it uses them
 # from the start, so `vaelab reproduce` says when a change can make its numbers differ.
 RESUMES = "resumes.yaml"
 # Settings that change no number of the run when changed part-way (where the data is, how long,
@@ -434,14 +434,25 @@ def _resumes(run_dir: Path) -> list[dict]:
     return record if isinstance(record, list) else []
 
 
+def record_resume(run_dir: Path, entry: dict) -> None:
+    """Add an entry to the run's record of resumes (train(): the data changed at a resume)."""
+    ckpt_io.write_text_atomic(run_dir / ".hydra" / RESUMES,
+                              yaml.safe_dump([*_resumes(run_dir), entry], sort_keys=False))
+
+
 def changed_part_way(run_dir: Path) -> list[str]:
     """The changes `vaelab resume` made part-way through the run that can change its numbers,
-    as 'optim.lr=1e-4 (from epoch 3, after step 1876)'."""
+    as 'optim.lr=1e-4 (from epoch 3, after step 1876)'; other data as 'the data (digest A, then
+    B) (from ...)'."""
     out = []
     for r in _resumes(run_dir):
+        when = f"(from epoch {r.get('epoch')}, after step {r.get('step')})"
         for line in r.get("overrides") or []:
             if str(line).split("=", 1)[0] not in _CHANGE_NO_NUMBER:
-                out.append(f"{line} (from epoch {r.get('epoch')}, after step {r.get('step')})")
+                out.append(f"{line} {when}")
+        digests = r.get("data_digest")
+        if isinstance(digests, dict):
+            out.append(f"the data (digest {digests.get('before')}, then {digests.get('now')}) {when}")
     return out
 
 

@@ -988,6 +988,24 @@ def test_a_ctrl_c_in_the_last_epoch_stops_before_the_final_evaluation(tiny_mnist
     assert vaelab(["resume", run]) == 0 and (run / "eval.json").is_file()
 
 
+def test_a_ctrl_c_during_the_final_evaluation_names_the_run_and_what_is_left(tiny_mnist, tmp_path, monkeypatch):
+    """It reached vaelab-train as a bare KeyboardInterrupt: a generic line that named no run and
+    did not say that only the evaluation was missing."""
+    import vaelab.evaluate as ev_mod
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(ev_mod, "iwae_nll", interrupted)
+    run = tmp_path / "run"
+    with pytest.raises(Interrupted) as exc:
+        train(compose_cfg([f"data.root={tiny_mnist}", *TINY, "trainer.epochs=1", "trainer.final_eval=true"]), run)
+    assert exc.value.finished and str(exc.value) == (
+        f"stopped during the end-of-training evaluation of {run}: the run has finished training (metrics.json); "
+        f"vaelab resume {run} runs the evaluation")
+    assert not (run / "stopped.json").exists() and not (run / "eval.json").exists()
+    assert ckpt_io.final_eval_missing(run) == "no eval.json"
+
+
 def test_an_atomic_write_fsyncs_the_file_then_its_folder(tmp_path, monkeypatch):
     """The file's data before the rename, the folder after it: otherwise a power cut can bring
     back the old checkpoint (or none) although the new one was reported written."""

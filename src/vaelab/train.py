@@ -829,7 +829,13 @@ def _train(cfg: DictConfig, run_dir: Path, data: MNISTData | None, on_start=None
         from vaelab.evaluate_run import evaluate_run
         # (the data gone since training began: it has trained, only its test numbers wait for the data)
         how = f"the run has finished training; to evaluate it: vaelab resume {shlex.quote(str(run_dir))} data.root=DIR,"
-        evaluate_run(run_dir, k=t.final_eval_k, device=str(device), checkpoint="last", progress=t.progress, how=how)
+        try:
+            evaluate_run(run_dir, k=t.final_eval_k, device=str(device), checkpoint="last", progress=t.progress,
+                         how=how)
+        except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (vaelab-train makes it one): the run itself is done
+            raise Interrupted(f"stopped during the end-of-training evaluation of {run_dir}: the run has finished "
+                              f"training (metrics.json); vaelab resume {shlex.quote(str(run_dir))} runs the "
+                              f"evaluation", finished=True) from None
     return metrics
 
 

@@ -253,6 +253,10 @@ def test_optimizer_matches_config():
     (["~model.activation"], "override '~model.activation': model.activation cannot be deleted (the config needs it); "
                             "set it instead, as in model.activation=VALUE"),
     (["~hydra.run.dir"], "override '~hydra.run.dir': hydra.run.dir cannot be deleted"),
+    # ~GROUP dropped the group's file and trained with the schema's values, as if it were not given
+    (["~model"], "override '~model': model is a config group the run needs; choose one of its options (mlp) "
+                 "instead, as in model=mlp"),
+    (["~optim=adam"], "override '~optim=adam': optim is a config group the run needs"),
     # a key of another launcher: which one to select
     (["-m", "latent_size=2,16", "hydra.launcher.n_jobs=2"], "keys allowed at 'hydra.launcher': _target_; n_jobs "
                                                            "is a setting of the joblib launcher (hydra/launcher=joblib)"),
@@ -922,3 +926,10 @@ def test_override_value_reads_back_as_the_same_string(value):
     from vaelab.train_cli import override_value
 
     assert OverridesParser.create().parse_overrides([f"k={override_value(value)}"])[0].value() == value
+
+
+def test_vaelab_train_help_names_the_command(tmp_path):
+    """Its first line said 'train is powered by Hydra' (Hydra's default: the job's name)."""
+    r = subprocess.run([sys.executable, "-m", "vaelab.train", "--help"], cwd=tmp_path, capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.splitlines()[0] == "vaelab-train is powered by Hydra."

@@ -651,13 +651,21 @@ _ABSENT = object()
 def _deleted_key_error(cfg: DictConfig, overrides: list[str]) -> str | None:
     """`~KEY` of a key the schema has. Below the top level Hydra refuses it at composition
     ('does not support deletion', see _explain), but it deletes a top-level key (latent_size,
-    seed, name, device) and the job then fails on the missing key with a traceback. (`~model`
-    drops a config group's file: the schema's values stay, and the config composes.)"""
+    seed, name, device) and the job then fails on the missing key with a traceback. `~model`
+    drops a config group's file: the schema's values stay, the config composes, and the run
+    trains as if it were not given: refused too."""
     if not any(ov.startswith("~") for ov in overrides):  # (the schema costs ~5 ms, once per job checked)
         return None
     schema = OmegaConf.structured(Config)
     for ov in overrides:
         key = ov[1:].split("=", 1)[0] if ov.startswith("~") else ""
+        if key and "." not in key and OmegaConf.is_dict(OmegaConf.select(schema, key, default=None)):
+            # `~model`: the group's file is dropped, its settings stay the schema's: the run would
+            # train what it always does, as though the override were not there
+            options = _group_options(key)
+            example = f", as in {key}={options[0]}" if options else ""
+            return (f"override '{ov}': {key} is a config group the run needs; choose one of its options "
+                    f"({', '.join(options) or 'none found'}) instead{example}")
         if (key and OmegaConf.select(schema, key, default=_ABSENT) is not _ABSENT
                 and OmegaConf.select(cfg, key, default=_ABSENT) is _ABSENT):
             return _cannot_delete(ov)

@@ -347,7 +347,8 @@ def format_table(r: dict, run_dir: str | Path) -> str:
     kl = r["kl_per_dim"]
     order = sorted(range(len(kl)), key=lambda i: -kl[i])
     small = sum(v < 0.01 for v in kl)
-    top = ", ".join(f"z{i} {kl[i]:.2f}" for i in order[:8])
+    # two decimals, or two significant digits below 0.1: 0.0099 printed as 0.01 beside "< 0.01 nats"
+    top = ", ".join(f"z{i} {kl[i]:.2f}" if kl[i] >= 0.1 else f"z{i} {kl[i]:.2g}" for i in order[:8])
     lines = [
         f"vaelab eval {run_dir}",
         f"  checkpoint   {r['checkpoint']} (epoch {r['epoch']})",

@@ -33,6 +33,9 @@ def test_traversal_rows_order_by_kl_and_mark_dead():
     assert traversal_rows(kl, active, n=2) == ([2, 0, 3], [False, False, True])
     # dead is inactive, as active_units and the KL chart count: a tiny KL alone is not dead
     assert traversal_rows(kl, torch.ones(4, dtype=torch.bool), n=2) == ([2, 0], [False, False])
+    # an active dimension with less KL than the dead ones still comes first: it is what encodes x
+    kl = torch.tensor([0.5, 0.4, 0.3, 0.02])
+    assert traversal_rows(kl, torch.tensor([False, False, False, True]), n=2) == ([3, 0], [False, True])
 
 
 def test_traversals_grid_sweeps_one_dimension_per_row_and_frames_dead_rows():
@@ -183,7 +186,7 @@ def test_traversal_labels_stay_inside_the_picture():
     renderer = fig.canvas.get_renderer()
     texts = [*fig.axes[0].get_yticklabels(), fig.axes[0].title]
     assert "z1023  KL 0.0099  dead" in [t.get_text() for t in texts]
-    assert fig.axes[0].get_title().endswith("\n11 of 1024 dimensions shown, most KL first")  # not read as all
+    assert fig.axes[0].get_title().endswith("\n11 of 1024 dimensions shown, active ones first, most KL first")  # not read as all
     for t in texts:
         box = t.get_window_extent(renderer)
         assert 0 <= box.x0 and box.x1 <= fig.bbox.width, t.get_text()

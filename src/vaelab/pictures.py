@@ -3,8 +3,8 @@
 - samples.png          decoder means of z ~ N(0, T^2 I) (T = temperature, 1 = the prior)
 - reconstructions.png  test digits (odd rows) above their reconstructions, the decoder mean at z = mu
 - traversals.png       one test digit's mean code with dimension i set to -3 .. +3 (prior std units),
-                       one row per dimension, most KL first: the 10 with the most KL (and the
-                       first dead one, when those 10 hold none; the title says how many of how
+                       one row per dimension, active ones first, each kind by KL: 10 rows (and
+                       the first dead one, when those 10 hold none; the title says how many of how
                        many); dead dimensions (inactive: Cov_x E_q[z_i|x] <= 0.01, the test
                        active_units counts by) dimmed, framed in red, labelled "dead"
 - interpolations.png   a real test digit at each end, decoder means along the straight line
@@ -79,12 +79,15 @@ def manifold_grid(model, n: int = 20) -> torch.Tensor:
 
 
 def traversal_rows(kl_per_dim: torch.Tensor, active: torch.Tensor, n: int = 10) -> tuple[list[int], list[bool]]:
-    """Dimensions to traverse, most KL first, and whether each is dead. When the n rows hold
-    no dead dimension but the model has some, the first dead one is added as a last row, so
-    the picture shows what a dead dimension does (nothing)."""
+    """Dimensions to traverse, the active ones first, each kind by most KL, and whether each is
+    dead. (A dead dimension can hold more KL than an active one: a posterior variance away from
+    1 costs KL whether or not its mean moves with x; ranked by KL alone, ten such rows hid the one
+    dimension that encodes something.) When the n rows hold no dead dimension but the model has
+    some, the first dead one is added as a last row, so the picture shows what a dead dimension
+    does (nothing)."""
     kl = kl_per_dim.float().cpu()
     dead = ~active.cpu().bool()  # the active units' test, as the KL chart and active_units count them
-    order = torch.argsort(kl, descending=True).tolist()
+    order = sorted(range(len(kl)), key=lambda i: (bool(dead[i]), -float(kl[i])))
     rows = order[:n]
     if dead.any() and not dead[rows].any():
         rows.append(next(i for i in order if dead[i]))
@@ -159,7 +162,7 @@ def traversals_figure(grid: torch.Tensor, dims: list[int], dead: list[bool], kl_
     ax.tick_params(length=0)
     title = f"latent traversals of {what}: z_i set to -3 .. +3 (prior std), rows by KL (nats)"
     if len(dims) < len(kl_per_dim):  # the rest are left out: say so, or the grid reads as all of them
-        title += f"\n{len(dims)} of {len(kl_per_dim)} dimensions shown, most KL first"
+        title += f"\n{len(dims)} of {len(kl_per_dim)} dimensions shown, active ones first, most KL first"
     ax.set_title(title, fontsize=8)
     fig.tight_layout()
     return fig

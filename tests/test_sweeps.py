@@ -616,12 +616,23 @@ def test_sweep_summary_counts_this_sweeps_jobs_only(tmp_path, capsys):
     summary.on_multirun_end(cfg)
     assert ("sweep of 3 jobs: 3 done; no lowest val_loss named: the jobs differ in loss.recon, whose losses are "
             "not comparable") in capsys.readouterr().out  # (nor is test_nll_iwae: not named there)
+    # ... and compare --sort val_loss says so under its table (it ranked them without a word)
+    assert vaelab(["compare", tmp_path, "--sort", "val_loss"]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == (
+        "note: --sort val_loss orders numbers that do not compare: the runs differ in loss.recon (a Gaussian "
+        "density of the images against a Bernoulli probability of binarized ones)")
+    assert vaelab(["compare", tmp_path, "--sort", "latent_size"]) == 0
+    assert "note: --sort" not in capsys.readouterr().out
     shutil.rmtree(tmp_path / "e")
     run("f", "done")  # data.val_size=0: val_loss on the test split
     (tmp_path / "f" / "metrics.json").write_text('{"val_loss": 0.5, "val_split": "test"}')
     summary.on_multirun_end(cfg)
     assert ("sweep of 3 jobs: 3 done; no lowest val_loss named: the jobs measure val_loss on different splits "
             "(data.val_size=0 uses the test split); compare test_nll_iwae in vaelab compare") in capsys.readouterr().out
+    assert vaelab(["compare", tmp_path, "--sort", "val_loss"]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == (
+        "note: --sort val_loss orders numbers that do not compare: the runs measure it on different splits "
+        "(data.val_size=0 uses the test split)")
     shutil.rmtree(tmp_path / "f")
     run("c", "diverged")
     run("d", "interrupted")

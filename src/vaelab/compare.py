@@ -373,6 +373,20 @@ def plot(runs: list[Run], tag: str, out: str | Path) -> Path:
 # --- the end of a sweep ------------------------------------------------------------------------
 
 
+def not_comparable(runs: list[Run], metric: str) -> str | None:
+    """Why `metric` is not one quantity across the runs that have it: "loss.recon" (a Gaussian
+    density of x/255 against a Bernoulli probability of binarized images: different quantities;
+    KL and the active units still compare) or "split" (a val_* of data.val_size=0 is the test
+    split's); else None."""
+    have = [r for r in runs if isinstance(r.metrics.get(metric), (int, float))]
+    likelihood = any(part in metric for part in ("loss", "recon", "elbo", "nll", "bits_per_dim"))
+    if likelihood and len({r.config.get("loss.recon") for r in have}) > 1:
+        return "loss.recon"
+    if metric.startswith(("val_", "best_val_")) and len({r.metrics.get("val_split") for r in have}) > 1:
+        return "split"
+    return None
+
+
 class SweepSummary(Callback):
     """Hydra callback (conf/config.yaml, hydra.callbacks): when a sweep ends, one line on how its
     jobs ended, and exit status 1 if any diverged. A diverged job returns +inf so that the other
@@ -416,16 +430,12 @@ class SweepSummary(Callback):
                 and math.isfinite(r.metrics["val_loss"])]
         best = min(done, key=lambda r: r.metrics["val_loss"], default=None)
         best_text = f"; lowest val_loss {best.metrics['val_loss']:.4f}: {best.name}" if best and len(runs) > 1 else ""
-        # val_loss is in one unit only within one reconstruction term and one split: loss.recon=mse
-        # leaves out its Gaussian's constant, and data.val_size=0 scores the test split
-        # (their test_nll_iwae compares across splits, not across likelihoods: a Gaussian density
-        # of x/255 and a Bernoulli probability of binarized images are different quantities)
-        recons = {r.config.get("loss.recon") for r in done}
-        if best_text and len(recons) > 1:
+        why = not_comparable(done, "val_loss")
+        if best_text and why == "loss.recon":
             best_text = ("; no lowest val_loss named: the jobs differ in loss.recon, whose losses are not "
                          "comparable (a Gaussian density of the images against a Bernoulli probability of "
                          "binarized ones)")
-        elif best_text and len({r.metrics.get("val_split") for r in done}) > 1:
+        elif best_text and why == "split":
             best_text = ("; no lowest val_loss named: the jobs measure val_loss on different splits "
                          "(data.val_size=0 uses the test split); compare test_nll_iwae in vaelab compare")
         print(f"sweep of {jobs}: {counts}{best_text}; table: vaelab compare {shlex.quote(str(sweep_dir))}")
@@ -464,6 +474,12 @@ def compare_command(args) -> int:
             plot_path(args.out)
             curves(runs, args.plot)
         print(table(runs, [args.sort] if args.sort else []))
+        why = not_comparable(runs, args.sort) if args.sort else None
+        if why:  # (the sweep summary names no lowest val_loss for the same reasons)
+            print(f"note: --sort {args.sort} orders numbers that do not compare: "
+                  + ("the runs differ in loss.recon (a Gaussian density of the images against a Bernoulli "
+                     "probability of binarized ones)" if why == "loss.recon" else
+                     "the runs measure it on different splits (data.val_size=0 uses the test split)"))
         if args.plot:
             out = plot(runs, args.plot, args.out)
             print(f"wrote {out}")

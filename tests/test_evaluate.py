@@ -407,8 +407,7 @@ def test_an_eval_overtaken_by_the_runs_final_one_does_not_pass_for_it(make_cfg, 
     assert ckpt_io.final_eval_missing(run)  # ... but not the run's final evaluation: resume runs that again
     assert f"replacing {run / 'eval.json'}, written while this evaluation ran (last.pt, epoch 2, k=2); " \
            f"`vaelab resume {run}` makes the run's own final evaluation again" in caplog.text
-    # TensorBoard shows the evaluation eval.json holds: the final one, finishing first, removed the
-    # manual one's event file while it was still being written, and kept its own
+    # TensorBoard shows the evaluation eval.json holds: the manual one's events replace the final one's
     assert len(list(run.glob("events.out.tfevents.*.eval"))) == 1
     acc = EventAccumulator(str(run), size_guidance={"scalars": 0})
     acc.Reload()

@@ -806,6 +806,18 @@ def test_resume_of_a_sweep_refuses_what_it_cannot_carry_on(sweep, tmp_path, caps
         f"vaelab resume: error: {drawn / 'multirun.yaml'}: not a sweep record as Hydra writes it (")
 
 
+def test_a_sweep_whose_one_job_runs_in_the_sweep_folder_itself_trains(tiny_mnist, tmp_path):
+    """hydra.sweep.subdir=. (one job): the job waited forever for the sweep folder's lock, which
+    its own launching process held."""
+    env = {**os.environ, "TQDM_DISABLE": "1", "OMP_NUM_THREADS": "1"}
+    p = subprocess.run([sys.executable, "-m", "vaelab.train", "-m", f"data.root={tiny_mnist}", *TINY,
+                        "trainer.epochs=1", f"hydra.sweep.dir={tmp_path / 'dot'}", "hydra.sweep.subdir=."],
+                       cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert "sweep of 1 job: 1 done" in p.stdout and (tmp_path / "dot" / "metrics.json").is_file()
+    assert not (tmp_path / "dot" / ckpt_io.SWEEP_LOCK).exists()
+
+
 def test_resume_of_a_sweep_that_is_still_running_is_refused(sweep, tmp_path, capsys):
     """The launching process holds the sweep folder while the jobs run: a resume went ahead, and
     ran a job's final evaluation a second time beside the sweep's own."""
@@ -815,7 +827,7 @@ def test_resume_of_a_sweep_that_is_still_running_is_refused(sweep, tmp_path, cap
 
     running = tmp_path / "running"
     shutil.copytree(sweep, running)
-    probe = ("import fcntl, os, sys\nfd = os.open(sys.argv[1], os.O_RDONLY)\n"
+    probe = ("import fcntl, os, sys\nfd = os.open(sys.argv[1] + '/.vaelab-sweep.lock', os.O_RDWR | os.O_CREAT)\n"
              "try:\n    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB); print('free')\n"
              "except BlockingIOError:\n    print('held')\n")
 
@@ -827,11 +839,12 @@ def test_resume_of_a_sweep_that_is_still_running_is_refused(sweep, tmp_path, cap
     summary.on_multirun_start(hydra_cfg)
     assert seen_from_another_process() == "held"
     summary.on_multirun_end(hydra_cfg)
+    assert not (running / ".vaelab-sweep.lock").exists()  # let go, and its file removed
     assert seen_from_another_process() == "free"
 
-    holder = subprocess.Popen([sys.executable, "-c", "import fcntl, os, sys, time; fd = os.open(sys.argv[1], "
-                               "os.O_RDONLY); fcntl.flock(fd, fcntl.LOCK_EX); print('held', flush=True); "
-                               "time.sleep(60)", str(running)], stdout=subprocess.PIPE)
+    holder = subprocess.Popen([sys.executable, "-c", "import fcntl, os, sys, time; fd = os.open(sys.argv[1] + "
+                               "'/.vaelab-sweep.lock', os.O_RDWR | os.O_CREAT); fcntl.flock(fd, fcntl.LOCK_EX); "
+                               "print('held', flush=True); time.sleep(60)", str(running)], stdout=subprocess.PIPE)
     try:
         assert holder.stdout.readline() == b"held\n"
         capsys.readouterr()

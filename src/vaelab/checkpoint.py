@@ -73,35 +73,66 @@ def only_process(run_dir: str | Path, waiting: Callable[[], Any] | None = None):
         os.close(fd)  # releases the lock
 
 
-_held: dict[Path, int] = {}  # hold()'s locks: folder -> descriptor
+# A sweep's launching process holds a lock on this file in the sweep folder while its jobs run
+# (hold_sweep), so that `vaelab resume SWEEP_DIR` can tell a running sweep (sweep_running). A file,
+# not the folder itself: a job may run in the sweep folder (hydra.sweep.subdir=.), and its
+# training locks its own folder.
+SWEEP_LOCK = ".vaelab-sweep.lock"
+_held: dict[Path, int] = {}  # hold_sweep's locks: folder -> descriptor
 
 
-def hold(folder: str | Path) -> None:
-    """Take only_process's lock on `folder` (made if need be) until release(folder), as a sweep's
-    launching process holds its sweep folder while its jobs run. Nothing where there is no
-    flock, or another process holds it (this one goes on without)."""
+def hold_sweep(folder: str | Path) -> None:
+    """Take the sweep lock of `folder` (made if need be) until release_sweep(folder). Nothing
+    where there is no flock, where the file system refuses it, or where another process holds it
+    (this one goes on without: the lock only tells a running sweep apart)."""
     try:
         import fcntl
     except ImportError:
         return
-    folder = Path(folder).absolute()
-    release(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    fd = os.open(folder, os.O_RDONLY)
+    folder = Path(os.path.abspath(folder))
+    release_sweep(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd = os.open(folder / SWEEP_LOCK, os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError:
+        return
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
+    except OSError:  # held by another process (BlockingIOError), or no locks here (ENOLCK on NFS)
         os.close(fd)
         return
     _held[folder] = fd
 
 
-def release(folder: str | Path) -> None:
-    """Let go of hold()'s lock on `folder`, if this process has it (a sweep that ended, or that a
-    Ctrl-C stopped before it could say so)."""
-    fd = _held.pop(Path(folder).absolute(), None)
+def release_sweep(folder: str | Path) -> None:
+    """Let go of hold_sweep's lock on `folder`, if this process has it (a sweep that ended, or that
+    a Ctrl-C stopped before it could say so), and remove its file."""
+    folder = Path(os.path.abspath(folder))
+    fd = _held.pop(folder, None)
     if fd is not None:
+        (folder / SWEEP_LOCK).unlink(missing_ok=True)
         os.close(fd)
+
+
+def sweep_running(folder: str | Path) -> bool:
+    """Whether a process holds the sweep lock of `folder` (hold_sweep): its sweep is running."""
+    try:
+        import fcntl
+    except ImportError:
+        return False
+    try:
+        fd = os.open(Path(folder) / SWEEP_LOCK, os.O_RDONLY)
+    except OSError:  # no such file: no sweep has held it, or the last one ended
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+    return False
 
 
 def check_not_in_use(run_dir: str | Path) -> None:

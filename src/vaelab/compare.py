@@ -403,11 +403,11 @@ class SweepSummary(Callback):
     def on_multirun_start(self, config, **kwargs) -> None:
         self.started = time.time()
         # Held while the jobs run, so that `vaelab resume SWEEP_DIR` refuses a sweep that is still running.
-        ckpt_io.hold(Path(str(config.hydra.sweep.dir)))
+        ckpt_io.hold_sweep(Path(str(config.hydra.sweep.dir)))
 
     def on_multirun_end(self, config, **kwargs) -> None:
         sweep_dir = Path(str(config.hydra.sweep.dir))
-        ckpt_io.release(sweep_dir)
+        ckpt_io.release_sweep(sweep_dir)
         logging.getLogger("tensorboard").setLevel(logging.ERROR)
         try:
             runs = find_runs([sweep_dir])

@@ -636,12 +636,10 @@ def resume_sweep(sweep_dir: str | Path, overrides: list[str] = ()) -> int:
     if overrides:
         raise WorkflowError(f"override '{overrides[0]}': a sweep carries on with the values it began with; change "
                             f"one job's with vaelab resume {shlex.quote(str(sweep_dir / 'JOB'))} KEY=VALUE")
-    ckpt_io.release(sweep_dir)  # (this process ran it, and a Ctrl-C stopped it)
-    try:
-        ckpt_io.check_not_in_use(sweep_dir)  # (its launching process holds it while the jobs run)
-    except ckpt_io.RunInUse:
+    ckpt_io.release_sweep(sweep_dir)  # (this process ran it, and a Ctrl-C stopped it)
+    if ckpt_io.sweep_running(sweep_dir):  # (its launching process holds it while the jobs run)
         raise WorkflowError(f"{sweep_dir}: another process is running this sweep now; let it finish or stop it "
-                            f"(Ctrl-C) first") from None
+                            f"(Ctrl-C) first")
     cwd, argv, task = sweep_command_line(sweep_dir)
     jobs = [d for d in sorted(sweep_dir.iterdir()) if (d / ".hydra" / "config.yaml").is_file()]
     for job in jobs:  # before anything is launched: Hydra would write into a running job's folder

@@ -163,6 +163,9 @@ def test_vaelab_sample(make_cfg, tmp_path, capsys):
                           ([str(run), "--out", str(run / "eval" / "latents_scatter")], "would overwrite eval/"),
                           ([str(run), "--out", str(run / "samples" / "samples_epoch0001.png")],
                            f"{run / 'samples'}/ holds the pictures the training drew; give another name"),
+                          # ... nor its checkpoints/ and .hydra/
+                          ([str(run), "--out", str(run / "checkpoints" / "x.png")],
+                           "inside checkpoints/ of the run, which holds what its training wrote"),
                           # ... nor another run's (tmp_path / "other" is a copy of the run)
                           ([str(run), "--out", str(tmp_path / "other" / "samples" / "samples_epoch0001.png")],
                            f"inside samples/ of another run, {tmp_path / 'other'}, which holds what its training "

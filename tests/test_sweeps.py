@@ -356,9 +356,22 @@ def test_compare_plot_names_runs_by_folder_when_their_settings_would_not_fit(tmp
     assert vaelab(["compare", tmp_path, "--plot", "val_loss", "--out", inside]) == 2
     assert capsys.readouterr().err.strip() == (
         f"vaelab compare: error: --out {inside}: inside samples/ of the run {tmp_path / 'sweep_a' / '0'}, which "
-        f"holds what its training and evaluation wrote; write the plot elsewhere, e.g. --out curves.png")
+        f"holds what its training and evaluation wrote; give --out a file outside it, e.g. "
+        f"{tmp_path / 'sweep_a' / 'curves.png'}")
     assert not inside.exists()
     assert vaelab(["compare", tmp_path, "--plot", "val_loss", "--out", tmp_path / "sweep_a" / "0" / "v.png"]) == 0
+    # RUN/samples/.. is the run's own folder, not inside samples/; a link into samples/ is inside it
+    up = tmp_path / "sweep_a" / "0" / "samples" / ".." / ".." / "up.png"
+    assert vaelab(["compare", tmp_path, "--plot", "val_loss", "--out", up]) == 0 and up.is_file()
+    (tmp_path / "link").symlink_to(tmp_path / "sweep_a" / "0" / "samples")
+    assert vaelab(["compare", tmp_path, "--plot", "val_loss", "--out", tmp_path / "link" / "x.png"]) == 2
+    capsys.readouterr()
+    # the default curves.png, from inside a run's samples/: said as the default, not as a --out given
+    monkeypatch.chdir(tmp_path / "sweep_a" / "0" / "samples")
+    assert vaelab(["compare", tmp_path, "--plot", "val_loss"]) == 2
+    assert capsys.readouterr().err.strip().startswith(
+        "vaelab compare: error: the plot's default file, curves.png in the current folder, is inside samples/ of the "
+        "run")
 
 
 def test_compare_into_a_pipe_closed_early_ends_quietly(tmp_path):

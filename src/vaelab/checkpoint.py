@@ -256,8 +256,23 @@ def is_run(folder: str | Path) -> bool:
 
 
 def enclosing_run(path: str | Path) -> Path | None:
-    """The run folder `path` is inside (RUN/checkpoints, RUN/.hydra/x), or None."""
-    return next((p for p in Path(path).absolute().parents if is_run(p)), None)
+    """The run folder `path` is inside (RUN/checkpoints, RUN/.hydra/x), or None; with `..` and
+    links resolved (RUN/samples/.. is not inside RUN; a link into RUN/samples is)."""
+    return next((p for p in Path(os.path.realpath(path)).parents if is_run(p)), None)
+
+
+# The folders of a run that vaelab writes: a picture from `vaelab compare` or `vaelab sample` is
+# not to land in them (and replace what is there), except `vaelab sample`'s own eval/.
+RUN_FOLDERS = ("samples", "eval", "checkpoints", ".hydra")
+
+
+def inside_run_folder(path: str | Path) -> tuple[Path, str] | None:
+    """(run, folder) when `path` is inside one of RUN_FOLDERS of a run, else None."""
+    run = enclosing_run(path)
+    if run is None:
+        return None
+    part = Path(os.path.realpath(path)).relative_to(run).parts[0]
+    return (run, part) if part in RUN_FOLDERS else None
 
 
 def holds_runs(folder: str | Path) -> bool:

@@ -275,8 +275,9 @@ def image_path(out: str | Path, formats: list[str], example: str) -> Path:
     return out
 
 
-def plot_path(out: str | Path) -> Path:
-    """image_path for `vaelab compare --plot`: the formats matplotlib writes."""
+def plot_path(out: str | Path, defaulted: bool = False) -> Path:
+    """image_path for `vaelab compare --plot`: the formats matplotlib writes; not inside a run's
+    own folders. `defaulted`: `out` is the default, not a --out the user gave."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -286,11 +287,12 @@ def plot_path(out: str | Path) -> Path:
         out = image_path(out, list(FigureCanvasAgg.get_supported_filetypes()), "curves.png")
     except ValueError as e:
         raise CompareError(str(e)) from None
-    run = ckpt_io.enclosing_run(out)
-    if run is not None and out.absolute().parent != run.absolute():  # (beside its metrics.json: the user's)
-        part = out.absolute().relative_to(run.absolute()).parts[0]
-        raise CompareError(f"--out {out}: inside {part}/ of the run {run}, which holds what its training and "
-                           f"evaluation wrote; write the plot elsewhere, e.g. --out curves.png")
+    inside = ckpt_io.inside_run_folder(out)
+    if inside:
+        run, part = inside
+        where = f"the plot's default file, {out} in the current folder, is" if defaulted else f"--out {out}:"
+        raise CompareError(f"{where} inside {part}/ of the run {run}, which holds what its training and evaluation "
+                           f"wrote; give --out a file outside it, e.g. {Path(os.path.dirname(run)) / 'curves.png'}")
     return out
 
 
@@ -469,9 +471,9 @@ def compare_command(args) -> int:
             runs = sort_runs(runs, args.sort, args.desc)
         if args.out and not args.plot:
             raise CompareError(f"--out {args.out}: give --plot SCALAR too (--out says where the plot goes)")
-        args.out = args.out or "curves.png"
+        defaulted, args.out = not args.out, args.out or "curves.png"
         if args.plot:  # bad --out or --plot: one line before the table, not after it
-            plot_path(args.out)
+            plot_path(args.out, defaulted)
             curves(runs, args.plot)
         print(table(runs, [args.sort] if args.sort else []))
         why = not_comparable(runs, args.sort) if args.sort else None

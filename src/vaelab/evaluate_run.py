@@ -509,11 +509,13 @@ def sample_command(args: argparse.Namespace) -> int:
             print(f"vaelab sample: error: {e}", file=sys.stderr)
             return 2
         drawn = _drawn_for_the_run(out, Path(args.run_dir))
-        other = ckpt_io.enclosing_run(out)  # another run's pictures are not to be replaced either
-        if not drawn and other is not None and other.resolve() != Path(args.run_dir).resolve() \
-                and out.absolute().parent != other.absolute():
-            part = out.absolute().relative_to(other.absolute()).parts[0]
-            drawn = f"inside {part}/ of another run, {other}, which holds what its training and evaluation wrote"
+        inside = ckpt_io.inside_run_folder(out)  # another run's pictures are not to be replaced either
+        if not drawn and inside:
+            holder, part = inside
+            if holder != Path(os.path.realpath(args.run_dir)):
+                drawn = f"inside {part}/ of another run, {holder}, which holds what its training and evaluation wrote"
+            elif part != "eval":  # (its checkpoints/ and .hydra/; samples/ is _drawn_for_the_run's)
+                drawn = f"inside {part}/ of the run, which holds what its training wrote"
         if drawn:
             print(f"vaelab sample: error: --out {out}: {drawn}; give another name, such as {default}", file=sys.stderr)
             return 2

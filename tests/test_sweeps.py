@@ -608,7 +608,7 @@ def test_sweep_summary_counts_this_sweeps_jobs_only(tmp_path, capsys):
         (d / ".hydra").mkdir(parents=True)
         (d / ".hydra" / "config.yaml").write_text("latent_size: 2\n")
         if state == "done":
-            (d / "metrics.json").write_text('{"val_loss": 1.0}')
+            (d / "metrics.json").write_text('{"val_loss": 1.0, "val_split": "val"}')
         elif state:
             (d / STOPPED).write_text(json.dumps({"state": state, "reason": "x"}))
         t = time.time() - age
@@ -635,6 +635,14 @@ def test_sweep_summary_counts_this_sweeps_jobs_only(tmp_path, capsys):
         "note: --sort val_loss orders numbers that do not compare: the runs differ in loss.recon (a Gaussian "
         "density of the images against a Bernoulli probability of binarized ones)")
     assert vaelab(["compare", tmp_path, "--sort", "latent_size"]) == 0
+    assert "note: --sort" not in capsys.readouterr().out
+    # a run with no val_split (unfinished: its numbers come from its events) is not another split
+    (tmp_path / "e" / ".hydra" / "config.yaml").write_text("latent_size: 2\n")
+    (tmp_path / "e" / "metrics.json").unlink()
+    from torch.utils.tensorboard import SummaryWriter
+    with SummaryWriter(str(tmp_path / "e")) as w:
+        w.add_scalar("epoch/val_loss", 2.0, 10)
+    assert vaelab(["compare", tmp_path, "--sort", "val_loss"]) == 0
     assert "note: --sort" not in capsys.readouterr().out
     shutil.rmtree(tmp_path / "e")
     run("f", "done")  # data.val_size=0: val_loss on the test split

@@ -326,10 +326,11 @@ def load(path: str | Path, map_location: Any = "cpu") -> dict:
     return ckpt
 
 
-def check_resumable(ckpt: dict, path: str | Path) -> None:
+def check_resumable(ckpt: dict, path: str | Path, needs: tuple[str, ...] = ("optimizer", "state", "rng")) -> None:
     """Refuse, in one line, a checkpoint that holds weights but not what carrying its training
-    on needs (a hand-pruned file, say): the optimizer's state, the step counters, the RNG states."""
-    missing = [k for k in ("optimizer", "state", "rng") if not isinstance(ckpt.get(k), dict)]
+    on needs (a file pruned to save space, say): the optimizer's state, the step counters, the RNG
+    states. (A finished run's final evaluation needs only the counters: `needs`.)"""
+    missing = [k for k in needs if not isinstance(ckpt.get(k), dict)]
     if missing:
         raise CheckpointError(f"{path}: holds the weights but no {'/'.join(repr(k) for k in missing)} "
                               f"entr{'ies' if len(missing) > 1 else 'y'}: it can be evaluated (vaelab eval), "

@@ -375,6 +375,16 @@ def plot(runs: list[Run], tag: str, out: str | Path) -> Path:
 # --- the end of a sweep ------------------------------------------------------------------------
 
 
+def _val_split(r: Run) -> str | None:
+    """The split a run's val_* are of: metrics.json's val_split, or for a run that has not
+    finished (its numbers come from its events) its config's data.val_size; None if neither."""
+    if r.metrics.get("val_split"):
+        return r.metrics["val_split"]
+    if "data.val_size" in r.config:
+        return "test" if r.config["data.val_size"] == "0" else "val"
+    return None
+
+
 def not_comparable(runs: list[Run], metric: str) -> str | None:
     """Why `metric` is not one quantity across the runs that have it: "loss.recon" (a Gaussian
     density of x/255 against a Bernoulli probability of binarized images: different quantities;
@@ -384,7 +394,8 @@ def not_comparable(runs: list[Run], metric: str) -> str | None:
     likelihood = any(part in metric for part in ("loss", "recon", "elbo", "nll", "bits_per_dim"))
     if likelihood and len({r.config.get("loss.recon") for r in have}) > 1:
         return "loss.recon"
-    if metric.startswith(("val_", "best_val_")) and len({r.metrics.get("val_split") for r in have}) > 1:
+    splits = {_val_split(r) for r in have} - {None}
+    if metric.startswith(("val_", "best_val_")) and len(splits) > 1:
         return "split"
     return None
 

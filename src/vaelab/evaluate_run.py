@@ -17,6 +17,7 @@ import json
 import logging
 import math
 import os
+import shlex
 import shutil
 import sys
 import tempfile
@@ -161,10 +162,13 @@ def evaluate_run(run_dir: str | Path, k: int = 5000, device: str = "auto", check
     run_dir = Path(run_dir)
     if k < 1:
         raise ConfigError(f"k={k}: the number of importance samples must be >= 1")
-    cfg, model, path, ck = _load(run_dir, checkpoint, device)  # (a wrong folder fails here, before torch)
-    # How far the run had trained when its checkpoint was read, not when eval.json is written: a
+    # How far the run had trained before its checkpoint was read, not when eval.json is written: a
     # resume may finish the run meanwhile, and its own final evaluation is then still to come.
-    run_epochs = int((ckpt_io.read_json(run_dir / "metrics.json") or {}).get("epochs", 0))
+    # (Read first: a resume between the two reads then makes it too low, and the final evaluation
+    # is asked for again, never too high.)
+    run_epochs = (ckpt_io.read_json(run_dir / "metrics.json") or {}).get("epochs", 0)
+    run_epochs = run_epochs if isinstance(run_epochs, int) else 0
+    cfg, model, path, ck = _load(run_dir, checkpoint, device)  # (a wrong folder fails here, before torch)
     at_start = ckpt_io.read_json(run_dir / "eval.json")  # (to notice one written while this one runs)
     import torch
 
@@ -266,7 +270,8 @@ def evaluate_run(run_dir: str | Path, k: int = 5000, device: str = "auto", check
             later = isinstance(made_when.get("run_epochs"), int) and made_when["run_epochs"] > run_epochs
             log.warning("replacing %s, written while this evaluation ran (%s, epoch %s, k=%s)%s", run_dir / "eval.json",
                         Path(str(now.get("checkpoint"))).name, now.get("epoch"), now.get("k"),
-                        f"; `vaelab resume {run_dir}` makes the run's own final evaluation again" if later else "")
+                        f"; `vaelab resume {shlex.quote(str(run_dir))}` makes the run's own final evaluation again"
+                        if later else "")
         ckpt_io.write_text_atomic(run_dir / "eval.json", json.dumps(result, indent=2) + "\n")
     except BaseException:  # Ctrl-C, a full disk: TensorBoard keeps showing the evaluation eval.json holds
         if writer is not None:

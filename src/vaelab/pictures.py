@@ -160,9 +160,9 @@ def traversals_figure(grid: torch.Tensor, dims: list[int], dead: list[bool], kl_
         if is_dead:
             label.set_color("red")
     ax.tick_params(length=0)
-    title = f"latent traversals of {what}: z_i set to -3 .. +3 (prior std), rows by KL (nats)"
+    title = f"latent traversals of {what}: z_i set to -3 .. +3 (prior std), rows: active first, then by KL (nats)"
     if len(dims) < len(kl_per_dim):  # the rest are left out: say so, or the grid reads as all of them
-        title += f"\n{len(dims)} of {len(kl_per_dim)} dimensions shown, active ones first, most KL first"
+        title += f"\n{len(dims)} of {len(kl_per_dim)} dimensions shown"
     ax.set_title(title, fontsize=8)
     fig.tight_layout()
     return fig

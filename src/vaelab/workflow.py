@@ -505,7 +505,7 @@ def resume(run_dir: str | Path, overrides: list[str] = ()) -> dict | None:
     from vaelab.train import build_model, check_data_to_resume, check_epochs_to_resume, train
 
     ck = ckpt_io.load(last)
-    ckpt_io.check_resumable(ck, last)
+    ckpt_io.check_resumable(ck, last, needs=("state",))  # (the rest only to train on, below)
     ckpt_io.check_compatible(ck, build_model(cfg), last, cfg, ckpt_io.SAME_TO_RESUME)
     done = ck["state"]["epoch"]
     check_epochs_to_resume(ck["state"], cfg.trainer.epochs)  # ConfigError, one line, before anything is written
@@ -546,6 +546,7 @@ def resume(run_dir: str | Path, overrides: list[str] = ()) -> dict | None:
               f"vaelab resume {shlex.quote(str(run_dir))} trainer.epochs={2 * done}",
               file=sys.stderr)
         return None
+    ckpt_io.check_resumable(ck, last)
     _to_carry_on(cfg, run_dir)  # that is what this command is for, whatever the run said
     data = load_data(cfg.data.root, resolve_device(cfg.device), val_size=cfg.data.val_size, split_seed=cfg.data.split_seed,
                      binarize=cfg.data.binarize, download=cfg.data.download, how=RESUME_HOW)  # DataError, one line

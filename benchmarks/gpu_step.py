@@ -239,7 +239,7 @@ def main() -> None:
                              if a.compile else [])
     for tag, compiled in variants:
         run, perm, _ = setup(64, False, compiled, a.impl)
-        eager = loop_us(run, perm, 64, a.steps // 4)
+        eager = loop_us(run, perm, 64, max(1, a.steps // 4))
         g, perm, _ = setup(64, True, compiled, a.impl)
         graph = loop_us(g, perm, 64, a.steps)
         torch.cuda.synchronize()

@@ -30,23 +30,25 @@ SEED_LINE = re.compile(r"Epoch \[(\d+)/\d+\], Loss: ([\d.naninf]+), seconds: ([\
 def run_tracked(cmd: list[str], cwd: Path, env: dict | None = None) -> tuple[str, float, float]:
     """Run cmd; return (stdout+stderr, wall seconds, peak RSS in MiB from /proc VmHWM)."""
     t0 = time.perf_counter()
-    p = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                         env={**os.environ, **(env or {})})
-    peak_kb = 0
-    status = Path(f"/proc/{p.pid}/status")
-    out_chunks: list[str] = []
-    # Poll the high-water mark while the process lives; read output in a thread-free way at the end.
-    while p.poll() is None:
-        try:
-            for line in status.read_text().splitlines():
-                if line.startswith("VmHWM:"):
-                    peak_kb = max(peak_kb, int(line.split()[1]))
-        except (FileNotFoundError, ProcessLookupError, PermissionError):
-            pass
-        time.sleep(0.05)
-    out_chunks.append(p.stdout.read())
-    wall = time.perf_counter() - t0
-    out = "".join(out_chunks)
+    # The output into a file, read at the end: a pipe nobody reads while polling would fill (64 KiB)
+    # and stop the child at its next write, for good.
+    with tempfile.TemporaryFile(mode="w+") as log:
+        p = subprocess.Popen(cmd, cwd=cwd, stdout=log, stderr=subprocess.STDOUT, text=True,
+                             env={**os.environ, **(env or {})})
+        peak_kb = 0
+        status = Path(f"/proc/{p.pid}/status")
+        # Poll the high-water mark while the process lives.
+        while p.poll() is None:
+            try:
+                for line in status.read_text().splitlines():
+                    if line.startswith("VmHWM:"):
+                        peak_kb = max(peak_kb, int(line.split()[1]))
+            except (FileNotFoundError, ProcessLookupError, PermissionError):
+                pass
+            time.sleep(0.05)
+        wall = time.perf_counter() - t0
+        log.seek(0)
+        out = log.read()
     if p.returncode != 0:
         sys.exit(f"speed.py: error: {' '.join(cmd[:4])} ... exited {p.returncode}:\n{out[-2000:]}")
     return out, wall, peak_kb / 1024
@@ -56,8 +58,11 @@ def run_reference(args, workdir: Path) -> dict:
     out, wall, rss = run_tracked([sys.executable, str(args.reference), "--data-root", str(args.data_root),
                                   "--epochs", str(args.epochs), "--out", str(workdir / "ref"), "--seed", "0",
                                   "--device", args.device, "--sample-interval", str(10 ** 6)], REPO)
-    return {"impl": "reference", "epochs": parse_seed_output(out, args.n_train), "wall_s": wall,
-            "peak_rss_mib": rss}
+    epochs = parse_seed_output(out, args.n_train)
+    if len(epochs) != args.epochs:  # (another script, or one that prints its epochs otherwise)
+        sys.exit(f"speed.py: error: {args.reference} printed {len(epochs)} epoch lines of the seed script's form "
+                 f"for --epochs {args.epochs}; its output ends:\n{out[-2000:]}")
+    return {"impl": "reference", "epochs": epochs, "wall_s": wall, "peak_rss_mib": rss}
 
 
 def parse_seed_output(out: str, n_train: int, batch: int = 64) -> list[dict]:
@@ -86,6 +91,8 @@ def run_vaelab(args, workdir: Path, i: int) -> dict:
     loss = [e.value for e in acc.Scalars("epoch/train_loss")]
     epochs = [{"epoch": k + 1, "samples_per_s": r, "seconds": args.n_train / r, "train_loss": l}
               for k, (r, l) in enumerate(zip(rate, loss))]
+    if len(epochs) != args.epochs:
+        sys.exit(f"speed.py: error: vaelab-train logged {len(epochs)} epochs for --epochs {args.epochs} ({run_dir})")
     return {"impl": "vaelab", "epochs": epochs, "wall_s": wall, "peak_rss_mib": rss, "overrides": args.overrides}
 
 
@@ -122,6 +129,14 @@ def main() -> None:
     from vaelab.config import register_configs
     from vaelab.data import DataError, load_mnist_arrays
 
+    # What makes the comparison a comparison is the benchmark's, not an override's: the same
+    # epochs, data, device, seed, batch and model as the seed script's.
+    fixed = ("trainer.epochs", "data.root", "data.val_size", "device", "seed", "trainer.batch_size", "experiment",
+             "hydra.run.dir")
+    for o in args.overrides:
+        if o.split("=", 1)[0].lstrip("+~") in fixed:
+            sys.exit(f"speed.py: error: override '{o}': the benchmark sets {o.split('=', 1)[0].lstrip('+~')} itself "
+                     f"(the same as the seed script's; --epochs, --data-root and --device choose them)")
     # the overrides vaelab-train will get, checked before the first (minutes-long) reference run
     register_configs()
     err = precheck(["experiment=seed", f"device={args.device}", *args.overrides])

@@ -112,7 +112,13 @@ def main() -> None:
         sys.exit(child(a.child, a.overrides))
     if a.data_root is None:
         p.error("--data-root is required")
-    work = Path(tempfile.mkdtemp(prefix="vaelab-startup-"))
+    if a.rounds < 1 or a.epochs < 1:
+        p.error(f"--rounds {a.rounds} --epochs {a.epochs}: both must be >= 1")
+    with tempfile.TemporaryDirectory(prefix="vaelab-startup-") as work:  # (its runs' checkpoints: ~56 MB a round)
+        measure(a, Path(work))
+
+
+def measure(a, work: Path) -> None:
     variants = {"warm-up on": [], "warm-up off": ["trainer.cuda_warmup=false"]}
     results = {k: [] for k in variants}
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}

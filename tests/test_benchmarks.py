@@ -75,6 +75,29 @@ def test_bad_override_is_one_line_before_anything_runs(tiny_mnist, tmp_path):
                                 "expected one of [off, bf16] (key 'trainer.amp')")
 
 
+def test_an_override_of_what_the_benchmark_fixes_is_refused(tmp_path, monkeypatch, capsys):
+    """trainer.epochs=2 after --epochs 1 ran vaelab twice as long as the seed script, unremarked."""
+    code, line = run_main(monkeypatch, capsys, "speed.py", ["--data-root", str(tmp_path), "--reference", __file__,
+                                                            "--epochs", "1", "trainer.epochs=2"])
+    assert code not in (0, None) and line == (
+        "speed.py: error: override 'trainer.epochs=2': the benchmark sets trainer.epochs itself (the same as the "
+        "seed script's; --epochs, --data-root and --device choose them)")
+
+
+def test_a_reference_that_prints_much_and_no_epoch_line_is_one_error(tiny_mnist, tmp_path):
+    """Its output went into a pipe read only at its exit: past 64 KiB the child blocked for good.
+    And no epoch line ended, after every round, in a StatisticsError."""
+    chatty = tmp_path / "chatty.py"
+    chatty.write_text("import sys\nfor i in range(4000):\n    print('x' * 60)\n")  # ~240 KB
+    p = subprocess.run([sys.executable, str(REPO / "benchmarks" / "speed.py"), "--data-root", str(tiny_mnist),
+                        "--epochs", "1", "--rounds", "1", "--reference", str(chatty), "--out", str(tmp_path / "r.json")],
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode != 0 and "Traceback" not in p.stderr
+    assert p.stderr.startswith(f"speed.py: error: {chatty} printed 0 epoch lines of the seed script's form for "
+                               f"--epochs 1; its output ends:")
+    assert not (tmp_path / "r.json").exists()
+
+
 def test_speed_runs_both_programs_and_writes_the_record(tiny_mnist, tmp_path):
     if not SEED_SCRIPT.is_file():
         pytest.skip(f"the seed script is not at {SEED_SCRIPT}")
@@ -150,6 +173,7 @@ def test_floor_bad_record_is_one_line(tmp_path, monkeypatch, capsys):
     ("profile_step.py", ["--impl", "bogus"], "error: argument --impl: invalid choice: 'bogus'"),
     ("profile_step.py", ["--batch-size", "60001"], "error: --steps 200 --rows 15 --batch-size 60001"),
     ("gpu_step.py", ["--batch-sizes", "64,big"], "error: --steps 2000 --batch-sizes 64,big: steps >= 1, and batch"),
+    ("startup.py", ["--data-root", "{tmp}", "--rounds", "0"], "error: --rounds 0 --epochs 1: both must be >= 1"),
 ])
 def test_bad_benchmark_arguments_are_one_line(tmp_path, monkeypatch, capsys, script, args, start):
     """Each benchmark refuses bad arguments with one line, before any work (and writes nothing)."""

@@ -692,6 +692,39 @@ def test_sigterm_to_vaelab_train_reaches_its_joblib_workers():
         other.kill()
 
 
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc (Linux)")
+@pytest.mark.parametrize("how", ["kill PID", "Ctrl-C to the group"])
+def test_stopping_a_joblib_sweep_lets_every_running_job_save(tiny_mnist, tmp_path, how):
+    """`kill PID` passed SIGTERM to the workers and stopped at once, and a Ctrl-C stopped joblib's
+    parent at once too; joblib's shutdown then ended a worker before it had saved: its run lost its
+    partial epoch (no stopped.json, no mid-epoch last.pt). vaelab-train now waits for the jobs to
+    let go of their runs. (The group's SIGINT stands in for the terminal's Ctrl-C.)"""
+    env = {**os.environ, "TQDM_DISABLE": "1", "OMP_NUM_THREADS": "1"}
+    env.pop("VAELAB_DATA", None)
+    p = subprocess.Popen([sys.executable, "-m", "vaelab.train", "-m", "latent_size=2,4", f"data.root={tiny_mnist}",
+                          *TINY, "trainer.epochs=100000", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2"],
+                         cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                         start_new_session=True,  # (its own group, as a terminal's job; SIGINT as a terminal has it)
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        deadline = time.time() + 180
+        while len(list(tmp_path.glob("outputs/multirun/*/*/*/checkpoints/last.pt"))) < 2:  # both jobs training
+            assert p.poll() is None and time.time() < deadline, p.stdout.read() if p.poll() is not None else "timeout"
+            time.sleep(0.2)
+        if how == "kill PID":
+            p.send_signal(signal.SIGTERM)
+        else:
+            os.killpg(p.pid, signal.SIGINT)
+        out, _ = p.communicate(timeout=120)
+    finally:
+        p.kill()
+    assert p.returncode == 130, out[-3000:]
+    [sweep] = (tmp_path / "outputs" / "multirun" / "default").iterdir()
+    for name, run in runs(sweep).items():  # each stopped by the signal, with its checkpoint
+        assert json.loads((run / ckpt_io.STOPPED).read_text())["state"] == "interrupted", (name, out[-3000:])
+        assert ("stopped by SIGTERM" if how == "kill PID" else "stopped by SIGINT") in (run / "train.log").read_text()
+
+
 def test_ctrl_c_stops_the_whole_sweep(tiny_mnist, tmp_path):
     """Ctrl-C ends the job in progress with a checkpoint and exit code 130, and the sweep with it:
     no later job starts."""

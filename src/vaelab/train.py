@@ -414,6 +414,8 @@ class _StopFlag:
                 log.warning("writing the checkpoint; stopping right after it")
                 return
             raise KeyboardInterrupt
+        if self.signum is not None:  # a SIGTERM after the stop was asked for (passed on by a parent): the same stop
+            return
         self.signum = signum
         log.warning("got %s: will checkpoint after this step and stop%s", signal.Signals(signum).name,
                     " (Ctrl-C again to abort now)" if signum == signal.SIGINT else "")

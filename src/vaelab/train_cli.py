@@ -7,10 +7,12 @@ Nothing here imports torch: a command line that cannot run is refused in about h
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
 import sys
+import time
 from pathlib import Path
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -175,17 +177,80 @@ def loky_workers() -> list[int]:
     return pids
 
 
-def _sigterm_workers() -> None:
+def _sigterm_workers(limit_s: float = 60.0, pass_on: bool = True) -> None:
     """SIGTERM to vaelab-train (`kill PID`) is Ctrl-C for the whole sweep: a joblib sweep's
     workers, which a Ctrl-C reaches through the terminal's process group but a SIGTERM to this
-    process alone does not, trained on with no parent. They get it too, and this process stops
-    as for a Ctrl-C: each worker saves a checkpoint after its current step unless joblib's
-    shutdown ends it first (then its run resumes from its last end-of-epoch last.pt)."""
-    for pid in loky_workers():
+    process alone does not, trained on with no parent. They get it too (`pass_on`), and this
+    process waits (up to `limit_s`) until each has saved a checkpoint after its current step and
+    let go of its run, before it stops as for a Ctrl-C: joblib's shutdown ends the workers at
+    once, and one still saving lost its partial epoch."""
+    workers = loky_workers()
+    for pid in workers if pass_on else ():
         try:
             os.kill(pid, signal.SIGTERM)
         except ProcessLookupError:
             pass
+    deadline, said = time.monotonic() + limit_s, False
+    while time.monotonic() < deadline:
+        held = _runs_held(workers)
+        if not held:
+            return
+        if not said:
+            print(f"vaelab-train: waiting for {len(held)} job{'s' * (len(held) != 1)} to save a checkpoint: "
+                  f"{', '.join(Path(r).name for r in held)} (Ctrl-C stops at once)", file=sys.stderr, flush=True)
+            said = True
+        time.sleep(0.1)
+
+
+@contextlib.contextmanager
+def _ctrl_c_lets_workers_save():
+    """Ctrl-C reaches a joblib sweep's workers through the terminal, and each saves a checkpoint
+    after its current step; this process, joblib's parent, stopped at once and joblib's shutdown
+    ended the workers before they had. It now waits for them first (_sigterm_workers), passing
+    the stop on when the SIGINT did not come from the terminal (`kill -INT PID`). A second Ctrl-C
+    stops at once. Only where SIGINT has Python's default handler (train() sets its own while it
+    trains in this process), and only in the main thread."""
+    waiting = False
+
+    def stop(signum, frame):
+        nonlocal waiting
+        if waiting or not loky_workers():
+            raise KeyboardInterrupt
+        waiting = True
+        from vaelab.workflow import _terminal_sends_to_us
+        _sigterm_workers(pass_on=not _terminal_sends_to_us())
+        raise KeyboardInterrupt
+    try:
+        before = signal.signal(signal.SIGINT, stop) if signal.getsignal(signal.SIGINT) is signal.default_int_handler \
+            else None
+    except ValueError:  # not the main thread
+        before = None
+    try:
+        yield
+    finally:
+        if before is not None:
+            signal.signal(signal.SIGINT, before)
+
+
+def _runs_held(pids: list[int]) -> list[str]:
+    """The run folders these processes hold open: a run's training holds its folder's lock
+    (checkpoint.only_process) until it has saved and stopped. Read from /proc."""
+    from vaelab.checkpoint import is_run
+
+    held = []
+    for pid in pids:
+        try:
+            fds = os.listdir(f"/proc/{pid}/fd")
+        except OSError:  # ended
+            continue
+        for fd in fds:
+            try:
+                target = os.readlink(f"/proc/{pid}/fd/{fd}")
+            except OSError:
+                continue
+            if target.startswith("/") and is_run(target):
+                held.append(target)
+    return sorted(set(held))
 
 
 def _run_hydra(prog: str) -> int:
@@ -195,8 +260,8 @@ def _run_hydra(prog: str) -> int:
     from vaelab.errors import sigterm_as_ctrl_c
 
     try:
-        with sigterm_as_ctrl_c(first=_sigterm_workers):  # (train() takes it over while it trains)
-            hydra_main()
+        with sigterm_as_ctrl_c(first=_sigterm_workers), _ctrl_c_lets_workers_save():  # (train() takes both
+            hydra_main()                                                                # over while it trains)
     except KeyboardInterrupt:  # a second Ctrl-C, or one outside training (joblib's parent, setup)
         print(f"{prog}: interrupted; a run keeps the checkpoints it had completed "
               "(vaelab resume RUN_DIR carries it on from them, vaelab resume SWEEP_DIR a whole sweep; a run "

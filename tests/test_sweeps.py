@@ -666,34 +666,40 @@ def test_sweep_summary_counts_this_sweeps_jobs_only(tmp_path, capsys):
 
 
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc (Linux)")
-def test_sigterm_to_vaelab_train_reaches_its_joblib_workers():
+def test_sigterm_to_vaelab_train_reaches_its_busy_joblib_workers(tmp_path):
     """`kill PID` of a joblib sweep's vaelab-train ended it at once, and its workers trained on
     with no parent (a Ctrl-C reaches them through the terminal's process group). vaelab-train now
-    passes SIGTERM on to them, then stops as for a Ctrl-C. Here a stand-in
-    worker, named as loky names its workers, exits 7 on SIGTERM; another child is left alone."""
+    passes SIGTERM on to the workers that are training (they hold a run folder open), waits for
+    them to let go, then stops as for a Ctrl-C. An idle worker is left alone: a SIGTERM ended it,
+    and joblib then ended the busy ones before they had saved. Here stand-in workers, named as
+    loky names its workers, exit 7 on SIGTERM; another child is left alone."""
     from vaelab.errors import sigterm_as_ctrl_c
-    from vaelab.train_cli import LOKY_WORKER, _sigterm_workers, loky_workers
+    from vaelab.train_cli import LOKY_WORKER, _stop_workers, loky_workers
 
-    code = "import signal, sys, time; signal.signal(signal.SIGTERM, lambda *a: sys.exit(7)); time.sleep(30)"
-    worker = subprocess.Popen([sys.executable, "-c", code, LOKY_WORKER])
-    other = subprocess.Popen([sys.executable, "-c", code])
+    run = tmp_path / "run"
+    (run / ".hydra").mkdir(parents=True)
+    (run / ".hydra" / "config.yaml").write_text("latent_size: 2\n")
+    code = ("import os, signal, sys, time; fd = os.open(sys.argv[1], os.O_RDONLY) if sys.argv[1] else None; "
+            "signal.signal(signal.SIGTERM, lambda *a: sys.exit(7)); time.sleep(30)")
+    busy = subprocess.Popen([sys.executable, "-c", code, str(run), LOKY_WORKER])
+    idle = subprocess.Popen([sys.executable, "-c", code, "", LOKY_WORKER])
+    other = subprocess.Popen([sys.executable, "-c", code, ""])
     try:
         deadline = time.time() + 20
-        while worker.pid not in loky_workers():  # (once the child has exec'd Python with its arguments)
+        while sorted(loky_workers()) != sorted([busy.pid, idle.pid]):  # (once each has exec'd Python)
             assert time.time() < deadline
             time.sleep(0.05)
-        time.sleep(0.5)  # its handler installed
-        assert loky_workers() == [worker.pid]
-        with sigterm_as_ctrl_c(first=_sigterm_workers), pytest.raises(KeyboardInterrupt):
+        time.sleep(0.5)  # their handlers installed
+        with sigterm_as_ctrl_c(first=_stop_workers), pytest.raises(KeyboardInterrupt):
             signal.getsignal(signal.SIGTERM)(signal.SIGTERM, None)  # what vaelab-train's SIGTERM runs
-        assert worker.wait(10) == 7 and other.poll() is None
+        assert busy.wait(10) == 7 and idle.poll() is None and other.poll() is None
     finally:
-        worker.kill()
-        other.kill()
+        for p in (busy, idle, other):
+            p.kill()
 
 
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc (Linux)")
-@pytest.mark.parametrize("how", ["kill PID", "Ctrl-C to the group"])
+@pytest.mark.parametrize("how", ["kill PID", "Ctrl-C to the group", "Ctrl-C with a worker idle"])
 def test_stopping_a_joblib_sweep_lets_every_running_job_save(tiny_mnist, tmp_path, how):
     """`kill PID` passed SIGTERM to the workers and stopped at once, and a Ctrl-C stopped joblib's
     parent at once too; joblib's shutdown then ended a worker before it had saved: its run lost its
@@ -701,16 +707,21 @@ def test_stopping_a_joblib_sweep_lets_every_running_job_save(tiny_mnist, tmp_pat
     let go of their runs. (The group's SIGINT stands in for the terminal's Ctrl-C.)"""
     env = {**os.environ, "TQDM_DISABLE": "1", "OMP_NUM_THREADS": "1"}
     env.pop("VAELAB_DATA", None)
-    p = subprocess.Popen([sys.executable, "-m", "vaelab.train", "-m", "latent_size=2,4", f"data.root={tiny_mnist}",
-                          *TINY, "trainer.epochs=100000", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2"],
+    # (with a worker idle: the short job has ended, its worker waits for work that will not come)
+    jobs = ["trainer.epochs=1,100000"] if how.endswith("idle") else ["latent_size=2,4", "trainer.epochs=100000"]
+    tiny = [a for a in TINY if not a.startswith("trainer.epochs=")]
+    p = subprocess.Popen([sys.executable, "-m", "vaelab.train", "-m", f"data.root={tiny_mnist}", *tiny, *jobs,
+                          "trainer.final_eval=false", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2"],
                          cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                          start_new_session=True,  # (its own group, as a terminal's job; SIGINT as a terminal has it)
                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.time() + 180
-        while len(list(tmp_path.glob("outputs/multirun/*/*/*/checkpoints/last.pt"))) < 2:  # both jobs training
+        while len(list(tmp_path.glob("outputs/multirun/*/*/*/checkpoints/last.pt"))) < 2 or (  # both jobs began
+                how.endswith("idle") and not list(tmp_path.glob("outputs/multirun/*/*/*/metrics.json"))):
             assert p.poll() is None and time.time() < deadline, p.stdout.read() if p.poll() is not None else "timeout"
             time.sleep(0.2)
+        time.sleep(0.5)  # (the ended job's worker back at joblib's queue)
         if how == "kill PID":
             p.send_signal(signal.SIGTERM)
         else:
@@ -720,7 +731,11 @@ def test_stopping_a_joblib_sweep_lets_every_running_job_save(tiny_mnist, tmp_pat
         p.kill()
     assert p.returncode == 130, out[-3000:]
     [sweep] = (tmp_path / "outputs" / "multirun" / "default").iterdir()
+    assert not (sweep / ckpt_io.SWEEP_LOCK).exists()  # let go on the way out, though the sweep did not end
     for name, run in runs(sweep).items():  # each stopped by the signal, with its checkpoint
+        if how.endswith("idle") and name == "trainer.epochs=1":
+            assert (run / "metrics.json").is_file()  # it had ended
+            continue
         assert json.loads((run / ckpt_io.STOPPED).read_text())["state"] == "interrupted", (name, out[-3000:])
         assert ("stopped by SIGTERM" if how == "kill PID" else "stopped by SIGINT") in (run / "train.log").read_text()
 

@@ -114,6 +114,12 @@ def release_sweep(folder: str | Path) -> None:
         os.close(fd)
 
 
+def release_sweeps() -> None:
+    """release_sweep of every folder this process holds (a sweep that a stop ended early)."""
+    for folder in list(_held):
+        release_sweep(folder)
+
+
 def sweep_running(folder: str | Path) -> bool:
     """Whether a process holds the sweep lock of `folder` (hold_sweep): its sweep is running."""
     try:

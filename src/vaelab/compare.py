@@ -19,6 +19,7 @@ import math
 import os
 import re
 import shlex
+import signal
 import sys
 import time
 from dataclasses import dataclass, field
@@ -412,6 +413,19 @@ class SweepSummary(Callback):
     before 2026-11-26, holds another sweep's too), or all of them for a sweep that `vaelab resume
     SWEEP_DIR` carries on. on_multirun_end runs on the machine that
     launched the sweep, after every job returned, whichever launcher ran them."""
+
+    def on_job_end(self, config, **kwargs) -> None:
+        """In a joblib worker, a job that has ended leaves the worker ignoring Ctrl-C until its next
+        job's training takes it: an idle worker that the terminal's Ctrl-C ended made joblib end the
+        busy ones too, before they had saved (train_cli._stop_workers waits for those)."""
+        from vaelab.train_cli import LOKY_WORKER
+
+        try:
+            worker = LOKY_WORKER in Path("/proc/self/cmdline").read_bytes().decode(errors="replace")
+        except OSError:  # (no /proc: not Linux)
+            worker = False
+        if worker:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
 
     def on_multirun_start(self, config, **kwargs) -> None:
         self.started = time.time()

@@ -177,48 +177,50 @@ def loky_workers() -> list[int]:
     return pids
 
 
-def _sigterm_workers(limit_s: float = 60.0, pass_on: bool = True) -> None:
-    """SIGTERM to vaelab-train (`kill PID`) is Ctrl-C for the whole sweep: a joblib sweep's
-    workers, which a Ctrl-C reaches through the terminal's process group but a SIGTERM to this
-    process alone does not, trained on with no parent. They get it too (`pass_on`), and this
-    process waits (up to `limit_s`) until each has saved a checkpoint after its current step and
-    let go of its run, before it stops as for a Ctrl-C: joblib's shutdown ends the workers at
-    once, and one still saving lost its partial epoch."""
-    workers = loky_workers()
-    for pid in workers if pass_on else ():
+_waiting = False  # _stop_workers is waiting: a second Ctrl-C or SIGTERM stops at once
+
+
+def _stop_workers(limit_s: float = 60.0) -> None:
+    """Ctrl-C or SIGTERM to vaelab-train stops a joblib sweep, and this process, joblib's parent,
+    lets its running jobs save first: each busy worker (one that holds a run: its training holds
+    the run folder's lock) gets a SIGTERM (a worker that had the terminal's Ctrl-C already keeps
+    that one stop), and this process waits (up to `limit_s`, saying so) until each has saved a
+    checkpoint after its current step and let go of its run. joblib's shutdown ends the workers at
+    once: one still saving lost its partial epoch; and a SIGTERM passed to an idle worker ended it,
+    which made joblib end the busy ones too. Called again while waiting, it stops at once."""
+    global _waiting
+    if _waiting:
+        raise KeyboardInterrupt
+    busy = _busy_workers(loky_workers())
+    for pid in busy:
         try:
             os.kill(pid, signal.SIGTERM)
         except ProcessLookupError:
             pass
-    deadline, said = time.monotonic() + limit_s, False
-    while time.monotonic() < deadline:
-        held = _runs_held(workers)
-        if not held:
-            return
-        if not said:
-            print(f"vaelab-train: waiting for {len(held)} job{'s' * (len(held) != 1)} to save a checkpoint: "
-                  f"{', '.join(Path(r).name for r in held)} (Ctrl-C stops at once)", file=sys.stderr, flush=True)
-            said = True
-        time.sleep(0.1)
+    _waiting, deadline, said = True, time.monotonic() + limit_s, False
+    try:
+        while time.monotonic() < deadline:
+            held = sorted({run for runs in _busy_workers(list(busy)).values() for run in runs})
+            if not held:
+                return
+            if not said:
+                print(f"vaelab-train: waiting for {len(held)} job{'s' * (len(held) != 1)} to save a checkpoint: "
+                      f"{', '.join(Path(r).name for r in held)} (Ctrl-C stops at once)", file=sys.stderr, flush=True)
+                said = True
+            time.sleep(0.1)
+    finally:
+        _waiting = False
 
 
 @contextlib.contextmanager
 def _ctrl_c_lets_workers_save():
-    """Ctrl-C reaches a joblib sweep's workers through the terminal, and each saves a checkpoint
-    after its current step; this process, joblib's parent, stopped at once and joblib's shutdown
-    ended the workers before they had. It now waits for them first (_sigterm_workers), passing
-    the stop on when the SIGINT did not come from the terminal (`kill -INT PID`). A second Ctrl-C
-    stops at once. Only where SIGINT has Python's default handler (train() sets its own while it
-    trains in this process), and only in the main thread."""
-    waiting = False
-
+    """A Ctrl-C stopped joblib's parent at once, and joblib's shutdown ended the workers before
+    they had saved: it now waits for them first (_stop_workers). Only where SIGINT has Python's
+    default handler (train() sets its own while it trains in this process), and only in the main
+    thread."""
     def stop(signum, frame):
-        nonlocal waiting
-        if waiting or not loky_workers():
-            raise KeyboardInterrupt
-        waiting = True
-        from vaelab.workflow import _terminal_sends_to_us
-        _sigterm_workers(pass_on=not _terminal_sends_to_us())
+        if loky_workers():
+            _stop_workers()
         raise KeyboardInterrupt
     try:
         before = signal.signal(signal.SIGINT, stop) if signal.getsignal(signal.SIGINT) is signal.default_int_handler \
@@ -228,29 +230,32 @@ def _ctrl_c_lets_workers_save():
     try:
         yield
     finally:
-        if before is not None:
+        if before is not None and signal.getsignal(signal.SIGINT) is stop:  # (not over a SIG_IGN set since)
             signal.signal(signal.SIGINT, before)
 
 
-def _runs_held(pids: list[int]) -> list[str]:
-    """The run folders these processes hold open: a run's training holds its folder's lock
-    (checkpoint.only_process) until it has saved and stopped. Read from /proc."""
+def _busy_workers(pids: list[int]) -> dict[int, list[str]]:
+    """Of these processes, those that hold a run folder open, with the folders: a run's training
+    holds its folder's lock (checkpoint.only_process) until it has saved and stopped. From /proc."""
     from vaelab.checkpoint import is_run
 
-    held = []
+    busy = {}
     for pid in pids:
         try:
             fds = os.listdir(f"/proc/{pid}/fd")
         except OSError:  # ended
             continue
+        runs = []
         for fd in fds:
             try:
                 target = os.readlink(f"/proc/{pid}/fd/{fd}")
             except OSError:
                 continue
             if target.startswith("/") and is_run(target):
-                held.append(target)
-    return sorted(set(held))
+                runs.append(target)
+        if runs:
+            busy[pid] = runs
+    return busy
 
 
 def _run_hydra(prog: str) -> int:
@@ -260,7 +265,7 @@ def _run_hydra(prog: str) -> int:
     from vaelab.errors import sigterm_as_ctrl_c
 
     try:
-        with sigterm_as_ctrl_c(first=_sigterm_workers), _ctrl_c_lets_workers_save():  # (train() takes both
+        with sigterm_as_ctrl_c(first=_stop_workers), _ctrl_c_lets_workers_save():  # (train() takes both
             hydra_main()                                                                # over while it trains)
     except KeyboardInterrupt:  # a second Ctrl-C, or one outside training (joblib's parent, setup)
         print(f"{prog}: interrupted; a run keeps the checkpoints it had completed "
@@ -272,6 +277,9 @@ def _run_hydra(prog: str) -> int:
         if isinstance(e.code, str):
             print(e.code, file=sys.stderr)
         return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    finally:  # a sweep that a stop ended before its end callback: its lock file goes too
+        from vaelab.checkpoint import release_sweeps
+        release_sweeps()
     return 0
 
 

@@ -416,8 +416,9 @@ def _data_root_from_here(overrides: list[str]) -> list[str]:
 
 
 # .hydra/resumes.yaml: each `vaelab resume` that changed the config (and each resume that found
-# other data), with the epoch it first trained in and the steps the run had taken before it. The config holds the last values only; a re-run from it uses them
-# from the start, so `vaelab reproduce` says when a change can make its numbers differ.
+# other data), with the epoch it first trained in and the steps the run had taken before it. The
+# config holds the last values only; a re-run from it uses them from the start, so `vaelab
+# reproduce` says when a change can make its numbers differ.
 RESUMES = "resumes.yaml"
 # Settings that change no number of the run when changed part-way (where the data is, how long,
 # what is logged and kept).

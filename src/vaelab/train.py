@@ -1050,7 +1050,8 @@ def _train_sweep_job(cfg: DictConfig, run_dir: Path, prepare) -> dict:
     one, then looks at what it left: a run with these settings is reported as a later
     duplicate's is (nothing to do), one with others is refused. The look and the start are not
     one step (the other job takes the folder only when its train() starts, after Hydra has set the
-    job up): a job that took it in between is waited for in turn. `prepare()`: called before train(), once the folder is free."""
+    job up): a job that took it in between is waited for in turn. `prepare()`: called before
+    train(), once the folder is free."""
     while True:
         with ckpt_io.only_process(run_dir, waiting=lambda: log.info(
                 "another process is training %s now: waiting for it to finish (Ctrl-C stops waiting)", run_dir)):

@@ -699,7 +699,8 @@ def test_sigterm_to_vaelab_train_reaches_its_busy_joblib_workers(tmp_path):
 
 
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc (Linux)")
-@pytest.mark.parametrize("how", ["kill PID", "Ctrl-C to the group", "Ctrl-C with a worker idle"])
+@pytest.mark.parametrize("how", ["kill PID", "Ctrl-C to the group", "Ctrl-C with a worker idle",
+                                 "Ctrl-C with a job queued"])
 def test_stopping_a_joblib_sweep_lets_every_running_job_save(tiny_mnist, tmp_path, how):
     """`kill PID` passed SIGTERM to the workers and stopped at once, and a Ctrl-C stopped joblib's
     parent at once too; joblib's shutdown then ended a worker before it had saved: its run lost its
@@ -708,7 +709,9 @@ def test_stopping_a_joblib_sweep_lets_every_running_job_save(tiny_mnist, tmp_pat
     env = {**os.environ, "TQDM_DISABLE": "1", "OMP_NUM_THREADS": "1"}
     env.pop("VAELAB_DATA", None)
     # (with a worker idle: the short job has ended, its worker waits for work that will not come)
-    jobs = ["trainer.epochs=1,100000"] if how.endswith("idle") else ["latent_size=2,4", "trainer.epochs=100000"]
+    jobs = (["trainer.epochs=1,100000"] if how.endswith("idle") else
+            ["latent_size=2,4,8", "trainer.epochs=100000"] if how.endswith("queued") else
+            ["latent_size=2,4", "trainer.epochs=100000"])
     tiny = [a for a in TINY if not a.startswith("trainer.epochs=")]
     p = subprocess.Popen([sys.executable, "-m", "vaelab.train", "-m", f"data.root={tiny_mnist}", *tiny, *jobs,
                           "trainer.final_eval=false", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2"],
@@ -721,7 +724,7 @@ def test_stopping_a_joblib_sweep_lets_every_running_job_save(tiny_mnist, tmp_pat
                 how.endswith("idle") and not list(tmp_path.glob("outputs/multirun/*/*/*/metrics.json"))):
             assert p.poll() is None and time.time() < deadline, p.stdout.read() if p.poll() is not None else "timeout"
             time.sleep(0.2)
-        time.sleep(0.5)  # (the ended job's worker back at joblib's queue)
+        time.sleep(2.0 if how.endswith("idle") else 0.5)  # (the ended job's worker back at joblib's queue)
         if how == "kill PID":
             p.send_signal(signal.SIGTERM)
         else:
@@ -732,6 +735,8 @@ def test_stopping_a_joblib_sweep_lets_every_running_job_save(tiny_mnist, tmp_pat
     assert p.returncode == 130, out[-3000:]
     [sweep] = (tmp_path / "outputs" / "multirun" / "default").iterdir()
     assert not (sweep / ckpt_io.SWEEP_LOCK).exists()  # let go on the way out, though the sweep did not end
+    if how.endswith("queued"):  # joblib handed the third job out while the stop waited: it did not start
+        assert "latent_size=8" not in runs(sweep), (sweep / "latent_size=8" / "train.log").read_text()[-2000:]
     for name, run in runs(sweep).items():  # each stopped by the signal, with its checkpoint
         if how.endswith("idle") and name == "trainer.epochs=1":
             assert (run / "metrics.json").is_file()  # it had ended

@@ -78,6 +78,9 @@ def only_process(run_dir: str | Path, waiting: Callable[[], Any] | None = None):
 # not the folder itself: a job may run in the sweep folder (hydra.sweep.subdir=.), and its
 # training locks its own folder.
 SWEEP_LOCK = ".vaelab-sweep.lock"
+# ... and this one once a Ctrl-C or SIGTERM has begun to stop it: a job that joblib hands a worker
+# while the stop waits for the running ones does not start (mark_sweeps_stopping, sweep_stopping).
+SWEEP_STOP = ".vaelab-sweep.stop"
 _held: dict[Path, int] = {}  # hold_sweep's locks: folder -> descriptor
 
 
@@ -102,6 +105,7 @@ def hold_sweep(folder: str | Path) -> None:
         os.close(fd)
         return
     _held[folder] = fd
+    (folder / SWEEP_STOP).unlink(missing_ok=True)  # (one a killed launch left: this launch is not stopping)
 
 
 def release_sweep(folder: str | Path) -> None:
@@ -110,8 +114,23 @@ def release_sweep(folder: str | Path) -> None:
     folder = Path(os.path.abspath(folder))
     fd = _held.pop(folder, None)
     if fd is not None:
+        (folder / SWEEP_STOP).unlink(missing_ok=True)
         (folder / SWEEP_LOCK).unlink(missing_ok=True)
         os.close(fd)
+
+
+def mark_sweeps_stopping() -> None:
+    """Mark every sweep this process holds as stopping: its jobs not begun yet do not start."""
+    for folder in _held:
+        try:
+            (folder / SWEEP_STOP).touch()
+        except OSError:
+            pass
+
+
+def sweep_stopping(folder: str | Path) -> bool:
+    """Whether the sweep in `folder` is being stopped by the process that runs it."""
+    return (Path(folder) / SWEEP_STOP).exists() and sweep_running(folder)
 
 
 def release_sweeps() -> None:

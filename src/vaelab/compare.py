@@ -19,6 +19,7 @@ import math
 import os
 import re
 import shlex
+import shutil
 import signal
 import sys
 import time
@@ -401,6 +402,19 @@ def not_comparable(runs: list[Run], metric: str) -> str | None:
     return None
 
 
+def _in_loky_worker() -> bool:
+    from vaelab.train_cli import LOKY_WORKER
+
+    try:
+        return LOKY_WORKER in Path("/proc/self/cmdline").read_bytes().decode(errors="replace")
+    except OSError:  # (no /proc: not Linux)
+        return False
+
+
+def _raise_keyboard_interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
 class SweepSummary(Callback):
     """Hydra callback (conf/config.yaml, hydra.callbacks): when a sweep ends, one line on how its
     jobs ended, and exit status 1 if any diverged. A diverged job returns +inf so that the other
@@ -414,18 +428,27 @@ class SweepSummary(Callback):
     SWEEP_DIR` carries on. on_multirun_end runs on the machine that
     launched the sweep, after every job returned, whichever launcher ran them."""
 
-    def on_job_end(self, config, **kwargs) -> None:
-        """In a joblib worker, a job that has ended leaves the worker ignoring Ctrl-C until its next
-        job's training takes it: an idle worker that the terminal's Ctrl-C ended made joblib end the
-        busy ones too, before they had saved (train_cli._stop_workers waits for those)."""
-        from vaelab.train_cli import LOKY_WORKER
+    # In a joblib (loky) worker: a worker that dies on a Ctrl-C or SIGTERM makes joblib end all the
+    # others at once, before they have saved (train_cli._stop_workers waits for the busy ones). So
+    # between jobs a worker ignores Ctrl-C, and within a job both are KeyboardInterrupt, which every
+    # stage of a job turns into its own stop (train()'s checkpoint, the final evaluation's clean-up).
 
-        try:
-            worker = LOKY_WORKER in Path("/proc/self/cmdline").read_bytes().decode(errors="replace")
-        except OSError:  # (no /proc: not Linux)
-            worker = False
-        if worker:
+    def on_job_start(self, config, **kwargs) -> None:
+        if not _in_loky_worker():
+            return
+        sweep_dir = Path(str(config.hydra.runtime.cwd), str(config.hydra.sweep.dir))
+        if ckpt_io.sweep_stopping(sweep_dir):  # handed out while the stop waits for the running jobs
+            run_dir = Path(str(config.hydra.runtime.output_dir))
+            if run_dir.resolve() != sweep_dir.resolve() and {p.name for p in run_dir.iterdir()} <= {".hydra"}:
+                shutil.rmtree(run_dir, ignore_errors=True)  # (only what Hydra put there: not a run)
+            raise KeyboardInterrupt
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+
+    def on_job_end(self, config, **kwargs) -> None:
+        if _in_loky_worker():
             signal.signal(signal.SIGINT, signal.SIG_IGN)
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
     def on_multirun_start(self, config, **kwargs) -> None:
         self.started = time.time()

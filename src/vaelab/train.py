@@ -955,7 +955,7 @@ def hydra_main(cfg: DictConfig) -> float:
             # multirun.yaml and list in `vaelab compare` as a sweep of no jobs.
             sweep = _sweep_dir(hc) if hc.mode.name == "MULTIRUN" else None
             if sweep is not None and sweep.is_dir() and \
-                    {p.name for p in sweep.iterdir()} - {ckpt_io.SWEEP_LOCK} == {"multirun.yaml"}:
+                    {p.name for p in sweep.iterdir()} - {ckpt_io.SWEEP_LOCK, ckpt_io.SWEEP_STOP} == {"multirun.yaml"}:
                 shutil.rmtree(sweep, ignore_errors=True)
                 _remove_name_folder_if_empty(sweep.parent, hc.runtime.cwd)
         sys.exit(2)

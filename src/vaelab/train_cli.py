@@ -191,16 +191,19 @@ def _stop_workers(limit_s: float = 60.0) -> None:
     global _waiting
     if _waiting:
         raise KeyboardInterrupt
-    busy = _busy_workers(loky_workers())
-    for pid in busy:
-        try:
-            os.kill(pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-    _waiting, deadline, said = True, time.monotonic() + limit_s, False
+    from vaelab.checkpoint import mark_sweeps_stopping
+    mark_sweeps_stopping()  # (a job joblib hands out while this waits does not start)
+    _waiting, deadline, said, told = True, time.monotonic() + limit_s, False, set()
     try:
         while time.monotonic() < deadline:
-            held = sorted({run for runs in _busy_workers(list(busy)).values() for run in runs})
+            busy = _busy_workers(loky_workers())
+            for pid in set(busy) - told:  # (again each time round: one that began its job just now)
+                try:
+                    os.kill(pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+                told.add(pid)
+            held = sorted({run for runs in busy.values() for run in runs})
             if not held:
                 return
             if not said:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -673,7 +674,7 @@ def test_sigterm_to_vaelab_train_reaches_its_busy_joblib_workers(tmp_path):
     them to let go, then stops as for a Ctrl-C. An idle worker is left alone: a SIGTERM ended it,
     and joblib then ended the busy ones before they had saved. Here stand-in workers, named as
     loky names its workers, exit 7 on SIGTERM; another child is left alone."""
-    from vaelab.errors import sigterm_as_ctrl_c
+    from vaelab.errors import stop_signals_as_ctrl_c
     from vaelab.train_cli import LOKY_WORKER, _stop_workers, loky_workers
 
     run = tmp_path / "run"
@@ -690,7 +691,7 @@ def test_sigterm_to_vaelab_train_reaches_its_busy_joblib_workers(tmp_path):
             assert time.time() < deadline
             time.sleep(0.05)
         time.sleep(0.5)  # their handlers installed
-        with sigterm_as_ctrl_c(first=_stop_workers), pytest.raises(KeyboardInterrupt):
+        with stop_signals_as_ctrl_c(first=_stop_workers), pytest.raises(KeyboardInterrupt):
             signal.getsignal(signal.SIGTERM)(signal.SIGTERM, None)  # what vaelab-train's SIGTERM runs
         assert busy.wait(10) == 7 and idle.poll() is None and other.poll() is None
     finally:
@@ -743,6 +744,88 @@ def test_stopping_a_joblib_sweep_lets_every_running_job_save(tiny_mnist, tmp_pat
             continue
         assert json.loads((run / ckpt_io.STOPPED).read_text())["state"] == "interrupted", (name, out[-3000:])
         assert ("stopped by SIGTERM" if how == "kill PID" else "stopped by SIGINT") in (run / "train.log").read_text()
+
+
+def _in_a_terminal(cmd: list[str], cwd: Path, env: dict) -> tuple[subprocess.Popen, int]:
+    """Start cmd as a terminal's job: under a shell that leads a new session whose controlling
+    terminal is a fresh pty, in the terminal's foreground group, SIGINT and SIGHUP with their
+    default actions. Returns the shell's process and the pty's master side: closing it is closing
+    the terminal window (the shell gets SIGHUP and ends, and the kernel then sends SIGHUP to the
+    foreground group: cmd and the processes it started)."""
+    import fcntl
+    import termios
+
+    master, slave = os.openpty()
+
+    def as_a_terminals_job():
+        fcntl.ioctl(0, termios.TIOCSCTTY, 0)  # (stdin is the slave: it becomes the controlling terminal)
+        for s in (signal.SIGINT, signal.SIGHUP):
+            signal.signal(s, signal.SIG_DFL)
+
+    p = subprocess.Popen(["sh", "-c", f"{shlex.join(cmd)}; exit $?"], cwd=cwd, env=env, stdin=slave, stdout=slave, stderr=slave, start_new_session=True,
+                         preexec_fn=as_a_terminals_job)
+    os.close(slave)
+    return p, master
+
+
+def _vaelab_processes(cwd: Path) -> list[int]:
+    """The processes that run in cwd (a test's vaelab-train and its joblib workers), from /proc."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and os.readlink(entry / "cwd") == str(cwd) and \
+                    (entry / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":  # (not a zombie)
+                pids.append(int(entry.name))
+        except OSError:
+            continue
+    return pids
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc (Linux)")
+@pytest.mark.parametrize("how", ["a run", "a joblib sweep"])
+def test_closing_the_terminal_stops_as_ctrl_c_does(tiny_mnist, tmp_path, how):
+    """A closed terminal (an ssh session that dropped) sent SIGHUP, whose default action ended
+    vaelab-train on the spot: the run lost its partial epoch and kept no stopped.json (a joblib
+    sweep: joblib then ended every job). It now stops as a Ctrl-C does, with writes to the
+    hung-up terminal (which fail with EIO) sent to /dev/null; the run's train.log has the lines."""
+    import select
+
+    env = {**os.environ, "TQDM_DISABLE": "1", "OMP_NUM_THREADS": "1"}
+    env.pop("VAELAB_DATA", None)
+    tiny = [a for a in TINY if not a.startswith("trainer.epochs=")]
+    sweep = ["-m", "latent_size=2,4", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2"] if how.endswith("sweep") \
+        else []
+    p, master = _in_a_terminal([sys.executable, "-m", "vaelab.train", *sweep, f"data.root={tiny_mnist}", *tiny,
+                                "trainer.epochs=100000"], tmp_path, env)
+    out = b""
+    try:
+        deadline = time.time() + 180
+        while len(list(tmp_path.glob("outputs/**/checkpoints/last.pt"))) < (2 if sweep else 1):
+            assert p.poll() is None and time.time() < deadline, out.decode(errors="replace")[-3000:]
+            if select.select([master], [], [], 0.2)[0]:  # (read on, so that a full pty does not block it)
+                try:
+                    out += os.read(master, 65536)
+                except OSError:
+                    break
+        time.sleep(0.5)
+        os.close(master)  # the terminal goes away
+        p.wait(timeout=30)  # (the shell: it ends on the hang-up, then vaelab-train has its SIGHUP)
+        deadline = time.time() + 120
+        while _vaelab_processes(tmp_path):
+            assert time.time() < deadline, "vaelab-train still running"
+            time.sleep(0.2)
+    finally:
+        p.kill()
+        for pid in _vaelab_processes(tmp_path):
+            os.kill(pid, signal.SIGKILL)
+    found = list(tmp_path.glob(f"outputs/{'multirun' if sweep else 'runs'}/**/{ckpt_io.STOPPED}"))
+    assert len(found) == (2 if sweep else 1), found
+    for stopped in found:
+        assert json.loads(stopped.read_text())["state"] == "interrupted"
+        assert "stopped by SIGHUP" in (stopped.parent / "train.log").read_text()
+    if sweep:
+        [sweep_dir] = (tmp_path / "outputs" / "multirun" / "default").iterdir()
+        assert not (sweep_dir / ckpt_io.SWEEP_LOCK).exists()
 
 
 def test_ctrl_c_stops_the_whole_sweep(tiny_mnist, tmp_path):

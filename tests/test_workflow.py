@@ -287,8 +287,10 @@ def test_a_rerun_of_a_saved_config_gets_the_same_pre_flight(tmp_path, monkeypatc
 # --- interrupt, then resume ------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("sig,after_step", [(signal.SIGINT, 4), (signal.SIGTERM, 9), (signal.SIGINT, 11)],
-                         ids=["ctrl-c-in-epoch-1", "sigterm-in-epoch-2", "ctrl-c-on-last-step-of-epoch-2"])
+@pytest.mark.parametrize("sig,after_step", [(signal.SIGINT, 4), (signal.SIGTERM, 9), (signal.SIGINT, 11),
+                                             (signal.SIGHUP, 7)],
+                         ids=["ctrl-c-in-epoch-1", "sigterm-in-epoch-2", "ctrl-c-on-last-step-of-epoch-2",
+                              "hang-up-in-epoch-2"])
 def test_interrupted_then_resumed_is_bit_identical(tiny_mnist, reference, tmp_path, monkeypatch, capsys, sig,
                                                    after_step):
     run = tmp_path / "run"
@@ -311,6 +313,27 @@ def test_interrupted_then_resumed_is_bit_identical(tiny_mnist, reference, tmp_pa
     tags = [v.tag for f in run.glob("events.out.tfevents.*") for e in EventFileLoader(str(f)).Load()
             for v in e.summary.value]
     assert tags.count("_hparams_/session_start_info") == 1  # one HParams row, written at the start
+
+
+def test_a_hang_up_ignored_by_nohup_stays_ignored():
+    """Under nohup a closed terminal must not stop the run: SIGHUP keeps its ignored action in
+    train()'s stop and in the command's own (stop_signals_as_ctrl_c); with the default action
+    both take it over."""
+    from vaelab.errors import stop_signals_as_ctrl_c
+    from vaelab.train import _StopFlag
+
+    before = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    try:
+        with stop_signals_as_ctrl_c(), _StopFlag():
+            assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+        signal.signal(signal.SIGHUP, signal.SIG_DFL)
+        with stop_signals_as_ctrl_c():
+            assert signal.getsignal(signal.SIGHUP) is not signal.SIG_DFL
+            with _StopFlag() as stop:
+                assert signal.getsignal(signal.SIGHUP) == stop._handler
+        assert signal.getsignal(signal.SIGHUP) is signal.SIG_DFL
+    finally:
+        signal.signal(signal.SIGHUP, before)
 
 
 @pytest.mark.parametrize("before_last", [False, True], ids=["after-last.pt", "mid-way-through-the-first-last.pt"])

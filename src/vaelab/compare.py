@@ -411,7 +411,13 @@ def _in_loky_worker() -> bool:
         return False
 
 
+_hangup_ignored = None  # in a joblib worker: whether it started with SIGHUP ignored (nohup)
+
+
 def _raise_keyboard_interrupt(signum, frame):
+    from vaelab.errors import after_hangup
+
+    after_hangup(signum)
     raise KeyboardInterrupt
 
 
@@ -428,10 +434,11 @@ class SweepSummary(Callback):
     SWEEP_DIR` carries on. on_multirun_end runs on the machine that
     launched the sweep, after every job returned, whichever launcher ran them."""
 
-    # In a joblib (loky) worker: a worker that dies on a Ctrl-C or SIGTERM makes joblib end all the
-    # others at once, before they have saved (train_cli._stop_workers waits for the busy ones). So
-    # between jobs a worker ignores Ctrl-C, and within a job both are KeyboardInterrupt, which every
-    # stage of a job turns into its own stop (train()'s checkpoint, the final evaluation's clean-up).
+    # In a joblib (loky) worker: a worker that dies on a Ctrl-C, SIGTERM or SIGHUP makes joblib end
+    # all the others at once, before they have saved (train_cli._stop_workers waits for the busy
+    # ones). So between jobs a worker ignores Ctrl-C and the terminal's hang-up, and within a job all
+    # three are KeyboardInterrupt, which every stage of a job turns into its own stop (train()'s
+    # checkpoint, the final evaluation's clean-up).
 
     def on_job_start(self, config, **kwargs) -> None:
         if not _in_loky_worker():
@@ -444,11 +451,17 @@ class SweepSummary(Callback):
             raise KeyboardInterrupt
         signal.signal(signal.SIGINT, signal.default_int_handler)
         signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+        global _hangup_ignored
+        if _hangup_ignored is None:  # this worker's first job: as it started (nohup: ignored, and stays so)
+            _hangup_ignored = signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+        if not _hangup_ignored:
+            signal.signal(signal.SIGHUP, _raise_keyboard_interrupt)
 
     def on_job_end(self, config, **kwargs) -> None:
         if _in_loky_worker():
             signal.signal(signal.SIGINT, signal.SIG_IGN)
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            signal.signal(signal.SIGHUP, signal.SIG_IGN)  # (the terminal's hang-up: the parent stops the sweep)
 
     def on_multirun_start(self, config, **kwargs) -> None:
         self.started = time.time()

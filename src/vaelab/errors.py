@@ -4,7 +4,39 @@ not import torch before they have checked their arguments."""
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
+import stat
+
+# Signals that stop a run as a Ctrl-C does (save after the current step), not on the spot:
+# SIGTERM (kill, a batch system) and SIGHUP (the terminal was closed: an ssh session that
+# dropped, a terminal window shut). A process started ignoring one (nohup) keeps ignoring it.
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
+
+
+def after_hangup(signum: int) -> None:
+    """Call from a handler of `signum`: on a SIGHUP from a closed terminal, this process's standard
+    streams that were that terminal now go to /dev/null. Every write to a hung-up terminal fails
+    (EIO), and a failed print or log line would end the save the stop asked for. The run's log
+    file (RUN/train.log) keeps what it says from here. A `kill -HUP` with the terminal still
+    there leaves the streams as they are."""
+    if signum != signal.SIGHUP:
+        return
+    try:
+        null = os.open(os.devnull, os.O_RDWR)
+    except OSError:
+        return
+    try:
+        null_dev = os.fstat(null).st_rdev
+        for fd in (0, 1, 2):
+            try:
+                st = os.fstat(fd)
+                if stat.S_ISCHR(st.st_mode) and st.st_rdev != null_dev and not os.isatty(fd):
+                    os.dup2(null, fd)  # a character device that is no longer a terminal: a hung-up one
+            except OSError:  # (not open)
+                continue
+    finally:
+        os.close(null)
 
 
 class NonFiniteLoss(RuntimeError):
@@ -12,7 +44,7 @@ class NonFiniteLoss(RuntimeError):
 
 
 class Interrupted(RuntimeError):
-    """Ctrl-C or SIGTERM: the run saved a checkpoint after its current step and stopped.
+    """Ctrl-C, SIGTERM or SIGHUP: the run saved a checkpoint after its current step and stopped.
     finished: it came in the last epoch, which the run finished (metrics.json written); only
     its end-of-training evaluation, if any, did not run: the run is done, not stopped early."""
 
@@ -26,26 +58,29 @@ class SaveFailed(RuntimeError):
 
 
 @contextlib.contextmanager
-def sigterm_as_ctrl_c(first=None):
-    """Within the block a SIGTERM (kill, a batch system's stop) is a Ctrl-C: a KeyboardInterrupt,
-    so the clean-up a Ctrl-C runs (an evaluation's half-written files and events) runs for it
-    too, where the default action would end the process on the spot. `first()`: called before,
-    for what a Ctrl-C reaches through the terminal and a SIGTERM to this process alone does not
-    (vaelab-train's joblib workers). Only where SIGTERM has its default action (an outer handler
-    stays in charge; train() sets its own stop for the steps it runs inside the block), and not
-    outside the main thread (no signals there)."""
+def stop_signals_as_ctrl_c(first=None):
+    """Within the block a SIGTERM (kill, a batch system's stop) or a SIGHUP (the terminal closed)
+    is a Ctrl-C: a KeyboardInterrupt, so the clean-up a Ctrl-C runs (an evaluation's half-written
+    files and events) runs for it too, where the default action would end the process on the
+    spot. `first()`: called before, for what a Ctrl-C reaches through the terminal and a SIGTERM
+    to this process alone does not (vaelab-train's joblib workers). Only for a signal that has its
+    default action (an outer handler stays in charge, nohup's ignored hang-up stays ignored;
+    train() sets its own stop for the steps it runs inside the block), and not outside the main
+    thread (no signals there)."""
     def stop(signum, frame):
+        after_hangup(signum)
         if first is not None:
             first()
         raise KeyboardInterrupt
+    before = {}
     try:
-        before = signal.signal(signal.SIGTERM, stop) if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL else None
+        for s in STOP_SIGNALS:
+            if signal.getsignal(s) is signal.SIG_DFL:
+                before[s] = signal.signal(s, stop)
     except ValueError:  # not the main thread
-        before = None
-    if before is None:
-        yield
-        return
+        pass
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, before)
+        for s, handler in before.items():
+            signal.signal(s, handler)

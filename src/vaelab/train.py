@@ -40,7 +40,7 @@ from tqdm.auto import tqdm
 from vaelab import checkpoint as ckpt_io
 from vaelab.config import CONF_DIR, ConfigError, choices, resolve_device, to_plain, typed, validate
 from vaelab.data import DataError, MNISTData, load_data, to_float
-from vaelab.errors import Interrupted, NonFiniteLoss, SaveFailed
+from vaelab.errors import STOP_SIGNALS, Interrupted, NonFiniteLoss, SaveFailed, after_hangup
 from vaelab.evaluate import ACTIVE_THRESHOLD, elbo_stats, quiet
 from vaelab.fused_loss import fused_vae_loss, kernels_unusable, kernels_work
 from vaelab.logger import RunLogger, hparams_logged, image_grid
@@ -399,9 +399,10 @@ class CudaGraphStep:
 
 
 class _StopFlag:
-    """Ctrl-C / SIGTERM set a flag; the loop saves a checkpoint after the current step and
-    exits. A second Ctrl-C aborts at once, except while a checkpoint is being written (about a
-    second): aborting then would lose the checkpoint the first Ctrl-C asked for."""
+    """Ctrl-C / SIGTERM / SIGHUP (a closed terminal) set a flag; the loop saves a checkpoint
+    after the current step and exits. A second Ctrl-C aborts at once, except while a checkpoint
+    is being written (about a second): aborting then would lose the checkpoint the first Ctrl-C
+    asked for."""
 
     def __init__(self):
         self.signum = None
@@ -414,6 +415,7 @@ class _StopFlag:
                 log.warning("writing the checkpoint; stopping right after it")
                 return
             raise KeyboardInterrupt
+        after_hangup(signum)
         if self.signum is not None:  # a SIGTERM after the stop was asked for (passed on by a parent): the same stop
             return
         self.signum = signum
@@ -423,8 +425,9 @@ class _StopFlag:
     def __enter__(self):
         import threading
         if threading.current_thread() is threading.main_thread():
-            for s in (signal.SIGINT, signal.SIGTERM):
-                self._old[s] = signal.signal(s, self._handler)
+            for s in (signal.SIGINT, *STOP_SIGNALS):
+                if s != signal.SIGHUP or signal.getsignal(s) is not signal.SIG_IGN:  # (nohup: a hang-up stays ignored)
+                    self._old[s] = signal.signal(s, self._handler)
         return self
 
     def __exit__(self, *exc):

@@ -265,10 +265,10 @@ def _run_hydra(prog: str) -> int:
     """The Hydra app on sys.argv; its exit status."""
     from vaelab.train import hydra_main  # torch and the rest: only for a command line that can run
 
-    from vaelab.errors import sigterm_as_ctrl_c
+    from vaelab.errors import stop_signals_as_ctrl_c
 
     try:
-        with sigterm_as_ctrl_c(first=_stop_workers), _ctrl_c_lets_workers_save():  # (train() takes both
+        with stop_signals_as_ctrl_c(first=_stop_workers), _ctrl_c_lets_workers_save():  # (train() takes both
             hydra_main()                                                                # over while it trains)
     except KeyboardInterrupt:  # a second Ctrl-C, or one outside training (joblib's parent, setup)
         print(f"{prog}: interrupted; a run keeps the checkpoints it had completed "

@@ -34,6 +34,7 @@ from vaelab.compare import eval_settings
 from vaelab.cli_errors import _explain as explain_override_error  # vaelab-train's wording
 from vaelab.cli_errors import parse_error, unwritable
 from vaelab.config import CONF_DIR, ConfigError, load_run_config, resolve_device, validate
+from vaelab.errors import STOP_SIGNALS, after_hangup
 
 
 # Set in each job's environment (hydra.job.env_set) when `vaelab resume SWEEP_DIR` launches a
@@ -112,7 +113,7 @@ def pin_environment(run_dir: str | Path, cfg) -> list[str]:
 
 
 class ReproductionStopped(WorkflowError):
-    """The reproduction's training was stopped (Ctrl-C, SIGTERM): not an error, exit 130."""
+    """The reproduction's training was stopped (Ctrl-C, SIGTERM, SIGHUP): not an error, exit 130."""
 
 
 def _run_child(cmd: list[str], **kwargs) -> int:
@@ -127,10 +128,11 @@ def _run_child(cmd: list[str], **kwargs) -> int:
     child = subprocess.Popen(cmd, **kwargs)
 
     def pass_on(signum, frame):
+        after_hangup(signum)  # (a closed terminal: this process waits on, without it)
         if signum != signal.SIGINT or not _terminal_sends_to_us():  # (the terminal's reached the child too)
-            child.send_signal(signum)
+            child.send_signal(signum)  # (a hang-up the child had too: the same stop, twice)
 
-    handlers = {s: signal.signal(s, pass_on) for s in (signal.SIGINT, signal.SIGTERM)
+    handlers = {s: signal.signal(s, pass_on) for s in (signal.SIGINT, *STOP_SIGNALS)
                 if signal.getsignal(s) is not signal.SIG_IGN}
     try:
         return child.wait()
@@ -299,7 +301,7 @@ def reproduce(run_dir: str | Path, out: str | Path | None = None, rtol: float = 
               f"the last values, which the reproduction uses from the start ({RESUMES} in its .hydra/ has the "
               f"history): its numbers cannot be expected to match.", flush=True)
     code = _run_child(cmd, cwd=_launch_cwd(run_dir), env=env)
-    stopped = code in (130, -signal.SIGINT, -signal.SIGTERM)  # (negative: stopped while it started, before
+    stopped = code in (130, -signal.SIGINT, -signal.SIGTERM, -signal.SIGHUP)  # (negative: stopped while it started, before
     # vaelab-train's own handlers, with Python's traceback of the KeyboardInterrupt above)
     if stopped and not (new_dir.is_dir() and any(new_dir.iterdir())):
         raise ReproductionStopped(f"the reproduction was stopped before it began; nothing was written to {new_dir}")
@@ -740,12 +742,12 @@ def _to_carry_on(cfg, run_dir: Path):
 
 def resume_command(args) -> int:
     from vaelab.data import DataError
-    from vaelab.errors import Interrupted, NonFiniteLoss, SaveFailed, sigterm_as_ctrl_c
+    from vaelab.errors import Interrupted, NonFiniteLoss, SaveFailed, stop_signals_as_ctrl_c
 
     try:
         if is_sweep_dir(Path(args.run_dir)):
             return resume_sweep(args.run_dir, args.overrides)
-        with sigterm_as_ctrl_c():  # (the final evaluation of a run that has trained: as vaelab eval)
+        with stop_signals_as_ctrl_c():  # (the final evaluation of a run that has trained: as vaelab eval)
             resume(args.run_dir, args.overrides)
     except (WorkflowError, ConfigError, DataError, ckpt_io.CheckpointError) as e:
         print(f"vaelab resume: error: {e}", file=sys.stderr)

@@ -578,3 +578,32 @@ def test_the_kl_per_dim_line_does_not_round_small_values_up(tmp_path):
          "note": "", "examples_seen": 10, "seconds": 0.1}
     [line] = [ln for ln in format_table(r, tmp_path).splitlines() if "KL per dim" in ln]
     assert "z0 2.50, z2 0.012, z1 0.0099, z3 0.001   (2 dims < 0.01 nats" in line
+
+
+@pytest.mark.parametrize("flush", [True, False])
+def test_evaluation_runs_with_the_runs_flush_denormal_and_training_puts_it_back(make_cfg, tmp_path, monkeypatch,
+                                                                                flush):
+    """train() left trainer.flush_denormal (on by default) set in the process, so its final
+    evaluation flushed subnormals and a later `vaelab eval` of the same checkpoint in a fresh
+    process did not; and everything run after train() in the process flushed them too. Now both
+    evaluations use the run's setting, and train() and evaluate_run put back what was set."""
+    import vaelab.evaluate as evaluate_mod
+    from vaelab.evaluate import flushing_subnormals
+
+    seen, real = [], evaluate_mod.elbo_stats
+
+    def elbo_stats(*args, **kwargs):
+        seen.append(flushing_subnormals())
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(evaluate_mod, "elbo_stats", elbo_stats)
+    torch.set_flush_denormal(not flush)
+    try:
+        train(make_cfg(["latent_size=2", "model.size=small", f"trainer.flush_denormal={str(flush).lower()}"]),
+              tmp_path)
+        assert flushing_subnormals() is (not flush)  # as before the run
+        evaluate_run(tmp_path, k=2, device="cpu", pictures=False, progress=False)
+        assert flushing_subnormals() is (not flush)
+    finally:
+        torch.set_flush_denormal(False)
+    assert seen == [flush, flush], seen  # the final evaluation's, then vaelab eval's

@@ -16,6 +16,7 @@ config passes it to the loss; a test with a closed-form log p(x) passes its own 
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Callable, Union
 
@@ -30,6 +31,25 @@ def quiet(progress: bool) -> dict:
     """tqdm's keyword for trainer.progress: false turns the bar off; true leaves tqdm's default,
     so that TQDM_DISABLE=1 (tqdm reads it for defaults only) still turns it off."""
     return {} if progress else {"disable": True}
+
+
+def flushing_subnormals() -> bool:
+    """Whether this thread's CPU arithmetic flushes subnormal floats to zero (torch has a setter,
+    torch.set_flush_denormal, and no getter): the smallest float32 subnormal, times 1."""
+    tiny = torch.tensor([1], dtype=torch.int32).view(torch.float32)  # (bits 0x00000001: no arithmetic to flush it)
+    return (tiny * 1.0).item() == 0.0
+
+
+@contextlib.contextmanager
+def subnormals_flushed(flush: bool):
+    """trainer.flush_denormal within the block, what was set before after it: the setting is the
+    process's (its main thread's), and one process may train and evaluate several runs."""
+    before = flushing_subnormals()
+    torch.set_flush_denormal(flush)
+    try:
+        yield
+    finally:
+        torch.set_flush_denormal(before)
 
 
 LOG_2PI = math.log(2 * math.pi)

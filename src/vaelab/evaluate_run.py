@@ -172,120 +172,123 @@ def evaluate_run(run_dir: str | Path, k: int = 5000, device: str = "auto", check
     at_start = ckpt_io.read_json(run_dir / "eval.json")  # (to notice one written while this one runs)
     import torch
 
-    from vaelab.evaluate import ACTIVE_THRESHOLD, bits_per_dim, elbo_stats, iwae_nll
+    from vaelab.evaluate import ACTIVE_THRESHOLD, bits_per_dim, elbo_stats, iwae_nll, subnormals_flushed
     from vaelab.losses import MSE_GAUSSIAN_VARIANCE, MSE_NLL_CONST_PER_DIM
     from vaelab.pictures import make_pictures
 
-    dev = next(model.parameters()).device
-    root = Path(data_root_override) if data_root_override else data_root(run_dir, cfg)
-    recon_kind = getattr(cfg.loss.recon, "value", cfg.loss.recon)
-    binarize = getattr(cfg.data.binarize, "value", cfg.data.binarize)
-    data = load_data(root, dev, val_size=cfg.data.val_size, split_seed=cfg.data.split_seed,
-                     binarize=binarize, download=cfg.data.download, how=how)
-    trained_on = ck.get("state", {}).get("data_digest")  # (a checkpoint from before 2026-11-26 has none)
-    if trained_on is not None and trained_on != data.digest:
-        log.warning("the data differs from what the run trained on (data digest %s, now %s, from %s): these are "
-                    "test numbers of other data", trained_on, data.digest, root)
-    test = data.test.images
-    d = test.shape[1]
-    gen = torch.Generator(device=dev).manual_seed(seed)
-    st = elbo_stats(model, test, recon_kind, cfg.trainer.eval_batch_size, gen)
-    # For MSE the trained "recon" is a squared error; as a likelihood it is a Gaussian with
-    # variance 1/2, whose NLL adds D * 0.5 * log(pi) nats (losses.py).
-    recon = st["recon"] + (d * MSE_NLL_CONST_PER_DIM if recon_kind == "mse" else 0.0)
-    kl = st["kl"]
-    elbo = -(recon + kl)
-    nll = iwae_nll(model, test, k, recon_kind, gen, progress=progress)
-    likelihood, note = _likelihood(recon_kind, binarize)
-    # The x-axis of the checkpoint's own point of training (best.pt, epoch_0001.pt and a
-    # stopped run's last.pt are not where metrics.json, if any, says the run ended).
-    step = int(ck.get("state", {}).get("examples", _examples_seen(run_dir)))
-    result = {
-        "elbo": elbo, "recon": recon, "kl": kl, "nll_iwae": nll, "k": k,
-        "bits_per_dim": bits_per_dim(nll, d), "elbo_bits_per_dim": bits_per_dim(-elbo, d),
-        "recon_bits_per_dim": bits_per_dim(recon, d), "kl_bits_per_dim": bits_per_dim(kl, d),
-        "active_units": st["active_units"], "latent_size": int(cfg.latent_size),
-        "kl_per_dim": [float(v) for v in st["kl_per_dim"]],
-        "mean_variance_per_dim": [float(v) for v in st["mu_var"]],  # Cov_x(E_q[z_i|x]), the AU statistic
-        "checkpoint": str(path.resolve()), "epoch": int(ck.get("state", {}).get("epoch", 0)),
-        "examples_seen": step, "split": "test", "n_examples": int(test.shape[0]), "dim": int(d),
-        # how far the run had trained when this was made (0: not finished): a finished run's final
-        # evaluation is missing while this is below its epochs (checkpoint.final_eval_missing)
-        "made_when": {"run_epochs": run_epochs},
-        "likelihood": likelihood, "gaussian_variance": MSE_GAUSSIAN_VARIANCE if recon_kind == "mse" else None,
-        "recon_kind": recon_kind, "binarize": binarize, "note": note, "seed": seed,
-        "data_root": str(root.resolve()), "data_digest": data.digest,  # (metrics.json: the training's)
-        "tensorboard": bool(cfg.logger.tensorboard),
-    }
-    # The evaluation's TensorBoard events go into an event file of their own (suffix .eval), which
-    # the next evaluation replaces, as its eval.json replaces this one: a second `vaelab eval` then
-    # shows one point per tag, not two at the same step. (SummaryWriter's purge_step would hide
-    # the training's own events at that step as well.) Runs evaluated before 2026-11-26 have those
-    # events in the training's event file, which is not rewritten: they stay, beside the newest
-    # evaluation's.
-    old_events = sorted(run_dir.glob(f"events.out.tfevents.*{EVAL_SUFFIX}"))
-    writer, staging = None, None
-    if cfg.logger.tensorboard:
-        from torch.utils.tensorboard import SummaryWriter
+    # The run's own arithmetic (trainer.flush_denormal), so that vaelab eval gives the numbers of
+    # the run's final evaluation; put back after, as train() does.
+    with subnormals_flushed(cfg.trainer.flush_denormal):
+        dev = next(model.parameters()).device
+        root = Path(data_root_override) if data_root_override else data_root(run_dir, cfg)
+        recon_kind = getattr(cfg.loss.recon, "value", cfg.loss.recon)
+        binarize = getattr(cfg.data.binarize, "value", cfg.data.binarize)
+        data = load_data(root, dev, val_size=cfg.data.val_size, split_seed=cfg.data.split_seed,
+                         binarize=binarize, download=cfg.data.download, how=how)
+        trained_on = ck.get("state", {}).get("data_digest")  # (a checkpoint from before 2026-11-26 has none)
+        if trained_on is not None and trained_on != data.digest:
+            log.warning("the data differs from what the run trained on (data digest %s, now %s, from %s): these are "
+                        "test numbers of other data", trained_on, data.digest, root)
+        test = data.test.images
+        d = test.shape[1]
+        gen = torch.Generator(device=dev).manual_seed(seed)
+        st = elbo_stats(model, test, recon_kind, cfg.trainer.eval_batch_size, gen)
+        # For MSE the trained "recon" is a squared error; as a likelihood it is a Gaussian with
+        # variance 1/2, whose NLL adds D * 0.5 * log(pi) nats (losses.py).
+        recon = st["recon"] + (d * MSE_NLL_CONST_PER_DIM if recon_kind == "mse" else 0.0)
+        kl = st["kl"]
+        elbo = -(recon + kl)
+        nll = iwae_nll(model, test, k, recon_kind, gen, progress=progress)
+        likelihood, note = _likelihood(recon_kind, binarize)
+        # The x-axis of the checkpoint's own point of training (best.pt, epoch_0001.pt and a
+        # stopped run's last.pt are not where metrics.json, if any, says the run ended).
+        step = int(ck.get("state", {}).get("examples", _examples_seen(run_dir)))
+        result = {
+            "elbo": elbo, "recon": recon, "kl": kl, "nll_iwae": nll, "k": k,
+            "bits_per_dim": bits_per_dim(nll, d), "elbo_bits_per_dim": bits_per_dim(-elbo, d),
+            "recon_bits_per_dim": bits_per_dim(recon, d), "kl_bits_per_dim": bits_per_dim(kl, d),
+            "active_units": st["active_units"], "latent_size": int(cfg.latent_size),
+            "kl_per_dim": [float(v) for v in st["kl_per_dim"]],
+            "mean_variance_per_dim": [float(v) for v in st["mu_var"]],  # Cov_x(E_q[z_i|x]), the AU statistic
+            "checkpoint": str(path.resolve()), "epoch": int(ck.get("state", {}).get("epoch", 0)),
+            "examples_seen": step, "split": "test", "n_examples": int(test.shape[0]), "dim": int(d),
+            # how far the run had trained when this was made (0: not finished): a finished run's final
+            # evaluation is missing while this is below its epochs (checkpoint.final_eval_missing)
+            "made_when": {"run_epochs": run_epochs},
+            "likelihood": likelihood, "gaussian_variance": MSE_GAUSSIAN_VARIANCE if recon_kind == "mse" else None,
+            "recon_kind": recon_kind, "binarize": binarize, "note": note, "seed": seed,
+            "data_root": str(root.resolve()), "data_digest": data.digest,  # (metrics.json: the training's)
+            "tensorboard": bool(cfg.logger.tensorboard),
+        }
+        # The evaluation's TensorBoard events go into an event file of their own (suffix .eval), which
+        # the next evaluation replaces, as its eval.json replaces this one: a second `vaelab eval` then
+        # shows one point per tag, not two at the same step. (SummaryWriter's purge_step would hide
+        # the training's own events at that step as well.) Runs evaluated before 2026-11-26 have those
+        # events in the training's event file, which is not rewritten: they stay, beside the newest
+        # evaluation's.
+        old_events = sorted(run_dir.glob(f"events.out.tfevents.*{EVAL_SUFFIX}"))
+        writer, staging = None, None
+        if cfg.logger.tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
 
-        from vaelab.logger import quiet_writer_thread_errors
-        quiet_writer_thread_errors()
-        writer = SummaryWriter(log_dir=str(run_dir), filename_suffix=EVAL_SUFFIX)
-    try:
-        if writer is not None:
-            for key in ("elbo", "recon", "kl", "nll_iwae", "bits_per_dim", "elbo_bits_per_dim", "active_units"):
-                if math.isfinite(result[key]):
-                    writer.add_scalar(f"test/{key}", result[key], step)
-        # Which weights the pictures in eval/ show: these, or (--no-pictures) those of an earlier eval.
-        result["pictures_of"] = {"checkpoint": result["checkpoint"], "examples_seen": step}
-        if not pictures:
-            before = ckpt_io.read_json(run_dir / "eval.json") or {}
-            kept = before.get("pictures_of") if (run_dir / "eval").is_dir() else None
-            result["pictures_of"] = kept if isinstance(kept, dict) else None
-            if kept and kept.get("examples_seen") != step:
-                log.warning("%s/ shows the weights of %s at %s examples seen, not these (%s at %d); leave out "
-                            "--no-pictures to redraw it", run_dir / "eval", Path(str(kept.get("checkpoint"))).name,
-                            kept.get("examples_seen"), path.name, step)
-            if writer is not None:  # eval/ keeps its pictures, and TensorBoard its eval/* images
-                _copy_images(old_events, writer)
-        if pictures:  # drawn aside, into eval/ only with eval.json: a stop part-way leaves eval/ as it was
-            _remove_stale_staging(run_dir)
-            staging = Path(tempfile.mkdtemp(prefix=".eval-", suffix=ckpt_io.TMP_SUFFIX, dir=run_dir))
-            with ckpt_io.only_process(staging):  # (held while in use: see _remove_stale_staging)
-                drawn = make_pictures(model, test, data.test.labels, st["kl_per_dim"],
-                                      st["mu_var"] > ACTIVE_THRESHOLD, staging, writer, step, seed)
-        if writer is not None:
-            writer.close()
-        result["seconds"] = time.perf_counter() - t0
-        if pictures:
-            (run_dir / "eval").mkdir(exist_ok=True)
-            for name, at in drawn["pictures"].items():
-                final = run_dir / "eval" / f"{name}.png"
-                os.replace(at, final)
-                drawn["pictures"][name] = str(final.resolve())  # as eval.json's checkpoint: not relative to the shell
-            result.update(drawn)
-        now = ckpt_io.read_json(run_dir / "eval.json")
-        if now is not None and now != at_start:  # another evaluation (the run's own final one, say) finished first
-            made_when = now.get("made_when") if isinstance(now.get("made_when"), dict) else {}
-            later = isinstance(made_when.get("run_epochs"), int) and made_when["run_epochs"] > run_epochs
-            log.warning("replacing %s, written while this evaluation ran (%s, epoch %s, k=%s)%s", run_dir / "eval.json",
-                        Path(str(now.get("checkpoint"))).name, now.get("epoch"), now.get("k"),
-                        f"; `vaelab resume {shlex.quote(str(run_dir))}` makes the run's own final evaluation again"
-                        if later else "")
-        ckpt_io.write_text_atomic(run_dir / "eval.json", json.dumps(result, indent=2) + "\n")
-    except BaseException:  # Ctrl-C, a full disk: TensorBoard keeps showing the evaluation eval.json holds
-        if writer is not None:
-            writer.close()
-            _remove_events(set(run_dir.glob(f"events.out.tfevents.*{EVAL_SUFFIX}")) - set(old_events))
-        raise
-    finally:
-        if staging is not None:
-            shutil.rmtree(staging, ignore_errors=True)
-    _remove_events(old_events)  # only now: an evaluation that fails on the way leaves the previous one
-    log.info("eval (%s, k=%d): ELBO %.2f nats (recon %.2f, KL %.2f), IWAE NLL %.2f nats = %.4f bits/dim, "
-             "active units %d/%d", path.name, k, elbo, recon, kl, nll, result["bits_per_dim"],
-             st["active_units"], cfg.latent_size)
-    return result
+            from vaelab.logger import quiet_writer_thread_errors
+            quiet_writer_thread_errors()
+            writer = SummaryWriter(log_dir=str(run_dir), filename_suffix=EVAL_SUFFIX)
+        try:
+            if writer is not None:
+                for key in ("elbo", "recon", "kl", "nll_iwae", "bits_per_dim", "elbo_bits_per_dim", "active_units"):
+                    if math.isfinite(result[key]):
+                        writer.add_scalar(f"test/{key}", result[key], step)
+            # Which weights the pictures in eval/ show: these, or (--no-pictures) those of an earlier eval.
+            result["pictures_of"] = {"checkpoint": result["checkpoint"], "examples_seen": step}
+            if not pictures:
+                before = ckpt_io.read_json(run_dir / "eval.json") or {}
+                kept = before.get("pictures_of") if (run_dir / "eval").is_dir() else None
+                result["pictures_of"] = kept if isinstance(kept, dict) else None
+                if kept and kept.get("examples_seen") != step:
+                    log.warning("%s/ shows the weights of %s at %s examples seen, not these (%s at %d); leave out "
+                                "--no-pictures to redraw it", run_dir / "eval", Path(str(kept.get("checkpoint"))).name,
+                                kept.get("examples_seen"), path.name, step)
+                if writer is not None:  # eval/ keeps its pictures, and TensorBoard its eval/* images
+                    _copy_images(old_events, writer)
+            if pictures:  # drawn aside, into eval/ only with eval.json: a stop part-way leaves eval/ as it was
+                _remove_stale_staging(run_dir)
+                staging = Path(tempfile.mkdtemp(prefix=".eval-", suffix=ckpt_io.TMP_SUFFIX, dir=run_dir))
+                with ckpt_io.only_process(staging):  # (held while in use: see _remove_stale_staging)
+                    drawn = make_pictures(model, test, data.test.labels, st["kl_per_dim"],
+                                          st["mu_var"] > ACTIVE_THRESHOLD, staging, writer, step, seed)
+            if writer is not None:
+                writer.close()
+            result["seconds"] = time.perf_counter() - t0
+            if pictures:
+                (run_dir / "eval").mkdir(exist_ok=True)
+                for name, at in drawn["pictures"].items():
+                    final = run_dir / "eval" / f"{name}.png"
+                    os.replace(at, final)
+                    drawn["pictures"][name] = str(final.resolve())  # as eval.json's checkpoint: not relative to the shell
+                result.update(drawn)
+            now = ckpt_io.read_json(run_dir / "eval.json")
+            if now is not None and now != at_start:  # another evaluation (the run's own final one, say) finished first
+                made_when = now.get("made_when") if isinstance(now.get("made_when"), dict) else {}
+                later = isinstance(made_when.get("run_epochs"), int) and made_when["run_epochs"] > run_epochs
+                log.warning("replacing %s, written while this evaluation ran (%s, epoch %s, k=%s)%s", run_dir / "eval.json",
+                            Path(str(now.get("checkpoint"))).name, now.get("epoch"), now.get("k"),
+                            f"; `vaelab resume {shlex.quote(str(run_dir))}` makes the run's own final evaluation again"
+                            if later else "")
+            ckpt_io.write_text_atomic(run_dir / "eval.json", json.dumps(result, indent=2) + "\n")
+        except BaseException:  # Ctrl-C, a full disk: TensorBoard keeps showing the evaluation eval.json holds
+            if writer is not None:
+                writer.close()
+                _remove_events(set(run_dir.glob(f"events.out.tfevents.*{EVAL_SUFFIX}")) - set(old_events))
+            raise
+        finally:
+            if staging is not None:
+                shutil.rmtree(staging, ignore_errors=True)
+        _remove_events(old_events)  # only now: an evaluation that fails on the way leaves the previous one
+        log.info("eval (%s, k=%d): ELBO %.2f nats (recon %.2f, KL %.2f), IWAE NLL %.2f nats = %.4f bits/dim, "
+                 "active units %d/%d", path.name, k, elbo, recon, kl, nll, result["bits_per_dim"],
+                 st["active_units"], cfg.latent_size)
+        return result
 
 
 def _remove_stale_staging(run_dir: Path, min_age_s: float = 60.0) -> None:
@@ -437,10 +440,10 @@ def eval_command(args: argparse.Namespace) -> int:
               f"its {args.checkpoint} checkpoint as it is now"
               + (", and the run's own end-of-training evaluation will replace eval.json" if final else ""),
               file=sys.stderr)
-    from vaelab.errors import sigterm_as_ctrl_c
+    from vaelab.errors import stop_signals_as_ctrl_c
 
     try:
-        with sigterm_as_ctrl_c():  # a kill leaves the earlier evaluation as it was, as a Ctrl-C does
+        with stop_signals_as_ctrl_c():  # a kill leaves the earlier evaluation as it was, as a Ctrl-C does
             result = evaluate_run(args.run_dir, k=args.k, device=args.device, checkpoint=args.checkpoint,
                                   progress=not args.no_progress, seed=args.seed, pictures=not args.no_pictures,
                                   data_root_override=args.data_root)

@@ -41,7 +41,7 @@ from vaelab import checkpoint as ckpt_io
 from vaelab.config import CONF_DIR, ConfigError, choices, resolve_device, to_plain, typed, validate
 from vaelab.data import DataError, MNISTData, load_data, to_float
 from vaelab.errors import STOP_SIGNALS, Interrupted, NonFiniteLoss, SaveFailed, after_hangup
-from vaelab.evaluate import ACTIVE_THRESHOLD, elbo_stats, quiet
+from vaelab.evaluate import ACTIVE_THRESHOLD, elbo_stats, flushing_subnormals, quiet
 from vaelab.fused_loss import fused_vae_loss, kernels_unusable, kernels_work
 from vaelab.logger import RunLogger, hparams_logged, image_grid
 from vaelab.losses import MSE_NLL_CONST_PER_DIM, beta_at, vae_loss
@@ -452,12 +452,14 @@ def train(cfg: DictConfig, run_dir: str | Path, data: MNISTData | None = None, o
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)  # checkpoints/ and samples/ come once the data has loaded
     handlers = _attach_logs(run_dir)
-    # What _train sets for this run alone (a resumed run's thread count, trainer.deterministic):
-    # one process may train several runs (tests, a sweep's jobs, vaelab resume), each its own way.
+    # What _train sets for this run alone (a resumed run's thread count, trainer.deterministic,
+    # trainer.flush_denormal): one process may train several runs (tests, a sweep's jobs,
+    # vaelab resume), each its own way.
     threads = torch.get_num_threads()
     deterministic = (torch.are_deterministic_algorithms_enabled(),
                      torch.is_deterministic_algorithms_warn_only_enabled())
     cudnn_benchmark, cublas_workspace = torch.backends.cudnn.benchmark, os.environ.get("CUBLAS_WORKSPACE_CONFIG")
+    flushing = flushing_subnormals()
     try:
         with ckpt_io.only_process(run_dir):
             try:
@@ -486,6 +488,7 @@ def train(cfg: DictConfig, run_dir: str | Path, data: MNISTData | None = None, o
         torch.set_num_threads(threads)
         torch.use_deterministic_algorithms(deterministic[0], warn_only=deterministic[1])
         torch.backends.cudnn.benchmark = cudnn_benchmark
+        torch.set_flush_denormal(flushing)
         if cublas_workspace is None:
             os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
         for h in handlers:

@@ -114,3 +114,13 @@ def test_mlpvae_linear_choice_keeps_weights_interchangeable():
     mu_b, lv_b = b.encode(x)
     assert torch.allclose(mu_a, mu_b, atol=1e-5) and torch.allclose(lv_a, lv_b, atol=1e-5)
     assert "impl=onednn" in repr(b) and "impl" not in repr(a)
+
+
+def test_the_configs_model_choices_are_the_ones_mlp_builds():
+    """config.py (no torch) lists what validate() allows; models/mlp.py builds them: a value
+    added to one alone would pass the config and fail at build, or never be allowed."""
+    from vaelab.config import ACTIVATIONS, ModelSize
+    from vaelab.models import mlp
+
+    assert set(ACTIVATIONS) == set(mlp._ACTIVATIONS)
+    assert {s.value for s in ModelSize} == set(mlp.SIZES)

@@ -307,7 +307,7 @@ def precheck(argv: list[str], fetch_data: bool = False, continuing: Path | None 
     if fetch_data and not launcher.endswith("SlurmLauncher"):  # SLURM's nodes may see other paths
         # The data once, here, before any job: a sweep's jobs would each fail on missing data
         # (submitit with a traceback) or download the same files into one folder at once.
-        from vaelab.data import DataError, fetch_mnist, mnist_train_size
+        from vaelab.data import DataError, fetch_mnist, mnist_train_size, val_size_error
 
         for root, download in data_roots.items():
             try:
@@ -317,9 +317,8 @@ def precheck(argv: list[str], fetch_data: bool = False, continuing: Path | None 
                 return str(e)
             # (every job's data.val_size against every root: a sweep pairs each value with each)
             val = max(cmd.val_sizes.values(), default=0)
-            if n is not None and val >= n:  # a sweep's job failed there after the others had trained
-                return (f"data.val_size={val}: must be in [0, {n - 1}] for a training set of {n} images "
-                        f"(data.root={root})")
+            if n is not None and (why := val_size_error(val, n, root)):  # (a sweep's job failed there after the
+                return why                                                 # others had trained)
     key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
     folder = OmegaConf.select(full, key, throw_on_resolution_failure=False)
     if where is not None and folder is not None and _by_the_clock(full, key, given):

@@ -145,8 +145,9 @@ class TrainerConfig:
     compile_mode: str = "default"
     amp: Amp = Amp.off  # bf16 autocast changes the numbers, so it is opt-in
     # On a CUDA device, replay each full-size training step as one CUDA graph (train.py's
-    # CudaGraphStep): the same arithmetic with one launch instead of ~75, 8x the eager step's
-    # speed for the seed model on an H200. Ignored on other devices.
+    # CudaGraphStep): one launch instead of ~75, 8x the eager step's speed for the seed model on
+    # an H200; the same arithmetic up to float rounding (optim.impl=auto is flat Adam in a graph,
+    # fused Adam outside one). Ignored on other devices.
     cuda_graph: bool = True
     # On a CUDA device, run two steps of a throwaway copy of the model in a thread while the data
     # loads (train.py's warm_up): the kernels and cuBLAS then load there, not in epoch 1. The
@@ -196,7 +197,7 @@ def register_configs() -> None:
 
 _DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 _ADAM_IMPLS = ("auto", "fused", "flat", "triton", "foreach", "forloop")
-_ACTIVATIONS = ("relu", "tanh", "gelu", "elu")
+ACTIVATIONS = ("relu", "tanh", "gelu", "elu")  # models/mlp.py builds each (a test keeps the two lists equal)
 _COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
 _LOSS_IMPLS = ("torch", "triton")
 _FLOAT32_TINY = 2.0 ** -126  # torch.finfo(torch.float32).tiny, 1.18e-38 (torch is not imported here)
@@ -266,8 +267,8 @@ def validate(cfg: DictConfig, here: bool = True) -> None:
     _check(t.checkpoint_every >= 1, "trainer.checkpoint_every", t.checkpoint_every, "must be >= 1")
     _check(t.log_every >= 1, "trainer.log_every", t.log_every, "must be >= 1")
     _check(cfg.logger.images_every >= 1, "logger.images_every", cfg.logger.images_every, "must be >= 1")
-    _check(t.compile_mode in _COMPILE_MODES, "trainer.compile_mode",
-           t.compile_mode, "allowed: default, reduce-overhead, max-autotune")
+    _check(t.compile_mode in _COMPILE_MODES, "trainer.compile_mode", t.compile_mode,
+           f"allowed: {', '.join(_COMPILE_MODES)}")
     _check(t.num_samples >= 1, "trainer.num_samples", t.num_samples, "must be >= 1")
     _check(1 <= t.final_eval_k <= 10**6, "trainer.final_eval_k", t.final_eval_k,
            "must be in [1, 10**6] (as vaelab eval --k)")
@@ -281,8 +282,7 @@ def validate(cfg: DictConfig, here: bool = True) -> None:
         _check(len(m.hidden) >= 1 and all(h >= 1 for h in m.hidden), "model.hidden", list(m.hidden),
                "must be a non-empty list of positive widths, e.g. [1024,512]")
         _check(all(h < 2**31 for h in m.hidden), "model.hidden", list(m.hidden), "too large: widths must be < 2**31")
-    _check(m.activation in _ACTIVATIONS, "model.activation", m.activation,
-           "allowed: relu, tanh, gelu, elu")
+    _check(m.activation in ACTIVATIONS, "model.activation", m.activation, f"allowed: {', '.join(ACTIVATIONS)}")
     _check(bool(_DEVICE_RE.match(cfg.device)), "device", cfg.device, "allowed: auto, cpu, cuda, cuda:N, mps")
     if not here:
         return
@@ -398,7 +398,7 @@ def choices(schema: type = None, prefix: str = "") -> dict[str, list[str]]:
     if schema is None:  # the str keys that validate() holds to a list
         schema = Config
         out.update({"optim.impl": list(_ADAM_IMPLS), "loss.impl": list(_LOSS_IMPLS),
-                    "model.activation": list(_ACTIVATIONS), "trainer.compile_mode": list(_COMPILE_MODES)})
+                    "model.activation": list(ACTIVATIONS), "trainer.compile_mode": list(_COMPILE_MODES)})
     for f, t in ((f, typing.get_type_hints(schema)[f.name]) for f in dataclasses.fields(schema)):
         if dataclasses.is_dataclass(t):
             out.update(choices(t, f"{prefix}{f.name}."))

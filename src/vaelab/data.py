@@ -15,7 +15,7 @@ import struct
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     import torch
@@ -36,7 +36,7 @@ class DataError(RuntimeError):
 
 @dataclass
 class Split:
-    images: torch.Tensor  # (N, C*H*W) uint8 on the device, or {0,1} uint8 when binarized
+    images: torch.Tensor  # (N, C*H*W) uint8 on the device; {0, 255} when binarized (to_float: /255)
     labels: torch.Tensor  # (N,) int64 on the device
     image_shape: tuple = IMAGE_SHAPE
 
@@ -226,15 +226,21 @@ def _binarize_once(images: torch.Tensor, seed: int) -> torch.Tensor:
     return torch.bernoulli(p, generator=g).to(torch.uint8).mul_(255)
 
 
+def val_size_error(val_size: int, n: int, root) -> str | None:
+    """Why data.val_size cannot split a training set of n images (it leaves none to train on)."""
+    if 0 <= val_size < n:
+        return None
+    return f"data.val_size={val_size}: must be in [0, {n - 1}] for a training set of {n} images (data.root={root})"
+
+
 def load_data(root: str | Path, device: torch.device, val_size: int = 5000, split_seed: int = 0,
               binarize: str = "none", download: bool = True, **how) -> MNISTData:
     import torch
 
     x_train, y_train, x_test, y_test = load_mnist_arrays(root, download, **how)
     n = x_train.shape[0]
-    if not 0 <= val_size < n:
-        raise DataError(f"data.val_size={val_size}: must be in [0, {n - 1}] for a training set of {n} images "
-                        f"(data.root={root})")
+    if why := val_size_error(val_size, n, root):
+        raise DataError(why)
     x_train, x_test = x_train.reshape(n, -1), x_test.reshape(x_test.shape[0], -1)
     # Static: one draw per split. Dynamic: training batches are redrawn each step (see
     # to_float), but val/test are drawn once so evaluation numbers are repeatable. The draws
@@ -270,16 +276,3 @@ def to_float(batch_u8: torch.Tensor, binarize: str = "none", generator: torch.Ge
 
         x = torch.bernoulli(x, generator=generator)
     return x
-
-
-def batch_indices(n: int, batch_size: int, generator: torch.Generator, device: torch.device,
-                  start: int = 0, perm: torch.Tensor | None = None) -> Iterator[torch.Tensor]:
-    """Shuffled index batches of one epoch; the last, smaller batch is kept (as the seed's
-    DataLoader does). `perm`/`start` let a resumed run finish an interrupted epoch."""
-    if perm is None:
-        import torch
-
-        perm = torch.randperm(n, generator=generator)
-    perm = perm.to(device)
-    for i in range(start, n, batch_size):
-        yield perm[i:i + batch_size]

@@ -348,10 +348,12 @@ class CudaGraphStep:
 
     At the seed's batch of 64 a step is ~75 kernels of a few microseconds each: launched one
     by one from Python, the GPU mostly waits for the CPU. Captured once and replayed, the
-    whole step (gather, forward, loss, backward, Adam, the loss sums) is one launch. With fused
-    Adam (the default) it is the same arithmetic, so it is not opt-in like bf16; foreach and
-    forloop Adam, made capturable, work out their bias corrections in float32 on the device
-    instead of float64 on the host, a difference of float rounding.
+    whole step (gather, forward, loss, backward, Adam, the loss sums) is one launch. It is the
+    same arithmetic up to float rounding, so it is not opt-in like bf16: Adam in the graph keeps
+    its step count on the device, so optim.impl=auto is flat Adam there (build_optimizer), which
+    differs from torch's fused Adam (the default outside a graph) by float rounding (optim.py),
+    and foreach and forloop Adam, made capturable, work out their bias corrections in float32 on
+    the device instead of float64 on the host. Only optim.impl=fused is the eager step's update.
 
     A graph replays fixed shapes at fixed addresses, so the batch's indices go through a
     fixed buffer and beta through a fixed 0-dim tensor, and a short last batch runs eagerly.

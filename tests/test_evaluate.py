@@ -607,3 +607,24 @@ def test_evaluation_runs_with_the_runs_flush_denormal_and_training_puts_it_back(
     finally:
         torch.set_flush_denormal(False)
     assert seen == [flush, flush], seen  # the final evaluation's, then vaelab eval's
+
+
+def test_a_finished_run_met_again_is_not_evaluated_or_logged_again(make_cfg, tmp_path, caplog):
+    """A sweep job whose values repeat another's (an Optuna trial that draws them again,
+    `-m latent_size=8,8`) meets the finished run: it reported the run's result, but ran the
+    end-of-training evaluation again (k=5000 for the IWAE paper's model: minutes), rewrote
+    eval.json and its pictures, and left another event file. Now only a missing evaluation runs."""
+    cfg = make_cfg(["latent_size=2", "model.size=small"])
+    first = train(cfg, tmp_path)
+    files = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*") if p.is_file()}
+    with caplog.at_level(logging.INFO, logger="vaelab"):
+        again = train(cfg, tmp_path)
+    assert again["val_loss"] == first["val_loss"]
+    assert "its end-of-training evaluation is in" in caplog.text
+    now = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*") if p.is_file()}
+    changed = sorted(str(p.relative_to(tmp_path)) for p in now if files.get(p) != now[p])
+    assert changed == ["metrics.json", "train.log"], changed  # (the run's numbers, rewritten as they were)
+
+    (tmp_path / "eval.json").unlink()  # a stop cut it short: the next meeting makes it
+    train(cfg, tmp_path)
+    assert load_eval(tmp_path)["k"] == cfg.trainer.final_eval_k

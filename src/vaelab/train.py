@@ -624,7 +624,10 @@ def _train(cfg: DictConfig, run_dir: Path, data: MNISTData | None, on_start=None
     # A fresh start in a folder with events (a job requeued after a kill before its first
     # checkpoint) drops the earlier start's curves the same way.
     purge = st["examples"] + 1 if resumed else (1 if any(run_dir.glob("events.out.tfevents.*")) else None)
-    writer = RunLogger(run_dir, enabled=cfg.logger.tensorboard, purge_step=purge)
+    # (a finished run met again, say by a sweep's job that repeats another's values: nothing new
+    # to log, where each meeting left an event file behind and rewrote the HParams row)
+    writer = RunLogger(run_dir, enabled=cfg.logger.tensorboard and not (
+        finished and hparams_logged(run_dir, st["examples"])), purge_step=purge)
     if not resumed:
         writer.text("config", "```\n" + OmegaConf.to_yaml(plain_cfg) + "\n```")
         log.info("run directory: %s", run_dir)
@@ -835,7 +838,9 @@ def _train(cfg: DictConfig, run_dir: Path, data: MNISTData | None, on_start=None
                           f"run has finished training (metrics.json)"
                           + (f"; its end-of-training evaluation did not run: vaelab resume {shlex.quote(str(run_dir))} "
                              f"runs it" if t.final_eval else ""), finished=True)
-    if t.final_eval:
+    if t.final_eval and finished and not ckpt_io.final_eval_missing(run_dir):  # (as vaelab resume leaves it)
+        log.info("its end-of-training evaluation is in %s", run_dir / "eval.json")
+    elif t.final_eval:
         from vaelab.evaluate_run import evaluate_run
         # (the data gone since training began: it has trained, only its test numbers wait for the data)
         how = f"the run has finished training; to evaluate it: vaelab resume {shlex.quote(str(run_dir))} data.root=DIR,"

@@ -128,10 +128,11 @@ def test_vaelab_sample(make_cfg, tmp_path, capsys):
     assert out.read_bytes() == first  # a seed gives the same picture
     assert _sample_cli([str(run), "-n", "16", "--out", str(out), "--temperature", "0.8", "--seed", "1"]) == 0
     assert out.read_bytes() != first
-    assert _sample_cli([str(run), "-n", "3", "--nrow", "3"]) == 0  # default: RUN_DIR/eval/...
+    assert _sample_cli([str(run), "-n", "3", "--nrow", "1"]) == 0  # default: RUN_DIR/eval/...
     assert _sample_cli([str(run), "-n", "3", "--checkpoint", str(run / "checkpoints" / "best.pt")]) == 0
+    assert _sample_cli([str(run), "-n", "3", "--checkpoint", "best", "--nrow", "3"]) == 0  # 3: the default's columns
     # one grid per checkpoint: best.pt's does not replace last.pt's
-    assert {p.name for p in (run / "eval").iterdir()} == {"samples_last_t1_seed0_n3_nrow3.png",
+    assert {p.name for p in (run / "eval").iterdir()} == {"samples_last_t1_seed0_n3_nrow1.png",
                                                           "samples_best_t1_seed0_n3.png"}
     # the default grid is not replaced by a smaller one
     assert _sample_cli([str(run), "-n", "64"]) == 0 and _sample_cli([str(run), "-n", "4"]) == 0

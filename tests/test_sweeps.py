@@ -532,9 +532,12 @@ def test_slurm_launcher_without_slurm_is_one_line(monkeypatch):
     """submitit raised 'Could not detect "srun"' in a 25-line traceback, after the sweep folder was made."""
     from vaelab.cli_errors import precheck
     monkeypatch.setenv("PATH", "/nonexistent")  # no srun, whatever this machine has
-    assert precheck(["-m", "hydra/launcher=slurm", "latent_size=2,4"]) == (
-        "hydra/launcher=slurm: SLURM's srun is not on PATH here; launch the sweep from a SLURM login node, or run it "
-        "on this machine with hydra/launcher=joblib or submitit_local")
+    for launcher in ("slurm", "submitit_slurm"):  # (named as given)
+        assert precheck(["-m", f"hydra/launcher={launcher}", "latent_size=2,4"]) == (
+            f"hydra/launcher={launcher}: SLURM's srun is not on PATH here; launch the sweep from a SLURM login node, "
+            f"or run it on this machine with hydra/launcher=joblib or submitit_local")
+    # showing the config needs no SLURM: a laptop can look at what a cluster would get
+    assert precheck(["hydra/launcher=slurm", "latent_size=2", "--cfg", "hydra", "-p", "hydra.launcher"]) is None
 
 
 def test_ray_launcher_on_a_local_instance(tiny_mnist, tmp_path, monkeypatch):

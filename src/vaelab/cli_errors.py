@@ -701,8 +701,10 @@ def _hydra_section_error(compose_, base: list[str], cmd: _CommandLine) -> tuple[
                 return _explain_plugin(e3, ov, good), None, ""
         return _explain_plugin(e, " ".join(hydra_ovs), good), None, ""
     launcher = str(OmegaConf.select(composed, "hydra.launcher._target_") or "")
-    if launcher.endswith("SlurmLauncher") and shutil.which("srun") is None:  # submitit: a traceback
-        return ("hydra/launcher=slurm: SLURM's srun is not on PATH here; launch the sweep from a SLURM login "
+    launches = not cmd.helps and not ({"--cfg", "-c", "--info", "-i"} & set(cmd.flags))  # (--cfg: only shows it)
+    if launches and launcher.endswith("SlurmLauncher") and shutil.which("srun") is None:  # submitit: a traceback
+        given = next((o.input_line for o in cmd.parsed if o.key_or_group == "hydra/launcher"), "hydra/launcher=slurm")
+        return (f"{given}: SLURM's srun is not on PATH here; launch the sweep from a SLURM login "
                 "node, or run it on this machine with hydra/launcher=joblib or submitit_local"), composed, launcher
     err = _bad_log_level(composed)
     if not err and OmegaConf.select(composed, "hydra.launcher.n_jobs") == 0:  # joblib: a traceback mid-sweep

@@ -478,7 +478,8 @@ def add_sample_arguments(parser: argparse.ArgumentParser) -> None:
                         help="z ~ N(0, T^2 I), T in (0, 1000]; below 1 trades variety for cleaner digits (default 1)")
     parser.add_argument("--seed", type=seed_int, default=0, help="seed of the latent draws (default 0)")
     parser.add_argument("--nrow", type=positive_int, default=None,
-                        help="images per row (default ~sqrt(n), or a divisor of n near it: no empty cells)")
+                        help="images per row (default ~sqrt(n), or a divisor of n near it where there is one, "
+                             "so that the last row is full)")
     parser.add_argument("--checkpoint", default="last",
                         help="last, best, or a file (name or path) in RUN_DIR/checkpoints/ (default last)")
     parser.add_argument("--device", type=device_name, default="auto", help="auto, cpu, cuda, cuda:N or mps (default auto)")
@@ -500,7 +501,11 @@ def sample_command(args: argparse.Namespace) -> int:
     # The checkpoint is in the name: grids of best.pt and last.pt do not replace each other.
     which = args.checkpoint if args.checkpoint in ("last", "best") else Path(args.checkpoint).stem
     # ... and so is a grid's size when it is not the default: `-n 4` must not replace the 64-sample grid.
-    size = (f"_n{args.n}" if args.n != SAMPLE_N else "") + (f"_nrow{args.nrow}" if args.nrow else "")
+    size = f"_n{args.n}" if args.n != SAMPLE_N else ""
+    if args.nrow:
+        from vaelab.logger import grid_columns
+
+        size += f"_nrow{args.nrow}" if args.nrow != grid_columns(args.n) else ""  # (the default's: the same grid)
     default = Path(args.run_dir) / "eval" / f"samples_{which}_t{args.temperature:g}_seed{args.seed}{size}.png"
     out = default
     if args.out:  # a wrong --out: one line before the model is loaded, not after the sampling

@@ -39,10 +39,12 @@ NAMES = {"latent_size=2,loss.beta=1", "latent_size=2,loss.beta=4", "latent_size=
          "latent_size=4,loss.beta=4"}
 
 
-def vaelab_train(args: list[str], cwd: Path, threads: int | None = None, code: int = 0) -> Path:
+def vaelab_train(args: list[str], cwd: Path, threads: int | None = None, code: int = 0, bars: bool = False) -> Path:
     """Run vaelab-train in `cwd`, expecting exit status `code`; returns the sweep folder it made.
-    What it printed is in cwd/vaelab-train.out."""
+    What it printed is in cwd/vaelab-train.out. bars: with its progress bars (else TQDM_DISABLE)."""
     env = {**os.environ, "TQDM_DISABLE": "1"}
+    if bars:
+        env.pop("TQDM_DISABLE")
     env.pop("VAELAB_DATA", None)
     if threads:
         env["OMP_NUM_THREADS"] = str(threads)
@@ -139,10 +141,18 @@ def test_sweep_names_leave_out_fixed_overrides_and_an_unswept_seed():
 
 def test_joblib_jobs_run_in_parallel_without_touching_each_others_files(sweep, tiny_mnist, tmp_path):
     par = vaelab_train(["-m", *SWEEP, f"data.root={tiny_mnist}", *TINY, "hydra/launcher=joblib",
-                        "hydra.launcher.n_jobs=2"], tmp_path)
+                        "hydra.launcher.n_jobs=2", "trainer.final_eval=true", "trainer.final_eval_k=2",
+                        "trainer.progress=true"], tmp_path,
+                       bars=True)
     assert set(runs(par)) == NAMES  # the names travel in each job's config; workers import the resolver
+    # Two workers share the terminal: each epoch line names its job, and no per-step or IWAE bar
+    # redraws a line the other is writing (they wrote over each other and into the epoch lines).
+    out = (tmp_path / "vaelab-train.out").read_text()
+    assert "img/s]" not in out and "\r" not in out, out[-2000:]
+    for name in NAMES:
+        assert f"][vaelab][INFO] - {name} epoch 1/" in out and f"][vaelab][INFO] - {name} metrics: " in out
     for name, run in runs(par).items():
-        assert len(list(run.glob("events.out.tfevents.*"))) == 2  # the run's events and its HParams row
+        assert len(list(run.glob("events.out.tfevents.*"))) == 3  # the run's events, its HParams row, its eval's
         log = (run / "train.log").read_text()
         assert f"run directory: {run}" in log and log.count("run directory:") == 1
         # Same numbers as the sequential sweep: no job read or wrote another job's files.

@@ -402,15 +402,6 @@ def not_comparable(runs: list[Run], metric: str) -> str | None:
     return None
 
 
-def _in_loky_worker() -> bool:
-    from vaelab.train_cli import LOKY_WORKER
-
-    try:
-        return LOKY_WORKER in Path("/proc/self/cmdline").read_bytes().decode(errors="replace")
-    except OSError:  # (no /proc: not Linux)
-        return False
-
-
 _hangup_ignored = None  # in a joblib worker: whether it started with SIGHUP ignored (nohup)
 
 
@@ -441,7 +432,9 @@ class SweepSummary(Callback):
     # checkpoint, the final evaluation's clean-up).
 
     def on_job_start(self, config, **kwargs) -> None:
-        if not _in_loky_worker():
+        from vaelab.train_cli import in_loky_worker
+
+        if not in_loky_worker():
             return
         sweep_dir = Path(str(config.hydra.runtime.cwd), str(config.hydra.sweep.dir))
         if ckpt_io.sweep_stopping(sweep_dir):  # handed out while the stop waits for the running jobs
@@ -458,7 +451,9 @@ class SweepSummary(Callback):
             signal.signal(signal.SIGHUP, _raise_keyboard_interrupt)
 
     def on_job_end(self, config, **kwargs) -> None:
-        if _in_loky_worker():
+        from vaelab.train_cli import in_loky_worker
+
+        if in_loky_worker():
             signal.signal(signal.SIGINT, signal.SIG_IGN)
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             signal.signal(signal.SIGHUP, signal.SIG_IGN)  # (the terminal's hang-up: the parent stops the sweep)

@@ -556,8 +556,12 @@ def _train(cfg: DictConfig, run_dir: Path, data: MNISTData | None, on_start=None
     def where_in_run() -> str:  # (the stop message's words)
         return f"in epoch {st['epoch'] + 1} at image {st['pos']}/{n_train}" if st["pos"] else f"after epoch {st['epoch']}"
 
-    # A sweep's job names its bar: joblib's parallel workers draw theirs on one terminal line.
+    # A sweep's job names its bar and its epoch lines: joblib's parallel workers write to one
+    # terminal, where unnamed lines could be any job's. Their per-step bars stay off: two
+    # processes redrawing one terminal line wrote over each other and into the epoch lines.
     job = f"{run_dir.name} " if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN else ""
+    from vaelab.train_cli import in_loky_worker
+    show_progress = t.progress and not (job and in_loky_worker())
     resumed, data_changed = False, None
     resume_from = ckpt_io.latest(ckpt_dir) if t.resume else None
     if resume_from is not None:
@@ -738,7 +742,7 @@ def _train(cfg: DictConfig, run_dir: Path, data: MNISTData | None, on_start=None
             perm = st["perm"].to(device)
             t0, seen0 = time.perf_counter(), st["pos"]
             bar = tqdm(total=n_train, initial=st["pos"], desc=f"{job}epoch {epoch + 1}/{t.epochs}", unit="img",
-                       leave=False, dynamic_ncols=True, **quiet(t.progress))
+                       leave=False, dynamic_ncols=True, **quiet(show_progress))
             for i in range(st["pos"], n_train, batch_size):
                 idx = perm[i:i + batch_size]
                 beta = beta_at(st["step"], beta_max, warmup)
@@ -786,8 +790,8 @@ def _train(cfg: DictConfig, run_dir: Path, data: MNISTData | None, on_start=None
                             "epoch": epoch + 1, "rss_mib": _rss_mib()}, x_ax, prefix="epoch/")
             if cfg.logger.histograms:
                 writer.histogram("latent/kl_per_dim", val["kl_per_dim"], x_ax)
-            log.info("epoch %d/%d  train loss %.3f  val %s %.3f (recon %.3f, kl %.3f)  active %d/%d  "
-                     "%.1f s, %.0f img/s", epoch + 1, t.epochs, train_means["loss"], val_name, val["nelbo"],
+            log.info("%sepoch %d/%d  train loss %.3f  val %s %.3f (recon %.3f, kl %.3f)  active %d/%d  "
+                     "%.1f s, %.0f img/s", job, epoch + 1, t.epochs, train_means["loss"], val_name, val["nelbo"],
                      val["recon"], val["kl"], val["active_units"], cfg.latent_size, dt, rate)
             last_epoch = epoch + 1 == t.epochs
             numbered = (epoch + 1) % t.checkpoint_every == 0
@@ -832,7 +836,8 @@ def _train(cfg: DictConfig, run_dir: Path, data: MNISTData | None, on_start=None
     writer.hparams_end({} if finished and hparams_logged(run_dir, st["examples"]) else metrics, st["examples"])
     ckpt_io.write_text_atomic(run_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
     writer.close()
-    log.info("metrics: %s", json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in metrics.items()}))
+    log.info("%smetrics: %s", job,
+             json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in metrics.items()}))
     if stop.signum is not None:  # asked during the last epoch, which it has finished: stop here
         raise Interrupted(f"stopped by {signal.Signals(stop.signum).name} after its last epoch, {st['epoch']}: the "
                           f"run has finished training (metrics.json)"
@@ -845,7 +850,7 @@ def _train(cfg: DictConfig, run_dir: Path, data: MNISTData | None, on_start=None
         # (the data gone since training began: it has trained, only its test numbers wait for the data)
         how = f"the run has finished training; to evaluate it: vaelab resume {shlex.quote(str(run_dir))} data.root=DIR,"
         try:
-            evaluate_run(run_dir, k=t.final_eval_k, device=str(device), checkpoint="last", progress=t.progress,
+            evaluate_run(run_dir, k=t.final_eval_k, device=str(device), checkpoint="last", progress=show_progress,
                          how=how)
         except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (vaelab-train makes it one): the run itself is done
             raise Interrupted(f"stopped during the end-of-training evaluation of {run_dir}: the run has finished "

@@ -163,6 +163,15 @@ def launch(argv: list[str], prog: str = "vaelab-train", continuing: Path | None 
 LOKY_WORKER = "joblib.externals.loky.backend.popen_loky"  # (in a joblib worker's command line)
 
 
+def in_loky_worker() -> bool:
+    """Whether this process is a joblib (loky) worker: a job of a sweep under hydra/launcher=joblib,
+    beside others that share its terminal."""
+    try:
+        return LOKY_WORKER in Path("/proc/self/cmdline").read_bytes().decode(errors="replace")
+    except OSError:  # (no /proc: not Linux)
+        return False
+
+
 def loky_workers() -> list[int]:
     """The process ids of this process's joblib (loky) workers, read from /proc: the running
     jobs of a sweep under hydra/launcher=joblib. [] elsewhere (no /proc: not Linux)."""

@@ -988,9 +988,10 @@ def test_a_sweep_whose_one_job_runs_in_the_sweep_folder_itself_trains(tiny_mnist
     assert not (tmp_path / "dot" / ckpt_io.SWEEP_LOCK).exists()
 
 
-def test_resume_of_a_sweep_that_is_still_running_is_refused(sweep, tmp_path, capsys):
+def test_resume_of_a_sweep_that_is_still_running_is_refused(sweep, tmp_path, capsys, monkeypatch):
     """The launching process holds the sweep folder while the jobs run: a resume went ahead, and
-    ran a job's final evaluation a second time beside the sweep's own."""
+    ran a job's final evaluation a second time beside the sweep's own. A resume takes the lock
+    itself before its checks, so that two begun at the same instant cannot both pass."""
     from omegaconf import OmegaConf
 
     from vaelab.compare import SweepSummary
@@ -1025,6 +1026,17 @@ def test_resume_of_a_sweep_that_is_still_running_is_refused(sweep, tmp_path, cap
     finally:
         holder.kill()
         holder.wait()
+
+    import vaelab.workflow as workflow_mod
+    seen = []
+
+    def check_job_folders(jobs):  # (the resume's checks: a second resume now must see the sweep as running)
+        seen.append(seen_from_another_process())
+        raise workflow_mod.WorkflowError("stopped here by the test")
+
+    monkeypatch.setattr(workflow_mod, "_check_job_folders", check_job_folders)
+    assert vaelab(["resume", running]) == 2 and seen == ["held"]
+    assert seen_from_another_process() == "free"  # let go when the resume ended
 
 
 def test_resume_of_a_sweep_whose_job_folders_are_named_by_the_clock_is_refused(sweep, tmp_path, capsys):

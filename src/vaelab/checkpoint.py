@@ -84,34 +84,40 @@ SWEEP_STOP = ".vaelab-sweep.stop"
 _held: dict[Path, int] = {}  # hold_sweep's locks: folder -> descriptor
 
 
-def hold_sweep(folder: str | Path) -> None:
-    """Take the sweep lock of `folder` (made if need be) until release_sweep(folder). Nothing
-    where there is no flock, where the file system refuses it, or where another process holds it
-    (this one goes on without: the lock only tells a running sweep apart)."""
+def hold_sweep(folder: str | Path) -> bool:
+    """Take the sweep lock of `folder` (made if need be) until release_sweep(folder); kept if this
+    process has it already. False only where another process holds it; True also where there is
+    no flock or the file system refuses it (the lock only tells a running sweep apart: a sweep
+    goes on without it)."""
     try:
         import fcntl
     except ImportError:
-        return
-    folder = Path(os.path.abspath(folder))
-    release_sweep(folder)
+        return True
+    folder = Path(os.path.realpath(folder))
+    if folder in _held:
+        return True
     try:
         folder.mkdir(parents=True, exist_ok=True)
         fd = os.open(folder / SWEEP_LOCK, os.O_RDWR | os.O_CREAT, 0o666)
     except OSError:
-        return
+        return True
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:  # held by another process (BlockingIOError), or no locks here (ENOLCK on NFS)
+    except BlockingIOError:  # held by another process
         os.close(fd)
-        return
+        return False
+    except OSError:  # no locks here (ENOLCK on NFS)
+        os.close(fd)
+        return True
     _held[folder] = fd
     (folder / SWEEP_STOP).unlink(missing_ok=True)  # (one a killed launch left: this launch is not stopping)
+    return True
 
 
 def release_sweep(folder: str | Path) -> None:
     """Let go of hold_sweep's lock on `folder`, if this process has it (a sweep that ended, or that
     a Ctrl-C stopped before it could say so), and remove its file."""
-    folder = Path(os.path.abspath(folder))
+    folder = Path(os.path.realpath(folder))
     fd = _held.pop(folder, None)
     if fd is not None:
         (folder / SWEEP_STOP).unlink(missing_ok=True)

@@ -641,9 +641,18 @@ def resume_sweep(sweep_dir: str | Path, overrides: list[str] = ()) -> int:
         raise WorkflowError(f"override '{overrides[0]}': a sweep carries on with the values it began with; change "
                             f"one job's with vaelab resume {shlex.quote(str(sweep_dir / 'JOB'))} KEY=VALUE")
     ckpt_io.release_sweep(sweep_dir)  # (this process ran it, and a Ctrl-C stopped it)
-    if ckpt_io.sweep_running(sweep_dir):  # (its launching process holds it while the jobs run)
+    # Its launching process holds the sweep's lock while the jobs run. Taken here, before the
+    # checks, and kept through the relaunch: two resumes begun at the same instant cannot both pass.
+    if not ckpt_io.hold_sweep(sweep_dir):
         raise WorkflowError(f"{sweep_dir}: another process is running this sweep now; let it finish or stop it "
                             f"(Ctrl-C) first")
+    try:
+        return _relaunch(sweep_dir)
+    finally:
+        ckpt_io.release_sweep(sweep_dir)
+
+
+def _relaunch(sweep_dir: Path) -> int:
     cwd, argv, task = sweep_command_line(sweep_dir)
     jobs = [d for d in sorted(sweep_dir.iterdir()) if (d / ".hydra" / "config.yaml").is_file()]
     for job in jobs:  # before anything is launched: Hydra would write into a running job's folder

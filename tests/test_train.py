@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -270,3 +271,14 @@ def test_an_error_inside_the_models_own_code_keeps_its_traceback(tiny_mnist, tmp
         with pytest.raises(InstantiationException) as e:
             train(cfg, tmp_path / "r")
         assert isinstance(e.value.__cause__, cause)
+
+
+def test_a_batch_larger_than_the_training_set_is_said(make_cfg, tmp_path, caplog):
+    """It trains (one step an epoch, the whole set), but without a word a typo (batch_size=6400
+    for 64) went unnoticed."""
+    with caplog.at_level(logging.WARNING, logger="vaelab"):
+        metrics = train(make_cfg(["trainer.batch_size=100000", "trainer.epochs=1", "trainer.final_eval=false",
+                                  "model.size=small", "latent_size=2"]), tmp_path)
+    assert metrics["steps"] == 1
+    assert "trainer.batch_size=100000 is larger than the 192 training images: each epoch is one step of 192" in \
+        caplog.text

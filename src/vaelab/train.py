@@ -530,6 +530,9 @@ def _train(cfg: DictConfig, run_dir: Path, data: MNISTData | None, on_start=None
     n_train = len(data.train)
     if data.val_is_test:
         log.info("data.val_size=0: training on all %d images; 'val' metrics are computed on the test split", n_train)
+    if t.batch_size > n_train:  # (allowed: the one batch is the whole training set, as a DataLoader's would be)
+        log.warning("trainer.batch_size=%d is larger than the %d training images: each epoch is one step of %d",
+                    t.batch_size, n_train, n_train)
     try:
         model = build_model(cfg, data.train.dim, data.train.image_shape).to(device)
     except Exception as e:  # the config's model cannot exist here: one line, not Hydra's five

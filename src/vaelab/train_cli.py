@@ -270,9 +270,38 @@ def _busy_workers(pids: list[int]) -> dict[int, list[str]]:
     return busy
 
 
+def _worker_waits_for_a_job() -> None:
+    """In each joblib (loky) worker as it starts, before its first job: the terminal's Ctrl-C and
+    hang-up are the parent's to handle (see _stop_workers). loky starts all n_jobs workers at once
+    (-1, Hydra's default, is one per core), however few jobs a sweep has; one that never got a
+    job died on the Ctrl-C, and joblib then ended every other worker, jobs still saving their
+    checkpoints included. A job sets its own handlers (compare.SweepSummary.on_job_start)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+
+
+def _workers_wait_for_a_job() -> None:
+    """hydra/launcher=joblib's workers start with _worker_waits_for_a_job: the launcher asks joblib
+    for backend 'loky' by name, which names this subclass in this process from here on."""
+    try:
+        from joblib import register_parallel_backend
+        from joblib._parallel_backends import LokyBackend
+    except ImportError:  # (no joblib launcher installed)
+        return
+
+    class WorkersWaitForAJob(LokyBackend):
+        def configure(self, *args, **kwargs):
+            kwargs.setdefault("initializer", _worker_waits_for_a_job)
+            return super().configure(*args, **kwargs)
+
+    register_parallel_backend("loky", WorkersWaitForAJob)
+
+
 def _run_hydra(prog: str) -> int:
     """The Hydra app on sys.argv; its exit status."""
     from vaelab.train import hydra_main  # torch and the rest: only for a command line that can run
+
+    _workers_wait_for_a_job()
 
     from vaelab.errors import stop_signals_as_ctrl_c
 

@@ -798,7 +798,7 @@ def _vaelab_processes(cwd: Path) -> list[int]:
 
 
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc (Linux)")
-@pytest.mark.parametrize("how", ["a run", "a joblib sweep"])
+@pytest.mark.parametrize("how", ["a run", "a joblib sweep", "a joblib sweep, hang-up twice"])
 def test_closing_the_terminal_stops_as_ctrl_c_does(tiny_mnist, tmp_path, how):
     """A closed terminal (an ssh session that dropped) sent SIGHUP, whose default action ended
     vaelab-train on the spot: the run lost its partial epoch and kept no stopped.json (a joblib
@@ -809,8 +809,7 @@ def test_closing_the_terminal_stops_as_ctrl_c_does(tiny_mnist, tmp_path, how):
     env = {**os.environ, "TQDM_DISABLE": "1", "OMP_NUM_THREADS": "1"}
     env.pop("VAELAB_DATA", None)
     tiny = [a for a in TINY if not a.startswith("trainer.epochs=")]
-    sweep = ["-m", "latent_size=2,4", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2"] if how.endswith("sweep") \
-        else []
+    sweep = ["-m", "latent_size=2,4", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2"] if "sweep" in how else []
     p, master = _in_a_terminal([sys.executable, "-m", "vaelab.train", *sweep, f"data.root={tiny_mnist}", *tiny,
                                 "trainer.epochs=100000"], tmp_path, env)
     out = b""
@@ -824,6 +823,9 @@ def test_closing_the_terminal_stops_as_ctrl_c_does(tiny_mnist, tmp_path, how):
                 except OSError:
                     break
         time.sleep(0.5)
+        if how.endswith("twice"):  # as an interactive shell does: it passes the hang-up to its job, and as it
+            os.killpg(p.pid, signal.SIGHUP)  # ends the kernel sends the job's group another (a second one
+            time.sleep(0.03)                  # stopped the wait for the workers at once, as a second Ctrl-C)
         os.close(master)  # the terminal goes away
         p.wait(timeout=30)  # (the shell: it ends on the hang-up, then vaelab-train has its SIGHUP)
         deadline = time.time() + 120
@@ -842,6 +844,28 @@ def test_closing_the_terminal_stops_as_ctrl_c_does(tiny_mnist, tmp_path, how):
     if sweep:
         [sweep_dir] = (tmp_path / "outputs" / "multirun" / "default").iterdir()
         assert not (sweep_dir / ckpt_io.SWEEP_LOCK).exists()
+
+
+def test_after_a_hang_up_writes_to_the_terminal_and_to_its_pipes_go_nowhere(tmp_path):
+    """`vaelab-train ... |& tee log` in a terminal that closes: tee had the hang-up too, and the
+    progress bar's next write to its pipe (EPIPE) ended the run before it saved. A `kill -HUP`
+    with the terminal still there leaves the streams be."""
+    code = """if True:
+        import os, signal, sys
+        from vaelab.errors import after_hangup
+        master, slave = os.openpty()
+        read, write = os.pipe()
+        os.dup2(slave, 0); os.dup2(write, 1); os.dup2(write, 2)   # stdin the terminal, output a pipe to 'tee'
+        after_hangup(signal.SIGHUP)  # the terminal still there: nothing changes
+        assert os.path.samestat(os.fstat(1), os.fstat(write)), "a live terminal's pipe was redirected"
+        os.close(master); os.close(read)  # the terminal goes, and tee with it
+        after_hangup(signal.SIGHUP)
+        print("after the hang-up", flush=True)  # EPIPE without after_hangup
+        sys.stderr.write("and on stderr\\n"); sys.stderr.flush()
+        open(sys.argv[1], "w").write("ok")
+    """
+    p = subprocess.run([sys.executable, "-c", code, str(tmp_path / "ok")], capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0 and (tmp_path / "ok").read_text() == "ok", p.stderr[-2000:]
 
 
 def test_ctrl_c_stops_the_whole_sweep(tiny_mnist, tmp_path):

@@ -1299,6 +1299,17 @@ def test_reproduce_into_a_folder_inside_a_run_is_one_line(finished_run, tmp_path
                                                f"the run {run}; give a folder outside it")
 
 
+def test_a_stopped_resume_says_so_in_the_runs_log(tiny_mnist, tmp_path, monkeypatch, capsys):
+    """vaelab resume printed how it stopped on stderr only; after a closed terminal that went
+    nowhere, and train.log ended at "got SIGHUP: will checkpoint" (vaelab-train logs it there)."""
+    run = tmp_path / "run"
+    train(compose_cfg([f"data.root={tiny_mnist}", *TINY]), run)  # 3 epochs of 6 steps
+    with signal_at_step(monkeypatch, 20, signal.SIGHUP):  # in epoch 4
+        assert vaelab(["resume", run, "trainer.epochs=5"]) == 130
+    last = (run / "train.log").read_text().splitlines()[-1]
+    assert "][vaelab][WARNING] - stopped by SIGHUP at step 21 (epoch 4, " in last, last
+
+
 def test_resume_stopped_in_its_final_evaluation_says_so(finished_run, tmp_path, capsys, monkeypatch):
     """A Ctrl-C (or SIGTERM) while resume evaluated a run that had trained exited 130 silently."""
     import vaelab.workflow as workflow_mod

@@ -403,12 +403,19 @@ def not_comparable(runs: list[Run], metric: str) -> str | None:
 
 
 _hangup_ignored = None  # in a joblib worker: whether it started with SIGHUP ignored (nohup)
+_job_stopping = False  # in a joblib worker: its job has had its SIGTERM or hang-up
 
 
 def _raise_keyboard_interrupt(signum, frame):
+    """A job's SIGTERM or hang-up, once: again (an interactive shell passes the hang-up on, and
+    the kernel sends another as the shell ends) it would cut short the clean-up of the first."""
     from vaelab.errors import after_hangup
 
+    global _job_stopping
     after_hangup(signum)
+    if _job_stopping:
+        return
+    _job_stopping = True
     raise KeyboardInterrupt
 
 
@@ -442,11 +449,14 @@ class SweepSummary(Callback):
             if run_dir.resolve() != sweep_dir.resolve() and {p.name for p in run_dir.iterdir()} <= {".hydra"}:
                 shutil.rmtree(run_dir, ignore_errors=True)  # (only what Hydra put there: not a run)
             raise KeyboardInterrupt
+        global _hangup_ignored, _job_stopping
+        _job_stopping = False
         signal.signal(signal.SIGINT, signal.default_int_handler)
         signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
-        global _hangup_ignored
         if _hangup_ignored is None:  # this worker's first job: as it started (nohup: ignored, and stays so)
-            _hangup_ignored = signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+            from vaelab import train_cli
+            _hangup_ignored = train_cli.worker_hangup_ignored if train_cli.worker_hangup_ignored is not None \
+                else signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
         if not _hangup_ignored:
             signal.signal(signal.SIGHUP, _raise_keyboard_interrupt)
 

@@ -187,6 +187,9 @@ def hydra_section() -> dict:
     return OmegaConf.to_container(OmegaConf.load(CONF_DIR / "config.yaml").hydra, resolve=False)
 
 
+LOG_FORMAT = "[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"  # Hydra's job logging, as train.log has it
+
+
 def register_configs() -> None:
     cs = ConfigStore.instance()
     # One schema node types the whole tree, groups included: conf/config.yaml lists it first.

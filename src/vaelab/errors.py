@@ -16,10 +16,12 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
 
 def after_hangup(signum: int) -> None:
     """Call from a handler of `signum`: on a SIGHUP from a closed terminal, this process's standard
-    streams that were that terminal now go to /dev/null. Every write to a hung-up terminal fails
-    (EIO), and a failed print or log line would end the save the stop asked for. The run's log
-    file (RUN/train.log) keeps what it says from here. A `kill -HUP` with the terminal still
-    there leaves the streams as they are."""
+    streams that were that terminal now go to /dev/null, and so do output pipes (`| tee log`:
+    the reader was in the terminal's job and had the hang-up too). Every write to a hung-up
+    terminal fails (EIO), one to a pipe without its reader too (EPIPE), and a failed print or
+    progress bar would end the save the stop asked for. The run's log file (RUN/train.log) keeps
+    what it says from here. A `kill -HUP` with the terminal still there leaves the streams as
+    they are."""
     if signum != signal.SIGHUP:
         return
     try:
@@ -28,13 +30,18 @@ def after_hangup(signum: int) -> None:
         return
     try:
         null_dev = os.fstat(null).st_rdev
+        gone, pipes = [], []
         for fd in (0, 1, 2):
             try:
                 st = os.fstat(fd)
                 if stat.S_ISCHR(st.st_mode) and st.st_rdev != null_dev and not os.isatty(fd):
-                    os.dup2(null, fd)  # a character device that is no longer a terminal: a hung-up one
+                    gone.append(fd)  # a character device that is no longer a terminal: a hung-up one
+                elif stat.S_ISFIFO(st.st_mode) and fd != 0:
+                    pipes.append(fd)
             except OSError:  # (not open)
                 continue
+        for fd in gone + (pipes if gone else []):
+            os.dup2(null, fd)
     finally:
         os.close(null)
 
@@ -62,15 +69,23 @@ def stop_signals_as_ctrl_c(first=None):
     """Within the block a SIGTERM (kill, a batch system's stop) or a SIGHUP (the terminal closed)
     is a Ctrl-C: a KeyboardInterrupt, so the clean-up a Ctrl-C runs (an evaluation's half-written
     files and events) runs for it too, where the default action would end the process on the
-    spot. `first()`: called before, for what a Ctrl-C reaches through the terminal and a SIGTERM
-    to this process alone does not (vaelab-train's joblib workers). Only for a signal that has its
-    default action (an outer handler stays in charge, nohup's ignored hang-up stays ignored;
-    train() sets its own stop for the steps it runs inside the block), and not outside the main
-    thread (no signals there)."""
+    spot. `first(signum)`: called before, for what a Ctrl-C reaches through the terminal and a
+    SIGTERM to this process alone does not (vaelab-train's joblib workers); False from it: a stop
+    already under way goes on. A stop signal again is the same stop: an interactive shell passes the
+    hang-up to its job, and the kernel sends the job another as the shell ends. Only for a signal
+    that has its default action (an outer handler stays in charge, nohup's ignored hang-up stays
+    ignored; train() sets its own stop for the steps it runs inside the block), and not outside
+    the main thread (no signals there)."""
+    stopping = False
+
     def stop(signum, frame):
+        nonlocal stopping
         after_hangup(signum)
-        if first is not None:
-            first()
+        if stopping:
+            return
+        stopping = True
+        if first is not None and first(signum) is False:
+            return
         raise KeyboardInterrupt
     before = {}
     try:

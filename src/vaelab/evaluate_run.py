@@ -265,14 +265,15 @@ def evaluate_run(run_dir: str | Path, k: int = 5000, device: str = "auto", check
                 for name, at in drawn["pictures"].items():
                     final = run_dir / "eval" / f"{name}.png"
                     os.replace(at, final)
-                    drawn["pictures"][name] = str(final.resolve())  # as eval.json's checkpoint: not relative to the shell
+                    drawn["pictures"][name] = str(final.resolve())  # (as eval.json's checkpoint: not relative)
                 result.update(drawn)
             now = ckpt_io.read_json(run_dir / "eval.json")
             if now is not None and now != at_start:  # another evaluation (the run's own final one, say) finished first
                 made_when = now.get("made_when") if isinstance(now.get("made_when"), dict) else {}
                 later = isinstance(made_when.get("run_epochs"), int) and made_when["run_epochs"] > run_epochs
-                log.warning("replacing %s, written while this evaluation ran (%s, epoch %s, k=%s)%s", run_dir / "eval.json",
-                            Path(str(now.get("checkpoint"))).name, now.get("epoch"), now.get("k"),
+                log.warning("replacing %s, written while this evaluation ran (%s, epoch %s, k=%s)%s",
+                            run_dir / "eval.json", Path(str(now.get("checkpoint"))).name, now.get("epoch"),
+                            now.get("k"),
                             f"; `vaelab resume {shlex.quote(str(run_dir))}` makes the run's own final evaluation again"
                             if later else "")
             ckpt_io.write_text_atomic(run_dir / "eval.json", json.dumps(result, indent=2) + "\n")

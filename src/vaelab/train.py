@@ -38,7 +38,7 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
 from vaelab import checkpoint as ckpt_io
-from vaelab.config import CONF_DIR, ConfigError, choices, resolve_device, to_plain, typed, validate
+from vaelab.config import CONF_DIR, LOG_FORMAT, ConfigError, choices, resolve_device, to_plain, typed, validate
 from vaelab.data import DataError, MNISTData, load_data, to_float
 from vaelab.errors import STOP_SIGNALS, Interrupted, NonFiniteLoss, SaveFailed, after_hangup
 from vaelab.evaluate import ACTIVE_THRESHOLD, elbo_stats, flushing_subnormals, quiet
@@ -331,7 +331,7 @@ def _attach_logs(run_dir: Path) -> list[logging.Handler]:
     root = logging.getLogger()
     if any(isinstance(h, logging.FileHandler) and Path(h.baseFilename).resolve() == path for h in root.handlers):
         return []
-    fmt = logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")  # Hydra's job logging
+    fmt = logging.Formatter(LOG_FORMAT)
     added: list[logging.Handler] = [logging.FileHandler(path, mode="a")]
     if not any(type(h) is logging.StreamHandler for h in root.handlers):
         added.append(logging.StreamHandler(sys.stdout))  # where vaelab-train's console log goes

@@ -8,6 +8,7 @@ Nothing here imports torch: a command line that cannot run is refused in about h
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import re
 import signal
@@ -189,17 +190,23 @@ def loky_workers() -> list[int]:
 _waiting = False  # _stop_workers is waiting: a second Ctrl-C or SIGTERM stops at once
 
 
-def _stop_workers(limit_s: float = 60.0) -> None:
-    """Ctrl-C or SIGTERM to vaelab-train stops a joblib sweep, and this process, joblib's parent,
-    lets its running jobs save first: each busy worker (one that holds a run: its training holds
-    the run folder's lock) gets a SIGTERM (a worker that had the terminal's Ctrl-C already keeps
-    that one stop), and this process waits (up to `limit_s`, saying so) until each has saved a
-    checkpoint after its current step and let go of its run. joblib's shutdown ends the workers at
+def _stop_workers(signum: int = signal.SIGINT, limit_s: float = 60.0,
+                  again_stops_at_once: bool = True) -> bool | None:
+    """Ctrl-C, SIGTERM or a hang-up to vaelab-train stops a joblib sweep, and this process,
+    joblib's parent, lets its running jobs save first: each busy worker (one that holds a run: its
+    training holds the run folder's lock) gets a SIGTERM, or the hang-up this process had (a
+    worker that had the terminal's Ctrl-C or hang-up already keeps that one stop), and this
+    process waits (up to `limit_s`, saying so) until each has saved a checkpoint after its
+    current step and let go of its run. joblib's shutdown ends the workers at
     once: one still saving lost its partial epoch; and a SIGTERM passed to an idle worker ended it,
-    which made joblib end the busy ones too. Called again while waiting, it stops at once."""
+    which made joblib end the busy ones too. Called again while waiting, it stops at once (a
+    second Ctrl-C), or (again_stops_at_once=False: a SIGTERM or hang-up after a Ctrl-C) returns
+    False and the wait goes on."""
     global _waiting
     if _waiting:
-        raise KeyboardInterrupt
+        if again_stops_at_once:
+            raise KeyboardInterrupt
+        return False
     from vaelab.checkpoint import mark_sweeps_stopping
     mark_sweeps_stopping()  # (a job joblib hands out while this waits does not start)
     _waiting, deadline, said, told = True, time.monotonic() + limit_s, False, set()
@@ -208,7 +215,7 @@ def _stop_workers(limit_s: float = 60.0) -> None:
             busy = _busy_workers(loky_workers())
             for pid in set(busy) - told:  # (again each time round: one that began its job just now)
                 try:
-                    os.kill(pid, signal.SIGTERM)
+                    os.kill(pid, signal.SIGHUP if signum == signal.SIGHUP else signal.SIGTERM)
                 except ProcessLookupError:
                     pass
                 told.add(pid)
@@ -276,8 +283,13 @@ def _worker_waits_for_a_job() -> None:
     (-1, Hydra's default, is one per core), however few jobs a sweep has; one that never got a
     job died on the Ctrl-C, and joblib then ended every other worker, jobs still saving their
     checkpoints included. A job sets its own handlers (compare.SweepSummary.on_job_start)."""
+    global worker_hangup_ignored
+    worker_hangup_ignored = signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
+
+
+worker_hangup_ignored = None  # in a joblib worker: whether it started with the hang-up ignored (nohup)
 
 
 def _workers_wait_for_a_job() -> None:
@@ -306,8 +318,10 @@ def _run_hydra(prog: str) -> int:
     from vaelab.errors import stop_signals_as_ctrl_c
 
     try:
-        with stop_signals_as_ctrl_c(first=_stop_workers), _ctrl_c_lets_workers_save():  # (train() takes both
-            hydra_main()                                                                # over while it trains)
+        # (train() takes both over while it trains)
+        with stop_signals_as_ctrl_c(first=functools.partial(_stop_workers, again_stops_at_once=False)), \
+                _ctrl_c_lets_workers_save():
+            hydra_main()
     except KeyboardInterrupt:  # a second Ctrl-C, or one outside training (joblib's parent, setup)
         print(f"{prog}: interrupted; a run keeps the checkpoints it had completed "
               "(vaelab resume RUN_DIR carries it on from them, vaelab resume SWEEP_DIR a whole sweep; a run "

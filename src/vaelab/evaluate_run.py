@@ -155,9 +155,11 @@ def _likelihood(recon: str, binarize: str) -> tuple[str, str]:
 
 def evaluate_run(run_dir: str | Path, k: int = 5000, device: str = "auto", checkpoint: str = "last",
                  progress: bool = True, seed: int = 0, pictures: bool = True,
-                 data_root_override: str | Path | None = None, how: str = "give --data-root DIR") -> dict:
+                 data_root_override: str | Path | None = None, how: str = "give --data-root DIR",
+                 job: str = "") -> dict:
     """Evaluate a run on the test split; write eval.json (and the pictures, and TensorBoard
-    events when the run logs to TensorBoard). Returns what eval.json holds."""
+    events when the run logs to TensorBoard). Returns what eval.json holds. `job`: the start of
+    its log line (a sweep job's name and a space, as train() begins its epoch lines)."""
     t0 = time.perf_counter()
     run_dir = Path(run_dir)
     if k < 1:
@@ -286,8 +288,8 @@ def evaluate_run(run_dir: str | Path, k: int = 5000, device: str = "auto", check
             if staging is not None:
                 shutil.rmtree(staging, ignore_errors=True)
         _remove_events(old_events)  # only now: an evaluation that fails on the way leaves the previous one
-        log.info("eval (%s, k=%d): ELBO %.2f nats (recon %.2f, KL %.2f), IWAE NLL %.2f nats = %.4f bits/dim, "
-                 "active units %d/%d", path.name, k, elbo, recon, kl, nll, result["bits_per_dim"],
+        log.info("%seval (%s, k=%d): ELBO %.2f nats (recon %.2f, KL %.2f), IWAE NLL %.2f nats = %.4f bits/dim, "
+                 "active units %d/%d", job, path.name, k, elbo, recon, kl, nll, result["bits_per_dim"],
                  st["active_units"], cfg.latent_size)
         return result
 

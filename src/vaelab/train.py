@@ -854,7 +854,7 @@ def _train(cfg: DictConfig, run_dir: Path, data: MNISTData | None, on_start=None
         how = f"the run has finished training; to evaluate it: vaelab resume {shlex.quote(str(run_dir))} data.root=DIR,"
         try:
             evaluate_run(run_dir, k=t.final_eval_k, device=str(device), checkpoint="last", progress=show_progress,
-                         how=how)
+                         how=how, job=job)
         except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (vaelab-train makes it one): the run itself is done
             raise Interrupted(f"stopped during the end-of-training evaluation of {run_dir}: the run has finished "
                               f"training (metrics.json); vaelab resume {shlex.quote(str(run_dir))} runs the "

@@ -72,6 +72,16 @@ def make_cfg(tiny_mnist):
 
 
 @pytest.fixture(autouse=True)
+def _signal_handlers_as_they_were():
+    """A command's way out after a stop ignores a late Ctrl-C, SIGTERM or hang-up (its process is
+    leaving); in a test's process the next test gets the handlers back."""
+    saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    yield
+    for s, handler in saved.items():
+        signal.signal(s, handler)
+
+
+@pytest.fixture(autouse=True)
 def _no_accelerator_env(monkeypatch):
     monkeypatch.delenv("VAELAB_DATA", raising=False)
     monkeypatch.setenv("TQDM_DISABLE", "1")

@@ -148,7 +148,7 @@ def test_joblib_jobs_run_in_parallel_without_touching_each_others_files(sweep, t
     # Two workers share the terminal: each epoch line names its job, and no per-step or IWAE bar
     # redraws a line the other is writing (they wrote over each other and into the epoch lines).
     out = (tmp_path / "vaelab-train.out").read_text()
-    assert "img/s]" not in out and "\r" not in out, out[-2000:]
+    assert "img/s]" not in out, out[-2000:]
     for name in NAMES:
         assert all(f"][vaelab][INFO] - {name} {what}" in out for what in ("epoch 1/", "metrics: ", "eval (last.pt"))
     for name, run in runs(par).items():
@@ -714,7 +714,8 @@ def test_sigterm_to_vaelab_train_reaches_its_busy_joblib_workers(tmp_path):
 
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc (Linux)")
 @pytest.mark.parametrize("how", ["kill PID", "Ctrl-C to the group", "Ctrl-C with a worker idle",
-                                 "Ctrl-C with a job queued", "Ctrl-C with more workers than jobs"])
+                                 "Ctrl-C with a job queued", "Ctrl-C with more workers than jobs",
+                                 "SIGTERM to the group with more workers than jobs"])
 def test_stopping_a_joblib_sweep_lets_every_running_job_save(tiny_mnist, tmp_path, how):
     """`kill PID` passed SIGTERM to the workers and stopped at once, and a Ctrl-C stopped joblib's
     parent at once too; joblib's shutdown then ended a worker before it had saved: its run lost its
@@ -744,8 +745,8 @@ def test_stopping_a_joblib_sweep_lets_every_running_job_save(tiny_mnist, tmp_pat
         time.sleep(2.0 if how.endswith("idle") else 0.5)  # (the ended job's worker back at joblib's queue)
         if how == "kill PID":
             p.send_signal(signal.SIGTERM)
-        else:
-            os.killpg(p.pid, signal.SIGINT)
+        else:  # (a group's SIGTERM: scancel, a time limit)
+            os.killpg(p.pid, signal.SIGTERM if how.startswith("SIGTERM") else signal.SIGINT)
         out, _ = p.communicate(timeout=120)
     finally:
         p.kill()
@@ -759,7 +760,8 @@ def test_stopping_a_joblib_sweep_lets_every_running_job_save(tiny_mnist, tmp_pat
             assert (run / "metrics.json").is_file()  # it had ended
             continue
         assert json.loads((run / ckpt_io.STOPPED).read_text())["state"] == "interrupted", (name, out[-3000:])
-        assert ("stopped by SIGTERM" if how == "kill PID" else "stopped by SIGINT") in (run / "train.log").read_text()
+        assert ("stopped by SIGINT" if how.startswith("Ctrl-C") else "stopped by SIGTERM") in \
+            (run / "train.log").read_text()
 
 
 def _in_a_terminal(cmd: list[str], cwd: Path, env: dict) -> tuple[subprocess.Popen, int]:
@@ -1064,6 +1066,34 @@ def test_resume_of_a_sweep_that_is_still_running_is_refused(sweep, tmp_path, cap
     monkeypatch.setattr(workflow_mod, "_check_job_folders", check_job_folders)
     assert vaelab(["resume", running]) == 2 and seen == ["held"]
     assert seen_from_another_process() == "free"  # let go when the resume ended
+
+
+def test_a_sweep_lock_taken_as_its_file_is_removed_is_taken_again(tmp_path, monkeypatch):
+    """release_sweep removes the lock file before it lets go; a process that had opened the file
+    just before got its lock on the removed file, and so did one that made the file anew: two
+    resumes of one sweep both held 'the' lock."""
+    real_open = os.open
+    opened = []
+
+    def open_then_removed(path, *args, **kwargs):  # as if the holder removed it right after this open
+        fd = real_open(path, *args, **kwargs)
+        if str(path).endswith(ckpt_io.SWEEP_LOCK) and not opened:
+            opened.append(path)
+            os.unlink(path)
+        return fd
+
+    monkeypatch.setattr(os, "open", open_then_removed)
+    assert ckpt_io.hold_sweep(tmp_path) and opened
+    monkeypatch.setattr(os, "open", real_open)
+    try:
+        probe = ("import fcntl, os, sys\nfd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT)\n"
+                 "try:\n    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB); print('free')\n"
+                 "except BlockingIOError:\n    print('held')\n")
+        seen = subprocess.run([sys.executable, "-c", probe, str(tmp_path / ckpt_io.SWEEP_LOCK)], capture_output=True,
+                              text=True, check=True).stdout.strip()
+        assert seen == "held"
+    finally:
+        ckpt_io.release_sweep(tmp_path)
 
 
 def test_resume_of_a_sweep_whose_job_folders_are_named_by_the_clock_is_refused(sweep, tmp_path, capsys):

@@ -96,18 +96,29 @@ def hold_sweep(folder: str | Path) -> bool:
     folder = Path(os.path.realpath(folder))
     if folder in _held:
         return True
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        fd = os.open(folder / SWEEP_LOCK, os.O_RDWR | os.O_CREAT, 0o666)
-    except OSError:
-        return True
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:  # held by another process
+    for _ in range(10):
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            fd = os.open(folder / SWEEP_LOCK, os.O_RDWR | os.O_CREAT, 0o666)
+        except OSError:
+            return True
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:  # held by another process
+            os.close(fd)
+            return False
+        except OSError:  # no locks here (ENOLCK on NFS)
+            os.close(fd)
+            return True
+        # release_sweep removes the file before it lets go: a lock taken on the removed file in
+        # between holds nothing, so it is taken again on the file there now
+        try:
+            if os.path.samestat(os.fstat(fd), os.stat(folder / SWEEP_LOCK)):
+                break
+        except OSError:  # (removed: made anew at the next try)
+            pass
         os.close(fd)
-        return False
-    except OSError:  # no locks here (ENOLCK on NFS)
-        os.close(fd)
+    else:
         return True
     _held[folder] = fd
     (folder / SWEEP_STOP).unlink(missing_ok=True)  # (one a killed launch left: this launch is not stopping)

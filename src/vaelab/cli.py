@@ -55,6 +55,8 @@ def main(argv: list[str] | None = None) -> None:
     try:
         code = getattr(mod, f"{args.command}_command")(args)
     except KeyboardInterrupt:
+        from vaelab.errors import leaving_after_a_stop
+        leaving_after_a_stop()
         code = 130
     except BrokenPipeError:
         if not _stdout_reader_gone():  # another pipe than ours (a worker's): not for us to hide

@@ -434,9 +434,9 @@ class SweepSummary(Callback):
 
     # In a joblib (loky) worker: a worker that dies on a Ctrl-C, SIGTERM or SIGHUP makes joblib end
     # all the others at once, before they have saved (train_cli._stop_workers waits for the busy
-    # ones). So between jobs a worker ignores Ctrl-C and the terminal's hang-up, and within a job all
-    # three are KeyboardInterrupt, which every stage of a job turns into its own stop (train()'s
-    # checkpoint, the final evaluation's clean-up).
+    # ones). So between jobs a worker ignores all three, and within a job they are
+    # KeyboardInterrupt, which every stage of a job turns into its own stop (train()'s checkpoint,
+    # the final evaluation's clean-up).
 
     def on_job_start(self, config, **kwargs) -> None:
         from vaelab.train_cli import in_loky_worker
@@ -463,10 +463,9 @@ class SweepSummary(Callback):
     def on_job_end(self, config, **kwargs) -> None:
         from vaelab.train_cli import in_loky_worker
 
-        if in_loky_worker():
-            signal.signal(signal.SIGINT, signal.SIG_IGN)
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)
-            signal.signal(signal.SIGHUP, signal.SIG_IGN)  # (the terminal's hang-up: the parent stops the sweep)
+        if in_loky_worker():  # (between jobs the parent stops the sweep: train_cli._worker_waits_for_a_job)
+            for s in (signal.SIGINT, signal.SIGHUP, signal.SIGTERM):
+                signal.signal(s, signal.SIG_IGN)
 
     def on_multirun_start(self, config, **kwargs) -> None:
         self.started = time.time()

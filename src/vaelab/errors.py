@@ -99,3 +99,14 @@ def stop_signals_as_ctrl_c(first=None):
     finally:
         for s, handler in before.items():
             signal.signal(s, handler)
+
+
+def leaving_after_a_stop() -> None:
+    """A command that has stopped and saved, on its way out: a late Ctrl-C, SIGTERM or hang-up
+    changes nothing (an interactive shell's second hang-up, a `kill PID` sent twice ended the
+    process with 143 or 129 where a stop exits 130)."""
+    for s in (signal.SIGINT, *STOP_SIGNALS):
+        try:
+            signal.signal(s, signal.SIG_IGN)
+        except ValueError:  # not the main thread
+            return

@@ -40,7 +40,7 @@ from tqdm.auto import tqdm
 from vaelab import checkpoint as ckpt_io
 from vaelab.config import CONF_DIR, LOG_FORMAT, ConfigError, choices, resolve_device, to_plain, typed, validate
 from vaelab.data import DataError, MNISTData, load_data, to_float
-from vaelab.errors import STOP_SIGNALS, Interrupted, NonFiniteLoss, SaveFailed, after_hangup
+from vaelab.errors import STOP_SIGNALS, Interrupted, NonFiniteLoss, SaveFailed, after_hangup, leaving_after_a_stop
 from vaelab.evaluate import ACTIVE_THRESHOLD, elbo_stats, flushing_subnormals, quiet
 from vaelab.fused_loss import fused_vae_loss, kernels_unusable, kernels_work
 from vaelab.logger import RunLogger, hparams_logged, image_grid
@@ -991,7 +991,7 @@ def hydra_main(cfg: DictConfig) -> float:
             return float("inf")
         sys.exit(1)
     except Interrupted as e:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # saved and leaving: a late Ctrl-C changes nothing
+        leaving_after_a_stop()
         log.warning("%s", e)  # asked for, and nothing lost: not an error
         if hc.mode.name == "MULTIRUN" and not str(hc.sweeper.get("_target_", "")).endswith(".BasicSweeper"):
             # (vaelab resume SWEEP_DIR refuses a study: its sweeper would draw new trials)
@@ -1112,8 +1112,10 @@ def _carry_on(run_dir: Path) -> dict:
     log.info("%s finished earlier (%s, val loss %.4f) and is left as it is", run_dir.name,
              n_epochs(metrics["epochs"]), metrics["val_loss"])
     try:
+        from vaelab.train_cli import in_loky_worker
         with ckpt_io.only_process(run_dir):  # (not while its own process is at that evaluation)
-            finish_evaluation(run_dir, cfg, say=log.info)
+            finish_evaluation(run_dir, cfg, say=log.info, progress=cfg.trainer.progress and not in_loky_worker(),
+                              job=f"{run_dir.name} ")
     except (ConfigError, DataError, ckpt_io.CheckpointError, OSError) as e:  # the other jobs go on
         log.warning("%s: its end-of-training evaluation cannot run (%s); its training numbers stand", run_dir.name,
                     e)

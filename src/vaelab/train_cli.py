@@ -279,14 +279,16 @@ def _busy_workers(pids: list[int]) -> dict[int, list[str]]:
 
 def _worker_waits_for_a_job() -> None:
     """In each joblib (loky) worker as it starts, before its first job: the terminal's Ctrl-C and
-    hang-up are the parent's to handle (see _stop_workers). loky starts all n_jobs workers at once
-    (-1, Hydra's default, is one per core), however few jobs a sweep has; one that never got a
-    job died on the Ctrl-C, and joblib then ended every other worker, jobs still saving their
-    checkpoints included. A job sets its own handlers (compare.SweepSummary.on_job_start)."""
+    hang-up, and a SIGTERM to the whole group (scancel, a time limit, kill -TERM -PGID), are the
+    parent's to handle (see _stop_workers). loky starts all n_jobs workers at once (-1, Hydra's
+    default, is one per core), however few jobs a sweep has; one that never got a job died on
+    the signal, and joblib then ended every other worker, jobs still saving their checkpoints
+    included. A job sets its own handlers (compare.SweepSummary.on_job_start); loky ends its
+    workers with SIGKILL."""
     global worker_hangup_ignored
     worker_hangup_ignored = signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    for s in (signal.SIGINT, signal.SIGHUP, signal.SIGTERM):
+        signal.signal(s, signal.SIG_IGN)
 
 
 worker_hangup_ignored = None  # in a joblib worker: whether it started with the hang-up ignored (nohup)
@@ -323,6 +325,8 @@ def _run_hydra(prog: str) -> int:
                 _ctrl_c_lets_workers_save():
             hydra_main()
     except KeyboardInterrupt:  # a second Ctrl-C, or one outside training (joblib's parent, setup)
+        from vaelab.errors import leaving_after_a_stop
+        leaving_after_a_stop()
         print(f"{prog}: interrupted; a run keeps the checkpoints it had completed "
               "(vaelab resume RUN_DIR carries it on from them, vaelab resume SWEEP_DIR a whole sweep; a run "
               "without any starts again with vaelab-train --config-dir RUN_DIR/.hydra --config-name config)",

@@ -715,12 +715,14 @@ def n_epochs(n: int) -> str:
     return f"{n} epoch{'s' * (n != 1)}"
 
 
-def finish_evaluation(run_dir: Path, cfg, say, how: str = "give data.root=DIR") -> dict | None:
+def finish_evaluation(run_dir: Path, cfg, say, how: str = "give data.root=DIR", progress: bool | None = None,
+                      job: str = "") -> dict | None:
     """Run the end-of-training evaluation (trainer.final_eval) of a finished run if a stop cut
     it short (no eval.json, or one of last.pt at an earlier epoch): `vaelab resume` of such a
-    run has no training left, but its test numbers are missing. Returns its numbers (eval.json's), or None when there was nothing to
-    run; `say` reports why it runs, in one line; `how` is what a DataError tells the user to do
-    to point at the data."""
+    run has no training left, but its test numbers are missing. Returns its numbers (eval.json's),
+    or None when there was nothing to run; `say` reports why it runs, in one line; `how` is what
+    a DataError tells the user to do to point at the data. `progress` (default trainer.progress)
+    and `job`: as train() has them (a sweep job's name; no bars in a joblib worker)."""
     missing = cfg.trainer.final_eval and ckpt_io.final_eval_missing(run_dir)
     if not missing:
         return None
@@ -732,7 +734,8 @@ def finish_evaluation(run_dir: Path, cfg, say, how: str = "give data.root=DIR") 
         f"({missing}): evaluating it now")
     try:
         return evaluate_run(run_dir, k=cfg.trainer.final_eval_k, device=cfg.device, checkpoint="last",
-                            progress=cfg.trainer.progress, data_root_override=data_root(run_dir, cfg), how=how)
+                            progress=cfg.trainer.progress if progress is None else progress,
+                            data_root_override=data_root(run_dir, cfg), how=how, job=job)
     except RunDirError as e:  # (its wording is vaelab eval's)
         raise ckpt_io.CheckpointError(str(e)) from None
 
@@ -755,7 +758,7 @@ def _to_carry_on(cfg, run_dir: Path):
 
 def resume_command(args) -> int:
     from vaelab.data import DataError
-    from vaelab.errors import Interrupted, NonFiniteLoss, SaveFailed, stop_signals_as_ctrl_c
+    from vaelab.errors import Interrupted, NonFiniteLoss, SaveFailed, leaving_after_a_stop, stop_signals_as_ctrl_c
 
     try:
         if is_sweep_dir(Path(args.run_dir)):
@@ -772,11 +775,12 @@ def resume_command(args) -> int:
         print(f"vaelab resume: error: cannot write {e.filename or args.run_dir}: {e.strerror or e}", file=sys.stderr)
         return 1
     except Interrupted as e:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # saved and leaving: a late Ctrl-C changes nothing
+        leaving_after_a_stop()
         print(f"vaelab resume: {e}", file=sys.stderr)
         _in_the_runs_log(args.run_dir, str(e))
         return 130
     except KeyboardInterrupt:  # outside training: loading, or the final evaluation of a run that has trained
+        leaving_after_a_stop()
         run = shlex.quote(str(args.run_dir))
         print(f"vaelab resume: interrupted; {run} keeps what it had: vaelab resume {run} carries it on",
               file=sys.stderr)

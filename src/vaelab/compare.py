@@ -402,7 +402,6 @@ def not_comparable(runs: list[Run], metric: str) -> str | None:
     return None
 
 
-_hangup_ignored = None  # in a joblib worker: whether it started with SIGHUP ignored (nohup)
 _job_stopping = False  # in a joblib worker: its job has had its SIGTERM or hang-up
 
 
@@ -449,15 +448,14 @@ class SweepSummary(Callback):
             if run_dir.resolve() != sweep_dir.resolve() and {p.name for p in run_dir.iterdir()} <= {".hydra"}:
                 shutil.rmtree(run_dir, ignore_errors=True)  # (only what Hydra put there: not a run)
             raise KeyboardInterrupt
-        global _hangup_ignored, _job_stopping
+        global _job_stopping
         _job_stopping = False
+        from vaelab import train_cli
+        if train_cli.worker_hangup_ignored is None:  # (a worker not started by vaelab-train's backend)
+            train_cli.worker_hangup_ignored = signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
         signal.signal(signal.SIGINT, signal.default_int_handler)
         signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
-        if _hangup_ignored is None:  # this worker's first job: as it started (nohup: ignored, and stays so)
-            from vaelab import train_cli
-            _hangup_ignored = train_cli.worker_hangup_ignored if train_cli.worker_hangup_ignored is not None \
-                else signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
-        if not _hangup_ignored:
+        if not train_cli.worker_hangup_ignored:  # (nohup: ignored as the worker started, and stays so)
             signal.signal(signal.SIGHUP, _raise_keyboard_interrupt)
 
     def on_job_end(self, config, **kwargs) -> None:

@@ -117,24 +117,20 @@ class ReproductionStopped(WorkflowError):
 
 
 def _run_child(cmd: list[str], **kwargs) -> int:
-    """Run a vaelab-train process to its end; its exit status. In its terminal's foreground this
-    process shares its group with the child, so what the terminal sends (Ctrl-C, Ctrl-Z, Ctrl-\\,
-    a hang-up) reaches it as it reaches this process; a Ctrl-C stops it as any run (it finishes
-    its step and saves last.pt), where subprocess.run killed it 0.25 s later. What is sent to
-    this process alone is passed on: a SIGTERM (kill, a batch system), a hang-up, and a SIGINT
-    while this process is not in its terminal's foreground (a kill -INT to it in the foreground
-    cannot be told from the terminal's Ctrl-C, and is not). Without a terminal, or in its
-    background, the child gets a group of its own and every stop from here: a signal to this
-    process's group (`timeout -s INT`, kill -INT -PGID) reached it twice, and a second SIGINT
-    is a second Ctrl-C, which stops a run without saving. A signal this process was started
-    ignoring (nohup, a background job) stays ignored."""
-    own_group = not _terminal_sends_to_us()
-    child = subprocess.Popen(cmd, process_group=0 if own_group else None, **kwargs)
+    """Run a vaelab-train process to its end; its exit status. It shares this process's group, so
+    what the terminal sends (Ctrl-C, Ctrl-Z, Ctrl-\\, a hang-up) reaches it as it reaches this
+    process; a Ctrl-C stops it as any run (it finishes its step and saves last.pt), where
+    subprocess.run killed it 0.25 s later. What is sent to this process alone is passed on: a
+    SIGTERM (kill, a batch system), and a SIGINT while this process is not in its terminal's
+    foreground (no terminal: kill -INT, a notebook's interrupt; a kill -INT to it in the
+    foreground cannot be told from the terminal's Ctrl-C, and is not). A signal this process was
+    started ignoring (nohup, a background job) stays ignored."""
+    child = subprocess.Popen(cmd, **kwargs)
 
     def pass_on(signum, frame):
         after_hangup(signum)  # (a closed terminal: this process waits on, without it)
-        if own_group or signum != signal.SIGINT or not _terminal_sends_to_us():  # (else the terminal's reached
-            child.send_signal(signum)  # the child too; a hang-up the child had too is the same stop, twice)
+        if signum != signal.SIGINT or not _terminal_sends_to_us():  # (the terminal's reached the child too)
+            child.send_signal(signum)  # (a hang-up the child had too: the same stop, twice)
 
     handlers = {s: signal.signal(s, pass_on) for s in (signal.SIGINT, *STOP_SIGNALS)
                 if signal.getsignal(s) is not signal.SIG_IGN}

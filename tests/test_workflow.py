@@ -1243,6 +1243,88 @@ def test_reproduce_passes_a_stop_on_to_its_training(tmp_path, sig):
     assert int(ready.read_text()) == os.getpgrp()  # the terminal's Ctrl-C, Ctrl-Z, ... reach both
 
 
+@pytest.mark.parametrize("how", ["group", "reproduce-twice"])
+def test_reproduce_without_a_terminal_passes_a_sigint_on_as_one_stop(tmp_path, how):
+    """`timeout -s INT 1h vaelab reproduce RUN` (timeout signals the whole group), or kill -INT
+    -PGID, with no terminal: the training had the SIGINT from the group and again from reproduce,
+    and a second SIGINT is a second Ctrl-C, which stopped the run without saving. reproduce now
+    passes the first SIGINT on as a SIGTERM, which after a Ctrl-C is the same stop; a second
+    SIGINT sent to reproduce itself still reaches the training as a second Ctrl-C."""
+    child = ("import sys, time\n"  # train()'s own stop, as in vaelab-train
+             "from vaelab.train import _StopFlag\n"
+             "with _StopFlag() as flag:\n"
+             "    open(sys.argv[1], 'w').write('ready')\n"
+             "    end = time.time() + 30\n"
+             "    try:\n"
+             "        while flag.signum is None and time.time() < end:\n"
+             "            time.sleep(0.01)\n"
+             "        open(sys.argv[2], 'w').write(str(flag.signum))\n"
+             "        time.sleep(1.5)\n"  # (the step it finishes, and the checkpoint)
+             "    except KeyboardInterrupt:\n"
+             "        sys.exit(1)\n"  # aborted, nothing saved
+             "sys.exit(130)\n")
+    parent = ("import signal, sys\n"
+              "signal.signal(signal.SIGINT, signal.default_int_handler)\n"
+              "from vaelab.workflow import _run_child\n"
+              "sys.exit(_run_child([sys.executable, '-c', sys.argv[1], sys.argv[2], sys.argv[3]]))\n")
+    ready, stop = tmp_path / "ready", tmp_path / "stop"
+    p = subprocess.Popen([sys.executable, "-c", parent, child, str(ready), str(stop)], start_new_session=True,
+                         stdin=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 60
+        while not ready.exists():
+            assert p.poll() is None and time.time() < deadline
+            time.sleep(0.05)
+        if how == "group":
+            os.killpg(p.pid, signal.SIGINT)  # reproduce, and its training too
+            assert p.wait(timeout=30) == 130
+            assert stop.read_text() == str(int(signal.SIGINT))  # the group's: the SIGTERM after it changed nothing
+        else:
+            os.kill(p.pid, signal.SIGINT)
+            while not stop.exists():
+                assert p.poll() is None and time.time() < deadline
+                time.sleep(0.01)
+            assert stop.read_text() == str(int(signal.SIGTERM))
+            os.kill(p.pid, signal.SIGINT)  # asked again: abort
+            assert p.wait(timeout=30) == 1
+    finally:
+        p.kill()
+
+
+def test_a_stop_signal_after_a_ctrl_c_is_the_same_stop():
+    """In a command's own stop (stop_signals_as_ctrl_c: evaluation, resume, vaelab-train outside
+    training), a SIGTERM or hang-up after a Ctrl-C raised a second KeyboardInterrupt inside the
+    first one's clean-up; now it is the same stop. A second Ctrl-C is still a second Ctrl-C."""
+    from vaelab.errors import stop_signals_as_ctrl_c
+
+    firsts = []
+    started = {signal.SIGINT: signal.signal(signal.SIGINT, signal.default_int_handler),
+               signal.SIGTERM: signal.signal(signal.SIGTERM, signal.SIG_DFL)}
+    try:
+        with stop_signals_as_ctrl_c(first=firsts.append):
+            with pytest.raises(KeyboardInterrupt):
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(5)
+            try:
+                os.kill(os.getpid(), signal.SIGTERM)  # the same stop: nothing raised, nothing passed to first
+                time.sleep(0.1)
+            except KeyboardInterrupt:
+                pytest.fail("a SIGTERM after a Ctrl-C was a second stop")
+            with pytest.raises(KeyboardInterrupt):
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(5)
+        assert firsts == []
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+        with stop_signals_as_ctrl_c(first=firsts.append), pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGTERM)  # (a SIGTERM first: as before)
+            time.sleep(5)
+        assert firsts == [signal.SIGTERM]
+    finally:
+        for s_, handler in started.items():
+            signal.signal(s_, handler)
+
+
 def test_reproduce_leaves_a_signal_it_was_started_ignoring_ignored(tmp_path):
     """Under nohup (or as a background job) a hang-up or Ctrl-C is ignored: passing it on would
     stop the training that nohup was asked to keep going."""

@@ -72,10 +72,12 @@ def stop_signals_as_ctrl_c(first=None):
     spot. `first(signum)`: called before, for what a Ctrl-C reaches through the terminal and a
     SIGTERM to this process alone does not (vaelab-train's joblib workers); False from it: a stop
     already under way goes on. A stop signal again is the same stop: an interactive shell passes the
-    hang-up to its job, and the kernel sends the job another as the shell ends. Only for a signal
-    that has its default action (an outer handler stays in charge, nohup's ignored hang-up stays
-    ignored; train() sets its own stop for the steps it runs inside the block), and not outside
-    the main thread (no signals there)."""
+    hang-up to its job, and the kernel sends the job another as the shell ends. So is one after a
+    Ctrl-C (`vaelab reproduce` passes a SIGINT sent to its whole group on to its training as a
+    SIGTERM, workflow._run_child), while each Ctrl-C keeps its own handler, a second one included.
+    Only for a signal that has its default action (an outer handler stays in charge, nohup's
+    ignored hang-up stays ignored; train() sets its own stop for the steps it runs inside the
+    block), and not outside the main thread (no signals there)."""
     stopping = False
 
     def stop(signum, frame):
@@ -87,11 +89,19 @@ def stop_signals_as_ctrl_c(first=None):
         if first is not None and first(signum) is False:
             return
         raise KeyboardInterrupt
+
+    def ctrl_c(signum, frame):
+        nonlocal stopping
+        stopping = True
+        ctrl_c_handler(signum, frame)
     before = {}
     try:
         for s in STOP_SIGNALS:
             if signal.getsignal(s) is signal.SIG_DFL:
                 before[s] = signal.signal(s, stop)
+        ctrl_c_handler = signal.getsignal(signal.SIGINT)
+        if before and callable(ctrl_c_handler):  # (Python's KeyboardInterrupt, or an outer block's own)
+            before[signal.SIGINT] = signal.signal(signal.SIGINT, ctrl_c)
     except ValueError:  # not the main thread
         pass
     try:

@@ -320,9 +320,10 @@ def _run_hydra(prog: str) -> int:
     from vaelab.errors import stop_signals_as_ctrl_c
 
     try:
-        # (train() takes both over while it trains)
-        with stop_signals_as_ctrl_c(first=functools.partial(_stop_workers, again_stops_at_once=False)), \
-                _ctrl_c_lets_workers_save():
+        # (train() takes both over while it trains; the Ctrl-C handler first, so that a SIGTERM
+        # after a Ctrl-C is the same stop)
+        with _ctrl_c_lets_workers_save(), \
+                stop_signals_as_ctrl_c(first=functools.partial(_stop_workers, again_stops_at_once=False)):
             hydra_main()
     except KeyboardInterrupt:  # a second Ctrl-C, or one outside training (joblib's parent, setup)
         from vaelab.errors import leaving_after_a_stop

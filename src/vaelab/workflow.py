@@ -123,14 +123,22 @@ def _run_child(cmd: list[str], **kwargs) -> int:
     subprocess.run killed it 0.25 s later. What is sent to this process alone is passed on: a
     SIGTERM (kill, a batch system), and a SIGINT while this process is not in its terminal's
     foreground (no terminal: kill -INT, a notebook's interrupt; a kill -INT to it in the
-    foreground cannot be told from the terminal's Ctrl-C, and is not). A signal this process was
-    started ignoring (nohup, a background job) stays ignored."""
+    foreground cannot be told from the terminal's Ctrl-C, and is not). The first such SIGINT goes
+    on as a SIGTERM: one sent to the whole group (`timeout -s INT`, kill -INT -PGID) has reached
+    the child too, and a second SIGINT is a second Ctrl-C, which stops a run without saving; a
+    SIGTERM after a Ctrl-C is the same stop. A SIGINT after that goes on as itself. A signal this
+    process was started ignoring (nohup, a background job) stays ignored."""
     child = subprocess.Popen(cmd, **kwargs)
+    interrupted = False
 
     def pass_on(signum, frame):
+        nonlocal interrupted
         after_hangup(signum)  # (a closed terminal: this process waits on, without it)
-        if signum != signal.SIGINT or not _terminal_sends_to_us():  # (the terminal's reached the child too)
-            child.send_signal(signum)  # (a hang-up the child had too: the same stop, twice)
+        if signum == signal.SIGINT:
+            if _terminal_sends_to_us():  # (the terminal's reached the child too)
+                return
+            signum, interrupted = (signal.SIGINT if interrupted else signal.SIGTERM), True
+        child.send_signal(signum)  # (a hang-up the child had too: the same stop, twice)
 
     handlers = {s: signal.signal(s, pass_on) for s in (signal.SIGINT, *STOP_SIGNALS)
                 if signal.getsignal(s) is not signal.SIG_IGN}

@@ -5,6 +5,7 @@ import functools
 import json
 import logging
 import os
+import re
 import subprocess
 import sys
 
@@ -84,6 +85,25 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(make_cfg, tmp_path
     with pytest.raises(NonFiniteLoss, match="non-finite loss"):
         train(cfg2, tmp_path)
     assert (tmp_path / "checkpoints" / "last.pt").read_bytes() == good
+
+
+def test_a_non_finite_loss_names_the_steps_it_can_have_come_from(make_cfg, tmp_path):
+    """The loss is read every trainer.log_every steps (no host sync per step), so a loss that
+    turned NaN was reported at the log point's step, up to log_every - 1 steps after the fact;
+    now the message names the steps since the last read."""
+    cfg = make_cfg(["latent_size=4", "trainer.final_eval=false", "trainer.epochs=1", "trainer.log_every=3"])
+    m = train(cfg, tmp_path)
+    per_epoch = m["steps"]
+    assert per_epoch > 3
+    cfg2 = make_cfg(["latent_size=4", "trainer.final_eval=false", "trainer.epochs=2", "trainer.log_every=3",
+                     "optim.lr=1e30"])
+    with pytest.raises(NonFiniteLoss) as e:
+        train(cfg2, tmp_path)
+    got = re.match(r"non-finite loss \S+ in steps (\d+)-(\d+) \(epoch 2: the loss is read every "
+                   r"trainer.log_every=3 steps\); ", str(e.value))
+    assert got, str(e.value)
+    first, last = int(got[1]), int(got[2])
+    assert first == max(per_epoch + 1, (last - 1) // 3 * 3 + 1) and (last % 3 == 0 or last == 2 * per_epoch)
 
 
 def test_seed_experiment_runs_a_step(make_cfg, tmp_path):

@@ -703,10 +703,21 @@ def _train(cfg: DictConfig, run_dir: Path, data: MNISTData | None, on_start=None
         finally:
             stop.saving = False
 
-    def check_finite(values: list[float], where: str) -> None:
-        if not all(math.isfinite(v) for v in values):
-            raise diverged(f"non-finite loss {values[0]} at step {st['step']} ({where}); "
-                           f"stopped without saving these weights; last good checkpoint: {good_checkpoint()}")
+    def check_finite(values: list[float], where: str, since: str | None = "log") -> None:
+        """values: means of the steps since the last log point (since="log": the loss is read every
+        log_every steps, the hot loop's only host sync, so name those steps), of the epoch's steps
+        ("epoch"), or of the weights after the last step (None)."""
+        if all(math.isfinite(v) for v in values):
+            return
+        first = st["step"] - math.ceil(st["pos"] / batch_size) + 1  # the epoch's first step
+        if since == "log":  # (log points are multiples of log_every, and each epoch's end)
+            first = max(first, (st["step"] - 1) // log_every * log_every + 1)
+        elif since is None:
+            first = st["step"]
+        at = f"at step {first} ({where})" if first == st["step"] else \
+            f"in steps {first}-{st['step']} ({where}: the loss is read every trainer.log_every={log_every} steps)"
+        raise diverged(f"non-finite loss {values[0]} {at}; "
+                       f"stopped without saving these weights; last good checkpoint: {good_checkpoint()}")
 
     def log_train(epoch: int) -> float:
         """The train/* point of the steps since the last one: their per-example means and, as
@@ -779,12 +790,13 @@ def _train(cfg: DictConfig, run_dir: Path, data: MNISTData | None, on_start=None
                 st["log_acc"] = torch.zeros(4)
             e = epoch_acc.tolist()
             train_means = {"loss": e[0] / e[3], "recon": e[1] / e[3], "kl": e[2] / e[3]}
-            check_finite(list(train_means.values()), f"end of epoch {epoch + 1}")
+            check_finite(list(train_means.values()), f"end of epoch {epoch + 1}", since="epoch")
             rate = (st["pos"] - seen0) / dt
             eval_gen.manual_seed(cfg.seed + 1)  # same noise every epoch: val numbers comparable
             val = elbo_stats(model, data.val.images, lcfg.recon, t.eval_batch_size, eval_gen)
             # The epoch's last steps can blow the weights up after the training means were summed.
-            check_finite([val["nelbo"], val["recon"], val["kl"]], f"validation after epoch {epoch + 1}")
+            check_finite([val["nelbo"], val["recon"], val["kl"]], f"validation after epoch {epoch + 1}",
+                         since=None)
             st["epoch"], st["perm"], st["pos"] = epoch + 1, None, 0
             x_ax = st["examples"]
             writer.scalars(train_means, x_ax, prefix="epoch/train_")

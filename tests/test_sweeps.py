@@ -398,6 +398,19 @@ def test_compare_into_a_pipe_closed_early_ends_quietly(tmp_path):
     assert p.stderr.read() == b""
 
 
+def test_vaelab_train_help_into_a_pipe_closed_early_ends_quietly():
+    """`vaelab-train --help | head -3` ended in a BrokenPipeError traceback and exit 1 when head
+    had gone before Hydra's help was written (1 run in 4 here). The reader closes first here."""
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        p = subprocess.run([sys.executable, "-c", "from vaelab.train_cli import main; main()", "--help"],
+                           stdout=write, stderr=subprocess.PIPE, timeout=120)
+    finally:
+        os.close(write)
+    assert (p.returncode, p.stderr) == (0, b"")
+
+
 def test_a_broken_pipe_that_is_not_stdout_is_not_hidden(monkeypatch, capfd):
     """Only stdout's reader going away ends a command quietly, not any BrokenPipeError."""
     from vaelab import compare

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import os
 import sys
 
 COMMANDS = {
@@ -52,32 +51,14 @@ def main(argv: list[str] | None = None) -> None:
                 and any(u.startswith("data.root=") for u in unknown) else "")
         (parser if before else own).error(f"unrecognized arguments: {' '.join(unknown)}{hint}")
     mod = importlib.import_module(args._module)
+    from vaelab.errors import leaving_after_a_stop, when_the_reader_has_gone
+
     try:
-        code = getattr(mod, f"{args.command}_command")(args)
+        code = when_the_reader_has_gone(lambda: getattr(mod, f"{args.command}_command")(args))
     except KeyboardInterrupt:
-        from vaelab.errors import leaving_after_a_stop
         leaving_after_a_stop()
         code = 130
-    except BrokenPipeError:
-        if not _stdout_reader_gone():  # another pipe than ours (a worker's): not for us to hide
-            raise
-        # `vaelab compare ... | head`: the reader has what it wanted. (Python's own recipe: point
-        # stdout at devnull, so flushing it at exit raises nothing.)
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        code = 0
     sys.exit(code or 0)
-
-
-def _stdout_reader_gone() -> bool:
-    """Whether stdout is a pipe whose reading end has closed (poll reports an error on it)."""
-    import select
-
-    try:
-        poller = select.poll()
-        poller.register(sys.stdout.fileno(), select.POLLOUT)
-        return any(event & select.POLLERR for _, event in poller.poll(0))
-    except (AttributeError, OSError, ValueError):  # no poll (Windows), or stdout is no file
-        return False
 
 
 if __name__ == "__main__":

@@ -46,6 +46,33 @@ def after_hangup(signum: int) -> None:
         os.close(null)
 
 
+def when_the_reader_has_gone(command) -> int:
+    """command()'s exit status; 0 if it ended on a write to a stdout pipe whose reader has closed
+    (`vaelab compare ... | head`, `vaelab-train --help | head`: the reader has what it wanted,
+    where the traceback of a BrokenPipeError said otherwise). A pipe other than stdout's (a
+    worker's) is not for us to hide."""
+    try:
+        return command()
+    except BrokenPipeError:
+        if not _stdout_reader_gone():
+            raise
+        # (Python's own recipe: point stdout at devnull, so flushing it at exit raises nothing)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), 1)
+        return 0
+
+
+def _stdout_reader_gone() -> bool:
+    """Whether stdout is a pipe whose reading end has closed (poll reports an error on it)."""
+    import select
+
+    try:
+        poller = select.poll()
+        poller.register(1, select.POLLOUT)
+        return any(event & select.POLLERR for _, event in poller.poll(0))
+    except (AttributeError, OSError, ValueError):  # no poll (Windows)
+        return False
+
+
 class NonFiniteLoss(RuntimeError):
     """The loss or the weights became inf/NaN; the last good checkpoint is kept."""
 

@@ -126,7 +126,9 @@ def override_value(v) -> str:
 
 def main() -> None:
     """Console script `vaelab-train`: check the overrides, then hand over to Hydra."""
-    sys.exit(launch(sys.argv[1:]))
+    from vaelab.errors import when_the_reader_has_gone
+
+    sys.exit(when_the_reader_has_gone(lambda: launch(sys.argv[1:])))
 
 
 def launch(argv: list[str], prog: str = "vaelab-train", continuing: Path | None = None) -> int:

@@ -568,16 +568,21 @@ def test_picture_folders_left_by_killed_evaluations_are_removed_not_those_in_use
     assert (tmp_path / "eval" / "samples.png").is_file()
 
 
-def test_the_kl_per_dim_line_does_not_round_small_values_up(tmp_path):
-    """0.0099 nats printed as 0.01 beside "(3 dims < 0.01 nats)"."""
+def test_the_kl_per_dim_line_does_not_round_small_values_up_and_marks_the_dead_by_one_rule(tmp_path):
+    """0.0099 nats was printed as 0.01 beside "(3 dims < 0.01 nats)". That count was a second
+    rule for dead dimensions beside the active units' (Cov_x E_q[z_i|x] > 0.01), and the two
+    disagreed; the KL line now marks the inactive dimensions, as the traversals do."""
     from vaelab.evaluate_run import format_table
 
     r = {"elbo": -100.0, "recon": 90.0, "kl": 10.0, "nll_iwae": 99.0, "k": 5, "elbo_bits_per_dim": 0.18,
          "recon_bits_per_dim": 0.17, "kl_bits_per_dim": 0.01, "bits_per_dim": 0.18, "kl_per_dim": [2.5, 0.0099, 0.012, 0.001],
-         "active_units": 1, "latent_size": 4, "checkpoint": "last.pt", "epoch": 1, "n_examples": 10, "dim": 784,
-         "note": "", "examples_seen": 10, "seconds": 0.1}
-    [line] = [ln for ln in format_table(r, tmp_path).splitlines() if "KL per dim" in ln]
-    assert "z0 2.50, z2 0.012, z1 0.0099, z3 0.001   (2 dims < 0.01 nats" in line
+         "mean_variance_per_dim": [0.9, 0.02, 0.001, 0.0], "active_units": 2, "latent_size": 4, "checkpoint": "last.pt",
+         "epoch": 1, "n_examples": 10, "dim": 784, "note": "", "examples_seen": 10, "seconds": 0.1}
+    lines = format_table(r, tmp_path).splitlines()
+    [line] = [ln for ln in lines if "KL per dim" in ln]
+    assert line.endswith("z0 2.50, z2 0.012*, z1 0.0099, z3 0.001*   (nats, largest first; * inactive)")
+    [line] = [ln for ln in lines if "active units" in ln]
+    assert line.endswith("active units 2 / 4   (Cov_x E_q[z_i|x] > 0.01; the other 2: dead, in the traversals too)")
 
 
 @pytest.mark.parametrize("flush", [True, False])

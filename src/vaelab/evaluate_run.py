@@ -355,11 +355,17 @@ def format_table(r: dict, run_dir: str | Path) -> str:
         ("  KL(q(z|x) || p(z))", r["kl"], r["kl_bits_per_dim"]),
         (f"NLL, IWAE bound (k={r['k']})", r["nll_iwae"], r["bits_per_dim"]),
     ]
+    from vaelab.evaluate import ACTIVE_THRESHOLD
+
     kl = r["kl_per_dim"]
     order = sorted(range(len(kl)), key=lambda i: -kl[i])
-    small = sum(v < 0.01 for v in kl)
-    # two decimals, or two significant digits below 0.1: 0.0099 printed as 0.01 beside "< 0.01 nats"
-    top = ", ".join(f"z{i} {kl[i]:.2f}" if kl[i] >= 0.1 else f"z{i} {kl[i]:.2g}" for i in order[:8])
+    # One rule for "dead", the active units' (a dimension can hold KL and still be dead: a
+    # posterior variance away from 1 costs KL whether or not its mean moves with x).
+    var = r.get("mean_variance_per_dim") or []
+    inactive = {i for i, v in enumerate(var) if not v > ACTIVE_THRESHOLD}
+    # two decimals, or two significant digits below 0.1 (0.0099 is not 0.01); * inactive
+    top = ", ".join((f"z{i} {kl[i]:.2f}" if kl[i] >= 0.1 else f"z{i} {kl[i]:.2g}") + "*" * (i in inactive)
+                    for i in order[:8])
     lines = [
         f"vaelab eval {run_dir}",
         f"  checkpoint   {r['checkpoint']} (epoch {r['epoch']})",
@@ -371,9 +377,10 @@ def format_table(r: dict, run_dir: str | Path) -> str:
         f"  {'ELBO gap (-ELBO - NLL)':32s}{-r['elbo'] - r['nll_iwae']:14.2f}"
         + ("   (< 0: both are Monte Carlo estimates; raise --k)" if -r['elbo'] < r['nll_iwae'] else ""),
         "",
-        f"  active units {r['active_units']} / {r['latent_size']}   (Cov_x E_q[z_i|x] > 0.01)",
-        f"  KL per dim   {top}{' ...' if len(kl) > 8 else ''}   ({small} dims < 0.01 nats; the traversals call "
-        f"the inactive ones dead)",
+        f"  active units {r['active_units']} / {r['latent_size']}   (Cov_x E_q[z_i|x] > {ACTIVE_THRESHOLD}"
+        + (f"; the other {len(inactive)}: dead, in the traversals too)" if inactive else ")"),
+        f"  KL per dim   {top}{' ...' if len(kl) > 8 else ''}   (nats, largest first"
+        + ("; * inactive)" if inactive & set(order[:8]) else ")"),
     ]
     if r.get("pictures"):
         folder = Path(next(iter(r["pictures"].values()))).parent

@@ -1243,14 +1243,15 @@ def test_reproduce_passes_a_stop_on_to_its_training(tmp_path, sig):
     assert int(ready.read_text()) == os.getpgrp()  # the terminal's Ctrl-C, Ctrl-Z, ... reach both
 
 
-@pytest.mark.parametrize("how", ["group", "reproduce-twice"])
+@pytest.mark.parametrize("how", ["group", "timeout", "reproduce-twice"])
 def test_reproduce_without_a_terminal_passes_a_sigint_on_as_one_stop(tmp_path, how):
-    """`timeout -s INT 1h vaelab reproduce RUN` (timeout signals the whole group), or kill -INT
-    -PGID, with no terminal: the training had the SIGINT from the group and again from reproduce,
-    and a second SIGINT is a second Ctrl-C, which stopped the run without saving. reproduce now
-    passes the first SIGINT on as a SIGTERM, which after a Ctrl-C is the same stop; a second
-    SIGINT sent to reproduce itself still reaches the training as a second Ctrl-C."""
-    child = ("import sys, time\n"  # train()'s own stop, as in vaelab-train
+    """`timeout -s INT 1h vaelab reproduce RUN` (timeout signals reproduce, then the whole group),
+    or kill -INT -PGID, with no terminal: the training had the SIGINT from the group and again
+    from reproduce, and a second SIGINT is a second Ctrl-C, which stopped the run without saving.
+    reproduce now passes the first SIGINT on as a SIGTERM (after a Ctrl-C, the same stop), and a
+    SIGINT within 1 s of it is the same one; a SIGINT to reproduce after that still reaches the
+    training as a second Ctrl-C."""
+    child = ("import os, sys, time\n"  # train()'s own stop, as in vaelab-train
              "from vaelab.train import _StopFlag\n"
              "with _StopFlag() as flag:\n"
              "    open(sys.argv[1], 'w').write('ready')\n"
@@ -1258,8 +1259,9 @@ def test_reproduce_without_a_terminal_passes_a_sigint_on_as_one_stop(tmp_path, h
              "    try:\n"
              "        while flag.signum is None and time.time() < end:\n"
              "            time.sleep(0.01)\n"
-             "        open(sys.argv[2], 'w').write(str(flag.signum))\n"
-             "        time.sleep(1.5)\n"  # (the step it finishes, and the checkpoint)
+             "        open(sys.argv[2] + '.tmp', 'w').write(str(flag.signum))\n"
+             "        os.replace(sys.argv[2] + '.tmp', sys.argv[2])\n"
+             "        time.sleep(3)\n"  # (the step it finishes, and the checkpoint)
              "    except KeyboardInterrupt:\n"
              "        sys.exit(1)\n"  # aborted, nothing saved
              "sys.exit(130)\n")
@@ -1275,7 +1277,10 @@ def test_reproduce_without_a_terminal_passes_a_sigint_on_as_one_stop(tmp_path, h
         while not ready.exists():
             assert p.poll() is None and time.time() < deadline
             time.sleep(0.05)
-        if how == "group":
+        if how != "reproduce-twice":
+            if how == "timeout":  # (its two sends are microseconds apart; on a busy machine, more)
+                os.kill(p.pid, signal.SIGINT)
+                time.sleep(0.02)
             os.killpg(p.pid, signal.SIGINT)  # reproduce, and its training too
             assert p.wait(timeout=30) == 130
             assert stop.read_text() == str(int(signal.SIGINT))  # the group's: the SIGTERM after it changed nothing
@@ -1285,10 +1290,41 @@ def test_reproduce_without_a_terminal_passes_a_sigint_on_as_one_stop(tmp_path, h
                 assert p.poll() is None and time.time() < deadline
                 time.sleep(0.01)
             assert stop.read_text() == str(int(signal.SIGTERM))
+            time.sleep(1.2)
             os.kill(p.pid, signal.SIGINT)  # asked again: abort
             assert p.wait(timeout=30) == 1
     finally:
         p.kill()
+
+
+def test_vaelab_train_stopped_then_signalled_on_its_way_out_exits_130(tiny_mnist, tmp_path):
+    """A Ctrl-C, then a SIGTERM or another Ctrl-C while vaelab-train saved and left: the run saved,
+    but the process was killed by the late signal (143 or -2, where a stop exits 130; a calling
+    shell script takes a death by SIGINT as its own Ctrl-C). stop_signals_as_ctrl_c put its
+    handlers back over the ignoring that leaving_after_a_stop had set."""
+    env = {**os.environ, "TQDM_DISABLE": "1", "OMP_NUM_THREADS": "1"}
+    env.pop("VAELAB_DATA", None)
+    tiny = [a for a in TINY if not a.startswith("trainer.epochs=")]
+    p = subprocess.Popen([sys.executable, "-c", "from vaelab.train_cli import main; main()", f"data.root={tiny_mnist}",
+                          *tiny, "trainer.epochs=100000", "hydra.run.dir=run"], cwd=tmp_path, env=env,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        deadline = time.time() + 120
+        while not (tmp_path / "run" / "checkpoints" / "epoch_0001.pt").exists() and \
+                not (tmp_path / "run" / "checkpoints" / "last.pt").exists():
+            assert p.poll() is None and time.time() < deadline
+            time.sleep(0.05)
+        os.killpg(p.pid, signal.SIGINT)
+        for _ in range(20):  # (the step, the saving, then the way out)
+            time.sleep(0.1)
+            if p.poll() is not None:
+                break
+            os.kill(p.pid, signal.SIGTERM)
+        assert p.wait(timeout=60) == 130
+    finally:
+        p.kill()
+    assert json.loads((tmp_path / "run" / "stopped.json").read_text())["state"] == "interrupted"
 
 
 def test_a_stop_signal_after_a_ctrl_c_is_the_same_stop():
@@ -1519,7 +1555,7 @@ def test_the_vaelab_dispatcher_imports_only_the_command_it_runs(tmp_path):
               "main(sys.argv[1:])\n")
     for args, loaded in ((["frob"], ["vaelab.cli"]),
                          (["compare", "nope"], ["vaelab.checkpoint", "vaelab.cli", "vaelab.cli_errors",
-                                                "vaelab.compare", "vaelab.config"]),
+                                                "vaelab.compare", "vaelab.config", "vaelab.errors"]),
                          (["eval", "nope"], None), (["sample", "nope"], None), (["resume", "nope"], None),
                          (["reproduce", "nope"], None)):
         r = subprocess.run([sys.executable, "-c", script, *args], cwd=tmp_path, capture_output=True, text=True,

@@ -135,7 +135,8 @@ def stop_signals_as_ctrl_c(first=None):
         yield
     finally:
         for s, handler in before.items():
-            signal.signal(s, handler)
+            if signal.getsignal(s) in (stop, ctrl_c):  # (not over leaving_after_a_stop's SIG_IGN)
+                signal.signal(s, handler)
 
 
 def leaving_after_a_stop() -> None:

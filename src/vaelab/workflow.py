@@ -124,20 +124,29 @@ def _run_child(cmd: list[str], **kwargs) -> int:
     SIGTERM (kill, a batch system), and a SIGINT while this process is not in its terminal's
     foreground (no terminal: kill -INT, a notebook's interrupt; a kill -INT to it in the
     foreground cannot be told from the terminal's Ctrl-C, and is not). The first such SIGINT goes
-    on as a SIGTERM: one sent to the whole group (`timeout -s INT`, kill -INT -PGID) has reached
-    the child too, and a second SIGINT is a second Ctrl-C, which stops a run without saving; a
-    SIGTERM after a Ctrl-C is the same stop. A SIGINT after that goes on as itself. A signal this
-    process was started ignoring (nohup, a background job) stays ignored."""
+    on as a SIGTERM, 0.1 s later: one sent to the whole group (`timeout -s INT`, kill -INT -PGID)
+    has reached the child too, and a second SIGINT is a second Ctrl-C, which stops a run without
+    saving; a SIGTERM after a Ctrl-C is the same stop. A SIGINT within 1 s of the first stop is
+    that stop again (`timeout` sends one to this process, then one to its group); one after that
+    goes on as itself, a second Ctrl-C. A signal this process was started ignoring (nohup, a
+    background job) stays ignored."""
     child = subprocess.Popen(cmd, **kwargs)
-    interrupted = False
+    stopped_at = None  # when the first stop signal came
 
     def pass_on(signum, frame):
-        nonlocal interrupted
+        nonlocal stopped_at
         after_hangup(signum)  # (a closed terminal: this process waits on, without it)
+        first = stopped_at is None
+        if first:
+            stopped_at = time.monotonic()
         if signum == signal.SIGINT:
             if _terminal_sends_to_us():  # (the terminal's reached the child too)
                 return
-            signum, interrupted = (signal.SIGINT if interrupted else signal.SIGTERM), True
+            if not first and time.monotonic() - stopped_at < 1.0:
+                return
+            if first:
+                time.sleep(0.1)  # (a SIGINT to the group reaches the child first, whatever the scheduler does)
+                signum = signal.SIGTERM
         child.send_signal(signum)  # (a hang-up the child had too: the same stop, twice)
 
     handlers = {s: signal.signal(s, pass_on) for s in (signal.SIGINT, *STOP_SIGNALS)

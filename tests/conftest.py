@@ -73,9 +73,14 @@ def make_cfg(tiny_mnist):
 
 @pytest.fixture(autouse=True)
 def _signal_handlers_as_they_were():
-    """A command's way out after a stop ignores a late Ctrl-C, SIGTERM or hang-up (its process is
-    leaving); in a test's process the next test gets the handlers back."""
+    """Each test starts with the handlers a terminal's foreground job has (the suite may run as a
+    script's background job, which starts ignoring Ctrl-C, or under nohup, and a run keeps what
+    it started ignoring), and ends with those it had: a command's way out after a stop ignores a
+    late Ctrl-C, SIGTERM or hang-up (its process is leaving)."""
     saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)
     yield
     for s, handler in saved.items():
         signal.signal(s, handler)

@@ -318,14 +318,18 @@ def test_interrupted_then_resumed_is_bit_identical(tiny_mnist, reference, tmp_pa
 def test_a_hang_up_ignored_by_nohup_stays_ignored():
     """Under nohup a closed terminal must not stop the run: SIGHUP keeps its ignored action in
     train()'s stop and in the command's own (stop_signals_as_ctrl_c); with the default action
-    both take it over."""
+    both take it over. So does a Ctrl-C that a script's `vaelab-train ... &` started ignoring:
+    training took it over, and stopped, where the final evaluation went on."""
     from vaelab.errors import stop_signals_as_ctrl_c
     from vaelab.train import _StopFlag
 
     before = signal.signal(signal.SIGHUP, signal.SIG_IGN)
     try:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         with stop_signals_as_ctrl_c(), _StopFlag():
             assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+            assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         signal.signal(signal.SIGHUP, signal.SIG_DFL)
         with stop_signals_as_ctrl_c():
             assert signal.getsignal(signal.SIGHUP) is not signal.SIG_DFL

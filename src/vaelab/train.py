@@ -428,7 +428,9 @@ class _StopFlag:
         import threading
         if threading.current_thread() is threading.main_thread():
             for s in (signal.SIGINT, *STOP_SIGNALS):
-                if s != signal.SIGHUP or signal.getsignal(s) is not signal.SIG_IGN:  # (nohup: a hang-up stays ignored)
+                # A signal the process started ignoring stays ignored: nohup's hang-up, and the
+                # Ctrl-C a script's `vaelab-train ... &` (no job control) leaves to the script.
+                if signal.getsignal(s) is not signal.SIG_IGN:
                     self._old[s] = signal.signal(s, self._handler)
         return self
 

@@ -398,17 +398,20 @@ def test_compare_into_a_pipe_closed_early_ends_quietly(tmp_path):
     assert p.stderr.read() == b""
 
 
-def test_vaelab_train_help_into_a_pipe_closed_early_ends_quietly():
+@pytest.mark.parametrize("flag", ["--help", "--cfg", "--info"])
+def test_vaelab_train_help_into_a_pipe_closed_early_ends_quietly(flag):
     """`vaelab-train --help | head -3` ended in a BrokenPipeError traceback and exit 1 when head
-    had gone before Hydra's help was written (1 run in 4 here). The reader closes first here."""
+    had gone before Hydra's help was written (1 run in 4 here); `--cfg job` too, and `--info`
+    with thousands of lines of logging errors. Nothing runs with these: they now end as Unix tools
+    do (SIGPIPE). The reader closes first here."""
     read, write = os.pipe()
     os.close(read)
     try:
-        p = subprocess.run([sys.executable, "-c", "from vaelab.train_cli import main; main()", "--help"],
-                           stdout=write, stderr=subprocess.PIPE, timeout=120)
+        p = subprocess.run([sys.executable, "-c", "from vaelab.train_cli import main; main()", flag,
+                            *(["job"] if flag == "--cfg" else [])], stdout=write, stderr=subprocess.PIPE, timeout=120)
     finally:
         os.close(write)
-    assert (p.returncode, p.stderr) == (0, b"")
+    assert (p.returncode, p.stderr) == (-signal.SIGPIPE, b"")
 
 
 def test_a_broken_pipe_that_is_not_stdout_is_not_hidden(monkeypatch, capfd):
@@ -728,7 +731,8 @@ def test_sigterm_to_vaelab_train_reaches_its_busy_joblib_workers(tmp_path):
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc (Linux)")
 @pytest.mark.parametrize("how", ["kill PID", "Ctrl-C to the group, more workers than jobs",
                                  "Ctrl-C with a worker idle", "Ctrl-C with a job queued",
-                                 "SIGTERM to the group, more workers than jobs"])
+                                 "SIGTERM to the group, more workers than jobs",
+                                 "SIGTERM to the group after a Ctrl-C it started ignoring"])
 def test_stopping_a_joblib_sweep_lets_every_running_job_save(tiny_mnist, tmp_path, how):
     """`kill PID` passed SIGTERM to the workers and stopped at once, and a Ctrl-C stopped joblib's
     parent at once too; joblib's shutdown then ended a worker before it had saved: its run lost its
@@ -748,7 +752,8 @@ def test_stopping_a_joblib_sweep_lets_every_running_job_save(tiny_mnist, tmp_pat
                           "trainer.final_eval=false", "hydra/launcher=joblib", f"hydra.launcher.n_jobs={workers}"],
                          cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                          start_new_session=True,  # (its own group, as a terminal's job; SIGINT as a terminal has it)
-                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+                         preexec_fn=lambda: signal.signal(signal.SIGINT,
+                                                          signal.SIG_IGN if "ignoring" in how else signal.SIG_DFL))
     try:
         deadline = time.time() + 180
         while len(list(tmp_path.glob("outputs/multirun/*/*/*/checkpoints/last.pt"))) < 2 or (  # both jobs began
@@ -756,6 +761,10 @@ def test_stopping_a_joblib_sweep_lets_every_running_job_save(tiny_mnist, tmp_pat
             assert p.poll() is None and time.time() < deadline, p.stdout.read() if p.poll() is not None else "timeout"
             time.sleep(0.2)
         time.sleep(2.0 if how.endswith("idle") else 0.5)  # (the ended job's worker back at joblib's queue)
+        if how.endswith("ignoring"):  # (a script's `vaelab-train -m ... &`: the script's Ctrl-C is not the sweep's)
+            os.killpg(p.pid, signal.SIGINT)
+            time.sleep(2.0)
+            assert p.poll() is None and not list(tmp_path.glob("outputs/multirun/*/*/*/" + ckpt_io.STOPPED))
         if how == "kill PID":
             p.send_signal(signal.SIGTERM)
         else:  # (a group's SIGTERM: scancel, a time limit)

@@ -1331,6 +1331,18 @@ def test_vaelab_train_stopped_then_signalled_on_its_way_out_exits_130(tiny_mnist
     assert json.loads((tmp_path / "run" / "stopped.json").read_text())["state"] == "interrupted"
 
 
+def test_reproduce_stopped_ignores_a_late_signal_on_its_way_out(monkeypatch, capsys):
+    """A second SIGINT to `vaelab reproduce` after its training had saved and ended killed it
+    with SIGINT (a calling script takes that for its own Ctrl-C) where a stop exits 130."""
+    from vaelab import workflow
+
+    def stopped(*args, **kwargs):
+        raise workflow.ReproductionStopped("the reproduction in X was stopped")
+    monkeypatch.setattr(workflow, "reproduce", stopped)
+    assert vaelab(["reproduce", "."]) == 130
+    assert all(signal.getsignal(s) is signal.SIG_IGN for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP))
+
+
 def test_a_stop_signal_after_a_ctrl_c_is_the_same_stop():
     """In a command's own stop (stop_signals_as_ctrl_c: evaluation, resume, vaelab-train outside
     training), a SIGTERM or hang-up after a Ctrl-C raised a second KeyboardInterrupt inside the

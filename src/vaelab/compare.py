@@ -451,12 +451,12 @@ class SweepSummary(Callback):
         global _job_stopping
         _job_stopping = False
         from vaelab import train_cli
-        if train_cli.worker_hangup_ignored is None:  # (a worker not started by vaelab-train's backend)
-            train_cli.worker_hangup_ignored = signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-        signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
-        if not train_cli.worker_hangup_ignored:  # (nohup: ignored as the worker started, and stays so)
-            signal.signal(signal.SIGHUP, _raise_keyboard_interrupt)
+        if train_cli.worker_started_ignoring is None:  # (a worker not started by vaelab-train's backend)
+            train_cli.worker_started_ignoring = train_cli.started_ignoring()
+        signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)  # (the parent's stop: _stop_workers)
+        for s, handler in ((signal.SIGINT, signal.default_int_handler), (signal.SIGHUP, _raise_keyboard_interrupt)):
+            if s not in train_cli.worker_started_ignoring:  # (ignored as the worker started: stays so)
+                signal.signal(s, handler)
 
     def on_job_end(self, config, **kwargs) -> None:
         from vaelab.train_cli import in_loky_worker

@@ -378,7 +378,8 @@ def format_table(r: dict, run_dir: str | Path) -> str:
         + ("   (< 0: both are Monte Carlo estimates; raise --k)" if -r['elbo'] < r['nll_iwae'] else ""),
         "",
         f"  active units {r['active_units']} / {r['latent_size']}   (Cov_x E_q[z_i|x] > {ACTIVE_THRESHOLD}"
-        + (f"; the other {len(inactive)}: dead, in the traversals too)" if inactive else ")"),
+        + (f"; {'all' if len(inactive) == len(kl) else 'the other'} {len(inactive)}: dead, in the traversals too)"
+           if inactive else ")"),
         f"  KL per dim   {top}{' ...' if len(kl) > 8 else ''}   (nats, largest first"
         + ("; * inactive)" if inactive & set(order[:8]) else ")"),
     ]

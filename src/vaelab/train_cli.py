@@ -128,7 +128,15 @@ def main() -> None:
     """Console script `vaelab-train`: check the overrides, then hand over to Hydra."""
     from vaelab.errors import when_the_reader_has_gone
 
+    if PRINT_ONLY.intersection(a.split("=", 1)[0] for a in sys.argv[1:]) and hasattr(signal, "SIGPIPE"):
+        # (`vaelab-train --cfg job | head`: Hydra reports a BrokenPipeError as a failure, with its
+        # traceback, before it reaches us; nothing runs, so end as Unix tools do, on the spot)
+        signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     sys.exit(when_the_reader_has_gone(lambda: launch(sys.argv[1:])))
+
+
+# Hydra's flags that print and run nothing
+PRINT_ONLY = {"--help", "-h", "--hydra-help", "--version", "--cfg", "-c", "--info", "-i", "--shell-completion", "-sc"}
 
 
 def launch(argv: list[str], prog: str = "vaelab-train", continuing: Path | None = None) -> int:
@@ -287,13 +295,20 @@ def _worker_waits_for_a_job() -> None:
     the signal, and joblib then ended every other worker, jobs still saving their checkpoints
     included. A job sets its own handlers (compare.SweepSummary.on_job_start); loky ends its
     workers with SIGKILL."""
-    global worker_hangup_ignored
-    worker_hangup_ignored = signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+    global worker_started_ignoring
+    worker_started_ignoring = started_ignoring()
     for s in (signal.SIGINT, signal.SIGHUP, signal.SIGTERM):
         signal.signal(s, signal.SIG_IGN)
 
 
-worker_hangup_ignored = None  # in a joblib worker: whether it started with the hang-up ignored (nohup)
+def started_ignoring() -> frozenset:
+    """Of the Ctrl-C and the hang-up, those this process ignores now: nohup's hang-up, and the
+    Ctrl-C that a script's `vaelab-train ... &` (no job control) leaves to the script; its
+    jobs keep them ignored, as a run in one process does (train._StopFlag)."""
+    return frozenset(s for s in (signal.SIGINT, signal.SIGHUP) if signal.getsignal(s) is signal.SIG_IGN)
+
+
+worker_started_ignoring = None  # in a joblib worker: started_ignoring() as it started
 
 
 def _workers_wait_for_a_job() -> None:

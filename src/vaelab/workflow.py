@@ -124,7 +124,7 @@ def _run_child(cmd: list[str], **kwargs) -> int:
     SIGTERM (kill, a batch system), and a SIGINT while this process is not in its terminal's
     foreground (no terminal: kill -INT, a notebook's interrupt; a kill -INT to it in the
     foreground cannot be told from the terminal's Ctrl-C, and is not). The first such SIGINT goes
-    on as a SIGTERM, 0.1 s later: one sent to the whole group (`timeout -s INT`, kill -INT -PGID)
+    on as a SIGTERM, 0.25 s later: one sent to the whole group (`timeout -s INT`, kill -INT -PGID)
     has reached the child too, and a second SIGINT is a second Ctrl-C, which stops a run without
     saving; a SIGTERM after a Ctrl-C is the same stop. A SIGINT within 1 s of the first stop is
     that stop again (`timeout` sends one to this process, then one to its group); one after that
@@ -145,7 +145,7 @@ def _run_child(cmd: list[str], **kwargs) -> int:
             if not first and time.monotonic() - stopped_at < 1.0:
                 return
             if first:
-                time.sleep(0.1)  # (a SIGINT to the group reaches the child first, whatever the scheduler does)
+                time.sleep(0.25)  # (a SIGINT to the group reaches the child first, whatever the scheduler does)
                 signum = signal.SIGTERM
         child.send_signal(signum)  # (a hang-up the child had too: the same stop, twice)
 
@@ -364,6 +364,8 @@ def reproduce_command(args) -> int:
     try:
         return reproduce(args.run_dir, args.out, args.rtol, args.data_root)[0]
     except ReproductionStopped as e:
+        from vaelab.errors import leaving_after_a_stop
+        leaving_after_a_stop()  # (a second SIGINT now, after the training has saved: still exit 130)
         print(f"vaelab reproduce: {e}", file=sys.stderr)
         return 130
     except (WorkflowError, ConfigError, DataError) as e:

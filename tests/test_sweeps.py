@@ -414,6 +414,23 @@ def test_vaelab_train_help_into_a_pipe_closed_early_ends_quietly(flag):
     assert (p.returncode, p.stderr) == (-signal.SIGPIPE, b"")
 
 
+def test_a_training_whose_console_reader_has_gone_trains_on_quietly(tiny_mnist, tmp_path):
+    """`vaelab-train ... | head -1`: the run trained on and kept every line in train.log, but each
+    console line after the reader had gone printed a 'Logging error' traceback to stderr
+    (hundreds a run). The reader closes first here."""
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        p = subprocess.run([sys.executable, "-c", "from vaelab.train_cli import main; main()", f"data.root={tiny_mnist}",
+                            *TINY, "latent_size=4", "trainer.epochs=2", "hydra.run.dir=run"], cwd=tmp_path,
+                           stdout=write, stderr=subprocess.PIPE, text=True, timeout=300)
+    finally:
+        os.close(write)
+    assert p.returncode == 0 and "Logging error" not in p.stderr, p.stderr[-2000:]
+    assert (tmp_path / "run" / "metrics.json").is_file()
+    assert "epoch 2/2" in (tmp_path / "run" / "train.log").read_text()
+
+
 def test_a_broken_pipe_that_is_not_stdout_is_not_hidden(monkeypatch, capfd):
     """Only stdout's reader going away ends a command quietly, not any BrokenPipeError."""
     from vaelab import compare

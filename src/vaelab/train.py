@@ -329,6 +329,9 @@ def _attach_logs(run_dir: Path) -> list[logging.Handler]:
     format, and return them for removal."""
     path = (run_dir / "train.log").resolve()
     root = logging.getLogger()
+    for h in root.handlers:
+        if type(h) is logging.StreamHandler:
+            _quiet_once_the_reader_has_gone(h)
     if any(isinstance(h, logging.FileHandler) and Path(h.baseFilename).resolve() == path for h in root.handlers):
         return []
     fmt = logging.Formatter(LOG_FORMAT)
@@ -340,7 +343,31 @@ def _attach_logs(run_dir: Path) -> list[logging.Handler]:
         root.addHandler(h)
     if root.level > logging.INFO or root.level == logging.NOTSET:
         root.setLevel(logging.INFO)
+    for h in added:
+        if type(h) is logging.StreamHandler:
+            _quiet_once_the_reader_has_gone(h)
     return added
+
+
+def _quiet_once_the_reader_has_gone(handler: logging.StreamHandler) -> None:
+    """`vaelab-train ... | head -1`: once the reader has gone, each console line after it printed
+    a 'Logging error' traceback to stderr (hundreds a run), the run itself unharmed. On the first
+    broken pipe the console's file descriptor now goes to /dev/null; train.log keeps every line."""
+    if getattr(handler, "_vaelab_quiet", False):
+        return
+    plain = handler.handleError
+
+    def handle_error(record):
+        if not isinstance(sys.exc_info()[1], BrokenPipeError):
+            return plain(record)
+        try:
+            null = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(null, handler.stream.fileno())
+            os.close(null)
+        except (OSError, ValueError, AttributeError):  # (no file descriptor behind it)
+            return plain(record)
+    handler.handleError = handle_error
+    handler._vaelab_quiet = True
 
 
 class CudaGraphStep:

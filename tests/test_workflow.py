@@ -1433,6 +1433,29 @@ def test_reproduce_into_a_folder_inside_a_run_is_one_line(finished_run, tmp_path
                                                f"the run {run}; give a folder outside it")
 
 
+def test_a_stopped_run_is_recorded_before_it_is_let_go(tiny_mnist, tmp_path, monkeypatch):
+    """A joblib parent ends a stopped worker once its run is let go (the folder's lock), and
+    stopped.json and the "stopped by" line were written after that: at times a sweep's run kept
+    its checkpoint but no record of the stop (a CI run lost the line). Both now come first."""
+    import contextlib
+
+    seen = {}
+    held = ckpt_io.only_process
+
+    @contextlib.contextmanager
+    def spied(run_dir, *args, **kwargs):
+        with held(run_dir, *args, **kwargs):
+            try:
+                yield
+            finally:  # (the moment the run is let go)
+                seen["stopped.json"] = (Path(run_dir) / ckpt_io.STOPPED).is_file()
+                seen["logged"] = "stopped by SIGINT at step 5" in (Path(run_dir) / "train.log").read_text()
+    monkeypatch.setattr(ckpt_io, "only_process", spied)
+    with signal_at_step(monkeypatch, 4), pytest.raises(Interrupted):
+        train(compose_cfg([f"data.root={tiny_mnist}", *TINY]), tmp_path / "run")
+    assert seen == {"stopped.json": True, "logged": True}
+
+
 def test_a_stopped_resume_says_so_in_the_runs_log(tiny_mnist, tmp_path, monkeypatch, capsys):
     """vaelab resume printed how it stopped on stderr only; after a closed terminal that went
     nowhere, and train.log ended at "got SIGHUP: will checkpoint" (vaelab-train logs it there)."""

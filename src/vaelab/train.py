@@ -494,27 +494,32 @@ def train(cfg: DictConfig, run_dir: str | Path, data: MNISTData | None = None, o
     try:
         with ckpt_io.only_process(run_dir):
             try:
-                return _train(cfg, run_dir, data, on_start)
-            except OSError as e:  # a checkpoint's own failure is SaveFailed already (save, in _train)
-                # (a folder of the run made unwritable under it: chmod, chattr +i)
-                denied = e.errno in (errno.EACCES, errno.EPERM) and e.filename is not None and \
-                    Path(os.path.abspath(e.filename)).is_relative_to(os.path.abspath(run_dir))  # (both without ..)
-                if e.errno not in DISK_FULL and not denied:
-                    raise
-                # a disk that fills up (or a quota, or read-only) under metrics.json, the sample
-                # PNGs or the final evaluation's files: the same one line as for a checkpoint
-                raise SaveFailed(f"cannot write {e.filename or run_dir}: {e.strerror or e}; the checkpoints already "
-                                 f"there are intact; once {'it can be written' if denied else 'there is room'}: "
-                                 f"{ckpt_io.carry_on(run_dir)}") from None
-    except (NonFiniteLoss, Interrupted, SaveFailed) as e:
-        if getattr(e, "finished", False):  # done, only its final evaluation left: not a stopped run
-            raise
-        state = {NonFiniteLoss: "diverged", Interrupted: "interrupted", SaveFailed: "failed"}[type(e)]
-        try:
-            ckpt_io.write_text_atomic(run_dir / ckpt_io.STOPPED, json.dumps({"state": state, "reason": str(e)}))
-        except OSError:  # the run folder itself is not writable: the message above still says it
-            pass
-        raise
+                try:
+                    return _train(cfg, run_dir, data, on_start)
+                except OSError as e:  # a checkpoint's own failure is SaveFailed already (save, in _train)
+                    # (a folder of the run made unwritable under it: chmod, chattr +i)
+                    denied = e.errno in (errno.EACCES, errno.EPERM) and e.filename is not None and \
+                        Path(os.path.abspath(e.filename)).is_relative_to(os.path.abspath(run_dir))  # (both without ..)
+                    if e.errno not in DISK_FULL and not denied:
+                        raise
+                    # a disk that fills up (or a quota, or read-only) under metrics.json, the sample
+                    # PNGs or the final evaluation's files: the same one line as for a checkpoint
+                    once = "it can be written" if denied else "there is room"
+                    raise SaveFailed(f"cannot write {e.filename or run_dir}: {e.strerror or e}; the checkpoints "
+                                     f"already there are intact; once {once}: {ckpt_io.carry_on(run_dir)}") from None
+            except (NonFiniteLoss, Interrupted, SaveFailed) as e:
+                # Recorded while the run is still held: a joblib parent ends a stopped worker once
+                # its run is let go, and stopped.json and this line, written after, were lost at times.
+                if isinstance(e, Interrupted):
+                    log.warning("%s", e)  # asked for, and nothing lost: not an error
+                if not getattr(e, "finished", False):  # (done, only its final evaluation left: not a stopped run)
+                    state = {NonFiniteLoss: "diverged", Interrupted: "interrupted", SaveFailed: "failed"}[type(e)]
+                    try:
+                        ckpt_io.write_text_atomic(run_dir / ckpt_io.STOPPED,
+                                                  json.dumps({"state": state, "reason": str(e)}))
+                    except OSError:  # the run folder itself is not writable: the message still says it
+                        pass
+                raise
     finally:
         torch.set_num_threads(threads)
         torch.use_deterministic_algorithms(deterministic[0], warn_only=deterministic[1])
@@ -1031,9 +1036,8 @@ def hydra_main(cfg: DictConfig) -> float:
             # minimises; Optuna refuses nan and would end the whole study on it.
             return float("inf")
         sys.exit(1)
-    except Interrupted as e:
+    except Interrupted:  # (train() has logged how it stopped)
         leaving_after_a_stop()
-        log.warning("%s", e)  # asked for, and nothing lost: not an error
         if hc.mode.name == "MULTIRUN" and not str(hc.sweeper.get("_target_", "")).endswith(".BasicSweeper"):
             # (vaelab resume SWEEP_DIR refuses a study: its sweeper would draw new trials)
             log.warning("the study stops here: trials not drawn yet did not run; the stopped trial goes on with "

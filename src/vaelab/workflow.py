@@ -33,7 +33,7 @@ from vaelab import checkpoint as ckpt_io
 from vaelab.compare import eval_settings
 from vaelab.cli_errors import _explain as explain_override_error  # vaelab-train's wording
 from vaelab.cli_errors import parse_error, unwritable
-from vaelab.config import CONF_DIR, LOG_FORMAT, ConfigError, load_run_config, resolve_device, validate
+from vaelab.config import CONF_DIR, ConfigError, load_run_config, resolve_device, validate
 from vaelab.errors import STOP_SIGNALS, after_hangup
 
 
@@ -789,10 +789,8 @@ def resume_command(args) -> int:
     except OSError as e:  # a disk that fills up or turns read-only mid-way
         print(f"vaelab resume: error: cannot write {e.filename or args.run_dir}: {e.strerror or e}", file=sys.stderr)
         return 1
-    except Interrupted as e:
+    except Interrupted:  # (train() has logged how it stopped, on the console and in train.log)
         leaving_after_a_stop()
-        print(f"vaelab resume: {e}", file=sys.stderr)
-        _in_the_runs_log(args.run_dir, str(e))
         return 130
     except KeyboardInterrupt:  # outside training: loading, or the final evaluation of a run that has trained
         leaving_after_a_stop()
@@ -803,20 +801,3 @@ def resume_command(args) -> int:
     return 0
 
 
-def _in_the_runs_log(run_dir, text: str) -> None:
-    """`text` as a warning line in the run's train.log, where vaelab-train logs its own stop: after
-    a closed terminal (whose output now goes nowhere) the log is the one place left to read it."""
-    import logging
-
-    path = Path(run_dir) / "train.log"
-    if not path.is_file():
-        return
-    try:
-        handler = logging.FileHandler(path, mode="a")
-    except OSError:
-        return
-    handler.setFormatter(logging.Formatter(LOG_FORMAT))
-    try:
-        handler.emit(logging.LogRecord("vaelab", logging.WARNING, __file__, 0, text, None, None))
-    finally:
-        handler.close()

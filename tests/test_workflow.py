@@ -1456,6 +1456,29 @@ def test_a_stopped_run_is_recorded_before_it_is_let_go(tiny_mnist, tmp_path, mon
     assert seen == {"stopped.json": True, "logged": True}
 
 
+def test_a_stop_signal_while_a_stop_is_recorded_is_the_same_stop(tiny_mnist, tmp_path, monkeypatch):
+    """In a joblib sweep the terminal's Ctrl-C reaches a worker, and then its parent's SIGTERM: that
+    came once train()'s own stop had ended, in the job's handler (a KeyboardInterrupt), and cut
+    short the writing of stopped.json (a CI run lost it). It is now the same stop until train()
+    has recorded it; then train() puts the handlers back."""
+    def interrupt(signum, frame):  # as a joblib job's SIGTERM handler (compare.SweepSummary)
+        raise KeyboardInterrupt
+    signal.signal(signal.SIGTERM, interrupt)
+    real = ckpt_io.write_text_atomic
+
+    def write(path, text):
+        if Path(path).name == ckpt_io.STOPPED:
+            os.kill(os.getpid(), signal.SIGTERM)  # the parent's, as the stop is recorded
+            time.sleep(0.1)
+        return real(path, text)
+    monkeypatch.setattr(ckpt_io, "write_text_atomic", write)
+    with signal_at_step(monkeypatch, 4), pytest.raises(Interrupted):
+        train(compose_cfg([f"data.root={tiny_mnist}", *TINY]), tmp_path / "run")
+    assert json.loads((tmp_path / "run" / ckpt_io.STOPPED).read_text())["state"] == "interrupted"
+    assert signal.getsignal(signal.SIGTERM) is interrupt
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
 def test_a_stopped_resume_says_so_in_the_runs_log(tiny_mnist, tmp_path, monkeypatch, capsys):
     """vaelab resume printed how it stopped on stderr only; after a closed terminal that went
     nowhere, and train.log ended at "got SIGHUP: will checkpoint" (vaelab-train logs it there)."""

@@ -462,8 +462,11 @@ class _StopFlag:
         return self
 
     def __exit__(self, *exc):
+        # After a stop, a stop signal more is the same stop while train() records it (stopped.json,
+        # the log line): a joblib parent's SIGTERM after the terminal's Ctrl-C cut that record short
+        # in the outer handler's KeyboardInterrupt. Ignored until train() puts the handlers back.
         for s, h in self._old.items():
-            signal.signal(s, h)
+            signal.signal(s, h if self.signum is None else signal.SIG_IGN)
 
 
 # --- the loop ----------------------------------------------------------------------------
@@ -491,6 +494,9 @@ def train(cfg: DictConfig, run_dir: str | Path, data: MNISTData | None = None, o
                      torch.is_deterministic_algorithms_warn_only_enabled())
     cudnn_benchmark, cublas_workspace = torch.backends.cudnn.benchmark, os.environ.get("CUBLAS_WORKSPACE_CONFIG")
     flushing = flushing_subnormals()
+    import threading
+    signals = ({s: signal.getsignal(s) for s in (signal.SIGINT, *STOP_SIGNALS)}  # (_StopFlag's, after a stop)
+               if threading.current_thread() is threading.main_thread() else {})
     try:
         with ckpt_io.only_process(run_dir):
             try:
@@ -521,6 +527,9 @@ def train(cfg: DictConfig, run_dir: str | Path, data: MNISTData | None = None, o
                         pass
                 raise
     finally:
+        for s, handler in signals.items():
+            if handler is not None:  # (None: set outside Python)
+                signal.signal(s, handler)
         torch.set_num_threads(threads)
         torch.use_deterministic_algorithms(deterministic[0], warn_only=deterministic[1])
         torch.backends.cudnn.benchmark = cudnn_benchmark

@@ -56,8 +56,9 @@ def main(argv: list[str] | None = None) -> None:
     try:
         code = when_the_reader_has_gone(lambda: getattr(mod, f"{args.command}_command")(args))
     except KeyboardInterrupt:
-        leaving_after_a_stop()
         code = 130
+    if code == 130:  # stopped, and saved: a late signal on the way out changes nothing
+        leaving_after_a_stop()
     sys.exit(code or 0)
 
 

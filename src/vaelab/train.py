@@ -23,6 +23,7 @@ import shlex
 import shutil
 import signal
 import sys
+import threading
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -281,7 +282,6 @@ def start_warm_up(cfg: DictConfig, device: torch.device, graphed: bool):
     process would fail the run at its next CUDA call anyway."""
     if not (cfg.trainer.cuda_warmup and device.type == "cuda"):
         return lambda cancel=False: None
-    import threading
     from math import prod
     from vaelab.data import IMAGE_SHAPE
 
@@ -329,21 +329,17 @@ def _attach_logs(run_dir: Path) -> list[logging.Handler]:
     format, and return them for removal."""
     path = (run_dir / "train.log").resolve()
     root = logging.getLogger()
-    for h in root.handlers:
-        if type(h) is logging.StreamHandler:
-            _quiet_once_the_reader_has_gone(h)
-    if any(isinstance(h, logging.FileHandler) and Path(h.baseFilename).resolve() == path for h in root.handlers):
-        return []
-    fmt = logging.Formatter(LOG_FORMAT)
-    added: list[logging.Handler] = [logging.FileHandler(path, mode="a")]
-    if not any(type(h) is logging.StreamHandler for h in root.handlers):
-        added.append(logging.StreamHandler(sys.stdout))  # where vaelab-train's console log goes
-    for h in added:
-        h.setFormatter(fmt)
-        root.addHandler(h)
-    if root.level > logging.INFO or root.level == logging.NOTSET:
-        root.setLevel(logging.INFO)
-    for h in added:
+    added: list[logging.Handler] = []
+    if not any(isinstance(h, logging.FileHandler) and Path(h.baseFilename).resolve() == path for h in root.handlers):
+        added.append(logging.FileHandler(path, mode="a"))
+        if not any(type(h) is logging.StreamHandler for h in root.handlers):
+            added.append(logging.StreamHandler(sys.stdout))  # where vaelab-train's console log goes
+        for h in added:
+            h.setFormatter(logging.Formatter(LOG_FORMAT))
+            root.addHandler(h)
+        if root.level > logging.INFO or root.level == logging.NOTSET:
+            root.setLevel(logging.INFO)
+    for h in root.handlers:  # (Hydra's console handler, or ours)
         if type(h) is logging.StreamHandler:
             _quiet_once_the_reader_has_gone(h)
     return added
@@ -452,7 +448,6 @@ class _StopFlag:
                     " (Ctrl-C again to abort now)" if signum == signal.SIGINT else "")
 
     def __enter__(self):
-        import threading
         if threading.current_thread() is threading.main_thread():
             for s in (signal.SIGINT, *STOP_SIGNALS):
                 # A signal the process started ignoring stays ignored: nohup's hang-up, and the
@@ -494,7 +489,6 @@ def train(cfg: DictConfig, run_dir: str | Path, data: MNISTData | None = None, o
                      torch.is_deterministic_algorithms_warn_only_enabled())
     cudnn_benchmark, cublas_workspace = torch.backends.cudnn.benchmark, os.environ.get("CUBLAS_WORKSPACE_CONFIG")
     flushing = flushing_subnormals()
-    import threading
     signals = ({s: signal.getsignal(s) for s in (signal.SIGINT, *STOP_SIGNALS)}  # (_StopFlag's, after a stop)
                if threading.current_thread() is threading.main_thread() else {})
     try:

@@ -142,11 +142,11 @@ def _run_child(cmd: list[str], **kwargs) -> int:
         if signum == signal.SIGINT:
             if _terminal_sends_to_us():  # (the terminal's reached the child too)
                 return
-            if not first and time.monotonic() - stopped_at < 1.0:
-                return
             if first:
                 time.sleep(0.25)  # (a SIGINT to the group reaches the child first, whatever the scheduler does)
                 signum = signal.SIGTERM
+            elif time.monotonic() - stopped_at < 1.0:
+                return
         child.send_signal(signum)  # (a hang-up the child had too: the same stop, twice)
 
     handlers = {s: signal.signal(s, pass_on) for s in (signal.SIGINT, *STOP_SIGNALS)
@@ -363,9 +363,7 @@ def reproduce_command(args) -> int:
 
     try:
         return reproduce(args.run_dir, args.out, args.rtol, args.data_root)[0]
-    except ReproductionStopped as e:
-        from vaelab.errors import leaving_after_a_stop
-        leaving_after_a_stop()  # (a second SIGINT now, after the training has saved: still exit 130)
+    except ReproductionStopped as e:  # (exit 130: cli.main ignores late signals from here on)
         print(f"vaelab reproduce: {e}", file=sys.stderr)
         return 130
     except (WorkflowError, ConfigError, DataError) as e:
@@ -773,7 +771,7 @@ def _to_carry_on(cfg, run_dir: Path):
 
 def resume_command(args) -> int:
     from vaelab.data import DataError
-    from vaelab.errors import Interrupted, NonFiniteLoss, SaveFailed, leaving_after_a_stop, stop_signals_as_ctrl_c
+    from vaelab.errors import Interrupted, NonFiniteLoss, SaveFailed, stop_signals_as_ctrl_c
 
     try:
         if is_sweep_dir(Path(args.run_dir)):
@@ -790,10 +788,8 @@ def resume_command(args) -> int:
         print(f"vaelab resume: error: cannot write {e.filename or args.run_dir}: {e.strerror or e}", file=sys.stderr)
         return 1
     except Interrupted:  # (train() has logged how it stopped, on the console and in train.log)
-        leaving_after_a_stop()
         return 130
     except KeyboardInterrupt:  # outside training: loading, or the final evaluation of a run that has trained
-        leaving_after_a_stop()
         run = shlex.quote(str(args.run_dir))
         print(f"vaelab resume: interrupted; {run} keeps what it had: vaelab resume {run} carries it on",
               file=sys.stderr)

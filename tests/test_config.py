@@ -140,6 +140,9 @@ def test_optimizer_matches_config():
                                                "iwae_paper_vae), and name names the sweep's folder"),
     (["hparams_search=optuna", "optim.lrr=interval(1e-4,1e-3)"], "did you mean 'optim.lr'"),  # Optuna's ranges
     (["-m", "latent_size=2,0"], "latent_size=0"),  # every value of a sweep is checked
+    # a key no value can set is named as typed, not as its first job's 'loss.betta=1'
+    (["-m", "loss.betta=1,4"], "unknown key 'loss.betta' in override 'loss.betta=1,4'; did you mean 'loss.beta'?"),
+    (["-m", "latent_size=2,abc"], "override 'latent_size=abc': Value 'abc'"),  # a bad value, named alone
     (["+foo=1"], "unknown key 'foo' in override '+foo=1'"),  # `+` gets past compose, not the schema
     (["+latent_size=8"], "override '+latent_size=8': Could not append to config. An item is already at "
                          "'latent_size'; a leading + adds a new key: set it with 'latent_size=8'"),

@@ -285,10 +285,10 @@ def precheck(argv: list[str], fetch_data: bool = False, continuing: Path | None 
                     f"choices; change its keys ({_example_key(group)}=...), or {new_run}")
     compose_ = functools.partial(_compose, primary=primary)
     try:
-        base, candidates = _job_overrides(cmd)
+        base, candidates, swept_from = _job_overrides(cmd)
     except ConfigError as e:
         return str(e)
-    err, data_roots = _jobs_error(compose_, candidates, cmd)
+    err, data_roots = _jobs_error(compose_, candidates, cmd, swept_from)
     if err:
         return err
     err, composed, launcher = _hydra_section_error(compose_, base, cmd)
@@ -558,11 +558,13 @@ def _primary_config(cmd: _CommandLine) -> tuple[str, str] | None:
     return primary
 
 
-def _job_overrides(cmd: _CommandLine) -> tuple[list[str], list[list[str]]]:
-    """The first job's overrides, and the jobs to check: each override, with a sweep replaced by
-    each of its values in turn (not every combination)."""
+def _job_overrides(cmd: _CommandLine) -> tuple[list[str], list[list[str]], dict[str, str]]:
+    """The first job's overrides, the jobs to check (each override, with a sweep replaced by each
+    of its values in turn, not every combination), and {a job's override: the sweep it is one
+    value of}, so that a key wrong in itself is named as the user typed it."""
     base: list[str] = []
     variants: list[tuple[int, list[str]]] = []
+    swept_from: dict[str, str] = {}
     for o in cmd.task:
         key = o.get_key_element()
         if o.is_sweep_override():
@@ -600,12 +602,22 @@ def _job_overrides(cmd: _CommandLine) -> tuple[list[str], list[list[str]]]:
                                   f"range(2,8) or range(8,2,-2))")
             variants.append((len(base), values))
             base.append(values[0])
+            swept_from.update((v, o.input_line) for v in values)
         else:
             base.append(o.input_line)
-    return base, [base] + [base[:i] + [v] + base[i + 1:] for i, values in variants for v in values[1:]]
+    jobs = [base] + [base[:i] + [v] + base[i + 1:] for i, values in variants for v in values[1:]]
+    return base, jobs, swept_from
 
 
-def _jobs_error(compose_, candidates: list[list[str]], cmd: _CommandLine) -> tuple[str | None, dict[str, bool]]:
+def _unknown_key_as_typed(exc: Exception, override: str, swept_from: dict[str, str]) -> str:
+    """`override`, or the sweep it is a value of where the composition failed on its key."""
+    cause = exc.__cause__ or exc
+    unknown_key = "not in" in str(cause) and getattr(cause, "full_key", None)
+    return swept_from.get(override, override) if unknown_key else override
+
+
+def _jobs_error(compose_, candidates: list[list[str]], cmd: _CommandLine,
+                swept_from: dict[str, str]) -> tuple[str | None, dict[str, bool]]:
     """Compose and validate each job to check; (why one fails or None, {data.root: may download})."""
     names: dict[str, str] = {}  # name -> the overrides that give it
     data_roots: dict[str, bool] = {}  # data.root -> whether a job may download there
@@ -623,7 +635,9 @@ def _jobs_error(compose_, candidates: list[list[str]], cmd: _CommandLine) -> tup
                 try:
                     compose_(ovs[: j + 1])
                 except Exception as e2:
-                    return _explain_plugin(e2, ov), data_roots
+                    # A key that no value of its sweep can set is named as typed (loss.betta=1,4);
+                    # a value that cannot be set is named alone (latent_size=abc of 2,abc).
+                    return _explain_plugin(e2, _unknown_key_as_typed(e2, ov, swept_from)), data_roots
             return _explain(e, " ".join(ovs)), data_roots
         err = _deleted_key_error(cfg, ovs)
         if err:

@@ -415,6 +415,32 @@ def test_an_eval_overtaken_by_the_runs_final_one_does_not_pass_for_it(make_cfg, 
                                                                          pytest.approx(manual["nll_iwae"]))]
 
 
+def test_two_evaluations_at_once_leave_the_events_of_the_one_eval_json_holds(make_cfg, tmp_path, monkeypatch):
+    """A second evaluation that began after the first had opened its event file, and ended before
+    it, removed that file as an earlier evaluation's: eval.json then held the first one's numbers
+    and TensorBoard only the second's."""
+    import vaelab.pictures as pictures_mod
+
+    run = tmp_path / "run"
+    train(make_cfg(["latent_size=2", "trainer.epochs=1", "trainer.final_eval=true", "trainer.final_eval_k=2"]), run)
+    real_make_pictures, nested = pictures_mod.make_pictures, []
+
+    def and_meanwhile_another_evaluation(*args, **kwargs):
+        if not nested:  # the first evaluation, its event file open: the second runs from start to end
+            nested.append(None)
+            nested[0] = evaluate_run(run, k=4, device="cpu", progress=False, seed=2)
+        return real_make_pictures(*args, **kwargs)
+    monkeypatch.setattr(pictures_mod, "make_pictures", and_meanwhile_another_evaluation)
+    first = evaluate_run(run, k=3, device="cpu", progress=False, seed=1)
+    assert nested and nested[0]["k"] == 4
+    assert load_eval(run)["k"] == 3  # the last to end
+    [events] = run.glob("events.out.tfevents.*.eval")
+    acc = EventAccumulator(str(events), size_guidance={"scalars": 0})
+    acc.Reload()
+    assert [e.value for e in acc.Scalars("test/nll_iwae")] == [pytest.approx(first["nll_iwae"])]
+    assert pytest.approx(first["nll_iwae"]) != nested[0]["nll_iwae"]
+
+
 def test_mse_run_reports_the_gaussian_variance(make_cfg, tmp_path):
     cfg = make_cfg(["latent_size=3", "model.size=small", "trainer.epochs=1", "trainer.final_eval=false"])
     train(cfg, tmp_path)

@@ -13,6 +13,7 @@ active units, and the KL of each latent dimension; in nats per example and bits 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import math
@@ -227,15 +228,20 @@ def evaluate_run(run_dir: str | Path, k: int = 5000, device: str = "auto", check
         # shows one point per tag, not two at the same step. (SummaryWriter's purge_step would hide
         # the training's own events at that step as well.) Runs evaluated before 2026-11-26 have those
         # events in the training's event file, which is not rewritten: they stay, beside the newest
-        # evaluation's.
+        # evaluation's. Two evaluations of one run at once (`vaelab eval` during the run's own final
+        # one) each hold a lock on their event file until they end, and each removes, as it ends, only
+        # the files no evaluation holds: the last to end is what both eval.json and TensorBoard show.
         old_events = sorted(run_dir.glob(f"events.out.tfevents.*{EVAL_SUFFIX}"))
-        writer, staging = None, None
+        writer, staging, mine, written = None, None, None, False
+        held = contextlib.ExitStack()
         if cfg.logger.tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
             from vaelab.logger import quiet_writer_thread_errors
             quiet_writer_thread_errors()
             writer = SummaryWriter(log_dir=str(run_dir), filename_suffix=EVAL_SUFFIX)
+            mine = Path(writer._get_file_writer().event_writer._file_name)
+            held.enter_context(ckpt_io.only_process(mine))
         try:
             if writer is not None:
                 for key in ("elbo", "recon", "kl", "nll_iwae", "bits_per_dim", "elbo_bits_per_dim", "active_units"):
@@ -262,6 +268,11 @@ def evaluate_run(run_dir: str | Path, k: int = 5000, device: str = "auto", check
             if writer is not None:
                 writer.close()
             result["seconds"] = time.perf_counter() - t0
+            # From here to the end, one evaluation of the run at a time: its pictures, eval.json and
+            # event file stay one evaluation's.
+            hydra_dir = run_dir / ".hydra"
+            held.enter_context(ckpt_io.only_process(hydra_dir, waiting=lambda: None) if hydra_dir.is_dir()
+                               else contextlib.nullcontext())
             if pictures:
                 (run_dir / "eval").mkdir(exist_ok=True)
                 for name, at in drawn["pictures"].items():
@@ -279,15 +290,20 @@ def evaluate_run(run_dir: str | Path, k: int = 5000, device: str = "auto", check
                             f"; `vaelab resume {shlex.quote(str(run_dir))}` makes the run's own final evaluation again"
                             if later else "")
             ckpt_io.write_text_atomic(run_dir / "eval.json", json.dumps(result, indent=2) + "\n")
+            written = True
+            # only now: an evaluation that fails on the way leaves the previous one
+            _remove_events(f for f in run_dir.glob(f"events.out.tfevents.*{EVAL_SUFFIX}")
+                           if f != mine and not _evaluating(f))
         except BaseException:  # Ctrl-C, a full disk: TensorBoard keeps showing the evaluation eval.json holds
             if writer is not None:
                 writer.close()
-                _remove_events(set(run_dir.glob(f"events.out.tfevents.*{EVAL_SUFFIX}")) - set(old_events))
+                if not written:
+                    _remove_events([mine])
             raise
         finally:
+            held.close()
             if staging is not None:
                 shutil.rmtree(staging, ignore_errors=True)
-        _remove_events(old_events)  # only now: an evaluation that fails on the way leaves the previous one
         log.info("%seval (%s, k=%d): ELBO %.2f nats (recon %.2f, KL %.2f), IWAE NLL %.2f nats = %.4f bits/dim, "
                  "active units %d/%d", job, path.name, k, elbo, recon, kl, nll, result["bits_per_dim"],
                  st["active_units"], cfg.latent_size)
@@ -306,6 +322,17 @@ def _remove_stale_staging(run_dir: Path, min_age_s: float = 60.0) -> None:
         except ckpt_io.CheckpointError:
             continue
         shutil.rmtree(stale, ignore_errors=True)
+
+
+def _evaluating(event_file: Path) -> bool:
+    """Whether an evaluation running now holds `event_file` (its own, until it ends)."""
+    try:
+        ckpt_io.check_not_in_use(event_file)
+    except ckpt_io.CheckpointError:
+        return True
+    except OSError:  # (gone meanwhile)
+        return False
+    return False
 
 
 def _remove_events(files) -> None:

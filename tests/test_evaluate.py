@@ -611,6 +611,26 @@ def test_the_kl_per_dim_line_does_not_round_small_values_up_and_marks_the_dead_b
     assert line.endswith("active units 2 / 4   (Cov_x E_q[z_i|x] > 0.01; the other 2: dead, in the traversals too)")
 
 
+@pytest.mark.parametrize("binarize", ["none", "dynamic", "static"])
+def test_the_table_and_note_claim_a_likelihood_and_papers_only_where_they_hold(tmp_path, binarize):
+    """A Bernoulli decoder on grey levels was printed as "-ELBO (upper bound on NLL)" and "NLL,
+    IWAE bound" under a note that it is no likelihood; a static binarization (a draw of our own)
+    was called comparable with Burda et al., who trained on dynamically binarized MNIST."""
+    from vaelab.evaluate_run import _likelihood, format_table
+
+    _, note = _likelihood("bce", binarize)
+    r = {"elbo": -100.0, "recon": 90.0, "kl": 10.0, "nll_iwae": 99.0, "k": 5, "elbo_bits_per_dim": 0.18,
+         "recon_bits_per_dim": 0.17, "kl_bits_per_dim": 0.01, "bits_per_dim": 0.18, "kl_per_dim": [2.5],
+         "mean_variance_per_dim": [0.9], "active_units": 1, "latent_size": 1, "checkpoint": "last.pt", "epoch": 1,
+         "n_examples": 10, "dim": 784, "note": note, "examples_seen": 10, "seconds": 0.1, "recon_kind": "bce",
+         "binarize": binarize}
+    table = format_table(r, tmp_path)
+    assert ("upper bound on NLL" in table and "NLL, IWAE bound (k=5)" in table) == (binarize != "none")
+    assert ("comparable with Burda et al. 2016" in note) == (binarize == "dynamic")
+    if binarize == "static":
+        assert "not Larochelle and Murray's fixed binarized MNIST" in note
+
+
 @pytest.mark.parametrize("flush", [True, False])
 def test_evaluation_runs_with_the_runs_flush_denormal_and_training_puts_it_back(make_cfg, tmp_path, monkeypatch,
                                                                                 flush):

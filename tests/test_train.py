@@ -193,12 +193,14 @@ def test_progress_bars_follow_trainer_progress_and_tqdm_disable(tiny_mnist, tmp_
     assert ("epoch 1/1:" in p.stderr) == shown
 
 
-@pytest.mark.parametrize("recon,name", [("mse", "val loss"), ("bce", "val -elbo")])
+# (bce on grey levels is a cross-entropy, not a likelihood: no -ELBO either)
+@pytest.mark.parametrize("recon,binarize,name", [("mse", "none", "val loss"), ("bce", "dynamic", "val -elbo"),
+                                                 ("bce", "static", "val -elbo"), ("bce", "none", "val loss")])
 def test_the_epoch_line_calls_a_validation_number_a_negative_elbo_only_where_it_is_one(make_cfg, tmp_path, caplog,
-                                                                                        recon, name):
+                                                                                        recon, binarize, name):
     with caplog.at_level("INFO", logger="vaelab"):
         train(make_cfg(["latent_size=2", "model.size=small", "trainer.epochs=1", "trainer.final_eval=false",
-                        f"loss.recon={recon}"]), tmp_path)
+                        f"loss.recon={recon}", f"data.binarize={binarize}"]), tmp_path)
     epoch = next(r.getMessage() for r in caplog.records if r.getMessage().startswith("epoch 1/1"))
     assert f"  {name} " in epoch
     note = [r.getMessage() for r in caplog.records if "Gaussian decoder's constant" in r.getMessage()]

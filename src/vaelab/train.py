@@ -770,8 +770,9 @@ def _train(cfg: DictConfig, run_dir: Path, data: MNISTData | None, on_start=None
         log_acc.zero_()
         return means[0]
 
-    # With MSE the numbers leave out the Gaussian's constant (losses.py): not a -ELBO in nats.
-    val_name = "-elbo" if recon == "bce" else "loss"
+    # With MSE the numbers leave out the Gaussian's constant (losses.py), and a Bernoulli decoder
+    # on grey levels is a cross-entropy, not a likelihood: neither is a -ELBO in nats.
+    val_name = "-elbo" if recon == "bce" and binarize != "none" else "loss"
     if recon == "mse" and not resumed:
         log.info("loss.recon=mse: train and val losses leave out the Gaussian decoder's constant; add "
                  "%.2f nats for the -ELBO (vaelab eval does)", data.train.dim * MSE_NLL_CONST_PER_DIM)

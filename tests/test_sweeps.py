@@ -162,12 +162,14 @@ def test_joblib_jobs_run_in_parallel_without_touching_each_others_files(sweep, t
 
 
 def test_optuna_search_minimises_the_val_loss(tiny_mnist, tmp_path, capsys):
-    sweep = vaelab_train(["hparams_search=optuna", "hydra.sweeper.n_trials=2", f"data.root={tiny_mnist}", *TINY,
+    # (TINY's model.size=small would fix one of the searched keys)
+    sweep = vaelab_train(["hparams_search=optuna", "hydra.sweeper.n_trials=2", f"data.root={tiny_mnist}",
+                          *[o for o in TINY if not o.startswith("model.size=")],
                           "trainer.epochs=1"], tmp_path)
     result = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
     trials = {name: json.loads((run / "metrics.json").read_text())["val_loss"] for name, run in runs(sweep).items()}
     assert len(trials) == 2  # each named by its sampled values, sorted by key
-    assert all([kv.split("=")[0] for kv in n.split(",")] == ["latent_size", "loss.beta", "optim.lr"] for n in trials)
+    assert all([kv.split("=")[0] for kv in n.split(",")] == ["latent_size", "model.size", "optim.lr"] for n in trials)
     assert result["best_value"] == min(trials.values())  # the task function returned the val loss
     # A study is not launched again (its sweeper would draw new trials); it writes no multirun.yaml.
     capsys.readouterr()
@@ -623,8 +625,10 @@ def test_submitit_requeue_lands_in_the_same_folder_and_resumes(tiny_mnist, tmp_p
 def test_a_diverged_trial_does_not_end_an_optuna_study(tiny_mnist, tmp_path):
     """A non-finite loss ends its own job with +inf (worst for a minimising sweeper); Optuna
     refuses nan, which ended the whole study before."""
+    # (beta drawn from a range: two trials that drew the same values would be one run)
     sweep = vaelab_train(["hparams_search=optuna", "hydra.sweeper.n_trials=2", "optim.lr=choice(1e30)",
-                          f"data.root={tiny_mnist}", *TINY, "trainer.epochs=1"], tmp_path, code=1)
+                          "loss.beta=interval(0.5,4.0)", f"data.root={tiny_mnist}", *TINY, "trainer.epochs=1"],
+                         tmp_path, code=1)
     result = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
     assert result["best_value"] == float("inf") and len(runs(sweep)) == 2
     assert all("non-finite loss" in (run / "train.log").read_text() for run in runs(sweep).values())

@@ -193,6 +193,23 @@ def test_progress_bars_follow_trainer_progress_and_tqdm_disable(tiny_mnist, tmp_
     assert ("epoch 1/1:" in p.stderr) == shown
 
 
+def test_a_ctrl_c_in_the_first_seconds_is_not_hidden_by_the_clean_up(make_cfg, tmp_path, monkeypatch):
+    """A Ctrl-C that cut the import of sympy short (torchvision and Adam import it as a run
+    starts) left it half-made; train()'s clean-up then called torch.use_deterministic_algorithms,
+    which imports torch._inductor and with it sympy: its AttributeError hid the stop, so a sweep
+    printed a traceback, exited 1 and started every job left. The clean-up now leaves settings
+    the run did not change alone."""
+    def broken_import(*args, **kwargs):  # what the import of torch._inductor raised then
+        raise AttributeError("module 'sympy' has no attribute 'logic'")
+
+    def ctrl_c(*args, **kwargs):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(torch, "use_deterministic_algorithms", broken_import)
+    monkeypatch.setattr("vaelab.train.load_data", ctrl_c)
+    with pytest.raises(KeyboardInterrupt):
+        train(make_cfg(["latent_size=2", "model.size=small"]), tmp_path)
+
+
 # (bce on grey levels is a cross-entropy, not a likelihood: no -ELBO either)
 @pytest.mark.parametrize("recon,binarize,name", [("mse", "none", "val loss"), ("bce", "dynamic", "val -elbo"),
                                                  ("bce", "static", "val -elbo"), ("bce", "none", "val loss")])

@@ -525,7 +525,12 @@ def train(cfg: DictConfig, run_dir: str | Path, data: MNISTData | None = None, o
             if handler is not None:  # (None: set outside Python)
                 signal.signal(s, handler)
         torch.set_num_threads(threads)
-        torch.use_deterministic_algorithms(deterministic[0], warn_only=deterministic[1])
+        # Only where the run changed it: the call imports torch._inductor (1.1 s), and a Ctrl-C that
+        # cut the import of sympy short (torchvision and Adam import it, in the first seconds of a
+        # run) left sympy half-made, so that import failed and its AttributeError hid the stop.
+        if (torch.are_deterministic_algorithms_enabled(),
+                torch.is_deterministic_algorithms_warn_only_enabled()) != deterministic:
+            torch.use_deterministic_algorithms(deterministic[0], warn_only=deterministic[1])
         torch.backends.cudnn.benchmark = cudnn_benchmark
         torch.set_flush_denormal(flushing)
         if cublas_workspace is None:

@@ -317,6 +317,14 @@ def test_a_run_is_not_started_among_other_files_nor_a_sweep_in_one_folder(tmp_pa
     assert precheck([f"hydra.run.dir={tmp_path / 'project'}"]) == (
         f"hydra.run.dir={tmp_path / 'project'}: that folder holds files (notes.txt) and is not a vaelab run; "
         f"give a new or empty folder")
+    # a sweep too: Hydra wrote its multirun.yaml over the user's, the jobs among the files
+    (tmp_path / "project" / "multirun.yaml").write_text("mine")
+    assert precheck(["-m", "latent_size=2", f"hydra.sweep.dir={tmp_path / 'project'}"]) == (
+        f"hydra.sweep.dir={tmp_path / 'project'}: that folder holds files (multirun.yaml, notes.txt) and is not a "
+        f"vaelab sweep; give a new or empty folder")
+    (tmp_path / "no-jobs").mkdir()  # a sweep that ran no job: its multirun.yaml is no loss
+    (tmp_path / "no-jobs" / "multirun.yaml").write_text("hydra: {}")
+    assert precheck(["-m", "latent_size=2", f"hydra.sweep.dir={tmp_path / 'no-jobs'}"]) is None
     assert precheck(["-m", "latent_size=2", "hydra.sweep.subdir=/"]).startswith(
         "hydra.sweep.subdir=/: that folder holds files (")
     assert precheck(["-m", "latent_size=2,4", "hydra.sweep.subdir=same"]) == (

@@ -611,6 +611,23 @@ def test_the_kl_per_dim_line_does_not_round_small_values_up_and_marks_the_dead_b
     assert line.endswith("active units 2 / 4   (Cov_x E_q[z_i|x] > 0.01; the other 2: dead, in the traversals too)")
 
 
+def test_a_checkpoint_from_part_way_through_an_epoch_says_so(make_cfg, tmp_path, monkeypatch):
+    """A run stopped in epoch 1 was evaluated as "last.pt (epoch 0)", and compare's test_from said
+    epoch=0: the number of epochs finished, read as the epoch the weights are from."""
+    from tests.conftest import signal_at_step
+    from vaelab.compare import eval_settings
+    from vaelab.evaluate_run import format_table
+    from vaelab.train import Interrupted
+
+    with signal_at_step(monkeypatch, 2), pytest.raises(Interrupted):  # 6 steps of 32 an epoch: after 96 images
+        train(make_cfg(["latent_size=2", "model.size=small", "trainer.epochs=1"]), tmp_path)
+    r = evaluate_run(tmp_path, k=2, device="cpu", pictures=False, progress=False)
+    assert r["epoch"] == 0 and r["in_epoch"] == {"images": 96, "of": 192}
+    assert "  checkpoint   " + f"{tmp_path / 'checkpoints' / 'last.pt'} (in epoch 1 at image 96/192)" in \
+        format_table(r, tmp_path).splitlines()
+    assert eval_settings(r, {"final_eval": True, "final_eval_k": 2}, 1) == "checkpoint=last.pt, k=2, seed=0, epoch=0.50"
+
+
 @pytest.mark.parametrize("binarize", ["none", "dynamic", "static"])
 def test_the_table_and_note_claim_a_likelihood_and_papers_only_where_they_hold(tmp_path, binarize):
     """A Bernoulli decoder on grey levels was printed as "-ELBO (upper bound on NLL)" and "NLL,

@@ -774,7 +774,8 @@ def _taken(folder: Path, sweep: bool) -> str | None:
             return (f"that folder holds runs of an earlier sweep already; give a new folder (carry that sweep on "
                     f"with 'vaelab resume {shlex.quote(str(folder))}', one of its runs with "
                     f"'vaelab resume {job} [KEY=VALUE ...]')")
-        return None
+        # (Hydra writes its multirun.yaml there, over one of the user's; one of a sweep that ran no job is no loss)
+        return _foreign(folder, "sweep", ignore={"multirun.yaml"})
     if (folder / "multirun.yaml").is_file() or holds_runs(folder):
         return "that folder holds runs (a sweep's?); give a new folder"
     if not is_run(folder):
@@ -790,19 +791,19 @@ def _taken(folder: Path, sweep: bool) -> str | None:
             f"[KEY=VALUE ...]', or give another folder")
 
 
-def _foreign(folder: Path) -> str | None:
-    """A folder that is not a run but holds files (hydra.run.dir=/, a project folder, a run whose
-    .hydra/ was deleted, its checkpoints left): the run's checkpoints, logs and metrics.json would
-    land among them."""
+def _foreign(folder: Path, what: str = "run", ignore: frozenset | set = frozenset()) -> str | None:
+    """A folder that is not a run (a sweep) but holds files (hydra.run.dir=/, a project folder, a
+    run whose .hydra/ was deleted, its checkpoints left): the run's checkpoints, logs and
+    metrics.json (a sweep's multirun.yaml and job folders) would land among them."""
     try:
         # (hidden files aside: a .gitkeep, or the .hydra/ of a run whose config.yaml went)
         names = sorted(p.name for p in folder.iterdir() if not p.name.startswith(".")) if folder.is_dir() else []
     except OSError:  # unreadable: unwritable() says so
         return None
-    if not names:
+    if not set(names) - set(ignore):
         return None
     shown = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
-    return f"that folder holds files ({shown}) and is not a vaelab run; give a new or empty folder"
+    return f"that folder holds files ({shown}) and is not a vaelab {what}; give a new or empty folder"
 
 
 def _job_folders_error(composed: DictConfig, cmd: _CommandLine) -> str | None:

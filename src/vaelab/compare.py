@@ -150,7 +150,10 @@ def eval_settings(ev: dict, trainer, epochs=None) -> str:
     final_eval, k = trainer.get("final_eval", True), trainer.get("final_eval_k")
     made = {"checkpoint": Path(str(ev.get("checkpoint", ""))).name, "k": str(ev.get("k")), "seed": str(ev.get("seed"))}
     if ev.get("epoch") is not None:
-        made["epoch"] = str(ev["epoch"])
+        part = ev.get("in_epoch") if isinstance(ev.get("in_epoch"), dict) else {}
+        # part-way through an epoch (a stopped run's last.pt): in epochs, as 1.84
+        made["epoch"] = (f"{ev['epoch'] + part['images'] / part['of']:.2f}" if part.get("images") and part.get("of")
+                         else str(ev["epoch"]))
     own = {"checkpoint": "last.pt", "k": str(k), "seed": "0"}
     if "epoch" in made:  # (an eval.json written before it recorded the epoch: not compared)
         own["epoch"] = made["epoch"] if epochs is None else str(epochs)

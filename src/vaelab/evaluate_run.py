@@ -211,6 +211,10 @@ def evaluate_run(run_dir: str | Path, k: int = 5000, device: str = "auto", check
         # The x-axis of the checkpoint's own point of training (best.pt, epoch_0001.pt and a
         # stopped run's last.pt are not where metrics.json, if any, says the run ended).
         step = int(ck.get("state", {}).get("examples", _examples_seen(run_dir)))
+        # A checkpoint taken part-way through an epoch (Ctrl-C, SIGTERM): "epoch" counts the epochs
+        # it had finished, and this says how far into the next it was.
+        pos, perm = ck.get("state", {}).get("pos"), ck.get("state", {}).get("perm")
+        in_epoch = {"images": int(pos), "of": len(perm)} if pos and perm is not None else None
         result = {
             "elbo": elbo, "recon": recon, "kl": kl, "nll_iwae": nll, "k": k,
             "bits_per_dim": bits_per_dim(nll, d), "elbo_bits_per_dim": bits_per_dim(-elbo, d),
@@ -219,6 +223,7 @@ def evaluate_run(run_dir: str | Path, k: int = 5000, device: str = "auto", check
             "kl_per_dim": [float(v) for v in st["kl_per_dim"]],
             "mean_variance_per_dim": [float(v) for v in st["mu_var"]],  # Cov_x(E_q[z_i|x]), the AU statistic
             "checkpoint": str(path.resolve()), "epoch": int(ck.get("state", {}).get("epoch", 0)),
+            **({"in_epoch": in_epoch} if in_epoch else {}),
             "examples_seen": step, "split": "test", "n_examples": int(test.shape[0]), "dim": int(d),
             # how far the run had trained when this was made (0: not finished): a finished run's final
             # evaluation is missing while this is below its epochs (checkpoint.final_eval_missing)
@@ -379,6 +384,14 @@ def load_eval(run_dir: str | Path) -> dict:
     return json.loads((Path(run_dir) / "eval.json").read_text())
 
 
+def checkpoint_when(r: dict) -> str:
+    """Where in training eval.json's checkpoint was taken: "epoch 3", or part-way through one."""
+    part = r.get("in_epoch")
+    if isinstance(part, dict) and part.get("images") and part.get("of"):
+        return f"in epoch {r['epoch'] + 1} at image {part['images']}/{part['of']}"
+    return f"epoch {r['epoch']}"
+
+
 def format_table(r: dict, run_dir: str | Path) -> str:
     """The numbers of eval.json as a small table, nats per example and bits per dimension."""
     # A Bernoulli decoder on grey levels is a cross-entropy: the same formulas, bounds on no likelihood.
@@ -404,7 +417,7 @@ def format_table(r: dict, run_dir: str | Path) -> str:
                     for i in order[:8])
     lines = [
         f"vaelab eval {run_dir}",
-        f"  checkpoint   {r['checkpoint']} (epoch {r['epoch']})",
+        f"  checkpoint   {r['checkpoint']} ({checkpoint_when(r)})",
         f"  data         test split, {r['n_examples']} images of {r['dim']} pixels",
         f"  likelihood   {r['note']}",
         "",

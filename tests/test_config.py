@@ -109,6 +109,8 @@ def test_optimizer_matches_config():
 @pytest.mark.parametrize("args,needle", [
     (["latent_sizee=16"], "unknown key 'latent_sizee'"),
     (["loss.betaa=2"], "did you mean 'loss.beta'"),
+    (["-m", "lossbeta=1,4"], "unknown key 'lossbeta' in override 'lossbeta=1,4'; did you mean 'loss.beta'?"),  # not 'loss'
+    (["lr=0.1"], "unknown key 'lr' in override 'lr=0.1'; did you mean 'optim.lr'?"),  # a section's key alone
     (["latent_size=abc"], "latent_size"),
     (["trainer.epochs=1.5"], "trainer.epochs"),
     (["latent_size=0"], "latent_size=0: must be an integer >= 1"),

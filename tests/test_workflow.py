@@ -771,7 +771,7 @@ def test_a_run_that_diverged_before_its_first_checkpoint_is_named_as_such(tiny_m
     reason = json.loads((run / "stopped.json").read_text())["reason"].split(";")[0]  # non-finite loss inf at step 2 ...
     assert reason.startswith("non-finite loss ")
     assert capsys.readouterr().err.strip() == (f"vaelab eval: error: {run} diverged before its first checkpoint "
-                                               f"({reason}): there are no weights to evaluate")
+                                               f"({reason}): there are no weights to load")
     assert vaelab(["resume", run]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"vaelab resume: error: {run / 'checkpoints'}: no checkpoint, nothing to resume (the run "
@@ -856,8 +856,8 @@ def test_a_resume_that_train_refuses_leaves_the_config_and_metrics_as_they_were(
                         "trained with latent_size 4, the config says latent_size 8"),
     (["model.hidden=[128]"], "made for a different model (encoder.0.weight has shape (256, 784), this config needs "
                              "(128, 784)); trained with hidden widths [256], the config says hidden widths [128]"),
-    (["name=other"], "override 'name=other': name names the run's folder (outputs/runs/<name>/...), which resume "
-                     "keeps; leave it out"),
+    (["name=other"], "override 'name=other': name names the folder the run is in (outputs/runs/<name>/..., a "
+                     "sweep's outputs/multirun/<name>/...), which resume keeps; leave it out"),
     (["trainer.epoch=5"], "unknown key 'trainer.epoch' in override 'trainer.epoch=5'; did you mean 'trainer.epochs'?"),
     (["trainer.epochs=many"], "override 'trainer.epochs=many': Value 'many' of type 'str' could not be converted"),
     (["trainer.epochs=0"], "trainer.epochs=0: must be >= 1"),

@@ -98,6 +98,15 @@ def _keys_of(node) -> list[str]:
     return list(node.keys()) if isinstance(node, DictConfig) else []
 
 
+def _schema_leaves(node: DictConfig, prefix: str = "") -> list[str]:
+    """Every dotted key of a config's values (loss.beta, trainer.epochs, ...)."""
+    out = []
+    for k in _keys_of(node):
+        child = node._get_node(k)
+        out += _schema_leaves(child, f"{prefix}{k}.") if isinstance(child, DictConfig) else [f"{prefix}{k}"]
+    return out
+
+
 def _explain(exc: Exception, override: str, composed: DictConfig | None = None) -> str:
     """One line for a failed composition; `composed`: the config as it was before this override
     (with Hydra's section), whose keys are listed for an unknown key outside our schema."""
@@ -115,10 +124,16 @@ def _explain(exc: Exception, override: str, composed: DictConfig | None = None) 
             return (f"'{full_key}' is not in this config (it was saved before vaelab had that key); add it "
                     f"with a leading +: '+{override.lstrip('+~')}'")
         close = difflib.get_close_matches(leaf, known, n=1)
+        if not parent and not full_key.startswith("hydra"):  # a key of a section with its dot left out: lossbeta
+            leaves = _schema_leaves(schema)
+            dotted = {k.replace(".", ""): k for k in leaves}
+            named = [k for k in leaves if k.rpartition(".")[2] == leaf]  # a section's key on its own: lr, epochs
+            close = ([dotted[m] for m in difflib.get_close_matches(leaf, dotted, n=1, cutoff=0.85)]
+                     or (named if len(named) == 1 else []) or close)
         if not close and isinstance(node, DictConfig) and OmegaConf.get_type(node) is dict:  # hydra.job.env_set
             return (f"unknown key '{full_key}' in override '{override}': '{parent}' takes new keys with a "
                     f"leading +, as in '+{override.lstrip('+~')}'")
-        hint = f" did you mean '{(parent + '.') if parent else ''}{close[0]}'?" if close else ""
+        hint = f" did you mean '{(parent + '.') if parent and '.' not in close[0] else ''}{close[0]}'?" if close else ""
         where = f"'{parent}'" if parent else "the top level"
         return (f"unknown key '{full_key}' in override '{override}';{hint} keys allowed at {where}: "
                 f"{', '.join(known)}{_other_launcher_hint(full_key)}")

@@ -392,7 +392,7 @@ def _val_split(r: Run) -> str | None:
 
 def not_comparable(runs: list[Run], metric: str) -> str | None:
     """Why `metric` is not one quantity across the runs that have it: "loss.recon" (a Gaussian
-    density of x/255 against a Bernoulli probability of binarized images: different quantities;
+    density of x/255 against a Bernoulli probability of the pixels: different quantities;
     KL and the active units still compare) or "split" (a val_* of data.val_size=0 is the test
     split's); else None."""
     have = [r for r in runs if isinstance(r.metrics.get(metric), (int, float))]
@@ -502,10 +502,12 @@ class SweepSummary(Callback):
         if best_text and why == "loss.recon":
             best_text = ("; no lowest val_loss named: the jobs differ in loss.recon, whose losses are not "
                          "comparable (a Gaussian density of the images against a Bernoulli probability of "
-                         "binarized ones)")
+                         "their pixels)")
         elif best_text and why == "split":
+            evaluated = all(isinstance(r.metrics.get("test_nll_iwae"), (int, float)) for r in done)
             best_text = ("; no lowest val_loss named: the jobs measure val_loss on different splits "
-                         "(data.val_size=0 uses the test split); compare test_nll_iwae in vaelab compare")
+                         "(data.val_size=0 uses the test split); compare test_nll_iwae in vaelab compare"
+                         + ("" if evaluated else ", once vaelab eval JOB has made it for the jobs without"))
         print(f"sweep of {jobs}: {counts}{best_text}; table: vaelab compare {shlex.quote(str(sweep_dir))}")
         if states.get("diverged"):
             prog = "vaelab resume" if continued else "vaelab-train"  # the command the user typed
@@ -546,7 +548,7 @@ def compare_command(args) -> int:
         if why:  # (the sweep summary names no lowest val_loss for the same reasons)
             print(f"note: --sort {args.sort} orders numbers that do not compare: "
                   + ("the runs differ in loss.recon (a Gaussian density of the images against a Bernoulli "
-                     "probability of binarized ones)" if why == "loss.recon" else
+                     "probability of their pixels)" if why == "loss.recon" else
                      "the runs measure it on different splits (data.val_size=0 uses the test split)"))
         if args.plot:
             out = plot(runs, args.plot, args.out)

@@ -78,7 +78,7 @@ def _checkpoint_path(run_dir: Path, checkpoint: str) -> Path:
         if not have and stopped.get("state") == "diverged":  # (it was "--checkpoint last", never given)
             reason = stopped.get("reason", "a non-finite loss").split(";")[0]
             raise RunDirError(f"{run_dir} diverged before its first checkpoint ({reason}): there are no weights "
-                              f"to evaluate")
+                              f"to load")
         raise RunDirError(f"--checkpoint {checkpoint}: no such checkpoint; {ckpt_dir} holds {holds} "
                           f"(give last, best or a file name from there)")
     return path

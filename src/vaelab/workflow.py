@@ -402,8 +402,8 @@ def apply_overrides(cfg, overrides: list[str]) -> list:
                                 f"resume changes values (KEY=VALUE) only: for {line}, start a new run "
                                 f"(vaelab-train {line} ...)")
         if o.key_or_group == "name":  # a later reproduce would land in outputs/runs/<new name>/
-            raise WorkflowError(f"override '{line}': name names the run's folder (outputs/runs/<name>/...), "
-                                f"which resume keeps; leave it out")
+            raise WorkflowError(f"override '{line}': name names the folder the run is in (outputs/runs/<name>/..., "
+                                f"a sweep's outputs/multirun/<name>/...), which resume keeps; leave it out")
         try:
             OmegaConf.update(cfg, o.key_or_group, o.value(), merge=False)
         except Exception as e:  # unknown key, wrong type, a group name given a value, ...

@@ -946,3 +946,23 @@ def test_vaelab_train_help_names_the_command(tmp_path):
     r = subprocess.run([sys.executable, "-m", "vaelab.train", "--help"], cwd=tmp_path, capture_output=True,
                        text=True, timeout=120)
     assert r.returncode == 0 and r.stdout.splitlines()[0] == "vaelab-train is powered by Hydra."
+
+
+def test_a_range_sweep_is_checked_at_its_ends(monkeypatch):
+    """Each job of a sweep was composed to check it, ~0.2 s each: range(1,200) waited 22 s before
+    Hydra printed a line, and range(2,100000) hours. A range's values are checked at its ends
+    (the checks are ranges too); a list's one by one."""
+    import vaelab.cli_errors as cli_errors
+
+    composed = []
+    real = cli_errors._compose
+
+    def counting(overrides, *args, **kwargs):
+        composed.append(list(overrides))
+        return real(overrides, *args, **kwargs)
+    monkeypatch.setattr(cli_errors, "_compose", counting)
+    assert precheck(["-m", "latent_size=range(1,200)", "trainer.epochs=1"]) is None
+    assert {o for ovs in composed for o in ovs if o.startswith("latent_size=")} == {"latent_size=1", "latent_size=199"}
+    assert precheck(["-m", "latent_size=range(0,100000)"]) == "latent_size=0: must be an integer >= 1"
+    assert precheck(["-m", "latent_size=range(1,2147483650)"]).startswith("latent_size=2147483649: too large")
+    assert precheck(["-m", "latent_size=2,0,4"]) == "latent_size=0: must be an integer >= 1"  # a list: every value

@@ -22,7 +22,7 @@ from pathlib import Path
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
-from hydra.core.override_parser.types import Glob
+from hydra.core.override_parser.types import Glob, RangeSweep
 from omegaconf import DictConfig, OmegaConf
 
 from vaelab.checkpoint import CheckpointError, check_not_in_use, enclosing_run, holds_runs, is_run
@@ -595,7 +595,8 @@ def _job_overrides(cmd: _CommandLine) -> tuple[list[str], list[list[str]], dict[
                 base.append(values[0])
                 continue
             try:
-                values = [f"{key}={v}" for v in o.sweep_string_iterator()]
+                ends = _range_ends(sweep)
+                values = [f"{key}={v}" for v in (ends if ends is not None else o.sweep_string_iterator())]
                 if cmd.optuna_draws and hasattr(sweep, "stop"):  # Optuna's range(a, b) draws b too, Hydra's not
                     values.append(f"{key}={sweep.stop}")
             except Exception:  # an interval (Optuna) cannot be listed: check its ends (the checks are ranges)
@@ -629,6 +630,16 @@ def _unknown_key_as_typed(exc: Exception, override: str, swept_from: dict[str, s
     cause = exc.__cause__ or exc
     unknown_key = "not in" in str(cause) and getattr(cause, "full_key", None)
     return swept_from.get(override, override) if unknown_key else override
+
+
+def _range_ends(sweep) -> list | None:
+    """The first and last values of an integer range() sweep (none if it is empty), else None. A
+    range is checked at its ends: the checks are ranges too (>= 1, < 2**31, ...), and composing a
+    job takes ~0.2 s: range(1,200) waited 22 s before Hydra printed a line."""
+    if not isinstance(sweep, RangeSweep) or not all(isinstance(v, int) for v in (sweep.start, sweep.stop, sweep.step)):
+        return None
+    r = range(sweep.start, sweep.stop, sweep.step)
+    return [r[0], r[-1]] if len(r) > 1 else list(r)
 
 
 def _jobs_error(compose_, candidates: list[list[str]], cmd: _CommandLine,

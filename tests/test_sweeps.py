@@ -179,6 +179,30 @@ def test_optuna_search_minimises_the_val_loss(tiny_mnist, tmp_path, capsys):
         f"carry a stopped trial on with vaelab resume {sweep / 'TRIAL'}")
 
 
+def test_compare_says_which_sweeps_have_jobs_that_never_started(sweep, tmp_path, capsys):
+    """A sweep stopped before all its jobs began listed only those that had: the table read as
+    the whole sweep."""
+    from vaelab.compare import sweep_jobs
+
+    assert sweep_jobs(sweep) == 4
+    assert vaelab(["compare", sweep]) == 0
+    assert "note:" not in capsys.readouterr().out
+    copy = tmp_path / "stopped"
+    shutil.copytree(sweep, copy)
+    shutil.rmtree(copy / "latent_size=4,loss.beta=4")
+    shutil.rmtree(copy / "latent_size=4,loss.beta=1")
+    assert vaelab(["compare", tmp_path]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == (
+        f"note: {copy}: 2 of the sweep's 4 jobs started; the other 2 did not run (vaelab resume {copy} runs them)")
+    # a range is counted, not listed; a sweeper that draws its jobs (Optuna) launches no fixed number
+    text = (copy / "multirun.yaml").read_text()
+    (copy / "multirun.yaml").write_text(text.replace("latent_size=2,4", "latent_size=range(1,1000001)"))
+    assert sweep_jobs(copy) == 2 * 10**6
+    (copy / "multirun.yaml").write_text(text.replace("hydra._internal.core_plugins.basic_sweeper.BasicSweeper",
+                                                     "hydra_plugins.hydra_optuna_sweeper.optuna_sweeper.OptunaSweeper"))
+    assert sweep_jobs(copy) is None
+
+
 def test_compare_prints_the_sweep_sorted_and_plots_it(sweep, tmp_path, capsys):
     out = tmp_path / "curves.png"
     assert vaelab(["compare", sweep, "--sort", "val_loss", "--plot", "val_loss", "--out", out]) == 0

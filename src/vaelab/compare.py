@@ -519,6 +519,57 @@ class SweepSummary(Callback):
 # --- vaelab compare --------------------------------------------------------------------------
 
 
+def sweep_jobs(sweep_dir: Path) -> int | None:
+    """How many jobs the sweep in `sweep_dir` launches, from the command line its multirun.yaml
+    records (Hydra's basic sweeper: every combination of the swept values); None where that
+    cannot be told (another sweeper, which draws its jobs; a glob over a config group)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:
+        hc = OmegaConf.load(sweep_dir / "multirun.yaml").hydra
+        if not str(OmegaConf.select(hc, "sweeper._target_", default="")).endswith(".BasicSweeper"):
+            return None
+        task = [str(o) for o in OmegaConf.to_container(hc.overrides.task, resolve=False)]
+        params = OmegaConf.to_container(hc.sweeper.params, resolve=False) if hc.sweeper.get("params") else {}
+        overrides = OverridesParser.create().parse_overrides([*(f"{k}={v}" for k, v in params.items()), *task])
+    except Exception:  # (unreadable, or not what Hydra writes)
+        return None
+    last: dict[str, int] = {}  # the command line wins over hydra.sweeper.params, as in the sweeper
+    for o in overrides:
+        if not o.is_sweep_override():
+            last[o.get_key_element()] = 1
+            continue
+        sweep = o.value()
+        if all(isinstance(getattr(sweep, a, None), int) for a in ("start", "stop", "step")):
+            last[o.get_key_element()] = len(range(sweep.start, sweep.stop, sweep.step))  # (not listed: range(1,10**6))
+        elif type(sweep).__name__ == "Glob":
+            return None
+        else:
+            last[o.get_key_element()] = len(list(o.sweep_string_iterator()))
+    return math.prod(last.values())
+
+
+def not_started_note(dirs, runs: list[Run]) -> str | None:
+    """A line for each sweep at or under `dirs` with jobs that never started (a sweep stopped by
+    Ctrl-C, a crash): the table lists only the jobs that have a folder."""
+    lines = []
+    for d in map(Path, dirs):
+        for root, subdirs, _ in os.walk(d):
+            root = Path(root)
+            if _is_run(root):
+                subdirs.clear()
+                continue
+            subdirs[:] = sorted((s for s in subdirs if s not in _SKIP), key=_natural)
+            if not (root / "multirun.yaml").is_file():
+                continue
+            n = sweep_jobs(root)
+            have = sum(1 for r in runs if r.path.is_relative_to(root.resolve()))
+            if n is not None and have < n:
+                lines.append(f"note: {root}: {have} of the sweep's {n} jobs started; the other {n - have} did not "
+                             f"run (vaelab resume {shlex.quote(str(root))} runs them)")
+    return "\n".join(lines) or None
+
+
 def add_compare_arguments(p) -> None:
     p.add_argument("dirs", nargs="+", metavar="DIR", help="folders to search for runs (a sweep, outputs/, a run)")
     p.add_argument("--sort", metavar="METRIC",
@@ -544,6 +595,9 @@ def compare_command(args) -> int:
             plot_path(args.out, defaulted)
             curves(runs, args.plot)
         print(table(runs, [args.sort] if args.sort else []))
+        missing = not_started_note(args.dirs, runs)
+        if missing:
+            print(missing)
         why = not_comparable(runs, args.sort) if args.sort else None
         if why:  # (the sweep summary names no lowest val_loss for the same reasons)
             print(f"note: --sort {args.sort} orders numbers that do not compare: "

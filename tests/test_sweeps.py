@@ -1221,3 +1221,16 @@ def test_compare_columns_leave_out_settings_that_change_no_number(tmp_path):
     runs += [Run(tmp_path / "c", "c", {"latent_size": "16"}), Run(tmp_path / "d", "d", {})]
     assert [r.name for r in sort_runs(runs, "latent_size")] == ["a", "b", "c", "d"]  # (none last)
     assert [r.name for r in sort_runs(runs, "latent_size", descending=True)] == ["c", "b", "a", "d"]
+
+
+def test_compare_sorts_by_run_state_and_list_settings(tmp_path):
+    """--sort state and --sort run were refused though both are columns, and model.hidden sorted
+    as text: [64, 32] before [64]."""
+    from vaelab.compare import Run, sort_runs
+
+    runs = [Run(tmp_path / n, name=n, config={"model.hidden": h}, state=st)
+            for n, h, st in (("job10", "[64, 32]", "done"), ("job9", "[64]", "interrupted"), ("job2", "[128]", "done"))]
+    assert [r.name for r in sort_runs(runs, "run")] == ["job2", "job9", "job10"]
+    assert [r.name for r in sort_runs(runs, "state")] == ["job2", "job10", "job9"]
+    assert [r.name for r in sort_runs(runs, "model.hidden")] == ["job9", "job10", "job2"]
+    assert [r.name for r in sort_runs(runs, "model.hidden", descending=True)] == ["job2", "job10", "job9"]

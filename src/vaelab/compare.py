@@ -164,6 +164,9 @@ def eval_settings(ev: dict, trainer, epochs=None) -> str:
 def sort_runs(runs: list[Run], metric: str, descending: bool = False) -> list[Run]:
     """The runs by a metric, or by a setting (loss.beta: a column of the table too); runs
     without a value last, either way."""
+    if metric in ("run", "state"):  # the table's first and last columns: its folder name (as numbers sort), its state
+        return sorted(runs, key=lambda r: _natural(r.name) if metric == "run" else (r.state, _natural(r.name)),
+                      reverse=descending)
     known = sorted({k for r in runs for k, v in r.metrics.items() if isinstance(v, (int, float))})
     setting = metric not in known and metric not in COLUMNS and any(metric in r.config for r in runs)
     if metric not in known and metric not in COLUMNS and not setting:  # (a column no run reached sorts as missing)
@@ -171,17 +174,26 @@ def sort_runs(runs: list[Run], metric: str, descending: bool = False) -> list[Ru
                            f"{', '.join(known) or 'none yet (no run has finished an epoch)'}; or a setting, "
                            f"e.g. loss.beta")
 
-    def value(r: Run):  # a number, or a setting's text when it is not one (model.size=small)
+    def value(r: Run):  # a number, a list of them (model.hidden), or a setting's text (model.size=small)
         v = r.config.get(metric) if setting else r.metrics.get(metric)
         if isinstance(v, str):
             try:
                 return float(v)
             except ValueError:
-                return v
+                pass
+            try:  # [64, 32] after [64], not before it as text
+                items = yaml.safe_load(v) if v.startswith("[") else None
+            except yaml.YAMLError:
+                items = None
+            if isinstance(items, list) and all(isinstance(x, (int, float)) for x in items):
+                return tuple(items)
+            return v
         return v if isinstance(v, (int, float)) and not math.isnan(v) else None
+
+    def rank(v) -> tuple:  # numbers, then lists, then texts
+        return (1, v) if isinstance(v, tuple) else (2, v) if isinstance(v, str) else (0, v)
     values = [(value(r), r) for r in runs]
-    ordered = sorted(((v, r) for v, r in values if v is not None), key=lambda vr: (isinstance(vr[0], str), vr[0]),
-                     reverse=descending)
+    ordered = sorted(((v, r) for v, r in values if v is not None), key=lambda vr: rank(vr[0]), reverse=descending)
     return [r for _, r in ordered] + [r for v, r in values if v is None]
 
 
@@ -573,7 +585,8 @@ def not_started_note(dirs, runs: list[Run]) -> str | None:
 def add_compare_arguments(p) -> None:
     p.add_argument("dirs", nargs="+", metavar="DIR", help="folders to search for runs (a sweep, outputs/, a run)")
     p.add_argument("--sort", metavar="METRIC",
-                   help="sort the rows by this metric, e.g. val_loss, or setting, e.g. loss.beta (ascending)")
+                   help="sort the rows by this metric, e.g. val_loss, or setting, e.g. loss.beta (ascending), "
+                   "or by run or state")
     p.add_argument("--desc", action="store_true", help="sort descending")
     p.add_argument("--plot", metavar="SCALAR", help="plot this scalar for every run: val_loss, train_loss, "
                    "active_units, ... or a full TensorBoard tag such as train/loss")

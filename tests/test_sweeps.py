@@ -1234,3 +1234,19 @@ def test_compare_sorts_by_run_state_and_list_settings(tmp_path):
     assert [r.name for r in sort_runs(runs, "state")] == ["job2", "job10", "job9"]
     assert [r.name for r in sort_runs(runs, "model.hidden")] == ["job9", "job10", "job2"]
     assert [r.name for r in sort_runs(runs, "model.hidden", descending=True)] == ["job2", "job10", "job9"]
+
+
+def test_compare_where_keeps_the_runs_with_a_setting_state_or_metric(sweep, capsys):
+    """A sweep of many jobs had no way to list some of them."""
+    assert vaelab(["compare", sweep, "--where", "loss.beta=4", "--where", "state=done"]) == 0
+    def names():  # (the rows, not the note on the MSE constant under them)
+        return [r.split()[0] for r in capsys.readouterr().out.splitlines()[2:] if r.startswith("latent_size=")]
+    assert sorted(names()) == ["latent_size=2,loss.beta=4", "latent_size=4,loss.beta=4"]
+    assert vaelab(["compare", sweep, "--where", "latent_size=4.0", "--sort", "run"]) == 0  # numbers as numbers
+    assert names() == ["latent_size=4,loss.beta=1", "latent_size=4,loss.beta=4"]
+    assert vaelab(["compare", sweep, "--where", "lossbeta=4"]) == 2
+    assert capsys.readouterr().err.strip() == ("vaelab compare: error: --where lossbeta=4: no run has lossbeta (did you "
+                                               "mean loss.beta?); give a setting (loss.beta), state or a metric "
+                                               "(val_loss)")
+    assert vaelab(["compare", sweep, "--where", "state=diverged"]) == 2
+    assert capsys.readouterr().err.strip() == "vaelab compare: error: no run has state=diverged"

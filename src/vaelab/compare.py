@@ -14,6 +14,7 @@ them; the x-axis is examples seen.
 """
 from __future__ import annotations
 
+import difflib
 import logging
 import math
 import os
@@ -159,6 +160,36 @@ def eval_settings(ev: dict, trainer, epochs=None) -> str:
         own["epoch"] = made["epoch"] if epochs is None else str(epochs)
     ran = final_eval not in (False, "False", "false")
     return "" if made == own and ran else ", ".join(f"{k}={v}" for k, v in made.items())
+
+
+def where(runs: list[Run], conditions: list[str]) -> list[Run]:
+    """The runs whose setting, state or metric equals each KEY=VALUE (numbers as numbers:
+    loss.beta=4 is 4.0); CompareError for a condition that is not KEY=VALUE or names nothing a
+    run has."""
+    kept = runs
+    for cond in conditions:
+        key, eq, want = cond.partition("=")
+        if not eq or not key:
+            raise CompareError(f"--where {cond}: give KEY=VALUE, e.g. --where loss.beta=4 or --where state=done")
+
+        def has(r: Run) -> str | float | None:
+            v = r.state if key == "state" else r.config.get(key, r.metrics.get(key))
+            return None if v is None else v
+        if not any(has(r) is not None for r in runs):
+            settings = sorted({k for r in runs for k in r.config})
+            close = difflib.get_close_matches(key, [*settings, "state", *COLUMNS], n=1)
+            raise CompareError(f"--where {cond}: no run has {key}" + (f" (did you mean {close[0]}?)" if close else "")
+                               + "; give a setting (loss.beta), state or a metric (val_loss)")
+
+        def same(v) -> bool:
+            if v is None:
+                return False
+            try:
+                return float(v) == float(want)
+            except (TypeError, ValueError):
+                return str(v) == want
+        kept = [r for r in kept if same(has(r))]
+    return kept
 
 
 def sort_runs(runs: list[Run], metric: str, descending: bool = False) -> list[Run]:
@@ -588,6 +619,9 @@ def add_compare_arguments(p) -> None:
                    help="sort the rows by this metric, e.g. val_loss, or setting, e.g. loss.beta (ascending), "
                    "or by run or state")
     p.add_argument("--desc", action="store_true", help="sort descending")
+    p.add_argument("--where", metavar="KEY=VALUE", action="append", default=[],
+                   help="only runs whose setting, state or metric is VALUE (loss.beta=4, state=done); repeat to "
+                        "narrow further")
     p.add_argument("--plot", metavar="SCALAR", help="plot this scalar for every run: val_loss, train_loss, "
                    "active_units, ... or a full TensorBoard tag such as train/loss")
     p.add_argument("--out", metavar="PNG", help="where --plot writes (default: curves.png)")
@@ -598,7 +632,11 @@ def compare_command(args) -> int:
     try:
         if args.desc and not args.sort:
             raise CompareError("--desc: give --sort METRIC too (--desc turns its order around)")
-        runs = find_runs(args.dirs)
+        runs = found = find_runs(args.dirs)
+        if args.where:
+            runs = where(runs, args.where)
+            if not runs:
+                raise CompareError(f"no run has {' and '.join(args.where)}")
         if args.sort:
             runs = sort_runs(runs, args.sort, args.desc)
         if args.out and not args.plot:
@@ -608,7 +646,7 @@ def compare_command(args) -> int:
             plot_path(args.out, defaulted)
             curves(runs, args.plot)
         print(table(runs, [args.sort] if args.sort else []))
-        missing = not_started_note(args.dirs, runs)
+        missing = not_started_note(args.dirs, found)
         if missing:
             print(missing)
         why = not_comparable(runs, args.sort) if args.sort else None

@@ -294,6 +294,73 @@ def test_a_model_class_that_does_not_take_the_model_settings_is_one_line(tiny_mn
         train(cfg, tmp_path / "r")
 
 
+_PARTIAL_MODELS = """
+import torch
+from torch import nn
+from vaelab.models import VAE
+
+
+class Base(VAE):
+    def __init__(self, latent_size, input_dim, image_shape, **settings):
+        super().__init__()
+        self.latent_size, self.input_dim, self.image_shape = latent_size, input_dim, tuple(image_shape)
+        self.e, self.d = nn.Linear(input_dim, 2 * latent_size), nn.Linear(latent_size, input_dim)
+
+
+class NoEncode(Base):
+    def decode_logits(self, z):
+        return self.d(z)
+
+
+class NoAttributes(VAE):
+    def __init__(self, latent_size, input_dim, image_shape, **settings):
+        super().__init__()
+        self.e, self.d = nn.Linear(input_dim, 2 * latent_size), nn.Linear(latent_size, input_dim)
+
+    def encode(self, x):
+        return self.e(x).chunk(2, -1)
+
+    def decode_logits(self, z):
+        return self.d(z)
+
+
+class OneOutput(Base):  # encode returns mu only
+    def encode(self, x):
+        return self.e(x)[:, :self.latent_size]
+
+    def decode_logits(self, z):
+        return self.d(z)
+
+
+class WrongWidth(Base):  # logits of 28 pixels, not 784
+    def encode(self, x):
+        return self.e(x).chunk(2, -1)
+
+    def decode_logits(self, z):
+        return self.d(z)[:, :28]
+"""
+
+
+@pytest.mark.parametrize("target,message", [
+    ("NoEncode", "this one lacks encode()"),
+    ("NoAttributes", "this one lacks latent_size, input_dim, image_shape"),
+    ("OneOutput", "encode(x) of x (2, 784) must return (mu, logvar), each (2, latent_size=2); got Tensor"),
+    ("WrongWidth", "decode_logits(z) of z (2, 2) must return logits (2, 784); got (2, 28)"),
+])
+def test_a_model_of_ones_own_that_lacks_part_of_the_interface_is_one_line_before_training(
+        tiny_mnist, tmp_path, monkeypatch, target, message):
+    """Without encode it failed at the first step with a traceback; without image_shape it
+    trained a whole epoch and failed at its pictures, before the epoch's checkpoint."""
+    (tmp_path / "partialmodels.py").write_text(_PARTIAL_MODELS)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    cfg = compose_cfg([f"data.root={tiny_mnist}", "data.val_size=64", "latent_size=2",
+                       f"model._target_=partialmodels.{target}"])
+    with pytest.raises(ConfigError) as e:
+        train(cfg, tmp_path / "r")
+    assert str(e.value).startswith(f"model._target_=partialmodels.{target}: ") and str(e.value).endswith(message)
+    assert not (tmp_path / "r" / "checkpoints").exists()
+
+
 def test_an_error_inside_the_models_own_code_keeps_its_traceback(tiny_mnist, tmp_path, monkeypatch):
     """Only a target that cannot be found is a one-line config error: a bug in a model's
     __init__ (here an import it makes) must reach the user with its stack."""

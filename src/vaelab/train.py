@@ -60,7 +60,41 @@ def build_model(cfg: DictConfig, input_dim: int = 784, image_shape=(1, 28, 28)) 
     model = instantiate(cfg.model, input_dim=input_dim, image_shape=list(image_shape), _convert_="all")
     if not isinstance(model, VAE):  # (builtins.dict, say: it would fail later, far from the cause)
         raise _not_a_vae(cfg)
+    if not type(model).__module__.startswith("vaelab."):
+        _check_interface(cfg, model, input_dim)
     return model
+
+
+def _check_interface(cfg: DictConfig, model: VAE, input_dim: int) -> None:
+    """A model of one's own that lacks part of VAE's interface failed at the first step (encode),
+    or after a whole epoch, unsaved (image_shape, for the pictures): one line before anything
+    runs instead. Its encode and decode_logits run once on two blank images, in eval mode, to
+    check their shapes."""
+    where = f"model._target_={cfg.model._target_}"
+    lacks = [a for a in ("latent_size", "input_dim", "image_shape") if not hasattr(model, a)]
+    lacks += [f"{f}()" for f in ("encode", "decode_logits") if getattr(type(model), f) is getattr(VAE, f)]
+    if lacks:
+        raise ConfigError(f"{where}: a vaelab model sets latent_size, input_dim and image_shape and implements "
+                          f"encode() and decode_logits() (vaelab/models/base.py); this one lacks {', '.join(lacks)}")
+    first = next(model.parameters(), None)
+    x = torch.zeros(2, input_dim, device=first.device if first is not None else "cpu")
+    training = model.training
+    try:
+        with torch.no_grad():
+            model.eval()
+            got = model.encode(x)
+            mu, logvar = got if isinstance(got, tuple) and len(got) == 2 else (None, None)
+            shapes = [tuple(getattr(t, "shape", ())) for t in (mu, logvar)]
+            if shapes != [(2, model.latent_size)] * 2:
+                raise ConfigError(f"{where}: encode(x) of x (2, {input_dim}) must return (mu, logvar), each "
+                                  f"(2, latent_size={model.latent_size}); got "
+                                  f"{', '.join(map(str, shapes)) if mu is not None else type(got).__name__}")
+            logits = model.decode_logits(mu)
+            if tuple(getattr(logits, "shape", ())) != (2, input_dim):
+                raise ConfigError(f"{where}: decode_logits(z) of z (2, {model.latent_size}) must return logits "
+                                  f"(2, {input_dim}); got {tuple(getattr(logits, 'shape', ())) or type(logits).__name__}")
+    finally:
+        model.train(training)
 
 
 def _not_a_vae(cfg: DictConfig) -> ConfigError:

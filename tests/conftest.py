@@ -10,10 +10,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
 
-from vaelab.config import CONF_DIR, register_configs, typed
+from vaelab.config import compose_config
 
 REAL_MNIST = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -55,12 +53,7 @@ FAST = ["device=cpu", "data.val_size=64", "trainer.epochs=2", "trainer.batch_siz
 
 
 def compose_cfg(overrides: list[str] | None = None):
-    register_configs()
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-        cfg = compose("config", overrides=overrides or [])
-    GlobalHydra.instance().clear()
-    return typed(cfg)
+    return compose_config(overrides or [])
 
 
 @pytest.fixture

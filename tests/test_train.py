@@ -282,83 +282,16 @@ def test_a_model_that_cannot_be_built_is_one_line(tiny_mnist, tmp_path, override
     assert str(e.value).startswith(message) and "\n" not in str(e.value)
 
 
-def test_a_model_class_that_does_not_take_the_model_settings_is_one_line(tiny_mnist, tmp_path, monkeypatch):
-    """A model of one's own whose constructor lacks a key of the model schema (size, here)."""
+def test_a_model_class_whose_arguments_do_not_fit_is_one_line(tiny_mnist, tmp_path, monkeypatch):
+    """A model of one's own that needs an argument it is not given (nor in model.kwargs)."""
     (tmp_path / "othermodels.py").write_text("from vaelab.models import MLPVAE\n\n\nclass Other(MLPVAE):\n"
-                                          "    def __init__(self, latent_size, input_dim, image_shape):\n"
+                                          "    def __init__(self, latent_size, depth, input_dim, image_shape):\n"
                                           "        super().__init__(latent_size, input_dim=input_dim)\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     cfg = compose_cfg([f"data.root={tiny_mnist}", "data.val_size=64", "model._target_=othermodels.Other"])
-    with pytest.raises(ConfigError, match=r"^model._target_=othermodels.Other does not take the settings under model "
-                                          r"\(size, hidden, .*\): got an unexpected keyword argument 'size'$"):
+    with pytest.raises(ConfigError, match=r"^model._target_=othermodels.Other does not take the settings given it "
+                                          r"\(latent_size\): missing a required argument: 'depth'$"):
         train(cfg, tmp_path / "r")
-
-
-_PARTIAL_MODELS = """
-import torch
-from torch import nn
-from vaelab.models import VAE
-
-
-class Base(VAE):
-    def __init__(self, latent_size, input_dim, image_shape, **settings):
-        super().__init__()
-        self.latent_size, self.input_dim, self.image_shape = latent_size, input_dim, tuple(image_shape)
-        self.e, self.d = nn.Linear(input_dim, 2 * latent_size), nn.Linear(latent_size, input_dim)
-
-
-class NoEncode(Base):
-    def decode_logits(self, z):
-        return self.d(z)
-
-
-class NoAttributes(VAE):
-    def __init__(self, latent_size, input_dim, image_shape, **settings):
-        super().__init__()
-        self.e, self.d = nn.Linear(input_dim, 2 * latent_size), nn.Linear(latent_size, input_dim)
-
-    def encode(self, x):
-        return self.e(x).chunk(2, -1)
-
-    def decode_logits(self, z):
-        return self.d(z)
-
-
-class OneOutput(Base):  # encode returns mu only
-    def encode(self, x):
-        return self.e(x)[:, :self.latent_size]
-
-    def decode_logits(self, z):
-        return self.d(z)
-
-
-class WrongWidth(Base):  # logits of 28 pixels, not 784
-    def encode(self, x):
-        return self.e(x).chunk(2, -1)
-
-    def decode_logits(self, z):
-        return self.d(z)[:, :28]
-"""
-
-
-@pytest.mark.parametrize("target,message", [
-    ("NoEncode", "this one lacks encode()"),
-    ("NoAttributes", "this one lacks latent_size, input_dim, image_shape"),
-    ("OneOutput", "encode(x) of x (2, 784) must return (mu, logvar), each (2, latent_size=2); got Tensor"),
-    ("WrongWidth", "decode_logits(z) of z (2, 2) must return logits (2, 784); got (2, 28)"),
-])
-def test_a_model_of_ones_own_that_lacks_part_of_the_interface_is_one_line_before_training(
-        tiny_mnist, tmp_path, monkeypatch, target, message):
-    """Without encode it failed at the first step with a traceback; without image_shape it
-    trained a whole epoch and failed at its pictures, before the epoch's checkpoint."""
-    (tmp_path / "partialmodels.py").write_text(_PARTIAL_MODELS)
-    monkeypatch.syspath_prepend(str(tmp_path))
-    cfg = compose_cfg([f"data.root={tiny_mnist}", "data.val_size=64", "latent_size=2",
-                       f"model._target_=partialmodels.{target}"])
-    with pytest.raises(ConfigError) as e:
-        train(cfg, tmp_path / "r")
-    assert str(e.value).startswith(f"model._target_=partialmodels.{target}: ") and str(e.value).endswith(message)
-    assert not (tmp_path / "r" / "checkpoints").exists()
 
 
 def test_an_error_inside_the_models_own_code_keeps_its_traceback(tiny_mnist, tmp_path, monkeypatch):
@@ -388,3 +321,28 @@ def test_a_batch_larger_than_the_training_set_is_said(make_cfg, tmp_path, caplog
     assert metrics["steps"] == 1
     assert "trainer.batch_size=100000 is larger than the 192 training images: each epoch is one step of 192" in \
         caplog.text
+
+
+def test_train_from_python_says_when_it_carries_a_run_on_with_other_settings(make_cfg, tmp_path, caplog):
+    """train(cfg, run_dir) on a folder holding a finished run, with loss.beta=4, trained epoch 2
+    at beta 4 without a word, while the saved config (what reproduce re-runs) still said 1."""
+    train(make_cfg(["latent_size=2", "model.size=small", "trainer.epochs=1", "trainer.final_eval=false"]), tmp_path)
+    with caplog.at_level(logging.WARNING, logger="vaelab"):
+        train(make_cfg(["latent_size=2", "model.size=small", "trainer.epochs=2", "trainer.final_eval=false"]),
+              tmp_path)  # longer only: nothing to say
+        assert "carrying on" not in caplog.text
+        train(make_cfg(["latent_size=2", "model.size=small", "trainer.epochs=3", "trainer.final_eval=false",
+                        "loss.beta=4"]), tmp_path)
+    assert (f"carrying on the run in {tmp_path} with settings its saved config does not have (loss.beta: 1.0 there, "
+            f"4.0 here): that config, which vaelab reproduce re-runs, and the run's record of resumes do not say so; "
+            f"vaelab resume {tmp_path} KEY=VALUE changes a run's settings and records them") in caplog.text
+
+
+def test_compose_config_finds_config_groups_of_ones_own(tmp_path):
+    from vaelab.config import compose_config
+
+    (tmp_path / "experiment").mkdir()
+    (tmp_path / "experiment" / "mine.yaml").write_text("# @package _global_\nlatent_size: 3\nloss:\n  beta: 2.0\n")
+    cfg = compose_config(["experiment=mine", "trainer.epochs=4"], config_dir=tmp_path)
+    assert (cfg.latent_size, cfg.loss.beta, cfg.trainer.epochs) == (3, 2.0, 4)
+    assert compose_config(["latent_size=5"]).latent_size == 5

@@ -16,7 +16,7 @@ import re
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
-from typing import Any, List, Optional
+from typing import Any, Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
@@ -93,6 +93,10 @@ class ModelConfig:
     # host in busy minutes and left them even in quiet ones (benchmarks/README.md).
     # Products under 4 M multiply-adds stay on MKL even so (models/linear.py).
     linear: LinearImpl = LinearImpl.onednn
+    # A model of one's own (model._target_=mypkg.ConvVAE): its constructor's own arguments,
+    # `+model.kwargs.channels=32` on the command line. The four settings above go only to a
+    # constructor that takes them (train.build_model).
+    kwargs: Dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -194,6 +198,24 @@ def register_configs() -> None:
     cs = ConfigStore.instance()
     # One schema node types the whole tree, groups included: conf/config.yaml lists it first.
     cs.store(name="config_schema", node=Config)
+
+
+def compose_config(overrides: list[str] | tuple = (), config_dir: str | Path | None = None) -> DictConfig:
+    """The config vaelab-train would run with these overrides, typed, for use from Python:
+    `train(compose_config(["latent_size=16"]), "runs/mine")`. `config_dir`: a folder of config
+    groups of one's own (experiment/, model/, ...), searched before conf/, as --config-dir."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    register_configs()
+    extra = [f"hydra.searchpath=[file://{Path(config_dir).resolve()}]"] if config_dir is not None else []
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+            cfg = compose("config", overrides=[*extra, *overrides])
+    finally:
+        GlobalHydra.instance().clear()
+    return typed(cfg)
 
 
 # --- value checks ------------------------------------------------------------------------

@@ -39,7 +39,8 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
 from vaelab import checkpoint as ckpt_io
-from vaelab.config import CONF_DIR, LOG_FORMAT, ConfigError, choices, resolve_device, to_plain, typed, validate
+from vaelab.config import (CONF_DIR, LOG_FORMAT, Config, ConfigError, choices, resolve_device, to_plain, typed,
+                           validate)
 from vaelab.data import DataError, MNISTData, load_data, to_float
 from vaelab.errors import STOP_SIGNALS, Interrupted, NonFiniteLoss, SaveFailed, after_hangup, leaving_after_a_stop
 from vaelab.evaluate import ACTIVE_THRESHOLD, elbo_stats, flushing_subnormals, quiet
@@ -57,12 +58,79 @@ log = logging.getLogger("vaelab")
 
 
 def build_model(cfg: DictConfig, input_dim: int = 784, image_shape=(1, 28, 28)) -> VAE:
-    model = instantiate(cfg.model, input_dim=input_dim, image_shape=list(image_shape), _convert_="all")
+    spec, own = _model_arguments(cfg)
+    model = instantiate(spec, input_dim=input_dim, image_shape=list(image_shape), **own, _convert_="all")
     if not isinstance(model, VAE):  # (builtins.dict, say: it would fail later, far from the cause)
         raise _not_a_vae(cfg)
     if not type(model).__module__.startswith("vaelab."):
         _check_interface(cfg, model, input_dim)
     return model
+
+
+_MLP_SETTINGS = ("size", "hidden", "activation", "linear")  # model: keys of vaelab's MLP, not every model's
+
+
+def _model_arguments(cfg: DictConfig) -> tuple[DictConfig, dict]:
+    """What build_model instantiates, and the constructor's own arguments (model.kwargs). The
+    MLP's four settings go to a constructor that takes them (or **kwargs); one that does not
+    take them gets them only if they were changed, and a ConfigError says it takes no such
+    setting. A target that does not load is left to instantiate, which says so."""
+    m = cfg.model
+    own = OmegaConf.to_container(m.kwargs, resolve=True) if m.get("kwargs") else {}
+    keys = [k for k in m if k != "kwargs"]
+    try:
+        target = get_object(m._target_)
+    except Exception:  # (does not load)
+        target = None
+    if isinstance(target, type) and (not issubclass(target, VAE) or target is VAE):  # torch.nn.Linear
+        raise _not_a_vae(cfg)
+    try:
+        params = inspect.signature(target).parameters.values() if target is not None else None
+    except (TypeError, ValueError):  # (no signature to read)
+        params = None
+    if params is not None and not any(p.kind is p.VAR_KEYWORD for p in params):
+        takes = {p.name for p in params}
+        default = OmegaConf.structured(Config).model
+        for k in _MLP_SETTINGS:
+            if k in takes or k not in keys:
+                continue
+            if m[k] != default[k]:
+                raise ConfigError(f"model.{k}={getattr(m[k], 'value', m[k])}: model._target_={m._target_} takes no {k} (it is a "
+                                  f"setting of vaelab's MLP); give a model's own arguments as +model.kwargs.NAME=VALUE")
+            keys.remove(k)
+    clash = sorted(set(own) & {*keys, "input_dim", "image_shape"})
+    if clash:
+        raise ConfigError(f"model.kwargs.{clash[0]}: set by vaelab (model.{clash[0]}, or the data's shape); "
+                          f"leave it out of model.kwargs")
+    return OmegaConf.create({k: m[k] for k in keys}), own
+
+
+# What may differ from a run's saved config when train() carries the run on from Python: its
+# length, the progress bars, and where the machine keeps the data and the model.
+_MAY_DIFFER = {"trainer.epochs", "trainer.progress", "device", "data.root"}
+
+
+def _check_same_settings(cfg: DictConfig, saved: Path, run_dir: Path) -> None:
+    """train(cfg, run_dir) on a folder that holds a run carried that run on under cfg, whatever
+    cfg said: loss.beta=4 trained epoch 2 at beta 4 while the saved config, which reproduce
+    re-runs, still said 1. It goes on (tests and scripts carry runs on so), with a warning that
+    names vaelab resume, which records such changes."""
+    def flat(d, prefix=""):
+        return {k2: v2 for k, v in d.items()
+                for k2, v2 in (flat(v, f"{prefix}{k}.").items() if isinstance(v, dict) else [(f"{prefix}{k}", v)])}
+    try:
+        before = flat(to_plain(typed(OmegaConf.load(saved))))
+    except Exception:  # (an unreadable saved config: the checkpoint checks below speak for the run)
+        return
+    now = flat(to_plain(cfg))
+    differ = [k for k in sorted({*before, *now} - _MAY_DIFFER) if before.get(k) != now.get(k)]
+    if differ:
+        k = differ[0]
+        log.warning("carrying on the run in %s with settings its saved config does not have (%s: %s there, %s "
+                    "here%s): that config, which vaelab reproduce re-runs, and the run's record of resumes do not "
+                    "say so; vaelab resume %s KEY=VALUE changes a run's settings and records them", run_dir, k,
+                    before.get(k), now.get(k), f", and {len(differ) - 1} more" if len(differ) > 1 else "",
+                    shlex.quote(str(run_dir)))
 
 
 def _check_interface(cfg: DictConfig, model: VAE, input_dim: int) -> None:
@@ -120,11 +188,12 @@ def _model_error(cfg: DictConfig, e: Exception) -> Exception:
     # (a function that builds a model is a target too: its own errors keep their traceback)
     if isinstance(target, type) and (not issubclass(target, VAE) or target is VAE):  # torch.nn.Linear: no size=
         return _not_a_vae(cfg)
-    args = {k: v for k, v in cfg.model.items() if k != "_target_"}
+    spec, own = _model_arguments(cfg)
+    args = {**{k: v for k, v in spec.items() if k != "_target_"}, **own}
     try:  # the keys under model: are they the class's constructor arguments? (VAE itself takes none)
         inspect.signature(target).bind(**args, input_dim=0, image_shape=[])
     except TypeError as bad:
-        return ConfigError(f"model._target_={cfg.model._target_} does not take the settings under model "
+        return ConfigError(f"model._target_={cfg.model._target_} does not take the settings given it "
                            f"({', '.join(args)}): {bad}")
     except ValueError:  # no signature to read (a builtin): nothing to say about its arguments
         pass
@@ -643,6 +712,8 @@ def _train(cfg: DictConfig, run_dir: Path, data: MNISTData | None, on_start=None
     show_progress = t.progress and not (job and in_loky_worker())
     resumed, data_changed = False, None
     resume_from = ckpt_io.latest(ckpt_dir) if t.resume else None
+    if resume_from is not None and on_start is None:  # (vaelab resume checks, records and saves its changes)
+        _check_same_settings(cfg, saved_cfg, run_dir)
     if resume_from is not None:
         ck = ckpt_io.load(resume_from, map_location="cpu")
         ckpt_io.check_resumable(ck, resume_from)

@@ -611,6 +611,28 @@ def test_the_kl_per_dim_line_does_not_round_small_values_up_and_marks_the_dead_b
     assert line.endswith("active units 2 / 4   (Cov_x E_q[z_i|x] > 0.01; the other 2: dead, in the traversals too)")
 
 
+def test_no_pictures_keeps_the_images_of_the_evaluation_eval_json_holds_only(make_cfg, tmp_path):
+    """A --no-pictures evaluation copied the eval/* images of every earlier event file into its
+    own, those of an evaluation killed part-way (kill -9) too: TensorBoard then showed two
+    pictures per tag, one never in eval/."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    train(make_cfg(["latent_size=2", "model.size=small", "trainer.epochs=1", "trainer.final_eval=false"]), tmp_path)
+    evaluate_run(tmp_path, k=2, device="cpu", progress=False, seed=1)
+    step = load_eval(tmp_path)["examples_seen"]
+    with SummaryWriter(str(tmp_path), filename_suffix=".eval") as w:  # what a killed evaluation leaves
+        w.add_image("eval/samples", torch.zeros(1, 8, 8), step)
+    assert len(list(tmp_path.glob("events.out.tfevents.*.eval"))) == 2
+    evaluate_run(tmp_path, k=3, device="cpu", progress=False, seed=2, pictures=False)
+    [events] = tmp_path.glob("events.out.tfevents.*.eval")
+    assert load_eval(tmp_path)["events_file"] == events.name
+    acc = EventAccumulator(str(events), size_guidance={"images": 0})
+    acc.Reload()
+    assert {tag: len(acc.Images(tag)) for tag in acc.Tags()["images"]} == {
+        "eval/samples": 1, "eval/reconstructions": 1, "eval/traversals": 1, "eval/interpolations": 1,
+        "eval/latents_scatter": 1, "eval/manifold": 1}
+
+
 def test_a_checkpoint_from_part_way_through_an_epoch_says_so(make_cfg, tmp_path, monkeypatch):
     """A run stopped in epoch 1 was evaluated as "last.pt (epoch 0)", and compare's test_from said
     epoch=0: the number of epochs finished, read as the epoch the weights are from."""

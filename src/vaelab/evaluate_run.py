@@ -244,14 +244,21 @@ def evaluate_run(run_dir: str | Path, k: int = 5000, device: str = "auto", check
         old_events = sorted(run_dir.glob(f"events.out.tfevents.*{EVAL_SUFFIX}"))
         writer, staging, mine, written = None, None, None, False
         held = contextlib.ExitStack()
+        hydra_dir = run_dir / ".hydra"
+
+        def one_at_a_time():  # (the removal below runs under it: it must not see a file not locked yet)
+            return (ckpt_io.only_process(hydra_dir, waiting=lambda: None) if hydra_dir.is_dir()
+                    else contextlib.nullcontext())
         if cfg.logger.tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
             from vaelab.logger import quiet_writer_thread_errors
             quiet_writer_thread_errors()
-            writer = SummaryWriter(log_dir=str(run_dir), filename_suffix=EVAL_SUFFIX)
-            mine = Path(writer._get_file_writer().event_writer._file_name)
-            held.enter_context(ckpt_io.only_process(mine))
+            with one_at_a_time():
+                writer = SummaryWriter(log_dir=str(run_dir), filename_suffix=EVAL_SUFFIX)
+                mine = Path(writer._get_file_writer().event_writer._file_name)
+                held.enter_context(ckpt_io.only_process(mine))
+            result["events_file"] = mine.name  # (a later --no-pictures evaluation copies its images from there)
         try:
             if writer is not None:
                 for key in ("elbo", "recon", "kl", "nll_iwae", "bits_per_dim", "elbo_bits_per_dim", "active_units"):
@@ -268,7 +275,10 @@ def evaluate_run(run_dir: str | Path, k: int = 5000, device: str = "auto", check
                                 "--no-pictures to redraw it", run_dir / "eval", Path(str(kept.get("checkpoint"))).name,
                                 kept.get("examples_seen"), path.name, step)
                 if writer is not None:  # eval/ keeps its pictures, and TensorBoard its eval/* images
-                    _copy_images(old_events, writer)
+                    # from the evaluation eval.json holds, not one killed part-way or running now
+                    named = before.get("events_file")
+                    _copy_images([run_dir / named] if isinstance(named, str) and (run_dir / named).is_file() else
+                                 [f for f in old_events if not _evaluating(f)], writer)
             if pictures:  # drawn aside, into eval/ only with eval.json: a stop part-way leaves eval/ as it was
                 _remove_stale_staging(run_dir)
                 staging = Path(tempfile.mkdtemp(prefix=".eval-", suffix=ckpt_io.TMP_SUFFIX, dir=run_dir))
@@ -280,9 +290,7 @@ def evaluate_run(run_dir: str | Path, k: int = 5000, device: str = "auto", check
             result["seconds"] = time.perf_counter() - t0
             # From here to the end, one evaluation of the run at a time: its pictures, eval.json and
             # event file stay one evaluation's.
-            hydra_dir = run_dir / ".hydra"
-            held.enter_context(ckpt_io.only_process(hydra_dir, waiting=lambda: None) if hydra_dir.is_dir()
-                               else contextlib.nullcontext())
+            held.enter_context(one_at_a_time())
             if pictures:
                 (run_dir / "eval").mkdir(exist_ok=True)
                 for name, at in drawn["pictures"].items():

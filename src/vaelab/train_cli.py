@@ -132,7 +132,17 @@ def main() -> None:
         # (`vaelab-train --cfg job | head`: Hydra reports a BrokenPipeError as a failure, with its
         # traceback, before it reaches us; nothing runs, so end as Unix tools do, on the spot)
         signal.signal(signal.SIGPIPE, signal.SIG_DFL)
-    sys.exit(when_the_reader_has_gone(lambda: launch(sys.argv[1:])))
+    sys.exit(when_the_reader_has_gone(_launch_unless_stopped))
+
+
+def _launch_unless_stopped() -> int:
+    """launch(), where a Ctrl-C before Hydra runs (the checks, the imports: the first second or
+    two) ended in a KeyboardInterrupt traceback; once it runs, _run_hydra says how a stop ended."""
+    try:
+        return launch(sys.argv[1:])
+    except KeyboardInterrupt:
+        print("vaelab-train: interrupted before any run started", file=sys.stderr)
+        return 130
 
 
 # Hydra's flags that print and run nothing

@@ -111,6 +111,14 @@ def test_optimizer_matches_config():
     (["loss.betaa=2"], "did you mean 'loss.beta'"),
     (["-m", "lossbeta=1,4"], "unknown key 'lossbeta' in override 'lossbeta=1,4'; did you mean 'loss.beta'?"),  # not 'loss'
     (["lr=0.1"], "unknown key 'lr' in override 'lr=0.1'; did you mean 'optim.lr'?"),  # a section's key alone
+    # a key in the wrong section: the section it is in, not a near name in this one (optim.eps)
+    (["optim.epochs=3"], "unknown key 'optim.epochs' in override 'optim.epochs=3'; did you mean 'trainer.epochs'?"),
+    (["trainer.latent_size=4"], "did you mean 'latent_size'?"),  # (not model.latent_size, which follows it)
+    (["data.seed=1"], "unknown key 'data.seed' in override 'data.seed=1'; did you mean 'seed'?"),
+    (["-m", "latent_size=range(1,5,0)"], "override 'latent_size=range(1,5,0)': range() arg 3 must not be zero; give "
+                                         "range(start, stop, step) a step other than 0"),
+    (["hparams_search=optuna", "latent_size=range(10,1,-3)"], "override 'latent_size=range(10,1,-3)': Optuna draws "
+                                                              "from range(low, high, step) with low below high"),
     (["latent_size=abc"], "latent_size"),
     (["trainer.epochs=1.5"], "trainer.epochs"),
     (["latent_size=0"], "latent_size=0: must be an integer >= 1"),
@@ -327,6 +335,9 @@ def test_a_run_is_not_started_among_other_files_nor_a_sweep_in_one_folder(tmp_pa
     (tmp_path / "no-jobs").mkdir()  # a sweep that ran no job: its multirun.yaml is no loss
     (tmp_path / "no-jobs" / "multirun.yaml").write_text("hydra: {}")
     assert precheck(["-m", "latent_size=2", f"hydra.sweep.dir={tmp_path / 'no-jobs'}"]) is None
+    (tmp_path / "no-jobs" / "multirun.yaml").write_text("my: notes")  # ... one of the user's is
+    assert precheck(["-m", "latent_size=2", f"hydra.sweep.dir={tmp_path / 'no-jobs'}"]).endswith(
+        "that folder holds files (multirun.yaml) and is not a vaelab sweep; give a new or empty folder")
     assert precheck(["-m", "latent_size=2", "hydra.sweep.subdir=/"]).startswith(
         "hydra.sweep.subdir=/: that folder holds files (")
     assert precheck(["-m", "latent_size=2,4", "hydra.sweep.subdir=same"]) == (
@@ -966,3 +977,7 @@ def test_a_range_sweep_is_checked_at_its_ends(monkeypatch):
     assert precheck(["-m", "latent_size=range(0,100000)"]) == "latent_size=0: must be an integer >= 1"
     assert precheck(["-m", "latent_size=range(1,2147483650)"]).startswith("latent_size=2147483649: too large")
     assert precheck(["-m", "latent_size=2,0,4"]) == "latent_size=0: must be an integer >= 1"  # a list: every value
+    # a text's checks are not ranges: each folder of data.root=range(1,4) is looked at
+    composed.clear()
+    precheck(["-m", "data.root=range(1,4)", "data.download=false"])
+    assert {o for ovs in composed for o in ovs if o.startswith("data.root=")} == {f"data.root={i}" for i in (1, 2, 3)}

@@ -194,8 +194,16 @@ def test_compare_says_which_sweeps_have_jobs_that_never_started(sweep, tmp_path,
     assert vaelab(["compare", tmp_path]) == 0
     assert capsys.readouterr().out.splitlines()[-1] == (
         f"note: {copy}: 2 of the sweep's 4 jobs started; the other 2 did not run (vaelab resume {copy} runs them)")
-    # a range is counted, not listed; a sweeper that draws its jobs (Optuna) launches no fixed number
+    # a sweep run into its folder: its jobs are not the outer one's
+    shutil.copytree(sweep, copy / "inner")
+    assert vaelab(["compare", copy]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == (
+        f"note: {copy}: 2 of the sweep's 4 jobs started; the other 2 did not run (vaelab resume {copy} runs them)")
+    # a value given twice is one job (one folder); a range is counted, not listed; a sweeper that draws
+    # its jobs (Optuna) launches no fixed number
     text = (copy / "multirun.yaml").read_text()
+    (copy / "multirun.yaml").write_text(text.replace("latent_size=2,4", "latent_size=2,4,2"))
+    assert sweep_jobs(copy) == 4
     (copy / "multirun.yaml").write_text(text.replace("latent_size=2,4", "latent_size=range(1,1000001)"))
     assert sweep_jobs(copy) == 2 * 10**6
     (copy / "multirun.yaml").write_text(text.replace("hydra._internal.core_plugins.basic_sweeper.BasicSweeper",
@@ -1229,11 +1237,12 @@ def test_compare_sorts_by_run_state_and_list_settings(tmp_path):
     from vaelab.compare import Run, sort_runs
 
     runs = [Run(tmp_path / n, name=n, config={"model.hidden": h}, state=st)
-            for n, h, st in (("job10", "[64, 32]", "done"), ("job9", "[64]", "interrupted"), ("job2", "[128]", "done"))]
-    assert [r.name for r in sort_runs(runs, "run")] == ["job2", "job9", "job10"]
-    assert [r.name for r in sort_runs(runs, "state")] == ["job2", "job10", "job9"]
-    assert [r.name for r in sort_runs(runs, "model.hidden")] == ["job9", "job10", "job2"]
-    assert [r.name for r in sort_runs(runs, "model.hidden", descending=True)] == ["job2", "job10", "job9"]
+            for n, h, st in (("job10", "[64, 32]", "done"), ("job9", "[64]", "interrupted"), ("job2", "[128]", "done"),
+                             ("job1", "None", "done"))]  # (null: no value, last either way)
+    assert [r.name for r in sort_runs(runs, "run")] == ["job1", "job2", "job9", "job10"]
+    assert [r.name for r in sort_runs(runs, "state")] == ["job1", "job2", "job10", "job9"]
+    assert [r.name for r in sort_runs(runs, "model.hidden")] == ["job9", "job10", "job2", "job1"]
+    assert [r.name for r in sort_runs(runs, "model.hidden", descending=True)] == ["job2", "job10", "job9", "job1"]
 
 
 def test_compare_where_keeps_the_runs_with_a_setting_state_or_metric(sweep, capsys):

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 
+import yaml
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -123,17 +124,24 @@ def _explain(exc: Exception, override: str, composed: DictConfig | None = None) 
         if leaf in known:  # in the schema, not in the config composed: a saved run's, older than the key
             return (f"'{full_key}' is not in this config (it was saved before vaelab had that key); add it "
                     f"with a leading +: '+{override.lstrip('+~')}'")
-        close = difflib.get_close_matches(leaf, known, n=1)
-        if not parent and not full_key.startswith("hydra"):  # a key of a section with its dot left out: lossbeta
+        # as full keys: the closest in its own section, ...
+        close = [f"{parent}.{k}" if parent else k for k in difflib.get_close_matches(leaf, known, n=1)]
+        if not full_key.startswith("hydra"):
             leaves = _schema_leaves(schema)
-            dotted = {k.replace(".", ""): k for k in leaves}
-            named = [k for k in leaves if k.rpartition(".")[2] == leaf]  # a section's key on its own: lr, epochs
-            close = ([dotted[m] for m in difflib.get_close_matches(leaf, dotted, n=1, cutoff=0.85)]
-                     or (named if len(named) == 1 else []) or close)
+            # ... unless the key itself is in one other section (optim.epochs: trainer.epochs, not optim.eps;
+            # lr: optim.lr; trainer.latent_size: latent_size, which model.latent_size follows)
+            named = [k for k in leaves if k.rpartition(".")[2] == leaf]
+            named = [k for k in named if "." not in k] or named
+            if not parent:  # a section's key with its dot left out: lossbeta
+                dotted = {k.replace(".", ""): k for k in leaves}
+                close = ([dotted[m] for m in difflib.get_close_matches(leaf, dotted, n=1, cutoff=0.85)]
+                         or (named if len(named) == 1 else []) or close)
+            elif len(named) == 1:
+                close = named
         if not close and isinstance(node, DictConfig) and OmegaConf.get_type(node) is dict:  # hydra.job.env_set
             return (f"unknown key '{full_key}' in override '{override}': '{parent}' takes new keys with a "
                     f"leading +, as in '+{override.lstrip('+~')}'")
-        hint = f" did you mean '{(parent + '.') if parent and '.' not in close[0] else ''}{close[0]}'?" if close else ""
+        hint = f" did you mean '{close[0]}'?" if close else ""
         where = f"'{parent}'" if parent else "the top level"
         return (f"unknown key '{full_key}' in override '{override}';{hint} keys allowed at {where}: "
                 f"{', '.join(known)}{_other_launcher_hint(full_key)}")
@@ -594,12 +602,19 @@ def _job_overrides(cmd: _CommandLine) -> tuple[list[str], list[list[str]], dict[
                 variants.append((len(base), values))
                 base.append(values[0])
                 continue
+            if cmd.optuna_draws and isinstance(sweep, RangeSweep) and not (sweep.step > 0 and sweep.start < sweep.stop):
+                raise ConfigError(f"override '{o.input_line}': Optuna draws from range(low, high, step) with low "
+                                  f"below high and a step above 0, as in range(1,10,3)")
             try:
-                ends = _range_ends(sweep)
+                # (a number's checks are ranges; a text's, data.root=range(1,5), look at each folder)
+                ends = _range_ends(sweep) if _setting_type(key.lstrip("+~")) in (int, float) else None
                 values = [f"{key}={v}" for v in (ends if ends is not None else o.sweep_string_iterator())]
                 if cmd.optuna_draws and hasattr(sweep, "stop"):  # Optuna's range(a, b) draws b too, Hydra's not
                     values.append(f"{key}={sweep.stop}")
-            except Exception:  # an interval (Optuna) cannot be listed: check its ends (the checks are ranges)
+            except Exception as e:  # an interval (Optuna) cannot be listed: check its ends (the checks are ranges)
+                if isinstance(sweep, RangeSweep):  # range(1,5,0): Hydra's traceback once the sweep starts
+                    raise ConfigError(f"override '{o.input_line}': {' '.join(str(e).split())}; give range(start, "
+                                      f"stop, step) a step other than 0") from None
                 if not (hasattr(sweep, "start") and hasattr(sweep, "end")):
                     continue
                 if not cmd.optuna_draws:  # Hydra's basic sweeper failed on it with a traceback
@@ -636,7 +651,8 @@ def _range_ends(sweep) -> list | None:
     """The first and last values of an integer range() sweep (none if it is empty), else None. A
     range is checked at its ends: the checks are ranges too (>= 1, < 2**31, ...), and composing a
     job takes ~0.2 s: range(1,200) waited 22 s before Hydra printed a line."""
-    if not isinstance(sweep, RangeSweep) or not all(isinstance(v, int) for v in (sweep.start, sweep.stop, sweep.step)):
+    if not isinstance(sweep, RangeSweep) or not all(isinstance(v, int) for v in (sweep.start, sweep.stop, sweep.step)) \
+            or sweep.step == 0:  # (Hydra's own error says why)
         return None
     r = range(sweep.start, sweep.stop, sweep.step)
     return [r[0], r[-1]] if len(r) > 1 else list(r)
@@ -801,7 +817,7 @@ def _taken(folder: Path, sweep: bool) -> str | None:
                     f"with 'vaelab resume {shlex.quote(str(folder))}', one of its runs with "
                     f"'vaelab resume {job} [KEY=VALUE ...]')")
         # (Hydra writes its multirun.yaml there, over one of the user's; one of a sweep that ran no job is no loss)
-        return _foreign(folder, "sweep", ignore={"multirun.yaml"})
+        return _foreign(folder, "sweep", ignore={"multirun.yaml"} if _hydras(folder / "multirun.yaml") else set())
     if (folder / "multirun.yaml").is_file() or holds_runs(folder):
         return "that folder holds runs (a sweep's?); give a new folder"
     if not is_run(folder):
@@ -815,6 +831,14 @@ def _taken(folder: Path, sweep: bool) -> str | None:
                 f"elsewhere: vaelab-train --config-dir {shlex.quote(str(folder / '.hydra'))} --config-name config")
     return (f"that folder holds a run already; carry it on with 'vaelab resume {shlex.quote(str(folder))} "
             f"[KEY=VALUE ...]', or give another folder")
+
+
+def _hydras(path: Path) -> bool:
+    """Whether `path` is a multirun.yaml Hydra wrote (a mapping with its hydra: section)."""
+    try:
+        return isinstance((yaml.safe_load(path.read_text()) or {}).get("hydra"), dict)
+    except (OSError, yaml.YAMLError, AttributeError, UnicodeDecodeError):
+        return False
 
 
 def _foreign(folder: Path, what: str = "run", ignore: frozenset | set = frozenset()) -> str | None:

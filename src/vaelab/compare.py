@@ -207,6 +207,8 @@ def sort_runs(runs: list[Run], metric: str, descending: bool = False) -> list[Ru
 
     def value(r: Run):  # a number, a list of them (model.hidden), or a setting's text (model.size=small)
         v = r.config.get(metric) if setting else r.metrics.get(metric)
+        if v == "None":  # (a setting left null, model.hidden: no value, last either way)
+            return None
         if isinstance(v, str):
             try:
                 return float(v)
@@ -587,15 +589,15 @@ def sweep_jobs(sweep_dir: Path) -> int | None:
             last[o.get_key_element()] = len(range(sweep.start, sweep.stop, sweep.step))  # (not listed: range(1,10**6))
         elif type(sweep).__name__ == "Glob":
             return None
-        else:
-            last[o.get_key_element()] = len(list(o.sweep_string_iterator()))
+        else:  # (latent_size=2,2 is one job: one folder, which Hydra runs twice)
+            last[o.get_key_element()] = len(set(o.sweep_string_iterator()))
     return math.prod(last.values())
 
 
 def not_started_note(dirs, runs: list[Run]) -> str | None:
     """A line for each sweep at or under `dirs` with jobs that never started (a sweep stopped by
     Ctrl-C, a crash): the table lists only the jobs that have a folder."""
-    lines = []
+    sweeps: dict[Path, Path] = {}  # resolved -> as given
     for d in map(Path, dirs):
         for root, subdirs, _ in os.walk(d):
             root = Path(root)
@@ -603,13 +605,17 @@ def not_started_note(dirs, runs: list[Run]) -> str | None:
                 subdirs.clear()
                 continue
             subdirs[:] = sorted((s for s in subdirs if s not in _SKIP), key=_natural)
-            if not (root / "multirun.yaml").is_file():
-                continue
-            n = sweep_jobs(root)
-            have = sum(1 for r in runs if r.path.is_relative_to(root.resolve()))
-            if n is not None and have < n:
-                lines.append(f"note: {root}: {have} of the sweep's {n} jobs started; the other {n - have} did not "
-                             f"run (vaelab resume {shlex.quote(str(root))} runs them)")
+            if (root / "multirun.yaml").is_file():
+                sweeps.setdefault(root.resolve(), root)
+    lines = []
+    for top, shown in sweeps.items():
+        n = sweep_jobs(top)
+        # its jobs: the runs under it, but not under another sweep inside it (a sweep run into its folder)
+        inner = [s for s in sweeps if s != top and s.is_relative_to(top)]
+        have = sum(1 for r in runs if r.path.is_relative_to(top) and not any(r.path.is_relative_to(s) for s in inner))
+        if n is not None and have < n:
+            lines.append(f"note: {shown}: {have} of the sweep's {n} jobs started; the other {n - have} did not "
+                         f"run (vaelab resume {shlex.quote(str(shown))} runs them)")
     return "\n".join(lines) or None
 
 

@@ -981,3 +981,16 @@ def test_a_range_sweep_is_checked_at_its_ends(monkeypatch):
     composed.clear()
     precheck(["-m", "data.root=range(1,4)", "data.download=false"])
     assert {o for ovs in composed for o in ovs if o.startswith("data.root=")} == {f"data.root={i}" for i in (1, 2, 3)}
+
+
+def test_a_primary_config_of_ones_own_in_a_config_dir_is_not_taken_for_a_saved_run(tmp_path):
+    """`--config-dir myconf --config-name myconfig`, whose file starts from vaelab's config
+    (defaults: [config, _self_]), was taken for a saved run's config and refused with Hydra's
+    words about the schema; a saved config is composed already and has no defaults list."""
+    from vaelab.train_cli import saved_config_argv
+
+    (tmp_path / "myconfig.yaml").write_text("defaults:\n  - config\n  - _self_\nlatent_size: 3\n")
+    argv = ["--config-dir", str(tmp_path), "--config-name", "myconfig", "trainer.epochs=1"]
+    assert saved_config_argv(argv) == argv  # Hydra's own meaning: a folder searched beside conf/
+    (tmp_path / "saved.yaml").write_text("latent_size: 3\n")  # (a run's .hydra/config.yaml)
+    assert "--config-path" in saved_config_argv(["--config-dir", str(tmp_path), "--config-name", "saved"])

@@ -55,8 +55,11 @@ def saved_config_argv(argv: list[str]) -> list[str]:
     overrides, flags = split_args(argv)
     folder = flags.get("--config-dir") or flags.get("-cd")
     name = flags.get("--config-name") or flags.get("-cn") or "config"
-    if not folder or "--config-path" in flags or "-cp" in flags or not (Path(folder) / f"{name}.yaml").is_file():
-        return argv  # no saved config there: Hydra's own meaning (an extra folder of groups)
+    if not folder or "--config-path" in flags or "-cp" in flags or not (Path(folder) / f"{name}.yaml").is_file() \
+            or _has_defaults(Path(folder) / f"{name}.yaml"):
+        # no saved config there (a saved one is composed already: it has no defaults list, where a
+        # primary config of one's own, `defaults: [config, _self_]`, has one): Hydra's own meaning
+        return argv
     i = next(i for i, a in enumerate(argv) if a.split("=", 1)[0] in ("--config-dir", "-cd"))
     rest = argv[i + 1:] if "=" in argv[i] else argv[i + 2:]
     given = {o.split("=", 1)[0].lstrip("+~") for o in overrides}
@@ -67,6 +70,14 @@ def saved_config_argv(argv: list[str]) -> list[str]:
     keep.update((k, override_value(v)) for k, v in leaves(hydra_section(), "hydra") if k != SWEEP_NAME_KEY)
     return add_overrides(argv[:i] + ["--config-path", os.path.abspath(folder)] + rest,
                          [f"++{k}={v}" for k, v in keep.items() if k not in given])
+
+
+def _has_defaults(path: Path) -> bool:
+    try:
+        import yaml
+        return "defaults" in (yaml.safe_load(path.read_text()) or {})
+    except Exception:  # (not YAML, not a mapping: the saved-config path says what is wrong with it)
+        return False
 
 
 def config_dir_error(argv: list[str]) -> str | None:

@@ -718,3 +718,21 @@ def test_a_finished_run_met_again_is_not_evaluated_or_logged_again(make_cfg, tmp
     (tmp_path / "eval.json").unlink()  # a stop cut it short: the next meeting makes it
     train(cfg, tmp_path)
     assert load_eval(tmp_path)["k"] == cfg.trainer.final_eval_k
+
+
+def test_a_run_whose_model_does_not_import_here_is_one_line(make_cfg, tmp_path, monkeypatch, capsys):
+    """vaelab eval (and sample, resume) of a run trained with a model of one's own, in a shell
+    where its module is not importable, printed a 65-line traceback; vaelab-train says it in one."""
+    import sys
+
+    (tmp_path / "gonemodels.py").write_text("from vaelab.models import MLPVAE\n\n\nclass Mine(MLPVAE):\n    pass\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    train(make_cfg(["latent_size=2", "model.size=small", "trainer.epochs=1", "trainer.final_eval=false",
+                    "model._target_=gonemodels.Mine"]), tmp_path / "run")
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p != str(tmp_path)])
+    monkeypatch.delitem(sys.modules, "gonemodels")
+    capsys.readouterr()
+    assert _eval_cli([tmp_path / "run", "--k", "2"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("vaelab eval: error: model._target_=gonemodels.Mine: Error loading 'gonemodels.Mine': "
+                          "ModuleNotFoundError") and "\n" not in err

@@ -34,6 +34,7 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
 from hydra.types import RunMode
+from hydra._internal.utils import _locate
 from hydra.utils import get_object, instantiate
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
@@ -59,7 +60,13 @@ log = logging.getLogger("vaelab")
 
 def build_model(cfg: DictConfig, input_dim: int = 784, image_shape=(1, 28, 28)) -> VAE:
     spec, own = _model_arguments(cfg)
-    model = instantiate(spec, input_dim=input_dim, image_shape=list(image_shape), **own, _convert_="all")
+    try:
+        model = instantiate(spec, input_dim=input_dim, image_shape=list(image_shape), **own, _convert_="all")
+    except Exception as e:  # a target that does not load, sizes that do not fit: one line (_model_error)
+        err = _model_error(cfg, e)
+        if err is e:
+            raise
+        raise err from None
     if not isinstance(model, VAE):  # (builtins.dict, say: it would fail later, far from the cause)
         raise _not_a_vae(cfg)
     if not type(model).__module__.startswith("vaelab."):
@@ -79,8 +86,8 @@ def _model_arguments(cfg: DictConfig) -> tuple[DictConfig, dict]:
     own = OmegaConf.to_container(m.kwargs, resolve=True) if m.get("kwargs") else {}
     keys = [k for k in m if k != "kwargs"]
     try:
-        target = get_object(m._target_)
-    except Exception:  # (does not load)
+        target = _locate(m._target_)  # (hydra.utils.get_object logs an error line of its own first)
+    except Exception:  # (does not load: instantiate says why)
         target = None
     if isinstance(target, type) and (not issubclass(target, VAE) or target is VAE):  # torch.nn.Linear
         raise _not_a_vae(cfg)
@@ -182,7 +189,7 @@ def _model_error(cfg: DictConfig, e: Exception) -> Exception:
     if isinstance(e, ConfigError):
         return e
     try:
-        target = get_object(cfg.model._target_)  # (it loaded: the error came from calling it)
+        target = _locate(cfg.model._target_)  # (it loaded: the error came from calling it)
     except Exception:
         return e
     # (a function that builds a model is a target too: its own errors keep their traceback)

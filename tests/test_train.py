@@ -326,7 +326,15 @@ def test_a_batch_larger_than_the_training_set_is_said(make_cfg, tmp_path, caplog
 def test_train_from_python_says_when_it_carries_a_run_on_with_other_settings(make_cfg, tmp_path, caplog):
     """train(cfg, run_dir) on a folder holding a finished run, with loss.beta=4, trained epoch 2
     at beta 4 without a word, while the saved config (what reproduce re-runs) still said 1."""
-    train(make_cfg(["latent_size=2", "model.size=small", "trainer.epochs=1", "trainer.final_eval=false"]), tmp_path)
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.WARNING)  # a script's own level: train() lowered it to INFO for good
+    try:
+        train(make_cfg(["latent_size=2", "model.size=small", "trainer.epochs=1", "trainer.final_eval=false"]),
+              tmp_path)
+        assert root.level == logging.WARNING
+    finally:
+        root.setLevel(level)
     with caplog.at_level(logging.WARNING, logger="vaelab"):
         train(make_cfg(["latent_size=2", "model.size=small", "trainer.epochs=2", "trainer.final_eval=false"]),
               tmp_path)  # longer only: nothing to say

@@ -590,6 +590,7 @@ def train(cfg: DictConfig, run_dir: str | Path, data: MNISTData | None = None, o
     validate(cfg)
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)  # checkpoints/ and samples/ come once the data has loaded
+    root_level = logging.getLogger().level  # (_attach_logs lowers it to INFO; a script's own stays its own)
     handlers = _attach_logs(run_dir)
     # What _train sets for this run alone (a resumed run's thread count, trainer.deterministic,
     # trainer.flush_denormal): one process may train several runs (tests, a sweep's jobs,
@@ -648,6 +649,7 @@ def train(cfg: DictConfig, run_dir: str | Path, data: MNISTData | None = None, o
         for h in handlers:
             logging.getLogger().removeHandler(h)
             h.close()
+        logging.getLogger().setLevel(root_level)
 
 
 def _train(cfg: DictConfig, run_dir: Path, data: MNISTData | None, on_start=None) -> dict:

@@ -994,3 +994,14 @@ def test_a_primary_config_of_ones_own_in_a_config_dir_is_not_taken_for_a_saved_r
     assert saved_config_argv(argv) == argv  # Hydra's own meaning: a folder searched beside conf/
     (tmp_path / "saved.yaml").write_text("latent_size: 3\n")  # (a run's .hydra/config.yaml)
     assert "--config-path" in saved_config_argv(["--config-dir", str(tmp_path), "--config-name", "saved"])
+
+
+def test_config_groups_on_hydras_search_path_are_found_by_the_checks(tmp_path):
+    """hydra.searchpath=[file://myconf] experiment=mine was refused ("Could not find
+    'experiment/mine'") though Hydra itself finds it: the checks composed without the path."""
+    (tmp_path / "experiment").mkdir()
+    (tmp_path / "experiment" / "mine.yaml").write_text("# @package _global_\nlatent_size: 3\n")
+    path = f"hydra.searchpath=[file://{tmp_path}]"
+    assert precheck([path, "experiment=mine"]) is None
+    assert precheck([path, "experiment=mien"]) == ("override 'experiment=mien': Could not find 'experiment/mien'; "
+                                                   "available: iwae_paper_vae, mine, seed")

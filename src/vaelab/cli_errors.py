@@ -200,9 +200,12 @@ def _group_options(group: str) -> list[str]:
 
 
 def _compose(overrides: list[str], hydra_section: bool = False,
-             primary: tuple[str, str] = (str(CONF_DIR), "config")) -> DictConfig:
-    """`primary`: the folder and name of the primary config (a saved run's for a re-run)."""
+             primary: tuple[str, str] = (str(CONF_DIR), "config"), searchpath: list[str] = ()) -> DictConfig:
+    """`primary`: the folder and name of the primary config (a saved run's for a re-run);
+    `searchpath`: the command line's hydra.searchpath=[...] (config groups of one's own), which
+    the run's composition searches too."""
     register_configs()  # the schema conf/config.yaml names (idempotent; main() has usually done it)
+    overrides = [*(o for o in searchpath if o not in overrides), *overrides]
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(primary[0], version_base="1.3"):
@@ -306,7 +309,9 @@ def precheck(argv: list[str], fetch_data: bool = False, continuing: Path | None 
                 return f"override '{o.input_line}': a saved config is a whole config already; {new_run}"
             return (f"override '{o.input_line}': a saved config has its {group} settings already, not conf/'s "
                     f"choices; change its keys ({_example_key(group)}=...), or {new_run}")
-    compose_ = functools.partial(_compose, primary=primary)
+    searchpath = [o.input_line for o in cmd.parsed if o.is_hydra_override() and not o.is_sweep_override()
+                  and o.key_or_group == "hydra.searchpath"]
+    compose_ = functools.partial(_compose, primary=primary, searchpath=searchpath)
     try:
         base, candidates, swept_from = _job_overrides(cmd)
     except ConfigError as e:

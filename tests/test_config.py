@@ -1005,3 +1005,13 @@ def test_config_groups_on_hydras_search_path_are_found_by_the_checks(tmp_path):
     assert precheck([path, "experiment=mine"]) is None
     assert precheck([path, "experiment=mien"]) == ("override 'experiment=mien': Could not find 'experiment/mien'; "
                                                    "available: iwae_paper_vae, mine, seed")
+
+
+def test_a_config_dir_of_ones_own_groups_gets_the_one_line_checks(tmp_path):
+    """--config-dir myconf experiment=mine skipped the pre-flight: a typo was Hydra's six lines
+    and exit 1, not one line and exit 2."""
+    (tmp_path / "experiment").mkdir()
+    (tmp_path / "experiment" / "mine.yaml").write_text("# @package _global_\nlatent_size: 3\n")
+    assert precheck(["--config-dir", str(tmp_path), "experiment=mine"]) is None
+    assert precheck(["--config-dir", str(tmp_path), "experiment=mine", "latent_size=0"]) == (
+        "latent_size=0: must be an integer >= 1")

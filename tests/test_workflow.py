@@ -258,8 +258,9 @@ def test_a_rerun_of_a_saved_config_gets_the_same_pre_flight(tmp_path, monkeypatc
     assert precheck(saved_config_argv([*rerun, "trainer.epochs=0"])) == "trainer.epochs=0: must be >= 1"
     assert precheck(saved_config_argv([*rerun, "hydra.run.dir=/proc/x"])) == ("hydra.run.dir=/proc/x: cannot make "
                                                                             "folders in /proc")
-    # Hydra's other meanings of these flags stay Hydra's to check
-    assert precheck(["--config-dir", str(tmp_path), "latent_sizee=3"]) is None  # extra groups
+    # a folder of groups of one's own beside conf/'s: checked with it on the search path
+    assert precheck(["--config-dir", str(tmp_path), "latent_sizee=3"]).startswith("unknown key 'latent_sizee'")
+    # another primary config stays Hydra's to check
     assert precheck(["-cn", "other", "latent_sizee=3"]) is None
     # the folders saved_config_argv passes on are conf/config.yaml's, not words of the user's
     monkeypatch.chdir("/proc")

@@ -311,6 +311,9 @@ def precheck(argv: list[str], fetch_data: bool = False, continuing: Path | None 
                     f"choices; change its keys ({_example_key(group)}=...), or {new_run}")
     searchpath = [o.input_line for o in cmd.parsed if o.is_hydra_override() and not o.is_sweep_override()
                   and o.key_or_group == "hydra.searchpath"]
+    config_dir = cmd.flags.get("--config-dir") or cmd.flags.get("-cd")
+    if config_dir and not searchpath and primary == (str(CONF_DIR), "config"):  # as Hydra searches it: after conf/
+        searchpath = [f"hydra.searchpath=[file://{os.path.abspath(config_dir)}]"]
     compose_ = functools.partial(_compose, primary=primary, searchpath=searchpath)
     try:
         base, candidates, swept_from = _job_overrides(cmd)
@@ -577,9 +580,12 @@ def _primary_config(cmd: _CommandLine) -> tuple[str, str] | None:
     flags = cmd.flags
     path, name = flags.get("--config-path") or flags.get("-cp"), flags.get("--config-name") or flags.get("-cn")
     primary = (str(CONF_DIR), "config")
+    config_dir = flags.get("--config-dir") or flags.get("-cd")
     if path and os.path.isabs(path) and (Path(path) / f"{name or 'config'}.yaml").is_file():
         primary = (path, name or "config")
-    elif path or name or any(f in flags for f in ("--config-dir", "-cd")):
+    elif config_dir and not path and not name:  # conf/'s config, and groups of one's own beside conf/'s
+        pass  # (checked with the folder on the search path: precheck)
+    elif path or name or config_dir:
         return None
     if any(f in flags for f in ("--hydra-help", "--version", "--info", "-i", "--shell-completion", "-sc")):
         return None  # (--help shows the composed config: its overrides are checked like a run's)

@@ -1015,3 +1015,9 @@ def test_a_config_dir_of_ones_own_groups_gets_the_one_line_checks(tmp_path):
     assert precheck(["--config-dir", str(tmp_path), "experiment=mine"]) is None
     assert precheck(["--config-dir", str(tmp_path), "experiment=mine", "latent_size=0"]) == (
         "latent_size=0: must be an integer >= 1")
+    # ... also beside a hydra.searchpath of other groups (Hydra searches both)
+    (tmp_path / "other" / "experiment").mkdir(parents=True)
+    (tmp_path / "other" / "experiment" / "theirs.yaml").write_text("# @package _global_\nlatent_size: 4\n")
+    for exp in ("mine", "theirs"):
+        assert precheck(["--config-dir", str(tmp_path), f"hydra.searchpath=[file://{tmp_path / 'other'}]",
+                         f"experiment={exp}"]) is None

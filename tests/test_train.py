@@ -294,6 +294,97 @@ def test_a_model_class_whose_arguments_do_not_fit_is_one_line(tiny_mnist, tmp_pa
         train(cfg, tmp_path / "r")
 
 
+_PARTIAL_MODELS = """
+import torch
+from torch import nn
+from vaelab.models import VAE
+
+
+class Base(VAE):
+    def __init__(self, latent_size, input_dim, image_shape, **settings):
+        super().__init__()
+        self.latent_size, self.input_dim, self.image_shape = latent_size, input_dim, tuple(image_shape)
+        self.e, self.d = nn.Linear(input_dim, 2 * latent_size), nn.Linear(latent_size, input_dim)
+
+
+class NoEncode(Base):
+    def decode_logits(self, z):
+        return self.d(z)
+
+
+class NoAttributes(VAE):
+    def __init__(self, latent_size, input_dim, image_shape, **settings):
+        super().__init__()
+        self.e, self.d = nn.Linear(input_dim, 2 * latent_size), nn.Linear(latent_size, input_dim)
+
+    def encode(self, x):
+        return self.e(x).chunk(2, -1)
+
+    def decode_logits(self, z):
+        return self.d(z)
+
+
+class OneOutput(Base):  # encode returns mu only
+    def encode(self, x):
+        return self.e(x)[:, :self.latent_size]
+
+    def decode_logits(self, z):
+        return self.d(z)
+
+
+class WrongWidth(Base):  # logits of 28 pixels, not 784
+    def encode(self, x):
+        return self.e(x).chunk(2, -1)
+
+    def decode_logits(self, z):
+        return self.d(z)[:, :28]
+
+
+class Float64(Base):
+    def encode(self, x):
+        return [t.double() for t in self.e(x).chunk(2, -1)]  # (a list of two is fine; float64 is not)
+
+    def decode_logits(self, z):
+        return self.d(z)
+
+
+class NoParameters(VAE):
+    def __init__(self, latent_size, input_dim, image_shape, **settings):
+        super().__init__()
+        self.latent_size, self.input_dim, self.image_shape = latent_size, input_dim, tuple(image_shape)
+        self.register_buffer("w", torch.zeros(input_dim, 2 * latent_size))
+
+    def encode(self, x):
+        return (x @ self.w).chunk(2, -1)
+
+    def decode_logits(self, z):
+        return z.new_zeros(z.shape[0], self.input_dim)
+"""
+
+
+@pytest.mark.parametrize("target,message", [
+    ("NoEncode", "this one lacks encode()"),
+    ("NoAttributes", "this one lacks latent_size, input_dim, image_shape"),
+    ("OneOutput", "encode(x) of x (2, 784) must return two tensors, mu and logvar, each (2, latent_size=2); "
+                  "got Tensor"),
+    ("WrongWidth", "decode_logits(z) of z (2, 2) must return logits (2, 784); got (2, 28)"),
+    ("Float64", "encode(x) must return mu and logvar in the parameters' dtype, torch.float32; got torch.float64"),
+    ("NoParameters", "the model has no parameters to train"),  # (build_optimizer's StopIteration before)
+])
+def test_a_model_of_ones_own_that_lacks_part_of_the_interface_is_one_line_before_training(
+        tiny_mnist, tmp_path, monkeypatch, target, message):
+    """Without encode it failed at the first step with a traceback; without image_shape it
+    trained a whole epoch and failed at its pictures, before the epoch's checkpoint."""
+    (tmp_path / "partialmodels.py").write_text(_PARTIAL_MODELS)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    cfg = compose_cfg([f"data.root={tiny_mnist}", "data.val_size=64", "latent_size=2",
+                       f"model._target_=partialmodels.{target}"])
+    with pytest.raises(ConfigError) as e:
+        train(cfg, tmp_path / "r")
+    assert str(e.value).startswith(f"model._target_=partialmodels.{target}: ") and str(e.value).endswith(message)
+    assert not (tmp_path / "r" / "checkpoints").exists()
+
+
 def test_an_error_inside_the_models_own_code_keeps_its_traceback(tiny_mnist, tmp_path, monkeypatch):
     """Only a target that cannot be found is a one-line config error: a bug in a model's
     __init__ (here an import it makes) must reach the user with its stack."""
@@ -336,14 +427,15 @@ def test_train_from_python_says_when_it_carries_a_run_on_with_other_settings(mak
     finally:
         root.setLevel(level)
     with caplog.at_level(logging.WARNING, logger="vaelab"):
-        train(make_cfg(["latent_size=2", "model.size=small", "trainer.epochs=2", "trainer.final_eval=false"]),
-              tmp_path)  # longer only: nothing to say
+        train(make_cfg(["latent_size=2", "model.size=small", "trainer.epochs=1", "trainer.final_eval=false",
+                        "trainer.progress=false"]), tmp_path)  # the same settings: nothing to say
         assert "carrying on" not in caplog.text
         train(make_cfg(["latent_size=2", "model.size=small", "trainer.epochs=3", "trainer.final_eval=false",
                         "loss.beta=4"]), tmp_path)
+    # (trainer.epochs too: reproduce re-runs the saved config's)
     assert (f"carrying on the run in {tmp_path} with settings its saved config does not have (loss.beta: 1.0 there, "
-            f"4.0 here): that config, which vaelab reproduce re-runs, and the run's record of resumes do not say so; "
-            f"vaelab resume {tmp_path} KEY=VALUE changes a run's settings and records them") in caplog.text
+            f"4.0 here, and 1 more): that config, which vaelab reproduce re-runs, and the run's record of resumes do "
+            f"not say so; vaelab resume {tmp_path} KEY=VALUE changes a run's settings and records them") in caplog.text
 
 
 def test_compose_config_finds_config_groups_of_ones_own(tmp_path):
@@ -354,3 +446,7 @@ def test_compose_config_finds_config_groups_of_ones_own(tmp_path):
     cfg = compose_config(["experiment=mine", "trainer.epochs=4"], config_dir=tmp_path)
     assert (cfg.latent_size, cfg.loss.beta, cfg.trainer.epochs) == (3, 2.0, 4)
     assert compose_config(["latent_size=5"]).latent_size == 5
+    with pytest.raises(ConfigError, match="^config_dir=/nonexistent: no such folder$"):
+        compose_config([], config_dir="/nonexistent")
+    with pytest.raises(ConfigError, match="^config_dir and hydra.searchpath: give one"):
+        compose_config([f"hydra.searchpath=[file://{tmp_path}]"], config_dir=tmp_path)

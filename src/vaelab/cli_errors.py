@@ -312,8 +312,10 @@ def precheck(argv: list[str], fetch_data: bool = False, continuing: Path | None 
     searchpath = [o.input_line for o in cmd.parsed if o.is_hydra_override() and not o.is_sweep_override()
                   and o.key_or_group == "hydra.searchpath"]
     config_dir = cmd.flags.get("--config-dir") or cmd.flags.get("-cd")
-    if config_dir and not searchpath and primary == (str(CONF_DIR), "config"):  # as Hydra searches it: after conf/
-        searchpath = [f"hydra.searchpath=[file://{os.path.abspath(config_dir)}]"]
+    if config_dir and primary == (str(CONF_DIR), "config"):  # as Hydra searches it: after conf/ and hydra.searchpath
+        given = next((list(o.value()) for o in cmd.parsed if o.input_line in searchpath), [])  # (Hydra keeps the first)
+        paths = [*map(str, given), f"file://{os.path.abspath(config_dir)}"]
+        searchpath = [f"hydra.searchpath=[{','.join(paths)}]"]
     compose_ = functools.partial(_compose, primary=primary, searchpath=searchpath)
     try:
         base, candidates, swept_from = _job_overrides(cmd)

@@ -203,12 +203,19 @@ def register_configs() -> None:
 def compose_config(overrides: list[str] | tuple = (), config_dir: str | Path | None = None) -> DictConfig:
     """The config vaelab-train would run with these overrides, typed, for use from Python:
     `train(compose_config(["latent_size=16"]), "runs/mine")`. `config_dir`: a folder of config
-    groups of one's own (experiment/, model/, ...), searched before conf/, as --config-dir."""
+    groups of one's own (experiment/, model/, ...), searched after conf/, as vaelab-train
+    --config-dir searches it; or give hydra.searchpath=[...] among the overrides, not both."""
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
     register_configs()
-    extra = [f"hydra.searchpath=[file://{Path(config_dir).resolve()}]"] if config_dir is not None else []
+    extra = []
+    if config_dir is not None:
+        if not Path(config_dir).is_dir():
+            raise ConfigError(f"config_dir={config_dir}: no such folder")
+        if any(o.split("=", 1)[0].lstrip("+") == "hydra.searchpath" for o in overrides):
+            raise ConfigError("config_dir and hydra.searchpath: give one (Hydra keeps the first search path only)")
+        extra = [f"hydra.searchpath=[file://{Path(config_dir).resolve()}]"]
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(str(CONF_DIR), version_base="1.3"):

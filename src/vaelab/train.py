@@ -112,9 +112,10 @@ def _model_arguments(cfg: DictConfig) -> tuple[DictConfig, dict]:
     return OmegaConf.create({k: m[k] for k in keys}), own
 
 
-# What may differ from a run's saved config when train() carries the run on from Python: its
-# length, the progress bars, and where the machine keeps the data and the model.
-_MAY_DIFFER = {"trainer.epochs", "trainer.progress", "device", "data.root"}
+# What may differ from a run's saved config when train() carries the run on from Python: the
+# progress bars, and where the machine keeps the data and the model. (Not trainer.epochs: the
+# saved config's is what reproduce re-runs.)
+_MAY_DIFFER = {"trainer.progress", "device", "data.root"}
 
 
 def _check_same_settings(cfg: DictConfig, saved: Path, run_dir: Path) -> None:
@@ -152,18 +153,24 @@ def _check_interface(cfg: DictConfig, model: VAE, input_dim: int) -> None:
         raise ConfigError(f"{where}: a vaelab model sets latent_size, input_dim and image_shape and implements "
                           f"encode() and decode_logits() (vaelab/models/base.py); this one lacks {', '.join(lacks)}")
     first = next(model.parameters(), None)
-    x = torch.zeros(2, input_dim, device=first.device if first is not None else "cpu")
+    if first is None:  # (build_optimizer's StopIteration, a traceback, after this)
+        raise ConfigError(f"{where}: the model has no parameters to train")
+    x = torch.zeros(2, input_dim, device=first.device, dtype=first.dtype)
     training = model.training
     try:
         with torch.no_grad():
             model.eval()
             got = model.encode(x)
-            mu, logvar = got if isinstance(got, tuple) and len(got) == 2 else (None, None)
+            mu, logvar = got if isinstance(got, (tuple, list)) and len(got) == 2 else (None, None)
             shapes = [tuple(getattr(t, "shape", ())) for t in (mu, logvar)]
             if shapes != [(2, model.latent_size)] * 2:
-                raise ConfigError(f"{where}: encode(x) of x (2, {input_dim}) must return (mu, logvar), each "
-                                  f"(2, latent_size={model.latent_size}); got "
+                raise ConfigError(f"{where}: encode(x) of x (2, {input_dim}) must return two tensors, mu and "
+                                  f"logvar, each (2, latent_size={model.latent_size}); got "
                                   f"{', '.join(map(str, shapes)) if mu is not None else type(got).__name__}")
+            dtypes = {getattr(t, "dtype", None) for t in (mu, logvar)}
+            if dtypes != {x.dtype}:
+                raise ConfigError(f"{where}: encode(x) must return mu and logvar in the parameters' dtype, "
+                                  f"{x.dtype}; got {', '.join(sorted(map(str, dtypes)))}")
             logits = model.decode_logits(mu)
             if tuple(getattr(logits, "shape", ())) != (2, input_dim):
                 raise ConfigError(f"{where}: decode_logits(z) of z (2, {model.latent_size}) must return logits "

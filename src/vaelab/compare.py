@@ -173,8 +173,7 @@ def where(runs: list[Run], conditions: list[str]) -> list[Run]:
             raise CompareError(f"--where {cond}: give KEY=VALUE, e.g. --where loss.beta=4 or --where state=done")
 
         def has(r: Run) -> str | float | None:
-            v = r.state if key == "state" else r.config.get(key, r.metrics.get(key))
-            return None if v is None else v
+            return r.state if key == "state" else r.config.get(key, r.metrics.get(key))
         if not any(has(r) is not None for r in runs):
             settings = sorted({k for r in runs for k in r.config})
             close = difflib.get_close_matches(key, [*settings, "state", *COLUMNS], n=1)

@@ -102,8 +102,9 @@ def _model_arguments(cfg: DictConfig) -> tuple[DictConfig, dict]:
             if k in takes or k not in keys:
                 continue
             if m[k] != default[k]:
-                raise ConfigError(f"model.{k}={getattr(m[k], 'value', m[k])}: model._target_={m._target_} takes no {k} (it is a "
-                                  f"setting of vaelab's MLP); give a model's own arguments as +model.kwargs.NAME=VALUE")
+                given = getattr(m[k], "value", m[k])  # (an enum's name)
+                raise ConfigError(f"model.{k}={given}: model._target_={m._target_} takes no {k} (it is a setting of "
+                                  f"vaelab's MLP); give a model's own arguments as +model.kwargs.NAME=VALUE")
             keys.remove(k)
     clash = sorted(set(own) & {*keys, "input_dim", "image_shape"})
     if clash:
@@ -172,9 +173,10 @@ def _check_interface(cfg: DictConfig, model: VAE, input_dim: int) -> None:
                 raise ConfigError(f"{where}: encode(x) must return mu and logvar in the parameters' dtype, "
                                   f"{x.dtype}; got {', '.join(sorted(map(str, dtypes)))}")
             logits = model.decode_logits(mu)
-            if tuple(getattr(logits, "shape", ())) != (2, input_dim):
+            shape = tuple(getattr(logits, "shape", ()))
+            if shape != (2, input_dim):
                 raise ConfigError(f"{where}: decode_logits(z) of z (2, {model.latent_size}) must return logits "
-                                  f"(2, {input_dim}); got {tuple(getattr(logits, 'shape', ())) or type(logits).__name__}")
+                                  f"(2, {input_dim}); got {shape or type(logits).__name__}")
     finally:
         model.train(training)
 

@@ -1768,3 +1768,15 @@ def test_reproduce_says_when_a_resume_changed_a_setting_part_way(finished_run, t
     assert ("note: changed was carried on with changed settings: optim.lr=1e-4 (from epoch 2, after step 6). Its "
             "config holds the last values") in out
     assert out.rstrip().endswith("(settings changed part-way: see the note above)")
+
+
+def test_a_ctrl_c_during_vaelab_trains_checks_is_one_line(monkeypatch, capsys):
+    """A SIGINT 0.3-2 s after vaelab-train started (its checks, its imports) ended in a
+    KeyboardInterrupt traceback: _run_hydra's handler comes only later."""
+    import vaelab.train_cli as train_cli
+
+    def checks(argv, *args, **kwargs):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(train_cli, "launch", checks)
+    assert train_cli._launch_unless_stopped() == 130
+    assert capsys.readouterr().err == "vaelab-train: interrupted before any run started\n"

@@ -99,15 +99,6 @@ def _keys_of(node) -> list[str]:
     return list(node.keys()) if isinstance(node, DictConfig) else []
 
 
-def _schema_leaves(node: DictConfig, prefix: str = "") -> list[str]:
-    """Every dotted key of a config's values (loss.beta, trainer.epochs, ...)."""
-    out = []
-    for k in _keys_of(node):
-        child = node._get_node(k)
-        out += _schema_leaves(child, f"{prefix}{k}.") if isinstance(child, DictConfig) else [f"{prefix}{k}"]
-    return out
-
-
 def _explain(exc: Exception, override: str, composed: DictConfig | None = None) -> str:
     """One line for a failed composition; `composed`: the config as it was before this override
     (with Hydra's section), whose keys are listed for an unknown key outside our schema."""
@@ -127,7 +118,7 @@ def _explain(exc: Exception, override: str, composed: DictConfig | None = None) 
         # as full keys: the closest in its own section, ...
         close = [f"{parent}.{k}" if parent else k for k in difflib.get_close_matches(leaf, known, n=1)]
         if not full_key.startswith("hydra"):
-            leaves = _schema_leaves(schema)
+            leaves = _setting_keys()  # (schema is vaelab's own here, not Hydra's section)
             # ... unless the key itself is in one other section (optim.epochs: trainer.epochs, not optim.eps;
             # lr: optim.lr; trainer.latent_size: latent_size, which model.latent_size follows)
             named = [k for k in leaves if k.rpartition(".")[2] == leaf]

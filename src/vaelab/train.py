@@ -124,14 +124,13 @@ def _check_same_settings(cfg: DictConfig, saved: Path, run_dir: Path) -> None:
     cfg said: loss.beta=4 trained epoch 2 at beta 4 while the saved config, which reproduce
     re-runs, still said 1. It goes on (tests and scripts carry runs on so), with a warning that
     names vaelab resume, which records such changes."""
-    def flat(d, prefix=""):
-        return {k2: v2 for k, v in d.items()
-                for k2, v2 in (flat(v, f"{prefix}{k}.").items() if isinstance(v, dict) else [(f"{prefix}{k}", v)])}
+    from vaelab.cli_errors import leaves
+
     try:
-        before = flat(to_plain(typed(OmegaConf.load(saved))))
+        before = dict(leaves(to_plain(typed(OmegaConf.load(saved)))))
     except Exception:  # (an unreadable saved config: the checkpoint checks below speak for the run)
         return
-    now = flat(to_plain(cfg))
+    now = dict(leaves(to_plain(cfg)))
     differ = [k for k in sorted({*before, *now} - _MAY_DIFFER) if before.get(k) != now.get(k)]
     if differ:
         k = differ[0]

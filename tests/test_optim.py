@@ -237,11 +237,23 @@ def test_auto_keeps_fused_adam_for_a_model_with_frozen_parameters():
     assert type(build_optimizer(cfg, model, capturable=True)) is torch.optim.Adam
 
 
+def test_flat_adam_that_auto_chose_says_so_and_names_the_parameter():
+    """A user who never set optim.impl must not be told off for optim.impl=flat."""
+    cfg = compose_cfg([])
+    model = build_model(cfg)
+    opt = build_optimizer(cfg, model, capturable=True)  # (flat Adam in torch kernels: no Triton on a CPU)
+    assert type(opt) is FlatAdam
+    model.encoder[0].weight.grad = torch.zeros_like(model.encoder[0].weight)
+    with pytest.raises(ConfigError, match=r"^optim.impl=auto \(flat Adam, for the CUDA-graph step\): parameters "
+                                          r"encoder.0.bias, .* got no gradient"):
+        opt.step()
+
+
 def test_flat_adam_names_the_parameters_without_a_gradient():
     m = net()
     opt = FlatAdam(m.parameters())
     m[0](torch.randn(2, 7)).sum().backward()  # the second layer takes no part
-    with pytest.raises(RuntimeError, match=r"optim.impl=flat: parameters \[2, 3\] got no gradient.*optim.impl=fused"):
+    with pytest.raises(ConfigError, match=r"^optim.impl=flat: parameters 2, 3 got no gradient.*optim.impl=fused"):
         opt.step()
 
 

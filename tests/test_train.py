@@ -11,6 +11,7 @@ import sys
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from vaelab import checkpoint as ckpt_io
@@ -348,6 +349,18 @@ class Float64(Base):
         return self.d(z)
 
 
+class Unused(Base):  # a layer its forward never uses
+    def __init__(self, latent_size, input_dim, image_shape, **settings):
+        super().__init__(latent_size, input_dim, image_shape)
+        self.spare = nn.Linear(3, 3)
+
+    def encode(self, x):
+        return self.e(x).chunk(2, -1)
+
+    def decode_logits(self, z):
+        return self.d(z)
+
+
 class NoParameters(VAE):
     def __init__(self, latent_size, input_dim, image_shape, **settings):
         super().__init__()
@@ -383,6 +396,20 @@ def test_a_model_of_ones_own_that_lacks_part_of_the_interface_is_one_line_before
         train(cfg, tmp_path / "r")
     assert str(e.value).startswith(f"model._target_=partialmodels.{target}: ") and str(e.value).endswith(message)
     assert not (tmp_path / "r" / "checkpoints").exists()
+
+
+def test_flat_adam_on_a_model_with_an_unused_parameter_is_one_line_naming_it(tiny_mnist, tmp_path, monkeypatch):
+    """It was a RuntimeError, a traceback from vaelab-train, at the first step (and would be
+    for optim.impl=auto, flat Adam in a CUDA-graph step, with any such model of one's own)."""
+    (tmp_path / "partialmodels.py").write_text(_PARTIAL_MODELS)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    cfg = compose_cfg([f"data.root={tiny_mnist}", "data.val_size=64", "latent_size=2", "optim.impl=flat",
+                       "model._target_=partialmodels.Unused", "trainer.final_eval=false"])
+    with pytest.raises(ConfigError, match=r"^optim.impl=flat: parameters spare.weight, spare.bias got no gradient "
+                                          r"this step; use optim.impl=fused for a model with parameters a step can "
+                                          r"leave unused$"):
+        train(cfg, tmp_path / "r")
+    train(OmegaConf.merge(cfg, {"optim": {"impl": "fused"}, "trainer": {"epochs": 1}}), tmp_path / "fused")
 
 
 def test_an_error_inside_the_models_own_code_keeps_its_traceback(tiny_mnist, tmp_path, monkeypatch):

@@ -39,6 +39,8 @@ import logging
 
 import torch
 
+from vaelab.config import ConfigError
+
 log = logging.getLogger("vaelab")
 BLOCK = 1024  # numbers per Triton program: ~1,200 programs for the seed model, every SM busy
 _TRITON_BROKEN: str | None = None  # why the Triton kernel failed in this process, if it did
@@ -102,8 +104,12 @@ class FlatAdam(torch.optim.Adam):
     launcher, say) is logged, and the torch kernels do the update from then on."""
 
     def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8,
-                 weight_decay: float = 0.0, kernel: str = "torch"):
+                 weight_decay: float = 0.0, kernel: str = "torch", names: list[str] | None = None,
+                 setting: str = "optim.impl=flat"):
+        """names: the parameters' names, for the one-line errors; setting: what chose flat Adam,
+        as those errors name it (build_optimizer: optim.impl=auto in a CUDA-graph step)."""
         super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
+        self.names, self.setting = names, setting
         if kernel not in ("torch", "triton"):
             raise ValueError(f"FlatAdam kernel={kernel!r}: allowed: torch, triton")
         if len(self.param_groups) != 1:
@@ -165,10 +171,11 @@ class FlatAdam(torch.optim.Adam):
         if [p.data_ptr() for p in ps] != self._addresses:  # else the update would miss the model
             raise RuntimeError("FlatAdam: the model's parameters were moved or replaced after the optimizer was "
                                "built (e.g. model.to(...)); build it after moving the model")
-        missing = [i for i, p in enumerate(ps) if p.grad is None]
-        if missing:  # torch's Adam would skip them; one flat update cannot
-            raise RuntimeError(f"optim.impl=flat: parameters {missing} got no gradient this step; "
-                               f"use optim.impl=fused for models with parameters a step can leave unused")
+        missing = [self.names[i] if self.names else str(i) for i, p in enumerate(ps) if p.grad is None]
+        if missing:  # torch's Adam would skip them; one flat update cannot. (A ConfigError: the
+            # model's own doing, which vaelab-train reports in one line)
+            raise ConfigError(f"{self.setting}: parameters {', '.join(missing)} got no gradient this step; use "
+                              f"optim.impl=fused for a model with parameters a step can leave unused")
         torch.cat([p.grad.reshape(-1) for p in ps], out=self.grad)  # (P,)
         torch.addcmul(self._advance, self.sched, self._decay, out=self.sched)  # t+1, b1^(t+1), b2^(t+1)
         if self.kernel == "triton":
@@ -222,9 +229,9 @@ class FlatAdam(torch.optim.Adam):
         steps = {float(saved[i]["step"]) for i in have}
         if have and (len(have) < len(ps) or len(steps) > 1 or any(self.param_groups[0].get(k) for k in
                                                                    ("amsgrad", "maximize"))):
-            raise ValueError("optim.impl=flat: this optimizer state has moments for some parameters only, step "
-                             "counts that differ between parameters, or amsgrad/maximize, which flat Adam does "
-                             "not keep; use optim.impl=fused")
+            raise ConfigError(f"{self.setting}: this optimizer state has moments for some parameters only, step "
+                              "counts that differ between parameters, or amsgrad/maximize, which flat Adam does "
+                              "not keep; use optim.impl=fused")
         with torch.no_grad():
             if have:  # none for a checkpoint from before any step
                 for s, m, v in zip(saved, self._views(self.exp_avg), self._views(self.exp_avg_sq)):

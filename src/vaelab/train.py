@@ -236,7 +236,8 @@ def build_optimizer(cfg: DictConfig, model: torch.nn.Module, capturable: bool = 
         if impl == "triton" and (why := triton_unusable(device, dtype)):
             raise ConfigError(f"optim.impl=triton: {why}; optim.impl=flat is the same update in torch kernels")
         return FlatAdam(model.parameters(), lr=o.lr, betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay,
-                        kernel="triton" if impl == "triton" else "torch")
+                        kernel="triton" if impl == "triton" else "torch", names=[n for n, _ in model.named_parameters()],
+                        setting=f"optim.impl={o.impl}" + (" (flat Adam, for the CUDA-graph step)" if o.impl == "auto" else ""))
     if impl == "fused" and device.type not in ("cpu", "cuda"):
         impl = "foreach"  # no fused Adam kernel there
     return torch.optim.Adam(model.parameters(), lr=o.lr, betas=tuple(o.betas), eps=o.eps,

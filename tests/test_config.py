@@ -126,6 +126,10 @@ def test_optimizer_matches_config():
     (["loss.recon=foo"], "expected one of [mse, bce]"),
     (["model.size=huge"], "expected one of [small, base, large]"),
     (["model.linear=mkl"], "expected one of [aten, onednn]"),
+    # composed, not only vaelab-train's checks: compose_config refuses them too (test_train.py)
+    (["model.activation=sigmoid"], "expected one of [relu, tanh, gelu, elu] (key 'model.activation')"),
+    (["optim.impl=fusd"], "expected one of [auto, fused, flat, triton, foreach, forloop] (key 'optim.impl')"),
+    (["loss.impl=trition"], "expected one of [torch, triton] (key 'loss.impl')"),
     (["model.hidden=[0]"], "model.hidden"),
     (["experiment=sed"], "available: iwae_paper_vae, seed"),
     (["device=gpu"], "allowed: auto, cpu, cuda, cuda:N, mps"),

@@ -117,10 +117,10 @@ def test_mlpvae_linear_choice_keeps_weights_interchangeable():
 
 
 def test_the_configs_model_choices_are_the_ones_mlp_builds():
-    """config.py (no torch) lists what validate() allows; models/mlp.py builds them: a value
+    """config.py (no torch) lists what the schema allows; models/mlp.py builds them: a value
     added to one alone would pass the config and fail at build, or never be allowed."""
-    from vaelab.config import ACTIVATIONS, ModelSize
+    from vaelab.config import Activation, ModelSize
     from vaelab.models import mlp
 
-    assert set(ACTIVATIONS) == set(mlp._ACTIVATIONS)
+    assert {a.value for a in Activation} == set(mlp._ACTIVATIONS)
     assert {s.value for s in ModelSize} == set(mlp.SIZES)

@@ -465,6 +465,21 @@ def test_train_from_python_says_when_it_carries_a_run_on_with_other_settings(mak
             f"not say so; vaelab resume {tmp_path} KEY=VALUE changes a run's settings and records them") in caplog.text
 
 
+@pytest.mark.parametrize("override", ["model.activation=sigmoid", "optim.impl=fusd", "loss.impl=trition",
+                                      "model.size=huge"])
+def test_compose_config_refuses_a_value_outside_a_settings_choices(override):
+    """From Python these passed compose and failed only when train() checked them (they were
+    plain str settings, held to their lists by validate())."""
+    from hydra.errors import ConfigCompositionException
+
+    from vaelab.config import compose_config
+
+    key, value = override.split("=")
+    with pytest.raises(ConfigCompositionException) as e:
+        compose_config([override])
+    assert f"Invalid value '{value}', expected one of [" in str(e.value.__cause__)
+
+
 def test_compose_config_finds_config_groups_of_ones_own(tmp_path):
     from vaelab.config import compose_config
 

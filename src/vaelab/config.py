@@ -35,34 +35,67 @@ class ConfigError(ValueError):
 # --- enums: OmegaConf rejects any other value at compose time ------------------------------
 
 
-class Recon(str, Enum):
+class Choice(str, Enum):
+    """A setting with a fixed set of values. Each member's name is its value, so OmegaConf
+    (which matches names) and the code (which compares strings) agree; str() and f-strings give
+    the value on every Python (3.11 would write "Recon.mse")."""
+
+    def __str__(self) -> str:
+        return self.value
+
+    def __format__(self, spec: str) -> str:
+        return format(self.value, spec)
+
+
+class Recon(Choice):
     mse = "mse"  # seed script: squared error summed over pixels (Gaussian, sigma^2 = 1/2)
     bce = "bce"  # Bernoulli decoder: binary cross-entropy summed over pixels
 
 
-class Binarize(str, Enum):
+class Binarize(Choice):
     none = "none"  # grey levels in [0, 1]
     dynamic = "dynamic"  # fresh Bernoulli draw of every training batch (Burda et al. 2016)
     static = "static"  # one Bernoulli draw per split, fixed by the seed
 
 
-class ModelSize(str, Enum):
+class ModelSize(Choice):
     small = "small"
     base = "base"
     large = "large"
 
 
-class LinearImpl(str, Enum):
+class LinearImpl(Choice):
     aten = "aten"  # F.linear: MKL on the CPU, cuBLAS on a GPU
     onednn = "onednn"  # CPU float32 products on oneDNN (models/linear.py); elsewhere as aten
 
 
-class Amp(str, Enum):
+class Amp(Choice):
     off = "off"
     bf16 = "bf16"
 
 
-class LRSchedule(str, Enum):
+class Activation(Choice):  # models/mlp.py builds each (a test keeps the two lists equal)
+    relu = "relu"
+    tanh = "tanh"
+    gelu = "gelu"
+    elu = "elu"
+
+
+class LossImpl(Choice):  # see LossConfig.impl
+    torch = "torch"
+    triton = "triton"
+
+
+class AdamImpl(Choice):  # see OptimConfig.impl
+    auto = "auto"
+    fused = "fused"
+    flat = "flat"
+    triton = "triton"
+    foreach = "foreach"
+    forloop = "forloop"
+
+
+class LRSchedule(Choice):
     constant = "constant"
     iwae = "iwae"  # Burda et al.: lr * 10^(-i/7) for 3^i epochs, i = 0..7
 
@@ -86,7 +119,7 @@ class ModelConfig:
     _target_: str = "vaelab.models.MLPVAE"
     size: ModelSize = ModelSize.base  # named widths, see models/mlp.py SIZES
     hidden: Optional[List[int]] = None  # explicit widths; when set, `size` is ignored
-    activation: str = "relu"
+    activation: Activation = Activation.relu
     latent_size: int = "${latent_size}"  # type: ignore[assignment]
     # Where the CPU float32 matrix products run. The same arithmetic either way (outputs agree
     # to float rounding); onednn made the seed model's steps 14-17% faster on the 2-core
@@ -108,7 +141,7 @@ class LossConfig:
     # (vaelab.fused_loss, opt-in): the reparameterisation, the KL and the reconstruction term,
     # forward and backward, as four Triton kernels instead of ~40 small ones (CUDA only, float32,
     # no torch.compile); the same arithmetic, differing from torch by float rounding.
-    impl: str = "torch"
+    impl: LossImpl = LossImpl.torch
 
 
 @dataclass
@@ -128,7 +161,7 @@ class OptimConfig:
     # kernel, one pass over the parameters instead of ~17 (CUDA only). auto (default): triton
     # when the step is a CUDA graph (trainer.cuda_graph on a GPU) and Triton can run there,
     # flat in a graph otherwise, fused outside one.
-    impl: str = "auto"
+    impl: AdamImpl = AdamImpl.auto
     schedule: LRSchedule = LRSchedule.constant
 
 
@@ -228,10 +261,7 @@ def compose_config(overrides: list[str] | tuple = (), config_dir: str | Path | N
 # --- value checks ------------------------------------------------------------------------
 
 _DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
-_ADAM_IMPLS = ("auto", "fused", "flat", "triton", "foreach", "forloop")
-ACTIVATIONS = ("relu", "tanh", "gelu", "elu")  # models/mlp.py builds each (a test keeps the two lists equal)
 _COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
-_LOSS_IMPLS = ("torch", "triton")
 _FLOAT32_TINY = 2.0 ** -126  # torch.finfo(torch.float32).tiny, 1.18e-38 (torch is not imported here)
 _FLOAT32_SUBNORMAL = 2.0 ** -149  # float32's smallest subnormal number, 1.4e-45
 
@@ -276,7 +306,6 @@ def validate(cfg: DictConfig, here: bool = True) -> None:
     _check(0 <= cfg.loss.beta < math.inf, "loss.beta", cfg.loss.beta,
            "must be a finite number >= 0 (0 turns the KL term off)")
     _check(cfg.loss.kl_warmup_steps >= 0, "loss.kl_warmup_steps", cfg.loss.kl_warmup_steps, "must be >= 0")
-    _check(cfg.loss.impl in _LOSS_IMPLS, "loss.impl", cfg.loss.impl, f"allowed: {', '.join(_LOSS_IMPLS)}")
     for key, value, clash in (("trainer.amp", cfg.trainer.amp, "bf16"), ("trainer.compile", cfg.trainer.compile, True)):
         _check(not (cfg.loss.impl == "triton" and value == clash), "loss.impl", cfg.loss.impl,
                f"its kernels are float32 PyTorch functions, not for {key}={str(clash).lower()}: use loss.impl=torch "
@@ -288,7 +317,6 @@ def validate(cfg: DictConfig, here: bool = True) -> None:
     for key in ("seed", "data.split_seed"):  # what torch.manual_seed and NumPy accept
         _check(0 <= OmegaConf.select(cfg, key) < 2**32, key, OmegaConf.select(cfg, key), "must be in [0, 2**32)")
     _check(cfg.optim.name == "adam", "optim.name", cfg.optim.name, "allowed: adam")
-    _check(cfg.optim.impl in _ADAM_IMPLS, "optim.impl", cfg.optim.impl, f"allowed: {', '.join(_ADAM_IMPLS)}")
     _check(len(cfg.optim.betas) == 2 and all(0 <= b < 1 for b in cfg.optim.betas),
            "optim.betas", list(cfg.optim.betas), "must be two numbers in [0, 1)")
     t = cfg.trainer
@@ -314,7 +342,6 @@ def validate(cfg: DictConfig, here: bool = True) -> None:
         _check(len(m.hidden) >= 1 and all(h >= 1 for h in m.hidden), "model.hidden", list(m.hidden),
                "must be a non-empty list of positive widths, e.g. [1024,512]")
         _check(all(h < 2**31 for h in m.hidden), "model.hidden", list(m.hidden), "too large: widths must be < 2**31")
-    _check(m.activation in ACTIVATIONS, "model.activation", m.activation, f"allowed: {', '.join(ACTIVATIONS)}")
     _check(bool(_DEVICE_RE.match(cfg.device)), "device", cfg.device, "allowed: auto, cpu, cuda, cuda:N, mps")
     if not here:
         return
@@ -427,10 +454,9 @@ def choices(schema: type = None, prefix: str = "") -> dict[str, list[str]]:
     import typing
 
     out: dict[str, list[str]] = {}
-    if schema is None:  # the str keys that validate() holds to a list
+    if schema is None:  # the str key that validate() holds to a list
         schema = Config
-        out.update({"optim.impl": list(_ADAM_IMPLS), "loss.impl": list(_LOSS_IMPLS),
-                    "model.activation": list(ACTIVATIONS), "trainer.compile_mode": list(_COMPILE_MODES)})
+        out["trainer.compile_mode"] = list(_COMPILE_MODES)
     for f, t in ((f, typing.get_type_hints(schema)[f.name]) for f in dataclasses.fields(schema)):
         if dataclasses.is_dataclass(t):
             out.update(choices(t, f"{prefix}{f.name}."))

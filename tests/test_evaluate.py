@@ -24,12 +24,16 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from vaelab import checkpoint as ckpt_io
 from vaelab.data import load_data
 from vaelab.evaluate import bits_per_dim, elbo_stats, iwae_bound, iwae_nll, log_weights
-from vaelab.evaluate_run import data_root, evaluate_run, load_eval, load_run
+from vaelab.evaluate_run import data_root, evaluate_run, load_run
 from vaelab.losses import MSE_NLL_CONST_PER_DIM
 from vaelab.models import VAE, MLPVAE
 from vaelab.train import train
 
 LOG_2PI = math.log(2 * math.pi)
+
+
+def load_eval(run_dir) -> dict:
+    return json.loads((Path(run_dir) / "eval.json").read_text())
 
 
 class LinearGaussianVAE(VAE):

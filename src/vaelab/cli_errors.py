@@ -27,7 +27,8 @@ from hydra.core.override_parser.types import Glob, RangeSweep
 from omegaconf import DictConfig, OmegaConf
 
 from vaelab.checkpoint import CheckpointError, check_not_in_use, enclosing_run, holds_runs, is_run
-from vaelab.config import CONF_DIR, Config, ConfigError, choices, hydra_section, register_configs, typed, validate
+from vaelab.config import (CONF_DIR, Config, ConfigError, choices, hydra_section, leaves, register_configs, typed,
+                           validate)
 
 # Hydra's own flags; those in _WITH_VALUE take the next argument as their value.
 _WITH_VALUE = {"--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd", "--cfg", "-c",
@@ -1045,16 +1046,6 @@ def _optuna_settings_error(composed: DictConfig, cmd: _CommandLine) -> str | Non
             if err:
                 return err
     return None
-
-
-def leaves(tree: dict, prefix: str = ""):
-    """(dotted key, value) of each leaf of a nested dict: {'a': {'b': 1}} gives ('a.b', 1)."""
-    for k, v in tree.items():
-        key = f"{prefix}.{k}" if prefix else str(k)
-        if isinstance(v, dict) and v:
-            yield from leaves(v, key)
-        else:
-            yield key, v
 
 
 def _optuna_storage_error(composed: DictConfig) -> str | None:

@@ -34,6 +34,7 @@ from omegaconf import OmegaConf
 from vaelab import checkpoint as ckpt_io
 from vaelab.checkpoint import read_json, run_state
 from vaelab.cli_errors import unwritable
+from vaelab.config import leaves
 
 # Final metrics of an unfinished run, from the per-epoch scalars train() logs.
 EPOCH_TAGS = {"epochs": "epoch/epoch", "train_loss": "epoch/train_loss", "val_loss": "epoch/val_loss",
@@ -111,7 +112,7 @@ def _load(path: Path, name: str) -> Run:
             saved = yaml.safe_load(cfg.read_text()) or {}
             if not isinstance(saved, dict):
                 raise ValueError(f"a {type(saved).__name__}, not a mapping of settings")
-            run.config = _flatten(saved)
+            run.config = {k: str(v) for k, v in leaves(saved, empty=False)}
         except (OSError, ValueError, yaml.YAMLError) as e:  # a hand-edited or damaged file: the other runs still
             why = " ".join(str(e).split())[:120]
             print(f"vaelab compare: warning: {cfg} cannot be read ({why}); its run's settings are left out",
@@ -235,16 +236,6 @@ def _fmt(v) -> str:
     if isinstance(v, float):
         return "nan" if math.isnan(v) else f"{v:.3f}"
     return str(v)
-
-
-def _flatten(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = str(v)
-    return out
 
 
 # Settings that change how a run talks, not what it computes: never a column of their own.

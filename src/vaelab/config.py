@@ -467,6 +467,17 @@ def choices(schema: type = None, prefix: str = "") -> dict[str, list[str]]:
     return out
 
 
+def leaves(tree: dict, prefix: str = "", empty: bool = True):
+    """(dotted key, value) of each leaf of a nested dict: {'a': {'b': 1}} gives ('a.b', 1). An
+    empty dict is a leaf of its own, or (empty=False) nothing."""
+    for k, v in tree.items():
+        key = f"{prefix}.{k}" if prefix else str(k)
+        if isinstance(v, dict) and (v or not empty):
+            yield from leaves(v, key, empty)
+        else:
+            yield key, v
+
+
 def to_plain(cfg: DictConfig) -> dict:
     """The resolved config as plain Python types (enums as strings): safe for torch.load
     (weights_only=True), JSON and TensorBoard."""

@@ -88,7 +88,8 @@ def elbo_stats(model, images: torch.Tensor, recon: Recon, batch_size: int = 2000
                generator: torch.Generator | None = None) -> dict:
     """One-sample ELBO terms over a split (uint8 (N, D)), averaged per example, plus the KL of
     each latent dimension and the active-unit count. Large no-grad batches. 'recon' in the
-    result is the cost training reports (see _recon_cost)."""
+    result is the cost training reports (see _recon_cost), and so is 'nelbo': for loss.recon=mse
+    both leave out the Gaussian's constant (recon_log_likelihood adds it)."""
     cost = _recon_cost(recon)
     was_training = model.training
     model.eval()

@@ -388,10 +388,6 @@ def _examples_seen(run_dir: Path) -> int:
         return 0
 
 
-def load_eval(run_dir: str | Path) -> dict:
-    return json.loads((Path(run_dir) / "eval.json").read_text())
-
-
 def checkpoint_when(r: dict) -> str:
     """Where in training eval.json's checkpoint was taken: "epoch 3", or part-way through one."""
     part = r.get("in_epoch")
@@ -469,7 +465,6 @@ positive_int = _checked(int, lambda v: v >= 1, "an integer >= 1")
 folder_name = _checked(str, lambda v: v.strip() != "", "a folder (holding MNIST/raw/), not empty")
 importance_samples = _checked(int, lambda v: 1 <= v <= 10**6, "an integer in [1, 1000000] (the IWAE paper uses 5000)")
 seed_int = _checked(int, lambda v: 0 <= v < 2**63, "an integer in [0, 2**63)")  # torch.Generator.manual_seed
-positive_float = _checked(float, lambda v: math.isfinite(v) and v > 0, "a number > 0")
 non_negative_float = _checked(float, lambda v: math.isfinite(v) and v >= 0, "a number >= 0")
 
 

@@ -12,26 +12,18 @@ import torch
 from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import hparams as hparams_summary
 
+from vaelab.config import leaves
+
 # The metrics the HParams dashboard compares (scalars hparams/<name>, logged at the end).
 HPARAM_METRICS = ("val_loss", "val_recon", "val_kl", "active_units")
 HPARAMS_SUFFIX = ".hparams"  # the event file that holds a run's HParams row (RunLogger.hparams_start)
 
 
-def flatten(d: dict, prefix: str = "") -> dict:
+def flatten(d: dict) -> dict:
     """{'a': {'b': 1}} -> {'a.b': 1}; lists and None become strings (HParams takes scalars only),
     and so do booleans ('true'/'false'): torch's hparams() would store them as 1.0 and 0.0."""
-    out: dict = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out.update(flatten(v, key + "."))
-        elif isinstance(v, bool):
-            out[key] = str(v).lower()
-        elif isinstance(v, (int, float, str)):
-            out[key] = v
-        else:
-            out[key] = str(v)
-    return out
+    return {k: str(v).lower() if isinstance(v, bool) else v if isinstance(v, (int, float, str)) else str(v)
+            for k, v in leaves(d, empty=False)}
 
 
 def hparams_logged(run_dir: str | Path, x: int) -> bool:

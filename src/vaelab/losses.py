@@ -59,10 +59,11 @@ def beta_at(step: int, beta: float, warmup_steps: int) -> float:
 
 def vae_loss(logits: torch.Tensor, x: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor,
              recon: str = "mse", beta: float = 1.0) -> dict[str, torch.Tensor]:
-    """Named terms of the beta-weighted negative ELBO, each averaged over the batch (nats/example).
+    """Named terms of the beta-weighted negative ELBO, each averaged over the batch (nats/example;
+    for recon="mse", recon and so nelbo leave out the Gaussian's constant, D * MSE_NLL_CONST_PER_DIM).
 
-    Returns: loss (the optimised total, recon + beta * kl), recon, kl, nelbo (recon + kl: the
-    negative ELBO at beta=1, the bound papers report) and kl_per_dim (L,).
+    Returns: loss (the optimised total, recon + beta * kl), recon, kl, nelbo (recon + kl: for
+    recon="bce", the negative ELBO at beta=1, the bound papers report) and kl_per_dim (L,).
     """
     kl_d = kl_per_dim(mu, logvar).mean(0)  # (L,)
     return elbo_terms(recon_nll(logits, x, recon).mean(), kl_d, kl_d.sum(), beta)

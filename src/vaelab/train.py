@@ -40,8 +40,8 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
 from vaelab import checkpoint as ckpt_io
-from vaelab.config import (CONF_DIR, LOG_FORMAT, Config, ConfigError, choices, resolve_device, to_plain, typed,
-                           validate)
+from vaelab.config import (CONF_DIR, LOG_FORMAT, Config, ConfigError, choices, leaves, resolve_device, to_plain,
+                           typed, validate)
 from vaelab.data import DataError, MNISTData, load_data, to_float
 from vaelab.errors import STOP_SIGNALS, Interrupted, NonFiniteLoss, SaveFailed, after_hangup, leaving_after_a_stop
 from vaelab.evaluate import ACTIVE_THRESHOLD, elbo_stats, flushing_subnormals, quiet
@@ -50,6 +50,7 @@ from vaelab.logger import RunLogger, hparams_logged, image_grid
 from vaelab.losses import MSE_NLL_CONST_PER_DIM, beta_at, vae_loss
 from vaelab.models import VAE
 from vaelab.optim import FlatAdam, triton_unusable
+from vaelab.pictures import reconstructions_grid
 from vaelab.workflow import SWEEP_CONTINUED, pin_environment
 
 log = logging.getLogger("vaelab")
@@ -124,7 +125,6 @@ def _check_same_settings(cfg: DictConfig, saved: Path, run_dir: Path) -> None:
     cfg said: loss.beta=4 trained epoch 2 at beta 4 while the saved config, which reproduce
     re-runs, still said 1. It goes on (tests and scripts carry runs on so), with a warning that
     names vaelab resume, which records such changes."""
-    from vaelab.cli_errors import leaves
 
     try:
         before = dict(leaves(to_plain(typed(OmegaConf.load(saved)))))
@@ -276,7 +276,7 @@ def _under_config(saved: dict, opt: torch.optim.Optimizer) -> dict:
 
 
 def lr_at(cfg: DictConfig, epoch: int) -> float:
-    """Learning rate for a 0-based epoch. 'iwae' is Burda et al.'s schedule: 1e-3 * 10^(-i/7)
+    """Learning rate for a 0-based epoch. 'iwae' is Burda et al.'s schedule: optim.lr * 10^(-i/7)
     during the 3^i epochs of stage i = 0..7 (1 + 3 + 9 + ... + 2187 = 3280 epochs)."""
     if cfg.optim.schedule == "iwae":
         i, end = 0, 1
@@ -545,7 +545,7 @@ class CudaGraphStep:
 class _StopFlag:
     """Ctrl-C / SIGTERM / SIGHUP (a closed terminal) set a flag; the loop saves a checkpoint
     after the current step and exits. A second Ctrl-C aborts at once, except while a checkpoint
-    is being written (about a second): aborting then would lose the checkpoint the first Ctrl-C
+    is being written (a fraction of a second for the seed model): aborting then would lose the checkpoint the first Ctrl-C
     asked for."""
 
     def __init__(self):
@@ -671,9 +671,9 @@ def _train(cfg: DictConfig, run_dir: Path, data: MNISTData | None, on_start=None
     device = resolve_device(cfg.device)
     seed_everything(cfg.seed)
     # Subnormal floats (< 1.2e-38, e.g. sigmoid of the very negative logits MNIST's black
-    # background drives the decoder to) are ~100x slower on x86 CPUs: the seed script loses
-    # 20-30% per epoch to them from epoch 2 on. Flushing them to zero left the seed model's
-    # epoch losses unchanged to 4 decimals (benchmarks/README.md).
+    # background drives the decoder to) are ~100x slower on x86 CPUs: without flushing them to
+    # zero the seed model's epoch 2 took 5.6 s instead of 3.1, with epoch losses equal to 4
+    # decimals (README.md, Overrides).
     torch.set_flush_denormal(t.flush_denormal)
     if t.deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
@@ -696,9 +696,10 @@ def _train(cfg: DictConfig, run_dir: Path, data: MNISTData | None, on_start=None
     if t.batch_size > n_train:  # (allowed: the one batch is the whole training set, as a DataLoader's would be)
         log.warning("trainer.batch_size=%d is larger than the %d training images: each epoch is one step of %d",
                     t.batch_size, n_train, n_train)
+    model = build_model(cfg, data.train.dim, data.train.image_shape)  # (one line for what cannot be built)
     try:
-        model = build_model(cfg, data.train.dim, data.train.image_shape).to(device)
-    except Exception as e:  # the config's model cannot exist here: one line, not Hydra's five
+        model = model.to(device)
+    except Exception as e:  # weights the device has no room for: one line too (_model_error)
         err = _model_error(cfg, e)
         if err is e:  # an error in the model's own code: as raised, with its cause and traceback
             raise
@@ -1103,8 +1104,7 @@ def _pictures(model: VAE, fixed_z: torch.Tensor, recon_x: torch.Tensor, writer: 
     was = model.training
     model.eval()
     samples = image_grid(model.decode(fixed_z), model.image_shape)
-    recon = model.decode(model.encode(recon_x)[0])  # decoder mean at z = mu
-    pairs = image_grid(torch.cat([recon_x, recon]), model.image_shape, nrow=recon_x.shape[0])
+    pairs = reconstructions_grid(model, recon_x, recon_x.shape[0])  # one row of inputs, one of outputs
     model.train(was)
     writer.image("samples", samples, x_ax)
     writer.image("reconstructions", pairs, x_ax)
@@ -1188,7 +1188,6 @@ def _another_jobs_run(cfg: DictConfig, run_dir: Path) -> str | None:
     train() would carry that run on as this job's, under this job's config. Hydra has already
     written this job's config over the other's: put back the one its checkpoint was trained with.
     A job that submitit requeues comes back to its own run, with the same config: None."""
-    from vaelab.cli_errors import leaves
 
     last = ckpt_io.latest(run_dir / "checkpoints")
     if last is None:

@@ -18,8 +18,8 @@ from pathlib import Path
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
-from vaelab.cli_errors import add_overrides, claim_folder, leaves, overrides_first, precheck, split_args
-from vaelab.config import CONF_DIR, hydra_section, register_configs
+from vaelab.cli_errors import add_overrides, claim_folder, overrides_first, precheck, split_args
+from vaelab.config import CONF_DIR, hydra_section, leaves, register_configs
 
 
 SWEEP_NAME_KEY = "hydra.job.config.override_dirname.exclude_keys"

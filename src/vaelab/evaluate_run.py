@@ -192,7 +192,7 @@ def evaluate_run(run_dir: str | Path, k: int = 5000, device: str = "auto", check
         recon_kind = getattr(cfg.loss.recon, "value", cfg.loss.recon)
         binarize = getattr(cfg.data.binarize, "value", cfg.data.binarize)
         data = load_data(root, dev, val_size=cfg.data.val_size, split_seed=cfg.data.split_seed,
-                         binarize=binarize, download=cfg.data.download, how=how)
+                         binarize=binarize, download=cfg.data.download, saved=True, how=how)
         trained_on = ck.get("state", {}).get("data_digest")  # (a checkpoint from before 2026-11-26 has none)
         if trained_on is not None and trained_on != data.digest:
             log.warning("the data differs from what the run trained on (data digest %s, now %s, from %s): these are "
@@ -322,9 +322,10 @@ def evaluate_run(run_dir: str | Path, k: int = 5000, device: str = "auto", check
             held.close()
             if staging is not None:
                 shutil.rmtree(staging, ignore_errors=True)
-        log.info("%seval (%s, k=%d): ELBO %.2f nats (recon %.2f, KL %.2f), IWAE NLL %.2f nats = %.4f bits/dim, "
-                 "active units %d/%d", job, path.name, k, elbo, recon, kl, nll, result["bits_per_dim"],
-                 st["active_units"], cfg.latent_size)
+        grey = recon_kind == "bce" and binarize == "none"  # (a cross-entropy: no likelihood, as the table says)
+        log.info("%seval (%s, k=%d): %s %.2f nats (recon %.2f, KL %.2f), %s %.2f nats = %.4f bits/dim, "
+                 "active units %d/%d", job, path.name, k, "ELBO form" if grey else "ELBO", elbo, recon, kl,
+                 "IWAE form" if grey else "IWAE NLL", nll, result["bits_per_dim"], st["active_units"], cfg.latent_size)
         return result
 
 

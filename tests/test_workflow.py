@@ -403,6 +403,9 @@ def test_resume_of_a_finished_run_completes_what_a_stop_cut_short(tiny_mnist, tm
         "vaelab resume: run has finished training, but its end-of-training evaluation did not finish "
         "(no eval.json): evaluating it now")
     assert "-ELBO (upper bound on NLL)" in out  # its numbers, as vaelab eval prints them
+    # and its train.log ends with the evaluation's line, as a run's that was not stopped (it ended
+    # with the line that said the evaluation had been stopped)
+    assert (run / "train.log").read_text().splitlines()[-1].split(" - ", 1)[1].startswith("eval (last.pt, k=3): ELBO ")
     ev = json.loads((run / "eval.json").read_text())
     assert ev["checkpoint"].endswith("last.pt") and ev["k"] == 3
     # the setting it ran with is the run's, so compare takes these numbers as its own evaluation's
@@ -756,9 +759,12 @@ def test_resume_with_missing_data_changes_nothing(finished_run, tmp_path, capsys
     from tests.conftest import make_tiny_mnist
     small = make_tiny_mnist(tmp_path / "small", n_train=50)
     assert vaelab(["resume", run, f"data.root={small}", "trainer.epochs=5"]) == 2
-    assert capsys.readouterr().err.strip() == (f"vaelab resume: error: data.val_size=64: must be in [0, 49] for a "
-                                               f"training set of 50 images (data.root={small})")
+    too_few = (f"error: data.root={small}: its training split has 50 images, too few for the run's "
+               f"data.val_size=64 (set when it trained): is this the data the run trained on?")
+    assert capsys.readouterr().err.strip() == f"vaelab resume: {too_few}"
     assert files_snapshot(run) == before
+    assert vaelab(["eval", run, "--data-root", small, "--k", "1", "--no-pictures"]) == 2  # (it splits as the run did)
+    assert capsys.readouterr().err.strip() == f"vaelab eval: {too_few}"
 
 
 def test_a_run_that_diverged_before_its_first_checkpoint_is_named_as_such(tiny_mnist, tmp_path, capsys):
@@ -776,8 +782,8 @@ def test_a_run_that_diverged_before_its_first_checkpoint_is_named_as_such(tiny_m
     assert vaelab(["resume", run]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"vaelab resume: error: {run / 'checkpoints'}: no checkpoint, nothing to resume (the run "
-                          f"diverged before its first checkpoint: {reason}); the same settings would diverge again: "
-                          f"start it anew with others, e.g. vaelab-train --config-dir ")
+                          f"diverged before its first checkpoint: {reason}); start it anew, with settings other "
+                          f"than those that diverged, e.g. vaelab-train --config-dir ")
     assert err.endswith("--config-name config optim.lr=1e-4") and "\n" not in err
 
 

@@ -25,7 +25,7 @@ import signal
 import sys
 import threading
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import hydra
@@ -464,6 +464,25 @@ def _attach_logs(run_dir: Path) -> list[logging.Handler]:
     return added
 
 
+def _detach_logs(handlers: list[logging.Handler], root_level: int) -> None:
+    """Undo _attach_logs: its handlers removed and closed, the root logger's level as it was."""
+    for h in handlers:
+        logging.getLogger().removeHandler(h)
+        h.close()
+    logging.getLogger().setLevel(root_level)
+
+
+@contextmanager
+def logging_to(run_dir: Path):
+    """train.log in run_dir, and the console, for as long as the block runs (_attach_logs)."""
+    root_level = logging.getLogger().level
+    handlers = _attach_logs(run_dir)
+    try:
+        yield
+    finally:
+        _detach_logs(handlers, root_level)
+
+
 def _quiet_once_the_reader_has_gone(handler: logging.StreamHandler) -> None:
     """`vaelab-train ... | head -1`: once the reader has gone, each console line after it printed
     a 'Logging error' traceback to stderr (hundreds a run), the run itself unharmed. On the first
@@ -655,10 +674,7 @@ def train(cfg: DictConfig, run_dir: str | Path, data: MNISTData | None = None, o
         torch.set_flush_denormal(flushing)
         if cublas_workspace is None:
             os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
-        for h in handlers:
-            logging.getLogger().removeHandler(h)
-            h.close()
-        logging.getLogger().setLevel(root_level)
+        _detach_logs(handlers, root_level)
 
 
 def _train(cfg: DictConfig, run_dir: Path, data: MNISTData | None, on_start=None) -> dict:

@@ -516,8 +516,8 @@ def resume(run_dir: str | Path, overrides: list[str] = ()) -> dict | None:
         if stopped.get("state") == "diverged":  # started again as it was, it would blow up at the same step
             reason = stopped.get("reason", "a non-finite loss").split(";")[0]
             raise ckpt_io.CheckpointError(f"{run_dir / 'checkpoints'}: no checkpoint, nothing to resume (the run "
-                                          f"diverged before its first checkpoint: {reason}); the same settings would "
-                                          f"diverge again: start it anew with others, e.g. {again} optim.lr=1e-4")
+                                          f"diverged before its first checkpoint: {reason}); start it anew, with "
+                                          f"settings other than those that diverged, e.g. {again} optim.lr=1e-4")
         raise ckpt_io.CheckpointError(f"{run_dir / 'checkpoints'}: no checkpoint, nothing to resume "
                                       f"(the run stopped before its first checkpoint; start it again with: {again})")
 
@@ -569,7 +569,8 @@ def resume(run_dir: str | Path, overrides: list[str] = ()) -> dict | None:
     ckpt_io.check_resumable(ck, last)
     _to_carry_on(cfg, run_dir)  # that is what this command is for, whatever the run said
     data = load_data(cfg.data.root, resolve_device(cfg.device), val_size=cfg.data.val_size, split_seed=cfg.data.split_seed,
-                     binarize=cfg.data.binarize, download=cfg.data.download, how=RESUME_HOW)  # DataError, one line
+                     binarize=cfg.data.binarize, download=cfg.data.download, saved=True,  # (val_size: checked above)
+                     how=RESUME_HOW)  # DataError, one line
     check_data_to_resume(ck["state"], len(data.train))  # DataError, one line, before anything is written
     # (the files once train() has built the model and optimizer and checked the checkpoint;
     # the run's own CPU thread count, as a resumed train() takes)
@@ -740,15 +741,17 @@ def finish_evaluation(run_dir: Path, cfg, say, how: str = "give data.root=DIR", 
     if not missing:
         return None
     from vaelab.evaluate_run import RunDirError, data_root, evaluate_run
+    from vaelab.train import logging_to
 
     if ckpt_io.latest(run_dir / "checkpoints") is None:  # its checkpoints were cleaned away since
         raise ckpt_io.CheckpointError(f"{run_dir / 'checkpoints'}: no checkpoint left to evaluate")
     say(f"{run_dir.name} has finished training, but its end-of-training evaluation did not finish "
         f"({missing}): evaluating it now")
     try:
-        return evaluate_run(run_dir, k=cfg.trainer.final_eval_k, device=cfg.device, checkpoint="last",
-                            progress=cfg.trainer.progress if progress is None else progress,
-                            data_root_override=data_root(run_dir, cfg), how=how, job=job)
+        with logging_to(run_dir):  # (train.log ends with the evaluation's line, as a run's that was not cut short)
+            return evaluate_run(run_dir, k=cfg.trainer.final_eval_k, device=cfg.device, checkpoint="last",
+                                progress=cfg.trainer.progress if progress is None else progress,
+                                data_root_override=data_root(run_dir, cfg), how=how, job=job)
     except RunDirError as e:  # (its wording is vaelab eval's)
         raise ckpt_io.CheckpointError(str(e)) from None
 

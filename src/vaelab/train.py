@@ -235,9 +235,10 @@ def build_optimizer(cfg: DictConfig, model: torch.nn.Module, capturable: bool = 
     if impl in ("flat", "triton"):  # the model's parameters become views into one tensor
         if impl == "triton" and (why := triton_unusable(device, dtype)):
             raise ConfigError(f"optim.impl=triton: {why}; optim.impl=flat is the same update in torch kernels")
+        chose = f"optim.impl={o.impl}" + (" (flat Adam, for the CUDA-graph step)" if o.impl == "auto" else "")
         return FlatAdam(model.parameters(), lr=o.lr, betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay,
-                        kernel="triton" if impl == "triton" else "torch", names=[n for n, _ in model.named_parameters()],
-                        setting=f"optim.impl={o.impl}" + (" (flat Adam, for the CUDA-graph step)" if o.impl == "auto" else ""))
+                        kernel="triton" if impl == "triton" else "torch",
+                        names=[n for n, _ in model.named_parameters()], setting=chose)
     if impl == "fused" and device.type not in ("cpu", "cuda"):
         impl = "foreach"  # no fused Adam kernel there
     return torch.optim.Adam(model.parameters(), lr=o.lr, betas=tuple(o.betas), eps=o.eps,
@@ -677,6 +678,45 @@ def train(cfg: DictConfig, run_dir: str | Path, data: MNISTData | None = None, o
         _detach_logs(handlers, root_level)
 
 
+def _load_to_resume(cfg: DictConfig, path: Path, model: VAE, opt: torch.optim.Optimizer, st: dict,
+                    data: MNISTData) -> dict | None:
+    """Continue from the checkpoint at `path`: its weights, Adam's state, the loop's state (into
+    `st`), the random generators and the run's thread count, once it is checked against this
+    config and data (one line for what does not fit). Returns what resumes.yaml records when the
+    data has changed since (its digest), else None."""
+    ck = ckpt_io.load(path, map_location="cpu")
+    ckpt_io.check_resumable(ck, path)
+    ckpt_io.check_compatible(ck, model, path, cfg, ckpt_io.SAME_TO_RESUME)
+    model.load_state_dict(ck["model"])
+    opt.load_state_dict(_under_config(ck["optimizer"], opt))
+    st.update(ck["state"])
+    check_data_to_resume(st, len(data.train))
+    data_changed = None
+    if st["data_digest"] != data.digest:  # (a checkpoint from before 2026-11-26 has none: st keeps this one)
+        log.warning("the data differs from what this run trained on until now (data digest %s, now %s): "
+                    "data.root=%s", st["data_digest"], data.digest, cfg.data.root)
+        data_changed = {"epoch": st["epoch"] + 1, "step": st["step"],
+                        "data_digest": {"before": st["data_digest"], "now": data.digest}}
+        st["data_digest"] = data.digest
+    check_epochs_to_resume(st, cfg.trainer.epochs)
+    if st["threads"] != torch.get_num_threads():
+        # The run's CPU sums were made with that many threads: the same count keeps a resumed run
+        # bit-identical to one never stopped (`vaelab resume`, or a resumed sweep's job under a
+        # launcher that gives it another count), and metrics.json's torch_threads true.
+        log.info("using %d CPU threads, as the run did (this process had %d)", st["threads"],
+                 torch.get_num_threads())
+        torch.set_num_threads(st["threads"])
+    ckpt_io.set_rng_state(ck["rng"])
+    if "log_beta" not in ck["state"] and st["pos"]:
+        # A checkpoint from before log_beta was kept, taken part-way through a log interval: the
+        # interval began at the last log point or at the epoch's first step, all full batches since.
+        t, lcfg = cfg.trainer, cfg.loss
+        first = max(st["step"] - st["step"] % t.log_every, st["step"] - st["pos"] // t.batch_size)
+        st["log_beta"] = sum(beta_at(s, lcfg.beta, lcfg.kl_warmup_steps) * t.batch_size
+                             for s in range(first, st["step"]))
+    return data_changed
+
+
 def _train(cfg: DictConfig, run_dir: Path, data: MNISTData | None, on_start=None) -> dict:
     ckpt_dir, sample_dir = run_dir / "checkpoints", run_dir / "samples"
     saved_cfg = run_dir / ".hydra" / "config.yaml"
@@ -750,28 +790,7 @@ def _train(cfg: DictConfig, run_dir: Path, data: MNISTData | None, on_start=None
     if resume_from is not None and on_start is None:  # (vaelab resume checks, records and saves its changes)
         _check_same_settings(cfg, saved_cfg, run_dir)
     if resume_from is not None:
-        ck = ckpt_io.load(resume_from, map_location="cpu")
-        ckpt_io.check_resumable(ck, resume_from)
-        ckpt_io.check_compatible(ck, model, resume_from, cfg, ckpt_io.SAME_TO_RESUME)
-        model.load_state_dict(ck["model"])
-        opt.load_state_dict(_under_config(ck["optimizer"], opt))
-        st.update(ck["state"])
-        check_data_to_resume(st, n_train)
-        if st["data_digest"] != data.digest:  # (a checkpoint from before 2026-11-26 has none: st keeps this one)
-            log.warning("the data differs from what this run trained on until now (data digest %s, now %s): "
-                        "data.root=%s", st["data_digest"], data.digest, cfg.data.root)
-            data_changed = {"epoch": st["epoch"] + 1, "step": st["step"],
-                            "data_digest": {"before": st["data_digest"], "now": data.digest}}
-            st["data_digest"] = data.digest
-        check_epochs_to_resume(st, t.epochs)
-        if st["threads"] != torch.get_num_threads():
-            # The run's CPU sums were made with that many threads: the same count keeps a resumed run
-            # bit-identical to one never stopped (`vaelab resume`, or a resumed sweep's job under a
-            # launcher that gives it another count), and metrics.json's torch_threads true.
-            log.info("using %d CPU threads, as the run did (this process had %d)", st["threads"],
-                     torch.get_num_threads())
-            torch.set_num_threads(st["threads"])
-        ckpt_io.set_rng_state(ck["rng"])
+        data_changed = _load_to_resume(cfg, resume_from, model, opt, st, data)
         resumed = True
         if resume_from.name != last_path.name:  # a kill before the first last.pt, or it was deleted
             log.warning("%s is missing: resuming from the newest complete checkpoint, %s", last_path,
@@ -837,11 +856,6 @@ def _train(cfg: DictConfig, run_dir: Path, data: MNISTData | None, on_start=None
     batch_size, log_every, grad_clip = t.batch_size, t.log_every, t.grad_clip
     recon, binarize = getattr(lcfg.recon, "value", lcfg.recon), data.binarize
     beta_max, warmup = lcfg.beta, lcfg.kl_warmup_steps
-    if resumed and "log_beta" not in ck["state"] and st["pos"]:
-        # A checkpoint from before log_beta was kept, taken part-way through a log interval: the
-        # interval began at the last log point or at the epoch's first step, all full batches since.
-        first = max(st["step"] - st["step"] % log_every, st["step"] - st["pos"] // batch_size)
-        st["log_beta"] = sum(beta_at(s, beta_max, warmup) * batch_size for s in range(first, st["step"]))
 
     # (loss, recon, kl, examples) sums of the epoch and of the log interval, on the device.
     # Fixed tensors for the whole run: a CUDA graph adds into them at fixed addresses.

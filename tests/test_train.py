@@ -194,6 +194,31 @@ def test_progress_bars_follow_trainer_progress_and_tqdm_disable(tiny_mnist, tmp_
     assert ("epoch 1/1:" in p.stderr) == shown
 
 
+def test_a_ctrl_c_while_numpy_loads_stops_the_command():
+    """vaelab-train's checks import torch first, and torch._C imports numpy from C++: a Ctrl-C
+    at that moment left numpy half-made and the command going on (to fail at the end of an
+    epoch, unsaved, with "module 'numpy' has no attribute 'void'"), or ended it in an ImportError
+    traceback. `import vaelab` now loads numpy first, from Python, where a Ctrl-C stops it."""
+    from importlib.metadata import version
+
+    core = "numpy._core" if int(version("numpy").split(".")[0]) >= 2 else "numpy.core"
+    script = f"""
+import os, signal, sys
+class CtrlC:  # a Ctrl-C as numpy's C code imports its first Python module
+    def find_spec(self, name, path=None, target=None):
+        if name == "{core}._exceptions":
+            os.kill(os.getpid(), signal.SIGINT)
+sys.meta_path.insert(0, CtrlC())
+try:
+    from vaelab.config import resolve_device
+    resolve_device("cpu")  # (its import of torch: the first, as in vaelab-train's checks)
+except KeyboardInterrupt:
+    sys.exit(130)
+"""
+    p = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 130, p.stderr[-2000:]
+
+
 def test_a_ctrl_c_in_the_first_seconds_is_not_hidden_by_the_clean_up(make_cfg, tmp_path, monkeypatch):
     """A Ctrl-C that cut the import of sympy short (torchvision and Adam import it as a run
     starts) left it half-made; train()'s clean-up then called torch.use_deterministic_algorithms,

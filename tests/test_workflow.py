@@ -1786,3 +1786,33 @@ def test_a_ctrl_c_during_vaelab_trains_checks_is_one_line(monkeypatch, capsys):
     monkeypatch.setattr(train_cli, "launch", checks)
     assert train_cli._launch_unless_stopped() == 130
     assert capsys.readouterr().err == "vaelab-train: interrupted before any run started\n"
+
+
+def test_a_ctrl_c_while_vaelab_train_loads_its_modules_is_one_line():
+    """Earlier still, in the import of vaelab.train_cli (hydra, the checks' modules), a Ctrl-C was
+    a 48-line KeyboardInterrupt traceback: the console script is now cli.train_main."""
+    script = """
+import os, signal, sys
+class CtrlC:
+    def find_spec(self, name, path=None, target=None):
+        if name == "vaelab.cli_errors":
+            os.kill(os.getpid(), signal.SIGINT)
+sys.meta_path.insert(0, CtrlC())
+sys.argv = ["vaelab-train", "latent_size=2"]
+from vaelab.cli import train_main
+train_main()
+"""
+    p = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert (p.returncode, p.stderr) == (130, "vaelab-train: interrupted before any run started\n")
+
+
+def test_a_ctrl_c_while_a_vaelab_command_loads_is_one_line(monkeypatch, capsys):
+    """`vaelab resume RUN` imports its command's module (torch, ~2 s) before the command runs and
+    answers a Ctrl-C itself: one came out as a KeyboardInterrupt traceback."""
+    import importlib
+
+    def loading(name, *args, **kwargs):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(importlib, "import_module", loading)
+    assert vaelab(["compare", "."]) == 130
+    assert capsys.readouterr().err == "vaelab: interrupted before the command began; nothing was written\n"

@@ -27,7 +27,40 @@ def one_line_errors(prog: str):
     return error
 
 
+def interrupted_on_the_way_in(line: str):
+    """A Ctrl-C while a command's modules load (hydra, torch: its first second or two) is one line
+    and exit status 130, not a KeyboardInterrupt traceback through the imports: nothing has run."""
+    print(line, file=sys.stderr)
+    sys.exit(130)
+
+
+def train_main() -> None:
+    """Console script `vaelab-train` (vaelab.train_cli.main), with the loading of its modules
+    under the same one-line Ctrl-C."""
+    try:
+        from vaelab.train_cli import main as train_cli_main
+    except KeyboardInterrupt:
+        interrupted_on_the_way_in("vaelab-train: interrupted before any run started")  # (as train_cli says)
+    train_cli_main()
+
+
 def main(argv: list[str] | None = None) -> None:
+    try:
+        mod, args = _parse(argv)
+        from vaelab.errors import leaving_after_a_stop, when_the_reader_has_gone
+    except KeyboardInterrupt:  # (once the command runs, it answers a Ctrl-C itself)
+        interrupted_on_the_way_in("vaelab: interrupted before the command began; nothing was written")
+    try:
+        code = when_the_reader_has_gone(lambda: getattr(mod, f"{args.command}_command")(args))
+    except KeyboardInterrupt:
+        code = 130
+    if code == 130:  # stopped, and saved: a late signal on the way out changes nothing
+        leaving_after_a_stop()
+    sys.exit(code or 0)
+
+
+def _parse(argv: list[str] | None):
+    """The command's module, imported, and its parsed arguments (one line and exit 2 for bad ones)."""
     argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
     chosen = next((a for a in argv if not a.startswith("-")), None)
     parser = argparse.ArgumentParser(prog="vaelab", description=__doc__.splitlines()[0])
@@ -50,16 +83,7 @@ def main(argv: list[str] | None = None) -> None:
         hint = ("; the data folder is given as --data-root DIR" if not before and "--data-root" in own.format_usage()
                 and any(u.startswith("data.root=") for u in unknown) else "")
         (parser if before else own).error(f"unrecognized arguments: {' '.join(unknown)}{hint}")
-    mod = importlib.import_module(args._module)
-    from vaelab.errors import leaving_after_a_stop, when_the_reader_has_gone
-
-    try:
-        code = when_the_reader_has_gone(lambda: getattr(mod, f"{args.command}_command")(args))
-    except KeyboardInterrupt:
-        code = 130
-    if code == 130:  # stopped, and saved: a late signal on the way out changes nothing
-        leaving_after_a_stop()
-    sys.exit(code or 0)
+    return importlib.import_module(args._module), args
 
 
 if __name__ == "__main__":

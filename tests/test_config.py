@@ -135,6 +135,12 @@ def test_optimizer_matches_config():
     (["device=gpu"], "allowed: auto, cpu, cuda, cuda:N, mps"),
     (["optim.lr=0"], "optim.lr"),
     (["optim.weight_decay=-1"], "optim.weight_decay=-1.0: must be a finite number >= 0"),
+    # (without these checks: a traceback at the first step, or a run that trains on silently)
+    (["trainer.batch_size=0"], "trainer.batch_size=0: must be >= 1"),
+    (["trainer.log_every=0"], "trainer.log_every=0: must be >= 1"),
+    (["loss.kl_warmup_steps=-5"], "loss.kl_warmup_steps=-5: must be >= 0"),
+    (["trainer.grad_clip=-1"], "trainer.grad_clip=-1.0: must be a finite number >= 0 (0 = off)"),
+    (["optim.betas=[1.0,0.999]"], "optim.betas=[1.0, 0.999]: must be two numbers in [0, 1)"),
     (["optim.eps=inf"], "optim.eps=inf: must be a finite number > 0"),  # Adam would never move
     # 0 in float32 (flat Adam's eps * (1 - beta1) flushed to 0 below 1.18e-37): 0/0 at the first steps
     (["optim.eps=1e-300"], "optim.eps=1e-300: must be >= 1.18e-37 here: float32 loses a smaller eps in Adam's "
@@ -752,8 +758,9 @@ def test_a_sweep_with_a_validation_split_too_big_for_the_data_is_refused_before_
     from tests.conftest import make_tiny_mnist
     from vaelab.data import MNIST_FILES, mnist_train_size
 
-    assert precheck([f"data.root={tiny_mnist}", "-m", "data.val_size=64,256"], fetch_data=True) == (
-        f"data.val_size=256: must be in [0, 255] for a training set of 256 images (data.root={tiny_mnist})")
+    for values in ("64,256", "256,64"):  # (the largest is checked, wherever it is listed)
+        assert precheck([f"data.root={tiny_mnist}", "-m", f"data.val_size={values}"], fetch_data=True) == (
+            f"data.val_size=256: must be in [0, 255] for a training set of 256 images (data.root={tiny_mnist})")
     big = make_tiny_mnist(tmp_path / "big", n_train=512)  # each value meets each root in the sweep
     assert precheck(["-m", f"data.root={big},{tiny_mnist}", "data.val_size=64,300"], fetch_data=True) == (
         f"data.val_size=300: must be in [0, 255] for a training set of 256 images (data.root={tiny_mnist})")

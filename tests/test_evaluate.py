@@ -198,13 +198,57 @@ def test_active_units_on_a_model_with_known_dead_dimensions():
             for row in (i, 6 + i):  # the head's outputs are [mu | logvar]
                 model.head.weight[row] = 0
                 model.head.bias[row] = 0
+        model.head.bias[4] = 1.5  # a mean that is the same for every x: inactive (Burda et al.'s
+        # Cov_x E_q[z|x] is 0), though its KL is not (an E_x[mu^2] in place of the variance took it)
         model.head.weight[[0, 2, 5]] *= 20  # the live means vary a lot with x
     images = torch.randint(0, 256, (300, 784), dtype=torch.uint8)
     st = elbo_stats(model, images, "bce", batch_size=128, generator=torch.Generator().manual_seed(0))
     assert st["active_units"] == 3
-    assert (st["mu_var"][dead] == 0).all() and (st["mu_var"][[0, 2, 5]] > 0.01).all()
-    assert torch.allclose(st["kl_per_dim"][dead], torch.zeros(3))
+    assert (st["mu_var"][dead].abs() < 1e-9).all() and (st["mu_var"][[0, 2, 5]] > 0.01).all()
+    assert torch.allclose(st["kl_per_dim"][[1, 3]], torch.zeros(2))
+    assert float(st["kl_per_dim"][4]) == pytest.approx(0.5 * 1.5**2)  # KL(N(1.5, 1) || N(0, 1))
     assert st["kl"] == pytest.approx(float(st["kl_per_dim"].sum()), rel=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["mse", "bce"])
+def test_the_decoders_likelihood_and_training_cost_agree_with_torch_distributions(kind):
+    """Pinned without losses.py's own constants: mse is a Gaussian of variance 1/2 around
+    sigmoid(logits), bce a Bernoulli, each summed over pixels (nats per example); the training
+    cost is that NLL, less 448.73 nats for mse's 784 pixels. (Dropping the constant from the
+    IWAE bound's likelihood, or a mean over pixels, passed every test before.)"""
+    from torch.distributions import Bernoulli, Normal
+
+    from vaelab.losses import recon_log_likelihood, recon_nll
+
+    g = torch.Generator().manual_seed(0)
+    logits = 3 * torch.randn(5, 784, generator=g)
+    x = torch.rand(5, 784, generator=g)
+    if kind == "bce":
+        x = x.round()
+        want = Bernoulli(logits=logits).log_prob(x).sum(-1)
+    else:
+        want = Normal(torch.sigmoid(logits), math.sqrt(0.5)).log_prob(x).sum(-1)
+    torch.testing.assert_close(recon_log_likelihood(logits, x, kind), want)
+    offset = 448.734 if kind == "mse" else 0.0  # 784 * log(pi) / 2
+    torch.testing.assert_close(recon_nll(logits, x, kind), -want - offset, rtol=1e-5, atol=2e-3)
+
+
+def test_vae_loss_weights_the_kl_by_beta_and_nelbo_at_one():
+    """loss.beta must reach the optimised loss (only tests that need Triton caught it doing
+    nothing), and nelbo is the unweighted bound; the KL is torch.distributions' own."""
+    from torch.distributions import Bernoulli, Normal, kl_divergence
+
+    from vaelab.losses import vae_loss
+
+    g = torch.Generator().manual_seed(1)
+    logits, x = torch.randn(6, 784, generator=g), torch.rand(6, 784, generator=g).round()
+    mu, logvar = torch.randn(6, 4, generator=g), torch.randn(6, 4, generator=g)
+    rec = -Bernoulli(logits=logits).log_prob(x).sum(-1).mean()
+    kl_d = kl_divergence(Normal(mu, (0.5 * logvar).exp()), Normal(0.0, 1.0)).mean(0)
+    out = vae_loss(logits, x, mu, logvar, recon="bce", beta=4.0)
+    torch.testing.assert_close(out["kl_per_dim"], kl_d)
+    torch.testing.assert_close(out["loss"], rec + 4.0 * kl_d.sum())
+    torch.testing.assert_close(out["nelbo"], rec + kl_d.sum())
 
 
 # --- vaelab eval on a run directory -------------------------------------------------------

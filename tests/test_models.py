@@ -109,7 +109,9 @@ def test_mlpvae_linear_choice_keeps_weights_interchangeable():
     a = MLPVAE(16, hidden=[64], input_dim=784, linear="aten")
     b = MLPVAE(16, hidden=[64], input_dim=784, linear="onednn")
     b.load_state_dict(a.state_dict())  # same keys and shapes: checkpoints load either way
-    x = torch.rand(8, 784)
+    x = torch.rand(128, 784)  # (8 rows were below ONEDNN_MIN_MACS: both ran F.linear)
+    from vaelab.models.linear import HAVE_ONEDNN
+    assert b.encoder[0]._use_onednn(x) is HAVE_ONEDNN and not a.encoder[0]._use_onednn(x)
     mu_a, lv_a = a.encode(x)
     mu_b, lv_b = b.encode(x)
     assert torch.allclose(mu_a, mu_b, atol=1e-5) and torch.allclose(lv_a, lv_b, atol=1e-5)

@@ -8,6 +8,7 @@ evaluation functions as `recon` (evaluate.py accepts a log-likelihood function t
 """
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import math
@@ -392,6 +393,23 @@ def test_a_new_eval_replaces_the_previous_one_in_tensorboard(make_cfg, tmp_path,
     assert {p.name: p.read_bytes() for p in (tmp_path / "eval").iterdir()} == pictures
     assert ((tmp_path / "eval.json").read_text(), tensorboard()) == before
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == [".hydra"]
+    # a full disk: closing the new event file fails too, which skipped its removal, and TensorBoard
+    # showed numbers eval.json never had beside the ones it has
+    from torch.utils.tensorboard import SummaryWriter
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    def close_on_a_full_disk(self, close=SummaryWriter.close):
+        close(self)
+        full()
+    monkeypatch.setattr("vaelab.pictures.latents_scatter_figure", full)
+    monkeypatch.setattr(SummaryWriter, "close", close_on_a_full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        evaluate_run(tmp_path, k=2, device="cpu", progress=False, seed=5)
+    monkeypatch.undo()
+    assert ((tmp_path / "eval.json").read_text(), tensorboard()) == before
+    assert len(list(tmp_path.glob("events.out.tfevents.*.eval"))) == 1
 
 
 def test_an_earlier_evaluation_that_cannot_be_removed_costs_a_warning_not_the_new_one(make_cfg, tmp_path,

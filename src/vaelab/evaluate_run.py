@@ -314,9 +314,13 @@ def evaluate_run(run_dir: str | Path, k: int = 5000, device: str = "auto", check
                            if f != mine and not _evaluating(f))
         except BaseException:  # Ctrl-C, a full disk: TensorBoard keeps showing the evaluation eval.json holds
             if writer is not None:
-                writer.close()
-                if not written:
-                    _remove_events([mine])
+                try:
+                    writer.close()  # (on a full disk this fails too, flushing what it still holds)
+                except OSError:
+                    pass
+                finally:
+                    if not written:
+                        _remove_events([mine])
             raise
         finally:
             held.close()

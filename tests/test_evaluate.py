@@ -412,6 +412,38 @@ def test_a_new_eval_replaces_the_previous_one_in_tensorboard(make_cfg, tmp_path,
     assert len(list(tmp_path.glob("events.out.tfevents.*.eval"))) == 1
 
 
+def test_an_evaluation_that_waits_for_another_says_so(make_cfg, tmp_path, caplog):
+    """The second of two evaluations of a run waited for the first to write its results without
+    a word: stopped in that section (a suspended process), it looked hung."""
+    import threading
+
+    train(make_cfg(["latent_size=2", "model.size=small", "trainer.epochs=1", "trainer.final_eval=false"]), tmp_path)
+    held, release = threading.Event(), threading.Event()
+
+    def other_evaluation():
+        with ckpt_io.only_process(tmp_path / ".hydra"):
+            held.set()
+            release.wait(30)
+    class ReleaseOnceWaiting(logging.Handler):  # (the other evaluation ends once this one waits)
+        def emit(self, record):
+            if "waiting for it" in record.getMessage():
+                release.set()
+    t = threading.Thread(target=other_evaluation)
+    t.start()
+    held.wait(30)
+    handler = ReleaseOnceWaiting()
+    logging.getLogger("vaelab").addHandler(handler)
+    try:
+        with caplog.at_level(logging.INFO, logger="vaelab"):
+            evaluate_run(tmp_path, k=2, device="cpu", pictures=False, progress=False)
+    finally:
+        logging.getLogger("vaelab").removeHandler(handler)
+        release.set()
+        t.join()
+    assert f"another evaluation of {tmp_path} is writing its results: waiting for it (Ctrl-C stops waiting)" \
+        in caplog.messages
+
+
 def test_an_earlier_evaluation_that_cannot_be_removed_costs_a_warning_not_the_new_one(make_cfg, tmp_path,
                                                                                       monkeypatch, caplog):
     """On Windows a running TensorBoard holds the newest event file open: the new evaluation's

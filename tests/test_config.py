@@ -137,6 +137,8 @@ def test_optimizer_matches_config():
     (["optim.weight_decay=-1"], "optim.weight_decay=-1.0: must be a finite number >= 0"),
     # (without these checks: a traceback at the first step, or a run that trains on silently)
     (["trainer.batch_size=0"], "trainer.batch_size=0: must be >= 1"),
+    (["=3"], "override '=3': no key before the '=': an override is KEY=VALUE, as in latent_size=16"),  # ("'': a group")
+    (["latent_size"], "(missing EQUAL at '<EOF>'); an override is KEY=VALUE, as in latent_size=VALUE"),
     (["trainer.log_every=0"], "trainer.log_every=0: must be >= 1"),
     (["loss.kl_warmup_steps=-5"], "loss.kl_warmup_steps=-5: must be >= 0"),
     (["trainer.grad_clip=-1"], "trainer.grad_clip=-1.0: must be a finite number >= 0 (0 = off)"),

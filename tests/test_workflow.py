@@ -981,6 +981,20 @@ def test_overflowed_adam_moments_are_not_saved(tiny_mnist, tmp_path, monkeypatch
     assert json.loads((run / "stopped.json").read_text())["state"] == "diverged"
 
 
+def test_a_checkpoint_on_a_full_disk_says_once_there_is_room(tiny_mnist, tmp_path, monkeypatch):
+    """It said 'once the folder is writable' for a disk that had filled up."""
+    save = ckpt_io.save_atomic
+
+    def full(obj, path):
+        if obj["state"]["epoch"] == 2:
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        return save(obj, path)
+    monkeypatch.setattr(ckpt_io, "save_atomic", full)
+    run = tmp_path / "run"
+    with pytest.raises(train_mod.SaveFailed, match=r": No space left on device; .*; once there is room: vaelab resume"):
+        train(compose_cfg([f"data.root={tiny_mnist}", *TINY]), run)
+
+
 @pytest.mark.parametrize("failing_epoch,failing_file", [(2, None), (1, None), (1, "last.pt")])
 def test_a_checkpoint_that_cannot_be_written_stops_the_run_in_one_line(tiny_mnist, tmp_path, monkeypatch,
                                                                        failing_epoch, failing_file):
@@ -1000,6 +1014,7 @@ def test_a_checkpoint_that_cannot_be_written_stops_the_run_in_one_line(tiny_mnis
         train(compose_cfg([f"data.root={tiny_mnist}", *TINY]), run)
     msg = str(exc.value)
     assert msg.startswith(f"cannot write {run / 'checkpoints'}/") and "Operation not permitted" in msg
+    assert "; once the folder is writable: " in msg  # (a full disk: "once there is room", below)
     assert "\n" not in msg and json.loads((run / "stopped.json").read_text())["state"] == "failed"
     if failing_epoch == 2:
         assert f"the last complete one is {run / 'checkpoints' / 'last.pt'}" in msg

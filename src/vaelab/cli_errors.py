@@ -141,6 +141,8 @@ def _explain(exc: Exception, override: str, composed: DictConfig | None = None) 
         return f"override '{override}': {msg.rstrip('.')}; a leading + adds a new key: set it with '{override[1:]}'"
     if "Config group override must be a string or a list" in msg:  # experiment=null
         group = override.split("=", 1)[0].lstrip("+~")
+        if not group:  # =3: Hydra took the empty key for the primary config's group
+            return f"override '{override}': no key before the '=': an override is KEY=VALUE, as in latent_size=16"
         # (hydra/...: Hydra's and its plugins' options, which conf/ lists only in part)
         options = [] if group.startswith("hydra/") else sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
         return (f"override '{override}': {group} is a config group: choose one of its options"
@@ -407,6 +409,8 @@ def _parse_hint(overrides: list[str], i: int) -> str:
     arrive as pieces ending or starting with a comma)."""
     ov = overrides[i]
     key, eq, value = ov.partition("=")
+    if not eq and re.fullmatch(r"[\w.+/-]+", ov):  # latent_size
+        return f"; an override is KEY=VALUE, as in {ov}=VALUE"
     if value.startswith("~"):
         example = f", e.g. {key}={value.replace('~', '$HOME', 1)}" if value.startswith("~/") else ""
         return f"; Hydra does not expand ~: write the path out{example}"

@@ -894,8 +894,9 @@ def _train(cfg: DictConfig, run_dir: Path, data: MNISTData | None, on_start=None
         except OSError as e:
             complete = ckpt_io.latest(ckpt_dir)  # (last.pt, or best.pt written just before it failed)
             good = f"the last complete one is {complete}" if complete else "none was complete"
+            when = "there is room" if e.errno in (errno.ENOSPC, errno.EDQUOT) else "the folder is writable"
             raise SaveFailed(f"cannot write {path}: {e.strerror or e}; checkpoints already there are intact "
-                             f"({good}); once the folder is writable: {ckpt_io.carry_on(run_dir)}") from None
+                             f"({good}); once {when}: {ckpt_io.carry_on(run_dir)}") from None
         finally:
             stop.saving = False
 

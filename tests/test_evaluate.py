@@ -412,6 +412,17 @@ def test_a_new_eval_replaces_the_previous_one_in_tensorboard(make_cfg, tmp_path,
     assert len(list(tmp_path.glob("events.out.tfevents.*.eval"))) == 1
 
 
+def test_an_evaluation_removes_what_a_killed_one_left_of_eval_json(make_cfg, tmp_path):
+    """A kill during eval.json's write left its temporary file in the run folder for good: only
+    a resumed training cleaned up, and a resume that only finishes the evaluation does not train."""
+    train(make_cfg(["latent_size=2", "model.size=small", "trainer.epochs=1", "trainer.final_eval=false"]), tmp_path)
+    killed, not_ours = tmp_path / ".eval.json.k1ll3d00.tmp", tmp_path / ".metrics.json.wr1t1ng0.tmp"
+    killed.write_text("{")
+    not_ours.write_text("{")  # (a training writing metrics.json now: not an evaluation's to remove)
+    evaluate_run(tmp_path, k=2, device="cpu", pictures=False, progress=False)
+    assert not killed.exists() and not_ours.exists()
+
+
 def test_an_evaluation_that_waits_for_another_says_so(make_cfg, tmp_path, caplog):
     """The second of two evaluations of a run waited for the first to write its results without
     a word: stopped in that section (a suspended process), it looked hung."""

@@ -292,6 +292,10 @@ def evaluate_run(run_dir: str | Path, k: int = 5000, device: str = "auto", check
             # From here to the end, one evaluation of the run at a time: its pictures, eval.json and
             # event file stay one evaluation's.
             held.enter_context(one_at_a_time())
+            # eval.json's temporary files are only evaluations', and under the lock no other is
+            # writing one: any there were left by an evaluation killed mid-write
+            for stale in run_dir.glob(f".eval.json.*{ckpt_io.TMP_SUFFIX}"):
+                stale.unlink(missing_ok=True)
             if pictures:
                 (run_dir / "eval").mkdir(exist_ok=True)
                 for name, at in drawn["pictures"].items():

@@ -1803,6 +1803,28 @@ def test_a_ctrl_c_during_vaelab_trains_checks_is_one_line(monkeypatch, capsys):
     assert capsys.readouterr().err == "vaelab-train: interrupted before any run started\n"
 
 
+def test_a_ctrl_c_before_a_run_began_training_leaves_no_folder(tiny_mnist, tmp_path):
+    """A Ctrl-C as the data loaded left a folder of .hydra/ alone: `vaelab compare` listed it as an
+    unfinished run for good, and the same hydra.run.dir was refused as a run's folder."""
+    run = tmp_path / "r"
+    script = f"""
+import sys
+import vaelab.train
+def interrupted(*args, **kwargs):
+    raise KeyboardInterrupt
+vaelab.train.load_data = interrupted
+from vaelab.train_cli import main
+sys.argv = ["vaelab-train", "data.root={tiny_mnist}", "data.val_size=64", "hydra.run.dir={run}"]
+main()
+"""
+    p = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                       env={**os.environ, "TQDM_DISABLE": "1"})
+    assert p.returncode == 130, p.stderr[-2000:]
+    assert p.stderr.splitlines()[-1] == (f"vaelab-train: interrupted before {run} began training; its folder, which "
+                                         f"held nothing else, is removed")
+    assert not run.exists()
+
+
 def test_a_ctrl_c_while_vaelab_train_loads_its_modules_is_one_line():
     """Earlier still, in the import of vaelab.train_cli (hydra, the checks' modules), a Ctrl-C was
     a 48-line KeyboardInterrupt traceback: the console script is now cli.train_main."""

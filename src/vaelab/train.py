@@ -1106,6 +1106,22 @@ def _swept_keys(multirun_yaml: Path) -> set[str]:
     return {o.key_or_group for o in parsed if o.is_sweep_override()} | {str(k) for k in params}
 
 
+def _remove_if_never_started(run_dir: Path, hc) -> bool:
+    """The folder Hydra made for a run that never started would list in `vaelab compare` as an
+    unfinished run: remove it when it holds nothing but what Hydra put there. Whether it did."""
+    if not run_dir.is_dir() or {p.name for p in run_dir.iterdir()} - {".hydra", "train.log"}:
+        return False
+    try:
+        with ckpt_io.only_process(run_dir):  # not a run another process has just begun there
+            if {p.name for p in run_dir.iterdir()} - {".hydra", "train.log"}:  # (looked at again, held)
+                return False
+            shutil.rmtree(run_dir, ignore_errors=True)
+    except ckpt_io.CheckpointError:
+        return False
+    _remove_name_folder_if_empty(run_dir.parent, hc.runtime.cwd)
+    return True
+
+
 def _remove_name_folder_if_empty(folder: Path, cwd: str) -> None:
     """outputs/runs/<name>/ or outputs/multirun/<name>/, made for a run that never started, goes
     when empty; the parent of a folder the user named (hydra.run.dir=mine/r1) stays."""
@@ -1171,16 +1187,7 @@ def hydra_main(cfg: DictConfig) -> float:
             metrics = train(_from_launch_folder(typed(cfg), hc), run_dir)
     except (ConfigError, DataError, ckpt_io.CheckpointError) as e:  # bad input: one line, no traceback
         print(f"vaelab-train: error: {e}", file=sys.stderr)
-        # The folder Hydra made for a run that never started would list in `vaelab compare`
-        # as an unfinished run: remove it when it holds nothing but what Hydra put there.
-        if not began and {p.name for p in run_dir.iterdir()} <= {".hydra", "train.log"}:
-            try:
-                with ckpt_io.only_process(run_dir):  # not a run another process has just begun there
-                    if {p.name for p in run_dir.iterdir()} <= {".hydra", "train.log"}:  # (looked at again, held)
-                        shutil.rmtree(run_dir, ignore_errors=True)
-            except ckpt_io.CheckpointError:
-                pass
-            _remove_name_folder_if_empty(run_dir.parent, hc.runtime.cwd)
+        if not began and _remove_if_never_started(run_dir, hc):
             # A sweep whose first job is refused stops there: its folder would hold only Hydra's
             # multirun.yaml and list in `vaelab compare` as a sweep of no jobs.
             sweep = _sweep_dir(hc) if hc.mode.name == "MULTIRUN" else None
@@ -1199,6 +1206,13 @@ def hydra_main(cfg: DictConfig) -> float:
             # minimises; Optuna refuses nan and would end the whole study on it.
             return float("inf")
         sys.exit(1)
+    except KeyboardInterrupt:  # a Ctrl-C before train() answers one itself (the data loading, say)
+        if began or hc.mode.name == "MULTIRUN" or not _remove_if_never_started(run_dir, hc):
+            raise  # (_run_hydra says what a run keeps; a sweep's folders are what vaelab resume carries on)
+        leaving_after_a_stop()
+        print(f"vaelab-train: interrupted before {run_dir} began training; its folder, which held nothing else, "
+              f"is removed", file=sys.stderr)
+        sys.exit(130)
     except Interrupted:  # (train() has logged how it stopped)
         leaving_after_a_stop()
         if hc.mode.name == "MULTIRUN" and not str(hc.sweeper.get("_target_", "")).endswith(".BasicSweeper"):

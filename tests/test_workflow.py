@@ -681,6 +681,10 @@ def test_bad_checkpoint_names_the_file_and_overwrites_nothing(finished_run, othe
     named = last.parent if damage is _missing else last
     assert len(err) == 1 and err[0].startswith(f"vaelab resume: error: {named}: ") and expect in err[0], err
     assert files_snapshot(run) == before
+    if damage in (_corrupt, _truncate, _flip):  # what resume takes once the damaged last.pt is out of the way
+        newest = max((p for p in last.parent.glob("*.pt") if p != last), key=lambda p: p.stat().st_mtime)
+        assert err[0].endswith(f"; to resume from the newest other checkpoint, {newest.name}, move last.pt out of "
+                               f"{last.parent}")
 
 
 def test_resume_of_a_read_only_run_is_one_line(finished_run, tmp_path, capsys, monkeypatch):

@@ -524,7 +524,15 @@ def resume(run_dir: str | Path, overrides: list[str] = ()) -> dict | None:
     # (torch: after the cheap checks)
     from vaelab.train import build_model, check_data_to_resume, check_epochs_to_resume, train
 
-    ck = ckpt_io.load(last)
+    try:
+        ck = ckpt_io.load(last)
+    except ckpt_io.CheckpointError as e:  # a damaged last.pt: say which checkpoint resume would take without it
+        others = sorted((p for p in last.parent.glob("*.pt") if p != last and p.is_file()),
+                        key=lambda p: p.stat().st_mtime)
+        if not others:
+            raise
+        raise ckpt_io.CheckpointError(f"{e}; to resume from the newest other checkpoint, {others[-1].name}, move "
+                                      f"{last.name} out of {last.parent}") from None
     ckpt_io.check_resumable(ck, last, needs=("state",))  # (the rest only to train on, below)
     ckpt_io.check_compatible(ck, build_model(cfg), last, cfg, ckpt_io.SAME_TO_RESUME)
     done = ck["state"]["epoch"]

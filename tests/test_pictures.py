@@ -2,6 +2,7 @@
 written as PNGs and as TensorBoard images."""
 from __future__ import annotations
 
+import errno
 import shutil
 
 import pytest
@@ -116,7 +117,7 @@ def _sample_cli(argv):
     return exc.value.code
 
 
-def test_vaelab_sample(make_cfg, tmp_path, capsys):
+def test_vaelab_sample(make_cfg, tmp_path, capsys, monkeypatch):
     run = tmp_path / "run"
     train(make_cfg(["latent_size=2", "model.size=small", "trainer.epochs=1", "trainer.final_eval=false"]), run)
     out = tmp_path / "grid.png"
@@ -177,6 +178,14 @@ def test_vaelab_sample(make_cfg, tmp_path, capsys):
         code = _sample_cli(argv)
         err = capsys.readouterr().err
         assert code == 2 and err.count("\n") == 1 and err.startswith("vaelab sample: error: ") and message in err, err
+    # a run on a read-only mount: the line says how to write the grid elsewhere
+
+    def read_only(grid, path, *args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system", str(path))
+    monkeypatch.setattr("torchvision.utils.save_image", read_only)
+    assert _sample_cli([str(run), "-n", "3"]) == 2
+    assert capsys.readouterr().err == (f"vaelab sample: error: cannot write {run / 'eval' / 'samples_last_t1_seed0_n3.png'}"
+                                       f": Read-only file system; write it elsewhere with --out PNG\n")
 
 
 def test_traversal_labels_stay_inside_the_picture():

@@ -623,7 +623,9 @@ def sample_command(args: argparse.Namespace) -> int:
         out.parent.mkdir(parents=True, exist_ok=True)
         save_image(grid, out)
     except (OSError, ValueError) as e:  # unwritable folder, unknown image extension
-        print(f"vaelab sample: error: cannot write {out}: {e}", file=sys.stderr)
+        why = e.strerror if isinstance(e, OSError) and e.strerror else e
+        hint = "; write it elsewhere with --out PNG" if isinstance(e, OSError) and not args.out else ""
+        print(f"vaelab sample: error: cannot write {out}: {why}{hint}", file=sys.stderr)
         return 2
     print(f"wrote {args.n} samples (temperature {args.temperature:g}, seed {args.seed}) to {out}")
     return 0

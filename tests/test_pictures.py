@@ -184,8 +184,9 @@ def test_vaelab_sample(make_cfg, tmp_path, capsys, monkeypatch):
         raise OSError(errno.EROFS, "Read-only file system", str(path))
     monkeypatch.setattr("torchvision.utils.save_image", read_only)
     assert _sample_cli([str(run), "-n", "3"]) == 2
-    assert capsys.readouterr().err == (f"vaelab sample: error: cannot write {run / 'eval' / 'samples_last_t1_seed0_n3.png'}"
-                                       f": Read-only file system; write it elsewhere with --out PNG\n")
+    grid = run / "eval" / "samples_last_t1_seed0_n3.png"
+    assert capsys.readouterr().err == (f"vaelab sample: error: cannot write {grid}: Read-only file system; write it "
+                                       f"elsewhere with --out PNG\n")
 
 
 def test_traversal_labels_stay_inside_the_picture():

@@ -10,6 +10,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -769,6 +770,10 @@ def test_resume_with_missing_data_changes_nothing(finished_run, tmp_path, capsys
     assert files_snapshot(run) == before
     assert vaelab(["eval", run, "--data-root", small, "--k", "1", "--no-pictures"]) == 2  # (it splits as the run did)
     assert capsys.readouterr().err.strip() == f"vaelab eval: {too_few}"
+    # (reproduce: vaelab-train's own check of data.val_size spoke of the setting, after a new folder)
+    assert vaelab(["reproduce", run, "--data-root", small, "--out", tmp_path / "again"]) == 2
+    assert capsys.readouterr().err.strip() == f"vaelab reproduce: {too_few}"
+    assert not (tmp_path / "again").exists()
 
 
 def test_a_run_that_diverged_before_its_first_checkpoint_is_named_as_such(tiny_mnist, tmp_path, capsys):
@@ -874,6 +879,7 @@ def test_a_resume_that_train_refuses_leaves_the_config_and_metrics_as_they_were(
     (["trainer.epochs=0"], "trainer.epochs=0: must be >= 1"),
     (["loss.beta=1,4"], "override 'loss.beta=1,4': resume continues one run; sweep with vaelab-train -m"),
     (["+foo=1"], "override '+foo=1': resume takes KEY=VALUE only"),
+    (["=3"], "override '=3': no key before the '=': an override is KEY=VALUE, as in latent_size=16"),  # as vaelab-train
     (["data.root=~/mnist"], "override 'data.root=~/mnist': cannot parse it (unexpected '~' at character 11); Hydra "
                             "does not expand ~: write the path out, e.g. data.root=$HOME/mnist"),  # vaelab-train's
     (["model=mlp"], "override 'model=mlp': model is a config group, chosen when the run started; resume changes "
@@ -881,7 +887,7 @@ def test_a_resume_that_train_refuses_leaves_the_config_and_metrics_as_they_were(
     (["model.activation=tanh"], "trained with model.activation=relu, but the config says model.activation=tanh"),
     (["data.val_size=100"], "trained with data.val_size=64, but the config says data.val_size=100"),
 ], ids=["other-latent-size", "other-widths", "name", "unknown-key", "wrong-type", "bad-value", "sweep", "add-key",
-        "unparsed", "group", "same-shapes",
+        "no-key", "unparsed", "group", "same-shapes",
         "other-split"])
 def test_bad_override_is_one_line_and_overwrites_nothing(finished_run, tmp_path, capsys, args, expect):
     run = tmp_path / "run"
@@ -1809,24 +1815,38 @@ def test_a_ctrl_c_during_vaelab_trains_checks_is_one_line(monkeypatch, capsys):
 
 def test_a_ctrl_c_before_a_run_began_training_leaves_no_folder(tiny_mnist, tmp_path):
     """A Ctrl-C as the data loaded left a folder of .hydra/ alone: `vaelab compare` listed it as an
-    unfinished run for good, and the same hydra.run.dir was refused as a run's folder."""
-    run = tmp_path / "r"
-    script = f"""
+    unfinished run for good, and the same hydra.run.dir was refused as a run's folder. The
+    default folder goes; one the user named (here the current folder) stays, emptied."""
+    def interrupted_as_the_data_loads(*args) -> subprocess.CompletedProcess:
+        script = f"""
 import sys
 import vaelab.train
 def interrupted(*args, **kwargs):
     raise KeyboardInterrupt
 vaelab.train.load_data = interrupted
 from vaelab.train_cli import main
-sys.argv = ["vaelab-train", "data.root={tiny_mnist}", "data.val_size=64", "hydra.run.dir={run}"]
+sys.argv = ["vaelab-train", "data.root={tiny_mnist}", "data.val_size=64", *{list(args)!r}]
 main()
 """
-    p = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=120,
-                       env={**os.environ, "TQDM_DISABLE": "1"})
-    assert p.returncode == 130, p.stderr[-2000:]
-    assert p.stderr.splitlines()[-1] == (f"vaelab-train: interrupted before {run} began training; its folder, which "
-                                         f"held nothing else, is removed")
-    assert not run.exists()
+        p = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True,
+                           timeout=120, env={**os.environ, "TQDM_DISABLE": "1"})
+        assert p.returncode == 130, p.stderr[-2000:]
+        return p
+
+    p = interrupted_as_the_data_loads()
+    [line] = [ln for ln in p.stderr.splitlines() if ln.startswith("vaelab-train: interrupted")]
+    assert re.fullmatch(rf"vaelab-train: interrupted before {tmp_path}/outputs/runs/default/\S+ began training; its "
+                        rf"folder, which held nothing else, is removed", line), line
+    assert not (tmp_path / "outputs" / "runs" / "default").exists()
+    p = interrupted_as_the_data_loads(f"hydra.run.dir={tmp_path}")
+    assert p.stderr.splitlines()[-1] == (f"vaelab-train: interrupted before {tmp_path} began training; what it had "
+                                         f"written there (.hydra/, train.log) is removed")
+    assert tmp_path.is_dir() and not (tmp_path / ".hydra").exists() and not (tmp_path / "train.log").exists()
+    (tmp_path / "target").mkdir()  # a link the user named (rmtree refused it, and the line said "removed")
+    (tmp_path / "link").symlink_to(tmp_path / "target")
+    p = interrupted_as_the_data_loads(f"hydra.run.dir={tmp_path / 'link'}")
+    assert p.stderr.splitlines()[-1].endswith("what it had written there (.hydra/, train.log) is removed")
+    assert (tmp_path / "link").is_symlink() and list((tmp_path / "target").iterdir()) == []
 
 
 def test_a_ctrl_c_while_vaelab_train_loads_its_modules_is_one_line():
@@ -1855,5 +1875,8 @@ def test_a_ctrl_c_while_a_vaelab_command_loads_is_one_line(monkeypatch, capsys):
     def loading(name, *args, **kwargs):
         raise KeyboardInterrupt
     monkeypatch.setattr(importlib, "import_module", loading)
-    assert vaelab(["compare", "."]) == 130
+    try:
+        assert vaelab(["compare", "."]) == 130
+    except KeyboardInterrupt:  # (a failure of this test, not a Ctrl-C that ends the test session)
+        pytest.fail("the Ctrl-C came out of vaelab as a KeyboardInterrupt")
     assert capsys.readouterr().err == "vaelab: interrupted before the command began; nothing was written\n"

@@ -142,7 +142,7 @@ def _explain(exc: Exception, override: str, composed: DictConfig | None = None) 
     if "Config group override must be a string or a list" in msg:  # experiment=null
         group = override.split("=", 1)[0].lstrip("+~")
         if not group:  # =3: Hydra took the empty key for the primary config's group
-            return f"override '{override}': no key before the '=': an override is KEY=VALUE, as in latent_size=16"
+            return no_key(override)
         # (hydra/...: Hydra's and its plugins' options, which conf/ lists only in part)
         options = [] if group.startswith("hydra/") else sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
         return (f"override '{override}': {group} is a config group: choose one of its options"
@@ -371,6 +371,11 @@ def claim_folder(folder: Path) -> list[Path]:
             continue
 
 
+def no_key(override: str) -> str:
+    """=3: Hydra's grammar takes it, with the empty key."""
+    return f"override '{override}': no key before the '=': an override is KEY=VALUE, as in latent_size=16"
+
+
 def parse_error(overrides: list[str], exc: Exception) -> str:
     """One line for overrides Hydra's grammar rejects. Hydra parses them as one list and names
     none of them, so parse them one by one to name the first that fails, with Hydra's reason
@@ -409,7 +414,7 @@ def _parse_hint(overrides: list[str], i: int) -> str:
     arrive as pieces ending or starting with a comma)."""
     ov = overrides[i]
     key, eq, value = ov.partition("=")
-    if not eq and re.fullmatch(r"[\w.+/-]+", ov):  # latent_size
+    if not eq and re.fullmatch(r"[+~]?\w[\w.]*", ov):  # latent_size (not a path or a file name)
         return f"; an override is KEY=VALUE, as in {ov}=VALUE"
     if value.startswith("~"):
         example = f", e.g. {key}={value.replace('~', '$HOME', 1)}" if value.startswith("~/") else ""

@@ -247,7 +247,8 @@ def evaluate_run(run_dir: str | Path, k: int = 5000, device: str = "auto", check
         hydra_dir = run_dir / ".hydra"
 
         def one_at_a_time():  # (the removal below runs under it: it must not see a file not locked yet)
-            return (ckpt_io.only_process(hydra_dir, waiting=lambda: log.info(
+            # (a warning: vaelab eval shows no info lines, and a wait with no word looked hung)
+            return (ckpt_io.only_process(hydra_dir, waiting=lambda: log.warning(
                 "another evaluation of %s is writing its results: waiting for it (Ctrl-C stops waiting)", run_dir))
                 if hydra_dir.is_dir() else contextlib.nullcontext())
         if cfg.logger.tensorboard:

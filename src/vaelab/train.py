@@ -1106,20 +1106,34 @@ def _swept_keys(multirun_yaml: Path) -> set[str]:
     return {o.key_or_group for o in parsed if o.is_sweep_override()} | {str(k) for k in params}
 
 
-def _remove_if_never_started(run_dir: Path, hc) -> bool:
-    """The folder Hydra made for a run that never started would list in `vaelab compare` as an
-    unfinished run: remove it when it holds nothing but what Hydra put there. Whether it did."""
+def _remove_if_never_started(run_dir: Path, hc) -> str | None:
+    """A run that never started would list in `vaelab compare` as an unfinished run: when its
+    folder holds nothing but what Hydra put there, remove the folder ("folder") if this launch
+    made it (the default one, or a sweep's job folder), else only .hydra/ and train.log
+    ("contents": a folder the user named, which may be the current one, or a link, stays).
+    None where it removed nothing."""
     if not run_dir.is_dir() or {p.name for p in run_dir.iterdir()} - {".hydra", "train.log"}:
-        return False
+        return None
+    from vaelab.train_cli import MADE_FOR_THIS_LAUNCH
+
+    here = run_dir.resolve()
+    sweep = _sweep_dir(hc).resolve() if hc.mode.name == "MULTIRUN" else None
+    made = not run_dir.is_symlink() and (here in MADE_FOR_THIS_LAUNCH or
+                                         (sweep is not None and here != sweep and here.is_relative_to(sweep)))
     try:
         with ckpt_io.only_process(run_dir):  # not a run another process has just begun there
             if {p.name for p in run_dir.iterdir()} - {".hydra", "train.log"}:  # (looked at again, held)
-                return False
-            shutil.rmtree(run_dir, ignore_errors=True)
+                return None
+            if made:
+                shutil.rmtree(run_dir, ignore_errors=True)
+            else:
+                shutil.rmtree(run_dir / ".hydra", ignore_errors=True)
+                (run_dir / "train.log").unlink(missing_ok=True)
     except ckpt_io.CheckpointError:
-        return False
-    _remove_name_folder_if_empty(run_dir.parent, hc.runtime.cwd)
-    return True
+        return None
+    if made:
+        _remove_name_folder_if_empty(run_dir.parent, hc.runtime.cwd)
+    return None if (run_dir / ".hydra").exists() else "folder" if made else "contents"
 
 
 def _remove_name_folder_if_empty(folder: Path, cwd: str) -> None:
@@ -1207,11 +1221,13 @@ def hydra_main(cfg: DictConfig) -> float:
             return float("inf")
         sys.exit(1)
     except KeyboardInterrupt:  # a Ctrl-C before train() answers one itself (the data loading, say)
-        if began or hc.mode.name == "MULTIRUN" or not _remove_if_never_started(run_dir, hc):
+        removed = None if began or hc.mode.name == "MULTIRUN" else _remove_if_never_started(run_dir, hc)
+        if removed is None:
             raise  # (_run_hydra says what a run keeps; a sweep's folders are what vaelab resume carries on)
         leaving_after_a_stop()
-        print(f"vaelab-train: interrupted before {run_dir} began training; its folder, which held nothing else, "
-              f"is removed", file=sys.stderr)
+        print(f"vaelab-train: interrupted before {run_dir} began training; " +
+              ("its folder, which held nothing else, is removed" if removed == "folder" else
+               "what it had written there (.hydra/, train.log) is removed"), file=sys.stderr)
         sys.exit(130)
     except Interrupted:  # (train() has logged how it stopped)
         leaving_after_a_stop()

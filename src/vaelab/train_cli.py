@@ -160,6 +160,11 @@ def _launch_unless_stopped() -> int:
 PRINT_ONLY = {"--help", "-h", "--hydra-help", "--version", "--cfg", "-c", "--info", "-i", "--shell-completion", "-sc"}
 
 
+# The run or sweep folder launch() made (the default ${now:...} one), while Hydra runs in it: a
+# run that never started may remove it whole; one the user named keeps the folder itself.
+MADE_FOR_THIS_LAUNCH: set[Path] = set()
+
+
 def launch(argv: list[str], prog: str = "vaelab-train", continuing: Path | None = None) -> int:
     """Check vaelab-train's arguments, then run the Hydra app on them in this process; returns
     the exit status. continuing: the folder of a stopped sweep that these arguments carry on
@@ -178,11 +183,13 @@ def launch(argv: list[str], prog: str = "vaelab-train", continuing: Path | None 
         argv = [a for a in argv if a.split("=", 1)[0].lstrip("+") != where["key"]]
         claimed = claim_folder(where["folder"])
         pinned = [f"{where['key']}={override_value(str(claimed[0]))}"]
+        MADE_FOR_THIS_LAUNCH.add(claimed[0].resolve())
     # Hydra reads its arguments from sys.argv
     sys.argv[1:] = add_overrides(overrides_first(argv), [*pinned, *sweep_name_override(argv)])
     try:
         return _run_hydra(prog)
     finally:  # nothing ran in it (Hydra refused the command line): don't leave it, nor what it made
+        MADE_FOR_THIS_LAUNCH.difference_update(p.resolve() for p in claimed[:1])
         for folder in claimed:
             try:
                 folder.rmdir()

@@ -32,7 +32,7 @@ from omegaconf import OmegaConf
 from vaelab import checkpoint as ckpt_io
 from vaelab.compare import eval_settings
 from vaelab.cli_errors import _explain as explain_override_error  # vaelab-train's wording
-from vaelab.cli_errors import parse_error, unwritable
+from vaelab.cli_errors import no_key, parse_error, unwritable
 from vaelab.config import CONF_DIR, ConfigError, load_run_config, resolve_device, validate
 from vaelab.errors import STOP_SIGNALS, after_hangup
 
@@ -280,7 +280,7 @@ def reproduce(run_dir: str | Path, out: str | Path | None = None, rtol: float = 
     """Re-run `run_dir` from its saved config into a new directory; print both runs' metrics.
     Returns (exit code, new run directory): 0 if every metric agrees, 1 if any differs.
     data_root: where the data is now, if not where the run's config says."""
-    from vaelab.data import fetch_mnist
+    from vaelab.data import DataError, fetch_mnist, mnist_train_size, val_size_error
     from vaelab.evaluate_run import data_root as run_data_root
 
     run_dir = Path(run_dir).resolve()
@@ -289,6 +289,9 @@ def reproduce(run_dir: str | Path, out: str | Path | None = None, rtol: float = 
     original = final_metrics(run_dir)  # before spending time on a run we could not compare
     root = Path(data_root).expanduser().absolute() if data_root else run_data_root(run_dir, cfg)
     fetch_mnist(root, cfg.data.download, how="give --data-root DIR")  # DataError, one line, before the new folder
+    n = mnist_train_size(root)  # (too few images for the run's val split: name the data, not the setting)
+    if n is not None and (why := val_size_error(cfg.data.val_size, n, root, saved=True)):
+        raise DataError(why)
     name = OmegaConf.load(cfg_path).get("name", "default")
     new_dir = Path(out).resolve() if out else _new_run_dir(name)
     err = unwritable(new_dir)
@@ -397,6 +400,8 @@ def apply_overrides(cfg, overrides: list[str]) -> list:
             raise WorkflowError(f"override '{line}': resume continues one run; sweep with vaelab-train -m")
         if o.is_add() or o.is_delete() or o.is_force_add() or o.package is not None:
             raise WorkflowError(f"override '{line}': resume takes KEY=VALUE only")
+        if not o.key_or_group:
+            raise WorkflowError(no_key(line))
         if (CONF_DIR / o.key_or_group).is_dir():  # model=mlp, experiment=seed: config groups
             raise WorkflowError(f"override '{line}': {o.key_or_group} is a config group, chosen when the run started; "
                                 f"resume changes values (KEY=VALUE) only: for {line}, start a new run "

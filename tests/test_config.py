@@ -139,6 +139,7 @@ def test_optimizer_matches_config():
     (["trainer.batch_size=0"], "trainer.batch_size=0: must be >= 1"),
     (["=3"], "override '=3': no key before the '=': an override is KEY=VALUE, as in latent_size=16"),  # ("'': a group")
     (["latent_size"], "(missing EQUAL at '<EOF>'); an override is KEY=VALUE, as in latent_size=VALUE"),
+    (["hydra/launcher"], "; an override is KEY=VALUE, as in hydra/launcher=VALUE"),  # a config group's key
     (["trainer.log_every=0"], "trainer.log_every=0: must be >= 1"),
     (["loss.kl_warmup_steps=-5"], "loss.kl_warmup_steps=-5: must be >= 0"),
     (["trainer.grad_clip=-1"], "trainer.grad_clip=-1.0: must be a finite number >= 0 (0 = off)"),
@@ -306,6 +307,12 @@ def test_bad_input_is_one_line(args, needle):
     err = precheck(args)
     assert err is not None and needle in err
     assert "\n" not in err
+
+
+def test_a_file_given_as_an_override_gets_no_key_value_hint():
+    """`vaelab-train conf/experiment/seed.yaml` was told 'as in conf/experiment/seed.yaml=VALUE'."""
+    err = precheck(["conf/experiment/seed.yaml"])
+    assert err.startswith("override 'conf/experiment/seed.yaml': cannot parse it") and "KEY=VALUE" not in err
 
 
 def test_a_rerun_of_a_saved_config_takes_keys_not_conf_choices(tmp_path):
@@ -718,6 +725,13 @@ def test_a_sweep_refused_at_its_first_job_leaves_no_sweep_folder(tiny_mnist, tmp
                         f"hydra.sweep.dir={tmp_path / 'mine' / 's1'}"], cwd=tmp_path, capture_output=True, text=True,
                        timeout=120)
     assert r.returncode == 2 and (tmp_path / "mine").is_dir() and not (tmp_path / "mine" / "s1").exists()
+    # a sweep folder that was there before, the current folder: it stays, without Hydra's file (it was removed)
+    here = tmp_path / "here"
+    here.mkdir()
+    (here / ".gitkeep").write_text("")
+    r = subprocess.run([sys.executable, "-m", "vaelab.train", "-m", *too_big, "latent_size=2,4", "hydra.sweep.dir=."],
+                       cwd=here, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and [p.name for p in here.iterdir()] == [".gitkeep"], r.stderr[-2000:]
 
 
 def test_a_refused_single_run_does_not_resolve_the_sweep_folder(tiny_mnist, tmp_path):

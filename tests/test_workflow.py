@@ -1815,9 +1815,10 @@ def test_a_ctrl_c_during_vaelab_trains_checks_is_one_line(monkeypatch, capsys):
 
 def test_a_ctrl_c_before_a_run_began_training_leaves_no_folder(tiny_mnist, tmp_path):
     """A Ctrl-C as the data loaded left a folder of .hydra/ alone: `vaelab compare` listed it as an
-    unfinished run for good, and the same hydra.run.dir was refused as a run's folder. The
-    default folder goes; one the user named (here the current folder) stays, emptied."""
-    def interrupted_as_the_data_loads(*args) -> subprocess.CompletedProcess:
+    unfinished run for good, and the same hydra.run.dir was refused as a run's folder. A folder
+    made for the run goes; one that was there before (here the current folder, a link) keeps all
+    but Hydra's files: its .gitkeep, and a note of the user's in a .hydra/ of theirs."""
+    def interrupted_as_the_data_loads(*args) -> str:
         script = f"""
 import sys
 import vaelab.train
@@ -1831,21 +1832,25 @@ main()
         p = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True,
                            timeout=120, env={**os.environ, "TQDM_DISABLE": "1"})
         assert p.returncode == 130, p.stderr[-2000:]
-        return p
+        [line] = [ln for ln in p.stderr.splitlines() if ln.startswith("vaelab-train: interrupted")]
+        return line
 
-    p = interrupted_as_the_data_loads()
-    [line] = [ln for ln in p.stderr.splitlines() if ln.startswith("vaelab-train: interrupted")]
-    assert re.fullmatch(rf"vaelab-train: interrupted before {tmp_path}/outputs/runs/default/\S+ began training; its "
-                        rf"folder, which held nothing else, is removed", line), line
+    made = "began training; its folder, made for it and holding nothing else, is removed"
+    kept = "began training; what it had written there (.hydra/'s files, train.log) is removed"
+    line = interrupted_as_the_data_loads()
+    assert re.fullmatch(rf"vaelab-train: interrupted before {tmp_path}/outputs/runs/default/\S+ {made}", line), line
     assert not (tmp_path / "outputs" / "runs" / "default").exists()
-    p = interrupted_as_the_data_loads(f"hydra.run.dir={tmp_path}")
-    assert p.stderr.splitlines()[-1] == (f"vaelab-train: interrupted before {tmp_path} began training; what it had "
-                                         f"written there (.hydra/, train.log) is removed")
-    assert tmp_path.is_dir() and not (tmp_path / ".hydra").exists() and not (tmp_path / "train.log").exists()
+    assert interrupted_as_the_data_loads(f"hydra.run.dir={tmp_path / 'new'}").endswith(made)  # named, new
+    assert not (tmp_path / "new").exists()
+    (tmp_path / ".gitkeep").write_text("")
+    (tmp_path / ".hydra").mkdir()
+    (tmp_path / ".hydra" / "notes.txt").write_text("mine")
+    assert interrupted_as_the_data_loads(f"hydra.run.dir={tmp_path}") == (
+        f"vaelab-train: interrupted before {tmp_path} {kept}")
+    assert sorted(p.name for p in tmp_path.rglob("*")) == [".gitkeep", ".hydra", "notes.txt"]
     (tmp_path / "target").mkdir()  # a link the user named (rmtree refused it, and the line said "removed")
     (tmp_path / "link").symlink_to(tmp_path / "target")
-    p = interrupted_as_the_data_loads(f"hydra.run.dir={tmp_path / 'link'}")
-    assert p.stderr.splitlines()[-1].endswith("what it had written there (.hydra/, train.log) is removed")
+    assert interrupted_as_the_data_loads(f"hydra.run.dir={tmp_path / 'link'}").endswith(kept)
     assert (tmp_path / "link").is_symlink() and list((tmp_path / "target").iterdir()) == []
 
 

@@ -348,8 +348,11 @@ def precheck(argv: list[str], fetch_data: bool = False, continuing: Path | None 
                 return why                                                 # others had trained)
     key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
     folder = OmegaConf.select(full, key, throw_on_resolution_failure=False)
-    if where is not None and folder is not None and _by_the_clock(full, key, given):
-        where.update(key=key, folder=Path(str(folder)))
+    if where is not None and folder is not None:
+        if _by_the_clock(full, key, given):
+            where.update(key=key, folder=Path(str(folder)))
+        elif not Path(str(folder)).expanduser().exists():  # a folder named for this launch, which Hydra makes
+            where.update(new=Path(os.path.normpath(Path.cwd() / Path(str(folder)).expanduser())))
     return None
 
 
@@ -414,7 +417,8 @@ def _parse_hint(overrides: list[str], i: int) -> str:
     arrive as pieces ending or starting with a comma)."""
     ov = overrides[i]
     key, eq, value = ov.partition("=")
-    if not eq and re.fullmatch(r"[+~]?\w[\w.]*", ov):  # latent_size (not a path or a file name)
+    # latent_size, hydra/launcher; not a file's name (conf/experiment/seed.yaml)
+    if not eq and re.fullmatch(r"[+~]?\w[\w./]*", ov) and not re.search(r"\.(ya?ml|py|json|pt|png|txt)$", ov):
         return f"; an override is KEY=VALUE, as in {ov}=VALUE"
     if value.startswith("~"):
         example = f", e.g. {key}={value.replace('~', '$HOME', 1)}" if value.startswith("~/") else ""

@@ -1106,34 +1106,56 @@ def _swept_keys(multirun_yaml: Path) -> set[str]:
     return {o.key_or_group for o in parsed if o.is_sweep_override()} | {str(k) for k in params}
 
 
+_HYDRA_FILES = ("config.yaml", "hydra.yaml", "overrides.yaml")  # what Hydra writes into a run's .hydra/
+
+
+def _made_for_this_launch(folder: Path) -> bool:
+    """Whether vaelab-train made `folder` for this launch (train_cli.LAUNCH_MADE_ENV): the default
+    one, or a named one that did not exist before; not a link."""
+    from vaelab.train_cli import LAUNCH_MADE_ENV
+
+    made = os.environ.get(LAUNCH_MADE_ENV)
+    return bool(made) and not folder.is_symlink() and os.path.realpath(made) == os.path.realpath(folder)
+
+
 def _remove_if_never_started(run_dir: Path, hc) -> str | None:
     """A run that never started would list in `vaelab compare` as an unfinished run: when its
-    folder holds nothing but what Hydra put there, remove the folder ("folder") if this launch
-    made it (the default one, or a sweep's job folder), else only .hydra/ and train.log
-    ("contents": a folder the user named, which may be the current one, or a link, stays).
-    None where it removed nothing."""
-    if not run_dir.is_dir() or {p.name for p in run_dir.iterdir()} - {".hydra", "train.log"}:
+    folder holds nothing but what Hydra put there, remove the folder ("folder") if it was made
+    for this launch (or is a sweep's job folder), else only Hydra's files in it, .hydra/'s three
+    and train.log ("contents": a folder that was there before, which may be the current one, or
+    a link, stays, with what else it holds, a .gitkeep say). None where it removed nothing."""
+    if not run_dir.is_dir():
         return None
-    from vaelab.train_cli import MADE_FOR_THIS_LAUNCH
+    sweep = _sweep_dir(hc) if hc.mode.name == "MULTIRUN" else None
+    made = _made_for_this_launch(run_dir) or (
+        sweep is not None and not run_dir.is_symlink() and os.path.realpath(run_dir) != os.path.realpath(sweep)
+        and Path(os.path.realpath(run_dir)).is_relative_to(os.path.realpath(sweep)))
 
-    here = run_dir.resolve()
-    sweep = _sweep_dir(hc).resolve() if hc.mode.name == "MULTIRUN" else None
-    made = not run_dir.is_symlink() and (here in MADE_FOR_THIS_LAUNCH or
-                                         (sweep is not None and here != sweep and here.is_relative_to(sweep)))
+    def others() -> set[str]:  # what the run did not put there (a folder that was there before: its hidden files)
+        names = {p.name for p in run_dir.iterdir()} - {".hydra", "train.log"}
+        return names if made else {n for n in names if not n.startswith(".")}
+    if others():
+        return None
     try:
         with ckpt_io.only_process(run_dir):  # not a run another process has just begun there
-            if {p.name for p in run_dir.iterdir()} - {".hydra", "train.log"}:  # (looked at again, held)
+            if others():  # (looked at again, held)
                 return None
             if made:
                 shutil.rmtree(run_dir, ignore_errors=True)
             else:
-                shutil.rmtree(run_dir / ".hydra", ignore_errors=True)
+                for name in _HYDRA_FILES:
+                    (run_dir / ".hydra" / name).unlink(missing_ok=True)
+                try:
+                    (run_dir / ".hydra").rmdir()
+                except OSError:  # (files of the user's in it: they stay)
+                    pass
                 (run_dir / "train.log").unlink(missing_ok=True)
     except ckpt_io.CheckpointError:
         return None
     if made:
         _remove_name_folder_if_empty(run_dir.parent, hc.runtime.cwd)
-    return None if (run_dir / ".hydra").exists() else "folder" if made else "contents"
+        return None if run_dir.exists() else "folder"
+    return None if any((run_dir / ".hydra" / n).exists() for n in _HYDRA_FILES) else "contents"
 
 
 def _remove_name_folder_if_empty(folder: Path, cwd: str) -> None:
@@ -1204,11 +1226,16 @@ def hydra_main(cfg: DictConfig) -> float:
         if not began and _remove_if_never_started(run_dir, hc):
             # A sweep whose first job is refused stops there: its folder would hold only Hydra's
             # multirun.yaml and list in `vaelab compare` as a sweep of no jobs.
+            # (One that was there before, the current folder say, keeps all but that file.)
             sweep = _sweep_dir(hc) if hc.mode.name == "MULTIRUN" else None
-            if sweep is not None and sweep.is_dir() and \
-                    {p.name for p in sweep.iterdir()} - {ckpt_io.SWEEP_LOCK, ckpt_io.SWEEP_STOP} == {"multirun.yaml"}:
-                shutil.rmtree(sweep, ignore_errors=True)
-                _remove_name_folder_if_empty(sweep.parent, hc.runtime.cwd)
+            ours = {"multirun.yaml", ckpt_io.SWEEP_LOCK, ckpt_io.SWEEP_STOP}
+            if sweep is not None and sweep.is_dir() and "multirun.yaml" in (names := {p.name for p in sweep.iterdir()}):
+                if _made_for_this_launch(sweep) and names <= ours:
+                    shutil.rmtree(sweep, ignore_errors=True)
+                    _remove_name_folder_if_empty(sweep.parent, hc.runtime.cwd)
+                elif not {n for n in names - ours if not n.startswith(".")}:
+                    for name in ours:
+                        (sweep / name).unlink(missing_ok=True)
         sys.exit(2)
     except SaveFailed as e:
         print(f"vaelab-train: error: {e}", file=sys.stderr)
@@ -1226,8 +1253,8 @@ def hydra_main(cfg: DictConfig) -> float:
             raise  # (_run_hydra says what a run keeps; a sweep's folders are what vaelab resume carries on)
         leaving_after_a_stop()
         print(f"vaelab-train: interrupted before {run_dir} began training; " +
-              ("its folder, which held nothing else, is removed" if removed == "folder" else
-               "what it had written there (.hydra/, train.log) is removed"), file=sys.stderr)
+              ("its folder, made for it and holding nothing else, is removed" if removed == "folder" else
+               "what it had written there (.hydra/'s files, train.log) is removed"), file=sys.stderr)
         sys.exit(130)
     except Interrupted:  # (train() has logged how it stopped)
         leaving_after_a_stop()

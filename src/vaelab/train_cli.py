@@ -160,9 +160,11 @@ def _launch_unless_stopped() -> int:
 PRINT_ONLY = {"--help", "-h", "--hydra-help", "--version", "--cfg", "-c", "--info", "-i", "--shell-completion", "-sc"}
 
 
-# The run or sweep folder launch() made (the default ${now:...} one), while Hydra runs in it: a
-# run that never started may remove it whole; one the user named keeps the folder itself.
-MADE_FOR_THIS_LAUNCH: set[Path] = set()
+# The run or sweep folder made for this launch (the default ${now:...} one, or a named one that
+# did not exist), for Hydra's app and a joblib sweep's workers: a run that never started may
+# remove it whole; a folder that was there before (the current one, say) keeps all but what the
+# run wrote in it.
+LAUNCH_MADE_ENV = "VAELAB_LAUNCH_MADE"
 
 
 def launch(argv: list[str], prog: str = "vaelab-train", continuing: Path | None = None) -> int:
@@ -178,18 +180,20 @@ def launch(argv: list[str], prog: str = "vaelab-train", continuing: Path | None 
         print(f"{prog}: error: {err}", file=sys.stderr)
         return 2
     pinned, claimed = [], []
-    if where:  # the default ${now:...} folder, made now and given to Hydra as made (in place of
-        # the default itself, which a re-run of a saved config passes as ++KEY=...)
+    if "folder" in where:  # the default ${now:...} folder, made now and given to Hydra as made (in
+        # place of the default itself, which a re-run of a saved config passes as ++KEY=...)
         argv = [a for a in argv if a.split("=", 1)[0].lstrip("+") != where["key"]]
         claimed = claim_folder(where["folder"])
         pinned = [f"{where['key']}={override_value(str(claimed[0]))}"]
-        MADE_FOR_THIS_LAUNCH.add(claimed[0].resolve())
+    made = claimed[0].absolute() if claimed else where.get("new")
+    if made is not None:
+        os.environ[LAUNCH_MADE_ENV] = str(made)
     # Hydra reads its arguments from sys.argv
     sys.argv[1:] = add_overrides(overrides_first(argv), [*pinned, *sweep_name_override(argv)])
     try:
         return _run_hydra(prog)
     finally:  # nothing ran in it (Hydra refused the command line): don't leave it, nor what it made
-        MADE_FOR_THIS_LAUNCH.difference_update(p.resolve() for p in claimed[:1])
+        os.environ.pop(LAUNCH_MADE_ENV, None)
         for folder in claimed:
             try:
                 folder.rmdir()

@@ -139,6 +139,12 @@ def data_root(run_dir: Path, cfg) -> Path:
     return root
 
 
+def _no_likelihood(recon, binarize) -> bool:
+    """A Bernoulli decoder on grey levels: a cross-entropy, whose ELBO and IWAE formulas bound no
+    likelihood (the table and the logged line say "-ELBO form", "IWAE form")."""
+    return recon == "bce" and binarize == "none"
+
+
 def _likelihood(recon: str, binarize: str) -> tuple[str, str]:
     """(short name, one-line note) of the decoder likelihood the numbers are in."""
     from vaelab.losses import MSE_GAUSSIAN_VARIANCE
@@ -332,7 +338,7 @@ def evaluate_run(run_dir: str | Path, k: int = 5000, device: str = "auto", check
             held.close()
             if staging is not None:
                 shutil.rmtree(staging, ignore_errors=True)
-        grey = recon_kind == "bce" and binarize == "none"  # (a cross-entropy: no likelihood, as the table says)
+        grey = _no_likelihood(recon_kind, binarize)  # (the words the table uses)
         log.info("%seval (%s, k=%d): %s %.2f nats (recon %.2f, KL %.2f), %s %.2f nats = %.4f bits/dim, "
                  "active units %d/%d", job, path.name, k, "ELBO form" if grey else "ELBO", elbo, recon, kl,
                  "IWAE form" if grey else "IWAE NLL", nll, result["bits_per_dim"], st["active_units"], cfg.latent_size)
@@ -410,7 +416,7 @@ def checkpoint_when(r: dict) -> str:
 def format_table(r: dict, run_dir: str | Path) -> str:
     """The numbers of eval.json as a small table, nats per example and bits per dimension."""
     # A Bernoulli decoder on grey levels is a cross-entropy: the same formulas, bounds on no likelihood.
-    grey = r.get("recon_kind") == "bce" and r.get("binarize") == "none"
+    grey = _no_likelihood(r.get("recon_kind"), r.get("binarize"))
     rows = [
         ("-ELBO form (no likelihood: above)" if grey else "-ELBO (upper bound on NLL)", -r["elbo"],
          r["elbo_bits_per_dim"]),

@@ -2,7 +2,9 @@
 written as PNGs and as TensorBoard images."""
 from __future__ import annotations
 
+import contextlib
 import errno
+import os
 import shutil
 
 import pytest
@@ -187,6 +189,15 @@ def test_vaelab_sample(make_cfg, tmp_path, capsys, monkeypatch):
     grid = run / "eval" / "samples_last_t1_seed0_n3.png"
     assert capsys.readouterr().err == (f"vaelab sample: error: cannot write {grid}: Read-only file system; write it "
                                        f"elsewhere with --out PNG\n")
+    # a Ctrl-C part-way through writing a grid over one --out names leaves that one whole
+    def half_then_ctrl_c(grid, f, *args, **kwargs):
+        with (open(f, "wb") if isinstance(f, (str, os.PathLike)) else contextlib.nullcontext(f)) as out_file:
+            out_file.write(b"\x89PNG half")
+        raise KeyboardInterrupt
+    monkeypatch.setattr("torchvision.utils.save_image", half_then_ctrl_c)
+    drawn = out.read_bytes()
+    assert _sample_cli([str(run), "-n", "16", "--out", str(out)]) == 130
+    assert out.read_bytes() == drawn and sorted(p.name for p in tmp_path.iterdir()) == ["grid.png", "other", "run"]
 
 
 def test_traversal_labels_stay_inside_the_picture():

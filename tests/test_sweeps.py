@@ -2,6 +2,7 @@
 one HParams row per run, the joblib launcher, Optuna, `vaelab compare`, the launcher configs."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -234,6 +235,19 @@ def test_compare_prints_the_sweep_sorted_and_plots_it(sweep, tmp_path, capsys):
     capsys.readouterr()
     assert vaelab(["compare", sweep, "--plot", "val_loss", "--out", tmp_path / "no_extension"]) == 0
     assert capsys.readouterr().out.splitlines()[-1] == f"wrote {tmp_path / 'no_extension.png'}"
+    # a Ctrl-C part-way through a plot over an earlier one leaves that one whole
+    from matplotlib.figure import Figure
+
+    def half_then_ctrl_c(self, f, *args, **kwargs):
+        with (open(f, "wb") if isinstance(f, (str, os.PathLike)) else contextlib.nullcontext(f)) as out_file:
+            out_file.write(b"\x89PNG half")
+        raise KeyboardInterrupt
+    plotted = out.read_bytes()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(Figure, "savefig", half_then_ctrl_c)
+        assert vaelab(["compare", sweep, "--plot", "val_loss", "--out", out]) == 130
+    assert out.read_bytes() == plotted and sorted(p.name for p in tmp_path.iterdir()) == ["curves.png",
+                                                                                           "no_extension.png"]
 
 
 @pytest.mark.parametrize("args,expect", [

@@ -1885,3 +1885,44 @@ def test_a_ctrl_c_while_a_vaelab_command_loads_is_one_line(monkeypatch, capsys):
     except KeyboardInterrupt:  # (a failure of this test, not a Ctrl-C that ends the test session)
         pytest.fail("the Ctrl-C came out of vaelab as a KeyboardInterrupt")
     assert capsys.readouterr().err == "vaelab: interrupted before the command began; nothing was written\n"
+
+
+def test_a_ctrl_c_a_vaelab_command_does_not_answer_itself_is_one_line(reference, tmp_path, monkeypatch, capsys):
+    """`vaelab eval|sample|compare|reproduce` stopped while loading torch or the data exited 130
+    with no word at all. Each says now what the Ctrl-C left; reproduce's, before its training
+    began, that it wrote nothing, and after its training, that the reproduction is whole."""
+    from vaelab import compare as compare_mod
+    from vaelab import data as data_mod
+    from vaelab import evaluate_run as ev_mod
+    from vaelab import workflow
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(ev_mod, "evaluate_run", interrupted)
+    monkeypatch.setattr(ev_mod, "load_run", interrupted)
+    monkeypatch.setattr(compare_mod, "find_runs", interrupted)
+    monkeypatch.setattr(data_mod, "fetch_mnist", interrupted)
+    before = files_snapshot(reference)
+    for argv, line in ((["eval", reference], "vaelab eval: interrupted; the run's eval.json, eval/ and TensorBoard "
+                                             "keep the evaluation they held"),
+                       (["sample", reference], "vaelab sample: interrupted; nothing was written"),
+                       (["compare", reference], "vaelab compare: interrupted; nothing was written"),
+                       (["reproduce", reference, "--out", tmp_path / "again"],
+                        "vaelab reproduce: interrupted before the reproduction began; nothing was written")):
+        try:
+            assert vaelab(argv) == 130
+        except KeyboardInterrupt:
+            pytest.fail(f"the Ctrl-C came out of vaelab {argv[0]} as a KeyboardInterrupt")
+        assert capsys.readouterr().err == line + "\n"
+    assert not (tmp_path / "again").exists() and files_snapshot(reference) == before
+    monkeypatch.undo()
+
+    def trained(cmd, **kwargs):  # the reproduction's training, done: its folder a copy of the run's
+        shutil.copytree(reference, tmp_path / "again")
+        return 0
+    monkeypatch.setattr(workflow, "_run_child", trained)
+    monkeypatch.setattr(workflow, "_report", interrupted)  # a Ctrl-C as the two runs' table is made
+    assert vaelab(["reproduce", reference, "--out", tmp_path / "again"]) == 130
+    assert capsys.readouterr().err == (f"vaelab reproduce: interrupted; the reproduction in {tmp_path / 'again'} has "
+                                       f"finished, set the two side by side with: vaelab compare {reference} "
+                                       f"{tmp_path / 'again'}\n")

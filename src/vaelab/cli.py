@@ -17,6 +17,16 @@ COMMANDS = {
     "compare": ("vaelab.compare", "table (and curves) of the runs under some folders"),
 }
 
+# What a Ctrl-C that a command does not answer itself leaves: one while it loads torch and the
+# data, say (resume and reproduce answer the ones that come once the training has begun).
+LEFT_AS_IT_WAS = {
+    "eval": "interrupted; the run's eval.json, eval/ and TensorBoard keep the evaluation they held",
+    "sample": "interrupted; nothing was written",
+    "reproduce": "interrupted before the reproduction began; nothing was written",
+    "resume": "interrupted; the run keeps what it had",
+    "compare": "interrupted; nothing was written",
+}
+
 
 def one_line_errors(prog: str):
     """A replacement for ArgumentParser.error: argparse prints the usage block as well, vaelab
@@ -52,7 +62,8 @@ def main(argv: list[str] | None = None) -> None:
         interrupted_on_the_way_in("vaelab: interrupted before the command began; nothing was written")
     try:
         code = when_the_reader_has_gone(lambda: getattr(mod, f"{args.command}_command")(args))
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # one the command did not answer itself (while it loads torch, say)
+        print(f"vaelab {args.command}: {LEFT_AS_IT_WAS[args.command]}", file=sys.stderr)
         code = 130
     if code == 130:  # stopped, and saved: a late signal on the way out changes nothing
         leaving_after_a_stop()

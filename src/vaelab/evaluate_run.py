@@ -626,9 +626,15 @@ def sample_command(args: argparse.Namespace) -> int:
     gen = torch.Generator(device=device).manual_seed(args.seed)
     x = model.sample(args.n, args.temperature, gen)
     grid = image_grid(x, model.image_shape, nrow=args.nrow)
+    from PIL import Image
+
+    Image.init()
+    fmt = Image.registered_extensions().get(out.suffix.lower())  # (given: the file written is a temporary one)
     try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        save_image(grid, out)
+        if fmt is None:
+            raise ValueError(f"unknown file extension: {out.suffix}")
+        # whole or not at all: a Ctrl-C mid-write leaves a picture --out named as it was
+        ckpt_io.write_atomic(out, lambda f: save_image(grid, f, format=fmt))
     except (OSError, ValueError) as e:  # unwritable folder, unknown image extension
         why = e.strerror if isinstance(e, OSError) and e.strerror else e
         hint = "; write it elsewhere with --out PNG" if isinstance(e, OSError) and not args.out else ""

@@ -336,6 +336,17 @@ def reproduce(run_dir: str | Path, out: str | Path | None = None, rtol: float = 
         log_file = new_dir / "train.log"  # (a run refused at its start leaves no folder: its error is above)
         raise WorkflowError(f"the reproduction in {new_dir} failed (exit code {code})"
                             + (f"; see {log_file}" if log_file.is_file() else ""))
+    try:
+        return _report(run_dir, new_dir, original, rtol, changed), new_dir
+    except KeyboardInterrupt:  # (the reproduction is whole: only the table was cut short)
+        raise ReproductionStopped(f"interrupted; the reproduction in {new_dir} has finished, set the two side by "
+                                  f"side with: vaelab compare {shlex.quote(str(run_dir))} "
+                                  f"{shlex.quote(str(new_dir))}") from None
+
+
+def _report(run_dir: Path, new_dir: Path, original: dict, rtol: float, changed: list[str]) -> int:
+    """reproduce's comparison of the finished reproduction with the original: the table, and
+    0 if every metric agrees, 1 if any differs."""
     new = final_metrics(new_dir)
     if "data_digest" not in original:  # a run from before 2026-11-26 recorded none: nothing to compare
         new.pop("data_digest", None)
@@ -356,9 +367,9 @@ def reproduce(run_dir: str | Path, out: str | Path | None = None, rtol: float = 
         print(f"\nNOT reproduced: {len(diff)} metric(s) differ ({', '.join(diff)})"
               + (f" beyond rtol={rtol}" if rtol else "") + (" (settings changed part-way: see the note above)"
                                                             if changed else ""))
-        return 1, new_dir
+        return 1
     print(f"\nreproduced: every metric is {'within rtol=' + str(rtol) if rtol else 'identical'}")
-    return 0, new_dir
+    return 0
 
 
 def reproduce_command(args) -> int:

@@ -724,13 +724,34 @@ def test_sweep_summary_counts_this_sweeps_jobs_only(tmp_path, capsys):
     run("e", "done")
     (tmp_path / "e" / ".hydra" / "config.yaml").write_text("latent_size: 2\nloss:\n  recon: bce\n")
     summary.on_multirun_end(cfg)
-    assert ("sweep of 3 jobs: 3 done; no lowest val_loss named: the jobs differ in loss.recon, whose losses are "
-            "not comparable") in capsys.readouterr().out  # (nor is test_nll_iwae: not named there)
+    assert ("sweep of 3 jobs: 3 done; no lowest val_loss named: the jobs differ in loss.recon (a Gaussian density "
+            "of the images against a Bernoulli probability of their pixels), whose losses do not compare"
+            ) in capsys.readouterr().out  # (nor is test_nll_iwae: not named there)
     # ... and compare --sort val_loss says so under its table (it ranked them without a word)
     assert vaelab(["compare", tmp_path, "--sort", "val_loss"]) == 0
     assert capsys.readouterr().out.splitlines()[-1] == (
         "note: --sort val_loss orders numbers that do not compare: the runs differ in loss.recon (a Gaussian "
         "density of the images against a Bernoulli probability of their pixels)")
+    # grey levels against binarized images (bce both): other data, ranked without a word as well
+    for name, binarize in (("a", "none"), ("b", "static"), ("e", "dynamic")):
+        (tmp_path / name / ".hydra" / "config.yaml").write_text(f"latent_size: 2\nloss:\n  recon: bce\n"
+                                                                f"data:\n  binarize: {binarize}\n")
+    summary.on_multirun_end(cfg)
+    assert ("no lowest val_loss named: the jobs differ in data.binarize (grey-level images against binarized ones: "
+            "other data, and a bce on grey levels is a cross-entropy, not a likelihood), whose losses do not compare"
+            ) in capsys.readouterr().out
+    assert vaelab(["compare", tmp_path, "--sort", "active_units"]) == 0  # (not a likelihood: no note)
+    assert "note: --sort" not in capsys.readouterr().out
+    assert vaelab(["compare", tmp_path, "--sort", "val_loss"]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == (
+        "note: --sort val_loss orders numbers that do not compare: the runs differ in data.binarize (grey-level "
+        "images against binarized ones: other data, and a bce on grey levels is a cross-entropy, not a likelihood)")
+    (tmp_path / "a" / ".hydra" / "config.yaml").write_text("latent_size: 2\nloss:\n  recon: bce\ndata:\n"
+                                                           "  binarize: dynamic\n")
+    summary.on_multirun_end(cfg)  # static and dynamic: both binarized, both Bernoulli likelihoods
+    assert "lowest val_loss 1.0000: a;" in capsys.readouterr().out
+    for name in ("a", "b", "e"):
+        (tmp_path / name / ".hydra" / "config.yaml").write_text("latent_size: 2\n")
     assert vaelab(["compare", tmp_path, "--sort", "latent_size"]) == 0
     assert "note: --sort" not in capsys.readouterr().out
     # a run with no val_split (unfinished: its numbers come from its events) is not another split

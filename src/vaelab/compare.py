@@ -425,15 +425,28 @@ def _val_split(r: Run) -> str | None:
     return None
 
 
+# not_comparable's reasons, as the sweep summary and compare --sort's note give them
+NOT_COMPARABLE = {
+    "loss.recon": "differ in loss.recon (a Gaussian density of the images against a Bernoulli probability of "
+                  "their pixels)",
+    "data.binarize": "differ in data.binarize (grey-level images against binarized ones: other data, and a bce on "
+                     "grey levels is a cross-entropy, not a likelihood)",
+    "split": "measure it on different splits (data.val_size=0 uses the test split)",
+}
+
+
 def not_comparable(runs: list[Run], metric: str) -> str | None:
-    """Why `metric` is not one quantity across the runs that have it: "loss.recon" (a Gaussian
-    density of x/255 against a Bernoulli probability of the pixels: different quantities;
-    KL and the active units still compare) or "split" (a val_* of data.val_size=0 is the test
-    split's); else None."""
+    """Why `metric` is not one quantity across the runs that have it, a key of NOT_COMPARABLE:
+    "loss.recon" (a Gaussian density of x/255 against a Bernoulli probability of the pixels:
+    different quantities; KL and the active units still compare), "data.binarize" (grey levels
+    against binarized images: other data; static and dynamic runs are both scored on binarized
+    draws and compare) or "split" (a val_* of data.val_size=0 is the test split's); else None."""
     have = [r for r in runs if isinstance(r.metrics.get(metric), (int, float))]
     likelihood = any(part in metric for part in ("loss", "recon", "elbo", "nll", "bits_per_dim"))
     if likelihood and len({r.config.get("loss.recon") for r in have}) > 1:
         return "loss.recon"
+    if likelihood and len({r.config.get("data.binarize", "none") == "none" for r in have}) > 1:
+        return "data.binarize"
     splits = {_val_split(r) for r in have} - {None}
     if metric.startswith(("val_", "best_val_")) and len(splits) > 1:
         return "split"
@@ -534,10 +547,8 @@ class SweepSummary(Callback):
         best = min(done, key=lambda r: r.metrics["val_loss"], default=None)
         best_text = f"; lowest val_loss {best.metrics['val_loss']:.4f}: {best.name}" if best and len(runs) > 1 else ""
         why = not_comparable(done, "val_loss")
-        if best_text and why == "loss.recon":
-            best_text = ("; no lowest val_loss named: the jobs differ in loss.recon, whose losses are not "
-                         "comparable (a Gaussian density of the images against a Bernoulli probability of "
-                         "their pixels)")
+        if best_text and why in ("loss.recon", "data.binarize"):
+            best_text = f"; no lowest val_loss named: the jobs {NOT_COMPARABLE[why]}, whose losses do not compare"
         elif best_text and why == "split":
             evaluated = all(isinstance(r.metrics.get("test_nll_iwae"), (int, float)) for r in done)
             best_text = ("; no lowest val_loss named: the jobs measure val_loss on different splits "
@@ -647,10 +658,7 @@ def compare_command(args) -> int:
             print(missing)
         why = not_comparable(runs, args.sort) if args.sort else None
         if why:  # (the sweep summary names no lowest val_loss for the same reasons)
-            print(f"note: --sort {args.sort} orders numbers that do not compare: "
-                  + ("the runs differ in loss.recon (a Gaussian density of the images against a Bernoulli "
-                     "probability of their pixels)" if why == "loss.recon" else
-                     "the runs measure it on different splits (data.val_size=0 uses the test split)"))
+            print(f"note: --sort {args.sort} orders numbers that do not compare: the runs {NOT_COMPARABLE[why]}")
         if args.plot:
             out = plot(runs, args.plot, args.out)
             print(f"wrote {out}")

@@ -783,15 +783,19 @@ def test_the_table_and_note_claim_a_likelihood_and_papers_only_where_they_hold(t
 
 def test_the_log_line_of_an_evaluation_on_grey_levels_claims_no_likelihood(make_cfg, tmp_path, caplog):
     """The table said "-ELBO form" and "IWAE form" for a Bernoulli decoder on grey levels, but
-    the line the evaluation logs (the last of train.log) still said "ELBO" and "IWAE NLL"."""
-    for binarize, names in (("none", ("ELBO form ", "IWAE form ")), ("dynamic", ("ELBO ", "IWAE NLL "))):
+    the line the evaluation logs (the last of train.log) still said "ELBO" and "IWAE NLL", and
+    eval.json's "likelihood" said "bernoulli"."""
+    for binarize, names, likelihood in (("none", ("ELBO form ", "IWAE form "), "cross-entropy"),
+                                        ("dynamic", ("ELBO ", "IWAE NLL "), "bernoulli")):
         train(make_cfg(["latent_size=2", "model.size=small", "loss.recon=bce", f"data.binarize={binarize}",
                         "trainer.epochs=1", "trainer.final_eval=false"]), tmp_path / binarize)
         caplog.clear()
         with caplog.at_level(logging.INFO, logger="vaelab"):
-            evaluate_run(tmp_path / binarize, k=2, device="cpu", pictures=False, progress=False)
+            result = evaluate_run(tmp_path / binarize, k=2, device="cpu", pictures=False, progress=False)
         [line] = [r.getMessage() for r in caplog.records if r.getMessage().startswith("eval (")]
         assert line.startswith(f"eval (last.pt, k=2): {names[0]}") and f"), {names[1]}" in line, line
+        assert result["likelihood"] == likelihood == json.loads((tmp_path / binarize / "eval.json").read_text())[
+            "likelihood"]
 
 
 @pytest.mark.parametrize("flush", [True, False])

@@ -153,8 +153,8 @@ def _likelihood(recon: str, binarize: str) -> tuple[str, str]:
         return "gaussian", (f"loss.recon=mse is a Gaussian decoder with variance {MSE_GAUSSIAN_VARIANCE} on "
                             f"[0, 1] pixels (sum of squares = -log N(x; mean, 1/2) - D/2 log(pi)); "
                             f"a continuous density, not comparable with Bernoulli NLLs of binarized MNIST")
-    if binarize == "none":
-        return "bernoulli", ("loss.recon=bce on grey levels (data.binarize=none): a cross-entropy, not a "
+    if binarize == "none":  # (not "bernoulli": a program reading eval.json would take its nll_iwae for an NLL)
+        return "cross-entropy", ("loss.recon=bce on grey levels (data.binarize=none): a cross-entropy, not a "
                              "normalised likelihood; use data.binarize=dynamic for numbers comparable with papers")
     if binarize == "static":
         return "bernoulli", ("Bernoulli decoder on MNIST binarized once here (data.binarize=static, a draw of its "

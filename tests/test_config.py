@@ -1048,3 +1048,25 @@ def test_a_config_dir_of_ones_own_groups_gets_the_one_line_checks(tmp_path):
     for exp in ("mine", "theirs"):
         assert precheck(["--config-dir", str(tmp_path), f"hydra.searchpath=[file://{tmp_path / 'other'}]",
                          f"experiment={exp}"]) is None
+
+
+def test_train_types_a_plain_config_as_composing_does(tmp_path):
+    """train() given a plain config (OmegaConf.create of a dict, as a script might build one)
+    ran optim.impl=fusd as a non-fused Adam and loss.impl=trition as torch: only validate()'s
+    ranges were checked, and the enums are the schema's. Now one line, before any folder."""
+    from vaelab.config import to_plain
+    from vaelab.train import train
+
+    for key, value, line in (
+            ("optim.impl", "fusd", "optim.impl: Invalid value 'fusd', expected one of [auto, fused, flat, triton, "
+                                   "foreach, forloop]"),
+            ("loss.impl", "trition", "loss.impl: Invalid value 'trition', expected one of [torch, triton]"),
+            ("data.binarize", "dynamc", "data.binarize: Invalid value 'dynamc', expected one of [none, dynamic, "
+                                        "static]"),
+            ("trainer.epochs", "two", "trainer.epochs: Value 'two' of type 'str' could not be converted to Integer")):
+        plain = OmegaConf.create(to_plain(compose_cfg(["latent_size=2"])))
+        OmegaConf.update(plain, key, value)
+        with pytest.raises(ConfigError) as e:
+            train(plain, tmp_path / "run")
+        assert str(e.value) == line
+        assert not (tmp_path / "run").exists()

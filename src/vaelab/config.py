@@ -420,6 +420,20 @@ def typed(cfg: DictConfig | dict) -> DictConfig:
     return OmegaConf.merge(schema, cfg)
 
 
+def on_schema(cfg: DictConfig) -> DictConfig:
+    """`cfg` typed by the schema, as composing types it: train() given a plain config (say
+    OmegaConf.create of a dict) checks its enums and types too, not only validate()'s ranges.
+    ConfigError with one line for a value off the schema."""
+    if OmegaConf.get_type(cfg) is Config:  # (composed: typed already)
+        return cfg
+    try:
+        return OmegaConf.merge(OmegaConf.structured(Config), cfg)
+    except Exception as e:  # noqa: BLE001 - OmegaConf's ValidationError, ConfigKeyError, ...: one line
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        key = getattr(e, "full_key", None)
+        raise ConfigError(f"{key}: {first}" if key else first) from None
+
+
 def load_run_config(path: str | Path, here: bool = True) -> DictConfig:
     """A run's saved .hydra/config.yaml, typed and validated (`here`: see validate). A file that
     is not YAML, not a mapping, empty, or off the schema is a ConfigError with one line naming

@@ -40,8 +40,8 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
 from vaelab import checkpoint as ckpt_io
-from vaelab.config import (CONF_DIR, LOG_FORMAT, Config, ConfigError, choices, leaves, resolve_device, to_plain,
-                           typed, validate)
+from vaelab.config import (CONF_DIR, LOG_FORMAT, Config, ConfigError, choices, leaves, on_schema, resolve_device,
+                           to_plain, typed, validate)
 from vaelab.data import DataError, MNISTData, load_data, to_float
 from vaelab.errors import STOP_SIGNALS, Interrupted, NonFiniteLoss, SaveFailed, after_hangup, leaving_after_a_stop
 from vaelab.evaluate import ACTIVE_THRESHOLD, elbo_stats, flushing_subnormals, quiet
@@ -638,6 +638,7 @@ def train(cfg: DictConfig, run_dir: str | Path, data: MNISTData | None = None, o
     the optimizer and the checkpoint to resume from have passed their checks, before anything of
     the run's folder changes (vaelab resume writes the config it carries on with there, so that
     a resume that fails before that point leaves the run as it was)."""
+    cfg = on_schema(cfg)
     validate(cfg)
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)  # checkpoints/ and samples/ come once the data has loaded

@@ -382,6 +382,11 @@ class Complete(Base):
         return self.d(z)
 
 
+class Noisy(Complete):  # draws random numbers in eval mode too
+    def encode(self, x):
+        return self.e(x + 0.01 * torch.randn_like(x)).chunk(2, -1)
+
+
 class Unused(Base):  # a layer its forward never uses
     def __init__(self, latent_size, input_dim, image_shape, **settings):
         super().__init__(latent_size, input_dim, image_shape)
@@ -447,18 +452,22 @@ def test_flat_adam_on_a_model_with_an_unused_parameter_is_one_line_naming_it(tin
 
 def test_auto_takes_fused_adam_for_a_model_with_a_parameter_a_step_leaves_unused(tiny_mnist, tmp_path, monkeypatch):
     """optim.impl=auto in a CUDA-graph step is flat Adam, which refuses such a model at its first
-    step: auto now takes fused Adam for it, as for a model with frozen parameters."""
+    step: auto now takes fused Adam for it, as for a model with frozen parameters. The probe
+    leaves no trace, not even the random numbers a model's encode draws (auto's run then draws
+    what fused's does)."""
     from vaelab.optim import FlatAdam
 
     (tmp_path / "partialmodels.py").write_text(_PARTIAL_MODELS)
     monkeypatch.syspath_prepend(str(tmp_path))
-    for target, kind in (("Unused", torch.optim.Adam), ("Complete", FlatAdam)):
+    for target, kind in (("Unused", torch.optim.Adam), ("Complete", FlatAdam), ("Noisy", FlatAdam)):
         cfg = compose_cfg(["latent_size=2", f"model._target_=partialmodels.{target}"])
         model = build_model(cfg)
         before = {n: p.detach().clone() for n, p in model.named_parameters()}
+        rng = torch.get_rng_state()
         assert type(build_optimizer(cfg, model, capturable=True)) is kind  # (on a CPU: flat Adam's torch kernels)
         assert all(p.grad is None for p in model.parameters()) and model.training  # the probe leaves no trace
         assert all(torch.equal(before[n], p) for n, p in model.named_parameters())
+        assert torch.equal(torch.get_rng_state(), rng)
 
 
 def test_an_error_inside_the_models_own_code_keeps_its_traceback(tiny_mnist, tmp_path, monkeypatch):

@@ -229,9 +229,12 @@ def _left_without_gradient(model: torch.nn.Module) -> list[str]:
         return []
     first = next(model.parameters())
     training = model.training
+    # (the random numbers a model draws in the probe are given back: optim.impl=auto's run then
+    # draws what optim.impl=fused's does)
+    cuda = [first.device] if first.device.type == "cuda" else []
     try:
         model.eval()
-        with torch.enable_grad():
+        with torch.enable_grad(), torch.random.fork_rng(devices=cuda):
             mu, logvar = model.encode(torch.zeros(2, model.input_dim, device=first.device, dtype=first.dtype))
             (model.decode_logits(mu).sum() + mu.sum() + logvar.sum()).backward()
         return [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]

@@ -315,6 +315,21 @@ def test_a_file_given_as_an_override_gets_no_key_value_hint():
     assert err.startswith("override 'conf/experiment/seed.yaml': cannot parse it") and "KEY=VALUE" not in err
 
 
+def test_a_folder_given_as_an_override_is_told_what_takes_one(tmp_path, monkeypatch):
+    """`vaelab-train runs/x` (a run's folder, as `vaelab resume` takes one) was told 'as in
+    runs/x=VALUE'. A run's folder points to vaelab resume, another folder to the settings that
+    take one; a bare name stays a key (`data`, a config group, may be a folder here as well)."""
+    (tmp_path / "runs" / "x" / ".hydra").mkdir(parents=True)
+    (tmp_path / "runs" / "x" / ".hydra" / "config.yaml").write_text("latent_size: 2\n")
+    (tmp_path / "data" / "MNIST").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    for arg in ("runs/x", str(tmp_path / "runs" / "x")):
+        assert precheck([arg]).endswith(f"; vaelab-train takes no run folder: vaelab resume {arg} carries that run on")
+    assert precheck(["./data"]).endswith("; vaelab-train takes a folder as a setting: data.root=./data (where MNIST "
+                                         "is) or hydra.run.dir=./data (where the run goes)")
+    assert precheck(["data"]).endswith("; an override is KEY=VALUE, as in data=VALUE")
+
+
 def test_a_rerun_of_a_saved_config_takes_keys_not_conf_choices(tmp_path):
     """model=mlp on a saved config was 'Merge error: str is not a subclass of ModelConfig', and
     experiment=seed 'unknown key experiment': its groups were chosen when it was saved."""

@@ -726,27 +726,55 @@ def test_missing_data_is_refused_before_any_job_starts(tmp_path):
         assert not (tmp_path / "outputs").exists()
 
 
+_WRONG_SHAPE = """
+from torch import nn
+from vaelab.models import VAE
+
+
+class WrongShape(VAE):  # encode gives one latent too many: refused by the job, at its model's check
+    def __init__(self, latent_size, input_dim, image_shape, **settings):
+        super().__init__()
+        self.latent_size, self.input_dim, self.image_shape = latent_size, input_dim, tuple(image_shape)
+        self.e, self.d = nn.Linear(input_dim, 2 * latent_size + 2), nn.Linear(latent_size, input_dim)
+
+    def encode(self, x):
+        return self.e(x).chunk(2, -1)
+
+    def decode_logits(self, z):
+        return self.d(z)
+"""
+
+
 def test_a_sweep_refused_at_its_first_job_leaves_no_sweep_folder(tiny_mnist, tmp_path):
-    too_big = [f"data.root={tiny_mnist}", "data.val_size=100000"]  # a DataError of the job, past the pre-flight
+    """(It was refused by a data.val_size too big for the data until the pre-flight checks took
+    that over, before any folder: then this test no longer reached a job. A model of one's own
+    that fails its check is refused by the job.)"""
+    (tmp_path / "badmodels.py").write_text(_WRONG_SHAPE)
+
+    def sweep(*args, cwd=tmp_path):
+        r = subprocess.run([sys.executable, "-m", "vaelab.train", "-m", f"data.root={tiny_mnist}", "data.val_size=64",
+                            "model._target_=badmodels.WrongShape", "latent_size=2,4", *args], cwd=cwd,
+                           capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(tmp_path)})
+        assert r.returncode == 2 and r.stderr.strip().splitlines()[-1].startswith(
+            "vaelab-train: error: model._target_=badmodels.WrongShape: encode(x)"), r.stderr[-2000:]
+        assert "Launching 2 jobs" in r.stdout + r.stderr  # (a job's refusal, not the pre-flight's)
     (tmp_path / "outputs" / "multirun" / "default" / "an-earlier-sweep").mkdir(parents=True)
-    r = subprocess.run([sys.executable, "-m", "vaelab.train", "-m", *too_big, "latent_size=2,4"], cwd=tmp_path,
-                       capture_output=True, text=True, timeout=120)
-    assert r.returncode == 2 and r.stderr.strip().splitlines()[-1].startswith("vaelab-train: error: data.val_size=")
+    sweep()
     # not a folder holding only multirun.yaml, which compare would list as a sweep of no jobs
     assert [p.name for p in (tmp_path / "outputs" / "multirun" / "default").iterdir()] == ["an-earlier-sweep"]
     # a folder the user named: the sweep's goes, the (empty) folder around it stays
     (tmp_path / "mine").mkdir()
-    r = subprocess.run([sys.executable, "-m", "vaelab.train", "-m", *too_big, "latent_size=2,4",
-                        f"hydra.sweep.dir={tmp_path / 'mine' / 's1'}"], cwd=tmp_path, capture_output=True, text=True,
-                       timeout=120)
-    assert r.returncode == 2 and (tmp_path / "mine").is_dir() and not (tmp_path / "mine" / "s1").exists()
+    sweep(f"hydra.sweep.dir={tmp_path / 'mine' / 's1'}")
+    assert (tmp_path / "mine").is_dir() and not (tmp_path / "mine" / "s1").exists()
+    # ... and an empty folder the user named as the sweep's, there before: it stays, empty
+    sweep(f"hydra.sweep.dir={tmp_path / 'mine'}")
+    assert (tmp_path / "mine").is_dir() and not any((tmp_path / "mine").iterdir())
     # a sweep folder that was there before, the current folder: it stays, without Hydra's file (it was removed)
     here = tmp_path / "here"
     here.mkdir()
     (here / ".gitkeep").write_text("")
-    r = subprocess.run([sys.executable, "-m", "vaelab.train", "-m", *too_big, "latent_size=2,4", "hydra.sweep.dir=."],
-                       cwd=here, capture_output=True, text=True, timeout=120)
-    assert r.returncode == 2 and [p.name for p in here.iterdir()] == [".gitkeep"], r.stderr[-2000:]
+    sweep("hydra.sweep.dir=.", cwd=here)
+    assert [p.name for p in here.iterdir()] == [".gitkeep"]
 
 
 def test_a_refused_single_run_does_not_resolve_the_sweep_folder(tiny_mnist, tmp_path):

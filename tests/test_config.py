@@ -778,11 +778,17 @@ def test_a_sweep_refused_at_its_first_job_leaves_no_sweep_folder(tiny_mnist, tmp
 
 
 def test_a_refused_single_run_does_not_resolve_the_sweep_folder(tiny_mnist, tmp_path):
-    r = subprocess.run([sys.executable, "-m", "vaelab.train", f"data.root={tiny_mnist}", "data.val_size=100000",
-                        "hydra.sweep.dir=${oc.env:VAELAB_UNSET_VARIABLE}/s"],
+    """(Refused by the run itself, at its model's check, not by the pre-flight checks.)"""
+    (tmp_path / "badmodels.py").write_text(_WRONG_SHAPE)
+    r = subprocess.run([sys.executable, "-m", "vaelab.train", f"data.root={tiny_mnist}", "data.val_size=64",
+                        "model._target_=badmodels.WrongShape", "hydra.sweep.dir=${oc.env:VAELAB_UNSET_VARIABLE}/s"],
                        cwd=tmp_path, capture_output=True, text=True, timeout=120, env={
-                           k: v for k, v in os.environ.items() if k != "VAELAB_UNSET_VARIABLE"})
-    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr[-2000:]
+                           **{k: v for k, v in os.environ.items() if k != "VAELAB_UNSET_VARIABLE"},
+                           "PYTHONPATH": str(tmp_path)})
+    assert r.returncode == 2 and r.stderr.strip().splitlines() == [
+        "vaelab-train: error: model._target_=badmodels.WrongShape: encode(x) of x (2, 784) must return two tensors, "
+        "mu and logvar, each (2, latent_size=32); got (2, 33), (2, 33)"], r.stderr[-2000:]
+    assert not (tmp_path / "outputs").exists()
 
 
 def test_mnist_given_as_gz_files_only_is_read(tmp_path, tiny_mnist):

@@ -777,6 +777,29 @@ def test_a_sweep_refused_at_its_first_job_leaves_no_sweep_folder(tiny_mnist, tmp
     assert [p.name for p in here.iterdir()] == [".gitkeep"]
 
 
+def test_a_joblib_sweep_refused_at_a_job_leaves_no_folders_of_the_jobs_it_ended(tiny_mnist, tmp_path):
+    """joblib ends the jobs running beside a refused one where they are, before their own clean-up:
+    the sweep folder kept its multirun.yaml and their folders of Hydra's files, and `vaelab
+    compare` listed them as unfinished runs. Here latent_size=4's job is still building its model
+    when latent_size=8's is refused."""
+    (tmp_path / "badmodels.py").write_text(_WRONG_SHAPE + """
+
+class SlowOrWrong(WrongShape):
+    def __init__(self, latent_size, input_dim, image_shape, **settings):
+        if latent_size == 4:
+            import time
+            time.sleep(60)
+        super().__init__(latent_size, input_dim, image_shape)
+""")
+    for where in ([], [f"hydra.sweep.dir={tmp_path / 'mine'}"]):
+        r = subprocess.run([sys.executable, "-m", "vaelab.train", "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
+                            f"data.root={tiny_mnist}", "data.val_size=64", "model._target_=badmodels.SlowOrWrong",
+                            "latent_size=4,8", *where], cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                           env={**os.environ, "PYTHONPATH": str(tmp_path)})
+        assert r.returncode == 2 and r.stderr.strip().splitlines()[-1].endswith("latent_size=8); got (2, 9), (2, 9)")
+        assert not (tmp_path / "outputs").exists() and not (tmp_path / "mine").exists(), r.stderr[-2000:]
+
+
 def test_a_refused_single_run_does_not_resolve_the_sweep_folder(tiny_mnist, tmp_path):
     """(Refused by the run itself, at its model's check, not by the pre-flight checks.)"""
     (tmp_path / "badmodels.py").write_text(_WRONG_SHAPE)

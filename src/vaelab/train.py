@@ -1184,6 +1184,37 @@ def _remove_if_never_started(run_dir: Path, hc) -> str | None:
     return None if any((run_dir / ".hydra" / n).exists() for n in _HYDRA_FILES) else "contents"
 
 
+def remove_sweep_refused_part_way(sweep: Path, cwd: str) -> None:
+    """After a joblib sweep stopped at a job's refusal: joblib ends the jobs running beside that
+    one where they are, before their own clean-up, so their folders held Hydra's files alone, and
+    the sweep folder made for this launch (`sweep`) its multirun.yaml besides. Such job folders go,
+    and the sweep folder with them if nothing else is left (a job that had trained stays, and so
+    does the sweep folder around it, for vaelab resume SWEEP_DIR)."""
+    ours = {"multirun.yaml", ckpt_io.SWEEP_LOCK, ckpt_io.SWEEP_STOP}
+    if not (sweep / "multirun.yaml").is_file():
+        return
+    for hydra_dir in sorted(sweep.rglob(".hydra"), key=lambda p: len(p.parts), reverse=True):
+        job = hydra_dir.parent
+        if (job == sweep or job.is_symlink() or {p.name for p in job.iterdir()} - {".hydra", "train.log"}
+                or {p.name for p in hydra_dir.iterdir()} - set(_HYDRA_FILES)):
+            continue
+        try:
+            with ckpt_io.only_process(job):  # (not a job that is training after all)
+                shutil.rmtree(job, ignore_errors=True)
+        except ckpt_io.CheckpointError:
+            continue
+        for folder in job.parents:  # hydra.sweep.subdir=a/b: the empty a/ too
+            if folder == sweep or sweep not in folder.parents:
+                break
+            try:
+                folder.rmdir()
+            except OSError:
+                break
+    if {p.name for p in sweep.iterdir()} <= ours:
+        shutil.rmtree(sweep, ignore_errors=True)
+        _remove_name_folder_if_empty(sweep.parent, cwd)
+
+
 def _remove_name_folder_if_empty(folder: Path, cwd: str) -> None:
     """outputs/runs/<name>/ or outputs/multirun/<name>/, made for a run that never started, goes
     when empty; the parent of a folder the user named (hydra.run.dir=mine/r1) stays."""

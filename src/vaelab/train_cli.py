@@ -364,6 +364,8 @@ def _run_hydra(prog: str) -> int:
     """The Hydra app on sys.argv; its exit status."""
     from vaelab.train import hydra_main  # torch and the rest: only for a command line that can run
 
+    cwd = os.getcwd()  # (the launch folder: outputs/ lies there)
+
     _workers_wait_for_a_job()
 
     from vaelab.errors import stop_signals_as_ctrl_c
@@ -385,6 +387,10 @@ def _run_hydra(prog: str) -> int:
     except SystemExit as e:  # hydra.main exits with its app's status (the sweep summary's 1, a job's 2 or 130)
         if isinstance(e.code, str):
             print(e.code, file=sys.stderr)
+        made = os.environ.get(LAUNCH_MADE_ENV)
+        if e.code == 2 and made:  # a job refused (bad input): in a joblib sweep, the jobs beside it ended part-way
+            from vaelab.train import remove_sweep_refused_part_way
+            remove_sweep_refused_part_way(Path(made), cwd)
         return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
     finally:  # a sweep that a stop ended before its end callback: its lock file goes too
         from vaelab.checkpoint import release_sweeps

@@ -768,11 +768,13 @@ def test_resume_with_missing_data_changes_nothing(finished_run, tmp_path, capsys
                f"data.val_size=64 (set when it trained): is this the data the run trained on?")
     assert capsys.readouterr().err.strip() == f"vaelab resume: {too_few}"
     assert files_snapshot(run) == before
-    assert vaelab(["eval", run, "--data-root", small, "--k", "1", "--no-pictures"]) == 2  # (it splits as the run did)
-    assert capsys.readouterr().err.strip() == f"vaelab eval: {too_few}"
+    # eval and reproduce name it as typed there, --data-root (it splits as the run did)
+    given = too_few.replace(f"data.root={small}", f"--data-root {small}")
+    assert vaelab(["eval", run, "--data-root", small, "--k", "1", "--no-pictures"]) == 2
+    assert capsys.readouterr().err.strip() == f"vaelab eval: {given}"
     # (reproduce: vaelab-train's own check of data.val_size spoke of the setting, after a new folder)
     assert vaelab(["reproduce", run, "--data-root", small, "--out", tmp_path / "again"]) == 2
-    assert capsys.readouterr().err.strip() == f"vaelab reproduce: {too_few}"
+    assert capsys.readouterr().err.strip() == f"vaelab reproduce: {given}"
     assert not (tmp_path / "again").exists()
 
 

@@ -226,25 +226,29 @@ def _binarize_once(images: torch.Tensor, seed: int) -> torch.Tensor:
     return torch.bernoulli(p, generator=g).to(torch.uint8).mul_(255)
 
 
-def val_size_error(val_size: int, n: int, root, saved: bool = False) -> str | None:
+def val_size_error(val_size: int, n: int, root, saved: bool = False, given: bool = False) -> str | None:
     """Why data.val_size cannot split a training set of n images (it leaves none to train on).
-    saved: val_size is a saved run's, which the user did not choose now: the data is the suspect."""
+    saved: val_size is a saved run's, which the user did not choose now: the data is the suspect;
+    given: the user named that data with --data-root, not data.root."""
     if 0 <= val_size < n:
         return None
     if saved:
-        return (f"data.root={root}: its training split has {n} images, too few for the run's data.val_size="
+        return (f"{'--data-root ' if given else 'data.root='}{root}: its training split has {n} images, too few for "
+                f"the run's data.val_size="
                 f"{val_size} (set when it trained): is this the data the run trained on?")
     return f"data.val_size={val_size}: must be in [0, {n - 1}] for a training set of {n} images (data.root={root})"
 
 
 def load_data(root: str | Path, device: torch.device, val_size: int = 5000, split_seed: int = 0,
-              binarize: str = "none", download: bool = True, saved: bool = False, **how) -> MNISTData:
-    """saved: the settings are a saved run's (vaelab eval, resume), for val_size_error."""
+              binarize: str = "none", download: bool = True, saved: bool = False, given: bool = False,
+              **how) -> MNISTData:
+    """saved: the settings are a saved run's (vaelab eval, resume), and given: `root` is the
+    user's --data-root, for val_size_error."""
     import torch
 
     x_train, y_train, x_test, y_test = load_mnist_arrays(root, download, **how)
     n = x_train.shape[0]
-    if why := val_size_error(val_size, n, root, saved):
+    if why := val_size_error(val_size, n, root, saved, given):
         raise DataError(why)
     x_train, x_test = x_train.reshape(n, -1), x_test.reshape(x_test.shape[0], -1)
     # Static: one draw per split. Dynamic: training batches are redrawn each step (see

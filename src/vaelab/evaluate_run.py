@@ -198,7 +198,8 @@ def evaluate_run(run_dir: str | Path, k: int = 5000, device: str = "auto", check
         recon_kind = getattr(cfg.loss.recon, "value", cfg.loss.recon)
         binarize = getattr(cfg.data.binarize, "value", cfg.data.binarize)
         data = load_data(root, dev, val_size=cfg.data.val_size, split_seed=cfg.data.split_seed,
-                         binarize=binarize, download=cfg.data.download, saved=True, how=how)
+                         binarize=binarize, download=cfg.data.download, saved=True,
+                         given=data_root_override is not None, how=how)
         trained_on = ck.get("state", {}).get("data_digest")  # (a checkpoint from before 2026-11-26 has none)
         if trained_on is not None and trained_on != data.digest:
             log.warning("the data differs from what the run trained on (data digest %s, now %s, from %s): these are "

@@ -290,7 +290,7 @@ def reproduce(run_dir: str | Path, out: str | Path | None = None, rtol: float = 
     root = Path(data_root).expanduser().absolute() if data_root else run_data_root(run_dir, cfg)
     fetch_mnist(root, cfg.data.download, how="give --data-root DIR")  # DataError, one line, before the new folder
     n = mnist_train_size(root)  # (too few images for the run's val split: name the data, not the setting)
-    if n is not None and (why := val_size_error(cfg.data.val_size, n, root, saved=True)):
+    if n is not None and (why := val_size_error(cfg.data.val_size, n, root, saved=True, given=bool(data_root))):
         raise DataError(why)
     name = OmegaConf.load(cfg_path).get("name", "default")
     new_dir = Path(out).resolve() if out else _new_run_dir(name)

@@ -550,3 +550,15 @@ def test_compose_config_finds_config_groups_of_ones_own(tmp_path):
         compose_config([], config_dir="/nonexistent")
     with pytest.raises(ConfigError, match="^config_dir and hydra.searchpath: give one"):
         compose_config([f"hydra.searchpath=[file://{tmp_path}]"], config_dir=tmp_path)
+
+
+def test_a_loss_blowing_up_to_huge_finite_values_ends_as_diverged(make_cfg, tmp_path):
+    """With optim.lr=1e4 the first epoch's validation KL was finite, near 1e32: TensorBoard's
+    histogram of its dimensions failed ("The histogram is empty") and the run ended in a
+    traceback, with no stopped.json, before the next step's non-finite loss could stop it."""
+    cfg = make_cfg(["optim.lr=1e4", "loss.recon=bce", "latent_size=2", "model.size=small", "trainer.batch_size=128",
+                    "trainer.final_eval=false", "logger.histograms=true"])
+    with pytest.raises(NonFiniteLoss):
+        train(cfg, tmp_path)
+    assert json.loads((tmp_path / "stopped.json").read_text())["state"] == "diverged"
+    assert (tmp_path / "checkpoints" / "last.pt").is_file()

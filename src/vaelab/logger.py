@@ -95,7 +95,10 @@ class RunLogger:
 
     def histogram(self, tag: str, values: torch.Tensor, x: int) -> None:
         if self.w:
-            self.w.add_histogram(tag, values.detach().float().cpu(), x)
+            try:
+                self.w.add_histogram(tag, values.detach().float().cpu(), x)
+            except ValueError:  # TensorBoard's buckets fail on values near 1e20 and above ("The histogram is
+                pass  # empty"): a run blowing up, which its next finite check stops; not a crash of its own
 
     def image(self, tag: str, grid: torch.Tensor, x: int) -> None:
         if self.w:

@@ -1928,3 +1928,27 @@ def test_a_ctrl_c_a_vaelab_command_does_not_answer_itself_is_one_line(reference,
     assert capsys.readouterr().err == (f"vaelab reproduce: interrupted; the reproduction in {tmp_path / 'again'} has "
                                        f"finished, set the two side by side with: vaelab compare {reference} "
                                        f"{tmp_path / 'again'}\n")
+
+
+def test_reproduce_of_a_run_without_its_final_evaluation_compares_the_rest(tiny_mnist, tmp_path, monkeypatch, capsys):
+    """A run stopped during its end-of-training evaluation (or whose eval.json was deleted) has
+    no test_*: its reproduction's, which the reproduction makes, counted as 17 differing metrics
+    and "NOT reproduced" though every training number was identical."""
+    from vaelab import workflow
+
+    evaluated = tmp_path / "evaluated"
+    train(compose_cfg([f"data.root={tiny_mnist}", *TINY, "trainer.final_eval=true"]), evaluated)
+    run = tmp_path / "run"
+    shutil.copytree(evaluated, run)
+    (run / "eval.json").unlink()
+
+    def trained(cmd, **kwargs):  # the reproduction: the same run, with its final evaluation
+        shutil.copytree(evaluated, tmp_path / "again")
+        return 0
+    monkeypatch.setattr(workflow, "_run_child", trained)
+    capsys.readouterr()
+    assert vaelab(["reproduce", run, "--out", tmp_path / "again"]) == 0
+    out = capsys.readouterr().out
+    assert "test_elbo" not in out and "reproduced: every metric is identical" in out
+    assert (f"(test_* not compared: {run} has no eval.json, its end-of-training evaluation did not run to its end; "
+            f"vaelab resume {run} makes it)") in out

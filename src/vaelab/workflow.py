@@ -351,7 +351,10 @@ def _report(run_dir: Path, new_dir: Path, original: dict, rtol: float, changed: 
     if "data_digest" not in original:  # a run from before 2026-11-26 recorded none: nothing to compare
         new.pop("data_digest", None)
     by_hand = _later_eval(run_dir)
-    if by_hand:  # not what the run's own final evaluation makes: its test_* would differ by design
+    # a run whose end-of-training evaluation did not run or finish (stopped in it, eval.json
+    # deleted): the reproduction's test_* have nothing to be compared with
+    unevaluated = not any(k.startswith("test_") for k in original) and any(k.startswith("test_") for k in new)
+    if by_hand or unevaluated:  # not what the run's own final evaluation makes: its test_* would differ by design
         original = {k: v for k, v in original.items() if not k.startswith("test_")}
         new = {k: v for k, v in new.items() if not k.startswith("test_")}
     diff = differing_keys(original, new, rtol)
@@ -363,6 +366,9 @@ def _report(run_dir: Path, new_dir: Path, original: dict, rtol: float, changed: 
     if by_hand:
         print(f"(test_* not compared: {run_dir / 'eval.json'} is not the run's own final evaluation, which a "
               f"reproduction makes again; it was made with {by_hand})")
+    elif unevaluated:
+        print(f"(test_* not compared: {run_dir} has no eval.json, its end-of-training evaluation did not run to its "
+              f"end; vaelab resume {shlex.quote(str(run_dir))} makes it)")
     if diff:
         print(f"\nNOT reproduced: {len(diff)} metric(s) differ ({', '.join(diff)})"
               + (f" beyond rtol={rtol}" if rtol else "") + (" (settings changed part-way: see the note above)"

@@ -1294,3 +1294,16 @@ def test_compare_where_keeps_the_runs_with_a_setting_state_or_metric(sweep, caps
                                                "(val_loss)")
     assert vaelab(["compare", sweep, "--where", "state=diverged"]) == 2
     assert capsys.readouterr().err.strip() == "vaelab compare: error: no run has state=diverged"
+    # booleans as the configs and overrides write them (only True matched), and as Python does
+    for value in ("true", "True"):
+        assert vaelab(["compare", sweep, "--where", f"trainer.cuda_graph={value}"]) == 0
+        assert len(names()) == 4
+    assert vaelab(["compare", sweep, "--where", "trainer.cuda_graph=false"]) == 2
+
+
+def test_compare_writes_a_blown_up_number_short():
+    """A run whose loss blew up (finite, 1e32) printed its numbers as 36-digit decimals."""
+    from vaelab.compare import _fmt
+
+    assert [_fmt(v) for v in (84094630536980407375606577102848.0, -2.5e12, 123456.78912, 0.5, float("nan"), None)] == [
+        "8.409e+31", "-2.500e+12", "123456.789", "0.500", "nan", "-"]

@@ -112,7 +112,8 @@ def _load(path: Path, name: str) -> Run:
             saved = yaml.safe_load(cfg.read_text()) or {}
             if not isinstance(saved, dict):
                 raise ValueError(f"a {type(saved).__name__}, not a mapping of settings")
-            run.config = {k: str(v) for k, v in leaves(saved, empty=False)}
+            # (booleans as the config files, overrides and HParams write them: --where trainer.compile=true)
+            run.config = {k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in leaves(saved, empty=False)}
         except (OSError, ValueError, yaml.YAMLError) as e:  # a hand-edited or damaged file: the other runs still
             why = " ".join(str(e).split())[:120]
             print(f"vaelab compare: warning: {cfg} cannot be read ({why}); its run's settings are left out",
@@ -186,8 +187,8 @@ def where(runs: list[Run], conditions: list[str]) -> list[Run]:
                 return False
             try:
                 return float(v) == float(want)
-            except (TypeError, ValueError):
-                return str(v) == want
+            except (TypeError, ValueError):  # (True as well as true, as Python writes it)
+                return str(v) == (want.lower() if want.lower() in ("true", "false") else want)
         kept = [r for r in kept if same(has(r))]
     return kept
 
@@ -233,8 +234,8 @@ def sort_runs(runs: list[Run], metric: str, descending: bool = False) -> list[Ru
 def _fmt(v) -> str:
     if v is None:
         return "-"
-    if isinstance(v, float):
-        return "nan" if math.isnan(v) else f"{v:.3f}"
+    if isinstance(v, float):  # (a run that blew up: 8.409e+31, not 36 digits across the table)
+        return "nan" if math.isnan(v) else f"{v:.3f}" if abs(v) < 1e9 else f"{v:.3e}"
     return str(v)
 
 

@@ -585,7 +585,11 @@ def test_eval_errors_are_one_line(make_cfg, tmp_path, capsys):
          f"to use another run's checkpoint, give that run's folder ({tmp_path / 'tanh'}) as RUN_DIR"),
         ([str(tmp_path / "run"), "--checkpoint", f"{ckpts}/../../tanh/checkpoints/last.pt"],
          "not a file in"),
-        ([str(tmp_path / "empty_ckpts")], f"{tmp_path / 'empty_ckpts' / 'checkpoints'} holds none"),
+        # no checkpoint at all: not "--checkpoint last: no such checkpoint ... give last, best or a file name"
+        ([str(tmp_path / "empty_ckpts")], f"error: {tmp_path / 'empty_ckpts' / 'checkpoints'}: no checkpoint, so no "
+                                          f"weights to load (the run finished, and its checkpoints have been deleted)"),
+        ([str(tmp_path / "unfinished")], f"error: {tmp_path / 'unfinished' / 'checkpoints'}: no checkpoint, so no "
+                                         f"weights to load (the run stopped before its first checkpoint)"),
         ([str(tmp_path / "run"), "--k", "0"], "argument --k: must be an integer in [1, 1000000]"),
         ([str(tmp_path / "run"), "--k", "many"], "argument --k: must be an integer in [1, 1000000]"),
         ([str(tmp_path / "run"), "--device", "bogus"], "argument --device: allowed: auto, cpu, cuda, cuda:N, mps"),
@@ -620,6 +624,7 @@ def test_eval_errors_are_one_line(make_cfg, tmp_path, capsys):
     shutil.copytree(tmp_path / "run", tmp_path / "junk")
     shutil.copy(tmp_path / "junk.pt", tmp_path / "junk" / "checkpoints")
     shutil.copytree(tmp_path / "run", tmp_path / "empty_ckpts", ignore=shutil.ignore_patterns("*.pt"))
+    shutil.copytree(tmp_path / "run", tmp_path / "unfinished", ignore=shutil.ignore_patterns("*.pt", "metrics.json"))
     shutil.copytree(tmp_path / "run", tmp_path / "ro")
     (tmp_path / "ro").chmod(0o555)
     if os.access(tmp_path / "ro", os.W_OK):  # root ignores the mode bits

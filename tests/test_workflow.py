@@ -666,7 +666,9 @@ def _missing(path: Path, _):
     (_truncate, "unreadable checkpoint (truncated or corrupted)"),
     (_flip, "corrupted checkpoint (archive/data/"),
     (_other_model, "made for a different model"),
-    (_missing, "no checkpoint, nothing to resume"),
+    # a finished run (metrics.json): not "stopped before its first checkpoint; start it again"
+    (_missing, "no checkpoint, nothing to resume (the run finished, and its checkpoints have been deleted); train it "
+               "anew in a folder of its own with: vaelab-train --config-dir "),
 ], ids=["corrupted", "truncated", "flipped-bytes", "different-model", "missing"])
 def test_bad_checkpoint_names_the_file_and_overwrites_nothing(finished_run, other_model_checkpoint, tmp_path,
                                                               capsys, damage, expect):
@@ -682,6 +684,8 @@ def test_bad_checkpoint_names_the_file_and_overwrites_nothing(finished_run, othe
     named = last.parent if damage is _missing else last
     assert len(err) == 1 and err[0].startswith(f"vaelab resume: error: {named}: ") and expect in err[0], err
     assert files_snapshot(run) == before
+    if damage is _missing:  # (what this command asked for goes with it)
+        assert err[0].endswith(f"{run / '.hydra'} --config-name config trainer.epochs=5")
     if damage in (_corrupt, _truncate, _flip):  # what resume takes once the damaged last.pt is out of the way
         newest = max((p for p in last.parent.glob("*.pt") if p != last), key=lambda p: p.stat().st_mtime)
         assert err[0].endswith(f"; to resume from the newest other checkpoint, {newest.name}, move last.pt out of "

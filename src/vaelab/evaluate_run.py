@@ -79,6 +79,10 @@ def _checkpoint_path(run_dir: Path, checkpoint: str) -> Path:
             reason = stopped.get("reason", "a non-finite loss").split(";")[0]
             raise RunDirError(f"{run_dir} diverged before its first checkpoint ({reason}): there are no weights "
                               f"to load")
+        if not have:  # (last, best or any name: there is nothing to choose from)
+            why = ("the run finished, and its checkpoints have been deleted" if (run_dir / "metrics.json").is_file()
+                   else "the run stopped before its first checkpoint")
+            raise RunDirError(f"{ckpt_dir}: no checkpoint, so no weights to load ({why})")
         raise RunDirError(f"--checkpoint {checkpoint}: no such checkpoint; {ckpt_dir} holds {holds} "
                           f"(give last, best or a file name from there)")
     return path

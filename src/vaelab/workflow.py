@@ -540,6 +540,11 @@ def resume(run_dir: str | Path, overrides: list[str] = ()) -> dict | None:
             raise ckpt_io.CheckpointError(f"{run_dir / 'checkpoints'}: no checkpoint, nothing to resume (the run "
                                           f"diverged before its first checkpoint: {reason}); start it anew, with "
                                           f"settings other than those that diverged, e.g. {again} optim.lr=1e-4")
+        if (run_dir / "metrics.json").is_file():  # (again: a new run, in a new folder, with what this command set)
+            given = " ".join(shlex.quote(o) for o in overrides)
+            raise ckpt_io.CheckpointError(f"{run_dir / 'checkpoints'}: no checkpoint, nothing to resume (the run "
+                                          f"finished, and its checkpoints have been deleted); train it anew in a "
+                                          f"folder of its own with: {again}{' ' + given if given else ''}")
         raise ckpt_io.CheckpointError(f"{run_dir / 'checkpoints'}: no checkpoint, nothing to resume "
                                       f"(the run stopped before its first checkpoint; start it again with: {again})")
 

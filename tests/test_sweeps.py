@@ -593,8 +593,17 @@ def test_a_job_a_resumed_sweep_starts_keeps_hydra_overrides_that_hold_interpolat
 
 
 def test_compare_without_runs_is_one_line(tmp_path, capsys):
-    assert vaelab(["compare", tmp_path, tmp_path / "missing"]) == 2
+    assert vaelab(["compare", tmp_path / "missing", tmp_path / "gone"]) == 2
     assert capsys.readouterr().err.strip() == f"vaelab compare: error: {tmp_path / 'missing'}: no such directory"
+    # one folder of several missing is left out with a warning: the README's `compare outputs/multirun
+    # outputs/runs` where only sweeps have run yet was an error, with the sweeps' table not shown
+    (tmp_path / "run" / ".hydra").mkdir(parents=True)
+    (tmp_path / "run" / ".hydra" / "config.yaml").write_text("latent_size: 2\n")
+    assert vaelab(["compare", tmp_path / "run", tmp_path / "missing"]) == 0
+    got = capsys.readouterr()
+    assert got.err == f"vaelab compare: warning: {tmp_path / 'missing'}: no such directory; left out\n"
+    assert got.out.splitlines()[2].startswith("run ")
+    shutil.rmtree(tmp_path / "run")
     assert vaelab(["compare", tmp_path]) == 2
     assert "no runs under" in capsys.readouterr().err
     (tmp_path / "metrics.json").write_text("{}")

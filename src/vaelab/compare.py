@@ -84,10 +84,15 @@ def _natural(name: str) -> list:
 def find_runs(dirs: list[str | Path]) -> list[Run]:
     """Every run folder at or under the given folders (not looking inside a run)."""
     found: dict[Path, None] = {}
-    for d in map(Path, dirs):
+    missing = [d for d in map(Path, dirs) if not d.exists()]
+    if missing and len(missing) == len(dirs):
+        raise CompareError(f"{missing[0]}: no such directory")
+    for d in missing:  # (the README's `outputs/multirun outputs/runs`, where only sweeps have run yet)
+        print(f"vaelab compare: warning: {d}: no such directory; left out", file=sys.stderr)
+    for d in (d for d in map(Path, dirs) if d not in missing):
         if d.is_file():
             raise CompareError(f"{d}: a file; give a run's folder, or a folder of runs (outputs/multirun/...)")
-        if not d.is_dir():
+        if not d.is_dir():  # (a socket, a broken link)
             raise CompareError(f"{d}: no such directory")
         for root, subdirs, _ in os.walk(d):
             root = Path(root)

@@ -562,3 +562,30 @@ def test_a_loss_blowing_up_to_huge_finite_values_ends_as_diverged(make_cfg, tmp_
         train(cfg, tmp_path)
     assert json.loads((tmp_path / "stopped.json").read_text())["state"] == "diverged"
     assert (tmp_path / "checkpoints" / "last.pt").is_file()
+
+
+@pytest.mark.parametrize("prog,line", [("vaelab-train", "vaelab-train: interrupted before any run started"),
+                                       ("vaelab", "vaelab: interrupted before the command began; nothing was written"),
+                                       ("myscript.py", None)])
+def test_a_ctrl_c_while_a_console_script_loads_numpy_is_one_line(prog, line):
+    """The console scripts import the vaelab package, and with it numpy, before cli's own answer
+    to a Ctrl-C can run: one in that tenth of a second was a 15-line traceback. A script's
+    `import vaelab` keeps its KeyboardInterrupt."""
+    from importlib.metadata import version
+
+    core = "numpy._core" if int(version("numpy").split(".")[0]) >= 2 else "numpy.core"
+    script = f"""
+import os, signal, sys
+class CtrlC:
+    def find_spec(self, name, path=None, target=None):
+        if name == "{core}._exceptions":
+            os.kill(os.getpid(), signal.SIGINT)
+sys.meta_path.insert(0, CtrlC())
+sys.argv = [os.path.join("bin", "{prog}")]
+try:
+    from vaelab.cli import main
+except KeyboardInterrupt:
+    sys.exit(7)
+"""
+    p = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert (p.returncode, p.stderr) == ((130, line + "\n") if line else (7, "")), p.stderr[-2000:]

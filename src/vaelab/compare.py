@@ -133,7 +133,7 @@ def _load(path: Path, name: str) -> Run:
             if k in run.metrics:
                 run.metrics[k] = int(run.metrics[k])
     ev = read_json(path / "eval.json") or {}
-    if run.state == "done" and ckpt_io.final_eval_missing(path) and run.config.get("trainer.final_eval") == "True":
+    if run.state == "done" and ckpt_io.final_eval_missing(path) and run.config.get("trainer.final_eval") == "true":
         try:
             ckpt_io.check_not_in_use(path)
             run.state = "done (no eval)"  # a stop cut its end-of-training evaluation short: vaelab resume runs it

@@ -871,6 +871,9 @@ def test_stopping_a_joblib_sweep_lets_every_running_job_save(tiny_mnist, tmp_pat
     finally:
         p.kill()
     assert p.returncode == 130, out[-3000:]
+    assert "leaked semaphore" not in out  # (loky's resource tracker, of the workers the stop ended)
+    if how == "kill PID":  # once, not once per running job (a signal to the group reaches the jobs as soon as
+        assert out.count("the sweep stops here") == 1, out[-3000:]  # vaelab-train, which marks the stop first)
     [sweep] = (tmp_path / "outputs" / "multirun" / "default").iterdir()
     assert not (sweep / ckpt_io.SWEEP_LOCK).exists()  # let go on the way out, though the sweep did not end
     if how.endswith("queued"):  # joblib handed the third job out while the stop waited: it did not start
@@ -1316,3 +1319,19 @@ def test_compare_writes_a_blown_up_number_short():
 
     assert [_fmt(v) for v in (84094630536980407375606577102848.0, -2.5e12, 123456.78912, 0.5, float("nan"), None)] == [
         "8.409e+31", "-2.500e+12", "123456.789", "0.500", "nan", "-"]
+
+
+def test_a_stopping_sweep_is_said_to_stop_once(tmp_path):
+    """Each job joblib runs stops on a Ctrl-C or SIGTERM, and each said 'the sweep stops here':
+    the line came once per running job. The first to say it takes the stop file's token."""
+    from vaelab import checkpoint as ckpt_io
+
+    assert ckpt_io.first_to_tell_stop(tmp_path)  # no stop of the launch's own: a job stopped alone says it
+    assert ckpt_io.hold_sweep(tmp_path)
+    try:
+        ckpt_io.mark_sweeps_stopping()
+        assert [ckpt_io.first_to_tell_stop(tmp_path) for _ in range(3)] == [True, False, False]
+        assert ckpt_io.sweep_stopping(tmp_path)  # (the token leaves the stop as it was)
+    finally:
+        ckpt_io.release_sweeps()
+    assert not any(tmp_path.iterdir())

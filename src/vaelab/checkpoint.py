@@ -150,6 +150,30 @@ def sweep_stopping(folder: str | Path) -> bool:
     return (Path(folder) / SWEEP_STOP).exists() and sweep_running(folder)
 
 
+def first_to_tell_stop(folder: str | Path) -> bool:
+    """Whether this job is the first of its stopping sweep's (mark_sweeps_stopping) to say that
+    the sweep stops: each of joblib's running jobs stops, and the line came once per job. The
+    stop file, empty until told, is the token; True where there is none, or no flock."""
+    try:
+        import fcntl
+    except ImportError:
+        return True
+    try:
+        fd = os.open(Path(folder) / SWEEP_STOP, os.O_RDWR)
+    except OSError:  # (no stop of the sweep's own launch: a job stopped by itself)
+        return True
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # (released with the descriptor)
+        if os.fstat(fd).st_size:
+            return False
+        os.write(fd, b"told\n")
+        return True
+    except OSError:
+        return True
+    finally:
+        os.close(fd)
+
+
 def release_sweeps() -> None:
     """release_sweep of every folder this process holds (a sweep that a stop ended early)."""
     for folder in list(_held):

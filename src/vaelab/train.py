@@ -1315,7 +1315,9 @@ def hydra_main(cfg: DictConfig) -> float:
         sys.exit(130)
     except Interrupted:  # (train() has logged how it stopped)
         leaving_after_a_stop()
-        if hc.mode.name == "MULTIRUN" and not str(hc.sweeper.get("_target_", "")).endswith(".BasicSweeper"):
+        if hc.mode.name == "MULTIRUN" and not ckpt_io.first_to_tell_stop(_sweep_dir(hc)):
+            pass  # (another job of the sweep, running beside this one in joblib's workers, has said it)
+        elif hc.mode.name == "MULTIRUN" and not str(hc.sweeper.get("_target_", "")).endswith(".BasicSweeper"):
             # (vaelab resume SWEEP_DIR refuses a study: its sweeper would draw new trials)
             log.warning("the study stops here: trials not drawn yet did not run; the stopped trial goes on with "
                         "the command above, a study goes on only as a new one")

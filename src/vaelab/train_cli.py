@@ -365,6 +365,12 @@ def _run_hydra(prog: str) -> int:
     from vaelab.train import hydra_main  # torch and the rest: only for a command line that can run
 
     cwd = os.getcwd()  # (the launch folder: outputs/ lies there)
+    # After a stop of a joblib sweep, loky's resource tracker (a process of its own, which reads
+    # this at its start) warned of "2 leaked semaphore objects to clean up at shutdown": those
+    # of the workers the stop ended, which it does clean up. The sweep's own lines say what it left.
+    quiet = "ignore:resource_tracker:UserWarning"
+    if quiet not in os.environ.get("PYTHONWARNINGS", ""):
+        os.environ["PYTHONWARNINGS"] = ",".join(filter(None, (os.environ.get("PYTHONWARNINGS"), quiet)))
 
     _workers_wait_for_a_job()
 

@@ -16,6 +16,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from vaelab import checkpoint as ckpt_io
 from vaelab.config import ConfigError
+from vaelab.data import DataError
 from vaelab.train import NonFiniteLoss, build_model, build_optimizer, train
 
 from tests.conftest import FAST, compose_cfg
@@ -589,3 +590,26 @@ except KeyboardInterrupt:
 """
     p = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert (p.returncode, p.stderr) == ((130, line + "\n") if line else (7, "")), p.stderr[-2000:]
+
+
+def test_a_run_made_from_python_saves_the_config_it_trained_and_where_its_data_is(tiny_mnist, tmp_path, monkeypatch):
+    """train() from Python saved the config of its first call in a folder: a call that failed
+    before its first checkpoint (a typo) kept it there, and the corrected retry trained under
+    another config than the one reproduce, resume and eval read. Nor did a relative data.root, or
+    one from VAELAB_DATA, say where the data was for a command run in another folder or shell."""
+    (tmp_path / "nb").mkdir()
+    (tmp_path / "nb" / "data_link").symlink_to(tiny_mnist)
+    monkeypatch.chdir(tmp_path / "nb")
+    base = ["data.val_size=64", "trainer.epochs=1", "model.size=small", "latent_size=2", "trainer.progress=false",
+            "trainer.final_eval=false", "device=cpu"]
+    with pytest.raises(DataError):
+        train(compose_cfg([*base, "data.root=nowhere", "data.download=false"]), tmp_path / "run")
+    train(compose_cfg([*base, "data.root=data_link", "seed=3"]), tmp_path / "run")
+    saved = OmegaConf.load(tmp_path / "run" / ".hydra" / "config.yaml")
+    assert saved.data.root == str(tmp_path / "nb" / "data_link") and saved.seed == 3
+    monkeypatch.setenv("VAELAB_DATA", str(tiny_mnist))
+    train(compose_cfg(base), tmp_path / "env")  # data.root: ${oc.env:VAELAB_DATA,data}
+    assert OmegaConf.load(tmp_path / "env" / ".hydra" / "config.yaml").data.root == str(tiny_mnist)
+    # a run that has trained keeps its config: a later call carries it on (and warns of what differs)
+    train(compose_cfg([*base, "data.root=data_link", "seed=3", "trainer.epochs=2"]), tmp_path / "run")
+    assert OmegaConf.load(tmp_path / "run" / ".hydra" / "config.yaml").trainer.epochs == 1

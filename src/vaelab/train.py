@@ -10,6 +10,7 @@ metrics.json, eval.json).
 """
 from __future__ import annotations
 
+import copy
 import errno
 import hashlib
 import importlib
@@ -746,9 +747,13 @@ def _load_to_resume(cfg: DictConfig, path: Path, model: VAE, opt: torch.optim.Op
 def _train(cfg: DictConfig, run_dir: Path, data: MNISTData | None, on_start=None) -> dict:
     ckpt_dir, sample_dir = run_dir / "checkpoints", run_dir / "samples"
     saved_cfg = run_dir / ".hydra" / "config.yaml"
-    if not saved_cfg.exists():  # train() called without Hydra: keep the run reproducible anyway
+    from_python = not HydraConfig.initialized()  # (vaelab-train's Hydra has saved the config)
+    if not saved_cfg.exists() or (from_python and ckpt_io.latest(ckpt_dir) is None
+                                  and not (run_dir / "metrics.json").is_file()):
+        # train() called from Python: keep the run reproducible anyway, with the config this call
+        # trains (not an earlier call's that failed before its first checkpoint, say)
         saved_cfg.parent.mkdir(exist_ok=True)
-        OmegaConf.save(cfg, saved_cfg)
+        ckpt_io.write_text_atomic(saved_cfg, OmegaConf.to_yaml(_as_this_process_reads_it(cfg) if from_python else cfg))
     t, lcfg = cfg.trainer, cfg.loss
     device = resolve_device(cfg.device)
     seed_everything(cfg.seed)
@@ -1372,6 +1377,16 @@ def _another_jobs_run(cfg: DictConfig, run_dir: Path) -> str | None:
             f"in {shown}{', ...' if len(differ) > 3 else ''}, which the folder name leaves out "
             f"(hydra.job.config.override_dirname.exclude_keys, or hydra.sweep.subdir); give each job a folder of "
             f"its own. That run is left as it was, its config put back")
+
+
+def _as_this_process_reads_it(cfg: DictConfig) -> DictConfig:
+    """The config a run made from Python saves: its data.root absolute, as this process read it
+    (relative to the current folder, or from VAELAB_DATA), so that `vaelab eval`, `resume` and
+    `reproduce` in another folder or shell read the same data; vaelab-train's runs record their
+    launch folder in .hydra/hydra.yaml instead (evaluate_run.data_root)."""
+    saved = copy.deepcopy(cfg)
+    saved.data.root = str(Path(str(cfg.data.root)).expanduser().absolute())
+    return saved
 
 
 def _from_launch_folder(cfg: DictConfig, hc) -> DictConfig:

@@ -613,3 +613,23 @@ def test_a_run_made_from_python_saves_the_config_it_trained_and_where_its_data_i
     # a run that has trained keeps its config: a later call carries it on (and warns of what differs)
     train(compose_cfg([*base, "data.root=data_link", "seed=3", "trainer.epochs=2"]), tmp_path / "run")
     assert OmegaConf.load(tmp_path / "run" / ".hydra" / "config.yaml").trainer.epochs == 1
+
+
+def test_data_given_to_train_must_be_loaded_with_the_configs_settings(tiny_mnist, make_cfg, tmp_path):
+    """train(cfg, run_dir, data=...) trained on grey levels with 100 held out where the config
+    said data.binarize=dynamic and data.val_size=64, and recorded the config: the run's saved
+    settings were not what it trained with, and reproduce found 19 metrics different."""
+    from vaelab.data import load_data
+
+    data = load_data(tiny_mnist, torch.device("cpu"), val_size=100)
+    for setting, line in (("data.binarize=dynamic", "data.binarize=dynamic, but the data given to train() was "
+                                                    "loaded with data.binarize=none"),
+                          ("data.val_size=64", "data.val_size=64, but the data given to train() was loaded with "
+                                               "data.val_size=100")):
+        with pytest.raises(ConfigError) as e:
+            train(make_cfg(["data.val_size=100", setting, "trainer.epochs=1"]), tmp_path / "run", data=data)
+        assert str(e.value) == line + ": load it with the config's settings, or leave data out"
+        assert not (tmp_path / "run" / "checkpoints").exists()
+    metrics = train(make_cfg(["data.val_size=100", "trainer.epochs=1", "trainer.final_eval=false"]), tmp_path / "run",
+                    data=data)
+    assert metrics["examples_seen"] == 156

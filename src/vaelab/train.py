@@ -638,7 +638,9 @@ DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG)  # no space, 
 def train(cfg: DictConfig, run_dir: str | Path, data: MNISTData | None = None, on_start=None) -> dict:
     """Train (or continue) the run in run_dir; returns the final metrics (also metrics.json).
     `data`: the dataset already loaded for this config (vaelab resume loads it before it
-    changes the run's files); by default it is loaded here. `on_start()`: called once the model,
+    changes the run's files; a ConfigError where its binarization or validation split is not
+    the config's); by default it is loaded here. It seeds torch's, NumPy's and Python's global
+    generators with cfg.seed (a script's own draws after it follow the run's). `on_start()`: called once the model,
     the optimizer and the checkpoint to resume from have passed their checks, before anything of
     the run's folder changes (vaelab resume writes the config it carries on with there, so that
     a resume that fails before that point leaves the run as it was)."""
@@ -777,6 +779,8 @@ def _train(cfg: DictConfig, run_dir: Path, data: MNISTData | None, on_start=None
             warmed_up(cancel=True)
             raise
         warmed_up()  # before anything draws from the device's generator
+    else:  # (a script's one load for several runs: its settings must be these, which the run records)
+        _check_data_matches(data, cfg.data)
     n_train = len(data.train)
     if data.val_is_test:
         log.info("data.val_size=0: training on all %d images; 'val' metrics are computed on the test split", n_train)
@@ -1377,6 +1381,19 @@ def _another_jobs_run(cfg: DictConfig, run_dir: Path) -> str | None:
             f"in {shown}{', ...' if len(differ) > 3 else ''}, which the folder name leaves out "
             f"(hydra.job.config.override_dirname.exclude_keys, or hydra.sweep.subdir); give each job a folder of "
             f"its own. That run is left as it was, its config put back")
+
+
+def _check_data_matches(data: MNISTData, dcfg) -> None:
+    """train(cfg, run_dir, data=...): ConfigError with one line where `data` was loaded with
+    another binarization or validation split than cfg.data says (the run would record settings
+    it did not train with). (data.root and data.split_seed are not recorded in MNISTData: the
+    run's data_digest tells other images apart.)"""
+    binarize = str(dcfg.binarize)
+    val = 0 if data.val_is_test else len(data.val)
+    for key, loaded, wanted in (("data.binarize", data.binarize, binarize), ("data.val_size", val, dcfg.val_size)):
+        if str(loaded) != str(wanted):
+            raise ConfigError(f"{key}={wanted}, but the data given to train() was loaded with {key}={loaded}: "
+                              f"load it with the config's settings, or leave data out")
 
 
 def _as_this_process_reads_it(cfg: DictConfig) -> DictConfig:

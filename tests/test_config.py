@@ -1142,3 +1142,12 @@ def test_train_types_a_plain_config_as_composing_does(tmp_path):
             train(plain, tmp_path / "run")
         assert str(e.value) == line
         assert not (tmp_path / "run").exists()
+
+
+def test_compose_config_given_one_string_says_so():
+    """compose_config("latent_size=16") iterated the string: "Error parsing override 'l'"."""
+    from vaelab.config import compose_config
+
+    with pytest.raises(ConfigError) as e:
+        compose_config("latent_size=16")
+    assert str(e.value) == "overrides: a list of KEY=VALUE strings, as in ['latent_size=16'], not one string"

@@ -633,3 +633,22 @@ def test_data_given_to_train_must_be_loaded_with_the_configs_settings(tiny_mnist
     metrics = train(make_cfg(["data.val_size=100", "trainer.epochs=1", "trainer.final_eval=false"]), tmp_path / "run",
                     data=data)
     assert metrics["examples_seen"] == 156
+
+
+def test_a_model_defined_in_main_is_told_it_cannot_be_loaded_elsewhere(make_cfg, tmp_path, monkeypatch, caplog):
+    """A notebook's own class (model._target_=__main__.NbVAE) trained and loaded in its process;
+    `vaelab eval` and `resume` then failed with "'__main__' is not a package", after the fact."""
+    import __main__
+
+    from vaelab.models import MLPVAE
+
+    class NbVAE(MLPVAE):
+        pass
+    NbVAE.__module__ = "__main__"
+    monkeypatch.setattr(__main__, "NbVAE", NbVAE, raising=False)
+    with caplog.at_level(logging.WARNING, logger="vaelab"):
+        train(make_cfg(["model._target_=__main__.NbVAE", "latent_size=2", "model.size=small", "trainer.epochs=1",
+                        "trainer.final_eval=false"]), tmp_path)
+    assert [r.getMessage() for r in caplog.records if "__main__" in r.getMessage()] == [
+        "model._target_=__main__.NbVAE is defined in the script or notebook that runs it: vaelab eval, resume and "
+        "reproduce, in processes of their own, cannot import it; define it in a module"]

@@ -241,6 +241,8 @@ def compose_config(overrides: list[str] | tuple = (), config_dir: str | Path | N
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
+    if isinstance(overrides, str):  # (iterated, a string is its characters: "Error parsing override 'l'")
+        raise ConfigError(f"overrides: a list of KEY=VALUE strings, as in [{overrides!r}], not one string")
     register_configs()
     extra = []
     if config_dir is not None:
@@ -423,7 +425,8 @@ def typed(cfg: DictConfig | dict) -> DictConfig:
 def on_schema(cfg: DictConfig) -> DictConfig:
     """`cfg` typed by the schema, as composing types it: train() given a plain config (say
     OmegaConf.create of a dict) checks its enums and types too, not only validate()'s ranges.
-    ConfigError with one line for a value off the schema."""
+    A key it leaves out takes the schema's default, as an override left out does. ConfigError
+    with one line for a value off the schema."""
     if OmegaConf.get_type(cfg) is Config:  # (composed: typed already)
         return cfg
     try:

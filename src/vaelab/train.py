@@ -876,6 +876,10 @@ def _train(cfg: DictConfig, run_dir: Path, data: MNISTData | None, on_start=None
         log.info("run directory: %s", run_dir)
         log.info("model: %s (%d parameters) on %s", type(model).__name__,
                  sum(p.numel() for p in model.parameters()), device)
+        if type(model).__module__ == "__main__":  # (a notebook's class: told now, not at the first eval)
+            log.warning("model._target_=%s is defined in the script or notebook that runs it: vaelab eval, resume "
+                        "and reproduce, in processes of their own, cannot import it; define it in a module",
+                        cfg.model._target_)
 
     # (model.hidden as built: null when model.size names the widths)
     hp_cfg = {**plain_cfg, "model": {**plain_cfg["model"], "hidden": list(getattr(model, "hidden", []) or []) or

@@ -118,8 +118,9 @@ def elbo_stats(model, images: torch.Tensor, recon: Recon, batch_size: int = 2000
 
 def log_weights(model, x: torch.Tensor, k: int, recon: Recon, generator: torch.Generator | None = None,
                 chunk: int = 100) -> torch.Tensor:
-    """log w_i = log p(x|z_i) + log p(z_i) - log q(z_i|x) for i = 1..k: (B, k), in nats.
-    (Use iwae_bound for large k: it never holds all k at once.)"""
+    """log w_i = log p(x|z_i) + log p(z_i) - log q(z_i|x) for i = 1..k: (B, k), in nats; x is
+    a float batch (B, D) in [0, 1] (data.to_float of a split's uint8 images; iwae_nll takes
+    those whole). (Use iwae_bound for large k: it never holds all k at once.)"""
     return torch.cat(list(_log_weight_chunks(model, x, k, recon, generator, chunk)), dim=1)
 
 
@@ -144,7 +145,8 @@ def _log_weight_chunks(model, x, k, recon, generator, chunk):
 @torch.no_grad()
 def iwae_bound(model, x: torch.Tensor, k: int, recon: Recon, generator: torch.Generator | None = None,
                chunk: int = 100) -> torch.Tensor:
-    """log (1/k) sum_i w_i per example, (B,), in nats, by a streaming log-sum-exp."""
+    """log (1/k) sum_i w_i per example, (B,), in nats, by a streaming log-sum-exp; x a float
+    batch (B, D) in [0, 1], as for log_weights."""
     lse = None
     for lw in _log_weight_chunks(model, x, k, recon, generator, chunk):
         c = lw.logsumexp(dim=1)

@@ -1151,3 +1151,15 @@ def test_compose_config_given_one_string_says_so():
     with pytest.raises(ConfigError) as e:
         compose_config("latent_size=16")
     assert str(e.value) == "overrides: a list of KEY=VALUE strings, as in ['latent_size=16'], not one string"
+
+
+def test_python_calls_with_a_bad_device_or_a_file_for_run_dir_are_one_line(tmp_path):
+    """From Python, evaluate_run(device="gpu") was torch's "Expected one of cpu, cuda, ipu, xpu,
+    mkldnn, ..." and train(cfg, a_file) mkdir's FileExistsError."""
+    from vaelab.train import train
+
+    with pytest.raises(ConfigError, match=r"^--device gpu: allowed: auto, cpu, cuda, cuda:N, mps$"):
+        resolve_device("gpu", given_as="--device ")
+    (tmp_path / "afile").write_text("")
+    with pytest.raises(ConfigError, match="a file, not a folder for the run$"):
+        train(compose_cfg(["latent_size=2"]), tmp_path / "afile")

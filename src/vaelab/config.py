@@ -380,6 +380,8 @@ def resolve_device(name: str, given_as: str = "device="):
     which names the setting as the user gave it: `device=` (a config), `--device ` (eval, sample)."""
     import torch
 
+    if not _DEVICE_RE.match(str(name)):  # (from Python: torch's "Expected one of cpu, cuda, ipu, xpu, ...")
+        raise ConfigError(f"{given_as}{name}: allowed: auto, cpu, cuda, cuda:N, mps")
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")

@@ -647,6 +647,8 @@ def train(cfg: DictConfig, run_dir: str | Path, data: MNISTData | None = None, o
     cfg = on_schema(cfg)
     validate(cfg)
     run_dir = Path(run_dir)
+    if run_dir.exists() and not run_dir.is_dir():  # (mkdir's "File exists")
+        raise ConfigError(f"run_dir {run_dir}: a file, not a folder for the run")
     run_dir.mkdir(parents=True, exist_ok=True)  # checkpoints/ and samples/ come once the data has loaded
     root_level = logging.getLogger().level  # (_attach_logs lowers it to INFO; a script's own stays its own)
     handlers = _attach_logs(run_dir)

@@ -726,6 +726,12 @@ def test_missing_data_is_refused_before_any_job_starts(tmp_path):
         assert not (tmp_path / "outputs").exists()
 
 
+def _with_path(folder: Path) -> dict:
+    """This environment with `folder` (a test's models) first on PYTHONPATH, the rest kept: the
+    checkout under test may be there (a clone run with PYTHONPATH=its src), not the installed one."""
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, (str(folder), os.environ.get("PYTHONPATH"))))}
+
+
 _WRONG_SHAPE = """
 from torch import nn
 from vaelab.models import VAE
@@ -754,7 +760,7 @@ def test_a_sweep_refused_at_its_first_job_leaves_no_sweep_folder(tiny_mnist, tmp
     def sweep(*args, cwd=tmp_path):
         r = subprocess.run([sys.executable, "-m", "vaelab.train", "-m", f"data.root={tiny_mnist}", "data.val_size=64",
                             "model._target_=badmodels.WrongShape", "latent_size=2,4", *args], cwd=cwd,
-                           capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(tmp_path)})
+                           capture_output=True, text=True, timeout=120, env=_with_path(tmp_path))
         assert r.returncode == 2 and r.stderr.strip().splitlines()[-1].startswith(
             "vaelab-train: error: model._target_=badmodels.WrongShape: encode(x)"), r.stderr[-2000:]
         assert "Launching 2 jobs" in r.stdout + r.stderr  # (a job's refusal, not the pre-flight's)
@@ -781,7 +787,8 @@ def test_a_joblib_sweep_refused_at_a_job_leaves_no_folders_of_the_jobs_it_ended(
     """joblib ends the jobs running beside a refused one where they are, before their own clean-up:
     the sweep folder kept its multirun.yaml and their folders of Hydra's files, and `vaelab
     compare` listed them as unfinished runs. Here latent_size=4's job is still building its model
-    when latent_size=8's is refused."""
+    when latent_size=8's is refused: in a sweep, and in an Optuna study (no multirun.yaml) whose
+    seeded sampler draws 8 first. A nested hydra.sweep.subdir left a/N/ of the refused job."""
     (tmp_path / "badmodels.py").write_text(_WRONG_SHAPE + """
 
 class SlowOrWrong(WrongShape):
@@ -791,11 +798,15 @@ class SlowOrWrong(WrongShape):
             time.sleep(60)
         super().__init__(latent_size, input_dim, image_shape)
 """)
-    for where in ([], [f"hydra.sweep.dir={tmp_path / 'mine'}"]):
-        r = subprocess.run([sys.executable, "-m", "vaelab.train", "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
-                            f"data.root={tiny_mnist}", "data.val_size=64", "model._target_=badmodels.SlowOrWrong",
-                            "latent_size=4,8", *where], cwd=tmp_path, capture_output=True, text=True, timeout=120,
-                           env={**os.environ, "PYTHONPATH": str(tmp_path)})
+    joblib = ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"]
+    for how in (["-m", *joblib, "latent_size=4,8"],
+                ["hparams_search=optuna", *joblib, "hydra.sweeper.n_jobs=2", "hydra.sweeper.n_trials=2",
+                 "latent_size=choice(4,8)"],
+                ["-m", "latent_size=8,4", f"hydra.sweep.dir={tmp_path / 'mine'}",
+                 "hydra.sweep.subdir=nest/${hydra.job.num}/deep"]):
+        r = subprocess.run([sys.executable, "-m", "vaelab.train", f"data.root={tiny_mnist}", "data.val_size=64",
+                            "model._target_=badmodels.SlowOrWrong", *how], cwd=tmp_path, capture_output=True,
+                           text=True, timeout=120, env=_with_path(tmp_path))
         assert r.returncode == 2 and r.stderr.strip().splitlines()[-1].endswith("latent_size=8); got (2, 9), (2, 9)")
         assert not (tmp_path / "outputs").exists() and not (tmp_path / "mine").exists(), r.stderr[-2000:]
 
@@ -805,9 +816,8 @@ def test_a_refused_single_run_does_not_resolve_the_sweep_folder(tiny_mnist, tmp_
     (tmp_path / "badmodels.py").write_text(_WRONG_SHAPE)
     r = subprocess.run([sys.executable, "-m", "vaelab.train", f"data.root={tiny_mnist}", "data.val_size=64",
                         "model._target_=badmodels.WrongShape", "hydra.sweep.dir=${oc.env:VAELAB_UNSET_VARIABLE}/s"],
-                       cwd=tmp_path, capture_output=True, text=True, timeout=120, env={
-                           **{k: v for k, v in os.environ.items() if k != "VAELAB_UNSET_VARIABLE"},
-                           "PYTHONPATH": str(tmp_path)})
+                       cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                       env={k: v for k, v in _with_path(tmp_path).items() if k != "VAELAB_UNSET_VARIABLE"})
     assert r.returncode == 2 and r.stderr.strip().splitlines() == [
         "vaelab-train: error: model._target_=badmodels.WrongShape: encode(x) of x (2, 784) must return two tensors, "
         "mu and logvar, each (2, latent_size=32); got (2, 33), (2, 33)"], r.stderr[-2000:]

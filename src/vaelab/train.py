@@ -1200,17 +1200,19 @@ def _remove_if_never_started(run_dir: Path, hc) -> str | None:
 
 
 def remove_sweep_refused_part_way(sweep: Path, cwd: str) -> None:
-    """After a joblib sweep stopped at a job's refusal: joblib ends the jobs running beside that
-    one where they are, before their own clean-up, so their folders held Hydra's files alone, and
-    the sweep folder made for this launch (`sweep`) its multirun.yaml besides. Such job folders go,
-    and the sweep folder with them if nothing else is left (a job that had trained stays, and so
-    does the sweep folder around it, for vaelab resume SWEEP_DIR)."""
+    """After a sweep stopped at a job's refusal: joblib ends the jobs running beside that one
+    where they are, before their own clean-up, so their folders held Hydra's files alone, and the
+    sweep folder made for this launch (`sweep`) its multirun.yaml besides (Optuna's sweeper writes
+    none); a refused job in a nested hydra.sweep.subdir (a/${hydra.job.num}/b) left its a/N/. Such
+    job folders go, then the folders left empty outside any run's, and the sweep folder if nothing
+    else is left (a job that had trained stays, and so does the sweep folder around it, for
+    vaelab resume SWEEP_DIR). A single run's folder (.hydra/ at its top) is not a sweep's."""
     ours = {"multirun.yaml", ckpt_io.SWEEP_LOCK, ckpt_io.SWEEP_STOP}
-    if not (sweep / "multirun.yaml").is_file():
+    if not sweep.is_dir() or sweep.is_symlink() or (sweep / ".hydra").exists():
         return
     for hydra_dir in sorted(sweep.rglob(".hydra"), key=lambda p: len(p.parts), reverse=True):
         job = hydra_dir.parent
-        if (job == sweep or job.is_symlink() or {p.name for p in job.iterdir()} - {".hydra", "train.log"}
+        if (job.is_symlink() or {p.name for p in job.iterdir()} - {".hydra", "train.log"}
                 or {p.name for p in hydra_dir.iterdir()} - set(_HYDRA_FILES)):
             continue
         try:
@@ -1218,13 +1220,14 @@ def remove_sweep_refused_part_way(sweep: Path, cwd: str) -> None:
                 shutil.rmtree(job, ignore_errors=True)
         except ckpt_io.CheckpointError:
             continue
-        for folder in job.parents:  # hydra.sweep.subdir=a/b: the empty a/ too
-            if folder == sweep or sweep not in folder.parents:
-                break
+    runs = {p.parent for p in sweep.rglob(".hydra")}
+    for root, _, _ in os.walk(sweep, topdown=False):  # deepest first: a/0/ once its b/ has gone, then a/
+        folder = Path(root)
+        if folder != sweep and not any(folder == r or r in folder.parents for r in runs):
             try:
                 folder.rmdir()
-            except OSError:
-                break
+            except OSError:  # (not empty: the user's files, say)
+                pass
     if {p.name for p in sweep.iterdir()} <= ours:
         shutil.rmtree(sweep, ignore_errors=True)
         _remove_name_folder_if_empty(sweep.parent, cwd)

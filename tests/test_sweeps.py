@@ -1311,6 +1311,7 @@ def test_compare_where_keeps_the_runs_with_a_setting_state_or_metric(sweep, caps
         assert vaelab(["compare", sweep, "--where", f"trainer.cuda_graph={value}"]) == 0
         assert len(names()) == 4
     assert vaelab(["compare", sweep, "--where", "trainer.cuda_graph=false"]) == 2
+    assert vaelab(["compare", sweep, "--where", "name=Default"]) == 2  # (text keeps its case)
 
 
 def test_compare_writes_a_blown_up_number_short():
@@ -1335,3 +1336,14 @@ def test_a_stopping_sweep_is_said_to_stop_once(tmp_path):
     finally:
         ckpt_io.release_sweeps()
     assert not any(tmp_path.iterdir())
+
+
+def test_compare_where_keeps_the_case_of_text_that_reads_true():
+    """--where took any value true/false as a boolean: a text setting 'True' matched nothing."""
+    from vaelab.compare import Run, where
+
+    runs = [Run(Path("a"), "a", config={"name": "True", "trainer.compile": "true"}),
+            Run(Path("b"), "b", config={"name": "other", "trainer.compile": "false"})]
+    assert [r.name for r in where(runs, ["name=True"])] == ["a"] and where(runs, ["name=true"]) == []
+    assert [r.name for r in where(runs, ["trainer.compile=True"])] == ["a"]
+    assert [r.name for r in where(runs, ["trainer.compile=FALSE"])] == ["b"]

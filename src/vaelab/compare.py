@@ -192,8 +192,8 @@ def where(runs: list[Run], conditions: list[str]) -> list[Run]:
                 return False
             try:
                 return float(v) == float(want)
-            except (TypeError, ValueError):  # (True as well as true, as Python writes it)
-                return str(v) == (want.lower() if want.lower() in ("true", "false") else want)
+            except (TypeError, ValueError):  # (a boolean, read as true/false: True as well, as Python writes it)
+                return str(v) == want or (str(v) in ("true", "false") and str(v) == want.lower())
         kept = [r for r in kept if same(has(r))]
     return kept
 

@@ -1956,3 +1956,21 @@ def test_reproduce_of_a_run_without_its_final_evaluation_compares_the_rest(tiny_
     assert "test_elbo" not in out and "reproduced: every metric is identical" in out
     assert (f"(test_* not compared: {run} has no eval.json, its end-of-training evaluation did not run to its end; "
             f"vaelab resume {run} makes it)") in out
+
+
+def test_an_eval_interrupted_once_written_says_the_new_one_stands(reference, tmp_path, monkeypatch, capsys):
+    """A Ctrl-C after eval.json was written (as the old event file goes, or the table prints) said
+    the run kept the evaluation it held: it holds the new one."""
+    from vaelab import evaluate_run as ev_mod
+
+    run = tmp_path / "run"
+    shutil.copytree(reference, run)
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(ev_mod, "format_table", interrupted)
+    capsys.readouterr()
+    assert vaelab(["eval", run, "--k", "2", "--no-pictures", "--no-progress"]) == 130
+    assert capsys.readouterr().err.splitlines()[-1] == (f"vaelab eval: interrupted once the evaluation was written: "
+                                                        f"{run / 'eval.json'} holds it")
+    assert json.loads((run / "eval.json").read_text())["k"] == 2

@@ -527,19 +527,40 @@ def eval_command(args: argparse.Namespace) -> int:
               file=sys.stderr)
     from vaelab.errors import stop_signals_as_ctrl_c
 
+    def written() -> tuple | None:  # (eval.json is replaced whole, by a rename: a new file)
+        try:
+            st = (run / "eval.json").stat()
+        except OSError:
+            return None
+        return st.st_ino, st.st_mtime_ns
+    before = written()
     try:
         with stop_signals_as_ctrl_c():  # a kill leaves the earlier evaluation as it was, as a Ctrl-C does
             result = evaluate_run(args.run_dir, k=args.k, device=args.device, checkpoint=args.checkpoint,
                                   progress=not args.no_progress, seed=args.seed, pictures=not args.no_pictures,
                                   data_root_override=args.data_root)
+    except KeyboardInterrupt:
+        if written() == before:
+            raise  # (cli says what a stop leaves: the evaluation the run had)
+        return _interrupted_once_written(run)
     except USER_ERRORS as e:
         print(f"vaelab eval: error: {e}", file=sys.stderr)
         return 2
     except OSError as e:  # a disk that fills up or turns read-only mid-way
         print(f"vaelab eval: error: cannot write {e.filename or args.run_dir}: {e.strerror or e}", file=sys.stderr)
         return 1
-    print(format_table(result, args.run_dir))
+    try:
+        print(format_table(result, args.run_dir))
+    except KeyboardInterrupt:
+        return _interrupted_once_written(run)
     return 0
+
+
+def _interrupted_once_written(run: Path) -> int:
+    """A Ctrl-C after eval.json was written (its old event file's removal, the table): the new
+    evaluation stands, whole; not "the run keeps the evaluation it held"."""
+    print(f"vaelab eval: interrupted once the evaluation was written: {run / 'eval.json'} holds it", file=sys.stderr)
+    return 130
 
 
 # --- `vaelab sample` ----------------------------------------------------------------------

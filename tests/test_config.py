@@ -73,6 +73,9 @@ def test_configs_saved_before_model_linear_keep_mkl():
     del old["model"]["linear"]
     assert typed(old).model.linear == "aten"
     assert build_model(typed(old)).head.impl == "aten"
+    # ... nor given to train() from Python as OmegaConf.load read it (on_schema typed it as new)
+    from vaelab.config import on_schema
+    assert on_schema(OmegaConf.create(old)).model.linear == "aten"
 
 
 def test_configs_saved_before_trainer_cuda_graph_keep_the_eager_step():

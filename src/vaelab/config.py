@@ -427,12 +427,13 @@ def typed(cfg: DictConfig | dict) -> DictConfig:
 def on_schema(cfg: DictConfig) -> DictConfig:
     """`cfg` typed by the schema, as composing types it: train() given a plain config (say
     OmegaConf.create of a dict) checks its enums and types too, not only validate()'s ranges.
-    A key it leaves out takes the schema's default, as an override left out does. ConfigError
-    with one line for a value off the schema."""
+    A key it leaves out takes the schema's default, as an override left out does, except where
+    typed() keeps an older saved config's meaning (OmegaConf.load of a run's .hydra/config.yaml).
+    ConfigError with one line for a value off the schema."""
     if OmegaConf.get_type(cfg) is Config:  # (composed: typed already)
         return cfg
     try:
-        return OmegaConf.merge(OmegaConf.structured(Config), cfg)
+        return typed(cfg)
     except Exception as e:  # noqa: BLE001 - OmegaConf's ValidationError, ConfigKeyError, ...: one line
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         key = getattr(e, "full_key", None)

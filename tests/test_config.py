@@ -331,6 +331,11 @@ def test_a_folder_given_as_an_override_is_told_what_takes_one(tmp_path, monkeypa
     assert precheck(["./data"]).endswith("; vaelab-train takes a folder as a setting: data.root=./data (where MNIST "
                                          "is) or hydra.run.dir=./data (where the run goes)")
     assert precheck(["data"]).endswith("; an override is KEY=VALUE, as in data=VALUE")
+    (tmp_path / "hydra" / "launcher").mkdir(parents=True)  # a config group's name, a folder here as well
+    assert precheck(["hydra/launcher"]).endswith("; an override is KEY=VALUE, as in hydra/launcher=VALUE")
+    (tmp_path / "plain dir").mkdir()
+    assert precheck(["plain dir/"]).endswith("data.root='plain dir/' (where MNIST is) or hydra.run.dir='plain dir/' "
+                                             "(where the run goes)")  # (quoted: pasted, it is one word)
 
 
 def test_a_rerun_of_a_saved_config_takes_keys_not_conf_choices(tmp_path):

@@ -419,9 +419,12 @@ def _parse_hint(overrides: list[str], i: int) -> str:
     key, eq, value = ov.partition("=")
     if not eq and (Path(ov) / ".hydra" / "config.yaml").is_file():  # (a run's folder, given as to vaelab COMMAND)
         return f"; vaelab-train takes no run folder: vaelab resume {shlex.quote(ov)} carries that run on"
-    if not eq and "/" in ov and Path(ov).is_dir():  # (not `data`: a config group's name, as well as a folder here)
-        return (f"; vaelab-train takes a folder as a setting: data.root={ov} (where MNIST is) or "
-                f"hydra.run.dir={ov} (where the run goes)")
+    # a path (not `data` nor `hydra/launcher`: config groups' names, which may be folders here too)
+    if (not eq and "/" in ov and Path(ov).is_dir()
+            and (ov.startswith(("/", ".", "~")) or not (CONF_DIR / ov.split("/")[0]).is_dir())):
+        q = shlex.quote(ov)
+        return (f"; vaelab-train takes a folder as a setting: data.root={q} (where MNIST is) or hydra.run.dir={q} "
+                f"(where the run goes)")
     # latent_size, hydra/launcher; not a file's name (conf/experiment/seed.yaml)
     if not eq and re.fullmatch(r"[+~]?\w[\w./]*", ov) and not re.search(r"\.(ya?ml|py|json|pt|png|txt)$", ov):
         return f"; an override is KEY=VALUE, as in {ov}=VALUE"

@@ -435,8 +435,7 @@ def _val_split(r: Run) -> str | None:
 NOT_COMPARABLE = {
     "loss.recon": "differ in loss.recon (a Gaussian density of the images against a Bernoulli probability of "
                   "their pixels)",
-    "data.binarize": "differ in data.binarize (grey-level images against binarized ones: other data, and a bce on "
-                     "grey levels is a cross-entropy, not a likelihood)",
+    "data.binarize": "differ in data.binarize (grey-level images against binarized ones: other data)",
     "split": "measure it on different splits (data.val_size=0 uses the test split)",
 }
 

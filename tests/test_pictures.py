@@ -198,6 +198,11 @@ def test_vaelab_sample(make_cfg, tmp_path, capsys, monkeypatch):
     drawn = out.read_bytes()
     assert _sample_cli([str(run), "-n", "16", "--out", str(out)]) == 130
     assert out.read_bytes() == drawn and sorted(p.name for p in tmp_path.iterdir()) == ["grid.png", "other", "run"]
+    # --out a link: written through it, as before the write became atomic (it replaced the link with a file)
+    monkeypatch.undo()
+    (tmp_path / "link.png").symlink_to(out)
+    assert _sample_cli([str(run), "-n", "4", "--out", str(tmp_path / "link.png")]) == 0
+    assert (tmp_path / "link.png").is_symlink() and out.read_bytes() != drawn
 
 
 def test_traversal_labels_stay_inside_the_picture():

@@ -248,6 +248,15 @@ def test_compare_prints_the_sweep_sorted_and_plots_it(sweep, tmp_path, capsys):
         assert vaelab(["compare", sweep, "--plot", "val_loss", "--out", out]) == 130
     assert out.read_bytes() == plotted and sorted(p.name for p in tmp_path.iterdir()) == ["curves.png",
                                                                                            "no_extension.png"]
+    # a format whose tool is missing (.pgf without xelatex) was a traceback
+    def no_tex(self, f, *args, **kwargs):
+        raise RuntimeError("'xelatex' not found")
+    capsys.readouterr()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(Figure, "savefig", no_tex)
+        assert vaelab(["compare", sweep, "--plot", "val_loss", "--out", tmp_path / "c.pgf"]) == 2
+    assert capsys.readouterr().err == (f"vaelab compare: error: --out {tmp_path / 'c.pgf'}: cannot write it: "
+                                       f"'xelatex' not found\n")
 
 
 @pytest.mark.parametrize("args,expect", [

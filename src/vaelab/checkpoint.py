@@ -230,8 +230,9 @@ def carry_on(run_dir: str | Path) -> str:
 
 def write_atomic(path: str | Path, write: Callable[[BinaryIO], Any]) -> Path:
     """Call write(f) on a temporary file beside `path`, fsync, then rename it over `path`:
-    a kill at any moment leaves either the old file or the new one, never half of one."""
-    path = Path(path)
+    a kill at any moment leaves either the old file or the new one, never half of one. A link
+    is written through, as a plain write would: its target is replaced, the link stays."""
+    path = Path(os.path.realpath(path)) if os.path.islink(path) else Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=path.parent)
     try:

@@ -73,9 +73,10 @@ def test_configs_saved_before_model_linear_keep_mkl():
     del old["model"]["linear"]
     assert typed(old).model.linear == "aten"
     assert build_model(typed(old)).head.impl == "aten"
-    # ... nor given to train() from Python as OmegaConf.load read it (on_schema typed it as new)
+    # (train() given a plain config does not apply this: a model of one's own without `linear` is not an
+    # old MLP run's, and one that takes no such setting would be refused for it)
     from vaelab.config import on_schema
-    assert on_schema(OmegaConf.create(old)).model.linear == "aten"
+    assert on_schema(OmegaConf.create(old)).model.linear == "onednn"
 
 
 def test_configs_saved_before_trainer_cuda_graph_keep_the_eager_step():
@@ -334,8 +335,13 @@ def test_a_folder_given_as_an_override_is_told_what_takes_one(tmp_path, monkeypa
     (tmp_path / "hydra" / "launcher").mkdir(parents=True)  # a config group's name, a folder here as well
     assert precheck(["hydra/launcher"]).endswith("; an override is KEY=VALUE, as in hydra/launcher=VALUE")
     (tmp_path / "plain dir").mkdir()
-    assert precheck(["plain dir/"]).endswith("data.root='plain dir/' (where MNIST is) or hydra.run.dir='plain dir/' "
-                                             "(where the run goes)")  # (quoted: pasted, it is one word)
+    # quoted for Hydra and the shell: pasted, it is one word and one value
+    assert precheck(["plain dir/"]).endswith(""""data.root='plain dir/'" (where MNIST is) or "hydra.run.dir='plain """
+                                             """dir/'" (where the run goes)""")
+    (tmp_path / "a,b").mkdir()
+    assert "\"data.root='a,b/'\" (where MNIST is)" in precheck(["a,b/"])
+    assert precheck(["data/MNIST"]).endswith("data.root=data/MNIST (where MNIST is) or hydra.run.dir=data/MNIST (where "
+                                             "the run goes)")  # (data/, the default data folder: a path)
 
 
 def test_a_rerun_of_a_saved_config_takes_keys_not_conf_choices(tmp_path):
@@ -1178,6 +1184,24 @@ def test_python_calls_with_a_bad_device_or_a_file_for_run_dir_are_one_line(tmp_p
 
     with pytest.raises(ConfigError, match=r"^--device gpu: allowed: auto, cpu, cuda, cuda:N, mps$"):
         resolve_device("gpu", given_as="--device ")
+    with pytest.raises(ConfigError, match=r"^--device cpu\n: allowed"):  # ($ matched before the newline)
+        resolve_device("cpu\n", given_as="--device ")
     (tmp_path / "afile").write_text("")
     with pytest.raises(ConfigError, match="a file, not a folder for the run$"):
         train(compose_cfg(["latent_size=2"]), tmp_path / "afile")
+    (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")
+    with pytest.raises(ConfigError, match="dangling: a link to nothing, not a folder for the run$"):
+        train(compose_cfg(["latent_size=2"]), tmp_path / "dangling")
+
+
+def test_vaelab_train_called_from_a_script_leaves_its_warnings_filter_as_it_was(monkeypatch, capsys):
+    """The filter of loky's semaphore warning stayed in PYTHONWARNINGS after vaelab-train's main()
+    returned in a script's process, for every process the script started later."""
+    from vaelab.train_cli import launch
+
+    monkeypatch.delenv("PYTHONWARNINGS", raising=False)
+    assert launch(["--cfg", "job", "latent_size=2"]) == 0
+    assert "PYTHONWARNINGS" not in os.environ
+    monkeypatch.setenv("PYTHONWARNINGS", "error::DeprecationWarning")
+    assert launch(["--cfg", "job", "latent_size=2"]) == 0
+    assert os.environ["PYTHONWARNINGS"] == "error::DeprecationWarning"

@@ -608,7 +608,9 @@ def test_a_run_made_from_python_saves_the_config_it_trained_and_where_its_data_i
     saved = OmegaConf.load(tmp_path / "run" / ".hydra" / "config.yaml")
     assert saved.data.root == str(tmp_path / "nb" / "data_link") and saved.seed == 3
     monkeypatch.setenv("VAELAB_DATA", str(tiny_mnist))
-    train(compose_cfg(base), tmp_path / "env")  # data.root: ${oc.env:VAELAB_DATA,data}
+    cfg = compose_cfg(base)
+    OmegaConf.set_readonly(cfg, True)  # (a script's read-only config: the saved copy's root changed, not it)
+    train(cfg, tmp_path / "env")  # data.root: ${oc.env:VAELAB_DATA,data}
     assert OmegaConf.load(tmp_path / "env" / ".hydra" / "config.yaml").data.root == str(tiny_mnist)
     # a run that has trained keeps its config: a later call carries it on (and warns of what differs)
     train(compose_cfg([*base, "data.root=data_link", "seed=3", "trainer.epochs=2"]), tmp_path / "run")
@@ -652,3 +654,10 @@ def test_a_model_defined_in_main_is_told_it_cannot_be_loaded_elsewhere(make_cfg,
     assert [r.getMessage() for r in caplog.records if "__main__" in r.getMessage()] == [
         "model._target_=__main__.NbVAE is defined in the script or notebook that runs it: vaelab eval, resume and "
         "reproduce, in processes of their own, cannot import it; define it in a module"]
+    # ... and a function of its that builds a model of vaelab's
+    monkeypatch.setattr(__main__, "make", lambda **kw: MLPVAE(**kw), raising=False)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="vaelab"):
+        train(make_cfg(["model._target_=__main__.make", "latent_size=2", "model.size=small", "trainer.epochs=1",
+                        "trainer.final_eval=false"]), tmp_path / "made")
+    assert any(r.getMessage().startswith("model._target_=__main__.make is defined in") for r in caplog.records)

@@ -1974,3 +1974,16 @@ def test_an_eval_interrupted_once_written_says_the_new_one_stands(reference, tmp
     assert capsys.readouterr().err.splitlines()[-1] == (f"vaelab eval: interrupted once the evaluation was written: "
                                                         f"{run / 'eval.json'} holds it")
     assert json.loads((run / "eval.json").read_text())["k"] == 2
+
+
+def test_an_atomic_write_replaces_a_link_unless_told_to_write_through_it(tmp_path):
+    """Following links for `vaelab sample --out` made every atomic write follow them: a run's
+    last.pt linked to a checkpoint kept aside overwrote that checkpoint at the next epoch."""
+    kept = tmp_path / "keep_epoch1.pt"
+    kept.write_bytes(b"epoch 1")
+    (tmp_path / "last.pt").symlink_to(kept.name)
+    ckpt_io.write_atomic(tmp_path / "last.pt", lambda f: f.write(b"epoch 2"))
+    assert kept.read_bytes() == b"epoch 1" and not (tmp_path / "last.pt").is_symlink()
+    (tmp_path / "grid.png").symlink_to(kept.name)  # a picture the user named: written where the link points
+    ckpt_io.write_atomic(tmp_path / "grid.png", lambda f: f.write(b"picture"), through_link=True)
+    assert (tmp_path / "grid.png").is_symlink() and kept.read_bytes() == b"picture"

@@ -228,11 +228,13 @@ def carry_on(run_dir: str | Path) -> str:
     return f"vaelab-train --config-dir {shlex.quote(str(run_dir / '.hydra'))} --config-name config"
 
 
-def write_atomic(path: str | Path, write: Callable[[BinaryIO], Any]) -> Path:
+def write_atomic(path: str | Path, write: Callable[[BinaryIO], Any], through_link: bool = False) -> Path:
     """Call write(f) on a temporary file beside `path`, fsync, then rename it over `path`:
     a kill at any moment leaves either the old file or the new one, never half of one. A link
-    is written through, as a plain write would: its target is replaced, the link stays."""
-    path = Path(os.path.realpath(path)) if os.path.islink(path) else Path(path)
+    at `path` is replaced by the file (a run's last.pt linked to a checkpoint kept aside must not
+    overwrite it), or with `through_link` (a picture the user named, as a plain write would) its
+    target is, the link staying."""
+    path = Path(os.path.realpath(path)) if through_link and os.path.islink(path) else Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=path.parent)
     try:

@@ -410,6 +410,17 @@ def _parse_reason(exc: Exception, override: str) -> str:
     return re.sub(r" expecting \{.*\}$", "", lines[0])
 
 
+def _key_path(key: str, path: str) -> str:
+    """KEY=PATH as one types it in a shell: quoted for Hydra's grammar where a character of the
+    path means something there (a comma, a space, brackets), and the whole for the shell."""
+    if re.fullmatch(r"[\w./+-]+", path):
+        return f"{key}={path}"
+    from vaelab.train_cli import override_value  # (train_cli imports this module)
+
+    typed = f"{key}={override_value(path)}"
+    return f'"{typed}"' if not re.search(r'["$`\\]', typed) else shlex.quote(typed)
+
+
 def _parse_hint(overrides: list[str], i: int) -> str:
     """Why overrides[i] does not parse, where the cause is recognisable: a value starting with `~`
     (the shell expands `~` only at the start of a word, and Hydra's grammar rejects it), or a
@@ -419,12 +430,11 @@ def _parse_hint(overrides: list[str], i: int) -> str:
     key, eq, value = ov.partition("=")
     if not eq and (Path(ov) / ".hydra" / "config.yaml").is_file():  # (a run's folder, given as to vaelab COMMAND)
         return f"; vaelab-train takes no run folder: vaelab resume {shlex.quote(ov)} carries that run on"
-    # a path (not `data` nor `hydra/launcher`: config groups' names, which may be folders here too)
-    if (not eq and "/" in ov and Path(ov).is_dir()
-            and (ov.startswith(("/", ".", "~")) or not (CONF_DIR / ov.split("/")[0]).is_dir())):
-        q = shlex.quote(ov)
-        return (f"; vaelab-train takes a folder as a setting: data.root={q} (where MNIST is) or hydra.run.dir={q} "
-                f"(where the run goes)")
+    # a path (not `hydra/launcher` as typed: a config group's name, which may be a folder here too)
+    group = not ov.startswith((".", "/")) and not ov.endswith("/") and (CONF_DIR / ov).is_dir()
+    if not eq and "/" in ov and Path(ov).is_dir() and not group:
+        return (f"; vaelab-train takes a folder as a setting: {_key_path('data.root', ov)} (where MNIST is) or "
+                f"{_key_path('hydra.run.dir', ov)} (where the run goes)")
     # latent_size, hydra/launcher; not a file's name (conf/experiment/seed.yaml)
     if not eq and re.fullmatch(r"[+~]?\w[\w./]*", ov) and not re.search(r"\.(ya?ml|py|json|pt|png|txt)$", ov):
         return f"; an override is KEY=VALUE, as in {ov}=VALUE"

@@ -410,7 +410,8 @@ def plot(runs: list[Run], tag: str, out: str | Path) -> Path:
     ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
     try:
         # whole or not at all: a Ctrl-C mid-write leaves the file --out names as it was
-        ckpt_io.write_atomic(out, lambda f: fig.savefig(f, format=out.suffix[1:].lower(), dpi=120, bbox_inches="tight"))
+        ckpt_io.write_atomic(out, lambda f: fig.savefig(f, format=out.suffix[1:].lower(), dpi=120,
+                                                        bbox_inches="tight"), through_link=True)
     except (OSError, ValueError, RuntimeError) as e:  # what plot_path cannot foresee: a full disk, a read-only
         # mount, a format whose tool is missing (.pgf: "'xelatex' not found")
         raise CompareError(f"--out {out}: cannot write it: {getattr(e, 'strerror', None) or e}") from None

@@ -344,7 +344,7 @@ def validate(cfg: DictConfig, here: bool = True) -> None:
         _check(len(m.hidden) >= 1 and all(h >= 1 for h in m.hidden), "model.hidden", list(m.hidden),
                "must be a non-empty list of positive widths, e.g. [1024,512]")
         _check(all(h < 2**31 for h in m.hidden), "model.hidden", list(m.hidden), "too large: widths must be < 2**31")
-    _check(bool(_DEVICE_RE.match(cfg.device)), "device", cfg.device, "allowed: auto, cpu, cuda, cuda:N, mps")
+    _check(bool(_DEVICE_RE.fullmatch(cfg.device)), "device", cfg.device, "allowed: auto, cpu, cuda, cuda:N, mps")
     if not here:
         return
     # What fits this machine's memory: a saved run (here=False) that trained with more stays readable.
@@ -380,7 +380,7 @@ def resolve_device(name: str, given_as: str = "device="):
     which names the setting as the user gave it: `device=` (a config), `--device ` (eval, sample)."""
     import torch
 
-    if not _DEVICE_RE.match(str(name)):  # (from Python: torch's "Expected one of cpu, cuda, ipu, xpu, ...")
+    if not _DEVICE_RE.fullmatch(str(name)):  # (from Python: torch's "Expected one of cpu, cuda, ipu, xpu, ...")
         raise ConfigError(f"{given_as}{name}: allowed: auto, cpu, cuda, cuda:N, mps")
     if name == "auto":
         if torch.cuda.is_available():
@@ -427,13 +427,14 @@ def typed(cfg: DictConfig | dict) -> DictConfig:
 def on_schema(cfg: DictConfig) -> DictConfig:
     """`cfg` typed by the schema, as composing types it: train() given a plain config (say
     OmegaConf.create of a dict) checks its enums and types too, not only validate()'s ranges.
-    A key it leaves out takes the schema's default, as an override left out does, except where
-    typed() keeps an older saved config's meaning (OmegaConf.load of a run's .hydra/config.yaml).
-    ConfigError with one line for a value off the schema."""
+    A key it leaves out takes the schema's default, as an override left out does (not typed()'s
+    rules for configs saved before a setting existed: a model of one's own without `linear` is not
+    an old MLP run's; read a run's saved config with load_run_config). ConfigError with one line
+    for a value off the schema."""
     if OmegaConf.get_type(cfg) is Config:  # (composed: typed already)
         return cfg
     try:
-        return typed(cfg)
+        return OmegaConf.merge(OmegaConf.structured(Config), cfg)
     except Exception as e:  # noqa: BLE001 - OmegaConf's ValidationError, ConfigKeyError, ...: one line
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         key = getattr(e, "full_key", None)

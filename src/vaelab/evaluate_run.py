@@ -540,8 +540,9 @@ def eval_command(args: argparse.Namespace) -> int:
                                   progress=not args.no_progress, seed=args.seed, pictures=not args.no_pictures,
                                   data_root_override=args.data_root)
     except KeyboardInterrupt:
-        if written() == before:
-            raise  # (cli says what a stop leaves: the evaluation the run had)
+        now = ckpt_io.read_json(run / "eval.json") or {}
+        if written() == before or (now.get("k"), now.get("seed")) != (args.k, args.seed):  # (not this one's:
+            raise  # another process's, the run's own final one) cli says what a stop leaves: what the run had
         return _interrupted_once_written(run)
     except USER_ERRORS as e:
         print(f"vaelab eval: error: {e}", file=sys.stderr)
@@ -660,7 +661,7 @@ def sample_command(args: argparse.Namespace) -> int:
         if fmt is None:
             raise ValueError(f"unknown file extension: {out.suffix}")
         # whole or not at all: a Ctrl-C mid-write leaves a picture --out named as it was
-        ckpt_io.write_atomic(out, lambda f: save_image(grid, f, format=fmt))
+        ckpt_io.write_atomic(out, lambda f: save_image(grid, f, format=fmt), through_link=True)
     except (OSError, ValueError) as e:  # unwritable folder, unknown image extension
         why = e.strerror if isinstance(e, OSError) and e.strerror else e
         hint = "; write it elsewhere with --out PNG" if isinstance(e, OSError) and not args.out else ""

@@ -647,8 +647,9 @@ def train(cfg: DictConfig, run_dir: str | Path, data: MNISTData | None = None, o
     cfg = on_schema(cfg)
     validate(cfg)
     run_dir = Path(run_dir)
-    if run_dir.exists() and not run_dir.is_dir():  # (mkdir's "File exists")
-        raise ConfigError(f"run_dir {run_dir}: a file, not a folder for the run")
+    if os.path.lexists(run_dir) and not run_dir.is_dir():  # (mkdir's "File exists")
+        raise ConfigError(f"run_dir {run_dir}: " + ("a link to nothing" if run_dir.is_symlink() else "a file") +
+                          ", not a folder for the run")
     run_dir.mkdir(parents=True, exist_ok=True)  # checkpoints/ and samples/ come once the data has loaded
     root_level = logging.getLogger().level  # (_attach_logs lowers it to INFO; a script's own stays its own)
     handlers = _attach_logs(run_dir)
@@ -751,7 +752,7 @@ def _load_to_resume(cfg: DictConfig, path: Path, model: VAE, opt: torch.optim.Op
 def _train(cfg: DictConfig, run_dir: Path, data: MNISTData | None, on_start=None) -> dict:
     ckpt_dir, sample_dir = run_dir / "checkpoints", run_dir / "samples"
     saved_cfg = run_dir / ".hydra" / "config.yaml"
-    from_python = not HydraConfig.initialized()  # (vaelab-train's Hydra has saved the config)
+    from_python = not _hydra_made(run_dir)  # (vaelab-train's Hydra has saved the config)
     if not saved_cfg.exists() or (from_python and ckpt_io.latest(ckpt_dir) is None
                                   and not (run_dir / "metrics.json").is_file()):
         # train() called from Python: keep the run reproducible anyway, with the config this call
@@ -878,7 +879,8 @@ def _train(cfg: DictConfig, run_dir: Path, data: MNISTData | None, on_start=None
         log.info("run directory: %s", run_dir)
         log.info("model: %s (%d parameters) on %s", type(model).__name__,
                  sum(p.numel() for p in model.parameters()), device)
-        if type(model).__module__ == "__main__":  # (a notebook's class: told now, not at the first eval)
+        if type(model).__module__ == "__main__" or str(cfg.model._target_).startswith("__main__."):
+            # (a notebook's class or function: told now, not at the first eval)
             log.warning("model._target_=%s is defined in the script or notebook that runs it: vaelab eval, resume "
                         "and reproduce, in processes of their own, cannot import it; define it in a module",
                         cfg.model._target_)
@@ -1405,12 +1407,23 @@ def _check_data_matches(data: MNISTData, dcfg) -> None:
                               f"load it with the config's settings, or leave data out")
 
 
+def _hydra_made(run_dir: Path) -> bool:
+    """Whether this is the folder of the Hydra job now running (vaelab-train's), which has saved
+    its config there; not so for train() from Python, also in a process where vaelab-train ran
+    before (Hydra's config stays set)."""
+    if not HydraConfig.initialized():
+        return False
+    out = OmegaConf.select(HydraConfig.get(), "runtime.output_dir")
+    return bool(out) and os.path.realpath(out) == os.path.realpath(run_dir)
+
+
 def _as_this_process_reads_it(cfg: DictConfig) -> DictConfig:
     """The config a run made from Python saves: its data.root absolute, as this process read it
     (relative to the current folder, or from VAELAB_DATA), so that `vaelab eval`, `resume` and
     `reproduce` in another folder or shell read the same data; vaelab-train's runs record their
     launch folder in .hydra/hydra.yaml instead (evaluate_run.data_root)."""
     saved = copy.deepcopy(cfg)
+    OmegaConf.set_readonly(saved, False)  # (a script's read-only config: its copy, not it, changes)
     saved.data.root = str(Path(str(cfg.data.root)).expanduser().absolute())
     return saved
 

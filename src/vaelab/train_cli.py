@@ -368,9 +368,9 @@ def _run_hydra(prog: str) -> int:
     # After a stop of a joblib sweep, loky's resource tracker (a process of its own, which reads
     # this at its start) warned of "2 leaked semaphore objects to clean up at shutdown": those
     # of the workers the stop ended, which it does clean up. The sweep's own lines say what it left.
-    quiet = "ignore:resource_tracker:UserWarning"
-    if quiet not in os.environ.get("PYTHONWARNINGS", ""):
-        os.environ["PYTHONWARNINGS"] = ",".join(filter(None, (os.environ.get("PYTHONWARNINGS"), quiet)))
+    quiet, warnings_as_they_were = "ignore:resource_tracker:UserWarning", os.environ.get("PYTHONWARNINGS")
+    if quiet not in (warnings_as_they_were or ""):
+        os.environ["PYTHONWARNINGS"] = ",".join(filter(None, (warnings_as_they_were, quiet)))
 
     _workers_wait_for_a_job()
 
@@ -401,6 +401,10 @@ def _run_hydra(prog: str) -> int:
     finally:  # a sweep that a stop ended before its end callback: its lock file goes too
         from vaelab.checkpoint import release_sweeps
         release_sweeps()
+        if warnings_as_they_were is None:  # (main() called from a script: its later processes as they were)
+            os.environ.pop("PYTHONWARNINGS", None)
+        else:
+            os.environ["PYTHONWARNINGS"] = warnings_as_they_were
     return 0
 
 

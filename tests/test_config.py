@@ -340,8 +340,13 @@ def test_a_folder_given_as_an_override_is_told_what_takes_one(tmp_path, monkeypa
                                              """dir/'" (where the run goes)""")
     (tmp_path / "a,b").mkdir()
     assert "\"data.root='a,b/'\" (where MNIST is)" in precheck(["a,b/"])
-    assert precheck(["data/MNIST"]).endswith("data.root=data/MNIST (where MNIST is) or hydra.run.dir=data/MNIST (where "
+    assert precheck(["data/MNIST"]).endswith("data.root=data (where MNIST is) or hydra.run.dir=data/MNIST (where "
                                              "the run goes)")  # (data/, the default data folder: a path)
+    (tmp_path / "a!b").mkdir()  # (bash expands ! in double quotes)
+    assert "'data.root='\"'\"'a!b/'\"'\"'' (where MNIST is)" in precheck(["a!b/"])
+    (tmp_path / "hydra" / "sweeper").mkdir(parents=True)  # a group of Hydra's own
+    assert precheck(["hydra/sweeper"]).endswith("; an override is KEY=VALUE, as in hydra/sweeper=VALUE")
+    assert precheck(["optim/"]).endswith("; an override is KEY=VALUE, as in optim=VALUE")  # (no such folder here)
 
 
 def test_a_rerun_of_a_saved_config_takes_keys_not_conf_choices(tmp_path):

@@ -203,6 +203,14 @@ def test_vaelab_sample(make_cfg, tmp_path, capsys, monkeypatch):
     (tmp_path / "link.png").symlink_to(out)
     assert _sample_cli([str(run), "-n", "4", "--out", str(tmp_path / "link.png")]) == 0
     assert (tmp_path / "link.png").is_symlink() and out.read_bytes() != drawn
+    # ... but not one in the run's folder that the user did not name (the default file): it is replaced
+    kept = tmp_path / "kept.pt"
+    kept.write_bytes(b"a checkpoint kept aside")
+    default = run / "eval" / "samples_last_t1_seed0_n4.png"
+    default.unlink(missing_ok=True)
+    default.symlink_to(kept)
+    assert _sample_cli([str(run), "-n", "4"]) == 0
+    assert not default.is_symlink() and kept.read_bytes() == b"a checkpoint kept aside"
 
 
 def test_traversal_labels_stay_inside_the_picture():

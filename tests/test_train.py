@@ -609,7 +609,7 @@ def test_a_run_made_from_python_saves_the_config_it_trained_and_where_its_data_i
     assert saved.data.root == str(tmp_path / "nb" / "data_link") and saved.seed == 3
     monkeypatch.setenv("VAELAB_DATA", str(tiny_mnist))
     cfg = compose_cfg(base)
-    OmegaConf.set_readonly(cfg, True)  # (a script's read-only config: the saved copy's root changed, not it)
+    OmegaConf.set_readonly(cfg.data, True)  # (a script's read-only config, or part: the saved copy changes, not it)
     train(cfg, tmp_path / "env")  # data.root: ${oc.env:VAELAB_DATA,data}
     assert OmegaConf.load(tmp_path / "env" / ".hydra" / "config.yaml").data.root == str(tiny_mnist)
     # a run that has trained keeps its config: a later call carries it on (and warns of what differs)
@@ -661,3 +661,30 @@ def test_a_model_defined_in_main_is_told_it_cannot_be_loaded_elsewhere(make_cfg,
         train(make_cfg(["model._target_=__main__.make", "latent_size=2", "model.size=small", "trainer.epochs=1",
                         "trainer.final_eval=false"]), tmp_path / "made")
     assert any(r.getMessage().startswith("model._target_=__main__.make is defined in") for r in caplog.records)
+
+
+def test_a_plain_config_of_a_model_that_takes_no_mlp_settings_trains(tiny_mnist, tmp_path, monkeypatch):
+    """train() of a plain config whose model section names only its _target_ (a class taking
+    latent_size, input_dim, image_shape): typed()'s rule for old saved MLP configs gave it
+    linear=aten, which the model then refused as a setting it does not take."""
+    from vaelab.config import to_plain
+
+    (tmp_path / "tinymod.py").write_text(_PARTIAL_MODELS + '''
+
+class Tiny(VAE):
+    def __init__(self, latent_size, input_dim, image_shape):
+        super().__init__()
+        self.latent_size, self.input_dim, self.image_shape = latent_size, input_dim, tuple(image_shape)
+        self.e, self.d = nn.Linear(input_dim, 2 * latent_size), nn.Linear(latent_size, input_dim)
+
+    def encode(self, x):
+        return self.e(x).chunk(2, -1)
+
+    def decode_logits(self, z):
+        return self.d(z)
+''')
+    monkeypatch.syspath_prepend(str(tmp_path))
+    plain = to_plain(compose_cfg([f"data.root={tiny_mnist}", *FAST, "trainer.epochs=1", "trainer.final_eval=false",
+                                  "latent_size=2"]))
+    plain["model"] = {"_target_": "tinymod.Tiny"}
+    assert train(OmegaConf.create(plain), tmp_path / "run")["epochs"] == 1

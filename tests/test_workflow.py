@@ -1987,3 +1987,24 @@ def test_an_atomic_write_replaces_a_link_unless_told_to_write_through_it(tmp_pat
     (tmp_path / "grid.png").symlink_to(kept.name)  # a picture the user named: written where the link points
     ckpt_io.write_atomic(tmp_path / "grid.png", lambda f: f.write(b"picture"), through_link=True)
     assert (tmp_path / "grid.png").is_symlink() and kept.read_bytes() == b"picture"
+
+
+def test_an_eval_interrupted_as_another_wrote_eval_json_does_not_claim_it(reference, tmp_path, monkeypatch, capsys):
+    """Stopped as another process (the run's own final evaluation) wrote eval.json with the same k
+    and seed but another checkpoint, `vaelab eval --checkpoint best` said the file held its own."""
+    from vaelab import evaluate_run as ev_mod
+
+    run = tmp_path / "run"
+    shutil.copytree(reference, run)
+
+    def another_wrote_then_ctrl_c(run_dir, **kwargs):
+        (run / "eval.json").write_text(json.dumps({"k": 2, "seed": 0, "checkpoint": str(run / "checkpoints" /
+                                                                                        "last.pt")}))
+        raise KeyboardInterrupt
+    monkeypatch.setattr(ev_mod, "evaluate_run", another_wrote_then_ctrl_c)
+    capsys.readouterr()
+    assert vaelab(["eval", run, "--k", "2", "--checkpoint", "best"]) == 130
+    assert capsys.readouterr().err.strip() == ("vaelab eval: interrupted; the run's eval.json, eval/ and TensorBoard "
+                                               "keep the evaluation they held")
+    assert vaelab(["eval", run, "--k", "2"]) == 130  # (last.pt's, as this one asked: its own)
+    assert capsys.readouterr().err.strip().endswith("eval.json holds it")

@@ -418,7 +418,7 @@ def _key_path(key: str, path: str) -> str:
     from vaelab.train_cli import override_value  # (train_cli imports this module)
 
     typed = f"{key}={override_value(path)}"
-    return f'"{typed}"' if not re.search(r'["$`\\]', typed) else shlex.quote(typed)
+    return f'"{typed}"' if not re.search(r'["$`\\!]', typed) else shlex.quote(typed)  # (! : bash's history)
 
 
 def _parse_hint(overrides: list[str], i: int) -> str:
@@ -431,13 +431,15 @@ def _parse_hint(overrides: list[str], i: int) -> str:
     if not eq and (Path(ov) / ".hydra" / "config.yaml").is_file():  # (a run's folder, given as to vaelab COMMAND)
         return f"; vaelab-train takes no run folder: vaelab resume {shlex.quote(ov)} carries that run on"
     # a path (not `hydra/launcher` as typed: a config group's name, which may be a folder here too)
-    group = not ov.startswith((".", "/")) and not ov.endswith("/") and (CONF_DIR / ov).is_dir()
+    group = not ov.startswith((".", "/")) and not ov.endswith("/") and ((CONF_DIR / ov).is_dir() or
+                                                                        ov.startswith("hydra/"))  # (Hydra's own)
     if not eq and "/" in ov and Path(ov).is_dir() and not group:
-        return (f"; vaelab-train takes a folder as a setting: {_key_path('data.root', ov)} (where MNIST is) or "
+        root = str(Path(ov).parent) if Path(ov).name == "MNIST" else ov  # (data.root holds MNIST/raw/)
+        return (f"; vaelab-train takes a folder as a setting: {_key_path('data.root', root)} (where MNIST is) or "
                 f"{_key_path('hydra.run.dir', ov)} (where the run goes)")
     # latent_size, hydra/launcher; not a file's name (conf/experiment/seed.yaml)
     if not eq and re.fullmatch(r"[+~]?\w[\w./]*", ov) and not re.search(r"\.(ya?ml|py|json|pt|png|txt)$", ov):
-        return f"; an override is KEY=VALUE, as in {ov}=VALUE"
+        return f"; an override is KEY=VALUE, as in {ov.rstrip('/')}=VALUE"  # (data/ tab-completed, not a folder here)
     if value.startswith("~"):
         example = f", e.g. {key}={value.replace('~', '$HOME', 1)}" if value.startswith("~/") else ""
         return f"; Hydra does not expand ~: write the path out{example}"

@@ -379,8 +379,9 @@ def scalar_unit(tag: str) -> str | None:
 LABEL_CHARS = 60
 
 
-def plot(runs: list[Run], tag: str, out: str | Path) -> Path:
-    """One curve per run of a scalar, x = examples seen, written to out (see plot_path)."""
+def plot(runs: list[Run], tag: str, out: str | Path, named: bool = True) -> Path:
+    """One curve per run of a scalar, x = examples seen, written to out (see plot_path); through
+    a link there only where the user `named` it (--out), as a plain write would."""
     import matplotlib.pyplot as plt
 
     out = plot_path(out)
@@ -411,7 +412,7 @@ def plot(runs: list[Run], tag: str, out: str | Path) -> Path:
     try:
         # whole or not at all: a Ctrl-C mid-write leaves the file --out names as it was
         ckpt_io.write_atomic(out, lambda f: fig.savefig(f, format=out.suffix[1:].lower(), dpi=120,
-                                                        bbox_inches="tight"), through_link=True)
+                                                        bbox_inches="tight"), through_link=named)
     except (OSError, ValueError, RuntimeError) as e:  # what plot_path cannot foresee: a full disk, a read-only
         # mount, a format whose tool is missing (.pgf: "'xelatex' not found")
         raise CompareError(f"--out {out}: cannot write it: {getattr(e, 'strerror', None) or e}") from None
@@ -667,7 +668,7 @@ def compare_command(args) -> int:
         if why:  # (the sweep summary names no lowest val_loss for the same reasons)
             print(f"note: --sort {args.sort} orders numbers that do not compare: the runs {NOT_COMPARABLE[why]}")
         if args.plot:
-            out = plot(runs, args.plot, args.out)
+            out = plot(runs, args.plot, args.out, named=not defaulted)
             print(f"wrote {out}")
     except CompareError as e:
         print(f"vaelab compare: error: {e}", file=sys.stderr)

@@ -541,8 +541,10 @@ def eval_command(args: argparse.Namespace) -> int:
                                   data_root_override=args.data_root)
     except KeyboardInterrupt:
         now = ckpt_io.read_json(run / "eval.json") or {}
-        if written() == before or (now.get("k"), now.get("seed")) != (args.k, args.seed):  # (not this one's:
-            raise  # another process's, the run's own final one) cli says what a stop leaves: what the run had
+        mine = (args.k, args.seed, f"{args.checkpoint}.pt" if args.checkpoint in ("last", "best")
+                else Path(args.checkpoint).name)
+        if written() == before or (now.get("k"), now.get("seed"), Path(str(now.get("checkpoint"))).name) != mine:
+            raise  # (not this one's: another process's, the run's own final one) cli says what the run has
         return _interrupted_once_written(run)
     except USER_ERRORS as e:
         print(f"vaelab eval: error: {e}", file=sys.stderr)
@@ -661,7 +663,7 @@ def sample_command(args: argparse.Namespace) -> int:
         if fmt is None:
             raise ValueError(f"unknown file extension: {out.suffix}")
         # whole or not at all: a Ctrl-C mid-write leaves a picture --out named as it was
-        ckpt_io.write_atomic(out, lambda f: save_image(grid, f, format=fmt), through_link=True)
+        ckpt_io.write_atomic(out, lambda f: save_image(grid, f, format=fmt), through_link=bool(args.out))
     except (OSError, ValueError) as e:  # unwritable folder, unknown image extension
         why = e.strerror if isinstance(e, OSError) and e.strerror else e
         hint = "; write it elsewhere with --out PNG" if isinstance(e, OSError) and not args.out else ""

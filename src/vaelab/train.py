@@ -10,7 +10,6 @@ metrics.json, eval.json).
 """
 from __future__ import annotations
 
-import copy
 import errno
 import hashlib
 import importlib
@@ -1422,8 +1421,8 @@ def _as_this_process_reads_it(cfg: DictConfig) -> DictConfig:
     (relative to the current folder, or from VAELAB_DATA), so that `vaelab eval`, `resume` and
     `reproduce` in another folder or shell read the same data; vaelab-train's runs record their
     launch folder in .hydra/hydra.yaml instead (evaluate_run.data_root)."""
-    saved = copy.deepcopy(cfg)
-    OmegaConf.set_readonly(saved, False)  # (a script's read-only config: its copy, not it, changes)
+    # (a plain copy: a script's config, or a part of it, may be read-only)
+    saved = OmegaConf.create(OmegaConf.to_container(cfg, resolve=False, enum_to_str=True))
     saved.data.root = str(Path(str(cfg.data.root)).expanduser().absolute())
     return saved
 

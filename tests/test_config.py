@@ -325,7 +325,7 @@ def test_a_folder_given_as_an_override_is_told_what_takes_one(tmp_path, monkeypa
     take one; a bare name stays a key (`data`, a config group, may be a folder here as well)."""
     (tmp_path / "runs" / "x" / ".hydra").mkdir(parents=True)
     (tmp_path / "runs" / "x" / ".hydra" / "config.yaml").write_text("latent_size: 2\n")
-    (tmp_path / "data" / "MNIST").mkdir(parents=True)
+    (tmp_path / "data" / "MNIST" / "raw").mkdir(parents=True)
     monkeypatch.chdir(tmp_path)
     for arg in ("runs/x", str(tmp_path / "runs" / "x")):
         assert precheck([arg]).endswith(f"; vaelab-train takes no run folder: vaelab resume {arg} carries that run on")
@@ -347,6 +347,10 @@ def test_a_folder_given_as_an_override_is_told_what_takes_one(tmp_path, monkeypa
     (tmp_path / "hydra" / "sweeper").mkdir(parents=True)  # a group of Hydra's own
     assert precheck(["hydra/sweeper"]).endswith("; an override is KEY=VALUE, as in hydra/sweeper=VALUE")
     assert precheck(["optim/"]).endswith("; an override is KEY=VALUE, as in optim=VALUE")  # (no such folder here)
+    (tmp_path / "hydra" / "myruns").mkdir()  # under hydra/, but no group of Hydra's: a folder
+    assert "data.root=hydra/myruns (where MNIST is)" in precheck(["hydra/myruns"])
+    (tmp_path / "ds" / "MNIST").mkdir(parents=True)  # no raw/ in it: itself, not its parent
+    assert "data.root=ds/MNIST (where MNIST is)" in precheck(["ds/MNIST"])
 
 
 def test_a_rerun_of_a_saved_config_takes_keys_not_conf_choices(tmp_path):

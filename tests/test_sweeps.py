@@ -251,6 +251,15 @@ def test_compare_prints_the_sweep_sorted_and_plots_it(sweep, tmp_path, capsys):
     # a format whose tool is missing (.pgf without xelatex) was a traceback
     def no_tex(self, f, *args, **kwargs):
         raise RuntimeError("'xelatex' not found")
+    # the default curves.png a link into a run: replaced, not written through, so not refused
+    (tmp_path / "here").mkdir()
+    last = next(iter(runs(sweep).values())) / "checkpoints" / "last.pt"
+    kept = last.read_bytes()
+    (tmp_path / "here" / "curves.png").symlink_to(last)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(tmp_path / "here")
+        assert vaelab(["compare", sweep, "--plot", "val_loss"]) == 0
+    assert not (tmp_path / "here" / "curves.png").is_symlink() and last.read_bytes() == kept
     capsys.readouterr()
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(Figure, "savefig", no_tex)

@@ -1974,6 +1974,13 @@ def test_an_eval_interrupted_once_written_says_the_new_one_stands(reference, tmp
     assert capsys.readouterr().err.splitlines()[-1] == (f"vaelab eval: interrupted once the evaluation was written: "
                                                         f"{run / 'eval.json'} holds it")
     assert json.loads((run / "eval.json").read_text())["k"] == 2
+    # stopped inside the evaluation, once eval.json is written (as the old event file goes), with last.pt
+    # a link to a checkpoint kept aside: eval.json names the target, and it is still this one's
+    (run / "checkpoints" / "last.pt").rename(run / "checkpoints" / "kept.pt")
+    (run / "checkpoints" / "last.pt").symlink_to("kept.pt")
+    monkeypatch.setattr(ev_mod, "_remove_events", interrupted)
+    assert vaelab(["eval", run, "--k", "3", "--no-pictures", "--no-progress"]) == 130
+    assert capsys.readouterr().err.splitlines()[-1].endswith("eval.json holds it")
 
 
 def test_an_atomic_write_replaces_a_link_unless_told_to_write_through_it(tmp_path):

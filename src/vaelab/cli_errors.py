@@ -410,6 +410,12 @@ def _parse_reason(exc: Exception, override: str) -> str:
     return re.sub(r" expecting \{.*\}$", "", lines[0])
 
 
+# Hydra's own config groups (hydra/launcher and hydra/sweeper are conf/'s too): a name typed without
+# its =VALUE, not a folder of that name here
+_HYDRA_GROUPS = {f"hydra/{g}" for g in ("launcher", "sweeper", "job_logging", "hydra_logging", "help", "hydra_help",
+                                        "env", "output", "callbacks")}
+
+
 def _key_path(key: str, path: str) -> str:
     """KEY=PATH as one types it in a shell: quoted for Hydra's grammar where a character of the
     path means something there (a comma, a space, brackets), and the whole for the shell."""
@@ -432,9 +438,10 @@ def _parse_hint(overrides: list[str], i: int) -> str:
         return f"; vaelab-train takes no run folder: vaelab resume {shlex.quote(ov)} carries that run on"
     # a path (not `hydra/launcher` as typed: a config group's name, which may be a folder here too)
     group = not ov.startswith((".", "/")) and not ov.endswith("/") and ((CONF_DIR / ov).is_dir() or
-                                                                        ov.startswith("hydra/"))  # (Hydra's own)
+                                                                        ov in _HYDRA_GROUPS)
     if not eq and "/" in ov and Path(ov).is_dir() and not group:
-        root = str(Path(ov).parent) if Path(ov).name == "MNIST" else ov  # (data.root holds MNIST/raw/)
+        # (data.root is the folder that holds MNIST/raw/)
+        root = str(Path(ov).parent) if Path(ov).name == "MNIST" and (Path(ov) / "raw").is_dir() else ov
         return (f"; vaelab-train takes a folder as a setting: {_key_path('data.root', root)} (where MNIST is) or "
                 f"{_key_path('hydra.run.dir', ov)} (where the run goes)")
     # latent_size, hydra/launcher; not a file's name (conf/experiment/seed.yaml)

@@ -333,7 +333,8 @@ def plot_path(out: str | Path, defaulted: bool = False) -> Path:
         out = image_path(out, list(FigureCanvasAgg.get_supported_filetypes()), "curves.png")
     except ValueError as e:
         raise CompareError(str(e)) from None
-    inside = ckpt_io.inside_run_folder(out)
+    # (the default file is replaced, not written through, where it is a link: not the link's target)
+    inside = None if defaulted and out.is_symlink() else ckpt_io.inside_run_folder(out)
     if inside:
         run, part = inside
         where = f"the plot's default file, {out} in the current folder, is" if defaulted else f"--out {out}:"
@@ -384,7 +385,7 @@ def plot(runs: list[Run], tag: str, out: str | Path, named: bool = True) -> Path
     a link there only where the user `named` it (--out), as a plain write would."""
     import matplotlib.pyplot as plt
 
-    out = plot_path(out)
+    out = plot_path(out, defaulted=not named)
     found = curves(runs, tag)
     plotted = {id(r) for r, _, _ in found}
     left_out = [r.name for r in runs if id(r) not in plotted]

@@ -541,9 +541,11 @@ def eval_command(args: argparse.Namespace) -> int:
                                   data_root_override=args.data_root)
     except KeyboardInterrupt:
         now = ckpt_io.read_json(run / "eval.json") or {}
-        mine = (args.k, args.seed, f"{args.checkpoint}.pt" if args.checkpoint in ("last", "best")
-                else Path(args.checkpoint).name)
-        if written() == before or (now.get("k"), now.get("seed"), Path(str(now.get("checkpoint"))).name) != mine:
+        try:  # (eval.json names the checkpoint as resolved: a link's target)
+            mine = (args.k, args.seed, str(_checkpoint_path(run, args.checkpoint).resolve()))
+        except RunDirError:
+            mine = None
+        if written() == before or (now.get("k"), now.get("seed"), now.get("checkpoint")) != mine:
             raise  # (not this one's: another process's, the run's own final one) cli says what the run has
         return _interrupted_once_written(run)
     except USER_ERRORS as e:

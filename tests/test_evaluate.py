@@ -610,12 +610,15 @@ def test_eval_errors_are_one_line(make_cfg, tmp_path, capsys):
         ([str(tmp_path / "badyaml")], "config.yaml: not a valid vaelab config: while parsing a flow sequence (line 2, "
                                       "column 14): expected ',' or ']', but got ':' (line "),
         ([str(tmp_path / "zero")], "config.yaml: trainer.eval_batch_size=0: must be >= 1"),
+        # a file cut short after a key (a copy interrupted): the line said only "is not Optional"
+        ([str(tmp_path / "cut")], "config.yaml: not a valid vaelab config: field 'model.kwargs' is not Optional "
+                                  "(key 'model.kwargs') (a setting with no value: is the file whole?)"),
     ]
     # Hand-edited saved configs: one that no longer matches the checkpoint, and broken ones.
     for name, (old, new) in {"tanh": ("activation: relu", "activation: tanh"), "typo": ("latent_size:", "latentsize:"),
                              "empty": (None, ""), "zero": ("eval_batch_size: 64", "eval_batch_size: 0"),
                              "wrongtype": ("latent_size: ", "latent_size: abc #"),
-                             "badyaml": ("latent_size: ", "latent_size: [")}.items():
+                             "badyaml": ("latent_size: ", "latent_size: ["), "cut": ("kwargs: {}", "kwargs:")}.items():
         shutil.copytree(tmp_path / "run", tmp_path / name)
         saved = tmp_path / name / ".hydra" / "config.yaml"
         text = saved.read_text()

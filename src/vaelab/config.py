@@ -459,7 +459,9 @@ def load_run_config(path: str | Path, here: bool = True) -> DictConfig:
             def at(mark):
                 return f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
             first = (f"{e.context}{at(e.context_mark)}: " if e.context else "") + f"{e.problem}{at(e.problem_mark)}"
-        raise ConfigError(f"{path}: not a valid vaelab config: {first}{where}") from None
+        # (a key left with no value: what a file cut short after "kwargs:" reads as)
+        damaged = " (a setting with no value: is the file whole?)" if "is not Optional" in first else ""
+        raise ConfigError(f"{path}: not a valid vaelab config: {first}{where}{damaged}") from None
     try:
         validate(cfg, here)
     except ConfigError as e:

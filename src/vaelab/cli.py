@@ -9,6 +9,8 @@ import argparse
 import importlib
 import sys
 
+from vaelab import STOPPED_LOADING
+
 COMMANDS = {
     "eval": ("vaelab.evaluate_run", "test-set ELBO, IWAE NLL, active units and pictures of a run"),
     "sample": ("vaelab.evaluate_run", "decode samples from the prior into a PNG grid"),
@@ -50,7 +52,7 @@ def train_main() -> None:
     try:
         from vaelab.train_cli import main as train_cli_main
     except KeyboardInterrupt:
-        interrupted_on_the_way_in("vaelab-train: interrupted before any run started")  # (as train_cli says)
+        interrupted_on_the_way_in(STOPPED_LOADING["vaelab-train"])  # (as train_cli says)
     train_cli_main()
 
 
@@ -59,11 +61,11 @@ def main(argv: list[str] | None = None) -> None:
         mod, args = _parse(argv)
         from vaelab.errors import leaving_after_a_stop, when_the_reader_has_gone
     except KeyboardInterrupt:  # (once the command runs, it answers a Ctrl-C itself)
-        interrupted_on_the_way_in("vaelab: interrupted before the command began; nothing was written")
+        interrupted_on_the_way_in(STOPPED_LOADING["vaelab"])
     try:
         code = when_the_reader_has_gone(lambda: getattr(mod, f"{args.command}_command")(args))
     except KeyboardInterrupt:  # one the command did not answer itself (while it loads torch, say)
-        print(f"vaelab {args.command}: {LEFT_AS_IT_WAS[args.command]}", file=sys.stderr)
+        print(f"vaelab {args.command}: {LEFT_AS_IT_WAS.get(args.command, 'interrupted')}", file=sys.stderr)
         code = 130
     if code == 130:  # stopped, and saved: a late signal on the way out changes nothing
         leaving_after_a_stop()

@@ -92,7 +92,7 @@ def find_runs(dirs: list[str | Path]) -> list[Run]:
     for d in (d for d in map(Path, dirs) if d not in missing):
         if d.is_file():
             raise CompareError(f"{d}: a file; give a run's folder, or a folder of runs (outputs/multirun/...)")
-        if not d.is_dir():  # (a socket, a broken link)
+        if not d.is_dir():  # (a socket, a FIFO: there, but not a folder)
             raise CompareError(f"{d}: no such directory")
         for root, subdirs, _ in os.walk(d):
             root = Path(root)
@@ -380,12 +380,12 @@ def scalar_unit(tag: str) -> str | None:
 LABEL_CHARS = 60
 
 
-def plot(runs: list[Run], tag: str, out: str | Path, named: bool = True) -> Path:
+def plot(runs: list[Run], tag: str, out: str | Path, defaulted: bool = False) -> Path:
     """One curve per run of a scalar, x = examples seen, written to out (see plot_path); through
-    a link there only where the user `named` it (--out), as a plain write would."""
+    a link there only where the user named it (--out, not `defaulted`), as a plain write would."""
     import matplotlib.pyplot as plt
 
-    out = plot_path(out, defaulted=not named)
+    out = plot_path(out, defaulted)
     found = curves(runs, tag)
     plotted = {id(r) for r, _, _ in found}
     left_out = [r.name for r in runs if id(r) not in plotted]
@@ -413,7 +413,7 @@ def plot(runs: list[Run], tag: str, out: str | Path, named: bool = True) -> Path
     try:
         # whole or not at all: a Ctrl-C mid-write leaves the file --out names as it was
         ckpt_io.write_atomic(out, lambda f: fig.savefig(f, format=out.suffix[1:].lower(), dpi=120,
-                                                        bbox_inches="tight"), through_link=named)
+                                                        bbox_inches="tight"), through_link=not defaulted)
     except (OSError, ValueError, RuntimeError) as e:  # what plot_path cannot foresee: a full disk, a read-only
         # mount, a format whose tool is missing (.pgf: "'xelatex' not found")
         raise CompareError(f"--out {out}: cannot write it: {getattr(e, 'strerror', None) or e}") from None
@@ -669,7 +669,7 @@ def compare_command(args) -> int:
         if why:  # (the sweep summary names no lowest val_loss for the same reasons)
             print(f"note: --sort {args.sort} orders numbers that do not compare: the runs {NOT_COMPARABLE[why]}")
         if args.plot:
-            out = plot(runs, args.plot, args.out, named=not defaulted)
+            out = plot(runs, args.plot, args.out, defaulted)
             print(f"wrote {out}")
     except CompareError as e:
         print(f"vaelab compare: error: {e}", file=sys.stderr)

@@ -262,7 +262,8 @@ def compose_config(overrides: list[str] | tuple = (), config_dir: str | Path | N
 
 # --- value checks ------------------------------------------------------------------------
 
-_DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+_DEVICE_RE = re.compile(r"(auto|cpu|mps|cuda(:\d+)?)\Z")  # (with match: \Z, as $ also takes a last "\n")
+DEVICES = "auto, cpu, cuda, cuda:N, mps"
 _COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
 _FLOAT32_TINY = 2.0 ** -126  # torch.finfo(torch.float32).tiny, 1.18e-38 (torch is not imported here)
 _FLOAT32_SUBNORMAL = 2.0 ** -149  # float32's smallest subnormal number, 1.4e-45
@@ -344,7 +345,7 @@ def validate(cfg: DictConfig, here: bool = True) -> None:
         _check(len(m.hidden) >= 1 and all(h >= 1 for h in m.hidden), "model.hidden", list(m.hidden),
                "must be a non-empty list of positive widths, e.g. [1024,512]")
         _check(all(h < 2**31 for h in m.hidden), "model.hidden", list(m.hidden), "too large: widths must be < 2**31")
-    _check(bool(_DEVICE_RE.fullmatch(cfg.device)), "device", cfg.device, "allowed: auto, cpu, cuda, cuda:N, mps")
+    _check(bool(_DEVICE_RE.match(cfg.device)), "device", cfg.device, f"allowed: {DEVICES}")
     if not here:
         return
     # What fits this machine's memory: a saved run (here=False) that trained with more stays readable.
@@ -380,8 +381,8 @@ def resolve_device(name: str, given_as: str = "device="):
     which names the setting as the user gave it: `device=` (a config), `--device ` (eval, sample)."""
     import torch
 
-    if not _DEVICE_RE.fullmatch(str(name)):  # (from Python: torch's "Expected one of cpu, cuda, ipu, xpu, ...")
-        raise ConfigError(f"{given_as}{name}: allowed: auto, cpu, cuda, cuda:N, mps")
+    if not _DEVICE_RE.match(str(name)):  # (from Python: torch's "Expected one of cpu, cuda, ipu, xpu, ...")
+        raise ConfigError(f"{given_as}{name}: allowed: {DEVICES}")
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
@@ -436,9 +437,13 @@ def on_schema(cfg: DictConfig) -> DictConfig:
     try:
         return OmegaConf.merge(OmegaConf.structured(Config), cfg)
     except Exception as e:  # noqa: BLE001 - OmegaConf's ValidationError, ConfigKeyError, ...: one line
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        key = getattr(e, "full_key", None)
+        first, key = _first_line_and_key(e)
         raise ConfigError(f"{key}: {first}" if key else first) from None
+
+
+def _first_line_and_key(e: Exception) -> tuple[str, str | None]:
+    """An OmegaConf error as one line, and the key it names (its full_key), if any."""
+    return (str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__), getattr(e, "full_key", None)
 
 
 def load_run_config(path: str | Path, here: bool = True) -> DictConfig:
@@ -452,8 +457,7 @@ def load_run_config(path: str | Path, here: bool = True) -> DictConfig:
         cfg = typed(raw)
         OmegaConf.to_container(cfg, resolve=True)  # bad values and interpolations fail here, not later
     except Exception as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        key = getattr(e, "full_key", None)  # OmegaConf's errors name the key; say it, as for an override
+        first, key = _first_line_and_key(e)  # OmegaConf's errors name the key; say it, as for an override
         where = f" (key '{key}')" if key else ""
         if getattr(e, "problem_mark", None) is not None:  # a YAML syntax error: what, and where in the file
             def at(mark):

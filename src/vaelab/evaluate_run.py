@@ -28,7 +28,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from vaelab import checkpoint as ckpt_io
-from vaelab.config import _DEVICE_RE, ConfigError, load_run_config, resolve_device
+from vaelab.config import _DEVICE_RE, DEVICES, ConfigError, load_run_config, resolve_device
 from vaelab.data import DataError, load_data
 
 # torch and the modules built on it are imported where they are used: a mistyped run folder is
@@ -492,7 +492,7 @@ non_negative_float = _checked(float, lambda v: math.isfinite(v) and v >= 0, "a n
 
 def device_name(text: str) -> str:
     if not _DEVICE_RE.match(text):
-        raise argparse.ArgumentTypeError(f"allowed: auto, cpu, cuda, cuda:N, mps; got {text!r}")
+        raise argparse.ArgumentTypeError(f"allowed: {DEVICES}; got {text!r}")
     return text
 
 
@@ -660,10 +660,8 @@ def sample_command(args: argparse.Namespace) -> int:
     from PIL import Image
 
     Image.init()
-    fmt = Image.registered_extensions().get(out.suffix.lower())  # (given: the file written is a temporary one)
-    try:
-        if fmt is None:
-            raise ValueError(f"unknown file extension: {out.suffix}")
+    fmt = Image.registered_extensions()[out.suffix.lower()]  # (given: the file written is a temporary one;
+    try:  # image_path took only a suffix PIL writes, and the default is .png)
         # whole or not at all: a Ctrl-C mid-write leaves a picture --out named as it was
         ckpt_io.write_atomic(out, lambda f: save_image(grid, f, format=fmt), through_link=bool(args.out))
     except (OSError, ValueError) as e:  # unwritable folder, unknown image extension

@@ -1208,7 +1208,6 @@ def remove_sweep_refused_part_way(sweep: Path, cwd: str) -> None:
     job folders go, then the folders left empty outside any run's, and the sweep folder if nothing
     else is left (a job that had trained stays, and so does the sweep folder around it, for
     vaelab resume SWEEP_DIR). A single run's folder (.hydra/ at its top) is not a sweep's."""
-    ours = {"multirun.yaml", ckpt_io.SWEEP_LOCK, ckpt_io.SWEEP_STOP}
     if not sweep.is_dir() or sweep.is_symlink() or (sweep / ".hydra").exists():
         return
     for hydra_dir in sorted(sweep.rglob(".hydra"), key=lambda p: len(p.parts), reverse=True):
@@ -1229,9 +1228,19 @@ def remove_sweep_refused_part_way(sweep: Path, cwd: str) -> None:
                 folder.rmdir()
             except OSError:  # (not empty: the user's files, say)
                 pass
-    if {p.name for p in sweep.iterdir()} <= ours:
-        shutil.rmtree(sweep, ignore_errors=True)
-        _remove_name_folder_if_empty(sweep.parent, cwd)
+    if {p.name for p in sweep.iterdir()} <= _SWEEP_OWN_FILES:
+        _remove_sweep(sweep, cwd)
+
+
+# What a sweep's launch writes into its folder, besides its jobs' folders
+_SWEEP_OWN_FILES = {"multirun.yaml", ckpt_io.SWEEP_LOCK, ckpt_io.SWEEP_STOP}
+
+
+def _remove_sweep(sweep: Path, cwd: str) -> None:
+    """A sweep folder made for this launch that holds nothing of a job, and the name folder
+    around it if that is left empty."""
+    shutil.rmtree(sweep, ignore_errors=True)
+    _remove_name_folder_if_empty(sweep.parent, cwd)
 
 
 def _remove_name_folder_if_empty(folder: Path, cwd: str) -> None:
@@ -1304,13 +1313,11 @@ def hydra_main(cfg: DictConfig) -> float:
             # multirun.yaml and list in `vaelab compare` as a sweep of no jobs.
             # (One that was there before, the current folder say, keeps all but that file.)
             sweep = _sweep_dir(hc) if hc.mode.name == "MULTIRUN" else None
-            ours = {"multirun.yaml", ckpt_io.SWEEP_LOCK, ckpt_io.SWEEP_STOP}
             if sweep is not None and sweep.is_dir() and "multirun.yaml" in (names := {p.name for p in sweep.iterdir()}):
-                if _made_for_this_launch(sweep) and names <= ours:
-                    shutil.rmtree(sweep, ignore_errors=True)
-                    _remove_name_folder_if_empty(sweep.parent, hc.runtime.cwd)
-                elif not {n for n in names - ours if not n.startswith(".")}:
-                    for name in ours:
+                if _made_for_this_launch(sweep) and names <= _SWEEP_OWN_FILES:
+                    _remove_sweep(sweep, hc.runtime.cwd)
+                elif not {n for n in names - _SWEEP_OWN_FILES if not n.startswith(".")}:
+                    for name in _SWEEP_OWN_FILES:
                         (sweep / name).unlink(missing_ok=True)
         sys.exit(2)
     except SaveFailed as e:
@@ -1334,15 +1341,15 @@ def hydra_main(cfg: DictConfig) -> float:
         sys.exit(130)
     except Interrupted:  # (train() has logged how it stopped)
         leaving_after_a_stop()
-        if hc.mode.name == "MULTIRUN" and not ckpt_io.first_to_tell_stop(_sweep_dir(hc)):
-            pass  # (another job of the sweep, running beside this one in joblib's workers, has said it)
-        elif hc.mode.name == "MULTIRUN" and not str(hc.sweeper.get("_target_", "")).endswith(".BasicSweeper"):
-            # (vaelab resume SWEEP_DIR refuses a study: its sweeper would draw new trials)
-            log.warning("the study stops here: trials not drawn yet did not run; the stopped trial goes on with "
-                        "the command above, a study goes on only as a new one")
-        elif hc.mode.name == "MULTIRUN":
-            log.warning("the sweep stops here: jobs that had not started did not run; carry the whole sweep on "
-                        "with: vaelab resume %s", shlex.quote(str(_sweep_dir(hc))))
+        # (once a sweep: another job of it, running beside this one in joblib's workers, may have said it)
+        if hc.mode.name == "MULTIRUN" and ckpt_io.first_to_tell_stop(_sweep_dir(hc)):
+            if not str(hc.sweeper.get("_target_", "")).endswith(".BasicSweeper"):
+                # (vaelab resume SWEEP_DIR refuses a study: its sweeper would draw new trials)
+                log.warning("the study stops here: trials not drawn yet did not run; the stopped trial goes on with "
+                            "the command above, a study goes on only as a new one")
+            else:
+                log.warning("the sweep stops here: jobs that had not started did not run; carry the whole sweep on "
+                            "with: vaelab resume %s", shlex.quote(str(_sweep_dir(hc))))
         sys.exit(130)  # Ctrl-C / SIGTERM stop the whole sweep, not only the job in progress
     return metrics["val_loss"]
 

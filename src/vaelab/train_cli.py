@@ -18,6 +18,7 @@ from pathlib import Path
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
+from vaelab import STOPPED_LOADING
 from vaelab.cli_errors import add_overrides, claim_folder, overrides_first, precheck, split_args
 from vaelab.config import CONF_DIR, hydra_section, leaves, register_configs
 
@@ -152,7 +153,7 @@ def _launch_unless_stopped() -> int:
     try:
         return launch(sys.argv[1:])
     except KeyboardInterrupt:
-        print("vaelab-train: interrupted before any run started", file=sys.stderr)
+        print(STOPPED_LOADING["vaelab-train"], file=sys.stderr)
         return 130
 
 

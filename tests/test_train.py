@@ -592,6 +592,26 @@ except KeyboardInterrupt:
     assert (p.returncode, p.stderr) == ((130, line + "\n") if line else (7, "")), p.stderr[-2000:]
 
 
+def test_a_ctrl_c_while_python_m_vaelab_train_loads_numpy_is_one_line(tmp_path):
+    """`python -m vaelab.train` (the README's other way in) stopped while the package loads numpy:
+    sys.argv[0] is "-m" then, and the line came only for the console scripts."""
+    from importlib.metadata import version
+
+    core = "numpy._core" if int(version("numpy").split(".")[0]) >= 2 else "numpy.core"
+    (tmp_path / "sitecustomize.py").write_text(f"""
+import os, signal, sys
+class CtrlC:
+    def find_spec(self, name, path=None, target=None):
+        if name == "{core}._exceptions":
+            os.kill(os.getpid(), signal.SIGINT)
+sys.meta_path.insert(0, CtrlC())
+""")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, (str(tmp_path), os.environ.get("PYTHONPATH"))))}
+    p = subprocess.run([sys.executable, "-m", "vaelab.train", "latent_size=2"], capture_output=True, text=True,
+                       timeout=120, env=env, cwd=tmp_path)
+    assert (p.returncode, p.stderr) == (130, "vaelab-train: interrupted before any run started\n"), p.stderr[-2000:]
+
+
 def test_a_run_made_from_python_saves_the_config_it_trained_and_where_its_data_is(tiny_mnist, tmp_path, monkeypatch):
     """train() from Python saved the config of its first call in a folder: a call that failed
     before its first checkpoint (a typo) kept it there, and the corrected retry trained under

@@ -17,7 +17,11 @@ except KeyboardInterrupt:
     import os
     import sys
 
-    _line = STOPPED_LOADING.get(os.path.splitext(os.path.basename(sys.argv[0] if sys.argv else ""))[0])
+    _prog = os.path.splitext(os.path.basename(sys.argv[0] if sys.argv else ""))[0]
+    _argv = getattr(sys, "orig_argv", [])  # (`python -m vaelab.train`: sys.argv[0] is "-m" while this loads)
+    if _prog == "-m" and any(a == "-m" and b in ("vaelab.train", "vaelab.train_cli") for a, b in zip(_argv, _argv[1:])):
+        _prog = "vaelab-train"
+    _line = STOPPED_LOADING.get(_prog)
     if _line is None:
         raise
     print(_line, file=sys.stderr)

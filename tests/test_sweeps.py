@@ -778,6 +778,23 @@ def test_sweep_summary_counts_this_sweeps_jobs_only(tmp_path, capsys):
     assert "lowest val_loss 1.0000: a;" in capsys.readouterr().out
     for name in ("a", "b", "e"):
         (tmp_path / name / ".hydra" / "config.yaml").write_text("latent_size: 2\n")
+    # the same settings, other images (data_digest: another data folder): not one quantity either
+    for name, digest in (("a", "aaaa"), ("b", "bbbb"), ("e", "aaaa")):
+        (tmp_path / name / "metrics.json").write_text(json.dumps({"val_loss": 1.0, "val_split": "val",
+                                                                  "data_digest": digest}))
+    summary.on_multirun_end(cfg)
+    assert ("no lowest val_loss named: the jobs saw different images under the same data settings (their "
+            "data_digest differs: another data folder), whose losses do not compare") in capsys.readouterr().out
+    assert vaelab(["compare", tmp_path, "--sort", "val_loss"]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == (
+        "note: --sort val_loss orders numbers that do not compare: the runs saw different images under the same data "
+        "settings (their data_digest differs: another data folder)")
+    (tmp_path / "b" / ".hydra" / "config.yaml").write_text("latent_size: 2\ndata:\n  val_size: 100\n")
+    summary.on_multirun_end(cfg)  # a digest that follows from another data.val_size: that is the split's own
+    assert "lowest val_loss 1.0000: a;" in capsys.readouterr().out
+    (tmp_path / "b" / ".hydra" / "config.yaml").write_text("latent_size: 2\n")
+    for name in ("a", "b", "e"):
+        (tmp_path / name / "metrics.json").write_text('{"val_loss": 1.0, "val_split": "val"}')
     assert vaelab(["compare", tmp_path, "--sort", "latent_size"]) == 0
     assert "note: --sort" not in capsys.readouterr().out
     # a run with no val_split (unfinished: its numbers come from its events) is not another split

@@ -440,6 +440,7 @@ NOT_COMPARABLE = {
     "loss.recon": "differ in loss.recon (a Gaussian density of the images against a Bernoulli probability of "
                   "their pixels)",
     "data.binarize": "differ in data.binarize (grey-level images against binarized ones: other data)",
+    "data": "saw different images under the same data settings (their data_digest differs: another data folder)",
     "split": "measure it on different splits (data.val_size=0 uses the test split)",
 }
 
@@ -449,13 +450,23 @@ def not_comparable(runs: list[Run], metric: str) -> str | None:
     "loss.recon" (a Gaussian density of x/255 against a Bernoulli probability of the pixels:
     different quantities; KL and the active units still compare), "data.binarize" (grey levels
     against binarized images: other data; static and dynamic runs are both scored on binarized
-    draws and compare) or "split" (a val_* of data.val_size=0 is the test split's); else None."""
+    draws and compare), "data" (runs whose data settings are the same but whose data_digest is not:
+    images from another folder; a digest that follows from data.val_size, data.split_seed or the
+    binarization is not counted) or "split" (a val_* of data.val_size=0 is the test split's); else
+    None."""
     have = [r for r in runs if isinstance(r.metrics.get(metric), (int, float))]
     likelihood = any(part in metric for part in ("loss", "recon", "elbo", "nll", "bits_per_dim"))
     if likelihood and len({r.config.get("loss.recon") for r in have}) > 1:
         return "loss.recon"
     if likelihood and len({r.config.get("data.binarize", "none") == "none" for r in have}) > 1:
         return "data.binarize"
+    digests: dict[tuple, set] = {}
+    for r in have:
+        if isinstance(r.metrics.get("data_digest"), str):
+            same = tuple(r.config.get(k) for k in ("data.val_size", "data.split_seed", "data.binarize"))
+            digests.setdefault(same, set()).add(r.metrics["data_digest"])
+    if likelihood and any(len(d) > 1 for d in digests.values()):
+        return "data"
     splits = {_val_split(r) for r in have} - {None}
     if metric.startswith(("val_", "best_val_")) and len(splits) > 1:
         return "split"
@@ -556,7 +567,7 @@ class SweepSummary(Callback):
         best = min(done, key=lambda r: r.metrics["val_loss"], default=None)
         best_text = f"; lowest val_loss {best.metrics['val_loss']:.4f}: {best.name}" if best and len(runs) > 1 else ""
         why = not_comparable(done, "val_loss")
-        if best_text and why in ("loss.recon", "data.binarize"):
+        if best_text and why in ("loss.recon", "data.binarize", "data"):
             best_text = f"; no lowest val_loss named: the jobs {NOT_COMPARABLE[why]}, whose losses do not compare"
         elif best_text and why == "split":
             evaluated = all(isinstance(r.metrics.get("test_nll_iwae"), (int, float)) for r in done)

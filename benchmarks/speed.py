@@ -108,6 +108,18 @@ def machine(device: str) -> dict:
     return info
 
 
+def commit() -> str | None:
+    """The code the record measured: HEAD, with "-dirty" when tracked files differ from it."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
+                              text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
+                               capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):  # no git, or not a clone
+        return None
+    return head + ("-dirty" if dirty else "")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data-root", type=Path, required=True)
@@ -198,7 +210,7 @@ def main() -> None:
     out_path.parent.mkdir(parents=True, exist_ok=True)
     record = {"command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]), "machine": m,
               "epochs": args.epochs, "rounds": args.rounds, "runs": runs, "summary": summary,
-              "date": time.strftime("%Y-%m-%d %H:%M:%S")}
+              "date": time.strftime("%Y-%m-%d %H:%M:%S"), "commit": commit()}
     out_path.write_text(json.dumps(record, indent=2) + "\n")
     print(f"record: {out_path}")
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -124,6 +125,41 @@ def test_speed_runs_both_programs_and_writes_the_record(tiny_mnist, tmp_path):
         assert r["wall_s"] > r["epochs"][0]["seconds"]
         assert s[f"{r['impl']}_wall_s"] == r["wall_s"]
     assert f"whole process, start to exit (median): reference {s['reference_wall_s']:.1f} s" in p.stdout
+
+
+def test_speed_record_names_the_commit_it_measured(monkeypatch, tmp_path):
+    speed = _bench_module("speed")
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True)
+    if head.returncode != 0:
+        pytest.skip("not a git clone")
+    assert speed.commit() in (head.stdout.strip(), head.stdout.strip() + "-dirty")
+    monkeypatch.setattr(speed, "REPO", tmp_path)  # not a clone: no commit, and no error
+    assert speed.commit() is None
+
+
+def _speed_record(path: Path, date: str, ref: float, vae: list[float], overrides: list[str] | None = None):
+    ratio = statistics.median(vae) / ref
+    path.write_text(json.dumps({
+        "date": date, "runs": [
+            {"impl": "reference", "epochs": [{"samples_per_s": ref}]},
+            {"impl": "vaelab", "overrides": overrides or [], "epochs": [{"samples_per_s": v} for v in vae]}],
+        "summary": {"reference_samples_per_s": ref, "vaelab_samples_per_s": statistics.median(vae), "ratio": ratio,
+                    "loss_per_epoch": [{"rel_diff": 0.0022}, {"rel_diff": -0.0011}]}}))
+
+
+def test_speed_runs_tabulates_records_in_date_order(monkeypatch, capsys, tmp_path):
+    _speed_record(tmp_path / "b.json", "2026-11-26 10:00:00", 5000, [10000, 11000])
+    _speed_record(tmp_path / "a.json", "2026-11-25 10:00:00", 4000, [12000, 12000])
+    _speed_record(tmp_path / "c.json", "2026-11-27 10:00:00", 5000, [15000, 16000], ["trainer.amp=bf16"])
+    monkeypatch.setattr(sys, "argv", ["speed_runs.py", *(str(tmp_path / f) for f in ("b.json", "a.json", "c.json"))])
+    _bench_module("speed_runs").main()
+    out = capsys.readouterr().out.splitlines()
+    rows = [ln for ln in out if ln.startswith("| 2026")]
+    assert [r.split(" | ")[1] for r in rows] == ["`a.json`", "`b.json`", "`c.json`"]
+    assert rows[0].endswith("| 4,000 | 12,000 (12,000-12,000) | 3.00x | 0.22% |")
+    assert "`trainer.amp=bf16`" in rows[2]
+    assert out[-1] == (  # the bf16 run is left out: the median of 3.00x and 2.10x
+        "2 runs with no overrides (the defaults of their day): ratio median 2.55x, range 2.10-3.00x; 1 at 3x or more")
 
 
 def test_floor_splits_the_step_into_its_parts(tmp_path):

@@ -997,17 +997,20 @@ def test_overflowed_adam_moments_are_not_saved(tiny_mnist, tmp_path, monkeypatch
     assert json.loads((run / "stopped.json").read_text())["state"] == "diverged"
 
 
-def test_a_checkpoint_on_a_full_disk_says_once_there_is_room(tiny_mnist, tmp_path, monkeypatch):
-    """It said 'once the folder is writable' for a disk that had filled up."""
+@pytest.mark.parametrize("code,why,when", [(errno.ENOSPC, "No space left on device", "there is room"),
+                                           (errno.EROFS, "Read-only file system", "it can be written")])
+def test_a_checkpoint_on_a_full_disk_says_once_there_is_room(tiny_mnist, tmp_path, monkeypatch, code, why, when):
+    """It said 'once the folder is writable' for a disk that had filled up; and a read-only file
+    system, 'once there is room' when metrics.json was what failed (the same words now, below)."""
     save = ckpt_io.save_atomic
 
     def full(obj, path):
         if obj["state"]["epoch"] == 2:
-            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+            raise OSError(code, why, str(path))
         return save(obj, path)
     monkeypatch.setattr(ckpt_io, "save_atomic", full)
     run = tmp_path / "run"
-    with pytest.raises(train_mod.SaveFailed, match=r": No space left on device; .*; once there is room: vaelab resume"):
+    with pytest.raises(train_mod.SaveFailed, match=rf": {why}; .*; once {when}: vaelab resume"):
         train(compose_cfg([f"data.root={tiny_mnist}", *TINY]), run)
 
 
@@ -1030,7 +1033,7 @@ def test_a_checkpoint_that_cannot_be_written_stops_the_run_in_one_line(tiny_mnis
         train(compose_cfg([f"data.root={tiny_mnist}", *TINY]), run)
     msg = str(exc.value)
     assert msg.startswith(f"cannot write {run / 'checkpoints'}/") and "Operation not permitted" in msg
-    assert "; once the folder is writable: " in msg  # (a full disk: "once there is room", below)
+    assert "; once it can be written: " in msg  # (a full disk: "once there is room", below)
     assert "\n" not in msg and json.loads((run / "stopped.json").read_text())["state"] == "failed"
     if failing_epoch == 2:
         assert f"the last complete one is {run / 'checkpoints' / 'last.pt'}" in msg
@@ -1115,8 +1118,9 @@ def test_a_checkpoint_the_disk_has_no_room_for_fails_as_the_oserror_it_is(tmp_pa
 
 
 @pytest.mark.parametrize("code,why,when", [(errno.ENOSPC, "No space left on device", "there is room"),
-                                           (errno.EPERM, "Operation not permitted", "it can be written")],
-                         ids=["disk-full", "made-unwritable"])
+                                           (errno.EPERM, "Operation not permitted", "it can be written"),
+                                           (errno.EROFS, "Read-only file system", "it can be written")],
+                         ids=["disk-full", "made-unwritable", "read-only"])
 def test_a_full_disk_after_the_last_checkpoint_stops_the_run_in_one_line(tiny_mnist, tmp_path, monkeypatch, code,
                                                                          why, when):
     """metrics.json, the sample PNGs, the final evaluation's files: a full disk there is the same

@@ -634,6 +634,12 @@ class _StopFlag:
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG)  # no space, quota, read-only, size limit
 
 
+def _once_writable(e: OSError) -> str:
+    """When to carry on after a failed write: room for a full disk, quota or size limit; else
+    (read-only, permission) once the run's folder can be written again."""
+    return "there is room" if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG) else "it can be written"
+
+
 def train(cfg: DictConfig, run_dir: str | Path, data: MNISTData | None = None, on_start=None) -> dict:
     """Train (or continue) the run in run_dir; returns the final metrics (also metrics.json).
     `data`: the dataset already loaded for this config (vaelab resume loads it before it
@@ -675,9 +681,9 @@ def train(cfg: DictConfig, run_dir: str | Path, data: MNISTData | None = None, o
                         raise
                     # a disk that fills up (or a quota, or read-only) under metrics.json, the sample
                     # PNGs or the final evaluation's files: the same one line as for a checkpoint
-                    once = "it can be written" if denied else "there is room"
                     raise SaveFailed(f"cannot write {e.filename or run_dir}: {e.strerror or e}; the checkpoints "
-                                     f"already there are intact; once {once}: {ckpt_io.carry_on(run_dir)}") from None
+                                     f"already there are intact; once {_once_writable(e)}: "
+                                     f"{ckpt_io.carry_on(run_dir)}") from None
             except (NonFiniteLoss, Interrupted, SaveFailed) as e:
                 # Recorded while the run is still held: a joblib parent ends a stopped worker once
                 # its run is let go, and stopped.json and this line, written after, were lost at times.
@@ -936,9 +942,8 @@ def _train(cfg: DictConfig, run_dir: Path, data: MNISTData | None, on_start=None
         except OSError as e:
             complete = ckpt_io.latest(ckpt_dir)  # (last.pt, or best.pt written just before it failed)
             good = f"the last complete one is {complete}" if complete else "none was complete"
-            when = "there is room" if e.errno in (errno.ENOSPC, errno.EDQUOT) else "the folder is writable"
             raise SaveFailed(f"cannot write {path}: {e.strerror or e}; checkpoints already there are intact "
-                             f"({good}); once {when}: {ckpt_io.carry_on(run_dir)}") from None
+                             f"({good}); once {_once_writable(e)}: {ckpt_io.carry_on(run_dir)}") from None
         finally:
             stop.saving = False
 

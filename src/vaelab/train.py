@@ -5,7 +5,7 @@
     vaelab-train -m latent_size=2,16,64 loss.beta=1,4
 
 Data flows one way: overrides -> composed, validated config -> data, model, optimizer ->
-the loop in `train()` -> run directory (.hydra/, events, checkpoints/, samples/, train.log,
+the loop in `_train()` -> run directory (.hydra/, events, checkpoints/, samples/, train.log,
 metrics.json, eval.json).
 """
 from __future__ import annotations
@@ -1291,7 +1291,9 @@ def _pictures(model: VAE, fixed_z: torch.Tensor, recon_x: torch.Tensor, writer: 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
 def hydra_main(cfg: DictConfig) -> float:
-    """The Hydra app. Returns the final val loss (negative ELBO), which sweepers minimise."""
+    """The Hydra app. Returns the final val loss, which sweepers minimise: the -ELBO in nats per
+    example for a Bernoulli decoder on binarized data; otherwise the same sum with a cross-entropy
+    on grey levels (bce) or without the Gaussian's constant (mse), which is not a -ELBO."""
     hc = HydraConfig.get()
     run_dir = Path(hc.runtime.output_dir)
     # `vaelab resume SWEEP_DIR` launched this sweep again, with hydra.output_subdir=null: a job

@@ -753,6 +753,17 @@ def test_resume_saves_a_float_setting_given_as_an_integer_as_a_float(finished_ru
     assert saved["trainer"]["epochs"] == 3 and isinstance(saved["trainer"]["epochs"], int)
 
 
+def test_resume_applies_a_dict_value_as_vaelab_train_does(tmp_path):
+    """model.kwargs={b:2} replaced the whole dict in resume ({b: 2}) and merged into it in
+    vaelab-train ({a: 1, b: 2})."""
+    from vaelab.workflow import apply_overrides
+
+    overrides = ["+model.kwargs.a=1", "+model.kwargs.b=5"]
+    cfg = compose_cfg(overrides)
+    apply_overrides(cfg, ["model.kwargs={b:2}"])
+    assert cfg.model.kwargs == compose_cfg([*overrides, "model.kwargs={b:2}"]).model.kwargs == {"a": 1, "b": 2}
+
+
 def test_resume_with_missing_data_changes_nothing(finished_run, tmp_path, capsys):
     run = tmp_path / "run"
     shutil.copytree(finished_run, run)

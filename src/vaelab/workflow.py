@@ -427,7 +427,9 @@ def apply_overrides(cfg, overrides: list[str]) -> list:
             raise WorkflowError(f"override '{line}': name names the folder the run is in (outputs/runs/<name>/..., "
                                 f"a sweep's outputs/multirun/<name>/...), which resume keeps; leave it out")
         try:
-            OmegaConf.update(cfg, o.key_or_group, o.value(), merge=False)
+            # merge=True as Hydra applies a KEY=VALUE: a dict value (model.kwargs={b:2}) updates the
+            # keys it names and keeps the others, the same in resume as in vaelab-train
+            OmegaConf.update(cfg, o.key_or_group, o.value(), merge=True)
         except Exception as e:  # unknown key, wrong type, a group name given a value, ...
             raise WorkflowError(explain_override_error(e, line)) from None
     return parsed

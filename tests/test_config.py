@@ -25,6 +25,18 @@ def test_defaults_compose_and_validate():
     assert cfg.name == "default" and cfg.model.latent_size == cfg.latent_size
 
 
+def test_the_schemas_defaults_are_the_yaml_files_values(monkeypatch):
+    """config.py's dataclasses and conf/*.yaml both hold every default. The dataclasses' copy is
+    what a config made in Python gets, and what decides whether a model setting was changed
+    (build_model refused a custom model for model.size when only mlp.yaml's default had moved)."""
+    from vaelab.config import Config, leaves, to_plain
+
+    monkeypatch.delenv("VAELAB_DATA", raising=False)
+    yaml_defaults = dict(leaves(to_plain(compose_cfg())))
+    schema_defaults = dict(leaves(to_plain(OmegaConf.structured(Config))))
+    assert yaml_defaults == schema_defaults
+
+
 @pytest.mark.parametrize("override,check", [
     ("latent_size=16", lambda c: c.latent_size == 16 and c.model.latent_size == 16),
     ("model.size=small", lambda c: build_model(c).hidden == [256]),

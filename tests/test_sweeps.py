@@ -112,6 +112,10 @@ def test_sweep_has_one_hparams_row_per_run(sweep):
         # the swept keys are marked as the ones the runs differ in: the dashboard shows those first
         exp = hparams_metadata.parse_experiment_plugin_data(acc.PluginTagToContent("hparams")["_hparams_/experiment"])
         assert {i.name for i in exp.hparam_infos if i.differs} == {"latent_size", "loss.beta"}
+        # columns for the final val numbers, and the test numbers the evaluation writes into this run
+        assert [m.name.tag for m in exp.metric_infos] == [
+            "hparams/val_loss", "hparams/val_recon", "hparams/val_kl", "hparams/active_units",
+            "test/nll_iwae", "test/bits_per_dim"]
         # text columns with a fixed set of values carry it: the dashboard's checkbox filter needs it
         domains = {i.name: [v.string_value for v in i.domain_discrete.values] for i in exp.hparam_infos
                    if i.HasField("domain_discrete")}
@@ -154,6 +158,9 @@ def test_joblib_jobs_run_in_parallel_without_touching_each_others_files(sweep, t
         assert all(f"][vaelab][INFO] - {name} {what}" in out for what in ("epoch 1/", "metrics: ", "eval (last.pt"))
     for name, run in runs(par).items():
         assert len(list(run.glob("events.out.tfevents.*"))) == 3  # the run's events, its HParams row, its eval's
+        acc = EventAccumulator(str(run), size_guidance={"scalars": 0})
+        acc.Reload()  # the HParams row's test columns: scalars of the row's own run (folder)
+        assert {"test/nll_iwae", "test/bits_per_dim"} <= set(acc.Tags()["scalars"])
         log = (run / "train.log").read_text()
         assert f"run directory: {run}" in log and log.count("run directory:") == 1
         # Same numbers as the sequential sweep: no job read or wrote another job's files.

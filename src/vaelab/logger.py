@@ -16,6 +16,9 @@ from vaelab.config import leaves
 
 # The metrics the HParams dashboard compares (scalars hparams/<name>, logged at the end).
 HPARAM_METRICS = ("val_loss", "val_recon", "val_kl", "active_units")
+# And the test numbers papers report, columns of the same table once the run is evaluated: the
+# evaluation (final, or vaelab eval) writes them as scalars test/<name> into the run's folder.
+HPARAM_TEST_METRICS = ("nll_iwae", "bits_per_dim")
 HPARAMS_SUFFIX = ".hparams"  # the event file that holds a run's HParams row (RunLogger.hparams_start)
 
 
@@ -125,7 +128,8 @@ class RunLogger:
         from tensorboard.plugins.hparams import plugin_data_pb2
         from torch.utils.tensorboard.writer import FileWriter
 
-        names = {f"hparams/{k}": 0.0 for k in HPARAM_METRICS}  # the experiment's columns (values unused)
+        names = {**{f"hparams/{k}": 0.0 for k in HPARAM_METRICS},  # the experiment's columns (values unused)
+                 **{f"test/{k}": 0.0 for k in HPARAM_TEST_METRICS}}
         flat = flatten(config)
         domains = {k: v for k, v in (choices or {}).items() if isinstance(flat.get(k), str) and flat[k] in v}
         exp, ssi, _ = hparams_summary(flat, names, domains)

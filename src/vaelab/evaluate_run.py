@@ -156,7 +156,9 @@ def _likelihood(recon: str, binarize: str) -> tuple[str, str]:
     if recon == "mse":
         return "gaussian", (f"loss.recon=mse is a Gaussian decoder with variance {MSE_GAUSSIAN_VARIANCE} on "
                             f"[0, 1] pixels (sum of squares = -log N(x; mean, 1/2) - D/2 log(pi)); "
-                            f"a continuous density, not comparable with Bernoulli NLLs of binarized MNIST")
+                            f"a continuous density at x/255, not dequantised: its bits/dim is no code length for "
+                            f"the images, comparable neither with Bernoulli NLLs of binarized MNIST nor with "
+                            f"dequantised 8-bit bits/dim (those, at x in [0, 256), would be about 8 higher)")
     if binarize == "none":  # (not "bernoulli": a program reading eval.json would take its nll_iwae for an NLL)
         return "cross-entropy", ("loss.recon=bce on grey levels (data.binarize=none): a cross-entropy, not a "
                              "normalised likelihood; use data.binarize=dynamic for numbers comparable with papers")

@@ -1,14 +1,15 @@
 """The pictures that explain a VAE, as PNGs in RUN_DIR/eval/ and TensorBoard images eval/<name>.
 
 - samples.png          decoder means of z ~ N(0, T^2 I) (T = temperature, 1 = the prior)
-- reconstructions.png  test digits (odd rows) above their reconstructions, the decoder mean at z = mu
+- reconstructions.png  test digits (odd rows) above their reconstructions, the decoder mean at z = mu,
+                       each row labelled
 - traversals.png       one test digit's mean code with dimension i set to -3 .. +3 (prior std units),
                        one row per dimension, active ones first, each kind by KL: 10 rows (and
                        the first dead one, when those 10 hold none; the title says how many of how
                        many); dead dimensions (inactive: Cov_x E_q[z_i|x] <= 0.01, the test
                        active_units counts by) dimmed, framed in red, labelled "dead"
 - interpolations.png   a real test digit at each end, decoder means along the straight line
-                       between their posterior means in between
+                       between their posterior means in between, the columns labelled by t
 - manifold.png         (latent_size == 2 only) decoder means on a grid of z at the Gaussian
                        quantiles 0.05 .. 0.95 (Kingma & Welling 2014, fig. 4), with its axes:
                        z0 grows to the right, z1 upwards (as in latents_scatter.png)
@@ -140,31 +141,57 @@ def figure_to_tensor(fig) -> torch.Tensor:
     return torch.from_numpy(rgba[..., :3].copy()).permute(2, 0, 1).float() / 255
 
 
+def labelled_grid_figure(grid: torch.Tensor, image_shape: tuple, row_labels: list[str], col_labels: list[str],
+                         title: str, label_width: float = 1.0):
+    """A grid of image cells (image_grid's, padding 2) with a label beside each row and under each
+    column, and a title: what each cell is, in the picture itself. label_width: inches for the
+    row labels."""
+    h, w = image_shape[1] + 2, image_shape[2] + 2
+    fig = _figure(label_width + 1.2 + 0.42 * len(col_labels), 0.9 + 0.42 * len(row_labels))
+    ax = fig.add_subplot(1, 1, 1)
+    ax.imshow(grid.permute(1, 2, 0).numpy(), interpolation="nearest")
+    ax.set_xticks([w * (j + 0.5) + 1 for j in range(len(col_labels))])
+    ax.set_xticklabels(col_labels, fontsize=7)
+    ax.set_yticks([h * (i + 0.5) + 1 for i in range(len(row_labels))])
+    ax.set_yticklabels(row_labels, fontsize=7)
+    ax.tick_params(length=0)
+    ax.set_title(title, fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def reconstructions_figure(grid: torch.Tensor, image_shape: tuple, rows: int):
+    """reconstructions_grid's picture, each row labelled input or reconstruction."""
+    return labelled_grid_figure(grid, image_shape, ["test images", "reconstructions"] * (rows // 2),
+                                [""] * (grid.shape[2] // (image_shape[2] + 2)),
+                                "test images above their reconstructions (decoder mean at z = mu)")
+
+
+def interpolations_figure(grid: torch.Tensor, image_shape: tuple, steps: int):
+    """interpolations_grid's picture, its columns labelled: the two test images, and t between."""
+    ts = [f"{t:.2g}" for t in torch.linspace(0, 1, steps).tolist()]
+    return labelled_grid_figure(grid, image_shape, [""] * (grid.shape[1] // (image_shape[1] + 2)),
+                                ["image a", *ts, "image b"],
+                                "decoder means at (1 - t) mu_a + t mu_b between two test images", label_width=0.2)
+
+
 def traversals_figure(grid: torch.Tensor, dims: list[int], dead: list[bool], kl_per_dim: torch.Tensor,
                       image_shape: tuple, what: str, values: torch.Tensor = TRAVERSAL_VALUES):
     """The traversal grid with each row labelled by its dimension and KL, columns by value."""
-    h, w = image_shape[1] + 2, image_shape[2] + 2
-    fig = _figure(2.2 + 0.42 * values.shape[0], 0.9 + 0.42 * len(dims))  # room for 'z1023  KL 0.0099  dead'
-    ax = fig.add_subplot(1, 1, 1)
-    ax.imshow(grid.permute(1, 2, 0).numpy(), interpolation="nearest")
-    ax.set_xticks([w * (j + 0.5) + 1 for j in range(values.shape[0])])
-    ax.set_xticklabels([f"{round(float(val), 6) + 0.0:+.1f}" for val in values], fontsize=7)  # no "-0.0"
-    ax.set_yticks([h * (i + 0.5) + 1 for i in range(len(dims))])
     labels = []
     for d, is_dead in zip(dims, dead):
         kl = float(kl_per_dim[d])
         labels.append(f"z{d}  KL {kl:.2f}" if kl >= 0.1 else f"z{d}  KL {kl:.2g}")  # 0.0099 not "0.01"
         labels[-1] += "  dead" if is_dead else ""
-    ax.set_yticklabels(labels, fontsize=7)
-    for label, is_dead in zip(ax.get_yticklabels(), dead):
-        if is_dead:
-            label.set_color("red")
-    ax.tick_params(length=0)
     title = f"latent traversals of {what}: z_i set to -3 .. +3 (prior std), rows: active first, then by KL (nats)"
     if len(dims) < len(kl_per_dim):  # the rest are left out: say so, or the grid reads as all of them
         title += f"\n{len(dims)} of {len(kl_per_dim)} dimensions shown"
-    ax.set_title(title, fontsize=8)
-    fig.tight_layout()
+    fig = labelled_grid_figure(grid, image_shape, labels,
+                               [f"{round(float(val), 6) + 0.0:+.1f}" for val in values],  # no "-0.0"
+                               title, label_width=1.0)  # room for 'z1023  KL 0.0099  dead'
+    for label, is_dead in zip(fig.axes[0].get_yticklabels(), dead):
+        if is_dead:
+            label.set_color("red")
     return fig
 
 
@@ -291,7 +318,9 @@ def make_pictures(model, images: torch.Tensor, labels: torch.Tensor, kl_per_dim:
     ncol = 8
     n_rec = min(32, n // ncol * ncol)
     if n_rec:
-        put("reconstructions", reconstructions_grid(model, to_float(images[:n_rec]), ncol))
+        fig = reconstructions_figure(reconstructions_grid(model, to_float(images[:n_rec]), ncol), model.image_shape,
+                                     2 * n_rec // ncol)
+        put("reconstructions", figure_to_tensor(fig), fig)
     dims, dead = traversal_rows(kl_per_dim, active)
     grid = traversals_grid(model, to_float(images[0]), dims, dead)
     fig = traversals_figure(grid, dims, dead, kl_per_dim, model.image_shape,
@@ -299,8 +328,11 @@ def make_pictures(model, images: torch.Tensor, labels: torch.Tensor, kl_per_dim:
     put("traversals", figure_to_tensor(fig), fig)
     pairs = min(8, n // 2)
     if pairs:
-        put("interpolations", interpolations_grid(model, to_float(images[:pairs]),
-                                                  to_float(images[pairs:2 * pairs])))
+        steps = 10
+        fig = interpolations_figure(interpolations_grid(model, to_float(images[:pairs]),
+                                                        to_float(images[pairs:2 * pairs]), steps),
+                                    model.image_shape, steps)
+        put("interpolations", figure_to_tensor(fig), fig)
     if model.latent_size == 2:
         fig = manifold_figure(manifold_grid(model), model.image_shape)
         put("manifold", figure_to_tensor(fig), fig)

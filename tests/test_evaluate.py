@@ -749,7 +749,7 @@ def test_no_pictures_keeps_the_images_of_the_evaluation_eval_json_holds_only(mak
     acc.Reload()
     assert {tag: len(acc.Images(tag)) for tag in acc.Tags()["images"]} == {
         "eval/samples": 1, "eval/reconstructions": 1, "eval/traversals": 1, "eval/interpolations": 1,
-        "eval/latents_scatter": 1, "eval/manifold": 1}
+        "eval/latents_scatter": 1, "eval/manifold": 1, "eval/curves": 1}
 
 
 def test_a_checkpoint_from_part_way_through_an_epoch_says_so(make_cfg, tmp_path, monkeypatch):

@@ -15,8 +15,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from vaelab.models import MLPVAE
 from vaelab.evaluate_run import EVAL_PICTURES
-from vaelab.pictures import (RED, TRAVERSAL_VALUES, figure_to_tensor, interpolations_figure, interpolations_grid,
-                             kl_bars_figure, latents_scatter_figure, make_pictures, manifold_figure, manifold_grid,
+from vaelab.pictures import (RED, TRAVERSAL_VALUES, curves_figure, figure_to_tensor, interpolations_figure,
+                             interpolations_grid, kl_bars_figure, latents_scatter_figure, make_pictures, manifold_figure, manifold_grid,
                              reconstructions_figure, reconstructions_grid, traversal_rows, traversals_figure,
                              traversals_grid)
 from vaelab.train import train
@@ -105,15 +105,33 @@ def test_reconstructions_and_interpolations_say_what_each_row_and_column_is():
     assert len(fig.axes[0].get_yticklabels()) == 3
 
 
+def test_curves_show_a_runs_loss_kl_and_active_units_against_examples_seen():
+    scalars = {"train/loss": [(64, 120.0), (128, 100.0), (192, 95.0)], "epoch/train_loss": [(192, 105.0)],
+               "epoch/val_loss": [(192, 99.0), (384, 90.0), (384, 91.0)],  # a resumed run's repeat: the last
+               "train/kl": [(64, 3.0)], "epoch/val_kl": [(192, 4.0)], "epoch/active_units": [(192, 2.0)]}
+    fig = curves_figure(scalars, "the loss is recon + beta x KL (loss.beta=4)")
+    loss, kl, active = fig.axes
+    assert [ax.get_title() for ax in fig.axes] == ["loss", "KL", "active units"]
+    assert [line.get_label() for line in loss.get_lines()] == ["train, per log point", "train, epoch mean",
+                                                               "validation"]
+    val = loss.get_lines()[2]
+    assert list(val.get_xdata()) == [192, 384] and list(val.get_ydata()) == [99.0, 91.0]
+    assert loss.get_xlabel() == "examples seen" and loss.get_ylabel() == "loss (nats per example)"
+    assert active.get_ylabel() == "dimensions" and fig._suptitle.get_text().startswith("the loss is recon + beta")
+    assert curves_figure({"train/loss": [(64, 1.0)]}) is None  # no validation yet: no picture
+
+
 def test_make_pictures_writes_pngs_and_tensorboard_images(tmp_path):
     model = _model(latent=2)
     images = torch.randint(0, 256, (40, 784), dtype=torch.uint8)
     labels = torch.arange(40) % 10
     kl = torch.tensor([1.5, 0.0])
     writer = SummaryWriter(log_dir=str(tmp_path))
-    out = make_pictures(model, images, labels, kl, torch.tensor([True, False]), tmp_path / "eval", writer, step=7)
+    scalars = {"epoch/val_loss": [(5, 90.0), (7, 80.0)]}
+    out = make_pictures(model, images, labels, kl, torch.tensor([True, False]), tmp_path / "eval", writer, step=7,
+                        scalars=scalars)
     writer.close()
-    names = {"samples", "reconstructions", "traversals", "interpolations", "manifold", "latents_scatter"}
+    names = {"samples", "reconstructions", "traversals", "interpolations", "manifold", "latents_scatter", "curves"}
     assert set(out["pictures"]) == names == set(EVAL_PICTURES)  # those `vaelab sample --out` leaves alone
     assert out["traversal_dims"] == [0, 1] and out["dead_dims"] == [1]
     with Image.open(tmp_path / "eval" / "samples.png") as im:

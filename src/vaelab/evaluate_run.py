@@ -46,7 +46,8 @@ USER_ERRORS = (RunDirError, ckpt_io.CheckpointError, ConfigError, DataError)
 
 EVAL_SUFFIX = ".eval"  # the event file of a run's newest evaluation (evaluate_run)
 # The pictures `vaelab eval` draws into RUN_DIR/eval/ (pictures.make_pictures), as <name>.png.
-EVAL_PICTURES = ("samples", "reconstructions", "traversals", "interpolations", "manifold", "latents_scatter")
+EVAL_PICTURES = ("samples", "reconstructions", "traversals", "interpolations", "manifold", "latents_scatter",
+                 "curves")
 
 
 def _checkpoint_path(run_dir: Path, checkpoint: str) -> Path:
@@ -147,6 +148,16 @@ def _no_likelihood(recon, binarize) -> bool:
     """A Bernoulli decoder on grey levels: a cross-entropy, whose ELBO and IWAE formulas bound no
     likelihood (the table and the logged line say "-ELBO form", "IWAE form")."""
     return recon == "bce" and binarize == "none"
+
+
+def _training_scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
+    """The run's TensorBoard scalars, {tag: [(examples seen, value)]}, for eval/curves.png
+    (none without event files: logger.tensorboard=false)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0, "images": 1, "histograms": 1, "tensors": 1})
+    acc.Reload()
+    return {t: [(e.step, e.value) for e in acc.Scalars(t)] for t in acc.Tags()["scalars"]}
 
 
 def _likelihood(recon: str, binarize: str) -> tuple[str, str]:
@@ -297,9 +308,18 @@ def evaluate_run(run_dir: str | Path, k: int = 5000, device: str = "auto", check
             if pictures:  # drawn aside, into eval/ only with eval.json: a stop part-way leaves eval/ as it was
                 _remove_stale_staging(run_dir)
                 staging = Path(tempfile.mkdtemp(prefix=".eval-", suffix=ckpt_io.TMP_SUFFIX, dir=run_dir))
+                notes = []  # what the curves' numbers are, where they are not the -ELBO's terms
+                if cfg.loss.beta != 1 or cfg.loss.kl_warmup_steps:
+                    warmup = cfg.loss.kl_warmup_steps
+                    ramp = f", ramped up from 0 over {warmup} steps" if warmup else ""
+                    notes.append(f"the loss is recon + beta x KL (loss.beta={cfg.loss.beta:g}{ramp})")
+                if recon_kind == "mse":
+                    notes.append(f"loss.recon=mse: the losses leave out the Gaussian decoder's constant (add "
+                                 f"{d * MSE_NLL_CONST_PER_DIM:.2f} nats for the -ELBO)")
                 with ckpt_io.only_process(staging):  # (held while in use: see _remove_stale_staging)
                     drawn = make_pictures(model, test, data.test.labels, st["kl_per_dim"],
-                                          st["mu_var"] > ACTIVE_THRESHOLD, staging, writer, step, seed)
+                                          st["mu_var"] > ACTIVE_THRESHOLD, staging, writer, step, seed,
+                                          scalars=_training_scalars(run_dir), curves_note="; ".join(notes))
             if writer is not None:
                 writer.close()
             result["seconds"] = time.perf_counter() - t0

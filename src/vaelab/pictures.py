@@ -15,6 +15,8 @@
                        z0 grows to the right, z1 upwards (as in latents_scatter.png)
 - latents_scatter.png  test-set posterior means coloured by digit label: the two latent
                        dimensions when latent_size == 2, else the first two principal components
+- curves.png           the run's loss, KL and active units against examples seen, from its
+                       TensorBoard scalars (none with logger.tensorboard=false)
 
 `vaelab sample RUN_DIR -n 64 --out grid.png --temperature 0.8` (in evaluate_run.py) draws the
 first kind alone.
@@ -234,9 +236,48 @@ def kl_bars_figure(kl_per_dim: torch.Tensor, active: torch.Tensor):
     ax.set_xlabel("latent dimension", fontsize=8)
     ax.set_ylabel("KL (nats)", fontsize=8)
     ax.tick_params(labelsize=7)
-    ax.set_title(f"KL per latent dimension: {int(act.sum())} of {len(kl)} active (blue), the rest grey",
-                 fontsize=8)
+    rest = ", the rest grey" if not act.all() else ""
+    ax.set_title(f"KL per latent dimension on the validation images: {int(act.sum())} of {len(kl)} active "
+                 f"(blue){rest}", fontsize=8)
     fig.subplots_adjust(left=0.08, right=0.99, bottom=0.17, top=0.9)  # (tight_layout: a third of the cost)
+    return fig
+
+
+# (tag, legend label, style) of each panel of curves_figure: the loss, its KL term, active units
+CURVES = (("loss", (("train/loss", "train, per log point", "-"), ("epoch/train_loss", "train, epoch mean", "o-"),
+                    ("epoch/val_loss", "validation", "s-"))),
+          ("KL", (("train/kl", "train, per log point", "-"), ("epoch/val_kl", "validation", "s-"))),
+          ("active units", (("epoch/active_units", "validation", "s-"),)))
+
+
+def curves_figure(scalars: dict[str, list[tuple[int, float]]], note: str = ""):
+    """A run's training curves from its TensorBoard scalars ({tag: [(examples seen, value)]}):
+    the loss, the KL and the active units against examples seen. None without a validation point."""
+    if not scalars.get("epoch/val_loss"):
+        return None
+    fig = _figure(12.0, 3.6)
+    for i, (what, lines) in enumerate(CURVES):
+        ax = fig.add_subplot(1, len(CURVES), i + 1)
+        for tag, label, style in lines:
+            pts = sorted(dict(scalars.get(tag, [])).items())  # one value per step (a resumed run's repeats: the last)
+            if pts:
+                xs, ys = zip(*pts)
+                ax.plot(xs, ys, style, label=label, markersize=4, linewidth=1, alpha=0.5 if style == "-" else 1)
+        ax.set_xlabel("examples seen", fontsize=8)
+        ax.set_ylabel("dimensions" if what == "active units" else f"{what} (nats per example)", fontsize=8)
+        ax.set_title(what, fontsize=9)
+        if what == "active units" and ax.get_lines():  # from 0: how many of them collapsed, in whole numbers
+            from matplotlib.ticker import MaxNLocator
+
+            ax.set_ylim(0, max(ax.get_ylim()[1], 1))
+            ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.tick_params(labelsize=7)
+        ax.grid(alpha=0.3)
+        if ax.get_lines():  # (a run logged without one of them: an empty panel, no legend)
+            ax.legend(fontsize=7)
+    if note:
+        fig.suptitle(note, fontsize=8)
+    fig.tight_layout()
     return fig
 
 
@@ -287,12 +328,13 @@ def latents_scatter_figure(mu: torch.Tensor, labels: torch.Tensor):
 
 @torch.no_grad()
 def make_pictures(model, images: torch.Tensor, labels: torch.Tensor, kl_per_dim: torch.Tensor,
-                  active: torch.Tensor, out_dir: str | Path, writer=None, step: int = 0, seed: int = 0
-                  ) -> dict:
+                  active: torch.Tensor, out_dir: str | Path, writer=None, step: int = 0, seed: int = 0,
+                  scalars: dict | None = None, curves_note: str = "") -> dict:
     """All pictures of a trained model on a split (uint8 images (N, D), labels (N,)), written to
     out_dir as PNGs and, given a SummaryWriter, as images eval/<name> at `step`.
-    kl_per_dim (L,) and active (L,) bool come from evaluate.elbo_stats. Returns
-    {name: path} and the traversed dimensions."""
+    kl_per_dim (L,) and active (L,) bool come from evaluate.elbo_stats; scalars, the run's
+    TensorBoard scalars, give curves.png (curves_figure). Returns {name: path} and the traversed
+    dimensions."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     was_training = model.training
@@ -339,5 +381,8 @@ def make_pictures(model, images: torch.Tensor, labels: torch.Tensor, kl_per_dim:
     mu = torch.cat([model.encode(to_float(images[i:i + 2000]))[0] for i in range(0, n, 2000)])
     fig = latents_scatter_figure(mu, labels)
     put("latents_scatter", figure_to_tensor(fig), fig)
+    fig = curves_figure(scalars or {}, curves_note)
+    if fig is not None:
+        put("curves", figure_to_tensor(fig), fig)
     model.train(was_training)
     return {"pictures": written, "traversal_dims": dims, "dead_dims": [d for d, x in zip(dims, dead) if x]}

@@ -365,6 +365,20 @@ def test_a_folder_given_as_an_override_is_told_what_takes_one(tmp_path, monkeypa
     assert "data.root=ds/MNIST (where MNIST is)" in precheck(["ds/MNIST"])
 
 
+def test_a_saved_config_without_a_newer_setting_is_checked_as_the_run_reads_it(tmp_path):
+    """The pre-flight validated the config as composed, without the schema's defaults: a saved
+    config lacking trainer.batch_size (older, or cut) ended in a ConfigAttributeError traceback."""
+    saved = tmp_path / "run" / ".hydra"
+    saved.mkdir(parents=True)
+    cfg = OmegaConf.to_container(compose_cfg([]))
+    del cfg["trainer"]["batch_size"]
+    (saved / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
+    (saved / "hydra.yaml").write_text("hydra: {}\n")
+    argv = ["--config-path", str(saved), "--config-name", "config"]
+    assert precheck(argv) is None  # the run takes the default, as for a config saved before the setting
+    assert precheck([*argv, "trainer.epochs=0"]) == "trainer.epochs=0: must be >= 1"
+
+
 def test_a_rerun_of_a_saved_config_takes_keys_not_conf_choices(tmp_path):
     """model=mlp on a saved config was 'Merge error: str is not a subclass of ModelConfig', and
     experiment=seed 'unknown key experiment': its groups were chosen when it was saved."""

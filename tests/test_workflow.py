@@ -764,6 +764,29 @@ def test_resume_applies_a_dict_value_as_vaelab_train_does(tmp_path):
     assert cfg.model.kwargs == compose_cfg([*overrides, "model.kwargs={b:2}"]).model.kwargs == {"a": 1, "b": 2}
 
 
+@pytest.mark.parametrize("command", ["resume", "eval", "reproduce"])
+def test_a_line_lost_from_a_runs_config_is_refused_not_filled_with_the_default(finished_run, tmp_path, capsys,
+                                                                               command):
+    """With `batch_size: 32` cut out of .hydra/config.yaml, resume went on at the default 128 and
+    recorded nothing, eval ran, and reproduce ended in a traceback (review)."""
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    cfg_file = run / ".hydra" / "config.yaml"
+    cfg_file.write_text(cfg_file.read_text().replace("  batch_size: 32\n", "", 1))
+    before = files_snapshot(run)
+    args = {"resume": [run, "trainer.epochs=2"], "eval": [run, "--k", "2"], "reproduce": [run, "--out", tmp_path / "r"]}
+    capsys.readouterr()
+    assert vaelab([command, *args[command]]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (f"vaelab {command}: error: {cfg_file}: has no trainer.batch_size; the run trained with "
+                   f"trainer.batch_size=32 (last.pt), and without it the config says trainer.batch_size=128: is the "
+                   f"file whole? put the line back" + (", or give trainer.batch_size=VALUE" if command == "resume"
+                                                       else ""))
+    assert files_snapshot(run) == before and not (tmp_path / "r").exists()
+    if command == "resume":  # given on the command line, it stands in for the line (and goes into the config)
+        assert vaelab(["resume", run, "trainer.epochs=2", "trainer.batch_size=32"]) == 0
+
+
 def test_resume_with_missing_data_changes_nothing(finished_run, tmp_path, capsys):
     run = tmp_path / "run"
     shutil.copytree(finished_run, run)

@@ -414,6 +414,26 @@ SAME_AS_TRAINED = ("model.activation", "loss.recon", "data.binarize")
 SAME_TO_RESUME = (*SAME_AS_TRAINED, "data.val_size", "data.split_seed", "seed")
 
 
+def check_config_whole(ckpt: dict, path: str | Path, cfg_path: str | Path, cfg, overrides: bool = True) -> None:
+    """Refuse a run's saved config that lacks a setting its checkpoint was trained with, where the
+    value the config takes in its place (the schema's default: load_run_config fills in what a
+    config saved before a setting existed lacks) is another. A line cut out of the file or lost
+    with its end would otherwise change the run unseen (trainer.batch_size: 32 gone, a resume went
+    on at 128). `overrides`: the command takes KEY=VALUE, which can give the setting instead."""
+    from omegaconf import OmegaConf
+
+    from vaelab.config import ConfigError, leaves
+
+    saved = {k for k, _ in leaves(OmegaConf.to_container(OmegaConf.load(cfg_path), resolve=False))}
+    for key, trained in leaves(ckpt.get("config") or {}):
+        now = OmegaConf.select(cfg, key)
+        now = getattr(now, "name", now)  # enum -> its name, as checkpoints store it
+        if key not in saved and str(now) != str(trained):
+            raise ConfigError(f"{cfg_path}: has no {key}; the run trained with {key}={trained} "
+                              f"({Path(path).name}), and without it the config says {key}={now}: is the file "
+                              f"whole? put the line back" + (f", or give {key}=VALUE" if overrides else ""))
+
+
 def check_compatible(ckpt: dict, model: torch.nn.Module, path: str | Path, cfg=None,
                      keys: tuple[str, ...] = SAME_AS_TRAINED) -> None:
     """Refuse a checkpoint whose weights don't fit `model`, naming the first mismatch; with the

@@ -730,7 +730,7 @@ def _jobs_error(compose_, candidates: list[list[str]], cmd: _CommandLine,
         if err:
             return err, data_roots
         try:
-            validate(cfg)
+            validate(typed(cfg))  # as the run reads it (a saved config lacking a newer setting: its default)
         except ConfigError as e:
             return str(e), data_roots
         if not str(cfg.data.root).strip():  # (it read as the current folder, and downloaded there)

@@ -118,6 +118,7 @@ def _load(run_dir: str | Path, checkpoint: str, device: str):
     ck = ckpt_io.load(path)
     from vaelab.train import build_model  # (torch: after the cheap checks above)
 
+    ckpt_io.check_config_whole(ck, path, cfg_path, cfg, overrides=False)
     model = build_model(cfg)  # (a model of one's own that does not import here: a ConfigError)
     ckpt_io.check_compatible(ck, model, path, cfg)
     model.load_state_dict(ck["model"])

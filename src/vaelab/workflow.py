@@ -286,6 +286,14 @@ def reproduce(run_dir: str | Path, out: str | Path | None = None, rtol: float = 
     run_dir = Path(run_dir).resolve()
     cfg_path = run_config_path(run_dir)
     cfg = load_run_config(cfg_path)  # ConfigError, one line: not after a failed training
+    last = ckpt_io.latest(run_dir / "checkpoints")
+    if last is not None:  # a line lost from the config would re-run the run with a default in its place
+        try:
+            ck = ckpt_io.load(last)
+        except ckpt_io.CheckpointError:  # (a damaged checkpoint: the re-run does not need it)
+            ck = None
+        if ck is not None:
+            ckpt_io.check_config_whole(ck, last, cfg_path, cfg, overrides=False)
     original = final_metrics(run_dir)  # before spending time on a run we could not compare
     root = Path(data_root).expanduser().absolute() if data_root else run_data_root(run_dir, cfg)
     fetch_mnist(root, cfg.data.download, how="give --data-root DIR")  # DataError, one line, before the new folder
@@ -563,6 +571,7 @@ def resume(run_dir: str | Path, overrides: list[str] = ()) -> dict | None:
         raise ckpt_io.CheckpointError(f"{e}; to resume from the newest other checkpoint, {others[-1].name}, move "
                                       f"{last.name} out of {last.parent}") from None
     ckpt_io.check_resumable(ck, last, needs=("state",))  # (the rest only to train on, below)
+    ckpt_io.check_config_whole(ck, last, cfg_path, cfg)
     ckpt_io.check_compatible(ck, build_model(cfg), last, cfg, ckpt_io.SAME_TO_RESUME)
     done = ck["state"]["epoch"]
     check_epochs_to_resume(ck["state"], cfg.trainer.epochs)  # ConfigError, one line, before anything is written

@@ -624,16 +624,16 @@ def test_a_run_made_from_python_saves_the_config_it_trained_and_where_its_data_i
             "trainer.final_eval=false", "device=cpu"]
     with pytest.raises(DataError):
         train(compose_cfg([*base, "data.root=nowhere", "data.download=false"]), tmp_path / "run")
-    train(compose_cfg([*base, "data.root=data_link", "seed=3"]), tmp_path / "run")
+    train(compose_cfg([*base, "data.root=../nb/data_link", "seed=3"]), tmp_path / "run")
     saved = OmegaConf.load(tmp_path / "run" / ".hydra" / "config.yaml")
-    assert saved.data.root == str(tmp_path / "nb" / "data_link") and saved.seed == 3
+    assert saved.data.root == str(tmp_path / "nb" / "data_link") and saved.seed == 3  # (absolute, without the ..)
     monkeypatch.setenv("VAELAB_DATA", str(tiny_mnist))
     cfg = compose_cfg(base)
     OmegaConf.set_readonly(cfg.data, True)  # (a script's read-only config, or part: the saved copy changes, not it)
     train(cfg, tmp_path / "env")  # data.root: ${oc.env:VAELAB_DATA,data}
     assert OmegaConf.load(tmp_path / "env" / ".hydra" / "config.yaml").data.root == str(tiny_mnist)
     # a run that has trained keeps its config: a later call carries it on (and warns of what differs)
-    train(compose_cfg([*base, "data.root=data_link", "seed=3", "trainer.epochs=2"]), tmp_path / "run")
+    train(compose_cfg([*base, "data.root=../nb/data_link", "seed=3", "trainer.epochs=2"]), tmp_path / "run")
     assert OmegaConf.load(tmp_path / "run" / ".hydra" / "config.yaml").trainer.epochs == 1
 
 

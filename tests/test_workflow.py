@@ -477,12 +477,16 @@ def test_resume_with_more_epochs_continues_and_records_the_override(tiny_mnist, 
     before = files_snapshot(run)
     assert vaelab(["resume", run]) == 0  # finished: nothing to do, nothing written
     assert vaelab(["resume", run, "trainer.epochs=1"]) == 0
+    assert vaelab(["resume", run, "optim.lr=1e-4"]) == 0  # (it said nothing of the setting it left unused)
     assert files_snapshot(run) == before
     err = capsys.readouterr().err.strip().splitlines()
-    assert err[-2].startswith(f"vaelab resume: nothing to do, {run} has trained all 3 epochs of trainer.epochs=3; "
+    assert err[-3].startswith(f"vaelab resume: nothing to do, {run} has trained all 3 epochs of trainer.epochs=3; "
                               f"to go on: vaelab resume {run} trainer.epochs=6")
-    assert err[-1].startswith(f"vaelab resume: nothing to do, {run} has trained 3 epochs, more than "
+    assert err[-2].startswith(f"vaelab resume: nothing to do, {run} has trained 3 epochs, more than "
                               f"trainer.epochs=1; to go on:")
+    assert err[-1] == (f"vaelab resume: nothing to do, {run} has trained all 3 epochs of trainer.epochs=3 (so "
+                       f"optim.lr=1e-4 changed nothing: it applies to epochs still to train); to go on: vaelab resume "
+                       f"{run} trainer.epochs=6 optim.lr=1e-4")
     saved = yaml.safe_load((run / ".hydra" / "config.yaml").read_text())
     assert saved["trainer"]["epochs"] == 3 and saved["model"]["latent_size"] == "${latent_size}"
     # The HParams row shows the config the run ended with (one row: its own event file, replaced)
@@ -1796,7 +1800,7 @@ def test_reproduce_takes_the_data_from_data_root_and_tells_other_data(finished_r
     assert err.endswith("give --data-root DIR to a folder holding MNIST/raw/") and not (tmp_path / "r0").exists()
 
     other = make_tiny_mnist(tmp_path / "other", seed=1)
-    assert vaelab(["reproduce", run, "--data-root", other, "--out", tmp_path / "r1"]) == 1
+    assert vaelab(["reproduce", run, "--data-root", other / ".." / "other", "--out", tmp_path / "r1"]) == 1
     out = capsys.readouterr().out
     assert "The data differs from the original run's (data_digest" in out and "NOT reproduced" in out
     assert yaml.safe_load((tmp_path / "r1" / ".hydra" / "config.yaml").read_text())["data"]["root"] == str(other)

@@ -1437,7 +1437,7 @@ def _as_this_process_reads_it(cfg: DictConfig) -> DictConfig:
     launch folder in .hydra/hydra.yaml instead (evaluate_run.data_root)."""
     # (a plain copy: a script's config, or a part of it, may be read-only)
     saved = OmegaConf.create(OmegaConf.to_container(cfg, resolve=False, enum_to_str=True))
-    saved.data.root = str(Path(str(cfg.data.root)).expanduser().absolute())
+    saved.data.root = os.path.abspath(Path(str(cfg.data.root)).expanduser())  # (.. resolved, as a user reads it)
     return saved
 
 

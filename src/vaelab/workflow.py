@@ -295,7 +295,7 @@ def reproduce(run_dir: str | Path, out: str | Path | None = None, rtol: float = 
         if ck is not None:
             ckpt_io.check_config_whole(ck, last, cfg_path, cfg, overrides=False)
     original = final_metrics(run_dir)  # before spending time on a run we could not compare
-    root = Path(data_root).expanduser().absolute() if data_root else run_data_root(run_dir, cfg)
+    root = Path(os.path.abspath(Path(data_root).expanduser())) if data_root else run_data_root(run_dir, cfg)
     fetch_mnist(root, cfg.data.download, how="give --data-root DIR")  # DataError, one line, before the new folder
     n = mnist_train_size(root)  # (too few images for the run's val split: name the data, not the setting)
     if n is not None and (why := val_size_error(cfg.data.val_size, n, root, saved=True, given=bool(data_root))):
@@ -608,9 +608,12 @@ def resume(run_dir: str | Path, overrides: list[str] = ()) -> dict | None:
             print(format_table(result, run_dir))
             return metrics
         # Training again would only log the final numbers a second time.
-        print(f"vaelab resume: nothing to do, {run_dir} has trained {trained}; to go on: "
-              f"vaelab resume {shlex.quote(str(run_dir))} trainer.epochs={2 * done}",
-              file=sys.stderr)
+        given = [o for o in overrides if o.split("=", 1)[0] != "trainer.epochs"]
+        unused = (f" (so {' '.join(given)} changed nothing: {'they apply' if len(given) > 1 else 'it applies'} "
+                  f"to epochs still to train)" if given else "")
+        print(f"vaelab resume: nothing to do, {run_dir} has trained {trained}{unused}; to go on: "
+              f"vaelab resume {shlex.quote(str(run_dir))} trainer.epochs={2 * done}"
+              + "".join(f" {shlex.quote(o)}" for o in given), file=sys.stderr)
         return None
     ckpt_io.check_resumable(ck, last)
     _to_carry_on(cfg, run_dir)  # that is what this command is for, whatever the run said
@@ -814,7 +817,7 @@ def _to_carry_on(cfg, run_dir: Path):
     from vaelab.evaluate_run import data_root
 
     cfg.trainer.resume = True
-    cfg.data.root = str(data_root(run_dir, cfg).absolute())  # (~ too: a home folder, not a folder named ~)
+    cfg.data.root = os.path.abspath(data_root(run_dir, cfg))  # (~ too: a home folder, not a folder named ~)
     return cfg
 
 

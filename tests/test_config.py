@@ -800,6 +800,22 @@ class WrongShape(VAE):  # encode gives one latent too many: refused by the job, 
 """
 
 
+def test_a_bug_in_ones_own_model_keeps_its_traceback_and_leaves_no_run_folder(tiny_mnist, tmp_path):
+    """It left outputs/runs/default/<time>/ holding only .hydra/ and an empty train.log, which
+    `vaelab compare` listed as an unfinished run and `vaelab resume` had nothing to carry on."""
+    (tmp_path / "badmodels.py").write_text(_WRONG_SHAPE + """
+
+class Crashes(WrongShape):
+    def encode(self, x):
+        return x.view(-1, 1, 32, 32)
+""")
+    r = subprocess.run([sys.executable, "-m", "vaelab.train", f"data.root={tiny_mnist}", "data.val_size=64",
+                        "model._target_=badmodels.Crashes"], cwd=tmp_path, capture_output=True, text=True,
+                       timeout=120, env=_with_path(tmp_path))
+    assert r.returncode == 1 and "Traceback" in r.stderr and "RuntimeError: shape '[-1, 1, 32, 32]'" in r.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["badmodels.py"]  # (outputs/ too: made for the run)
+
+
 def test_a_sweep_refused_at_its_first_job_leaves_no_sweep_folder(tiny_mnist, tmp_path):
     """(It was refused by a data.val_size too big for the data until the pre-flight checks took
     that over, before any folder: then this test no longer reached a job. A model of one's own

@@ -1358,6 +1358,10 @@ def hydra_main(cfg: DictConfig) -> float:
                 log.warning("the sweep stops here: jobs that had not started did not run; carry the whole sweep on "
                             "with: vaelab resume %s", shlex.quote(str(_sweep_dir(hc))))
         sys.exit(130)  # Ctrl-C / SIGTERM stop the whole sweep, not only the job in progress
+    except Exception:  # a bug in a model of one's own, say: its traceback, without a folder that would list
+        if not began and hc.mode.name != "MULTIRUN":  # as an unfinished run (a sweep's jobs: as for Ctrl-C)
+            _remove_if_never_started(run_dir, hc)
+        raise
     return metrics["val_loss"]
 
 

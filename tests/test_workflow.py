@@ -211,11 +211,13 @@ def test_config_dir_given_the_run_folder_rather_than_its_hydra_folder_is_refused
     assert not (tmp_path / "outputs").exists()
     (tmp_path / "file").write_text("x")
     assert config_dir_error(["-cd", str(tmp_path / "file")]) == (
-        f"--config-dir {tmp_path / 'file'}: not a folder; give a run's saved config folder, RUN_DIR/.hydra")
+        f"--config-dir {tmp_path / 'file'}: not a folder; give a folder of config groups of one's own, or a run's "
+        f"saved config folder, RUN_DIR/.hydra")
     assert config_dir_error(["-cd", str(run / ".hydra")]) is None
     # the other config flags, where they name nothing (Hydra's several lines before)
     assert config_dir_error(["-cd", str(tmp_path / "none")]) == (
-        f"--config-dir {tmp_path / 'none'}: no such folder; give a run's saved config folder, RUN_DIR/.hydra")
+        f"--config-dir {tmp_path / 'none'}: no such folder; give a folder of config groups of one's own, or a run's "
+        f"saved config folder, RUN_DIR/.hydra")
     assert config_dir_error(["--config-name", "nope"]) == (
         "--config-name nope: vaelab's configs have no nope.yaml; to re-run a saved run: --config-dir "
         "RUN_DIR/.hydra --config-name config")

@@ -106,10 +106,12 @@ def config_dir_error(argv: list[str]) -> str | None:
                     f"--config-dir RUN_DIR/.hydra --config-name config")
         return None
     path = Path(folder)
+    # (a folder of one's own config groups, or a run's saved config: the two uses of the flag)
+    what = "give a folder of config groups of one's own, or a run's saved config folder, RUN_DIR/.hydra"
     if not path.exists():
-        return f"--config-dir {folder}: no such folder; give a run's saved config folder, RUN_DIR/.hydra"
+        return f"--config-dir {folder}: no such folder; {what}"
     if not path.is_dir():
-        return f"--config-dir {folder}: not a folder; give a run's saved config folder, RUN_DIR/.hydra"
+        return f"--config-dir {folder}: not a folder; {what}"
     if not (path / f"{name}.yaml").is_file() and (path / ".hydra" / f"{name}.yaml").is_file():
         return (f"--config-dir {folder}: that is a run's folder; its saved config is in {path / '.hydra'}: "
                 f"--config-dir {path / '.hydra'} --config-name {name} (or vaelab reproduce {folder})")

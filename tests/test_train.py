@@ -154,15 +154,18 @@ def test_seed_experiment_takes_the_seed_scripts_adam_steps():
     assert gap < 1e-5, gap
 
 
-def test_compile_trains_through_a_short_last_batch(make_cfg, tmp_path, monkeypatch):
+def test_compile_trains_through_a_short_last_batch(make_cfg, tmp_path, monkeypatch, caplog):
     """trainer.compile=true: the last batch of an epoch is shorter, which makes torch.compile
     retrace with a dynamic batch size; sampling eps must trace there too. Dynamo's tracing is
     what failed, so its eager backend (no inductor build, seconds not a minute) tests it."""
     monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend="eager"))
     # 256 - 64 validation = 192 training images at batch 40: 4 full batches, then 32 rows
-    m = train(make_cfg(["latent_size=4", "trainer.epochs=2", "trainer.batch_size=40", "trainer.compile=true",
-                        "trainer.final_eval=false"]), tmp_path)
+    with caplog.at_level(logging.INFO, logger="vaelab"):
+        m = train(make_cfg(["latent_size=4", "trainer.epochs=2", "trainer.batch_size=40", "trainer.compile=true",
+                            "trainer.final_eval=false"]), tmp_path)
     assert m["steps"] == 10 and torch.isfinite(torch.tensor(m["val_loss"]))
+    # (epoch 1 ran silently for its compile, and its img/s counted it)
+    assert "trainer.compile=true: torch.compile (mode=default) compiles the model in the first steps" in caplog.text
 
 
 def test_bf16_autocast_runs_on_cpu_and_changes_the_numbers_only_slightly(make_cfg, tmp_path):

@@ -1053,7 +1053,7 @@ def _train(cfg: DictConfig, run_dir: Path, data: MNISTData | None, on_start=None
                             "epoch": epoch + 1, "rss_mib": _rss_mib()}, x_ax, prefix="epoch/")
             if cfg.logger.histograms:
                 writer.histogram("latent/kl_per_dim", val["kl_per_dim"], x_ax)
-            log.info("%sepoch %d/%d  train loss %.3f  val %s %.3f (recon %.3f, kl %.3f)  active %d/%d  "
+            log.info("%sepoch %d/%d  train loss %.3f  val %s %.3f (recon %.3f, kl %.3f) nats/example  active %d/%d  "
                      "%.1f s, %.0f img/s", job, epoch + 1, t.epochs, train_means["loss"], val_name, val["nelbo"],
                      val["recon"], val["kl"], val["active_units"], cfg.latent_size, dt, rate)
             last_epoch = epoch + 1 == t.epochs

@@ -310,6 +310,11 @@ def test_optimizer_matches_config():
     (["device=null"], "override 'device=null': device cannot be null; give auto, cpu, cuda, cuda:N or mps"),
     (["model.size=null"], "override 'model.size=null': model.size cannot be null; give one of small, base, large"),
     (["latent_size=null"], "override 'latent_size=null': latent_size cannot be null; give an integer"),
+    # OmegaConf's words for a wrong type, and what the setting takes
+    (["logger.histograms=maybe"], "(key 'logger.histograms'); give true or false"),
+    (["model.hidden=512"], "(key 'model.hidden'); give a list in brackets, e.g. model.hidden=[512]"),
+    (["optim.betas=0.9"], "(key 'optim.betas'); give a list in brackets"),
+    (["data.binarize=true"], "(key 'data.binarize') (Hydra reads true and false as booleans)"),
     # the sampler is made only once the study starts: Hydra's InstantiationException, several lines
     (["hparams_search=optuna", "hydra.sweeper.sampler.seed=-1"],
      "hydra.sweeper.sampler (optuna.samplers.TPESampler): cannot be made: Seed must be between 0 and 2**32 - 1"),

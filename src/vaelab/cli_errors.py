@@ -160,8 +160,24 @@ def _explain(exc: Exception, override: str, composed: DictConfig | None = None) 
                  {int: "an integer", float: "a number", str: "a text", bool: "true or false"}.get(t, "a value"))
         return f"override '{override}': {full_key} cannot be null; give {takes}"
     if full_key:
-        return f"override '{override}': {msg} (key '{full_key}')"
+        return f"override '{override}': {msg} (key '{full_key}'){_what_it_takes(full_key, msg)}"
     return f"override '{override}': {msg}"
+
+
+def _what_it_takes(key: str, msg: str) -> str:
+    """What a setting takes, after OmegaConf's words for a value of the wrong type, where those
+    do not say it: a boolean's two values, a list's brackets, or (data.binarize=true, which
+    Hydra reads as a boolean before the setting sees it) the choices as text."""
+    import typing
+
+    t = _setting_type(key)
+    if t is bool and "not a valid bool" in msg:
+        return "; give true or false"
+    if list in (typing.get_origin(t), *map(typing.get_origin, typing.get_args(t))) and "is not a ListConfig" in msg:
+        return f"; give a list in brackets, e.g. {key}=[512]" if key == "model.hidden" else "; give a list in brackets"
+    if key in choices() and ("'True'" in msg or "'False'" in msg):
+        return " (Hydra reads true and false as booleans)"
+    return ""
 
 
 def _config_file_error(exc: Exception, primary: tuple[str, str]) -> str:

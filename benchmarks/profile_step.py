@@ -23,7 +23,7 @@ from torch.profiler import ProfilerActivity, profile
 
 from vaelab.config import CONF_DIR, register_configs, typed
 from vaelab.losses import vae_loss
-from vaelab.train import build_model, build_optimizer
+from vaelab.build import build_model, build_optimizer
 
 
 def main() -> None:

@@ -169,10 +169,10 @@ def test_a_triton_kernel_that_ran_then_fails_raises(triton_on_cpu, monkeypatch):
 
 
 def test_auto_takes_the_triton_kernel_where_it_can_run(monkeypatch):
-    import vaelab.train as tr
+    import vaelab.build as build
 
     monkeypatch.setattr(optim, "_TRITON_BROKEN", None)
-    for where in (optim, tr):  # as on a CUDA device with Triton
+    for where in (optim, build):  # as on a CUDA device with Triton
         monkeypatch.setattr(where, "triton_unusable", lambda *a: None)
     cfg = compose_cfg([])
     assert build_optimizer(cfg, build_model(cfg), capturable=True).kernel == "triton"

@@ -128,7 +128,7 @@ class ModelConfig:
     linear: LinearImpl = LinearImpl.onednn
     # A model of one's own (model._target_=mypkg.ConvVAE): its constructor's own arguments,
     # `+model.kwargs.channels=32` on the command line. The four settings above go only to a
-    # constructor that takes them (train.build_model).
+    # constructor that takes them (build.build_model).
     kwargs: Dict[str, Any] = field(default_factory=dict)
 
 

@@ -116,7 +116,7 @@ def _load(run_dir: str | Path, checkpoint: str, device: str):
     cfg = load_run_config(cfg_path, here=False)  # --device says where it runs, not the run's device=...
     path = _checkpoint_path(run_dir, checkpoint)
     ck = ckpt_io.load(path)
-    from vaelab.train import build_model  # (torch: after the cheap checks above)
+    from vaelab.build import build_model  # (torch: after the cheap checks above)
 
     ckpt_io.check_config_whole(ck, path, cfg_path, cfg, overrides=False)
     model = build_model(cfg)  # (a model of one's own that does not import here: a ConfigError)

@@ -559,7 +559,8 @@ def resume(run_dir: str | Path, overrides: list[str] = ()) -> dict | None:
                                       f"(the run stopped before its first checkpoint; start it again with: {again})")
 
     # (torch: after the cheap checks)
-    from vaelab.train import build_model, check_data_to_resume, check_epochs_to_resume, train
+    from vaelab.build import build_model
+    from vaelab.train import check_data_to_resume, check_epochs_to_resume, train
 
     try:
         ck = ckpt_io.load(last)

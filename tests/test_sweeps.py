@@ -28,7 +28,7 @@ from tensorboard.plugins.hparams import metadata as hparams_metadata
 from vaelab import checkpoint as ckpt_io
 from vaelab.cli import main as vaelab_cli
 from vaelab.config import CONF_DIR, register_configs
-from vaelab.train import job_name
+from vaelab.run_dirs import job_name
 from vaelab.train_cli import sweep_name_override
 from vaelab.workflow import is_timing
 
@@ -538,16 +538,17 @@ def test_a_sweep_job_whose_folder_holds_another_jobs_run_is_refused(tiny_mnist, 
 
     from tests.conftest import compose_cfg
     from tests.test_workflow import TINY
-    from vaelab.train import _another_jobs_run, train
+    from vaelab.run_dirs import another_jobs_run
+    from vaelab.train import train
 
     run = tmp_path / "latent_size=2"
     first = compose_cfg([f"data.root={tiny_mnist}", *TINY, "trainer.epochs=1", "optim.lr=0.001"])
     train(first, run)
     (run / ".hydra" / "overrides.yaml").write_text("- optim.lr=0.003\n- latent_size=2\n")  # as Hydra rewrote them
     (run / ".hydra" / "config.yaml").write_text("optim:\n  lr: 0.003\n")
-    assert _another_jobs_run(first, run) is None  # the same config: a job submitit requeued, back at its run
+    assert another_jobs_run(first, run) is None  # the same config: a job submitit requeued, back at its run
     second = compose_cfg([f"data.root={tiny_mnist}", *TINY, "trainer.epochs=1", "optim.lr=0.003"])
-    msg = _another_jobs_run(second, run)
+    msg = another_jobs_run(second, run)
     assert msg.startswith(f"{run} holds the run of another job of this sweep, which got the same folder name: they "
                           f"differ in optim.lr=0.003 (theirs 0.001), which the folder name leaves out")
     assert OmegaConf.load(run / ".hydra" / "config.yaml").optim.lr == 0.001  # put back from its checkpoint
@@ -596,7 +597,7 @@ def test_a_job_a_resumed_sweep_starts_keeps_hydra_overrides_that_hold_interpolat
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import OmegaConf
 
-    from vaelab.train import _save_job_config
+    from vaelab.run_dirs import save_job_config
     from vaelab.workflow import SWEEP_CONTINUED
 
     register_configs()
@@ -609,7 +610,7 @@ def test_a_job_a_resumed_sweep_starts_keeps_hydra_overrides_that_hold_interpolat
     OmegaConf.update(full, "hydra.overrides.hydra", given, merge=False)
     HydraConfig.instance().set_config(full)
     try:
-        _save_job_config(OmegaConf.masked_copy(full, [k for k in full if k != "hydra"]), tmp_path)
+        save_job_config(OmegaConf.masked_copy(full, [k for k in full if k != "hydra"]), tmp_path)
     finally:
         HydraConfig.instance().cfg = None
     saved = OmegaConf.load(tmp_path / ".hydra" / "hydra.yaml")

@@ -6,12 +6,12 @@
 
 Data flows one way: overrides -> composed, validated config -> data, model, optimizer ->
 the loop in `_train()` -> run directory (.hydra/, events, checkpoints/, samples/, train.log,
-metrics.json, eval.json).
+metrics.json, eval.json). The model and optimizer are built in build.py; the folders of runs
+and sweep jobs are named, and removed where a run never started, in run_dirs.py.
 """
 from __future__ import annotations
 
 import errno
-import hashlib
 import importlib
 import json
 import logging
@@ -19,7 +19,6 @@ import math
 import os
 import random
 import shlex
-import shutil
 import signal
 import sys
 import threading
@@ -48,6 +47,8 @@ from vaelab.logger import RunLogger, hparams_logged, image_grid
 from vaelab.losses import MSE_NLL_CONST_PER_DIM, beta_at, vae_loss
 from vaelab.models import VAE
 from vaelab.pictures import reconstructions_grid
+from vaelab.run_dirs import (SWEEP_OWN_FILES, another_jobs_run, from_launch_folder, job_name, made_for_this_launch,
+                             remove_if_never_started, remove_sweep, save_job_config, sweep_dir)
 from vaelab.workflow import SWEEP_CONTINUED, pin_environment
 
 log = logging.getLogger("vaelab")
@@ -438,6 +439,101 @@ class _StopFlag:
         # in the outer handler's KeyboardInterrupt. Ignored until train() puts the handlers back.
         for s, h in self._old.items():
             signal.signal(s, h if self.signum is None else signal.SIG_IGN)
+
+
+def _check_data_matches(data: MNISTData, dcfg) -> None:
+    """train(cfg, run_dir, data=...): ConfigError with one line where `data` was loaded with
+    another binarization or validation split than cfg.data says (the run would record settings
+    it did not train with). (data.root and data.split_seed are not recorded in MNISTData: the
+    run's data_digest tells other images apart.)"""
+    binarize = str(dcfg.binarize)
+    val = 0 if data.val_is_test else len(data.val)
+    for key, loaded, wanted in (("data.binarize", data.binarize, binarize), ("data.val_size", val, dcfg.val_size)):
+        if str(loaded) != str(wanted):
+            raise ConfigError(f"{key}={wanted}, but the data given to train() was loaded with {key}={loaded}: "
+                              f"load it with the config's settings, or leave data out")
+
+
+def _hydra_made(run_dir: Path) -> bool:
+    """Whether this is the folder of the Hydra job now running (vaelab-train's), which has saved
+    its config there; not so for train() from Python, also in a process where vaelab-train ran
+    before (Hydra's config stays set)."""
+    if not HydraConfig.initialized():
+        return False
+    out = OmegaConf.select(HydraConfig.get(), "runtime.output_dir")
+    return bool(out) and os.path.realpath(out) == os.path.realpath(run_dir)
+
+
+def _as_this_process_reads_it(cfg: DictConfig) -> DictConfig:
+    """The config a run made from Python saves: its data.root absolute, as this process read it
+    (relative to the current folder, or from VAELAB_DATA), so that `vaelab eval`, `resume` and
+    `reproduce` in another folder or shell read the same data; vaelab-train's runs record their
+    launch folder in .hydra/hydra.yaml instead (evaluate_run.data_root)."""
+    # (a plain copy: a script's config, or a part of it, may be read-only)
+    saved = OmegaConf.create(OmegaConf.to_container(cfg, resolve=False, enum_to_str=True))
+    saved.data.root = os.path.abspath(Path(str(cfg.data.root)).expanduser())  # (.. resolved, as a user reads it)
+    return saved
+
+
+def _compared_keys(run_dir: Path) -> set[str]:
+    """The config keys this run is compared on in HParams: a sweep's swept keys (from its
+    multirun.yaml; else the command line's keys that the job folders' names do not leave out),
+    else every key the command line set. Read from the files Hydra saved, so `vaelab resume`
+    finds the same."""
+    hydra_dir = run_dir / ".hydra"
+    swept = _swept_keys(run_dir.parent / "multirun.yaml")  # a sweep's job: its sweep's own command line
+    if swept:
+        return swept
+    try:
+        task = [str(o) for o in OmegaConf.load(hydra_dir / "overrides.yaml")]
+        fixed = OmegaConf.select(OmegaConf.load(hydra_dir / "hydra.yaml"),
+                                 "hydra.job.config.override_dirname.exclude_keys", default=None) or []
+    except Exception:  # noqa: BLE001 - no saved Hydra files (train() called directly), or unreadable: no marks
+        return set()
+    keys = [o.split("=", 1)[0].lstrip("+~") for o in task]
+    return {k for k in keys if k not in set(fixed)} or set(keys)
+
+
+def _swept_keys(multirun_yaml: Path) -> set[str]:
+    """The keys a sweep varies: those its command line gave several values (a,b / range / glob),
+    and the keys of an Optuna study's search space; empty where there is no such file."""
+    try:
+        saved = OmegaConf.load(multirun_yaml)
+        task = [str(o) for o in OmegaConf.select(saved, "hydra.overrides.task", default=None) or []]
+        params = OmegaConf.select(saved, "hydra.sweeper.params", default=None) or {}
+        from hydra.core.override_parser.overrides_parser import OverridesParser
+
+        parsed = OverridesParser.create().parse_overrides(task)
+    except Exception:  # noqa: BLE001 - no sweep here, or a file that does not parse: no marks from it
+        return set()
+    return {o.key_or_group for o in parsed if o.is_sweep_override()} | {str(k) for k in params}
+
+
+def _rss_mib() -> float:
+    """Resident memory of this process now (Linux /proc; 0 elsewhere): a leak shows as growth."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2 ** 20
+    except (OSError, ValueError):
+        return 0.0
+
+
+@torch.no_grad()
+def _pictures(model: VAE, fixed_z: torch.Tensor, recon_x: torch.Tensor, writer: RunLogger, x_ax: int,
+              png_dir: Path | None, epoch: int) -> None:
+    """Samples from the fixed noise, and reconstructions (inputs above, outputs below)."""
+    from torchvision.utils import save_image
+
+    was = model.training
+    model.eval()
+    samples = image_grid(model.decode(fixed_z), model.image_shape)
+    pairs = reconstructions_grid(model, recon_x, recon_x.shape[0])  # one row of inputs, one of outputs
+    model.train(was)
+    writer.image("samples", samples, x_ax)
+    writer.image("reconstructions", pairs, x_ax)
+    if png_dir is not None:
+        save_image(samples, png_dir / f"samples_epoch{epoch:04d}.png")
+        save_image(pairs, png_dir / f"recon_epoch{epoch:04d}.png")
 
 
 # --- the loop ----------------------------------------------------------------------------
@@ -934,173 +1030,6 @@ def _train(cfg: DictConfig, run_dir: Path, data: MNISTData | None, on_start=None
     return metrics
 
 
-def _compared_keys(run_dir: Path) -> set[str]:
-    """The config keys this run is compared on in HParams: a sweep's swept keys (from its
-    multirun.yaml; else the command line's keys that the job folders' names do not leave out),
-    else every key the command line set. Read from the files Hydra saved, so `vaelab resume`
-    finds the same."""
-    hydra_dir = run_dir / ".hydra"
-    swept = _swept_keys(run_dir.parent / "multirun.yaml")  # a sweep's job: its sweep's own command line
-    if swept:
-        return swept
-    try:
-        task = [str(o) for o in OmegaConf.load(hydra_dir / "overrides.yaml")]
-        fixed = OmegaConf.select(OmegaConf.load(hydra_dir / "hydra.yaml"),
-                                 "hydra.job.config.override_dirname.exclude_keys", default=None) or []
-    except Exception:  # noqa: BLE001 - no saved Hydra files (train() called directly), or unreadable: no marks
-        return set()
-    keys = [o.split("=", 1)[0].lstrip("+~") for o in task]
-    return {k for k in keys if k not in set(fixed)} or set(keys)
-
-
-def _swept_keys(multirun_yaml: Path) -> set[str]:
-    """The keys a sweep varies: those its command line gave several values (a,b / range / glob),
-    and the keys of an Optuna study's search space; empty where there is no such file."""
-    try:
-        saved = OmegaConf.load(multirun_yaml)
-        task = [str(o) for o in OmegaConf.select(saved, "hydra.overrides.task", default=None) or []]
-        params = OmegaConf.select(saved, "hydra.sweeper.params", default=None) or {}
-        from hydra.core.override_parser.overrides_parser import OverridesParser
-
-        parsed = OverridesParser.create().parse_overrides(task)
-    except Exception:  # noqa: BLE001 - no sweep here, or a file that does not parse: no marks from it
-        return set()
-    return {o.key_or_group for o in parsed if o.is_sweep_override()} | {str(k) for k in params}
-
-
-_HYDRA_FILES = ("config.yaml", "hydra.yaml", "overrides.yaml")  # what Hydra writes into a run's .hydra/
-
-
-def _made_for_this_launch(folder: Path) -> bool:
-    """Whether vaelab-train made `folder` for this launch (train_cli.LAUNCH_MADE_ENV): the default
-    one, or a named one that did not exist before; not a link."""
-    from vaelab.train_cli import LAUNCH_MADE_ENV
-
-    made = os.environ.get(LAUNCH_MADE_ENV)
-    return bool(made) and not folder.is_symlink() and os.path.realpath(made) == os.path.realpath(folder)
-
-
-def _remove_if_never_started(run_dir: Path, hc) -> str | None:
-    """A run that never started would list in `vaelab compare` as an unfinished run: when its
-    folder holds nothing but what Hydra put there, remove the folder ("folder") if it was made
-    for this launch (or is a sweep's job folder), else only Hydra's files in it, .hydra/'s three
-    and train.log ("contents": a folder that was there before, which may be the current one, or
-    a link, stays, with what else it holds, a .gitkeep say). None where it removed nothing."""
-    if not run_dir.is_dir():
-        return None
-    sweep = _sweep_dir(hc) if hc.mode.name == "MULTIRUN" else None
-    made = _made_for_this_launch(run_dir) or (
-        sweep is not None and not run_dir.is_symlink() and os.path.realpath(run_dir) != os.path.realpath(sweep)
-        and Path(os.path.realpath(run_dir)).is_relative_to(os.path.realpath(sweep)))
-
-    def others() -> set[str]:  # what the run did not put there (a folder that was there before: its hidden files)
-        names = {p.name for p in run_dir.iterdir()} - {".hydra", "train.log"}
-        return names if made else {n for n in names if not n.startswith(".")}
-    if others():
-        return None
-    try:
-        with ckpt_io.only_process(run_dir):  # not a run another process has just begun there
-            if others():  # (looked at again, held)
-                return None
-            if made:
-                shutil.rmtree(run_dir, ignore_errors=True)
-            else:
-                for name in _HYDRA_FILES:
-                    (run_dir / ".hydra" / name).unlink(missing_ok=True)
-                try:
-                    (run_dir / ".hydra").rmdir()
-                except OSError:  # (files of the user's in it: they stay)
-                    pass
-                (run_dir / "train.log").unlink(missing_ok=True)
-    except ckpt_io.CheckpointError:
-        return None
-    if made:
-        _remove_name_folder_if_empty(run_dir.parent, hc.runtime.cwd)
-        return None if run_dir.exists() else "folder"
-    return None if any((run_dir / ".hydra" / n).exists() for n in _HYDRA_FILES) else "contents"
-
-
-def remove_sweep_refused_part_way(sweep: Path, cwd: str) -> None:
-    """After a sweep stopped at a job's refusal: joblib ends the jobs running beside that one
-    where they are, before their own clean-up, so their folders held Hydra's files alone, and the
-    sweep folder made for this launch (`sweep`) its multirun.yaml besides (Optuna's sweeper writes
-    none); a refused job in a nested hydra.sweep.subdir (a/${hydra.job.num}/b) left its a/N/. Such
-    job folders go, then the folders left empty outside any run's, and the sweep folder if nothing
-    else is left (a job that had trained stays, and so does the sweep folder around it, for
-    vaelab resume SWEEP_DIR). A single run's folder (.hydra/ at its top) is not a sweep's."""
-    if not sweep.is_dir() or sweep.is_symlink() or (sweep / ".hydra").exists():
-        return
-    for hydra_dir in sorted(sweep.rglob(".hydra"), key=lambda p: len(p.parts), reverse=True):
-        job = hydra_dir.parent
-        if (job.is_symlink() or {p.name for p in job.iterdir()} - {".hydra", "train.log"}
-                or {p.name for p in hydra_dir.iterdir()} - set(_HYDRA_FILES)):
-            continue
-        try:
-            with ckpt_io.only_process(job):  # (not a job that is training after all)
-                shutil.rmtree(job, ignore_errors=True)
-        except ckpt_io.CheckpointError:
-            continue
-    runs = {p.parent for p in sweep.rglob(".hydra")}
-    for root, _, _ in os.walk(sweep, topdown=False):  # deepest first: a/0/ once its b/ has gone, then a/
-        folder = Path(root)
-        if folder != sweep and not any(folder == r or r in folder.parents for r in runs):
-            try:
-                folder.rmdir()
-            except OSError:  # (not empty: the user's files, say)
-                pass
-    if {p.name for p in sweep.iterdir()} <= _SWEEP_OWN_FILES:
-        _remove_sweep(sweep, cwd)
-
-
-# What a sweep's launch writes into its folder, besides its jobs' folders
-_SWEEP_OWN_FILES = {"multirun.yaml", ckpt_io.SWEEP_LOCK, ckpt_io.SWEEP_STOP}
-
-
-def _remove_sweep(sweep: Path, cwd: str) -> None:
-    """A sweep folder made for this launch that holds nothing of a job, and the name folder
-    around it if that is left empty."""
-    shutil.rmtree(sweep, ignore_errors=True)
-    _remove_name_folder_if_empty(sweep.parent, cwd)
-
-
-def _remove_name_folder_if_empty(folder: Path, cwd: str) -> None:
-    """outputs/runs/<name>/ or outputs/multirun/<name>/, made for a run that never started, goes
-    when empty; the parent of a folder the user named (hydra.run.dir=mine/r1) stays."""
-    if folder.parent not in (Path(cwd, "outputs", "runs"), Path(cwd, "outputs", "multirun")):
-        return
-    try:
-        folder.rmdir()
-    except OSError:  # not empty (or gone): leave it
-        pass
-
-
-def _rss_mib() -> float:
-    """Resident memory of this process now (Linux /proc; 0 elsewhere): a leak shows as growth."""
-    try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2 ** 20
-    except (OSError, ValueError):
-        return 0.0
-
-
-@torch.no_grad()
-def _pictures(model: VAE, fixed_z: torch.Tensor, recon_x: torch.Tensor, writer: RunLogger, x_ax: int,
-              png_dir: Path | None, epoch: int) -> None:
-    """Samples from the fixed noise, and reconstructions (inputs above, outputs below)."""
-    from torchvision.utils import save_image
-
-    was = model.training
-    model.eval()
-    samples = image_grid(model.decode(fixed_z), model.image_shape)
-    pairs = reconstructions_grid(model, recon_x, recon_x.shape[0])  # one row of inputs, one of outputs
-    model.train(was)
-    writer.image("samples", samples, x_ax)
-    writer.image("reconstructions", pairs, x_ax)
-    if png_dir is not None:
-        save_image(samples, png_dir / f"samples_epoch{epoch:04d}.png")
-        save_image(pairs, png_dir / f"recon_epoch{epoch:04d}.png")
-
-
 # --- entry points --------------------------------------------------------------------------
 
 
@@ -1116,7 +1045,7 @@ def hydra_main(cfg: DictConfig) -> float:
     continued = os.environ.get(SWEEP_CONTINUED) == "1"
     began = continued and (run_dir / ".hydra" / "config.yaml").is_file()
     if continued and not began:  # a job that never started: its config, as Hydra saves it
-        _save_job_config(cfg, run_dir)
+        save_job_config(cfg, run_dir)
     sweep_job = not continued and hc.mode.name == "MULTIRUN"
     if not began and not sweep_job:
         pin_environment(run_dir, cfg)  # the saved config must not depend on this shell's variables
@@ -1124,22 +1053,22 @@ def hydra_main(cfg: DictConfig) -> float:
         if began:
             metrics = _carry_on(run_dir)
         elif sweep_job:
-            metrics = _train_sweep_job(_from_launch_folder(typed(cfg), hc), run_dir,
+            metrics = _train_sweep_job(from_launch_folder(typed(cfg), hc), run_dir,
                                        prepare=lambda: pin_environment(run_dir, cfg))
         else:
-            metrics = train(_from_launch_folder(typed(cfg), hc), run_dir)
+            metrics = train(from_launch_folder(typed(cfg), hc), run_dir)
     except (ConfigError, DataError, ckpt_io.CheckpointError) as e:  # bad input: one line, no traceback
         print(f"vaelab-train: error: {e}", file=sys.stderr)
-        if not began and _remove_if_never_started(run_dir, hc):
+        if not began and remove_if_never_started(run_dir, hc):
             # A sweep whose first job is refused stops there: its folder would hold only Hydra's
             # multirun.yaml and list in `vaelab compare` as a sweep of no jobs.
             # (One that was there before, the current folder say, keeps all but that file.)
-            sweep = _sweep_dir(hc) if hc.mode.name == "MULTIRUN" else None
+            sweep = sweep_dir(hc) if hc.mode.name == "MULTIRUN" else None
             if sweep is not None and sweep.is_dir() and "multirun.yaml" in (names := {p.name for p in sweep.iterdir()}):
-                if _made_for_this_launch(sweep) and names <= _SWEEP_OWN_FILES:
-                    _remove_sweep(sweep, hc.runtime.cwd)
-                elif not {n for n in names - _SWEEP_OWN_FILES if not n.startswith(".")}:
-                    for name in _SWEEP_OWN_FILES:
+                if made_for_this_launch(sweep) and names <= SWEEP_OWN_FILES:
+                    remove_sweep(sweep, hc.runtime.cwd)
+                elif not {n for n in names - SWEEP_OWN_FILES if not n.startswith(".")}:
+                    for name in SWEEP_OWN_FILES:
                         (sweep / name).unlink(missing_ok=True)
         sys.exit(2)
     except SaveFailed as e:
@@ -1153,7 +1082,7 @@ def hydra_main(cfg: DictConfig) -> float:
             return float("inf")
         sys.exit(1)
     except KeyboardInterrupt:  # a Ctrl-C before train() answers one itself (the data loading, say)
-        removed = None if began or hc.mode.name == "MULTIRUN" else _remove_if_never_started(run_dir, hc)
+        removed = None if began or hc.mode.name == "MULTIRUN" else remove_if_never_started(run_dir, hc)
         if removed is None:
             raise  # (_run_hydra says what a run keeps; a sweep's folders are what vaelab resume carries on)
         leaving_after_a_stop()
@@ -1164,114 +1093,20 @@ def hydra_main(cfg: DictConfig) -> float:
     except Interrupted:  # (train() has logged how it stopped)
         leaving_after_a_stop()
         # (once a sweep: another job of it, running beside this one in joblib's workers, may have said it)
-        if hc.mode.name == "MULTIRUN" and ckpt_io.first_to_tell_stop(_sweep_dir(hc)):
+        if hc.mode.name == "MULTIRUN" and ckpt_io.first_to_tell_stop(sweep_dir(hc)):
             if not str(hc.sweeper.get("_target_", "")).endswith(".BasicSweeper"):
                 # (vaelab resume SWEEP_DIR refuses a study: its sweeper would draw new trials)
                 log.warning("the study stops here: trials not drawn yet did not run; the stopped trial goes on with "
                             "the command above, a study goes on only as a new one")
             else:
                 log.warning("the sweep stops here: jobs that had not started did not run; carry the whole sweep on "
-                            "with: vaelab resume %s", shlex.quote(str(_sweep_dir(hc))))
+                            "with: vaelab resume %s", shlex.quote(str(sweep_dir(hc))))
         sys.exit(130)  # Ctrl-C / SIGTERM stop the whole sweep, not only the job in progress
     except Exception:  # a bug in a model of one's own, say: its traceback, without a folder that would list
         if not began and hc.mode.name != "MULTIRUN":  # as an unfinished run (a sweep's jobs: as for Ctrl-C)
-            _remove_if_never_started(run_dir, hc)
+            remove_if_never_started(run_dir, hc)
         raise
     return metrics["val_loss"]
-
-
-def _another_jobs_run(cfg: DictConfig, run_dir: Path) -> str | None:
-    """Why this fresh sweep job must not train in run_dir: the folder holds the run of another
-    job of the sweep, which got the same folder name (the keys the jobs differ in are left out
-    of it: hydra.job.config.override_dirname.exclude_keys, a hydra.sweep.subdir of one's own).
-    train() would carry that run on as this job's, under this job's config. Hydra has already
-    written this job's config over the other's: put back the one its checkpoint was trained with.
-    A job that submitit requeues comes back to its own run, with the same config: None."""
-
-    last = ckpt_io.latest(run_dir / "checkpoints")
-    if last is None:
-        return None
-    try:
-        saved = ckpt_io.load(last, map_location="cpu")["config"]
-    except (ckpt_io.CheckpointError, KeyError):  # train() reports a damaged checkpoint itself
-        return None
-    mine, theirs = dict(leaves(to_plain(cfg))), dict(leaves(saved))
-    differ = sorted(k for k in {**mine, **theirs} if mine.get(k) != theirs.get(k))
-    if not differ:
-        return None
-    from vaelab.train_cli import override_value
-
-    def theirs_in(overrides: list) -> list:  # this job's overrides, with the other job's values
-        out = []
-        for o in overrides:
-            given, key = o.split("=", 1)[0], o.split("=", 1)[0].lstrip("+~")
-            out.append(f"{given}={override_value(theirs[key])}" if "=" in o and key in differ and key in theirs else o)
-        return out
-    hydra_dir = run_dir / ".hydra"
-    ckpt_io.write_text_atomic(hydra_dir / "config.yaml", OmegaConf.to_yaml(OmegaConf.create(saved)))
-    for name, path in (("overrides.yaml", None), ("hydra.yaml", "hydra.overrides.task")):
-        if (hydra_dir / name).is_file():
-            node = OmegaConf.load(hydra_dir / name)
-            # (as plain strings: an override may hold ${...}, which a list item would resolve)
-            if path is None:
-                node = OmegaConf.create(theirs_in(OmegaConf.to_container(node, resolve=False)))
-            elif OmegaConf.select(node, path) is not None:
-                given = OmegaConf.to_container(OmegaConf.select(node, path), resolve=False)
-                OmegaConf.update(node, path, theirs_in(given), merge=False)
-            ckpt_io.write_text_atomic(hydra_dir / name, OmegaConf.to_yaml(node))
-    shown = ", ".join(f"{k}={mine.get(k)} (theirs {theirs.get(k)})" for k in differ[:3])
-    return (f"{run_dir} holds the run of another job of this sweep, which got the same folder name: they differ "
-            f"in {shown}{', ...' if len(differ) > 3 else ''}, which the folder name leaves out "
-            f"(hydra.job.config.override_dirname.exclude_keys, or hydra.sweep.subdir); give each job a folder of "
-            f"its own. That run is left as it was, its config put back")
-
-
-def _check_data_matches(data: MNISTData, dcfg) -> None:
-    """train(cfg, run_dir, data=...): ConfigError with one line where `data` was loaded with
-    another binarization or validation split than cfg.data says (the run would record settings
-    it did not train with). (data.root and data.split_seed are not recorded in MNISTData: the
-    run's data_digest tells other images apart.)"""
-    binarize = str(dcfg.binarize)
-    val = 0 if data.val_is_test else len(data.val)
-    for key, loaded, wanted in (("data.binarize", data.binarize, binarize), ("data.val_size", val, dcfg.val_size)):
-        if str(loaded) != str(wanted):
-            raise ConfigError(f"{key}={wanted}, but the data given to train() was loaded with {key}={loaded}: "
-                              f"load it with the config's settings, or leave data out")
-
-
-def _hydra_made(run_dir: Path) -> bool:
-    """Whether this is the folder of the Hydra job now running (vaelab-train's), which has saved
-    its config there; not so for train() from Python, also in a process where vaelab-train ran
-    before (Hydra's config stays set)."""
-    if not HydraConfig.initialized():
-        return False
-    out = OmegaConf.select(HydraConfig.get(), "runtime.output_dir")
-    return bool(out) and os.path.realpath(out) == os.path.realpath(run_dir)
-
-
-def _as_this_process_reads_it(cfg: DictConfig) -> DictConfig:
-    """The config a run made from Python saves: its data.root absolute, as this process read it
-    (relative to the current folder, or from VAELAB_DATA), so that `vaelab eval`, `resume` and
-    `reproduce` in another folder or shell read the same data; vaelab-train's runs record their
-    launch folder in .hydra/hydra.yaml instead (evaluate_run.data_root)."""
-    # (a plain copy: a script's config, or a part of it, may be read-only)
-    saved = OmegaConf.create(OmegaConf.to_container(cfg, resolve=False, enum_to_str=True))
-    saved.data.root = os.path.abspath(Path(str(cfg.data.root)).expanduser())  # (.. resolved, as a user reads it)
-    return saved
-
-
-def _from_launch_folder(cfg: DictConfig, hc) -> DictConfig:
-    """A relative data.root is relative to the folder vaelab-train was started in (the pre-flight
-    looked there, and `vaelab eval` and `resume` read it so), also with hydra.job.chdir=true,
-    which makes the run folder the current one. In place; the saved config keeps it relative."""
-    root = Path(str(cfg.data.root)).expanduser()
-    if hc.job.chdir and not root.is_absolute():
-        cfg.data.root = str(Path(hc.runtime.cwd) / root)
-    return cfg
-
-
-def _sweep_dir(hc) -> Path:
-    return Path(os.path.normpath(Path(hc.runtime.cwd, hc.sweep.dir)))
 
 
 def _train_sweep_job(cfg: DictConfig, run_dir: Path, prepare) -> dict:
@@ -1286,7 +1121,7 @@ def _train_sweep_job(cfg: DictConfig, run_dir: Path, prepare) -> dict:
         with ckpt_io.only_process(run_dir, waiting=lambda: log.info(
                 "another process is training %s now: waiting for it to finish (Ctrl-C stops waiting)", run_dir)):
             pass
-        clash = _another_jobs_run(cfg, run_dir)
+        clash = another_jobs_run(cfg, run_dir)
         if clash:
             print(f"vaelab-train: error: {clash}", file=sys.stderr)
             sys.exit(2)  # the sweep's folder names are broken: the jobs after this one would meet it too
@@ -1329,38 +1164,6 @@ def _carry_on(run_dir: Path) -> dict:
         log.warning("%s: its end-of-training evaluation cannot run (%s); its training numbers stand", run_dir.name,
                     e)
     return metrics
-
-
-def _save_job_config(cfg: DictConfig, run_dir: Path) -> None:
-    """What Hydra writes into a job's .hydra/ (hydra.core.utils.run_job), for a job that
-    `vaelab resume SWEEP_DIR` starts: that launch sets hydra.output_subdir=null so that Hydra
-    leaves the jobs that began alone. hydra.yaml records the folder and env as a first launch would."""
-    hydra_cfg = OmegaConf.create({"hydra": OmegaConf.to_container(HydraConfig.get(), resolve=False)})
-    hydra_cfg.hydra.output_subdir = ".hydra"
-    hydra_cfg.hydra.job.env_set.pop(SWEEP_CONTINUED, None)
-    ours = ("hydra.output_subdir=null", f"++hydra.job.env_set.{SWEEP_CONTINUED}=1")  # workflow.sweep_command_line's
-    # (as plain strings: an override that holds ${...}, as a re-run of a saved config's
-    # ++hydra.run.dir=outputs/runs/${name}/... does, would be resolved, and fail, as a list item)
-    given = OmegaConf.to_container(hydra_cfg.hydra.overrides.hydra, resolve=False)
-    hydra_cfg.hydra.overrides.hydra = [o for o in given if o not in ours]
-    out = run_dir / ".hydra"
-    out.mkdir(parents=True, exist_ok=True)
-    for name, node in (("config.yaml", cfg), ("hydra.yaml", hydra_cfg),
-                       ("overrides.yaml", HydraConfig.get().overrides.task)):
-        ckpt_io.write_text_atomic(out / name, OmegaConf.to_yaml(node))
-
-
-def job_name(override_dirname: str, job_num) -> str:
-    """Folder name of one sweep job: Hydra's override_dirname (its overrides, sorted, minus
-    hydra.job.config.override_dirname.exclude_keys), e.g. 'latent_size=16,loss.beta=4'; a '/'
-    in a value would make subfolders, so it is written %2F (and '%' %25: two values never share
-    a folder). A name past the file system's 255 bytes keeps its start and a hash of the
-    whole. With nothing left: job<N>."""
-    name = str(override_dirname).replace("%", "%25").replace("/", "%2F")
-    if len(name.encode()) > 200:
-        digest = hashlib.sha1(name.encode()).hexdigest()[:10]
-        name = name.encode()[:180].decode(errors="ignore") + f"...{digest}"
-    return name or f"job{job_num}"
 
 
 # Registered on import, not in main(): sweep jobs resolve their folder name in worker

@@ -398,7 +398,7 @@ def _run_hydra(prog: str) -> int:
             print(e.code, file=sys.stderr)
         made = os.environ.get(LAUNCH_MADE_ENV)
         if e.code == 2 and made:  # a job refused (bad input): in a joblib sweep, the jobs beside it ended part-way
-            from vaelab.train import remove_sweep_refused_part_way
+            from vaelab.run_dirs import remove_sweep_refused_part_way
             remove_sweep_refused_part_way(Path(made), cwd)
         return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
     finally:  # a sweep that a stop ended before its end callback: its lock file goes too

@@ -344,6 +344,24 @@ def test_a_hang_up_ignored_by_nohup_stays_ignored():
         signal.signal(signal.SIGHUP, before)
 
 
+def test_a_ctrl_c_while_a_checkpoint_is_written_does_not_offer_to_abort(caplog):
+    """It said '(Ctrl-C again to abort now)', and the next Ctrl-C then waited for the checkpoint."""
+    from vaelab.train import _StopFlag
+
+    stop = _StopFlag()
+    with caplog.at_level(logging.WARNING, logger="vaelab"):
+        stop.saving = True
+        stop._handler(signal.SIGINT, None)
+        stop._handler(signal.SIGINT, None)  # the second: still not an abort, the checkpoint comes first
+        stop.saving = False
+        with pytest.raises(KeyboardInterrupt):  # once it is written, a Ctrl-C aborts
+            stop._handler(signal.SIGINT, None)
+    assert [r.getMessage() for r in caplog.records] == [
+        "got SIGINT while writing a checkpoint: stopping right after it",
+        "writing the checkpoint; stopping right after it"]
+    assert stop.signum == signal.SIGINT
+
+
 @pytest.mark.parametrize("before_last", [False, True], ids=["after-last.pt", "mid-way-through-the-first-last.pt"])
 def test_killed_at_the_first_checkpoint_then_resumed_is_bit_identical(tiny_mnist, reference, tmp_path, before_last):
     # vaelab-train, killed with SIGKILL the moment the epoch-1 last.pt is on disk; or while it

@@ -421,6 +421,9 @@ class _StopFlag:
         if self.signum is not None:  # a SIGTERM after the stop was asked for (passed on by a parent): the same stop
             return
         self.signum = signum
+        if self.saving:  # (a second Ctrl-C now would wait for this checkpoint: no "abort now")
+            log.warning("got %s while writing a checkpoint: stopping right after it", signal.Signals(signum).name)
+            return
         log.warning("got %s: will checkpoint after this step and stop%s", signal.Signals(signum).name,
                     " (Ctrl-C again to abort now)" if signum == signal.SIGINT else "")
 

@@ -811,6 +811,22 @@ def test_a_line_lost_from_a_runs_config_is_refused_not_filled_with_the_default(f
         assert vaelab(["resume", run, "trainer.epochs=2", "trainer.batch_size=32"]) == 0
 
 
+def test_a_run_whose_saved_config_was_deleted_is_told_where_a_copy_is(finished_run, tmp_path, capsys):
+    """It was 'not a vaelab run directory', with no way back, though its checkpoints hold the config."""
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    (run / ".hydra" / "config.yaml").unlink()
+    for command in ("resume", "eval", "reproduce"):
+        assert vaelab([command, run]) == 2
+        assert capsys.readouterr().err.strip() == (
+            f"vaelab {command}: error: {run}: a run without its saved config, .hydra/config.yaml (deleted or "
+            f"moved?); each checkpoint keeps a copy, the 'config' entry of {run / 'checkpoints' / 'last.pt'}: "
+            f"written back there, it makes the run usable again")
+    config = ckpt_io.load(run / "checkpoints" / "last.pt")["config"]  # ... as the line says
+    (run / ".hydra" / "config.yaml").write_text(yaml.safe_dump(config))
+    assert vaelab(["resume", run, "trainer.epochs=2"]) == 0
+
+
 def test_resume_with_missing_data_changes_nothing(finished_run, tmp_path, capsys):
     run = tmp_path / "run"
     shutil.copytree(finished_run, run)

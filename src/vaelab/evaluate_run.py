@@ -110,9 +110,9 @@ def _load(run_dir: str | Path, checkpoint: str, device: str):
         raise RunDirError(f"{run_dir}: no such run directory")
     cfg_path = run_dir / ".hydra" / "config.yaml"
     if not cfg_path.is_file():
-        from vaelab.workflow import runs_hint
+        from vaelab.workflow import no_saved_config
 
-        raise RunDirError(f"{run_dir}: not a vaelab run directory (no .hydra/config.yaml){runs_hint(run_dir)}")
+        raise RunDirError(no_saved_config(run_dir))
     cfg = load_run_config(cfg_path, here=False)  # --device says where it runs, not the run's device=...
     path = _checkpoint_path(run_dir, checkpoint)
     ck = ckpt_io.load(path)

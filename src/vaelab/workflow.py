@@ -59,8 +59,18 @@ def run_config_path(run_dir: str | Path) -> Path:
     if not Path(run_dir).is_dir():
         raise WorkflowError(f"{run_dir}: no such directory")
     if not path.is_file():
-        raise WorkflowError(f"{run_dir}: not a vaelab run directory (no .hydra/config.yaml){runs_hint(Path(run_dir))}")
+        raise WorkflowError(no_saved_config(Path(run_dir)))
     return path
+
+
+def no_saved_config(run_dir: Path) -> str:
+    """Why a folder without .hydra/config.yaml is not a run to use, in one line: not a run at all
+    (with the runs below it, if any), or (it holds checkpoints) a run whose saved config is gone."""
+    last = ckpt_io.latest(run_dir / "checkpoints")
+    if last is None:
+        return f"{run_dir}: not a vaelab run directory (no .hydra/config.yaml){runs_hint(run_dir)}"
+    return (f"{run_dir}: a run without its saved config, .hydra/config.yaml (deleted or moved?); each checkpoint "
+            f"keeps a copy, the 'config' entry of {last}: written back there, it makes the run usable again")
 
 
 def runs_hint(folder: Path) -> str:
@@ -70,6 +80,7 @@ def runs_hint(folder: Path) -> str:
     inside = ckpt_io.enclosing_run(folder)
     if inside is not None:  # (absolute: `last.pt` or `.` given from inside RUN/checkpoints)
         return f"; it is in the run {inside}, give that"
+
     # a sweep's jobs are 1 below it, outputs/multirun/NAME/TIME/JOB 4 below outputs/
     runs = sorted(p.parents[1] for depth in range(1, 5)
                   for p in folder.glob("/".join(["*"] * depth) + "/.hydra/config.yaml")) if folder.is_dir() else []

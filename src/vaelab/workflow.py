@@ -338,7 +338,7 @@ def reproduce(run_dir: str | Path, out: str | Path | None = None, rtol: float = 
     if changed:
         print(f"note: {run_dir.name} was carried on with changed settings: {', '.join(changed)}. Its config holds "
               f"the last values, which the reproduction uses from the start ({RESUMES} in its .hydra/ has the "
-              f"history): its numbers cannot be expected to match.", flush=True)
+              f"history): its numbers need not match.", flush=True)
     code = _run_child(cmd, cwd=_launch_cwd(run_dir), env=env)
     stopped = code in (130, -signal.SIGINT, -signal.SIGTERM, -signal.SIGHUP)  # (negative: stopped while it started, before
     # vaelab-train's own handlers, with Python's traceback of the KeyboardInterrupt above)

@@ -310,6 +310,10 @@ def test_optimizer_matches_config():
     (["device=null"], "override 'device=null': device cannot be null; give auto, cpu, cuda, cuda:N or mps"),
     (["model.size=null"], "override 'model.size=null': model.size cannot be null; give one of small, base, large"),
     (["latent_size=null"], "override 'latent_size=null': latent_size cannot be null; give an integer"),
+    # a mistyped search path: Hydra's two-line UserWarning, then "Could not find 'experiment/mine'"
+    (["hydra.searchpath=[file:///no/such/confs]", "experiment=mine"],
+     "override 'hydra.searchpath=[file:///no/such/confs]': file:///no/such/confs: no such folder; hydra.searchpath "
+     "takes folders of config groups of one's own"),
     # OmegaConf's words for a wrong type, and what the setting takes
     (["logger.histograms=maybe"], "(key 'logger.histograms'); give true or false"),
     (["model.hidden=512"], "(key 'model.hidden'); give a list in brackets, e.g. model.hidden=[512]"),

@@ -321,6 +321,13 @@ def precheck(argv: list[str], fetch_data: bool = False, continuing: Path | None 
                     f"choices; change its keys ({_example_key(group)}=...), or {new_run}")
     searchpath = [o.input_line for o in cmd.parsed if o.is_hydra_override() and not o.is_sweep_override()
                   and o.key_or_group == "hydra.searchpath"]
+    for o in cmd.parsed:  # a folder that is not there: Hydra warns in two lines, then cannot find what it holds
+        if o.input_line in searchpath and isinstance(o.value(), list):
+            for entry in map(str, o.value()):
+                folder = entry.removeprefix("file://")
+                if "://" not in folder and not Path(folder).is_dir():
+                    return (f"override '{o.input_line}': {entry}: no such folder; hydra.searchpath takes folders "
+                            f"of config groups of one's own, as file:///abs/path or file://relative/path")
     config_dir = cmd.flags.get("--config-dir") or cmd.flags.get("-cd")
     if config_dir and primary == (str(CONF_DIR), "config"):  # as Hydra searches it: after conf/ and hydra.searchpath
         given = next((list(o.value()) for o in cmd.parsed if o.input_line in searchpath), [])  # (Hydra keeps the first)

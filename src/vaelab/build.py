@@ -21,8 +21,8 @@ def build_model(cfg: DictConfig, input_dim: int = 784, image_shape=(1, 28, 28)) 
     spec, own = _model_arguments(cfg)
     try:
         model = instantiate(spec, input_dim=input_dim, image_shape=list(image_shape), **own, _convert_="all")
-    except Exception as e:  # a target that does not load, sizes that do not fit: one line (_model_error)
-        err = _model_error(cfg, e)
+    except Exception as e:  # a target that does not load, sizes that do not fit: one line (model_error)
+        err = model_error(cfg, e)
         if err is e:
             raise
         raise err from None
@@ -116,7 +116,7 @@ def _not_a_vae(cfg: DictConfig) -> ConfigError:
                        f"vaelab.models.VAE (not VAE itself), e.g. vaelab.models.MLPVAE")
 
 
-def _model_error(cfg: DictConfig, e: Exception) -> Exception:
+def model_error(cfg: DictConfig, e: Exception) -> Exception:
     """A ConfigError for a model that cannot be built: a model._target_ that does not import,
     or sizes whose weights do not fit in memory (latent_size=1000000000); `e` itself otherwise."""
     cause = e.__cause__ if isinstance(e, InstantiationException) and e.__cause__ is not None else e

@@ -2,7 +2,7 @@
 config a job that `vaelab resume SWEEP_DIR` starts saves, a job folder another job of the sweep
 already holds, and the removal of the folders of runs and sweeps that never started (a refusal,
 a Ctrl-C before training, a bug in a model of one's own), which `vaelab compare` would otherwise
-list as unfinished runs. No torch here: vaelab-train's pre-flight imports it."""
+list as unfinished runs. It imports no torch, so a command that only looks at folders need not."""
 from __future__ import annotations
 
 import hashlib

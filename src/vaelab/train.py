@@ -36,7 +36,7 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
 from vaelab import checkpoint as ckpt_io
-from vaelab.build import _model_error, build_model, build_optimizer  # (vaelab.train's, as before)
+from vaelab.build import build_model, build_optimizer, model_error  # (build_model, build_optimizer: vaelab.train's too)
 from vaelab.config import (CONF_DIR, LOG_FORMAT, ConfigError, choices, leaves, on_schema, resolve_device,
                            to_plain, typed, validate)
 from vaelab.data import DataError, MNISTData, load_data, to_float
@@ -709,8 +709,8 @@ def _train(cfg: DictConfig, run_dir: Path, data: MNISTData | None, on_start=None
     model = build_model(cfg, data.train.dim, data.train.image_shape)  # (one line for what cannot be built)
     try:
         model = model.to(device)
-    except Exception as e:  # weights the device has no room for: one line too (_model_error)
-        err = _model_error(cfg, e)
+    except Exception as e:  # weights the device has no room for: one line too (model_error)
+        err = model_error(cfg, e)
         if err is e:  # an error in the model's own code: as raised, with its cause and traceback
             raise
         raise err from None

@@ -47,7 +47,8 @@ def main() -> None:
               f"| {100 * r['loss']:.2f}% |")
     plain = [r["ratio"] for r in rows if not r["overrides"]]
     if plain:
-        print(f"\n{len(plain)} runs with no overrides (the defaults of their day): ratio median {statistics.median(plain):.2f}x, "
+        print(f"\n{len(plain)} runs with no overrides (the defaults of their day): "
+              f"ratio median {statistics.median(plain):.2f}x, "
               f"range {min(plain):.2f}-{max(plain):.2f}x; {sum(x >= 3 for x in plain)} at 3x or more")
 
 

@@ -1265,3 +1265,17 @@ def test_vaelab_train_called_from_a_script_leaves_its_warnings_filter_as_it_was(
     monkeypatch.setenv("PYTHONWARNINGS", "error::DeprecationWarning")
     assert launch(["--cfg", "job", "latent_size=2"]) == 0
     assert os.environ["PYTHONWARNINGS"] == "error::DeprecationWarning"
+
+
+def test_absolute_drops_dotdot_only_where_it_names_the_same_folder(tmp_path, monkeypatch):
+    """data.root=../data was saved as /x/y/../data; dropping '..' by text alone would, after a
+    link (sub -> real/sub), name another folder than the kernel's sub/../data (review)."""
+    from vaelab.config import absolute
+
+    (tmp_path / "real" / "sub").mkdir(parents=True)
+    (tmp_path / "work").mkdir()
+    (tmp_path / "work" / "sub").symlink_to(tmp_path / "real" / "sub")
+    monkeypatch.chdir(tmp_path / "work")
+    assert absolute("../real/data") == str(tmp_path / "real" / "data")
+    assert absolute("sub/../data") == str(tmp_path / "work" / "sub" / ".." / "data")  # the kernel's: real/data
+    assert os.path.realpath(absolute("sub/../data")) == str(tmp_path / "real" / "data")

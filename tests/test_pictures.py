@@ -16,9 +16,9 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from vaelab.models import MLPVAE
 from vaelab.evaluate_run import EVAL_PICTURES
 from vaelab.pictures import (RED, TRAVERSAL_VALUES, curves_figure, figure_to_tensor, interpolations_figure,
-                             interpolations_grid, kl_bars_figure, latents_scatter_figure, make_pictures, manifold_figure, manifold_grid,
-                             reconstructions_figure, reconstructions_grid, traversal_rows, traversals_figure,
-                             traversals_grid)
+                             interpolations_grid, kl_bars_figure, latents_scatter_figure, make_pictures,
+                             manifold_figure, manifold_grid, reconstructions_figure, reconstructions_grid,
+                             traversal_rows, traversals_figure, traversals_grid)
 from vaelab.train import train
 
 CELL = 28 + 2  # an MNIST image plus make_grid's padding

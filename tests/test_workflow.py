@@ -782,10 +782,39 @@ def test_resume_applies_a_dict_value_as_vaelab_train_does(tmp_path):
     vaelab-train ({a: 1, b: 2})."""
     from vaelab.workflow import apply_overrides
 
+    from vaelab.workflow import _updated_files
+
     overrides = ["+model.kwargs.a=1", "+model.kwargs.b=5"]
     cfg = compose_cfg(overrides)
-    apply_overrides(cfg, ["model.kwargs={b:2}"])
+    parsed = apply_overrides(cfg, ["model.kwargs={b:2}"])
     assert cfg.model.kwargs == compose_cfg([*overrides, "model.kwargs={b:2}"]).model.kwargs == {"a": 1, "b": 2}
+    # ... and the config resume saves says so (it trained with a and b, and saved b alone: a later
+    # eval, resume or reproduce then found model.kwargs.a missing)
+    (tmp_path / ".hydra").mkdir()
+    (tmp_path / ".hydra" / "config.yaml").write_text(OmegaConf.to_yaml(compose_cfg(overrides)))
+    saved = yaml.safe_load(_updated_files(tmp_path, parsed, cfg)[0])
+    assert saved["model"]["kwargs"] == {"a": 1, "b": 2}
+
+
+def test_the_config_check_leaves_constructor_arguments_and_machine_settings_alone(tmp_path):
+    """train() from Python may carry a run on with a model.kwargs entry its saved config lacks
+    (README: it warns); the run's own final evaluation then ended in a traceback. A missing
+    constructor argument is its default, which the config does not know; device and
+    trainer.progress are the machine's, not the run's."""
+    from vaelab.config import ConfigError, load_run_config
+
+    trained = OmegaConf.to_container(compose_cfg(["+model.kwargs.dropout=0.5", "trainer.progress=false"]))
+    cfg_file = tmp_path / "config.yaml"
+    raw = OmegaConf.to_container(compose_cfg([]))
+    del raw["device"], raw["trainer"]["progress"]
+    cfg_file.write_text(OmegaConf.to_yaml(raw))
+    ckpt_io.check_config_whole({"config": trained}, "last.pt", cfg_file, load_run_config(cfg_file, here=False))
+    del raw["trainer"]["eval_batch_size"]  # a setting of the run's: caught, and said as one types it
+    cfg_file.write_text(OmegaConf.to_yaml(raw))
+    trained["trainer"]["eval_batch_size"] = 64
+    with pytest.raises(ConfigError, match="has no trainer.eval_batch_size; the run trained with "
+                                          "trainer.eval_batch_size=64 .* the config says trainer.eval_batch_size=2000"):
+        ckpt_io.check_config_whole({"config": trained}, "last.pt", cfg_file, load_run_config(cfg_file, here=False))
 
 
 @pytest.mark.parametrize("command", ["resume", "eval", "reproduce"])

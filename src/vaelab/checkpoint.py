@@ -414,6 +414,11 @@ SAME_AS_TRAINED = ("model.activation", "loss.recon", "data.binarize")
 SAME_TO_RESUME = (*SAME_AS_TRAINED, "data.val_size", "data.split_seed", "seed")
 
 
+# Settings of the machine a command runs on, not of the run (train._MAY_DIFFER's, but data.root,
+# whose default would read other data)
+_NOT_THE_RUNS = {"device", "trainer.progress"}
+
+
 def check_config_whole(ckpt: dict, path: str | Path, cfg_path: str | Path, cfg, overrides: bool = True) -> None:
     """Refuse a run's saved config that lacks a setting its checkpoint was trained with, where the
     value the config takes in its place (the schema's default: load_run_config fills in what a
@@ -426,9 +431,12 @@ def check_config_whole(ckpt: dict, path: str | Path, cfg_path: str | Path, cfg, 
 
     saved = {k for k, _ in leaves(OmegaConf.to_container(OmegaConf.load(cfg_path), resolve=False))}
     for key, trained in leaves(ckpt.get("config") or {}):
+        if key in _NOT_THE_RUNS or key.startswith("model.kwargs."):  # (a constructor argument left out takes
+            continue  # its default, which the config does not know: train() from Python may give one later)
         now = OmegaConf.select(cfg, key)
         now = getattr(now, "name", now)  # enum -> its name, as checkpoints store it
         if key not in saved and str(now) != str(trained):
+            trained, now = (str(v).lower() if isinstance(v, bool) else v for v in (trained, now))  # as typed
             raise ConfigError(f"{cfg_path}: has no {key}; the run trained with {key}={trained} "
                               f"({Path(path).name}), and without it the config says {key}={now}: is the file "
                               f"whole? put the line back" + (f", or give {key}=VALUE" if overrides else ""))

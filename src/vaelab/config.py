@@ -505,6 +505,17 @@ def leaves(tree: dict, prefix: str = "", empty: bool = True):
             yield key, v
 
 
+def absolute(path: str | Path) -> str:
+    """`path` (~ expanded) as an absolute path, its '..' dropped where that names the same folder:
+    not after a link, where the kernel's '..' is the link target's parent (sub/../data, with sub a
+    link, is not ./data)."""
+    import os
+
+    given = Path(path).expanduser().absolute()
+    tidy = os.path.normpath(given)
+    return tidy if os.path.realpath(tidy) == os.path.realpath(given) else str(given)
+
+
 def to_plain(cfg: DictConfig) -> dict:
     """The resolved config as plain Python types (enums as strings): safe for torch.load
     (weights_only=True), JSON and TensorBoard."""

@@ -37,7 +37,7 @@ from tqdm.auto import tqdm
 
 from vaelab import checkpoint as ckpt_io
 from vaelab.build import build_model, build_optimizer, model_error  # (build_model, build_optimizer: vaelab.train's too)
-from vaelab.config import (CONF_DIR, LOG_FORMAT, ConfigError, choices, leaves, on_schema, resolve_device,
+from vaelab.config import (CONF_DIR, LOG_FORMAT, ConfigError, absolute, choices, leaves, on_schema, resolve_device,
                            to_plain, typed, validate)
 from vaelab.data import DataError, MNISTData, load_data, to_float
 from vaelab.errors import STOP_SIGNALS, Interrupted, NonFiniteLoss, SaveFailed, after_hangup, leaving_after_a_stop
@@ -474,7 +474,7 @@ def _as_this_process_reads_it(cfg: DictConfig) -> DictConfig:
     launch folder in .hydra/hydra.yaml instead (evaluate_run.data_root)."""
     # (a plain copy: a script's config, or a part of it, may be read-only)
     saved = OmegaConf.create(OmegaConf.to_container(cfg, resolve=False, enum_to_str=True))
-    saved.data.root = os.path.abspath(Path(str(cfg.data.root)).expanduser())  # (.. resolved, as a user reads it)
+    saved.data.root = absolute(str(cfg.data.root))
     return saved
 
 

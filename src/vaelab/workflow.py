@@ -33,7 +33,7 @@ from vaelab import checkpoint as ckpt_io
 from vaelab.compare import eval_settings
 from vaelab.cli_errors import _explain as explain_override_error  # vaelab-train's wording
 from vaelab.cli_errors import no_key, parse_error, unwritable
-from vaelab.config import CONF_DIR, ConfigError, load_run_config, resolve_device, validate
+from vaelab.config import CONF_DIR, ConfigError, absolute, load_run_config, resolve_device, validate
 from vaelab.errors import STOP_SIGNALS, after_hangup
 
 
@@ -306,7 +306,7 @@ def reproduce(run_dir: str | Path, out: str | Path | None = None, rtol: float = 
         if ck is not None:
             ckpt_io.check_config_whole(ck, last, cfg_path, cfg, overrides=False)
     original = final_metrics(run_dir)  # before spending time on a run we could not compare
-    root = Path(os.path.abspath(Path(data_root).expanduser())) if data_root else run_data_root(run_dir, cfg)
+    root = Path(absolute(data_root)) if data_root else run_data_root(run_dir, cfg)
     fetch_mnist(root, cfg.data.download, how="give --data-root DIR")  # DataError, one line, before the new folder
     n = mnist_train_size(root)  # (too few images for the run's val split: name the data, not the setting)
     if n is not None and (why := val_size_error(cfg.data.val_size, n, root, saved=True, given=bool(data_root))):
@@ -530,7 +530,7 @@ def _updated_files(run_dir: Path, parsed: list, cfg=None) -> tuple[str, str]:
         value = o.value()
         if cfg is not None and type(value) is int and isinstance(OmegaConf.select(cfg, o.key_or_group), float):
             value = float(value)
-        OmegaConf.update(raw, o.key_or_group, value, merge=False)
+        OmegaConf.update(raw, o.key_or_group, value, merge=True)  # (as apply_overrides: a dict value merges)
     old = (yaml.safe_load(ovr_path.read_text()) or []) if ovr_path.is_file() else []
     new_keys = {o.key_or_group for o in parsed}
     lines = [ln for ln in old if ln.split("=", 1)[0].lstrip("+~") not in new_keys] + [o.input_line for o in parsed]
@@ -829,7 +829,7 @@ def _to_carry_on(cfg, run_dir: Path):
     from vaelab.evaluate_run import data_root
 
     cfg.trainer.resume = True
-    cfg.data.root = os.path.abspath(data_root(run_dir, cfg))  # (~ too: a home folder, not a folder named ~)
+    cfg.data.root = absolute(data_root(run_dir, cfg))  # (~ too: a home folder, not a folder named ~)
     return cfg
 
 

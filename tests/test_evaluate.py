@@ -872,3 +872,24 @@ def test_a_run_whose_model_does_not_import_here_is_one_line(make_cfg, tmp_path, 
     err = capsys.readouterr().err.strip()
     assert err.startswith("vaelab eval: error: model._target_=gonemodels.Mine: Error loading 'gonemodels.Mine': "
                           "ModuleNotFoundError") and "\n" not in err
+
+
+def test_the_curves_say_what_their_losses_are_and_where_they_end(make_cfg, tmp_path, monkeypatch, caplog):
+    """Review: with loss.beta=4 the note called every loss recon + 4 KL, though validation's is
+    recon + KL; curves of a run carried on with logger.tensorboard=false ended early unsaid; and
+    TensorBoard's own INFO lines ("Directory watcher advancing ...") went into train.log."""
+    import vaelab.pictures as pictures
+
+    notes = []
+    real = pictures.curves_figure
+    monkeypatch.setattr(pictures, "curves_figure", lambda scalars, note="": notes.append(note) or real(scalars, note))
+    common = ["latent_size=2", "model.size=small", "loss.beta=4", "trainer.final_eval=false"]
+    train(make_cfg([*common, "trainer.epochs=1"]), tmp_path)
+    train(make_cfg([*common, "trainer.epochs=2", "logger.tensorboard=false"]), tmp_path)  # carried on (it warns)
+    with caplog.at_level(logging.INFO):
+        r = evaluate_run(tmp_path, k=2, device="cpu", progress=False)
+    assert notes == ["the train loss is recon + beta x KL (loss.beta=4), the validation loss recon + KL; the curves "
+                     "end after epoch 1 of 2: the later ones logged no events; loss.recon=mse: the losses leave out "
+                     "the Gaussian decoder's constant (add 448.73 nats for the -ELBO)"]
+    assert "curves" in r["pictures"]
+    assert not [rec for rec in caplog.records if rec.name.startswith("tensorboard")]

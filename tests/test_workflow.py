@@ -507,6 +507,8 @@ def test_resume_with_more_epochs_continues_and_records_the_override(tiny_mnist, 
     assert err[-1] == (f"vaelab resume: nothing to do, {run} has trained all 3 epochs of trainer.epochs=3 (so "
                        f"optim.lr=1e-4 changed nothing: it applies to epochs still to train); to go on: vaelab resume "
                        f"{run} trainer.epochs=6 optim.lr=1e-4")
+    assert vaelab(["resume", run, "trainer.final_eval_k=10"]) == 0  # an evaluation setting: vaelab eval's
+    assert capsys.readouterr().err.strip().endswith(f"; another evaluation of it: vaelab eval {run} --k 10")
     saved = yaml.safe_load((run / ".hydra" / "config.yaml").read_text())
     assert saved["trainer"]["epochs"] == 3 and saved["model"]["latent_size"] == "${latent_size}"
     # The HParams row shows the config the run ended with (one row: its own event file, replaced)

@@ -156,8 +156,15 @@ def _training_scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
     (none without event files: logger.tensorboard=false)."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0, "images": 1, "histograms": 1, "tensors": 1})
-    acc.Reload()
+    tb_log = logging.getLogger("tensorboard")  # (its INFO lines, "Directory watcher advancing ...", are not ours)
+    level = tb_log.level
+    tb_log.setLevel(logging.ERROR)
+    try:
+        acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0, "images": 1, "histograms": 1,
+                                                            "tensors": 1})
+        acc.Reload()
+    finally:
+        tb_log.setLevel(level)
     return {t: [(e.step, e.value) for e in acc.Scalars(t)] for t in acc.Tags()["scalars"]}
 
 
@@ -313,14 +320,20 @@ def evaluate_run(run_dir: str | Path, k: int = 5000, device: str = "auto", check
                 if cfg.loss.beta != 1 or cfg.loss.kl_warmup_steps:
                     warmup = cfg.loss.kl_warmup_steps
                     ramp = f", ramped up from 0 over {warmup} steps" if warmup else ""
-                    notes.append(f"the loss is recon + beta x KL (loss.beta={cfg.loss.beta:g}{ramp})")
+                    notes.append(f"the train loss is recon + beta x KL (loss.beta={cfg.loss.beta:g}{ramp}), the "
+                                 f"validation loss recon + KL")
+                scalars = _training_scalars(run_dir)
+                epochs = {x for x, _ in scalars.get("epoch/val_loss", [])}  # (a step logged twice: one epoch)
+                if epochs and len(epochs) < result["epoch"]:  # (epochs trained with logger.tensorboard=false)
+                    notes.append(f"the curves end after epoch {len(epochs)} of {result['epoch']}: the later ones "
+                                 f"logged no events")
                 if recon_kind == "mse":
                     notes.append(f"loss.recon=mse: the losses leave out the Gaussian decoder's constant (add "
                                  f"{d * MSE_NLL_CONST_PER_DIM:.2f} nats for the -ELBO)")
                 with ckpt_io.only_process(staging):  # (held while in use: see _remove_stale_staging)
                     drawn = make_pictures(model, test, data.test.labels, st["kl_per_dim"],
                                           st["mu_var"] > ACTIVE_THRESHOLD, staging, writer, step, seed,
-                                          scalars=_training_scalars(run_dir), curves_note="; ".join(notes))
+                                          scalars=scalars, curves_note="; ".join(notes))
             if writer is not None:
                 writer.close()
             result["seconds"] = time.perf_counter() - t0

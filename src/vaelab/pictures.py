@@ -256,8 +256,8 @@ def curves_figure(scalars: dict[str, list[tuple[int, float]]], note: str = ""):
     if not scalars.get("epoch/val_loss"):
         return None
     fig = _figure(12.0, 3.6)
-    for i, (what, lines) in enumerate(CURVES):
-        ax = fig.add_subplot(1, len(CURVES), i + 1)
+    axes = fig.subplots(1, len(CURVES), sharex=True)  # (one x range: a panel of one point had its own)
+    for ax, (what, lines) in zip(axes, CURVES):
         for tag, label, style in lines:
             pts = sorted(dict(scalars.get(tag, [])).items())  # one value per step (a resumed run's repeats: the last)
             if pts:

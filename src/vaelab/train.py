@@ -809,7 +809,7 @@ def _train(cfg: DictConfig, run_dir: Path, data: MNISTData | None, on_start=None
     step_model = torch.compile(model, mode=t.compile_mode) if t.compile else model
     if t.compile:  # (the first steps wait for it, silently, and the epoch's img/s counts the wait)
         log.info("trainer.compile=true: torch.compile (mode=%s) compiles the model in the first steps, which takes "
-                 "tens of seconds; epoch 1's time and img/s include it", t.compile_mode)
+                 "tens of seconds; the first epoch's time and img/s include it", t.compile_mode)
     # (autocast's weight cache would hand a graph tensors freed after capture)
     amp = (torch.autocast(device.type, dtype=torch.bfloat16, cache_enabled=not graphed) if t.amp == "bf16"
            else nullcontext())

@@ -621,11 +621,14 @@ def resume(run_dir: str | Path, overrides: list[str] = ()) -> dict | None:
             return metrics
         # Training again would only log the final numbers a second time.
         given = [o for o in overrides if o.split("=", 1)[0] != "trainer.epochs"]
-        unused = (f" (so {' '.join(given)} changed nothing: {'they apply' if len(given) > 1 else 'it applies'} "
+        shown = " ".join(map(shlex.quote, given))
+        unused = (f" (so {shown} changed nothing: {'they apply' if len(given) > 1 else 'it applies'} "
                   f"to epochs still to train)" if given else "")
+        k = next((o.split("=", 1)[1] for o in given if o.split("=", 1)[0] == "trainer.final_eval_k"), None)
+        again = f"; another evaluation of it: vaelab eval {shlex.quote(str(run_dir))} --k {k}" if k else ""
         print(f"vaelab resume: nothing to do, {run_dir} has trained {trained}{unused}; to go on: "
               f"vaelab resume {shlex.quote(str(run_dir))} trainer.epochs={2 * done}"
-              + "".join(f" {shlex.quote(o)}" for o in given), file=sys.stderr)
+              + "".join(f" {shlex.quote(o)}" for o in given) + again, file=sys.stderr)
         return None
     ckpt_io.check_resumable(ck, last)
     _to_carry_on(cfg, run_dir)  # that is what this command is for, whatever the run said

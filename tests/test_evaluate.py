@@ -876,8 +876,9 @@ def test_a_run_whose_model_does_not_import_here_is_one_line(make_cfg, tmp_path, 
 
 def test_the_curves_say_what_their_losses_are_and_where_they_end(make_cfg, tmp_path, monkeypatch, caplog):
     """Review: with loss.beta=4 the note called every loss recon + 4 KL, though validation's is
-    recon + KL; curves of a run carried on with logger.tensorboard=false ended early unsaid; and
-    TensorBoard's own INFO lines ("Directory watcher advancing ...") went into train.log."""
+    recon + KL; curves of a run carried on with logger.tensorboard=false ended early unsaid (and a
+    later review: began late, said as ending early); TensorBoard's own INFO lines ("Directory
+    watcher advancing ...") went into train.log; and three notes on one line were cut off."""
     import vaelab.pictures as pictures
 
     notes = []
@@ -888,8 +889,11 @@ def test_the_curves_say_what_their_losses_are_and_where_they_end(make_cfg, tmp_p
     train(make_cfg([*common, "trainer.epochs=2", "logger.tensorboard=false"]), tmp_path)  # carried on (it warns)
     with caplog.at_level(logging.INFO):
         r = evaluate_run(tmp_path, k=2, device="cpu", progress=False)
-    assert notes == ["the train loss is recon + beta x KL (loss.beta=4), the validation loss recon + KL; the curves "
-                     "end after epoch 1 of 2: the later ones logged no events; loss.recon=mse: the losses leave out "
-                     "the Gaussian decoder's constant (add 448.73 nats for the -ELBO)"]
+    assert notes == ["the train loss is recon + beta x KL (loss.beta=4), the validation loss recon + KL\n"
+                     "epoch 2 of 2 logged no events: the curves leave it out\n"
+                     "loss.recon=mse: the losses leave out the Gaussian decoder's constant (add 448.73 nats for the "
+                     "-ELBO)"]
     assert "curves" in r["pictures"]
     assert not [rec for rec in caplog.records if rec.name.startswith("tensorboard")]
+    from vaelab.evaluate_run import _ranges
+    assert _ranges([1, 2, 3, 5, 7, 8]) == "1-3, 5, 7-8"

@@ -1389,3 +1389,22 @@ def test_compare_where_keeps_the_case_of_text_that_reads_true():
     assert [r.name for r in where(runs, ["name=True"])] == ["a"] and where(runs, ["name=true"]) == []
     assert [r.name for r in where(runs, ["trainer.compile=True"])] == ["a"]
     assert [r.name for r in where(runs, ["trainer.compile=FALSE"])] == ["b"]
+
+
+def test_resume_of_a_sweep_leaves_a_job_whose_saved_config_was_deleted_as_it_is(sweep, tmp_path, capfd):
+    """A job with checkpoints but no .hydra/config.yaml counted as one that never started: the
+    sweep's config was written in its place (a `vaelab resume JOB KEY=VALUE` change lost) and the
+    run carried on under it (review). The summary then called the jobs incomparable in loss.recon."""
+    copy = tmp_path / "copy"
+    shutil.copytree(sweep, copy)
+    job = copy / "latent_size=2,loss.beta=1"
+    (job / ".hydra" / "config.yaml").unlink()
+    before = sorted(p.name for p in (job / ".hydra").iterdir())
+    last = (job / "checkpoints" / "last.pt").read_bytes()
+    capfd.readouterr()
+    assert vaelab(["resume", copy]) == 0
+    out = "".join(capfd.readouterr())
+    assert f"{job}: a run without its saved config, .hydra/config.yaml (deleted or moved?)" in out
+    assert "; it is left as it is" in out and "sweep of 4 jobs: 4 done; lowest val_loss " in out
+    assert sorted(p.name for p in (job / ".hydra").iterdir()) == before
+    assert (job / "checkpoints" / "last.pt").read_bytes() == last

@@ -28,6 +28,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 import vaelab.train as train_mod
 from vaelab import checkpoint as ckpt_io
 from vaelab.cli import main as vaelab_cli
+from vaelab.models import MLPVAE
 from vaelab.train import Interrupted, train
 from vaelab.train_cli import config_dir_error, launch, saved_config_argv
 from vaelab.workflow import differing_keys, is_timing, side_by_side
@@ -798,25 +799,43 @@ def test_resume_applies_a_dict_value_as_vaelab_train_does(tmp_path):
     assert saved["model"]["kwargs"] == {"a": 1, "b": 2}
 
 
-def test_the_config_check_leaves_constructor_arguments_and_machine_settings_alone(tmp_path):
-    """train() from Python may carry a run on with a model.kwargs entry its saved config lacks
-    (README: it warns); the run's own final evaluation then ended in a traceback. A missing
-    constructor argument is its default, which the config does not know; device and
-    trainer.progress are the machine's, not the run's."""
+class ScaledVAE(MLPVAE):
+    """A model of one's own with a constructor argument that changes its numbers (the config
+    check reads its default; it is never built here)."""
+
+    def __init__(self, *args, scale: float = 1.0, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.scale = scale
+
+
+def test_the_config_check_reads_a_missing_constructor_argument_as_its_default(tmp_path):
+    """A model.kwargs entry the saved config lacks takes the constructor's default: refused where
+    that is not what the run trained with (a review's scale=0.25 run was evaluated at 1.0), not
+    where it is. device and trainer.progress are the machine's, not the run's."""
     from vaelab.config import ConfigError, load_run_config
 
-    trained = OmegaConf.to_container(compose_cfg(["+model.kwargs.dropout=0.5", "trainer.progress=false"]))
+    model = [f"model._target_={ScaledVAE.__module__}.ScaledVAE"]
+    trained = OmegaConf.to_container(compose_cfg([*model, "+model.kwargs.scale=1.0", "trainer.progress=false"]))
     cfg_file = tmp_path / "config.yaml"
-    raw = OmegaConf.to_container(compose_cfg([]))
+    raw = OmegaConf.to_container(compose_cfg(model))
     del raw["device"], raw["trainer"]["progress"]
     cfg_file.write_text(OmegaConf.to_yaml(raw))
-    ckpt_io.check_config_whole({"config": trained}, "last.pt", cfg_file, load_run_config(cfg_file, here=False))
+
+    def check():
+        ckpt_io.check_config_whole({"config": trained}, "last.pt", cfg_file, load_run_config(cfg_file, here=False))
+    check()  # scale=1.0 is the default: the same model
+    trained["model"]["kwargs"]["scale"] = 0.25
+    with pytest.raises(ConfigError, match=r"has no model.kwargs.scale; the run trained with model.kwargs.scale=0.25 "
+                                          r"\(last.pt\), and without it model.kwargs.scale would be 1.0"):
+        check()
+    trained["model"]["kwargs"] = {"other": 3}  # an argument the constructor takes through **kwargs: no default to read
+    check()
     del raw["trainer"]["eval_batch_size"]  # a setting of the run's: caught, and said as one types it
     cfg_file.write_text(OmegaConf.to_yaml(raw))
     trained["trainer"]["eval_batch_size"] = 64
     with pytest.raises(ConfigError, match="has no trainer.eval_batch_size; the run trained with "
-                                          "trainer.eval_batch_size=64 .* the config says trainer.eval_batch_size=2000"):
-        ckpt_io.check_config_whole({"config": trained}, "last.pt", cfg_file, load_run_config(cfg_file, here=False))
+                                          "trainer.eval_batch_size=64 .* trainer.eval_batch_size would be 2000"):
+        check()
 
 
 @pytest.mark.parametrize("command", ["resume", "eval", "reproduce"])
@@ -834,7 +853,7 @@ def test_a_line_lost_from_a_runs_config_is_refused_not_filled_with_the_default(f
     assert vaelab([command, *args[command]]) == 2
     err = capsys.readouterr().err.strip()
     assert err == (f"vaelab {command}: error: {cfg_file}: has no trainer.batch_size; the run trained with "
-                   f"trainer.batch_size=32 (last.pt), and without it the config says trainer.batch_size=128: is the "
+                   f"trainer.batch_size=32 (last.pt), and without it trainer.batch_size would be 128: is the "
                    f"file whole? put the line back" + (", or give trainer.batch_size=VALUE" if command == "resume"
                                                        else ""))
     assert files_snapshot(run) == before and not (tmp_path / "r").exists()
@@ -852,10 +871,26 @@ def test_a_run_whose_saved_config_was_deleted_is_told_where_a_copy_is(finished_r
         assert capsys.readouterr().err.strip() == (
             f"vaelab {command}: error: {run}: a run without its saved config, .hydra/config.yaml (deleted or "
             f"moved?); each checkpoint keeps a copy, the 'config' entry of {run / 'checkpoints' / 'last.pt'}: "
-            f"written back there, it makes the run usable again")
+            f"written back as {run / '.hydra' / 'config.yaml'}, it makes the run usable again (a relative data.root "
+            f"in it is relative to the folder the run began in)")
     config = ckpt_io.load(run / "checkpoints" / "last.pt")["config"]  # ... as the line says
     (run / ".hydra" / "config.yaml").write_text(yaml.safe_dump(config))
     assert vaelab(["resume", run, "trainer.epochs=2"]) == 0
+
+
+def test_a_run_carried_on_from_python_under_other_arguments_is_not_evaluated_as_saved(tiny_mnist, tmp_path,
+                                                                                       caplog):
+    """train() carrying a run on with a constructor argument its saved config lacks (README: it
+    warns) evaluated, at the end, a model built from the saved config: one it never trained."""
+    model = [f"model._target_={ScaledVAE.__module__}.ScaledVAE", f"data.root={tiny_mnist}", *TINY]
+    train(compose_cfg([*model, "trainer.epochs=1"]), tmp_path / "run")
+    with caplog.at_level(logging.WARNING, logger="vaelab"):
+        m = train(compose_cfg([*model, "trainer.epochs=2", "+model.kwargs.scale=0.25", "trainer.final_eval=true"]),
+                  tmp_path / "run")
+    assert m["epochs"] == 2 and not (tmp_path / "run" / "eval.json").exists()
+    assert any(r.getMessage().startswith("the end-of-training evaluation did not run: ") and
+               "has no model.kwargs.scale; the run trained with model.kwargs.scale=0.25" in r.getMessage()
+               for r in caplog.records)
 
 
 def test_resume_with_missing_data_changes_nothing(finished_run, tmp_path, capsys):
@@ -1823,6 +1858,13 @@ def test_a_relative_data_root_given_to_resume_is_read_from_here(finished_run, ti
     saved = yaml.safe_load((run / ".hydra" / "config.yaml").read_text())["data"]["root"]
     assert saved == str(tmp_path / "here" / "data")  # absolute: the next resume reads the same folder
     assert f"data.root='{tmp_path / 'here' / 'data'}'" in (run / ".hydra" / "overrides.yaml").read_text()
+    (tmp_path / "there").mkdir()  # ../here/data, and ~/data: saved as the folders they name (review: as typed)
+    monkeypatch.chdir(tmp_path / "there")
+    assert vaelab(["resume", run, "data.root=../here/data", "trainer.epochs=3"]) == 0
+    assert yaml.safe_load((run / ".hydra" / "config.yaml").read_text())["data"]["root"] == saved
+    monkeypatch.setenv("HOME", str(tmp_path / "here"))
+    assert vaelab(["resume", run, "data.root='~/data'", "trainer.epochs=4"]) == 0  # (quoted: Hydra's ~)
+    assert yaml.safe_load((run / ".hydra" / "config.yaml").read_text())["data"]["root"] == saved
 
 
 def test_a_run_whose_data_root_starts_with_a_tilde_is_carried_on_from_the_home_folder(finished_run, tmp_path,

@@ -414,6 +414,21 @@ SAME_AS_TRAINED = ("model.activation", "loss.recon", "data.binarize")
 SAME_TO_RESUME = (*SAME_AS_TRAINED, "data.val_size", "data.split_seed", "seed")
 
 
+def _default_argument(cfg, name: str, otherwise):
+    """The default of the model constructor's argument `name` (model._target_'s), or `otherwise`
+    where there is none to read (a target that does not load, no such argument: other checks
+    report those)."""
+    import inspect
+
+    from hydra._internal.utils import _locate
+
+    try:
+        param = inspect.signature(_locate(cfg.model._target_)).parameters.get(name)
+    except Exception:  # noqa: BLE001 - not importable here, no signature
+        return otherwise
+    return otherwise if param is None or param.default is inspect.Parameter.empty else param.default
+
+
 # Settings of the machine a command runs on, not of the run (train._MAY_DIFFER's, but data.root,
 # whose default would read other data)
 _NOT_THE_RUNS = {"device", "trainer.progress"}
@@ -431,14 +446,16 @@ def check_config_whole(ckpt: dict, path: str | Path, cfg_path: str | Path, cfg, 
 
     saved = {k for k, _ in leaves(OmegaConf.to_container(OmegaConf.load(cfg_path), resolve=False))}
     for key, trained in leaves(ckpt.get("config") or {}):
-        if key in _NOT_THE_RUNS or key.startswith("model.kwargs."):  # (a constructor argument left out takes
-            continue  # its default, which the config does not know: train() from Python may give one later)
+        if key in _NOT_THE_RUNS or key in saved:
+            continue
         now = OmegaConf.select(cfg, key)
         now = getattr(now, "name", now)  # enum -> its name, as checkpoints store it
-        if key not in saved and str(now) != str(trained):
+        if key.startswith("model.kwargs.") and now is None:  # a constructor argument left out takes its default
+            now = _default_argument(cfg, key.removeprefix("model.kwargs."), trained)
+        if str(now) != str(trained):
             trained, now = (str(v).lower() if isinstance(v, bool) else v for v in (trained, now))  # as typed
             raise ConfigError(f"{cfg_path}: has no {key}; the run trained with {key}={trained} "
-                              f"({Path(path).name}), and without it the config says {key}={now}: is the file "
+                              f"({Path(path).name}), and without it {key} would be {now}: is the file "
                               f"whole? put the line back" + (f", or give {key}=VALUE" if overrides else ""))
 
 

@@ -455,13 +455,14 @@ def not_comparable(runs: list[Run], metric: str) -> str | None:
     binarization is not counted) or "split" (a val_* of data.val_size=0 is the test split's); else
     None."""
     have = [r for r in runs if isinstance(r.metrics.get(metric), (int, float))]
+    known = [r for r in have if r.config]  # (a run whose saved config is gone or unreadable: settings unknown)
     likelihood = any(part in metric for part in ("loss", "recon", "elbo", "nll", "bits_per_dim"))
-    if likelihood and len({r.config.get("loss.recon") for r in have}) > 1:
+    if likelihood and len({r.config.get("loss.recon") for r in known}) > 1:
         return "loss.recon"
-    if likelihood and len({r.config.get("data.binarize", "none") == "none" for r in have}) > 1:
+    if likelihood and len({r.config.get("data.binarize", "none") == "none" for r in known}) > 1:
         return "data.binarize"
     digests: dict[tuple, set] = {}
-    for r in have:
+    for r in known:
         if isinstance(r.metrics.get("data_digest"), str):
             same = tuple(r.config.get(k) for k in ("data.val_size", "data.split_seed", "data.binarize"))
             digests.setdefault(same, set()).add(r.metrics["data_digest"])

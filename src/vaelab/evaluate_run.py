@@ -168,6 +168,17 @@ def _training_scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
     return {t: [(e.step, e.value) for e in acc.Scalars(t)] for t in acc.Tags()["scalars"]}
 
 
+def _ranges(numbers: list[int]) -> str:
+    """[1, 2, 3, 5] -> '1-3, 5'."""
+    runs: list[list[int]] = []
+    for n in numbers:
+        if runs and n == runs[-1][1] + 1:
+            runs[-1][1] = n
+        else:
+            runs.append([n, n])
+    return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in runs)
+
+
 def _likelihood(recon: str, binarize: str) -> tuple[str, str]:
     """(short name, one-line note) of the decoder likelihood the numbers are in."""
     from vaelab.losses import MSE_GAUSSIAN_VARIANCE
@@ -323,17 +334,18 @@ def evaluate_run(run_dir: str | Path, k: int = 5000, device: str = "auto", check
                     notes.append(f"the train loss is recon + beta x KL (loss.beta={cfg.loss.beta:g}{ramp}), the "
                                  f"validation loss recon + KL")
                 scalars = _training_scalars(run_dir)
-                epochs = {x for x, _ in scalars.get("epoch/val_loss", [])}  # (a step logged twice: one epoch)
-                if epochs and len(epochs) < result["epoch"]:  # (epochs trained with logger.tensorboard=false)
-                    notes.append(f"the curves end after epoch {len(epochs)} of {result['epoch']}: the later ones "
-                                 f"logged no events")
+                logged = {round(v) for _, v in scalars.get("epoch/epoch", [])}  # (epochs trained with
+                missing = sorted(set(range(1, result["epoch"] + 1)) - logged)  # logger.tensorboard=false)
+                if logged and missing:
+                    notes.append(f"epoch{'s' * (len(missing) > 1)} {_ranges(missing)} of {result['epoch']} logged "
+                                 f"no events: the curves leave {'them' if len(missing) > 1 else 'it'} out")
                 if recon_kind == "mse":
                     notes.append(f"loss.recon=mse: the losses leave out the Gaussian decoder's constant (add "
                                  f"{d * MSE_NLL_CONST_PER_DIM:.2f} nats for the -ELBO)")
                 with ckpt_io.only_process(staging):  # (held while in use: see _remove_stale_staging)
                     drawn = make_pictures(model, test, data.test.labels, st["kl_per_dim"],
                                           st["mu_var"] > ACTIVE_THRESHOLD, staging, writer, step, seed,
-                                          scalars=scalars, curves_note="; ".join(notes))
+                                          scalars=scalars, curves_note="\n".join(notes))
             if writer is not None:
                 writer.close()
             result["seconds"] = time.perf_counter() - t0

@@ -252,7 +252,8 @@ CURVES = (("loss", (("train/loss", "train, per log point", "-"), ("epoch/train_l
 
 def curves_figure(scalars: dict[str, list[tuple[int, float]]], note: str = ""):
     """A run's training curves from its TensorBoard scalars ({tag: [(examples seen, value)]}):
-    the loss, the KL and the active units against examples seen. None without a validation point."""
+    the loss, the KL and the active units against examples seen, with `note` (lines) above. None
+    without a validation point."""
     if not scalars.get("epoch/val_loss"):
         return None
     fig = _figure(12.0, 3.6)
@@ -269,15 +270,16 @@ def curves_figure(scalars: dict[str, list[tuple[int, float]]], note: str = ""):
         if what == "active units" and ax.get_lines():  # from 0: how many of them collapsed, in whole numbers
             from matplotlib.ticker import MaxNLocator
 
-            ax.set_ylim(0, max(ax.get_ylim()[1], 1))
+            ax.set_ylim(0, max(max(line.get_ydata()) for line in ax.get_lines()) + 1)
             ax.yaxis.set_major_locator(MaxNLocator(integer=True))
         ax.tick_params(labelsize=7)
         ax.grid(alpha=0.3)
         if ax.get_lines():  # (a run logged without one of them: an empty panel, no legend)
             ax.legend(fontsize=7)
-    if note:
+    if note:  # one note a line: one long line was cut at both ends
         fig.suptitle(note, fontsize=8)
-    fig.tight_layout()
+        fig.set_figheight(3.6 + 0.12 * (note.count("\n") + 1))
+    fig.set_layout_engine("constrained")  # (it makes room for the notes; tight_layout left a gap under them)
     return fig
 
 

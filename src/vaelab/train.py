@@ -1030,6 +1030,9 @@ def _train(cfg: DictConfig, run_dir: Path, data: MNISTData | None, on_start=None
             raise Interrupted(f"stopped during the end-of-training evaluation of {run_dir}: the run has finished "
                               f"training (metrics.json); vaelab resume {shlex.quote(str(run_dir))} runs the "
                               f"evaluation", finished=True) from None
+        except (ConfigError, ckpt_io.CheckpointError) as e:  # the saved config does not say what trained
+            # (train() from Python carried the run on under other settings: it warned at the start)
+            log.warning("%sthe end-of-training evaluation did not run: %s", job, e)
     return metrics
 
 
@@ -1046,7 +1049,9 @@ def hydra_main(cfg: DictConfig) -> float:
     # `vaelab resume SWEEP_DIR` launched this sweep again, with hydra.output_subdir=null: a job
     # that began then carries on from its own saved config (_carry_on).
     continued = os.environ.get(SWEEP_CONTINUED) == "1"
-    began = continued and (run_dir / ".hydra" / "config.yaml").is_file()
+    # (a job with checkpoints but no saved config began too: its config was deleted, see _carry_on)
+    began = continued and ((run_dir / ".hydra" / "config.yaml").is_file()
+                           or ckpt_io.latest(run_dir / "checkpoints") is not None)
     if continued and not began:  # a job that never started: its config, as Hydra saves it
         save_job_config(cfg, run_dir)
     sweep_job = not continued and hc.mode.name == "MULTIRUN"
@@ -1142,8 +1147,11 @@ def _carry_on(run_dir: Path) -> dict:
     the result its job returned then (a finished run's val loss, +inf for a diverged one): a
     diverged run resumed from its last good checkpoint would replay the same steps to the same
     blow-up. A finished run whose end-of-training evaluation was cut short gets it now."""
-    from vaelab.workflow import carried_on_config, finish_evaluation, n_epochs
+    from vaelab.workflow import carried_on_config, finish_evaluation, n_epochs, no_saved_config
 
+    if not (run_dir / ".hydra" / "config.yaml").is_file():  # not the sweep's config in its place: the job's
+        log.warning("%s; it is left as it is", no_saved_config(run_dir))  # own changes (resume KEY=VALUE) stay
+        return {"val_loss": float("inf")}
     cfg = carried_on_config(run_dir)
     state, metrics, stopped = ckpt_io.run_state(run_dir)
     if state == "diverged":

@@ -70,7 +70,8 @@ def no_saved_config(run_dir: Path) -> str:
     if last is None:
         return f"{run_dir}: not a vaelab run directory (no .hydra/config.yaml){runs_hint(run_dir)}"
     return (f"{run_dir}: a run without its saved config, .hydra/config.yaml (deleted or moved?); each checkpoint "
-            f"keeps a copy, the 'config' entry of {last}: written back there, it makes the run usable again")
+            f"keeps a copy, the 'config' entry of {last}: written back as {run_dir / '.hydra' / 'config.yaml'}, it "
+            f"makes the run usable again (a relative data.root in it is relative to the folder the run began in)")
 
 
 def runs_hint(folder: Path) -> str:
@@ -471,8 +472,8 @@ def _data_root_from_here(overrides: list[str]) -> list[str]:
                 value = OverridesParser.create().parse_overrides([text])[0].value()
             except Exception:  # apply_overrides reports it in vaelab-train's words
                 value = None
-            if isinstance(value, str) and value and "${" not in value and not Path(value).expanduser().is_absolute():
-                text = f"data.root={override_value(str(Path.cwd() / value))}"
+            if isinstance(value, str) and value and "${" not in value and absolute(value) != value:  # (~, .., ./)
+                text = f"data.root={override_value(absolute(value))}"
         out.append(text)
     return out
 
@@ -621,11 +622,13 @@ def resume(run_dir: str | Path, overrides: list[str] = ()) -> dict | None:
             return metrics
         # Training again would only log the final numbers a second time.
         given = [o for o in overrides if o.split("=", 1)[0] != "trainer.epochs"]
-        shown = " ".join(map(shlex.quote, given))
-        unused = (f" (so {shown} changed nothing: {'they apply' if len(given) > 1 else 'it applies'} "
-                  f"to epochs still to train)" if given else "")
         k = next((o.split("=", 1)[1] for o in given if o.split("=", 1)[0] == "trainer.final_eval_k"), None)
-        again = f"; another evaluation of it: vaelab eval {shlex.quote(str(run_dir))} --k {k}" if k else ""
+        training = [o for o in given if not o.split("=", 1)[0].startswith("trainer.final_eval")]
+        shown = " ".join(map(shlex.quote, training))
+        unused = (f" (so {shown} changed nothing: {'they apply' if len(training) > 1 else 'it applies'} "
+                  f"to epochs still to train)" if training else "")
+        again = (f"; another evaluation of it: vaelab eval {shlex.quote(str(run_dir))} --k {shlex.quote(k)}"
+                 if k else "")
         print(f"vaelab resume: nothing to do, {run_dir} has trained {trained}{unused}; to go on: "
               f"vaelab resume {shlex.quote(str(run_dir))} trainer.epochs={2 * done}"
               + "".join(f" {shlex.quote(o)}" for o in given) + again, file=sys.stderr)

@@ -241,7 +241,8 @@ def test_optimizer_matches_config():
     (["-m", "latent_size=2,", "seed=1"], "a comma with nothing after it"),
     (["data.root=/home/u/~backup"], "quote a value with ~ in it, as in data.root='/home/u/~backup'"),
     (["data.root=~/mnistdata"], "override 'data.root=~/mnistdata': cannot parse it (unexpected '~' at character 11); "
-                                "Hydra does not expand ~: write the path out, e.g. data.root=$HOME/mnistdata"),
+                                "Hydra does not expand ~: write the path out, e.g. data.root=$HOME/mnistdata, or quote "
+                                "it for Hydra: \"data.root='~/mnistdata'\""),
     (["latent_size=8", "a==3"], "override 'a==3': cannot parse it (extraneous input '=')"),  # any other cause
     (["hydra.run.dir=sw/latent_size=2/more"], "override 'hydra.run.dir=sw/latent_size=2/more': cannot parse it "
                                               "(mismatched input '=' expecting <EOF>); quote a value with = in it, as "

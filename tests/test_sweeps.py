@@ -1311,6 +1311,9 @@ def test_compare_columns_leave_out_settings_that_change_no_number(tmp_path):
     runs = [Run(tmp_path / "a", "a", {"latent_size": "2", "trainer.progress": "True", "data.download": "True"}),
             Run(tmp_path / "b", "b", {"latent_size": "4", "trainer.progress": "False", "data.download": "False"})]
     assert _varying(runs) == ["latent_size"]
+    # a run whose saved config is gone made every setting a column, each "-" in its row (review)
+    assert _varying([runs[0], Run(tmp_path / "x", "x", {})]) == [] and _varying([*runs, Run(tmp_path, "x")]) == [
+        "latent_size"]
     with pytest.raises(CompareError, match=r"^--sort val_los: no run has that metric or setting; metrics: none yet "
                                            r"\(no run has finished an epoch\); or a setting, e.g. loss.beta$"):
         sort_runs(runs, "val_los")
@@ -1402,9 +1405,11 @@ def test_resume_of_a_sweep_leaves_a_job_whose_saved_config_was_deleted_as_it_is(
     before = sorted(p.name for p in (job / ".hydra").iterdir())
     last = (job / "checkpoints" / "last.pt").read_bytes()
     capfd.readouterr()
-    assert vaelab(["resume", copy]) == 0
+    assert vaelab(["resume", copy]) == 1  # (it is not carried on: the user has something to do)
     out = "".join(capfd.readouterr())
     assert f"{job}: a run without its saved config, .hydra/config.yaml (deleted or moved?)" in out
     assert "; it is left as it is" in out and "sweep of 4 jobs: 4 done; lowest val_loss " in out
+    assert ("vaelab resume: error: 1 of 4 jobs were left as they are, their saved config gone (each checkpoint "
+            "keeps a copy, see above): latent_size=2,loss.beta=1") in out
     assert sorted(p.name for p in (job / ".hydra").iterdir()) == before
     assert (job / "checkpoints" / "last.pt").read_bytes() == last

@@ -414,19 +414,54 @@ SAME_AS_TRAINED = ("model.activation", "loss.recon", "data.binarize")
 SAME_TO_RESUME = (*SAME_AS_TRAINED, "data.val_size", "data.split_seed", "seed")
 
 
-def _default_argument(cfg, name: str, otherwise):
-    """The default of the model constructor's argument `name` (model._target_'s), or `otherwise`
-    where there is none to read (a target that does not load, no such argument: other checks
-    report those)."""
+class _NoDefault:
+    """What a left-out constructor argument takes where no default can be read (one without a
+    default, or one a **kwargs passes on somewhere unseen)."""
+
+    def __str__(self) -> str:
+        return "whatever the constructor does without it"
+
+
+def _default_argument(cfg, name: str):
+    """The default of the model constructor's argument `name` (model._target_'s; for a class, also
+    its parents' __init__s, where a **kwargs passes it up), or a _NoDefault."""
     import inspect
 
     from hydra._internal.utils import _locate
 
     try:
-        param = inspect.signature(_locate(cfg.model._target_)).parameters.get(name)
-    except Exception:  # noqa: BLE001 - not importable here, no signature
-        return otherwise
-    return otherwise if param is None or param.default is inspect.Parameter.empty else param.default
+        target = _locate(cfg.model._target_)
+        funcs = [c.__init__ for c in target.__mro__ if "__init__" in vars(c)] if isinstance(target, type) else [target]
+        for func in funcs:
+            params = inspect.signature(func).parameters
+            if name in params:
+                default = params[name].default
+                return _NoDefault() if default is inspect.Parameter.empty else default
+            if not any(p.kind is p.VAR_KEYWORD for p in params.values()):  # (passed no further up)
+                break
+    except Exception:  # noqa: BLE001 - not importable here, no signature: other checks say so
+        pass
+    return _NoDefault()
+
+
+def _same(a, b) -> bool:
+    """Whether a setting's two values are one: 1 and 1.0, [8, 4] and (8, 4) are (YAML and Hydra
+    read the first of each, a constructor's default may be the second); enums by name."""
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    numbers = (int, float)
+    if isinstance(a, numbers) and isinstance(b, numbers) and not isinstance(a, bool) and not isinstance(b, bool):
+        return a == b
+    if isinstance(a, _NoDefault) or isinstance(b, _NoDefault):
+        return False
+    return str(a) == str(b)  # (an enum and the name a checkpoint stores for it)
+
+
+def _as_typed(v):
+    """A value as one writes it in a config or on the command line: true, null."""
+    return "null" if v is None else str(v).lower() if isinstance(v, bool) else v
 
 
 # Settings of the machine a command runs on, not of the run (train._MAY_DIFFER's, but data.root,
@@ -451,9 +486,9 @@ def check_config_whole(ckpt: dict, path: str | Path, cfg_path: str | Path, cfg, 
         now = OmegaConf.select(cfg, key)
         now = getattr(now, "name", now)  # enum -> its name, as checkpoints store it
         if key.startswith("model.kwargs.") and now is None:  # a constructor argument left out takes its default
-            now = _default_argument(cfg, key.removeprefix("model.kwargs."), trained)
-        if str(now) != str(trained):
-            trained, now = (str(v).lower() if isinstance(v, bool) else v for v in (trained, now))  # as typed
+            now = _default_argument(cfg, key.removeprefix("model.kwargs."))
+        if not _same(now, trained):
+            trained, now = (_as_typed(v) for v in (trained, now))
             raise ConfigError(f"{cfg_path}: has no {key}; the run trained with {key}={trained} "
                               f"({Path(path).name}), and without it {key} would be {now}: is the file "
                               f"whole? put the line back" + (f", or give {key}=VALUE" if overrides else ""))

@@ -472,7 +472,8 @@ def _parse_hint(overrides: list[str], i: int) -> str:
         return f"; an override is KEY=VALUE, as in {ov.rstrip('/')}=VALUE"  # (data/ tab-completed, not a folder here)
     if value.startswith("~"):
         example = f", e.g. {key}={value.replace('~', '$HOME', 1)}" if value.startswith("~/") else ""
-        return f"; Hydra does not expand ~: write the path out{example}"
+        quoted = f", or quote it for Hydra: \"{key}='{value}'\"" if value.startswith("~/") else ""
+        return f"; Hydra does not expand ~: write the path out{example}{quoted}"
     if "~" in value:  # elsewhere in a value Hydra's grammar takes ~ only quoted
         return f"; quote a value with ~ in it, as in {key}='{value}'"
     if "=" in value and _parses(f"{key}='{value}'"):  # a path through a sweep's job, latent_size=2/

@@ -249,9 +249,11 @@ _NOT_A_DIFFERENCE = {"trainer.progress", "data.download"}
 
 
 def _varying(runs: list[Run]) -> list[str]:
-    """Config keys whose values are not the same in every run, in config order."""
-    keys = dict.fromkeys(k for r in runs for k in r.config if k not in _NOT_A_DIFFERENCE)
-    return [k for k in keys if len({r.config.get(k) for r in runs}) > 1]
+    """Config keys whose values are not the same in every run, in config order. A run whose saved
+    config is gone (no settings to read) makes no key differ: its row shows - under them."""
+    known = [r for r in runs if r.config]
+    keys = dict.fromkeys(k for r in known for k in r.config if k not in _NOT_A_DIFFERENCE)
+    return [k for k in keys if len({r.config.get(k) for r in known}) > 1]
 
 
 def table(runs: list[Run], extra: list[str] = ()) -> str:
@@ -576,10 +578,16 @@ class SweepSummary(Callback):
                          "(data.val_size=0 uses the test split); compare test_nll_iwae in vaelab compare"
                          + ("" if evaluated else ", once vaelab eval JOB has made it for the jobs without"))
         print(f"sweep of {jobs}: {counts}{best_text}; table: vaelab compare {shlex.quote(str(sweep_dir))}")
+        prog = "vaelab resume" if continued else "vaelab-train"  # the command the user typed
         if states.get("diverged"):
-            prog = "vaelab resume" if continued else "vaelab-train"  # the command the user typed
             print(f"{prog}: error: {len(states['diverged'])} of {len(runs)} jobs diverged "
                   f"(non-finite loss): {'; '.join(states['diverged'])}", file=sys.stderr)
+        # (vaelab resume SWEEP_DIR leaves a job whose saved config is gone as it is, with a warning)
+        unconfigured = [r.name for r in runs if not (r.path / ".hydra" / "config.yaml").is_file()]
+        if unconfigured:
+            print(f"{prog}: error: {len(unconfigured)} of {len(runs)} jobs were left as they are, their saved config "
+                  f"gone (each checkpoint keeps a copy, see above): {'; '.join(unconfigured)}", file=sys.stderr)
+        if states.get("diverged") or unconfigured:
             sys.exit(1)  # Hydra's run_and_report lets SystemExit through: the exit status of vaelab-train
 
 

@@ -270,7 +270,7 @@ def curves_figure(scalars: dict[str, list[tuple[int, float]]], note: str = ""):
         if what == "active units" and ax.get_lines():  # from 0: how many of them collapsed, in whole numbers
             from matplotlib.ticker import MaxNLocator
 
-            ax.set_ylim(0, max(max(line.get_ydata()) for line in ax.get_lines()) + 1)
+            ax.set_ylim(0, max(max(line.get_ydata()) for line in ax.get_lines()) + 0.5)
             ax.yaxis.set_major_locator(MaxNLocator(integer=True))
         ax.tick_params(labelsize=7)
         ax.grid(alpha=0.3)

@@ -63,16 +63,16 @@ log = logging.getLogger("vaelab")
 _MAY_DIFFER = {"trainer.progress", "device", "data.root"}
 
 
-def _check_same_settings(cfg: DictConfig, saved: Path, run_dir: Path) -> None:
+def _check_same_settings(cfg: DictConfig, saved: Path, run_dir: Path) -> bool:
     """train(cfg, run_dir) on a folder that holds a run carried that run on under cfg, whatever
     cfg said: loss.beta=4 trained epoch 2 at beta 4 while the saved config, which reproduce
     re-runs, still said 1. It goes on (tests and scripts carry runs on so), with a warning that
-    names vaelab resume, which records such changes."""
+    names vaelab resume, which records such changes. Whether it warned."""
 
     try:
         before = dict(leaves(to_plain(typed(OmegaConf.load(saved)))))
     except Exception:  # (an unreadable saved config: the checkpoint checks below speak for the run)
-        return
+        return False
     now = dict(leaves(to_plain(cfg)))
     differ = [k for k in sorted({*before, *now} - _MAY_DIFFER) if before.get(k) != now.get(k)]
     if differ:
@@ -82,6 +82,7 @@ def _check_same_settings(cfg: DictConfig, saved: Path, run_dir: Path) -> None:
                     "say so; vaelab resume %s KEY=VALUE changes a run's settings and records them", run_dir, k,
                     before.get(k), now.get(k), f", and {len(differ) - 1} more" if len(differ) > 1 else "",
                     shlex.quote(str(run_dir)))
+    return bool(differ)
 
 
 def check_epochs_to_resume(state: dict, epochs: int) -> None:
@@ -739,10 +740,10 @@ def _train(cfg: DictConfig, run_dir: Path, data: MNISTData | None, on_start=None
     job = f"{run_dir.name} " if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN else ""
     from vaelab.train_cli import in_loky_worker
     show_progress = t.progress and not (job and in_loky_worker())
-    resumed, data_changed = False, None
+    resumed, data_changed, unsaid = False, None, False
     resume_from = ckpt_io.latest(ckpt_dir) if t.resume else None
     if resume_from is not None and on_start is None:  # (vaelab resume checks, records and saves its changes)
-        _check_same_settings(cfg, saved_cfg, run_dir)
+        unsaid = _check_same_settings(cfg, saved_cfg, run_dir)  # settings the saved config does not have
     if resume_from is not None:
         data_changed = _load_to_resume(cfg, resume_from, model, opt, st, data)
         resumed = True
@@ -1030,9 +1031,13 @@ def _train(cfg: DictConfig, run_dir: Path, data: MNISTData | None, on_start=None
             raise Interrupted(f"stopped during the end-of-training evaluation of {run_dir}: the run has finished "
                               f"training (metrics.json); vaelab resume {shlex.quote(str(run_dir))} runs the "
                               f"evaluation", finished=True) from None
-        except (ConfigError, ckpt_io.CheckpointError) as e:  # the saved config does not say what trained
-            # (train() from Python carried the run on under other settings: it warned at the start)
-            log.warning("%sthe end-of-training evaluation did not run: %s", job, e)
+        except (ConfigError, ckpt_io.CheckpointError) as e:
+            if not unsaid:  # a damaged config or checkpoint: the run's failure, as any other
+                raise
+            # train() from Python carried the run on under settings its saved config does not have
+            # (it warned at the start): an evaluation of the saved config's model would not be this one's
+            log.warning("%sthe end-of-training evaluation did not run: %s; once the saved config says what the run "
+                        "trained with, vaelab resume %s runs it", job, e, shlex.quote(str(run_dir)))
     return metrics
 
 

@@ -70,8 +70,9 @@ def no_saved_config(run_dir: Path) -> str:
     if last is None:
         return f"{run_dir}: not a vaelab run directory (no .hydra/config.yaml){runs_hint(run_dir)}"
     return (f"{run_dir}: a run without its saved config, .hydra/config.yaml (deleted or moved?); each checkpoint "
-            f"keeps a copy, the 'config' entry of {last}: written back as {run_dir / '.hydra' / 'config.yaml'}, it "
-            f"makes the run usable again (a relative data.root in it is relative to the folder the run began in)")
+            f"keeps a copy, the 'config' entry of {last}: written back as {run_dir / '.hydra' / 'config.yaml'}"
+            f"{'' if (run_dir / '.hydra').is_dir() else ' (a folder to make first)'}, it makes the run usable again "
+            f"(a relative data.root in it is relative to the folder the run began in)")
 
 
 def runs_hint(folder: Path) -> str:

@@ -803,7 +803,8 @@ class ScaledVAE(MLPVAE):
     """A model of one's own with a constructor argument that changes its numbers (the config
     check reads its default; it is never built here)."""
 
-    def __init__(self, *args, scale: float = 1.0, widths: tuple = (8, 4), **kwargs):
+    def __init__(self, *args, scale: float = 1.0, widths: tuple = (8, 4), opts: dict = {"a": 1},  # noqa: B006
+                 extra_opts=None, **kwargs):
         super().__init__(*args, **kwargs)
         self.scale = scale
 
@@ -833,7 +834,17 @@ def test_the_config_check_reads_a_missing_constructor_argument_as_its_default(tm
     check()  # scale=1.0 is the default: the same model
     trained["model"]["kwargs"] = {"scale": 1, "widths": [8, 4]}  # as YAML reads them: still the defaults (review)
     check()
-    trained["model"]["kwargs"]["scale"] = 0.25
+    trained["model"]["kwargs"] = {"opts": {"a": 1}}  # an entry of a dict default: read there (review)
+    check()
+    trained["model"]["kwargs"] = {"extra_opts": {"a": 1}}  # the argument's default is None: that is the value
+    with pytest.raises(ConfigError, match=r"has no model.kwargs.extra_opts.a; .* would be null"):
+        check()
+    raw["model"]["kwargs"] = {"extra_opts": None}  # ... set so by a resume since, not a line lost (review)
+    cfg_file.write_text(OmegaConf.to_yaml(raw))
+    check()
+    raw["model"]["kwargs"] = {}
+    cfg_file.write_text(OmegaConf.to_yaml(raw))
+    trained["model"]["kwargs"] = {"scale": 0.25}
     with pytest.raises(ConfigError, match=r"has no model.kwargs.scale; the run trained with model.kwargs.scale=0.25 "
                                           r"\(last.pt\), and without it model.kwargs.scale would be 1.0"):
         check()
@@ -876,7 +887,9 @@ def test_a_line_lost_from_a_runs_config_is_refused_not_filled_with_the_default(f
                                                        else ""))
     assert files_snapshot(run) == before and not (tmp_path / "r").exists()
     if command == "resume":  # given on the command line, it stands in for the line (and goes into the config)
-        assert vaelab(["resume", run, "trainer.epochs=2", "trainer.batch_size=32"]) == 0
+        assert vaelab(["resume", run, "trainer.batch_size=32"]) == 0  # (a finished run: also when nothing trains,
+        assert "  batch_size: 32\n" in cfg_file.read_text()  # which its evaluation, reading the file, needs: review)
+        assert vaelab(["resume", run, "trainer.epochs=2"]) == 0
 
 
 def test_a_run_whose_saved_config_was_deleted_is_told_where_a_copy_is(finished_run, tmp_path, capsys):

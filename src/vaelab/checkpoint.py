@@ -424,19 +424,30 @@ class _NoDefault:
 
 def _default_argument(cfg, name: str):
     """The default of the model constructor's argument `name` (model._target_'s; for a class, also
-    its parents' __init__s, where a **kwargs passes it up), or a _NoDefault."""
+    its parents' __init__s, where a **kwargs passes it up; opts.a: the entry a of a dict default),
+    or a _NoDefault. As the signatures say: a default set in the code (kwargs.setdefault) is not
+    seen."""
     import inspect
 
     from hydra._internal.utils import _locate
 
+    head, *inner = name.split(".")  # (opts.a: the argument opts, a dict)
     try:
         target = _locate(cfg.model._target_)
         funcs = [c.__init__ for c in target.__mro__ if "__init__" in vars(c)] if isinstance(target, type) else [target]
         for func in funcs:
             params = inspect.signature(func).parameters
-            if name in params:
-                default = params[name].default
-                return _NoDefault() if default is inspect.Parameter.empty else default
+            if head in params:
+                default = params[head].default
+                if default is inspect.Parameter.empty:
+                    return _NoDefault()
+                for part in inner:  # into a dict default; a default that is no dict (None) is the argument's value
+                    if not isinstance(default, dict):
+                        return default
+                    if part not in default:
+                        return _NoDefault()
+                    default = default[part]
+                return default
             if not any(p.kind is p.VAR_KEYWORD for p in params.values()):  # (passed no further up)
                 break
     except Exception:  # noqa: BLE001 - not importable here, no signature: other checks say so
@@ -479,10 +490,14 @@ def check_config_whole(ckpt: dict, path: str | Path, cfg_path: str | Path, cfg, 
 
     from vaelab.config import ConfigError, leaves
 
-    saved = {k for k, _ in leaves(OmegaConf.to_container(OmegaConf.load(cfg_path), resolve=False))}
+    saved = dict(leaves(OmegaConf.to_container(OmegaConf.load(cfg_path), resolve=False)))
     for key, trained in leaves(ckpt.get("config") or {}):
         if key in _NOT_THE_RUNS or key in saved:
             continue
+        parts = key.split(".")
+        ancestors = (".".join(parts[:i]) for i in range(1, len(parts)))
+        if any(a in saved and saved[a] != {} for a in ancestors):  # a dict the config sets to a value instead
+            continue  # (vaelab resume RUN model.kwargs.opts=null: a change, not a line lost)
         now = OmegaConf.select(cfg, key)
         now = getattr(now, "name", now)  # enum -> its name, as checkpoints store it
         if key.startswith("model.kwargs.") and now is None:  # a constructor argument left out takes its default

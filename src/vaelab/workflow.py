@@ -614,6 +614,10 @@ def resume(run_dir: str | Path, overrides: list[str] = ()) -> dict | None:
     if done >= cfg.trainer.epochs and not ck["state"].get("pos") and metrics is not None:
         trained = (f"all {n_epochs(done)} of trainer.epochs={done}" if done == cfg.trainer.epochs
                    else f"{n_epochs(done)}, more than trainer.epochs={cfg.trainer.epochs}")
+        try:  # the evaluation reads the saved config: one that lacks a line given here gets it first
+            ckpt_io.check_config_whole(ck, last, cfg_path, load_run_config(cfg_path, here=False))
+        except ConfigError:  # (and this command's check above passed: the settings given put it right)
+            write_config()
         result = finish_evaluation(run_dir, cfg, say=lambda m: print(f"vaelab resume: {m}", file=sys.stderr),
                                    how=RESUME_HOW)
         if result is not None:  # its evaluation, under the settings given here (trainer.final_eval_k=...)

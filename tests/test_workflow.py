@@ -839,9 +839,18 @@ def test_the_config_check_reads_a_missing_constructor_argument_as_its_default(tm
     trained["model"]["kwargs"] = {"extra_opts": {"a": 1}}  # the argument's default is None: that is the value
     with pytest.raises(ConfigError, match=r"has no model.kwargs.extra_opts.a; .* would be null"):
         check()
-    raw["model"]["kwargs"] = {"extra_opts": None}  # ... set so by a resume since, not a line lost (review)
+    raw["model"]["kwargs"] = {"extra_opts": None}  # a bare `extra_opts:`, its lines lost: refused (review)
     cfg_file.write_text(OmegaConf.to_yaml(raw))
+    with pytest.raises(ConfigError, match=r"has no model.kwargs.extra_opts.a"):
+        check()
+    (tmp_path / "overrides.yaml").write_text("- model.kwargs.extra_opts=null\n")  # ... set so by a resume: a change
     check()
+    (tmp_path / "overrides.yaml").unlink()
+    trained["model"]["kwargs"] = {"opts": {"a": 5, "b": 7}}  # a dict the config gives, an entry of it lost: the
+    raw["model"]["kwargs"] = {"opts": {"a": 5}}  # constructor gets the config's dict whole, not the default's b
+    cfg_file.write_text(OmegaConf.to_yaml(raw))
+    with pytest.raises(ConfigError, match=r"has no model.kwargs.opts.b; .* would be whatever the constructor does"):
+        check()
     raw["model"]["kwargs"] = {}
     cfg_file.write_text(OmegaConf.to_yaml(raw))
     trained["model"]["kwargs"] = {"scale": 0.25}
@@ -887,8 +896,11 @@ def test_a_line_lost_from_a_runs_config_is_refused_not_filled_with_the_default(f
                                                        else ""))
     assert files_snapshot(run) == before and not (tmp_path / "r").exists()
     if command == "resume":  # given on the command line, it stands in for the line (and goes into the config)
-        assert vaelab(["resume", run, "trainer.batch_size=32"]) == 0  # (a finished run: also when nothing trains,
-        assert "  batch_size: 32\n" in cfg_file.read_text()  # which its evaluation, reading the file, needs: review)
+        # A finished run: also when nothing trains, as its evaluation reads the file (review); only that line, and
+        # no record of a resume (a second review: optim.lr=0.5 was saved, and recorded as a change at epoch 2)
+        assert vaelab(["resume", run, "trainer.batch_size=32", "optim.lr=0.5"]) == 0
+        text = cfg_file.read_text()
+        assert "  batch_size: 32\n" in text and "lr: 0.5" not in text and not (run / ".hydra" / "resumes.yaml").exists()
         assert vaelab(["resume", run, "trainer.epochs=2"]) == 0
 
 

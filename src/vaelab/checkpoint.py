@@ -491,17 +491,24 @@ def check_config_whole(ckpt: dict, path: str | Path, cfg_path: str | Path, cfg, 
     from vaelab.config import ConfigError, leaves
 
     saved = dict(leaves(OmegaConf.to_container(OmegaConf.load(cfg_path), resolve=False)))
+    try:  # the keys the run's recorded overrides set (vaelab resume RUN model.kwargs.opts=null among them)
+        given = {str(o).split("=", 1)[0].lstrip("+~") for o in
+                 OmegaConf.load(Path(cfg_path).parent / "overrides.yaml") or []}
+    except Exception:  # noqa: BLE001 - none saved, or unreadable: no such changes to know of
+        given = set()
     for key, trained in leaves(ckpt.get("config") or {}):
         if key in _NOT_THE_RUNS or key in saved:
             continue
         parts = key.split(".")
-        ancestors = (".".join(parts[:i]) for i in range(1, len(parts)))
-        if any(a in saved and saved[a] != {} for a in ancestors):  # a dict the config sets to a value instead
-            continue  # (vaelab resume RUN model.kwargs.opts=null: a change, not a line lost)
+        ancestors = [".".join(parts[:i]) for i in range(1, len(parts))]
+        if any(a in saved and saved[a] != {} and a in given for a in ancestors):  # a dict set to a value since:
+            continue  # a change, not a line lost (a bare `opts:` whose lines were lost reads as null too)
         now = OmegaConf.select(cfg, key)
         now = getattr(now, "name", now)  # enum -> its name, as checkpoints store it
         if key.startswith("model.kwargs.") and now is None:  # a constructor argument left out takes its default
-            now = _default_argument(cfg, key.removeprefix("model.kwargs."))
+            head = ".".join(parts[:3])  # model.kwargs.opts: the argument (its entries: a dict the config gives whole)
+            given_whole = any(k == head or k.startswith(head + ".") for k in saved)
+            now = _NoDefault() if given_whole else _default_argument(cfg, key.removeprefix("model.kwargs."))
         if not _same(now, trained):
             trained, now = (_as_typed(v) for v in (trained, now))
             raise ConfigError(f"{cfg_path}: has no {key}; the run trained with {key}={trained} "

@@ -33,7 +33,7 @@ from vaelab import checkpoint as ckpt_io
 from vaelab.compare import eval_settings
 from vaelab.cli_errors import _explain as explain_override_error  # vaelab-train's wording
 from vaelab.cli_errors import no_key, parse_error, unwritable
-from vaelab.config import CONF_DIR, ConfigError, absolute, load_run_config, resolve_device, validate
+from vaelab.config import CONF_DIR, ConfigError, absolute, leaves, load_run_config, resolve_device, validate
 from vaelab.errors import STOP_SIGNALS, after_hangup
 
 
@@ -614,10 +614,18 @@ def resume(run_dir: str | Path, overrides: list[str] = ()) -> dict | None:
     if done >= cfg.trainer.epochs and not ck["state"].get("pos") and metrics is not None:
         trained = (f"all {n_epochs(done)} of trainer.epochs={done}" if done == cfg.trainer.epochs
                    else f"{n_epochs(done)}, more than trainer.epochs={cfg.trainer.epochs}")
-        try:  # the evaluation reads the saved config: one that lacks a line given here gets it first
+        try:  # the evaluation reads the saved config: the lines it lacks that this command gives go in first
             ckpt_io.check_config_whole(ck, last, cfg_path, load_run_config(cfg_path, here=False))
-        except ConfigError:  # (and this command's check above passed: the settings given put it right)
-            write_config()
+        except ConfigError:  # (this command's check above passed: the settings given put it right)
+            raw = OmegaConf.load(cfg_path)
+            have = dict(leaves(OmegaConf.to_container(raw, resolve=False)))
+            for o in parsed:  # only those: the others are changes, written with the record of resumes or not at all
+                if o.key_or_group not in have:
+                    value = o.value()
+                    if type(value) is int and isinstance(OmegaConf.select(cfg, o.key_or_group), float):
+                        value = float(value)  # (as _updated_files saves it)
+                    OmegaConf.update(raw, o.key_or_group, value, merge=True)
+            ckpt_io.write_text_atomic(cfg_path, OmegaConf.to_yaml(raw))
         result = finish_evaluation(run_dir, cfg, say=lambda m: print(f"vaelab resume: {m}", file=sys.stderr),
                                    how=RESUME_HOW)
         if result is not None:  # its evaluation, under the settings given here (trainer.final_eval_k=...)

@@ -843,6 +843,9 @@ def test_the_config_check_reads_a_missing_constructor_argument_as_its_default(tm
     cfg_file.write_text(OmegaConf.to_yaml(raw))
     with pytest.raises(ConfigError, match=r"has no model.kwargs.extra_opts.a"):
         check()
+    (tmp_path / "overrides.yaml").write_text("- +model.kwargs.extra_opts={a:1}\n")  # (the launch gave it a dict)
+    with pytest.raises(ConfigError, match=r"has no model.kwargs.extra_opts.a"):
+        check()
     (tmp_path / "overrides.yaml").write_text("- model.kwargs.extra_opts=null\n")  # ... set so by a resume: a change
     check()
     (tmp_path / "overrides.yaml").unlink()

@@ -491,9 +491,12 @@ def check_config_whole(ckpt: dict, path: str | Path, cfg_path: str | Path, cfg, 
     from vaelab.config import ConfigError, leaves
 
     saved = dict(leaves(OmegaConf.to_container(OmegaConf.load(cfg_path), resolve=False)))
-    try:  # the keys the run's recorded overrides set (vaelab resume RUN model.kwargs.opts=null among them)
-        given = {str(o).split("=", 1)[0].lstrip("+~") for o in
-                 OmegaConf.load(Path(cfg_path).parent / "overrides.yaml") or []}
+    try:  # the keys the run's recorded overrides set to a value that is no dict (resume RUN model.kwargs.opts=null)
+        from hydra.core.override_parser.overrides_parser import OverridesParser
+
+        lines = [str(o) for o in OmegaConf.load(Path(cfg_path).parent / "overrides.yaml") or []]
+        given = {o.key_or_group for o in OverridesParser.create().parse_overrides(lines)
+                 if not isinstance(o.value(), dict)}
     except Exception:  # noqa: BLE001 - none saved, or unreadable: no such changes to know of
         given = set()
     for key, trained in leaves(ckpt.get("config") or {}):

@@ -620,7 +620,7 @@ def resume(run_dir: str | Path, overrides: list[str] = ()) -> dict | None:
             raw = OmegaConf.load(cfg_path)
             have = dict(leaves(OmegaConf.to_container(raw, resolve=False)))
             for o in parsed:  # only those: the others are changes, written with the record of resumes or not at all
-                if o.key_or_group not in have:
+                if have.get(o.key_or_group, {}) == {}:  # (not there, or an empty dict: model.kwargs={opts: ...})
                     value = o.value()
                     if type(value) is int and isinstance(OmegaConf.select(cfg, o.key_or_group), float):
                         value = float(value)  # (as _updated_files saves it)

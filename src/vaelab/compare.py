@@ -62,8 +62,14 @@ class Run:
         if self._scalars is None:
             from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-            acc = EventAccumulator(str(self.path), size_guidance={"scalars": 0})
-            acc.Reload()
+            tb_log = logging.getLogger("tensorboard")  # (its INFO lines, "Directory watcher advancing ...")
+            level = tb_log.level
+            tb_log.setLevel(logging.ERROR)
+            try:
+                acc = EventAccumulator(str(self.path), size_guidance={"scalars": 0})
+                acc.Reload()
+            finally:
+                tb_log.setLevel(level)
             self._scalars = {t: [(e.step, e.value) for e in acc.Scalars(t)] for t in acc.Tags()["scalars"]}
         return self._scalars
 

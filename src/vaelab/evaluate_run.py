@@ -151,23 +151,6 @@ def _no_likelihood(recon, binarize) -> bool:
     return recon == "bce" and binarize == "none"
 
 
-def _training_scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
-    """The run's TensorBoard scalars, {tag: [(examples seen, value)]}, for eval/curves.png
-    (none without event files: logger.tensorboard=false)."""
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    tb_log = logging.getLogger("tensorboard")  # (its INFO lines, "Directory watcher advancing ...", are not ours)
-    level = tb_log.level
-    tb_log.setLevel(logging.ERROR)
-    try:
-        acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0, "images": 1, "histograms": 1,
-                                                            "tensors": 1})
-        acc.Reload()
-    finally:
-        tb_log.setLevel(level)
-    return {t: [(e.step, e.value) for e in acc.Scalars(t)] for t in acc.Tags()["scalars"]}
-
-
 def _ranges(numbers: list[int]) -> str:
     """[1, 2, 3, 5] -> '1-3, 5'."""
     runs: list[list[int]] = []
@@ -333,7 +316,9 @@ def evaluate_run(run_dir: str | Path, k: int = 5000, device: str = "auto", check
                     ramp = f", ramped up from 0 over {warmup} steps" if warmup else ""
                     notes.append(f"the train loss is recon + beta x KL (loss.beta={cfg.loss.beta:g}{ramp}), the "
                                  f"validation loss recon + KL")
-                scalars = _training_scalars(run_dir)
+                from vaelab.compare import Run  # (the run's TensorBoard scalars: compare's reader)
+
+                scalars = Run(run_dir).scalars()
                 logged = {round(v) for _, v in scalars.get("epoch/epoch", [])}  # (epochs trained with
                 missing = sorted(set(range(1, result["epoch"] + 1)) - logged)  # logger.tensorboard=false)
                 if logged and missing:

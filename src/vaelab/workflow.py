@@ -617,15 +617,11 @@ def resume(run_dir: str | Path, overrides: list[str] = ()) -> dict | None:
         try:  # the evaluation reads the saved config: the lines it lacks that this command gives go in first
             ckpt_io.check_config_whole(ck, last, cfg_path, load_run_config(cfg_path, here=False))
         except ConfigError:  # (this command's check above passed: the settings given put it right)
-            raw = OmegaConf.load(cfg_path)
-            have = dict(leaves(OmegaConf.to_container(raw, resolve=False)))
-            for o in parsed:  # only those: the others are changes, written with the record of resumes or not at all
-                if have.get(o.key_or_group, {}) == {}:  # (not there, or an empty dict: model.kwargs={opts: ...})
-                    value = o.value()
-                    if type(value) is int and isinstance(OmegaConf.select(cfg, o.key_or_group), float):
-                        value = float(value)  # (as _updated_files saves it)
-                    OmegaConf.update(raw, o.key_or_group, value, merge=True)
-            ckpt_io.write_text_atomic(cfg_path, OmegaConf.to_yaml(raw))
+            have = dict(leaves(OmegaConf.to_container(OmegaConf.load(cfg_path), resolve=False)))
+            # only those (not there, or an empty dict: model.kwargs={opts: ...}); the others are changes,
+            # written with the record of resumes, or not at all
+            missing = [o for o in parsed if have.get(o.key_or_group, {}) == {}]
+            ckpt_io.write_text_atomic(cfg_path, _updated_files(run_dir, missing, cfg)[0])
         result = finish_evaluation(run_dir, cfg, say=lambda m: print(f"vaelab resume: {m}", file=sys.stderr),
                                    how=RESUME_HOW)
         if result is not None:  # its evaluation, under the settings given here (trainer.final_eval_k=...)

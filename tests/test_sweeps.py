@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import re
 import shlex
@@ -1405,8 +1406,12 @@ def test_resume_of_a_sweep_leaves_a_job_whose_saved_config_was_deleted_as_it_is(
     before = sorted(p.name for p in (job / ".hydra").iterdir())
     last = (job / "checkpoints" / "last.pt").read_bytes()
     capfd.readouterr()
+    handlers = logging.getLogger().handlers[:]
     assert vaelab(["resume", copy]) == 1  # (it is not carried on: the user has something to do)
     out = "".join(capfd.readouterr())
+    # Hydra's console handler, bound to this test's captured stdout (closed after it), was left on the
+    # root logger: a later `vaelab resume RUN` in this process logged into it, and nothing was printed
+    assert logging.getLogger().handlers == handlers
     assert f"{job}: a run without its saved config, .hydra/config.yaml (deleted or moved?)" in out
     assert "; it is left as it is" in out and "sweep of 4 jobs: 4 done; lowest val_loss " in out
     assert ("vaelab resume: error: 1 of 4 jobs were left as they are, their saved config gone (each checkpoint "

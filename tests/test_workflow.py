@@ -292,6 +292,28 @@ def test_a_rerun_of_a_saved_config_gets_the_same_pre_flight(tmp_path, monkeypatc
 # --- interrupt, then resume ------------------------------------------------------------------
 
 
+def test_a_run_logs_to_the_console_past_a_handler_left_on_a_closed_stream(tmp_path, capsys):
+    """A console handler left on the root logger by an earlier Hydra app in this process, its
+    stream (that app's captured stdout) closed since, counted as the console: `vaelab resume`
+    printed nothing (CI, after an in-process sweep resume)."""
+    import io
+
+    from vaelab.train import logging_to
+
+    gone = io.StringIO()
+    gone.close()
+    left = logging.StreamHandler(gone)
+    left.handleError = lambda record: None  # (its 'Logging error' traceback is not what is tested)
+    logging.getLogger().addHandler(left)
+    try:
+        with logging_to(tmp_path):
+            logging.getLogger("vaelab").info("epoch 1/1: the line the user waits for")
+    finally:
+        logging.getLogger().removeHandler(left)
+    assert "][vaelab][INFO] - epoch 1/1: the line the user waits for" in capsys.readouterr().out
+    assert "the line the user waits for" in (tmp_path / "train.log").read_text()
+
+
 @pytest.mark.parametrize("sig,after_step", [(signal.SIGINT, 4), (signal.SIGTERM, 9), (signal.SIGINT, 11),
                                              (signal.SIGHUP, 7)],
                          ids=["ctrl-c-in-epoch-1", "sigterm-in-epoch-2", "ctrl-c-on-last-step-of-epoch-2",

@@ -291,7 +291,7 @@ def _attach_logs(run_dir: Path) -> list[logging.Handler]:
     added: list[logging.Handler] = []
     if not any(isinstance(h, logging.FileHandler) and Path(h.baseFilename).resolve() == path for h in root.handlers):
         added.append(logging.FileHandler(path, mode="a"))
-        if not any(type(h) is logging.StreamHandler for h in root.handlers):
+        if not any(type(h) is logging.StreamHandler and not _closed(h) for h in root.handlers):
             added.append(logging.StreamHandler(sys.stdout))  # where vaelab-train's console log goes
         for h in added:
             h.setFormatter(logging.Formatter(LOG_FORMAT))
@@ -302,6 +302,13 @@ def _attach_logs(run_dir: Path) -> list[logging.Handler]:
         if type(h) is logging.StreamHandler:
             _quiet_once_the_reader_has_gone(h)
     return added
+
+
+def _closed(handler: logging.StreamHandler) -> bool:
+    """A console handler left behind by something earlier in this process (a Hydra app run from
+    Python) may write to a stream closed since, a notebook's or pytest's capture: it prints
+    nothing, and the log needs a handler of its own."""
+    return bool(getattr(handler.stream, "closed", False))
 
 
 def _detach_logs(handlers: list[logging.Handler], root_level: int) -> None:

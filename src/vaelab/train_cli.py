@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 import os
 import re
 import signal
@@ -379,6 +380,8 @@ def _run_hydra(prog: str) -> int:
 
     from vaelab.errors import stop_signals_as_ctrl_c
 
+    root = logging.getLogger()
+    handlers_were, level_was = root.handlers[:], root.level
     try:
         # (train() takes both over while it trains; the Ctrl-C handler first, so that a SIGTERM
         # after a Ctrl-C is the same stop)
@@ -404,11 +407,27 @@ def _run_hydra(prog: str) -> int:
     finally:  # a sweep that a stop ended before its end callback: its lock file goes too
         from vaelab.checkpoint import release_sweeps
         release_sweeps()
+        _put_back_logging(root, handlers_were, level_was)
         if warnings_as_they_were is None:  # (main() called from a script: its later processes as they were)
             os.environ.pop("PYTHONWARNINGS", None)
         else:
             os.environ["PYTHONWARNINGS"] = warnings_as_they_were
     return 0
+
+
+def _put_back_logging(root: logging.Logger, handlers: list[logging.Handler], level: int) -> None:
+    """Hydra's logging setup outlives hydra.main: its console handler kept writing to the stdout
+    of its time. From Python (`vaelab resume SWEEP_DIR` runs the app in-process, or main() in a
+    script) a later run's console log went there, a closed stream by then in a notebook's or
+    pytest's capture, and was lost. The caller's root logger is put back as it was."""
+    for h in root.handlers[:]:
+        if h not in handlers:
+            root.removeHandler(h)
+            h.close()  # (a FileHandler's file; a StreamHandler leaves its stream open)
+    for h in handlers:
+        if h not in root.handlers:
+            root.addHandler(h)
+    root.setLevel(level)
 
 
 if __name__ == "__main__":  # `python -m vaelab.train_cli`, as `python -m vaelab.train`

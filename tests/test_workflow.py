@@ -441,11 +441,19 @@ def test_resume_of_a_finished_run_completes_what_a_stop_cut_short(tiny_mnist, tm
     capsys.readouterr()
     assert vaelab(["compare", run]) == 0
     assert capsys.readouterr().out.splitlines()[2].endswith("  done (no eval)")  # compare says so
-    assert vaelab(["resume", run, "trainer.final_eval_k=3"]) == 0
+    lr = OmegaConf.load(run / ".hydra" / "config.yaml").optim.lr
+    assert vaelab(["resume", run, "trainer.final_eval_k=3", "optim.lr=0.5"]) == 0
     out, err = capsys.readouterr()
     assert err.strip().splitlines()[0] == (
         "vaelab resume: run has finished training, but its end-of-training evaluation did not finish "
         "(no eval.json): evaluating it now")
+    # A training setting has no epoch left to change: not written (it was, and recorded as a change
+    # "from epoch 2": a reproduction trained with it from the start, and said its numbers may differ)
+    assert err.strip().splitlines()[-1] == (f"vaelab resume: optim.lr=0.5 changed nothing, it applies to epochs still "
+                                            f"to train; to go on: vaelab resume {run} trainer.epochs=2 optim.lr=0.5")
+    assert OmegaConf.load(run / ".hydra" / "config.yaml").optim.lr == lr
+    assert "optim.lr" not in (run / ".hydra" / "overrides.yaml").read_text()
+    assert not (run / ".hydra" / "resumes.yaml").exists()
     assert "-ELBO (upper bound on NLL)" in out  # its numbers, as vaelab eval prints them
     # and its train.log ends with the evaluation's line, as a run's that was not stopped (it ended
     # with the line that said the evaluation had been stopped)

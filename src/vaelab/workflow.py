@@ -491,6 +491,11 @@ _CHANGE_NO_NUMBER = {"trainer.epochs", "data.root", "trainer.progress", "trainer
                      "trainer.final_eval_k"}
 
 
+# What the end-of-training evaluation that resume runs for a finished run takes from the command
+# line (finish_evaluation): where the data is, whether to run it, and its number of importance samples.
+_USED_BY_THE_EVALUATION = {"data.root", "trainer.final_eval", "trainer.final_eval_k"}
+
+
 def _resumes(run_dir: Path) -> list[dict]:
     try:
         record = yaml.safe_load((run_dir / ".hydra" / RESUMES).read_text())
@@ -614,20 +619,35 @@ def resume(run_dir: str | Path, overrides: list[str] = ()) -> dict | None:
     if done >= cfg.trainer.epochs and not ck["state"].get("pos") and metrics is not None:
         trained = (f"all {n_epochs(done)} of trainer.epochs={done}" if done == cfg.trainer.epochs
                    else f"{n_epochs(done)}, more than trainer.epochs={cfg.trainer.epochs}")
+        missing = []
         try:  # the evaluation reads the saved config: the lines it lacks that this command gives go in first
             ckpt_io.check_config_whole(ck, last, cfg_path, load_run_config(cfg_path, here=False))
         except ConfigError:  # (this command's check above passed: the settings given put it right)
             have = dict(leaves(OmegaConf.to_container(OmegaConf.load(cfg_path), resolve=False)))
             # only those (not there, or an empty dict: model.kwargs={opts: ...}); the others are changes,
-            # written with the record of resumes, or not at all
+            # written below or not at all
             missing = [o for o in parsed if have.get(o.key_or_group, {}) == {}]
             ckpt_io.write_text_atomic(cfg_path, _updated_files(run_dir, missing, cfg)[0])
         result = finish_evaluation(run_dir, cfg, say=lambda m: print(f"vaelab resume: {m}", file=sys.stderr),
                                    how=RESUME_HOW)
-        if result is not None:  # its evaluation, under the settings given here (trainer.final_eval_k=...)
-            write_config()
+        if result is not None:
+            # What the evaluation ran with goes into the run's config (compare then takes its numbers
+            # as the run's own). A training setting changed nothing, no epoch being left: written, a
+            # reproduction would train with it from the start, so it is not, and no resume is recorded.
+            used = [o for o in parsed if o.key_or_group in _USED_BY_THE_EVALUATION]
+            if used:
+                cfg_text, ovr_text = _updated_files(run_dir, used, cfg)
+                ckpt_io.write_text_atomic(cfg_path, cfg_text)
+                ckpt_io.write_text_atomic(run_dir / ".hydra" / "overrides.yaml", ovr_text)
             from vaelab.evaluate_run import format_table
             print(format_table(result, run_dir))
+            unused = [o.input_line for o in parsed if o not in used and o not in missing
+                      and o.key_or_group not in ("trainer.epochs", "device", "trainer.progress")]
+            if unused:
+                shown = " ".join(map(shlex.quote, unused))
+                print(f"vaelab resume: {shown} changed nothing, {'they apply' if len(unused) > 1 else 'it applies'} "
+                      f"to epochs still to train; to go on: vaelab resume {shlex.quote(str(run_dir))} "
+                      f"trainer.epochs={2 * done} {shown}", file=sys.stderr)
             return metrics
         # Training again would only log the final numbers a second time.
         given = [o for o in overrides if o.split("=", 1)[0] != "trainer.epochs"]

@@ -255,6 +255,15 @@ def compose_config(overrides: list[str] | tuple = (), config_dir: str | Path | N
     try:
         with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
             cfg = compose("config", overrides=[*extra, *overrides])
+    except Exception:
+        # Hydra's own words: "Could not override 'latent_sizee'. To append to your config use
+        # +latent_sizee=16", the reason in __cause__. vaelab-train's one line instead, with its hint.
+        from vaelab.cli_errors import precheck
+
+        line = precheck([*overrides, *(["--config-dir", str(config_dir)] if config_dir is not None else [])])
+        if line is None:
+            raise
+        raise ConfigError(line) from None
     finally:
         GlobalHydra.instance().clear()
     return typed(cfg)

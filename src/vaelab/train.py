@@ -19,6 +19,7 @@ import math
 import os
 import random
 import shlex
+import shutil
 import signal
 import sys
 import threading
@@ -574,7 +575,10 @@ def train(cfg: DictConfig, run_dir: str | Path, data: MNISTData | None = None, o
     if os.path.lexists(run_dir) and not run_dir.is_dir():  # (mkdir's "File exists")
         raise ConfigError(f"run_dir {run_dir}: " + ("a link to nothing" if run_dir.is_symlink() else "a file") +
                           ", not a folder for the run")
+    made = _folders_to_make(run_dir)  # (removed again, with what this call put in them, if it is refused)
+    before = _names(run_dir) if not made else set()
     run_dir.mkdir(parents=True, exist_ok=True)  # checkpoints/ and samples/ come once the data has loaded
+    refused = False
     root_level = logging.getLogger().level  # (_attach_logs lowers it to INFO; a script's own stays its own)
     handlers = _attach_logs(run_dir)
     # What _train sets for this run alone (a resumed run's thread count, trainer.deterministic,
@@ -616,6 +620,9 @@ def train(cfg: DictConfig, run_dir: str | Path, data: MNISTData | None = None, o
                     except OSError:  # the run folder itself is not writable: the message still says it
                         pass
                 raise
+            except Exception:  # refused at its start (bad input), or a bug in a model of one's own
+                refused = _remove_what_it_added(run_dir, before)  # (held: not what another process began there)
+                raise
     finally:
         for s, handler in signals.items():
             if handler is not None:  # (None: set outside Python)
@@ -632,6 +639,56 @@ def train(cfg: DictConfig, run_dir: str | Path, data: MNISTData | None = None, o
         if cublas_workspace is None:
             os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
         _detach_logs(handlers, root_level)
+        if refused:
+            for folder in reversed(made):  # the run's folder, and those made to hold it, where now empty
+                try:
+                    folder.rmdir()
+                except OSError:
+                    break
+
+
+def _folders_to_make(run_dir: Path) -> list[Path]:
+    """The folders run_dir.mkdir(parents=True) will make, outermost first."""
+    missing = []
+    for folder in (run_dir, *run_dir.parents):
+        if os.path.lexists(folder):
+            break
+        missing.append(folder)
+    return missing[::-1]
+
+
+# What train() writes in a run's folder before its first checkpoint (the config it runs, for a
+# call from Python; its log; the folders its checkpoints and sample grids go to)
+_BEFORE_THE_FIRST_CHECKPOINT = {".hydra", "train.log", "checkpoints", "samples"}
+
+
+def _remove_what_it_added(run_dir: Path, before: set[str]) -> bool:
+    """A train() from Python refused at its start (bad data, a model that does not fit, ...)
+    left a folder that listed in `vaelab compare` as an unfinished run, and that `vaelab resume`
+    offered to start again as it was (vaelab-train removes its own, hydra_main). What this call
+    added to the folder goes, where it holds nothing that trained; what was there before stays.
+    True if it removed all it added."""
+    added = _names(run_dir) - before
+    if not added <= _BEFORE_THE_FIRST_CHECKPOINT | {".hydra/config.yaml"}:
+        return False
+    if any(any((run_dir / name).iterdir()) for name in ("checkpoints", "samples") if name in added):
+        return False
+    if ".hydra" in added and {p.name for p in (run_dir / ".hydra").iterdir()} - {"config.yaml"}:
+        return False
+    for name in sorted(added, reverse=True):  # (.hydra/config.yaml before .hydra)
+        if (run_dir / name).is_dir():
+            shutil.rmtree(run_dir / name, ignore_errors=True)
+        else:
+            (run_dir / name).unlink(missing_ok=True)
+    return True
+
+
+def _names(run_dir: Path) -> set[str]:
+    """What a run folder holds, for _remove_what_it_added: its entries, and its saved config."""
+    names = {p.name for p in run_dir.iterdir()}
+    if (run_dir / ".hydra" / "config.yaml").is_file():
+        names.add(".hydra/config.yaml")
+    return names
 
 
 def _load_to_resume(cfg: DictConfig, path: Path, model: VAE, opt: torch.optim.Optimizer, st: dict,

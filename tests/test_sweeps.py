@@ -1322,6 +1322,11 @@ def test_compare_columns_leave_out_settings_that_change_no_number(tmp_path):
     runs += [Run(tmp_path / "c", "c", {"latent_size": "16"}), Run(tmp_path / "d", "d", {})]
     assert [r.name for r in sort_runs(runs, "latent_size")] == ["a", "b", "c", "d"]  # (none last)
     assert [r.name for r in sort_runs(runs, "latent_size", descending=True)] == ["c", "b", "a", "d"]
+    # columns stay put whatever order the rows are in: a key only some runs have (a model of one's own's
+    # model.kwargs.width) came before or after trainer.epochs as the sort put such a run first or not
+    mixed = [Run(tmp_path / "m", "m", {"model.kwargs.width": "16", "trainer.epochs": "2"}),
+             Run(tmp_path / "n", "n", {"trainer.epochs": "3"})]
+    assert _varying(mixed) == _varying(mixed[::-1]) == ["model.kwargs.width", "trainer.epochs"]
 
 
 def test_compare_sorts_by_run_state_and_list_settings(tmp_path):

@@ -255,9 +255,11 @@ _NOT_A_DIFFERENCE = {"trainer.progress", "data.download"}
 
 
 def _varying(runs: list[Run]) -> list[str]:
-    """Config keys whose values are not the same in every run, in config order. A run whose saved
-    config is gone (no settings to read) makes no key differ: its row shows - under them."""
-    known = [r for r in runs if r.config]
+    """Config keys whose values are not the same in every run, in config order (keys that only some
+    runs have, a model of one's own's, where the first run by name has them: the columns stay put
+    whatever --sort orders the rows by). A run whose saved config is gone (no settings to read)
+    makes no key differ: its row shows - under them."""
+    known = sorted((r for r in runs if r.config), key=lambda r: r.name)
     keys = dict.fromkeys(k for r in known for k in r.config if k not in _NOT_A_DIFFERENCE)
     return [k for k in keys if len({r.config.get(k) for r in known}) > 1]
 

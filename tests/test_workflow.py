@@ -442,15 +442,17 @@ def test_resume_of_a_finished_run_completes_what_a_stop_cut_short(tiny_mnist, tm
     assert vaelab(["compare", run]) == 0
     assert capsys.readouterr().out.splitlines()[2].endswith("  done (no eval)")  # compare says so
     lr = OmegaConf.load(run / ".hydra" / "config.yaml").optim.lr
-    assert vaelab(["resume", run, "trainer.final_eval_k=3", "optim.lr=0.5"]) == 0
+    assert vaelab(["resume", run, "trainer.final_eval_k=3", "optim.lr=0.5", "device=cpu"]) == 0
     out, err = capsys.readouterr()
     assert err.strip().splitlines()[0] == (
         "vaelab resume: run has finished training, but its end-of-training evaluation did not finish "
         "(no eval.json): evaluating it now")
     # A training setting has no epoch left to change: not written (it was, and recorded as a change
     # "from epoch 2": a reproduction trained with it from the start, and said its numbers may differ)
-    assert err.strip().splitlines()[-1] == (f"vaelab resume: optim.lr=0.5 changed nothing, it applies to epochs still "
-                                            f"to train; to go on: vaelab resume {run} trainer.epochs=2 optim.lr=0.5")
+    # (device=... stays in the command to go on: the run's config does not have it, a GPU's run on a CPU machine)
+    assert err.strip().splitlines()[-1] == (f"vaelab resume: optim.lr=0.5 changed nothing: it applies to epochs still "
+                                            f"to train; to go on: vaelab resume {run} trainer.epochs=2 optim.lr=0.5 "
+                                            f"device=cpu")
     assert OmegaConf.load(run / ".hydra" / "config.yaml").optim.lr == lr
     assert "optim.lr" not in (run / ".hydra" / "overrides.yaml").read_text()
     assert not (run / ".hydra" / "resumes.yaml").exists()
@@ -499,6 +501,24 @@ def test_resume_of_a_finished_run_completes_what_a_stop_cut_short(tiny_mnist, tm
     acc = EventAccumulator(str(run), size_guidance={"scalars": 0})
     acc.Reload()
     assert [len(acc.Scalars(f"hparams/{k}")) for k in ("val_loss", "val_recon", "val_kl", "active_units")] == [1] * 4
+
+
+def test_resume_of_a_finished_run_evaluated_on_other_data_keeps_its_data_root(tiny_mnist, tmp_path, capsys):
+    """The evaluation resume runs for a finished run takes data.root=...; other data than the run
+    trained on (it warns) was written into the config as the run's: reproduce trained on it."""
+    from tests.conftest import make_tiny_mnist
+
+    run = tmp_path / "run"
+    train(compose_cfg([f"data.root={tiny_mnist}", *TINY, "trainer.epochs=1", "trainer.final_eval=true"]), run)
+    (run / "eval.json").unlink()
+    saved = (run / ".hydra" / "config.yaml").read_text()
+    other = make_tiny_mnist(tmp_path / "other", seed=1)
+    capsys.readouterr()
+    assert vaelab(["resume", run, f"data.root={other}"]) == 0
+    assert "the data differs from what the run trained on" in capsys.readouterr().out
+    assert (run / ".hydra" / "config.yaml").read_text() == saved
+    assert not (run / ".hydra" / "resumes.yaml").exists()
+    assert json.loads((run / "eval.json").read_text())["data_root"] == str(other.resolve())
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a CUDA GPU")

@@ -496,6 +496,12 @@ _CHANGE_NO_NUMBER = {"trainer.epochs", "data.root", "trainer.progress", "trainer
 _USED_BY_THE_EVALUATION = {"data.root", "trainer.final_eval", "trainer.final_eval_k"}
 
 
+def _changed_nothing(given: list[str]) -> str:
+    """What resume of a finished run says of the training settings it was given."""
+    return (f"{' '.join(map(shlex.quote, given))} changed nothing: {'they apply' if len(given) > 1 else 'it applies'} "
+            f"to epochs still to train")
+
+
 def _resumes(run_dir: Path) -> list[dict]:
     try:
         record = yaml.safe_load((run_dir / ".hydra" / RESUMES).read_text())
@@ -634,28 +640,29 @@ def resume(run_dir: str | Path, overrides: list[str] = ()) -> dict | None:
             # What the evaluation ran with goes into the run's config (compare then takes its numbers
             # as the run's own). A training setting changed nothing, no epoch being left: written, a
             # reproduction would train with it from the start, so it is not, and no resume is recorded.
-            used = [o for o in parsed if o.key_or_group in _USED_BY_THE_EVALUATION]
+            # Other data (the evaluation has warned): the run did not train on it, so its config keeps its own.
+            other_data = result.get("data_digest") != ck["state"].get("data_digest", result.get("data_digest"))
+            used = [o for o in parsed if o.key_or_group in _USED_BY_THE_EVALUATION
+                    and not (other_data and o.key_or_group == "data.root")]
             if used:
                 cfg_text, ovr_text = _updated_files(run_dir, used, cfg)
                 ckpt_io.write_text_atomic(cfg_path, cfg_text)
                 ckpt_io.write_text_atomic(run_dir / ".hydra" / "overrides.yaml", ovr_text)
             from vaelab.evaluate_run import format_table
             print(format_table(result, run_dir))
-            unused = [o.input_line for o in parsed if o not in used and o not in missing
-                      and o.key_or_group not in ("trainer.epochs", "device", "trainer.progress")]
-            if unused:
-                shown = " ".join(map(shlex.quote, unused))
-                print(f"vaelab resume: {shown} changed nothing, {'they apply' if len(unused) > 1 else 'it applies'} "
-                      f"to epochs still to train; to go on: vaelab resume {shlex.quote(str(run_dir))} "
-                      f"trainer.epochs={2 * done} {shown}", file=sys.stderr)
+            rest = [o for o in parsed if o not in used and o not in missing and o.key_or_group != "trainer.epochs"
+                    and not (other_data and o.key_or_group == "data.root")]
+            unused = [o.input_line for o in rest if o.key_or_group not in ("device", "trainer.progress")]
+            if unused:  # (to go on, the command takes device=... again: the config does not have it)
+                print(f"vaelab resume: {_changed_nothing(unused)}; to go on: vaelab resume "
+                      f"{shlex.quote(str(run_dir))} trainer.epochs={2 * done} "
+                      + " ".join(shlex.quote(o.input_line) for o in rest), file=sys.stderr)
             return metrics
         # Training again would only log the final numbers a second time.
         given = [o for o in overrides if o.split("=", 1)[0] != "trainer.epochs"]
         k = next((o.split("=", 1)[1] for o in given if o.split("=", 1)[0] == "trainer.final_eval_k"), None)
         training = [o for o in given if not o.split("=", 1)[0].startswith("trainer.final_eval")]
-        shown = " ".join(map(shlex.quote, training))
-        unused = (f" (so {shown} changed nothing: {'they apply' if len(training) > 1 else 'it applies'} "
-                  f"to epochs still to train)" if training else "")
+        unused = f" (so {_changed_nothing(training)})" if training else ""
         again = (f"; another evaluation of it: vaelab eval {shlex.quote(str(run_dir))} --k {shlex.quote(k)}"
                  if k else "")
         print(f"vaelab resume: nothing to do, {run_dir} has trained {trained}{unused}; to go on: "

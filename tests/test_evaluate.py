@@ -302,12 +302,18 @@ def test_training_ends_with_eval_and_eval_json_round_trips(make_cfg, tmp_path, c
 
 
 def test_eval_of_an_earlier_checkpoint_is_logged_where_that_checkpoint_was_taken(make_cfg, tmp_path,
-                                                                                 monkeypatch, caplog):
+                                                                                 monkeypatch, caplog, capsys):
     run = tmp_path / "run"
     train(make_cfg(["trainer.checkpoint_every=1"]), run)  # 2 epochs of 192 images; eval of last.pt
+    drawn = {k: load_eval(run)[k] for k in ("pictures", "traversal_dims", "dead_dims")}
     monkeypatch.chdir(tmp_path)
     assert _eval_cli(["run", "--k", "2", "--checkpoint", "epoch_0001.pt", "--no-pictures"]) == 0
     saved = load_eval(run)
+    # eval.json names the pictures eval/ still holds (it had no "pictures" after --no-pictures)
+    assert {k: saved[k] for k in drawn} == drawn and all(Path(f).is_file() for f in drawn["pictures"].values())
+    out = capsys.readouterr().out  # and its table says whose they are, and draws no eval/* image at this step
+    assert "curves.png  (an earlier evaluation's, of last.pt at 384 examples seen)" in out
+    assert "TensorBoard tags test/* at step 192" in out
     assert saved["epoch"] == 1 and saved["examples_seen"] == 192  # the checkpoint's, not metrics.json's 384
     assert saved["checkpoint"] == str(run / "checkpoints" / "epoch_0001.pt")  # not relative to the shell
     # eval/ still shows last.pt's weights, and says so, also after a second --no-pictures

@@ -460,6 +460,38 @@ def test_train_refused_at_its_start_from_python_leaves_the_folder_as_it_was(tiny
     with pytest.raises(DataError):
         train(OmegaConf.merge(bad, {"trainer": {"epochs": 2}}), run)
     assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
+    # nor one named through a folder that is not there (missing/../run: the run was taken for a folder
+    # the call made, and removed with its files)
+    with pytest.raises(DataError):
+        train(bad, tmp_path / "missing" / ".." / "run")
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
+    # nor the saved config of a run that has no checkpoint yet (it was the refused call's after it)
+    (run / "checkpoints").rename(tmp_path / "aside")
+    (run / "metrics.json").unlink()
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    with pytest.raises(DataError):
+        train(OmegaConf.merge(bad, {"latent_size": 7}), run)
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
+
+
+def test_a_bug_in_a_models_step_keeps_the_run_folder_from_python(tiny_mnist, tmp_path, monkeypatch):
+    """Once the input has passed its checks the folder is the run's: a model that raises in its
+    third step kept it with TensorBoard on, and lost it, its train.log's step lines too, with it off."""
+    (tmp_path / "buggymodels.py").write_text(
+        "from vaelab.models import MLPVAE\n"
+        "class LaterBug(MLPVAE):\n"
+        "    calls = 0\n"
+        "    def decode_logits(self, z):\n"
+        "        LaterBug.calls += 1\n"
+        "        if self.training and LaterBug.calls > 4:\n"
+        "            raise RuntimeError('a bug in step 3')\n"
+        "        return super().decode_logits(z)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    cfg = compose_cfg([f"data.root={tiny_mnist}", *FAST, "latent_size=2", "logger.tensorboard=false",
+                       "model._target_=buggymodels.LaterBug"])
+    with pytest.raises(RuntimeError, match="a bug in step 3"):
+        train(cfg, tmp_path / "r")
+    assert (tmp_path / "r" / "checkpoints").is_dir() and (tmp_path / "r" / ".hydra" / "config.yaml").is_file()
 
 
 def test_flat_adam_on_a_model_with_an_unused_parameter_is_one_line_naming_it(tiny_mnist, tmp_path, monkeypatch):
@@ -580,6 +612,15 @@ def test_compose_config_says_what_is_wrong_with_an_override_in_one_line(tmp_path
     with pytest.raises(ConfigError, match=r"^override 'experiment=mnie': Could not find 'experiment/mnie'; "
                                           r"available: .*mine"):
         compose_config(["experiment=mnie"], config_dir=tmp_path)
+    # what OmegaConf refuses after Hydra has composed, and vaelab-train's flags
+    with pytest.raises(ConfigError, match=r"^unknown key 'foo' in override '\+foo=1'; keys allowed at the top level"):
+        compose_config(["+foo=1"])
+    with pytest.raises(ConfigError, match=r"^latent_size=\$\{nosuch\}: cannot be resolved \(Interpolation key "
+                                          r"'nosuch' not found\)$"):
+        compose_config(["latent_size=${nosuch}"])
+    with pytest.raises(ConfigError, match=r"^-m: compose_config takes settings \(KEY=VALUE\), not vaelab-train's "
+                                          r"flags$"):
+        compose_config(["-m", "latent_size=2,4"])
 
 
 def test_compose_config_finds_config_groups_of_ones_own(tmp_path):

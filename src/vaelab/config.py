@@ -251,13 +251,20 @@ def compose_config(overrides: list[str] | tuple = (), config_dir: str | Path | N
         if any(o.split("=", 1)[0].lstrip("+") == "hydra.searchpath" for o in overrides):
             raise ConfigError("config_dir and hydra.searchpath: give one (Hydra keeps the first search path only)")
         extra = [f"hydra.searchpath=[file://{Path(config_dir).resolve()}]"]
+    flags = [o for o in overrides if str(o).startswith("-")]
+    if flags:
+        raise ConfigError(f"{flags[0]}: compose_config takes settings (KEY=VALUE), not vaelab-train's flags")
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-            cfg = compose("config", overrides=[*extra, *overrides])
+            cfg = typed(compose("config", overrides=[*extra, *overrides]))
+        _check_resolves(cfg)  # (latent_size=${nosuch}: one line now, not OmegaConf's when a key is read)
+        return cfg
+    except ConfigError:
+        raise
     except Exception:
-        # Hydra's own words: "Could not override 'latent_sizee'. To append to your config use
-        # +latent_sizee=16", the reason in __cause__. vaelab-train's one line instead, with its hint.
+        # Hydra's or OmegaConf's own words ("Could not override 'latent_sizee'. To append to your
+        # config use +latent_sizee=16", the reason in __cause__): vaelab-train's one line instead.
         from vaelab.cli_errors import precheck
 
         line = precheck([*overrides, *(["--config-dir", str(config_dir)] if config_dir is not None else [])])
@@ -266,7 +273,6 @@ def compose_config(overrides: list[str] | tuple = (), config_dir: str | Path | N
         raise ConfigError(line) from None
     finally:
         GlobalHydra.instance().clear()
-    return typed(cfg)
 
 
 # --- value checks ------------------------------------------------------------------------

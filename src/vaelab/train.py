@@ -575,8 +575,10 @@ def train(cfg: DictConfig, run_dir: str | Path, data: MNISTData | None = None, o
     if os.path.lexists(run_dir) and not run_dir.is_dir():  # (mkdir's "File exists")
         raise ConfigError(f"run_dir {run_dir}: " + ("a link to nothing" if run_dir.is_symlink() else "a file") +
                           ", not a folder for the run")
-    made = _folders_to_make(run_dir)  # (removed again, with what this call put in them, if it is refused)
-    before = _names(run_dir) if not made else set()
+    # (removed again, with what this call put in them, if it is refused; on the real path: a/../b is b)
+    real = Path(os.path.realpath(run_dir))
+    made = _folders_to_make(real)
+    before = _names(real) if not made else set()
     run_dir.mkdir(parents=True, exist_ok=True)  # checkpoints/ and samples/ come once the data has loaded
     refused = False
     root_level = logging.getLogger().level  # (_attach_logs lowers it to INFO; a script's own stays its own)
@@ -657,21 +659,19 @@ def _folders_to_make(run_dir: Path) -> list[Path]:
     return missing[::-1]
 
 
-# What train() writes in a run's folder before its first checkpoint (the config it runs, for a
-# call from Python; its log; the folders its checkpoints and sample grids go to)
-_BEFORE_THE_FIRST_CHECKPOINT = {".hydra", "train.log", "checkpoints", "samples"}
+# What train() writes in a run's folder before its input has passed its checks (its log; the
+# folder its saved config goes to). From there on it makes checkpoints/, and the folder is the run's.
+_BEFORE_IT_BEGINS = {".hydra", "train.log"}
 
 
 def _remove_what_it_added(run_dir: Path, before: set[str]) -> bool:
-    """A train() from Python refused at its start (bad data, a model that does not fit, ...)
-    left a folder that listed in `vaelab compare` as an unfinished run, and that `vaelab resume`
+    """A train() from Python refused at its start (bad data, a model that does not fit, a bug in
+    a model's constructor, ...) left a folder that listed in `vaelab compare` as an unfinished run, and that `vaelab resume`
     offered to start again as it was (vaelab-train removes its own, hydra_main). What this call
     added to the folder goes, where it holds nothing that trained; what was there before stays.
     True if it removed all it added."""
     added = _names(run_dir) - before
-    if not added <= _BEFORE_THE_FIRST_CHECKPOINT | {".hydra/config.yaml"}:
-        return False
-    if any(any((run_dir / name).iterdir()) for name in ("checkpoints", "samples") if name in added):
+    if not added <= _BEFORE_IT_BEGINS | {".hydra/config.yaml"}:
         return False
     if ".hydra" in added and {p.name for p in (run_dir / ".hydra").iterdir()} - {"config.yaml"}:
         return False
@@ -734,12 +734,11 @@ def _train(cfg: DictConfig, run_dir: Path, data: MNISTData | None, on_start=None
     ckpt_dir, sample_dir = run_dir / "checkpoints", run_dir / "samples"
     saved_cfg = run_dir / ".hydra" / "config.yaml"
     from_python = not _hydra_made(run_dir)  # (vaelab-train's Hydra has saved the config)
-    if not saved_cfg.exists() or (from_python and ckpt_io.latest(ckpt_dir) is None
-                                  and not (run_dir / "metrics.json").is_file()):
-        # train() called from Python: keep the run reproducible anyway, with the config this call
-        # trains (not an earlier call's that failed before its first checkpoint, say)
-        saved_cfg.parent.mkdir(exist_ok=True)
-        ckpt_io.write_text_atomic(saved_cfg, OmegaConf.to_yaml(_as_this_process_reads_it(cfg) if from_python else cfg))
+    # train() called from Python: the run stays reproducible anyway, with the config this call
+    # trains (not an earlier call's that failed before its first checkpoint, say); written below,
+    # once the input has passed its checks (a refused call leaves the folder's config as it was)
+    save_config = not saved_cfg.exists() or (from_python and ckpt_io.latest(ckpt_dir) is None
+                                             and not (run_dir / "metrics.json").is_file())
     t, lcfg = cfg.trainer, cfg.loss
     device = resolve_device(cfg.device)
     seed_everything(cfg.seed)
@@ -819,6 +818,9 @@ def _train(cfg: DictConfig, run_dir: Path, data: MNISTData | None, on_start=None
         log.info("resuming %s from %s %s (step %d, %d examples seen)", run_dir, resume_from, at, st["step"],
                  st["examples"])
     # The input and the checkpoint are good: from here on the run folder changes.
+    if save_config:
+        saved_cfg.parent.mkdir(exist_ok=True)
+        ckpt_io.write_text_atomic(saved_cfg, OmegaConf.to_yaml(_as_this_process_reads_it(cfg) if from_python else cfg))
     if on_start is not None:
         on_start()
     if data_changed:  # metrics.json keeps the last digest only: the run's record of resumes says when it changed

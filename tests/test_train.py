@@ -474,6 +474,25 @@ def test_train_refused_at_its_start_from_python_leaves_the_folder_as_it_was(tiny
     assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
 
 
+def test_train_on_a_folder_another_process_trains_leaves_it_alone(tiny_mnist, tmp_path):
+    """train() refused because another process holds the folder wrote an empty train.log into it."""
+    from vaelab.checkpoint import CheckpointError
+
+    folder = tmp_path / "theirs"
+    folder.mkdir()
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from vaelab import checkpoint as c\n"
+                               "with c.only_process(sys.argv[1]):\n    print('held', flush=True); time.sleep(60)",
+                               str(folder)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(CheckpointError, match="another process is training this run now"):
+            train(compose_cfg([f"data.root={tiny_mnist}", *FAST]), folder)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert list(folder.iterdir()) == []
+
+
 def test_a_bug_in_a_models_step_keeps_the_run_folder_from_python(tiny_mnist, tmp_path, monkeypatch):
     """Once the input has passed its checks the folder is the run's: a model that raises in its
     third step kept it with TensorBoard on, and lost it, its train.log's step lines too, with it off."""

@@ -582,7 +582,7 @@ def train(cfg: DictConfig, run_dir: str | Path, data: MNISTData | None = None, o
     run_dir.mkdir(parents=True, exist_ok=True)  # checkpoints/ and samples/ come once the data has loaded
     refused = False
     root_level = logging.getLogger().level  # (_attach_logs lowers it to INFO; a script's own stays its own)
-    handlers = _attach_logs(run_dir)
+    handlers = []  # (train.log, once the run's folder is held: not one in a folder another process trains)
     # What _train sets for this run alone (a resumed run's thread count, trainer.deterministic,
     # trainer.flush_denormal): one process may train several runs (tests, a sweep's jobs,
     # vaelab resume), each its own way.
@@ -595,6 +595,7 @@ def train(cfg: DictConfig, run_dir: str | Path, data: MNISTData | None = None, o
                if threading.current_thread() is threading.main_thread() else {})
     try:
         with ckpt_io.only_process(run_dir):
+            handlers = _attach_logs(run_dir)
             try:
                 try:
                     return _train(cfg, run_dir, data, on_start)

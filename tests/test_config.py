@@ -515,6 +515,11 @@ def test_a_run_folder_that_holds_a_run_is_refused(tmp_path):
     err = precheck([f"hydra.run.dir={tmp_path / 'run'}", "latent_size=8"])
     assert err == (f"hydra.run.dir={tmp_path / 'run'}: that folder holds a run already; carry it on with "
                    f"'vaelab resume {tmp_path / 'run'} [KEY=VALUE ...]', or give another folder")
+    # named through a folder that is not there (Hydra makes it, and then the path is the run): it was
+    # carried on under the new settings, its saved config replaced
+    err = precheck([f"hydra.run.dir={tmp_path / 'missing' / '..' / 'run'}", "latent_size=8"])
+    assert err == (f"hydra.run.dir={tmp_path / 'missing' / '..' / 'run'}: that folder holds a run already; carry it "
+                   f"on with 'vaelab resume {tmp_path / 'run'} [KEY=VALUE ...]', or give another folder")
     from vaelab.checkpoint import only_process
 
     with only_process(tmp_path / "run"):  # as its training process holds it: resume would be refused too

@@ -736,6 +736,32 @@ def test_the_kl_per_dim_line_does_not_round_small_values_up_and_marks_the_dead_b
     assert line.endswith("active units 2 / 4   (Cov_x E_q[z_i|x] > 0.01; the other 2: dead, in the traversals too)")
 
 
+def test_no_pictures_names_the_pictures_eval_holds_in_this_runs_folder(make_cfg, tmp_path, capsys):
+    """eval.json's "pictures" after --no-pictures: a copied run's named the original's files (and
+    its pictures_of the original's checkpoint); without an earlier eval.json, no key at all."""
+    train(make_cfg(["trainer.epochs=1"]), tmp_path / "run")
+    copy = tmp_path / "copy"
+    shutil.copytree(tmp_path / "run", copy)
+    shutil.rmtree(tmp_path / "run")
+    assert _eval_cli([copy, "--k", "2", "--no-pictures"]) == 0
+    saved = load_eval(copy)
+    assert set(saved["pictures"]) == {"samples", "reconstructions", "traversals", "interpolations",
+                                      "latents_scatter", "curves"}
+    assert all(Path(f).parent == copy / "eval" and Path(f).is_file() for f in saved["pictures"].values())
+    assert saved["pictures_of"]["checkpoint"] == str(copy / "checkpoints" / "last.pt")
+    out = capsys.readouterr().out
+    assert "an earlier evaluation's" not in out and "TensorBoard tags test/* and eval/* at step 192" in out
+    (copy / "eval" / "curves.png").unlink()
+    (copy / "eval.json").unlink()  # whose pictures they are is not known any more
+    assert _eval_cli([copy, "--k", "2", "--no-pictures"]) == 0
+    saved = load_eval(copy)
+    assert "curves" not in saved["pictures"] and len(saved["pictures"]) == 5 and saved["pictures_of"] is None
+    assert "latents_scatter.png  (of weights eval.json does not name)" in capsys.readouterr().out
+    shutil.rmtree(copy / "eval")
+    assert _eval_cli([copy, "--k", "2", "--no-pictures"]) == 0
+    assert load_eval(copy)["pictures"] == {}
+
+
 def test_no_pictures_keeps_the_images_of_the_evaluation_eval_json_holds_only(make_cfg, tmp_path):
     """A --no-pictures evaluation copied the eval/* images of every earlier event file into its
     own, those of an evaluation killed part-way (kill -9) too: TensorBoard then showed two

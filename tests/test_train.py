@@ -465,6 +465,9 @@ def test_train_refused_at_its_start_from_python_leaves_the_folder_as_it_was(tiny
     with pytest.raises(DataError):
         train(bad, tmp_path / "missing" / ".." / "run")
     assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
+    with pytest.raises(DataError):
+        train(bad, tmp_path / "missing" / ".." / "new")
+    assert not (tmp_path / "missing").exists() and not (tmp_path / "new").exists()  # (missing/ was made, and left)
     # nor the saved config of a run that has no checkpoint yet (it was the refused call's after it)
     (run / "checkpoints").rename(tmp_path / "aside")
     (run / "metrics.json").unlink()
@@ -472,6 +475,19 @@ def test_train_refused_at_its_start_from_python_leaves_the_folder_as_it_was(tiny
     with pytest.raises(DataError):
         train(OmegaConf.merge(bad, {"latent_size": 7}), run)
     assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
+
+
+def test_a_new_run_stopped_while_its_data_loads_keeps_its_config(tiny_mnist, tmp_path, monkeypatch):
+    """Stopped (or killed) in a slow first download, the run can be started again from its saved
+    config, which vaelab resume names; it is written before the data loads."""
+    import vaelab.train as train_mod
+
+    def stopped(*args, **kwargs):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(train_mod, "load_data", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        train(compose_cfg([f"data.root={tiny_mnist}", *FAST, "latent_size=3"]), tmp_path / "r")
+    assert OmegaConf.load(tmp_path / "r" / ".hydra" / "config.yaml").latent_size == 3
 
 
 def test_train_on_a_folder_another_process_trains_leaves_it_alone(tiny_mnist, tmp_path):
@@ -631,6 +647,11 @@ def test_compose_config_says_what_is_wrong_with_an_override_in_one_line(tmp_path
     with pytest.raises(ConfigError, match=r"^override 'experiment=mnie': Could not find 'experiment/mnie'; "
                                           r"available: .*mine"):
         compose_config(["experiment=mnie"], config_dir=tmp_path)
+    # a group of one's own setting a key that is not there: the line named no key, ending in "config:"
+    (tmp_path / "experiment" / "bad.yaml").write_text("# @package _global_\nlatent_sz: 7\n")
+    with pytest.raises(ConfigError, match=r"^override 'experiment=bad': In 'experiment/bad': ConfigKeyError raised "
+                                          r"while composing config: Key 'latent_sz' not in 'Config'$"):
+        compose_config(["experiment=bad"], config_dir=tmp_path)
     # what OmegaConf refuses after Hydra has composed, and vaelab-train's flags
     with pytest.raises(ConfigError, match=r"^unknown key 'foo' in override '\+foo=1'; keys allowed at the top level"):
         compose_config(["+foo=1"])
@@ -640,6 +661,9 @@ def test_compose_config_says_what_is_wrong_with_an_override_in_one_line(tmp_path
     with pytest.raises(ConfigError, match=r"^-m: compose_config takes settings \(KEY=VALUE\), not vaelab-train's "
                                           r"flags$"):
         compose_config(["-m", "latent_size=2,4"])
+    with pytest.raises(ConfigError, match=r"^override 'latent_size=2,4' lists several values: compose one config per "
+                                          r"value$"):
+        compose_config(["latent_size=2,4"])
 
 
 def test_compose_config_finds_config_groups_of_ones_own(tmp_path):

@@ -104,7 +104,10 @@ def _explain(exc: Exception, override: str, composed: DictConfig | None = None) 
     """One line for a failed composition; `composed`: the config as it was before this override
     (with Hydra's section), whose keys are listed for an unknown key outside our schema."""
     cause = exc.__cause__ or exc
-    msg = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
+    lines = str(cause).strip().splitlines()
+    msg = lines[0] if lines else type(cause).__name__
+    if msg.endswith(":") and len(lines) > 1:  # "In 'experiment/mine': ConfigKeyError raised while composing config:"
+        msg = f"{msg} {lines[1].strip()}"  # (what it raised is on the next line: "Key 'latent_sz' not in 'Config'")
     full_key = getattr(cause, "full_key", None)
     if override.startswith("~") and "does not support deletion" in msg:  # a key of a typed section
         return _cannot_delete(override)
@@ -871,6 +874,9 @@ def _taken(folder: Path, sweep: bool) -> str | None:
     """Why a run (or a sweep) must not start in `folder`: it holds a run (an earlier sweep's runs).
     Hydra writes the composed config into the folder before vaelab's code runs, over the run's
     own; the jobs of a sweep named like the old ones would carry those runs on under new settings."""
+    if not os.path.exists(folder) and os.path.exists(os.path.realpath(folder)):
+        # missing/../run: the kernel cannot follow it until Hydra has made missing/, and then it is run
+        folder = Path(os.path.realpath(folder))
     inside = enclosing_run(folder)
     if inside is not None:  # its runs would be hidden: compare and resume see the run around them
         return f"that folder is inside the run {inside}; give a folder outside it"

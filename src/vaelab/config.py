@@ -270,6 +270,8 @@ def compose_config(overrides: list[str] | tuple = (), config_dir: str | Path | N
         line = precheck([*overrides, *(["--config-dir", str(config_dir)] if config_dir is not None else [])])
         if line is None:
             raise
+        # (a sweep's values: vaelab-train's -m has no counterpart here)
+        line = line.replace("add -m (--multirun) to run one job per value", "compose one config per value")
         raise ConfigError(line) from None
     finally:
         GlobalHydra.instance().clear()

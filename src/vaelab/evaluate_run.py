@@ -297,9 +297,17 @@ def evaluate_run(run_dir: str | Path, k: int = 5000, device: str = "auto", check
             if not pictures:
                 before = ckpt_io.read_json(run_dir / "eval.json") or {}
                 kept = before.get("pictures_of") if (run_dir / "eval").is_dir() else None
-                result["pictures_of"] = kept if isinstance(kept, dict) else None
-                if kept:  # what eval/ holds, as that evaluation wrote it (a script reads eval.json's "pictures")
-                    result.update({k: before[k] for k in ("pictures", "traversal_dims", "dead_dims") if k in before})
+                kept = kept if isinstance(kept, dict) else None
+                if kept and isinstance(kept.get("checkpoint"), str):  # (this run's, also where it was moved or copied)
+                    name = Path(kept["checkpoint"]).name
+                    kept = {**kept, "checkpoint": str(Path(result["checkpoint"]).parent / name)}
+                result["pictures_of"] = kept
+                # eval.json's "pictures" (a script reads them): what eval/ holds now, in this run's folder
+                from vaelab.pictures import EVAL_PICTURES
+                result["pictures"] = {name: str((run_dir / "eval" / f"{name}.png").resolve()) for name in EVAL_PICTURES
+                                      if (run_dir / "eval" / f"{name}.png").is_file()}
+                if kept:
+                    result.update({k: before[k] for k in ("traversal_dims", "dead_dims") if k in before})
                 if kept and kept.get("examples_seen") != step:
                     log.warning("%s/ shows the weights of %s at %s examples seen, not these (%s at %d); leave out "
                                 "--no-pictures to redraw it", run_dir / "eval", Path(str(kept.get("checkpoint"))).name,
@@ -495,12 +503,13 @@ def format_table(r: dict, run_dir: str | Path) -> str:
     ]
     # (after --no-pictures, eval/ and eval.json's "pictures" are an earlier evaluation's, maybe of other weights)
     of = r.get("pictures_of") if isinstance(r.get("pictures_of"), dict) else {}
-    other = bool(of) and (of.get("checkpoint"), of.get("examples_seen")) != (r.get("checkpoint"), r.get("examples_seen"))
+    other = of.get("examples_seen") != r.get("examples_seen")  # (the weights a run had at that point: any checkpoint)
     if r.get("pictures"):
         folder = Path(next(iter(r["pictures"].values()))).parent
         lines.append(f"  pictures     {folder}/: {', '.join(Path(p).name for p in r['pictures'].values())}"
-                     + (f"  (an earlier evaluation's, of {Path(str(of.get('checkpoint'))).name} at "
-                        f"{of.get('examples_seen')} examples seen)" if other else ""))
+                     + ((f"  (an earlier evaluation's, of {Path(str(of.get('checkpoint'))).name} at "
+                         f"{of.get('examples_seen')} examples seen)" if of else "  (of weights eval.json does not name)")
+                        if other else ""))
     tb = (f", TensorBoard tags test/*{' and eval/*' if r.get('pictures') and not other else ''} at step "
           f"{r['examples_seen']}" if r.get("tensorboard") else "")
     lines.append(f"  written      {Path(run_dir) / 'eval.json'}{tb}  ({r['seconds']:.1f} s)")

@@ -328,6 +328,11 @@ def latents_scatter_figure(mu: torch.Tensor, labels: torch.Tensor):
 # --- everything at once (used by `vaelab eval`) -------------------------------------------
 
 
+# The pictures make_pictures draws, eval/<name>.png (manifold for a 2-d latent space only; curves
+# where the run logged events).
+EVAL_PICTURES = ("samples", "reconstructions", "traversals", "interpolations", "manifold", "latents_scatter", "curves")
+
+
 @torch.no_grad()
 def make_pictures(model, images: torch.Tensor, labels: torch.Tensor, kl_per_dim: torch.Tensor,
                   active: torch.Tensor, out_dir: str | Path, writer=None, step: int = 0, seed: int = 0,

@@ -572,6 +572,8 @@ def train(cfg: DictConfig, run_dir: str | Path, data: MNISTData | None = None, o
     cfg = on_schema(cfg)
     validate(cfg)
     run_dir = Path(run_dir)
+    if ".." in run_dir.parts:  # missing/../run: the folder meant, not missing/ made beside it (config.absolute)
+        run_dir = Path(absolute(run_dir))
     if os.path.lexists(run_dir) and not run_dir.is_dir():  # (mkdir's "File exists")
         raise ConfigError(f"run_dir {run_dir}: " + ("a link to nothing" if run_dir.is_symlink() else "a file") +
                           ", not a folder for the run")
@@ -731,15 +733,23 @@ def _load_to_resume(cfg: DictConfig, path: Path, model: VAE, opt: torch.optim.Op
     return data_changed
 
 
+def _save_config(path: Path, cfg: DictConfig, from_python: bool) -> None:
+    path.parent.mkdir(exist_ok=True)
+    ckpt_io.write_text_atomic(path, OmegaConf.to_yaml(_as_this_process_reads_it(cfg) if from_python else cfg))
+
+
 def _train(cfg: DictConfig, run_dir: Path, data: MNISTData | None, on_start=None) -> dict:
     ckpt_dir, sample_dir = run_dir / "checkpoints", run_dir / "samples"
     saved_cfg = run_dir / ".hydra" / "config.yaml"
     from_python = not _hydra_made(run_dir)  # (vaelab-train's Hydra has saved the config)
     # train() called from Python: the run stays reproducible anyway, with the config this call
-    # trains (not an earlier call's that failed before its first checkpoint, say); written below,
-    # once the input has passed its checks (a refused call leaves the folder's config as it was)
-    save_config = not saved_cfg.exists() or (from_python and ckpt_io.latest(ckpt_dir) is None
-                                             and not (run_dir / "metrics.json").is_file())
+    # trains. A new run's is written at once (one killed while its data downloads can be started
+    # again; a refused call's goes with the folder, train()); an earlier call's, in a run with no
+    # checkpoint yet, is replaced once the input has passed its checks (a refused call leaves it).
+    save_config = saved_cfg.exists() and from_python and ckpt_io.latest(ckpt_dir) is None \
+        and not (run_dir / "metrics.json").is_file()
+    if not saved_cfg.exists():
+        _save_config(saved_cfg, cfg, from_python)
     t, lcfg = cfg.trainer, cfg.loss
     device = resolve_device(cfg.device)
     seed_everything(cfg.seed)
@@ -820,8 +830,7 @@ def _train(cfg: DictConfig, run_dir: Path, data: MNISTData | None, on_start=None
                  st["examples"])
     # The input and the checkpoint are good: from here on the run folder changes.
     if save_config:
-        saved_cfg.parent.mkdir(exist_ok=True)
-        ckpt_io.write_text_atomic(saved_cfg, OmegaConf.to_yaml(_as_this_process_reads_it(cfg) if from_python else cfg))
+        _save_config(saved_cfg, cfg, from_python)
     if on_start is not None:
         on_start()
     if data_changed:  # metrics.json keeps the last digest only: the run's record of resumes says when it changed

@@ -971,6 +971,9 @@ def test_an_output_folder_that_cannot_be_made_is_one_line(tmp_path, monkeypatch)
     err = precheck(["-m", "latent_size=2,4", f"hydra.sweep.dir={tmp_path / 'afile' / 'a' / 'b'}"])
     assert err == f"hydra.sweep.dir={tmp_path / 'afile' / 'a' / 'b'}: {tmp_path / 'afile'} is a file, not a folder"
     assert precheck([f"hydra.run.dir={tmp_path / 'afile' / 'run'}", "--cfg", "job"]) is None  # writes nothing
+    # through a folder that is not there yet (Hydra makes it, then its mkdir of the file failed in a traceback)
+    assert precheck([f"hydra.run.dir={tmp_path / 'missing' / '..' / 'afile'}"]) == (
+        f"hydra.run.dir={tmp_path / 'missing' / '..' / 'afile'}: {tmp_path / 'afile'} is a file, not a folder")
 
     # The folder as Hydra will make it: defaults, ${name}, ${oc.env:...} and Optuna's sweep resolved.
     monkeypatch.chdir(tmp_path)

@@ -652,6 +652,13 @@ def test_compose_config_says_what_is_wrong_with_an_override_in_one_line(tmp_path
     with pytest.raises(ConfigError, match=r"^override 'experiment=bad': In 'experiment/bad': ConfigKeyError raised "
                                           r"while composing config: Key 'latent_sz' not in 'Config'$"):
         compose_config(["experiment=bad"], config_dir=tmp_path)
+    # one that is not YAML: the file and the line (the line was "while parsing a flow sequence")
+    (tmp_path / "experiment" / "syn.yaml").write_text("# @package _global_\nlatent_size: [1\n")
+    with pytest.raises(ConfigError) as e:
+        compose_config(["experiment=syn"], config_dir=tmp_path)
+    assert str(e.value) == (f"override 'experiment=syn': {tmp_path / 'experiment' / 'syn.yaml'}, line 3, column 1: "
+                            f"expected ',' or ']', but got '<stream end>' (while parsing a flow sequence begun on "
+                            f"line 2)")
     # what OmegaConf refuses after Hydra has composed, and vaelab-train's flags
     with pytest.raises(ConfigError, match=r"^unknown key 'foo' in override '\+foo=1'; keys allowed at the top level"):
         compose_config(["+foo=1"])

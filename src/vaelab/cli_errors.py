@@ -108,6 +108,16 @@ def _explain(exc: Exception, override: str, composed: DictConfig | None = None) 
     msg = lines[0] if lines else type(cause).__name__
     if msg.endswith(":") and len(lines) > 1:  # "In 'experiment/mine': ConfigKeyError raised while composing config:"
         msg = f"{msg} {lines[1].strip()}"  # (what it raised is on the next line: "Key 'latent_sz' not in 'Config'")
+    import yaml
+
+    mark = getattr(cause, "problem_mark", None)
+    if isinstance(cause, yaml.MarkedYAMLError) and mark is not None and cause.problem:
+        # A YAML file of one's own that does not parse: its first line, "while parsing a flow sequence",
+        # named neither the file nor the line; they are on the lines after it
+        began = cause.context_mark
+        msg = (f"{mark.name}, line {mark.line + 1}, column {mark.column + 1}: {cause.problem}"
+               + (f" ({cause.context}{f' begun on line {began.line + 1}' if began is not None else ''})"
+                  if cause.context else ""))
     full_key = getattr(cause, "full_key", None)
     if override.startswith("~") and "does not support deletion" in msg:  # a key of a typed section
         return _cannot_delete(override)
@@ -234,7 +244,9 @@ def _compose(overrides: list[str], hydra_section: bool = False,
 
 def unwritable(folder: Path) -> str | None:
     """Why run folders cannot be made at `folder` (its nearest existing part decides), or None."""
-    there = next((p for p in (folder.absolute(), *folder.absolute().parents) if p.exists()), None)
+    # (missing/../x: where the kernel goes once Hydra has made missing/, which .parents would skip)
+    path = Path(os.path.realpath(folder)) if ".." in folder.parts else folder.absolute()
+    there = next((p for p in (path, *path.parents) if p.exists()), None)
     if there is None:
         return None
     if not there.is_dir():

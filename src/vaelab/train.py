@@ -585,18 +585,8 @@ def train(cfg: DictConfig, run_dir: str | Path, data: MNISTData | None = None, o
     refused = False
     root_level = logging.getLogger().level  # (_attach_logs lowers it to INFO; a script's own stays its own)
     handlers = []  # (train.log, once the run's folder is held: not one in a folder another process trains)
-    # What _train sets for this run alone (a resumed run's thread count, trainer.deterministic,
-    # trainer.flush_denormal): one process may train several runs (tests, a sweep's jobs,
-    # vaelab resume), each its own way.
-    threads = torch.get_num_threads()
-    deterministic = (torch.are_deterministic_algorithms_enabled(),
-                     torch.is_deterministic_algorithms_warn_only_enabled())
-    cudnn_benchmark, cublas_workspace = torch.backends.cudnn.benchmark, os.environ.get("CUBLAS_WORKSPACE_CONFIG")
-    flushing = flushing_subnormals()
-    signals = ({s: signal.getsignal(s) for s in (signal.SIGINT, *STOP_SIGNALS)}  # (_StopFlag's, after a stop)
-               if threading.current_thread() is threading.main_thread() else {})
     try:
-        with ckpt_io.only_process(run_dir):
+        with _process_settings_kept(), ckpt_io.only_process(run_dir):
             handlers = _attach_logs(run_dir)
             try:
                 try:
@@ -629,6 +619,30 @@ def train(cfg: DictConfig, run_dir: str | Path, data: MNISTData | None = None, o
                 refused = _remove_what_it_added(run_dir, before)  # (held: not what another process began there)
                 raise
     finally:
+        _detach_logs(handlers, root_level)
+        if refused:
+            for folder in reversed(made):  # the run's folder, and those made to hold it, where now empty
+                try:
+                    folder.rmdir()
+                except OSError:
+                    break
+
+
+@contextmanager
+def _process_settings_kept():
+    """What _train sets for one run (a resumed run's thread count, trainer.deterministic,
+    trainer.flush_denormal, the stop handlers) put back after it: one process may train several
+    runs (tests, a sweep's jobs, vaelab resume, a script's calls), each its own way."""
+    threads = torch.get_num_threads()
+    deterministic = (torch.are_deterministic_algorithms_enabled(),
+                     torch.is_deterministic_algorithms_warn_only_enabled())
+    cudnn_benchmark, cublas_workspace = torch.backends.cudnn.benchmark, os.environ.get("CUBLAS_WORKSPACE_CONFIG")
+    flushing = flushing_subnormals()
+    signals = ({s: signal.getsignal(s) for s in (signal.SIGINT, *STOP_SIGNALS)}  # (_StopFlag's, after a stop)
+               if threading.current_thread() is threading.main_thread() else {})
+    try:
+        yield
+    finally:
         for s, handler in signals.items():
             if handler is not None:  # (None: set outside Python)
                 signal.signal(s, handler)
@@ -643,13 +657,6 @@ def train(cfg: DictConfig, run_dir: str | Path, data: MNISTData | None = None, o
         torch.set_flush_denormal(flushing)
         if cublas_workspace is None:
             os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
-        _detach_logs(handlers, root_level)
-        if refused:
-            for folder in reversed(made):  # the run's folder, and those made to hold it, where now empty
-                try:
-                    folder.rmdir()
-                except OSError:
-                    break
 
 
 def _folders_to_make(run_dir: Path) -> list[Path]:

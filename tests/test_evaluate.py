@@ -24,7 +24,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from vaelab import checkpoint as ckpt_io
 from vaelab.data import load_data
-from vaelab.evaluate import bits_per_dim, elbo_stats, iwae_bound, iwae_nll, log_weights
+from vaelab.evaluate import bits_per_dim, elbo_stats, iwae_bound, iwae_nll, iwae_nll_with_se, log_weights
 from vaelab.evaluate_run import data_root, evaluate_run, load_run
 from vaelab.losses import MSE_NLL_CONST_PER_DIM
 from vaelab.models import VAE, MLPVAE
@@ -124,6 +124,24 @@ def test_iwae_k1_is_the_elbo():
     assert st["kl"] == pytest.approx(float(kl.mean()), rel=1e-9)  # closed form, no noise
     se = float(truth.std()) / math.sqrt(len(x)) + 0.05  # recon is a one-sample estimate
     assert -st["nelbo"] == pytest.approx(float(truth.mean()), abs=4 * se)
+
+
+def test_the_standard_errors_are_those_of_the_examples_own_estimates():
+    """eval.json's *_se and the table's s.e. column: the standard deviation of the examples' own
+    estimates over sqrt(n), summed across batches in float64."""
+    model = overdispersed_model()
+    x = model.draw(300, torch.Generator().manual_seed(1))
+    n = len(x)
+    st = elbo_stats(model, x, model.log_likelihood, batch_size=128, generator=torch.Generator().manual_seed(2))
+    kl = 0.5 * (model.encode(x)[0].pow(2) + model.q_logvar.exp() - 1 - model.q_logvar).sum(-1)  # closed form
+    assert st["kl_se"] == pytest.approx(float(kl.std()) / math.sqrt(n), rel=1e-9)
+    assert st["recon_se"] > 0 and st["nelbo_se"] > 0
+    nll, se = iwae_nll_with_se(model, x, 5, model.log_likelihood, torch.Generator().manual_seed(3))
+    bound = iwae_bound(model, x, 5, model.log_likelihood, torch.Generator().manual_seed(3), 5)  # the same draws
+    assert nll == pytest.approx(-float(bound.mean()), rel=1e-12)
+    assert se == pytest.approx(float(bound.std()) / math.sqrt(n), rel=1e-9)
+    assert nll == iwae_nll(model, x, 5, model.log_likelihood, torch.Generator().manual_seed(3))
+    assert iwae_nll_with_se(model, x[:1], 5, model.log_likelihood)[1] is None  # (one example: none)
 
 
 def test_iwae_bound_grows_with_k_and_reaches_log_px():
@@ -282,6 +300,9 @@ def test_training_ends_with_eval_and_eval_json_round_trips(make_cfg, tmp_path, c
     assert saved["bits_per_dim"] == pytest.approx(saved["nll_iwae"] / (784 * math.log(2)))
     assert saved["kl"] == pytest.approx(sum(saved["kl_per_dim"]), rel=1e-5)
     assert len(saved["kl_per_dim"]) == 2 and 0 <= saved["active_units"] <= 2
+    # each mean's standard error over the test images, in eval.json and the table's s.e. column
+    assert all(saved[f"{k}_se"] > 0 for k in ("elbo", "recon", "kl", "nll_iwae"))
+    assert f"{saved['nll_iwae']:14.2f}   ± {saved['nll_iwae_se']:.2f}" in out
     assert saved["nll_iwae"] <= -saved["elbo"] + 5  # the bound is tighter, up to noise on 64 images
     assert json.loads(json.dumps(saved)) == saved == load_eval(tmp_path)
     # which data: the training's (metrics.json) and the evaluation's are the same

@@ -97,13 +97,18 @@ def elbo_stats(model, images: torch.Tensor, recon: Recon, batch_size: int = 2000
     rec = kl = 0.0
     kl_d = None
     mu_sum = mu_sq = None
+    moments = torch.zeros(2, 3, dtype=torch.float64)  # sums and squares of each example's recon, KL, -ELBO
     for x in _batches(images, batch_size):
         mu, logvar = model.encode(x)
         z = model.reparameterize(mu, logvar, generator)
-        r = cost(model.decode_logits(z), x).sum()
-        k = kl_per_dim(mu, logvar).sum(0)  # (L,)
+        each = cost(model.decode_logits(z), x)  # (B,)
+        r = each.sum()
+        per_dim = kl_per_dim(mu, logvar)  # (B, L)
+        k = per_dim.sum(0)  # (L,)
         rec = rec + r
         kl_d = k if kl_d is None else kl_d + k
+        terms = torch.stack([each, per_dim.sum(1), each + per_dim.sum(1)]).cpu().double()  # (3, B)
+        moments += torch.stack([terms.sum(1), (terms ** 2).sum(1)])
         mu64 = (mu.cpu() if mu.device.type == "mps" else mu).double()  # MPS has no float64
         mu_sum = mu64.sum(0) if mu_sum is None else mu_sum + mu64.sum(0)
         mu_sq = (mu64 ** 2).sum(0) if mu_sq is None else mu_sq + (mu64 ** 2).sum(0)
@@ -112,8 +117,21 @@ def elbo_stats(model, images: torch.Tensor, recon: Recon, batch_size: int = 2000
     mu_var = (mu_sq / n - (mu_sum / n) ** 2).float().to(kl_d.device)  # Cov_x(E_q[z_i]) per dimension
     rec = float(rec) / n
     kl = float(kl_d.sum())
+    se = [standard_error(float(a), float(b), n) for a, b in zip(*moments)]
     return {"recon": rec, "kl": kl, "nelbo": rec + kl, "kl_per_dim": kl_d.cpu(),
-            "mu_var": mu_var.cpu(), "active_units": int((mu_var > ACTIVE_THRESHOLD).sum())}
+            "mu_var": mu_var.cpu(), "active_units": int((mu_var > ACTIVE_THRESHOLD).sum()),
+            "recon_se": se[0], "kl_se": se[1], "nelbo_se": se[2]}
+
+
+def standard_error(total: float, squares: float, n: int) -> float | None:
+    """The standard error of a mean over n examples, from the sum of their values and of their
+    squares: how far another draw of as many test images (and of each one's Monte Carlo
+    samples) would move it. None for one example."""
+    if n < 2:
+        return None
+    mean = total / n
+    var = max(squares / n - mean * mean, 0.0) * n / (n - 1)  # (float64 sums: values ~1e2, no cancellation)
+    return math.sqrt(var / n)
 
 
 def log_weights(model, x: torch.Tensor, k: int, recon: Recon, generator: torch.Generator | None = None,
@@ -159,18 +177,28 @@ def iwae_nll(model, images: torch.Tensor, k: int, recon: Recon, generator: torch
              max_elems: int = 2_000_000, progress: bool = True) -> float:
     """-IWAE bound averaged over a split, nats per example. The example batch is chosen so one
     chunk of decoder outputs holds about max_elems floats: memory stays bounded for any k."""
+    return iwae_nll_with_se(model, images, k, recon, generator, max_elems, progress)[0]
+
+
+@torch.no_grad()
+def iwae_nll_with_se(model, images: torch.Tensor, k: int, recon: Recon, generator: torch.Generator | None = None,
+                     max_elems: int = 2_000_000, progress: bool = True) -> tuple[float, float | None]:
+    """iwae_nll, and its standard error over the split's examples (standard_error)."""
     was_training = model.training
     model.eval()
     d = images.shape[1]
     chunk = max(1, min(k, max_elems // (d * 64)))
     bs = max(1, min(images.shape[0], max_elems // (d * chunk)))
-    total = 0.0
+    total, squares = 0.0, 0.0
     with tqdm(total=images.shape[0], desc=f"IWAE k={k}", unit="img", leave=False, **quiet(progress)) as bar:
         for x in _batches(images, bs):
-            total += float(iwae_bound(model, x, k, recon, generator, chunk).sum())
+            bound = iwae_bound(model, x, k, recon, generator, chunk)
+            total += float(bound.sum())
+            squares += float((bound.cpu().double() ** 2).sum())
             bar.update(x.shape[0])
     model.train(was_training)
-    return -total / images.shape[0]
+    n = images.shape[0]
+    return -total / n, standard_error(total, squares, n)
 
 
 def bits_per_dim(nats_per_example: float, dim: int) -> float:

@@ -205,7 +205,7 @@ def evaluate_run(run_dir: str | Path, k: int = 5000, device: str = "auto", check
     at_start = ckpt_io.read_json(run_dir / "eval.json")  # (to notice one written while this one runs)
     import torch
 
-    from vaelab.evaluate import ACTIVE_THRESHOLD, bits_per_dim, elbo_stats, iwae_nll, subnormals_flushed
+    from vaelab.evaluate import ACTIVE_THRESHOLD, bits_per_dim, elbo_stats, iwae_nll_with_se, subnormals_flushed
     from vaelab.losses import MSE_GAUSSIAN_VARIANCE, MSE_NLL_CONST_PER_DIM
     from vaelab.pictures import make_pictures
 
@@ -232,7 +232,7 @@ def evaluate_run(run_dir: str | Path, k: int = 5000, device: str = "auto", check
         recon = st["recon"] + (d * MSE_NLL_CONST_PER_DIM if recon_kind == "mse" else 0.0)
         kl = st["kl"]
         elbo = -(recon + kl)
-        nll = iwae_nll(model, test, k, recon_kind, gen, progress=progress)
+        nll, nll_se = iwae_nll_with_se(model, test, k, recon_kind, gen, progress=progress)
         likelihood, note = _likelihood(recon_kind, binarize)
         # The x-axis of the checkpoint's own point of training (best.pt, epoch_0001.pt and a
         # stopped run's last.pt are not where metrics.json, if any, says the run ended).
@@ -243,6 +243,8 @@ def evaluate_run(run_dir: str | Path, k: int = 5000, device: str = "auto", check
         in_epoch = {"images": int(pos), "of": len(perm)} if pos and perm is not None else None
         result = {
             "elbo": elbo, "recon": recon, "kl": kl, "nll_iwae": nll, "k": k,
+            # standard errors of those means over the test images (evaluate.standard_error)
+            "elbo_se": st["nelbo_se"], "recon_se": st["recon_se"], "kl_se": st["kl_se"], "nll_iwae_se": nll_se,
             "bits_per_dim": bits_per_dim(nll, d), "elbo_bits_per_dim": bits_per_dim(-elbo, d),
             "recon_bits_per_dim": bits_per_dim(recon, d), "kl_bits_per_dim": bits_per_dim(kl, d),
             "active_units": st["active_units"], "latent_size": int(cfg.latent_size),
@@ -467,12 +469,16 @@ def format_table(r: dict, run_dir: str | Path) -> str:
     grey = _no_likelihood(r.get("recon_kind"), r.get("binarize"))
     rows = [
         ("-ELBO form (no likelihood: above)" if grey else "-ELBO (upper bound on NLL)", -r["elbo"],
-         r["elbo_bits_per_dim"]),
+         r.get("elbo_se"), r["elbo_bits_per_dim"]),
         ("  reconstruction (cross-entropy)" if grey else "  reconstruction -log p(x|z)", r["recon"],
-         r["recon_bits_per_dim"]),
-        ("  KL(q(z|x) || p(z))", r["kl"], r["kl_bits_per_dim"]),
-        (f"IWAE form (k={r['k']})" if grey else f"NLL, IWAE bound (k={r['k']})", r["nll_iwae"], r["bits_per_dim"]),
+         r.get("recon_se"), r["recon_bits_per_dim"]),
+        ("  KL(q(z|x) || p(z))", r["kl"], r.get("kl_se"), r["kl_bits_per_dim"]),
+        (f"IWAE form (k={r['k']})" if grey else f"NLL, IWAE bound (k={r['k']})", r["nll_iwae"], r.get("nll_iwae_se"),
+         r["bits_per_dim"]),
     ]
+
+    def se(v) -> str:  # (an eval.json from before 2026-11-27 has none)
+        return f"± {v:.2f}" if isinstance(v, (int, float)) else ""
     from vaelab.evaluate import ACTIVE_THRESHOLD
 
     kl = r["kl_per_dim"]
@@ -490,8 +496,8 @@ def format_table(r: dict, run_dir: str | Path) -> str:
         f"  data         test split, {r['n_examples']} images of {r['dim']} pixels",
         f"  likelihood   {r['note']}",
         "",
-        f"  {'':32s}{'nats/example':>14s}{'bits/dim':>11s}",
-        *(f"  {name:32s}{nats:14.2f}{bits:11.4f}" for name, nats, bits in rows),
+        f"  {'':32s}{'nats/example':>14s}{'s.e.':>9s}{'bits/dim':>11s}",
+        *(f"  {name:32s}{nats:14.2f}{se(err):>9s}{bits:11.4f}" for name, nats, err, bits in rows),
         f"  {'ELBO gap (-ELBO - NLL)':32s}{-r['elbo'] - r['nll_iwae']:14.2f}"
         + ("   (< 0: both are Monte Carlo estimates; raise --k)" if -r['elbo'] < r['nll_iwae'] else ""),
         "",

@@ -371,6 +371,9 @@ def _report(run_dir: Path, new_dir: Path, original: dict, rtol: float, changed: 
     new = final_metrics(new_dir)
     if "data_digest" not in original:  # a run from before 2026-11-26 recorded none: nothing to compare
         new.pop("data_digest", None)
+    for key in ("test_elbo_se", "test_recon_se", "test_kl_se", "test_nll_iwae_se"):  # (an eval.json from
+        if key not in original:  # before 2026-11-27 has no standard errors)
+            new.pop(key, None)
     by_hand = _later_eval(run_dir)
     # a run whose end-of-training evaluation did not run or finish (stopped in it, eval.json
     # deleted): the reproduction's test_* have nothing to be compared with

@@ -248,6 +248,18 @@ def test_optimizer_matches_config():
                                               "(mismatched input '=' expecting <EOF>); quote a value with = in it, as "
                                               "in \"hydra.run.dir='sw/latent_size=2/more'\" (the outer quotes are "
                                               "the shell's)"),  # a path through a sweep's job folder
+    # a path with a letter Hydra's grammar takes only quoted, or with a comma (read as a sweep): how to quote it
+    (["data.root=/home/u/expé 1/data"], "override 'data.root=/home/u/expé 1/data': cannot parse it (unexpected 'é' "
+                                        "at character 22); quote a path for Hydra, as in "
+                                        "\"data.root='/home/u/expé 1/data'\""),
+    (["data.root=/home/u/it's"], "cannot parse it (unexpected \"'\" at character 21); quote a path for Hydra, as in "
+                                 "'data.root='\"'\"'/home/u/it\\'\"'\"'s'\"'\"''"),
+    (["data.root=/home/u/x,y/data"], "override 'data.root=/home/u/x,y/data' lists several values: add -m "
+                                     "(--multirun) to run one job per value (if it is one path with a comma in it, "
+                                     "quote it for Hydra: \"data.root='/home/u/x,y/data'\")"),
+    (["hydra.run.dir=/home/u/x,y"], "Hydra cannot sweep its own settings (hydra.*); give one value, and sweep the "
+                                    "run's settings (latent_size=2,16, ...) (if it is one path with a comma in it, "
+                                    "quote it for Hydra: \"hydra.run.dir='/home/u/x,y'\")"),
     # a swept key given again: Hydra kept the last, and the sweep ran one job
     (["-m", "latent_size=2,4", "latent_size=8"], "override 'latent_size=8': latent_size is given already, as "
                                                  "'latent_size=2,4' (Hydra would keep only the last); give it once, "

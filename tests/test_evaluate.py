@@ -141,6 +141,14 @@ def test_the_standard_errors_are_those_of_the_examples_own_estimates():
     assert nll == pytest.approx(-float(bound.mean()), rel=1e-12)
     assert se == pytest.approx(float(bound.std()) / math.sqrt(n), rel=1e-9)
     assert nll == iwae_nll(model, x, 5, model.log_likelihood, torch.Generator().manual_seed(3))
+    # a float32 model, a large mean and a small spread (MSE's Gaussian constant in it): the float32 sum of
+    # the bounds put about 1% of error into the s.e.
+    torch.manual_seed(0)
+    mlp = MLPVAE(latent_size=2, hidden=[16], input_dim=784)
+    images = torch.randint(0, 256, (2000, 784), dtype=torch.uint8)
+    _, se = iwae_nll_with_se(mlp, images, 2, "mse", torch.Generator().manual_seed(4), max_elems=784 * 2 * 2000)
+    bound = iwae_bound(mlp, images.float() / 255, 2, "mse", torch.Generator().manual_seed(4), 2)  # the same draws
+    assert se == pytest.approx(float(bound.double().std()) / math.sqrt(2000), rel=1e-6)
     assert iwae_nll_with_se(model, x[:1], 5, model.log_likelihood)[1] is None  # (one example: none)
 
 
@@ -302,7 +310,8 @@ def test_training_ends_with_eval_and_eval_json_round_trips(make_cfg, tmp_path, c
     assert len(saved["kl_per_dim"]) == 2 and 0 <= saved["active_units"] <= 2
     # each mean's standard error over the test images, in eval.json and the table's s.e. column
     assert all(saved[f"{k}_se"] > 0 for k in ("elbo", "recon", "kl", "nll_iwae"))
-    assert f"{saved['nll_iwae']:14.2f}   ± {saved['nll_iwae_se']:.2f}" in out
+    se = saved["nll_iwae_se"]
+    assert f"{saved['nll_iwae']:14.2f}{'± ' + (f'{se:.2f}' if se >= 0.1 else f'{se:.2g}'):>11s}" in out
     assert saved["nll_iwae"] <= -saved["elbo"] + 5  # the bound is tighter, up to noise on 64 images
     assert json.loads(json.dumps(saved)) == saved == load_eval(tmp_path)
     # which data: the training's (metrics.json) and the evaluation's are the same

@@ -90,6 +90,13 @@ def test_latents_scatter_for_any_latent_size(latent):
     assert [t.get_text() for t in fig.axes[0].get_legend().get_texts()] == [str(d) for d in range(7)]
 
 
+def test_latents_scatter_of_a_test_split_of_one_image():
+    """Data of one's own with one test image: the final evaluation failed in this picture
+    (one principal component, IndexError) after the run had trained."""
+    fig = latents_scatter_figure(torch.randn(1, 5), torch.tensor([3]))
+    assert fig.axes[0].get_xlabel() == "PC1 (0% of variance)" and fig.axes[0].get_ylabel() == "PC2 (0%)"
+
+
 def test_reconstructions_and_interpolations_say_what_each_row_and_column_is():
     """They were bare grids: nothing in the picture said which rows were the inputs, or which
     columns the real images at the ends of an interpolation."""

@@ -1141,6 +1141,9 @@ def test_a_resume_that_train_refuses_leaves_the_config_and_metrics_as_they_were(
     (["trainer.epochs=many"], "override 'trainer.epochs=many': Value 'many' of type 'str' could not be converted"),
     (["trainer.epochs=0"], "trainer.epochs=0: must be >= 1"),
     (["loss.beta=1,4"], "override 'loss.beta=1,4': resume continues one run; sweep with vaelab-train -m"),
+    (["data.root=/home/u/x,y"], "override 'data.root=/home/u/x,y': resume continues one run; sweep with vaelab-train "
+                                "-m (if it is one path with a comma in it, quote it for Hydra: "
+                                "\"data.root='/home/u/x,y'\")"),
     (["+foo=1"], "override '+foo=1': resume takes KEY=VALUE only"),
     (["=3"], "override '=3': no key before the '=': an override is KEY=VALUE, as in latent_size=16"),  # as vaelab-train
     (["data.root=~/mnist"], "override 'data.root=~/mnist': cannot parse it (unexpected '~' at character 11); Hydra "
@@ -1149,7 +1152,8 @@ def test_a_resume_that_train_refuses_leaves_the_config_and_metrics_as_they_were(
                     "values (KEY=VALUE) only: for model=mlp, start a new run (vaelab-train model=mlp ...)"),
     (["model.activation=tanh"], "trained with model.activation=relu, but the config says model.activation=tanh"),
     (["data.val_size=100"], "trained with data.val_size=64, but the config says data.val_size=100"),
-], ids=["other-latent-size", "other-widths", "name", "unknown-key", "wrong-type", "bad-value", "sweep", "add-key",
+], ids=["other-latent-size", "other-widths", "name", "unknown-key", "wrong-type", "bad-value", "sweep", "comma-path",
+        "add-key",
         "no-key", "unparsed", "group", "same-shapes",
         "other-split"])
 def test_bad_override_is_one_line_and_overwrites_nothing(finished_run, tmp_path, capsys, args, expect):

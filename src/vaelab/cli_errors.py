@@ -465,6 +465,15 @@ def _key_path(key: str, path: str) -> str:
     return f'"{typed}"' if not re.search(r'["$`\\!]', typed) else shlex.quote(typed)  # (! : bash's history)
 
 
+def comma_path_hint(line: str) -> str:
+    """For an override Hydra reads as a sweep, KEY=/a/x,y/b: where its value is a path with a
+    comma in it, how to quote it as one value."""
+    key, _, value = line.partition("=")
+    if "/" not in value or "," not in value:
+        return ""
+    return f" (if it is one path with a comma in it, quote it for Hydra: {_key_path(key, value)})"
+
+
 def _parse_hint(overrides: list[str], i: int) -> str:
     """Why overrides[i] does not parse, where the cause is recognisable: a value starting with `~`
     (the shell expands `~` only at the start of a word, and Hydra's grammar rejects it), or a
@@ -493,6 +502,10 @@ def _parse_hint(overrides: list[str], i: int) -> str:
         return f"; quote a value with ~ in it, as in {key}='{value}'"
     if "=" in value and _parses(f"{key}='{value}'"):  # a path through a sweep's job, latent_size=2/
         return f"; quote a value with = in it, as in \"{key}='{value}'\" (the outer quotes are the shell's)"
+    if "/" in value and not _parses(ov):  # a path with a letter Hydra's grammar takes only quoted: é, ', ...
+        quoted = _key_path(key, value)
+        if _parses(shlex.split(quoted)[0]):
+            return f"; quote a path for Hydra, as in {quoted}"
     glued = lambda a, b: a.endswith(",") or b.startswith(",")  # noqa: E731
     first = i
     while first > 0 and "=" not in overrides[first] and glued(overrides[first - 1], overrides[first]):
@@ -613,7 +626,7 @@ def _argument_error(cmd: _CommandLine) -> str | None:
                 return (f"override '{o.input_line}': {why}; give the search space as "
                         f"{o.key_or_group[len(prefix):]}={spec}")
             return (f"override '{o.input_line}': Hydra cannot sweep its own settings (hydra.*); give one value, "
-                    f"and sweep the run's settings (latent_size=2,16, ...)")
+                    f"and sweep the run's settings (latent_size=2,16, ...)" + comma_path_hint(o.input_line))
     seen: dict[str, object] = {}
     for o in cmd.parsed:  # Hydra keeps the last: `-m latent_size=2,4 latent_size=8` ran one job, silently
         first = seen.setdefault(o.key_or_group, o)
@@ -857,7 +870,8 @@ def _hydra_section_error(compose_, base: list[str], cmd: _CommandLine) -> tuple[
         if {"--cfg", "-c"} & set(cmd.flags):
             err = f"override '{cmd.swept[0]}' lists several values: --cfg shows one job, give one value per key"
         else:
-            err = f"override '{cmd.swept[0]}' lists several values: add -m (--multirun) to run one job per value"
+            err = (f"override '{cmd.swept[0]}' lists several values: add -m (--multirun) to run one job per value"
+                   + comma_path_hint(cmd.swept[0]))
     return err, composed, launcher
 
 

@@ -477,8 +477,10 @@ def format_table(r: dict, run_dir: str | Path) -> str:
          r["bits_per_dim"]),
     ]
 
-    def se(v) -> str:  # (an eval.json from before 2026-11-27 has none)
-        return f"± {v:.2f}" if isinstance(v, (int, float)) else ""
+    def se(v) -> str:  # (an eval.json from before 2026-11-27 has none; one of one image is null)
+        if not isinstance(v, (int, float)):
+            return ""
+        return f"± {v:.2f}" if not 0 <= v < 0.1 else f"± {v:.2g}"  # (0.0031, not 0.00)
     from vaelab.evaluate import ACTIVE_THRESHOLD
 
     kl = r["kl_per_dim"]
@@ -496,8 +498,8 @@ def format_table(r: dict, run_dir: str | Path) -> str:
         f"  data         test split, {r['n_examples']} images of {r['dim']} pixels",
         f"  likelihood   {r['note']}",
         "",
-        f"  {'':32s}{'nats/example':>14s}{'s.e.':>9s}{'bits/dim':>11s}",
-        *(f"  {name:32s}{nats:14.2f}{se(err):>9s}{bits:11.4f}" for name, nats, err, bits in rows),
+        f"  {'':32s}{'nats/example':>14s}{'s.e.':>11s}{'bits/dim':>11s}",
+        *(f"  {name:32s}{nats:14.2f}{se(err):>11s}{bits:11.4f}" for name, nats, err, bits in rows),
         f"  {'ELBO gap (-ELBO - NLL)':32s}{-r['elbo'] - r['nll_iwae']:14.2f}"
         + ("   (< 0: both are Monte Carlo estimates; raise --k)" if -r['elbo'] < r['nll_iwae'] else ""),
         "",

@@ -299,8 +299,9 @@ def latents_scatter_figure(mu: torch.Tensor, labels: torch.Tensor):
     else:
         centred = mu - mu.mean(0)
         _, s, vh = torch.linalg.svd(centred, full_matrices=False)
-        xy = centred @ vh[:2].T  # (N, 2)
-        share = s.pow(2) / s.pow(2).sum()
+        xy = centred @ vh[:2].T  # (N, 2); (N, 1) for a test split of one image, which has one component
+        xy = torch.cat([xy, xy.new_zeros(n, 2 - xy.shape[1])], dim=1)
+        share = torch.cat([s.pow(2) / s.pow(2).sum().clamp_min(1e-300), s.new_zeros(2)])  # (one image: 0 variance)
         axes = (f"PC1 ({100 * share[0]:.0f}% of variance)", f"PC2 ({100 * share[1]:.0f}%)")
         title = f"test-set posterior means, first two principal components of {latent}"
     from matplotlib import colormaps

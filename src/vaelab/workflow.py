@@ -32,7 +32,7 @@ from omegaconf import OmegaConf
 from vaelab import checkpoint as ckpt_io
 from vaelab.compare import eval_settings
 from vaelab.cli_errors import _explain as explain_override_error  # vaelab-train's wording
-from vaelab.cli_errors import no_key, parse_error, unwritable
+from vaelab.cli_errors import comma_path_hint, no_key, parse_error, unwritable
 from vaelab.config import CONF_DIR, ConfigError, absolute, leaves, load_run_config, resolve_device, validate
 from vaelab.errors import STOP_SIGNALS, after_hangup
 
@@ -438,7 +438,8 @@ def apply_overrides(cfg, overrides: list[str]) -> list:
         if o.is_hydra_override():
             raise WorkflowError(f"override '{line}': resume runs no Hydra app, hydra.* settings do not apply")
         if o.is_sweep_override():
-            raise WorkflowError(f"override '{line}': resume continues one run; sweep with vaelab-train -m")
+            raise WorkflowError(f"override '{line}': resume continues one run; sweep with vaelab-train -m"
+                                + comma_path_hint(line))
         if o.is_add() or o.is_delete() or o.is_force_add() or o.package is not None:
             raise WorkflowError(f"override '{line}': resume takes KEY=VALUE only")
         if not o.key_or_group:

@@ -536,7 +536,7 @@ def test_an_eval_overtaken_by_the_runs_final_one_does_not_pass_for_it(make_cfg, 
 
     run = tmp_path / "run"
     train(make_cfg(["latent_size=2", "trainer.epochs=1", "trainer.final_eval=true", "trainer.final_eval_k=2"]), run)
-    real_iwae, raced = ev_mod.iwae_nll, []
+    real_iwae, raced = ev_mod.iwae_nll_with_se, []
 
     def iwae_then_the_resume_finishes(*args, **kwargs):
         result = real_iwae(*args, **kwargs)
@@ -546,7 +546,7 @@ def test_an_eval_overtaken_by_the_runs_final_one_does_not_pass_for_it(make_cfg, 
             cfg.trainer.epochs = 2
             train(cfg, run)
         return result
-    monkeypatch.setattr(ev_mod, "iwae_nll", iwae_then_the_resume_finishes)
+    monkeypatch.setattr(ev_mod, "iwae_nll_with_se", iwae_then_the_resume_finishes)
     with caplog.at_level(logging.WARNING, logger="vaelab"):
         manual = evaluate_run(run, k=3, device="cpu", pictures=False, progress=False)
     assert manual["epoch"] == 1 and manual["made_when"] == {"run_epochs": 1}  # when its checkpoint was read

@@ -254,6 +254,10 @@ def test_optimizer_matches_config():
                                         "\"data.root='/home/u/expé 1/data'\""),
     (["data.root=/home/u/it's"], "cannot parse it (unexpected \"'\" at character 21); quote a path for Hydra, as in "
                                  "'data.root='\"'\"'/home/u/it\\'\"'\"'s'\"'\"''"),
+    (["data.root=/home/u/café"], "(unexpected 'é' at character 22); quote a path for Hydra, as in "
+                                 "\"data.root='/home/u/café'\""),  # (no space in it to force the quotes)
+    (["--cfg", "job", "data.root=/x/a,b"], "--cfg shows one job, give one value per key (if it is one path with a "
+                                           "comma in it, quote it for Hydra: \"data.root='/x/a,b'\")"),
     (["data.root=/home/u/x,y/data"], "override 'data.root=/home/u/x,y/data' lists several values: add -m "
                                      "(--multirun) to run one job per value (if it is one path with a comma in it, "
                                      "quote it for Hydra: \"data.root='/home/u/x,y/data'\")"),

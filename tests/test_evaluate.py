@@ -12,6 +12,7 @@ import errno
 import json
 import logging
 import math
+import re
 import os
 import shutil
 import signal
@@ -310,8 +311,13 @@ def test_training_ends_with_eval_and_eval_json_round_trips(make_cfg, tmp_path, c
     assert len(saved["kl_per_dim"]) == 2 and 0 <= saved["active_units"] <= 2
     # each mean's standard error over the test images, in eval.json and the table's s.e. column
     assert all(saved[f"{k}_se"] > 0 for k in ("elbo", "recon", "kl", "nll_iwae"))
-    se = saved["nll_iwae_se"]
-    assert f"{saved['nll_iwae']:14.2f}{'± ' + (f'{se:.2f}' if se >= 0.1 else f'{se:.2g}'):>11s}" in out
+    assert re.search(rf"{saved['nll_iwae']:.2f} +± [0-9.]+ +{saved['bits_per_dim']:.4f}", out)
+    # two significant digits below 0.1 (not 0.00), and the columns stay put for any value
+    from vaelab.evaluate_run import format_table
+    for value, shown in ((0.004999, "± 0.0050"), (0.03, "± 0.030"), (0.1, "± 0.10"), (1e-7, "± < 0.0001"),
+                         (12345.6, "± 12345.60"), (1234567.89, "± 1.2e+06")):
+        line = next(ln for ln in format_table({**saved, "kl_se": value}, tmp_path).splitlines() if "KL(q" in ln)
+        assert line.endswith(f"{saved['kl']:14.2f}{shown:>11s}{saved['kl_bits_per_dim']:11.4f}"), line
     assert saved["nll_iwae"] <= -saved["elbo"] + 5  # the bound is tighter, up to noise on 64 images
     assert json.loads(json.dumps(saved)) == saved == load_eval(tmp_path)
     # which data: the training's (metrics.json) and the evaluation's are the same

@@ -457,7 +457,7 @@ _HYDRA_GROUPS = {f"hydra/{g}" for g in ("launcher", "sweeper", "job_logging", "h
 def _key_path(key: str, path: str) -> str:
     """KEY=PATH as one types it in a shell: quoted for Hydra's grammar where a character of the
     path means something there (a comma, a space, brackets), and the whole for the shell."""
-    if re.fullmatch(r"[\w./+-]+", path):
+    if re.fullmatch(r"[\w./+-]+", path, re.ASCII):  # (Hydra's grammar takes é, 中 only quoted)
         return f"{key}={path}"
     from vaelab.train_cli import override_value  # (train_cli imports this module)
 
@@ -469,7 +469,7 @@ def comma_path_hint(line: str) -> str:
     """For an override Hydra reads as a sweep, KEY=/a/x,y/b: where its value is a path with a
     comma in it, how to quote it as one value."""
     key, _, value = line.partition("=")
-    if "/" not in value or "," not in value:
+    if "," not in value or not ("/" in value or os.path.exists(value)):  # (a folder here: a,b)
         return ""
     return f" (if it is one path with a comma in it, quote it for Hydra: {_key_path(key, value)})"
 
@@ -868,7 +868,8 @@ def _hydra_section_error(compose_, base: list[str], cmd: _CommandLine) -> tuple[
                f"give 1 or more")
     if not err and no_m and str(getattr(mode, "name", mode)) != "MULTIRUN":  # hparams_search=optuna sets MULTIRUN
         if {"--cfg", "-c"} & set(cmd.flags):
-            err = f"override '{cmd.swept[0]}' lists several values: --cfg shows one job, give one value per key"
+            err = (f"override '{cmd.swept[0]}' lists several values: --cfg shows one job, give one value per key"
+                   + comma_path_hint(cmd.swept[0]))
         else:
             err = (f"override '{cmd.swept[0]}' lists several values: add -m (--multirun) to run one job per value"
                    + comma_path_hint(cmd.swept[0]))

@@ -480,7 +480,9 @@ def format_table(r: dict, run_dir: str | Path) -> str:
     def se(v) -> str:  # (an eval.json from before 2026-11-27 has none; one of one image is null)
         if not isinstance(v, (int, float)):
             return ""
-        return f"± {v:.2f}" if not 0 <= v < 0.1 else f"± {v:.2g}"  # (0.0031, not 0.00)
+        if 0 < v < 0.1:  # two significant digits, not 0.00 (a collapsed model's KL)
+            return f"± {v:.{1 - math.floor(math.log10(v))}f}" if v >= 1e-4 else "± < 0.0001"
+        return f"± {v:.2f}" if not v >= 1e5 else f"± {v:.1e}"
     from vaelab.evaluate import ACTIVE_THRESHOLD
 
     kl = r["kl_per_dim"]

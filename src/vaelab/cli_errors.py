@@ -27,8 +27,8 @@ from hydra.core.override_parser.types import Glob, RangeSweep
 from omegaconf import DictConfig, OmegaConf
 
 from vaelab.checkpoint import CheckpointError, check_not_in_use, enclosing_run, holds_runs, is_run
-from vaelab.config import (CONF_DIR, Config, ConfigError, choices, hydra_section, leaves, register_configs, typed,
-                           validate)
+from vaelab.config import (CONF_DIR, Config, ConfigError, absolute, choices, hydra_section, leaves, register_configs,
+                           typed, validate)
 
 # Hydra's own flags; those in _WITH_VALUE take the next argument as their value.
 _WITH_VALUE = {"--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd", "--cfg", "-c",
@@ -108,8 +108,6 @@ def _explain(exc: Exception, override: str, composed: DictConfig | None = None) 
     msg = lines[0] if lines else type(cause).__name__
     if msg.endswith(":") and len(lines) > 1:  # "In 'experiment/mine': ConfigKeyError raised while composing config:"
         msg = f"{msg} {lines[1].strip()}"  # (what it raised is on the next line: "Key 'latent_sz' not in 'Config'")
-    import yaml
-
     mark = getattr(cause, "problem_mark", None)
     if isinstance(cause, yaml.MarkedYAMLError) and mark is not None and cause.problem:
         # A YAML file of one's own that does not parse: its first line, "while parsing a flow sequence",
@@ -244,8 +242,7 @@ def _compose(overrides: list[str], hydra_section: bool = False,
 
 def unwritable(folder: Path) -> str | None:
     """Why run folders cannot be made at `folder` (its nearest existing part decides), or None."""
-    # (missing/../x: where the kernel goes once Hydra has made missing/, which .parents would skip)
-    path = Path(os.path.realpath(folder)) if ".." in folder.parts else folder.absolute()
+    path = Path(absolute(folder))  # (missing/../x: x, where Hydra's mkdir goes; .parents would skip the ..)
     there = next((p for p in (path, *path.parents) if p.exists()), None)
     if there is None:
         return None
@@ -901,9 +898,8 @@ def _taken(folder: Path, sweep: bool) -> str | None:
     """Why a run (or a sweep) must not start in `folder`: it holds a run (an earlier sweep's runs).
     Hydra writes the composed config into the folder before vaelab's code runs, over the run's
     own; the jobs of a sweep named like the old ones would carry those runs on under new settings."""
-    if not os.path.exists(folder) and os.path.exists(os.path.realpath(folder)):
-        # missing/../run: the kernel cannot follow it until Hydra has made missing/, and then it is run
-        folder = Path(os.path.realpath(folder))
+    # missing/../run: the kernel cannot follow it until Hydra has made missing/, and then it is run
+    folder = Path(absolute(folder))
     inside = enclosing_run(folder)
     if inside is not None:  # its runs would be hidden: compare and resume see the run around them
         return f"that folder is inside the run {inside}; give a folder outside it"

@@ -371,9 +371,8 @@ def _report(run_dir: Path, new_dir: Path, original: dict, rtol: float, changed: 
     new = final_metrics(new_dir)
     if "data_digest" not in original:  # a run from before 2026-11-26 recorded none: nothing to compare
         new.pop("data_digest", None)
-    for key in ("test_elbo_se", "test_recon_se", "test_kl_se", "test_nll_iwae_se"):  # (an eval.json from
-        if key not in original:  # before 2026-11-27 has no standard errors)
-            new.pop(key, None)
+    for key in [k for k in new if k.startswith("test_") and k.endswith("_se") and k not in original]:
+        new.pop(key)  # (an eval.json from before 2026-11-27 has no standard errors)
     by_hand = _later_eval(run_dir)
     # a run whose end-of-training evaluation did not run or finish (stopped in it, eval.json
     # deleted): the reproduction's test_* have nothing to be compared with
@@ -645,7 +644,8 @@ def resume(run_dir: str | Path, overrides: list[str] = ()) -> dict | None:
             # as the run's own). A training setting changed nothing, no epoch being left: written, a
             # reproduction would train with it from the start, so it is not, and no resume is recorded.
             # Other data (the evaluation has warned): the run did not train on it, so its config keeps its own.
-            other_data = result.get("data_digest") != ck["state"].get("data_digest", result.get("data_digest"))
+            trained_on = ck["state"].get("data_digest")  # (none in a checkpoint from before 2026-11-26)
+            other_data = trained_on is not None and trained_on != result.get("data_digest")
             used = [o for o in parsed if o.key_or_group in _USED_BY_THE_EVALUATION
                     and not (other_data and o.key_or_group == "data.root")]
             if used:

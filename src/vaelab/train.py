@@ -577,10 +577,8 @@ def train(cfg: DictConfig, run_dir: str | Path, data: MNISTData | None = None, o
     if os.path.lexists(run_dir) and not run_dir.is_dir():  # (mkdir's "File exists")
         raise ConfigError(f"run_dir {run_dir}: " + ("a link to nothing" if run_dir.is_symlink() else "a file") +
                           ", not a folder for the run")
-    # (removed again, with what this call put in them, if it is refused; on the real path: a/../b is b)
-    real = Path(os.path.realpath(run_dir))
-    made = _folders_to_make(real)
-    before = _names(real) if not made else set()
+    made = _folders_to_make(run_dir)  # (removed again, with what this call put in them, if it is refused)
+    before = _names(run_dir) if not made else set()
     run_dir.mkdir(parents=True, exist_ok=True)  # checkpoints/ and samples/ come once the data has loaded
     refused = False
     root_level = logging.getLogger().level  # (_attach_logs lowers it to INFO; a script's own stays its own)

@@ -483,6 +483,7 @@ def format_table(r: dict, run_dir: str | Path) -> str:
         if 0 < v < 0.1:  # two significant digits, not 0.00 (a collapsed model's KL)
             return f"± {v:.{1 - math.floor(math.log10(v))}f}" if v >= 1e-4 else "± < 0.0001"
         return f"± {v:.2f}" if not v >= 1e5 else f"± {v:.1e}"
+
     from vaelab.evaluate import ACTIVE_THRESHOLD
 
     kl = r["kl_per_dim"]

@@ -770,6 +770,13 @@ def test_the_kl_per_dim_line_does_not_round_small_values_up_and_marks_the_dead_b
     assert line.endswith("z0 2.50, z2 0.012*, z1 0.0099, z3 0.001*   (nats, largest first; * inactive)")
     [line] = [ln for ln in lines if "active units" in ln]
     assert line.endswith("active units 2 / 4   (Cov_x E_q[z_i|x] > 0.01; the other 2: dead, in the traversals too)")
+    # a picture make_pictures left out (a test split of 1 image: no interpolations) is named under the pictures
+    pictures = {"pictures": {"samples": str(tmp_path / "eval" / "samples.png")},
+                "pictures_of": {"checkpoint": "last.pt", "examples_seen": 10},
+                "pictures_left_out": {"interpolations": "they need 2 test images, the split has 1"}}
+    lines = format_table({**r, **pictures}, tmp_path).splitlines()
+    at = next(i for i, ln in enumerate(lines) if ln.lstrip().startswith("pictures"))
+    assert lines[at + 1].strip() == "no interpolations.png: they need 2 test images, the split has 1"
 
 
 def test_no_pictures_names_the_pictures_eval_holds_in_this_runs_folder(make_cfg, tmp_path, capsys):

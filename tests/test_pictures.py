@@ -97,6 +97,23 @@ def test_latents_scatter_of_a_test_split_of_one_image():
     assert fig.axes[0].get_xlabel() == "PC1 (0% of variance)" and fig.axes[0].get_ylabel() == "PC2 (0%)"
 
 
+@pytest.mark.parametrize("n", [1, 5])
+def test_make_pictures_of_a_test_split_under_8_images(tmp_path, n):
+    """Reconstructions were left out under 8 test images, and interpolations under 2, without a
+    word: now the reconstructions show all n, and what is left out is named (the table says it)."""
+    images = torch.randint(0, 256, (n, 784), dtype=torch.uint8)
+    out = make_pictures(_model(), images, torch.arange(n) % 10, torch.ones(4), torch.ones(4, dtype=torch.bool),
+                        tmp_path)
+    assert "reconstructions" in out["pictures"]
+    with Image.open(out["pictures"]["reconstructions"]) as im:  # one row of n inputs above their reconstructions
+        assert im.size[0] > 0
+    if n == 1:
+        assert "interpolations" not in out["pictures"]
+        assert out["pictures_left_out"] == {"interpolations": "they need 2 test images, the split has 1"}
+    else:
+        assert "interpolations" in out["pictures"] and "pictures_left_out" not in out
+
+
 def test_reconstructions_and_interpolations_say_what_each_row_and_column_is():
     """They were bare grids: nothing in the picture said which rows were the inputs, or which
     columns the real images at the ends of an interpolation."""

@@ -309,7 +309,7 @@ def evaluate_run(run_dir: str | Path, k: int = 5000, device: str = "auto", check
                 result["pictures"] = {name: str((run_dir / "eval" / f"{name}.png").resolve()) for name in EVAL_PICTURES
                                       if (run_dir / "eval" / f"{name}.png").is_file()}
                 if kept:
-                    result.update({k: before[k] for k in ("traversal_dims", "dead_dims") if k in before})
+                    result.update({k: before[k] for k in ("traversal_dims", "dead_dims", "pictures_left_out") if k in before})
                 if kept and kept.get("examples_seen") != step:
                     log.warning("%s/ shows the weights of %s at %s examples seen, not these (%s at %d); leave out "
                                 "--no-pictures to redraw it", run_dir / "eval", Path(str(kept.get("checkpoint"))).name,
@@ -521,6 +521,8 @@ def format_table(r: dict, run_dir: str | Path) -> str:
                      + ((f"  (an earlier evaluation's, of {Path(str(of.get('checkpoint'))).name} at "
                          f"{of.get('examples_seen')} examples seen)" if of else "  (of weights eval.json does not name)")
                         if other else ""))
+        left_out = r.get("pictures_left_out") if isinstance(r.get("pictures_left_out"), dict) else {}
+        lines += [f"               no {name}.png: {why}" for name, why in left_out.items()]
     tb = (f", TensorBoard tags test/*{' and eval/*' if r.get('pictures') and not other else ''} at step "
           f"{r['examples_seen']}" if r.get("tensorboard") else "")
     lines.append(f"  written      {Path(run_dir) / 'eval.json'}{tb}  ({r['seconds']:.1f} s)")

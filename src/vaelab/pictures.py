@@ -365,7 +365,7 @@ def make_pictures(model, images: torch.Tensor, labels: torch.Tensor, kl_per_dim:
         written[name] = str(path.resolve())  # as eval.json's checkpoint: not relative to the shell
 
     put("samples", samples_grid(model, 64, 1.0, gen))
-    ncol = 8
+    ncol = min(8, n)  # (a test split of one's own with under 8 images: all of them, in one row)
     n_rec = min(32, n // ncol * ncol)
     if n_rec:
         fig = reconstructions_figure(reconstructions_grid(model, to_float(images[:n_rec]), ncol), model.image_shape,
@@ -377,6 +377,9 @@ def make_pictures(model, images: torch.Tensor, labels: torch.Tensor, kl_per_dim:
                             what=f"test image 0 (digit {int(labels[0])})")
     put("traversals", figure_to_tensor(fig), fig)
     pairs = min(8, n // 2)
+    left_out = {}  # {picture: why}: the table says so, rather than leave it to be missed
+    if not pairs:
+        left_out["interpolations"] = f"they need 2 test images, the split has {n}"
     if pairs:
         steps = 10
         fig = interpolations_figure(interpolations_grid(model, to_float(images[:pairs]),
@@ -393,4 +396,5 @@ def make_pictures(model, images: torch.Tensor, labels: torch.Tensor, kl_per_dim:
     if fig is not None:
         put("curves", figure_to_tensor(fig), fig)
     model.train(was_training)
-    return {"pictures": written, "traversal_dims": dims, "dead_dims": [d for d, x in zip(dims, dead) if x]}
+    return {"pictures": written, "traversal_dims": dims, "dead_dims": [d for d, x in zip(dims, dead) if x],
+            **({"pictures_left_out": left_out} if left_out else {})}

@@ -333,6 +333,10 @@ def test_optimizer_matches_config():
      "takes folders of config groups of one's own"),
     # OmegaConf's words for a wrong type, and what the setting takes
     (["logger.histograms=maybe"], "(key 'logger.histograms'); give true or false"),
+    # OmegaConf takes any integer for a boolean: trainer.cuda_graph=2 ran as true, a sweep's 0,2 as false and true
+    (["trainer.cuda_graph=2"], "override 'trainer.cuda_graph=2': Value '2' is not a valid bool (type int) (key "
+                               "'trainer.cuda_graph'); give true or false"),
+    (["-m", "trainer.progress=0,-1"], "override 'trainer.progress=-1': Value '-1' is not a valid bool"),
     (["model.hidden=512"], "(key 'model.hidden'); give a list in brackets, e.g. model.hidden=[512]"),
     (["optim.betas=0.9"], "(key 'optim.betas'); give a list in brackets"),
     (["data.binarize=true"], "(key 'data.binarize') (Hydra reads true and false as booleans)"),
@@ -1251,6 +1255,28 @@ def test_train_types_a_plain_config_as_composing_does(tmp_path):
             train(plain, tmp_path / "run")
         assert str(e.value) == line
         assert not (tmp_path / "run").exists()
+
+
+def test_a_boolean_setting_given_an_integer_other_than_0_or_1_is_refused_from_python_too(tmp_path):
+    """compose_config(["trainer.cuda_graph=2"]), a plain config with progress: 2 and a saved
+    config.yaml edited so all took the integer for true; 0 and 1 stay false and true."""
+    from vaelab.config import compose_config, load_run_config
+    from vaelab.train import train
+
+    line = "Value '2' is not a valid bool (type int) (key 'trainer.cuda_graph'); give true or false"
+    with pytest.raises(ConfigError) as e:
+        compose_config(["trainer.cuda_graph=2"])
+    assert str(e.value) == f"override 'trainer.cuda_graph=2': {line}"
+    assert compose_config(["trainer.cuda_graph=0"]).trainer.cuda_graph is False
+    plain = OmegaConf.to_container(compose_config([]))
+    plain["trainer"]["cuda_graph"] = 2
+    with pytest.raises(ConfigError) as e:
+        train(OmegaConf.create(plain), tmp_path / "run")
+    assert str(e.value) == f"trainer.cuda_graph: {line}"
+    assert not (tmp_path / "run").exists()
+    OmegaConf.save(OmegaConf.create(plain), tmp_path / "config.yaml")
+    with pytest.raises(ConfigError, match="trainer.cuda_graph: Value '2' is not a valid bool"):
+        load_run_config(tmp_path / "config.yaml")
 
 
 def test_compose_config_given_one_string_says_so():

@@ -1152,10 +1152,12 @@ def test_a_resume_that_train_refuses_leaves_the_config_and_metrics_as_they_were(
                     "values (KEY=VALUE) only: for model=mlp, start a new run (vaelab-train model=mlp ...)"),
     (["model.activation=tanh"], "trained with model.activation=relu, but the config says model.activation=tanh"),
     (["data.val_size=100"], "trained with data.val_size=64, but the config says data.val_size=100"),
+    (["trainer.progress=2"], "override 'trainer.progress=2': Value '2' is not a valid bool (type int) (key "
+                             "'trainer.progress'); give true or false"),  # (it was written, and read as true)
 ], ids=["other-latent-size", "other-widths", "name", "unknown-key", "wrong-type", "bad-value", "sweep", "comma-path",
         "add-key",
         "no-key", "unparsed", "group", "same-shapes",
-        "other-split"])
+        "other-split", "integer-for-bool"])
 def test_bad_override_is_one_line_and_overwrites_nothing(finished_run, tmp_path, capsys, args, expect):
     run = tmp_path / "run"
     shutil.copytree(finished_run, run)

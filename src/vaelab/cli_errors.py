@@ -27,8 +27,8 @@ from hydra.core.override_parser.types import Glob, RangeSweep
 from omegaconf import DictConfig, OmegaConf
 
 from vaelab.checkpoint import CheckpointError, check_not_in_use, enclosing_run, holds_runs, is_run
-from vaelab.config import (CONF_DIR, Config, ConfigError, absolute, choices, hydra_section, leaves, register_configs,
-                           typed, validate)
+from vaelab.config import (CONF_DIR, Config, ConfigError, absolute, choices, hydra_section, integer_as_bool,
+                           leaves, register_configs, typed, validate)
 
 # Hydra's own flags; those in _WITH_VALUE take the next argument as their value.
 _WITH_VALUE = {"--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd", "--cfg", "-c",
@@ -759,6 +759,9 @@ def _jobs_error(compose_, candidates: list[list[str]], cmd: _CommandLine,
     data_roots: dict[str, bool] = {}  # data.root -> whether a job may download there
     val_sizes = cmd.val_sizes
     for ovs in candidates:
+        line = integer_as_bool(ovs)  # (composing would take trainer.cuda_graph=2 for true)
+        if line:
+            return line, data_roots
         try:
             cfg = compose_(ovs)
         except Exception as e:

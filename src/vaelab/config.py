@@ -254,6 +254,9 @@ def compose_config(overrides: list[str] | tuple = (), config_dir: str | Path | N
     flags = [o for o in overrides if str(o).startswith("-")]
     if flags:
         raise ConfigError(f"{flags[0]}: compose_config takes settings (KEY=VALUE), not vaelab-train's flags")
+    line = integer_as_bool(overrides)
+    if line:
+        raise ConfigError(line)
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
@@ -429,6 +432,7 @@ def typed(cfg: DictConfig | dict) -> DictConfig:
     if isinstance(cfg, DictConfig):
         cfg = OmegaConf.to_container(cfg, resolve=False)
     cfg = {k: v for k, v in dict(cfg).items() if k not in ("defaults", "hydra")}
+    _integers_as_bools(cfg)  # (a saved config.yaml edited by hand: trainer.progress: 2)
     model = cfg.get("model")
     if isinstance(model, dict) and "_target_" in model and "linear" not in model:
         # Saved before model.linear existed, when every product ran on MKL: keep it so, and
@@ -451,11 +455,41 @@ def on_schema(cfg: DictConfig) -> DictConfig:
     for a value off the schema."""
     if OmegaConf.get_type(cfg) is Config:  # (composed: typed already)
         return cfg
+    _integers_as_bools(OmegaConf.to_container(cfg, resolve=False) if isinstance(cfg, DictConfig) else dict(cfg))
     try:
         return OmegaConf.merge(OmegaConf.structured(Config), cfg)
     except Exception as e:  # noqa: BLE001 - OmegaConf's ValidationError, ConfigKeyError, ...: one line
         first, key = _first_line_and_key(e)
         raise ConfigError(f"{key}: {first}" if key else first) from None
+
+
+def not_a_bool(key: str, value: Any) -> str | None:
+    """Why `value` is refused for `key`, a setting that is true or false, or None. OmegaConf reads
+    any integer as a boolean (trainer.cuda_graph=2 as true, -1 too); of the numbers, only 0 and 1
+    are taken, as OmegaConf documents. OmegaConf's own words, as for trainer.progress=maybe."""
+    if isinstance(value, int) and not isinstance(value, bool) and value not in (0, 1) and \
+            choices().get(key) == ["false", "true"]:
+        return f"Value '{value}' is not a valid bool (type int) (key '{key}'); give true or false"
+    return None
+
+
+def integer_as_bool(overrides) -> str | None:
+    """One line for the first override that gives a setting that is true or false an integer other
+    than 0 or 1 (not_a_bool), which composing would take for true; else None."""
+    for ov in overrides:
+        key, _, text = str(ov).partition("=")
+        why = not_a_bool(key.lstrip("+~"), int(text)) if re.fullmatch(r"\s*[+-]?\d+\s*", text) else None
+        if why:
+            return f"override '{ov}': {why}"
+    return None
+
+
+def _integers_as_bools(cfg: dict) -> None:
+    """ConfigError for a setting that is true or false given another integer (not_a_bool)."""
+    for key, value in leaves(cfg):
+        why = not_a_bool(key, value)
+        if why:
+            raise ConfigError(f"{key}: {why}")
 
 
 def _first_line_and_key(e: Exception) -> tuple[str, str | None]:

@@ -33,7 +33,8 @@ from vaelab import checkpoint as ckpt_io
 from vaelab.compare import eval_settings
 from vaelab.cli_errors import _explain as explain_override_error  # vaelab-train's wording
 from vaelab.cli_errors import comma_path_hint, no_key, parse_error, unwritable
-from vaelab.config import CONF_DIR, ConfigError, absolute, leaves, load_run_config, resolve_device, validate
+from vaelab.config import (CONF_DIR, ConfigError, absolute, leaves, load_run_config, not_a_bool, resolve_device,
+                           validate)
 from vaelab.errors import STOP_SIGNALS, after_hangup
 
 
@@ -450,6 +451,9 @@ def apply_overrides(cfg, overrides: list[str]) -> list:
         if o.key_or_group == "name":  # a later reproduce would land in outputs/runs/<new name>/
             raise WorkflowError(f"override '{line}': name names the folder the run is in (outputs/runs/<name>/..., "
                                 f"a sweep's outputs/multirun/<name>/...), which resume keeps; leave it out")
+        why = not_a_bool(o.key_or_group, o.value())  # (OmegaConf takes trainer.progress=2 for true)
+        if why:
+            raise WorkflowError(f"override '{line}': {why}")
         try:
             # merge=True as Hydra applies a KEY=VALUE: a dict value (model.kwargs={b:2}) updates the
             # keys it names and keeps the others, the same in resume as in vaelab-train

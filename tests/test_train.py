@@ -9,6 +9,7 @@ import re
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 from omegaconf import OmegaConf
@@ -475,6 +476,23 @@ def test_train_refused_at_its_start_from_python_leaves_the_folder_as_it_was(tiny
     with pytest.raises(DataError):
         train(OmegaConf.merge(bad, {"latent_size": 7}), run)
     assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
+
+
+def test_a_refused_train_leaves_the_global_generators_as_they_were(tmp_path):
+    """train() seeds torch's, NumPy's and Python's generators with cfg.seed: a refused call did
+    too, so a script's next draws were the run's seed's, not those it was going to make."""
+    import random
+
+    bad = compose_cfg([f"data.root={tmp_path / 'nowhere'}", "data.download=false", "seed=3"])
+    draws = []
+    for call in (False, True):
+        torch.manual_seed(11), np.random.seed(11), random.seed(11)
+        torch.rand(2), np.random.rand(), random.random()  # (part-way along each)
+        if call:
+            with pytest.raises(DataError):
+                train(bad, tmp_path / "run")
+        draws.append((torch.rand(3).tolist(), np.random.rand(3).tolist(), [random.random() for _ in range(3)]))
+    assert draws[1] == draws[0]
 
 
 def test_a_new_run_stopped_while_its_data_loads_keeps_its_config(tiny_mnist, tmp_path, monkeypatch):

@@ -283,6 +283,21 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)  # also seeds every CUDA device
 
 
+def _generators() -> tuple:
+    """The states of the global generators seed_everything seeds (CUDA's where it is in use), for
+    a refused train() to put back: a script's draws after it go on as if it had not been called."""
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
+    return random.getstate(), np.random.get_state(), torch.get_rng_state(), cuda
+
+
+def _put_back_generators(states: tuple) -> None:
+    random.setstate(states[0])
+    np.random.set_state(states[1])
+    torch.set_rng_state(states[2])
+    if states[3] is not None:
+        torch.cuda.set_rng_state_all(states[3])
+
+
 def _attach_logs(run_dir: Path) -> list[logging.Handler]:
     """train.log in the run dir, and the console log on stdout. Under Hydra its job logging
     does both already; for `vaelab resume` (no Hydra app) we add the handlers, in Hydra's
@@ -565,7 +580,8 @@ def train(cfg: DictConfig, run_dir: str | Path, data: MNISTData | None = None, o
     `data`: the dataset already loaded for this config (vaelab resume loads it before it
     changes the run's files; a ConfigError where its binarization or validation split is not
     the config's); by default it is loaded here. It seeds torch's, NumPy's and Python's global
-    generators with cfg.seed (a script's own draws after it follow the run's). `on_start()`: called once the model,
+    generators with cfg.seed (a script's own draws after it follow the run's; a call refused before it
+    trains leaves them as they were). `on_start()`: called once the model,
     the optimizer and the checkpoint to resume from have passed their checks, before anything of
     the run's folder changes (vaelab resume writes the config it carries on with there, so that
     a resume that fails before that point leaves the run as it was)."""
@@ -581,6 +597,7 @@ def train(cfg: DictConfig, run_dir: str | Path, data: MNISTData | None = None, o
     before = _names(run_dir) if not made else set()
     run_dir.mkdir(parents=True, exist_ok=True)  # checkpoints/ and samples/ come once the data has loaded
     refused = False
+    generators = _generators()
     root_level = logging.getLogger().level  # (_attach_logs lowers it to INFO; a script's own stays its own)
     handlers = []  # (train.log, once the run's folder is held: not one in a folder another process trains)
     try:
@@ -615,6 +632,8 @@ def train(cfg: DictConfig, run_dir: str | Path, data: MNISTData | None = None, o
                 raise
             except Exception:  # refused at its start (bad input), or a bug in a model of one's own
                 refused = _remove_what_it_added(run_dir, before)  # (held: not what another process began there)
+                if refused:
+                    _put_back_generators(generators)
                 raise
     finally:
         _detach_logs(handlers, root_level)

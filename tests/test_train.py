@@ -251,6 +251,8 @@ def test_the_epoch_line_calls_a_validation_number_a_negative_elbo_only_where_it_
                         f"loss.recon={recon}", f"data.binarize={binarize}"]), tmp_path)
     epoch = next(r.getMessage() for r in caplog.records if r.getMessage().startswith("epoch 1/1"))
     assert f"  {name} " in epoch
+    # (mse: the numbers are nats less the Gaussian's constant, which the line said nothing of)
+    assert (") nats/example less the constant 448.73  active" if recon == "mse" else ") nats/example  active") in epoch
     note = [r.getMessage() for r in caplog.records if "Gaussian decoder's constant" in r.getMessage()]
     assert note == (["loss.recon=mse: train and val losses leave out the Gaussian decoder's constant; add 448.73 "
                      "nats for the -ELBO (vaelab eval does)"] if recon == "mse" else [])

@@ -277,7 +277,8 @@ def test_compare_prints_the_sweep_sorted_and_plots_it(sweep, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("args,expect", [
-    (["--sort", "val_los"], "--sort val_los: no run has that metric or setting; metrics: active_units, best_val_loss"),
+    (["--sort", "val_los"], "--sort val_los: no run has that metric or setting (did you mean val_loss?); metrics: "
+                            "active_units, best_val_loss"),
     (["--plot", "nope"], "--plot nope: no run has that scalar; available: epoch/active_units"),
     (["--plot", "val_loss", "--out", "new/curves.xyz"], "--out new/curves.xyz: unknown image format 'xyz'; allowed: "),
     (["--plot", "val_loss", "--out", "/proc/curves.png"], "--out /proc/curves.png: cannot make folders in /proc"),
@@ -1315,8 +1316,9 @@ def test_compare_columns_leave_out_settings_that_change_no_number(tmp_path):
     # a run whose saved config is gone made every setting a column, each "-" in its row (review)
     assert _varying([runs[0], Run(tmp_path / "x", "x", {})]) == [] and _varying([*runs, Run(tmp_path, "x")]) == [
         "latent_size"]
-    with pytest.raises(CompareError, match=r"^--sort val_los: no run has that metric or setting; metrics: none yet "
-                                           r"\(no run has finished an epoch\); or a setting, e.g. loss.beta$"):
+    with pytest.raises(CompareError, match=r"^--sort val_los: no run has that metric or setting \(did you mean "
+                                           r"val_loss\?\); metrics: none yet \(no run has finished an epoch\); or a "
+                                           r"setting, e.g. loss.beta, or run or state$"):
         sort_runs(runs, "val_los")
     # a setting, a column of the table too: by its number (16 after 4, not before), else its text
     runs += [Run(tmp_path / "c", "c", {"latent_size": "16"}), Run(tmp_path / "d", "d", {})]
@@ -1345,6 +1347,8 @@ def test_compare_sorts_by_run_state_and_list_settings(tmp_path):
 
 def test_compare_where_keeps_the_runs_with_a_setting_state_or_metric(sweep, capsys):
     """A sweep of many jobs had no way to list some of them."""
+    from vaelab.compare import find_runs
+
     assert vaelab(["compare", sweep, "--where", "loss.beta=4", "--where", "state=done"]) == 0
     def names():  # (the rows, not the note on the MSE constant under them)
         return [r.split()[0] for r in capsys.readouterr().out.splitlines()[2:] if r.startswith("latent_size=")]
@@ -1355,8 +1359,18 @@ def test_compare_where_keeps_the_runs_with_a_setting_state_or_metric(sweep, caps
     assert capsys.readouterr().err.strip() == ("vaelab compare: error: --where lossbeta=4: no run has lossbeta (did you "
                                                "mean loss.beta?); give a setting (loss.beta), state or a metric "
                                                "(val_loss)")
-    assert vaelab(["compare", sweep, "--where", "state=diverged"]) == 2
-    assert capsys.readouterr().err.strip() == "vaelab compare: error: no run has state=diverged"
+    assert vaelab(["compare", sweep, "--where", "state=diverged"]) == 2  # (with what the runs have instead)
+    assert capsys.readouterr().err.strip() == ("vaelab compare: error: --where state=diverged: no run has "
+                                               "state=diverged; the runs have state done")
+    assert vaelab(["compare", sweep, "--where", "loss.beta=4", "--where", "latent_size=3"]) == 2
+    assert capsys.readouterr().err.strip().endswith("no run has latent_size=3; the runs left have latent_size 2 or 4")
+    # a metric matches as the table shows it (val_loss=45.398 for 45.39818...), not only to every bit
+    runs = {r.name: r for r in find_runs([sweep])}
+    shown = f"{runs['latent_size=2,loss.beta=1'].metrics['val_loss']:.3f}"
+    assert vaelab(["compare", sweep, "--where", f"val_loss={shown}"]) == 0
+    assert names() == ["latent_size=2,loss.beta=1"]
+    assert vaelab(["compare", sweep, "--where", "active_units=99"]) == 2  # (a whole number: exact)
+    assert "no run has active_units=99; the runs have active_units " in capsys.readouterr().err
     # booleans as the configs and overrides write them (only True matched), and as Python does
     for value in ("true", "True"):
         assert vaelab(["compare", sweep, "--where", f"trainer.cuda_graph={value}"]) == 0
@@ -1391,11 +1405,14 @@ def test_a_stopping_sweep_is_said_to_stop_once(tmp_path):
 
 def test_compare_where_keeps_the_case_of_text_that_reads_true():
     """--where took any value true/false as a boolean: a text setting 'True' matched nothing."""
-    from vaelab.compare import Run, where
+    from vaelab.compare import CompareError, Run, where
 
     runs = [Run(Path("a"), "a", config={"name": "True", "trainer.compile": "true"}),
             Run(Path("b"), "b", config={"name": "other", "trainer.compile": "false"})]
-    assert [r.name for r in where(runs, ["name=True"])] == ["a"] and where(runs, ["name=true"]) == []
+    assert [r.name for r in where(runs, ["name=True"])] == ["a"]
+    with pytest.raises(CompareError, match="^--where name=true: no run has name=true; the runs have name True or "
+                                           "other$"):
+        where(runs, ["name=true"])
     assert [r.name for r in where(runs, ["trainer.compile=True"])] == ["a"]
     assert [r.name for r in where(runs, ["trainer.compile=FALSE"])] == ["b"]
 

@@ -177,13 +177,15 @@ def eval_settings(ev: dict, trainer, epochs=None) -> str:
 
 def where(runs: list[Run], conditions: list[str]) -> list[Run]:
     """The runs whose setting, state or metric equals each KEY=VALUE (numbers as numbers:
-    loss.beta=4 is 4.0); CompareError for a condition that is not KEY=VALUE or names nothing a
-    run has."""
+    loss.beta=4 is 4.0; a metric to the decimals given, as the table shows it: val_loss=45.398
+    takes 45.39818); CompareError for a condition that is not KEY=VALUE, names nothing a run has,
+    or that no run left meets (with the values those runs have)."""
     kept = runs
     for cond in conditions:
         key, eq, want = cond.partition("=")
         if not eq or not key:
             raise CompareError(f"--where {cond}: give KEY=VALUE, e.g. --where loss.beta=4 or --where state=done")
+        metric = key != "state" and not any(key in r.config for r in runs)
 
         def has(r: Run) -> str | float | None:
             return r.state if key == "state" else r.config.get(key, r.metrics.get(key))
@@ -192,16 +194,37 @@ def where(runs: list[Run], conditions: list[str]) -> list[Run]:
             close = difflib.get_close_matches(key, [*settings, "state", *COLUMNS], n=1)
             raise CompareError(f"--where {cond}: no run has {key}" + (f" (did you mean {close[0]}?)" if close else "")
                                + "; give a setting (loss.beta), state or a metric (val_loss)")
+        decimals = re.fullmatch(r"\s*[+-]?\d*\.(\d+)\s*", want)
 
         def same(v) -> bool:
             if v is None:
                 return False
             try:
+                if metric and decimals and isinstance(v, float):  # (the table's 45.398, the log's 45.3982)
+                    return round(v, len(decimals.group(1))) == float(want)
                 return float(v) == float(want)
             except (TypeError, ValueError):  # (a boolean, read as true/false: True as well, as Python writes it)
                 return str(v) == want or (str(v) in ("true", "false") and str(v) == want.lower())
-        kept = [r for r in kept if same(has(r))]
+        met = [r for r in kept if same(has(r))]
+        if not met:
+            raise CompareError(f"--where {cond}: no run has {key}={want}; the runs{' left' if kept is not runs else ''} "
+                               f"{_values_here(key, [has(r) for r in kept])}")
+        kept = met
     return kept
+
+
+def _values_here(key: str, values: list) -> str:
+    """What the runs have for a --where key, for its message ("have loss.beta 1.0 or 4.0"): the
+    values, as the table shows them, or the range of a metric's many."""
+    present = [v for v in values if v is not None]
+    if not present:
+        return f"have no {key}"
+    numbers = [v for v in present if isinstance(v, float)]
+    if len(numbers) == len(present) and len(set(numbers)) > 6:
+        return f"have {key} from {_fmt(min(numbers))} to {_fmt(max(numbers))}"
+    shown = sorted({_fmt(v) for v in present}, key=_natural)
+    listed = shown if len(shown) <= 8 else [*shown[:7], f"{len(shown) - 7} other values"]
+    return f"have {key} {', '.join(listed[:-1])}{' or ' if len(listed) > 1 else ''}{listed[-1]}"
 
 
 def sort_runs(runs: list[Run], metric: str, descending: bool = False) -> list[Run]:
@@ -213,9 +236,12 @@ def sort_runs(runs: list[Run], metric: str, descending: bool = False) -> list[Ru
     known = sorted({k for r in runs for k, v in r.metrics.items() if isinstance(v, (int, float))})
     setting = metric not in known and metric not in COLUMNS and any(metric in r.config for r in runs)
     if metric not in known and metric not in COLUMNS and not setting:  # (a column no run reached sorts as missing)
-        raise CompareError(f"--sort {metric}: no run has that metric or setting; metrics: "
+        close = difflib.get_close_matches(metric, [*known, *COLUMNS, "run", "state", *{k for r in runs
+                                                                                      for k in r.config}], n=1)
+        raise CompareError(f"--sort {metric}: no run has that metric or setting"
+                           + (f" (did you mean {close[0]}?)" if close else "") + "; metrics: "
                            f"{', '.join(known) or 'none yet (no run has finished an epoch)'}; or a setting, "
-                           f"e.g. loss.beta")
+                           f"e.g. loss.beta, or run or state")
 
     def value(r: Run):  # a number, a list of them (model.hidden), or a setting's text (model.size=small)
         v = r.config.get(metric) if setting else r.metrics.get(metric)

@@ -557,8 +557,12 @@ def test_a_run_folder_that_holds_a_run_is_refused(tmp_path):
     assert err.startswith(f"hydra.sweep.dir={tmp_path}: that folder holds runs of an earlier sweep already")
     # Nested: a run in a sweep's folder, a sweep in a run's, either inside a run (compare and resume
     # would see only the outer one)
-    assert precheck([f"hydra.run.dir={tmp_path}"]) == (f"hydra.run.dir={tmp_path}: that folder holds runs (a "
-                                                      f"sweep's?); give a new folder")
+    assert precheck([f"hydra.run.dir={tmp_path}"]) == (f"hydra.run.dir={tmp_path}: that folder holds a sweep's "
+                                                      f"runs; give a new folder")
+    (tmp_path / "multirun.yaml").unlink()  # (runs under it: a project folder's outputs/, say)
+    assert precheck([f"hydra.run.dir={tmp_path}"]) == (f"hydra.run.dir={tmp_path}: that folder holds runs, in "
+                                                      f"folders under it; give a new folder")
+    (tmp_path / "multirun.yaml").write_text("hydra: {}\n")
     assert precheck(["-m", "latent_size=2,4", f"hydra.sweep.dir={tmp_path / 'run'}"]) == (
         f"hydra.sweep.dir={tmp_path / 'run'}: that folder holds a run already; give a new folder")
     for args in ([f"hydra.run.dir={tmp_path / 'run' / 'in'}"], ["-m", f"hydra.sweep.dir={tmp_path / 'run' / 'in'}"]):

@@ -389,6 +389,30 @@ class Complete(Base):
         return self.d(z)
 
 
+class ImageLogits(Complete):  # its own forward: logits as images
+    def forward(self, x):
+        mu, logvar = self.encode(x)
+        return self.decode_logits(mu).view(-1, 1, 28, 28), mu, logvar
+
+
+class NoLogvar(Complete):
+    def forward(self, x):
+        mu, logvar = self.encode(x)
+        return self.decode_logits(mu), mu
+
+
+class OneLogvar(Complete):  # a logvar of (B, 1): the KL broadcast over the latents, and trained
+    def forward(self, x):
+        mu, logvar = self.encode(x)
+        z = mu + torch.randn_like(mu) * (0.5 * logvar).exp()
+        return self.decode_logits(z), mu, logvar[:, :1]
+
+
+class OwnForward(Complete):  # a forward of its own that is right, and draws its z as VAE.forward does
+    def forward(self, x):
+        return super().forward(x)
+
+
 class Noisy(Complete):  # draws random numbers in eval mode too
     def encode(self, x):
         return self.e(x + 0.01 * torch.randn_like(x)).chunk(2, -1)
@@ -428,6 +452,12 @@ class NoParameters(VAE):
     ("WrongWidth", "decode_logits(z) of z (2, 2) must return logits (2, 784); got (2, 28)"),
     ("Float64", "encode(x) must return mu and logvar in the parameters' dtype, torch.float32; got torch.float64"),
     ("NoParameters", "the model has no parameters to train"),  # (build_optimizer's StopIteration before)
+    # a model's own forward, which the step calls: a traceback at the first step, or (OneLogvar) no error at all
+    ("ImageLogits", "forward(x) of x (2, 784) must return logits (2, 784), mu and logvar (2, 2), as VAE.forward "
+                    "does; got (2, 1, 28, 28), (2, 2), (2, 2)"),
+    ("NoLogvar", "forward(x) of x (2, 784) must return logits (2, 784), mu and logvar (2, 2), as VAE.forward does; "
+                 "got (2, 784), (2, 2)"),
+    ("OneLogvar", "got (2, 784), (2, 2), (2, 1)"),
 ])
 def test_a_model_of_ones_own_that_lacks_part_of_the_interface_is_one_line_before_training(
         tiny_mnist, tmp_path, monkeypatch, target, message):
@@ -581,6 +611,19 @@ def test_auto_takes_fused_adam_for_a_model_with_a_parameter_a_step_leaves_unused
         assert all(p.grad is None for p in model.parameters()) and model.training  # the probe leaves no trace
         assert all(torch.equal(before[n], p) for n, p in model.named_parameters())
         assert torch.equal(torch.get_rng_state(), rng)
+
+
+def test_the_check_of_a_models_own_forward_leaves_the_generators_as_they_were(tmp_path, monkeypatch):
+    """The check of forward(x) runs it once: its draws must not shift the run's random numbers."""
+    (tmp_path / "partialmodels.py").write_text(_PARTIAL_MODELS)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    cfg = compose_cfg(["latent_size=2", "model._target_=partialmodels.OwnForward"])
+    torch.manual_seed(0)
+    build_model(cfg)
+    after = torch.rand(3)
+    torch.manual_seed(0)
+    build_model(OmegaConf.merge(cfg, {"model": {"_target_": "partialmodels.Complete"}}))  # (no check of forward)
+    assert torch.equal(torch.rand(3), after)
 
 
 def test_an_error_inside_the_models_own_code_keeps_its_traceback(tiny_mnist, tmp_path, monkeypatch):

@@ -107,8 +107,26 @@ def _check_interface(cfg: DictConfig, model: VAE, input_dim: int) -> None:
             if shape != (2, input_dim):
                 raise ConfigError(f"{where}: decode_logits(z) of z (2, {model.latent_size}) must return logits "
                                   f"(2, {input_dim}); got {shape or type(logits).__name__}")
+            if type(model).forward is not VAE.forward:  # training calls forward: a model's own is checked too
+                _check_forward(where, model, x)
     finally:
         model.train(training)
+
+
+def _check_forward(where: str, model: VAE, x: torch.Tensor) -> None:
+    """A model's own forward(x), which the training step calls, returns (logits, mu, logvar) of
+    the shapes encode and decode_logits have: a wrong one failed at the first step with a traceback,
+    and a logvar of (B, 1) broadcast over the latent dimensions and trained silently on another
+    objective. Its draws, if it makes any, come from generators put back after it."""
+    devices = [x.device.index or 0] if x.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices, device_type=x.device.type if devices else "cuda"):
+        got = model(x)
+    parts = got if isinstance(got, (tuple, list)) else (got,)
+    shapes = [tuple(getattr(t, "shape", ())) or type(t).__name__ for t in parts]
+    want = [(2, x.shape[1]), (2, model.latent_size), (2, model.latent_size)]
+    if shapes != want:
+        raise ConfigError(f"{where}: forward(x) of x {tuple(x.shape)} must return logits {want[0]}, mu and logvar "
+                          f"{want[1]}, as VAE.forward does; got {', '.join(map(str, shapes))}")
 
 
 def _not_a_vae(cfg: DictConfig) -> ConfigError:

@@ -323,7 +323,8 @@ def test_a_model_class_whose_arguments_do_not_fit_is_one_line(tiny_mnist, tmp_pa
     monkeypatch.syspath_prepend(str(tmp_path))
     cfg = compose_cfg([f"data.root={tiny_mnist}", "data.val_size=64", "model._target_=othermodels.Other"])
     with pytest.raises(ConfigError, match=r"^model._target_=othermodels.Other does not take the settings given it "
-                                          r"\(latent_size\): missing a required argument: 'depth'$"):
+                                          r"\(latent_size, input_dim, image_shape\): missing a required argument: "
+                                          r"'depth'; give it with \+model.kwargs.depth=VALUE$"):
         train(cfg, tmp_path / "r")
 
 

@@ -5,6 +5,7 @@ and `vaelab eval` use them."""
 from __future__ import annotations
 
 import inspect
+import re
 
 import torch
 from hydra._internal.utils import _locate
@@ -157,8 +158,10 @@ def model_error(cfg: DictConfig, e: Exception) -> Exception:
     try:  # the keys under model: are they the class's constructor arguments? (VAE itself takes none)
         inspect.signature(target).bind(**args, input_dim=0, image_shape=[])
     except TypeError as bad:
+        missing = re.search(r"missing a required argument: '(\w+)'", str(bad))
+        hint = f"; give it with +model.kwargs.{missing.group(1)}=VALUE" if missing else ""
         return ConfigError(f"model._target_={cfg.model._target_} does not take the settings given it "
-                           f"({', '.join(args)}): {bad}")
+                           f"({', '.join([*args, 'input_dim', 'image_shape'])}): {bad}{hint}")
     except ValueError:  # no signature to read (a builtin): nothing to say about its arguments
         pass
     if isinstance(cause, MemoryError) or (isinstance(cause, RuntimeError) and "allocate" in text):

@@ -207,7 +207,8 @@ def where(runs: list[Run], conditions: list[str]) -> list[Run]:
                 return str(v) == want or (str(v) in ("true", "false") and str(v) == want.lower())
         met = [r for r in kept if same(has(r))]
         if not met:
-            raise CompareError(f"--where {cond}: no run has {key}={want}; the runs{' left' if kept is not runs else ''} "
+            left = " left" if kept is not runs else ""
+            raise CompareError(f"--where {cond}: no run has {key}={want}; the runs{left} "
                                f"{_values_here(key, [has(r) for r in kept])}")
         kept = met
     return kept

@@ -309,7 +309,8 @@ def evaluate_run(run_dir: str | Path, k: int = 5000, device: str = "auto", check
                 result["pictures"] = {name: str((run_dir / "eval" / f"{name}.png").resolve()) for name in EVAL_PICTURES
                                       if (run_dir / "eval" / f"{name}.png").is_file()}
                 if kept:
-                    result.update({k: before[k] for k in ("traversal_dims", "dead_dims", "pictures_left_out") if k in before})
+                    result.update({k: before[k] for k in ("traversal_dims", "dead_dims", "pictures_left_out")
+                                   if k in before})
                 if kept and kept.get("examples_seen") != step:
                     log.warning("%s/ shows the weights of %s at %s examples seen, not these (%s at %d); leave out "
                                 "--no-pictures to redraw it", run_dir / "eval", Path(str(kept.get("checkpoint"))).name,

@@ -337,6 +337,8 @@ def test_optimizer_matches_config():
     (["trainer.cuda_graph=2"], "override 'trainer.cuda_graph=2': Value '2' is not a valid bool (type int) (key "
                                "'trainer.cuda_graph'); give true or false"),
     (["-m", "trainer.progress=0,-1"], "override 'trainer.progress=-1': Value '-1' is not a valid bool"),
+    (["trainer.progress=1_0"], "override 'trainer.progress=1_0': Value '10' is not a valid bool (type int)"),
+    (["trainer.progress='2'"], "override 'trainer.progress='2'': Value '2' is not a valid bool (type str)"),
     (["model.hidden=512"], "(key 'model.hidden'); give a list in brackets, e.g. model.hidden=[512]"),
     (["optim.betas=0.9"], "(key 'optim.betas'); give a list in brackets"),
     (["data.binarize=true"], "(key 'data.binarize') (Hydra reads true and false as booleans)"),

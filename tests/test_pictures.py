@@ -114,6 +114,18 @@ def test_make_pictures_of_a_test_split_under_8_images(tmp_path, n):
         assert "interpolations" in out["pictures"] and "pictures_left_out" not in out
 
 
+@pytest.mark.parametrize("n", [1, 3, 8])
+def test_a_narrow_reconstructions_figure_keeps_its_whole_title(n):
+    """A test split of 1-7 images makes a figure 1-7 cells wide: its one-line title was cut at both ends."""
+    model = _model()
+    fig = reconstructions_figure(reconstructions_grid(model, torch.rand(n, 784), n), model.image_shape, 2)
+    fig.canvas.draw()
+    title = fig.axes[0].title
+    box = title.get_window_extent()
+    assert 0 <= box.x0 and box.x1 <= fig.bbox.width and box.y1 <= fig.bbox.height
+    assert title.get_text().replace("\n", " ") == "test images above their reconstructions (decoder mean at z = mu)"
+
+
 def test_reconstructions_and_interpolations_say_what_each_row_and_column_is():
     """They were bare grids: nothing in the picture said which rows were the inputs, or which
     columns the real images at the ends of an interpolation."""

@@ -1417,6 +1417,27 @@ def test_compare_where_keeps_the_case_of_text_that_reads_true():
     assert [r.name for r in where(runs, ["trainer.compile=FALSE"])] == ["b"]
 
 
+def test_compare_where_takes_values_as_vaelab_train_does():
+    """A boolean as vaelab-train takes it (yes, 0), a list without spaces, null, and a diverged
+    run's nan matched nothing; "the runs left" came after a condition that had removed none."""
+    from vaelab.compare import CompareError, Run, where
+
+    runs = [Run(Path("a"), "a", config={"trainer.compile": "true", "optim.betas": "[0.9, 0.999]", "model.hidden": "None",
+                                        "loss.beta": "1.0"}, metrics={"val_loss": float("nan")}),
+            Run(Path("b"), "b", config={"trainer.compile": "false", "optim.betas": "[0.5, 0.9]",
+                                        "model.hidden": "[512, 256]", "loss.beta": "4.0"}, metrics={"val_loss": 45.398})]
+    for cond, names in (("trainer.compile=yes", ["a"]), ("trainer.compile=0", ["b"]), ("trainer.compile=off", ["b"]),
+                        ("optim.betas=[0.9,0.999]", ["a"]), ("model.hidden=null", ["a"]), ("model.hidden=None", ["a"]),
+                        ("model.hidden=[512,256]", ["b"]), ("val_loss=nan", ["a"]), ("val_loss=NaN", ["a"])):
+        assert [r.name for r in where(runs, [cond])] == names, cond
+    for r in runs:
+        r.config["seed"] = "0"
+    with pytest.raises(CompareError, match="; the runs have loss.beta 1.0 or 4.0$"):  # (seed=0 left out none)
+        where(runs, ["seed=0", "loss.beta=2"])
+    with pytest.raises(CompareError, match="; the runs left have model.hidden None$"):
+        where(runs, ["loss.beta=1", "model.hidden=[1]"])
+
+
 def test_resume_of_a_sweep_leaves_a_job_whose_saved_config_was_deleted_as_it_is(sweep, tmp_path, capfd):
     """A job with checkpoints but no .hydra/config.yaml counted as one that never started: the
     sweep's config was written in its place (a `vaelab resume JOB KEY=VALUE` change lost) and the

@@ -1130,6 +1130,16 @@ def test_a_resume_that_train_refuses_leaves_the_config_and_metrics_as_they_were(
     assert json.loads((run / "metrics.json").read_text())["epochs"] == 2
 
 
+def test_resume_saves_a_boolean_as_true_or_false(finished_run, tmp_path):
+    """trainer.progress=yes was saved as 'yes' (and =0 as 0): compare --where trainer.progress=false
+    then missed the run, which vaelab-train would have saved as false."""
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    assert vaelab(["resume", run, "trainer.epochs=2", "trainer.progress=yes", "trainer.final_eval=0"]) == 0
+    saved = OmegaConf.load(run / ".hydra" / "config.yaml").trainer
+    assert saved.progress is True and saved.final_eval is False
+
+
 @pytest.mark.parametrize("args,expect", [
     (["latent_size=8"], "made for a different model (head.weight has shape (8, 256), this config needs (16, 256)); "
                         "trained with latent_size 4, the config says latent_size 8"),

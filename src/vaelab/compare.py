@@ -202,16 +202,41 @@ def where(runs: list[Run], conditions: list[str]) -> list[Run]:
             try:
                 if metric and decimals and isinstance(v, float):  # (the table's 45.398, the log's 45.3982)
                     return round(v, len(decimals.group(1))) == float(want)
+                if math.isnan(float(v)):  # (a diverged run's nan, as the table shows it)
+                    return want.strip().lower() == "nan"
                 return float(v) == float(want)
-            except (TypeError, ValueError):  # (a boolean, read as true/false: True as well, as Python writes it)
-                return str(v) == want or (str(v) in ("true", "false") and str(v) == want.lower())
+            except (TypeError, ValueError):
+                text = str(v)
+                if text in ("true", "false"):  # a boolean setting, as saved configs write it
+                    return _BOOLEAN_WORDS.get(want.strip().lower()) == text
+                return text == want or _as_typed(text) == _as_typed(want)
         met = [r for r in kept if same(has(r))]
         if not met:
-            left = " left" if kept is not runs else ""
+            left = " left" if len(kept) < len(runs) else ""
             raise CompareError(f"--where {cond}: no run has {key}={want}; the runs{left} "
                                f"{_values_here(key, [has(r) for r in kept])}")
         kept = met
     return kept
+
+
+# A boolean setting as vaelab-train and OmegaConf take it (true, yes, on, 1; as Python writes it, True),
+# as the saved configs write it (true, false)
+_BOOLEAN_WORDS = {**dict.fromkeys(("true", "yes", "on", "y", "1"), "true"),
+                  **dict.fromkeys(("false", "no", "off", "n", "0"), "false")}
+
+
+def _as_typed(text: str):
+    """A --where value or a run's setting, as text, in one form where the two are written
+    differently: a list ([0.9,0.999] as [0.9, 0.999]) or null (None, as the table shows it). Other
+    text stays as it is, its case too (a name 'True' is not the boolean)."""
+    if text in ("None", "null", "~"):
+        return None
+    if text.startswith("["):
+        try:
+            return yaml.safe_load(text)
+        except yaml.YAMLError:
+            pass
+    return text
 
 
 def _values_here(key: str, values: list) -> str:

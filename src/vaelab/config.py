@@ -467,18 +467,28 @@ def not_a_bool(key: str, value: Any) -> str | None:
     """Why `value` is refused for `key`, a setting that is true or false, or None. OmegaConf reads
     any integer as a boolean (trainer.cuda_graph=2 as true, -1 too); of the numbers, only 0 and 1
     are taken, as OmegaConf documents. OmegaConf's own words, as for trainer.progress=maybe."""
+    if isinstance(value, str) and re.fullmatch(r"\s*[+-]?\d+\s*", value):  # ('2', quoted: OmegaConf's true too)
+        kind, value = "str", int(value)
+    else:
+        kind = "int"
     if isinstance(value, int) and not isinstance(value, bool) and value not in (0, 1) and \
             choices().get(key) == ["false", "true"]:
-        return f"Value '{value}' is not a valid bool (type int) (key '{key}'); give true or false"
+        return f"Value '{value}' is not a valid bool (type {kind}) (key '{key}'); give true or false"
     return None
 
 
 def integer_as_bool(overrides) -> str | None:
     """One line for the first override that gives a setting that is true or false an integer other
     than 0 or 1 (not_a_bool), which composing would take for true; else None."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
     for ov in overrides:
-        key, _, text = str(ov).partition("=")
-        why = not_a_bool(key.lstrip("+~"), int(text)) if re.fullmatch(r"\s*[+-]?\d+\s*", text) else None
+        try:  # (Hydra's value: 1_0 is 10, '2' a text)
+            [o] = OverridesParser.create().parse_overrides([str(ov)])
+            value = o.value()
+        except Exception:  # noqa: BLE001 - not parsed: composing says why
+            continue
+        why = not_a_bool(o.key_or_group, value) if isinstance(value, (int, str)) else None
         if why:
             return f"override '{ov}': {why}"
     return None

@@ -23,6 +23,7 @@ first kind alone.
 """
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -149,7 +150,10 @@ def labelled_grid_figure(grid: torch.Tensor, image_shape: tuple, row_labels: lis
     column, and a title: what each cell is, in the picture itself. label_width: inches for the
     row labels."""
     h, w = image_shape[1] + 2, image_shape[2] + 2
-    fig = _figure(label_width + 1.2 + 0.42 * len(col_labels), 0.9 + 0.42 * len(row_labels))
+    width = label_width + 1.2 + 0.42 * len(col_labels)
+    # (the title wrapped to the figure: a narrow one, a test split of 1-7 images, cut it at both ends)
+    lines = [line for part in title.split("\n") for line in textwrap.wrap(part, max(20, int(13 * width))) or [""]]
+    fig = _figure(width, 0.9 + 0.42 * len(row_labels) + 0.15 * (len(lines) - 1))
     ax = fig.add_subplot(1, 1, 1)
     ax.imshow(grid.permute(1, 2, 0).numpy(), interpolation="nearest")
     ax.set_xticks([w * (j + 0.5) + 1 for j in range(len(col_labels))])
@@ -157,7 +161,7 @@ def labelled_grid_figure(grid: torch.Tensor, image_shape: tuple, row_labels: lis
     ax.set_yticks([h * (i + 0.5) + 1 for i in range(len(row_labels))])
     ax.set_yticklabels(row_labels, fontsize=7)
     ax.tick_params(length=0)
-    ax.set_title(title, fontsize=8)
+    ax.set_title("\n".join(lines), fontsize=8)
     fig.tight_layout()
     return fig
 

@@ -543,13 +543,17 @@ def _updated_files(run_dir: Path, parsed: list, cfg=None) -> tuple[str, str]:
     """The new texts of .hydra/config.yaml (same layout, new values) and .hydra/overrides.yaml
     (each key once: a new value replaces the old override of that key). cfg: the typed config
     the overrides were applied to, whose float settings keep a float given as an integer
-    (loss.beta=4 is saved as 4.0, as a first launch saves it, not 4)."""
+    (loss.beta=4 is saved as 4.0, as a first launch saves it, not 4), and whose booleans are
+    saved as true and false (not as given: 'yes', 0)."""
     cfg_path, ovr_path = run_dir / ".hydra" / "config.yaml", run_dir / ".hydra" / "overrides.yaml"
     raw = OmegaConf.load(cfg_path)
     for o in parsed:
         value = o.value()
-        if cfg is not None and type(value) is int and isinstance(OmegaConf.select(cfg, o.key_or_group), float):
+        typed = OmegaConf.select(cfg, o.key_or_group) if cfg is not None else None
+        if type(value) is int and isinstance(typed, float):
             value = float(value)
+        elif isinstance(typed, bool):  # trainer.progress=yes (or 0) saved as false or true, as a first launch saves it
+            value = typed
         OmegaConf.update(raw, o.key_or_group, value, merge=True)  # (as apply_overrides: a dict value merges)
     old = (yaml.safe_load(ovr_path.read_text()) or []) if ovr_path.is_file() else []
     new_keys = {o.key_or_group for o in parsed}

@@ -757,6 +757,11 @@ def test_sweep_summary_counts_this_sweeps_jobs_only(tmp_path, capsys):
     summary.on_multirun_end(cfg)  # nothing diverged: returns
     assert f"sweep of 2 jobs: 2 done; lowest val_loss 1.0000: a; table: vaelab compare {tmp_path}" in (
         capsys.readouterr().out)
+    # an Optuna study whose third trial drew the values of an earlier one, which carried that run on:
+    # "sweep of 2 jobs" read as a trial lost
+    summary.on_multirun_end(OmegaConf.merge(cfg, {"hydra": {"sweeper": {"n_trials": 3}}}))
+    assert ("sweep of 3 trials in 2 runs (a trial that drew an earlier one's values carried its run on): 2 done; "
+            "lowest val_loss 1.0000: a;") in capsys.readouterr().out
     # a job whose val_loss is in another unit (bce: no Gaussian constant left out): no best named
     run("e", "done")
     (tmp_path / "e" / ".hydra" / "config.yaml").write_text("latent_size: 2\nloss:\n  recon: bce\n")

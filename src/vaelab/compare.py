@@ -624,6 +624,10 @@ class SweepSummary(Callback):
             states.setdefault(r.state, []).append(r.name)
         counts = ", ".join(f"{len(v)} {k}" for k, v in sorted(states.items(), key=lambda kv: kv[0] != "done"))
         jobs = f"{len(runs)} job{'s' * (len(runs) != 1)}"
+        trials = OmegaConf.select(config, "hydra.sweeper.n_trials", default=None)
+        if isinstance(trials, int) and trials > len(runs) and not continued:  # (Optuna drew some values twice)
+            jobs = (f"{trials} trials in {len(runs)} run{'s' * (len(runs) != 1)} (a trial that drew an earlier "
+                    f"one's values carried its run on)")
         # the job with the lowest val_loss, the number vaelab-train returns and sweepers minimise
         done = [r for r in runs if r.state.startswith("done") and isinstance(r.metrics.get("val_loss"), (int, float))
                 and math.isfinite(r.metrics["val_loss"])]

@@ -565,6 +565,15 @@ def test_a_run_folder_that_holds_a_run_is_refused(tmp_path):
     assert precheck([f"hydra.run.dir={tmp_path}"]) == (f"hydra.run.dir={tmp_path}: that folder holds runs, in "
                                                       f"folders under it; give a new folder")
     (tmp_path / "multirun.yaml").write_text("hydra: {}\n")
+    # a sweep that ran no job: not "a sweep's runs"; a multirun.yaml of one's own: a folder of files
+    (tmp_path / "nojob").mkdir()
+    (tmp_path / "nojob" / "multirun.yaml").write_text("hydra: {}\n")
+    assert precheck([f"hydra.run.dir={tmp_path / 'nojob'}"]).endswith(": that folder is a sweep's (its multirun.yaml, "
+                                                                      "no run yet); give a new folder")
+    (tmp_path / "nojob" / "multirun.yaml").write_text("lr: 1\n")
+    assert precheck([f"hydra.run.dir={tmp_path / 'nojob'}"]).endswith(": that folder holds files (multirun.yaml) and is "
+                                                                      "not a vaelab run; give a new or empty folder")
+    shutil.rmtree(tmp_path / "nojob")
     assert precheck(["-m", "latent_size=2,4", f"hydra.sweep.dir={tmp_path / 'run'}"]) == (
         f"hydra.sweep.dir={tmp_path / 'run'}: that folder holds a run already; give a new folder")
     for args in ([f"hydra.run.dir={tmp_path / 'run' / 'in'}"], ["-m", f"hydra.sweep.dir={tmp_path / 'run' / 'in'}"]):

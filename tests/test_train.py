@@ -409,6 +409,34 @@ class OneLogvar(Complete):  # a logvar of (B, 1): the KL broadcast over the late
         return self.decode_logits(z), mu, logvar[:, :1]
 
 
+class EvalRecon(Complete):  # returns a reconstruction in eval mode, which the training step never calls
+    def forward(self, x):
+        if not self.training:
+            return self.decode(self.encode(x)[0])
+        return super().forward(x)
+
+
+class TrainOneLogvar(Complete):  # right in eval mode only
+    def forward(self, x):
+        logits, mu, logvar = super().forward(x)
+        return (logits, mu, logvar[:, :1]) if self.training else (logits, mu, logvar)
+
+
+class IntLogits(Complete):
+    def forward(self, x):
+        logits, mu, logvar = super().forward(x)
+        return logits.long(), mu, logvar
+
+
+class Normed(Complete):  # BatchNorm: the check in train mode must leave its running statistics
+    def __init__(self, latent_size, input_dim, image_shape, **settings):
+        super().__init__(latent_size, input_dim, image_shape)
+        self.norm = nn.BatchNorm1d(input_dim)
+
+    def forward(self, x):
+        return super().forward(self.norm(x + 1))
+
+
 class OwnForward(Complete):  # a forward of its own that is right, and draws its z as VAE.forward does
     def forward(self, x):
         return super().forward(x)
@@ -459,6 +487,9 @@ class NoParameters(VAE):
     ("NoLogvar", "forward(x) of x (2, 784) must return logits (2, 784), mu and logvar (2, 2), as VAE.forward does; "
                  "got (2, 784), (2, 2)"),
     ("OneLogvar", "got (2, 784), (2, 2), (2, 1)"),
+    ("TrainOneLogvar", "got (2, 784), (2, 2), (2, 1)"),  # (checked as the step calls it: in train mode)
+    ("IntLogits", "forward(x) must return logits, mu and logvar as floating-point tensors; got torch.int64, "
+                  "torch.float32, torch.float32"),
 ])
 def test_a_model_of_ones_own_that_lacks_part_of_the_interface_is_one_line_before_training(
         tiny_mnist, tmp_path, monkeypatch, target, message):
@@ -615,9 +646,17 @@ def test_auto_takes_fused_adam_for_a_model_with_a_parameter_a_step_leaves_unused
 
 
 def test_the_check_of_a_models_own_forward_leaves_the_generators_as_they_were(tmp_path, monkeypatch):
-    """The check of forward(x) runs it once: its draws must not shift the run's random numbers."""
+    """The check of forward(x) runs it once: its draws must not shift the run's random numbers, nor
+    its train-mode BatchNorm the running statistics; a forward that is wrong only in eval mode,
+    which training never calls, is not refused."""
     (tmp_path / "partialmodels.py").write_text(_PARTIAL_MODELS)
     monkeypatch.syspath_prepend(str(tmp_path))
+    for target in ("EvalRecon", "Normed"):
+        model = build_model(compose_cfg(["latent_size=2", f"model._target_=partialmodels.{target}"]))
+        assert model.training
+    assert torch.equal(model.norm.running_mean, torch.zeros(784)) and int(model.norm.num_batches_tracked) == 0
+    with torch.device("meta"):  # (the CUDA warm-up's model: the check does not run there)
+        build_model(compose_cfg(["latent_size=2", "model._target_=partialmodels.IntLogits"]))
     cfg = compose_cfg(["latent_size=2", "model._target_=partialmodels.OwnForward"])
     torch.manual_seed(0)
     build_model(cfg)

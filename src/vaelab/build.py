@@ -116,18 +116,34 @@ def _check_interface(cfg: DictConfig, model: VAE, input_dim: int) -> None:
 
 def _check_forward(where: str, model: VAE, x: torch.Tensor) -> None:
     """A model's own forward(x), which the training step calls, returns (logits, mu, logvar) of
-    the shapes encode and decode_logits have: a wrong one failed at the first step with a traceback,
-    and a logvar of (B, 1) broadcast over the latent dimensions and trained silently on another
-    objective. Its draws, if it makes any, come from generators put back after it."""
+    the shapes encode and decode_logits have, as floats: a wrong one failed at the first step with
+    a traceback, and a logvar of (B, 1) broadcast over the latent dimensions (integer logits left
+    the decoder without a gradient) and trained silently. It runs as the step runs it, in train
+    mode; what that changes (BatchNorm's running statistics, the generators its draws come from)
+    is put back after it."""
+    if x.device.type == "meta":  # (the CUDA warm-up's model: nothing to run, and a compiled forward fails there)
+        return
     devices = [x.device.index or 0] if x.device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices, device_type=x.device.type if devices else "cuda"):
-        got = model(x)
+    buffers = [(b, b.clone()) for b in model.buffers()]
+    training = model.training
+    try:
+        with torch.random.fork_rng(devices=devices, device_type=x.device.type if devices else "cuda"):
+            model.train()
+            got = model(x)
+    finally:
+        model.train(training)
+        for b, saved in buffers:
+            b.copy_(saved)
     parts = got if isinstance(got, (tuple, list)) else (got,)
     shapes = [tuple(getattr(t, "shape", ())) or type(t).__name__ for t in parts]
     want = [(2, x.shape[1]), (2, model.latent_size), (2, model.latent_size)]
     if shapes != want:
         raise ConfigError(f"{where}: forward(x) of x {tuple(x.shape)} must return logits {want[0]}, mu and logvar "
                           f"{want[1]}, as VAE.forward does; got {', '.join(map(str, shapes))}")
+    dtypes = [getattr(t, "dtype", None) for t in parts]
+    if not all(isinstance(d, torch.dtype) and d.is_floating_point for d in dtypes):
+        raise ConfigError(f"{where}: forward(x) must return logits, mu and logvar as floating-point tensors; got "
+                          f"{', '.join(str(d) for d in dtypes)}")
 
 
 def _not_a_vae(cfg: DictConfig) -> ConfigError:

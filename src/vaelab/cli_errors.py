@@ -919,9 +919,12 @@ def _taken(folder: Path, sweep: bool) -> str | None:
                     f"'vaelab resume {job} [KEY=VALUE ...]')")
         # (Hydra writes its multirun.yaml there, over one of the user's; one of a sweep that ran no job is no loss)
         return _foreign(folder, "sweep", ignore={"multirun.yaml"} if _hydras(folder / "multirun.yaml") else set())
-    if (folder / "multirun.yaml").is_file() or holds_runs(folder):  # (a project folder with outputs/, a sweep's)
-        return ("that folder holds a sweep's runs; give a new folder" if (folder / "multirun.yaml").is_file()
+    sweeps = _hydras(folder / "multirun.yaml")
+    if holds_runs(folder):  # (a sweep's, or a project folder with its outputs/)
+        return ("that folder holds a sweep's runs; give a new folder" if sweeps
                 else "that folder holds runs, in folders under it; give a new folder")
+    if sweeps:
+        return "that folder is a sweep's (its multirun.yaml, no run yet); give a new folder"
     if not is_run(folder):
         return _foreign(folder)
     try:

@@ -932,7 +932,9 @@ def _train(cfg: DictConfig, run_dir: Path, data: MNISTData | None, on_start=None
     def diverged(message: str) -> NonFiniteLoss:
         writer.hparams_end({}, st["examples"], failed=True)  # the HParams row's status; metrics stay blank
         writer.close()  # the curves up to here on disk, also when a sweep's process goes on
-        return NonFiniteLoss(message)
+        # (resumed as it was, it replays the same steps to the same blow-up: how to go on, with a change)
+        return NonFiniteLoss(f"{message}; the same settings diverge again there: carry it on with others, e.g. "
+                             f"{ckpt_io.carry_on(run_dir)} optim.lr={cfg.optim.lr / 10:g}")
 
     def save(path: Path) -> None:
         # Never replace a good checkpoint with blown-up weights (a Ctrl-C can come between a

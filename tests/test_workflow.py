@@ -2067,29 +2067,48 @@ def test_a_run_whose_launch_folder_moved_reads_a_relative_data_root_from_the_cur
     assert vaelab(["resume", tmp_path / "moved" / "run", "trainer.epochs=2"]) == 0
 
 
-def test_reproduce_says_when_a_resume_changed_a_setting_part_way(finished_run, tmp_path, capsys):
-    """The config holds a resumed run's last values, which a re-run uses from its first step: a
-    run whose lr changed at epoch 2 reproduced as 'NOT reproduced' with no reason given."""
+def test_reproduce_makes_each_change_part_way_where_it_was_made(finished_run, tmp_path, capsys, monkeypatch):
+    """The config holds a resumed run's last values, which a re-run used from its first step: a
+    run whose lr changed at epoch 2 reproduced as 'NOT reproduced', with a note. The reproduction
+    now trains with the values before each change up to its step (one at an epoch's end, one after
+    a Ctrl-C part-way through an epoch), then resumes with it, and matches; a record from before
+    resumes.yaml kept those values gets the note."""
     longer, changed = tmp_path / "longer", tmp_path / "changed"
     for run in (longer, changed):
         shutil.copytree(finished_run, run)
     assert vaelab(["resume", longer, "trainer.epochs=2"]) == 0
-    assert vaelab(["resume", changed, "trainer.epochs=2", "optim.lr=1e-4"]) == 0
+    with signal_at_step(monkeypatch, 7):  # (step 8 of 6 an epoch: in epoch 2 at image 64)
+        assert vaelab(["resume", changed, "trainer.epochs=3", "optim.lr=1e-4"]) == 130
+    assert vaelab(["resume", changed, "loss.beta=2"]) == 0
     assert yaml.safe_load((changed / ".hydra" / "resumes.yaml").read_text()) == [
-        {"epoch": 2, "step": 6, "overrides": ["trainer.epochs=2", "optim.lr=1e-4"]}]
+        {"epoch": 2, "step": 6, "overrides": ["trainer.epochs=3", "optim.lr=1e-4"],
+         "before": {"trainer.epochs": 1, "optim.lr": 0.001}},
+        {"epoch": 2, "step": 8, "overrides": ["loss.beta=2"], "before": {"loss.beta": 1.0}}]
     capsys.readouterr()
 
     from vaelab.workflow import changed_part_way
     assert changed_part_way(longer) == []  # more epochs: the same numbers (test_resume_with_more_epochs...)
-    # (and as if from before data_digest: nothing to compare it with, not a difference)
+    assert vaelab(["reproduce", changed, "--out", tmp_path / "r1"]) == 0
+    out = capsys.readouterr().out
+    assert ("note: changed was carried on with changed settings: optim.lr=1e-4 (from epoch 2, after step 6), "
+            "loss.beta=2 (from epoch 2, after step 8); the reproduction makes each change at the step it was made "
+            "(resumes.yaml), with vaelab resume.") in out
+    assert out.rstrip().endswith("reproduced: every metric is identical")
+    assert (tmp_path / "r1" / ".hydra" / "config.yaml").read_text() == (changed / ".hydra" / "config.yaml").read_text()
+    # a record of the changes without the values before them (a vaelab from before 2026-11-27): the
+    # last values from the start, as the note says (and as if from before data_digest: nothing to
+    # compare it with, not a difference)
+    record = yaml.safe_load((changed / ".hydra" / "resumes.yaml").read_text())
+    (changed / ".hydra" / "resumes.yaml").write_text(yaml.safe_dump([{k: v for k, v in r.items() if k != "before"}
+                                                                     for r in record]))
     metrics = json.loads((changed / "metrics.json").read_text())
     del metrics["data_digest"]
     (changed / "metrics.json").write_text(json.dumps(metrics))
     assert vaelab(["reproduce", changed, "--out", tmp_path / "r2"]) == 1
     out = capsys.readouterr().out
     assert "data_digest" not in out.splitlines()[-1]
-    assert ("note: changed was carried on with changed settings: optim.lr=1e-4 (from epoch 2, after step 6). Its "
-            "config holds the last values") in out
+    assert ("note: changed was carried on with changed settings: optim.lr=1e-4 (from epoch 2, after step 6), "
+            "loss.beta=2 (from epoch 2, after step 8). Its config holds the last values") in out
     assert out.rstrip().endswith("(settings changed part-way: see the note above)")
 
 

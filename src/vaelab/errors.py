@@ -73,6 +73,12 @@ def _stdout_reader_gone() -> bool:
         return False
 
 
+# `vaelab reproduce` of a run carried on with changed settings (resumes.yaml) replays each change
+# at the step it was made: it trains each part in a process of its own, which stops after this
+# many steps (set in its environment) as a Ctrl-C would there, and `vaelab resume` goes on from it.
+STOP_AFTER_STEP = "VAELAB_STOP_AFTER_STEP"
+
+
 class NonFiniteLoss(RuntimeError):
     """The loss or the weights became inf/NaN; the last good checkpoint is kept."""
 

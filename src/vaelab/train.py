@@ -41,7 +41,8 @@ from vaelab.build import build_model, build_optimizer, model_error  # (build_mod
 from vaelab.config import (CONF_DIR, LOG_FORMAT, ConfigError, absolute, choices, leaves, on_schema, resolve_device,
                            to_plain, typed, validate)
 from vaelab.data import DataError, MNISTData, load_data, to_float
-from vaelab.errors import STOP_SIGNALS, Interrupted, NonFiniteLoss, SaveFailed, after_hangup, leaving_after_a_stop
+from vaelab.errors import (STOP_AFTER_STEP, STOP_SIGNALS, Interrupted, NonFiniteLoss, SaveFailed, after_hangup,
+                           leaving_after_a_stop)
 from vaelab.evaluate import ACTIVE_THRESHOLD, elbo_stats, flushing_subnormals, quiet
 from vaelab.fused_loss import fused_vae_loss, kernels_unusable, kernels_work
 from vaelab.logger import RunLogger, hparams_logged, image_grid
@@ -434,6 +435,11 @@ class _StopFlag:
         self.signum = None
         self.saving = False
         self._old = {}
+
+    def name(self) -> str:
+        """What asked for the stop, for its message: the signal (SIGINT), or STOP_AFTER_STEP's step."""
+        return f"{STOP_AFTER_STEP}={self.signum[1]}" if isinstance(self.signum, tuple) else \
+            signal.Signals(self.signum).name
 
     def _handler(self, signum, frame):
         if self.signum is not None and signum == signal.SIGINT:
@@ -928,6 +934,7 @@ def _train(cfg: DictConfig, run_dir: Path, data: MNISTData | None, on_start=None
     run_step = CudaGraphStep(step, opt, batch_size, device) if graphed else step
 
     stop = _StopFlag()
+    stop_after = int(os.environ[STOP_AFTER_STEP]) if os.environ.get(STOP_AFTER_STEP, "").isdigit() else None
 
     def diverged(message: str) -> NonFiniteLoss:
         writer.hparams_end({}, st["examples"], failed=True)  # the HParams row's status; metrics stay blank
@@ -1028,6 +1035,9 @@ def _train(cfg: DictConfig, run_dir: Path, data: MNISTData | None, on_start=None
                 run_step(idx, beta)
                 b = idx.shape[0]
                 st["step"] += 1
+                if st["step"] == stop_after and stop.signum is None and not (epoch + 1 == t.epochs
+                                                                            and i + b >= n_train):
+                    stop.signum = (STOP_AFTER_STEP, stop_after)  # (not at the run's last step: it ends there)
                 st["examples"] += b
                 st["pos"] = i + b
                 st["log_beta"] += beta * b
@@ -1045,7 +1055,7 @@ def _train(cfg: DictConfig, run_dir: Path, data: MNISTData | None, on_start=None
             if stop.signum is not None and st["pos"] < n_train:
                 save(last_path)
                 writer.close()
-                raise Interrupted(f"stopped by {signal.Signals(stop.signum).name} at step {st['step']} "
+                raise Interrupted(f"stopped by {stop.name()} at step {st['step']} "
                                   f"(epoch {epoch + 1}, {st['pos']}/{n_train} images); checkpoint: {last_path}; "
                                   f"continue with: vaelab resume {shlex.quote(str(run_dir))}")
 
@@ -1097,7 +1107,7 @@ def _train(cfg: DictConfig, run_dir: Path, data: MNISTData | None, on_start=None
             save(last_path)  # last, so a kill before this line replays the epoch exactly
             if stop.signum is not None and not last_epoch:
                 writer.close()
-                raise Interrupted(f"stopped by {signal.Signals(stop.signum).name} after epoch {epoch + 1}; "
+                raise Interrupted(f"stopped by {stop.name()} after epoch {epoch + 1}; "
                                   f"checkpoint: {last_path}; continue with: vaelab resume {shlex.quote(str(run_dir))}")
 
     if val is None:  # resumed a finished run: report the stored weights
@@ -1119,7 +1129,7 @@ def _train(cfg: DictConfig, run_dir: Path, data: MNISTData | None, on_start=None
     log.info("%smetrics: %s", job,
              json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in metrics.items()}))
     if stop.signum is not None:  # asked during the last epoch, which it has finished: stop here
-        raise Interrupted(f"stopped by {signal.Signals(stop.signum).name} after its last epoch, {st['epoch']}: the "
+        raise Interrupted(f"stopped by {stop.name()} after its last epoch, {st['epoch']}: the "
                           f"run has finished training (metrics.json)"
                           + (f"; its end-of-training evaluation did not run: vaelab resume {shlex.quote(str(run_dir))} "
                              f"runs it" if t.final_eval else ""), finished=True)

@@ -20,8 +20,10 @@ import math
 import os
 import shlex
 import signal
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -35,7 +37,7 @@ from vaelab.cli_errors import _explain as explain_override_error  # vaelab-train
 from vaelab.cli_errors import comma_path_hint, no_key, parse_error, unwritable
 from vaelab.config import (CONF_DIR, ConfigError, absolute, leaves, load_run_config, not_a_bool, resolve_device,
                            validate)
-from vaelab.errors import STOP_SIGNALS, after_hangup
+from vaelab.errors import STOP_AFTER_STEP, STOP_SIGNALS, after_hangup
 
 
 # Set in each job's environment (hydra.job.env_set) when `vaelab resume SWEEP_DIR` launches a
@@ -338,11 +340,19 @@ def reproduce(run_dir: str | Path, out: str | Path | None = None, rtol: float = 
     as_before = f" ({threads} CPU thread{'s' * (threads != 1)}, as the original)" if threads else ""
     print(f"reproducing {run_dir}\n        into {new_dir}{as_before}", flush=True)
     changed = changed_part_way(run_dir)
-    if changed:
+    replay = _replay(run_dir) if changed else None
+    if changed and replay is None:
         print(f"note: {run_dir.name} was carried on with changed settings: {', '.join(changed)}. Its config holds "
               f"the last values, which the reproduction uses from the start ({RESUMES} in its .hydra/ has the "
-              f"history): its numbers need not match.", flush=True)
-    code = _run_child(cmd, cwd=_launch_cwd(run_dir), env=env)
+              f"history, but not the values before each change, or the data changed): its numbers need not "
+              f"match.", flush=True)
+    if replay is None:
+        code = _run_child(cmd, cwd=_launch_cwd(run_dir), env=env)
+    else:
+        print(f"note: {run_dir.name} was carried on with changed settings: {', '.join(changed)}; the reproduction "
+              f"makes each change at the step it was made ({RESUMES}), with vaelab resume.", flush=True)
+        code = _replayed(run_dir, new_dir, cmd, env, replay, root if data_root else None)
+        changed = []  # (made where they were made: the numbers are to match)
     stopped = code in (130, -signal.SIGINT, -signal.SIGTERM, -signal.SIGHUP)  # (negative: stopped while it started, before
     # vaelab-train's own handlers, with Python's traceback of the KeyboardInterrupt above)
     if stopped and not (new_dir.is_dir() and any(new_dir.iterdir())):
@@ -486,6 +496,66 @@ def _data_root_from_here(overrides: list[str]) -> list[str]:
     return out
 
 
+# Settings a reproduction does not put back to their values before a change: where the data and
+# the machine are now (a run moved to a CPU machine is reproduced there).
+_NOT_REPLAYED = {"data.root", "device", "trainer.progress"}
+
+
+def _replay(run_dir: Path) -> list[dict] | None:
+    """The run's changes part-way (resumes.yaml) as a reproduction makes them, each at its step:
+    [{"step": S, "overrides": [...], "before": {key: value}}]; None where that cannot be done (a
+    change recorded without the value before it, by a vaelab from before 2026-11-27, or a change
+    of the data itself)."""
+    plan = []
+    for r in _resumes(run_dir):
+        before = r.get("before") if isinstance(r.get("before"), dict) else {}
+        lines = [str(o) for o in r.get("overrides") or []]
+        keys = [o.split("=", 1)[0] for o in lines]
+        if r.get("data_digest") is not None or not isinstance(r.get("step"), int) or \
+                any(k not in before for k in keys if k not in _CHANGE_NO_NUMBER):
+            return None
+        change = {"step": r["step"], "before": {k: v for k, v in before.items() if k not in _NOT_REPLAYED},
+                  "overrides": [o for o, k in zip(lines, keys) if k not in _NOT_REPLAYED]}
+        # A change at or before an earlier one's step (a resume from an older checkpoint, after a kill
+        # that lost the newer ones): the weights trained with both from there
+        while plan and plan[-1]["step"] >= change["step"]:
+            undone = plan.pop()
+            change = {"step": change["step"], "before": {**change["before"], **undone["before"]},
+                      "overrides": [*undone["overrides"], *change["overrides"]]}
+        plan.append(change)
+    return plan
+
+
+def _replayed(run_dir: Path, new_dir: Path, cmd: list[str], env: dict, plan: list[dict], root: Path | None) -> int:
+    """Train the reproduction as the run was: from its config with each change undone, up to the
+    step of the first change (a process that stops there as a Ctrl-C would, train.STOP_AFTER_STEP),
+    then `vaelab resume` with each change in turn, up to the next one's step, then to the end.
+    The exit status of the last process, or of one that stopped otherwise (a Ctrl-C, a failure)."""
+    first = OmegaConf.load(run_config_path(run_dir))
+    for change in reversed(plan):
+        for key, value in change["before"].items():
+            OmegaConf.update(first, key, value, merge=False)
+    with tempfile.TemporaryDirectory(prefix="vaelab-reproduce-") as configs:
+        if (run_dir / ".hydra" / "hydra.yaml").is_file():  # (a saved config, as vaelab-train reads one; train()'s
+            shutil.copy(run_dir / ".hydra" / "hydra.yaml", configs)  # from Python have none)
+        (Path(configs) / "config.yaml").write_text(OmegaConf.to_yaml(first))
+        at = cmd.index("--config-dir") + 1
+        steps = [change["step"] for change in plan]
+        code = _run_child([*cmd[:at], configs, *cmd[at + 1:]], cwd=_launch_cwd(run_dir),
+                          env={**env, STOP_AFTER_STEP: str(steps[0])})
+    for i, change in enumerate(plan):
+        reason = str((ckpt_io.read_json(new_dir / ckpt_io.STOPPED) or {}).get("reason", ""))
+        if not (code == 0 or (code == 130 and reason.startswith(f"stopped by {STOP_AFTER_STEP}="))):
+            return code  # (a Ctrl-C, a failure: reproduce says what it does of any run's)
+        given = [*change["overrides"], *([f"data.root={root}"] if root is not None else [])]
+        env_now = {k: v for k, v in env.items() if k != STOP_AFTER_STEP}
+        if i + 1 < len(steps):
+            env_now[STOP_AFTER_STEP] = str(steps[i + 1])
+        code = _run_child([sys.executable, "-m", "vaelab.cli", "resume", str(new_dir), *given],
+                          cwd=_launch_cwd(run_dir), env=env_now)
+    return code
+
+
 # .hydra/resumes.yaml: each `vaelab resume` that changed the config (and each resume that found
 # other data), with the epoch it first trained in and the steps the run had taken before it. The
 # config holds the last values only; a re-run from it uses them from the start, so `vaelab
@@ -573,6 +643,7 @@ def resume(run_dir: str | Path, overrides: list[str] = ()) -> dict | None:
             raise WorkflowError(f"{folder}: not writable; resume writes checkpoints, logs and the config there")
     ckpt_io.check_not_in_use(run_dir)  # before rewriting the config of a run another process trains
     cfg = load_run_config(cfg_path, here=False)  # ConfigError, one line; its device=... may be overridden
+    was = OmegaConf.create(OmegaConf.to_container(cfg, resolve=False, enum_to_str=True))
     parsed = apply_overrides(cfg, _data_root_from_here(list(overrides)))
     validate(cfg)  # ConfigError, one line
     # Check the checkpoint and the data against the (new) config before anything is written.
@@ -623,8 +694,11 @@ def resume(run_dir: str | Path, overrides: list[str] = ()) -> dict | None:
         cfg_text, ovr_text = _updated_files(run_dir, parsed, cfg)
         st = ck["state"]
         # (epoch: the 1-based epoch the change first trains in; step: how many steps ran before it)
+        # before: each changed setting's value until then, which `vaelab reproduce` trains with up to that step
+        before = {o.key_or_group: OmegaConf.select(was, o.key_or_group) for o in parsed}
+        before = {k: OmegaConf.to_container(v) if OmegaConf.is_config(v) else v for k, v in before.items()}
         record = [*_resumes(run_dir), {"epoch": st["epoch"] + 1, "step": st["step"],
-                                       "overrides": [o.input_line for o in parsed]}]
+                                       "overrides": [o.input_line for o in parsed], "before": before}]
         files = {run_dir / ".hydra" / RESUMES: yaml.safe_dump(record, sort_keys=False), cfg_path: cfg_text,
                  run_dir / ".hydra" / "overrides.yaml": ovr_text}
 

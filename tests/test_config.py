@@ -339,6 +339,7 @@ def test_optimizer_matches_config():
     (["-m", "trainer.progress=0,-1"], "override 'trainer.progress=-1': Value '-1' is not a valid bool"),
     (["trainer.progress=1_0"], "override 'trainer.progress=1_0': Value '10' is not a valid bool (type int)"),
     (["trainer.progress='2'"], "override 'trainer.progress='2'': Value '2' is not a valid bool (type str)"),
+    (["trainer.progress='2_0'"], "override 'trainer.progress='2_0'': Value '20' is not a valid bool (type str)"),
     (["model.hidden=512"], "(key 'model.hidden'); give a list in brackets, e.g. model.hidden=[512]"),
     (["optim.betas=0.9"], "(key 'optim.betas'); give a list in brackets"),
     (["data.binarize=true"], "(key 'data.binarize') (Hydra reads true and false as booleans)"),
@@ -1287,10 +1288,10 @@ def test_a_boolean_setting_given_an_integer_other_than_0_or_1_is_refused_from_py
     plain["trainer"]["cuda_graph"] = 2
     with pytest.raises(ConfigError) as e:
         train(OmegaConf.create(plain), tmp_path / "run")
-    assert str(e.value) == f"trainer.cuda_graph: {line}"
+    assert str(e.value) == line
     assert not (tmp_path / "run").exists()
     OmegaConf.save(OmegaConf.create(plain), tmp_path / "config.yaml")
-    with pytest.raises(ConfigError, match="trainer.cuda_graph: Value '2' is not a valid bool"):
+    with pytest.raises(ConfigError, match="not a valid vaelab config: Value '2' is not a valid bool"):
         load_run_config(tmp_path / "config.yaml")
 
 

@@ -467,10 +467,12 @@ def not_a_bool(key: str, value: Any) -> str | None:
     """Why `value` is refused for `key`, a setting that is true or false, or None. OmegaConf reads
     any integer as a boolean (trainer.cuda_graph=2 as true, -1 too); of the numbers, only 0 and 1
     are taken, as OmegaConf documents. OmegaConf's own words, as for trainer.progress=maybe."""
-    if isinstance(value, str) and re.fullmatch(r"\s*[+-]?\d+\s*", value):  # ('2', quoted: OmegaConf's true too)
-        kind, value = "str", int(value)
-    else:
-        kind = "int"
+    kind = "int"
+    if isinstance(value, str):  # ('2' or '2_0', quoted: OmegaConf reads such text with int(), as true)
+        try:
+            kind, value = "str", int(value.strip())
+        except ValueError:
+            return None
     if isinstance(value, int) and not isinstance(value, bool) and value not in (0, 1) and \
             choices().get(key) == ["false", "true"]:
         return f"Value '{value}' is not a valid bool (type {kind}) (key '{key}'); give true or false"
@@ -499,7 +501,7 @@ def _integers_as_bools(cfg: dict) -> None:
     for key, value in leaves(cfg):
         why = not_a_bool(key, value)
         if why:
-            raise ConfigError(f"{key}: {why}")
+            raise ConfigError(why)  # (it names the key)
 
 
 def _first_line_and_key(e: Exception) -> tuple[str, str | None]:

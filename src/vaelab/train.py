@@ -940,7 +940,8 @@ def _train(cfg: DictConfig, run_dir: Path, data: MNISTData | None, on_start=None
         writer.hparams_end({}, st["examples"], failed=True)  # the HParams row's status; metrics stay blank
         writer.close()  # the curves up to here on disk, also when a sweep's process goes on
         # (resumed as it was, it replays the same steps to the same blow-up: how to go on, with a change)
-        return NonFiniteLoss(f"{message}; the same settings diverge again there: carry it on with others, e.g. "
+        how = "carry it on" if ckpt_io.latest(ckpt_dir) is not None else "start it again"  # (carry_on's two commands)
+        return NonFiniteLoss(f"{message}; the same settings diverge again there: {how} with others, e.g. "
                              f"{ckpt_io.carry_on(run_dir)} optim.lr={cfg.optim.lr / 10:g}")
 
     def save(path: Path) -> None:

@@ -572,8 +572,8 @@ def test_a_run_folder_that_holds_a_run_is_refused(tmp_path):
     assert precheck([f"hydra.run.dir={tmp_path / 'nojob'}"]).endswith(": that folder is a sweep's (its multirun.yaml, "
                                                                       "no run yet); give a new folder")
     (tmp_path / "nojob" / "multirun.yaml").write_text("lr: 1\n")
-    assert precheck([f"hydra.run.dir={tmp_path / 'nojob'}"]).endswith(": that folder holds files (multirun.yaml) and is "
-                                                                      "not a vaelab run; give a new or empty folder")
+    assert precheck([f"hydra.run.dir={tmp_path / 'nojob'}"]).endswith(
+        ": that folder holds files (multirun.yaml) and is not a vaelab run; give a new or empty folder")
     shutil.rmtree(tmp_path / "nojob")
     assert precheck(["-m", "latent_size=2,4", f"hydra.sweep.dir={tmp_path / 'run'}"]) == (
         f"hydra.sweep.dir={tmp_path / 'run'}: that folder holds a run already; give a new folder")

@@ -1427,10 +1427,11 @@ def test_compare_where_takes_values_as_vaelab_train_does():
     run's nan matched nothing; "the runs left" came after a condition that had removed none."""
     from vaelab.compare import CompareError, Run, where
 
-    runs = [Run(Path("a"), "a", config={"trainer.compile": "true", "optim.betas": "[0.9, 0.999]", "model.hidden": "None",
-                                        "loss.beta": "1.0"}, metrics={"val_loss": float("nan")}),
+    runs = [Run(Path("a"), "a", config={"trainer.compile": "true", "optim.betas": "[0.9, 0.999]",
+                                        "model.hidden": "None", "loss.beta": "1.0"}, metrics={"val_loss": float("nan")}),
             Run(Path("b"), "b", config={"trainer.compile": "false", "optim.betas": "[0.5, 0.9]",
-                                        "model.hidden": "[512, 256]", "loss.beta": "4.0"}, metrics={"val_loss": 45.398})]
+                                        "model.hidden": "[512, 256]", "loss.beta": "4.0"},
+                metrics={"val_loss": 45.398})]
     for cond, names in (("trainer.compile=yes", ["a"]), ("trainer.compile=0", ["b"]), ("trainer.compile=off", ["b"]),
                         ("optim.betas=[0.9,0.999]", ["a"]), ("model.hidden=null", ["a"]), ("model.hidden=None", ["a"]),
                         ("model.hidden=[512,256]", ["b"]), ("val_loss=nan", ["a"]), ("val_loss=NaN", ["a"])):

@@ -2112,6 +2112,72 @@ def test_reproduce_makes_each_change_part_way_where_it_was_made(finished_run, tm
     assert out.rstrip().endswith("(settings changed part-way: see the note above)")
 
 
+def test_reproduce_of_a_run_resumed_from_an_older_checkpoint_after_a_change(finished_run, tmp_path, capsys,
+                                                                            monkeypatch):
+    """A change at step 8, then last.pt lost and the run resumed (no setting given) from best.pt at
+    step 6: it trained with the change from step 6. That resume was not recorded, and the
+    reproduction made the change at step 8, then differed without a note (review)."""
+    from vaelab.workflow import _replay
+
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    # (stops as a Ctrl-C's, at a given step: a second Ctrl-C in one process is ignored, leaving_after_a_stop)
+    monkeypatch.setenv("VAELAB_STOP_AFTER_STEP", "8")  # in epoch 2
+    assert vaelab(["resume", run, "trainer.epochs=2"]) == 130
+    monkeypatch.setenv("VAELAB_STOP_AFTER_STEP", "10")  # from step 8 with the change
+    assert vaelab(["resume", run, "optim.lr=1e-4"]) == 130
+    monkeypatch.delenv("VAELAB_STOP_AFTER_STEP")
+    (run / "checkpoints" / "last.pt").unlink()
+    assert vaelab(["resume", run]) == 0  # from best.pt, step 6
+    assert yaml.safe_load((run / ".hydra" / "resumes.yaml").read_text())[-1] == {
+        "epoch": 2, "step": 6, "overrides": [], "before": {}}
+    assert _replay(run) == ([{"step": 6, "before": {"optim.lr": 0.001, "trainer.epochs": 1},
+                              "overrides": ["trainer.epochs=2", "optim.lr=1e-4"]}], "")
+    capsys.readouterr()
+    assert vaelab(["reproduce", run, "--out", tmp_path / "again"]) == 0
+    assert capsys.readouterr().out.rstrip().endswith("reproduced: every metric is identical")
+
+
+@pytest.mark.parametrize("how", ["a Ctrl-C in the first part", "a Ctrl-C as the first part stops at its step"])
+def test_a_reproduction_stopped_part_way_through_its_changes_says_to_start_another(finished_run, tmp_path,
+                                                                                   monkeypatch, how):
+    """It said 'finish it with: vaelab resume NEW', which trained on without the changes still to
+    make (review); and a Ctrl-C that came as a part stopped at its step was lost."""
+    import vaelab.workflow as workflow_mod
+
+    run, new = tmp_path / "run", tmp_path / "new"
+    shutil.copytree(finished_run, run)
+    plan = [{"step": 3, "before": {"optim.lr": 0.001}, "overrides": ["optim.lr=1e-4"]}]
+
+    def child(cmd, stops=None, **kwargs):  # the first part: stopped at step 3, by a Ctrl-C or as planned
+        (new / "checkpoints").mkdir(parents=True)
+        by = "SIGINT" if how == "a Ctrl-C in the first part" else "VAELAB_STOP_AFTER_STEP=3"
+        (new / "stopped.json").write_text(json.dumps({"state": "interrupted", "reason": f"stopped by {by} at step 3"}))
+        if by != "SIGINT":
+            stops.append(signal.SIGINT)
+        return 130
+    monkeypatch.setattr(workflow_mod, "_run_child", child)
+    cmd = ["python", "-m", "vaelab.train", "--config-dir", str(run / ".hydra"), "--config-name", "config"]
+    with pytest.raises(workflow_mod.ReproductionStopped) as e:
+        workflow_mod._replayed(run, new, cmd, {}, plan, None)
+    assert str(e.value) == (f"the reproduction in {new} was stopped before it had made all of run's changes at "
+                            f"their steps (0 of 1); start another: vaelab reproduce {run} --out NEW_DIR")
+
+
+def test_replay_plans_say_why_they_cannot_be_made(tmp_path):
+    from vaelab.workflow import _replay
+
+    (tmp_path / ".hydra").mkdir()
+    record = tmp_path / ".hydra" / "resumes.yaml"
+    record.write_text(yaml.safe_dump([{"epoch": 2, "step": 6, "overrides": ["optim.lr=1e-4"]}]))
+    assert _replay(tmp_path) == (None, "resumes.yaml lacks the values before the changes (a vaelab from before "
+                                       "2026-11-27 wrote it)")
+    record.write_text(yaml.safe_dump([{"epoch": 2, "step": 6, "overrides": ["trainer.epochs=3"]}]))
+    assert _replay(tmp_path) == ([{"step": 6, "before": {}, "overrides": ["trainer.epochs=3"]}], "")  # (no number)
+    record.write_text(yaml.safe_dump([{"epoch": 2, "step": 6, "data_digest": {"before": "a", "now": "b"}}]))
+    assert _replay(tmp_path) == (None, "the data itself changed part-way")
+
+
 def test_a_ctrl_c_during_vaelab_trains_checks_is_one_line(monkeypatch, capsys):
     """A SIGINT 0.3-2 s after vaelab-train started (its checks, its imports) ended in a
     KeyboardInterrupt traceback: _run_hydra's handler comes only later."""

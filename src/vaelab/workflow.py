@@ -132,7 +132,7 @@ class ReproductionStopped(WorkflowError):
     """The reproduction's training was stopped (Ctrl-C, SIGTERM, SIGHUP): not an error, exit 130."""
 
 
-def _run_child(cmd: list[str], **kwargs) -> int:
+def _run_child(cmd: list[str], stops: list | None = None, **kwargs) -> int:
     """Run a vaelab-train process to its end; its exit status. It shares this process's group, so
     what the terminal sends (Ctrl-C, Ctrl-Z, Ctrl-\\, a hang-up) reaches it as it reaches this
     process; a Ctrl-C stops it as any run (it finishes its step and saves last.pt), where
@@ -145,13 +145,15 @@ def _run_child(cmd: list[str], **kwargs) -> int:
     saving; a SIGTERM after a Ctrl-C is the same stop. A SIGINT within 1 s of the first stop is
     that stop again (`timeout` sends one to this process, then one to its group); one after that
     goes on as itself, a second Ctrl-C. A signal this process was started ignoring (nohup, a
-    background job) stays ignored."""
+    background job) stays ignored. `stops`: each stop signal this process had is appended to it."""
     child = subprocess.Popen(cmd, **kwargs)
     stopped_at = None  # when the first stop signal came
 
     def pass_on(signum, frame):
         nonlocal stopped_at
         after_hangup(signum)  # (a closed terminal: this process waits on, without it)
+        if stops is not None:
+            stops.append(signum)
         first = stopped_at is None
         if first:
             stopped_at = time.monotonic()
@@ -340,11 +342,10 @@ def reproduce(run_dir: str | Path, out: str | Path | None = None, rtol: float = 
     as_before = f" ({threads} CPU thread{'s' * (threads != 1)}, as the original)" if threads else ""
     print(f"reproducing {run_dir}\n        into {new_dir}{as_before}", flush=True)
     changed = changed_part_way(run_dir)
-    replay = _replay(run_dir) if changed else None
+    replay, why = _replay(run_dir) if changed else (None, "")
     if changed and replay is None:
         print(f"note: {run_dir.name} was carried on with changed settings: {', '.join(changed)}. Its config holds "
-              f"the last values, which the reproduction uses from the start ({RESUMES} in its .hydra/ has the "
-              f"history, but not the values before each change, or the data changed): its numbers need not "
+              f"the last values, which the reproduction uses from the start ({why}): its numbers need not "
               f"match.", flush=True)
     if replay is None:
         code = _run_child(cmd, cwd=_launch_cwd(run_dir), env=env)
@@ -501,19 +502,20 @@ def _data_root_from_here(overrides: list[str]) -> list[str]:
 _NOT_REPLAYED = {"data.root", "device", "trainer.progress"}
 
 
-def _replay(run_dir: Path) -> list[dict] | None:
+def _replay(run_dir: Path) -> tuple[list[dict] | None, str]:
     """The run's changes part-way (resumes.yaml) as a reproduction makes them, each at its step:
-    [{"step": S, "overrides": [...], "before": {key: value}}]; None where that cannot be done (a
-    change recorded without the value before it, by a vaelab from before 2026-11-27, or a change
-    of the data itself)."""
+    [{"step": S, "overrides": [...], "before": {key: value}}]; or None and why that cannot be
+    done (a change recorded without the value before it, by a vaelab from before 2026-11-27, or
+    a change of the data itself)."""
     plan = []
     for r in _resumes(run_dir):
         before = r.get("before") if isinstance(r.get("before"), dict) else {}
         lines = [str(o) for o in r.get("overrides") or []]
         keys = [o.split("=", 1)[0] for o in lines]
-        if r.get("data_digest") is not None or not isinstance(r.get("step"), int) or \
-                any(k not in before for k in keys if k not in _CHANGE_NO_NUMBER):
-            return None
+        if r.get("data_digest") is not None:
+            return None, "the data itself changed part-way"
+        if not isinstance(r.get("step"), int) or any(k not in before for k in keys if k not in _CHANGE_NO_NUMBER):
+            return None, f"{RESUMES} lacks the values before the changes (a vaelab from before 2026-11-27 wrote it)"
         change = {"step": r["step"], "before": {k: v for k, v in before.items() if k not in _NOT_REPLAYED},
                   "overrides": [o for o, k in zip(lines, keys) if k not in _NOT_REPLAYED]}
         # A change at or before an earlier one's step (a resume from an older checkpoint, after a kill
@@ -523,7 +525,7 @@ def _replay(run_dir: Path) -> list[dict] | None:
             change = {"step": change["step"], "before": {**change["before"], **undone["before"]},
                       "overrides": [*undone["overrides"], *change["overrides"]]}
         plan.append(change)
-    return plan
+    return plan, ""
 
 
 def _replayed(run_dir: Path, new_dir: Path, cmd: list[str], env: dict, plan: list[dict], root: Path | None) -> int:
@@ -541,19 +543,28 @@ def _replayed(run_dir: Path, new_dir: Path, cmd: list[str], env: dict, plan: lis
         (Path(configs) / "config.yaml").write_text(OmegaConf.to_yaml(first))
         at = cmd.index("--config-dir") + 1
         steps = [change["step"] for change in plan]
-        code = _run_child([*cmd[:at], configs, *cmd[at + 1:]], cwd=_launch_cwd(run_dir),
+        stops = []  # (a Ctrl-C as a part stops at its step ends the reproduction all the same)
+        code = _run_child([*cmd[:at], configs, *cmd[at + 1:]], stops, cwd=_launch_cwd(run_dir),
                           env={**env, STOP_AFTER_STEP: str(steps[0])})
     for i, change in enumerate(plan):
         reason = str((ckpt_io.read_json(new_dir / ckpt_io.STOPPED) or {}).get("reason", ""))
-        if not (code == 0 or (code == 130 and reason.startswith(f"stopped by {STOP_AFTER_STEP}="))):
-            return code  # (a Ctrl-C, a failure: reproduce says what it does of any run's)
+        planned = code == 0 or (code == 130 and reason.startswith(f"stopped by {STOP_AFTER_STEP}="))
+        if stops or (planned is False and code in (130, -signal.SIGINT, -signal.SIGTERM, -signal.SIGHUP)):
+            if not (new_dir.is_dir() and any(new_dir.iterdir())):
+                return code  # (stopped before it began: reproduce says so, as of any run)
+            # its later changes need their steps: `vaelab resume` cannot make them by hand
+            raise ReproductionStopped(f"the reproduction in {new_dir} was stopped before it had made all of "
+                                      f"{run_dir.name}'s changes at their steps ({i} of {len(plan)}); start "
+                                      f"another: vaelab reproduce {shlex.quote(str(run_dir))} --out NEW_DIR")
+        if not planned:
+            return code  # (a failure: reproduce says what it does of any run's)
         given = [*change["overrides"], *([f"data.root={root}"] if root is not None else [])]
         env_now = {k: v for k, v in env.items() if k != STOP_AFTER_STEP}
         if i + 1 < len(steps):
             env_now[STOP_AFTER_STEP] = str(steps[i + 1])
-        code = _run_child([sys.executable, "-m", "vaelab.cli", "resume", str(new_dir), *given],
+        code = _run_child([sys.executable, "-m", "vaelab.cli", "resume", str(new_dir), *given], stops,
                           cwd=_launch_cwd(run_dir), env=env_now)
-    return code
+    return code  # (the last part, with every change made: a stop there is finished with vaelab resume)
 
 
 # .hydra/resumes.yaml: each `vaelab resume` that changed the config (and each resume that found
@@ -690,6 +701,14 @@ def resume(run_dir: str | Path, overrides: list[str] = ()) -> dict | None:
     # The run's config, overrides and record of resumes as this command changes them, written once
     # what it runs has passed its own checks (a refusal, or a failure before, leaves them as they were)
     files = {}
+    earlier = _resumes(run_dir)
+    if not parsed and earlier and isinstance(earlier[-1].get("step"), int) and \
+            ck["state"]["step"] < earlier[-1]["step"]:
+        # From a checkpoint older than the last change (last.pt lost): its steps trained with that
+        # change from here on, which the record says for `vaelab reproduce`
+        st = ck["state"]
+        files = {run_dir / ".hydra" / RESUMES: yaml.safe_dump(
+            [*earlier, {"epoch": st["epoch"] + 1, "step": st["step"], "overrides": [], "before": {}}], sort_keys=False)}
     if parsed:
         cfg_text, ovr_text = _updated_files(run_dir, parsed, cfg)
         st = ck["state"]

@@ -549,7 +549,7 @@ def _replayed(run_dir: Path, new_dir: Path, cmd: list[str], env: dict, plan: lis
     for i, change in enumerate(plan):
         reason = str((ckpt_io.read_json(new_dir / ckpt_io.STOPPED) or {}).get("reason", ""))
         planned = code == 0 or (code == 130 and reason.startswith(f"stopped by {STOP_AFTER_STEP}="))
-        if stops or (planned is False and code in (130, -signal.SIGINT, -signal.SIGTERM, -signal.SIGHUP)):
+        if stops or (not planned and code in (130, -signal.SIGINT, -signal.SIGTERM, -signal.SIGHUP)):
             if not (new_dir.is_dir() and any(new_dir.iterdir())):
                 return code  # (stopped before it began: reproduce says so, as of any run)
             # its later changes need their steps: `vaelab resume` cannot make them by hand

@@ -2131,37 +2131,57 @@ def test_reproduce_of_a_run_resumed_from_an_older_checkpoint_after_a_change(fini
     assert vaelab(["resume", run]) == 0  # from best.pt, step 6
     assert yaml.safe_load((run / ".hydra" / "resumes.yaml").read_text())[-1] == {
         "epoch": 2, "step": 6, "overrides": [], "before": {}}
-    assert _replay(run) == ([{"step": 6, "before": {"optim.lr": 0.001, "trainer.epochs": 1},
+    assert _replay(run) == ([{"epoch": 2, "step": 6, "before": {"optim.lr": 0.001, "trainer.epochs": 1},
                               "overrides": ["trainer.epochs=2", "optim.lr=1e-4"]}], "")
     capsys.readouterr()
     assert vaelab(["reproduce", run, "--out", tmp_path / "again"]) == 0
-    assert capsys.readouterr().out.rstrip().endswith("reproduced: every metric is identical")
+    out = capsys.readouterr().out
+    assert "changed settings: optim.lr=1e-4 (from epoch 2, after step 6); the reproduction makes" in out  # (not 8)
+    assert out.rstrip().endswith("reproduced: every metric is identical")
 
 
-@pytest.mark.parametrize("how", ["a Ctrl-C in the first part", "a Ctrl-C as the first part stops at its step"])
+@pytest.mark.parametrize("how", ["a Ctrl-C in the first part", "a Ctrl-C as the first part stops at its step",
+                                 "a Ctrl-C as the last part starts", "a Ctrl-C between two parts",
+                                 "a Ctrl-C once every change is made"])
 def test_a_reproduction_stopped_part_way_through_its_changes_says_to_start_another(finished_run, tmp_path,
                                                                                    monkeypatch, how):
     """It said 'finish it with: vaelab resume NEW', which trained on without the changes still to
-    make (review); and a Ctrl-C that came as a part stopped at its step was lost."""
+    make (review); a Ctrl-C that came as a part stopped at its step, or between two parts, or as
+    the last part started (before its resume had written the change) was lost or said the same.
+    Once every change is made, vaelab resume NEW does finish it (reproduce says so, exit 130)."""
     import vaelab.workflow as workflow_mod
 
     run, new = tmp_path / "run", tmp_path / "new"
     shutil.copytree(finished_run, run)
-    plan = [{"step": 3, "before": {"optim.lr": 0.001}, "overrides": ["optim.lr=1e-4"]}]
+    plan = [{"epoch": 1, "step": 3, "before": {"optim.lr": 0.001}, "overrides": ["optim.lr=1e-4"]}]
+    parts = []
 
-    def child(cmd, stops=None, **kwargs):  # the first part: stopped at step 3, by a Ctrl-C or as planned
-        (new / "checkpoints").mkdir(parents=True)
-        by = "SIGINT" if how == "a Ctrl-C in the first part" else "VAELAB_STOP_AFTER_STEP=3"
-        (new / "stopped.json").write_text(json.dumps({"state": "interrupted", "reason": f"stopped by {by} at step 3"}))
-        if by != "SIGINT":
-            stops.append(signal.SIGINT)
+    def child(cmd, stops=None, **kwargs):
+        parts.append(cmd)
+        if len(parts) == 1:  # the first part: stopped at step 3, by a Ctrl-C or as planned
+            (new / "checkpoints").mkdir(parents=True)
+            by = "SIGINT" if how == "a Ctrl-C in the first part" else "VAELAB_STOP_AFTER_STEP=3"
+            (new / "stopped.json").write_text(json.dumps({"state": "interrupted", "reason": f"stopped by {by}"}))
+            if how == "a Ctrl-C as the first part stops at its step":
+                stops.append(signal.SIGINT)
+            return 130
+        if how == "a Ctrl-C between two parts":
+            raise KeyboardInterrupt
+        if how == "a Ctrl-C once every change is made":  # (the resume wrote its record, then was stopped)
+            (new / ".hydra").mkdir(exist_ok=True)
+            (new / ".hydra" / "resumes.yaml").write_text(yaml.safe_dump([{"step": 3, "overrides": ["optim.lr=1e-4"]}]))
+        stops.append(signal.SIGINT)
         return 130
     monkeypatch.setattr(workflow_mod, "_run_child", child)
     cmd = ["python", "-m", "vaelab.train", "--config-dir", str(run / ".hydra"), "--config-name", "config"]
+    if how == "a Ctrl-C once every change is made":
+        assert workflow_mod._replayed(run, new, cmd, {}, plan, None) == 130
+        return
     with pytest.raises(workflow_mod.ReproductionStopped) as e:
         workflow_mod._replayed(run, new, cmd, {}, plan, None)
     assert str(e.value) == (f"the reproduction in {new} was stopped before it had made all of run's changes at "
-                            f"their steps (0 of 1); start another: vaelab reproduce {run} --out NEW_DIR")
+                            f"their steps (0 of 1); start another (not the vaelab resume its training printed: "
+                            f"that would train on without them): vaelab reproduce {run} --out NEW_DIR")
 
 
 def test_replay_plans_say_why_they_cannot_be_made(tmp_path):
@@ -2170,10 +2190,10 @@ def test_replay_plans_say_why_they_cannot_be_made(tmp_path):
     (tmp_path / ".hydra").mkdir()
     record = tmp_path / ".hydra" / "resumes.yaml"
     record.write_text(yaml.safe_dump([{"epoch": 2, "step": 6, "overrides": ["optim.lr=1e-4"]}]))
-    assert _replay(tmp_path) == (None, "resumes.yaml lacks the values before the changes (a vaelab from before "
-                                       "2026-11-27 wrote it)")
+    assert _replay(tmp_path) == (None, "resumes.yaml lacks the values before the changes, as a vaelab from before "
+                                       "2026-11-27 wrote it")
     record.write_text(yaml.safe_dump([{"epoch": 2, "step": 6, "overrides": ["trainer.epochs=3"]}]))
-    assert _replay(tmp_path) == ([{"step": 6, "before": {}, "overrides": ["trainer.epochs=3"]}], "")  # (no number)
+    assert _replay(tmp_path) == ([{"epoch": 2, "step": 6, "before": {}, "overrides": ["trainer.epochs=3"]}], "")
     record.write_text(yaml.safe_dump([{"epoch": 2, "step": 6, "data_digest": {"before": "a", "now": "b"}}]))
     assert _replay(tmp_path) == (None, "the data itself changed part-way")
 

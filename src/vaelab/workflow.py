@@ -350,7 +350,9 @@ def reproduce(run_dir: str | Path, out: str | Path | None = None, rtol: float = 
     if replay is None:
         code = _run_child(cmd, cwd=_launch_cwd(run_dir), env=env)
     else:
-        print(f"note: {run_dir.name} was carried on with changed settings: {', '.join(changed)}; the reproduction "
+        made = [f"{o} (from epoch {c['epoch']}, after step {c['step']})" for c in replay for o in c["overrides"]
+                if o.split("=", 1)[0] not in _CHANGE_NO_NUMBER]  # (where the weights took them: merged, an earlier step)
+        print(f"note: {run_dir.name} was carried on with changed settings: {', '.join(made)}; the reproduction "
               f"makes each change at the step it was made ({RESUMES}), with vaelab resume.", flush=True)
         code = _replayed(run_dir, new_dir, cmd, env, replay, root if data_root else None)
         changed = []  # (made where they were made: the numbers are to match)
@@ -515,14 +517,15 @@ def _replay(run_dir: Path) -> tuple[list[dict] | None, str]:
         if r.get("data_digest") is not None:
             return None, "the data itself changed part-way"
         if not isinstance(r.get("step"), int) or any(k not in before for k in keys if k not in _CHANGE_NO_NUMBER):
-            return None, f"{RESUMES} lacks the values before the changes (a vaelab from before 2026-11-27 wrote it)"
-        change = {"step": r["step"], "before": {k: v for k, v in before.items() if k not in _NOT_REPLAYED},
+            return None, f"{RESUMES} lacks the values before the changes, as a vaelab from before 2026-11-27 wrote it"
+        change = {"epoch": r.get("epoch"), "step": r["step"],
+                  "before": {k: v for k, v in before.items() if k not in _NOT_REPLAYED},
                   "overrides": [o for o, k in zip(lines, keys) if k not in _NOT_REPLAYED]}
         # A change at or before an earlier one's step (a resume from an older checkpoint, after a kill
         # that lost the newer ones): the weights trained with both from there
         while plan and plan[-1]["step"] >= change["step"]:
             undone = plan.pop()
-            change = {"step": change["step"], "before": {**change["before"], **undone["before"]},
+            change = {**change, "before": {**change["before"], **undone["before"]},
                       "overrides": [*undone["overrides"], *change["overrides"]]}
         plan.append(change)
     return plan, ""
@@ -532,39 +535,58 @@ def _replayed(run_dir: Path, new_dir: Path, cmd: list[str], env: dict, plan: lis
     """Train the reproduction as the run was: from its config with each change undone, up to the
     step of the first change (a process that stops there as a Ctrl-C would, train.STOP_AFTER_STEP),
     then `vaelab resume` with each change in turn, up to the next one's step, then to the end.
-    The exit status of the last process, or of one that stopped otherwise (a Ctrl-C, a failure)."""
+    The exit status of the last process, or of one that failed. A stop (Ctrl-C, SIGTERM, a
+    hang-up) before every change is made is a ReproductionStopped that says to start another:
+    the changes still to make need their steps, which `vaelab resume` by hand cannot give them."""
+    from vaelab.errors import stop_signals_as_ctrl_c
+
     first = OmegaConf.load(run_config_path(run_dir))
     for change in reversed(plan):
         for key, value in change["before"].items():
             OmegaConf.update(first, key, value, merge=False)
-    with tempfile.TemporaryDirectory(prefix="vaelab-reproduce-") as configs:
-        if (run_dir / ".hydra" / "hydra.yaml").is_file():  # (a saved config, as vaelab-train reads one; train()'s
-            shutil.copy(run_dir / ".hydra" / "hydra.yaml", configs)  # from Python have none)
-        (Path(configs) / "config.yaml").write_text(OmegaConf.to_yaml(first))
-        at = cmd.index("--config-dir") + 1
-        steps = [change["step"] for change in plan]
-        stops = []  # (a Ctrl-C as a part stops at its step ends the reproduction all the same)
-        code = _run_child([*cmd[:at], configs, *cmd[at + 1:]], stops, cwd=_launch_cwd(run_dir),
-                          env={**env, STOP_AFTER_STEP: str(steps[0])})
-    for i, change in enumerate(plan):
-        reason = str((ckpt_io.read_json(new_dir / ckpt_io.STOPPED) or {}).get("reason", ""))
-        planned = code == 0 or (code == 130 and reason.startswith(f"stopped by {STOP_AFTER_STEP}="))
-        if stops or (not planned and code in (130, -signal.SIGINT, -signal.SIGTERM, -signal.SIGHUP)):
-            if not (new_dir.is_dir() and any(new_dir.iterdir())):
-                return code  # (stopped before it began: reproduce says so, as of any run)
-            # its later changes need their steps: `vaelab resume` cannot make them by hand
-            raise ReproductionStopped(f"the reproduction in {new_dir} was stopped before it had made all of "
-                                      f"{run_dir.name}'s changes at their steps ({i} of {len(plan)}); start "
-                                      f"another: vaelab reproduce {shlex.quote(str(run_dir))} --out NEW_DIR")
-        if not planned:
-            return code  # (a failure: reproduce says what it does of any run's)
-        given = [*change["overrides"], *([f"data.root={root}"] if root is not None else [])]
-        env_now = {k: v for k, v in env.items() if k != STOP_AFTER_STEP}
-        if i + 1 < len(steps):
-            env_now[STOP_AFTER_STEP] = str(steps[i + 1])
-        code = _run_child([sys.executable, "-m", "vaelab.cli", "resume", str(new_dir), *given], stops,
-                          cwd=_launch_cwd(run_dir), env=env_now)
-    return code  # (the last part, with every change made: a stop there is finished with vaelab resume)
+    steps = [change["step"] for change in plan]
+    stops, made = [], 0  # (stop signals while a part ran; changes the reproduction's resumes.yaml has)
+    stop_codes = (130, -signal.SIGINT, -signal.SIGTERM, -signal.SIGHUP)
+
+    def part_way() -> ReproductionStopped:
+        return ReproductionStopped(
+            f"the reproduction in {new_dir} was stopped before it had made all of {run_dir.name}'s changes at their "
+            f"steps ({made} of {len(plan)}); start another (not the vaelab resume its training printed: that would "
+            f"train on without them): vaelab reproduce {shlex.quote(str(run_dir))} --out NEW_DIR")
+    try:
+        with stop_signals_as_ctrl_c():  # (a stop between two parts, when no child runs to pass it to)
+            with tempfile.TemporaryDirectory(prefix="vaelab-reproduce-") as configs:
+                if (run_dir / ".hydra" / "hydra.yaml").is_file():  # (a saved config, as vaelab-train reads
+                    shutil.copy(run_dir / ".hydra" / "hydra.yaml", configs)  # one; train()'s from Python have none)
+                (Path(configs) / "config.yaml").write_text(OmegaConf.to_yaml(first))
+                at = cmd.index("--config-dir") + 1
+                code = _run_child([*cmd[:at], configs, *cmd[at + 1:]], stops, cwd=_launch_cwd(run_dir),
+                                  env={**env, STOP_AFTER_STEP: str(steps[0])})
+            for i, change in enumerate(plan):
+                reason = str((ckpt_io.read_json(new_dir / ckpt_io.STOPPED) or {}).get("reason", ""))
+                planned = code == 0 or (code == 130 and reason.startswith(f"stopped by {STOP_AFTER_STEP}="))
+                if stops or (not planned and code in stop_codes):
+                    if not (new_dir.is_dir() and any(new_dir.iterdir())):
+                        return code  # (stopped before it began: reproduce says so, as of any run)
+                    raise part_way()
+                if not planned:
+                    return code  # (a failure: reproduce says what it does of any run's)
+                given = [*change["overrides"], *([f"data.root={root}"] if root is not None else [])]
+                env_now = {k: v for k, v in env.items() if k != STOP_AFTER_STEP}
+                if i + 1 < len(steps):
+                    env_now[STOP_AFTER_STEP] = str(steps[i + 1])
+                records = len(_resumes(new_dir))
+                code = _run_child([sys.executable, "-m", "vaelab.cli", "resume", str(new_dir), *given], stops,
+                                  cwd=_launch_cwd(run_dir), env=env_now)
+                # (resume writes its record once it has passed its checks, before it trains)
+                made += not change["overrides"] or len(_resumes(new_dir)) > records
+    except KeyboardInterrupt:
+        if not (new_dir.is_dir() and any(new_dir.iterdir())):
+            raise  # (nothing written yet: cli says so)
+        raise part_way() from None
+    if made < len(plan) and (stops or code in stop_codes):  # (stopped as its last part started)
+        raise part_way()
+    return code  # (a stop once every change is made is finished with vaelab resume, as any run's)
 
 
 # .hydra/resumes.yaml: each `vaelab resume` that changed the config (and each resume that found

@@ -350,8 +350,9 @@ def reproduce(run_dir: str | Path, out: str | Path | None = None, rtol: float = 
     if replay is None:
         code = _run_child(cmd, cwd=_launch_cwd(run_dir), env=env)
     else:
+        # (at the step the weights took them: a change merged into a resume from an older checkpoint's)
         made = [f"{o} (from epoch {c['epoch']}, after step {c['step']})" for c in replay for o in c["overrides"]
-                if o.split("=", 1)[0] not in _CHANGE_NO_NUMBER]  # (where the weights took them: merged, an earlier step)
+                if o.split("=", 1)[0] not in _CHANGE_NO_NUMBER]
         print(f"note: {run_dir.name} was carried on with changed settings: {', '.join(made)}; the reproduction "
               f"makes each change at the step it was made ({RESUMES}), with vaelab resume.", flush=True)
         code = _replayed(run_dir, new_dir, cmd, env, replay, root if data_root else None)

@@ -2177,11 +2177,13 @@ def test_a_reproduction_stopped_part_way_through_its_changes_says_to_start_anoth
     if how == "a Ctrl-C once every change is made":
         assert workflow_mod._replayed(run, new, cmd, {}, plan, None) == 130
         return
+    root = tmp_path / "data" if how == "a Ctrl-C between two parts" else None  # (reproduce --data-root: kept)
     with pytest.raises(workflow_mod.ReproductionStopped) as e:
-        workflow_mod._replayed(run, new, cmd, {}, plan, None)
+        workflow_mod._replayed(run, new, cmd, {}, plan, root)
     assert str(e.value) == (f"the reproduction in {new} was stopped before it had made all of run's changes at "
                             f"their steps (0 of 1); start another (not the vaelab resume its training printed: "
-                            f"that would train on without them): vaelab reproduce {run} --out NEW_DIR")
+                            f"that would train on without them): vaelab reproduce {run} --out NEW_DIR"
+                            + (f" --data-root {root}" if root else ""))
 
 
 def test_replay_plans_say_why_they_cannot_be_made(tmp_path):

@@ -363,7 +363,8 @@ def reproduce(run_dir: str | Path, out: str | Path | None = None, rtol: float = 
         raise ReproductionStopped(f"the reproduction was stopped before it began; nothing was written to {new_dir}")
     if stopped and ckpt_io.latest(new_dir / "checkpoints") is None:
         raise ReproductionStopped(f"the reproduction in {new_dir} was stopped before its first checkpoint; start "
-                                  f"another: vaelab reproduce {shlex.quote(str(run_dir))} --out NEW_DIR")
+                                  f"another: vaelab reproduce {shlex.quote(str(run_dir))} --out NEW_DIR"
+                                  + (f" --data-root {shlex.quote(str(root))}" if data_root else ""))
     if stopped:  # as any run is, with its last.pt
         raise ReproductionStopped(f"the reproduction in {new_dir} was stopped; finish it with: "
                                   f"{ckpt_io.carry_on(new_dir)}; then set the two side by side: vaelab compare "
@@ -546,14 +547,27 @@ def _replayed(run_dir: Path, new_dir: Path, cmd: list[str], env: dict, plan: lis
         for key, value in change["before"].items():
             OmegaConf.update(first, key, value, merge=False)
     steps = [change["step"] for change in plan]
-    stops, made = [], 0  # (stop signals while a part ran; changes the reproduction's resumes.yaml has)
+    stops = []  # (stop signals while a part ran)
     stop_codes = (130, -signal.SIGINT, -signal.SIGTERM, -signal.SIGHUP)
 
+    def made() -> int:
+        """How many of the changes the reproduction has made: those its resumes.yaml records (each
+        part's resume writes its record before it trains), and those with nothing to write."""
+        records, count = len(_resumes(new_dir)), 0
+        for change in plan:
+            if change["overrides"]:
+                if not records:
+                    break
+                records -= 1
+            count += 1
+        return count
+
     def part_way() -> ReproductionStopped:
+        again = f" --data-root {shlex.quote(str(root))}" if root is not None else ""
         return ReproductionStopped(
             f"the reproduction in {new_dir} was stopped before it had made all of {run_dir.name}'s changes at their "
-            f"steps ({made} of {len(plan)}); start another (not the vaelab resume its training printed: that would "
-            f"train on without them): vaelab reproduce {shlex.quote(str(run_dir))} --out NEW_DIR")
+            f"steps ({made()} of {len(plan)}); start another (not the vaelab resume its training printed: that would "
+            f"train on without them): vaelab reproduce {shlex.quote(str(run_dir))} --out NEW_DIR{again}")
     try:
         with stop_signals_as_ctrl_c():  # (a stop between two parts, when no child runs to pass it to)
             with tempfile.TemporaryDirectory(prefix="vaelab-reproduce-") as configs:
@@ -576,16 +590,15 @@ def _replayed(run_dir: Path, new_dir: Path, cmd: list[str], env: dict, plan: lis
                 env_now = {k: v for k, v in env.items() if k != STOP_AFTER_STEP}
                 if i + 1 < len(steps):
                     env_now[STOP_AFTER_STEP] = str(steps[i + 1])
-                records = len(_resumes(new_dir))
                 code = _run_child([sys.executable, "-m", "vaelab.cli", "resume", str(new_dir), *given], stops,
                                   cwd=_launch_cwd(run_dir), env=env_now)
-                # (resume writes its record once it has passed its checks, before it trains)
-                made += not change["overrides"] or len(_resumes(new_dir)) > records
     except KeyboardInterrupt:
         if not (new_dir.is_dir() and any(new_dir.iterdir())):
             raise  # (nothing written yet: cli says so)
-        raise part_way() from None
-    if made < len(plan) and (stops or code in stop_codes):  # (stopped as its last part started)
+        if made() < len(plan):
+            raise part_way() from None
+        code = 130  # (every change made: finished with vaelab resume, below, as any run's)
+    if made() < len(plan) and (stops or code in stop_codes):  # (stopped as its last part started)
         raise part_way()
     return code  # (a stop once every change is made is finished with vaelab resume, as any run's)
 

@@ -1428,7 +1428,8 @@ def test_compare_where_takes_values_as_vaelab_train_does():
     from vaelab.compare import CompareError, Run, where
 
     runs = [Run(Path("a"), "a", config={"trainer.compile": "true", "optim.betas": "[0.9, 0.999]",
-                                        "model.hidden": "None", "loss.beta": "1.0"}, metrics={"val_loss": float("nan")}),
+                                        "model.hidden": "None", "loss.beta": "1.0"},
+                metrics={"val_loss": float("nan")}),
             Run(Path("b"), "b", config={"trainer.compile": "false", "optim.betas": "[0.5, 0.9]",
                                         "model.hidden": "[512, 256]", "loss.beta": "4.0"},
                 metrics={"val_loss": 45.398})]

@@ -128,6 +128,11 @@ def pin_environment(run_dir: str | Path, cfg) -> list[str]:
 # --- final metrics ------------------------------------------------------------------------
 
 
+# The exit status of a training process that a stop ended: vaelab's own (130), or the signal's
+# where it came before vaelab's handlers were set.
+_STOPPED = (130, -signal.SIGINT, -signal.SIGTERM, -signal.SIGHUP)
+
+
 class ReproductionStopped(WorkflowError):
     """The reproduction's training was stopped (Ctrl-C, SIGTERM, SIGHUP): not an error, exit 130."""
 
@@ -357,8 +362,8 @@ def reproduce(run_dir: str | Path, out: str | Path | None = None, rtol: float = 
               f"makes each change at the step it was made ({RESUMES}), with vaelab resume.", flush=True)
         code = _replayed(run_dir, new_dir, cmd, env, replay, root if data_root else None)
         changed = []  # (made where they were made: the numbers are to match)
-    stopped = code in (130, -signal.SIGINT, -signal.SIGTERM, -signal.SIGHUP)  # (negative: stopped while it started, before
-    # vaelab-train's own handlers, with Python's traceback of the KeyboardInterrupt above)
+    stopped = code in _STOPPED  # (negative: stopped while it started, before vaelab-train's own handlers, with
+    # Python's traceback of the KeyboardInterrupt above)
     if stopped and not (new_dir.is_dir() and any(new_dir.iterdir())):
         raise ReproductionStopped(f"the reproduction was stopped before it began; nothing was written to {new_dir}")
     if stopped and ckpt_io.latest(new_dir / "checkpoints") is None:
@@ -548,7 +553,6 @@ def _replayed(run_dir: Path, new_dir: Path, cmd: list[str], env: dict, plan: lis
             OmegaConf.update(first, key, value, merge=False)
     steps = [change["step"] for change in plan]
     stops = []  # (stop signals while a part ran)
-    stop_codes = (130, -signal.SIGINT, -signal.SIGTERM, -signal.SIGHUP)
 
     def made() -> int:
         """How many of the changes the reproduction has made: those its resumes.yaml records (each
@@ -580,7 +584,7 @@ def _replayed(run_dir: Path, new_dir: Path, cmd: list[str], env: dict, plan: lis
             for i, change in enumerate(plan):
                 reason = str((ckpt_io.read_json(new_dir / ckpt_io.STOPPED) or {}).get("reason", ""))
                 planned = code == 0 or (code == 130 and reason.startswith(f"stopped by {STOP_AFTER_STEP}="))
-                if stops or (not planned and code in stop_codes):
+                if stops or (not planned and code in _STOPPED):
                     if not (new_dir.is_dir() and any(new_dir.iterdir())):
                         return code  # (stopped before it began: reproduce says so, as of any run)
                     raise part_way()
@@ -598,7 +602,7 @@ def _replayed(run_dir: Path, new_dir: Path, cmd: list[str], env: dict, plan: lis
         if made() < len(plan):
             raise part_way() from None
         code = 130  # (every change made: finished with vaelab resume, below, as any run's)
-    if made() < len(plan) and (stops or code in stop_codes):  # (stopped as its last part started)
+    if made() < len(plan) and (stops or code in _STOPPED):  # (stopped as its last part started)
         raise part_way()
     return code  # (a stop once every change is made is finished with vaelab resume, as any run's)
 

@@ -1023,6 +1023,28 @@ def test_closing_the_terminal_stops_as_ctrl_c_does(tiny_mnist, tmp_path, how):
         assert not (sweep_dir / ckpt_io.SWEEP_LOCK).exists()
 
 
+def test_a_line_said_while_stopping_survives_a_terminal_gone_under_it(monkeypatch):
+    """joblib's parent, in its hang-up handler, printed "waiting for 2 jobs to save" after
+    after_hangup had found the terminal still there: on a busy host the terminal closed in
+    between, the write failed (EIO) and ended the parent, whose end ended a job still saving (no
+    stopped.json: test_closing_the_terminal_stops_as_ctrl_c_does, once in ~12 runs under load)."""
+    import errno
+
+    import vaelab.errors as errors_mod
+
+    class Gone:
+        def write(self, text):
+            raise OSError(errno.EIO, "Input/output error")
+
+        def flush(self):
+            raise OSError(errno.EIO, "Input/output error")
+    hung_up = []
+    monkeypatch.setattr(errors_mod, "after_hangup", hung_up.append)
+    monkeypatch.setattr(sys, "stderr", Gone())
+    errors_mod.say_while_stopping("vaelab-train: waiting for 2 jobs to save a checkpoint")
+    assert hung_up == [signal.SIGHUP]  # (the streams go to /dev/null from here)
+
+
 def test_after_a_hang_up_writes_to_the_terminal_and_to_its_pipes_go_nowhere(tmp_path):
     """`vaelab-train ... |& tee log` in a terminal that closes: tee had the hang-up too, and the
     progress bar's next write to its pipe (EPIPE) ended the run before it saved. A `kill -HUP`

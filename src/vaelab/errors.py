@@ -7,6 +7,7 @@ import contextlib
 import os
 import signal
 import stat
+import sys
 
 # Signals that stop a run as a Ctrl-C does (save after the current step), not on the spot:
 # SIGTERM (kill, a batch system) and SIGHUP (the terminal was closed: an ssh session that
@@ -77,6 +78,17 @@ def _stdout_reader_gone() -> bool:
 # at the step it was made: it trains each part in a process of its own, which stops after this
 # many steps (set in its environment) as a Ctrl-C would there, and `vaelab resume` goes on from it.
 STOP_AFTER_STEP = "VAELAB_STOP_AFTER_STEP"
+
+
+def say_while_stopping(text: str) -> None:
+    """Print `text` on stderr during a stop: a line there must not end the process that is waiting
+    for its jobs to save. After a hang-up the terminal can close between after_hangup's look at
+    it and the write (a busy host), which then fails (EIO): the streams go to /dev/null from
+    there, as after_hangup does for a terminal found gone, and the line with them."""
+    try:
+        print(text, file=sys.stderr, flush=True)
+    except OSError:
+        after_hangup(signal.SIGHUP)
 
 
 class NonFiniteLoss(RuntimeError):

@@ -254,6 +254,7 @@ def _stop_workers(signum: int = signal.SIGINT, limit_s: float = 60.0,
             raise KeyboardInterrupt
         return False
     from vaelab.checkpoint import mark_sweeps_stopping
+    from vaelab.errors import say_while_stopping
     mark_sweeps_stopping()  # (a job joblib hands out while this waits does not start)
     _waiting, deadline, said, told = True, time.monotonic() + limit_s, False, set()
     try:
@@ -269,8 +270,9 @@ def _stop_workers(signum: int = signal.SIGINT, limit_s: float = 60.0,
             if not held:
                 return
             if not said:
-                print(f"vaelab-train: waiting for {len(held)} job{'s' * (len(held) != 1)} to save a checkpoint: "
-                      f"{', '.join(Path(r).name for r in held)} (Ctrl-C stops at once)", file=sys.stderr, flush=True)
+                # (from a hang-up's handler: the terminal may close under this line, errors.say_while_stopping)
+                say_while_stopping(f"vaelab-train: waiting for {len(held)} job{'s' * (len(held) != 1)} to save a "
+                                   f"checkpoint: {', '.join(Path(r).name for r in held)} (Ctrl-C stops at once)")
                 said = True
             time.sleep(0.1)
     finally:

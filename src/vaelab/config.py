@@ -463,6 +463,13 @@ def on_schema(cfg: DictConfig) -> DictConfig:
         raise ConfigError(f"{key}: {first}" if key else first) from None
 
 
+@functools.lru_cache(maxsize=1)
+def _bool_keys() -> frozenset[str]:
+    """The settings that are true or false (choices(), read off the schema once: typed() asks for
+    each leaf of a config)."""
+    return frozenset(k for k, v in choices().items() if v == ["false", "true"])
+
+
 def not_a_bool(key: str, value: Any) -> str | None:
     """Why `value` is refused for `key`, a setting that is true or false, or None. OmegaConf reads
     any integer as a boolean (trainer.cuda_graph=2 as true, -1 too); of the numbers, only 0 and 1
@@ -473,8 +480,7 @@ def not_a_bool(key: str, value: Any) -> str | None:
             kind, value = "str", int(value.strip())
         except ValueError:
             return None
-    if isinstance(value, int) and not isinstance(value, bool) and value not in (0, 1) and \
-            choices().get(key) == ["false", "true"]:
+    if isinstance(value, int) and not isinstance(value, bool) and value not in (0, 1) and key in _bool_keys():
         return f"Value '{value}' is not a valid bool (type {kind}) (key '{key}'); give true or false"
     return None
 

@@ -93,6 +93,14 @@ def assert_same_run(a: Path, b: Path) -> None:
     ma, mb = (json.loads((d / "metrics.json").read_text()) for d in (a, b))
     assert differing_keys(ma, mb) == [], side_by_side(ma, mb)
     assert curves(a) == curves(b)  # no duplicated or missing steps, same values
+    ea, eb = epoch_lines(a), epoch_lines(b)
+    assert [e["epoch"] for e in ea] == list(range(1, ca["state"]["epoch"] + 1))
+    assert [{k: v for k, v in e.items() if not is_timing(k)} for e in ea] == \
+        [{k: v for k, v in e.items() if not is_timing(k)} for e in eb]
+
+
+def epoch_lines(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "epochs.jsonl").read_text().splitlines()]
 
 
 @pytest.fixture(autouse=True)
@@ -436,6 +444,26 @@ def test_a_fresh_start_in_a_folder_with_events_drops_the_earlier_curves(tiny_mni
     (run / "metrics.json").unlink()
     train(compose_cfg([f"data.root={tiny_mnist}", *TINY]), run)
     assert curves(run) == curves(reference)
+    assert [e["val_loss"] for e in epoch_lines(run)] == [e["val_loss"] for e in epoch_lines(reference)]
+
+
+def test_a_resume_from_an_older_checkpoint_drops_the_later_epochs_from_epochs_jsonl(tiny_mnist, tmp_path):
+    run = tmp_path / "run"
+    train(compose_cfg([f"data.root={tiny_mnist}", *TINY, "trainer.epochs=1"]), run)
+    one = (run / "checkpoints" / "last.pt").read_bytes()
+    train(compose_cfg([f"data.root={tiny_mnist}", *TINY, "trainer.epochs=2"]), run)
+    first = epoch_lines(run)
+    assert [e["epoch"] for e in first] == [1, 2]
+    assert len(first[0]["kl_per_dim"]) == len(first[0]["mean_variance_per_dim"]) == 4
+    assert first[1]["active_units"] == sum(v > 0.01 for v in first[1]["mean_variance_per_dim"])
+    assert first[1]["val_loss"] == pytest.approx(first[1]["val_recon"] + first[1]["val_kl"])
+    assert sum(first[1]["kl_per_dim"]) == pytest.approx(first[1]["val_kl"], rel=1e-5)
+    (run / "checkpoints" / "last.pt").write_bytes(one)  # epoch 2 lost: it runs again from epoch 1
+    (run / "checkpoints" / "best.pt").unlink()
+    train(compose_cfg([f"data.root={tiny_mnist}", *TINY, "trainer.epochs=2"]), run)
+    again = epoch_lines(run)
+    assert [e["epoch"] for e in again] == [1, 2]
+    assert [e["val_loss"] for e in again] == [e["val_loss"] for e in first]
 
 
 def test_resume_of_a_finished_run_completes_what_a_stop_cut_short(tiny_mnist, tmp_path, capsys):

@@ -763,6 +763,32 @@ def _load_to_resume(cfg: DictConfig, path: Path, model: VAE, opt: torch.optim.Op
     return data_changed
 
 
+# One JSON line per finished epoch: the epoch lines' numbers, the KL of each latent dimension and
+# its mean variance (active if > ACTIVE_THRESHOLD), for curves without TensorBoard (pandas.read_json(lines=True)).
+EPOCHS_FILE = "epochs.jsonl"
+
+
+def _epoch_history(path: Path, epochs: int) -> list[str]:
+    """The lines of `path` for the first `epochs` epochs, rewritten so if it had more; the file
+    removed when none is kept."""
+    try:
+        lines = path.read_text().splitlines()
+    except FileNotFoundError:
+        return []
+    kept = []
+    for line in lines:
+        try:
+            if json.loads(line)["epoch"] <= epochs:
+                kept.append(line)
+        except (ValueError, KeyError, TypeError):  # (edited by hand: the line goes, as a later epoch's)
+            pass
+    if not kept:
+        path.unlink()
+    elif kept != lines:
+        ckpt_io.write_text_atomic(path, "\n".join(kept) + "\n")
+    return kept
+
+
 def _save_config(path: Path, cfg: DictConfig, from_python: bool) -> None:
     path.parent.mkdir(exist_ok=True)
     ckpt_io.write_text_atomic(path, OmegaConf.to_yaml(_as_this_process_reads_it(cfg) if from_python else cfg))
@@ -866,6 +892,9 @@ def _train(cfg: DictConfig, run_dir: Path, data: MNISTData | None, on_start=None
     if data_changed:  # metrics.json keeps the last digest only: the run's record of resumes says when it changed
         from vaelab.workflow import record_resume
         record_resume(run_dir, data_changed)
+    # The epochs the checkpoint vouches for (a resume from an older one, or from best.pt, drops the
+    # later epochs, which are run again); a fresh start's folder keeps no earlier start's.
+    history = _epoch_history(run_dir / EPOCHS_FILE, st["epoch"] if resumed else 0)
     (run_dir / ckpt_io.STOPPED).unlink(missing_ok=True)  # why the run last stopped early; `vaelab compare` shows it
     ckpt_dir.mkdir(exist_ok=True)
     sample_dir.mkdir(exist_ok=True)
@@ -1097,6 +1126,14 @@ def _train(cfg: DictConfig, run_dir: Path, data: MNISTData | None, on_start=None
                     bars = kl_bars_figure(val["kl_per_dim"], val["mu_var"] > ACTIVE_THRESHOLD)
                     writer.image("latent/kl_by_dim", figure_to_tensor(bars), x_ax)
             st["train_loss"] = train_means["loss"]
+            history.append(json.dumps({
+                "epoch": epoch + 1, "step": st["step"], "examples_seen": x_ax,
+                **{f"train_{k}": v for k, v in train_means.items()},
+                "val_loss": val["nelbo"], "val_recon": val["recon"], "val_kl": val["kl"],
+                "active_units": val["active_units"], "kl_per_dim": val["kl_per_dim"].tolist(),
+                "mean_variance_per_dim": val["mu_var"].tolist(), "beta": beta_at(st["step"], beta_max, warmup),
+                "lr": lr, "epoch_seconds": dt, "samples_per_s": rate}))
+            ckpt_io.write_text_atomic(run_dir / EPOCHS_FILE, "\n".join(history) + "\n")
             # The epoch's events on disk before any checkpoint that vouches for them (resume
             # falls back to best.pt when a kill came before the first last.pt).
             writer.flush()
@@ -1121,7 +1158,7 @@ def _train(cfg: DictConfig, run_dir: Path, data: MNISTData | None, on_start=None
         "epochs": st["epoch"], "steps": st["step"], "examples_seen": st["examples"],
         "samples_per_s": st["examples"] / st["train_seconds"] if st["train_seconds"] else 0.0,
         "train_seconds": st["train_seconds"], "best_val_loss": st["best_val"],
-        "val_split": "test" if data.val_is_test else "val", "torch_threads": st["threads"],
+        "units": units, "val_split": "test" if data.val_is_test else "val", "torch_threads": st["threads"],
         "data_digest": data.digest,
     }
     writer.hparams_end({} if finished and hparams_logged(run_dir, st["examples"]) else metrics, st["examples"])

@@ -964,10 +964,14 @@ def test_the_curves_say_what_their_losses_are_and_where_they_end(make_cfg, tmp_p
     train(make_cfg([*common, "trainer.epochs=2", "logger.tensorboard=false"]), tmp_path)  # carried on (it warns)
     with caplog.at_level(logging.INFO):
         r = evaluate_run(tmp_path, k=2, device="cpu", progress=False)
+    mse = ("loss.recon=mse: the losses leave out the Gaussian decoder's constant (add 448.73 nats for the "
+           "-ELBO)")
     assert notes == ["the train loss is recon + beta x KL (loss.beta=4), the validation loss recon + KL\n"
-                     "epoch 2 of 2 logged no events: the curves leave it out\n"
-                     "loss.recon=mse: the losses leave out the Gaussian decoder's constant (add 448.73 nats for the "
-                     "-ELBO)"]
+                     "epoch 2 of 2 logged no events: the per-log-point train curves leave it out\n" + mse]
+    (tmp_path / "epochs.jsonl").unlink()  # (a run from before it was written)
+    evaluate_run(tmp_path, k=2, device="cpu", progress=False)
+    assert notes[1] == ("the train loss is recon + beta x KL (loss.beta=4), the validation loss recon + KL\n"
+                        "epoch 2 of 2 logged no events: the curves leave it out\n" + mse)
     assert "curves" in r["pictures"]
     assert not [rec for rec in caplog.records if rec.name.startswith("tensorboard")]
     from vaelab.evaluate_run import _ranges

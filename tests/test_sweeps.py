@@ -518,6 +518,23 @@ def test_a_broken_pipe_that_is_not_stdout_is_not_hidden(monkeypatch, capfd):
         main(["compare", "."])
 
 
+def test_compare_plots_the_epoch_points_of_a_run_without_tensorboard(make_cfg, tmp_path, capsys, monkeypatch):
+    from vaelab import compare
+    from vaelab.train import train
+
+    train(make_cfg(["latent_size=2", "model.size=small", "trainer.final_eval=false", "logger.tensorboard=false"]),
+          tmp_path / "run")
+    assert not list((tmp_path / "run").glob("events.out.tfevents.*"))
+    plotted = []
+    monkeypatch.setattr(compare, "curves", lambda runs, tag, real=compare.curves: plotted.append(
+        real(runs, tag)) or plotted[-1])
+    assert vaelab(["compare", tmp_path, "--plot", "val_kl", "--out", tmp_path / "kl.png"]) == 0
+    lines = [json.loads(line) for line in (tmp_path / "run" / "epochs.jsonl").read_text().splitlines()]
+    [(_, tag, points)] = plotted[-1]
+    assert tag == "epoch/val_kl" and points == [(e["examples_seen"], e["val_kl"]) for e in lines]
+    assert (tmp_path / "kl.png").stat().st_size > 0
+
+
 def test_compare_plot_of_runs_without_event_files_says_so(tmp_path, capsys):
     (tmp_path / "run" / ".hydra").mkdir(parents=True)  # as logger.tensorboard=false leaves a run
     (tmp_path / "run" / ".hydra" / "config.yaml").write_text("latent_size: 4\n")

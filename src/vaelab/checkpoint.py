@@ -353,6 +353,9 @@ def holds_runs(folder: str | Path) -> bool:
 # In a run folder after an early stop (train() writes it, its next start removes it):
 # {"state": "diverged" | "interrupted" | "failed", "reason": the one-line message}
 STOPPED = "stopped.json"
+# One JSON line per finished epoch (train() writes it; `vaelab compare --plot` reads it where a run has
+# no TensorBoard events): the epoch lines' numbers, the KL of each latent dimension and its variance.
+EPOCHS = "epochs.jsonl"
 
 
 def run_state(path: Path) -> tuple[str, dict | None, dict | None]:

@@ -15,6 +15,7 @@ them; the x-axis is examples seen.
 from __future__ import annotations
 
 import difflib
+import json
 import logging
 import math
 import os
@@ -56,9 +57,11 @@ class Run:
     state: str = "unfinished"  # done, diverged (non-finite loss), interrupted, failed (a checkpoint not
     # written), or unfinished (running, killed)
     _scalars: dict | None = None
+    _events: dict | None = None
 
-    def scalars(self) -> dict:
-        """{tag: [(examples seen, value), ...]} from the run's event files."""
+    def scalars(self, events_only: bool = False) -> dict:
+        """{tag: [(examples seen, value), ...]} from the run's event files and its epochs.jsonl (the
+        same numbers as epoch/* tags), or (events_only) the event files' alone."""
         if self._scalars is None:
             from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -70,8 +73,34 @@ class Run:
                 acc.Reload()
             finally:
                 tb_log.setLevel(level)
-            self._scalars = {t: [(e.step, e.value) for e in acc.Scalars(t)] for t in acc.Tags()["scalars"]}
-        return self._scalars
+            self._events = {t: [(e.step, e.value) for e in acc.Scalars(t)] for t in acc.Tags()["scalars"]}
+            self._scalars = dict(self._events)
+            # epochs.jsonl's numbers too: the epochs trained with logger.tensorboard=false have no events
+            for t, points in _epoch_scalars(self.path).items():
+                if t in self._scalars:  # (in order of examples seen, one value each: the events' where both have one)
+                    points = sorted({**dict(points), **dict(self._scalars[t])}.items())
+                self._scalars[t] = points
+        return self._events if events_only else self._scalars
+
+
+def _epoch_scalars(run: Path) -> dict:
+    """{epoch/KEY: [(examples seen, value), ...]} of the numbers in a run's epochs.jsonl (the
+    TensorBoard tags of the same numbers); a line that cannot be read is left out."""
+    found: dict = {}
+    try:
+        lines = (run / ckpt_io.EPOCHS).read_text().splitlines()
+    except (OSError, UnicodeDecodeError):
+        return found
+    for line in lines:
+        try:
+            e = json.loads(line)
+            x = int(e["examples_seen"])
+        except (ValueError, KeyError, TypeError):
+            continue
+        for k, v in e.items():
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in ("examples_seen", "step"):
+                found.setdefault(f"epoch/{k}", []).append((x, float(v)))
+    return found
 
 
 def _is_run(d: Path) -> bool:

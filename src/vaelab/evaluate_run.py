@@ -331,12 +331,16 @@ def evaluate_run(run_dir: str | Path, k: int = 5000, device: str = "auto", check
                                  f"validation loss recon + KL")
                 from vaelab.compare import Run  # (the run's TensorBoard scalars: compare's reader)
 
-                scalars = Run(run_dir).scalars()
-                logged = {round(v) for _, v in scalars.get("epoch/epoch", [])}  # (epochs trained with
-                missing = sorted(set(range(1, result["epoch"] + 1)) - logged)  # logger.tensorboard=false)
+                run = Run(run_dir)
+                scalars = run.scalars()  # (an epochs.jsonl's epoch points too)
+                logged = {round(v) for _, v in run.scalars(events_only=True).get("epoch/epoch", [])}
+                missing = sorted(set(range(1, result["epoch"] + 1)) - logged)  # (logger.tensorboard=false)
                 if logged and missing:
+                    some = "them" if len(missing) > 1 else "it"
+                    kept = {round(v) for _, v in scalars.get("epoch/epoch", [])}  # (epochs.jsonl's, from 2026-11-27)
                     notes.append(f"epoch{'s' * (len(missing) > 1)} {_ranges(missing)} of {result['epoch']} logged "
-                                 f"no events: the curves leave {'them' if len(missing) > 1 else 'it'} out")
+                                 + (f"no events: the per-log-point train curves leave {some} out" if
+                                    set(missing) <= kept else f"no events: the curves leave {some} out"))
                 if recon_kind == "mse":
                     notes.append(f"loss.recon=mse: the losses leave out the Gaussian decoder's constant (add "
                                  f"{d * MSE_NLL_CONST_PER_DIM:.2f} nats for the -ELBO)")

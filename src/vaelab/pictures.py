@@ -16,7 +16,7 @@
 - latents_scatter.png  test-set posterior means coloured by digit label: the two latent
                        dimensions when latent_size == 2, else the first two principal components
 - curves.png           the run's loss, KL and active units against examples seen, from its
-                       TensorBoard scalars (none with logger.tensorboard=false)
+                       TensorBoard scalars and epochs.jsonl (its epoch points with logger.tensorboard=false)
 
 `vaelab sample RUN_DIR -n 64 --out grid.png --temperature 0.8` (in evaluate_run.py) draws the
 first kind alone.

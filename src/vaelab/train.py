@@ -763,11 +763,6 @@ def _load_to_resume(cfg: DictConfig, path: Path, model: VAE, opt: torch.optim.Op
     return data_changed
 
 
-# One JSON line per finished epoch: the epoch lines' numbers, the KL of each latent dimension and
-# its mean variance (active if > ACTIVE_THRESHOLD), for curves without TensorBoard (pandas.read_json(lines=True)).
-EPOCHS_FILE = "epochs.jsonl"
-
-
 def _epoch_history(path: Path, epochs: int) -> list[str]:
     """The lines of `path` for the first `epochs` epochs, rewritten so if it had more; the file
     removed when none is kept."""
@@ -894,7 +889,7 @@ def _train(cfg: DictConfig, run_dir: Path, data: MNISTData | None, on_start=None
         record_resume(run_dir, data_changed)
     # The epochs the checkpoint vouches for (a resume from an older one, or from best.pt, drops the
     # later epochs, which are run again); a fresh start's folder keeps no earlier start's.
-    history = _epoch_history(run_dir / EPOCHS_FILE, st["epoch"] if resumed else 0)
+    history = _epoch_history(run_dir / ckpt_io.EPOCHS, st["epoch"] if resumed else 0)
     (run_dir / ckpt_io.STOPPED).unlink(missing_ok=True)  # why the run last stopped early; `vaelab compare` shows it
     ckpt_dir.mkdir(exist_ok=True)
     sample_dir.mkdir(exist_ok=True)
@@ -1133,7 +1128,7 @@ def _train(cfg: DictConfig, run_dir: Path, data: MNISTData | None, on_start=None
                 "active_units": val["active_units"], "kl_per_dim": val["kl_per_dim"].tolist(),
                 "mean_variance_per_dim": val["mu_var"].tolist(), "beta": beta_at(st["step"], beta_max, warmup),
                 "lr": lr, "epoch_seconds": dt, "samples_per_s": rate}))
-            ckpt_io.write_text_atomic(run_dir / EPOCHS_FILE, "\n".join(history) + "\n")
+            ckpt_io.write_text_atomic(run_dir / ckpt_io.EPOCHS, "\n".join(history) + "\n")
             # The epoch's events on disk before any checkpoint that vouches for them (resume
             # falls back to best.pt when a kill came before the first last.pt).
             writer.flush()

@@ -949,6 +949,24 @@ def test_a_run_whose_model_does_not_import_here_is_one_line(make_cfg, tmp_path, 
                           "ModuleNotFoundError") and "\n" not in err
 
 
+def test_the_curves_are_read_before_the_evaluations_own_event_file_is_open(make_cfg, tmp_path, monkeypatch):
+    """Review: TensorBoard's reader, reading the run's folder for curves.png while this evaluation's
+    writer flushed into its .eval file, logged an ERROR ("File ... updated even though the current
+    file is ...") in a sweep's job."""
+    from vaelab.compare import Run
+
+    train(make_cfg(["latent_size=2", "model.size=small", "trainer.final_eval=false"]), tmp_path)
+    real, seen = Run.scalars, []
+
+    def scalars(self, events_only=False):
+        seen.append(sorted(p.name for p in self.path.glob("events.out.tfevents.*.eval")))
+        return real(self, events_only)
+    monkeypatch.setattr(Run, "scalars", scalars)
+    evaluate_run(tmp_path, k=2, device="cpu", progress=False)
+    assert seen and seen[0] == []
+    assert len(list(tmp_path.glob("events.out.tfevents.*.eval"))) == 1
+
+
 def test_the_curves_say_what_their_losses_are_and_where_they_end(make_cfg, tmp_path, monkeypatch, caplog):
     """Review: with loss.beta=4 the note called every loss recon + 4 KL, though validation's is
     recon + KL; curves of a run carried on with logger.tensorboard=false ended early unsaid (and a

@@ -279,6 +279,11 @@ def evaluate_run(run_dir: str | Path, k: int = 5000, device: str = "auto", check
             return (ckpt_io.only_process(hydra_dir, waiting=lambda: log.warning(
                 "another evaluation of %s is writing its results: waiting for it (Ctrl-C stops waiting)", run_dir))
                 if hydra_dir.is_dir() else contextlib.nullcontext())
+        if pictures:  # the curves' scalars, read before this evaluation's event file is open: TensorBoard's
+            from vaelab.compare import Run  # reader logged an ERROR for a file written while it read the folder
+
+            run = Run(run_dir)
+            run.scalars()
         if cfg.logger.tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
@@ -329,9 +334,6 @@ def evaluate_run(run_dir: str | Path, k: int = 5000, device: str = "auto", check
                     ramp = f", ramped up from 0 over {warmup} steps" if warmup else ""
                     notes.append(f"the train loss is recon + beta x KL (loss.beta={cfg.loss.beta:g}{ramp}), the "
                                  f"validation loss recon + KL")
-                from vaelab.compare import Run  # (the run's TensorBoard scalars: compare's reader)
-
-                run = Run(run_dir)
                 scalars = run.scalars()  # (an epochs.jsonl's epoch points too)
                 logged = {round(v) for _, v in run.scalars(events_only=True).get("epoch/epoch", [])}
                 missing = sorted(set(range(1, result["epoch"] + 1)) - logged)  # (logger.tensorboard=false)

@@ -1347,8 +1347,16 @@ def test_compare_sorts_a_sweep_whose_every_job_diverged(tmp_path, capsys):
         (tmp_path / name / ".hydra" / "config.yaml").write_text(f"optim:\n  lr: {name.split('=')[1]}\n")
         (tmp_path / name / "stopped.json").write_text('{"state": "diverged", "reason": "x"}')
     assert vaelab(["compare", tmp_path, "--sort", "val_loss"]) == 0
-    rows = capsys.readouterr().out.splitlines()[2:]
+    out = capsys.readouterr().out.splitlines()
+    rows = out[2:4]
     assert len(rows) == 2 and all(r.endswith("diverged") for r in rows)
+    # said, as --where says it (review: the table came out silently unsorted)
+    assert out[4:] == ["note: --sort val_loss: no run has it yet (none of them has finished an epoch); the table is "
+                       "in run order"]
+    assert vaelab(["compare", tmp_path, "--where", "test_nll_iwae=3"]) == 2
+    assert capsys.readouterr().err.strip() == (  # (it said "did you mean test_nll_iwae?", the key it was given)
+        "vaelab compare: error: --where test_nll_iwae=3: no run has test_nll_iwae yet (the test_* numbers come from "
+        "eval.json, which none of them has: vaelab eval RUN makes it)")
 
 
 def test_compare_columns_leave_out_settings_that_change_no_number(tmp_path):

@@ -256,6 +256,19 @@ def test_the_epoch_line_calls_a_validation_number_a_negative_elbo_only_where_it_
     note = [r.getMessage() for r in caplog.records if "Gaussian decoder's constant" in r.getMessage()]
     assert note == (["loss.recon=mse: train and val losses leave out the Gaussian decoder's constant; add 448.73 "
                      "nats for the -ELBO (vaelab eval does)"] if recon == "mse" else [])
+    assert re.search(r"  train loss [\d.]+  val ", epoch)  # (beta 1: the train loss is recon + KL too)
+
+
+@pytest.mark.parametrize("extra, terms", [(["loss.beta=4"], "(recon + 4 x KL)"),
+                                          (["loss.beta=0.5", "loss.kl_warmup_steps=100"],
+                                           "(recon + 0.5 x KL, beta ramped up over 100 steps)")])
+def test_the_epoch_line_says_what_a_train_loss_with_another_beta_sums(make_cfg, tmp_path, caplog, extra, terms):
+    """Review: with loss.beta=4, 'train loss 53.619  val loss 46.229' compared two objectives unsaid."""
+    with caplog.at_level("INFO", logger="vaelab"):
+        train(make_cfg(["latent_size=2", "model.size=small", "trainer.epochs=1", "trainer.final_eval=false",
+                        *extra]), tmp_path)
+    epoch = next(r.getMessage() for r in caplog.records if r.getMessage().startswith("epoch 1/1"))
+    assert re.search(rf"  train loss [\d.]+ {re.escape(terms)}  val loss ", epoch), epoch
 
 
 @pytest.mark.parametrize("extra", [[], ["trainer.amp=bf16", "data.binarize=dynamic", "loss.recon=bce",

@@ -877,6 +877,9 @@ def test_the_log_line_of_an_evaluation_on_grey_levels_claims_no_likelihood(make_
             result = evaluate_run(tmp_path / binarize, k=2, device="cpu", pictures=False, progress=False)
         [line] = [r.getMessage() for r in caplog.records if r.getMessage().startswith("eval (")]
         assert line.startswith(f"eval (last.pt, k=2): {names[0]}") and f"), {names[1]}" in line, line
+        # (review: "IWAE form 309.13 nats = 0.5688 bits/dim" read as a code length)
+        assert re.search(r" nats \([\d.]+ bits/dim: a cross-entropy's, no code length\), active" if binarize == "none"
+                         else r" nats = [\d.]+ bits/dim, active", line), line
         assert result["likelihood"] == likelihood == json.loads((tmp_path / binarize / "eval.json").read_text())[
             "likelihood"]
 

@@ -396,9 +396,10 @@ def evaluate_run(run_dir: str | Path, k: int = 5000, device: str = "auto", check
             if staging is not None:
                 shutil.rmtree(staging, ignore_errors=True)
         grey = _no_likelihood(recon_kind, binarize)  # (the words the table uses)
-        log.info("%seval (%s, k=%d): %s %.2f nats (recon %.2f, KL %.2f), %s %.2f nats = %.4f bits/dim, "
+        log.info("%seval (%s, k=%d): %s %.2f nats (recon %.2f, KL %.2f), %s %.2f nats%s%.4f bits/dim%s, "
                  "active units %d/%d", job, path.name, k, "ELBO form" if grey else "ELBO", elbo, recon, kl,
-                 "IWAE form" if grey else "IWAE NLL", nll, result["bits_per_dim"], st["active_units"], cfg.latent_size)
+                 "IWAE form" if grey else "IWAE NLL", nll, " (" if grey else " = ", result["bits_per_dim"],
+                 ": a cross-entropy's, no code length)" if grey else "", st["active_units"], cfg.latent_size)
         return result
 
 

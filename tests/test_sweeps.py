@@ -1383,6 +1383,21 @@ def test_compare_columns_leave_out_settings_that_change_no_number(tmp_path):
     assert _varying(mixed) == _varying(mixed[::-1]) == ["model.kwargs.width", "trainer.epochs"]
 
 
+def test_compare_where_takes_the_hidden_widths_an_mlp_was_built_with(tmp_path, capsys):
+    """Review: --where model.hidden=[256] found no model.size=small run ('the runs have model.hidden
+    None'), though its HParams row has model.hidden [256], as built."""
+    for name, model in (("small", "size: small\n  hidden: null"), ("wide", "size: small\n  hidden: [300]"),
+                        ("own", "size: small\n  hidden: null\n  _target_: mine.Model")):
+        (tmp_path / name / ".hydra").mkdir(parents=True)
+        (tmp_path / name / ".hydra" / "config.yaml").write_text(
+            f"model:\n  _target_: vaelab.models.MLPVAE\n  {model}\n" if "mine" not in model else
+            f"model:\n  {model}\n")
+    assert vaelab(["compare", tmp_path, "--where", "model.hidden=[256]"]) == 0
+    assert [line.split()[0] for line in capsys.readouterr().out.splitlines()[2:]] == ["small"]
+    assert vaelab(["compare", tmp_path, "--where", "model.hidden=[300]"]) == 0
+    assert [line.split()[0] for line in capsys.readouterr().out.splitlines()[2:]] == ["wide"]
+
+
 def test_compare_sorts_by_run_state_and_list_settings(tmp_path):
     """--sort state and --sort run were refused though both are columns, and model.hidden sorted
     as text: [64, 32] before [64]."""

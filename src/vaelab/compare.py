@@ -35,7 +35,7 @@ from omegaconf import OmegaConf
 from vaelab import checkpoint as ckpt_io
 from vaelab.checkpoint import read_json, run_state
 from vaelab.cli_errors import unwritable
-from vaelab.config import leaves
+from vaelab.config import MLP_TARGET, SIZES, leaves
 
 # Final metrics of an unfinished run, from the per-epoch scalars train() logs.
 EPOCH_TAGS = {"epochs": "epoch/epoch", "train_loss": "epoch/train_loss", "val_loss": "epoch/val_loss",
@@ -154,6 +154,10 @@ def _load(path: Path, name: str) -> Run:
                 raise ValueError(f"a {type(saved).__name__}, not a mapping of settings")
             # (booleans as the config files, overrides and HParams write them: --where trainer.compile=true)
             run.config = {k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in leaves(saved, empty=False)}
+            size = run.config.get("model.size")
+            if run.config.get("model._target_") == MLP_TARGET and run.config.get("model.hidden") == "None" and \
+                    size in SIZES:  # the widths as built, as the HParams row has them: --where model.hidden=[256]
+                run.config["model.hidden"] = str(SIZES[size])
         except (OSError, ValueError, yaml.YAMLError) as e:  # a hand-edited or damaged file: the other runs still
             why = " ".join(str(e).split())[:120]
             print(f"vaelab compare: warning: {cfg} cannot be read ({why}); its run's settings are left out",

@@ -64,6 +64,10 @@ class ModelSize(Choice):
     large = "large"
 
 
+SIZES = {"small": [256], "base": [512], "large": [1024, 512]}  # MLPVAE's hidden widths of each model.size
+MLP_TARGET = "vaelab.models.MLPVAE"
+
+
 class LinearImpl(Choice):
     aten = "aten"  # F.linear: MKL on the CPU, cuBLAS on a GPU
     onednn = "onednn"  # CPU float32 products on oneDNN (models/linear.py); elsewhere as aten
@@ -116,8 +120,8 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    _target_: str = "vaelab.models.MLPVAE"
-    size: ModelSize = ModelSize.base  # named widths, see models/mlp.py SIZES
+    _target_: str = MLP_TARGET
+    size: ModelSize = ModelSize.base  # named widths, SIZES
     hidden: Optional[List[int]] = None  # explicit widths; when set, `size` is ignored
     activation: Activation = Activation.relu
     latent_size: int = "${latent_size}"  # type: ignore[assignment]

@@ -12,10 +12,10 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from vaelab.config import SIZES
 from vaelab.models.base import VAE
 from vaelab.models.linear import Linear
 
-SIZES = {"small": [256], "base": [512], "large": [1024, 512]}
 _ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "gelu": nn.GELU, "elu": nn.ELU}
 
 

@@ -1251,6 +1251,40 @@ def test_a_config_dir_of_ones_own_groups_gets_the_one_line_checks(tmp_path):
                          f"experiment={exp}"]) is None
 
 
+def test_a_group_file_of_ones_own_with_a_wrong_key_gets_the_hints_an_override_gets(tmp_path):
+    """Review: a typo in a group file was Hydra's "In 'model/t1': ConfigKeyError raised while
+    composing config: Key 'kwarg' not in 'ModelConfig'", without the did-you-mean and keys allowed
+    the same typo typed as an override gets; an experiment file without its package header said
+    "Could not override 'model@experiment.model'"."""
+    files = {"model/t1.yaml": "_target_: mine.Model\nkwarg:\n  width: 8\n", "model/t3.yaml": "width: 8\n",
+             "model/t5.yaml": "model:\n  size: small\n",
+             "experiment/e1.yaml": "# @package _global_\ntrainr:\n  epochs: 2\n",
+             "experiment/e4.yaml": "defaults:\n  - override /model: t3\n",
+             "experiment/e8.yaml": "trainer:\n  epochs: 2\n", "trainer/t.yaml": "epoch: 2\n"}
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        (tmp_path / name).write_text(text)
+    model_keys = "_target_, size, hidden, activation, latent_size, linear, kwargs"
+    header = ("experiment/{0}.yaml is read into 'experiment.', where vaelab has no settings; start the file with the "
+              "line '# @package _global_', as conf/experiment/*.yaml do")
+    for override, line in (
+            ("model=t1", f"unknown key 'model.kwarg' in model/t1.yaml (override 'model=t1'); did you mean "
+                         f"'model.kwargs'? keys allowed at 'model': {model_keys}"),
+            ("model=t3", f"unknown key 'model.width' in model/t3.yaml (override 'model=t3'); keys allowed at 'model': "
+                         f"{model_keys} (a model of one's own takes its arguments under model.kwargs)"),
+            ("model=t5", "override 'model=t5': model/t5.yaml is read into 'model.' already: leave out its 'model:' "
+                         "level and write its keys at the top of the file"),
+            ("experiment=e1", "unknown key 'trainr' in experiment/e1.yaml (override 'experiment=e1'); did you mean "
+                              "'trainer'? keys allowed at the top level: name, latent_size, seed, device, data, model, "
+                              "loss, optim, trainer, logger"),
+            ("experiment=e4", "override 'experiment=e4': " + header.format("e4")),
+            ("experiment=e8", "override 'experiment=e8': " + header.format("e8")),
+            ("trainer=t", "unknown key 'trainer.epoch' in trainer/t.yaml (override 'trainer=t'); did you mean "
+                          "'trainer.epochs'? keys allowed at 'trainer': ")):
+        got = precheck(["--config-dir", str(tmp_path), override])
+        assert got == line or (override == "trainer=t" and got.startswith(line)), got
+
+
 def test_train_types_a_plain_config_as_composing_does(tmp_path):
     """train() given a plain config (OmegaConf.create of a dict, as a script might build one)
     ran optim.impl=fusd as a non-fused Adam and loss.impl=trition as torch: only validate()'s

@@ -117,6 +117,23 @@ def _explain(exc: Exception, override: str, composed: DictConfig | None = None) 
                + (f" ({cause.context}{f' begun on line {began.line + 1}' if began is not None else ''})"
                   if cause.context else ""))
     full_key = getattr(cause, "full_key", None)
+    given_in = f"override '{override}'"
+    # A config group file of one's own with a key its section does not have: Hydra names the file and
+    # the schema's class, not the key (no full_key), and the line had none of the hints below.
+    in_file = re.match(r"In '([^']+)': (?:ConfigKeyError raised while composing config: Key '([^']+)' not in "
+                       r"'(\w+)'|Could not override '[^'@]+@([^'.]+)\.)", msg)
+    if in_file and not full_key:
+        file, key, cls, under = in_file.groups()
+        group = file.rsplit("/", 1)[0]
+        section = _schema_sections().get(cls) if cls else None
+        if under == group or (section == "" and key == group):  # experiment/mine.yaml without its header
+            return (f"override '{override}': {file}.yaml is read into '{group}.', where vaelab has no settings; "
+                    f"start the file with the line '# @package _global_', as conf/{group}/*.yaml do")
+        if section is not None and key == group.replace("/", ".") == section:  # model/mine.yaml with a model: level
+            return (f"override '{override}': {file}.yaml is read into '{section}.' already: leave out its "
+                    f"'{key}:' level and write its keys at the top of the file")
+        if section is not None:
+            full_key, given_in = f"{section}.{key}" if section else key, f"{file}.yaml (override '{override}')"
     if override.startswith("~") and "does not support deletion" in msg:  # a key of a typed section
         return _cannot_delete(override)
     if "not in" in msg and full_key:  # unknown key: suggest the closest known ones
@@ -124,7 +141,8 @@ def _explain(exc: Exception, override: str, composed: DictConfig | None = None) 
         schema = composed if composed is not None and full_key.startswith("hydra.") else OmegaConf.structured(Config)
         node = OmegaConf.select(schema, parent) if parent else schema
         known = _keys_of(node)
-        if leaf in known:  # in the schema, not in the config composed: a saved run's, older than the key
+        if leaf in known and given_in.startswith("override"):  # in the schema, not in the config composed: a
+            # saved run's, older than the key
             return (f"'{full_key}' is not in this config (it was saved before vaelab had that key); add it "
                     f"with a leading +: '+{override.lstrip('+~')}'")
         # as full keys: the closest in its own section, ...
@@ -146,8 +164,10 @@ def _explain(exc: Exception, override: str, composed: DictConfig | None = None) 
                     f"leading +, as in '+{override.lstrip('+~')}'")
         hint = f" did you mean '{close[0]}'?" if close else ""
         where = f"'{parent}'" if parent else "the top level"
-        return (f"unknown key '{full_key}' in override '{override}';{hint} keys allowed at {where}: "
-                f"{', '.join(known)}{_other_launcher_hint(full_key)}")
+        own = " (a model of one's own takes its arguments under model.kwargs)" if parent == "model" and not close \
+            else ""
+        return (f"unknown key '{full_key}' in {given_in};{hint} keys allowed at {where}: "
+                f"{', '.join(known)}{own}{_other_launcher_hint(full_key)}")
     if "Could not append to config. An item is already at" in msg:  # +latent_size=8
         return f"override '{override}': {msg.rstrip('.')}; a leading + adds a new key: set it with '{override[1:]}'"
     if "Config group override must be a string or a list" in msg:  # experiment=null
@@ -173,6 +193,24 @@ def _explain(exc: Exception, override: str, composed: DictConfig | None = None) 
     if full_key:
         return f"override '{override}': {msg} (key '{full_key}'){_what_it_takes(full_key, msg)}"
     return f"override '{override}': {msg}"
+
+
+@functools.lru_cache(maxsize=1)
+def _schema_sections() -> dict[str, str]:
+    """{the schema's class name: its section}: ModelConfig -> 'model', Config -> '' (Hydra's words
+    for a group file's unknown key name the class)."""
+    import dataclasses
+
+    found = {Config.__name__: ""}
+
+    def walk(cls, prefix: str) -> None:
+        for f in dataclasses.fields(cls):
+            kind = f.default_factory if f.default_factory is not dataclasses.MISSING else None
+            if isinstance(kind, type) and dataclasses.is_dataclass(kind):
+                found.setdefault(kind.__name__, f"{prefix}{f.name}")
+                walk(kind, f"{prefix}{f.name}.")
+    walk(Config, "")
+    return found
 
 
 def _what_it_takes(key: str, msg: str) -> str:

@@ -339,6 +339,14 @@ def test_a_model_class_whose_arguments_do_not_fit_is_one_line(tiny_mnist, tmp_pa
                                           r"\(latent_size, input_dim, image_shape\): missing a required argument: "
                                           r"'depth'; give it with \+model.kwargs.depth=VALUE$"):
         train(cfg, tmp_path / "r")
+    # a misspelt one: what it does take (review: the line listed what it was given only)
+    cfg = compose_cfg([f"data.root={tiny_mnist}", "data.val_size=64", "model._target_=othermodels.Other",
+                       "+model.kwargs.dept=2"])
+    with pytest.raises(ConfigError, match=r"^model._target_=othermodels.Other does not take the settings given it "
+                                          r"\(latent_size, dept, input_dim, image_shape\): got an unexpected keyword "
+                                          r"argument 'dept' \(did you mean depth\?\); it takes latent_size, depth, "
+                                          r"input_dim, image_shape$"):
+        train(cfg, tmp_path / "r")
 
 
 _PARTIAL_MODELS = """

@@ -4,6 +4,7 @@ build_optimizer (Adam, in the implementation optim.impl picks). Each usable on i
 and `vaelab eval` use them."""
 from __future__ import annotations
 
+import difflib
 import inspect
 import re
 
@@ -175,9 +176,16 @@ def model_error(cfg: DictConfig, e: Exception) -> Exception:
         inspect.signature(target).bind(**args, input_dim=0, image_shape=[])
     except TypeError as bad:
         missing = re.search(r"missing a required argument: '(\w+)'", str(bad))
-        hint = f"; give it with +model.kwargs.{missing.group(1)}=VALUE" if missing else ""
+        why = f"{bad}; give it with +model.kwargs.{missing.group(1)}=VALUE" if missing else str(bad)
+        params = inspect.signature(target).parameters.values()
+        takes = [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+        extra = [] if any(p.kind == p.VAR_KEYWORD for p in params) else [k for k in args if k not in takes]
+        if extra:  # (a misspelt one, which bind() names after the one it stands for: what the class does take)
+            close = difflib.get_close_matches(extra[0], takes, n=1)
+            why = (f"got an unexpected keyword argument '{extra[0]}'" + (f" (did you mean {close[0]}?)" if close
+                                                                         else "") + f"; it takes {', '.join(takes)}")
         return ConfigError(f"model._target_={cfg.model._target_} does not take the settings given it "
-                           f"({', '.join([*args, 'input_dim', 'image_shape'])}): {bad}{hint}")
+                           f"({', '.join([*args, 'input_dim', 'image_shape'])}): {why}")
     except ValueError:  # no signature to read (a builtin): nothing to say about its arguments
         pass
     if isinstance(cause, MemoryError) or (isinstance(cause, RuntimeError) and "allocate" in text):

@@ -480,6 +480,11 @@ class Unused(Base):  # a layer its forward never uses
         return self.d(z)
 
 
+class Probabilities(Complete):  # a decoder that ends in a sigmoid, which vaelab's losses apply again
+    def decode_logits(self, z):
+        return torch.sigmoid(self.d(z))
+
+
 class NoParameters(VAE):
     def __init__(self, latent_size, input_dim, image_shape, **settings):
         super().__init__()
@@ -524,6 +529,26 @@ def test_a_model_of_ones_own_that_lacks_part_of_the_interface_is_one_line_before
         train(cfg, tmp_path / "r")
     assert str(e.value).startswith(f"model._target_=partialmodels.{target}: ") and str(e.value).endswith(message)
     assert not (tmp_path / "r").exists()  # (it was left, listed by vaelab compare as an unfinished run)
+
+
+def test_a_decoder_that_returns_probabilities_is_warned_of(tmp_path, monkeypatch, caplog):
+    """Review: decode_logits ending in a sigmoid trained silently (to 708 nats), its outputs, through
+    the losses' own sigmoid, never below 0.5."""
+    (tmp_path / "partialmodels.py").write_text(_PARTIAL_MODELS)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    said = {}
+    for target in ("Probabilities", "Complete"):
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="vaelab"):
+            build_model(compose_cfg(["latent_size=2", f"model._target_=partialmodels.{target}"]))
+        said[target] = [r.getMessage() for r in caplog.records]
+    assert said["Complete"] == []
+    [line] = said["Probabilities"]
+    assert re.fullmatch(
+        r"model._target_=partialmodels.Probabilities: decode_logits\(z\) returned no negative value \(1568 of them, "
+        r"0.\d+ to 0.\d+\): probabilities\? vaelab's losses take logits and apply the sigmoid themselves, and "
+        r"sigmoid\(logits >= 0\) is at least 0.5, no black pixel; return the decoder's last layer before its sigmoid",
+        line), line
 
 
 def test_train_refused_at_its_start_from_python_leaves_the_folder_as_it_was(tiny_mnist, tmp_path):

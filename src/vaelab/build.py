@@ -5,6 +5,7 @@ and `vaelab eval` use them."""
 from __future__ import annotations
 
 import difflib
+import logging
 import inspect
 import re
 
@@ -109,6 +110,12 @@ def _check_interface(cfg: DictConfig, model: VAE, input_dim: int) -> None:
             if shape != (2, input_dim):
                 raise ConfigError(f"{where}: decode_logits(z) of z (2, {model.latent_size}) must return logits "
                                   f"(2, {input_dim}); got {shape or type(logits).__name__}")
+            if logits.is_floating_point() and bool((logits >= 0).all()):  # (a decoder that ends in a sigmoid)
+                logging.getLogger("vaelab").warning(
+                    "%s: decode_logits(z) returned no negative value (%d of them, %.3g to %.3g): probabilities? "
+                    "vaelab's losses take logits and apply the sigmoid themselves, and sigmoid(logits >= 0) is at "
+                    "least 0.5, no black pixel; return the decoder's last layer before its sigmoid", where,
+                    logits.numel(), float(logits.min()), float(logits.max()))
             if type(model).forward is not VAE.forward:  # training calls forward: a model's own is checked too
                 _check_forward(where, model, x)
     finally:

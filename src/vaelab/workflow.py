@@ -16,6 +16,7 @@ resume     continues RUN_DIR from checkpoints/last.pt, in the same directory, op
 from __future__ import annotations
 
 import importlib
+import logging
 import math
 import os
 import shlex
@@ -39,10 +40,17 @@ from vaelab.config import (CONF_DIR, ConfigError, absolute, leaves, load_run_con
                            validate)
 from vaelab.errors import STOP_AFTER_STEP, STOP_SIGNALS, after_hangup
 
+log = logging.getLogger("vaelab")
 
 # Set in each job's environment (hydra.job.env_set) when `vaelab resume SWEEP_DIR` launches a
 # stopped sweep again: its jobs then carry on the runs already in their folders.
 SWEEP_CONTINUED = "VAELAB_SWEEP_CONTINUED"
+
+
+def _as_text(v) -> str:
+    """A setting's value as one writes it: null, true, [8, 4], {a: 1}."""
+    v = OmegaConf.to_container(v) if OmegaConf.is_config(v) else v
+    return "null" if v is None else str(v).lower() if isinstance(v, bool) else str(v)
 
 
 def is_timing(key: str) -> bool:
@@ -394,6 +402,8 @@ def _report(run_dir: Path, new_dir: Path, original: dict, rtol: float, changed: 
         new.pop("data_digest", None)
     for key in [k for k in new if k.startswith("test_") and k.endswith("_se") and k not in original]:
         new.pop(key)  # (an eval.json from before 2026-11-27 has no standard errors)
+    if "units" not in original:  # (a metrics.json from before 2026-11-27 does not say them: the config does)
+        new.pop("units", None)
     by_hand = _later_eval(run_dir)
     # a run whose end-of-training evaluation did not run or finish (stopped in it, eval.json
     # deleted): the reproduction's test_* have nothing to be compared with
@@ -740,7 +750,7 @@ def resume(run_dir: str | Path, overrides: list[str] = ()) -> dict | None:
                           f"to go on")
     # The run's config, overrides and record of resumes as this command changes them, written once
     # what it runs has passed its own checks (a refusal, or a failure before, leaves them as they were)
-    files = {}
+    files, own_changes = {}, []
     earlier = _resumes(run_dir)
     if not parsed and earlier and isinstance(earlier[-1].get("step"), int) and \
             ck["state"]["step"] < earlier[-1]["step"]:
@@ -760,10 +770,23 @@ def resume(run_dir: str | Path, overrides: list[str] = ()) -> dict | None:
                                        "overrides": [o.input_line for o in parsed], "before": before}]
         files = {run_dir / ".hydra" / RESUMES: yaml.safe_dump(record, sort_keys=False), cfg_path: cfg_text,
                  run_dir / ".hydra" / "overrides.yaml": ovr_text}
+        # (vaelab's own settings that change what weights mean are refused above, SAME_TO_RESUME; a model
+        # of one's own's arguments cannot be told apart: one that keeps the shapes is taken, and said)
+        for k, v in before.items():
+            now = OmegaConf.select(cfg, k)
+            now = OmegaConf.to_container(now) if OmegaConf.is_config(now) else now
+            if k.startswith("model.kwargs.") and v is None:  # (left out until now: the constructor's default)
+                v = ckpt_io._default_argument(was, k.removeprefix("model.kwargs."))
+            if k.startswith("model.kwargs.") and not ckpt_io._same(v, now):
+                own_changes.append(f"{k}={_as_text(now)} (was {_as_text(v)})")
 
     def write_config():
         for path, text in files.items():
             ckpt_io.write_text_atomic(path, text)
+        if own_changes:
+            log.warning("%s: the weights trained so far carry on under %s; vaelab cannot tell what an argument of "
+                        "a model of one's own changes (a change of shapes is refused): start a new run if it changes "
+                        "what the weights mean", ", ".join(own_changes), "it" if len(own_changes) == 1 else "them")
 
     # (no metrics.json: killed between its last checkpoint and its final numbers, which train() writes)
     if done >= cfg.trainer.epochs and not ck["state"].get("pos") and metrics is not None:

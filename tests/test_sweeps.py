@@ -533,6 +533,14 @@ def test_compare_plots_the_epoch_points_of_a_run_without_tensorboard(make_cfg, t
     [(_, tag, points)] = plotted[-1]
     assert tag == "epoch/val_kl" and points == [(e["examples_seen"], e["val_kl"]) for e in lines]
     assert (tmp_path / "kl.png").stat().st_size > 0
+    # lines edited by hand are left out, not the file, nor the command (review: Infinity, NaN, a byte that is
+    # no UTF-8 ended it with a traceback, or dropped every line)
+    with open(tmp_path / "run" / "epochs.jsonl", "ab") as f:
+        f.write(b'\xff\n{"epoch": 3, "examples_seen": Infinity, "val_kl": 1}\n'
+                b'{"epoch": 3, "examples_seen": 999, "val_kl": NaN, "active_units": NaN}\n')
+    (tmp_path / "run" / "metrics.json").unlink()  # (its table's numbers: the last epoch points)
+    assert vaelab(["compare", tmp_path, "--plot", "val_kl", "--out", tmp_path / "kl.png"]) == 0
+    assert plotted[-1][0][2] == points
 
 
 def test_compare_plot_of_runs_without_event_files_says_so(tmp_path, capsys):

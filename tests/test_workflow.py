@@ -458,12 +458,31 @@ def test_a_resume_from_an_older_checkpoint_drops_the_later_epochs_from_epochs_js
     assert first[1]["active_units"] == sum(v > 0.01 for v in first[1]["mean_variance_per_dim"])
     assert first[1]["val_loss"] == pytest.approx(first[1]["val_recon"] + first[1]["val_kl"])
     assert sum(first[1]["kl_per_dim"]) == pytest.approx(first[1]["val_kl"], rel=1e-5)
+    assert [e["beta"] for e in first] == [1.0, 1.0]
     (run / "checkpoints" / "last.pt").write_bytes(one)  # epoch 2 lost: it runs again from epoch 1
     (run / "checkpoints" / "best.pt").unlink()
     train(compose_cfg([f"data.root={tiny_mnist}", *TINY, "trainer.epochs=2"]), run)
     again = epoch_lines(run)
     assert [e["epoch"] for e in again] == [1, 2]
     assert [e["val_loss"] for e in again] == [e["val_loss"] for e in first]
+    # lines edited by hand: those that cannot be read go, not the resume (review: a byte that is no UTF-8
+    # ended it with a traceback, after it had rewritten the run's config)
+    with open(run / "epochs.jsonl", "ab") as f:
+        f.write(b'\xff\n{"epoch": 1, "examples_seen": Infinity}\n')
+    train(compose_cfg([f"data.root={tiny_mnist}", *TINY, "trainer.epochs=3"]), run)
+    assert [e["epoch"] for e in epoch_lines(run)] == [1, 2, 1, 3]  # (the edited epoch-1 line stays: compare skips it)
+
+
+def test_epochs_jsonl_records_the_mean_beta_of_a_kl_warm_up(tiny_mnist, tmp_path):
+    """Review: its beta was the next epoch's first step's, not one this epoch's loss was taken with."""
+    from vaelab.losses import beta_at
+
+    train(compose_cfg([f"data.root={tiny_mnist}", *TINY, "trainer.epochs=2", "loss.beta=0.5",
+                       "loss.kl_warmup_steps=10", "trainer.batch_size=40"]), tmp_path)
+    # 192 images: steps of 40, 40, 40, 40, 32 in each epoch
+    sizes = [40, 40, 40, 40, 32]
+    want = [sum(beta_at(5 * e + i, 0.5, 10) * b for i, b in enumerate(sizes)) / 192 for e in range(2)]
+    assert [e["beta"] for e in epoch_lines(tmp_path)] == pytest.approx(want)
 
 
 def test_resume_of_a_finished_run_completes_what_a_stop_cut_short(tiny_mnist, tmp_path, capsys):

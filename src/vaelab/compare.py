@@ -87,18 +87,19 @@ def _epoch_scalars(run: Path) -> dict:
     """{epoch/KEY: [(examples seen, value), ...]} of the numbers in a run's epochs.jsonl (the
     TensorBoard tags of the same numbers); a line that cannot be read is left out."""
     found: dict = {}
-    try:
-        lines = (run / ckpt_io.EPOCHS).read_text().splitlines()
-    except (OSError, UnicodeDecodeError):
+    try:  # (a byte that is no UTF-8, in a line edited by hand: that line is left out, not the file)
+        lines = (run / ckpt_io.EPOCHS).read_bytes().decode("utf-8", errors="replace").splitlines()
+    except OSError:
         return found
     for line in lines:
         try:
             e = json.loads(line)
             x = int(e["examples_seen"])
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError, OverflowError):  # (Infinity: OverflowError, NaN: ValueError)
             continue
-        for k, v in e.items():
-            if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in ("examples_seen", "step"):
+        for k, v in e.items():  # (a NaN or infinity, written by hand: train() stops before a non-finite epoch)
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and \
+                    k not in ("examples_seen", "step"):
                 found.setdefault(f"epoch/{k}", []).append((x, float(v)))
     return found
 

@@ -250,7 +250,8 @@ def kl_bars_figure(kl_per_dim: torch.Tensor, active: torch.Tensor):
 # (tag, legend label, style) of each panel of curves_figure: the loss, its KL term, active units
 CURVES = (("loss", (("train/loss", "train, per log point", "-"), ("epoch/train_loss", "train, epoch mean", "o-"),
                     ("epoch/val_loss", "validation", "s-"))),
-          ("KL", (("train/kl", "train, per log point", "-"), ("epoch/val_kl", "validation", "s-"))),
+          ("KL", (("train/kl", "train, per log point", "-"), ("epoch/train_kl", "train, epoch mean", "o-"),
+                  ("epoch/val_kl", "validation", "s-"))),
           ("active units", (("epoch/active_units", "validation", "s-"),)))
 
 

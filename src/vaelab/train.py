@@ -766,8 +766,8 @@ def _load_to_resume(cfg: DictConfig, path: Path, model: VAE, opt: torch.optim.Op
 def _epoch_history(path: Path, epochs: int) -> list[str]:
     """The lines of `path` for the first `epochs` epochs, rewritten so if it had more; the file
     removed when none is kept."""
-    try:
-        lines = path.read_text().splitlines()
+    try:  # (a byte that is no UTF-8, in a line edited by hand: that line goes, not the resume)
+        lines = path.read_bytes().decode("utf-8", errors="replace").splitlines()
     except FileNotFoundError:
         return []
     kept = []
@@ -1012,6 +1012,17 @@ def _train(cfg: DictConfig, run_dir: Path, data: MNISTData | None, on_start=None
         raise diverged(f"non-finite loss {values[0]} {at}; "
                        f"stopped without saving these weights; last good checkpoint: {good_checkpoint()}")
 
+    def epoch_beta() -> float:
+        """The mean beta of the epoch's training examples (its train_loss is recon + that beta x KL
+        with a constant beta, about so during a KL warm-up)."""
+        if not warmup:
+            return beta_max
+        steps = math.ceil(n_train / batch_size)
+        last = n_train - (steps - 1) * batch_size  # (the epoch's last, short batch)
+        first = st["step"] - steps
+        total = sum(beta_at(s, beta_max, warmup) for s in range(first, st["step"])) * batch_size
+        return (total - beta_at(st["step"] - 1, beta_max, warmup) * (batch_size - last)) / n_train
+
     def log_train(epoch: int) -> float:
         """The train/* point of the steps since the last one: their per-example means and, as
         train/loss mixes the betas of a KL warm-up, the mean beta they were taken with. Returns
@@ -1129,7 +1140,7 @@ def _train(cfg: DictConfig, run_dir: Path, data: MNISTData | None, on_start=None
                 **{f"train_{k}": v for k, v in train_means.items()},
                 "val_loss": val["nelbo"], "val_recon": val["recon"], "val_kl": val["kl"],
                 "active_units": val["active_units"], "kl_per_dim": val["kl_per_dim"].tolist(),
-                "mean_variance_per_dim": val["mu_var"].tolist(), "beta": beta_at(st["step"], beta_max, warmup),
+                "mean_variance_per_dim": val["mu_var"].tolist(), "beta": epoch_beta(),
                 "lr": lr, "epoch_seconds": dt, "samples_per_s": rate}))
             ckpt_io.write_text_atomic(run_dir / ckpt_io.EPOCHS, "\n".join(history) + "\n")
             # The epoch's events on disk before any checkpoint that vouches for them (resume

@@ -435,6 +435,32 @@ def test_killed_at_the_first_checkpoint_then_resumed_is_bit_identical(tiny_mnist
     assert (missing in (run / "train.log").read_text()) == before_last
 
 
+def test_a_stop_while_the_run_folder_is_set_up_checkpoints_after_the_first_step(tiny_mnist, reference, tmp_path,
+                                                                                monkeypatch):
+    """Review: a SIGTERM between the run's first files (its event file, checkpoints/) and the
+    training loop was a bare KeyboardInterrupt: a folder with no checkpoint, no stopped.json, that
+    vaelab resume refused. Now the loop's stop: a checkpoint after the first step, resumed exactly."""
+    import signal as signal_mod
+
+    import vaelab.train as train_mod
+    from vaelab.errors import Interrupted
+
+    real = train_mod.RunLogger
+
+    def logger_then_stop(*args, **kwargs):
+        made = real(*args, **kwargs)
+        os.kill(os.getpid(), signal_mod.SIGTERM)
+        return made
+    monkeypatch.setattr(train_mod, "RunLogger", logger_then_stop)
+    run = tmp_path / "run"
+    with pytest.raises(Interrupted, match=r"^stopped by SIGTERM at step 1 \(epoch 1, 32/192 images\)"):
+        train(compose_cfg([f"data.root={tiny_mnist}", *TINY]), run)
+    assert json.loads((run / "stopped.json").read_text())["state"] == "interrupted"
+    monkeypatch.setattr(train_mod, "RunLogger", real)
+    assert vaelab(["resume", run]) == 0
+    assert_same_run(run, reference)
+
+
 def test_a_fresh_start_in_a_folder_with_events_drops_the_earlier_curves(tiny_mnist, reference, tmp_path):
     """A job requeued after a kill before its first checkpoint starts again in the same folder:
     the curves of the killed start must not stay beside the new ones."""

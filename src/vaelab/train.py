@@ -458,7 +458,7 @@ class _StopFlag:
                     " (Ctrl-C again to abort now)" if signum == signal.SIGINT else "")
 
     def __enter__(self):
-        if threading.current_thread() is threading.main_thread():
+        if threading.current_thread() is threading.main_thread() and not self._old:  # (entered once: see _train)
             for s in (signal.SIGINT, *STOP_SIGNALS):
                 # A signal the process started ignoring stays ignored: nohup's hang-up, and the
                 # Ctrl-C a script's `vaelab-train ... &` (no job control) leaves to the script.
@@ -879,7 +879,10 @@ def _train(cfg: DictConfig, run_dir: Path, data: MNISTData | None, on_start=None
         last_good = (resume_from, at)  # (best.pt, when last.pt was missing)
         log.info("resuming %s from %s %s (step %d, %d examples seen)", run_dir, resume_from, at, st["step"],
                  st["examples"])
-    # The input and the checkpoint are good: from here on the run folder changes.
+    # The input and the checkpoint are good: from here on the run folder changes. A stop from here
+    # on is the training loop's (a checkpoint after the next step): one before its first step, while
+    # the folder was being set up, left a folder with no checkpoint and no stopped.json (review).
+    stop = _StopFlag().__enter__()  # (the loop's `with stop:` then only puts the handlers back)
     if save_config:
         _save_config(saved_cfg, cfg, from_python)
     if on_start is not None:
@@ -957,7 +960,6 @@ def _train(cfg: DictConfig, run_dir: Path, data: MNISTData | None, on_start=None
                      binarize=binarize, grad_clip=grad_clip)
     run_step = CudaGraphStep(step, opt, batch_size, device) if graphed else step
 
-    stop = _StopFlag()
     stop_after = int(os.environ[STOP_AFTER_STEP]) if os.environ.get(STOP_AFTER_STEP, "").isdigit() else None
 
     def diverged(message: str) -> NonFiniteLoss:

@@ -248,8 +248,10 @@ def write_atomic(path: str | Path, write: Callable[[BinaryIO], Any], through_lin
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, OSError) and e.filename is None:  # (a full disk fails write(), which names no file:
+            e.filename = str(path)                          # the messages named the run's folder)
         raise
     _fsync_folder(path.parent)
     return path

@@ -110,7 +110,8 @@ def _check_interface(cfg: DictConfig, model: VAE, input_dim: int) -> None:
             if shape != (2, input_dim):
                 raise ConfigError(f"{where}: decode_logits(z) of z (2, {model.latent_size}) must return logits "
                                   f"(2, {input_dim}); got {shape or type(logits).__name__}")
-            if logits.is_floating_point() and bool((logits >= 0).all()):  # (a decoder that ends in a sigmoid)
+            if logits.is_floating_point() and logits.device.type != "meta" and bool((logits >= 0).all()):
+                # (a decoder that ends in a sigmoid; on the meta device, the CUDA warm-up's model, no values)
                 logging.getLogger("vaelab").warning(
                     "%s: decode_logits(z) returned no negative value (%d of them, %.3g to %.3g): probabilities? "
                     "vaelab's losses take logits and apply the sigmoid themselves, and sigmoid(logits >= 0) is at "

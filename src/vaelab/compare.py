@@ -225,7 +225,7 @@ def where(runs: list[Run], conditions: list[str]) -> list[Run]:
             return r.state if key == "state" else r.config.get(key, r.metrics.get(key))
         if not any(has(r) is not None for r in runs):
             if key in COLUMNS:  # (the table's own column: not misspelt, only not reached)
-                raise CompareError(f"--where {cond}: no run has {key} yet ({_not_yet(key)})")
+                raise CompareError(f"--where {cond}: no run has {key}{_not_yet(key, runs)}")
             settings = sorted({k for r in runs for k in r.config})
             close = difflib.get_close_matches(key, [*settings, "state", *COLUMNS], n=1)
             raise CompareError(f"--where {cond}: no run has {key}" + (f" (did you mean {close[0]}?)" if close else "")
@@ -289,11 +289,13 @@ def _values_here(key: str, values: list) -> str:
     return f"have {key} {', '.join(listed[:-1])}{' or ' if len(listed) > 1 else ''}{listed[-1]}"
 
 
-def _not_yet(column: str) -> str:
-    """Why no run has a column of the table."""
+def _not_yet(column: str, runs: list[Run]) -> str:
+    """' yet (why)': why no run has a column of the table, where that can be said."""
     if column.startswith("test_"):
-        return "the test_* numbers come from eval.json, which none of them has: vaelab eval RUN makes it"
-    return "none of them has finished an epoch"
+        return " yet (the test_* numbers come from eval.json, which none of them has: vaelab eval RUN makes it)"
+    if not any(r.state.startswith("done") for r in runs):
+        return " yet (none of them has finished an epoch)"
+    return ""  # (finished runs without it: a metrics.json written by hand, or by another tool)
 
 
 def sort_runs(runs: list[Run], metric: str, descending: bool = False) -> list[Run]:
@@ -793,7 +795,7 @@ def compare_command(args) -> int:
         if missing:
             print(missing)
         if args.sort in COLUMNS and not any(r.metrics.get(args.sort) is not None for r in runs):
-            print(f"note: --sort {args.sort}: no run has it yet ({_not_yet(args.sort)}); the table is in run order")
+            print(f"note: --sort {args.sort}: no run has it{_not_yet(args.sort, runs)}; the table is in run order")
         why = not_comparable(runs, args.sort) if args.sort else None
         if why:  # (the sweep summary names no lowest val_loss for the same reasons)
             print(f"note: --sort {args.sort} orders numbers that do not compare: the runs {NOT_COMPARABLE[why]}")

@@ -137,29 +137,45 @@ def test_speed_record_names_the_commit_it_measured(monkeypatch, tmp_path):
     assert speed.commit() is None
 
 
-def _speed_record(path: Path, date: str, ref: float, vae: list[float], overrides: list[str] | None = None):
+def _speed_record(path: Path, date: str, ref: float, vae: list[float], overrides: list[str] | None = None,
+                  rel_diffs: tuple = (0.0022, -0.0011)):
     ratio = statistics.median(vae) / ref
     path.write_text(json.dumps({
         "date": date, "runs": [
             {"impl": "reference", "epochs": [{"samples_per_s": ref}]},
             {"impl": "vaelab", "overrides": overrides or [], "epochs": [{"samples_per_s": v} for v in vae]}],
         "summary": {"reference_samples_per_s": ref, "vaelab_samples_per_s": statistics.median(vae), "ratio": ratio,
-                    "loss_per_epoch": [{"rel_diff": 0.0022}, {"rel_diff": -0.0011}]}}))
+                    "loss_per_epoch": [{"rel_diff": d} for d in rel_diffs]}}))
 
 
 def test_speed_runs_tabulates_records_in_date_order(monkeypatch, capsys, tmp_path):
-    _speed_record(tmp_path / "b.json", "2026-11-26 10:00:00", 5000, [10000, 11000])
-    _speed_record(tmp_path / "a.json", "2026-11-25 10:00:00", 4000, [12000, 12000])
-    _speed_record(tmp_path / "c.json", "2026-11-27 10:00:00", 5000, [15000, 16000], ["trainer.amp=bf16"])
-    monkeypatch.setattr(sys, "argv", ["speed_runs.py", *(str(tmp_path / f) for f in ("b.json", "a.json", "c.json"))])
+    # (names whose text order is neither the dates' nor the numbers'; three plain ratios, whose median is
+    # not their mean; a loss difference largest below zero: a review's three mutants passed the test before)
+    _speed_record(tmp_path / "run2.json", "2026-11-26 10:00:00", 5000, [10000, 11000])
+    _speed_record(tmp_path / "run10.json", "2026-11-25 10:00:00", 4000, [12000, 12000], rel_diffs=(0.001, -0.0031))
+    _speed_record(tmp_path / "run9.json", "2026-11-28 10:00:00", 5000, [12000, 12000])
+    _speed_record(tmp_path / "run1.json", "2026-11-27 10:00:00", 5000, [15000, 16000], ["trainer.amp=bf16"])
+    names = ("run2.json", "run10.json", "run9.json", "run1.json")
+    monkeypatch.setattr(sys, "argv", ["speed_runs.py", *(str(tmp_path / f) for f in names)])
     _bench_module("speed_runs").main()
     out = capsys.readouterr().out.splitlines()
     rows = [ln for ln in out if ln.startswith("| 2026")]
-    assert [r.split(" | ")[1] for r in rows] == ["`a.json`", "`b.json`", "`c.json`"]
-    assert rows[0].endswith("| 4,000 | 12,000 (12,000-12,000) | 3.00x | 0.22% |")
+    assert [r.split(" | ")[1] for r in rows] == ["`run10.json`", "`run2.json`", "`run1.json`", "`run9.json`"]
+    assert rows[0].endswith("| 4,000 | 12,000 (12,000-12,000) | 3.00x | 0.31% |")  # (|-0.31%|, the larger)
     assert "`trainer.amp=bf16`" in rows[2]
-    assert out[-1] == (  # the bf16 run is left out: the median of 3.00x and 2.10x
-        "2 runs with no overrides (the defaults of their day): ratio median 2.55x, range 2.10-3.00x; 1 at 3x or more")
+    assert out[-1] == (  # the bf16 run is left out: the median of 3.00x, 2.10x and 2.40x
+        "3 runs with no overrides (the defaults of their day): ratio median 2.40x, range 2.10-3.00x; 1 at 3x or more")
+
+
+def test_the_readmes_table_of_runs_is_what_speed_runs_prints(monkeypatch, capsys):
+    """benchmarks/README.md's table of CPU runs and its summary line: speed_runs.py's output on the
+    records in results/ (a record added without the table rewritten, or a number typed, differs)."""
+    monkeypatch.setattr(sys, "argv", ["speed_runs.py"])
+    monkeypatch.chdir(REPO)
+    _bench_module("speed_runs").main()
+    printed = capsys.readouterr().out.strip()
+    table = printed[printed.index("| date | record | commit |"):]
+    assert table in (REPO / "benchmarks" / "README.md").read_text()
 
 
 def test_floor_splits_the_step_into_its_parts(tmp_path):

@@ -1260,7 +1260,8 @@ def test_a_group_file_of_ones_own_with_a_wrong_key_gets_the_hints_an_override_ge
              "model/t5.yaml": "model:\n  size: small\n",
              "experiment/e1.yaml": "# @package _global_\ntrainr:\n  epochs: 2\n",
              "experiment/e4.yaml": "defaults:\n  - override /model: t3\n",
-             "experiment/e8.yaml": "trainer:\n  epochs: 2\n", "trainer/t.yaml": "epoch: 2\n"}
+             "experiment/e8.yaml": "trainer:\n  epochs: 2\n", "trainer/t.yaml": "epoch: 2\n",
+             "experiment/sub/e9.yaml": "trainer:\n  epochs: 2\n", "model/conv/t6.yaml": "model:\n  size: small\n"}
     for name, text in files.items():
         (tmp_path / name).parent.mkdir(exist_ok=True)
         (tmp_path / name).write_text(text)
@@ -1279,6 +1280,10 @@ def test_a_group_file_of_ones_own_with_a_wrong_key_gets_the_hints_an_override_ge
                               "loss, optim, trainer, logger"),
             ("experiment=e4", "override 'experiment=e4': " + header.format("e4")),
             ("experiment=e8", "override 'experiment=e8': " + header.format("e8")),
+            # (a folder in the option's name: review, it said "unknown key 'experiment'", 'model.model')
+            ("experiment=sub/e9", "override 'experiment=sub/e9': " + header.format("sub/e9")),
+            ("model=conv/t6", "override 'model=conv/t6': model/conv/t6.yaml is read into 'model.' already: leave "
+                              "out its 'model:' level and write its keys at the top of the file"),
             ("trainer=t", "unknown key 'trainer.epoch' in trainer/t.yaml (override 'trainer=t'); did you mean "
                           "'trainer.epochs'? keys allowed at 'trainer': ")):
         got = precheck(["--config-dir", str(tmp_path), override])

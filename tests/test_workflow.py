@@ -1243,6 +1243,9 @@ def test_resume_saves_a_boolean_as_true_or_false(finished_run, tmp_path):
                                 "-m (if it is one path with a comma in it, quote it for Hydra: "
                                 "\"data.root='/home/u/x,y'\")"),
     (["+foo=1"], "override '+foo=1': resume takes KEY=VALUE only"),
+    # (as vaelab-train's README line gives it: review)
+    (["+model.kwargs.width=3"], "override '+model.kwargs.width=3': resume takes KEY=VALUE only: give "
+                                "model.kwargs.width=3"),
     (["=3"], "override '=3': no key before the '=': an override is KEY=VALUE, as in latent_size=16"),  # as vaelab-train
     (["data.root=~/mnist"], "override 'data.root=~/mnist': cannot parse it (unexpected '~' at character 11); Hydra "
                             "does not expand ~: write the path out, e.g. data.root=$HOME/mnist"),  # vaelab-train's
@@ -1253,7 +1256,7 @@ def test_resume_saves_a_boolean_as_true_or_false(finished_run, tmp_path):
     (["trainer.progress=2"], "override 'trainer.progress=2': Value '2' is not a valid bool (type int) (key "
                              "'trainer.progress'); give true or false"),  # (it was written, and read as true)
 ], ids=["other-latent-size", "other-widths", "name", "unknown-key", "wrong-type", "bad-value", "sweep", "comma-path",
-        "add-key",
+        "add-key", "add-model-argument",
         "no-key", "unparsed", "group", "same-shapes",
         "other-split", "integer-for-bool"])
 def test_bad_override_is_one_line_and_overwrites_nothing(finished_run, tmp_path, capsys, args, expect):

@@ -124,7 +124,10 @@ def _explain(exc: Exception, override: str, composed: DictConfig | None = None) 
                        r"'(\w+)'|Could not override '[^'@]+@([^'.]+)\.)", msg)
     if in_file and not full_key:
         file, key, cls, under = in_file.groups()
-        group = file.rsplit("/", 1)[0]
+        # the file's group: the override's (experiment=sub/mine: sub/ is part of the option's name), or
+        # for a file another one's defaults list chose, its first folder
+        chosen = override.split("=", 1)[0].lstrip("+~")
+        group = chosen if file.startswith(f"{chosen}/") else file.split("/", 1)[0]
         section = _schema_sections().get(cls) if cls else None
         if under == group or (section == "" and key == group):  # experiment/mine.yaml without its header
             return (f"override '{override}': {file}.yaml is read into '{group}.', where vaelab has no settings; "

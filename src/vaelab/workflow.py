@@ -471,7 +471,11 @@ def apply_overrides(cfg, overrides: list[str]) -> list:
             raise WorkflowError(f"override '{line}': resume continues one run; sweep with vaelab-train -m"
                                 + comma_path_hint(line))
         if o.is_add() or o.is_delete() or o.is_force_add() or o.package is not None:
-            raise WorkflowError(f"override '{line}': resume takes KEY=VALUE only")
+            # (+model.kwargs.width=3, as vaelab-train takes it: model.kwargs takes new keys without the +)
+            plain = line.lstrip("+") if (o.is_add() or o.is_force_add()) and o.package is None and \
+                o.key_or_group.startswith("model.kwargs.") else None
+            raise WorkflowError(f"override '{line}': resume takes KEY=VALUE only"
+                                + (f": give {plain}" if plain else ""))
         if not o.key_or_group:
             raise WorkflowError(no_key(line))
         if (CONF_DIR / o.key_or_group).is_dir():  # model=mlp, experiment=seed: config groups

@@ -963,6 +963,21 @@ def test_mnist_given_as_gz_files_only_is_read(tmp_path, tiny_mnist):
         load_mnist_arrays(tmp_path, download=False)
     assert "\n" not in str(e.value)
     assert sorted(p.name for p in raw.iterdir()) == sorted([*MNIST_FILES[1:], *(f"{f}.gz" for f in MNIST_FILES)])
+    # no gzip at all: said so, in gzip's words (review: a filename set on its error had replaced them)
+    (raw / f"{MNIST_FILES[0]}.gz").write_bytes(b"hello\n")
+    with pytest.raises(DataError, match=r"^\S+train-images-idx3-ubyte.gz: not a gzip file \(Not a gzipped file "):
+        load_mnist_arrays(tmp_path, download=False)
+    # a .gz whose contents are cut short: the unpacked file is named with the .gz to replace, and a good copy
+    # of that, put in, is unpacked again (review: the bad unpacked file stayed, and the good .gz was never read)
+    good = (tiny_mnist / "MNIST" / "raw" / MNIST_FILES[0]).read_bytes()
+    (raw / f"{MNIST_FILES[0]}.gz").write_bytes(gzip.compress(good[:5000]))
+    with pytest.raises(DataError, match=r"train-images-idx3-ubyte: 5000 bytes, but its header \(256 x 28 x 28\) "
+                                        r"needs 200720: truncated; it was unpacked from train-images-idx3-ubyte.gz: "
+                                        r"replace that with a good copy$"):
+        load_mnist_arrays(tmp_path, download=False)
+    os.utime(raw / MNIST_FILES[0], (1, 1))  # (the good copy, below, is newer, as one put in afterwards is)
+    (raw / f"{MNIST_FILES[0]}.gz").write_bytes(gzip.compress(good))
+    assert all(torch.equal(a, b) for a, b in zip(load_mnist_arrays(tmp_path, download=False), want))
 
 
 def test_a_sweep_with_a_validation_split_too_big_for_the_data_is_refused_before_any_job(tmp_path, tiny_mnist):
@@ -1141,6 +1156,16 @@ def test_a_relative_data_root_is_read_from_the_launch_folder_also_with_hydra_job
                        timeout=120)
     assert r.returncode == 0, r.stderr[-2000:]
     assert (tmp_path / "run" / "metrics.json").is_file() and not (tmp_path / "run" / "data").exists()
+
+
+def test_an_idx_file_of_no_images_is_named(tmp_path):
+    """Review: torchvision's words for it, "offset (16 bytes) must be non-negative ...", named no file."""
+    from tests.conftest import make_tiny_mnist
+    from vaelab.data import DataError, load_mnist_arrays
+
+    make_tiny_mnist(tmp_path, n_test=0)
+    with pytest.raises(DataError, match=r"t10k-images-idx3-ubyte: holds no images; replace it with a good copy$"):
+        load_mnist_arrays(tmp_path, download=False)
 
 
 def test_an_unreadable_gz_file_is_named_not_its_folder(tmp_path, tiny_mnist, monkeypatch):

@@ -250,8 +250,10 @@ def write_atomic(path: str | Path, write: Callable[[BinaryIO], Any], through_lin
         os.replace(tmp, path)
     except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
-        if isinstance(e, OSError) and e.filename is None:  # (a full disk fails write(), which names no file:
-            e.filename = str(path)                          # the messages named the run's folder)
+        # (a full disk fails write(), which names no file: the messages named the run's folder; not an
+        # OSError of no errno, gzip's BadGzipFile, whose words a filename would replace)
+        if isinstance(e, OSError) and e.filename is None and e.errno is not None:
+            e.filename = str(path)
         raise
     _fsync_folder(path.parent)
     return path

@@ -70,6 +70,16 @@ def _have_files(root: Path) -> bool:
     return all((raw / f).exists() or (raw / f"{f}.gz").exists() for f in MNIST_FILES)
 
 
+def _unpacked(raw: Path, name: str) -> bool:
+    """Whether MNIST's file `name` is there unpacked, and not older than a .gz beside it (unpacked
+    before from a .gz replaced since, a damaged one's good copy say: unpacked again, from that)."""
+    gz = raw / f"{name}.gz"
+    try:
+        return not (gz.exists() and gz.stat().st_mtime > (raw / name).stat().st_mtime)
+    except FileNotFoundError:
+        return False
+
+
 def _unpack(raw: Path) -> None:
     """torchvision's MNIST reads only the unpacked files (its download unpacks each .gz next to
     itself): unpack a folder that holds only the .gz files, each into a temporary file renamed
@@ -77,13 +87,15 @@ def _unpack(raw: Path) -> None:
     from vaelab.checkpoint import write_atomic
 
     for f in MNIST_FILES:
-        if (raw / f).exists():
-            continue
         src = raw / f"{f}.gz"
+        if _unpacked(raw, f):
+            continue
         try:
             with gzip.open(src, "rb") as packed:
                 write_atomic(raw / f, lambda out: shutil.copyfileobj(packed, out))
-        except (EOFError, gzip.BadGzipFile, zlib.error) as e:  # BadGzipFile is an OSError: first
+        except gzip.BadGzipFile as e:  # (an OSError: first)
+            raise DataError(f"{src}: not a gzip file ({e}); replace it with a good copy") from None
+        except (EOFError, zlib.error) as e:
             raise DataError(f"{src}: not a complete gzip file ({e}); replace it with a good copy") from None
         except OSError as e:
             if e.filename is not None and Path(e.filename) == src:  # the .gz itself: permissions
@@ -103,7 +115,7 @@ def fetch_mnist(root: str | Path, download: bool = True, how: str = HOW) -> None
     what the message tells the user to do to point at the data."""
     root = Path(root).expanduser()
     if _have_files(root):
-        if all((_raw_dir(root) / f).exists() for f in MNIST_FILES):  # (.gz files: checked once unpacked)
+        if all(_unpacked(_raw_dir(root), f) for f in MNIST_FILES):  # (.gz files: checked once unpacked)
             _check_files(_raw_dir(root))
         return
     if download:
@@ -154,16 +166,24 @@ def _idx_dims(path: Path, ndim: int) -> tuple[int, ...]:
         raise DataError(f"{path}: cannot read it ({e.strerror or e})") from None
     expected = 0x800 | ndim
     if len(head) < 4 + 4 * ndim:
-        raise DataError(f"{path}: {size} bytes, too short for an IDX header; replace it with a good copy")
+        raise DataError(f"{path}: {size} bytes, too short for an IDX header; {_replace(path)}")
     magic, *dims = struct.unpack(f">{1 + ndim}I", head)
     if magic != expected:
         raise DataError(f"{path}: not an IDX file of {'images' if ndim == 3 else 'labels'} (magic number "
-                        f"0x{magic:08x}, expected 0x{expected:08x}); replace it with a good copy")
+                        f"0x{magic:08x}, expected 0x{expected:08x}); {_replace(path)}")
     want = len(head) + math.prod(dims)
     if size != want:
         raise DataError(f"{path}: {size} bytes, but its header ({' x '.join(map(str, dims))}) needs {want}: "
-                        f"{'truncated' if size < want else 'extra bytes at the end'}; replace it with a good copy")
+                        f"{'truncated' if size < want else 'extra bytes at the end'}; {_replace(path)}")
     return tuple(dims)
+
+
+def _replace(path: Path) -> str:
+    """What to do about a damaged IDX file: replace it, or the .gz beside it that it was unpacked
+    from (vaelab unpacks a newer .gz again; the unpacked file is not the user's)."""
+    gz = path.with_name(f"{path.name}.gz")
+    return f"it was unpacked from {gz.name}: replace that with a good copy" if gz.exists() else \
+        "replace it with a good copy"
 
 
 def _check_files(raw: Path) -> None:
@@ -179,6 +199,8 @@ def _check_files(raw: Path) -> None:
         if n != m:
             raise DataError(f"{raw / labels}: {m} labels for the {n} images of {images}; the two files must come "
                             f"from the same copy of MNIST")
+        if n == 0:  # (torchvision's words for it named no file: "offset (16 bytes) must be non-negative ...")
+            raise DataError(f"{raw / images}: holds no images; {_replace(raw / images)}")
 
 
 def mnist_train_size(root: str | Path) -> int | None:

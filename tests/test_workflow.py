@@ -129,6 +129,23 @@ def files_snapshot(run_dir: Path) -> dict:
             for p in sorted(run_dir.rglob("*")) if p.is_file()}
 
 
+def test_a_data_root_given_with_a_tilde_is_saved_as_this_shells_home(tmp_path, monkeypatch):
+    """Review: data.root='~/d' was saved as written, and vaelab eval from another user's shell (or
+    a SLURM node, sudo) looked in that one's home."""
+    from vaelab.workflow import pin_environment
+
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    (tmp_path / ".hydra").mkdir()
+    for given, env in (("'~/d'", None), ("${oc.env:VAELAB_DATA,./data}", "~/e")):
+        if env:
+            monkeypatch.setenv("VAELAB_DATA", env)
+        (tmp_path / ".hydra" / "config.yaml").write_text(f"data:\n  root: {given}\nlatent_size: 2\n")
+        cfg = OmegaConf.load(tmp_path / ".hydra" / "config.yaml")
+        assert pin_environment(tmp_path, cfg) == ["data.root"]
+        saved = OmegaConf.load(tmp_path / ".hydra" / "config.yaml")
+        assert saved.data.root == str(tmp_path / "home" / (env or "~/d")[2:])
+
+
 # --- reproduce -------------------------------------------------------------------------------
 
 

@@ -128,6 +128,12 @@ def pin_environment(run_dir: str | Path, cfg) -> list[str]:
                 pinned.append(key)
 
     walk(OmegaConf.to_container(raw, resolve=False), "")
+    # data.root='~/mnist' (or VAELAB_DATA=~/mnist): the home of this shell, not of the one, the user or the
+    # node that evaluates, resumes or reproduces the run (a relative root is read from the launch folder)
+    root = OmegaConf.select(raw, "data.root")
+    if isinstance(root, str) and root.startswith("~") and os.path.expanduser(root) != root:
+        OmegaConf.update(raw, "data.root", os.path.expanduser(root), merge=False)
+        pinned = [*pinned, "data.root"] if "data.root" not in pinned else pinned
     if pinned:
         ckpt_io.write_text_atomic(path, OmegaConf.to_yaml(raw))
     return pinned

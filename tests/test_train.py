@@ -730,6 +730,15 @@ def test_an_error_inside_the_models_own_code_keeps_its_traceback(tiny_mnist, tmp
         assert isinstance(e.value.__cause__, cause)
 
 
+def test_a_validation_split_of_one_image_says_its_active_units_read_0(make_cfg, tmp_path, caplog):
+    """Review: data.val_size=1 reported active 0/32, with no word that one image has no variance."""
+    with caplog.at_level("WARNING", logger="vaelab"):
+        train(make_cfg(["latent_size=2", "model.size=small", "trainer.epochs=1", "trainer.final_eval=false",
+                        "data.val_size=1"]), tmp_path)
+    assert ("data.val_size=1: active_units, a variance across the validation images, needs 2 or more; with one it "
+            "reads 0") in caplog.text
+
+
 def test_a_batch_larger_than_the_training_set_is_said(make_cfg, tmp_path, caplog):
     """It trains (one step an epoch, the whole set), but without a word a typo (batch_size=6400
     for 64) went unnoticed."""

@@ -829,6 +829,9 @@ def _train(cfg: DictConfig, run_dir: Path, data: MNISTData | None, on_start=None
     n_train = len(data.train)
     if data.val_is_test:
         log.info("data.val_size=0: training on all %d images; 'val' metrics are computed on the test split", n_train)
+    elif len(data.val) < 2:  # (Cov_x over one image is 0: every dimension reads as dead)
+        log.warning("data.val_size=%d: active_units, a variance across the validation images, needs 2 or more; "
+                    "with one it reads 0", len(data.val))
     if t.batch_size > n_train:  # (allowed: the one batch is the whole training set, as a DataLoader's would be)
         log.warning("trainer.batch_size=%d is larger than the %d training images: each epoch is one step of %d",
                     t.batch_size, n_train, n_train)

@@ -1134,6 +1134,9 @@ def test_data_root_given_as_the_raw_folder_names_the_folder_to_give(tiny_mnist):
     for wrong in (tiny_mnist / "MNIST" / "raw", tiny_mnist / "MNIST"):
         with pytest.raises(DataError, match=f"; data.root is the folder that holds MNIST/raw/, here {tiny_mnist}$"):
             fetch_mnist(wrong, download=False)
+        # (given as vaelab eval's --data-root: named so; review)
+        with pytest.raises(DataError, match=f"; --data-root is the folder that holds MNIST/raw/, here {tiny_mnist}$"):
+            fetch_mnist(wrong, download=False, how="give --data-root DIR")
 
 
 def test_one_missing_file_is_named(tmp_path, tiny_mnist):

@@ -140,7 +140,8 @@ def fetch_mnist(root: str | Path, download: bool = True, how: str = HOW) -> None
         # data.root given as MNIST/raw/ itself, or MNIST/: the folder it should be is above it
         right = next((c for c in (root.parent, root.parent.parent) if _have_files(c)
                       and root.resolve() in ((c / "MNIST").resolve(), _raw_dir(c).resolve())), None)
-        hint = (f"; data.root is the folder that holds MNIST/raw/, here {right.resolve()}" if right is not None
+        named = "--data-root" if "--data-root" in how else "data.root"  # (what the command was given)
+        hint = (f"; {named} is the folder that holds MNIST/raw/, here {right.resolve()}" if right is not None
                 else f"; {how} to a folder holding MNIST/raw/")
         raise DataError(f"MNIST not found in {raw.resolve()} (download {why if download else 'disabled'}): "
                         f"{what}{hint}")

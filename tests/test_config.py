@@ -1318,6 +1318,28 @@ def test_a_group_file_of_ones_own_with_a_wrong_key_gets_the_hints_an_override_ge
         assert got == line or (override == "trainer=t" and got.startswith(line)), got
 
 
+def test_a_group_file_of_ones_own_that_gives_a_boolean_an_integer_is_refused(tmp_path):
+    """`progress: 2` in a trainer file of one's own ran as true: Hydra merges the file onto the typed
+    schema while composing, before any check (command-line values were refused already)."""
+    from vaelab.config import compose_config
+
+    (tmp_path / "trainer").mkdir()
+    (tmp_path / "experiment").mkdir()
+    (tmp_path / "trainer" / "p2.yaml").write_text("defaults:\n  - default\nprogress: 2\n")
+    (tmp_path / "trainer" / "ok.yaml").write_text("defaults:\n  - default\nprogress: 0\n")
+    (tmp_path / "experiment" / "g3.yaml").write_text("# @package _global_\ntrainer:\n  cuda_graph: '3'\n")
+    assert precheck(["--config-dir", str(tmp_path), "trainer=p2"]) == (
+        f"{tmp_path / 'trainer' / 'p2.yaml'}: Value '2' is not a valid bool (type int) (key 'trainer.progress'); "
+        f"give true or false")
+    assert precheck(["--config-dir", str(tmp_path), "experiment=g3"]) == (
+        f"{tmp_path / 'experiment' / 'g3.yaml'}: Value '3' is not a valid bool (type str) (key 'trainer.cuda_graph'); "
+        f"give true or false")
+    assert precheck(["--config-dir", str(tmp_path), "trainer=ok"]) is None
+    with pytest.raises(ConfigError, match=r"p2.yaml: Value '2' is not a valid bool"):
+        compose_config(["trainer=p2"], config_dir=tmp_path)
+    assert compose_config(["trainer=ok"], config_dir=tmp_path).trainer.progress is False
+
+
 def test_train_types_a_plain_config_as_composing_does(tmp_path):
     """train() given a plain config (OmegaConf.create of a dict, as a script might build one)
     ran optim.impl=fusd as a non-fused Adam and loss.impl=trition as torch: only validate()'s

@@ -28,7 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from vaelab.checkpoint import CheckpointError, check_not_in_use, enclosing_run, holds_runs, is_run
 from vaelab.config import (CONF_DIR, Config, ConfigError, absolute, choices, hydra_section, integer_as_bool,
-                           leaves, register_configs, typed, validate)
+                           integer_as_bool_in_files, leaves, register_configs, typed, validate)
 
 # Hydra's own flags; those in _WITH_VALUE take the next argument as their value.
 _WITH_VALUE = {"--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd", "--cfg", "-c",
@@ -402,7 +402,7 @@ def precheck(argv: list[str], fetch_data: bool = False, continuing: Path | None 
     mode = OmegaConf.select(full, "hydra.mode")
     multirun = cmd.multirun or str(getattr(mode, "name", mode)) == "MULTIRUN"
     given = {"hydra.run.dir": cmd.given("hydra.run.dir"), "hydra.sweep.dir": cmd.given("hydra.sweep.dir")}
-    err = (_folder_error(full, multirun, given, cmd.taken)
+    err = (integer_as_bool_in_files(full) or _folder_error(full, multirun, given, cmd.taken)
            or _other_folder_error(full, multirun) or (multirun and _job_folders_error(full, cmd))
            or _optuna_settings_error(full, cmd) or _optuna_storage_error(full))
     if err:

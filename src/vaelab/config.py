@@ -264,7 +264,11 @@ def compose_config(overrides: list[str] | tuple = (), config_dir: str | Path | N
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-            cfg = typed(compose("config", overrides=[*extra, *overrides]))
+            composed = compose("config", overrides=[*extra, *overrides], return_hydra_config=True)
+        line = integer_as_bool_in_files(composed)  # (progress: 2 in a group file of one's own)
+        if line:
+            raise ConfigError(line)
+        cfg = typed(composed)  # (without Hydra's section)
         _check_resolves(cfg)  # (latent_size=${nosuch}: one line now, not OmegaConf's when a key is read)
         return cfg
     except ConfigError:
@@ -512,6 +516,40 @@ def _integers_as_bools(cfg: dict) -> None:
         why = not_a_bool(key, value)
         if why:
             raise ConfigError(why)  # (it names the key)
+
+
+def integer_as_bool_in_files(composed: DictConfig) -> str | None:
+    """One line for a config group file of one's own (--config-dir, hydra.searchpath) that gives a
+    setting that is true or false an integer other than 0 or 1 (not_a_bool): Hydra merges the file
+    onto the typed schema while composing, which reads `progress: 2` as true before any check sees
+    it. `composed`: with Hydra's section (its runtime.choices and config_sources); else None."""
+    import yaml
+
+    runtime = OmegaConf.select(composed, "hydra.runtime")
+    if runtime is None:
+        return None
+    folders = [Path(s.path) for s in runtime.config_sources or [] if s.schema == "file"]
+    for group, option in (runtime.choices or {}).items():
+        if option is None or group.startswith("hydra/") or group == "hydra":
+            continue
+        found = next((d / group / f"{option}.yaml" for d in folders if (d / group / f"{option}.yaml").is_file()), None)
+        if found is None or found.parent.parent == CONF_DIR:  # (vaelab's own: typed as written)
+            continue
+        try:
+            text = found.read_text()
+            raw = yaml.safe_load(text)
+        except (OSError, UnicodeDecodeError, yaml.YAMLError):  # (composing read it: Hydra's own words, if any)
+            continue
+        if not isinstance(raw, dict):
+            continue
+        header = re.search(r"^#\s*@package\s+(\S+)", text, re.M)
+        package = header.group(1) if header else group.replace("/", ".")
+        package = {"_global_": "", "_group_": group.replace("/", ".")}.get(package, package)
+        for key, value in leaves({k: v for k, v in raw.items() if k != "defaults"}):
+            why = not_a_bool(f"{package}.{key}" if package else key, value)
+            if why:
+                return f"{found}: {why}"
+    return None
 
 
 def _first_line_and_key(e: Exception) -> tuple[str, str | None]:

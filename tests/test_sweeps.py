@@ -543,6 +543,27 @@ def test_compare_plots_the_epoch_points_of_a_run_without_tensorboard(make_cfg, t
     assert plotted[-1][0][2] == points
 
 
+def test_compare_plot_of_runs_whose_losses_do_not_compare_says_so(tmp_path, capsys, monkeypatch):
+    """Review: bce and mse runs' val_loss on one axis, with only the note on the constant, read as the
+    mse run being the best; the table's note for --sort was not given for --plot."""
+    for name, recon, loss in (("a", "bce", 120.0), ("b", "mse", 30.0)):
+        (tmp_path / name / ".hydra").mkdir(parents=True)
+        (tmp_path / name / ".hydra" / "config.yaml").write_text(f"loss:\n  recon: {recon}\n")
+        (tmp_path / name / "epochs.jsonl").write_text(json.dumps(
+            {"epoch": 1, "examples_seen": 100, "val_loss": loss, "val_kl": 5.0}) + "\n")
+    titles = []
+    import matplotlib.axes
+
+    monkeypatch.setattr(matplotlib.axes.Axes, "set_title", lambda self, t, **kw: titles.append(t))
+    assert vaelab(["compare", tmp_path, "--plot", "val_loss", "--out", tmp_path / "c.png"]) == 0
+    why = ("the runs differ in loss.recon (a Gaussian density of the images against a Bernoulli probability of their "
+           "pixels)")
+    assert f"note: --plot val_loss draws curves that do not compare: {why}" in capsys.readouterr().out
+    assert titles[-1].startswith(f"these curves do not compare: {why}\nloss.recon=mse runs leave out")
+    assert vaelab(["compare", tmp_path, "--plot", "val_kl", "--out", tmp_path / "c.png"]) == 0  # (the KL compares)
+    assert "do not compare" not in capsys.readouterr().out
+
+
 def test_compare_plot_of_runs_without_event_files_says_so(tmp_path, capsys):
     (tmp_path / "run" / ".hydra").mkdir(parents=True)  # as logger.tensorboard=false leaves a run
     (tmp_path / "run" / ".hydra" / "config.yaml").write_text("latent_size: 4\n")

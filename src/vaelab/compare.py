@@ -513,8 +513,14 @@ def plot(runs: list[Run], tag: str, out: str | Path, defaulted: bool = False) ->
     ax.set_xlabel("examples seen")
     unit = scalar_unit(found[0][1])
     ax.set_ylabel(found[0][1] + (f" ({unit})" if unit else ""))
+    notes = []
+    why = not_comparable([r for r, _, _ in found], found[0][1], plotted=True)
+    if why:  # (one axis invited reading the lowest curve as the best run: review)
+        notes.append(f"these curves do not compare: the runs {NOT_COMPARABLE[why]}")
     if leaves_out_mse_constant(found[0][1]) and any(r.config.get("loss.recon") == "mse" for r, _, _ in found):
-        ax.set_title(f"loss.recon=mse runs {_mse_constant_left_out()}", fontsize="small")  # (the table's note)
+        notes.append(f"loss.recon=mse runs {_mse_constant_left_out()}")  # (the table's note)
+    if notes:
+        ax.set_title("\n".join(notes), fontsize="small")
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
     try:
@@ -552,7 +558,7 @@ NOT_COMPARABLE = {
 }
 
 
-def not_comparable(runs: list[Run], metric: str) -> str | None:
+def not_comparable(runs: list[Run], metric: str, plotted: bool = False) -> str | None:
     """Why `metric` is not one quantity across the runs that have it, a key of NOT_COMPARABLE:
     "loss.recon" (a Gaussian density of x/255 against a Bernoulli probability of the pixels:
     different quantities; KL and the active units still compare), "data.binarize" (grey levels
@@ -560,8 +566,9 @@ def not_comparable(runs: list[Run], metric: str) -> str | None:
     draws and compare), "data" (runs whose data settings are the same but whose data_digest is not:
     images from another folder; a digest that follows from data.val_size, data.split_seed or the
     binarization is not counted) or "split" (a val_* of data.val_size=0 is the test split's); else
-    None."""
-    have = [r for r in runs if isinstance(r.metrics.get(metric), (int, float))]
+    None. `plotted`: the runs are those with a curve of it (--plot), whatever their final metrics."""
+    metric = metric.removeprefix("epoch/").replace("/", "_")  # (a curve's tag: epoch/val_loss, train/loss)
+    have = runs if plotted else [r for r in runs if isinstance(r.metrics.get(metric), (int, float))]
     known = [r for r in have if r.config]  # (a run whose saved config is gone or unreadable: settings unknown)
     likelihood = any(part in metric for part in ("loss", "recon", "elbo", "nll", "bits_per_dim"))
     if likelihood and len({r.config.get("loss.recon") for r in known}) > 1:
@@ -799,6 +806,9 @@ def compare_command(args) -> int:
         why = not_comparable(runs, args.sort) if args.sort else None
         if why:  # (the sweep summary names no lowest val_loss for the same reasons)
             print(f"note: --sort {args.sort} orders numbers that do not compare: the runs {NOT_COMPARABLE[why]}")
+        if args.plot and (found_curves := curves(runs, args.plot)) and \
+                (why := not_comparable([r for r, _, _ in found_curves], found_curves[0][1], plotted=True)):
+            print(f"note: --plot {args.plot} draws curves that do not compare: the runs {NOT_COMPARABLE[why]}")
         if args.plot:
             out = plot(runs, args.plot, args.out, defaulted)
             print(f"wrote {out}")

@@ -408,10 +408,13 @@ def test_compare_plot_names_its_unit_and_tells_runs_with_the_same_settings_apart
     plot(runs, "test_bits_per_dim", tmp_path / "bpd.png")
     (ax,), (ax_bpd,) = figs[0].axes[:1], figs[1].axes[:1]
     assert ax.get_ylabel() == "epoch/val_loss (nats per example)"
-    assert ax.get_title(loc="center").startswith("loss.recon=mse runs leave out the Gaussian decoder's constant")
+    differ = ("these curves do not compare: the runs differ in loss.recon (a Gaussian density of the images against a "
+              "Bernoulli probability of their pixels)")
+    assert ax.get_title(loc="center").startswith(f"{differ}\nloss.recon=mse runs leave out the Gaussian decoder's "
+                                                 f"constant")
     assert [t.get_text() for t in ax.get_legend().get_texts()] == [
         "loss.recon=mse (a)", "loss.recon=mse (a_again)", "loss.recon=bce (b)"]
-    assert ax_bpd.get_ylabel() == "test/bits_per_dim (bits per dimension)" and ax_bpd.get_title() == ""
+    assert ax_bpd.get_ylabel() == "test/bits_per_dim (bits per dimension)" and ax_bpd.get_title() == differ
     for fig in figs:
         close(fig)
 

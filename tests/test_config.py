@@ -967,16 +967,17 @@ def test_mnist_given_as_gz_files_only_is_read(tmp_path, tiny_mnist):
     (raw / f"{MNIST_FILES[0]}.gz").write_bytes(b"hello\n")
     with pytest.raises(DataError, match=r"^\S+train-images-idx3-ubyte.gz: not a gzip file \(Not a gzipped file "):
         load_mnist_arrays(tmp_path, download=False)
-    # a .gz whose contents are cut short: the unpacked file is named with the .gz to replace, and a good copy
-    # of that, put in, is unpacked again (review: the bad unpacked file stayed, and the good .gz was never read)
+    # a .gz whose contents are cut short: the unpacked file's message says what works (review: "replace it" of
+    # the file vaelab had unpacked, which a good .gz copy then did not replace)
     good = (tiny_mnist / "MNIST" / "raw" / MNIST_FILES[0]).read_bytes()
     (raw / f"{MNIST_FILES[0]}.gz").write_bytes(gzip.compress(good[:5000]))
     with pytest.raises(DataError, match=r"train-images-idx3-ubyte: 5000 bytes, but its header \(256 x 28 x 28\) "
-                                        r"needs 200720: truncated; it was unpacked from train-images-idx3-ubyte.gz: "
-                                        r"replace that with a good copy$"):
+                                        r"needs 200720: truncated; delete it, and train-images-idx3-ubyte.gz beside "
+                                        r"it is unpacked again \(replace that with a good copy if it is damaged "
+                                        r"too\)$"):
         load_mnist_arrays(tmp_path, download=False)
-    os.utime(raw / MNIST_FILES[0], (1, 1))  # (the good copy, below, is newer, as one put in afterwards is)
-    (raw / f"{MNIST_FILES[0]}.gz").write_bytes(gzip.compress(good))
+    (raw / f"{MNIST_FILES[0]}.gz").write_bytes(gzip.compress(good))  # as it says
+    (raw / MNIST_FILES[0]).unlink()
     assert all(torch.equal(a, b) for a, b in zip(load_mnist_arrays(tmp_path, download=False), want))
 
 
@@ -1132,8 +1133,11 @@ def test_data_root_given_as_the_raw_folder_names_the_folder_to_give(tiny_mnist):
     from vaelab.data import DataError, fetch_mnist
 
     for wrong in (tiny_mnist / "MNIST" / "raw", tiny_mnist / "MNIST"):
-        with pytest.raises(DataError, match=f"; data.root is the folder that holds MNIST/raw/, here {tiny_mnist}$"):
+        with pytest.raises(DataError, match=f"; data.root \\(or VAELAB_DATA\\) is the folder that holds MNIST/raw/, "
+                                            f"here {tiny_mnist}$"):
             fetch_mnist(wrong, download=False)
+        with pytest.raises(DataError, match=f"; data.root is the folder that holds MNIST/raw/, here {tiny_mnist}$"):
+            fetch_mnist(wrong, download=False, how="give data.root=DIR")
         # (given as vaelab eval's --data-root: named so; review)
         with pytest.raises(DataError, match=f"; --data-root is the folder that holds MNIST/raw/, here {tiny_mnist}$"):
             fetch_mnist(wrong, download=False, how="give --data-root DIR")
@@ -1159,6 +1163,13 @@ def test_a_relative_data_root_is_read_from_the_launch_folder_also_with_hydra_job
                        timeout=120)
     assert r.returncode == 0, r.stderr[-2000:]
     assert (tmp_path / "run" / "metrics.json").is_file() and not (tmp_path / "run" / "data").exists()
+
+
+def test_a_data_root_under_a_user_this_machine_lacks_is_one_line():
+    """Review: pathlib's RuntimeError ("Could not determine home directory") was a traceback."""
+    assert precheck(["data.root='~nosuchuser_vaelab/x'"], fetch_data=True) == (
+        "~nosuchuser_vaelab/x: no user 'nosuchuser_vaelab' on this machine, whose home ~nosuchuser_vaelab would be; "
+        "write the folder out")
 
 
 def test_an_idx_file_of_no_images_is_named(tmp_path):

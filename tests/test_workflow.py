@@ -146,6 +146,19 @@ def test_a_data_root_given_with_a_tilde_is_saved_as_this_shells_home(tmp_path, m
         assert saved.data.root == str(tmp_path / "home" / (env or "~/d")[2:])
 
 
+def test_vaelab_train_gives_hydra_a_data_root_with_its_tilde_expanded(monkeypatch):
+    """Review: a sweep's multirun.yaml kept data.root='~/x', and `vaelab resume SWEEP_DIR` from another
+    user's shell launched the jobs that had not started on that one's home."""
+    from vaelab.train_cli import _home_expanded
+
+    monkeypatch.setenv("HOME", "/home/me")
+    assert _home_expanded("data.root='~/x'") == "data.root='/home/me/x'"
+    assert _home_expanded("+data.root='~/x y'") == "+data.root='/home/me/x y'"
+    for kept in ("data.root=/abs", "data.root=rel/~x", "data.root='~/a','~/b'", "latent_size=2", "--multirun",
+                 "data.root='~nosuchuser_vaelab/x'"):
+        assert _home_expanded(kept) == kept
+
+
 # --- reproduce -------------------------------------------------------------------------------
 
 

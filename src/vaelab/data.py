@@ -70,16 +70,6 @@ def _have_files(root: Path) -> bool:
     return all((raw / f).exists() or (raw / f"{f}.gz").exists() for f in MNIST_FILES)
 
 
-def _unpacked(raw: Path, name: str) -> bool:
-    """Whether MNIST's file `name` is there unpacked, and not older than a .gz beside it (unpacked
-    before from a .gz replaced since, a damaged one's good copy say: unpacked again, from that)."""
-    gz = raw / f"{name}.gz"
-    try:
-        return not (gz.exists() and gz.stat().st_mtime > (raw / name).stat().st_mtime)
-    except FileNotFoundError:
-        return False
-
-
 def _unpack(raw: Path) -> None:
     """torchvision's MNIST reads only the unpacked files (its download unpacks each .gz next to
     itself): unpack a folder that holds only the .gz files, each into a temporary file renamed
@@ -87,9 +77,9 @@ def _unpack(raw: Path) -> None:
     from vaelab.checkpoint import write_atomic
 
     for f in MNIST_FILES:
-        src = raw / f"{f}.gz"
-        if _unpacked(raw, f):
+        if (raw / f).exists():
             continue
+        src = raw / f"{f}.gz"
         try:
             with gzip.open(src, "rb") as packed:
                 write_atomic(raw / f, lambda out: shutil.copyfileobj(packed, out))
@@ -113,9 +103,9 @@ def fetch_mnist(root: str | Path, download: bool = True, how: str = HOW) -> None
     """Make sure MNIST's four files are under root/MNIST/raw, downloading them if allowed, and
     that those already unpacked are whole IDX files of 28 x 28 images; else a DataError. `how`:
     what the message tells the user to do to point at the data."""
-    root = Path(root).expanduser()
+    root = _expanded(root)
     if _have_files(root):
-        if all(_unpacked(_raw_dir(root), f) for f in MNIST_FILES):  # (.gz files: checked once unpacked)
+        if all((_raw_dir(root) / f).exists() for f in MNIST_FILES):  # (.gz files: checked once unpacked)
             _check_files(_raw_dir(root))
         return
     if download:
@@ -140,7 +130,8 @@ def fetch_mnist(root: str | Path, download: bool = True, how: str = HOW) -> None
         # data.root given as MNIST/raw/ itself, or MNIST/: the folder it should be is above it
         right = next((c for c in (root.parent, root.parent.parent) if _have_files(c)
                       and root.resolve() in ((c / "MNIST").resolve(), _raw_dir(c).resolve())), None)
-        named = "--data-root" if "--data-root" in how else "data.root"  # (what the command was given)
+        named = "--data-root" if "--data-root" in how else \
+            "data.root (or VAELAB_DATA)" if "VAELAB_DATA" in how else "data.root"  # (what the command was given)
         hint = (f"; {named} is the folder that holds MNIST/raw/, here {right.resolve()}" if right is not None
                 else f"; {how} to a folder holding MNIST/raw/")
         raise DataError(f"MNIST not found in {raw.resolve()} (download {why if download else 'disabled'}): "
@@ -179,12 +170,23 @@ def _idx_dims(path: Path, ndim: int) -> tuple[int, ...]:
     return tuple(dims)
 
 
+def _expanded(root: str | Path) -> Path:
+    """`root` with a leading ~ or ~user expanded; a DataError with one line for a user this machine
+    does not have (pathlib's RuntimeError, "Could not determine home directory", was a traceback)."""
+    try:
+        return Path(root).expanduser()
+    except RuntimeError:
+        user = str(root)[1:].split("/", 1)[0]
+        raise DataError(f"{root}: no user {user!r} on this machine, whose home ~{user} would be; write the folder "
+                        f"out") from None
+
+
 def _replace(path: Path) -> str:
-    """What to do about a damaged IDX file: replace it, or the .gz beside it that it was unpacked
-    from (vaelab unpacks a newer .gz again; the unpacked file is not the user's)."""
+    """What to do about a damaged IDX file: replace it; or, with a .gz beside it (that it may have
+    been unpacked from, by vaelab or torchvision), delete it, and the .gz is unpacked again."""
     gz = path.with_name(f"{path.name}.gz")
-    return f"it was unpacked from {gz.name}: replace that with a good copy" if gz.exists() else \
-        "replace it with a good copy"
+    return (f"delete it, and {gz.name} beside it is unpacked again (replace that with a good copy if it is damaged "
+            f"too)") if gz.exists() else "replace it with a good copy"
 
 
 def _check_files(raw: Path) -> None:
@@ -207,7 +209,7 @@ def _check_files(raw: Path) -> None:
 def mnist_train_size(root: str | Path) -> int | None:
     """The number of training images MNIST's files under root declare (their IDX header, unpacked
     or .gz), without reading the images; None where there are no files."""
-    raw = _raw_dir(Path(root).expanduser())
+    raw = _raw_dir(_expanded(root))
     images = raw / MNIST_FILES[0]
     if images.exists():
         return _idx_dims(images, 3)[0]
@@ -226,7 +228,7 @@ def load_mnist_arrays(root: str | Path, download: bool = True, how: str = HOW):
     from torchvision.datasets import MNIST
 
     fetch_mnist(root, download, how)
-    root = Path(root).expanduser()
+    root = _expanded(root)
     _unpack(_raw_dir(root))
     _check_files(_raw_dir(root))
     try:

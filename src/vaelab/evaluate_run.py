@@ -136,7 +136,7 @@ def load_run(run_dir: str | Path, checkpoint: str = "last", device: str = "cpu")
 def data_root(run_dir: Path, cfg) -> Path:
     """data.root as the run saw it. A relative root is relative to the folder vaelab-train was
     started from, which Hydra records in .hydra/hydra.yaml; eval may be started elsewhere."""
-    root = Path(str(cfg.data.root)).expanduser()
+    root = Path(os.path.expanduser(str(cfg.data.root)))  # (~nosuchuser: as it is)
     hydra_yaml = run_dir / ".hydra" / "hydra.yaml"
     if not root.is_absolute() and hydra_yaml.is_file():
         cwd = OmegaConf.select(OmegaConf.load(hydra_yaml), "hydra.runtime.cwd")

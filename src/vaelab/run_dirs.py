@@ -174,7 +174,7 @@ def from_launch_folder(cfg: DictConfig, hc) -> DictConfig:
     """A relative data.root is relative to the folder vaelab-train was started in (the pre-flight
     looked there, and `vaelab eval` and `resume` read it so), also with hydra.job.chdir=true,
     which makes the run folder the current one. In place; the saved config keeps it relative."""
-    root = Path(str(cfg.data.root)).expanduser()
+    root = Path(os.path.expanduser(str(cfg.data.root)))  # (~nosuchuser: as it is)
     if hc.job.chdir and not root.is_absolute():
         cfg.data.root = str(Path(hc.runtime.cwd) / root)
     return cfg

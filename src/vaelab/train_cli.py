@@ -171,6 +171,25 @@ PRINT_ONLY = {"--help", "-h", "--hydra-help", "--version", "--cfg", "-c", "--inf
 LAUNCH_MADE_ENV = "VAELAB_LAUNCH_MADE"
 
 
+def _home_expanded(arg: str) -> str:
+    """data.root='~/mnist' as this shell's home, before Hydra records the override (a sweep's
+    multirun.yaml, which `vaelab resume SWEEP_DIR` launches its jobs that never started from,
+    perhaps in another user's shell or on another node; pin_environment does the same for each
+    run's saved config). Any other argument as it is."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    if arg.startswith("-") or arg.split("=", 1)[0].lstrip("+") != "data.root":
+        return arg
+    try:
+        [o] = OverridesParser.create().parse_overrides([arg])
+        value = o.value()
+    except Exception:  # noqa: BLE001 - the pre-flight has read it; a sweep's values stay as given
+        return arg
+    if not isinstance(value, str) or not value.startswith("~") or os.path.expanduser(value) == value:
+        return arg
+    return f"{arg.split('=', 1)[0]}={override_value(os.path.expanduser(value))}"
+
+
 def launch(argv: list[str], prog: str = "vaelab-train", continuing: Path | None = None) -> int:
     """Check vaelab-train's arguments, then run the Hydra app on them in this process; returns
     the exit status. continuing: the folder of a stopped sweep that these arguments carry on
@@ -183,6 +202,7 @@ def launch(argv: list[str], prog: str = "vaelab-train", continuing: Path | None 
     if err:
         print(f"{prog}: error: {err}", file=sys.stderr)
         return 2
+    argv = [_home_expanded(a) for a in argv]
     pinned, claimed = [], []
     if "folder" in where:  # the default ${now:...} folder, made now and given to Hydra as made (in
         # place of the default itself, which a re-run of a saved config passes as ++KEY=...)

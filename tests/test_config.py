@@ -1349,6 +1349,27 @@ def test_a_group_file_of_ones_own_that_gives_a_boolean_an_integer_is_refused(tmp
     with pytest.raises(ConfigError, match=r"p2.yaml: Value '2' is not a valid bool"):
         compose_config(["trainer=p2"], config_dir=tmp_path)
     assert compose_config(["trainer=ok"], config_dir=tmp_path).trainer.progress is False
+    # (review) each job of a sweep over group options, a file included by another's defaults list, a package
+    # given in the override or in a header, a primary config of one's own
+    (tmp_path / "trainer" / "outer.yaml").write_text("defaults:\n  - default\n  - p2\n  - _self_\n")
+    (tmp_path / "mygrp").mkdir()
+    (tmp_path / "mygrp" / "plain.yaml").write_text("deterministic: 2\n")
+    (tmp_path / "trainer" / "glob.yaml").write_text("# @package _global_.trainer\ndeterministic: 2\n")
+    (tmp_path / "mine.yaml").write_text("defaults:\n  - config\n  - _self_\ntrainer:\n  deterministic: 2\n")
+    det = "Value '2' is not a valid bool (type int) (key 'trainer.deterministic'); give true or false"
+    for argv, file, why in ((["-m", "trainer=ok,p2"], "trainer/p2.yaml", None),
+                            (["trainer=outer"], "trainer/p2.yaml", None),
+                            (["+mygrp@trainer=plain"], "mygrp/plain.yaml", det),
+                            (["trainer=glob"], "trainer/glob.yaml", det)):
+        want = f"{tmp_path / file}: " + (why or "Value '2' is not a valid bool (type int) (key 'trainer.progress'); "
+                                                "give true or false")
+        assert precheck(["--config-dir", str(tmp_path), *argv]) == want, argv
+    # a primary config of one's own: Hydra's to compose (no pre-flight), the run refuses it
+    r = subprocess.run([sys.executable, "-m", "vaelab.train", "--config-dir", str(tmp_path), "--config-name", "mine",
+                        f"hydra.run.dir={tmp_path / 'run'}", "data.root=/nonexistent"], capture_output=True, text=True,
+                       timeout=120, cwd=tmp_path, env=_with_path(tmp_path))
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines()[-1] == f"vaelab-train: error: {tmp_path / 'mine.yaml'}: {det}"
 
 
 def test_train_types_a_plain_config_as_composing_does(tmp_path):

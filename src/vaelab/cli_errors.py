@@ -261,6 +261,10 @@ def _group_options(group: str) -> list[str]:
         GlobalHydra.instance().clear()
 
 
+class _FileValueError(ConfigError):
+    """A value in a config file of one's own that composing reads as another (one line naming the file)."""
+
+
 def _compose(overrides: list[str], hydra_section: bool = False,
              primary: tuple[str, str] = (str(CONF_DIR), "config"), searchpath: list[str] = ()) -> DictConfig:
     """`primary`: the folder and name of the primary config (a saved run's for a re-run);
@@ -272,6 +276,11 @@ def _compose(overrides: list[str], hydra_section: bool = False,
     try:
         with initialize_config_dir(primary[0], version_base="1.3"):
             cfg = compose(primary[1], overrides=overrides, return_hydra_config=hydra_section)
+            # files of one's own: progress: 2 in one, which composing took for true
+            line = integer_as_bool_in_files(primary[1], overrides) if searchpath or primary[0] != str(CONF_DIR) \
+                else None
+        if line:
+            raise _FileValueError(line)
     finally:
         GlobalHydra.instance().clear()
     if not hydra_section:
@@ -402,7 +411,7 @@ def precheck(argv: list[str], fetch_data: bool = False, continuing: Path | None 
     mode = OmegaConf.select(full, "hydra.mode")
     multirun = cmd.multirun or str(getattr(mode, "name", mode)) == "MULTIRUN"
     given = {"hydra.run.dir": cmd.given("hydra.run.dir"), "hydra.sweep.dir": cmd.given("hydra.sweep.dir")}
-    err = (integer_as_bool_in_files(full) or _folder_error(full, multirun, given, cmd.taken)
+    err = (_folder_error(full, multirun, given, cmd.taken)
            or _other_folder_error(full, multirun) or (multirun and _job_folders_error(full, cmd))
            or _optuna_settings_error(full, cmd) or _optuna_storage_error(full))
     if err:
@@ -805,6 +814,8 @@ def _jobs_error(compose_, candidates: list[list[str]], cmd: _CommandLine,
             return line, data_roots
         try:
             cfg = compose_(ovs)
+        except _FileValueError as e:  # (it names the file: no override to blame)
+            return str(e), data_roots
         except Exception as e:
             try:  # the primary config itself (a saved run's config.yaml, edited by hand)
                 compose_([])

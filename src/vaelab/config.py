@@ -264,11 +264,11 @@ def compose_config(overrides: list[str] | tuple = (), config_dir: str | Path | N
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-            composed = compose("config", overrides=[*extra, *overrides], return_hydra_config=True)
-        line = integer_as_bool_in_files(composed)  # (progress: 2 in a group file of one's own)
-        if line:
+            cfg = typed(compose("config", overrides=[*extra, *overrides]))
+            line = integer_as_bool_in_files("config", [*extra, *overrides]) if extra or any(
+                str(o).split("=", 1)[0].lstrip("+") == "hydra.searchpath" for o in overrides) else None
+        if line:  # (progress: 2 in a file of one's own, which composing took for true)
             raise ConfigError(line)
-        cfg = typed(composed)  # (without Hydra's section)
         _check_resolves(cfg)  # (latent_size=${nosuch}: one line now, not OmegaConf's when a key is read)
         return cfg
     except ConfigError:
@@ -518,37 +518,42 @@ def _integers_as_bools(cfg: dict) -> None:
             raise ConfigError(why)  # (it names the key)
 
 
-def integer_as_bool_in_files(composed: DictConfig) -> str | None:
-    """One line for a config group file of one's own (--config-dir, hydra.searchpath) that gives a
-    setting that is true or false an integer other than 0 or 1 (not_a_bool): Hydra merges the file
-    onto the typed schema while composing, which reads `progress: 2` as true before any check sees
-    it. `composed`: with Hydra's section (its runtime.choices and config_sources); else None."""
-    import yaml
+def integer_as_bool_in_files(config_name: str, overrides: list[str]) -> str | None:
+    """One line for a config file of one's own (a group's, through --config-dir or
+    hydra.searchpath, chosen or included by another's defaults list; a primary config of one's
+    own) that gives a setting that is true or false an integer other than 0 or 1 (not_a_bool):
+    Hydra merges each file onto the typed schema while composing, which reads `progress: 2` as
+    true before any check sees it. Called inside Hydra's initialize_config_dir, with the
+    composition's primary config and overrides: the files are those Hydra's defaults list loads,
+    under the packages it puts them in. vaelab's own conf/ is typed as written: not read. None
+    also where the list cannot be made (composing says why)."""
+    from hydra._internal.defaults_list import create_defaults_list
+    from hydra.core.global_hydra import GlobalHydra
 
-    runtime = OmegaConf.select(composed, "hydra.runtime")
-    if runtime is None:
+    try:  # (Hydra's own steps to compose, up to the files' contents: hydra-core 1.3)
+        loader = GlobalHydra.instance().config_loader()
+        parsed, repo = loader._parse_overrides_and_create_caching_repo(config_name, list(overrides))
+        loaded = create_defaults_list(repo=repo, config_name=config_name, overrides_list=parsed,
+                                      prepend_hydra=True, skip_missing=True).defaults
+    except Exception:  # noqa: BLE001
         return None
-    folders = [Path(s.path) for s in runtime.config_sources or [] if s.schema == "file"]
-    for group, option in (runtime.choices or {}).items():
-        if option is None or group.startswith("hydra/") or group == "hydra":
-            continue
-        found = next((d / group / f"{option}.yaml" for d in folders if (d / group / f"{option}.yaml").is_file()), None)
-        if found is None or found.parent.parent == CONF_DIR:  # (vaelab's own: typed as written)
+    ours = f"file://{CONF_DIR}"
+    for d in loaded:
+        if d.config_path is None or d.config_path.startswith("hydra/"):
             continue
         try:
-            text = found.read_text()
-            raw = yaml.safe_load(text)
-        except (OSError, UnicodeDecodeError, yaml.YAMLError):  # (composing read it: Hydra's own words, if any)
+            found = repo.load_config(config_path=d.config_path)
+        except Exception:  # noqa: BLE001
             continue
+        if found is None or found.is_schema_source or str(found.path).rstrip("/") == ours:
+            continue
+        raw = OmegaConf.to_container(found.config, resolve=False) if OmegaConf.is_config(found.config) else None
         if not isinstance(raw, dict):
             continue
-        header = re.search(r"^#\s*@package\s+(\S+)", text, re.M)
-        package = header.group(1) if header else group.replace("/", ".")
-        package = {"_global_": "", "_group_": group.replace("/", ".")}.get(package, package)
-        for key, value in leaves({k: v for k, v in raw.items() if k != "defaults"}):
-            why = not_a_bool(f"{package}.{key}" if package else key, value)
+        for key, value in leaves({k: v for k, v in raw.items() if k not in ("defaults", "hydra")}):
+            why = not_a_bool(f"{d.package}.{key}" if d.package else key, value)
             if why:
-                return f"{found}: {why}"
+                return f"{str(found.path).removeprefix('file://')}/{d.config_path}.yaml: {why}"
     return None
 
 

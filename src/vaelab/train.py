@@ -38,8 +38,8 @@ from tqdm.auto import tqdm
 
 from vaelab import checkpoint as ckpt_io
 from vaelab.build import build_model, build_optimizer, model_error  # (build_model, build_optimizer: vaelab.train's too)
-from vaelab.config import (CONF_DIR, LOG_FORMAT, ConfigError, absolute, choices, leaves, on_schema, resolve_device,
-                           to_plain, typed, validate)
+from vaelab.config import (CONF_DIR, LOG_FORMAT, ConfigError, absolute, choices, integer_as_bool_in_files, leaves,
+                           on_schema, resolve_device, to_plain, typed, validate)
 from vaelab.data import DataError, MNISTData, load_data, to_float
 from vaelab.errors import (STOP_AFTER_STEP, STOP_SIGNALS, Interrupted, NonFiniteLoss, SaveFailed, after_hangup,
                            leaving_after_a_stop)
@@ -1230,6 +1230,12 @@ def hydra_main(cfg: DictConfig) -> float:
     if not began and not sweep_job:
         pin_environment(run_dir, cfg)  # the saved config must not depend on this shell's variables
     try:
+        # (a primary config of one's own skips vaelab-train's pre-flight, which checks the files of
+        # groups of one's own: Hydra has composed it, and progress: 2 in it read as true)
+        if not began and any(s.schema == "file" and Path(s.path) != CONF_DIR for s in hc.runtime.config_sources):
+            line = integer_as_bool_in_files(hc.job.config_name, [*hc.overrides.hydra, *hc.overrides.task])
+            if line:
+                raise ConfigError(line)
         if began:
             metrics = _carry_on(run_dir)
         elif sweep_job:

@@ -243,6 +243,8 @@ def test_optimizer_matches_config():
     (["data.root=~/mnistdata"], "override 'data.root=~/mnistdata': cannot parse it (unexpected '~' at character 11); "
                                 "Hydra does not expand ~: write the path out, e.g. data.root=$HOME/mnistdata, or quote "
                                 "it for Hydra: \"data.root='~/mnistdata'\""),
+    (["-m", "data.root=~/d,~/d2"], "e.g. data.root=$HOME/d,$HOME/d2, or quote it for Hydra: "
+                                   "\"data.root='~/d','~/d2'\""),  # (each value: review)
     (["latent_size=8", "a==3"], "override 'a==3': cannot parse it (extraneous input '=')"),  # any other cause
     (["hydra.run.dir=sw/latent_size=2/more"], "override 'hydra.run.dir=sw/latent_size=2/more': cannot parse it "
                                               "(mismatched input '=' expecting <EOF>); quote a value with = in it, as "

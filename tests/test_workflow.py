@@ -154,7 +154,9 @@ def test_vaelab_train_gives_hydra_a_data_root_with_its_tilde_expanded(monkeypatc
     monkeypatch.setenv("HOME", "/home/me")
     assert _home_expanded("data.root='~/x'") == "data.root='/home/me/x'"
     assert _home_expanded("+data.root='~/x y'") == "+data.root='/home/me/x y'"
-    for kept in ("data.root=/abs", "data.root=rel/~x", "data.root='~/a','~/b'", "latent_size=2", "--multirun",
+    # a sweep's values (review: multirun.yaml kept them, for vaelab resume SWEEP_DIR in another shell)
+    assert _home_expanded("data.root='~/a','~/b c',/abs") == "data.root='/home/me/a','/home/me/b c','/abs'"
+    for kept in ("data.root=/abs", "data.root=rel/~x", "data.root=choice('~/a','~/b')", "latent_size=2", "--multirun",
                  "data.root='~nosuchuser_vaelab/x'"):
         assert _home_expanded(kept) == kept
 

@@ -542,8 +542,11 @@ def _parse_hint(overrides: list[str], i: int) -> str:
     if not eq and re.fullmatch(r"[+~]?\w[\w./]*", ov) and not re.search(r"\.(ya?ml|py|json|pt|png|txt)$", ov):
         return f"; an override is KEY=VALUE, as in {ov.rstrip('/')}=VALUE"  # (data/ tab-completed, not a folder here)
     if value.startswith("~"):
-        example = f", e.g. {key}={value.replace('~', '$HOME', 1)}" if value.startswith("~/") else ""
-        quoted = f", or quote it for Hydra: \"{key}='{value}'\"" if value.startswith("~/") else ""
+        parts = value.split(",")  # (a sweep's values: each one quoted, each ~ written out; review)
+        home = ",".join(p.replace("~", "$HOME", 1) for p in parts)
+        each = ",".join(f"'{p}'" for p in parts)
+        example = f", e.g. {key}={home}" if value.startswith("~/") else ""
+        quoted = f", or quote it for Hydra: \"{key}={each}\"" if value.startswith("~/") else ""
         return f"; Hydra does not expand ~: write the path out{example}{quoted}"
     if "~" in value:  # elsewhere in a value Hydra's grammar takes ~ only quoted
         return f"; quote a value with ~ in it, as in {key}='{value}'"

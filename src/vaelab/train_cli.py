@@ -178,16 +178,21 @@ def _home_expanded(arg: str) -> str:
     run's saved config). Any other argument as it is."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
+    from hydra.core.override_parser.types import ChoiceSweep, QuotedString
+
     if arg.startswith("-") or arg.split("=", 1)[0].lstrip("+") != "data.root":
         return arg
     try:
         [o] = OverridesParser.create().parse_overrides([arg])
         value = o.value()
-    except Exception:  # noqa: BLE001 - the pre-flight has read it; a sweep's values stay as given
+    except Exception:  # noqa: BLE001 - the pre-flight has read it
         return arg
-    if not isinstance(value, str) or not value.startswith("~") or os.path.expanduser(value) == value:
+    # one value, or a sweep's as a,b (choice(...), Optuna's, stays as given)
+    values = value.list if isinstance(value, ChoiceSweep) and value.simple_form else [value]
+    values = [v.text if isinstance(v, QuotedString) else v for v in values]
+    if not all(isinstance(v, str) for v in values) or all(os.path.expanduser(v) == v for v in values):
         return arg
-    return f"{arg.split('=', 1)[0]}={override_value(os.path.expanduser(value))}"
+    return f"{arg.split('=', 1)[0]}={','.join(override_value(os.path.expanduser(v)) for v in values)}"
 
 
 def launch(argv: list[str], prog: str = "vaelab-train", continuing: Path | None = None) -> int:

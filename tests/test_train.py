@@ -85,9 +85,12 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(make_cfg, tmp_path
     good = (tmp_path / "checkpoints" / "last.pt").read_bytes()
     # Continue for another epoch with a learning rate that blows the weights up.
     cfg2 = make_cfg(["latent_size=4", "trainer.final_eval=false", "trainer.epochs=2", "optim.lr=1e30"])
-    with pytest.raises(NonFiniteLoss, match="non-finite loss"):
+    with pytest.raises(NonFiniteLoss, match="non-finite loss") as e:
         train(cfg2, tmp_path)
     assert (tmp_path / "checkpoints" / "last.pt").read_bytes() == good
+    # the run's log says why it stopped, also for a train() from Python (review: it ended at its last epoch line)
+    last = (tmp_path / "train.log").read_text().splitlines()[-1]
+    assert last.endswith(f"[vaelab][ERROR] - {e.value}") and last.count("non-finite") == 1
 
 
 def test_a_non_finite_loss_names_the_steps_it_can_have_come_from(make_cfg, tmp_path):

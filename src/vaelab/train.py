@@ -628,6 +628,12 @@ def train(cfg: DictConfig, run_dir: str | Path, data: MNISTData | None = None, o
                 # its run is let go, and stopped.json and this line, written after, were lost at times.
                 if isinstance(e, Interrupted):
                     log.warning("%s", e)  # asked for, and nothing lost: not an error
+                else:  # into the train.log this call writes (from Python, vaelab resume), which ended at its last
+                    # epoch line (review); the caller says it on the console (vaelab-train's Hydra logs it there)
+                    said = log.makeRecord(log.name, logging.ERROR, __file__, 0, "%s", (e,), None)
+                    for h in handlers:
+                        if isinstance(h, logging.FileHandler):
+                            h.handle(said)
                 if not getattr(e, "finished", False):  # (done, only its final evaluation left: not a stopped run)
                     state = {NonFiniteLoss: "diverged", Interrupted: "interrupted", SaveFailed: "failed"}[type(e)]
                     try:

@@ -1239,7 +1239,9 @@ def hydra_main(cfg: DictConfig) -> float:
         # (a primary config of one's own skips vaelab-train's pre-flight, which checks the files of
         # groups of one's own: Hydra has composed it, and progress: 2 in it read as true)
         if not began and any(s.schema == "file" and Path(s.path) != CONF_DIR for s in hc.runtime.config_sources):
-            line = integer_as_bool_in_files(hc.job.config_name, [*hc.overrides.hydra, *hc.overrides.task])
+            given = OmegaConf.to_container(hc.overrides, resolve=False)  # (as given: a saved config's re-run gets
+            # ++hydra.sweep.subdir=${...hydra.job.num}, which a single run cannot resolve)
+            line = integer_as_bool_in_files(hc.job.config_name, [*given["hydra"], *given["task"]])
             if line:
                 raise ConfigError(line)
         if began:

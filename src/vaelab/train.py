@@ -822,7 +822,7 @@ def _train(cfg: DictConfig, run_dir: Path, data: MNISTData | None, on_start=None
     graphed = t.cuda_graph and device.type == "cuda"
 
     if data is None:
-        warmed_up = start_warm_up(cfg, device, graphed)  # a throwaway step on a CUDA device, while the data loads
+        warmed_up = start_warm_up(cfg, device, graphed)  # two throwaway steps on a CUDA device, while the data loads
         try:
             data = load_data(cfg.data.root, device, val_size=cfg.data.val_size, split_seed=cfg.data.split_seed,
                              binarize=cfg.data.binarize, download=cfg.data.download)

@@ -6,10 +6,12 @@ Each command lives in the module that does the work; for command NAME that modul
 from __future__ import annotations
 
 import argparse
+import difflib
 import importlib
+import re
 import sys
 
-from vaelab import STOPPED_LOADING
+from vaelab import STOPPED_LOADING, __version__
 
 COMMANDS = {
     "eval": ("vaelab.evaluate_run", "test-set ELBO, IWAE NLL, active units and pictures of a run"),
@@ -34,6 +36,11 @@ def one_line_errors(prog: str):
     """A replacement for ArgumentParser.error: argparse prints the usage block as well, vaelab
     commands answer a bad command line in one line (and exit 2, as argparse does)."""
     def error(message: str):
+        wrong = re.search(r"argument COMMAND: invalid choice: '([^']*)'", message)
+        if wrong:  # (vaelab evl, vaelab train: review)
+            close = difflib.get_close_matches(wrong.group(1), list(COMMANDS), n=1)
+            message += ("; training is vaelab-train's" if wrong.group(1).startswith("train") else
+                        f"; did you mean {close[0]}?" if close else "")
         print(f"{prog}: error: {message} (see {prog} --help)", file=sys.stderr)
         sys.exit(2)
     return error
@@ -77,6 +84,7 @@ def _parse(argv: list[str] | None):
     argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
     chosen = next((a for a in argv if not a.startswith("-")), None)
     parser = argparse.ArgumentParser(prog="vaelab", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"vaelab {__version__}")
     parser.error = one_line_errors("vaelab")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     parsers = {}
@@ -95,6 +103,10 @@ def _parse(argv: list[str] | None):
         # (data.root=DIR is how vaelab-train and resume take it; eval, sample and reproduce take an option)
         hint = ("; the data folder is given as --data-root DIR" if not before and "--data-root" in own.format_usage()
                 and any(u.startswith("data.root=") for u in unknown) else "")
+        flag = next((u.split("=", 1)[0] for u in unknown if u.startswith("--")), None)
+        close = difflib.get_close_matches(flag, list((parser if before else own)._option_string_actions), n=1) \
+            if flag else []
+        hint = hint or (f"; did you mean {close[0]}?" if close else "")  # (--checkpont: review)
         (parser if before else own).error(f"unrecognized arguments: {' '.join(unknown)}{hint}")
     return importlib.import_module(args._module), args
 

@@ -574,9 +574,10 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
                         help="last, best, or a file (name or path) in RUN_DIR/checkpoints/ (default last)")
     parser.add_argument("--device", type=device_name, default="auto", help="auto, cpu, cuda, cuda:N or mps (default auto)")
     parser.add_argument("--seed", type=seed_int, default=0, help="seed of the posterior samples (default 0)")
-    parser.add_argument("--data-root", type=folder_name, default=None,
+    parser.add_argument("--data-root", metavar="DIR", type=folder_name, default=None,
                         help="folder holding MNIST/raw/ (default: the run's data.root)")
-    parser.add_argument("--no-pictures", action="store_true", help="numbers only")
+    parser.add_argument("--no-pictures", action="store_true",
+                        help="numbers only: eval/ and its TensorBoard images stay as an earlier evaluation drew them")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 

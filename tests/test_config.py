@@ -245,6 +245,7 @@ def test_optimizer_matches_config():
                                 "it for Hydra: \"data.root='~/mnistdata'\""),
     (["-m", "data.root=~/d,~/d2"], "e.g. data.root=$HOME/d,$HOME/d2, or quote it for Hydra: "
                                    "\"data.root='~/d','~/d2'\""),  # (each value: review)
+    (["-m", "data.root=/abs,~/d2"], "quote a value with ~ in it, as in data.root=/abs,'~/d2'"),  # (not one path)
     (["latent_size=8", "a==3"], "override 'a==3': cannot parse it (extraneous input '=')"),  # any other cause
     (["hydra.run.dir=sw/latent_size=2/more"], "override 'hydra.run.dir=sw/latent_size=2/more': cannot parse it "
                                               "(mismatched input '=' expecting <EOF>); quote a value with = in it, as "

@@ -548,8 +548,9 @@ def _parse_hint(overrides: list[str], i: int) -> str:
         example = f", e.g. {key}={home}" if value.startswith("~/") else ""
         quoted = f", or quote it for Hydra: \"{key}={each}\"" if value.startswith("~/") else ""
         return f"; Hydra does not expand ~: write the path out{example}{quoted}"
-    if "~" in value:  # elsewhere in a value Hydra's grammar takes ~ only quoted
-        return f"; quote a value with ~ in it, as in {key}='{value}'"
+    if "~" in value:  # elsewhere in a value Hydra's grammar takes ~ only quoted (a sweep's: each value that has one)
+        each = ",".join(f"'{p}'" if "~" in p else p for p in value.split(","))
+        return f"; quote a value with ~ in it, as in {key}={each}"
     if "=" in value and _parses(f"{key}='{value}'"):  # a path through a sweep's job, latent_size=2/
         return f"; quote a value with = in it, as in \"{key}='{value}'\" (the outer quotes are the shell's)"
     if "/" in value and not _parses(ov):  # a path with a letter Hydra's grammar takes only quoted: é, ', ...

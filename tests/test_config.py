@@ -239,13 +239,15 @@ def test_optimizer_matches_config():
     (["-m", "latent_size=2,16,"], "a comma with nothing after it: drop it, or list the values without spaces, as in "
                                   "latent_size=a,b"),
     (["-m", "latent_size=2,", "seed=1"], "a comma with nothing after it"),
-    (["data.root=/home/u/~backup"], "quote a value with ~ in it, as in data.root='/home/u/~backup'"),
+    (["data.root=/home/u/~backup"], "quote a value with ~ in it, as in \"data.root='/home/u/~backup'\""),
     (["data.root=~/mnistdata"], "override 'data.root=~/mnistdata': cannot parse it (unexpected '~' at character 11); "
                                 "Hydra does not expand ~: write the path out, e.g. data.root=$HOME/mnistdata, or quote "
                                 "it for Hydra: \"data.root='~/mnistdata'\""),
     (["-m", "data.root=~/d,~/d2"], "e.g. data.root=$HOME/d,$HOME/d2, or quote it for Hydra: "
                                    "\"data.root='~/d','~/d2'\""),  # (each value: review)
-    (["-m", "data.root=/abs,~/d2"], "quote a value with ~ in it, as in data.root=/abs,'~/d2'"),  # (not one path)
+    (["-m", "data.root=/abs,~/d2"], "quote a value with ~ in it, as in \"data.root=/abs,'~/d2'\""),  # (not one path)
+    (["-m", "data.root=~/a,~user/b"], "write the path out, or quote it for Hydra: \"data.root='~/a','~user/b'\""),
+    (["-m", "data.root=choice(~/a,~/b)"], "quote each value with a ~ in it for Hydra, as in '~/a'"),
     (["latent_size=8", "a==3"], "override 'a==3': cannot parse it (extraneous input '=')"),  # any other cause
     (["hydra.run.dir=sw/latent_size=2/more"], "override 'hydra.run.dir=sw/latent_size=2/more': cannot parse it "
                                               "(mismatched input '=' expecting <EOF>); quote a value with = in it, as "

@@ -541,16 +541,20 @@ def _parse_hint(overrides: list[str], i: int) -> str:
     # latent_size, hydra/launcher; not a file's name (conf/experiment/seed.yaml)
     if not eq and re.fullmatch(r"[+~]?\w[\w./]*", ov) and not re.search(r"\.(ya?ml|py|json|pt|png|txt)$", ov):
         return f"; an override is KEY=VALUE, as in {ov.rstrip('/')}=VALUE"  # (data/ tab-completed, not a folder here)
-    if value.startswith("~"):
-        parts = value.split(",")  # (a sweep's values: each one quoted, each ~ written out; review)
-        home = ",".join(p.replace("~", "$HOME", 1) for p in parts)
-        each = ",".join(f"'{p}'" for p in parts)
-        example = f", e.g. {key}={home}" if value.startswith("~/") else ""
-        quoted = f", or quote it for Hydra: \"{key}={each}\"" if value.startswith("~/") else ""
+    if "~" in value:
+        # A sweep's values (a,b: review) each quoted where it has a ~, each ~/ written out; a value with
+        # quotes or brackets of its own (choice(...), '~/b' already quoted) is not split, nor rewritten
+        plain = re.fullmatch(r"[^'\"()\[\]{}\s]*", value) is not None
+        parts = value.split(",") if plain else [value]
+        each = ",".join(f"'{p}'" if "~" in p else p for p in parts)
+        if not value.startswith("~"):  # elsewhere in a value Hydra's grammar takes ~ only quoted
+            return f"; quote a value with ~ in it, as in \"{key}={each}\"" if plain else \
+                "; quote each value with a ~ in it for Hydra, as in '~/a'"
+        homes = [f"$HOME{p[1:]}" if p.startswith("~/") else p for p in parts]
+        written = plain and all(not h.startswith("~") for h in homes)  # (~user/...: no $HOME for it)
+        example = f", e.g. {key}={','.join(homes)}" if written else ""
+        quoted = f", or quote it for Hydra: \"{key}={each}\"" if plain else ""
         return f"; Hydra does not expand ~: write the path out{example}{quoted}"
-    if "~" in value:  # elsewhere in a value Hydra's grammar takes ~ only quoted (a sweep's: each value that has one)
-        each = ",".join(f"'{p}'" if "~" in p else p for p in value.split(","))
-        return f"; quote a value with ~ in it, as in {key}={each}"
     if "=" in value and _parses(f"{key}='{value}'"):  # a path through a sweep's job, latent_size=2/
         return f"; quote a value with = in it, as in \"{key}='{value}'\" (the outer quotes are the shell's)"
     if "/" in value and not _parses(ov):  # a path with a letter Hydra's grammar takes only quoted: é, ', ...

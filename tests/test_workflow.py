@@ -1534,10 +1534,20 @@ def test_a_full_disk_after_the_last_checkpoint_stops_the_run_in_one_line(tiny_mn
         return write(path, text)
     monkeypatch.setattr(ckpt_io, "write_text_atomic", full_at_metrics)
     run = tmp_path / "run"
-    with pytest.raises(train_mod.SaveFailed) as exc:
-        train(compose_cfg([f"data.root={tiny_mnist}", *TINY]), run)
+    run.mkdir()
+    # the run's train.log written by a handler not train()'s own, as Hydra's job logging (vaelab-train) or a
+    # script's basicConfig(filename=...) writes it: the reason goes in too, once (review: it did not)
+    theirs = logging.FileHandler(run / "train.log")
+    logging.getLogger().addHandler(theirs)
+    try:
+        with pytest.raises(train_mod.SaveFailed) as exc:
+            train(compose_cfg([f"data.root={tiny_mnist}", *TINY]), run)
+    finally:
+        logging.getLogger().removeHandler(theirs)
+        theirs.close()
     assert str(exc.value) == (f"cannot write {run / 'metrics.json'}: {why}; the checkpoints already "
                               f"there are intact; once {when}: vaelab resume {run}")
+    assert (run / "train.log").read_text().count(str(exc.value)) == 1
     assert json.loads((run / "stopped.json").read_text())["state"] == "failed"
     assert ckpt_io.load(run / "checkpoints" / "last.pt")["state"]["epoch"] == 3
 

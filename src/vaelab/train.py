@@ -321,6 +321,22 @@ def _attach_logs(run_dir: Path) -> list[logging.Handler]:
     return added
 
 
+def _to_train_log(run_dir: Path, record: logging.LogRecord) -> None:
+    """`record` into the run's train.log alone, through whichever handler writes it (Hydra's job
+    logging, _attach_logs', a script's own), not on the console."""
+    path = (run_dir / "train.log").resolve()
+    for h in logging.getLogger().handlers:
+        if isinstance(h, logging.FileHandler) and Path(h.baseFilename).resolve() == path:
+            h.handle(record)
+
+
+def _console(record: logging.LogRecord) -> None:
+    """`record` on the console handlers alone (not into a file)."""
+    for h in logging.getLogger().handlers:
+        if not isinstance(h, logging.FileHandler) and isinstance(h, logging.StreamHandler):
+            h.handle(record)
+
+
 def _closed(handler: logging.StreamHandler) -> bool:
     """A console handler left behind by something earlier in this process (a Hydra app run from
     Python) may write to a stream closed since, a notebook's or pytest's capture: it prints
@@ -628,12 +644,9 @@ def train(cfg: DictConfig, run_dir: str | Path, data: MNISTData | None = None, o
                 # its run is let go, and stopped.json and this line, written after, were lost at times.
                 if isinstance(e, Interrupted):
                     log.warning("%s", e)  # asked for, and nothing lost: not an error
-                else:  # into the train.log this call writes (from Python, vaelab resume), which ended at its last
-                    # epoch line (review); the caller says it on the console (vaelab-train's Hydra logs it there)
-                    said = log.makeRecord(log.name, logging.ERROR, __file__, 0, "%s", (e,), None)
-                    for h in handlers:
-                        if isinstance(h, logging.FileHandler):
-                            h.handle(said)
+                else:  # into the run's train.log, which ended at its last epoch line (review); the caller says
+                    # it on the console (vaelab-train, vaelab resume: their own line; from Python: the exception)
+                    _to_train_log(run_dir, log.makeRecord(log.name, logging.ERROR, __file__, 0, "%s", (e,), None))
                 if not getattr(e, "finished", False):  # (done, only its final evaluation left: not a stopped run)
                     state = {NonFiniteLoss: "diverged", Interrupted: "interrupted", SaveFailed: "failed"}[type(e)]
                     try:
@@ -1269,7 +1282,7 @@ def hydra_main(cfg: DictConfig) -> float:
         print(f"vaelab-train: error: {e}", file=sys.stderr)
         sys.exit(1)
     except NonFiniteLoss as e:
-        log.error("%s", e)
+        _console(log.makeRecord(log.name, logging.ERROR, __file__, 0, "%s", (e,), None))  # (train.log has it)
         if hc.mode.name == "MULTIRUN":
             # The rest of the sweep goes on. +inf ranks this job last for a sweeper that
             # minimises; Optuna refuses nan and would end the whole study on it.

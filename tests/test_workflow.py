@@ -1996,12 +1996,20 @@ def test_files_written_atomically_get_the_usual_permissions(tmp_path):
                         "'reproduce', 'resume', 'compare'); did you mean eval? (see vaelab --help)"),
     (["train", "R"], "vaelab: error: argument COMMAND: invalid choice: 'train' (choose from 'eval', 'sample', "
                      "'reproduce', 'resume', 'compare'); training is vaelab-train's (see vaelab --help)"),
+    (["trian", "R"], "vaelab: error: argument COMMAND: invalid choice: 'trian' (choose from 'eval', 'sample', "
+                     "'reproduce', 'resume', 'compare'); training is vaelab-train's (see vaelab --help)"),
+    (["eval", "R", "--chekpoint=best", "--data-rot", "/x"], "vaelab eval: error: unrecognized arguments: "
+                                                            "--chekpoint=best --data-rot /x; did you mean --checkpoint, "
+                                                            "--data-root? (see vaelab eval --help)"),
+    (["sample", "R", "-N", "3"], "vaelab sample: error: unrecognized arguments: -N 3; did you mean -n? (see vaelab "
+                                 "sample --help)"),
     (["eval", "R", "data.root=/x"], "vaelab eval: error: unrecognized arguments: data.root=/x; the data folder is "
                                     "given as --data-root DIR (see vaelab eval --help)"),
     (["reproduce", "R", "--data-root", ""], "vaelab reproduce: error: argument --data-root: must be a folder (holding "
                                             "MNIST/raw/), not empty, got '' (see vaelab reproduce --help)"),
 ], ids=["unknown-option", "unknown-option-resume", "missing-dir", "bad-value", "no-command", "option-before-command",
-        "unknown-command", "train-command", "data-root-as-override", "empty-data-root"])
+        "unknown-command", "train-command", "misspelt-train", "two-misspelt-options", "short-option",
+        "data-root-as-override", "empty-data-root"])
 def test_a_bad_vaelab_command_line_is_one_line(args, expect, capsys):
     """argparse would print its usage block, and report a command's unknown option as the
     top-level parser's, naming neither the command nor its options."""

@@ -39,8 +39,8 @@ def one_line_errors(prog: str):
         wrong = re.search(r"argument COMMAND: invalid choice: '([^']*)'", message)
         if wrong:  # (vaelab evl, vaelab train: review)
             close = difflib.get_close_matches(wrong.group(1), list(COMMANDS), n=1)
-            message += ("; training is vaelab-train's" if wrong.group(1).startswith("train") else
-                        f"; did you mean {close[0]}?" if close else "")
+            trains = wrong.group(1).startswith("train") or difflib.get_close_matches(wrong.group(1), ["train"], n=1)
+            message += ("; training is vaelab-train's" if trains else f"; did you mean {close[0]}?" if close else "")
         print(f"{prog}: error: {message} (see {prog} --help)", file=sys.stderr)
         sys.exit(2)
     return error
@@ -103,10 +103,12 @@ def _parse(argv: list[str] | None):
         # (data.root=DIR is how vaelab-train and resume take it; eval, sample and reproduce take an option)
         hint = ("; the data folder is given as --data-root DIR" if not before and "--data-root" in own.format_usage()
                 and any(u.startswith("data.root=") for u in unknown) else "")
-        flag = next((u.split("=", 1)[0] for u in unknown if u.startswith("--")), None)
-        close = difflib.get_close_matches(flag, list((parser if before else own)._option_string_actions), n=1) \
-            if flag else []
-        hint = hint or (f"; did you mean {close[0]}?" if close else "")  # (--checkpont: review)
+        # (--checkpont: review; each unknown option, -N and -checkpoint too)
+        options = list((parser if before else own)._option_string_actions)
+        close = [m for u in unknown if u.startswith("-") and len(u.split("=", 1)[0]) > 2
+                 for m in difflib.get_close_matches(u.split("=", 1)[0], options, n=1, cutoff=0.7)]
+        close = close or [o for u in unknown if re.fullmatch(r"-\w", u) for o in options if o.lower() == u.lower()]
+        hint += f"; did you mean {', '.join(dict.fromkeys(close))}?" if close else ""
         (parser if before else own).error(f"unrecognized arguments: {' '.join(unknown)}{hint}")
     return importlib.import_module(args._module), args
 

@@ -1998,9 +1998,9 @@ def test_files_written_atomically_get_the_usual_permissions(tmp_path):
                      "'reproduce', 'resume', 'compare'); training is vaelab-train's (see vaelab --help)"),
     (["trian", "R"], "vaelab: error: argument COMMAND: invalid choice: 'trian' (choose from 'eval', 'sample', "
                      "'reproduce', 'resume', 'compare'); training is vaelab-train's (see vaelab --help)"),
-    (["eval", "R", "--chekpoint=best", "--data-rot", "/x"], "vaelab eval: error: unrecognized arguments: "
-                                                            "--chekpoint=best --data-rot /x; did you mean --checkpoint, "
-                                                            "--data-root? (see vaelab eval --help)"),
+    (["eval", "R", "--chekpoint=best", "--data-rot", "/x"],
+     "vaelab eval: error: unrecognized arguments: --chekpoint=best --data-rot /x; did you mean --checkpoint, "
+     "--data-root? (see vaelab eval --help)"),
     (["sample", "R", "-N", "3"], "vaelab sample: error: unrecognized arguments: -N 3; did you mean -n? (see vaelab "
                                  "sample --help)"),
     (["eval", "R", "data.root=/x"], "vaelab eval: error: unrecognized arguments: data.root=/x; the data folder is "

@@ -126,3 +126,34 @@ def test_the_configs_model_choices_are_the_ones_mlp_builds():
 
     assert {a.value for a in Activation} == set(mlp._ACTIVATIONS)
     assert {s.value for s in ModelSize} == set(mlp.SIZES)
+
+
+def test_glorot_init_is_burda_et_als_and_torch_the_seeds():
+    """model.init=glorot: Glorot & Bengio (2010)'s U(+-sqrt(6 / (fan_in + fan_out))) weights and zero
+    biases, as Burda et al. (2016) initialise (review: experiment=iwae_paper_vae used PyTorch's, 1.7-2.2x
+    narrower, with biases); the head's mu and logvar halves with fan_out latent_size each, as two layers."""
+    import math
+
+    from vaelab.config import ModelInit, compose_config
+    from vaelab.train import build_model
+
+    assert {i.value for i in ModelInit} == {"torch", "glorot"}
+    torch.manual_seed(0)
+    m = MLPVAE(50, hidden=[200, 200], activation="tanh", init="glorot")
+    for name, fan_in, fan_out in (("encoder.0", 784, 200), ("encoder.2", 200, 200), ("decoder.0", 50, 200),
+                                  ("decoder.4", 200, 784)):
+        w = dict(m.named_parameters())[f"{name}.weight"].detach()
+        bound = math.sqrt(6 / (fan_in + fan_out))
+        assert 0.95 * bound < w.abs().max() <= bound and abs(w.std() - bound / math.sqrt(3)) < 0.05 * bound, name
+    head = m.head.weight.detach()
+    for half in head.chunk(2):
+        assert 0.95 * math.sqrt(6 / 250) < half.abs().max() <= math.sqrt(6 / 250)
+    assert all(float(p.detach().abs().max()) == 0 for n, p in m.named_parameters() if n.endswith("bias"))
+    torch.manual_seed(0)
+    plain = MLPVAE(50, hidden=[200, 200], activation="tanh")  # (the default: nn.Linear's, biases too)
+    assert plain.encoder[0].weight.abs().max() <= 1 / math.sqrt(784) and plain.encoder[0].bias.abs().max() > 0
+    cfg = compose_config(["experiment=iwae_paper_vae"])
+    assert cfg.model.init == ModelInit.glorot
+    assert float(build_model(cfg).head.bias.detach().abs().max()) == 0
+    with pytest.raises(ValueError, match="init='xavier': torch or glorot"):
+        MLPVAE(2, init="xavier")

@@ -36,7 +36,7 @@ def build_model(cfg: DictConfig, input_dim: int = 784, image_shape=(1, 28, 28)) 
     return model
 
 
-_MLP_SETTINGS = ("size", "hidden", "activation", "linear")  # model: keys of vaelab's MLP, not every model's
+_MLP_SETTINGS = ("size", "hidden", "activation", "linear", "init")  # model: keys of vaelab's MLP, not every model's
 
 
 def _model_arguments(cfg: DictConfig) -> tuple[DictConfig, dict]:

@@ -85,6 +85,11 @@ class Activation(Choice):  # models/mlp.py builds each (a test keeps the two lis
     elu = "elu"
 
 
+class ModelInit(Choice):  # models/mlp.py
+    torch = "torch"  # PyTorch's nn.Linear default, the seed script's: weights and biases U(+-1/sqrt(fan_in))
+    glorot = "glorot"  # Glorot & Bengio (2010) uniform weights, zero biases: Burda et al. (2016)'s
+
+
 class LossImpl(Choice):  # see LossConfig.impl
     torch = "torch"
     triton = "triton"
@@ -130,8 +135,9 @@ class ModelConfig:
     # host in busy minutes and left them even in quiet ones (benchmarks/README.md).
     # Products under 4 M multiply-adds stay on MKL even so (models/linear.py).
     linear: LinearImpl = LinearImpl.onednn
+    init: ModelInit = ModelInit.torch  # the weights a run starts from
     # A model of one's own (model._target_=mypkg.ConvVAE): its constructor's own arguments,
-    # `+model.kwargs.channels=32` on the command line. The four settings above go only to a
+    # `+model.kwargs.channels=32` on the command line. The five settings above go only to a
     # constructor that takes them (build.build_model).
     kwargs: Dict[str, Any] = field(default_factory=dict)
 

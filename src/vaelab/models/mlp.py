@@ -29,10 +29,11 @@ def _mlp(widths: Sequence[int], act: type[nn.Module], impl: str) -> list[nn.Modu
 class MLPVAE(VAE):
     def __init__(self, latent_size: int, hidden: Sequence[int] | None = None, size: str = "base",
                  activation: str = "relu", input_dim: int = 784,
-                 image_shape: Sequence[int] = (1, 28, 28), linear: str = "onednn") -> None:
+                 image_shape: Sequence[int] = (1, 28, 28), linear: str = "onednn", init: str = "torch") -> None:
         super().__init__()
         size = getattr(size, "value", size)  # accepts the config's enum as well as a str
         linear = getattr(linear, "value", linear)
+        init = getattr(init, "value", init)
         hidden = list(hidden) if hidden is not None else SIZES[size]
         act = _ACTIVATIONS[activation]
         self.latent_size, self.input_dim, self.image_shape = latent_size, input_dim, tuple(image_shape)
@@ -42,6 +43,22 @@ class MLPVAE(VAE):
         self.head = Linear(hidden[-1], 2 * latent_size, impl=linear)  # -> [mu | logvar]
         self.decoder = nn.Sequential(*_mlp([latent_size, *hidden[::-1]], act, linear),
                                      Linear(hidden[0], input_dim, impl=linear))  # -> logits
+        if init == "glorot":
+            self._glorot()
+        elif init != "torch":
+            raise ValueError(f"init={init!r}: torch or glorot")
+
+    @torch.no_grad()
+    def _glorot(self) -> None:
+        """Glorot & Bengio (2010)'s uniform weights, U(+-sqrt(6 / (fan_in + fan_out))), and zero
+        biases, as Burda et al. (2016) initialise. The head's two halves, mu's and logvar's, are
+        two layers there (fan_out latent_size each), one Linear here: each half on its own."""
+        layers = [m for m in self.modules() if isinstance(m, nn.Linear)]
+        for m in layers:
+            halves = m.weight.chunk(2, dim=0) if m is self.head else (m.weight,)
+            for w in halves:
+                nn.init.xavier_uniform_(w)
+            nn.init.zeros_(m.bias)
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         mu, logvar = self.head(self.encoder(x)).chunk(2, dim=-1)  # (B, L), (B, L)

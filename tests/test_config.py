@@ -1309,7 +1309,7 @@ def test_a_group_file_of_ones_own_with_a_wrong_key_gets_the_hints_an_override_ge
     for name, text in files.items():
         (tmp_path / name).parent.mkdir(exist_ok=True)
         (tmp_path / name).write_text(text)
-    model_keys = "_target_, size, hidden, activation, latent_size, linear, kwargs"
+    model_keys = "_target_, size, hidden, activation, latent_size, linear, init, kwargs"
     header = ("experiment/{0}.yaml is read into 'experiment.', where vaelab has no settings; start the file with the "
               "line '# @package _global_', as conf/experiment/*.yaml do")
     for override, line in (

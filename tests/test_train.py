@@ -263,8 +263,10 @@ def test_the_epoch_line_calls_a_validation_number_a_negative_elbo_only_where_it_
 
 
 @pytest.mark.parametrize("extra, terms", [(["loss.beta=4"], "(recon + 4 x KL)"),
-                                          (["loss.beta=0.5", "loss.kl_warmup_steps=100"],
-                                           "(recon + 0.5 x KL, beta ramped up over 100 steps)")])
+                                          (["loss.beta=0.5", "loss.kl_warmup_steps=100"],  # (the epoch's mean beta:
+                                           "(recon + 0.0125 x KL, beta ramping up to 0.5 over 100 steps)"),  # review)
+                                          (["loss.beta=0.5", "loss.kl_warmup_steps=2"],
+                                           "(recon + 0.375 x KL, beta ramping up to 0.5 over 2 steps)")])
 def test_the_epoch_line_says_what_a_train_loss_with_another_beta_sums(make_cfg, tmp_path, caplog, extra, terms):
     """Review: with loss.beta=4, 'train loss 53.619  val loss 46.229' compared two objectives unsaid."""
     with caplog.at_level("INFO", logger="vaelab"):

@@ -1068,8 +1068,12 @@ def _train(cfg: DictConfig, run_dir: Path, data: MNISTData | None, on_start=None
     units = "nats/example" if recon != "mse" else \
         f"nats/example less the constant {data.train.dim * MSE_NLL_CONST_PER_DIM:.2f}"
     # (the loss optimised, beside validation's recon + KL: one compared with the other looked like overfitting)
-    train_terms = "" if beta_max == 1 and not warmup else \
-        f" (recon + {beta_max:g} x KL{f', beta ramped up over {warmup} steps' if warmup else ''})"
+    def train_terms() -> str:  # (with a warm-up, the epoch's mean beta: review, it said the final one)
+        if beta_max == 1 and not warmup:
+            return ""
+        beta = epoch_beta()
+        ramp = f", beta ramping up to {beta_max:g} over {warmup} steps" if warmup and beta < beta_max else ""
+        return f" (recon + {beta:.3g} x KL{ramp})"
     if recon == "mse" and not resumed:
         log.info("loss.recon=mse: train and val losses leave out the Gaussian decoder's constant; add "
                  "%.2f nats for the -ELBO (vaelab eval does)", data.train.dim * MSE_NLL_CONST_PER_DIM)
@@ -1144,7 +1148,7 @@ def _train(cfg: DictConfig, run_dir: Path, data: MNISTData | None, on_start=None
             if cfg.logger.histograms:
                 writer.histogram("latent/kl_per_dim", val["kl_per_dim"], x_ax)
             log.info("%sepoch %d/%d  train loss %.3f%s  val %s %.3f (recon %.3f, kl %.3f) %s  active %d/%d  "
-                     "%.1f s, %.0f img/s", job, epoch + 1, t.epochs, train_means["loss"], train_terms, val_name,
+                     "%.1f s, %.0f img/s", job, epoch + 1, t.epochs, train_means["loss"], train_terms(), val_name,
                      val["nelbo"], val["recon"], val["kl"], units, val["active_units"], cfg.latent_size, dt, rate)
             last_epoch = epoch + 1 == t.epochs
             numbered = (epoch + 1) % t.checkpoint_every == 0

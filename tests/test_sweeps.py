@@ -567,6 +567,23 @@ def test_compare_plot_of_runs_whose_losses_do_not_compare_says_so(tmp_path, caps
     assert "do not compare" not in capsys.readouterr().out
 
 
+def test_compare_says_train_losses_of_other_betas_do_not_compare(tmp_path, capsys):
+    """Review: --sort train_loss ranked recon + 0.5 KL against recon + 4 KL without a word."""
+    for name, beta in (("a", 0.5), ("b", 4.0)):
+        (tmp_path / name / ".hydra").mkdir(parents=True)
+        (tmp_path / name / ".hydra" / "config.yaml").write_text(f"loss:\n  recon: bce\n  beta: {beta}\n")
+        (tmp_path / name / "metrics.json").write_text(json.dumps(
+            {"train_loss": 30 * beta, "val_loss": 40.0, "val_split": "val", "active_units": 3}))
+    note = ("the runs differ in loss.beta or loss.kl_warmup_steps (a train loss is recon + beta x KL; val_loss is "
+            "recon + KL)")
+    assert vaelab(["compare", tmp_path, "--sort", "train_loss"]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == (
+        f"note: --sort train_loss orders numbers that do not compare: {note}")
+    for metric in ("val_loss", "active_units"):
+        assert vaelab(["compare", tmp_path, "--sort", metric]) == 0
+        assert "do not compare" not in capsys.readouterr().out
+
+
 def test_compare_plot_of_runs_without_event_files_says_so(tmp_path, capsys):
     (tmp_path / "run" / ".hydra").mkdir(parents=True)  # as logger.tensorboard=false leaves a run
     (tmp_path / "run" / ".hydra" / "config.yaml").write_text("latent_size: 4\n")

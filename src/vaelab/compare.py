@@ -512,6 +512,10 @@ def plot(runs: list[Run], tag: str, out: str | Path, defaulted: bool = False) ->
                 linestyle=("-", "--", ":", "-.")[i // 10 % 4])
     ax.set_xlabel("examples seen")
     unit = scalar_unit(found[0][1])
+    if unit == "dimensions":  # (a count: no 15.2 on the axis; review)
+        from matplotlib.ticker import MaxNLocator
+
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel(found[0][1] + (f" ({unit})" if unit else ""))
     notes = []
     why = not_comparable([r for r, _, _ in found], found[0][1], plotted=True)
@@ -555,6 +559,7 @@ NOT_COMPARABLE = {
     "data.binarize": "differ in data.binarize (grey-level images against binarized ones: other data)",
     "data": "saw different images under the same data settings (their data_digest differs: another data folder)",
     "split": "measure it on different splits (data.val_size=0 uses the test split)",
+    "beta": "differ in loss.beta or loss.kl_warmup_steps (a train loss is recon + beta x KL; val_loss is recon + KL)",
 }
 
 
@@ -585,6 +590,15 @@ def not_comparable(runs: list[Run], metric: str, plotted: bool = False) -> str |
     splits = {_val_split(r) for r in have} - {None}
     if metric.startswith(("val_", "best_val_")) and len(splits) > 1:
         return "split"
+    if metric == "train_loss":  # (train/loss, epoch/train_loss, train_loss: the loss optimised)
+        weights = set()
+        for r in known:
+            try:
+                weights.add((float(r.config.get("loss.beta", 1)), int(r.config.get("loss.kl_warmup_steps", 0))))
+            except ValueError:  # (a hand-edited value: not counted)
+                pass
+        if len(weights) > 1:
+            return "beta"
     return None
 
 

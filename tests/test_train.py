@@ -64,7 +64,10 @@ def test_tiny_run_writes_everything(make_cfg, tmp_path):
         model.load_state_dict(ck["model"])
         assert isinstance(ck["config"], dict) and ck["config"]["latent_size"] == 4
     assert (tmp_path / "samples" / "samples_epoch0002.png").exists()
-    assert (tmp_path / "eval.json").exists()
+    ev = json.loads((tmp_path / "eval.json").read_text())
+    # every inactive dimension, not only those the traversals show (dead_dims: review)
+    assert ev["inactive_dims"] == [i for i, v in enumerate(ev["mean_variance_per_dim"]) if v <= 0.01]
+    assert len(ev["inactive_dims"]) == ev["latent_size"] - ev["active_units"]
     assert (tmp_path / "train.log").read_text().count("epoch 2/2") == 1
 
 

@@ -250,6 +250,8 @@ def evaluate_run(run_dir: str | Path, k: int = 5000, device: str = "auto", check
             "active_units": st["active_units"], "latent_size": int(cfg.latent_size),
             "kl_per_dim": [float(v) for v in st["kl_per_dim"]],
             "mean_variance_per_dim": [float(v) for v in st["mu_var"]],  # Cov_x(E_q[z_i|x]), the AU statistic
+            # every inactive dimension (dead_dims: those of them the traversals show; review)
+            "inactive_dims": [i for i, v in enumerate(st["mu_var"].tolist()) if not v > ACTIVE_THRESHOLD],
             "checkpoint": str(path.resolve()), "epoch": int(ck.get("state", {}).get("epoch", 0)),
             **({"in_epoch": in_epoch} if in_epoch else {}),
             "examples_seen": step, "split": "test", "n_examples": int(test.shape[0]), "dim": int(d),

@@ -1448,6 +1448,9 @@ def test_compare_where_takes_the_hidden_widths_an_mlp_was_built_with(tmp_path, c
     assert [line.split()[0] for line in capsys.readouterr().out.splitlines()[2:]] == ["small"]
     assert vaelab(["compare", tmp_path, "--where", "model.hidden=[300]"]) == 0
     assert [line.split()[0] for line in capsys.readouterr().out.splitlines()[2:]] == ["wide"]
+    # (saved before model.init existed: PyTorch's initialisation, as the run had; review)
+    assert vaelab(["compare", tmp_path, "--where", "model.init=torch"]) == 0
+    assert [line.split()[0] for line in capsys.readouterr().out.splitlines()[2:]] == ["small", "wide"]
 
 
 def test_compare_sorts_by_run_state_and_list_settings(tmp_path):

@@ -1285,12 +1285,14 @@ def test_resume_saves_a_boolean_as_true_or_false(finished_run, tmp_path):
                     "values (KEY=VALUE) only: for model=mlp, start a new run (vaelab-train model=mlp ...)"),
     (["model.activation=tanh"], "trained with model.activation=relu, but the config says model.activation=tanh"),
     (["data.val_size=100"], "trained with data.val_size=64, but the config says data.val_size=100"),
+    # (the weights a run started from: changed later, the run would misrecord them; review)
+    (["model.init=glorot"], "trained with model.init=torch, but the config says model.init=glorot"),
     (["trainer.progress=2"], "override 'trainer.progress=2': Value '2' is not a valid bool (type int) (key "
                              "'trainer.progress'); give true or false"),  # (it was written, and read as true)
 ], ids=["other-latent-size", "other-widths", "name", "unknown-key", "wrong-type", "bad-value", "sweep", "comma-path",
         "add-key", "add-model-argument",
         "no-key", "unparsed", "group", "same-shapes",
-        "other-split", "integer-for-bool"])
+        "other-split", "other-init", "integer-for-bool"])
 def test_bad_override_is_one_line_and_overwrites_nothing(finished_run, tmp_path, capsys, args, expect):
     run = tmp_path / "run"
     shutil.copytree(finished_run, run)

@@ -418,7 +418,8 @@ def check_resumable(ckpt: dict, path: str | Path, needs: tuple[str, ...] = ("opt
 SAME_AS_TRAINED = ("model.activation", "loss.recon", "data.binarize")
 # ... and, to carry the training on, the data split and the seed: a resumed epoch's saved batch
 # order and the validation draws depend on them (an evaluation does not: it has its own seed).
-SAME_TO_RESUME = (*SAME_AS_TRAINED, "data.val_size", "data.split_seed", "seed")
+SAME_TO_RESUME = (*SAME_AS_TRAINED, "data.val_size", "data.split_seed", "seed", "model.init")  # (init: the
+# weights the run started from; changed later it would only misrecord them)
 
 
 class _NoDefault:

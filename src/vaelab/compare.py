@@ -159,6 +159,8 @@ def _load(path: Path, name: str) -> Run:
             if run.config.get("model._target_") == MLP_TARGET and run.config.get("model.hidden") == "None" and \
                     size in SIZES:  # the widths as built, as the HParams row has them: --where model.hidden=[256]
                 run.config["model.hidden"] = str(SIZES[size])
+            if run.config.get("model._target_") == MLP_TARGET:  # (saved before model.init: PyTorch's, as typed())
+                run.config.setdefault("model.init", "torch")
         except (OSError, ValueError, yaml.YAMLError) as e:  # a hand-edited or damaged file: the other runs still
             why = " ".join(str(e).split())[:120]
             print(f"vaelab compare: warning: {cfg} cannot be read ({why}); its run's settings are left out",

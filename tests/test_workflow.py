@@ -526,7 +526,7 @@ def test_a_resume_from_an_older_checkpoint_drops_the_later_epochs_from_epochs_js
     # lines edited by hand: those that cannot be read go, not the resume (review: a byte that is no UTF-8
     # ended it with a traceback, after it had rewritten the run's config)
     with open(run / "epochs.jsonl", "ab") as f:
-        f.write(b'\xff\n{"epoch": 1, "examples_seen": Infinity}\n')
+        f.write(b'\xff\n{"epoch": 1, "examples_seen": Infinity}\n{"epoch": 3, "st')  # (last: cut short by a kill)
     train(compose_cfg([f"data.root={tiny_mnist}", *TINY, "trainer.epochs=3"]), run)
     assert [e["epoch"] for e in epoch_lines(run)] == [1, 2, 1, 3]  # (the edited epoch-1 line stays: compare skips it)
 

@@ -783,8 +783,8 @@ def _load_to_resume(cfg: DictConfig, path: Path, model: VAE, opt: torch.optim.Op
 
 
 def _epoch_history(path: Path, epochs: int) -> list[str]:
-    """The lines of `path` for the first `epochs` epochs, rewritten so if it had more; the file
-    removed when none is kept."""
+    """The lines of `path` for the first `epochs` epochs, rewritten so if it had more (or a line
+    that cannot be read); the file removed when none is kept."""
     try:  # (a byte that is no UTF-8, in a line edited by hand: that line goes, not the resume)
         lines = path.read_bytes().decode("utf-8", errors="replace").splitlines()
     except FileNotFoundError:
@@ -801,6 +801,21 @@ def _epoch_history(path: Path, epochs: int) -> list[str]:
     elif kept != lines:
         ckpt_io.write_text_atomic(path, "\n".join(kept) + "\n")
     return kept
+
+
+def _append_line(path: Path, line: str) -> None:
+    """One line at the end of `path`, on disk before the checkpoint that vouches for it. Appended,
+    not the whole file rewritten (a 3280-epoch run's would be rewritten 3280 times); a line a kill
+    cuts short is dropped by the resume's _epoch_history before anything is appended after it."""
+    try:
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(line + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as e:  # (a full disk fails write(), which names no file)
+        if e.filename is None and e.errno is not None:
+            e.filename = str(path)
+        raise
 
 
 def _save_config(path: Path, cfg: DictConfig, from_python: bool) -> None:
@@ -913,8 +928,9 @@ def _train(cfg: DictConfig, run_dir: Path, data: MNISTData | None, on_start=None
         from vaelab.workflow import record_resume
         record_resume(run_dir, data_changed)
     # The epochs the checkpoint vouches for (a resume from an older one, or from best.pt, drops the
-    # later epochs, which are run again); a fresh start's folder keeps no earlier start's.
-    history = _epoch_history(run_dir / ckpt_io.EPOCHS, st["epoch"] if resumed else 0)
+    # later epochs, which are run again; a kill mid-line, that line); a fresh start's folder keeps no
+    # earlier start's. Each epoch's line is appended to what is kept.
+    _epoch_history(run_dir / ckpt_io.EPOCHS, st["epoch"] if resumed else 0)
     (run_dir / ckpt_io.STOPPED).unlink(missing_ok=True)  # why the run last stopped early; `vaelab compare` shows it
     ckpt_dir.mkdir(exist_ok=True)
     sample_dir.mkdir(exist_ok=True)
@@ -1163,14 +1179,13 @@ def _train(cfg: DictConfig, run_dir: Path, data: MNISTData | None, on_start=None
                     bars = kl_bars_figure(val["kl_per_dim"], val["mu_var"] > ACTIVE_THRESHOLD)
                     writer.image("latent/kl_by_dim", figure_to_tensor(bars), x_ax)
             st["train_loss"] = train_means["loss"]
-            history.append(json.dumps({
+            _append_line(run_dir / ckpt_io.EPOCHS, json.dumps({
                 "epoch": epoch + 1, "step": st["step"], "examples_seen": x_ax,
                 **{f"train_{k}": v for k, v in train_means.items()},
                 "val_loss": val["nelbo"], "val_recon": val["recon"], "val_kl": val["kl"],
                 "active_units": val["active_units"], "kl_per_dim": val["kl_per_dim"].tolist(),
                 "mean_variance_per_dim": val["mu_var"].tolist(), "beta": epoch_beta(),
                 "lr": lr, "epoch_seconds": dt, "samples_per_s": rate}))
-            ckpt_io.write_text_atomic(run_dir / ckpt_io.EPOCHS, "\n".join(history) + "\n")
             # The epoch's events on disk before any checkpoint that vouches for them (resume
             # falls back to best.pt when a kill came before the first last.pt).
             writer.flush()

@@ -2005,12 +2005,15 @@ def test_files_written_atomically_get_the_usual_permissions(tmp_path):
      "--data-root? (see vaelab eval --help)"),
     (["sample", "R", "-N", "3"], "vaelab sample: error: unrecognized arguments: -N 3; did you mean -n? (see vaelab "
                                  "sample --help)"),
+    (["eval", "R", "\u2014checkpoint", "last", "--K", "5"],  # (an em dash pasted from typeset text; a case miss)
+     "vaelab eval: error: unrecognized arguments: \u2014checkpoint last --K 5; did you mean --checkpoint, --k? (see "
+     "vaelab eval --help)"),
     (["eval", "R", "data.root=/x"], "vaelab eval: error: unrecognized arguments: data.root=/x; the data folder is "
                                     "given as --data-root DIR (see vaelab eval --help)"),
     (["reproduce", "R", "--data-root", ""], "vaelab reproduce: error: argument --data-root: must be a folder (holding "
                                             "MNIST/raw/), not empty, got '' (see vaelab reproduce --help)"),
 ], ids=["unknown-option", "unknown-option-resume", "missing-dir", "bad-value", "no-command", "option-before-command",
-        "unknown-command", "train-command", "misspelt-train", "two-misspelt-options", "short-option",
+        "unknown-command", "train-command", "misspelt-train", "two-misspelt-options", "short-option", "dash-and-case",
         "data-root-as-override", "empty-data-root"])
 def test_a_bad_vaelab_command_line_is_one_line(args, expect, capsys):
     """argparse would print its usage block, and report a command's unknown option as the

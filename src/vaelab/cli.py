@@ -105,9 +105,12 @@ def _parse(argv: list[str] | None):
                 and any(u.startswith("data.root=") for u in unknown) else "")
         # (--checkpont: review; each unknown option, -N and -checkpoint too)
         options = list((parser if before else own)._option_string_actions)
-        close = [m for u in unknown if u.startswith("-") and len(u.split("=", 1)[0]) > 2
-                 for m in difflib.get_close_matches(u.split("=", 1)[0], options, n=1, cutoff=0.7)]
-        close = close or [o for u in unknown if re.fullmatch(r"-\w", u) for o in options if o.lower() == u.lower()]
+        # (an en or em dash, pasted from typeset text, is a --; a letter's case is a near miss too: --K, -N)
+        flags = [re.sub(r"^[\u2013\u2014]", "--", u).split("=", 1)[0] for u in unknown if u[:1] in "-\u2013\u2014"]
+        close = [next((o for o in options if o.lower() == f.lower()), None) or
+                 next(iter(difflib.get_close_matches(f, options, n=1, cutoff=0.7)), None) for f in flags
+                 if len(f) > 2 or f.lower() in map(str.lower, options)]
+        close = [c for c in close if c]
         hint += f"; did you mean {', '.join(dict.fromkeys(close))}?" if close else ""
         (parser if before else own).error(f"unrecognized arguments: {' '.join(unknown)}{hint}")
     return importlib.import_module(args._module), args

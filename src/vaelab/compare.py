@@ -572,8 +572,9 @@ def not_comparable(runs: list[Run], metric: str, plotted: bool = False) -> str |
     against binarized images: other data; static and dynamic runs are both scored on binarized
     draws and compare), "data" (runs whose data settings are the same but whose data_digest is not:
     images from another folder; a digest that follows from data.val_size, data.split_seed or the
-    binarization is not counted) or "split" (a val_* of data.val_size=0 is the test split's); else
-    None. `plotted`: the runs are those with a curve of it (--plot), whatever their final metrics."""
+    binarization is not counted), "split" (a val_* of data.val_size=0 is the test split's) or "beta"
+    (a train loss of runs with other loss.beta or KL warm-up); else None. `plotted`: the runs are
+    those with a curve of it (--plot), whatever their final metrics."""
     metric = metric.removeprefix("epoch/").replace("/", "_")  # (a curve's tag: epoch/val_loss, train/loss)
     have = runs if plotted else [r for r in runs if isinstance(r.metrics.get(metric), (int, float))]
     known = [r for r in have if r.config]  # (a run whose saved config is gone or unreadable: settings unknown)

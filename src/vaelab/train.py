@@ -306,7 +306,7 @@ def _attach_logs(run_dir: Path) -> list[logging.Handler]:
     path = (run_dir / "train.log").resolve()
     root = logging.getLogger()
     added: list[logging.Handler] = []
-    if not any(isinstance(h, logging.FileHandler) and Path(h.baseFilename).resolve() == path for h in root.handlers):
+    if not _train_log_handlers(run_dir):
         added.append(logging.FileHandler(path, mode="a"))
         if not any(type(h) is logging.StreamHandler and not _closed(h) for h in root.handlers):
             added.append(logging.StreamHandler(sys.stdout))  # where vaelab-train's console log goes
@@ -321,13 +321,18 @@ def _attach_logs(run_dir: Path) -> list[logging.Handler]:
     return added
 
 
-def _to_train_log(run_dir: Path, record: logging.LogRecord) -> None:
-    """`record` into the run's train.log alone, through whichever handler writes it (Hydra's job
-    logging, _attach_logs', a script's own), not on the console."""
+def _train_log_handlers(run_dir: Path) -> list[logging.FileHandler]:
+    """The root logger's handlers that write the run's train.log (Hydra's job logging,
+    _attach_logs', a script's own)."""
     path = (run_dir / "train.log").resolve()
-    for h in logging.getLogger().handlers:
-        if isinstance(h, logging.FileHandler) and Path(h.baseFilename).resolve() == path:
-            h.handle(record)
+    return [h for h in logging.getLogger().handlers
+            if isinstance(h, logging.FileHandler) and Path(h.baseFilename).resolve() == path]
+
+
+def _to_train_log(run_dir: Path, record: logging.LogRecord) -> None:
+    """`record` into the run's train.log alone, not on the console."""
+    for h in _train_log_handlers(run_dir):
+        h.handle(record)
 
 
 def _console(record: logging.LogRecord) -> None:

@@ -177,7 +177,6 @@ def _home_expanded(arg: str) -> str:
     perhaps in another user's shell or on another node; pin_environment does the same for each
     run's saved config). Any other argument as it is."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
-
     from hydra.core.override_parser.types import ChoiceSweep, QuotedString
 
     if arg.startswith("-") or arg.split("=", 1)[0].lstrip("+") != "data.root":

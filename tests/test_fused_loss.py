@@ -91,8 +91,8 @@ def test_kernels_compute_what_losses_py_does(kernels_on_cpu, B, L, D, recon):
     ("reparam_kl_fwd", {}),
     *[("reparam_kl_bwd", dict(HAS_GZ=gz, HAS_GKD=gkd, HAS_GK=gk)) for gz in (True, False) for gkd in (True, False)
       for gk in (True, False)],
-    *[(name, dict(BCE=bce, BLOCK=b)) for name in ("recon_fwd", "recon_bwd") for bce in (True, False)
-      for b in (64, 1024)],
+    *[("recon_fwd", dict(BCE=bce, BLOCK=b, D=d)) for bce in (True, False) for b, d in ((64, 33), (1024, 784))],
+    *[("recon_bwd", dict(BCE=bce, BLOCK=b)) for bce in (True, False) for b in (64, 1024)],
 ])
 def test_the_kernels_compile_for_a_gpu(name, constexprs, tmp_path, monkeypatch):
     """What the interpreter does not check (it runs the kernels as Python over numpy): that

@@ -62,8 +62,11 @@ def reparam_kl_bwd(mu_ptr, lv_ptr, eps_ptr, gz_ptr, gkd_ptr, gk_ptr, dmu_ptr, dl
     tl.store(dlv_ptr + rows * L + cols, dlv, mask=mask)
 
 
+# D, the pixels of an image, is a constant of the compiled kernel: one variant per model, as
+# the probe (fused_loss.kernels_work) compiles it. (As a runtime int, Triton's interpreter
+# before 3.7 could not take it in range() with NumPy >= 2.4: the CPU tests failed there.)
 @triton.jit
-def recon_fwd(logit_ptr, x_ptr, out_ptr, D, BCE: tl.constexpr, BLOCK: tl.constexpr):
+def recon_fwd(logit_ptr, x_ptr, out_ptr, D: tl.constexpr, BCE: tl.constexpr, BLOCK: tl.constexpr):
     # one program per example: its cost summed over the D pixels (losses.recon_nll)
     base = tl.program_id(0).to(tl.int64) * D
     acc = tl.zeros([BLOCK], dtype=tl.float32)

@@ -7,10 +7,10 @@
 # 1. tests/test_cuda.py, test_optim.py and test_fused_loss.py: the GPU code paths, Adam's and the loss's kernels (CI has no GPU).
 # 2. benchmarks/startup.py (a fresh process's set-up with and without the warm-up thread: does
 #    it save time, or only move it out of epoch 1?); benchmarks/speed.py --device cuda with the
-#    defaults (the step as a CUDA graph, flat Adam as one Triton kernel, the warm-up step in a
-#    thread); benchmarks/gpu_step.py and speed.py with the loss as Triton kernels
-#    (loss.impl=triton, opt-in until it has been timed); gpu_step.py with the defaults, with flat
-#    Adam's torch kernels, and the update alone; speed.py with
+#    defaults (the step as a CUDA graph, flat Adam as one Triton kernel, the loss as four Triton
+#    kernels, the warm-up step in a thread); benchmarks/gpu_step.py and speed.py with the loss in
+#    torch's ops (loss.impl=torch, the default before run 6); gpu_step.py with the defaults, with
+#    flat Adam's torch kernels, and the update alone; speed.py with
 #    optim.impl=flat, without the warm-up, with fused Adam; while the budget lasts, the first
 #    step op by op, larger batches, TF32, the eager step (trainer.cuda_graph=false) and the
 #    opt-in variants (bf16 autocast, torch.compile).
@@ -57,13 +57,13 @@ $PY -c "import sys, torch; sys.exit(not torch.cuda.is_available())" || { echo "g
 DEVICE=${DEVICE:-cuda}
 SPEED=($PY benchmarks/speed.py --data-root "$DATA" --reference "$REF" --device "$DEVICE" --epochs 2)
 
-# (no -x: a failure early in test_cuda.py must not keep the loss kernels' tests, which have never
-# run on a GPU, from running; the stage's limit bounds a hang)
+# (no -x: a failure early in test_cuda.py must not keep the kernels' tests from running; the
+# stage's limit bounds a hang)
 stage tests 180 70 $PY -m pytest -p no:cacheprovider tests/test_cuda.py tests/test_optim.py tests/test_fused_loss.py -rs
 stage startup 120 50 $PY benchmarks/startup.py --data-root "$DATA" --device "$DEVICE" --rounds 2 --out "$OUT/startup-$DEVICE.json"
 stage speed 200 90 "${SPEED[@]}" --rounds 2 --out "$OUT/speed-$DEVICE.json"
-stage step-loss 60 20 $PY benchmarks/gpu_step.py --loss-impl triton --batch-sizes 64
-stage speed-loss 150 50 "${SPEED[@]}" --rounds 1 --out "$OUT/speed-$DEVICE-loss.json" loss.impl=triton
+stage step-torch-loss 60 20 $PY benchmarks/gpu_step.py --loss-impl torch --batch-sizes 64
+stage speed-torch-loss 150 50 "${SPEED[@]}" --rounds 1 --out "$OUT/speed-$DEVICE-torch-loss.json" loss.impl=torch
 stage step 60 20 $PY benchmarks/gpu_step.py --batch-sizes 64
 stage step-flat 60 20 $PY benchmarks/gpu_step.py --impl flat --batch-sizes 64
 stage adam-only 60 15 $PY benchmarks/gpu_step.py --adam-only

@@ -1,7 +1,7 @@
 """Where a training step's time goes on a GPU: the seed model's step, eager and as a CUDA graph.
 
     python benchmarks/gpu_step.py [--steps 2000] [--batch-sizes 64,256,1024,4096] [--impl auto] [--compile]
-                                  [--loss-impl torch|triton] [--tf32] [--adam-only] [--first-ops]
+                                  [--loss-impl auto|torch|triton] [--tf32] [--adam-only] [--first-ops]
 
 Builds the model, optimizer and step as vaelab-train experiment=seed does (through the composed
 config; the step is train.py's, with its CudaGraphStep), on random uint8 images shaped like
@@ -13,11 +13,12 @@ start-up that lands in epoch 1), then microseconds per step for:
 then the CUDA kernels of one step, eager and inside the graph's replay (count, and the costliest
 by GPU time), and the graph's
 time per step and samples/s at larger batches. --compile adds the first three with torch.compile
-of the model, and of the model and loss as one region. --loss-impl triton: the loss as
-fused_loss.py's Triton kernels (loss.impl=triton; not with --compile's variants). --tf32 lets float32 matmuls use TF32
-tensor cores (not a vaelab setting: it changes the numbers). --adam-only times the optimizer
-update alone, as a graph: torch's fused Adam, optim.impl=flat and =triton, and fused Adam over the flat
-tensor cut into pieces (more, smaller blocks). --first-ops times a fresh process's first step
+of the model, and of the model and loss as one region. --loss-impl: as loss.impl (auto, the
+default: fused_loss.py's Triton kernels in the graph, torch's ops in the eager step; not with
+--compile's variants). --tf32 lets float32 matmuls use TF32 tensor cores (not a vaelab
+setting: it changes the numbers). --adam-only times the optimizer update alone, as a graph:
+torch's fused Adam, optim.impl=flat and =triton, and fused Adam over the flat tensor cut into
+pieces (more, smaller blocks). --first-ops times a fresh process's first step
 op by op, with the GPU synchronised around each (which ops load kernels), then stops.
 """
 from __future__ import annotations
@@ -37,14 +38,15 @@ from vaelab.train import CudaGraphStep, build_model, build_optimizer, forward_lo
 N = 60000
 
 
-LOSS_IMPL = "torch"  # --loss-impl, for every setup() of the process
+LOSS_IMPL = "auto"  # --loss-impl, for every setup() of the process
 
 
 def setup(batch: int, graphed: bool, compiled: str = "", impl: str = "auto"):
     register_configs()
     with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
         cfg = typed(compose("config", overrides=["experiment=seed", f"trainer.batch_size={batch}",
-                                                 f"optim.impl={impl}", f"loss.impl={LOSS_IMPL}"]))
+                                                 f"optim.impl={impl}", f"loss.impl={LOSS_IMPL}",
+                                                 f"trainer.cuda_graph={str(graphed).lower()}"]))
     dev = torch.device("cuda")
     torch.manual_seed(0)
     model = build_model(cfg).to(dev)
@@ -205,8 +207,9 @@ def main() -> None:
     p.add_argument("--batch-sizes", default="64,256,1024,4096")
     p.add_argument("--impl", choices=["auto", "fused", "flat", "triton", "foreach", "forloop"], default="auto",
                    help="as optim.impl (auto: flat Adam's Triton kernel in the graph, fused Adam in the eager step)")
-    p.add_argument("--loss-impl", choices=["torch", "triton"], default="torch",
-                   help="as loss.impl (triton: the loss, forward and backward, as fused_loss.py's four kernels)")
+    p.add_argument("--loss-impl", choices=["auto", "torch", "triton"], default="auto",
+                   help="as loss.impl (triton: the loss, forward and backward, as fused_loss.py's four kernels; "
+                        "auto: those in the graph, torch's ops in the eager step)")
     p.add_argument("--tf32", action="store_true", help="float32 matmuls on TF32 tensor cores")
     p.add_argument("--adam-only", action="store_true", help="time the optimizer update alone, then stop")
     p.add_argument("--first-ops", action="store_true",

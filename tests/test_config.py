@@ -145,7 +145,7 @@ def test_optimizer_matches_config():
     # composed, not only vaelab-train's checks: compose_config refuses them too (test_train.py)
     (["model.activation=sigmoid"], "expected one of [relu, tanh, gelu, elu] (key 'model.activation')"),
     (["optim.impl=fusd"], "expected one of [auto, fused, flat, triton, foreach, forloop] (key 'optim.impl')"),
-    (["loss.impl=trition"], "expected one of [torch, triton] (key 'loss.impl')"),
+    (["loss.impl=trition"], "expected one of [auto, torch, triton] (key 'loss.impl')"),
     (["model.hidden=[0]"], "model.hidden"),
     (["experiment=sed"], "available: iwae_paper_vae, seed"),
     (["device=gpu"], "allowed: auto, cpu, cuda, cuda:N, mps"),
@@ -1387,7 +1387,7 @@ def test_train_types_a_plain_config_as_composing_does(tmp_path):
     for key, value, line in (
             ("optim.impl", "fusd", "optim.impl: Invalid value 'fusd', expected one of [auto, fused, flat, triton, "
                                    "foreach, forloop]"),
-            ("loss.impl", "trition", "loss.impl: Invalid value 'trition', expected one of [torch, triton]"),
+            ("loss.impl", "trition", "loss.impl: Invalid value 'trition', expected one of [auto, torch, triton]"),
             ("data.binarize", "dynamc", "data.binarize: Invalid value 'dynamc', expected one of [none, dynamic, "
                                         "static]"),
             ("trainer.epochs", "two", "trainer.epochs: Value 'two' of type 'str' could not be converted to Integer")):

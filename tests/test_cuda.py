@@ -11,6 +11,7 @@ import torch
 from vaelab import checkpoint as ckpt_io
 from vaelab import fused_loss, optim
 from vaelab.config import ConfigError, validate
+from vaelab import train as train_mod
 from vaelab.train import Interrupted, train
 
 from tests.conftest import compose_cfg, signal_at_step
@@ -19,9 +20,10 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 
 # 192 training images at batch 40: four full batches (three eager warm-up steps, then the
 # capture and replays) and a short one of 32 that runs eagerly, each epoch.
-# optim.impl=fused: the eager step and the graph then run the same kernels (auto would give
-# the graph flat Adam, float rounding apart).
-GPU = ["device=cuda", "trainer.cuda_graph=false", "optim.impl=fused", "latent_size=4", "data.val_size=64", "trainer.epochs=3",
+# optim.impl=fused and loss.impl=torch: the eager step and the graph then run the same kernels
+# (auto would give the graph flat Adam and the loss's Triton kernels, float rounding apart).
+GPU = ["device=cuda", "trainer.cuda_graph=false", "optim.impl=fused", "loss.impl=torch", "latent_size=4",
+       "data.val_size=64", "trainer.epochs=3",
        "trainer.batch_size=40", "trainer.log_every=2", "trainer.progress=false", "trainer.final_eval=false",
        "logger.images_every=100"]
 
@@ -127,13 +129,17 @@ def test_cuda_graph_with_bf16_autocast_trains(tiny_mnist, tmp_path):
     assert graph["train_loss"] == pytest.approx(eager["train_loss"], rel=1e-3)
 
 
-def test_a_default_run_on_cuda_finishes_with_its_eval_and_pictures(tiny_mnist, tmp_path):
+def test_a_default_run_on_cuda_finishes_with_its_eval_and_pictures(tiny_mnist, tmp_path, monkeypatch):
+    calls = []  # loss.impl=auto: the loss's Triton kernels in the default CUDA-graph step
+    real = train_mod.fused_vae_loss
+    monkeypatch.setattr(train_mod, "fused_vae_loss", lambda *a: calls.append(1) or real(*a))
     metrics = train(compose_cfg([f"data.root={tiny_mnist}", "device=cuda", "latent_size=4", "data.val_size=64",
                                  "trainer.epochs=2", "trainer.batch_size=40", "trainer.progress=false",
                                  "trainer.final_eval_k=4"]), tmp_path)
     result = json.loads((tmp_path / "eval.json").read_text())
     assert math.isfinite(metrics["val_loss"]) and math.isfinite(result["nll_iwae"]) and result["k"] == 4
     assert list((tmp_path / "samples").glob("*.png"))
+    assert calls and fused_loss._BROKEN is None
 
 
 @pytest.mark.parametrize("mode", ["reduce-overhead", "max-autotune"])

@@ -190,3 +190,48 @@ def test_what_the_kernels_cannot_take_is_refused_in_one_line(kernels_on_cpu, mon
     monkeypatch.setattr(train_mod, "kernels_unusable", lambda device: "its kernels need a CUDA device")
     with pytest.raises(ConfigError, match="^loss.impl=triton: its kernels need a CUDA device; loss.impl=torch"):
         fused_loss_model(compose_cfg(["loss.impl=triton"]), build_model(compose_cfg()), torch.device("cpu"))
+
+
+@pytest.mark.parametrize("overrides,device,fused", [
+    ([], "cuda", True),  # the default, auto, in the default CUDA-graph step
+    (["trainer.cuda_graph=false"], "cuda", False),  # an eager step: not timed with the kernels
+    (["trainer.amp=bf16"], "cuda", False),  # what loss.impl=triton is refused for: torch, silently
+    (["trainer.compile=true"], "cuda", False),
+    ([], "cpu", False),
+    (["loss.impl=torch"], "cuda", False),
+    (["loss.impl=triton", "trainer.cuda_graph=false"], "cuda", True),  # as asked, graph or not
+])
+def test_auto_takes_the_kernels_in_a_float32_cuda_graph_step_only(overrides, device, fused, monkeypatch):
+    monkeypatch.setattr(train_mod, "kernels_unusable", lambda device: None)
+    monkeypatch.setattr(train_mod, "kernels_work", lambda *a, **k: True)
+    cfg = compose_cfg(["model.size=small", "latent_size=4", *overrides])
+    model = build_model(cfg)
+    assert (fused_loss_model(cfg, model, torch.device(device)) is model) is fused
+
+
+def test_auto_leaves_to_torch_what_triton_is_refused_for(monkeypatch, caplog):
+    class OwnSampling(VAE):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Linear(2, 2)
+
+        def reparameterize(self, mu, logvar):
+            return mu
+    cuda = torch.device("cuda")
+    monkeypatch.setattr(train_mod, "kernels_work", lambda *a, **k: pytest.fail("auto probed the kernels"))
+    monkeypatch.setattr(train_mod, "kernels_unusable", lambda device: None)
+    auto = compose_cfg(["loss.impl=auto"])
+    assert fused_loss_model(auto, OwnSampling(), cuda) is None
+    monkeypatch.setattr(train_mod, "kernels_unusable", lambda device: "the triton package is not installed")
+    assert fused_loss_model(auto, build_model(auto), cuda) is None
+    with pytest.raises(ConfigError, match="^loss.impl=triton: the triton package is not installed"):
+        fused_loss_model(compose_cfg(["loss.impl=triton"]), build_model(compose_cfg()), cuda)
+
+
+def test_kernels_that_fail_under_auto_are_named_as_auto_in_the_warning(kernels_on_cpu, monkeypatch, caplog):
+    def broken(*a, **k):
+        raise RuntimeError("no C compiler")
+    monkeypatch.setattr(fused_loss, "_kernels", lambda: [type("K", (), {"__getitem__": lambda s, g: broken})()] * 4)
+    with caplog.at_level(logging.WARNING, logger="vaelab"):
+        assert not fused_loss.kernels_work(torch.device("cpu"), setting="loss.impl=auto")
+    assert "loss.impl=auto: the Triton kernels failed to build or launch (no C compiler)" in caplog.text

@@ -91,6 +91,7 @@ class ModelInit(Choice):  # models/mlp.py
 
 
 class LossImpl(Choice):  # see LossConfig.impl
+    auto = "auto"
     torch = "torch"
     triton = "triton"
 
@@ -148,10 +149,13 @@ class LossConfig:
     beta: float = 1.0
     kl_warmup_steps: int = 0  # beta ramps linearly from 0 over this many steps; 0 = off
     # How the training step computes it. torch: losses.py, as PyTorch ops. triton
-    # (vaelab.fused_loss, opt-in): the reparameterisation, the KL and the reconstruction term,
-    # forward and backward, as four Triton kernels instead of ~40 small ones (CUDA only, float32,
-    # no torch.compile); the same arithmetic, differing from torch by float rounding.
-    impl: LossImpl = LossImpl.torch
+    # (vaelab.fused_loss): the reparameterisation, the KL and the reconstruction term, forward
+    # and backward, as four Triton kernels instead of ~40 small ones (CUDA only, float32, no
+    # torch.compile); the same arithmetic, differing from torch by float rounding. auto
+    # (default): triton where the step is a CUDA graph (trainer.cuda_graph on a GPU), in float32,
+    # not compiled, for a model that samples through VAE.forward, and the kernels build there
+    # (the seed model's graphed step 197-208 -> 155-162 us on an H200); torch otherwise, and on the CPU.
+    impl: LossImpl = LossImpl.auto
 
 
 @dataclass

@@ -1,4 +1,5 @@
-"""The training step's loss as four Triton kernels (loss.impl=triton, CUDA only; opt-in).
+"""The training step's loss as four Triton kernels (loss.impl=triton, CUDA only; loss.impl=auto,
+the default, in a CUDA-graph step).
 
 In a CUDA-graph step of the seed model on an H200 (benchmarks/README.md) the step is 78 kernels,
 and about 40 of them are the small element-wise and reduction kernels of the
@@ -142,19 +143,21 @@ def kernels_unusable(device: torch.device) -> str | None:
     return None if _kernels() is not None else "its kernels cannot be imported here"
 
 
-def kernels_work(device: torch.device, recon: str = "mse", latent: int = 3, dim: int = 5) -> bool:
+def kernels_work(device: torch.device, recon: str = "mse", latent: int = 3, dim: int = 5,
+                 setting: str = "loss.impl=triton") -> bool:
     """Whether the kernels build and run here: each is launched once on a batch of two with the
     model's widths (latent, dim: the variants Triton compiles for training, whose first launch
     in a process is also their compile), forward and backward, with the gradients a training
     step has. A failure (no C compiler for Triton's launcher, say) is logged once, and the
-    caller uses losses.py. Once per device: cuda and cuda:0 are one."""
+    caller uses losses.py; `setting` is what the warning names. Once per device: cuda and
+    cuda:0 are one."""
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", torch.cuda.current_device())
-    return _kernels_work(device, recon, latent, dim)
+    return _kernels_work(device, recon, latent, dim, setting)
 
 
 @functools.cache
-def _kernels_work(device: torch.device, recon: str, latent: int, dim: int) -> bool:
+def _kernels_work(device: torch.device, recon: str, latent: int, dim: int, setting: str) -> bool:
     global _BROKEN
     if _BROKEN is not None:
         return False
@@ -170,6 +173,6 @@ def _kernels_work(device: torch.device, recon: str, latent: int, dim: int) -> bo
     except Exception as e:  # noqa: BLE001 - compiling or launching a kernel failed
         lines = [ln.strip() for ln in str(getattr(e, "error_message", None) or e).splitlines() if ln.strip()]
         _BROKEN = lines[-1] if lines else type(e).__name__
-        log.warning("loss.impl=triton: the Triton kernels failed to build or launch (%s); the loss runs in torch "
-                    "kernels instead (loss.impl=torch)", _BROKEN)
+        log.warning("%s: the Triton kernels failed to build or launch (%s); the loss runs in torch "
+                    "kernels instead (loss.impl=torch)", setting, _BROKEN)
         return False

@@ -146,19 +146,25 @@ def forward_loss(forward, recon: str, amp=None, fused: VAE | None = None):
 
 def fused_loss_model(cfg: DictConfig, model: torch.nn.Module, device: torch.device) -> VAE | None:
     """The model, where its training loss is to run as fused_loss.py's Triton kernels
-    (loss.impl=triton); None for losses.py's torch ops (loss.impl=torch, or kernels that failed
-    to build here, which fused_loss logs once). validate() has refused the rest of the settings
-    the kernels cannot take."""
-    if cfg.loss.impl != "triton":
+    (loss.impl=triton, or auto in a CUDA-graph step: config.LossConfig); None for losses.py's
+    torch ops (loss.impl=torch, auto elsewhere, or kernels that failed to build here, which
+    fused_loss logs once). validate() has refused the settings loss.impl=triton cannot take;
+    auto takes torch for them, and for what this function would refuse triton for."""
+    impl, t = cfg.loss.impl, cfg.trainer
+    if impl == "torch" or (impl == "auto" and not (device.type == "cuda" and t.cuda_graph and t.amp == "off"
+                                                   and not t.compile)):
         return None
-    if why := kernels_unusable(device):
-        raise ConfigError(f"loss.impl=triton: {why}; loss.impl=torch is the same loss in torch kernels")
     own = [f for f in ("forward", "reparameterize") if getattr(type(model), f, None) is not getattr(VAE, f)]
+    why = kernels_unusable(device)
+    if impl == "auto" and (why or own or not isinstance(model, VAE)):
+        return None
+    if why:
+        raise ConfigError(f"loss.impl=triton: {why}; loss.impl=torch is the same loss in torch kernels")
     if not isinstance(model, VAE) or own:
         raise ConfigError(f"loss.impl=triton: the kernels reparameterise as VAE.forward does, and "
                           f"{type(model).__name__} has its own {' and '.join(own) or 'forward'}: use loss.impl=torch")
     return model if kernels_work(device, getattr(cfg.loss.recon, "value", cfg.loss.recon), cfg.latent_size,
-                                 getattr(model, "input_dim", 784)) else None
+                                 getattr(model, "input_dim", 784), setting=f"loss.impl={impl}") else None
 
 
 def make_step(loss_fn, model: torch.nn.Module, opt: torch.optim.Optimizer, images: torch.Tensor,

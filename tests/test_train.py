@@ -96,6 +96,19 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(make_cfg, tmp_path
     assert last.endswith(f"[vaelab][ERROR] - {e.value}") and last.count("non-finite") == 1
 
 
+def test_a_divergence_is_on_the_console_once_even_with_hydras_job_logging_disabled(tiny_mnist, tmp_path):
+    """vaelab-train prints the stop reason on the console's log handler; with
+    hydra/job_logging=disabled there is none, and the run exited 1 saying nothing."""
+    r = subprocess.run([sys.executable, "-m", "vaelab.train", "hydra/job_logging=disabled", f"data.root={tiny_mnist}",
+                        *FAST, "trainer.epochs=1", "latent_size=4", "optim.lr=1e30", "hydra.run.dir=run"],
+                       cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                       env={**os.environ, "TQDM_DISABLE": "1"})
+    assert r.returncode == 1, r.stderr[-2000:]
+    lines = [ln for ln in (r.stdout + r.stderr).splitlines() if "non-finite loss" in ln]
+    assert len(lines) == 1 and lines[0].startswith("vaelab-train: error: non-finite loss"), r.stderr[-2000:]
+    assert (tmp_path / "run" / "stopped.json").is_file()
+
+
 def test_a_non_finite_loss_names_the_steps_it_can_have_come_from(make_cfg, tmp_path):
     """The loss is read every trainer.log_every steps (no host sync per step), so a loss that
     turned NaN was reported at the log point's step, up to log_every - 1 steps after the fact;

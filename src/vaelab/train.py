@@ -341,11 +341,15 @@ def _to_train_log(run_dir: Path, record: logging.LogRecord) -> None:
         h.handle(record)
 
 
-def _console(record: logging.LogRecord) -> None:
-    """`record` on the console handlers alone (not into a file)."""
+def _console(record: logging.LogRecord) -> bool:
+    """`record` on the console handlers alone (not into a file); False where there is none
+    (hydra/job_logging=disabled, say), for the caller to print it itself."""
+    took = False
     for h in logging.getLogger().handlers:
-        if not isinstance(h, logging.FileHandler) and isinstance(h, logging.StreamHandler):
+        if not isinstance(h, logging.FileHandler) and isinstance(h, logging.StreamHandler) and not _closed(h):
             h.handle(record)
+            took = True
+    return took
 
 
 def _closed(handler: logging.StreamHandler) -> bool:
@@ -1312,7 +1316,8 @@ def hydra_main(cfg: DictConfig) -> float:
         print(f"vaelab-train: error: {e}", file=sys.stderr)
         sys.exit(1)
     except NonFiniteLoss as e:
-        _console(log.makeRecord(log.name, logging.ERROR, __file__, 0, "%s", (e,), None))  # (train.log has it)
+        if not _console(log.makeRecord(log.name, logging.ERROR, __file__, 0, "%s", (e,), None)):  # (train.log has it)
+            print(f"vaelab-train: error: {e}", file=sys.stderr)
         if hc.mode.name == "MULTIRUN":
             # The rest of the sweep goes on. +inf ranks this job last for a sweeper that
             # minimises; Optuna refuses nan and would end the whole study on it.

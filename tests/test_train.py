@@ -751,6 +751,15 @@ def test_an_error_inside_the_models_own_code_keeps_its_traceback(tiny_mnist, tmp
         assert isinstance(e.value.__cause__, cause)
 
 
+def test_a_compile_mode_without_compile_is_named_as_doing_nothing(make_cfg, tmp_path, caplog):
+    """trainer.compile_mode=max-autotune alone ran uncompiled without a word."""
+    with caplog.at_level("WARNING", logger="vaelab"):
+        train(make_cfg(["latent_size=2", "model.size=small", "trainer.epochs=1", "trainer.final_eval=false",
+                        "trainer.compile_mode=max-autotune"]), tmp_path)
+    assert ("trainer.compile_mode=max-autotune does nothing with trainer.compile=false: add trainer.compile=true to "
+            "compile the model") in caplog.text
+
+
 def test_a_validation_split_of_one_image_says_its_active_units_read_0(make_cfg, tmp_path, caplog):
     """Review: data.val_size=1 reported active 0/32, with no word that one image has no variance."""
     with caplog.at_level("WARNING", logger="vaelab"):

@@ -881,6 +881,9 @@ def _train(cfg: DictConfig, run_dir: Path, data: MNISTData | None, on_start=None
     elif len(data.val) < 2:  # (Cov_x over one image is 0: every dimension reads as dead)
         log.warning("data.val_size=%d: active_units, a variance across the validation images, needs 2 or more; "
                     "with one it reads 0", len(data.val))
+    if not t.compile and t.compile_mode != "default":  # (a saved run's config may hold it: a warning, not a refusal)
+        log.warning("trainer.compile_mode=%s does nothing with trainer.compile=false: add trainer.compile=true to "
+                    "compile the model", t.compile_mode)
     if t.batch_size > n_train:  # (allowed: the one batch is the whole training set, as a DataLoader's would be)
         log.warning("trainer.batch_size=%d is larger than the %d training images: each epoch is one step of %d",
                     t.batch_size, n_train, n_train)

@@ -1205,6 +1205,27 @@ def test_an_unreadable_gz_file_is_named_not_its_folder(tmp_path, tiny_mnist, mon
     assert str(e.value) == f"{raw / MNIST_FILES[0]}.gz: cannot read it (Permission denied)"
 
 
+def test_a_read_error_in_a_gz_file_is_named_as_the_files_not_its_folders(tmp_path, tiny_mnist, monkeypatch):
+    """Review: an I/O error reading the .gz was reported as the folder being unwritable."""
+    import errno
+    import gzip
+
+    from vaelab.data import MNIST_FILES, DataError, load_mnist_arrays
+
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for f in MNIST_FILES:
+        (raw / f"{f}.gz").write_bytes(gzip.compress((tiny_mnist / "MNIST" / "raw" / f).read_bytes()))
+
+    def bad_sector(self, *args):
+        raise OSError(errno.EIO, "Input/output error")
+    monkeypatch.setattr(gzip.GzipFile, "read", bad_sector)
+    with pytest.raises(DataError) as e:
+        load_mnist_arrays(tmp_path, download=False)
+    assert str(e.value) == f"{raw / MNIST_FILES[0]}.gz: cannot read it (Input/output error)"
+    assert [p.name for p in raw.iterdir() if not p.name.endswith(".gz")] == []  # no half-unpacked file
+
+
 def test_an_empty_data_root_is_refused_for_a_new_run():
     """It was taken as the current folder, and a download attempted there. A saved run with an
     empty root still evaluates and resumes (from its launch folder), as before."""

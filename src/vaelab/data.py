@@ -82,7 +82,7 @@ def _unpack(raw: Path) -> None:
         src = raw / f"{f}.gz"
         try:
             with gzip.open(src, "rb") as packed:
-                write_atomic(raw / f, lambda out: shutil.copyfileobj(packed, out))
+                write_atomic(raw / f, lambda out: _copy(packed, src, out))
         except gzip.BadGzipFile as e:  # (an OSError: first)
             raise DataError(f"{src}: not a gzip file ({e}); replace it with a good copy") from None
         except (EOFError, zlib.error) as e:
@@ -94,6 +94,22 @@ def _unpack(raw: Path) -> None:
             raise DataError(f"{src}: cannot unpack it next to itself ({e.strerror or e}); gunzip the four "
                             f"files into a writable folder's MNIST/raw/ and point data.root there") from None
         log.info("unpacked %s (torchvision reads the unpacked file)", src)
+
+
+def _copy(packed, src: Path, out) -> None:
+    """shutil.copyfileobj, with a read error named as the .gz's: write_atomic names the file it
+    writes in an OSError that names none, and a disk error reading the .gz then read as the
+    folder being unwritable."""
+    while True:
+        try:
+            chunk = packed.read(1 << 20)
+        except OSError as e:
+            if e.filename is None and e.errno is not None:  # (not BadGzipFile: no errno, and its own words)
+                e.filename = str(src)
+            raise
+        if not chunk:
+            return
+        out.write(chunk)
 
 
 HOW = "set data.root=DIR or VAELAB_DATA=DIR"

@@ -2012,9 +2012,13 @@ def test_files_written_atomically_get_the_usual_permissions(tmp_path):
                                     "given as --data-root DIR (see vaelab eval --help)"),
     (["reproduce", "R", "--data-root", ""], "vaelab reproduce: error: argument --data-root: must be a folder (holding "
                                             "MNIST/raw/), not empty, got '' (see vaelab reproduce --help)"),
+    # (vaelab's own misspelt option: it asked for a COMMAND, or for the command's RUN_DIR)
+    (["--versoin"], "vaelab: error: unrecognized arguments: --versoin; did you mean --version? (see vaelab --help)"),
+    (["\u2013verison", "eval"], "vaelab: error: unrecognized arguments: \u2013verison; did you mean --version? (see "
+                               "vaelab --help)"),
 ], ids=["unknown-option", "unknown-option-resume", "missing-dir", "bad-value", "no-command", "option-before-command",
         "unknown-command", "train-command", "misspelt-train", "two-misspelt-options", "short-option", "dash-and-case",
-        "data-root-as-override", "empty-data-root"])
+        "data-root-as-override", "empty-data-root", "misspelt-version", "misspelt-version-before-a-command"])
 def test_a_bad_vaelab_command_line_is_one_line(args, expect, capsys):
     """argparse would print its usage block, and report a command's unknown option as the
     top-level parser's, naming neither the command nor its options."""

@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> None:
 def _parse(argv: list[str] | None):
     """The command's module, imported, and its parsed arguments (one line and exit 2 for bad ones)."""
     argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
-    chosen = next((a for a in argv if not a.startswith("-")), None)
+    chosen = next((a for a in argv if not a.startswith(("-", "\u2013", "\u2014"))), None)  # (a pasted dash: below)
     parser = argparse.ArgumentParser(prog="vaelab", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"vaelab {__version__}")
     parser.error = one_line_errors("vaelab")
@@ -96,24 +96,33 @@ def _parse(argv: list[str] | None):
             getattr(importlib.import_module(module), f"add_{name}_arguments")(p)
     # argparse leaves a command's unknown options to the top-level parser, which would name
     # neither the command nor its options: the command's own parser reports them.
+    # vaelab's own options come before the command, and take no value: one it does not know is
+    # answered here, before argparse would ask for a missing COMMAND or the command's RUN_DIR
+    # instead (`vaelab --versoin`, `vaelab --verison eval`)
+    head = argv[:argv.index(chosen)] if chosen is not None else argv
+    if wrong := [a for a in head if a.split("=", 1)[0] not in parser._option_string_actions]:
+        parser.error(f"unrecognized arguments: {' '.join(wrong)}{_did_you_mean(wrong, parser)}")
     args, unknown = parser.parse_known_args(argv)
     if unknown:
-        before = argv.index(unknown[0]) < argv.index(args.command)  # `vaelab --bogus eval`: vaelab's own
         own = parsers[args.command]
         # (data.root=DIR is how vaelab-train and resume take it; eval, sample and reproduce take an option)
-        hint = ("; the data folder is given as --data-root DIR" if not before and "--data-root" in own.format_usage()
+        hint = ("; the data folder is given as --data-root DIR" if "--data-root" in own.format_usage()
                 and any(u.startswith("data.root=") for u in unknown) else "")
-        # (--checkpont: review; each unknown option, -N and -checkpoint too)
-        options = list((parser if before else own)._option_string_actions)
-        # (an en or em dash, pasted from typeset text, is a --; a letter's case is a near miss too: --K, -N)
-        flags = [re.sub(r"^[\u2013\u2014]", "--", u).split("=", 1)[0] for u in unknown if u[:1] in "-\u2013\u2014"]
-        close = [next((o for o in options if o.lower() == f.lower()), None) or
-                 next(iter(difflib.get_close_matches(f, options, n=1, cutoff=0.7)), None) for f in flags
-                 if len(f) > 2 or f.lower() in map(str.lower, options)]
-        close = [c for c in close if c]
-        hint += f"; did you mean {', '.join(dict.fromkeys(close))}?" if close else ""
-        (parser if before else own).error(f"unrecognized arguments: {' '.join(unknown)}{hint}")
+        own.error(f"unrecognized arguments: {' '.join(unknown)}{hint}{_did_you_mean(unknown, own)}")
     return importlib.import_module(args._module), args
+
+
+def _did_you_mean(unknown: list[str], parser: argparse.ArgumentParser) -> str:
+    """"; did you mean --checkpoint?" for the options of `parser` closest to those in `unknown`
+    (--checkpont: review; each unknown option, -N and -checkpoint too), or ""."""
+    options = list(parser._option_string_actions)
+    # (an en or em dash, pasted from typeset text, is a --; a letter's case is a near miss too: --K, -N)
+    flags = [re.sub(r"^[\u2013\u2014]", "--", u).split("=", 1)[0] for u in unknown if u[:1] in "-\u2013\u2014"]
+    close = [next((o for o in options if o.lower() == f.lower()), None) or
+             next(iter(difflib.get_close_matches(f, options, n=1, cutoff=0.7)), None) for f in flags
+             if len(f) > 2 or f.lower() in map(str.lower, options)]
+    close = [c for c in close if c]
+    return f"; did you mean {', '.join(dict.fromkeys(close))}?" if close else ""
 
 
 if __name__ == "__main__":

@@ -137,7 +137,7 @@ def test_reconstructions_and_interpolations_say_what_each_row_and_column_is():
     assert "reconstructions" in ax.get_title()
     fig = interpolations_figure(interpolations_grid(model, x[:3], x[3:6], steps=4), model.image_shape, 4)
     cols = [t.get_text() for t in fig.axes[0].get_xticklabels()]
-    assert cols == ["image a", "0", "0.33", "0.67", "1", "image b"]
+    assert cols == ["image a", "t = 0", "0.33", "0.67", "1", "image b"]  # (bare numbers did not say they were t)
     assert len(fig.axes[0].get_yticklabels()) == 3
 
 

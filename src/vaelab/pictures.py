@@ -176,6 +176,7 @@ def reconstructions_figure(grid: torch.Tensor, image_shape: tuple, rows: int):
 def interpolations_figure(grid: torch.Tensor, image_shape: tuple, steps: int):
     """interpolations_grid's picture, its columns labelled: the two test images, and t between."""
     ts = [f"{t:.2g}" for t in torch.linspace(0, 1, steps).tolist()]
+    ts[0] = f"t = {ts[0]}"  # (the columns' numbers are t: the title's (1 - t) mu_a + t mu_b)
     return labelled_grid_figure(grid, image_shape, [""] * (grid.shape[1] // (image_shape[1] + 2)),
                                 ["image a", *ts, "image b"],
                                 "decoder means at (1 - t) mu_a + t mu_b between two test images", label_width=0.2)

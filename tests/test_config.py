@@ -499,6 +499,11 @@ def test_an_empty_run_folder_is_refused(args, expect, tmp_path, monkeypatch):
     (["--epochs", "5"], "unrecognized argument --epochs: settings are given as key=value, here trainer.epochs=5"),
     (["--batch-size", "-m"], "unrecognized argument --batch-size: settings are given as key=value, here "
                              "trainer.batch_size=VALUE"),
+    # a Hydra flag misspelt: its closest (it listed all thirteen); one near several gets the list
+    (["--multirn", "latent_size=2,4"], "unrecognized argument --multirn: did you mean --multirun?"),
+    (["--cfgg", "job"], "unrecognized argument --cfgg: did you mean --cfg?"),
+    (["--config", "x"], "unrecognized argument --config: an override is key=value, e.g. trainer.epochs=5; Hydra's "
+                        "flags are --help,"),
 ])
 def test_an_unknown_flag_is_one_line_before_anything_is_composed(args, expect):
     """argparse's usage block came only after the config and the data had been checked (and a

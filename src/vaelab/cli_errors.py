@@ -653,6 +653,9 @@ def _flag_error(argv: list[str]) -> str | None:
             value = arg.split("=", 1)[1] if "=" in arg else (
                 argv[i + 1] if i + 1 in where and "=" not in argv[i + 1] else "VALUE")
             return f"unrecognized argument {arg}: settings are given as key=value, here {match[0]}={value}"
+        close = difflib.get_close_matches(name, _LONG_FLAGS, n=2, cutoff=0.75) if name.startswith("--") else []
+        if len(close) == 1:  # (--multirn, --cfgg: a flag misspelt, not a setting; --config is near three: the list)
+            return f"unrecognized argument {arg}: did you mean {close[0]}?"
         return (f"unrecognized argument {arg}: an override is key=value, e.g. trainer.epochs=5; Hydra's flags are "
                 f"--help, --hydra-help, --version, --cfg/-c, --resolve, --package/-p, --run/-r, --multirun/-m, "
                 f"--shell-completion/-sc, --config-path/-cp, --config-name/-cn, --config-dir/-cd, --info/-i (each "

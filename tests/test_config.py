@@ -103,6 +103,19 @@ def test_configs_saved_before_trainer_cuda_graph_keep_the_eager_step():
     assert typed({"trainer": {"epochs": 3, "batch_size": 32}}).trainer.cuda_graph is True
 
 
+def test_configs_saved_before_loss_impl_keep_torchs_loss():
+    """loss.impl=auto (the default since GPU run 6) is the Triton kernels in a CUDA graph: a run
+    saved before loss.impl existed trained with torch's ops, and reproduces with them (review)."""
+    from omegaconf import OmegaConf
+
+    fresh = compose_cfg(["experiment=seed"])
+    assert fresh.loss.impl == "auto" and typed(fresh).loss.impl == "auto"
+    old = OmegaConf.to_container(fresh, resolve=False)
+    del old["loss"]["impl"]
+    assert typed(old).loss.impl == "torch"
+    assert typed({"loss": {"recon": "bce", "beta": 2.0}}).loss.impl == "auto"  # a hand-written partial section
+
+
 def test_iwae_paper_experiment_schedule():
     cfg = compose_cfg(["experiment=iwae_paper_vae"])
     assert build_model(cfg).hidden == [200, 200] and cfg.latent_size == 50 and cfg.optim.eps == 1e-4

@@ -441,6 +441,7 @@ def resolve_device(name: str, given_as: str = "device="):
 
 # Keys every saved trainer section has had: a hand-written partial one rarely lists them all.
 _SAVED_TRAINER = {"epochs", "batch_size", "eval_batch_size", "checkpoint_every", "log_every"}
+_SAVED_LOSS = {"recon", "beta", "kl_warmup_steps"}  # (likewise, a saved loss section's)
 
 
 def typed(cfg: DictConfig | dict) -> DictConfig:
@@ -461,6 +462,11 @@ def typed(cfg: DictConfig | dict) -> DictConfig:
         # A whole trainer section saved before trainer.cuda_graph existed, when every step ran
         # eagerly: a GPU re-run (reproduce, resume, -cd) runs as it did.
         cfg["trainer"] = {**trainer, "cuda_graph": False}
+    loss = cfg.get("loss")
+    if isinstance(loss, dict) and _SAVED_LOSS <= loss.keys() and "impl" not in loss:
+        # A whole loss section saved before loss.impl existed (871301a), when the loss was torch's
+        # ops: not auto's Triton kernels in a GPU re-run, which differ by rounding (review)
+        cfg["loss"] = {**loss, "impl": "torch"}
     return OmegaConf.merge(schema, cfg)
 
 

@@ -2031,6 +2031,9 @@ def test_vaelab_version(capsys):
 
     assert vaelab(["--version"]) == 0  # (it said COMMAND was missing: review)
     assert capsys.readouterr().out.strip() == f"vaelab {__version__}"
+    # argparse's own rules stand beside the closest-option hint: an unambiguous start, and -h anywhere
+    assert vaelab(["--vers", "eval", "R"]) == 0 and capsys.readouterr().out.strip() == f"vaelab {__version__}"
+    assert vaelab(["--bogus", "-h"]) == 0 and capsys.readouterr().out.startswith("usage: vaelab")
 
 
 def test_resume_without_a_run_names_only_what_is_missing(capsys):

@@ -753,6 +753,16 @@ def test_cli_prints_one_line_and_exits_before_training(tmp_path):
     assert not (tmp_path / "outputs").exists()  # nothing started
 
 
+def test_vaelab_train_version_names_vaelabs_and_hydras(tmp_path):
+    from hydra import __version__ as hydra_version
+
+    from vaelab import __version__
+    r = subprocess.run([sys.executable, "-m", "vaelab.train_cli", "--version"], cwd=tmp_path, capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.strip() == f"vaelab {__version__} (Hydra {hydra_version})"
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_vaelab_train_refuses_before_importing_torch(tmp_path):
     """The console script's pre-flight needs only Hydra: a typo costs ~0.4 s, not torch's ~2 s."""
     script = ("import atexit, sys\n"

@@ -198,6 +198,12 @@ def launch(argv: list[str], prog: str = "vaelab-train", continuing: Path | None 
     """Check vaelab-train's arguments, then run the Hydra app on them in this process; returns
     the exit status. continuing: the folder of a stopped sweep that these arguments carry on
     (`vaelab resume SWEEP_DIR`), which may hold runs."""
+    if "--version" in argv:  # (Hydra's flag: it printed "Hydra 1.3.8" alone, which says nothing of vaelab's)
+        from hydra import __version__ as hydra_version
+
+        from vaelab import __version__
+        print(f"vaelab {__version__} (Hydra {hydra_version})")
+        return 0
     register_configs()
     err = config_dir_error(argv)
     argv = saved_config_argv(argv)

@@ -332,7 +332,8 @@ def test_training_ends_with_eval_and_eval_json_round_trips(make_cfg, tmp_path, c
     # x-axis: examples seen where each evaluated checkpoint was taken (last.pt at the end of epoch
     # 2, then best.pt, at the end of epoch 1 or 2)
     assert 2 * (256 - 64) in steps and steps <= {256 - 64, 2 * (256 - 64)}
-    for name in ("samples", "reconstructions", "traversals", "interpolations", "manifold", "latents_scatter"):
+    for name in ("samples", "reconstructions", "traversals", "interpolations", "manifold", "latents_scatter",
+                 "kl_by_dim"):
         assert f"eval/{name}" in acc.Tags()["images"], name
         assert (tmp_path / "eval" / f"{name}.png").exists(), name
 
@@ -348,7 +349,7 @@ def test_eval_of_an_earlier_checkpoint_is_logged_where_that_checkpoint_was_taken
     # eval.json names the pictures eval/ still holds (it had no "pictures" after --no-pictures)
     assert {k: saved[k] for k in drawn} == drawn and all(Path(f).is_file() for f in drawn["pictures"].values())
     out = capsys.readouterr().out  # and its table says whose they are, and draws no eval/* image at this step
-    assert "curves.png  (an earlier evaluation's, of last.pt at 384 examples seen)" in out
+    assert "kl_by_dim.png  (an earlier evaluation's, of last.pt at 384 examples seen)" in out
     assert "TensorBoard tags test/* at step 192" in out
     assert saved["epoch"] == 1 and saved["examples_seen"] == 192  # the checkpoint's, not metrics.json's 384
     assert saved["checkpoint"] == str(run / "checkpoints" / "epoch_0001.pt")  # not relative to the shell
@@ -789,7 +790,7 @@ def test_no_pictures_names_the_pictures_eval_holds_in_this_runs_folder(make_cfg,
     assert _eval_cli([copy, "--k", "2", "--no-pictures"]) == 0
     saved = load_eval(copy)
     assert set(saved["pictures"]) == {"samples", "reconstructions", "traversals", "interpolations",
-                                      "latents_scatter", "curves"}
+                                      "latents_scatter", "curves", "kl_by_dim"}
     assert all(Path(f).parent == copy / "eval" and Path(f).is_file() for f in saved["pictures"].values())
     assert saved["pictures_of"]["checkpoint"] == str(copy / "checkpoints" / "last.pt")
     out = capsys.readouterr().out
@@ -798,8 +799,8 @@ def test_no_pictures_names_the_pictures_eval_holds_in_this_runs_folder(make_cfg,
     (copy / "eval.json").unlink()  # whose pictures they are is not known any more
     assert _eval_cli([copy, "--k", "2", "--no-pictures"]) == 0
     saved = load_eval(copy)
-    assert "curves" not in saved["pictures"] and len(saved["pictures"]) == 5 and saved["pictures_of"] is None
-    assert "latents_scatter.png  (of weights eval.json does not name)" in capsys.readouterr().out
+    assert "curves" not in saved["pictures"] and len(saved["pictures"]) == 6 and saved["pictures_of"] is None
+    assert "kl_by_dim.png  (of weights eval.json does not name)" in capsys.readouterr().out
     shutil.rmtree(copy / "eval")
     assert _eval_cli([copy, "--k", "2", "--no-pictures"]) == 0
     assert load_eval(copy)["pictures"] == {}
@@ -824,7 +825,7 @@ def test_no_pictures_keeps_the_images_of_the_evaluation_eval_json_holds_only(mak
     acc.Reload()
     assert {tag: len(acc.Images(tag)) for tag in acc.Tags()["images"]} == {
         "eval/samples": 1, "eval/reconstructions": 1, "eval/traversals": 1, "eval/interpolations": 1,
-        "eval/latents_scatter": 1, "eval/manifold": 1, "eval/curves": 1}
+        "eval/latents_scatter": 1, "eval/manifold": 1, "eval/curves": 1, "eval/kl_by_dim": 1}
 
 
 def test_a_checkpoint_from_part_way_through_an_epoch_says_so(make_cfg, tmp_path, monkeypatch):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import os
 import shutil
 
@@ -13,12 +14,13 @@ from PIL import Image
 from torch.utils.tensorboard import SummaryWriter
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from vaelab.compare import kl_history
 from vaelab.models import MLPVAE
 from vaelab.evaluate_run import EVAL_PICTURES
 from vaelab.pictures import (RED, TRAVERSAL_VALUES, curves_figure, figure_to_tensor, interpolations_figure,
-                             interpolations_grid, kl_bars_figure, latents_scatter_figure, make_pictures,
-                             manifold_figure, manifold_grid, reconstructions_figure, reconstructions_grid,
-                             traversal_rows, traversals_figure, traversals_grid)
+                             interpolations_grid, kl_bars_figure, kl_history_figure, latents_scatter_figure,
+                             make_pictures, manifold_figure, manifold_grid, reconstructions_figure,
+                             reconstructions_grid, traversal_rows, traversals_figure, traversals_grid)
 from vaelab.train import train
 
 CELL = 28 + 2  # an MNIST image plus make_grid's padding
@@ -157,6 +159,34 @@ def test_curves_show_a_runs_loss_kl_and_active_units_against_examples_seen():
     assert curves_figure({"train/loss": [(64, 1.0)]}) is None  # no validation yet: no picture
 
 
+def test_the_kl_history_puts_each_dimension_in_a_row_by_its_last_kl_and_names_the_inactive_in_red():
+    """kl_by_dim.png: which dimensions carry information, and when the others collapsed (the
+    brief's KL per dimension over training, which TensorBoard drew at checkpoint epochs only)."""
+    history = [(3, [0.1, 2.0, 0.5], [0.0, 0.5, 0.2]), (4, [0.0, 3.0, 0.9], [0.005, 0.6, 0.3])]
+    fig = kl_history_figure(history)
+    ax = fig.axes[0]
+    rows = [(t.get_text(), t.get_color()) for t in ax.get_yticklabels()]
+    assert rows == [("z1", "black"), ("z2", "black"), ("z0", "red")]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["3", "4"]  # the epochs the file holds
+    image = ax.get_images()[0].get_array()
+    assert image.tolist() == [[2.0, 3.0], [0.5, 0.9], [0.1, 0.0]]  # rows in that order, epochs across
+    assert "2 of 3 active at the last epoch" in ax.get_title() and "labels in red: inactive" in ax.get_title()
+    assert "2 of 3" not in kl_history_figure([(1, [0.1, 2.0, 0.5], None)]).axes[0].get_title()  # no variances
+    many = kl_history_figure([(1, [float(d) for d in range(64)], [1.0] * 64)]).axes[0]
+    assert many.get_yticklabels() == [] and many.get_ylabel().startswith("64 latent dimensions")  # (no row index)
+    assert kl_history_figure([]) is None
+    assert kl_history_figure([(1, [0.1], None), (2, [0.1, 0.2], None)]) is None  # (not one run's dimensions)
+
+
+def test_kl_history_reads_epochs_jsonl_and_leaves_out_what_it_cannot_draw(tmp_path):
+    lines = [{"epoch": 1, "examples_seen": 10, "kl_per_dim": [0.5, 0.25], "mean_variance_per_dim": [0.1, 0.0]},
+             {"epoch": 2, "examples_seen": 20, "kl_per_dim": [0.5, None]},  # (edited by hand)
+             {"epoch": 3, "examples_seen": 30, "kl_per_dim": [0.75, 0.0], "mean_variance_per_dim": [0.1]}]
+    (tmp_path / "epochs.jsonl").write_text("\n".join(json.dumps(e) for e in lines) + '\n{"epoch": 4, "exa\n')
+    assert kl_history(tmp_path) == [(1, [0.5, 0.25], [0.1, 0.0]), (3, [0.75, 0.0], None)]
+    assert kl_history(tmp_path / "nothing") == []
+
+
 def test_make_pictures_writes_pngs_and_tensorboard_images(tmp_path):
     model = _model(latent=2)
     images = torch.randint(0, 256, (40, 784), dtype=torch.uint8)
@@ -165,9 +195,10 @@ def test_make_pictures_writes_pngs_and_tensorboard_images(tmp_path):
     writer = SummaryWriter(log_dir=str(tmp_path))
     scalars = {"epoch/val_loss": [(5, 90.0), (7, 80.0)]}
     out = make_pictures(model, images, labels, kl, torch.tensor([True, False]), tmp_path / "eval", writer, step=7,
-                        scalars=scalars)
+                        scalars=scalars, kl_history=[(1, [0.5, 0.1], [0.2, 0.0]), (2, [1.5, 0.0], [0.3, 0.0])])
     writer.close()
-    names = {"samples", "reconstructions", "traversals", "interpolations", "manifold", "latents_scatter", "curves"}
+    names = {"samples", "reconstructions", "traversals", "interpolations", "manifold", "latents_scatter", "curves",
+             "kl_by_dim"}
     assert set(out["pictures"]) == names == set(EVAL_PICTURES)  # those `vaelab sample --out` leaves alone
     assert out["traversal_dims"] == [0, 1] and out["dead_dims"] == [1]
     with Image.open(tmp_path / "eval" / "samples.png") as im:

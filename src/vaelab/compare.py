@@ -83,20 +83,48 @@ class Run:
         return self._events if events_only else self._scalars
 
 
+def _epoch_lines(run: Path) -> list[dict]:
+    """The lines of a run's epochs.jsonl that read as JSON objects with their examples_seen, in
+    order; a line that cannot be read is left out."""
+    try:  # (a byte that is no UTF-8, in a line edited by hand: that line is left out, not the file)
+        lines = (run / ckpt_io.EPOCHS).read_bytes().decode("utf-8", errors="replace").splitlines()
+    except OSError:
+        return []
+    out = []
+    for line in lines:
+        try:
+            e = json.loads(line)
+            e["examples_seen"] = int(e["examples_seen"])
+        except (ValueError, KeyError, TypeError, OverflowError):  # (Infinity: OverflowError, NaN: ValueError)
+            continue
+        out.append(e)
+    return out
+
+
+def kl_history(run: Path) -> list[tuple[int, list[float], list[float] | None]]:
+    """[(epoch, the validation KL of each latent dimension in nats, the variance across the
+    validation images of each one's posterior mean, which active_units thresholds), ...] from a
+    run's epochs.jsonl, for eval's kl_by_dim.png; lines without a whole, finite kl_per_dim are
+    left out (and a variance that is not whole and finite is None)."""
+    def numbers(v) -> list[float] | None:
+        ok = isinstance(v, list) and v and all(isinstance(x, (int, float)) and not isinstance(x, bool)
+                                              and math.isfinite(x) for x in v)
+        return [float(x) for x in v] if ok else None
+
+    out = []
+    for e in _epoch_lines(run):
+        epoch, kl, var = e.get("epoch"), numbers(e.get("kl_per_dim")), numbers(e.get("mean_variance_per_dim"))
+        if isinstance(epoch, int) and not isinstance(epoch, bool) and kl is not None:
+            out.append((epoch, kl, var if var is not None and len(var) == len(kl) else None))
+    return out
+
+
 def _epoch_scalars(run: Path) -> dict:
     """{epoch/KEY: [(examples seen, value), ...]} of the numbers in a run's epochs.jsonl (the
     TensorBoard tags of the same numbers); a line that cannot be read is left out."""
     found: dict = {}
-    try:  # (a byte that is no UTF-8, in a line edited by hand: that line is left out, not the file)
-        lines = (run / ckpt_io.EPOCHS).read_bytes().decode("utf-8", errors="replace").splitlines()
-    except OSError:
-        return found
-    for line in lines:
-        try:
-            e = json.loads(line)
-            x = int(e["examples_seen"])
-        except (ValueError, KeyError, TypeError, OverflowError):  # (Infinity: OverflowError, NaN: ValueError)
-            continue
+    for e in _epoch_lines(run):
+        x = e["examples_seen"]
         for k, v in e.items():  # (a NaN or infinity, written by hand: train() stops before a non-finite epoch)
             if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and \
                     k not in ("examples_seen", "step"):

@@ -47,7 +47,7 @@ USER_ERRORS = (RunDirError, ckpt_io.CheckpointError, ConfigError, DataError)
 EVAL_SUFFIX = ".eval"  # the event file of a run's newest evaluation (evaluate_run)
 # The pictures `vaelab eval` draws into RUN_DIR/eval/ (pictures.make_pictures), as <name>.png.
 EVAL_PICTURES = ("samples", "reconstructions", "traversals", "interpolations", "manifold", "latents_scatter",
-                 "curves")
+                 "curves", "kl_by_dim")
 
 
 def _checkpoint_path(run_dir: Path, checkpoint: str) -> Path:
@@ -282,7 +282,8 @@ def evaluate_run(run_dir: str | Path, k: int = 5000, device: str = "auto", check
                 "another evaluation of %s is writing its results: waiting for it (Ctrl-C stops waiting)", run_dir))
                 if hydra_dir.is_dir() else contextlib.nullcontext())
         if pictures:  # the curves' scalars, read before this evaluation's event file is open: TensorBoard's
-            from vaelab.compare import Run  # reader logged an ERROR for a file written while it read the folder
+            # reader logged an ERROR for a file written while it read the folder
+            from vaelab.compare import Run, kl_history
 
             run = Run(run_dir)
             run.scalars()
@@ -351,7 +352,8 @@ def evaluate_run(run_dir: str | Path, k: int = 5000, device: str = "auto", check
                 with ckpt_io.only_process(staging):  # (held while in use: see _remove_stale_staging)
                     drawn = make_pictures(model, test, data.test.labels, st["kl_per_dim"],
                                           st["mu_var"] > ACTIVE_THRESHOLD, staging, writer, step, seed,
-                                          scalars=scalars, curves_note="\n".join(notes))
+                                          scalars=scalars, curves_note="\n".join(notes),
+                                          kl_history=kl_history(run_dir))
             if writer is not None:
                 writer.close()
             result["seconds"] = time.perf_counter() - t0

@@ -17,6 +17,9 @@
                        dimensions when latent_size == 2, else the first two principal components
 - curves.png           the run's loss, KL and active units against examples seen, from its
                        TensorBoard scalars and epochs.jsonl (its epoch points with logger.tensorboard=false)
+- kl_by_dim.png        the validation KL of each latent dimension at each epoch (epochs.jsonl), one
+                       row per dimension in order of the last epoch's KL: which dimensions carry
+                       information, and when the others collapsed
 
 `vaelab sample RUN_DIR -n 64 --out grid.png --temperature 0.8` (in evaluate_run.py) draws the
 first kind alone.
@@ -30,6 +33,7 @@ import numpy as np
 import torch
 
 from vaelab.data import to_float
+from vaelab.evaluate import ACTIVE_THRESHOLD
 from vaelab.logger import image_grid
 
 TRAVERSAL_VALUES = torch.linspace(-3.0, 3.0, 11)  # in units of the prior's std (= 1)
@@ -248,6 +252,51 @@ def kl_bars_figure(kl_per_dim: torch.Tensor, active: torch.Tensor):
     return fig
 
 
+def kl_history_figure(history: list[tuple[int, list[float], list[float] | None]], threshold: float = 0.01):
+    """The validation KL of each latent dimension (nats) at each epoch, as a heatmap: epochs
+    across, one row per dimension, in order of the last epoch's KL (largest at the top), so
+    that the dimensions that carry information sit together and the collapsed ones below them.
+    history: [(epoch, KL per dimension, variance of its posterior mean or None)], as
+    compare.kl_history reads it from epochs.jsonl; the last epoch's variances above `threshold`
+    (evaluate.ACTIVE_THRESHOLD) are its active dimensions, labelled black, the rest red. None
+    without a point, or with dimensions that change from epoch to epoch."""
+    if not history or len({len(kl) for _, kl, _ in history}) != 1:
+        return None
+    epochs = [e for e, _, _ in history]
+    kl = np.array([v for _, v, _ in history], dtype=np.float64).T  # (L, epochs)
+    last_var = history[-1][2]
+    active = None if last_var is None else [v > threshold for v in last_var]
+    order = np.argsort(-kl[:, -1], kind="stable")
+    n = kl.shape[0]
+    fig = _figure(8.0, 2.2 + 0.12 * n if n <= 40 else 5.0)
+    fig.set_layout_engine("constrained")  # (set before the colour bar's axes: after them it divided by zero)
+    ax = fig.add_subplot(1, 1, 1)
+    # (epoch i's column spans i +- 0.5 of its index: epochs kept after a resume need not be 1, 2, 3, ...)
+    im = ax.imshow(kl[order], aspect="auto", interpolation="nearest", cmap="viridis", vmin=0.0,
+                   extent=(-0.5, len(epochs) - 0.5, n - 0.5, -0.5))
+    ticks = np.unique(np.linspace(0, len(epochs) - 1, min(len(epochs), 10)).round().astype(int))
+    ax.set_xticks(ticks, [str(epochs[i]) for i in ticks])
+    ax.set_xlabel("epoch", fontsize=8)
+    if n <= 40:  # (one label a row while they stay legible; past that none: a row's place is not its index)
+        ax.set_yticks(range(n), [f"z{d}" for d in order])
+        if active is not None:
+            for label, d in zip(ax.get_yticklabels(), order):
+                label.set_color("black" if active[d] else "red")
+    else:
+        ax.set_yticks([])
+    ax.set_ylabel(f"{n} latent dimensions, by the last epoch's KL", fontsize=8)
+    ax.tick_params(labelsize=7)
+    title = "validation KL per latent dimension at each epoch (nats)"
+    if active is not None:  # (active by the variance of the posterior mean, as active_units: not by the KL)
+        title += (f"\n{sum(active)} of {n} active at the last epoch (their posterior mean's variance across the "
+                  f"images > {threshold:g})" + ("; labels in red: inactive" if n <= 40 and not all(active) else ""))
+    ax.set_title(title, fontsize=8)
+    bar = fig.colorbar(im, ax=ax, fraction=0.04, pad=0.02)
+    bar.set_label("KL (nats)", fontsize=8)
+    bar.ax.tick_params(labelsize=7)
+    return fig
+
+
 # (tag, legend label, style) of each panel of curves_figure: the loss, its KL term, active units
 CURVES = (("loss", (("train/loss", "train, per log point", "-"), ("epoch/train_loss", "train, epoch mean", "o-"),
                     ("epoch/val_loss", "validation", "s-"))),
@@ -337,18 +386,20 @@ def latents_scatter_figure(mu: torch.Tensor, labels: torch.Tensor):
 
 # The pictures make_pictures draws, eval/<name>.png (manifold for a 2-d latent space only; curves
 # where the run logged events).
-EVAL_PICTURES = ("samples", "reconstructions", "traversals", "interpolations", "manifold", "latents_scatter", "curves")
+EVAL_PICTURES = ("samples", "reconstructions", "traversals", "interpolations", "manifold", "latents_scatter", "curves",
+                 "kl_by_dim")
 
 
 @torch.no_grad()
 def make_pictures(model, images: torch.Tensor, labels: torch.Tensor, kl_per_dim: torch.Tensor,
                   active: torch.Tensor, out_dir: str | Path, writer=None, step: int = 0, seed: int = 0,
-                  scalars: dict | None = None, curves_note: str = "") -> dict:
+                  scalars: dict | None = None, curves_note: str = "", kl_history: list | None = None) -> dict:
     """All pictures of a trained model on a split (uint8 images (N, D), labels (N,)), written to
     out_dir as PNGs and, given a SummaryWriter, as images eval/<name> at `step`.
     kl_per_dim (L,) and active (L,) bool come from evaluate.elbo_stats; scalars, the run's
-    TensorBoard scalars, give curves.png (curves_figure). Returns {name: path} and the traversed
-    dimensions."""
+    TensorBoard scalars, give curves.png (curves_figure); kl_history, [(epoch, KL per dimension)]
+    from its epochs.jsonl, kl_by_dim.png (kl_history_figure). Returns {name: path} and the
+    traversed dimensions."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     was_training = model.training
@@ -401,6 +452,9 @@ def make_pictures(model, images: torch.Tensor, labels: torch.Tensor, kl_per_dim:
     fig = curves_figure(scalars or {}, curves_note)
     if fig is not None:
         put("curves", figure_to_tensor(fig), fig)
+    fig = kl_history_figure(kl_history or [], ACTIVE_THRESHOLD)
+    if fig is not None:
+        put("kl_by_dim", figure_to_tensor(fig), fig)
     model.train(was_training)
     return {"pictures": written, "traversal_dims": dims, "dead_dims": [d for d, x in zip(dims, dead) if x],
             **({"pictures_left_out": left_out} if left_out else {})}

@@ -116,6 +116,22 @@ def test_configs_saved_before_loss_impl_keep_torchs_loss():
     assert typed({"loss": {"recon": "bce", "beta": 2.0}}).loss.impl == "auto"  # a hand-written partial section
 
 
+def test_compare_lists_a_run_saved_before_loss_impl_as_it_trained(tmp_path):
+    """It showed '-' there, and --where loss.impl=torch found no run, where reproduce and resume
+    run it with torch's loss (review)."""
+    import yaml
+    from omegaconf import OmegaConf
+
+    from vaelab.compare import find_runs
+
+    old = OmegaConf.to_container(compose_cfg(["experiment=seed"]), resolve=False, enum_to_str=True)
+    del old["loss"]["impl"]
+    (tmp_path / "old" / ".hydra").mkdir(parents=True)
+    (tmp_path / "old" / ".hydra" / "config.yaml").write_text(yaml.safe_dump(old))
+    [run] = find_runs([tmp_path])
+    assert run.config["loss.impl"] == "torch" and run.config["loss.recon"] == "mse"
+
+
 def test_iwae_paper_experiment_schedule():
     cfg = compose_cfg(["experiment=iwae_paper_vae"])
     assert build_model(cfg).hidden == [200, 200] and cfg.latent_size == 50 and cfg.optim.eps == 1e-4

@@ -35,7 +35,7 @@ from omegaconf import OmegaConf
 from vaelab import checkpoint as ckpt_io
 from vaelab.checkpoint import read_json, run_state
 from vaelab.cli_errors import unwritable
-from vaelab.config import MLP_TARGET, SIZES, leaves
+from vaelab.config import MLP_TARGET, SIZES, as_trained, leaves
 
 # Final metrics of an unfinished run, from the per-epoch scalars train() logs.
 EPOCH_TAGS = {"epochs": "epoch/epoch", "train_loss": "epoch/train_loss", "val_loss": "epoch/val_loss",
@@ -181,8 +181,10 @@ def _load(path: Path, name: str) -> Run:
             saved = yaml.safe_load(cfg.read_text()) or {}
             if not isinstance(saved, dict):
                 raise ValueError(f"a {type(saved).__name__}, not a mapping of settings")
-            # (booleans as the config files, overrides and HParams write them: --where trainer.compile=true)
-            run.config = {k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in leaves(saved, empty=False)}
+            # (booleans as the config files, overrides and HParams write them: --where trainer.compile=true;
+            # a setting added since the run trained, as it trained: loss.impl=torch, not today's default)
+            run.config = {k: str(v).lower() if isinstance(v, bool) else str(v)
+                          for k, v in leaves(as_trained(saved), empty=False)}
             size = run.config.get("model.size")
             if run.config.get("model._target_") == MLP_TARGET and run.config.get("model.hidden") == "None" and \
                     size in SIZES:  # the widths as built, as the HParams row has them: --where model.hidden=[256]

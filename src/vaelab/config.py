@@ -452,6 +452,14 @@ def typed(cfg: DictConfig | dict) -> DictConfig:
         cfg = OmegaConf.to_container(cfg, resolve=False)
     cfg = {k: v for k, v in dict(cfg).items() if k not in ("defaults", "hydra")}
     _integers_as_bools(cfg)  # (a saved config.yaml edited by hand: trainer.progress: 2)
+    return OmegaConf.merge(schema, as_trained(cfg))
+
+
+def as_trained(cfg: dict) -> dict:
+    """A saved config (plain) with the values its run trained with for the settings added since,
+    whose defaults would run it otherwise: typed() reads it so (reproduce, resume, eval, -cd), and
+    vaelab compare lists it so."""
+    cfg = dict(cfg)
     model = cfg.get("model")
     if isinstance(model, dict) and "_target_" in model and "linear" not in model:
         # Saved before model.linear existed, when every product ran on MKL: keep it so, and
@@ -467,7 +475,7 @@ def typed(cfg: DictConfig | dict) -> DictConfig:
         # A whole loss section saved before loss.impl existed (871301a), when the loss was torch's
         # ops: not auto's Triton kernels in a GPU re-run, which differ by rounding (review)
         cfg["loss"] = {**loss, "impl": "torch"}
-    return OmegaConf.merge(schema, cfg)
+    return cfg
 
 
 def on_schema(cfg: DictConfig) -> DictConfig:

@@ -533,6 +533,9 @@ def test_an_empty_run_folder_is_refused(args, expect, tmp_path, monkeypatch):
     (["--cfgg", "job"], "unrecognized argument --cfgg: did you mean --cfg?"),
     (["--config", "x"], "unrecognized argument --config: an override is key=value, e.g. trainer.epochs=5; Hydra's "
                         "flags are --help,"),
+    # ... not where a setting is as near: trainer.resume's, not --resolve's (review)
+    (["--resme", "x"], "unrecognized argument --resme: an override is key=value"),
+    (["--lrn", "0.1"], "unrecognized argument --lrn: an override is key=value"),
 ])
 def test_an_unknown_flag_is_one_line_before_anything_is_composed(args, expect):
     """argparse's usage block came only after the config and the data had been checked (and a
@@ -777,6 +780,9 @@ def test_vaelab_train_version_names_vaelabs_and_hydras(tmp_path):
                        text=True, timeout=120)
     assert r.returncode == 0 and r.stdout.strip() == f"vaelab {__version__} (Hydra {hydra_version})"
     assert list(tmp_path.iterdir()) == []
+    r = subprocess.run([sys.executable, "-m", "vaelab.train_cli", "--cfg", "--version"], cwd=tmp_path,
+                       capture_output=True, text=True, timeout=120)  # (a flag's value: not the flag, review)
+    assert r.returncode == 2 and r.stderr.strip().endswith("argument --cfg: expected a value after it, as in --cfg job")
 
 
 def test_vaelab_train_refuses_before_importing_torch(tmp_path):

@@ -2016,9 +2016,12 @@ def test_files_written_atomically_get_the_usual_permissions(tmp_path):
     (["--versoin"], "vaelab: error: unrecognized arguments: --versoin; did you mean --version? (see vaelab --help)"),
     (["\u2013verison", "eval"], "vaelab: error: unrecognized arguments: \u2013verison; did you mean --version? (see "
                                "vaelab --help)"),
+    (["--", "eval"], "vaelab: error: argument COMMAND: invalid choice: '--' (choose from 'eval', 'sample', "
+                     "'reproduce', 'resume', 'compare') (see vaelab --help)"),  # (argparse's, not 'unrecognized')
 ], ids=["unknown-option", "unknown-option-resume", "missing-dir", "bad-value", "no-command", "option-before-command",
         "unknown-command", "train-command", "misspelt-train", "two-misspelt-options", "short-option", "dash-and-case",
-        "data-root-as-override", "empty-data-root", "misspelt-version", "misspelt-version-before-a-command"])
+        "data-root-as-override", "empty-data-root", "misspelt-version", "misspelt-version-before-a-command",
+        "double-dash"])
 def test_a_bad_vaelab_command_line_is_one_line(args, expect, capsys):
     """argparse would print its usage block, and report a command's unknown option as the
     top-level parser's, naming neither the command nor its options."""

@@ -653,8 +653,13 @@ def _flag_error(argv: list[str]) -> str | None:
             value = arg.split("=", 1)[1] if "=" in arg else (
                 argv[i + 1] if i + 1 in where and "=" not in argv[i + 1] else "VALUE")
             return f"unrecognized argument {arg}: settings are given as key=value, here {match[0]}={value}"
-        close = difflib.get_close_matches(name, _LONG_FLAGS, n=2, cutoff=0.75) if name.startswith("--") else []
-        if len(close) == 1:  # (--multirn, --cfgg: a flag misspelt, not a setting; --config is near three: the list)
+        # a flag misspelt (--multirn, --cfgg), where no setting is as near (--resme is trainer.resume's, not
+        # --resolve's: review); near several flags (--config), the list
+        flags = [f for f in _LONG_FLAGS if f != "--experimental-rerun"]  # (not supported: not to be suggested)
+        close = difflib.get_close_matches(name, flags, n=2, cutoff=0.75) if name.startswith("--") else []
+        leaf = difflib.get_close_matches(key, {k.rsplit(".", 1)[-1] for k in keys}, n=1, cutoff=0.75)
+        if len(close) == 1 and not (leaf and difflib.SequenceMatcher(None, key, leaf[0]).ratio() >=
+                                    difflib.SequenceMatcher(None, name.lstrip("-"), close[0].lstrip("-")).ratio()):
             return f"unrecognized argument {arg}: did you mean {close[0]}?"
         return (f"unrecognized argument {arg}: an override is key=value, e.g. trainer.epochs=5; Hydra's flags are "
                 f"--help, --hydra-help, --version, --cfg/-c, --resolve, --package/-p, --run/-r, --multirun/-m, "

@@ -20,7 +20,7 @@ from pathlib import Path
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
 from vaelab import STOPPED_LOADING
-from vaelab.cli_errors import add_overrides, claim_folder, overrides_first, precheck, split_args
+from vaelab.cli_errors import _WITH_VALUE, add_overrides, claim_folder, overrides_first, precheck, split_args
 from vaelab.config import CONF_DIR, hydra_section, leaves, register_configs
 
 
@@ -198,7 +198,9 @@ def launch(argv: list[str], prog: str = "vaelab-train", continuing: Path | None 
     """Check vaelab-train's arguments, then run the Hydra app on them in this process; returns
     the exit status. continuing: the folder of a stopped sweep that these arguments carry on
     (`vaelab resume SWEEP_DIR`), which may hold runs."""
-    if "--version" in argv:  # (Hydra's flag: it printed "Hydra 1.3.8" alone, which says nothing of vaelab's)
+    # (Hydra's flag: it printed "Hydra 1.3.8" alone, which says nothing of vaelab's; not a flag's value:
+    # --cfg --version is the pre-flight's to refuse, review)
+    if any(a == "--version" and (i == 0 or argv[i - 1] not in _WITH_VALUE) for i, a in enumerate(argv)):
         from hydra import __version__ as hydra_version
 
         from vaelab import __version__

@@ -1082,6 +1082,11 @@ def test_a_line_lost_from_a_runs_config_is_refused_not_filled_with_the_default(f
         text = cfg_file.read_text()
         assert "  batch_size: 32\n" in text and "lr: 0.5" not in text and not (run / ".hydra" / "resumes.yaml").exists()
         assert vaelab(["resume", run, "trainer.epochs=2"]) == 0
+        # ... and so does another value: a change, as any KEY=VALUE of resume's (it said "give loss.impl=VALUE" and
+        # refused loss.impl=auto for a line lost whose run trained with torch: review)
+        cfg_file.write_text(cfg_file.read_text().replace("  impl: auto\n", "", 1))
+        assert vaelab(["resume", run, "trainer.epochs=2"]) == 2 and "has no loss.impl" in capsys.readouterr().err
+        assert vaelab(["resume", run, "loss.impl=torch"]) == 0 and "  impl: torch\n" in cfg_file.read_text()
 
 
 def test_a_run_whose_saved_config_was_deleted_is_told_where_a_copy_is(finished_run, tmp_path, capsys):

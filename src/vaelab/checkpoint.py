@@ -488,12 +488,15 @@ def _as_typed(v):
 _NOT_THE_RUNS = {"device", "trainer.progress"}
 
 
-def check_config_whole(ckpt: dict, path: str | Path, cfg_path: str | Path, cfg, overrides: bool = True) -> None:
+def check_config_whole(ckpt: dict, path: str | Path, cfg_path: str | Path, cfg, overrides: bool = True,
+                       given_now: set[str] = frozenset()) -> None:
     """Refuse a run's saved config that lacks a setting its checkpoint was trained with, where the
     value the config takes in its place (the schema's default: load_run_config fills in what a
     config saved before a setting existed lacks) is another. A line cut out of the file or lost
     with its end would otherwise change the run unseen (trainer.batch_size: 32 gone, a resume went
-    on at 128). `overrides`: the command takes KEY=VALUE, which can give the setting instead."""
+    on at 128). `overrides`: the command takes KEY=VALUE, which can give the setting instead;
+    `given_now`: the keys this command gives so, whatever the value (resume's rules for a change
+    of setting then apply to it, as to any other)."""
     from omegaconf import OmegaConf
 
     from vaelab.config import ConfigError, leaves
@@ -508,10 +511,10 @@ def check_config_whole(ckpt: dict, path: str | Path, cfg_path: str | Path, cfg, 
     except Exception:  # noqa: BLE001 - none saved, or unreadable: no such changes to know of
         given = set()
     for key, trained in leaves(ckpt.get("config") or {}):
-        if key in _NOT_THE_RUNS or key in saved:
-            continue
         parts = key.split(".")
         ancestors = [".".join(parts[:i]) for i in range(1, len(parts))]
+        if key in _NOT_THE_RUNS or key in saved or key in given_now or given_now.intersection(ancestors):
+            continue  # (given now: "give KEY=VALUE" said so, and a value other than the trained one is a change)
         if any(a in saved and saved[a] != {} and a in given for a in ancestors):  # a dict set to a value since:
             continue  # a change, not a line lost (a bare `opts:` whose lines were lost reads as null too)
         now = OmegaConf.select(cfg, key)

@@ -749,7 +749,7 @@ def resume(run_dir: str | Path, overrides: list[str] = ()) -> dict | None:
         raise ckpt_io.CheckpointError(f"{e}; to resume from the newest other checkpoint, {others[-1].name}, move "
                                       f"{last.name} out of {last.parent}") from None
     ckpt_io.check_resumable(ck, last, needs=("state",))  # (the rest only to train on, below)
-    ckpt_io.check_config_whole(ck, last, cfg_path, cfg)
+    ckpt_io.check_config_whole(ck, last, cfg_path, cfg, given_now={o.key_or_group for o in parsed})
     ckpt_io.check_compatible(ck, build_model(cfg), last, cfg, ckpt_io.SAME_TO_RESUME)
     done = ck["state"]["epoch"]
     check_epochs_to_resume(ck["state"], cfg.trainer.epochs)  # ConfigError, one line, before anything is written

@@ -272,7 +272,12 @@ def kl_history_figure(history: list[tuple[int, list[float], list[float] | None]]
     fig.set_layout_engine("constrained")  # (set before the colour bar's axes: after them it divided by zero)
     ax = fig.add_subplot(1, 1, 1)
     # (epoch i's column spans i +- 0.5 of its index: epochs kept after a resume need not be 1, 2, 3, ...)
-    im = ax.imshow(kl[order], aspect="auto", interpolation="nearest", cmap="viridis", vmin=0.0,
+    from matplotlib.colors import PowerNorm
+
+    # (a square-root scale from 0: a few informative dimensions would leave the rest one dark colour,
+    # where an active dimension of 0.03 nats and a collapsed one of 0.001 should differ)
+    im = ax.imshow(kl[order], aspect="auto", interpolation="nearest", cmap="viridis",
+                   norm=PowerNorm(0.5, vmin=0.0, vmax=max(float(kl.max()), 1e-12)),
                    extent=(-0.5, len(epochs) - 0.5, n - 0.5, -0.5))
     ticks = np.unique(np.linspace(0, len(epochs) - 1, min(len(epochs), 10)).round().astype(int))
     ax.set_xticks(ticks, [str(epochs[i]) for i in ticks])
@@ -292,7 +297,7 @@ def kl_history_figure(history: list[tuple[int, list[float], list[float] | None]]
                   f"images > {threshold:g})" + ("; labels in red: inactive" if n <= 40 and not all(active) else ""))
     ax.set_title(title, fontsize=8)
     bar = fig.colorbar(im, ax=ax, fraction=0.04, pad=0.02)
-    bar.set_label("KL (nats)", fontsize=8)
+    bar.set_label("KL (nats, square-root scale)", fontsize=8)
     bar.ax.tick_params(labelsize=7)
     return fig
 

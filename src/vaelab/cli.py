@@ -94,8 +94,6 @@ def _parse(argv: list[str] | None):
         p.set_defaults(_module=module)
         if name == chosen:  # only the command being run imports its module (most import torch, ~2 s)
             getattr(importlib.import_module(module), f"add_{name}_arguments")(p)
-    # argparse leaves a command's unknown options to the top-level parser, which would name
-    # neither the command nor its options: the command's own parser reports them.
     # vaelab's own options come before the command, and take no value: one it does not know is
     # answered here, before argparse would ask for a missing COMMAND or the command's RUN_DIR
     # instead (`vaelab --versoin`, `vaelab --verison eval`)
@@ -110,6 +108,8 @@ def _parse(argv: list[str] | None):
     if not {"-h", "--help"} & {known(a) for a in argv} and (
             wrong := [a for a in head if known(a) is None and a != "--"]):  # ("--": argparse's to answer)
         parser.error(f"unrecognized arguments: {' '.join(wrong)}{_did_you_mean(wrong, parser)}")
+    # argparse leaves a command's unknown options to the top-level parser, which would name
+    # neither the command nor its options: the command's own parser reports them.
     args, unknown = parser.parse_known_args(argv)
     if unknown:
         own = parsers[args.command]

@@ -2023,10 +2023,15 @@ def test_files_written_atomically_get_the_usual_permissions(tmp_path):
                                "vaelab --help)"),
     (["--", "eval"], "vaelab: error: argument COMMAND: invalid choice: '--' (choose from 'eval', 'sample', "
                      "'reproduce', 'resume', 'compare') (see vaelab --help)"),  # (argparse's, not 'unrecognized')
+    # "$RUN" with RUN unset: it read the current folder (eval: "not a vaelab run directory"; compare listed its runs)
+    (["eval", ""], "vaelab eval: error: argument RUN_DIR: must be a run's folder, not empty (an unset shell "
+                   "variable?), got '' (see vaelab eval --help)"),
+    (["compare", "runs", ""], "vaelab compare: error: argument DIR: must be a folder, not empty (an unset shell "
+                              "variable?), got '' (see vaelab compare --help)"),
 ], ids=["unknown-option", "unknown-option-resume", "missing-dir", "bad-value", "no-command", "option-before-command",
         "unknown-command", "train-command", "misspelt-train", "two-misspelt-options", "short-option", "dash-and-case",
         "data-root-as-override", "empty-data-root", "misspelt-version", "misspelt-version-before-a-command",
-        "double-dash"])
+        "double-dash", "empty-run-dir", "empty-compare-dir"])
 def test_a_bad_vaelab_command_line_is_one_line(args, expect, capsys):
     """argparse would print its usage block, and report a command's unknown option as the
     top-level parser's, naming neither the command nor its options."""

@@ -812,8 +812,18 @@ def not_started_note(dirs, runs: list[Run]) -> str | None:
     return "\n".join(lines) or None
 
 
+def _folder(text: str) -> str:
+    """DIR, not empty: vaelab compare "$RUNS" with RUNS unset searched the current folder."""
+    if not text.strip():
+        import argparse
+
+        raise argparse.ArgumentTypeError(f"must be a folder, not empty (an unset shell variable?), got {text!r}")
+    return text
+
+
 def add_compare_arguments(p) -> None:
-    p.add_argument("dirs", nargs="+", metavar="DIR", help="folders to search for runs (a sweep, outputs/, a run)")
+    p.add_argument("dirs", nargs="+", metavar="DIR", type=_folder,
+                   help="folders to search for runs (a sweep, outputs/, a run)")
     p.add_argument("--sort", metavar="METRIC",
                    help="sort the rows by this metric, e.g. val_loss, or setting, e.g. loss.beta (ascending), "
                    "or by run or state")

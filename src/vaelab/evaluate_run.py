@@ -559,6 +559,8 @@ def _checked(convert, ok, allowed: str):
 
 positive_int = _checked(int, lambda v: v >= 1, "an integer >= 1")
 folder_name = _checked(str, lambda v: v.strip() != "", "a folder (holding MNIST/raw/), not empty")
+# (vaelab eval "$RUN" with RUN unset read the current folder: ".: not a vaelab run directory")
+run_folder = _checked(str, lambda v: v.strip() != "", "a run's folder, not empty (an unset shell variable?)")
 importance_samples = _checked(int, lambda v: 1 <= v <= 10**6, "an integer in [1, 1000000] (the IWAE paper uses 5000)")
 seed_int = _checked(int, lambda v: 0 <= v < 2**63, "an integer in [0, 2**63)")  # torch.Generator.manual_seed
 non_negative_float = _checked(float, lambda v: math.isfinite(v) and v >= 0, "a number >= 0")
@@ -571,7 +573,8 @@ def device_name(text: str) -> str:
 
 
 def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("run_dir", metavar="RUN_DIR", help="a run directory (holds .hydra/ and checkpoints/)")
+    parser.add_argument("run_dir", metavar="RUN_DIR", type=run_folder,
+                        help="a run directory (holds .hydra/ and checkpoints/)")
     parser.add_argument("--k", type=importance_samples, default=5000,
                         help="importance samples of the IWAE bound (default 5000, as Burda et al.)")
     parser.add_argument("--checkpoint", default="last",
@@ -650,7 +653,8 @@ SAMPLE_N = 64  # `vaelab sample`'s grid: 8 x 8
 
 
 def add_sample_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("run_dir", metavar="RUN_DIR", help="a run directory (holds .hydra/ and checkpoints/)")
+    parser.add_argument("run_dir", metavar="RUN_DIR", type=run_folder,
+                        help="a run directory (holds .hydra/ and checkpoints/)")
     parser.add_argument("-n", type=_checked(int, lambda v: 1 <= v <= 10_000, "an integer in [1, 10000] (one grid)"),
                         default=SAMPLE_N, help=f"number of samples, at most 10000 (default {SAMPLE_N})")
     parser.add_argument("--out", default=None,

@@ -338,6 +338,26 @@ def test_training_ends_with_eval_and_eval_json_round_trips(make_cfg, tmp_path, c
         assert (tmp_path / "eval" / f"{name}.png").exists(), name
 
 
+def test_kl_by_dim_is_of_the_epochs_up_to_the_evaluated_checkpoint_and_not_left_stale(make_cfg, tmp_path, capsys,
+                                                                                    monkeypatch):
+    """(review) kl_by_dim.png of an eval of epoch_0001.pt showed every epoch, its active count the
+    last's; and an eval that drew none (no epochs.jsonl) left an earlier one in eval/, unsaid."""
+    import vaelab.pictures as pictures
+
+    run = tmp_path / "run"
+    train(make_cfg(["trainer.checkpoint_every=1", "trainer.final_eval=false"]), run)  # 2 epochs
+    drawn = []
+    real = pictures.kl_history_figure
+    monkeypatch.setattr(pictures, "kl_history_figure", lambda h, *a: drawn.append([e for e, _, _ in h]) or real(h, *a))
+    assert _eval_cli([run, "--k", "2", "--checkpoint", "epoch_0001.pt"]) == 0
+    assert drawn == [[1]] and (run / "eval" / "kl_by_dim.png").is_file()
+    (run / "epochs.jsonl").unlink()  # (as a run trained before 2026-11-27 has none)
+    capsys.readouterr()
+    assert _eval_cli([run, "--k", "2"]) == 0
+    assert not (run / "eval" / "kl_by_dim.png").exists() and "kl_by_dim" not in load_eval(run)["pictures"]
+    assert "no kl_by_dim.png: the run's epochs.jsonl holds no epoch's KL per dimension" in capsys.readouterr().out
+
+
 def test_eval_of_an_earlier_checkpoint_is_logged_where_that_checkpoint_was_taken(make_cfg, tmp_path,
                                                                                  monkeypatch, caplog, capsys):
     run = tmp_path / "run"

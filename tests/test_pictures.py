@@ -170,12 +170,15 @@ def test_the_kl_history_puts_each_dimension_in_a_row_by_its_last_kl_and_names_th
     assert [t.get_text() for t in ax.get_xticklabels()] == ["3", "4"]  # the epochs the file holds
     image = ax.get_images()[0].get_array()
     assert image.tolist() == [[2.0, 3.0], [0.5, 0.9], [0.1, 0.0]]  # rows in that order, epochs across
-    assert "2 of 3 active at the last epoch" in ax.get_title() and "labels in red: inactive" in ax.get_title()
+    assert "2 of 3 active at epoch 4" in ax.get_title() and "labels in red: inactive" in ax.get_title()
     assert "2 of 3" not in kl_history_figure([(1, [0.1, 2.0, 0.5], None)]).axes[0].get_title()  # no variances
     many = kl_history_figure([(1, [float(d) for d in range(64)], [1.0] * 64)]).axes[0]
     assert many.get_yticklabels() == [] and many.get_ylabel().startswith("64 latent dimensions")  # (no row index)
     assert kl_history_figure([]) is None
-    assert kl_history_figure([(1, [0.1], None), (2, [0.1, 0.2], None)]) is None  # (not one run's dimensions)
+    # a line of another length (edited by hand) is left out, not the picture (review); 1 dimension, 3 in tall
+    one = kl_history_figure([(1, [0.1, 0.2], None), (2, [0.3], [0.5]), (3, [0.1], [0.0])])
+    assert [t.get_text() for t in one.axes[0].get_xticklabels()] == ["2", "3"] and one.get_figheight() == 3.0
+    assert one.axes[0].get_ylabel() == "1 latent dimension, by epoch 3's KL"
 
 
 def test_kl_history_reads_epochs_jsonl_and_leaves_out_what_it_cannot_draw(tmp_path):

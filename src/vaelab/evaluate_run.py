@@ -313,7 +313,6 @@ def evaluate_run(run_dir: str | Path, k: int = 5000, device: str = "auto", check
                     kept = {**kept, "checkpoint": str(Path(result["checkpoint"]).parent / name)}
                 result["pictures_of"] = kept
                 # eval.json's "pictures" (a script reads them): what eval/ holds now, in this run's folder
-                from vaelab.pictures import EVAL_PICTURES
                 result["pictures"] = {name: str((run_dir / "eval" / f"{name}.png").resolve()) for name in EVAL_PICTURES
                                       if (run_dir / "eval" / f"{name}.png").is_file()}
                 if kept:
@@ -353,7 +352,8 @@ def evaluate_run(run_dir: str | Path, k: int = 5000, device: str = "auto", check
                     drawn = make_pictures(model, test, data.test.labels, st["kl_per_dim"],
                                           st["mu_var"] > ACTIVE_THRESHOLD, staging, writer, step, seed,
                                           scalars=scalars, curves_note="\n".join(notes),
-                                          kl_history=kl_history(run_dir))
+                                          # (up to the evaluated checkpoint's epoch: the weights evaluated)
+                                          kl_history=[h for h in kl_history(run_dir) if h[0] <= result["epoch"]])
             if writer is not None:
                 writer.close()
             result["seconds"] = time.perf_counter() - t0
@@ -370,6 +370,8 @@ def evaluate_run(run_dir: str | Path, k: int = 5000, device: str = "auto", check
                     final = run_dir / "eval" / f"{name}.png"
                     os.replace(at, final)
                     drawn["pictures"][name] = str(final.resolve())  # (as eval.json's checkpoint: not relative)
+                for name in set(EVAL_PICTURES) - set(drawn["pictures"]):  # an earlier evaluation's that this one did
+                    (run_dir / "eval" / f"{name}.png").unlink(missing_ok=True)  # not draw: not to pass for its
                 result.update(drawn)
             now = ckpt_io.read_json(run_dir / "eval.json")
             if now is not None and now != at_start:  # another evaluation (the run's own final one, say) finished first
@@ -561,6 +563,8 @@ positive_int = _checked(int, lambda v: v >= 1, "an integer >= 1")
 folder_name = _checked(str, lambda v: v.strip() != "", "a folder (holding MNIST/raw/), not empty")
 # (vaelab eval "$RUN" with RUN unset read the current folder: ".: not a vaelab run directory")
 run_folder = _checked(str, lambda v: v.strip() != "", "a run's folder, not empty (an unset shell variable?)")
+# (--out "$X" with X unset took the default place, unsaid: review)
+out_path = _checked(str, lambda v: v.strip() != "", "a path, not empty (an unset shell variable?)")
 importance_samples = _checked(int, lambda v: 1 <= v <= 10**6, "an integer in [1, 1000000] (the IWAE paper uses 5000)")
 seed_int = _checked(int, lambda v: 0 <= v < 2**63, "an integer in [0, 2**63)")  # torch.Generator.manual_seed
 non_negative_float = _checked(float, lambda v: math.isfinite(v) and v >= 0, "a number >= 0")
@@ -657,7 +661,7 @@ def add_sample_arguments(parser: argparse.ArgumentParser) -> None:
                         help="a run directory (holds .hydra/ and checkpoints/)")
     parser.add_argument("-n", type=_checked(int, lambda v: 1 <= v <= 10_000, "an integer in [1, 10000] (one grid)"),
                         default=SAMPLE_N, help=f"number of samples, at most 10000 (default {SAMPLE_N})")
-    parser.add_argument("--out", default=None,
+    parser.add_argument("--out", default=None, type=out_path,
                         help="image to write (PNG; another extension, e.g. .jpg, picks that format), not one of "
                              "vaelab eval's or the training's pictures (default "
                         "RUN_DIR/eval/samples_<checkpoint>_t<temperature>_seed<seed>.png)")

@@ -258,17 +258,19 @@ def kl_history_figure(history: list[tuple[int, list[float], list[float] | None]]
     that the dimensions that carry information sit together and the collapsed ones below them.
     history: [(epoch, KL per dimension, variance of its posterior mean or None)], as
     compare.kl_history reads it from epochs.jsonl; the last epoch's variances above `threshold`
-    (evaluate.ACTIVE_THRESHOLD) are its active dimensions, labelled black, the rest red. None
-    without a point, or with dimensions that change from epoch to epoch."""
-    if not history or len({len(kl) for _, kl, _ in history}) != 1:
+    (evaluate.ACTIVE_THRESHOLD) are its active dimensions, labelled black, the rest red. An
+    epoch with another number of dimensions than the last is left out (a line edited by hand).
+    None without a point."""
+    if not history:
         return None
+    history = [h for h in history if len(h[1]) == len(history[-1][1])]  # (one line of another length: not all)
     epochs = [e for e, _, _ in history]
     kl = np.array([v for _, v, _ in history], dtype=np.float64).T  # (L, epochs)
     last_var = history[-1][2]
     active = None if last_var is None else [v > threshold for v in last_var]
     order = np.argsort(-kl[:, -1], kind="stable")
     n = kl.shape[0]
-    fig = _figure(8.0, 2.2 + 0.12 * n if n <= 40 else 5.0)
+    fig = _figure(8.0, max(3.0, 2.2 + 0.12 * n) if n <= 40 else 5.0)  # (3 in at least: the axis's label)
     fig.set_layout_engine("constrained")  # (set before the colour bar's axes: after them it divided by zero)
     ax = fig.add_subplot(1, 1, 1)
     # (epoch i's column spans i +- 0.5 of its index: epochs kept after a resume need not be 1, 2, 3, ...)
@@ -289,12 +291,12 @@ def kl_history_figure(history: list[tuple[int, list[float], list[float] | None]]
                 label.set_color("black" if active[d] else "red")
     else:
         ax.set_yticks([])
-    ax.set_ylabel(f"{n} latent dimensions, by the last epoch's KL", fontsize=8)
+    ax.set_ylabel(f"{n} latent dimension{'s' * (n != 1)}, by epoch {epochs[-1]}'s KL", fontsize=8)
     ax.tick_params(labelsize=7)
     title = "validation KL per latent dimension at each epoch (nats)"
     if active is not None:  # (active by the variance of the posterior mean, as active_units: not by the KL)
-        title += (f"\n{sum(active)} of {n} active at the last epoch (their posterior mean's variance across the "
-                  f"images > {threshold:g})" + ("; labels in red: inactive" if n <= 40 and not all(active) else ""))
+        title += (f"\n{sum(active)} of {n} active at epoch {epochs[-1]} (their posterior mean's variance across "
+                  f"the images > {threshold:g})" + ("; labels in red: inactive" if n <= 40 and not all(active) else ""))
     ax.set_title(title, fontsize=8)
     bar = fig.colorbar(im, ax=ax, fraction=0.04, pad=0.02)
     bar.set_label("KL (nats, square-root scale)", fontsize=8)
@@ -460,6 +462,9 @@ def make_pictures(model, images: torch.Tensor, labels: torch.Tensor, kl_per_dim:
     fig = kl_history_figure(kl_history or [], ACTIVE_THRESHOLD)
     if fig is not None:
         put("kl_by_dim", figure_to_tensor(fig), fig)
+    elif kl_history is not None:  # (given, and empty: the table says why there is none)
+        left_out["kl_by_dim"] = "the run's epochs.jsonl holds no epoch's KL per dimension (runs trained before " \
+                                "2026-11-27 have no epochs.jsonl)"
     model.train(was_training)
     return {"pictures": written, "traversal_dims": dims, "dead_dims": [d for d, x in zip(dims, dead) if x],
             **({"pictures_left_out": left_out} if left_out else {})}

@@ -2028,10 +2028,12 @@ def test_files_written_atomically_get_the_usual_permissions(tmp_path):
                    "variable?), got '' (see vaelab eval --help)"),
     (["compare", "runs", ""], "vaelab compare: error: argument DIR: must be a folder, not empty (an unset shell "
                               "variable?), got '' (see vaelab compare --help)"),
+    (["sample", "R", "--out", ""], "vaelab sample: error: argument --out: must be a path, not empty (an unset shell "
+                                   "variable?), got '' (see vaelab sample --help)"),
 ], ids=["unknown-option", "unknown-option-resume", "missing-dir", "bad-value", "no-command", "option-before-command",
         "unknown-command", "train-command", "misspelt-train", "two-misspelt-options", "short-option", "dash-and-case",
         "data-root-as-override", "empty-data-root", "misspelt-version", "misspelt-version-before-a-command",
-        "double-dash", "empty-run-dir", "empty-compare-dir"])
+        "double-dash", "empty-run-dir", "empty-compare-dir", "empty-out"])
 def test_a_bad_vaelab_command_line_is_one_line(args, expect, capsys):
     """argparse would print its usage block, and report a command's unknown option as the
     top-level parser's, naming neither the command nor its options."""

@@ -812,12 +812,12 @@ def not_started_note(dirs, runs: list[Run]) -> str | None:
     return "\n".join(lines) or None
 
 
-def _folder(text: str) -> str:
-    """DIR, not empty: vaelab compare "$RUNS" with RUNS unset searched the current folder."""
+def _folder(text: str, what: str = "a folder") -> str:
+    """DIR (or --out's PNG), not empty: vaelab compare "$RUNS" with RUNS unset searched the current folder."""
     if not text.strip():
         import argparse
 
-        raise argparse.ArgumentTypeError(f"must be a folder, not empty (an unset shell variable?), got {text!r}")
+        raise argparse.ArgumentTypeError(f"must be {what}, not empty (an unset shell variable?), got {text!r}")
     return text
 
 
@@ -833,7 +833,8 @@ def add_compare_arguments(p) -> None:
                         "narrow further")
     p.add_argument("--plot", metavar="SCALAR", help="plot this scalar for every run: val_loss, train_loss, "
                    "active_units, ... or a full TensorBoard tag such as train/loss")
-    p.add_argument("--out", metavar="PNG", help="where --plot writes (default: curves.png)")
+    p.add_argument("--out", metavar="PNG", type=lambda v: _folder(v, "a path"),
+                   help="where --plot writes (default: curves.png)")
 
 
 def compare_command(args) -> int:

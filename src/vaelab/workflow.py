@@ -270,11 +270,11 @@ def side_by_side(original: dict, new: dict, rtol: float = 0.0) -> str:
 
 
 def add_reproduce_arguments(p) -> None:
-    from vaelab.evaluate_run import folder_name, non_negative_float, run_folder
+    from vaelab.evaluate_run import folder_name, non_negative_float, out_path, run_folder
 
     p.add_argument("run_dir", metavar="RUN_DIR", type=run_folder,
                    help="a finished run (a folder holding .hydra/config.yaml)")
-    p.add_argument("--out", metavar="DIR", help="the new run directory "
+    p.add_argument("--out", metavar="DIR", type=out_path, help="the new run directory "
                    "(default: outputs/runs/<name>/<timestamp>, like vaelab-train)")
     p.add_argument("--data-root", metavar="DIR", type=folder_name,
                    help="the folder holding MNIST/raw/, where the run's data.root no longer has it (moved, "
@@ -456,9 +456,11 @@ def reproduce_command(args) -> int:
 
 
 def add_resume_arguments(p) -> None:
-    from vaelab.evaluate_run import run_folder
+    from vaelab.evaluate_run import _checked
 
-    p.add_argument("run_dir", metavar="RUN_DIR", type=run_folder, help="a run directory holding "
+    run_or_sweep = _checked(str, lambda v: v.strip() != "", "a run's or a sweep's folder, not empty (an unset shell "
+                                                            "variable?)")
+    p.add_argument("run_dir", metavar="RUN_DIR", type=run_or_sweep, help="a run directory holding "
                    "checkpoints/last.pt, or the folder of a stopped sweep (vaelab-train -m) to carry on as a whole")
     # default=[]: without one, argparse lists KEY=VALUE as required when RUN_DIR is missing
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", default=[],

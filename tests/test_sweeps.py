@@ -412,8 +412,11 @@ def test_compare_plot_names_its_unit_and_tells_runs_with_the_same_settings_apart
               "Bernoulli probability of their pixels)")
     assert ax.get_title(loc="center").startswith(f"{differ}\nloss.recon=mse runs leave out the Gaussian decoder's "
                                                  f"constant")
+    # (the same points twice: the later curve dashed over the first, and its label says so; it hid the first)
     assert [t.get_text() for t in ax.get_legend().get_texts()] == [
-        "loss.recon=mse (a)", "loss.recon=mse (a_again)", "loss.recon=bce (b)"]
+        "loss.recon=mse (a)", "loss.recon=mse (a_again), the same points as loss.recon=mse (a)",
+        "loss.recon=bce (b), the same points as loss.recon=mse (a)"]
+    assert [line.get_linestyle() for line in ax.get_lines()] == ["-", "--", "--"]
     assert ax_bpd.get_ylabel() == "test/bits_per_dim (bits per dimension)" and ax_bpd.get_title() == differ
     for fig in figs:
         close(fig)
@@ -432,7 +435,7 @@ def test_compare_plot_names_runs_by_folder_when_their_settings_would_not_fit(tmp
             "".join(f"setting_number_{j}: {i}\n" for j in range(6)))
         if name != "no_events":
             with SummaryWriter(str(tmp_path / name)) as w:
-                w.add_scalar("epoch/val_loss", 40.0, 100)
+                w.add_scalar("epoch/val_loss", 40.0 + i, 100)
     figs, close = [], plt.close
     monkeypatch.setattr(plt, "close", figs.append)
     assert vaelab(["compare", tmp_path, "--plot", "val_loss", "--out", tmp_path / "val.png"]) == 0

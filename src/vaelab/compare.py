@@ -538,10 +538,15 @@ def plot(runs: list[Run], tag: str, out: str | Path, defaulted: bool = False) ->
         labels = [r.name for r, _, _ in found]                    # folder names, as the table's first column
     elif len(set(labels)) < len(labels):  # the same settings twice (a run and its reproduction): both
         labels = [f"{label} ({r.name})" for (r, _, _), label in zip(found, labels)]
+    first_with: dict = {}  # {a curve's points: the label of the first run that has them}
     for i, ((r, _, pts), label) in enumerate(zip(found, labels)):
         # matplotlib's colour cycle has 10 colours: past them, another line style tells runs apart
+        style = ("-", "--", ":", "-.")[i // 10 % 4]
+        same = first_with.setdefault(tuple(pts), label)
+        if same is not label:  # (a run and its reproduction: drawn over it, the curve hid it; dashed, and said)
+            style, label = (0, (4, 4)), f"{label}, the same points as {same}"
         ax.plot([x for x, _ in pts], [y for _, y in pts], marker="." if len(pts) < 50 else None, label=label,
-                linestyle=("-", "--", ":", "-.")[i // 10 % 4])
+                linestyle=style)
     ax.set_xlabel("examples seen")
     unit = scalar_unit(found[0][1])
     if unit == "dimensions":  # (a count: no 15.2 on the axis; review)

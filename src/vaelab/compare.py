@@ -393,9 +393,10 @@ def _varying(runs: list[Run]) -> list[str]:
     return [k for k in keys if len({r.config.get(k) for r in known}) > 1]
 
 
-def table(runs: list[Run], extra: list[str] = ()) -> str:
-    """One row per run: its name, the config values that differ between runs, its metrics."""
-    varying = _varying(runs)
+def table(runs: list[Run], extra: list[str] = (), settings_of: list[Run] | None = None) -> str:
+    """One row per run: its name, the config values that differ between runs (between those of
+    `settings_of`, the runs found before --where kept some, where given), its metrics."""
+    varying = _varying(settings_of or runs)
     metrics = [m for m in (*COLUMNS, *extra, "test_from") if any(m in r.metrics for r in runs)]
     metrics = list(dict.fromkeys(metrics))
     header = ["run", *varying, *metrics, "state"]
@@ -860,7 +861,8 @@ def compare_command(args) -> int:
         if args.plot:  # bad --out or --plot: one line before the table, not after it
             plot_path(args.out, defaulted)
             curves(runs, args.plot)
-        print(table(runs, [args.sort] if args.sort else []))
+        # (the settings that differ among all the runs found: --where that kept one run left it no columns)
+        print(table(runs, [args.sort] if args.sort else [], settings_of=found))
         missing = not_started_note(args.dirs, found)
         if missing:
             print(missing)

@@ -355,7 +355,8 @@ def test_kl_by_dim_is_of_the_epochs_up_to_the_evaluated_checkpoint_and_not_left_
     capsys.readouterr()
     assert _eval_cli([run, "--k", "2"]) == 0
     assert not (run / "eval" / "kl_by_dim.png").exists() and "kl_by_dim" not in load_eval(run)["pictures"]
-    assert "no kl_by_dim.png: the run's epochs.jsonl holds no epoch's KL per dimension" in capsys.readouterr().out
+    assert "no kl_by_dim.png: the run's epochs.jsonl holds no KL per dimension of an epoch up to this checkpoint's" \
+        in capsys.readouterr().out
 
 
 def test_eval_of_an_earlier_checkpoint_is_logged_where_that_checkpoint_was_taken(make_cfg, tmp_path,

@@ -417,6 +417,8 @@ def test_compare_plot_names_its_unit_and_tells_runs_with_the_same_settings_apart
         "loss.recon=mse (a)", "loss.recon=mse (a_again), the same points as loss.recon=mse (a)",
         "loss.recon=bce (b), the same points as loss.recon=mse (a)"]
     assert [line.get_linestyle() for line in ax.get_lines()] == ["-", "--", "--"]
+    # (each copy in a slot of its own: the third's dashes on the second's hid it too, review)
+    assert [line._unscaled_dash_pattern for line in ax.get_lines()[1:]] == [(0, (4, 8)), (4, (4, 8))]
     assert ax_bpd.get_ylabel() == "test/bits_per_dim (bits per dimension)" and ax_bpd.get_title() == differ
     for fig in figs:
         close(fig)
@@ -1495,6 +1497,8 @@ def test_compare_where_keeps_the_runs_with_a_setting_state_or_metric(sweep, caps
     assert vaelab(["compare", sweep, "--where", f"val_loss={shown}"]) == 0
     out = capsys.readouterr().out  # one run left, still with the settings the sweep varied (it had no such column)
     assert out.splitlines()[0].split()[:3] == ["run", "latent_size", "loss.beta"], out
+    assert vaelab(["compare", sweep, "--where", "loss.beta=4"]) == 0  # runs that differ: their own columns only
+    assert capsys.readouterr().out.splitlines()[0].split()[:3] == ["run", "latent_size", "epochs"]
     assert [r.split()[0] for r in out.splitlines()[2:] if r.startswith("latent_size=")] == ["latent_size=2,loss.beta=1"]
     assert vaelab(["compare", sweep, "--where", "active_units=99"]) == 2  # (a whole number: exact)
     assert "no run has active_units=99; the runs have active_units " in capsys.readouterr().err

@@ -14,6 +14,7 @@ them; the x-axis is examples seen.
 """
 from __future__ import annotations
 
+import collections
 import difflib
 import json
 import logging
@@ -394,9 +395,10 @@ def _varying(runs: list[Run]) -> list[str]:
 
 
 def table(runs: list[Run], extra: list[str] = (), settings_of: list[Run] | None = None) -> str:
-    """One row per run: its name, the config values that differ between runs (between those of
-    `settings_of`, the runs found before --where kept some, where given), its metrics."""
-    varying = _varying(settings_of or runs)
+    """One row per run: its name, the config values that differ between runs (where none do, one
+    run kept by --where say, those that differ between the runs of `settings_of`, all those found),
+    its metrics."""
+    varying = _varying(runs) or _varying(settings_of or [])
     metrics = [m for m in (*COLUMNS, *extra, "test_from") if any(m in r.metrics for r in runs)]
     metrics = list(dict.fromkeys(metrics))
     header = ["run", *varying, *metrics, "state"]
@@ -539,13 +541,17 @@ def plot(runs: list[Run], tag: str, out: str | Path, defaulted: bool = False) ->
         labels = [r.name for r, _, _ in found]                    # folder names, as the table's first column
     elif len(set(labels)) < len(labels):  # the same settings twice (a run and its reproduction): both
         labels = [f"{label} ({r.name})" for (r, _, _), label in zip(found, labels)]
-    first_with: dict = {}  # {a curve's points: the label of the first run that has them}
+    first_with: dict = {}  # {a curve's points: the labels of the runs that have them, so far}
+    copies = collections.Counter(tuple(pts) for _, _, pts in found)
     for i, ((r, _, pts), label) in enumerate(zip(found, labels)):
         # matplotlib's colour cycle has 10 colours: past them, another line style tells runs apart
         style = ("-", "--", ":", "-.")[i // 10 % 4]
-        same = first_with.setdefault(tuple(pts), label)
-        if same is not label:  # (a run and its reproduction: drawn over it, the curve hid it; dashed, and said)
-            style, label = (0, (4, 4)), f"{label}, the same points as {same}"
+        same = first_with.setdefault(tuple(pts), [])
+        same.append(label)
+        if len(same) > 1:  # (a run and its reproduction: drawn over it, the curve hid it; dashed, and said)
+            # the k-th copy of m dashed in slot k of m (the first, solid, shows in the last): each one seen
+            k, m = len(same) - 1, copies[tuple(pts)]
+            style, label = (4 * (k - 1), (4, 4 * (m - 1))), f"{label}, the same points as {same[0]}"
         ax.plot([x for x, _ in pts], [y for _, y in pts], marker="." if len(pts) < 50 else None, label=label,
                 linestyle=style)
     ax.set_xlabel("examples seen")

@@ -463,8 +463,8 @@ def make_pictures(model, images: torch.Tensor, labels: torch.Tensor, kl_per_dim:
     if fig is not None:
         put("kl_by_dim", figure_to_tensor(fig), fig)
     elif kl_history is not None:  # (given, and empty: the table says why there is none)
-        left_out["kl_by_dim"] = "the run's epochs.jsonl holds no epoch's KL per dimension (runs trained before " \
-                                "2026-11-27 have no epochs.jsonl)"
+        left_out["kl_by_dim"] = "the run's epochs.jsonl holds no KL per dimension of an epoch up to this " \
+                                "checkpoint's (runs trained before 2026-11-27 have no epochs.jsonl)"
     model.train(was_training)
     return {"pictures": written, "traversal_dims": dims, "dead_dims": [d for d, x in zip(dims, dead) if x],
             **({"pictures_left_out": left_out} if left_out else {})}

@@ -2049,6 +2049,7 @@ def test_vaelab_version(capsys):
     # argparse's own rules stand beside the closest-option hint: an unambiguous start, and -h anywhere
     assert vaelab(["--vers", "eval", "R"]) == 0 and capsys.readouterr().out.strip() == f"vaelab {__version__}"
     assert vaelab(["--bogus", "-h"]) == 0 and capsys.readouterr().out.startswith("usage: vaelab")
+    assert vaelab(["--vers", "--bogus"]) == 0 and capsys.readouterr().out.strip() == f"vaelab {__version__}"
 
 
 def test_resume_without_a_run_names_only_what_is_missing(capsys):

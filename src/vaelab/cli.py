@@ -97,7 +97,7 @@ def _parse(argv: list[str] | None):
     # vaelab's own options come before the command, and take no value: one it does not know is
     # answered here, before argparse would ask for a missing COMMAND or the command's RUN_DIR
     # instead (`vaelab --versoin`, `vaelab --verison eval`)
-    # (argparse's own rules stand: --vers is --version, and -h anywhere shows the help: review)
+    # (argparse's own rules stand: --vers is --version, and -h or --version anywhere wins: review)
     head = argv[:argv.index(chosen)] if chosen is not None else argv
     options = list(parser._option_string_actions)
 
@@ -105,7 +105,7 @@ def _parse(argv: list[str] | None):
         name = arg.split("=", 1)[0]
         starts = [o for o in options if o.startswith(name) and name.startswith("--")]
         return name if name in options else starts[0] if len(starts) == 1 else None
-    if not {"-h", "--help"} & {known(a) for a in argv} and (
+    if not {"-h", "--help", "--version"} & {known(a) for a in argv} and (
             wrong := [a for a in head if known(a) is None and a != "--"]):  # ("--": argparse's to answer)
         parser.error(f"unrecognized arguments: {' '.join(wrong)}{_did_you_mean(wrong, parser)}")
     # argparse leaves a command's unknown options to the top-level parser, which would name

@@ -34,7 +34,7 @@ import torch
 
 from vaelab.data import to_float
 from vaelab.evaluate import ACTIVE_THRESHOLD
-from vaelab.logger import image_grid
+from vaelab.logger import image_grid, save_png
 
 TRAVERSAL_VALUES = torch.linspace(-3.0, 3.0, 11)  # in units of the prior's std (= 1)
 RED = torch.tensor([1.0, 0.0, 0.0])
@@ -419,16 +419,10 @@ def make_pictures(model, images: torch.Tensor, labels: torch.Tensor, kl_per_dim:
     n = images.shape[0]
     written: dict = {}
 
-    from torchvision.utils import save_image
-
     def put(name: str, img: torch.Tensor, fig=None) -> None:
         path = out_dir / f"{name}.png"
-        if fig is None:
-            save_image(img, path)
-        else:  # the pixels figure_to_tensor has drawn: fig.savefig drew the figure again, 0.5 s of an eval's 1.2
-            from PIL import Image
-
-            Image.fromarray(np.asarray(fig.canvas.buffer_rgba())).save(path)
+        # (a figure: the pixels figure_to_tensor has drawn; fig.savefig drew it again, 0.5 s of an eval's 1.2)
+        save_png(img if fig is None else np.asarray(fig.canvas.buffer_rgba()), path)
         if writer is not None:
             writer.add_image(f"eval/{name}", img, step)
         written[name] = str(path.resolve())  # as eval.json's checkpoint: not relative to the shell

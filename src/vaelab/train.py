@@ -45,7 +45,7 @@ from vaelab.errors import (STOP_AFTER_STEP, STOP_SIGNALS, Interrupted, NonFinite
                            leaving_after_a_stop)
 from vaelab.evaluate import ACTIVE_THRESHOLD, elbo_stats, flushing_subnormals, quiet
 from vaelab.fused_loss import fused_vae_loss, kernels_unusable, kernels_work
-from vaelab.logger import RunLogger, hparams_logged, image_grid
+from vaelab.logger import RunLogger, hparams_logged, image_grid, save_png
 from vaelab.losses import MSE_NLL_CONST_PER_DIM, beta_at, vae_loss
 from vaelab.models import VAE
 from vaelab.pictures import reconstructions_grid
@@ -586,8 +586,6 @@ def _rss_mib() -> float:
 def _pictures(model: VAE, fixed_z: torch.Tensor, recon_x: torch.Tensor, writer: RunLogger, x_ax: int,
               png_dir: Path | None, epoch: int) -> None:
     """Samples from the fixed noise, and reconstructions (inputs above, outputs below)."""
-    from torchvision.utils import save_image
-
     was = model.training
     model.eval()
     samples = image_grid(model.decode(fixed_z), model.image_shape)
@@ -596,8 +594,8 @@ def _pictures(model: VAE, fixed_z: torch.Tensor, recon_x: torch.Tensor, writer: 
     writer.image("samples", samples, x_ax)
     writer.image("reconstructions", pairs, x_ax)
     if png_dir is not None:
-        save_image(samples, png_dir / f"samples_epoch{epoch:04d}.png")
-        save_image(pairs, png_dir / f"recon_epoch{epoch:04d}.png")
+        save_png(samples, png_dir / f"samples_epoch{epoch:04d}.png")
+        save_png(pairs, png_dir / f"recon_epoch{epoch:04d}.png")
 
 
 # --- the loop ----------------------------------------------------------------------------

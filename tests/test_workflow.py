@@ -2050,6 +2050,8 @@ def test_vaelab_version(capsys):
     assert vaelab(["--vers", "eval", "R"]) == 0 and capsys.readouterr().out.strip() == f"vaelab {__version__}"
     assert vaelab(["--bogus", "-h"]) == 0 and capsys.readouterr().out.startswith("usage: vaelab")
     assert vaelab(["--vers", "--bogus"]) == 0 and capsys.readouterr().out.strip() == f"vaelab {__version__}"
+    assert vaelab(["--versoin", "eval", "R", "--version"]) == 2  # (after the command: eval's, no version there)
+    assert "unrecognized arguments: --versoin; did you mean --version?" in capsys.readouterr().err
 
 
 def test_resume_without_a_run_names_only_what_is_missing(capsys):

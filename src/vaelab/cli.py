@@ -105,7 +105,8 @@ def _parse(argv: list[str] | None):
         name = arg.split("=", 1)[0]
         starts = [o for o in options if o.startswith(name) and name.startswith("--")]
         return name if name in options else starts[0] if len(starts) == 1 else None
-    if not {"-h", "--help", "--version"} & {known(a) for a in argv} and (
+    # (-h: every parser has it; --version: vaelab's own, so before the command only, review)
+    if not ({"-h", "--help"} & {known(a) for a in argv} or "--version" in {known(a) for a in head}) and (
             wrong := [a for a in head if known(a) is None and a != "--"]):  # ("--": argparse's to answer)
         parser.error(f"unrecognized arguments: {' '.join(wrong)}{_did_you_mean(wrong, parser)}")
     # argparse leaves a command's unknown options to the top-level parser, which would name

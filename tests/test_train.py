@@ -751,22 +751,19 @@ def test_an_error_inside_the_models_own_code_keeps_its_traceback(tiny_mnist, tmp
         assert isinstance(e.value.__cause__, cause)
 
 
-def test_a_compile_mode_without_compile_is_named_as_doing_nothing(make_cfg, tmp_path, caplog):
-    """trainer.compile_mode=max-autotune alone ran uncompiled without a word."""
+@pytest.mark.parametrize("setting,said", [
+    # trainer.compile_mode=max-autotune alone ran uncompiled without a word
+    ("trainer.compile_mode=max-autotune", "trainer.compile_mode=max-autotune does nothing with trainer.compile=false: "
+                                          "add trainer.compile=true to compile the model"),
+    # Review: data.val_size=1 reported active 0/32, with no word that one image has no variance
+    ("data.val_size=1", "data.val_size=1: active_units, a variance across the validation images, needs 2 or more; "
+                        "with one it reads 0"),
+], ids=["compile-mode-without-compile", "one-validation-image"])
+def test_a_setting_that_does_nothing_or_reads_0_is_said(make_cfg, tmp_path, caplog, setting, said):
     with caplog.at_level("WARNING", logger="vaelab"):
         train(make_cfg(["latent_size=2", "model.size=small", "trainer.epochs=1", "trainer.final_eval=false",
-                        "trainer.compile_mode=max-autotune"]), tmp_path)
-    assert ("trainer.compile_mode=max-autotune does nothing with trainer.compile=false: add trainer.compile=true to "
-            "compile the model") in caplog.text
-
-
-def test_a_validation_split_of_one_image_says_its_active_units_read_0(make_cfg, tmp_path, caplog):
-    """Review: data.val_size=1 reported active 0/32, with no word that one image has no variance."""
-    with caplog.at_level("WARNING", logger="vaelab"):
-        train(make_cfg(["latent_size=2", "model.size=small", "trainer.epochs=1", "trainer.final_eval=false",
-                        "data.val_size=1"]), tmp_path)
-    assert ("data.val_size=1: active_units, a variance across the validation images, needs 2 or more; with one it "
-            "reads 0") in caplog.text
+                        setting]), tmp_path)
+    assert said in caplog.text
 
 
 def test_a_batch_larger_than_the_training_set_is_said(make_cfg, tmp_path, caplog):

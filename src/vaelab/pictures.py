@@ -407,9 +407,10 @@ def make_pictures(model, images: torch.Tensor, labels: torch.Tensor, kl_per_dim:
     """All pictures of a trained model on a split (uint8 images (N, D), labels (N,)), written to
     out_dir as PNGs and, given a SummaryWriter, as images eval/<name> at `step`.
     kl_per_dim (L,) and active (L,) bool come from evaluate.elbo_stats; scalars, the run's
-    TensorBoard scalars, give curves.png (curves_figure); kl_history, [(epoch, KL per dimension)]
-    from its epochs.jsonl, kl_by_dim.png (kl_history_figure). Returns {name: path} and the
-    traversed dimensions."""
+    TensorBoard scalars, give curves.png (curves_figure); kl_history, compare.kl_history's
+    [(epoch, KL per dimension, posterior-mean variance per dimension)] from its epochs.jsonl,
+    kl_by_dim.png (kl_history_figure; given and empty, a note why there is none). Returns
+    {name: path} and the traversed dimensions."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     was_training = model.training

@@ -9,11 +9,11 @@
 #    it save time, or only move it out of epoch 1?); benchmarks/speed.py --device cuda with the
 #    defaults (the step as a CUDA graph, flat Adam as one Triton kernel, the loss as four Triton
 #    kernels, the warm-up step in a thread); benchmarks/gpu_step.py and speed.py with the loss in
-#    torch's ops (loss.impl=torch, the default before run 6); gpu_step.py with the defaults, with
-#    flat Adam's torch kernels, and the update alone; speed.py with
-#    optim.impl=flat, without the warm-up, with fused Adam; while the budget lasts, the first
-#    step op by op, larger batches, TF32, the eager step (trainer.cuda_graph=false) and the
-#    opt-in variants (bf16 autocast, torch.compile).
+#    torch's ops (loss.impl=torch, the default before run 6); gpu_step.py with the defaults at
+#    batch 64 and at larger batches, with and without the loss kernels, with flat Adam's torch
+#    kernels, and the update alone; speed.py with optim.impl=flat, without the warm-up, with
+#    fused Adam; while the budget lasts, the first step op by op, TF32, the eager step
+#    (trainer.cuda_graph=false) and the opt-in variants (bf16 autocast, torch.compile).
 # Each stage has its own time limit, so one that hangs cannot take the others' results with it.
 # OUT_DIR gets the whole log (gpu.log) and the JSON records (in records.tgz when there are more
 # than 7). Exit status 1 if there is no GPU, data or reference script (at once), or if a stage failed.
@@ -65,13 +65,14 @@ stage speed 200 90 "${SPEED[@]}" --rounds 2 --out "$OUT/speed-$DEVICE.json"
 stage step-torch-loss 60 20 $PY benchmarks/gpu_step.py --loss-impl torch --batch-sizes 64
 stage speed-torch-loss 150 50 "${SPEED[@]}" --rounds 1 --out "$OUT/speed-$DEVICE-torch-loss.json" loss.impl=torch
 stage step 60 20 $PY benchmarks/gpu_step.py --batch-sizes 64
+stage step-sizes 120 30 $PY benchmarks/gpu_step.py --batch-sizes 256,1024,4096
+stage step-sizes-torch-loss 120 30 $PY benchmarks/gpu_step.py --loss-impl torch --batch-sizes 256,1024,4096
 stage step-flat 60 20 $PY benchmarks/gpu_step.py --impl flat --batch-sizes 64
 stage adam-only 60 15 $PY benchmarks/gpu_step.py --adam-only
 stage speed-flat 150 50 "${SPEED[@]}" --rounds 1 --out "$OUT/speed-$DEVICE-flat.json" optim.impl=flat
 stage speed-cold 150 50 "${SPEED[@]}" --rounds 1 --out "$OUT/speed-$DEVICE-cold.json" trainer.cuda_warmup=false
 stage first-ops 60 15 $PY benchmarks/gpu_step.py --first-ops
 stage speed-fused 200 90 "${SPEED[@]}" --rounds 2 --out "$OUT/speed-$DEVICE-fused.json" optim.impl=fused
-stage step-sizes 120 30 $PY benchmarks/gpu_step.py --batch-sizes 256,1024,4096
 stage step-tf32 120 30 $PY benchmarks/gpu_step.py --tf32 --batch-sizes 64
 stage speed-eager 150 60 "${SPEED[@]}" --rounds 1 --out "$OUT/speed-$DEVICE-eager.json" trainer.cuda_graph=false
 stage speed-bf16 120 50 "${SPEED[@]}" --rounds 1 --out "$OUT/speed-$DEVICE-bf16.json" trainer.amp=bf16

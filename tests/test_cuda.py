@@ -179,3 +179,25 @@ def test_a_failed_warm_up_costs_the_run_only_a_warning(tiny_mnist, tmp_path, mon
     metrics = run(tiny_mnist, tmp_path / "r", "trainer.cuda_graph=true")
     assert math.isfinite(metrics["val_loss"])
     assert "the CUDA warm-up step failed (no room for the throwaway model)" in caplog.text
+
+
+# The seed's sizes at the batch sizes of gpu_step.py's larger-batch figures: many tiles of 128
+# rows (the KL's partial sums over B / 128 programs, then summed by torch), and the interpreter's
+# sizes in test_fused_loss.py, now compiled
+@pytest.mark.parametrize("B,L,D,recon", [(64, 256, 784, "mse"), (1024, 256, 784, "mse"), (4096, 256, 784, "bce"),
+                                         (130, 5, 33, "bce"), (3, 40, 1100, "mse")])
+def test_the_compiled_loss_kernels_compute_what_losses_py_does(B, L, D, recon):
+    pytest.importorskip("triton")
+    from tests.test_fused_loss import terms_and_grad
+    g = torch.Generator(device="cuda").manual_seed(B + L + D)
+    h = (2 * torch.randn(B, 2 * L, generator=g, device="cuda")).requires_grad_()
+    W = 3 * torch.randn(L, D, generator=g, device="cuda")
+    x = torch.rand(B, D, generator=g, device="cuda")
+    x = (x > 0.5).float() if recon == "bce" else x
+    eps = torch.randn(B, L, generator=g, device="cuda")
+    want, want_grad = terms_and_grad(h, W, x, eps, recon, fused=False)
+    got, got_grad = terms_and_grad(h, W, x, eps, recon, fused=True)
+    for k in want:
+        torch.testing.assert_close(got[k], want[k], rtol=1e-5, atol=1e-5, msg=lambda m: f"{k}: {m}")
+    scale = want_grad.abs().max()
+    torch.testing.assert_close(got_grad, want_grad, rtol=1e-4, atol=1e-6 * float(scale))

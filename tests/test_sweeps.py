@@ -387,6 +387,39 @@ def test_compare_plot_takes_a_scalar_by_its_name_in_the_table(tmp_path):
         assert tag == full and [(x, v) for x, v in points] == [(100, value)]
 
 
+def test_compare_plot_of_one_point_per_run_draws_a_dot_per_run_named_on_its_axis(tmp_path, monkeypatch):
+    """test/nll_iwae is logged once, by the final evaluation: over examples seen, a sweep's runs
+    stood in one column of points told apart by colour only."""
+    import matplotlib.pyplot as plt
+    from torch.utils.tensorboard import SummaryWriter
+
+    from vaelab.compare import find_runs, plot
+
+    for latent, nll, seen in ((2, 120.5, 1000), (16, 95.25, 1000), (64, 90.0, 1000), (8, 99.0, 500)):
+        (tmp_path / str(latent) / ".hydra").mkdir(parents=True)
+        (tmp_path / str(latent) / ".hydra" / "config.yaml").write_text(f"latent_size: {latent}\n")
+        with SummaryWriter(str(tmp_path / str(latent))) as w:
+            w.add_scalar("epoch/val_loss", nll + 10, seen // 2)
+            w.add_scalar("epoch/val_loss", nll + 5, seen)
+            w.add_scalar("test/nll_iwae", nll, seen)
+    figs, close = [], plt.close
+    monkeypatch.setattr(plt, "close", figs.append)
+    runs = [r for r in find_runs([tmp_path]) if r.name != "8"]
+    plot(runs, "test_nll_iwae", tmp_path / "nll.png")
+    ax = figs[0].axes[0]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["latent_size=2", "latent_size=16", "latent_size=64"]
+    [dots] = ax.get_lines()
+    assert list(dots.get_xdata()) == [0, 1, 2] and list(dots.get_ydata()) == [120.5, 95.25, 90.0]
+    assert ax.get_xlabel() == "run (each at 1,000 examples seen)" and ax.get_legend() is None
+    assert ax.get_ylabel() == "test/nll_iwae (nats per example)"
+    plot(find_runs([tmp_path]), "test_nll_iwae", tmp_path / "nll.png")  # (a run of another length: each says where)
+    assert "latent_size=8\n(at 500)" in [t.get_text() for t in figs[1].axes[0].get_xticklabels()]
+    plot(runs, "val_loss", tmp_path / "val.png")  # (curves of more points stay curves over examples seen)
+    assert len(figs[2].axes[0].get_lines()) == 3 and figs[2].axes[0].get_xlabel() == "examples seen"
+    for fig in figs:
+        close(fig)
+
+
 def test_compare_plot_names_its_unit_and_tells_runs_with_the_same_settings_apart(tmp_path, monkeypatch):
     """The axis said only 'epoch/val_loss'; mse runs (Gaussian constant left out) shared it with
     bce runs unremarked; and a run next to its reproduction made every curve a folder name."""
@@ -399,6 +432,7 @@ def test_compare_plot_names_its_unit_and_tells_runs_with_the_same_settings_apart
         (tmp_path / name / ".hydra").mkdir(parents=True)
         (tmp_path / name / ".hydra" / "config.yaml").write_text(f"loss:\n  recon: {recon}\n")
         with SummaryWriter(str(tmp_path / name)) as w:
+            w.add_scalar("epoch/val_loss", 45.0, 50)
             w.add_scalar("epoch/val_loss", 40.0, 100)
             w.add_scalar("test/bits_per_dim", 0.9, 100)
     figs, close = [], plt.close
@@ -437,6 +471,7 @@ def test_compare_plot_names_runs_by_folder_when_their_settings_would_not_fit(tmp
             "".join(f"setting_number_{j}: {i}\n" for j in range(6)))
         if name != "no_events":
             with SummaryWriter(str(tmp_path / name)) as w:
+                w.add_scalar("epoch/val_loss", 45.0 + i, 50)
                 w.add_scalar("epoch/val_loss", 40.0 + i, 100)
     figs, close = [], plt.close
     monkeypatch.setattr(plt, "close", figs.append)

@@ -523,8 +523,9 @@ LABEL_CHARS = 60
 
 
 def plot(runs: list[Run], tag: str, out: str | Path, defaulted: bool = False) -> Path:
-    """One curve per run of a scalar, x = examples seen, written to out (see plot_path); through
-    a link there only where the user named it (--out, not `defaulted`), as a plain write would."""
+    """One curve per run of a scalar, x = examples seen (one dot per run, by name, where each run
+    has one point), written to out (see plot_path); through a link there only where the user
+    named it (--out, not `defaulted`), as a plain write would."""
     import matplotlib.pyplot as plt
 
     out = plot_path(out, defaulted)
@@ -541,20 +542,33 @@ def plot(runs: list[Run], tag: str, out: str | Path, defaulted: bool = False) ->
         labels = [r.name for r, _, _ in found]                    # folder names, as the table's first column
     elif len(set(labels)) < len(labels):  # the same settings twice (a run and its reproduction): both
         labels = [f"{label} ({r.name})" for (r, _, _), label in zip(found, labels)]
-    first_with: dict = {}  # {a curve's points: the labels of the runs that have them, so far}
-    copies = collections.Counter(tuple(pts) for _, _, pts in found)
-    for i, ((r, _, pts), label) in enumerate(zip(found, labels)):
-        # matplotlib's colour cycle has 10 colours: past them, another line style tells runs apart
-        style = ("-", "--", ":", "-.")[i // 10 % 4]
-        same = first_with.setdefault(tuple(pts), [])
-        same.append(label)
-        if len(same) > 1:  # (a run and its reproduction: drawn over it, the curve hid it; dashed, and said)
-            # the k-th copy of m dashed in slot k of m (the first, solid, shows in the last): each one seen
-            k, m = len(same) - 1, copies[tuple(pts)]
-            style, label = (4 * (k - 1), (4, 4 * (m - 1))), f"{label}, the same points as {same[0]}"
-        ax.plot([x for x, _ in pts], [y for _, y in pts], marker="." if len(pts) < 50 else None, label=label,
-                linestyle=style)
-    ax.set_xlabel("examples seen")
+    dots = all(len(pts) == 1 for _, _, pts in found)
+    if dots:  # a scalar of one point per run (test/nll_iwae, logged by the final evaluation): over examples seen,
+        # the runs of a sweep stood in one column, told apart by colour only; one dot per run, named on the axis
+        seen = {pts[0][0] for _, _, pts in found}
+        ticks = labels if len(seen) == 1 else [f"{label}\n(at {pts[0][0]:,})" for (_, _, pts), label in
+                                               zip(found, labels)]
+        ax.plot(range(len(found)), [pts[0][1] for _, _, pts in found], "o", linestyle="none")
+        ax.set_xticks(range(len(found)), ticks, rotation=30 if len(found) > 3 else 0,
+                      ha="right" if len(found) > 3 else "center", fontsize="small")
+        ax.set_xlabel(f"run (each at {next(iter(seen)):,} examples seen)" if len(seen) == 1 else
+                      "run (at examples seen)")
+        ax.set_xlim(-0.5, len(found) - 0.5)
+    else:
+        first_with: dict = {}  # {a curve's points: the labels of the runs that have them, so far}
+        copies = collections.Counter(tuple(pts) for _, _, pts in found)
+        for i, ((r, _, pts), label) in enumerate(zip(found, labels)):
+            # matplotlib's colour cycle has 10 colours: past them, another line style tells runs apart
+            style = ("-", "--", ":", "-.")[i // 10 % 4]
+            same = first_with.setdefault(tuple(pts), [])
+            same.append(label)
+            if len(same) > 1:  # (a run and its reproduction: drawn over it, the curve hid it; dashed, and said)
+                # the k-th copy of m dashed in slot k of m (the first, solid, shows in the last): each one seen
+                k, m = len(same) - 1, copies[tuple(pts)]
+                style, label = (4 * (k - 1), (4, 4 * (m - 1))), f"{label}, the same points as {same[0]}"
+            ax.plot([x for x, _ in pts], [y for _, y in pts], marker="." if len(pts) < 50 else None, label=label,
+                    linestyle=style)
+        ax.set_xlabel("examples seen")
     unit = scalar_unit(found[0][1])
     if unit == "dimensions":  # (a count: no 15.2 on the axis; review)
         from matplotlib.ticker import MaxNLocator
@@ -570,7 +584,8 @@ def plot(runs: list[Run], tag: str, out: str | Path, defaulted: bool = False) ->
     if notes:
         ax.set_title("\n".join(notes), fontsize="small")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    if not dots:
+        ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
     try:
         # whole or not at all: a Ctrl-C mid-write leaves the file --out names as it was
         ckpt_io.write_atomic(out, lambda f: fig.savefig(f, format=out.suffix[1:].lower(), dpi=120,

@@ -1339,6 +1339,23 @@ def test_a_primary_config_of_ones_own_in_a_config_dir_is_not_taken_for_a_saved_r
     assert "--config-path" in saved_config_argv(["--config-dir", str(tmp_path), "--config-name", "saved"])
 
 
+def test_a_primary_config_of_ones_own_refused_at_its_start_leaves_no_run_folder(tmp_path, monkeypatch, capsys):
+    """Hydra checks such a config (vaelab-train does not), so Hydra made the run's folder, and a
+    setting the run then refused left it there empty. A folder that was there before stays."""
+    from vaelab.train_cli import LAUNCH_MADE_ENV, launch
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "myconf").mkdir()
+    (tmp_path / "myconf" / "mine.yaml").write_text("defaults:\n  - config\n  - _self_\nlatent_size: 0\n")
+    argv = ["--config-dir", str(tmp_path / "myconf"), "--config-name", "mine", "data.download=false"]
+    assert launch(argv) == 2
+    assert capsys.readouterr().err == "vaelab-train: error: latent_size=0: must be an integer >= 1\n"
+    assert list((tmp_path / "outputs" / "runs").iterdir()) == [] and LAUNCH_MADE_ENV not in os.environ
+    (tmp_path / "here").mkdir()
+    assert launch([*argv, "hydra.run.dir=here"]) == 2
+    assert (tmp_path / "here").is_dir() and list((tmp_path / "here").iterdir()) == []
+
+
 def test_config_groups_on_hydras_search_path_are_found_by_the_checks(tmp_path):
     """hydra.searchpath=[file://myconf] experiment=mine was refused ("Could not find
     'experiment/mine'") though Hydra itself finds it: the checks composed without the path."""

@@ -697,6 +697,16 @@ class SweepSummary(Callback):
     # KeyboardInterrupt, which every stage of a job turns into its own stop (train()'s checkpoint,
     # the final evaluation's clean-up).
 
+    def on_run_start(self, config, **kwargs) -> None:
+        # A run of a primary config of one's own (--config-name: Hydra's to check, so vaelab-train
+        # did not make its folder): the folder Hydra is about to make is this launch's, which a job
+        # refused for bad input may remove whole, as vaelab-train's own (it left an empty one)
+        from vaelab.train_cli import LAUNCH_MADE_ENV
+
+        run_dir = Path(str(config.hydra.run.dir)).absolute()
+        if LAUNCH_MADE_ENV not in os.environ and not os.path.lexists(run_dir):
+            os.environ[LAUNCH_MADE_ENV] = str(run_dir)
+
     def on_job_start(self, config, **kwargs) -> None:
         from vaelab.train_cli import in_loky_worker
 

@@ -845,6 +845,16 @@ def _flip(path: Path, _):
     path.write_bytes(bytes(data))
 
 
+NAN_REST = " (it checks them before each save): the file was changed since; use another checkpoint"
+
+
+def _nan_weight(path: Path, _):
+    """A weight set to nan after training (which checks them before each save)."""
+    ck = torch.load(path, weights_only=True)
+    ck["model"]["decoder.0.weight"][0, 0] = float("nan")
+    torch.save(ck, path)
+
+
 def _missing(path: Path, _):
     for p in path.parent.glob("*.pt"):
         p.unlink()
@@ -855,10 +865,11 @@ def _missing(path: Path, _):
     (_truncate, "unreadable checkpoint (truncated or corrupted)"),
     (_flip, "corrupted checkpoint (archive/data/"),
     (_other_model, "made for a different model"),
+    (_nan_weight, "its weights hold nan or inf (decoder.0.weight), which training never saves"),
     # a finished run (metrics.json): not "stopped before its first checkpoint; start it again"
     (_missing, "no checkpoint, nothing to resume (the run finished, and its checkpoints have been deleted); train it "
                "anew in a folder of its own with: vaelab-train --config-dir "),
-], ids=["corrupted", "truncated", "flipped-bytes", "different-model", "missing"])
+], ids=["corrupted", "truncated", "flipped-bytes", "different-model", "nan-weight", "missing"])
 def test_bad_checkpoint_names_the_file_and_overwrites_nothing(finished_run, other_model_checkpoint, tmp_path,
                                                               capsys, damage, expect):
     run = tmp_path / "run"
@@ -875,10 +886,15 @@ def test_bad_checkpoint_names_the_file_and_overwrites_nothing(finished_run, othe
     assert files_snapshot(run) == before
     if damage is _missing:  # (what this command asked for goes with it)
         assert err[0].endswith(f"{run / '.hydra'} --config-name config trainer.epochs=5")
-    if damage in (_corrupt, _truncate, _flip):  # what resume takes once the damaged last.pt is out of the way
+    if damage in (_corrupt, _truncate, _flip, _nan_weight):  # what resume takes once the damaged last.pt is gone
         newest = max((p for p in last.parent.glob("*.pt") if p != last), key=lambda p: p.stat().st_mtime)
         assert err[0].endswith(f"; to resume from the newest other checkpoint, {newest.name}, move last.pt out of "
                                f"{last.parent}")
+    if damage is _nan_weight:  # (eval failed in a picture's SVD with a traceback; sample drew a grid of nan)
+        for cmd in (["eval", run, "--k", "2"], ["sample", run, "--out", tmp_path / "s.png"]):
+            assert vaelab(cmd) == 2
+            assert capsys.readouterr().err == f"vaelab {cmd[0]}: error: {last}: {expect}{NAN_REST}\n"
+        assert files_snapshot(run) == before and not (tmp_path / "s.png").exists()
 
 
 def test_resume_of_a_read_only_run_is_one_line(finished_run, tmp_path, capsys, monkeypatch):

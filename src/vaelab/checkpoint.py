@@ -558,6 +558,19 @@ def check_compatible(ckpt: dict, model: torch.nn.Module, path: str | Path, cfg=N
             raise CheckpointError(f"{path}: made for a different model ({k} has shape "
                                   f"{tuple(theirs[k].shape)}, this config needs {tuple(v.shape)})"
                                   + _shape_keys_changed(ckpt, cfg))
+    check_finite(ckpt, path)
+
+
+def check_finite(ckpt: dict, path: str | Path) -> None:
+    """Refuse weights that hold nan or inf. Training checks them before each save, so such a file
+    was changed after; without this, eval failed in a picture's SVD with a traceback, and sample
+    wrote a grid of nan."""
+    import torch
+
+    bad = next((k for k, v in ckpt["model"].items() if v.is_floating_point() and not torch.isfinite(v).all()), None)
+    if bad is not None:
+        raise CheckpointError(f"{path}: its weights hold nan or inf ({bad}), which training never saves (it "
+                              f"checks them before each save): the file was changed since; use another checkpoint")
 
 
 def _shape_keys_changed(ckpt: dict, cfg) -> str:

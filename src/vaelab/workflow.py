@@ -746,6 +746,7 @@ def resume(run_dir: str | Path, overrides: list[str] = ()) -> dict | None:
 
     try:
         ck = ckpt_io.load(last)
+        ckpt_io.check_finite(ck, last)
     except ckpt_io.CheckpointError as e:  # a damaged last.pt: say which checkpoint resume would take without it
         others = sorted((p for p in last.parent.glob("*.pt") if p != last and p.is_file()),
                         key=lambda p: p.stat().st_mtime)

@@ -355,7 +355,7 @@ def test_kl_by_dim_is_of_the_epochs_up_to_the_evaluated_checkpoint_and_not_left_
     capsys.readouterr()
     assert _eval_cli([run, "--k", "2"]) == 0
     assert not (run / "eval" / "kl_by_dim.png").exists() and "kl_by_dim" not in load_eval(run)["pictures"]
-    assert "no kl_by_dim.png: the run's epochs.jsonl holds no KL per dimension of an epoch up to this checkpoint's" \
+    assert "no kl_by_dim.png: no epoch up to this checkpoint's has its KL per dimension in the run's epochs.jsonl" \
         in capsys.readouterr().out
 
 
@@ -791,7 +791,14 @@ def test_the_kl_per_dim_line_does_not_round_small_values_up_and_marks_the_dead_b
     [line] = [ln for ln in lines if "KL per dim" in ln]
     assert line.endswith("z0 2.50, z2 0.012*, z1 0.0099, z3 0.001*   (nats, largest first; * inactive)")
     [line] = [ln for ln in lines if "active units" in ln]
+    # (traversals only where eval drew them: not after a --no-pictures eval of a run without eval/, review)
+    assert line.endswith("active units 2 / 4   (Cov_x E_q[z_i|x] > 0.01; the other 2: dead)")
+    drawn = {"pictures": {"traversals": str(tmp_path / "eval" / "traversals.png")}}
+    [line] = [ln for ln in format_table({**r, **drawn}, tmp_path).splitlines() if "active units" in ln]
     assert line.endswith("active units 2 / 4   (Cov_x E_q[z_i|x] > 0.01; the other 2: dead, in the traversals too)")
+    assert any(ln.lstrip().startswith("ELBO gap (-ELBO - NLL)") for ln in lines)
+    grey = format_table({**r, "recon_kind": "bce", "binarize": "none"}, tmp_path).splitlines()  # (bounds on nothing)
+    assert any(ln.lstrip().startswith("gap (-ELBO form - IWAE form)") for ln in grey)
     # a picture make_pictures left out (a test split of 1 image: no interpolations) is named under the pictures
     pictures = {"pictures": {"samples": str(tmp_path / "eval" / "samples.png")},
                 "pictures_of": {"checkpoint": "last.pt", "examples_seen": 10},
@@ -1001,7 +1008,8 @@ def test_the_curves_say_what_their_losses_are_and_where_they_end(make_cfg, tmp_p
 
     notes = []
     real = pictures.curves_figure
-    monkeypatch.setattr(pictures, "curves_figure", lambda scalars, note="": notes.append(note) or real(scalars, note))
+    monkeypatch.setattr(pictures, "curves_figure",
+                        lambda scalars, note="", *a: notes.append(note) or real(scalars, note, *a))
     common = ["latent_size=2", "model.size=small", "loss.beta=4", "trainer.final_eval=false"]
     train(make_cfg([*common, "trainer.epochs=1"]), tmp_path)
     train(make_cfg([*common, "trainer.epochs=2", "logger.tensorboard=false"]), tmp_path)  # carried on (it warns)

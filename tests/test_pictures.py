@@ -157,6 +157,16 @@ def test_curves_show_a_runs_loss_kl_and_active_units_against_examples_seen():
     assert loss.get_xlabel() == "examples seen" and loss.get_ylabel() == "loss (nats per example)"
     assert active.get_ylabel() == "dimensions" and fig._suptitle.get_text().startswith("the loss is recon + beta")
     assert curves_figure({"train/loss": [(64, 1.0)]}) is None  # no validation yet: no picture
+    # each series in a colour of its own, with or without the per-log-point curve (review: they swapped)
+    assert [line.get_color() for line in loss.get_lines()] == ["tab:blue", "tab:orange", "tab:green"]
+    epoch_only = {k: v for k, v in scalars.items() if k.startswith("epoch/")}
+    assert [line.get_color() for line in curves_figure(epoch_only).axes[0].get_lines()] == ["tab:orange", "tab:green"]
+    # a run whose every unit collapsed: whole numbers on 0 to 1.5, not 0.00, 0.05, ... on 0 to 0.5
+    dead = curves_figure({**scalars, "epoch/active_units": [(192, 0), (384, 0)]}).axes[2]
+    assert dead.get_ylim() == (0, 1.5) and [t for t in dead.get_yticks() if 0 <= t <= 1.5] == [0, 1]
+    # data.val_size=0: the "validation" points are the test split's
+    test = curves_figure(scalars, split="test").axes[0]
+    assert [line.get_label() for line in test.get_lines()][2] == "test"
 
 
 def test_the_kl_history_puts_each_dimension_in_a_row_by_its_last_kl_and_names_the_inactive_in_red():
@@ -174,6 +184,17 @@ def test_the_kl_history_puts_each_dimension_in_a_row_by_its_last_kl_and_names_th
     assert "2 of 3" not in kl_history_figure([(1, [0.1, 2.0, 0.5], None)]).axes[0].get_title()  # no variances
     many = kl_history_figure([(1, [float(d) for d in range(64)], [1.0] * 64)]).axes[0]
     assert many.get_yticklabels() == [] and many.get_ylabel().startswith("64 latent dimensions")  # (no row index)
+    # past 40 rows, no labels: a red mark beside each inactive row (it had none, and active and inactive
+    # rows need not sit apart: rows go by KL, activity by the posterior mean's variance; review)
+    var = [1.0] * 64
+    var[62] = var[5] = 0.0  # dimensions 62 and 5: rows 1 and 58 by KL (63 first)
+    many = kl_history_figure([(1, [float(d) for d in range(64)], var)]).axes[0]
+    assert list(many.get_yticks()) == [1, 58] and [t.get_text() for t in many.get_yticklabels()] == ["", ""]
+    assert all(t.tick1line.get_color() == "red" for t in many.yaxis.get_major_ticks())
+    assert "62 of 64 active at epoch 1 on the validation images" in many.get_title()
+    assert many.get_title().endswith("; red marks at the left: inactive")
+    test = kl_history_figure(history, split="test").axes[0].get_title()  # (data.val_size=0: the test split's)
+    assert test.startswith("test KL per latent dimension") and "on the test images" in test
     assert kl_history_figure([]) is None
     # a line of another length (edited by hand) is left out, not the picture (review); 1 dimension, 3 in tall
     one = kl_history_figure([(1, [0.1, 0.2], None), (2, [0.3], [0.5]), (3, [0.1], [0.0])])
@@ -188,6 +209,20 @@ def test_kl_history_reads_epochs_jsonl_and_leaves_out_what_it_cannot_draw(tmp_pa
     (tmp_path / "epochs.jsonl").write_text("\n".join(json.dumps(e) for e in lines) + '\n{"epoch": 4, "exa\n')
     assert kl_history(tmp_path) == [(1, [0.5, 0.25], [0.1, 0.0]), (3, [0.75, 0.0], None)]
     assert kl_history(tmp_path / "nothing") == []
+
+
+def test_make_pictures_names_the_curves_and_kl_history_it_cannot_draw(tmp_path):
+    """A run stopped in its first epoch has no validation point: no curves.png, and the table
+    named only the missing kl_by_dim.png (review)."""
+    model = _model(latent=2)
+    images, labels = torch.randint(0, 256, (4, 784), dtype=torch.uint8), torch.arange(4)
+    out = make_pictures(model, images, labels, torch.tensor([1.5, 0.0]), torch.tensor([True, False]),
+                        tmp_path / "eval", scalars={"train/loss": [(64, 1.0)]}, kl_history=[])
+    assert set(out["pictures_left_out"]) == {"curves", "kl_by_dim"} and "curves" not in out["pictures"]
+    assert out["pictures_left_out"]["curves"].startswith("the run has no epoch's validation loss on record")
+    # not asked for (scalars and kl_history not given): nothing to say
+    out = make_pictures(model, images, labels, torch.tensor([1.5, 0.0]), torch.tensor([True, False]), tmp_path / "e2")
+    assert "pictures_left_out" not in out
 
 
 def test_make_pictures_writes_pngs_and_tensorboard_images(tmp_path):

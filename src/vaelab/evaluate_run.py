@@ -353,7 +353,8 @@ def evaluate_run(run_dir: str | Path, k: int = 5000, device: str = "auto", check
                                           st["mu_var"] > ACTIVE_THRESHOLD, staging, writer, step, seed,
                                           scalars=scalars, curves_note="\n".join(notes),
                                           # (up to the evaluated checkpoint's epoch: the weights evaluated)
-                                          kl_history=[h for h in kl_history(run_dir) if h[0] <= result["epoch"]])
+                                          kl_history=[h for h in kl_history(run_dir) if h[0] <= result["epoch"]],
+                                          split="test" if cfg.data.val_size == 0 else "validation")
             if writer is not None:
                 writer.close()
             result["seconds"] = time.perf_counter() - t0
@@ -509,6 +510,7 @@ def format_table(r: dict, run_dir: str | Path) -> str:
     # two decimals, or two significant digits below 0.1 (0.0099 is not 0.01); * inactive
     top = ", ".join((f"z{i} {kl[i]:.2f}" if kl[i] >= 0.1 else f"z{i} {kl[i]:.2g}") + "*" * (i in inactive)
                     for i in order[:8])
+    gap = "gap (-ELBO form - IWAE form)" if grey else "ELBO gap (-ELBO - NLL)"
     lines = [
         f"vaelab eval {run_dir}",
         f"  checkpoint   {r['checkpoint']} ({checkpoint_when(r)})",
@@ -517,12 +519,12 @@ def format_table(r: dict, run_dir: str | Path) -> str:
         "",
         f"  {'':32s}{'nats/example':>14s}{'s.e.':>11s}{'bits/dim':>11s}",
         *(f"  {name:32s}{nats:14.2f}{se(err):>11s}{bits:11.4f}" for name, nats, err, bits in rows),
-        f"  {'ELBO gap (-ELBO - NLL)':32s}{-r['elbo'] - r['nll_iwae']:14.2f}"
+        f"  {gap:32s}{-r['elbo'] - r['nll_iwae']:14.2f}"
         + ("   (< 0: both are Monte Carlo estimates; raise --k)" if -r['elbo'] < r['nll_iwae'] else ""),
         "",
         f"  active units {r['active_units']} / {r['latent_size']}   (Cov_x E_q[z_i|x] > {ACTIVE_THRESHOLD}"
-        + (f"; {'all' if len(inactive) == len(kl) else 'the other'} {len(inactive)}: dead, in the traversals too)"
-           if inactive else ")"),
+        + (f"; {'all' if len(inactive) == len(kl) else 'the other'} {len(inactive)}: dead"
+           + (", in the traversals too)" if "traversals" in (r.get("pictures") or {}) else ")") if inactive else ")"),
         f"  KL per dim   {top}{' ...' if len(kl) > 8 else ''}   (nats, largest first"
         + ("; * inactive)" if inactive & set(order[:8]) else ")"),
     ]

@@ -183,7 +183,8 @@ def interpolations_figure(grid: torch.Tensor, image_shape: tuple, steps: int):
     ts[0] = f"t = {ts[0]}"  # (the columns' numbers are t: the title's (1 - t) mu_a + t mu_b)
     return labelled_grid_figure(grid, image_shape, [""] * (grid.shape[1] // (image_shape[1] + 2)),
                                 ["image a", *ts, "image b"],
-                                "decoder means at (1 - t) mu_a + t mu_b between two test images", label_width=0.2)
+                                "decoder means at (1 - t) mu_a + t mu_b, each row between two test images",
+                                label_width=0.2)
 
 
 def traversals_figure(grid: torch.Tensor, dims: list[int], dead: list[bool], kl_per_dim: torch.Tensor,
@@ -225,9 +226,10 @@ def manifold_figure(grid: torch.Tensor, image_shape: tuple, n: int = 20):
     return fig
 
 
-def kl_bars_figure(kl_per_dim: torch.Tensor, active: torch.Tensor):
+def kl_bars_figure(kl_per_dim: torch.Tensor, active: torch.Tensor, split: str = "validation"):
     """The KL of each latent dimension (nats), by index, the active ones in colour: which
-    latents carry information, and over a run's epochs which ones collapse."""
+    latents carry information, and over a run's epochs which ones collapse. split: the images
+    they are of ("test" where data.val_size=0 makes the test split the validation one)."""
     kl = kl_per_dim.float().cpu().numpy()
     act = active.cpu().numpy().astype(bool)
     fig = _figure(8.0, 2.6)
@@ -246,21 +248,23 @@ def kl_bars_figure(kl_per_dim: torch.Tensor, active: torch.Tensor):
     ax.set_ylabel("KL (nats)", fontsize=8)
     ax.tick_params(labelsize=7)
     rest = ", the rest grey" if not act.all() else ""
-    ax.set_title(f"KL per latent dimension on the validation images: {int(act.sum())} of {len(kl)} active "
+    ax.set_title(f"KL per latent dimension on the {split} images: {int(act.sum())} of {len(kl)} active "
                  f"(blue){rest}", fontsize=8)
     fig.subplots_adjust(left=0.08, right=0.99, bottom=0.17, top=0.9)  # (tight_layout: a third of the cost)
     return fig
 
 
-def kl_history_figure(history: list[tuple[int, list[float], list[float] | None]], threshold: float = 0.01):
+def kl_history_figure(history: list[tuple[int, list[float], list[float] | None]], threshold: float = 0.01,
+                      split: str = "validation"):
     """The validation KL of each latent dimension (nats) at each epoch, as a heatmap: epochs
     across, one row per dimension, in order of the last epoch's KL (largest at the top), so
     that the dimensions that carry information sit together and the collapsed ones below them.
     history: [(epoch, KL per dimension, variance of its posterior mean or None)], as
     compare.kl_history reads it from epochs.jsonl; the last epoch's variances above `threshold`
-    (evaluate.ACTIVE_THRESHOLD) are its active dimensions, labelled black, the rest red. An
-    epoch with another number of dimensions than the last is left out (a line edited by hand).
-    None without a point."""
+    (evaluate.ACTIVE_THRESHOLD) are its active dimensions, labelled black, the rest red (past 40
+    rows, which get no labels, a red mark beside each inactive row). An epoch with another
+    number of dimensions than the last is left out (a line edited by hand). split: the images
+    the KL is of ("test" where data.val_size=0). None without a point."""
     if not history:
         return None
     history = [h for h in history if len(h[1]) == len(history[-1][1])]  # (one line of another length: not all)
@@ -292,14 +296,19 @@ def kl_history_figure(history: list[tuple[int, list[float], list[float] | None]]
         if active is not None:
             for label, d in zip(ax.get_yticklabels(), order):
                 label.set_color("black" if active[d] else "red")
+    elif active is not None:  # (a red mark beside each inactive row: active and inactive need not sit apart,
+        # rows go by KL and activity by the posterior mean's variance)
+        ax.set_yticks([i for i, d in enumerate(order) if not active[d]], [])
+        ax.tick_params(axis="y", colors="red", length=6, width=1.2)
     else:
         ax.set_yticks([])
     ax.set_ylabel(f"{n} latent dimension{'s' * (n != 1)}, by epoch {epochs[-1]}'s KL", fontsize=8)
     ax.tick_params(labelsize=7)
-    title = "validation KL per latent dimension at each epoch (nats)"
+    title = f"{split} KL per latent dimension at each epoch (nats)"
     if active is not None:  # (active by the variance of the posterior mean, as active_units: not by the KL)
-        title += (f"\n{sum(active)} of {n} active at epoch {epochs[-1]} (their posterior mean's variance across "
-                  f"the images > {threshold:g})" + ("; labels in red: inactive" if n <= 40 and not all(active) else ""))
+        red = "; labels in red: inactive" if n <= 40 else "; red marks at the left: inactive"
+        title += (f"\n{sum(active)} of {n} active at epoch {epochs[-1]} on the {split} images (their posterior "
+                  f"mean's variance across them > {threshold:g})" + (red if not all(active) else ""))
     ax.set_title(title, fontsize=8)
     bar = fig.colorbar(im, cax=cax)
     bar.set_label("KL (nats, square-root scale)", fontsize=8)
@@ -307,35 +316,42 @@ def kl_history_figure(history: list[tuple[int, list[float], list[float] | None]]
     return fig
 
 
-# (tag, legend label, style) of each panel of curves_figure: the loss, its KL term, active units
-CURVES = (("loss", (("train/loss", "train, per log point", "-"), ("epoch/train_loss", "train, epoch mean", "o-"),
-                    ("epoch/val_loss", "validation", "s-"))),
-          ("KL", (("train/kl", "train, per log point", "-"), ("epoch/train_kl", "train, epoch mean", "o-"),
-                  ("epoch/val_kl", "validation", "s-"))),
-          ("active units", (("epoch/active_units", "validation", "s-"),)))
+# (tag, legend label, style, colour) of each panel of curves_figure: the loss, its KL term, active
+# units. A colour of its own for each series: from matplotlib's cycle, a run logged without the
+# per-log-point curve (logger.tensorboard=false) drew its epoch means in another run's colours.
+CURVES = (("loss", (("train/loss", "train, per log point", "-", "tab:blue"),
+                    ("epoch/train_loss", "train, epoch mean", "o-", "tab:orange"),
+                    ("epoch/val_loss", "validation", "s-", "tab:green"))),
+          ("KL", (("train/kl", "train, per log point", "-", "tab:blue"),
+                  ("epoch/train_kl", "train, epoch mean", "o-", "tab:orange"),
+                  ("epoch/val_kl", "validation", "s-", "tab:green"))),
+          ("active units", (("epoch/active_units", "validation", "s-", "tab:green"),)))
 
 
-def curves_figure(scalars: dict[str, list[tuple[int, float]]], note: str = ""):
+def curves_figure(scalars: dict[str, list[tuple[int, float]]], note: str = "", split: str = "validation"):
     """A run's training curves from its TensorBoard scalars ({tag: [(examples seen, value)]}):
-    the loss, the KL and the active units against examples seen, with `note` (lines) above. None
-    without a validation point."""
+    the loss, the KL and the active units against examples seen, with `note` (lines) above; the
+    validation points named by `split` ("test" where data.val_size=0). None without a validation
+    point."""
     if not scalars.get("epoch/val_loss"):
         return None
     fig = _figure(12.0, 3.6)
     axes = fig.subplots(1, len(CURVES), sharex=True)  # (one x range: a panel of one point had its own)
     for ax, (what, lines) in zip(axes, CURVES):
-        for tag, label, style in lines:
+        for tag, label, style, colour in lines:
             pts = sorted(dict(scalars.get(tag, [])).items())  # one value per step (a resumed run's repeats: the last)
             if pts:
                 xs, ys = zip(*pts)
-                ax.plot(xs, ys, style, label=label, markersize=4, linewidth=1, alpha=0.5 if style == "-" else 1)
+                ax.plot(xs, ys, style, label=split if label == "validation" else label, color=colour, markersize=4,
+                        linewidth=1, alpha=0.5 if style == "-" else 1)
         ax.set_xlabel("examples seen", fontsize=8)
         ax.set_ylabel("dimensions" if what == "active units" else f"{what} (nats per example)", fontsize=8)
         ax.set_title(what, fontsize=9)
         if what == "active units" and ax.get_lines():  # from 0: how many of them collapsed, in whole numbers
             from matplotlib.ticker import MaxNLocator
 
-            ax.set_ylim(0, max(max(line.get_ydata()) for line in ax.get_lines()) + 0.5)
+            # (at least 0 to 1.5: all 0, a collapsed run's, gave ticks 0.00, 0.05, ... on 0 to 0.5)
+            ax.set_ylim(0, max(1, max(max(line.get_ydata()) for line in ax.get_lines())) + 0.5)
             ax.yaxis.set_major_locator(MaxNLocator(integer=True))
         ax.tick_params(labelsize=7)
         ax.grid(alpha=0.3)
@@ -403,14 +419,16 @@ EVAL_PICTURES = ("samples", "reconstructions", "traversals", "interpolations", "
 @torch.no_grad()
 def make_pictures(model, images: torch.Tensor, labels: torch.Tensor, kl_per_dim: torch.Tensor,
                   active: torch.Tensor, out_dir: str | Path, writer=None, step: int = 0, seed: int = 0,
-                  scalars: dict | None = None, curves_note: str = "", kl_history: list | None = None) -> dict:
+                  scalars: dict | None = None, curves_note: str = "", kl_history: list | None = None,
+                  split: str = "validation") -> dict:
     """All pictures of a trained model on a split (uint8 images (N, D), labels (N,)), written to
     out_dir as PNGs and, given a SummaryWriter, as images eval/<name> at `step`.
     kl_per_dim (L,) and active (L,) bool come from evaluate.elbo_stats; scalars, the run's
     TensorBoard scalars, give curves.png (curves_figure); kl_history, compare.kl_history's
     [(epoch, KL per dimension, posterior-mean variance per dimension)] from its epochs.jsonl,
-    kl_by_dim.png (kl_history_figure; given and empty, a note why there is none). Returns
-    {name: path} and the traversed dimensions."""
+    kl_by_dim.png (kl_history_figure; given and empty, a note why there is none); split names
+    the images of the run's validation numbers ("test" where data.val_size=0). Returns {name:
+    path} and the traversed dimensions."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     was_training = model.training
@@ -456,15 +474,19 @@ def make_pictures(model, images: torch.Tensor, labels: torch.Tensor, kl_per_dim:
     mu = torch.cat([model.encode(to_float(images[i:i + 2000]))[0] for i in range(0, n, 2000)])
     fig = latents_scatter_figure(mu, labels)
     put("latents_scatter", figure_to_tensor(fig), fig)
-    fig = curves_figure(scalars or {}, curves_note)
+    fig = curves_figure(scalars or {}, curves_note, split)
     if fig is not None:
         put("curves", figure_to_tensor(fig), fig)
-    fig = kl_history_figure(kl_history or [], ACTIVE_THRESHOLD)
+    elif scalars is not None:  # (given: the table says why there is none, as of kl_by_dim)
+        left_out["curves"] = ("the run has no epoch's validation loss on record (one stopped in its first epoch "
+                              "has none)")
+    fig = kl_history_figure(kl_history or [], ACTIVE_THRESHOLD, split)
     if fig is not None:
         put("kl_by_dim", figure_to_tensor(fig), fig)
     elif kl_history is not None:  # (given, and empty: the table says why there is none)
-        left_out["kl_by_dim"] = "the run's epochs.jsonl holds no KL per dimension of an epoch up to this " \
-                                "checkpoint's (runs trained before 2026-11-27 have no epochs.jsonl)"
+        left_out["kl_by_dim"] = ("no epoch up to this checkpoint's has its KL per dimension in the run's "
+                                 "epochs.jsonl (one stopped in its first epoch has none; runs trained before "
+                                 "2026-11-27 have no epochs.jsonl)")
     model.train(was_training)
     return {"pictures": written, "traversal_dims": dims, "dead_dims": [d for d, x in zip(dims, dead) if x],
             **({"pictures_left_out": left_out} if left_out else {})}

@@ -1192,7 +1192,8 @@ def _train(cfg: DictConfig, run_dir: Path, data: MNISTData | None, on_start=None
                 if writer.enabled and cfg.logger.histograms and (numbered or last_epoch):
                     from vaelab.pictures import figure_to_tensor, kl_bars_figure  # (matplotlib: only here)
 
-                    bars = kl_bars_figure(val["kl_per_dim"], val["mu_var"] > ACTIVE_THRESHOLD)
+                    bars = kl_bars_figure(val["kl_per_dim"], val["mu_var"] > ACTIVE_THRESHOLD,
+                                          "test" if data.val_is_test else "validation")
                     writer.image("latent/kl_by_dim", figure_to_tensor(bars), x_ax)
             st["train_loss"] = train_means["loss"]
             _append_line(run_dir / ckpt_io.EPOCHS, json.dumps({

@@ -268,7 +268,8 @@ def test_vaelab_sample(make_cfg, tmp_path, capsys, monkeypatch):
     assert out.read_bytes() == first  # a seed gives the same picture
     assert _sample_cli([str(run), "-n", "16", "--out", str(out), "--temperature", "0.8", "--seed", "1"]) == 0
     assert out.read_bytes() != first
-    assert _sample_cli([str(run), "-n", "3", "--nrow", "1"]) == 0  # default: RUN_DIR/eval/...
+    assert _sample_cli([str(run), "--n", "3", "--nrow", "1"]) == 0  # default: RUN_DIR/eval/...
+    # (--n was taken for an abbreviation of --nrow: 64 samples in rows of 3, review)
     assert _sample_cli([str(run), "-n", "3", "--checkpoint", str(run / "checkpoints" / "best.pt")]) == 0
     assert _sample_cli([str(run), "-n", "3", "--checkpoint", "best", "--nrow", "3"]) == 0  # 3: the default's columns
     # one grid per checkpoint: best.pt's does not replace last.pt's
@@ -283,8 +284,8 @@ def test_vaelab_sample(make_cfg, tmp_path, capsys, monkeypatch):
     capsys.readouterr()
 
     for argv, message in (([str(tmp_path / "nope")], "no such run directory"),
-                          ([str(run), "-n", "0"], "argument -n: must be an integer in [1, 10000]"),
-                          ([str(run), "-n", str(10**8)], "argument -n: must be an integer in [1, 10000]"),
+                          ([str(run), "-n", "0"], "argument -n/--n: must be an integer in [1, 10000]"),
+                          ([str(run), "-n", str(10**8)], "argument -n/--n: must be an integer in [1, 10000]"),
                           ([str(run), "--temperature", "-1"], "argument --temperature: must be a number in (0, 1000]"),
                           ([str(run), "--temperature", "1e300"],
                            "argument --temperature: must be a number in (0, 1000]"),

@@ -1197,7 +1197,10 @@ def test_a_run_that_diverged_before_its_first_checkpoint_is_named_as_such(tiny_m
     assert err.startswith(f"vaelab resume: error: {run / 'checkpoints'}: no checkpoint, nothing to resume (the run "
                           f"diverged before its first checkpoint: {reason}); start it anew, with settings other "
                           f"than those that diverged, e.g. vaelab-train --config-dir ")
-    assert err.endswith("--config-name config optim.lr=1e-4") and "\n" not in err
+    assert err.endswith("--config-name config optim.lr=0.0001") and "\n" not in err
+    # a tenth of the run's rate, at most 1e-4: a tenth of 1e8 diverges again (review: it said 1e+29 after 1e30)
+    assert [ckpt_io.lower_lr(lr) for lr in (1e8, 1e-3, 3e-4, 1e-5)] == [
+        "optim.lr=0.0001", "optim.lr=0.0001", "optim.lr=3e-05", "optim.lr=1e-06"]
 
 
 def test_resume_below_the_epochs_a_stopped_run_has_trained_is_one_line(tiny_mnist, tmp_path, capsys):

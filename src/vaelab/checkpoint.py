@@ -228,6 +228,12 @@ def carry_on(run_dir: str | Path) -> str:
     return f"vaelab-train --config-dir {shlex.quote(str(run_dir / '.hydra'))} --config-name config"
 
 
+def lower_lr(lr: float) -> str:
+    """The override a divergence's hint suggests: a tenth of the run's learning rate, at most 1e-4
+    (a tenth of 1e30 would diverge again)."""
+    return f"optim.lr={min(lr / 10, 1e-4):g}"
+
+
 def write_atomic(path: str | Path, write: Callable[[BinaryIO], Any], through_link: bool = False) -> Path:
     """Call write(f) on a temporary file beside `path`, fsync, then rename it over `path`:
     a kill at any moment leaves either the old file or the new one, never half of one. A link

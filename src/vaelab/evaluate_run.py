@@ -661,7 +661,9 @@ SAMPLE_N = 64  # `vaelab sample`'s grid: 8 x 8
 def add_sample_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run_dir", metavar="RUN_DIR", type=run_folder,
                         help="a run directory (holds .hydra/ and checkpoints/)")
-    parser.add_argument("-n", type=_checked(int, lambda v: 1 <= v <= 10_000, "an integer in [1, 10000] (one grid)"),
+    # (--n too: argparse took it for an abbreviation of --nrow, and wrote 64 samples in rows of N)
+    parser.add_argument("-n", "--n", type=_checked(int, lambda v: 1 <= v <= 10_000,
+                                                   "an integer in [1, 10000] (one grid)"),
                         default=SAMPLE_N, help=f"number of samples, at most 10000 (default {SAMPLE_N})")
     parser.add_argument("--out", default=None, type=out_path,
                         help="image to write (PNG; another extension, e.g. .jpg, picks that format), not one of "

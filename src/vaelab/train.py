@@ -1022,7 +1022,7 @@ def _train(cfg: DictConfig, run_dir: Path, data: MNISTData | None, on_start=None
         # (resumed as it was, it replays the same steps to the same blow-up: how to go on, with a change)
         how = "carry it on" if ckpt_io.latest(ckpt_dir) is not None else "start it again"  # (carry_on's two commands)
         return NonFiniteLoss(f"{message}; the same settings diverge again there: {how} with others, e.g. "
-                             f"{ckpt_io.carry_on(run_dir)} optim.lr={cfg.optim.lr / 10:g}")
+                             f"{ckpt_io.carry_on(run_dir)} {ckpt_io.lower_lr(cfg.optim.lr)}")
 
     def save(path: Path) -> None:
         # Never replace a good checkpoint with blown-up weights (a Ctrl-C can come between a

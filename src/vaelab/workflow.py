@@ -731,7 +731,8 @@ def resume(run_dir: str | Path, overrides: list[str] = ()) -> dict | None:
             reason = stopped.get("reason", "a non-finite loss").split(";")[0]
             raise ckpt_io.CheckpointError(f"{run_dir / 'checkpoints'}: no checkpoint, nothing to resume (the run "
                                           f"diverged before its first checkpoint: {reason}); start it anew, with "
-                                          f"settings other than those that diverged, e.g. {again} optim.lr=1e-4")
+                                          f"settings other than those that diverged, e.g. {again} "
+                                          f"{ckpt_io.lower_lr(float(was.optim.lr))}")
         if (run_dir / "metrics.json").is_file():  # (again: a new run, in a new folder, with what this command set)
             given = " ".join(shlex.quote(o) for o in overrides)
             raise ckpt_io.CheckpointError(f"{run_dir / 'checkpoints'}: no checkpoint, nothing to resume (the run "

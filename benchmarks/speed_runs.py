@@ -31,9 +31,10 @@ def row(path: Path) -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("records", nargs="*", type=Path, help="speed.py JSON records (default: %(default)s)",
-                   default=sorted(RESULTS.glob("speed-cpu-epyc*.json")))
+    p.add_argument("records", nargs="*", type=Path,  # (the default's list in --help was a repr of PosixPaths)
+                   help="speed.py JSON records (default: benchmarks/results/speed-cpu-epyc*.json)")
     args = p.parse_args()
+    args.records = args.records or sorted(RESULTS.glob("speed-cpu-epyc*.json"))
     if not args.records:
         sys.exit(f"speed_runs.py: error: no records given and none in {RESULTS}")
     rows = sorted((row(f) for f in args.records), key=lambda r: r["date"])

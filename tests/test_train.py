@@ -858,6 +858,13 @@ def test_compose_config_says_what_is_wrong_with_an_override_in_one_line(tmp_path
     with pytest.raises(ConfigError, match=r"^override 'latent_size=2,4' lists several values: compose one config per "
                                           r"value$"):
         compose_config(["latent_size=2,4"])
+    # a value in range for its type but not for vaelab: at compose time too, not first at train() (review),
+    # in the line vaelab-train prints; what depends on the machine (device=cuda here) stays train()'s
+    for override, line in (("latent_size=0", "latent_size=0: must be an integer >= 1"),
+                           ("loss.beta=-1", "loss.beta=-1.0: must be a finite number >= 0")):
+        with pytest.raises(ConfigError, match=rf"^{re.escape(line)}"):
+            compose_config([override])
+    assert compose_config(["device=cuda"]).device == "cuda"
 
 
 def test_compose_config_finds_config_groups_of_ones_own(tmp_path):

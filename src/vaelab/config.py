@@ -280,7 +280,8 @@ def compose_config(overrides: list[str] | tuple = (), config_dir: str | Path | N
         if line:  # (progress: 2 in a file of one's own, which composing took for true)
             raise ConfigError(line)
         _check_resolves(cfg)  # (latent_size=${nosuch}: one line now, not OmegaConf's when a key is read)
-        return cfg
+        validate(cfg, here=False)  # (latent_size=0 too: at compose time, not at train(); here=False: the
+        return cfg                 # device's accelerator is train()'s to check, on the machine it trains on)
     except ConfigError:
         raise
     except Exception:

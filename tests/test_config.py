@@ -5,6 +5,7 @@ import os
 import shutil
 import subprocess
 import sys
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -1354,6 +1355,15 @@ def test_a_primary_config_of_ones_own_refused_at_its_start_leaves_no_run_folder(
     (tmp_path / "here").mkdir()
     assert launch([*argv, "hydra.run.dir=here"]) == 2
     assert (tmp_path / "here").is_dir() and list((tmp_path / "here").iterdir()) == []
+    # a sweep's folder too (its first job refused); none of them is this launch's folder
+    assert launch([*argv, "-m", "seed=1,2"]) == 2
+    assert sorted((tmp_path / "outputs").rglob("*")) == [tmp_path / "outputs" / name for name in ("multirun", "runs")]
+    # a folder named through ${hydra:...}, which cannot be resolved before the run: left as it was, without
+    # the 5-line warning Hydra printed of the callback's error (review), for every run so named
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert launch([*argv, "hydra.run.dir=rel/${hydra:job.name}"]) == 2
+    assert capsys.readouterr().err.count("\n") == 3 and LAUNCH_MADE_ENV not in os.environ
 
 
 def test_config_groups_on_hydras_search_path_are_found_by_the_checks(tmp_path):

@@ -192,7 +192,7 @@ def test_the_kl_history_puts_each_dimension_in_a_row_by_its_last_kl_and_names_th
     assert list(many.get_yticks()) == [1, 58] and [t.get_text() for t in many.get_yticklabels()] == ["", ""]
     assert all(t.tick1line.get_color() == "red" for t in many.yaxis.get_major_ticks())
     assert "62 of 64 active at epoch 1 on the validation images" in many.get_title()
-    assert many.get_title().endswith("; red marks at the left: inactive")
+    assert many.get_title().endswith("; red marks: inactive")
     test = kl_history_figure(history, split="test").axes[0].get_title()  # (data.val_size=0: the test split's)
     assert test.startswith("test KL per latent dimension") and "on the test images" in test
     assert kl_history_figure([]) is None

@@ -897,6 +897,31 @@ def test_bad_checkpoint_names_the_file_and_overwrites_nothing(finished_run, othe
         assert files_snapshot(run) == before and not (tmp_path / "s.png").exists()
 
 
+def test_the_finite_weights_check_reads_parameters_not_a_models_own_buffers_or_extra_state(tmp_path):
+    """A model of one's own may keep an inf buffer (a clamp's bound) or a dict of extra state:
+    check_finite refused its every checkpoint, the run's own final evaluation too, and the
+    shape check raised AttributeError on the dict (review)."""
+    class Clamped(MLPVAE):
+        def __init__(self):
+            super().__init__(latent_size=2, hidden=[8])
+            self.register_buffer("logvar_hi", torch.tensor(float("inf")))
+
+        def get_extra_state(self):
+            return {"note": "mine"}
+
+        def set_extra_state(self, state):
+            pass
+
+    model = Clamped()
+    ck = {"model": model.state_dict()}
+    ckpt_io.check_finite(ck, tmp_path / "x.pt", model)
+    ckpt_io.check_compatible(ck, model, tmp_path / "x.pt")
+    ck["model"]["encoder.0.bias"] = torch.full_like(ck["model"]["encoder.0.bias"], float("inf"))
+    with pytest.raises(ckpt_io.CheckpointError, match=r"x.pt: its weights hold nan or inf \(encoder.0.bias\)"):
+        ckpt_io.check_compatible(ck, model, tmp_path / "x.pt")
+    ckpt_io.check_finite({"not": "a checkpoint"}, tmp_path / "x.pt", model)  # (check_resumable's to refuse)
+
+
 def test_resume_of_a_read_only_run_is_one_line(finished_run, tmp_path, capsys, monkeypatch):
     import vaelab.workflow as workflow
 

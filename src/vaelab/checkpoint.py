@@ -560,20 +560,27 @@ def check_compatible(ckpt: dict, model: torch.nn.Module, path: str | Path, cfg=N
     if missing or extra:
         raise CheckpointError(f"{path}: made for a different model (missing {missing[:3]}, unexpected {extra[:3]})")
     for k, v in own.items():
+        if not hasattr(v, "shape") or not hasattr(theirs[k], "shape"):  # (a model's get_extra_state(): no tensor)
+            continue
         if tuple(theirs[k].shape) != tuple(v.shape):
             raise CheckpointError(f"{path}: made for a different model ({k} has shape "
                                   f"{tuple(theirs[k].shape)}, this config needs {tuple(v.shape)})"
                                   + _shape_keys_changed(ckpt, cfg))
-    check_finite(ckpt, path)
+    check_finite(ckpt, path, model)
 
 
-def check_finite(ckpt: dict, path: str | Path) -> None:
-    """Refuse weights that hold nan or inf. Training checks them before each save, so such a file
-    was changed after; without this, eval failed in a picture's SVD with a traceback, and sample
-    wrote a grid of nan."""
+def check_finite(ckpt: dict, path: str | Path, model: torch.nn.Module) -> None:
+    """Refuse a checkpoint whose parameters (of `model`: not its buffers, where an inf can be a
+    model's own, a clamp's bound say) hold nan or inf. Training checks them before each save, so
+    such a file was changed after; without this, eval failed in a picture's SVD with a
+    traceback, and sample wrote a grid of nan."""
     import torch
 
-    bad = next((k for k, v in ckpt["model"].items() if v.is_floating_point() and not torch.isfinite(v).all()), None)
+    weights = ckpt.get("model") if isinstance(ckpt, dict) else None
+    if not isinstance(weights, dict):  # (not a checkpoint of a run: check_resumable's to say)
+        return
+    bad = next((k for k, _ in model.named_parameters() if isinstance(weights.get(k), torch.Tensor)
+                and weights[k].is_floating_point() and not torch.isfinite(weights[k]).all()), None)
     if bad is not None:
         raise CheckpointError(f"{path}: its weights hold nan or inf ({bad}), which training never saves (it "
                               f"checks them before each save): the file was changed since; use another checkpoint")

@@ -551,7 +551,8 @@ def plot(runs: list[Run], tag: str, out: str | Path, defaulted: bool = False) ->
         ax.plot(range(len(found)), [pts[0][1] for _, _, pts in found], "o", linestyle="none")
         ax.set_xticks(range(len(found)), ticks, rotation=30 if len(found) > 3 else 0,
                       ha="right" if len(found) > 3 else "center", fontsize="small")
-        ax.set_xlabel(f"run (each at {next(iter(seen)):,} examples seen)" if len(seen) == 1 else
+        each = "each " if len(found) > 1 else ""
+        ax.set_xlabel(f"run ({each}at {next(iter(seen)):,} examples seen)" if len(seen) == 1 else
                       "run (at examples seen)")
         ax.set_xlim(-0.5, len(found) - 0.5)
     else:
@@ -678,6 +679,24 @@ def _raise_keyboard_interrupt(signum, frame):
     raise KeyboardInterrupt
 
 
+def _made_by_hydra_for_this_launch(config, key: str) -> None:
+    """A launch of a primary config of one's own (--config-name: Hydra's to check, so vaelab-train
+    did not make its folder): the run or sweep folder Hydra is about to make is this launch's,
+    which a run or first job refused for bad input may remove whole, as vaelab-train's own (it
+    left an empty one). A folder that is there already is not; nor one that cannot be resolved
+    yet (${hydra:...} before Hydra has set its config: left as it was)."""
+    from vaelab.train_cli import LAUNCH_MADE_ENV
+
+    if LAUNCH_MADE_ENV in os.environ:  # (vaelab-train made it, or knows it was there)
+        return
+    try:
+        folder = Path(str(OmegaConf.select(config, key, throw_on_resolution_failure=True))).absolute()
+    except Exception:  # (any resolver's error: the folder stays unknown, as before)
+        return
+    if not os.path.lexists(folder):
+        os.environ[LAUNCH_MADE_ENV] = str(folder)
+
+
 class SweepSummary(Callback):
     """Hydra callback (conf/config.yaml, hydra.callbacks): when a sweep ends, one line on how its
     jobs ended, and exit status 1 if any diverged. A diverged job returns +inf so that the other
@@ -698,14 +717,7 @@ class SweepSummary(Callback):
     # the final evaluation's clean-up).
 
     def on_run_start(self, config, **kwargs) -> None:
-        # A run of a primary config of one's own (--config-name: Hydra's to check, so vaelab-train
-        # did not make its folder): the folder Hydra is about to make is this launch's, which a job
-        # refused for bad input may remove whole, as vaelab-train's own (it left an empty one)
-        from vaelab.train_cli import LAUNCH_MADE_ENV
-
-        run_dir = Path(str(config.hydra.run.dir)).absolute()
-        if LAUNCH_MADE_ENV not in os.environ and not os.path.lexists(run_dir):
-            os.environ[LAUNCH_MADE_ENV] = str(run_dir)
+        _made_by_hydra_for_this_launch(config, "hydra.run.dir")
 
     def on_job_start(self, config, **kwargs) -> None:
         from vaelab.train_cli import in_loky_worker
@@ -737,6 +749,7 @@ class SweepSummary(Callback):
 
     def on_multirun_start(self, config, **kwargs) -> None:
         self.started = time.time()
+        _made_by_hydra_for_this_launch(config, "hydra.sweep.dir")
         # Held while the jobs run, so that `vaelab resume SWEEP_DIR` refuses a sweep that is still running.
         ckpt_io.hold_sweep(Path(str(config.hydra.sweep.dir)))
 

@@ -306,9 +306,9 @@ def kl_history_figure(history: list[tuple[int, list[float], list[float] | None]]
     ax.tick_params(labelsize=7)
     title = f"{split} KL per latent dimension at each epoch (nats)"
     if active is not None:  # (active by the variance of the posterior mean, as active_units: not by the KL)
-        red = "; labels in red: inactive" if n <= 40 else "; red marks at the left: inactive"
-        title += (f"\n{sum(active)} of {n} active at epoch {epochs[-1]} on the {split} images (their posterior "
-                  f"mean's variance across them > {threshold:g})" + (red if not all(active) else ""))
+        red = "; labels in red: inactive" if n <= 40 else "; red marks: inactive"
+        title += (f"\n{sum(active)} of {n} active at epoch {epochs[-1]} on the {split} images (posterior mean's "
+                  f"variance across them > {threshold:g})" + (red if not all(active) else ""))
     ax.set_title(title, fontsize=8)
     bar = fig.colorbar(im, cax=cax)
     bar.set_label("KL (nats, square-root scale)", fontsize=8)

@@ -745,9 +745,10 @@ def resume(run_dir: str | Path, overrides: list[str] = ()) -> dict | None:
     from vaelab.build import build_model
     from vaelab.train import check_data_to_resume, check_epochs_to_resume, train
 
+    model = build_model(cfg)
     try:
         ck = ckpt_io.load(last)
-        ckpt_io.check_finite(ck, last)
+        ckpt_io.check_finite(ck, last, model)
     except ckpt_io.CheckpointError as e:  # a damaged last.pt: say which checkpoint resume would take without it
         others = sorted((p for p in last.parent.glob("*.pt") if p != last and p.is_file()),
                         key=lambda p: p.stat().st_mtime)
@@ -757,7 +758,7 @@ def resume(run_dir: str | Path, overrides: list[str] = ()) -> dict | None:
                                       f"{last.name} out of {last.parent}") from None
     ckpt_io.check_resumable(ck, last, needs=("state",))  # (the rest only to train on, below)
     ckpt_io.check_config_whole(ck, last, cfg_path, cfg, given_now={o.key_or_group for o in parsed})
-    ckpt_io.check_compatible(ck, build_model(cfg), last, cfg, ckpt_io.SAME_TO_RESUME)
+    ckpt_io.check_compatible(ck, model, last, cfg, ckpt_io.SAME_TO_RESUME)
     done = ck["state"]["epoch"]
     check_epochs_to_resume(ck["state"], cfg.trainer.epochs)  # ConfigError, one line, before anything is written
     metrics = ckpt_io.read_json(run_dir / "metrics.json")

@@ -385,6 +385,16 @@ def test_compare_plot_takes_a_scalar_by_its_name_in_the_table(tmp_path):
     for name, full, value in (("val_loss", "epoch/val_loss", 2.0), ("test_nll_iwae", "test/nll_iwae", 90.5)):
         [(_, tag, points)] = curves(runs, name)
         assert tag == full and [(x, v) for x, v in points] == [(100, value)]
+    # a run that logged no events (logger.tensorboard=false): its test point from eval.json, as the table
+    # shows it (review: "no run has that scalar"); a number that is not finite is left out
+    for f in (tmp_path / "run").glob("events.out.tfevents.*"):
+        f.unlink()
+    (tmp_path / "run" / "eval.json").write_text(json.dumps({"examples_seen": 300, "nll_iwae": 88.25, "kl": None,
+                                                           "elbo": float("nan"), "active_units": 3}))
+    runs = find_runs([tmp_path])
+    [(_, tag, points)] = curves(runs, "test_nll_iwae")
+    assert tag == "test/nll_iwae" and points == [(300, 88.25)]
+    assert {t for t in runs[0].scalars() if t.startswith("test/")} == {"test/nll_iwae", "test/active_units"}
 
 
 def test_compare_plot_of_one_point_per_run_draws_a_dot_per_run_named_on_its_axis(tmp_path, monkeypatch):
@@ -823,7 +833,7 @@ def test_a_diverged_trial_does_not_end_an_optuna_study(tiny_mnist, tmp_path):
     assert all("non-finite loss" in (run / "train.log").read_text() for run in runs(sweep).values())
     # ... and the sweep says so at the end, with exit status 1, instead of passing for a success
     out = (tmp_path / "vaelab-train.out").read_text()
-    assert "sweep of 2 jobs: 2 diverged" in out and "error: 2 of 2 jobs diverged (non-finite loss)" in out
+    assert "sweep of 2 jobs: 2 diverged" in out and "error: 2 of 2 jobs diverged (non-finite loss or weights)" in out
     assert "alembic" not in out  # the set-up lines of the database library Optuna imports
     for run in runs(sweep).values():  # listed in HParams with its config, its metrics blank
         acc = EventAccumulator(str(run), size_guidance={"scalars": 0})
@@ -948,7 +958,7 @@ def test_sweep_summary_counts_this_sweeps_jobs_only(tmp_path, capsys):
     assert exc.value.code == 1
     out, err = capsys.readouterr()
     assert "sweep of 4 jobs: 2 done, 1 diverged, 1 interrupted" in out
-    assert err.strip() == "vaelab-train: error: 1 of 4 jobs diverged (non-finite loss): c"
+    assert err.strip() == "vaelab-train: error: 1 of 4 jobs diverged (non-finite loss or weights): c"
 
 
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc (Linux)")
@@ -1246,7 +1256,7 @@ def test_resume_carries_a_stopped_sweep_on_in_its_folder(tiny_mnist, tmp_path):
     assert "latent_size=2 finished earlier (3 epochs" in out and "latent_size=16 diverged earlier" in out
     assert "sweep of 4 jobs: 3 done, 1 diverged; lowest val_loss " in out  # (of a done job, not the diverged one)
     assert f"; table: vaelab compare {sweep}" in out
-    assert "vaelab resume: error: 1 of 4 jobs diverged (non-finite loss): latent_size=16" in p.stderr
+    assert "vaelab resume: error: 1 of 4 jobs diverged (non-finite loss or weights): latent_size=16" in p.stderr
     assert set(runs(sweep)) == set(jobs) and not list(elsewhere.iterdir())
     for name in ("latent_size=4", "latent_size=8"):
         after = json.loads((sweep / name / "metrics.json").read_text())
@@ -1543,6 +1553,13 @@ def test_compare_where_keeps_the_runs_with_a_setting_state_or_metric(sweep, caps
         assert len(names()) == 4
     assert vaelab(["compare", sweep, "--where", "trainer.cuda_graph=false"]) == 2
     assert vaelab(["compare", sweep, "--where", "name=Default"]) == 2  # (text keeps its case)
+    capsys.readouterr()
+    # a comparison was read as the key 'val_loss>' ("no run has val_loss> (did you mean val_loss?)", review)
+    for cond in ("val_loss>=110", "loss.beta!=4", "val_loss<=1"):
+        assert vaelab(["compare", sweep, "--where", cond]) == 2
+        assert capsys.readouterr().err.strip() == (
+            f"vaelab compare: error: --where {cond}: give KEY=VALUE, e.g. --where loss.beta=4 or --where state=done; "
+            f"--where keeps runs equal to a value (--sort orders them by one)")
 
 
 def test_compare_writes_a_blown_up_number_short():

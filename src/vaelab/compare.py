@@ -76,8 +76,9 @@ class Run:
                 tb_log.setLevel(level)
             self._events = {t: [(e.step, e.value) for e in acc.Scalars(t)] for t in acc.Tags()["scalars"]}
             self._scalars = dict(self._events)
-            # epochs.jsonl's numbers too: the epochs trained with logger.tensorboard=false have no events
-            for t, points in _epoch_scalars(self.path).items():
+            # epochs.jsonl's numbers too: the epochs trained with logger.tensorboard=false have no events;
+            # and eval.json's, the evaluation's test/* point (the table showed test_nll_iwae, --plot had none)
+            for t, points in {**_epoch_scalars(self.path), **_eval_scalars(self.path)}.items():
                 if t in self._scalars:  # (in order of examples seen, one value each: the events' where both have one)
                     points = sorted({**dict(points), **dict(self._scalars[t])}.items())
                 self._scalars[t] = points
@@ -131,6 +132,21 @@ def _epoch_scalars(run: Path) -> dict:
                     k not in ("examples_seen", "step"):
                 found.setdefault(f"epoch/{k}", []).append((x, float(v)))
     return found
+
+
+# The numbers of eval.json that `vaelab eval` logs as test/KEY at the evaluated checkpoint's examples seen
+EVAL_SCALARS = ("elbo", "recon", "kl", "nll_iwae", "bits_per_dim", "elbo_bits_per_dim", "active_units")
+
+
+def _eval_scalars(run: Path) -> dict:
+    """{test/KEY: [(examples seen, value)]} of a run's eval.json, as its evaluation logged them to
+    TensorBoard (where logger.tensorboard=false, it logged none)."""
+    ev = read_json(run / "eval.json") or {}
+    x = ev.get("examples_seen")
+    if not isinstance(x, int) or isinstance(x, bool):
+        return {}
+    return {f"test/{k}": [(x, float(ev[k]))] for k in EVAL_SCALARS
+            if isinstance(ev.get(k), (int, float)) and not isinstance(ev[k], bool) and math.isfinite(ev[k])}
 
 
 def _is_run(d: Path) -> bool:
@@ -250,8 +266,10 @@ def where(runs: list[Run], conditions: list[str]) -> list[Run]:
     kept = runs
     for cond in conditions:
         key, eq, want = cond.partition("=")
-        if not eq or not key:
-            raise CompareError(f"--where {cond}: give KEY=VALUE, e.g. --where loss.beta=4 or --where state=done")
+        if not eq or not key or key[-1] in "<>!":  # (val_loss>=110 read as the key 'val_loss>': no comparisons)
+            raise CompareError(f"--where {cond}: give KEY=VALUE, e.g. --where loss.beta=4 or --where state=done"
+                               + ("; --where keeps runs equal to a value (--sort orders them by one)"
+                                  if any(c in cond for c in "<>!") else ""))
         metric = key != "state" and not any(key in r.config for r in runs)
 
         def has(r: Run) -> str | float | None:
@@ -794,7 +812,7 @@ class SweepSummary(Callback):
         prog = "vaelab resume" if continued else "vaelab-train"  # the command the user typed
         if states.get("diverged"):
             print(f"{prog}: error: {len(states['diverged'])} of {len(runs)} jobs diverged "
-                  f"(non-finite loss): {'; '.join(states['diverged'])}", file=sys.stderr)
+                  f"(non-finite loss or weights): {'; '.join(states['diverged'])}", file=sys.stderr)
         # (vaelab resume SWEEP_DIR leaves a job whose saved config is gone as it is, with a warning)
         unconfigured = [r.name for r in runs if not (r.path / ".hydra" / "config.yaml").is_file()]
         if unconfigured:

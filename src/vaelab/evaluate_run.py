@@ -299,7 +299,9 @@ def evaluate_run(run_dir: str | Path, k: int = 5000, device: str = "auto", check
             result["events_file"] = mine.name  # (a later --no-pictures evaluation copies its images from there)
         try:
             if writer is not None:
-                for key in ("elbo", "recon", "kl", "nll_iwae", "bits_per_dim", "elbo_bits_per_dim", "active_units"):
+                from vaelab.compare import EVAL_SCALARS  # (the tags compare reads from eval.json where none are)
+
+                for key in EVAL_SCALARS:
                     if math.isfinite(result[key]):
                         writer.add_scalar(f"test/{key}", result[key], step)
             # Which weights the pictures in eval/ show: these, or (--no-pictures) those of an earlier eval.

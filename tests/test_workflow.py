@@ -1669,6 +1669,23 @@ def test_carrying_on_a_finished_run_makes_it_unfinished_until_it_ends(finished_r
     assert row.endswith("interrupted")
 
 
+def test_reproduce_out_takes_a_folder_that_holds_hidden_files_only(finished_run, tmp_path, capsys):
+    """A .gitkeep made --out 'not empty' to reproduce, where vaelab-train takes such a folder
+    (review); a folder with files, or a run's .hydra/, is refused."""
+    full, stub, kept = tmp_path / "full", tmp_path / "stub", tmp_path / "kept"
+    full.mkdir()
+    (full / "notes.txt").write_text("mine")
+    (stub / ".hydra").mkdir(parents=True)
+    kept.mkdir()
+    (kept / ".gitkeep").touch()
+    for folder in (full, stub):
+        assert vaelab(["reproduce", finished_run, "--out", folder]) == 2
+        assert capsys.readouterr().err.strip() == (f"vaelab reproduce: error: {folder}: already exists and is not "
+                                                   f"empty; give another --out")
+    assert vaelab(["reproduce", finished_run, "--out", kept]) == 0
+    assert (kept / ".gitkeep").is_file() and (kept / "metrics.json").is_file()
+
+
 def test_reproduce_leaves_out_an_eval_json_made_later_with_other_settings(finished_run, tmp_path):
     """A reproduction makes the run's own end-of-training evaluation again, nothing else: an
     eval.json with other settings, of an earlier epoch, or in a run that had no final evaluation
@@ -2293,6 +2310,18 @@ def test_a_run_whose_launch_folder_moved_reads_a_relative_data_root_from_the_cur
     assert vaelab(["resume", tmp_path / "moved" / "run", "trainer.epochs=2"]) == 0
 
 
+def test_an_epoch_whose_beta_changed_part_way_logs_its_mean_beta(finished_run, tmp_path, capsys, monkeypatch):
+    """epochs.jsonl's beta (and the epoch's log line) is the mean over the epoch's examples; after
+    `vaelab resume loss.beta=2` part-way through an epoch it was the new value's (review)."""
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    with signal_at_step(monkeypatch, 7):  # (step 8 of 6 an epoch: in epoch 2 at image 64)
+        assert vaelab(["resume", run, "trainer.epochs=3"]) == 130
+    assert vaelab(["resume", run, "loss.beta=2"]) == 0
+    betas = [json.loads(line)["beta"] for line in (run / "epochs.jsonl").read_text().splitlines()]
+    assert betas == [1.0, pytest.approx((64 * 1.0 + 128 * 2.0) / 192), 2.0]  # (epoch 3: all at 2, as set)
+
+
 def test_reproduce_makes_each_change_part_way_where_it_was_made(finished_run, tmp_path, capsys, monkeypatch):
     """The config holds a resumed run's last values, which a re-run used from its first step: a
     run whose lr changed at epoch 2 reproduced as 'NOT reproduced', with a note. The reproduction
@@ -2305,7 +2334,7 @@ def test_reproduce_makes_each_change_part_way_where_it_was_made(finished_run, tm
     assert vaelab(["resume", longer, "trainer.epochs=2"]) == 0
     with signal_at_step(monkeypatch, 7):  # (step 8 of 6 an epoch: in epoch 2 at image 64)
         assert vaelab(["resume", changed, "trainer.epochs=3", "optim.lr=1e-4"]) == 130
-    assert vaelab(["resume", changed, "loss.beta=2"]) == 0
+    assert vaelab(["resume", changed, "loss.beta=2", "optim.lr=0.0001"]) == 0  # (the lr it has: no change, review)
     assert yaml.safe_load((changed / ".hydra" / "resumes.yaml").read_text()) == [
         {"epoch": 2, "step": 6, "overrides": ["trainer.epochs=3", "optim.lr=1e-4"],
          "before": {"trainer.epochs": 1, "optim.lr": 0.001}},
@@ -2367,8 +2396,9 @@ def test_reproduce_of_a_run_resumed_from_an_older_checkpoint_after_a_change(fini
     assert vaelab(["resume", run]) == 0  # from best.pt, step 6
     assert yaml.safe_load((run / ".hydra" / "resumes.yaml").read_text())[-1] == {
         "epoch": 2, "step": 6, "overrides": [], "before": {}}
-    assert _replay(run) == ([{"epoch": 2, "step": 6, "before": {"optim.lr": 0.001, "trainer.epochs": 1},
-                              "overrides": ["trainer.epochs=2", "optim.lr=1e-4"]}], "")
+    # (trainer.epochs=2 alone, at step 6: nothing to make there, so not in the plan)
+    assert _replay(run) == ([{"epoch": 2, "step": 6, "before": {"optim.lr": 0.001}, "overrides": ["optim.lr=1e-4"]}],
+                            "")
     # (the reproduction then makes it at step 6, as test_reproduce_makes_each_change_part_way_... shows; its
     # note says so, not "after step 8")
     import vaelab.workflow as workflow_mod
@@ -2440,8 +2470,11 @@ def test_replay_plans_say_why_they_cannot_be_made(tmp_path):
     record.write_text(yaml.safe_dump([{"epoch": 2, "step": 6, "overrides": ["optim.lr=1e-4"]}]))
     assert _replay(tmp_path) == (None, "resumes.yaml lacks the values before the changes, as a vaelab from before "
                                        "2026-11-27 wrote it")
-    record.write_text(yaml.safe_dump([{"epoch": 2, "step": 6, "overrides": ["trainer.epochs=3"]}]))
-    assert _replay(tmp_path) == ([{"epoch": 2, "step": 6, "before": {}, "overrides": ["trainer.epochs=3"]}], "")
+    # only how long, where the data is, the device or the progress bar: nothing to make at that step (it
+    # stopped and resumed there for nothing, and said "changed settings: ;", review)
+    for line in ("trainer.epochs=3", "device=cpu", "trainer.progress=true"):
+        record.write_text(yaml.safe_dump([{"epoch": 2, "step": 6, "overrides": [line]}]))
+        assert _replay(tmp_path) == ([], "")
     record.write_text(yaml.safe_dump([{"epoch": 2, "step": 6, "data_digest": {"before": "a", "now": "b"}}]))
     assert _replay(tmp_path) == (None, "the data itself changed part-way")
 

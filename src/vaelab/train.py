@@ -785,10 +785,18 @@ def _load_to_resume(cfg: DictConfig, path: Path, model: VAE, opt: torch.optim.Op
                  torch.get_num_threads())
         torch.set_num_threads(st["threads"])
     ckpt_io.set_rng_state(ck["rng"])
+    t, lcfg, was = cfg.trainer, cfg.loss, ck["config"].get("loss") or {}
+    if st["pos"] and (was.get("beta") != lcfg.beta or was.get("kl_warmup_steps") != lcfg.kl_warmup_steps):
+        # beta changed part-way through this epoch (vaelab resume loss.beta=...): its mean is the one
+        # summed over its steps, not the new settings' over all of them (review: epochs.jsonl's beta)
+        if "epoch_beta" not in ck["state"]:  # (a checkpoint from before it was kept: the steps so far, as
+            first = st["step"] - st["pos"] // t.batch_size  # the settings it was saved under gave them)
+            st["epoch_beta"] = sum(beta_at(s, was.get("beta", lcfg.beta), was.get("kl_warmup_steps", 0))
+                                   * t.batch_size for s in range(first, st["step"]))
+        st["beta_changed"] = True
     if "log_beta" not in ck["state"] and st["pos"]:
         # A checkpoint from before log_beta was kept, taken part-way through a log interval: the
         # interval began at the last log point or at the epoch's first step, all full batches since.
-        t, lcfg = cfg.trainer, cfg.loss
         first = max(st["step"] - st["step"] % t.log_every, st["step"] - st["pos"] // t.batch_size)
         st["log_beta"] = sum(beta_at(s, lcfg.beta, lcfg.kl_warmup_steps) * t.batch_size
                              for s in range(first, st["step"]))
@@ -902,6 +910,7 @@ def _train(cfg: DictConfig, run_dir: Path, data: MNISTData | None, on_start=None
     # `vaelab reproduce` can use the same one and stay bit-identical.
     st = {"epoch": 0, "step": 0, "examples": 0, "best_val": math.inf, "train_seconds": 0.0,
           "perm": None, "pos": 0, "epoch_acc": None, "log_acc": None, "log_beta": 0.0, "data_rng": None,
+          "epoch_beta": 0.0, "beta_changed": False,
           "threads": torch.get_num_threads(), "data_digest": data.digest}
     last_path = ckpt_dir / "last.pt"
     last_good = None  # (the checkpoint, where in the run it was saved): for the messages of a stop
@@ -1070,7 +1079,10 @@ def _train(cfg: DictConfig, run_dir: Path, data: MNISTData | None, on_start=None
 
     def epoch_beta() -> float:
         """The mean beta of the epoch's training examples (its train_loss is recon + that beta x KL
-        with a constant beta, about so during a KL warm-up)."""
+        with a constant beta, about so during a KL warm-up): from the settings, or where they
+        changed part-way through the epoch, the sum kept over its steps."""
+        if st["beta_changed"]:
+            return st["epoch_beta"] / n_train
         if not warmup:
             return beta_max
         steps = math.ceil(n_train / batch_size)
@@ -1122,6 +1134,7 @@ def _train(cfg: DictConfig, run_dir: Path, data: MNISTData | None, on_start=None
                 st["epoch_acc"] = torch.zeros(4)
                 st["log_acc"] = torch.zeros(4)
                 st["log_beta"] = 0.0  # sum of beta * batch over the steps in log_acc
+                st["epoch_beta"], st["beta_changed"] = 0.0, False  # (the same over the epoch's steps)
             epoch_acc.copy_(st["epoch_acc"])
             log_acc.copy_(st["log_acc"])
             perm = st["perm"].to(device)
@@ -1140,6 +1153,7 @@ def _train(cfg: DictConfig, run_dir: Path, data: MNISTData | None, on_start=None
                 st["examples"] += b
                 st["pos"] = i + b
                 st["log_beta"] += beta * b
+                st["epoch_beta"] += beta * b
                 bar.update(b)
                 if st["step"] % log_every == 0:  # the loop's only host sync
                     bar.set_postfix(loss=f"{log_train(epoch):.2f}")  # the bar's own img/s is the rate

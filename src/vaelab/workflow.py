@@ -344,7 +344,8 @@ def reproduce(run_dir: str | Path, out: str | Path | None = None, rtol: float = 
     if err:
         raise WorkflowError(f"--out {new_dir}: {err}; give another --out" if out else
                             f"cannot make the run folder {new_dir}: {err}; give --out DIR")
-    if new_dir.exists() and any(new_dir.iterdir()):
+    # (hidden files, a .gitkeep say, are no run: vaelab-train takes such a folder as hydra.run.dir too; review)
+    if new_dir.exists() and any(not p.name.startswith(".") or p.name == ".hydra" for p in new_dir.iterdir()):
         raise WorkflowError(f"{new_dir}: already exists and is not empty; give another --out")
     inside = ckpt_io.enclosing_run(new_dir)
     if inside is not None:  # (vaelab-train refused it in its own words, naming hydra.run.dir, then this failed too)
@@ -363,6 +364,8 @@ def reproduce(run_dir: str | Path, out: str | Path | None = None, rtol: float = 
     print(f"reproducing {run_dir}\n        into {new_dir}{as_before}", flush=True)
     changed = changed_part_way(run_dir)
     replay, why = _replay(run_dir) if changed else (None, "")
+    if replay == []:  # (nothing to make at a step: changed lists no change that _replay leaves out, but safe)
+        replay, changed = None, []
     if changed and replay is None:
         print(f"note: {run_dir.name} was carried on with changed settings: {', '.join(changed)}. Its config holds "
               f"the last values, which the reproduction uses from the start ({why}): its numbers need not "
@@ -548,6 +551,8 @@ def _replay(run_dir: Path) -> tuple[list[dict] | None, str]:
         keys = [o.split("=", 1)[0] for o in lines]
         if r.get("data_digest") is not None:
             return None, "the data itself changed part-way"
+        if lines and all(k in _NOT_REPLAYED or k in _CHANGE_NO_NUMBER for k in keys):
+            continue  # (only where the data is, the device or how long: nothing to make at that step, review)
         if not isinstance(r.get("step"), int) or any(k not in before for k in keys if k not in _CHANGE_NO_NUMBER):
             return None, f"{RESUMES} lacks the values before the changes, as a vaelab from before 2026-11-27 wrote it"
         change = {"epoch": r.get("epoch"), "step": r["step"],
@@ -676,8 +681,8 @@ def changed_part_way(run_dir: Path) -> list[str]:
     out = []
     for r in _resumes(run_dir):
         when = f"(from epoch {r.get('epoch')}, after step {r.get('step')})"
-        for line in r.get("overrides") or []:
-            if str(line).split("=", 1)[0] not in _CHANGE_NO_NUMBER:
+        for line in r.get("overrides") or []:  # (the device: a run moved to a CPU machine is reproduced there)
+            if str(line).split("=", 1)[0] not in _CHANGE_NO_NUMBER | _NOT_REPLAYED:
                 out.append(f"{line} {when}")
         digests = r.get("data_digest")
         if isinstance(digests, dict):
@@ -784,10 +789,18 @@ def resume(run_dir: str | Path, overrides: list[str] = ()) -> dict | None:
         # before: each changed setting's value until then, which `vaelab reproduce` trains with up to that step
         before = {o.key_or_group: OmegaConf.select(was, o.key_or_group) for o in parsed}
         before = {k: OmegaConf.to_container(v) if OmegaConf.is_config(v) else v for k, v in before.items()}
+
+        def value_now(key):
+            v = OmegaConf.select(cfg, key)
+            return OmegaConf.to_container(v) if OmegaConf.is_config(v) else v
+        # (a value the run had already, optim.lr=0.001 given again, is no change: it was recorded, and
+        # vaelab reproduce stopped and resumed at its step for nothing, review)
+        changes = [o for o in parsed if not ckpt_io._same(before[o.key_or_group], value_now(o.key_or_group))]
         record = [*_resumes(run_dir), {"epoch": st["epoch"] + 1, "step": st["step"],
-                                       "overrides": [o.input_line for o in parsed], "before": before}]
-        files = {run_dir / ".hydra" / RESUMES: yaml.safe_dump(record, sort_keys=False), cfg_path: cfg_text,
-                 run_dir / ".hydra" / "overrides.yaml": ovr_text}
+                                       "overrides": [o.input_line for o in changes],
+                                       "before": {o.key_or_group: before[o.key_or_group] for o in changes}}]
+        files = {cfg_path: cfg_text, run_dir / ".hydra" / "overrides.yaml": ovr_text,
+                 **({run_dir / ".hydra" / RESUMES: yaml.safe_dump(record, sort_keys=False)} if changes else {})}
         # (vaelab's own settings that change what weights mean are refused above, SAME_TO_RESUME; a model
         # of one's own's arguments cannot be told apart: one that keeps the shapes is taken, and said)
         for k, v in before.items():

@@ -2310,14 +2310,18 @@ def test_a_run_whose_launch_folder_moved_reads_a_relative_data_root_from_the_cur
     assert vaelab(["resume", tmp_path / "moved" / "run", "trainer.epochs=2"]) == 0
 
 
-def test_an_epoch_whose_beta_changed_part_way_logs_its_mean_beta(finished_run, tmp_path, capsys, monkeypatch):
+def test_an_epoch_whose_beta_changed_part_way_logs_its_mean_beta(finished_run, tmp_path, caplog, monkeypatch):
     """epochs.jsonl's beta (and the epoch's log line) is the mean over the epoch's examples; after
-    `vaelab resume loss.beta=2` part-way through an epoch it was the new value's (review)."""
+    `vaelab resume loss.beta=2` part-way through an epoch it was the new value's (review). The
+    resume says what it changed (its line said only where it carried on from, review)."""
     run = tmp_path / "run"
     shutil.copytree(finished_run, run)
     with signal_at_step(monkeypatch, 7):  # (step 8 of 6 an epoch: in epoch 2 at image 64)
         assert vaelab(["resume", run, "trainer.epochs=3"]) == 130
-    assert vaelab(["resume", run, "loss.beta=2"]) == 0
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="vaelab"):
+        assert vaelab(["resume", run, "loss.beta=2", "optim.lr=0.001"]) == 0  # (the lr it had: not a change)
+    assert "carried on with loss.beta=2.0 (was 1.0) from step 8, recorded in .hydra/resumes.yaml" in caplog.text
     betas = [json.loads(line)["beta"] for line in (run / "epochs.jsonl").read_text().splitlines()]
     assert betas == [1.0, pytest.approx((64 * 1.0 + 128 * 2.0) / 192), 2.0]  # (epoch 3: all at 2, as set)
 

@@ -773,7 +773,7 @@ def resume(run_dir: str | Path, overrides: list[str] = ()) -> dict | None:
                           f"to go on")
     # The run's config, overrides and record of resumes as this command changes them, written once
     # what it runs has passed its own checks (a refusal, or a failure before, leaves them as they were)
-    files, own_changes = {}, []
+    files, own_changes, said = {}, [], []
     earlier = _resumes(run_dir)
     if not parsed and earlier and isinstance(earlier[-1].get("step"), int) and \
             ck["state"]["step"] < earlier[-1]["step"]:
@@ -796,6 +796,8 @@ def resume(run_dir: str | Path, overrides: list[str] = ()) -> dict | None:
         # (a value the run had already, optim.lr=0.001 given again, is no change: it was recorded, and
         # vaelab reproduce stopped and resumed at its step for nothing, review)
         changes = [o for o in parsed if not ckpt_io._same(before[o.key_or_group], value_now(o.key_or_group))]
+        said = [f"{o.key_or_group}={_as_text(value_now(o.key_or_group))} (was {_as_text(before[o.key_or_group])})"
+                for o in changes]
         record = [*_resumes(run_dir), {"epoch": st["epoch"] + 1, "step": st["step"],
                                        "overrides": [o.input_line for o in changes],
                                        "before": {o.key_or_group: before[o.key_or_group] for o in changes}}]
@@ -814,6 +816,9 @@ def resume(run_dir: str | Path, overrides: list[str] = ()) -> dict | None:
     def write_config():
         for path, text in files.items():
             ckpt_io.write_text_atomic(path, text)
+        if said:  # (the resume's one line said where it carried on from, not with what: review)
+            log.info("carried on with %s from step %d, recorded in .hydra/%s", ", ".join(said), ck["state"]["step"],
+                     RESUMES)
         if own_changes:
             log.warning("%s: the weights trained so far carry on under %s; vaelab cannot tell what an argument of "
                         "a model of one's own changes (a change of shapes is refused): start a new run if it changes "

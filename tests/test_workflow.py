@@ -1669,6 +1669,32 @@ def test_carrying_on_a_finished_run_makes_it_unfinished_until_it_ends(finished_r
     assert row.endswith("interrupted")
 
 
+def test_reproduce_says_what_a_run_carried_on_from_python_trained_with_besides_its_saved_config(
+        finished_run, tiny_mnist, tmp_path, capsys, monkeypatch):
+    """train() on a run folder carries it on under the config it is given, and saves none after the
+    first checkpoint: the reproduction said 'NOT reproduced' with no word of why (review)."""
+    import vaelab.workflow as workflow_mod
+
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    train(compose_cfg([f"data.root={tiny_mnist}", *TINY, "trainer.epochs=2", "optim.lr=1e-4"]), run)
+
+    class Began(Exception):
+        pass
+
+    def began(*args, **kwargs):
+        raise Began
+    monkeypatch.setattr(workflow_mod, "_run_child", began)
+    capsys.readouterr()
+    with pytest.raises(Began):
+        workflow_mod.reproduce(run, tmp_path / "again")
+    assert ("note: run's last.pt trained with settings its saved config does not hold: optim.lr=0.0001 (its config: "
+            "0.001) (train() carried it on under a config it was given") in capsys.readouterr().out
+    with pytest.raises(Began):  # (a run as saved: no note)
+        workflow_mod.reproduce(finished_run, tmp_path / "again2")
+    assert "does not hold" not in capsys.readouterr().out
+
+
 def test_reproduce_out_takes_a_folder_that_holds_hidden_files_only(finished_run, tmp_path, capsys):
     """A .gitkeep made --out 'not empty' to reproduce, where vaelab-train takes such a folder
     (review); a folder with files, or a run's .hydra/, is refused."""

@@ -2490,6 +2490,14 @@ def test_a_reproduction_stopped_part_way_through_its_changes_says_to_start_anoth
                             f"their steps (0 of 1); start another (not the vaelab resume its training printed: "
                             f"that would train on without them): vaelab reproduce {run} --out NEW_DIR"
                             + (f" --data-root {root}" if root else ""))
+    # the folder says so too: its stopped.json advised vaelab resume NEW, which trained on without the
+    # changes, unsaid (review); it is refused, with the same words
+    stopped = json.loads((new / "stopped.json").read_text())
+    assert "continue with" not in stopped["reason"] and stopped["reproduction_part_way"] == str(e.value)
+    (new / ".hydra").mkdir(exist_ok=True)
+    (new / ".hydra" / "config.yaml").write_text((run / ".hydra" / "config.yaml").read_text())
+    with pytest.raises(workflow_mod.WorkflowError, match=f"^{re.escape(f'{new}: {e.value}')}$"):
+        workflow_mod.resume(new)
 
 
 def test_replay_plans_say_why_they_cannot_be_made(tmp_path):

@@ -16,6 +16,7 @@ resume     continues RUN_DIR from checkpoints/last.pt, in the same directory, op
 from __future__ import annotations
 
 import importlib
+import json
 import logging
 import math
 import os
@@ -596,6 +597,11 @@ def _replay(run_dir: Path) -> tuple[list[dict] | None, str]:
     return plan, ""
 
 
+# stopped.json's key in a reproduction stopped before it had made every change of its run's at its
+# step: why `vaelab resume` of it is refused, and what to do instead
+REPRODUCTION_PART_WAY = "reproduction_part_way"
+
+
 def _replayed(run_dir: Path, new_dir: Path, cmd: list[str], env: dict, plan: list[dict], root: Path | None) -> int:
     """Train the reproduction as the run was: from its config with each change undone, up to the
     step of the first change (a process that stops there as a Ctrl-C would, train.STOP_AFTER_STEP),
@@ -626,10 +632,17 @@ def _replayed(run_dir: Path, new_dir: Path, cmd: list[str], env: dict, plan: lis
 
     def part_way() -> ReproductionStopped:
         again = f" --data-root {shlex.quote(str(root))}" if root is not None else ""
-        return ReproductionStopped(
-            f"the reproduction in {new_dir} was stopped before it had made all of {run_dir.name}'s changes at their "
-            f"steps ({made()} of {len(plan)}); start another (not the vaelab resume its training printed: that would "
-            f"train on without them): vaelab reproduce {shlex.quote(str(run_dir))} --out NEW_DIR{again}")
+        why = (f"the reproduction in {new_dir} was stopped before it had made all of {run_dir.name}'s changes at "
+               f"their steps ({made()} of {len(plan)}); start another (not the vaelab resume its training printed: "
+               f"that would train on without them): vaelab reproduce {shlex.quote(str(run_dir))} --out NEW_DIR{again}")
+        # The folder says so too, for `vaelab resume NEW_DIR`, which trained on without the changes unsaid,
+        # as its stopped.json advised (review)
+        stopped = ckpt_io.read_json(new_dir / ckpt_io.STOPPED)
+        if isinstance(stopped, dict):
+            ckpt_io.write_text_atomic(new_dir / ckpt_io.STOPPED, json.dumps({
+                **stopped, "reason": str(stopped.get("reason", "")).split("; continue with:")[0],
+                REPRODUCTION_PART_WAY: why}))
+        return ReproductionStopped(why)
     try:
         with stop_signals_as_ctrl_c():  # (a stop between two parts, when no child runs to pass it to)
             with tempfile.TemporaryDirectory(prefix="vaelab-reproduce-") as configs:
@@ -751,6 +764,9 @@ def resume(run_dir: str | Path, overrides: list[str] = ()) -> dict | None:
         if folder.is_dir() and not os.access(folder, os.W_OK):
             raise WorkflowError(f"{folder}: not writable; resume writes checkpoints, logs and the config there")
     ckpt_io.check_not_in_use(run_dir)  # before rewriting the config of a run another process trains
+    part_way = (ckpt_io.read_json(run_dir / ckpt_io.STOPPED) or {}).get(REPRODUCTION_PART_WAY)
+    if part_way:
+        raise WorkflowError(f"{run_dir}: {part_way}")
     cfg = load_run_config(cfg_path, here=False)  # ConfigError, one line; its device=... may be overridden
     was = OmegaConf.create(OmegaConf.to_container(cfg, resolve=False, enum_to_str=True))
     parsed = apply_overrides(cfg, _data_root_from_here(list(overrides)))

@@ -164,6 +164,11 @@ def test_curves_show_a_runs_loss_kl_and_active_units_against_examples_seen():
     # a run whose every unit collapsed: whole numbers on 0 to 1.5, not 0.00, 0.05, ... on 0 to 0.5
     dead = curves_figure({**scalars, "epoch/active_units": [(192, 0), (384, 0)]}).axes[2]
     assert dead.get_ylim() == (0, 1.5) and [t for t in dead.get_yticks() if 0 <= t <= 1.5] == [0, 1]
+    # an eval of an earlier checkpoint: where its weights were taken, on curves that go on past them (review)
+    marked = curves_figure(scalars, at=192).axes[0]
+    [mark] = [line for line in marked.get_lines() if line.get_label() == "checkpoint evaluated"]
+    assert list(mark.get_xdata()) == [192, 192]
+    assert "checkpoint evaluated" not in [line.get_label() for line in curves_figure(scalars, at=384).axes[0].get_lines()]
     # data.val_size=0: the "validation" points are the test split's
     test = curves_figure(scalars, split="test").axes[0]
     assert [line.get_label() for line in test.get_lines()][2] == "test"

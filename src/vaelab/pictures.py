@@ -328,10 +328,12 @@ CURVES = (("loss", (("train/loss", "train, per log point", "-", "tab:blue"),
           ("active units", (("epoch/active_units", "validation", "s-", "tab:green"),)))
 
 
-def curves_figure(scalars: dict[str, list[tuple[int, float]]], note: str = "", split: str = "validation"):
+def curves_figure(scalars: dict[str, list[tuple[int, float]]], note: str = "", split: str = "validation",
+                  at: int | None = None):
     """A run's training curves from its TensorBoard scalars ({tag: [(examples seen, value)]}):
     the loss, the KL and the active units against examples seen, with `note` (lines) above; the
-    validation points named by `split` ("test" where data.val_size=0). None without a validation
+    validation points named by `split` ("test" where data.val_size=0); `at`, the examples seen of
+    the checkpoint evaluated, is marked where the run went on past it. None without a validation
     point."""
     if not scalars.get("epoch/val_loss"):
         return None
@@ -344,6 +346,9 @@ def curves_figure(scalars: dict[str, list[tuple[int, float]]], note: str = "", s
                 xs, ys = zip(*pts)
                 ax.plot(xs, ys, style, label=split if label == "validation" else label, color=colour, markersize=4,
                         linewidth=1, alpha=0.5 if style == "-" else 1)
+        if at is not None and any(max(line.get_xdata()) > at for line in ax.get_lines()):
+            # (an eval of an earlier checkpoint: the curves go on past the weights the other pictures show)
+            ax.axvline(at, color="0.35", linestyle=":", linewidth=1.2, label="checkpoint evaluated")
         ax.set_xlabel("examples seen", fontsize=8)
         ax.set_ylabel("dimensions" if what == "active units" else f"{what} (nats per example)", fontsize=8)
         ax.set_title(what, fontsize=9)
@@ -474,7 +479,7 @@ def make_pictures(model, images: torch.Tensor, labels: torch.Tensor, kl_per_dim:
     mu = torch.cat([model.encode(to_float(images[i:i + 2000]))[0] for i in range(0, n, 2000)])
     fig = latents_scatter_figure(mu, labels)
     put("latents_scatter", figure_to_tensor(fig), fig)
-    fig = curves_figure(scalars or {}, curves_note, split)
+    fig = curves_figure(scalars or {}, curves_note, split, at=step or None)  # (0: no checkpoint given)
     if fig is not None:
         put("curves", figure_to_tensor(fig), fig)
     elif scalars is not None:  # (given: the table says why there is none, as of kl_by_dim)

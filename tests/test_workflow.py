@@ -823,6 +823,20 @@ def other_model_checkpoint(tiny_mnist, tmp_path_factory) -> Path:
     return run / "checkpoints" / "last.pt"
 
 
+class Began(Exception):
+    """Raised in place of a reproduction's training (stop_reproduce_at): a test reads what came before."""
+
+
+def stop_reproduce_at(monkeypatch, name: str) -> None:
+    """vaelab reproduce raises Began where it would call workflow.NAME (_run_child: its training;
+    _replayed: its changes part-way)."""
+    import vaelab.workflow as workflow_mod
+
+    def began(*args, **kwargs):
+        raise Began
+    monkeypatch.setattr(workflow_mod, name, began)
+
+
 def _corrupt(path: Path, _):
     path.write_bytes(os.urandom(4096))
 
@@ -1679,12 +1693,7 @@ def test_reproduce_says_what_a_run_carried_on_from_python_trained_with_besides_i
     shutil.copytree(finished_run, run)
     train(compose_cfg([f"data.root={tiny_mnist}", *TINY, "trainer.epochs=2", "optim.lr=1e-4"]), run)
 
-    class Began(Exception):
-        pass
-
-    def began(*args, **kwargs):
-        raise Began
-    monkeypatch.setattr(workflow_mod, "_run_child", began)
+    stop_reproduce_at(monkeypatch, "_run_child")
     capsys.readouterr()
     with pytest.raises(Began):
         workflow_mod.reproduce(run, tmp_path / "again")
@@ -1710,12 +1719,7 @@ def test_reproduce_out_takes_a_folder_that_holds_hidden_files_only(finished_run,
                                                    f"empty; give another --out")
     import vaelab.workflow as workflow_mod
 
-    class Began(Exception):  # (past its checks: the reproduction's training, not run here)
-        pass
-
-    def began(*args, **kwargs):
-        raise Began
-    monkeypatch.setattr(workflow_mod, "_run_child", began)
+    stop_reproduce_at(monkeypatch, "_run_child")  # (past its checks: its training, not run here)
     with pytest.raises(Began):
         workflow_mod.reproduce(finished_run, kept)
 
@@ -2441,12 +2445,7 @@ def test_reproduce_of_a_run_resumed_from_an_older_checkpoint_after_a_change(fini
     # note says so, not "after step 8")
     import vaelab.workflow as workflow_mod
 
-    class Began(Exception):
-        pass
-
-    def began(*args, **kwargs):
-        raise Began
-    monkeypatch.setattr(workflow_mod, "_replayed", began)
+    stop_reproduce_at(monkeypatch, "_replayed")
     capsys.readouterr()
     with pytest.raises(Began):
         workflow_mod.reproduce(run, tmp_path / "again")

@@ -168,7 +168,8 @@ def test_curves_show_a_runs_loss_kl_and_active_units_against_examples_seen():
     marked = curves_figure(scalars, at=192).axes[0]
     [mark] = [line for line in marked.get_lines() if line.get_label() == "checkpoint evaluated"]
     assert list(mark.get_xdata()) == [192, 192]
-    assert "checkpoint evaluated" not in [line.get_label() for line in curves_figure(scalars, at=384).axes[0].get_lines()]
+    unmarked = curves_figure(scalars, at=384).axes[0]  # (the last point's: nothing past it)
+    assert "checkpoint evaluated" not in [line.get_label() for line in unmarked.get_lines()]
     # data.val_size=0: the "validation" points are the test split's
     test = curves_figure(scalars, split="test").axes[0]
     assert [line.get_label() for line in test.get_lines()][2] == "test"

@@ -2435,7 +2435,8 @@ def test_reproduce_of_a_run_resumed_from_an_older_checkpoint_after_a_change(fini
     assert vaelab(["resume", run, "optim.lr=1e-4"]) == 130
     monkeypatch.delenv("VAELAB_STOP_AFTER_STEP")
     (run / "checkpoints" / "last.pt").unlink()
-    assert vaelab(["resume", run]) == 0  # from best.pt, step 6
+    # from best.pt, step 6 (the lr given is the one it has: no change, and still the record of where it resumed)
+    assert vaelab(["resume", run, "optim.lr=1e-4"]) == 0
     assert yaml.safe_load((run / ".hydra" / "resumes.yaml").read_text())[-1] == {
         "epoch": 2, "step": 6, "overrides": [], "before": {}}
     # (trainer.epochs=2 alone, at step 6: nothing to make there, so not in the plan)

@@ -817,15 +817,8 @@ def resume(run_dir: str | Path, overrides: list[str] = ()) -> dict | None:
                           f"to go on")
     # The run's config, overrides and record of resumes as this command changes them, written once
     # what it runs has passed its own checks (a refusal, or a failure before, leaves them as they were)
-    files, own_changes, said = {}, [], []
+    files, own_changes, said, changes = {}, [], [], []
     earlier = _resumes(run_dir)
-    if not parsed and earlier and isinstance(earlier[-1].get("step"), int) and \
-            ck["state"]["step"] < earlier[-1]["step"]:
-        # From a checkpoint older than the last change (last.pt lost): its steps trained with that
-        # change from here on, which the record says for `vaelab reproduce`
-        st = ck["state"]
-        files = {run_dir / ".hydra" / RESUMES: yaml.safe_dump(
-            [*earlier, {"epoch": st["epoch"] + 1, "step": st["step"], "overrides": [], "before": {}}], sort_keys=False)}
     if parsed:
         cfg_text, ovr_text = _updated_files(run_dir, parsed, cfg)
         st = ck["state"]
@@ -856,6 +849,13 @@ def resume(run_dir: str | Path, overrides: list[str] = ()) -> dict | None:
                 v = ckpt_io._default_argument(was, k.removeprefix("model.kwargs."))
             if k.startswith("model.kwargs.") and not ckpt_io._same(v, now):
                 own_changes.append(f"{k}={_as_text(now)} (was {_as_text(v)})")
+    if not changes and earlier and isinstance(earlier[-1].get("step"), int) and \
+            ck["state"]["step"] < earlier[-1]["step"]:
+        # From a checkpoint older than the last change (last.pt lost): its steps trained with that
+        # change from here on, which the record says for `vaelab reproduce`
+        st = ck["state"]
+        files[run_dir / ".hydra" / RESUMES] = yaml.safe_dump(
+            [*earlier, {"epoch": st["epoch"] + 1, "step": st["step"], "overrides": [], "before": {}}], sort_keys=False)
 
     def write_config():
         for path, text in files.items():

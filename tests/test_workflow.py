@@ -934,6 +934,10 @@ def test_the_finite_weights_check_reads_parameters_not_a_models_own_buffers_or_e
     with pytest.raises(ckpt_io.CheckpointError, match=r"x.pt: its weights hold nan or inf \(encoder.0.bias\)"):
         ckpt_io.check_compatible(ck, model, tmp_path / "x.pt")
     ckpt_io.check_finite({"not": "a checkpoint"}, tmp_path / "x.pt", model)  # (check_resumable's to refuse)
+    ck["model"] = model.state_dict()
+    ck["model"]["logvar_hi"] = torch.tensor(float("nan"))  # (inf may be the model's own; nan never is)
+    with pytest.raises(ckpt_io.CheckpointError, match=r"its weights hold nan or inf \(logvar_hi\)"):
+        ckpt_io.check_finite(ck, tmp_path / "x.pt", model)
 
 
 def test_resume_of_a_read_only_run_is_one_line(finished_run, tmp_path, capsys, monkeypatch):

@@ -570,17 +570,23 @@ def check_compatible(ckpt: dict, model: torch.nn.Module, path: str | Path, cfg=N
 
 
 def check_finite(ckpt: dict, path: str | Path, model: torch.nn.Module) -> None:
-    """Refuse a checkpoint whose parameters (of `model`: not its buffers, where an inf can be a
-    model's own, a clamp's bound say) hold nan or inf. Training checks them before each save, so
-    such a file was changed after; without this, eval failed in a picture's SVD with a
-    traceback, and sample wrote a grid of nan."""
+    """Refuse a checkpoint whose parameters (of `model`) hold nan or inf, or whose buffers hold
+    nan (an inf buffer can be a model's own, a clamp's bound say). Training checks the
+    parameters before each save, so such a file was changed after; without this, eval failed
+    in a picture's SVD with a traceback, and sample wrote a grid of nan."""
     import torch
 
     weights = ckpt.get("model") if isinstance(ckpt, dict) else None
     if not isinstance(weights, dict):  # (not a checkpoint of a run: check_resumable's to say)
         return
-    bad = next((k for k, _ in model.named_parameters() if isinstance(weights.get(k), torch.Tensor)
-                and weights[k].is_floating_point() and not torch.isfinite(weights[k]).all()), None)
+
+    def holds(key: str, bad) -> bool:
+        v = weights.get(key)
+        return isinstance(v, torch.Tensor) and v.is_floating_point() and bool(bad(v).any())
+    # (every name of a tied parameter: a file may hold another tensor under each)
+    bad = next((k for k, _ in model.named_parameters(remove_duplicate=False)
+                if holds(k, lambda v: ~torch.isfinite(v))), None)
+    bad = bad or next((k for k, _ in model.named_buffers(remove_duplicate=False) if holds(k, torch.isnan)), None)
     if bad is not None:
         raise CheckpointError(f"{path}: its weights hold nan or inf ({bad}), which training never saves (it "
                               f"checks them before each save): the file was changed since; use another checkpoint")

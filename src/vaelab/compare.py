@@ -567,8 +567,9 @@ def plot(runs: list[Run], tag: str, out: str | Path, defaulted: bool = False) ->
         ticks = labels if len(seen) == 1 else [f"{label}\n(at {pts[0][0]:,})" for (_, _, pts), label in
                                                zip(found, labels)]
         ax.plot(range(len(found)), [pts[0][1] for _, _, pts in found], "o", linestyle="none")
-        ax.set_xticks(range(len(found)), ticks, rotation=30 if len(found) > 3 else 0,
-                      ha="right" if len(found) > 3 else "center", fontsize="small")
+        slant = len(found) > 3 or max(map(len, labels)) > 80 / len(found)  # (long labels ran into each other)
+        ax.set_xticks(range(len(found)), ticks, rotation=30 if slant else 0, ha="right" if slant else "center",
+                      fontsize="small")
         each = "each " if len(found) > 1 else ""
         ax.set_xlabel(f"run ({each}at {next(iter(seen)):,} examples seen)" if len(seen) == 1 else
                       "run (at examples seen)")

@@ -2525,6 +2525,18 @@ def test_replay_plans_say_why_they_cannot_be_made(tmp_path):
     for line in ("trainer.epochs=3", "device=cpu", "trainer.progress=true"):
         record.write_text(yaml.safe_dump([{"epoch": 2, "step": 6, "overrides": [line]}]))
         assert _replay(tmp_path) == ([], "")
+    # ... nor a value the run had already (recorded so before 2026-11-28; a reproduction's resume records none,
+    # and it was counted as a change not made, review)
+    record.write_text(yaml.safe_dump([{"epoch": 2, "step": 8, "overrides": ["optim.lr=0.001"],
+                                       "before": {"optim.lr": 0.001}}]))
+    assert _replay(tmp_path) == ([], "")
+    # but such a record after a resume from an older checkpoint still says where the change was made from
+    # (left out, the lr change stayed at step 8: NOT reproduced, review)
+    change = {"epoch": 2, "step": 8, "overrides": ["optim.lr=0.0005"], "before": {"optim.lr": 0.001}}
+    for older in ({"overrides": ["trainer.epochs=4"], "before": {"trainer.epochs": 3}},
+                  {"overrides": ["optim.lr=0.0005"], "before": {"optim.lr": 0.0005}}, {"overrides": [], "before": {}}):
+        record.write_text(yaml.safe_dump([change, {"epoch": 2, "step": 6, **older}]))
+        assert _replay(tmp_path) == ([{**change, "step": 6}], ""), older
     record.write_text(yaml.safe_dump([{"epoch": 2, "step": 6, "data_digest": {"before": "a", "now": "b"}}]))
     assert _replay(tmp_path) == (None, "the data itself changed part-way")
 

@@ -573,27 +573,46 @@ def _replay(run_dir: Path) -> tuple[list[dict] | None, str]:
     [{"step": S, "overrides": [...], "before": {key: value}}]; or None and why that cannot be
     done (a change recorded without the value before it, by a vaelab from before 2026-11-27, or
     a change of the data itself)."""
+    parser = OverridesParser.create()
+
+    def no_change(line: str, key: str, before: dict) -> bool:  # (recorded by a vaelab from before 2026-11-28)
+        try:
+            return key in before and ckpt_io._same(before[key], parser.parse_overrides([line])[0].value())
+        except Exception:  # noqa: BLE001 - not one override: a change, as recorded
+            return False
     plan = []
     for r in _resumes(run_dir):
         before = r.get("before") if isinstance(r.get("before"), dict) else {}
         lines = [str(o) for o in r.get("overrides") or []]
-        keys = [o.split("=", 1)[0] for o in lines]
         if r.get("data_digest") is not None:
             return None, "the data itself changed part-way"
-        if lines and all(k in _NOT_REPLAYED or k in _CHANGE_NO_NUMBER for k in keys):
-            continue  # (only where the data is, the device or how long: nothing to make at that step, review)
-        if not isinstance(r.get("step"), int) or any(k not in before for k in keys if k not in _CHANGE_NO_NUMBER):
-            return None, f"{RESUMES} lacks the values before the changes, as a vaelab from before 2026-11-27 wrote it"
-        change = {"epoch": r.get("epoch"), "step": r["step"],
-                  "before": {k: v for k, v in before.items() if k not in _NOT_REPLAYED},
-                  "overrides": [o for o, k in zip(lines, keys) if k not in _NOT_REPLAYED]}
+        # A value the run had already (resume records none now) makes no change: a reproduction's resume
+        # would record none for it either, which made() would count as a change not made (review)
+        made_none = [o for o in lines if not no_change(o, o.split("=", 1)[0], before)]
+        keys = [o.split("=", 1)[0] for o in made_none]
+        # nothing to make at that step: only how long, where the data is, the device (review)
+        nothing = bool(lines) and all(k in _NOT_REPLAYED or k in _CHANGE_NO_NUMBER for k in keys)
+        lacks = f"{RESUMES} lacks the values before the changes, as a vaelab from before 2026-11-27 wrote it"
+        if not isinstance(r.get("step"), int):
+            if nothing:
+                continue
+            return None, lacks
+        if not nothing and any(k not in before for k in keys if k not in _CHANGE_NO_NUMBER):
+            return None, lacks
+        change = {"epoch": r.get("epoch"), "step": r["step"], "before": {}, "overrides": []} if nothing else {
+            "epoch": r.get("epoch"), "step": r["step"],
+            "before": {k: before[k] for k in keys if k in before and k not in _NOT_REPLAYED},
+            "overrides": [o for o, k in zip(made_none, keys) if k not in _NOT_REPLAYED]}
         # A change at or before an earlier one's step (a resume from an older checkpoint, after a kill
-        # that lost the newer ones): the weights trained with both from there
+        # that lost the newer ones): the weights trained with both from there. (So a record of nothing
+        # to make is kept for that: left out, the earlier change stayed at its later step, review.)
+        merged = False
         while plan and plan[-1]["step"] >= change["step"]:
-            undone = plan.pop()
+            undone, merged = plan.pop(), True
             change = {**change, "before": {**change["before"], **undone["before"]},
                       "overrides": [*undone["overrides"], *change["overrides"]]}
-        plan.append(change)
+        if not nothing or merged:
+            plan.append(change)
     return plan, ""
 
 

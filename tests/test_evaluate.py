@@ -1009,7 +1009,7 @@ def test_the_curves_say_what_their_losses_are_and_where_they_end(make_cfg, tmp_p
     notes = []
     real = pictures.curves_figure
     monkeypatch.setattr(pictures, "curves_figure",
-                        lambda scalars, note="", *a: notes.append(note) or real(scalars, note, *a))
+                        lambda scalars, note="", *a, **kw: notes.append(note) or real(scalars, note, *a, **kw))
     common = ["latent_size=2", "model.size=small", "loss.beta=4", "trainer.final_eval=false"]
     train(make_cfg([*common, "trainer.epochs=1"]), tmp_path)
     train(make_cfg([*common, "trainer.epochs=2", "logger.tensorboard=false"]), tmp_path)  # carried on (it warns)

@@ -2533,10 +2533,21 @@ def test_replay_plans_say_why_they_cannot_be_made(tmp_path):
     # but such a record after a resume from an older checkpoint still says where the change was made from
     # (left out, the lr change stayed at step 8: NOT reproduced, review)
     change = {"epoch": 2, "step": 8, "overrides": ["optim.lr=0.0005"], "before": {"optim.lr": 0.001}}
-    for older in ({"overrides": ["trainer.epochs=4"], "before": {"trainer.epochs": 3}},
-                  {"overrides": ["optim.lr=0.0005"], "before": {"optim.lr": 0.0005}}, {"overrides": [], "before": {}}):
+    for older, lines in (({"overrides": ["trainer.epochs=4"], "before": {"trainer.epochs": 3}}, ["trainer.epochs=4"]),
+                         ({"overrides": ["optim.lr=0.0005"], "before": {"optim.lr": 0.0005}}, []),
+                         ({"overrides": [], "before": {}}, [])):
         record.write_text(yaml.safe_dump([change, {"epoch": 2, "step": 6, **older}]))
-        assert _replay(tmp_path) == ([{**change, "step": 6}], ""), older
+        assert _replay(tmp_path) == ([{**change, "step": 6, "overrides": [*change["overrides"], *lines]}], ""), older
+    # a later trainer.epochs, with nothing to make at its step, still goes to the last part's resume: an earlier
+    # part's trainer.epochs=3 ended the reproduction at 3 where the run went on to 4 (review)
+    both = {**change, "overrides": ["optim.lr=0.0005", "trainer.epochs=3"],
+            "before": {"optim.lr": 0.001, "trainer.epochs": 2}}
+    record.write_text(yaml.safe_dump([both, {"epoch": 4, "step": 18, "overrides": ["trainer.epochs=4"],
+                                             "before": {"trainer.epochs": 3}}]))
+    assert _replay(tmp_path) == ([{**both, "overrides": [*both["overrides"], "trainer.epochs=4"]}], "")
+    # a key given twice takes its last value, as the resume did (written so before 2026-11-28)
+    record.write_text(yaml.safe_dump([{**change, "overrides": ["optim.lr=0.0005", "optim.lr=0.001"]}]))
+    assert _replay(tmp_path) == ([], "")
     record.write_text(yaml.safe_dump([{"epoch": 2, "step": 6, "data_digest": {"before": "a", "now": "b"}}]))
     assert _replay(tmp_path) == (None, "the data itself changed part-way")
 

@@ -588,7 +588,10 @@ def _replay(run_dir: Path) -> tuple[list[dict] | None, str]:
             return None, "the data itself changed part-way"
         # A value the run had already (resume records none now) makes no change: a reproduction's resume
         # would record none for it either, which made() would count as a change not made (review)
-        made_none = [o for o in lines if not no_change(o, o.split("=", 1)[0], before)]
+        # (a key given twice takes its last value, as the resume did: optim.lr=5e-4 optim.lr=1e-3 is none)
+        last = {o.split("=", 1)[0]: o for o in lines}
+        changed = {k for k, o in last.items() if not no_change(o, k, before)}
+        made_none = [o for o in lines if o.split("=", 1)[0] in changed]
         keys = [o.split("=", 1)[0] for o in made_none]
         # nothing to make at that step: only how long, where the data is, the device (review)
         nothing = bool(lines) and all(k in _NOT_REPLAYED or k in _CHANGE_NO_NUMBER for k in keys)
@@ -599,10 +602,9 @@ def _replay(run_dir: Path) -> tuple[list[dict] | None, str]:
             return None, lacks
         if not nothing and any(k not in before for k in keys if k not in _CHANGE_NO_NUMBER):
             return None, lacks
-        change = {"epoch": r.get("epoch"), "step": r["step"], "before": {}, "overrides": []} if nothing else {
-            "epoch": r.get("epoch"), "step": r["step"],
-            "before": {k: before[k] for k in keys if k in before and k not in _NOT_REPLAYED},
-            "overrides": [o for o, k in zip(made_none, keys) if k not in _NOT_REPLAYED]}
+        change = {"epoch": r.get("epoch"), "step": r["step"],
+                  "before": {} if nothing else {k: before[k] for k in keys if k in before and k not in _NOT_REPLAYED},
+                  "overrides": [o for o, k in zip(made_none, keys) if k not in _NOT_REPLAYED]}
         # A change at or before an earlier one's step (a resume from an older checkpoint, after a kill
         # that lost the newer ones): the weights trained with both from there. (So a record of nothing
         # to make is kept for that: left out, the earlier change stayed at its later step, review.)
@@ -613,6 +615,8 @@ def _replay(run_dir: Path) -> tuple[list[dict] | None, str]:
                       "overrides": [*undone["overrides"], *change["overrides"]]}
         if not nothing or merged:
             plan.append(change)
+        elif plan:  # (its lines still go to the last part's resume: trainer.epochs=4 after an earlier part's
+            plan[-1]["overrides"] += change["overrides"]  # trainer.epochs=3 ended the reproduction at 3, review)
     return plan, ""
 
 

@@ -1529,7 +1529,7 @@ def test_compare_where_keeps_the_runs_with_a_setting_state_or_metric(sweep, caps
     assert names() == ["latent_size=4,loss.beta=1", "latent_size=4,loss.beta=4"]
     assert vaelab(["compare", sweep, "--where", "lossbeta=4"]) == 2
     assert capsys.readouterr().err.strip() == ("vaelab compare: error: --where lossbeta=4: no run has lossbeta (did you "
-                                               "mean loss.beta?); give a setting (loss.beta), state or a metric "
+                                               "mean loss.beta?); give a setting (loss.beta), state, run or a metric "
                                                "(val_loss)")
     assert vaelab(["compare", sweep, "--where", "state=diverged"]) == 2  # (with what the runs have instead)
     assert capsys.readouterr().err.strip() == ("vaelab compare: error: --where state=diverged: no run has "
@@ -1553,6 +1553,9 @@ def test_compare_where_keeps_the_runs_with_a_setting_state_or_metric(sweep, caps
         assert len(names()) == 4
     assert vaelab(["compare", sweep, "--where", "trainer.cuda_graph=false"]) == 2
     assert vaelab(["compare", sweep, "--where", "name=Default"]) == 2  # (text keeps its case)
+    # a run by its folder, the table's first column, as --sort takes it ("no run has run", review)
+    assert vaelab(["compare", sweep, "--where", "run=latent_size=4,loss.beta=1"]) == 0
+    assert names() == ["latent_size=4,loss.beta=1"]
     capsys.readouterr()
     # a comparison was read as the key 'val_loss>' ("no run has val_loss> (did you mean val_loss?)", review)
     for cond in ("val_loss>=110", "loss.beta!=4", "val_loss<=1"):

@@ -270,17 +270,19 @@ def where(runs: list[Run], conditions: list[str]) -> list[Run]:
             raise CompareError(f"--where {cond}: give KEY=VALUE, e.g. --where loss.beta=4 or --where state=done"
                                + ("; --where keeps runs equal to a value (--sort orders them by one)"
                                   if any(c in cond for c in "<>!") else ""))
-        metric = key != "state" and not any(key in r.config for r in runs)
+        metric = key not in ("state", "run") and not any(key in r.config for r in runs)
 
         def has(r: Run) -> str | float | None:
-            return r.state if key == "state" else r.config.get(key, r.metrics.get(key))
+            if key in ("state", "run"):  # (run: the table's first column, the run's folder, as --sort takes it)
+                return r.state if key == "state" else r.name
+            return r.config.get(key, r.metrics.get(key))
         if not any(has(r) is not None for r in runs):
             if key in COLUMNS:  # (the table's own column: not misspelt, only not reached)
                 raise CompareError(f"--where {cond}: no run has {key}{_not_yet(key, runs)}")
             settings = sorted({k for r in runs for k in r.config})
-            close = difflib.get_close_matches(key, [*settings, "state", *COLUMNS], n=1)
+            close = difflib.get_close_matches(key, [*settings, "state", "run", *COLUMNS], n=1)
             raise CompareError(f"--where {cond}: no run has {key}" + (f" (did you mean {close[0]}?)" if close else "")
-                               + "; give a setting (loss.beta), state or a metric (val_loss)")
+                               + "; give a setting (loss.beta), state, run or a metric (val_loss)")
         decimals = re.fullmatch(r"\s*[+-]?\d*\.(\d+)\s*", want)
 
         def same(v) -> bool:

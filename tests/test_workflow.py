@@ -246,6 +246,23 @@ def test_plain_hydra_rerun_uses_the_saved_config_and_the_usual_folders(tmp_path)
     assert saved_config_argv(["--config-dir", str(tmp_path), "x=1"]) == ["--config-dir", str(tmp_path), "x=1"]
 
 
+def test_a_run_named_after_the_time_can_be_evaluated_resumed_and_reproduced(tiny_mnist, tmp_path, monkeypatch):
+    """name=${now:%H%M%S}, Hydra's idiom for a name per launch, is saved as written; a process
+    with no launch in it (vaelab eval, resume, reproduce) had not Hydra's resolvers: "not a valid
+    vaelab config: Unsupported interpolation type now (key 'name')", and the run was lost to them."""
+    monkeypatch.chdir(tmp_path)
+    assert launch(["name=${now:%H%M%S}", f"data.root={tiny_mnist}", *TINY, "trainer.epochs=1",
+                   "hydra.run.dir=run"]) == 0
+    assert "name: ${now:%H%M%S}" in (tmp_path / "run" / ".hydra" / "config.yaml").read_text()
+    OmegaConf.clear_resolver("now")  # as in a fresh process: the launch above registered Hydra's
+    assert vaelab(["sample", "run", "-n", "4"]) == 0
+    OmegaConf.clear_resolver("now")
+    assert vaelab(["resume", "run", "trainer.epochs=2"]) == 0
+    OmegaConf.clear_resolver("now")
+    assert vaelab(["reproduce", "run", "--out", "again"]) == 0
+    assert (tmp_path / "again" / "checkpoints" / "last.pt").is_file()
+
+
 def test_config_dir_given_the_run_folder_rather_than_its_hydra_folder_is_refused(tmp_path, capsys):
     """Hydra took the run folder as an extra folder of groups, composed conf/'s defaults and
     started a fresh default run, silently."""

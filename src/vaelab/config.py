@@ -591,6 +591,11 @@ def load_run_config(path: str | Path, here: bool = True) -> DictConfig:
     """A run's saved .hydra/config.yaml, typed and validated (`here`: see validate). A file that
     is not YAML, not a mapping, empty, or off the schema is a ConfigError with one line naming
     the file."""
+    from hydra.core.utils import setup_globals
+
+    # Hydra's resolvers, as the run's launch had them: name=${now:%H-%M} is saved as written, and
+    # without them no such run could be evaluated or resumed (it reads as the time of loading)
+    setup_globals()
     try:
         raw = OmegaConf.load(path)
         if not isinstance(raw, DictConfig) or not raw:

@@ -361,7 +361,7 @@ def reproduce(run_dir: str | Path, out: str | Path | None = None, rtol: float = 
     n = mnist_train_size(root)  # (too few images for the run's val split: name the data, not the setting)
     if n is not None and (why := val_size_error(cfg.data.val_size, n, root, saved=True, given=bool(data_root))):
         raise DataError(why)
-    name = OmegaConf.load(cfg_path).get("name", "default")
+    name = cfg.name  # (resolved: ${now:...} is the time of this reproduction, as in a new launch)
     new_dir = Path(out).resolve() if out else _new_run_dir(name)
     err = unwritable(new_dir)
     if err:

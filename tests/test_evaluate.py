@@ -24,10 +24,11 @@ from omegaconf import OmegaConf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from vaelab import checkpoint as ckpt_io
-from vaelab.data import load_data
-from vaelab.evaluate import bits_per_dim, elbo_stats, iwae_bound, iwae_nll, iwae_nll_with_se, log_weights
+from vaelab.data import load_data, to_float
+from vaelab.evaluate import (bits_per_dim, elbo_stats, iwae_bound, iwae_nll, iwae_nll_with_se, log_weights,
+                             elbo_and_iwae)
 from vaelab.evaluate_run import data_root, evaluate_run, load_run
-from vaelab.losses import MSE_NLL_CONST_PER_DIM
+from vaelab.losses import MSE_NLL_CONST_PER_DIM, recon_nll
 from vaelab.models import VAE, MLPVAE
 from vaelab.train import train
 
@@ -125,6 +126,31 @@ def test_iwae_k1_is_the_elbo():
     assert st["kl"] == pytest.approx(float(kl.mean()), rel=1e-9)  # closed form, no noise
     se = float(truth.std()) / math.sqrt(len(x)) + 0.05  # recon is a one-sample estimate
     assert -st["nelbo"] == pytest.approx(float(truth.mean()), abs=4 * se)
+
+
+def test_the_test_elbo_averages_its_reconstruction_over_the_k_draws_of_the_bound():
+    """vaelab eval's ELBO took one draw of z per image (elbo_stats, as training's validation does):
+    from one --seed to the next it moved by as much as its s.e. on a small model (review). Its
+    reconstruction term is now the mean over the IWAE bound's own k draws, its KL the closed form."""
+    model = overdispersed_model()
+    x = model.draw(500, torch.Generator().manual_seed(1))
+    n, k = len(x), 400
+    kl = 0.5 * (model.encode(x)[0].pow(2) + model.q_logvar.exp() - 1 - model.q_logvar).sum(-1)
+    b = elbo_and_iwae(model, x, k, model.log_likelihood, torch.Generator().manual_seed(2), progress=False)
+    assert b["kl"] == pytest.approx(float(kl.mean()), rel=1e-9)
+    assert b["kl_se"] == pytest.approx(float(kl.std()) / math.sqrt(n), rel=1e-9)
+    assert b["nelbo"] == pytest.approx(b["recon"] + b["kl"], rel=1e-12)
+    # z's noise in one draw's reconstruction term, against the closed form of its expectation
+    mu, logvar = model.encode(x)
+    z = mu + (0.5 * logvar).exp() * torch.randn(mu.shape, dtype=mu.dtype, generator=torch.Generator().manual_seed(3))
+    expected = -model.elbo(x) - kl  # E_q[-log p(x|z)]
+    noise = float((-model.log_likelihood(model.decode_logits(z), x) - expected).std())
+    assert b["recon"] == pytest.approx(float(expected.mean()), abs=4 * noise / math.sqrt(n * k))
+    assert b["nll_iwae"] <= b["nelbo"]  # the bound of the same draws is the tighter
+    again = elbo_and_iwae(model, x, k, model.log_likelihood, torch.Generator().manual_seed(4), progress=False)
+    one = [elbo_stats(model, x, model.log_likelihood, generator=torch.Generator().manual_seed(s))["nelbo"]
+           for s in (2, 4)]
+    assert abs(again["nelbo"] - b["nelbo"]) < abs(one[1] - one[0]) / 5  # ~sqrt(k) = 20 times less noise
 
 
 def test_the_standard_errors_are_those_of_the_examples_own_estimates():
@@ -564,7 +590,7 @@ def test_an_eval_overtaken_by_the_runs_final_one_does_not_pass_for_it(make_cfg, 
 
     run = tmp_path / "run"
     train(make_cfg(["latent_size=2", "trainer.epochs=1", "trainer.final_eval=true", "trainer.final_eval_k=2"]), run)
-    real_iwae, raced = ev_mod.iwae_nll_with_se, []
+    real_iwae, raced = ev_mod.elbo_and_iwae, []
 
     def iwae_then_the_resume_finishes(*args, **kwargs):
         result = real_iwae(*args, **kwargs)
@@ -574,7 +600,7 @@ def test_an_eval_overtaken_by_the_runs_final_one_does_not_pass_for_it(make_cfg, 
             cfg.trainer.epochs = 2
             train(cfg, run)
         return result
-    monkeypatch.setattr(ev_mod, "iwae_nll_with_se", iwae_then_the_resume_finishes)
+    monkeypatch.setattr(ev_mod, "elbo_and_iwae", iwae_then_the_resume_finishes)
     with caplog.at_level(logging.WARNING, logger="vaelab"):
         manual = evaluate_run(run, k=3, device="cpu", pictures=False, progress=False)
     assert manual["epoch"] == 1 and manual["made_when"] == {"run_epochs": 1}  # when its checkpoint was read
@@ -623,8 +649,18 @@ def test_mse_run_reports_the_gaussian_variance(make_cfg, tmp_path):
     assert r["likelihood"] == "gaussian" and r["gaussian_variance"] == 0.5 and "variance 0.5" in r["note"]
     _, model, _ = load_run(tmp_path)
     test = load_data(cfg.data.root, torch.device("cpu"), val_size=64).test.images
-    st = elbo_stats(model, test, "mse", generator=torch.Generator().manual_seed(0))
-    assert r["recon"] == pytest.approx(st["recon"] + 784 * MSE_NLL_CONST_PER_DIM, rel=1e-5)
+    gen = torch.Generator().manual_seed(0)
+    elbo_stats(model, test, "mse", cfg.trainer.eval_batch_size, gen)  # (eval draws its k z after these)
+    st = elbo_and_iwae(model, test, 2, "mse", gen, progress=False)
+    assert r["recon"] == st["recon"] and r["elbo"] == -st["nelbo"]
+    # the squared error of the same two draws, and the Gaussian's constant: a log-likelihood
+    gen = torch.Generator().manual_seed(0)
+    elbo_stats(model, test, "mse", cfg.trainer.eval_batch_size, gen)
+    with torch.no_grad():
+        mu, logvar = model.encode(to_float(test))
+        eps = torch.randn((2, *mu.shape), generator=gen)
+        sq = [recon_nll(model.decode_logits(mu + (0.5 * logvar).exp() * e), to_float(test), "mse") for e in eps]
+    assert r["recon"] == pytest.approx(float((sq[0] + sq[1]).mean()) / 2 + 784 * MSE_NLL_CONST_PER_DIM, rel=1e-6)
     assert r["elbo_bits_per_dim"] == pytest.approx(bits_per_dim(-r["elbo"], 784))
     assert not (tmp_path / "eval").exists()
 

@@ -1555,7 +1555,7 @@ def test_a_ctrl_c_during_the_final_evaluation_names_the_run_and_what_is_left(tin
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
-    monkeypatch.setattr(ev_mod, "iwae_nll_with_se", interrupted)
+    monkeypatch.setattr(ev_mod, "elbo_and_iwae", interrupted)
     run = tmp_path / "run"
     with pytest.raises(Interrupted) as exc:
         train(compose_cfg([f"data.root={tiny_mnist}", *TINY, "trainer.epochs=1", "trainer.final_eval=true"]), run)

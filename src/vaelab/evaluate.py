@@ -142,7 +142,8 @@ def log_weights(model, x: torch.Tensor, k: int, recon: Recon, generator: torch.G
     return torch.cat(list(_log_weight_chunks(model, x, k, recon, generator, chunk)), dim=1)
 
 
-def _log_weight_chunks(model, x, k, recon, generator, chunk):
+def _log_weight_chunks(model, x, k, recon, generator, chunk, with_log_px=False):
+    """log w of the chunks of the k draws, (B, c) each; with_log_px: and log p(x|z) of each, (B, c)."""
     log_px_given_z = log_likelihood_fn(recon)
     mu, logvar = model.encode(x)  # (B, L)
     std = torch.exp(0.5 * logvar)
@@ -156,7 +157,8 @@ def _log_weight_chunks(model, x, k, recon, generator, chunk):
         log_p_z = -0.5 * (z.pow(2) + LOG_2PI).sum(-1)  # (c, B)
         logits = model.decode_logits(z.reshape(c * b, latent)).reshape(c, b, -1)  # (c, B, D)
         log_px = log_px_given_z(logits, x)  # x (B, D) broadcasts, no k-fold copy: (c, B)
-        yield (log_px + log_p_z - log_q).t()  # (B, c)
+        lw = (log_px + log_p_z - log_q).t()  # (B, c)
+        yield (lw, log_px.t()) if with_log_px else lw
         done += c
 
 
@@ -165,11 +167,17 @@ def iwae_bound(model, x: torch.Tensor, k: int, recon: Recon, generator: torch.Ge
                chunk: int = 100) -> torch.Tensor:
     """log (1/k) sum_i w_i per example, (B,), in nats, by a streaming log-sum-exp; x a float
     batch (B, D) in [0, 1], as for log_weights."""
-    lse = None
-    for lw in _log_weight_chunks(model, x, k, recon, generator, chunk):
-        c = lw.logsumexp(dim=1)
+    return _bound_and_log_px(model, x, k, recon, generator, chunk)[0]
+
+
+def _bound_and_log_px(model, x, k, recon, generator, chunk) -> tuple[torch.Tensor, torch.Tensor]:
+    """iwae_bound, and the mean of log p(x|z_i) over the same k draws, each (B,)."""
+    lse = total = None
+    for lw, log_px in _log_weight_chunks(model, x, k, recon, generator, chunk, with_log_px=True):
+        c, s = lw.logsumexp(dim=1), log_px.sum(dim=1)
         lse = c if lse is None else torch.logaddexp(lse, c)
-    return lse - math.log(k)
+        total = s if total is None else total + s
+    return lse - math.log(k), total / k
 
 
 @torch.no_grad()
@@ -184,23 +192,41 @@ def iwae_nll(model, images: torch.Tensor, k: int, recon: Recon, generator: torch
 def iwae_nll_with_se(model, images: torch.Tensor, k: int, recon: Recon, generator: torch.Generator | None = None,
                      max_elems: int = 2_000_000, progress: bool = True) -> tuple[float, float | None]:
     """iwae_nll, and its standard error over the split's examples (standard_error)."""
+    b = elbo_and_iwae(model, images, k, recon, generator, max_elems, progress)
+    return b["nll_iwae"], b["nll_iwae_se"]
+
+
+@torch.no_grad()
+def elbo_and_iwae(model, images: torch.Tensor, k: int, recon: Recon, generator: torch.Generator | None = None,
+                max_elems: int = 2_000_000, progress: bool = True) -> dict:
+    """Over a split (uint8 (N, D)), from the same k draws of z for each example, nats per example:
+    'nll_iwae', minus the IWAE bound; the ELBO's terms, 'recon' = -log p(x|z) averaged over those
+    k draws (a likelihood's: for loss.recon=mse with the Gaussian's constant) and 'kl' in closed
+    form, and 'nelbo' = recon + kl; each with its standard error over the examples ('..._se').
+    The ELBO's k draws leave it sqrt(k) times less of z's noise than elbo_stats' one draw (which
+    training's validation uses), and its gap to the bound is measured on the same z. The example
+    batch is chosen so one chunk of decoder outputs holds about max_elems floats: memory stays
+    bounded for any k."""
     was_training = model.training
     model.eval()
     d = images.shape[1]
     chunk = max(1, min(k, max_elems // (d * 64)))
     bs = max(1, min(images.shape[0], max_elems // (d * chunk)))
-    total = 0.0
-    moments = torch.zeros(2, dtype=torch.float64)  # (for the s.e.: float64, as its difference of squares needs)
+    # sums and squares of each example's -bound, recon, KL, -ELBO; float64, as the s.e.'s difference of squares needs
+    moments = torch.zeros(2, 4, dtype=torch.float64)
     with tqdm(total=images.shape[0], desc=f"IWAE k={k}", unit="img", leave=False, **quiet(progress)) as bar:
         for x in _batches(images, bs):
-            bound = iwae_bound(model, x, k, recon, generator, chunk)
-            total += float(bound.sum())
-            b64 = bound.cpu().double()
-            moments += torch.stack([b64.sum(), (b64 ** 2).sum()])
+            bound, log_px = _bound_and_log_px(model, x, k, recon, generator, chunk)
+            kl = kl_per_dim(*model.encode(x)).sum(1)  # (the encoder is deterministic: the q of the draws)
+            terms = torch.stack([-bound, -log_px, kl, kl - log_px]).cpu().double()  # (4, B)
+            moments += torch.stack([terms.sum(1), (terms ** 2).sum(1)])
             bar.update(x.shape[0])
     model.train(was_training)
     n = images.shape[0]
-    return -total / n, standard_error(float(moments[0]), float(moments[1]), n)
+    names = ("nll_iwae", "recon", "kl", "nelbo")
+    out = {name: float(t) / n for name, t in zip(names, moments[0])}
+    out.update({f"{name}_se": standard_error(float(a), float(b), n) for name, a, b in zip(names, *moments)})
+    return out
 
 
 def bits_per_dim(nats_per_example: float, dim: int) -> float:

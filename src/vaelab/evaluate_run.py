@@ -6,8 +6,8 @@ RUN_DIR/eval.json, RUN_DIR/eval/*.png and the run's own TensorBoard (test/*, eva
     vaelab eval RUN_DIR --checkpoint best --device cuda
     vaelab eval RUN_DIR --checkpoint RUN_DIR/checkpoints/epoch_0010.pt --k 100 --no-pictures
 
-Numbers (evaluate.py has the definitions): the one-sample ELBO with its reconstruction and
-KL terms, the IWAE bound with k importance samples (-bound = the "test NLL" of papers), the
+Numbers (evaluate.py has the definitions): the ELBO with its reconstruction term (averaged over
+k draws of z) and KL term, the IWAE bound with the same k importance samples (-bound = the "test NLL" of papers), the
 active units, and the KL of each latent dimension; in nats per example and bits per dimension.
 """
 from __future__ import annotations
@@ -205,7 +205,7 @@ def evaluate_run(run_dir: str | Path, k: int = 5000, device: str = "auto", check
     at_start = ckpt_io.read_json(run_dir / "eval.json")  # (to notice one written while this one runs)
     import torch
 
-    from vaelab.evaluate import ACTIVE_THRESHOLD, bits_per_dim, elbo_stats, iwae_nll_with_se, subnormals_flushed
+    from vaelab.evaluate import ACTIVE_THRESHOLD, bits_per_dim, elbo_stats, subnormals_flushed, elbo_and_iwae
     from vaelab.losses import MSE_GAUSSIAN_VARIANCE, MSE_NLL_CONST_PER_DIM
     from vaelab.pictures import make_pictures
 
@@ -226,13 +226,12 @@ def evaluate_run(run_dir: str | Path, k: int = 5000, device: str = "auto", check
         test = data.test.images
         d = test.shape[1]
         gen = torch.Generator(device=dev).manual_seed(seed)
-        st = elbo_stats(model, test, recon_kind, cfg.trainer.eval_batch_size, gen)
-        # For MSE the trained "recon" is a squared error; as a likelihood it is a Gaussian with
-        # variance 1/2, whose NLL adds D * 0.5 * log(pi) nats (losses.py).
-        recon = st["recon"] + (d * MSE_NLL_CONST_PER_DIM if recon_kind == "mse" else 0.0)
-        kl = st["kl"]
-        elbo = -(recon + kl)
-        nll, nll_se = iwae_nll_with_se(model, test, k, recon_kind, gen, progress=progress)
+        st = elbo_stats(model, test, recon_kind, cfg.trainer.eval_batch_size, gen)  # (its KL per dimension, AU)
+        # The ELBO and the IWAE bound from the same k draws of z (elbo_and_iwae): the ELBO's recon is
+        # their mean, not one draw's. For MSE, as a likelihood, it is a Gaussian with variance 1/2,
+        # whose NLL adds D * 0.5 * log(pi) nats to training's squared error (losses.py).
+        b = elbo_and_iwae(model, test, k, recon_kind, gen, progress=progress)
+        recon, kl, elbo, nll, nll_se = b["recon"], b["kl"], -b["nelbo"], b["nll_iwae"], b["nll_iwae_se"]
         likelihood, note = _likelihood(recon_kind, binarize)
         # The x-axis of the checkpoint's own point of training (best.pt, epoch_0001.pt and a
         # stopped run's last.pt are not where metrics.json, if any, says the run ended).
@@ -244,7 +243,7 @@ def evaluate_run(run_dir: str | Path, k: int = 5000, device: str = "auto", check
         result = {
             "elbo": elbo, "recon": recon, "kl": kl, "nll_iwae": nll, "k": k,
             # standard errors of those means over the test images (evaluate.standard_error)
-            "elbo_se": st["nelbo_se"], "recon_se": st["recon_se"], "kl_se": st["kl_se"], "nll_iwae_se": nll_se,
+            "elbo_se": b["nelbo_se"], "recon_se": b["recon_se"], "kl_se": b["kl_se"], "nll_iwae_se": nll_se,
             "bits_per_dim": bits_per_dim(nll, d), "elbo_bits_per_dim": bits_per_dim(-elbo, d),
             "recon_bits_per_dim": bits_per_dim(recon, d), "kl_bits_per_dim": bits_per_dim(kl, d),
             "active_units": st["active_units"], "latent_size": int(cfg.latent_size),

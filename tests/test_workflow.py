@@ -480,8 +480,30 @@ def test_killed_at_the_first_checkpoint_then_resumed_is_bit_identical(tiny_mnist
     assert vaelab(["resume", run]) == 0
     assert_same_run(run, reference)
     assert not list((run / "checkpoints").glob(".*.tmp"))  # the partial file is gone
-    missing = f"{run / 'checkpoints' / 'last.pt'} is missing: resuming from the newest complete checkpoint, best.pt"
+    missing = (f"{run / 'checkpoints' / 'last.pt'} is missing: resuming from the complete checkpoint that trained "
+               "furthest, best.pt")
     assert (missing in (run / "train.log").read_text()) == before_last
+
+
+def test_without_last_pt_a_run_resumes_from_the_checkpoint_that_trained_furthest(tiny_mnist, tmp_path, caplog):
+    """It took the newest file: in a folder copied with cp -r, scp or an unzip the files' times are
+    in another order, and a resume from epoch_0001.pt trained epoch 2 again over epoch_0002.pt (review)."""
+    run = tmp_path / "run"
+    train(compose_cfg([f"data.root={tiny_mnist}", *TINY, "trainer.epochs=2", "trainer.checkpoint_every=1"]), run)
+    ckpts = run / "checkpoints"
+    (ckpts / "last.pt").unlink()
+    os.utime(ckpts / "epoch_0001.pt", (time.time() + 60, time.time() + 60))  # the newest file now
+    kept = {p.name: p.read_bytes() for p in ckpts.glob("*.pt")}
+    assert ckpt_io.latest(ckpts).name in ("epoch_0002.pt", "best.pt")
+    assert ckpt_io.load(ckpt_io.latest(ckpts))["state"]["epoch"] == 2
+    with caplog.at_level(logging.INFO, logger="vaelab"):
+        assert vaelab(["resume", run, "trainer.epochs=3"]) == 0
+    assert "after epoch 2" in caplog.text and "after epoch 1" not in caplog.text
+    assert (ckpts / "epoch_0002.pt").read_bytes() == kept["epoch_0002.pt"]
+    # an unreadable file is the last choice, however new
+    (ckpts / "last.pt").unlink()
+    (ckpts / "junk.pt").write_bytes(b"PK\x03\x04 not a checkpoint")
+    assert ckpt_io.latest(ckpts).name != "junk.pt"
 
 
 def test_a_stop_while_the_run_folder_is_set_up_checkpoints_after_the_first_step(tiny_mnist, reference, tmp_path,
@@ -918,9 +940,10 @@ def test_bad_checkpoint_names_the_file_and_overwrites_nothing(finished_run, othe
     if damage is _missing:  # (what this command asked for goes with it)
         assert err[0].endswith(f"{run / '.hydra'} --config-name config trainer.epochs=5")
     if damage in (_corrupt, _truncate, _flip, _nan_weight):  # what resume takes once the damaged last.pt is gone
-        newest = max((p for p in last.parent.glob("*.pt") if p != last), key=lambda p: p.stat().st_mtime)
-        assert err[0].endswith(f"; to resume from the newest other checkpoint, {newest.name}, move last.pt out of "
-                               f"{last.parent}")
+        furthest = max((p for p in last.parent.glob("*.pt") if p != last),
+                       key=lambda p: (ckpt_io.load(p)["state"]["examples"], p.stat().st_mtime))
+        assert err[0].endswith(f"; to resume from the furthest trained other checkpoint, {furthest.name}, move "
+                               f"last.pt out of {last.parent}")
     if damage is _nan_weight:  # (eval failed in a picture's SVD with a traceback; sample drew a grid of nan)
         for cmd in (["eval", run, "--k", "2"], ["sample", run, "--out", tmp_path / "s.png"]):
             assert vaelab(cmd) == 2

@@ -208,15 +208,32 @@ def check_not_in_use(run_dir: str | Path) -> None:
 
 
 def latest(ckpt_dir: str | Path) -> Path | None:
-    """The checkpoint to carry a run on from: last.pt; failing that, the newest other one.
-    At the end of an epoch best.pt and epoch_N.pt are written just before last.pt, with the
-    same contents, so a kill between them in the first epoch leaves a complete checkpoint
-    that is not called last.pt. None if there is no checkpoint."""
+    """The checkpoint to carry a run on from: last.pt; failing that, the other one that trained
+    furthest (furthest). At the end of an epoch best.pt and epoch_N.pt are written just before
+    last.pt, with the same contents, so a kill between them in the first epoch leaves a complete
+    checkpoint that is not called last.pt. None if there is no checkpoint."""
     ckpt_dir = Path(ckpt_dir)
     if (ckpt_dir / "last.pt").is_file():
         return ckpt_dir / "last.pt"
-    others = [p for p in ckpt_dir.glob("*.pt") if p.is_file()]
-    return max(others, key=lambda p: p.stat().st_mtime) if others else None
+    return furthest(p for p in ckpt_dir.glob("*.pt") if p.is_file())
+
+
+def furthest(paths) -> Path | None:
+    """Of these checkpoint files, the one that trained furthest (the examples it had seen, read
+    without its tensors); between equals, and below every readable one those that cannot be
+    read, the newest file. Not the newest file alone: a folder copied (cp -r, scp, an unzip) has
+    its files' times in another order, and a resume from an early best.pt would have written its
+    epochs over the later epoch_N.pt (review). None for none."""
+    import torch
+
+    def trained(p: Path) -> tuple:
+        try:
+            state = torch.load(p, map_location="cpu", weights_only=True, mmap=True)["state"]
+            return int(state.get("examples", state.get("step", -1))), p.stat().st_mtime
+        except Exception:  # noqa: BLE001  (loading it says why, if it is chosen)
+            return -1, p.stat().st_mtime
+    paths = list(paths)
+    return max(paths, key=trained) if paths else None
 
 
 def carry_on(run_dir: str | Path) -> str:

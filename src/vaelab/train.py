@@ -935,7 +935,7 @@ def _train(cfg: DictConfig, run_dir: Path, data: MNISTData | None, on_start=None
         data_changed = _load_to_resume(cfg, resume_from, model, opt, st, data)
         resumed = True
         if resume_from.name != last_path.name:  # a kill before the first last.pt, or it was deleted
-            log.warning("%s is missing: resuming from the newest complete checkpoint, %s", last_path,
+            log.warning("%s is missing: resuming from the complete checkpoint that trained furthest, %s", last_path,
                         resume_from.name)
         at = where_in_run()
         last_good = (resume_from, at)  # (best.pt, when last.pt was missing)

@@ -822,12 +822,11 @@ def resume(run_dir: str | Path, overrides: list[str] = ()) -> dict | None:
         ck = ckpt_io.load(last)
         ckpt_io.check_finite(ck, last, model)
     except ckpt_io.CheckpointError as e:  # a damaged last.pt: say which checkpoint resume would take without it
-        others = sorted((p for p in last.parent.glob("*.pt") if p != last and p.is_file()),
-                        key=lambda p: p.stat().st_mtime)
-        if not others:
+        other = ckpt_io.furthest(p for p in last.parent.glob("*.pt") if p != last and p.is_file())
+        if other is None:
             raise
-        raise ckpt_io.CheckpointError(f"{e}; to resume from the newest other checkpoint, {others[-1].name}, move "
-                                      f"{last.name} out of {last.parent}") from None
+        raise ckpt_io.CheckpointError(f"{e}; to resume from the furthest trained other checkpoint, {other.name}, "
+                                      f"move {last.name} out of {last.parent}") from None
     ckpt_io.check_resumable(ck, last, needs=("state",))  # (the rest only to train on, below)
     ckpt_io.check_config_whole(ck, last, cfg_path, cfg, given_now={o.key_or_group for o in parsed})
     ckpt_io.check_compatible(ck, model, last, cfg, ckpt_io.SAME_TO_RESUME)

@@ -432,6 +432,17 @@ class Complete(Base):
         return self.d(z)
 
 
+class DoubleParameters(Complete):  # built in float64: failed at the first step with a traceback
+    def __init__(self, latent_size, input_dim, image_shape, **settings):
+        super().__init__(latent_size, input_dim, image_shape)
+        self.double()
+
+
+class OwnLatentSize(Complete):  # ignores the latent_size it is given: failed after epoch 1, at the pictures
+    def __init__(self, latent_size, input_dim, image_shape, **settings):
+        super().__init__(3, input_dim, image_shape)
+
+
 class ImageLogits(Complete):  # its own forward: logits as images
     def forward(self, x):
         mu, logvar = self.encode(x)
@@ -528,6 +539,11 @@ class NoParameters(VAE):
     ("WrongWidth", "decode_logits(z) of z (2, 2) must return logits (2, 784); got (2, 28)"),
     ("Float64", "encode(x) must return mu and logvar in the parameters' dtype, torch.float32; got torch.float64"),
     ("NoParameters", "the model has no parameters to train"),  # (build_optimizer's StopIteration before)
+    ("DoubleParameters", "its parameters are torch.float64; vaelab feeds a model float32 images (trainer.amp=bf16 "
+                         "runs its products in bf16): build it in float32"),
+    ("OwnLatentSize", "the model's latent_size is 3, the config's latent_size=2: build it with the latent_size it "
+                      "is given (model.latent_size follows latent_size), which the pictures, the reports and sweeps "
+                      "use"),
     # a model's own forward, which the step calls: a traceback at the first step, or (OneLogvar) no error at all
     ("ImageLogits", "forward(x) of x (2, 784) must return logits (2, 784), mu and logvar (2, 2), as VAE.forward "
                     "does; got (2, 1, 28, 28), (2, 2), (2, 2)"),

@@ -89,6 +89,14 @@ def _check_interface(cfg: DictConfig, model: VAE, input_dim: int) -> None:
     first = next(model.parameters(), None)
     if first is None:  # (build_optimizer's StopIteration, a traceback, after this)
         raise ConfigError(f"{where}: the model has no parameters to train")
+    # (each failed at the first step or after a whole epoch, unsaved, with a traceback; review)
+    if first.dtype != torch.float32:
+        raise ConfigError(f"{where}: its parameters are {first.dtype}; vaelab feeds a model float32 images "
+                          f"(trainer.amp=bf16 runs its products in bf16): build it in float32")
+    if model.latent_size != cfg.latent_size:
+        raise ConfigError(f"{where}: the model's latent_size is {model.latent_size}, the config's "
+                          f"latent_size={cfg.latent_size}: build it with the latent_size it is given (model.latent_size "
+                          f"follows latent_size), which the pictures, the reports and sweeps use")
     x = torch.zeros(2, input_dim, device=first.device, dtype=first.dtype)
     training = model.training
     try:

@@ -1340,6 +1340,24 @@ def test_a_primary_config_of_ones_own_in_a_config_dir_is_not_taken_for_a_saved_r
     assert "--config-path" in saved_config_argv(["--config-dir", str(tmp_path), "--config-name", "saved"])
 
 
+def test_a_primary_config_of_ones_own_that_does_not_start_from_vaelabs_is_one_line(tmp_path, monkeypatch, capsys):
+    """Without 'defaults: [config, _self_]' it failed with a traceback (Key 'data' is not in
+    struct), and with data.root=... given it was told to add keys with +, as if it were a config
+    saved by an older vaelab, which gave the next traceback (review)."""
+    from vaelab.train_cli import launch
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "myconf").mkdir()
+    (tmp_path / "myconf" / "mine.yaml").write_text("latent_size: 4\ndevice: cpu\n")
+    for more in ([], ["data.root=somewhere"], ["+data.root=somewhere"]):
+        assert launch(["--config-dir", str(tmp_path / "myconf"), "--config-name", "mine", *more]) == 2
+        assert capsys.readouterr().err == (
+            f"vaelab-train: error: --config-name mine: {tmp_path / 'myconf' / 'mine.yaml'} has no data, model, loss, "
+            f"optim, trainer settings: a primary config of one's own starts from vaelab's, with 'defaults: [config, "
+            f"_self_]' at its top\n")
+    assert not (tmp_path / "outputs").exists()
+
+
 def test_a_primary_config_of_ones_own_refused_at_its_start_leaves_no_run_folder(tmp_path, monkeypatch, capsys):
     """Hydra checks such a config (vaelab-train does not), so Hydra made the run's folder, and a
     setting the run then refused left it there empty. A folder that was there before stays."""

@@ -396,6 +396,10 @@ def precheck(argv: list[str], fetch_data: bool = False, continuing: Path | None 
         paths = [*map(str, given), f"file://{os.path.abspath(config_dir)}"]
         searchpath = [f"hydra.searchpath=[{','.join(paths)}]"]
     compose_ = functools.partial(_compose, primary=primary, searchpath=searchpath)
+    if primary != (str(CONF_DIR), "config") and not (Path(primary[0]) / "hydra.yaml").is_file():
+        err = _not_from_vaelabs(compose_, primary)
+        if err:
+            return err
     try:
         base, candidates, swept_from = _job_overrides(cmd)
     except ConfigError as e:
@@ -719,6 +723,21 @@ def _argument_error(cmd: _CommandLine) -> str | None:
     if cmd.helps and cmd.swept:  # Hydra composes one job's config for --help, and raises on a sweep
         return f"override '{cmd.swept[0]}' lists several values: {cmd.helps[0]} shows one job, give one value per key"
     return None
+
+
+def _not_from_vaelabs(compose_, primary: tuple[str, str]) -> str | None:
+    """One line for a primary config of one's own that does not start from vaelab's: its run had
+    none of vaelab's settings, and failed with a traceback (Key 'data' is not in struct), or was
+    told to add them one by one as if it were a config saved by an older vaelab (review)."""
+    try:
+        cfg = compose_([])
+    except Exception:  # noqa: BLE001  (composing it with the overrides says why, below)
+        return None
+    lacks = [group for group in ("data", "model", "loss", "optim", "trainer") if group not in cfg]
+    if not lacks:
+        return None
+    return (f"--config-name {primary[1]}: {Path(primary[0]) / primary[1]}.yaml has no {', '.join(lacks)} settings: "
+            f"a primary config of one's own starts from vaelab's, with 'defaults: [config, _self_]' at its top")
 
 
 def _primary_config(cmd: _CommandLine) -> tuple[str, str] | None:

@@ -517,6 +517,14 @@ class Probabilities(Complete):  # a decoder that ends in a sigmoid, which vaelab
         return torch.sigmoid(self.d(z))
 
 
+class FreshConvLike(Complete):  # a logit decoder whose values for the blank images' mu are all > 0
+    def __init__(self, latent_size, input_dim, image_shape, **settings):
+        super().__init__(latent_size, input_dim, image_shape)
+        with torch.no_grad():
+            self.e.bias.zero_()
+            self.d.bias.fill_(0.1)
+
+
 class NoParameters(VAE):
     def __init__(self, latent_size, input_dim, image_shape, **settings):
         super().__init__()
@@ -570,20 +578,22 @@ def test_a_model_of_ones_own_that_lacks_part_of_the_interface_is_one_line_before
 
 def test_a_decoder_that_returns_probabilities_is_warned_of(tmp_path, monkeypatch, caplog):
     """Review: decode_logits ending in a sigmoid trained silently (to 708 nats), its outputs, through
-    the losses' own sigmoid, never below 0.5."""
+    the losses' own sigmoid, never below 0.5. A fresh logit decoder (FreshConvLike) was warned of too:
+    its values for the blank images' mu were all positive (a later review)."""
     (tmp_path / "partialmodels.py").write_text(_PARTIAL_MODELS)
     monkeypatch.syspath_prepend(str(tmp_path))
     said = {}
-    for target in ("Probabilities", "Complete"):
+    for target in ("Probabilities", "Complete", "FreshConvLike"):
         caplog.clear()
         with caplog.at_level("WARNING", logger="vaelab"):
             build_model(compose_cfg(["latent_size=2", f"model._target_=partialmodels.{target}"]))
         said[target] = [r.getMessage() for r in caplog.records]
-    assert said["Complete"] == []
+    assert said["Complete"] == [] and said["FreshConvLike"] == []
     [line] = said["Probabilities"]
     assert re.fullmatch(
-        r"model._target_=partialmodels.Probabilities: decode_logits\(z\) returned no negative value \(1568 of them, "
-        r"0.\d+ to 0.\d+\): probabilities\? vaelab's losses take logits and apply the sigmoid themselves, and "
+        r"model._target_=partialmodels.Probabilities: decode_logits\(z\) of 16 draws of z returned only values in "
+        r"\[0, 1\] \(12544 of them, 0.\d+ to 0.\d+\): probabilities\? vaelab's losses take logits and apply the "
+        r"sigmoid themselves, and "
         r"sigmoid\(logits >= 0\) is at least 0.5, no black pixel; return the decoder's last layer before its sigmoid",
         line), line
 

@@ -118,13 +118,17 @@ def _check_interface(cfg: DictConfig, model: VAE, input_dim: int) -> None:
             if shape != (2, input_dim):
                 raise ConfigError(f"{where}: decode_logits(z) of z (2, {model.latent_size}) must return logits "
                                   f"(2, {input_dim}); got {shape or type(logits).__name__}")
-            if logits.is_floating_point() and logits.device.type != "meta" and bool((logits >= 0).all()):
-                # (a decoder that ends in a sigmoid; on the meta device, the CUDA warm-up's model, no values)
-                logging.getLogger("vaelab").warning(
-                    "%s: decode_logits(z) returned no negative value (%d of them, %.3g to %.3g): probabilities? "
-                    "vaelab's losses take logits and apply the sigmoid themselves, and sigmoid(logits >= 0) is at "
-                    "least 0.5, no black pixel; return the decoder's last layer before its sigmoid", where,
-                    logits.numel(), float(logits.min()), float(logits.max()))
+            if logits.is_floating_point() and logits.device.type != "meta":  # (the CUDA warm-up's: no values)
+                # A decoder that ends in a sigmoid. Of 16 draws from the prior, not of the blank images'
+                # mu alone: a fresh logit decoder's values for one z can all be of one sign (review)
+                z = torch.randn(16, model.latent_size, generator=torch.Generator().manual_seed(0)).to(first.device)
+                probe = model.decode_logits(z)
+                if bool(((probe >= 0) & (probe <= 1)).all()):
+                    logging.getLogger("vaelab").warning(
+                        "%s: decode_logits(z) of 16 draws of z returned only values in [0, 1] (%d of them, %.3g "
+                        "to %.3g): probabilities? vaelab's losses take logits and apply the sigmoid themselves, and "
+                        "sigmoid(logits >= 0) is at least 0.5, no black pixel; return the decoder's last layer "
+                        "before its sigmoid", where, probe.numel(), float(probe.min()), float(probe.max()))
             if type(model).forward is not VAE.forward:  # training calls forward: a model's own is checked too
                 _check_forward(where, model, x)
     finally:

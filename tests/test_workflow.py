@@ -485,6 +485,31 @@ def test_killed_at_the_first_checkpoint_then_resumed_is_bit_identical(tiny_mnist
     assert (missing in (run / "train.log").read_text()) == before_last
 
 
+def test_the_text_tab_shows_the_settings_a_resume_changed(tiny_mnist, tmp_path, monkeypatch):
+    """TensorBoard's text tab kept the config the run started with after a resume that changed it,
+    beside an HParams row of the new settings (review). A resume that changes nothing adds nothing."""
+    run = tmp_path / "run"
+    train(compose_cfg([f"data.root={tiny_mnist}", *TINY, "trainer.epochs=1"]), run)
+    examples = json.loads((run / "metrics.json").read_text())["examples_seen"]
+    assert vaelab(["resume", run, "trainer.epochs=2", "optim.lr=0.0005"]) == 0
+
+    def texts():
+        acc = EventAccumulator(str(run), size_guidance={"tensors": 0})
+        acc.Reload()
+        return [(e.step, e.tensor_proto.string_val[0].decode()) for e in acc.Tensors("config/text_summary")]
+    [(s0, first), (s1, then)] = texts()
+    assert (s0, s1) == (0, examples + 1)
+    assert "lr: 0.001\n" in first and "epochs: 1\n" in first
+    assert "lr: 0.0005\n" in then and "epochs: 2\n" in then
+    # trained on from Python to 3 epochs (a change: an entry), stopped part-way (Ctrl-C) and carried on as
+    # it was: the same settings, no new entry
+    with signal_at_step(monkeypatch, 14), pytest.raises(Interrupted):  # in epoch 3 (6 steps an epoch)
+        train(compose_cfg([f"data.root={tiny_mnist}", *TINY, "trainer.epochs=3", "optim.lr=0.0005"]), run)
+    assert [step for step, _ in texts()] == [0, examples + 1, 2 * examples + 1]
+    assert vaelab(["resume", run, "trainer.epochs=3"]) == 0  # (train() from Python does not save its config)
+    assert [step for step, _ in texts()] == [0, examples + 1, 2 * examples + 1]
+
+
 def test_without_last_pt_a_run_resumes_from_the_checkpoint_that_trained_furthest(tiny_mnist, tmp_path, caplog):
     """It took the newest file: in a folder copied with cp -r, scp or an unzip the files' times are
     in another order, and a resume from epoch_0001.pt trained epoch 2 again over epoch_0002.pt (review)."""

@@ -757,11 +757,11 @@ def _names(run_dir: Path) -> set[str]:
 
 
 def _load_to_resume(cfg: DictConfig, path: Path, model: VAE, opt: torch.optim.Optimizer, st: dict,
-                    data: MNISTData) -> dict | None:
+                    data: MNISTData) -> tuple[dict | None, dict]:
     """Continue from the checkpoint at `path`: its weights, Adam's state, the loop's state (into
     `st`), the random generators and the run's thread count, once it is checked against this
     config and data (one line for what does not fit). Returns what resumes.yaml records when the
-    data has changed since (its digest), else None."""
+    data has changed since (its digest), else None; and the config the checkpoint was saved under."""
     ck = ckpt_io.load(path, map_location="cpu")
     ckpt_io.check_resumable(ck, path)
     ckpt_io.check_compatible(ck, model, path, cfg, ckpt_io.SAME_TO_RESUME)
@@ -800,7 +800,7 @@ def _load_to_resume(cfg: DictConfig, path: Path, model: VAE, opt: torch.optim.Op
         first = max(st["step"] - st["step"] % t.log_every, st["step"] - st["pos"] // t.batch_size)
         st["log_beta"] = sum(beta_at(s, lcfg.beta, lcfg.kl_warmup_steps) * t.batch_size
                              for s in range(first, st["step"]))
-    return data_changed
+    return data_changed, ck["config"]
 
 
 def _epoch_history(path: Path, epochs: int) -> list[str]:
@@ -927,12 +927,12 @@ def _train(cfg: DictConfig, run_dir: Path, data: MNISTData | None, on_start=None
     job = f"{run_dir.name} " if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN else ""
     from vaelab.train_cli import in_loky_worker
     show_progress = t.progress and not (job and in_loky_worker())
-    resumed, data_changed, unsaid = False, None, False
+    resumed, data_changed, unsaid, saved_under = False, None, False, None
     resume_from = ckpt_io.latest(ckpt_dir) if t.resume else None
     if resume_from is not None and on_start is None:  # (vaelab resume checks, records and saves its changes)
         unsaid = _check_same_settings(cfg, saved_cfg, run_dir)  # settings the saved config does not have
     if resume_from is not None:
-        data_changed = _load_to_resume(cfg, resume_from, model, opt, st, data)
+        data_changed, saved_under = _load_to_resume(cfg, resume_from, model, opt, st, data)
         resumed = True
         if resume_from.name != last_path.name:  # a kill before the first last.pt, or it was deleted
             log.warning("%s is missing: resuming from the complete checkpoint that trained furthest, %s", last_path,
@@ -989,6 +989,10 @@ def _train(cfg: DictConfig, run_dir: Path, data: MNISTData | None, on_start=None
         finished and hparams_logged(run_dir, st["examples"])), purge_step=purge)
     if not resumed:
         writer.text("config", "```\n" + OmegaConf.to_yaml(plain_cfg) + "\n```")
+    elif saved_under != plain_cfg:  # carried on with changed settings: the text tab shows them from here on
+        # (just past the checkpoint's step: a later resume from that checkpoint purges it with the rest)
+        writer.text("config", "```\n" + OmegaConf.to_yaml(plain_cfg) + "\n```", st["examples"] + 1)
+    if not resumed:
         log.info("run directory: %s", run_dir)
         log.info("model: %s (%d parameters) on %s", type(model).__name__,
                  sum(p.numel() for p in model.parameters()), device)

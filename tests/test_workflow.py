@@ -24,6 +24,7 @@ import torch
 import yaml
 from omegaconf import OmegaConf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.plugins.hparams import api_pb2
 
 import vaelab.train as train_mod
 from vaelab import checkpoint as ckpt_io
@@ -508,6 +509,37 @@ def test_the_text_tab_shows_the_settings_a_resume_changed(tiny_mnist, tmp_path, 
     assert [step for step, _ in texts()] == [0, examples + 1, 2 * examples + 1]
     assert vaelab(["resume", run, "trainer.epochs=3"]) == 0  # (train() from Python does not save its config)
     assert [step for step, _ in texts()] == [0, examples + 1, 2 * examples + 1]
+
+
+def test_a_finished_run_carried_on_is_listed_as_running_until_it_finishes_again(tiny_mnist, tmp_path, monkeypatch):
+    """The HParams row's end (STATUS_SUCCESS) and its metrics stayed in the training's event file at
+    the old last step, which a resume does not purge: a finished run carried on to more epochs and
+    stopped was listed as finished, with the old epochs' numbers, and its hparams/* curves had a
+    stale point (review). They go in the row's own file now, which a resume replaces."""
+    from tensorboard.backend.event_processing.event_file_loader import LegacyEventFileLoader
+    from tensorboard.plugins.hparams import metadata as hparams_metadata
+
+    def row():  # (the statuses of the session ends in the run's events, and hparams/val_loss's steps)
+        ends, steps = [], []
+        for f in run.glob("events.out.tfevents.*"):
+            for e in LegacyEventFileLoader(str(f)).Load():
+                for v in e.summary.value:
+                    if v.tag == "_hparams_/session_end_info":
+                        content = v.metadata.plugin_data.content
+                        ends.append(hparams_metadata.parse_session_end_info_plugin_data(content).status)
+                    elif v.tag == "hparams/val_loss":
+                        steps.append(e.step)
+        return ends, sorted(steps)
+
+    run = tmp_path / "run"
+    train(compose_cfg([f"data.root={tiny_mnist}", *TINY, "trainer.epochs=1"]), run)
+    examples = json.loads((run / "metrics.json").read_text())["examples_seen"]
+    assert row() == ([api_pb2.STATUS_SUCCESS], [examples])
+    with signal_at_step(monkeypatch, 8), pytest.raises(Interrupted):  # in epoch 2 (6 steps an epoch)
+        train(compose_cfg([f"data.root={tiny_mnist}", *TINY, "trainer.epochs=2"]), run)
+    assert row() == ([], [])  # carried on, not finished: no end, no metrics
+    assert vaelab(["resume", run, "trainer.epochs=2"]) == 0
+    assert row() == ([api_pb2.STATUS_SUCCESS], [2 * examples])
 
 
 def test_without_last_pt_a_run_resumes_from_the_checkpoint_that_trained_furthest(tiny_mnist, tmp_path, caplog):

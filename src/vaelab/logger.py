@@ -102,6 +102,7 @@ class RunLogger:
         if enabled:
             quiet_writer_thread_errors()
         self.w = SummaryWriter(log_dir=str(run_dir), purge_step=purge_step) if enabled else None
+        self._row = None  # hparams_start's summaries, which hparams_end writes again with the row's end
 
     def scalars(self, values: dict, x: int, prefix: str = "") -> None:
         if self.w:
@@ -138,7 +139,6 @@ class RunLogger:
         if not self.w:
             return
         from tensorboard.plugins.hparams import plugin_data_pb2
-        from torch.utils.tensorboard.writer import FileWriter
 
         names = {**{f"hparams/{k}": 0.0 for k in HPARAM_METRICS},  # the experiment's columns (values unused)
                  **{f"test/{k}": 0.0 for k in HPARAM_TEST_METRICS}}
@@ -150,10 +150,20 @@ class RunLogger:
         for info in data.experiment.hparam_infos:
             info.differs = info.name in compared
         meta.content = data.SerializeToString()
+        self._row = (exp, ssi)
+        self._write_row()
+
+    def _write_row(self, *more) -> None:
+        """The .hparams event file, replaced: the row (hparams_start's), then `more` ((summary,
+        step) pairs)."""
+        from torch.utils.tensorboard.writer import FileWriter
+
         old = list(Path(self.w.log_dir).glob(f"events.out.tfevents.*{HPARAMS_SUFFIX}"))
         fw = FileWriter(self.w.log_dir, filename_suffix=HPARAMS_SUFFIX)
-        fw.add_summary(exp)
-        fw.add_summary(ssi)
+        for summary in self._row:
+            fw.add_summary(summary)
+        for summary, step in more:
+            fw.add_summary(summary, step)
         fw.close()
         for f in old:  # after the new row is on disk: a kill in between leaves one row, not none
             f.unlink(missing_ok=True)
@@ -164,9 +174,9 @@ class RunLogger:
         status filter tell it from runs that finished or are still running."""
         if not self.w:
             return
+        from torch.utils.tensorboard.summary import scalar
+
         values = {f"hparams/{k}": float(metrics[k]) for k in HPARAM_METRICS if k in metrics}
-        for k, v in values.items():
-            self.w.add_scalar(k, v, x)
         end = hparams_summary({}, values)[2]  # torch writes STATUS_SUCCESS
         if failed:
             from tensorboard.plugins.hparams import api_pb2, plugin_data_pb2
@@ -175,7 +185,15 @@ class RunLogger:
             data = plugin_data_pb2.HParamsPluginData.FromString(meta.content)
             data.session_end_info.status = api_pb2.STATUS_FAILURE
             meta.content = data.SerializeToString()
-        self.w._get_file_writer().add_summary(end)
+        if self._row is None:  # (no row written by this logger: beside the run's other events)
+            for k, v in values.items():
+                self.w.add_scalar(k, v, x)
+            self.w._get_file_writer().add_summary(end)
+            return
+        # In the row's own file, which a resume replaces: a finished run carried on to more epochs
+        # is then listed as running, its metrics blank, not as finished with the old epochs'
+        # numbers; and its hparams/* curves hold one point, the last (review)
+        self._write_row(*[(scalar(k, v), x) for k, v in values.items()], (end, None))
 
     def flush(self) -> None:
         if self.w:

@@ -1453,10 +1453,13 @@ def test_resume_saves_a_boolean_as_true_or_false(finished_run, tmp_path):
     (["model.init=glorot"], "trained with model.init=torch, but the config says model.init=glorot"),
     (["trainer.progress=2"], "override 'trainer.progress=2': Value '2' is not a valid bool (type int) (key "
                              "'trainer.progress'); give true or false"),  # (it was written, and read as true)
+    # (the last was kept, and both were logged and recorded as changes; review)
+    (["trainer.epochs=4", "trainer.epochs=3"], "override 'trainer.epochs=3': trainer.epochs is given already, as "
+                                               "'trainer.epochs=4'; give it once"),
 ], ids=["other-latent-size", "other-widths", "name", "unknown-key", "wrong-type", "bad-value", "sweep", "comma-path",
         "add-key", "add-model-argument",
         "no-key", "unparsed", "group", "same-shapes",
-        "other-split", "other-init", "integer-for-bool"])
+        "other-split", "other-init", "integer-for-bool", "given-twice"])
 def test_bad_override_is_one_line_and_overwrites_nothing(finished_run, tmp_path, capsys, args, expect):
     run = tmp_path / "run"
     shutil.copytree(finished_run, run)

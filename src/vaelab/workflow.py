@@ -521,6 +521,10 @@ def apply_overrides(cfg, overrides: list[str]) -> list:
                                 + (f": give {plain}" if plain else ""))
         if not o.key_or_group:
             raise WorkflowError(no_key(line))
+        first = next(f for f in parsed if f.key_or_group == o.key_or_group)
+        if first is not o:  # (the last was kept, and both were logged and recorded as changes; review)
+            raise WorkflowError(f"override '{line}': {o.key_or_group} is given already, as '{first.input_line}'; "
+                                f"give it once")
         if (CONF_DIR / o.key_or_group).is_dir():  # model=mlp, experiment=seed: config groups
             raise WorkflowError(f"override '{line}': {o.key_or_group} is a config group, chosen when the run started; "
                                 f"resume changes values (KEY=VALUE) only: for {line}, start a new run "

@@ -167,6 +167,10 @@ def test_optimizer_matches_config():
                                                               "from range(low, high, step) with low below high"),
     (["latent_size=abc"], "latent_size"),
     (["trainer.epochs=1.5"], "trainer.epochs"),
+    # what a number setting takes, after OmegaConf's words for what it got (review)
+    (["trainer.epochs=1e3"], "override 'trainer.epochs=1e3': Value '1000.0' of type 'float' could not be converted to "
+                             "Integer (key 'trainer.epochs'); give a whole number (1000, not 1e3 or 1000.0)"),
+    (["loss.beta=abc"], "could not be converted to Float (key 'loss.beta'); give a number (0.5, 1e-3)"),
     (["latent_size=0"], "latent_size=0: must be an integer >= 1"),
     (["loss.beta=-1"], "loss.beta=-1.0: must be a finite number >= 0"),
     (["loss.recon=foo"], "expected one of [mse, bce]"),

@@ -229,6 +229,10 @@ def _what_it_takes(key: str, msg: str) -> str:
         return f"; give a list in brackets, e.g. {key}=[512]" if key == "model.hidden" else "; give a list in brackets"
     if key in choices() and ("'True'" in msg or "'False'" in msg):
         return " (Hydra reads true and false as booleans)"
+    if "could not be converted to Integer" in msg:  # (1e3 reads as the float 1000.0; review)
+        return "; give a whole number (1000, not 1e3 or 1000.0)"
+    if "could not be converted to Float" in msg:
+        return "; give a number (0.5, 1e-3)"
     return ""
 
 

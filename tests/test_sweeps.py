@@ -337,6 +337,12 @@ def test_compare_footnote_names_only_the_columns_the_gaussian_constant_is_in(tmp
     assert note.startswith("loss.recon=mse runs: train_loss, val_loss leave out")
     assert note.endswith("; test_nll_iwae, test_bits_per_dim include it")
     assert _units_note([Run(tmp_path, "a", {"loss.recon": "bce"})], ["val_loss"]) == []
+    # bce and mse runs in one table: their likelihood columns are of two likelihoods (review: one sorted column)
+    both = [*runs, Run(tmp_path, "b", {"loss.recon": "bce"})]
+    assert _units_note(both, ["val_loss", "test_kl", "test_nll_iwae"])[1] == (
+        "val_loss, test_nll_iwae of loss.recon=bce and loss.recon=mse runs are of two likelihoods (Bernoulli, of "
+        "binarised pixels; Gaussian, a density of grey levels): compare runs of one kind")
+    assert len(_units_note(both, ["val_kl", "test_kl"])) == 0
 
 
 def test_compare_lists_a_sweeps_runs_in_the_order_of_their_values(tmp_path):

@@ -456,10 +456,15 @@ def _units_note(runs: list[Run], metrics: list[str]) -> list[str]:
     # (eval.json's likelihood terms; its KL, k, epoch, ... have no such constant)
     with_it = [m for m in metrics if m in ("test_elbo", "test_recon", "test_nll_iwae") or
                (m.startswith("test_") and m.endswith("bits_per_dim") and m != "test_kl_bits_per_dim")]
-    if not left_out:
-        return []
-    note = f"loss.recon=mse runs: {', '.join(left_out)} {_mse_constant_left_out()}"
-    return [note + (f"; {', '.join(with_it)} include{'s' * (len(with_it) == 1)} it" if with_it else "")]
+    notes = []
+    if left_out:
+        note = f"loss.recon=mse runs: {', '.join(left_out)} {_mse_constant_left_out()}"
+        notes.append(note + (f"; {', '.join(with_it)} include{'s' * (len(with_it) == 1)} it" if with_it else ""))
+    if any(r.config.get("loss.recon") == "bce" for r in runs) and (left_out or with_it):  # (review: one column, sorted)
+        notes.append(f"{', '.join(left_out + with_it)} of loss.recon=bce and loss.recon=mse runs are of two "
+                     f"likelihoods (Bernoulli, of binarised pixels; Gaussian, a density of grey levels): compare "
+                     f"runs of one kind")
+    return notes
 
 
 def image_path(out: str | Path, formats: list[str], example: str) -> Path:

@@ -851,7 +851,8 @@ def test_compose_config_says_what_is_wrong_with_an_override_in_one_line(tmp_path
     assert str(e.value).startswith("unknown key 'latent_sizee' in override 'latent_sizee=16'; did you mean "
                                    "'latent_size'? keys allowed at the top level: name, latent_size, ")
     with pytest.raises(ConfigError, match=r"^override 'latent_size=abc': Value 'abc' of type 'str' could not be "
-                                          r"converted to Integer \(key 'latent_size'\)$"):
+                                          r"converted to Integer \(key 'latent_size'\); give a whole number "
+                                          r"\(1000, not 1e3 or 1000\.0\)$"):
         compose_config(["latent_size=abc"])
     (tmp_path / "experiment").mkdir()
     (tmp_path / "experiment" / "mine.yaml").write_text("# @package _global_\nlatent_size: 3\n")

@@ -193,6 +193,14 @@ def test_reproduce_reruns_the_saved_config_identically(tiny_mnist, tmp_path, cap
     (original / "eval.json").write_text(json.dumps({k: v for k, v in ev.items() if not k.endswith("_se")}))
     assert _report(original, copy, final_metrics(original), 0.0, []) == 0
     assert "reproduced: every metric is identical" in capsys.readouterr().out
+    # evaluated by a vaelab whose test ELBO took one draw of z (no elbo_draws): "NOT reproduced" (review)
+    older = {k: v for k, v in ev.items() if k != "elbo_draws"}
+    (original / "eval.json").write_text(json.dumps({**older, "elbo": ev["elbo"] + 0.3, "recon": ev["recon"] - 0.3}))
+    assert _report(original, copy, final_metrics(original), 0.0, []) == 0
+    out = capsys.readouterr().out
+    assert "reproduced: every metric is identical" in out and "DIFFERENT" not in out
+    assert f"(test_* not compared: {original / 'eval.json'} was made by a vaelab from before 2026-11-27, whose test " \
+           f"ELBO took one draw of z per image; vaelab eval {original} makes it again as the reproduction did)" in out
 
 
 def test_reproduce_reports_a_difference():

@@ -525,6 +525,11 @@ class FreshConvLike(Complete):  # a logit decoder whose values for the blank ima
             self.d.bias.fill_(0.1)
 
 
+class ReluOut(Complete):  # ends in a ReLU: sigmoid(>= 0) >= 0.5, no black pixel, as with a sigmoid (review)
+    def decode_logits(self, z):
+        return torch.relu(self.d(z))
+
+
 class NoParameters(VAE):
     def __init__(self, latent_size, input_dim, image_shape, **settings):
         super().__init__()
@@ -583,16 +588,17 @@ def test_a_decoder_that_returns_probabilities_is_warned_of(tmp_path, monkeypatch
     (tmp_path / "partialmodels.py").write_text(_PARTIAL_MODELS)
     monkeypatch.syspath_prepend(str(tmp_path))
     said = {}
-    for target in ("Probabilities", "Complete", "FreshConvLike"):
+    for target in ("Probabilities", "Complete", "FreshConvLike", "ReluOut"):
         caplog.clear()
         with caplog.at_level("WARNING", logger="vaelab"):
             build_model(compose_cfg(["latent_size=2", f"model._target_=partialmodels.{target}"]))
         said[target] = [r.getMessage() for r in caplog.records]
     assert said["Complete"] == [] and said["FreshConvLike"] == []
+    assert len(said["ReluOut"]) == 1 and "returned no negative value (12544 of them, 0 to " in said["ReluOut"][0]
     [line] = said["Probabilities"]
     assert re.fullmatch(
-        r"model._target_=partialmodels.Probabilities: decode_logits\(z\) of 16 draws of z returned only values in "
-        r"\[0, 1\] \(12544 of them, 0.\d+ to 0.\d+\): probabilities\? vaelab's losses take logits and apply the "
+        r"model._target_=partialmodels.Probabilities: decode_logits\(z\) of 16 draws of z returned no negative "
+        r"value \(12544 of them, 0.\d+ to 0.\d+\): probabilities\? vaelab's losses take logits and apply the "
         r"sigmoid themselves, and "
         r"sigmoid\(logits >= 0\) is at least 0.5, no black pixel; return the decoder's last layer before its sigmoid",
         line), line

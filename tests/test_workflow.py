@@ -519,6 +519,18 @@ def test_the_text_tab_shows_the_settings_a_resume_changed(tiny_mnist, tmp_path, 
     assert [step for step, _ in texts()] == [0, examples + 1, 2 * examples + 1]
 
 
+def test_what_counts_as_a_change_for_the_text_tab():
+    """Not a name that reads anew (name=${now:...}) nor a key a checkpoint from an older vaelab lacks:
+    each resume of such a run wrote the config text again, with nothing changed (review)."""
+    from vaelab.train import _carried_on_otherwise
+
+    saved = {"name": "22-43-08", "optim": {"lr": 0.001}, "trainer": {"epochs": 2}}
+    assert not _carried_on_otherwise(saved, {**saved, "name": "22-43-15"})
+    assert not _carried_on_otherwise(saved, {**saved, "trainer": {"epochs": 2, "cuda_warmup": True}})
+    assert _carried_on_otherwise(saved, {**saved, "trainer": {"epochs": 3}})
+    assert _carried_on_otherwise(saved, {**saved, "optim": {}})
+
+
 def test_a_finished_run_carried_on_is_listed_as_running_until_it_finishes_again(tiny_mnist, tmp_path, monkeypatch):
     """The HParams row's end (STATUS_SUCCESS) and its metrics stayed in the training's event file at
     the old last step, which a resume does not purge: a finished run carried on to more epochs and

@@ -803,6 +803,17 @@ def _load_to_resume(cfg: DictConfig, path: Path, model: VAE, opt: torch.optim.Op
     return data_changed, ck["config"]
 
 
+def _carried_on_otherwise(saved: dict, now: dict) -> bool:
+    """Whether a resume goes on under settings other than its checkpoint's: of the keys the
+    checkpoint holds (one from an older vaelab lacks later keys, which take the values it trained
+    with), and not name, which names the folder (name=${now:...} reads as the resume's time)."""
+    now = dict(leaves(now))
+    return any(now.get(key, _ABSENT) != value for key, value in leaves(saved) if key != "name")
+
+
+_ABSENT = object()
+
+
 def _epoch_history(path: Path, epochs: int) -> list[str]:
     """The lines of `path` for the first `epochs` epochs, rewritten so if it had more (or a line
     that cannot be read); the file removed when none is kept."""
@@ -989,7 +1000,7 @@ def _train(cfg: DictConfig, run_dir: Path, data: MNISTData | None, on_start=None
         finished and hparams_logged(run_dir, st["examples"])), purge_step=purge)
     if not resumed:
         writer.text("config", "```\n" + OmegaConf.to_yaml(plain_cfg) + "\n```")
-    elif saved_under != plain_cfg:  # carried on with changed settings: the text tab shows them from here on
+    elif _carried_on_otherwise(saved_under, plain_cfg):  # the text tab shows the settings from here on
         # (just past the checkpoint's step: a later resume from that checkpoint purges it with the rest)
         writer.text("config", "```\n" + OmegaConf.to_yaml(plain_cfg) + "\n```", st["examples"] + 1)
     if not resumed:

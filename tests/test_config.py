@@ -1358,8 +1358,15 @@ def test_a_primary_config_of_ones_own_that_does_not_start_from_vaelabs_is_one_li
         assert capsys.readouterr().err == (
             f"vaelab-train: error: --config-name mine: {tmp_path / 'myconf' / 'mine.yaml'} has no data, model, loss, "
             f"optim, trainer settings: a primary config of one's own starts from vaelab's, with 'defaults: [config, "
-            f"_self_]' at its top\n")
+            f"_self_]' at its top, given with --config-dir (--config-path leaves vaelab's own configs out of the "
+            f"search)\n")
     assert not (tmp_path / "outputs").exists()
+    # one that does start from vaelab's, given with --config-path: Hydra then searches no conf/ of vaelab's
+    (tmp_path / "myconf" / "good.yaml").write_text("defaults:\n  - config\n  - _self_\nlatent_size: 4\n")
+    assert launch(["--config-path", str(tmp_path / "myconf"), "--config-name", "good"]) == 2
+    assert capsys.readouterr().err == (
+        f"vaelab-train: error: {tmp_path / 'myconf' / 'good.yaml'}: Could not load 'config'; a primary config of "
+        f"one's own that starts from vaelab's ('config') is given with --config-dir\n")  # (it was the search path)
 
 
 def test_a_primary_config_of_ones_own_refused_at_its_start_leaves_no_run_folder(tmp_path, monkeypatch, capsys):

@@ -248,6 +248,10 @@ def _config_file_error(exc: Exception, primary: tuple[str, str]) -> str:
             reason = f"unknown key '{cause.full_key}'"
         else:  # a value of the wrong type: which key, as an override's error says
             reason += f" (key '{cause.full_key}')"
+    elif type(cause).__name__ == "MissingConfigException" and lines:  # its defaults list names what is not found;
+        # the lines after are the search path (--config-path leaves vaelab's own conf/ out of it)
+        reason = lines[0].split(": ", 1)[-1].rstrip(".") + ("; a primary config of one's own that starts from vaelab's ('config') "
+                                                "is given with --config-dir" if "'config'" in lines[0] else "")
     else:  # YAML's: where it began, then what it found
         reason = next((ln for ln in reversed(lines) if not ln.startswith("in ")), type(cause).__name__)
     return f"{path}: {reason}{f' ({where})' if where else ''}"
@@ -741,7 +745,8 @@ def _not_from_vaelabs(compose_, primary: tuple[str, str]) -> str | None:
     if not lacks:
         return None
     return (f"--config-name {primary[1]}: {Path(primary[0]) / primary[1]}.yaml has no {', '.join(lacks)} settings: "
-            f"a primary config of one's own starts from vaelab's, with 'defaults: [config, _self_]' at its top")
+            f"a primary config of one's own starts from vaelab's, with 'defaults: [config, _self_]' at its top, "
+            f"given with --config-dir (--config-path leaves vaelab's own configs out of the search)")
 
 
 def _primary_config(cmd: _CommandLine) -> tuple[str, str] | None:

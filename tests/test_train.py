@@ -358,7 +358,9 @@ def test_a_model_class_whose_arguments_do_not_fit_is_one_line(tiny_mnist, tmp_pa
     cfg = compose_cfg([f"data.root={tiny_mnist}", "data.val_size=64", "model._target_=othermodels.Other"])
     with pytest.raises(ConfigError, match=r"^model._target_=othermodels.Other does not take the settings given it "
                                           r"\(latent_size, input_dim, image_shape\): missing a required argument: "
-                                          r"'depth'; give it with \+model.kwargs.depth=VALUE$"):
+                                          r"'depth'; give it with \+model.kwargs.depth=VALUE \(to vaelab resume "
+                                          r"without the \+; for vaelab eval and sample, as depth: VALUE under "
+                                          r"model.kwargs in the run's .hydra/config.yaml\)$"):
         train(cfg, tmp_path / "r")
     # a misspelt one: what it does take (review: the line listed what it was given only)
     cfg = compose_cfg([f"data.root={tiny_mnist}", "data.val_size=64", "model._target_=othermodels.Other",

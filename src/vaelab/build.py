@@ -196,7 +196,10 @@ def model_error(cfg: DictConfig, e: Exception) -> Exception:
         inspect.signature(target).bind(**args, input_dim=0, image_shape=[])
     except TypeError as bad:
         missing = re.search(r"missing a required argument: '(\w+)'", str(bad))
-        why = f"{bad}; give it with +model.kwargs.{missing.group(1)}=VALUE" if missing else str(bad)
+        # (review: a class given an argument since a run trained; resume takes no +, eval no overrides)
+        why = (f"{bad}; give it with +model.kwargs.{missing.group(1)}=VALUE (to vaelab resume without the +; for "
+               f"vaelab eval and sample, as {missing.group(1)}: VALUE under model.kwargs in the run's "
+               f".hydra/config.yaml)") if missing else str(bad)
         params = inspect.signature(target).parameters.values()
         takes = [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
         extra = [] if any(p.kind == p.VAR_KEYWORD for p in params) else [k for k in args if k not in takes]

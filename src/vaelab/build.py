@@ -180,7 +180,10 @@ def model_error(cfg: DictConfig, e: Exception) -> Exception:
     # Hydra's words for a target it cannot find; an error raised inside the model's own code
     # (an ImportError in its __init__, say) keeps its traceback
     if isinstance(e, InstantiationException) and text.startswith(("Error loading '", "Error locating target")):
-        return ConfigError(f"model._target_={cfg.model._target_}: {text}")
+        # (review: vaelab-train found it with PYTHONPATH=., and vaelab sample, typed next, without it did not)
+        hint = ("; a module of one's own is found through PYTHONPATH by every vaelab command, as by vaelab-train: "
+                "PYTHONPATH=/its/folder vaelab ..." if "No module named" in text else "")
+        return ConfigError(f"model._target_={cfg.model._target_}: {text}{hint}")
     if isinstance(e, ConfigError):
         return e
     try:

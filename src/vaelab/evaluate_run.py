@@ -516,7 +516,7 @@ def format_table(r: dict, run_dir: str | Path) -> str:
     lines = [
         f"vaelab eval {run_dir}",
         f"  checkpoint   {r['checkpoint']} ({checkpoint_when(r)})",
-        f"  data         test split, {r['n_examples']} images of {r['dim']} pixels",
+        f"  data         test split, {r['n_examples']} image{'s' * (r['n_examples'] != 1)} of {r['dim']} pixels",
         f"  likelihood   {r['note']}",
         "",
         f"  {'':32s}{'nats/example':>14s}{'s.e.':>11s}{'bits/dim':>11s}",

@@ -95,8 +95,8 @@ def _check_interface(cfg: DictConfig, model: VAE, input_dim: int) -> None:
                           f"(trainer.amp=bf16 runs its products in bf16): build it in float32")
     if model.latent_size != cfg.latent_size:
         raise ConfigError(f"{where}: the model's latent_size is {model.latent_size}, the config's "
-                          f"latent_size={cfg.latent_size}: build it with the latent_size it is given (model.latent_size "
-                          f"follows latent_size), which the pictures, the reports and sweeps use")
+                          f"latent_size={cfg.latent_size}: build it with the latent_size it is given "
+                          f"(model.latent_size follows latent_size), which the pictures, the reports and sweeps use")
     x = torch.zeros(2, input_dim, device=first.device, dtype=first.dtype)
     training = model.training
     try:

@@ -198,7 +198,7 @@ def iwae_nll_with_se(model, images: torch.Tensor, k: int, recon: Recon, generato
 
 @torch.no_grad()
 def elbo_and_iwae(model, images: torch.Tensor, k: int, recon: Recon, generator: torch.Generator | None = None,
-                max_elems: int = 2_000_000, progress: bool = True) -> dict:
+                  max_elems: int = 2_000_000, progress: bool = True) -> dict:
     """Over a split (uint8 (N, D)), from the same k draws of z for each example, nats per example:
     'nll_iwae', minus the IWAE bound; the ELBO's terms, 'recon' = -log p(x|z) averaged over those
     k draws (a likelihood's: for loss.recon=mse with the Gaussian's constant) and 'kl' in closed

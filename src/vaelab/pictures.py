@@ -277,7 +277,7 @@ def kl_history_figure(history: list[tuple[int, list[float], list[float] | None]]
     width, height = 8.0, max(3.0, 2.2 + 0.12 * n) if n <= 40 else 5.0  # (3 in at least: the axis's label)
     fig = _figure(width, height)
     # Margins in inches, set by hand: a layout engine took 0.3-0.4 s of every evaluation's 0.4-0.8 s here
-    left, right, bottom, top = 0.85, 1.05, 0.5, 0.55
+    left, right, bottom, top = 0.85, 1.05, 0.5, 0.55 if last_var is None else 0.7  # (room for the title's 3 lines)
     ax = fig.add_axes((left / width, bottom / height, 1 - (left + right) / width, 1 - (bottom + top) / height))
     cax = fig.add_axes((1 - (right - 0.15) / width, bottom / height, 0.15 / width, 1 - (bottom + top) / height))
     # (epoch i's column spans i +- 0.5 of its index: epochs kept after a resume need not be 1, 2, 3, ...)
@@ -307,7 +307,8 @@ def kl_history_figure(history: list[tuple[int, list[float], list[float] | None]]
     title = f"{split} KL per latent dimension at each epoch (nats)"
     if active is not None:  # (active by the variance of the posterior mean, as active_units: not by the KL)
         red = "; labels in red: inactive" if n <= 40 else "; red marks: inactive"
-        title += (f"\n{sum(active)} of {n} active at epoch {epochs[-1]} on the {split} images (posterior mean's "
+        # (in two lines: in one it ran wider than the axes, over the row labels' title; review)
+        title += (f"\n{sum(active)} of {n} active at epoch {epochs[-1]} on the {split} images\n(posterior mean's "
                   f"variance across them > {threshold:g})" + (red if not all(active) else ""))
     ax.set_title(title, fontsize=8)
     bar = fig.colorbar(im, cax=cax)

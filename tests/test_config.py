@@ -1242,6 +1242,30 @@ def test_an_idx_file_of_no_images_is_named(tmp_path):
         load_mnist_arrays(tmp_path, download=False)
 
 
+def test_a_data_folder_one_may_not_look_into_is_one_line(tmp_path, tiny_mnist, monkeypatch):
+    """Path.exists raises for a folder without search permission (EACCES): vaelab-train and reproduce
+    printed a traceback, eval and resume "cannot write ..." (review)."""
+    import os
+    import shutil
+
+    from vaelab.data import DataError, fetch_mnist
+
+    shutil.copytree(tiny_mnist / "MNIST", tmp_path / "MNIST")
+    raw = tmp_path / "MNIST" / "raw"
+    real_exists, real_access = Path.exists, os.access
+
+    def exists(path, *args, **kwargs):  # (tests run as root here, where mode 000 stops nothing)
+        if path.parent == raw:
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_exists(path, *args, **kwargs)
+    monkeypatch.setattr(Path, "exists", exists)
+    monkeypatch.setattr(os, "access", lambda path, mode: Path(path) != raw and real_access(path, mode))
+    with pytest.raises(DataError) as e:
+        fetch_mnist(tmp_path, download=False)
+    assert str(e.value) == (f"{raw}: cannot look into it (Permission denied); make it readable, or give data.root a "
+                            f"folder you can read")
+
+
 def test_an_unreadable_gz_file_is_named_not_its_folder(tmp_path, tiny_mnist, monkeypatch):
     import gzip
 

@@ -10,6 +10,7 @@ import gzip
 import hashlib
 import logging
 import math
+import os
 import shutil
 import struct
 import zlib
@@ -67,7 +68,13 @@ def _raw_dir(root: Path) -> Path:
 
 def _have_files(root: Path) -> bool:
     raw = _raw_dir(root)
-    return all((raw / f).exists() or (raw / f"{f}.gz").exists() for f in MNIST_FILES)
+    try:
+        return all((raw / f).exists() or (raw / f"{f}.gz").exists() for f in MNIST_FILES)
+    except PermissionError as e:  # a folder on the way that one may not look into (a traceback; review)
+        shut = next((d for d in (root, root / "MNIST", raw) if d.is_dir() and not os.access(d, os.R_OK | os.X_OK)),
+                    raw)
+        raise DataError(f"{shut}: cannot look into it ({e.strerror or e}); make it readable, or give data.root a "
+                        f"folder you can read") from None
 
 
 def _unpack(raw: Path) -> None:

@@ -1203,6 +1203,20 @@ def test_data_root_given_as_the_raw_folder_names_the_folder_to_give(tiny_mnist):
             fetch_mnist(wrong, download=False, how="give --data-root DIR")
 
 
+def test_the_four_files_a_level_or_two_too_high_are_told_where_to_go(tmp_path, tiny_mnist):
+    """In data.root itself, or in data.root/raw/ (review: only the generic line)."""
+    import shutil
+
+    from vaelab.data import DataError, fetch_mnist
+
+    for here in (tmp_path / "flat", tmp_path / "rawonly" / "raw"):
+        shutil.copytree(tiny_mnist / "MNIST" / "raw", here)
+        root = here if here.name == "flat" else here.parent
+        with pytest.raises(DataError) as e:
+            fetch_mnist(root, download=False)
+        assert str(e.value).endswith(f"; the four files are in {here}: move them into {root / 'MNIST' / 'raw'}")
+
+
 def test_one_missing_file_is_named(tmp_path, tiny_mnist):
     from vaelab.data import DataError, fetch_mnist
 

@@ -155,7 +155,11 @@ def fetch_mnist(root: str | Path, download: bool = True, how: str = HOW) -> None
                       and root.resolve() in ((c / "MNIST").resolve(), _raw_dir(c).resolve())), None)
         named = "--data-root" if "--data-root" in how else \
             "data.root (or VAELAB_DATA)" if "VAELAB_DATA" in how else "data.root"  # (what the command was given)
+        # the four files in data.root itself, or in data.root/raw/: they go two folders down (review)
+        flat = next((d for d in (root, root / "raw") if d.is_dir() and all(
+            (d / f).is_file() or (d / f"{f}.gz").is_file() for f in MNIST_FILES)), None)
         hint = (f"; {named} is the folder that holds MNIST/raw/, here {right.resolve()}" if right is not None
+                else f"; the four files are in {flat.resolve()}: move them into {raw.resolve()}" if flat is not None
                 else f"; {how} to a folder holding MNIST/raw/")
         raise DataError(f"MNIST not found in {raw.resolve()} (download {why if download else 'disabled'}): "
                         f"{what}{hint}")

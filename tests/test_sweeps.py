@@ -345,6 +345,28 @@ def test_compare_footnote_names_only_the_columns_the_gaussian_constant_is_in(tmp
     assert len(_units_note(both, ["val_kl", "test_kl"])) == 0
 
 
+def test_a_trial_that_draws_a_diverged_runs_values_is_not_trained_again(tmp_path, monkeypatch, caplog):
+    """An Optuna trial that drew the values of a run that diverged trained it again, to the same
+    blow-up, at each such draw (review); the README says such a trial reports that run's result."""
+    import logging
+
+    import vaelab.train as train_mod
+    from vaelab.checkpoint import STOPPED
+
+    run = tmp_path / "latent_size=4,optim.lr=1e8"
+    (run / ".hydra").mkdir(parents=True)
+    (run / STOPPED).write_text(json.dumps({"state": "diverged", "reason": "non-finite loss inf in steps 1-2"}))
+    monkeypatch.setattr(train_mod, "another_jobs_run", lambda cfg, run_dir: None)  # (the same settings)
+
+    def trained(*args, **kwargs):
+        raise AssertionError("trained again")
+    monkeypatch.setattr(train_mod, "train", trained)
+    with caplog.at_level(logging.WARNING, logger="vaelab"):
+        assert train_mod._train_sweep_job(None, run, prepare=trained) == {"val_loss": float("inf")}
+    assert "latent_size=4,optim.lr=1e8 diverged earlier with these values (non-finite loss inf in steps 1-2): " \
+           "reported as it was (+inf), not trained again" in caplog.text
+
+
 def test_compare_lists_a_sweeps_runs_in_the_order_of_their_values(tmp_path):
     from vaelab.compare import find_runs
 

@@ -1398,6 +1398,12 @@ def _train_sweep_job(cfg: DictConfig, run_dir: Path, prepare) -> dict:
         if clash:
             print(f"vaelab-train: error: {clash}", file=sys.stderr)
             sys.exit(2)  # the sweep's folder names are broken: the jobs after this one would meet it too
+        state, _, stopped = ckpt_io.run_state(run_dir)
+        if state == "diverged":  # an Optuna trial that drew a diverged run's values: trained again, it would
+            # replay the same steps to the same blow-up (review: it did, at each such draw)
+            log.warning("%s diverged earlier with these values (%s): reported as it was (+inf), not trained again",
+                        run_dir.name, (stopped or {}).get("reason", "non-finite loss"))
+            return {"val_loss": float("inf")}
         prepare()
         try:
             return train(cfg, run_dir)

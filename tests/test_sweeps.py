@@ -33,7 +33,7 @@ from vaelab.run_dirs import job_name
 from vaelab.train_cli import sweep_name_override
 from vaelab.workflow import is_timing
 
-from tests.conftest import FAST
+from tests.conftest import FAST, compose_cfg
 
 TINY = [*FAST, "model.size=small", "trainer.final_eval=false", "seed=3"]
 SWEEP = ["latent_size=2,4", "loss.beta=1,4"]
@@ -340,31 +340,42 @@ def test_compare_footnote_names_only_the_columns_the_gaussian_constant_is_in(tmp
     # bce and mse runs in one table: their likelihood columns are of two likelihoods (review: one sorted column)
     both = [*runs, Run(tmp_path, "b", {"loss.recon": "bce"})]
     assert _units_note(both, ["val_loss", "test_kl", "test_nll_iwae"])[1] == (
-        "val_loss, test_nll_iwae of loss.recon=bce and loss.recon=mse runs are of two likelihoods (Bernoulli, of "
-        "binarised pixels; Gaussian, a density of grey levels): compare runs of one kind")
+        "val_loss, test_nll_iwae of loss.recon=bce and loss.recon=mse runs are of two likelihoods (a Bernoulli "
+        "cross-entropy of the pixels; a Gaussian density of grey levels): compare runs of one kind")
     assert len(_units_note(both, ["val_kl", "test_kl"])) == 0
 
 
 def test_a_trial_that_draws_a_diverged_runs_values_is_not_trained_again(tmp_path, monkeypatch, caplog):
     """An Optuna trial that drew the values of a run that diverged trained it again, to the same
-    blow-up, at each such draw (review); the README says such a trial reports that run's result."""
+    blow-up, at each such draw (review); the README says such a trial reports that run's result.
+    A job of other values that meets the folder (a hydra.sweep.subdir of one's own) trains, as
+    does one that meets a stopped.json from before the run's settings were kept in it."""
     import logging
 
     import vaelab.train as train_mod
     from vaelab.checkpoint import STOPPED
+    from vaelab.config import to_plain
 
     run = tmp_path / "latent_size=4,optim.lr=1e8"
     (run / ".hydra").mkdir(parents=True)
-    (run / STOPPED).write_text(json.dumps({"state": "diverged", "reason": "non-finite loss inf in steps 1-2"}))
-    monkeypatch.setattr(train_mod, "another_jobs_run", lambda cfg, run_dir: None)  # (the same settings)
+    cfg = compose_cfg(["latent_size=4", "optim.lr=1e8"])
+    monkeypatch.setattr(train_mod, "another_jobs_run", lambda cfg, run_dir: None)  # (no checkpoint to tell by)
+    trained = []
+    monkeypatch.setattr(train_mod, "train", lambda cfg, run_dir: trained.append(run_dir) or {"val_loss": 1.0})
 
-    def trained(*args, **kwargs):
-        raise AssertionError("trained again")
-    monkeypatch.setattr(train_mod, "train", trained)
+    def stopped(config):
+        (run / STOPPED).write_text(json.dumps({"state": "diverged", "reason": "non-finite loss inf in steps 1-2",
+                                               **({"config": config} if config else {})}))
+    stopped(to_plain(cfg))
     with caplog.at_level(logging.WARNING, logger="vaelab"):
-        assert train_mod._train_sweep_job(None, run, prepare=trained) == {"val_loss": float("inf")}
-    assert "latent_size=4,optim.lr=1e8 diverged earlier with these values (non-finite loss inf in steps 1-2): " \
-           "reported as it was (+inf), not trained again" in caplog.text
+        assert train_mod._train_sweep_job(cfg, run, prepare=lambda: None) == {"val_loss": float("inf")}
+    assert not trained
+    assert "latent_size=4,optim.lr=1e8 diverged earlier with these values: reported as it was (+inf), not trained " \
+           "again" in caplog.text
+    stopped(to_plain(compose_cfg(["latent_size=4", "optim.lr=1e8", "loss.beta=2"])))
+    assert train_mod._train_sweep_job(cfg, run, prepare=lambda: None) == {"val_loss": 1.0} and trained == [run]
+    stopped(None)
+    assert train_mod._train_sweep_job(cfg, run, prepare=lambda: None) == {"val_loss": 1.0} and len(trained) == 2
 
 
 def test_compare_lists_a_sweeps_runs_in_the_order_of_their_values(tmp_path):

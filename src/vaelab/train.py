@@ -663,8 +663,10 @@ def train(cfg: DictConfig, run_dir: str | Path, data: MNISTData | None = None, o
                 if not getattr(e, "finished", False):  # (done, only its final evaluation left: not a stopped run)
                     state = {NonFiniteLoss: "diverged", Interrupted: "interrupted", SaveFailed: "failed"}[type(e)]
                     try:
+                        # (a diverged run's settings: a sweep's trial that draws them again is told by them)
+                        settings = {"config": to_plain(cfg)} if state == "diverged" else {}
                         ckpt_io.write_text_atomic(run_dir / ckpt_io.STOPPED,
-                                                  json.dumps({"state": state, "reason": str(e)}))
+                                                  json.dumps({"state": state, "reason": str(e), **settings}))
                     except OSError:  # the run folder itself is not writable: the message still says it
                         pass
                 raise
@@ -1399,10 +1401,13 @@ def _train_sweep_job(cfg: DictConfig, run_dir: Path, prepare) -> dict:
             print(f"vaelab-train: error: {clash}", file=sys.stderr)
             sys.exit(2)  # the sweep's folder names are broken: the jobs after this one would meet it too
         state, _, stopped = ckpt_io.run_state(run_dir)
-        if state == "diverged":  # an Optuna trial that drew a diverged run's values: trained again, it would
-            # replay the same steps to the same blow-up (review: it did, at each such draw)
-            log.warning("%s diverged earlier with these values (%s): reported as it was (+inf), not trained again",
-                        run_dir.name, (stopped or {}).get("reason", "non-finite loss"))
+        diverged_under = (stopped or {}).get("config") if state == "diverged" else None
+        if isinstance(diverged_under, dict) and not _carried_on_otherwise(diverged_under, to_plain(cfg)):
+            # an Optuna trial that drew a diverged run's values: trained again, it would replay the same
+            # steps to the same blow-up (review: it did, at each such draw). Not a job of other values
+            # whose folder name is the same (a hydra.sweep.subdir of one's own): it trains as before
+            log.warning("%s diverged earlier with these values: reported as it was (+inf), not trained again",
+                        run_dir.name)
             return {"val_loss": float("inf")}
         prepare()
         try:

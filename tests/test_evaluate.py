@@ -1016,8 +1016,8 @@ def test_a_run_whose_model_does_not_import_here_is_one_line(make_cfg, tmp_path, 
     assert err.startswith("vaelab eval: error: model._target_=gonemodels.Mine: Error loading 'gonemodels.Mine': "
                           "ModuleNotFoundError") and "\n" not in err
     # (review: what vaelab-train found through PYTHONPATH=., the next command typed without it did not)
-    assert err.endswith("; a module of one's own is found through PYTHONPATH by every vaelab command, as by "
-                        "vaelab-train: PYTHONPATH=/its/folder vaelab ...")
+    assert err.endswith("; a module of one's own is found through PYTHONPATH by every vaelab command: "
+                        "PYTHONPATH=/its/folder vaelab ...")
 
 
 def test_the_curves_are_read_before_the_evaluations_own_event_file_is_open(make_cfg, tmp_path, monkeypatch):

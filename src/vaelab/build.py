@@ -128,7 +128,8 @@ def _check_interface(cfg: DictConfig, model: VAE, input_dim: int) -> None:
                         "%s: decode_logits(z) of 16 draws of z returned no negative value (%d of them, %.3g "
                         "to %.3g): probabilities? vaelab's losses take logits and apply the sigmoid themselves, and "
                         "sigmoid(logits >= 0) is at least 0.5, no black pixel; return the decoder's last layer "
-                        "before its sigmoid", where, probe.numel(), float(probe.min()), float(probe.max()))
+                        "before its sigmoid (or ReLU, softplus)", where, probe.numel(), float(probe.min()),
+                        float(probe.max()))
             if type(model).forward is not VAE.forward:  # training calls forward: a model's own is checked too
                 _check_forward(where, model, x)
     finally:
@@ -181,8 +182,11 @@ def model_error(cfg: DictConfig, e: Exception) -> Exception:
     # (an ImportError in its __init__, say) keeps its traceback
     if isinstance(e, InstantiationException) and text.startswith(("Error loading '", "Error locating target")):
         # (review: vaelab-train found it with PYTHONPATH=., and vaelab sample, typed next, without it did not)
-        hint = ("; a module of one's own is found through PYTHONPATH by every vaelab command, as by vaelab-train: "
-                "PYTHONPATH=/its/folder vaelab ..." if "No module named" in text else "")
+        # (only for the target's own module: not a package its module imports, nor a class misspelt; review)
+        gone = re.search(r"No module named '([\w.]+)'", text)
+        hint = ("; a module of one's own is found through PYTHONPATH by every vaelab command: PYTHONPATH=/its/folder "
+                "vaelab ..." if gone and str(cfg.model._target_).startswith(f"{gone.group(1)}.")
+                and "is not a package" not in text else "")
         return ConfigError(f"model._target_={cfg.model._target_}: {text}{hint}")
     if isinstance(e, ConfigError):
         return e
@@ -200,9 +204,9 @@ def model_error(cfg: DictConfig, e: Exception) -> Exception:
     except TypeError as bad:
         missing = re.search(r"missing a required argument: '(\w+)'", str(bad))
         # (review: a class given an argument since a run trained; resume takes no +, eval no overrides)
-        why = (f"{bad}; give it with +model.kwargs.{missing.group(1)}=VALUE (to vaelab resume without the +; for "
-               f"vaelab eval and sample, as {missing.group(1)}: VALUE under model.kwargs in the run's "
-               f".hydra/config.yaml)") if missing else str(bad)
+        why = (f"{bad}; give it with +model.kwargs.{missing.group(1)}=VALUE (to vaelab resume without the +; a run "
+               f"trained before the class took it is evaluated once the class gives it a default)") if missing \
+            else str(bad)
         params = inspect.signature(target).parameters.values()
         takes = [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
         extra = [] if any(p.kind == p.VAR_KEYWORD for p in params) else [k for k in args if k not in takes]

@@ -251,7 +251,7 @@ def _config_file_error(exc: Exception, primary: tuple[str, str]) -> str:
     elif type(cause).__name__ == "MissingConfigException" and lines:  # its defaults list names what is not found;
         # the lines after are the search path (--config-path leaves vaelab's own conf/ out of it)
         reason = lines[0].split(": ", 1)[-1].rstrip(".")
-        if "'config'" in lines[0]:
+        if "Could not load 'config'" in lines[0]:  # (not "In 'config': Could not find 'trainer/x'": review)
             reason += "; a primary config of one's own that starts from vaelab's ('config') is given with --config-dir"
     else:  # YAML's: where it began, then what it found
         reason = next((ln for ln in reversed(lines) if not ln.startswith("in ")), type(cause).__name__)

@@ -462,8 +462,8 @@ def _units_note(runs: list[Run], metrics: list[str]) -> list[str]:
         notes.append(note + (f"; {', '.join(with_it)} include{'s' * (len(with_it) == 1)} it" if with_it else ""))
     if any(r.config.get("loss.recon") == "bce" for r in runs) and (left_out or with_it):  # (review: one column, sorted)
         notes.append(f"{', '.join(left_out + with_it)} of loss.recon=bce and loss.recon=mse runs are of two "
-                     f"likelihoods (Bernoulli, of binarised pixels; Gaussian, a density of grey levels): compare "
-                     f"runs of one kind")
+                     f"likelihoods (a Bernoulli cross-entropy of the pixels; a Gaussian density of grey levels): "
+                     f"compare runs of one kind")
     return notes
 
 

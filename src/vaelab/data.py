@@ -71,10 +71,22 @@ def _have_files(root: Path) -> bool:
     try:
         return all((raw / f).exists() or (raw / f"{f}.gz").exists() for f in MNIST_FILES)
     except PermissionError as e:  # a folder on the way that one may not look into (a traceback; review)
-        shut = next((d for d in (root, root / "MNIST", raw) if d.is_dir() and not os.access(d, os.R_OK | os.X_OK)),
-                    raw)
+        shut = _shut((root, root / "MNIST", raw))
         raise DataError(f"{shut}: cannot look into it ({e.strerror or e}); make it readable, or give data.root a "
                         f"folder you can read") from None
+
+
+def _shut(folders: tuple[Path, ...]) -> Path:
+    """The first of these folders (each inside the one before) that one may not look into: its
+    names cannot be looked up (no search permission), or it cannot be looked at itself (its
+    parent's); the last if none is found so."""
+    for d in folders:
+        try:
+            if d.is_dir() and not os.access(d, os.X_OK):
+                return d
+        except OSError:
+            return d.parent
+    return folders[-1]
 
 
 def _unpack(raw: Path) -> None:
@@ -156,13 +168,20 @@ def fetch_mnist(root: str | Path, download: bool = True, how: str = HOW) -> None
         named = "--data-root" if "--data-root" in how else \
             "data.root (or VAELAB_DATA)" if "VAELAB_DATA" in how else "data.root"  # (what the command was given)
         # the four files in data.root itself, or in data.root/raw/: they go two folders down (review)
-        flat = next((d for d in (root, root / "raw") if d.is_dir() and all(
-            (d / f).is_file() or (d / f"{f}.gz").is_file() for f in MNIST_FILES)), None)
+        flat = next((d for d in (root, root / "raw") if _holds_the_files(d)), None)
         hint = (f"; {named} is the folder that holds MNIST/raw/, here {right.resolve()}" if right is not None
                 else f"; the four files are in {flat.resolve()}: move them into {raw.resolve()}" if flat is not None
                 else f"; {how} to a folder holding MNIST/raw/")
         raise DataError(f"MNIST not found in {raw.resolve()} (download {why if download else 'disabled'}): "
                         f"{what}{hint}")
+
+
+def _holds_the_files(folder: Path) -> bool:
+    """Whether the four files (or their .gz) are in this folder itself; False for one that cannot be read."""
+    try:
+        return folder.is_dir() and all((folder / f).is_file() or (folder / f"{f}.gz").is_file() for f in MNIST_FILES)
+    except OSError:
+        return False
 
 
 def _short(e: Exception, line: int = 0) -> str:

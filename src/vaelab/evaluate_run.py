@@ -242,7 +242,7 @@ def evaluate_run(run_dir: str | Path, k: int = 5000, device: str = "auto", check
         in_epoch = {"images": int(pos), "of": len(perm)} if pos and perm is not None else None
         result = {
             "elbo": elbo, "recon": recon, "kl": kl, "nll_iwae": nll, "k": k,
-            "elbo_draws": k,  # (the ELBO's draws of z per image: 1 in an eval.json from before 2026-11-27, unsaid)
+            "elbo_draws": k,  # (the ELBO's draws of z per image: 1 in an eval.json of an older vaelab, unsaid)
             # standard errors of those means over the test images (evaluate.standard_error)
             "elbo_se": b["nelbo_se"], "recon_se": b["recon_se"], "kl_se": b["kl_se"], "nll_iwae_se": nll_se,
             "bits_per_dim": bits_per_dim(nll, d), "elbo_bits_per_dim": bits_per_dim(-elbo, d),

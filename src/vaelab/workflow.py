@@ -449,6 +449,7 @@ def _report(run_dir: Path, new_dir: Path, original: dict, rtol: float, changed: 
     unevaluated = not any(k.startswith("test_") for k in original) and any(k.startswith("test_") for k in new)
     # an evaluation by an older vaelab: its ELBO took one draw of z per image, and its sums were float32
     older = not unevaluated and "test_elbo_draws" in new and "test_elbo_draws" not in original
+    k = original.get("test_k")  # (what it was made with: the run's trainer.final_eval_k, not eval's --k default)
     if by_hand or unevaluated or older:  # not what the run's own final evaluation makes now: test_* differ by design
         original = {k: v for k, v in original.items() if not k.startswith("test_")}
         new = {k: v for k, v in new.items() if not k.startswith("test_")}
@@ -465,9 +466,9 @@ def _report(run_dir: Path, new_dir: Path, original: dict, rtol: float, changed: 
         print(f"(test_* not compared: {run_dir} has no eval.json, its end-of-training evaluation did not run to its "
               f"end; vaelab resume {shlex.quote(str(run_dir))} makes it)")
     elif older:
-        print(f"(test_* not compared: {run_dir / 'eval.json'} was made by a vaelab from before 2026-11-27, whose test "
-              f"ELBO took one draw of z per image; vaelab eval {shlex.quote(str(run_dir))} makes it again as the "
-              f"reproduction did)")
+        print(f"(test_* not compared: {run_dir / 'eval.json'} was made by an older vaelab, whose test ELBO took one "
+              f"draw of z per image; vaelab eval {shlex.quote(str(run_dir))}{f' --k {k}' if k else ''} makes it again "
+              f"as the reproduction did)")
     if diff:
         print(f"\nNOT reproduced: {len(diff)} metric(s) differ ({', '.join(diff)})"
               + (f" beyond rtol={rtol}" if rtol else "") + (" (settings changed part-way: see the note above)"

@@ -1031,8 +1031,15 @@ def test_mnist_given_as_gz_files_only_is_read(tmp_path, tiny_mnist):
     # the file vaelab had unpacked, which a good .gz copy then did not replace)
     good = (tiny_mnist / "MNIST" / "raw" / MNIST_FILES[0]).read_bytes()
     (raw / f"{MNIST_FILES[0]}.gz").write_bytes(gzip.compress(good[:5000]))
+    # unpacked in this process: the .gz is the bad copy (review: "delete it" only unpacked it again)
     with pytest.raises(DataError, match=r"train-images-idx3-ubyte: 5000 bytes, but its header \(256 x 28 x 28\) "
-                                        r"needs 200720: truncated; delete it, and train-images-idx3-ubyte.gz beside "
+                                        r"needs 200720: truncated; it was unpacked from train-images-idx3-ubyte.gz "
+                                        r"just now: replace that with a good copy, and delete this file$"):
+        load_mnist_arrays(tmp_path, download=False)
+    # met again by a later process, which did not unpack it: either may be the damaged copy
+    from vaelab import data as data_mod
+    data_mod._UNPACKED.clear()
+    with pytest.raises(DataError, match=r"needs 200720: truncated; delete it, and train-images-idx3-ubyte.gz beside "
                                         r"it is unpacked again \(replace that with a good copy if it is damaged "
                                         r"too\)$"):
         load_mnist_arrays(tmp_path, download=False)

@@ -113,6 +113,7 @@ def _unpack(raw: Path) -> None:
             raise DataError(f"{src}: cannot unpack it next to itself ({e.strerror or e}); gunzip the four "
                             f"files into a writable folder's MNIST/raw/ and point data.root there") from None
         log.info("unpacked %s (torchvision reads the unpacked file)", src)
+        _UNPACKED.add(raw / f)
 
 
 def _copy(packed, src: Path, out) -> None:
@@ -227,10 +228,16 @@ def _expanded(root: str | Path) -> Path:
                         f"out") from None
 
 
+_UNPACKED: set[Path] = set()  # the files _unpack made in this process
+
+
 def _replace(path: Path) -> str:
     """What to do about a damaged IDX file: replace it; or, with a .gz beside it (that it may have
-    been unpacked from, by vaelab or torchvision), delete it, and the .gz is unpacked again."""
+    been unpacked from, by vaelab or torchvision), delete it, and the .gz is unpacked again; or,
+    unpacked from that .gz just now, replace the .gz (deleting the file only unpacked it again; review)."""
     gz = path.with_name(f"{path.name}.gz")
+    if path in _UNPACKED:
+        return f"it was unpacked from {gz.name} just now: replace that with a good copy, and delete this file"
     return (f"delete it, and {gz.name} beside it is unpacked again (replace that with a good copy if it is damaged "
             f"too)") if gz.exists() else "replace it with a good copy"
 

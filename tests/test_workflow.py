@@ -1491,6 +1491,18 @@ def test_bad_override_is_one_line_and_overwrites_nothing(finished_run, tmp_path,
     assert files_snapshot(run) == before
 
 
+def test_resume_of_a_finished_run_with_data_that_is_not_there_is_one_line(finished_run, tmp_path, capsys):
+    """It said "nothing to do" and offered, to go on, a command with that data.root, which then failed (review)."""
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    before = files_snapshot(run)
+    capsys.readouterr()
+    assert vaelab(["resume", run, f"data.root={tmp_path / 'nowhere'}", "data.download=false"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"vaelab resume: error: MNIST not found in {tmp_path / 'nowhere'}"), err
+    assert files_snapshot(run) == before
+
+
 def test_non_finite_validation_stops_the_run_and_keeps_the_last_good_checkpoint(tiny_mnist, tmp_path,
                                                                                monkeypatch):
     """An epoch's last step can blow the weights up after its training loss was summed: the

@@ -710,6 +710,17 @@ def test_a_sweep_job_whose_folder_holds_another_jobs_run_is_refused(tiny_mnist, 
                           f"differ in optim.lr=0.003 (theirs 0.001), which the folder name leaves out")
     assert OmegaConf.load(run / ".hydra" / "config.yaml").optim.lr == 0.001  # put back from its checkpoint
     assert list(OmegaConf.load(run / ".hydra" / "overrides.yaml")) == ["optim.lr=0.001", "latent_size=2"]
+    # one that diverged before its first checkpoint: told by the settings its stopped.json keeps (review: a job
+    # of other values trained over it silently)
+    import json
+
+    from vaelab import checkpoint as ckpt_io
+    from vaelab.config import to_plain
+
+    shutil.rmtree(run / "checkpoints")
+    (run / ckpt_io.STOPPED).write_text(json.dumps({"state": "diverged", "reason": "x", "config": to_plain(first)}))
+    assert another_jobs_run(first, run) is None
+    assert another_jobs_run(second, run).startswith(f"{run} holds the run of another job of this sweep")
 
 
 def test_a_sweep_job_waits_for_a_duplicate_that_took_the_folder_after_it_looked(tiny_mnist, tmp_path, caplog):

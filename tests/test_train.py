@@ -356,8 +356,10 @@ def test_a_model_that_cannot_be_built_is_one_line(tiny_mnist, tmp_path, override
 def test_the_pythonpath_hint_is_for_the_targets_own_module_only(tiny_mnist, tmp_path, monkeypatch):
     (tmp_path / "found.py").write_text("import einops_not_installed\n")
     (tmp_path / "plain.py").write_text("x = 1\n")
+    (tmp_path / "pkg").mkdir()
+    (tmp_path / "pkg" / "__init__.py").write_text("")
     monkeypatch.syspath_prepend(str(tmp_path))
-    for target in ("found.Mine", "plain.NoSuch"):
+    for target in ("found.Mine", "plain.NoSuch", "pkg.nosub.Bar"):  # (a package found, its submodule not)
         cfg = compose_cfg([f"data.root={tiny_mnist}", "data.val_size=64", f"model._target_={target}"])
         with pytest.raises(ConfigError) as e:
             train(cfg, tmp_path / "r")

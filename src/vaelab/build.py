@@ -173,6 +173,16 @@ def _not_a_vae(cfg: DictConfig) -> ConfigError:
                        f"vaelab.models.VAE (not VAE itself), e.g. vaelab.models.MLPVAE")
 
 
+def _not_found(module: str) -> bool:
+    """Whether a top-level module is nowhere on the import path (not: found, with a submodule missing)."""
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec(module) is None
+    except (ImportError, ValueError):
+        return False
+
+
 def model_error(cfg: DictConfig, e: Exception) -> Exception:
     """A ConfigError for a model that cannot be built: a model._target_ that does not import,
     or sizes whose weights do not fit in memory (latent_size=1000000000); `e` itself otherwise."""
@@ -186,7 +196,7 @@ def model_error(cfg: DictConfig, e: Exception) -> Exception:
         gone = re.search(r"No module named '([\w.]+)'", text)
         hint = ("; a module of one's own is found through PYTHONPATH by every vaelab command: PYTHONPATH=/its/folder "
                 "vaelab ..." if gone and str(cfg.model._target_).startswith(f"{gone.group(1)}.")
-                and "is not a package" not in text else "")
+                and "is not a package" not in text and _not_found(gone.group(1).split(".")[0]) else "")
         return ConfigError(f"model._target_={cfg.model._target_}: {text}{hint}")
     if isinstance(e, ConfigError):
         return e

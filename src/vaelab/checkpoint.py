@@ -378,7 +378,8 @@ def holds_runs(folder: str | Path) -> bool:
 
 
 # In a run folder after an early stop (train() writes it, its next start removes it):
-# {"state": "diverged" | "interrupted" | "failed", "reason": the one-line message}
+# {"state": "diverged" | "interrupted" | "failed", "reason": the one-line message}, and for "diverged" the
+# "config" it trained with (run_dirs.another_jobs_run, train._train_sweep_job)
 STOPPED = "stopped.json"
 # One JSON line per finished epoch (train() writes it; `vaelab compare --plot` reads it where a run has
 # no TensorBoard events): the epoch lines' numbers, the KL of each latent dimension and its variance.

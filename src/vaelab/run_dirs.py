@@ -133,12 +133,16 @@ def another_jobs_run(cfg: DictConfig, run_dir: Path) -> str | None:
     A job that submitit requeues comes back to its own run, with the same config: None."""
 
     last = ckpt_io.latest(run_dir / "checkpoints")
-    if last is None:
-        return None
-    try:
-        saved = ckpt_io.load(last, map_location="cpu")["config"]
-    except (ckpt_io.CheckpointError, KeyError):  # train() reports a damaged checkpoint itself
-        return None
+    if last is None:  # a run that diverged before its first checkpoint keeps its settings in stopped.json (review:
+        # a job of other values trained over it silently)
+        saved = (ckpt_io.read_json(run_dir / ckpt_io.STOPPED) or {}).get("config")
+        if not isinstance(saved, dict):
+            return None
+    else:
+        try:
+            saved = ckpt_io.load(last, map_location="cpu")["config"]
+        except (ckpt_io.CheckpointError, KeyError):  # train() reports a damaged checkpoint itself
+            return None
     mine, theirs = dict(leaves(to_plain(cfg))), dict(leaves(saved))
     differ = sorted(k for k in {**mine, **theirs} if mine.get(k) != theirs.get(k))
     if not differ:

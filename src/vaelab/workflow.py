@@ -943,7 +943,7 @@ def resume(run_dir: str | Path, overrides: list[str] = ()) -> dict | None:
         if any(o.key_or_group == "data.root" for o in parsed):  # (review: "to go on" named data that is not there)
             from vaelab.data import fetch_mnist
 
-            fetch_mnist(cfg.data.root, cfg.data.download, how=RESUME_HOW)  # DataError, one line
+            fetch_mnist(cfg.data.root, download=False, how=RESUME_HOW)  # DataError, one line (no download for this)
         given = [o for o in overrides if o.split("=", 1)[0] != "trainer.epochs"]
         k = next((o.split("=", 1)[1] for o in given if o.split("=", 1)[0] == "trainer.final_eval_k"), None)
         training = [o for o in given if not o.split("=", 1)[0].startswith("trainer.final_eval")]

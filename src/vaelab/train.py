@@ -1000,12 +1000,12 @@ def _train(cfg: DictConfig, run_dir: Path, data: MNISTData | None, on_start=None
     # to log, where each meeting left an event file behind and rewrote the HParams row)
     writer = RunLogger(run_dir, enabled=cfg.logger.tensorboard and not (
         finished and hparams_logged(run_dir, st["examples"])), purge_step=purge)
-    if not resumed:
-        writer.text("config", "```\n" + OmegaConf.to_yaml(plain_cfg) + "\n```")
-    elif _carried_on_otherwise(saved_under, plain_cfg):  # the text tab shows the settings from here on
+    config_text = "```\n" + OmegaConf.to_yaml(plain_cfg) + "\n```"
+    if resumed and _carried_on_otherwise(saved_under, plain_cfg):  # the text tab shows the settings from here on
         # (just past the checkpoint's step: a later resume from that checkpoint purges it with the rest)
-        writer.text("config", "```\n" + OmegaConf.to_yaml(plain_cfg) + "\n```", st["examples"] + 1)
+        writer.text("config", config_text, st["examples"] + 1)
     if not resumed:
+        writer.text("config", config_text)
         log.info("run directory: %s", run_dir)
         log.info("model: %s (%d parameters) on %s", type(model).__name__,
                  sum(p.numel() for p in model.parameters()), device)

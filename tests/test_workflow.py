@@ -2500,6 +2500,46 @@ def test_an_epoch_whose_beta_changed_part_way_logs_its_mean_beta(finished_run, t
     assert betas == [1.0, pytest.approx((64 * 1.0 + 128 * 2.0) / 192), 2.0]  # (epoch 3: all at 2, as set)
 
 
+def test_a_resume_part_way_that_changes_the_batches_or_beta_keeps_the_mean_betas(tiny_mnist, tmp_path, monkeypatch,
+                                                                                 caplog):
+    """After `vaelab resume trainer.batch_size=40` part-way through a warm-up's epoch, epochs.jsonl's
+    beta was worked out as if the whole epoch had had batches of 40; after `vaelab resume loss.beta=1`
+    part-way through a log interval (no warm-up), train/beta said 1 for an interval taken partly at
+    beta 2, and the epoch's line left out its mean beta (review)."""
+    warm = tmp_path / "warm"
+    args = [f"data.root={tiny_mnist}", *TINY, "trainer.epochs=2", "loss.kl_warmup_steps=20", "trainer.log_every=4"]
+    with signal_at_step(monkeypatch, 7), pytest.raises(Interrupted):  # (epoch 2, steps 6 and 7 done: image 64)
+        train(compose_cfg(args), warm)
+    assert vaelab(["resume", warm, "trainer.batch_size=40"]) == 0
+    epoch2 = json.loads((warm / "epochs.jsonl").read_text().splitlines()[1])
+    # steps 6-7 of 32 images, 8-10 of 40, 11 of the last 8; beta = step / 20
+    assert epoch2["beta"] == pytest.approx((32 * (6 + 7) + 40 * (8 + 9 + 10) + 8 * 11) / 20 / 192)
+
+    mixed = tmp_path / "mixed"
+    args = [f"data.root={tiny_mnist}", *TINY, "trainer.epochs=2", "loss.beta=2", "trainer.log_every=4"]
+    with signal_at_step(monkeypatch, 9), pytest.raises(Interrupted):  # (epoch 2, steps 8 and 9 of its interval done)
+        train(compose_cfg(args), mixed)
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="vaelab"):
+        assert vaelab(["resume", mixed, "loss.beta=1"]) == 0
+    acc = EventAccumulator(str(mixed), size_guidance={"scalars": 0})
+    acc.Reload()
+    beta = {e.step: e.value for e in acc.Scalars("train/beta")}
+    assert beta[8 * 32] == 2.0 and beta[12 * 32] == pytest.approx(1.5)  # (steps 8-9 at 2, 10-11 at 1)
+    assert json.loads((mixed / "epochs.jsonl").read_text().splitlines()[1])["beta"] == pytest.approx(320 / 192)
+    assert "(recon + 1.67 x KL)" in caplog.text
+    # and eval's curves.png says its train loss is not recon + KL throughout (loss.beta is 1 now)
+    import vaelab.pictures as pictures
+    notes = []
+    real = pictures.curves_figure
+    monkeypatch.setattr(pictures, "curves_figure",
+                        lambda scalars, note="", *a, **kw: notes.append(note) or real(scalars, note, *a, **kw))
+    from vaelab.evaluate_run import evaluate_run
+    evaluate_run(mixed, k=2, device="cpu", progress=False)
+    assert notes[0].startswith("the train loss is recon + beta x KL (before a resume set loss.beta=1: train/beta "
+                               "has its betas), the validation loss recon + KL")
+
+
 def test_reproduce_makes_each_change_part_way_where_it_was_made(finished_run, tmp_path, capsys, monkeypatch):
     """The config holds a resumed run's last values, which a re-run used from its first step: a
     run whose lr changed at epoch 2 reproduced as 'NOT reproduced', with a note. The reproduction

@@ -333,12 +333,16 @@ def evaluate_run(run_dir: str | Path, k: int = 5000, device: str = "auto", check
                 _remove_stale_staging(run_dir)
                 staging = Path(tempfile.mkdtemp(prefix=".eval-", suffix=ckpt_io.TMP_SUFFIX, dir=run_dir))
                 notes = []  # what the curves' numbers are, where they are not the -ELBO's terms
+                scalars = run.scalars()  # (an epochs.jsonl's epoch points too)
                 if cfg.loss.beta != 1 or cfg.loss.kl_warmup_steps:
                     warmup = cfg.loss.kl_warmup_steps
                     ramp = f", ramped up from 0 over {warmup} steps" if warmup else ""
                     notes.append(f"the train loss is recon + beta x KL (loss.beta={cfg.loss.beta:g}{ramp}), the "
                                  f"validation loss recon + KL")
-                scalars = run.scalars()  # (an epochs.jsonl's epoch points too)
+                elif any(v != 1 for tag in ("train/beta", "epoch/beta") for _, v in scalars.get(tag, [])):
+                    # (a run resumed with loss.beta=1: review)
+                    notes.append("the train loss is recon + beta x KL (before a resume set loss.beta=1: train/beta "
+                                 "has its betas), the validation loss recon + KL")
                 logged = {round(v) for _, v in run.scalars(events_only=True).get("epoch/epoch", [])}
                 missing = sorted(set(range(1, result["epoch"] + 1)) - logged)  # (logger.tensorboard=false)
                 if logged and missing:

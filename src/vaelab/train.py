@@ -788,13 +788,16 @@ def _load_to_resume(cfg: DictConfig, path: Path, model: VAE, opt: torch.optim.Op
         torch.set_num_threads(st["threads"])
     ckpt_io.set_rng_state(ck["rng"])
     t, lcfg, was = cfg.trainer, cfg.loss, ck["config"].get("loss") or {}
-    if st["pos"] and (was.get("beta") != lcfg.beta or was.get("kl_warmup_steps") != lcfg.kl_warmup_steps):
-        # beta changed part-way through this epoch (vaelab resume loss.beta=...): its mean is the one
-        # summed over its steps, not the new settings' over all of them (review: epochs.jsonl's beta)
+    was_batch = (ck["config"].get("trainer") or {}).get("batch_size", t.batch_size)
+    if st["pos"] and (was.get("beta") != lcfg.beta or was.get("kl_warmup_steps") != lcfg.kl_warmup_steps
+                      or was_batch != t.batch_size):
+        # beta, or the batches it weighs, changed part-way through this epoch (vaelab resume loss.beta=...,
+        # trainer.batch_size=...): its mean beta is the one summed over its steps, not the new settings'
+        # over all of them (review: epochs.jsonl's beta), and so is each log point's
         if "epoch_beta" not in ck["state"]:  # (a checkpoint from before it was kept: the steps so far, as
-            first = st["step"] - st["pos"] // t.batch_size  # the settings it was saved under gave them)
+            first = st["step"] - st["pos"] // was_batch  # the settings it was saved under gave them)
             st["epoch_beta"] = sum(beta_at(s, was.get("beta", lcfg.beta), was.get("kl_warmup_steps", 0))
-                                   * t.batch_size for s in range(first, st["step"]))
+                                   * was_batch for s in range(first, st["step"]))
         st["beta_changed"] = True
     if "log_beta" not in ck["state"] and st["pos"]:
         # A checkpoint from before log_beta was kept, taken part-way through a log interval: the
@@ -1115,7 +1118,7 @@ def _train(cfg: DictConfig, run_dir: Path, data: MNISTData | None, on_start=None
         v = log_acc.tolist()
         means = [s / v[3] for s in v[:3]]
         check_finite(means, f"epoch {epoch + 1}")
-        mean_beta = st["log_beta"] / v[3] if warmup else beta_max
+        mean_beta = st["log_beta"] / v[3] if warmup or st["beta_changed"] else beta_max
         writer.scalars({"loss": means[0], "recon": means[1], "kl": means[2], "beta": mean_beta},
                        st["examples"], prefix="train/")
         st["log_beta"] = 0.0
@@ -1130,7 +1133,7 @@ def _train(cfg: DictConfig, run_dir: Path, data: MNISTData | None, on_start=None
         f"nats/example less the constant {data.train.dim * MSE_NLL_CONST_PER_DIM:.2f}"
     # (the loss optimised, beside validation's recon + KL: one compared with the other looked like overfitting)
     def train_terms() -> str:  # (with a warm-up, the epoch's mean beta: review, it said the final one)
-        if beta_max == 1 and not warmup:
+        if beta_max == 1 and not warmup and not st["beta_changed"]:
             return ""
         beta = epoch_beta()
         ramp = f", beta ramping up to {beta_max:g} over {warmup} steps" if warmup and beta < beta_max else ""

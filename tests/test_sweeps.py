@@ -1351,6 +1351,30 @@ def test_resume_of_a_sweep_launches_the_command_line_as_given(sweep, tmp_path):
                          f"hydra.sweep.dir='{copy.resolve()}'"]
 
 
+def test_resume_of_a_sweep_keeps_a_primary_config_given_with_config_dir(sweep, tmp_path):
+    """`vaelab-train --config-dir myconf --config-name mine -m ...`: Hydra lists myconf as a
+    command-line source and vaelab's conf/ as main, and the resume launched vaelab's own config,
+    a job that had not begun training with other settings (review: latent 32, not mine's 8)."""
+    from vaelab.workflow import WorkflowError, sweep_command_line
+
+    record = yaml.safe_load((sweep / "multirun.yaml").read_text())
+    mine = tmp_path / "myconf"
+    mine.mkdir()
+    (mine / "mine.yaml").write_text("defaults:\n  - config\n  - _self_\nlatent_size: 8\n")
+    record["hydra"]["job"]["config_name"] = "mine"
+    record["hydra"]["runtime"]["config_sources"].append({"path": str(mine), "schema": "file",
+                                                         "provider": "command-line"})
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    (copy / "multirun.yaml").write_text(yaml.safe_dump(record))
+    argv = sweep_command_line(copy)[1]
+    assert argv[argv.index("--config-dir") + 1] == str(mine) and argv[argv.index("--config-name") + 1] == "mine"
+    assert "--config-path" not in argv
+    (mine / "mine.yaml").unlink()
+    with pytest.raises(WorkflowError, match=f"primary config mine.yaml is in none of {mine} any more"):
+        sweep_command_line(copy)
+
+
 def test_resume_of_a_sweep_refuses_what_it_cannot_carry_on(sweep, tmp_path, capsys):
     assert vaelab(["resume", sweep, "latent_size=3"]) == 2
     assert capsys.readouterr().err.strip() == (

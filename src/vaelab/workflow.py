@@ -1023,6 +1023,15 @@ def sweep_command_line(sweep_dir: Path) -> tuple[Path | None, list[str], list[st
             flags += ["--config-path", str(where), "--config-name", config_name]
         elif source.get("provider") == "command-line":  # --config-dir: the user's own config groups
             flags += ["--config-dir", str(where)]
+    if "--config-name" not in flags and config_name != "config":
+        # --config-dir DIR --config-name NAME: the primary config is found in DIR, which Hydra lists as
+        # a command-line source, vaelab's conf/ staying main; without the name the sweep relaunched
+        # with vaelab's own config, other settings and no hydra.sweeper.params of NAME's (review)
+        dirs = [Path(d) for f, d in zip(flags, flags[1:]) if f == "--config-dir"] + [CONF_DIR]
+        if not any((Path(d) / f"{config_name}.yaml").is_file() for d in dirs):
+            raise WorkflowError(f"{sweep_dir}: the sweep's primary config {config_name}.yaml is in none of "
+                                f"{', '.join(str(d) for d in dirs[:-1]) or 'its config folders'} any more")
+        flags += ["--config-name", config_name]
     # This launch leaves each job's .hydra/ to the job (train.hydra_main): a job that began keeps its own
     # config, with any change `vaelab resume JOB KEY=VALUE` made to it.
     ours = ("hydra.sweep.dir", "hydra.mode", "hydra.output_subdir", f"hydra.job.env_set.{SWEEP_CONTINUED}")

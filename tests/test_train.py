@@ -1089,3 +1089,17 @@ class Tiny(VAE):
                                   "latent_size=2"]))
     plain["model"] = {"_target_": "tinymod.Tiny"}
     assert train(OmegaConf.create(plain), tmp_path / "run")["epochs"] == 1
+
+
+def test_a_runs_hparams_marks_keep_an_override_that_holds_an_interpolation(tmp_path):
+    """Review: `trainer.eval_batch_size=${trainer.batch_size}` on the command line, read back from
+    overrides.yaml as a list, resolved against that list and failed, and the run's HParams row
+    marked none of its keys."""
+    from vaelab.train import _compared_keys
+
+    (tmp_path / ".hydra").mkdir()
+    (tmp_path / ".hydra" / "overrides.yaml").write_text(
+        "- latent_size=2\n- trainer.eval_batch_size=${trainer.batch_size}\n")
+    (tmp_path / ".hydra" / "hydra.yaml").write_text(
+        "hydra:\n  job:\n    config:\n      override_dirname:\n        exclude_keys: []\n")
+    assert _compared_keys(tmp_path) == {"latent_size", "trainer.eval_batch_size"}

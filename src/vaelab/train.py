@@ -549,7 +549,8 @@ def _compared_keys(run_dir: Path) -> set[str]:
     if swept:
         return swept
     try:
-        task = [str(o) for o in OmegaConf.load(hydra_dir / "overrides.yaml")]
+        # (unresolved: a list's ${trainer.batch_size} resolved against the list itself and failed, review)
+        task = [str(o) for o in OmegaConf.to_container(OmegaConf.load(hydra_dir / "overrides.yaml"), resolve=False)]
         fixed = OmegaConf.select(OmegaConf.load(hydra_dir / "hydra.yaml"),
                                  "hydra.job.config.override_dirname.exclude_keys", default=None) or []
     except Exception:  # noqa: BLE001 - no saved Hydra files (train() called directly), or unreadable: no marks
@@ -563,7 +564,8 @@ def _swept_keys(multirun_yaml: Path) -> set[str]:
     and the keys of an Optuna study's search space; empty where there is no such file."""
     try:
         saved = OmegaConf.load(multirun_yaml)
-        task = [str(o) for o in OmegaConf.select(saved, "hydra.overrides.task", default=None) or []]
+        task = OmegaConf.select(saved, "hydra.overrides.task", default=None)
+        task = [str(o) for o in OmegaConf.to_container(task, resolve=False)] if task is not None else []
         params = OmegaConf.select(saved, "hydra.sweeper.params", default=None) or {}
         from hydra.core.override_parser.overrides_parser import OverridesParser
 

@@ -133,6 +133,27 @@ def test_compare_lists_a_run_saved_before_loss_impl_as_it_trained(tmp_path):
     assert run.config["loss.impl"] == "torch" and run.config["loss.recon"] == "mse"
 
 
+def test_compare_shows_a_setting_given_as_an_interpolation_by_its_value(tmp_path):
+    """`optim.lr=${oc.decode:"1e-3"}` and `trainer.eval_batch_size=${trainer.batch_size}` were
+    shown, compared and matched by --where as their text, where the run trained (and its HParams
+    row shows) 0.001 and the batch size (review); ${now:...} stays as written: it resolves as the run began."""
+    import yaml
+    from omegaconf import OmegaConf
+
+    from vaelab.compare import find_runs
+
+    cfg = OmegaConf.to_container(compose_cfg([]), resolve=False, enum_to_str=True)
+    cfg["optim"]["lr"] = '${oc.decode:"1e-3"}'
+    cfg["trainer"]["eval_batch_size"] = "${trainer.batch_size}"
+    cfg["name"] = "${now:%H-%M}"
+    (tmp_path / "run" / ".hydra").mkdir(parents=True)
+    (tmp_path / "run" / ".hydra" / "config.yaml").write_text(yaml.safe_dump(cfg))
+    [run] = find_runs([tmp_path])
+    assert run.config["optim.lr"] == "0.001"
+    assert run.config["trainer.eval_batch_size"] == str(cfg["trainer"]["batch_size"])
+    assert run.config["name"] == "${now:%H-%M}"
+
+
 def test_iwae_paper_experiment_schedule():
     cfg = compose_cfg(["experiment=iwae_paper_vae"])
     assert build_model(cfg).hidden == [200, 200] and cfg.latent_size == 50 and cfg.optim.eps == 1e-4

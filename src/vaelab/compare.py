@@ -190,6 +190,30 @@ def find_runs(dirs: list[str | Path]) -> list[Run]:
     return [_load(p, str(p.relative_to(top))) for p in paths]
 
 
+def _resolved(saved: dict) -> dict:
+    """A saved config with the interpolations of its values resolved, as the run trained with them
+    and its HParams row shows them (`optim.lr=${oc.decode:"1e-3"}` is 0.001; it was compared,
+    and --where matched, as its text: review). ${now:...} and ${hydra:...} stay as written: they
+    resolve as the run was launched, not now; so does one that does not resolve here."""
+    try:
+        conf = OmegaConf.create(saved)
+    except Exception:  # noqa: BLE001 - (not a config OmegaConf reads: as written)
+        return saved
+
+    def value(key, v):
+        if isinstance(v, dict):
+            return {k: value(f"{key}.{k}", x) for k, x in v.items()}
+        text = str(v)
+        if "${" not in text or "${now:" in text or "${hydra:" in text:
+            return v
+        try:
+            got = OmegaConf.select(conf, key, throw_on_resolution_failure=True)
+            return OmegaConf.to_container(got, resolve=True) if OmegaConf.is_config(got) else got
+        except Exception:  # noqa: BLE001 - (e.g. a resolver of the user's own, not registered here)
+            return v
+    return {k: value(str(k), v) for k, v in saved.items()}
+
+
 def _load(path: Path, name: str) -> Run:
     run = Run(path, name)
     cfg = path / ".hydra" / "config.yaml"
@@ -201,7 +225,7 @@ def _load(path: Path, name: str) -> Run:
             # (booleans as the config files, overrides and HParams write them: --where trainer.compile=true;
             # a setting added since the run trained, as it trained: loss.impl=torch, not today's default)
             run.config = {k: str(v).lower() if isinstance(v, bool) else str(v)
-                          for k, v in leaves(as_trained(saved), empty=False)}
+                          for k, v in leaves(_resolved(as_trained(saved)), empty=False)}
             size = run.config.get("model.size")
             if run.config.get("model._target_") == MLP_TARGET and run.config.get("model.hidden") == "None" and \
                     size in SIZES:  # the widths as built, as the HParams row has them: --where model.hidden=[256]

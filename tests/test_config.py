@@ -383,6 +383,10 @@ def test_optimizer_matches_config():
                                                                  "submitit_local and submitit_slurm launchers "
                                                                  "(hydra/launcher=slurm, ...)"),
     (["-m", "latent_size=2,16", "hydra.launcher.ray.init.num_cpus=2"], "(hydra/launcher=ray_local)"),  # its yaml's
+    # the basic sweeper's params on the command line: Hydra's "'NoneType' object has no attribute 'get'" (review)
+    (["-m", "hydra.sweeper.params={latent_size:'2,3'}"], "Hydra's basic sweeper takes hydra.sweeper.params from a "
+                                                         "config file only; sweep on the command line as KEY=a,b"),
+    (["-m", "+hydra.sweeper.params.latent_size='2,3'"], "Hydra's basic sweeper takes hydra.sweeper.params"),
     # null for a setting that must have a value said "field 'device' is not Optional"
     (["device=null"], "override 'device=null': device cannot be null; give auto, cpu, cuda, cuda:N or mps"),
     (["model.size=null"], "override 'model.size=null': model.size cannot be null; give one of small, base, large"),

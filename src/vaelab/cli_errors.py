@@ -171,6 +171,12 @@ def _explain(exc: Exception, override: str, composed: DictConfig | None = None) 
             else ""
         return (f"unknown key '{full_key}' in {given_in};{hint} keys allowed at {where}: "
                 f"{', '.join(known)}{own}{_other_launcher_hint(full_key)}")
+    if override.lstrip("+~").startswith("hydra.sweeper.params") and "NoneType" in msg:
+        # Hydra's basic sweeper has no params until a config file gives them (its own error said
+        # "'NoneType' object has no attribute 'get'", review)
+        return (f"override '{override}': Hydra's basic sweeper takes hydra.sweeper.params from a config file only; "
+                f"sweep on the command line as KEY=a,b (latent_size=2,16), or put the params in a primary config of "
+                f"one's own (--config-dir DIR --config-name NAME)")
     if "Could not append to config. An item is already at" in msg:  # +latent_size=8
         return f"override '{override}': {msg.rstrip('.')}; a leading + adds a new key: set it with '{override[1:]}'"
     if "Config group override must be a string or a list" in msg:  # experiment=null

@@ -59,6 +59,9 @@ class Run:
     # written), or unfinished (running, killed)
     _scalars: dict | None = None
     _events: dict | None = None
+    # the settings given as an interpolation, as written (config shows them resolved): model.latent_size's
+    # ${latent_size} is no column of its own where every run has it
+    interpolated: dict = field(default_factory=dict)
 
     def scalars(self, events_only: bool = False) -> dict:
         """{tag: [(examples seen, value), ...]} from the run's event files and its epochs.jsonl (the
@@ -224,8 +227,10 @@ def _load(path: Path, name: str) -> Run:
                 raise ValueError(f"a {type(saved).__name__}, not a mapping of settings")
             # (booleans as the config files, overrides and HParams write them: --where trainer.compile=true;
             # a setting added since the run trained, as it trained: loss.impl=torch, not today's default)
+            trained = as_trained(saved)
             run.config = {k: str(v).lower() if isinstance(v, bool) else str(v)
-                          for k, v in leaves(_resolved(as_trained(saved)), empty=False)}
+                          for k, v in leaves(_resolved(trained), empty=False)}
+            run.interpolated = {k: str(v) for k, v in leaves(trained, empty=False) if "${" in str(v)}
             size = run.config.get("model.size")
             if run.config.get("model._target_") == MLP_TARGET and run.config.get("model.hidden") == "None" and \
                     size in SIZES:  # the widths as built, as the HParams row has them: --where model.hidden=[256]
@@ -435,7 +440,10 @@ def _varying(runs: list[Run]) -> list[str]:
     makes no key differ: its row shows - under them."""
     known = sorted((r for r in runs if r.config), key=lambda r: r.name)
     keys = dict.fromkeys(k for r in known for k in r.config if k not in _NOT_A_DIFFERENCE)
-    return [k for k in keys if len({r.config.get(k) for r in known}) > 1]
+    # (a setting every run derives alike from others, model.latent_size: ${latent_size}, varies with them:
+    # theirs are the columns)
+    derived = {k for k in keys if len({r.interpolated.get(k) for r in known}) == 1 and known[0].interpolated.get(k)}
+    return [k for k in keys if len({r.config.get(k) for r in known}) > 1 and k not in derived]
 
 
 def table(runs: list[Run], extra: list[str] = (), settings_of: list[Run] | None = None) -> str:

@@ -583,6 +583,37 @@ def test_without_last_pt_a_run_resumes_from_the_checkpoint_that_trained_furthest
     assert ckpt_io.latest(ckpts).name != "junk.pt"
 
 
+def test_a_stop_between_an_epochs_checkpoint_writes_resumes_from_the_one_ahead_of_last_pt(tiny_mnist, tmp_path,
+                                                                                          caplog):
+    """best.pt and epoch_N.pt are written before last.pt: a full disk or a kill -9 between them
+    left last.pt an epoch behind, and a resume with a changed setting trained that epoch again,
+    beside a best.pt of the old settings' weights that nothing in the run's record showed (review).
+    It carries on from the complete checkpoint ahead instead; a last.pt that cannot be read is
+    still the one chosen (loading it says so). And trainer.resume=false in a run's folder is
+    refused: it trained from scratch there, beside the other run's files (review)."""
+    from vaelab.config import ConfigError
+
+    run = tmp_path / "run"
+    args = [f"data.root={tiny_mnist}", *TINY, "trainer.epochs=1", "trainer.checkpoint_every=1"]
+    train(compose_cfg(args), run)
+    ckpts = run / "checkpoints"
+    epoch1 = (ckpts / "last.pt").read_bytes()
+    train(compose_cfg([*args, "trainer.epochs=2"]), run)
+    (ckpts / "best.pt").unlink()  # (epoch 2 need not be the best: best.pt, where it is, is the same)
+    (ckpts / "last.pt").write_bytes(epoch1)  # as a stop between epoch_0002.pt's write and last.pt's left it
+    assert ckpt_io.latest(ckpts).name == "epoch_0002.pt"
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="vaelab"):
+        assert vaelab(["resume", run, "trainer.epochs=3", "optim.lr=1e-4"]) == 0
+    assert "last.pt is behind epoch_0002.pt, which trained furthest" in caplog.text
+    assert "after epoch 2" in caplog.text and "from step 12" in caplog.text
+    assert [json.loads(line)["lr"] for line in (run / "epochs.jsonl").read_text().splitlines()] == [1e-3, 1e-3, 1e-4]
+    (ckpts / "last.pt").write_bytes(b"PK\x03\x04 not a checkpoint")
+    assert ckpt_io.latest(ckpts).name == "last.pt"
+    with pytest.raises(ConfigError, match=f"trainer.resume=false: {run} holds a run already"):
+        train(compose_cfg([*args, "trainer.resume=false"]), run)
+
+
 def test_a_stop_while_the_run_folder_is_set_up_checkpoints_after_the_first_step(tiny_mnist, reference, tmp_path,
                                                                                 monkeypatch):
     """Review: a SIGTERM between the run's first files (its event file, checkpoints/) and the

@@ -208,14 +208,36 @@ def check_not_in_use(run_dir: str | Path) -> None:
 
 
 def latest(ckpt_dir: str | Path) -> Path | None:
-    """The checkpoint to carry a run on from: last.pt; failing that, the other one that trained
-    furthest (furthest). At the end of an epoch best.pt and epoch_N.pt are written just before
-    last.pt, with the same contents, so a kill between them in the first epoch leaves a complete
-    checkpoint that is not called last.pt. None if there is no checkpoint."""
+    """The checkpoint to carry a run on from: last.pt, unless best.pt or the newest epoch_N.pt
+    trained further; failing last.pt, the one that trained furthest (furthest). At the end of an
+    epoch best.pt and epoch_N.pt are written just before last.pt, with the same contents, so a
+    stop between them (a kill, a full disk) leaves a complete checkpoint ahead of last.pt: carried
+    on from last.pt, the run trained that epoch again, under any changed settings, beside a best.pt
+    of weights its record no longer had (review). A last.pt that cannot be read is still the one
+    (loading it says so, and which other one to move to). None if there is no checkpoint."""
     ckpt_dir = Path(ckpt_dir)
-    if (ckpt_dir / "last.pt").is_file():
-        return ckpt_dir / "last.pt"
-    return furthest(p for p in ckpt_dir.glob("*.pt") if p.is_file())
+    last = ckpt_dir / "last.pt"
+    if not last.is_file():
+        return furthest(p for p in ckpt_dir.glob("*.pt") if p.is_file())
+    numbered = [p for p in ckpt_dir.glob("epoch_*.pt") if p.is_file() and p.stem[6:].isdigit()]
+    others = [p for p in (ckpt_dir / "best.pt", max(numbered, key=lambda p: int(p.stem[6:]), default=None))
+              if p is not None and p.is_file()]
+    if not others:
+        return last
+    seen = _examples(last)
+    ahead = max(others, key=lambda p: _examples(p) or -1)
+    return ahead if seen is not None and (_examples(ahead) or -1) > seen else last
+
+
+def _examples(path: Path) -> int | None:
+    """The examples a checkpoint had seen, read without its tensors; None where it cannot be read."""
+    import torch
+
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)["state"]
+        return int(state.get("examples", state.get("step", -1)))
+    except Exception:  # noqa: BLE001  (loading it says why, if it is chosen)
+        return None
 
 
 def furthest(paths) -> Path | None:
@@ -224,14 +246,9 @@ def furthest(paths) -> Path | None:
     read, the newest file. Not the newest file alone: a folder copied (cp -r, scp, an unzip) has
     its files' times in another order, and a resume from an early best.pt would have written its
     epochs over the later epoch_N.pt (review). None for none."""
-    import torch
-
     def trained(p: Path) -> tuple:
-        try:
-            state = torch.load(p, map_location="cpu", weights_only=True, mmap=True)["state"]
-            return int(state.get("examples", state.get("step", -1))), p.stat().st_mtime
-        except Exception:  # noqa: BLE001  (loading it says why, if it is chosen)
-            return -1, p.stat().st_mtime
+        n = _examples(p)
+        return (-1 if n is None else n), p.stat().st_mtime
     paths = list(paths)
     return max(paths, key=trained) if paths else None
 

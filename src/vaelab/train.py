@@ -872,6 +872,12 @@ def _train(cfg: DictConfig, run_dir: Path, data: MNISTData | None, on_start=None
     # checkpoint yet, is replaced once the input has passed its checks (a refused call leaves it).
     save_config = saved_cfg.exists() and from_python and ckpt_io.latest(ckpt_dir) is None \
         and not (run_dir / "metrics.json").is_file()
+    if not cfg.trainer.resume and (ckpt_io.latest(ckpt_dir) is not None or (run_dir / "metrics.json").is_file()):
+        # (it trained from scratch in the folder, beside the other run's checkpoints, events and
+        # samples, and cut its epochs.jsonl short, without a word: review)
+        raise ConfigError(f"trainer.resume=false: {run_dir} holds a run already; a run started over there would mix "
+                          f"its files with that one's: give another folder, or leave trainer.resume=true to carry "
+                          f"that run on")
     if not saved_cfg.exists():
         _save_config(saved_cfg, cfg, from_python)
     t, lcfg = cfg.trainer, cfg.loss
@@ -952,7 +958,10 @@ def _train(cfg: DictConfig, run_dir: Path, data: MNISTData | None, on_start=None
     if resume_from is not None:
         data_changed, saved_under = _load_to_resume(cfg, resume_from, model, opt, st, data)
         resumed = True
-        if resume_from.name != last_path.name:  # a kill before the first last.pt, or it was deleted
+        if resume_from.name != last_path.name and last_path.is_file():  # (a stop between an epoch's writes)
+            log.warning("%s is behind %s, which trained furthest (a stop came between the end of an epoch's "
+                        "checkpoint writes): resuming from %s", last_path, resume_from.name, resume_from.name)
+        elif resume_from.name != last_path.name:  # a kill before the first last.pt, or it was deleted
             log.warning("%s is missing: resuming from the complete checkpoint that trained furthest, %s", last_path,
                         resume_from.name)
         at = where_in_run()

@@ -2571,6 +2571,29 @@ def test_a_resume_part_way_that_changes_the_batches_or_beta_keeps_the_mean_betas
                                "has its betas), the validation loss recon + KL")
 
 
+def test_a_config_changed_without_a_record_is_a_change_the_resume_records(finished_run, tmp_path, caplog, capsys):
+    """A kill -9 between a resume's write of the config and of its record (or a config edited by
+    hand) left optim.lr=0.0005 in config.yaml with no record: the next resume trained with it unsaid,
+    and vaelab reproduce said NOT reproduced (review). The resume says and records it as a change
+    from its step, with the checkpoint's value before it, and the run reproduces."""
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    config = run / ".hydra" / "config.yaml"
+    assert "lr: 0.001\n" in config.read_text()
+    config.write_text(config.read_text().replace("lr: 0.001\n", "lr: 0.0005\n"))
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="vaelab"):
+        assert vaelab(["resume", run, "trainer.epochs=2"]) == 0
+    assert ("carried on with trainer.epochs=2 (was 1), optim.lr=0.0005 (was 0.001, the checkpoint's: the saved config "
+            "held 0.0005 with no record of the change) from step 6") in caplog.text
+    assert yaml.safe_load((run / ".hydra" / "resumes.yaml").read_text()) == [
+        {"epoch": 2, "step": 6, "overrides": ["trainer.epochs=2", "optim.lr=0.0005"],
+         "before": {"trainer.epochs": 1, "optim.lr": 0.001}}]
+    capsys.readouterr()
+    assert vaelab(["reproduce", run, "--out", tmp_path / "again"]) == 0
+    assert capsys.readouterr().out.rstrip().endswith("reproduced: every metric is identical")
+
+
 def test_reproduce_makes_each_change_part_way_where_it_was_made(finished_run, tmp_path, capsys, monkeypatch):
     """The config holds a resumed run's last values, which a re-run used from its first step: a
     run whose lr changed at epoch 2 reproduced as 'NOT reproduced', with a note. The reproduction

@@ -319,9 +319,12 @@ def _trained_otherwise(ck: dict, cfg) -> list[str]:
     value, as 'optim.lr=0.0001 (its config: 0.001)': `vaelab resume` writes a change into the
     config, train() from Python carrying a run on under another config does not. Those that
     change no number (how long, what is logged) and where and how it ran are left out."""
-    from vaelab.config import leaves
+    return [f"{key}={_as_text(trained)} (its config: {_as_text(now)})" for key, trained, now in _differences(ck, cfg)]
 
-    out = []
+
+def _differences(ck: dict, cfg):
+    """(key, the checkpoint's value, cfg's) for each setting that changes the numbers where the
+    two differ (_trained_otherwise)."""
     for key, trained in leaves(ck.get("config") or {}):
         if key in _CHANGE_NO_NUMBER | _NOT_REPLAYED | ckpt_io._NOT_THE_RUNS or key == "name":
             continue
@@ -330,8 +333,7 @@ def _trained_otherwise(ck: dict, cfg) -> list[str]:
         if now is None and key.startswith("model.kwargs."):  # (a constructor's default: check_config_whole's)
             continue
         if not ckpt_io._same(now, trained):
-            out.append(f"{key}={_as_text(trained)} (its config: {_as_text(now)})")
-    return out
+            yield key, trained, (OmegaConf.to_container(now) if OmegaConf.is_config(now) else now)
 
 
 def reproduce(run_dir: str | Path, out: str | Path | None = None, rtol: float = 0.0,
@@ -852,13 +854,30 @@ def resume(run_dir: str | Path, overrides: list[str] = ()) -> dict | None:
     # what it runs has passed its own checks (a refusal, or a failure before, leaves them as they were)
     files, own_changes, said, changes = {}, [], [], []
     earlier = _resumes(run_dir)
-    if parsed:
-        cfg_text, ovr_text = _updated_files(run_dir, parsed, cfg)
-        st = ck["state"]
+    st = ck["state"]
+    behind = bool(earlier) and isinstance(earlier[-1].get("step"), int) and st["step"] < earlier[-1]["step"]
+    here = {str(o).split("=", 1)[0].lstrip("+~") for r in earlier if r.get("step") == st["step"]
+            for o in r.get("overrides") or []}
+    # Settings the checkpoint trained with that the saved config gives another value, with no record of
+    # a change at this step: a resume killed between writing the config and its record (kill -9), a
+    # config edited by hand, train() from Python carrying the run on under another config. The run
+    # carries on with the config's values: a change from this step, said and recorded as one given
+    # here (review: it trained on with it unsaid, and vaelab reproduce said "NOT reproduced")
+    unrecorded = [] if behind else [d for d in _differences(ck, cfg)
+                                    if d[0] not in here | {o.key_or_group for o in parsed}]
+    trained_with = dict(leaves(ck.get("config") or {}))
+    if parsed or unrecorded:
+        from vaelab.train_cli import override_value
+
+        if parsed:
+            cfg_text, ovr_text = _updated_files(run_dir, parsed, cfg)
+            files = {cfg_path: cfg_text, run_dir / ".hydra" / "overrides.yaml": ovr_text}
         # (epoch: the 1-based epoch the change first trains in; step: how many steps ran before it)
-        # before: each changed setting's value until then, which `vaelab reproduce` trains with up to that step
+        # before: each changed setting's value until then, which `vaelab reproduce` trains with up to
+        # that step: the checkpoint's, where it has the key (the config's may be one never trained with)
         before = {o.key_or_group: OmegaConf.select(was, o.key_or_group) for o in parsed}
-        before = {k: OmegaConf.to_container(v) if OmegaConf.is_config(v) else v for k, v in before.items()}
+        before = {k: trained_with[k] if k in trained_with and k not in here and not behind else
+                  OmegaConf.to_container(v) if OmegaConf.is_config(v) else v for k, v in before.items()}
 
         def value_now(key):
             v = OmegaConf.select(cfg, key)
@@ -868,11 +887,15 @@ def resume(run_dir: str | Path, overrides: list[str] = ()) -> dict | None:
         changes = [o for o in parsed if not ckpt_io._same(before[o.key_or_group], value_now(o.key_or_group))]
         said = [f"{o.key_or_group}={_as_text(value_now(o.key_or_group))} (was {_as_text(before[o.key_or_group])})"
                 for o in changes]
-        record = [*_resumes(run_dir), {"epoch": st["epoch"] + 1, "step": st["step"],
-                                       "overrides": [o.input_line for o in changes],
-                                       "before": {o.key_or_group: before[o.key_or_group] for o in changes}}]
-        files = {cfg_path: cfg_text, run_dir / ".hydra" / "overrides.yaml": ovr_text,
-                 **({run_dir / ".hydra" / RESUMES: yaml.safe_dump(record, sort_keys=False)} if changes else {})}
+        said += [f"{k}={_as_text(now)} (was {_as_text(v)}, the checkpoint's: the saved config held {_as_text(now)} "
+                 f"with no record of the change)" for k, v, now in unrecorded]
+        record = [*earlier, {"epoch": st["epoch"] + 1, "step": st["step"],
+                             "overrides": [o.input_line for o in changes]
+                             + [f"{k}={override_value(now)}" for k, _, now in unrecorded],
+                             "before": {**{o.key_or_group: before[o.key_or_group] for o in changes},
+                                        **{k: v for k, v, _ in unrecorded}}}]
+        if changes or unrecorded:
+            files[run_dir / ".hydra" / RESUMES] = yaml.safe_dump(record, sort_keys=False)
         # (vaelab's own settings that change what weights mean are refused above, SAME_TO_RESUME; a model
         # of one's own's arguments cannot be told apart: one that keeps the shapes is taken, and said)
         for k, v in before.items():
@@ -882,11 +905,9 @@ def resume(run_dir: str | Path, overrides: list[str] = ()) -> dict | None:
                 v = ckpt_io._default_argument(was, k.removeprefix("model.kwargs."))
             if k.startswith("model.kwargs.") and not ckpt_io._same(v, now):
                 own_changes.append(f"{k}={_as_text(now)} (was {_as_text(v)})")
-    if not changes and earlier and isinstance(earlier[-1].get("step"), int) and \
-            ck["state"]["step"] < earlier[-1]["step"]:
+    if not changes and behind:
         # From a checkpoint older than the last change (last.pt lost): its steps trained with that
         # change from here on, which the record says for `vaelab reproduce`
-        st = ck["state"]
         files[run_dir / ".hydra" / RESUMES] = yaml.safe_dump(
             [*earlier, {"epoch": st["epoch"] + 1, "step": st["step"], "overrides": [], "before": {}}], sort_keys=False)
 

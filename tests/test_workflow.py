@@ -2228,6 +2228,13 @@ def test_resume_stopped_in_its_final_evaluation_says_so(finished_run, tmp_path, 
     assert vaelab(["resume", run]) == 130
     assert capsys.readouterr().err.strip().splitlines()[-1] == (
         f"vaelab resume: interrupted; {run} keeps what it had: vaelab resume {run} carries it on")
+    # stopped while it loaded the data, before it wrote its changes: the command says them again (review)
+    import vaelab.data as data_mod
+    monkeypatch.setattr(data_mod, "load_data", stopped)
+    assert vaelab(["resume", run, "trainer.epochs=2", "optim.lr=1e-4"]) == 130
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"vaelab resume: interrupted; {run} keeps what it had: vaelab resume {run} trainer.epochs=2 optim.lr=1e-4 "
+        f"carries it on")
 
 
 def test_reproduce_of_a_run_with_a_damaged_metrics_or_eval_json_is_one_line(finished_run, tmp_path, capsys):

@@ -1190,6 +1190,20 @@ def _to_carry_on(cfg, run_dir: Path):
     return cfg
 
 
+def _not_written(run_dir: Path, overrides: list[str]) -> list[str]:
+    """The overrides a resume stopped before it wrote them into the run's config (all of them
+    where that cannot be told): the command that carries the run on must give them again."""
+    if not overrides:
+        return []
+    try:
+        cfg = load_run_config(run_config_path(run_dir), here=False)
+        saved = OmegaConf.to_container(cfg, resolve=False, enum_to_str=True)
+        apply_overrides(cfg, _data_root_from_here(list(overrides)))
+        return [] if OmegaConf.to_container(cfg, resolve=False, enum_to_str=True) == saved else overrides
+    except Exception:  # noqa: BLE001 - (a config that does not load: as given)
+        return overrides
+
+
 def resume_command(args) -> int:
     from vaelab.data import DataError
     from vaelab.errors import Interrupted, NonFiniteLoss, SaveFailed, stop_signals_as_ctrl_c
@@ -1212,8 +1226,9 @@ def resume_command(args) -> int:
         return 130
     except KeyboardInterrupt:  # outside training: loading, or the final evaluation of a run that has trained
         run = shlex.quote(str(args.run_dir))
-        print(f"vaelab resume: interrupted; {run} keeps what it had: vaelab resume {run} carries it on",
-              file=sys.stderr)
+        again = _not_written(Path(args.run_dir), list(args.overrides))  # (its hint dropped them: review)
+        print(f"vaelab resume: interrupted; {run} keeps what it had: vaelab resume {run}"
+              f"{''.join(' ' + shlex.quote(o) for o in again)} carries it on", file=sys.stderr)
         return 130
     return 0
 

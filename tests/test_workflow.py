@@ -992,6 +992,13 @@ def _truncate(path: Path, _):
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
 
 
+def _truncate_alone(path: Path, _):  # (the run's only checkpoint)
+    for p in path.parent.glob("*.pt"):
+        if p != path:
+            p.unlink()
+    _truncate(path, _)
+
+
 def _other_model(path: Path, other: Path):
     shutil.copy(other, path)
 
@@ -1024,13 +1031,16 @@ def _missing(path: Path, _):
 @pytest.mark.parametrize("damage,expect", [
     (_corrupt, "not a checkpoint file (no zip header"),
     (_truncate, "unreadable checkpoint (truncated or corrupted)"),
+    # (review: no other checkpoint, and the line said nothing of what to do)
+    (_truncate_alone, "unreadable checkpoint (truncated or corrupted): File is not a zip file; it is the run's only "
+                      "checkpoint: train the run again, in a folder of its own, with vaelab-train --config-dir "),
     (_flip, "corrupted checkpoint (archive/data/"),
     (_other_model, "made for a different model"),
     (_nan_weight, "its weights hold nan or inf (decoder.0.weight), which training never saves"),
     # a finished run (metrics.json): not "stopped before its first checkpoint; start it again"
     (_missing, "no checkpoint, nothing to resume (the run finished, and its checkpoints have been deleted); train it "
                "anew in a folder of its own with: vaelab-train --config-dir "),
-], ids=["corrupted", "truncated", "flipped-bytes", "different-model", "nan-weight", "missing"])
+], ids=["corrupted", "truncated", "truncated-alone", "flipped-bytes", "different-model", "nan-weight", "missing"])
 def test_bad_checkpoint_names_the_file_and_overwrites_nothing(finished_run, other_model_checkpoint, tmp_path,
                                                               capsys, damage, expect):
     run = tmp_path / "run"

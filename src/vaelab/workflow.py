@@ -836,8 +836,10 @@ def resume(run_dir: str | Path, overrides: list[str] = ()) -> dict | None:
         ckpt_io.check_finite(ck, last, model)
     except ckpt_io.CheckpointError as e:  # a damaged last.pt: say which checkpoint resume would take without it
         other = ckpt_io.furthest(p for p in last.parent.glob("*.pt") if p != last and p.is_file())
-        if other is None:
-            raise
+        if other is None:  # (review: the line said what was wrong and not what to do)
+            again = f"vaelab-train --config-dir {shlex.quote(str(run_dir / '.hydra'))} --config-name config"
+            raise ckpt_io.CheckpointError(f"{e}; it is the run's only checkpoint: train the run again, in a folder "
+                                          f"of its own, with {again}") from None
         raise ckpt_io.CheckpointError(f"{e}; to resume from the furthest trained other checkpoint, {other.name}, "
                                       f"move {last.name} out of {last.parent}") from None
     ckpt_io.check_resumable(ck, last, needs=("state",))  # (the rest only to train on, below)

@@ -371,7 +371,8 @@ def validate(cfg: DictConfig, here: bool = True) -> None:
     _check(cfg.logger.images_every >= 1, "logger.images_every", cfg.logger.images_every, "must be >= 1")
     _check(t.compile_mode in _COMPILE_MODES, "trainer.compile_mode", t.compile_mode,
            f"allowed: {', '.join(_COMPILE_MODES)}")
-    _check(t.num_samples >= 1, "trainer.num_samples", t.num_samples, "must be >= 1")
+    _check(t.num_samples >= 1, "trainer.num_samples", t.num_samples,
+           "must be >= 1 (the images of the sample grid drawn each epoch)")
     _check(1 <= t.final_eval_k <= 10**6, "trainer.final_eval_k", t.final_eval_k,
            "must be in [1, 10**6] (as vaelab eval --k)")
     _check(cfg.data.val_size >= 0, "data.val_size", cfg.data.val_size, "must be >= 0")

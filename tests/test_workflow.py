@@ -1210,6 +1210,35 @@ def test_resume_says_when_an_argument_of_a_model_of_ones_own_changes(tiny_mnist,
     assert (run / "train.log").read_text().count("carry on under") == 1
 
 
+def test_reproduce_leaves_out_an_argument_the_run_left_out_until_a_resume_gave_it(tiny_mnist, tmp_path,
+                                                                                     monkeypatch, caplog):
+    """model.kwargs.scale left out (the constructor's 1.0 trained), then `vaelab resume RUN
+    model.kwargs.scale=0.5`: the record's null before it made the reproduction build the model with
+    scale=None (review: a TypeError in the constructor), and the resume's line said "was null" where
+    its warning said 1.0."""
+    import vaelab.workflow as workflow_mod
+    from vaelab.workflow import _replay
+
+    run = tmp_path / "run"
+    train(compose_cfg([f"data.root={tiny_mnist}", *TINY, "trainer.epochs=1",
+                       f"model._target_={ScaledVAE.__module__}.ScaledVAE"]), run)
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="vaelab"):
+        assert vaelab(["resume", run, "trainer.epochs=2", "model.kwargs.scale=0.5"]) == 0
+    assert "model.kwargs.scale=0.5 (was left out: 1.0) from step 6" in caplog.text
+    assert yaml.safe_load((run / ".hydra" / "resumes.yaml").read_text())[-1]["left_out"] == ["model.kwargs.scale"]
+    assert _replay(run)[0][0]["left_out"] == ["model.kwargs.scale"]
+    firsts = []
+
+    def first_part(cmd, *args, **kwargs):  # the config the reproduction's first part trains with
+        firsts.append(OmegaConf.load(Path(cmd[cmd.index("--config-dir") + 1]) / "config.yaml"))
+        raise Began
+    monkeypatch.setattr(workflow_mod, "_run_child", first_part)
+    with pytest.raises(Began):
+        workflow_mod.reproduce(run, tmp_path / "again")
+    assert "scale" not in firsts[0].model.kwargs and firsts[0].trainer.epochs == 1
+
+
 def test_the_config_check_reads_a_missing_constructor_argument_as_its_default(tmp_path):
     """A model.kwargs entry the saved config lacks takes the constructor's default: refused where
     that is not what the run trained with (a review's scale=0.25 run was evaluated at 1.0), not

@@ -325,9 +325,9 @@ def _trained_otherwise(ck: dict, cfg) -> list[str]:
 def _differences(ck: dict, cfg):
     """(key, the checkpoint's value, cfg's) for each setting that changes the numbers where the
     two differ (_trained_otherwise)."""
-    for key, trained in leaves(ck.get("config") or {}):
-        if key in _CHANGE_NO_NUMBER | _NOT_REPLAYED | ckpt_io._NOT_THE_RUNS or key == "name":
-            continue
+    for key, trained in leaves(ck.get("config") or {}, empty=False):  # (model.kwargs: {}, then an argument
+        if key in _CHANGE_NO_NUMBER | _NOT_REPLAYED | ckpt_io._NOT_THE_RUNS or key == "name":  # given: no change
+            continue  # of its own, review)
         now = OmegaConf.select(cfg, key, default=None)
         now = getattr(now, "name", now)  # enum -> its name, as checkpoints store it
         if now is None and key.startswith("model.kwargs."):  # (a constructor's default: check_config_whole's)
@@ -618,14 +618,21 @@ def _replay(run_dir: Path) -> tuple[list[dict] | None, str]:
         change = {"epoch": r.get("epoch"), "step": r["step"],
                   "before": {} if nothing else {k: before[k] for k in keys if k in before and k not in _NOT_REPLAYED},
                   "overrides": [o for o, k in zip(made_none, keys) if k not in _NOT_REPLAYED]}
+        left_out = [k for k in r.get("left_out") or [] if k in change["before"]]  # (left out until then)
+        if left_out:
+            change["left_out"] = left_out
         # A change at or before an earlier one's step (a resume from an older checkpoint, after a kill
         # that lost the newer ones): the weights trained with both from there. (So a record of nothing
         # to make is kept for that: left out, the earlier change stayed at its later step, review.)
         merged = False
         while plan and plan[-1]["step"] >= change["step"]:
             undone, merged = plan.pop(), True
-            change = {**change, "before": {**change["before"], **undone["before"]},
-                      "overrides": [*undone["overrides"], *change["overrides"]]}
+            left_out = [*undone.get("left_out", []),
+                        *(k for k in change.get("left_out", []) if k not in undone["before"])]
+            change = {**{k: v for k, v in change.items() if k != "left_out"},
+                      "before": {**change["before"], **undone["before"]},
+                      "overrides": [*undone["overrides"], *change["overrides"]],
+                      **({"left_out": left_out} if left_out else {})}
         if not nothing or merged:
             plan.append(change)
         elif plan:  # (its lines still go to the last part's resume: trainer.epochs=4 after an earlier part's
@@ -650,7 +657,13 @@ def _replayed(run_dir: Path, new_dir: Path, cmd: list[str], env: dict, plan: lis
     first = OmegaConf.load(run_config_path(run_dir))
     for change in reversed(plan):
         for key, value in change["before"].items():
-            OmegaConf.update(first, key, value, merge=False)
+            if key in change.get("left_out", ()):  # (the constructor's default, as the run trained with it)
+                parent, leaf = key.rsplit(".", 1)
+                node = OmegaConf.select(first, parent)
+                if OmegaConf.is_dict(node) and leaf in node:
+                    del node[leaf]
+            else:
+                OmegaConf.update(first, key, value, merge=False)
     steps = [change["step"] for change in plan]
     stops = []  # (stop signals while a part ran)
 
@@ -729,6 +742,9 @@ _CHANGE_NO_NUMBER = {"trainer.epochs", "data.root", "trainer.progress", "trainer
 # What the end-of-training evaluation that resume runs for a finished run takes from the command
 # line (finish_evaluation): where the data is, whether to run it, and its number of importance samples.
 _USED_BY_THE_EVALUATION = {"data.root", "trainer.final_eval", "trainer.final_eval_k"}
+
+
+_LEFT_OUT = object()  # (OmegaConf.select's default for a key the config does not have)
 
 
 def _changed_nothing(given: list[str]) -> str:
@@ -865,8 +881,9 @@ def resume(run_dir: str | Path, overrides: list[str] = ()) -> dict | None:
     # config edited by hand, train() from Python carrying the run on under another config. The run
     # carries on with the config's values: a change from this step, said and recorded as one given
     # here (review: it trained on with it unsaid, and vaelab reproduce said "NOT reproduced")
+    given = here | {o.key_or_group for o in parsed}  # (and what is under them: model.kwargs={b:2} given whole)
     unrecorded = [] if behind else [d for d in _differences(ck, cfg)
-                                    if d[0] not in here | {o.key_or_group for o in parsed}]
+                                    if not any(d[0] == k or d[0].startswith(f"{k}.") for k in given)]
     trained_with = dict(leaves(ck.get("config") or {}))
     if parsed or unrecorded:
         from vaelab.train_cli import override_value
@@ -887,15 +904,21 @@ def resume(run_dir: str | Path, overrides: list[str] = ()) -> dict | None:
         # (a value the run had already, optim.lr=0.001 given again, is no change: it was recorded, and
         # vaelab reproduce stopped and resumed at its step for nothing, review)
         changes = [o for o in parsed if not ckpt_io._same(before[o.key_or_group], value_now(o.key_or_group))]
-        said = [f"{o.key_or_group}={_as_text(value_now(o.key_or_group))} (was {_as_text(before[o.key_or_group])})"
-                for o in changes]
+        # a model.kwargs argument the run left out (the constructor's default trained): null in `before`,
+        # which a reproduction gave the constructor instead of leaving it out (review: a TypeError)
+        absent = [o.key_or_group for o in changes if o.key_or_group.startswith("model.kwargs.")
+                  and OmegaConf.select(was, o.key_or_group, default=_LEFT_OUT) is _LEFT_OUT]
+        said = [f"{o.key_or_group}={_as_text(value_now(o.key_or_group))} (was "
+                + (f"left out: {ckpt_io._default_argument(was, o.key_or_group.removeprefix('model.kwargs.'))})"
+                   if o.key_or_group in absent else f"{_as_text(before[o.key_or_group])})") for o in changes]
         said += [f"{k}={_as_text(now)} (was {_as_text(v)}, the checkpoint's: the saved config held {_as_text(now)} "
                  f"with no record of the change)" for k, v, now in unrecorded]
         record = [*earlier, {"epoch": st["epoch"] + 1, "step": st["step"],
                              "overrides": [o.input_line for o in changes]
                              + [f"{k}={override_value(now)}" for k, _, now in unrecorded],
                              "before": {**{o.key_or_group: before[o.key_or_group] for o in changes},
-                                        **{k: v for k, v, _ in unrecorded}}}]
+                                        **{k: v for k, v, _ in unrecorded}},
+                             **({"left_out": absent} if absent else {})}]
         if changes or unrecorded:
             files[run_dir / ".hydra" / RESUMES] = yaml.safe_dump(record, sort_keys=False)
         # (vaelab's own settings that change what weights mean are refused above, SAME_TO_RESUME; a model

@@ -608,6 +608,15 @@ def test_a_stop_between_an_epochs_checkpoint_writes_resumes_from_the_one_ahead_o
     assert "last.pt is behind epoch_0002.pt, which trained furthest" in caplog.text
     assert "after epoch 2" in caplog.text and "from step 12" in caplog.text
     assert [json.loads(line)["lr"] for line in (run / "epochs.jsonl").read_text().splitlines()] == [1e-3, 1e-3, 1e-4]
+    # ... and in the last epoch: nothing left to train, the final evaluation took the older last.pt (review)
+    ended = tmp_path / "ended"
+    train(compose_cfg([*args, "trainer.epochs=2", "trainer.final_eval=true"]), ended)
+    (ended / "checkpoints" / "last.pt").write_bytes((ended / "checkpoints" / "epoch_0001.pt").read_bytes())
+    for name in ("metrics.json", "eval.json"):
+        (ended / name).unlink()
+    assert vaelab(["resume", ended]) == 0
+    assert json.loads((ended / "eval.json").read_text())["epoch"] == 2
+    assert ckpt_io.load(ended / "checkpoints" / "last.pt")["state"]["epoch"] == 2
     (ckpts / "last.pt").write_bytes(b"PK\x03\x04 not a checkpoint")
     assert ckpt_io.latest(ckpts).name == "last.pt"
     with pytest.raises(ConfigError, match=f"trainer.resume=false: {run} holds a run already"):

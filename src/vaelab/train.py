@@ -989,6 +989,11 @@ def _train(cfg: DictConfig, run_dir: Path, data: MNISTData | None, on_start=None
     partial = ckpt_io.remove_partial(ckpt_dir) + ckpt_io.remove_partial(run_dir)
     if partial:
         log.info("removed %d partial file(s) that a killed process left mid-write", partial)
+    if resumed and resume_from != last_path:
+        # last.pt again the furthest, as the end of the epoch would have left it: a run with nothing
+        # left to train evaluated the older last.pt as its final weights, and eval took it (review)
+        ckpt_io.write_atomic(last_path, lambda f: f.write(resume_from.read_bytes()))
+        resume_from, last_good = last_path, (last_path, last_good[1])
     finished = st["epoch"] >= t.epochs and st["pos"] == 0
     if finished:
         log.info("nothing to do: the run has %d of trainer.epochs=%d epochs", st["epoch"], t.epochs)

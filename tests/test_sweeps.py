@@ -1370,6 +1370,12 @@ def test_resume_of_a_sweep_keeps_a_primary_config_given_with_config_dir(sweep, t
     argv = sweep_command_line(copy)[1]
     assert argv[argv.index("--config-dir") + 1] == str(mine) and argv[argv.index("--config-name") + 1] == "mine"
     assert "--config-path" not in argv
+    record["hydra"]["job"]["config_name"] = "mine.yaml"  # (Hydra takes the name with its .yaml too: review)
+    (copy / "multirun.yaml").write_text(yaml.safe_dump(record))
+    argv = sweep_command_line(copy)[1]
+    assert argv[argv.index("--config-name") + 1] == "mine.yaml"
+    record["hydra"]["job"]["config_name"] = "mine"
+    (copy / "multirun.yaml").write_text(yaml.safe_dump(record))
     (mine / "mine.yaml").unlink()
     with pytest.raises(WorkflowError, match=f"primary config mine.yaml is in none of {mine} any more"):
         sweep_command_line(copy)

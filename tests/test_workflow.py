@@ -1614,10 +1614,12 @@ def test_a_stop_names_where_a_mid_epoch_last_pt_was_saved(tiny_mnist, tmp_path, 
     with pytest.raises(train_mod.NonFiniteLoss, match=r"last good checkpoint: .*last.pt \(in epoch 2 at image "
                                                       r"96/192\); the same settings"):
         train(cfg, run)
-    # carried on from best.pt (last.pt deleted): that is the good one, not "none yet"
+    # carried on from best.pt (last.pt deleted), which the resume writes as last.pt again: that is the good
+    # one, not "none yet"
     (run / "checkpoints" / "last.pt").unlink()
-    with pytest.raises(train_mod.NonFiniteLoss, match=r"last good checkpoint: .*best.pt \(after epoch 1\); the same"):
+    with pytest.raises(train_mod.NonFiniteLoss, match=r"last good checkpoint: .*last.pt \(after epoch 1\); the same"):
         train(cfg, run)
+    assert ckpt_io.load(run / "checkpoints" / "last.pt")["state"]["epoch"] == 1
 
 
 def test_ctrl_c_after_the_weights_blew_up_keeps_the_good_checkpoint(tiny_mnist, tmp_path, monkeypatch):
@@ -2622,7 +2624,7 @@ def test_a_resume_part_way_that_changes_the_batches_or_beta_keeps_the_mean_betas
                         lambda scalars, note="", *a, **kw: notes.append(note) or real(scalars, note, *a, **kw))
     from vaelab.evaluate_run import evaluate_run
     evaluate_run(mixed, k=2, device="cpu", progress=False)
-    assert notes[0].startswith("the train loss is recon + beta x KL (before a resume set loss.beta=1: train/beta "
+    assert notes[0].startswith("the train loss is recon + beta x KL (a resume changed beta's settings: train/beta "
                                "has its betas), the validation loss recon + KL")
 
 
@@ -2648,6 +2650,48 @@ def test_a_config_changed_without_a_record_is_a_change_the_resume_records(finish
     from vaelab.workflow import _replay
     assert _replay(run) == ([{"epoch": 2, "step": 6, "before": {"trainer.epochs": 1, "optim.lr": 0.001},
                               "overrides": ["trainer.epochs=2", "optim.lr=0.0005"]}], "")
+
+
+def test_unrecorded_changes_of_ones_own_arguments_of_a_sweeps_job_and_not_of_interpolations(tiny_mnist, tmp_path,
+                                                                                              caplog):
+    """Review of the change before: an argument of one's own model added to the config by hand was
+    not seen (and the whole-config check refused the file, saying it had no model.kwargs); one
+    changed so went without the own-model warning; a setting that follows a changed one through an
+    interpolation was said as a change of its own; and a sweep's job carried on by `vaelab resume
+    SWEEP_DIR` (train._carry_on) still trained on with an unrecorded change unsaid."""
+    from vaelab.train import _carry_on
+
+    own = tmp_path / "own"
+    train(compose_cfg([f"data.root={tiny_mnist}", *TINY, "trainer.epochs=1",
+                       f"model._target_={ScaledVAE.__module__}.ScaledVAE"]), own)
+    config = own / ".hydra" / "config.yaml"
+    assert "  kwargs: {}\n" in config.read_text()
+    config.write_text(config.read_text().replace("  kwargs: {}\n", "  kwargs:\n    scale: 0.5\n"))
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="vaelab"):
+        assert vaelab(["resume", own, "trainer.epochs=2"]) == 0
+    assert "model.kwargs.scale=0.5 (was left out: 1.0, the checkpoint's: the saved config held 0.5" in caplog.text
+    assert "model.kwargs.scale=0.5 (was 1.0): the weights trained so far carry on under it" in caplog.text
+    assert yaml.safe_load((own / ".hydra" / "resumes.yaml").read_text())[-1]["left_out"] == ["model.kwargs.scale"]
+
+    follows = tmp_path / "follows"
+    train(compose_cfg([f"data.root={tiny_mnist}", *TINY, "trainer.epochs=1",
+                       "trainer.eval_batch_size=${trainer.batch_size}"]), follows)
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="vaelab"):
+        assert vaelab(["resume", follows, "trainer.epochs=2", "trainer.batch_size=16"]) == 0
+    assert "carried on with trainer.epochs=2 (was 1), trainer.batch_size=16 (was 32) from step 6" in caplog.text
+
+    job = tmp_path / "job"  # (_carry_on's own: a job that has not trained all its epochs)
+    train(compose_cfg([f"data.root={tiny_mnist}", *TINY, "trainer.epochs=1"]), job)
+    config = job / ".hydra" / "config.yaml"
+    config.write_text(config.read_text().replace("lr: 0.001\n", "lr: 0.0005\n").replace("epochs: 1\n", "epochs: 2\n"))
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="vaelab"):
+        _carry_on(job)
+    assert "job carried on with optim.lr=0.0005 (was 0.001, the checkpoint's" in caplog.text
+    assert yaml.safe_load((job / ".hydra" / "resumes.yaml").read_text()) == [
+        {"epoch": 2, "step": 6, "overrides": ["optim.lr=0.0005"], "before": {"optim.lr": 0.001}}]
 
 
 def test_reproduce_makes_each_change_part_way_where_it_was_made(finished_run, tmp_path, capsys, monkeypatch):

@@ -558,6 +558,8 @@ def check_config_whole(ckpt: dict, path: str | Path, cfg_path: str | Path, cfg, 
             continue  # (given now: "give KEY=VALUE" said so, and a value other than the trained one is a change)
         if any(a in saved and saved[a] != {} and a in given for a in ancestors):  # a dict set to a value since:
             continue  # a change, not a line lost (a bare `opts:` whose lines were lost reads as null too)
+        if trained == {} and any(k.startswith(f"{key}.") for k in saved):  # (model.kwargs: {}, an argument added
+            continue  # since: not a line lost, review; resume records it as a change)
         now = OmegaConf.select(cfg, key)
         now = getattr(now, "name", now)  # enum -> its name, as checkpoints store it
         if key.startswith("model.kwargs.") and now is None:  # a constructor argument left out takes its default

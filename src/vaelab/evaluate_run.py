@@ -341,7 +341,7 @@ def evaluate_run(run_dir: str | Path, k: int = 5000, device: str = "auto", check
                                  f"validation loss recon + KL")
                 elif any(v != 1 for tag in ("train/beta", "epoch/beta") for _, v in scalars.get(tag, [])):
                     # (a run resumed with loss.beta=1: review)
-                    notes.append("the train loss is recon + beta x KL (before a resume set loss.beta=1: train/beta "
+                    notes.append("the train loss is recon + beta x KL (a resume changed beta's settings: train/beta "
                                  "has its betas), the validation loss recon + KL")
                 logged = {round(v) for _, v in run.scalars(events_only=True).get("epoch/epoch", [])}
                 missing = sorted(set(range(1, result["epoch"] + 1)) - logged)  # (logger.tensorboard=false)

@@ -803,10 +803,12 @@ def _load_to_resume(cfg: DictConfig, path: Path, model: VAE, opt: torch.optim.Op
         st["beta_changed"] = True
     if "log_beta" not in ck["state"] and st["pos"]:
         # A checkpoint from before log_beta was kept, taken part-way through a log interval: the
-        # interval began at the last log point or at the epoch's first step, all full batches since.
-        first = max(st["step"] - st["step"] % t.log_every, st["step"] - st["pos"] // t.batch_size)
-        st["log_beta"] = sum(beta_at(s, lcfg.beta, lcfg.kl_warmup_steps) * t.batch_size
-                             for s in range(first, st["step"]))
+        # interval began at the last log point or at the epoch's first step, all full batches since,
+        # under the settings the checkpoint was saved with (review: the new ones gave a mean beta of neither)
+        every = (ck["config"].get("trainer") or {}).get("log_every", t.log_every)
+        first = max(st["step"] - st["step"] % every, st["step"] - st["pos"] // was_batch)
+        st["log_beta"] = sum(beta_at(s, was.get("beta", lcfg.beta), was.get("kl_warmup_steps", lcfg.kl_warmup_steps))
+                             * was_batch for s in range(first, st["step"]))
     return data_changed, ck["config"]
 
 
@@ -1149,9 +1151,9 @@ def _train(cfg: DictConfig, run_dir: Path, data: MNISTData | None, on_start=None
         f"nats/example less the constant {data.train.dim * MSE_NLL_CONST_PER_DIM:.2f}"
     # (the loss optimised, beside validation's recon + KL: one compared with the other looked like overfitting)
     def train_terms() -> str:  # (with a warm-up, the epoch's mean beta: review, it said the final one)
-        if beta_max == 1 and not warmup and not st["beta_changed"]:
-            return ""
         beta = epoch_beta()
+        if beta_max == 1 and not warmup and (not st["beta_changed"] or beta == 1):  # (a change of batches alone)
+            return ""
         ramp = f", beta ramping up to {beta_max:g} over {warmup} steps" if warmup and beta < beta_max else ""
         return f" (recon + {beta:.3g} x KL{ramp})"
     if recon == "mse" and not resumed:
@@ -1442,7 +1444,7 @@ def _carry_on(run_dir: Path) -> dict:
     the result its job returned then (a finished run's val loss, +inf for a diverged one): a
     diverged run resumed from its last good checkpoint would replay the same steps to the same
     blow-up. A finished run whose end-of-training evaluation was cut short gets it now."""
-    from vaelab.workflow import carried_on_config, finish_evaluation, n_epochs, no_saved_config
+    from vaelab.workflow import carried_on_config, finish_evaluation, n_epochs, no_saved_config, record_unrecorded
 
     if not (run_dir / ".hydra" / "config.yaml").is_file():  # not the sweep's config in its place: the job's
         log.warning("%s; it is left as it is", no_saved_config(run_dir))  # own changes (resume KEY=VALUE) stay
@@ -1458,7 +1460,8 @@ def _carry_on(run_dir: Path) -> dict:
         return {"val_loss": float("inf")}
     if state != "done" or not isinstance(metrics.get("val_loss"), (int, float)) \
             or metrics.get("epochs", 0) < cfg.trainer.epochs:
-        return train(cfg, run_dir)
+        # (its saved config changed with no record of it, as `vaelab resume JOB` would say and record: review)
+        return train(cfg, run_dir, on_start=record_unrecorded(run_dir, cfg))
     log.info("%s finished earlier (%s, val loss %.4f) and is left as it is", run_dir.name,
              n_epochs(metrics["epochs"]), metrics["val_loss"])
     try:

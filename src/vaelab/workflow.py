@@ -319,21 +319,97 @@ def _trained_otherwise(ck: dict, cfg) -> list[str]:
     value, as 'optim.lr=0.0001 (its config: 0.001)': `vaelab resume` writes a change into the
     config, train() from Python carrying a run on under another config does not. Those that
     change no number (how long, what is logged) and where and how it ran are left out."""
-    return [f"{key}={_as_text(trained)} (its config: {_as_text(now)})" for key, trained, now in _differences(ck, cfg)]
+    return [f"{key}={'left out: ' if left else ''}{_as_text(trained)} (its config: {_as_text(now)})"
+            for key, trained, now, left in _differences(ck, cfg)]
 
 
 def _differences(ck: dict, cfg):
-    """(key, the checkpoint's value, cfg's) for each setting that changes the numbers where the
-    two differ (_trained_otherwise)."""
-    for key, trained in leaves(ck.get("config") or {}, empty=False):  # (model.kwargs: {}, then an argument
-        if key in _CHANGE_NO_NUMBER | _NOT_REPLAYED | ckpt_io._NOT_THE_RUNS or key == "name":  # given: no change
-            continue  # of its own, review)
+    """(key, the checkpoint's value, cfg's, left_out) for each setting that changes the numbers
+    where the two differ (_trained_otherwise). left_out: an argument of a model of one's own that
+    the checkpoint's config leaves out; its value there is the constructor's default."""
+    trained_cfg = ck.get("config") or {}
+    had = dict(leaves(trained_cfg, empty=False))  # (model.kwargs: {}, then an argument given: no change of its own)
+    for key, trained in had.items():
+        if key in _CHANGE_NO_NUMBER | _NOT_REPLAYED | ckpt_io._NOT_THE_RUNS or key == "name":
+            continue
         now = OmegaConf.select(cfg, key, default=None)
         now = getattr(now, "name", now)  # enum -> its name, as checkpoints store it
         if now is None and key.startswith("model.kwargs."):  # (a constructor's default: check_config_whole's)
             continue
         if not ckpt_io._same(now, trained):
-            yield key, trained, (OmegaConf.to_container(now) if OmegaConf.is_config(now) else now)
+            yield key, trained, (OmegaConf.to_container(now) if OmegaConf.is_config(now) else now), False
+    kwargs = OmegaConf.select(cfg, "model.kwargs", default=None)
+    if OmegaConf.is_dict(kwargs):  # (review: one added to the config by hand went unseen)
+        for name, now in leaves(OmegaConf.to_container(kwargs, resolve=True), empty=False):
+            key = f"model.kwargs.{name}"
+            if any(key == k or key.startswith(f"{k}.") or k.startswith(f"{key}.") for k in had):
+                continue
+            default = ckpt_io._default_argument(OmegaConf.create(trained_cfg), name)
+            if not ckpt_io._same(now, default):
+                yield key, default, now, True
+
+
+def _unrecorded(run_dir: Path, ck: dict, was, given: set[str] = frozenset()) -> list[tuple]:
+    """The settings the checkpoint trained with that the run's saved config `was` gives another
+    value, with no record of a change at the checkpoint's step (_differences' tuples): a resume
+    killed between writing the config and its record (kill -9), a config edited by hand, train()
+    from Python carrying the run on under another config. The run carries on with the config's
+    values, so each is a change from that step, said and recorded as one given on the command line
+    (review: it trained on with it unsaid, and vaelab reproduce said "NOT reproduced"). `given`: the
+    keys the command changes itself (and what is under them: model.kwargs={b:2} given whole)."""
+    earlier, step = _resumes(run_dir), ck["state"]["step"]
+    if earlier and isinstance(earlier[-1].get("step"), int) and step < earlier[-1]["step"]:
+        return []  # (from a checkpoint older than the last change: resume records that on its own)
+    given = set(given) | {str(o).split("=", 1)[0].lstrip("+~") for r in earlier if r.get("step") == step
+                          for o in r.get("overrides") or []}
+    return [d for d in _differences(ck, was) if not any(d[0] == k or d[0].startswith(f"{k}.") for k in given)]
+
+
+def _said_unrecorded(unrecorded: list[tuple]) -> list[str]:
+    return [f"{k}={_as_text(now)} (was {'left out: ' if left else ''}{_as_text(v)}, the checkpoint's: the saved "
+            f"config held {_as_text(now)} with no record of the change)" for k, v, now, left in unrecorded]
+
+
+def _own_model_changes(changed: list[tuple]) -> None:
+    """Warn of changes (key, before, now) of the arguments of a model of one's own: vaelab's own
+    settings that change what weights mean are refused (SAME_TO_RESUME); these cannot be told
+    apart: one that keeps the shapes is taken, and said."""
+    own = [f"{k}={_as_text(now)} (was {_as_text(v)})" for k, v, now in changed
+           if k.startswith("model.kwargs.") and not ckpt_io._same(v, now)]
+    if own:
+        log.warning("%s: the weights trained so far carry on under %s; vaelab cannot tell what an argument of "
+                    "a model of one's own changes (a change of shapes is refused): start a new run if it changes "
+                    "what the weights mean", ", ".join(own), "it" if len(own) == 1 else "them")
+
+
+def record_unrecorded(run_dir: Path, cfg):
+    """For a sweep's job that `vaelab resume SWEEP_DIR` carries on from its saved config `cfg`
+    (train._carry_on): what `vaelab resume JOB` does of its _unrecorded changes, as train()'s
+    on_start (None where there are none)."""
+    last = ckpt_io.latest(run_dir / "checkpoints")
+    try:
+        import torch
+
+        ck = torch.load(last, map_location="cpu", weights_only=True, mmap=True) if last is not None else None
+        unrecorded = _unrecorded(run_dir, ck, cfg) if isinstance(ck, dict) else []
+    except Exception:  # noqa: BLE001 - (a checkpoint that does not load: train() says so)
+        return None
+    if not unrecorded:
+        return None
+    from vaelab.train_cli import override_value
+
+    st = ck["state"]
+
+    def on_start():
+        record_resume(run_dir, {"epoch": st["epoch"] + 1, "step": st["step"],
+                                "overrides": [f"{k}={override_value(now)}" for k, _, now, _ in unrecorded],
+                                "before": {k: None if left else v for k, v, _, left in unrecorded},
+                                **({"left_out": [k for k, *_, left in unrecorded if left]}
+                                   if any(d[3] for d in unrecorded) else {})})
+        log.info("%s carried on with %s from step %d, recorded in .hydra/%s", run_dir.name,
+                 ", ".join(_said_unrecorded(unrecorded)), st["step"], RESUMES)
+        _own_model_changes([(k, v, now) for k, v, now, _ in unrecorded])
+    return on_start
 
 
 def reproduce(run_dir: str | Path, out: str | Path | None = None, rtol: float = 0.0,
@@ -853,7 +929,8 @@ def resume(run_dir: str | Path, overrides: list[str] = ()) -> dict | None:
     except ckpt_io.CheckpointError as e:  # a damaged last.pt: say which checkpoint resume would take without it
         other = ckpt_io.furthest(p for p in last.parent.glob("*.pt") if p != last and p.is_file())
         if other is None:  # (review: the line said what was wrong and not what to do)
-            again = f"vaelab-train --config-dir {shlex.quote(str(run_dir / '.hydra'))} --config-name config"
+            again = f"vaelab-train --config-dir {shlex.quote(str(run_dir / '.hydra'))} --config-name config" + \
+                "".join(f" {shlex.quote(o)}" for o in overrides)  # (what this command asked for goes with it)
             raise ckpt_io.CheckpointError(f"{e}; it is the run's only checkpoint: train the run again, in a folder "
                                           f"of its own, with {again}") from None
         raise ckpt_io.CheckpointError(f"{e}; to resume from the furthest trained other checkpoint, {other.name}, "
@@ -876,14 +953,7 @@ def resume(run_dir: str | Path, overrides: list[str] = ()) -> dict | None:
     behind = bool(earlier) and isinstance(earlier[-1].get("step"), int) and st["step"] < earlier[-1]["step"]
     here = {str(o).split("=", 1)[0].lstrip("+~") for r in earlier if r.get("step") == st["step"]
             for o in r.get("overrides") or []}
-    # Settings the checkpoint trained with that the saved config gives another value, with no record of
-    # a change at this step: a resume killed between writing the config and its record (kill -9), a
-    # config edited by hand, train() from Python carrying the run on under another config. The run
-    # carries on with the config's values: a change from this step, said and recorded as one given
-    # here (review: it trained on with it unsaid, and vaelab reproduce said "NOT reproduced")
-    given = here | {o.key_or_group for o in parsed}  # (and what is under them: model.kwargs={b:2} given whole)
-    unrecorded = [] if behind else [d for d in _differences(ck, cfg)
-                                    if not any(d[0] == k or d[0].startswith(f"{k}.") for k in given)]
+    unrecorded = _unrecorded(run_dir, ck, was, {o.key_or_group for o in parsed})
     trained_with = dict(leaves(ck.get("config") or {}))
     if parsed or unrecorded:
         from vaelab.train_cli import override_value
@@ -911,25 +981,21 @@ def resume(run_dir: str | Path, overrides: list[str] = ()) -> dict | None:
         said = [f"{o.key_or_group}={_as_text(value_now(o.key_or_group))} (was "
                 + (f"left out: {ckpt_io._default_argument(was, o.key_or_group.removeprefix('model.kwargs.'))})"
                    if o.key_or_group in absent else f"{_as_text(before[o.key_or_group])})") for o in changes]
-        said += [f"{k}={_as_text(now)} (was {_as_text(v)}, the checkpoint's: the saved config held {_as_text(now)} "
-                 f"with no record of the change)" for k, v, now in unrecorded]
+        said += _said_unrecorded(unrecorded)
+        absent += [k for k, *_, left in unrecorded if left]
         record = [*earlier, {"epoch": st["epoch"] + 1, "step": st["step"],
                              "overrides": [o.input_line for o in changes]
-                             + [f"{k}={override_value(now)}" for k, _, now in unrecorded],
+                             + [f"{k}={override_value(now)}" for k, _, now, _ in unrecorded],
                              "before": {**{o.key_or_group: before[o.key_or_group] for o in changes},
-                                        **{k: v for k, v, _ in unrecorded}},
+                                        **{k: None if left else v for k, v, _, left in unrecorded}},
                              **({"left_out": absent} if absent else {})}]
         if changes or unrecorded:
             files[run_dir / ".hydra" / RESUMES] = yaml.safe_dump(record, sort_keys=False)
-        # (vaelab's own settings that change what weights mean are refused above, SAME_TO_RESUME; a model
-        # of one's own's arguments cannot be told apart: one that keeps the shapes is taken, and said)
         for k, v in before.items():
-            now = OmegaConf.select(cfg, k)
-            now = OmegaConf.to_container(now) if OmegaConf.is_config(now) else now
             if k.startswith("model.kwargs.") and v is None:  # (left out until now: the constructor's default)
                 v = ckpt_io._default_argument(was, k.removeprefix("model.kwargs."))
-            if k.startswith("model.kwargs.") and not ckpt_io._same(v, now):
-                own_changes.append(f"{k}={_as_text(now)} (was {_as_text(v)})")
+            own_changes.append((k, v, value_now(k)))
+        own_changes += [(k, v, now) for k, v, now, _ in unrecorded]
     if not changes and behind:
         # From a checkpoint older than the last change (last.pt lost): its steps trained with that
         # change from here on, which the record says for `vaelab reproduce`
@@ -942,10 +1008,7 @@ def resume(run_dir: str | Path, overrides: list[str] = ()) -> dict | None:
         if said:  # (the resume's one line said where it carried on from, not with what: review)
             log.info("carried on with %s from step %d, recorded in .hydra/%s", ", ".join(said), ck["state"]["step"],
                      RESUMES)
-        if own_changes:
-            log.warning("%s: the weights trained so far carry on under %s; vaelab cannot tell what an argument of "
-                        "a model of one's own changes (a change of shapes is refused): start a new run if it changes "
-                        "what the weights mean", ", ".join(own_changes), "it" if len(own_changes) == 1 else "them")
+        _own_model_changes(own_changes)
 
     # (no metrics.json: killed between its last checkpoint and its final numbers, which train() writes)
     if done >= cfg.trainer.epochs and not ck["state"].get("pos") and metrics is not None:
@@ -1061,11 +1124,12 @@ def sweep_command_line(sweep_dir: Path) -> tuple[Path | None, list[str], list[st
     if not sweeper.endswith(".BasicSweeper"):
         raise WorkflowError(_drawn(sweep_dir, sweeper))
     flags = []
+    file = config_name if config_name.endswith(".yaml") else f"{config_name}.yaml"  # (Hydra takes either: review)
     for source in sources:
         where = Path(str(source.get("path", "")))
         if source.get("provider") == "main" and where.resolve() != CONF_DIR.resolve():  # e.g. -cd RUN/.hydra
-            if not (where / f"{config_name}.yaml").is_file():
-                raise WorkflowError(f"{sweep_dir}: the sweep's primary config {where / f'{config_name}.yaml'} is gone")
+            if not (where / file).is_file():
+                raise WorkflowError(f"{sweep_dir}: the sweep's primary config {where / file} is gone")
             flags += ["--config-path", str(where), "--config-name", config_name]
         elif source.get("provider") == "command-line":  # --config-dir: the user's own config groups
             flags += ["--config-dir", str(where)]
@@ -1074,8 +1138,8 @@ def sweep_command_line(sweep_dir: Path) -> tuple[Path | None, list[str], list[st
         # a command-line source, vaelab's conf/ staying main; without the name the sweep relaunched
         # with vaelab's own config, other settings and no hydra.sweeper.params of NAME's (review)
         dirs = [Path(d) for f, d in zip(flags, flags[1:]) if f == "--config-dir"] + [CONF_DIR]
-        if not any((Path(d) / f"{config_name}.yaml").is_file() for d in dirs):
-            raise WorkflowError(f"{sweep_dir}: the sweep's primary config {config_name}.yaml is in none of "
+        if not any((Path(d) / file).is_file() for d in dirs):
+            raise WorkflowError(f"{sweep_dir}: the sweep's primary config {file} is in none of "
                                 f"{', '.join(str(d) for d in dirs[:-1]) or 'its config folders'} any more")
         flags += ["--config-name", config_name]
     # This launch leaves each job's .hydra/ to the job (train.hydra_main): a job that began keeps its own

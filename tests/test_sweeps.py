@@ -1729,3 +1729,34 @@ def test_resume_of_a_sweep_leaves_a_job_whose_saved_config_was_deleted_as_it_is(
             "keeps a copy, see above): latent_size=2,loss.beta=1") in out
     assert sorted(p.name for p in (job / ".hydra").iterdir()) == before
     assert (job / "checkpoints" / "last.pt").read_bytes() == last
+
+
+def test_a_second_launch_into_a_sweep_folder_that_is_starting_is_refused(tiny_mnist, tmp_path, monkeypatch, capsys):
+    """While a sweep's workers start (10-15 s, before any job folder), a second vaelab-train -m into
+    its folder passed the pre-flight check, rewrote multirun.yaml and one job's config, then failed
+    (review). The held sweep lock now refuses it: in the pre-flight check, and, for two launches
+    begun at once that both passed it, where Hydra starts the sweep, before it writes there."""
+    import vaelab.cli_errors as cli_errors
+    from vaelab.train_cli import launch
+
+    folder = tmp_path / "sweep"
+    folder.mkdir()
+    holder = subprocess.Popen([sys.executable, "-c", "import fcntl, os, sys, time\n"
+                               f"fd = os.open({str(folder / ckpt_io.SWEEP_LOCK)!r}, os.O_RDWR | os.O_CREAT)\n"
+                               "fcntl.flock(fd, fcntl.LOCK_EX); print('held', flush=True); time.sleep(120)"],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        args = ["-m", "latent_size=2,4", *FAST, f"data.root={tiny_mnist}", f"hydra.sweep.dir={folder}"]
+        line = (f"another process is running a sweep in that folder now; give a new folder (once it has ended, "
+                f"'vaelab resume {folder}' carries that sweep on)")
+        capsys.readouterr()
+        assert launch(args) == 2
+        assert line in capsys.readouterr().err
+        monkeypatch.setattr(cli_errors, "sweep_running", lambda folder: False)  # (begun at the same instant)
+        assert launch(args) == 2
+        assert capsys.readouterr().err.strip().splitlines()[-1] == f"vaelab-train: error: {folder}: {line}"
+        assert sorted(p.name for p in folder.iterdir()) == [ckpt_io.SWEEP_LOCK]  # (no multirun.yaml, no job)
+    finally:
+        holder.kill()
+        holder.wait()

@@ -26,7 +26,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import Glob, RangeSweep
 from omegaconf import DictConfig, OmegaConf
 
-from vaelab.checkpoint import CheckpointError, check_not_in_use, enclosing_run, holds_runs, is_run
+from vaelab.checkpoint import CheckpointError, check_not_in_use, enclosing_run, holds_runs, is_run, sweep_running
 from vaelab.config import (CONF_DIR, Config, ConfigError, absolute, choices, hydra_section, integer_as_bool,
                            integer_as_bool_in_files, leaves, register_configs, typed, validate)
 
@@ -1010,6 +1010,9 @@ def _taken(folder: Path, sweep: bool) -> str | None:
     if inside is not None:  # its runs would be hidden: compare and resume see the run around them
         return f"that folder is inside the run {inside}; give a folder outside it"
     if sweep:
+        if sweep_running(folder):  # (its jobs not begun yet: no run there to tell it by, review)
+            return (f"another process is running a sweep in that folder now; give a new folder (once it has "
+                    f"ended, 'vaelab resume {shlex.quote(str(folder))}' carries that sweep on)")
         if is_run(folder):
             return "that folder holds a run already; give a new folder"
         if holds_runs(folder):

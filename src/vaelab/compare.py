@@ -808,8 +808,15 @@ class SweepSummary(Callback):
     def on_multirun_start(self, config, **kwargs) -> None:
         self.started = time.time()
         _made_by_hydra_for_this_launch(config, "hydra.sweep.dir")
-        # Held while the jobs run, so that `vaelab resume SWEEP_DIR` refuses a sweep that is still running.
-        ckpt_io.hold_sweep(Path(str(config.hydra.sweep.dir)))
+        # Held while the jobs run, so that `vaelab resume SWEEP_DIR` refuses a sweep that is still running,
+        # and so does another launch into the folder (review: one begun with it passed the pre-flight check,
+        # rewrote multirun.yaml and a job's config, then failed)
+        sweep_dir = Path(str(config.hydra.sweep.dir))
+        if not ckpt_io.hold_sweep(sweep_dir):
+            from vaelab.errors import SweepTaken
+            raise SweepTaken(f"{sweep_dir}: another process is running a sweep in that folder now; give a new "
+                             f"folder (once it has ended, 'vaelab resume {shlex.quote(str(sweep_dir))}' carries that "
+                             f"sweep on)")
 
     def on_multirun_end(self, config, **kwargs) -> None:
         sweep_dir = Path(str(config.hydra.sweep.dir))

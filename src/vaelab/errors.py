@@ -91,6 +91,11 @@ def say_while_stopping(text: str) -> None:
         after_hangup(signal.SIGHUP)
 
 
+class SweepTaken(SystemExit):
+    """A launch whose sweep folder another process's sweep holds (two launches begun at once, which
+    both passed the pre-flight check): its one line, and exit status 2, before Hydra writes there."""
+
+
 class NonFiniteLoss(RuntimeError):
     """The loss or the weights became inf/NaN; the last good checkpoint is kept."""
 

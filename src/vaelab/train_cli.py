@@ -412,7 +412,7 @@ def _run_hydra(prog: str) -> int:
 
     _workers_wait_for_a_job()
 
-    from vaelab.errors import stop_signals_as_ctrl_c
+    from vaelab.errors import SweepTaken, stop_signals_as_ctrl_c
 
     root = logging.getLogger()
     handlers_were, level_was = root.handlers[:], root.level
@@ -430,6 +430,9 @@ def _run_hydra(prog: str) -> int:
               "without any starts again with vaelab-train --config-dir RUN_DIR/.hydra --config-name config)",
               file=sys.stderr)
         return 130
+    except SweepTaken as e:  # (nothing of this launch's written: no clean-up)
+        print(f"{prog}: error: {e.code}", file=sys.stderr)
+        return 2
     except SystemExit as e:  # hydra.main exits with its app's status (the sweep summary's 1, a job's 2 or 130)
         if isinstance(e.code, str):
             print(e.code, file=sys.stderr)

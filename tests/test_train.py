@@ -549,6 +549,11 @@ class ReluOut(Complete):  # ends in a ReLU: sigmoid(>= 0) >= 0.5, no black pixel
         return torch.relu(self.d(z))
 
 
+class OwnReparam(Complete):  # without the generator validation passes: a traceback after epoch 1 (review)
+    def reparameterize(self, mu, logvar):
+        return mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
+
+
 class NoParameters(VAE):
     def __init__(self, latent_size, input_dim, image_shape, **settings):
         super().__init__()
@@ -571,6 +576,8 @@ class NoParameters(VAE):
     ("WrongWidth", "decode_logits(z) of z (2, 2) must return logits (2, 784); got (2, 28)"),
     ("Float64", "encode(x) must return mu and logvar in the parameters' dtype, torch.float32; got torch.float64"),
     ("NoParameters", "the model has no parameters to train"),  # (build_optimizer's StopIteration before)
+    ("OwnReparam", "reparameterize(mu, logvar, generator) must take the generator (a torch.Generator or None) that "
+                   "vaelab's validation draws eps with, as VAE's does (vaelab/models/base.py)"),
     ("DoubleParameters", "its parameters are torch.float64; vaelab feeds a model float32 images (trainer.amp=bf16 "
                          "runs its products in bf16): build it in float32"),
     ("OwnLatentSize", "the model's latent_size is 3, the config's latent_size=2: build it with the latent_size it "

@@ -97,6 +97,15 @@ def _check_interface(cfg: DictConfig, model: VAE, input_dim: int) -> None:
         raise ConfigError(f"{where}: the model's latent_size is {model.latent_size}, the config's "
                           f"latent_size={cfg.latent_size}: build it with the latent_size it is given "
                           f"(model.latent_size follows latent_size), which the pictures, the reports and sweeps use")
+    if type(model).reparameterize is not VAE.reparameterize:  # (the validation after epoch 1 passes a generator:
+        import inspect  # a TypeError with a traceback, the epoch unsaved, review)
+
+        try:
+            inspect.signature(model.reparameterize).bind(None, None, None)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{where}: reparameterize(mu, logvar, generator) must take the generator (a "
+                              f"torch.Generator or None) that vaelab's validation draws eps with, as VAE's does "
+                              f"(vaelab/models/base.py)") from None
     x = torch.zeros(2, input_dim, device=first.device, dtype=first.dtype)
     training = model.training
     try:

@@ -1217,6 +1217,10 @@ def test_resume_says_when_an_argument_of_a_model_of_ones_own_changes(tiny_mnist,
     assert said in (run / "train.log").read_text()
     assert vaelab(["resume", run, "trainer.epochs=3", "model.kwargs.scale=0.5"]) == 0  # (no change: nothing said)
     assert (run / "train.log").read_text().count("carry on under") == 1
+    # another class, the same weights' names and shapes: taken unsaid (review)
+    assert vaelab(["resume", run, "trainer.epochs=4", f"model._target_={ChildVAE.__module__}.ChildVAE"]) == 0
+    assert (f"model._target_={ChildVAE.__module__}.ChildVAE (was {ScaledVAE.__module__}.ScaledVAE): the weights "
+            f"trained so far carry on in another class") in (run / "train.log").read_text()
 
 
 def test_reproduce_leaves_out_an_argument_the_run_left_out_until_a_resume_gave_it(tiny_mnist, tmp_path,

@@ -374,6 +374,11 @@ def _own_model_changes(changed: list[tuple]) -> None:
     """Warn of changes (key, before, now) of the arguments of a model of one's own: vaelab's own
     settings that change what weights mean are refused (SAME_TO_RESUME); these cannot be told
     apart: one that keeps the shapes is taken, and said."""
+    for k, v, now in changed:  # (another class with the same weights' names and shapes: taken unsaid, review)
+        if k == "model._target_" and not ckpt_io._same(v, now):
+            log.warning("model._target_=%s (was %s): the weights trained so far carry on in another class; vaelab "
+                        "checks only that their names and shapes fit: start a new run if it computes something "
+                        "else", _as_text(now), _as_text(v))
     own = [f"{k}={_as_text(now)} (was {_as_text(v)})" for k, v, now in changed
            if k.startswith("model.kwargs.") and not ckpt_io._same(v, now)]
     if own:

@@ -1035,7 +1035,10 @@ def test_data_given_to_train_must_be_loaded_with_the_configs_settings(tiny_mnist
     for setting, line in (("data.binarize=dynamic", "data.binarize=dynamic, but the data given to train() was "
                                                     "loaded with data.binarize=none"),
                           ("data.val_size=64", "data.val_size=64, but the data given to train() was loaded with "
-                                               "data.val_size=100")):
+                                               "data.val_size=100"),
+                          # (it trained on split 0 and recorded 1: review)
+                          ("data.split_seed=1", "data.split_seed=1, but the data given to train() was loaded with "
+                                                "data.split_seed=0")):
         with pytest.raises(ConfigError) as e:
             train(make_cfg(["data.val_size=100", setting, "trainer.epochs=1"]), tmp_path / "run", data=data)
         assert str(e.value) == line + ": load it with the config's settings, or leave data out"

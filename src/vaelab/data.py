@@ -60,6 +60,7 @@ class MNISTData:
     # and any fixed binarization): recorded in checkpoints, metrics.json and eval.json, so that
     # `vaelab resume` and `vaelab reproduce` tell other data from a change of numbers.
     digest: str = ""
+    split_seed: int | None = None  # data.split_seed it was loaded with (None: made otherwise, e.g. a test's)
 
 
 def _raw_dir(root: Path) -> Path:
@@ -351,7 +352,8 @@ def load_data(root: str | Path, device: torch.device, val_size: int = 5000, spli
     x_tr, y_tr, x_va, y_va, x_te, y_te = (t.contiguous().to(device) for t in cpu)
     train, test = Split(x_tr, y_tr), Split(x_te, y_te)
     val = test if val_is_test else Split(x_va, y_va)
-    return MNISTData(train, val, test, binarize=binarize, val_is_test=val_is_test, digest=digest.hexdigest()[:16])
+    return MNISTData(train, val, test, binarize=binarize, val_is_test=val_is_test, digest=digest.hexdigest()[:16],
+                     split_seed=split_seed)
 
 
 def to_float(batch_u8: torch.Tensor, binarize: str = "none", generator: torch.Generator | None = None

@@ -508,11 +508,14 @@ class _StopFlag:
 def _check_data_matches(data: MNISTData, dcfg) -> None:
     """train(cfg, run_dir, data=...): ConfigError with one line where `data` was loaded with
     another binarization or validation split than cfg.data says (the run would record settings
-    it did not train with). (data.root and data.split_seed are not recorded in MNISTData: the
-    run's data_digest tells other images apart.)"""
+    it did not train with), or data.split_seed (review: it trained on split 0 and recorded 1). (data.root
+    is not recorded in MNISTData: the run's data_digest tells other images apart.)"""
     binarize = str(dcfg.binarize)
     val = 0 if data.val_is_test else len(data.val)
-    for key, loaded, wanted in (("data.binarize", data.binarize, binarize), ("data.val_size", val, dcfg.val_size)):
+    checks = [("data.binarize", data.binarize, binarize), ("data.val_size", val, dcfg.val_size)]
+    if data.split_seed is not None:
+        checks.append(("data.split_seed", data.split_seed, dcfg.split_seed))
+    for key, loaded, wanted in checks:
         if str(loaded) != str(wanted):
             raise ConfigError(f"{key}={wanted}, but the data given to train() was loaded with {key}={loaded}: "
                               f"load it with the config's settings, or leave data out")

@@ -401,7 +401,8 @@ def test_eval_of_an_earlier_checkpoint_is_logged_where_that_checkpoint_was_taken
     assert saved["epoch"] == 1 and saved["examples_seen"] == 192  # the checkpoint's, not metrics.json's 384
     assert saved["checkpoint"] == str(run / "checkpoints" / "epoch_0001.pt")  # not relative to the shell
     # eval/ still shows last.pt's weights, and says so, also after a second --no-pictures
-    assert saved["pictures_of"] == {"checkpoint": str(run / "checkpoints" / "last.pt"), "examples_seen": 384}
+    assert saved["pictures_of"] == {"checkpoint": str(run / "checkpoints" / "last.pt"), "examples_seen": 384,
+                                    "data_digest": saved["data_digest"]}
     assert "run/eval/ shows the weights of last.pt at 384 examples seen, not these (epoch_0001.pt at 192)" \
         in caplog.text
     caplog.clear()
@@ -413,6 +414,18 @@ def test_eval_of_an_earlier_checkpoint_is_logged_where_that_checkpoint_was_taken
     caplog.clear()
     assert _eval_cli(["run", "--k", "2", "--no-pictures"]) == 0  # last.pt again: the pictures match
     assert "shows the weights" not in caplog.text
+    # pictures of these weights on other data: said, in the log and the table (review: unsaid)
+    from tests.conftest import make_tiny_mnist
+    other = make_tiny_mnist(tmp_path / "other", seed=1)
+    assert _eval_cli(["run", "--k", "2", "--data-root", other]) == 0
+    capsys.readouterr()
+    assert _eval_cli(["run", "--k", "2", "--no-pictures"]) == 0
+    assert "run/eval/ shows these weights on other data (digest " in caplog.text
+    assert "kl_by_dim.png  (an earlier evaluation's, on other data)" in capsys.readouterr().out
+    caplog.clear()
+    assert _eval_cli(["run", "--k", "2", "--data-root", other, "--no-pictures"]) == 0  # (their own data: unsaid)
+    assert "shows these weights on other data" not in caplog.text
+    assert _eval_cli(["run", "--k", "2"]) == 0  # (drawn again on the run's own: the TensorBoard checks below)
     acc = EventAccumulator(str(run), size_guidance={"scalars": 0, "images": 0})
     acc.Reload()
     assert [e.step for e in acc.Scalars("test/nll_iwae")] == [384]  # the newest eval's point only

@@ -305,7 +305,8 @@ def evaluate_run(run_dir: str | Path, k: int = 5000, device: str = "auto", check
                     if math.isfinite(result[key]):
                         writer.add_scalar(f"test/{key}", result[key], step)
             # Which weights the pictures in eval/ show: these, or (--no-pictures) those of an earlier eval.
-            result["pictures_of"] = {"checkpoint": result["checkpoint"], "examples_seen": step}
+            result["pictures_of"] = {"checkpoint": result["checkpoint"], "examples_seen": step,
+                                     "data_digest": result["data_digest"]}
             if not pictures:
                 before = ckpt_io.read_json(run_dir / "eval.json") or {}
                 kept = before.get("pictures_of") if (run_dir / "eval").is_dir() else None
@@ -324,6 +325,9 @@ def evaluate_run(run_dir: str | Path, k: int = 5000, device: str = "auto", check
                     log.warning("%s/ shows the weights of %s at %s examples seen, not these (%s at %d); leave out "
                                 "--no-pictures to redraw it", run_dir / "eval", Path(str(kept.get("checkpoint"))).name,
                                 kept.get("examples_seen"), path.name, step)
+                elif kept and kept.get("data_digest") not in (None, result["data_digest"]):  # (review: unsaid)
+                    log.warning("%s/ shows these weights on other data (digest %s, not %s); leave out --no-pictures "
+                                "to redraw it", run_dir / "eval", kept.get("data_digest"), result["data_digest"])
                 if writer is not None:  # eval/ keeps its pictures, and TensorBoard its eval/* images
                     # from the evaluation eval.json holds, not one killed part-way or running now
                     named = before.get("events_file")
@@ -537,15 +541,17 @@ def format_table(r: dict, run_dir: str | Path) -> str:
     # (after --no-pictures, eval/ and eval.json's "pictures" are an earlier evaluation's, maybe of other weights)
     of = r.get("pictures_of") if isinstance(r.get("pictures_of"), dict) else {}
     other = of.get("examples_seen") != r.get("examples_seen")  # (the weights a run had at that point: any checkpoint)
+    other_data = bool(of) and of.get("data_digest") not in (None, r.get("data_digest"))
     if r.get("pictures"):
         folder = Path(next(iter(r["pictures"].values()))).parent
         lines.append(f"  pictures     {folder}/: {', '.join(Path(p).name for p in r['pictures'].values())}"
                      + ((f"  (an earlier evaluation's, of {Path(str(of.get('checkpoint'))).name} at "
                          f"{of.get('examples_seen')} examples seen)" if of else "  (of weights eval.json does not name)")
-                        if other else ""))
+                        if other else "  (an earlier evaluation's, on other data)" if other_data else ""))
         left_out = r.get("pictures_left_out") if isinstance(r.get("pictures_left_out"), dict) else {}
         lines += [f"               no {name}.png: {why}" for name, why in left_out.items()]
-    tb = (f", TensorBoard tags test/*{' and eval/*' if r.get('pictures') and not other else ''} at step "
+    these = r.get("pictures") and not (other or other_data)
+    tb = (f", TensorBoard tags test/*{' and eval/*' if these else ''} at step "
           f"{r['examples_seen']}" if r.get("tensorboard") else "")
     lines.append(f"  written      {Path(run_dir) / 'eval.json'}{tb}  ({r['seconds']:.1f} s)")
     return "\n".join(lines)

@@ -1760,3 +1760,29 @@ def test_a_second_launch_into_a_sweep_folder_that_is_starting_is_refused(tiny_mn
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_a_joblib_worker_killed_under_its_job_is_one_line(monkeypatch):
+    """kill -9 of a worker (or the out-of-memory killer) ended the sweep with loky's
+    TerminatedWorkerError, some 30 lines of traceback through Hydra's (review; by hand on
+    2026-11-28: 'vaelab-train: error: a worker process ... (SIGKILL(-9): killed, ...', exit 1)."""
+    from hydra_plugins.hydra_joblib_launcher.joblib_launcher import JoblibLauncher
+    from joblib.externals.loky.process_executor import TerminatedWorkerError
+    from omegaconf import OmegaConf
+
+    from vaelab.errors import SweepWorkerDied
+    from vaelab.train_cli import _a_killed_worker_is_one_line
+
+    def killed(self, *args, **kwargs):
+        raise TerminatedWorkerError("A worker process managed by the executor was unexpectedly terminated. This "
+                                    "could be caused by a segmentation fault ... The exit codes of the workers are "
+                                    "{SIGKILL(-9)}")
+    monkeypatch.setattr(JoblibLauncher, "launch", killed)
+    _a_killed_worker_is_one_line()
+    launcher = JoblibLauncher()
+    launcher.config = OmegaConf.create({"hydra": {"sweep": {"dir": "/x/my sweep"}}})
+    with pytest.raises(SweepWorkerDied) as e:
+        launcher.launch([], 0)
+    assert e.value.code == ("a worker process of the sweep died under its job (SIGKILL(-9): killed, or out of "
+                            "memory); the jobs running beside it stopped where they were; vaelab resume '/x/my sweep' "
+                            "carries the sweep on from their checkpoints")

@@ -96,6 +96,10 @@ class SweepTaken(SystemExit):
     both passed the pre-flight check): its one line, and exit status 2, before Hydra writes there."""
 
 
+class SweepWorkerDied(SystemExit):
+    """A joblib worker killed under its job (train_cli._a_killed_worker_is_one_line): one line."""
+
+
 class NonFiniteLoss(RuntimeError):
     """The loss or the weights became inf/NaN; the last good checkpoint is kept."""
 

@@ -396,6 +396,41 @@ def _workers_wait_for_a_job() -> None:
             return super().configure(*args, **kwargs)
 
     register_parallel_backend("loky", WorkersWaitForAJob)
+    _a_killed_worker_is_one_line()
+
+
+def _a_killed_worker_is_one_line() -> None:
+    """A joblib worker killed under its job (kill -9, the kernel's out-of-memory killer) ended the
+    sweep with loky's TerminatedWorkerError, some 30 lines of traceback through Hydra's (review):
+    one line instead, with what to do. (loky ends the other workers where they are.)"""
+    try:
+        from hydra_plugins.hydra_joblib_launcher.joblib_launcher import JoblibLauncher
+        from joblib.externals.loky.process_executor import TerminatedWorkerError
+    except ImportError:
+        return
+    if getattr(JoblibLauncher.launch, "vaelab_one_line", False):
+        return
+    launch = JoblibLauncher.launch
+
+    def launch_saying_a_killed_worker(self, *args, **kwargs):
+        try:
+            return launch(self, *args, **kwargs)
+        except TerminatedWorkerError as e:
+            import shlex
+
+            from omegaconf import OmegaConf
+
+            from vaelab.errors import SweepWorkerDied
+
+            sweep = OmegaConf.select(self.config, "hydra.sweep.dir", default=None) if self.config else None
+            codes = re.search(r"exit codes of the workers are \{([^}]*)\}", str(e))  # ({SIGKILL(-9)})
+            why = f"{codes.group(1)}: " if codes else ""
+            raise SweepWorkerDied(f"a worker process of the sweep died under its job ({why}killed, or out of "
+                                  f"memory); the jobs running beside it stopped where they were; "
+                                  f"vaelab resume {shlex.quote(str(sweep or 'SWEEP_DIR'))} carries the sweep on "
+                                  f"from their checkpoints") from None
+    launch_saying_a_killed_worker.vaelab_one_line = True
+    JoblibLauncher.launch = launch_saying_a_killed_worker
 
 
 def _run_hydra(prog: str) -> int:
@@ -412,7 +447,7 @@ def _run_hydra(prog: str) -> int:
 
     _workers_wait_for_a_job()
 
-    from vaelab.errors import SweepTaken, stop_signals_as_ctrl_c
+    from vaelab.errors import SweepTaken, SweepWorkerDied, stop_signals_as_ctrl_c
 
     root = logging.getLogger()
     handlers_were, level_was = root.handlers[:], root.level
@@ -433,6 +468,9 @@ def _run_hydra(prog: str) -> int:
     except SweepTaken as e:  # (nothing of this launch's written: no clean-up)
         print(f"{prog}: error: {e.code}", file=sys.stderr)
         return 2
+    except SweepWorkerDied as e:
+        print(f"{prog}: error: {e.code}", file=sys.stderr)
+        return 1
     except SystemExit as e:  # hydra.main exits with its app's status (the sweep summary's 1, a job's 2 or 130)
         if isinstance(e.code, str):
             print(e.code, file=sys.stderr)

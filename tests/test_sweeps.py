@@ -1786,3 +1786,20 @@ def test_a_joblib_worker_killed_under_its_job_is_one_line(monkeypatch):
     assert e.value.code == ("a worker process of the sweep died under its job (SIGKILL(-9): killed, or out of "
                             "memory); the jobs running beside it stopped where they were; vaelab resume '/x/my sweep' "
                             "carries the sweep on from their checkpoints")
+
+
+@pytest.mark.parametrize("argv,says", [(["-m", "latent_size=2,4"], "vaelab resume SWEEP_DIR a whole sweep"),
+                                       (["hparams_search=optuna"], "a study goes on only as a new one")])
+def test_an_interrupted_launch_names_what_carries_it_on(monkeypatch, capsys, argv, says):
+    """After a stopped Optuna study the last line named vaelab resume SWEEP_DIR, which refuses a
+    study (review)."""
+    import vaelab.train as train_mod
+    from vaelab.train_cli import _run_hydra
+
+    def stopped():
+        raise KeyboardInterrupt
+    monkeypatch.setattr(train_mod, "hydra_main", stopped)
+    monkeypatch.setattr(sys, "argv", ["vaelab-train", *argv])
+    assert _run_hydra("vaelab-train") == 130
+    err = capsys.readouterr().err
+    assert says in err and ("vaelab resume SWEEP_DIR" in err) == ("SWEEP_DIR" in says)

@@ -460,10 +460,13 @@ def _run_hydra(prog: str) -> int:
     except KeyboardInterrupt:  # a second Ctrl-C, or one outside training (joblib's parent, setup)
         from vaelab.errors import leaving_after_a_stop
         leaving_after_a_stop()
+        # (an Optuna study goes on only as a new one: vaelab resume refuses one, review)
+        study = any(a.split("=", 1)[0] in ("hparams_search", "hydra/sweeper") for a in sys.argv[1:])
         print(f"{prog}: interrupted; a run keeps the checkpoints it had completed "
-              "(vaelab resume RUN_DIR carries it on from them, vaelab resume SWEEP_DIR a whole sweep; a run "
-              "without any starts again with vaelab-train --config-dir RUN_DIR/.hydra --config-name config)",
-              file=sys.stderr)
+              f"(vaelab resume RUN_DIR carries it on from them, "
+              + ("a study goes on only as a new one" if study else "vaelab resume SWEEP_DIR a whole sweep")
+              + "; a run without any starts again with vaelab-train --config-dir RUN_DIR/.hydra --config-name "
+                "config)", file=sys.stderr)
         return 130
     except SweepTaken as e:  # (nothing of this launch's written: no clean-up)
         print(f"{prog}: error: {e.code}", file=sys.stderr)

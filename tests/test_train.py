@@ -387,6 +387,13 @@ def test_a_model_class_whose_arguments_do_not_fit_is_one_line(tiny_mnist, tmp_pa
                                           r"argument 'dept' \(did you mean depth\?\); it takes latent_size, depth, "
                                           r"input_dim, image_shape$"):
         train(cfg, tmp_path / "r")
+    # an MLP setting it does not take (vaelab resume, which the hint is also for, refuses a +: review)
+    cfg = compose_cfg([f"data.root={tiny_mnist}", "data.val_size=64", "model._target_=othermodels.Other",
+                       "+model.kwargs.depth=2", "model.size=small"])
+    with pytest.raises(ConfigError, match=r"^model.size=small: model._target_=othermodels.Other takes no size \(it "
+                                          r"is a setting of vaelab's MLP\); give a model's own arguments as "
+                                          r"\+model.kwargs.NAME=VALUE \(to vaelab resume without the \+\)$"):
+        train(cfg, tmp_path / "r")
 
 
 _PARTIAL_MODELS = """

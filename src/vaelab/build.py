@@ -66,7 +66,8 @@ def _model_arguments(cfg: DictConfig) -> tuple[DictConfig, dict]:
             if m[k] != default[k]:
                 given = getattr(m[k], "value", m[k])  # (an enum's name)
                 raise ConfigError(f"model.{k}={given}: model._target_={m._target_} takes no {k} (it is a setting of "
-                                  f"vaelab's MLP); give a model's own arguments as +model.kwargs.NAME=VALUE")
+                                  f"vaelab's MLP); give a model's own arguments as +model.kwargs.NAME=VALUE (to "
+                                  f"vaelab resume without the +)")  # (which refuses the +: review)
             keys.remove(k)
     clash = sorted(set(own) & {*keys, "input_dim", "image_shape"})
     if clash:

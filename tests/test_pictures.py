@@ -163,7 +163,7 @@ def test_curves_show_a_runs_loss_kl_and_active_units_against_examples_seen():
     assert [line.get_color() for line in curves_figure(epoch_only).axes[0].get_lines()] == ["tab:orange", "tab:green"]
     # a run whose every unit collapsed: whole numbers on 0 to 1.5, not 0.00, 0.05, ... on 0 to 0.5
     dead = curves_figure({**scalars, "epoch/active_units": [(192, 0), (384, 0)]}).axes[2]
-    assert dead.get_ylim() == (0, 1.5) and [t for t in dead.get_yticks() if 0 <= t <= 1.5] == [0, 1]
+    assert dead.get_ylim() == (-0.3, 1.5) and [t for t in dead.get_yticks() if -0.3 <= t <= 1.5] == [0, 1]
     # an eval of an earlier checkpoint: where its weights were taken, on curves that go on past them (review)
     marked = curves_figure(scalars, at=192).axes[0]
     [mark] = [line for line in marked.get_lines() if line.get_label() == "checkpoint evaluated"]
@@ -431,3 +431,29 @@ def test_a_failed_write_in_tensorboards_writer_thread_is_not_a_second_traceback(
         t.join()
     assert isinstance(writer_thread.exception, OSError)  # kept for the writer's next call
     assert printed == [other]
+
+
+def test_the_kl_charts_epochs_are_labelled_at_an_even_step():
+    """np.linspace's rounded positions labelled 20 epochs 1, 3, 5, 7, 9, 12, ...: epochs 10 and 11
+    looked left out (review)."""
+    from vaelab.pictures import epoch_ticks
+
+    def labels(n):
+        epochs = list(range(1, n + 1))
+        return [epochs[i] for i in epoch_ticks(epochs)]
+    assert labels(20) == list(range(2, 21, 2)) and labels(10) == list(range(1, 11))
+    assert labels(21) == [1, 5, 10, 15, 20] and labels(3280) == [1, *range(500, 3001, 500)]
+    assert [[3, 4, 9][i] for i in epoch_ticks([3, 4, 9])] == [3, 4, 9]  # (the epochs a resume kept)
+
+
+def test_the_curves_show_points_at_zero_active_units_and_whole_numbers_of_examples():
+    """Points at 0 active units were cut in half by the axis, and a run whose points share one x
+    got ticks 182.5, 185.0, ... (review)."""
+    from vaelab.pictures import curves_figure
+
+    fig = curves_figure({"epoch/val_loss": [(192, 5.0)], "epoch/active_units": [(192, 0.0)],
+                         "epoch/val_kl": [(192, 0.1)]})
+    for ax in fig.axes:
+        assert all(float(t).is_integer() for t in ax.get_xticks())
+    units = next(ax for ax in fig.axes if ax.get_title() == "active units")
+    assert units.get_ylim()[0] < 0

@@ -288,8 +288,7 @@ def kl_history_figure(history: list[tuple[int, list[float], list[float] | None]]
     im = ax.imshow(kl[order], aspect="auto", interpolation="nearest", cmap="viridis",
                    norm=PowerNorm(0.5, vmin=0.0, vmax=max(float(kl.max()), 1e-12)),
                    extent=(-0.5, len(epochs) - 0.5, n - 0.5, -0.5))
-    ticks = np.unique(np.linspace(0, len(epochs) - 1, min(len(epochs), 10)).round().astype(int))
-    ax.set_xticks(ticks, [str(epochs[i]) for i in ticks])
+    ax.set_xticks(*zip(*[(i, str(epochs[i])) for i in epoch_ticks(epochs)]))
     ax.set_xlabel("epoch", fontsize=8)
     if n <= 40:  # (one label a row while they stay legible; past that none: a row's place is not its index)
         ax.set_yticks(range(n), [f"z{d}" for d in order])
@@ -329,6 +328,17 @@ CURVES = (("loss", (("train/loss", "train, per log point", "-", "tab:blue"),
           ("active units", (("epoch/active_units", "validation", "s-", "tab:green"),)))
 
 
+def epoch_ticks(epochs: list[int], most: int = 10) -> list[int]:
+    """The positions in `epochs` to label: about `most`, at the multiples of an even step (1, 2,
+    5, 10, 20, 50, ...), and the first; evenly spaced positions rounded read as epochs left out
+    (20 epochs: 1, 3, 5, 7, 9, 12, ..., review)."""
+    step = next(s * 10 ** k for k in range(12) for s in (1, 2, 5) if len(epochs) / (s * 10 ** k) <= most)
+    picks = [i for i, e in enumerate(epochs) if e % step == 0]
+    if not picks or (picks[0] != 0 and epochs[picks[0]] - epochs[0] > step / 2):
+        picks = [0, *picks]  # (the first epoch, where it is not next to a labelled one)
+    return picks
+
+
 def curves_figure(scalars: dict[str, list[tuple[int, float]]], note: str = "", split: str = "validation",
                   at: int | None = None):
     """A run's training curves from its TensorBoard scalars ({tag: [(examples seen, value)]}):
@@ -353,11 +363,15 @@ def curves_figure(scalars: dict[str, list[tuple[int, float]]], note: str = "", s
         ax.set_xlabel("examples seen", fontsize=8)
         ax.set_ylabel("dimensions" if what == "active units" else f"{what} (nats per example)", fontsize=8)
         ax.set_title(what, fontsize=9)
-        if what == "active units" and ax.get_lines():  # from 0: how many of them collapsed, in whole numbers
-            from matplotlib.ticker import MaxNLocator
+        from matplotlib.ticker import MaxNLocator
 
-            # (at least 0 to 1.5: all 0, a collapsed run's, gave ticks 0.00, 0.05, ... on 0 to 0.5)
-            ax.set_ylim(0, max(1, max(max(line.get_ydata()) for line in ax.get_lines())) + 0.5)
+        # (whole numbers: where every point has one x, the ticks read 182.5, 185.0, ..., review; as many as
+        # matplotlib's own AutoLocator would place)
+        ax.xaxis.set_major_locator(MaxNLocator(nbins="auto", steps=[1, 2, 2.5, 5, 10], integer=True))
+        if what == "active units" and ax.get_lines():  # from 0: how many of them collapsed, in whole numbers
+            # (at least 0 to 1.5: all 0, a collapsed run's, gave ticks 0.00, 0.05, ... on 0 to 0.5; from just
+            # below 0, where points at 0 were cut in half by the axis, review)
+            ax.set_ylim(-0.3, max(1, max(max(line.get_ydata()) for line in ax.get_lines())) + 0.5)
             ax.yaxis.set_major_locator(MaxNLocator(integer=True))
         ax.tick_params(labelsize=7)
         ax.grid(alpha=0.3)

@@ -598,7 +598,8 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", default="last",
                         help="last, best, or a file (name or path) in RUN_DIR/checkpoints/ (default last)")
     parser.add_argument("--device", type=device_name, default="auto", help="auto, cpu, cuda, cuda:N or mps (default auto)")
-    parser.add_argument("--seed", type=seed_int, default=0, help="seed of the posterior samples (default 0)")
+    parser.add_argument("--seed", type=seed_int, default=0,
+                        help="seed of the posterior samples and of eval/samples.png's prior draws (default 0)")
     parser.add_argument("--data-root", metavar="DIR", type=folder_name, default=None,
                         help="folder holding MNIST/raw/ (default: the run's data.root)")
     parser.add_argument("--no-pictures", action="store_true",

@@ -1519,7 +1519,9 @@ def test_a_group_file_of_ones_own_with_a_wrong_key_gets_the_hints_an_override_ge
              "experiment/e1.yaml": "# @package _global_\ntrainr:\n  epochs: 2\n",
              "experiment/e4.yaml": "defaults:\n  - override /model: t3\n",
              "experiment/e8.yaml": "trainer:\n  epochs: 2\n", "trainer/t.yaml": "epoch: 2\n",
-             "experiment/sub/e9.yaml": "trainer:\n  epochs: 2\n", "model/conv/t6.yaml": "model:\n  size: small\n"}
+             "experiment/sub/e9.yaml": "trainer:\n  epochs: 2\n", "model/conv/t6.yaml": "model:\n  size: small\n",
+             "experiment/v1.yaml": "# @package _global_\nmodel:\n  activation: sigmoid\n",
+             "experiment/v2.yaml": "# @package _global_\ntrainer:\n  epochs: two\n"}
     for name, text in files.items():
         (tmp_path / name).parent.mkdir(exist_ok=True)
         (tmp_path / name).write_text(text)
@@ -1542,6 +1544,13 @@ def test_a_group_file_of_ones_own_with_a_wrong_key_gets_the_hints_an_override_ge
             ("experiment=sub/e9", "override 'experiment=sub/e9': " + header.format("sub/e9")),
             ("model=conv/t6", "override 'model=conv/t6': model/conv/t6.yaml is read into 'model.' already: leave "
                               "out its 'model:' level and write its keys at the top of the file"),
+            # a wrong value: the file's name, not the key's (review)
+            ("experiment=v1", "override 'experiment=v1': In 'experiment/v1': ValidationError raised while composing "
+                              "config: Invalid value 'sigmoid', expected one of [relu, tanh, gelu, elu] (key "
+                              "'model.activation')"),
+            ("experiment=v2", "override 'experiment=v2': In 'experiment/v2': ValidationError raised while composing "
+                              "config: Value 'two' of type 'str' could not be converted to Integer (key "
+                              "'trainer.epochs'); give a whole number (1000, not 1e3 or 1000.0)"),
             ("trainer=t", "unknown key 'trainer.epoch' in trainer/t.yaml (override 'trainer=t'); did you mean "
                           "'trainer.epochs'? keys allowed at 'trainer': ")):
         got = precheck(["--config-dir", str(tmp_path), override])

@@ -199,6 +199,8 @@ def _explain(exc: Exception, override: str, composed: DictConfig | None = None) 
         takes = (f"one of {', '.join(allowed)}" if allowed else named.get(full_key) or
                  {int: "an integer", float: "a number", str: "a text", bool: "true or false"}.get(t, "a value"))
         return f"override '{override}': {full_key} cannot be null; give {takes}"
+    if full_key is None and cause is exc:  # a value in a group file of one's own: Hydra names the file, and the
+        full_key = getattr(exc.__context__, "full_key", None)  # key only on the lines after (review)
     if full_key:
         return f"override '{override}': {msg} (key '{full_key}'){_what_it_takes(full_key, msg)}"
     return f"override '{override}': {msg}"

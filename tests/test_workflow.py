@@ -2632,6 +2632,18 @@ def test_a_resume_part_way_that_changes_the_batches_or_beta_keeps_the_mean_betas
                                "has its betas), the validation loss recon + KL")
 
 
+def _resumed_after_editing(run: Path, caplog, old: str, new: str, *overrides: str) -> str:
+    """The log of `vaelab resume RUN OVERRIDES` after `old` in the run's saved config was replaced
+    by `new`, as by hand."""
+    config = run / ".hydra" / "config.yaml"
+    assert old in config.read_text()
+    config.write_text(config.read_text().replace(old, new))
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="vaelab"):
+        assert vaelab(["resume", run, *overrides]) == 0
+    return caplog.text
+
+
 def test_a_config_changed_without_a_record_is_a_change_the_resume_records(finished_run, tmp_path, caplog):
     """A kill -9 between a resume's write of the config and of its record (or a config edited by
     hand) left optim.lr=0.0005 in config.yaml with no record: the next resume trained with it unsaid,
@@ -2639,14 +2651,9 @@ def test_a_config_changed_without_a_record_is_a_change_the_resume_records(finish
     from its step, with the checkpoint's value before it, and the run reproduces."""
     run = tmp_path / "run"
     shutil.copytree(finished_run, run)
-    config = run / ".hydra" / "config.yaml"
-    assert "lr: 0.001\n" in config.read_text()
-    config.write_text(config.read_text().replace("lr: 0.001\n", "lr: 0.0005\n"))
-    caplog.clear()
-    with caplog.at_level(logging.INFO, logger="vaelab"):
-        assert vaelab(["resume", run, "trainer.epochs=2"]) == 0
+    said = _resumed_after_editing(run, caplog, "lr: 0.001\n", "lr: 0.0005\n", "trainer.epochs=2")
     assert ("carried on with trainer.epochs=2 (was 1), optim.lr=0.0005 (was 0.001, the checkpoint's: the saved config "
-            "held 0.0005 with no record of the change) from step 6") in caplog.text
+            "held 0.0005 with no record of the change) from step 6") in said
     assert yaml.safe_load((run / ".hydra" / "resumes.yaml").read_text()) == [
         {"epoch": 2, "step": 6, "overrides": ["trainer.epochs=2", "optim.lr=0.0005"],
          "before": {"trainer.epochs": 1, "optim.lr": 0.001}}]
@@ -2668,14 +2675,9 @@ def test_unrecorded_changes_of_ones_own_arguments_of_a_sweeps_job_and_not_of_int
     own = tmp_path / "own"
     train(compose_cfg([f"data.root={tiny_mnist}", *TINY, "trainer.epochs=1",
                        f"model._target_={ScaledVAE.__module__}.ScaledVAE"]), own)
-    config = own / ".hydra" / "config.yaml"
-    assert "  kwargs: {}\n" in config.read_text()
-    config.write_text(config.read_text().replace("  kwargs: {}\n", "  kwargs:\n    scale: 0.5\n"))
-    caplog.clear()
-    with caplog.at_level(logging.INFO, logger="vaelab"):
-        assert vaelab(["resume", own, "trainer.epochs=2"]) == 0
-    assert "model.kwargs.scale=0.5 (was left out: 1.0, the checkpoint's: the saved config held 0.5" in caplog.text
-    assert "model.kwargs.scale=0.5 (was 1.0): the weights trained so far carry on under it" in caplog.text
+    said = _resumed_after_editing(own, caplog, "  kwargs: {}\n", "  kwargs:\n    scale: 0.5\n", "trainer.epochs=2")
+    assert "model.kwargs.scale=0.5 (was left out: 1.0, the checkpoint's: the saved config held 0.5" in said
+    assert "model.kwargs.scale=0.5 (was 1.0): the weights trained so far carry on under it" in said
     assert yaml.safe_load((own / ".hydra" / "resumes.yaml").read_text())[-1]["left_out"] == ["model.kwargs.scale"]
 
     follows = tmp_path / "follows"

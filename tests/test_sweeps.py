@@ -1748,8 +1748,7 @@ def test_a_second_launch_into_a_sweep_folder_that_is_starting_is_refused(tiny_mn
     try:
         assert holder.stdout.readline().strip() == "held"
         args = ["-m", "latent_size=2,4", *FAST, f"data.root={tiny_mnist}", f"hydra.sweep.dir={folder}"]
-        line = (f"another process is running a sweep in that folder now; give a new folder (once it has ended, "
-                f"'vaelab resume {folder}' carries that sweep on)")
+        line = "another process is running a sweep in that folder now; give a new folder, or wait for it to end"
         capsys.readouterr()
         assert launch(args) == 2
         assert line in capsys.readouterr().err
@@ -1780,26 +1779,46 @@ def test_a_joblib_worker_killed_under_its_job_is_one_line(monkeypatch):
     monkeypatch.setattr(JoblibLauncher, "launch", killed)
     _a_killed_worker_is_one_line()
     launcher = JoblibLauncher()
-    launcher.config = OmegaConf.create({"hydra": {"sweep": {"dir": "/x/my sweep"}}})
+    basic = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
+    launcher.config = OmegaConf.create({"hydra": {"sweep": {"dir": "/x/my sweep"}, "sweeper": {"_target_": basic}}})
     with pytest.raises(SweepWorkerDied) as e:
         launcher.launch([], 0)
     assert e.value.code == ("a worker process of the sweep died under its job (SIGKILL(-9): killed, or out of "
                             "memory); the jobs running beside it stopped where they were; vaelab resume '/x/my sweep' "
                             "carries the sweep on from their checkpoints")
+    # an Optuna study's: not vaelab resume SWEEP_DIR, which refuses a study (review)
+    launcher.config.hydra.sweeper._target_ = "hydra_plugins.hydra_optuna_sweeper.optuna_sweeper.OptunaSweeper"
+    with pytest.raises(SweepWorkerDied) as e:
+        launcher.launch([], 0)
+    assert e.value.code.endswith("vaelab resume '/x/my sweep'/TRIAL carries a stopped trial on, and a study goes on "
+                                 "only as a new one")
 
 
-@pytest.mark.parametrize("argv,says", [(["-m", "latent_size=2,4"], "vaelab resume SWEEP_DIR a whole sweep"),
-                                       (["hparams_search=optuna"], "a study goes on only as a new one")])
-def test_an_interrupted_launch_names_what_carries_it_on(monkeypatch, capsys, argv, says):
+@pytest.mark.parametrize("sweeper,argv,says", [
+    ("hydra._internal.core_plugins.basic_sweeper.BasicSweeper", ["-m", "hydra/sweeper=basic", "seed=1,2"],
+     "vaelab resume SWEEP_DIR a whole sweep"),
+    ("hydra_plugins.hydra_optuna_sweeper.optuna_sweeper.OptunaSweeper", ["experiment=a_study_of_ones_own"],
+     "a study goes on only as a new one"),
+    (None, ["+hparams_search=optuna"], "a study goes on only as a new one")])  # (stopped before Hydra composed)
+def test_an_interrupted_launch_names_what_carries_it_on(monkeypatch, capsys, sweeper, argv, says):
     """After a stopped Optuna study the last line named vaelab resume SWEEP_DIR, which refuses a
-    study (review)."""
+    study (review); told from the command line, it missed a study set up in a config file and took
+    hydra/sweeper=basic for one (review): the sweeper the launch composed tells."""
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import OmegaConf
+
     import vaelab.train as train_mod
     from vaelab.train_cli import _run_hydra
 
-    def stopped():
+    def stopped():  # (once Hydra has composed the launch: its hydra section, as HydraConfig.get() gives it)
+        if sweeper is not None:
+            monkeypatch.setattr(HydraConfig, "initialized", staticmethod(lambda: True))
+            monkeypatch.setattr(HydraConfig, "get", staticmethod(
+                lambda: OmegaConf.create({"sweeper": {"_target_": sweeper}})))
         raise KeyboardInterrupt
     monkeypatch.setattr(train_mod, "hydra_main", stopped)
     monkeypatch.setattr(sys, "argv", ["vaelab-train", *argv])
+    monkeypatch.setattr(HydraConfig, "initialized", staticmethod(lambda: False))
     assert _run_hydra("vaelab-train") == 130
     err = capsys.readouterr().err
     assert says in err and ("vaelab resume SWEEP_DIR" in err) == ("SWEEP_DIR" in says)

@@ -1204,7 +1204,7 @@ class ChildVAE(ScaledVAE):
         super().__init__(*args, **kwargs)
 
 
-def test_resume_says_when_an_argument_of_a_model_of_ones_own_changes(tiny_mnist, tmp_path, capsys):
+def test_resume_says_when_an_argument_of_a_model_of_ones_own_changes(tiny_mnist, tmp_path, capsys, caplog):
     """Review: model.kwargs.act=tanh on weights trained with silu carried on unsaid, where vaelab's
     own model.activation is refused."""
     run = tmp_path / "run"
@@ -1221,6 +1221,12 @@ def test_resume_says_when_an_argument_of_a_model_of_ones_own_changes(tiny_mnist,
     assert vaelab(["resume", run, "trainer.epochs=4", f"model._target_={ChildVAE.__module__}.ChildVAE"]) == 0
     assert (f"model._target_={ChildVAE.__module__}.ChildVAE (was {ScaledVAE.__module__}.ScaledVAE): the weights "
             f"trained so far carry on in another class") in (run / "train.log").read_text()
+    # ... not the same class under another of its names (review)
+    from vaelab.workflow import _own_model_changes
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="vaelab"):
+        _own_model_changes([("model._target_", "vaelab.models.MLPVAE", "vaelab.models.mlp.MLPVAE")])
+    assert "another class" not in caplog.text
 
 
 def test_reproduce_leaves_out_an_argument_the_run_left_out_until_a_resume_gave_it(tiny_mnist, tmp_path,
@@ -1228,19 +1234,25 @@ def test_reproduce_leaves_out_an_argument_the_run_left_out_until_a_resume_gave_i
     """model.kwargs.scale left out (the constructor's 1.0 trained), then `vaelab resume RUN
     model.kwargs.scale=0.5`: the record's null before it made the reproduction build the model with
     scale=None (review: a TypeError in the constructor), and the resume's line said "was null" where
-    its warning said 1.0."""
+    its warning said 1.0. Review of that fix: an entry of a dict argument (opts.a) left opts={} in
+    the first part, not the default; and one added to the config by hand, then given on the command
+    line, took the hand-made value as the one before."""
     import vaelab.workflow as workflow_mod
     from vaelab.workflow import _replay
 
     run = tmp_path / "run"
     train(compose_cfg([f"data.root={tiny_mnist}", *TINY, "trainer.epochs=1",
                        f"model._target_={ScaledVAE.__module__}.ScaledVAE"]), run)
+    config = run / ".hydra" / "config.yaml"
+    config.write_text(config.read_text().replace("  kwargs: {}\n", "  kwargs:\n    scale: 0.25\n"))  # (by hand)
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="vaelab"):
-        assert vaelab(["resume", run, "trainer.epochs=2", "model.kwargs.scale=0.5"]) == 0
-    assert "model.kwargs.scale=0.5 (was left out: 1.0) from step 6" in caplog.text
-    assert yaml.safe_load((run / ".hydra" / "resumes.yaml").read_text())[-1]["left_out"] == ["model.kwargs.scale"]
-    assert _replay(run)[0][0]["left_out"] == ["model.kwargs.scale"]
+        assert vaelab(["resume", run, "trainer.epochs=2", "model.kwargs.scale=0.5", "model.kwargs.opts.a=2"]) == 0
+    assert "model.kwargs.scale=0.5 (was left out: 1.0), model.kwargs.opts.a=2 (was left out: 1) from step 6" \
+        in caplog.text
+    left = ["model.kwargs.scale", "model.kwargs.opts.a"]
+    assert yaml.safe_load((run / ".hydra" / "resumes.yaml").read_text())[-1]["left_out"] == left
+    assert _replay(run)[0][0]["left_out"] == left
     firsts = []
 
     def first_part(cmd, *args, **kwargs):  # the config the reproduction's first part trains with
@@ -1249,7 +1261,7 @@ def test_reproduce_leaves_out_an_argument_the_run_left_out_until_a_resume_gave_i
     monkeypatch.setattr(workflow_mod, "_run_child", first_part)
     with pytest.raises(Began):
         workflow_mod.reproduce(run, tmp_path / "again")
-    assert "scale" not in firsts[0].model.kwargs and firsts[0].trainer.epochs == 1
+    assert firsts[0].model.kwargs == {} and firsts[0].trainer.epochs == 1
 
 
 def test_the_config_check_reads_a_missing_constructor_argument_as_its_default(tmp_path):

@@ -1013,8 +1013,7 @@ def _taken(folder: Path, sweep: bool) -> str | None:
         return f"that folder is inside the run {inside}; give a folder outside it"
     if sweep:
         if sweep_running(folder):  # (its jobs not begun yet: no run there to tell it by, review)
-            return (f"another process is running a sweep in that folder now; give a new folder (once it has "
-                    f"ended, 'vaelab resume {shlex.quote(str(folder))}' carries that sweep on)")
+            return "another process is running a sweep in that folder now; give a new folder, or wait for it to end"
         if is_run(folder):
             return "that folder holds a run already; give a new folder"
         if holds_runs(folder):

@@ -815,8 +815,7 @@ class SweepSummary(Callback):
         if not ckpt_io.hold_sweep(sweep_dir):
             from vaelab.errors import SweepTaken
             raise SweepTaken(f"{sweep_dir}: another process is running a sweep in that folder now; give a new "
-                             f"folder (once it has ended, 'vaelab resume {shlex.quote(str(sweep_dir))}' carries that "
-                             f"sweep on)")
+                             f"folder, or wait for it to end")  # (vaelab resume: not for an Optuna study's, review)
 
     def on_multirun_end(self, config, **kwargs) -> None:
         sweep_dir = Path(str(config.hydra.sweep.dir))

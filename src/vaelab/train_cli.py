@@ -399,6 +399,18 @@ def _workers_wait_for_a_job() -> None:
     _a_killed_worker_is_one_line()
 
 
+def _a_study(hydra) -> bool:
+    """Whether the launch's hydra section says a sweep whose sweeper draws its jobs (Optuna's),
+    which vaelab resume SWEEP_DIR refuses; not known: False."""
+    from omegaconf import OmegaConf
+
+    try:
+        sweeper = str(OmegaConf.select(hydra, "sweeper._target_", default="") or "")
+    except Exception:  # noqa: BLE001
+        return False
+    return bool(sweeper) and not sweeper.endswith(".BasicSweeper")
+
+
 def _a_killed_worker_is_one_line() -> None:
     """A joblib worker killed under its job (kill -9, the kernel's out-of-memory killer) ended the
     sweep with loky's TerminatedWorkerError, some 30 lines of traceback through Hydra's (review):
@@ -422,13 +434,16 @@ def _a_killed_worker_is_one_line() -> None:
 
             from vaelab.errors import SweepWorkerDied
 
-            sweep = OmegaConf.select(self.config, "hydra.sweep.dir", default=None) if self.config else None
+            sweep = shlex.quote(str(OmegaConf.select(self.config, "hydra.sweep.dir", default=None) or "SWEEP_DIR"))
             codes = re.search(r"exit codes of the workers are \{([^}]*)\}", str(e))  # ({SIGKILL(-9)})
             why = f"{codes.group(1)}: " if codes else ""
+            # (vaelab resume refuses a study: its sweeper would draw new trials, review)
+            hydra = OmegaConf.select(self.config, "hydra", default=None) if self.config is not None else None
+            again = (f"vaelab resume {sweep}/TRIAL carries a stopped trial on, and a study goes on only as a new "
+                     f"one" if hydra is not None and _a_study(hydra) else
+                     f"vaelab resume {sweep} carries the sweep on from their checkpoints")
             raise SweepWorkerDied(f"a worker process of the sweep died under its job ({why}killed, or out of "
-                                  f"memory); the jobs running beside it stopped where they were; "
-                                  f"vaelab resume {shlex.quote(str(sweep or 'SWEEP_DIR'))} carries the sweep on "
-                                  f"from their checkpoints") from None
+                                  f"memory); the jobs running beside it stopped where they were; {again}") from None
     launch_saying_a_killed_worker.vaelab_one_line = True
     JoblibLauncher.launch = launch_saying_a_killed_worker
 
@@ -460,8 +475,12 @@ def _run_hydra(prog: str) -> int:
     except KeyboardInterrupt:  # a second Ctrl-C, or one outside training (joblib's parent, setup)
         from vaelab.errors import leaving_after_a_stop
         leaving_after_a_stop()
-        # (an Optuna study goes on only as a new one: vaelab resume refuses one, review)
-        study = any(a.split("=", 1)[0] in ("hparams_search", "hydra/sweeper") for a in sys.argv[1:])
+        # (an Optuna study goes on only as a new one: vaelab resume refuses one, review; its sweeper as the
+        # launch composed it, where Hydra got that far)
+        from hydra.core.hydra_config import HydraConfig
+
+        study = _a_study(HydraConfig.get()) if HydraConfig.initialized() else \
+            any(a.split("=", 1)[0].lstrip("+") == "hparams_search" for a in sys.argv[1:])
         print(f"{prog}: interrupted; a run keeps the checkpoints it had completed "
               f"(vaelab resume RUN_DIR carries it on from them, "
               + ("a study goes on only as a new one" if study else "vaelab resume SWEEP_DIR a whole sweep")

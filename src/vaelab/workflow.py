@@ -375,7 +375,7 @@ def _own_model_changes(changed: list[tuple]) -> None:
     settings that change what weights mean are refused (SAME_TO_RESUME); these cannot be told
     apart: one that keeps the shapes is taken, and said."""
     for k, v, now in changed:  # (another class with the same weights' names and shapes: taken unsaid, review)
-        if k == "model._target_" and not ckpt_io._same(v, now):
+        if k == "model._target_" and not ckpt_io._same(v, now) and not _same_class(v, now):
             log.warning("model._target_=%s (was %s): the weights trained so far carry on in another class; vaelab "
                         "checks only that their names and shapes fit: start a new run if it computes something "
                         "else", _as_text(now), _as_text(v))
@@ -385,6 +385,16 @@ def _own_model_changes(changed: list[tuple]) -> None:
         log.warning("%s: the weights trained so far carry on under %s; vaelab cannot tell what an argument of "
                     "a model of one's own changes (a change of shapes is refused): start a new run if it changes "
                     "what the weights mean", ", ".join(own), "it" if len(own) == 1 else "them")
+
+
+def _same_class(a, b) -> bool:
+    """Whether two model._target_ paths name one class (vaelab.models.MLPVAE, vaelab.models.mlp.MLPVAE)."""
+    from hydra._internal.utils import _locate
+
+    try:
+        return _locate(str(a)) is _locate(str(b))
+    except Exception:  # noqa: BLE001 - (one that does not load: other checks say so)
+        return False
 
 
 def record_unrecorded(run_dir: Path, cfg):
@@ -739,10 +749,14 @@ def _replayed(run_dir: Path, new_dir: Path, cmd: list[str], env: dict, plan: lis
     for change in reversed(plan):
         for key, value in change["before"].items():
             if key in change.get("left_out", ()):  # (the constructor's default, as the run trained with it)
-                parent, leaf = key.rsplit(".", 1)
-                node = OmegaConf.select(first, parent)
-                if OmegaConf.is_dict(node) and leaf in node:
-                    del node[leaf]
+                while key.count(".") > 1:  # and a dict it leaves empty (opts.a: opts={} is no default, review)
+                    parent, leaf = key.rsplit(".", 1)
+                    node = OmegaConf.select(first, parent)
+                    if OmegaConf.is_dict(node) and leaf in node:
+                        del node[leaf]
+                    if not (OmegaConf.is_dict(node) and len(node) == 0):
+                        break
+                    key = parent
             else:
                 OmegaConf.update(first, key, value, merge=False)
     steps = [change["step"] for change in plan]
@@ -972,6 +986,18 @@ def resume(run_dir: str | Path, overrides: list[str] = ()) -> dict | None:
         before = {o.key_or_group: OmegaConf.select(was, o.key_or_group) for o in parsed}
         before = {k: trained_with[k] if k in trained_with and k not in here and not behind else
                   OmegaConf.to_container(v) if OmegaConf.is_config(v) else v for k, v in before.items()}
+        # a model.kwargs argument the run left out (the constructor's default trained): null in `before`,
+        # which a reproduction gave the constructor instead of leaving it out (review: a TypeError); left
+        # out as the checkpoint trained, where it can tell (the config may hold one added by hand, review)
+        had = dict(leaves(ck.get("config") or {}, empty=False))
+
+        def left_out(key: str) -> bool:
+            if not ck.get("config") or behind or key in here:
+                return OmegaConf.select(was, key, default=_LEFT_OUT) is _LEFT_OUT
+            parts = key.split(".")
+            return not any(".".join(parts[:i]) in had for i in range(3, len(parts) + 1))
+        absent = [k for k in before if k.startswith("model.kwargs.") and left_out(k)]
+        before.update({k: None for k in absent})
 
         def value_now(key):
             v = OmegaConf.select(cfg, key)
@@ -979,10 +1005,7 @@ def resume(run_dir: str | Path, overrides: list[str] = ()) -> dict | None:
         # (a value the run had already, optim.lr=0.001 given again, is no change: it was recorded, and
         # vaelab reproduce stopped and resumed at its step for nothing, review)
         changes = [o for o in parsed if not ckpt_io._same(before[o.key_or_group], value_now(o.key_or_group))]
-        # a model.kwargs argument the run left out (the constructor's default trained): null in `before`,
-        # which a reproduction gave the constructor instead of leaving it out (review: a TypeError)
-        absent = [o.key_or_group for o in changes if o.key_or_group.startswith("model.kwargs.")
-                  and OmegaConf.select(was, o.key_or_group, default=_LEFT_OUT) is _LEFT_OUT]
+        absent = [k for k in absent if k in {o.key_or_group for o in changes}]
         said = [f"{o.key_or_group}={_as_text(value_now(o.key_or_group))} (was "
                 + (f"left out: {ckpt_io._default_argument(was, o.key_or_group.removeprefix('model.kwargs.'))})"
                    if o.key_or_group in absent else f"{_as_text(before[o.key_or_group])})") for o in changes]

@@ -1250,7 +1250,7 @@ def test_reproduce_leaves_out_an_argument_the_run_left_out_until_a_resume_gave_i
         assert vaelab(["resume", run, "trainer.epochs=2", "model.kwargs.scale=0.5", "model.kwargs.opts.a=2"]) == 0
     assert "model.kwargs.scale=0.5 (was left out: 1.0), model.kwargs.opts.a=2 (was left out: 1) from step 6" \
         in caplog.text
-    left = ["model.kwargs.scale", "model.kwargs.opts.a"]
+    left = ["model.kwargs.scale", "model.kwargs.opts"]  # (the outermost part left out: opts, whole)
     assert yaml.safe_load((run / ".hydra" / "resumes.yaml").read_text())[-1]["left_out"] == left
     assert _replay(run)[0][0]["left_out"] == left
     firsts = []
@@ -1262,6 +1262,23 @@ def test_reproduce_leaves_out_an_argument_the_run_left_out_until_a_resume_gave_i
     with pytest.raises(Began):
         workflow_mod.reproduce(run, tmp_path / "again")
     assert firsts[0].model.kwargs == {} and firsts[0].trainer.epochs == 1
+    # a dict the run gave, {} included, is no argument left out (review of the fix: opts={a:3} replaced whole was
+    # recorded as left out, and opts={} given became the default in the reproduction)
+    for name, given, resumed, said, left_out, first_opts in (
+            ("whole", "+model.kwargs.opts={a:3}", "model.kwargs.opts={a:5}",
+             "model.kwargs.opts={'a': 5} (was {'a': 3})", None, {"a": 3}),
+            ("empty", "+model.kwargs.opts={}", "model.kwargs.opts.a=5",
+             "model.kwargs.opts.a=5 (was left out of model.kwargs.opts)", ["model.kwargs.opts.a"], {})):
+        run = tmp_path / name / "run"
+        train(compose_cfg([f"data.root={tiny_mnist}", *TINY, "trainer.epochs=1",
+                           f"model._target_={ScaledVAE.__module__}.ScaledVAE", given]), run)
+        assert vaelab(["resume", run, "trainer.epochs=2", resumed]) == 0
+        assert said in (run / "train.log").read_text()
+        assert yaml.safe_load((run / ".hydra" / "resumes.yaml").read_text())[-1].get("left_out") == left_out
+        firsts.clear()
+        with pytest.raises(Began):
+            workflow_mod.reproduce(run, run.parent / "again")
+        assert firsts[0].model.kwargs.opts == first_opts
 
 
 def test_the_config_check_reads_a_missing_constructor_argument_as_its_default(tmp_path):

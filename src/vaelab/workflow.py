@@ -387,6 +387,20 @@ def _own_model_changes(changed: list[tuple]) -> None:
                     "what the weights mean", ", ".join(own), "it" if len(own) == 1 else "them")
 
 
+def _left_out_at(key: str, present) -> str | None:
+    """Of a model.kwargs.ARG... key, the outermost part that a config leaves out (model.kwargs.opts
+    for model.kwargs.opts.a where opts was not given; the key itself where opts was, {} included),
+    as `present(part)` tells; None where the config has the key."""
+    parts = key.split(".")
+    return next((".".join(parts[:i]) for i in range(3, len(parts) + 1) if not present(".".join(parts[:i]))), None)
+
+
+def _in_config(trained: dict):
+    """present() for _left_out_at over a checkpoint's config (a plain dict)."""
+    had = dict(leaves(trained))  # (an empty dict a leaf: opts={} given is not opts left out, review)
+    return lambda part: part in had or any(k.startswith(f"{part}.") for k in had)
+
+
 def _same_class(a, b) -> bool:
     """Whether two model._target_ paths name one class (vaelab.models.MLPVAE, vaelab.models.mlp.MLPVAE)."""
     from hydra._internal.utils import _locate
@@ -419,7 +433,8 @@ def record_unrecorded(run_dir: Path, cfg):
         record_resume(run_dir, {"epoch": st["epoch"] + 1, "step": st["step"],
                                 "overrides": [f"{k}={override_value(now)}" for k, _, now, _ in unrecorded],
                                 "before": {k: None if left else v for k, v, _, left in unrecorded},
-                                **({"left_out": [k for k, *_, left in unrecorded if left]}
+                                **({"left_out": list(dict.fromkeys(_left_out_at(k, _in_config(ck["config"])) or k
+                                                                   for k, *_, left in unrecorded if left))}
                                    if any(d[3] for d in unrecorded) else {})})
         log.info("%s carried on with %s from step %d, recorded in .hydra/%s", run_dir.name,
                  ", ".join(_said_unrecorded(unrecorded)), st["step"], RESUMES)
@@ -709,7 +724,7 @@ def _replay(run_dir: Path) -> tuple[list[dict] | None, str]:
         change = {"epoch": r.get("epoch"), "step": r["step"],
                   "before": {} if nothing else {k: before[k] for k in keys if k in before and k not in _NOT_REPLAYED},
                   "overrides": [o for o, k in zip(made_none, keys) if k not in _NOT_REPLAYED]}
-        left_out = [k for k in r.get("left_out") or [] if k in change["before"]]  # (left out until then)
+        left_out = [k for k in r.get("left_out") or [] if _under(change["before"], k)]  # (left out until then)
         if left_out:
             change["left_out"] = left_out
         # A change at or before an earlier one's step (a resume from an older checkpoint, after a kill
@@ -719,7 +734,7 @@ def _replay(run_dir: Path) -> tuple[list[dict] | None, str]:
         while plan and plan[-1]["step"] >= change["step"]:
             undone, merged = plan.pop(), True
             left_out = [*undone.get("left_out", []),
-                        *(k for k in change.get("left_out", []) if k not in undone["before"])]
+                        *(k for k in change.get("left_out", []) if not _under(undone["before"], k))]
             change = {**{k: v for k, v in change.items() if k != "left_out"},
                       "before": {**change["before"], **undone["before"]},
                       "overrides": [*undone["overrides"], *change["overrides"]],
@@ -747,18 +762,15 @@ def _replayed(run_dir: Path, new_dir: Path, cmd: list[str], env: dict, plan: lis
 
     first = OmegaConf.load(run_config_path(run_dir))
     for change in reversed(plan):
+        gone = change.get("left_out", ())  # (the outermost part the run left out: the constructor's default)
         for key, value in change["before"].items():
-            if key in change.get("left_out", ()):  # (the constructor's default, as the run trained with it)
-                while key.count(".") > 1:  # and a dict it leaves empty (opts.a: opts={} is no default, review)
-                    parent, leaf = key.rsplit(".", 1)
-                    node = OmegaConf.select(first, parent)
-                    if OmegaConf.is_dict(node) and leaf in node:
-                        del node[leaf]
-                    if not (OmegaConf.is_dict(node) and len(node) == 0):
-                        break
-                    key = parent
-            else:
+            if not any(key == k or key.startswith(f"{k}.") for k in gone):
                 OmegaConf.update(first, key, value, merge=False)
+        for key in gone:
+            parent, leaf = key.rsplit(".", 1)
+            node = OmegaConf.select(first, parent)
+            if OmegaConf.is_dict(node) and leaf in node:
+                del node[leaf]
     steps = [change["step"] for change in plan]
     stops = []  # (stop signals while a part ran)
 
@@ -840,6 +852,11 @@ _USED_BY_THE_EVALUATION = {"data.root", "trainer.final_eval", "trainer.final_eva
 
 
 _LEFT_OUT = object()  # (OmegaConf.select's default for a key the config does not have)
+
+
+def _under(keys, part: str) -> bool:
+    """Whether one of `keys` is `part` or lies under it."""
+    return any(k == part or k.startswith(f"{part}.") for k in keys)
 
 
 def _changed_nothing(given: list[str]) -> str:
@@ -989,14 +1006,14 @@ def resume(run_dir: str | Path, overrides: list[str] = ()) -> dict | None:
         # a model.kwargs argument the run left out (the constructor's default trained): null in `before`,
         # which a reproduction gave the constructor instead of leaving it out (review: a TypeError); left
         # out as the checkpoint trained, where it can tell (the config may hold one added by hand, review)
-        had = dict(leaves(ck.get("config") or {}, empty=False))
+        in_checkpoint = _in_config(ck.get("config") or {})
 
-        def left_out(key: str) -> bool:
-            if not ck.get("config") or behind or key in here:
-                return OmegaConf.select(was, key, default=_LEFT_OUT) is _LEFT_OUT
-            parts = key.split(".")
-            return not any(".".join(parts[:i]) in had for i in range(3, len(parts) + 1))
-        absent = [k for k in before if k.startswith("model.kwargs.") and left_out(k)]
+        def in_was(part: str) -> bool:
+            return OmegaConf.select(was, part, default=_LEFT_OUT) is not _LEFT_OUT
+        # (what the part left out was: the outermost, which the reproduction leaves out whole)
+        gone = {k: _left_out_at(k, in_was if not ck.get("config") or behind or k in here else in_checkpoint)
+                for k in before if k.startswith("model.kwargs.")}
+        absent = [k for k, at in gone.items() if at is not None]
         before.update({k: None for k in absent})
 
         def value_now(key):
@@ -1006,11 +1023,18 @@ def resume(run_dir: str | Path, overrides: list[str] = ()) -> dict | None:
         # vaelab reproduce stopped and resumed at its step for nothing, review)
         changes = [o for o in parsed if not ckpt_io._same(before[o.key_or_group], value_now(o.key_or_group))]
         absent = [k for k in absent if k in {o.key_or_group for o in changes}]
+
+        def left_out_was(key: str) -> str:  # (a dict given, {} too, without this entry: no default of the entry's)
+            at = gone[key]
+            return (f"left out: {ckpt_io._default_argument(was, key.removeprefix('model.kwargs.'))}"
+                    if at.count(".") == 2 else f"left out of {at.rsplit('.', 1)[0]}")
         said = [f"{o.key_or_group}={_as_text(value_now(o.key_or_group))} (was "
-                + (f"left out: {ckpt_io._default_argument(was, o.key_or_group.removeprefix('model.kwargs.'))})"
-                   if o.key_or_group in absent else f"{_as_text(before[o.key_or_group])})") for o in changes]
+                + (f"{left_out_was(o.key_or_group)})" if o.key_or_group in absent
+                   else f"{_as_text(before[o.key_or_group])})") for o in changes]
         said += _said_unrecorded(unrecorded)
-        absent += [k for k, *_, left in unrecorded if left]
+        absent = [gone[k] for k in absent]
+        absent += [_left_out_at(k, in_checkpoint) or k for k, *_, left in unrecorded if left]
+        absent = list(dict.fromkeys(absent))
         record = [*earlier, {"epoch": st["epoch"] + 1, "step": st["step"],
                              "overrides": [o.input_line for o in changes]
                              + [f"{k}={override_value(now)}" for k, _, now, _ in unrecorded],

@@ -344,9 +344,12 @@ def _differences(ck: dict, cfg):
             key = f"model.kwargs.{name}"
             if any(key == k or key.startswith(f"{k}.") or k.startswith(f"{key}.") for k in had):
                 continue
-            default = ckpt_io._default_argument(OmegaConf.create(trained_cfg), name)
+            target = OmegaConf.create(trained_cfg)
+            default = ckpt_io._default_argument(target, name)
             if not ckpt_io._same(now, default):
-                yield key, default, now, True
+                at = _left_out_at(key, _in_config(trained_cfg)) or key
+                yield key, (default if at == key and key.count(".") == 2 else _left_out_said(
+                    key, at, lambda k: ckpt_io._default_argument(target, k.removeprefix("model.kwargs.")))), now, True
 
 
 def _unrecorded(run_dir: Path, ck: dict, was, given: set[str] = frozenset()) -> list[tuple]:
@@ -366,8 +369,11 @@ def _unrecorded(run_dir: Path, ck: dict, was, given: set[str] = frozenset()) -> 
 
 
 def _said_unrecorded(unrecorded: list[tuple]) -> list[str]:
-    return [f"{k}={_as_text(now)} (was {'left out: ' if left else ''}{_as_text(v)}, the checkpoint's: the saved "
-            f"config held {_as_text(now)} with no record of the change)" for k, v, now, left in unrecorded]
+    def was(v, left):  # (_differences gives an entry of a dict argument as words already)
+        return str(v) if left and isinstance(v, str) and v.startswith("left out") else \
+            f"{'left out: ' if left else ''}{_as_text(v)}"
+    return [f"{k}={_as_text(now)} (was {was(v, left)}, the checkpoint's: the saved config held {_as_text(now)} with "
+            f"no record of the change)" for k, v, now, left in unrecorded]
 
 
 def _own_model_changes(changed: list[tuple]) -> None:
@@ -393,6 +399,16 @@ def _left_out_at(key: str, present) -> str | None:
     as `present(part)` tells; None where the config has the key."""
     parts = key.split(".")
     return next((".".join(parts[:i]) for i in range(3, len(parts) + 1) if not present(".".join(parts[:i]))), None)
+
+
+def _left_out_said(key: str, at: str, default_of) -> str:
+    """What a resume says of an own argument `key` the run left out (`at`: the outermost part left out,
+    _left_out_at; default_of(k): the constructor's default of model.kwargs.k), after "was"."""
+    if at != key:  # (an entry of a dict argument left out: given, it replaces the whole default, review)
+        return f"left out with all of {at}, the constructor's {_as_text(default_of(at))}"
+    if key.count(".") > 2:  # (an entry of a dict the run gave, {} too: no default of the entry's)
+        return f"left out of {key.rsplit('.', 1)[0]}"
+    return f"left out: {_as_text(default_of(key))}"
 
 
 def _in_config(trained: dict):
@@ -1024,12 +1040,14 @@ def resume(run_dir: str | Path, overrides: list[str] = ()) -> dict | None:
         changes = [o for o in parsed if not ckpt_io._same(before[o.key_or_group], value_now(o.key_or_group))]
         absent = [k for k in absent if k in {o.key_or_group for o in changes}]
 
-        def left_out_was(key: str) -> str:  # (a dict given, {} too, without this entry: no default of the entry's)
+        def default_of(key: str):
+            return ckpt_io._default_argument(was, key.removeprefix("model.kwargs."))
+
+        def left_out_was(key: str):  # (the words, or a top-level argument's default, which the warning compares)
             at = gone[key]
-            return (f"left out: {ckpt_io._default_argument(was, key.removeprefix('model.kwargs.'))}"
-                    if at.count(".") == 2 else f"left out of {at.rsplit('.', 1)[0]}")
+            return default_of(key) if at == key and key.count(".") == 2 else _left_out_said(key, at, default_of)
         said = [f"{o.key_or_group}={_as_text(value_now(o.key_or_group))} (was "
-                + (f"{left_out_was(o.key_or_group)})" if o.key_or_group in absent
+                + (f"{_left_out_said(o.key_or_group, gone[o.key_or_group], default_of)})" if o.key_or_group in absent
                    else f"{_as_text(before[o.key_or_group])})") for o in changes]
         said += _said_unrecorded(unrecorded)
         absent = [gone[k] for k in absent]
@@ -1044,8 +1062,8 @@ def resume(run_dir: str | Path, overrides: list[str] = ()) -> dict | None:
         if changes or unrecorded:
             files[run_dir / ".hydra" / RESUMES] = yaml.safe_dump(record, sort_keys=False)
         for k, v in before.items():
-            if k.startswith("model.kwargs.") and v is None:  # (left out until now: the constructor's default)
-                v = ckpt_io._default_argument(was, k.removeprefix("model.kwargs."))
+            if k in gone and gone[k] is not None:  # (left out until now: the constructor's default, or words)
+                v = left_out_was(k)
             own_changes.append((k, v, value_now(k)))
         own_changes += [(k, v, now) for k, v, now, _ in unrecorded]
     if not changes and behind:

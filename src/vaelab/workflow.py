@@ -360,12 +360,19 @@ def _unrecorded(run_dir: Path, ck: dict, was, given: set[str] = frozenset()) -> 
     values, so each is a change from that step, said and recorded as one given on the command line
     (review: it trained on with it unsaid, and vaelab reproduce said "NOT reproduced"). `given`: the
     keys the command changes itself (and what is under them: model.kwargs={b:2} given whole)."""
-    earlier, step = _resumes(run_dir), ck["state"]["step"]
-    if earlier and isinstance(earlier[-1].get("step"), int) and step < earlier[-1]["step"]:
+    behind, here = _where_the_record_is(_resumes(run_dir), ck["state"]["step"])
+    if behind:
         return []  # (from a checkpoint older than the last change: resume records that on its own)
-    given = set(given) | {str(o).split("=", 1)[0].lstrip("+~") for r in earlier if r.get("step") == step
-                          for o in r.get("overrides") or []}
+    given = set(given) | here
     return [d for d in _differences(ck, was) if not any(d[0] == k or d[0].startswith(f"{k}.") for k in given)]
+
+
+def _where_the_record_is(earlier: list[dict], step: int) -> tuple[bool, set[str]]:
+    """Of a run's record of resumes, against a checkpoint at `step`: whether the checkpoint is
+    older than the last change (last.pt lost), and the keys changed at its step."""
+    behind = bool(earlier) and isinstance(earlier[-1].get("step"), int) and step < earlier[-1]["step"]
+    return behind, {str(o).split("=", 1)[0].lstrip("+~") for r in earlier if r.get("step") == step
+                    for o in r.get("overrides") or []}
 
 
 def _said_unrecorded(unrecorded: list[tuple]) -> list[str]:
@@ -1002,9 +1009,7 @@ def resume(run_dir: str | Path, overrides: list[str] = ()) -> dict | None:
     files, own_changes, said, changes = {}, [], [], []
     earlier = _resumes(run_dir)
     st = ck["state"]
-    behind = bool(earlier) and isinstance(earlier[-1].get("step"), int) and st["step"] < earlier[-1]["step"]
-    here = {str(o).split("=", 1)[0].lstrip("+~") for r in earlier if r.get("step") == st["step"]
-            for o in r.get("overrides") or []}
+    behind, here = _where_the_record_is(earlier, st["step"])
     unrecorded = _unrecorded(run_dir, ck, was, {o.key_or_group for o in parsed})
     trained_with = dict(leaves(ck.get("config") or {}))
     if parsed or unrecorded:

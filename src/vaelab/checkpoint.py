@@ -225,8 +225,11 @@ def latest(ckpt_dir: str | Path) -> Path | None:
     if not others:
         return last
     seen = _examples(last)
-    ahead = max(others, key=lambda p: _examples(p) or -1)
-    return ahead if seen is not None and (_examples(ahead) or -1) > seen else last
+    if seen is None:
+        return last
+    trained = {p: _examples(p) or -1 for p in others}  # (each file read once)
+    ahead = max(others, key=trained.__getitem__)
+    return ahead if trained[ahead] > seen else last
 
 
 def _examples(path: Path) -> int | None:

@@ -875,9 +875,9 @@ def _train(cfg: DictConfig, run_dir: Path, data: MNISTData | None, on_start=None
     # trains. A new run's is written at once (one killed while its data downloads can be started
     # again; a refused call's goes with the folder, train()); an earlier call's, in a run with no
     # checkpoint yet, is replaced once the input has passed its checks (a refused call leaves it).
-    save_config = saved_cfg.exists() and from_python and ckpt_io.latest(ckpt_dir) is None \
-        and not (run_dir / "metrics.json").is_file()
-    if not cfg.trainer.resume and (ckpt_io.latest(ckpt_dir) is not None or (run_dir / "metrics.json").is_file()):
+    holds_a_run = ckpt_io.latest(ckpt_dir) is not None or (run_dir / "metrics.json").is_file()
+    save_config = saved_cfg.exists() and from_python and not holds_a_run
+    if not cfg.trainer.resume and holds_a_run:
         # (it trained from scratch in the folder, beside the other run's checkpoints, events and
         # samples, and cut its epochs.jsonl short, without a word: review)
         raise ConfigError(f"trainer.resume=false: {run_dir} holds a run already; a run started over there would mix "

@@ -1303,7 +1303,10 @@ def test_resume_carries_a_stopped_sweep_on_in_its_folder(tiny_mnist, tmp_path):
                        capture_output=True, text=True, timeout=300)
     out = p.stdout + p.stderr
     assert p.returncode == 1, out[-3000:]  # the diverged job: as when the sweep first ended
-    assert "latent_size=2 finished earlier (3 epochs" in out and "latent_size=16 diverged earlier" in out
+    # (the finished job whose evaluation was lost says only that: it was "left as it is", then evaluated)
+    assert ("latent_size=2 has finished training, but its end-of-training evaluation did not finish (no eval.json): "
+            "evaluating it now") in out and "latent_size=2 finished earlier" not in out
+    assert "latent_size=16 diverged earlier" in out
     assert "sweep of 4 jobs: 3 done, 1 diverged; lowest val_loss " in out  # (of a done job, not the diverged one)
     assert f"; table: vaelab compare {sweep}" in out
     assert "vaelab resume: error: 1 of 4 jobs diverged (non-finite loss or weights): latent_size=16" in p.stderr

@@ -1120,3 +1120,44 @@ def test_a_runs_hparams_marks_keep_an_override_that_holds_an_interpolation(tmp_p
     (tmp_path / ".hydra" / "hydra.yaml").write_text(
         "hydra:\n  job:\n    config:\n      override_dirname:\n        exclude_keys: []\n")
     assert _compared_keys(tmp_path) == {"latent_size", "trainer.eval_batch_size"}
+
+
+def test_a_single_runs_hparams_marks_keep_its_keys_after_a_resume_gives_more(tmp_path):
+    """Review: vaelab-train puts all of a single run's own keys in exclude_keys, so once
+    `vaelab resume RUN optim.lr=0.5` had added its key to overrides.yaml, only that one was marked."""
+    from vaelab.train import _compared_keys
+
+    (tmp_path / ".hydra").mkdir()
+    (tmp_path / ".hydra" / "overrides.yaml").write_text("- latent_size=2\n- trainer.epochs=3\n- optim.lr=0.5\n")
+    (tmp_path / ".hydra" / "hydra.yaml").write_text(
+        "hydra:\n  mode: RUN\n  job:\n    config:\n      override_dirname:\n"
+        "        exclude_keys: [latent_size, trainer.epochs, seed]\n")
+    assert _compared_keys(tmp_path) == {"latent_size", "trainer.epochs", "optim.lr"}
+
+
+def test_a_sweep_of_config_group_options_marks_the_keys_they_set(tmp_path):
+    """Review: `-m experiment=seed,iwae_paper_vae` marked no HParams column (a group's name is
+    none), so the dashboard showed the first columns by name. Now: the keys the options' files set
+    differently, less those the command line gives one value; an own --config-dir's group too."""
+    from vaelab.config import CONF_DIR
+    from vaelab.train import _swept_keys
+
+    own = tmp_path / "own"
+    (own / "model").mkdir(parents=True)
+    (own / "model" / "wide.yaml").write_text("defaults:\n  - mlp\n  - _self_\nhidden: [64]\nactivation: relu\n")
+    (own / "model" / "deep.yaml").write_text("defaults:\n  - mlp\n  - _self_\nhidden: [32, 32]\nactivation: relu\n")
+
+    def swept(*task):
+        (tmp_path / "multirun.yaml").write_text(OmegaConf.to_yaml({"hydra": {
+            "overrides": {"task": list(task)},
+            "runtime": {"config_sources": [{"path": "hydra.conf", "schema": "pkg", "provider": "hydra"},
+                                           {"path": str(CONF_DIR), "schema": "file", "provider": "main"},
+                                           {"path": str(own), "schema": "file", "provider": "command-line"}]}}}))
+        return _swept_keys(tmp_path / "multirun.yaml")
+
+    marked = swept("experiment=seed,iwae_paper_vae", "name=x", "trainer.epochs=1")
+    assert {"latent_size", "loss.recon", "data.binarize", "trainer.batch_size"} <= marked
+    assert not marked & {"experiment", "name", "trainer.epochs", "optim.lr"}  # (both set lr 1e-3)
+    assert swept("model=wide,deep", "loss.beta=1,4") == {"model.hidden", "loss.beta"}
+    assert swept("model=glob(*)") == {"model.hidden"}  # (mlp.yaml sets it too, to null)
+    assert swept("latent_size=2,4") == {"latent_size"}

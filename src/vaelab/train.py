@@ -559,12 +559,17 @@ def _compared_keys(run_dir: Path) -> set[str]:
     except Exception:  # noqa: BLE001 - no saved Hydra files (train() called directly), or unreadable: no marks
         return set()
     keys = [o.split("=", 1)[0].lstrip("+~") for o in task]
+    if OmegaConf.select(OmegaConf.load(hydra_dir / "hydra.yaml"), "hydra.mode", default=None) == "RUN":
+        # One run: every key its command lines set, `vaelab resume RUN KEY=VALUE`'s too (review: vaelab-train
+        # puts all of a run's own keys in exclude_keys, so a resume's left only its own marked)
+        return set(keys)
     return {k for k in keys if k not in set(fixed)} or set(keys)
 
 
 def _swept_keys(multirun_yaml: Path) -> set[str]:
     """The keys a sweep varies: those its command line gave several values (a,b / range / glob),
-    and the keys of an Optuna study's search space; empty where there is no such file."""
+    and the keys of an Optuna study's search space; for a config group swept (experiment=a,b), the
+    keys its options' files set. Empty where there is no such file."""
     try:
         saved = OmegaConf.load(multirun_yaml)
         task = OmegaConf.select(saved, "hydra.overrides.task", default=None)
@@ -572,10 +577,75 @@ def _swept_keys(multirun_yaml: Path) -> set[str]:
         params = OmegaConf.select(saved, "hydra.sweeper.params", default=None) or {}
         from hydra.core.override_parser.overrides_parser import OverridesParser
 
-        parsed = OverridesParser.create().parse_overrides(task)
+        parser = OverridesParser.create()
+        parsed = [o for o in parser.parse_overrides(task) if o.is_sweep_override()]
+        parsed += parser.parse_overrides([f"{k}={v}" for k, v in params.items()])
     except Exception:  # noqa: BLE001 - no sweep here, or a file that does not parse: no marks from it
         return set()
-    return {o.key_or_group for o in parsed if o.is_sweep_override()} | {str(k) for k in params}
+    keys = {o.key_or_group for o in parsed}
+    groups = _groups_keys(OmegaConf.select(saved, "hydra.runtime.config_sources", default=None) or [], parsed)
+    given = {o.key_or_group for o in parser.parse_overrides(task) if not o.is_sweep_override()}
+    return (keys - set(groups)) | {k for group in groups.values() for k in group if k not in given}
+
+
+def _groups_keys(sources, parsed) -> dict[str, set[str]]:
+    """{group: the config keys its swept options' files all set, to different values} for each
+    config group among the overrides `parsed` (experiment=seed,iwae_paper_vae): the group's name
+    is no HParams column, and without them a sweep of experiments marked none (review). Read
+    through the config sources the sweep saved (its --config-dir too); empty where they cannot
+    be read."""
+    try:
+        from hydra._internal.config_repository import ConfigRepository
+        from hydra._internal.config_search_path_impl import ConfigSearchPathImpl
+        from hydra.core.plugins import Plugins
+
+        Plugins.instance()  # (registers the config source types: file://, pkg://, structured://)
+        path = ConfigSearchPathImpl()
+        for s in sources:
+            path.append(s.provider, f"{s.schema}://{s.path}")
+        repo = ConfigRepository(path)
+    except Exception:  # noqa: BLE001 - Hydra's own layout, read as 1.3 has it: without it, the group's name only
+        return {}
+    found = {}
+    for o in parsed:
+        try:
+            sets = _options_set(repo, o)
+        except Exception:  # noqa: BLE001 - a file that does not read now: that group marks nothing
+            continue
+        if sets is not None:
+            # (set in some of them only, a key's value elsewhere is the defaults' it pulls in, unknown here: a
+            # glob(*) over vaelab's mlp and own files that extend it marked every key mlp.yaml sets)
+            every = set.intersection(*(set(one) for one in sets)) if sets else set()
+            found[o.key_or_group] = {k for k in every if len({repr(one[k]) for one in sets}) > 1}
+    return found
+
+
+def _options_set(repo, o) -> list[dict] | None:
+    """{key: value} that each option of the config group override `o` sets in its own file, or
+    None where `o` is no config group's."""
+    from hydra.core.override_parser.types import ChoiceSweep, Glob, RangeSweep
+
+    group = o.get_key_element().lstrip("+~").split("@")[0]
+    if not repo.group_exists(group):
+        return None
+    value = o.value()
+    if isinstance(value, Glob):
+        options = value.filter(repo.get_group_options(group))
+    elif isinstance(value, (ChoiceSweep, RangeSweep)):
+        options = [str(v) for v in o.sweep_string_iterator()]
+    else:
+        options = [str(value)]
+    sets = []
+    for option in options:
+        loaded = repo.load_config(f"{group}/{option}")
+        if loaded is None:
+            continue
+        package = loaded.header.get("package") or group.replace("/", ".")
+        package = "" if package == "_global_" else package.replace("_global_.", "")
+        body = {k: v for k, v in OmegaConf.to_container(loaded.config, resolve=False).items()
+                if k not in ("defaults", "hydra")}
+        sets.append(dict(leaves(body, package)))
+    return sets
 
 
 def _rss_mib() -> float:

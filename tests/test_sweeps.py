@@ -673,6 +673,26 @@ def test_compare_says_train_losses_of_other_betas_do_not_compare(tmp_path, capsy
         assert "do not compare" not in capsys.readouterr().out
 
 
+def test_compare_says_iwae_bounds_of_other_k_do_not_compare(tmp_path, capsys):
+    """Review: --plot test_nll_iwae set a k=50 bound (tighter, lower) beside k=4 ones as if the run
+    were better; the table said it only in its test_from column."""
+    for name, k, nll in (("a", 4, 120.0), ("b", 50, 110.0), ("c", 4, 118.0)):
+        (tmp_path / name / ".hydra").mkdir(parents=True)
+        (tmp_path / name / ".hydra" / "config.yaml").write_text("loss:\n  recon: bce\n")
+        (tmp_path / name / "metrics.json").write_text(json.dumps({"val_loss": 40.0, "val_split": "val"}))
+        (tmp_path / name / "eval.json").write_text(json.dumps(
+            {"k": k, "nll_iwae": nll, "bits_per_dim": nll / 784 / 0.693, "elbo": -nll - 5}))
+    note = "the runs were evaluated with different k (importance samples: a larger k gives a tighter, lower IWAE bound)"
+    for metric in ("test_nll_iwae", "test_bits_per_dim"):
+        assert vaelab(["compare", tmp_path, "--sort", metric]) == 0
+        assert capsys.readouterr().out.splitlines()[-1] == f"note: --sort {metric} orders numbers that do not compare: {note}"
+    assert vaelab(["compare", tmp_path, "--sort", "test_elbo"]) == 0  # (the ELBO is k's own: one draw each)
+    assert "do not compare" not in capsys.readouterr().out
+    (tmp_path / "b" / "eval.json").write_text(json.dumps({"k": 4, "nll_iwae": 110.0}))
+    assert vaelab(["compare", tmp_path, "--sort", "test_nll_iwae"]) == 0
+    assert "do not compare" not in capsys.readouterr().out
+
+
 def test_compare_plot_of_runs_without_event_files_says_so(tmp_path, capsys):
     (tmp_path / "run" / ".hydra").mkdir(parents=True)  # as logger.tensorboard=false leaves a run
     (tmp_path / "run" / ".hydra" / "config.yaml").write_text("latent_size: 4\n")

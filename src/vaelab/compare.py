@@ -605,6 +605,8 @@ def plot(runs: list[Run], tag: str, out: str | Path, defaulted: bool = False) ->
         seen = {pts[0][0] for _, _, pts in found}
         ticks = labels if len(seen) == 1 else [f"{label}\n(at {pts[0][0]:,})" for (_, _, pts), label in
                                                zip(found, labels)]
+        if not_comparable([r for r, _, _ in found], found[0][1], plotted=True) == "k":  # (which bound is which)
+            ticks = [f"{tick} (k={r.metrics.get('test_k')})" for tick, (r, _, _) in zip(ticks, found)]
         ax.plot(range(len(found)), [pts[0][1] for _, _, pts in found], "o", linestyle="none")
         slant = len(found) > 3 or max(map(len, labels)) > 80 / len(found)  # (long labels ran into each other)
         ax.set_xticks(range(len(found)), ticks, rotation=30 if slant else 0, ha="right" if slant else "center",
@@ -678,6 +680,7 @@ NOT_COMPARABLE = {
     "data": "saw different images under the same data settings (their data_digest differs: another data folder)",
     "split": "measure it on different splits (data.val_size=0 uses the test split)",
     "beta": "differ in loss.beta or loss.kl_warmup_steps (a train loss is recon + beta x KL; val_loss is recon + KL)",
+    "k": "were evaluated with different k (importance samples: a larger k gives a tighter, lower IWAE bound)",
 }
 
 
@@ -688,8 +691,9 @@ def not_comparable(runs: list[Run], metric: str, plotted: bool = False) -> str |
     against binarized images: other data; static and dynamic runs are both scored on binarized
     draws and compare), "data" (runs whose data settings are the same but whose data_digest is not:
     images from another folder; a digest that follows from data.val_size, data.split_seed or the
-    binarization is not counted), "split" (a val_* of data.val_size=0 is the test split's) or "beta"
-    (a train loss of runs with other loss.beta or KL warm-up); else None. `plotted`: the runs are
+    binarization is not counted), "split" (a val_* of data.val_size=0 is the test split's), "beta"
+    (a train loss of runs with other loss.beta or KL warm-up) or "k" (IWAE bounds of evaluations
+    with different k); else None. `plotted`: the runs are
     those with a curve of it (--plot), whatever their final metrics."""
     metric = metric.removeprefix("epoch/").replace("/", "_")  # (a curve's tag: epoch/val_loss, train/loss)
     have = runs if plotted else [r for r in runs if isinstance(r.metrics.get(metric), (int, float))]
@@ -706,6 +710,9 @@ def not_comparable(runs: list[Run], metric: str, plotted: bool = False) -> str |
             digests.setdefault(same, set()).add(r.metrics["data_digest"])
     if likelihood and any(len(d) > 1 for d in digests.values()):
         return "data"
+    if metric.startswith("test_") and metric.endswith(("nll_iwae", "bits_per_dim")) and \
+            len({r.metrics.get("test_k") for r in have}) > 1:  # (the plot's dots did not say it: review)
+        return "k"
     splits = {_val_split(r) for r in have} - {None}
     if metric.startswith(("val_", "best_val_")) and len(splits) > 1:
         return "split"

@@ -648,9 +648,16 @@ def test_train_refused_at_its_start_from_python_leaves_the_folder_as_it_was(tiny
     mine = tmp_path / "mine"  # a folder of the user's: it stays, with what it held
     (mine / ".hydra").mkdir(parents=True)
     (mine / "notes.txt").write_text("kept")
-    with pytest.raises(DataError):
-        train(bad, mine)
-    assert sorted(p.name for p in mine.rglob("*")) == [".hydra", "notes.txt"]
+    # a call that would train there is refused before it writes (review: its metrics.json, epochs.jsonl,
+    # train.log and samples/ went over the user's files of those names, where vaelab-train refuses)
+    (mine / "metrics.json").write_text('{"my": "results of a month"}')
+    good = compose_cfg([f"data.root={tiny_mnist}", *FAST, "latent_size=2", "trainer.epochs=1"])
+    with pytest.raises(ConfigError) as e:
+        train(good, mine)
+    assert str(e.value) == (f"run_dir {mine}: that folder holds files (metrics.json, notes.txt) and is not a vaelab "
+                            f"run; give a new or empty folder")
+    assert sorted(p.name for p in mine.rglob("*")) == [".hydra", "metrics.json", "notes.txt"]
+    assert (mine / "metrics.json").read_text() == '{"my": "results of a month"}'
     # a run already there is not touched by a refused call on it
     run = tmp_path / "run"
     train(compose_cfg([f"data.root={tiny_mnist}", *FAST, "latent_size=2", "trainer.epochs=1"]), run)

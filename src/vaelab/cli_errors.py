@@ -1025,7 +1025,7 @@ def _taken(folder: Path, sweep: bool) -> str | None:
                     f"with 'vaelab resume {shlex.quote(str(folder))}', one of its runs with "
                     f"'vaelab resume {job} [KEY=VALUE ...]')")
         # (Hydra writes its multirun.yaml there, over one of the user's; one of a sweep that ran no job is no loss)
-        return _foreign(folder, "sweep", ignore={"multirun.yaml"} if _hydras(folder / "multirun.yaml") else set())
+        return foreign(folder, "sweep", ignore={"multirun.yaml"} if _hydras(folder / "multirun.yaml") else set())
     sweeps = _hydras(folder / "multirun.yaml")
     if holds_runs(folder):  # (a sweep's, or a project folder with its outputs/)
         return ("that folder holds a sweep's runs; give a new folder" if sweeps
@@ -1033,7 +1033,7 @@ def _taken(folder: Path, sweep: bool) -> str | None:
     if sweeps:
         return "that folder is a sweep's (its multirun.yaml, no run yet); give a new folder"
     if not is_run(folder):
-        return _foreign(folder)
+        return foreign(folder)
     try:
         check_not_in_use(folder)
     except CheckpointError:  # (resume, which the lines below suggest, would be refused for the same reason)
@@ -1053,7 +1053,7 @@ def _hydras(path: Path) -> bool:
         return False
 
 
-def _foreign(folder: Path, what: str = "run", ignore: frozenset | set = frozenset()) -> str | None:
+def foreign(folder: Path, what: str = "run", ignore: frozenset | set = frozenset()) -> str | None:
     """A folder that is not a run (a sweep) but holds files (hydra.run.dir=/, a project folder, a
     run whose .hydra/ was deleted, its checkpoints left): the run's checkpoints, logs and
     metrics.json (a sweep's multirun.yaml and job folders) would land among them."""

@@ -703,6 +703,12 @@ def train(cfg: DictConfig, run_dir: str | Path, data: MNISTData | None = None, o
     if os.path.lexists(run_dir) and not run_dir.is_dir():  # (mkdir's "File exists")
         raise ConfigError(f"run_dir {run_dir}: " + ("a link to nothing" if run_dir.is_symlink() else "a file") +
                           ", not a folder for the run")
+    if not ckpt_io.is_run(run_dir):  # (vaelab-train's folder is a run by now: Hydra has saved its config there)
+        from vaelab.cli_errors import foreign
+
+        err = foreign(run_dir)  # (review: a call on a folder of one's own wrote its metrics.json over the user's)
+        if err:
+            raise ConfigError(f"run_dir {run_dir}: {err}")
     made = _folders_to_make(run_dir)  # (removed again, with what this call put in them, if it is refused)
     before = _names(run_dir) if not made else set()
     run_dir.mkdir(parents=True, exist_ok=True)  # checkpoints/ and samples/ come once the data has loaded

@@ -215,6 +215,9 @@ def test_optimizer_matches_config():
     (["loss.kl_warmup_steps=-5"], "loss.kl_warmup_steps=-5: must be >= 0"),
     (["trainer.grad_clip=-1"], "trainer.grad_clip=-1.0: must be a finite number >= 0 (0 = off)"),
     (["optim.betas=[1.0,0.999]"], "optim.betas=[1.0, 0.999]: must be two numbers in [0, 1)"),
+    # (a list or mapping inside a list setting: OmegaConf lets it through, and it was a TypeError's traceback)
+    (["optim.betas=[[0.9],0.99]"], "optim.betas=[[0.9], 0.99]: must be two numbers in [0, 1)"),
+    (["model.hidden=[{a:1}]"], "model.hidden=[{'a': 1}]: must be a non-empty list of positive widths, e.g. [1024,512]"),
     (["optim.eps=inf"], "optim.eps=inf: must be a finite number > 0"),  # Adam would never move
     # 0 in float32 (flat Adam's eps * (1 - beta1) flushed to 0 below 1.18e-37): 0/0 at the first steps
     (["optim.eps=1e-300"], "optim.eps=1e-300: must be >= 1.18e-37 here: float32 loses a smaller eps in Adam's "

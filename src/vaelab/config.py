@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 # conf/ sits at the repository root (see STYLE.md): there in a checkout or an editable install;
 # a wheel carries it as vaelab/conf (pyproject.toml).
@@ -313,6 +313,17 @@ def _check(ok: bool, key: str, value: Any, allowed: str) -> None:
         raise ConfigError(f"{key}={value}: {allowed}")
 
 
+def _number(item: Any) -> bool:
+    """A list setting's item is a number: OmegaConf checks a List[float]'s items that are values,
+    but not one that is a list or a mapping ([[0.9], 0.99]), which then failed in a comparison
+    with a TypeError's traceback (review)."""
+    return isinstance(item, (int, float))
+
+
+def _shown(items) -> list:
+    return OmegaConf.to_container(items) if isinstance(items, (DictConfig, ListConfig)) else list(items)
+
+
 def _check_resolves(cfg: DictConfig) -> None:
     """Every ${...} in the config resolves: one line naming the key, not OmegaConf's traceback
     from the first check that reads it (latent_size=${missing}, name=${oc.env:UNSET})."""
@@ -359,8 +370,8 @@ def validate(cfg: DictConfig, here: bool = True) -> None:
     for key in ("seed", "data.split_seed"):  # what torch.manual_seed and NumPy accept
         _check(0 <= OmegaConf.select(cfg, key) < 2**32, key, OmegaConf.select(cfg, key), "must be in [0, 2**32)")
     _check(cfg.optim.name == "adam", "optim.name", cfg.optim.name, "allowed: adam")
-    _check(len(cfg.optim.betas) == 2 and all(0 <= b < 1 for b in cfg.optim.betas),
-           "optim.betas", list(cfg.optim.betas), "must be two numbers in [0, 1)")
+    _check(len(cfg.optim.betas) == 2 and all(_number(b) and 0 <= b < 1 for b in cfg.optim.betas),
+           "optim.betas", _shown(cfg.optim.betas), "must be two numbers in [0, 1)")
     t = cfg.trainer
     _check(t.epochs >= 1, "trainer.epochs", t.epochs, "must be >= 1")
     _check(t.batch_size >= 1, "trainer.batch_size", t.batch_size, "must be >= 1")
@@ -382,7 +393,7 @@ def validate(cfg: DictConfig, here: bool = True) -> None:
            "one folder name: letters, digits and _ . = , + - (no '/', not '..')")
     m = cfg.model
     if m.hidden is not None:
-        _check(len(m.hidden) >= 1 and all(h >= 1 for h in m.hidden), "model.hidden", list(m.hidden),
+        _check(len(m.hidden) >= 1 and all(_number(h) and h >= 1 for h in m.hidden), "model.hidden", _shown(m.hidden),
                "must be a non-empty list of positive widths, e.g. [1024,512]")
         _check(all(h < 2**31 for h in m.hidden), "model.hidden", list(m.hidden), "too large: widths must be < 2**31")
     _check(bool(_DEVICE_RE.match(cfg.device)), "device", cfg.device, f"allowed: {DEVICES}")

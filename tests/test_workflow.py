@@ -1868,6 +1868,33 @@ def test_a_full_disk_after_the_last_checkpoint_stops_the_run_in_one_line(tiny_mn
     assert ckpt_io.load(run / "checkpoints" / "last.pt")["state"]["epoch"] == 3
 
 
+def test_a_failed_write_named_in_bytes_or_before_any_checkpoint_is_one_true_line(tiny_mnist, tmp_path, monkeypatch):
+    """Review: TensorBoard's writer names its file in bytes, and a run folder made unwritable under
+    it ended in a TypeError's traceback; a full disk before the first checkpoint said "the
+    checkpoints already there are intact" of none."""
+    write = ckpt_io.write_text_atomic
+
+    def unwritable(path, text):
+        if Path(path).name == "metrics.json":
+            raise OSError(errno.EPERM, "Operation not permitted", os.fsencode(str(path)))
+        return write(path, text)
+    monkeypatch.setattr(ckpt_io, "write_text_atomic", unwritable)
+    run = tmp_path / "run"
+    with pytest.raises(train_mod.SaveFailed) as exc:
+        train(compose_cfg([f"data.root={tiny_mnist}", *TINY, "trainer.epochs=1"]), run)
+    assert str(exc.value) == (f"cannot write {run / 'metrics.json'}: Operation not permitted; the checkpoints already "
+                              f"there are intact; once it can be written: vaelab resume {run}")
+    monkeypatch.setattr(ckpt_io, "write_text_atomic", write)
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(train_mod, "save_png", full)  # (the epoch's samples, written before its checkpoint)
+    fresh = tmp_path / "fresh"
+    with pytest.raises(train_mod.SaveFailed) as exc:
+        train(compose_cfg([f"data.root={tiny_mnist}", *TINY, "trainer.epochs=1"]), fresh)
+    assert "; it has no checkpoint yet; once there is room: vaelab-train --config-dir" in str(exc.value)
+
+
 def test_data_gone_by_the_final_evaluation_says_how_to_evaluate_the_trained_run(tiny_mnist, tmp_path, monkeypatch,
                                                                                capsys):
     """It said 'give --data-root DIR', a flag vaelab-train refuses, and not that the run had trained."""

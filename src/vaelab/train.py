@@ -724,15 +724,18 @@ def train(cfg: DictConfig, run_dir: str | Path, data: MNISTData | None = None, o
                     return _train(cfg, run_dir, data, on_start)
                 except OSError as e:  # a checkpoint's own failure is SaveFailed already (save, in _train)
                     # (a folder of the run made unwritable under it: chmod, chattr +i)
-                    denied = e.errno in (errno.EACCES, errno.EPERM) and e.filename is not None and \
-                        Path(os.path.abspath(e.filename)).is_relative_to(os.path.abspath(run_dir))  # (both without ..)
+                    # (TensorBoard's writer names its file in bytes: that was a TypeError's traceback, review)
+                    name = os.fsdecode(e.filename) if isinstance(e.filename, (str, bytes)) else None
+                    denied = e.errno in (errno.EACCES, errno.EPERM) and name is not None and \
+                        Path(os.path.abspath(name)).is_relative_to(os.path.abspath(run_dir))  # (both without ..)
                     if e.errno not in DISK_FULL and not denied:
                         raise
                     # a disk that fills up (or a quota, or read-only) under metrics.json, the sample
                     # PNGs or the final evaluation's files: the same one line as for a checkpoint
-                    raise SaveFailed(f"cannot write {e.filename or run_dir}: {e.strerror or e}; the checkpoints "
-                                     f"already there are intact; once {_once_writable(e)}: "
-                                     f"{ckpt_io.carry_on(run_dir)}") from None
+                    kept = ("the checkpoints already there are intact" if any((run_dir / "checkpoints").glob("*.pt"))
+                            else "it has no checkpoint yet")
+                    raise SaveFailed(f"cannot write {name or run_dir}: {e.strerror or e}; {kept}; once "
+                                     f"{_once_writable(e)}: {ckpt_io.carry_on(run_dir)}") from None
             except (NonFiniteLoss, Interrupted, SaveFailed) as e:
                 # Recorded while the run is still held: a joblib parent ends a stopped worker once
                 # its run is let go, and stopped.json and this line, written after, were lost at times.

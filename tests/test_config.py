@@ -875,18 +875,45 @@ def test_launches_in_the_same_second_get_folders_of_their_own(tiny_mnist, tmp_pa
     assert (first / "metrics.json").is_file() and (second / "metrics.json").is_file()
 
 
-def test_a_refused_run_leaves_a_folder_another_process_trains_in(tiny_mnist, tmp_path):
-    """A run refused in its job removes the folder Hydra made for it, but not one that another
-    process holds (two launches into one folder at once): that is the other's run."""
+def test_a_launch_into_a_folder_another_process_holds_writes_nothing_there(tiny_mnist, tmp_path):
+    """Two launches given one new hydra.run.dir at once both passed the pre-flight; Hydra wrote the
+    refused one's .hydra/ config over the run the other then trained (its reproduce and resume
+    read the wrong seed: review). A launch now holds the folder before Hydra writes there."""
     from vaelab import checkpoint as ckpt_io
 
     folder = tmp_path / "shared"
     folder.mkdir()
-    with ckpt_io.only_process(folder):  # as a training process holds its run folder
+    with ckpt_io.only_process(folder):  # as the other launch holds it, from before its Hydra writes
         r = subprocess.run([sys.executable, "-m", "vaelab.train", f"data.root={tiny_mnist}", "data.val_size=64",
                             f"hydra.run.dir={folder}"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
-    assert r.returncode == 2 and "another process is training this run now" in r.stderr
-    assert (folder / ".hydra").is_dir()
+    assert r.returncode == 2 and r.stderr.strip() == (
+        f"vaelab-train: error: hydra.run.dir={folder}: another process is starting or training a run in that folder "
+        f"now; give another folder")
+    assert not list(folder.iterdir())
+
+
+def test_a_launch_whose_folder_holds_a_run_once_it_holds_it_is_refused(tiny_mnist, tmp_path, monkeypatch, capsys):
+    """The other launch may have trained its run there between this one's pre-flight and its lock:
+    the folder is looked at again, held (and a new folder that the other made just then is no error)."""
+    from vaelab import train_cli
+
+    folder = tmp_path / "new"
+    real = train_cli.precheck
+
+    def the_other_trains_meanwhile(*args, **kwargs):
+        err = real(*args, **kwargs)  # (the folder is not there yet: a new one, for this launch to make)
+        (folder / ".hydra").mkdir(parents=True)
+        (folder / ".hydra" / "config.yaml").write_text("seed: 1\n")
+        (folder / "checkpoints").mkdir()
+        (folder / "checkpoints" / "last.pt").write_bytes(b"theirs")
+        return err
+    monkeypatch.setattr(train_cli, "precheck", the_other_trains_meanwhile)
+    assert train_cli.launch([f"data.root={tiny_mnist}", "data.val_size=64", "seed=2", f"hydra.run.dir={folder}"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"vaelab-train: error: hydra.run.dir={folder}: that folder holds a run already; carry it on with 'vaelab "
+        f"resume {folder} [KEY=VALUE ...]', or give another folder")
+    assert (folder / ".hydra" / "config.yaml").read_text() == "seed: 1\n"
+    assert sorted(p.name for p in folder.iterdir()) == [".hydra", "checkpoints"]
 
 
 def test_missing_data_is_one_line(tmp_path):

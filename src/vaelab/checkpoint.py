@@ -58,6 +58,9 @@ def only_process(run_dir: str | Path, waiting: Callable[[], Any] | None = None):
     except ImportError:
         yield
         return
+    if os.path.realpath(run_dir) in _held_runs:  # this process holds it already (hold_run: vaelab-train's launch)
+        yield
+        return
     fd = os.open(run_dir, os.O_RDONLY)
     try:
         try:
@@ -71,6 +74,45 @@ def only_process(run_dir: str | Path, waiting: Callable[[], Any] | None = None):
         yield
     finally:
         os.close(fd)  # releases the lock
+
+
+_held_runs: dict[str, int] = {}  # hold_run's locks: real path of the run folder -> descriptor
+
+
+def hold_run(run_dir: str | Path) -> bool:
+    """Take only_process's lock on the run folder (which must exist) until release_run, for this
+    process's train() to run under: vaelab-train takes it before Hydra writes the run's config
+    there, so that of two launches given one new folder at once, the refused one does not write
+    its config over the run the other trains (review). False where another process holds it;
+    True also where there is no flock."""
+    try:
+        import fcntl
+    except ImportError:
+        return True
+    key = os.path.realpath(run_dir)
+    if key in _held_runs:
+        return True
+    try:
+        fd = os.open(key, os.O_RDONLY)
+    except OSError:  # (Hydra's mkdir will say what is wrong)
+        return True
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return False
+    except OSError:  # no locks here (ENOLCK on NFS): as only_process, which would fail on its own
+        os.close(fd)
+        return True
+    _held_runs[key] = fd
+    return True
+
+
+def release_run(run_dir: str | Path) -> None:
+    """Let go of hold_run's lock on `run_dir`, if this process has it."""
+    fd = _held_runs.pop(os.path.realpath(run_dir), None)
+    if fd is not None:
+        os.close(fd)
 
 
 # A sweep's launching process holds a lock on this file in the sweep folder while its jobs run

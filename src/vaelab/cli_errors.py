@@ -455,18 +455,23 @@ def precheck(argv: list[str], fetch_data: bool = False, continuing: Path | None 
     key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
     folder = OmegaConf.select(full, key, throw_on_resolution_failure=False)
     if where is not None and folder is not None:
+        if not multirun:  # (launch() holds its lock from before Hydra writes the run's config there)
+            where.update(run_dir=Path(os.path.normpath(Path.cwd() / Path(str(folder)).expanduser())))
         if _by_the_clock(full, key, given):
             where.update(key=key, folder=Path(str(folder)))
         elif not Path(str(folder)).expanduser().exists():  # a folder named for this launch, which Hydra makes
-            where.update(new=Path(os.path.normpath(Path.cwd() / Path(str(folder)).expanduser())))
+            where.update(new=Path(os.path.normpath(Path.cwd() / Path(str(folder)).expanduser())), new_key=key)
     return None
 
 
-def claim_folder(folder: Path) -> list[Path]:
+def claim_folder(folder: Path, named: bool = False) -> list[Path]:
     """Make the folder a run or sweep will use, atomically: two vaelab-train started in the same
     second resolve conf/config.yaml's ${now:...} to one folder, and would write into each other's
-    runs. One already there (another launch's) gives FOLDER_1, _2, ... Returns the folder, then
-    each parent this call made (to remove, innermost first, if nothing runs in it)."""
+    runs. One already there (another launch's) gives FOLDER_1, _2, ...; for a folder the user
+    `named` (hydra.run.dir=DIR, not there at the pre-flight), FileExistsError: two launches named
+    it at once, and Hydra wrote the refused one's config over the run the other trained (review).
+    Returns the folder, then each parent this call made (to remove, innermost first, if nothing
+    runs in it)."""
     made = [p for p in folder.absolute().parents if not p.exists()]
     out, n = folder, 1
     while True:
@@ -475,6 +480,8 @@ def claim_folder(folder: Path) -> list[Path]:
             out.mkdir()
             return [out, *made]
         except FileExistsError:
+            if named:
+                raise
             out, n = folder.with_name(f"{folder.name}_{n}"), n + 1
         except FileNotFoundError:  # another launch removed a parent it had made: make it again
             continue
@@ -1043,6 +1050,11 @@ def _taken(folder: Path, sweep: bool) -> str | None:
                 f"elsewhere: vaelab-train --config-dir {shlex.quote(str(folder / '.hydra'))} --config-name config")
     return (f"that folder holds a run already; carry it on with 'vaelab resume {shlex.quote(str(folder))} "
             f"[KEY=VALUE ...]', or give another folder")
+
+
+def taken_folder_error(folder: Path) -> str | None:
+    """Why a single run must not start in `folder` (_taken), looked at again once launch() holds it."""
+    return _taken(folder, sweep=False)
 
 
 def _hydras(path: Path) -> bool:

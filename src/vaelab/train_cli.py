@@ -20,7 +20,9 @@ from pathlib import Path
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
 from vaelab import STOPPED_LOADING
-from vaelab.cli_errors import _WITH_VALUE, add_overrides, claim_folder, overrides_first, precheck, split_args
+from vaelab import checkpoint as ckpt_io
+from vaelab.cli_errors import (_WITH_VALUE, add_overrides, claim_folder, overrides_first, precheck, split_args,
+                               taken_folder_error)
 from vaelab.config import CONF_DIR, hydra_section, leaves, register_configs
 
 
@@ -221,7 +223,31 @@ def launch(argv: list[str], prog: str = "vaelab-train", continuing: Path | None 
         argv = [a for a in argv if a.split("=", 1)[0].lstrip("+") != where["key"]]
         claimed = claim_folder(where["folder"])
         pinned = [f"{where['key']}={override_value(str(claimed[0]))}"]
+    elif "new" in where:  # a folder named for this launch, not there at the pre-flight: made now
+        try:
+            claimed = claim_folder(where["new"], named=True)
+        except OSError:  # (another launch's just now: the lock below decides; else Hydra's mkdir says why)
+            pass
     made = claimed[0].absolute() if claimed else where.get("new")
+    held = None
+    if "run_dir" in where and (run_dir := claimed[0] if claimed else where["run_dir"]).is_dir():
+        # One run: its folder held from before Hydra writes the run's config there until the run ends (two
+        # launches given one new folder at once both passed the pre-flight, and the refused one's config
+        # went over the run the other trained: review); looked at again once held.
+        err = None if ckpt_io.hold_run(run_dir) else ("another process is starting or training a run in that "
+                                                      "folder now; give another folder")
+        held = run_dir if err is None else None
+        err = err or taken_folder_error(run_dir)
+        if err:
+            if held is not None:
+                ckpt_io.release_run(held)
+            for folder in claimed:  # (only what this launch made, where still empty)
+                try:
+                    folder.rmdir()
+                except OSError:
+                    break
+            print(f"{prog}: error: hydra.run.dir={run_dir}: {err}", file=sys.stderr)
+            return 2
     if made is not None:
         os.environ[LAUNCH_MADE_ENV] = str(made)
     # Hydra reads its arguments from sys.argv
@@ -230,6 +256,8 @@ def launch(argv: list[str], prog: str = "vaelab-train", continuing: Path | None 
         return _run_hydra(prog)
     finally:  # nothing ran in it (Hydra refused the command line): don't leave it, nor what it made
         os.environ.pop(LAUNCH_MADE_ENV, None)
+        if held is not None:
+            ckpt_io.release_run(held)
         for folder in claimed:
             try:
                 folder.rmdir()

@@ -706,7 +706,9 @@ def train(cfg: DictConfig, run_dir: str | Path, data: MNISTData | None = None, o
     if not ckpt_io.is_run(run_dir):  # (vaelab-train's folder is a run by now: Hydra has saved its config there)
         from vaelab.cli_errors import foreign
 
-        err = foreign(run_dir)  # (review: a call on a folder of one's own wrote its metrics.json over the user's)
+        # (review: a call on a folder of one's own wrote its metrics.json over the user's; a train.log
+        # may be the script's own, logging.basicConfig(filename=...) before the call, which the run's lines join)
+        err = foreign(run_dir, ignore={"train.log"})
         if err:
             raise ConfigError(f"run_dir {run_dir}: {err}")
     made = _folders_to_make(run_dir)  # (removed again, with what this call put in them, if it is refused)

@@ -1683,6 +1683,27 @@ def test_compose_config_given_one_string_says_so():
     assert str(e.value) == "overrides: a list of KEY=VALUE strings, as in ['latent_size=16'], not one string"
 
 
+def test_compose_config_refuses_what_vaelab_train_refuses(tmp_path):
+    """Review: compose_config took ~latent_size (the schema's 32 stood in) and ~trainer, which
+    vaelab-train refuses, and [3] failed with an AttributeError; hydra.job.name=a/b and
+    trainer.epochs=1e20 were tracebacks or a run of 10^20 epochs."""
+    from vaelab.config import compose_config
+
+    for given, line in (
+            (["~latent_size"], "override '~latent_size': latent_size cannot be deleted (the config needs it); set it "
+                               "instead, as in latent_size=VALUE"),
+            (["~trainer"], "override '~trainer': trainer is a config group the run needs; choose one of its options "
+                           "(default) instead, as in trainer=default"),
+            ([3], "overrides: a list of KEY=VALUE strings; 3 is not a string"),
+            (["trainer.epochs=100000000000000000000"], "trainer.epochs=100000000000000000000: too large: must be < 2**31")):
+        with pytest.raises(ConfigError) as e:
+            compose_config(given)
+        assert str(e.value) == line
+    assert precheck(["hydra.job.name=a/b"]) == ("hydra.job.name=a/b: Hydra names the run's log file "
+                                                "<hydra.job.name>.log in the run folder; give one file name, without '/'")
+    assert precheck(["hydra.job.name=mine"]) is None
+
+
 def test_python_calls_with_a_bad_device_or_a_file_for_run_dir_are_one_line(tmp_path):
     """From Python, evaluate_run(device="gpu") was torch's "Expected one of cpu, cuda, ipu, xpu,
     mkldnn, ..." and train(cfg, a_file) mkdir's FileExistsError."""

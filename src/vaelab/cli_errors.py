@@ -972,6 +972,10 @@ def _hydra_section_error(compose_, base: list[str], cmd: _CommandLine) -> tuple[
         return (f"{given}: SLURM's srun is not on PATH here; launch the sweep from a SLURM login "
                 "node, or run it on this machine with hydra/launcher=joblib or submitit_local"), composed, launcher
     err = _bad_log_level(composed)
+    name = OmegaConf.select(composed, "hydra.job.name", default=None, throw_on_resolution_failure=False)
+    if not err and isinstance(name, str) and "/" in name:  # (logging's traceback once the job starts: review)
+        err = (f"hydra.job.name={name}: Hydra names the run's log file <hydra.job.name>.log in the run folder; give "
+               f"one file name, without '/'")
     if not err and OmegaConf.select(composed, "hydra.launcher.n_jobs") == 0:  # joblib: a traceback mid-sweep
         err = "hydra.launcher.n_jobs=0: give the number of jobs to run at once (>= 1, or -1 for one per core)"
     timeout = OmegaConf.select(composed, "hydra.launcher.timeout_min") if "submitit" in launcher else None

@@ -257,6 +257,9 @@ def compose_config(overrides: list[str] | tuple = (), config_dir: str | Path | N
 
     if isinstance(overrides, str):  # (iterated, a string is its characters: "Error parsing override 'l'")
         raise ConfigError(f"overrides: a list of KEY=VALUE strings, as in [{overrides!r}], not one string")
+    wrong = next((o for o in overrides if not isinstance(o, str)), "")
+    if wrong != "":  # (3 or None: an AttributeError from deep in the checks, review)
+        raise ConfigError(f"overrides: a list of KEY=VALUE strings; {wrong!r} is not a string")
     register_configs()
     extra = []
     if config_dir is not None:
@@ -271,6 +274,12 @@ def compose_config(overrides: list[str] | tuple = (), config_dir: str | Path | N
     line = integer_as_bool(overrides)
     if line:
         raise ConfigError(line)
+    if any(o.startswith("~") for o in overrides):  # (~latent_size: Hydra deletes it and the schema's default
+        from vaelab.cli_errors import precheck   # stands in; vaelab-train refuses it, and so does this, review)
+
+        line = precheck([*overrides, *(["--config-dir", str(config_dir)] if config_dir is not None else [])])
+        if line is not None:
+            raise ConfigError(line)
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
@@ -374,6 +383,7 @@ def validate(cfg: DictConfig, here: bool = True) -> None:
            "optim.betas", _shown(cfg.optim.betas), "must be two numbers in [0, 1)")
     t = cfg.trainer
     _check(t.epochs >= 1, "trainer.epochs", t.epochs, "must be >= 1")
+    _check(t.epochs < 2**31, "trainer.epochs", t.epochs, "too large: must be < 2**31")  # (an extra 0 or 20: review)
     _check(t.batch_size >= 1, "trainer.batch_size", t.batch_size, "must be >= 1")
     _check(t.eval_batch_size >= 1, "trainer.eval_batch_size", t.eval_batch_size, "must be >= 1")
     _check(0 <= t.grad_clip < math.inf, "trainer.grad_clip", t.grad_clip, "must be a finite number >= 0 (0 = off)")

@@ -203,6 +203,19 @@ def test_compare_says_which_sweeps_have_jobs_that_never_started(sweep, tmp_path,
     assert vaelab(["compare", tmp_path]) == 0
     assert capsys.readouterr().out.splitlines()[-1] == (
         f"note: {copy}: 2 of the sweep's 4 jobs started; the other 2 did not run (vaelab resume {copy} runs them)")
+    # while the sweep still runs, its jobs to come are no advice to resume it (which is refused then: review)
+    from vaelab import checkpoint as ckpt_io
+
+    holder = subprocess.Popen([sys.executable, "-c", "import sys; from vaelab import checkpoint as c; "
+                               f"c.hold_sweep({str(copy)!r}); print('held', flush=True); sys.stdin.read()"],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held" and ckpt_io.sweep_running(copy)
+        assert vaelab(["compare", tmp_path]) == 0
+        assert capsys.readouterr().out.splitlines()[-1] == (
+            f"note: {copy}: 2 of the sweep's 4 jobs started so far; the sweep is still running")
+    finally:
+        holder.communicate("", timeout=60)
     # a sweep run into its folder: its jobs are not the outer one's
     shutil.copytree(sweep, copy / "inner")
     assert vaelab(["compare", copy]) == 0

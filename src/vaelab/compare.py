@@ -927,7 +927,9 @@ def not_started_note(dirs, runs: list[Run]) -> str | None:
         # its jobs: the runs under it, but not under another sweep inside it (a sweep run into its folder)
         inner = [s for s in sweeps if s != top and s.is_relative_to(top)]
         have = sum(1 for r in runs if r.path.is_relative_to(top) and not any(r.path.is_relative_to(s) for s in inner))
-        if n is not None and have < n:
+        if n is not None and have < n and ckpt_io.sweep_running(top):  # (resume is refused then: review)
+            lines.append(f"note: {shown}: {have} of the sweep's {n} jobs started so far; the sweep is still running")
+        elif n is not None and have < n:
             lines.append(f"note: {shown}: {have} of the sweep's {n} jobs started; the other {n - have} did not "
                          f"run (vaelab resume {shlex.quote(str(shown))} runs them)")
     return "\n".join(lines) or None

@@ -425,6 +425,13 @@ def test_bad_input_is_one_line(args, needle):
     assert "\n" not in err
 
 
+def test_a_run_folder_with_a_tilde_is_not_told_to_quote_it():
+    """Quoted, a ~ stays a ~ in hydra.run.dir (only data.root's is expanded): the hint made a folder named ~."""
+    assert precheck(["hydra.run.dir=~/x"]) == ("override 'hydra.run.dir=~/x': cannot parse it (unexpected '~' at "
+                                               "character 15); Hydra does not expand ~: write the path out, e.g. "
+                                               "hydra.run.dir=$HOME/x")
+
+
 def test_a_file_given_as_an_override_gets_no_key_value_hint():
     """`vaelab-train conf/experiment/seed.yaml` was told 'as in conf/experiment/seed.yaml=VALUE'."""
     err = precheck(["conf/experiment/seed.yaml"])

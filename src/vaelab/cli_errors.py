@@ -581,7 +581,8 @@ def _parse_hint(overrides: list[str], i: int) -> str:
         homes = [f"$HOME{p[1:]}" if p.startswith("~/") else p for p in parts]
         written = plain and all(not h.startswith("~") for h in homes)  # (~user/...: no $HOME for it)
         example = f", e.g. {key}={','.join(homes)}" if written else ""
-        quoted = f", or quote it for Hydra: \"{key}={each}\"" if plain else ""
+        # (quoted, the ~ stays a ~: data.root's vaelab expands; hydra.run.dir's made a folder named ~, review)
+        quoted = f", or quote it for Hydra: \"{key}={each}\"" if plain and key.lstrip("+") == "data.root" else ""
         return f"; Hydra does not expand ~: write the path out{example}{quoted}"
     if "=" in value and _parses(f"{key}='{value}'"):  # a path through a sweep's job, latent_size=2/
         return f"; quote a value with = in it, as in \"{key}='{value}'\" (the outer quotes are the shell's)"

@@ -188,6 +188,18 @@ def test_optuna_search_minimises_the_val_loss(tiny_mnist, tmp_path, capsys):
         f"carry a stopped trial on with vaelab resume {sweep / 'TRIAL'}")
 
 
+def test_compare_finds_runs_through_links(sweep, tmp_path, capsys):
+    """Review: a folder of links to one's chosen runs listed none ("no runs under fav")."""
+    fav = tmp_path / "fav"
+    fav.mkdir()
+    for name in ("latent_size=2,loss.beta=1", "latent_size=4,loss.beta=4"):
+        (fav / name.replace(",", "_")).symlink_to(sweep / name)
+    (fav / "loop").symlink_to(fav)  # (a link to a folder above it: walked once)
+    assert vaelab(["compare", fav]) == 0
+    rows = capsys.readouterr().out.splitlines()[2:4]
+    assert sorted(r.split()[0] for r in rows) == ["latent_size=2,loss.beta=1", "latent_size=4,loss.beta=4"]
+
+
 def test_compare_says_which_sweeps_have_jobs_that_never_started(sweep, tmp_path, capsys):
     """A sweep stopped before all its jobs began listed only those that had: the table read as
     the whole sweep."""

@@ -178,7 +178,7 @@ def find_runs(dirs: list[str | Path]) -> list[Run]:
             raise CompareError(f"{d}: a file; give a run's folder, or a folder of runs (outputs/multirun/...)")
         if not d.is_dir():  # (a socket, a FIFO: there, but not a folder)
             raise CompareError(f"{d}: no such directory")
-        for root, subdirs, _ in os.walk(d):
+        for root, subdirs, _ in _walk(d):
             root = Path(root)
             if _is_run(root):
                 found[root.resolve()] = None
@@ -191,6 +191,19 @@ def find_runs(dirs: list[str | Path]) -> list[Run]:
     paths = list(found)
     top = Path(os.path.commonpath(paths)) if len(paths) > 1 else paths[0].parent
     return [_load(p, str(p.relative_to(top))) for p in paths]
+
+
+def _walk(top: Path):
+    """os.walk through links to folders too (a folder of links to one's chosen runs listed none:
+    review), each folder once (a link to a folder above it is no loop)."""
+    seen = set()
+    for root, subdirs, files in os.walk(top, followlinks=True):
+        real = os.path.realpath(root)
+        if real in seen:
+            subdirs.clear()
+            continue
+        seen.add(real)
+        yield root, subdirs, files
 
 
 def _resolved(saved: dict) -> dict:
@@ -913,7 +926,7 @@ def not_started_note(dirs, runs: list[Run]) -> str | None:
     Ctrl-C, a crash): the table lists only the jobs that have a folder."""
     sweeps: dict[Path, Path] = {}  # resolved -> as given
     for d in map(Path, dirs):
-        for root, subdirs, _ in os.walk(d):
+        for root, subdirs, _ in _walk(d):
             root = Path(root)
             if _is_run(root):
                 subdirs.clear()
@@ -946,7 +959,7 @@ def _folder(text: str, what: str = "a folder") -> str:
 
 def add_compare_arguments(p) -> None:
     p.add_argument("dirs", nargs="+", metavar="DIR", type=_folder,
-                   help="folders to search for runs (a sweep, outputs/, a run)")
+                   help="folders to search for runs (a sweep, outputs/, a run; links to folders are followed)")
     p.add_argument("--sort", metavar="METRIC",
                    help="sort the rows by this metric, e.g. val_loss, or setting, e.g. loss.beta (ascending), "
                    "or by run or state")

@@ -432,6 +432,14 @@ def test_a_run_folder_with_a_tilde_is_not_told_to_quote_it():
                                                "hydra.run.dir=$HOME/x")
 
 
+def test_a_run_folder_that_is_a_link_to_nothing_is_one_line(tmp_path):
+    """Review: Hydra's mkdir met the link with a FileExistsError's traceback."""
+    (tmp_path / "link").symlink_to(tmp_path / "nothere")
+    assert precheck([f"hydra.run.dir={tmp_path / 'link'}"]) == (
+        f"hydra.run.dir={tmp_path / 'link'}: a link to {tmp_path / 'nothere'}, which is not there; make that folder, "
+        f"or give another")
+
+
 def test_a_file_given_as_an_override_gets_no_key_value_hint():
     """`vaelab-train conf/experiment/seed.yaml` was told 'as in conf/experiment/seed.yaml=VALUE'."""
     err = precheck(["conf/experiment/seed.yaml"])

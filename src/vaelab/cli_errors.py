@@ -1124,6 +1124,10 @@ def _folder_error(composed: DictConfig, multirun: bool, given: dict, taken) -> s
         return f"{key} resolves to an empty path; give a folder, e.g. {key}=runs/first"
     # (a default folder, ${now:...}, that holds a run is another launch's of the same second:
     # launch() makes the next free one, FOLDER_1, instead)
+    path = Path(str(folder)).expanduser()
+    if key == "hydra.run.dir" and path.is_symlink() and not path.exists():  # (Hydra's mkdir: a FileExistsError's
+        return (f"{key}={given.get(key) or folder}: a link to {os.readlink(path)}, which is not there; make that "
+                f"folder, or give another")  # traceback; a sweep's makes the link's folder, review)
     err = unwritable(Path(str(folder))) or (None if _by_the_clock(composed, key, given)
                                             else taken(Path(str(folder)), sweep=key == "hydra.sweep.dir"))
     if err is None:

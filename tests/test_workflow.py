@@ -2902,7 +2902,7 @@ def test_a_reproduction_stopped_part_way_through_its_changes_says_to_start_anoth
 
 
 def test_replay_plans_say_why_they_cannot_be_made(tmp_path):
-    from vaelab.workflow import _replay
+    from vaelab.workflow import _later_wins, _replay
 
     (tmp_path / ".hydra").mkdir()
     record = tmp_path / ".hydra" / "resumes.yaml"
@@ -2928,12 +2928,15 @@ def test_replay_plans_say_why_they_cannot_be_made(tmp_path):
         record.write_text(yaml.safe_dump([change, {"epoch": 2, "step": 6, **older}]))
         assert _replay(tmp_path) == ([{**change, "step": 6, "overrides": [*change["overrides"], *lines]}], ""), older
     # a later trainer.epochs, with nothing to make at its step, still goes to the last part's resume: an earlier
-    # part's trainer.epochs=3 ended the reproduction at 3 where the run went on to 4 (review)
+    # part's trainer.epochs=3 ended the reproduction at 3 where the run went on to 4 (review); in its place, as
+    # vaelab resume refuses a key given twice (review: the reproduction of such a run failed)
     both = {**change, "overrides": ["optim.lr=0.0005", "trainer.epochs=3"],
             "before": {"optim.lr": 0.001, "trainer.epochs": 2}}
     record.write_text(yaml.safe_dump([both, {"epoch": 4, "step": 18, "overrides": ["trainer.epochs=4"],
                                              "before": {"trainer.epochs": 3}}]))
-    assert _replay(tmp_path) == ([{**both, "overrides": [*both["overrides"], "trainer.epochs=4"]}], "")
+    assert _replay(tmp_path) == ([{**both, "overrides": ["optim.lr=0.0005", "trainer.epochs=4"]}], "")
+    assert _later_wins(["+model.kwargs.a=1", "latent_size=2", "model.kwargs.a=2"]) == ["latent_size=2",
+                                                                                       "+model.kwargs.a=2"]
     # a key given twice takes its last value, as the resume did (written so before 2026-11-28)
     record.write_text(yaml.safe_dump([{**change, "overrides": ["optim.lr=0.0005", "optim.lr=0.001"]}]))
     assert _replay(tmp_path) == ([], "")

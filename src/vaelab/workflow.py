@@ -760,13 +760,28 @@ def _replay(run_dir: Path) -> tuple[list[dict] | None, str]:
                         *(k for k in change.get("left_out", []) if not _under(undone["before"], k))]
             change = {**{k: v for k, v in change.items() if k != "left_out"},
                       "before": {**change["before"], **undone["before"]},
-                      "overrides": [*undone["overrides"], *change["overrides"]],
+                      "overrides": _later_wins([*undone["overrides"], *change["overrides"]]),
                       **({"left_out": left_out} if left_out else {})}
         if not nothing or merged:
             plan.append(change)
         elif plan:  # (its lines still go to the last part's resume: trainer.epochs=4 after an earlier part's
-            plan[-1]["overrides"] += change["overrides"]  # trainer.epochs=3 ended the reproduction at 3, review)
-    return plan, ""
+            plan[-1]["overrides"] = _later_wins([*plan[-1]["overrides"], *change["overrides"]])  # trainer.epochs=3
+    return plan, ""                                                              # ended the reproduction at 3, review)
+
+
+def _later_wins(lines: list[str]) -> list[str]:
+    """Overrides of one resume made from several records: a key given twice keeps its later value
+    (vaelab resume refuses a key given twice: a run resumed with trainer.epochs=2, then 3, failed to
+    reproduce, review), with the + of an earlier one that added it."""
+    out: dict[str, str] = {}
+    for line in lines:
+        key = line.split("=", 1)[0]
+        bare = key.lstrip("+~")
+        earlier = out.pop(bare, None)
+        if earlier is not None and earlier.startswith("+") and not key.startswith(("+", "~")):
+            line = f"+{line}"
+        out[bare] = line
+    return list(out.values())
 
 
 # stopped.json's key in a reproduction stopped before it had made every change of its run's at its

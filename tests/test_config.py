@@ -907,6 +907,17 @@ def test_a_launch_into_a_folder_another_process_holds_writes_nothing_there(tiny_
     assert not list(folder.iterdir())
 
 
+def test_a_run_without_hydras_saved_config_trains_in_its_folder(tiny_mnist, tmp_path):
+    """Review: with hydra.output_subdir=null the folder held no saved config when train() began, and
+    Hydra's own log file (myjob.log) made train() take it for a folder of someone else's."""
+    r = subprocess.run([sys.executable, "-m", "vaelab.train", f"data.root={tiny_mnist}", "data.val_size=64",
+                        "model.size=small", "latent_size=2", "trainer.epochs=1", "trainer.final_eval=false",
+                        "hydra.output_subdir=null", "hydra.job.name=myjob", f"hydra.run.dir={tmp_path / 'run'}"],
+                       cwd=tmp_path, capture_output=True, text=True, timeout=300, env={**os.environ, "TQDM_DISABLE": "1"})
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert (tmp_path / "run" / "metrics.json").is_file() and (tmp_path / "run" / "myjob.log").is_file()
+
+
 def test_a_launch_whose_folder_holds_a_run_once_it_holds_it_is_refused(tiny_mnist, tmp_path, monkeypatch, capsys):
     """The other launch may have trained its run there between this one's pre-flight and its lock:
     the folder is looked at again, held (and a new folder that the other made just then is no error)."""

@@ -658,6 +658,15 @@ def test_train_refused_at_its_start_from_python_leaves_the_folder_as_it_was(tiny
                             f"run; give a new or empty folder")
     assert sorted(p.name for p in mine.rglob("*")) == [".hydra", "metrics.json", "notes.txt"]
     assert (mine / "metrics.json").read_text() == '{"my": "results of a month"}'
+    # ... but not a run whose saved config is gone (carried on from its checkpoints), nor a script's own log file
+    # there (review)
+    gone = tmp_path / "gone"
+    train(good, gone)
+    (gone / ".hydra" / "config.yaml").unlink()
+    assert train(OmegaConf.merge(good, {"trainer": {"epochs": 2}}), gone)["epochs"] == 2
+    (tmp_path / "logged").mkdir()
+    (tmp_path / "logged" / "script.log").write_text("the script's own\n")
+    assert train(good, tmp_path / "logged")["epochs"] == 1
     # a run already there is not touched by a refused call on it
     run = tmp_path / "run"
     train(compose_cfg([f"data.root={tiny_mnist}", *FAST, "latent_size=2", "trainer.epochs=1"]), run)

@@ -679,6 +679,17 @@ def _pictures(model: VAE, fixed_z: torch.Tensor, recon_x: torch.Tensor, writer: 
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG)  # no space, quota, read-only, size limit
 
 
+def _hydras_job(run_dir: Path) -> bool:
+    """Whether run_dir is the folder of the Hydra job this process runs (vaelab-train's)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    try:
+        return HydraConfig.initialized() and os.path.realpath(HydraConfig.get().runtime.output_dir) == \
+            os.path.realpath(run_dir)
+    except Exception:  # noqa: BLE001 - (no runtime section: not a job's)
+        return False
+
+
 def _once_writable(e: OSError) -> str:
     """When to carry on after a failed write: room for a full disk, quota or size limit; else
     (read-only, permission) once the run's folder can be written again."""
@@ -703,12 +714,14 @@ def train(cfg: DictConfig, run_dir: str | Path, data: MNISTData | None = None, o
     if os.path.lexists(run_dir) and not run_dir.is_dir():  # (mkdir's "File exists")
         raise ConfigError(f"run_dir {run_dir}: " + ("a link to nothing" if run_dir.is_symlink() else "a file") +
                           ", not a folder for the run")
-    if not ckpt_io.is_run(run_dir):  # (vaelab-train's folder is a run by now: Hydra has saved its config there)
+    # (review: a call on a folder of one's own wrote its metrics.json over the user's). Not vaelab-train's
+    # folder, which its pre-flight checked (Hydra's config saved there, or not: hydra.output_subdir=null), nor
+    # a run whose saved config is gone (carried on from its checkpoints, as before); a *.log may be the
+    # script's own (logging.basicConfig(filename=...) before the call), which the run's lines join.
+    if not ckpt_io.is_run(run_dir) and not _hydras_job(run_dir) and not any((run_dir / "checkpoints").glob("*.pt")):
         from vaelab.cli_errors import foreign
 
-        # (review: a call on a folder of one's own wrote its metrics.json over the user's; a train.log
-        # may be the script's own, logging.basicConfig(filename=...) before the call, which the run's lines join)
-        err = foreign(run_dir, ignore={"train.log"})
+        err = foreign(run_dir, ignore={p.name for p in run_dir.glob("*.log")})
         if err:
             raise ConfigError(f"run_dir {run_dir}: {err}")
     made = _folders_to_make(run_dir)  # (removed again, with what this call put in them, if it is refused)

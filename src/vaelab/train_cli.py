@@ -238,14 +238,9 @@ def launch(argv: list[str], prog: str = "vaelab-train", continuing: Path | None 
                                                       "folder now; give another folder")
         held = run_dir if err is None else None
         err = err or taken_folder_error(run_dir)
-        if err:
+        if err:  # (what this launch made stays: the folder is the other launch's now, or holds a run)
             if held is not None:
                 ckpt_io.release_run(held)
-            for folder in claimed:  # (only what this launch made, where still empty)
-                try:
-                    folder.rmdir()
-                except OSError:
-                    break
             print(f"{prog}: error: hydra.run.dir={run_dir}: {err}", file=sys.stderr)
             return 2
     if made is not None:

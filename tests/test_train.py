@@ -1177,3 +1177,30 @@ def test_a_sweep_of_config_group_options_marks_the_keys_they_set(tmp_path):
     assert swept("model=wide,deep", "loss.beta=1,4") == {"model.hidden", "loss.beta"}
     assert swept("model=glob(*)") == {"model.hidden"}  # (mlp.yaml sets it too, to null)
     assert swept("latent_size=2,4") == {"latent_size"}
+    (own / "exp").mkdir()
+    (own / "exp" / "a.yaml").write_text("latent_size: 3\n")
+    (own / "exp" / "b.yaml").write_text("latent_size: 4\n")
+    assert swept("+exp@_global_=a,b") == {"latent_size"}  # (the override's package, not the group's: review)
+    assert swept("+exp=a,b") == {"exp.latent_size"}
+
+
+def test_an_optuna_trial_marks_its_search_space_from_its_own_hydra_yaml(tmp_path):
+    """Review: Optuna's sweeper writes no multirun.yaml, so a search space over a config group
+    (model: choice(wide, deep)) marked only the plain keys."""
+    from vaelab.config import CONF_DIR
+    from vaelab.train import _compared_keys
+
+    own = tmp_path / "own"
+    (own / "model").mkdir(parents=True)
+    (own / "model" / "wide.yaml").write_text("defaults:\n  - mlp\n  - _self_\nhidden: [64]\n")
+    (own / "model" / "deep.yaml").write_text("defaults:\n  - mlp\n  - _self_\nhidden: [32, 32]\n")
+    trial = tmp_path / "sweep" / "0"
+    (trial / ".hydra").mkdir(parents=True)
+    (trial / ".hydra" / "overrides.yaml").write_text("- name=x\n- latent_size=4\n- model=deep\n")
+    (trial / ".hydra" / "hydra.yaml").write_text(OmegaConf.to_yaml({"hydra": {
+        "mode": "MULTIRUN", "overrides": {"task": ["name=x", "latent_size=4", "model=deep"]},
+        "sweeper": {"params": {"latent_size": "choice(2, 4)", "model": "choice(wide, deep)"}},
+        "job": {"config": {"override_dirname": {"exclude_keys": ["name"]}}},
+        "runtime": {"config_sources": [{"path": str(CONF_DIR), "schema": "file", "provider": "main"},
+                                       {"path": str(own), "schema": "file", "provider": "command-line"}]}}}))
+    assert _compared_keys(trial) == {"latent_size", "model.hidden"}

@@ -559,6 +559,9 @@ def _compared_keys(run_dir: Path) -> set[str]:
     except Exception:  # noqa: BLE001 - no saved Hydra files (train() called directly), or unreadable: no marks
         return set()
     keys = [o.split("=", 1)[0].lstrip("+~") for o in task]
+    drawn = _swept_keys(hydra_dir / "hydra.yaml")  # an Optuna study's trial (its sweeper writes no multirun.yaml):
+    if drawn:                                      # the search space, in each trial's own hydra.yaml
+        return drawn
     if OmegaConf.select(OmegaConf.load(hydra_dir / "hydra.yaml"), "hydra.mode", default=None) == "RUN":
         # One run: every key its command lines set, `vaelab resume RUN KEY=VALUE`'s too (review: vaelab-train
         # puts all of a run's own keys in exclude_keys, so a resume's left only its own marked)
@@ -640,7 +643,8 @@ def _options_set(repo, o) -> list[dict] | None:
         loaded = repo.load_config(f"{group}/{option}")
         if loaded is None:
             continue
-        package = loaded.header.get("package") or group.replace("/", ".")
+        # (the override's @PKG first, as Hydra composes it: +exp@_global_=a puts a's keys at the top, review)
+        package = o.package if o.package is not None else loaded.header.get("package") or group.replace("/", ".")
         package = "" if package == "_global_" else package.replace("_global_.", "")
         body = {k: v for k, v in OmegaConf.to_container(loaded.config, resolve=False).items()
                 if k not in ("defaults", "hydra")}

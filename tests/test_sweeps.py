@@ -527,7 +527,8 @@ def test_compare_plot_names_its_unit_and_tells_runs_with_the_same_settings_apart
     assert [line.get_linestyle() for line in ax.get_lines()] == ["-", "--", "--"]
     # (each copy in a slot of its own: the third's dashes on the second's hid it too, review)
     assert [line._unscaled_dash_pattern for line in ax.get_lines()[1:]] == [(0, (4, 8)), (4, (4, 8))]
-    assert ax_bpd.get_ylabel() == "test/bits_per_dim (bits per dimension)" and ax_bpd.get_title() == differ
+    assert ax_bpd.get_ylabel() == "test/bits_per_dim (bits per dimension)"
+    assert ax_bpd.get_title() == differ.replace("these curves", "these points")  # (one dot a run)
     for fig in figs:
         close(fig)
 
@@ -675,8 +676,9 @@ def test_compare_plot_of_runs_whose_losses_do_not_compare_says_so(tmp_path, caps
     assert vaelab(["compare", tmp_path, "--plot", "val_loss", "--out", tmp_path / "c.png"]) == 0
     why = ("the runs differ in loss.recon (a Gaussian density of the images against a Bernoulli probability of their "
            "pixels)")
-    assert f"note: --plot val_loss draws curves that do not compare: {why}" in capsys.readouterr().out
-    assert titles[-1].startswith(f"these curves do not compare: {why}\nloss.recon=mse runs leave out")
+    # (one point a run: dots, not curves)
+    assert f"note: --plot val_loss draws points that do not compare: {why}" in capsys.readouterr().out
+    assert titles[-1].startswith(f"these points do not compare: {why}\nloss.recon=mse runs leave out")
     assert vaelab(["compare", tmp_path, "--plot", "val_kl", "--out", tmp_path / "c.png"]) == 0  # (the KL compares)
     assert "do not compare" not in capsys.readouterr().out
 

@@ -652,7 +652,7 @@ def plot(runs: list[Run], tag: str, out: str | Path, defaulted: bool = False) ->
     notes = []
     why = not_comparable([r for r, _, _ in found], found[0][1], plotted=True)
     if why:  # (one axis invited reading the lowest curve as the best run: review)
-        notes.append(f"these curves do not compare: the runs {NOT_COMPARABLE[why]}")
+        notes.append(f"these {'points' if dots else 'curves'} do not compare: the runs {NOT_COMPARABLE[why]}")
     if leaves_out_mse_constant(found[0][1]) and any(r.config.get("loss.recon") == "mse" for r, _, _ in found):
         notes.append(f"loss.recon=mse runs {_mse_constant_left_out()}")  # (the table's note)
     if notes:
@@ -1003,7 +1003,8 @@ def compare_command(args) -> int:
             print(f"note: --sort {args.sort} orders numbers that do not compare: the runs {NOT_COMPARABLE[why]}")
         if args.plot and (found_curves := curves(runs, args.plot)) and \
                 (why := not_comparable([r for r, _, _ in found_curves], found_curves[0][1], plotted=True)):
-            print(f"note: --plot {args.plot} draws curves that do not compare: the runs {NOT_COMPARABLE[why]}")
+            what = "points" if all(len(pts) == 1 for _, _, pts in found_curves) else "curves"  # (one a run: plot()'s dots)
+            print(f"note: --plot {args.plot} draws {what} that do not compare: the runs {NOT_COMPARABLE[why]}")
         if args.plot:
             out = plot(runs, args.plot, args.out, defaulted)
             print(f"wrote {out}")

@@ -1194,9 +1194,10 @@ def _train(cfg: DictConfig, run_dir: Path, data: MNISTData | None, on_start=None
                 last_good = (last_path, where_in_run())
         except OSError as e:
             complete = ckpt_io.latest(ckpt_dir)  # (last.pt, or best.pt written just before it failed)
-            good = f"the last complete one is {complete}" if complete else "none was complete"
-            raise SaveFailed(f"cannot write {path}: {e.strerror or e}; checkpoints already there are intact "
-                             f"({good}); once {_once_writable(e)}: {ckpt_io.carry_on(run_dir)}") from None
+            good = (f"checkpoints already there are intact (the last complete one is {complete})" if complete
+                    else "it has no checkpoint yet")  # (it said "... are intact (none was complete)", review)
+            raise SaveFailed(f"cannot write {path}: {e.strerror or e}; {good}; once {_once_writable(e)}: "
+                             f"{ckpt_io.carry_on(run_dir)}") from None
         finally:
             stop.saving = False
 

@@ -432,6 +432,23 @@ def test_a_run_folder_with_a_tilde_is_not_told_to_quote_it():
                                                "hydra.run.dir=$HOME/x")
 
 
+def test_a_path_too_long_for_the_file_system_is_one_line(tmp_path, capsys):
+    """Review: a name of over 255 bytes was a traceback from the first look at the path, in
+    vaelab-train and in every vaelab command."""
+    from vaelab.cli import main
+
+    long = "x" * 300
+    assert precheck([f"hydra.run.dir={tmp_path / long}"]) == (
+        f"hydra.run.dir={tmp_path / long}: a name in that path is longer than the file system allows (255 bytes)")
+    assert precheck([f"data.root={tmp_path / long}"], fetch_data=True) == (
+        f"data.root={tmp_path / long}: a name in that path is longer than the file system allows (255 bytes)")
+    with pytest.raises(SystemExit) as e:
+        main(["compare", str(tmp_path / long)])
+    assert e.value.code == 2
+    assert capsys.readouterr().err.strip() == (f"vaelab compare: error: {tmp_path / long}: a name in it is longer "
+                                               f"than the file system allows (255 bytes a name, 4096 a path)")
+
+
 def test_a_run_folder_that_is_a_link_to_nothing_is_one_line(tmp_path):
     """Review: Hydra's mkdir met the link with a FileExistsError's traceback."""
     (tmp_path / "link").symlink_to(tmp_path / "nothere")

@@ -71,6 +71,18 @@ def main(argv: list[str] | None = None) -> None:
         interrupted_on_the_way_in(STOPPED_LOADING["vaelab"])
     try:
         code = when_the_reader_has_gone(lambda: getattr(mod, f"{args.command}_command")(args))
+    except OSError as e:
+        import errno
+        import os
+
+        if e.errno != errno.ENAMETOOLONG:
+            raise
+        # (a path given with a name of over 255 bytes, or over 4096 in all: a traceback from wherever it was
+        # first looked at, review)
+        name = os.fsdecode(e.filename) if isinstance(e.filename, (str, bytes)) else "a path given"
+        print(f"vaelab {args.command}: error: {name}: a name in it is longer than the file system allows (255 "
+              f"bytes a name, 4096 a path)", file=sys.stderr)
+        code = 2
     except KeyboardInterrupt:  # one the command did not answer itself (while it loads torch, say)
         print(f"vaelab {args.command}: {LEFT_AS_IT_WAS.get(args.command, 'interrupted')}", file=sys.stderr)
         code = 130

@@ -307,8 +307,20 @@ def _compose(overrides: list[str], hydra_section: bool = False,
     return cfg
 
 
+def too_long(path: str | Path) -> str | None:
+    """Why the file system would refuse `path` whatever it holds (ENAMETOOLONG), or None: a name of
+    over 255 bytes (name= of 300 letters), over 4096 in all. (A traceback from the first stat, review.)"""
+    if len(os.fsencode(str(path))) >= 4096:
+        return "that path is longer than the file system allows (4096 bytes)"
+    if any(len(os.fsencode(part)) > 255 for part in Path(path).parts):
+        return "a name in that path is longer than the file system allows (255 bytes)"
+    return None
+
+
 def unwritable(folder: Path) -> str | None:
     """Why run folders cannot be made at `folder` (its nearest existing part decides), or None."""
+    if (long := too_long(absolute(folder))) is not None:
+        return long
     path = Path(absolute(folder))  # (missing/../x: x, where Hydra's mkdir goes; .parents would skip the ..)
     there = next((p for p in (path, *path.parents) if p.exists()), None)
     if there is None:
@@ -443,6 +455,8 @@ def precheck(argv: list[str], fetch_data: bool = False, continuing: Path | None 
         from vaelab.data import DataError, fetch_mnist, mnist_train_size, val_size_error
 
         for root, download in data_roots.items():
+            if (long := too_long(root)) is not None:
+                return f"data.root={root}: {long}"
             try:
                 fetch_mnist(root, download)
                 n = mnist_train_size(root)
@@ -1020,6 +1034,8 @@ def _taken(folder: Path, sweep: bool) -> str | None:
     own; the jobs of a sweep named like the old ones would carry those runs on under new settings."""
     # missing/../run: the kernel cannot follow it until Hydra has made missing/, and then it is run
     folder = Path(absolute(folder))
+    if (long := too_long(folder)) is not None:
+        return long
     inside = enclosing_run(folder)
     if inside is not None:  # its runs would be hidden: compare and resume see the run around them
         return f"that folder is inside the run {inside}; give a folder outside it"

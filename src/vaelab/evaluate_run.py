@@ -13,6 +13,7 @@ active units, and the KL of each latent dimension; in nats per example and bits 
 from __future__ import annotations
 
 import argparse
+import errno
 import contextlib
 import json
 import logging
@@ -649,6 +650,8 @@ def eval_command(args: argparse.Namespace) -> int:
         print(f"vaelab eval: error: {e}", file=sys.stderr)
         return 2
     except OSError as e:  # a disk that fills up or turns read-only mid-way
+        if e.errno == errno.ENAMETOOLONG:  # (a path given too long: no write; cli.main says so)
+            raise
         print(f"vaelab eval: error: cannot write {e.filename or args.run_dir}: {e.strerror or e}", file=sys.stderr)
         return 1
     try:

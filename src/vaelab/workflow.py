@@ -15,6 +15,7 @@ resume     continues RUN_DIR from checkpoints/last.pt, in the same directory, op
 """
 from __future__ import annotations
 
+import errno
 import importlib
 import json
 import logging
@@ -1399,6 +1400,8 @@ def resume_command(args) -> int:
         print(f"vaelab resume: error: {e}", file=sys.stderr)
         return 1
     except OSError as e:  # a disk that fills up or turns read-only mid-way
+        if e.errno == errno.ENAMETOOLONG:  # (a path given too long: no write; cli.main says so)
+            raise
         print(f"vaelab resume: error: cannot write {e.filename or args.run_dir}: {e.strerror or e}", file=sys.stderr)
         return 1
     except Interrupted:  # (train() has logged how it stopped, on the console and in train.log)

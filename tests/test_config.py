@@ -935,6 +935,22 @@ def test_a_run_without_hydras_saved_config_trains_in_its_folder(tiny_mnist, tmp_
     assert (tmp_path / "run" / "metrics.json").is_file() and (tmp_path / "run" / "myjob.log").is_file()
 
 
+def test_a_run_folder_of_ones_own_named_by_the_clock_is_the_one_held(tiny_mnist, tmp_path):
+    """Review: hydra.run.dir=x/${now:...} resolved at the pre-flight named the folder held, and
+    again a moment later in Hydra, another: the run trained unheld beside an empty folder."""
+    spy = ("import sys\nfrom vaelab import checkpoint as c\nhold = c.hold_run\n"
+           "c.hold_run = lambda d: print('held', d, flush=True) or hold(d)\n"
+           "from vaelab.train_cli import launch\nsys.exit(launch(sys.argv[1:]))\n")
+    r = subprocess.run([sys.executable, "-c", spy, f"data.root={tiny_mnist}", "data.val_size=64",
+                        "model.size=small", "latent_size=2", "trainer.epochs=1", "trainer.final_eval=false",
+                        "hydra.run.dir=x/${now:%H-%M-%S-%f}"], cwd=tmp_path, capture_output=True, text=True,
+                       timeout=300, env={**os.environ, "TQDM_DISABLE": "1"})
+    assert r.returncode == 0, r.stderr[-2000:]
+    [run] = (tmp_path / "x").iterdir()
+    assert (run / "metrics.json").is_file()
+    assert [line for line in r.stdout.splitlines() if line.startswith("held ")] == [f"held {run}"]
+
+
 def test_a_launch_whose_folder_holds_a_run_once_it_holds_it_is_refused(tiny_mnist, tmp_path, monkeypatch, capsys):
     """The other launch may have trained its run there between this one's pre-flight and its lock:
     the folder is looked at again, held (and a new folder that the other made just then is no error)."""

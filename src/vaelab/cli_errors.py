@@ -471,6 +471,12 @@ def precheck(argv: list[str], fetch_data: bool = False, continuing: Path | None 
     if where is not None and folder is not None:
         if not multirun:  # (launch() holds its lock from before Hydra writes the run's config there)
             where.update(run_dir=Path(os.path.normpath(Path.cwd() / Path(str(folder)).expanduser())))
+            try:  # a folder of the user's named by the clock, x/${now:%H-%M-%S}: Hydra resolves it again later
+                raw = OmegaConf.to_container(full.hydra.run, resolve=False).get("dir")
+            except Exception:  # noqa: BLE001
+                raw = None
+            if "${now:" in str(raw) and not _by_the_clock(full, key, given):
+                where.update(pin=True)  # (launch() gives Hydra the folder it holds, as for the default's)
         if _by_the_clock(full, key, given):
             where.update(key=key, folder=Path(str(folder)))
         elif not Path(str(folder)).expanduser().exists():  # a folder named for this launch, which Hydra makes

@@ -229,6 +229,9 @@ def launch(argv: list[str], prog: str = "vaelab-train", continuing: Path | None 
         except OSError:  # (another launch's just now: the lock below decides; else Hydra's mkdir says why)
             pass
     made = claimed[0].absolute() if claimed else where.get("new")
+    if where.get("pin"):  # (resolved again by Hydra a second later, it named another folder than the one held)
+        argv = [a for a in argv if a.split("=", 1)[0].lstrip("+") != "hydra.run.dir"]
+        pinned = [f"hydra.run.dir={override_value(str(claimed[0] if claimed else where['run_dir']))}"]
     held = None
     if "run_dir" in where and (run_dir := claimed[0] if claimed else where["run_dir"]).is_dir():
         # One run: its folder held from before Hydra writes the run's config there until the run ends (two
@@ -251,15 +254,15 @@ def launch(argv: list[str], prog: str = "vaelab-train", continuing: Path | None 
         return _run_hydra(prog)
     finally:  # nothing ran in it (Hydra refused the command line): don't leave it, nor what it made
         os.environ.pop(LAUNCH_MADE_ENV, None)
-        if held is not None:
-            ckpt_io.release_run(held)
-        for folder in claimed:
+        for folder in claimed:  # (while still held: let go first, another launch could take it, then lose it)
             try:
                 folder.rmdir()
             except FileNotFoundError:  # the refused job's clean-up removed it already
                 continue
             except OSError:  # not empty: a run (or another launch's) is there
                 break
+        if held is not None:
+            ckpt_io.release_run(held)
 
 
 LOKY_WORKER = "joblib.externals.loky.backend.popen_loky"  # (in a joblib worker's command line)

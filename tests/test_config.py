@@ -440,6 +440,9 @@ def test_a_path_too_long_for_the_file_system_is_one_line(tmp_path, capsys):
     long = "x" * 300
     assert precheck([f"hydra.run.dir={tmp_path / long}"]) == (
         f"hydra.run.dir={tmp_path / long}: a name in that path is longer than the file system allows (255 bytes)")
+    assert precheck([f"hydra.run.dir=run/{long}/.."]) == (  # (the kernel meets the name before the '..')
+        f"hydra.run.dir=run/{long}/..: a name in that path is longer than the file system allows (255 bytes)")
+    assert precheck([f"hydra.job.name={long}"]).startswith(f"hydra.job.name={long}: Hydra names the run's log file")
     assert precheck([f"data.root={tmp_path / long}"], fetch_data=True) == (
         f"data.root={tmp_path / long}: a name in that path is longer than the file system allows (255 bytes)")
     with pytest.raises(SystemExit) as e:
@@ -453,8 +456,11 @@ def test_a_run_folder_that_is_a_link_to_nothing_is_one_line(tmp_path):
     """Review: Hydra's mkdir met the link with a FileExistsError's traceback."""
     (tmp_path / "link").symlink_to(tmp_path / "nothere")
     assert precheck([f"hydra.run.dir={tmp_path / 'link'}"]) == (
-        f"hydra.run.dir={tmp_path / 'link'}: a link to {tmp_path / 'nothere'}, which is not there; make that folder, "
-        f"or give another")
+        f"hydra.run.dir={tmp_path / 'link'}: {tmp_path / 'link'} is a link to {tmp_path / 'nothere'}, which is not "
+        f"there; make that folder, or give another")
+    assert precheck([f"hydra.run.dir={tmp_path / 'link' / 'run'}"]) == (  # (one above the run's folder too)
+        f"hydra.run.dir={tmp_path / 'link' / 'run'}: {tmp_path / 'link'} is a link to {tmp_path / 'nothere'}, which "
+        f"is not there; make that folder, or give another")
 
 
 def test_a_file_given_as_an_override_gets_no_key_value_hint():
@@ -943,8 +949,8 @@ def test_a_run_folder_of_ones_own_named_by_the_clock_is_the_one_held(tiny_mnist,
            "from vaelab.train_cli import launch\nsys.exit(launch(sys.argv[1:]))\n")
     r = subprocess.run([sys.executable, "-c", spy, f"data.root={tiny_mnist}", "data.val_size=64",
                         "model.size=small", "latent_size=2", "trainer.epochs=1", "trainer.final_eval=false",
-                        "hydra.run.dir=x/${now:%H-%M-%S-%f}"], cwd=tmp_path, capture_output=True, text=True,
-                       timeout=300, env={**os.environ, "TQDM_DISABLE": "1"})
+                        "name=${now:%H-%M-%S-%f}", "hydra.run.dir=x/${name}"], cwd=tmp_path, capture_output=True,
+                       text=True, timeout=300, env={**os.environ, "TQDM_DISABLE": "1"})  # (through another key too)
     assert r.returncode == 0, r.stderr[-2000:]
     [run] = (tmp_path / "x").iterdir()
     assert (run / "metrics.json").is_file()
@@ -1759,7 +1765,8 @@ def test_compose_config_refuses_what_vaelab_train_refuses(tmp_path):
             compose_config(given)
         assert str(e.value) == line
     assert precheck(["hydra.job.name=a/b"]) == ("hydra.job.name=a/b: Hydra names the run's log file "
-                                                "<hydra.job.name>.log in the run folder; give one file name, without '/'")
+                                                "<hydra.job.name>.log in the run folder; give one file name, without '/', "
+                                                "of at most 251 bytes")
     assert precheck(["hydra.job.name=mine"]) is None
 
 

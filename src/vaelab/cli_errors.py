@@ -471,11 +471,12 @@ def precheck(argv: list[str], fetch_data: bool = False, continuing: Path | None 
     if where is not None and folder is not None:
         if not multirun:  # (launch() holds its lock from before Hydra writes the run's config there)
             where.update(run_dir=Path(os.path.normpath(Path.cwd() / Path(str(folder)).expanduser())))
-            try:  # a folder of the user's named by the clock, x/${now:%H-%M-%S}: Hydra resolves it again later
+            try:  # a folder of the user's named by the clock, x/${now:%H-%M-%S}: Hydra resolves it again later,
                 raw = OmegaConf.to_container(full.hydra.run, resolve=False).get("dir")
             except Exception:  # noqa: BLE001
                 raw = None
-            if "${now:" in str(raw) and not _by_the_clock(full, key, given):
+            # (any interpolation: x/${name} with name=${now:...} named another folder too, review)
+            if "${" in str(raw) and not _by_the_clock(full, key, given):
                 where.update(pin=True)  # (launch() gives Hydra the folder it holds, as for the default's)
         if _by_the_clock(full, key, given):
             where.update(key=key, folder=Path(str(folder)))
@@ -994,9 +995,9 @@ def _hydra_section_error(compose_, base: list[str], cmd: _CommandLine) -> tuple[
                 "node, or run it on this machine with hydra/launcher=joblib or submitit_local"), composed, launcher
     err = _bad_log_level(composed)
     name = OmegaConf.select(composed, "hydra.job.name", default=None, throw_on_resolution_failure=False)
-    if not err and isinstance(name, str) and "/" in name:  # (logging's traceback once the job starts: review)
+    if not err and isinstance(name, str) and ("/" in name or too_long(f"{name}.log")):  # (logging's traceback once
         err = (f"hydra.job.name={name}: Hydra names the run's log file <hydra.job.name>.log in the run folder; give "
-               f"one file name, without '/'")
+               f"one file name, without '/', of at most 251 bytes")  # the job starts: review)
     if not err and OmegaConf.select(composed, "hydra.launcher.n_jobs") == 0:  # joblib: a traceback mid-sweep
         err = "hydra.launcher.n_jobs=0: give the number of jobs to run at once (>= 1, or -1 for one per core)"
     timeout = OmegaConf.select(composed, "hydra.launcher.timeout_min") if "submitit" in launcher else None
@@ -1147,9 +1148,14 @@ def _folder_error(composed: DictConfig, multirun: bool, given: dict, taken) -> s
     # (a default folder, ${now:...}, that holds a run is another launch's of the same second:
     # launch() makes the next free one, FOLDER_1, instead)
     path = Path(str(folder)).expanduser()
-    if key == "hydra.run.dir" and path.is_symlink() and not path.exists():  # (Hydra's mkdir: a FileExistsError's
-        return (f"{key}={given.get(key) or folder}: a link to {os.readlink(path)}, which is not there; make that "
-                f"folder, or give another")  # traceback; a sweep's makes the link's folder, review)
+    if (long := too_long(path)) is not None:  # (as typed: the kernel meets a long name before a '..' after it)
+        return f"{key}={given.get(key) or folder}: {long}"
+    # (Hydra's mkdir met a link to nothing, the folder or one above it, with a FileExistsError's traceback; a
+    # sweep's makes the link's folder, review)
+    dangling = next((p for p in (path, *path.parents) if p.is_symlink() and not p.exists()), None)
+    if key == "hydra.run.dir" and dangling is not None:
+        return (f"{key}={given.get(key) or folder}: {dangling} is a link to {os.readlink(dangling)}, which is not "
+                f"there; make that folder, or give another")
     err = unwritable(Path(str(folder))) or (None if _by_the_clock(composed, key, given)
                                             else taken(Path(str(folder)), sweep=key == "hydra.sweep.dir"))
     if err is None:

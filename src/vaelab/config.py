@@ -274,16 +274,17 @@ def compose_config(overrides: list[str] | tuple = (), config_dir: str | Path | N
     line = integer_as_bool(overrides)
     if line:
         raise ConfigError(line)
-    if any(o.startswith("~") for o in overrides):  # (~latent_size: Hydra deletes it and the schema's default
-        from vaelab.cli_errors import precheck   # stands in; vaelab-train refuses it, and so does this, review)
-
-        line = precheck([*overrides, *(["--config-dir", str(config_dir)] if config_dir is not None else [])])
-        if line is not None:
-            raise ConfigError(line)
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-            cfg = typed(compose("config", overrides=[*extra, *overrides]))
+            composed = compose("config", overrides=[*extra, *overrides])
+            from vaelab.cli_errors import _deleted_key_error
+
+            # (~latent_size: Hydra deletes it and the schema's default stands in; vaelab-train refuses it, review)
+            line = _deleted_key_error(composed, list(overrides))
+            if line:
+                raise ConfigError(line)
+            cfg = typed(composed)
             line = integer_as_bool_in_files("config", [*extra, *overrides]) if extra or any(
                 str(o).split("=", 1)[0].lstrip("+") == "hydra.searchpath" for o in overrides) else None
         if line:  # (progress: 2 in a file of one's own, which composing took for true)

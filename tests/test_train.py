@@ -1149,6 +1149,11 @@ def test_a_single_runs_hparams_marks_keep_its_keys_after_a_resume_gives_more(tmp
         "hydra:\n  mode: RUN\n  job:\n    config:\n      override_dirname:\n"
         "        exclude_keys: [latent_size, trainer.epochs, seed]\n")
     assert _compared_keys(tmp_path) == {"latent_size", "trainer.epochs", "optim.lr"}
+    # (a sweeper's search space in its config, run without -m: its own keys still, review)
+    (tmp_path / ".hydra" / "hydra.yaml").write_text(
+        "hydra:\n  mode: RUN\n  sweeper:\n    params:\n      loss.beta: 1,4\n  job:\n    config:\n"
+        "      override_dirname:\n        exclude_keys: [latent_size, trainer.epochs, seed]\n")
+    assert _compared_keys(tmp_path) == {"latent_size", "trainer.epochs", "optim.lr"}
 
 
 def test_a_sweep_of_config_group_options_marks_the_keys_they_set(tmp_path):

@@ -559,14 +559,12 @@ def _compared_keys(run_dir: Path) -> set[str]:
     except Exception:  # noqa: BLE001 - no saved Hydra files (train() called directly), or unreadable: no marks
         return set()
     keys = [o.split("=", 1)[0].lstrip("+~") for o in task]
-    drawn = _swept_keys(hydra_dir / "hydra.yaml")  # an Optuna study's trial (its sweeper writes no multirun.yaml):
-    if drawn:                                      # the search space, in each trial's own hydra.yaml
-        return drawn
     if OmegaConf.select(OmegaConf.load(hydra_dir / "hydra.yaml"), "hydra.mode", default=None) == "RUN":
         # One run: every key its command lines set, `vaelab resume RUN KEY=VALUE`'s too (review: vaelab-train
         # puts all of a run's own keys in exclude_keys, so a resume's left only its own marked)
         return set(keys)
-    return {k for k in keys if k not in set(fixed)} or set(keys)
+    # an Optuna study's trial (its sweeper writes no multirun.yaml): the search space, in its own hydra.yaml
+    return _swept_keys(hydra_dir / "hydra.yaml") or {k for k in keys if k not in set(fixed)} or set(keys)
 
 
 def _swept_keys(multirun_yaml: Path) -> set[str]:

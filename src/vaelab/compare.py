@@ -194,8 +194,9 @@ def find_runs(dirs: list[str | Path]) -> list[Run]:
 
 
 def _walk(top: Path):
-    """os.walk through links to folders too (a folder of links to one's chosen runs listed none:
-    review), each folder once (a link to a folder above it is no loop)."""
+    """os.walk, and through the links in it to a run or a sweep (a folder of links to one's chosen
+    runs listed none: review); not to other folders (a link to .. or /usr walked all of them,
+    review), each folder once."""
     seen = set()
     for root, subdirs, files in os.walk(top, followlinks=True):
         real = os.path.realpath(root)
@@ -203,6 +204,8 @@ def _walk(top: Path):
             subdirs.clear()
             continue
         seen.add(real)
+        subdirs[:] = [s for s in subdirs if not os.path.islink(os.path.join(root, s))
+                      or _is_run(Path(root, s)) or os.path.isfile(os.path.join(root, s, "multirun.yaml"))]
         yield root, subdirs, files
 
 

@@ -962,7 +962,7 @@ def _folder(text: str, what: str = "a folder") -> str:
 
 def add_compare_arguments(p) -> None:
     p.add_argument("dirs", nargs="+", metavar="DIR", type=_folder,
-                   help="folders to search for runs (a sweep, outputs/, a run; links to folders are followed)")
+                   help="folders to search for runs (a sweep, outputs/, a run; links to runs and sweeps are followed)")
     p.add_argument("--sort", metavar="METRIC",
                    help="sort the rows by this metric, e.g. val_loss, or setting, e.g. loss.beta (ascending), "
                    "or by run or state")

@@ -1209,3 +1209,12 @@ def test_an_optuna_trial_marks_its_search_space_from_its_own_hydra_yaml(tmp_path
         "runtime": {"config_sources": [{"path": str(CONF_DIR), "schema": "file", "provider": "main"},
                                        {"path": str(own), "schema": "file", "provider": "command-line"}]}}}))
     assert _compared_keys(trial) == {"latent_size", "model.hidden"}
+
+
+def test_a_run_diverged_before_its_first_checkpoint_leaves_no_empty_folders(make_cfg, tmp_path):
+    """Review: optim.lr=1e5 left checkpoints/ and samples/ empty beside its stopped.json."""
+    cfg = make_cfg(["optim.lr=1e30", "latent_size=2", "model.size=small", "trainer.final_eval=false"])
+    with pytest.raises(NonFiniteLoss):
+        train(cfg, tmp_path / "run")
+    assert json.loads((tmp_path / "run" / "stopped.json").read_text())["state"] == "diverged"
+    assert not (tmp_path / "run" / "checkpoints").exists() and not (tmp_path / "run" / "samples").exists()

@@ -761,6 +761,11 @@ def train(cfg: DictConfig, run_dir: str | Path, data: MNISTData | None = None, o
                 else:  # into the run's train.log, which ended at its last epoch line (review); the caller says
                     # it on the console (vaelab-train, vaelab resume: their own line; from Python: the exception)
                     _to_train_log(run_dir, log.makeRecord(log.name, logging.ERROR, __file__, 0, "%s", (e,), None))
+                for empty in (run_dir / "checkpoints", run_dir / "samples"):  # (stopped before its first: review)
+                    try:
+                        empty.rmdir()
+                    except OSError:  # (not empty, or not there)
+                        pass
                 if not getattr(e, "finished", False):  # (done, only its final evaluation left: not a stopped run)
                     state = {NonFiniteLoss: "diverged", Interrupted: "interrupted", SaveFailed: "failed"}[type(e)]
                     try:

@@ -936,7 +936,8 @@ def test_a_run_without_hydras_saved_config_trains_in_its_folder(tiny_mnist, tmp_
     r = subprocess.run([sys.executable, "-m", "vaelab.train", f"data.root={tiny_mnist}", "data.val_size=64",
                         "model.size=small", "latent_size=2", "trainer.epochs=1", "trainer.final_eval=false",
                         "hydra.output_subdir=null", "hydra.job.name=myjob", f"hydra.run.dir={tmp_path / 'run'}"],
-                       cwd=tmp_path, capture_output=True, text=True, timeout=300, env={**os.environ, "TQDM_DISABLE": "1"})
+                       cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                       env={**os.environ, "TQDM_DISABLE": "1"})
     assert r.returncode == 0, r.stderr[-2000:]
     assert (tmp_path / "run" / "metrics.json").is_file() and (tmp_path / "run" / "myjob.log").is_file()
 
@@ -1760,13 +1761,14 @@ def test_compose_config_refuses_what_vaelab_train_refuses(tmp_path):
             (["~trainer"], "override '~trainer': trainer is a config group the run needs; choose one of its options "
                            "(default) instead, as in trainer=default"),
             ([3], "overrides: a list of KEY=VALUE strings; 3 is not a string"),
-            (["trainer.epochs=100000000000000000000"], "trainer.epochs=100000000000000000000: too large: must be < 2**31")):
+            (["trainer.epochs=100000000000000000000"],
+             "trainer.epochs=100000000000000000000: too large: must be < 2**31")):
         with pytest.raises(ConfigError) as e:
             compose_config(given)
         assert str(e.value) == line
-    assert precheck(["hydra.job.name=a/b"]) == ("hydra.job.name=a/b: Hydra names the run's log file "
-                                                "<hydra.job.name>.log in the run folder; give one file name, without '/', "
-                                                "of at most 251 bytes")
+    assert precheck(["hydra.job.name=a/b"]) == (
+        "hydra.job.name=a/b: Hydra names the run's log file <hydra.job.name>.log in the run folder; give one file "
+        "name, without '/', of at most 251 bytes")
     assert precheck(["hydra.job.name=mine"]) is None
 
 

@@ -715,7 +715,8 @@ def test_compare_says_iwae_bounds_of_other_k_do_not_compare(tmp_path, capsys):
     note = "the runs were evaluated with different k (importance samples: a larger k gives a tighter, lower IWAE bound)"
     for metric in ("test_nll_iwae", "test_bits_per_dim"):
         assert vaelab(["compare", tmp_path, "--sort", metric]) == 0
-        assert capsys.readouterr().out.splitlines()[-1] == f"note: --sort {metric} orders numbers that do not compare: {note}"
+        assert capsys.readouterr().out.splitlines()[-1] == (
+            f"note: --sort {metric} orders numbers that do not compare: {note}")
     assert vaelab(["compare", tmp_path, "--sort", "test_elbo"]) == 0  # (the ELBO is k's own: one draw each)
     assert "do not compare" not in capsys.readouterr().out
     (tmp_path / "b" / "eval.json").write_text(json.dumps({"k": 4, "nll_iwae": 110.0}))

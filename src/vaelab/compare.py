@@ -1006,7 +1006,8 @@ def compare_command(args) -> int:
             print(f"note: --sort {args.sort} orders numbers that do not compare: the runs {NOT_COMPARABLE[why]}")
         if args.plot and (found_curves := curves(runs, args.plot)) and \
                 (why := not_comparable([r for r, _, _ in found_curves], found_curves[0][1], plotted=True)):
-            what = "points" if all(len(pts) == 1 for _, _, pts in found_curves) else "curves"  # (one a run: plot()'s dots)
+            # (one point a run: plot()'s dots)
+            what = "points" if all(len(pts) == 1 for _, _, pts in found_curves) else "curves"
             print(f"note: --plot {args.plot} draws {what} that do not compare: the runs {NOT_COMPARABLE[why]}")
         if args.plot:
             out = plot(runs, args.plot, args.out, defaulted)

@@ -1567,7 +1567,7 @@ def _carry_on(run_dir: Path) -> dict:
             or metrics.get("epochs", 0) < cfg.trainer.epochs:
         # (its saved config changed with no record of it, as `vaelab resume JOB` would say and record: review)
         return train(cfg, run_dir, on_start=record_unrecorded(run_dir, cfg))
-    if not (cfg.trainer.final_eval and ckpt_io.final_eval_missing(run_dir)):  # (else finish_evaluation says why it runs)
+    if not (cfg.trainer.final_eval and ckpt_io.final_eval_missing(run_dir)):  # (else finish_evaluation says why)
         log.info("%s finished earlier (%s, val loss %.4f) and is left as it is", run_dir.name,
                  n_epochs(metrics["epochs"]), metrics["val_loss"])
     try:

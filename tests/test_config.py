@@ -461,6 +461,17 @@ def test_a_run_folder_that_is_a_link_to_nothing_is_one_line(tmp_path):
     assert precheck([f"hydra.run.dir={tmp_path / 'link' / 'run'}"]) == (  # (one above the run's folder too)
         f"hydra.run.dir={tmp_path / 'link' / 'run'}: {tmp_path / 'link'} is a link to {tmp_path / 'nothere'}, which "
         f"is not there; make that folder, or give another")
+    # a sweep's default folder under one (outputs -> a disk not mounted): it spun at 100% CPU, saying nothing
+    (tmp_path / "here").mkdir()
+    (tmp_path / "here" / "outputs").symlink_to(tmp_path / "unmounted")
+    cwd = os.getcwd()
+    try:
+        os.chdir(tmp_path / "here")
+        err = precheck(["-m", "latent_size=2,4"])
+    finally:
+        os.chdir(cwd)
+    assert err.endswith(f": outputs is a link to {tmp_path / 'unmounted'}, which is not there; make that folder, or "
+                        f"give another")
 
 
 def test_a_file_given_as_an_override_gets_no_key_value_hint():
@@ -956,6 +967,11 @@ def test_a_run_folder_of_ones_own_named_by_the_clock_is_the_one_held(tiny_mnist,
     [run] = (tmp_path / "x").iterdir()
     assert (run / "metrics.json").is_file()
     assert [line for line in r.stdout.splitlines() if line.startswith("held ")] == [f"held {run}"]
+    # Hydra's own interpolations are Hydra's to resolve, with what launch() adds (exclude_keys: a single run's
+    # override_dirname is empty); pinned, the run went four folders deep, by data.root's slashes (review)
+    where: dict = {}
+    assert precheck([f"data.root={tiny_mnist}", "hydra.run.dir=o/${hydra.job.override_dirname}"], where=where) is None
+    assert "pin" not in where
 
 
 def test_a_launch_whose_folder_holds_a_run_once_it_holds_it_is_refused(tiny_mnist, tmp_path, monkeypatch, capsys):

@@ -197,10 +197,13 @@ def test_compare_finds_runs_through_links(sweep, tmp_path, capsys):
     (fav / "loop").symlink_to(fav)  # (a link to no run nor sweep, here to a folder above: not followed)
     shutil.copytree(sweep / "latent_size=2,loss.beta=4", tmp_path / "other")  # (review: listed, through "up")
     (fav / "up").symlink_to(tmp_path)
+    study = tmp_path / "study"  # (an Optuna study's folder: runs right below it, no multirun.yaml; review)
+    shutil.copytree(sweep / "latent_size=4,loss.beta=1", study / "0")
+    (fav / "study").symlink_to(study)
     assert vaelab(["compare", fav]) == 0
     out = capsys.readouterr().out.splitlines()
-    assert len(out) == 4 or not out[4].startswith("latent_size")  # (two rows)
-    assert sorted(r.split()[0] for r in out[2:4]) == ["latent_size=2,loss.beta=1", "latent_size=4,loss.beta=4"]
+    rows = sorted(r.split()[0].rsplit("/", 1)[-1] for r in out[2:] if r and not r.startswith(("loss.", "note")))
+    assert rows == ["0", "latent_size=2,loss.beta=1", "latent_size=4,loss.beta=4"], out  # (not "other")
 
 
 def test_compare_says_which_sweeps_have_jobs_that_never_started(sweep, tmp_path, capsys):

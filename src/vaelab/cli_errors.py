@@ -475,8 +475,9 @@ def precheck(argv: list[str], fetch_data: bool = False, continuing: Path | None 
                 raw = OmegaConf.to_container(full.hydra.run, resolve=False).get("dir")
             except Exception:  # noqa: BLE001
                 raw = None
-            # (any interpolation: x/${name} with name=${now:...} named another folder too, review)
-            if "${" in str(raw) and not _by_the_clock(full, key, given):
+            # (any interpolation: x/${name} with name=${now:...} named another folder too, review; not Hydra's
+            # own, ${hydra.job.override_dirname} say, which it resolves with what launch() adds after this)
+            if "${" in str(raw) and "${hydra" not in str(raw) and not _by_the_clock(full, key, given):
                 where.update(pin=True)  # (launch() gives Hydra the folder it holds, as for the default's)
         if _by_the_clock(full, key, given):
             where.update(key=key, folder=Path(str(folder)))
@@ -501,7 +502,7 @@ def claim_folder(folder: Path, named: bool = False) -> list[Path]:
             out.mkdir()
             return [out, *made]
         except FileExistsError:
-            if named:
+            if named or not out.parent.is_dir():  # (a link to nothing above it: FOLDER_1, _2, ... all fail)
                 raise
             out, n = folder.with_name(f"{folder.name}_{n}"), n + 1
         except FileNotFoundError:  # another launch removed a parent it had made: make it again
@@ -1153,7 +1154,7 @@ def _folder_error(composed: DictConfig, multirun: bool, given: dict, taken) -> s
     # (Hydra's mkdir met a link to nothing, the folder or one above it, with a FileExistsError's traceback; a
     # sweep's makes the link's folder, review)
     dangling = next((p for p in (path, *path.parents) if p.is_symlink() and not p.exists()), None)
-    if key == "hydra.run.dir" and dangling is not None:
+    if dangling is not None:  # (a sweep's default folder under one: claim_folder tried FOLDER_1, _2, ... forever)
         return (f"{key}={given.get(key) or folder}: {dangling} is a link to {os.readlink(dangling)}, which is not "
                 f"there; make that folder, or give another")
     err = unwritable(Path(str(folder))) or (None if _by_the_clock(composed, key, given)

@@ -197,6 +197,14 @@ def _walk(top: Path):
     """os.walk, and through the links in it to a run or a sweep (a folder of links to one's chosen
     runs listed none: review); not to other folders (a link to .. or /usr walked all of them,
     review), each folder once."""
+    def followed(link: Path) -> bool:  # a run, or a sweep: its multirun.yaml, or runs right below it (Optuna's);
+        real = os.path.realpath(link)    # not a folder above it (it holds the folder of links: all it holds)
+        if Path(os.path.realpath(top)).is_relative_to(real):
+            return False
+        try:
+            return _is_run(link) or (link / "multirun.yaml").is_file() or ckpt_io.holds_runs(link)
+        except OSError:  # (unreadable: left out, as os.walk leaves out a folder it cannot list)
+            return False
     seen = set()
     for root, subdirs, files in os.walk(top, followlinks=True):
         real = os.path.realpath(root)
@@ -204,8 +212,7 @@ def _walk(top: Path):
             subdirs.clear()
             continue
         seen.add(real)
-        subdirs[:] = [s for s in subdirs if not os.path.islink(os.path.join(root, s))
-                      or _is_run(Path(root, s)) or os.path.isfile(os.path.join(root, s, "multirun.yaml"))]
+        subdirs[:] = [s for s in subdirs if not os.path.islink(os.path.join(root, s)) or followed(Path(root, s))]
         yield root, subdirs, files
 
 

@@ -1467,7 +1467,7 @@ def test_a_run_that_diverged_before_its_first_checkpoint_is_named_as_such(tiny_m
                                                f"({reason}): there are no weights to load")
     assert vaelab(["resume", run]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith(f"vaelab resume: error: {run / 'checkpoints'}: no checkpoint, nothing to resume (the run "
+    assert err.startswith(f"vaelab resume: error: {run}: no checkpoint, nothing to resume (the run "
                           f"diverged before its first checkpoint: {reason}); start it anew, with settings other "
                           f"than those that diverged, e.g. vaelab-train --config-dir ")
     assert err.endswith("--config-name config optim.lr=0.0001") and "\n" not in err

@@ -981,7 +981,8 @@ def resume(run_dir: str | Path, overrides: list[str] = ()) -> dict | None:
         again = ckpt_io.carry_on(run_dir)  # (with no checkpoint: vaelab-train from the saved config)
         if stopped.get("state") == "diverged":  # started again as it was, it would blow up at the same step
             reason = stopped.get("reason", "a non-finite loss").split(";")[0]
-            raise ckpt_io.CheckpointError(f"{run_dir / 'checkpoints'}: no checkpoint, nothing to resume (the run "
+            # (the run's folder: its empty checkpoints/ is removed at such a stop, review)
+            raise ckpt_io.CheckpointError(f"{run_dir}: no checkpoint, nothing to resume (the run "
                                           f"diverged before its first checkpoint: {reason}); start it anew, with "
                                           f"settings other than those that diverged, e.g. {again} "
                                           f"{ckpt_io.lower_lr(float(was.optim.lr))}")

@@ -482,7 +482,7 @@ def precheck(argv: list[str], fetch_data: bool = False, continuing: Path | None 
         if _by_the_clock(full, key, given):
             where.update(key=key, folder=Path(str(folder)))
         elif not Path(str(folder)).expanduser().exists():  # a folder named for this launch, which Hydra makes
-            where.update(new=Path(os.path.normpath(Path.cwd() / Path(str(folder)).expanduser())), new_key=key)
+            where.update(new=Path(os.path.normpath(Path.cwd() / Path(str(folder)).expanduser())))
     return None
 
 
@@ -490,8 +490,8 @@ def claim_folder(folder: Path, named: bool = False) -> list[Path]:
     """Make the folder a run or sweep will use, atomically: two vaelab-train started in the same
     second resolve conf/config.yaml's ${now:...} to one folder, and would write into each other's
     runs. One already there (another launch's) gives FOLDER_1, _2, ...; for a folder the user
-    `named` (hydra.run.dir=DIR, not there at the pre-flight), FileExistsError: two launches named
-    it at once, and Hydra wrote the refused one's config over the run the other trained (review).
+    `named` (hydra.run.dir=DIR, not there at the pre-flight), FileExistsError: another launch made
+    it just now (launch() then lets the run folder's lock decide which one runs there).
     Returns the folder, then each parent this call made (to remove, innermost first, if nothing
     runs in it)."""
     made = [p for p in folder.absolute().parents if not p.exists()]

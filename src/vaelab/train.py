@@ -579,14 +579,15 @@ def _swept_keys(multirun_yaml: Path) -> set[str]:
         from hydra.core.override_parser.overrides_parser import OverridesParser
 
         parser = OverridesParser.create()
-        parsed = [o for o in parser.parse_overrides(task) if o.is_sweep_override()]
+        given = parser.parse_overrides(task)
+        parsed = [o for o in given if o.is_sweep_override()]
         parsed += parser.parse_overrides([f"{k}={v}" for k, v in params.items()])
     except Exception:  # noqa: BLE001 - no sweep here, or a file that does not parse: no marks from it
         return set()
     keys = {o.key_or_group for o in parsed}
     groups = _groups_keys(OmegaConf.select(saved, "hydra.runtime.config_sources", default=None) or [], parsed)
-    given = {o.key_or_group for o in parser.parse_overrides(task) if not o.is_sweep_override()}
-    return (keys - set(groups)) | {k for group in groups.values() for k in group if k not in given}
+    one_value = {o.key_or_group for o in given if not o.is_sweep_override()}
+    return (keys - set(groups)) | {k for group in groups.values() for k in group if k not in one_value}
 
 
 def _groups_keys(sources, parsed) -> dict[str, set[str]]:
